@@ -1,0 +1,109 @@
+//! Per-CPU counters kept by the XDP program in the `PS_COUNTERS` per-CPU array.
+//!
+//! Every packet increments exactly one *verdict reason* counter (the first group below);
+//! the verdict totals are their sums, so the hot path pays for one increment only. The
+//! remaining counters record events that happen on top of a verdict.
+
+/// Index into `PS_COUNTERS`. Values are `u64` packet or event counts, one slot per CPU.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    // --- verdict reasons: exactly one per packet ---
+    /// XDP_DROP: the source is banned (exact address or prefix).
+    DropBanned = 0,
+    /// XDP_PASS: not IPv4 or IPv6 (ARP, LLDP, ...).
+    PassNotIp = 1,
+    /// XDP_PASS: a header was truncated or invalid (fail open).
+    PassMalformed = 2,
+    /// XDP_PASS: a non-first IP fragment (no ports to look at).
+    PassFragment = 3,
+    /// XDP_PASS: IP, but neither TCP nor UDP.
+    PassOtherProto = 4,
+    /// XDP_PASS: TCP with ACK or RST set, part of a conversation.
+    PassNotProbe = 5,
+    /// XDP_PASS: TCP or UDP to a port that is not watched.
+    PassUnwatched = 6,
+    /// XDP_PASS: the source is in the ignore list.
+    PassIgnored = 7,
+    /// XDP_PASS: a socket on this host owns the destination port.
+    PassListening = 8,
+    /// XDP_PASS: a probe, counted against its source.
+    PassProbe = 9,
+    // --- events on top of a verdict ---
+    /// A packet whose source had a ban that has expired (not yet removed by the daemon).
+    BanExpired = 10,
+    /// Probe events written to the ring buffer.
+    EventSent = 11,
+    /// Probe events lost because the ring buffer was full.
+    EventLost = 12,
+    /// Probe events not sent because the per-CPU event budget was spent.
+    EventThrottled = 13,
+    /// Probes that could not be recorded in `PS_SOURCES` (map update failed).
+    TrackFailed = 14,
+}
+
+impl Counter {
+    /// Number of slots in `PS_COUNTERS`.
+    pub const COUNT: u32 = 15;
+
+    pub const ALL: [Counter; Counter::COUNT as usize] = [
+        Counter::DropBanned,
+        Counter::PassNotIp,
+        Counter::PassMalformed,
+        Counter::PassFragment,
+        Counter::PassOtherProto,
+        Counter::PassNotProbe,
+        Counter::PassUnwatched,
+        Counter::PassIgnored,
+        Counter::PassListening,
+        Counter::PassProbe,
+        Counter::BanExpired,
+        Counter::EventSent,
+        Counter::EventLost,
+        Counter::EventThrottled,
+        Counter::TrackFailed,
+    ];
+
+    /// Stable snake_case name, used in status output and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::DropBanned => "drop_banned",
+            Counter::PassNotIp => "pass_not_ip",
+            Counter::PassMalformed => "pass_malformed",
+            Counter::PassFragment => "pass_fragment",
+            Counter::PassOtherProto => "pass_other_proto",
+            Counter::PassNotProbe => "pass_not_probe",
+            Counter::PassUnwatched => "pass_unwatched",
+            Counter::PassIgnored => "pass_ignored",
+            Counter::PassListening => "pass_listening",
+            Counter::PassProbe => "pass_probe",
+            Counter::BanExpired => "ban_expired",
+            Counter::EventSent => "event_sent",
+            Counter::EventLost => "event_lost",
+            Counter::EventThrottled => "event_throttled",
+            Counter::TrackFailed => "track_failed",
+        }
+    }
+
+    /// True for the counters that are a packet's verdict reason.
+    pub const fn is_verdict(self) -> bool {
+        (self as u32) <= Counter::PassProbe as u32
+    }
+
+    /// True for the verdict reasons whose verdict is XDP_DROP.
+    pub const fn is_drop(self) -> bool {
+        matches!(self, Counter::DropBanned)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_is_indexed_in_order() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i, "{}", c.name());
+        }
+    }
+}

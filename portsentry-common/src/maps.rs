@@ -1,0 +1,187 @@
+//! Map names and the layout of every key and value. Names are at most 15 bytes (the
+//! kernel's object name limit) and are used verbatim by both sides.
+
+use core::mem::size_of;
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::Addr;
+
+/// Exact-address bans. `HashMap<Addr, BanEntry>`.
+pub const BANS: &str = "PS_BANS";
+/// Prefix bans. `LpmTrie<Addr, BanEntry>` (key: prefix length in bits over the 128-bit
+/// form, IPv4 prefixes + 96).
+pub const BAN_NETS: &str = "PS_BAN_NETS";
+/// Ignored networks. `LpmTrie<Addr, u32>` (value unused, 1).
+pub const IGNORE: &str = "PS_IGNORE";
+/// Watched-port bitmap. `Array<u64>` with [`PORT_WORDS`] entries: TCP in words
+/// `0..1024`, UDP in `1024..2048`; port `p` is bit `p % 64` of word `p / 64` of its half.
+pub const PORTS: &str = "PS_PORTS";
+/// Per-source probe tracking. `LruHashMap<Addr, SourceStats>`.
+pub const SOURCES: &str = "PS_SOURCES";
+/// Probe events. Ring buffer of [`ScanEvent`] records.
+pub const EVENTS: &str = "PS_EVENTS";
+/// Counters. `PerCpuArray<u64>` indexed by [`crate::Counter`].
+pub const COUNTERS: &str = "PS_COUNTERS";
+/// Runtime settings. `Array<Settings>` with one entry.
+pub const SETTINGS: &str = "PS_SETTINGS";
+/// Per-CPU event budget (token bucket). `PerCpuArray<EventBudget>` with one entry.
+pub const EVENT_BUDGET: &str = "PS_EV_BUDGET";
+
+/// Every map name, for pinning and clean-up.
+pub const ALL: [&str; 9] = [
+    BANS,
+    BAN_NETS,
+    IGNORE,
+    PORTS,
+    SOURCES,
+    EVENTS,
+    COUNTERS,
+    SETTINGS,
+    EVENT_BUDGET,
+];
+
+/// Default sizes (the daemon may override them at load time).
+pub const BANS_MAX: u32 = 1 << 20;
+pub const BAN_NETS_MAX: u32 = 1 << 16;
+pub const IGNORE_MAX: u32 = 1 << 14;
+pub const SOURCES_MAX: u32 = 1 << 20;
+pub const EVENTS_BYTES: u32 = 1 << 20;
+/// Words in the watched-port bitmap: 1024 per protocol.
+pub const PORT_WORDS: u32 = 2048;
+/// First bitmap word of the UDP half.
+pub const UDP_PORT_WORD_BASE: u32 = 1024;
+
+/// Value of `PS_BANS` and `PS_BAN_NETS`. Only `expires_ns` is read by the kernel; the rest
+/// describes the ban for `status` and survives daemon restarts with the pinned map.
+///
+/// Host byte order for every field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct BanEntry {
+    /// CLOCK_BOOTTIME nanoseconds after which the ban no longer applies; 0 = permanent.
+    pub expires_ns: u64,
+    /// CLOCK_BOOTTIME nanoseconds when the ban was made.
+    pub since_ns: u64,
+    /// Destination port of the probe that caused the ban (0 for a manual ban).
+    pub port: u16,
+    /// `ScanType as u8` of that probe, 0 for a manual ban.
+    pub scan_type: u8,
+    /// [`BanOrigin`] as u8.
+    pub origin: u8,
+    /// How many times this source has been banned (repeat offenders).
+    pub count: u32,
+}
+const _: () = assert!(size_of::<BanEntry>() == 24);
+
+/// Why a ban exists.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BanOrigin {
+    /// Made by the daemon after a scan.
+    Scan = 1,
+    /// Made by an operator (`portsentry ban`).
+    Manual = 2,
+}
+
+/// Value of `PS_SOURCES`: what one source has done. Host byte order; timestamps are
+/// CLOCK_BOOTTIME nanoseconds. Updated without locks, so counts are approximate under
+/// concurrent packets from the same source on several CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct SourceStats {
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// Probes counted.
+    pub hits: u32,
+    /// Distinct destination ports, estimated with `port_filter` (exact while small,
+    /// an undercount once ports collide in the 256-bit filter; saturates at 256).
+    pub distinct_ports: u32,
+    /// Events delivered to userspace for this source.
+    pub events: u32,
+    pub last_port: u16,
+    /// `ScanType as u8` of the last probe.
+    pub last_scan_type: u8,
+    pub _pad: u8,
+    /// 256-bit filter of the destination ports seen.
+    pub port_filter: [u64; 4],
+}
+const _: () = assert!(size_of::<SourceStats>() == 64);
+
+/// A probe event from the ring buffer. Host byte order except `addr` (network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct ScanEvent {
+    pub addr: Addr,
+    /// CLOCK_BOOTTIME nanoseconds of the probe.
+    pub ts_ns: u64,
+    /// The source's probe count including this probe.
+    pub hits: u32,
+    pub distinct_ports: u32,
+    /// Destination port, host byte order.
+    pub port: u16,
+    /// `ScanType as u8`.
+    pub scan_type: u8,
+    /// Raw TCP flags byte (0 for UDP).
+    pub tcp_flags: u8,
+    /// Interface index the probe arrived on.
+    pub ifindex: u32,
+}
+const _: () = assert!(size_of::<ScanEvent>() == 40);
+
+/// The one entry of `PS_SETTINGS`. Host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Settings {
+    /// Hits from one source before its probes are reported (SCAN_TRIGGER, at least 1).
+    pub event_trigger: u32,
+    /// Events each CPU may send per second (token bucket refill rate); 0 = unlimited.
+    pub events_per_sec: u32,
+    /// Bucket size: the burst a CPU may send at once.
+    pub event_burst: u32,
+    /// `SETTING_*` bits.
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<Settings>() == 16);
+
+/// `Settings::flags`: `PS_BAN_NETS` holds at least one entry, so look it up.
+pub const SETTING_PREFIX_BANS: u32 = 1 << 0;
+/// `Settings::flags`: `PS_IGNORE` holds at least one entry, so look it up.
+pub const SETTING_IGNORE: u32 = 1 << 1;
+
+/// Probes after the trigger for which every one is reported; after that only the
+/// probes whose hit count is a power of two are. This bounds the events per source to
+/// `EVENT_BURST + 32`.
+pub const EVENT_BURST: u32 = 8;
+
+/// The one entry of `PS_EV_BUDGET`, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct EventBudget {
+    /// Tokens left, times 1e9 (so refills need no division).
+    pub tokens_ns: u64,
+    /// CLOCK_BOOTTIME of the last refill.
+    pub last_ns: u64,
+}
+const _: () = assert!(size_of::<EventBudget>() == 16);
+
+/// Key type of the LPM tries: prefix length then the 16-byte address. Same layout as
+/// `aya_ebpf::maps::lpm_trie::Key<Addr>` and `aya::maps::lpm_trie::Key<Addr>`.
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct LpmKey {
+    pub prefix_len: u32,
+    pub addr: Addr,
+}
+const _: () = assert!(size_of::<LpmKey>() == 20);
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all are repr(C) with no padding and no invalid bit patterns (bytemuck::Pod).
+    unsafe impl aya::Pod for BanEntry {}
+    unsafe impl aya::Pod for SourceStats {}
+    unsafe impl aya::Pod for ScanEvent {}
+    unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for EventBudget {}
+}

@@ -1,0 +1,132 @@
+//! TCP flag classification, exactly as PortSentry 1.2's `ReportPacketType`.
+
+/// TCP flag bits as they sit in byte 13 of the TCP header.
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+    pub const URG: u8 = 0x20;
+    /// The six flags PortSentry looks at; ECE and CWR are ignored.
+    pub const CLASSIFIED: u8 = FIN | SYN | RST | PSH | ACK | URG;
+}
+
+/// What kind of probe a packet is. Stored as `u8` in maps and events.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ScanType {
+    /// No flag among SYN, FIN, ACK, PSH, URG, RST set.
+    TcpNull = 1,
+    /// FIN, URG and PSH set, the other three clear.
+    TcpXmas = 2,
+    /// FIN alone.
+    TcpFin = 3,
+    /// SYN alone.
+    TcpSyn = 4,
+    /// Any other combination without ACK and RST.
+    TcpUnknown = 5,
+    /// Any UDP datagram to a watched port.
+    Udp = 6,
+}
+
+impl ScanType {
+    /// Classifies TCP flags (byte 13 of the header). `None`: ACK or RST is set, so the
+    /// packet belongs to a conversation and is not a probe.
+    #[inline(always)]
+    pub const fn from_tcp_flags(flags: u8) -> Option<ScanType> {
+        use tcp_flags::*;
+        let f = flags & CLASSIFIED;
+        if f & (ACK | RST) != 0 {
+            return None;
+        }
+        Some(match f {
+            0 => ScanType::TcpNull,
+            x if x == FIN | URG | PSH => ScanType::TcpXmas,
+            FIN => ScanType::TcpFin,
+            SYN => ScanType::TcpSyn,
+            _ => ScanType::TcpUnknown,
+        })
+    }
+
+    /// The inverse of `as u8`; `None` for a value no version of the program writes.
+    pub const fn from_u8(v: u8) -> Option<ScanType> {
+        Some(match v {
+            1 => ScanType::TcpNull,
+            2 => ScanType::TcpXmas,
+            3 => ScanType::TcpFin,
+            4 => ScanType::TcpSyn,
+            5 => ScanType::TcpUnknown,
+            6 => ScanType::Udp,
+            _ => return None,
+        })
+    }
+
+    /// Short stable name, used in JSON and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ScanType::TcpNull => "tcp-null",
+            ScanType::TcpXmas => "tcp-xmas",
+            ScanType::TcpFin => "tcp-fin",
+            ScanType::TcpSyn => "tcp-syn",
+            ScanType::TcpUnknown => "tcp-unknown",
+            ScanType::Udp => "udp",
+        }
+    }
+
+    pub const fn is_tcp(self) -> bool {
+        !matches!(self, ScanType::Udp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tcp_flags::*;
+    use super::*;
+
+    #[test]
+    fn classification_matches_portsentry() {
+        assert_eq!(ScanType::from_tcp_flags(0), Some(ScanType::TcpNull));
+        assert_eq!(
+            ScanType::from_tcp_flags(FIN | URG | PSH),
+            Some(ScanType::TcpXmas)
+        );
+        assert_eq!(ScanType::from_tcp_flags(FIN), Some(ScanType::TcpFin));
+        assert_eq!(ScanType::from_tcp_flags(SYN), Some(ScanType::TcpSyn));
+        // ECE and CWR are not looked at: an ECN-setup SYN is a SYN.
+        assert_eq!(ScanType::from_tcp_flags(SYN | 0xc0), Some(ScanType::TcpSyn));
+        assert_eq!(ScanType::from_tcp_flags(0xc0), Some(ScanType::TcpNull));
+        assert_eq!(
+            ScanType::from_tcp_flags(SYN | FIN),
+            Some(ScanType::TcpUnknown)
+        );
+        assert_eq!(
+            ScanType::from_tcp_flags(FIN | PSH),
+            Some(ScanType::TcpUnknown)
+        );
+        assert_eq!(
+            ScanType::from_tcp_flags(FIN | URG | PSH | SYN),
+            Some(ScanType::TcpUnknown)
+        );
+        for f in [
+            ACK,
+            RST,
+            SYN | ACK,
+            FIN | ACK,
+            RST | ACK,
+            FIN | URG | PSH | ACK,
+        ] {
+            assert_eq!(ScanType::from_tcp_flags(f), None, "flags {f:#x}");
+        }
+    }
+
+    #[test]
+    fn u8_round_trip() {
+        for v in 0..=255u8 {
+            if let Some(t) = ScanType::from_u8(v) {
+                assert_eq!(t as u8, v);
+            }
+        }
+        assert_eq!(ScanType::from_u8(0), None);
+    }
+}

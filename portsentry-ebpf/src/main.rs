@@ -1,0 +1,367 @@
+//! The portsentry XDP program.
+//!
+//! Per packet, in this order (each step only when the previous did not decide):
+//! 1. parse Ethernet, up to two VLAN tags and the IP header (fail open: what cannot be
+//!    parsed is passed and counted);
+//! 2. ban check: exact-address hash, then the prefix trie when it holds anything; an
+//!    active ban drops the packet (any protocol), an expired one is ignored;
+//! 3. TCP/UDP header; non-first fragments, other protocols and TCP with ACK or RST are
+//!    passed with no further lookup;
+//! 4. the watched-port bitmap (one inlined array access);
+//! 5. the ignore trie (only when it holds anything);
+//! 6. a socket lookup: a port a local socket owns is never a scan target;
+//! 7. the probe is counted per source and, within bounds, reported to userspace.
+//!
+//! Every packet increments exactly one verdict-reason counter.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, bpf_sock_tuple, xdp_action},
+    helpers::generated::{
+        bpf_ktime_get_boot_ns, bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp,
+    },
+    macros::{map, xdp},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::XdpContext,
+};
+use portsentry_common::{
+    Addr, Counter, PROTO_TCP, ScanType,
+    maps::{
+        BAN_NETS_MAX, BANS_MAX, BanEntry, EVENT_BURST, EVENTS_BYTES, EventBudget, IGNORE_MAX,
+        PORT_WORDS, SETTING_IGNORE, SETTING_PREFIX_BANS, SOURCES_MAX, ScanEvent, Settings,
+        SourceStats, UDP_PORT_WORD_BASE,
+    },
+    packet::{Ip, L4, Packet, parse_ip, parse_l4, scan_type},
+};
+
+#[map]
+static PS_BANS: HashMap<Addr, BanEntry> = HashMap::with_max_entries(BANS_MAX, BPF_F_NO_PREALLOC);
+#[map]
+static PS_BAN_NETS: LpmTrie<Addr, BanEntry> = LpmTrie::with_max_entries(BAN_NETS_MAX, 0);
+#[map]
+static PS_IGNORE: LpmTrie<Addr, u32> = LpmTrie::with_max_entries(IGNORE_MAX, 0);
+#[map]
+static PS_PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
+#[map]
+static PS_SOURCES: LruHashMap<Addr, SourceStats> = LruHashMap::with_max_entries(SOURCES_MAX, 0);
+#[map]
+static PS_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+#[map]
+static PS_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+#[map]
+static PS_SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+#[map]
+static PS_EV_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
+
+/// `BPF_F_CURRENT_NETNS`: look sockets up in the netns of the receiving device.
+const CURRENT_NETNS: u64 = -1i64 as u64;
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// Bounds-checked reads of packet memory.
+struct XdpPacket {
+    start: usize,
+    end: usize,
+}
+
+impl Packet for XdpPacket {
+    #[inline(always)]
+    fn bytes<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+        let p = self.start + off;
+        if p + N > self.end {
+            return None;
+        }
+        // SAFETY: p..p+N lies inside the packet, checked just above.
+        Some(unsafe { core::ptr::read_unaligned(p as *const [u8; N]) })
+    }
+}
+
+#[xdp]
+pub fn portsentry(ctx: XdpContext) -> u32 {
+    let reason = inspect(&ctx);
+    count(reason);
+    if reason.is_drop() {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
+
+#[inline(always)]
+fn inspect(ctx: &XdpContext) -> Counter {
+    let pkt = XdpPacket {
+        start: ctx.data(),
+        end: ctx.data_end(),
+    };
+    let ip = match parse_ip(&pkt) {
+        Ok(ip) => ip,
+        Err(reason) => return reason,
+    };
+    let flags = match PS_SETTINGS.get(0) {
+        Some(s) => s.flags,
+        None => 0,
+    };
+    if is_banned(&ip.src, flags) {
+        return Counter::DropBanned;
+    }
+    let l4 = match parse_l4(&pkt, &ip) {
+        Ok(l4) => l4,
+        Err(reason) => return reason,
+    };
+    let kind = match scan_type(&l4) {
+        Ok(kind) => kind,
+        Err(reason) => return reason,
+    };
+    if !is_watched(&l4) {
+        return Counter::PassUnwatched;
+    }
+    if flags & SETTING_IGNORE != 0 && PS_IGNORE.get(Key::new(128, ip.src)).is_some() {
+        return Counter::PassIgnored;
+    }
+    if has_local_socket(ctx, &pkt, &ip, &l4) {
+        return Counter::PassListening;
+    }
+    record_probe(ctx, &ip, &l4, kind);
+    Counter::PassProbe
+}
+
+#[inline(always)]
+fn count(counter: Counter) {
+    if let Some(slot) = PS_COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while this program runs.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+fn is_banned(src: &Addr, flags: u32) -> bool {
+    if let Some(ban) = PS_BANS.get_ptr(src) {
+        // SAFETY: a value pointer from a successful lookup.
+        if ban_active(unsafe { (*ban).expires_ns }) {
+            return true;
+        }
+    }
+    if flags & SETTING_PREFIX_BANS != 0 {
+        if let Some(ban) = PS_BAN_NETS.get(Key::new(128, *src)) {
+            return ban_active(ban.expires_ns);
+        }
+    }
+    false
+}
+
+#[inline(always)]
+fn ban_active(expires_ns: u64) -> bool {
+    // SAFETY: helper without arguments.
+    if expires_ns == 0 || unsafe { bpf_ktime_get_boot_ns() } < expires_ns {
+        return true;
+    }
+    count(Counter::BanExpired);
+    false
+}
+
+#[inline(always)]
+fn is_watched(l4: &L4) -> bool {
+    let base = if l4.proto == PROTO_TCP {
+        0
+    } else {
+        UDP_PORT_WORD_BASE
+    };
+    match PS_PORTS.get(base + (l4.dst_port as u32 >> 6)) {
+        Some(word) => word & (1u64 << (l4.dst_port & 63)) != 0,
+        None => false,
+    }
+}
+
+/// True when a socket on this host (listening, connected, or a TCP request or
+/// time-wait socket) matches the packet's 4-tuple in the receiving device's netns.
+#[inline(always)]
+fn has_local_socket(ctx: &XdpContext, pkt: &XdpPacket, ip: &Ip, l4: &L4) -> bool {
+    // SAFETY: an all-zero tuple is a valid value of this plain C union.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    let size = if ip.v6 {
+        let Some(dst) = pkt.bytes::<16>(ip.l3_off + 24) else {
+            return false;
+        };
+        // SAFETY: writing plain integers into the union's ipv6 member.
+        unsafe {
+            let t = &mut tuple.__bindgen_anon_1.ipv6;
+            t.saddr = core::mem::transmute::<Addr, [u32; 4]>(ip.src);
+            t.daddr = core::mem::transmute::<Addr, [u32; 4]>(dst);
+            t.sport = l4.src_port.to_be();
+            t.dport = l4.dst_port.to_be();
+        }
+        core::mem::size_of::<[u32; 8]>() + 4
+    } else {
+        let Some(dst) = pkt.bytes::<4>(ip.l3_off + 16) else {
+            return false;
+        };
+        // SAFETY: writing plain integers into the union's ipv4 member.
+        unsafe {
+            let t = &mut tuple.__bindgen_anon_1.ipv4;
+            t.saddr = u32::from_ne_bytes([ip.src[12], ip.src[13], ip.src[14], ip.src[15]]);
+            t.daddr = u32::from_ne_bytes(dst);
+            t.sport = l4.src_port.to_be();
+            t.dport = l4.dst_port.to_be();
+        }
+        12
+    };
+    // SAFETY: ctx is the program's context, tuple lives on the stack for the call.
+    let sk = unsafe {
+        if l4.proto == PROTO_TCP {
+            bpf_skc_lookup_tcp(ctx.ctx.cast(), &mut tuple, size as u32, CURRENT_NETNS, 0)
+        } else {
+            bpf_sk_lookup_udp(ctx.ctx.cast(), &mut tuple, size as u32, CURRENT_NETNS, 0).cast()
+        }
+    };
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: releasing the reference the lookup took.
+    unsafe { bpf_sk_release(sk.cast()) };
+    true
+}
+
+/// Which of the 256 bits of `SourceStats::port_filter` a port sets.
+#[inline(always)]
+fn port_bit(port: u16) -> u32 {
+    ((port as u32).wrapping_mul(0x9e37_79b1) >> 24) & 0xff
+}
+
+#[inline(always)]
+fn record_probe(ctx: &XdpContext, ip: &Ip, l4: &L4, kind: ScanType) {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let (trigger, settings) = match PS_SETTINGS.get(0) {
+        Some(s) => (
+            if s.event_trigger == 0 {
+                1
+            } else {
+                s.event_trigger
+            },
+            *s,
+        ),
+        None => (1, Settings::default()),
+    };
+    let bit = port_bit(l4.dst_port);
+    let word = (bit >> 6) as usize & 3;
+    let mask = 1u64 << (bit & 63);
+    let mut event = ScanEvent {
+        addr: ip.src,
+        ts_ns: now,
+        hits: 1,
+        distinct_ports: 1,
+        port: l4.dst_port,
+        scan_type: kind as u8,
+        tcp_flags: l4.tcp_flags,
+        ifindex: ctx.ingress_ifindex() as u32,
+    };
+    match PS_SOURCES.get_ptr_mut(&ip.src) {
+        Some(stats) => {
+            // SAFETY: a value pointer from a successful lookup; concurrent updates from
+            // other CPUs may race, which only makes the counts approximate.
+            let stats = unsafe { &mut *stats };
+            stats.hits = stats.hits.saturating_add(1);
+            stats.last_ns = now;
+            stats.last_port = l4.dst_port;
+            stats.last_scan_type = kind as u8;
+            if let Some(w) = stats.port_filter.get_mut(word) {
+                if *w & mask == 0 {
+                    *w |= mask;
+                    stats.distinct_ports += 1;
+                }
+            }
+            event.hits = stats.hits;
+            event.distinct_ports = stats.distinct_ports;
+            if wants_event(stats.hits, stats.events, trigger) && send_event(&event, now, &settings)
+            {
+                stats.events += 1;
+            }
+        }
+        None => {
+            let mut stats = SourceStats {
+                first_ns: now,
+                last_ns: now,
+                hits: 1,
+                distinct_ports: 1,
+                events: 0,
+                last_port: l4.dst_port,
+                last_scan_type: kind as u8,
+                _pad: 0,
+                port_filter: [0; 4],
+            };
+            if let Some(w) = stats.port_filter.get_mut(word) {
+                *w = mask;
+            }
+            if wants_event(1, 0, trigger) && send_event(&event, now, &settings) {
+                stats.events = 1;
+            }
+            if PS_SOURCES
+                .insert(&ip.src, &stats, BPF_NOEXIST as u64)
+                .is_err()
+            {
+                count(Counter::TrackFailed);
+            }
+        }
+    }
+}
+
+/// Reports every probe from the trigger on for `EVENT_BURST` events, then only at hit
+/// counts that are powers of two: at most `EVENT_BURST + 32` events per source.
+#[inline(always)]
+fn wants_event(hits: u32, events: u32, trigger: u32) -> bool {
+    hits >= trigger && (events < EVENT_BURST || hits & hits.wrapping_sub(1) == 0)
+}
+
+#[inline(always)]
+fn send_event(event: &ScanEvent, now: u64, settings: &Settings) -> bool {
+    if !take_token(now, settings) {
+        count(Counter::EventThrottled);
+        return false;
+    }
+    match PS_EVENTS.output::<ScanEvent>(event, 0) {
+        Ok(()) => {
+            count(Counter::EventSent);
+            true
+        }
+        Err(_) => {
+            count(Counter::EventLost);
+            false
+        }
+    }
+}
+
+/// Per-CPU token bucket: `events_per_sec` tokens a second, at most `event_burst` saved.
+#[inline(always)]
+fn take_token(now: u64, settings: &Settings) -> bool {
+    let rate = settings.events_per_sec as u64;
+    if rate == 0 {
+        return true;
+    }
+    let Some(budget) = PS_EV_BUDGET.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: per-CPU slot.
+    let budget = unsafe { &mut *budget };
+    let cap = (settings.event_burst as u64).max(1) * NS_PER_SEC;
+    // Clamped so that elapsed * rate cannot overflow (userspace keeps rate below 1e7).
+    let elapsed = now.wrapping_sub(budget.last_ns).min(100 * NS_PER_SEC);
+    budget.last_ns = now;
+    let tokens = (budget.tokens_ns + elapsed * rate).min(cap);
+    if tokens >= NS_PER_SEC {
+        budget.tokens_ns = tokens - NS_PER_SEC;
+        true
+    } else {
+        budget.tokens_ns = tokens;
+        false
+    }
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

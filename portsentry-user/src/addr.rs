@@ -1,0 +1,104 @@
+//! Conversions between std/ipnet addresses and the kernel's 16-byte form
+//! (`portsentry_common::Addr`: network order, IPv4 mapped into IPv6).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use portsentry_common::{Addr, V4_MAPPED_PREFIX_BITS, v4_mapped};
+
+/// The kernel key of an address.
+pub fn to_key(ip: IpAddr) -> Addr {
+    match ip {
+        IpAddr::V4(v4) => v4_mapped(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// The address a kernel key stands for (IPv4-mapped keys come back as IPv4).
+pub fn from_key(key: &Addr) -> IpAddr {
+    let v6 = Ipv6Addr::from(*key);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+/// Prefix length and key of a network in the 128-bit key space (host bits cleared).
+pub fn net_key(net: &IpNet) -> (u32, Addr) {
+    let net = net.trunc();
+    match net {
+        IpNet::V4(n) => (
+            u32::from(n.prefix_len()) + V4_MAPPED_PREFIX_BITS,
+            v4_mapped(n.network().octets()),
+        ),
+        IpNet::V6(n) => (u32::from(n.prefix_len()), n.network().octets()),
+    }
+}
+
+/// The network a trie key stands for.
+pub fn net_from_key(prefix_len: u32, key: &Addr) -> IpNet {
+    match from_key(key) {
+        IpAddr::V4(v4) if prefix_len >= V4_MAPPED_PREFIX_BITS => IpNet::V4(
+            Ipv4Net::new(v4, (prefix_len - V4_MAPPED_PREFIX_BITS) as u8)
+                .expect("prefix length from the kernel is at most 128"),
+        ),
+        _ => IpNet::V6(
+            Ipv6Net::new(Ipv6Addr::from(*key), prefix_len.min(128) as u8)
+                .expect("prefix length clamped to 128"),
+        ),
+    }
+}
+
+/// True for a network that is a single host (/32 or /128).
+pub fn is_host(net: &IpNet) -> bool {
+    net.prefix_len() == net.max_prefix_len()
+}
+
+/// A single-host network.
+pub fn host_net(ip: IpAddr) -> IpNet {
+    IpNet::from(ip)
+}
+
+/// Convenience for tests and examples.
+pub fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        for s in [
+            "192.0.2.7",
+            "::1",
+            "2001:db8::5",
+            "0.0.0.0",
+            "255.255.255.255",
+        ] {
+            let ip: IpAddr = s.parse().unwrap();
+            assert_eq!(from_key(&to_key(ip)), ip, "{s}");
+        }
+        for s in [
+            "10.0.0.0/8",
+            "192.0.2.7/32",
+            "0.0.0.0/0",
+            "2001:db8::/32",
+            "::/0",
+        ] {
+            let net: IpNet = s.parse().unwrap();
+            let (len, key) = net_key(&net);
+            assert_eq!(net_from_key(len, &key), net, "{s}");
+        }
+    }
+
+    #[test]
+    fn v4_prefixes_live_under_the_mapped_range() {
+        let (len, key) = net_key(&"10.1.2.3/8".parse().unwrap());
+        assert_eq!(len, 104);
+        assert_eq!(from_key(&key), v4(10, 0, 0, 0));
+        let (len, _) = net_key(&"0.0.0.0/0".parse().unwrap());
+        assert_eq!(len, 96, "/0 over IPv4 covers exactly the IPv4-mapped range");
+    }
+}

@@ -1,0 +1,444 @@
+//! The kernel half, seen from userspace: loading the XDP object, attaching it, and every
+//! read and write of its maps. Nothing else in the daemon touches a BPF map.
+
+use std::{net::IpAddr, os::fd::AsFd as _, path::PathBuf};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+};
+use ipnet::IpNet;
+use portsentry_common::{
+    Addr, Counter, PROGRAM_NAME,
+    maps::{self, BanEntry, SETTING_IGNORE, SETTING_PREFIX_BANS, Settings, SourceStats},
+};
+
+use crate::{addr, object, ports::PortSet};
+
+/// How to attach to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AttachMode {
+    /// In the driver (fastest); fails where the driver has no XDP support.
+    Native,
+    /// Generic XDP in the network stack; works on every interface.
+    Skb,
+    /// Native, falling back to generic when the driver refuses.
+    #[default]
+    Auto,
+}
+
+/// Sizes of the maps whose size is a deployment choice.
+#[derive(Clone, Debug)]
+pub struct MapSizes {
+    pub bans: u32,
+    pub ban_nets: u32,
+    pub ignore: u32,
+    pub sources: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        MapSizes {
+            bans: maps::BANS_MAX,
+            ban_nets: maps::BAN_NETS_MAX,
+            ignore: maps::IGNORE_MAX,
+            sources: maps::SOURCES_MAX,
+        }
+    }
+}
+
+/// Counter totals summed over CPUs, indexed by [`Counter`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters(pub [u64; Counter::COUNT as usize]);
+
+impl Counters {
+    pub fn get(&self, c: Counter) -> u64 {
+        self.0[c as usize]
+    }
+
+    /// Packets seen (the sum of the verdict reasons).
+    pub fn packets(&self) -> u64 {
+        Counter::ALL
+            .iter()
+            .filter(|c| c.is_verdict())
+            .map(|c| self.get(*c))
+            .sum()
+    }
+
+    /// Packets dropped.
+    pub fn dropped(&self) -> u64 {
+        Counter::ALL
+            .iter()
+            .filter(|c| c.is_drop())
+            .map(|c| self.get(*c))
+            .sum()
+    }
+
+    /// Counts that grew from `earlier` to `self`.
+    pub fn since(&self, earlier: &Counters) -> Counters {
+        let mut d = Counters::default();
+        for (i, v) in d.0.iter_mut().enumerate() {
+            *v = self.0[i].wrapping_sub(earlier.0[i]);
+        }
+        d
+    }
+}
+
+/// One attachment of the program.
+#[derive(Debug)]
+pub struct Attachment {
+    pub interface: String,
+    pub mode: XdpMode,
+    link: XdpLinkId,
+}
+
+/// The loaded XDP program and its maps.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    settings: Settings,
+    attachments: Vec<Attachment>,
+}
+
+impl Dataplane {
+    /// Loads the embedded object and verifies the program. With `pin_dir`, every map is
+    /// pinned there by name, and maps already pinned there are reused.
+    pub fn load(sizes: &MapSizes, pin_dir: Option<PathBuf>) -> Result<Self> {
+        let bytes = object::bytes()?;
+        let pins: Vec<(&str, PathBuf)> = match &pin_dir {
+            Some(dir) => maps::ALL.iter().map(|n| (*n, dir.join(n))).collect(),
+            None => Vec::new(),
+        };
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(maps::BANS, sizes.bans)
+            .map_max_entries(maps::BAN_NETS, sizes.ban_nets)
+            .map_max_entries(maps::IGNORE, sizes.ignore)
+            .map_max_entries(maps::SOURCES, sizes.sources);
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
+            .load(bytes)
+            .context("loading the XDP object into the kernel (are you root?)")?;
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or_else(|| anyhow!("the XDP object has no program `{PROGRAM_NAME}`"))?
+            .try_into()?;
+        program
+            .load()
+            .context("the kernel verifier rejected the XDP program")?;
+        let mut dp = Dataplane {
+            ebpf,
+            settings: Settings::default(),
+            attachments: Vec::new(),
+        };
+        dp.settings = dp.read_settings()?;
+        Ok(dp)
+    }
+
+    fn program(&mut self) -> Result<&mut Xdp> {
+        Ok(self
+            .ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or_else(|| anyhow!("the XDP object has no program `{PROGRAM_NAME}`"))?
+            .try_into()?)
+    }
+
+    /// Attaches to `interface`; returns the mode the kernel accepted.
+    pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<XdpMode> {
+        let tries: &[XdpMode] = match mode {
+            AttachMode::Native => &[XdpMode::Driver],
+            AttachMode::Skb => &[XdpMode::Skb],
+            AttachMode::Auto => &[XdpMode::Driver, XdpMode::Skb],
+        };
+        let program = self.program()?;
+        let mut last_err = None;
+        for m in tries {
+            match program.attach(interface, *m) {
+                Ok(link) => {
+                    self.attachments.push(Attachment {
+                        interface: interface.to_owned(),
+                        mode: *m,
+                        link,
+                    });
+                    return Ok(*m);
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(anyhow!(last_err.expect("at least one mode tried")))
+            .with_context(|| format!("attaching XDP to interface `{interface}` ({mode:?} mode)"))
+    }
+
+    /// Detaches from every interface this process attached to.
+    pub fn detach_all(&mut self) -> Result<()> {
+        let attachments = std::mem::take(&mut self.attachments);
+        let program = self.program()?;
+        for a in attachments {
+            program
+                .detach(a.link)
+                .with_context(|| format!("detaching from `{}`", a.interface))?;
+        }
+        Ok(())
+    }
+
+    pub fn attachments(&self) -> &[Attachment] {
+        &self.attachments
+    }
+
+    /// The program's file descriptor (for BPF_PROG_TEST_RUN).
+    pub fn program_fd(&self) -> Result<std::os::fd::BorrowedFd<'_>> {
+        let program: &Xdp = self
+            .ebpf
+            .program(PROGRAM_NAME)
+            .ok_or_else(|| anyhow!("no program `{PROGRAM_NAME}`"))?
+            .try_into()?;
+        Ok(program.fd()?.as_fd())
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("the XDP object has no map `{name}`"))
+    }
+
+    fn map(&self, name: &str) -> Result<&aya::maps::Map> {
+        self.ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("the XDP object has no map `{name}`"))
+    }
+
+    fn read_settings(&self) -> Result<Settings> {
+        let a: Array<_, Settings> = Array::try_from(self.map(maps::SETTINGS)?)?;
+        Ok(a.get(&0, 0)?)
+    }
+
+    /// Writes the runtime settings. The presence flags (`SETTING_PREFIX_BANS`,
+    /// `SETTING_IGNORE`) are kept by this type itself and are not taken from `s`.
+    pub fn write_settings(&mut self, s: Settings) -> Result<()> {
+        let keep = self.settings.flags & (SETTING_PREFIX_BANS | SETTING_IGNORE);
+        let s = Settings {
+            flags: (s.flags & !(SETTING_PREFIX_BANS | SETTING_IGNORE)) | keep,
+            ..s
+        };
+        self.store_settings(s)
+    }
+
+    pub fn settings(&self) -> Settings {
+        self.settings
+    }
+
+    fn store_settings(&mut self, s: Settings) -> Result<()> {
+        let mut a: Array<_, Settings> = Array::try_from(self.map_mut(maps::SETTINGS)?)?;
+        a.set(0, s, 0).context("writing PS_SETTINGS")?;
+        self.settings = s;
+        Ok(())
+    }
+
+    fn set_flag(&mut self, flag: u32, on: bool) -> Result<()> {
+        let flags = if on {
+            self.settings.flags | flag
+        } else {
+            self.settings.flags & !flag
+        };
+        if flags != self.settings.flags {
+            self.store_settings(Settings {
+                flags,
+                ..self.settings
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the watched TCP and UDP ports.
+    pub fn write_ports(&mut self, tcp: &PortSet, udp: &PortSet) -> Result<()> {
+        let mut a: Array<_, u64> = Array::try_from(self.map_mut(maps::PORTS)?)?;
+        for (base, set) in [(0, tcp), (maps::UDP_PORT_WORD_BASE, udp)] {
+            for (i, w) in set.words().iter().enumerate() {
+                a.set(base + i as u32, *w, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The watched TCP and UDP ports as the kernel has them.
+    pub fn read_ports(&self) -> Result<(PortSet, PortSet)> {
+        let a: Array<_, u64> = Array::try_from(self.map(maps::PORTS)?)?;
+        let (mut tcp, mut udp) = (PortSet::new(), PortSet::new());
+        for port in 0..=u16::MAX {
+            let w = u32::from(port >> 6);
+            let bit = 1u64 << (port & 63);
+            if a.get(&w, 0)? & bit != 0 {
+                tcp.insert(port);
+            }
+            if a.get(&(maps::UDP_PORT_WORD_BASE + w), 0)? & bit != 0 {
+                udp.insert(port);
+            }
+        }
+        Ok((tcp, udp))
+    }
+
+    /// Bans `net` (a host goes to the exact map, a wider prefix to the trie). Replaces an
+    /// existing ban of the same network.
+    pub fn insert_ban(&mut self, net: &IpNet, entry: &BanEntry) -> Result<()> {
+        let (len, key) = addr::net_key(net);
+        if addr::is_host(net) {
+            let mut m: HashMap<_, Addr, BanEntry> = HashMap::try_from(self.map_mut(maps::BANS)?)?;
+            m.insert(key, entry, 0)
+                .with_context(|| format!("writing the ban of {net} (is PS_BANS full?)"))?;
+        } else {
+            let mut m: LpmTrie<_, Addr, BanEntry> =
+                LpmTrie::try_from(self.map_mut(maps::BAN_NETS)?)?;
+            m.insert(&Key::new(len, key), entry, 0)
+                .with_context(|| format!("writing the ban of {net} (is PS_BAN_NETS full?)"))?;
+            self.set_flag(SETTING_PREFIX_BANS, true)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the ban of exactly `net`; false when there was none.
+    pub fn remove_ban(&mut self, net: &IpNet) -> Result<bool> {
+        let (len, key) = addr::net_key(net);
+        let removed = if addr::is_host(net) {
+            let mut m: HashMap<_, Addr, BanEntry> = HashMap::try_from(self.map_mut(maps::BANS)?)?;
+            absent_is_false(m.remove(&key))?
+        } else {
+            let mut m: LpmTrie<_, Addr, BanEntry> =
+                LpmTrie::try_from(self.map_mut(maps::BAN_NETS)?)?;
+            let removed = absent_is_false(m.remove(&Key::new(len, key)))?;
+            let any_left = m.keys().next().is_some();
+            self.set_flag(SETTING_PREFIX_BANS, any_left)?;
+            removed
+        };
+        Ok(removed)
+    }
+
+    /// The ban of exactly `net`, if any.
+    pub fn ban(&self, net: &IpNet) -> Result<Option<BanEntry>> {
+        let (len, key) = addr::net_key(net);
+        let r = if addr::is_host(net) {
+            let m: HashMap<_, Addr, BanEntry> = HashMap::try_from(self.map(maps::BANS)?)?;
+            m.get(&key, 0)
+        } else {
+            let m: LpmTrie<_, Addr, BanEntry> = LpmTrie::try_from(self.map(maps::BAN_NETS)?)?;
+            m.get(&Key::new(len, key), 0)
+        };
+        absent_is_none(r)
+    }
+
+    /// Every ban in the kernel, hosts and prefixes.
+    pub fn bans(&self) -> Result<Vec<(IpNet, BanEntry)>> {
+        let mut out = Vec::new();
+        let m: HashMap<_, Addr, BanEntry> = HashMap::try_from(self.map(maps::BANS)?)?;
+        for item in m.iter() {
+            let (k, v) = item?;
+            out.push((addr::host_net(addr::from_key(&k)), v));
+        }
+        let t: LpmTrie<_, Addr, BanEntry> = LpmTrie::try_from(self.map(maps::BAN_NETS)?)?;
+        for item in t.iter() {
+            let (k, v) = item?;
+            out.push((addr::net_from_key(k.prefix_len(), &k.data()), v));
+        }
+        Ok(out)
+    }
+
+    /// Makes the kernel's ignore list exactly `nets`: adds the new ones first, then
+    /// removes the stale ones, so that no network in both the old and new list is ever
+    /// unprotected.
+    pub fn replace_ignore(&mut self, nets: &[IpNet]) -> Result<()> {
+        let want: std::collections::HashSet<(u32, Addr)> = nets.iter().map(addr::net_key).collect();
+        let mut t: LpmTrie<_, Addr, u32> = LpmTrie::try_from(self.map_mut(maps::IGNORE)?)?;
+        for (len, key) in &want {
+            t.insert(&Key::new(*len, *key), 1, 0)
+                .context("writing PS_IGNORE (more ignore entries than its size?)")?;
+        }
+        let stale: Vec<Key<Addr>> = t
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !want.contains(&(k.prefix_len(), k.data())))
+            .collect();
+        for k in stale {
+            absent_is_false(t.remove(&k))?;
+        }
+        self.set_flag(SETTING_IGNORE, !want.is_empty())
+    }
+
+    /// Kernel counters summed over CPUs.
+    pub fn counters(&self) -> Result<Counters> {
+        let a: PerCpuArray<_, u64> = PerCpuArray::try_from(self.map(maps::COUNTERS)?)?;
+        let mut c = Counters::default();
+        for (i, slot) in c.0.iter_mut().enumerate() {
+            *slot = a.get(&(i as u32), 0)?.iter().sum();
+        }
+        Ok(c)
+    }
+
+    /// What the kernel has recorded of one source.
+    pub fn source(&self, ip: IpAddr) -> Result<Option<SourceStats>> {
+        let m: HashMap<_, Addr, SourceStats> = HashMap::try_from(self.map(maps::SOURCES)?)?;
+        absent_is_none(m.get(&addr::to_key(ip), 0))
+    }
+
+    /// Every tracked source.
+    pub fn sources(&self) -> Result<Vec<(IpAddr, SourceStats)>> {
+        let m: HashMap<_, Addr, SourceStats> = HashMap::try_from(self.map(maps::SOURCES)?)?;
+        let mut out = Vec::new();
+        for item in m.iter() {
+            let (k, v) = item?;
+            out.push((addr::from_key(&k), v));
+        }
+        Ok(out)
+    }
+
+    /// Forgets a source's probe history (after it was banned or unbanned).
+    pub fn forget_source(&mut self, ip: IpAddr) -> Result<()> {
+        let mut m: HashMap<_, Addr, SourceStats> = HashMap::try_from(self.map_mut(maps::SOURCES)?)?;
+        absent_is_false(m.remove(&addr::to_key(ip)))?;
+        Ok(())
+    }
+
+    /// Takes the event ring buffer out of the object (once).
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map(maps::EVENTS)
+            .ok_or_else(|| anyhow!("the event ring buffer was already taken"))?;
+        Ok(RingBuf::try_from(map)?)
+    }
+}
+
+fn absent_is_none<V>(r: Result<V, MapError>) -> Result<Option<V>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn absent_is_false(r: Result<(), MapError>) -> Result<bool> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(MapError::KeyNotFound) => Ok(false),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Fails unless `sizes` are sane for the kernel.
+pub fn check_sizes(sizes: &MapSizes) -> Result<()> {
+    for (name, v) in [
+        ("bans", sizes.bans),
+        ("ban_nets", sizes.ban_nets),
+        ("ignore", sizes.ignore),
+        ("sources", sizes.sources),
+    ] {
+        if v == 0 {
+            bail!("map size `{name}` must be at least 1");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! The portsentry daemon and CLI as a library, so the integration tests can drive it.
+
+pub mod addr;
+pub mod dataplane;
+pub mod object;
+pub mod ports;

@@ -1,0 +1,117 @@
+//! A freshly loaded program (own maps) driven through BPF_PROG_TEST_RUN.
+
+use std::net::IpAddr;
+
+use aya::maps::{MapData, RingBuf};
+use portsentry_common::{
+    Counter,
+    maps::{ScanEvent, Settings},
+};
+use portsentry_user::{
+    dataplane::{Counters, Dataplane, MapSizes},
+    ports::PortSet,
+};
+
+use crate::testrun;
+
+/// TCP and UDP ports the fixture watches: 1..=1023 except 113 (TCP) and 137 (UDP).
+pub fn default_ports() -> (PortSet, PortSet) {
+    let mut tcp = PortSet::from_range(1..=1023);
+    tcp.remove(113);
+    let mut udp = PortSet::from_range(1..=1023);
+    udp.remove(137);
+    (tcp, udp)
+}
+
+pub struct Fixture {
+    pub dp: Dataplane,
+    pub events: RingBuf<MapData>,
+}
+
+/// The result of one run: verdict and the counters that changed.
+#[derive(Debug)]
+pub struct Outcome {
+    pub retval: u32,
+    pub delta: Counters,
+}
+
+impl Outcome {
+    /// The one verdict-reason counter this packet incremented.
+    pub fn reason(&self) -> Counter {
+        let reasons: Vec<Counter> = Counter::ALL
+            .iter()
+            .copied()
+            .filter(|c| c.is_verdict() && self.delta.get(*c) > 0)
+            .collect();
+        assert_eq!(
+            reasons.len(),
+            1,
+            "exactly one verdict reason per packet, got {reasons:?} ({:?})",
+            self.delta
+        );
+        assert_eq!(self.delta.get(reasons[0]), 1, "reason counted once");
+        reasons[0]
+    }
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        Fixture::with_settings(Settings {
+            event_trigger: 1,
+            events_per_sec: 0,
+            event_burst: 0,
+            flags: 0,
+        })
+    }
+
+    pub fn with_settings(settings: Settings) -> Fixture {
+        let mut dp = Dataplane::load(&MapSizes::default(), None).expect("loading the program");
+        let (tcp, udp) = default_ports();
+        dp.write_ports(&tcp, &udp).expect("writing ports");
+        dp.write_settings(settings).expect("writing settings");
+        let events = dp.take_events().expect("ring buffer");
+        Fixture { dp, events }
+    }
+
+    /// Runs one frame and returns its verdict and counter changes.
+    pub fn run(&mut self, frame: &[u8]) -> Outcome {
+        let before = self.dp.counters().expect("counters");
+        let r = testrun::run(self.dp.program_fd().expect("fd"), frame, 1).expect("test run");
+        let after = self.dp.counters().expect("counters");
+        Outcome {
+            retval: r.retval,
+            delta: after.since(&before),
+        }
+    }
+
+    /// Runs a frame and asserts its verdict and reason.
+    pub fn expect(&mut self, frame: &[u8], retval: u32, reason: Counter) -> Outcome {
+        let o = self.run(frame);
+        assert_eq!(o.retval, retval, "verdict ({o:?})");
+        assert_eq!(o.reason(), reason, "reason ({o:?})");
+        o
+    }
+
+    /// Events waiting in the ring buffer.
+    pub fn drain_events(&mut self) -> Vec<ScanEvent> {
+        let mut out = Vec::new();
+        while let Some(item) = self.events.next() {
+            assert_eq!(item.len(), std::mem::size_of::<ScanEvent>());
+            out.push(*bytemuck::from_bytes::<ScanEvent>(&item));
+        }
+        out
+    }
+
+    pub fn hits(&self, ip: IpAddr) -> u32 {
+        self.dp
+            .source(ip)
+            .expect("reading PS_SOURCES")
+            .map_or(0, |s| s.hits)
+    }
+}
+
+impl Default for Fixture {
+    fn default() -> Self {
+        Fixture::new()
+    }
+}

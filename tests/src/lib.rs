@@ -1,0 +1,31 @@
+//! Helpers for the integration tests: hand-built frames, BPF_PROG_TEST_RUN, network
+//! namespaces with veth pairs, and the root/CI gate.
+
+pub mod fixture;
+pub mod frames;
+pub mod netns;
+pub mod testrun;
+
+/// True when kernel tests can run (we are root). Outside CI a non-root run skips them;
+/// with `CI=true` a missing privilege is a failure, never a skip.
+pub fn kernel_tests_enabled() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("kernel tests need root, and CI=true forbids skipping them");
+    }
+    eprintln!("skipping: kernel tests need root (run `cargo xtask test` as root)");
+    false
+}
+
+/// Returns early from a test when kernel tests cannot run here.
+#[macro_export]
+macro_rules! require_kernel {
+    () => {
+        if !$crate::kernel_tests_enabled() {
+            return;
+        }
+    };
+}

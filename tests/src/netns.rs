@@ -1,0 +1,164 @@
+//! Test networks: two namespaces made by the test, joined by a veth pair, both ends
+//! inside them. Nothing touches the host's own interfaces; everything is removed on drop.
+//!
+//! Addresses come from the documentation ranges (192.0.2.0/24, 2001:db8::/64) and exist
+//! only inside these namespaces.
+
+use std::{
+    fs::File,
+    net::IpAddr,
+    os::fd::AsRawFd,
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a command, panicking with its output when it fails.
+pub fn sh(cmd: &str) -> Output {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .unwrap_or_else(|e| panic!("running `{cmd}`: {e}"));
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A network namespace made by this test (removed on drop).
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = format!(
+            "ps{}-{}-{tag}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        sh(&format!("ip netns add {name}"));
+        sh(&format!("ip -n {name} link set lo up"));
+        Netns { name }
+    }
+
+    /// Runs a shell command inside the namespace (network namespace only, so bpffs
+    /// pins stay visible).
+    pub fn exec(&self, cmd: &str) -> Output {
+        let out = self.try_exec(cmd);
+        assert!(
+            out.status.success(),
+            "`{cmd}` in {} failed: {}\n{}",
+            self.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Like `exec` but returns the output whatever the exit status.
+    pub fn try_exec(&self, cmd: &str) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.name))
+            .args(["sh", "-c", cmd])
+            .output()
+            .expect("running nsenter")
+    }
+
+    /// A `Command` that runs `program` inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.name))
+            .arg(program);
+        c
+    }
+
+    /// Runs `f` with this thread inside the namespace, then moves the thread back.
+    /// Sockets made in `f` stay in this namespace; XDP attached in `f` stays attached.
+    pub fn enter<T>(&self, f: impl FnOnce() -> T) -> T {
+        let home = File::open("/proc/thread-self/ns/net").expect("opening own netns");
+        let target = File::open(format!("/run/netns/{}", self.name)).expect("opening netns");
+        // SAFETY: setns on valid namespace fds; only this thread moves.
+        let rc = unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        let out = f();
+        // SAFETY: as above.
+        let rc = unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns back: {}", std::io::Error::last_os_error());
+        out
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// A server namespace and an attacker namespace joined by a veth pair.
+pub struct TestNet {
+    pub server: Netns,
+    pub attacker: Netns,
+    /// The veth end inside `server` (where XDP is attached).
+    pub server_if: String,
+    pub attacker_if: String,
+    pub server_v4: IpAddr,
+    pub server_v6: IpAddr,
+    /// Attacker addresses: the first is its primary address; all are usable sources.
+    pub attacker_v4: Vec<IpAddr>,
+    pub attacker_v6: Vec<IpAddr>,
+}
+
+impl TestNet {
+    /// Builds the pair; the attacker gets `extra_sources` more IPv4 and IPv6 addresses.
+    pub fn new(extra_sources: u8) -> TestNet {
+        let server = Netns::new("srv");
+        let attacker = Netns::new("atk");
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let server_if = format!("pss{n}");
+        let attacker_if = format!("psa{n}");
+        sh(&format!(
+            "ip link add {server_if} netns {} type veth peer name {attacker_if} netns {}",
+            server.name, attacker.name
+        ));
+        server.exec(&format!(
+            "ip addr add 192.0.2.1/24 dev {server_if} && \
+             ip addr add 2001:db8::1/64 dev {server_if} nodad && \
+             ip link set {server_if} up"
+        ));
+        let mut attacker_v4 = Vec::new();
+        let mut attacker_v6 = Vec::new();
+        for i in 0..=extra_sources {
+            let host = 2 + u16::from(i);
+            attacker.exec(&format!(
+                "ip addr add 192.0.2.{host}/24 dev {attacker_if} && \
+                 ip addr add 2001:db8::{host:x}/64 dev {attacker_if} nodad"
+            ));
+            attacker_v4.push(format!("192.0.2.{host}").parse().unwrap());
+            attacker_v6.push(format!("2001:db8::{host:x}").parse().unwrap());
+        }
+        attacker.exec(&format!("ip link set {attacker_if} up"));
+        // Native XDP on veth needs the peer to have XDP too, or GRO enabled, to receive;
+        // both ends up is enough for the kernel we run on. Wait for carrier.
+        server.exec(&format!(
+            "for i in $(seq 50); do ip link show {server_if} | grep -q LOWER_UP && exit 0; sleep 0.1; done; exit 1"
+        ));
+        TestNet {
+            server,
+            attacker,
+            server_if,
+            attacker_if,
+            server_v4: "192.0.2.1".parse().unwrap(),
+            server_v6: "2001:db8::1".parse().unwrap(),
+            attacker_v4,
+            attacker_v6,
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! `cargo xtask build | run | test | setup | demo | bench` — everything a user or CI
+//! needs, from a fresh machine, with nothing installed by hand.
+
+mod toolchain;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "portsentry's build, run and test commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the project needs (nightly rust-src, bpf-linker, test packages,
+    /// bpffs). Idempotent; `build`, `run` and `test` call the parts they need.
+    Setup {
+        /// Also install the Debian packages the tests use (nmap, hping3, ...).
+        #[arg(long)]
+        packages: bool,
+    },
+    /// Build the XDP program and the `portsentry` binary (release).
+    Build,
+    /// Build, then run `portsentry` with the given arguments (as root).
+    Run {
+        /// Arguments for portsentry, e.g. `run -i eth0`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build, then run the whole test suite (kernel tests serially; needs root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.command {
+        Cmd::Setup { packages } => {
+            toolchain::ensure(&root)?;
+            if packages {
+                toolchain::ensure_packages(toolchain::TEST_PACKAGES)?;
+            }
+            toolchain::ensure_bpffs()?;
+        }
+        Cmd::Build => {
+            build(&root)?;
+        }
+        Cmd::Run { args } => {
+            build(&root)?;
+            toolchain::ensure_bpffs()?;
+            let bin = root.join("target/release/portsentry");
+            run_as_root(&bin, &args)?;
+        }
+        Cmd::Test { args } => test(&root, &args)?,
+    }
+    Ok(())
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Builds the eBPF object and returns its path.
+fn build_ebpf(root: &Path) -> Result<PathBuf> {
+    let linker_bin = toolchain::ensure(root)?;
+    let path = format!(
+        "{}:{}",
+        linker_bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let status = Command::new("cargo")
+        .current_dir(root)
+        .env("PATH", path)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WRAPPER")
+        .args([
+            "+nightly",
+            "build",
+            "--package",
+            "portsentry-ebpf",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ])
+        .status()
+        .context("running cargo +nightly for the XDP program")?;
+    if !status.success() {
+        bail!("building the XDP program failed");
+    }
+    Ok(root.join("target/bpfel-unknown-none/release/portsentry"))
+}
+
+fn build(root: &Path) -> Result<PathBuf> {
+    let object = build_ebpf(root)?;
+    cargo(
+        root,
+        &["build", "--release", "--package", "portsentry-user"],
+        &object,
+    )?;
+    Ok(object)
+}
+
+fn cargo(root: &Path, args: &[&str], object: &Path) -> Result<()> {
+    let status = Command::new("cargo")
+        .current_dir(root)
+        .env("PORTSENTRY_EBPF_OBJECT", object)
+        .args(args)
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
+fn test(root: &Path, extra: &[String]) -> Result<()> {
+    let is_root = toolchain::is_root();
+    if is_root {
+        toolchain::ensure_packages(toolchain::TEST_PACKAGES)?;
+        toolchain::ensure_bpffs()?;
+    } else {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            bail!("CI=true: the test suite must run as root (kernel tests may not be skipped)");
+        }
+        eprintln!("not root: kernel tests will be skipped (run as root for the full suite)");
+    }
+    let object = build(root)?;
+    let mut args: Vec<&str> = vec![
+        "test",
+        "--release",
+        "--workspace",
+        "--exclude",
+        "portsentry-ebpf",
+    ];
+    args.push("--");
+    // Kernel tests share kernel state (interfaces, pins, counters): run serially.
+    args.push("--test-threads=1");
+    args.extend(extra.iter().map(String::as_str));
+    cargo(root, &args, &object)
+}
+
+fn run_as_root(bin: &Path, args: &[String]) -> Result<()> {
+    let mut cmd = if toolchain::is_root() {
+        Command::new(bin)
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg(bin);
+        c
+    };
+    let status = cmd
+        .args(args)
+        .status()
+        .with_context(|| format!("running {}", bin.display()))?;
+    if !status.success() {
+        bail!("portsentry exited with {status}");
+    }
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! Installs what building and testing need, idempotently: the nightly toolchain with
+//! rust-src, bpf-linker built against that nightly's own LLVM (under
+//! `target/bpf-linker/<nightly commit>/`), the Debian packages the tests use, and bpffs.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// bpf-linker release built from crates.io.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Debian packages the tests (and the demo) use, with a binary that shows each is there.
+pub const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("nmap", "nmap"),
+    ("hping3", "hping3"),
+    ("iproute2", "ip"),
+    ("util-linux", "nsenter"),
+    ("procps", "ps"),
+];
+
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed with {}", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Makes sure nightly, rust-src and bpf-linker are there; returns the folder that holds
+/// the `bpf-linker` binary.
+pub fn ensure(root: &Path) -> Result<PathBuf> {
+    let version = match output(Command::new("rustc").args(["+nightly", "-vV"])) {
+        Ok(v) => v,
+        Err(_) => {
+            eprintln!("xtask: installing the nightly toolchain");
+            run(Command::new("rustup").args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
+            ]))?;
+            output(Command::new("rustc").args(["+nightly", "-vV"]))?
+        }
+    };
+    let field = |name: &str| {
+        version
+            .lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+    };
+    let commit = field("commit-hash:").context("`rustc +nightly -vV` printed no commit-hash")?;
+    let llvm = field("LLVM version:").context("`rustc +nightly -vV` printed no LLVM version")?;
+    let llvm_major = llvm.split('.').next().unwrap_or_default().to_owned();
+
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let sysroot = PathBuf::from(sysroot.trim());
+    if !sysroot.join("lib/rustlib/src/rust/library/core").exists() {
+        eprintln!("xtask: adding rust-src to the nightly toolchain");
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+
+    let prefix = root
+        .join("target/bpf-linker")
+        .join(&commit[..commit.len().min(12)]);
+    let bin = prefix.join("bin");
+    let linker = bin.join("bpf-linker");
+    if Command::new(&linker)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        return Ok(bin);
+    }
+
+    let libllvm = std::fs::read_dir(sysroot.join("lib"))
+        .context("reading the nightly sysroot")?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("libLLVM.so.{llvm_major}")))
+        })
+        .with_context(|| {
+            format!(
+                "no libLLVM.so.{llvm_major}* in {}/lib: this nightly ships no LLVM to build \
+                 bpf-linker against",
+                sysroot.display()
+            )
+        })?;
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    // `libLLVM.so` for the build; the library's own name for the binary's rpath lookup.
+    let own_name = libllvm.file_name().expect("a file name").to_owned();
+    for name in [std::ffi::OsString::from("libLLVM.so"), own_name] {
+        let link = prefix.join("lib").join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&libllvm, &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    eprintln!(
+        "xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM {llvm} of the nightly \
+         (about a minute, once)"
+    );
+    run(Command::new("cargo")
+        .env("LLVM_PREFIX", &prefix)
+        .args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}")])
+        .args([
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{llvm_major}"),
+        ])
+        .arg("--root")
+        .arg(&prefix)
+        .arg("--locked"))
+    .context("building bpf-linker")?;
+    Ok(bin)
+}
+
+/// Installs the Debian packages whose binaries are missing (as root, with apt-get).
+pub fn ensure_packages(packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .filter(|(_, bin)| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {bin}")])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing packages {}: install them (as root: apt-get install {})",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    run(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing))
+}
+
+/// Mounts bpffs at /sys/fs/bpf when it is not mounted (as root).
+pub fn ensure_bpffs() -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
+    {
+        return Ok(());
+    }
+    if !is_root() {
+        return Ok(());
+    }
+    std::fs::create_dir_all("/sys/fs/bpf").ok();
+    run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
