@@ -9,6 +9,11 @@ use crate::Addr;
 
 /// Exact-address bans. `HashMap<Addr, BanEntry>`.
 pub const BANS: &str = "PS_BANS";
+/// A one-hash Bloom filter over the exact bans: `Array<u64>` of [`BAN_FILTER_WORDS`]
+/// words; an address whose bit ([`ban_filter_bit`]) is clear is not in `PS_BANS`, so
+/// the common case (not banned) costs one inlined array read instead of a hash lookup.
+/// Userspace sets the bit before it inserts a ban and clears it when no ban left uses it.
+pub const BAN_FILTER: &str = "PS_BAN_FILTER";
 /// Prefix bans. `LpmTrie<Addr, BanEntry>` (key: prefix length in bits over the 128-bit
 /// form, IPv4 prefixes + 96).
 pub const BAN_NETS: &str = "PS_BAN_NETS";
@@ -29,8 +34,9 @@ pub const SETTINGS: &str = "PS_SETTINGS";
 pub const EVENT_BUDGET: &str = "PS_EV_BUDGET";
 
 /// Every map name, for pinning and clean-up.
-pub const ALL: [&str; 9] = [
+pub const ALL: [&str; 10] = [
     BANS,
+    BAN_FILTER,
     BAN_NETS,
     IGNORE,
     PORTS,
@@ -47,6 +53,18 @@ pub const BAN_NETS_MAX: u32 = 1 << 16;
 pub const IGNORE_MAX: u32 = 1 << 14;
 pub const SOURCES_MAX: u32 = 1 << 20;
 pub const EVENTS_BYTES: u32 = 1 << 20;
+/// log2 of the bits in `PS_BAN_FILTER` (2^24 bits, 2 MiB: about 6% false positives,
+/// each costing one hash lookup, with a million bans).
+pub const BAN_FILTER_BITS: u32 = 24;
+pub const BAN_FILTER_WORDS: u32 = 1 << (BAN_FILTER_BITS - 6);
+
+/// The `PS_BAN_FILTER` bit of an address: a multiplicative hash of its two words.
+#[inline(always)]
+pub const fn ban_filter_bit(addr: &crate::packet::AddrWords) -> u32 {
+    let x = addr[0] ^ addr[1] ^ (addr[1] >> 29);
+    (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - BAN_FILTER_BITS)) as u32
+}
+
 /// Words in the watched-port bitmap: 1024 per protocol.
 pub const PORT_WORDS: u32 = 2048;
 /// First bitmap word of the UDP half.
@@ -59,9 +77,9 @@ pub const UDP_PORT_WORD_BASE: u32 = 1024;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct BanEntry {
-    /// CLOCK_BOOTTIME nanoseconds after which the ban no longer applies; 0 = permanent.
+    /// CLOCK_MONOTONIC nanoseconds after which the ban no longer applies; 0 = permanent.
     pub expires_ns: u64,
-    /// CLOCK_BOOTTIME nanoseconds when the ban was made.
+    /// CLOCK_MONOTONIC nanoseconds when the ban was made.
     pub since_ns: u64,
     /// Destination port of the probe that caused the ban (0 for a manual ban).
     pub port: u16,
@@ -85,7 +103,7 @@ pub enum BanOrigin {
 }
 
 /// Value of `PS_SOURCES`: what one source has done. Host byte order; timestamps are
-/// CLOCK_BOOTTIME nanoseconds. Updated without locks, so counts are approximate under
+/// CLOCK_MONOTONIC nanoseconds. Updated without locks, so counts are approximate under
 /// concurrent packets from the same source on several CPUs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
@@ -113,7 +131,7 @@ const _: () = assert!(size_of::<SourceStats>() == 64);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct ScanEvent {
     pub addr: Addr,
-    /// CLOCK_BOOTTIME nanoseconds of the probe.
+    /// CLOCK_MONOTONIC nanoseconds of the probe.
     pub ts_ns: u64,
     /// The source's probe count including this probe.
     pub hits: u32,
@@ -160,7 +178,7 @@ pub const EVENT_BURST: u32 = 8;
 pub struct EventBudget {
     /// Tokens left, times 1e9 (so refills need no division).
     pub tokens_ns: u64,
-    /// CLOCK_BOOTTIME of the last refill.
+    /// CLOCK_MONOTONIC of the last refill.
     pub last_ns: u64,
 }
 const _: () = assert!(size_of::<EventBudget>() == 16);

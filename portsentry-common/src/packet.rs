@@ -1,39 +1,142 @@
 //! The packet parser and classifier. The XDP program runs it over packet memory; the
 //! host runs the very same code over byte slices in tests (see the `tests` crate).
 //!
-//! It is written for the BPF verifier: every read goes through [`Packet::bytes`] with
-//! its bounds check, offsets stay bounded, loops have a constant bound, nothing panics.
+//! Written for the BPF verifier: each header is read with one bounds check that covers
+//! the whole header ([`Packet::header`]) and its fields are then read from that one
+//! checked pointer. (Reading fields one by one lets LLVM drop a check that an earlier,
+//! larger check implies and recompute the pointer, which the verifier cannot follow for
+//! variable offsets.) Offsets stay bounded, loops have a constant bound, nothing panics.
 
-use crate::{Addr, Counter, PROTO_TCP, PROTO_UDP, ScanType, v4_mapped};
+use bytemuck::{Pod, Zeroable};
+
+use crate::{Addr, Counter, PROTO_TCP, PROTO_UDP, ScanType};
 
 /// Read access to a frame, starting at the Ethernet header.
 pub trait Packet {
-    /// The `N` bytes at `off`, or `None` when the frame is shorter than `off + N`.
-    fn bytes<const N: usize>(&self, off: usize) -> Option<[u8; N]>;
-
-    #[inline(always)]
-    fn u8_at(&self, off: usize) -> Option<u8> {
-        match self.bytes::<1>(off) {
-            Some([b]) => Some(b),
-            None => None,
-        }
-    }
-
-    #[inline(always)]
-    fn be16_at(&self, off: usize) -> Option<u16> {
-        match self.bytes::<2>(off) {
-            Some(b) => Some(u16::from_be_bytes(b)),
-            None => None,
-        }
-    }
+    /// The header `T` at `off`, or `None` when the frame is shorter than
+    /// `off + size_of::<T>()`. Fields are in the frame's byte order.
+    fn header<T: Pod>(&self, off: usize) -> Option<T>;
 }
 
 impl Packet for [u8] {
     #[inline]
-    fn bytes<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
-        let end = off.checked_add(N)?;
-        self.get(off..end)?.try_into().ok()
+    fn header<T: Pod>(&self, off: usize) -> Option<T> {
+        let end = off.checked_add(core::mem::size_of::<T>())?;
+        Some(bytemuck::pod_read_unaligned(self.get(off..end)?))
     }
+}
+
+/// Ethernet header.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct EthHdr {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    /// Network byte order.
+    pub proto: u16,
+}
+
+/// 802.1Q / 802.1ad tag after the TPID: TCI and the inner EtherType (network order).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct VlanTag {
+    pub tci: u16,
+    pub proto: u16,
+}
+
+/// The fixed IPv4 header (options follow).
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct Ipv4Hdr {
+    pub version_ihl: u8,
+    pub tos: u8,
+    pub tot_len: u16,
+    pub id: u16,
+    /// Flags and fragment offset, network order.
+    pub frag: u16,
+    pub ttl: u8,
+    pub proto: u8,
+    pub check: u16,
+    /// Addresses in memory (network) order.
+    pub src: u32,
+    pub dst: u32,
+}
+
+/// The fixed IPv6 header.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct Ipv6Hdr {
+    pub version_tc_flow: u32,
+    pub payload_len: u16,
+    pub next: u8,
+    pub hop_limit: u8,
+    /// Addresses in memory (network) order, as words.
+    pub src: AddrWords,
+    pub dst: AddrWords,
+}
+
+/// The first two bytes of an IPv6 extension header.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct ExtHdr {
+    pub next: u8,
+    pub len: u8,
+}
+
+/// IPv6 fragment header.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct FragHdr {
+    pub next: u8,
+    pub reserved: u8,
+    /// Offset (13 bits) and flags, network order.
+    pub frag: u16,
+    pub id: u32,
+}
+
+/// TCP header without options.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct TcpHdr {
+    pub sport: u16,
+    pub dport: u16,
+    pub seq: u32,
+    pub ack_seq: u32,
+    pub doff: u8,
+    pub flags: u8,
+    pub window: u16,
+    pub check: u16,
+    pub urg_ptr: u16,
+}
+
+/// UDP header.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct UdpHdr {
+    pub sport: u16,
+    pub dport: u16,
+    pub len: u16,
+    pub check: u16,
+}
+
+/// An address as two 64-bit words whose bytes (in memory order) are the [`Addr`]: the
+/// form the parser builds keys in, two loads instead of sixteen.
+pub type AddrWords = [u64; 2];
+
+/// The bytes of an [`AddrWords`].
+#[inline(always)]
+pub fn addr_bytes(w: &AddrWords) -> Addr {
+    bytemuck::cast(*w)
+}
+
+/// The IPv4-mapped [`AddrWords`] of an IPv4 address read raw (memory order).
+#[inline(always)]
+pub fn v4_mapped_words(raw: u32) -> AddrWords {
+    let o = raw.to_ne_bytes();
+    [
+        0,
+        u64::from_ne_bytes([0, 0, 0xff, 0xff, o[0], o[1], o[2], o[3]]),
+    ]
 }
 
 pub const ETH_HLEN: usize = 14;
@@ -56,11 +159,11 @@ const IPPROTO_DSTOPTS: u8 = 60;
 /// The network layer of a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ip {
-    /// Source address (IPv4 mapped).
-    pub src: Addr,
+    /// Source address (IPv4 mapped), as words; [`addr_bytes`] gives the bytes.
+    pub src: AddrWords,
+    /// Destination address, same form.
+    pub dst: AddrWords,
     pub v6: bool,
-    /// Offset of the IP header.
-    pub l3_off: usize,
     /// Upper-layer protocol (after IPv6 extension headers).
     pub proto: u8,
     /// Offset of the upper-layer header.
@@ -82,13 +185,15 @@ pub struct L4 {
 /// Walks Ethernet, VLAN tags and the IP header. `Err` is the verdict reason to pass with.
 #[inline(always)]
 pub fn parse_ip<P: Packet + ?Sized>(p: &P) -> Result<Ip, Counter> {
+    let eth = p.header::<EthHdr>(0).ok_or(Counter::PassMalformed)?;
+    let mut ethertype = u16::from_be(eth.proto);
     let mut off = ETH_HLEN;
-    let mut ethertype = p.be16_at(12).ok_or(Counter::PassMalformed)?;
     for _ in 0..MAX_VLAN_TAGS {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
-        ethertype = p.be16_at(off + 2).ok_or(Counter::PassMalformed)?;
+        let tag = p.header::<VlanTag>(off).ok_or(Counter::PassMalformed)?;
+        ethertype = u16::from_be(tag.proto);
         off += 4;
     }
     match ethertype {
@@ -100,64 +205,67 @@ pub fn parse_ip<P: Packet + ?Sized>(p: &P) -> Result<Ip, Counter> {
 
 #[inline(always)]
 fn parse_ipv4<P: Packet + ?Sized>(p: &P, off: usize) -> Result<Ip, Counter> {
-    // version/IHL, TOS, total length, id, flags/fragment offset, TTL, protocol, checksum,
-    // source: the first 16 bytes.
-    let h = p.bytes::<16>(off).ok_or(Counter::PassMalformed)?;
-    if h[0] >> 4 != 4 {
+    let h = p.header::<Ipv4Hdr>(off).ok_or(Counter::PassMalformed)?;
+    if h.version_ihl >> 4 != 4 {
         return Err(Counter::PassMalformed);
     }
-    let ihl = (h[0] & 0x0f) as usize;
+    let ihl = (h.version_ihl & 0x0f) as usize;
     if ihl < 5 {
         return Err(Counter::PassMalformed);
     }
     let hlen = ihl * 4;
-    // The whole header, options included, must be present.
-    p.u8_at(off + hlen - 1).ok_or(Counter::PassMalformed)?;
-    let frag_off = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
+    // The options must be present too.
+    if hlen > 20 {
+        p.header::<u8>(off + hlen - 1)
+            .ok_or(Counter::PassMalformed)?;
+    }
     Ok(Ip {
-        src: v4_mapped([h[12], h[13], h[14], h[15]]),
+        src: v4_mapped_words(h.src),
+        dst: v4_mapped_words(h.dst),
         v6: false,
-        l3_off: off,
-        proto: h[9],
+        proto: h.proto,
         l4_off: off + hlen,
-        later_fragment: frag_off != 0,
+        later_fragment: u16::from_be(h.frag) & 0x1fff != 0,
     })
 }
 
 #[inline(always)]
 fn parse_ipv6<P: Packet + ?Sized>(p: &P, off: usize) -> Result<Ip, Counter> {
-    let h = p.bytes::<8>(off).ok_or(Counter::PassMalformed)?;
-    if h[0] >> 4 != 6 {
+    let h = p.header::<Ipv6Hdr>(off).ok_or(Counter::PassMalformed)?;
+    if (h.version_tc_flow.to_ne_bytes()[0]) >> 4 != 6 {
         return Err(Counter::PassMalformed);
     }
-    let src = p.bytes::<16>(off + 8).ok_or(Counter::PassMalformed)?;
-    // The destination address must be present too.
-    p.bytes::<16>(off + 24).ok_or(Counter::PassMalformed)?;
     let mut ip = Ip {
-        src,
+        src: h.src,
+        dst: h.dst,
         v6: true,
-        l3_off: off,
-        proto: h[6],
+        proto: h.next,
         l4_off: off + 40,
         later_fragment: false,
     };
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         let ext_len = match ip.proto {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
-                let e = p.bytes::<2>(ip.l4_off).ok_or(Counter::PassMalformed)?;
-                ip.proto = e[0];
-                (e[1] as usize + 1) * 8
+                let e = p
+                    .header::<ExtHdr>(ip.l4_off)
+                    .ok_or(Counter::PassMalformed)?;
+                ip.proto = e.next;
+                (e.len as usize + 1) * 8
             }
             IPPROTO_AH => {
-                let e = p.bytes::<2>(ip.l4_off).ok_or(Counter::PassMalformed)?;
-                ip.proto = e[0];
-                (e[1] as usize + 2) * 4
+                let e = p
+                    .header::<ExtHdr>(ip.l4_off)
+                    .ok_or(Counter::PassMalformed)?;
+                ip.proto = e.next;
+                (e.len as usize + 2) * 4
             }
             IPPROTO_FRAGMENT => {
-                let e = p.bytes::<8>(ip.l4_off).ok_or(Counter::PassMalformed)?;
-                ip.proto = e[0];
+                let f = p
+                    .header::<FragHdr>(ip.l4_off)
+                    .ok_or(Counter::PassMalformed)?;
+                ip.proto = f.next;
                 ip.l4_off += 8;
-                if u16::from_be_bytes([e[2], e[3]]) >> 3 != 0 {
+                if u16::from_be(f.frag) >> 3 != 0 {
                     ip.later_fragment = true;
                     return Ok(ip);
                 }
@@ -183,20 +291,24 @@ pub fn parse_l4<P: Packet + ?Sized>(p: &P, ip: &Ip) -> Result<L4, Counter> {
     }
     match ip.proto {
         PROTO_TCP => {
-            let h = p.bytes::<20>(ip.l4_off).ok_or(Counter::PassMalformed)?;
+            let h = p
+                .header::<TcpHdr>(ip.l4_off)
+                .ok_or(Counter::PassMalformed)?;
             Ok(L4 {
                 proto: PROTO_TCP,
-                src_port: u16::from_be_bytes([h[0], h[1]]),
-                dst_port: u16::from_be_bytes([h[2], h[3]]),
-                tcp_flags: h[13],
+                src_port: u16::from_be(h.sport),
+                dst_port: u16::from_be(h.dport),
+                tcp_flags: h.flags,
             })
         }
         PROTO_UDP => {
-            let h = p.bytes::<8>(ip.l4_off).ok_or(Counter::PassMalformed)?;
+            let h = p
+                .header::<UdpHdr>(ip.l4_off)
+                .ok_or(Counter::PassMalformed)?;
             Ok(L4 {
                 proto: PROTO_UDP,
-                src_port: u16::from_be_bytes([h[0], h[1]]),
-                dst_port: u16::from_be_bytes([h[2], h[3]]),
+                src_port: u16::from_be(h.sport),
+                dst_port: u16::from_be(h.dport),
                 tcp_flags: 0,
             })
         }
@@ -230,3 +342,10 @@ pub fn classify<P: Packet + ?Sized>(p: &P) -> Result<Probe, Counter> {
     let scan_type = scan_type(&l4)?;
     Ok(Probe { ip, l4, scan_type })
 }
+
+const _: () = assert!(core::mem::size_of::<EthHdr>() == 14);
+const _: () = assert!(core::mem::size_of::<Ipv4Hdr>() == 20);
+const _: () = assert!(core::mem::size_of::<Ipv6Hdr>() == 40);
+const _: () = assert!(core::mem::size_of::<FragHdr>() == 8);
+const _: () = assert!(core::mem::size_of::<TcpHdr>() == 20);
+const _: () = assert!(core::mem::size_of::<UdpHdr>() == 8);

@@ -19,24 +19,27 @@
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST, bpf_sock_tuple, xdp_action},
     helpers::generated::{
-        bpf_ktime_get_boot_ns, bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp,
+        bpf_ktime_get_coarse_ns, bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp,
     },
     macros::{map, xdp},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
 };
+use bytemuck::Pod;
 use portsentry_common::{
     Addr, Counter, PROTO_TCP, ScanType,
     maps::{
-        BAN_NETS_MAX, BANS_MAX, BanEntry, EVENT_BURST, EVENTS_BYTES, EventBudget, IGNORE_MAX,
-        PORT_WORDS, SETTING_IGNORE, SETTING_PREFIX_BANS, SOURCES_MAX, ScanEvent, Settings,
-        SourceStats, UDP_PORT_WORD_BASE,
+        BAN_FILTER_WORDS, BAN_NETS_MAX, BANS_MAX, BanEntry, EVENT_BURST, EVENTS_BYTES, EventBudget,
+        IGNORE_MAX, PORT_WORDS, SETTING_IGNORE, SETTING_PREFIX_BANS, SOURCES_MAX, ScanEvent,
+        Settings, SourceStats, UDP_PORT_WORD_BASE, ban_filter_bit,
     },
-    packet::{Ip, L4, Packet, parse_ip, parse_l4, scan_type},
+    packet::{AddrWords, Ip, L4, Packet, parse_ip, parse_l4, scan_type},
 };
 
 #[map]
 static PS_BANS: HashMap<Addr, BanEntry> = HashMap::with_max_entries(BANS_MAX, BPF_F_NO_PREALLOC);
+#[map]
+static PS_BAN_FILTER: Array<u64> = Array::with_max_entries(BAN_FILTER_WORDS, 0);
 #[map]
 static PS_BAN_NETS: LpmTrie<Addr, BanEntry> = LpmTrie::with_max_entries(BAN_NETS_MAX, 0);
 #[map]
@@ -66,14 +69,23 @@ struct XdpPacket {
 
 impl Packet for XdpPacket {
     #[inline(always)]
-    fn bytes<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+    fn header<T: Pod>(&self, off: usize) -> Option<T> {
         let p = self.start + off;
-        if p + N > self.end {
+        if p + core::mem::size_of::<T>() > self.end {
             return None;
         }
-        // SAFETY: p..p+N lies inside the packet, checked just above.
-        Some(unsafe { core::ptr::read_unaligned(p as *const [u8; N]) })
+        // SAFETY: the header lies inside the packet, checked just above. It may be
+        // misaligned: the kernel permits misaligned packet reads, and typed loads are
+        // one instruction each where `read_unaligned` would be one per byte on BPF.
+        Some(unsafe { *(p as *const T) })
     }
+}
+
+/// The map key of an address held as words (same bytes, no copy).
+#[inline(always)]
+fn key(w: &AddrWords) -> &Addr {
+    // SAFETY: [u64; 2] and [u8; 16] have the same size; Addr has alignment 1.
+    unsafe { &*(w as *const AddrWords as *const Addr) }
 }
 
 #[xdp]
@@ -115,10 +127,10 @@ fn inspect(ctx: &XdpContext) -> Counter {
     if !is_watched(&l4) {
         return Counter::PassUnwatched;
     }
-    if flags & SETTING_IGNORE != 0 && PS_IGNORE.get(Key::new(128, ip.src)).is_some() {
+    if flags & SETTING_IGNORE != 0 && PS_IGNORE.get(Key::new(128, *key(&ip.src))).is_some() {
         return Counter::PassIgnored;
     }
-    if has_local_socket(ctx, &pkt, &ip, &l4) {
+    if has_local_socket(ctx, &ip, &l4) {
         return Counter::PassListening;
     }
     record_probe(ctx, &ip, &l4, kind);
@@ -134,15 +146,22 @@ fn count(counter: Counter) {
 }
 
 #[inline(always)]
-fn is_banned(src: &Addr, flags: u32) -> bool {
-    if let Some(ban) = PS_BANS.get_ptr(src) {
-        // SAFETY: a value pointer from a successful lookup.
-        if ban_active(unsafe { (*ban).expires_ns }) {
-            return true;
+fn is_banned(src: &AddrWords, flags: u32) -> bool {
+    let bit = ban_filter_bit(src);
+    let maybe = match PS_BAN_FILTER.get(bit >> 6) {
+        Some(word) => word & (1u64 << (bit & 63)) != 0,
+        None => true,
+    };
+    if maybe {
+        if let Some(ban) = PS_BANS.get_ptr(key(src)) {
+            // SAFETY: a value pointer from a successful lookup.
+            if ban_active(unsafe { (*ban).expires_ns }) {
+                return true;
+            }
         }
     }
     if flags & SETTING_PREFIX_BANS != 0 {
-        if let Some(ban) = PS_BAN_NETS.get(Key::new(128, *src)) {
+        if let Some(ban) = PS_BAN_NETS.get(Key::new(128, *key(src))) {
             return ban_active(ban.expires_ns);
         }
     }
@@ -152,7 +171,7 @@ fn is_banned(src: &Addr, flags: u32) -> bool {
 #[inline(always)]
 fn ban_active(expires_ns: u64) -> bool {
     // SAFETY: helper without arguments.
-    if expires_ns == 0 || unsafe { bpf_ktime_get_boot_ns() } < expires_ns {
+    if expires_ns == 0 || unsafe { bpf_ktime_get_coarse_ns() } < expires_ns {
         return true;
     }
     count(Counter::BanExpired);
@@ -175,31 +194,27 @@ fn is_watched(l4: &L4) -> bool {
 /// True when a socket on this host (listening, connected, or a TCP request or
 /// time-wait socket) matches the packet's 4-tuple in the receiving device's netns.
 #[inline(always)]
-fn has_local_socket(ctx: &XdpContext, pkt: &XdpPacket, ip: &Ip, l4: &L4) -> bool {
+fn has_local_socket(ctx: &XdpContext, ip: &Ip, l4: &L4) -> bool {
     // SAFETY: an all-zero tuple is a valid value of this plain C union.
     let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
     let size = if ip.v6 {
-        let Some(dst) = pkt.bytes::<16>(ip.l3_off + 24) else {
-            return false;
-        };
         // SAFETY: writing plain integers into the union's ipv6 member.
         unsafe {
             let t = &mut tuple.__bindgen_anon_1.ipv6;
-            t.saddr = core::mem::transmute::<Addr, [u32; 4]>(ip.src);
-            t.daddr = core::mem::transmute::<Addr, [u32; 4]>(dst);
+            t.saddr = core::mem::transmute::<AddrWords, [u32; 4]>(ip.src);
+            t.daddr = core::mem::transmute::<AddrWords, [u32; 4]>(ip.dst);
             t.sport = l4.src_port.to_be();
             t.dport = l4.dst_port.to_be();
         }
         core::mem::size_of::<[u32; 8]>() + 4
     } else {
-        let Some(dst) = pkt.bytes::<4>(ip.l3_off + 16) else {
-            return false;
-        };
+        let s = ip.src[1].to_ne_bytes();
+        let d = ip.dst[1].to_ne_bytes();
         // SAFETY: writing plain integers into the union's ipv4 member.
         unsafe {
             let t = &mut tuple.__bindgen_anon_1.ipv4;
-            t.saddr = u32::from_ne_bytes([ip.src[12], ip.src[13], ip.src[14], ip.src[15]]);
-            t.daddr = u32::from_ne_bytes(dst);
+            t.saddr = u32::from_ne_bytes([s[4], s[5], s[6], s[7]]);
+            t.daddr = u32::from_ne_bytes([d[4], d[5], d[6], d[7]]);
             t.sport = l4.src_port.to_be();
             t.dport = l4.dst_port.to_be();
         }
@@ -230,7 +245,7 @@ fn port_bit(port: u16) -> u32 {
 #[inline(always)]
 fn record_probe(ctx: &XdpContext, ip: &Ip, l4: &L4, kind: ScanType) {
     // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let (trigger, settings) = match PS_SETTINGS.get(0) {
         Some(s) => (
             if s.event_trigger == 0 {
@@ -246,7 +261,7 @@ fn record_probe(ctx: &XdpContext, ip: &Ip, l4: &L4, kind: ScanType) {
     let word = (bit >> 6) as usize & 3;
     let mask = 1u64 << (bit & 63);
     let mut event = ScanEvent {
-        addr: ip.src,
+        addr: *key(&ip.src),
         ts_ns: now,
         hits: 1,
         distinct_ports: 1,
@@ -255,7 +270,7 @@ fn record_probe(ctx: &XdpContext, ip: &Ip, l4: &L4, kind: ScanType) {
         tcp_flags: l4.tcp_flags,
         ifindex: ctx.ingress_ifindex() as u32,
     };
-    match PS_SOURCES.get_ptr_mut(&ip.src) {
+    match PS_SOURCES.get_ptr_mut(key(&ip.src)) {
         Some(stats) => {
             // SAFETY: a value pointer from a successful lookup; concurrent updates from
             // other CPUs may race, which only makes the counts approximate.
@@ -296,7 +311,7 @@ fn record_probe(ctx: &XdpContext, ip: &Ip, l4: &L4, kind: ScanType) {
                 stats.events = 1;
             }
             if PS_SOURCES
-                .insert(&ip.src, &stats, BPF_NOEXIST as u64)
+                .insert(key(&ip.src), &stats, BPF_NOEXIST as u64)
                 .is_err()
             {
                 count(Counter::TrackFailed);

@@ -99,6 +99,8 @@ pub struct Dataplane {
     ebpf: Ebpf,
     settings: Settings,
     attachments: Vec<Attachment>,
+    /// How many exact bans use each `PS_BAN_FILTER` bit (a bit is cleared at zero).
+    filter_users: std::collections::HashMap<u32, u32>,
 }
 
 impl Dataplane {
@@ -133,8 +135,10 @@ impl Dataplane {
             ebpf,
             settings: Settings::default(),
             attachments: Vec::new(),
+            filter_users: Default::default(),
         };
         dp.settings = dp.read_settings()?;
+        dp.rebuild_ban_filter()?;
         Ok(dp)
     }
 
@@ -280,14 +284,59 @@ impl Dataplane {
         Ok((tcp, udp))
     }
 
+    /// Makes `PS_BAN_FILTER` exactly the filter of the bans in `PS_BANS` (at load, which
+    /// also adopts the bans of pinned maps).
+    fn rebuild_ban_filter(&mut self) -> Result<()> {
+        let mut words = vec![0u64; maps::BAN_FILTER_WORDS as usize];
+        let mut users = std::collections::HashMap::new();
+        let m: HashMap<_, Addr, BanEntry> = HashMap::try_from(self.map(maps::BANS)?)?;
+        for k in m.keys() {
+            let bit = filter_bit(&k?);
+            words[(bit >> 6) as usize] |= 1 << (bit & 63);
+            *users.entry(bit).or_insert(0) += 1;
+        }
+        let mut a: Array<_, u64> = Array::try_from(self.map_mut(maps::BAN_FILTER)?)?;
+        for (i, w) in words.iter().enumerate() {
+            if a.get(&(i as u32), 0)? != *w {
+                a.set(i as u32, *w, 0)?;
+            }
+        }
+        self.filter_users = users;
+        Ok(())
+    }
+
+    fn set_filter_bit(&mut self, bit: u32, on: bool) -> Result<()> {
+        let mut a: Array<_, u64> = Array::try_from(self.map_mut(maps::BAN_FILTER)?)?;
+        let word = a.get(&(bit >> 6), 0)?;
+        let mask = 1u64 << (bit & 63);
+        a.set(bit >> 6, if on { word | mask } else { word & !mask }, 0)
+            .context("writing PS_BAN_FILTER")?;
+        Ok(())
+    }
+
     /// Bans `net` (a host goes to the exact map, a wider prefix to the trie). Replaces an
     /// existing ban of the same network.
     pub fn insert_ban(&mut self, net: &IpNet, entry: &BanEntry) -> Result<()> {
         let (len, key) = addr::net_key(net);
         if addr::is_host(net) {
+            // The filter bit goes first: a ban is never in the map without its bit.
+            let bit = filter_bit(&key);
+            let is_new = self.ban(net)?.is_none();
+            if is_new {
+                let users = self.filter_users.entry(bit).or_insert(0);
+                *users += 1;
+                if *users == 1 {
+                    self.set_filter_bit(bit, true)?;
+                }
+            }
             let mut m: HashMap<_, Addr, BanEntry> = HashMap::try_from(self.map_mut(maps::BANS)?)?;
-            m.insert(key, entry, 0)
-                .with_context(|| format!("writing the ban of {net} (is PS_BANS full?)"))?;
+            if let Err(e) = m.insert(key, entry, 0) {
+                if is_new {
+                    self.release_filter_bit(bit)?;
+                }
+                return Err(e)
+                    .with_context(|| format!("writing the ban of {net} (is PS_BANS full?)"));
+            }
         } else {
             let mut m: LpmTrie<_, Addr, BanEntry> =
                 LpmTrie::try_from(self.map_mut(maps::BAN_NETS)?)?;
@@ -303,7 +352,11 @@ impl Dataplane {
         let (len, key) = addr::net_key(net);
         let removed = if addr::is_host(net) {
             let mut m: HashMap<_, Addr, BanEntry> = HashMap::try_from(self.map_mut(maps::BANS)?)?;
-            absent_is_false(m.remove(&key))?
+            let removed = absent_is_false(m.remove(&key))?;
+            if removed {
+                self.release_filter_bit(filter_bit(&key))?;
+            }
+            removed
         } else {
             let mut m: LpmTrie<_, Addr, BanEntry> =
                 LpmTrie::try_from(self.map_mut(maps::BAN_NETS)?)?;
@@ -313,6 +366,17 @@ impl Dataplane {
             removed
         };
         Ok(removed)
+    }
+
+    fn release_filter_bit(&mut self, bit: u32) -> Result<()> {
+        if let Some(users) = self.filter_users.get_mut(&bit) {
+            *users -= 1;
+            if *users == 0 {
+                self.filter_users.remove(&bit);
+                self.set_filter_bit(bit, false)?;
+            }
+        }
+        Ok(())
     }
 
     /// The ban of exactly `net`, if any.
@@ -407,6 +471,10 @@ impl Dataplane {
             .ok_or_else(|| anyhow!("the event ring buffer was already taken"))?;
         Ok(RingBuf::try_from(map)?)
     }
+}
+
+fn filter_bit(key: &Addr) -> u32 {
+    maps::ban_filter_bit(&bytemuck::cast::<Addr, portsentry_common::packet::AddrWords>(*key))
 }
 
 fn absent_is_none<V>(r: Result<V, MapError>) -> Result<Option<V>> {

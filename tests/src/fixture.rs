@@ -12,7 +12,7 @@ use portsentry_user::{
     ports::PortSet,
 };
 
-use crate::testrun;
+use crate::{netns::Netns, testrun};
 
 /// TCP and UDP ports the fixture watches: 1..=1023 except 113 (TCP) and 137 (UDP).
 pub fn default_ports() -> (PortSet, PortSet) {
@@ -23,7 +23,11 @@ pub fn default_ports() -> (PortSet, PortSet) {
     (tcp, udp)
 }
 
+/// BPF_PROG_TEST_RUN looks sockets up in the caller's network namespace, so every run
+/// happens inside a namespace of the fixture's own: the host's listening sockets (sshd
+/// on 22, say) cannot change a verdict.
 pub struct Fixture {
+    pub ns: Netns,
     pub dp: Dataplane,
     pub events: RingBuf<MapData>,
 }
@@ -70,13 +74,21 @@ impl Fixture {
         dp.write_ports(&tcp, &udp).expect("writing ports");
         dp.write_settings(settings).expect("writing settings");
         let events = dp.take_events().expect("ring buffer");
-        Fixture { dp, events }
+        Fixture {
+            ns: Netns::new("run"),
+            dp,
+            events,
+        }
     }
 
     /// Runs one frame and returns its verdict and counter changes.
     pub fn run(&mut self, frame: &[u8]) -> Outcome {
         let before = self.dp.counters().expect("counters");
-        let r = testrun::run(self.dp.program_fd().expect("fd"), frame, 1).expect("test run");
+        let fd = self.dp.program_fd().expect("fd");
+        let r = self
+            .ns
+            .enter(|| testrun::run(fd, frame, 1))
+            .expect("test run");
         let after = self.dp.counters().expect("counters");
         Outcome {
             retval: r.retval,

@@ -150,6 +150,11 @@ impl TestNet {
         server.exec(&format!(
             "for i in $(seq 50); do ip link show {server_if} | grep -q LOWER_UP && exit 0; sleep 0.1; done; exit 1"
         ));
+        // Resolve every neighbour now, so that no first packet waits on neighbour
+        // discovery long enough to be retransmitted (a retransmitted SYN counts twice).
+        for a in attacker_v4.iter().chain(&attacker_v6) {
+            server.exec(&format!("ping -c1 -W2 {a} >/dev/null"));
+        }
         TestNet {
             server,
             attacker,
@@ -161,4 +166,17 @@ impl TestNet {
             attacker_v6,
         }
     }
+}
+
+/// A TCP connection from `src` (an address of the current namespace) to `dst`.
+pub fn tcp_connect(
+    src: IpAddr,
+    dst: std::net::SocketAddr,
+    timeout: std::time::Duration,
+) -> std::io::Result<std::net::TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::for_address(dst), Type::STREAM, None)?;
+    sock.bind(&std::net::SocketAddr::new(src, 0).into())?;
+    sock.connect_timeout(&dst.into(), timeout)?;
+    Ok(sock.into())
 }

@@ -19,6 +19,7 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("util-linux", "nsenter"),
     ("procps", "ps"),
+    ("iputils-ping", "ping"),
 ];
 
 pub fn is_root() -> bool {

@@ -1,0 +1,107 @@
+//! The program attached in native mode to a veth end in a namespace, with real traffic
+//! from another namespace.
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use portsentry_common::{Counter, maps::BanEntry};
+use portsentry_tests::{
+    fixture::default_ports,
+    netns::{TestNet, tcp_connect},
+    require_kernel,
+};
+use portsentry_user::dataplane::{AttachMode, Dataplane, MapSizes};
+
+#[test]
+fn native_xdp_counts_syns_per_source_and_drops_banned_sources() {
+    require_kernel!();
+    let net = TestNet::new(2);
+    let mut dp = Dataplane::load(&MapSizes::default(), None).expect("load");
+    let (tcp, udp) = default_ports();
+    dp.write_ports(&tcp, &udp).unwrap();
+    dp.write_settings(portsentry_common::maps::Settings {
+        event_trigger: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    let mode = net
+        .server
+        .enter(|| dp.attach(&net.server_if, AttachMode::Native))
+        .expect("native XDP on veth");
+    assert_eq!(mode, aya::programs::XdpMode::Driver);
+
+    // A service on the server: port 80, inside the watched range.
+    let listener = net.server.enter(|| TcpListener::bind("[::]:80").unwrap());
+    listener.set_nonblocking(true).unwrap();
+    let t = Duration::from_secs(2);
+    let srv4 = SocketAddr::new(net.server_v4, 80);
+    let srv6 = SocketAddr::new(net.server_v6, 80);
+    let closed4 = SocketAddr::new(net.server_v4, 23);
+    let closed6 = SocketAddr::new(net.server_v6, 23);
+
+    // SYNs to a closed watched port, a different number from each source.
+    let sources = [
+        (net.attacker_v4[0], closed4, 3),
+        (net.attacker_v4[1], closed4, 5),
+        (net.attacker_v6[0], closed6, 2),
+        (net.attacker_v6[2], closed6, 4),
+    ];
+    net.attacker.enter(|| {
+        for (src, dst, n) in sources {
+            for _ in 0..n {
+                let r = tcp_connect(src, dst, t);
+                let e = r.expect_err("nothing listens on 23");
+                assert_eq!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused,
+                    "{src}: {e}"
+                );
+            }
+        }
+    });
+    for (src, _, n) in sources {
+        let s = dp
+            .source(src)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{src} not tracked"));
+        assert_eq!(s.hits, n, "SYNs counted for {src}");
+        assert_eq!(s.last_port, 23);
+    }
+    // A client of the listening service is never counted.
+    net.attacker.enter(|| {
+        for dst in [srv4, srv6] {
+            let src = if dst.is_ipv4() {
+                net.attacker_v4[2]
+            } else {
+                net.attacker_v6[1]
+            };
+            tcp_connect(src, dst, t).expect("connect to the service");
+        }
+    });
+    assert_eq!(dp.source(net.attacker_v4[2]).unwrap(), None);
+    assert_eq!(dp.source(net.attacker_v6[1]).unwrap(), None);
+    assert_eq!(dp.source(net.attacker_v4[0]).unwrap().unwrap().hits, 3);
+
+    // Ban one IPv4 and one IPv6 source: their connects time out, the others connect.
+    let before = dp.counters().unwrap();
+    for banned in [net.attacker_v4[1], net.attacker_v6[2]] {
+        dp.insert_ban(&IpNet::from(banned), &BanEntry::default())
+            .unwrap();
+    }
+    net.attacker.enter(|| {
+        for (src, dst) in [(net.attacker_v4[1], srv4), (net.attacker_v6[2], srv6)] {
+            let e = tcp_connect(src, dst, Duration::from_millis(1500))
+                .expect_err("a banned source must not reach the service");
+            assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{src}: {e}");
+        }
+        tcp_connect(net.attacker_v4[0], srv4, t).expect("an unbanned source connects");
+        tcp_connect(net.attacker_v6[0], srv6, t).expect("an unbanned source connects");
+    });
+    let d = dp.counters().unwrap().since(&before);
+    assert!(d.get(Counter::DropBanned) >= 2, "{d:?}");
+    assert_eq!(dp.source(net.attacker_v4[1]).unwrap().unwrap().hits, 5);
+    drop(listener);
+}
