@@ -133,6 +133,8 @@ pub struct ScanEvent {
     pub addr: Addr,
     /// CLOCK_MONOTONIC nanoseconds of the probe.
     pub ts_ns: u64,
+    /// CLOCK_MONOTONIC nanoseconds of the source's first counted probe.
+    pub first_ns: u64,
     /// The source's probe count including this probe.
     pub hits: u32,
     pub distinct_ports: u32,
@@ -145,7 +147,7 @@ pub struct ScanEvent {
     /// Interface index the probe arrived on.
     pub ifindex: u32,
 }
-const _: () = assert!(size_of::<ScanEvent>() == 40);
+const _: () = assert!(size_of::<ScanEvent>() == 48);
 
 /// The one entry of `PS_SETTINGS`. Host byte order.
 #[repr(C)]

@@ -263,6 +263,7 @@ fn record_probe(ctx: &XdpContext, ip: &Ip, l4: &L4, kind: ScanType) {
     let mut event = ScanEvent {
         addr: *key(&ip.src),
         ts_ns: now,
+        first_ns: now,
         hits: 1,
         distinct_ports: 1,
         port: l4.dst_port,
@@ -286,6 +287,7 @@ fn record_probe(ctx: &XdpContext, ip: &Ip, l4: &L4, kind: ScanType) {
                 }
             }
             event.hits = stats.hits;
+            event.first_ns = stats.first_ns;
             event.distinct_ports = stats.distinct_ports;
             if wants_event(stats.hits, stats.events, trigger) && send_event(&event, now, &settings)
             {

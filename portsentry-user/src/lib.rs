@@ -1,9 +1,18 @@
 //! The portsentry daemon and CLI as a library, so the integration tests can drive it.
 
+pub mod actions;
 pub mod addr;
+pub mod bans;
+pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod dataplane;
+pub mod detector;
 pub mod ignore;
+pub mod localaddrs;
 pub mod object;
+pub mod policy;
 pub mod ports;
+pub mod records;
+pub mod settings;

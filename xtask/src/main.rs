@@ -35,6 +35,12 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build, then measure (per-packet cost through BPF_PROG_TEST_RUN; needs root).
+    Bench {
+        /// Extra arguments for portsentry-bench (e.g. `--rounds 15`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Build, then run the whole test suite (kernel tests serially; needs root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -64,6 +70,20 @@ fn main() -> Result<()> {
             run_as_root(&bin, &args)?;
         }
         Cmd::Test { args } => test(&root, &args)?,
+        Cmd::Bench { args } => {
+            let object = build(&root)?;
+            toolchain::ensure_bpffs()?;
+            let mut a = vec![
+                "run",
+                "--release",
+                "--quiet",
+                "--package",
+                "portsentry-tests",
+            ];
+            a.extend(["--bin", "portsentry-bench", "--"]);
+            a.extend(args.iter().map(String::as_str));
+            cargo(&root, &a, &object)?;
+        }
     }
     Ok(())
 }
@@ -146,6 +166,7 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     let mut args: Vec<&str> = vec![
         "test",
         "--release",
+        "--no-fail-fast",
         "--workspace",
         "--exclude",
         "portsentry-ebpf",

@@ -1,0 +1,208 @@
+//! The ban store: every ban in force with what caused it, and how long a ban lasts.
+//! The kernel map is the enforcement; this is the record the daemon keeps beside it.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    time::{Duration, SystemTime},
+};
+
+use ipnet::IpNet;
+use portsentry_common::{
+    ScanType,
+    maps::{BanEntry, BanOrigin},
+};
+
+use crate::clock;
+
+/// One ban.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ban {
+    pub net: IpNet,
+    pub origin: BanOrigin,
+    pub since: SystemTime,
+    /// `None`: permanent.
+    pub expires: Option<SystemTime>,
+    /// Destination port of the probe that caused it (0 for a manual ban).
+    pub port: u16,
+    /// 6 (TCP), 17 (UDP) or 0 (manual).
+    pub proto: u8,
+    pub scan_type: Option<ScanType>,
+    /// PortSentry's mode token (`atcp`, `stcp`, `audp`, `sudp`) or `manual`.
+    pub mode: String,
+    /// The name the host was logged under (resolved name, or the address).
+    pub name: String,
+    /// How many times this network has been banned, this ban included.
+    pub count: u32,
+}
+
+impl Ban {
+    /// The kernel's copy of this ban.
+    pub fn kernel_entry(&self) -> BanEntry {
+        BanEntry {
+            expires_ns: self.expires.map_or(0, clock::from_system),
+            since_ns: clock::from_system(self.since),
+            port: self.port,
+            scan_type: self.scan_type.map_or(0, |t| t as u8),
+            origin: self.origin as u8,
+            count: self.count,
+        }
+    }
+
+    pub fn is_expired(&self, now: SystemTime) -> bool {
+        self.expires.is_some_and(|e| e <= now)
+    }
+}
+
+/// How long the `nth` ban (1-based) of a source lasts: `base` times `factor` to the
+/// power `nth - 1`, capped at `max` (0: no cap). A zero `base` means permanent (`None`).
+pub fn ban_duration(base: Duration, factor: u32, max: Duration, nth: u32) -> Option<Duration> {
+    if base.is_zero() {
+        return None;
+    }
+    let mut d = base;
+    for _ in 1..nth {
+        d = d.saturating_mul(factor.max(1));
+        if !max.is_zero() && d >= max {
+            break;
+        }
+    }
+    Some(if max.is_zero() { d } else { d.min(max) })
+}
+
+/// The bans in force, and how often each network has been banned before.
+#[derive(Default, Debug)]
+pub struct BanStore {
+    bans: BTreeMap<IpNet, Ban>,
+    previous: HashMap<IpNet, u32>,
+}
+
+impl BanStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.bans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bans.is_empty()
+    }
+
+    pub fn get(&self, net: &IpNet) -> Option<&Ban> {
+        self.bans.get(net)
+    }
+
+    /// The ban that covers `ip` (its own, or a prefix's), if any.
+    pub fn covering(&self, ip: IpAddr) -> Option<&Ban> {
+        self.bans
+            .get(&IpNet::from(ip))
+            .or_else(|| self.bans.values().find(|b| b.net.contains(&ip)))
+    }
+
+    /// How many bans `net` has had (before the next one).
+    pub fn times_banned(&self, net: &IpNet) -> u32 {
+        self.previous.get(net).copied().unwrap_or(0)
+    }
+
+    /// Records a ban (replacing one of the same network) and counts it for `net`.
+    pub fn insert(&mut self, ban: Ban) {
+        self.previous.insert(ban.net, ban.count);
+        self.bans.insert(ban.net, ban);
+    }
+
+    /// Records the name a banned network was logged under.
+    pub fn set_name(&mut self, net: &IpNet, name: &str) {
+        if let Some(b) = self.bans.get_mut(net) {
+            b.name = name.to_owned();
+        }
+    }
+
+    pub fn remove(&mut self, net: &IpNet) -> Option<Ban> {
+        self.bans.remove(net)
+    }
+
+    /// Networks whose ban has run out by `now`.
+    pub fn expired(&self, now: SystemTime) -> Vec<IpNet> {
+        self.bans
+            .values()
+            .filter(|b| b.is_expired(now))
+            .map(|b| b.net)
+            .collect()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Ban> {
+        self.bans.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn durations() {
+        assert_eq!(ban_duration(Duration::ZERO, 2, H, 3), None);
+        assert_eq!(ban_duration(H, 1, Duration::ZERO, 5), Some(H));
+        assert_eq!(ban_duration(H, 2, Duration::ZERO, 1), Some(H));
+        assert_eq!(ban_duration(H, 2, Duration::ZERO, 3), Some(4 * H));
+        assert_eq!(ban_duration(H, 4, 10 * H, 3), Some(10 * H));
+        assert_eq!(
+            ban_duration(H, 100, Duration::ZERO, 1000),
+            Some(Duration::MAX)
+        );
+    }
+
+    fn ban(net: &str, count: u32, expires: Option<SystemTime>) -> Ban {
+        Ban {
+            net: net.parse().unwrap(),
+            origin: BanOrigin::Scan,
+            since: SystemTime::now(),
+            expires,
+            port: 22,
+            proto: 6,
+            scan_type: Some(ScanType::TcpSyn),
+            mode: "atcp".into(),
+            name: net.into(),
+            count,
+        }
+    }
+
+    #[test]
+    fn store() {
+        let mut s = BanStore::new();
+        let past = SystemTime::now() - Duration::from_secs(1);
+        s.insert(ban("192.0.2.7/32", 1, None));
+        s.insert(ban("198.51.100.0/24", 1, Some(past)));
+        assert_eq!(s.len(), 2);
+        assert!(s.covering("192.0.2.7".parse().unwrap()).is_some());
+        assert!(s.covering("198.51.100.9".parse().unwrap()).is_some());
+        assert!(s.covering("192.0.2.8".parse().unwrap()).is_none());
+        assert_eq!(
+            s.expired(SystemTime::now()),
+            vec!["198.51.100.0/24".parse().unwrap()]
+        );
+        let net = "192.0.2.7/32".parse().unwrap();
+        assert!(s.remove(&net).is_some());
+        assert_eq!(s.times_banned(&net), 1, "the count outlives the ban");
+        assert!(s.covering("192.0.2.7".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn kernel_entry_round_trips_times() {
+        let b = ban("192.0.2.7/32", 2, Some(SystemTime::now() + H));
+        let e = b.kernel_entry();
+        let back = clock::to_system(e.expires_ns);
+        let want = b.expires.unwrap();
+        let diff = back.duration_since(want).unwrap_or_else(|e| e.duration());
+        assert!(diff < Duration::from_millis(50), "{diff:?}");
+        assert_eq!(
+            (e.port, e.scan_type, e.count),
+            (22, ScanType::TcpSyn as u8, 2)
+        );
+        assert_eq!(ban("192.0.2.7/32", 1, None).kernel_entry().expires_ns, 0);
+    }
+}

@@ -1,0 +1,187 @@
+//! The command line. PortSentry 1.2's mode flags (`-atcp -audp -stcp -sudp -tcp -udp`)
+//! are single-dash words that no argument parser reads as such, so [`translate_legacy`]
+//! rewrites them into the modern options before clap sees the arguments.
+
+use std::{ffi::OsString, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::{config::Mode, dataplane::AttachMode};
+
+/// portsentry: a line-rate port-scan detector and blocker (XDP), compatible with
+/// PortSentry's configuration.
+#[derive(Parser, Debug)]
+#[command(version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Load the XDP program, attach it, and detect and block scans (foreground).
+    Run(RunArgs),
+    /// Check the configuration and print the effective settings: watched ports,
+    /// ignore list and the actions in order. Exit status 0, or 1 with the error.
+    CheckConfig(ConfigArgs),
+}
+
+/// Where the settings come from.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ConfigArgs {
+    /// The PortSentry configuration file [default: /etc/portsentry/portsentry.conf if
+    /// it exists, else built-in defaults: advanced TCP and UDP modes, blocking on].
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Interface to attach to (repeatable); overrides INTERFACES.
+    #[arg(short, long = "interface", value_name = "IFACE")]
+    pub interfaces: Vec<String>,
+    /// XDP attach mode; overrides XDP_MODE.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub xdp_mode: Option<XdpModeArg>,
+    /// TCP mode (`atcp`/`advanced`, `stcp`/`tcp`/`stealth`, `off`); overrides TCP_MODE.
+    #[arg(long, value_name = "MODE", value_parser = parse_tcp_mode)]
+    pub tcp_mode: Option<Mode>,
+    /// UDP mode (`audp`/`advanced`, `sudp`/`udp`/`stealth`, `off`); overrides UDP_MODE.
+    #[arg(long, value_name = "MODE", value_parser = parse_udp_mode)]
+    pub udp_mode: Option<Mode>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Detach into the background like PortSentry 1.2 (implied by its legacy mode flags).
+    #[arg(long)]
+    pub daemonize: bool,
+    /// Do not copy log lines to stderr (they still go to syslog when SYSLOG=1).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpModeArg {
+    Native,
+    Skb,
+    Auto,
+}
+
+impl From<XdpModeArg> for AttachMode {
+    fn from(m: XdpModeArg) -> Self {
+        match m {
+            XdpModeArg::Native => AttachMode::Native,
+            XdpModeArg::Skb => AttachMode::Skb,
+            XdpModeArg::Auto => AttachMode::Auto,
+        }
+    }
+}
+
+fn parse_tcp_mode(s: &str) -> Result<Mode, String> {
+    Mode::parse_tcp(s)
+}
+
+fn parse_udp_mode(s: &str) -> Result<Mode, String> {
+    Mode::parse_udp(s)
+}
+
+/// Rewrites PortSentry 1.2's flags: `-atcp` → `--tcp-mode=atcp`, `-stcp` and `-tcp` →
+/// `--tcp-mode=stcp` (we have no connect mode: `-tcp` is documented as stealth), and the
+/// same for UDP. When legacy flags are given without a subcommand, `run --daemonize` is
+/// implied, as PortSentry 1.2 detaches by itself.
+pub fn translate_legacy(args: Vec<OsString>) -> Vec<OsString> {
+    let mut out = Vec::with_capacity(args.len() + 2);
+    let mut legacy = Vec::new();
+    let mut has_command = false;
+    for (i, a) in args.into_iter().enumerate() {
+        let mapped = match a.to_str() {
+            Some("-atcp") => Some("--tcp-mode=atcp"),
+            Some("-stcp") | Some("-tcp") => Some("--tcp-mode=stcp"),
+            Some("-audp") => Some("--udp-mode=audp"),
+            Some("-sudp") | Some("-udp") => Some("--udp-mode=sudp"),
+            _ => None,
+        };
+        match mapped {
+            Some(m) if i > 0 => legacy.push(OsString::from(m)),
+            _ => {
+                if i > 0 && matches!(a.to_str(), Some("run") | Some("check-config")) {
+                    has_command = true;
+                }
+                out.push(a);
+            }
+        }
+    }
+    if legacy.is_empty() {
+        return out;
+    }
+    if !has_command {
+        out.insert(1.min(out.len()), OsString::from("run"));
+        out.insert(2.min(out.len()), OsString::from("--daemonize"));
+    }
+    out.extend(legacy);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(args: &[&str]) -> Vec<String> {
+        translate_legacy(args.iter().map(OsString::from).collect())
+            .into_iter()
+            .map(|s| s.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn legacy_flags() {
+        assert_eq!(
+            t(&["portsentry", "-atcp"]),
+            ["portsentry", "run", "--daemonize", "--tcp-mode=atcp"]
+        );
+        assert_eq!(
+            t(&["portsentry", "-tcp", "-udp"]),
+            [
+                "portsentry",
+                "run",
+                "--daemonize",
+                "--tcp-mode=stcp",
+                "--udp-mode=sudp"
+            ]
+        );
+        assert_eq!(
+            t(&["portsentry", "run", "-i", "eth0", "-sudp"]),
+            ["portsentry", "run", "-i", "eth0", "--udp-mode=sudp"]
+        );
+        assert_eq!(
+            t(&["portsentry", "check-config", "-audp"]),
+            ["portsentry", "check-config", "--udp-mode=audp"]
+        );
+        assert_eq!(
+            t(&["portsentry", "run", "-i", "eth0"]),
+            ["portsentry", "run", "-i", "eth0"]
+        );
+    }
+
+    #[test]
+    fn legacy_flags_parse() {
+        let cli = Cli::try_parse_from(translate_legacy(
+            ["portsentry", "-stcp", "-audp"]
+                .iter()
+                .map(OsString::from)
+                .collect(),
+        ))
+        .unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!("run expected")
+        };
+        assert!(r.daemonize);
+        assert_eq!(r.config.tcp_mode, Some(Mode::Stealth));
+        assert_eq!(r.config.udp_mode, Some(Mode::Advanced));
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
