@@ -337,6 +337,7 @@ async fn respond(
                     "attackalert: Host {} has been blocked via XDP drop",
                     ev.ip
                 ));
+                write_blocked_files(shared, &c.blocked_file);
             }
             Step::HostsDeny(line) => match actions::append_line(&c.hosts_deny_file, line) {
                 Ok(()) => log.notice(&records::blocked_via_wrappers(ev.ip, line)),
@@ -410,7 +411,6 @@ fn xdp_ban(
         dp.forget_source(ev.ip)?;
     }
     shared.bans.lock().expect("bans lock").insert(ban);
-    write_blocked_files(shared, &c.blocked_file);
     Ok(())
 }
 

@@ -8,16 +8,18 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::fs;
+
 use crate::netns::Netns;
 
 /// `target/release/portsentry`, built by `cargo xtask build` (which `cargo xtask test`
-/// runs first) next to the test binaries.
+/// runs first) next to the test and bench binaries.
 pub fn binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>");
+    let mut dir = exe.parent().expect("target/<profile>/[deps/]<binary>");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("target/<profile>");
+    }
     let bin = dir.join("portsentry");
     assert!(
         bin.exists(),
@@ -30,7 +32,7 @@ pub fn binary() -> PathBuf {
 /// A running daemon. Killed (SIGKILL) on drop if still running.
 pub struct Daemon {
     pub child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
+    lines: Arc<Mutex<Vec<(Instant, String)>>>,
 }
 
 impl Daemon {
@@ -59,8 +61,9 @@ impl Daemon {
             let lines = lines.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let at = Instant::now();
                     eprintln!("[portsentry] {line}");
-                    lines.lock().unwrap().push(line);
+                    lines.lock().unwrap().push((at, line));
                 }
             });
         }
@@ -70,7 +73,22 @@ impl Daemon {
     }
 
     pub fn lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, l)| l.clone())
+            .collect()
+    }
+
+    /// When the first line containing `needle` was read, if it has been.
+    pub fn line_time(&self, needle: &str) -> Option<Instant> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, l)| l.contains(needle))
+            .map(|(t, _)| *t)
     }
 
     /// Waits for a log line containing `needle`; panics with the log on timeout.
@@ -133,4 +151,63 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     f()
+}
+
+/// A temporary folder with a daemon configuration whose files all live in it.
+pub struct Workdir {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Workdir {
+    pub fn new() -> Workdir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().to_path_buf();
+        Workdir { _dir: dir, root }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    pub fn read(&self, name: &str) -> String {
+        fs::read_to_string(self.path(name)).unwrap_or_default()
+    }
+
+    /// A configuration for `iface` with commands that record their order.
+    pub fn config(&self, iface: &str, extra: &str) -> PathBuf {
+        let order = self.path("order").display().to_string();
+        let text = format!(
+            "# written by the test\n\
+             INTERFACES=\"{iface}\"\n\
+             XDP_MODE=\"native\"\n\
+             STATE_DIR=\"{state}\"\n\
+             HISTORY_FILE=\"{history}\"\n\
+             BLOCKED_FILE=\"{blocked}\"\n\
+             HOSTS_DENY_FILE=\"{deny}\"\n\
+             IGNORE_FILE=\"{ignore}\"\n\
+             BLOCK_TCP=\"1\"\n\
+             BLOCK_UDP=\"1\"\n\
+             KILL_ROUTE=\"echo route $TARGET$ $PORT$ $MODE$ >> {order}\"\n\
+             KILL_HOSTS_DENY=\"ALL: $TARGET$ : DENY\"\n\
+             KILL_RUN_CMD=\"echo run $TARGET$ $PORT$ $MODE$ >> {order}\"\n\
+             SCAN_TRIGGER=\"0\"\n\
+             SYSLOG=\"0\"\n\
+             {extra}",
+            state = self.path("state").display(),
+            history = self.path("portsentry.history").display(),
+            blocked = self.path("portsentry.blocked").display(),
+            deny = self.path("hosts.deny").display(),
+            ignore = self.path("portsentry.ignore").display(),
+        );
+        let path = self.path("portsentry.conf");
+        fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Default for Workdir {
+    fn default() -> Self {
+        Workdir::new()
+    }
 }

@@ -5,67 +5,15 @@
 use std::{
     fs,
     net::{IpAddr, SocketAddr, TcpListener},
-    path::{Path, PathBuf},
+    path::Path,
     time::Duration,
 };
 
 use portsentry_tests::{
-    daemon::{Daemon, binary, wait_until},
+    daemon::{Daemon, Workdir, binary, wait_until},
     netns::{TestNet, tcp_connect},
     require_kernel,
 };
-
-struct Files {
-    _dir: tempfile::TempDir,
-    root: PathBuf,
-}
-
-impl Files {
-    fn new() -> Files {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path().to_path_buf();
-        Files { _dir: dir, root }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.root.join(name)
-    }
-
-    fn read(&self, name: &str) -> String {
-        fs::read_to_string(self.path(name)).unwrap_or_default()
-    }
-
-    /// A configuration for `iface` with commands that record their order.
-    fn config(&self, iface: &str, extra: &str) -> PathBuf {
-        let order = self.path("order").display().to_string();
-        let text = format!(
-            "# written by the test\n\
-             INTERFACES=\"{iface}\"\n\
-             XDP_MODE=\"native\"\n\
-             STATE_DIR=\"{state}\"\n\
-             HISTORY_FILE=\"{history}\"\n\
-             BLOCKED_FILE=\"{blocked}\"\n\
-             HOSTS_DENY_FILE=\"{deny}\"\n\
-             IGNORE_FILE=\"{ignore}\"\n\
-             BLOCK_TCP=\"1\"\n\
-             BLOCK_UDP=\"1\"\n\
-             KILL_ROUTE=\"echo route $TARGET$ $PORT$ $MODE$ >> {order}\"\n\
-             KILL_HOSTS_DENY=\"ALL: $TARGET$ : DENY\"\n\
-             KILL_RUN_CMD=\"echo run $TARGET$ $PORT$ $MODE$ >> {order}\"\n\
-             SCAN_TRIGGER=\"0\"\n\
-             SYSLOG=\"0\"\n\
-             {extra}",
-            state = self.path("state").display(),
-            history = self.path("portsentry.history").display(),
-            blocked = self.path("portsentry.blocked").display(),
-            deny = self.path("hosts.deny").display(),
-            ignore = self.path("portsentry.ignore").display(),
-        );
-        let path = self.path("portsentry.conf");
-        fs::write(&path, text).unwrap();
-        path
-    }
-}
 
 /// Runs nmap from `src` in the attacker namespace against `dst`.
 fn nmap(net: &TestNet, scan: &str, src: IpAddr, dst: IpAddr, ports: &str) {
@@ -75,22 +23,37 @@ fn nmap(net: &TestNet, scan: &str, src: IpAddr, dst: IpAddr, ports: &str) {
          --host-timeout 20s -T4 {dst}",
         iface = net.attacker_if
     ));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // nmap exits 0 even when it scanned nothing ("failed to determine route").
     assert!(
-        out.status.success(),
-        "nmap {scan} from {src} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
+        out.status.success() && stdout.contains("(1 host up)"),
+        "nmap {scan} from {src} did not scan: {stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
 
-fn history_has(files: &Files, ip: IpAddr) -> bool {
+/// Sends `count` SYNs to `port` with a forged source address (hping3 -a).
+fn forged_syns(net: &TestNet, src: IpAddr, dst: IpAddr, port: u16, count: u32) {
+    // hping3 exits 1 when nothing answers, as nothing does a forged source: read the
+    // statistics line instead.
+    let out = net.attacker.try_exec(&format!(
+        "hping3 -q -n -S -a {src} -p {port} -c {count} -i u20000 {dst} 2>&1"
+    ));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("{count} packets transmitted")),
+        "hping3 did not send: {text}"
+    );
+}
+
+fn history_has(files: &Workdir, ip: IpAddr) -> bool {
     files
         .read("portsentry.history")
         .lines()
         .any(|l| l.contains(&format!("/{ip} Port: ")))
 }
 
-fn wait_banned(files: &Files, d: &Daemon, ip: IpAddr) {
+fn wait_banned(files: &Workdir, d: &Daemon, ip: IpAddr) {
     assert!(
         wait_until(Duration::from_secs(15), || history_has(files, ip)),
         "{ip} was not banned; log:\n{}\nhistory:\n{}",
@@ -103,7 +66,7 @@ fn wait_banned(files: &Files, d: &Daemon, ip: IpAddr) {
 fn nmap_scans_are_banned_with_their_type_and_actions_in_order() {
     require_kernel!();
     let net = TestNet::new(8);
-    let files = Files::new();
+    let files = Workdir::new();
     let ignored = net.attacker_v4[7];
     fs::write(
         files.path("portsentry.ignore"),
@@ -230,7 +193,7 @@ fn nmap_scans_are_banned_with_their_type_and_actions_in_order() {
 fn kill_run_cmd_first_runs_the_command_before_the_blocking() {
     require_kernel!();
     let net = TestNet::new(0);
-    let files = Files::new();
+    let files = Workdir::new();
     fs::write(files.path("portsentry.ignore"), "").unwrap();
     let conf = files.config(&net.server_if, "KILL_RUN_CMD_FIRST=\"1\"\n");
     let d = Daemon::start(&net.server, &["run", "-c", conf.to_str().unwrap()]);
@@ -254,7 +217,7 @@ fn kill_run_cmd_first_runs_the_command_before_the_blocking() {
 fn report_only_logs_and_records_but_does_not_block() {
     require_kernel!();
     let net = TestNet::new(0);
-    let files = Files::new();
+    let files = Workdir::new();
     fs::write(files.path("portsentry.ignore"), "").unwrap();
     let conf = files.config(&net.server_if, "");
     // BLOCK_TCP=0 overrides the 1 above? No: duplicate keys are errors. Write afresh.
@@ -329,4 +292,94 @@ fn check_config_prints_the_effective_settings() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains(&format!("{}:2:", bad.display())), "{err}");
     assert!(err.contains("BLOCK_TCP"), "{err}");
+}
+
+#[test]
+fn sighup_reloads_the_ignore_list_and_keeps_the_old_config_on_error() {
+    require_kernel!();
+    let net = TestNet::new(2);
+    let files = Workdir::new();
+    fs::write(files.path("portsentry.ignore"), "127.0.0.1/32\n").unwrap();
+    let conf = files.config(&net.server_if, "");
+    let d = Daemon::start(&net.server, &["run", "-c", conf.to_str().unwrap()]);
+
+    // Trust the first attacker address from now on.
+    let trusted = net.attacker_v4[0];
+    fs::write(
+        files.path("portsentry.ignore"),
+        format!("127.0.0.1/32\n{trusted}/32\n"),
+    )
+    .unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_for(
+        "configuration and ignore list reloaded",
+        Duration::from_secs(5),
+    );
+    nmap(&net, "-sS", trusted, net.server_v4, "20-22");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !history_has(&files, trusted),
+        "a newly ignored host was banned"
+    );
+
+    // A broken ignore file is rejected with its line; the old list stays in force.
+    fs::write(
+        files.path("portsentry.ignore"),
+        "127.0.0.1/32\nnot-an-address\n",
+    )
+    .unwrap();
+    d.signal(libc::SIGHUP);
+    let line = d.wait_for("reload rejected", Duration::from_secs(5));
+    assert!(line.contains("portsentry.ignore:2:"), "{line}");
+    nmap(&net, "-sS", trusted, net.server_v4, "23-25");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !history_has(&files, trusted),
+        "the old ignore list must stay in force"
+    );
+
+    // A broken configuration is rejected too; scanning still works with the old one.
+    let good = fs::read_to_string(&conf).unwrap();
+    fs::write(&conf, format!("{good}NO_SUCH_KEY=\"1\"\n")).unwrap();
+    d.signal(libc::SIGHUP);
+    let line = d.wait_for("NO_SUCH_KEY", Duration::from_secs(5));
+    assert!(line.contains("reload rejected"), "{line}");
+    let other = net.attacker_v4[1];
+    nmap(&net, "-sS", other, net.server_v4, "20-22");
+    wait_banned(&files, &d, other);
+    assert!(d.stop().success());
+}
+
+/// Forged probes "from" an address of this host are never acted on, including an
+/// address added while the daemon runs.
+#[test]
+fn this_hosts_own_addresses_are_never_banned() {
+    require_kernel!();
+    let net = TestNet::new(0);
+    let files = Workdir::new();
+    fs::write(files.path("portsentry.ignore"), "").unwrap();
+    let conf = files.config(&net.server_if, "");
+    let d = Daemon::start(&net.server, &["run", "-c", conf.to_str().unwrap()]);
+    // An address the server gains after start-up (the daemon re-reads them every second).
+    net.server
+        .exec(&format!("ip addr add 192.0.2.77/32 dev {}", net.server_if));
+    std::thread::sleep(Duration::from_millis(2500));
+    let forged: IpAddr = "192.0.2.77".parse().unwrap();
+    let server_own = net.server_v4;
+    for src in [forged, server_own] {
+        forged_syns(&net, src, net.server_v4, 22, 5);
+    }
+    // A forged source that is not the server's own is banned, proving the probes land.
+    let stranger: IpAddr = "192.0.2.99".parse().unwrap();
+    forged_syns(&net, stranger, net.server_v4, 22, 5);
+    wait_banned(&files, &d, stranger);
+    assert!(
+        !history_has(&files, forged),
+        "an address of this host was banned"
+    );
+    assert!(
+        !history_has(&files, server_own),
+        "the server's own address was banned"
+    );
+    assert!(d.stop().success());
 }

@@ -6,16 +6,18 @@
 //! `--rounds` rounds is printed, with its ratio to the empty program.
 
 use std::{
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     os::fd::{AsFd, BorrowedFd},
+    time::{Duration, Instant},
 };
 
 use ipnet::IpNet;
 use portsentry_common::maps::{BanEntry, Settings};
 use portsentry_tests::{
+    daemon::{Daemon, Workdir, wait_until},
     fixture::default_ports,
     frames::{Frame, flags::*},
-    netns::Netns,
+    netns::{Netns, TestNet, tcp_connect},
     testrun,
 };
 use portsentry_user::dataplane::{Dataplane, MapSizes};
@@ -23,12 +25,15 @@ use portsentry_user::dataplane::{Dataplane, MapSizes};
 struct Args {
     repeat: u32,
     rounds: usize,
+    /// Scans whose reaction time is measured (0: skip).
+    reaction_runs: usize,
 }
 
 fn parse_args() -> Args {
     let mut a = Args {
         repeat: 1_000_000,
         rounds: 9,
+        reaction_runs: 100,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -40,7 +45,10 @@ fn parse_args() -> Args {
         match arg.as_str() {
             "--repeat" => a.repeat = val("--repeat") as u32,
             "--rounds" => a.rounds = val("--rounds") as usize,
-            other => panic!("unknown argument {other}; use --repeat N --rounds N"),
+            "--reaction-runs" => a.reaction_runs = (val("--reaction-runs") as usize).min(250),
+            other => panic!(
+                "unknown argument {other}; use --repeat N --rounds N --reaction-runs N (at most 250)"
+            ),
         }
     }
     a
@@ -65,6 +73,38 @@ fn measure(cases: &[(&str, BorrowedFd<'_>, Vec<u8>)], repeat: u32, rounds: usize
             v[v.len() / 2]
         })
         .collect()
+}
+
+/// From a scanner's first probe to its ban being in force, `runs` times: each run a
+/// fresh source sends one SYN (a TCP connect to a closed watched port) from the attacker
+/// namespace; the time ends when the daemon's "has been blocked via XDP drop" line is
+/// read (it is written right after the kernel's ban map is updated).
+fn reaction(runs: usize) -> Vec<Duration> {
+    let net = TestNet::new((runs - 1) as u8);
+    let wd = Workdir::new();
+    std::fs::write(wd.path("portsentry.ignore"), "").unwrap();
+    let conf = wd.config(&net.server_if, "");
+    let d = Daemon::start(
+        &net.server,
+        &["run", "-c", conf.to_str().unwrap()],
+    );
+    let closed = SocketAddr::new(net.server_v4, 23);
+    let mut samples = Vec::new();
+    for src in net.attacker_v4.iter().take(runs) {
+        let needle = format!("Host {src} has been blocked via XDP drop");
+        let t0 = Instant::now();
+        net.attacker
+            .enter(|| tcp_connect(*src, closed, Duration::from_secs(1)))
+            .expect_err("nothing listens on port 23");
+        assert!(
+            wait_until(Duration::from_secs(10), || d.line_time(&needle).is_some()),
+            "{src} was not banned"
+        );
+        samples.push(d.line_time(&needle).unwrap() - t0);
+    }
+    d.stop();
+    samples.sort();
+    samples
 }
 
 fn main() {
@@ -134,5 +174,28 @@ fn main() {
     println!("|---|---:|---:|");
     for ((name, _, _), ns) in cases.iter().zip(&medians) {
         println!("| {name} | {ns} | {:.2} |", f64::from(*ns) / floor);
+    }
+    drop(cases);
+    drop(dp);
+    drop(ns);
+
+    if args.reaction_runs > 0 {
+        let s = reaction(args.reaction_runs);
+        let pct = |p: f64| s[((s.len() - 1) as f64 * p).round() as usize];
+        println!();
+        println!(
+            "Reaction time, first probe to ban in force ({} scans, native XDP on veth, daemon in \
+             its own namespace):",
+            s.len()
+        );
+        println!("| p50 | p90 | p99 | max |");
+        println!("|---:|---:|---:|---:|");
+        println!(
+            "| {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
+            pct(0.5).as_secs_f64() * 1e3,
+            pct(0.9).as_secs_f64() * 1e3,
+            pct(0.99).as_secs_f64() * 1e3,
+            s[s.len() - 1].as_secs_f64() * 1e3
+        );
     }
 }
