@@ -74,6 +74,20 @@ impl ScanType {
         }
     }
 
+    /// The inverse of [`ScanType::name`].
+    pub fn from_name(name: &str) -> Option<ScanType> {
+        [
+            ScanType::TcpNull,
+            ScanType::TcpXmas,
+            ScanType::TcpFin,
+            ScanType::TcpSyn,
+            ScanType::TcpUnknown,
+            ScanType::Udp,
+        ]
+        .into_iter()
+        .find(|t| t.name() == name)
+    }
+
     pub const fn is_tcp(self) -> bool {
         !matches!(self, ScanType::Udp)
     }

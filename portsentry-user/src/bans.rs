@@ -135,6 +135,17 @@ impl BanStore {
     pub fn iter(&self) -> impl Iterator<Item = &Ban> {
         self.bans.values()
     }
+
+    /// How many bans each network has had (for the state file).
+    pub fn previous(&self) -> impl Iterator<Item = (&IpNet, &u32)> {
+        self.previous.iter()
+    }
+
+    /// Restores a ban count (from the state file).
+    pub fn set_previous(&mut self, net: IpNet, count: u32) {
+        let c = self.previous.entry(net).or_insert(0);
+        *c = (*c).max(count);
+    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,80 @@ pub enum Command {
     /// Check the configuration and print the effective settings: watched ports,
     /// ignore list and the actions in order. Exit status 0, or 1 with the error.
     CheckConfig(ConfigArgs),
+    /// Show the daemon, the interfaces, the kernel counters, tracked sources and every
+    /// ban (reason, port, scan type, since, expiry). Works while the daemon is stopped.
+    Status(StatusArgs),
+    /// Ban an address or network now (through the daemon when it runs).
+    Ban(BanArgs),
+    /// Lift a ban (through the daemon when it runs, which also runs the UNKILL_*
+    /// commands).
+    Unban(UnbanArgs),
+    /// Detach the program from every interface and remove its pinned maps (the
+    /// daemon must be stopped; the bans stay on record in STATE_DIR/bans.json).
+    Unload(FileArgs),
+}
+
+/// Just the configuration file (for STATE_DIR and PIN_DIR).
+#[derive(Args, Debug, Clone, Default)]
+pub struct FileArgs {
+    /// The configuration file [default: /etc/portsentry/portsentry.conf if it exists].
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub file: FileArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// How many tracked sources to list (the most active first).
+    #[arg(long, default_value_t = 10)]
+    pub sources: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BanArgs {
+    /// An address (a host) or ADDR/PREFIX (a network).
+    #[arg(value_name = "ADDR[/PREFIX]")]
+    pub target: String,
+    /// How long, e.g. `1h`, `30m`, `7d` or seconds; `0` = permanent [default: BAN_TIME].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub time: Option<std::time::Duration>,
+    #[command(flatten)]
+    pub file: FileArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct UnbanArgs {
+    /// The address or ADDR/PREFIX whose ban to lift (exactly as banned).
+    #[arg(value_name = "ADDR[/PREFIX]", required_unless_present = "all")]
+    pub target: Option<String>,
+    /// Lift every ban.
+    #[arg(long, conflicts_with = "target")]
+    pub all: bool,
+    #[command(flatten)]
+    pub file: FileArgs,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. 3600, 90s, 30m, 12h, 7d)"))
+}
+
+/// An address or network: `192.0.2.7`, `192.0.2.0/24`, `2001:db8::/48`.
+pub fn parse_target(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok(ipnet::IpNet::from(ip));
+    }
+    s.parse::<ipnet::IpNet>()
+        .map(|n| n.trunc())
+        .map_err(|_| format!("`{s}` is not an address or ADDR/PREFIX"))
 }
 
 /// Where the settings come from.

@@ -1,12 +1,17 @@
-//! `portsentry run`: load and attach the XDP program, read probe events, decide, and
-//! respond in the configured order, off the packet path.
+//! `portsentry run`: load (or adopt) and attach the XDP program, read probe events,
+//! decide, and respond in the configured order, off the packet path.
+//!
+//! The program, its maps and its links are pinned under PIN_DIR: a daemon that dies
+//! (even by `kill -9`) leaves protection in force, and the next one adopts all of it,
+//! replacing the program in the links atomically. Bans are also kept in
+//! `STATE_DIR/bans.json`, so a reboot restores them.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     fs,
     net::IpAddr,
     os::fd::AsRawFd as _,
-    path::{Path, PathBuf},
+    path::Path,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
@@ -23,14 +28,18 @@ use tokio::{
 
 use crate::{
     actions::{self, Step, Target},
-    bans::{Ban, BanStore, ban_duration},
+    bans::Ban,
+    book::Book,
     cli::RunArgs,
-    config::BlockMode,
-    dataplane::{Dataplane, MapSizes},
+    config::{BlockMode, Config},
+    control::{self, Request, Response},
+    dataplane::{self, Dataplane, MapSizes},
     detector::{ProbeEvent, Rules, Verdict},
-    localaddrs, records,
-    records::Logger,
+    localaddrs,
+    metrics::{self, Metrics, Snapshot},
+    records::{self, Logger},
     settings::{self, Effective},
+    state,
 };
 
 /// Response jobs (one per host acted on) that may run at once.
@@ -40,14 +49,28 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often expired bans are removed and this host's addresses re-read.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
-/// State shared by the event loop and the response jobs.
-struct Shared {
-    dp: Mutex<Dataplane>,
-    bans: Mutex<BanStore>,
+/// State shared by the event loop, the response jobs and the control socket.
+pub struct Shared {
+    book: Mutex<Book>,
+    /// Hosts acted on (banned, reported or their command run) and not since released.
+    handled: Mutex<HashSet<IpAddr>>,
+    eff: Mutex<Arc<Effective>>,
     log: Logger,
+    metrics: Arc<Metrics>,
     names: Mutex<HashMap<IpAddr, String>>,
-    /// Modes whose blocked file was written, so that it is emptied when its last ban goes.
-    blocked_modes: Mutex<BTreeSet<String>>,
+    /// Tracked sources, counted by housekeeping (iterating the map on every scrape
+    /// would cost a syscall per entry).
+    sources_tracked: Mutex<u64>,
+}
+
+impl Shared {
+    fn eff(&self) -> Arc<Effective> {
+        self.eff.lock().expect("eff lock").clone()
+    }
+
+    fn book(&self) -> std::sync::MutexGuard<'_, Book> {
+        self.book.lock().expect("book lock")
+    }
 }
 
 /// The kernel's runtime settings for a configuration.
@@ -78,33 +101,115 @@ fn apply(dp: &mut Dataplane, eff: &Effective) -> Result<()> {
     Ok(())
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
+/// Removes link pins for interfaces no longer configured (detaching them).
+fn drop_stale_links(pin_dir: &Path, interfaces: &[String], log: &Logger) {
+    let Ok(entries) = fs::read_dir(pin_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(iface) = name.strip_prefix("link-")
+            && !interfaces.iter().any(|i| i == iface)
+        {
+            match fs::remove_file(e.path()) {
+                Ok(()) => log.notice(&format!(
+                    "portsentry: detached from {iface} (no longer in the configuration)"
+                )),
+                Err(err) => log.warn(&format!(
+                    "portsentry: removing {}: {err}",
+                    e.path().display()
+                )),
+            }
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. Stopping leaves the program attached and
+/// the bans in force (`portsentry unload` removes them).
 ///
 /// `lock` is the state directory's lock ([`lock_state_dir`]), taken by the caller
 /// before it detaches into the background.
-pub async fn run(mut eff: Arc<Effective>, args: RunArgs, lock: fs::File) -> Result<()> {
+pub async fn run(eff: Arc<Effective>, args: RunArgs, lock: fs::File) -> Result<()> {
     let _lock = lock;
-    let log = Logger::new(eff.config.syslog, !args.quiet && !args.daemonize);
-
-    let mut dp = Dataplane::load(&map_sizes(&eff), None)?;
+    let log = Logger::new(
+        eff.config.syslog && std::env::var_os("JOURNAL_STREAM").is_none(),
+        !args.quiet && !args.daemonize,
+    );
+    let c = &eff.config;
+    let mut dp = Dataplane::load(&map_sizes(&eff), Some(c.pin_dir.clone()))?;
     apply(&mut dp, &eff)?;
+    drop_stale_links(&c.pin_dir, &eff.interfaces, &log);
     for iface in &eff.interfaces {
-        let mode = dp.attach(iface, eff.xdp_mode)?;
-        log.notice(&format!("portsentry: watching {iface} ({mode:?} XDP)"));
+        let a = dp.attach(iface, eff.xdp_mode)?;
+        match a.mode {
+            Some(mode) => log.notice(&format!("portsentry: watching {iface} ({mode:?} XDP)")),
+            None => log.notice(&format!(
+                "portsentry: watching {iface} (adopted the pinned link; program replaced)"
+            )),
+        }
     }
     for w in &eff.warnings {
         log.warn(&format!("portsentry: warning: {w}"));
     }
+
+    // Bans: the state file's, reconciled with what the pinned maps kept.
+    let saved = state::load(&c.state_dir)?;
+    let kernel_bans = dp.bans()?;
+    let tcp_mode = c.tcp_mode.tcp_token().unwrap_or("atcp");
+    let udp_mode = c.udp_mode.udp_token().unwrap_or("audp");
+    let r = state::reconcile(saved, &kernel_bans, SystemTime::now(), tcp_mode, udp_mode);
+    for net in &r.to_insert {
+        let ban = r.store.get(net).expect("reconciled ban");
+        dp.insert_ban(net, &ban.kernel_entry())?;
+    }
+    for net in &r.adopted {
+        log.notice(&format!(
+            "portsentry: adopted the ban of {net} from the kernel (made before a restart)"
+        ));
+    }
+    let handled: HashSet<IpAddr> = r
+        .store
+        .iter()
+        .filter(|b| b.net.prefix_len() == b.net.max_prefix_len())
+        .map(|b| b.net.addr())
+        .collect();
     let ring = dp.take_events()?;
+    let restored = r.store.len();
+    let mut book = Book::new(Some(dp), r.store, c);
+    let expired_at_start = r.expired;
+    for b in &expired_at_start {
+        book.lift(&b.net)?;
+    }
+    book.persist()?;
+
+    let metrics = Arc::new(Metrics::new());
     let shared = Arc::new(Shared {
-        dp: Mutex::new(dp),
-        bans: Mutex::new(BanStore::new()),
+        book: Mutex::new(book),
+        handled: Mutex::new(handled),
+        eff: Mutex::new(eff.clone()),
         log,
+        metrics: metrics.clone(),
         names: Mutex::new(HashMap::new()),
-        blocked_modes: Mutex::new(BTreeSet::new()),
+        sources_tracked: Mutex::new(0),
     });
+    for b in expired_at_start {
+        shared.log.notice(&format!(
+            "portsentry: ban of {} expired while portsentry was stopped",
+            b.net
+        ));
+        spawn_undo(&shared, b, "expired");
+    }
+    if let Some(addr) = c.metrics_address {
+        let s = shared.clone();
+        let (bound, _thread) = metrics::serve(addr, metrics, move || snapshot(&s))?;
+        shared
+            .log
+            .notice(&format!("portsentry: metrics on http://{bound}/metrics"));
+    }
+    let control = control::listen(&c.state_dir)?;
     shared.log.notice(&format!(
-        "portsentry: active: TCP {} ports, UDP {} ports, {} ignored networks",
+        "portsentry: active: TCP {} ports, UDP {} ports, {} ignored networks, {restored} bans \
+         in force",
         eff.policy.tcp.len(),
         eff.policy.udp.len(),
         eff.ignored_nets().len()
@@ -120,7 +225,6 @@ pub async fn run(mut eff: Arc<Effective>, args: RunArgs, lock: fs::File) -> Resu
     let mut tick = tokio::time::interval(HOUSEKEEPING);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let jobs = Arc::new(Semaphore::new(MAX_PARALLEL_JOBS));
-    let mut handled: HashSet<IpAddr> = HashSet::new();
     let mut batch: Vec<ScanEvent> = Vec::new();
 
     loop {
@@ -130,42 +234,32 @@ pub async fn run(mut eff: Arc<Effective>, args: RunArgs, lock: fs::File) -> Resu
                 drain(guard.get_inner_mut(), &mut batch);
                 guard.clear_ready();
                 for raw in batch.drain(..) {
-                    on_event(&shared, &eff, &jobs, &mut handled, &raw);
+                    shared.metrics.event_read();
+                    on_event(&shared, &jobs, &raw);
                 }
             }
-            _ = hup.recv() => {
-                match reload(&args, &eff) {
-                    Ok(new) => {
-                        let mut dp = shared.dp.lock().expect("dataplane lock");
-                        match apply(&mut dp, &new) {
-                            Ok(()) => {
-                                eff = Arc::new(new);
-                                shared.log.notice("portsentry: configuration and ignore list reloaded");
-                            }
-                            Err(e) => shared.log.warn(&format!(
-                                "portsentry: applying the reloaded configuration failed, the old one \
-                                 stays in force: {e:#}")),
-                        }
-                    }
-                    Err(e) => shared.log.warn(&format!(
-                        "portsentry: reload rejected, the old configuration stays in force: {e:#}")),
+            conn = control.accept() => {
+                if let Ok((stream, _)) = conn {
+                    let s = shared.clone();
+                    tokio::spawn(async move { control::serve_one(stream, |req| handle_request(&s, req)).await });
                 }
             }
-            _ = tick.tick() => {
-                housekeeping(&shared, &mut eff, &mut handled);
-            }
+            _ = hup.recv() => reload(&shared, &args),
+            _ = tick.tick() => housekeeping(&shared),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
-    shared.log.notice("portsentry: stopping");
+    shared
+        .log
+        .notice("portsentry: stopping; the program stays attached and the bans in force");
     // Let running response jobs finish (each is bounded by KILL_TIMEOUT per command).
     let _ = tokio::time::timeout(
-        eff.config.kill_timeout * 3,
+        shared.eff().config.kill_timeout * 3,
         jobs.acquire_many(MAX_PARALLEL_JOBS as u32),
     )
     .await;
-    shared.dp.lock().expect("dataplane lock").detach_all()?;
+    let _ = fs::remove_file(control::socket_path(&shared.eff().config.state_dir));
     Ok(())
 }
 
@@ -177,28 +271,57 @@ fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<ScanEvent>) {
     }
 }
 
-/// Re-reads the configuration and the ignore file with the same command line.
-fn reload(args: &RunArgs, old: &Effective) -> Result<Effective> {
-    let new = settings::load(&args.config)?;
-    if new.interfaces != old.interfaces || new.xdp_mode != old.xdp_mode {
-        bail!(
-            "the interfaces or the XDP mode changed; they take effect on restart only \
-             (restart portsentry to apply them)"
+/// SIGHUP: re-reads the configuration and the ignore file with the same command line;
+/// on any error the old settings stay in force.
+fn reload(shared: &Shared, args: &RunArgs) {
+    let old = shared.eff();
+    let new = match settings::load(&args.config) {
+        Ok(new) => new,
+        Err(e) => {
+            shared.log.warn(&format!(
+                "portsentry: reload rejected, the old configuration stays in force: {e:#}"
+            ));
+            return;
+        }
+    };
+    if new.interfaces != old.interfaces
+        || new.xdp_mode != old.xdp_mode
+        || new.config.pin_dir != old.config.pin_dir
+        || new.config.state_dir != old.config.state_dir
+    {
+        shared.log.warn(
+            "portsentry: reload rejected, the old configuration stays in force: INTERFACES, \
+             XDP_MODE, PIN_DIR and STATE_DIR take effect on restart only",
         );
+        return;
     }
-    Ok(new)
+    let mut book = shared.book();
+    let Some(dp) = book.dp.as_mut() else {
+        return;
+    };
+    match apply(dp, &new) {
+        Ok(()) => {
+            *shared.eff.lock().expect("eff lock") = Arc::new(new);
+            shared
+                .log
+                .notice("portsentry: configuration and ignore list reloaded");
+        }
+        Err(e) => {
+            // Put the old settings back.
+            let _ = apply(dp, &old);
+            shared.log.warn(&format!(
+                "portsentry: applying the reloaded configuration failed, the old one stays \
+                 in force: {e:#}"
+            ));
+        }
+    }
 }
 
-fn on_event(
-    shared: &Arc<Shared>,
-    eff: &Arc<Effective>,
-    jobs: &Arc<Semaphore>,
-    handled: &mut HashSet<IpAddr>,
-    raw: &ScanEvent,
-) {
+fn on_event(shared: &Arc<Shared>, jobs: &Arc<Semaphore>, raw: &ScanEvent) {
     let Some(ev) = ProbeEvent::from_raw(raw) else {
         return;
     };
+    let eff = shared.eff();
     let Some(mode) = eff.mode_token(ev.proto()) else {
         return;
     };
@@ -206,14 +329,17 @@ fn on_event(
         scan_trigger: eff.config.scan_trigger,
         window: eff.config.scan_window,
     };
-    match rules.judge(&ev, eff.is_ignored(ev.ip), handled.contains(&ev.ip)) {
+    let handled = shared
+        .handled
+        .lock()
+        .expect("handled lock")
+        .contains(&ev.ip)
+        || shared.book().covers(ev.ip);
+    match rules.judge(&ev, eff.is_ignored(ev.ip), handled) {
         Verdict::Ignored | Verdict::BelowTrigger => {}
         Verdict::OutsideWindow => {
-            if let Err(e) = shared
-                .dp
-                .lock()
-                .expect("dataplane lock")
-                .forget_source(ev.ip)
+            if let Some(dp) = shared.book().dp.as_mut()
+                && let Err(e) = dp.forget_source(ev.ip)
             {
                 shared.log.warn(&format!("portsentry: {e:#}"));
             }
@@ -230,10 +356,9 @@ fn on_event(
             shared.log.notice(&records::already_blocked(&name, ev.ip));
         }
         Verdict::Act => {
-            handled.insert(ev.ip);
+            shared.handled.lock().expect("handled lock").insert(ev.ip);
             let block = eff.block_mode(ev.proto());
             let shared = shared.clone();
-            let eff = eff.clone();
             let jobs = jobs.clone();
             tokio::spawn(async move {
                 let Ok(_permit) = jobs.acquire_owned().await else {
@@ -293,24 +418,13 @@ async fn respond(
     };
     let steps = actions::plan(c, block, &target);
     // The XDP ban does not wait for the name lookup when it comes first.
-    let mut name = ev.ip.to_string();
-    let mut banned_early = false;
+    let mut banned = false;
     if steps.first() == Some(&Step::XdpBan) {
-        banned_early = true;
-        if let Err(e) = xdp_ban(shared, eff, &ev, mode, &name) {
-            shared.log.warn(&format!(
-                "attackalert: ERROR: Could not block host {}: {e:#}",
-                ev.ip
-            ));
-        }
+        banned = scan_ban(shared, eff, &ev, mode);
     }
-    name = resolve(shared, eff, ev.ip).await;
-    if banned_early && name != ev.ip.to_string() {
-        shared
-            .bans
-            .lock()
-            .expect("bans lock")
-            .set_name(&IpNet::from(ev.ip), &name);
+    let name = resolve(shared, eff, ev.ip).await;
+    if banned && name != ev.ip.to_string() {
+        shared.book().store.set_name(&IpNet::from(ev.ip), &name);
     }
     let log = &shared.log;
     log.notice(&records::attack_alert(
@@ -324,160 +438,195 @@ async fn respond(
         log.notice(&records::ignoring_response(ev.proto()));
     }
     for step in &steps {
-        match step {
-            Step::XdpBan => {
-                if !banned_early && let Err(e) = xdp_ban(shared, eff, &ev, mode, &name) {
-                    log.warn(&format!(
-                        "attackalert: ERROR: Could not block host {}: {e:#}",
-                        ev.ip
-                    ));
-                    continue;
-                }
-                log.notice(&format!(
-                    "attackalert: Host {} has been blocked via XDP drop",
-                    ev.ip
-                ));
-                write_blocked_files(shared, &c.blocked_file);
+        if *step == Step::XdpBan {
+            if !banned && !scan_ban(shared, eff, &ev, mode) {
+                continue;
             }
-            Step::HostsDeny(line) => match actions::append_line(&c.hosts_deny_file, line) {
-                Ok(()) => log.notice(&records::blocked_via_wrappers(ev.ip, line)),
-                Err(e) => log.warn(&format!(
-                    "attackalert: ERROR: could not write {}: {e}",
-                    c.hosts_deny_file.display()
-                )),
-            },
-            Step::Route(cmd) => {
-                run_logged(shared, cmd, c.kill_timeout).await;
-                log.notice(&records::blocked_via_route(ev.ip, cmd));
+            log.notice(&format!(
+                "attackalert: Host {} has been blocked via XDP drop",
+                ev.ip
+            ));
+            if let Err(e) = shared.book().persist() {
+                log.warn(&format!("portsentry: {e:#}"));
             }
-            Step::RunCmd(cmd) => {
-                run_logged(shared, cmd, c.kill_timeout).await;
-                log.notice(&records::external_command(ev.ip, cmd));
-            }
-            other => log.warn(&format!("portsentry: unexpected step {other:?}")),
+        } else {
+            run_step(&shared.log, &shared.metrics, c, ev.ip, step, false).await;
         }
     }
     let line = records::history_line(SystemTime::now(), &name, ev.ip, ev.port, ev.proto());
     if let Err(e) = records::append_history(&c.history_file, &line) {
         log.warn(&format!(
-            "portsentry: could not write the history file {}: {e}",
-            c.history_file.display()
+            "portsentry: could not write the history file: {e}"
         ));
     }
 }
 
-async fn run_logged(shared: &Shared, cmd: &str, timeout: Duration) {
-    let (outcome, output) = actions::run_shell(cmd, timeout).await;
-    if !outcome.ok() {
-        shared.log.warn(&format!(
-            "portsentry: command {outcome:?}: \"{cmd}\"{}",
-            if output.trim().is_empty() {
-                String::new()
-            } else {
-                format!(" output: {}", output.trim())
-            }
-        ));
-    }
-}
-
-/// Puts the XDP ban in force and records it.
-fn xdp_ban(
-    shared: &Shared,
-    eff: &Effective,
-    ev: &ProbeEvent,
-    mode: &str,
-    name: &str,
-) -> Result<()> {
-    let c = &eff.config;
-    let net = IpNet::from(ev.ip);
-    let now = SystemTime::now();
-    let nth = shared.bans.lock().expect("bans lock").times_banned(&net) + 1;
-    let ban = Ban {
-        net,
-        origin: BanOrigin::Scan,
-        since: now,
-        expires: ban_duration(c.ban_time, c.repeat_ban_factor, c.ban_time_max, nth)
-            .map(|d| now + d),
-        port: ev.port,
-        proto: ev.proto(),
-        scan_type: Some(ev.scan_type),
-        mode: mode.to_owned(),
-        name: name.to_owned(),
-        count: nth,
-    };
-    {
-        let mut dp = shared.dp.lock().expect("dataplane lock");
-        dp.insert_ban(&net, &ban.kernel_entry())?;
-        dp.forget_source(ev.ip)?;
-    }
-    shared.bans.lock().expect("bans lock").insert(ban);
-    Ok(())
-}
-
-/// Rewrites `BLOCKED_FILE.<mode>` for every mode that has (or had) bans.
-fn write_blocked_files(shared: &Shared, base: &Path) {
-    let mut by_mode: HashMap<String, Vec<String>> = HashMap::new();
-    for b in shared.bans.lock().expect("bans lock").iter() {
-        by_mode
-            .entry(b.mode.clone())
-            .or_default()
-            .push(records::history_line(
-                b.since,
-                &b.name,
-                b.net.addr(),
-                b.port,
-                b.proto,
-            ));
-    }
-    let mut modes = shared.blocked_modes.lock().expect("modes lock");
-    modes.extend(by_mode.keys().cloned());
-    for mode in modes.iter() {
-        let path = PathBuf::from(format!("{}.{mode}", base.display()));
-        let lines = by_mode.get(mode).cloned().unwrap_or_default();
-        if let Err(e) = records::write_blocked(&path, &lines) {
+/// Puts the XDP ban of a scanner in force; false (logged) when that failed.
+fn scan_ban(shared: &Shared, eff: &Effective, ev: &ProbeEvent, mode: &str) -> bool {
+    let mut book = shared.book();
+    let mut ban = book.new_ban(&eff.config, IpNet::from(ev.ip), BanOrigin::Scan, None);
+    ban.port = ev.port;
+    ban.proto = ev.proto();
+    ban.scan_type = Some(ev.scan_type);
+    ban.mode = mode.to_owned();
+    match book.put(ban) {
+        Ok(()) => {
+            shared.metrics.ban_added("scan");
+            true
+        }
+        Err(e) => {
             shared.log.warn(&format!(
-                "portsentry: could not write the blocked file {}: {e}",
-                path.display()
+                "attackalert: ERROR: Could not block host {}: {e:#}",
+                ev.ip
             ));
+            false
         }
     }
 }
 
-/// Expires bans and keeps the always-ignored addresses current.
-fn housekeeping(shared: &Shared, eff: &mut Arc<Effective>, handled: &mut HashSet<IpAddr>) {
-    let expired = shared
-        .bans
-        .lock()
-        .expect("bans lock")
-        .expired(SystemTime::now());
-    if !expired.is_empty() {
-        for net in &expired {
-            let removed = shared.dp.lock().expect("dataplane lock").remove_ban(net);
-            if let Err(e) = removed {
-                shared
-                    .log
-                    .warn(&format!("portsentry: removing the ban of {net}: {e:#}"));
-                continue;
+/// Runs one non-XDP step and logs it as PortSentry does; `undo` marks the steps that
+/// lift a ban.
+pub async fn run_step(
+    log: &Logger,
+    metrics: &Metrics,
+    c: &Config,
+    ip: IpAddr,
+    step: &Step,
+    undo: bool,
+) {
+    match step {
+        Step::XdpBan => {}
+        Step::HostsDeny(line) => match actions::append_line(&c.hosts_deny_file, line) {
+            Ok(()) => {
+                metrics.action_result("hosts_deny", true);
+                log.notice(&records::blocked_via_wrappers(ip, line));
             }
-            shared.bans.lock().expect("bans lock").remove(net);
-            handled.retain(|ip| !net.contains(ip));
+            Err(e) => {
+                metrics.action_result("hosts_deny", false);
+                log.warn(&format!("attackalert: ERROR: {e}"));
+            }
+        },
+        Step::HostsDenyRemove(line) => match actions::remove_line(&c.hosts_deny_file, line) {
+            Ok(_) => {
+                metrics.action_result("hosts_deny_remove", true);
+                log.notice(&format!(
+                    "portsentry: Host {ip} removed from {}",
+                    c.hosts_deny_file.display()
+                ));
+            }
+            Err(e) => {
+                metrics.action_result("hosts_deny_remove", false);
+                log.warn(&format!("portsentry: ERROR: {e}"));
+            }
+        },
+        Step::Route(cmd) | Step::RunCmd(cmd) => {
+            let kind = match (step, undo) {
+                (Step::Route(_), false) => "route",
+                (Step::Route(_), true) => "unroute",
+                (_, false) => "run_cmd",
+                (_, true) => "unrun_cmd",
+            };
+            let (outcome, output) = actions::run_shell(cmd, c.kill_timeout).await;
+            metrics.action(kind, &outcome);
+            match (step, undo) {
+                (Step::Route(_), false) => log.notice(&records::blocked_via_route(ip, cmd)),
+                (Step::RunCmd(_), false) => log.notice(&records::external_command(ip, cmd)),
+                _ => log.notice(&format!(
+                    "portsentry: Host {ip} unblocked using command: \"{cmd}\""
+                )),
+            }
+            if !outcome.ok() {
+                let output = output.trim();
+                log.warn(&format!(
+                    "portsentry: command {outcome}: \"{cmd}\"{}",
+                    if output.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" output: {output}")
+                    }
+                ));
+            }
+        }
+    }
+}
+
+/// Runs the undo steps of a lifted ban (UNKILL_ROUTE, the hosts.deny line,
+/// UNKILL_RUN_CMD) in the background.
+fn spawn_undo(shared: &Arc<Shared>, ban: Ban, reason: &'static str) {
+    shared.metrics.ban_removed(reason);
+    shared
+        .handled
+        .lock()
+        .expect("handled lock")
+        .retain(|ip| !ban.net.contains(ip));
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let eff = shared.eff();
+        let c = &eff.config;
+        // Manual bans and prefixes ran no kill command: there is nothing to undo.
+        if ban.origin != BanOrigin::Scan || ban.net.prefix_len() != ban.net.max_prefix_len() {
+            return;
+        }
+        let target = Target {
+            ip: ban.net.addr(),
+            port: ban.port,
+            mode: mode_token(&ban.mode),
+        };
+        for step in actions::undo_plan(c, &target) {
+            run_step(&shared.log, &shared.metrics, c, ban.net.addr(), &step, true).await;
+        }
+    });
+}
+
+/// The `$MODE$` token of a ban's recorded mode.
+pub fn mode_token(mode: &str) -> &'static str {
+    match mode {
+        "stcp" => "stcp",
+        "audp" => "audp",
+        "sudp" => "sudp",
+        _ => "atcp",
+    }
+}
+
+/// Expires bans, keeps the always-ignored addresses current, counts tracked sources.
+fn housekeeping(shared: &Arc<Shared>) {
+    let now = SystemTime::now();
+    let expired = shared.book().store.expired(now);
+    if !expired.is_empty() {
+        let mut lifted = Vec::new();
+        {
+            let mut book = shared.book();
+            for net in &expired {
+                match book.lift(net) {
+                    Ok(Some(b)) => lifted.push(b),
+                    Ok(None) => {}
+                    Err(e) => shared
+                        .log
+                        .warn(&format!("portsentry: removing the ban of {net}: {e:#}")),
+                }
+            }
+            if let Err(e) = book.persist() {
+                shared.log.warn(&format!("portsentry: {e:#}"));
+            }
+        }
+        for b in lifted {
             shared
                 .log
-                .notice(&format!("portsentry: ban of {net} expired"));
+                .notice(&format!("portsentry: ban of {} expired", b.net));
+            spawn_undo(shared, b, "expired");
         }
-        write_blocked_files(shared, &eff.config.blocked_file);
     }
+    let eff = shared.eff();
     match localaddrs::always_ignored() {
         Ok(now) if now != eff.always_ignored => {
-            let mut new = (**eff).clone();
+            let mut new = (*eff).clone();
             new.always_ignored = now;
-            let r = shared
-                .dp
-                .lock()
-                .expect("dataplane lock")
-                .replace_ignore(&new.ignored_nets());
+            let r = match shared.book().dp.as_mut() {
+                Some(dp) => dp.replace_ignore(&new.ignored_nets()),
+                None => Ok(()),
+            };
             match r {
-                Ok(()) => *eff = Arc::new(new),
+                Ok(()) => *shared.eff.lock().expect("eff lock") = Arc::new(new),
                 Err(e) => shared
                     .log
                     .warn(&format!("portsentry: updating the ignore list: {e:#}")),
@@ -486,11 +635,120 @@ fn housekeeping(shared: &Shared, eff: &mut Arc<Effective>, handled: &mut HashSet
         Ok(_) => {}
         Err(e) => shared.log.warn(&format!("portsentry: {e:#}")),
     }
+    let count = shared
+        .book()
+        .dp
+        .as_ref()
+        .and_then(|dp| dp.sources().ok())
+        .map_or(0, |v| v.len() as u64);
+    *shared.sources_tracked.lock().expect("sources lock") = count;
+}
+
+/// What the metrics endpoint reports.
+fn snapshot(shared: &Shared) -> Snapshot {
+    let eff = shared.eff();
+    let book = shared.book();
+    Snapshot {
+        counters: book
+            .dp
+            .as_ref()
+            .and_then(|dp| dp.counters().ok())
+            .unwrap_or_default(),
+        bans_active: book.store.len() as u64,
+        bans_capacity: u64::from(eff.config.max_bans),
+        sources_tracked: *shared.sources_tracked.lock().expect("sources lock"),
+        sources_capacity: u64::from(eff.config.max_tracked_sources),
+        ignored_networks: eff.ignored_nets().len() as u64,
+    }
+}
+
+/// A control-socket request (`portsentry ban`, `unban`).
+fn handle_request(shared: &Arc<Shared>, req: Request) -> Response {
+    let eff = shared.eff();
+    match req {
+        Request::Ban { net, seconds } => {
+            let mut book = shared.book();
+            let ban = book.new_ban(
+                &eff.config,
+                net,
+                BanOrigin::Manual,
+                seconds.map(Duration::from_secs),
+            );
+            let expires = ban.expires;
+            match book.put(ban).and_then(|()| book.persist()) {
+                Ok(()) => {
+                    shared.metrics.ban_added("manual");
+                    shared.log.notice(&format!(
+                        "portsentry: {net} banned by the operator{}",
+                        describe_expiry(expires)
+                    ));
+                    Response::ok(format!("banned {net}{}", describe_expiry(expires)))
+                }
+                Err(e) => Response::err(format!("{e:#}")),
+            }
+        }
+        Request::Unban { net } => {
+            let lifted = {
+                let mut book = shared.book();
+                let r = book.lift(&net);
+                let p = book.persist();
+                r.and_then(|b| p.map(|()| b))
+            };
+            match lifted {
+                Ok(Some(b)) => {
+                    shared
+                        .log
+                        .notice(&format!("portsentry: {net} unbanned by the operator"));
+                    spawn_undo(shared, b, "unbanned");
+                    Response::ok(format!("unbanned {net}"))
+                }
+                Ok(None) => Response::err(format!("{net} is not banned")),
+                Err(e) => Response::err(format!("{e:#}")),
+            }
+        }
+        Request::UnbanAll => {
+            let (lifted, result) = {
+                let mut book = shared.book();
+                let nets: Vec<IpNet> = book.store.iter().map(|b| b.net).collect();
+                let mut lifted = Vec::new();
+                let mut result = Ok(());
+                for n in nets {
+                    match book.lift(&n) {
+                        Ok(Some(b)) => lifted.push(b),
+                        Ok(None) => {}
+                        Err(e) => result = Err(e),
+                    }
+                }
+                (lifted, result.and(book.persist()))
+            };
+            let n = lifted.len();
+            for b in lifted {
+                spawn_undo(shared, b, "unbanned");
+            }
+            shared
+                .log
+                .notice(&format!("portsentry: all {n} bans lifted by the operator"));
+            match result {
+                Ok(()) => Response::ok(format!("unbanned {n} networks")),
+                Err(e) => Response::err(format!("{e:#}")),
+            }
+        }
+    }
+}
+
+pub fn describe_expiry(expires: Option<SystemTime>) -> String {
+    match expires.and_then(|e| e.duration_since(SystemTime::now()).ok()) {
+        Some(d) => format!(
+            " for {}",
+            humantime::format_duration(Duration::from_secs(d.as_secs() + 1))
+        ),
+        None => " permanently".to_owned(),
+    }
 }
 
 /// One daemon per state directory: an exclusive lock on `portsentry.pid`, which holds
 /// our pid. Returns the open file (the lock lives as long as it does, across fork).
-/// `Ok(None)`: another daemon holds it.
+/// `Ok(None)`: another process holds it.
 pub fn lock_state_dir(dir: &Path) -> Result<Option<fs::File>> {
     fs::create_dir_all(dir)
         .with_context(|| format!("creating the state directory {}", dir.display()))?;
@@ -515,4 +773,22 @@ pub fn write_pid(file: &fs::File) -> Result<()> {
     file.set_len(0)?;
     (&*file).write_all(format!("{}\n", std::process::id()).as_bytes())?;
     Ok(())
+}
+
+/// The pid in the lock file, when a process holds the lock (the daemon is running).
+pub fn running_pid(state_dir: &Path) -> Option<u32> {
+    match lock_state_dir(state_dir) {
+        Ok(None) => fs::read_to_string(state_dir.join("portsentry.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok()),
+        _ => None,
+    }
+}
+
+/// Fails unless `pin_dir` can hold pins (used by `unload` and tests).
+pub fn check_pin_dir(pin_dir: &Path) -> Result<()> {
+    if !pin_dir.is_absolute() {
+        bail!("PIN_DIR must be absolute: {}", pin_dir.display());
+    }
+    dataplane::ensure_pin_dir(pin_dir)
 }

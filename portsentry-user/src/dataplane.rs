@@ -1,13 +1,21 @@
 //! The kernel half, seen from userspace: loading the XDP object, attaching it, and every
 //! read and write of its maps. Nothing else in the daemon touches a BPF map.
 
-use std::{net::IpAddr, os::fd::AsFd as _, path::PathBuf};
+use std::{
+    net::IpAddr,
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
 };
 use ipnet::IpNet;
 use portsentry_common::{
@@ -86,28 +94,96 @@ impl Counters {
     }
 }
 
-/// One attachment of the program.
-#[derive(Debug)]
+/// One attachment of the program made or adopted by this process.
+#[derive(Debug, Clone)]
 pub struct Attachment {
     pub interface: String,
-    pub mode: XdpMode,
-    link: XdpLinkId,
+    /// The mode the kernel accepted; `None` for a pinned link that was adopted (its
+    /// mode is the one it was first attached with).
+    pub mode: Option<XdpMode>,
+    /// The link is pinned: it stays attached when this process exits.
+    pub pinned: bool,
 }
 
 /// The loaded XDP program and its maps.
 pub struct Dataplane {
-    ebpf: Ebpf,
+    /// The program (absent when only the pinned maps were opened).
+    ebpf: Option<Ebpf>,
+    maps: std::collections::HashMap<&'static str, Map>,
+    pin_dir: Option<PathBuf>,
     settings: Settings,
     attachments: Vec<Attachment>,
     /// How many exact bans use each `PS_BAN_FILTER` bit (a bit is cleared at zero).
     filter_users: std::collections::HashMap<u32, u32>,
 }
 
+/// The pin path of the link that attaches the program to `interface`.
+pub fn link_pin(pin_dir: &Path, interface: &str) -> PathBuf {
+    pin_dir.join(format!("link-{interface}"))
+}
+
+/// True when `pin_dir` holds portsentry's pinned maps.
+pub fn is_pinned(pin_dir: &Path) -> bool {
+    maps::ALL.iter().all(|n| pin_dir.join(n).exists())
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Mounts bpffs at /sys/fs/bpf when `pin_dir` lies under it and it is not mounted,
+/// then creates `pin_dir`.
+pub fn ensure_pin_dir(pin_dir: &Path) -> Result<()> {
+    let root = Path::new("/sys/fs/bpf");
+    if pin_dir.starts_with(root) && !is_bpffs(root) {
+        std::fs::create_dir_all(root).ok();
+        // SAFETY: plain mount(2) with static NUL-terminated strings.
+        let rc = unsafe {
+            libc::mount(
+                c"bpf".as_ptr(),
+                c"/sys/fs/bpf".as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            bail!(
+                "bpffs is not mounted at /sys/fs/bpf and mounting it failed ({}); mount it \
+                 with `mount -t bpf bpf /sys/fs/bpf`",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    std::fs::create_dir_all(pin_dir)
+        .with_context(|| format!("creating the pin directory {}", pin_dir.display()))?;
+    if !is_bpffs(pin_dir) {
+        bail!(
+            "the pin directory {} is not on a BPF file system (bpffs); set PIN_DIR to a \
+             folder under /sys/fs/bpf",
+            pin_dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs with a valid path and out pointer.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+}
+
 impl Dataplane {
     /// Loads the embedded object and verifies the program. With `pin_dir`, every map is
-    /// pinned there by name, and maps already pinned there are reused.
+    /// pinned there by name, and maps already pinned there are reused (adopted, with
+    /// their bans, counts and pending events).
     pub fn load(sizes: &MapSizes, pin_dir: Option<PathBuf>) -> Result<Self> {
         let bytes = object::bytes()?;
+        if let Some(dir) = &pin_dir {
+            ensure_pin_dir(dir)?;
+        }
         let pins: Vec<(&str, PathBuf)> = match &pin_dir {
             Some(dir) => maps::ALL.iter().map(|n| (*n, dir.join(n))).collect(),
             None => Vec::new(),
@@ -131,8 +207,44 @@ impl Dataplane {
         program
             .load()
             .context("the kernel verifier rejected the XDP program")?;
+        let mut taken = std::collections::HashMap::new();
+        for name in maps::ALL {
+            let map = ebpf
+                .take_map(name)
+                .ok_or_else(|| anyhow!("the XDP object has no map `{name}`"))?;
+            taken.insert(name, map);
+        }
+        Self::with_maps(Some(ebpf), taken, pin_dir)
+    }
+
+    /// Opens the maps pinned in `pin_dir` without loading a program: for `status`,
+    /// `ban` and `unban` while no daemon runs. Fails when nothing is pinned there.
+    pub fn open_pinned(pin_dir: &Path) -> Result<Self> {
+        if !is_pinned(pin_dir) {
+            bail!(
+                "portsentry is not loaded: no pinned maps in {} (start it with `portsentry run`)",
+                pin_dir.display()
+            );
+        }
+        let mut taken = std::collections::HashMap::new();
+        for name in maps::ALL {
+            let path = pin_dir.join(name);
+            let data = MapData::from_pin(&path)
+                .with_context(|| format!("opening the pinned map {}", path.display()))?;
+            taken.insert(name, Map::from_map_data(data)?);
+        }
+        Self::with_maps(None, taken, Some(pin_dir.to_path_buf()))
+    }
+
+    fn with_maps(
+        ebpf: Option<Ebpf>,
+        maps: std::collections::HashMap<&'static str, Map>,
+        pin_dir: Option<PathBuf>,
+    ) -> Result<Self> {
         let mut dp = Dataplane {
             ebpf,
+            maps,
+            pin_dir,
             settings: Settings::default(),
             attachments: Vec::new(),
             filter_users: Default::default(),
@@ -142,16 +254,46 @@ impl Dataplane {
         Ok(dp)
     }
 
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pin_dir.as_deref()
+    }
+
     fn program(&mut self) -> Result<&mut Xdp> {
         Ok(self
             .ebpf
+            .as_mut()
+            .ok_or_else(|| anyhow!("no program loaded (maps opened read-only)"))?
             .program_mut(PROGRAM_NAME)
             .ok_or_else(|| anyhow!("the XDP object has no program `{PROGRAM_NAME}`"))?
             .try_into()?)
     }
 
-    /// Attaches to `interface`; returns the mode the kernel accepted.
-    pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<XdpMode> {
+    /// Attaches to `interface` and returns what was done. With a pin directory, the
+    /// link is pinned (`link-IFACE`) so that it outlives this process; a link already
+    /// pinned there is adopted: this program replaces the old one in it atomically, so
+    /// there is no moment without a program on the interface.
+    pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<Attachment> {
+        let pin = self.pin_dir.as_ref().map(|d| link_pin(d, interface));
+        if let Some(pin) = &pin
+            && pin.exists()
+        {
+            match self.adopt_link(pin) {
+                Ok(()) => {
+                    let a = Attachment {
+                        interface: interface.to_owned(),
+                        mode: None,
+                        pinned: true,
+                    };
+                    self.attachments.push(a.clone());
+                    return Ok(a);
+                }
+                Err(e) => {
+                    // The link is dead (its interface went away): forget it.
+                    log::warn!("dropping the stale link {}: {e:#}", pin.display());
+                    std::fs::remove_file(pin).ok();
+                }
+            }
+        }
         let tries: &[XdpMode] = match mode {
             AttachMode::Native => &[XdpMode::Driver],
             AttachMode::Skb => &[XdpMode::Skb],
@@ -161,13 +303,25 @@ impl Dataplane {
         let mut last_err = None;
         for m in tries {
             match program.attach(interface, *m) {
-                Ok(link) => {
-                    self.attachments.push(Attachment {
+                Ok(link_id) => {
+                    let mut pinned = false;
+                    if let Some(pin) = &pin {
+                        let link = program.take_link(link_id)?;
+                        let fd_link = FdLink::try_from(link).map_err(|e| {
+                            anyhow!("the kernel attached {interface} without a BPF link: {e}")
+                        })?;
+                        fd_link
+                            .pin(pin)
+                            .with_context(|| format!("pinning the link at {}", pin.display()))?;
+                        pinned = true;
+                    }
+                    let a = Attachment {
                         interface: interface.to_owned(),
-                        mode: *m,
-                        link,
-                    });
-                    return Ok(*m);
+                        mode: Some(*m),
+                        pinned,
+                    };
+                    self.attachments.push(a.clone());
+                    return Ok(a);
                 }
                 Err(e) => last_err = Some(e),
             }
@@ -176,15 +330,14 @@ impl Dataplane {
             .with_context(|| format!("attaching XDP to interface `{interface}` ({mode:?} mode)"))
     }
 
-    /// Detaches from every interface this process attached to.
-    pub fn detach_all(&mut self) -> Result<()> {
-        let attachments = std::mem::take(&mut self.attachments);
+    fn adopt_link(&mut self, pin: &Path) -> Result<()> {
+        let pinned = PinnedLink::from_pin(pin)?;
+        let fd_link: FdLink = pinned.into();
+        let link = XdpLink::try_from(fd_link)?;
         let program = self.program()?;
-        for a in attachments {
-            program
-                .detach(a.link)
-                .with_context(|| format!("detaching from `{}`", a.interface))?;
-        }
+        let id = program.attach_to_link(link)?;
+        // The pin keeps the link; this process needs no handle on it.
+        let _ = program.take_link(id)?;
         Ok(())
     }
 
@@ -196,22 +349,24 @@ impl Dataplane {
     pub fn program_fd(&self) -> Result<std::os::fd::BorrowedFd<'_>> {
         let program: &Xdp = self
             .ebpf
+            .as_ref()
+            .ok_or_else(|| anyhow!("no program loaded (maps opened read-only)"))?
             .program(PROGRAM_NAME)
             .ok_or_else(|| anyhow!("no program `{PROGRAM_NAME}`"))?
             .try_into()?;
         Ok(program.fd()?.as_fd())
     }
 
-    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
-        self.ebpf
-            .map_mut(name)
-            .ok_or_else(|| anyhow!("the XDP object has no map `{name}`"))
+    fn map_mut(&mut self, name: &str) -> Result<&mut Map> {
+        self.maps
+            .get_mut(name)
+            .ok_or_else(|| anyhow!("the map `{name}` is not open here"))
     }
 
-    fn map(&self, name: &str) -> Result<&aya::maps::Map> {
-        self.ebpf
-            .map(name)
-            .ok_or_else(|| anyhow!("the XDP object has no map `{name}`"))
+    fn map(&self, name: &str) -> Result<&Map> {
+        self.maps
+            .get(name)
+            .ok_or_else(|| anyhow!("the map `{name}` is not open here"))
     }
 
     fn read_settings(&self) -> Result<Settings> {
@@ -463,11 +618,11 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Takes the event ring buffer out of the object (once).
+    /// Takes the event ring buffer out (once).
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
         let map = self
-            .ebpf
-            .take_map(maps::EVENTS)
+            .maps
+            .remove(maps::EVENTS)
             .ok_or_else(|| anyhow!("the event ring buffer was already taken"))?;
         Ok(RingBuf::try_from(map)?)
     }

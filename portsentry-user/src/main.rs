@@ -5,7 +5,7 @@ use std::{process::ExitCode, sync::Arc};
 use clap::Parser as _;
 use portsentry_user::{
     cli::{Cli, Command, translate_legacy},
-    daemon, settings,
+    daemon, ops, settings,
 };
 
 fn main() -> ExitCode {
@@ -21,13 +21,28 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run(args) => match run(args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("portsentry: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Run(args) => report(run(args).map(|()| String::new())),
+        Command::Status(args) => report(ops::status(&args)),
+        Command::Ban(args) => report(ops::ban(&args).map(line)),
+        Command::Unban(args) => report(ops::unban(&args).map(line)),
+        Command::Unload(args) => report(ops::unload(&args).map(line)),
+    }
+}
+
+fn line(s: String) -> String {
+    s + "\n"
+}
+
+fn report(r: anyhow::Result<String>) -> ExitCode {
+    match r {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("portsentry: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::{
     io::{BufRead, BufReader},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -154,16 +154,52 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 }
 
 /// A temporary folder with a daemon configuration whose files all live in it.
+///
+/// The daemon pins its program, maps and links under a bpffs folder of the test's own
+/// (`pin_dir`), removed with the workdir, so tests never share kernel state.
 pub struct Workdir {
     _dir: tempfile::TempDir,
     root: PathBuf,
+    pub pin_dir: PathBuf,
 }
+
+static PIN_SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 impl Workdir {
     pub fn new() -> Workdir {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().to_path_buf();
-        Workdir { _dir: dir, root }
+        let pin_dir = PathBuf::from(format!(
+            "/sys/fs/bpf/ps-test-{}-{}",
+            std::process::id(),
+            PIN_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        Workdir {
+            _dir: dir,
+            root,
+            pin_dir,
+        }
+    }
+
+    /// The configuration file written by [`Workdir::config`].
+    pub fn conf(&self) -> PathBuf {
+        self.path("portsentry.conf")
+    }
+
+    /// Runs `portsentry ARGS -c CONF` (a CLI command, not the daemon) in the root
+    /// namespace; returns (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = std::process::Command::new(binary())
+            .args(args)
+            .arg("-c")
+            .arg(self.conf())
+            .output()
+            .expect("running portsentry");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -193,7 +229,9 @@ impl Workdir {
              KILL_RUN_CMD=\"echo run $TARGET$ $PORT$ $MODE$ >> {order}\"\n\
              SCAN_TRIGGER=\"0\"\n\
              SYSLOG=\"0\"\n\
+             PIN_DIR=\"{pins}\"\n\
              {extra}",
+            pins = self.pin_dir.display(),
             state = self.path("state").display(),
             history = self.path("portsentry.history").display(),
             blocked = self.path("portsentry.blocked").display(),
@@ -203,6 +241,18 @@ impl Workdir {
         let path = self.path("portsentry.conf");
         fs::write(&path, text).unwrap();
         path
+    }
+}
+
+impl Drop for Workdir {
+    fn drop(&mut self) {
+        // Unpin links (detaching the program) and maps.
+        if let Ok(entries) = fs::read_dir(&self.pin_dir) {
+            for e in entries.flatten() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        let _ = fs::remove_dir(&self.pin_dir);
     }
 }
 

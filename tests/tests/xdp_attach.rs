@@ -31,7 +31,8 @@ fn native_xdp_counts_syns_per_source_and_drops_banned_sources() {
         .server
         .enter(|| dp.attach(&net.server_if, AttachMode::Native))
         .expect("native XDP on veth");
-    assert_eq!(mode, aya::programs::XdpMode::Driver);
+    assert_eq!(mode.mode, Some(aya::programs::XdpMode::Driver));
+    assert!(!mode.pinned, "no pin directory, no pinned link");
 
     // A service on the server: port 80, inside the watched range.
     let listener = net.server.enter(|| TcpListener::bind("[::]:80").unwrap());

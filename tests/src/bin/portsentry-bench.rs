@@ -84,10 +84,7 @@ fn reaction(runs: usize) -> Vec<Duration> {
     let wd = Workdir::new();
     std::fs::write(wd.path("portsentry.ignore"), "").unwrap();
     let conf = wd.config(&net.server_if, "");
-    let d = Daemon::start(
-        &net.server,
-        &["run", "-c", conf.to_str().unwrap()],
-    );
+    let d = Daemon::start(&net.server, &["run", "-c", conf.to_str().unwrap()]);
     let closed = SocketAddr::new(net.server_v4, 23);
     let mut samples = Vec::new();
     for src in net.attacker_v4.iter().take(runs) {

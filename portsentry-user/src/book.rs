@@ -1,0 +1,144 @@
+//! The ban book: one place that changes bans, keeping the kernel maps, the in-memory
+//! store, the state file and the blocked files in step. The daemon, its control socket
+//! and the CLI (when no daemon runs) all go through it.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Context as _, Result};
+use ipnet::IpNet;
+use portsentry_common::maps::BanOrigin;
+
+use crate::{
+    bans::{Ban, BanStore, ban_duration},
+    config::Config,
+    dataplane::Dataplane,
+    records, state,
+};
+
+pub struct Book {
+    /// The kernel maps; `None` when nothing is loaded (CLI with no pinned maps): the
+    /// state file alone is then changed, and the next start applies it.
+    pub dp: Option<Dataplane>,
+    pub store: BanStore,
+    state_dir: PathBuf,
+    blocked_file: PathBuf,
+    /// Modes whose blocked file was written, so it is emptied when its last ban goes.
+    blocked_modes: BTreeSet<String>,
+}
+
+impl Book {
+    pub fn new(dp: Option<Dataplane>, store: BanStore, config: &Config) -> Book {
+        Book {
+            dp,
+            store,
+            state_dir: config.state_dir.clone(),
+            blocked_file: config.blocked_file.clone(),
+            blocked_modes: BTreeSet::new(),
+        }
+    }
+
+    /// Puts `ban` in force: kernel first (the moment it counts), then the store.
+    /// The state file is written by [`Book::persist`].
+    pub fn put(&mut self, ban: Ban) -> Result<()> {
+        if let Some(dp) = &mut self.dp {
+            dp.insert_ban(&ban.net, &ban.kernel_entry())?;
+            if ban.net.prefix_len() == ban.net.max_prefix_len() {
+                dp.forget_source(ban.net.addr())?;
+            }
+        }
+        self.store.insert(ban);
+        Ok(())
+    }
+
+    /// Lifts the ban of exactly `net`; the ban that was in force, if any.
+    pub fn lift(&mut self, net: &IpNet) -> Result<Option<Ban>> {
+        if let Some(dp) = &mut self.dp {
+            dp.remove_ban(net)?;
+        }
+        Ok(self.store.remove(net))
+    }
+
+    /// A new ban for `net` (the store counts repeat offenders; `duration` overrides
+    /// the configured one, zero meaning permanent).
+    pub fn new_ban(
+        &self,
+        config: &Config,
+        net: IpNet,
+        origin: BanOrigin,
+        duration: Option<Duration>,
+    ) -> Ban {
+        let now = SystemTime::now();
+        let nth = self.store.times_banned(&net) + 1;
+        let d = match duration {
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(d),
+            None => ban_duration(
+                config.ban_time,
+                config.repeat_ban_factor,
+                config.ban_time_max,
+                nth,
+            ),
+        };
+        Ban {
+            net,
+            origin,
+            since: now,
+            expires: d.map(|d| now + d),
+            port: 0,
+            proto: 0,
+            scan_type: None,
+            mode: "manual".to_owned(),
+            name: net.addr().to_string(),
+            count: nth,
+        }
+    }
+
+    pub fn covers(&self, ip: IpAddr) -> bool {
+        self.store.covering(ip).is_some()
+    }
+
+    /// Writes the state file and the blocked files. Errors are returned after trying
+    /// every file.
+    pub fn persist(&mut self) -> Result<()> {
+        let state = state::save(&self.state_dir, &self.store);
+        let blocked = self.write_blocked_files();
+        state.and(blocked)
+    }
+
+    /// Rewrites `BLOCKED_FILE.<mode>` for every mode that has (or had) bans.
+    fn write_blocked_files(&mut self) -> Result<()> {
+        let mut by_mode: HashMap<String, Vec<String>> = HashMap::new();
+        for b in self.store.iter() {
+            by_mode
+                .entry(b.mode.clone())
+                .or_default()
+                .push(records::history_line(
+                    b.since,
+                    &b.name,
+                    b.net.addr(),
+                    b.port,
+                    b.proto,
+                ));
+        }
+        self.blocked_modes.extend(by_mode.keys().cloned());
+        let mut result = Ok(());
+        for mode in &self.blocked_modes {
+            let path = blocked_path(&self.blocked_file, mode);
+            let lines = by_mode.get(mode).cloned().unwrap_or_default();
+            if let Err(e) = records::write_blocked(&path, &lines) {
+                result = Err(e).context("writing a blocked file");
+            }
+        }
+        result
+    }
+}
+
+/// `BLOCKED_FILE.<mode>`, as PortSentry 1.2 names it.
+pub fn blocked_path(base: &Path, mode: &str) -> PathBuf {
+    PathBuf::from(format!("{}.{mode}", base.display()))
+}

@@ -1,0 +1,351 @@
+//! The ban store on disk (`STATE_DIR/bans.json`), so that bans survive a reboot with
+//! their expiry, and the reconciliation with the kernel's pinned maps at start-up.
+//!
+//! Written atomically (temp file, fsync, rename) after every change; times are wall
+//! clock (Unix milliseconds), so an expiry is respected across reboots.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result, bail};
+use ipnet::IpNet;
+use portsentry_common::{
+    ScanType,
+    maps::{BanEntry, BanOrigin},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    bans::{Ban, BanStore},
+    clock,
+};
+
+pub const FILE_NAME: &str = "bans.json";
+const VERSION: u32 = 1;
+
+pub fn path(state_dir: &Path) -> PathBuf {
+    state_dir.join(FILE_NAME)
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+struct StateFile {
+    version: u32,
+    bans: Vec<BanRecord>,
+    /// Bans each network has had, for repeat-offender durations.
+    previous: Vec<(IpNet, u32)>,
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+struct BanRecord {
+    net: IpNet,
+    origin: String,
+    since_ms: u64,
+    expires_ms: Option<u64>,
+    port: u16,
+    proto: u8,
+    scan_type: Option<String>,
+    mode: String,
+    name: String,
+    count: u32,
+}
+
+fn ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+fn from_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+pub fn origin_name(o: BanOrigin) -> &'static str {
+    match o {
+        BanOrigin::Scan => "scan",
+        BanOrigin::Manual => "manual",
+    }
+}
+
+fn origin_from(name: &str) -> Option<BanOrigin> {
+    match name {
+        "scan" => Some(BanOrigin::Scan),
+        "manual" => Some(BanOrigin::Manual),
+        _ => None,
+    }
+}
+
+/// Serializes the store.
+pub fn to_json(store: &BanStore) -> String {
+    let mut previous: Vec<(IpNet, u32)> = store.previous().map(|(n, c)| (*n, *c)).collect();
+    previous.sort();
+    let file = StateFile {
+        version: VERSION,
+        bans: store
+            .iter()
+            .map(|b| BanRecord {
+                net: b.net,
+                origin: origin_name(b.origin).to_owned(),
+                since_ms: ms(b.since),
+                expires_ms: b.expires.map(ms),
+                port: b.port,
+                proto: b.proto,
+                scan_type: b.scan_type.map(|t| t.name().to_owned()),
+                mode: b.mode.clone(),
+                name: b.name.clone(),
+                count: b.count,
+            })
+            .collect(),
+        previous,
+    };
+    serde_json::to_string_pretty(&file).expect("plain data serializes")
+}
+
+/// Parses a state file's text; errors say what is wrong.
+pub fn from_json(text: &str) -> Result<BanStore> {
+    let file: StateFile = serde_json::from_str(text)?;
+    if file.version != VERSION {
+        bail!("version {} is not {VERSION}", file.version);
+    }
+    let mut store = BanStore::new();
+    for (net, count) in file.previous {
+        store.set_previous(net, count);
+    }
+    for r in file.bans {
+        let origin = origin_from(&r.origin)
+            .with_context(|| format!("ban of {}: unknown origin {:?}", r.net, r.origin))?;
+        let scan_type = match &r.scan_type {
+            Some(n) => Some(
+                ScanType::from_name(n)
+                    .with_context(|| format!("ban of {}: unknown scan type {n:?}", r.net))?,
+            ),
+            None => None,
+        };
+        store.insert(Ban {
+            net: r.net,
+            origin,
+            since: from_ms(r.since_ms),
+            expires: r.expires_ms.map(from_ms),
+            port: r.port,
+            proto: r.proto,
+            scan_type,
+            mode: r.mode,
+            name: r.name,
+            count: r.count,
+        });
+    }
+    Ok(store)
+}
+
+/// Writes the store to `STATE_DIR/bans.json` atomically.
+pub fn save(state_dir: &Path, store: &BanStore) -> Result<()> {
+    let path = path(state_dir);
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    crate::actions::write_atomic(&path, to_json(store).as_bytes(), None)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Reads `STATE_DIR/bans.json`; an empty store when there is none. A file that cannot
+/// be read or parsed is an error: bans are never dropped silently.
+pub fn load(state_dir: &Path) -> Result<BanStore> {
+    let path = path(state_dir);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => from_json(&text).with_context(|| {
+            format!(
+                "{} is not a valid portsentry state file (move it away to start without \
+                 its bans)",
+                path.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BanStore::new()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// A ban known only to the kernel (made just before a crash): rebuilt from its entry.
+pub fn ban_from_kernel(net: IpNet, e: &BanEntry, tcp_mode: &str, udp_mode: &str) -> Ban {
+    let scan_type = ScanType::from_u8(e.scan_type);
+    let origin = if e.origin == BanOrigin::Manual as u8 {
+        BanOrigin::Manual
+    } else {
+        BanOrigin::Scan
+    };
+    let (proto, mode) = match (origin, scan_type) {
+        (BanOrigin::Manual, _) | (_, None) => (0, "manual".to_owned()),
+        (_, Some(ScanType::Udp)) => (17, udp_mode.to_owned()),
+        (_, Some(_)) => (6, tcp_mode.to_owned()),
+    };
+    Ban {
+        net,
+        origin,
+        since: clock::to_system(e.since_ns),
+        expires: (e.expires_ns != 0).then(|| clock::to_system(e.expires_ns)),
+        port: e.port,
+        proto,
+        scan_type,
+        mode,
+        name: net.addr().to_string(),
+        count: e.count.max(1),
+    }
+}
+
+/// What start-up reconciliation decided.
+#[derive(Debug, Default)]
+pub struct Reconciled {
+    /// Bans in force after start-up.
+    pub store: BanStore,
+    /// Bans from the file that were not in the kernel (a reboot): insert them.
+    pub to_insert: Vec<IpNet>,
+    /// Bans that ran out while no daemon ran: remove them and run their undo steps.
+    pub expired: Vec<Ban>,
+    /// Kernel bans the file did not know (made just before a crash).
+    pub adopted: Vec<IpNet>,
+}
+
+/// Merges the file's bans with the kernel's: a ban in either is kept (the kernel entry
+/// only fills in what the file lacks), one that has run out is reported expired.
+pub fn reconcile(
+    saved: BanStore,
+    kernel: &[(IpNet, BanEntry)],
+    now: SystemTime,
+    tcp_mode: &str,
+    udp_mode: &str,
+) -> Reconciled {
+    let mut out = Reconciled::default();
+    for (net, count) in saved.previous() {
+        out.store.set_previous(*net, *count);
+    }
+    let in_kernel: std::collections::HashSet<IpNet> = kernel.iter().map(|(n, _)| *n).collect();
+    for ban in saved.iter() {
+        if ban.is_expired(now) {
+            out.expired.push(ban.clone());
+        } else {
+            if !in_kernel.contains(&ban.net) {
+                out.to_insert.push(ban.net);
+            }
+            out.store.insert(ban.clone());
+        }
+    }
+    for (net, entry) in kernel {
+        if saved.get(net).is_some() {
+            continue;
+        }
+        let ban = ban_from_kernel(*net, entry, tcp_mode, udp_mode);
+        if ban.is_expired(now) {
+            out.expired.push(ban);
+        } else {
+            out.adopted.push(*net);
+            out.store.insert(ban);
+        }
+    }
+    out
+}
+
+/// True when `ip` is banned by one of `store`'s bans.
+pub fn covers(store: &BanStore, ip: IpAddr) -> bool {
+    store.covering(ip).is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ban(net: &str, expires: Option<SystemTime>, origin: BanOrigin) -> Ban {
+        Ban {
+            net: net.parse().unwrap(),
+            origin,
+            since: UNIX_EPOCH + Duration::from_millis(1_795_625_334_123),
+            expires,
+            port: 22,
+            proto: 6,
+            scan_type: Some(ScanType::TcpSyn),
+            mode: "atcp".into(),
+            name: "scanner.example".into(),
+            count: 2,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let mut s = BanStore::new();
+        s.insert(ban("192.0.2.7/32", None, BanOrigin::Scan));
+        s.insert(ban(
+            "2001:db8::/64",
+            Some(UNIX_EPOCH + Duration::from_secs(1_900_000_000)),
+            BanOrigin::Manual,
+        ));
+        s.set_previous("198.51.100.1/32".parse().unwrap(), 4);
+        let text = to_json(&s);
+        let back = from_json(&text).unwrap();
+        assert_eq!(
+            back.iter().collect::<Vec<_>>(),
+            s.iter().collect::<Vec<_>>()
+        );
+        assert_eq!(back.times_banned(&"198.51.100.1/32".parse().unwrap()), 4);
+        assert_eq!(to_json(&back), text);
+    }
+
+    #[test]
+    fn bad_files_are_errors() {
+        assert!(from_json("").is_err());
+        assert!(from_json("{\"version\": 9, \"bans\": [], \"previous\": []}").is_err());
+        let bad_origin = to_json(&{
+            let mut s = BanStore::new();
+            s.insert(ban("192.0.2.7/32", None, BanOrigin::Scan));
+            s
+        })
+        .replace("\"scan\"", "\"alien\"");
+        let e = from_json(&bad_origin).unwrap_err();
+        assert!(format!("{e:#}").contains("unknown origin"), "{e:#}");
+    }
+
+    #[test]
+    fn save_and_load() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load(dir.path()).unwrap().len(), 0, "no file: no bans");
+        let mut s = BanStore::new();
+        s.insert(ban("192.0.2.7/32", None, BanOrigin::Scan));
+        save(dir.path(), &s).unwrap();
+        assert_eq!(load(dir.path()).unwrap().len(), 1);
+        std::fs::write(path(dir.path()), "garbage").unwrap();
+        let e = load(dir.path()).unwrap_err();
+        assert!(format!("{e:#}").contains("bans.json"), "{e:#}");
+    }
+
+    #[test]
+    fn reconcile_after_crash_and_after_reboot() {
+        let now = SystemTime::now();
+        let mut saved = BanStore::new();
+        saved.insert(ban("192.0.2.1/32", None, BanOrigin::Scan)); // in kernel
+        saved.insert(ban("192.0.2.2/32", None, BanOrigin::Scan)); // not in kernel: reboot
+        saved.insert(ban(
+            "192.0.2.3/32",
+            Some(now - Duration::from_secs(1)),
+            BanOrigin::Scan,
+        ));
+        let live = BanEntry {
+            expires_ns: 0,
+            since_ns: clock::monotonic_ns(),
+            port: 80,
+            scan_type: ScanType::TcpFin as u8,
+            origin: BanOrigin::Scan as u8,
+            count: 1,
+        };
+        let kernel = vec![
+            ("192.0.2.1/32".parse().unwrap(), live),
+            ("192.0.2.4/32".parse().unwrap(), live), // made just before a crash
+        ];
+        let r = reconcile(saved, &kernel, now, "atcp", "audp");
+        assert_eq!(r.to_insert, vec!["192.0.2.2/32".parse::<IpNet>().unwrap()]);
+        assert_eq!(r.adopted, vec!["192.0.2.4/32".parse::<IpNet>().unwrap()]);
+        assert_eq!(r.expired.len(), 1);
+        assert_eq!(r.store.len(), 3);
+        let adopted = r.store.get(&"192.0.2.4/32".parse().unwrap()).unwrap();
+        assert_eq!(
+            (adopted.port, adopted.proto, adopted.mode.as_str()),
+            (80, 6, "atcp")
+        );
+        assert_eq!(adopted.scan_type, Some(ScanType::TcpFin));
+    }
+}
