@@ -117,6 +117,12 @@ impl Daemon {
         unsafe { libc::kill(self.child.id() as i32, sig) };
     }
 
+    /// SIGKILL (no clean-up at all), then waits for it to be gone.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("wait");
+    }
+
     /// SIGTERM, then waits for the exit status.
     pub fn stop(mut self) -> std::process::ExitStatus {
         self.signal(libc::SIGTERM);

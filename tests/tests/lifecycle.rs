@@ -1,0 +1,422 @@
+//! Ban lifecycle and operations: kill -9 and restart with no gap, expiry in the kernel
+//! and in userspace, ban/unban/status round trips, unload and a simulated reboot, and
+//! the metrics endpoint. The real binary runs in a server namespace; traffic comes from
+//! an attacker namespace.
+
+use std::{
+    fs,
+    io::{Read as _, Write as _},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    time::Duration,
+};
+
+use portsentry_tests::{
+    daemon::{Daemon, Workdir, wait_until},
+    netns::{TestNet, tcp_connect},
+    require_kernel,
+};
+
+fn start(net: &TestNet, wd: &Workdir) -> Daemon {
+    Daemon::start(&net.server, &["run", "-c", wd.conf().to_str().unwrap()])
+}
+
+/// A SYN probe from `src` to a closed watched port (refused, or dropped if banned).
+fn probe(net: &TestNet, src: IpAddr) {
+    let dst = SocketAddr::new(net.server_v4, 23);
+    let _ = net
+        .attacker
+        .enter(|| tcp_connect(src, dst, Duration::from_millis(300)));
+}
+
+/// Whether `src` can open a connection to the service on port 80.
+fn reaches(net: &TestNet, src: IpAddr) -> bool {
+    let dst = SocketAddr::new(net.server_v4, 80);
+    net.attacker
+        .enter(|| tcp_connect(src, dst, Duration::from_millis(800)))
+        .is_ok()
+}
+
+fn banned_in_history(wd: &Workdir, ip: IpAddr) -> bool {
+    wd.read("portsentry.history")
+        .lines()
+        .any(|l| l.contains(&format!("/{ip} Port: ")))
+}
+
+fn wait_banned(wd: &Workdir, d: &Daemon, ip: IpAddr) {
+    assert!(
+        wait_until(Duration::from_secs(10), || banned_in_history(wd, ip)),
+        "{ip} not banned; log:\n{}",
+        d.lines().join("\n")
+    );
+}
+
+fn status(wd: &Workdir) -> serde_json::Value {
+    let (ok, out, err) = wd.cli(&["status", "--json"]);
+    assert!(ok, "status failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status --json: {e}: {out}"))
+}
+
+fn ban_nets(st: &serde_json::Value) -> Vec<String> {
+    st["bans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["net"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn count(haystack: &str, needle: &str) -> usize {
+    haystack.matches(needle).count()
+}
+
+#[test]
+fn kill_9_leaves_protection_and_a_restart_adopts_everything() {
+    require_kernel!();
+    let net = TestNet::new(3);
+    let wd = Workdir::new();
+    fs::write(wd.path("portsentry.ignore"), "").unwrap();
+    wd.config(&net.server_if, "");
+    let _svc = net
+        .server
+        .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
+    let (scanner, client, late) = (net.attacker_v4[0], net.attacker_v4[1], net.attacker_v4[2]);
+
+    let a = start(&net, &wd);
+    probe(&net, scanner);
+    wait_banned(&wd, &a, scanner);
+    a.wait_for(
+        &format!("External command run for host: {scanner}"),
+        Duration::from_secs(5),
+    );
+    let before = status(&wd);
+    assert_eq!(ban_nets(&before), vec![format!("{scanner}/32")]);
+    assert_eq!(before["daemon"]["running"], true);
+
+    a.kill9();
+    // The gap: no daemon. The scanner stays dropped, others pass, and status still works.
+    assert!(
+        !reaches(&net, scanner),
+        "banned source reached the service with no daemon"
+    );
+    assert!(
+        reaches(&net, client),
+        "an innocent client must still connect"
+    );
+    let gap = status(&wd);
+    assert_eq!(gap["daemon"]["running"], false);
+    assert_eq!(gap["loaded"], true);
+    assert_eq!(gap["bans"], before["bans"], "bans during the gap");
+    // A scan during the gap is counted by the kernel and reported when a daemon returns.
+    probe(&net, late);
+
+    let b = start(&net, &wd);
+    b.wait_for("adopted the pinned link", Duration::from_secs(5));
+    b.wait_for("1 bans in force", Duration::from_secs(5));
+    wait_banned(&wd, &b, late);
+    let after = status(&wd);
+    let kept: Vec<&serde_json::Value> = after["bans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["net"] == format!("{scanner}/32"))
+        .collect();
+    assert_eq!(
+        kept,
+        before["bans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .collect::<Vec<_>>(),
+        "identical ban"
+    );
+    assert!(!reaches(&net, scanner), "still dropped after the restart");
+    probe(&net, scanner);
+    std::thread::sleep(Duration::from_millis(500));
+    let order = wd.read("order");
+    assert_eq!(
+        count(&order, &format!("route {scanner} ")),
+        1,
+        "no action twice: {order}"
+    );
+    assert_eq!(
+        count(&order, &format!("run {scanner} ")),
+        1,
+        "no action twice: {order}"
+    );
+    assert_eq!(
+        count(&wd.read("portsentry.history"), &format!("/{scanner} Port")),
+        1
+    );
+
+    // A clean stop keeps protection as well.
+    assert!(b.stop().success());
+    assert!(!reaches(&net, scanner), "dropped after a clean stop");
+
+    // unload removes everything from the kernel...
+    let (ok, out, err) = wd.cli(&["unload"]);
+    assert!(ok, "unload: {err}");
+    assert!(out.contains("detached from 1 interfaces"), "{out}");
+    assert!(!wd.pin_dir.exists(), "pins left behind");
+    assert!(reaches(&net, scanner), "no program after unload");
+    assert_eq!(status(&wd)["loaded"], false);
+    // ...and a start after it (as after a reboot) restores the bans from disk.
+    let c = start(&net, &wd);
+    c.wait_for("2 bans in force", Duration::from_secs(5));
+    assert!(!reaches(&net, scanner), "ban restored from the state file");
+    assert!(!reaches(&net, late), "ban restored from the state file");
+    assert!(reaches(&net, client));
+    assert!(c.stop().success());
+}
+
+#[test]
+fn bans_expire_in_the_kernel_and_in_userspace_with_undo_commands() {
+    require_kernel!();
+    let net = TestNet::new(2);
+    let wd = Workdir::new();
+    fs::write(wd.path("portsentry.ignore"), "").unwrap();
+    let order = wd.path("order").display().to_string();
+    wd.config(
+        &net.server_if,
+        &format!(
+            "BAN_TIME=\"2s\"\nUNKILL_ROUTE=\"echo unroute $TARGET$ >> {order}\"\n\
+             UNKILL_RUN_CMD=\"echo unrun $TARGET$ >> {order}\"\n"
+        ),
+    );
+    let _svc = net
+        .server
+        .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
+    let (first, second) = (net.attacker_v4[0], net.attacker_v4[1]);
+
+    // In the kernel: the daemon is killed, and the ban still ends on time.
+    let a = start(&net, &wd);
+    probe(&net, first);
+    wait_banned(&wd, &a, first);
+    assert!(!reaches(&net, first));
+    a.kill9();
+    assert!(
+        wait_until(Duration::from_secs(6), || reaches(&net, first)),
+        "the kernel must end an expired ban without the daemon"
+    );
+    // The next daemon lifts it properly: undo commands, hosts.deny line removed.
+    let b = start(&net, &wd);
+    b.wait_for(
+        &format!("ban of {first}/32 expired while portsentry was stopped"),
+        Duration::from_secs(5),
+    );
+    assert!(wait_until(Duration::from_secs(5), || wd
+        .read("order")
+        .contains(&format!("unrun {first}\n"))));
+    assert!(
+        !wd.read("hosts.deny")
+            .contains(&format!("ALL: {first} : DENY"))
+    );
+
+    // In userspace, while running.
+    probe(&net, second);
+    wait_banned(&wd, &b, second);
+    assert!(!reaches(&net, second));
+    b.wait_for(
+        &format!("ban of {second}/32 expired"),
+        Duration::from_secs(6),
+    );
+    assert!(reaches(&net, second));
+    assert!(wait_until(Duration::from_secs(5), || {
+        let o = wd.read("order");
+        o.contains(&format!("unroute {second}\n")) && o.contains(&format!("unrun {second}\n"))
+    }));
+    let o = wd.read("order");
+    assert!(
+        o.find(&format!("unroute {second}")) < o.find(&format!("unrun {second}")),
+        "UNKILL_ROUTE before UNKILL_RUN_CMD: {o}"
+    );
+    assert!(
+        !wd.read("hosts.deny")
+            .contains(&format!("ALL: {second} : DENY"))
+    );
+    assert_eq!(ban_nets(&status(&wd)).len(), 0);
+    // Banned again: the second ban of a repeat offender (count 2).
+    probe(&net, second);
+    assert!(wait_until(Duration::from_secs(5), || {
+        status(&wd)["bans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["count"] == 2)
+    }));
+    assert!(b.stop().success());
+}
+
+#[test]
+fn ban_unban_and_status_round_trips() {
+    require_kernel!();
+    let net = TestNet::new(2);
+    let wd = Workdir::new();
+    fs::write(wd.path("portsentry.ignore"), "").unwrap();
+    wd.config(&net.server_if, "");
+    let _svc = net
+        .server
+        .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
+    let (a1, a2) = (net.attacker_v4[0], net.attacker_v4[1]);
+    let d = start(&net, &wd);
+
+    let (ok, out, err) = wd.cli(&["ban", &a1.to_string(), "--time", "1h"]);
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("banned {a1}/32 for 1h")), "{out}");
+    assert!(!reaches(&net, a1));
+    assert!(reaches(&net, a2));
+    let st = status(&wd);
+    let b = &st["bans"][0];
+    assert_eq!(b["net"], format!("{a1}/32"));
+    assert_eq!(b["origin"], "manual");
+    assert!(b["expires"].is_string(), "{b}");
+    d.wait_for(
+        &format!("{a1}/32 banned by the operator for 1h"),
+        Duration::from_secs(5),
+    );
+
+    // A prefix ban covers the whole network.
+    let (ok, _, err) = wd.cli(&["ban", "192.0.2.0/28"]);
+    assert!(ok, "{err}");
+    assert!(!reaches(&net, a2));
+    // Sorted by network: the prefix first.
+    assert_eq!(
+        ban_nets(&status(&wd)),
+        vec!["192.0.2.0/28".to_owned(), format!("{a1}/32")]
+    );
+    assert!(status(&wd)["bans"][0]["expires"].is_null(), "permanent");
+
+    // Unban one, then everything.
+    let (ok, out, err) = wd.cli(&["unban", "192.0.2.0/28"]);
+    assert!(ok && out.contains("unbanned 192.0.2.0/28"), "{out}{err}");
+    assert!(reaches(&net, a2));
+    assert!(!reaches(&net, a1));
+    let (ok, _, err) = wd.cli(&["unban", "203.0.113.1"]);
+    assert!(!ok && err.contains("203.0.113.1/32 is not banned"), "{err}");
+    let (ok, _, err) = wd.cli(&["ban", "not-an-address"]);
+    assert!(!ok && err.contains("not an address"), "{err}");
+    let (ok, out, err) = wd.cli(&["unban", "--all"]);
+    assert!(ok && out.contains("unbanned 1 networks"), "{out}{err}");
+    assert!(reaches(&net, a1));
+    assert!(ban_nets(&status(&wd)).is_empty());
+
+    // With the daemon stopped, ban and unban act on the pinned maps directly.
+    assert!(d.stop().success());
+    let (ok, out, err) = wd.cli(&["ban", &a2.to_string()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("permanently"), "{out}");
+    assert!(
+        !reaches(&net, a2),
+        "a ban made with no daemon applies at once"
+    );
+    let st = status(&wd);
+    assert_eq!(st["daemon"]["running"], false);
+    assert_eq!(ban_nets(&st), vec![format!("{a2}/32")]);
+    // The next daemon keeps it.
+    let d = start(&net, &wd);
+    d.wait_for("1 bans in force", Duration::from_secs(5));
+    assert!(!reaches(&net, a2));
+    let (ok, _, err) = wd.cli(&["unban", &a2.to_string()]);
+    assert!(ok, "{err}");
+    assert!(reaches(&net, a2));
+    // unload refuses while the daemon runs.
+    let (ok, _, err) = wd.cli(&["unload"]);
+    assert!(!ok && err.contains("stop it first"), "{err}");
+    assert!(d.stop().success());
+
+    // Text status names the interface and the counters.
+    let (ok, out, _) = wd.cli(&["status"]);
+    assert!(ok);
+    assert!(
+        out.contains(&format!("interfaces: {}", net.server_if)),
+        "{out}"
+    );
+    assert!(out.contains("drop_banned"), "{out}");
+}
+
+fn scrape(net: &TestNet, addr: &str) -> String {
+    net.server.enter(|| {
+        let mut s = TcpStream::connect(addr).expect("metrics endpoint");
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        assert!(
+            body.starts_with("HTTP/1.1 200") || body.starts_with("HTTP/1.0 200"),
+            "{body}"
+        );
+        body
+    })
+}
+
+fn metric(body: &str, series: &str) -> u64 {
+    body.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+        .unwrap_or_else(|| panic!("no series {series} in:\n{body}")) as u64
+}
+
+#[test]
+fn metrics_endpoint_counts_what_was_sent() {
+    require_kernel!();
+    let net = TestNet::new(1);
+    let wd = Workdir::new();
+    fs::write(wd.path("portsentry.ignore"), "").unwrap();
+    let addr = "127.0.0.1:9477";
+    wd.config(&net.server_if, &format!("METRICS_ADDRESS=\"{addr}\"\n"));
+    let d = start(&net, &wd);
+    d.wait_for(
+        "metrics on http://127.0.0.1:9477/metrics",
+        Duration::from_secs(5),
+    );
+    let body = scrape(&net, addr);
+    assert_eq!(metric(&body, "portsentry_bans_active "), 0);
+    assert!(body.trim_end().ends_with("# EOF"), "{body}");
+
+    let scanner = net.attacker_v4[0];
+    probe(&net, scanner);
+    wait_banned(&wd, &d, scanner);
+    d.wait_for(
+        &format!("External command run for host: {scanner}"),
+        Duration::from_secs(5),
+    );
+    // Ten more connection attempts from the banned source, all dropped (each a SYN,
+    // retransmitted while the attempt lasts, so at least ten drops).
+    for _ in 0..10 {
+        let _ = net.attacker.enter(|| {
+            tcp_connect(
+                scanner,
+                SocketAddr::new(net.server_v4, 80),
+                Duration::from_millis(50),
+            )
+        });
+    }
+    let body = scrape(&net, addr);
+    assert!(
+        metric(&body, "portsentry_packets_total{reason=\"drop_banned\"} ") >= 10,
+        "{body}"
+    );
+    assert!(metric(&body, "portsentry_packets_total{reason=\"pass_probe\"} ") >= 1);
+    assert_eq!(metric(&body, "portsentry_bans_active "), 1);
+    assert_eq!(
+        metric(&body, "portsentry_bans_added_total{origin=\"scan\"} "),
+        1
+    );
+    assert_eq!(
+        metric(
+            &body,
+            "portsentry_actions_total{kind=\"route\",result=\"ok\"} "
+        ),
+        1
+    );
+    assert_eq!(
+        metric(
+            &body,
+            "portsentry_actions_total{kind=\"run_cmd\",result=\"ok\"} "
+        ),
+        1
+    );
+    assert!(metric(&body, "portsentry_events_read_total ") >= 1);
+    assert_eq!(metric(&body, "portsentry_events_lost_total "), 0);
+    assert!(d.stop().success());
+}
