@@ -122,8 +122,11 @@ impl TestNet {
         let server = Netns::new("srv");
         let attacker = Netns::new("atk");
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let server_if = format!("pss{n}");
-        let attacker_if = format!("psa{n}");
+        // Unique per process too: the names exist only in our namespaces, but two test
+        // processes must never race on one while it is being created.
+        let pid = std::process::id() % 100_000;
+        let server_if = format!("ps{pid}s{n}");
+        let attacker_if = format!("ps{pid}a{n}");
         sh(&format!(
             "ip link add {server_if} netns {} type veth peer name {attacker_if} netns {}",
             server.name, attacker.name
