@@ -61,6 +61,33 @@ pub struct Shared {
     /// Tracked sources, counted by housekeeping (iterating the map on every scrape
     /// would cost a syscall per entry).
     sources_tracked: Mutex<u64>,
+    /// MAX_BANS_PER_SEC: new scan bans allowed this second, and scanners turned away.
+    ban_budget: Mutex<BanBudget>,
+}
+
+/// A one-second window of MAX_BANS_PER_SEC.
+#[derive(Default)]
+struct BanBudget {
+    window: u64,
+    used: u32,
+    refused: u32,
+}
+
+impl BanBudget {
+    /// True when one more ban fits in this second (`limit` 0: unlimited).
+    fn take(&mut self, limit: u32, now_secs: u64) -> bool {
+        if now_secs != self.window {
+            self.window = now_secs;
+            self.used = 0;
+            self.refused = 0;
+        }
+        if limit != 0 && self.used >= limit {
+            self.refused += 1;
+            return false;
+        }
+        self.used += 1;
+        true
+    }
 }
 
 impl Shared {
@@ -191,6 +218,7 @@ pub async fn run(eff: Arc<Effective>, args: RunArgs, lock: fs::File) -> Result<(
         metrics: metrics.clone(),
         names: Mutex::new(HashMap::new()),
         sources_tracked: Mutex::new(0),
+        ban_budget: Mutex::new(BanBudget::default()),
     });
     for b in expired_at_start {
         shared.log.notice(&format!(
@@ -356,8 +384,27 @@ fn on_event(shared: &Arc<Shared>, jobs: &Arc<Semaphore>, raw: &ScanEvent) {
             shared.log.notice(&records::already_blocked(&name, ev.ip));
         }
         Verdict::Act => {
-            shared.handled.lock().expect("handled lock").insert(ev.ip);
             let block = eff.block_mode(ev.proto());
+            if block == BlockMode::Block {
+                let now = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs();
+                let mut budget = shared.ban_budget.lock().expect("budget lock");
+                if !budget.take(eff.config.max_bans_per_sec, now) {
+                    // Not marked handled: its next reported probe tries again.
+                    shared.metrics.ban_refused();
+                    if budget.refused == 1 {
+                        shared.log.warn(&format!(
+                            "portsentry: MAX_BANS_PER_SEC ({}) reached; scanners beyond it are \
+                             banned when they probe again",
+                            eff.config.max_bans_per_sec
+                        ));
+                    }
+                    return;
+                }
+            }
+            shared.handled.lock().expect("handled lock").insert(ev.ip);
             let shared = shared.clone();
             let jobs = jobs.clone();
             tokio::spawn(async move {
@@ -791,4 +838,22 @@ pub fn check_pin_dir(pin_dir: &Path) -> Result<()> {
         bail!("PIN_DIR must be absolute: {}", pin_dir.display());
     }
     dataplane::ensure_pin_dir(pin_dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ban_budget_per_second() {
+        let mut b = BanBudget::default();
+        assert!(b.take(2, 10) && b.take(2, 10));
+        assert!(!b.take(2, 10) && !b.take(2, 10));
+        assert_eq!(b.refused, 2);
+        assert!(b.take(2, 11), "a new second, a new budget");
+        assert_eq!(b.refused, 0);
+        for _ in 0..1000 {
+            assert!(b.take(0, 12), "0 = unlimited");
+        }
+    }
 }

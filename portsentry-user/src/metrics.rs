@@ -106,6 +106,7 @@ struct ActionLabels {
 pub struct Metrics {
     registry: Registry,
     events_read: PromCounter,
+    bans_refused: PromCounter,
     bans_added: Family<OriginLabels, PromCounter>,
     bans_removed: Family<ReasonLabels, PromCounter>,
     actions: Family<ActionLabels, PromCounter>,
@@ -122,6 +123,7 @@ impl Metrics {
         let mut m = Metrics {
             registry: Registry::with_prefix(PREFIX),
             events_read: PromCounter::default(),
+            bans_refused: PromCounter::default(),
             bans_added: Family::default(),
             bans_removed: Family::default(),
             actions: Family::default(),
@@ -147,6 +149,11 @@ impl Metrics {
             "events_read",
             "Probe events the daemon read from the ring buffer",
             m.events_read.clone(),
+        );
+        m.registry.register(
+            "bans_refused",
+            "Scanners not banned because MAX_BANS_PER_SEC was reached (they are banned when they probe again)",
+            m.bans_refused.clone(),
         );
         m.registry.register(
             "bans_added",
@@ -193,6 +200,11 @@ impl Metrics {
     /// A probe event was read from the ring buffer.
     pub fn event_read(&self) {
         self.events_read.inc();
+    }
+
+    /// A scanner was not banned because MAX_BANS_PER_SEC was reached.
+    pub fn ban_refused(&self) {
+        self.bans_refused.inc();
     }
 
     /// The full text exposition (OpenMetrics text format from prometheus-client), with the
@@ -515,6 +527,7 @@ mod tests {
             "events_read",
             "bans_active",
             "bans_capacity",
+            "bans_refused",
             "bans_added",
             "bans_removed",
             "actions",
