@@ -29,6 +29,8 @@ pub struct Book {
     blocked_file: PathBuf,
     /// Modes whose blocked file was written, so it is emptied when its last ban goes.
     blocked_modes: BTreeSet<String>,
+    /// Bans changed since the files were last written.
+    dirty: bool,
 }
 
 impl Book {
@@ -39,6 +41,7 @@ impl Book {
             state_dir: config.state_dir.clone(),
             blocked_file: config.blocked_file.clone(),
             blocked_modes: BTreeSet::new(),
+            dirty: false,
         }
     }
 
@@ -52,6 +55,7 @@ impl Book {
             }
         }
         self.store.insert(ban);
+        self.dirty = true;
         Ok(())
     }
 
@@ -60,7 +64,9 @@ impl Book {
         if let Some(dp) = &mut self.dp {
             dp.remove_ban(net)?;
         }
-        Ok(self.store.remove(net))
+        let removed = self.store.remove(net);
+        self.dirty |= removed.is_some();
+        Ok(removed)
     }
 
     /// A new ban for `net` (the store counts repeat offenders; `duration` overrides
@@ -102,12 +108,22 @@ impl Book {
         self.store.covering(ip).is_some()
     }
 
-    /// Writes the state file and the blocked files. Errors are returned after trying
-    /// every file.
+    /// Writes the state file and the blocked files now. Errors are returned after
+    /// trying every file (and the book stays dirty).
     pub fn persist(&mut self) -> Result<()> {
         let state = state::save(&self.state_dir, &self.store);
         let blocked = self.write_blocked_files();
-        state.and(blocked)
+        let r = state.and(blocked);
+        self.dirty = r.is_err();
+        r
+    }
+
+    /// Writes the files if bans changed since they were last written. The daemon calls
+    /// it once a second, so that a storm of bans costs one rewrite a second rather
+    /// than one per ban; the kernel (pinned) holds every ban meanwhile, so a crash
+    /// loses none, and only a crash followed by a reboot within that second could.
+    pub fn flush(&mut self) -> Result<()> {
+        if self.dirty { self.persist() } else { Ok(()) }
     }
 
     /// Rewrites `BLOCKED_FILE.<mode>` for every mode that has (or had) bans.

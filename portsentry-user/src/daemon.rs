@@ -288,6 +288,7 @@ pub async fn run(eff: Arc<Effective>, args: RunArgs, lock: fs::File) -> Result<(
     )
     .await;
     let _ = fs::remove_file(control::socket_path(&shared.eff().config.state_dir));
+    shared.book().flush()?;
     Ok(())
 }
 
@@ -493,9 +494,7 @@ async fn respond(
                 "attackalert: Host {} has been blocked via XDP drop",
                 ev.ip
             ));
-            if let Err(e) = shared.book().persist() {
-                log.warn(&format!("portsentry: {e:#}"));
-            }
+            // The state and blocked files follow within a second (housekeeping).
         } else {
             run_step(&shared.log, &shared.metrics, c, ev.ip, step, false).await;
         }
@@ -635,7 +634,8 @@ pub fn mode_token(mode: &str) -> &'static str {
     }
 }
 
-/// Expires bans, keeps the always-ignored addresses current, counts tracked sources.
+/// Expires bans, writes the state and blocked files when bans changed, keeps the
+/// always-ignored addresses current, counts tracked sources.
 fn housekeeping(shared: &Arc<Shared>) {
     let now = SystemTime::now();
     let expired = shared.book().store.expired(now);
@@ -652,9 +652,6 @@ fn housekeeping(shared: &Arc<Shared>) {
                         .warn(&format!("portsentry: removing the ban of {net}: {e:#}")),
                 }
             }
-            if let Err(e) = book.persist() {
-                shared.log.warn(&format!("portsentry: {e:#}"));
-            }
         }
         for b in lifted {
             shared
@@ -662,6 +659,9 @@ fn housekeeping(shared: &Arc<Shared>) {
                 .notice(&format!("portsentry: ban of {} expired", b.net));
             spawn_undo(shared, b, "expired");
         }
+    }
+    if let Err(e) = shared.book().flush() {
+        shared.log.warn(&format!("portsentry: {e:#}"));
     }
     let eff = shared.eff();
     match localaddrs::always_ignored() {

@@ -130,10 +130,14 @@ fn nmap_scans_are_banned_with_their_type_and_actions_in_order() {
             "KILL_ROUTE before KILL_RUN_CMD for {src}: {order}"
         );
         assert!(order.contains(&format!(" {mode}\n")), "{order}");
-        let blocked = files.read(&format!("portsentry.blocked.{mode}"));
+        // The blocked files follow the bans within a second.
+        let blocked_file = format!("portsentry.blocked.{mode}");
         assert!(
-            blocked.contains(&format!("/{src} Port: ")),
-            "{mode}: {blocked}"
+            wait_until(Duration::from_secs(3), || files
+                .read(&blocked_file)
+                .contains(&format!("/{src} Port: "))),
+            "{mode}: {}",
+            files.read(&blocked_file)
         );
         // Within the daemon's log, the XDP ban came before the commands.
         let lines = d.lines();
