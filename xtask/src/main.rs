@@ -1,6 +1,7 @@
 //! `cargo xtask build | run | test | setup | demo | bench` — everything a user or CI
 //! needs, from a fresh machine, with nothing installed by hand.
 
+mod demo;
 mod toolchain;
 
 use std::{
@@ -41,6 +42,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build, then show portsentry catching an nmap scan between two network namespaces
+    /// of its own, then clean up (as root; a few seconds after the build).
+    Demo,
     /// Build, then run the whole test suite (kernel tests serially; needs root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -70,8 +74,11 @@ fn main() -> Result<()> {
             run_as_root(&bin, &args)?;
         }
         Cmd::Test { args } => test(&root, &args)?,
+        Cmd::Demo => demo::run(&root)?,
         Cmd::Bench { args } => {
             let object = build(&root)?;
+            toolchain::ensure_packages(toolchain::TEST_PACKAGES)?;
+            toolchain::ensure_packages(toolchain::BENCH_PACKAGES)?;
             toolchain::ensure_bpffs()?;
             let mut a = vec![
                 "run",
