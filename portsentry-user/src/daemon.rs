@@ -60,7 +60,7 @@ pub struct Shared {
     names: Mutex<HashMap<IpAddr, String>>,
     /// Tracked sources, counted by housekeeping (iterating the map on every scrape
     /// would cost a syscall per entry).
-    sources_tracked: Mutex<u64>,
+    sources_tracked: Mutex<(u64, Option<std::time::Instant>)>,
     /// MAX_BANS_PER_SEC: new scan bans allowed this second, and scanners turned away.
     ban_budget: Mutex<BanBudget>,
 }
@@ -217,7 +217,7 @@ pub async fn run(eff: Arc<Effective>, args: RunArgs, lock: fs::File) -> Result<(
         log,
         metrics: metrics.clone(),
         names: Mutex::new(HashMap::new()),
-        sources_tracked: Mutex::new(0),
+        sources_tracked: Mutex::new((0, None)),
         ban_budget: Mutex::new(BanBudget::default()),
     });
     for b in expired_at_start {
@@ -374,6 +374,11 @@ fn on_event(shared: &Arc<Shared>, jobs: &Arc<Semaphore>, raw: &ScanEvent) {
             }
         }
         Verdict::AlreadyHandled => {
+            // Probes that raced the host's own response job are not logged as "already
+            // blocked" before the block itself is.
+            if !shared.book().covers(ev.ip) {
+                return;
+            }
             let name = cached_name(shared, ev.ip);
             shared.log.notice(&records::attack_alert(
                 ev.proto(),
@@ -682,13 +687,22 @@ fn housekeeping(shared: &Arc<Shared>) {
         Ok(_) => {}
         Err(e) => shared.log.warn(&format!("portsentry: {e:#}")),
     }
-    let count = shared
-        .book()
-        .dp
-        .as_ref()
-        .and_then(|dp| dp.sources().ok())
-        .map_or(0, |v| v.len() as u64);
-    *shared.sources_tracked.lock().expect("sources lock") = count;
+    // Counting walks every key (a syscall each): every 30 s, not every second.
+    let mut tracked = shared.sources_tracked.lock().expect("sources lock");
+    if tracked
+        .1
+        .is_none_or(|t: std::time::Instant| t.elapsed() >= Duration::from_secs(30))
+    {
+        drop(tracked);
+        let count = shared
+            .book()
+            .dp
+            .as_ref()
+            .and_then(|dp| dp.count_sources().ok())
+            .unwrap_or(0);
+        tracked = shared.sources_tracked.lock().expect("sources lock");
+        *tracked = (count, Some(std::time::Instant::now()));
+    }
 }
 
 /// What the metrics endpoint reports.
@@ -703,7 +717,7 @@ fn snapshot(shared: &Shared) -> Snapshot {
             .unwrap_or_default(),
         bans_active: book.store.len() as u64,
         bans_capacity: u64::from(eff.config.max_bans),
-        sources_tracked: *shared.sources_tracked.lock().expect("sources lock"),
+        sources_tracked: shared.sources_tracked.lock().expect("sources lock").0,
         sources_capacity: u64::from(eff.config.max_tracked_sources),
         ignored_networks: eff.ignored_nets().len() as u64,
     }

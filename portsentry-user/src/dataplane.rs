@@ -600,6 +600,39 @@ impl Dataplane {
         absent_is_none(m.get(&addr::to_key(ip), 0))
     }
 
+    /// How many sources are tracked (walks the keys: one syscall per entry).
+    pub fn count_sources(&self) -> Result<u64> {
+        let m: HashMap<_, Addr, SourceStats> = HashMap::try_from(self.map(maps::SOURCES)?)?;
+        Ok(m.keys().count() as u64)
+    }
+
+    /// Kernel memory charged to each map (`memlock` in its fdinfo), in bytes.
+    pub fn map_memory(&self) -> Vec<(&'static str, u64)> {
+        use std::os::fd::AsRawFd as _;
+        let mut out = Vec::new();
+        for (name, map) in &self.maps {
+            let fd = match map {
+                Map::Array(m)
+                | Map::PerCpuArray(m)
+                | Map::HashMap(m)
+                | Map::LruHashMap(m)
+                | Map::LpmTrie(m)
+                | Map::RingBuf(m) => m.fd().as_fd().as_raw_fd(),
+                _ => continue,
+            };
+            let info =
+                std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
+            let bytes = info
+                .lines()
+                .find_map(|l| l.strip_prefix("memlock:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            out.push((*name, bytes));
+        }
+        out.sort();
+        out
+    }
+
     /// Every tracked source.
     pub fn sources(&self) -> Result<Vec<(IpAddr, SourceStats)>> {
         let m: HashMap<_, Addr, SourceStats> = HashMap::try_from(self.map(maps::SOURCES)?)?;

@@ -193,8 +193,9 @@ pub fn unload(file: &FileArgs) -> Result<String> {
     }
     let links = removed.iter().filter(|n| n.starts_with("link-")).count();
     Ok(format!(
-        "unloaded: detached from {links} interfaces, removed {} pinned maps from {} (bans \
+        "unloaded: detached from {links} interface{}, removed {} pinned maps from {} (bans \
          stay on record in {})",
+        if links == 1 { "" } else { "s" },
         removed.len() - links,
         c.pin_dir.display(),
         state::path(&c.state_dir).display()

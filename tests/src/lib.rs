@@ -1,6 +1,7 @@
 //! Helpers for the integration tests: hand-built frames, BPF_PROG_TEST_RUN, network
 //! namespaces with veth pairs, and the root/CI gate.
 
+pub mod bench;
 pub mod daemon;
 pub mod fixture;
 pub mod frames;

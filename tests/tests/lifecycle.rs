@@ -155,7 +155,7 @@ fn kill_9_leaves_protection_and_a_restart_adopts_everything() {
     // unload removes everything from the kernel...
     let (ok, out, err) = wd.cli(&["unload"]);
     assert!(ok, "unload: {err}");
-    assert!(out.contains("detached from 1 interfaces"), "{out}");
+    assert!(out.contains("detached from 1 interface,"), "{out}");
     assert!(!wd.pin_dir.exists(), "pins left behind");
     assert!(reaches(&net, scanner), "no program after unload");
     assert_eq!(status(&wd)["loaded"], false);

@@ -22,6 +22,15 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("iputils-ping", "ping"),
 ];
 
+/// What `cargo xtask bench` compares against, besides the test packages.
+pub const BENCH_PACKAGES: &[(&str, &str)] = &[
+    ("xdp-tools", "xdp-filter"),
+    ("netsniff-ng", "trafgen"),
+    ("iptables", "iptables"),
+    ("ipset", "ipset"),
+    ("nftables", "nft"),
+];
+
 pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
