@@ -149,6 +149,49 @@ fn per_packet(args: &Args) {
     let xdpf = XdpFilter::load(banned);
 
     let mut bans = 0u32;
+    // Growth: the floor, the benign and the banned path at every power of ten.
+    let mut growth: Vec<(u32, u32, u32, u32)> = Vec::new();
+    {
+        let mut level = 1u32;
+        while level <= args.scale {
+            while bans < level {
+                dp.insert_ban(&IpNet::from(filler(bans)), &BanEntry::default())
+                    .expect("inserting a ban");
+                bans += 1;
+            }
+            let fd = dp.program_fd().unwrap();
+            let cases = vec![
+                ("floor", pass.as_fd(), frames[0].1.clone()),
+                ("benign", fd, frames[0].1.clone()),
+                ("banned", fd, frames[3].1.clone()),
+            ];
+            let m = ns.enter(|| medians(&cases, args));
+            growth.push((level, m[0], m[1], m[2]));
+            level = if level == args.scale {
+                break;
+            } else {
+                (level * 10).min(args.scale)
+            };
+        }
+    }
+    // The main table starts again from one ban.
+    let mut dp = {
+        drop(dp);
+        let mut d = Dataplane::load(&sizes, None).expect("loading portsentry");
+        d.write_ports(&tcp, &udp).unwrap();
+        d.write_settings(Settings {
+            event_trigger: 1,
+            events_per_sec: 1,
+            event_burst: 1,
+            flags: 0,
+        })
+        .unwrap();
+        d.replace_ignore(&["203.0.113.0/24".parse().unwrap()])
+            .unwrap();
+        d
+    };
+    let _events = dp.take_events().unwrap();
+    bans = 0;
     let mut columns: Vec<(String, Vec<u32>)> = Vec::new();
     for (label, target, fill_sources) in [
         ("1 ban", 1u32, false),
@@ -216,6 +259,23 @@ fn per_packet(args: &Args) {
         }
         println!("{line}");
     }
+    println!("## Growth: ns per packet against the number of bans\n");
+    println!("| bans | XDP_PASS | benign ACK | banned, dropped | banned / XDP_PASS |");
+    println!("|---:|---:|---:|---:|---:|");
+    for (n, floor, benign, banned) in &growth {
+        println!(
+            "| {n} | {floor} | {benign} | {banned} | {:.2}x |",
+            f64::from(*banned) / f64::from(*floor)
+        );
+    }
+    println!("\n```");
+    let top = growth.iter().map(|g| g.3).max().unwrap_or(1).max(1);
+    for (n, _, benign, banned) in &growth {
+        let bar = |v: u32| "#".repeat((v as usize * 50).div_ceil(top as usize));
+        println!("{n:>8} bans  benign {benign:>4} ns {}", bar(*benign));
+        println!("{:>8}       banned {banned:>4} ns {}", "", bar(*banned));
+    }
+    println!("```\n");
     let first = &columns[0].1;
     let big = &columns[2].1;
     println!(
@@ -533,6 +593,72 @@ fn throughput(secs: u64) {
     println!();
 }
 
+/// The daemon's resident memory with no bans and with `n` bans restored from its state
+/// file (bytes per ban = the difference / n).
+fn daemon_memory(n: u32) {
+    use portsentry_common::{ScanType, maps::BanOrigin};
+    use portsentry_user::bans::{Ban, BanStore};
+    let rss = |pid: u32| -> (u64, u64) {
+        let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |k: &str| {
+            st.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1024
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    };
+    let mut rows = Vec::new();
+    for bans in [0, n] {
+        let net = TestNet::new(0);
+        let wd = Workdir::new();
+        std::fs::write(wd.path("portsentry.ignore"), "").unwrap();
+        let conf = wd.config(&net.server_if, &format!("MAX_BANS=\"{}\"\n", n + 16));
+        let mut store = BanStore::new();
+        let now = std::time::SystemTime::now();
+        for i in 0..bans {
+            let a = filler(i);
+            store.insert(Ban {
+                net: IpNet::from(a),
+                origin: BanOrigin::Scan,
+                since: now,
+                expires: None,
+                port: 22,
+                proto: 6,
+                scan_type: Some(ScanType::TcpSyn),
+                mode: "atcp".into(),
+                name: a.to_string(),
+                count: 1,
+            });
+        }
+        portsentry_user::state::save(&wd.path("state"), &store).unwrap();
+        drop(store);
+        let t = Instant::now();
+        let d = Daemon::start(&net.server, &["run", "-c", conf.to_str().unwrap()]);
+        let started = t.elapsed();
+        std::thread::sleep(Duration::from_secs(2));
+        let (now_rss, peak) = rss(d.child.id());
+        d.stop();
+        rows.push((bans, now_rss, peak, started));
+    }
+    println!("## Daemon memory (VmRSS after start-up; peak = VmHWM)\n");
+    println!("| bans restored | RSS | peak | start-up |\n|---:|---:|---:|---:|");
+    for (b, r, p, t) in &rows {
+        println!(
+            "| {b} | {:.1} MiB | {:.1} MiB | {:.1?} |",
+            *r as f64 / 1048576.0,
+            *p as f64 / 1048576.0,
+            t
+        );
+    }
+    let per = (rows[1].1 as f64 - rows[0].1 as f64) / f64::from(n);
+    println!(
+        "\nDaemon memory per ban: {per:.0} bytes (plus {} bytes in the kernel map, above).\n",
+        112
+    );
+}
+
 fn main() {
     let args = parse_args();
     assert!(
@@ -558,4 +684,5 @@ fn main() {
     if args.flood_secs > 0 {
         throughput(args.flood_secs);
     }
+    daemon_memory(args.scale);
 }
