@@ -174,6 +174,12 @@ pub const SETTING_IGNORE: u32 = 1 << 1;
 /// `EVENT_BURST + 32`.
 pub const EVENT_BURST: u32 = 8;
 
+/// Events of a source with fewer hits than this spend the per-CPU event budget; a
+/// source that has probed this often has shown persistence (a spoofed flood seldom
+/// repeats a source address), and its events, still bounded per source, bypass the
+/// budget, so a real scanner is reported even while a flood spends the budget.
+pub const EVENT_BUDGET_HITS: u32 = 3;
+
 /// The one entry of `PS_EV_BUDGET`, per CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]

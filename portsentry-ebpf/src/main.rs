@@ -29,9 +29,9 @@ use bytemuck::Pod;
 use portsentry_common::{
     Addr, Counter, PROTO_TCP, ScanType,
     maps::{
-        BAN_FILTER_WORDS, BAN_NETS_MAX, BANS_MAX, BanEntry, EVENT_BURST, EVENTS_BYTES, EventBudget,
-        IGNORE_MAX, PORT_WORDS, SETTING_IGNORE, SETTING_PREFIX_BANS, SOURCES_MAX, ScanEvent,
-        Settings, SourceStats, UDP_PORT_WORD_BASE, ban_filter_bit,
+        BAN_FILTER_WORDS, BAN_NETS_MAX, BANS_MAX, BanEntry, EVENT_BUDGET_HITS, EVENT_BURST,
+        EVENTS_BYTES, EventBudget, IGNORE_MAX, PORT_WORDS, SETTING_IGNORE, SETTING_PREFIX_BANS,
+        SOURCES_MAX, ScanEvent, Settings, SourceStats, UDP_PORT_WORD_BASE, ban_filter_bit,
     },
     packet::{AddrWords, Ip, L4, Packet, parse_ip, parse_l4, scan_type},
 };
@@ -331,7 +331,7 @@ fn wants_event(hits: u32, events: u32, trigger: u32) -> bool {
 
 #[inline(always)]
 fn send_event(event: &ScanEvent, now: u64, settings: &Settings) -> bool {
-    if !take_token(now, settings) {
+    if event.hits < EVENT_BUDGET_HITS && !take_token(now, settings) {
         count(Counter::EventThrottled);
         return false;
     }

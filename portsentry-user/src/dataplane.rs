@@ -584,6 +584,12 @@ impl Dataplane {
         self.set_flag(SETTING_IGNORE, !want.is_empty())
     }
 
+    /// One kernel counter summed over CPUs.
+    pub fn counter(&self, c: Counter) -> Result<u64> {
+        let a: PerCpuArray<_, u64> = PerCpuArray::try_from(self.map(maps::COUNTERS)?)?;
+        Ok(a.get(&(c as u32), 0)?.iter().sum())
+    }
+
     /// Kernel counters summed over CPUs.
     pub fn counters(&self) -> Result<Counters> {
         let a: PerCpuArray<_, u64> = PerCpuArray::try_from(self.map(maps::COUNTERS)?)?;

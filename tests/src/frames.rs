@@ -293,3 +293,85 @@ fn checksum(b: &[u8]) -> u16 {
     }
     !(sum as u16)
 }
+
+/// A random frame for differential testing: usually a well-formed frame of a random
+/// shape (VLAN tags, IPv4 options, IPv6 extension headers, fragments, any TCP flags,
+/// other protocols), then often damaged (truncated, bytes flipped); sometimes raw junk
+/// behind an interesting EtherType. At least 14 bytes (BPF_PROG_TEST_RUN's minimum).
+pub fn random_frame(rng: &mut fastrand::Rng) -> Vec<u8> {
+    let v6 = rng.bool();
+    let (src, dst): (IpAddr, IpAddr) = if v6 {
+        (
+            IpAddr::V6(std::net::Ipv6Addr::from(rng.u128(..))),
+            IpAddr::V6(std::net::Ipv6Addr::from(rng.u128(..))),
+        )
+    } else {
+        (
+            IpAddr::V4(std::net::Ipv4Addr::from(rng.u32(..))),
+            IpAddr::V4(std::net::Ipv4Addr::from(rng.u32(..))),
+        )
+    };
+    let transport = match rng.u8(0..10) {
+        0..=4 => Transport::Tcp {
+            sport: rng.u16(..),
+            dport: rng.u16(..),
+            flags: rng.u8(..),
+        },
+        5..=8 => Transport::Udp {
+            sport: rng.u16(..),
+            dport: rng.u16(..),
+        },
+        _ => Transport::Other(rng.u8(..)),
+    };
+    let mut f = Frame::new(src, dst, transport);
+    let tpids = [0x8100u16, 0x88a8];
+    for _ in 0..rng.usize(0..4).saturating_sub(1) {
+        f.vlans.push(tpids[rng.usize(0..2)]);
+    }
+    if v6 {
+        for _ in 0..rng.usize(0..10).saturating_sub(5) {
+            f.ipv6_ext.push(match rng.u8(0..5) {
+                0 => Ext::HopByHop(rng.u8(1..4)),
+                1 => Ext::Routing(rng.u8(1..4)),
+                2 => Ext::DestOpts(rng.u8(1..4)),
+                3 => Ext::Auth(rng.u8(3..6)),
+                _ => Ext::Fragment {
+                    offset: if rng.bool() { 0 } else { rng.u16(..0x1fff) },
+                    more: rng.bool(),
+                },
+            });
+        }
+    } else {
+        if rng.u8(0..4) == 0 {
+            f.ipv4_options = vec![1; rng.usize(1..41)];
+        }
+        if rng.u8(0..5) == 0 {
+            f.ipv4_fragment = (if rng.bool() { 0 } else { rng.u16(..0x1fff) }, rng.bool());
+        }
+    }
+    if rng.u8(0..20) == 0 {
+        f.ethertype = Some([0x0806, 0x0800, 0x86dd, 0x8100, 0x88a8, rng.u16(..)][rng.usize(0..6)]);
+    }
+    f.payload = vec![0; rng.usize(0..16)];
+    let mut bytes = f.build();
+    match rng.u8(0..10) {
+        // Truncated anywhere from the Ethernet header on.
+        0..=2 => bytes.truncate(rng.usize(14..=bytes.len())),
+        // A few bytes of the headers changed.
+        3..=5 => {
+            let head = bytes.len().min(120);
+            for _ in 0..rng.usize(1..5) {
+                let i = rng.usize(12..head);
+                bytes[i] = rng.u8(..);
+            }
+        }
+        // Junk after a real EtherType.
+        6 => {
+            let n = rng.usize(0..100);
+            bytes.truncate(14);
+            bytes.extend((0..n).map(|_| rng.u8(..)));
+        }
+        _ => {}
+    }
+    bytes
+}

@@ -750,6 +750,18 @@ fn event_budget_throttles_floods_and_counts_them() {
     assert!(sent <= 7, "sent {sent}");
     assert_eq!(sent + throttled, 200);
     assert_eq!(fx.drain_events().len() as u64, sent);
+    // A source that keeps probing is reported even with the budget spent: from its
+    // third hit on its events bypass the budget (still bounded per source).
+    let persistent = ip("192.0.2.50");
+    let mut got = Vec::new();
+    for hit in 1..=6u16 {
+        let f = Frame::udp(persistent, dst, 160 + hit).build();
+        let o = fx.expect(&f, XDP_PASS, Counter::PassProbe);
+        if o.delta.get(Counter::EventSent) == 1 {
+            got.push(hit);
+        }
+    }
+    assert!(got.ends_with(&[3, 4, 5, 6]), "events at hits {got:?}");
 }
 
 #[test]
