@@ -88,6 +88,18 @@ impl ScanType {
         .find(|t| t.name() == name)
     }
 
+    /// TCP flags that classify as this type (for a probe known only by its type).
+    pub const fn example_flags(self) -> u8 {
+        use tcp_flags::*;
+        match self {
+            ScanType::TcpNull | ScanType::Udp => 0,
+            ScanType::TcpXmas => FIN | URG | PSH,
+            ScanType::TcpFin => FIN,
+            ScanType::TcpSyn => SYN,
+            ScanType::TcpUnknown => SYN | FIN,
+        }
+    }
+
     pub const fn is_tcp(self) -> bool {
         !matches!(self, ScanType::Udp)
     }
@@ -131,6 +143,19 @@ mod tests {
             FIN | URG | PSH | ACK,
         ] {
             assert_eq!(ScanType::from_tcp_flags(f), None, "flags {f:#x}");
+        }
+    }
+
+    #[test]
+    fn example_flags_classify_as_their_type() {
+        for t in [
+            ScanType::TcpNull,
+            ScanType::TcpXmas,
+            ScanType::TcpFin,
+            ScanType::TcpSyn,
+            ScanType::TcpUnknown,
+        ] {
+            assert_eq!(ScanType::from_tcp_flags(t.example_flags()), Some(t));
         }
     }
 

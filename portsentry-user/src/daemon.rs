@@ -63,6 +63,60 @@ pub struct Shared {
     sources_tracked: Mutex<(u64, Option<std::time::Instant>)>,
     /// MAX_BANS_PER_SEC: new scan bans allowed this second, and scanners turned away.
     ban_budget: Mutex<BanBudget>,
+    /// Interfaces the program could not be attached to again (logged once).
+    unattached: Mutex<HashSet<String>>,
+    /// Scanners MAX_BANS_PER_SEC turned away, banned in the next seconds.
+    waiting: Mutex<Waiting>,
+    jobs: Arc<Semaphore>,
+}
+
+/// Scanners waiting for the ban budget: at most [`MAX_WAITING`], one entry per address,
+/// the most persistent (most hits) first. A spoofed flood's one-probe sources cannot
+/// push a real scanner out.
+#[derive(Default)]
+struct Waiting {
+    by_ip: HashMap<IpAddr, (ProbeEvent, &'static str, BlockMode)>,
+}
+
+const MAX_WAITING: usize = 4096;
+
+impl Waiting {
+    fn offer(&mut self, ev: ProbeEvent, mode: &'static str, block: BlockMode) {
+        if let Some(e) = self.by_ip.get_mut(&ev.ip) {
+            if ev.hits > e.0.hits {
+                *e = (ev, mode, block);
+            }
+            return;
+        }
+        if self.by_ip.len() >= MAX_WAITING {
+            // Every entry has at least one hit: a one-hit source cannot win a place.
+            if ev.hits <= 1 {
+                return;
+            }
+            let (ip, hits) = self
+                .by_ip
+                .iter()
+                .map(|(ip, e)| (*ip, e.0.hits))
+                .min_by_key(|(_, h)| *h)
+                .expect("full");
+            if ev.hits <= hits {
+                return;
+            }
+            self.by_ip.remove(&ip);
+        }
+        self.by_ip.insert(ev.ip, (ev, mode, block));
+    }
+
+    /// Removes and returns the `n` most persistent.
+    fn take_best(&mut self, n: usize) -> Vec<(ProbeEvent, &'static str, BlockMode)> {
+        let mut all: Vec<_> = self.by_ip.drain().map(|(_, v)| v).collect();
+        all.sort_by_key(|(ev, _, _)| std::cmp::Reverse(ev.hits));
+        let rest = all.split_off(n.min(all.len()));
+        for r in rest {
+            self.by_ip.insert(r.0.ip, r);
+        }
+        all
+    }
 }
 
 /// A one-second window of MAX_BANS_PER_SEC.
@@ -219,6 +273,9 @@ pub async fn run(eff: Arc<Effective>, args: RunArgs, lock: fs::File) -> Result<(
         names: Mutex::new(HashMap::new()),
         sources_tracked: Mutex::new((0, None)),
         ban_budget: Mutex::new(BanBudget::default()),
+        unattached: Mutex::new(HashSet::new()),
+        waiting: Mutex::new(Waiting::default()),
+        jobs: Arc::new(Semaphore::new(MAX_PARALLEL_JOBS)),
     });
     for b in expired_at_start {
         shared.log.notice(&format!(
@@ -227,6 +284,7 @@ pub async fn run(eff: Arc<Effective>, args: RunArgs, lock: fs::File) -> Result<(
         ));
         spawn_undo(&shared, b, "expired");
     }
+    recover_detected(&shared);
     if let Some(addr) = c.metrics_address {
         let s = shared.clone();
         let (bound, _thread) = metrics::serve(addr, metrics, move || snapshot(&s))?;
@@ -252,7 +310,7 @@ pub async fn run(eff: Arc<Effective>, args: RunArgs, lock: fs::File) -> Result<(
     let mut int = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(HOUSEKEEPING);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let jobs = Arc::new(Semaphore::new(MAX_PARALLEL_JOBS));
+    let jobs = shared.jobs.clone();
     let mut batch: Vec<ScanEvent> = Vec::new();
 
     loop {
@@ -263,7 +321,7 @@ pub async fn run(eff: Arc<Effective>, args: RunArgs, lock: fs::File) -> Result<(
                 guard.clear_ready();
                 for raw in batch.drain(..) {
                     shared.metrics.event_read();
-                    on_event(&shared, &jobs, &raw);
+                    on_event(&shared, &raw);
                 }
             }
             conn = control.accept() => {
@@ -346,7 +404,7 @@ fn reload(shared: &Shared, args: &RunArgs) {
     }
 }
 
-fn on_event(shared: &Arc<Shared>, jobs: &Arc<Semaphore>, raw: &ScanEvent) {
+fn on_event(shared: &Arc<Shared>, raw: &ScanEvent) {
     let Some(ev) = ProbeEvent::from_raw(raw) else {
         return;
     };
@@ -389,37 +447,124 @@ fn on_event(shared: &Arc<Shared>, jobs: &Arc<Semaphore>, raw: &ScanEvent) {
             ));
             shared.log.notice(&records::already_blocked(&name, ev.ip));
         }
-        Verdict::Act => {
-            let block = eff.block_mode(ev.proto());
-            if block == BlockMode::Block {
-                let now = SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs();
-                let mut budget = shared.ban_budget.lock().expect("budget lock");
-                if !budget.take(eff.config.max_bans_per_sec, now) {
-                    // Not marked handled: its next reported probe tries again.
-                    shared.metrics.ban_refused();
-                    if budget.refused == 1 {
-                        shared.log.warn(&format!(
-                            "portsentry: MAX_BANS_PER_SEC ({}) reached; scanners beyond it are \
-                             banned when they probe again",
-                            eff.config.max_bans_per_sec
-                        ));
-                    }
-                    return;
-                }
+        Verdict::Act => act(shared, &eff, ev, mode, eff.block_mode(ev.proto())),
+    }
+}
+
+/// Starts the response to a host, within MAX_BANS_PER_SEC; a scanner over the budget
+/// waits for the next seconds.
+fn act(
+    shared: &Arc<Shared>,
+    eff: &Arc<Effective>,
+    ev: ProbeEvent,
+    mode: &'static str,
+    block: BlockMode,
+) {
+    if block == BlockMode::Block {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let mut budget = shared.ban_budget.lock().expect("budget lock");
+        if !budget.take(eff.config.max_bans_per_sec, now) {
+            shared.metrics.ban_refused();
+            shared
+                .waiting
+                .lock()
+                .expect("waiting lock")
+                .offer(ev, mode, block);
+            if budget.refused == 1 {
+                shared.log.warn(&format!(
+                    "portsentry: MAX_BANS_PER_SEC ({}) reached; the scanners beyond it are \
+                     banned in the next seconds, the most persistent first",
+                    eff.config.max_bans_per_sec
+                ));
             }
-            shared.handled.lock().expect("handled lock").insert(ev.ip);
-            let shared = shared.clone();
-            let jobs = jobs.clone();
-            tokio::spawn(async move {
-                let Ok(_permit) = jobs.acquire_owned().await else {
-                    return;
-                };
-                respond(&shared, &eff, ev, mode, block).await;
-            });
+            return;
         }
+    }
+    shared.handled.lock().expect("handled lock").insert(ev.ip);
+    let shared = shared.clone();
+    let eff = eff.clone();
+    tokio::spawn(async move {
+        let Ok(_permit) = shared.jobs.clone().acquire_owned().await else {
+            return;
+        };
+        respond(&shared, &eff, ev, mode, block).await;
+    });
+}
+
+/// Acts on sources the kernel counted past SCAN_TRIGGER that are not banned: their
+/// event was read by a daemon that died before it banned them (or was lost). A banned
+/// source's entry is removed when it is banned, so what is left here was never acted
+/// on. Report-only hosts are skipped (they were reported; their entry stays).
+fn recover_detected(shared: &Arc<Shared>) {
+    let eff = shared.eff();
+    let sources = match shared.book().dp.as_ref().map(|dp| dp.sources()) {
+        Some(Ok(s)) => s,
+        _ => return,
+    };
+    let rules = Rules {
+        scan_trigger: eff.config.scan_trigger,
+        window: eff.config.scan_window,
+    };
+    let mut n = 0;
+    for (ip, st) in sources {
+        let Some(scan_type) = portsentry_common::ScanType::from_u8(st.last_scan_type) else {
+            continue;
+        };
+        let ev = ProbeEvent {
+            ip,
+            port: st.last_port,
+            scan_type,
+            tcp_flags: scan_type.example_flags(),
+            hits: st.hits,
+            distinct_ports: st.distinct_ports,
+            ts_ns: st.last_ns,
+            first_ns: st.first_ns,
+            ifindex: 0,
+        };
+        let Some(mode) = eff.mode_token(ev.proto()) else {
+            continue;
+        };
+        let block = eff.block_mode(ev.proto());
+        if block != BlockMode::Block || shared.book().covers(ip) {
+            continue;
+        }
+        if rules.judge(&ev, eff.is_ignored(ip), false) == Verdict::Act {
+            n += 1;
+            act(shared, &eff, ev, mode, block);
+        }
+    }
+    if n > 0 {
+        shared.log.notice(&format!(
+            "portsentry: {n} scanners detected before the restart were not banned yet; \
+             acting on them now"
+        ));
+    }
+}
+
+/// Bans the scanners that waited for the budget, the most persistent first.
+fn drain_waiting(shared: &Arc<Shared>) {
+    let eff = shared.eff();
+    let limit = eff.config.max_bans_per_sec;
+    let n = if limit == 0 {
+        usize::MAX
+    } else {
+        limit as usize
+    };
+    let best = shared.waiting.lock().expect("waiting lock").take_best(n);
+    for (ev, mode, block) in best {
+        let handled = shared
+            .handled
+            .lock()
+            .expect("handled lock")
+            .contains(&ev.ip)
+            || shared.book().covers(ev.ip);
+        if handled || eff.is_ignored(ev.ip) {
+            continue;
+        }
+        act(shared, &eff, ev, mode, block);
     }
 }
 
@@ -642,6 +787,7 @@ pub fn mode_token(mode: &str) -> &'static str {
 /// Expires bans, writes the state and blocked files when bans changed, keeps the
 /// always-ignored addresses current, counts tracked sources.
 fn housekeeping(shared: &Arc<Shared>) {
+    drain_waiting(shared);
     let now = SystemTime::now();
     let expired = shared.book().store.expired(now);
     if !expired.is_empty() {
@@ -668,6 +814,7 @@ fn housekeeping(shared: &Arc<Shared>) {
     if let Err(e) = shared.book().flush() {
         shared.log.warn(&format!("portsentry: {e:#}"));
     }
+    watch_links(shared);
     let eff = shared.eff();
     match localaddrs::always_ignored() {
         Ok(now) if now != eff.always_ignored => {
@@ -702,6 +849,37 @@ fn housekeeping(shared: &Arc<Shared>) {
             .unwrap_or(0);
         tracked = shared.sources_tracked.lock().expect("sources lock");
         *tracked = (count, Some(std::time::Instant::now()));
+    }
+}
+
+/// Puts the program back on an interface when something else detached it (or the
+/// interface was deleted and created again), and says so.
+fn watch_links(shared: &Shared) {
+    let eff = shared.eff();
+    let mut book = shared.book();
+    let Some(dp) = book.dp.as_mut() else {
+        return;
+    };
+    let mut unattached = shared.unattached.lock().expect("unattached lock");
+    for iface in dp.lost_attachments() {
+        match dp.reattach(&iface, eff.xdp_mode) {
+            Ok(_) => {
+                shared.metrics.reattached();
+                unattached.remove(&iface);
+                shared.log.warn(&format!(
+                    "portsentry: the program was detached from {iface} by something else; \
+                     attached again"
+                ));
+            }
+            Err(e) => {
+                if unattached.insert(iface.clone()) {
+                    shared.log.warn(&format!(
+                        "portsentry: the program is no longer attached to {iface} and \
+                         attaching it again failed (retrying every second): {e:#}"
+                    ));
+                }
+            }
+        }
     }
 }
 
@@ -857,6 +1035,46 @@ pub fn check_pin_dir(pin_dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ev(last: u8, hits: u32) -> ProbeEvent {
+        ProbeEvent {
+            ip: IpAddr::from([192, 0, 2, last]),
+            port: 22,
+            scan_type: portsentry_common::ScanType::TcpSyn,
+            tcp_flags: 2,
+            hits,
+            distinct_ports: 1,
+            ts_ns: 0,
+            first_ns: 0,
+            ifindex: 0,
+        }
+    }
+
+    #[test]
+    fn waiting_keeps_the_most_persistent() {
+        let mut w = Waiting::default();
+        for i in 0..MAX_WAITING {
+            let mut e = ev(0, 1);
+            e.ip = IpAddr::from((i as u32 + 0x0a00_0000).to_be_bytes());
+            w.offer(e, "atcp", BlockMode::Block);
+        }
+        w.offer(ev(7, 1), "atcp", BlockMode::Block);
+        assert!(
+            !w.by_ip.contains_key(&IpAddr::from([192, 0, 2, 7])),
+            "full of equals"
+        );
+        w.offer(ev(8, 5), "atcp", BlockMode::Block);
+        assert!(
+            w.by_ip.contains_key(&IpAddr::from([192, 0, 2, 8])),
+            "a persistent one wins"
+        );
+        assert_eq!(w.by_ip.len(), MAX_WAITING);
+        w.offer(ev(8, 9), "atcp", BlockMode::Block);
+        let best = w.take_best(2);
+        assert_eq!(best[0].0.hits, 9);
+        assert_eq!(best[1].0.hits, 1);
+        assert_eq!(w.by_ip.len(), MAX_WAITING - 2);
+    }
 
     #[test]
     fn ban_budget_per_second() {

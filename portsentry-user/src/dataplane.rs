@@ -129,6 +129,89 @@ pub fn is_pinned(pin_dir: &Path) -> bool {
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
+/// The interface index a pinned XDP link is attached to: `Ok(0)` when something
+/// detached it (`bpftool link detach`, the interface went away), an error when the pin
+/// cannot be opened.
+pub fn pinned_link_ifindex(pin: &Path) -> std::io::Result<u32> {
+    use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    #[repr(C, align(8))]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        _pad: u32,
+    }
+    #[repr(C, align(8))]
+    struct GetInfo {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    /// `struct bpf_link_info` up to the XDP member of its union.
+    #[repr(C, align(8))]
+    struct LinkInfo {
+        type_: u32,
+        id: u32,
+        prog_id: u32,
+        _pad: u32,
+        xdp_ifindex: u32,
+        _rest: [u32; 15],
+    }
+    let path = std::ffi::CString::new(pin.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let get = ObjGet {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+        path_fd: 0,
+        _pad: 0,
+    };
+    // SAFETY: a valid bpf_attr prefix; the path outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &get as *const ObjGet,
+            std::mem::size_of::<ObjGet>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd from the kernel.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    let mut info = LinkInfo {
+        type_: 0,
+        id: 0,
+        prog_id: 0,
+        _pad: 0,
+        xdp_ifindex: 0,
+        _rest: [0; 15],
+    };
+    use std::os::fd::AsRawFd as _;
+    let req = GetInfo {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<LinkInfo>() as u32,
+        info: &mut info as *mut LinkInfo as u64,
+    };
+    // SAFETY: the info buffer is as large as info_len says.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &req as *const GetInfo,
+            std::mem::size_of::<GetInfo>(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(info.xdp_ifindex)
+}
+
 /// Mounts bpffs at /sys/fs/bpf when `pin_dir` lies under it and it is not mounted,
 /// then creates `pin_dir`.
 pub fn ensure_pin_dir(pin_dir: &Path) -> Result<()> {
@@ -343,6 +426,38 @@ impl Dataplane {
 
     pub fn attachments(&self) -> &[Attachment] {
         &self.attachments
+    }
+
+    /// Interfaces whose pinned link no longer holds the program (detached by someone
+    /// else, or the interface was deleted).
+    pub fn lost_attachments(&self) -> Vec<String> {
+        let Some(dir) = &self.pin_dir else {
+            return Vec::new();
+        };
+        self.attachments
+            .iter()
+            .filter(|a| a.pinned)
+            .filter(
+                |a| !matches!(pinned_link_ifindex(&link_pin(dir, &a.interface)), Ok(i) if i != 0),
+            )
+            .map(|a| a.interface.clone())
+            .collect()
+    }
+
+    /// Attaches again to an interface whose link was lost (see [`Self::lost_attachments`]).
+    pub fn reattach(&mut self, interface: &str, mode: AttachMode) -> Result<Attachment> {
+        if let Some(dir) = &self.pin_dir {
+            let _ = std::fs::remove_file(link_pin(dir, interface));
+        }
+        self.attachments.retain(|a| a.interface != interface);
+        self.attach(interface, mode).inspect_err(|_| {
+            // Keep it on the list, so that the next check tries again.
+            self.attachments.push(Attachment {
+                interface: interface.to_owned(),
+                mode: None,
+                pinned: true,
+            });
+        })
     }
 
     /// The program's file descriptor (for BPF_PROG_TEST_RUN).

@@ -107,6 +107,7 @@ pub struct Metrics {
     registry: Registry,
     events_read: PromCounter,
     bans_refused: PromCounter,
+    reattached: PromCounter,
     bans_added: Family<OriginLabels, PromCounter>,
     bans_removed: Family<ReasonLabels, PromCounter>,
     actions: Family<ActionLabels, PromCounter>,
@@ -124,6 +125,7 @@ impl Metrics {
             registry: Registry::with_prefix(PREFIX),
             events_read: PromCounter::default(),
             bans_refused: PromCounter::default(),
+            reattached: PromCounter::default(),
             bans_added: Family::default(),
             bans_removed: Family::default(),
             actions: Family::default(),
@@ -152,8 +154,13 @@ impl Metrics {
         );
         m.registry.register(
             "bans_refused",
-            "Scanners not banned because MAX_BANS_PER_SEC was reached (they are banned when they probe again)",
+            "Scanners made to wait because MAX_BANS_PER_SEC was reached (banned in the next seconds, most persistent first)",
             m.bans_refused.clone(),
+        );
+        m.registry.register(
+            "reattached",
+            "Times the program was found detached from an interface (by something else) and attached again",
+            m.reattached.clone(),
         );
         m.registry.register(
             "bans_added",
@@ -200,6 +207,11 @@ impl Metrics {
     /// A probe event was read from the ring buffer.
     pub fn event_read(&self) {
         self.events_read.inc();
+    }
+
+    /// The program was found detached from an interface and attached again.
+    pub fn reattached(&self) {
+        self.reattached.inc();
     }
 
     /// A scanner was not banned because MAX_BANS_PER_SEC was reached.
@@ -528,6 +540,7 @@ mod tests {
             "bans_active",
             "bans_capacity",
             "bans_refused",
+            "reattached",
             "bans_added",
             "bans_removed",
             "actions",

@@ -39,8 +39,27 @@ impl Daemon {
     /// Starts `portsentry ARGS` in `ns` and waits until it reports itself active.
     pub fn start(ns: &Netns, args: &[&str]) -> Daemon {
         let mut cmd = ns.command(binary().to_str().expect("utf-8 path"));
-        cmd.args(args)
-            .stdin(Stdio::null())
+        cmd.args(args);
+        Daemon::spawn(cmd)
+    }
+
+    /// Like [`Daemon::start`], with `hosts` bind-mounted over /etc/hosts in a mount
+    /// namespace of the daemon's own (for reverse-lookup tests).
+    pub fn start_with_hosts(ns: &Netns, hosts: &std::path::Path, args: &[&str]) -> Daemon {
+        let mut cmd = std::process::Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(format!(
+                "mount --bind {} /etc/hosts && exec nsenter --net=/run/netns/{} \"$0\" \"$@\"",
+                hosts.display(),
+                ns.name
+            ))
+            .arg(binary())
+            .args(args);
+        Daemon::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: std::process::Command) -> Daemon {
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("starting portsentry");
@@ -216,7 +235,8 @@ impl Workdir {
         fs::read_to_string(self.path(name)).unwrap_or_default()
     }
 
-    /// A configuration for `iface` with commands that record their order.
+    /// A configuration for `iface` with commands that record their order; `extra` lines
+    /// are appended, replacing the defaults of the keys they set.
     pub fn config(&self, iface: &str, extra: &str) -> PathBuf {
         let order = self.path("order").display().to_string();
         let text = format!(
@@ -244,6 +264,21 @@ impl Workdir {
             deny = self.path("hosts.deny").display(),
             ignore = self.path("portsentry.ignore").display(),
         );
+        // A key in `extra` replaces the default line for it (duplicates are errors).
+        let overridden: Vec<&str> = extra
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim()))
+            .collect();
+        let base_len = text.len() - extra.len();
+        let text: String = text[..base_len]
+            .lines()
+            .filter(|l| {
+                !l.split_once('=')
+                    .is_some_and(|(k, _)| overridden.contains(&k.trim()))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+            + extra;
         let path = self.path("portsentry.conf");
         fs::write(&path, text).unwrap();
         path

@@ -1,0 +1,445 @@
+//! Hostile traffic and faults, end to end: spoofed floods, a full ban map, a hanging
+//! kill command, hostile reverse-DNS names, the interface going down and up, the program
+//! detached by someone else, a full disk, and kill -9 in the middle of a burst of bans.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    net::{IpAddr, SocketAddr, TcpListener},
+    time::{Duration, Instant},
+};
+
+use portsentry_tests::{
+    daemon::{Daemon, Workdir, wait_until},
+    netns::{TestNet, tcp_connect},
+    require_kernel,
+};
+
+fn start(net: &TestNet, wd: &Workdir) -> Daemon {
+    Daemon::start(&net.server, &["run", "-c", wd.conf().to_str().unwrap()])
+}
+
+fn probe(net: &TestNet, src: IpAddr) {
+    let dst = SocketAddr::new(net.server_v4, 23);
+    let _ = net
+        .attacker
+        .enter(|| tcp_connect(src, dst, Duration::from_millis(300)));
+}
+
+fn reaches(net: &TestNet, src: IpAddr) -> bool {
+    let dst = SocketAddr::new(net.server_v4, 80);
+    net.attacker
+        .enter(|| tcp_connect(src, dst, Duration::from_millis(800)))
+        .is_ok()
+}
+
+fn status(wd: &Workdir) -> serde_json::Value {
+    let (ok, out, err) = wd.cli(&["status", "--json"]);
+    assert!(ok, "status failed: {err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+fn bans(wd: &Workdir) -> Vec<serde_json::Value> {
+    status(wd)["bans"].as_array().unwrap().clone()
+}
+
+fn banned(wd: &Workdir, ip: IpAddr) -> bool {
+    bans(wd).iter().any(|b| b["net"] == format!("{ip}/32"))
+}
+
+/// A flood of SYNs to port 22 from random forged sources, for `secs` seconds.
+fn random_flood(net: &TestNet, secs: u32) -> std::process::Child {
+    net.attacker
+        .command("timeout")
+        .args([
+            &secs.to_string(),
+            "hping3",
+            "-q",
+            "-n",
+            "-S",
+            "-p",
+            "22",
+            "--rand-source",
+            "--flood",
+            &net.server_v4.to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("hping3")
+}
+
+/// SYNs forged from `src` (hping3 -a).
+fn forged(net: &TestNet, src: IpAddr, count: u32) {
+    let _ = net.attacker.try_exec(&format!(
+        "hping3 -q -n -S -a {src} -p 22 -c {count} -i u1000 {} 2>&1",
+        net.server_v4
+    ));
+}
+
+#[test]
+fn spoofed_flood_is_rate_limited_and_a_real_scanner_is_still_banned() {
+    require_kernel!();
+    let net = TestNet::new(1);
+    let wd = Workdir::new();
+    let trusted = net.attacker_v4[1];
+    fs::write(wd.path("portsentry.ignore"), format!("{trusted}\n")).unwrap();
+    wd.config(
+        &net.server_if,
+        "MAX_BANS_PER_SEC=\"20\"\nKILL_ROUTE=\"\"\nKILL_RUN_CMD=\"\"\n",
+    );
+    let d = start(&net, &wd);
+    let scanner = net.attacker_v4[0];
+
+    let flood = random_flood(&net, 4);
+    std::thread::sleep(Duration::from_millis(500));
+    // Forged probes from a trusted host and from the server's own address, inside the
+    // flood, and a real scanner.
+    forged(&net, trusted, 50);
+    forged(&net, net.server_v4, 50);
+    for _ in 0..3 {
+        probe(&net, scanner);
+    }
+    // The daemon answers its control socket during the flood.
+    let t = Instant::now();
+    let (ok, _, err) = wd.cli(&["ban", "198.51.100.200"]);
+    assert!(ok, "{err}");
+    let answer = t.elapsed();
+    let flood = flood.wait_with_output().unwrap();
+    assert!(flood.status.code().is_some());
+
+    // The real scanner is banned (its repeated probes bypass the kernel's event budget).
+    assert!(
+        wait_until(Duration::from_secs(10), || banned(&wd, scanner)),
+        "the real scanner was not banned"
+    );
+    assert!(!reaches(&net, scanner));
+    let all = bans(&wd);
+    assert!(!banned(&wd, trusted), "an ignored host was banned");
+    assert!(
+        !banned(&wd, net.server_v4),
+        "the server's own address was banned"
+    );
+    assert!(
+        answer < Duration::from_secs(5),
+        "control answer took {answer:?}"
+    );
+    // MAX_BANS_PER_SEC holds: no second has more than 20 scan bans.
+    let mut per_second = std::collections::BTreeMap::<String, u32>::new();
+    for b in all.iter().filter(|b| b["origin"] == "scan") {
+        *per_second
+            .entry(b["since"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    assert!(!per_second.is_empty());
+    assert!(per_second.values().all(|n| *n <= 20), "{per_second:?}");
+    let st = status(&wd);
+    assert!(
+        st["counters"]["pass_probe"].as_u64().unwrap() > 1000,
+        "the flood arrived: {}",
+        st["counters"]
+    );
+    // Memory stays bounded.
+    let rss_kb: u64 = fs::read_to_string(format!("/proc/{}/status", d.child.id()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(rss_kb < 200 * 1024, "daemon RSS {rss_kb} kB");
+    d.wait_for("MAX_BANS_PER_SEC (20) reached", Duration::from_secs(1));
+    assert!(d.stop().success());
+}
+
+#[test]
+fn a_full_ban_map_never_evicts_a_ban() {
+    require_kernel!();
+    let net = TestNet::new(0);
+    let wd = Workdir::new();
+    fs::write(wd.path("portsentry.ignore"), "").unwrap();
+    wd.config(
+        &net.server_if,
+        "MAX_BANS=\"16\"\nMAX_BANS_PER_SEC=\"0\"\nKILL_ROUTE=\"\"\nKILL_RUN_CMD=\"\"\n",
+    );
+    let _svc = net
+        .server
+        .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
+    let d = start(&net, &wd);
+    let first = net.attacker_v4[0];
+    probe(&net, first);
+    assert!(wait_until(Duration::from_secs(5), || banned(&wd, first)));
+    let flood = random_flood(&net, 2);
+    flood.wait_with_output().unwrap();
+    d.wait_for("is PS_BANS full?", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(1500));
+    let all = bans(&wd);
+    assert_eq!(all.len(), 16, "the map holds 16 bans");
+    assert!(banned(&wd, first), "the first ban was evicted");
+    assert!(!reaches(&net, first));
+    assert!(d.stop().success());
+}
+
+#[test]
+fn a_hanging_kill_command_is_killed_and_later_bans_proceed() {
+    require_kernel!();
+    let net = TestNet::new(1);
+    let wd = Workdir::new();
+    fs::write(wd.path("portsentry.ignore"), "").unwrap();
+    wd.config(
+        &net.server_if,
+        "KILL_ROUTE=\"\"\nKILL_RUN_CMD=\"sleep 61.25\"\nKILL_TIMEOUT=\"1s\"\n",
+    );
+    let d = start(&net, &wd);
+    let (a, b) = (net.attacker_v4[0], net.attacker_v4[1]);
+    let t = Instant::now();
+    probe(&net, a);
+    d.wait_for(
+        &format!("Host {a} has been blocked via XDP drop"),
+        Duration::from_secs(2),
+    );
+    probe(&net, b);
+    d.wait_for(
+        &format!("Host {b} has been blocked via XDP drop"),
+        Duration::from_secs(2),
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "the second ban waited for the first command"
+    );
+    let line = d.wait_for("timed out", Duration::from_secs(5));
+    assert!(line.contains("sleep 61.25"), "{line}");
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            !String::from_utf8_lossy(
+                &std::process::Command::new("pgrep")
+                    .args(["-f", "sleep 61.25"])
+                    .output()
+                    .unwrap()
+                    .stdout,
+            )
+            .contains(char::is_numeric)
+        }),
+        "the hanging command is still running"
+    );
+    assert!(d.stop().success());
+}
+
+#[test]
+fn hostile_reverse_dns_names_never_reach_a_shell() {
+    require_kernel!();
+    let net = TestNet::new(0);
+    let wd = Workdir::new();
+    fs::write(wd.path("portsentry.ignore"), "").unwrap();
+    let marker = wd.path("pwned");
+    let attacker = net.attacker_v4[0];
+    let hostile = format!(
+        "evil$(touch${{IFS}}{m});`touch${{IFS}}{m}`|x.example",
+        m = marker.display()
+    );
+    let hosts = wd.path("hosts");
+    fs::write(
+        &hosts,
+        format!("127.0.0.1 localhost\n{attacker} {hostile}\n"),
+    )
+    .unwrap();
+    wd.config(&net.server_if, "RESOLVE_HOST=\"1\"\n");
+    let d = Daemon::start_with_hosts(
+        &net.server,
+        &hosts,
+        &["run", "-c", wd.conf().to_str().unwrap()],
+    );
+    probe(&net, attacker);
+    let alert = d.wait_for(&format!("/{attacker} to TCP port"), Duration::from_secs(10));
+    // The name was resolved, then stripped to letters, digits, '.', '-' and '_'.
+    assert!(alert.contains("from host: evil"), "{alert}");
+    let name = alert
+        .split("from host: ")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap();
+    assert!(
+        name.chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c)),
+        "unsanitized name {name:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || wd
+            .read("order")
+            .contains(&format!("run {attacker} "))),
+        "KILL_RUN_CMD did not run"
+    );
+    // The commands got the address, never the name; nothing ran the name.
+    assert!(!wd.read("order").contains("evil"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!marker.exists(), "a name from DNS reached a shell");
+    assert!(d.stop().success());
+}
+
+#[test]
+fn interface_down_up_and_an_external_detach_are_survived() {
+    require_kernel!();
+    let net = TestNet::new(2);
+    let wd = Workdir::new();
+    fs::write(wd.path("portsentry.ignore"), "").unwrap();
+    wd.config(&net.server_if, "");
+    let _svc = net
+        .server
+        .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
+    let d = start(&net, &wd);
+    let (a, b, c) = (net.attacker_v4[0], net.attacker_v4[1], net.attacker_v4[2]);
+    probe(&net, a);
+    assert!(wait_until(Duration::from_secs(5), || banned(&wd, a)));
+
+    net.server.exec(&format!(
+        "ip link set {0} down && sleep 0.2 && ip link set {0} up",
+        net.server_if
+    ));
+    net.attacker.exec(&format!(
+        "for i in $(seq 50); do ip link show {} | grep -q LOWER_UP && exit 0; sleep 0.1; done; exit 1",
+        net.attacker_if
+    ));
+    assert!(
+        !reaches(&net, a),
+        "dropped after the interface went down and up"
+    );
+    probe(&net, b);
+    assert!(
+        wait_until(Duration::from_secs(5), || banned(&wd, b)),
+        "detection after down/up"
+    );
+
+    // Someone detaches the program behind the daemon's back.
+    let pin = wd.pin_dir.join(format!("link-{}", net.server_if));
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "link", "show", "pinned"])
+        .arg(&pin)
+        .output()
+        .expect("bpftool");
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    let id = info["id"].as_u64().expect("link id");
+    let out = std::process::Command::new("bpftool")
+        .args(["link", "detach", "id", &id.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d.wait_for("detached from", Duration::from_secs(5));
+    d.wait_for("attached again", Duration::from_secs(5));
+    assert!(!reaches(&net, a), "bans hold once the program is back");
+    probe(&net, c);
+    assert!(
+        wait_until(Duration::from_secs(5), || banned(&wd, c)),
+        "detection after re-attaching"
+    );
+    assert!(d.stop().success());
+}
+
+#[test]
+fn a_full_disk_under_the_history_file_loses_no_ban() {
+    require_kernel!();
+    let net = TestNet::new(0);
+    let wd = Workdir::new();
+    fs::write(wd.path("portsentry.ignore"), "").unwrap();
+    let full = wd.path("full");
+    fs::create_dir(&full).unwrap();
+    // A tiny tmpfs of the test's own, filled up.
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    portsentry_tests::netns::sh(&format!(
+        "mount -t tmpfs -o size=64k tmpfs {}",
+        full.display()
+    ));
+    let _unmount = Unmount(full.clone());
+    let _ = portsentry_tests::netns::sh(&format!(
+        "dd if=/dev/zero of={}/filler bs=4k count=100 2>/dev/null || true",
+        full.display()
+    ));
+    wd.config(&net.server_if, "");
+    let text = fs::read_to_string(wd.conf()).unwrap().replace(
+        &format!(
+            "HISTORY_FILE=\"{}\"",
+            wd.path("portsentry.history").display()
+        ),
+        &format!("HISTORY_FILE=\"{}/portsentry.history\"", full.display()),
+    );
+    fs::write(wd.conf(), text).unwrap();
+    let _svc = net
+        .server
+        .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
+    let d = start(&net, &wd);
+    let a = net.attacker_v4[0];
+    probe(&net, a);
+    d.wait_for(
+        &format!("Host {a} has been blocked via XDP drop"),
+        Duration::from_secs(5),
+    );
+    let line = d.wait_for("could not write the history file", Duration::from_secs(5));
+    assert!(
+        line.contains("No space left") || line.contains("space"),
+        "{line}"
+    );
+    assert!(!reaches(&net, a), "the ban holds");
+    assert!(banned(&wd, a), "and is on record");
+    assert!(d.stop().success());
+}
+
+#[test]
+fn kill_9_in_a_burst_of_bans_loses_none() {
+    require_kernel!();
+    let net = TestNet::new(19);
+    let wd = Workdir::new();
+    fs::write(wd.path("portsentry.ignore"), "").unwrap();
+    wd.config(&net.server_if, "");
+    let d = start(&net, &wd);
+    let sources = net.attacker_v4.clone();
+    for src in &sources[..10] {
+        probe(&net, *src);
+    }
+    d.kill9();
+    let at_kill: BTreeSet<String> = bans(&wd)
+        .iter()
+        .map(|b| b["net"].as_str().unwrap().to_owned())
+        .collect();
+    // The rest of the burst arrives with no daemon.
+    for src in &sources[10..] {
+        probe(&net, *src);
+    }
+    let d = start(&net, &wd);
+    let all: BTreeSet<String> = sources.iter().map(|s| format!("{s}/32")).collect();
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let now: BTreeSet<String> = bans(&wd)
+                .iter()
+                .map(|b| b["net"].as_str().unwrap().to_owned())
+                .collect();
+            now.is_superset(&all)
+        }),
+        "not every source of the burst was banned: {:?}",
+        bans(&wd)
+    );
+    let after: BTreeSet<String> = bans(&wd)
+        .iter()
+        .map(|b| b["net"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        after.is_superset(&at_kill),
+        "a ban in force at the kill was lost"
+    );
+    // No host was acted on twice. (A host whose commands the kill interrupted keeps its
+    // ban; its commands are not run again.)
+    let order = wd.read("order");
+    for s in &sources {
+        assert!(
+            order.matches(&format!("route {s} ")).count() <= 1,
+            "{s}: {order}"
+        );
+    }
+    assert!(d.stop().success());
+}
