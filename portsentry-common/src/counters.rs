@@ -29,22 +29,26 @@ pub enum Counter {
     PassListening = 8,
     /// XDP_PASS: a probe, counted against its source.
     PassProbe = 9,
+    /// XDP_TX: a SYN probe answered with a SYN-ACK challenge (source verification on).
+    TxChallenge = 10,
     // --- events on top of a verdict ---
     /// A packet whose source had a ban that has expired (not yet removed by the daemon).
-    BanExpired = 10,
+    BanExpired = 11,
     /// Probe events written to the ring buffer.
-    EventSent = 11,
+    EventSent = 12,
     /// Probe events lost because the ring buffer was full.
-    EventLost = 12,
+    EventLost = 13,
     /// Probe events not sent because the per-CPU event budget was spent.
-    EventThrottled = 13,
+    EventThrottled = 14,
     /// Probes that could not be recorded in `PS_SOURCES` (map update failed).
-    TrackFailed = 14,
+    TrackFailed = 15,
+    /// Sources that answered the challenge: an ACK carrying the cookie (passed).
+    Verified = 16,
 }
 
 impl Counter {
     /// Number of slots in `PS_COUNTERS`.
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 17;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::DropBanned,
@@ -57,11 +61,13 @@ impl Counter {
         Counter::PassIgnored,
         Counter::PassListening,
         Counter::PassProbe,
+        Counter::TxChallenge,
         Counter::BanExpired,
         Counter::EventSent,
         Counter::EventLost,
         Counter::EventThrottled,
         Counter::TrackFailed,
+        Counter::Verified,
     ];
 
     /// Stable snake_case name, used in status output and metrics.
@@ -77,17 +83,19 @@ impl Counter {
             Counter::PassIgnored => "pass_ignored",
             Counter::PassListening => "pass_listening",
             Counter::PassProbe => "pass_probe",
+            Counter::TxChallenge => "tx_challenge",
             Counter::BanExpired => "ban_expired",
             Counter::EventSent => "event_sent",
             Counter::EventLost => "event_lost",
             Counter::EventThrottled => "event_throttled",
             Counter::TrackFailed => "track_failed",
+            Counter::Verified => "verified",
         }
     }
 
     /// True for the counters that are a packet's verdict reason.
     pub const fn is_verdict(self) -> bool {
-        (self as u32) <= Counter::PassProbe as u32
+        (self as u32) <= Counter::TxChallenge as u32
     }
 
     /// True for the verdict reasons whose verdict is XDP_DROP.

@@ -120,7 +120,8 @@ pub struct SourceStats {
     pub last_port: u16,
     /// `ScanType as u8` of the last probe.
     pub last_scan_type: u8,
-    pub _pad: u8,
+    /// `SOURCE_*` bits.
+    pub flags: u8,
     /// 256-bit filter of the destination ports seen.
     pub port_filter: [u64; 4],
 }
@@ -146,8 +147,17 @@ pub struct ScanEvent {
     pub tcp_flags: u8,
     /// Interface index the probe arrived on.
     pub ifindex: u32,
+    /// `EVENT_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<ScanEvent>() == 48);
+const _: () = assert!(size_of::<ScanEvent>() == 56);
+
+/// `ScanEvent::flags`: the source answered the SYN-ACK challenge (an ACK carrying the
+/// cookie): its address is real, not forged.
+pub const EVENT_VERIFIED: u32 = 1;
+/// `SourceStats::flags`: the source has answered the challenge.
+pub const SOURCE_VERIFIED: u8 = 1;
 
 /// The one entry of `PS_SETTINGS`. Host byte order.
 #[repr(C)]
@@ -161,13 +171,53 @@ pub struct Settings {
     pub event_burst: u32,
     /// `SETTING_*` bits.
     pub flags: u32,
+    /// Secret for the challenge cookies (random per daemon start).
+    pub cookie_secret: u64,
 }
-const _: () = assert!(size_of::<Settings>() == 16);
+const _: () = assert!(size_of::<Settings>() == 24);
 
 /// `Settings::flags`: `PS_BAN_NETS` holds at least one entry, so look it up.
 pub const SETTING_PREFIX_BANS: u32 = 1 << 0;
 /// `Settings::flags`: `PS_IGNORE` holds at least one entry, so look it up.
 pub const SETTING_IGNORE: u32 = 1 << 1;
+/// `Settings::flags`: source verification (VERIFY_SOURCES): SYN probes are answered
+/// with a SYN-ACK carrying a cookie, and only a source whose ACK returns it is verified.
+pub const SETTING_VERIFY: u32 = 1 << 2;
+
+/// The challenge cookie of a connection attempt: a keyed hash of its addresses and
+/// ports and a time slot of about 69 s (a cookie is accepted in its slot and the next).
+#[inline(always)]
+pub const fn cookie(
+    src: &crate::packet::AddrWords,
+    dst: &crate::packet::AddrWords,
+    sport: u16,
+    dport: u16,
+    secret: u64,
+    slot: u64,
+) -> u32 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut x = secret ^ slot.wrapping_mul(K);
+    let words = [
+        src[0],
+        src[1],
+        dst[0],
+        dst[1],
+        ((sport as u64) << 16) | dport as u64,
+    ];
+    let mut i = 0;
+    while i < words.len() {
+        x = (x ^ words[i]).wrapping_mul(K);
+        x ^= x >> 29;
+        i += 1;
+    }
+    (x >> 32) as u32
+}
+
+/// The cookie time slot of a CLOCK_MONOTONIC time.
+#[inline(always)]
+pub const fn cookie_slot(now_ns: u64) -> u64 {
+    now_ns >> 36
+}
 
 /// Probes after the trigger for which every one is reported; after that only the
 /// probes whose hit count is a power of two are. This bounds the events per source to

@@ -164,6 +164,8 @@ pub struct Ip {
     /// Destination address, same form.
     pub dst: AddrWords,
     pub v6: bool,
+    /// Offset of the IP header.
+    pub l3_off: usize,
     /// Upper-layer protocol (after IPv6 extension headers).
     pub proto: u8,
     /// Offset of the upper-layer header.
@@ -180,6 +182,9 @@ pub struct L4 {
     pub dst_port: u16,
     /// Byte 13 of the TCP header; 0 for UDP.
     pub tcp_flags: u8,
+    /// TCP sequence and acknowledgment numbers, host order; 0 for UDP.
+    pub seq: u32,
+    pub ack_seq: u32,
 }
 
 /// Walks Ethernet, VLAN tags and the IP header. `Err` is the verdict reason to pass with.
@@ -223,6 +228,7 @@ fn parse_ipv4<P: Packet + ?Sized>(p: &P, off: usize) -> Result<Ip, Counter> {
         src: v4_mapped_words(h.src),
         dst: v4_mapped_words(h.dst),
         v6: false,
+        l3_off: off,
         proto: h.proto,
         l4_off: off + hlen,
         later_fragment: u16::from_be(h.frag) & 0x1fff != 0,
@@ -239,6 +245,7 @@ fn parse_ipv6<P: Packet + ?Sized>(p: &P, off: usize) -> Result<Ip, Counter> {
         src: h.src,
         dst: h.dst,
         v6: true,
+        l3_off: off,
         proto: h.next,
         l4_off: off + 40,
         later_fragment: false,
@@ -299,6 +306,8 @@ pub fn parse_l4<P: Packet + ?Sized>(p: &P, ip: &Ip) -> Result<L4, Counter> {
                 src_port: u16::from_be(h.sport),
                 dst_port: u16::from_be(h.dport),
                 tcp_flags: h.flags,
+                seq: u32::from_be(h.seq),
+                ack_seq: u32::from_be(h.ack_seq),
             })
         }
         PROTO_UDP => {
@@ -310,6 +319,8 @@ pub fn parse_l4<P: Packet + ?Sized>(p: &P, ip: &Ip) -> Result<L4, Counter> {
                 src_port: u16::from_be(h.sport),
                 dst_port: u16::from_be(h.dport),
                 tcp_flags: 0,
+                seq: 0,
+                ack_seq: 0,
             })
         }
         _ => Err(Counter::PassOtherProto),

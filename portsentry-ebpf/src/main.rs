@@ -30,10 +30,14 @@ use portsentry_common::{
     Addr, Counter, PROTO_TCP, ScanType,
     maps::{
         BAN_FILTER_WORDS, BAN_NETS_MAX, BANS_MAX, BanEntry, EVENT_BUDGET_HITS, EVENT_BURST,
-        EVENTS_BYTES, EventBudget, IGNORE_MAX, PORT_WORDS, SETTING_IGNORE, SETTING_PREFIX_BANS,
-        SOURCES_MAX, ScanEvent, Settings, SourceStats, UDP_PORT_WORD_BASE, ban_filter_bit,
+        EVENT_VERIFIED, EVENTS_BYTES, EventBudget, IGNORE_MAX, PORT_WORDS, SETTING_IGNORE,
+        SETTING_PREFIX_BANS, SETTING_VERIFY, SOURCE_VERIFIED, SOURCES_MAX, ScanEvent, Settings,
+        SourceStats, UDP_PORT_WORD_BASE, ban_filter_bit, cookie, cookie_slot,
     },
-    packet::{AddrWords, Ip, L4, Packet, parse_ip, parse_l4, scan_type},
+    packet::{
+        AddrWords, EthHdr, Ip, Ipv4Hdr, Ipv6Hdr, L4, Packet, TcpHdr, parse_ip, parse_l4, scan_type,
+    },
+    scan::tcp_flags,
 };
 
 #[map]
@@ -92,10 +96,10 @@ fn key(w: &AddrWords) -> &Addr {
 pub fn portsentry(ctx: XdpContext) -> u32 {
     let reason = inspect(&ctx);
     count(reason);
-    if reason.is_drop() {
-        xdp_action::XDP_DROP
-    } else {
-        xdp_action::XDP_PASS
+    match reason {
+        Counter::DropBanned => xdp_action::XDP_DROP,
+        Counter::TxChallenge => xdp_action::XDP_TX,
+        _ => xdp_action::XDP_PASS,
     }
 }
 
@@ -122,7 +126,14 @@ fn inspect(ctx: &XdpContext) -> Counter {
     };
     let kind = match scan_type(&l4) {
         Ok(kind) => kind,
-        Err(reason) => return reason,
+        Err(reason) => {
+            // With verification on, an ACK may answer a challenge (checked by cookie
+            // before anything else: ordinary traffic fails it at once).
+            if flags & SETTING_VERIFY != 0 && answers_challenge(ctx, &ip, &l4) {
+                return Counter::PassProbe;
+            }
+            return reason;
+        }
     };
     if !is_watched(&l4) {
         return Counter::PassUnwatched;
@@ -133,8 +144,172 @@ fn inspect(ctx: &XdpContext) -> Counter {
     if has_local_socket(ctx, &ip, &l4) {
         return Counter::PassListening;
     }
-    record_probe(ctx, &ip, &l4, kind);
+    record_probe(ctx, &ip, &l4, kind, false);
+    if flags & SETTING_VERIFY != 0 && kind == ScanType::TcpSyn && send_challenge(ctx, &ip, &l4) {
+        return Counter::TxChallenge;
+    }
     Counter::PassProbe
+}
+
+/// The cookie for this packet's 4-tuple in time slot `slot`.
+#[inline(always)]
+fn packet_cookie(ip: &Ip, l4: &L4, secret: u64, slot: u64) -> u32 {
+    cookie(&ip.src, &ip.dst, l4.src_port, l4.dst_port, secret, slot)
+}
+
+/// A pure ACK to a watched port whose acknowledgment number is our cookie + 1: the
+/// source received our SYN-ACK, so its address is its own. Recorded as a verified probe.
+#[inline(always)]
+fn answers_challenge(ctx: &XdpContext, ip: &Ip, l4: &L4) -> bool {
+    let f = l4.tcp_flags & tcp_flags::CLASSIFIED;
+    if l4.proto != PROTO_TCP
+        || f & tcp_flags::ACK == 0
+        || f & (tcp_flags::SYN | tcp_flags::RST | tcp_flags::FIN) != 0
+    {
+        return false;
+    }
+    let Some(settings) = PS_SETTINGS.get(0) else {
+        return false;
+    };
+    // SAFETY: helper without arguments.
+    let slot = cookie_slot(unsafe { bpf_ktime_get_coarse_ns() });
+    let want = l4.ack_seq.wrapping_sub(1);
+    if want != packet_cookie(ip, l4, settings.cookie_secret, slot)
+        && want != packet_cookie(ip, l4, settings.cookie_secret, slot.wrapping_sub(1))
+    {
+        return false;
+    }
+    if !is_watched(l4) {
+        return false;
+    }
+    count(Counter::Verified);
+    // Reported as what it answers: the SYN probe.
+    let mut syn = *l4;
+    syn.tcp_flags = tcp_flags::SYN;
+    record_probe(ctx, ip, &syn, ScanType::TcpSyn, true);
+    true
+}
+
+/// A writable pointer to the `T` at `off` in the packet, bounds-checked.
+#[inline(always)]
+fn ptr_mut<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
+    let p = ctx.data() + off;
+    if p + core::mem::size_of::<T>() > ctx.data_end() {
+        return None;
+    }
+    Some(p as *mut T)
+}
+
+/// Folds a one's-complement sum to 16 bits.
+#[inline(always)]
+fn csum_fold(mut acc: u64) -> u16 {
+    acc = (acc & 0xffff_ffff) + (acc >> 32);
+    acc = (acc & 0xffff) + (acc >> 16);
+    acc = (acc & 0xffff) + (acc >> 16);
+    acc = (acc & 0xffff) + (acc >> 16);
+    acc as u16
+}
+
+/// The one's-complement sum of an address held as words (raw, memory order): the IPv4
+/// part only for an IPv4-mapped address.
+#[inline(always)]
+fn addr_sum(w: &AddrWords, v6: bool) -> u64 {
+    if v6 {
+        (w[0] & 0xffff_ffff) + (w[0] >> 32) + (w[1] & 0xffff_ffff) + (w[1] >> 32)
+    } else {
+        w[1] >> 32
+    }
+}
+
+#[inline(always)]
+fn send_challenge(ctx: &XdpContext, ip: &Ip, l4: &L4) -> bool {
+    let Some(settings) = PS_SETTINGS.get(0) else {
+        return false;
+    };
+    // SAFETY: helper without arguments.
+    let slot = cookie_slot(unsafe { bpf_ktime_get_coarse_ns() });
+    let cookie = packet_cookie(ip, l4, settings.cookie_secret, slot);
+    let (Some(eth), Some(tcp)) = (ptr_mut::<EthHdr>(ctx, 0), ptr_mut::<TcpHdr>(ctx, ip.l4_off))
+    else {
+        return false;
+    };
+    // Only a SYN without payload (the TCP header is the whole segment) is answered.
+    // SAFETY: bounds-checked.
+    let hlen = ((unsafe { (*tcp).doff } >> 4) as usize) * 4;
+    let segment = if ip.v6 {
+        let Some(h) = ptr_mut::<Ipv6Hdr>(ctx, ip.l3_off) else {
+            return false;
+        };
+        // SAFETY: bounds-checked.
+        (u16::from_be(unsafe { (*h).payload_len }) as usize)
+            .wrapping_sub(ip.l4_off - ip.l3_off - 40)
+    } else {
+        let Some(h) = ptr_mut::<Ipv4Hdr>(ctx, ip.l3_off) else {
+            return false;
+        };
+        // SAFETY: bounds-checked.
+        (u16::from_be(unsafe { (*h).tot_len }) as usize).wrapping_sub(ip.l4_off - ip.l3_off)
+    };
+    if !(20..=60).contains(&hlen) || segment != hlen {
+        return false;
+    }
+    // SAFETY: both pointers were bounds-checked just above; the program owns the buffer.
+    unsafe {
+        let e = *eth;
+        (*eth).dst = e.src;
+        (*eth).src = e.dst;
+    }
+    if ip.v6 {
+        let Some(h) = ptr_mut::<Ipv6Hdr>(ctx, ip.l3_off) else {
+            return false;
+        };
+        // SAFETY: bounds-checked.
+        unsafe {
+            let src = (*h).src;
+            (*h).src = (*h).dst;
+            (*h).dst = src;
+        }
+    } else {
+        let Some(h) = ptr_mut::<Ipv4Hdr>(ctx, ip.l3_off) else {
+            return false;
+        };
+        // SAFETY: bounds-checked.
+        unsafe {
+            let src = (*h).src;
+            (*h).src = (*h).dst;
+            (*h).dst = src;
+        }
+    }
+    // SAFETY: bounds-checked above.
+    unsafe {
+        let t = *tcp;
+        (*tcp).sport = t.dport;
+        (*tcp).dport = t.sport;
+        (*tcp).seq = cookie.to_be();
+        (*tcp).ack_seq = (l4.seq.wrapping_add(1)).to_be();
+        (*tcp).flags = tcp_flags::SYN | tcp_flags::ACK;
+        (*tcp).check = 0;
+    }
+    // The checksum is computed afresh, not adjusted: a SYN from a local stack may carry
+    // only a partial checksum (offloaded), which an adjustment would keep wrong. Sums
+    // are over raw (memory-order) words, which one's-complement arithmetic allows.
+    let mut acc = addr_sum(&ip.src, ip.v6)
+        + addr_sum(&ip.dst, ip.v6)
+        + (PROTO_TCP as u16).to_be() as u64
+        + (hlen as u16).to_be() as u64;
+    for i in 0..15usize {
+        if i * 4 >= hlen {
+            break;
+        }
+        let Some(w) = ptr_mut::<u32>(ctx, ip.l4_off + i * 4) else {
+            return false;
+        };
+        // SAFETY: bounds-checked.
+        acc += unsafe { *w } as u64;
+    }
+    // SAFETY: bounds-checked above.
+    unsafe { (*tcp).check = !csum_fold(acc) };
+    true
 }
 
 #[inline(always)]
@@ -243,7 +418,7 @@ fn port_bit(port: u16) -> u32 {
 }
 
 #[inline(always)]
-fn record_probe(ctx: &XdpContext, ip: &Ip, l4: &L4, kind: ScanType) {
+fn record_probe(ctx: &XdpContext, ip: &Ip, l4: &L4, kind: ScanType, verified: bool) {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let (trigger, settings) = match PS_SETTINGS.get(0) {
@@ -270,6 +445,8 @@ fn record_probe(ctx: &XdpContext, ip: &Ip, l4: &L4, kind: ScanType) {
         scan_type: kind as u8,
         tcp_flags: l4.tcp_flags,
         ifindex: ctx.ingress_ifindex() as u32,
+        flags: if verified { EVENT_VERIFIED } else { 0 },
+        _pad: 0,
     };
     match PS_SOURCES.get_ptr_mut(key(&ip.src)) {
         Some(stats) => {
@@ -286,10 +463,15 @@ fn record_probe(ctx: &XdpContext, ip: &Ip, l4: &L4, kind: ScanType) {
                     stats.distinct_ports += 1;
                 }
             }
+            if verified {
+                stats.flags |= SOURCE_VERIFIED;
+            }
             event.hits = stats.hits;
             event.first_ns = stats.first_ns;
             event.distinct_ports = stats.distinct_ports;
-            if wants_event(stats.hits, stats.events, trigger) && send_event(&event, now, &settings)
+            // A verified answer is always reported: it takes a real round trip.
+            if (verified || wants_event(stats.hits, stats.events, trigger))
+                && send_event(&event, now, &settings)
             {
                 stats.events += 1;
             }
@@ -303,13 +485,13 @@ fn record_probe(ctx: &XdpContext, ip: &Ip, l4: &L4, kind: ScanType) {
                 events: 0,
                 last_port: l4.dst_port,
                 last_scan_type: kind as u8,
-                _pad: 0,
+                flags: if verified { SOURCE_VERIFIED } else { 0 },
                 port_filter: [0; 4],
             };
             if let Some(w) = stats.port_filter.get_mut(word) {
                 *w = mask;
             }
-            if wants_event(1, 0, trigger) && send_event(&event, now, &settings) {
+            if (verified || wants_event(1, 0, trigger)) && send_event(&event, now, &settings) {
                 stats.events = 1;
             }
             if PS_SOURCES
@@ -331,7 +513,7 @@ fn wants_event(hits: u32, events: u32, trigger: u32) -> bool {
 
 #[inline(always)]
 fn send_event(event: &ScanEvent, now: u64, settings: &Settings) -> bool {
-    if event.hits < EVENT_BUDGET_HITS && !take_token(now, settings) {
+    if event.hits < EVENT_BUDGET_HITS && event.flags == 0 && !take_token(now, settings) {
         count(Counter::EventThrottled);
         return false;
     }

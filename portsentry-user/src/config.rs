@@ -80,6 +80,7 @@ pub const KEYS: &[&str] = &[
     "KILL_TIMEOUT",
     "SCAN_WINDOW",
     "WATCH_EPHEMERAL_UDP",
+    "VERIFY_SOURCES",
     "STATE_DIR",
     "PIN_DIR",
     "EVENTS_PER_SEC",
@@ -328,6 +329,9 @@ pub struct Config {
     pub scan_window: Duration,
     /// `WATCH_EPHEMERAL_UDP`: also watch UDP ports in `ip_local_port_range`. Default off.
     pub watch_ephemeral_udp: bool,
+    /// `VERIFY_SOURCES`: ban only TCP sources that answer the XDP SYN-ACK challenge
+    /// (a completed handshake); forged probes ban no one. Default off.
+    pub verify_sources: bool,
     /// `STATE_DIR`. Default [`DEFAULT_STATE_DIR`].
     pub state_dir: PathBuf,
     /// `PIN_DIR`: where the BPF maps and links are pinned. Default [`DEFAULT_PIN_DIR`].
@@ -383,6 +387,7 @@ impl Default for Config {
             kill_timeout: Duration::from_secs(30),
             scan_window: Duration::ZERO,
             watch_ephemeral_udp: false,
+            verify_sources: false,
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
             events_per_sec: 20_000,
@@ -590,6 +595,7 @@ impl Config {
             }
             "SCAN_WINDOW" => self.scan_window = duration(key, value, "0 = no window")?,
             "WATCH_EPHEMERAL_UDP" => self.watch_ephemeral_udp = flag(key, value)?,
+            "VERIFY_SOURCES" => self.verify_sources = flag(key, value)?,
             "STATE_DIR" => self.state_dir = absolute_path(key, value)?,
             "PIN_DIR" => self.pin_dir = absolute_path(key, value)?,
             "EVENTS_PER_SEC" => self.events_per_sec = number(key, value, 1, 10_000_000)?,

@@ -154,15 +154,33 @@ impl Shared {
     }
 }
 
-/// The kernel's runtime settings for a configuration.
-pub fn kernel_settings(eff: &Effective) -> Settings {
+/// The kernel's runtime settings for a configuration; `secret` keys the challenge
+/// cookies.
+pub fn kernel_settings(eff: &Effective, secret: u64) -> Settings {
     let rate = eff.config.events_per_sec.clamp(1, 10_000_000);
     Settings {
         event_trigger: eff.config.scan_trigger.max(1),
         events_per_sec: rate,
         event_burst: rate,
-        flags: 0,
+        flags: if eff.config.verify_sources {
+            portsentry_common::maps::SETTING_VERIFY
+        } else {
+            0
+        },
+        cookie_secret: secret,
     }
+}
+
+/// A random 64-bit secret from the kernel.
+fn random_secret() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom into a valid 8-byte buffer.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 8, 0) };
+    if n != 8 {
+        // Never fails for 8 bytes once the pool is ready; fall back to the clock.
+        return crate::clock::monotonic_ns() ^ u64::from(std::process::id()) << 32;
+    }
+    u64::from_ne_bytes(b)
 }
 
 /// The map sizes for a configuration.
@@ -177,7 +195,12 @@ pub fn map_sizes(eff: &Effective) -> MapSizes {
 /// Writes ports, settings and the ignore list into the kernel.
 fn apply(dp: &mut Dataplane, eff: &Effective) -> Result<()> {
     dp.write_ports(&eff.policy.tcp, &eff.policy.udp)?;
-    dp.write_settings(kernel_settings(eff))?;
+    // Keep the cookie secret across reloads (and adoptions): answers in flight stay valid.
+    let secret = match dp.settings().cookie_secret {
+        0 => random_secret(),
+        s => s,
+    };
+    dp.write_settings(kernel_settings(eff, secret))?;
     dp.replace_ignore(&eff.ignored_nets())?;
     Ok(())
 }
@@ -416,6 +439,13 @@ fn on_event(shared: &Arc<Shared>, raw: &ScanEvent) {
         scan_trigger: eff.config.scan_trigger,
         window: eff.config.scan_window,
     };
+    if eff.config.verify_sources && !ev.verified {
+        // VERIFY_SOURCES: a probe whose source has not answered the challenge may be
+        // forged; it is counted, never acted on (and not logged: floods would flood
+        // the log).
+        shared.metrics.unverified();
+        return;
+    }
     let handled = shared
         .handled
         .lock()
@@ -523,12 +553,17 @@ fn recover_detected(shared: &Arc<Shared>) {
             ts_ns: st.last_ns,
             first_ns: st.first_ns,
             ifindex: 0,
+            verified: st.flags & portsentry_common::maps::SOURCE_VERIFIED != 0,
         };
         let Some(mode) = eff.mode_token(ev.proto()) else {
             continue;
         };
         let block = eff.block_mode(ev.proto());
-        if block != BlockMode::Block || shared.book().covers(ip) {
+        let verified = st.flags & portsentry_common::maps::SOURCE_VERIFIED != 0;
+        if block != BlockMode::Block
+            || shared.book().covers(ip)
+            || (eff.config.verify_sources && !verified)
+        {
             continue;
         }
         if rules.judge(&ev, eff.is_ignored(ip), false) == Verdict::Act {
@@ -1047,6 +1082,7 @@ mod tests {
             ts_ns: 0,
             first_ns: 0,
             ifindex: 0,
+            verified: false,
         }
     }
 

@@ -19,6 +19,8 @@ pub struct ProbeEvent {
     pub ts_ns: u64,
     pub first_ns: u64,
     pub ifindex: u32,
+    /// The source answered the SYN-ACK challenge (VERIFY_SOURCES).
+    pub verified: bool,
 }
 
 impl ProbeEvent {
@@ -34,6 +36,7 @@ impl ProbeEvent {
             ts_ns: e.ts_ns,
             first_ns: e.first_ns,
             ifindex: e.ifindex,
+            verified: e.flags & portsentry_common::maps::EVENT_VERIFIED != 0,
         })
     }
 
@@ -108,6 +111,7 @@ mod tests {
             ts_ns: 10_000_000_000 + span_ms * 1_000_000,
             first_ns: 10_000_000_000,
             ifindex: 2,
+            verified: false,
         }
     }
 

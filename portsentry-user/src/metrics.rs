@@ -108,6 +108,7 @@ pub struct Metrics {
     events_read: PromCounter,
     bans_refused: PromCounter,
     reattached: PromCounter,
+    unverified: PromCounter,
     bans_added: Family<OriginLabels, PromCounter>,
     bans_removed: Family<ReasonLabels, PromCounter>,
     actions: Family<ActionLabels, PromCounter>,
@@ -126,6 +127,7 @@ impl Metrics {
             events_read: PromCounter::default(),
             bans_refused: PromCounter::default(),
             reattached: PromCounter::default(),
+            unverified: PromCounter::default(),
             bans_added: Family::default(),
             bans_removed: Family::default(),
             actions: Family::default(),
@@ -156,6 +158,11 @@ impl Metrics {
             "bans_refused",
             "Scanners made to wait because MAX_BANS_PER_SEC was reached (banned in the next seconds, most persistent first)",
             m.bans_refused.clone(),
+        );
+        m.registry.register(
+            "unverified_events",
+            "Probe events not acted on because their source has not answered the challenge (VERIFY_SOURCES)",
+            m.unverified.clone(),
         );
         m.registry.register(
             "reattached",
@@ -207,6 +214,11 @@ impl Metrics {
     /// A probe event was read from the ring buffer.
     pub fn event_read(&self) {
         self.events_read.inc();
+    }
+
+    /// A probe event from a source that has not answered the challenge.
+    pub fn unverified(&self) {
+        self.unverified.inc();
     }
 
     /// The program was found detached from an interface and attached again.
@@ -541,6 +553,7 @@ mod tests {
             "bans_capacity",
             "bans_refused",
             "reattached",
+            "unverified_events",
             "bans_added",
             "bans_removed",
             "actions",

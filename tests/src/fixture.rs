@@ -65,6 +65,7 @@ impl Fixture {
             events_per_sec: 0,
             event_burst: 0,
             flags: 0,
+            cookie_secret: 0,
         })
     }
 
@@ -94,6 +95,24 @@ impl Fixture {
             retval: r.retval,
             delta: after.since(&before),
         }
+    }
+
+    /// Runs one frame; also returns the frame as the program left it.
+    pub fn run_out(&mut self, frame: &[u8]) -> (Outcome, Vec<u8>) {
+        let before = self.dp.counters().expect("counters");
+        let fd = self.dp.program_fd().expect("fd");
+        let (r, out) = self
+            .ns
+            .enter(|| testrun::run_out(fd, frame, 1))
+            .expect("test run");
+        let after = self.dp.counters().expect("counters");
+        (
+            Outcome {
+                retval: r.retval,
+                delta: after.since(&before),
+            },
+            out,
+        )
     }
 
     /// Runs a frame and asserts its verdict and reason.

@@ -38,9 +38,19 @@ pub struct RunResult {
 pub const XDP_ABORTED: u32 = 0;
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
 
 /// Runs `prog` over `frame` `repeat` times (at least once).
 pub fn run(prog: BorrowedFd<'_>, frame: &[u8], repeat: u32) -> std::io::Result<RunResult> {
+    run_out(prog, frame, repeat).map(|(r, _)| r)
+}
+
+/// Like [`run`], also returning the frame as the program left it (for XDP_TX).
+pub fn run_out(
+    prog: BorrowedFd<'_>,
+    frame: &[u8],
+    repeat: u32,
+) -> std::io::Result<(RunResult, Vec<u8>)> {
     let mut out = vec![0u8; frame.len() + 512];
     let mut attr = TestRunAttr {
         prog_fd: prog.as_raw_fd() as u32,
@@ -63,10 +73,14 @@ pub fn run(prog: BorrowedFd<'_>, frame: &[u8], repeat: u32) -> std::io::Result<R
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(RunResult {
-        retval: attr.retval,
-        duration_ns: attr.duration,
-    })
+    out.truncate(attr.data_size_out as usize);
+    Ok((
+        RunResult {
+            retval: attr.retval,
+            duration_ns: attr.duration,
+        },
+        out,
+    ))
 }
 
 const BPF_PROG_LOAD: libc::c_long = 5;

@@ -32,6 +32,7 @@ fn kernel_and_host_classify_random_frames_alike() {
         events_per_sec: 1,
         event_burst: 1,
         flags: 0,
+        cookie_secret: 0,
     });
     let all = PortSet::from_range(0..=u16::MAX);
     fx.dp.write_ports(&all, &all).unwrap();

@@ -443,3 +443,67 @@ fn kill_9_in_a_burst_of_bans_loses_none() {
     }
     assert!(d.stop().success());
 }
+
+/// VERIFY_SOURCES: forged SYNs "from" a real host (the gateway, say) never ban it, since
+/// the challenge goes to the real host, which answers it with a RST; a scanner that
+/// completes the handshake (a connect scan) proves its address and is banned.
+#[test]
+fn verification_mode_never_bans_a_forged_source() {
+    require_kernel!();
+    let net = TestNet::new(2);
+    let wd = Workdir::new();
+    fs::write(wd.path("portsentry.ignore"), "").unwrap();
+    // Generic XDP: native XDP_TX on a veth needs NAPI on the peer (an XDP program
+    // there); on a real NIC native mode answers the challenge itself.
+    wd.config(&net.server_if, "VERIFY_SOURCES=\"1\"\nXDP_MODE=\"skb\"\n");
+    let d = start(&net, &wd);
+    let (real, gateway, half_open) = (net.attacker_v4[0], net.attacker_v4[1], net.attacker_v4[2]);
+
+    // Probes forged from the gateway's address.
+    forged(&net, gateway, 20);
+    // A half-open SYN scan cannot be told from a forged one: not banned either.
+    let out = net.attacker.try_exec(&format!(
+        "nmap -n -Pn -sS -e {} -S {half_open} -p 20-30 --max-retries 0 -T4 {}",
+        net.attacker_if, net.server_v4
+    ));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("(1 host up)"));
+    // A connect to a closed watched port completes against the challenge.
+    let conn = net.attacker.enter(|| {
+        tcp_connect(
+            real,
+            SocketAddr::new(net.server_v4, 23),
+            Duration::from_secs(2),
+        )
+    });
+    // The handshake completes against the challenge; the server's stack then resets
+    // the connection (nothing listens), which may reach connect() first.
+    assert!(
+        conn.as_ref().map_or_else(
+            |e| e.kind() == std::io::ErrorKind::ConnectionReset,
+            |_| true
+        ),
+        "the challenge answers a connect: {conn:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || banned(&wd, real)),
+        "a source that completed the handshake must be banned"
+    );
+    d.wait_for(
+        &format!("Host {real} has been blocked via XDP drop"),
+        Duration::from_secs(2),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!banned(&wd, gateway), "a forged source was banned");
+    assert!(
+        !banned(&wd, half_open),
+        "an unverified half-open scan was banned"
+    );
+    let st = status(&wd);
+    assert!(
+        st["counters"]["tx_challenge"].as_u64().unwrap() >= 20,
+        "{}",
+        st["counters"]
+    );
+    assert!(st["counters"]["verified"].as_u64().unwrap() >= 1);
+    assert!(d.stop().success());
+}

@@ -112,6 +112,7 @@ fn per_packet(args: &Args) {
         events_per_sec: 1,
         event_burst: 1,
         flags: 0,
+        cookie_secret: 0,
     })
     .unwrap();
     dp.replace_ignore(&["203.0.113.0/24".parse().unwrap()])
@@ -184,6 +185,7 @@ fn per_packet(args: &Args) {
             events_per_sec: 1,
             event_burst: 1,
             flags: 0,
+            cookie_secret: 0,
         })
         .unwrap();
         d.replace_ignore(&["203.0.113.0/24".parse().unwrap()])
