@@ -706,6 +706,7 @@ fn scan_ban(shared: &Shared, eff: &Effective, ev: &ProbeEvent, mode: &str) -> bo
             true
         }
         Err(e) => {
+            shared.metrics.ban_failed();
             shared.log.warn(&format!(
                 "attackalert: ERROR: Could not block host {}: {e:#}",
                 ev.ip

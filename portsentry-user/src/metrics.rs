@@ -109,6 +109,7 @@ pub struct Metrics {
     bans_refused: PromCounter,
     reattached: PromCounter,
     unverified: PromCounter,
+    bans_failed: PromCounter,
     bans_added: Family<OriginLabels, PromCounter>,
     bans_removed: Family<ReasonLabels, PromCounter>,
     actions: Family<ActionLabels, PromCounter>,
@@ -128,6 +129,7 @@ impl Metrics {
             bans_refused: PromCounter::default(),
             reattached: PromCounter::default(),
             unverified: PromCounter::default(),
+            bans_failed: PromCounter::default(),
             bans_added: Family::default(),
             bans_removed: Family::default(),
             actions: Family::default(),
@@ -158,6 +160,11 @@ impl Metrics {
             "bans_refused",
             "Scanners made to wait because MAX_BANS_PER_SEC was reached (banned in the next seconds, most persistent first)",
             m.bans_refused.clone(),
+        );
+        m.registry.register(
+            "bans_failed",
+            "Bans that could not be put in force (PS_BANS full: existing bans are never evicted)",
+            m.bans_failed.clone(),
         );
         m.registry.register(
             "unverified_events",
@@ -214,6 +221,11 @@ impl Metrics {
     /// A probe event was read from the ring buffer.
     pub fn event_read(&self) {
         self.events_read.inc();
+    }
+
+    /// A ban could not be put in force (the ban map is full).
+    pub fn ban_failed(&self) {
+        self.bans_failed.inc();
     }
 
     /// A probe event from a source that has not answered the challenge.
@@ -554,6 +566,7 @@ mod tests {
             "bans_refused",
             "reattached",
             "unverified_events",
+            "bans_failed",
             "bans_added",
             "bans_removed",
             "actions",

@@ -134,6 +134,15 @@ fn spoofed_flood_is_rate_limited_and_a_real_scanner_is_still_banned() {
     assert!(!per_second.is_empty());
     assert!(per_second.values().all(|n| *n <= 20), "{per_second:?}");
     let st = status(&wd);
+    let probes = st["counters"]["pass_probe"].as_u64().unwrap();
+    assert!(probes > 1000, "the flood arrived: {}", st["counters"]);
+    eprintln!(
+        "flood: {probes} forged probes counted in 4 s ({:.0}/s), {} events throttled, {} scan \
+         bans",
+        probes as f64 / 4.0,
+        st["counters"]["event_throttled"],
+        per_second.values().sum::<u32>()
+    );
     assert!(
         st["counters"]["pass_probe"].as_u64().unwrap() > 1000,
         "the flood arrived: {}",
@@ -147,6 +156,7 @@ fn spoofed_flood_is_rate_limited_and_a_real_scanner_is_still_banned() {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap();
     assert!(rss_kb < 200 * 1024, "daemon RSS {rss_kb} kB");
+    eprintln!("flood: daemon RSS {rss_kb} kB, control answer in {answer:?}");
     d.wait_for("MAX_BANS_PER_SEC (20) reached", Duration::from_secs(1));
     assert!(d.stop().success());
 }
