@@ -446,12 +446,7 @@ fn on_event(shared: &Arc<Shared>, raw: &ScanEvent) {
         shared.metrics.unverified();
         return;
     }
-    let handled = shared
-        .handled
-        .lock()
-        .expect("handled lock")
-        .contains(&ev.ip)
-        || shared.book().covers(ev.ip);
+    let handled = is_handled(shared, ev.ip);
     match rules.judge(&ev, eff.is_ignored(ev.ip), handled) {
         Verdict::Ignored | Verdict::BelowTrigger => {}
         Verdict::OutsideWindow => {
@@ -590,17 +585,16 @@ fn drain_waiting(shared: &Arc<Shared>) {
     };
     let best = shared.waiting.lock().expect("waiting lock").take_best(n);
     for (ev, mode, block) in best {
-        let handled = shared
-            .handled
-            .lock()
-            .expect("handled lock")
-            .contains(&ev.ip)
-            || shared.book().covers(ev.ip);
-        if handled || eff.is_ignored(ev.ip) {
+        if is_handled(shared, ev.ip) || eff.is_ignored(ev.ip) {
             continue;
         }
         act(shared, &eff, ev, mode, block);
     }
+}
+
+/// Whether `ip` was acted on already (or is covered by a ban).
+fn is_handled(shared: &Shared, ip: IpAddr) -> bool {
+    shared.handled.lock().expect("handled lock").contains(&ip) || shared.book().covers(ip)
 }
 
 fn cached_name(shared: &Shared, ip: IpAddr) -> String {

@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod fixture;
 pub mod frames;
 pub mod netns;
+pub mod scenario;
 pub mod testrun;
 
 /// True when kernel tests can run (we are root). Outside CI a non-root run skips them;

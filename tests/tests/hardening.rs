@@ -13,38 +13,11 @@ use portsentry_tests::{
     daemon::{Daemon, Workdir, wait_until},
     netns::{TestNet, tcp_connect},
     require_kernel,
+    scenario::{banned, probe, reaches, start, status},
 };
-
-fn start(net: &TestNet, wd: &Workdir) -> Daemon {
-    Daemon::start(&net.server, &["run", "-c", wd.conf().to_str().unwrap()])
-}
-
-fn probe(net: &TestNet, src: IpAddr) {
-    let dst = SocketAddr::new(net.server_v4, 23);
-    let _ = net
-        .attacker
-        .enter(|| tcp_connect(src, dst, Duration::from_millis(300)));
-}
-
-fn reaches(net: &TestNet, src: IpAddr) -> bool {
-    let dst = SocketAddr::new(net.server_v4, 80);
-    net.attacker
-        .enter(|| tcp_connect(src, dst, Duration::from_millis(800)))
-        .is_ok()
-}
-
-fn status(wd: &Workdir) -> serde_json::Value {
-    let (ok, out, err) = wd.cli(&["status", "--json"]);
-    assert!(ok, "status failed: {err}");
-    serde_json::from_str(&out).unwrap()
-}
 
 fn bans(wd: &Workdir) -> Vec<serde_json::Value> {
     status(wd)["bans"].as_array().unwrap().clone()
-}
-
-fn banned(wd: &Workdir, ip: IpAddr) -> bool {
-    bans(wd).iter().any(|b| b["net"] == format!("{ip}/32"))
 }
 
 /// A flood of SYNs to port 22 from random forged sources, for `secs` seconds.

@@ -14,27 +14,8 @@ use portsentry_tests::{
     daemon::{Daemon, Workdir, wait_until},
     netns::{TestNet, tcp_connect},
     require_kernel,
+    scenario::{ban_nets, probe, reaches, start, status},
 };
-
-fn start(net: &TestNet, wd: &Workdir) -> Daemon {
-    Daemon::start(&net.server, &["run", "-c", wd.conf().to_str().unwrap()])
-}
-
-/// A SYN probe from `src` to a closed watched port (refused, or dropped if banned).
-fn probe(net: &TestNet, src: IpAddr) {
-    let dst = SocketAddr::new(net.server_v4, 23);
-    let _ = net
-        .attacker
-        .enter(|| tcp_connect(src, dst, Duration::from_millis(300)));
-}
-
-/// Whether `src` can open a connection to the service on port 80.
-fn reaches(net: &TestNet, src: IpAddr) -> bool {
-    let dst = SocketAddr::new(net.server_v4, 80);
-    net.attacker
-        .enter(|| tcp_connect(src, dst, Duration::from_millis(800)))
-        .is_ok()
-}
 
 fn banned_in_history(wd: &Workdir, ip: IpAddr) -> bool {
     wd.read("portsentry.history")
@@ -48,21 +29,6 @@ fn wait_banned(wd: &Workdir, d: &Daemon, ip: IpAddr) {
         "{ip} not banned; log:\n{}",
         d.lines().join("\n")
     );
-}
-
-fn status(wd: &Workdir) -> serde_json::Value {
-    let (ok, out, err) = wd.cli(&["status", "--json"]);
-    assert!(ok, "status failed: {err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status --json: {e}: {out}"))
-}
-
-fn ban_nets(st: &serde_json::Value) -> Vec<String> {
-    st["bans"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["net"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 fn count(haystack: &str, needle: &str) -> usize {

@@ -806,51 +806,33 @@ fn ones_sum(bytes: &[u8], mut sum: u32) -> u32 {
     sum
 }
 
-/// True when the TCP checksum of the segment at `l4` in `frame` is right.
-fn tcp_checksum_ok(frame: &[u8], src: IpAddr, dst: IpAddr, l4: usize) -> bool {
-    let seg = &frame[l4..];
-    let mut sum = 0;
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            sum = ones_sum(&s.octets(), sum);
-            sum = ones_sum(&d.octets(), sum);
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            sum = ones_sum(&s.octets(), sum);
-            sum = ones_sum(&d.octets(), sum);
-        }
-        _ => unreachable!(),
-    }
-    sum += 6 + seg.len() as u32;
-    sum = ones_sum(seg, sum);
+/// The pseudo-header sum of a TCP segment of `len` bytes.
+fn pseudo_sum(src: IpAddr, dst: IpAddr, len: usize) -> u32 {
+    let octets = |a: IpAddr| match a {
+        IpAddr::V4(v) => v.octets().to_vec(),
+        IpAddr::V6(v) => v.octets().to_vec(),
+    };
+    ones_sum(&octets(dst), ones_sum(&octets(src), 0)) + 6 + len as u32
+}
+
+fn fold(mut sum: u32) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
-    sum == 0xffff
+    sum as u16
+}
+
+/// True when the TCP checksum of the segment at `l4` in `frame` is right.
+fn tcp_checksum_ok(frame: &[u8], src: IpAddr, dst: IpAddr, l4: usize) -> bool {
+    let seg = &frame[l4..];
+    fold(ones_sum(seg, pseudo_sum(src, dst, seg.len()))) == 0xffff
 }
 
 /// Fills in a TCP checksum for `frame` (the builder leaves it 0).
 fn with_tcp_checksum(mut frame: Vec<u8>, src: IpAddr, dst: IpAddr, l4: usize) -> Vec<u8> {
-    frame[l4 + 16] = 0;
-    frame[l4 + 17] = 0;
-    let mut sum = 0;
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            sum = ones_sum(&s.octets(), sum);
-            sum = ones_sum(&d.octets(), sum);
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            sum = ones_sum(&s.octets(), sum);
-            sum = ones_sum(&d.octets(), sum);
-        }
-        _ => unreachable!(),
-    }
-    sum += 6 + (frame.len() - l4) as u32;
-    sum = ones_sum(&frame[l4..], sum);
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    let c = !(sum as u16);
+    frame[l4 + 16..l4 + 18].copy_from_slice(&[0, 0]);
+    let seg = &frame[l4..];
+    let c = !fold(ones_sum(seg, pseudo_sum(src, dst, seg.len())));
     frame[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
     frame
 }
