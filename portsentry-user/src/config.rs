@@ -640,7 +640,9 @@ pub(crate) fn read_text(path: &Path) -> Result<String, ConfigError> {
         .read_to_end(&mut bytes)
         .map_err(|e| err(0, format!("cannot read: {e}")))?;
     check_size(bytes.len(), path)?;
-    for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
+    // A leading byte-order mark is not part of line 1 (parsing skips it too).
+    let body = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(&bytes);
+    for (i, line) in body.split(|b| *b == b'\n').enumerate() {
         let n = i + 1;
         if line.len() > MAX_LINE_BYTES + 1 {
             return Err(err(n, too_long(line.len())));
