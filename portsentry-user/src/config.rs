@@ -1206,6 +1206,7 @@ HOSTS_DENY_FILE="/etc/hosts.deny.local"
 KILL_TIMEOUT="5"
 SCAN_WINDOW="10m"
 WATCH_EPHEMERAL_UDP="1"
+VERIFY_SOURCES="1"
 STATE_DIR="/run/ps"
 PIN_DIR="/sys/fs/bpf/ps2"
 EVENTS_PER_SEC="10000000"
@@ -1266,6 +1267,7 @@ SYSLOG="0"
         assert_eq!(c.kill_timeout, Duration::from_secs(5));
         assert_eq!(c.scan_window, Duration::from_secs(600));
         assert!(c.watch_ephemeral_udp);
+        assert!(c.verify_sources);
         assert_eq!(c.state_dir, Path::new("/run/ps"));
         assert_eq!(c.pin_dir, Path::new("/sys/fs/bpf/ps2"));
         assert_eq!(c.events_per_sec, 10_000_000);
@@ -1275,7 +1277,7 @@ SYSLOG="0"
         assert_eq!(c.metrics_address, Some("[::1]:9100".parse().unwrap()));
         assert!(!c.syslog);
         assert_eq!(c.line_of("TCP_PORTS"), 2);
-        assert_eq!(c.line_of("SYSLOG"), 41);
+        assert_eq!(c.line_of("SYSLOG"), 42);
         // Stealth TCP watches exactly TCP_PORTS; UDP is off.
         assert_eq!(c.tcp_watched_ports(), tcp);
         assert!(c.udp_watched_ports().is_empty());

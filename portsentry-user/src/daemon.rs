@@ -128,6 +128,11 @@ struct BanBudget {
 }
 
 impl BanBudget {
+    /// True when this second's bans are all taken (without taking one).
+    fn spent(&self, limit: u32, now_secs: u64) -> bool {
+        limit != 0 && now_secs == self.window && self.used >= limit
+    }
+
     /// True when one more ban fits in this second (`limit` 0: unlimited).
     fn take(&mut self, limit: u32, now_secs: u64) -> bool {
         if now_secs != self.window {
@@ -485,26 +490,24 @@ fn act(
     mode: &'static str,
     block: BlockMode,
 ) {
+    // A spent budget sends the scanner straight to the waiting list (no task for it).
     if block == BlockMode::Block {
-        let now = SystemTime::now()
+        let secs = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        let mut budget = shared.ban_budget.lock().expect("budget lock");
-        if !budget.take(eff.config.max_bans_per_sec, now) {
+        let spent = shared
+            .ban_budget
+            .lock()
+            .expect("budget lock")
+            .spent(eff.config.max_bans_per_sec, secs);
+        if spent {
             shared.metrics.ban_refused();
             shared
                 .waiting
                 .lock()
                 .expect("waiting lock")
                 .offer(ev, mode, block);
-            if budget.refused == 1 {
-                shared.log.warn(&format!(
-                    "portsentry: MAX_BANS_PER_SEC ({}) reached; the scanners beyond it are \
-                     banned in the next seconds, the most persistent first",
-                    eff.config.max_bans_per_sec
-                ));
-            }
             return;
         }
     }
@@ -572,6 +575,28 @@ fn recover_detected(shared: &Arc<Shared>) {
              acting on them now"
         ));
     }
+}
+
+/// Takes one ban from this second's MAX_BANS_PER_SEC; false (counted, logged once a
+/// second) when it is spent.
+fn take_ban_budget(shared: &Shared, eff: &Effective, now: SystemTime) -> bool {
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let mut budget = shared.ban_budget.lock().expect("budget lock");
+    if budget.take(eff.config.max_bans_per_sec, secs) {
+        return true;
+    }
+    shared.metrics.ban_refused();
+    if budget.refused == 1 {
+        shared.log.warn(&format!(
+            "portsentry: MAX_BANS_PER_SEC ({}) reached; the scanners beyond it are banned in \
+             the next seconds, the most persistent first",
+            eff.config.max_bans_per_sec
+        ));
+    }
+    false
 }
 
 /// Bans the scanners that waited for the budget, the most persistent first.
@@ -643,11 +668,23 @@ async fn respond(
         port: ev.port,
         mode,
     };
+    // MAX_BANS_PER_SEC is taken when the response starts, and the ban is dated with
+    // the same instant, so that no second holds more bans than the limit.
+    let now = SystemTime::now();
+    if block == BlockMode::Block && !take_ban_budget(shared, eff, now) {
+        shared.handled.lock().expect("handled lock").remove(&ev.ip);
+        shared
+            .waiting
+            .lock()
+            .expect("waiting lock")
+            .offer(ev, mode, block);
+        return;
+    }
     let steps = actions::plan(c, block, &target);
     // The XDP ban does not wait for the name lookup when it comes first.
     let mut banned = false;
     if steps.first() == Some(&Step::XdpBan) {
-        banned = scan_ban(shared, eff, &ev, mode);
+        banned = scan_ban(shared, eff, &ev, mode, now);
     }
     let name = resolve(shared, eff, ev.ip).await;
     if banned && name != ev.ip.to_string() {
@@ -666,7 +703,7 @@ async fn respond(
     }
     for step in &steps {
         if *step == Step::XdpBan {
-            if !banned && !scan_ban(shared, eff, &ev, mode) {
+            if !banned && !scan_ban(shared, eff, &ev, mode, now) {
                 continue;
             }
             log.notice(&format!(
@@ -687,9 +724,19 @@ async fn respond(
 }
 
 /// Puts the XDP ban of a scanner in force; false (logged) when that failed.
-fn scan_ban(shared: &Shared, eff: &Effective, ev: &ProbeEvent, mode: &str) -> bool {
+fn scan_ban(
+    shared: &Shared,
+    eff: &Effective,
+    ev: &ProbeEvent,
+    mode: &str,
+    now: SystemTime,
+) -> bool {
     let mut book = shared.book();
     let mut ban = book.new_ban(&eff.config, IpNet::from(ev.ip), BanOrigin::Scan, None);
+    if let Some(e) = ban.expires {
+        ban.expires = Some(now + e.duration_since(ban.since).unwrap_or_default());
+    }
+    ban.since = now;
     ban.port = ev.port;
     ban.proto = ev.proto();
     ban.scan_type = Some(ev.scan_type);
@@ -1110,7 +1157,8 @@ mod tests {
     #[test]
     fn ban_budget_per_second() {
         let mut b = BanBudget::default();
-        assert!(b.take(2, 10) && b.take(2, 10));
+        assert!(b.take(2, 10) && !b.spent(2, 10) && b.take(2, 10));
+        assert!(b.spent(2, 10) && !b.spent(2, 11));
         assert!(!b.take(2, 10) && !b.take(2, 10));
         assert_eq!(b.refused, 2);
         assert!(b.take(2, 11), "a new second, a new budget");
