@@ -14,6 +14,11 @@ pub const BANS: &str = "PS_BANS";
 /// the common case (not banned) costs one inlined array read instead of a hash lookup.
 /// Userspace sets the bit before it inserts a ban and clears it when no ban left uses it.
 pub const BAN_FILTER: &str = "PS_BAN_FILTER";
+/// A direct-mapped cache of exact bans: `Array<BanSlot>` of [`BAN_CACHE_SLOTS`],
+/// indexed by the low bits of [`ban_filter_bit`]. A banned source found in its slot is
+/// dropped with two inlined array reads and no hash lookup; a ban that collides with
+/// another in its slot is only in `PS_BANS` (and found there).
+pub const BAN_CACHE: &str = "PS_BAN_CACHE";
 /// Prefix bans. `LpmTrie<Addr, BanEntry>` (key: prefix length in bits over the 128-bit
 /// form, IPv4 prefixes + 96).
 pub const BAN_NETS: &str = "PS_BAN_NETS";
@@ -34,9 +39,10 @@ pub const SETTINGS: &str = "PS_SETTINGS";
 pub const EVENT_BUDGET: &str = "PS_EV_BUDGET";
 
 /// Every map name, for pinning and clean-up.
-pub const ALL: [&str; 10] = [
+pub const ALL: [&str; 11] = [
     BANS,
     BAN_FILTER,
+    BAN_CACHE,
     BAN_NETS,
     IGNORE,
     PORTS,
@@ -57,6 +63,27 @@ pub const EVENTS_BYTES: u32 = 1 << 20;
 /// each costing one hash lookup, with a million bans).
 pub const BAN_FILTER_BITS: u32 = 24;
 pub const BAN_FILTER_WORDS: u32 = 1 << (BAN_FILTER_BITS - 6);
+
+/// Slots in `PS_BAN_CACHE` (8 MiB).
+pub const BAN_CACHE_SLOTS: u32 = 1 << 18;
+
+/// The `PS_BAN_CACHE` slot of an address.
+#[inline(always)]
+pub const fn ban_cache_slot(addr: &crate::packet::AddrWords) -> u32 {
+    ban_filter_bit(addr) & (BAN_CACHE_SLOTS - 1)
+}
+
+/// A value of `PS_BAN_CACHE`. Host byte order except `addr` (memory order words).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct BanSlot {
+    pub addr: crate::packet::AddrWords,
+    /// As `BanEntry::expires_ns` (0 = permanent).
+    pub expires_ns: u64,
+    /// 1 when the slot holds a ban (an all-zero address is a real source: `::`).
+    pub used: u64,
+}
+const _: () = assert!(size_of::<BanSlot>() == 32);
 
 /// The `PS_BAN_FILTER` bit of an address: a multiplicative hash of its two words.
 #[inline(always)]
@@ -260,4 +287,5 @@ mod user {
     unsafe impl aya::Pod for ScanEvent {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for EventBudget {}
+    unsafe impl aya::Pod for BanSlot {}
 }

@@ -29,10 +29,11 @@ use bytemuck::Pod;
 use portsentry_common::{
     Addr, Counter, PROTO_TCP, ScanType,
     maps::{
-        BAN_FILTER_WORDS, BAN_NETS_MAX, BANS_MAX, BanEntry, EVENT_BUDGET_HITS, EVENT_BURST,
-        EVENT_VERIFIED, EVENTS_BYTES, EventBudget, IGNORE_MAX, PORT_WORDS, SETTING_IGNORE,
-        SETTING_PREFIX_BANS, SETTING_VERIFY, SOURCE_VERIFIED, SOURCES_MAX, ScanEvent, Settings,
-        SourceStats, UDP_PORT_WORD_BASE, ban_filter_bit, cookie, cookie_slot,
+        BAN_CACHE_SLOTS, BAN_FILTER_WORDS, BAN_NETS_MAX, BANS_MAX, BanEntry, BanSlot,
+        EVENT_BUDGET_HITS, EVENT_BURST, EVENT_VERIFIED, EVENTS_BYTES, EventBudget, IGNORE_MAX,
+        PORT_WORDS, SETTING_IGNORE, SETTING_PREFIX_BANS, SETTING_VERIFY, SOURCE_VERIFIED,
+        SOURCES_MAX, ScanEvent, Settings, SourceStats, UDP_PORT_WORD_BASE, ban_filter_bit, cookie,
+        cookie_slot,
     },
     packet::{
         AddrWords, EthHdr, Ip, Ipv4Hdr, Ipv6Hdr, L4, Packet, TcpHdr, parse_ip, parse_l4, scan_type,
@@ -44,6 +45,8 @@ use portsentry_common::{
 static PS_BANS: HashMap<Addr, BanEntry> = HashMap::with_max_entries(BANS_MAX, BPF_F_NO_PREALLOC);
 #[map]
 static PS_BAN_FILTER: Array<u64> = Array::with_max_entries(BAN_FILTER_WORDS, 0);
+#[map]
+static PS_BAN_CACHE: Array<BanSlot> = Array::with_max_entries(BAN_CACHE_SLOTS, 0);
 #[map]
 static PS_BAN_NETS: LpmTrie<Addr, BanEntry> = LpmTrie::with_max_entries(BAN_NETS_MAX, 0);
 #[map]
@@ -328,10 +331,26 @@ fn is_banned(src: &AddrWords, flags: u32) -> bool {
         None => true,
     };
     if maybe {
-        if let Some(ban) = PS_BANS.get_ptr(key(src)) {
-            // SAFETY: a value pointer from a successful lookup.
-            if ban_active(unsafe { (*ban).expires_ns }) {
-                return true;
+        // The cache first: a hit needs no hash lookup.
+        let cached = match PS_BAN_CACHE.get(bit & (BAN_CACHE_SLOTS - 1)) {
+            Some(slot) if slot.used != 0 && slot.addr[0] == src[0] && slot.addr[1] == src[1] => {
+                Some(slot.expires_ns)
+            }
+            _ => None,
+        };
+        match cached {
+            Some(expires_ns) => {
+                if ban_active(expires_ns) {
+                    return true;
+                }
+            }
+            None => {
+                if let Some(ban) = PS_BANS.get_ptr(key(src)) {
+                    // SAFETY: a value pointer from a successful lookup.
+                    if ban_active(unsafe { (*ban).expires_ns }) {
+                        return true;
+                    }
+                }
             }
         }
     }

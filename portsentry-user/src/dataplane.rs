@@ -560,10 +560,18 @@ impl Dataplane {
         let mut words = vec![0u64; maps::BAN_FILTER_WORDS as usize];
         let mut users = std::collections::HashMap::new();
         let m: HashMap<_, Addr, BanEntry> = HashMap::try_from(self.map(maps::BANS)?)?;
-        for k in m.keys() {
-            let bit = filter_bit(&k?);
+        let mut bans = Vec::new();
+        for item in m.iter() {
+            let (k, v) = item?;
+            let bit = filter_bit(&k);
             words[(bit >> 6) as usize] |= 1 << (bit & 63);
             *users.entry(bit).or_insert(0) += 1;
+            bans.push((k, v.expires_ns));
+        }
+        // The cache gets every ban whose slot is free or already its own (which also
+        // refreshes an expiry a crash left stale).
+        for (k, expires_ns) in bans {
+            self.cache_put(&k, expires_ns)?;
         }
         let mut a: Array<_, u64> = Array::try_from(self.map_mut(maps::BAN_FILTER)?)?;
         for (i, w) in words.iter().enumerate() {
@@ -572,6 +580,40 @@ impl Dataplane {
             }
         }
         self.filter_users = users;
+        Ok(())
+    }
+
+    /// Puts a ban into its `PS_BAN_CACHE` slot unless another ban holds it.
+    fn cache_put(&mut self, key: &Addr, expires_ns: u64) -> Result<()> {
+        let w: portsentry_common::packet::AddrWords = bytemuck::cast(*key);
+        let idx = maps::ban_cache_slot(&w);
+        let mut a: Array<_, maps::BanSlot> = Array::try_from(self.map_mut(maps::BAN_CACHE)?)?;
+        let cur = a.get(&idx, 0)?;
+        if cur.used == 0 || cur.addr == w {
+            a.set(
+                idx,
+                maps::BanSlot {
+                    addr: w,
+                    expires_ns,
+                    used: 1,
+                },
+                0,
+            )
+            .context("writing PS_BAN_CACHE")?;
+        }
+        Ok(())
+    }
+
+    /// Empties the `PS_BAN_CACHE` slot of a ban if the ban holds it.
+    fn cache_drop(&mut self, key: &Addr) -> Result<()> {
+        let w: portsentry_common::packet::AddrWords = bytemuck::cast(*key);
+        let idx = maps::ban_cache_slot(&w);
+        let mut a: Array<_, maps::BanSlot> = Array::try_from(self.map_mut(maps::BAN_CACHE)?)?;
+        let cur = a.get(&idx, 0)?;
+        if cur.used != 0 && cur.addr == w {
+            a.set(idx, maps::BanSlot::default(), 0)
+                .context("writing PS_BAN_CACHE")?;
+        }
         Ok(())
     }
 
@@ -607,6 +649,8 @@ impl Dataplane {
                 return Err(e)
                     .with_context(|| format!("writing the ban of {net} (is PS_BANS full?)"));
             }
+            // After the hash: the cache never holds a ban the hash lacks.
+            self.cache_put(&key, entry.expires_ns)?;
         } else {
             let mut m: LpmTrie<_, Addr, BanEntry> =
                 LpmTrie::try_from(self.map_mut(maps::BAN_NETS)?)?;
@@ -621,6 +665,8 @@ impl Dataplane {
     pub fn remove_ban(&mut self, net: &IpNet) -> Result<bool> {
         let (len, key) = addr::net_key(net);
         let removed = if addr::is_host(net) {
+            // Before the hash: the cache never holds a ban the hash lacks.
+            self.cache_drop(&key)?;
             let mut m: HashMap<_, Addr, BanEntry> = HashMap::try_from(self.map_mut(maps::BANS)?)?;
             let removed = absent_is_false(m.remove(&key))?;
             if removed {

@@ -937,3 +937,75 @@ fn verification_challenges_syns_and_verifies_answers() {
         fx.drain_events();
     }
 }
+
+/// Two bans in one `PS_BAN_CACHE` slot: the first is served by the cache, the second by
+/// the hash; lifting either leaves the other in force.
+#[test]
+fn ban_cache_collisions() {
+    require_kernel!();
+    use portsentry_common::maps::ban_cache_slot;
+    let words =
+        |ip: IpAddr| -> packet::AddrWords { bytemuck::cast(portsentry_user::addr::to_key(ip)) };
+    let a = ip("198.51.100.1");
+    let slot = ban_cache_slot(&words(a));
+    let b = (2..=u32::MAX)
+        .map(|n| IpAddr::from((0xc633_6400u32 + n).to_be_bytes()))
+        .find(|c| ban_cache_slot(&words(*c)) == slot)
+        .expect("a colliding address");
+    let dst = ip(V4_DST);
+    let mut fx = Fixture::new();
+    for src in [a, b] {
+        fx.dp
+            .insert_ban(&IpNet::from(src), &BanEntry::default())
+            .unwrap();
+    }
+    for src in [a, b] {
+        fx.expect(
+            &Frame::tcp(src, dst, 443, ACK).build(),
+            XDP_DROP,
+            Counter::DropBanned,
+        );
+    }
+    // Lift the cached one: the other is still found (in the hash).
+    assert!(fx.dp.remove_ban(&IpNet::from(a)).unwrap());
+    fx.expect(
+        &Frame::tcp(a, dst, 443, ACK).build(),
+        XDP_PASS,
+        Counter::PassNotProbe,
+    );
+    fx.expect(
+        &Frame::tcp(b, dst, 443, ACK).build(),
+        XDP_DROP,
+        Counter::DropBanned,
+    );
+    // A cached ban that expired does not hide a prefix ban over the same source.
+    let expired = BanEntry {
+        expires_ns: monotonic_ns() - 1_000_000_000,
+        ..Default::default()
+    };
+    fx.dp.insert_ban(&IpNet::from(a), &expired).unwrap();
+    let o = fx.expect(
+        &Frame::tcp(a, dst, 443, ACK).build(),
+        XDP_PASS,
+        Counter::PassNotProbe,
+    );
+    assert_eq!(o.delta.get(Counter::BanExpired), 1);
+    fx.dp
+        .insert_ban(&net("198.51.100.0/24"), &BanEntry::default())
+        .unwrap();
+    fx.expect(
+        &Frame::tcp(a, dst, 443, ACK).build(),
+        XDP_DROP,
+        Counter::DropBanned,
+    );
+    // A later ban of the same address with a new expiry replaces the cached one.
+    fx.dp.remove_ban(&net("198.51.100.0/24")).unwrap();
+    fx.dp
+        .insert_ban(&IpNet::from(a), &BanEntry::default())
+        .unwrap();
+    fx.expect(
+        &Frame::tcp(a, dst, 443, ACK).build(),
+        XDP_DROP,
+        Counter::DropBanned,
+    );
+}
