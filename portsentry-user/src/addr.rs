@@ -1,7 +1,7 @@
 //! Conversions between std/ipnet addresses and the kernel's 16-byte form
 //! (`portsentry_common::Addr`: network order, IPv4 mapped into IPv6).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use portsentry_common::{Addr, V4_MAPPED_PREFIX_BITS, v4_mapped};
@@ -59,14 +59,15 @@ pub fn host_net(ip: IpAddr) -> IpNet {
     IpNet::from(ip)
 }
 
-/// Convenience for tests and examples.
-pub fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(a, b, c, d))
-}
-
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
+
+    fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+    }
 
     #[test]
     fn round_trips() {

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use ipnet::IpNet;
 use portsentry_common::maps::{BanOrigin, ScanEvent, Settings};
@@ -33,7 +33,7 @@ use crate::{
     cli::RunArgs,
     config::{BlockMode, Config},
     control::{self, Request, Response},
-    dataplane::{self, Dataplane, MapSizes},
+    dataplane::{Dataplane, MapSizes},
     detector::{ProbeEvent, Rules, Verdict},
     localaddrs,
     metrics::{self, Metrics, Snapshot},
@@ -1099,14 +1099,6 @@ pub fn running_pid(state_dir: &Path) -> Option<u32> {
             .and_then(|s| s.trim().parse().ok()),
         _ => None,
     }
-}
-
-/// Fails unless `pin_dir` can hold pins (used by `unload` and tests).
-pub fn check_pin_dir(pin_dir: &Path) -> Result<()> {
-    if !pin_dir.is_absolute() {
-        bail!("PIN_DIR must be absolute: {}", pin_dir.display());
-    }
-    dataplane::ensure_pin_dir(pin_dir)
 }
 
 #[cfg(test)]

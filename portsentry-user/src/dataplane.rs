@@ -850,18 +850,3 @@ fn absent_is_false(r: Result<(), MapError>) -> Result<bool> {
         Err(e) => Err(e.into()),
     }
 }
-
-/// Fails unless `sizes` are sane for the kernel.
-pub fn check_sizes(sizes: &MapSizes) -> Result<()> {
-    for (name, v) in [
-        ("bans", sizes.bans),
-        ("ban_nets", sizes.ban_nets),
-        ("ignore", sizes.ignore),
-        ("sources", sizes.sources),
-    ] {
-        if v == 0 {
-            bail!("map size `{name}` must be at least 1");
-        }
-    }
-    Ok(())
-}

@@ -5,7 +5,6 @@
 //! clock (Unix milliseconds), so an expiry is respected across reboots.
 
 use std::{
-    net::IpAddr,
     path::{Path, PathBuf},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -240,11 +239,6 @@ pub fn reconcile(
         }
     }
     out
-}
-
-/// True when `ip` is banned by one of `store`'s bans.
-pub fn covers(store: &BanStore, ip: IpAddr) -> bool {
-    store.covering(ip).is_some()
 }
 
 #[cfg(test)]

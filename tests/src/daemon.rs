@@ -237,7 +237,12 @@ impl Workdir {
 
     /// A configuration for `iface` with commands that record their order; `extra` lines
     /// are appended, replacing the defaults of the keys they set.
+    /// An empty ignore file is written unless the test wrote one first.
     pub fn config(&self, iface: &str, extra: &str) -> PathBuf {
+        let ignore = self.path("portsentry.ignore");
+        if !ignore.exists() {
+            fs::write(&ignore, "").unwrap();
+        }
         let order = self.path("order").display().to_string();
         let text = format!(
             "# written by the test\n\

@@ -54,3 +54,20 @@ pub fn ban_nets(st: &serde_json::Value) -> Vec<String> {
 pub fn banned(wd: &Workdir, ip: IpAddr) -> bool {
     ban_nets(&status(wd)).contains(&format!("{ip}/32"))
 }
+
+/// Whether `ip` has a line in the workdir's history file (it was acted on).
+pub fn history_has(wd: &Workdir, ip: IpAddr) -> bool {
+    wd.read("portsentry.history")
+        .lines()
+        .any(|l| l.contains(&format!("/{ip} Port: ")))
+}
+
+/// Waits (15 s at most) for `ip`'s history line; panics with the daemon's log.
+pub fn wait_banned(wd: &Workdir, d: &Daemon, ip: IpAddr) {
+    assert!(
+        crate::daemon::wait_until(Duration::from_secs(15), || history_has(wd, ip)),
+        "{ip} was not banned; log:\n{}\nhistory:\n{}",
+        d.lines().join("\n"),
+        wd.read("portsentry.history")
+    );
+}

@@ -13,6 +13,7 @@ use portsentry_tests::{
     daemon::{Daemon, Workdir, binary, wait_until},
     netns::{TestNet, tcp_connect},
     require_kernel,
+    scenario::{history_has, wait_banned},
 };
 
 /// Runs nmap from `src` in the attacker namespace against `dst`.
@@ -43,22 +44,6 @@ fn forged_syns(net: &TestNet, src: IpAddr, dst: IpAddr, port: u16, count: u32) {
     assert!(
         text.contains(&format!("{count} packets transmitted")),
         "hping3 did not send: {text}"
-    );
-}
-
-fn history_has(files: &Workdir, ip: IpAddr) -> bool {
-    files
-        .read("portsentry.history")
-        .lines()
-        .any(|l| l.contains(&format!("/{ip} Port: ")))
-}
-
-fn wait_banned(files: &Workdir, d: &Daemon, ip: IpAddr) {
-    assert!(
-        wait_until(Duration::from_secs(15), || history_has(files, ip)),
-        "{ip} was not banned; log:\n{}\nhistory:\n{}",
-        d.lines().join("\n"),
-        files.read("portsentry.history")
     );
 }
 
@@ -198,7 +183,6 @@ fn kill_run_cmd_first_runs_the_command_before_the_blocking() {
     require_kernel!();
     let net = TestNet::new(0);
     let files = Workdir::new();
-    fs::write(files.path("portsentry.ignore"), "").unwrap();
     let conf = files.config(&net.server_if, "KILL_RUN_CMD_FIRST=\"1\"\n");
     let d = Daemon::start(&net.server, &["run", "-c", conf.to_str().unwrap()]);
     let src = net.attacker_v4[0];
@@ -222,7 +206,6 @@ fn report_only_logs_and_records_but_does_not_block() {
     require_kernel!();
     let net = TestNet::new(0);
     let files = Workdir::new();
-    fs::write(files.path("portsentry.ignore"), "").unwrap();
     let conf = files.config(&net.server_if, "");
     // BLOCK_TCP=0 overrides the 1 above? No: duplicate keys are errors. Write afresh.
     let text = fs::read_to_string(&conf)
@@ -361,7 +344,6 @@ fn this_hosts_own_addresses_are_never_banned() {
     require_kernel!();
     let net = TestNet::new(0);
     let files = Workdir::new();
-    fs::write(files.path("portsentry.ignore"), "").unwrap();
     let conf = files.config(&net.server_if, "");
     let d = Daemon::start(&net.server, &["run", "-c", conf.to_str().unwrap()]);
     // An address the server gains after start-up (the daemon re-reads them every second).

@@ -139,7 +139,6 @@ fn a_full_ban_map_never_evicts_a_ban() {
     require_kernel!();
     let net = TestNet::new(0);
     let wd = Workdir::new();
-    fs::write(wd.path("portsentry.ignore"), "").unwrap();
     wd.config(
         &net.server_if,
         "MAX_BANS=\"16\"\nMAX_BANS_PER_SEC=\"0\"\nKILL_ROUTE=\"\"\nKILL_RUN_CMD=\"\"\n",
@@ -167,7 +166,6 @@ fn a_hanging_kill_command_is_killed_and_later_bans_proceed() {
     require_kernel!();
     let net = TestNet::new(1);
     let wd = Workdir::new();
-    fs::write(wd.path("portsentry.ignore"), "").unwrap();
     wd.config(
         &net.server_if,
         "KILL_ROUTE=\"\"\nKILL_RUN_CMD=\"sleep 61.25\"\nKILL_TIMEOUT=\"1s\"\n",
@@ -212,7 +210,6 @@ fn hostile_reverse_dns_names_never_reach_a_shell() {
     require_kernel!();
     let net = TestNet::new(0);
     let wd = Workdir::new();
-    fs::write(wd.path("portsentry.ignore"), "").unwrap();
     let marker = wd.path("pwned");
     let attacker = net.attacker_v4[0];
     let hostile = format!(
@@ -263,7 +260,6 @@ fn interface_down_up_and_an_external_detach_are_survived() {
     require_kernel!();
     let net = TestNet::new(2);
     let wd = Workdir::new();
-    fs::write(wd.path("portsentry.ignore"), "").unwrap();
     wd.config(&net.server_if, "");
     let _svc = net
         .server
@@ -325,7 +321,6 @@ fn a_full_disk_under_the_history_file_loses_no_ban() {
     require_kernel!();
     let net = TestNet::new(0);
     let wd = Workdir::new();
-    fs::write(wd.path("portsentry.ignore"), "").unwrap();
     let full = wd.path("full");
     fs::create_dir(&full).unwrap();
     // A tiny tmpfs of the test's own, filled up.
@@ -378,7 +373,6 @@ fn kill_9_in_a_burst_of_bans_loses_none() {
     require_kernel!();
     let net = TestNet::new(19);
     let wd = Workdir::new();
-    fs::write(wd.path("portsentry.ignore"), "").unwrap();
     wd.config(&net.server_if, "");
     let d = start(&net, &wd);
     let sources = net.attacker_v4.clone();
@@ -435,7 +429,6 @@ fn verification_mode_never_bans_a_forged_source() {
     require_kernel!();
     let net = TestNet::new(2);
     let wd = Workdir::new();
-    fs::write(wd.path("portsentry.ignore"), "").unwrap();
     // Generic XDP: native XDP_TX on a veth needs NAPI on the peer (an XDP program
     // there); on a real NIC native mode answers the challenge itself.
     wd.config(&net.server_if, "VERIFY_SOURCES=\"1\"\nXDP_MODE=\"skb\"\n");

@@ -4,32 +4,17 @@
 //! an attacker namespace.
 
 use std::{
-    fs,
     io::{Read as _, Write as _},
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream},
     time::Duration,
 };
 
 use portsentry_tests::{
-    daemon::{Daemon, Workdir, wait_until},
+    daemon::{Workdir, wait_until},
     netns::{TestNet, tcp_connect},
     require_kernel,
-    scenario::{ban_nets, probe, reaches, start, status},
+    scenario::{ban_nets, probe, reaches, start, status, wait_banned},
 };
-
-fn banned_in_history(wd: &Workdir, ip: IpAddr) -> bool {
-    wd.read("portsentry.history")
-        .lines()
-        .any(|l| l.contains(&format!("/{ip} Port: ")))
-}
-
-fn wait_banned(wd: &Workdir, d: &Daemon, ip: IpAddr) {
-    assert!(
-        wait_until(Duration::from_secs(10), || banned_in_history(wd, ip)),
-        "{ip} not banned; log:\n{}",
-        d.lines().join("\n")
-    );
-}
 
 fn count(haystack: &str, needle: &str) -> usize {
     haystack.matches(needle).count()
@@ -40,7 +25,6 @@ fn kill_9_leaves_protection_and_a_restart_adopts_everything() {
     require_kernel!();
     let net = TestNet::new(3);
     let wd = Workdir::new();
-    fs::write(wd.path("portsentry.ignore"), "").unwrap();
     wd.config(&net.server_if, "");
     let _svc = net
         .server
@@ -139,7 +123,6 @@ fn bans_expire_in_the_kernel_and_in_userspace_with_undo_commands() {
     require_kernel!();
     let net = TestNet::new(2);
     let wd = Workdir::new();
-    fs::write(wd.path("portsentry.ignore"), "").unwrap();
     let order = wd.path("order").display().to_string();
     wd.config(
         &net.server_if,
@@ -217,7 +200,6 @@ fn ban_unban_and_status_round_trips() {
     require_kernel!();
     let net = TestNet::new(2);
     let wd = Workdir::new();
-    fs::write(wd.path("portsentry.ignore"), "").unwrap();
     wd.config(&net.server_if, "");
     let _svc = net
         .server
@@ -327,7 +309,6 @@ fn metrics_endpoint_counts_what_was_sent() {
     require_kernel!();
     let net = TestNet::new(1);
     let wd = Workdir::new();
-    fs::write(wd.path("portsentry.ignore"), "").unwrap();
     let addr = "127.0.0.1:9477";
     wd.config(&net.server_if, &format!("METRICS_ADDRESS=\"{addr}\"\n"));
     let d = start(&net, &wd);

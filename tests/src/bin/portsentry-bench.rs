@@ -321,7 +321,6 @@ fn reaction(runs: usize) {
     {
         let net = TestNet::new((runs - 1) as u8);
         let wd = Workdir::new();
-        std::fs::write(wd.path("portsentry.ignore"), "").unwrap();
         let conf = wd.config(&net.server_if, "");
         let d = Daemon::start(&net.server, &["run", "-c", conf.to_str().unwrap()]);
         let closed = SocketAddr::new(net.server_v4, 23);
@@ -615,7 +614,6 @@ fn daemon_memory(n: u32) {
     for bans in [0, n] {
         let net = TestNet::new(0);
         let wd = Workdir::new();
-        std::fs::write(wd.path("portsentry.ignore"), "").unwrap();
         let conf = wd.config(&net.server_if, &format!("MAX_BANS=\"{}\"\n", n + 16));
         let mut store = BanStore::new();
         let now = std::time::SystemTime::now();
