@@ -268,16 +268,6 @@ pub struct EventBudget {
 }
 const _: () = assert!(size_of::<EventBudget>() == 16);
 
-/// Key type of the LPM tries: prefix length then the 16-byte address. Same layout as
-/// `aya_ebpf::maps::lpm_trie::Key<Addr>` and `aya::maps::lpm_trie::Key<Addr>`.
-#[repr(C, packed)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct LpmKey {
-    pub prefix_len: u32,
-    pub addr: Addr,
-}
-const _: () = assert!(size_of::<LpmKey>() == 20);
-
 #[cfg(feature = "user")]
 mod user {
     use super::*;

@@ -19,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{dataplane::AttachMode, ports::PortSet};
+use crate::{kernel::AttachMode, ports::PortSet};
 
 /// Largest config (or ignore) file we read.
 pub const MAX_FILE_BYTES: u64 = 1 << 20;

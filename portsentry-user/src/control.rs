@@ -57,7 +57,7 @@ impl Response {
 }
 
 pub fn socket_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("control.sock")
+    crate::paths::control_socket(state_dir)
 }
 
 /// Binds the control socket (replacing a stale one; the caller holds the state lock).

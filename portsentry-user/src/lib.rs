@@ -1,23 +1,27 @@
 //! The portsentry daemon and CLI as a library, so the integration tests can drive it.
+//!
+//! From the bottom up: fixed names ([`paths`]), small typed values ([`kinds`]), the
+//! configuration ([`config`], [`settings`]), PortSentry's records ([`report`]), hardened
+//! file writes ([`fsutil`]), the kernel maps ([`kernel`]), bans ([`bans`]), the kill
+//! actions ([`actions`]), metrics, the control-socket protocol ([`control`]), the daemon
+//! ([`daemon`]) and the command line ([`cli`]). Nothing below the daemon imports it.
 
 pub mod actions;
-pub mod addr;
 pub mod bans;
-pub mod book;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod control;
 pub mod daemon;
-pub mod dataplane;
-pub mod detector;
+pub mod fsutil;
 pub mod ignore;
+pub mod kernel;
+pub mod kinds;
 pub mod localaddrs;
 pub mod metrics;
-pub mod object;
-pub mod ops;
+pub mod paths;
+pub mod pidfile;
 pub mod policy;
 pub mod ports;
-pub mod records;
+pub mod report;
 pub mod settings;
-pub mod state;

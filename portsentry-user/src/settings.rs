@@ -11,8 +11,9 @@ use crate::{
     actions::{self, Step, Target},
     cli::ConfigArgs,
     config::{self, BlockMode, Config, Mode},
-    dataplane::AttachMode,
     ignore::IgnoreList,
+    kernel::AttachMode,
+    kinds::{ModeToken, Protocol},
     localaddrs,
     policy::{self, PortPolicy},
 };
@@ -118,20 +119,20 @@ impl Effective {
         self.ignore_file.contains(ip) || localaddrs::covered(&self.always_ignored, ip)
     }
 
-    /// PortSentry's `$MODE$` token for a protocol (6 or 17), `None` when it is off.
-    pub fn mode_token(&self, proto: u8) -> Option<&'static str> {
-        if proto == portsentry_common::PROTO_TCP {
-            self.config.tcp_mode.tcp_token()
-        } else {
-            self.config.udp_mode.udp_token()
-        }
+    /// PortSentry's `$MODE$` token for a protocol, `None` when it is off.
+    pub fn mode_token(&self, proto: Protocol) -> Option<ModeToken> {
+        let mode = match proto {
+            Protocol::Tcp => self.config.tcp_mode,
+            Protocol::Udp => self.config.udp_mode,
+        };
+        ModeToken::of(mode, proto)
     }
 
-    pub fn block_mode(&self, proto: u8) -> BlockMode {
-        if proto == portsentry_common::PROTO_TCP {
-            self.config.block_tcp
-        } else {
-            self.config.block_udp
+    /// `BLOCK_TCP` or `BLOCK_UDP`.
+    pub fn block_mode(&self, proto: Protocol) -> BlockMode {
+        match proto {
+            Protocol::Tcp => self.config.block_tcp,
+            Protocol::Udp => self.config.block_udp,
         }
     }
 
@@ -216,14 +217,14 @@ impl Effective {
         for n in &self.always_ignored {
             let _ = writeln!(s, "    {n}");
         }
-        for (proto, pnum) in [("TCP", 6u8), ("UDP", 17u8)] {
-            let block = self.block_mode(pnum);
+        for proto in [Protocol::Tcp, Protocol::Udp] {
+            let block = self.block_mode(proto);
             let _ = writeln!(
                 s,
                 "actions on a {proto} scan (BLOCK_{proto}={}):",
                 block.as_number()
             );
-            let Some(mode) = self.mode_token(pnum) else {
+            let Some(mode) = self.mode_token(proto) else {
                 let _ = writeln!(s, "  none: {proto} is not watched");
                 continue;
             };

@@ -1,5 +1,11 @@
-//! The ban store: every ban in force with what caused it, and how long a ban lasts.
-//! The kernel map is the enforcement; this is the record the daemon keeps beside it.
+//! Bans: every ban in force with what caused it ([`Ban`], [`BanStore`]), how long a ban
+//! lasts ([`ban_duration`]), the one place that changes them ([`book::Book`]), the
+//! operator's actions on them ([`ops`]) and their file ([`state`]). The kernel maps are
+//! the enforcement; this is the record the daemon keeps beside them.
+
+pub mod book;
+pub mod ops;
+pub mod state;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -13,7 +19,12 @@ use portsentry_common::{
     maps::{BanEntry, BanOrigin},
 };
 
-use crate::clock;
+use crate::{
+    clock,
+    kinds::{ModeToken, Protocol},
+};
+
+pub use book::Book;
 
 /// One ban.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,11 +36,11 @@ pub struct Ban {
     pub expires: Option<SystemTime>,
     /// Destination port of the probe that caused it (0 for a manual ban).
     pub port: u16,
-    /// 6 (TCP), 17 (UDP) or 0 (manual).
-    pub proto: u8,
+    /// The protocol of that probe (`None` for a manual ban).
+    pub proto: Option<Protocol>,
     pub scan_type: Option<ScanType>,
-    /// PortSentry's mode token (`atcp`, `stcp`, `audp`, `sudp`) or `manual`.
-    pub mode: String,
+    /// PortSentry's mode token of the scan (`None` for a manual ban).
+    pub mode: Option<ModeToken>,
     /// The name the host was logged under (resolved name, or the address).
     pub name: String,
     /// How many times this network has been banned, this ban included.
@@ -52,6 +63,29 @@ impl Ban {
     pub fn is_expired(&self, now: SystemTime) -> bool {
         self.expires.is_some_and(|e| e <= now)
     }
+
+    /// Whether ending this ban runs undo steps (UNKILL_*): only a scan ban of one host
+    /// ran kill commands.
+    pub fn has_undo(&self) -> bool {
+        self.origin == BanOrigin::Scan && self.net.prefix_len() == self.net.max_prefix_len()
+    }
+}
+
+/// The probe that caused a scan ban.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScanCause {
+    pub port: u16,
+    pub scan_type: ScanType,
+    pub mode: ModeToken,
+}
+
+/// What a new ban is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// An operator's `portsentry ban`.
+    Operator,
+    /// A scan the daemon detected.
+    Scan(ScanCause),
 }
 
 /// How long the `nth` ban (1-based) of a source lasts: `base` times `factor` to the
@@ -174,9 +208,9 @@ mod tests {
             since: SystemTime::now(),
             expires,
             port: 22,
-            proto: 6,
+            proto: Some(Protocol::Tcp),
             scan_type: Some(ScanType::TcpSyn),
-            mode: "atcp".into(),
+            mode: Some(ModeToken::Atcp),
             name: net.into(),
             count,
         }

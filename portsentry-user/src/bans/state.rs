@@ -17,16 +17,17 @@ use portsentry_common::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::{Ban, BanStore};
 use crate::{
-    bans::{Ban, BanStore},
-    clock,
+    clock, fsutil,
+    kinds::{self, ModeToken, Protocol},
+    paths,
 };
 
-pub const FILE_NAME: &str = "bans.json";
 const VERSION: u32 = 1;
 
 pub fn path(state_dir: &Path) -> PathBuf {
-    state_dir.join(FILE_NAME)
+    paths::state_file(state_dir)
 }
 
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
@@ -59,21 +60,6 @@ fn from_ms(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 
-pub fn origin_name(o: BanOrigin) -> &'static str {
-    match o {
-        BanOrigin::Scan => "scan",
-        BanOrigin::Manual => "manual",
-    }
-}
-
-fn origin_from(name: &str) -> Option<BanOrigin> {
-    match name {
-        "scan" => Some(BanOrigin::Scan),
-        "manual" => Some(BanOrigin::Manual),
-        _ => None,
-    }
-}
-
 /// Serializes the store.
 pub fn to_json(store: &BanStore) -> String {
     let mut previous: Vec<(IpNet, u32)> = store.previous().map(|(n, c)| (*n, *c)).collect();
@@ -84,13 +70,13 @@ pub fn to_json(store: &BanStore) -> String {
             .iter()
             .map(|b| BanRecord {
                 net: b.net,
-                origin: origin_name(b.origin).to_owned(),
+                origin: kinds::origin_name(b.origin).to_owned(),
                 since_ms: ms(b.since),
                 expires_ms: b.expires.map(ms),
                 port: b.port,
-                proto: b.proto,
+                proto: b.proto.map_or(0, Protocol::number),
                 scan_type: b.scan_type.map(|t| t.name().to_owned()),
-                mode: b.mode.clone(),
+                mode: kinds::mode_word(b.mode).to_owned(),
                 name: b.name.clone(),
                 count: b.count,
             })
@@ -111,8 +97,22 @@ pub fn from_json(text: &str) -> Result<BanStore> {
         store.set_previous(net, count);
     }
     for r in file.bans {
-        let origin = origin_from(&r.origin)
+        let origin = kinds::origin_from_name(&r.origin)
             .with_context(|| format!("ban of {}: unknown origin {:?}", r.net, r.origin))?;
+        let mode = match r.mode.as_str() {
+            kinds::MANUAL => None,
+            m => Some(
+                ModeToken::parse(m)
+                    .with_context(|| format!("ban of {}: unknown mode {m:?}", r.net))?,
+            ),
+        };
+        let proto = match r.proto {
+            0 => None,
+            n => Some(
+                Protocol::from_number(n)
+                    .with_context(|| format!("ban of {}: unknown protocol {n}", r.net))?,
+            ),
+        };
         let scan_type = match &r.scan_type {
             Some(n) => Some(
                 ScanType::from_name(n)
@@ -126,9 +126,9 @@ pub fn from_json(text: &str) -> Result<BanStore> {
             since: from_ms(r.since_ms),
             expires: r.expires_ms.map(from_ms),
             port: r.port,
-            proto: r.proto,
+            proto,
             scan_type,
-            mode: r.mode,
+            mode,
             name: r.name,
             count: r.count,
         });
@@ -141,7 +141,7 @@ pub fn save(state_dir: &Path, store: &BanStore) -> Result<()> {
     let path = path(state_dir);
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("creating {}", state_dir.display()))?;
-    crate::actions::write_atomic(&path, to_json(store).as_bytes(), None)
+    fsutil::write_atomic(&path, to_json(store).as_bytes(), None)
         .with_context(|| format!("writing {}", path.display()))
 }
 
@@ -163,18 +163,20 @@ pub fn load(state_dir: &Path) -> Result<BanStore> {
 }
 
 /// A ban known only to the kernel (made just before a crash): rebuilt from its entry.
-pub fn ban_from_kernel(net: IpNet, e: &BanEntry, tcp_mode: &str, udp_mode: &str) -> Ban {
+/// `tcp_mode` and `udp_mode` are the configured modes' tokens.
+pub fn ban_from_kernel(net: IpNet, e: &BanEntry, tcp_mode: ModeToken, udp_mode: ModeToken) -> Ban {
     let scan_type = ScanType::from_u8(e.scan_type);
     let origin = if e.origin == BanOrigin::Manual as u8 {
         BanOrigin::Manual
     } else {
         BanOrigin::Scan
     };
-    let (proto, mode) = match (origin, scan_type) {
-        (BanOrigin::Manual, _) | (_, None) => (0, "manual".to_owned()),
-        (_, Some(ScanType::Udp)) => (17, udp_mode.to_owned()),
-        (_, Some(_)) => (6, tcp_mode.to_owned()),
+    let mode = match (origin, scan_type) {
+        (BanOrigin::Manual, _) | (_, None) => None,
+        (_, Some(ScanType::Udp)) => Some(udp_mode),
+        (_, Some(_)) => Some(tcp_mode),
     };
+    let proto = mode.map(ModeToken::protocol);
     Ban {
         net,
         origin,
@@ -208,8 +210,8 @@ pub fn reconcile(
     saved: BanStore,
     kernel: &[(IpNet, BanEntry)],
     now: SystemTime,
-    tcp_mode: &str,
-    udp_mode: &str,
+    tcp_mode: ModeToken,
+    udp_mode: ModeToken,
 ) -> Reconciled {
     let mut out = Reconciled::default();
     for (net, count) in saved.previous() {
@@ -252,9 +254,9 @@ mod tests {
             since: UNIX_EPOCH + Duration::from_millis(1_795_625_334_123),
             expires,
             port: 22,
-            proto: 6,
+            proto: Some(Protocol::Tcp),
             scan_type: Some(ScanType::TcpSyn),
-            mode: "atcp".into(),
+            mode: Some(ModeToken::Atcp),
             name: "scanner.example".into(),
             count: 2,
         }
@@ -278,6 +280,68 @@ mod tests {
         );
         assert_eq!(back.times_banned(&"198.51.100.1/32".parse().unwrap()), 4);
         assert_eq!(to_json(&back), text);
+    }
+
+    /// A state file as the first release wrote it (mode and protocol as words and
+    /// numbers, `manual` for an operator's ban) loads into the typed store and is written
+    /// back byte for byte.
+    #[test]
+    fn a_file_from_the_first_release_loads() {
+        let text = r#"{
+  "version": 1,
+  "bans": [
+    {
+      "net": "192.0.2.7/32",
+      "origin": "scan",
+      "since_ms": 1795625334123,
+      "expires_ms": null,
+      "port": 31337,
+      "proto": 17,
+      "scan_type": "udp",
+      "mode": "sudp",
+      "name": "scanner.example",
+      "count": 1
+    },
+    {
+      "net": "198.51.100.0/24",
+      "origin": "manual",
+      "since_ms": 1795625334123,
+      "expires_ms": 1900000000000,
+      "port": 0,
+      "proto": 0,
+      "scan_type": null,
+      "mode": "manual",
+      "name": "198.51.100.0",
+      "count": 1
+    }
+  ],
+  "previous": [
+    [
+      "192.0.2.7/32",
+      1
+    ],
+    [
+      "198.51.100.0/24",
+      1
+    ]
+  ]
+}"#;
+        let s = from_json(text).unwrap();
+        let udp = s.get(&"192.0.2.7/32".parse().unwrap()).unwrap();
+        assert_eq!(
+            (udp.proto, udp.mode, udp.scan_type),
+            (
+                Some(Protocol::Udp),
+                Some(ModeToken::Sudp),
+                Some(ScanType::Udp)
+            )
+        );
+        let manual = s.get(&"198.51.100.0/24".parse().unwrap()).unwrap();
+        assert_eq!((manual.proto, manual.mode), (None, None));
+        assert_eq!(to_json(&s), text);
+        let bad_mode = text.replace("\"sudp\"", "\"xtcp\"");
+        let e = from_json(&bad_mode).unwrap_err();
+        assert!(format!("{e:#}").contains("unknown mode"), "{e:#}");
     }
 
     #[test]
@@ -330,15 +394,15 @@ mod tests {
             ("192.0.2.1/32".parse().unwrap(), live),
             ("192.0.2.4/32".parse().unwrap(), live), // made just before a crash
         ];
-        let r = reconcile(saved, &kernel, now, "atcp", "audp");
+        let r = reconcile(saved, &kernel, now, ModeToken::Atcp, ModeToken::Audp);
         assert_eq!(r.to_insert, vec!["192.0.2.2/32".parse::<IpNet>().unwrap()]);
         assert_eq!(r.adopted, vec!["192.0.2.4/32".parse::<IpNet>().unwrap()]);
         assert_eq!(r.expired.len(), 1);
         assert_eq!(r.store.len(), 3);
         let adopted = r.store.get(&"192.0.2.4/32".parse().unwrap()).unwrap();
         assert_eq!(
-            (adopted.port, adopted.proto, adopted.mode.as_str()),
-            (80, 6, "atcp")
+            (adopted.port, adopted.proto, adopted.mode),
+            (80, Some(Protocol::Tcp), Some(ModeToken::Atcp))
         );
         assert_eq!(adopted.scan_type, Some(ScanType::TcpFin));
     }

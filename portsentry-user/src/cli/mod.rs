@@ -1,12 +1,67 @@
-//! The command line. PortSentry 1.2's mode flags (`-atcp -audp -stcp -sudp -tcp -udp`)
-//! are single-dash words that no argument parser reads as such, so [`translate_legacy`]
+//! The command line: its arguments (here) and one file per subcommand, which [`execute`]
+//! dispatches to. PortSentry 1.2's mode flags (`-atcp -audp -stcp -sudp -tcp -udp`) are
+//! single-dash words that no argument parser reads as such, so [`translate_legacy`]
 //! rewrites them into the modern options before clap sees the arguments.
 
-use std::{ffi::OsString, path::PathBuf};
+mod bans;
+mod check_config;
+mod run;
+mod status;
+mod unload;
 
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{config::Mode, dataplane::AttachMode};
+use crate::{
+    config::{self, Config, Mode},
+    kernel::AttachMode,
+    settings,
+};
+
+/// Runs a subcommand: its output on stdout and exit status 0, or `portsentry: <error>`
+/// on stderr and exit status 1.
+pub fn execute(command: Command) -> ExitCode {
+    let result = match command {
+        Command::CheckConfig(args) => check_config::run(&args),
+        Command::Run(args) => run::run(args).map(|()| String::new()),
+        Command::Status(args) => status::status(&args),
+        Command::Ban(args) => bans::ban(&args).map(line),
+        Command::Unban(args) => bans::unban(&args).map(line),
+        Command::Unload(args) => unload::unload(&args).map(line),
+    };
+    match result {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("portsentry: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn line(s: String) -> String {
+    s + "\n"
+}
+
+/// The configuration for an operator command (the file named, else the default one,
+/// else the built-in defaults).
+fn config(file: &FileArgs) -> Result<Config> {
+    Ok(match &file.config {
+        Some(p) => config::load(p)?,
+        None if Path::new(settings::DEFAULT_CONFIG).exists() => {
+            config::load(Path::new(settings::DEFAULT_CONFIG))?
+        }
+        None => Config::default(),
+    })
+}
 
 /// portsentry: a line-rate port-scan detector and blocker (XDP), compatible with
 /// PortSentry's configuration.

@@ -5,7 +5,7 @@
 use std::{
     collections::{BTreeSet, HashMap},
     net::IpAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, SystemTime},
 };
 
@@ -13,11 +13,12 @@ use anyhow::{Context as _, Result};
 use ipnet::IpNet;
 use portsentry_common::maps::BanOrigin;
 
+use super::{Ban, BanStore, Cause, ban_duration, state};
 use crate::{
-    bans::{Ban, BanStore, ban_duration},
     config::Config,
-    dataplane::Dataplane,
-    records, state,
+    kernel::Dataplane,
+    kinds::{self, Protocol},
+    report::history,
 };
 
 pub struct Book {
@@ -28,7 +29,7 @@ pub struct Book {
     state_dir: PathBuf,
     blocked_file: PathBuf,
     /// Modes whose blocked file was written, so it is emptied when its last ban goes.
-    blocked_modes: BTreeSet<String>,
+    blocked_modes: BTreeSet<&'static str>,
     /// Bans changed since the files were last written.
     dirty: bool,
 }
@@ -69,16 +70,32 @@ impl Book {
         Ok(removed)
     }
 
-    /// A new ban for `net` (the store counts repeat offenders; `duration` overrides
-    /// the configured one, zero meaning permanent).
+    /// Lifts the bans of `nets`, trying every one: the bans that were in force, and the
+    /// networks whose lift failed with why.
+    pub fn lift_many(&mut self, nets: &[IpNet]) -> (Vec<Ban>, Vec<(IpNet, anyhow::Error)>) {
+        let mut lifted = Vec::new();
+        let mut failed = Vec::new();
+        for net in nets {
+            match self.lift(net) {
+                Ok(Some(b)) => lifted.push(b),
+                Ok(None) => {}
+                Err(e) => failed.push((*net, e)),
+            }
+        }
+        (lifted, failed)
+    }
+
+    /// A new ban of `net` for `cause`, starting `now`: BAN_TIME grown for repeat
+    /// offenders (the store counts them), unless `duration` overrides it (zero meaning
+    /// permanent).
     pub fn new_ban(
         &self,
         config: &Config,
         net: IpNet,
-        origin: BanOrigin,
+        cause: Cause,
         duration: Option<Duration>,
+        now: SystemTime,
     ) -> Ban {
-        let now = SystemTime::now();
         let nth = self.store.times_banned(&net) + 1;
         let d = match duration {
             Some(d) if d.is_zero() => None,
@@ -90,15 +107,19 @@ impl Book {
                 nth,
             ),
         };
+        let (origin, port, scan_type, mode) = match cause {
+            Cause::Operator => (BanOrigin::Manual, 0, None, None),
+            Cause::Scan(s) => (BanOrigin::Scan, s.port, Some(s.scan_type), Some(s.mode)),
+        };
         Ban {
             net,
             origin,
             since: now,
             expires: d.map(|d| now + d),
-            port: 0,
-            proto: 0,
-            scan_type: None,
-            mode: "manual".to_owned(),
+            port,
+            proto: scan_type.map(Protocol::of),
+            scan_type,
+            mode,
             name: net.addr().to_string(),
             count: nth,
         }
@@ -128,12 +149,12 @@ impl Book {
 
     /// Rewrites `BLOCKED_FILE.<mode>` for every mode that has (or had) bans.
     fn write_blocked_files(&mut self) -> Result<()> {
-        let mut by_mode: HashMap<String, Vec<String>> = HashMap::new();
+        let mut by_mode: HashMap<&'static str, Vec<String>> = HashMap::new();
         for b in self.store.iter() {
             by_mode
-                .entry(b.mode.clone())
+                .entry(kinds::mode_word(b.mode))
                 .or_default()
-                .push(records::history_line(
+                .push(history::history_line(
                     b.since,
                     &b.name,
                     b.net.addr(),
@@ -141,20 +162,15 @@ impl Book {
                     b.proto,
                 ));
         }
-        self.blocked_modes.extend(by_mode.keys().cloned());
+        self.blocked_modes.extend(by_mode.keys().copied());
         let mut result = Ok(());
         for mode in &self.blocked_modes {
-            let path = blocked_path(&self.blocked_file, mode);
+            let path = history::blocked_path(&self.blocked_file, mode);
             let lines = by_mode.get(mode).cloned().unwrap_or_default();
-            if let Err(e) = records::write_blocked(&path, &lines) {
+            if let Err(e) = history::write_blocked(&path, &lines) {
                 result = Err(e).context("writing a blocked file");
             }
         }
         result
     }
-}
-
-/// `BLOCKED_FILE.<mode>`, as PortSentry 1.2 names it.
-pub fn blocked_path(base: &Path, mode: &str) -> PathBuf {
-    PathBuf::from(format!("{}.{mode}", base.display()))
 }

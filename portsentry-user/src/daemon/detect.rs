@@ -1,11 +1,22 @@
 //! Deciding what a probe event means: ignored, not enough yet, too slow for the scan
-//! window, already dealt with, or time to act.
+//! window, already dealt with, or time to act ([`Rules::judge`]); and acting on that
+//! decision for each event the kernel sends ([`on_event`]) and for scanners a previous
+//! daemon detected but did not ban ([`recover_detected`]).
 
-use std::{net::IpAddr, time::Duration};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
-use portsentry_common::{PROTO_TCP, PROTO_UDP, ScanType, maps::ScanEvent};
+use portsentry_common::{
+    ScanType,
+    maps::{EVENT_VERIFIED, SOURCE_VERIFIED, ScanEvent},
+};
 
-use crate::addr;
+use super::{Shared, respond};
+use crate::{
+    config::{BlockMode, Config},
+    kernel::addr,
+    kinds::Protocol,
+    report::alert,
+};
 
 /// A probe event from the kernel, in userspace types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,16 +47,12 @@ impl ProbeEvent {
             ts_ns: e.ts_ns,
             first_ns: e.first_ns,
             ifindex: e.ifindex,
-            verified: e.flags & portsentry_common::maps::EVENT_VERIFIED != 0,
+            verified: e.flags & EVENT_VERIFIED != 0,
         })
     }
 
-    pub fn proto(&self) -> u8 {
-        if self.scan_type.is_tcp() {
-            PROTO_TCP
-        } else {
-            PROTO_UDP
-        }
+    pub fn proto(&self) -> Protocol {
+        Protocol::of(self.scan_type)
     }
 }
 
@@ -67,12 +74,21 @@ pub enum Verdict {
 
 /// The detection rules. `scan_trigger` has PortSentry's meaning (0 and 1 both act on
 /// the first hit); a zero `window` means no window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rules {
     pub scan_trigger: u32,
     pub window: Duration,
 }
 
 impl Rules {
+    /// The rules of a configuration (SCAN_TRIGGER, SCAN_WINDOW).
+    pub fn new(c: &Config) -> Rules {
+        Rules {
+            scan_trigger: c.scan_trigger,
+            window: c.scan_window,
+        }
+    }
+
     pub fn trigger(&self) -> u32 {
         self.scan_trigger.max(1)
     }
@@ -93,6 +109,102 @@ impl Rules {
             return Verdict::OutsideWindow;
         }
         Verdict::Act
+    }
+}
+
+/// Acts on one probe event from the kernel.
+pub(super) fn on_event(shared: &Arc<Shared>, raw: &ScanEvent) {
+    let Some(ev) = ProbeEvent::from_raw(raw) else {
+        return;
+    };
+    let super::Current { eff, rules } = shared.current();
+    let Some(mode) = eff.mode_token(ev.proto()) else {
+        return;
+    };
+    if eff.config.verify_sources && !ev.verified {
+        // VERIFY_SOURCES: a probe whose source has not answered the challenge may be
+        // forged; it is counted, never acted on (and not logged: floods would flood
+        // the log).
+        shared.metrics.unverified();
+        return;
+    }
+    let handled = shared.is_handled(ev.ip);
+    match rules.judge(&ev, eff.is_ignored(ev.ip), handled) {
+        Verdict::Ignored | Verdict::BelowTrigger => {}
+        Verdict::OutsideWindow => {
+            if let Some(dp) = shared.book().dp.as_mut()
+                && let Err(e) = dp.forget_source(ev.ip)
+            {
+                shared.log.warn(&format!("portsentry: {e:#}"));
+            }
+        }
+        Verdict::AlreadyHandled => {
+            // Probes that raced the host's own response job are not logged as "already
+            // blocked" before the block itself is.
+            if !shared.book().covers(ev.ip) {
+                return;
+            }
+            let name = respond::cached_name(shared, ev.ip);
+            shared.log.notice(&alert::attack_alert(
+                ev.proto(),
+                ev.tcp_flags,
+                &name,
+                ev.ip,
+                ev.port,
+            ));
+            shared.log.notice(&alert::already_blocked(&name, ev.ip));
+        }
+        Verdict::Act => respond::act(shared, &eff, ev, mode, eff.block_mode(ev.proto())),
+    }
+}
+
+/// Acts on sources the kernel counted past SCAN_TRIGGER that are not banned: their
+/// event was read by a daemon that died before it banned them (or was lost). A banned
+/// source's entry is removed when it is banned, so what is left here was never acted
+/// on. Report-only hosts are skipped (they were reported; their entry stays).
+pub(super) fn recover_detected(shared: &Arc<Shared>) {
+    let super::Current { eff, rules } = shared.current();
+    let sources = match shared.book().dp.as_ref().map(|dp| dp.sources()) {
+        Some(Ok(s)) => s,
+        _ => return,
+    };
+    let mut n = 0;
+    for (ip, st) in sources {
+        let Some(scan_type) = ScanType::from_u8(st.last_scan_type) else {
+            continue;
+        };
+        let ev = ProbeEvent {
+            ip,
+            port: st.last_port,
+            scan_type,
+            tcp_flags: scan_type.example_flags(),
+            hits: st.hits,
+            distinct_ports: st.distinct_ports,
+            ts_ns: st.last_ns,
+            first_ns: st.first_ns,
+            ifindex: 0,
+            verified: st.flags & SOURCE_VERIFIED != 0,
+        };
+        let Some(mode) = eff.mode_token(ev.proto()) else {
+            continue;
+        };
+        let block = eff.block_mode(ev.proto());
+        if block != BlockMode::Block
+            || shared.book().covers(ip)
+            || (eff.config.verify_sources && !ev.verified)
+        {
+            continue;
+        }
+        if rules.judge(&ev, eff.is_ignored(ip), false) == Verdict::Act {
+            n += 1;
+            respond::act(shared, &eff, ev, mode, block);
+        }
+    }
+    if n > 0 {
+        shared.log.notice(&format!(
+            "portsentry: {n} scanners detected before the restart were not banned yet; \
+             acting on them now"
+        ));
     }
 }
 
@@ -166,7 +278,7 @@ mod tests {
         };
         let e = ProbeEvent::from_raw(&raw).unwrap();
         assert_eq!(e.ip, "192.0.2.7".parse::<IpAddr>().unwrap());
-        assert_eq!(e.proto(), PROTO_TCP);
+        assert_eq!(e.proto(), Protocol::Tcp);
         raw.scan_type = 0;
         assert_eq!(ProbeEvent::from_raw(&raw), None);
     }

@@ -42,7 +42,13 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{actions::Outcome, dataplane::Counters};
+use portsentry_common::maps::BanOrigin;
+
+use crate::{
+    actions::{ActionKind, shell::Outcome},
+    kernel::Counters,
+    kinds::{self, BanEnd},
+};
 
 /// The prefix of every metric name (`portsentry_...`).
 pub const PREFIX: &str = "portsentry";
@@ -52,19 +58,6 @@ pub const PREFIX: &str = "portsentry";
 /// `scrape_protocols` and parses it natively (`_total` samples, `# EOF`).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// The `origin` values of [`Metrics::ban_added`] created at zero.
-const BAN_ORIGINS: [&str; 2] = ["scan", "manual"];
-/// The `reason` values of [`Metrics::ban_removed`] created at zero.
-const BAN_END_REASONS: [&str; 2] = ["expired", "unbanned"];
-/// The `kind` values of [`Metrics::action`] and [`Metrics::action_result`] created at zero.
-const ACTION_KINDS: [&str; 6] = [
-    "hosts_deny",
-    "route",
-    "run_cmd",
-    "unroute",
-    "hosts_deny_remove",
-    "unrun_cmd",
-];
 /// Every `result` value of `portsentry_actions_total`.
 const ACTION_RESULTS: [&str; 3] = ["ok", "failed", "timed_out"];
 
@@ -135,16 +128,16 @@ impl Metrics {
             actions: Family::default(),
         };
         // The label values the daemon uses exist at zero from the start.
-        for origin in BAN_ORIGINS {
+        for origin in [BanOrigin::Scan, BanOrigin::Manual] {
             m.bans_added.get_or_create_owned(&origin_labels(origin));
         }
-        for reason in BAN_END_REASONS {
+        for reason in BanEnd::ALL {
             m.bans_removed.get_or_create_owned(&reason_labels(reason));
         }
-        for kind in ACTION_KINDS {
+        for kind in ActionKind::ALL {
             for result in ACTION_RESULTS {
                 // hosts.deny edits are not commands: they cannot time out.
-                if result == "timed_out" && kind.starts_with("hosts_deny") {
+                if result == "timed_out" && !kind.is_command() {
                     continue;
                 }
                 m.actions.get_or_create_owned(&action_labels(kind, result));
@@ -194,27 +187,26 @@ impl Metrics {
         m
     }
 
-    /// A ban was put in force (origin "scan" or "manual").
-    pub fn ban_added(&self, origin: &str) {
+    /// A ban was put in force.
+    pub fn ban_added(&self, origin: BanOrigin) {
         self.bans_added.get_or_create(&origin_labels(origin)).inc();
     }
 
-    /// A ban ended (reason "expired" or "unbanned").
-    pub fn ban_removed(&self, reason: &str) {
+    /// A ban ended.
+    pub fn ban_removed(&self, reason: BanEnd) {
         self.bans_removed
             .get_or_create(&reason_labels(reason))
             .inc();
     }
 
-    /// A response step ran: kind is one of "hosts_deny", "route", "run_cmd", "unroute",
-    /// "hosts_deny_remove", "unrun_cmd". Exit status 0 counts as `ok`, a timeout as
-    /// `timed_out`, anything else (a non-zero status, a signal, a failed spawn) as `failed`.
-    pub fn action(&self, kind: &str, outcome: &Outcome) {
+    /// A command step ran. Exit status 0 counts as `ok`, a timeout as `timed_out`,
+    /// anything else (a non-zero status, a signal, a failed spawn) as `failed`.
+    pub fn action(&self, kind: ActionKind, outcome: &Outcome) {
         self.count_action(kind, result_label(outcome));
     }
 
     /// An action that is not a command (hosts.deny append/remove): ok or failed.
-    pub fn action_result(&self, kind: &str, ok: bool) {
+    pub fn action_result(&self, kind: ActionKind, ok: bool) {
         self.count_action(kind, if ok { "ok" } else { "failed" });
     }
 
@@ -257,28 +249,28 @@ impl Metrics {
         out
     }
 
-    fn count_action(&self, kind: &str, result: &str) {
+    fn count_action(&self, kind: ActionKind, result: &str) {
         self.actions
             .get_or_create(&action_labels(kind, result))
             .inc();
     }
 }
 
-fn origin_labels(origin: &str) -> OriginLabels {
+fn origin_labels(origin: BanOrigin) -> OriginLabels {
     OriginLabels {
-        origin: origin.to_owned(),
+        origin: kinds::origin_name(origin).to_owned(),
     }
 }
 
-fn reason_labels(reason: &str) -> ReasonLabels {
+fn reason_labels(reason: BanEnd) -> ReasonLabels {
     ReasonLabels {
-        reason: reason.to_owned(),
+        reason: reason.as_str().to_owned(),
     }
 }
 
-fn action_labels(kind: &str, result: &str) -> ActionLabels {
+fn action_labels(kind: ActionKind, result: &str) -> ActionLabels {
     ActionLabels {
-        kind: kind.to_owned(),
+        kind: kind.as_str().to_owned(),
         result: result.to_owned(),
     }
 }
@@ -407,7 +399,6 @@ pub fn serve(
             }
         })
         .with_context(|| format!("cannot start the metrics thread for {bound}"))?;
-    log::info!("serving metrics on http://{bound}/metrics");
     Ok((bound, thread))
 }
 
@@ -436,300 +427,4 @@ fn answer(
 }
 
 #[cfg(test)]
-mod tests {
-    use std::{
-        collections::HashSet,
-        io::{Read as _, Write as _},
-        net::{TcpListener, TcpStream},
-        sync::atomic::{AtomicU64, Ordering},
-        time::Duration,
-    };
-
-    use super::*;
-
-    fn snapshot() -> Snapshot {
-        let mut counters = Counters::default();
-        counters.0[Counter::DropBanned as usize] = 7;
-        counters.0[Counter::PassNotIp as usize] = 5;
-        counters.0[Counter::PassProbe as usize] = 3;
-        counters.0[Counter::EventSent as usize] = 3;
-        counters.0[Counter::EventLost as usize] = 2;
-        Snapshot {
-            counters,
-            bans_active: 4,
-            bans_capacity: 65536,
-            sources_tracked: 11,
-            sources_capacity: 131072,
-            ignored_networks: 3,
-        }
-    }
-
-    fn lines(text: &str) -> Vec<&str> {
-        text.lines().collect()
-    }
-
-    fn assert_line(text: &str, line: &str) {
-        assert!(
-            lines(text).contains(&line),
-            "missing line {line:?} in:\n{text}"
-        );
-    }
-
-    #[test]
-    fn render_snapshot_values() {
-        let m = Metrics::new();
-        let text = m.render(&snapshot());
-        for line in [
-            "# TYPE portsentry_packets counter",
-            r#"portsentry_packets_total{reason="drop_banned"} 7"#,
-            r#"portsentry_packets_total{reason="pass_not_ip"} 5"#,
-            r#"portsentry_packets_total{reason="pass_probe"} 3"#,
-            r#"portsentry_packets_total{reason="pass_listening"} 0"#,
-            "# TYPE portsentry_packets_dropped counter",
-            "portsentry_packets_dropped_total 7",
-            "portsentry_packets_seen_total 15",
-            "# TYPE portsentry_kernel_events counter",
-            r#"portsentry_kernel_events_total{event="event_sent"} 3"#,
-            r#"portsentry_kernel_events_total{event="event_lost"} 2"#,
-            r#"portsentry_kernel_events_total{event="track_failed"} 0"#,
-            "# HELP portsentry_events_lost Probe events lost because the ring buffer was full (the daemon reads too slowly).",
-            "# TYPE portsentry_events_lost counter",
-            "portsentry_events_lost_total 2",
-            "# TYPE portsentry_bans_active gauge",
-            "portsentry_bans_active 4",
-            "portsentry_bans_capacity 65536",
-            "# TYPE portsentry_sources_tracked gauge",
-            "portsentry_sources_tracked 11",
-            "portsentry_sources_capacity 131072",
-            "portsentry_ignored_networks 3",
-            "# HELP portsentry_events_read Probe events the daemon read from the ring buffer.",
-            "# TYPE portsentry_events_read counter",
-            "portsentry_events_read_total 0",
-            r#"portsentry_bans_added_total{origin="scan"} 0"#,
-            r#"portsentry_bans_removed_total{reason="unbanned"} 0"#,
-            r#"portsentry_actions_total{kind="unrun_cmd",result="timed_out"} 0"#,
-        ] {
-            assert_line(&text, line);
-        }
-        assert!(text.ends_with("\n# EOF\n"), "no EOF at the end:\n{text}");
-        // Verdict reasons and events do not mix.
-        assert!(!text.contains(r#"reason="ban_expired""#), "{text}");
-        assert!(!text.contains(r#"event="drop_banned""#), "{text}");
-        for k in Counter::ALL {
-            let label = if k.is_verdict() { "reason" } else { "event" };
-            let needle = format!(r#"{{{label}="{}"}}"#, k.name());
-            assert_eq!(text.matches(&needle).count(), 1, "{needle} in:\n{text}");
-        }
-    }
-
-    /// Every family is declared once, with HELP right before TYPE, and every sample
-    /// belongs to the family declared above it.
-    #[test]
-    fn render_is_well_formed() {
-        let text = Metrics::new().render(&snapshot());
-        let mut families = HashSet::new();
-        let mut current: Option<(String, String)> = None; // (name, type)
-        let mut help: Option<String> = None;
-        for line in text.lines() {
-            if let Some(rest) = line.strip_prefix("# HELP ") {
-                let (name, h) = rest.split_once(' ').expect("HELP has text");
-                assert!(!h.is_empty(), "{line}");
-                help = Some(name.to_owned());
-            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
-                let (name, ty) = rest.split_once(' ').expect("TYPE has a type");
-                assert_eq!(help.as_deref(), Some(name), "TYPE without HELP: {line}");
-                assert!(name.starts_with("portsentry_"), "{line}");
-                assert!(!name.ends_with("_total"), "{line}");
-                assert!(families.insert(name.to_owned()), "{name} declared twice");
-                current = Some((name.to_owned(), ty.to_owned()));
-            } else if line == "# EOF" {
-                continue;
-            } else {
-                let (name, ty) = current.as_ref().expect("a sample before any TYPE");
-                let sample = line.split(['{', ' ']).next().unwrap_or_default();
-                let expected = match ty.as_str() {
-                    "counter" => format!("{name}_total"),
-                    _ => name.clone(),
-                };
-                assert_eq!(sample, expected, "{line}");
-            }
-        }
-        let expected: HashSet<String> = [
-            "packets",
-            "packets_dropped",
-            "packets_seen",
-            "kernel_events",
-            "events_lost",
-            "events_read",
-            "bans_active",
-            "bans_capacity",
-            "bans_refused",
-            "reattached",
-            "unverified_events",
-            "bans_failed",
-            "bans_added",
-            "bans_removed",
-            "actions",
-            "sources_tracked",
-            "sources_capacity",
-            "ignored_networks",
-        ]
-        .iter()
-        .map(|n| format!("portsentry_{n}"))
-        .collect();
-        assert_eq!(families, expected);
-    }
-
-    #[test]
-    fn userspace_counters() {
-        let m = Metrics::new();
-        m.event_read();
-        m.event_read();
-        m.ban_added("scan");
-        m.ban_added("manual");
-        m.ban_added("scan");
-        m.ban_removed("expired");
-        m.action_result("hosts_deny", true);
-        m.action_result("hosts_deny_remove", false);
-        let text = m.render(&Snapshot::default());
-        for line in [
-            "portsentry_events_read_total 2",
-            r#"portsentry_bans_added_total{origin="scan"} 2"#,
-            r#"portsentry_bans_added_total{origin="manual"} 1"#,
-            r#"portsentry_bans_removed_total{reason="expired"} 1"#,
-            r#"portsentry_bans_removed_total{reason="unbanned"} 0"#,
-            r#"portsentry_actions_total{kind="hosts_deny",result="ok"} 1"#,
-            r#"portsentry_actions_total{kind="hosts_deny_remove",result="failed"} 1"#,
-            r#"portsentry_actions_total{kind="hosts_deny",result="failed"} 0"#,
-            "portsentry_packets_seen_total 0",
-        ] {
-            assert_line(&text, line);
-        }
-        assert!(
-            !text.contains(r#"kind="hosts_deny",result="timed_out""#),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn action_outcomes() {
-        assert_eq!(result_label(&Outcome::Exited(0)), "ok");
-        assert_eq!(result_label(&Outcome::Exited(1)), "failed");
-        assert_eq!(result_label(&Outcome::Exited(-1)), "failed");
-        assert_eq!(result_label(&Outcome::Signaled(9)), "failed");
-        assert_eq!(result_label(&Outcome::TimedOut), "timed_out");
-        assert_eq!(
-            result_label(&Outcome::SpawnFailed("no such file".into())),
-            "failed"
-        );
-
-        let m = Metrics::new();
-        m.action("run_cmd", &Outcome::Exited(0));
-        m.action("run_cmd", &Outcome::Exited(2));
-        m.action("run_cmd", &Outcome::Signaled(15));
-        m.action("run_cmd", &Outcome::SpawnFailed("x".into()));
-        m.action("route", &Outcome::TimedOut);
-        m.action("unroute", &Outcome::Exited(0));
-        let text = m.render(&Snapshot::default());
-        for line in [
-            r#"portsentry_actions_total{kind="run_cmd",result="ok"} 1"#,
-            r#"portsentry_actions_total{kind="run_cmd",result="failed"} 3"#,
-            r#"portsentry_actions_total{kind="run_cmd",result="timed_out"} 0"#,
-            r#"portsentry_actions_total{kind="route",result="timed_out"} 1"#,
-            r#"portsentry_actions_total{kind="route",result="ok"} 0"#,
-            r#"portsentry_actions_total{kind="unroute",result="ok"} 1"#,
-        ] {
-            assert_line(&text, line);
-        }
-    }
-
-    /// One HTTP/1.0 request; returns (status line, headers, body).
-    fn get(addr: SocketAddr, method: &str, path: &str) -> (String, Vec<(String, String)>, String) {
-        let mut s = TcpStream::connect(addr).expect("connect to the metrics server");
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(s, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-        let mut raw = String::new();
-        s.read_to_string(&mut raw).expect("read the response");
-        let (head, body) = raw.split_once("\r\n\r\n").expect("a header/body separator");
-        let mut head = head.split("\r\n");
-        let status = head.next().unwrap_or_default().to_owned();
-        let headers = head
-            .filter_map(|h| h.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        (status, headers, body.to_owned())
-    }
-
-    fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-        headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    #[test]
-    fn serve_scrapes() {
-        let metrics = Arc::new(Metrics::new());
-        let scrapes = Arc::new(AtomicU64::new(0));
-        let seen = scrapes.clone();
-        let (bound, _thread) = serve("127.0.0.1:0".parse().unwrap(), metrics.clone(), move || {
-            let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
-            Snapshot {
-                bans_active: n,
-                ..snapshot()
-            }
-        })
-        .expect("serve on 127.0.0.1:0");
-        assert_ne!(bound.port(), 0);
-        metrics.ban_added("scan");
-
-        let (status, headers, body) = get(bound, "GET", "/metrics");
-        assert!(
-            status.starts_with("HTTP/1.") && status.contains(" 200 "),
-            "{status}"
-        );
-        assert_eq!(header(&headers, "content-type"), Some(CONTENT_TYPE));
-        let expected = Snapshot {
-            bans_active: 1,
-            ..snapshot()
-        };
-        assert_eq!(body, metrics.render(&expected));
-        assert_line(&body, r#"portsentry_packets_total{reason="drop_banned"} 7"#);
-        assert_line(&body, r#"portsentry_bans_added_total{origin="scan"} 1"#);
-
-        // The snapshot is taken afresh on every scrape; a query string is ignored.
-        let (status, _, body) = get(bound, "GET", "/metrics?x=1");
-        assert!(status.contains(" 200 "), "{status}");
-        assert_line(&body, "portsentry_bans_active 2");
-
-        for (method, path) in [("GET", "/other"), ("GET", "/"), ("POST", "/metrics")] {
-            let (status, _, _) = get(bound, method, path);
-            assert!(status.contains(" 404 "), "{method} {path}: {status}");
-        }
-        assert_eq!(scrapes.load(Ordering::SeqCst), 2);
-    }
-
-    #[test]
-    fn serve_survives_a_panicking_snapshot() {
-        let (bound, _thread) = serve(
-            "127.0.0.1:0".parse().unwrap(),
-            Arc::new(Metrics::new()),
-            || panic!("snapshot failed (on purpose, in a test)"),
-        )
-        .expect("serve on 127.0.0.1:0");
-        for _ in 0..2 {
-            let (status, _, _) = get(bound, "GET", "/metrics");
-            assert!(status.contains(" 500 "), "{status}");
-        }
-    }
-
-    #[test]
-    fn serve_bind_error_names_the_address() {
-        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = taken.local_addr().unwrap();
-        let err = serve(addr, Arc::new(Metrics::new()), Snapshot::default)
-            .expect_err("the port is taken");
-        let msg = format!("{err:#}");
-        assert!(msg.contains(&addr.to_string()), "{msg}");
-    }
-}
+mod tests;

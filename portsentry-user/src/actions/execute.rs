@@ -1,0 +1,96 @@
+//! Running the planned steps that are not the XDP ban (the ban book does that one), and
+//! logging each as PortSentry does; the daemon and the CLI (which lifts bans itself when
+//! no daemon runs) both run steps through here.
+
+use std::net::IpAddr;
+
+use super::{ActionKind, Step, Target, shell::run_shell, undo_plan};
+use crate::{
+    bans::Ban,
+    config::Config,
+    fsutil,
+    metrics::Metrics,
+    report::{Logger, alert},
+};
+
+/// Runs one non-XDP step and logs it; `undo` marks the steps that lift a ban.
+pub async fn run_step(
+    log: &Logger,
+    metrics: &Metrics,
+    c: &Config,
+    ip: IpAddr,
+    step: &Step,
+    undo: bool,
+) {
+    match step {
+        Step::XdpBan => {}
+        Step::HostsDeny(line) => match fsutil::append_line(&c.hosts_deny_file, line) {
+            Ok(()) => {
+                metrics.action_result(ActionKind::HostsDeny, true);
+                log.notice(&alert::blocked_via_wrappers(ip, line));
+            }
+            Err(e) => {
+                metrics.action_result(ActionKind::HostsDeny, false);
+                log.warn(&format!("attackalert: ERROR: {e}"));
+            }
+        },
+        Step::HostsDenyRemove(line) => match fsutil::remove_line(&c.hosts_deny_file, line) {
+            Ok(_) => {
+                metrics.action_result(ActionKind::HostsDenyRemove, true);
+                log.notice(&format!(
+                    "portsentry: Host {ip} removed from {}",
+                    c.hosts_deny_file.display()
+                ));
+            }
+            Err(e) => {
+                metrics.action_result(ActionKind::HostsDenyRemove, false);
+                log.warn(&format!("portsentry: ERROR: {e}"));
+            }
+        },
+        Step::Route(cmd) | Step::RunCmd(cmd) => {
+            let kind = match (step, undo) {
+                (Step::Route(_), false) => ActionKind::Route,
+                (Step::Route(_), true) => ActionKind::Unroute,
+                (_, false) => ActionKind::RunCmd,
+                (_, true) => ActionKind::UnrunCmd,
+            };
+            let (outcome, output) = run_shell(cmd, c.kill_timeout).await;
+            metrics.action(kind, &outcome);
+            match kind {
+                ActionKind::Route => log.notice(&alert::blocked_via_route(ip, cmd)),
+                ActionKind::RunCmd => log.notice(&alert::external_command(ip, cmd)),
+                _ => log.notice(&format!(
+                    "portsentry: Host {ip} unblocked using command: \"{cmd}\""
+                )),
+            }
+            if !outcome.ok() {
+                let output = output.trim();
+                log.warn(&format!(
+                    "portsentry: command {outcome}: \"{cmd}\"{}",
+                    if output.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" output: {output}")
+                    }
+                ));
+            }
+        }
+    }
+}
+
+/// Runs the undo steps of a lifted ban (UNKILL_ROUTE, the hosts.deny line,
+/// UNKILL_RUN_CMD); nothing for a ban that ran no kill command ([`Ban::has_undo`]).
+pub async fn undo(log: &Logger, metrics: &Metrics, c: &Config, ban: &Ban) {
+    let Some(mode) = ban.mode.filter(|_| ban.has_undo()) else {
+        return;
+    };
+    let ip = ban.net.addr();
+    let target = Target {
+        ip,
+        port: ban.port,
+        mode,
+    };
+    for step in undo_plan(c, &target) {
+        run_step(log, metrics, c, ip, &step, true).await;
+    }
+}

@@ -1,0 +1,121 @@
+//! The operator's actions on bans (`portsentry ban`, `unban`, `unban --all`), written
+//! once: the daemon's control socket and the CLI, when no daemon runs, both call these,
+//! and differ only in who runs the undo steps of the lifted bans afterwards.
+
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Result, anyhow};
+use ipnet::IpNet;
+
+use super::{Ban, Book, Cause};
+use crate::config::Config;
+
+/// Which bans to lift.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unban {
+    /// The ban of exactly this network.
+    One(IpNet),
+    /// Every ban.
+    All,
+}
+
+/// Bans `net` for `duration` (`None`: BAN_TIME; zero: permanent), in the kernel when it
+/// is loaded and in the files; the ban made.
+pub fn ban(
+    book: &mut Book,
+    config: &Config,
+    net: IpNet,
+    duration: Option<Duration>,
+) -> Result<Ban> {
+    let ban = book.new_ban(config, net, Cause::Operator, duration, SystemTime::now());
+    book.put(ban.clone())?;
+    book.persist()?;
+    Ok(ban)
+}
+
+/// Lifts bans and writes the files. Returns the bans lifted (their undo steps are the
+/// caller's to run, whatever else happened) and what to tell the operator: an error when
+/// a lift or a file failed, or when the network named was not banned.
+pub fn unban(book: &mut Book, which: Unban) -> (Vec<Ban>, Result<String>) {
+    let nets: Vec<IpNet> = match which {
+        Unban::One(net) => vec![net],
+        Unban::All => book.store.iter().map(|b| b.net).collect(),
+    };
+    let (lifted, failed) = book.lift_many(&nets);
+    let written = book.persist();
+    let lifting = match failed.into_iter().next() {
+        Some((net, e)) => Err(e.context(format!("lifting the ban of {net}"))),
+        None => Ok(()),
+    };
+    let result = lifting.and(written).and_then(|()| match which {
+        Unban::One(net) if lifted.is_empty() => Err(anyhow!("{net} is not banned")),
+        Unban::One(net) => Ok(format!("unbanned {net}")),
+        Unban::All => Ok(format!("unbanned {} networks", lifted.len())),
+    });
+    (lifted, result)
+}
+
+/// What `portsentry ban` says of a ban's end: ` for 1h 2m`, or ` permanently`.
+pub fn describe_expiry(expires: Option<SystemTime>) -> String {
+    match expires.and_then(|e| e.duration_since(SystemTime::now()).ok()) {
+        Some(d) => format!(
+            " for {}",
+            humantime::format_duration(Duration::from_secs(d.as_secs() + 1))
+        ),
+        None => " permanently".to_owned(),
+    }
+}
+
+/// What `portsentry ban` says of a ban it made.
+pub fn banned_message(ban: &Ban) -> String {
+    format!("banned {}{}", ban.net, describe_expiry(ban.expires))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kinds;
+
+    fn book(dir: &std::path::Path) -> (Book, Config) {
+        let config = Config {
+            state_dir: dir.to_path_buf(),
+            blocked_file: dir.join("blocked"),
+            ..Config::default()
+        };
+        (
+            Book::new(None, super::super::BanStore::new(), &config),
+            config,
+        )
+    }
+
+    #[test]
+    fn ban_then_unban_one_and_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut book, config) = book(dir.path());
+        let net: IpNet = "192.0.2.7/32".parse().unwrap();
+        let b = ban(&mut book, &config, net, Some(Duration::from_secs(3600))).unwrap();
+        assert_eq!(kinds::origin_name(b.origin), "manual");
+        assert!(banned_message(&b).starts_with("banned 192.0.2.7/32 for 1h"));
+        let permanent = ban(&mut book, &config, "198.51.100.0/24".parse().unwrap(), None);
+        assert_eq!(
+            banned_message(&permanent.unwrap()),
+            "banned 198.51.100.0/24 permanently"
+        );
+        assert_eq!(super::super::state::load(dir.path()).unwrap().len(), 2);
+
+        let (lifted, r) = unban(&mut book, Unban::One(net));
+        assert_eq!(
+            (lifted.len(), r.unwrap()),
+            (1, "unbanned 192.0.2.7/32".into())
+        );
+        let (lifted, r) = unban(&mut book, Unban::One(net));
+        assert!(lifted.is_empty());
+        assert_eq!(r.unwrap_err().to_string(), "192.0.2.7/32 is not banned");
+        let (lifted, r) = unban(&mut book, Unban::All);
+        assert_eq!(
+            (lifted.len(), r.unwrap()),
+            (1, "unbanned 1 networks".into())
+        );
+        assert_eq!(super::super::state::load(dir.path()).unwrap().len(), 0);
+    }
+}

@@ -1,0 +1,113 @@
+//! `portsentry ban` and `unban`: through the daemon's control socket when it runs;
+//! otherwise on the pinned maps (if loaded) and the state file directly, holding the
+//! state lock so that no daemon starts meanwhile. Both ways run the same ban operations
+//! ([`crate::bans::ops`]).
+
+use std::fs;
+
+use anyhow::{Result, bail};
+
+use super::{BanArgs, UnbanArgs, config, parse_target};
+use crate::{
+    actions::execute,
+    bans::{
+        Ban, Book,
+        ops::{self, Unban},
+        state,
+    },
+    config::Config,
+    control::{self, Request, Response},
+    kernel::{self, Dataplane},
+    metrics::Metrics,
+    paths, pidfile,
+    report::Logger,
+};
+
+/// What the daemon answered, as this command's result.
+fn answer(r: Response) -> Result<String> {
+    if r.ok {
+        Ok(r.message)
+    } else {
+        bail!(r.message)
+    }
+}
+
+/// `portsentry ban`.
+pub fn ban(args: &BanArgs) -> Result<String> {
+    let c = config(&args.file)?;
+    let net = parse_target(&args.target).map_err(anyhow::Error::msg)?;
+    let req = Request::Ban {
+        net,
+        seconds: args.time.map(|d| d.as_secs()),
+    };
+    if let Some(r) = control::send(&c.state_dir, &req)? {
+        return answer(r);
+    }
+    let (mut book, _lock) = direct_book(&c)?;
+    let ban = ops::ban(&mut book, &c, net, args.time)?;
+    Ok(format!(
+        "{}{}",
+        ops::banned_message(&ban),
+        if book.dp.is_some() {
+            ""
+        } else {
+            " (recorded; portsentry is not loaded, the next start puts it in force)"
+        }
+    ))
+}
+
+/// `portsentry unban`.
+pub fn unban(args: &UnbanArgs) -> Result<String> {
+    let c = config(&args.file)?;
+    let (req, which) = match (&args.target, args.all) {
+        (_, true) => (Request::UnbanAll, Unban::All),
+        (Some(t), false) => {
+            let net = parse_target(t).map_err(anyhow::Error::msg)?;
+            (Request::Unban { net }, Unban::One(net))
+        }
+        (None, false) => bail!("name an address or network to unban, or --all"),
+    };
+    if let Some(r) = control::send(&c.state_dir, &req)? {
+        return answer(r);
+    }
+    let (mut book, _lock) = direct_book(&c)?;
+    let (lifted, result) = ops::unban(&mut book, which);
+    run_undo(&c, &lifted)?;
+    result
+}
+
+/// The ban book without a daemon: the state lock, the pinned maps when loaded.
+fn direct_book(c: &Config) -> Result<(Book, fs::File)> {
+    let Some(lock) = pidfile::lock(&c.state_dir)? else {
+        bail!(
+            "the daemon holds {} but its control socket does not answer; try again, or \
+             stop it first",
+            paths::pid_file(&c.state_dir).display()
+        );
+    };
+    let dp = if kernel::is_pinned(&c.pin_dir) {
+        Some(Dataplane::open_pinned(&c.pin_dir)?)
+    } else {
+        None
+    };
+    let store = state::load(&c.state_dir)?;
+    Ok((Book::new(dp, store, c), lock))
+}
+
+/// Runs the UNKILL_* steps of lifted scan bans (no daemon to do it).
+fn run_undo(c: &Config, lifted: &[Ban]) -> Result<()> {
+    if !lifted.iter().any(Ban::has_undo) {
+        return Ok(());
+    }
+    let log = Logger::new(c.syslog, true);
+    let metrics = Metrics::new();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        for b in lifted {
+            execute::undo(&log, &metrics, c, b).await;
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,249 @@
+//! `portsentry status`: the daemon, the program, the interfaces, the kernel counters,
+//! the tracked sources and every ban; read from the pins and the state file, so it works
+//! whether the daemon runs or not.
+
+use std::{fmt::Write as _, fs, net::IpAddr, path::PathBuf, time::SystemTime};
+
+use anyhow::Result;
+use ipnet::IpNet;
+use portsentry_common::{Counter, ScanType};
+use serde::Serialize;
+
+use super::{StatusArgs, config};
+use crate::{
+    bans::{Ban, state},
+    kernel::{self, Dataplane},
+    kinds::{self, ModeToken, Protocol},
+    paths, pidfile,
+};
+
+#[derive(Serialize)]
+struct Status {
+    daemon: DaemonStatus,
+    pin_dir: PathBuf,
+    loaded: bool,
+    interfaces: Vec<String>,
+    tcp_mode: &'static str,
+    udp_mode: &'static str,
+    counters: std::collections::BTreeMap<&'static str, u64>,
+    packets: u64,
+    dropped: u64,
+    sources_tracked: usize,
+    sources: Vec<SourceStatus>,
+    bans: Vec<BanStatus>,
+}
+
+#[derive(Serialize)]
+struct DaemonStatus {
+    running: bool,
+    pid: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct SourceStatus {
+    address: IpAddr,
+    hits: u32,
+    distinct_ports: u32,
+    last_port: u16,
+    last_scan_type: Option<&'static str>,
+    first_seen: String,
+    last_seen: String,
+}
+
+#[derive(Serialize)]
+struct BanStatus {
+    net: IpNet,
+    /// `scan` or `manual`.
+    origin: &'static str,
+    /// The mode that banned it (`atcp`, ...) or `manual`.
+    reason: &'static str,
+    name: String,
+    port: u16,
+    scan_type: Option<&'static str>,
+    since: String,
+    /// RFC 3339, or null for a permanent ban.
+    expires: Option<String>,
+    /// Whether the kernel holds it (false: on record only; the next start applies it).
+    in_kernel: bool,
+    count: u32,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// `portsentry status`.
+pub fn status(args: &StatusArgs) -> Result<String> {
+    let c = config(&args.file)?;
+    let pid = pidfile::running_pid(&c.state_dir);
+    let loaded = kernel::is_pinned(&c.pin_dir);
+    let dp = if loaded {
+        Some(Dataplane::open_pinned(&c.pin_dir)?)
+    } else {
+        None
+    };
+    let mut interfaces: Vec<String> = fs::read_dir(&c.pin_dir)
+        .map(|it| {
+            it.flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    paths::link_interface(&name).map(str::to_owned)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    interfaces.sort();
+    let saved = state::load(&c.state_dir)?;
+    let kernel_bans = match &dp {
+        Some(dp) => dp.bans()?,
+        None => Vec::new(),
+    };
+    let tcp_mode = ModeToken::of(c.tcp_mode, Protocol::Tcp);
+    let udp_mode = ModeToken::of(c.udp_mode, Protocol::Udp);
+    let mut bans: Vec<BanStatus> = Vec::new();
+    let kernel_nets: std::collections::HashSet<IpNet> =
+        kernel_bans.iter().map(|(n, _)| *n).collect();
+    let mut describe = |b: &Ban, in_kernel: bool| {
+        bans.push(BanStatus {
+            net: b.net,
+            origin: kinds::origin_name(b.origin),
+            reason: kinds::mode_word(b.mode),
+            name: b.name.clone(),
+            port: b.port,
+            scan_type: b.scan_type.map(ScanType::name),
+            since: rfc3339(b.since),
+            expires: b.expires.map(rfc3339),
+            in_kernel,
+            count: b.count,
+        })
+    };
+    for b in saved.iter() {
+        describe(b, !loaded || kernel_nets.contains(&b.net));
+    }
+    for (net, e) in &kernel_bans {
+        if saved.get(net).is_none() {
+            // A kernel-only ban of a protocol whose mode is off: recorded under the
+            // advanced mode's token, as the daemon does.
+            let tcp = tcp_mode.unwrap_or(ModeToken::Atcp);
+            let udp = udp_mode.unwrap_or(ModeToken::Audp);
+            describe(&state::ban_from_kernel(*net, e, tcp, udp), true);
+        }
+    }
+    bans.sort_by_key(|b| b.net);
+    let counters = match &dp {
+        Some(dp) => dp.counters()?,
+        None => Default::default(),
+    };
+    let mut sources = match &dp {
+        Some(dp) => dp.sources()?,
+        None => Vec::new(),
+    };
+    let tracked = sources.len();
+    sources.sort_by(|a, b| b.1.hits.cmp(&a.1.hits).then(a.0.cmp(&b.0)));
+    let st = Status {
+        daemon: DaemonStatus {
+            running: pid.is_some(),
+            pid,
+        },
+        pin_dir: c.pin_dir.clone(),
+        loaded,
+        interfaces,
+        tcp_mode: tcp_mode.map_or("off", ModeToken::as_str),
+        udp_mode: udp_mode.map_or("off", ModeToken::as_str),
+        counters: Counter::ALL
+            .iter()
+            .map(|k| (k.name(), counters.get(*k)))
+            .collect(),
+        packets: counters.packets(),
+        dropped: counters.dropped(),
+        sources_tracked: tracked,
+        sources: sources
+            .iter()
+            .take(args.sources)
+            .map(|(ip, s)| SourceStatus {
+                address: *ip,
+                hits: s.hits,
+                distinct_ports: s.distinct_ports,
+                last_port: s.last_port,
+                last_scan_type: ScanType::from_u8(s.last_scan_type).map(ScanType::name),
+                first_seen: rfc3339(crate::clock::to_system(s.first_ns)),
+                last_seen: rfc3339(crate::clock::to_system(s.last_ns)),
+            })
+            .collect(),
+        bans,
+    };
+    if args.json {
+        return Ok(serde_json::to_string_pretty(&st)? + "\n");
+    }
+    Ok(render(&st))
+}
+
+fn render(st: &Status) -> String {
+    let mut s = String::new();
+    let _ = match st.daemon.pid {
+        Some(pid) => writeln!(s, "daemon:     running (pid {pid})"),
+        None => writeln!(s, "daemon:     not running"),
+    };
+    let _ = writeln!(
+        s,
+        "program:    {} ({})",
+        if st.loaded {
+            "loaded, maps pinned"
+        } else {
+            "not loaded"
+        },
+        st.pin_dir.display()
+    );
+    let _ = writeln!(
+        s,
+        "interfaces: {}",
+        if st.interfaces.is_empty() {
+            "none".to_owned()
+        } else {
+            st.interfaces.join(", ")
+        }
+    );
+    let _ = writeln!(s, "modes:      TCP {}, UDP {}", st.tcp_mode, st.udp_mode);
+    let _ = writeln!(s, "packets:    {} seen, {} dropped", st.packets, st.dropped);
+    for (name, v) in &st.counters {
+        if *v > 0 {
+            let _ = writeln!(s, "  {name:<18} {v}");
+        }
+    }
+    let _ = writeln!(s, "sources:    {} tracked", st.sources_tracked);
+    for src in &st.sources {
+        let _ = writeln!(
+            s,
+            "  {:<40} {} hits, {} ports, last {} {}, last seen {}",
+            src.address,
+            src.hits,
+            src.distinct_ports,
+            src.last_scan_type.unwrap_or("?"),
+            src.last_port,
+            src.last_seen
+        );
+    }
+    let _ = writeln!(s, "bans:       {}", st.bans.len());
+    for b in &st.bans {
+        let what = match (b.origin, b.scan_type) {
+            ("scan", Some(t)) => format!("{} {t} to port {}", b.reason, b.port),
+            _ => "manual".to_owned(),
+        };
+        let _ = writeln!(
+            s,
+            "  {:<40} {what}, since {}, {}{}{}",
+            b.net,
+            b.since,
+            b.expires
+                .as_ref()
+                .map_or("permanent".to_owned(), |e| format!("until {e}")),
+            if b.count > 1 {
+                format!(", ban #{}", b.count)
+            } else {
+                String::new()
+            },
+            if b.in_kernel { "" } else { " (on record only)" }
+        );
+    }
+    s
+}

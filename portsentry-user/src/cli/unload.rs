@@ -1,0 +1,54 @@
+//! `portsentry unload`: detach the program from every interface and remove the pins
+//! (the daemon must be stopped; the bans stay on record in the state file).
+
+use std::{fs, path::PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::{FileArgs, config};
+use crate::{bans::state, paths, pidfile};
+
+/// `portsentry unload`.
+pub fn unload(file: &FileArgs) -> Result<String> {
+    let c = config(file)?;
+    if let Some(pid) = pidfile::running_pid(&c.state_dir) {
+        bail!("the daemon is running (pid {pid}); stop it first (it keeps the program attached)");
+    }
+    let mut removed = Vec::new();
+    if let Ok(entries) = fs::read_dir(&c.pin_dir) {
+        let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        // Links first: the program leaves the interfaces before its maps go.
+        paths.sort_by_key(|p| {
+            p.file_name()
+                .is_none_or(|n| paths::link_interface(&n.to_string_lossy()).is_none())
+        });
+        for p in paths {
+            fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+            removed.push(
+                p.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            );
+        }
+        fs::remove_dir(&c.pin_dir).with_context(|| format!("removing {}", c.pin_dir.display()))?;
+    }
+    let _ = fs::remove_file(paths::control_socket(&c.state_dir));
+    if removed.is_empty() {
+        return Ok(format!(
+            "nothing to unload: {} holds no pins",
+            c.pin_dir.display()
+        ));
+    }
+    let links = removed
+        .iter()
+        .filter(|n| paths::link_interface(n).is_some())
+        .count();
+    Ok(format!(
+        "unloaded: detached from {links} interface{}, removed {} pinned maps from {} (bans \
+         stay on record in {})",
+        if links == 1 { "" } else { "s" },
+        removed.len() - links,
+        c.pin_dir.display(),
+        state::path(&c.state_dir).display()
+    ))
+}

@@ -1,0 +1,57 @@
+//! The daemon's side of the control socket: `portsentry ban` and `unban` while the
+//! daemon runs, through the same ban operations the CLI uses when it does not
+//! ([`crate::bans::ops`]); the daemon logs them and runs the undo steps in the
+//! background.
+
+use std::{sync::Arc, time::Duration};
+
+use portsentry_common::maps::BanOrigin;
+
+use super::{Shared, upkeep::spawn_undo};
+use crate::{
+    bans::ops::{self, Unban},
+    control::{Request, Response},
+    kinds::BanEnd,
+};
+
+/// Answers one request.
+pub(super) fn handle(shared: &Arc<Shared>, req: Request) -> Response {
+    let eff = shared.eff();
+    let which = match req {
+        Request::Ban { net, seconds } => {
+            let duration = seconds.map(Duration::from_secs);
+            let made = ops::ban(&mut shared.book(), &eff.config, net, duration);
+            return match made {
+                Ok(ban) => {
+                    shared.metrics.ban_added(BanOrigin::Manual);
+                    shared.log.notice(&format!(
+                        "portsentry: {net} banned by the operator{}",
+                        ops::describe_expiry(ban.expires)
+                    ));
+                    Response::ok(ops::banned_message(&ban))
+                }
+                Err(e) => Response::err(format!("{e:#}")),
+            };
+        }
+        Request::Unban { net } => Unban::One(net),
+        Request::UnbanAll => Unban::All,
+    };
+    let (lifted, result) = ops::unban(&mut shared.book(), which);
+    match which {
+        Unban::One(net) if !lifted.is_empty() => shared
+            .log
+            .notice(&format!("portsentry: {net} unbanned by the operator")),
+        Unban::One(_) => {}
+        Unban::All => shared.log.notice(&format!(
+            "portsentry: all {} bans lifted by the operator",
+            lifted.len()
+        )),
+    }
+    for b in lifted {
+        spawn_undo(shared, b, BanEnd::Unbanned);
+    }
+    match result {
+        Ok(message) => Response::ok(message),
+        Err(e) => Response::err(format!("{e:#}")),
+    }
+}

@@ -1,0 +1,264 @@
+//! `portsentry run`: load (or adopt) and attach the XDP program, read probe events,
+//! decide ([`detect`]), admit within MAX_BANS_PER_SEC ([`admission`]) and respond in the
+//! configured order, off the packet path ([`respond`]); keep bans, the configuration and
+//! the attachments current ([`upkeep`]); answer the control socket ([`control`]).
+//!
+//! The program, its maps and its links are pinned under PIN_DIR: a daemon that dies
+//! (even by `kill -9`) leaves protection in force, and the next one adopts all of it,
+//! replacing the program in the links atomically. Bans are also kept in
+//! `STATE_DIR/bans.json`, so a reboot restores them.
+
+mod admission;
+mod control;
+pub mod detect;
+mod respond;
+mod upkeep;
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{MapData, RingBuf};
+use portsentry_common::maps::ScanEvent;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    sync::Semaphore,
+};
+
+use crate::{
+    bans::{Book, state},
+    cli::RunArgs,
+    kernel::{
+        Dataplane,
+        configure::{self, map_sizes},
+    },
+    kinds::{BanEnd, ModeToken, Protocol},
+    metrics::{self, Metrics},
+    paths,
+    report::Logger,
+    settings::Effective,
+};
+use admission::Admission;
+use detect::Rules;
+
+/// Response jobs (one per host acted on) that may run at once.
+const MAX_PARALLEL_JOBS: usize = 16;
+/// How often expired bans are removed and this host's addresses re-read.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+
+/// The configuration in force and the detection rules built from it (once per
+/// configuration).
+#[derive(Clone)]
+struct Current {
+    eff: Arc<Effective>,
+    rules: Rules,
+}
+
+impl Current {
+    fn new(eff: Arc<Effective>) -> Current {
+        let rules = Rules::new(&eff.config);
+        Current { eff, rules }
+    }
+}
+
+/// State shared by the event loop, the response jobs and the control socket.
+struct Shared {
+    book: Mutex<Book>,
+    /// Hosts acted on (banned, reported or their command run) and not since released.
+    handled: Mutex<HashSet<IpAddr>>,
+    current: Mutex<Current>,
+    log: Logger,
+    metrics: Arc<Metrics>,
+    names: Mutex<HashMap<IpAddr, String>>,
+    /// Tracked sources, counted by housekeeping (iterating the map on every scrape
+    /// would cost a syscall per entry).
+    sources_tracked: Mutex<(u64, Option<std::time::Instant>)>,
+    /// MAX_BANS_PER_SEC and the scanners it turned away.
+    admission: Mutex<Admission>,
+    /// Interfaces the program could not be attached to again (logged once).
+    unattached: Mutex<HashSet<String>>,
+    jobs: Arc<Semaphore>,
+}
+
+impl Shared {
+    fn current(&self) -> Current {
+        self.current.lock().expect("config lock").clone()
+    }
+
+    fn eff(&self) -> Arc<Effective> {
+        self.current().eff
+    }
+
+    fn set_eff(&self, eff: Effective) {
+        *self.current.lock().expect("config lock") = Current::new(Arc::new(eff));
+    }
+
+    fn book(&self) -> std::sync::MutexGuard<'_, Book> {
+        self.book.lock().expect("book lock")
+    }
+
+    /// Whether `ip` was acted on already (or is covered by a ban).
+    fn is_handled(&self, ip: IpAddr) -> bool {
+        self.handled.lock().expect("handled lock").contains(&ip) || self.book().covers(ip)
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. Stopping leaves the program attached and
+/// the bans in force (`portsentry unload` removes them).
+///
+/// `lock` is the state directory's lock ([`crate::pidfile::lock`]), taken by the
+/// caller before it detaches into the background.
+pub async fn run(eff: Arc<Effective>, args: RunArgs, lock: fs::File) -> Result<()> {
+    let _lock = lock;
+    let log = Logger::install(
+        eff.config.syslog && std::env::var_os("JOURNAL_STREAM").is_none(),
+        !args.quiet && !args.daemonize,
+    );
+    let c = &eff.config;
+    let mut dp = Dataplane::load(&map_sizes(&eff), Some(c.pin_dir.clone()))?;
+    configure::apply(&mut dp, &eff)?;
+    upkeep::drop_stale_links(&c.pin_dir, &eff.interfaces, &log);
+    for iface in &eff.interfaces {
+        let a = dp.attach(iface, eff.xdp_mode)?;
+        match a.mode {
+            Some(mode) => log.notice(&format!("portsentry: watching {iface} ({mode:?} XDP)")),
+            None => log.notice(&format!(
+                "portsentry: watching {iface} (adopted the pinned link; program replaced)"
+            )),
+        }
+    }
+    for w in &eff.warnings {
+        log.warn(&format!("portsentry: warning: {w}"));
+    }
+
+    // Bans: the state file's, reconciled with what the pinned maps kept.
+    let saved = state::load(&c.state_dir)?;
+    let kernel_bans = dp.bans()?;
+    // A kernel-only ban of a protocol whose mode is now off is recorded under the
+    // advanced mode's token.
+    let tcp_mode = eff.mode_token(Protocol::Tcp).unwrap_or(ModeToken::Atcp);
+    let udp_mode = eff.mode_token(Protocol::Udp).unwrap_or(ModeToken::Audp);
+    let r = state::reconcile(saved, &kernel_bans, SystemTime::now(), tcp_mode, udp_mode);
+    for net in &r.to_insert {
+        let ban = r.store.get(net).expect("reconciled ban");
+        dp.insert_ban(net, &ban.kernel_entry())?;
+    }
+    for net in &r.adopted {
+        log.notice(&format!(
+            "portsentry: adopted the ban of {net} from the kernel (made before a restart)"
+        ));
+    }
+    let handled: HashSet<IpAddr> = r
+        .store
+        .iter()
+        .filter(|b| b.net.prefix_len() == b.net.max_prefix_len())
+        .map(|b| b.net.addr())
+        .collect();
+    let ring = dp.take_events()?;
+    let restored = r.store.len();
+    let mut book = Book::new(Some(dp), r.store, c);
+    let expired_at_start = r.expired;
+    for b in &expired_at_start {
+        book.lift(&b.net)?;
+    }
+    book.persist()?;
+
+    let metrics = Arc::new(Metrics::new());
+    let shared = Arc::new(Shared {
+        book: Mutex::new(book),
+        handled: Mutex::new(handled),
+        current: Mutex::new(Current::new(eff.clone())),
+        log,
+        metrics: metrics.clone(),
+        names: Mutex::new(HashMap::new()),
+        sources_tracked: Mutex::new((0, None)),
+        admission: Mutex::new(Admission::default()),
+        unattached: Mutex::new(HashSet::new()),
+        jobs: Arc::new(Semaphore::new(MAX_PARALLEL_JOBS)),
+    });
+    for b in expired_at_start {
+        shared.log.notice(&format!(
+            "portsentry: ban of {} expired while portsentry was stopped",
+            b.net
+        ));
+        upkeep::spawn_undo(&shared, b, BanEnd::Expired);
+    }
+    detect::recover_detected(&shared);
+    if let Some(addr) = c.metrics_address {
+        let s = shared.clone();
+        let (bound, _thread) = metrics::serve(addr, metrics, move || upkeep::snapshot(&s))?;
+        shared
+            .log
+            .notice(&format!("portsentry: metrics on http://{bound}/metrics"));
+    }
+    let control = crate::control::listen(&c.state_dir)?;
+    shared.log.notice(&format!(
+        "portsentry: active: TCP {} ports, UDP {} ports, {} ignored networks, {restored} bans \
+         in force",
+        eff.policy.tcp.len(),
+        eff.policy.udp.len(),
+        eff.ignored_nets().len()
+    ));
+
+    // SAFETY: the RingBuf owns its map fd, which stays open and unchanged for as long
+    // as the AsyncFd owns the RingBuf.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .context("watching the event ring buffer")?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(HOUSEKEEPING);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let jobs = shared.jobs.clone();
+    let mut batch: Vec<ScanEvent> = Vec::new();
+
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                drain(guard.get_inner_mut(), &mut batch);
+                guard.clear_ready();
+                for raw in batch.drain(..) {
+                    shared.metrics.event_read();
+                    detect::on_event(&shared, &raw);
+                }
+            }
+            conn = control.accept() => {
+                if let Ok((stream, _)) = conn {
+                    let s = shared.clone();
+                    tokio::spawn(async move { crate::control::serve_one(stream, |req| control::handle(&s, req)).await });
+                }
+            }
+            _ = hup.recv() => upkeep::reload(&shared, &args),
+            _ = tick.tick() => upkeep::housekeeping(&shared),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    shared
+        .log
+        .notice("portsentry: stopping; the program stays attached and the bans in force");
+    // Let running response jobs finish (each is bounded by KILL_TIMEOUT per command).
+    let _ = tokio::time::timeout(
+        shared.eff().config.kill_timeout * 3,
+        jobs.acquire_many(MAX_PARALLEL_JOBS as u32),
+    )
+    .await;
+    let _ = fs::remove_file(paths::control_socket(&shared.eff().config.state_dir));
+    shared.book().flush()?;
+    Ok(())
+}
+
+fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<ScanEvent>) {
+    while let Some(item) = ring.next() {
+        if let Ok(ev) = bytemuck::try_pod_read_unaligned::<ScanEvent>(&item) {
+            out.push(ev);
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The response to a scanner: admitted within MAX_BANS_PER_SEC ([`act`]), then, off
+//! the event loop, the attackalert line, the planned steps in PortSentry's order (the
+//! XDP ban through the ban book, the rest through the action executor) and the history
+//! line ([`respond`]).
+
+use std::{
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use ipnet::IpNet;
+use portsentry_common::maps::BanOrigin;
+
+use super::{Shared, admission::Admit, detect::ProbeEvent};
+use crate::{
+    actions::{self, Step, Target, execute::run_step},
+    bans::{Cause, ScanCause},
+    config::BlockMode,
+    kinds::ModeToken,
+    report::{alert, history},
+    settings::Effective,
+};
+
+/// How long a reverse lookup may take before the address is logged instead.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Starts the response to a host. A ban takes one of this second's MAX_BANS_PER_SEC
+/// here (the only place it is taken), and the ban is dated with the same instant; a
+/// scanner over the budget waits for the next seconds.
+pub(super) fn act(
+    shared: &Arc<Shared>,
+    eff: &Arc<Effective>,
+    ev: ProbeEvent,
+    mode: ModeToken,
+    block: BlockMode,
+) {
+    let now = SystemTime::now();
+    if block == BlockMode::Block {
+        let secs = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let limit = eff.config.max_bans_per_sec;
+        let admit = shared
+            .admission
+            .lock()
+            .expect("admission lock")
+            .admit(limit, secs, ev, mode);
+        if let Admit::Wait { first } = admit {
+            shared.metrics.ban_refused();
+            if first {
+                shared.log.warn(&format!(
+                    "portsentry: MAX_BANS_PER_SEC ({limit}) reached; the scanners beyond it \
+                     are banned in the next seconds, the most persistent first"
+                ));
+            }
+            return;
+        }
+    }
+    shared.handled.lock().expect("handled lock").insert(ev.ip);
+    let shared = shared.clone();
+    let eff = eff.clone();
+    tokio::spawn(async move {
+        let Ok(_permit) = shared.jobs.clone().acquire_owned().await else {
+            return;
+        };
+        respond(&shared, &eff, ev, mode, block, now).await;
+    });
+}
+
+/// Bans the scanners that waited for the budget, the most persistent first.
+pub(super) fn drain_waiting(shared: &Arc<Shared>) {
+    let eff = shared.eff();
+    let limit = eff.config.max_bans_per_sec;
+    let n = if limit == 0 {
+        usize::MAX
+    } else {
+        limit as usize
+    };
+    let best = shared
+        .admission
+        .lock()
+        .expect("admission lock")
+        .take_waiting(n);
+    for (ev, mode) in best {
+        if shared.is_handled(ev.ip) || eff.is_ignored(ev.ip) {
+            continue;
+        }
+        act(shared, &eff, ev, mode, BlockMode::Block);
+    }
+}
+
+/// The name a host was logged under, or its address.
+pub(super) fn cached_name(shared: &Shared, ip: IpAddr) -> String {
+    shared
+        .names
+        .lock()
+        .expect("names lock")
+        .get(&ip)
+        .cloned()
+        .unwrap_or_else(|| ip.to_string())
+}
+
+/// The name to log a host under: its sanitized reverse-DNS name when RESOLVE_HOST is
+/// on and the lookup answers in time, else the address.
+async fn resolve(shared: &Shared, eff: &Effective, ip: IpAddr) -> String {
+    if !eff.config.resolve_host {
+        return ip.to_string();
+    }
+    if let Some(n) = shared.names.lock().expect("names lock").get(&ip) {
+        return n.clone();
+    }
+    let lookup = tokio::task::spawn_blocking(move || dns_lookup::lookup_addr(&ip));
+    let name = match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
+        Ok(Ok(Ok(n))) => alert::sanitize_hostname(&n).unwrap_or_else(|| ip.to_string()),
+        _ => ip.to_string(),
+    };
+    let mut names = shared.names.lock().expect("names lock");
+    if names.len() > 10_000 {
+        names.clear();
+    }
+    names.insert(ip, name.clone());
+    name
+}
+
+/// Acts on one host, in the configured order; `now` is when it was admitted.
+async fn respond(
+    shared: &Shared,
+    eff: &Effective,
+    ev: ProbeEvent,
+    mode: ModeToken,
+    block: BlockMode,
+    now: SystemTime,
+) {
+    let c = &eff.config;
+    let target = Target {
+        ip: ev.ip,
+        port: ev.port,
+        mode,
+    };
+    let steps = actions::plan(c, block, &target);
+    // The XDP ban does not wait for the name lookup when it comes first.
+    let mut banned = false;
+    if steps.first() == Some(&Step::XdpBan) {
+        banned = scan_ban(shared, eff, &ev, mode, now);
+    }
+    let name = resolve(shared, eff, ev.ip).await;
+    if banned && name != ev.ip.to_string() {
+        shared.book().store.set_name(&IpNet::from(ev.ip), &name);
+    }
+    let log = &shared.log;
+    log.notice(&alert::attack_alert(
+        ev.proto(),
+        ev.tcp_flags,
+        &name,
+        ev.ip,
+        ev.port,
+    ));
+    if block == BlockMode::ReportOnly {
+        log.notice(&alert::ignoring_response(ev.proto()));
+    }
+    for step in &steps {
+        if *step == Step::XdpBan {
+            if !banned && !scan_ban(shared, eff, &ev, mode, now) {
+                continue;
+            }
+            log.notice(&format!(
+                "attackalert: Host {} has been blocked via XDP drop",
+                ev.ip
+            ));
+            // The state and blocked files follow within a second (housekeeping).
+        } else {
+            run_step(&shared.log, &shared.metrics, c, ev.ip, step, false).await;
+        }
+    }
+    let line = history::history_line(SystemTime::now(), &name, ev.ip, ev.port, Some(ev.proto()));
+    if let Err(e) = history::append_history(&c.history_file, &line) {
+        log.warn(&format!(
+            "portsentry: could not write the history file: {e}"
+        ));
+    }
+}
+
+/// Puts the XDP ban of a scanner in force, dated `now`; false (logged) when that failed.
+fn scan_ban(
+    shared: &Shared,
+    eff: &Effective,
+    ev: &ProbeEvent,
+    mode: ModeToken,
+    now: SystemTime,
+) -> bool {
+    let mut book = shared.book();
+    let cause = Cause::Scan(ScanCause {
+        port: ev.port,
+        scan_type: ev.scan_type,
+        mode,
+    });
+    let ban = book.new_ban(&eff.config, IpNet::from(ev.ip), cause, None, now);
+    match book.put(ban) {
+        Ok(()) => {
+            shared.metrics.ban_added(BanOrigin::Scan);
+            true
+        }
+        Err(e) => {
+            shared.metrics.ban_failed();
+            shared.log.warn(&format!(
+                "attackalert: ERROR: Could not block host {}: {e:#}",
+                ev.ip
+            ));
+            false
+        }
+    }
+}

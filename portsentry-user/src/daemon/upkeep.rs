@@ -1,0 +1,211 @@
+//! Keeping the daemon current: bans that expire (and their undo steps), the state and
+//! blocked files, this host's addresses, the program's attachments, the tracked-source
+//! count, a reloaded configuration (SIGHUP), and the metrics snapshot.
+
+use std::{
+    fs,
+    path::Path,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use super::{Shared, respond};
+use crate::{
+    actions::execute, bans::Ban, cli::RunArgs, kernel::configure, kinds::BanEnd, localaddrs,
+    metrics::Snapshot, paths, report::Logger, settings,
+};
+
+/// Removes link pins for interfaces no longer configured (detaching them).
+pub(super) fn drop_stale_links(pin_dir: &Path, interfaces: &[String], log: &Logger) {
+    let Ok(entries) = fs::read_dir(pin_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(iface) = paths::link_interface(&name)
+            && !interfaces.iter().any(|i| i == iface)
+        {
+            match fs::remove_file(e.path()) {
+                Ok(()) => log.notice(&format!(
+                    "portsentry: detached from {iface} (no longer in the configuration)"
+                )),
+                Err(err) => log.warn(&format!(
+                    "portsentry: removing {}: {err}",
+                    e.path().display()
+                )),
+            }
+        }
+    }
+}
+
+/// SIGHUP: re-reads the configuration and the ignore file with the same command line;
+/// on any error the old settings stay in force.
+pub(super) fn reload(shared: &Shared, args: &RunArgs) {
+    let old = shared.eff();
+    let new = match settings::load(&args.config) {
+        Ok(new) => new,
+        Err(e) => {
+            shared.log.warn(&format!(
+                "portsentry: reload rejected, the old configuration stays in force: {e:#}"
+            ));
+            return;
+        }
+    };
+    if new.interfaces != old.interfaces
+        || new.xdp_mode != old.xdp_mode
+        || new.config.pin_dir != old.config.pin_dir
+        || new.config.state_dir != old.config.state_dir
+    {
+        shared.log.warn(
+            "portsentry: reload rejected, the old configuration stays in force: INTERFACES, \
+             XDP_MODE, PIN_DIR and STATE_DIR take effect on restart only",
+        );
+        return;
+    }
+    let mut book = shared.book();
+    let Some(dp) = book.dp.as_mut() else {
+        return;
+    };
+    match configure::apply(dp, &new) {
+        Ok(()) => {
+            shared.set_eff(new);
+            shared
+                .log
+                .notice("portsentry: configuration and ignore list reloaded");
+        }
+        Err(e) => {
+            // Put the old settings back.
+            let _ = configure::apply(dp, &old);
+            shared.log.warn(&format!(
+                "portsentry: applying the reloaded configuration failed, the old one stays \
+                 in force: {e:#}"
+            ));
+        }
+    }
+}
+
+/// Runs the undo steps of a lifted ban (UNKILL_ROUTE, the hosts.deny line,
+/// UNKILL_RUN_CMD) in the background.
+pub(super) fn spawn_undo(shared: &Arc<Shared>, ban: Ban, reason: BanEnd) {
+    shared.metrics.ban_removed(reason);
+    shared
+        .handled
+        .lock()
+        .expect("handled lock")
+        .retain(|ip| !ban.net.contains(ip));
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let eff = shared.eff();
+        execute::undo(&shared.log, &shared.metrics, &eff.config, &ban).await;
+    });
+}
+
+/// Expires bans, writes the state and blocked files when bans changed, keeps the
+/// always-ignored addresses current, counts tracked sources.
+pub(super) fn housekeeping(shared: &Arc<Shared>) {
+    respond::drain_waiting(shared);
+    let now = SystemTime::now();
+    let expired = shared.book().store.expired(now);
+    if !expired.is_empty() {
+        let (lifted, failed) = shared.book().lift_many(&expired);
+        for (net, e) in failed {
+            shared
+                .log
+                .warn(&format!("portsentry: removing the ban of {net}: {e:#}"));
+        }
+        for b in lifted {
+            shared
+                .log
+                .notice(&format!("portsentry: ban of {} expired", b.net));
+            spawn_undo(shared, b, BanEnd::Expired);
+        }
+    }
+    if let Err(e) = shared.book().flush() {
+        shared.log.warn(&format!("portsentry: {e:#}"));
+    }
+    watch_links(shared);
+    let eff = shared.eff();
+    match localaddrs::always_ignored() {
+        Ok(now) if now != eff.always_ignored => {
+            let mut new = (*eff).clone();
+            new.always_ignored = now;
+            let r = match shared.book().dp.as_mut() {
+                Some(dp) => dp.replace_ignore(&new.ignored_nets()),
+                None => Ok(()),
+            };
+            match r {
+                Ok(()) => shared.set_eff(new),
+                Err(e) => shared
+                    .log
+                    .warn(&format!("portsentry: updating the ignore list: {e:#}")),
+            }
+        }
+        Ok(_) => {}
+        Err(e) => shared.log.warn(&format!("portsentry: {e:#}")),
+    }
+    // Counting walks every key (a syscall each): every 30 s, not every second.
+    let mut tracked = shared.sources_tracked.lock().expect("sources lock");
+    if tracked
+        .1
+        .is_none_or(|t: std::time::Instant| t.elapsed() >= Duration::from_secs(30))
+    {
+        drop(tracked);
+        let count = shared
+            .book()
+            .dp
+            .as_ref()
+            .and_then(|dp| dp.count_sources().ok())
+            .unwrap_or(0);
+        tracked = shared.sources_tracked.lock().expect("sources lock");
+        *tracked = (count, Some(std::time::Instant::now()));
+    }
+}
+
+/// Puts the program back on an interface when something else detached it (or the
+/// interface was deleted and created again), and says so.
+fn watch_links(shared: &Shared) {
+    let eff = shared.eff();
+    let mut book = shared.book();
+    let Some(dp) = book.dp.as_mut() else {
+        return;
+    };
+    let mut unattached = shared.unattached.lock().expect("unattached lock");
+    for iface in dp.lost_attachments() {
+        match dp.reattach(&iface, eff.xdp_mode) {
+            Ok(_) => {
+                shared.metrics.reattached();
+                unattached.remove(&iface);
+                shared.log.warn(&format!(
+                    "portsentry: the program was detached from {iface} by something else; \
+                     attached again"
+                ));
+            }
+            Err(e) => {
+                if unattached.insert(iface.clone()) {
+                    shared.log.warn(&format!(
+                        "portsentry: the program is no longer attached to {iface} and \
+                         attaching it again failed (retrying every second): {e:#}"
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// What the metrics endpoint reports.
+pub(super) fn snapshot(shared: &Shared) -> Snapshot {
+    let eff = shared.eff();
+    let book = shared.book();
+    Snapshot {
+        counters: book
+            .dp
+            .as_ref()
+            .and_then(|dp| dp.counters().ok())
+            .unwrap_or_default(),
+        bans_active: book.store.len() as u64,
+        bans_capacity: u64::from(eff.config.max_bans),
+        sources_tracked: shared.sources_tracked.lock().expect("sources lock").0,
+        sources_capacity: u64::from(eff.config.max_tracked_sources),
+        ignored_networks: eff.ignored_nets().len() as u64,
+    }
+}

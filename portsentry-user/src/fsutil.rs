@@ -1,0 +1,291 @@
+//! Hardened file writes: append or remove a line (hosts.deny, the history file) and
+//! replace a file atomically (the state and blocked files), never following a symlink an
+//! attacker could have planted.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, Read as _, Write as _},
+    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+/// `path: error`, keeping the error's kind; a symlink refused by `O_NOFOLLOW` says so.
+fn path_error(path: &Path, e: io::Error) -> io::Error {
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        return io::Error::new(
+            e.kind(),
+            format!(
+                "{}: is a symbolic link; refusing to follow it ({e})",
+                path.display()
+            ),
+        );
+    }
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+/// Opens `path` without following a symlink there (`O_NOFOLLOW`; `O_NONBLOCK` so a FIFO
+/// cannot hang us) and checks that it is a regular file.
+fn open_regular(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
+    let file = options
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "is not a regular file",
+        ));
+    }
+    Ok(file)
+}
+
+/// Appends `line` + "\n" to `path` (created 0644, less the umask, if missing), opened with
+/// `O_APPEND|O_NOFOLLOW|O_CLOEXEC` (a symlink at `path` is an error, never followed), in
+/// one write, then fsync'd. A line containing a newline is refused (it would add more than
+/// one line). Errors name the path.
+pub fn append_line(path: &Path, line: &str) -> io::Result<()> {
+    if line.contains('\n') {
+        return Err(path_error(
+            path,
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "refusing to append a line that contains a newline",
+            ),
+        ));
+    }
+    let append = || -> io::Result<()> {
+        // std opens with O_CLOEXEC.
+        let mut file = open_regular(
+            path,
+            OpenOptions::new().append(true).create(true).mode(0o644),
+        )?;
+        let mut bytes = Vec::with_capacity(line.len() + 1);
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.push(b'\n');
+        file.write_all(&bytes)?;
+        file.sync_all()
+    };
+    append().map_err(|e| path_error(path, e))
+}
+
+/// Removes every line exactly equal to `line` (without its `\n`) from `path`: reads it,
+/// writes the rest to a temp file in the same directory (`O_NOFOLLOW`, same mode and, where
+/// permitted, owner), fsyncs it and renames it over `path`. A symlink at `path` is an error.
+/// Returns whether any line was removed; a missing file has nothing to remove (`false`),
+/// and an unchanged file is not rewritten.
+///
+/// Not safe against a concurrent writer of the same file (a line appended between the read
+/// and the rename is lost): the daemon serialises its own hosts.deny edits.
+pub fn remove_line(path: &Path, line: &str) -> io::Result<bool> {
+    let remove = || -> io::Result<bool> {
+        let mut file = match open_regular(path, OpenOptions::new().read(true)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let meta = file.metadata()?;
+        let mut content = Vec::new();
+        file.read_to_end(&mut content)?;
+        drop(file);
+        let mut kept = Vec::with_capacity(content.len());
+        let mut removed = false;
+        for piece in content.split_inclusive(|b| *b == b'\n') {
+            if piece.strip_suffix(b"\n").unwrap_or(piece) == line.as_bytes() {
+                removed = true;
+            } else {
+                kept.extend_from_slice(piece);
+            }
+        }
+        if removed {
+            let keep = KeepAttrs {
+                mode: meta.mode() & 0o7777,
+                owner: Some((meta.uid(), meta.gid())),
+            };
+            write_atomic(path, &kept, Some(keep))?;
+        }
+        Ok(removed)
+    };
+    remove().map_err(|e| path_error(path, e))
+}
+
+/// The mode (and owner) [`write_atomic`] gives its file, rather than `0644` less the umask.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KeepAttrs {
+    pub mode: u32,
+    pub owner: Option<(u32, u32)>,
+}
+
+/// Writes `bytes` to `path` atomically: a new temp file in the same directory (`O_EXCL`,
+/// `O_NOFOLLOW`), fsync, rename over `path` (a symlink at `path` is replaced, never
+/// followed), then fsync of the directory. Errors are not prefixed with the path.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], keep: Option<KeepAttrs>) -> io::Result<()> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "names no file to write"))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let (tmp, mut file) = {
+        let mut tries = 0;
+        loop {
+            let mut tmp_name = std::ffi::OsString::from(".");
+            tmp_name.push(name);
+            tmp_name.push(format!(
+                ".tmp-{}-{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            ));
+            let tmp: PathBuf = dir.join(tmp_name);
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)
+            {
+                Ok(f) => break (tmp, f),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 100 => tries += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let write = |file: &mut File| -> io::Result<()> {
+        if let Some(keep) = keep {
+            if let Some((uid, gid)) = keep.owner {
+                // Best effort: only root may give a file away.
+                let _ = std::os::unix::fs::fchown(&*file, Some(uid), Some(gid));
+            }
+            file.set_permissions(std::fs::Permissions::from_mode(keep.mode))?;
+        }
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    if let Err(e) = write(&mut file) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    // The rename is done; a failed directory fsync does not undo it.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("portsentry-actions-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn is_eloop(e: &io::Error) -> bool {
+        e.kind() == io::Error::from_raw_os_error(libc::ELOOP).kind()
+    }
+
+    #[test]
+    fn append_line_appends_and_refuses_symlinks() {
+        let dir = temp_dir("append");
+        let deny = dir.join("hosts.deny");
+        append_line(&deny, "ALL: 192.0.2.7 : DENY").unwrap();
+        append_line(&deny, "ALL: 2001:db8::7 : DENY").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&deny).unwrap(),
+            "ALL: 192.0.2.7 : DENY\nALL: 2001:db8::7 : DENY\n"
+        );
+        let mode = std::fs::metadata(&deny).unwrap().mode() & 0o777;
+        assert_eq!(
+            mode & !0o644,
+            0,
+            "created with 0644 less the umask: {mode:o}"
+        );
+
+        // A symlink at the path, to an existing file or to nowhere, is never followed.
+        let real = dir.join("real");
+        std::fs::write(&real, "untouched\n").unwrap();
+        let link = dir.join("link");
+        symlink(&real, &link).unwrap();
+        let e = append_line(&link, "ALL: 192.0.2.8").unwrap_err();
+        assert!(is_eloop(&e), "{e:?}");
+        assert!(e.to_string().contains(&link.display().to_string()), "{e}");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert_eq!(std::fs::read_to_string(&real).unwrap(), "untouched\n");
+        let dangling = dir.join("dangling");
+        symlink(dir.join("nowhere"), &dangling).unwrap();
+        assert!(is_eloop(&append_line(&dangling, "x").unwrap_err()));
+        assert!(!dir.join("nowhere").exists());
+
+        // Not a regular file; a newline inside the line; a missing directory.
+        let e = append_line(&dir, "x").unwrap_err();
+        assert!(e.to_string().starts_with(&dir.display().to_string()), "{e}");
+        let e = append_line(&deny, "a\nb").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        let missing = dir.join("no/such/file");
+        let e = append_line(&missing, "x").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        assert!(e.to_string().contains("no/such/file"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn remove_line_removes_exact_lines_and_refuses_symlinks() {
+        let dir = temp_dir("remove");
+        let deny = dir.join("hosts.deny");
+        std::fs::write(
+            &deny,
+            "# hosts.deny\nALL: 192.0.2.7 : DENY\nALL: 192.0.2.70 : DENY\n\
+             ALL: 192.0.2.7 : DENY \nsshd: ALL\nALL: 192.0.2.7 : DENY\nALL: 192.0.2.7 : DENY",
+        )
+        .unwrap();
+        std::fs::set_permissions(&deny, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(remove_line(&deny, "ALL: 192.0.2.7 : DENY").unwrap());
+        // Only exact matches (not a longer address, not one with a trailing space), all of
+        // them, the last one without its newline too.
+        assert_eq!(
+            std::fs::read_to_string(&deny).unwrap(),
+            "# hosts.deny\nALL: 192.0.2.70 : DENY\nALL: 192.0.2.7 : DENY \nsshd: ALL\n"
+        );
+        assert_eq!(std::fs::metadata(&deny).unwrap().mode() & 0o7777, 0o640);
+        // Nothing to remove: false, and the file is left as it is.
+        let before = std::fs::metadata(&deny).unwrap().ino();
+        assert!(!remove_line(&deny, "ALL: 192.0.2.7 : DENY").unwrap());
+        assert_eq!(std::fs::metadata(&deny).unwrap().ino(), before);
+        assert!(!remove_line(&dir.join("missing"), "x").unwrap());
+        // Removing the last line leaves an empty file; no temp files are left behind.
+        let one = dir.join("one");
+        std::fs::write(&one, "x\n").unwrap();
+        assert!(remove_line(&one, "x").unwrap());
+        assert_eq!(std::fs::read(&one).unwrap(), b"");
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["hosts.deny", "one"]);
+
+        // A symlink is refused, and its target is untouched.
+        let real = dir.join("real");
+        std::fs::write(&real, "x\ny\n").unwrap();
+        let link = dir.join("link");
+        symlink(&real, &link).unwrap();
+        let e = remove_line(&link, "x").unwrap_err();
+        assert!(is_eloop(&e), "{e:?}");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert_eq!(std::fs::read_to_string(&real).unwrap(), "x\ny\n");
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,168 @@
+//! Attaching the program to interfaces: links pinned so that they outlive the daemon,
+//! adopted (the program replaced in them atomically) by the next daemon, and put back
+//! when something else detached them.
+
+use std::{os::fd::AsFd as _, path::Path};
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::programs::{
+    Xdp, XdpMode,
+    links::{FdLink, PinnedLink},
+    xdp::XdpLink,
+};
+use portsentry_common::PROGRAM_NAME;
+
+use super::{Dataplane, sys::pinned_link_ifindex};
+use crate::paths;
+
+/// How to attach to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AttachMode {
+    /// In the driver (fastest); fails where the driver has no XDP support.
+    Native,
+    /// Generic XDP in the network stack; works on every interface.
+    Skb,
+    /// Native, falling back to generic when the driver refuses.
+    #[default]
+    Auto,
+}
+
+/// One attachment of the program made or adopted by this process.
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    pub interface: String,
+    /// The mode the kernel accepted; `None` for a pinned link that was adopted (its
+    /// mode is the one it was first attached with).
+    pub mode: Option<XdpMode>,
+    /// The link is pinned: it stays attached when this process exits.
+    pub pinned: bool,
+}
+
+impl Dataplane {
+    fn program(&mut self) -> Result<&mut Xdp> {
+        Ok(self
+            .ebpf
+            .as_mut()
+            .ok_or_else(|| anyhow!("no program loaded (maps opened read-only)"))?
+            .program_mut(PROGRAM_NAME)
+            .ok_or_else(|| anyhow!("the XDP object has no program `{PROGRAM_NAME}`"))?
+            .try_into()?)
+    }
+
+    /// Attaches to `interface` and returns what was done. With a pin directory, the
+    /// link is pinned (`link-IFACE`) so that it outlives this process; a link already
+    /// pinned there is adopted: this program replaces the old one in it atomically, so
+    /// there is no moment without a program on the interface.
+    pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<Attachment> {
+        let pin = self.pin_dir.as_ref().map(|d| paths::link_pin(d, interface));
+        if let Some(pin) = &pin
+            && pin.exists()
+        {
+            match self.adopt_link(pin) {
+                Ok(()) => {
+                    let a = Attachment {
+                        interface: interface.to_owned(),
+                        mode: None,
+                        pinned: true,
+                    };
+                    self.attachments.push(a.clone());
+                    return Ok(a);
+                }
+                Err(e) => {
+                    // The link is dead (its interface went away): forget it.
+                    log::warn!("dropping the stale link {}: {e:#}", pin.display());
+                    std::fs::remove_file(pin).ok();
+                }
+            }
+        }
+        let tries: &[XdpMode] = match mode {
+            AttachMode::Native => &[XdpMode::Driver],
+            AttachMode::Skb => &[XdpMode::Skb],
+            AttachMode::Auto => &[XdpMode::Driver, XdpMode::Skb],
+        };
+        let program = self.program()?;
+        let mut last_err = None;
+        for m in tries {
+            match program.attach(interface, *m) {
+                Ok(link_id) => {
+                    let mut pinned = false;
+                    if let Some(pin) = &pin {
+                        let link = program.take_link(link_id)?;
+                        let fd_link = FdLink::try_from(link).map_err(|e| {
+                            anyhow!("the kernel attached {interface} without a BPF link: {e}")
+                        })?;
+                        fd_link
+                            .pin(pin)
+                            .with_context(|| format!("pinning the link at {}", pin.display()))?;
+                        pinned = true;
+                    }
+                    let a = Attachment {
+                        interface: interface.to_owned(),
+                        mode: Some(*m),
+                        pinned,
+                    };
+                    self.attachments.push(a.clone());
+                    return Ok(a);
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(anyhow!(last_err.expect("at least one mode tried")))
+            .with_context(|| format!("attaching XDP to interface `{interface}` ({mode:?} mode)"))
+    }
+
+    fn adopt_link(&mut self, pin: &Path) -> Result<()> {
+        let pinned = PinnedLink::from_pin(pin)?;
+        let fd_link: FdLink = pinned.into();
+        let link = XdpLink::try_from(fd_link)?;
+        let program = self.program()?;
+        let id = program.attach_to_link(link)?;
+        // The pin keeps the link; this process needs no handle on it.
+        let _ = program.take_link(id)?;
+        Ok(())
+    }
+
+    /// Interfaces whose pinned link no longer holds the program (detached by someone
+    /// else, or the interface was deleted).
+    pub fn lost_attachments(&self) -> Vec<String> {
+        let Some(dir) = &self.pin_dir else {
+            return Vec::new();
+        };
+        self.attachments
+            .iter()
+            .filter(|a| a.pinned)
+            .filter(
+                |a| !matches!(pinned_link_ifindex(&paths::link_pin(dir, &a.interface)), Ok(i) if i != 0),
+            )
+            .map(|a| a.interface.clone())
+            .collect()
+    }
+
+    /// Attaches again to an interface whose link was lost (see [`Self::lost_attachments`]).
+    pub fn reattach(&mut self, interface: &str, mode: AttachMode) -> Result<Attachment> {
+        if let Some(dir) = &self.pin_dir {
+            let _ = std::fs::remove_file(paths::link_pin(dir, interface));
+        }
+        self.attachments.retain(|a| a.interface != interface);
+        self.attach(interface, mode).inspect_err(|_| {
+            // Keep it on the list, so that the next check tries again.
+            self.attachments.push(Attachment {
+                interface: interface.to_owned(),
+                mode: None,
+                pinned: true,
+            });
+        })
+    }
+
+    /// The program's file descriptor (for BPF_PROG_TEST_RUN).
+    pub fn program_fd(&self) -> Result<std::os::fd::BorrowedFd<'_>> {
+        let program: &Xdp = self
+            .ebpf
+            .as_ref()
+            .ok_or_else(|| anyhow!("no program loaded (maps opened read-only)"))?
+            .program(PROGRAM_NAME)
+            .ok_or_else(|| anyhow!("no program `{PROGRAM_NAME}`"))?
+            .try_into()?;
+        Ok(program.fd()?.as_fd())
+    }
+}

@@ -1,0 +1,59 @@
+//! A configuration, as the kernel holds it: map sizes at load, and the watched ports,
+//! runtime settings and ignore list written into the maps (at start and on reload).
+
+use anyhow::Result;
+use portsentry_common::maps::{SETTING_VERIFY, Settings};
+
+use super::{Dataplane, MapSizes};
+use crate::settings::Effective;
+
+/// The kernel's runtime settings for a configuration; `secret` keys the challenge
+/// cookies.
+pub fn kernel_settings(eff: &Effective, secret: u64) -> Settings {
+    let rate = eff.config.events_per_sec.clamp(1, 10_000_000);
+    Settings {
+        event_trigger: eff.config.scan_trigger.max(1),
+        events_per_sec: rate,
+        event_burst: rate,
+        flags: if eff.config.verify_sources {
+            SETTING_VERIFY
+        } else {
+            0
+        },
+        cookie_secret: secret,
+    }
+}
+
+/// The map sizes for a configuration.
+pub fn map_sizes(eff: &Effective) -> MapSizes {
+    MapSizes {
+        bans: eff.config.max_bans,
+        sources: eff.config.max_tracked_sources,
+        ..MapSizes::default()
+    }
+}
+
+/// Writes ports, settings and the ignore list into the kernel.
+pub fn apply(dp: &mut Dataplane, eff: &Effective) -> Result<()> {
+    dp.write_ports(&eff.policy.tcp, &eff.policy.udp)?;
+    // Keep the cookie secret across reloads (and adoptions): answers in flight stay valid.
+    let secret = match dp.settings().cookie_secret {
+        0 => random_secret(),
+        s => s,
+    };
+    dp.write_settings(kernel_settings(eff, secret))?;
+    dp.replace_ignore(&eff.ignored_nets())?;
+    Ok(())
+}
+
+/// A random 64-bit secret from the kernel.
+fn random_secret() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom into a valid 8-byte buffer.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 8, 0) };
+    if n != 8 {
+        // Never fails for 8 bytes once the pool is ready; fall back to the clock.
+        return crate::clock::monotonic_ns() ^ u64::from(std::process::id()) << 32;
+    }
+    u64::from_ne_bytes(b)
+}

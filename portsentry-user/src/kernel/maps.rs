@@ -1,0 +1,272 @@
+//! Typed handles on the program's maps, opened once by name (the names are shared with
+//! the XDP program in portsentry-common), and the reads and writes of every map but the
+//! ban maps ([`super::bans`]): watched ports, settings, the ignore trie, counters and
+//! tracked sources.
+
+use std::{
+    collections::{HashMap as StdHashMap, HashSet},
+    net::IpAddr,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::maps::{
+    Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key,
+};
+use ipnet::IpNet;
+use portsentry_common::{
+    Addr, Counter,
+    maps::{self, BanEntry, BanSlot, SETTING_IGNORE, Settings, SourceStats},
+};
+
+use super::{Dataplane, addr};
+use crate::ports::PortSet;
+
+/// Every map of the program, typed.
+pub(super) struct Maps {
+    pub bans: HashMap<MapData, Addr, BanEntry>,
+    pub ban_nets: LpmTrie<MapData, Addr, BanEntry>,
+    pub ban_filter: Array<MapData, u64>,
+    pub ban_cache: Array<MapData, BanSlot>,
+    pub ignore: LpmTrie<MapData, Addr, u32>,
+    pub ports: Array<MapData, u64>,
+    pub sources: HashMap<MapData, Addr, SourceStats>,
+    pub counters: PerCpuArray<MapData, u64>,
+    pub settings: Array<MapData, Settings>,
+    /// The event ring buffer, until the daemon takes it.
+    pub events: Option<RingBuf<MapData>>,
+    /// Kernel memory charged to each map (`memlock` in its fdinfo), in bytes.
+    pub memory: Vec<(&'static str, u64)>,
+}
+
+impl Maps {
+    /// Types the maps of `maps::ALL`, taken from a loaded object or opened from pins.
+    pub fn new(mut named: StdHashMap<&'static str, Map>) -> Result<Maps> {
+        let mut memory: Vec<(&'static str, u64)> =
+            named.iter().map(|(n, m)| (*n, memlock(m))).collect();
+        memory.sort();
+        let mut take = |name: &'static str| {
+            named
+                .remove(name)
+                .ok_or_else(|| anyhow!("the XDP object has no map `{name}`"))
+        };
+        Ok(Maps {
+            bans: HashMap::try_from(take(maps::BANS)?)?,
+            ban_nets: LpmTrie::try_from(take(maps::BAN_NETS)?)?,
+            ban_filter: Array::try_from(take(maps::BAN_FILTER)?)?,
+            ban_cache: Array::try_from(take(maps::BAN_CACHE)?)?,
+            ignore: LpmTrie::try_from(take(maps::IGNORE)?)?,
+            ports: Array::try_from(take(maps::PORTS)?)?,
+            sources: HashMap::try_from(take(maps::SOURCES)?)?,
+            counters: PerCpuArray::try_from(take(maps::COUNTERS)?)?,
+            settings: Array::try_from(take(maps::SETTINGS)?)?,
+            events: Some(RingBuf::try_from(take(maps::EVENTS)?)?),
+            memory,
+        })
+    }
+}
+
+/// The `memlock` line of a map's fdinfo, in bytes (0 when unreadable).
+fn memlock(map: &Map) -> u64 {
+    let fd = match map {
+        Map::Array(m)
+        | Map::PerCpuArray(m)
+        | Map::HashMap(m)
+        | Map::LruHashMap(m)
+        | Map::LpmTrie(m)
+        | Map::RingBuf(m) => m.fd().as_fd().as_raw_fd(),
+        _ => return 0,
+    };
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Counter totals summed over CPUs, indexed by [`Counter`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters(pub [u64; Counter::COUNT as usize]);
+
+impl Counters {
+    pub fn get(&self, c: Counter) -> u64 {
+        self.0[c as usize]
+    }
+
+    /// Packets seen (the sum of the verdict reasons).
+    pub fn packets(&self) -> u64 {
+        Counter::ALL
+            .iter()
+            .filter(|c| c.is_verdict())
+            .map(|c| self.get(*c))
+            .sum()
+    }
+
+    /// Packets dropped.
+    pub fn dropped(&self) -> u64 {
+        Counter::ALL
+            .iter()
+            .filter(|c| c.is_drop())
+            .map(|c| self.get(*c))
+            .sum()
+    }
+
+    /// Counts that grew from `earlier` to `self`.
+    pub fn since(&self, earlier: &Counters) -> Counters {
+        let mut d = Counters::default();
+        for (i, v) in d.0.iter_mut().enumerate() {
+            *v = self.0[i].wrapping_sub(earlier.0[i]);
+        }
+        d
+    }
+}
+
+impl Dataplane {
+    pub(super) fn read_settings(&self) -> Result<Settings> {
+        Ok(self.maps.settings.get(&0, 0)?)
+    }
+
+    /// Writes the runtime settings. The presence flags (`SETTING_PREFIX_BANS`,
+    /// `SETTING_IGNORE`) are kept by this type itself and are not taken from `s`.
+    pub fn write_settings(&mut self, s: Settings) -> Result<()> {
+        let presence = maps::SETTING_PREFIX_BANS | SETTING_IGNORE;
+        let keep = self.settings.flags & presence;
+        let s = Settings {
+            flags: (s.flags & !presence) | keep,
+            ..s
+        };
+        self.store_settings(s)
+    }
+
+    pub fn settings(&self) -> Settings {
+        self.settings
+    }
+
+    fn store_settings(&mut self, s: Settings) -> Result<()> {
+        self.maps
+            .settings
+            .set(0, s, 0)
+            .context("writing PS_SETTINGS")?;
+        self.settings = s;
+        Ok(())
+    }
+
+    pub(super) fn set_flag(&mut self, flag: u32, on: bool) -> Result<()> {
+        let flags = if on {
+            self.settings.flags | flag
+        } else {
+            self.settings.flags & !flag
+        };
+        if flags != self.settings.flags {
+            self.store_settings(Settings {
+                flags,
+                ..self.settings
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the watched TCP and UDP ports.
+    pub fn write_ports(&mut self, tcp: &PortSet, udp: &PortSet) -> Result<()> {
+        for (base, set) in [(0, tcp), (maps::UDP_PORT_WORD_BASE, udp)] {
+            for (i, w) in set.words().iter().enumerate() {
+                self.maps.ports.set(base + i as u32, *w, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the kernel's ignore list exactly `nets`: adds the new ones first, then
+    /// removes the stale ones, so that no network in both the old and new list is ever
+    /// unprotected.
+    pub fn replace_ignore(&mut self, nets: &[IpNet]) -> Result<()> {
+        let want: HashSet<(u32, Addr)> = nets.iter().map(addr::net_key).collect();
+        let t = &mut self.maps.ignore;
+        for (len, key) in &want {
+            t.insert(&Key::new(*len, *key), 1, 0)
+                .context("writing PS_IGNORE (more ignore entries than its size?)")?;
+        }
+        let stale: Vec<Key<Addr>> = t
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !want.contains(&(k.prefix_len(), k.data())))
+            .collect();
+        for k in stale {
+            absent_is_false(t.remove(&k))?;
+        }
+        self.set_flag(SETTING_IGNORE, !want.is_empty())
+    }
+
+    /// One kernel counter summed over CPUs.
+    pub fn counter(&self, c: Counter) -> Result<u64> {
+        Ok(self.maps.counters.get(&(c as u32), 0)?.iter().sum())
+    }
+
+    /// Kernel counters summed over CPUs.
+    pub fn counters(&self) -> Result<Counters> {
+        let mut c = Counters::default();
+        for (i, slot) in c.0.iter_mut().enumerate() {
+            *slot = self.maps.counters.get(&(i as u32), 0)?.iter().sum();
+        }
+        Ok(c)
+    }
+
+    /// What the kernel has recorded of one source.
+    pub fn source(&self, ip: IpAddr) -> Result<Option<SourceStats>> {
+        absent_is_none(self.maps.sources.get(&addr::to_key(ip), 0))
+    }
+
+    /// How many sources are tracked (walks the keys: one syscall per entry).
+    pub fn count_sources(&self) -> Result<u64> {
+        Ok(self.maps.sources.keys().count() as u64)
+    }
+
+    /// Kernel memory charged to each map (`memlock` in its fdinfo), in bytes.
+    pub fn map_memory(&self) -> Vec<(&'static str, u64)> {
+        self.maps.memory.clone()
+    }
+
+    /// Every tracked source.
+    pub fn sources(&self) -> Result<Vec<(IpAddr, SourceStats)>> {
+        let mut out = Vec::new();
+        for item in self.maps.sources.iter() {
+            let (k, v) = item?;
+            out.push((addr::from_key(&k), v));
+        }
+        Ok(out)
+    }
+
+    /// Forgets a source's probe history (after it was banned or unbanned).
+    pub fn forget_source(&mut self, ip: IpAddr) -> Result<()> {
+        absent_is_false(self.maps.sources.remove(&addr::to_key(ip)))?;
+        Ok(())
+    }
+
+    /// Takes the event ring buffer out (once).
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        self.maps
+            .events
+            .take()
+            .ok_or_else(|| anyhow!("the event ring buffer was already taken"))
+    }
+}
+
+pub(super) fn absent_is_none<V>(r: Result<V, MapError>) -> Result<Option<V>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(super) fn absent_is_false(r: Result<(), MapError>) -> Result<bool> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(MapError::KeyNotFound) => Ok(false),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}

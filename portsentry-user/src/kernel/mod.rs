@@ -1,0 +1,143 @@
+//! The kernel half, seen from userspace: loading the XDP object ([`object`]), attaching
+//! it ([`attach`]), and every read and write of its maps ([`bans`], [`maps`]) through
+//! typed handles opened once. Nothing else in the daemon touches a BPF map.
+
+pub mod addr;
+mod attach;
+mod bans;
+pub mod configure;
+mod maps;
+pub mod object;
+mod sys;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Map, MapData},
+    programs::Xdp,
+};
+use portsentry_common::{
+    PROGRAM_NAME,
+    maps::{self as names, Settings},
+};
+
+pub use attach::{AttachMode, Attachment};
+pub use maps::Counters;
+pub use sys::{ensure_pin_dir, pinned_link_ifindex};
+
+/// Sizes of the maps whose size is a deployment choice.
+#[derive(Clone, Debug)]
+pub struct MapSizes {
+    pub bans: u32,
+    pub ban_nets: u32,
+    pub ignore: u32,
+    pub sources: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        MapSizes {
+            bans: names::BANS_MAX,
+            ban_nets: names::BAN_NETS_MAX,
+            ignore: names::IGNORE_MAX,
+            sources: names::SOURCES_MAX,
+        }
+    }
+}
+
+/// The loaded XDP program and its maps.
+pub struct Dataplane {
+    /// The program (absent when only the pinned maps were opened).
+    ebpf: Option<Ebpf>,
+    maps: maps::Maps,
+    pin_dir: Option<PathBuf>,
+    settings: Settings,
+    attachments: Vec<Attachment>,
+    /// How many exact bans use each `PS_BAN_FILTER` bit (a bit is cleared at zero).
+    filter_users: std::collections::HashMap<u32, u32>,
+}
+
+/// True when `pin_dir` holds portsentry's pinned maps.
+pub fn is_pinned(pin_dir: &Path) -> bool {
+    names::ALL.iter().all(|n| pin_dir.join(n).exists())
+}
+
+impl Dataplane {
+    /// Loads the embedded object and verifies the program. With `pin_dir`, every map is
+    /// pinned there by name, and maps already pinned there are reused (adopted, with
+    /// their bans, counts and pending events).
+    pub fn load(sizes: &MapSizes, pin_dir: Option<PathBuf>) -> Result<Self> {
+        let bytes = object::bytes()?;
+        if let Some(dir) = &pin_dir {
+            ensure_pin_dir(dir)?;
+        }
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(names::BANS, sizes.bans)
+            .map_max_entries(names::BAN_NETS, sizes.ban_nets)
+            .map_max_entries(names::IGNORE, sizes.ignore)
+            .map_max_entries(names::SOURCES, sizes.sources);
+        if let Some(dir) = &pin_dir {
+            for name in names::ALL {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader
+            .load(bytes)
+            .context("loading the XDP object into the kernel (are you root?)")?;
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or_else(|| anyhow!("the XDP object has no program `{PROGRAM_NAME}`"))?
+            .try_into()?;
+        program
+            .load()
+            .context("the kernel verifier rejected the XDP program")?;
+        let mut taken = std::collections::HashMap::new();
+        for name in names::ALL {
+            let map = ebpf
+                .take_map(name)
+                .ok_or_else(|| anyhow!("the XDP object has no map `{name}`"))?;
+            taken.insert(name, map);
+        }
+        Self::with_maps(Some(ebpf), taken, pin_dir)
+    }
+
+    /// Opens the maps pinned in `pin_dir` without loading a program: for `status`,
+    /// `ban` and `unban` while no daemon runs. Fails when nothing is pinned there.
+    pub fn open_pinned(pin_dir: &Path) -> Result<Self> {
+        if !is_pinned(pin_dir) {
+            bail!(
+                "portsentry is not loaded: no pinned maps in {} (start it with `portsentry run`)",
+                pin_dir.display()
+            );
+        }
+        let mut taken = std::collections::HashMap::new();
+        for name in names::ALL {
+            let path = pin_dir.join(name);
+            let data = MapData::from_pin(&path)
+                .with_context(|| format!("opening the pinned map {}", path.display()))?;
+            taken.insert(name, Map::from_map_data(data)?);
+        }
+        Self::with_maps(None, taken, Some(pin_dir.to_path_buf()))
+    }
+
+    fn with_maps(
+        ebpf: Option<Ebpf>,
+        taken: std::collections::HashMap<&'static str, Map>,
+        pin_dir: Option<PathBuf>,
+    ) -> Result<Self> {
+        let mut dp = Dataplane {
+            ebpf,
+            maps: maps::Maps::new(taken)?,
+            pin_dir,
+            settings: Settings::default(),
+            attachments: Vec::new(),
+            filter_users: Default::default(),
+        };
+        dp.settings = dp.read_settings()?;
+        dp.rebuild_ban_filter()?;
+        Ok(dp)
+    }
+}

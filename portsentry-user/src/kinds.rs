@@ -1,0 +1,192 @@
+//! The small closed sets the daemon talks about, as types: the protocol of a probe,
+//! PortSentry's mode word (`$MODE$`, the blocked-file suffix), where a ban came from and
+//! why it ended. Each has exactly one spelling, used by the log lines, the files, the
+//! state file and the metric labels alike.
+
+use std::fmt;
+
+use portsentry_common::{PROTO_TCP, PROTO_UDP, ScanType, maps::BanOrigin};
+
+use crate::config::Mode;
+
+/// A watched protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number (6, 17).
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => PROTO_TCP,
+            Protocol::Udp => PROTO_UDP,
+        }
+    }
+
+    /// The protocol of an IP protocol number; `None` for any other.
+    pub fn from_number(n: u8) -> Option<Protocol> {
+        match n {
+            PROTO_TCP => Some(Protocol::Tcp),
+            PROTO_UDP => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
+
+    /// The protocol a scan type probes.
+    pub fn of(scan_type: ScanType) -> Protocol {
+        if scan_type.is_tcp() {
+            Protocol::Tcp
+        } else {
+            Protocol::Udp
+        }
+    }
+
+    /// `TCP` or `UDP`, as PortSentry writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// PortSentry's mode word: what `$MODE$` becomes in a kill command and the suffix of the
+/// blocked file (`BLOCKED_FILE.atcp`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ModeToken {
+    Atcp,
+    Stcp,
+    Audp,
+    Sudp,
+}
+
+impl ModeToken {
+    pub const ALL: [ModeToken; 4] = [
+        ModeToken::Atcp,
+        ModeToken::Stcp,
+        ModeToken::Audp,
+        ModeToken::Sudp,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModeToken::Atcp => "atcp",
+            ModeToken::Stcp => "stcp",
+            ModeToken::Audp => "audp",
+            ModeToken::Sudp => "sudp",
+        }
+    }
+
+    /// The token of a configured mode for a protocol; `None` when the mode is off.
+    pub fn of(mode: Mode, proto: Protocol) -> Option<ModeToken> {
+        Some(match (mode, proto) {
+            (Mode::Off, _) => return None,
+            (Mode::Advanced, Protocol::Tcp) => ModeToken::Atcp,
+            (Mode::Stealth, Protocol::Tcp) => ModeToken::Stcp,
+            (Mode::Advanced, Protocol::Udp) => ModeToken::Audp,
+            (Mode::Stealth, Protocol::Udp) => ModeToken::Sudp,
+        })
+    }
+
+    /// The token spelled `s`; `None` for anything else (`manual` included).
+    pub fn parse(s: &str) -> Option<ModeToken> {
+        ModeToken::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    pub fn protocol(self) -> Protocol {
+        match self {
+            ModeToken::Atcp | ModeToken::Stcp => Protocol::Tcp,
+            ModeToken::Audp | ModeToken::Sudp => Protocol::Udp,
+        }
+    }
+}
+
+impl fmt::Display for ModeToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The word for a ban that no scan caused (an operator's): where PortSentry's files and
+/// our state file would hold a mode token.
+pub const MANUAL: &str = "manual";
+
+/// The mode word of a ban: its token, or [`MANUAL`].
+pub fn mode_word(mode: Option<ModeToken>) -> &'static str {
+    mode.map_or(MANUAL, ModeToken::as_str)
+}
+
+/// The label and state-file word of a ban's origin.
+pub fn origin_name(o: BanOrigin) -> &'static str {
+    match o {
+        BanOrigin::Scan => "scan",
+        BanOrigin::Manual => "manual",
+    }
+}
+
+/// The origin named `name` ([`origin_name`]'s inverse).
+pub fn origin_from_name(name: &str) -> Option<BanOrigin> {
+    [BanOrigin::Scan, BanOrigin::Manual]
+        .into_iter()
+        .find(|o| origin_name(*o) == name)
+}
+
+/// Why a ban ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BanEnd {
+    /// Its time ran out.
+    Expired,
+    /// The operator lifted it.
+    Unbanned,
+}
+
+impl BanEnd {
+    pub const ALL: [BanEnd; 2] = [BanEnd::Expired, BanEnd::Unbanned];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BanEnd::Expired => "expired",
+            BanEnd::Unbanned => "unbanned",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spellings_round_trip() {
+        for t in ModeToken::ALL {
+            assert_eq!(ModeToken::parse(t.as_str()), Some(t));
+        }
+        assert_eq!(ModeToken::parse(MANUAL), None);
+        assert_eq!(mode_word(None), "manual");
+        assert_eq!(mode_word(Some(ModeToken::Sudp)), "sudp");
+        for o in [BanOrigin::Scan, BanOrigin::Manual] {
+            assert_eq!(origin_from_name(origin_name(o)), Some(o));
+        }
+        for p in [Protocol::Tcp, Protocol::Udp] {
+            assert_eq!(Protocol::from_number(p.number()), Some(p));
+        }
+        assert_eq!(Protocol::from_number(0), None);
+        assert_eq!(ModeToken::Audp.protocol(), Protocol::Udp);
+        for t in ModeToken::ALL {
+            let mode = if matches!(t, ModeToken::Atcp | ModeToken::Audp) {
+                Mode::Advanced
+            } else {
+                Mode::Stealth
+            };
+            assert_eq!(ModeToken::of(mode, t.protocol()), Some(t));
+        }
+        assert_eq!(ModeToken::of(Mode::Off, Protocol::Udp), None);
+    }
+}

@@ -1,0 +1,36 @@
+//! Every fixed name the daemon and the CLI agree on: files in STATE_DIR, pins in
+//! PIN_DIR. The directories themselves are settings (STATE_DIR, PIN_DIR; their defaults
+//! are in the configuration).
+
+use std::path::{Path, PathBuf};
+
+/// The pid file in STATE_DIR, also the lock that allows one daemon per state directory.
+pub const PID_FILE: &str = "portsentry.pid";
+/// The control socket in STATE_DIR (`portsentry ban`, `unban`).
+pub const CONTROL_SOCKET: &str = "control.sock";
+/// The ban state file in STATE_DIR.
+pub const STATE_FILE: &str = "bans.json";
+/// Link pins in PIN_DIR are named this followed by the interface name.
+pub const LINK_PREFIX: &str = "link-";
+
+pub fn pid_file(state_dir: &Path) -> PathBuf {
+    state_dir.join(PID_FILE)
+}
+
+pub fn control_socket(state_dir: &Path) -> PathBuf {
+    state_dir.join(CONTROL_SOCKET)
+}
+
+pub fn state_file(state_dir: &Path) -> PathBuf {
+    state_dir.join(STATE_FILE)
+}
+
+/// The pin of the link that attaches the program to `interface`.
+pub fn link_pin(pin_dir: &Path, interface: &str) -> PathBuf {
+    pin_dir.join(format!("{LINK_PREFIX}{interface}"))
+}
+
+/// The interface a pin's file name is the link of, if it is a link pin.
+pub fn link_interface(file_name: &str) -> Option<&str> {
+    file_name.strip_prefix(LINK_PREFIX)
+}
