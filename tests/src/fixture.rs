@@ -8,7 +8,7 @@ use portsentry_common::{
     maps::{ScanEvent, Settings},
 };
 use portsentry_user::{
-    dataplane::{Counters, Dataplane, MapSizes},
+    kernel::{Counters, Dataplane, MapSizes},
     ports::PortSet,
 };
 

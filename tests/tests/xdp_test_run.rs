@@ -74,7 +74,7 @@ fn syn_probe_is_counted_and_reported() {
     assert_eq!(ev[0].hits, 1);
     assert_eq!(ev[0].scan_type, ScanType::TcpSyn as u8);
     assert_eq!(ev[0].tcp_flags, SYN);
-    assert_eq!(portsentry_user::addr::from_key(&ev[0].addr), src);
+    assert_eq!(portsentry_user::kernel::addr::from_key(&ev[0].addr), src);
 }
 
 #[test]
@@ -875,11 +875,11 @@ fn verification_challenges_syns_and_verifies_answers() {
         };
         assert_eq!(
             packet::addr_bytes(&ip_out.src),
-            portsentry_user::addr::to_key(dst)
+            portsentry_user::kernel::addr::to_key(dst)
         );
         assert_eq!(
             packet::addr_bytes(&ip_out.dst),
-            portsentry_user::addr::to_key(src)
+            portsentry_user::kernel::addr::to_key(src)
         );
         let t = &out[l4..];
         assert_eq!(u16::from_be_bytes([t[0], t[1]]), 22, "source port");
@@ -944,8 +944,9 @@ fn verification_challenges_syns_and_verifies_answers() {
 fn ban_cache_collisions() {
     require_kernel!();
     use portsentry_common::maps::ban_cache_slot;
-    let words =
-        |ip: IpAddr| -> packet::AddrWords { bytemuck::cast(portsentry_user::addr::to_key(ip)) };
+    let words = |ip: IpAddr| -> packet::AddrWords {
+        bytemuck::cast(portsentry_user::kernel::addr::to_key(ip))
+    };
     let a = ip("198.51.100.1");
     let slot = ban_cache_slot(&words(a));
     let b = (2..=u32::MAX)

@@ -26,7 +26,7 @@ use portsentry_tests::{
     netns::{Netns, TestNet, tcp_connect},
     testrun,
 };
-use portsentry_user::dataplane::{Dataplane, MapSizes};
+use portsentry_user::kernel::{Dataplane, MapSizes};
 
 struct Args {
     repeat: u32,
@@ -455,12 +455,7 @@ fn flood(filter: &Filter, secs: u64) -> Option<(f64, f64)> {
                 d.insert_ban(&IpNet::from(a), &BanEntry::default()).unwrap();
             }
             net.server
-                .enter(|| {
-                    d.attach(
-                        &net.server_if,
-                        portsentry_user::dataplane::AttachMode::Native,
-                    )
-                })
+                .enter(|| d.attach(&net.server_if, portsentry_user::kernel::AttachMode::Native))
                 .expect("attach");
             dp = Some(d);
         }
@@ -625,14 +620,14 @@ fn daemon_memory(n: u32) {
                 since: now,
                 expires: None,
                 port: 22,
-                proto: 6,
+                proto: Some(portsentry_user::kinds::Protocol::Tcp),
                 scan_type: Some(ScanType::TcpSyn),
-                mode: "atcp".into(),
+                mode: Some(portsentry_user::kinds::ModeToken::Atcp),
                 name: a.to_string(),
                 count: 1,
             });
         }
-        portsentry_user::state::save(&wd.path("state"), &store).unwrap();
+        portsentry_user::bans::state::save(&wd.path("state"), &store).unwrap();
         drop(store);
         let t = Instant::now();
         let d = Daemon::start(&net.server, &["run", "-c", conf.to_str().unwrap()]);
