@@ -174,18 +174,20 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], keep: Option<KeepAttrs>) -
     Ok(())
 }
 
+/// A fresh directory for a unit test, named after the process and `name` (emptied if
+/// a previous run left it).
+#[cfg(test)]
+pub(crate) fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("portsentry-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
-
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("portsentry-actions-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
 
     fn is_eloop(e: &io::Error) -> bool {
         e.kind() == io::Error::from_raw_os_error(libc::ELOOP).kind()
@@ -193,7 +195,7 @@ mod tests {
 
     #[test]
     fn append_line_appends_and_refuses_symlinks() {
-        let dir = temp_dir("append");
+        let dir = crate::fsutil::temp_dir("fsutil-append");
         let deny = dir.join("hosts.deny");
         append_line(&deny, "ALL: 192.0.2.7 : DENY").unwrap();
         append_line(&deny, "ALL: 2001:db8::7 : DENY").unwrap();
@@ -237,7 +239,7 @@ mod tests {
 
     #[test]
     fn remove_line_removes_exact_lines_and_refuses_symlinks() {
-        let dir = temp_dir("remove");
+        let dir = crate::fsutil::temp_dir("fsutil-remove");
         let deny = dir.join("hosts.deny");
         std::fs::write(
             &deny,

@@ -245,18 +245,7 @@ impl Capture {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::{
-        path::{Path, PathBuf},
-        time::Instant as StdInstant,
-    };
-
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("portsentry-actions-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
+    use std::{path::Path, time::Instant as StdInstant};
 
     #[tokio::test]
     async fn run_shell_status_and_output() {
@@ -355,7 +344,7 @@ mod tests {
 
     #[tokio::test]
     async fn run_shell_timeout_kills_the_group() {
-        let dir = temp_dir("timeout");
+        let dir = crate::fsutil::temp_dir("shell-timeout");
         let pids = dir.join("pids");
         let cmd = format!(
             "echo $$ > '{p}.sh'; sleep 30 & echo $! > '{p}.bg'; sleep 30",
@@ -379,7 +368,7 @@ mod tests {
 
     #[tokio::test]
     async fn run_shell_background_child_holding_the_pipe() {
-        let dir = temp_dir("background");
+        let dir = crate::fsutil::temp_dir("shell-background");
         let pid_file = dir.join("bg");
         // The shell exits at once; its background child keeps the output pipe open.
         let cmd = format!(
@@ -413,7 +402,7 @@ mod tests {
 
     #[tokio::test]
     async fn run_shell_dropped_kills_the_group() {
-        let dir = temp_dir("dropped");
+        let dir = crate::fsutil::temp_dir("shell-dropped");
         let pid_file = dir.join("bg");
         let cmd = format!("sleep 30 & echo $! > '{}'; wait", pid_file.display());
         let run = run_shell(&cmd, Duration::from_secs(60));

@@ -141,14 +141,6 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(secs)
     }
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("portsentry-records-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     fn set_tz(tz: Option<&str>) {
         // SAFETY: this is the only test that changes the environment, and it restores it.
         unsafe {
@@ -256,7 +248,7 @@ mod tests {
 
     #[test]
     fn history_is_appended() {
-        let dir = temp_dir("history");
+        let dir = crate::fsutil::temp_dir("records-history");
         let history = dir.join("portsentry.history");
         append_history(&history, "one").unwrap();
         append_history(&history, "two").unwrap();
@@ -280,7 +272,7 @@ mod tests {
 
     #[test]
     fn blocked_file_is_replaced_atomically() {
-        let dir = temp_dir("blocked");
+        let dir = crate::fsutil::temp_dir("records-blocked");
         // The parent directory is created.
         let blocked = dir.join("state/portsentry.blocked.atcp");
         let lines = vec![
