@@ -4,9 +4,9 @@
 
 use std::{ffi::OsString, path::PathBuf};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
-use crate::{config::Mode, dataplane::AttachMode};
+use crate::config::{self, AttachMode, Mode};
 
 /// portsentry: a line-rate port-scan detector and blocker (XDP), compatible with
 /// PortSentry's configuration.
@@ -82,11 +82,7 @@ pub struct UnbanArgs {
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let s = s.trim();
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(std::time::Duration::from_secs(secs));
-    }
-    humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. 3600, 90s, 30m, 12h, 7d)"))
+    config::parse_duration(s).map_err(|e| format!("{e} (write e.g. 3600, 90s, 30m, 12h, 7d)"))
 }
 
 /// An address or network: `192.0.2.7`, `192.0.2.0/24`, `2001:db8::/48`.
@@ -112,7 +108,7 @@ pub struct ConfigArgs {
     pub interfaces: Vec<String>,
     /// XDP attach mode; overrides XDP_MODE.
     #[arg(long, value_enum, value_name = "MODE")]
-    pub xdp_mode: Option<XdpModeArg>,
+    pub xdp_mode: Option<AttachMode>,
     /// TCP mode (`atcp`/`advanced`, `stcp`/`tcp`/`stealth`, `off`); overrides TCP_MODE.
     #[arg(long, value_name = "MODE", value_parser = parse_tcp_mode)]
     pub tcp_mode: Option<Mode>,
@@ -131,23 +127,6 @@ pub struct RunArgs {
     /// Do not copy log lines to stderr (they still go to syslog when SYSLOG=1).
     #[arg(long)]
     pub quiet: bool,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum XdpModeArg {
-    Native,
-    Skb,
-    Auto,
-}
-
-impl From<XdpModeArg> for AttachMode {
-    fn from(m: XdpModeArg) -> Self {
-        match m {
-            XdpModeArg::Native => AttachMode::Native,
-            XdpModeArg::Skb => AttachMode::Skb,
-            XdpModeArg::Auto => AttachMode::Auto,
-        }
-    }
 }
 
 fn parse_tcp_mode(s: &str) -> Result<Mode, String> {

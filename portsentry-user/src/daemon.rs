@@ -31,14 +31,16 @@ use crate::{
     bans::Ban,
     book::Book,
     cli::RunArgs,
-    config::{BlockMode, Config},
+    config::{
+        BlockMode, Config,
+        effective::{self, Effective},
+        localaddrs,
+    },
     control::{self, Request, Response},
     dataplane::{Dataplane, MapSizes},
     detector::{ProbeEvent, Rules, Verdict},
-    localaddrs,
     metrics::{self, Metrics, Snapshot},
     records::{self, Logger},
-    settings::{self, Effective},
     state,
 };
 
@@ -390,7 +392,7 @@ fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<ScanEvent>) {
 /// on any error the old settings stay in force.
 fn reload(shared: &Shared, args: &RunArgs) {
     let old = shared.eff();
-    let new = match settings::load(&args.config) {
+    let new = match effective::load(&args.config) {
         Ok(new) => new,
         Err(e) => {
             shared.log.warn(&format!(

@@ -23,19 +23,11 @@ use portsentry_common::{
     maps::{self, BanEntry, SETTING_IGNORE, SETTING_PREFIX_BANS, Settings, SourceStats},
 };
 
-use crate::{addr, object, ports::PortSet};
-
-/// How to attach to an interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum AttachMode {
-    /// In the driver (fastest); fails where the driver has no XDP support.
-    Native,
-    /// Generic XDP in the network stack; works on every interface.
-    Skb,
-    /// Native, falling back to generic when the driver refuses.
-    #[default]
-    Auto,
-}
+use crate::{
+    addr,
+    config::{AttachMode, ports::PortSet},
+    object,
+};
 
 /// Sizes of the maps whose size is a deployment choice.
 #[derive(Clone, Debug)]

@@ -5,13 +5,14 @@ use std::{process::ExitCode, sync::Arc};
 use clap::Parser as _;
 use portsentry_user::{
     cli::{Cli, Command, translate_legacy},
-    daemon, ops, settings,
+    config::effective,
+    daemon, ops,
 };
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(translate_legacy(std::env::args_os().collect()));
     match cli.command {
-        Command::CheckConfig(args) => match settings::load(&args) {
+        Command::CheckConfig(args) => match effective::load(&args) {
             Ok(eff) => {
                 print!("{}", eff.render());
                 ExitCode::SUCCESS
@@ -47,7 +48,7 @@ fn report(r: anyhow::Result<String>) -> ExitCode {
 }
 
 fn run(args: portsentry_user::cli::RunArgs) -> anyhow::Result<()> {
-    let eff = settings::load(&args.config)?;
+    let eff = effective::load(&args.config)?;
     eff.require_interfaces()?;
     let state_dir = &eff.config.state_dir;
     let Some(lock) = daemon::lock_state_dir(state_dir)? else {

@@ -27,7 +27,7 @@ use crate::{
     dataplane::{self, Dataplane},
     metrics::Metrics,
     records::Logger,
-    settings, state,
+    state,
 };
 
 /// The configuration for an operator command (the file named, else the default one,
@@ -35,8 +35,8 @@ use crate::{
 pub fn config(file: &FileArgs) -> Result<Config> {
     Ok(match &file.config {
         Some(p) => config::load(p)?,
-        None if Path::new(settings::DEFAULT_CONFIG).exists() => {
-            config::load(Path::new(settings::DEFAULT_CONFIG))?
+        None if Path::new(config::DEFAULT_CONFIG).exists() => {
+            config::load(Path::new(config::DEFAULT_CONFIG))?
         }
         None => Config::default(),
     })

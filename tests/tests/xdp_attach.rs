@@ -13,7 +13,10 @@ use portsentry_tests::{
     netns::{TestNet, tcp_connect},
     require_kernel,
 };
-use portsentry_user::dataplane::{AttachMode, Dataplane, MapSizes};
+use portsentry_user::{
+    config::AttachMode,
+    dataplane::{Dataplane, MapSizes},
+};
 
 #[test]
 fn native_xdp_counts_syns_per_source_and_drops_banned_sources() {
