@@ -1,7 +1,7 @@
 //! The portsentry daemon and CLI as a library, so the integration tests can drive it.
 //!
 //! From the bottom up: fixed names ([`paths`]), small typed values ([`kinds`]), the
-//! configuration ([`config`], [`settings`]), PortSentry's records ([`report`]), hardened
+//! configuration ([`config`]), PortSentry's records ([`report`]), hardened
 //! file writes ([`fsutil`]), the kernel maps ([`kernel`]), bans ([`bans`]), the kill
 //! actions ([`actions`]), metrics, the control-socket protocol ([`control`]), the daemon
 //! ([`daemon`]) and the command line ([`cli`]). Nothing below the daemon imports it.
@@ -14,14 +14,9 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod fsutil;
-pub mod ignore;
 pub mod kernel;
 pub mod kinds;
-pub mod localaddrs;
 pub mod metrics;
 pub mod paths;
 pub mod pidfile;
-pub mod policy;
-pub mod ports;
 pub mod report;
-pub mod settings;

@@ -4,6 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+/// The configuration file used when `-c` is not given, if it exists.
+pub const DEFAULT_CONFIG: &str = "/etc/portsentry/portsentry.conf";
+
 /// The pid file in STATE_DIR, also the lock that allows one daemon per state directory.
 pub const PID_FILE: &str = "portsentry.pid";
 /// The control socket in STATE_DIR (`portsentry ban`, `unban`).

@@ -14,10 +14,8 @@ use std::{
 };
 
 use ipnet::IpNet;
-use portsentry_user::{
-    config::{self, Config, ConfigError, MAX_FILE_BYTES, MAX_LINE_BYTES},
-    ignore::IgnoreList,
-    ports::PortSet,
+use portsentry_user::config::{
+    self, Config, ConfigError, MAX_FILE_BYTES, MAX_LINE_BYTES, ignore::IgnoreList, ports::PortSet,
 };
 use proptest::{
     prelude::*,
@@ -649,7 +647,7 @@ fn check_ignore_list(list: &IgnoreList) -> Result<(), TestCaseError> {
             );
         }
         // (A mapped address is looked up as IPv4, so an IPv6 network reaching into
-        // ::ffff:0:0/96 does not match it; see ignore.rs.)
+        // ::ffff:0:0/96 does not match it; see config/ignore.rs.)
         for ip in [net.network(), net.broadcast()] {
             if !is_v4_mapped(ip) {
                 prop_assert!(list.contains(ip), "{} does not contain {}", net, ip);
@@ -905,9 +903,14 @@ const VALID: &[(&str, &[&str])] = &[
     ("SYSLOG", &["0", "1"]),
 ];
 
+/// The names of the known keys.
+fn key_names() -> Vec<&'static str> {
+    config::KEYS.iter().map(|k| k.name).collect()
+}
+
 /// A key: usually a real one, sometimes a near miss or junk.
 fn config_key() -> BoxedStrategy<String> {
-    let key = || prop::sample::select(config::KEYS);
+    let key = || prop::sample::select(key_names());
     prop_oneof![
         12 => key().prop_map(String::from),
         2 => (key(), any::<Index>()).prop_map(|(k, i)| {
@@ -940,7 +943,7 @@ fn config_value() -> BoxedStrategy<String> {
 /// around, sometimes a line with something wrong.
 fn config_line() -> BoxedStrategy<String> {
     let ws = || prop::sample::select(SPACES);
-    let valid = (prop::sample::select(config::KEYS), any::<Index>()).prop_map(|(key, i)| {
+    let valid = (prop::sample::select(key_names()), any::<Index>()).prop_map(|(key, i)| {
         let values = valid_values(key);
         (key, values[i.index(values.len())])
     });
@@ -1005,7 +1008,7 @@ fn config_bytes() -> impl Strategy<Value = Vec<u8>> {
 fn config_parser_never_panics_and_errors_name_a_real_line() {
     // The generator's table of valid values is right and complete.
     for (key, values) in VALID {
-        assert!(config::KEYS.contains(key), "{key} is not a key");
+        assert!(key_names().contains(key), "{key} is not a key");
         for value in *values {
             if let Err(e) = config::parse(&format!("{key}=\"{value}\""), Path::new("/p")) {
                 assert!(is_validate_error(&e.message), "{key}=\"{value}\": {e}");

@@ -8,8 +8,8 @@ use portsentry_common::{
     maps::{ScanEvent, Settings},
 };
 use portsentry_user::{
+    config::ports::PortSet,
     kernel::{Counters, Dataplane, MapSizes},
-    ports::PortSet,
 };
 
 use crate::{netns::Netns, testrun};

@@ -13,7 +13,7 @@ use portsentry_tests::{
     require_kernel,
     testrun::{self, XDP_PASS},
 };
-use portsentry_user::ports::PortSet;
+use portsentry_user::config::ports::PortSet;
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok()?.parse().ok()

@@ -13,7 +13,10 @@ use portsentry_tests::{
     netns::{TestNet, tcp_connect},
     require_kernel,
 };
-use portsentry_user::kernel::{AttachMode, Dataplane, MapSizes};
+use portsentry_user::{
+    config::AttachMode,
+    kernel::{Dataplane, MapSizes},
+};
 
 #[test]
 fn native_xdp_counts_syns_per_source_and_drops_banned_sources() {

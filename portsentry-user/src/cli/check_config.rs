@@ -4,9 +4,9 @@
 use anyhow::Result;
 
 use super::ConfigArgs;
-use crate::settings;
+use crate::config::effective;
 
 /// The `check-config` report, or the error that names the file and line.
 pub fn run(args: &ConfigArgs) -> Result<String> {
-    Ok(settings::load(args)?.render())
+    Ok(effective::load(args)?.render())
 }

@@ -16,12 +16,11 @@ use std::{
 };
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    config::{self, Config, Mode},
-    kernel::AttachMode,
-    settings,
+    config::{self, AttachMode, Config, Mode},
+    paths,
 };
 
 /// Runs a subcommand: its output on stdout and exit status 0, or `portsentry: <error>`
@@ -56,8 +55,8 @@ fn line(s: String) -> String {
 fn config(file: &FileArgs) -> Result<Config> {
     Ok(match &file.config {
         Some(p) => config::load(p)?,
-        None if Path::new(settings::DEFAULT_CONFIG).exists() => {
-            config::load(Path::new(settings::DEFAULT_CONFIG))?
+        None if Path::new(paths::DEFAULT_CONFIG).exists() => {
+            config::load(Path::new(paths::DEFAULT_CONFIG))?
         }
         None => Config::default(),
     })
@@ -137,11 +136,7 @@ pub struct UnbanArgs {
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let s = s.trim();
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(std::time::Duration::from_secs(secs));
-    }
-    humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. 3600, 90s, 30m, 12h, 7d)"))
+    config::parse_duration(s).map_err(|e| format!("{e} (write e.g. 3600, 90s, 30m, 12h, 7d)"))
 }
 
 /// An address or network: `192.0.2.7`, `192.0.2.0/24`, `2001:db8::/48`.
@@ -167,7 +162,7 @@ pub struct ConfigArgs {
     pub interfaces: Vec<String>,
     /// XDP attach mode; overrides XDP_MODE.
     #[arg(long, value_enum, value_name = "MODE")]
-    pub xdp_mode: Option<XdpModeArg>,
+    pub xdp_mode: Option<AttachMode>,
     /// TCP mode (`atcp`/`advanced`, `stcp`/`tcp`/`stealth`, `off`); overrides TCP_MODE.
     #[arg(long, value_name = "MODE", value_parser = parse_tcp_mode)]
     pub tcp_mode: Option<Mode>,
@@ -186,23 +181,6 @@ pub struct RunArgs {
     /// Do not copy log lines to stderr (they still go to syslog when SYSLOG=1).
     #[arg(long)]
     pub quiet: bool,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum XdpModeArg {
-    Native,
-    Skb,
-    Auto,
-}
-
-impl From<XdpModeArg> for AttachMode {
-    fn from(m: XdpModeArg) -> Self {
-        match m {
-            XdpModeArg::Native => AttachMode::Native,
-            XdpModeArg::Skb => AttachMode::Skb,
-            XdpModeArg::Auto => AttachMode::Auto,
-        }
-    }
 }
 
 fn parse_tcp_mode(s: &str) -> Result<Mode, String> {

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use anyhow::Result;
 
 use super::RunArgs;
-use crate::{daemon, paths, pidfile, settings};
+use crate::{config::effective, daemon, paths, pidfile};
 
 /// `portsentry run` (and PortSentry 1.2's legacy invocations).
 pub fn run(args: RunArgs) -> Result<()> {
-    let eff = settings::load(&args.config)?;
+    let eff = effective::load(&args.config)?;
     eff.require_interfaces()?;
     let state_dir = &eff.config.state_dir;
     let Some(lock) = pidfile::lock(state_dir)? else {

@@ -34,6 +34,7 @@ use tokio::{
 use crate::{
     bans::{Book, state},
     cli::RunArgs,
+    config::effective::Effective,
     kernel::{
         Dataplane,
         configure::{self, map_sizes},
@@ -42,7 +43,6 @@ use crate::{
     metrics::{self, Metrics},
     paths,
     report::Logger,
-    settings::Effective,
 };
 use admission::Admission;
 use detect::Rules;

@@ -17,9 +17,9 @@ use crate::{
     actions::{self, Step, Target, execute::run_step},
     bans::{Cause, ScanCause},
     config::BlockMode,
+    config::effective::Effective,
     kinds::ModeToken,
     report::{alert, history},
-    settings::Effective,
 };
 
 /// How long a reverse lookup may take before the address is logged instead.

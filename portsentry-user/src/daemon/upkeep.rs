@@ -11,8 +11,15 @@ use std::{
 
 use super::{Shared, respond};
 use crate::{
-    actions::execute, bans::Ban, cli::RunArgs, kernel::configure, kinds::BanEnd, localaddrs,
-    metrics::Snapshot, paths, report::Logger, settings,
+    actions::execute,
+    bans::Ban,
+    cli::RunArgs,
+    config::{effective, localaddrs},
+    kernel::configure,
+    kinds::BanEnd,
+    metrics::Snapshot,
+    paths,
+    report::Logger,
 };
 
 /// Removes link pins for interfaces no longer configured (detaching them).
@@ -42,7 +49,7 @@ pub(super) fn drop_stale_links(pin_dir: &Path, interfaces: &[String], log: &Logg
 /// on any error the old settings stay in force.
 pub(super) fn reload(shared: &Shared, args: &RunArgs) {
     let old = shared.eff();
-    let new = match settings::load(&args.config) {
+    let new = match effective::load(&args.config) {
         Ok(new) => new,
         Err(e) => {
             shared.log.warn(&format!(

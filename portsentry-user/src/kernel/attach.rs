@@ -13,19 +13,7 @@ use aya::programs::{
 use portsentry_common::PROGRAM_NAME;
 
 use super::{Dataplane, sys::pinned_link_ifindex};
-use crate::paths;
-
-/// How to attach to an interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum AttachMode {
-    /// In the driver (fastest); fails where the driver has no XDP support.
-    Native,
-    /// Generic XDP in the network stack; works on every interface.
-    Skb,
-    /// Native, falling back to generic when the driver refuses.
-    #[default]
-    Auto,
-}
+use crate::{config::AttachMode, paths};
 
 /// One attachment of the program made or adopted by this process.
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@ use anyhow::Result;
 use portsentry_common::maps::{SETTING_VERIFY, Settings};
 
 use super::{Dataplane, MapSizes};
-use crate::settings::Effective;
+use crate::config::effective::Effective;
 
 /// The kernel's runtime settings for a configuration; `secret` keys the challenge
 /// cookies.

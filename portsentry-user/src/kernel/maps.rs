@@ -20,7 +20,7 @@ use portsentry_common::{
 };
 
 use super::{Dataplane, addr};
-use crate::ports::PortSet;
+use crate::config::ports::PortSet;
 
 /// Every map of the program, typed.
 pub(super) struct Maps {

@@ -23,7 +23,7 @@ use portsentry_common::{
     maps::{self as names, Settings},
 };
 
-pub use attach::{AttachMode, Attachment};
+pub use attach::Attachment;
 pub use maps::Counters;
 pub use sys::{ensure_pin_dir, pinned_link_ifindex};
 

@@ -455,7 +455,7 @@ fn flood(filter: &Filter, secs: u64) -> Option<(f64, f64)> {
                 d.insert_ban(&IpNet::from(a), &BanEntry::default()).unwrap();
             }
             net.server
-                .enter(|| d.attach(&net.server_if, portsentry_user::kernel::AttachMode::Native))
+                .enter(|| d.attach(&net.server_if, portsentry_user::config::AttachMode::Native))
                 .expect("attach");
             dp = Some(d);
         }

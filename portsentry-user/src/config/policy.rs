@@ -7,10 +7,10 @@
 
 use std::{fs, ops::RangeInclusive, path::Path};
 
-use crate::{config::Config, ports::PortSet};
+use super::{Config, ports::PortSet};
 
 /// Where the kernel's ephemeral port range is read from.
-pub const LOCAL_PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+pub(crate) const LOCAL_PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
 
 /// The watched ports and what was said about them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,7 +25,7 @@ pub struct PortPolicy {
 }
 
 /// Reads `ip_local_port_range` ("32768\t60999").
-pub fn read_ephemeral_range(path: &Path) -> Option<RangeInclusive<u16>> {
+pub(crate) fn read_ephemeral_range(path: &Path) -> Option<RangeInclusive<u16>> {
     parse_range(&fs::read_to_string(path).ok()?)
 }
 
@@ -38,7 +38,7 @@ fn parse_range(text: &str) -> Option<RangeInclusive<u16>> {
 }
 
 /// The policy for `config` given the ephemeral range.
-pub fn build(config: &Config, ephemeral: Option<RangeInclusive<u16>>) -> PortPolicy {
+pub(crate) fn build(config: &Config, ephemeral: Option<RangeInclusive<u16>>) -> PortPolicy {
     let tcp = config.tcp_watched_ports();
     let mut udp = config.udp_watched_ports();
     let mut warnings = Vec::new();

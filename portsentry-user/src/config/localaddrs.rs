@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 /// Loopback networks.
-pub fn loopback() -> Vec<IpNet> {
+fn loopback() -> Vec<IpNet> {
     vec![
         IpNet::V4(Ipv4Net::new(Ipv4Addr::LOCALHOST, 8).expect("valid").trunc()),
         IpNet::V6(Ipv6Net::new(Ipv6Addr::LOCALHOST, 128).expect("valid")),
@@ -16,7 +16,7 @@ pub fn loopback() -> Vec<IpNet> {
 
 /// Every address of every interface in this network namespace, as host networks,
 /// sorted and deduplicated.
-pub fn host_addresses() -> Result<Vec<IpNet>> {
+fn host_addresses() -> Result<Vec<IpNet>> {
     let mut out: Vec<IpNet> = if_addrs::get_if_addrs()
         .context("listing this host's addresses")?
         .into_iter()
@@ -28,7 +28,7 @@ pub fn host_addresses() -> Result<Vec<IpNet>> {
 }
 
 /// Loopback plus this host's addresses.
-pub fn always_ignored() -> Result<Vec<IpNet>> {
+pub(crate) fn always_ignored() -> Result<Vec<IpNet>> {
     let mut v = loopback();
     v.extend(host_addresses()?);
     v.sort();
@@ -37,7 +37,7 @@ pub fn always_ignored() -> Result<Vec<IpNet>> {
 }
 
 /// True when `ip` is one of `nets`' addresses or inside one of them.
-pub fn covered(nets: &[IpNet], ip: IpAddr) -> bool {
+pub(crate) fn covered(nets: &[IpNet], ip: IpAddr) -> bool {
     nets.iter().any(|n| n.contains(&ip))
 }
 

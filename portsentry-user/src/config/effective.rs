@@ -7,19 +7,18 @@ use std::{fmt::Write as _, net::IpAddr, path::Path};
 use anyhow::{Result, bail};
 use ipnet::IpNet;
 
-use crate::{
-    actions::{self, Step, Target},
-    cli::ConfigArgs,
-    config::{self, BlockMode, Config, Mode},
+use super::{
+    AttachMode, BlockMode, Config, Mode,
     ignore::IgnoreList,
-    kernel::AttachMode,
-    kinds::{ModeToken, Protocol},
     localaddrs,
     policy::{self, PortPolicy},
 };
-
-/// The configuration file used when `-c` is not given, if it exists.
-pub const DEFAULT_CONFIG: &str = "/etc/portsentry/portsentry.conf";
+use crate::{
+    actions::{self, Step, Target},
+    cli::ConfigArgs,
+    kinds::{ModeToken, Protocol},
+    paths::DEFAULT_CONFIG,
+};
 
 /// Everything the daemon runs with.
 #[derive(Clone, Debug)]
@@ -40,8 +39,8 @@ pub struct Effective {
 /// applies the command line, and validates. Nothing is applied anywhere.
 pub fn load(args: &ConfigArgs) -> Result<Effective> {
     let mut config = match &args.config {
-        Some(path) => config::load(path)?,
-        None if Path::new(DEFAULT_CONFIG).exists() => config::load(Path::new(DEFAULT_CONFIG))?,
+        Some(path) => super::load(path)?,
+        None if Path::new(DEFAULT_CONFIG).exists() => super::load(Path::new(DEFAULT_CONFIG))?,
         None => Config::default(),
     };
     if let Some(m) = args.tcp_mode {
@@ -51,7 +50,7 @@ pub fn load(args: &ConfigArgs) -> Result<Effective> {
         config.udp_mode = m;
     }
     if let Some(m) = args.xdp_mode {
-        config.xdp_mode = m.into();
+        config.xdp_mode = m;
     }
     if !args.interfaces.is_empty() {
         config.interfaces = args.interfaces.clone();

@@ -16,7 +16,10 @@ use std::{
 
 use ipnet::{IpNet, Ipv4Net};
 
-use crate::config::{ConfigError, check_line, check_size, read_text, text_lines};
+use super::{
+    ConfigError,
+    text::{check_line, check_size, read_text, text_lines},
+};
 
 /// The networks never acted on, deduplicated, in the order first seen.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -228,7 +231,9 @@ mod tests {
 
     #[test]
     fn debian_static_file() {
-        let l = ok(include_str!("../testdata/debian/portsentry.ignore.static"));
+        let l = ok(include_str!(
+            "../../testdata/debian/portsentry.ignore.static"
+        ));
         assert_eq!(l.nets(), [net("127.0.0.1/32"), net("0.0.0.0/32")]);
         assert_eq!(l.len(), 2);
         assert!(l.contains(ip("127.0.0.1")));

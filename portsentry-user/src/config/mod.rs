@@ -1,0 +1,404 @@
+//! PortSentry's `portsentry.conf`, parsed into a typed [`Config`], and everything derived from
+//! it before the daemon runs: the ignore file, the port policy and the effective settings.
+//!
+//! The syntax is PortSentry 1.2's: `KEY="value"` lines, `#` comments, blank lines, spaces
+//! around `=` allowed. Unlike 1.2, which silently skips anything it does not understand,
+//! every problem is an error naming the file and line, and nothing is applied from a file that
+//! fails to load: [`parse`] and [`load`] return a whole [`Config`] or a [`ConfigError`].
+//!
+//! Every key is declared once, with its default, in [`keys::KEYS`]; the keys, their defaults
+//! and how they differ from PortSentry are documented in `docs/configuration.md`. The defaults
+//! are the ones used when there is no config file at all, and for every key a file leaves out.
+
+pub mod effective;
+pub mod ignore;
+pub mod keys;
+pub(crate) mod localaddrs;
+pub(crate) mod policy;
+pub mod ports;
+mod text;
+mod values;
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+pub use keys::KEYS;
+use ports::PortSet;
+pub use text::{MAX_FILE_BYTES, MAX_LINE_BYTES};
+use text::{check_line, check_size, read_text, shorten, text_lines};
+pub(crate) use values::parse_duration;
+pub use values::{AttachMode, BlockMode, Mode};
+
+/// The path shown in errors about a [`Config`] that did not come from a file.
+const NO_FILE: &str = "(built-in defaults)";
+
+/// A config (or ignore) file that cannot be used, and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    /// 1-based; 0 means the file as a whole.
+    pub line: usize,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<PathBuf>, line: usize, message: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.into(),
+            line,
+            message: message.into(),
+        }
+    }
+}
+
+/// `path:line: message`, or `path: message` when the error is about the whole file (line 0).
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.path.display(), self.message)
+        } else {
+            write!(f, "{}:{}: {}", self.path.display(), self.line, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Declares [`Config`] and `Config::blank`, every field at its type's `Default`: the base
+/// [`Config::default`] applies the keys' defaults to, so no field is listed twice.
+macro_rules! config_struct {
+    (
+        $(#[$attr:meta])*
+        pub struct Config { $($(#[$field_attr:meta])* pub $field:ident: $ty:ty,)* }
+    ) => {
+        $(#[$attr])*
+        pub struct Config { $($(#[$field_attr])* pub $field: $ty,)* }
+
+        impl Config {
+            fn blank() -> Self {
+                Config { $($field: Default::default(),)* }
+            }
+        }
+    };
+}
+
+config_struct! {
+    /// The whole configuration: one field per key of [`KEYS`] (whose entry gives its default
+    /// and the values it takes), plus where it came from. A key a file leaves out keeps its
+    /// default.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct Config {
+        /// The file this came from; `None` for [`Config::default`].
+        pub source: Option<PathBuf>,
+        /// The line of every key the file set (keys from [`KEYS`]), for errors found later.
+        pub lines: BTreeMap<&'static str, usize>,
+
+        // ---- PortSentry 1.2 ----
+        /// `TCP_PORTS`: ports watched in TCP stealth mode; `None` when not set.
+        pub tcp_ports: Option<PortSet>,
+        /// `UDP_PORTS`: ports watched in UDP stealth mode; `None` when not set.
+        pub udp_ports: Option<PortSet>,
+        /// `ADVANCED_PORTS_TCP`: TCP advanced mode watches ports 1 to N-1.
+        pub advanced_ports_tcp: u32,
+        /// `ADVANCED_PORTS_UDP`: UDP advanced mode watches ports 1 to N-1.
+        pub advanced_ports_udp: u32,
+        /// `ADVANCED_EXCLUDE_TCP`: never watched in TCP advanced mode.
+        pub advanced_exclude_tcp: PortSet,
+        /// `ADVANCED_EXCLUDE_UDP`: never watched in UDP advanced mode.
+        pub advanced_exclude_udp: PortSet,
+        /// `IGNORE_FILE`: hosts and networks never acted on.
+        pub ignore_file: Option<PathBuf>,
+        /// `HISTORY_FILE`.
+        pub history_file: PathBuf,
+        /// `BLOCKED_FILE`.
+        pub blocked_file: PathBuf,
+        /// `RESOLVE_HOST`: reverse-resolve attackers for log lines.
+        pub resolve_host: bool,
+        /// `BLOCK_TCP`.
+        pub block_tcp: BlockMode,
+        /// `BLOCK_UDP`.
+        pub block_udp: BlockMode,
+        /// `KILL_ROUTE`: shell command run to block; contains `$TARGET$`.
+        pub kill_route: Option<String>,
+        /// `KILL_HOSTS_DENY`: line appended to `HOSTS_DENY_FILE`; contains `$TARGET$`.
+        pub kill_hosts_deny: Option<String>,
+        /// `KILL_RUN_CMD`: shell command run for each host acted on.
+        pub kill_run_cmd: Option<String>,
+        /// `KILL_RUN_CMD_FIRST`: run `KILL_RUN_CMD` before the blocking.
+        pub kill_run_cmd_first: bool,
+        /// `SCAN_TRIGGER`: hits tolerated before acting; 0 and 1 both act on the first.
+        pub scan_trigger: u32,
+        /// `PORT_BANNER`: accepted for compatibility; unused by a packet-level detector.
+        pub port_banner: Option<String>,
+
+        // ---- Extensions ----
+        /// `TCP_MODE`.
+        pub tcp_mode: Mode,
+        /// `UDP_MODE`.
+        pub udp_mode: Mode,
+        /// `INTERFACES`: interface names to attach to; empty when the file names none.
+        pub interfaces: Vec<String>,
+        /// `XDP_MODE`.
+        pub xdp_mode: AttachMode,
+        /// `BAN_TIME`: how long a ban lasts; zero means permanent (PortSentry).
+        pub ban_time: Duration,
+        /// `BAN_TIME_MAX`: cap on repeat bans grown by `REPEAT_BAN_FACTOR`; zero means no cap.
+        pub ban_time_max: Duration,
+        /// `REPEAT_BAN_FACTOR`: each repeat ban of a host lasts this many times the previous.
+        pub repeat_ban_factor: u32,
+        /// `UNKILL_ROUTE`: shell command undoing `KILL_ROUTE` on unban; contains `$TARGET$`.
+        pub unkill_route: Option<String>,
+        /// `UNKILL_HOSTS_DENY`: remove the `KILL_HOSTS_DENY` line on unban.
+        pub unkill_hosts_deny: bool,
+        /// `UNKILL_RUN_CMD`: shell command run on unban.
+        pub unkill_run_cmd: Option<String>,
+        /// `HOSTS_DENY_FILE`.
+        pub hosts_deny_file: PathBuf,
+        /// `KILL_TIMEOUT`: how long a kill/unkill command may run; never zero.
+        pub kill_timeout: Duration,
+        /// `SCAN_WINDOW`: `SCAN_TRIGGER` hits must fall within this; zero means forever
+        /// (PortSentry).
+        pub scan_window: Duration,
+        /// `WATCH_EPHEMERAL_UDP`: also watch UDP ports in `ip_local_port_range`.
+        pub watch_ephemeral_udp: bool,
+        /// `VERIFY_SOURCES`: ban only TCP sources that answer the XDP SYN-ACK challenge
+        /// (a completed handshake); forged probes ban no one.
+        pub verify_sources: bool,
+        /// `STATE_DIR`.
+        pub state_dir: PathBuf,
+        /// `PIN_DIR`: where the BPF maps and links are pinned.
+        pub pin_dir: PathBuf,
+        /// `EVENTS_PER_SEC`: kernel event budget per CPU.
+        pub events_per_sec: u32,
+        /// `MAX_BANS_PER_SEC`: new bans per second; 0 means unlimited.
+        pub max_bans_per_sec: u32,
+        /// `MAX_TRACKED_SOURCES`: hosts whose hits are counted.
+        pub max_tracked_sources: u32,
+        /// `MAX_BANS`: hosts banned at once.
+        pub max_bans: u32,
+        /// `METRICS_ADDRESS`: where to serve metrics; `None` for off.
+        pub metrics_address: Option<SocketAddr>,
+        /// `SYSLOG`: log attack alerts to syslog.
+        pub syslog: bool,
+    }
+}
+
+/// Every key at its default (see [`KEYS`]), with no source and no lines.
+impl Default for Config {
+    fn default() -> Self {
+        let mut config = Config::blank();
+        keys::apply_defaults(&mut config);
+        config
+    }
+}
+
+/// Reads and parses a config file. Reads bytes, so a binary or non-UTF-8 file is reported
+/// with its line rather than failing obscurely.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = read_text(path)?;
+    parse(&text, path)
+}
+
+/// Parses the text of a config file; `path` is used for [`Config::source`] and in errors.
+/// Runs [`Config::validate`] on the result.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let err = |line: usize, message: String| ConfigError::new(path, line, message);
+    check_size(text.len(), path)?;
+    let mut config = Config {
+        source: Some(path.to_path_buf()),
+        ..Config::default()
+    };
+    for (n, line) in text_lines(text) {
+        check_line(line, n, path)?;
+        let Some((name, value)) = split_line(line).map_err(|m| err(n, m))? else {
+            continue;
+        };
+        let key = keys::known_key(name).map_err(|m| err(n, m))?;
+        if let Some(first) = config.lines.get(key.name) {
+            return Err(err(
+                n,
+                format!(
+                    "{} is set twice, on line {first} and line {n}; keep one of them",
+                    key.name
+                ),
+            ));
+        }
+        key.set(&mut config, value).map_err(|m| err(n, m))?;
+        config.lines.insert(key.name, n);
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+/// Splits a config line into key and value: `Ok(None)` for a blank or comment line.
+fn split_line(line: &str) -> Result<Option<(&str, &str)>, String> {
+    let trimmed = line.trim();
+    if trimmed.is_empty() || trimmed.starts_with('#') {
+        return Ok(None);
+    }
+    let Some((key, rest)) = trimmed.split_once('=') else {
+        return Err(format!(
+            "expected KEY=\"value\", found no '=' in \"{}\"",
+            shorten(trimmed)
+        ));
+    };
+    let key = key.trim();
+    if key.is_empty() {
+        return Err("expected KEY=\"value\", found no key before '='".to_string());
+    }
+    let rest = rest.trim_start();
+    let Some(quoted) = rest.strip_prefix('"') else {
+        return Err(if rest.is_empty() {
+            format!("{key} has no value; write {key}=\"value\" (or {key}=\"\" for an empty one)")
+        } else {
+            format!(
+                "the value of {key} must be in double quotes: {key}=\"{}\" (PortSentry 1.2 \
+                 silently ignored such lines)",
+                shorten(rest)
+            )
+        });
+    };
+    let Some(close) = quoted.rfind('"') else {
+        return Err(format!(
+            "the value of {key} has no closing quote; write {key}=\"value\""
+        ));
+    };
+    let (value, after) = (&quoted[..close], quoted[close + 1..].trim_start());
+    if !after.is_empty() && !after.starts_with('#') {
+        return Err(format!(
+            "unexpected text after the closing quote of {key}: \"{}\"; only a # comment may \
+             follow the value",
+            shorten(after)
+        ));
+    }
+    Ok(Some((key, value)))
+}
+
+impl Config {
+    /// The line `key` was set on, or 0 when the file did not set it.
+    fn line_of(&self, key: &str) -> usize {
+        self.lines.get(key).copied().unwrap_or(0)
+    }
+
+    /// An error about `key`, located at the line that set it (or the whole file).
+    fn error_at(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        let path = self
+            .source
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(NO_FILE));
+        ConfigError::new(path, self.line_of(key), message)
+    }
+
+    /// Checks what no single key can check alone. [`parse`] runs it; run it again after
+    /// changing fields (command-line overrides, e.g. of the modes).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (mode_key, mode, ports_key, ports, proto) in [
+            (
+                "TCP_MODE",
+                self.tcp_mode,
+                "TCP_PORTS",
+                &self.tcp_ports,
+                "TCP",
+            ),
+            (
+                "UDP_MODE",
+                self.udp_mode,
+                "UDP_PORTS",
+                &self.udp_ports,
+                "UDP",
+            ),
+        ] {
+            if mode == Mode::Stealth && ports.is_none() {
+                return Err(self.error_at(
+                    mode_key,
+                    format!(
+                        "{proto} is watched in stealth mode ({mode_key}) but {ports_key} is not \
+                         set; set {ports_key} to the ports to watch, e.g. {ports_key}=\"1,11,15\", \
+                         or use advanced mode"
+                    ),
+                ));
+            }
+        }
+        for (key, block, proto) in [
+            ("BLOCK_TCP", self.block_tcp, "TCP"),
+            ("BLOCK_UDP", self.block_udp, "UDP"),
+        ] {
+            if block == BlockMode::RunCmdOnly && self.kill_run_cmd.is_none() {
+                return Err(self.error_at(
+                    key,
+                    format!(
+                        "{key} is 2 (run KILL_RUN_CMD only) but KILL_RUN_CMD is not set, so {proto} \
+                         scans would be acted on by nothing; set KILL_RUN_CMD, or set {key} to 0 \
+                         (report only) or 1 (block)"
+                    ),
+                ));
+            }
+        }
+        if !self.ban_time.is_zero()
+            && !self.ban_time_max.is_zero()
+            && self.ban_time_max < self.ban_time
+        {
+            let key = if self.lines.contains_key("BAN_TIME_MAX") {
+                "BAN_TIME_MAX"
+            } else {
+                "BAN_TIME"
+            };
+            return Err(self.error_at(
+                key,
+                format!(
+                    "BAN_TIME_MAX ({}) is shorter than BAN_TIME ({}); it must be at least \
+                     BAN_TIME, or 0 for no cap",
+                    humantime::format_duration(self.ban_time_max),
+                    humantime::format_duration(self.ban_time)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The ports the TCP mode watches, before ports with a listening service are taken out.
+    pub fn tcp_watched_ports(&self) -> PortSet {
+        watched(
+            self.tcp_mode,
+            self.tcp_ports.as_ref(),
+            self.advanced_ports_tcp,
+            &self.advanced_exclude_tcp,
+        )
+    }
+
+    /// The ports the UDP mode watches, before ports with a listening service (and, unless
+    /// `WATCH_EPHEMERAL_UDP`, the ephemeral range) are taken out.
+    pub fn udp_watched_ports(&self) -> PortSet {
+        watched(
+            self.udp_mode,
+            self.udp_ports.as_ref(),
+            self.advanced_ports_udp,
+            &self.advanced_exclude_udp,
+        )
+    }
+}
+
+fn watched(mode: Mode, ports: Option<&PortSet>, advanced: u32, exclude: &PortSet) -> PortSet {
+    match mode {
+        Mode::Off => PortSet::new(),
+        Mode::Stealth => ports.cloned().unwrap_or_default(),
+        Mode::Advanced => {
+            let mut s = PortSet::new();
+            for p in 1..advanced.min(65536) {
+                let p = p as u16;
+                if !exclude.contains(p) {
+                    s.insert(p);
+                }
+            }
+            s
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
