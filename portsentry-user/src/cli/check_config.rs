@@ -1,12 +1,164 @@
 //! `portsentry check-config`: load the configuration as `run` would and print the
 //! effective settings (watched ports, ignore list, the actions in order).
 
+use std::fmt::Write as _;
+
 use anyhow::Result;
 
 use super::ConfigArgs;
-use crate::config::effective;
+use crate::{
+    actions::{self, Step, Target},
+    config::{
+        BlockMode, Mode,
+        effective::{self, Effective},
+    },
+    kinds::Protocol,
+};
 
 /// The `check-config` report, or the error that names the file and line.
 pub fn run(args: &ConfigArgs) -> Result<String> {
-    Ok(effective::load(args)?.render())
+    Ok(render(&effective::load(args)?))
+}
+
+/// The `check-config` report of the effective settings.
+fn render(eff: &Effective) -> String {
+    let c = &eff.config;
+    let mut s = String::new();
+    let source = c.source.as_ref().map_or(
+        "built-in defaults (no configuration file)".to_owned(),
+        |p| p.display().to_string(),
+    );
+    let _ = writeln!(s, "configuration: {source}");
+    let ifaces = if eff.interfaces.is_empty() {
+        "none (give -i IFACE to run)".to_owned()
+    } else {
+        eff.interfaces.join(", ")
+    };
+    let _ = writeln!(s, "interfaces:    {ifaces} (XDP mode {:?})", eff.xdp_mode);
+    for (proto, mode, ports) in [
+        ("TCP", c.tcp_mode, &eff.policy.tcp),
+        ("UDP", c.udp_mode, &eff.policy.udp),
+    ] {
+        let mode = match mode {
+            Mode::Advanced => "advanced",
+            Mode::Stealth => "stealth",
+            Mode::Off => "off",
+        };
+        let _ = writeln!(
+            s,
+            "{proto} mode:      {mode}; {} watched ports: {ports}",
+            ports.len()
+        );
+    }
+    let _ = writeln!(
+        s,
+        "               (a port where a local socket is open is never a target, checked per packet)"
+    );
+    if let Some(r) = &eff.policy.ephemeral {
+        let _ = writeln!(s, "ephemeral:     {}-{}", r.start(), r.end());
+    }
+    for w in &eff.warnings {
+        let _ = writeln!(s, "warning:       {w}");
+    }
+    let _ = writeln!(
+        s,
+        "trigger:       SCAN_TRIGGER={} (acts on hit {}){}",
+        c.scan_trigger,
+        c.scan_trigger.max(1),
+        if c.scan_window.is_zero() {
+            String::new()
+        } else {
+            format!(
+                " within SCAN_WINDOW={}",
+                humantime::format_duration(c.scan_window)
+            )
+        }
+    );
+    let ban_time = if c.ban_time.is_zero() {
+        "permanent".to_owned()
+    } else {
+        humantime::format_duration(c.ban_time).to_string()
+    };
+    let _ = writeln!(s, "ban time:      {ban_time}");
+    let _ = writeln!(s, "ignore list:");
+    match &c.ignore_file {
+        Some(p) => {
+            let _ = writeln!(
+                s,
+                "  from {}: {} entries",
+                p.display(),
+                eff.ignore_file.len()
+            );
+        }
+        None => {
+            let _ = writeln!(s, "  no IGNORE_FILE");
+        }
+    }
+    for n in eff.ignore_file.nets() {
+        let _ = writeln!(s, "    {n}");
+    }
+    let _ = writeln!(s, "  always (loopback and this host's addresses):");
+    for n in &eff.always_ignored {
+        let _ = writeln!(s, "    {n}");
+    }
+    for proto in [Protocol::Tcp, Protocol::Udp] {
+        let block = eff.block_mode(proto);
+        let _ = writeln!(
+            s,
+            "actions on a {proto} scan (BLOCK_{proto}={}):",
+            block.as_number()
+        );
+        let Some(mode) = eff.mode_token(proto) else {
+            let _ = writeln!(s, "  none: {proto} is not watched");
+            continue;
+        };
+        let target = Target {
+            ip: "192.0.2.1".parse().expect("valid"),
+            port: 1,
+            mode,
+        };
+        let steps = actions::plan(c, block, &target);
+        let _ = writeln!(
+            s,
+            "  1. log the attack alert (syslog{})",
+            if c.syslog { "" } else { " off" }
+        );
+        let mut n = 2;
+        for step in &steps {
+            let line = match step {
+                Step::XdpBan => "drop the host's packets in XDP (the blocking)".to_owned(),
+                Step::HostsDeny(_) => format!(
+                    "append KILL_HOSTS_DENY \"{}\" to {}",
+                    c.kill_hosts_deny.as_deref().unwrap_or_default(),
+                    c.hosts_deny_file.display()
+                ),
+                Step::Route(_) => format!(
+                    "run KILL_ROUTE: {}",
+                    c.kill_route.as_deref().unwrap_or_default()
+                ),
+                Step::RunCmd(_) => format!(
+                    "run KILL_RUN_CMD: {}",
+                    c.kill_run_cmd.as_deref().unwrap_or_default()
+                ),
+                other => format!("{other:?}"),
+            };
+            let _ = writeln!(s, "  {n}. {line}");
+            n += 1;
+        }
+        if block == BlockMode::ReportOnly {
+            let _ = writeln!(s, "  {n}. nothing more: report only");
+            n += 1;
+        }
+        if block == BlockMode::Block {
+            let _ = writeln!(
+                s,
+                "  {n}. record it in {} and {}.{mode}",
+                c.history_file.display(),
+                c.blocked_file.display()
+            );
+        } else {
+            let _ = writeln!(s, "  {n}. record it in {}", c.history_file.display());
+        }
+    }
+    s
 }

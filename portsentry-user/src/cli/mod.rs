@@ -18,8 +18,9 @@ use std::{
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
+pub use crate::config::effective::ConfigArgs;
 use crate::{
-    config::{self, AttachMode, Config, Mode},
+    config::{self, Config},
     paths,
 };
 
@@ -150,27 +151,6 @@ pub fn parse_target(s: &str) -> Result<ipnet::IpNet, String> {
         .map_err(|_| format!("`{s}` is not an address or ADDR/PREFIX"))
 }
 
-/// Where the settings come from.
-#[derive(Args, Debug, Clone, Default)]
-pub struct ConfigArgs {
-    /// The PortSentry configuration file [default: /etc/portsentry/portsentry.conf if
-    /// it exists, else built-in defaults: advanced TCP and UDP modes, blocking on].
-    #[arg(short, long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Interface to attach to (repeatable); overrides INTERFACES.
-    #[arg(short, long = "interface", value_name = "IFACE")]
-    pub interfaces: Vec<String>,
-    /// XDP attach mode; overrides XDP_MODE.
-    #[arg(long, value_enum, value_name = "MODE")]
-    pub xdp_mode: Option<AttachMode>,
-    /// TCP mode (`atcp`/`advanced`, `stcp`/`tcp`/`stealth`, `off`); overrides TCP_MODE.
-    #[arg(long, value_name = "MODE", value_parser = parse_tcp_mode)]
-    pub tcp_mode: Option<Mode>,
-    /// UDP mode (`audp`/`advanced`, `sudp`/`udp`/`stealth`, `off`); overrides UDP_MODE.
-    #[arg(long, value_name = "MODE", value_parser = parse_udp_mode)]
-    pub udp_mode: Option<Mode>,
-}
-
 #[derive(Args, Debug, Clone, Default)]
 pub struct RunArgs {
     #[command(flatten)]
@@ -181,14 +161,6 @@ pub struct RunArgs {
     /// Do not copy log lines to stderr (they still go to syslog when SYSLOG=1).
     #[arg(long)]
     pub quiet: bool,
-}
-
-fn parse_tcp_mode(s: &str) -> Result<Mode, String> {
-    Mode::parse_tcp(s)
-}
-
-fn parse_udp_mode(s: &str) -> Result<Mode, String> {
-    Mode::parse_udp(s)
 }
 
 /// Rewrites PortSentry 1.2's flags: `-atcp` → `--tcp-mode=atcp`, `-stcp` and `-tcp` →
@@ -231,6 +203,7 @@ pub fn translate_legacy(args: Vec<OsString>) -> Vec<OsString> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Mode;
 
     fn t(args: &[&str]) -> Vec<String> {
         translate_legacy(args.iter().map(OsString::from).collect())

@@ -30,6 +30,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             pid.trim()
         );
     };
+    let stderr = !args.quiet && !args.daemonize;
     if args.daemonize {
         // SAFETY: no threads exist yet (the runtime is built below).
         if unsafe { libc::daemon(0, 0) } != 0 {
@@ -41,5 +42,5 @@ pub fn run(args: RunArgs) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?
-        .block_on(daemon::run(Arc::new(eff), args, lock))
+        .block_on(daemon::run(Arc::new(eff), args.config, stderr, lock))
 }

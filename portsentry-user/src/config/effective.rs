@@ -2,9 +2,13 @@
 //! command line's overrides, the port policy, the ignore list and the interfaces, all
 //! checked before anything is applied. `check-config` prints them.
 
-use std::{fmt::Write as _, net::IpAddr, path::Path};
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Result, bail};
+use clap::Args;
 use ipnet::IpNet;
 
 use super::{
@@ -14,11 +18,38 @@ use super::{
     policy::{self, PortPolicy},
 };
 use crate::{
-    actions::{self, Step, Target},
-    cli::ConfigArgs,
     kinds::{ModeToken, Protocol},
     paths::DEFAULT_CONFIG,
 };
+
+/// Where the settings come from.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ConfigArgs {
+    /// The PortSentry configuration file [default: /etc/portsentry/portsentry.conf if
+    /// it exists, else built-in defaults: advanced TCP and UDP modes, blocking on].
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Interface to attach to (repeatable); overrides INTERFACES.
+    #[arg(short, long = "interface", value_name = "IFACE")]
+    pub interfaces: Vec<String>,
+    /// XDP attach mode; overrides XDP_MODE.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub xdp_mode: Option<AttachMode>,
+    /// TCP mode (`atcp`/`advanced`, `stcp`/`tcp`/`stealth`, `off`); overrides TCP_MODE.
+    #[arg(long, value_name = "MODE", value_parser = parse_tcp_mode)]
+    pub tcp_mode: Option<Mode>,
+    /// UDP mode (`audp`/`advanced`, `sudp`/`udp`/`stealth`, `off`); overrides UDP_MODE.
+    #[arg(long, value_name = "MODE", value_parser = parse_udp_mode)]
+    pub udp_mode: Option<Mode>,
+}
+
+fn parse_tcp_mode(s: &str) -> Result<Mode, String> {
+    Mode::parse_tcp(s)
+}
+
+fn parse_udp_mode(s: &str) -> Result<Mode, String> {
+    Mode::parse_udp(s)
+}
 
 /// Everything the daemon runs with.
 #[derive(Clone, Debug)]
@@ -133,148 +164,5 @@ impl Effective {
             Protocol::Tcp => self.config.block_tcp,
             Protocol::Udp => self.config.block_udp,
         }
-    }
-
-    /// The `check-config` report.
-    pub fn render(&self) -> String {
-        let c = &self.config;
-        let mut s = String::new();
-        let source = c.source.as_ref().map_or(
-            "built-in defaults (no configuration file)".to_owned(),
-            |p| p.display().to_string(),
-        );
-        let _ = writeln!(s, "configuration: {source}");
-        let ifaces = if self.interfaces.is_empty() {
-            "none (give -i IFACE to run)".to_owned()
-        } else {
-            self.interfaces.join(", ")
-        };
-        let _ = writeln!(s, "interfaces:    {ifaces} (XDP mode {:?})", self.xdp_mode);
-        for (proto, mode, ports) in [
-            ("TCP", c.tcp_mode, &self.policy.tcp),
-            ("UDP", c.udp_mode, &self.policy.udp),
-        ] {
-            let mode = match mode {
-                Mode::Advanced => "advanced",
-                Mode::Stealth => "stealth",
-                Mode::Off => "off",
-            };
-            let _ = writeln!(
-                s,
-                "{proto} mode:      {mode}; {} watched ports: {ports}",
-                ports.len()
-            );
-        }
-        let _ = writeln!(
-            s,
-            "               (a port where a local socket is open is never a target, checked per packet)"
-        );
-        if let Some(r) = &self.policy.ephemeral {
-            let _ = writeln!(s, "ephemeral:     {}-{}", r.start(), r.end());
-        }
-        for w in &self.warnings {
-            let _ = writeln!(s, "warning:       {w}");
-        }
-        let _ = writeln!(
-            s,
-            "trigger:       SCAN_TRIGGER={} (acts on hit {}){}",
-            c.scan_trigger,
-            c.scan_trigger.max(1),
-            if c.scan_window.is_zero() {
-                String::new()
-            } else {
-                format!(
-                    " within SCAN_WINDOW={}",
-                    humantime::format_duration(c.scan_window)
-                )
-            }
-        );
-        let ban_time = if c.ban_time.is_zero() {
-            "permanent".to_owned()
-        } else {
-            humantime::format_duration(c.ban_time).to_string()
-        };
-        let _ = writeln!(s, "ban time:      {ban_time}");
-        let _ = writeln!(s, "ignore list:");
-        match &c.ignore_file {
-            Some(p) => {
-                let _ = writeln!(
-                    s,
-                    "  from {}: {} entries",
-                    p.display(),
-                    self.ignore_file.len()
-                );
-            }
-            None => {
-                let _ = writeln!(s, "  no IGNORE_FILE");
-            }
-        }
-        for n in self.ignore_file.nets() {
-            let _ = writeln!(s, "    {n}");
-        }
-        let _ = writeln!(s, "  always (loopback and this host's addresses):");
-        for n in &self.always_ignored {
-            let _ = writeln!(s, "    {n}");
-        }
-        for proto in [Protocol::Tcp, Protocol::Udp] {
-            let block = self.block_mode(proto);
-            let _ = writeln!(
-                s,
-                "actions on a {proto} scan (BLOCK_{proto}={}):",
-                block.as_number()
-            );
-            let Some(mode) = self.mode_token(proto) else {
-                let _ = writeln!(s, "  none: {proto} is not watched");
-                continue;
-            };
-            let target = Target {
-                ip: "192.0.2.1".parse().expect("valid"),
-                port: 1,
-                mode,
-            };
-            let steps = actions::plan(c, block, &target);
-            let _ = writeln!(
-                s,
-                "  1. log the attack alert (syslog{})",
-                if c.syslog { "" } else { " off" }
-            );
-            let mut n = 2;
-            for step in &steps {
-                let line = match step {
-                    Step::XdpBan => "drop the host's packets in XDP (the blocking)".to_owned(),
-                    Step::HostsDeny(_) => format!(
-                        "append KILL_HOSTS_DENY \"{}\" to {}",
-                        c.kill_hosts_deny.as_deref().unwrap_or_default(),
-                        c.hosts_deny_file.display()
-                    ),
-                    Step::Route(_) => format!(
-                        "run KILL_ROUTE: {}",
-                        c.kill_route.as_deref().unwrap_or_default()
-                    ),
-                    Step::RunCmd(_) => format!(
-                        "run KILL_RUN_CMD: {}",
-                        c.kill_run_cmd.as_deref().unwrap_or_default()
-                    ),
-                    other => format!("{other:?}"),
-                };
-                let _ = writeln!(s, "  {n}. {line}");
-                n += 1;
-            }
-            if block == BlockMode::ReportOnly {
-                let _ = writeln!(s, "  {n}. nothing more: report only");
-                n += 1;
-            }
-            if block == BlockMode::Block {
-                let _ = writeln!(
-                    s,
-                    "  {n}. record it in {} and {}.{mode}",
-                    c.history_file.display(),
-                    c.blocked_file.display()
-                );
-            } else {
-                let _ = writeln!(s, "  {n}. record it in {}", c.history_file.display());
-            }
-        }
-        s
     }
 }

@@ -33,8 +33,7 @@ use tokio::{
 
 use crate::{
     bans::{Book, state},
-    cli::RunArgs,
-    config::effective::Effective,
+    config::effective::{ConfigArgs, Effective},
     kernel::{
         Dataplane,
         configure::{self, map_sizes},
@@ -114,11 +113,19 @@ impl Shared {
 ///
 /// `lock` is the state directory's lock ([`crate::pidfile::lock`]), taken by the
 /// caller before it detaches into the background.
-pub async fn run(eff: Arc<Effective>, args: RunArgs, lock: fs::File) -> Result<()> {
+///
+/// `args` are the command line's settings, read again with the files on SIGHUP;
+/// `stderr` copies the log lines to stderr.
+pub async fn run(
+    eff: Arc<Effective>,
+    args: ConfigArgs,
+    stderr: bool,
+    lock: fs::File,
+) -> Result<()> {
     let _lock = lock;
     let log = Logger::install(
         eff.config.syslog && std::env::var_os("JOURNAL_STREAM").is_none(),
-        !args.quiet && !args.daemonize,
+        stderr,
     );
     let c = &eff.config;
     let mut dp = Dataplane::load(&map_sizes(&eff), Some(c.pin_dir.clone()))?;

@@ -13,8 +13,10 @@ use super::{Shared, respond};
 use crate::{
     actions::execute,
     bans::Ban,
-    cli::RunArgs,
-    config::{effective, localaddrs},
+    config::{
+        effective::{self, ConfigArgs},
+        localaddrs,
+    },
     kernel::configure,
     kinds::BanEnd,
     metrics::Snapshot,
@@ -47,9 +49,9 @@ pub(super) fn drop_stale_links(pin_dir: &Path, interfaces: &[String], log: &Logg
 
 /// SIGHUP: re-reads the configuration and the ignore file with the same command line;
 /// on any error the old settings stay in force.
-pub(super) fn reload(shared: &Shared, args: &RunArgs) {
+pub(super) fn reload(shared: &Shared, args: &ConfigArgs) {
     let old = shared.eff();
-    let new = match effective::load(&args.config) {
+    let new = match effective::load(args) {
         Ok(new) => new,
         Err(e) => {
             shared.log.warn(&format!(
