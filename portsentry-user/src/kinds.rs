@@ -7,8 +7,6 @@ use std::fmt;
 
 use portsentry_common::{PROTO_TCP, PROTO_UDP, ScanType, maps::BanOrigin};
 
-use crate::config::Mode;
-
 /// A watched protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {
@@ -85,17 +83,6 @@ impl ModeToken {
         }
     }
 
-    /// The token of a configured mode for a protocol; `None` when the mode is off.
-    pub fn of(mode: Mode, proto: Protocol) -> Option<ModeToken> {
-        Some(match (mode, proto) {
-            (Mode::Off, _) => return None,
-            (Mode::Advanced, Protocol::Tcp) => ModeToken::Atcp,
-            (Mode::Stealth, Protocol::Tcp) => ModeToken::Stcp,
-            (Mode::Advanced, Protocol::Udp) => ModeToken::Audp,
-            (Mode::Stealth, Protocol::Udp) => ModeToken::Sudp,
-        })
-    }
-
     /// The token spelled `s`; `None` for anything else (`manual` included).
     pub fn parse(s: &str) -> Option<ModeToken> {
         ModeToken::ALL.into_iter().find(|t| t.as_str() == s)
@@ -159,6 +146,69 @@ impl BanEnd {
     }
 }
 
+/// What kind of step ran, as the `kind` label of `portsentry_actions_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActionKind {
+    HostsDeny,
+    Route,
+    RunCmd,
+    Unroute,
+    HostsDenyRemove,
+    UnrunCmd,
+}
+
+impl ActionKind {
+    pub const ALL: [ActionKind; 6] = [
+        ActionKind::HostsDeny,
+        ActionKind::Route,
+        ActionKind::RunCmd,
+        ActionKind::Unroute,
+        ActionKind::HostsDenyRemove,
+        ActionKind::UnrunCmd,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::HostsDeny => "hosts_deny",
+            ActionKind::Route => "route",
+            ActionKind::RunCmd => "run_cmd",
+            ActionKind::Unroute => "unroute",
+            ActionKind::HostsDenyRemove => "hosts_deny_remove",
+            ActionKind::UnrunCmd => "unrun_cmd",
+        }
+    }
+
+    /// A shell command (which can time out), rather than a hosts.deny edit.
+    pub fn is_command(self) -> bool {
+        !matches!(self, ActionKind::HostsDeny | ActionKind::HostsDenyRemove)
+    }
+}
+
+/// How a step ended, as the `result` label of `portsentry_actions_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActionResult {
+    Ok,
+    Failed,
+    /// A command ran past KILL_TIMEOUT and was killed.
+    TimedOut,
+}
+
+impl ActionResult {
+    pub const ALL: [ActionResult; 3] = [
+        ActionResult::Ok,
+        ActionResult::Failed,
+        ActionResult::TimedOut,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionResult::Ok => "ok",
+            ActionResult::Failed => "failed",
+            ActionResult::TimedOut => "timed_out",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,14 +229,5 @@ mod tests {
         }
         assert_eq!(Protocol::from_number(0), None);
         assert_eq!(ModeToken::Audp.protocol(), Protocol::Udp);
-        for t in ModeToken::ALL {
-            let mode = if matches!(t, ModeToken::Atcp | ModeToken::Audp) {
-                Mode::Advanced
-            } else {
-                Mode::Stealth
-            };
-            assert_eq!(ModeToken::of(mode, t.protocol()), Some(t));
-        }
-        assert_eq!(ModeToken::of(Mode::Off, Protocol::Udp), None);
     }
 }

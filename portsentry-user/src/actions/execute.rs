@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use super::{ActionKind, Step, Target, shell::run_shell, undo_plan};
+use super::{ActionKind, ActionResult, Step, Target, shell::run_shell, undo_plan};
 use crate::{
     bans::Ban,
     config::Config,
@@ -26,24 +26,24 @@ pub async fn run_step(
         Step::XdpBan => {}
         Step::HostsDeny(line) => match fsutil::append_line(&c.hosts_deny_file, line) {
             Ok(()) => {
-                metrics.action_result(ActionKind::HostsDeny, true);
+                metrics.action(ActionKind::HostsDeny, ActionResult::Ok);
                 log.notice(&alert::blocked_via_wrappers(ip, line));
             }
             Err(e) => {
-                metrics.action_result(ActionKind::HostsDeny, false);
+                metrics.action(ActionKind::HostsDeny, ActionResult::Failed);
                 log.warn(&format!("attackalert: ERROR: {e}"));
             }
         },
         Step::HostsDenyRemove(line) => match fsutil::remove_line(&c.hosts_deny_file, line) {
             Ok(_) => {
-                metrics.action_result(ActionKind::HostsDenyRemove, true);
+                metrics.action(ActionKind::HostsDenyRemove, ActionResult::Ok);
                 log.notice(&format!(
                     "portsentry: Host {ip} removed from {}",
                     c.hosts_deny_file.display()
                 ));
             }
             Err(e) => {
-                metrics.action_result(ActionKind::HostsDenyRemove, false);
+                metrics.action(ActionKind::HostsDenyRemove, ActionResult::Failed);
                 log.warn(&format!("portsentry: ERROR: {e}"));
             }
         },
@@ -55,7 +55,7 @@ pub async fn run_step(
                 (_, true) => ActionKind::UnrunCmd,
             };
             let (outcome, output) = run_shell(cmd, c.kill_timeout).await;
-            metrics.action(kind, &outcome);
+            metrics.action(kind, outcome.result());
             match kind {
                 ActionKind::Route => log.notice(&alert::blocked_via_route(ip, cmd)),
                 ActionKind::RunCmd => log.notice(&alert::external_command(ip, cmd)),

@@ -16,6 +16,7 @@ pub mod shell;
 
 use std::net::IpAddr;
 
+pub use crate::kinds::{ActionKind, ActionResult};
 use crate::{
     config::{BlockMode, Config},
     kinds::ModeToken,
@@ -46,44 +47,6 @@ pub struct Target {
     pub port: u16,
     /// `$MODE$`: `atcp`, `audp`, `stcp` or `sudp`.
     pub mode: ModeToken,
-}
-
-/// What kind of step ran, as the `kind` label of `portsentry_actions_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ActionKind {
-    HostsDeny,
-    Route,
-    RunCmd,
-    Unroute,
-    HostsDenyRemove,
-    UnrunCmd,
-}
-
-impl ActionKind {
-    pub const ALL: [ActionKind; 6] = [
-        ActionKind::HostsDeny,
-        ActionKind::Route,
-        ActionKind::RunCmd,
-        ActionKind::Unroute,
-        ActionKind::HostsDenyRemove,
-        ActionKind::UnrunCmd,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ActionKind::HostsDeny => "hosts_deny",
-            ActionKind::Route => "route",
-            ActionKind::RunCmd => "run_cmd",
-            ActionKind::Unroute => "unroute",
-            ActionKind::HostsDenyRemove => "hosts_deny_remove",
-            ActionKind::UnrunCmd => "unrun_cmd",
-        }
-    }
-
-    /// A shell command (which can time out), rather than a hosts.deny edit.
-    pub fn is_command(self) -> bool {
-        !matches!(self, ActionKind::HostsDeny | ActionKind::HostsDenyRemove)
-    }
 }
 
 /// Replaces every `$TARGET$`, `$PORT$` and `$MODE$` in `template` (all occurrences, nothing

@@ -7,6 +7,8 @@ use std::{
     time::Duration,
 };
 
+use crate::kinds::ActionResult;
+
 use tokio::{
     io::AsyncReadExt as _,
     net::unix::pipe,
@@ -39,6 +41,18 @@ impl Outcome {
     /// Exited with status 0.
     pub fn ok(&self) -> bool {
         *self == Outcome::Exited(0)
+    }
+
+    /// The `result` label of this outcome: exit status 0 is `ok`, a timeout `timed_out`,
+    /// anything else (a non-zero status, a signal, a failed spawn) `failed`.
+    pub fn result(&self) -> ActionResult {
+        match self {
+            Outcome::Exited(0) => ActionResult::Ok,
+            Outcome::TimedOut => ActionResult::TimedOut,
+            Outcome::Exited(_) | Outcome::Signaled(_) | Outcome::SpawnFailed(_) => {
+                ActionResult::Failed
+            }
+        }
     }
 
     fn from_status(status: ExitStatus) -> Outcome {

@@ -74,7 +74,7 @@ fn substitute_tokens() {
     let t0 = Target {
         ip: "::".parse().unwrap(),
         port: 0,
-        mode: ModeToken::of(Mode::Stealth, Protocol::Tcp).unwrap(),
+        mode: Mode::Stealth.token(Protocol::Tcp).unwrap(),
     };
     assert_eq!(substitute("$TARGET$ $PORT$ $MODE$", &t0), ":: 0 stcp");
 }
@@ -208,14 +208,14 @@ fn plan_from_a_parsed_config() {
     let udp = Target {
         ip: "2001:db8::7".parse().unwrap(),
         port: 53,
-        mode: ModeToken::of(cfg.udp_mode, Protocol::Udp).unwrap(),
+        mode: cfg.udp_mode.token(Protocol::Udp).unwrap(),
     };
     assert_eq!(
         plan(&cfg, cfg.block_udp, &udp),
         [Step::RunCmd("/bin/echo audp 2001:db8::7:53".into())]
     );
     let tcp = Target {
-        mode: ModeToken::of(cfg.tcp_mode, Protocol::Tcp).unwrap(),
+        mode: cfg.tcp_mode.token(Protocol::Tcp).unwrap(),
         ..target()
     };
     assert_eq!(

@@ -98,8 +98,8 @@ pub fn status(args: &StatusArgs) -> Result<String> {
         Some(dp) => dp.bans()?,
         None => Vec::new(),
     };
-    let tcp_mode = ModeToken::of(c.tcp_mode, Protocol::Tcp);
-    let udp_mode = ModeToken::of(c.udp_mode, Protocol::Udp);
+    let tcp_mode = c.tcp_mode.token(Protocol::Tcp);
+    let udp_mode = c.udp_mode.token(Protocol::Udp);
     let mut bans: Vec<BanStatus> = Vec::new();
     let kernel_nets: std::collections::HashSet<IpNet> =
         kernel_bans.iter().map(|(n, _)| *n).collect();

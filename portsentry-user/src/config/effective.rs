@@ -155,7 +155,7 @@ impl Effective {
             Protocol::Tcp => self.config.tcp_mode,
             Protocol::Udp => self.config.udp_mode,
         };
-        ModeToken::of(mode, proto)
+        mode.token(proto)
     }
 
     /// `BLOCK_TCP` or `BLOCK_UDP`.

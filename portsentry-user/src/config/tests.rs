@@ -1,4 +1,5 @@
 use super::*;
+use crate::kinds::{ModeToken, Protocol};
 
 pub(super) const PATH: &str = "/etc/portsentry/portsentry.conf";
 
@@ -241,9 +242,9 @@ fn modes() {
     );
     bad("TCP_MODE=\"fast\"", 1, "TCP_MODE must be atcp or advanced");
     bad("UDP_MODE=\"ATCP\"", 1, "not \"ATCP\"");
-    assert_eq!(Mode::Advanced.tcp_token(), Some("atcp"));
-    assert_eq!(Mode::Stealth.udp_token(), Some("sudp"));
-    assert_eq!(Mode::Off.tcp_token(), None);
+    assert_eq!(Mode::Advanced.token(Protocol::Tcp), Some(ModeToken::Atcp));
+    assert_eq!(Mode::Stealth.token(Protocol::Udp), Some(ModeToken::Sudp));
+    assert_eq!(Mode::Off.token(Protocol::Tcp), None);
 }
 
 #[test]

@@ -6,6 +6,7 @@
 use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
 use super::{ports::PortSet, text::shorten};
+use crate::kinds::{ModeToken, Protocol};
 
 /// `BLOCK_TCP` / `BLOCK_UDP`: what to do with a host that tripped a watched port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -55,22 +56,16 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// PortSentry's name of the mode for TCP (`$MODE$`), or `None` for [`Mode::Off`].
-    pub fn tcp_token(self) -> Option<&'static str> {
-        match self {
-            Mode::Advanced => Some("atcp"),
-            Mode::Stealth => Some("stcp"),
-            Mode::Off => None,
-        }
-    }
-
-    /// PortSentry's name of the mode for UDP (`$MODE$`), or `None` for [`Mode::Off`].
-    pub fn udp_token(self) -> Option<&'static str> {
-        match self {
-            Mode::Advanced => Some("audp"),
-            Mode::Stealth => Some("sudp"),
-            Mode::Off => None,
-        }
+    /// PortSentry's name of the mode for a protocol (`$MODE$`: `atcp`, `stcp`, `audp`,
+    /// `sudp`), or `None` for [`Mode::Off`].
+    pub fn token(self, proto: Protocol) -> Option<ModeToken> {
+        Some(match (self, proto) {
+            (Mode::Off, _) => return None,
+            (Mode::Advanced, Protocol::Tcp) => ModeToken::Atcp,
+            (Mode::Stealth, Protocol::Tcp) => ModeToken::Stcp,
+            (Mode::Advanced, Protocol::Udp) => ModeToken::Audp,
+            (Mode::Stealth, Protocol::Udp) => ModeToken::Sudp,
+        })
     }
 
     /// Parses a `TCP_MODE` value (`atcp`, `stcp`, `tcp`, `advanced`, `stealth`, `off`).

@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
-use super::detect::ProbeEvent;
+use super::event::ProbeEvent;
 use crate::kinds::ModeToken;
 
 /// At most this many scanners wait (one entry per address).

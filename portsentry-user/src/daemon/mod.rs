@@ -11,6 +11,7 @@
 mod admission;
 mod control;
 pub mod detect;
+mod event;
 mod respond;
 mod upkeep;
 

@@ -12,7 +12,7 @@ use std::{
 use ipnet::IpNet;
 use portsentry_common::maps::BanOrigin;
 
-use super::{Shared, admission::Admit, detect::ProbeEvent};
+use super::{Shared, admission::Admit, event::ProbeEvent};
 use crate::{
     actions::{self, Step, Target, execute::run_step},
     bans::{Cause, ScanCause},

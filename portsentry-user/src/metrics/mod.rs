@@ -45,9 +45,8 @@ use prometheus_client::{
 use portsentry_common::maps::BanOrigin;
 
 use crate::{
-    actions::{ActionKind, shell::Outcome},
     kernel::Counters,
-    kinds::{self, BanEnd},
+    kinds::{self, ActionKind, ActionResult, BanEnd},
 };
 
 /// The prefix of every metric name (`portsentry_...`).
@@ -57,9 +56,6 @@ pub const PREFIX: &str = "portsentry";
 /// [`Metrics::render`] writes. Prometheus asks for it first in its default
 /// `scrape_protocols` and parses it natively (`_total` samples, `# EOF`).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// Every `result` value of `portsentry_actions_total`.
-const ACTION_RESULTS: [&str; 3] = ["ok", "failed", "timed_out"];
 
 /// What the daemon knows at scrape time (gathered by a closure the daemon passes in).
 #[derive(Clone, Debug, Default)]
@@ -135,9 +131,9 @@ impl Metrics {
             m.bans_removed.get_or_create_owned(&reason_labels(reason));
         }
         for kind in ActionKind::ALL {
-            for result in ACTION_RESULTS {
+            for result in ActionResult::ALL {
                 // hosts.deny edits are not commands: they cannot time out.
-                if result == "timed_out" && !kind.is_command() {
+                if result == ActionResult::TimedOut && !kind.is_command() {
                     continue;
                 }
                 m.actions.get_or_create_owned(&action_labels(kind, result));
@@ -199,15 +195,11 @@ impl Metrics {
             .inc();
     }
 
-    /// A command step ran. Exit status 0 counts as `ok`, a timeout as `timed_out`,
-    /// anything else (a non-zero status, a signal, a failed spawn) as `failed`.
-    pub fn action(&self, kind: ActionKind, outcome: &Outcome) {
-        self.count_action(kind, result_label(outcome));
-    }
-
-    /// An action that is not a command (hosts.deny append/remove): ok or failed.
-    pub fn action_result(&self, kind: ActionKind, ok: bool) {
-        self.count_action(kind, if ok { "ok" } else { "failed" });
+    /// A response step ran (a command, or a hosts.deny edit), and how it ended.
+    pub fn action(&self, kind: ActionKind, result: ActionResult) {
+        self.actions
+            .get_or_create(&action_labels(kind, result))
+            .inc();
     }
 
     /// A probe event was read from the ring buffer.
@@ -248,12 +240,6 @@ impl Metrics {
         text::encode_eof(&mut out).expect("encoding metrics into a String");
         out
     }
-
-    fn count_action(&self, kind: ActionKind, result: &str) {
-        self.actions
-            .get_or_create(&action_labels(kind, result))
-            .inc();
-    }
 }
 
 fn origin_labels(origin: BanOrigin) -> OriginLabels {
@@ -268,19 +254,10 @@ fn reason_labels(reason: BanEnd) -> ReasonLabels {
     }
 }
 
-fn action_labels(kind: ActionKind, result: &str) -> ActionLabels {
+fn action_labels(kind: ActionKind, result: ActionResult) -> ActionLabels {
     ActionLabels {
         kind: kind.as_str().to_owned(),
-        result: result.to_owned(),
-    }
-}
-
-/// The `result` label of a command's outcome.
-fn result_label(outcome: &Outcome) -> &'static str {
-    match outcome {
-        Outcome::Exited(0) => "ok",
-        Outcome::TimedOut => "timed_out",
-        Outcome::Exited(_) | Outcome::Signaled(_) | Outcome::SpawnFailed(_) => "failed",
+        result: result.as_str().to_owned(),
     }
 }
 

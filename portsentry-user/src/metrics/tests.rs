@@ -8,6 +8,7 @@ use std::{
 };
 
 use super::*;
+use crate::actions::shell::Outcome;
 
 fn snapshot() -> Snapshot {
     let mut counters = Counters::default();
@@ -151,8 +152,8 @@ fn userspace_counters() {
     m.ban_added(BanOrigin::Manual);
     m.ban_added(BanOrigin::Scan);
     m.ban_removed(BanEnd::Expired);
-    m.action_result(ActionKind::HostsDeny, true);
-    m.action_result(ActionKind::HostsDenyRemove, false);
+    m.action(ActionKind::HostsDeny, ActionResult::Ok);
+    m.action(ActionKind::HostsDenyRemove, ActionResult::Failed);
     let text = m.render(&Snapshot::default());
     for line in [
         "portsentry_events_read_total 2",
@@ -175,23 +176,24 @@ fn userspace_counters() {
 
 #[test]
 fn action_outcomes() {
-    assert_eq!(result_label(&Outcome::Exited(0)), "ok");
-    assert_eq!(result_label(&Outcome::Exited(1)), "failed");
-    assert_eq!(result_label(&Outcome::Exited(-1)), "failed");
-    assert_eq!(result_label(&Outcome::Signaled(9)), "failed");
-    assert_eq!(result_label(&Outcome::TimedOut), "timed_out");
-    assert_eq!(
-        result_label(&Outcome::SpawnFailed("no such file".into())),
-        "failed"
-    );
+    let label = |o: Outcome| o.result().as_str();
+    assert_eq!(label(Outcome::Exited(0)), "ok");
+    assert_eq!(label(Outcome::Exited(1)), "failed");
+    assert_eq!(label(Outcome::Exited(-1)), "failed");
+    assert_eq!(label(Outcome::Signaled(9)), "failed");
+    assert_eq!(label(Outcome::TimedOut), "timed_out");
+    assert_eq!(label(Outcome::SpawnFailed("no such file".into())), "failed");
 
     let m = Metrics::new();
-    m.action(ActionKind::RunCmd, &Outcome::Exited(0));
-    m.action(ActionKind::RunCmd, &Outcome::Exited(2));
-    m.action(ActionKind::RunCmd, &Outcome::Signaled(15));
-    m.action(ActionKind::RunCmd, &Outcome::SpawnFailed("x".into()));
-    m.action(ActionKind::Route, &Outcome::TimedOut);
-    m.action(ActionKind::Unroute, &Outcome::Exited(0));
+    m.action(ActionKind::RunCmd, Outcome::Exited(0).result());
+    m.action(ActionKind::RunCmd, Outcome::Exited(2).result());
+    m.action(ActionKind::RunCmd, Outcome::Signaled(15).result());
+    m.action(
+        ActionKind::RunCmd,
+        Outcome::SpawnFailed("x".into()).result(),
+    );
+    m.action(ActionKind::Route, Outcome::TimedOut.result());
+    m.action(ActionKind::Unroute, Outcome::Exited(0).result());
     let text = m.render(&Snapshot::default());
     for line in [
         r#"portsentry_actions_total{kind="run_cmd",result="ok"} 1"#,

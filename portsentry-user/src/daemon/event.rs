@@ -1,0 +1,68 @@
+//! A probe event from the kernel's ring buffer, in userspace types.
+
+use std::net::IpAddr;
+
+use portsentry_common::{
+    ScanType,
+    maps::{EVENT_VERIFIED, ScanEvent},
+};
+
+use crate::{kernel::addr, kinds::Protocol};
+
+/// A probe event from the kernel, in userspace types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeEvent {
+    pub ip: IpAddr,
+    pub port: u16,
+    pub scan_type: ScanType,
+    pub tcp_flags: u8,
+    pub hits: u32,
+    pub distinct_ports: u32,
+    pub ts_ns: u64,
+    pub first_ns: u64,
+    pub ifindex: u32,
+    /// The source answered the SYN-ACK challenge (VERIFY_SOURCES).
+    pub verified: bool,
+}
+
+impl ProbeEvent {
+    /// `None` for a record no version of the program writes (unknown scan type).
+    pub fn from_raw(e: &ScanEvent) -> Option<ProbeEvent> {
+        Some(ProbeEvent {
+            ip: addr::from_key(&e.addr),
+            port: e.port,
+            scan_type: ScanType::from_u8(e.scan_type)?,
+            tcp_flags: e.tcp_flags,
+            hits: e.hits,
+            distinct_ports: e.distinct_ports,
+            ts_ns: e.ts_ns,
+            first_ns: e.first_ns,
+            ifindex: e.ifindex,
+            verified: e.flags & EVENT_VERIFIED != 0,
+        })
+    }
+
+    pub fn proto(&self) -> Protocol {
+        Protocol::of(self.scan_type)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_raw() {
+        let mut raw = ScanEvent {
+            addr: portsentry_common::v4_mapped([192, 0, 2, 7]),
+            port: 22,
+            scan_type: ScanType::TcpXmas as u8,
+            ..Default::default()
+        };
+        let e = ProbeEvent::from_raw(&raw).unwrap();
+        assert_eq!(e.ip, "192.0.2.7".parse::<IpAddr>().unwrap());
+        assert_eq!(e.proto(), Protocol::Tcp);
+        raw.scan_type = 0;
+        assert_eq!(ProbeEvent::from_raw(&raw), None);
+    }
+}
