@@ -43,10 +43,10 @@ pub fn is_banned(src: &AddrWords, settings: &Settings) -> bool {
             }
         }
     }
-    if settings.flags & SETTING_PREFIX_BANS != 0 {
-        if let Some(ban) = PS_BAN_NETS.get(Key::new(128, *key(src))) {
-            return ban_active(ban.expires_ns);
-        }
+    if settings.flags & SETTING_PREFIX_BANS != 0
+        && let Some(ban) = PS_BAN_NETS.get(Key::new(128, *key(src)))
+    {
+        return ban_active(ban.expires_ns);
     }
     false
 }

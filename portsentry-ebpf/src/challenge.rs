@@ -55,6 +55,10 @@ pub fn answers_challenge(ctx: &XdpContext, ip: &Ip, l4: &L4, settings: &Settings
 /// Turns a SYN without payload into our SYN-ACK challenge in place (sent with XDP_TX).
 /// False when the SYN does not qualify.
 #[inline(always)]
+#[allow(
+    clippy::manual_swap,
+    reason = "headers may be misaligned: swap through the raw pointer, not references"
+)]
 pub fn send_challenge(ctx: &XdpContext, ip: &Ip, l4: &L4, settings: &Settings) -> bool {
     // SAFETY: helper without arguments.
     let slot = cookie_slot(unsafe { bpf_ktime_get_coarse_ns() });
