@@ -1,0 +1,63 @@
+//! The ban check: does an active ban cover the source? Exact bans go through a bit
+//! filter (`PS_BAN_FILTER`), then the direct-mapped cache (`PS_BAN_CACHE`), then the hash
+//! (`PS_BANS`); prefix bans through the trie (`PS_BAN_NETS`) when it holds anything.
+
+use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key};
+use portsentry_common::{
+    Counter,
+    maps::{BAN_CACHE_SLOTS, SETTING_PREFIX_BANS, Settings, ban_filter_bit},
+    packet::AddrWords,
+};
+
+use crate::{PS_BAN_CACHE, PS_BAN_FILTER, PS_BAN_NETS, PS_BANS, count, key};
+
+/// True when an active ban covers `src`. Expired bans are counted and ignored.
+#[inline(always)]
+pub fn is_banned(src: &AddrWords, settings: &Settings) -> bool {
+    let bit = ban_filter_bit(src);
+    let maybe = match PS_BAN_FILTER.get(bit >> 6) {
+        Some(word) => word & (1u64 << (bit & 63)) != 0,
+        None => true,
+    };
+    if maybe {
+        // The cache first: a hit needs no hash lookup.
+        let cached = match PS_BAN_CACHE.get(bit & (BAN_CACHE_SLOTS - 1)) {
+            Some(slot) if slot.used != 0 && slot.addr[0] == src[0] && slot.addr[1] == src[1] => {
+                Some(slot.expires_ns)
+            }
+            _ => None,
+        };
+        match cached {
+            Some(expires_ns) => {
+                if ban_active(expires_ns) {
+                    return true;
+                }
+            }
+            None => {
+                if let Some(ban) = PS_BANS.get_ptr(key(src)) {
+                    // SAFETY: a value pointer from a successful lookup.
+                    if ban_active(unsafe { (*ban).expires_ns }) {
+                        return true;
+                    }
+                }
+            }
+        }
+    }
+    if settings.flags & SETTING_PREFIX_BANS != 0
+        && let Some(ban) = PS_BAN_NETS.get(Key::new(128, *key(src)))
+    {
+        return ban_active(ban.expires_ns);
+    }
+    false
+}
+
+/// A ban that never expires (0) or expires later than now; an expired one is counted.
+#[inline(always)]
+fn ban_active(expires_ns: u64) -> bool {
+    // SAFETY: helper without arguments.
+    if expires_ns == 0 || unsafe { bpf_ktime_get_coarse_ns() } < expires_ns {
+        return true;
+    }
+    count(Counter::BanExpired);
+    false
+}

@@ -1,0 +1,60 @@
+//! Is the probed port in use on this host? A port a local socket owns is never a scan
+//! target.
+
+use aya_ebpf::{
+    bindings::bpf_sock_tuple,
+    helpers::generated::{bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp},
+    programs::XdpContext,
+};
+use portsentry_common::{
+    PROTO_TCP,
+    packet::{AddrWords, Ip, L4},
+};
+
+/// `BPF_F_CURRENT_NETNS`: look sockets up in the netns of the receiving device.
+const CURRENT_NETNS: u64 = -1i64 as u64;
+
+/// True when a socket on this host (listening, connected, or a TCP request or
+/// time-wait socket) matches the packet's 4-tuple in the receiving device's netns.
+#[inline(always)]
+pub fn has_local_socket(ctx: &XdpContext, ip: &Ip, l4: &L4) -> bool {
+    // SAFETY: an all-zero tuple is a valid value of this plain C union.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    let size = if ip.v6 {
+        // SAFETY: writing plain integers into the union's ipv6 member.
+        unsafe {
+            let t = &mut tuple.__bindgen_anon_1.ipv6;
+            t.saddr = core::mem::transmute::<AddrWords, [u32; 4]>(ip.src);
+            t.daddr = core::mem::transmute::<AddrWords, [u32; 4]>(ip.dst);
+            t.sport = l4.src_port.to_be();
+            t.dport = l4.dst_port.to_be();
+        }
+        core::mem::size_of::<[u32; 8]>() + 4
+    } else {
+        let s = ip.src[1].to_ne_bytes();
+        let d = ip.dst[1].to_ne_bytes();
+        // SAFETY: writing plain integers into the union's ipv4 member.
+        unsafe {
+            let t = &mut tuple.__bindgen_anon_1.ipv4;
+            t.saddr = u32::from_ne_bytes([s[4], s[5], s[6], s[7]]);
+            t.daddr = u32::from_ne_bytes([d[4], d[5], d[6], d[7]]);
+            t.sport = l4.src_port.to_be();
+            t.dport = l4.dst_port.to_be();
+        }
+        12
+    };
+    // SAFETY: ctx is the program's context, tuple lives on the stack for the call.
+    let sk = unsafe {
+        if l4.proto == PROTO_TCP {
+            bpf_skc_lookup_tcp(ctx.ctx.cast(), &mut tuple, size as u32, CURRENT_NETNS, 0)
+        } else {
+            bpf_sk_lookup_udp(ctx.ctx.cast(), &mut tuple, size as u32, CURRENT_NETNS, 0).cast()
+        }
+    };
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: releasing the reference the lookup took.
+    unsafe { bpf_sk_release(sk.cast()) };
+    true
+}
