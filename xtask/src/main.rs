@@ -46,8 +46,12 @@ enum Cmd {
     /// of its own, then clean up (as root; a few seconds after the build).
     Demo,
     /// Build, then run the whole test suite (kernel tests serially; needs root).
+    ///
+    /// Arguments before `--` go to `cargo test` (e.g. `--test hardening`), those after
+    /// it to the test binaries (e.g. a test name filter):
+    /// `cargo xtask test --test hardening -- interface_down`.
     Test {
-        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        /// Extra arguments for `cargo test`, then `--` and arguments for the tests.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -170,6 +174,7 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         eprintln!("not root: kernel tests will be skipped (run as root for the full suite)");
     }
     let object = build(root)?;
+    let (for_cargo, for_tests) = split_test_args(extra);
     let mut args: Vec<&str> = vec![
         "test",
         "--release",
@@ -178,11 +183,35 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         "--exclude",
         "portsentry-ebpf",
     ];
+    args.extend(for_cargo.iter().map(String::as_str));
     args.push("--");
     // Kernel tests share kernel state (interfaces, pins, counters): run serially.
     args.push("--test-threads=1");
-    args.extend(extra.iter().map(String::as_str));
+    args.extend(for_tests.iter().map(String::as_str));
     cargo(root, &args, &object)
+}
+
+/// Splits `cargo xtask test`'s arguments at the first `--`: cargo's before it, the test
+/// binaries' after it. Without `--`, an argument that starts with `-` goes to cargo
+/// (with its value, for `--test NAME` and `-p NAME`) and a bare word is a test filter.
+fn split_test_args(extra: &[String]) -> (Vec<String>, Vec<String>) {
+    if let Some(i) = extra.iter().position(|a| a == "--") {
+        return (extra[..i].to_vec(), extra[i + 1..].to_vec());
+    }
+    let (mut cargo, mut tests) = (Vec::new(), Vec::new());
+    let mut it = extra.iter();
+    while let Some(a) = it.next() {
+        if a.starts_with('-') {
+            cargo.push(a.clone());
+            let takes_value = matches!(a.as_str(), "--test" | "-p" | "--package");
+            if takes_value && let Some(v) = it.next() {
+                cargo.push(v.clone());
+            }
+        } else {
+            tests.push(a.clone());
+        }
+    }
+    (cargo, tests)
 }
 
 fn run_as_root(bin: &Path, args: &[String]) -> Result<()> {
@@ -201,4 +230,39 @@ fn run_as_root(bin: &Path, args: &[String]) -> Result<()> {
         bail!("portsentry exited with {status}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_test_args;
+
+    fn split(args: &[&str]) -> (Vec<String>, Vec<String>) {
+        split_test_args(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn test_arguments_reach_cargo_and_the_tests() {
+        assert_eq!(
+            split(&["--test", "hardening", "--", "interface_down"]),
+            (
+                vec!["--test".into(), "hardening".into()],
+                vec!["interface_down".into()]
+            )
+        );
+        assert_eq!(
+            split(&["--test", "hardening", "interface_down"]),
+            (
+                vec!["--test".into(), "hardening".into()],
+                vec!["interface_down".into()]
+            )
+        );
+        assert_eq!(split(&["ban_cache"]), (vec![], vec!["ban_cache".into()]));
+        assert_eq!(
+            split(&["--lib", "-p", "portsentry-user"]),
+            (
+                vec!["--lib".into(), "-p".into(), "portsentry-user".into()],
+                vec![]
+            )
+        );
+    }
 }
