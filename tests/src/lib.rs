@@ -2,6 +2,7 @@
 //! namespaces with veth pairs, and the root/CI gate.
 
 pub mod bench;
+pub mod bpf_link;
 pub mod daemon;
 pub mod fixture;
 pub mod frames;

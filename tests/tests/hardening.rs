@@ -9,7 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::programs::links::LinkType;
+use portsentry_common::PROGRAM_NAME;
 use portsentry_tests::{
+    bpf_link,
     daemon::{Daemon, Workdir, wait_until},
     netns::{TestNet, tcp_connect},
     require_kernel,
@@ -287,26 +290,26 @@ fn interface_down_up_and_an_external_detach_are_survived() {
         "detection after down/up"
     );
 
-    // Someone detaches the program behind the daemon's back.
+    // Someone detaches the program behind the daemon's back, as an administrator with
+    // `bpftool link detach id ID` would.
     let pin = wd.pin_dir.join(format!("link-{}", net.server_if));
-    let out = std::process::Command::new("bpftool")
-        .args(["-j", "link", "show", "pinned"])
-        .arg(&pin)
-        .output()
-        .expect("bpftool");
-    let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
-    let id = info["id"].as_u64().expect("link id");
-    let out = std::process::Command::new("bpftool")
-        .args(["link", "detach", "id", &id.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let link = bpf_link::pinned_link(&pin);
+    assert_eq!(link.link_type, LinkType::Xdp, "{link:?}");
+    assert!(bpf_link::link_is_loaded(link.id), "{link:?} is not listed");
+    assert_eq!(
+        bpf_link::program_name(link.program_id).as_deref(),
+        Some(PROGRAM_NAME),
+        "{link:?}"
     );
+    bpf_link::detach_link(link.id).unwrap_or_else(|e| panic!("detaching {link:?}: {e}"));
     d.wait_for("detached from", Duration::from_secs(5));
     d.wait_for("attached again", Duration::from_secs(5));
+    let again = bpf_link::pinned_link(&pin);
+    assert_ne!(again.id, link.id, "a new link is pinned: {again:?}");
+    assert_eq!(
+        again.program_id, link.program_id,
+        "the same program: {again:?}"
+    );
     assert!(!reaches(&net, a), "bans hold once the program is back");
     probe(&net, c);
     assert!(
