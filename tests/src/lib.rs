@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod fixture;
 pub mod frames;
 pub mod netns;
+pub mod probe_asserts;
 pub mod scenario;
 pub mod testrun;
 
