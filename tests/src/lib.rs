@@ -8,6 +8,7 @@ pub mod fixture;
 pub mod frames;
 pub mod netns;
 pub mod probe_asserts;
+pub mod program_scan;
 pub mod scenario;
 pub mod testrun;
 

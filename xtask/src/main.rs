@@ -2,6 +2,7 @@
 //! needs, from a fresh machine, with nothing installed by hand.
 
 mod demo;
+mod packages;
 mod toolchain;
 
 use std::{
