@@ -48,7 +48,8 @@ enum Cmd {
     Demo,
     /// Build, then run the whole test suite (kernel tests serially; needs root).
     Test {
-        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        /// Extra arguments: `--test FILE`, `--lib` and `-p PACKAGE` select what cargo
+        /// builds and runs; anything else goes to the test harness (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -179,10 +180,25 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         "--exclude",
         "portsentry-ebpf",
     ];
+    // Target selection (`--test NAME`, `--lib`, `-p NAME`) is cargo's; the rest (name
+    // filters, `--nocapture`) is the test harness's.
+    let mut harness: Vec<&str> = Vec::new();
+    let mut extra = extra.iter().map(String::as_str);
+    while let Some(arg) = extra.next() {
+        match arg {
+            "--test" | "-p" | "--package" => {
+                args.push(arg);
+                args.extend(extra.next());
+            }
+            "--lib" | "--tests" | "--doc" => args.push(arg),
+            _ if arg.starts_with("--test=") || arg.starts_with("--package=") => args.push(arg),
+            _ => harness.push(arg),
+        }
+    }
     args.push("--");
     // Kernel tests share kernel state (interfaces, pins, counters): run serially.
     args.push("--test-threads=1");
-    args.extend(extra.iter().map(String::as_str));
+    args.extend(harness);
     cargo(root, &args, &object)
 }
 
