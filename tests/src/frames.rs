@@ -294,6 +294,45 @@ fn checksum(b: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+/// One's-complement sum of 16-bit big-endian words.
+fn ones_sum(bytes: &[u8], mut sum: u32) -> u32 {
+    for c in bytes.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    sum
+}
+
+/// The pseudo-header sum of a TCP segment of `len` bytes.
+fn pseudo_sum(src: IpAddr, dst: IpAddr, len: usize) -> u32 {
+    let octets = |a: IpAddr| match a {
+        IpAddr::V4(v) => v.octets().to_vec(),
+        IpAddr::V6(v) => v.octets().to_vec(),
+    };
+    ones_sum(&octets(dst), ones_sum(&octets(src), 0)) + 6 + len as u32
+}
+
+fn fold(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// True when the TCP checksum of the segment at `l4` in `frame` is right.
+pub fn tcp_checksum_ok(frame: &[u8], src: IpAddr, dst: IpAddr, l4: usize) -> bool {
+    let seg = &frame[l4..];
+    fold(ones_sum(seg, pseudo_sum(src, dst, seg.len()))) == 0xffff
+}
+
+/// Fills in a TCP checksum for `frame` (the builder leaves it 0).
+pub fn with_tcp_checksum(mut frame: Vec<u8>, src: IpAddr, dst: IpAddr, l4: usize) -> Vec<u8> {
+    frame[l4 + 16..l4 + 18].copy_from_slice(&[0, 0]);
+    let seg = &frame[l4..];
+    let c = !fold(ones_sum(seg, pseudo_sum(src, dst, seg.len())));
+    frame[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
+    frame
+}
+
 /// A random frame for differential testing: usually a well-formed frame of a random
 /// shape (VLAN tags, IPv4 options, IPv6 extension headers, fragments, any TCP flags,
 /// other protocols), then often damaged (truncated, bytes flipped); sometimes raw junk

@@ -2,10 +2,13 @@
 //! namespaces with veth pairs, and the root/CI gate.
 
 pub mod bench;
+pub mod bpf_link;
 pub mod daemon;
 pub mod fixture;
 pub mod frames;
 pub mod netns;
+pub mod probe_asserts;
+pub mod program_scan;
 pub mod scenario;
 pub mod testrun;
 

@@ -40,6 +40,11 @@ pub fn status(wd: &Workdir) -> serde_json::Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("status --json: {e}: {out}"))
 }
 
+/// The bans in `portsentry status --json`.
+pub fn bans(wd: &Workdir) -> Vec<serde_json::Value> {
+    status(wd)["bans"].as_array().unwrap().clone()
+}
+
 /// The networks of the bans in a status.
 pub fn ban_nets(st: &serde_json::Value) -> Vec<String> {
     st["bans"]

@@ -2,6 +2,7 @@
 //! needs, from a fresh machine, with nothing installed by hand.
 
 mod demo;
+mod packages;
 mod toolchain;
 
 use std::{
@@ -47,11 +48,11 @@ enum Cmd {
     Demo,
     /// Build, then run the whole test suite (kernel tests serially; needs root).
     ///
-    /// Arguments before `--` go to `cargo test` (e.g. `--test hardening`), those after
-    /// it to the test binaries (e.g. a test name filter):
-    /// `cargo xtask test --test hardening -- interface_down`.
+    /// `cargo xtask test --test hardening interface_down` runs one test of one file.
     Test {
-        /// Extra arguments for `cargo test`, then `--` and arguments for the tests.
+        /// Extra arguments: `--test FILE`, `--lib` and `-p PACKAGE` select what cargo
+        /// builds and runs; anything else (a test name filter, `--nocapture`) goes to the
+        /// tests, as does everything after a `--`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -191,24 +192,24 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     cargo(root, &args, &object)
 }
 
-/// Splits `cargo xtask test`'s arguments at the first `--`: cargo's before it, the test
-/// binaries' after it. Without `--`, an argument that starts with `-` goes to cargo
-/// (with its value, for `--test NAME` and `-p NAME`) and a bare word is a test filter.
+/// Splits `cargo xtask test`'s arguments between cargo and the tests: target selection
+/// (`--test NAME`, `--lib`, `-p NAME`, ...) is cargo's, the rest (name filters,
+/// `--nocapture`) the tests', as is everything after a `--`.
 fn split_test_args(extra: &[String]) -> (Vec<String>, Vec<String>) {
-    if let Some(i) = extra.iter().position(|a| a == "--") {
-        return (extra[..i].to_vec(), extra[i + 1..].to_vec());
-    }
     let (mut cargo, mut tests) = (Vec::new(), Vec::new());
     let mut it = extra.iter();
     while let Some(a) = it.next() {
-        if a.starts_with('-') {
-            cargo.push(a.clone());
-            let takes_value = matches!(a.as_str(), "--test" | "-p" | "--package");
-            if takes_value && let Some(v) = it.next() {
-                cargo.push(v.clone());
+        match a.as_str() {
+            "--" => {
+                tests.extend(it.by_ref().cloned());
             }
-        } else {
-            tests.push(a.clone());
+            "--test" | "-p" | "--package" => {
+                cargo.push(a.clone());
+                cargo.extend(it.next().cloned());
+            }
+            "--lib" | "--tests" | "--doc" => cargo.push(a.clone()),
+            _ if a.starts_with("--test=") || a.starts_with("--package=") => cargo.push(a.clone()),
+            _ => tests.push(a.clone()),
         }
     }
     (cargo, tests)
@@ -257,6 +258,10 @@ mod tests {
             )
         );
         assert_eq!(split(&["ban_cache"]), (vec![], vec!["ban_cache".into()]));
+        assert_eq!(
+            split(&["--test=xdp_bans", "--nocapture"]),
+            (vec!["--test=xdp_bans".into()], vec!["--nocapture".into()])
+        );
         assert_eq!(
             split(&["--lib", "-p", "portsentry-user"]),
             (

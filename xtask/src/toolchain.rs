@@ -12,24 +12,8 @@ use anyhow::{Context as _, Result, bail};
 /// bpf-linker release built from crates.io.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Debian packages the tests (and the demo) use, with a binary that shows each is there.
-pub const TEST_PACKAGES: &[(&str, &str)] = &[
-    ("nmap", "nmap"),
-    ("hping3", "hping3"),
-    ("iproute2", "ip"),
-    ("util-linux", "nsenter"),
-    ("procps", "ps"),
-    ("iputils-ping", "ping"),
-];
-
-/// What `cargo xtask bench` compares against, besides the test packages.
-pub const BENCH_PACKAGES: &[(&str, &str)] = &[
-    ("xdp-tools", "xdp-filter"),
-    ("netsniff-ng", "trafgen"),
-    ("iptables", "iptables"),
-    ("ipset", "ipset"),
-    ("nftables", "nft"),
-];
+// The package lists live in `packages.rs`, which the tests read too.
+pub use crate::packages::{BENCH_PACKAGES, TEST_PACKAGES};
 
 pub fn is_root() -> bool {
     Command::new("id")

@@ -1,0 +1,99 @@
+//! `cargo xtask bench`: the figures in BENCHMARKS.md, each measured side by side in one
+//! run on this machine.
+//!
+//! 1. Per-packet cost through BPF_PROG_TEST_RUN: an XDP program that only returns
+//!    XDP_PASS (the floor), portsentry's paths with 1, 10k and 1M bans (and 1M tracked
+//!    sources), and xdp-filter on the same frames. Each BPF_PROG_TEST_RUN call runs a
+//!    frame `--repeat` times (the kernel reports the mean); cases are interleaved round
+//!    by round and the median of `--rounds` rounds is printed.
+//! 2. Reaction time: first probe to ban in force, portsentry and PortSentry 1.2.
+//! 3. Memory: kernel memory per tracked source and per ban.
+//!
+//! One module per measurement group, run by `main` in this order: `per_packet` (1, and the
+//! kernel's memory), `reaction` (2), `throughput` (drop rate of a flood against iptables,
+//! ipset and nftables) and `memory` (the daemon's memory).
+
+mod memory;
+mod per_packet;
+mod reaction;
+mod throughput;
+
+use std::net::{IpAddr, Ipv4Addr};
+
+pub(crate) struct Args {
+    pub(crate) repeat: u32,
+    pub(crate) rounds: usize,
+    /// Scans whose reaction time is measured (0: skip).
+    pub(crate) reaction_runs: usize,
+    /// Largest number of bans and tracked sources (1M in the published table).
+    pub(crate) scale: u32,
+    /// Seconds each flood lasts (0: skip the throughput comparison).
+    pub(crate) flood_secs: u64,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        repeat: 1_000_000,
+        rounds: 9,
+        reaction_runs: 100,
+        scale: 1 << 20,
+        flood_secs: 3,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut val = |name: &str| {
+            it.next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("{name} takes a number"))
+        };
+        match arg.as_str() {
+            "--repeat" => a.repeat = val("--repeat") as u32,
+            "--rounds" => a.rounds = val("--rounds") as usize,
+            "--reaction-runs" => a.reaction_runs = (val("--reaction-runs") as usize).min(250),
+            "--scale" => a.scale = (val("--scale") as u32).max(10_001),
+            "--flood-secs" => a.flood_secs = val("--flood-secs"),
+            other => panic!(
+                "unknown argument {other}; use --repeat N --rounds N --reaction-runs N \
+                 (at most 250) --scale N --flood-secs N"
+            ),
+        }
+    }
+    a
+}
+
+pub(crate) fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// The n-th address of 100.64.0.0/10 (bans and sources that send nothing).
+pub(crate) fn filler(n: u32) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(0x6440_0000u32 + n))
+}
+
+fn main() {
+    let args = parse_args();
+    assert!(
+        portsentry_tests::kernel_tests_enabled(),
+        "the benchmark needs root"
+    );
+    println!(
+        "Machine: {} CPUs, kernel {}, {}\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim(),
+        std::fs::read_to_string("/proc/cpuinfo")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("model name\t: "))
+            .unwrap_or("unknown CPU")
+    );
+    per_packet::per_packet(&args);
+    if args.reaction_runs > 0 {
+        reaction::reaction(args.reaction_runs);
+    }
+    if args.flood_secs > 0 {
+        throughput::throughput(args.flood_secs);
+    }
+    memory::daemon_memory(args.scale);
+}

@@ -1,0 +1,253 @@
+//! 1. Per-packet cost through BPF_PROG_TEST_RUN, growth with the number of bans, and the
+//!    kernel memory of each map.
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    os::fd::{AsFd, BorrowedFd},
+    time::Instant,
+};
+
+use ipnet::IpNet;
+use portsentry_common::maps::{BanEntry, Settings};
+use portsentry_tests::{
+    bench::XdpFilter,
+    fixture::default_ports,
+    frames::{Frame, flags::*},
+    netns::Netns,
+    testrun,
+};
+use portsentry_user::kernel::{Dataplane, MapSizes};
+
+use crate::{Args, filler, ip};
+
+fn medians(cases: &[(&str, BorrowedFd<'_>, Vec<u8>)], args: &Args) -> Vec<u32> {
+    let mut samples = vec![Vec::new(); cases.len()];
+    for _ in 0..args.rounds {
+        for (i, (_, fd, frame)) in cases.iter().enumerate() {
+            let r = testrun::run(*fd, frame, args.repeat).expect("BPF_PROG_TEST_RUN");
+            samples[i].push(r.duration_ns);
+        }
+    }
+    samples
+        .into_iter()
+        .map(|mut v| {
+            v.sort_unstable();
+            v[v.len() / 2]
+        })
+        .collect()
+}
+
+pub(crate) fn per_packet(args: &Args) {
+    let ns = Netns::new("bench");
+    let pass = testrun::load_pass_program().expect("loading the XDP_PASS program");
+    let sizes = MapSizes {
+        bans: args.scale,
+        sources: args.scale,
+        ..MapSizes::default()
+    };
+    let mut dp = Dataplane::load(&sizes, None).expect("loading portsentry");
+    let (tcp, udp) = default_ports();
+    dp.write_ports(&tcp, &udp).unwrap();
+    // Events are not what is measured: one a second keeps the ring buffer quiet.
+    dp.write_settings(Settings {
+        event_trigger: 1,
+        events_per_sec: 1,
+        event_burst: 1,
+        flags: 0,
+        cookie_secret: 0,
+    })
+    .unwrap();
+    dp.replace_ignore(&["203.0.113.0/24".parse().unwrap()])
+        .unwrap();
+    let _events = dp.take_events().unwrap();
+    let banned = filler(0);
+    let (client, server, scanner, ignored) = (
+        ip("192.0.2.7"),
+        ip("192.0.2.1"),
+        ip("198.51.100.9"),
+        ip("203.0.113.7"),
+    );
+    let frames = [
+        (
+            "benign established TCP (ACK)",
+            Frame::tcp(client, server, 443, ACK).build(),
+        ),
+        (
+            "UDP to an unwatched port",
+            Frame::udp(client, server, 5353).build(),
+        ),
+        (
+            "counted SYN probe",
+            Frame::tcp(scanner, server, 22, SYN).build(),
+        ),
+        (
+            "banned source, dropped",
+            Frame::tcp(banned, server, 443, SYN).build(),
+        ),
+        (
+            "ignored source's probe",
+            Frame::tcp(ignored, server, 22, SYN).build(),
+        ),
+    ];
+    let xdpf = XdpFilter::load(banned);
+
+    let mut bans = 0u32;
+    // Growth: the floor, the benign and the banned path at every power of ten.
+    let mut growth: Vec<(u32, u32, u32, u32)> = Vec::new();
+    {
+        let mut level = 1u32;
+        while level <= args.scale {
+            while bans < level {
+                dp.insert_ban(&IpNet::from(filler(bans)), &BanEntry::default())
+                    .expect("inserting a ban");
+                bans += 1;
+            }
+            let fd = dp.program_fd().unwrap();
+            let cases = vec![
+                ("floor", pass.as_fd(), frames[0].1.clone()),
+                ("benign", fd, frames[0].1.clone()),
+                ("banned", fd, frames[3].1.clone()),
+            ];
+            let m = ns.enter(|| medians(&cases, args));
+            growth.push((level, m[0], m[1], m[2]));
+            level = if level == args.scale {
+                break;
+            } else {
+                (level * 10).min(args.scale)
+            };
+        }
+    }
+    // The main table starts again from one ban.
+    let mut dp = {
+        drop(dp);
+        let mut d = Dataplane::load(&sizes, None).expect("loading portsentry");
+        d.write_ports(&tcp, &udp).unwrap();
+        d.write_settings(Settings {
+            event_trigger: 1,
+            events_per_sec: 1,
+            event_burst: 1,
+            flags: 0,
+            cookie_secret: 0,
+        })
+        .unwrap();
+        d.replace_ignore(&["203.0.113.0/24".parse().unwrap()])
+            .unwrap();
+        d
+    };
+    let _events = dp.take_events().unwrap();
+    bans = 0;
+    let mut columns: Vec<(String, Vec<u32>)> = Vec::new();
+    for (label, target, fill_sources) in [
+        ("1 ban", 1u32, false),
+        ("10k bans", 10_000, false),
+        ("max", args.scale, true),
+    ] {
+        let label = if label == "max" {
+            format!("{} bans + {} sources", args.scale, args.scale)
+        } else {
+            label.to_owned()
+        };
+        let t = Instant::now();
+        while bans < target {
+            dp.insert_ban(&IpNet::from(filler(bans)), &BanEntry::default())
+                .expect("inserting a ban");
+            bans += 1;
+        }
+        if fill_sources {
+            // Fill PS_SOURCES with real probes from distinct sources.
+            let fd = dp.program_fd().unwrap();
+            ns.enter(|| {
+                for n in 0..args.scale {
+                    let src = IpAddr::V4(Ipv4Addr::from(0x0a00_0000u32 + n));
+                    let f = Frame::tcp(src, server, 22, SYN).build();
+                    testrun::run(fd, &f, 1).expect("probe");
+                }
+            });
+        }
+        eprintln!("bench: {label}: set up in {:.1?}", t.elapsed());
+        let label = label.as_str();
+        let fd = dp.program_fd().unwrap();
+        let mut cases: Vec<(&str, BorrowedFd<'_>, Vec<u8>)> =
+            vec![("XDP_PASS only (floor)", pass.as_fd(), frames[0].1.clone())];
+        cases.extend(frames.iter().map(|(n, f)| (*n, fd, f.clone())));
+        let m = ns.enter(|| medians(&cases, args));
+        columns.push((label.to_owned(), m));
+    }
+    if let Some(x) = &xdpf {
+        let mut cases: Vec<(&str, BorrowedFd<'_>, Vec<u8>)> =
+            vec![("XDP_PASS only (floor)", pass.as_fd(), frames[0].1.clone())];
+        cases.extend(frames.iter().map(|(n, f)| (*n, x.fd.as_fd(), f.clone())));
+        let m = ns.enter(|| medians(&cases, args));
+        columns.push(("xdp-filter (all features)".to_owned(), m));
+    }
+    println!(
+        "## Per-packet cost (BPF_PROG_TEST_RUN, ns per packet, median of {} rounds x {} runs; \
+         x = ratio to the XDP_PASS-only program in the same column)\n",
+        args.rounds, args.repeat
+    );
+    let mut header = "| case |".to_owned();
+    let mut rule = "|---|".to_owned();
+    for (label, _) in &columns {
+        header += &format!(" {label} |");
+        rule += "---:|";
+    }
+    println!("{header}\n{rule}");
+    let names: Vec<&str> = std::iter::once("XDP_PASS only (floor)")
+        .chain(frames.iter().map(|(n, _)| *n))
+        .collect();
+    for (row, name) in names.iter().enumerate() {
+        let mut line = format!("| {name} |");
+        for (_, m) in &columns {
+            let floor = f64::from(m[0]);
+            line += &format!(" {} ({:.2}x) |", m[row], f64::from(m[row]) / floor);
+        }
+        println!("{line}");
+    }
+    println!("## Growth: ns per packet against the number of bans\n");
+    println!("| bans | XDP_PASS | benign ACK | banned, dropped | banned / XDP_PASS |");
+    println!("|---:|---:|---:|---:|---:|");
+    for (n, floor, benign, banned) in &growth {
+        println!(
+            "| {n} | {floor} | {benign} | {banned} | {:.2}x |",
+            f64::from(*banned) / f64::from(*floor)
+        );
+    }
+    println!("\n```");
+    let top = growth.iter().map(|g| g.3).max().unwrap_or(1).max(1);
+    for (n, _, benign, banned) in &growth {
+        let bar = |v: u32| "#".repeat((v as usize * 50).div_ceil(top as usize));
+        println!("{n:>8} bans  benign {benign:>4} ns {}", bar(*benign));
+        println!("{:>8}       banned {banned:>4} ns {}", "", bar(*banned));
+    }
+    println!("```\n");
+    let first = &columns[0].1;
+    let big = &columns[2].1;
+    println!(
+        "\nGrowth from 1 ban to {} bans (+{} tracked sources): banned path {:.2}x, benign path \
+         {:.2}x.\n",
+        args.scale,
+        args.scale,
+        f64::from(big[4]) / f64::from(first[4]),
+        f64::from(big[1]) / f64::from(first[1])
+    );
+
+    // Memory, with the maps as full as they got above.
+    println!("## Kernel memory (memlock of each map)\n");
+    println!("| map | bytes | per entry |\n|---|---:|---:|");
+    for (name, bytes) in dp.map_memory() {
+        let per = match name {
+            "PS_BANS" => format!(
+                "{:.0} per ban ({bans} bans)",
+                bytes as f64 / f64::from(bans)
+            ),
+            "PS_SOURCES" => format!(
+                "{:.0} per source (preallocated for {})",
+                bytes as f64 / f64::from(args.scale),
+                args.scale
+            ),
+            _ => String::new(),
+        };
+        println!("| {name} | {bytes} | {per} |");
+    }
+    println!();
+}

@@ -1,0 +1,256 @@
+//! Bans in the XDP program through BPF_PROG_TEST_RUN: exact and prefix bans drop every
+//! protocol, expiry is checked by the kernel, and the `PS_BAN_CACHE` in front of the hash
+//! never serves a stale answer.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use portsentry_common::{Counter, maps::BanEntry, packet};
+use portsentry_tests::{
+    fixture::Fixture,
+    frames::{Ext, Frame, Transport, flags::*},
+    probe_asserts::{V4_DST, V6_DST, ip, net, pairs},
+    require_kernel,
+    testrun::{XDP_DROP, XDP_PASS},
+};
+use portsentry_user::clock::monotonic_ns;
+
+#[test]
+fn exact_bans_drop_every_protocol() {
+    require_kernel!();
+    let mut fx = Fixture::new();
+    for (src, dst) in pairs() {
+        let entry = BanEntry {
+            since_ns: monotonic_ns(),
+            ..Default::default()
+        };
+        fx.dp.insert_ban(&IpNet::from(src), &entry).unwrap();
+        let frames = [
+            Frame::tcp(src, dst, 22, SYN).build(),
+            Frame::tcp(src, dst, 8080, ACK).build(),
+            Frame::udp(src, dst, 53).build(),
+            Frame::new(src, dst, Transport::Other(1)).build(),
+            Frame::tcp(src, dst, 22, SYN).vlans(&[0x8100]).build(),
+            // Banned sources' later fragments are dropped too.
+            match src {
+                IpAddr::V4(_) => Frame::tcp(src, dst, 22, SYN)
+                    .ipv4_fragment(8, false)
+                    .build(),
+                IpAddr::V6(_) => Frame::tcp(src, dst, 22, SYN)
+                    .ext(Ext::Fragment {
+                        offset: 8,
+                        more: false,
+                    })
+                    .build(),
+            },
+        ];
+        for f in &frames {
+            let o = fx.expect(f, XDP_DROP, Counter::DropBanned);
+            assert_eq!(o.delta.get(Counter::EventSent), 0);
+        }
+        assert_eq!(fx.hits(src), 0, "a banned source's probes are not counted");
+        // Another source is untouched.
+        let other: IpAddr = match src {
+            IpAddr::V4(_) => ip("192.0.2.8"),
+            IpAddr::V6(_) => ip("2001:db8::8"),
+        };
+        fx.expect(
+            &Frame::tcp(other, dst, 22, SYN).build(),
+            XDP_PASS,
+            Counter::PassProbe,
+        );
+        // Unbanning lets it through again.
+        assert!(fx.dp.remove_ban(&IpNet::from(src)).unwrap());
+        fx.expect(&frames[0], XDP_PASS, Counter::PassProbe);
+    }
+}
+
+#[test]
+fn ban_expiry_is_checked_by_the_kernel() {
+    require_kernel!();
+    let mut fx = Fixture::new();
+    let now = monotonic_ns();
+    for (src, dst) in pairs() {
+        let f = Frame::tcp(src, dst, 22, SYN).build();
+        // Expired a second ago: passed (and the probe counted), the expiry counted.
+        let expired = BanEntry {
+            expires_ns: now - 1_000_000_000,
+            since_ns: now - 2_000_000_000,
+            ..Default::default()
+        };
+        fx.dp.insert_ban(&IpNet::from(src), &expired).unwrap();
+        let o = fx.expect(&f, XDP_PASS, Counter::PassProbe);
+        assert_eq!(o.delta.get(Counter::BanExpired), 1);
+        // Expiring in an hour: dropped.
+        let live = BanEntry {
+            expires_ns: now + 3_600_000_000_000,
+            ..expired
+        };
+        fx.dp.insert_ban(&IpNet::from(src), &live).unwrap();
+        let o = fx.expect(&f, XDP_DROP, Counter::DropBanned);
+        assert_eq!(o.delta.get(Counter::BanExpired), 0);
+        // Permanent (0): dropped.
+        fx.dp
+            .insert_ban(&IpNet::from(src), &BanEntry::default())
+            .unwrap();
+        fx.expect(&f, XDP_DROP, Counter::DropBanned);
+    }
+    // A short ban stops applying on its own, with no daemon involved.
+    let src = ip("192.0.2.9");
+    let f = Frame::tcp(src, ip(V4_DST), 22, SYN).build();
+    let short = BanEntry {
+        expires_ns: monotonic_ns() + 200_000_000,
+        ..Default::default()
+    };
+    fx.dp.insert_ban(&IpNet::from(src), &short).unwrap();
+    fx.expect(&f, XDP_DROP, Counter::DropBanned);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    fx.expect(&f, XDP_PASS, Counter::PassProbe);
+}
+
+#[test]
+fn prefix_bans() {
+    require_kernel!();
+    let mut fx = Fixture::new();
+    let dst4 = ip(V4_DST);
+    let dst6 = ip(V6_DST);
+    fx.dp
+        .insert_ban(&net("198.51.100.0/24"), &BanEntry::default())
+        .unwrap();
+    fx.dp
+        .insert_ban(&net("2001:db8:bad::/48"), &BanEntry::default())
+        .unwrap();
+    for src in ["198.51.100.1", "198.51.100.254"] {
+        let f = Frame::udp(ip(src), dst4, 2000).build();
+        fx.expect(&f, XDP_DROP, Counter::DropBanned);
+    }
+    for src in ["2001:db8:bad::1", "2001:db8:bad:ffff::9"] {
+        let f = Frame::tcp(ip(src), dst6, 443, ACK).build();
+        fx.expect(&f, XDP_DROP, Counter::DropBanned);
+    }
+    // Just outside the prefixes.
+    fx.expect(
+        &Frame::udp(ip("198.51.101.1"), dst4, 2000).build(),
+        XDP_PASS,
+        Counter::PassUnwatched,
+    );
+    fx.expect(
+        &Frame::tcp(ip("2001:db8:bae::1"), dst6, 443, ACK).build(),
+        XDP_PASS,
+        Counter::PassNotProbe,
+    );
+    // An IPv4 /0 covers every IPv4 source and no IPv6 one.
+    fx.dp
+        .insert_ban(&net("0.0.0.0/0"), &BanEntry::default())
+        .unwrap();
+    fx.expect(
+        &Frame::udp(ip("203.0.113.5"), dst4, 2000).build(),
+        XDP_DROP,
+        Counter::DropBanned,
+    );
+    fx.expect(
+        &Frame::udp(ip("2001:db8::5"), dst6, 2000).build(),
+        XDP_PASS,
+        Counter::PassUnwatched,
+    );
+    // An expired prefix ban does not apply.
+    fx.dp.remove_ban(&net("0.0.0.0/0")).unwrap();
+    let expired = BanEntry {
+        expires_ns: monotonic_ns() - 1_000_000_000,
+        ..Default::default()
+    };
+    fx.dp.insert_ban(&net("203.0.113.0/24"), &expired).unwrap();
+    let o = fx.expect(
+        &Frame::udp(ip("203.0.113.5"), dst4, 2000).build(),
+        XDP_PASS,
+        Counter::PassUnwatched,
+    );
+    assert_eq!(o.delta.get(Counter::BanExpired), 1);
+    // Removing the last prefix ban turns the trie lookup off again.
+    for n in ["198.51.100.0/24", "2001:db8:bad::/48", "203.0.113.0/24"] {
+        assert!(fx.dp.remove_ban(&net(n)).unwrap(), "{n}");
+    }
+    assert_eq!(
+        fx.dp.settings().flags & portsentry_common::maps::SETTING_PREFIX_BANS,
+        0
+    );
+    fx.expect(
+        &Frame::udp(ip("198.51.100.1"), dst4, 2000).build(),
+        XDP_PASS,
+        Counter::PassUnwatched,
+    );
+    assert_eq!(fx.dp.bans().unwrap().len(), 0);
+}
+
+/// Two bans in one `PS_BAN_CACHE` slot: the first is served by the cache, the second by
+/// the hash; lifting either leaves the other in force.
+#[test]
+fn ban_cache_collisions() {
+    require_kernel!();
+    use portsentry_common::maps::ban_cache_slot;
+    let words = |ip: IpAddr| -> packet::AddrWords {
+        bytemuck::cast(portsentry_user::kernel::addr::to_key(ip))
+    };
+    let a = ip("198.51.100.1");
+    let slot = ban_cache_slot(&words(a));
+    let b = (2..=u32::MAX)
+        .map(|n| IpAddr::from((0xc633_6400u32 + n).to_be_bytes()))
+        .find(|c| ban_cache_slot(&words(*c)) == slot)
+        .expect("a colliding address");
+    let dst = ip(V4_DST);
+    let mut fx = Fixture::new();
+    for src in [a, b] {
+        fx.dp
+            .insert_ban(&IpNet::from(src), &BanEntry::default())
+            .unwrap();
+    }
+    for src in [a, b] {
+        fx.expect(
+            &Frame::tcp(src, dst, 443, ACK).build(),
+            XDP_DROP,
+            Counter::DropBanned,
+        );
+    }
+    // Lift the cached one: the other is still found (in the hash).
+    assert!(fx.dp.remove_ban(&IpNet::from(a)).unwrap());
+    fx.expect(
+        &Frame::tcp(a, dst, 443, ACK).build(),
+        XDP_PASS,
+        Counter::PassNotProbe,
+    );
+    fx.expect(
+        &Frame::tcp(b, dst, 443, ACK).build(),
+        XDP_DROP,
+        Counter::DropBanned,
+    );
+    // A cached ban that expired does not hide a prefix ban over the same source.
+    let expired = BanEntry {
+        expires_ns: monotonic_ns() - 1_000_000_000,
+        ..Default::default()
+    };
+    fx.dp.insert_ban(&IpNet::from(a), &expired).unwrap();
+    let o = fx.expect(
+        &Frame::tcp(a, dst, 443, ACK).build(),
+        XDP_PASS,
+        Counter::PassNotProbe,
+    );
+    assert_eq!(o.delta.get(Counter::BanExpired), 1);
+    fx.dp
+        .insert_ban(&net("198.51.100.0/24"), &BanEntry::default())
+        .unwrap();
+    fx.expect(
+        &Frame::tcp(a, dst, 443, ACK).build(),
+        XDP_DROP,
+        Counter::DropBanned,
+    );
+    // A later ban of the same address with a new expiry replaces the cached one.
+    fx.dp.remove_ban(&net("198.51.100.0/24")).unwrap();
+    fx.dp
+        .insert_ban(&IpNet::from(a), &BanEntry::default())
+        .unwrap();
+    fx.expect(
+        &Frame::tcp(a, dst, 443, ACK).build(),
+        XDP_DROP,
+        Counter::DropBanned,
+    );
+}

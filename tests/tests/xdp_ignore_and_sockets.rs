@@ -1,0 +1,152 @@
+//! Sources and ports the XDP program never counts, through BPF_PROG_TEST_RUN: ignored
+//! sources (the ignore list), and ports with a local socket.
+
+use std::net::{TcpListener, UdpSocket};
+
+use portsentry_common::{Counter, ScanType, maps::BanEntry};
+use portsentry_tests::{
+    fixture::Fixture,
+    frames::{Frame, flags::*},
+    probe_asserts::{V4_DST, V4_SRC, V6_DST, assert_probe, assert_uncounted, ip, net, pairs},
+    require_kernel,
+    testrun::{XDP_DROP, XDP_PASS},
+};
+
+#[test]
+fn ignored_sources_are_never_counted() {
+    require_kernel!();
+    let mut fx = Fixture::new();
+    fx.dp
+        .replace_ignore(&[
+            net("192.0.2.0/28"),
+            net("2001:db8::/126"),
+            net("203.0.113.9/32"),
+        ])
+        .unwrap();
+    for src in ["192.0.2.7", "192.0.2.15", "2001:db8::3", "203.0.113.9"] {
+        let dst = if src.contains(':') {
+            ip(V6_DST)
+        } else {
+            ip(V4_DST)
+        };
+        for f in [
+            Frame::tcp(ip(src), dst, 22, SYN),
+            Frame::udp(ip(src), dst, 53),
+        ] {
+            assert_uncounted(&mut fx, &f.build(), ip(src), Counter::PassIgnored);
+        }
+    }
+    for src in ["192.0.2.16", "2001:db8::4", "203.0.113.10"] {
+        let dst = if src.contains(':') {
+            ip(V6_DST)
+        } else {
+            ip(V4_DST)
+        };
+        fx.expect(
+            &Frame::tcp(ip(src), dst, 22, SYN).build(),
+            XDP_PASS,
+            Counter::PassProbe,
+        );
+    }
+    // An ignored source that is also banned is still dropped: bans come first.
+    fx.dp
+        .insert_ban(&net("203.0.113.9/32"), &BanEntry::default())
+        .unwrap();
+    fx.expect(
+        &Frame::tcp(ip("203.0.113.9"), ip(V4_DST), 22, SYN).build(),
+        XDP_DROP,
+        Counter::DropBanned,
+    );
+    // Replacing the list removes what is no longer in it.
+    fx.dp.replace_ignore(&[net("2001:db8::/126")]).unwrap();
+    fx.expect(
+        &Frame::tcp(ip("192.0.2.7"), ip(V4_DST), 22, SYN).build(),
+        XDP_PASS,
+        Counter::PassProbe,
+    );
+    fx.expect(
+        &Frame::tcp(ip("2001:db8::3"), ip(V6_DST), 22, SYN).build(),
+        XDP_PASS,
+        Counter::PassIgnored,
+    );
+    fx.dp.replace_ignore(&[]).unwrap();
+    assert_eq!(
+        fx.dp.settings().flags & portsentry_common::maps::SETTING_IGNORE,
+        0
+    );
+    fx.expect(
+        &Frame::tcp(ip("2001:db8::3"), ip(V6_DST), 22, SYN).build(),
+        XDP_PASS,
+        Counter::PassProbe,
+    );
+}
+
+/// A port with a local socket is never a scan target. BPF_PROG_TEST_RUN looks sockets
+/// up in the calling thread's network namespace, so the test runs in one of its own.
+#[test]
+fn listening_ports_are_not_targets() {
+    require_kernel!();
+    let mut fx = Fixture::new();
+    let (tcp, tcp6, udp, udp6) = fx.ns.enter(|| {
+        (
+            TcpListener::bind("0.0.0.0:25").unwrap(),
+            TcpListener::bind("[::]:26").unwrap(),
+            UdpSocket::bind("0.0.0.0:69").unwrap(),
+            UdpSocket::bind("[::]:70").unwrap(),
+        )
+    });
+    {
+        for (src, dst) in pairs() {
+            for f in [SYN, FIN, 0, XMAS] {
+                let port = if src.is_ipv4() { 25 } else { 26 };
+                assert_uncounted(
+                    &mut fx,
+                    &Frame::tcp(src, dst, port, f).build(),
+                    src,
+                    Counter::PassListening,
+                );
+            }
+            let port = if src.is_ipv4() { 69 } else { 70 };
+            assert_uncounted(
+                &mut fx,
+                &Frame::udp(src, dst, port).build(),
+                src,
+                Counter::PassListening,
+            );
+            // The neighbouring ports have no socket.
+            assert_probe(
+                &mut fx,
+                &Frame::tcp(src, dst, 27, SYN).build(),
+                src,
+                27,
+                ScanType::TcpSyn,
+            );
+            assert_probe(
+                &mut fx,
+                &Frame::udp(src, dst, 71).build(),
+                src,
+                71,
+                ScanType::Udp,
+            );
+        }
+        // Closing the socket makes the port a target again, at once.
+        drop(tcp);
+        drop(udp);
+        let (src, dst) = (ip(V4_SRC), ip(V4_DST));
+        assert_probe(
+            &mut fx,
+            &Frame::tcp(src, dst, 25, SYN).build(),
+            src,
+            25,
+            ScanType::TcpSyn,
+        );
+        assert_probe(
+            &mut fx,
+            &Frame::udp(src, dst, 69).build(),
+            src,
+            69,
+            ScanType::Udp,
+        );
+        drop((tcp6, udp6));
+    }
+}

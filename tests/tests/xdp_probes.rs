@@ -1,0 +1,135 @@
+//! What the XDP program counts as a probe, through BPF_PROG_TEST_RUN with hand-built
+//! frames: every scan type over IPv4 and IPv6, the TCP flags that are not probes, and which
+//! ports are watched.
+
+use portsentry_common::{Counter, ScanType};
+use portsentry_tests::{
+    fixture::Fixture,
+    frames::{Frame, flags::*},
+    probe_asserts::{V4_DST, V4_SRC, assert_probe, assert_uncounted, ip, pairs},
+    require_kernel,
+    testrun::XDP_PASS,
+};
+
+#[test]
+fn syn_probe_is_counted_and_reported() {
+    require_kernel!();
+    let mut fx = Fixture::new();
+    let src = ip(V4_SRC);
+    let frame = Frame::tcp(src, ip(V4_DST), 22, SYN).build();
+    let o = fx.expect(&frame, XDP_PASS, Counter::PassProbe);
+    assert_eq!(o.delta.get(Counter::EventSent), 1);
+    let s = fx.dp.source(src).unwrap().expect("source tracked");
+    assert_eq!((s.hits, s.distinct_ports, s.last_port), (1, 1, 22));
+    assert_eq!(s.last_scan_type, ScanType::TcpSyn as u8);
+    assert!(s.first_ns > 0 && s.first_ns == s.last_ns);
+    let ev = fx.drain_events();
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].port, 22);
+    assert_eq!(ev[0].hits, 1);
+    assert_eq!(ev[0].scan_type, ScanType::TcpSyn as u8);
+    assert_eq!(ev[0].tcp_flags, SYN);
+    assert_eq!(portsentry_user::kernel::addr::from_key(&ev[0].addr), src);
+}
+
+#[test]
+fn every_scan_type_over_ipv4_and_ipv6() {
+    require_kernel!();
+    let mut fx = Fixture::new();
+    let cases = [
+        (0, ScanType::TcpNull),
+        (XMAS, ScanType::TcpXmas),
+        (FIN, ScanType::TcpFin),
+        (SYN, ScanType::TcpSyn),
+        (SYN | FIN, ScanType::TcpUnknown),
+        (FIN | PSH, ScanType::TcpUnknown),
+        (SYN | 0xc0, ScanType::TcpSyn),
+    ];
+    for (src, dst) in pairs() {
+        for (i, (f, kind)) in cases.iter().enumerate() {
+            let port = 10 + i as u16;
+            assert_probe(
+                &mut fx,
+                &Frame::tcp(src, dst, port, *f).build(),
+                src,
+                port,
+                *kind,
+            );
+        }
+        assert_probe(
+            &mut fx,
+            &Frame::udp(src, dst, 53).build(),
+            src,
+            53,
+            ScanType::Udp,
+        );
+        let s = fx.dp.source(src).unwrap().unwrap();
+        assert_eq!(s.hits, cases.len() as u32 + 1);
+        assert_eq!(s.distinct_ports, cases.len() as u32 + 1);
+    }
+}
+
+#[test]
+fn ack_and_rst_are_not_probes() {
+    require_kernel!();
+    let mut fx = Fixture::new();
+    for (src, dst) in pairs() {
+        for f in [
+            ACK,
+            RST,
+            SYN | ACK,
+            FIN | ACK,
+            RST | ACK,
+            PSH | ACK,
+            XMAS | ACK,
+            SYN | RST,
+        ] {
+            let frame = Frame::tcp(src, dst, 22, f).build();
+            assert_uncounted(&mut fx, &frame, src, Counter::PassNotProbe);
+        }
+    }
+    assert!(fx.drain_events().is_empty());
+}
+
+#[test]
+fn watched_and_unwatched_ports() {
+    require_kernel!();
+    let mut fx = Fixture::new();
+    for (src, dst) in pairs() {
+        // 113/tcp and 137/udp are excluded by the fixture, 1024 and up are not watched.
+        for port in [113, 1024, 8080, 65535] {
+            let f = Frame::tcp(src, dst, port, SYN).build();
+            assert_uncounted(&mut fx, &f, src, Counter::PassUnwatched);
+        }
+        for port in [137, 1024, 33434] {
+            let f = Frame::udp(src, dst, port).build();
+            assert_uncounted(&mut fx, &f, src, Counter::PassUnwatched);
+        }
+        assert_probe(
+            &mut fx,
+            &Frame::tcp(src, dst, 1023, SYN).build(),
+            src,
+            1023,
+            ScanType::TcpSyn,
+        );
+        assert_probe(
+            &mut fx,
+            &Frame::udp(src, dst, 137 + 1).build(),
+            src,
+            138,
+            ScanType::Udp,
+        );
+    }
+    // A port written later is watched from then on.
+    let (mut tcp, udp) = portsentry_tests::fixture::default_ports();
+    tcp.insert(8080);
+    fx.dp.write_ports(&tcp, &udp).unwrap();
+    let src = ip(V4_SRC);
+    assert_probe(
+        &mut fx,
+        &Frame::tcp(src, ip(V4_DST), 8080, SYN).build(),
+        src,
+        8080,
+        ScanType::TcpSyn,
+    );
+}

@@ -1,0 +1,24 @@
+// The Debian packages xtask installs, as (package, a binary that shows it is there).
+//
+// Kept in a file of their own, with no `use` and no inner doc comment, so that
+// `tests/tests/installed_programs.rs` can `include!` it and check every external program
+// the tests, the bench and the demo run against these lists.
+
+/// Debian packages the tests (and the demo) use, with a binary that shows each is there.
+pub const TEST_PACKAGES: &[(&str, &str)] = &[
+    ("nmap", "nmap"),
+    ("hping3", "hping3"),
+    ("iproute2", "ip"),
+    ("util-linux", "nsenter"),
+    ("procps", "ps"),
+    ("iputils-ping", "ping"),
+];
+
+/// What `cargo xtask bench` compares against, besides the test packages.
+pub const BENCH_PACKAGES: &[(&str, &str)] = &[
+    ("xdp-tools", "xdp-filter"),
+    ("netsniff-ng", "trafgen"),
+    ("iptables", "iptables"),
+    ("ipset", "ipset"),
+    ("nftables", "nft"),
+];
