@@ -44,11 +44,14 @@ pub enum Counter {
     TrackFailed = 15,
     /// Sources that answered the challenge: an ACK carrying the cookie (passed).
     Verified = 16,
+    /// Packets from a banned source that were not dropped because the source is in the
+    /// ignore list, loopback or this host (a ban never cuts those off).
+    BanSpared = 17,
 }
 
 impl Counter {
     /// Number of slots in `PS_COUNTERS`.
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 18;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::DropBanned,
@@ -68,6 +71,7 @@ impl Counter {
         Counter::EventThrottled,
         Counter::TrackFailed,
         Counter::Verified,
+        Counter::BanSpared,
     ];
 
     /// Stable snake_case name, used in status output and metrics.
@@ -90,6 +94,7 @@ impl Counter {
             Counter::EventThrottled => "event_throttled",
             Counter::TrackFailed => "track_failed",
             Counter::Verified => "verified",
+            Counter::BanSpared => "ban_spared",
         }
     }
 

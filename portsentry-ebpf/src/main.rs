@@ -102,8 +102,14 @@ fn inspect(ctx: &XdpContext) -> Counter {
             &defaults
         }
     };
+    // A ban never drops a packet from an ignored network (the ignore list, loopback,
+    // this host): the trie is consulted on the drop path only, so other packets pay
+    // nothing for it.
     if is_banned(&ip.src, settings) {
-        return Counter::DropBanned;
+        if !is_ignored(&ip.src, settings) {
+            return Counter::DropBanned;
+        }
+        count(Counter::BanSpared);
     }
     let l4 = match parse_l4(&pkt, &ip) {
         Ok(l4) => l4,
@@ -123,8 +129,7 @@ fn inspect(ctx: &XdpContext) -> Counter {
     if !is_watched(&l4) {
         return Counter::PassUnwatched;
     }
-    if settings.flags & SETTING_IGNORE != 0 && PS_IGNORE.get(Key::new(128, *key(&ip.src))).is_some()
-    {
+    if is_ignored(&ip.src, settings) {
         return Counter::PassIgnored;
     }
     if has_local_socket(ctx, &ip, &l4) {
@@ -138,6 +143,12 @@ fn inspect(ctx: &XdpContext) -> Counter {
         return Counter::TxChallenge;
     }
     Counter::PassProbe
+}
+
+/// Whether `src` is in the ignore trie (the ignore list, loopback, this host).
+#[inline(always)]
+fn is_ignored(src: &AddrWords, settings: &Settings) -> bool {
+    settings.flags & SETTING_IGNORE != 0 && PS_IGNORE.get(Key::new(128, *key(src))).is_some()
 }
 
 /// Adds one to a per-CPU counter.

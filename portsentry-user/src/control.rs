@@ -4,6 +4,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
+    net::IpAddr,
     os::unix::{fs::PermissionsExt as _, net::UnixStream},
     path::{Path, PathBuf},
     time::Duration,
@@ -23,10 +24,16 @@ const MAX_REQUEST: usize = 4096;
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    /// Ban a network; `seconds`: duration (0 = permanent; absent = BAN_TIME).
+    /// Ban a network; `seconds`: duration (0 = permanent; absent = BAN_TIME); `force`:
+    /// past the ban guard's width limit and `session`, the address of the operator's SSH
+    /// session (protected otherwise).
     Ban {
         net: IpNet,
         seconds: Option<u64>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<IpAddr>,
     },
     Unban {
         net: IpNet,
@@ -127,6 +134,8 @@ mod tests {
         let r = Request::Ban {
             net: "192.0.2.7/32".parse().unwrap(),
             seconds: Some(60),
+            force: false,
+            session: None,
         };
         let s = serde_json::to_string(&r).unwrap();
         assert_eq!(s, r#"{"op":"ban","net":"192.0.2.7/32","seconds":60}"#);
@@ -135,6 +144,18 @@ mod tests {
             serde_json::to_string(&Request::UnbanAll).unwrap(),
             r#"{"op":"unban_all"}"#
         );
+        let forced = Request::Ban {
+            net: "0.0.0.0/1".parse().unwrap(),
+            seconds: None,
+            force: true,
+            session: Some("192.0.2.9".parse().unwrap()),
+        };
+        let s = serde_json::to_string(&forced).unwrap();
+        assert_eq!(
+            s,
+            r#"{"op":"ban","net":"0.0.0.0/1","seconds":null,"force":true,"session":"192.0.2.9"}"#
+        );
+        assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), forced);
     }
 
     #[tokio::test]

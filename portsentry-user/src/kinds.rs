@@ -133,15 +133,19 @@ pub enum BanEnd {
     Expired,
     /// The operator lifted it.
     Unbanned,
+    /// The ban guard lifted it: it lay inside a protected network (the ignore list
+    /// grew, this host got the address, or it came from before the guard).
+    Protected,
 }
 
 impl BanEnd {
-    pub const ALL: [BanEnd; 2] = [BanEnd::Expired, BanEnd::Unbanned];
+    pub const ALL: [BanEnd; 3] = [BanEnd::Expired, BanEnd::Unbanned, BanEnd::Protected];
 
     pub fn as_str(self) -> &'static str {
         match self {
             BanEnd::Expired => "expired",
             BanEnd::Unbanned => "unbanned",
+            BanEnd::Protected => "protected",
         }
     }
 }

@@ -236,6 +236,8 @@ const VALID: &[(&str, &[&str])] = &[
     ("MAX_BANS_PER_SEC", &["0", "100"]),
     ("MAX_TRACKED_SOURCES", &["1024", "65536"]),
     ("MAX_BANS", &["16", "1048576"]),
+    ("BAN_MIN_PREFIX_V4", &["0", "8", "32"]),
+    ("BAN_MIN_PREFIX_V6", &["0", "32", "128"]),
     ("METRICS_ADDRESS", &["127.0.0.1:9100", "[::1]:9100", ""]),
     ("SYSLOG", &["0", "1"]),
 ];

@@ -214,7 +214,16 @@ impl Workdir {
     /// Runs `portsentry ARGS -c CONF` (a CLI command, not the daemon) in the root
     /// namespace; returns (success, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        self.cli_env(args, &[])
+    }
+
+    /// Like [`Workdir::cli`], with `env` set for the command (SSH_CLIENT, ...); SSH's
+    /// variables are removed first, so the test's own session never counts.
+    pub fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
         let out = std::process::Command::new(binary())
+            .env_remove("SSH_CLIENT")
+            .env_remove("SSH_CONNECTION")
+            .envs(env.iter().copied())
             .args(args)
             .arg("-c")
             .arg(self.conf())

@@ -48,15 +48,49 @@ fn ignored_sources_are_never_counted() {
             Counter::PassProbe,
         );
     }
-    // An ignored source that is also banned is still dropped: bans come first.
+    // A ban never cuts off an ignored source: the packet is spared (counted) and goes
+    // on as an ignored source's, whether the ban is its own or a range's.
     fx.dp
         .insert_ban(&net("203.0.113.9/32"), &BanEntry::default())
         .unwrap();
-    fx.expect(
+    let o = fx.expect(
         &Frame::tcp(ip("203.0.113.9"), ip(V4_DST), 22, SYN).build(),
+        XDP_PASS,
+        Counter::PassIgnored,
+    );
+    assert_eq!(o.delta.get(Counter::BanSpared), 1);
+    fx.dp
+        .insert_ban(&net("192.0.2.0/24"), &BanEntry::default())
+        .unwrap();
+    let o = fx.expect(
+        &Frame::tcp(ip("192.0.2.7"), ip(V4_DST), 8080, ACK).build(),
+        XDP_PASS,
+        Counter::PassNotProbe,
+    );
+    assert_eq!(o.delta.get(Counter::BanSpared), 1);
+    // The rest of the range is dropped, and no drop is counted as spared.
+    let o = fx.expect(
+        &Frame::tcp(ip("192.0.2.16"), ip(V4_DST), 8080, ACK).build(),
         XDP_DROP,
         Counter::DropBanned,
     );
+    assert_eq!(o.delta.get(Counter::BanSpared), 0);
+    // An IPv6 entry that covers the IPv4-mapped range (::/0 here) protects IPv4 too.
+    fx.dp.replace_ignore(&[net("::/0")]).unwrap();
+    fx.expect(
+        &Frame::tcp(ip("192.0.2.16"), ip(V4_DST), 8080, ACK).build(),
+        XDP_PASS,
+        Counter::PassNotProbe,
+    );
+    assert!(fx.dp.remove_ban(&net("192.0.2.0/24")).unwrap());
+    assert!(fx.dp.remove_ban(&net("203.0.113.9/32")).unwrap());
+    fx.dp
+        .replace_ignore(&[
+            net("192.0.2.0/28"),
+            net("2001:db8::/126"),
+            net("203.0.113.9/32"),
+        ])
+        .unwrap();
     // Replacing the list removes what is no longer in it.
     fx.dp.replace_ignore(&[net("2001:db8::/126")]).unwrap();
     fx.expect(

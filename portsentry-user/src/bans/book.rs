@@ -13,7 +13,11 @@ use anyhow::{Context as _, Result};
 use ipnet::IpNet;
 use portsentry_common::maps::BanOrigin;
 
-use super::{Ban, BanStore, Cause, ban_duration, state};
+use super::{
+    Ban, BanStore, Cause, ban_duration,
+    guard::{Guard, Refusal, Why},
+    state,
+};
 use crate::{
     config::Config,
     kernel::Dataplane,
@@ -32,10 +36,21 @@ pub struct Book {
     blocked_modes: BTreeSet<&'static str>,
     /// Bans changed since the files were last written.
     dirty: bool,
+    /// What no ban may cut off.
+    guard: Guard,
+}
+
+/// What [`Book::sweep`] found among the bans in force.
+#[derive(Debug, Default)]
+pub struct Swept {
+    /// Bans wholly inside protected networks: lifted (their undo steps are the caller's).
+    pub lifted: Vec<(Ban, Refusal)>,
+    /// Bans that cover protected networks: they stay, and the kernel spares those.
+    pub spared: Vec<(IpNet, Vec<(IpNet, Why)>)>,
 }
 
 impl Book {
-    pub fn new(dp: Option<Dataplane>, store: BanStore, config: &Config) -> Book {
+    pub fn new(dp: Option<Dataplane>, store: BanStore, config: &Config, guard: Guard) -> Book {
         Book {
             dp,
             store,
@@ -43,12 +58,43 @@ impl Book {
             blocked_file: config.blocked_file.clone(),
             blocked_modes: BTreeSet::new(),
             dirty: false,
+            guard,
         }
     }
 
-    /// Puts `ban` in force: kernel first (the moment it counts), then the store.
-    /// The state file is written by [`Book::persist`].
-    pub fn put(&mut self, ban: Ban) -> Result<()> {
+    /// Replaces the guard (a reload, this host's addresses changed); [`Book::sweep`]
+    /// then applies it to the bans in force.
+    pub fn set_guard(&mut self, guard: Guard) {
+        self.guard = guard;
+    }
+
+    /// Applies the guard to the bans in force: a ban wholly inside a protected network
+    /// is lifted, one that covers protected networks is reported (the kernel never drops
+    /// a packet from an ignored network). Width limits are not applied again: a forced
+    /// ban stays.
+    pub fn sweep(&mut self) -> Swept {
+        let mut out = Swept::default();
+        let nets: Vec<IpNet> = self.store.iter().map(|b| b.net).collect();
+        for net in nets {
+            let Err(refusal) = self.guard.check(&net, true) else {
+                continue;
+            };
+            if self.guard.inside_protected(&net) {
+                if let Ok(Some(ban)) = self.lift(&net) {
+                    out.lifted.push((ban, refusal));
+                }
+            } else {
+                out.spared.push((net, self.guard.spared(&net)));
+            }
+        }
+        out
+    }
+
+    /// Puts `ban` in force: the guard first ([`Guard::check`]; `force` lifts its width
+    /// limit and the operator's session), then the kernel (the moment it counts), then
+    /// the store. The state file is written by [`Book::persist`].
+    pub fn put(&mut self, ban: Ban, force: bool) -> Result<()> {
+        self.guard.check(&ban.net, force)?;
         if let Some(dp) = &mut self.dp {
             dp.insert_ban(&ban.net, &ban.kernel_entry())?;
             if ban.net.prefix_len() == ban.net.max_prefix_len() {

@@ -4,6 +4,7 @@
 //! the enforcement; this is the record the daemon keeps beside them.
 
 pub mod book;
+pub mod guard;
 pub mod ops;
 pub mod state;
 

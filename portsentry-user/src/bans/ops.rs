@@ -2,12 +2,18 @@
 //! once: the daemon's control socket and the CLI, when no daemon runs, both call these,
 //! and differ only in who runs the undo steps of the lifted bans afterwards.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    net::IpAddr,
+    time::{Duration, SystemTime},
+};
 
 use anyhow::{Result, anyhow};
 use ipnet::IpNet;
 
-use super::{Ban, Book, Cause};
+use super::{
+    Ban, Book, Cause,
+    guard::{Guard, Why},
+};
 use crate::config::Config;
 
 /// Which bans to lift.
@@ -19,16 +25,32 @@ pub enum Unban {
     All,
 }
 
+/// Who asks for an operator's ban, and how firmly.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Asker {
+    /// `--force`: past the guard's width limit and the operator's own session.
+    pub force: bool,
+    /// The address of the operator's SSH session, protected unless forced.
+    pub session: Option<IpAddr>,
+}
+
 /// Bans `net` for `duration` (`None`: BAN_TIME; zero: permanent), in the kernel when it
-/// is loaded and in the files; the ban made.
+/// is loaded and in the files, if the ban guard lets it; the ban made.
 pub fn ban(
     book: &mut Book,
     config: &Config,
     net: IpNet,
     duration: Option<Duration>,
+    asker: Asker,
 ) -> Result<Ban> {
+    let force = asker.force;
+    if let Some(ip) = asker.session.filter(|_| !force) {
+        let mut session = Guard::default();
+        session.protect(ip, Why::OperatorSession);
+        session.check(&net, false)?;
+    }
     let ban = book.new_ban(config, net, Cause::Operator, duration, SystemTime::now());
-    book.put(ban.clone())?;
+    book.put(ban.clone(), force)?;
     book.persist()?;
     Ok(ban)
 }
@@ -83,7 +105,12 @@ mod tests {
             ..Config::default()
         };
         (
-            Book::new(None, super::super::BanStore::new(), &config),
+            Book::new(
+                None,
+                super::super::BanStore::new(),
+                &config,
+                super::super::guard::Guard::limits(&config),
+            ),
             config,
         )
     }
@@ -93,10 +120,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut book, config) = book(dir.path());
         let net: IpNet = "192.0.2.7/32".parse().unwrap();
-        let b = ban(&mut book, &config, net, Some(Duration::from_secs(3600))).unwrap();
+        let b = ban(
+            &mut book,
+            &config,
+            net,
+            Some(Duration::from_secs(3600)),
+            Asker::default(),
+        )
+        .unwrap();
         assert_eq!(kinds::origin_name(b.origin), "manual");
         assert!(banned_message(&b).starts_with("banned 192.0.2.7/32 for 1h"));
-        let permanent = ban(&mut book, &config, "198.51.100.0/24".parse().unwrap(), None);
+        let permanent = ban(
+            &mut book,
+            &config,
+            "198.51.100.0/24".parse().unwrap(),
+            None,
+            Asker::default(),
+        );
         assert_eq!(
             banned_message(&permanent.unwrap()),
             "banned 198.51.100.0/24 permanently"

@@ -12,10 +12,11 @@ use crate::{
     actions::execute,
     bans::{
         Ban, Book,
+        guard::{self, Guard},
         ops::{self, Unban},
         state,
     },
-    config::Config,
+    config::{Config, effective},
     control::{self, Request, Response},
     kernel::{self, Dataplane},
     metrics::Metrics,
@@ -36,15 +37,24 @@ fn answer(r: Response) -> Result<String> {
 pub fn ban(args: &BanArgs) -> Result<String> {
     let c = config(&args.file)?;
     let net = parse_target(&args.target).map_err(anyhow::Error::msg)?;
+    let asker = ops::Asker {
+        force: args.force,
+        session: guard::ssh_client(
+            std::env::var("SSH_CLIENT").ok().as_deref(),
+            std::env::var("SSH_CONNECTION").ok().as_deref(),
+        ),
+    };
     let req = Request::Ban {
         net,
         seconds: args.time.map(|d| d.as_secs()),
+        force: asker.force,
+        session: asker.session,
     };
     if let Some(r) = control::send(&c.state_dir, &req)? {
         return answer(r);
     }
     let (mut book, _lock) = direct_book(&c)?;
-    let ban = ops::ban(&mut book, &c, net, args.time)?;
+    let ban = ops::ban(&mut book, &c, net, args.time, asker)?;
     Ok(format!(
         "{}{}",
         ops::banned_message(&ban),
@@ -91,7 +101,10 @@ fn direct_book(c: &Config) -> Result<(Book, fs::File)> {
         None
     };
     let store = state::load(&c.state_dir)?;
-    Ok((Book::new(dp, store, c), lock))
+    // The guard of the configuration as the daemon would run it: the ignore list,
+    // loopback and this host's addresses.
+    let guard = Guard::new(&effective::from_config(c.clone())?);
+    Ok((Book::new(dp, store, c, guard), lock))
 }
 
 /// Runs the UNKILL_* steps of lifted scan bans (no daemon to do it).

@@ -120,6 +120,10 @@ pub struct BanArgs {
     /// How long, e.g. `1h`, `30m`, `7d` or seconds; `0` = permanent [default: BAN_TIME].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub time: Option<std::time::Duration>,
+    /// Ban a network wider than BAN_MIN_PREFIX_V4/_V6 allows, or the address of your own
+    /// SSH session. The ignore list, loopback and this host's addresses are never banned.
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub file: FileArgs,
 }

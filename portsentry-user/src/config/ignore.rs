@@ -91,10 +91,18 @@ impl IgnoreList {
     }
 
     /// Whether `ip` falls in any network of the list. An IPv4-mapped IPv6 address
-    /// (`::ffff:a.b.c.d`) is matched as the IPv4 address.
+    /// (`::ffff:a.b.c.d`) is matched as the IPv4 address, and an IPv4 address also by an
+    /// IPv6 entry that covers its mapped form (`::/0`, `::ffff:0:0/96`), as the kernel
+    /// matches it.
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
-        self.nets.iter().any(|n| n.contains(&ip))
+        let mapped = match ip {
+            IpAddr::V4(v4) => Some(IpAddr::V6(v4.to_ipv6_mapped())),
+            IpAddr::V6(_) => None,
+        };
+        self.nets
+            .iter()
+            .any(|n| n.contains(&ip) || mapped.is_some_and(|m| n.contains(&m)))
     }
 }
 
@@ -293,7 +301,11 @@ mod tests {
         assert!(!l.contains(ip("2001:db8::1")));
         let l = ok("::/0");
         assert!(l.contains(ip("2001:db8::1")) && l.contains(ip("::1")));
-        assert!(!l.contains(ip("1.2.3.4")));
+        // It covers ::ffff:0:0/96, the IPv4-mapped addresses: IPv4 sources too, as in
+        // the kernel's trie.
+        assert!(l.contains(ip("1.2.3.4")));
+        assert!(ok("::ffff:0:0/95").contains(ip("1.2.3.4")));
+        assert!(!ok("2001:db8::/32").contains(ip("1.2.3.4")));
         // 5.6.7.8/0 is 0.0.0.0/0.
         assert_eq!(ok("5.6.7.8/0").nets(), [net("0.0.0.0/0")]);
     }

@@ -188,6 +188,12 @@ pub static KEYS: &[Key] = &[
     key!(Extension, "MAX_BANS", "1048576",
         "how many hosts may be banned at once (at least 16)",
         |c, k, v| c.max_bans = number(k, v, 16, u32::MAX)?),
+    key!(Extension, "BAN_MIN_PREFIX_V4", "8",
+        "the widest IPv4 ban allowed, as a prefix length; wider ones need `portsentry ban --force`",
+        |c, k, v| c.ban_min_prefix_v4 = number(k, v, 0, 32)?),
+    key!(Extension, "BAN_MIN_PREFIX_V6", "32",
+        "the widest IPv6 ban allowed, as a prefix length; wider ones need `portsentry ban --force`",
+        |c, k, v| c.ban_min_prefix_v6 = number(k, v, 0, 128)?),
     key!(Extension, "METRICS_ADDRESS", "",
         "IP:port to serve metrics on; \"\" = off",
         |c, k, v| c.metrics_address = socket_address(k, v)?),
@@ -283,7 +289,7 @@ mod tests {
                 k.name
             );
         }
-        assert_eq!(seen.len(), 41);
+        assert_eq!(seen.len(), 43);
         // PortSentry 1.2's keys come first (the order of the known keys in an error).
         let first_extension = KEYS
             .iter()

@@ -181,6 +181,11 @@ config_struct! {
         pub max_tracked_sources: u32,
         /// `MAX_BANS`: hosts banned at once.
         pub max_bans: u32,
+        /// `BAN_MIN_PREFIX_V4`: the widest IPv4 ban allowed without `--force` (a prefix
+        /// length).
+        pub ban_min_prefix_v4: u32,
+        /// `BAN_MIN_PREFIX_V6`: the same for IPv6.
+        pub ban_min_prefix_v6: u32,
         /// `METRICS_ADDRESS`: where to serve metrics; `None` for off.
         pub metrics_address: Option<SocketAddr>,
         /// `SYSLOG`: log attack alerts to syslog.

@@ -136,6 +136,8 @@ EVENTS_PER_SEC="10000000"
 MAX_BANS_PER_SEC="0"
 MAX_TRACKED_SOURCES="1024"
 MAX_BANS="16"
+BAN_MIN_PREFIX_V4="0"
+BAN_MIN_PREFIX_V6="128"
 METRICS_ADDRESS="[::1]:9100"
 SYSLOG="0"
 "#;
@@ -197,10 +199,11 @@ SYSLOG="0"
     assert_eq!(c.max_bans_per_sec, 0);
     assert_eq!(c.max_tracked_sources, 1024);
     assert_eq!(c.max_bans, 16);
+    assert_eq!((c.ban_min_prefix_v4, c.ban_min_prefix_v6), (0, 128));
     assert_eq!(c.metrics_address, Some("[::1]:9100".parse().unwrap()));
     assert!(!c.syslog);
     assert_eq!(c.line_of("TCP_PORTS"), 2);
-    assert_eq!(c.line_of("SYSLOG"), 42);
+    assert_eq!(c.line_of("SYSLOG"), 44);
     // Stealth TCP watches exactly TCP_PORTS; UDP is off.
     assert_eq!(c.tcp_watched_ports(), tcp);
     assert!(c.udp_watched_ports().is_empty());

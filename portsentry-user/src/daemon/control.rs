@@ -18,9 +18,15 @@ use crate::{
 pub(super) fn handle(shared: &Arc<Shared>, req: Request) -> Response {
     let eff = shared.eff();
     let which = match req {
-        Request::Ban { net, seconds } => {
+        Request::Ban {
+            net,
+            seconds,
+            force,
+            session,
+        } => {
             let duration = seconds.map(Duration::from_secs);
-            let made = ops::ban(&mut shared.book(), &eff.config, net, duration);
+            let asker = ops::Asker { force, session };
+            let made = ops::ban(&mut shared.book(), &eff.config, net, duration, asker);
             return match made {
                 Ok(ban) => {
                     shared.metrics.ban_added(BanOrigin::Manual);

@@ -33,7 +33,7 @@ use tokio::{
 };
 
 use crate::{
-    bans::{Book, state},
+    bans::{Book, guard::Guard, state},
     config::effective::{ConfigArgs, Effective},
     kernel::{
         Dataplane,
@@ -170,7 +170,7 @@ pub async fn run(
         .collect();
     let ring = dp.take_events()?;
     let restored = r.store.len();
-    let mut book = Book::new(Some(dp), r.store, c);
+    let mut book = Book::new(Some(dp), r.store, c, Guard::new(&eff));
     let expired_at_start = r.expired;
     for b in &expired_at_start {
         book.lift(&b.net)?;
@@ -197,6 +197,8 @@ pub async fn run(
         ));
         upkeep::spawn_undo(&shared, b, BanEnd::Expired);
     }
+    // Bans kept from before (the state file, the pinned maps) that the guard refuses now.
+    upkeep::enforce_guard(&shared, "at start");
     detect::recover_detected(&shared);
     if let Some(addr) = c.metrics_address {
         let s = shared.clone();

@@ -197,7 +197,7 @@ fn scan_ban(
         mode,
     });
     let ban = book.new_ban(&eff.config, IpNet::from(ev.ip), cause, None, now);
-    match book.put(ban) {
+    match book.put(ban, false) {
         Ok(()) => {
             shared.metrics.ban_added(BanOrigin::Scan);
             true

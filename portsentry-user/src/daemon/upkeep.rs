@@ -12,7 +12,7 @@ use std::{
 use super::{Shared, respond};
 use crate::{
     actions::execute,
-    bans::Ban,
+    bans::{Ban, guard::Guard},
     config::{
         effective::{self, ConfigArgs},
         localaddrs,
@@ -49,7 +49,7 @@ pub(super) fn drop_stale_links(pin_dir: &Path, interfaces: &[String], log: &Logg
 
 /// SIGHUP: re-reads the configuration and the ignore file with the same command line;
 /// on any error the old settings stay in force.
-pub(super) fn reload(shared: &Shared, args: &ConfigArgs) {
+pub(super) fn reload(shared: &Arc<Shared>, args: &ConfigArgs) {
     let old = shared.eff();
     let new = match effective::load(args) {
         Ok(new) => new,
@@ -71,25 +71,28 @@ pub(super) fn reload(shared: &Shared, args: &ConfigArgs) {
         );
         return;
     }
-    let mut book = shared.book();
-    let Some(dp) = book.dp.as_mut() else {
-        return;
+    let applied = {
+        let mut book = shared.book();
+        let Some(dp) = book.dp.as_mut() else {
+            return;
+        };
+        configure::apply(dp, &new).inspect_err(|_| {
+            // Put the old settings back.
+            let _ = configure::apply(dp, &old);
+        })
     };
-    match configure::apply(dp, &new) {
+    match applied {
         Ok(()) => {
             shared.set_eff(new);
             shared
                 .log
                 .notice("portsentry: configuration and ignore list reloaded");
+            enforce_guard(shared, "after the reload");
         }
-        Err(e) => {
-            // Put the old settings back.
-            let _ = configure::apply(dp, &old);
-            shared.log.warn(&format!(
-                "portsentry: applying the reloaded configuration failed, the old one stays \
-                 in force: {e:#}"
-            ));
-        }
+        Err(e) => shared.log.warn(&format!(
+            "portsentry: applying the reloaded configuration failed, the old one stays in \
+             force: {e:#}"
+        )),
     }
 }
 
@@ -107,6 +110,36 @@ pub(super) fn spawn_undo(shared: &Arc<Shared>, ban: Ban, reason: BanEnd) {
         let eff = shared.eff();
         execute::undo(&shared.log, &shared.metrics, &eff.config, &ban).await;
     });
+}
+
+/// Applies the ban guard of the configuration in force to the bans in force (at start,
+/// after a reload, when this host's addresses change): a ban wholly inside a protected
+/// network is lifted and its undo steps run; a ban that covers protected networks stays,
+/// and the log says which addresses the kernel spares. `when` goes into the log lines.
+pub(super) fn enforce_guard(shared: &Arc<Shared>, when: &str) {
+    let swept = {
+        let mut book = shared.book();
+        book.set_guard(Guard::new(&shared.eff()));
+        book.sweep()
+    };
+    for (ban, refusal) in swept.lifted {
+        shared.log.warn(&format!(
+            "portsentry: lifted the ban of {} {when}: {}",
+            ban.net,
+            refusal.reason()
+        ));
+        spawn_undo(shared, ban, BanEnd::Protected);
+    }
+    for (net, spared) in swept.spared {
+        for (p, why) in spared {
+            shared.log.warn(&format!(
+                "portsentry: the ban of {net} does not drop {p} ({why}), {when}"
+            ));
+        }
+    }
+    if let Err(e) = shared.book().persist() {
+        shared.log.warn(&format!("portsentry: {e:#}"));
+    }
 }
 
 /// Expires bans, writes the state and blocked files when bans changed, keeps the
@@ -143,7 +176,10 @@ pub(super) fn housekeeping(shared: &Arc<Shared>) {
                 None => Ok(()),
             };
             match r {
-                Ok(()) => shared.set_eff(new),
+                Ok(()) => {
+                    shared.set_eff(new);
+                    enforce_guard(shared, "now that this host's addresses changed");
+                }
                 Err(e) => shared
                     .log
                     .warn(&format!("portsentry: updating the ignore list: {e:#}")),

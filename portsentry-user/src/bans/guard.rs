@@ -1,0 +1,329 @@
+//! The ban guard: every ban, whatever made it (a scan, `portsentry ban`, the control
+//! socket, a restored state file), passes [`Guard::check`] before it is put in force.
+//!
+//! A ban is refused when it overlaps a protected network (it covers one, or lies inside
+//! one): an ignore-list entry, loopback, one of this host's addresses, or, for the
+//! operator's own `portsentry ban`, the address of their SSH session. A ban wider than
+//! `BAN_MIN_PREFIX_V4` / `BAN_MIN_PREFIX_V6` is refused unless forced; nothing forces
+//! the protected networks. The kernel enforces the same rule on its side: a packet from
+//! an ignored network is never dropped, whatever the ban maps hold.
+
+use std::{fmt, net::IpAddr};
+
+use ipnet::{IpNet, Ipv6Net};
+
+use crate::config::{Config, effective::Effective};
+
+/// Why a network is protected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Why {
+    /// An entry of IGNORE_FILE.
+    IgnoreList,
+    /// 127.0.0.0/8 or ::1.
+    Loopback,
+    /// An address of one of this host's interfaces.
+    ThisHost,
+    /// The address the operator's SSH session comes from (`SSH_CLIENT`).
+    OperatorSession,
+}
+
+impl fmt::Display for Why {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Why::IgnoreList => "in the ignore list",
+            Why::Loopback => "loopback",
+            Why::ThisHost => "an address of this host",
+            Why::OperatorSession => {
+                "the address of your SSH session (--force bans it all the same)"
+            }
+        })
+    }
+}
+
+/// A ban the guard refuses, with what it would have cut off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The ban overlaps a protected network.
+    Protected { ban: IpNet, net: IpNet, why: Why },
+    /// The ban is wider than the configured limit.
+    TooWide {
+        ban: IpNet,
+        min_prefix: u8,
+        key: &'static str,
+    },
+}
+
+impl Refusal {
+    /// The network refused.
+    pub fn ban(&self) -> IpNet {
+        match self {
+            Refusal::Protected { ban, .. } | Refusal::TooWide { ban, .. } => *ban,
+        }
+    }
+
+    /// Why, without the network refused: `it covers 192.0.2.5, in the ignore list`.
+    pub fn reason(&self) -> String {
+        match self {
+            Refusal::Protected { ban, net, why } => {
+                let relation = if covers(ban, net) {
+                    "it covers"
+                } else {
+                    "it lies inside"
+                };
+                format!("{relation} {}, {why}", show(net))
+            }
+            Refusal::TooWide {
+                min_prefix, key, ..
+            } => format!(
+                "it is wider than /{min_prefix}, the widest ban {key} allows; `portsentry ban \
+                 --force` bans it all the same"
+            ),
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "refusing to ban {}: {}", self.ban(), self.reason())
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+/// A host network as its address, any other as ADDR/PREFIX.
+fn show(net: &IpNet) -> String {
+    if net.prefix_len() == net.max_prefix_len() {
+        net.addr().to_string()
+    } else {
+        net.to_string()
+    }
+}
+
+/// `net` in the IPv6 space the kernel uses (IPv4 mapped into `::ffff:0:0/96`).
+fn mapped(net: &IpNet) -> Ipv6Net {
+    match net.trunc() {
+        IpNet::V4(v4) => Ipv6Net::new(v4.network().to_ipv6_mapped(), v4.prefix_len() + 96)
+            .expect("an IPv4 prefix plus 96 is at most 128"),
+        IpNet::V6(v6) => v6,
+    }
+}
+
+/// Whether `outer` contains all of `inner` (IPv4 and IPv6 compared as the kernel does).
+fn covers(outer: &IpNet, inner: &IpNet) -> bool {
+    mapped(outer).contains(&mapped(inner))
+}
+
+/// Whether two networks share an address.
+pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    covers(a, b) || covers(b, a)
+}
+
+/// The protected networks and the width limits.
+#[derive(Clone, Debug, Default)]
+pub struct Guard {
+    protected: Vec<(IpNet, Why)>,
+    min_v4: u8,
+    min_v6: u8,
+}
+
+impl Guard {
+    /// The guard of a configuration in force: its ignore list, loopback and this host's
+    /// addresses, and its width limits.
+    pub fn new(eff: &Effective) -> Guard {
+        let mut g = Guard::limits(&eff.config);
+        g.protected
+            .extend(eff.ignore_file.iter().map(|n| (*n, Why::IgnoreList)));
+        g.protected.extend(eff.always_ignored.iter().map(|n| {
+            let why = if n.addr().is_loopback() {
+                Why::Loopback
+            } else {
+                Why::ThisHost
+            };
+            (*n, why)
+        }));
+        g
+    }
+
+    /// A guard with `config`'s width limits and nothing protected (yet).
+    pub fn limits(config: &Config) -> Guard {
+        Guard {
+            protected: Vec::new(),
+            min_v4: u8::try_from(config.ban_min_prefix_v4.min(32)).expect("at most 32"),
+            min_v6: u8::try_from(config.ban_min_prefix_v6.min(128)).expect("at most 128"),
+        }
+    }
+
+    /// Also protects `ip` for the reason `why` (the operator's session).
+    pub fn protect(&mut self, ip: IpAddr, why: Why) {
+        self.protected.push((IpNet::from(ip), why));
+    }
+
+    /// Whether `net` may be banned; `force` lifts the width limit and the operator's
+    /// session, never the other protected networks.
+    pub fn check(&self, net: &IpNet, force: bool) -> Result<(), Refusal> {
+        let net = net.trunc();
+        let binding = |why: &Why| !(force && *why == Why::OperatorSession);
+        if let Some((p, why)) = self
+            .protected
+            .iter()
+            .find(|(p, why)| binding(why) && overlaps(&net, p))
+        {
+            return Err(Refusal::Protected {
+                ban: net,
+                net: *p,
+                why: *why,
+            });
+        }
+        let (min_prefix, key) = match net {
+            IpNet::V4(_) => (self.min_v4, "BAN_MIN_PREFIX_V4"),
+            IpNet::V6(_) => (self.min_v6, "BAN_MIN_PREFIX_V6"),
+        };
+        if !force && net.prefix_len() < min_prefix {
+            return Err(Refusal::TooWide {
+                ban: net,
+                min_prefix,
+                key,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether a protected network holds all of `net`.
+    pub fn inside_protected(&self, net: &IpNet) -> bool {
+        self.protected.iter().any(|(p, _)| covers(p, net))
+    }
+
+    /// The protected networks inside `net` (for a ban that covers some of them: the
+    /// kernel spares those addresses).
+    pub fn spared(&self, net: &IpNet) -> Vec<(IpNet, Why)> {
+        self.protected
+            .iter()
+            .filter(|(p, _)| covers(net, p) && !covers(p, net))
+            .copied()
+            .collect()
+    }
+}
+
+/// The address of the operator's SSH session, from `SSH_CLIENT` ("ADDR PORT PORT") or
+/// `SSH_CONNECTION` ("ADDR PORT ADDR PORT"), when this runs inside one.
+pub fn ssh_client(client: Option<&str>, connection: Option<&str>) -> Option<IpAddr> {
+    [client, connection]
+        .into_iter()
+        .flatten()
+        .find_map(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn guard() -> Guard {
+        let mut g = Guard::limits(&Config::default());
+        g.protected = vec![
+            (net("192.0.2.5/32"), Why::IgnoreList),
+            (net("198.51.100.0/24"), Why::IgnoreList),
+            (net("127.0.0.0/8"), Why::Loopback),
+            (net("::1/128"), Why::Loopback),
+            (net("203.0.113.1/32"), Why::ThisHost),
+            (net("2001:db8::1/128"), Why::ThisHost),
+        ];
+        g
+    }
+
+    #[test]
+    fn refuses_what_covers_or_lies_inside_a_protected_network() {
+        let g = guard();
+        let refuse = |s: &str, force: bool| g.check(&net(s), force).unwrap_err().to_string();
+        assert_eq!(
+            refuse("0.0.0.0/0", true),
+            "refusing to ban 0.0.0.0/0: it covers 192.0.2.5, in the ignore list"
+        );
+        assert_eq!(
+            refuse("::/0", true),
+            "refusing to ban ::/0: it covers 192.0.2.5, in the ignore list",
+            "::/0 covers the IPv4-mapped addresses too"
+        );
+        assert_eq!(
+            refuse("192.0.2.0/24", true),
+            "refusing to ban 192.0.2.0/24: it covers 192.0.2.5, in the ignore list"
+        );
+        assert_eq!(
+            refuse("192.0.2.5/32", true),
+            "refusing to ban 192.0.2.5/32: it covers 192.0.2.5, in the ignore list"
+        );
+        assert_eq!(
+            refuse("198.51.100.7/32", true),
+            "refusing to ban 198.51.100.7/32: it lies inside 198.51.100.0/24, in the ignore list"
+        );
+        assert_eq!(
+            refuse("127.0.0.1/32", true),
+            "refusing to ban 127.0.0.1/32: it lies inside 127.0.0.0/8, loopback"
+        );
+        assert_eq!(
+            refuse("203.0.113.0/30", true),
+            "refusing to ban 203.0.113.0/30: it covers 203.0.113.1, an address of this host"
+        );
+        assert_eq!(
+            refuse("2001:db8::/64", true),
+            "refusing to ban 2001:db8::/64: it covers 2001:db8::1, an address of this host"
+        );
+        assert!(g.check(&net("192.0.2.6/32"), false).is_ok());
+        assert!(g.check(&net("192.0.2.6/31"), false).is_ok());
+        assert!(g.check(&net("2001:db8:1::/48"), false).is_ok());
+    }
+
+    #[test]
+    fn width_limit_and_force() {
+        let g = guard();
+        assert_eq!(
+            g.check(&net("10.0.0.0/7"), false).unwrap_err().to_string(),
+            "refusing to ban 10.0.0.0/7: it is wider than /8, the widest ban \
+             BAN_MIN_PREFIX_V4 allows; `portsentry ban --force` bans it all the same"
+        );
+        assert!(g.check(&net("10.0.0.0/8"), false).is_ok());
+        assert!(g.check(&net("10.0.0.0/7"), true).is_ok());
+        assert!(matches!(
+            g.check(&net("2001:dc0::/31"), false),
+            Err(Refusal::TooWide {
+                min_prefix: 32,
+                key: "BAN_MIN_PREFIX_V6",
+                ..
+            })
+        ));
+        assert!(g.check(&net("2001:dc0::/32"), false).is_ok());
+    }
+
+    #[test]
+    fn the_operator_session_is_protected() {
+        let mut g = guard();
+        let ip = ssh_client(Some("192.0.2.77 51000 22"), None).unwrap();
+        assert_eq!(
+            ssh_client(None, Some("2001:db8::9 51000 2001:db8::1 22")),
+            Some("2001:db8::9".parse().unwrap())
+        );
+        assert_eq!(ssh_client(Some("garbage"), None), None);
+        g.protect(ip, Why::OperatorSession);
+        assert!(g.check(&net("192.0.2.77/32"), true).is_ok(), "forced");
+        assert_eq!(
+            g.check(&net("192.0.2.64/26"), false)
+                .unwrap_err()
+                .to_string(),
+            "refusing to ban 192.0.2.64/26: it covers 192.0.2.77, the address of your SSH \
+             session (--force bans it all the same)"
+        );
+    }
+
+    #[test]
+    fn spared_lists_protected_networks_strictly_inside() {
+        let g = guard();
+        assert_eq!(
+            g.spared(&net("192.0.2.0/24")),
+            vec![(net("192.0.2.5/32"), Why::IgnoreList)]
+        );
+        assert!(g.spared(&net("198.51.100.7/32")).is_empty());
+    }
+}

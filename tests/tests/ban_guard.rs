@@ -1,0 +1,238 @@
+//! The ban guard, end to end: bans that would cut off the ignore list, loopback, this
+//! host or the operator's SSH session are refused with a message that names what they
+//! cover; wide bans need --force; the kernel never drops an ignored source whatever the
+//! ban maps hold; an ignore entry added with SIGHUP lifts a ban at once; bans kept from
+//! before that cover protected addresses are not enforced and are reported at start.
+
+use std::{net::TcpListener, time::Duration};
+
+use portsentry_tests::{
+    daemon::{Workdir, wait_until},
+    netns::TestNet,
+    require_kernel,
+    scenario::{ban_nets, reaches, start, status},
+};
+
+/// `portsentry ban ARGS` through the running daemon: the error it printed.
+fn refused(wd: &Workdir, args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut all = vec!["ban"];
+    all.extend_from_slice(args);
+    let (ok, out, err) = wd.cli_env(&all, env);
+    assert!(!ok, "portsentry ban {args:?} was accepted: {out}");
+    err
+}
+
+fn accepted(wd: &Workdir, args: &[&str], env: &[(&str, &str)]) {
+    let mut all = vec!["ban"];
+    all.extend_from_slice(args);
+    let (ok, out, err) = wd.cli_env(&all, env);
+    assert!(ok, "portsentry ban {args:?} was refused: {err}");
+    assert!(out.starts_with("banned "), "{out}");
+}
+
+fn unban(wd: &Workdir, target: &str) {
+    let (ok, _, err) = wd.cli(&["unban", target]);
+    assert!(ok, "unban {target}: {err}");
+}
+
+#[test]
+fn bans_that_would_cut_off_what_must_stay_reachable_are_refused() {
+    require_kernel!();
+    let net = TestNet::new(3);
+    let (neighbour, operator, other) = (net.attacker_v4[1], net.attacker_v4[2], net.attacker_v4[3]);
+    let wd = Workdir::new();
+    std::fs::write(wd.path("portsentry.ignore"), format!("{neighbour}\n")).unwrap();
+    wd.config(&net.server_if, "");
+    let _svc = net.server.enter(|| TcpListener::bind("[::]:80").unwrap());
+    let d = start(&net, &wd);
+    let still_reachable = |after: &str| {
+        assert!(
+            reaches(&net, neighbour),
+            "the ignored neighbour, after {after}"
+        );
+        // Nothing was banned: not the server's own addresses, not a range over them.
+        assert!(ban_nets(&status(&wd)).is_empty(), "no ban after {after}");
+    };
+
+    let cases: &[(&[&str], &str)] = &[
+        (&["0.0.0.0/0"], "refusing to ban 0.0.0.0/0: it covers "),
+        (
+            &["0.0.0.0/0", "--force"],
+            "refusing to ban 0.0.0.0/0: it covers ",
+        ),
+        (&["::/0"], "refusing to ban ::/0: it covers "),
+        (
+            &["192.0.2.0/24"],
+            "refusing to ban 192.0.2.0/24: it covers 192.0.2.3, in the ignore list",
+        ),
+        (
+            &["192.0.2.3"],
+            "refusing to ban 192.0.2.3/32: it covers 192.0.2.3, in the ignore list",
+        ),
+        (
+            &["192.0.2.3", "--force"],
+            "refusing to ban 192.0.2.3/32: it covers 192.0.2.3, in the ignore list",
+        ),
+        (
+            &["192.0.2.1"],
+            "refusing to ban 192.0.2.1/32: it covers 192.0.2.1, an address of this host",
+        ),
+        (
+            &["2001:db8::/64"],
+            "refusing to ban 2001:db8::/64: it covers 2001:db8::1, an address of this host",
+        ),
+        (
+            &["127.0.0.1"],
+            "refusing to ban 127.0.0.1/32: it lies inside 127.0.0.0/8, loopback",
+        ),
+        (
+            &["10.0.0.0/7"],
+            "refusing to ban 10.0.0.0/7: it is wider than /8, the widest ban \
+             BAN_MIN_PREFIX_V4 allows",
+        ),
+        (
+            &["2001:dc0::/31"],
+            "it is wider than /32, the widest ban BAN_MIN_PREFIX_V6 allows",
+        ),
+    ];
+    for (args, message) in cases {
+        let err = refused(&wd, args, &[]);
+        assert!(err.contains(message), "ban {args:?}: {err}");
+        still_reachable(&format!("ban {args:?}"));
+    }
+
+    // The operator's own SSH session is protected unless forced.
+    let ssh = format!("{operator} 50022 22");
+    let env = [("SSH_CLIENT", ssh.as_str())];
+    let err = refused(&wd, &[&operator.to_string()], &env);
+    assert!(
+        err.contains(&format!(
+            "it covers {operator}, the address of your SSH session"
+        )),
+        "{err}"
+    );
+    let err = refused(&wd, &["192.0.2.4/30"], &env);
+    assert!(err.contains("SSH session"), "{err}");
+    still_reachable("banning the SSH session");
+    assert!(reaches(&net, operator));
+    accepted(&wd, &[&operator.to_string(), "--force"], &env);
+    assert!(
+        !reaches(&net, operator),
+        "a forced ban of the session is in force"
+    );
+    unban(&wd, &operator.to_string());
+
+    // --force lifts the width limit only.
+    accepted(&wd, &["10.0.0.0/7", "--force"], &[]);
+    unban(&wd, "10.0.0.0/7");
+    // An ordinary ban still works, and the guard said nothing of it.
+    accepted(&wd, &[&other.to_string()], &[]);
+    assert!(!reaches(&net, other));
+    assert!(reaches(&net, neighbour));
+    assert!(!d.has_line("lifted the ban"));
+    assert!(d.stop().success());
+}
+
+#[test]
+fn a_range_ban_spares_ignored_hosts_and_sighup_makes_them_reachable_at_once() {
+    require_kernel!();
+    let net = TestNet::new(3);
+    let (a, b, c, e) = (
+        net.attacker_v4[0],
+        net.attacker_v4[1],
+        net.attacker_v4[2],
+        net.attacker_v4[3],
+    );
+    assert_eq!(
+        (c.to_string(), e.to_string()),
+        ("192.0.2.4".into(), "192.0.2.5".into())
+    );
+    let wd = Workdir::new();
+    wd.config(&net.server_if, "");
+    let _svc = net
+        .server
+        .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
+    let d = start(&net, &wd);
+    accepted(&wd, &["192.0.2.4/30"], &[]);
+    accepted(&wd, &[&a.to_string()], &[]);
+    for ip in [a, c, e] {
+        assert!(!reaches(&net, ip), "{ip} is banned");
+    }
+    assert!(reaches(&net, b));
+
+    // The admin adds the exact-banned host and one host of the range to the ignore file.
+    std::fs::write(wd.path("portsentry.ignore"), format!("{a}\n{e}\n")).unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_for(
+        &format!("portsentry: lifted the ban of {a}/32 after the reload: it covers {a}, in the ignore list"),
+        Duration::from_secs(5),
+    );
+    d.wait_for(
+        &format!("portsentry: the ban of 192.0.2.4/30 does not drop {e}/32 (in the ignore list), after the reload"),
+        Duration::from_secs(5),
+    );
+    assert!(
+        wait_until(Duration::from_secs(2), || reaches(&net, e)),
+        "the ignored host of the range"
+    );
+    assert!(reaches(&net, a), "the ignored host whose ban was lifted");
+    assert!(!reaches(&net, c), "the rest of the range stays dropped");
+    let st = status(&wd);
+    assert_eq!(ban_nets(&st), vec!["192.0.2.4/30".to_owned()]);
+    assert!(st["counters"]["ban_spared"].as_u64().unwrap() >= 1, "{st}");
+    // An operator's ban ran no kill command, so there is nothing to undo; it ended
+    // for the guard.
+    assert!(!d.has_line(&format!("Host {a} removed from")));
+    assert!(d.stop().success());
+}
+
+#[test]
+fn bans_kept_from_before_that_cover_protected_addresses_are_not_enforced() {
+    require_kernel!();
+    let net = TestNet::new(3);
+    let (a, neighbour, c) = (net.attacker_v4[0], net.attacker_v4[1], net.attacker_v4[2]);
+    let wd = Workdir::new();
+    std::fs::write(wd.path("portsentry.ignore"), format!("{neighbour}\n")).unwrap();
+    wd.config(&net.server_if, "");
+    // A state file as the first release wrote it: a scan ban of the (now ignored)
+    // neighbour, one of this host's own address, a range over both, and an ordinary one.
+    let ban = |net: &str, origin: &str, mode: &str, proto: u8| {
+        format!(
+            r#"{{"net":"{net}","origin":"{origin}","since_ms":1795625334123,"expires_ms":null,"port":23,"proto":{proto},"scan_type":{},"mode":"{mode}","name":"{net}","count":1}}"#,
+            if proto == 0 { "null" } else { "\"tcp-syn\"" }
+        )
+    };
+    let state = format!(
+        r#"{{"version":1,"bans":[{},{},{},{}],"previous":[]}}"#,
+        ban(&format!("{neighbour}/32"), "scan", "atcp", 6),
+        ban("192.0.2.1/32", "manual", "manual", 0),
+        ban("192.0.2.0/29", "manual", "manual", 0),
+        ban(&format!("{c}/32"), "scan", "atcp", 6),
+    );
+    std::fs::create_dir_all(wd.path("state")).unwrap();
+    std::fs::write(wd.path("state").join("bans.json"), state).unwrap();
+    let _svc = net
+        .server
+        .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
+    let d = start(&net, &wd);
+    for line in [
+        format!("portsentry: lifted the ban of {neighbour}/32 at start: it covers {neighbour}, in the ignore list"),
+        "portsentry: lifted the ban of 192.0.2.1/32 at start: it covers 192.0.2.1, an address of this host".to_owned(),
+        format!("portsentry: the ban of 192.0.2.0/29 does not drop {neighbour}/32 (in the ignore list), at start"),
+        "portsentry: the ban of 192.0.2.0/29 does not drop 192.0.2.1/32 (an address of this host), at start".to_owned(),
+    ] {
+        assert!(d.has_line(&line), "no line {line:?}; log:\n{}", d.lines().join("\n"));
+    }
+    let mut nets = ban_nets(&status(&wd));
+    nets.sort();
+    assert_eq!(nets, vec!["192.0.2.0/29".to_owned(), format!("{c}/32")]);
+    assert!(reaches(&net, neighbour), "the ignored neighbour");
+    assert!(!reaches(&net, a), "the rest of the range");
+    assert!(!reaches(&net, c));
+    // The lifted scan ban's undo steps ran.
+    d.wait_for(
+        &format!("Host {neighbour} removed from"),
+        Duration::from_secs(5),
+    );
+    assert!(d.stop().success());
+}
