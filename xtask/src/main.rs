@@ -39,7 +39,8 @@ enum Cmd {
     },
     /// Build, then measure (per-packet cost through BPF_PROG_TEST_RUN; needs root).
     Bench {
-        /// Extra arguments for portsentry-bench (e.g. `--rounds 15`).
+        /// Extra arguments for portsentry-bench (e.g. `--rounds 15`); `--baseline-rev REV`
+        /// also measures the XDP program of git revision REV next to this one.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -82,6 +83,7 @@ fn main() -> Result<()> {
         Cmd::Demo => demo::run(&root)?,
         Cmd::Bench { args } => {
             let object = build(&root)?;
+            let args = resolve_baseline(&root, &args)?;
             toolchain::ensure_packages(toolchain::TEST_PACKAGES)?;
             toolchain::ensure_packages(toolchain::BENCH_PACKAGES)?;
             toolchain::ensure_bpffs()?;
@@ -109,6 +111,11 @@ fn workspace_root() -> PathBuf {
 
 /// Builds the eBPF object and returns its path.
 fn build_ebpf(root: &Path) -> Result<PathBuf> {
+    build_ebpf_in(root, root)
+}
+
+/// Builds the eBPF object of the workspace at `src` with `root`'s toolchain.
+fn build_ebpf_in(root: &Path, src: &Path) -> Result<PathBuf> {
     let linker_bin = toolchain::ensure(root)?;
     let path = format!(
         "{}:{}",
@@ -116,7 +123,7 @@ fn build_ebpf(root: &Path) -> Result<PathBuf> {
         std::env::var("PATH").unwrap_or_default()
     );
     let status = Command::new("cargo")
-        .current_dir(root)
+        .current_dir(src)
         .env("PATH", path)
         .env_remove("RUSTUP_TOOLCHAIN")
         .env_remove("RUSTC")
@@ -137,7 +144,60 @@ fn build_ebpf(root: &Path) -> Result<PathBuf> {
     if !status.success() {
         bail!("building the XDP program failed");
     }
-    Ok(root.join("target/bpfel-unknown-none/release/portsentry"))
+    Ok(src.join("target/bpfel-unknown-none/release/portsentry"))
+}
+
+/// The XDP object of git revision `rev`, built in a worktree under `target/baseline/`
+/// (once per commit), for the bench's before-and-after table.
+fn build_baseline(root: &Path, rev: &str) -> Result<PathBuf> {
+    let out = Command::new("git")
+        .current_dir(root)
+        .args(["rev-parse", "--verify", &format!("{rev}^{{commit}}")])
+        .output()
+        .context("running git rev-parse")?;
+    if !out.status.success() {
+        bail!("--baseline-rev {rev}: not a commit of this repository");
+    }
+    let commit = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let dir = root.join("target/baseline").join(&commit[..12]);
+    if !dir.join("Cargo.toml").exists() {
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = Command::new("git")
+            .current_dir(root)
+            .args(["worktree", "prune"])
+            .status();
+        let status = Command::new("git")
+            .current_dir(root)
+            .args(["worktree", "add", "--detach"])
+            .arg(&dir)
+            .arg(&commit)
+            .status()
+            .context("running git worktree add")?;
+        if !status.success() {
+            bail!("checking out {rev} into {} failed", dir.display());
+        }
+    }
+    eprintln!(
+        "xtask: building the baseline XDP program of {rev} ({})",
+        &commit[..12]
+    );
+    build_ebpf_in(root, &dir)
+}
+
+/// Replaces `--baseline-rev REV` in the bench's arguments by `--baseline OBJECT`.
+fn resolve_baseline(root: &Path, args: &[String]) -> Result<Vec<String>> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--baseline-rev" {
+            let rev = it.next().context("--baseline-rev takes a git revision")?;
+            out.push("--baseline".to_owned());
+            out.push(build_baseline(root, rev)?.display().to_string());
+        } else {
+            out.push(a.clone());
+        }
+    }
+    Ok(out)
 }
 
 fn build(root: &Path) -> Result<PathBuf> {

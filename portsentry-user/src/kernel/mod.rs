@@ -69,7 +69,11 @@ impl Dataplane {
     /// pinned there by name, and maps already pinned there are reused (adopted, with
     /// their bans, counts and pending events).
     pub fn load(sizes: &MapSizes, pin_dir: Option<PathBuf>) -> Result<Self> {
-        let bytes = object::bytes()?;
+        Self::load_object(object::bytes()?, sizes, pin_dir)
+    }
+
+    /// Like [`Dataplane::load`], with another build's object (the bench compares two).
+    pub fn load_object(bytes: &[u8], sizes: &MapSizes, pin_dir: Option<PathBuf>) -> Result<Self> {
         if let Some(dir) = &pin_dir {
             ensure_pin_dir(dir)?;
         }

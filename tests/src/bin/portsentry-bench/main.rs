@@ -8,11 +8,14 @@
 //!    by round and the median of `--rounds` rounds is printed.
 //! 2. Reaction time: first probe to ban in force, portsentry and PortSentry 1.2.
 //! 3. Memory: kernel memory per tracked source and per ban.
+//! 4. With `--baseline OBJECT`: this build's paths next to another build's, same frames,
+//!    same run (`compare`).
 //!
 //! One module per measurement group, run by `main` in this order: `per_packet` (1, and the
 //! kernel's memory), `reaction` (2), `throughput` (drop rate of a flood against iptables,
 //! ipset and nftables) and `memory` (the daemon's memory).
 
+mod compare;
 mod memory;
 mod per_packet;
 mod reaction;
@@ -29,6 +32,11 @@ pub(crate) struct Args {
     pub(crate) scale: u32,
     /// Seconds each flood lasts (0: skip the throughput comparison).
     pub(crate) flood_secs: u64,
+    /// Another build's XDP object, measured next to this one (`cargo xtask bench --
+    /// --baseline-rev REV` builds it).
+    pub(crate) baseline: Option<std::path::PathBuf>,
+    /// Only the comparison with the baseline.
+    pub(crate) compare_only: bool,
 }
 
 fn parse_args() -> Args {
@@ -38,9 +46,19 @@ fn parse_args() -> Args {
         reaction_runs: 100,
         scale: 1 << 20,
         flood_secs: 3,
+        baseline: None,
+        compare_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
+        if arg == "--baseline" {
+            a.baseline = Some(it.next().expect("--baseline takes a file").into());
+            continue;
+        }
+        if arg == "--compare-only" {
+            a.compare_only = true;
+            continue;
+        }
         let mut val = |name: &str| {
             it.next()
                 .and_then(|v| v.parse::<u64>().ok())
@@ -54,7 +72,7 @@ fn parse_args() -> Args {
             "--flood-secs" => a.flood_secs = val("--flood-secs"),
             other => panic!(
                 "unknown argument {other}; use --repeat N --rounds N --reaction-runs N \
-                 (at most 250) --scale N --flood-secs N"
+                 (at most 250) --scale N --flood-secs N --baseline OBJECT --compare-only"
             ),
         }
     }
@@ -88,6 +106,12 @@ fn main() {
             .find_map(|l| l.strip_prefix("model name\t: "))
             .unwrap_or("unknown CPU")
     );
+    if let Some(baseline) = &args.baseline {
+        compare::compare(&args, baseline);
+        if args.compare_only {
+            return;
+        }
+    }
     per_packet::per_packet(&args);
     if args.reaction_runs > 0 {
         reaction::reaction(args.reaction_runs);
