@@ -24,6 +24,13 @@ pub const BAN_CACHE: &str = "PS_BAN_CACHE";
 pub const BAN_NETS: &str = "PS_BAN_NETS";
 /// Ignored networks. `LpmTrie<Addr, u32>` (value unused, 1).
 pub const IGNORE: &str = "PS_IGNORE";
+/// A one-hash filter in front of `PS_IGNORE` for the drop path: `Array<u64>` of
+/// [`IGNORE_FILTER_WORDS`] words, one bit per IPv4 /24 or IPv6 /48 that an ignored
+/// network touches ([`ignore_filter_bit`]). A banned source whose bit is clear is in no
+/// ignored network and is dropped without a trie lookup. Networks too wide to list
+/// (shorter than /8 for IPv4, /32 for IPv6, or covering the IPv4-mapped range) set
+/// [`SETTING_IGNORE_WIDE`] instead, and every banned packet then looks at the trie.
+pub const IGNORE_FILTER: &str = "PS_IGN_FILTER";
 /// Watched-port bitmap. `Array<u64>` with [`PORT_WORDS`] entries: TCP in words
 /// `0..1024`, UDP in `1024..2048`; port `p` is bit `p % 64` of word `p / 64` of its half.
 pub const PORTS: &str = "PS_PORTS";
@@ -39,12 +46,13 @@ pub const SETTINGS: &str = "PS_SETTINGS";
 pub const EVENT_BUDGET: &str = "PS_EV_BUDGET";
 
 /// Every map name, for pinning and clean-up.
-pub const ALL: [&str; 11] = [
+pub const ALL: [&str; 12] = [
     BANS,
     BAN_FILTER,
     BAN_CACHE,
     BAN_NETS,
     IGNORE,
+    IGNORE_FILTER,
     PORTS,
     SOURCES,
     EVENTS,
@@ -90,6 +98,36 @@ const _: () = assert!(size_of::<BanSlot>() == 32);
 pub const fn ban_filter_bit(addr: &crate::packet::AddrWords) -> u32 {
     let x = addr[0] ^ addr[1] ^ (addr[1] >> 29);
     (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - BAN_FILTER_BITS)) as u32
+}
+
+/// log2 of the bits in `PS_IGN_FILTER` (2^20 bits, 128 KiB).
+pub const IGNORE_FILTER_BITS: u32 = 20;
+pub const IGNORE_FILTER_WORDS: u32 = 1 << (IGNORE_FILTER_BITS - 6);
+
+/// The IPv4-mapped prefix `::ffff:0:0/96` as the low word of [`crate::packet::AddrWords`]
+/// holds it (bytes 8 to 11 of the address, in memory order).
+const V4_MAPPED_WORD_LOW: u64 = 0xffff_0000;
+
+/// The `PS_IGN_FILTER` bit of an address: a hash of its /24 (IPv4, held mapped) or /48
+/// (IPv6). Both sides compute it from the address as the packet holds it.
+#[inline(always)]
+pub const fn ignore_filter_bit(addr: &crate::packet::AddrWords) -> u32 {
+    let v4 = addr[0] == 0 && addr[1] & 0xffff_ffff == V4_MAPPED_WORD_LOW;
+    let mut x = if v4 {
+        // Bytes 12-14 (the /24) sit in bits 32-55 of the second word.
+        ((addr[1] >> 32) & 0x00ff_ffff) | 1 << 62
+    } else {
+        // Bytes 0-5 (the /48) sit in bits 0-47 of the first word.
+        addr[0] & 0x0000_ffff_ffff_ffff
+    };
+    // MurmurHash3's 64-bit finalizer: neighbouring networks land far apart (a bare
+    // multiplication keeps the structure of consecutive /24s).
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^= x >> 33;
+    (x >> (64 - IGNORE_FILTER_BITS)) as u32
 }
 
 /// Words in the watched-port bitmap: 1024 per protocol.
@@ -210,6 +248,9 @@ pub const SETTING_IGNORE: u32 = 1 << 1;
 /// `Settings::flags`: source verification (VERIFY_SOURCES): SYN probes are answered
 /// with a SYN-ACK carrying a cookie, and only a source whose ACK returns it is verified.
 pub const SETTING_VERIFY: u32 = 1 << 2;
+/// `Settings::flags`: `PS_IGNORE` holds a network too wide for `PS_IGN_FILTER`: a
+/// banned packet always looks at the trie.
+pub const SETTING_IGNORE_WIDE: u32 = 1 << 3;
 
 /// The challenge cookie of a connection attempt: a keyed hash of its addresses and
 /// ports and a time slot of about 69 s (a cookie is accepted in its slot and the next).

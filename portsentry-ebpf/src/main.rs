@@ -35,8 +35,8 @@ use portsentry_common::{
     Addr, Counter, ScanType,
     maps::{
         BAN_CACHE_SLOTS, BAN_FILTER_WORDS, BAN_NETS_MAX, BANS_MAX, BanEntry, BanSlot, EVENTS_BYTES,
-        EventBudget, IGNORE_MAX, PORT_WORDS, SETTING_IGNORE, SETTING_VERIFY, SOURCES_MAX, Settings,
-        SourceStats,
+        EventBudget, IGNORE_FILTER_WORDS, IGNORE_MAX, PORT_WORDS, SETTING_IGNORE,
+        SETTING_IGNORE_WIDE, SETTING_VERIFY, SOURCES_MAX, Settings, SourceStats, ignore_filter_bit,
     },
     packet::{AddrWords, parse_ip, parse_l4, scan_type},
 };
@@ -60,6 +60,8 @@ static PS_BAN_CACHE: Array<BanSlot> = Array::with_max_entries(BAN_CACHE_SLOTS, 0
 static PS_BAN_NETS: LpmTrie<Addr, BanEntry> = LpmTrie::with_max_entries(BAN_NETS_MAX, 0);
 #[map]
 static PS_IGNORE: LpmTrie<Addr, u32> = LpmTrie::with_max_entries(IGNORE_MAX, 0);
+#[map]
+static PS_IGN_FILTER: Array<u64> = Array::with_max_entries(IGNORE_FILTER_WORDS, 0);
 #[map]
 static PS_PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 #[map]
@@ -106,7 +108,7 @@ fn inspect(ctx: &XdpContext) -> Counter {
     // this host): the trie is consulted on the drop path only, so other packets pay
     // nothing for it.
     if is_banned(&ip.src, settings) {
-        if !is_ignored(&ip.src, settings) {
+        if !is_spared(&ip.src, settings) {
             return Counter::DropBanned;
         }
         count(Counter::BanSpared);
@@ -149,6 +151,26 @@ fn inspect(ctx: &XdpContext) -> Counter {
 #[inline(always)]
 fn is_ignored(src: &AddrWords, settings: &Settings) -> bool {
     settings.flags & SETTING_IGNORE != 0 && PS_IGNORE.get(Key::new(128, *key(src))).is_some()
+}
+
+/// [`is_ignored`] for a banned source: the filter first, so that a ban of a source in
+/// no ignored network costs one array read more, not a trie lookup.
+#[inline(always)]
+fn is_spared(src: &AddrWords, settings: &Settings) -> bool {
+    if settings.flags & SETTING_IGNORE == 0 {
+        return false;
+    }
+    if settings.flags & SETTING_IGNORE_WIDE == 0 {
+        let bit = ignore_filter_bit(src);
+        let maybe = match PS_IGN_FILTER.get(bit >> 6) {
+            Some(word) => word & (1u64 << (bit & 63)) != 0,
+            None => true,
+        };
+        if !maybe {
+            return false;
+        }
+    }
+    PS_IGNORE.get(Key::new(128, *key(src))).is_some()
 }
 
 /// Adds one to a per-CPU counter.

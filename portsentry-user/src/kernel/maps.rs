@@ -5,7 +5,7 @@
 
 use std::{
     collections::{HashMap as StdHashMap, HashSet},
-    net::IpAddr,
+    net::{IpAddr, Ipv6Addr},
     os::fd::{AsFd as _, AsRawFd as _},
 };
 
@@ -13,10 +13,14 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::maps::{
     Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key,
 };
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv6Net};
 use portsentry_common::{
     Addr, Counter,
-    maps::{self, BanEntry, BanSlot, SETTING_IGNORE, Settings, SourceStats},
+    maps::{
+        self, BanEntry, BanSlot, IGNORE_FILTER_WORDS, SETTING_IGNORE, SETTING_IGNORE_WIDE,
+        Settings, SourceStats, ignore_filter_bit,
+    },
+    packet::AddrWords,
 };
 
 use super::{Dataplane, addr};
@@ -29,6 +33,8 @@ pub(super) struct Maps {
     pub ban_filter: Array<MapData, u64>,
     pub ban_cache: Array<MapData, BanSlot>,
     pub ignore: LpmTrie<MapData, Addr, u32>,
+    /// `None` for an object built before the filter existed (the bench loads one).
+    pub ignore_filter: Option<Array<MapData, u64>>,
     pub ports: Array<MapData, u64>,
     pub sources: HashMap<MapData, Addr, SourceStats>,
     pub counters: PerCpuArray<MapData, u64>,
@@ -45,6 +51,10 @@ impl Maps {
         let mut memory: Vec<(&'static str, u64)> =
             named.iter().map(|(n, m)| (*n, memlock(m))).collect();
         memory.sort();
+        let ignore_filter = named
+            .remove(maps::IGNORE_FILTER)
+            .map(Array::try_from)
+            .transpose()?;
         let mut take = |name: &'static str| {
             named
                 .remove(name)
@@ -56,6 +66,7 @@ impl Maps {
             ban_filter: Array::try_from(take(maps::BAN_FILTER)?)?,
             ban_cache: Array::try_from(take(maps::BAN_CACHE)?)?,
             ignore: LpmTrie::try_from(take(maps::IGNORE)?)?,
+            ignore_filter,
             ports: Array::try_from(take(maps::PORTS)?)?,
             sources: HashMap::try_from(take(maps::SOURCES)?)?,
             counters: PerCpuArray::try_from(take(maps::COUNTERS)?)?,
@@ -177,11 +188,24 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Makes the kernel's ignore list exactly `nets`: adds the new ones first, then
-    /// removes the stale ones, so that no network in both the old and new list is ever
-    /// unprotected.
+    /// Makes the kernel's ignore list exactly `nets`, in an order that never leaves a
+    /// network of both the old and the new list unprotected: the filter bits and the
+    /// trie entries of the new list first, then the stale entries and bits go.
     pub fn replace_ignore(&mut self, nets: &[IpNet]) -> Result<()> {
         let want: HashSet<(u32, Addr)> = nets.iter().map(addr::net_key).collect();
+        let (words, wide) = ignore_filter(nets);
+        let current = match (self.ignore_words.take(), &self.maps.ignore_filter) {
+            (Some(w), _) => w,
+            (None, Some(filter)) => (0..IGNORE_FILTER_WORDS)
+                .map(|i| filter.get(&i, 0))
+                .collect::<Result<Vec<u64>, MapError>>()?,
+            (None, None) => vec![0; IGNORE_FILTER_WORDS as usize],
+        };
+        let union: Vec<u64> = current.iter().zip(&words).map(|(a, b)| a | b).collect();
+        self.write_ignore_words(&current, &union)?;
+        if wide {
+            self.set_flag(SETTING_IGNORE_WIDE, true)?;
+        }
         let t = &mut self.maps.ignore;
         for (len, key) in &want {
             t.insert(&Key::new(*len, *key), 1, 0)
@@ -195,7 +219,26 @@ impl Dataplane {
         for k in stale {
             absent_is_false(t.remove(&k))?;
         }
-        self.set_flag(SETTING_IGNORE, !want.is_empty())
+        self.set_flag(SETTING_IGNORE, !want.is_empty())?;
+        self.set_flag(SETTING_IGNORE_WIDE, wide)?;
+        self.write_ignore_words(&union, &words)?;
+        self.ignore_words = Some(words);
+        Ok(())
+    }
+
+    /// Writes the `PS_IGN_FILTER` words that differ from what the map holds.
+    fn write_ignore_words(&mut self, now: &[u64], want: &[u64]) -> Result<()> {
+        let Some(filter) = &mut self.maps.ignore_filter else {
+            return Ok(());
+        };
+        for (i, (a, b)) in now.iter().zip(want).enumerate() {
+            if a != b {
+                filter
+                    .set(i as u32, *b, 0)
+                    .context("writing PS_IGN_FILTER")?;
+            }
+        }
+        Ok(())
     }
 
     /// One kernel counter summed over CPUs.
@@ -268,5 +311,87 @@ pub(super) fn absent_is_false(r: Result<(), MapError>) -> Result<bool> {
             Ok(false)
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// The `PS_IGN_FILTER` words of an ignore list (one bit per IPv4 /24 and IPv6 /48 its
+/// networks touch), and whether a network is too wide to list that way: shorter than
+/// /8 (IPv4) or /32 (IPv6), or covering the IPv4-mapped range (`::/0`).
+pub(super) fn ignore_filter(nets: &[IpNet]) -> (Vec<u64>, bool) {
+    let mut words = vec![0u64; IGNORE_FILTER_WORDS as usize];
+    let mut wide = false;
+    let mut set = |ip: IpAddr| {
+        let w: AddrWords = bytemuck::cast(addr::to_key(ip));
+        let bit = ignore_filter_bit(&w);
+        words[(bit >> 6) as usize] |= 1 << (bit & 63);
+    };
+    let mapped = Ipv6Net::new(Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96).expect("valid");
+    for net in nets {
+        match net.trunc() {
+            IpNet::V4(n) if n.prefix_len() >= 24 => set(IpAddr::V4(n.network())),
+            IpNet::V4(n) if n.prefix_len() >= 8 => {
+                for sub in n.subnets(24).expect("24 is at least the prefix") {
+                    set(IpAddr::V4(sub.network()));
+                }
+            }
+            IpNet::V6(n) if n.contains(&mapped) || mapped.contains(&n) => wide = true,
+            IpNet::V6(n) if n.prefix_len() >= 48 => set(IpAddr::V6(n.network())),
+            IpNet::V6(n) if n.prefix_len() >= 32 => {
+                for sub in n.subnets(48).expect("48 is at least the prefix") {
+                    set(IpAddr::V6(sub.network()));
+                }
+            }
+            _ => wide = true,
+        }
+    }
+    (words, wide)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn in_filter(words: &[u64], ip: &str) -> bool {
+        let w: AddrWords = bytemuck::cast(addr::to_key(ip.parse().unwrap()));
+        let bit = ignore_filter_bit(&w);
+        words[(bit >> 6) as usize] & (1 << (bit & 63)) != 0
+    }
+
+    #[test]
+    fn the_ignore_filter_holds_every_address_of_every_network() {
+        let nets: Vec<IpNet> = [
+            "192.0.2.7/32",
+            "10.0.0.0/8",
+            "2001:db8:1::/48",
+            "2001:db9::/32",
+            "::1/128",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        let (words, wide) = ignore_filter(&nets);
+        assert!(!wide);
+        for ip in [
+            "192.0.2.7",
+            "192.0.2.200",
+            "10.0.0.1",
+            "10.255.255.255",
+            "10.77.3.9",
+            "2001:db8:1::1",
+            "2001:db8:1:ffff::9",
+            "2001:db9:ffff:1::2",
+            "::1",
+        ] {
+            assert!(in_filter(&words, ip), "{ip}");
+        }
+        // The filter is sparse: most other addresses miss it (a miss needs no trie).
+        let misses = (0..=255u32)
+            .filter(|i| !in_filter(&words, &format!("198.51.{i}.1")))
+            .count();
+        assert!(misses > 200, "{misses}");
+        for wide_net in ["0.0.0.0/7", "::/0", "::ffff:0:0/96", "2001::/31"] {
+            let (_, wide) = ignore_filter(&[wide_net.parse().unwrap()]);
+            assert!(wide, "{wide_net}");
+        }
     }
 }

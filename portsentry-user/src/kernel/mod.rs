@@ -57,6 +57,8 @@ pub struct Dataplane {
     attachments: Vec<Attachment>,
     /// How many exact bans use each `PS_BAN_FILTER` bit (a bit is cleared at zero).
     filter_users: std::collections::HashMap<u32, u32>,
+    /// What `PS_IGN_FILTER` holds, once read or written.
+    ignore_words: Option<Vec<u64>>,
 }
 
 /// True when `pin_dir` holds portsentry's pinned maps.
@@ -98,13 +100,11 @@ impl Dataplane {
         program
             .load()
             .context("the kernel verifier rejected the XDP program")?;
-        let mut taken = std::collections::HashMap::new();
-        for name in names::ALL {
-            let map = ebpf
-                .take_map(name)
-                .ok_or_else(|| anyhow!("the XDP object has no map `{name}`"))?;
-            taken.insert(name, map);
-        }
+        // Every map the object has; `maps::Maps::new` says which it cannot do without.
+        let taken = names::ALL
+            .into_iter()
+            .filter_map(|name| Some((name, ebpf.take_map(name)?)))
+            .collect();
         Self::with_maps(Some(ebpf), taken, pin_dir)
     }
 
@@ -139,6 +139,7 @@ impl Dataplane {
             settings: Settings::default(),
             attachments: Vec::new(),
             filter_users: Default::default(),
+            ignore_words: None,
         };
         dp.settings = dp.read_settings()?;
         dp.rebuild_ban_filter()?;
