@@ -155,8 +155,13 @@ impl TestNet {
         ));
         // Resolve every neighbour now, so that no first packet waits on neighbour
         // discovery long enough to be retransmitted (a retransmitted SYN counts twice).
+        // A few tries: on a loaded machine the first IPv6 neighbour solicitation can go
+        // unanswered within the timeout.
         for a in attacker_v4.iter().chain(&attacker_v6) {
-            server.exec(&format!("ping -c1 -W2 {a} >/dev/null"));
+            server.exec(&format!(
+                "for i in 1 2 3 4 5; do ping -c1 -W2 {a} >/dev/null && exit 0; sleep 0.2; done; \
+                 exit 1"
+            ));
         }
         TestNet {
             server,

@@ -75,6 +75,9 @@ impl Runner {
     fn of(rel: &str) -> Runner {
         if rel == "xtask/src/demo.rs" {
             Runner::Demo
+        } else if rel == "xtask/src/baseline.rs" {
+            // `cargo xtask bench -- --baseline-rev`, after the bench's packages.
+            Runner::Bench
         } else if rel.starts_with("xtask/") {
             Runner::Xtask
         } else if rel == "tests/src/bench.rs" || rel.starts_with("tests/src/bin/") {

@@ -222,20 +222,26 @@ fn ban_unban_and_status_round_trips() {
         Duration::from_secs(5),
     );
 
-    // A prefix ban covers the whole network.
+    // A prefix ban covers the whole network (one that covers this host's own address,
+    // 192.0.2.1, is refused by the ban guard).
     let (ok, _, err) = wd.cli(&["ban", "192.0.2.0/28"]);
+    assert!(
+        !ok && err.contains("it covers 192.0.2.1, an address of this host"),
+        "{err}"
+    );
+    let (ok, _, err) = wd.cli(&["ban", "192.0.2.2/31"]);
     assert!(ok, "{err}");
     assert!(!reaches(&net, a2));
     // Sorted by network: the prefix first.
     assert_eq!(
         ban_nets(&status(&wd)),
-        vec!["192.0.2.0/28".to_owned(), format!("{a1}/32")]
+        vec!["192.0.2.2/31".to_owned(), format!("{a1}/32")]
     );
     assert!(status(&wd)["bans"][0]["expires"].is_null(), "permanent");
 
     // Unban one, then everything.
-    let (ok, out, err) = wd.cli(&["unban", "192.0.2.0/28"]);
-    assert!(ok && out.contains("unbanned 192.0.2.0/28"), "{out}{err}");
+    let (ok, out, err) = wd.cli(&["unban", "192.0.2.2/31"]);
+    assert!(ok && out.contains("unbanned 192.0.2.2/31"), "{out}{err}");
     assert!(reaches(&net, a2));
     assert!(!reaches(&net, a1));
     let (ok, _, err) = wd.cli(&["unban", "203.0.113.1"]);

@@ -1,6 +1,7 @@
 //! `cargo xtask build | run | test | setup | demo | bench` — everything a user or CI
 //! needs, from a fresh machine, with nothing installed by hand.
 
+mod baseline;
 mod demo;
 mod packages;
 mod toolchain;
@@ -83,10 +84,10 @@ fn main() -> Result<()> {
         Cmd::Demo => demo::run(&root)?,
         Cmd::Bench { args } => {
             let object = build(&root)?;
-            let args = resolve_baseline(&root, &args)?;
             toolchain::ensure_packages(toolchain::TEST_PACKAGES)?;
             toolchain::ensure_packages(toolchain::BENCH_PACKAGES)?;
             toolchain::ensure_bpffs()?;
+            let args = baseline::resolve(&root, &args)?;
             let mut a = vec![
                 "run",
                 "--release",
@@ -115,7 +116,7 @@ fn build_ebpf(root: &Path) -> Result<PathBuf> {
 }
 
 /// Builds the eBPF object of the workspace at `src` with `root`'s toolchain.
-fn build_ebpf_in(root: &Path, src: &Path) -> Result<PathBuf> {
+pub(crate) fn build_ebpf_in(root: &Path, src: &Path) -> Result<PathBuf> {
     let linker_bin = toolchain::ensure(root)?;
     let path = format!(
         "{}:{}",
@@ -145,59 +146,6 @@ fn build_ebpf_in(root: &Path, src: &Path) -> Result<PathBuf> {
         bail!("building the XDP program failed");
     }
     Ok(src.join("target/bpfel-unknown-none/release/portsentry"))
-}
-
-/// The XDP object of git revision `rev`, built in a worktree under `target/baseline/`
-/// (once per commit), for the bench's before-and-after table.
-fn build_baseline(root: &Path, rev: &str) -> Result<PathBuf> {
-    let out = Command::new("git")
-        .current_dir(root)
-        .args(["rev-parse", "--verify", &format!("{rev}^{{commit}}")])
-        .output()
-        .context("running git rev-parse")?;
-    if !out.status.success() {
-        bail!("--baseline-rev {rev}: not a commit of this repository");
-    }
-    let commit = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let dir = root.join("target/baseline").join(&commit[..12]);
-    if !dir.join("Cargo.toml").exists() {
-        let _ = std::fs::remove_dir_all(&dir);
-        let _ = Command::new("git")
-            .current_dir(root)
-            .args(["worktree", "prune"])
-            .status();
-        let status = Command::new("git")
-            .current_dir(root)
-            .args(["worktree", "add", "--detach"])
-            .arg(&dir)
-            .arg(&commit)
-            .status()
-            .context("running git worktree add")?;
-        if !status.success() {
-            bail!("checking out {rev} into {} failed", dir.display());
-        }
-    }
-    eprintln!(
-        "xtask: building the baseline XDP program of {rev} ({})",
-        &commit[..12]
-    );
-    build_ebpf_in(root, &dir)
-}
-
-/// Replaces `--baseline-rev REV` in the bench's arguments by `--baseline OBJECT`.
-fn resolve_baseline(root: &Path, args: &[String]) -> Result<Vec<String>> {
-    let mut out = Vec::with_capacity(args.len());
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if a == "--baseline-rev" {
-            let rev = it.next().context("--baseline-rev takes a git revision")?;
-            out.push("--baseline".to_owned());
-            out.push(build_baseline(root, rev)?.display().to_string());
-        } else {
-            out.push(a.clone());
-        }
-    }
-    Ok(out)
 }
 
 fn build(root: &Path) -> Result<PathBuf> {

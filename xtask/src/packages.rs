@@ -21,4 +21,7 @@ pub const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("iptables", "iptables"),
     ("ipset", "ipset"),
     ("nftables", "nft"),
+    // `--baseline-rev` checks another commit out (a clone has git already; a source
+    // tarball may not).
+    ("git", "git"),
 ];
