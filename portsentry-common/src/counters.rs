@@ -47,11 +47,16 @@ pub enum Counter {
     /// Packets from a banned source that were not dropped because the source is in the
     /// ignore list, loopback or this host (a ban never cuts those off).
     BanSpared = 17,
+    /// Bans the program made itself at the probe that reached the trigger.
+    KernelBanned = 18,
+    /// Sources at the trigger the program left to the daemon because this second's
+    /// MAX_BANS_PER_SEC was spent (the daemon bans them in the next seconds).
+    KernelBanDeferred = 19,
 }
 
 impl Counter {
     /// Number of slots in `PS_COUNTERS`.
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 20;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::DropBanned,
@@ -72,6 +77,8 @@ impl Counter {
         Counter::TrackFailed,
         Counter::Verified,
         Counter::BanSpared,
+        Counter::KernelBanned,
+        Counter::KernelBanDeferred,
     ];
 
     /// Stable snake_case name, used in status output and metrics.
@@ -95,6 +102,8 @@ impl Counter {
             Counter::TrackFailed => "track_failed",
             Counter::Verified => "verified",
             Counter::BanSpared => "ban_spared",
+            Counter::KernelBanned => "kernel_banned",
+            Counter::KernelBanDeferred => "kernel_ban_deferred",
         }
     }
 

@@ -44,9 +44,12 @@ pub const COUNTERS: &str = "PS_COUNTERS";
 pub const SETTINGS: &str = "PS_SETTINGS";
 /// Per-CPU event budget (token bucket). `PerCpuArray<EventBudget>` with one entry.
 pub const EVENT_BUDGET: &str = "PS_EV_BUDGET";
+/// The kernel-side ban's settings and its MAX_BANS_PER_SEC budget. `Array<KernelBan>`
+/// with one entry, shared by every CPU.
+pub const KBAN: &str = "PS_KBAN";
 
 /// Every map name, for pinning and clean-up.
-pub const ALL: [&str; 12] = [
+pub const ALL: [&str; 13] = [
     BANS,
     BAN_FILTER,
     BAN_CACHE,
@@ -59,6 +62,7 @@ pub const ALL: [&str; 12] = [
     COUNTERS,
     SETTINGS,
     EVENT_BUDGET,
+    KBAN,
 ];
 
 /// Default sizes (the daemon may override them at load time).
@@ -165,6 +169,9 @@ pub enum BanOrigin {
     Scan = 1,
     /// Made by an operator (`portsentry ban`).
     Manual = 2,
+    /// Made by the XDP program itself, at the probe that reached the trigger; the daemon
+    /// has not responded to it yet (its response rewrites the entry as [`BanOrigin::Scan`]).
+    Kernel = 3,
 }
 
 /// Value of `PS_SOURCES`: what one source has done. Host byte order; timestamps are
@@ -218,9 +225,32 @@ pub struct ScanEvent {
 }
 const _: () = assert!(size_of::<ScanEvent>() == 56);
 
+/// The one entry of `PS_KBAN`: how the program bans a source itself, and the budget it
+/// takes that ban from. Host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct KernelBan {
+    /// How long a ban the program makes lasts (BAN_TIME; 0 = permanent). The daemon
+    /// gives repeat offenders their longer ban when it responds.
+    pub ban_ns: u64,
+    /// SCAN_WINDOW (0 = none): hits spread over longer are the daemon's to judge.
+    pub window_ns: u64,
+    /// MAX_BANS_PER_SEC (0 = unlimited): bans the program may make per second; a source
+    /// over it is left to the daemon's waiting queue.
+    pub per_sec: u64,
+    /// The second `used` counts (CLOCK_MONOTONIC seconds); written by the program.
+    pub second: u64,
+    /// Bans the program made in `second`; written by the program.
+    pub used: u64,
+}
+const _: () = assert!(size_of::<KernelBan>() == 40);
+
 /// `ScanEvent::flags`: the source answered the SYN-ACK challenge (an ACK carrying the
 /// cookie): its address is real, not forged.
 pub const EVENT_VERIFIED: u32 = 1;
+/// `ScanEvent::flags`: the program banned the source at this probe (the kernel-side ban:
+/// the probe and every later packet are dropped; the daemon responds to the ban).
+pub const EVENT_KERNEL_BANNED: u32 = 2;
 /// `SourceStats::flags`: the source has answered the challenge.
 pub const SOURCE_VERIFIED: u8 = 1;
 
@@ -251,6 +281,11 @@ pub const SETTING_VERIFY: u32 = 1 << 2;
 /// `Settings::flags`: `PS_IGNORE` holds a network too wide for `PS_IGN_FILTER`: a
 /// banned packet always looks at the trie.
 pub const SETTING_IGNORE_WIDE: u32 = 1 << 3;
+/// `Settings::flags`: the program bans a TCP source itself at the probe that reaches the
+/// trigger (BLOCK_TCP=1 and KILL_RUN_CMD_FIRST=0), within `PS_KBAN`'s budget.
+pub const SETTING_KBAN_TCP: u32 = 1 << 4;
+/// `Settings::flags`: the same for UDP (BLOCK_UDP=1 and KILL_RUN_CMD_FIRST=0).
+pub const SETTING_KBAN_UDP: u32 = 1 << 5;
 
 /// The challenge cookie of a connection attempt: a keyed hash of its addresses and
 /// ports and a time slot of about 69 s (a cookie is accepted in its slot and the next).
@@ -319,4 +354,5 @@ mod user {
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for EventBudget {}
     unsafe impl aya::Pod for BanSlot {}
+    unsafe impl aya::Pod for KernelBan {}
 }

@@ -48,7 +48,9 @@ pub fn answers_challenge(ctx: &XdpContext, ip: &Ip, l4: &L4, settings: &Settings
     // Reported as what it answers: the SYN probe.
     let mut syn = *l4;
     syn.tcp_flags = tcp_flags::SYN;
-    record_probe(ctx, ip, &syn, ScanType::TcpSyn, true, settings);
+    // A verified source that reaches the trigger here is banned by `record_probe`; this
+    // ACK itself passes (it completes nothing: the challenge was ours).
+    let _ = record_probe(ctx, ip, &syn, ScanType::TcpSyn, true, settings);
     true
 }
 

@@ -17,8 +17,11 @@
 //! `PS_SETTINGS` is read once per packet and passed down. Every packet increments
 //! exactly one verdict-reason counter.
 #![no_std]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 #![no_main]
 
+mod atomic;
 mod bans;
 mod challenge;
 mod frame;
@@ -35,7 +38,7 @@ use portsentry_common::{
     Addr, Counter, ScanType,
     maps::{
         BAN_CACHE_SLOTS, BAN_FILTER_WORDS, BAN_NETS_MAX, BANS_MAX, BanEntry, BanSlot, EVENTS_BYTES,
-        EventBudget, IGNORE_FILTER_WORDS, IGNORE_MAX, PORT_WORDS, SETTING_IGNORE,
+        EventBudget, IGNORE_FILTER_WORDS, IGNORE_MAX, KernelBan, PORT_WORDS, SETTING_IGNORE,
         SETTING_IGNORE_WIDE, SETTING_VERIFY, SOURCES_MAX, Settings, SourceStats, ignore_filter_bit,
     },
     packet::{AddrWords, parse_ip, parse_l4, scan_type},
@@ -72,6 +75,8 @@ static PS_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 static PS_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 #[map]
 static PS_SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+#[map]
+static PS_KBAN: Array<KernelBan> = Array::with_max_entries(1, 0);
 #[map]
 static PS_EV_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
 
@@ -137,7 +142,10 @@ fn inspect(ctx: &XdpContext) -> Counter {
     if has_local_socket(ctx, &ip, &l4) {
         return Counter::PassListening;
     }
-    record_probe(ctx, &ip, &l4, kind, false, settings);
+    if record_probe(ctx, &ip, &l4, kind, false, settings) {
+        // Banned at this probe: it is dropped like every later packet of the source.
+        return Counter::DropBanned;
+    }
     if settings.flags & SETTING_VERIFY != 0
         && kind == ScanType::TcpSyn
         && send_challenge(ctx, &ip, &l4, settings)

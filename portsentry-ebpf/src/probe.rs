@@ -7,13 +7,17 @@ use aya_ebpf::{
 use portsentry_common::{
     Counter, PROTO_TCP, ScanType,
     maps::{
-        EVENT_BUDGET_HITS, EVENT_BURST, EVENT_VERIFIED, SOURCE_VERIFIED, ScanEvent, Settings,
-        SourceStats, UDP_PORT_WORD_BASE,
+        BAN_CACHE_SLOTS, BanEntry, BanOrigin, EVENT_BUDGET_HITS, EVENT_BURST, EVENT_KERNEL_BANNED,
+        EVENT_VERIFIED, SETTING_KBAN_TCP, SETTING_KBAN_UDP, SETTING_VERIFY, SOURCE_VERIFIED,
+        ScanEvent, Settings, SourceStats, UDP_PORT_WORD_BASE, ban_filter_bit,
     },
     packet::{Ip, L4},
 };
 
-use crate::{PS_EV_BUDGET, PS_EVENTS, PS_PORTS, PS_SOURCES, count, key};
+use crate::{
+    PS_BAN_CACHE, PS_BAN_FILTER, PS_BANS, PS_EV_BUDGET, PS_EVENTS, PS_KBAN, PS_PORTS, PS_SOURCES,
+    atomic, count, key,
+};
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
@@ -39,6 +43,8 @@ fn port_bit(port: u16) -> u32 {
 
 /// Counts a probe against its source and, within bounds, reports it to userspace. A
 /// `verified` probe (an answered challenge) marks the source and is always reported.
+/// True when the program banned the source at this probe ([`kernel_ban`]): the caller
+/// drops it.
 #[inline(always)]
 pub fn record_probe(
     ctx: &XdpContext,
@@ -47,7 +53,7 @@ pub fn record_probe(
     kind: ScanType,
     verified: bool,
     settings: &Settings,
-) {
+) -> bool {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let trigger = settings.event_trigger.max(1);
@@ -88,12 +94,26 @@ pub fn record_probe(
             event.hits = stats.hits;
             event.first_ns = stats.first_ns;
             event.distinct_ports = stats.distinct_ports;
-            // A verified answer is always reported: it takes a real round trip.
-            if (verified || wants_event(stats.hits, stats.events, trigger))
+            let banned = stats.hits >= trigger
+                && kernel_ban(
+                    ip,
+                    l4,
+                    kind,
+                    stats.flags & SOURCE_VERIFIED != 0,
+                    stats.first_ns,
+                    now,
+                    settings,
+                );
+            if banned {
+                event.flags |= EVENT_KERNEL_BANNED;
+            }
+            // A verified answer and a ban are always reported.
+            if (banned || verified || wants_event(stats.hits, stats.events, trigger))
                 && send_event(&event, now, settings)
             {
                 stats.events += 1;
             }
+            banned
         }
         None => {
             let mut stats = SourceStats {
@@ -110,7 +130,13 @@ pub fn record_probe(
             if let Some(w) = stats.port_filter.get_mut(word) {
                 *w = mask;
             }
-            if (verified || wants_event(1, 0, trigger)) && send_event(&event, now, settings) {
+            let banned = trigger <= 1 && kernel_ban(ip, l4, kind, verified, now, now, settings);
+            if banned {
+                event.flags |= EVENT_KERNEL_BANNED;
+            }
+            if (banned || verified || wants_event(1, 0, trigger))
+                && send_event(&event, now, settings)
+            {
                 stats.events = 1;
             }
             // By value, `stats` would be copied once more (36 more instructions).
@@ -121,8 +147,95 @@ pub fn record_probe(
             {
                 count(Counter::TrackFailed);
             }
+            banned
         }
     }
+}
+
+/// The kernel-side ban: when the configuration lets the block come first (the
+/// protocol's `SETTING_KBAN_*`), a source that reached the trigger is banned here, at
+/// this probe, within `PS_KBAN`'s MAX_BANS_PER_SEC budget. Under VERIFY_SOURCES only a
+/// verified source; hits spread over more than SCAN_WINDOW are left to the daemon. The
+/// ban goes in as `PS_BANS` entry of origin `Kernel` (filter bit first, cache after, as
+/// userspace orders them); the daemon then responds to it as to its own.
+#[inline(always)]
+fn kernel_ban(
+    ip: &Ip,
+    l4: &L4,
+    kind: ScanType,
+    verified: bool,
+    first_ns: u64,
+    now: u64,
+    settings: &Settings,
+) -> bool {
+    let flag = if l4.proto == PROTO_TCP {
+        SETTING_KBAN_TCP
+    } else {
+        SETTING_KBAN_UDP
+    };
+    if settings.flags & flag == 0 || (settings.flags & SETTING_VERIFY != 0 && !verified) {
+        return false;
+    }
+    let Some(kb) = PS_KBAN.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: a value pointer of a one-entry array; the budget fields are only touched
+    // atomically below, the rest only read.
+    let (ban_ns, window_ns, per_sec) = unsafe { ((*kb).ban_ns, (*kb).window_ns, (*kb).per_sec) };
+    if window_ns != 0 && now.wrapping_sub(first_ns) > window_ns {
+        return false;
+    }
+    if per_sec != 0 {
+        let second = now / NS_PER_SEC;
+        // SAFETY: aligned u64 fields of the map value, shared by every CPU. A new second
+        // resets the count with plain (single-instruction) stores: two CPUs that both
+        // see the new second both reset it, which costs at most a ban or two of slack.
+        unsafe {
+            if (*kb).second != second {
+                (*kb).second = second;
+                (*kb).used = 0;
+            }
+            atomic::add(&raw mut (*kb).used, 1);
+            // Read after the add: concurrent bans may each see the other's, which can
+            // refuse one too many but never lets one too many through.
+            if core::ptr::read_volatile(&raw const (*kb).used) > per_sec {
+                count(Counter::KernelBanDeferred);
+                return false;
+            }
+        }
+    }
+    let entry = BanEntry {
+        expires_ns: if ban_ns == 0 { 0 } else { now + ban_ns },
+        since_ns: now,
+        port: l4.dst_port,
+        scan_type: kind as u8,
+        origin: BanOrigin::Kernel as u8,
+        count: 0,
+    };
+    let bit = ban_filter_bit(&ip.src);
+    if let Some(word) = PS_BAN_FILTER.get_ptr_mut(bit >> 6) {
+        // SAFETY: an aligned u64 of the array, shared by every CPU.
+        unsafe { atomic::or(word, 1u64 << (bit & 63)) };
+    }
+    // Never over an existing ban (an operator's, or one being lifted), never when full.
+    if PS_BANS
+        .insert(key(&ip.src), &entry, BPF_NOEXIST as u64)
+        .is_err()
+    {
+        return false;
+    }
+    if let Some(slot) = PS_BAN_CACHE.get_ptr_mut(bit & (BAN_CACHE_SLOTS - 1)) {
+        // SAFETY: a value pointer of the array; a racing writer leaves a slot that is
+        // either free, this ban, or another ban (each valid: the hash is the truth).
+        let slot = unsafe { &mut *slot };
+        if slot.used == 0 {
+            slot.addr = ip.src;
+            slot.expires_ns = entry.expires_ns;
+            slot.used = 1;
+        }
+    }
+    count(Counter::KernelBanned);
+    true
 }
 
 /// Reports every probe from the trigger on for `EVENT_BURST` events, then only at hit

@@ -116,6 +116,9 @@ pub fn origin_name(o: BanOrigin) -> &'static str {
     match o {
         BanOrigin::Scan => "scan",
         BanOrigin::Manual => "manual",
+        // A ban the kernel made and the daemon has not responded to (never in the
+        // daemon's records: it responds, and the ban becomes a scan ban).
+        BanOrigin::Kernel => "kernel",
     }
 }
 

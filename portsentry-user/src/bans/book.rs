@@ -106,6 +106,25 @@ impl Book {
         Ok(())
     }
 
+    /// Takes over a ban the program made itself at the trigger (it is in the kernel
+    /// already): the guard first, and a ban it refuses is lifted from the kernel; then
+    /// the entry is rewritten as `ban` (its length, its origin) and recorded.
+    pub fn adopt(&mut self, ban: Ban) -> Result<()> {
+        if let Err(refusal) = self.guard.check(&ban.net, false) {
+            if let Some(dp) = &mut self.dp {
+                dp.remove_ban(&ban.net)?;
+            }
+            return Err(refusal.into());
+        }
+        if let Some(dp) = &mut self.dp {
+            dp.adopt_kernel_ban(&ban.net, &ban.kernel_entry())?;
+            dp.forget_source(ban.net.addr())?;
+        }
+        self.store.insert(ban);
+        self.dirty = true;
+        Ok(())
+    }
+
     /// Lifts the ban of exactly `net`; the ban that was in force, if any.
     pub fn lift(&mut self, net: &IpNet) -> Result<Option<Ban>> {
         if let Some(dp) = &mut self.dp {

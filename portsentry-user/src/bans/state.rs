@@ -202,6 +202,9 @@ pub struct Reconciled {
     pub expired: Vec<Ban>,
     /// Kernel bans the file did not know (made just before a crash).
     pub adopted: Vec<IpNet>,
+    /// Bans the program made itself at the trigger that no daemon responded to yet
+    /// (origin `Kernel`): in the kernel, not in `store`; the daemon responds to them.
+    pub pending: Vec<(IpNet, BanEntry)>,
 }
 
 /// Merges the file's bans with the kernel's: a ban in either is kept (the kernel entry
@@ -230,6 +233,10 @@ pub fn reconcile(
     }
     for (net, entry) in kernel {
         if saved.get(net).is_some() {
+            continue;
+        }
+        if entry.origin == BanOrigin::Kernel as u8 {
+            out.pending.push((*net, *entry));
             continue;
         }
         let ban = ban_from_kernel(*net, entry, tcp_mode, udp_mode);
@@ -390,13 +397,19 @@ mod tests {
             origin: BanOrigin::Scan as u8,
             count: 1,
         };
+        let pending = BanEntry {
+            origin: BanOrigin::Kernel as u8,
+            ..live
+        };
         let kernel = vec![
             ("192.0.2.1/32".parse().unwrap(), live),
             ("192.0.2.4/32".parse().unwrap(), live), // made just before a crash
+            ("192.0.2.5/32".parse().unwrap(), pending), // made by the program, no response yet
         ];
         let r = reconcile(saved, &kernel, now, ModeToken::Atcp, ModeToken::Audp);
         assert_eq!(r.to_insert, vec!["192.0.2.2/32".parse::<IpNet>().unwrap()]);
         assert_eq!(r.adopted, vec!["192.0.2.4/32".parse::<IpNet>().unwrap()]);
+        assert_eq!(r.pending, vec![("192.0.2.5/32".parse().unwrap(), pending)]);
         assert_eq!(r.expired.len(), 1);
         assert_eq!(r.store.len(), 3);
         let adopted = r.store.get(&"192.0.2.4/32".parse().unwrap()).unwrap();

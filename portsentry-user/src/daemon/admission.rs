@@ -40,6 +40,13 @@ impl Admission {
         }
     }
 
+    /// Counts a ban the program made itself from its own budget in second `now_secs`, so
+    /// that the daemon's bans in that second leave room for it.
+    pub fn count_kernel_ban(&mut self, now_secs: u64) {
+        self.budget.roll(now_secs);
+        self.budget.used = self.budget.used.saturating_add(1);
+    }
+
     /// Removes and returns the `n` most persistent waiting scanners.
     pub fn take_waiting(&mut self, n: usize) -> Vec<(ProbeEvent, ModeToken)> {
         self.waiting.take_best(n)
@@ -102,13 +109,18 @@ struct BanBudget {
 }
 
 impl BanBudget {
-    /// True when one more ban fits in this second (`limit` 0: unlimited).
-    fn take(&mut self, limit: u32, now_secs: u64) -> bool {
+    /// Starts a new window when the second changed.
+    fn roll(&mut self, now_secs: u64) {
         if now_secs != self.window {
             self.window = now_secs;
             self.used = 0;
             self.refused = 0;
         }
+    }
+
+    /// True when one more ban fits in this second (`limit` 0: unlimited).
+    fn take(&mut self, limit: u32, now_secs: u64) -> bool {
+        self.roll(now_secs);
         if limit != 0 && self.used >= limit {
             self.refused += 1;
             return false;
@@ -134,6 +146,7 @@ mod tests {
             first_ns: 0,
             ifindex: 0,
             verified: false,
+            kernel_banned: false,
         }
     }
 
@@ -192,5 +205,11 @@ mod tests {
         assert_eq!((waiting[0].0.hits, waiting[0].1), (4, ModeToken::Atcp));
         assert_eq!(a.take_waiting(10).len(), 1);
         assert_eq!(a.admit(1, 6, ev(2, 4), ModeToken::Atcp), Admit::Now);
+        // A ban the program made counts against the same second's budget.
+        a.count_kernel_ban(7);
+        assert_eq!(
+            a.admit(1, 7, ev(3, 2), ModeToken::Atcp),
+            Admit::Wait { first: true }
+        );
     }
 }

@@ -7,12 +7,15 @@ use std::{sync::Arc, time::Duration};
 
 use portsentry_common::{
     ScanType,
-    maps::{SOURCE_VERIFIED, ScanEvent},
+    maps::{BanEntry, SOURCE_VERIFIED, ScanEvent},
 };
 
 use super::{Shared, event::ProbeEvent, respond};
+use ipnet::IpNet;
+
 use crate::{
-    config::{BlockMode, Config},
+    config::{BlockMode, Config, effective::Effective},
+    kernel::configure,
     report::alert,
 };
 
@@ -78,6 +81,10 @@ pub(super) fn on_event(shared: &Arc<Shared>, raw: &ScanEvent) {
         return;
     };
     let super::Current { eff, rules } = shared.current();
+    if ev.kernel_banned {
+        kernel_banned(shared, &eff, &rules, ev);
+        return;
+    }
     let Some(mode) = eff.mode_token(ev.proto()) else {
         return;
     };
@@ -118,6 +125,89 @@ pub(super) fn on_event(shared: &Arc<Shared>, raw: &ScanEvent) {
     }
 }
 
+/// A source the program banned itself at the trigger. The configuration in force (a
+/// reload may have come between) and the ignore list decide: the daemon responds to the
+/// ban as to its own, or lifts it, says so, and treats the probe as the configuration
+/// now says.
+fn kernel_banned(shared: &Arc<Shared>, eff: &Arc<Effective>, rules: &Rules, ev: ProbeEvent) {
+    if shared
+        .handled
+        .lock()
+        .expect("handled lock")
+        .contains(&ev.ip)
+    {
+        // Responded to already (an event that waited in the ring over a restart).
+        return;
+    }
+    let mode = eff.mode_token(ev.proto());
+    let ignored = eff.is_ignored(ev.ip);
+    if let Some(mode) = mode.filter(|_| !ignored && configure::kernel_bans(eff, ev.proto())) {
+        respond::act_banned(shared, eff, ev, mode);
+        return;
+    }
+    let why = if ignored {
+        "it is in the ignore list"
+    } else {
+        "the configuration in force does not ban at the trigger"
+    };
+    let lifted = match shared.book().dp.as_mut() {
+        Some(dp) => dp.remove_ban(&IpNet::from(ev.ip)),
+        None => Ok(false),
+    };
+    match lifted {
+        Ok(_) => shared.log.warn(&format!(
+            "portsentry: lifted the ban the kernel made of {}: {why}",
+            ev.ip
+        )),
+        Err(e) => shared.log.warn(&format!(
+            "portsentry: lifting the ban the kernel made of {}: {e:#}",
+            ev.ip
+        )),
+    }
+    let Some(mode) = mode else {
+        return;
+    };
+    let ev = ProbeEvent {
+        kernel_banned: false,
+        ..ev
+    };
+    if rules.judge(&ev, ignored, shared.is_handled(ev.ip)) == Verdict::Act {
+        respond::act(shared, eff, ev, mode, eff.block_mode(ev.proto()));
+    }
+}
+
+/// Responds to the bans the program made at the trigger while no daemon ran (or whose
+/// event was lost): as to their event, dated when the kernel made them.
+pub(super) fn respond_to_pending(shared: &Arc<Shared>, pending: &[(IpNet, BanEntry)]) {
+    let super::Current { eff, rules } = shared.current();
+    for (net, e) in pending {
+        let Some(scan_type) = ScanType::from_u8(e.scan_type) else {
+            continue;
+        };
+        let ev = ProbeEvent {
+            ip: net.addr(),
+            port: e.port,
+            scan_type,
+            tcp_flags: scan_type.example_flags(),
+            hits: rules.trigger(),
+            distinct_ports: 1,
+            ts_ns: e.since_ns,
+            first_ns: e.since_ns,
+            ifindex: 0,
+            verified: true,
+            kernel_banned: true,
+        };
+        kernel_banned(shared, &eff, &rules, ev);
+    }
+    if !pending.is_empty() {
+        shared.log.notice(&format!(
+            "portsentry: {} sources banned by the kernel while no daemon responded; \
+             responding now",
+            pending.len()
+        ));
+    }
+}
+
 /// Acts on sources the kernel counted past SCAN_TRIGGER that are not banned: their
 /// event was read by a daemon that died before it banned them (or was lost). A banned
 /// source's entry is removed when it is banned, so what is left here was never acted
@@ -144,13 +234,14 @@ pub(super) fn recover_detected(shared: &Arc<Shared>) {
             first_ns: st.first_ns,
             ifindex: 0,
             verified: st.flags & SOURCE_VERIFIED != 0,
+            kernel_banned: false,
         };
         let Some(mode) = eff.mode_token(ev.proto()) else {
             continue;
         };
         let block = eff.block_mode(ev.proto());
         if block != BlockMode::Block
-            || shared.book().covers(ip)
+            || shared.is_handled(ip)
             || (eff.config.verify_sources && !ev.verified)
         {
             continue;
@@ -184,6 +275,7 @@ mod tests {
             first_ns: 10_000_000_000,
             ifindex: 2,
             verified: false,
+            kernel_banned: false,
         }
     }
 

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use portsentry_common::{
     ScanType,
-    maps::{EVENT_VERIFIED, ScanEvent},
+    maps::{EVENT_KERNEL_BANNED, EVENT_VERIFIED, ScanEvent},
 };
 
 use crate::{kernel::addr, kinds::Protocol};
@@ -23,6 +23,8 @@ pub struct ProbeEvent {
     pub ifindex: u32,
     /// The source answered the SYN-ACK challenge (VERIFY_SOURCES).
     pub verified: bool,
+    /// The program banned the source at this probe (the kernel-side ban).
+    pub kernel_banned: bool,
 }
 
 impl ProbeEvent {
@@ -39,6 +41,7 @@ impl ProbeEvent {
             first_ns: e.first_ns,
             ifindex: e.ifindex,
             verified: e.flags & EVENT_VERIFIED != 0,
+            kernel_banned: e.flags & EVENT_KERNEL_BANNED != 0,
         })
     }
 

@@ -152,7 +152,8 @@ pub async fn run(
     // advanced mode's token.
     let tcp_mode = eff.mode_token(Protocol::Tcp).unwrap_or(ModeToken::Atcp);
     let udp_mode = eff.mode_token(Protocol::Udp).unwrap_or(ModeToken::Audp);
-    let r = state::reconcile(saved, &kernel_bans, SystemTime::now(), tcp_mode, udp_mode);
+    let mut r = state::reconcile(saved, &kernel_bans, SystemTime::now(), tcp_mode, udp_mode);
+    let pending = std::mem::take(&mut r.pending);
     for net in &r.to_insert {
         let ban = r.store.get(net).expect("reconciled ban");
         dp.insert_ban(net, &ban.kernel_entry())?;
@@ -199,6 +200,8 @@ pub async fn run(
     }
     // Bans kept from before (the state file, the pinned maps) that the guard refuses now.
     upkeep::enforce_guard(&shared, "at start");
+    // The kernel's own bans first: recovering the sources it counted skips them.
+    detect::respond_to_pending(&shared, &pending);
     detect::recover_detected(&shared);
     if let Some(addr) = c.metrics_address {
         let s = shared.clone();

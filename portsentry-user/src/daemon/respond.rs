@@ -69,6 +69,38 @@ pub(super) fn act(
     });
 }
 
+/// Starts the response to a source the program banned itself at the trigger: the ban
+/// took the kernel's MAX_BANS_PER_SEC budget, which the daemon's own bans in that second
+/// leave room for; the response is the same as to the daemon's own ban, dated when the
+/// kernel made it, with the XDP step already done.
+pub(super) fn act_banned(
+    shared: &Arc<Shared>,
+    eff: &Arc<Effective>,
+    ev: ProbeEvent,
+    mode: ModeToken,
+) {
+    let now = SystemTime::now();
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    shared
+        .admission
+        .lock()
+        .expect("admission lock")
+        .count_kernel_ban(secs);
+    shared.handled.lock().expect("handled lock").insert(ev.ip);
+    let since = crate::clock::to_system(ev.ts_ns);
+    let shared = shared.clone();
+    let eff = eff.clone();
+    tokio::spawn(async move {
+        let Ok(_permit) = shared.jobs.clone().acquire_owned().await else {
+            return;
+        };
+        respond(&shared, &eff, ev, mode, BlockMode::Block, since).await;
+    });
+}
+
 /// Bans the scanners that waited for the budget, the most persistent first.
 pub(super) fn drain_waiting(shared: &Arc<Shared>) {
     let eff = shared.eff();
@@ -197,10 +229,24 @@ fn scan_ban(
         mode,
     });
     let ban = book.new_ban(&eff.config, IpNet::from(ev.ip), cause, None, now);
-    match book.put(ban, false) {
+    // A ban the program made at the trigger is in force already: taken over, or lifted
+    // when the guard refuses it.
+    let put = if ev.kernel_banned {
+        book.adopt(ban)
+    } else {
+        book.put(ban, false)
+    };
+    match put {
         Ok(()) => {
             shared.metrics.ban_added(BanOrigin::Scan);
             true
+        }
+        Err(e) if ev.kernel_banned => {
+            shared.log.warn(&format!(
+                "portsentry: lifted the ban the kernel made of {}: {e:#}",
+                ev.ip
+            ));
+            false
         }
         Err(e) => {
             shared.metrics.ban_failed();

@@ -131,6 +131,18 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Takes over a ban the program made itself (origin `Kernel`): it counts the ban's
+    /// filter bit as one of its own (the program set the bit without telling anyone)
+    /// and rewrites the entry as `entry` (the daemon's length and origin). Counting a bit
+    /// twice only keeps it set longer; never counting it could clear it under the ban.
+    pub fn adopt_kernel_ban(&mut self, net: &IpNet, entry: &BanEntry) -> Result<()> {
+        let (_, key) = addr::net_key(net);
+        let bit = filter_bit(&key);
+        *self.filter_users.entry(bit).or_insert(0) += 1;
+        self.set_filter_bit(bit, true)?;
+        self.insert_ban(net, entry)
+    }
+
     /// Removes the ban of exactly `net`; false when there was none.
     pub fn remove_ban(&mut self, net: &IpNet) -> Result<bool> {
         let (len, key) = addr::net_key(net);

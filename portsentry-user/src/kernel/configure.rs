@@ -2,10 +2,36 @@
 //! runtime settings and ignore list written into the maps (at start and on reload).
 
 use anyhow::Result;
-use portsentry_common::maps::{SETTING_VERIFY, Settings};
+use portsentry_common::maps::{
+    KernelBan, SETTING_KBAN_TCP, SETTING_KBAN_UDP, SETTING_VERIFY, Settings,
+};
 
 use super::{Dataplane, MapSizes};
-use crate::config::effective::Effective;
+use crate::{
+    config::{BlockMode, effective::Effective},
+    kinds::Protocol,
+};
+
+/// Whether the program bans a source of `proto` itself at the probe that reaches the
+/// trigger: when the configuration lets the block come first (BLOCK_TCP/BLOCK_UDP = 1,
+/// KILL_RUN_CMD_FIRST = 0) and the protocol is watched. Otherwise the daemon decides.
+pub fn kernel_bans(eff: &Effective, proto: Protocol) -> bool {
+    eff.block_mode(proto) == BlockMode::Block
+        && !eff.config.kill_run_cmd_first
+        && eff.mode_token(proto).is_some()
+}
+
+/// The kernel-side ban's settings (`PS_KBAN`).
+pub fn kernel_ban(eff: &Effective) -> KernelBan {
+    let ns = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    KernelBan {
+        ban_ns: ns(eff.config.ban_time),
+        window_ns: ns(eff.config.scan_window),
+        per_sec: u64::from(eff.config.max_bans_per_sec),
+        second: 0,
+        used: 0,
+    }
+}
 
 /// The kernel's runtime settings for a configuration; `secret` keys the challenge
 /// cookies.
@@ -15,11 +41,14 @@ pub fn kernel_settings(eff: &Effective, secret: u64) -> Settings {
         event_trigger: eff.config.scan_trigger.max(1),
         events_per_sec: rate,
         event_burst: rate,
-        flags: if eff.config.verify_sources {
-            SETTING_VERIFY
-        } else {
-            0
-        },
+        flags: [
+            (eff.config.verify_sources, SETTING_VERIFY),
+            (kernel_bans(eff, Protocol::Tcp), SETTING_KBAN_TCP),
+            (kernel_bans(eff, Protocol::Udp), SETTING_KBAN_UDP),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .fold(0, |flags, (_, flag)| flags | flag),
         cookie_secret: secret,
     }
 }
@@ -41,6 +70,7 @@ pub fn apply(dp: &mut Dataplane, eff: &Effective) -> Result<()> {
         0 => random_secret(),
         s => s,
     };
+    dp.write_kernel_ban(kernel_ban(eff))?;
     dp.write_settings(kernel_settings(eff, secret))?;
     dp.replace_ignore(&eff.ignored_nets())?;
     Ok(())

@@ -17,8 +17,8 @@ use ipnet::{IpNet, Ipv6Net};
 use portsentry_common::{
     Addr, Counter,
     maps::{
-        self, BanEntry, BanSlot, IGNORE_FILTER_WORDS, SETTING_IGNORE, SETTING_IGNORE_WIDE,
-        Settings, SourceStats, ignore_filter_bit,
+        self, BanEntry, BanSlot, IGNORE_FILTER_WORDS, KernelBan, SETTING_IGNORE,
+        SETTING_IGNORE_WIDE, Settings, SourceStats, ignore_filter_bit,
     },
     packet::AddrWords,
 };
@@ -39,6 +39,8 @@ pub(super) struct Maps {
     pub sources: HashMap<MapData, Addr, SourceStats>,
     pub counters: PerCpuArray<MapData, u64>,
     pub settings: Array<MapData, Settings>,
+    /// `None` for an object built before the kernel-side ban (the bench loads one).
+    pub kban: Option<Array<MapData, KernelBan>>,
     /// The event ring buffer, until the daemon takes it.
     pub events: Option<RingBuf<MapData>>,
     /// Kernel memory charged to each map (`memlock` in its fdinfo), in bytes.
@@ -55,6 +57,7 @@ impl Maps {
             .remove(maps::IGNORE_FILTER)
             .map(Array::try_from)
             .transpose()?;
+        let kban = named.remove(maps::KBAN).map(Array::try_from).transpose()?;
         let mut take = |name: &'static str| {
             named
                 .remove(name)
@@ -71,6 +74,7 @@ impl Maps {
             sources: HashMap::try_from(take(maps::SOURCES)?)?,
             counters: PerCpuArray::try_from(take(maps::COUNTERS)?)?,
             settings: Array::try_from(take(maps::SETTINGS)?)?,
+            kban,
             events: Some(RingBuf::try_from(take(maps::EVENTS)?)?),
             memory,
         })
@@ -141,7 +145,7 @@ impl Dataplane {
     /// Writes the runtime settings. The presence flags (`SETTING_PREFIX_BANS`,
     /// `SETTING_IGNORE`) are kept by this type itself and are not taken from `s`.
     pub fn write_settings(&mut self, s: Settings) -> Result<()> {
-        let presence = maps::SETTING_PREFIX_BANS | SETTING_IGNORE;
+        let presence = maps::SETTING_PREFIX_BANS | SETTING_IGNORE | SETTING_IGNORE_WIDE;
         let keep = self.settings.flags & presence;
         let s = Settings {
             flags: (s.flags & !presence) | keep,
@@ -152,6 +156,24 @@ impl Dataplane {
 
     pub fn settings(&self) -> Settings {
         self.settings
+    }
+
+    /// The kernel-side ban's settings and budget as the program holds them.
+    pub fn kernel_ban(&self) -> Result<Option<KernelBan>> {
+        self.maps
+            .kban
+            .as_ref()
+            .map(|a| a.get(&0, 0))
+            .transpose()
+            .map_err(Into::into)
+    }
+
+    /// Writes the kernel-side ban's settings (and starts its budget afresh).
+    pub fn write_kernel_ban(&mut self, kb: KernelBan) -> Result<()> {
+        if let Some(a) = &mut self.maps.kban {
+            a.set(0, kb, 0).context("writing PS_KBAN")?;
+        }
+        Ok(())
     }
 
     fn store_settings(&mut self, s: Settings) -> Result<()> {

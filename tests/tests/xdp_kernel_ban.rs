@@ -1,0 +1,169 @@
+//! The kernel-side ban through BPF_PROG_TEST_RUN: the probe that reaches the trigger is
+//! dropped and its source banned in the same run, within the kernel's MAX_BANS_PER_SEC,
+//! only for the protocols whose configuration lets the block come first, only for
+//! verified sources under VERIFY_SOURCES, and not for hits spread past SCAN_WINDOW.
+
+use ipnet::IpNet;
+use portsentry_common::{
+    Counter,
+    maps::{
+        BanOrigin, EVENT_KERNEL_BANNED, KernelBan, SETTING_KBAN_TCP, SETTING_KBAN_UDP,
+        SETTING_VERIFY, Settings,
+    },
+};
+use portsentry_tests::{
+    fixture::Fixture,
+    frames::{Frame, flags::*},
+    probe_asserts::{V4_DST, V6_DST, ip, pairs},
+    require_kernel,
+    testrun::{XDP_DROP, XDP_PASS},
+};
+
+fn fixture(trigger: u32, flags: u32, kb: KernelBan) -> Fixture {
+    let mut fx = Fixture::with_settings(Settings {
+        event_trigger: trigger,
+        events_per_sec: 0,
+        event_burst: 0,
+        flags,
+        cookie_secret: 0,
+    });
+    fx.dp.write_kernel_ban(kb).unwrap();
+    fx
+}
+
+#[test]
+fn the_probe_that_reaches_the_trigger_is_dropped_and_its_source_banned() {
+    require_kernel!();
+    for trigger in [1u32, 3] {
+        let mut fx = fixture(trigger, SETTING_KBAN_TCP, KernelBan::default());
+        for (src, dst) in pairs() {
+            for port in 1..trigger as u16 {
+                fx.expect(
+                    &Frame::tcp(src, dst, port, SYN).build(),
+                    XDP_PASS,
+                    Counter::PassProbe,
+                );
+            }
+            let o = fx.expect(
+                &Frame::tcp(src, dst, 40, SYN).build(),
+                XDP_DROP,
+                Counter::DropBanned,
+            );
+            assert_eq!(o.delta.get(Counter::KernelBanned), 1);
+            let ban = fx.dp.ban(&IpNet::from(src)).unwrap().expect("banned");
+            assert_eq!(ban.origin, BanOrigin::Kernel as u8);
+            assert_eq!((ban.port, ban.expires_ns), (40, 0));
+            let ev = fx.drain_events();
+            let last = ev.last().expect("an event");
+            assert_ne!(last.flags & EVENT_KERNEL_BANNED, 0, "the ban is reported");
+            assert_eq!(last.hits, trigger);
+            // Every later packet of the source is dropped, a conversation's too.
+            fx.expect(
+                &Frame::tcp(src, dst, 443, ACK).build(),
+                XDP_DROP,
+                Counter::DropBanned,
+            );
+            fx.expect(
+                &Frame::udp(src, dst, 53).build(),
+                XDP_DROP,
+                Counter::DropBanned,
+            );
+        }
+    }
+}
+
+#[test]
+fn only_the_protocols_whose_block_comes_first() {
+    require_kernel!();
+    let mut fx = fixture(1, SETTING_KBAN_UDP, KernelBan::default());
+    let (src, dst) = (ip("192.0.2.7"), ip(V4_DST));
+    let o = fx.expect(
+        &Frame::tcp(src, dst, 22, SYN).build(),
+        XDP_PASS,
+        Counter::PassProbe,
+    );
+    assert_eq!(o.delta.get(Counter::KernelBanned), 0);
+    assert!(fx.dp.ban(&IpNet::from(src)).unwrap().is_none());
+    fx.expect(
+        &Frame::udp(src, dst, 53).build(),
+        XDP_DROP,
+        Counter::DropBanned,
+    );
+    // With neither flag nothing is banned in the kernel (the daemon decides).
+    let mut fx = fixture(1, 0, KernelBan::default());
+    fx.expect(
+        &Frame::udp(src, dst, 53).build(),
+        XDP_PASS,
+        Counter::PassProbe,
+    );
+    assert!(fx.dp.ban(&IpNet::from(src)).unwrap().is_none());
+}
+
+#[test]
+fn max_bans_per_sec_holds_in_the_kernel_and_length_and_window_apply() {
+    require_kernel!();
+    let kb = KernelBan {
+        per_sec: 2,
+        ban_ns: 3_600_000_000_000,
+        ..KernelBan::default()
+    };
+    let mut fx = fixture(1, SETTING_KBAN_TCP, kb);
+    let dst = ip(V4_DST);
+    let mut banned = 0;
+    let mut deferred = 0;
+    for i in 0..5u8 {
+        let src = ip(&format!("198.51.100.{}", 10 + i));
+        let o = fx.run(&Frame::tcp(src, dst, 22, SYN).build());
+        banned += o.delta.get(Counter::KernelBanned);
+        deferred += o.delta.get(Counter::KernelBanDeferred);
+        if o.delta.get(Counter::KernelBanDeferred) == 1 {
+            // Left to the daemon: passed, counted, reported without the ban flag.
+            assert_eq!(o.retval, XDP_PASS);
+            let ev = fx.drain_events();
+            assert_eq!(ev.last().unwrap().flags & EVENT_KERNEL_BANNED, 0);
+        }
+    }
+    // Five sources inside one second (a test run is microseconds): two banned.
+    let state = fx.dp.kernel_ban().unwrap().unwrap();
+    assert_eq!((banned, deferred), (2, 3), "{state:?}");
+    let ban = fx
+        .dp
+        .ban(&IpNet::from(ip("198.51.100.10")))
+        .unwrap()
+        .unwrap();
+    assert!(
+        ban.expires_ns > ban.since_ns + 3_599_000_000_000,
+        "BAN_TIME applies"
+    );
+
+    // Hits spread over more than SCAN_WINDOW are the daemon's to judge.
+    let kb = KernelBan {
+        window_ns: 1,
+        ..KernelBan::default()
+    };
+    let mut fx = fixture(2, SETTING_KBAN_TCP, kb);
+    let src = ip("2001:db8::9");
+    fx.expect(
+        &Frame::tcp(src, ip(V6_DST), 22, SYN).build(),
+        XDP_PASS,
+        Counter::PassProbe,
+    );
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    fx.expect(
+        &Frame::tcp(src, ip(V6_DST), 23, SYN).build(),
+        XDP_PASS,
+        Counter::PassProbe,
+    );
+    assert!(fx.dp.ban(&IpNet::from(src)).unwrap().is_none());
+}
+
+#[test]
+fn under_verify_sources_only_verified_sources_are_banned() {
+    require_kernel!();
+    let mut fx = fixture(1, SETTING_KBAN_TCP | SETTING_VERIFY, KernelBan::default());
+    let (src, dst) = (ip("192.0.2.7"), ip(V4_DST));
+    // An unverified SYN is challenged, never banned (it may be forged).
+    let o = fx.run(&Frame::tcp(src, dst, 22, SYN).build());
+    assert_eq!(o.delta.get(Counter::KernelBanned), 0);
+    assert!(fx.dp.ban(&IpNet::from(src)).unwrap().is_none());
+}
