@@ -45,8 +45,12 @@ pub const SETTINGS: &str = "PS_SETTINGS";
 /// Per-CPU event budget (token bucket). `PerCpuArray<EventBudget>` with one entry.
 pub const EVENT_BUDGET: &str = "PS_EV_BUDGET";
 /// The kernel-side ban's settings and its MAX_BANS_PER_SEC budget. `Array<KernelBan>`
-/// with one entry, shared by every CPU.
+/// with two entries, shared by every CPU: [`KBAN_PROGRAM`], the settings and the bans the
+/// program made this second; [`KBAN_DAEMON`], the bans the daemon made this second
+/// (only `second` and `used`): one budget for both.
 pub const KBAN: &str = "PS_KBAN";
+pub const KBAN_PROGRAM: u32 = 0;
+pub const KBAN_DAEMON: u32 = 1;
 
 /// Every map name, for pinning and clean-up.
 pub const ALL: [&str; 13] = [
@@ -238,12 +242,16 @@ pub struct KernelBan {
     /// MAX_BANS_PER_SEC (0 = unlimited): bans the program may make per second; a source
     /// over it is left to the daemon's waiting queue.
     pub per_sec: u64,
-    /// The second `used` counts (CLOCK_MONOTONIC seconds); written by the program.
+    /// Wall clock minus CLOCK_MONOTONIC, so that the budget's seconds are the wall
+    /// clock's (the daemon's, and those of the bans' `since` times).
+    pub wall_offset_ns: u64,
+    /// The second (Unix time) `used` counts.
     pub second: u64,
-    /// Bans the program made in `second`; written by the program.
+    /// Bans made in `second` (by the program in the first entry, by the daemon in the
+    /// second).
     pub used: u64,
 }
-const _: () = assert!(size_of::<KernelBan>() == 40);
+const _: () = assert!(size_of::<KernelBan>() == 48);
 
 /// `ScanEvent::flags`: the source answered the SYN-ACK challenge (an ACK carrying the
 /// cookie): its address is real, not forged.

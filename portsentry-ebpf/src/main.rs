@@ -76,7 +76,7 @@ static PS_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::CO
 #[map]
 static PS_SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 #[map]
-static PS_KBAN: Array<KernelBan> = Array::with_max_entries(1, 0);
+static PS_KBAN: Array<KernelBan> = Array::with_max_entries(2, 0);
 #[map]
 static PS_EV_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
 

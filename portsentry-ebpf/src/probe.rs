@@ -8,8 +8,9 @@ use portsentry_common::{
     Counter, PROTO_TCP, ScanType,
     maps::{
         BAN_CACHE_SLOTS, BanEntry, BanOrigin, EVENT_BUDGET_HITS, EVENT_BURST, EVENT_KERNEL_BANNED,
-        EVENT_VERIFIED, SETTING_KBAN_TCP, SETTING_KBAN_UDP, SETTING_VERIFY, SOURCE_VERIFIED,
-        ScanEvent, Settings, SourceStats, UDP_PORT_WORD_BASE, ban_filter_bit,
+        EVENT_VERIFIED, KBAN_DAEMON, KBAN_PROGRAM, SETTING_KBAN_TCP, SETTING_KBAN_UDP,
+        SETTING_VERIFY, SOURCE_VERIFIED, ScanEvent, Settings, SourceStats, UDP_PORT_WORD_BASE,
+        ban_filter_bit,
     },
     packet::{Ip, L4},
 };
@@ -176,17 +177,29 @@ fn kernel_ban(
     if settings.flags & flag == 0 || (settings.flags & SETTING_VERIFY != 0 && !verified) {
         return false;
     }
-    let Some(kb) = PS_KBAN.get_ptr_mut(0) else {
+    let Some(kb) = PS_KBAN.get_ptr_mut(KBAN_PROGRAM) else {
         return false;
     };
-    // SAFETY: a value pointer of a one-entry array; the budget fields are only touched
-    // atomically below, the rest only read.
-    let (ban_ns, window_ns, per_sec) = unsafe { ((*kb).ban_ns, (*kb).window_ns, (*kb).per_sec) };
+    // SAFETY: a value pointer of the array; the budget fields are only touched as below,
+    // the rest only read.
+    let (ban_ns, window_ns, per_sec, offset) = unsafe {
+        (
+            (*kb).ban_ns,
+            (*kb).window_ns,
+            (*kb).per_sec,
+            (*kb).wall_offset_ns,
+        )
+    };
     if window_ns != 0 && now.wrapping_sub(first_ns) > window_ns {
         return false;
     }
     if per_sec != 0 {
-        let second = now / NS_PER_SEC;
+        let second = now.wrapping_add(offset) / NS_PER_SEC;
+        // The daemon's bans of this second share the budget.
+        let daemon = match PS_KBAN.get(KBAN_DAEMON) {
+            Some(d) if d.second == second => d.used,
+            _ => 0,
+        };
         // SAFETY: aligned u64 fields of the map value, shared by every CPU. A new second
         // resets the count with plain (single-instruction) stores: two CPUs that both
         // see the new second both reset it, which costs at most a ban or two of slack.
@@ -198,7 +211,7 @@ fn kernel_ban(
             atomic::add(&raw mut (*kb).used, 1);
             // Read after the add: concurrent bans may each see the other's, which can
             // refuse one too many but never lets one too many through.
-            if core::ptr::read_volatile(&raw const (*kb).used) > per_sec {
+            if core::ptr::read_volatile(&raw const (*kb).used) + daemon > per_sec {
                 count(Counter::KernelBanDeferred);
                 return false;
             }

@@ -349,7 +349,19 @@ fn metrics_endpoint_counts_what_was_sent() {
         metric(&body, "portsentry_packets_total{reason=\"drop_banned\"} ") >= 10,
         "{body}"
     );
-    assert!(metric(&body, "portsentry_packets_total{reason=\"pass_probe\"} ") >= 1);
+    // The probe itself was dropped: the program banned its source at the trigger.
+    assert_eq!(
+        metric(&body, "portsentry_packets_total{reason=\"pass_probe\"} "),
+        0
+    );
+    assert_eq!(
+        metric(
+            &body,
+            "portsentry_kernel_events_total{event=\"kernel_banned\"} "
+        ),
+        1,
+        "{body}"
+    );
     assert_eq!(metric(&body, "portsentry_bans_active "), 1);
     assert_eq!(
         metric(&body, "portsentry_bans_added_total{origin=\"scan\"} "),

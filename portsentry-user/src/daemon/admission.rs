@@ -29,9 +29,17 @@ pub(super) struct Admission {
 
 impl Admission {
     /// Takes one ban from second `now_secs`'s budget of `limit` (0: unlimited) for `ev`,
-    /// or puts the scanner on the waiting list.
-    pub fn admit(&mut self, limit: u32, now_secs: u64, ev: ProbeEvent, mode: ModeToken) -> Admit {
-        if self.budget.take(limit, now_secs) {
+    /// of which the program's own bans took `kernel` already, or puts the scanner on the
+    /// waiting list.
+    pub fn admit(
+        &mut self,
+        limit: u32,
+        now_secs: u64,
+        kernel: u32,
+        ev: ProbeEvent,
+        mode: ModeToken,
+    ) -> Admit {
+        if self.budget.take(limit, now_secs, kernel) {
             return Admit::Now;
         }
         self.waiting.offer(ev, mode);
@@ -40,11 +48,13 @@ impl Admission {
         }
     }
 
-    /// Counts a ban the program made itself from its own budget in second `now_secs`, so
-    /// that the daemon's bans in that second leave room for it.
-    pub fn count_kernel_ban(&mut self, now_secs: u64) {
-        self.budget.roll(now_secs);
-        self.budget.used = self.budget.used.saturating_add(1);
+    /// The daemon's bans in second `now_secs` (the program's budget counts them too).
+    pub fn used_in(&self, now_secs: u64) -> u32 {
+        if self.budget.window == now_secs {
+            self.budget.used
+        } else {
+            0
+        }
     }
 
     /// Removes and returns the `n` most persistent waiting scanners.
@@ -118,10 +128,11 @@ impl BanBudget {
         }
     }
 
-    /// True when one more ban fits in this second (`limit` 0: unlimited).
-    fn take(&mut self, limit: u32, now_secs: u64) -> bool {
+    /// True when one more ban fits in this second (`limit` 0: unlimited), next to the
+    /// `others` bans the program made in it.
+    fn take(&mut self, limit: u32, now_secs: u64, others: u32) -> bool {
         self.roll(now_secs);
-        if limit != 0 && self.used >= limit {
+        if limit != 0 && self.used.saturating_add(others) >= limit {
             self.refused += 1;
             return false;
         }
@@ -179,37 +190,39 @@ mod tests {
     #[test]
     fn ban_budget_per_second() {
         let mut b = BanBudget::default();
-        assert!(b.take(2, 10) && b.take(2, 10));
-        assert!(!b.take(2, 10) && !b.take(2, 10));
+        assert!(b.take(2, 10, 0) && b.take(2, 10, 0));
+        assert!(!b.take(2, 10, 0) && !b.take(2, 10, 0));
         assert_eq!(b.refused, 2);
-        assert!(b.take(2, 11), "a new second, a new budget");
+        assert!(b.take(2, 11, 0), "a new second, a new budget");
         assert_eq!(b.refused, 0);
         for _ in 0..1000 {
-            assert!(b.take(0, 12), "0 = unlimited");
+            assert!(b.take(0, 12, 0), "0 = unlimited");
         }
     }
 
     #[test]
     fn admission_takes_the_budget_once_and_queues_the_rest() {
         let mut a = Admission::default();
-        assert_eq!(a.admit(1, 5, ev(1, 3), ModeToken::Atcp), Admit::Now);
+        assert_eq!(a.admit(1, 5, 0, ev(1, 3), ModeToken::Atcp), Admit::Now);
         assert_eq!(
-            a.admit(1, 5, ev(2, 4), ModeToken::Atcp),
+            a.admit(1, 5, 0, ev(2, 4), ModeToken::Atcp),
             Admit::Wait { first: true }
         );
         assert_eq!(
-            a.admit(1, 5, ev(3, 1), ModeToken::Audp),
+            a.admit(1, 5, 0, ev(3, 1), ModeToken::Audp),
             Admit::Wait { first: false }
         );
         let waiting = a.take_waiting(1);
         assert_eq!((waiting[0].0.hits, waiting[0].1), (4, ModeToken::Atcp));
         assert_eq!(a.take_waiting(10).len(), 1);
-        assert_eq!(a.admit(1, 6, ev(2, 4), ModeToken::Atcp), Admit::Now);
-        // A ban the program made counts against the same second's budget.
-        a.count_kernel_ban(7);
+        assert_eq!(a.admit(1, 6, 0, ev(2, 4), ModeToken::Atcp), Admit::Now);
+        assert_eq!(a.used_in(6), 1);
+        // The program's bans in the same second share the budget.
         assert_eq!(
-            a.admit(1, 7, ev(3, 2), ModeToken::Atcp),
+            a.admit(2, 7, 2, ev(3, 2), ModeToken::Atcp),
             Admit::Wait { first: true }
         );
+        assert_eq!(a.admit(3, 8, 2, ev(3, 2), ModeToken::Atcp), Admit::Now);
+        assert_eq!(a.admit(0, 9, 99, ev(3, 2), ModeToken::Atcp), Admit::Now);
     }
 }

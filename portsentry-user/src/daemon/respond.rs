@@ -42,11 +42,21 @@ pub(super) fn act(
             .unwrap_or_default()
             .as_secs();
         let limit = eff.config.max_bans_per_sec;
-        let admit = shared
-            .admission
-            .lock()
-            .expect("admission lock")
-            .admit(limit, secs, ev, mode);
+        // One budget with the program's own bans (and the program learns of ours).
+        let kernel = match shared.book().dp.as_ref() {
+            Some(dp) => dp.kernel_bans_in(secs).unwrap_or(0),
+            None => 0,
+        };
+        let mut admission = shared.admission.lock().expect("admission lock");
+        let admit = admission.admit(limit, secs, kernel, ev, mode);
+        let used = admission.used_in(secs);
+        drop(admission);
+        if admit == Admit::Now
+            && let Some(dp) = shared.book().dp.as_mut()
+            && let Err(e) = dp.share_ban_budget(secs, used)
+        {
+            shared.log.warn(&format!("portsentry: {e:#}"));
+        }
         if let Admit::Wait { first } = admit {
             shared.metrics.ban_refused();
             if first {
@@ -69,26 +79,15 @@ pub(super) fn act(
     });
 }
 
-/// Starts the response to a source the program banned itself at the trigger: the ban
-/// took the kernel's MAX_BANS_PER_SEC budget, which the daemon's own bans in that second
-/// leave room for; the response is the same as to the daemon's own ban, dated when the
-/// kernel made it, with the XDP step already done.
+/// Starts the response to a source the program banned itself at the trigger (within the
+/// MAX_BANS_PER_SEC budget the program and the daemon share): the same as to the
+/// daemon's own ban, dated when the kernel made it, with the XDP step already done.
 pub(super) fn act_banned(
     shared: &Arc<Shared>,
     eff: &Arc<Effective>,
     ev: ProbeEvent,
     mode: ModeToken,
 ) {
-    let now = SystemTime::now();
-    let secs = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    shared
-        .admission
-        .lock()
-        .expect("admission lock")
-        .count_kernel_ban(secs);
     shared.handled.lock().expect("handled lock").insert(ev.ip);
     let since = crate::clock::to_system(ev.ts_ns);
     let shared = shared.clone();

@@ -28,9 +28,19 @@ pub fn kernel_ban(eff: &Effective) -> KernelBan {
         ban_ns: ns(eff.config.ban_time),
         window_ns: ns(eff.config.scan_window),
         per_sec: u64::from(eff.config.max_bans_per_sec),
+        wall_offset_ns: wall_offset_ns(),
         second: 0,
         used: 0,
     }
+}
+
+/// Wall clock minus CLOCK_MONOTONIC, in ns (wrapping: the program adds it back).
+fn wall_offset_ns() -> u64 {
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64;
+    wall.wrapping_sub(crate::clock::monotonic_ns())
 }
 
 /// The kernel's runtime settings for a configuration; `secret` keys the challenge

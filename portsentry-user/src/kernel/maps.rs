@@ -17,8 +17,8 @@ use ipnet::{IpNet, Ipv6Net};
 use portsentry_common::{
     Addr, Counter,
     maps::{
-        self, BanEntry, BanSlot, IGNORE_FILTER_WORDS, KernelBan, SETTING_IGNORE,
-        SETTING_IGNORE_WIDE, Settings, SourceStats, ignore_filter_bit,
+        self, BanEntry, BanSlot, IGNORE_FILTER_WORDS, KBAN_DAEMON, KBAN_PROGRAM, KernelBan,
+        SETTING_IGNORE, SETTING_IGNORE_WIDE, Settings, SourceStats, ignore_filter_bit,
     },
     packet::AddrWords,
 };
@@ -158,20 +158,43 @@ impl Dataplane {
         self.settings
     }
 
-    /// The kernel-side ban's settings and budget as the program holds them.
+    /// The kernel-side ban's settings and the program's bans this second.
     pub fn kernel_ban(&self) -> Result<Option<KernelBan>> {
         self.maps
             .kban
             .as_ref()
-            .map(|a| a.get(&0, 0))
+            .map(|a| a.get(&KBAN_PROGRAM, 0))
             .transpose()
             .map_err(Into::into)
+    }
+
+    /// Bans the program made in Unix second `second` (0 when it made none then, or it
+    /// has no kernel-side ban).
+    pub fn kernel_bans_in(&self, second: u64) -> Result<u32> {
+        Ok(match self.kernel_ban()? {
+            Some(kb) if kb.second == second => u32::try_from(kb.used).unwrap_or(u32::MAX),
+            _ => 0,
+        })
+    }
+
+    /// Tells the program how many bans the daemon made in Unix second `second`: they
+    /// share its MAX_BANS_PER_SEC budget.
+    pub fn share_ban_budget(&mut self, second: u64, used: u32) -> Result<()> {
+        if let Some(a) = &mut self.maps.kban {
+            let kb = KernelBan {
+                second,
+                used: u64::from(used),
+                ..KernelBan::default()
+            };
+            a.set(KBAN_DAEMON, kb, 0).context("writing PS_KBAN")?;
+        }
+        Ok(())
     }
 
     /// Writes the kernel-side ban's settings (and starts its budget afresh).
     pub fn write_kernel_ban(&mut self, kb: KernelBan) -> Result<()> {
         if let Some(a) = &mut self.maps.kban {
-            a.set(0, kb, 0).context("writing PS_KBAN")?;
+            a.set(KBAN_PROGRAM, kb, 0).context("writing PS_KBAN")?;
         }
         Ok(())
     }
