@@ -130,6 +130,11 @@ pub struct Portsentry12 {
 
 impl Portsentry12 {
     pub fn start(bin: &Path, server: &Netns, watched_port: u16) -> Portsentry12 {
+        Portsentry12::start_mode(bin, server, watched_port, "-stcp")
+    }
+
+    /// Like [`Portsentry12::start`], in the mode `flag` (`-stcp`, `-atcp`).
+    pub fn start_mode(bin: &Path, server: &Netns, watched_port: u16, flag: &str) -> Portsentry12 {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path().display().to_string();
         std::fs::write(dir.path().join("portsentry.ignore"), "127.0.0.1/32\n").unwrap();
@@ -152,7 +157,7 @@ impl Portsentry12 {
         }
         sh(&format!(
             "unshare --mount --propagation private sh -c 'mount --bind {d} /etc/portsentry && \
-             nsenter --net=/run/netns/{ns} {bin} -stcp'",
+             nsenter --net=/run/netns/{ns} {bin} {flag}'",
             ns = server.name,
             bin = bin.display()
         ));

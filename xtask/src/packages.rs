@@ -21,6 +21,8 @@ pub const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("iptables", "iptables"),
     ("ipset", "ipset"),
     ("nftables", "nft"),
+    // What a scanner gets: masscan next to nmap.
+    ("masscan", "masscan"),
     // `--baseline-rev` checks another commit out (a clone has git already; a source
     // tarball may not).
     ("git", "git"),

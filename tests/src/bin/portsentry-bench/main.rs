@@ -8,6 +8,8 @@
 //!    by round and the median of `--rounds` rounds is printed.
 //! 2. Reaction time: first probe to ban in force, portsentry and PortSentry 1.2.
 //! 3. Memory: kernel memory per tracked source and per ban.
+//! 5. What a scanner gets: probes answered before the ban, nmap and masscan, against
+//!    portsentry (kernel and daemon decisions) and PortSentry 1.2 (`answered`).
 //! 4. With `--baseline OBJECT`: this build's paths next to another build's, same frames,
 //!    same run (`compare`).
 //!
@@ -15,6 +17,7 @@
 //! kernel's memory), `reaction` (2), `throughput` (drop rate of a flood against iptables,
 //! ipset and nftables) and `memory` (the daemon's memory).
 
+mod answered;
 mod compare;
 mod memory;
 mod per_packet;
@@ -37,6 +40,8 @@ pub(crate) struct Args {
     pub(crate) baseline: Option<std::path::PathBuf>,
     /// Only the comparison with the baseline.
     pub(crate) compare_only: bool,
+    /// Only "what a scanner gets" (probes answered before the ban).
+    pub(crate) answered_only: bool,
 }
 
 fn parse_args() -> Args {
@@ -48,6 +53,7 @@ fn parse_args() -> Args {
         flood_secs: 3,
         baseline: None,
         compare_only: false,
+        answered_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -57,6 +63,10 @@ fn parse_args() -> Args {
         }
         if arg == "--compare-only" {
             a.compare_only = true;
+            continue;
+        }
+        if arg == "--answered-only" {
+            a.answered_only = true;
             continue;
         }
         let mut val = |name: &str| {
@@ -72,7 +82,8 @@ fn parse_args() -> Args {
             "--flood-secs" => a.flood_secs = val("--flood-secs"),
             other => panic!(
                 "unknown argument {other}; use --repeat N --rounds N --reaction-runs N \
-                 (at most 250) --scale N --flood-secs N --baseline OBJECT --compare-only"
+                 (at most 250) --scale N --flood-secs N --baseline OBJECT --compare-only \
+                 --answered-only"
             ),
         }
     }
@@ -106,6 +117,10 @@ fn main() {
             .find_map(|l| l.strip_prefix("model name\t: "))
             .unwrap_or("unknown CPU")
     );
+    if args.answered_only {
+        answered::answered();
+        return;
+    }
     if let Some(baseline) = &args.baseline {
         compare::compare(&args, baseline);
         if args.compare_only {
@@ -118,6 +133,9 @@ fn main() {
     }
     if args.flood_secs > 0 {
         throughput::throughput(args.flood_secs);
+    }
+    if args.reaction_runs > 0 {
+        answered::answered();
     }
     memory::daemon_memory(args.scale);
 }

@@ -1,0 +1,136 @@
+//! 5. What a scanner gets: the probes the server answered (a SYN-ACK or a RST, counted by
+//!    iptables rules on the server's output) before the scanner was cut off, and whether
+//!    it found the service the server runs on an unwatched port (8080), for nmap's
+//!    default scan at -T4 and -T5 and masscan at 100k packets a second over every port;
+//!    portsentry with the ban decided in the kernel, portsentry with the daemon deciding
+//!    (KILL_RUN_CMD_FIRST=1), and PortSentry 1.2 (-atcp, iptables KILL_ROUTE).
+
+use std::{net::TcpListener, path::PathBuf, time::Duration};
+
+use portsentry_tests::{
+    bench::{Portsentry12, portsentry12},
+    daemon::{Daemon, Workdir},
+    netns::{Netns, TestNet},
+};
+
+/// A scanner and its command line (SRC, DST and IFACE filled in).
+const SCANNERS: [(&str, &str); 3] = [
+    (
+        "nmap -sS --top-ports 1000 -T4",
+        "nmap -n -Pn -sS --top-ports 1000 -T4 -e IFACE -S SRC DST",
+    ),
+    (
+        "nmap -sS --top-ports 1000 -T5",
+        "nmap -n -Pn -sS --top-ports 1000 -T5 -e IFACE -S SRC DST",
+    ),
+    (
+        "masscan -p1-65535 --rate 100000",
+        "masscan DST -p1-65535 --rate 100000 -e IFACE --source-ip SRC --router-mac MAC \
+         --wait 2",
+    ),
+];
+
+/// Counts what the server sends `src`: SYN-ACKs and RSTs (iptables counting rules).
+fn count_answers(server: &Netns, src: &str) {
+    server.exec(&format!(
+        "iptables -A OUTPUT -d {src} -p tcp --tcp-flags SYN,ACK SYN,ACK && \
+         iptables -A OUTPUT -d {src} -p tcp --tcp-flags RST RST"
+    ));
+}
+
+fn answers(server: &Netns) -> u64 {
+    let out = server.exec("iptables -L OUTPUT -v -x -n");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Runs one scanner from the attacker's first address: (answers, service found open).
+fn scan(net: &TestNet, cmd: &str) -> (u64, bool) {
+    let mac = String::from_utf8_lossy(
+        &net.server
+            .exec(&format!("cat /sys/class/net/{}/address", net.server_if))
+            .stdout,
+    )
+    .trim()
+    .to_owned();
+    let src = net.attacker_v4[0].to_string();
+    count_answers(&net.server, &src);
+    let line = cmd
+        .replace("IFACE", &net.attacker_if)
+        .replace("SRC", &src)
+        .replace("DST", &net.server_v4.to_string())
+        .replace("MAC", &mac);
+    let out = net.attacker.try_exec(&format!("{line} 2>&1"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let found = text.contains("8080/tcp open") || text.contains("open port 8080/tcp");
+    std::thread::sleep(Duration::from_millis(500));
+    (answers(&net.server), found)
+}
+
+pub(crate) fn answered() {
+    let mut rows: Vec<(String, Vec<(u64, bool)>)> = Vec::new();
+    for (name, extra) in [
+        ("portsentry, ban decided in the kernel", ""),
+        (
+            "portsentry, ban decided by the daemon (KILL_RUN_CMD_FIRST=1)",
+            "KILL_RUN_CMD_FIRST=\"1\"\n",
+        ),
+    ] {
+        let mut cells = Vec::new();
+        for (_, cmd) in SCANNERS {
+            let net = TestNet::new(0);
+            let _svc = net
+                .server
+                .enter(|| TcpListener::bind("0.0.0.0:8080").unwrap());
+            let wd = Workdir::new();
+            let conf = wd.config(&net.server_if, extra);
+            let d = Daemon::start(&net.server, &["run", "-c", conf.to_str().unwrap()]);
+            cells.push(scan(&net, cmd));
+            d.stop();
+        }
+        rows.push((name.to_owned(), cells));
+    }
+    let cache =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-cache/portsentry12");
+    match portsentry12(&cache) {
+        Some(bin) => {
+            let mut cells = Vec::new();
+            for (_, cmd) in SCANNERS {
+                let net = TestNet::new(0);
+                let _svc = net
+                    .server
+                    .enter(|| TcpListener::bind("0.0.0.0:8080").unwrap());
+                let old = Portsentry12::start_mode(&bin, &net.server, 23, "-atcp");
+                cells.push(scan(&net, cmd));
+                drop(old);
+            }
+            rows.push((
+                "PortSentry 1.2 -atcp (iptables KILL_ROUTE)".to_owned(),
+                cells,
+            ));
+        }
+        None => eprintln!("bench: PortSentry 1.2 unavailable; skipping it"),
+    }
+    println!(
+        "## What a scanner gets: probes answered before the ban (and whether it found the \
+         service on 8080)\n"
+    );
+    let mut header = "| detector |".to_owned();
+    let mut rule = "|---|".to_owned();
+    for (scanner, _) in SCANNERS {
+        header += &format!(" {scanner} |");
+        rule += "---:|";
+    }
+    println!("{header}\n{rule}");
+    for (name, cells) in rows {
+        let mut line = format!("| {name} |");
+        for (n, found) in cells {
+            line += &format!(" {n}{} |", if found { " (found 8080)" } else { "" });
+        }
+        println!("{line}");
+    }
+    println!();
+}
