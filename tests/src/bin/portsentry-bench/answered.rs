@@ -49,13 +49,15 @@ fn answers(server: &Netns) -> u64 {
 
 /// Runs one scanner from the attacker's first address: (answers, service found open).
 fn scan(net: &TestNet, cmd: &str) -> (u64, bool) {
-    let mac = String::from_utf8_lossy(
-        &net.server
-            .exec(&format!("cat /sys/class/net/{}/address", net.server_if))
-            .stdout,
-    )
-    .trim()
-    .to_owned();
+    let link = net
+        .server
+        .exec(&format!("ip -o link show {}", net.server_if));
+    let mac = String::from_utf8_lossy(&link.stdout)
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
     let src = net.attacker_v4[0].to_string();
     count_answers(&net.server, &src);
     let line = cmd
