@@ -10,42 +10,20 @@ use std::{
 };
 
 use ipnet::IpNet;
-use portsentry_common::maps::{BanEntry, Settings};
+use portsentry_common::maps::BanEntry;
 use portsentry_tests::{
-    fixture::default_ports,
     frames::{Frame, flags::*},
     netns::Netns,
     testrun,
 };
 use portsentry_user::kernel::{Dataplane, MapSizes};
 
-use crate::{Args, filler, ip};
+use crate::{Args, bench_dataplane, filler, ip, ip_net};
 
-/// A program with the bench's maps: watched ports, quiet events, the ignore list, and
-/// the given bans.
+/// A program with the bench's maps (see [`bench_dataplane`]) and the given bans.
 fn setup(bytes: Option<&[u8]>, bans: &[IpNet]) -> Dataplane {
-    let sizes = MapSizes::default();
-    let mut dp = match bytes {
-        Some(b) => Dataplane::load_object(b, &sizes, None),
-        None => Dataplane::load(&sizes, None),
-    }
-    .expect("loading portsentry");
-    let (tcp, udp) = default_ports();
-    dp.write_ports(&tcp, &udp).unwrap();
-    dp.write_settings(Settings {
-        event_trigger: 1,
-        events_per_sec: 1,
-        event_burst: 1,
-        flags: 0,
-        cookie_secret: 0,
-    })
-    .unwrap();
-    dp.replace_ignore(&[
-        "203.0.113.0/24".parse().unwrap(),
-        "127.0.0.0/8".parse().unwrap(),
-        "::1/128".parse().unwrap(),
-    ])
-    .unwrap();
+    let ignore = ["203.0.113.0/24", "127.0.0.0/8", "::1/128"].map(ip_net);
+    let mut dp = bench_dataplane(bytes, &MapSizes::default(), &ignore);
     for net in bans {
         dp.insert_ban(net, &BanEntry::default()).unwrap();
     }

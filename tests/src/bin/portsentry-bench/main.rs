@@ -94,6 +94,38 @@ pub(crate) fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
+pub(crate) fn ip_net(s: &str) -> ipnet::IpNet {
+    s.parse().unwrap()
+}
+
+/// portsentry's program (this build's, or another's object) with the bench's maps: the
+/// fixture's watched ports, events quiet (one a second: they are not what is measured)
+/// and the ignore list `ignore`.
+pub(crate) fn bench_dataplane(
+    bytes: Option<&[u8]>,
+    sizes: &portsentry_user::kernel::MapSizes,
+    ignore: &[ipnet::IpNet],
+) -> portsentry_user::kernel::Dataplane {
+    use portsentry_user::kernel::Dataplane;
+    let mut dp = match bytes {
+        Some(b) => Dataplane::load_object(b, sizes, None),
+        None => Dataplane::load(sizes, None),
+    }
+    .expect("loading portsentry");
+    let (tcp, udp) = portsentry_tests::fixture::default_ports();
+    dp.write_ports(&tcp, &udp).unwrap();
+    dp.write_settings(portsentry_common::maps::Settings {
+        event_trigger: 1,
+        events_per_sec: 1,
+        event_burst: 1,
+        flags: 0,
+        cookie_secret: 0,
+    })
+    .unwrap();
+    dp.replace_ignore(ignore).unwrap();
+    dp
+}
+
 /// The n-th address of 100.64.0.0/10 (bans and sources that send nothing).
 pub(crate) fn filler(n: u32) -> IpAddr {
     IpAddr::V4(Ipv4Addr::from(0x6440_0000u32 + n))

@@ -8,17 +8,16 @@ use std::{
 };
 
 use ipnet::IpNet;
-use portsentry_common::maps::{BanEntry, Settings};
+use portsentry_common::maps::BanEntry;
 use portsentry_tests::{
     bench::XdpFilter,
-    fixture::default_ports,
     frames::{Frame, flags::*},
     netns::Netns,
     testrun,
 };
-use portsentry_user::kernel::{Dataplane, MapSizes};
+use portsentry_user::kernel::MapSizes;
 
-use crate::{Args, filler, ip};
+use crate::{Args, bench_dataplane, filler, ip, ip_net};
 
 fn medians(cases: &[(&str, BorrowedFd<'_>, Vec<u8>)], args: &Args) -> Vec<u32> {
     let mut samples = vec![Vec::new(); cases.len()];
@@ -45,20 +44,7 @@ pub(crate) fn per_packet(args: &Args) {
         sources: args.scale,
         ..MapSizes::default()
     };
-    let mut dp = Dataplane::load(&sizes, None).expect("loading portsentry");
-    let (tcp, udp) = default_ports();
-    dp.write_ports(&tcp, &udp).unwrap();
-    // Events are not what is measured: one a second keeps the ring buffer quiet.
-    dp.write_settings(Settings {
-        event_trigger: 1,
-        events_per_sec: 1,
-        event_burst: 1,
-        flags: 0,
-        cookie_secret: 0,
-    })
-    .unwrap();
-    dp.replace_ignore(&["203.0.113.0/24".parse().unwrap()])
-        .unwrap();
+    let mut dp = bench_dataplane(None, &sizes, &[ip_net("203.0.113.0/24")]);
     let _events = dp.take_events().unwrap();
     let banned = filler(0);
     let (client, server, scanner, ignored) = (
@@ -120,19 +106,7 @@ pub(crate) fn per_packet(args: &Args) {
     // The main table starts again from one ban.
     let mut dp = {
         drop(dp);
-        let mut d = Dataplane::load(&sizes, None).expect("loading portsentry");
-        d.write_ports(&tcp, &udp).unwrap();
-        d.write_settings(Settings {
-            event_trigger: 1,
-            events_per_sec: 1,
-            event_burst: 1,
-            flags: 0,
-            cookie_secret: 0,
-        })
-        .unwrap();
-        d.replace_ignore(&["203.0.113.0/24".parse().unwrap()])
-            .unwrap();
-        d
+        bench_dataplane(None, &sizes, &[ip_net("203.0.113.0/24")])
     };
     let _events = dp.take_events().unwrap();
     bans = 0;
