@@ -13,22 +13,70 @@ use portsentry_tests::{
     netns::{Netns, TestNet},
 };
 
-/// A scanner and its command line (SRC, DST and IFACE filled in).
-const SCANNERS: [(&str, &str); 3] = [
+/// A scanner, its command line (SRC, DST, IFACE and MAC filled in) and how many scans
+/// are run (masscan's random port order makes one scan's figure a lottery: the first
+/// watched port comes after about 64 others on average).
+const SCANNERS: [(&str, &str, usize); 3] = [
     (
         "nmap -sS --top-ports 1000 -T4",
         "nmap -n -Pn -sS --top-ports 1000 -T4 -e IFACE -S SRC DST",
+        1,
     ),
     (
         "nmap -sS --top-ports 1000 -T5",
         "nmap -n -Pn -sS --top-ports 1000 -T5 -e IFACE -S SRC DST",
+        1,
     ),
     (
         "masscan -p1-65535 --rate 100000",
         "masscan DST -p1-65535 --rate 100000 -e IFACE --source-ip SRC --router-mac MAC \
          --wait 2",
+        7,
     ),
 ];
+
+/// One cell: the answers of each scan, and whether any scan found the service.
+struct Cell {
+    answers: Vec<u64>,
+    found: usize,
+}
+
+impl Cell {
+    fn text(&self) -> String {
+        let mut a = self.answers.clone();
+        a.sort_unstable();
+        let found = if self.found > 0 {
+            format!(" (found 8080 {}/{})", self.found, a.len())
+        } else {
+            String::new()
+        };
+        if a.len() == 1 {
+            format!("{}{found}", a[0])
+        } else {
+            format!("median {}, max {}{found}", a[a.len() / 2], a[a.len() - 1])
+        }
+    }
+}
+
+/// Runs `runs` scans with a fresh network and detector (`start`) each.
+fn cell<T>(cmd: &str, runs: usize, start: impl Fn(&TestNet) -> T) -> Cell {
+    let mut c = Cell {
+        answers: Vec::new(),
+        found: 0,
+    };
+    for _ in 0..runs {
+        let net = TestNet::new(0);
+        let _svc = net
+            .server
+            .enter(|| TcpListener::bind("0.0.0.0:8080").unwrap());
+        let detector = start(&net);
+        let (n, found) = scan(&net, cmd);
+        drop(detector);
+        c.answers.push(n);
+        c.found += usize::from(found);
+    }
+    c
+}
 
 /// Counts what the server sends `src`: SYN-ACKs and RSTs (iptables counting rules).
 fn count_answers(server: &Netns, src: &str) {
@@ -73,7 +121,7 @@ fn scan(net: &TestNet, cmd: &str) -> (u64, bool) {
 }
 
 pub(crate) fn answered() {
-    let mut rows: Vec<(String, Vec<(u64, bool)>)> = Vec::new();
+    let mut rows: Vec<(String, Vec<Cell>)> = Vec::new();
     for (name, extra) in [
         ("portsentry, ban decided in the kernel", ""),
         (
@@ -81,34 +129,31 @@ pub(crate) fn answered() {
             "KILL_RUN_CMD_FIRST=\"1\"\n",
         ),
     ] {
-        let mut cells = Vec::new();
-        for (_, cmd) in SCANNERS {
-            let net = TestNet::new(0);
-            let _svc = net
-                .server
-                .enter(|| TcpListener::bind("0.0.0.0:8080").unwrap());
-            let wd = Workdir::new();
-            let conf = wd.config(&net.server_if, extra);
-            let d = Daemon::start(&net.server, &["run", "-c", conf.to_str().unwrap()]);
-            cells.push(scan(&net, cmd));
-            d.stop();
-        }
+        let cells = SCANNERS
+            .iter()
+            .map(|(_, cmd, runs)| {
+                cell(cmd, *runs, |net| {
+                    let wd = Workdir::new();
+                    let conf = wd.config(&net.server_if, extra);
+                    let d = Daemon::start(&net.server, &["run", "-c", conf.to_str().unwrap()]);
+                    (wd, d)
+                })
+            })
+            .collect();
         rows.push((name.to_owned(), cells));
     }
     let cache =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-cache/portsentry12");
     match portsentry12(&cache) {
         Some(bin) => {
-            let mut cells = Vec::new();
-            for (_, cmd) in SCANNERS {
-                let net = TestNet::new(0);
-                let _svc = net
-                    .server
-                    .enter(|| TcpListener::bind("0.0.0.0:8080").unwrap());
-                let old = Portsentry12::start_mode(&bin, &net.server, 23, "-atcp");
-                cells.push(scan(&net, cmd));
-                drop(old);
-            }
+            let cells = SCANNERS
+                .iter()
+                .map(|(_, cmd, runs)| {
+                    cell(cmd, *runs, |net| {
+                        Portsentry12::start_mode(&bin, &net.server, 23, "-atcp")
+                    })
+                })
+                .collect();
             rows.push((
                 "PortSentry 1.2 -atcp (iptables KILL_ROUTE)".to_owned(),
                 cells,
@@ -122,15 +167,20 @@ pub(crate) fn answered() {
     );
     let mut header = "| detector |".to_owned();
     let mut rule = "|---|".to_owned();
-    for (scanner, _) in SCANNERS {
+    for (scanner, _, runs) in SCANNERS {
+        let scanner = if runs > 1 {
+            format!("{scanner} ({runs} scans)")
+        } else {
+            scanner.to_owned()
+        };
         header += &format!(" {scanner} |");
         rule += "---:|";
     }
     println!("{header}\n{rule}");
     for (name, cells) in rows {
         let mut line = format!("| {name} |");
-        for (n, found) in cells {
-            line += &format!(" {n}{} |", if found { " (found 8080)" } else { "" });
+        for c in cells {
+            line += &format!(" {} |", c.text());
         }
         println!("{line}");
     }
