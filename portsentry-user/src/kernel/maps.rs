@@ -292,9 +292,13 @@ impl Dataplane {
     }
 
     /// Kernel counters summed over CPUs.
+    ///
+    /// A `PS_COUNTERS` pinned by an older release has fewer slots (a pinned map is kept
+    /// across upgrades until `portsentry unload`): the counters it lacks read as 0.
     pub fn counters(&self) -> Result<Counters> {
+        let slots = self.maps.counters.len();
         let mut c = Counters::default();
-        for (i, slot) in c.0.iter_mut().enumerate() {
+        for (i, slot) in c.0.iter_mut().enumerate().take(slots as usize) {
             *slot = self.maps.counters.get(&(i as u32), 0)?.iter().sum();
         }
         Ok(c)
