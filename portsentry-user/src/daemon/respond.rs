@@ -15,7 +15,7 @@ use portsentry_common::maps::BanOrigin;
 use super::{Shared, admission::Admit, event::ProbeEvent};
 use crate::{
     actions::{self, Step, Target, execute::run_step},
-    bans::{Cause, ScanCause},
+    bans::{Cause, ScanCause, guard::Refusal},
     config::BlockMode,
     config::effective::Effective,
     kinds::ModeToken,
@@ -172,12 +172,12 @@ async fn respond(
     };
     let steps = actions::plan(c, block, &target);
     // The XDP ban does not wait for the name lookup when it comes first.
-    let mut banned = false;
+    let mut early = None;
     if steps.first() == Some(&Step::XdpBan) {
-        banned = scan_ban(shared, eff, &ev, mode, now);
+        early = Some(scan_ban(shared, eff, &ev, mode, now));
     }
     let name = resolve(shared, eff, ev.ip).await;
-    if banned && name != ev.ip.to_string() {
+    if early == Some(Ban::Done) && name != ev.ip.to_string() {
         shared.book().store.set_name(&IpNet::from(ev.ip), &name);
     }
     let log = &shared.log;
@@ -193,8 +193,14 @@ async fn respond(
     }
     for step in &steps {
         if *step == Step::XdpBan {
-            if !banned && !scan_ban(shared, eff, &ev, mode, now) {
-                continue;
+            match early
+                .take()
+                .unwrap_or_else(|| scan_ban(shared, eff, &ev, mode, now))
+            {
+                Ban::Done => {}
+                Ban::Failed => continue,
+                // The guard protects the host: no kill command runs against it.
+                Ban::Refused => return,
             }
             log.notice(&format!(
                 "attackalert: Host {} has been blocked via XDP drop",
@@ -213,14 +219,25 @@ async fn respond(
     }
 }
 
-/// Puts the XDP ban of a scanner in force, dated `now`; false (logged) when that failed.
+/// What became of a scanner's XDP ban.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ban {
+    /// In force.
+    Done,
+    /// Not in force (the ban map is full); the other steps still run.
+    Failed,
+    /// Refused by the ban guard (the host is protected): the response stops.
+    Refused,
+}
+
+/// Puts the XDP ban of a scanner in force, dated `now` (logged when it is not).
 fn scan_ban(
     shared: &Shared,
     eff: &Effective,
     ev: &ProbeEvent,
     mode: ModeToken,
     now: SystemTime,
-) -> bool {
+) -> Ban {
     let mut book = shared.book();
     let cause = Cause::Scan(ScanCause {
         port: ev.port,
@@ -235,25 +252,29 @@ fn scan_ban(
     } else {
         book.put(ban, false)
     };
+    let refused = put
+        .as_ref()
+        .err()
+        .is_some_and(|e| e.downcast_ref::<Refusal>().is_some());
     match put {
         Ok(()) => {
             shared.metrics.ban_added(BanOrigin::Scan);
-            true
+            return Ban::Done;
         }
-        Err(e) if ev.kernel_banned => {
-            shared.log.warn(&format!(
-                "portsentry: lifted the ban the kernel made of {}: {e:#}",
-                ev.ip
-            ));
-            false
-        }
+        Err(e) if refused && ev.kernel_banned => shared.log.warn(&format!(
+            "portsentry: lifted the ban the kernel made of {}: {e:#}",
+            ev.ip
+        )),
+        Err(e) if refused => shared
+            .log
+            .warn(&format!("portsentry: not banning {}: {e:#}", ev.ip)),
         Err(e) => {
             shared.metrics.ban_failed();
             shared.log.warn(&format!(
                 "attackalert: ERROR: Could not block host {}: {e:#}",
                 ev.ip
             ));
-            false
         }
     }
+    if refused { Ban::Refused } else { Ban::Failed }
 }
