@@ -12,6 +12,8 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "nsenter"),
     ("procps", "ps"),
     ("iputils-ping", "ping"),
+    // What a scanner gets: masscan next to nmap.
+    ("masscan", "masscan"),
 ];
 
 /// What `cargo xtask bench` compares against, besides the test packages.
@@ -21,8 +23,6 @@ pub const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("iptables", "iptables"),
     ("ipset", "ipset"),
     ("nftables", "nft"),
-    // What a scanner gets: masscan next to nmap.
-    ("masscan", "masscan"),
     // `--baseline-rev` checks another commit out (a clone has git already; a source
     // tarball may not).
     ("git", "git"),
