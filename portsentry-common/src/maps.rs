@@ -259,8 +259,13 @@ pub const EVENT_VERIFIED: u32 = 1;
 /// `ScanEvent::flags`: the program banned the source at this probe (the kernel-side ban:
 /// the probe and every later packet are dropped; the daemon responds to the ban).
 pub const EVENT_KERNEL_BANNED: u32 = 2;
+/// `ScanEvent::flags`: `addr` is the source's network (`SOURCE_PREFIX_V6`), not one
+/// address: the program counts and bans IPv6 sources by prefix.
+pub const EVENT_PREFIX: u32 = 4;
 /// `SourceStats::flags`: the source has answered the challenge.
 pub const SOURCE_VERIFIED: u8 = 1;
+/// `SourceStats::flags`: the source's key is its network (`SOURCE_PREFIX_V6`).
+pub const SOURCE_PREFIX: u8 = 2;
 
 /// The one entry of `PS_SETTINGS`. Host byte order.
 #[repr(C)]
@@ -294,6 +299,27 @@ pub const SETTING_IGNORE_WIDE: u32 = 1 << 3;
 pub const SETTING_KBAN_TCP: u32 = 1 << 4;
 /// `Settings::flags`: the same for UDP (BLOCK_UDP=1 and KILL_RUN_CMD_FIRST=0).
 pub const SETTING_KBAN_UDP: u32 = 1 << 5;
+
+/// `Settings::flags` bits 24 to 31: the prefix length an IPv6 source is counted and
+/// banned by (SOURCE_PREFIX_V6): its key in `PS_SOURCES` and `PS_BANS` is that network's
+/// address. 0 (the settings of a release without it) and 128: each address on its own.
+pub const SETTING_V6_PREFIX_SHIFT: u32 = 24;
+
+/// The IPv6 prefix length in `flags`, or `None` when sources are single addresses.
+#[inline(always)]
+pub const fn v6_source_prefix(flags: u32) -> Option<u32> {
+    match flags >> SETTING_V6_PREFIX_SHIFT {
+        0 | 128.. => None,
+        p => Some(p),
+    }
+}
+
+/// `PS_IGNORE` value of an ignored network.
+pub const IGNORE_IGNORED: u32 = 1;
+/// `PS_IGNORE` value of a `SOURCE_PREFIX_V6` network that holds an ignored address or
+/// one of this host's: not ignored, but its sources are counted and banned one address
+/// at a time, so that no prefix ban covers what must stay reachable.
+pub const IGNORE_SINGLE: u32 = 2;
 
 /// The challenge cookie of a connection attempt: a keyed hash of its addresses and
 /// ports and a time slot of about 69 s (a cookie is accepted in its slot and the next).

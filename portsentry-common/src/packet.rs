@@ -139,6 +139,25 @@ pub fn v4_mapped_words(raw: u32) -> AddrWords {
     ]
 }
 
+/// `w` with every bit after the first `prefix` cleared (the network of that length).
+#[inline(always)]
+pub fn prefix_words(w: &AddrWords, prefix: u32) -> AddrWords {
+    [
+        w[0] & prefix_mask(prefix),
+        w[1] & prefix_mask(prefix.saturating_sub(64)),
+    ]
+}
+
+/// The mask of one word (memory order) keeping its first `bits` bits (all from 64 on).
+#[inline(always)]
+fn prefix_mask(bits: u32) -> u64 {
+    match bits {
+        0 => 0,
+        1..64 => (!0u64 << (64 - bits)).to_be(),
+        _ => !0,
+    }
+}
+
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;

@@ -11,9 +11,11 @@ use portsentry_common::{
 
 use crate::{PS_BAN_CACHE, PS_BAN_FILTER, PS_BAN_NETS, PS_BANS, count, key};
 
-/// True when an active ban covers `src`. Expired bans are counted and ignored.
+/// True when an active ban covers the source: an exact ban of `src` (the source's key:
+/// under SOURCE_PREFIX_V6 an IPv6 source's network address), or a prefix ban covering
+/// `addr` (the source's own address). Expired bans are counted and ignored.
 #[inline(always)]
-pub fn is_banned(src: &AddrWords, settings: &Settings) -> bool {
+pub fn is_banned(src: &AddrWords, addr: &AddrWords, settings: &Settings) -> bool {
     let bit = ban_filter_bit(src);
     let maybe = match PS_BAN_FILTER.get(bit >> 6) {
         Some(word) => word & (1u64 << (bit & 63)) != 0,
@@ -44,7 +46,7 @@ pub fn is_banned(src: &AddrWords, settings: &Settings) -> bool {
         }
     }
     if settings.flags & SETTING_PREFIX_BANS != 0
-        && let Some(ban) = PS_BAN_NETS.get(Key::new(128, *key(src)))
+        && let Some(ban) = PS_BAN_NETS.get(Key::new(128, *key(addr)))
     {
         return ban_active(ban.expires_ns);
     }

@@ -11,7 +11,7 @@ use portsentry_common::{
 };
 
 use crate::{
-    count,
+    Source, count,
     frame::{ptr_at, ptr_at_mut},
     probe::{is_watched, record_probe},
 };
@@ -25,7 +25,13 @@ fn packet_cookie(ip: &Ip, l4: &L4, secret: u64, slot: u64) -> u32 {
 /// A pure ACK to a watched port whose acknowledgment number is our cookie + 1: the
 /// source received our SYN-ACK, so its address is its own. Recorded as a verified probe.
 #[inline(always)]
-pub fn answers_challenge(ctx: &XdpContext, ip: &Ip, l4: &L4, settings: &Settings) -> bool {
+pub fn answers_challenge(
+    ctx: &XdpContext,
+    ip: &Ip,
+    l4: &L4,
+    src: &Source,
+    settings: &Settings,
+) -> bool {
     let f = l4.tcp_flags & tcp_flags::CLASSIFIED;
     if l4.proto != PROTO_TCP
         || f & tcp_flags::ACK == 0
@@ -50,7 +56,7 @@ pub fn answers_challenge(ctx: &XdpContext, ip: &Ip, l4: &L4, settings: &Settings
     syn.tcp_flags = tcp_flags::SYN;
     // A verified source that reaches the trigger here is banned by `record_probe`; this
     // ACK itself passes (it completes nothing: the challenge was ours).
-    let _ = record_probe(ctx, ip, &syn, ScanType::TcpSyn, true, settings);
+    let _ = record_probe(ctx, src, &syn, ScanType::TcpSyn, true, settings);
     true
 }
 

@@ -3,13 +3,16 @@
 //! Per packet, in this order (each step only when the previous did not decide):
 //! 1. parse Ethernet, up to two VLAN tags and the IP header (fail open: what cannot be
 //!    parsed is passed and counted); every header access goes through `frame.rs`;
-//! 2. ban check (`bans.rs`): exact-address hash, then the prefix trie when it holds
-//!    anything; an active ban drops the packet (any protocol), an expired one is ignored;
+//! 2. ban check (`bans.rs`): the exact hash by the source's key (an IPv6 source's
+//!    network address under SOURCE_PREFIX_V6, else the address), then the prefix trie
+//!    when it holds anything; an active ban drops the packet (any protocol), an expired
+//!    one is ignored;
 //! 3. TCP/UDP header; non-first fragments, other protocols and TCP with ACK or RST are
 //!    passed with no further lookup (with VERIFY_SOURCES, an ACK may first answer a
 //!    challenge: `challenge.rs`);
 //! 4. the watched-port bitmap (one inlined array access, `probe.rs`);
-//! 5. the ignore trie (only when it holds anything);
+//! 5. the ignore trie (only when it holds anything): an ignored source is passed; a
+//!    source in a network that holds an ignored address is counted by its address;
 //! 6. a socket lookup (`socket.rs`): a port a local socket owns is never a scan target;
 //! 7. the probe is counted per source and, within bounds, reported to userspace
 //!    (`probe.rs`); with VERIFY_SOURCES a SYN is answered with a challenge.
@@ -38,10 +41,11 @@ use portsentry_common::{
     Addr, Counter, ScanType,
     maps::{
         BAN_CACHE_SLOTS, BAN_FILTER_WORDS, BAN_NETS_MAX, BANS_MAX, BanEntry, BanSlot, EVENTS_BYTES,
-        EventBudget, IGNORE_FILTER_WORDS, IGNORE_MAX, KernelBan, PORT_WORDS, SETTING_IGNORE,
-        SETTING_IGNORE_WIDE, SETTING_VERIFY, SOURCES_MAX, Settings, SourceStats, ignore_filter_bit,
+        EventBudget, IGNORE_FILTER_WORDS, IGNORE_MAX, IGNORE_SINGLE, KernelBan, PORT_WORDS,
+        SETTING_IGNORE, SETTING_IGNORE_WIDE, SETTING_VERIFY, SOURCES_MAX, Settings, SourceStats,
+        ignore_filter_bit, v6_source_prefix,
     },
-    packet::{AddrWords, parse_ip, parse_l4, scan_type},
+    packet::{AddrWords, parse_ip, parse_l4, prefix_words, scan_type},
 };
 
 use crate::{
@@ -112,7 +116,18 @@ fn inspect(ctx: &XdpContext) -> Counter {
     // A ban never drops a packet from an ignored network (the ignore list, loopback,
     // this host): the trie is consulted on the drop path only, so other packets pay
     // nothing for it.
-    if is_banned(&ip.src, settings) {
+    // IPv6 sources are counted and banned by network (SOURCE_PREFIX_V6): `key` is the
+    // source's network address, or the source itself.
+    let prefix = if ip.v6 {
+        v6_source_prefix(settings.flags)
+    } else {
+        None
+    };
+    let key = match prefix {
+        Some(p) => prefix_words(&ip.src, p),
+        None => ip.src,
+    };
+    if is_banned(&key, &ip.src, settings) {
         if !is_spared(&ip.src, settings) {
             return Counter::DropBanned;
         }
@@ -127,7 +142,9 @@ fn inspect(ctx: &XdpContext) -> Counter {
         Err(reason) => {
             // With verification on, an ACK may answer a challenge (checked by cookie
             // before anything else: ordinary traffic fails it at once).
-            if settings.flags & SETTING_VERIFY != 0 && answers_challenge(ctx, &ip, &l4, settings) {
+            if settings.flags & SETTING_VERIFY != 0
+                && answers_challenge(ctx, &ip, &l4, &Source::of(key, prefix), settings)
+            {
                 return Counter::PassProbe;
             }
             return reason;
@@ -136,13 +153,22 @@ fn inspect(ctx: &XdpContext) -> Counter {
     if !is_watched(&l4) {
         return Counter::PassUnwatched;
     }
-    if is_ignored(&ip.src, settings) {
-        return Counter::PassIgnored;
+    let mut src = Source::of(key, prefix);
+    match ignore_value(&ip.src, settings) {
+        Some(IGNORE_SINGLE) => {
+            src = Source {
+                key: ip.src,
+                prefix: false,
+                exact_ban: prefix.is_none(),
+            }
+        }
+        Some(_) => return Counter::PassIgnored,
+        None => {}
     }
     if has_local_socket(ctx, &ip, &l4) {
         return Counter::PassListening;
     }
-    if record_probe(ctx, &ip, &l4, kind, false, settings) {
+    if record_probe(ctx, &src, &l4, kind, false, settings) {
         // Banned at this probe: it is dropped like every later packet of the source.
         return Counter::DropBanned;
     }
@@ -155,10 +181,35 @@ fn inspect(ctx: &XdpContext) -> Counter {
     Counter::PassProbe
 }
 
-/// Whether `src` is in the ignore trie (the ignore list, loopback, this host).
+/// What a source is counted and banned as: `key` (its network address under
+/// SOURCE_PREFIX_V6, else itself), and whether that is a network.
+pub struct Source {
+    pub key: AddrWords,
+    pub prefix: bool,
+    /// A ban of `key` in `PS_BANS` would be found: false for an IPv6 address counted on
+    /// its own under SOURCE_PREFIX_V6 (its ban lives in the trie: the daemon's to make).
+    pub exact_ban: bool,
+}
+
+impl Source {
+    #[inline(always)]
+    fn of(key: AddrWords, prefix: Option<u32>) -> Source {
+        Source {
+            key,
+            prefix: prefix.is_some(),
+            exact_ban: true,
+        }
+    }
+}
+
+/// The ignore trie's value for `src` (the ignore list, loopback, this host:
+/// `IGNORE_IGNORED`; a network counted by address: `IGNORE_SINGLE`), if any.
 #[inline(always)]
-fn is_ignored(src: &AddrWords, settings: &Settings) -> bool {
-    settings.flags & SETTING_IGNORE != 0 && PS_IGNORE.get(Key::new(128, *key(src))).is_some()
+fn ignore_value(src: &AddrWords, settings: &Settings) -> Option<u32> {
+    if settings.flags & SETTING_IGNORE == 0 {
+        return None;
+    }
+    PS_IGNORE.get(Key::new(128, *key(src))).copied()
 }
 
 /// [`is_ignored`] for a banned source: the filter first, so that a ban of a source in
@@ -178,7 +229,9 @@ fn is_spared(src: &AddrWords, settings: &Settings) -> bool {
             return false;
         }
     }
-    PS_IGNORE.get(Key::new(128, *key(src))).is_some()
+    PS_IGNORE
+        .get(Key::new(128, *key(src)))
+        .is_some_and(|v| *v != IGNORE_SINGLE)
 }
 
 /// Adds one to a per-CPU counter.

@@ -8,16 +8,16 @@ use portsentry_common::{
     Counter, PROTO_TCP, ScanType,
     maps::{
         BAN_CACHE_SLOTS, BanEntry, BanOrigin, EVENT_BUDGET_HITS, EVENT_BURST, EVENT_KERNEL_BANNED,
-        EVENT_VERIFIED, KBAN_DAEMON, KBAN_PROGRAM, SETTING_KBAN_TCP, SETTING_KBAN_UDP,
-        SETTING_VERIFY, SOURCE_VERIFIED, ScanEvent, Settings, SourceStats, UDP_PORT_WORD_BASE,
-        ban_filter_bit,
+        EVENT_PREFIX, EVENT_VERIFIED, KBAN_DAEMON, KBAN_PROGRAM, SETTING_KBAN_TCP,
+        SETTING_KBAN_UDP, SETTING_VERIFY, SOURCE_PREFIX, SOURCE_VERIFIED, ScanEvent, Settings,
+        SourceStats, UDP_PORT_WORD_BASE, ban_filter_bit,
     },
-    packet::{Ip, L4},
+    packet::{AddrWords, L4},
 };
 
 use crate::{
     PS_BAN_CACHE, PS_BAN_FILTER, PS_BANS, PS_EV_BUDGET, PS_EVENTS, PS_KBAN, PS_PORTS, PS_SOURCES,
-    atomic, count, key,
+    Source, atomic, count, key,
 };
 
 const NS_PER_SEC: u64 = 1_000_000_000;
@@ -49,7 +49,7 @@ fn port_bit(port: u16) -> u32 {
 #[inline(always)]
 pub fn record_probe(
     ctx: &XdpContext,
-    ip: &Ip,
+    src: &Source,
     l4: &L4,
     kind: ScanType,
     verified: bool,
@@ -62,7 +62,7 @@ pub fn record_probe(
     let word = (bit >> 6) as usize & 3;
     let mask = 1u64 << (bit & 63);
     let mut event = ScanEvent {
-        addr: *key(&ip.src),
+        addr: *key(&src.key),
         ts_ns: now,
         first_ns: now,
         hits: 1,
@@ -71,10 +71,11 @@ pub fn record_probe(
         scan_type: kind as u8,
         tcp_flags: l4.tcp_flags,
         ifindex: ctx.ingress_ifindex() as u32,
-        flags: if verified { EVENT_VERIFIED } else { 0 },
+        flags: if verified { EVENT_VERIFIED } else { 0 }
+            | if src.prefix { EVENT_PREFIX } else { 0 },
         _pad: 0,
     };
-    match PS_SOURCES.get_ptr_mut(key(&ip.src)) {
+    match PS_SOURCES.get_ptr_mut(key(&src.key)) {
         Some(stats) => {
             // SAFETY: a value pointer from a successful lookup; concurrent updates from
             // other CPUs may race, which only makes the counts approximate.
@@ -96,8 +97,9 @@ pub fn record_probe(
             event.first_ns = stats.first_ns;
             event.distinct_ports = stats.distinct_ports;
             let banned = stats.hits >= trigger
+                && src.exact_ban
                 && kernel_ban(
-                    ip,
+                    &src.key,
                     l4,
                     kind,
                     stats.flags & SOURCE_VERIFIED != 0,
@@ -125,13 +127,16 @@ pub fn record_probe(
                 events: 0,
                 last_port: l4.dst_port,
                 last_scan_type: kind as u8,
-                flags: if verified { SOURCE_VERIFIED } else { 0 },
+                flags: if verified { SOURCE_VERIFIED } else { 0 }
+                    | if src.prefix { SOURCE_PREFIX } else { 0 },
                 port_filter: [0; 4],
             };
             if let Some(w) = stats.port_filter.get_mut(word) {
                 *w = mask;
             }
-            let banned = trigger <= 1 && kernel_ban(ip, l4, kind, verified, now, now, settings);
+            let banned = trigger <= 1
+                && src.exact_ban
+                && kernel_ban(&src.key, l4, kind, verified, now, now, settings);
             if banned {
                 event.flags |= EVENT_KERNEL_BANNED;
             }
@@ -143,7 +148,7 @@ pub fn record_probe(
             // By value, `stats` would be copied once more (36 more instructions).
             #[allow(clippy::needless_borrows_for_generic_args)]
             if PS_SOURCES
-                .insert(key(&ip.src), &stats, BPF_NOEXIST as u64)
+                .insert(key(&src.key), &stats, BPF_NOEXIST as u64)
                 .is_err()
             {
                 count(Counter::TrackFailed);
@@ -161,7 +166,7 @@ pub fn record_probe(
 /// userspace orders them); the daemon then responds to it as to its own.
 #[inline(always)]
 fn kernel_ban(
-    ip: &Ip,
+    src: &AddrWords,
     l4: &L4,
     kind: ScanType,
     verified: bool,
@@ -225,14 +230,14 @@ fn kernel_ban(
         origin: BanOrigin::Kernel as u8,
         count: 0,
     };
-    let bit = ban_filter_bit(&ip.src);
+    let bit = ban_filter_bit(src);
     if let Some(word) = PS_BAN_FILTER.get_ptr_mut(bit >> 6) {
         // SAFETY: an aligned u64 of the array, shared by every CPU.
         unsafe { atomic::or(word, 1u64 << (bit & 63)) };
     }
     // Never over an existing ban (an operator's, or one being lifted), never when full.
     if PS_BANS
-        .insert(key(&ip.src), &entry, BPF_NOEXIST as u64)
+        .insert(key(src), &entry, BPF_NOEXIST as u64)
         .is_err()
     {
         return false;
@@ -242,7 +247,7 @@ fn kernel_ban(
         // either free, this ban, or another ban (each valid: the hash is the truth).
         let slot = unsafe { &mut *slot };
         if slot.used == 0 {
-            slot.addr = ip.src;
+            slot.addr = *src;
             slot.expires_ns = entry.expires_ns;
             slot.used = 1;
         }
@@ -262,7 +267,10 @@ fn wants_event(hits: u32, events: u32, trigger: u32) -> bool {
 /// only); counts what happened to it.
 #[inline(always)]
 fn send_event(event: &ScanEvent, now: u64, settings: &Settings) -> bool {
-    if event.hits < EVENT_BUDGET_HITS && event.flags == 0 && !take_token(now, settings) {
+    if event.hits < EVENT_BUDGET_HITS
+        && event.flags & (EVENT_VERIFIED | EVENT_KERNEL_BANNED) == 0
+        && !take_token(now, settings)
+    {
         count(Counter::EventThrottled);
         return false;
     }

@@ -17,11 +17,14 @@ fn ignored_sources_are_never_counted() {
     require_kernel!();
     let mut fx = Fixture::new();
     fx.dp
-        .replace_ignore(&[
-            net("192.0.2.0/28"),
-            net("2001:db8::/126"),
-            net("203.0.113.9/32"),
-        ])
+        .replace_ignore(
+            &[
+                net("192.0.2.0/28"),
+                net("2001:db8::/126"),
+                net("203.0.113.9/32"),
+            ],
+            &[],
+        )
         .unwrap();
     for src in ["192.0.2.7", "192.0.2.15", "2001:db8::3", "203.0.113.9"] {
         let dst = if src.contains(':') {
@@ -76,7 +79,7 @@ fn ignored_sources_are_never_counted() {
     );
     assert_eq!(o.delta.get(Counter::BanSpared), 0);
     // An IPv6 entry that covers the IPv4-mapped range (::/0 here) protects IPv4 too.
-    fx.dp.replace_ignore(&[net("::/0")]).unwrap();
+    fx.dp.replace_ignore(&[net("::/0")], &[]).unwrap();
     fx.expect(
         &Frame::tcp(ip("192.0.2.16"), ip(V4_DST), 8080, ACK).build(),
         XDP_PASS,
@@ -85,14 +88,17 @@ fn ignored_sources_are_never_counted() {
     assert!(fx.dp.remove_ban(&net("192.0.2.0/24")).unwrap());
     assert!(fx.dp.remove_ban(&net("203.0.113.9/32")).unwrap());
     fx.dp
-        .replace_ignore(&[
-            net("192.0.2.0/28"),
-            net("2001:db8::/126"),
-            net("203.0.113.9/32"),
-        ])
+        .replace_ignore(
+            &[
+                net("192.0.2.0/28"),
+                net("2001:db8::/126"),
+                net("203.0.113.9/32"),
+            ],
+            &[],
+        )
         .unwrap();
     // Replacing the list removes what is no longer in it.
-    fx.dp.replace_ignore(&[net("2001:db8::/126")]).unwrap();
+    fx.dp.replace_ignore(&[net("2001:db8::/126")], &[]).unwrap();
     fx.expect(
         &Frame::tcp(ip("192.0.2.7"), ip(V4_DST), 22, SYN).build(),
         XDP_PASS,
@@ -103,7 +109,7 @@ fn ignored_sources_are_never_counted() {
         XDP_PASS,
         Counter::PassIgnored,
     );
-    fx.dp.replace_ignore(&[]).unwrap();
+    fx.dp.replace_ignore(&[], &[]).unwrap();
     assert_eq!(
         fx.dp.settings().flags & portsentry_common::maps::SETTING_IGNORE,
         0

@@ -80,6 +80,27 @@ fn render(eff: &Effective) -> String {
         humantime::format_duration(c.ban_time).to_string()
     };
     let _ = writeln!(s, "ban time:      {ban_time}");
+    if c.source_prefix_v6 >= 128 {
+        let _ = writeln!(
+            s,
+            "sources:       each address on its own (SOURCE_PREFIX_V6=128)"
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "sources:       IPv4 by address; IPv6 by /{} network (SOURCE_PREFIX_V6)",
+            c.source_prefix_v6
+        );
+        let singles = eff.single_source_nets();
+        if !singles.is_empty() {
+            let list: Vec<String> = singles.iter().map(ToString::to_string).collect();
+            let _ = writeln!(
+                s,
+                "               by address in {} (they hold an ignored address or this host's)",
+                list.join(", ")
+            );
+        }
+    }
     let _ = writeln!(s, "ignore list:");
     match &c.ignore_file {
         Some(p) => {

@@ -145,6 +145,13 @@ impl Effective {
         v
     }
 
+    /// The `SOURCE_PREFIX_V6` networks that hold an ignored address or one of this
+    /// host's (and lie inside no ignored network): their sources are counted and banned
+    /// one address at a time, so that no prefix ban covers what must stay reachable.
+    pub fn single_source_nets(&self) -> Vec<IpNet> {
+        single_source_nets(&self.ignored_nets(), self.config.source_prefix_v6)
+    }
+
     pub fn is_ignored(&self, ip: IpAddr) -> bool {
         self.ignore_file.contains(ip) || localaddrs::covered(&self.always_ignored, ip)
     }
@@ -164,5 +171,66 @@ impl Effective {
             Protocol::Tcp => self.config.block_tcp,
             Protocol::Udp => self.config.block_udp,
         }
+    }
+}
+
+/// The networks of `len` bits (SOURCE_PREFIX_V6) that hold a narrower entry of
+/// `ignored` and lie inside no entry of it (IPv4 and IPv4-mapped entries have none).
+fn single_source_nets(ignored: &[IpNet], len: u32) -> Vec<IpNet> {
+    let Ok(len @ 0..128) = u8::try_from(len) else {
+        return Vec::new();
+    };
+    let mut v: Vec<IpNet> = ignored
+        .iter()
+        .filter_map(|n| match n {
+            IpNet::V6(n)
+                if n.prefix_len() > len
+                    && n.network().to_ipv4_mapped().is_none()
+                    && !n.network().is_loopback() =>
+            {
+                Some(IpNet::V6(
+                    ipnet::Ipv6Net::new(n.network(), len)
+                        .expect("a shorter prefix")
+                        .trunc(),
+                ))
+            }
+            _ => None,
+        })
+        .filter(|s| !ignored.iter().any(|i| i.contains(s)))
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+#[cfg(test)]
+mod single_source_tests {
+    use super::*;
+
+    fn nets(s: &[&str]) -> Vec<IpNet> {
+        s.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn networks_holding_an_ignored_address_are_counted_per_address() {
+        let ignored = nets(&[
+            "2001:db8:0:1::99/128",
+            "2001:db8:0:1::1/128",
+            "2001:db8:5::/48",
+            "2001:db8:5:0:1::7/128",
+            "2001:db8:9::/96",
+            "192.0.2.1/32",
+            "::ffff:198.51.100.7/128",
+        ]);
+        assert_eq!(
+            single_source_nets(&ignored, 64),
+            nets(&["2001:db8:0:1::/64", "2001:db8:9::/64"]),
+            "one /64 for two addresses; none inside an ignored /48; none for IPv4"
+        );
+        assert!(single_source_nets(&ignored, 128).is_empty());
+        assert_eq!(
+            single_source_nets(&ignored, 48),
+            nets(&["2001:db8::/48", "2001:db8:9::/48"])
+        );
     }
 }

@@ -194,6 +194,9 @@ pub static KEYS: &[Key] = &[
     key!(Extension, "BAN_MIN_PREFIX_V6", "32",
         "the widest IPv6 ban allowed, as a prefix length; wider ones need `portsentry ban --force`",
         |c, k, v| c.ban_min_prefix_v6 = number(k, v, 0, 128)?),
+    key!(Extension, "SOURCE_PREFIX_V6", "64",
+        "IPv6 sources are counted and banned by their network of this prefix length (any IPv6 host has a /64 to pick addresses from); 128 = each address on its own",
+        |c, k, v| c.source_prefix_v6 = number(k, v, 1, 128)?),
     key!(Extension, "METRICS_ADDRESS", "",
         "IP:port to serve metrics on; \"\" = off",
         |c, k, v| c.metrics_address = socket_address(k, v)?),
@@ -289,7 +292,7 @@ mod tests {
                 k.name
             );
         }
-        assert_eq!(seen.len(), 43);
+        assert_eq!(seen.len(), 44);
         // PortSentry 1.2's keys come first (the order of the known keys in an error).
         let first_extension = KEYS
             .iter()

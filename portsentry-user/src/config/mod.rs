@@ -186,6 +186,9 @@ config_struct! {
         pub ban_min_prefix_v4: u32,
         /// `BAN_MIN_PREFIX_V6`: the same for IPv6.
         pub ban_min_prefix_v6: u32,
+        /// `SOURCE_PREFIX_V6`: IPv6 sources are counted and banned by their network of
+        /// this length (128: each address on its own).
+        pub source_prefix_v6: u32,
         /// `METRICS_ADDRESS`: where to serve metrics; `None` for off.
         pub metrics_address: Option<SocketAddr>,
         /// `SYSLOG`: log attack alerts to syslog.
@@ -235,6 +238,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         }
         key.set(&mut config, value).map_err(|m| err(n, m))?;
         config.lines.insert(key.name, n);
+    }
+    // The default source prefix never asks for bans wider than BAN_MIN_PREFIX_V6 allows.
+    if !config.lines.contains_key("SOURCE_PREFIX_V6") {
+        config.source_prefix_v6 = config.source_prefix_v6.max(config.ban_min_prefix_v6);
     }
     config.validate()?;
     Ok(config)
@@ -363,7 +370,34 @@ impl Config {
                 ),
             ));
         }
+        if self.source_prefix_v6 < self.ban_min_prefix_v6 {
+            return Err(self.error_at(
+                "SOURCE_PREFIX_V6",
+                format!(
+                    "SOURCE_PREFIX_V6 is {}, wider than BAN_MIN_PREFIX_V6 ({}): a scanner would \
+                     be banned with a network wider than bans may be; set SOURCE_PREFIX_V6 to \
+                     at least {} (64 is an IPv6 host's usual share)",
+                    self.source_prefix_v6, self.ban_min_prefix_v6, self.ban_min_prefix_v6
+                ),
+            ));
+        }
         Ok(())
+    }
+
+    /// The IPv6 network a source address is counted and banned by
+    /// (`SOURCE_PREFIX_V6`); an IPv4 source is its own.
+    pub fn source_net(&self, ip: std::net::IpAddr) -> ipnet::IpNet {
+        match ip {
+            std::net::IpAddr::V4(_) => ipnet::IpNet::from(ip),
+            std::net::IpAddr::V6(a) => {
+                let len = u8::try_from(self.source_prefix_v6.min(128)).expect("at most 128");
+                ipnet::IpNet::V6(
+                    ipnet::Ipv6Net::new(a, len)
+                        .expect("a valid prefix length")
+                        .trunc(),
+                )
+            }
+        }
     }
 
     /// The ports the TCP mode watches, before ports with a listening service are taken out.

@@ -138,6 +138,7 @@ MAX_TRACKED_SOURCES="1024"
 MAX_BANS="16"
 BAN_MIN_PREFIX_V4="0"
 BAN_MIN_PREFIX_V6="128"
+SOURCE_PREFIX_V6="128"
 METRICS_ADDRESS="[::1]:9100"
 SYSLOG="0"
 "#;
@@ -200,10 +201,11 @@ SYSLOG="0"
     assert_eq!(c.max_tracked_sources, 1024);
     assert_eq!(c.max_bans, 16);
     assert_eq!((c.ban_min_prefix_v4, c.ban_min_prefix_v6), (0, 128));
+    assert_eq!(c.source_prefix_v6, 128);
     assert_eq!(c.metrics_address, Some("[::1]:9100".parse().unwrap()));
     assert!(!c.syslog);
     assert_eq!(c.line_of("TCP_PORTS"), 2);
-    assert_eq!(c.line_of("SYSLOG"), 44);
+    assert_eq!(c.line_of("SYSLOG"), 45);
     // Stealth TCP watches exactly TCP_PORTS; UDP is off.
     assert_eq!(c.tcp_watched_ports(), tcp);
     assert!(c.udp_watched_ports().is_empty());
@@ -719,4 +721,25 @@ fn load_errors() {
     let path = temp_file("good.conf", b"TCP_MODE = \"stcp\"\r\nTCP_PORTS=\"1\"\r\n");
     assert_eq!(load(&path).unwrap().tcp_mode, Mode::Stealth);
     std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+}
+
+#[test]
+fn source_prefix_v6() {
+    let parse = |text: &str| super::parse(text, Path::new("/etc/p.conf"));
+    assert_eq!(parse("").unwrap().source_prefix_v6, 64);
+    // Not set: the default /64 gives way to a longer BAN_MIN_PREFIX_V6.
+    let c = parse("BAN_MIN_PREFIX_V6=\"96\"\n").unwrap();
+    assert_eq!(c.source_prefix_v6, 96);
+    assert_eq!(
+        parse("SOURCE_PREFIX_V6=\"56\"\n").unwrap().source_prefix_v6,
+        56
+    );
+    let e = parse("BAN_MIN_PREFIX_V6=\"48\"\nSOURCE_PREFIX_V6=\"40\"\n").unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("/etc/p.conf:2:") && msg.contains("SOURCE_PREFIX_V6 is 40"),
+        "{msg}"
+    );
+    assert!(parse("SOURCE_PREFIX_V6=\"0\"\n").is_err());
+    assert!(parse("SOURCE_PREFIX_V6=\"129\"\n").is_err());
 }

@@ -148,6 +148,7 @@ mod tests {
     fn ev(last: u8, hits: u32) -> ProbeEvent {
         ProbeEvent {
             ip: IpAddr::from([192, 0, 2, last]),
+            source: IpAddr::from([192, 0, 2, last]).into(),
             port: 22,
             scan_type: portsentry_common::ScanType::TcpSyn,
             tcp_flags: 2,
@@ -167,6 +168,7 @@ mod tests {
         for i in 0..MAX_WAITING {
             let mut e = ev(0, 1);
             e.ip = IpAddr::from((i as u32 + 0x0a00_0000).to_be_bytes());
+            e.source = e.ip.into();
             w.offer(e, ModeToken::Atcp);
         }
         w.offer(ev(7, 1), ModeToken::Atcp);

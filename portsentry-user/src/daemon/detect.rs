@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 
 use portsentry_common::{
     ScanType,
-    maps::{BanEntry, SOURCE_VERIFIED, ScanEvent},
+    maps::{BanEntry, SOURCE_PREFIX, SOURCE_VERIFIED, ScanEvent},
 };
 
 use super::{Shared, event::ProbeEvent, respond};
@@ -77,10 +77,10 @@ impl Rules {
 
 /// Acts on one probe event from the kernel.
 pub(super) fn on_event(shared: &Arc<Shared>, raw: &ScanEvent) {
-    let Some(ev) = ProbeEvent::from_raw(raw) else {
+    let super::Current { eff, rules } = shared.current();
+    let Some(ev) = ProbeEvent::from_raw(raw, eff.config.source_prefix_v6) else {
         return;
     };
-    let super::Current { eff, rules } = shared.current();
     if ev.kernel_banned {
         kernel_banned(shared, &eff, &rules, ev);
         return;
@@ -151,7 +151,7 @@ fn kernel_banned(shared: &Arc<Shared>, eff: &Arc<Effective>, rules: &Rules, ev: 
         "the configuration in force does not ban at the trigger"
     };
     let lifted = match shared.book().dp.as_mut() {
-        Some(dp) => dp.remove_ban(&IpNet::from(ev.ip)),
+        Some(dp) => dp.remove_ban(&ev.source),
         None => Ok(false),
     };
     match lifted {
@@ -186,6 +186,7 @@ pub(super) fn respond_to_pending(shared: &Arc<Shared>, pending: &[(IpNet, BanEnt
         };
         let ev = ProbeEvent {
             ip: net.addr(),
+            source: *net,
             port: e.port,
             scan_type,
             tcp_flags: scan_type.example_flags(),
@@ -223,8 +224,14 @@ pub(super) fn recover_detected(shared: &Arc<Shared>) {
         let Some(scan_type) = ScanType::from_u8(st.last_scan_type) else {
             continue;
         };
+        let source = if st.flags & SOURCE_PREFIX != 0 {
+            eff.config.source_net(ip)
+        } else {
+            IpNet::from(ip)
+        };
         let ev = ProbeEvent {
             ip,
+            source,
             port: st.last_port,
             scan_type,
             tcp_flags: scan_type.example_flags(),
@@ -266,6 +273,7 @@ mod tests {
     fn ev(hits: u32, span_ms: u64) -> ProbeEvent {
         ProbeEvent {
             ip: "192.0.2.7".parse().unwrap(),
+            source: "192.0.2.7/32".parse().unwrap(),
             port: 22,
             scan_type: ScanType::TcpSyn,
             tcp_flags: 2,

@@ -2,9 +2,11 @@
 
 use std::net::IpAddr;
 
+use ipnet::{IpNet, Ipv6Net};
+
 use portsentry_common::{
     ScanType,
-    maps::{EVENT_KERNEL_BANNED, EVENT_VERIFIED, ScanEvent},
+    maps::{EVENT_KERNEL_BANNED, EVENT_PREFIX, EVENT_VERIFIED, ScanEvent},
 };
 
 use crate::{kernel::addr, kinds::Protocol};
@@ -12,7 +14,11 @@ use crate::{kernel::addr, kinds::Protocol};
 /// A probe event from the kernel, in userspace types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProbeEvent {
+    /// The source's address as the program counts it: under SOURCE_PREFIX_V6 an IPv6
+    /// source's network address (what the log lines and commands show).
     pub ip: IpAddr,
+    /// What a ban of the source covers: `ip` alone, or its network.
+    pub source: IpNet,
     pub port: u16,
     pub scan_type: ScanType,
     pub tcp_flags: u8,
@@ -29,9 +35,20 @@ pub struct ProbeEvent {
 
 impl ProbeEvent {
     /// `None` for a record no version of the program writes (unknown scan type).
-    pub fn from_raw(e: &ScanEvent) -> Option<ProbeEvent> {
+    /// `v6_prefix` is SOURCE_PREFIX_V6: the length of an event's network.
+    pub fn from_raw(e: &ScanEvent, v6_prefix: u32) -> Option<ProbeEvent> {
+        let ip = addr::from_key(&e.addr);
+        let source = match ip {
+            IpAddr::V6(a) if e.flags & EVENT_PREFIX != 0 => IpNet::V6(
+                Ipv6Net::new(a, u8::try_from(v6_prefix.min(128)).expect("at most 128"))
+                    .expect("a valid length")
+                    .trunc(),
+            ),
+            _ => IpNet::from(ip),
+        };
         Some(ProbeEvent {
-            ip: addr::from_key(&e.addr),
+            ip,
+            source,
             port: e.port,
             scan_type: ScanType::from_u8(e.scan_type)?,
             tcp_flags: e.tcp_flags,
@@ -62,10 +79,21 @@ mod tests {
             scan_type: ScanType::TcpXmas as u8,
             ..Default::default()
         };
-        let e = ProbeEvent::from_raw(&raw).unwrap();
+        let e = ProbeEvent::from_raw(&raw, 64).unwrap();
         assert_eq!(e.ip, "192.0.2.7".parse::<IpAddr>().unwrap());
+        assert_eq!(e.source, "192.0.2.7/32".parse::<IpNet>().unwrap());
         assert_eq!(e.proto(), Protocol::Tcp);
+        // An IPv6 source counted by its network.
+        raw.addr = "2001:db8:0:7::"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        let e = ProbeEvent::from_raw(&raw, 64).unwrap();
+        assert_eq!(e.source, "2001:db8:0:7::/128".parse::<IpNet>().unwrap());
+        raw.flags = EVENT_PREFIX;
+        let e = ProbeEvent::from_raw(&raw, 64).unwrap();
+        assert_eq!(e.source, "2001:db8:0:7::/64".parse::<IpNet>().unwrap());
         raw.scan_type = 0;
-        assert_eq!(ProbeEvent::from_raw(&raw), None);
+        assert_eq!(ProbeEvent::from_raw(&raw, 64), None);
     }
 }

@@ -9,7 +9,6 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use ipnet::IpNet;
 use portsentry_common::maps::BanOrigin;
 
 use super::{Shared, admission::Admit, event::ProbeEvent};
@@ -178,7 +177,7 @@ async fn respond(
     }
     let name = resolve(shared, eff, ev.ip).await;
     if early == Some(Ban::Done) && name != ev.ip.to_string() {
-        shared.book().store.set_name(&IpNet::from(ev.ip), &name);
+        shared.book().store.set_name(&ev.source, &name);
     }
     let log = &shared.log;
     log.notice(&alert::attack_alert(
@@ -202,9 +201,15 @@ async fn respond(
                 // The guard protects the host: no kill command runs against it.
                 Ban::Refused => return,
             }
+            // A source counted by its network (SOURCE_PREFIX_V6) is banned with it: the
+            // line names the network (the other lines its address, as PortSentry's).
+            let blocked = if crate::kernel::addr::is_host(&ev.source) {
+                ev.ip.to_string()
+            } else {
+                ev.source.to_string()
+            };
             log.notice(&format!(
-                "attackalert: Host {} has been blocked via XDP drop",
-                ev.ip
+                "attackalert: Host {blocked} has been blocked via XDP drop"
             ));
             // The state and blocked files follow within a second (housekeeping).
         } else {
@@ -244,7 +249,7 @@ fn scan_ban(
         scan_type: ev.scan_type,
         mode,
     });
-    let ban = book.new_ban(&eff.config, IpNet::from(ev.ip), cause, None, now);
+    let ban = book.new_ban(&eff.config, ev.source, cause, None, now);
     // A ban the program made at the trigger is in force already: taken over, or lifted
     // when the guard refuses it.
     let put = if ev.kernel_banned {

@@ -172,7 +172,7 @@ pub(super) fn housekeeping(shared: &Arc<Shared>) {
             let mut new = (*eff).clone();
             new.always_ignored = now;
             let r = match shared.book().dp.as_mut() {
-                Some(dp) => dp.replace_ignore(&new.ignored_nets()),
+                Some(dp) => dp.replace_ignore(&new.ignored_nets(), &new.single_source_nets()),
                 None => Ok(()),
             };
             match r {

@@ -54,6 +54,24 @@ pub fn is_host(net: &IpNet) -> bool {
     net.prefix_len() == net.max_prefix_len()
 }
 
+/// True for a network the program looks up by exact key (`PS_BANS`): an IPv4 host, and
+/// an IPv6 network of the source prefix (`v6_prefix`: `SOURCE_PREFIX_V6`, `None` for
+/// single addresses). Every other ban lives in the trie.
+pub fn is_source_key(net: &IpNet, v6_prefix: Option<u32>) -> bool {
+    match net {
+        IpNet::V4(n) => n.prefix_len() == 32,
+        IpNet::V6(n) => u32::from(n.prefix_len()) == v6_prefix.unwrap_or(128),
+    }
+}
+
+/// The network an exact `PS_BANS` key stands for (see [`is_source_key`]).
+pub fn source_key_net(key: &Addr, v6_prefix: Option<u32>) -> IpNet {
+    match from_key(key) {
+        IpAddr::V4(v4) => IpNet::from(IpAddr::V4(v4)),
+        IpAddr::V6(v6) => net_from_key(v6_prefix.unwrap_or(128), &v6.octets()),
+    }
+}
+
 /// A single-host network.
 pub fn host_net(ip: IpAddr) -> IpNet {
     IpNet::from(ip)
@@ -63,7 +81,43 @@ pub fn host_net(ip: IpAddr) -> IpNet {
 mod tests {
     use std::net::Ipv4Addr;
 
+    use portsentry_common::packet::{AddrWords, prefix_words};
+
     use super::*;
+
+    /// The program's prefix masking (`prefix_words`) agrees with ipnet's, for every
+    /// length and a few addresses.
+    #[test]
+    fn prefix_words_is_the_network() {
+        for a in [
+            "2001:db8:1:2:3:4:5:6",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::1",
+        ] {
+            let ip: Ipv6Addr = a.parse().unwrap();
+            for len in 0..=128u8 {
+                let w: AddrWords = bytemuck::cast(ip.octets());
+                let got: Addr = bytemuck::cast(prefix_words(&w, u32::from(len)));
+                let want = Ipv6Net::new(ip, len).unwrap().network().octets();
+                assert_eq!(got, want, "{a}/{len}");
+            }
+        }
+    }
+
+    #[test]
+    fn source_keys() {
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        assert!(is_source_key(&net("192.0.2.7/32"), Some(64)));
+        assert!(!is_source_key(&net("192.0.2.0/24"), Some(64)));
+        assert!(is_source_key(&net("2001:db8::/64"), Some(64)));
+        assert!(!is_source_key(&net("2001:db8::5/128"), Some(64)));
+        assert!(is_source_key(&net("2001:db8::5/128"), None));
+        let key = to_key("2001:db8:0:7::".parse().unwrap());
+        assert_eq!(source_key_net(&key, Some(64)), net("2001:db8:0:7::/64"));
+        assert_eq!(source_key_net(&key, None), net("2001:db8:0:7::/128"));
+        let key = to_key("192.0.2.7".parse().unwrap());
+        assert_eq!(source_key_net(&key, Some(64)), net("192.0.2.7/32"));
+    }
 
     fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
         IpAddr::V4(Ipv4Addr::new(a, b, c, d))

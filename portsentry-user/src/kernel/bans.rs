@@ -9,7 +9,7 @@ use aya::maps::lpm_trie::Key;
 use ipnet::IpNet;
 use portsentry_common::{
     Addr,
-    maps::{self, BanEntry, BanSlot, SETTING_PREFIX_BANS},
+    maps::{self, BanEntry, BanSlot, SETTING_PREFIX_BANS, Settings},
     packet::AddrWords,
 };
 
@@ -97,14 +97,30 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Bans `net` (a host goes to the exact map, a wider prefix to the trie). Replaces an
-    /// existing ban of the same network.
+    /// The IPv6 prefix length sources are counted and banned by, if not single
+    /// addresses (`SOURCE_PREFIX_V6`, as the program has it now).
+    pub fn v6_source_prefix(&self) -> Option<u32> {
+        maps::v6_source_prefix(self.settings.flags)
+    }
+
+    /// Whether the program finds a ban of `net` in the exact map (an IPv4 host, an IPv6
+    /// network of the source prefix) rather than in the trie.
+    fn exact(&self, net: &IpNet) -> bool {
+        addr::is_source_key(net, self.v6_source_prefix())
+    }
+
+    /// Bans `net` (an IPv4 host or an IPv6 network of the source prefix goes to the exact
+    /// map, everything else to the trie). Replaces an existing ban of the same network.
     pub fn insert_ban(&mut self, net: &IpNet, entry: &BanEntry) -> Result<()> {
+        self.insert_ban_as(net, entry, self.exact(net))
+    }
+
+    fn insert_ban_as(&mut self, net: &IpNet, entry: &BanEntry, exact: bool) -> Result<()> {
         let (len, key) = addr::net_key(net);
-        if addr::is_host(net) {
+        if exact {
             // The filter bit goes first: a ban is never in the map without its bit.
             let bit = filter_bit(&key);
-            let is_new = self.ban(net)?.is_none();
+            let is_new = absent_is_none(self.maps.bans.get(&key, 0))?.is_none();
             if is_new {
                 let users = self.filter_users.entry(bit).or_insert(0);
                 *users += 1;
@@ -145,8 +161,12 @@ impl Dataplane {
 
     /// Removes the ban of exactly `net`; false when there was none.
     pub fn remove_ban(&mut self, net: &IpNet) -> Result<bool> {
+        self.remove_ban_as(net, self.exact(net))
+    }
+
+    fn remove_ban_as(&mut self, net: &IpNet, exact: bool) -> Result<bool> {
         let (len, key) = addr::net_key(net);
-        if addr::is_host(net) {
+        if exact {
             // Before the hash: the cache never holds a ban the hash lacks.
             self.cache_drop(&key)?;
             let removed = absent_is_false(self.maps.bans.remove(&key))?;
@@ -166,7 +186,7 @@ impl Dataplane {
     /// The ban of exactly `net`, if any.
     pub fn ban(&self, net: &IpNet) -> Result<Option<BanEntry>> {
         let (len, key) = addr::net_key(net);
-        absent_is_none(if addr::is_host(net) {
+        absent_is_none(if self.exact(net) {
             self.maps.bans.get(&key, 0)
         } else {
             self.maps.ban_nets.get(&Key::new(len, key), 0)
@@ -176,15 +196,45 @@ impl Dataplane {
     /// Every ban in the kernel, hosts and prefixes.
     pub fn bans(&self) -> Result<Vec<(IpNet, BanEntry)>> {
         let mut out = Vec::new();
+        let prefix = self.v6_source_prefix();
         for item in self.maps.bans.iter() {
             let (k, v) = item?;
-            out.push((addr::host_net(addr::from_key(&k)), v));
+            out.push((addr::source_key_net(&k, prefix), v));
         }
         for item in self.maps.ban_nets.iter() {
             let (k, v) = item?;
             out.push((addr::net_from_key(k.prefix_len(), &k.data()), v));
         }
         Ok(out)
+    }
+}
+
+impl Dataplane {
+    /// Moves the IPv6 bans between the exact map and the trie for a new source prefix
+    /// (`new`), then writes `settings` (which carry it): each ban is put where the
+    /// program will look for it first, the settings switch the program over, and only
+    /// then the ban leaves its old place, so that no ban is ever out of sight.
+    pub(super) fn change_v6_prefix(&mut self, new: Option<u32>, settings: Settings) -> Result<()> {
+        let old = self.v6_source_prefix();
+        let moved: Vec<(IpNet, BanEntry, bool)> = self
+            .bans()?
+            .into_iter()
+            .filter(|(net, _)| net.addr().is_ipv6())
+            .filter_map(|(net, entry)| {
+                let was = addr::is_source_key(&net, old);
+                let will = addr::is_source_key(&net, new);
+                (was != will).then_some((net, entry, was))
+            })
+            .collect();
+        for (net, entry, was) in &moved {
+            self.insert_ban_as(net, entry, !was)?;
+        }
+        // The moves may have set SETTING_PREFIX_BANS.
+        self.store_settings(self.keep_presence(settings))?;
+        for (net, _, was) in &moved {
+            self.remove_ban_as(net, *was)?;
+        }
+        Ok(())
     }
 }
 

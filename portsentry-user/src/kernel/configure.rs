@@ -3,7 +3,8 @@
 
 use anyhow::Result;
 use portsentry_common::maps::{
-    KernelBan, SETTING_KBAN_TCP, SETTING_KBAN_UDP, SETTING_VERIFY, Settings,
+    KernelBan, SETTING_KBAN_TCP, SETTING_KBAN_UDP, SETTING_V6_PREFIX_SHIFT, SETTING_VERIFY,
+    Settings,
 };
 
 use super::{Dataplane, MapSizes};
@@ -58,7 +59,8 @@ pub fn kernel_settings(eff: &Effective, secret: u64) -> Settings {
         ]
         .into_iter()
         .filter(|(on, _)| *on)
-        .fold(0, |flags, (_, flag)| flags | flag),
+        .fold(0, |flags, (_, flag)| flags | flag)
+            | (eff.config.source_prefix_v6.min(128) << SETTING_V6_PREFIX_SHIFT),
         cookie_secret: secret,
     }
 }
@@ -82,7 +84,7 @@ pub fn apply(dp: &mut Dataplane, eff: &Effective) -> Result<()> {
     };
     dp.write_kernel_ban(kernel_ban(eff))?;
     dp.write_settings(kernel_settings(eff, secret))?;
-    dp.replace_ignore(&eff.ignored_nets())?;
+    dp.replace_ignore(&eff.ignored_nets(), &eff.single_source_nets())?;
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 //! tracked sources.
 
 use std::{
-    collections::{HashMap as StdHashMap, HashSet},
+    collections::HashMap as StdHashMap,
     net::{IpAddr, Ipv6Addr},
     os::fd::{AsFd as _, AsRawFd as _},
 };
@@ -17,8 +17,9 @@ use ipnet::{IpNet, Ipv6Net};
 use portsentry_common::{
     Addr, Counter,
     maps::{
-        self, BanEntry, BanSlot, IGNORE_FILTER_WORDS, KBAN_DAEMON, KBAN_PROGRAM, KernelBan,
-        SETTING_IGNORE, SETTING_IGNORE_WIDE, Settings, SourceStats, ignore_filter_bit,
+        self, BanEntry, BanSlot, IGNORE_FILTER_WORDS, IGNORE_IGNORED, IGNORE_SINGLE, KBAN_DAEMON,
+        KBAN_PROGRAM, KernelBan, SETTING_IGNORE, SETTING_IGNORE_WIDE, Settings, SourceStats,
+        ignore_filter_bit,
     },
     packet::AddrWords,
 };
@@ -145,13 +146,22 @@ impl Dataplane {
     /// Writes the runtime settings. The presence flags (`SETTING_PREFIX_BANS`,
     /// `SETTING_IGNORE`) are kept by this type itself and are not taken from `s`.
     pub fn write_settings(&mut self, s: Settings) -> Result<()> {
-        let presence = maps::SETTING_PREFIX_BANS | SETTING_IGNORE | SETTING_IGNORE_WIDE;
-        let keep = self.settings.flags & presence;
-        let s = Settings {
-            flags: (s.flags & !presence) | keep,
-            ..s
-        };
+        let s = self.keep_presence(s);
+        let prefix = maps::v6_source_prefix(s.flags);
+        if prefix != self.v6_source_prefix() {
+            return self.change_v6_prefix(prefix, s);
+        }
         self.store_settings(s)
+    }
+
+    /// `s` with the presence flags (`SETTING_PREFIX_BANS`, `SETTING_IGNORE`,
+    /// `SETTING_IGNORE_WIDE`) as they are now.
+    pub(super) fn keep_presence(&self, s: Settings) -> Settings {
+        let presence = maps::SETTING_PREFIX_BANS | SETTING_IGNORE | SETTING_IGNORE_WIDE;
+        Settings {
+            flags: (s.flags & !presence) | (self.settings.flags & presence),
+            ..s
+        }
     }
 
     pub fn settings(&self) -> Settings {
@@ -199,7 +209,7 @@ impl Dataplane {
         Ok(())
     }
 
-    fn store_settings(&mut self, s: Settings) -> Result<()> {
+    pub(super) fn store_settings(&mut self, s: Settings) -> Result<()> {
         self.maps
             .settings
             .set(0, s, 0)
@@ -236,8 +246,15 @@ impl Dataplane {
     /// Makes the kernel's ignore list exactly `nets`, in an order that never leaves a
     /// network of both the old and the new list unprotected: the filter bits and the
     /// trie entries of the new list first, then the stale entries and bits go.
-    pub fn replace_ignore(&mut self, nets: &[IpNet]) -> Result<()> {
-        let want: HashSet<(u32, Addr)> = nets.iter().map(addr::net_key).collect();
+    ///
+    /// `singles` are the `SOURCE_PREFIX_V6` networks whose sources are counted one
+    /// address at a time (value `IGNORE_SINGLE`: not ignored, and no prefix ban).
+    pub fn replace_ignore(&mut self, nets: &[IpNet], singles: &[IpNet]) -> Result<()> {
+        let mut want: StdHashMap<(u32, Addr), u32> = singles
+            .iter()
+            .map(|n| (addr::net_key(n), IGNORE_SINGLE))
+            .collect();
+        want.extend(nets.iter().map(|n| (addr::net_key(n), IGNORE_IGNORED)));
         let (words, wide) = ignore_filter(nets);
         let current = match (self.ignore_words.take(), &self.maps.ignore_filter) {
             (Some(w), _) => w,
@@ -252,14 +269,14 @@ impl Dataplane {
             self.set_flag(SETTING_IGNORE_WIDE, true)?;
         }
         let t = &mut self.maps.ignore;
-        for (len, key) in &want {
-            t.insert(&Key::new(*len, *key), 1, 0)
+        for ((len, key), value) in &want {
+            t.insert(&Key::new(*len, *key), value, 0)
                 .context("writing PS_IGNORE (more ignore entries than its size?)")?;
         }
         let stale: Vec<Key<Addr>> = t
             .keys()
             .filter_map(|k| k.ok())
-            .filter(|k| !want.contains(&(k.prefix_len(), k.data())))
+            .filter(|k| !want.contains_key(&(k.prefix_len(), k.data())))
             .collect();
         for k in stale {
             absent_is_false(t.remove(&k))?;

@@ -10,7 +10,7 @@ use std::{
 };
 
 use ipnet::IpNet;
-use portsentry_common::maps::BanEntry;
+use portsentry_common::maps::{BanEntry, SETTING_V6_PREFIX_SHIFT, Settings};
 use portsentry_tests::{
     frames::{Frame, flags::*},
     netns::Netns,
@@ -20,10 +20,20 @@ use portsentry_user::kernel::{Dataplane, MapSizes};
 
 use crate::{Args, bench_dataplane, filler, ip, ip_net};
 
-/// A program with the bench's maps (see [`bench_dataplane`]) and the given bans.
+/// A program with the bench's maps (see [`bench_dataplane`]) and the given bans. This
+/// build counts and bans IPv6 sources by /64 (SOURCE_PREFIX_V6's default); a baseline
+/// build may not know the setting, so it gets none (each address on its own).
 fn setup(bytes: Option<&[u8]>, bans: &[IpNet]) -> Dataplane {
     let ignore = ["203.0.113.0/24", "127.0.0.0/8", "::1/128"].map(ip_net);
     let mut dp = bench_dataplane(bytes, &MapSizes::default(), &ignore);
+    if bytes.is_none() {
+        let s = dp.settings();
+        dp.write_settings(Settings {
+            flags: s.flags | 64 << SETTING_V6_PREFIX_SHIFT,
+            ..s
+        })
+        .unwrap();
+    }
     for net in bans {
         dp.insert_ban(net, &BanEntry::default()).unwrap();
     }
@@ -45,8 +55,10 @@ pub(crate) fn compare(args: &Args, baseline: &Path) {
     let banned = filler(0);
     let spared = ip("203.0.113.8");
     let bans = [IpNet::from(banned), IpNet::from(spared)];
-    let new = setup(None, &bans);
-    let base = setup(Some(&old), &bans);
+    // An IPv6 scanner's ban: its address before, its /64 now.
+    let (scanner6, banned6) = (ip("2001:db8:0:9::7"), ip("2001:db8:0:8::7"));
+    let new = setup(None, &[&bans[..], &[ip_net("2001:db8:0:8::/64")]].concat());
+    let base = setup(Some(&old), &[&bans[..], &[IpNet::from(banned6)]].concat());
     let frames = [
         ("benign ACK", Frame::tcp(client, server, 443, ACK).build()),
         (
@@ -60,6 +72,14 @@ pub(crate) fn compare(args: &Args, baseline: &Path) {
         (
             "counted SYN probe",
             Frame::tcp(scanner, server, 22, SYN).build(),
+        ),
+        (
+            "counted SYN probe, IPv6",
+            Frame::tcp(scanner6, server6, 22, SYN).build(),
+        ),
+        (
+            "banned IPv6 source, dropped",
+            Frame::tcp(banned6, server6, 443, SYN).build(),
         ),
         (
             "banned source, dropped",

@@ -122,7 +122,7 @@ pub(crate) fn bench_dataplane(
         cookie_secret: 0,
     })
     .unwrap();
-    dp.replace_ignore(ignore).unwrap();
+    dp.replace_ignore(ignore, &[]).unwrap();
     dp
 }
 

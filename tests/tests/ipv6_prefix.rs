@@ -1,0 +1,229 @@
+//! IPv6 sources counted and banned by network (SOURCE_PREFIX_V6, /64 by default): a
+//! scanner that takes a new address of its /64 for every probe is one source, banned
+//! once, and every address of its /64 is dropped; the next /64 is untouched. A /64 that
+//! holds an ignored address (or one of this host's) is counted one address at a time.
+
+use std::{
+    net::{IpAddr, SocketAddr, TcpListener},
+    time::Duration,
+};
+
+use portsentry_tests::{
+    daemon::{Daemon, Workdir, wait_until},
+    netns::{TestNet, tcp_connect},
+    require_kernel,
+    scenario::{ban_nets, history_has, start, status},
+};
+
+/// Gives the attacker `hosts` addresses of the /64 `prefix` (e.g. "2001:db8:0:1"),
+/// routed from the server, and resolves them from the server (so that no first answer
+/// waits on neighbour discovery).
+fn addresses(net: &TestNet, prefix: &str, hosts: impl IntoIterator<Item = u16>) -> Vec<IpAddr> {
+    net.server.exec(&format!(
+        "ip -6 route replace {prefix}::/64 dev {}",
+        net.server_if
+    ));
+    let mut out = Vec::new();
+    for h in hosts {
+        let a: IpAddr = format!("{prefix}::{h:x}").parse().unwrap();
+        net.attacker
+            .exec(&format!("ip addr add {a}/64 dev {} nodad", net.attacker_if));
+        out.push(a);
+    }
+    for a in &out {
+        net.server.exec(&format!(
+            "for i in 1 2 3 4 5; do ping -c1 -W2 {a} >/dev/null && exit 0; sleep 0.2; done; \
+             exit 1"
+        ));
+    }
+    out
+}
+
+/// A SYN from `src` to the closed watched port `port` of the server's IPv6 address.
+fn probe6(net: &TestNet, src: IpAddr, port: u16) {
+    let dst = SocketAddr::new(net.server_v6, port);
+    let _ = net
+        .attacker
+        .enter(|| tcp_connect(src, dst, Duration::from_millis(300)));
+}
+
+/// Whether `src` reaches the service on the server's IPv6 port 80.
+fn reaches6(net: &TestNet, src: IpAddr) -> bool {
+    let dst = SocketAddr::new(net.server_v6, 80);
+    net.attacker
+        .enter(|| tcp_connect(src, dst, Duration::from_millis(800)))
+        .is_ok()
+}
+
+fn counter(st: &serde_json::Value, name: &str) -> u64 {
+    st["counters"][name].as_u64().unwrap_or(0)
+}
+
+/// Waits for the history line of `ip` (a source's network address).
+fn wait_history(wd: &Workdir, d: &Daemon, ip: IpAddr) {
+    assert!(
+        wait_until(Duration::from_secs(15), || history_has(wd, ip)),
+        "{ip} was not acted on; log:\n{}",
+        d.lines().join("\n")
+    );
+}
+
+#[test]
+fn a_scanner_rotating_its_addresses_is_one_ban_of_its_64() {
+    require_kernel!();
+    let net = TestNet::new(0);
+    let scanner = addresses(&net, "2001:db8:0:1", 0x10..0x38);
+    let idle = addresses(&net, "2001:db8:0:1", [0xfffe]);
+    let other = addresses(&net, "2001:db8:0:2", [0x10]);
+    let _svc = net.server.enter(|| TcpListener::bind("[::]:80").unwrap());
+    let wd = Workdir::new();
+    wd.config(&net.server_if, "");
+    let d = start(&net, &wd);
+    assert!(reaches6(&net, other[0]), "the service is up");
+    for (i, src) in scanner.iter().enumerate() {
+        probe6(&net, *src, 23 + i as u16);
+    }
+    let network: IpAddr = "2001:db8:0:1::".parse().unwrap();
+    wait_history(&wd, &d, network);
+    let st = status(&wd);
+    assert_eq!(
+        ban_nets(&st),
+        vec!["2001:db8:0:1::/64".to_owned()],
+        "one ban, of the /64"
+    );
+    assert_eq!(
+        counter(&st, "kernel_banned"),
+        1,
+        "banned once, in the kernel"
+    );
+    assert_eq!(
+        counter(&st, "pass_probe"),
+        0,
+        "the first probe was the last"
+    );
+    assert!(counter(&st, "drop_banned") >= 39);
+    // Every address of the /64 is cut off, also one that never probed; the next /64 is
+    // not.
+    assert!(
+        !reaches6(&net, idle[0]),
+        "an idle address of the banned /64"
+    );
+    assert!(!reaches6(&net, scanner[5]));
+    assert!(reaches6(&net, other[0]), "another /64");
+    // The lines name the network's address; the block line the network.
+    assert!(d.has_line("scan from host: 2001:db8:0:1::/2001:db8:0:1:: to TCP port: 23"));
+    assert!(d.has_line("Host 2001:db8:0:1::/64 has been blocked via XDP drop"));
+    assert!(d.stop().success());
+}
+
+#[test]
+fn probes_from_addresses_of_one_64_add_up_to_the_trigger() {
+    require_kernel!();
+    let net = TestNet::new(0);
+    let scanner = addresses(&net, "2001:db8:0:1", 0x10..0x13);
+    let _svc = net.server.enter(|| TcpListener::bind("[::]:80").unwrap());
+    let wd = Workdir::new();
+    wd.config(&net.server_if, "SCAN_TRIGGER=\"3\"\n");
+    let d = start(&net, &wd);
+    probe6(&net, scanner[0], 23);
+    probe6(&net, scanner[1], 24);
+    // Two hits of the /64, each from its own address: below the trigger.
+    assert!(reaches6(&net, scanner[2]));
+    let st = status(&wd);
+    assert!(ban_nets(&st).is_empty(), "{:?}", ban_nets(&st));
+    probe6(&net, scanner[2], 25);
+    let network: IpAddr = "2001:db8:0:1::".parse().unwrap();
+    wait_history(&wd, &d, network);
+    assert_eq!(ban_nets(&status(&wd)), vec!["2001:db8:0:1::/64".to_owned()]);
+    assert!(!reaches6(&net, scanner[0]));
+    assert!(d.stop().success());
+}
+
+#[test]
+fn a_64_with_an_ignored_address_is_counted_per_address() {
+    require_kernel!();
+    let net = TestNet::new(0);
+    let hosts = addresses(&net, "2001:db8:0:1", [0x5, 0x6, 0x99]);
+    let (scanner, neighbour, ignored) = (hosts[0], hosts[1], hosts[2]);
+    let _svc = net.server.enter(|| TcpListener::bind("[::]:80").unwrap());
+    let wd = Workdir::new();
+    std::fs::write(wd.path("portsentry.ignore"), format!("{ignored}\n")).unwrap();
+    wd.config(&net.server_if, "");
+    let d = start(&net, &wd);
+    probe6(&net, scanner, 23);
+    wait_history(&wd, &d, scanner);
+    assert_eq!(
+        ban_nets(&status(&wd)),
+        vec![format!("{scanner}/128")],
+        "the scanner alone is banned, not the /64 the ignored host is in"
+    );
+    assert!(!reaches6(&net, scanner));
+    assert!(reaches6(&net, neighbour), "its neighbour is not banned");
+    assert!(reaches6(&net, ignored), "the ignored host is not banned");
+    assert!(d.stop().success());
+}
+
+#[test]
+fn source_prefix_128_bans_each_address() {
+    require_kernel!();
+    let net = TestNet::new(0);
+    let hosts = addresses(&net, "2001:db8:0:1", [0x5, 0x6]);
+    let _svc = net.server.enter(|| TcpListener::bind("[::]:80").unwrap());
+    let wd = Workdir::new();
+    wd.config(&net.server_if, "SOURCE_PREFIX_V6=\"128\"\n");
+    let d = start(&net, &wd);
+    probe6(&net, hosts[0], 23);
+    wait_history(&wd, &d, hosts[0]);
+    assert_eq!(ban_nets(&status(&wd)), vec![format!("{}/128", hosts[0])]);
+    assert!(reaches6(&net, hosts[1]));
+    assert!(d.stop().success());
+}
+
+/// A reload that changes SOURCE_PREFIX_V6 moves the IPv6 bans between the program's
+/// exact map and its trie: every ban stays in force, each with its own network.
+#[test]
+fn changing_the_prefix_keeps_every_ban() {
+    require_kernel!();
+    let net = TestNet::new(0);
+    let scanner = addresses(&net, "2001:db8:0:1", [0x10, 0xfffe]);
+    let others = addresses(&net, "2001:db8:0:2", [0x10, 0x11]);
+    let _svc = net.server.enter(|| TcpListener::bind("[::]:80").unwrap());
+    let wd = Workdir::new();
+    wd.config(&net.server_if, "");
+    let d = start(&net, &wd);
+    probe6(&net, scanner[0], 23);
+    wait_history(&wd, &d, "2001:db8:0:1::".parse().unwrap());
+    // One address banned alone, by hand.
+    let (ok, _, err) = wd.cli(&["ban", &others[0].to_string()]);
+    assert!(ok, "{err}");
+    let cut_off = |net: &TestNet| {
+        assert!(!reaches6(net, scanner[1]), "the /64 ban");
+        assert!(!reaches6(net, others[0]), "the /128 ban");
+        assert!(reaches6(net, others[1]), "nothing else");
+    };
+    cut_off(&net);
+    let reloads = |d: &Daemon| {
+        d.lines()
+            .iter()
+            .filter(|l| l.contains("configuration and ignore list reloaded"))
+            .count()
+    };
+    for (i, prefix) in ["128", "48", "64"].into_iter().enumerate() {
+        wd.config(&net.server_if, &format!("SOURCE_PREFIX_V6=\"{prefix}\"\n"));
+        d.signal(libc::SIGHUP);
+        assert!(
+            wait_until(Duration::from_secs(5), || reloads(&d) == i + 1),
+            "reload {i}: {}",
+            d.lines().join("\n")
+        );
+        cut_off(&net);
+        let mut nets = ban_nets(&status(&wd));
+        nets.sort();
+        assert_eq!(
+            nets,
+            vec!["2001:db8:0:1::/64".to_owned(), format!("{}/128", others[0])],
+            "SOURCE_PREFIX_V6={prefix}"
+        );
+    }
+    assert!(d.stop().success());
+}
