@@ -1,5 +1,6 @@
-//! Every external program the tests, the bench and xtask (the demo included) run is there
-//! on a bare Debian machine after `cargo xtask test | bench | demo`: it comes from a package
+//! Every external program the tests, the bench and xtask (the demo and the package
+//! included) run is there on a bare Debian machine after `cargo xtask test | bench | demo |
+//! deb`: it comes from a package
 //! in xtask's lists (`xtask/src/packages.rs`) that the command installs, or from the base
 //! system, or is the Rust toolchain or one of the project's own binaries.
 //!
@@ -33,7 +34,12 @@ const BASE: &[(&str, &str)] = &[
     ),
     ("mount", "mount: Priority required"),
     ("umount", "mount: Priority required"),
+    ("dpkg", "dpkg: Essential"),
     ("dpkg-deb", "dpkg: Essential"),
+    ("md5sum", "coreutils: Essential"),
+    ("chroot", "coreutils: Essential"),
+    ("tar", "tar: Essential"),
+    ("gzip", "gzip: Essential"),
     ("apt-get", "apt: Priority required"),
 ];
 
@@ -67,6 +73,8 @@ enum Runner {
     Bench,
     /// `cargo xtask demo`: TEST_PACKAGES.
     Demo,
+    /// `cargo xtask deb` (also run by `cargo xtask test`): DEB_PACKAGES.
+    Deb,
     /// xtask itself, before it installs anything.
     Xtask,
 }
@@ -75,6 +83,8 @@ impl Runner {
     fn of(rel: &str) -> Runner {
         if rel == "xtask/src/demo.rs" {
             Runner::Demo
+        } else if rel == "xtask/src/deb.rs" {
+            Runner::Deb
         } else if rel == "xtask/src/baseline.rs" {
             // `cargo xtask bench -- --baseline-rev`, after the bench's packages.
             Runner::Bench
@@ -91,6 +101,7 @@ impl Runner {
         match self {
             Runner::Test | Runner::Demo => TEST_PACKAGES.to_vec(),
             Runner::Bench => [TEST_PACKAGES, BENCH_PACKAGES].concat(),
+            Runner::Deb => DEB_PACKAGES.to_vec(),
             Runner::Xtask => Vec::new(),
         }
     }
@@ -99,6 +110,7 @@ impl Runner {
         match self {
             Runner::Test | Runner::Demo => "TEST_PACKAGES",
             Runner::Bench => "TEST_PACKAGES or BENCH_PACKAGES",
+            Runner::Deb => "DEB_PACKAGES",
             Runner::Xtask => "(none: xtask runs it before installing anything)",
         }
     }
@@ -225,6 +237,11 @@ fn every_program_run_is_installed() {
         ("nsenter", Runner::Demo),
         ("rustup", Runner::Xtask),
         ("apt-get", Runner::Xtask),
+        ("strip", Runner::Deb),
+        ("dpkg-shlibdeps", Runner::Deb),
+        ("debootstrap", Runner::Test),
+        ("lintian", Runner::Test),
+        ("chroot", Runner::Test),
     ] {
         assert!(
             uses.iter()
@@ -239,7 +256,7 @@ fn every_program_run_is_installed() {
 
 #[test]
 fn the_lists_hold_together() {
-    let all = [TEST_PACKAGES, BENCH_PACKAGES].concat();
+    let all = [TEST_PACKAGES, BENCH_PACKAGES, DEB_PACKAGES].concat();
     for (program, package) in PROVIDED_BY {
         assert!(
             all.iter().any(|(p, _)| p == package),

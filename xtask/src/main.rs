@@ -1,7 +1,8 @@
-//! `cargo xtask build | run | test | setup | demo | bench` — everything a user or CI
+//! `cargo xtask build | run | test | setup | demo | bench | deb` — everything a user or CI
 //! needs, from a fresh machine, with nothing installed by hand.
 
 mod baseline;
+mod deb;
 mod demo;
 mod packages;
 mod toolchain;
@@ -48,6 +49,9 @@ enum Cmd {
     /// Build, then show portsentry catching an nmap scan between two network namespaces
     /// of its own, then clean up (as root; a few seconds after the build).
     Demo,
+    /// Build the Debian package: target/debian/portsentry_<version>_<arch>.deb (install it
+    /// with `sudo apt install ./target/debian/portsentry_*.deb`).
+    Deb,
     /// Build, then run the whole test suite (kernel tests serially; needs root).
     ///
     /// `cargo xtask test --test hardening interface_down` runs one test of one file.
@@ -82,6 +86,10 @@ fn main() -> Result<()> {
         }
         Cmd::Test { args } => test(&root, &args)?,
         Cmd::Demo => demo::run(&root)?,
+        Cmd::Deb => {
+            toolchain::ensure_packages(toolchain::DEB_PACKAGES)?;
+            deb::build(&root)?;
+        }
         Cmd::Bench { args } => {
             let object = build(&root)?;
             toolchain::ensure_packages(toolchain::TEST_PACKAGES)?;
@@ -159,9 +167,14 @@ fn build(root: &Path) -> Result<PathBuf> {
 }
 
 fn cargo(root: &Path, args: &[&str], object: &Path) -> Result<()> {
+    cargo_with(root, args, object, &[])
+}
+
+fn cargo_with(root: &Path, args: &[&str], object: &Path, env: &[(&str, &Path)]) -> Result<()> {
     let status = Command::new("cargo")
         .current_dir(root)
         .env("PORTSENTRY_EBPF_OBJECT", object)
+        .envs(env.iter().copied())
         .args(args)
         .status()
         .with_context(|| format!("running cargo {}", args.join(" ")))?;
@@ -184,6 +197,14 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     }
     let object = build(root)?;
     let (for_cargo, for_tests) = split_test_args(extra);
+    // tests/tests/deb_package.rs installs the package: build it (as root, where the test
+    // runs; it fails without the package under CI=true, skips elsewhere when not root).
+    let deb = if is_root && selects_test(&for_cargo, "deb_package") {
+        toolchain::ensure_packages(toolchain::DEB_PACKAGES)?;
+        Some(deb::build(root)?)
+    } else {
+        None
+    };
     let mut args: Vec<&str> = vec![
         "test",
         "--release",
@@ -197,7 +218,26 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     // Kernel tests share kernel state (interfaces, pins, counters): run serially.
     args.push("--test-threads=1");
     args.extend(for_tests.iter().map(String::as_str));
-    cargo(root, &args, &object)
+    match deb {
+        Some(deb) => cargo_with(root, &args, &object, &[("PORTSENTRY_DEB", deb.as_path())]),
+        None => cargo(root, &args, &object),
+    }
+}
+
+/// Whether cargo's arguments run the integration test `name`: no target selection at all
+/// (the whole suite), or `--test name`.
+fn selects_test(for_cargo: &[String], name: &str) -> bool {
+    let selecting = ["--test", "--lib", "--tests", "--doc", "-p", "--package"];
+    if !for_cargo.iter().any(|a| {
+        selecting.contains(&a.as_str()) || a.starts_with("--test=") || a.starts_with("--package=")
+    }) {
+        return true;
+    }
+    for_cargo
+        .windows(2)
+        .any(|w| w[0] == "--test" && w[1] == name)
+        || for_cargo.iter().any(|a| a == &format!("--test={name}"))
+        || for_cargo.iter().any(|a| a == "--tests")
 }
 
 /// Splits `cargo xtask test`'s arguments between cargo and the tests: target selection
@@ -243,7 +283,20 @@ fn run_as_root(bin: &Path, args: &[String]) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::split_test_args;
+    use super::{selects_test, split_test_args};
+
+    #[test]
+    fn the_package_is_built_when_its_test_runs() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(selects_test(&v(&[]), "deb_package"));
+        assert!(selects_test(&v(&["--test", "deb_package"]), "deb_package"));
+        assert!(selects_test(&v(&["--test=deb_package"]), "deb_package"));
+        assert!(!selects_test(&v(&["--test", "xdp_bans"]), "deb_package"));
+        assert!(!selects_test(
+            &v(&["--lib", "-p", "portsentry-user"]),
+            "deb_package"
+        ));
+    }
 
     fn split(args: &[&str]) -> (Vec<String>, Vec<String>) {
         split_test_args(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())

@@ -14,6 +14,22 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("iputils-ping", "ping"),
     // What a scanner gets: masscan next to nmap.
     ("masscan", "masscan"),
+    // tests/tests/deb_package.rs: a throwaway Debian root for the package, and the checks
+    // of what it installs. (promtool comes from Debian's prometheus package unpacked, not
+    // installed: installing it would start a Prometheus server on the test machine.)
+    ("debootstrap", "debootstrap"),
+    ("lintian", "lintian"),
+    ("man-db", "man"),
+    ("systemd", "systemd-analyze"),
+];
+
+/// What `cargo xtask deb` (and `cargo xtask test`, which builds the package for its test)
+/// needs besides the base system.
+pub const DEB_PACKAGES: &[(&str, &str)] = &[
+    // dpkg-shlibdeps: the package's Depends on the C library.
+    ("dpkg-dev", "dpkg-shlibdeps"),
+    // strip, as dh_strip does.
+    ("binutils", "strip"),
 ];
 
 /// What `cargo xtask bench` compares against, besides the test packages.

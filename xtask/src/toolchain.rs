@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result, bail};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 // The package lists live in `packages.rs`, which the tests read too.
-pub use crate::packages::{BENCH_PACKAGES, TEST_PACKAGES};
+pub use crate::packages::{BENCH_PACKAGES, DEB_PACKAGES, TEST_PACKAGES};
 
 pub fn is_root() -> bool {
     Command::new("id")

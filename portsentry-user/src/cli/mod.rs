@@ -5,6 +5,7 @@
 
 mod bans;
 mod check_config;
+pub mod generate_docs;
 mod run;
 mod status;
 mod unload;
@@ -34,6 +35,7 @@ pub fn execute(command: Command) -> ExitCode {
         Command::Ban(args) => bans::ban(&args).map(line),
         Command::Unban(args) => bans::unban(&args).map(line),
         Command::Unload(args) => unload::unload(&args).map(line),
+        Command::GenerateDocs(args) => generate_docs::run(&args),
     };
     match result {
         Ok(out) => {
@@ -90,6 +92,9 @@ pub enum Command {
     /// Detach the program from every interface and remove its pinned maps (the
     /// daemon must be stopped; the bans stay on record in STATE_DIR/bans.json).
     Unload(FileArgs),
+    /// Write the man pages and shell completions into a folder (for packaging).
+    #[command(hide = true)]
+    GenerateDocs(generate_docs::GenerateDocsArgs),
 }
 
 /// Just the configuration file (for STATE_DIR and PIN_DIR).

@@ -14,6 +14,7 @@ pub mod effective;
 pub mod ignore;
 pub mod keys;
 pub(crate) mod localaddrs;
+pub mod manpage;
 pub(crate) mod policy;
 pub mod ports;
 mod text;

@@ -296,3 +296,65 @@ fn serve_bind_error_names_the_address() {
     let msg = format!("{err:#}");
     assert!(msg.contains(&addr.to_string()), "{msg}");
 }
+
+/// The Prometheus alert rules the Debian package installs name only metrics this
+/// daemon exports, and their unit tests feed series with real names and label values:
+/// `promtool test rules` alone would pass rules written against metrics that do not exist.
+#[test]
+fn alert_rules_use_exported_metrics() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/prometheus");
+    let rules = std::fs::read_to_string(dir.join("portsentry.rules.yml")).unwrap();
+    let tests = std::fs::read_to_string(dir.join("portsentry.rules.test.yml")).unwrap();
+    let text = Metrics::new().render(&snapshot());
+    let samples: HashSet<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split(['{', ' ']).next().unwrap())
+        .collect();
+    let names = |s: &str| -> Vec<String> {
+        let mut out = Vec::new();
+        for (at, _) in s.match_indices("portsentry_") {
+            let name: String = s[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            out.push(name);
+        }
+        out
+    };
+    let expr_names: Vec<String> = rules
+        .lines()
+        .filter(|l| l.trim_start().starts_with("expr:"))
+        .flat_map(names)
+        .collect();
+    assert!(expr_names.len() >= 6, "{expr_names:?}");
+    for name in &expr_names {
+        assert!(
+            samples.contains(name.as_str()),
+            "{name} is not exported:\n{text}"
+        );
+    }
+    // Every input series of the rule tests is one the daemon renders (its labels but
+    // `instance`, which Prometheus adds).
+    let mut series = 0;
+    for line in tests.lines() {
+        let Some(s) = line.trim().strip_prefix("- series: '") else {
+            continue;
+        };
+        let s = s.trim_end_matches('\'');
+        let (name, labels) = s.split_once('{').unwrap();
+        let labels: Vec<&str> = labels
+            .trim_end_matches('}')
+            .split(',')
+            .filter(|l| !l.starts_with("instance="))
+            .collect();
+        assert!(
+            text.lines()
+                .any(|l| l.split(['{', ' ']).next() == Some(name)
+                    && labels.iter().all(|lab| l.contains(lab))),
+            "the test series {s} matches nothing the daemon renders:\n{text}"
+        );
+        series += 1;
+    }
+    assert!(series >= 10, "only {series} series found");
+}
