@@ -111,6 +111,10 @@ pub fn mode_word(mode: Option<ModeToken>) -> &'static str {
     mode.map_or(MANUAL, ModeToken::as_str)
 }
 
+/// The word for a ban of a network put in force when enough of its hosts were banned
+/// (`status`, the state file); the kernel holds it as a scan ban.
+pub const ESCALATION: &str = "escalation";
+
 /// The label and state-file word of a ban's origin.
 pub fn origin_name(o: BanOrigin) -> &'static str {
     match o {
@@ -139,16 +143,24 @@ pub enum BanEnd {
     /// The ban guard lifted it: it lay inside a protected network (the ignore list
     /// grew, this host got the address, or it came from before the guard).
     Protected,
+    /// The ban of its network replaced it (an escalation).
+    Escalated,
 }
 
 impl BanEnd {
-    pub const ALL: [BanEnd; 3] = [BanEnd::Expired, BanEnd::Unbanned, BanEnd::Protected];
+    pub const ALL: [BanEnd; 4] = [
+        BanEnd::Expired,
+        BanEnd::Unbanned,
+        BanEnd::Protected,
+        BanEnd::Escalated,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             BanEnd::Expired => "expired",
             BanEnd::Unbanned => "unbanned",
             BanEnd::Protected => "protected",
+            BanEnd::Escalated => "escalated",
         }
     }
 }

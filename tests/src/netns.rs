@@ -176,6 +176,36 @@ impl TestNet {
     }
 }
 
+impl TestNet {
+    /// Gives the attacker addresses `NET.h` for each `h` of `hosts` in another IPv4 /24
+    /// (`net` is its first three octets, e.g. `198.51.100`), routed over the veth in both
+    /// namespaces, and resolves their neighbour entries; returns them. The server's
+    /// address and the existing attacker addresses are unchanged (they stay in
+    /// 192.0.2.0/24), so a ban of the new /24 covers no address of the server.
+    pub fn add_attacker_v4_network(&mut self, net: &str, hosts: &[u8]) -> Vec<IpAddr> {
+        self.server.exec(&format!(
+            "ip route replace {net}.0/24 dev {}",
+            self.server_if
+        ));
+        let mut added = Vec::new();
+        for h in hosts {
+            self.attacker.exec(&format!(
+                "ip addr add {net}.{h}/24 dev {}",
+                self.attacker_if
+            ));
+            added.push(format!("{net}.{h}").parse().unwrap());
+        }
+        for a in &added {
+            self.server.exec(&format!(
+                "for i in 1 2 3 4 5; do ping -c1 -W2 {a} >/dev/null && exit 0; sleep 0.2; done; \
+                 exit 1"
+            ));
+        }
+        self.attacker_v4.extend(added.iter().copied());
+        added
+    }
+}
+
 /// A TCP connection from `src` (an address of the current namespace) to `dst`.
 pub fn tcp_connect(
     src: IpAddr,

@@ -172,9 +172,22 @@ impl Book {
                 nth,
             ),
         };
-        let (origin, port, scan_type, mode) = match cause {
-            Cause::Operator => (BanOrigin::Manual, 0, None, None),
-            Cause::Scan(s) => (BanOrigin::Scan, s.port, Some(s.scan_type), Some(s.mode)),
+        let (origin, port, scan_type, mode, escalated) = match cause {
+            Cause::Operator => (BanOrigin::Manual, 0, None, None, None),
+            Cause::Scan(s) => (
+                BanOrigin::Scan,
+                s.port,
+                Some(s.scan_type),
+                Some(s.mode),
+                None,
+            ),
+            Cause::Escalation { scan: s, hosts } => (
+                BanOrigin::Scan,
+                s.port,
+                Some(s.scan_type),
+                Some(s.mode),
+                Some(hosts),
+            ),
         };
         Ban {
             net,
@@ -185,8 +198,12 @@ impl Book {
             proto: scan_type.map(Protocol::of),
             scan_type,
             mode,
-            name: net.addr().to_string(),
+            name: match escalated {
+                Some(_) => net.to_string(),
+                None => net.addr().to_string(),
+            },
             count: nth,
+            escalated,
         }
     }
 

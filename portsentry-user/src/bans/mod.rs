@@ -1,9 +1,11 @@
 //! Bans: every ban in force with what caused it ([`Ban`], [`BanStore`]), how long a ban
 //! lasts ([`ban_duration`]), the one place that changes them ([`book::Book`]), the
-//! operator's actions on them ([`ops`]) and their file ([`state`]). The kernel maps are
+//! operator's actions on them ([`ops`]), the ban of a crowded network ([`escalate`]) and
+//! their file ([`state`]). The kernel maps are
 //! the enforcement; this is the record the daemon keeps beside them.
 
 pub mod book;
+pub mod escalate;
 pub mod guard;
 pub mod ops;
 pub mod state;
@@ -22,7 +24,7 @@ use portsentry_common::{
 
 use crate::{
     clock,
-    kinds::{ModeToken, Protocol},
+    kinds::{self, ModeToken, Protocol},
 };
 
 pub use book::Book;
@@ -46,6 +48,9 @@ pub struct Ban {
     pub name: String,
     /// How many times this network has been banned, this ban included.
     pub count: u32,
+    /// `Some(n)`: an escalation, the ban of a network put in force when `n` of its hosts
+    /// were banned ([`escalate`]); the kernel holds it as a scan ban.
+    pub escalated: Option<u32>,
 }
 
 impl Ban {
@@ -66,9 +71,21 @@ impl Ban {
     }
 
     /// Whether ending this ban runs undo steps (UNKILL_*): only a scan ban of one host
-    /// ran kill commands.
+    /// ran kill commands (an escalation runs none).
     pub fn has_undo(&self) -> bool {
-        self.origin == BanOrigin::Scan && self.net.prefix_len() == self.net.max_prefix_len()
+        self.origin == BanOrigin::Scan
+            && self.escalated.is_none()
+            && self.net.prefix_len() == self.net.max_prefix_len()
+    }
+
+    /// What made it, as `status` and the state file say: `scan`, `manual` or
+    /// `escalation`.
+    pub fn origin_word(&self) -> &'static str {
+        if self.escalated.is_some() {
+            kinds::ESCALATION
+        } else {
+            kinds::origin_name(self.origin)
+        }
     }
 }
 
@@ -87,6 +104,9 @@ pub enum Cause {
     Operator,
     /// A scan the daemon detected.
     Scan(ScanCause),
+    /// `hosts` banned hosts of one network ([`escalate`]); the scan is the one whose ban
+    /// made the count.
+    Escalation { scan: ScanCause, hosts: u32 },
 }
 
 /// How long the `nth` ban (1-based) of a source lasts: `base` times `factor` to the
@@ -127,6 +147,28 @@ impl BanStore {
 
     pub fn get(&self, net: &IpNet) -> Option<&Ban> {
         self.bans.get(net)
+    }
+
+    /// The bans of networks that lie inside `net` (`net`'s own included).
+    pub fn within<'a>(&'a self, net: &IpNet) -> impl Iterator<Item = &'a Ban> + use<'a> {
+        let net = net.trunc();
+        // Ordered by address, then prefix length: every network inside `net` has its
+        // address between `net`'s first and last.
+        let first = IpNet::new(net.network(), 0).expect("0 is a valid prefix");
+        let last = IpNet::new(net.broadcast(), net.max_prefix_len()).expect("a host prefix");
+        self.bans
+            .range(first..=last)
+            .map(|(_, b)| b)
+            .filter(move |b| net.contains(&b.net))
+    }
+
+    /// The ban of `net` or of a network that contains it, if any (one lookup a prefix
+    /// length).
+    pub fn covering_net(&self, net: &IpNet) -> Option<&Ban> {
+        (0..=net.prefix_len())
+            .rev()
+            .filter_map(|p| IpNet::new(net.addr(), p).ok())
+            .find_map(|n| self.bans.get(&n.trunc()))
     }
 
     /// The ban that covers `ip` (its own, or a prefix's), if any.
@@ -214,6 +256,7 @@ mod tests {
             mode: Some(ModeToken::Atcp),
             name: net.into(),
             count,
+            escalated: None,
         }
     }
 
@@ -227,6 +270,35 @@ mod tests {
         assert!(s.covering("192.0.2.7".parse().unwrap()).is_some());
         assert!(s.covering("198.51.100.9".parse().unwrap()).is_some());
         assert!(s.covering("192.0.2.8".parse().unwrap()).is_none());
+        let nets = |n: &str| -> Vec<String> {
+            s.within(&n.parse().unwrap())
+                .map(|b| b.net.to_string())
+                .collect()
+        };
+        assert_eq!(nets("192.0.2.0/24"), ["192.0.2.7/32"]);
+        assert_eq!(nets("192.0.2.7/32"), ["192.0.2.7/32"]);
+        assert!(nets("192.0.2.8/29").is_empty());
+        assert_eq!(nets("198.51.0.0/16"), ["198.51.100.0/24"]);
+        assert!(
+            nets("198.51.100.128/25").is_empty(),
+            "wider bans are not inside"
+        );
+        assert!(nets("2001:db8::/32").is_empty(), "the families do not mix");
+        let covering = |n: &str| {
+            s.covering_net(&n.parse().unwrap())
+                .map(|b| b.net.to_string())
+        };
+        assert_eq!(
+            covering("198.51.100.0/24").as_deref(),
+            Some("198.51.100.0/24")
+        );
+        assert_eq!(
+            covering("198.51.100.64/26").as_deref(),
+            Some("198.51.100.0/24")
+        );
+        assert_eq!(covering("198.51.0.0/16"), None);
+        assert_eq!(covering("192.0.2.7/32").as_deref(), Some("192.0.2.7/32"));
+        assert_eq!(covering("192.0.2.0/24"), None);
         assert_eq!(
             s.expired(SystemTime::now()),
             vec!["198.51.100.0/24".parse().unwrap()]

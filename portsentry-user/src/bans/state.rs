@@ -50,6 +50,10 @@ struct BanRecord {
     mode: String,
     name: String,
     count: u32,
+    /// An escalation: how many banned hosts of the network made it (origin `scan`, as
+    /// the kernel holds it). Absent for any other ban, and in files from before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    escalated: Option<u32>,
 }
 
 fn ms(t: SystemTime) -> u64 {
@@ -79,6 +83,7 @@ pub fn to_json(store: &BanStore) -> String {
                 mode: kinds::mode_word(b.mode).to_owned(),
                 name: b.name.clone(),
                 count: b.count,
+                escalated: b.escalated,
             })
             .collect(),
         previous,
@@ -131,6 +136,7 @@ pub fn from_json(text: &str) -> Result<BanStore> {
             mode,
             name: r.name,
             count: r.count,
+            escalated: r.escalated,
         });
     }
     Ok(store)
@@ -188,6 +194,9 @@ pub fn ban_from_kernel(net: IpNet, e: &BanEntry, tcp_mode: ModeToken, udp_mode: 
         mode,
         name: net.addr().to_string(),
         count: e.count.max(1),
+        // The kernel does not know escalations: one rebuilt from its entry alone is a
+        // scan ban of the network.
+        escalated: None,
     }
 }
 
@@ -266,6 +275,7 @@ mod tests {
             mode: Some(ModeToken::Atcp),
             name: "scanner.example".into(),
             count: 2,
+            escalated: None,
         }
     }
 
@@ -278,14 +288,25 @@ mod tests {
             Some(UNIX_EPOCH + Duration::from_secs(1_900_000_000)),
             BanOrigin::Manual,
         ));
+        s.insert(Ban {
+            escalated: Some(5),
+            ..ban("203.0.113.0/24", None, BanOrigin::Scan)
+        });
         s.set_previous("198.51.100.1/32".parse().unwrap(), 4);
         let text = to_json(&s);
+        assert_eq!(text.matches("\"escalated\"").count(), 1, "{text}");
         let back = from_json(&text).unwrap();
         assert_eq!(
             back.iter().collect::<Vec<_>>(),
             s.iter().collect::<Vec<_>>()
         );
         assert_eq!(back.times_banned(&"198.51.100.1/32".parse().unwrap()), 4);
+        let escalation = back.get(&"203.0.113.0/24".parse().unwrap()).unwrap();
+        assert_eq!(
+            (escalation.escalated, escalation.origin_word()),
+            (Some(5), "escalation")
+        );
+        assert!(!escalation.has_undo());
         assert_eq!(to_json(&back), text);
     }
 

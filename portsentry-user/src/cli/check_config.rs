@@ -8,6 +8,7 @@ use anyhow::Result;
 use super::ConfigArgs;
 use crate::{
     actions::{self, Step, Target},
+    bans::escalate,
     config::{
         BlockMode, Mode,
         effective::{self, Effective},
@@ -101,6 +102,18 @@ fn render(eff: &Effective) -> String {
             );
         }
     }
+    let _ = match escalate::Settings::new(c) {
+        None => writeln!(s, "escalation:    off (ESCALATE_AFTER=0)"),
+        Some(e) => writeln!(
+            s,
+            "escalation:    {} banned hosts of one IPv4 /{} or IPv6 /{}{} make one ban of the \
+             network (XDP only, if the ban guard allows it)",
+            e.after,
+            e.prefix_v4,
+            e.prefix_v6,
+            e.describe_window()
+        ),
+    };
     let _ = writeln!(s, "ignore list:");
     match &c.ignore_file {
         Some(p) => {
@@ -182,4 +195,38 @@ fn render(eff: &Effective) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn report(config: Config) -> String {
+        render(&effective::from_config(config).unwrap())
+    }
+
+    #[test]
+    fn escalation_is_shown() {
+        let off = report(Config::default());
+        assert!(
+            off.contains("escalation:    off (ESCALATE_AFTER=0)\n"),
+            "{off}"
+        );
+        let on = report(Config {
+            escalate_after: 5,
+            escalate_window: Duration::from_secs(90),
+            escalate_prefix_v6: 56,
+            ..Config::default()
+        });
+        assert!(
+            on.contains(
+                "escalation:    5 banned hosts of one IPv4 /24 or IPv6 /56 within 1m 30s make \
+                 one ban of the network (XDP only, if the ban guard allows it)\n"
+            ),
+            "{on}"
+        );
+    }
 }

@@ -53,8 +53,11 @@ struct SourceStatus {
 #[derive(Serialize)]
 struct BanStatus {
     net: IpNet,
-    /// `scan` or `manual`.
+    /// `scan`, `manual` or `escalation` (the ban of a network whose hosts were banned).
     origin: &'static str,
+    /// For an escalation: how many banned hosts of the network made it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    escalated: Option<u32>,
     /// The mode that banned it (`atcp`, ...) or `manual`.
     reason: &'static str,
     name: String,
@@ -106,7 +109,8 @@ pub fn status(args: &StatusArgs) -> Result<String> {
     let mut describe = |b: &Ban, in_kernel: bool| {
         bans.push(BanStatus {
             net: b.net,
-            origin: kinds::origin_name(b.origin),
+            origin: b.origin_word(),
+            escalated: b.escalated,
             reason: kinds::mode_word(b.mode),
             name: b.name.clone(),
             port: b.port,
@@ -227,6 +231,13 @@ fn render(st: &Status) -> String {
     for b in &st.bans {
         let what = match (b.origin, b.scan_type) {
             ("scan", Some(t)) => format!("{} {t} to port {}", b.reason, b.port),
+            (kinds::ESCALATION, _) => format!(
+                "escalation: {} of its hosts banned, the last {} {} to port {}",
+                b.escalated.unwrap_or(0),
+                b.reason,
+                b.scan_type.unwrap_or("?"),
+                b.port
+            ),
             _ => "manual".to_owned(),
         };
         let _ = writeln!(

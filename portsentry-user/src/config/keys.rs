@@ -8,8 +8,8 @@ use super::{
     Config,
     text::shorten,
     values::{
-        Mode, absolute_path, block_mode, command, duration, flag, interfaces, nonzero_duration,
-        number, optional_absolute_path, port_list, socket_address, xdp_mode,
+        Mode, absolute_path, block_mode, command, duration, escalate_after, flag, interfaces,
+        nonzero_duration, number, optional_absolute_path, port_list, socket_address, xdp_mode,
     },
 };
 
@@ -197,6 +197,18 @@ pub static KEYS: &[Key] = &[
     key!(Extension, "SOURCE_PREFIX_V6", "64",
         "IPv6 sources are counted and banned by their network of this prefix length (any IPv6 host has a /64 to pick addresses from); 128 = each address on its own",
         |c, k, v| c.source_prefix_v6 = number(k, v, 1, 128)?),
+    key!(Extension, "ESCALATE_AFTER", "0",
+        "this many banned hosts of one network within ESCALATE_WINDOW make one ban of the network; 0 = off",
+        |c, k, v| c.escalate_after = escalate_after(k, v)?),
+    key!(Extension, "ESCALATE_WINDOW", "10m",
+        "the bans ESCALATE_AFTER counts began within this time; 0 = every ban in force counts",
+        |c, k, v| c.escalate_window = duration(k, v, "0 = every ban in force counts")?),
+    key!(Extension, "ESCALATE_PREFIX_V4", "24",
+        "the IPv4 network an escalation bans, as a prefix length (0-31)",
+        |c, k, v| c.escalate_prefix_v4 = number(k, v, 0, 31)?),
+    key!(Extension, "ESCALATE_PREFIX_V6", "48",
+        "the IPv6 network an escalation bans, as a prefix length (0-127)",
+        |c, k, v| c.escalate_prefix_v6 = number(k, v, 0, 127)?),
     key!(Extension, "METRICS_ADDRESS", "",
         "IP:port to serve metrics on; \"\" = off",
         |c, k, v| c.metrics_address = socket_address(k, v)?),
@@ -292,7 +304,7 @@ mod tests {
                 k.name
             );
         }
-        assert_eq!(seen.len(), 44);
+        assert_eq!(seen.len(), 48);
         // PortSentry 1.2's keys come first (the order of the known keys in an error).
         let first_extension = KEYS
             .iter()
@@ -433,6 +445,9 @@ mod tests {
         assert_eq!(c.max_bans_per_sec, 100);
         assert_eq!(c.max_tracked_sources, 65_536);
         assert_eq!(c.max_bans, 1_048_576);
+        assert_eq!(c.escalate_after, 0, "escalation is off");
+        assert_eq!(c.escalate_window, Duration::from_secs(600));
+        assert_eq!((c.escalate_prefix_v4, c.escalate_prefix_v6), (24, 48));
         assert_eq!(c.metrics_address, None);
         assert!(c.syslog);
         c.validate().unwrap();

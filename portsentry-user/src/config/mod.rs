@@ -190,6 +190,16 @@ config_struct! {
         /// `SOURCE_PREFIX_V6`: IPv6 sources are counted and banned by their network of
         /// this length (128: each address on its own).
         pub source_prefix_v6: u32,
+        /// `ESCALATE_AFTER`: this many banned hosts of one network within
+        /// `ESCALATE_WINDOW` make a ban of the network; 0 means off, never 1.
+        pub escalate_after: u32,
+        /// `ESCALATE_WINDOW`: the bans `ESCALATE_AFTER` counts began within this; zero
+        /// means every ban in force counts.
+        pub escalate_window: Duration,
+        /// `ESCALATE_PREFIX_V4`: the IPv4 network escalated to, as a prefix length.
+        pub escalate_prefix_v4: u32,
+        /// `ESCALATE_PREFIX_V6`: the same for IPv6.
+        pub escalate_prefix_v6: u32,
         /// `METRICS_ADDRESS`: where to serve metrics; `None` for off.
         pub metrics_address: Option<SocketAddr>,
         /// `SYSLOG`: log attack alerts to syslog.
@@ -381,6 +391,38 @@ impl Config {
                     self.source_prefix_v6, self.ban_min_prefix_v6, self.ban_min_prefix_v6
                 ),
             ));
+        }
+        if self.escalate_after > 0 {
+            for (key, prefix, min_key, min) in [
+                (
+                    "ESCALATE_PREFIX_V4",
+                    self.escalate_prefix_v4,
+                    "BAN_MIN_PREFIX_V4",
+                    self.ban_min_prefix_v4,
+                ),
+                (
+                    "ESCALATE_PREFIX_V6",
+                    self.escalate_prefix_v6,
+                    "BAN_MIN_PREFIX_V6",
+                    self.ban_min_prefix_v6,
+                ),
+            ] {
+                if prefix < min {
+                    let at = if self.lines.contains_key(key) {
+                        key
+                    } else {
+                        min_key
+                    };
+                    return Err(self.error_at(
+                        at,
+                        format!(
+                            "{key} (/{prefix}) is wider than {min_key} (/{min}), the widest ban \
+                             the ban guard allows, so every escalation would be refused; set \
+                             {key} to {min} or more, or ESCALATE_AFTER to 0 (off)"
+                        ),
+                    ));
+                }
+            }
         }
         Ok(())
     }

@@ -137,8 +137,12 @@ MAX_BANS_PER_SEC="0"
 MAX_TRACKED_SOURCES="1024"
 MAX_BANS="16"
 BAN_MIN_PREFIX_V4="0"
-BAN_MIN_PREFIX_V6="128"
+BAN_MIN_PREFIX_V6="40"
 SOURCE_PREFIX_V6="128"
+ESCALATE_AFTER="5"
+ESCALATE_WINDOW="1h"
+ESCALATE_PREFIX_V4="16"
+ESCALATE_PREFIX_V6="40"
 METRICS_ADDRESS="[::1]:9100"
 SYSLOG="0"
 "#;
@@ -200,12 +204,15 @@ SYSLOG="0"
     assert_eq!(c.max_bans_per_sec, 0);
     assert_eq!(c.max_tracked_sources, 1024);
     assert_eq!(c.max_bans, 16);
-    assert_eq!((c.ban_min_prefix_v4, c.ban_min_prefix_v6), (0, 128));
+    assert_eq!((c.ban_min_prefix_v4, c.ban_min_prefix_v6), (0, 40));
     assert_eq!(c.source_prefix_v6, 128);
+    assert_eq!(c.escalate_after, 5);
+    assert_eq!(c.escalate_window, Duration::from_secs(3600));
+    assert_eq!((c.escalate_prefix_v4, c.escalate_prefix_v6), (16, 40));
     assert_eq!(c.metrics_address, Some("[::1]:9100".parse().unwrap()));
     assert!(!c.syslog);
     assert_eq!(c.line_of("TCP_PORTS"), 2);
-    assert_eq!(c.line_of("SYSLOG"), 45);
+    assert_eq!(c.line_of("SYSLOG"), 49);
     // Stealth TCP watches exactly TCP_PORTS; UDP is off.
     assert_eq!(c.tcp_watched_ports(), tcp);
     assert!(c.udp_watched_ports().is_empty());
@@ -464,6 +471,58 @@ fn flags_and_choices() {
     assert_eq!(ok("XDP_MODE=\"native\"").xdp_mode, AttachMode::Native);
     assert_eq!(ok("XDP_MODE=\"auto\"").xdp_mode, AttachMode::Auto);
     assert_eq!(ok("BLOCK_UDP=\"0\"").block_udp, BlockMode::ReportOnly);
+}
+
+#[test]
+fn escalation() {
+    let c = ok("ESCALATE_AFTER=\"3\"\nESCALATE_WINDOW=\"90s\"");
+    assert_eq!(
+        (c.escalate_after, c.escalate_window),
+        (3, Duration::from_secs(90))
+    );
+    assert_eq!(ok("ESCALATE_WINDOW=\"0\"").escalate_window, Duration::ZERO);
+    bad(
+        "ESCALATE_AFTER=\"1\"",
+        1,
+        "ESCALATE_AFTER must be 0 (off) or at least 2, not 1",
+    );
+    bad(
+        "ESCALATE_AFTER=\"-2\"",
+        1,
+        "ESCALATE_AFTER must be a whole number of at least 0",
+    );
+    bad(
+        "ESCALATE_WINDOW=\"soon\"",
+        1,
+        "0 = every ban in force counts",
+    );
+    bad(
+        "ESCALATE_PREFIX_V4=\"32\"",
+        1,
+        "ESCALATE_PREFIX_V4 must be a whole number from 0 to 31",
+    );
+    bad(
+        "ESCALATE_PREFIX_V6=\"128\"",
+        1,
+        "ESCALATE_PREFIX_V6 must be a whole number from 0 to 127",
+    );
+    // Wider than the guard allows: named at the prefix's line, or at the guard's limit
+    // when the file set only that.
+    bad(
+        "ESCALATE_AFTER=\"4\"\nESCALATE_PREFIX_V4=\"7\"",
+        2,
+        "ESCALATE_PREFIX_V4 (/7) is wider than BAN_MIN_PREFIX_V4 (/8), the widest ban the \
+         ban guard allows",
+    );
+    bad(
+        "ESCALATE_AFTER=\"4\"\nBAN_MIN_PREFIX_V6=\"56\"",
+        2,
+        "ESCALATE_PREFIX_V6 (/48) is wider than BAN_MIN_PREFIX_V6 (/56)",
+    );
+    // Off, the prefixes are not checked against the guard: a narrower guard alone loads.
+    let c = ok("BAN_MIN_PREFIX_V4=\"28\"\nBAN_MIN_PREFIX_V6=\"64\"");
+    assert_eq!(c.escalate_after, 0);
+    ok("ESCALATE_AFTER=\"2\"\nESCALATE_PREFIX_V4=\"8\"\nESCALATE_PREFIX_V6=\"32\"");
 }
 
 #[test]

@@ -205,6 +205,18 @@ pub(super) fn number(key: &str, value: &str, min: u32, max: u32) -> Result<u32, 
     }
 }
 
+/// `ESCALATE_AFTER`: 0 (off) or a count of at least 2 (one banned host is not a crowd:
+/// 1 would turn every scan ban into a ban of its whole network).
+pub(super) fn escalate_after(key: &str, value: &str) -> Result<u32, String> {
+    match number(key, value, 0, u32::MAX)? {
+        1 => Err(format!(
+            "{key} must be 0 (off) or at least 2, not 1: one banned host would ban its whole \
+             network"
+        )),
+        n => Ok(n),
+    }
+}
+
 /// `0` or `1`.
 pub(super) fn flag(key: &str, value: &str) -> Result<bool, String> {
     match value.trim() {

@@ -11,6 +11,7 @@
 mod admission;
 mod control;
 pub mod detect;
+mod escalation;
 mod event;
 mod respond;
 mod upkeep;
@@ -33,7 +34,7 @@ use tokio::{
 };
 
 use crate::{
-    bans::{Book, guard::Guard, state},
+    bans::{Book, escalate::Tracker, guard::Guard, state},
     config::effective::{ConfigArgs, Effective},
     kernel::{
         Dataplane,
@@ -83,6 +84,8 @@ struct Shared {
     admission: Mutex<Admission>,
     /// Interfaces the program could not be attached to again (logged once).
     unattached: Mutex<HashSet<String>>,
+    /// The responses running and the escalations refused ([`escalation`]).
+    escalation: Mutex<Tracker>,
     jobs: Arc<Semaphore>,
 }
 
@@ -189,6 +192,7 @@ pub async fn run(
         sources_tracked: Mutex::new((0, None)),
         admission: Mutex::new(Admission::default()),
         unattached: Mutex::new(HashSet::new()),
+        escalation: Mutex::new(Tracker::default()),
         jobs: Arc::new(Semaphore::new(MAX_PARALLEL_JOBS)),
     });
     for b in expired_at_start {

@@ -11,7 +11,7 @@ use std::{
 
 use portsentry_common::maps::BanOrigin;
 
-use super::{Shared, admission::Admit, event::ProbeEvent};
+use super::{Shared, admission::Admit, escalation, event::ProbeEvent};
 use crate::{
     actions::{self, Step, Target, execute::run_step},
     bans::{Cause, ScanCause, guard::Refusal},
@@ -154,9 +154,10 @@ async fn resolve(shared: &Shared, eff: &Effective, ip: IpAddr) -> String {
     name
 }
 
-/// Acts on one host, in the configured order; `now` is when it was admitted.
+/// Acts on one host, in the configured order; `now` is when it was admitted. A scan
+/// ban may then escalate to the host's network ([`escalation::after_ban`]).
 async fn respond(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     eff: &Effective,
     ev: ProbeEvent,
     mode: ModeToken,
@@ -170,6 +171,8 @@ async fn respond(
         mode,
     };
     let steps = actions::plan(c, block, &target);
+    let running = escalation::Running::new(shared, ev.ip);
+    let mut banned = false;
     // The XDP ban does not wait for the name lookup when it comes first.
     let mut early = None;
     if steps.first() == Some(&Step::XdpBan) {
@@ -196,7 +199,7 @@ async fn respond(
                 .take()
                 .unwrap_or_else(|| scan_ban(shared, eff, &ev, mode, now))
             {
-                Ban::Done => {}
+                Ban::Done => banned = true,
                 Ban::Failed => continue,
                 // The guard protects the host: no kill command runs against it.
                 Ban::Refused => return,
@@ -221,6 +224,16 @@ async fn respond(
         log.warn(&format!(
             "portsentry: could not write the history file: {e}"
         ));
+    }
+    // This host's kill steps are done: its ban may be replaced.
+    drop(running);
+    if banned {
+        let scan = ScanCause {
+            port: ev.port,
+            scan_type: ev.scan_type,
+            mode,
+        };
+        escalation::after_ban(shared, eff, ev.ip, scan);
     }
 }
 

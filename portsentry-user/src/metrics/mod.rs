@@ -167,12 +167,12 @@ impl Metrics {
         );
         m.registry.register(
             "bans_added",
-            "Bans put in force, by origin (scan: a source reached SCAN_TRIGGER; manual: the ban command)",
+            "Bans put in force, by origin (scan: a source reached SCAN_TRIGGER, or an escalation banned its network; manual: the ban command)",
             m.bans_added.clone(),
         );
         m.registry.register(
             "bans_removed",
-            "Bans that ended, by reason (expired: its time ran out; unbanned: the unban command)",
+            "Bans that ended, by reason (expired: its time ran out; unbanned: the unban command; protected: the ban guard lifted it; escalated: the ban of its network replaced it)",
             m.bans_removed.clone(),
         );
         m.registry.register(

@@ -46,6 +46,7 @@ pub(crate) fn daemon_memory(n: u32) {
                 mode: Some(portsentry_user::kinds::ModeToken::Atcp),
                 name: a.to_string(),
                 count: 1,
+                escalated: None,
             });
         }
         portsentry_user::bans::state::save(&wd.path("state"), &store).unwrap();
