@@ -308,6 +308,14 @@ impl Config {
         self.lines.get(key).copied().unwrap_or(0)
     }
 
+    /// Of `keys`, the one set last in the file (where a conflict between them shows).
+    fn set_last<'k>(&self, keys: &[&'k str]) -> &'k str {
+        keys.iter()
+            .copied()
+            .max_by_key(|k| self.line_of(k))
+            .expect("at least one key")
+    }
+
     /// An error about `key`, located at the line that set it (or the whole file).
     fn error_at(&self, key: &str, message: impl Into<String>) -> ConfigError {
         let path = self
@@ -383,7 +391,7 @@ impl Config {
         }
         if self.source_prefix_v6 < self.ban_min_prefix_v6 {
             return Err(self.error_at(
-                "SOURCE_PREFIX_V6",
+                self.set_last(&["SOURCE_PREFIX_V6", "BAN_MIN_PREFIX_V6"]),
                 format!(
                     "SOURCE_PREFIX_V6 is {}, wider than BAN_MIN_PREFIX_V6 ({}): a scanner would \
                      be banned with a network wider than bans may be; set SOURCE_PREFIX_V6 to \
@@ -408,11 +416,7 @@ impl Config {
                 ),
             ] {
                 if prefix < min {
-                    let at = if self.lines.contains_key(key) {
-                        key
-                    } else {
-                        min_key
-                    };
+                    let at = self.set_last(&["ESCALATE_AFTER", key, min_key]);
                     return Err(self.error_at(
                         at,
                         format!(

@@ -73,6 +73,7 @@ pub fn is_validate_error(message: &str) -> bool {
         || message.contains("but KILL_RUN_CMD is not set")
         || message.contains("is shorter than BAN_TIME")
         || message.contains("wider than BAN_MIN_PREFIX_V6")
+        || message.contains("so every escalation would be refused")
 }
 
 /// The text lines of a `parse` input, as it numbers them.
