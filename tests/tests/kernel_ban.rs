@@ -1,7 +1,9 @@
 //! The kernel-side ban end to end: with the block first (BLOCK_TCP=1, KILL_RUN_CMD_FIRST=0)
-//! the XDP program bans a scanner at the probe that reaches the trigger, so nmap's default
-//! scan never sees the service this host runs on an unwatched port; the daemon still
-//! logs, records and runs its kill commands in PortSentry's order, exactly once. With
+//! the XDP program bans a scanner at the probe that reaches the trigger: the first watched
+//! probe of nmap's default scan is the last packet through, so the scan sees the service
+//! this host runs on an unwatched port only when nmap happened to send to it first; the
+//! daemon still logs, records and runs its kill commands in PortSentry's order, exactly
+//! once. With
 //! KILL_RUN_CMD_FIRST=1 the daemon decides, as before. masscan at 100k packets a second
 //! over every port is stopped at its first watched port the same way.
 
@@ -17,10 +19,12 @@ use portsentry_tests::{
     scenario::{reaches, start, status, wait_banned},
 };
 
-/// nmap's default scan (`-sS --top-ports 1000 -T4`) from `src`; its report.
+/// nmap's default scan (`-sS --top-ports 1000 -T4`) from `src`; its report, with the
+/// packet trace.
 fn default_scan(net: &TestNet, src: IpAddr) -> String {
     let out = net.attacker.try_exec(&format!(
-        "nmap -n -Pn -sS --top-ports 1000 -T4 -e {} -S {src} --host-timeout 60s {}",
+        "nmap -n -Pn -sS --top-ports 1000 -T4 --packet-trace -e {} -S {src} \
+         --host-timeout 60s {}",
         net.attacker_if, net.server_v4
     ));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -30,6 +34,35 @@ fn default_scan(net: &TestNet, src: IpAddr) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
+}
+
+/// Whether the default advanced mode watches TCP port `p` (1 to 1024 but 113 and 139).
+fn watched(p: u16) -> bool {
+    (1..=1024).contains(&p) && p != 113 && p != 139
+}
+
+/// The ports nmap sent a SYN to before its first watched port, in its order (from the
+/// packet trace: `SENT (0.0301s) TCP 192.0.2.2:41534 > 192.0.2.1:3389 S ...`).
+fn sent_before_first_watched(report: &str, server: IpAddr) -> Vec<u16> {
+    let mut before = Vec::new();
+    for line in report.lines().filter(|l| l.starts_with("SENT")) {
+        let Some(port) = line
+            .split_whitespace()
+            .skip_while(|w| *w != ">")
+            .nth(1)
+            .and_then(|dst| dst.strip_prefix(&format!("{server}:")))
+            .and_then(|p| p.parse::<u16>().ok())
+        else {
+            continue;
+        };
+        if watched(port) {
+            break;
+        }
+        if !before.contains(&port) {
+            before.push(port);
+        }
+    }
+    before
 }
 
 /// Packets the program let through (every verdict but the drop).
@@ -51,7 +84,7 @@ fn passed(wd: &Workdir) -> u64 {
 }
 
 #[test]
-fn nmaps_default_scan_never_finds_the_service() {
+fn nmaps_default_scan_is_stopped_at_its_first_watched_port() {
     require_kernel!();
     let scans = 10usize;
     let net = TestNet::new(scans as u8);
@@ -62,15 +95,25 @@ fn nmaps_default_scan_never_finds_the_service() {
         .enter(|| TcpListener::bind("0.0.0.0:8080").unwrap());
     let d = start(&net, &wd);
     let mut answered = Vec::new();
+    let mut found = 0;
     for (i, src) in net.attacker_v4.iter().take(scans).enumerate() {
         let before = passed(&wd);
         let report = default_scan(&net, *src);
         let through = passed(&wd) - before;
         answered.push(through);
-        assert!(
-            !report.contains("8080/tcp open"),
-            "scan {i}: nmap found the service: {report}"
+        // nmap moves 28 popular ports to the front of its shuffled list, 10 of them
+        // unwatched here (8080 among them): what it sends before its first watched port
+        // is answered, whoever decides. The service is found exactly when 8080 is among
+        // those (in about one scan in 19); the first watched probe is the last packet
+        // through.
+        let early = sent_before_first_watched(&report, net.server_v4);
+        let open = report.contains("8080/tcp open");
+        assert_eq!(
+            open,
+            early.contains(&8080),
+            "scan {i}: 8080 found: {open}, sent before the first watched port: {early:?}"
         );
+        found += usize::from(open);
         wait_banned(&wd, &d, *src);
         assert!(!reaches(&net, *src), "scan {i}: the scanner is cut off");
         // Once: one attack alert, one block line, each command once.
@@ -85,7 +128,10 @@ fn nmaps_default_scan_never_finds_the_service() {
             "scan {i}"
         );
     }
-    eprintln!("packets let through per scan before the ban: {answered:?}");
+    eprintln!(
+        "packets let through per scan before the ban: {answered:?}; 8080 found in {found} \
+         of {scans} scans"
+    );
     // The trigger probe is dropped; what passes before it is the handful of probes to
     // unwatched ports nmap happened to send first.
     assert!(
