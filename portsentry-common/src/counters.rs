@@ -1,8 +1,10 @@
 //! Per-CPU counters kept by the XDP program in the `PS_COUNTERS` per-CPU array.
 //!
-//! Every packet increments exactly one *verdict reason* counter (the first group below);
-//! the verdict totals are their sums, so the hot path pays for one increment only. The
-//! remaining counters record events that happen on top of a verdict.
+//! Every packet increments exactly one *verdict reason* counter ([`Counter::is_verdict`]:
+//! the first group below, and the later ones appended at the end so that a pinned map of
+//! an earlier release keeps its slots); the verdict totals are their sums, so the hot
+//! path pays for one increment only. The remaining counters record events that happen
+//! on top of a verdict.
 
 /// Index into `PS_COUNTERS`. Values are `u64` packet or event counts, one slot per CPU.
 #[repr(u32)]
@@ -52,11 +54,20 @@ pub enum Counter {
     /// Sources at the trigger the program left to the daemon because this second's
     /// MAX_BANS_PER_SEC was spent (the daemon bans them in the next seconds).
     KernelBanDeferred = 19,
+    // --- verdict reasons added later ---
+    /// XDP_DROP: the first fragment of a TCP or UDP datagram too short to carry the
+    /// whole transport header (RFC 1858's tiny fragment), with BLOCK_EVASIVE_PACKETS.
+    DropTinyFragment = 20,
+    /// XDP_DROP: an IPv6 extension-header chain longer than the program walks
+    /// (`MAX_IPV6_EXT_HEADERS`), with BLOCK_EVASIVE_PACKETS.
+    DropHeaderChain = 21,
+    /// XDP_PASS: such a chain with BLOCK_EVASIVE_PACKETS="0" (fail open, unseen).
+    PassHeaderChain = 22,
 }
 
 impl Counter {
     /// Number of slots in `PS_COUNTERS`.
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 23;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::DropBanned,
@@ -79,6 +90,9 @@ impl Counter {
         Counter::BanSpared,
         Counter::KernelBanned,
         Counter::KernelBanDeferred,
+        Counter::DropTinyFragment,
+        Counter::DropHeaderChain,
+        Counter::PassHeaderChain,
     ];
 
     /// Stable snake_case name, used in status output and metrics.
@@ -104,17 +118,24 @@ impl Counter {
             Counter::BanSpared => "ban_spared",
             Counter::KernelBanned => "kernel_banned",
             Counter::KernelBanDeferred => "kernel_ban_deferred",
+            Counter::DropTinyFragment => "drop_tiny_fragment",
+            Counter::DropHeaderChain => "drop_header_chain",
+            Counter::PassHeaderChain => "pass_header_chain",
         }
     }
 
     /// True for the counters that are a packet's verdict reason.
     pub const fn is_verdict(self) -> bool {
         (self as u32) <= Counter::TxChallenge as u32
+            || (self as u32) >= Counter::DropTinyFragment as u32
     }
 
     /// True for the verdict reasons whose verdict is XDP_DROP.
     pub const fn is_drop(self) -> bool {
-        matches!(self, Counter::DropBanned)
+        matches!(
+            self,
+            Counter::DropBanned | Counter::DropTinyFragment | Counter::DropHeaderChain
+        )
     }
 }
 

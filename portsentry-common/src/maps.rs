@@ -34,6 +34,12 @@ pub const IGNORE_FILTER: &str = "PS_IGN_FILTER";
 /// Watched-port bitmap. `Array<u64>` with [`PORT_WORDS`] entries: TCP in words
 /// `0..1024`, UDP in `1024..2048`; port `p` is bit `p % 64` of word `p / 64` of its half.
 pub const PORTS: &str = "PS_PORTS";
+/// The ACK-class bitmap: `Array<u64>` of [`ACK_PORT_WORDS`] words, TCP ports laid out as
+/// in `PS_PORTS`. A port's bit is set when it is watched and no socket of this host
+/// listens on it (the daemon refreshes it): a segment with ACK to such a port is looked
+/// up, and counted as a probe when it belongs to no socket. Empty when ACK_SCAN_PORTS is
+/// 0.
+pub const ACK_PORTS: &str = "PS_ACK_PORTS";
 /// Per-source probe tracking. `LruHashMap<Addr, SourceStats>`.
 pub const SOURCES: &str = "PS_SOURCES";
 /// Probe events. Ring buffer of [`ScanEvent`] records.
@@ -53,7 +59,7 @@ pub const KBAN_PROGRAM: u32 = 0;
 pub const KBAN_DAEMON: u32 = 1;
 
 /// Every map name, for pinning and clean-up.
-pub const ALL: [&str; 13] = [
+pub const ALL: [&str; 14] = [
     BANS,
     BAN_FILTER,
     BAN_CACHE,
@@ -61,6 +67,7 @@ pub const ALL: [&str; 13] = [
     IGNORE,
     IGNORE_FILTER,
     PORTS,
+    ACK_PORTS,
     SOURCES,
     EVENTS,
     COUNTERS,
@@ -142,6 +149,8 @@ pub const fn ignore_filter_bit(addr: &crate::packet::AddrWords) -> u32 {
 pub const PORT_WORDS: u32 = 2048;
 /// First bitmap word of the UDP half.
 pub const UDP_PORT_WORD_BASE: u32 = 1024;
+/// Words in `PS_ACK_PORTS` (TCP only).
+pub const ACK_PORT_WORDS: u32 = 1024;
 
 /// Value of `PS_BANS` and `PS_BAN_NETS`. Only `expires_ns` is read by the kernel; the rest
 /// describes the ban for `status` and survives daemon restarts with the pinned map.
@@ -299,6 +308,11 @@ pub const SETTING_IGNORE_WIDE: u32 = 1 << 3;
 pub const SETTING_KBAN_TCP: u32 = 1 << 4;
 /// `Settings::flags`: the same for UDP (BLOCK_UDP=1 and KILL_RUN_CMD_FIRST=0).
 pub const SETTING_KBAN_UDP: u32 = 1 << 5;
+
+/// `Settings::flags`: BLOCK_EVASIVE_PACKETS: shapes with no legitimate use that would
+/// hide a probe are dropped (a tiny first fragment, an IPv6 extension-header chain longer
+/// than the program walks); without it they are passed (a tiny fragment counted first).
+pub const SETTING_DROP_EVASIVE: u32 = 1 << 6;
 
 /// `Settings::flags` bits 24 to 31: the prefix length an IPv6 source is counted and
 /// banned by (SOURCE_PREFIX_V6): its key in `PS_SOURCES` and `PS_BANS` is that network's

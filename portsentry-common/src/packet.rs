@@ -109,6 +109,28 @@ pub struct TcpHdr {
     pub urg_ptr: u16,
 }
 
+/// The first 14 bytes of a TCP header: ports, sequence numbers (as halves: no
+/// padding), data offset and flags. What a first fragment shorter than the whole header
+/// may still carry.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct TcpHead {
+    pub sport: u16,
+    pub dport: u16,
+    pub seq: [u16; 2],
+    pub ack_seq: [u16; 2],
+    pub doff: u8,
+    pub flags: u8,
+}
+
+/// The two ports at the start of a TCP or UDP header.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub struct Ports {
+    pub sport: u16,
+    pub dport: u16,
+}
+
 /// UDP header.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -165,8 +187,11 @@ pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88a8;
 /// VLAN tags looked through (802.1ad outer plus 802.1Q inner).
 pub const MAX_VLAN_TAGS: usize = 2;
-/// IPv6 extension headers walked before giving up (the packet is then passed as
-/// malformed).
+/// IPv6 extension headers walked. A longer chain has no legitimate use (RFC 8200 allows
+/// each header once, Destination Options twice: at most 7 before the transport header,
+/// ESP ending the walk) but Linux walks any length and answers what it finds at the end:
+/// such a chain is [`Counter::PassHeaderChain`], which the program turns into a drop
+/// under BLOCK_EVASIVE_PACKETS.
 pub const MAX_IPV6_EXT_HEADERS: usize = 8;
 
 const IPPROTO_HOPOPTS: u8 = 0;
@@ -191,6 +216,11 @@ pub struct Ip {
     pub l4_off: usize,
     /// A fragment other than the first: it carries no transport header.
     pub later_fragment: bool,
+    /// The first fragment of a fragmented datagram (offset 0, more to come).
+    pub first_fragment: bool,
+    /// Where the datagram ends by its own length field (the frame may be longer: link
+    /// padding). Only first fragments look at it.
+    pub end: usize,
 }
 
 /// The transport layer of a TCP or UDP packet. Ports in host byte order.
@@ -204,7 +234,17 @@ pub struct L4 {
     /// TCP sequence and acknowledgment numbers, host order; 0 for UDP.
     pub seq: u32,
     pub ack_seq: u32,
+    /// A first fragment too short for the whole transport header ([`TINY`]: flags
+    /// read; [`TINY_FLAGLESS`]: ports only); 0 otherwise.
+    pub tiny: u8,
 }
+
+/// `L4::tiny`: a first fragment with less than the whole TCP header (but its flags).
+pub const TINY: u8 = 1;
+/// `L4::tiny`: a first fragment with the ports but not the TCP flags.
+pub const TINY_FLAGLESS: u8 = 2;
+/// Bytes of TCP header up to and including the flags.
+const TCP_FLAGS_END: usize = 14;
 
 /// Walks Ethernet, VLAN tags and the IP header. `Err` is the verdict reason to pass with.
 #[inline(always)]
@@ -251,6 +291,9 @@ fn parse_ipv4<P: Packet + ?Sized>(p: &P, off: usize) -> Result<Ip, Counter> {
         proto: h.proto,
         l4_off: off + hlen,
         later_fragment: u16::from_be(h.frag) & 0x1fff != 0,
+        // More fragments (0x2000) at offset 0.
+        first_fragment: u16::from_be(h.frag) & 0x3fff == 0x2000,
+        end: off + u16::from_be(h.tot_len) as usize,
     })
 }
 
@@ -268,6 +311,8 @@ fn parse_ipv6<P: Packet + ?Sized>(p: &P, off: usize) -> Result<Ip, Counter> {
         proto: h.next,
         l4_off: off + 40,
         later_fragment: false,
+        first_fragment: false,
+        end: off + 40 + u16::from_be(h.payload_len) as usize,
     };
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         let ext_len = match ip.proto {
@@ -291,22 +336,31 @@ fn parse_ipv6<P: Packet + ?Sized>(p: &P, off: usize) -> Result<Ip, Counter> {
                     .ok_or(Counter::PassMalformed)?;
                 ip.proto = f.next;
                 ip.l4_off += 8;
-                if u16::from_be(f.frag) >> 3 != 0 {
+                let frag = u16::from_be(f.frag);
+                if frag >> 3 != 0 {
                     ip.later_fragment = true;
                     return Ok(ip);
                 }
+                // M (more fragments) at offset 0.
+                ip.first_fragment = frag & 1 != 0;
                 continue;
             }
             _ => return Ok(ip),
         };
         ip.l4_off += ext_len;
     }
-    match ip.proto {
-        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => {
-            Err(Counter::PassMalformed)
-        }
-        _ => Ok(ip),
-    }
+    // A chain longer than the walk: `proto` is still an extension header, and
+    // `parse_l4` says so (after the ban check, which such a chain must not escape).
+    Ok(ip)
+}
+
+/// An IPv6 extension header the parser walks.
+#[inline(always)]
+fn is_ext_header(proto: u8) -> bool {
+    matches!(
+        proto,
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT
+    )
 }
 
 /// Reads the TCP or UDP header. `Err` is the verdict reason to pass with.
@@ -317,6 +371,9 @@ pub fn parse_l4<P: Packet + ?Sized>(p: &P, ip: &Ip) -> Result<L4, Counter> {
     }
     match ip.proto {
         PROTO_TCP => {
+            if ip.first_fragment && ip.end < ip.l4_off + core::mem::size_of::<TcpHdr>() {
+                return tiny_tcp(p, ip);
+            }
             let h = p
                 .header::<TcpHdr>(ip.l4_off)
                 .ok_or(Counter::PassMalformed)?;
@@ -327,9 +384,22 @@ pub fn parse_l4<P: Packet + ?Sized>(p: &P, ip: &Ip) -> Result<L4, Counter> {
                 tcp_flags: h.flags,
                 seq: u32::from_be(h.seq),
                 ack_seq: u32::from_be(h.ack_seq),
+                tiny: 0,
             })
         }
         PROTO_UDP => {
+            if ip.first_fragment && ip.end < ip.l4_off + core::mem::size_of::<UdpHdr>() {
+                let ports = tiny_ports(p, ip)?;
+                return Ok(L4 {
+                    proto: PROTO_UDP,
+                    src_port: u16::from_be(ports.sport),
+                    dst_port: u16::from_be(ports.dport),
+                    tcp_flags: 0,
+                    seq: 0,
+                    ack_seq: 0,
+                    tiny: TINY,
+                });
+            }
             let h = p
                 .header::<UdpHdr>(ip.l4_off)
                 .ok_or(Counter::PassMalformed)?;
@@ -340,19 +410,70 @@ pub fn parse_l4<P: Packet + ?Sized>(p: &P, ip: &Ip) -> Result<L4, Counter> {
                 tcp_flags: 0,
                 seq: 0,
                 ack_seq: 0,
+                tiny: 0,
             })
         }
+        p if is_ext_header(p) => Err(Counter::PassHeaderChain),
         _ => Err(Counter::PassOtherProto),
     }
 }
 
-/// The probe type of a TCP or UDP packet; `Err(PassNotProbe)` for TCP with ACK or RST.
+/// A first TCP fragment shorter than the TCP header (nmap `-f`, `--mtu 8/16`): the
+/// kernel reassembles it and answers the segment, so it is classified from what it
+/// carries, by its own length (the frame may hold link padding after it).
+#[inline(always)]
+fn tiny_tcp<P: Packet + ?Sized>(p: &P, ip: &Ip) -> Result<L4, Counter> {
+    if ip.end >= ip.l4_off + TCP_FLAGS_END {
+        let h = p
+            .header::<TcpHead>(ip.l4_off)
+            .ok_or(Counter::PassMalformed)?;
+        let word = |w: [u16; 2]| (u16::from_be(w[0]) as u32) << 16 | u16::from_be(w[1]) as u32;
+        return Ok(L4 {
+            proto: PROTO_TCP,
+            src_port: u16::from_be(h.sport),
+            dst_port: u16::from_be(h.dport),
+            tcp_flags: h.flags,
+            seq: word(h.seq),
+            ack_seq: word(h.ack_seq),
+            tiny: TINY,
+        });
+    }
+    let ports = tiny_ports(p, ip)?;
+    Ok(L4 {
+        proto: PROTO_TCP,
+        src_port: u16::from_be(ports.sport),
+        dst_port: u16::from_be(ports.dport),
+        tcp_flags: 0,
+        seq: 0,
+        ack_seq: 0,
+        tiny: TINY_FLAGLESS,
+    })
+}
+
+/// The ports of a tiny first fragment. Fewer than 4 bytes: malformed (a first fragment
+/// holds a multiple of 8 bytes; the kernel discards one that holds less than 8).
+#[inline(always)]
+fn tiny_ports<P: Packet + ?Sized>(p: &P, ip: &Ip) -> Result<Ports, Counter> {
+    if ip.end < ip.l4_off + core::mem::size_of::<Ports>() {
+        return Err(Counter::PassMalformed);
+    }
+    p.header::<Ports>(ip.l4_off).ok_or(Counter::PassMalformed)
+}
+
+/// The probe type of a TCP or UDP packet: PortSentry's types, the ACK class, a tiny
+/// fragment's; `Err(PassNotProbe)` for TCP with RST (never answered).
 #[inline(always)]
 pub fn scan_type(l4: &L4) -> Result<ScanType, Counter> {
     if l4.proto == PROTO_UDP {
         return Ok(ScanType::Udp);
     }
-    ScanType::from_tcp_flags(l4.tcp_flags).ok_or(Counter::PassNotProbe)
+    if l4.tiny == TINY_FLAGLESS {
+        return Ok(ScanType::TcpFragment);
+    }
+    match ScanType::from_tcp_flags(l4.tcp_flags) {
+        Some(t) => Ok(t),
+        None => ScanType::ack_class(l4.tcp_flags).ok_or(Counter::PassNotProbe),
+    }
 }
 
 /// What the classifier alone (no maps) makes of a frame: the source and the probe, or
@@ -379,3 +500,4 @@ const _: () = assert!(core::mem::size_of::<Ipv6Hdr>() == 40);
 const _: () = assert!(core::mem::size_of::<FragHdr>() == 8);
 const _: () = assert!(core::mem::size_of::<TcpHdr>() == 20);
 const _: () = assert!(core::mem::size_of::<UdpHdr>() == 8);
+const _: () = assert!(core::mem::size_of::<TcpHead>() == TCP_FLAGS_END);

@@ -1,4 +1,6 @@
-//! TCP flag classification, exactly as PortSentry 1.2's `ReportPacketType`.
+//! TCP flag classification: PortSentry 1.2's `ReportPacketType` for segments without ACK
+//! and RST, and the ACK class (segments of no connection: nmap's ACK, Window and Maimon
+//! scans) that 1.2 does not look at.
 
 /// TCP flag bits as they sit in byte 13 of the TCP header.
 pub mod tcp_flags {
@@ -28,6 +30,15 @@ pub enum ScanType {
     TcpUnknown = 5,
     /// Any UDP datagram to a watched port.
     Udp = 6,
+    /// ACK set, RST clear, and not FIN+ACK without SYN: a segment of a connection this
+    /// host does not have (nmap's ACK and Window scans send a bare ACK).
+    TcpAck = 7,
+    /// FIN and ACK set, SYN and RST clear (Maimon's scan, nmap `-sM`), to a connection
+    /// this host does not have.
+    TcpMaimon = 8,
+    /// The first fragment of a TCP segment too short to carry its flags (fewer than 14
+    /// bytes of TCP header: RFC 1858's tiny fragment, nmap `-f`).
+    TcpFragment = 9,
 }
 
 impl ScanType {
@@ -49,6 +60,35 @@ impl ScanType {
         })
     }
 
+    /// The ACK class of flags PortSentry's classification leaves out (`from_tcp_flags`
+    /// gives `None`): `None` when RST is set (a reset is never answered).
+    #[inline(always)]
+    pub const fn ack_class(flags: u8) -> Option<ScanType> {
+        use tcp_flags::*;
+        let f = flags & CLASSIFIED;
+        if f & RST != 0 || f & ACK == 0 {
+            return None;
+        }
+        Some(if f & (FIN | SYN) == FIN {
+            ScanType::TcpMaimon
+        } else {
+            ScanType::TcpAck
+        })
+    }
+
+    /// Every type, in `as u8` order.
+    pub const ALL: [ScanType; 9] = [
+        ScanType::TcpNull,
+        ScanType::TcpXmas,
+        ScanType::TcpFin,
+        ScanType::TcpSyn,
+        ScanType::TcpUnknown,
+        ScanType::Udp,
+        ScanType::TcpAck,
+        ScanType::TcpMaimon,
+        ScanType::TcpFragment,
+    ];
+
     /// The inverse of `as u8`; `None` for a value no version of the program writes.
     pub const fn from_u8(v: u8) -> Option<ScanType> {
         Some(match v {
@@ -58,8 +98,18 @@ impl ScanType {
             4 => ScanType::TcpSyn,
             5 => ScanType::TcpUnknown,
             6 => ScanType::Udp,
+            7 => ScanType::TcpAck,
+            8 => ScanType::TcpMaimon,
+            9 => ScanType::TcpFragment,
             _ => return None,
         })
+    }
+
+    /// A segment of a connection this host does not have: never answered by a kernel
+    /// ban, and acted on only once it has probed ACK_SCAN_PORTS distinct ports (a
+    /// client's late segments after a listener went away go to one port).
+    pub const fn is_ack_class(self) -> bool {
+        matches!(self, ScanType::TcpAck | ScanType::TcpMaimon)
     }
 
     /// Short stable name, used in JSON and metrics.
@@ -71,32 +121,28 @@ impl ScanType {
             ScanType::TcpSyn => "tcp-syn",
             ScanType::TcpUnknown => "tcp-unknown",
             ScanType::Udp => "udp",
+            ScanType::TcpAck => "tcp-ack",
+            ScanType::TcpMaimon => "tcp-maimon",
+            ScanType::TcpFragment => "tcp-fragment",
         }
     }
 
     /// The inverse of [`ScanType::name`].
     pub fn from_name(name: &str) -> Option<ScanType> {
-        [
-            ScanType::TcpNull,
-            ScanType::TcpXmas,
-            ScanType::TcpFin,
-            ScanType::TcpSyn,
-            ScanType::TcpUnknown,
-            ScanType::Udp,
-        ]
-        .into_iter()
-        .find(|t| t.name() == name)
+        ScanType::ALL.into_iter().find(|t| t.name() == name)
     }
 
     /// TCP flags that classify as this type (for a probe known only by its type).
     pub const fn example_flags(self) -> u8 {
         use tcp_flags::*;
         match self {
-            ScanType::TcpNull | ScanType::Udp => 0,
+            ScanType::TcpNull | ScanType::Udp | ScanType::TcpFragment => 0,
             ScanType::TcpXmas => FIN | URG | PSH,
             ScanType::TcpFin => FIN,
             ScanType::TcpSyn => SYN,
             ScanType::TcpUnknown => SYN | FIN,
+            ScanType::TcpAck => ACK,
+            ScanType::TcpMaimon => FIN | ACK,
         }
     }
 
@@ -143,6 +189,30 @@ mod tests {
             FIN | URG | PSH | ACK,
         ] {
             assert_eq!(ScanType::from_tcp_flags(f), None, "flags {f:#x}");
+        }
+    }
+
+    #[test]
+    fn ack_class() {
+        assert_eq!(ScanType::ack_class(ACK), Some(ScanType::TcpAck));
+        assert_eq!(ScanType::ack_class(ACK | PSH), Some(ScanType::TcpAck));
+        assert_eq!(ScanType::ack_class(SYN | ACK), Some(ScanType::TcpAck));
+        assert_eq!(ScanType::ack_class(FIN | ACK), Some(ScanType::TcpMaimon));
+        assert_eq!(
+            ScanType::ack_class(FIN | ACK | PSH | URG),
+            Some(ScanType::TcpMaimon)
+        );
+        assert_eq!(ScanType::ack_class(FIN | SYN | ACK), Some(ScanType::TcpAck));
+        for f in 0..=255u8 {
+            let ps = ScanType::from_tcp_flags(f);
+            let ack = ScanType::ack_class(f);
+            // Every flag combination is exactly one of: a PortSentry type, the ACK
+            // class, or a reset.
+            assert_eq!(
+                ps.is_some() as u8 + ack.is_some() as u8 + (f & RST != 0) as u8,
+                1,
+                "flags {f:#x}"
+            );
         }
     }
 

@@ -7,18 +7,24 @@
 //!    network address under SOURCE_PREFIX_V6, else the address), then the prefix trie
 //!    when it holds anything; an active ban drops the packet (any protocol), an expired
 //!    one is ignored;
-//! 3. TCP/UDP header; non-first fragments, other protocols and TCP with ACK or RST are
-//!    passed with no further lookup (with VERIFY_SOURCES, an ACK may first answer a
-//!    challenge: `challenge.rs`);
-//! 4. the watched-port bitmap (one inlined array access, `probe.rs`);
+//! 3. TCP/UDP header; non-first fragments, other protocols and TCP with RST are passed
+//!    with no further lookup (with VERIFY_SOURCES, an ACK may first answer a challenge:
+//!    `challenge.rs`); an over-long IPv6 header chain is dropped (BLOCK_EVASIVE_PACKETS);
+//! 4. the watched-port bitmap (one inlined array access, `probe.rs`); a segment with
+//!    ACK looks at the ACK-class bitmap instead (watched ports no socket listens on);
 //! 5. the ignore trie (only when it holds anything): an ignored source is passed; a
 //!    source in a network that holds an ignored address is counted by its address;
 //! 6. a socket lookup (`socket.rs`): a port a local socket owns is never a scan target;
 //! 7. the probe is counted per source and, within bounds, reported to userspace
 //!    (`probe.rs`); with VERIFY_SOURCES a SYN is answered with a challenge.
 //!
-//! `PS_SETTINGS` is read once per packet and passed down. Every packet increments
-//! exactly one verdict-reason counter.
+//! A tiny first fragment (a transport header split across fragments) is classified like
+//! any probe, then dropped under BLOCK_EVASIVE_PACKETS whatever the steps decided.
+//!
+//! Every reason a packet is passed unclassified, and why the kernel would not answer
+//! it, is listed in docs/detection.md ("What is passed unseen"). `PS_SETTINGS` is read
+//! once per packet and passed down. Every packet increments exactly one verdict-reason
+//! counter.
 #![no_std]
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
@@ -40,19 +46,19 @@ use aya_ebpf::{
 use portsentry_common::{
     Addr, Counter, ScanType,
     maps::{
-        BAN_CACHE_SLOTS, BAN_FILTER_WORDS, BAN_NETS_MAX, BANS_MAX, BanEntry, BanSlot, EVENTS_BYTES,
-        EventBudget, IGNORE_FILTER_WORDS, IGNORE_MAX, IGNORE_SINGLE, KernelBan, PORT_WORDS,
-        SETTING_IGNORE, SETTING_IGNORE_WIDE, SETTING_VERIFY, SOURCES_MAX, Settings, SourceStats,
-        ignore_filter_bit, v6_source_prefix,
+        ACK_PORT_WORDS, BAN_CACHE_SLOTS, BAN_FILTER_WORDS, BAN_NETS_MAX, BANS_MAX, BanEntry,
+        BanSlot, EVENTS_BYTES, EventBudget, IGNORE_FILTER_WORDS, IGNORE_MAX, IGNORE_SINGLE,
+        KernelBan, PORT_WORDS, SETTING_DROP_EVASIVE, SETTING_IGNORE, SETTING_IGNORE_WIDE,
+        SETTING_VERIFY, SOURCES_MAX, Settings, SourceStats, ignore_filter_bit, v6_source_prefix,
     },
-    packet::{AddrWords, parse_ip, parse_l4, prefix_words, scan_type},
+    packet::{AddrWords, Ip, L4, parse_ip, parse_l4, prefix_words, scan_type},
 };
 
 use crate::{
     bans::is_banned,
     challenge::{answers_challenge, send_challenge},
     frame::XdpPacket,
-    probe::{is_watched, record_probe},
+    probe::{is_ack_watched, is_watched, record_probe},
     socket::has_local_socket,
 };
 
@@ -72,6 +78,8 @@ static PS_IGN_FILTER: Array<u64> = Array::with_max_entries(IGNORE_FILTER_WORDS, 
 #[map]
 static PS_PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 #[map]
+static PS_ACK_PORTS: Array<u64> = Array::with_max_entries(ACK_PORT_WORDS, 0);
+#[map]
 static PS_SOURCES: LruHashMap<Addr, SourceStats> = LruHashMap::with_max_entries(SOURCES_MAX, 0);
 #[map]
 static PS_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
@@ -89,7 +97,9 @@ pub fn portsentry(ctx: XdpContext) -> u32 {
     let reason = inspect(&ctx);
     count(reason);
     match reason {
-        Counter::DropBanned => xdp_action::XDP_DROP,
+        Counter::DropBanned | Counter::DropTinyFragment | Counter::DropHeaderChain => {
+            xdp_action::XDP_DROP
+        }
         Counter::TxChallenge => xdp_action::XDP_TX,
         _ => xdp_action::XDP_PASS,
     }
@@ -135,22 +145,51 @@ fn inspect(ctx: &XdpContext) -> Counter {
     }
     let l4 = match parse_l4(&pkt, &ip) {
         Ok(l4) => l4,
+        Err(Counter::PassHeaderChain) if settings.flags & SETTING_DROP_EVASIVE != 0 => {
+            return Counter::DropHeaderChain;
+        }
         Err(reason) => return reason,
     };
-    let kind = match scan_type(&l4) {
+    let verdict = inspect_l4(ctx, &ip, &l4, key, prefix, settings);
+    // A TCP or UDP header split across fragments has no legitimate use: counted above
+    // like any probe, then dropped whatever the verdict (one compare for the rest).
+    if l4.tiny != 0
+        && settings.flags & SETTING_DROP_EVASIVE != 0
+        && !matches!(verdict, Counter::DropBanned | Counter::TxChallenge)
+    {
+        return Counter::DropTinyFragment;
+    }
+    verdict
+}
+
+/// Steps 3 (the probe type) to 7 for a TCP or UDP packet of a source not banned.
+#[inline(always)]
+fn inspect_l4(
+    ctx: &XdpContext,
+    ip: &Ip,
+    l4: &L4,
+    key: AddrWords,
+    prefix: Option<u32>,
+    settings: &Settings,
+) -> Counter {
+    let kind = match scan_type(l4) {
         Ok(kind) => kind,
-        Err(reason) => {
-            // With verification on, an ACK may answer a challenge (checked by cookie
-            // before anything else: ordinary traffic fails it at once).
-            if settings.flags & SETTING_VERIFY != 0
-                && answers_challenge(ctx, &ip, &l4, &Source::of(key, prefix), settings)
-            {
-                return Counter::PassProbe;
-            }
-            return reason;
-        }
+        Err(reason) => return reason,
     };
-    if !is_watched(&l4) {
+    if kind.is_ack_class() {
+        // With verification on, an ACK may answer a challenge (checked by cookie
+        // before anything else: ordinary traffic fails it at once).
+        if settings.flags & SETTING_VERIFY != 0
+            && answers_challenge(ctx, ip, l4, &Source::of(key, prefix), settings)
+        {
+            return Counter::PassProbe;
+        }
+        // A segment of a connection: only to a watched port no socket listens on is it
+        // looked up (`PS_ACK_PORTS`; empty with ACK_SCAN_PORTS="0").
+        if !is_ack_watched(l4) {
+            return Counter::PassNotProbe;
+        }
+    } else if !is_watched(l4) {
         return Counter::PassUnwatched;
     }
     let mut src = Source::of(key, prefix);
@@ -165,16 +204,17 @@ fn inspect(ctx: &XdpContext) -> Counter {
         Some(_) => return Counter::PassIgnored,
         None => {}
     }
-    if has_local_socket(ctx, &ip, &l4) {
+    if has_local_socket(ctx, ip, l4) {
         return Counter::PassListening;
     }
-    if record_probe(ctx, &src, &l4, kind, false, settings) {
+    if record_probe(ctx, &src, l4, kind, false, settings) {
         // Banned at this probe: it is dropped like every later packet of the source.
         return Counter::DropBanned;
     }
     if settings.flags & SETTING_VERIFY != 0
         && kind == ScanType::TcpSyn
-        && send_challenge(ctx, &ip, &l4, settings)
+        && l4.tiny == 0
+        && send_challenge(ctx, ip, l4, settings)
     {
         return Counter::TxChallenge;
     }

@@ -16,8 +16,8 @@ use portsentry_common::{
 };
 
 use crate::{
-    PS_BAN_CACHE, PS_BAN_FILTER, PS_BANS, PS_EV_BUDGET, PS_EVENTS, PS_KBAN, PS_PORTS, PS_SOURCES,
-    Source, atomic, count, key,
+    PS_ACK_PORTS, PS_BAN_CACHE, PS_BAN_FILTER, PS_BANS, PS_EV_BUDGET, PS_EVENTS, PS_KBAN, PS_PORTS,
+    PS_SOURCES, Source, atomic, count, key,
 };
 
 const NS_PER_SEC: u64 = 1_000_000_000;
@@ -31,6 +31,15 @@ pub fn is_watched(l4: &L4) -> bool {
         UDP_PORT_WORD_BASE
     };
     match PS_PORTS.get(base + (l4.dst_port as u32 >> 6)) {
+        Some(word) => word & (1u64 << (l4.dst_port & 63)) != 0,
+        None => false,
+    }
+}
+
+/// True when a segment with ACK to this TCP port is looked up (`PS_ACK_PORTS`).
+#[inline(always)]
+pub fn is_ack_watched(l4: &L4) -> bool {
+    match PS_ACK_PORTS.get(l4.dst_port as u32 >> 6) {
         Some(word) => word & (1u64 << (l4.dst_port & 63)) != 0,
         None => false,
     }
@@ -160,8 +169,8 @@ pub fn record_probe(
 
 /// The kernel-side ban: when the configuration lets the block come first (the
 /// protocol's `SETTING_KBAN_*`), a source that reached the trigger is banned here, at
-/// this probe, within `PS_KBAN`'s MAX_BANS_PER_SEC budget. Under VERIFY_SOURCES only a
-/// verified source; hits spread over more than SCAN_WINDOW are left to the daemon. The
+/// this probe, within `PS_KBAN`'s MAX_BANS_PER_SEC budget. Never for the ACK class.
+/// Under VERIFY_SOURCES only a verified source; hits spread over more than SCAN_WINDOW are left to the daemon. The
 /// ban goes in as `PS_BANS` entry of origin `Kernel` (filter bit first, cache after, as
 /// userspace orders them); the daemon then responds to it as to its own.
 #[inline(always)]
@@ -179,7 +188,12 @@ fn kernel_ban(
     } else {
         SETTING_KBAN_UDP
     };
-    if settings.flags & flag == 0 || (settings.flags & SETTING_VERIFY != 0 && !verified) {
+    // A segment of no connection is left to the daemon: it acts on the ACK class only
+    // over ACK_SCAN_PORTS distinct ports.
+    if settings.flags & flag == 0
+        || (settings.flags & SETTING_VERIFY != 0 && !verified)
+        || kind.is_ack_class()
+    {
         return false;
     }
     let Some(kb) = PS_KBAN.get_ptr_mut(KBAN_PROGRAM) else {

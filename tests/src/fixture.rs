@@ -23,6 +23,20 @@ pub fn default_ports() -> (PortSet, PortSet) {
     (tcp, udp)
 }
 
+/// Ports the fixture's host is taken to serve (as a server's sshd and web server): the
+/// daemon leaves the ports listeners own out of `PS_ACK_PORTS`, so established traffic
+/// to them is never looked up. No socket listens in the fixture's namespace itself.
+pub const SERVICE_PORTS: [u16; 2] = [22, 443];
+
+/// The ACK-class ports the fixture writes: the watched TCP ports but [`SERVICE_PORTS`].
+pub fn ack_ports() -> PortSet {
+    let mut ports = default_ports().0;
+    for p in SERVICE_PORTS {
+        ports.remove(p);
+    }
+    ports
+}
+
 /// BPF_PROG_TEST_RUN looks sockets up in the caller's network namespace, so every run
 /// happens inside a namespace of the fixture's own: the host's listening sockets (sshd
 /// on 22, say) cannot change a verdict.
@@ -73,6 +87,8 @@ impl Fixture {
         let mut dp = Dataplane::load(&MapSizes::default(), None).expect("loading the program");
         let (tcp, udp) = default_ports();
         dp.write_ports(&tcp, &udp).expect("writing ports");
+        dp.write_ack_ports(&ack_ports())
+            .expect("writing ACK-class ports");
         dp.write_settings(settings).expect("writing settings");
         let events = dp.take_events().expect("ring buffer");
         Fixture {

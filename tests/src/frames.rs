@@ -105,6 +105,12 @@ pub struct Frame {
     pub payload: Vec<u8>,
     /// Overrides the EtherType (for non-IP frames).
     pub ethertype: Option<u16>,
+    /// Keeps only this many bytes of the transport part (header and payload), the IP
+    /// lengths saying so: a first fragment's share of a split header.
+    pub l4_keep: Option<usize>,
+    /// Zero bytes appended after the datagram up to this frame length (link padding:
+    /// Ethernet pads a frame to 60 bytes; the IP lengths do not count it).
+    pub pad_to: usize,
 }
 
 impl Frame {
@@ -143,7 +149,21 @@ impl Frame {
             transport,
             payload: Vec::new(),
             ethertype: None,
+            l4_keep: None,
+            pad_to: 0,
         }
+    }
+
+    /// Keeps `n` bytes of the transport part ([`Frame::l4_keep`]).
+    pub fn l4_keep(mut self, n: usize) -> Frame {
+        self.l4_keep = Some(n);
+        self
+    }
+
+    /// Pads the frame to `len` bytes ([`Frame::pad_to`]).
+    pub fn pad_to(mut self, len: usize) -> Frame {
+        self.pad_to = len;
+        self
     }
 
     pub fn vlans(mut self, tpids: &[u16]) -> Frame {
@@ -227,7 +247,10 @@ impl Frame {
         });
         f.extend_from_slice(&ethertype.to_be_bytes());
         bounds.push(f.len());
-        let (proto, l4) = self.l4_bytes();
+        let (proto, mut l4) = self.l4_bytes();
+        if let Some(n) = self.l4_keep {
+            l4.truncate(n);
+        }
         match (self.src, self.dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
                 let mut opts = self.ipv4_options.clone();
@@ -275,6 +298,9 @@ impl Frame {
         }
         bounds.push(f.len());
         f.extend_from_slice(&l4);
+        if f.len() < self.pad_to {
+            f.resize(self.pad_to, 0);
+        }
         (f, bounds)
     }
 

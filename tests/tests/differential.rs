@@ -25,7 +25,8 @@ fn kernel_and_host_classify_random_frames_alike() {
     let frames = env_u64("PORTSENTRY_DIFF_FRAMES").unwrap_or(1_000_000);
     let seed = env_u64("PORTSENTRY_DIFF_SEED").unwrap_or_else(|| fastrand::u64(..));
     eprintln!("differential: {frames} frames, seed {seed} (PORTSENTRY_DIFF_SEED={seed} replays)");
-    // Every port watched, no ban, no ignore list, no socket in the fixture's namespace:
+    // Every port watched (for the ACK class too), no ban, no ignore list, no socket in
+    // the fixture's namespace, BLOCK_EVASIVE_PACKETS off:
     // a frame the host classifies as a probe must be counted as one by the kernel.
     let mut fx = Fixture::with_settings(Settings {
         event_trigger: 1,
@@ -36,6 +37,7 @@ fn kernel_and_host_classify_random_frames_alike() {
     });
     let all = PortSet::from_range(0..=u16::MAX);
     fx.dp.write_ports(&all, &all).unwrap();
+    fx.dp.write_ack_ports(&all).unwrap();
     let fd = fx.dp.program_fd().unwrap();
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut by_reason = [0u64; Counter::COUNT as usize];

@@ -2,13 +2,18 @@
 //! IPv4 options, IPv6 extension headers, fragments, other protocols and truncated frames,
 //! each asserting the verdict and the one verdict-reason counter.
 
-use portsentry_common::{Counter, ScanType, packet};
+use ipnet::IpNet;
+use portsentry_common::{
+    Counter, ScanType,
+    maps::{BanEntry, SETTING_DROP_EVASIVE, Settings},
+    packet,
+};
 use portsentry_tests::{
     fixture::Fixture,
     frames::{Ext, Frame, Transport, flags::*},
     probe_asserts::{V4_DST, V4_SRC, V6_DST, V6_SRC, assert_probe, assert_uncounted, ip, pairs},
     require_kernel,
-    testrun::XDP_PASS,
+    testrun::{XDP_DROP, XDP_PASS},
 };
 
 #[test]
@@ -98,14 +103,15 @@ fn ipv6_extension_headers() {
         assert_probe(&mut fx, &tcp.build(), src, port, ScanType::TcpFin);
         assert_probe(&mut fx, &udp.build(), src, port, ScanType::Udp);
     }
-    // Eight extension headers are walked; a ninth is too many (fail open).
+    // Eight extension headers are walked; a ninth is too many (passed with
+    // BLOCK_EVASIVE_PACKETS="0", as here; see `header_chains`).
     let mut f = Frame::tcp(src, dst, 22, SYN);
     for _ in 0..7 {
         f = f.ext(Ext::DestOpts(1));
     }
     assert_probe(&mut fx, &f.clone().build(), src, 22, ScanType::TcpSyn);
     let f = f.ext(Ext::DestOpts(1)).ext(Ext::DestOpts(1));
-    assert_uncounted(&mut fx, &f.build(), src, Counter::PassMalformed);
+    assert_uncounted(&mut fx, &f.build(), src, Counter::PassHeaderChain);
     // No next header (59) and ICMPv6 are other protocols.
     let f = Frame::new(src, dst, Transport::Other(59)).build();
     assert_uncounted(&mut fx, &f, src, Counter::PassOtherProto);
@@ -147,6 +153,118 @@ fn fragments() {
             .build();
         assert_uncounted(&mut fx, &f, s6, Counter::PassFragment);
     }
+}
+
+fn evasive_fixture() -> Fixture {
+    Fixture::with_settings(Settings {
+        event_trigger: 1,
+        flags: SETTING_DROP_EVASIVE,
+        ..Settings::default()
+    })
+}
+
+/// A first fragment with the TCP header split (nmap -f: 8 bytes, --mtu 16: 16 bytes) is
+/// a probe, classified by the datagram's own length (never link padding), of the type
+/// its flags say or, without them, `TcpFragment`. BLOCK_EVASIVE_PACKETS then drops every
+/// such fragment, counted first where it is a probe.
+#[test]
+fn tiny_first_fragments() {
+    require_kernel!();
+    let (s4, d4, s6, d6) = (ip(V4_SRC), ip(V4_DST), ip(V6_SRC), ip(V6_DST));
+    let first = |src, dst, port, flags| -> Frame {
+        let f = Frame::tcp(src, dst, port, flags);
+        match src {
+            std::net::IpAddr::V4(_) => f.ipv4_fragment(0, true),
+            std::net::IpAddr::V6(_) => f.ext(Ext::Fragment {
+                offset: 0,
+                more: true,
+            }),
+        }
+    };
+    let mut fx = Fixture::new();
+    for (src, dst) in [(s4, d4), (s6, d6)] {
+        let f = first(src, dst, 80, SYN).l4_keep(8).build();
+        assert_probe(&mut fx, &f, src, 80, ScanType::TcpFragment);
+        // Padded to Ethernet's 60 bytes: the zeros after the datagram are not flags.
+        let f = first(src, dst, 81, SYN).l4_keep(8).pad_to(60).build();
+        assert_probe(&mut fx, &f, src, 81, ScanType::TcpFragment);
+        let f = first(src, dst, 82, SYN).l4_keep(16).build();
+        assert_probe(&mut fx, &f, src, 82, ScanType::TcpSyn);
+        let f = first(src, dst, 83, FIN | ACK).l4_keep(16).build();
+        assert_probe(&mut fx, &f, src, 83, ScanType::TcpMaimon);
+        // The whole header in the first fragment: an ordinary probe.
+        let f = first(src, dst, 84, XMAS).build();
+        assert_probe(&mut fx, &f, src, 84, ScanType::TcpXmas);
+        // Fewer than 4 bytes: no ports (the kernel discards such a fragment).
+        let f = first(src, dst, 85, SYN).l4_keep(2).build();
+        assert_uncounted(&mut fx, &f, src, Counter::PassMalformed);
+        // A UDP header split: the ports are there.
+        let mut u = Frame::udp(src, dst, 86).l4_keep(4);
+        u = match src {
+            std::net::IpAddr::V4(_) => u.ipv4_fragment(0, true),
+            std::net::IpAddr::V6(_) => u.ext(Ext::Fragment {
+                offset: 0,
+                more: true,
+            }),
+        };
+        assert_probe(&mut fx, &u.build(), src, 86, ScanType::Udp);
+        // Not a fragment: a TCP header cut short is malformed (the kernel drops it).
+        let f = Frame::tcp(src, dst, 87, SYN).l4_keep(8).build();
+        assert_uncounted(&mut fx, &f, src, Counter::PassMalformed);
+    }
+
+    let mut fx = evasive_fixture();
+    for (src, dst) in [(s4, d4), (s6, d6)] {
+        let hits = fx.hits(src);
+        let f = first(src, dst, 80, SYN).l4_keep(8).build();
+        fx.expect(&f, XDP_DROP, Counter::DropTinyFragment);
+        let f = first(src, dst, 81, SYN).l4_keep(16).build();
+        fx.expect(&f, XDP_DROP, Counter::DropTinyFragment);
+        assert_eq!(fx.hits(src), hits + 2, "dropped and counted");
+        // To a port not watched (or a service's): dropped, not counted.
+        let f = first(src, dst, 8080, SYN).l4_keep(8).build();
+        fx.expect(&f, XDP_DROP, Counter::DropTinyFragment);
+        assert_eq!(fx.hits(src), hits + 2);
+        // Whole headers in first fragments, and later fragments, still pass.
+        let f = first(src, dst, 82, SYN).build();
+        fx.expect(&f, XDP_PASS, Counter::PassProbe);
+        let f = match src {
+            std::net::IpAddr::V4(_) => Frame::tcp(src, dst, 22, SYN).ipv4_fragment(1, false),
+            std::net::IpAddr::V6(_) => Frame::tcp(src, dst, 22, SYN).ext(Ext::Fragment {
+                offset: 1,
+                more: false,
+            }),
+        };
+        fx.expect(&f.l4_keep(8).build(), XDP_PASS, Counter::PassFragment);
+    }
+}
+
+/// An IPv6 chain of more extension headers than the program walks: passed, or dropped
+/// with BLOCK_EVASIVE_PACKETS; a banned source's is dropped as banned either way.
+#[test]
+fn header_chains() {
+    require_kernel!();
+    let (src, dst) = (ip(V6_SRC), ip(V6_DST));
+    let long = |n: usize, port: u16| {
+        let mut f = Frame::tcp(src, dst, port, SYN);
+        for _ in 0..n {
+            f = f.ext(Ext::DestOpts(1));
+        }
+        f.build()
+    };
+    let mut fx = evasive_fixture();
+    assert_probe(&mut fx, &long(8, 22), src, 22, ScanType::TcpSyn);
+    for n in [9, 10, 30, 100] {
+        fx.expect(&long(n, 22), XDP_DROP, Counter::DropHeaderChain);
+    }
+    let mut fx = Fixture::new();
+    fx.expect(&long(10, 22), XDP_PASS, Counter::PassHeaderChain);
+    let entry = BanEntry {
+        since_ns: portsentry_user::clock::monotonic_ns(),
+        ..Default::default()
+    };
+    fx.dp.insert_ban(&IpNet::from(src), &entry).unwrap();
+    fx.expect(&long(10, 22), XDP_DROP, Counter::DropBanned);
 }
 
 #[test]

@@ -10,6 +10,7 @@ use portsentry_tests::{
     require_kernel,
     testrun::XDP_PASS,
 };
+use portsentry_user::config::ports::PortSet;
 
 #[test]
 fn syn_probe_is_counted_and_reported() {
@@ -70,25 +71,60 @@ fn every_scan_type_over_ipv4_and_ipv6() {
 }
 
 #[test]
-fn ack_and_rst_are_not_probes() {
+fn rst_is_never_a_probe() {
     require_kernel!();
     let mut fx = Fixture::new();
     for (src, dst) in pairs() {
-        for f in [
-            ACK,
-            RST,
-            SYN | ACK,
-            FIN | ACK,
-            RST | ACK,
-            PSH | ACK,
-            XMAS | ACK,
-            SYN | RST,
-        ] {
-            let frame = Frame::tcp(src, dst, 22, f).build();
-            assert_uncounted(&mut fx, &frame, src, Counter::PassNotProbe);
+        for f in [RST, RST | ACK, SYN | RST, FIN | RST, XMAS | RST | ACK] {
+            for port in [22, 80] {
+                let frame = Frame::tcp(src, dst, port, f).build();
+                assert_uncounted(&mut fx, &frame, src, Counter::PassNotProbe);
+            }
         }
     }
     assert!(fx.drain_events().is_empty());
+}
+
+/// A segment with ACK of no connection (nmap -sA, -sW, -sM) to a watched port no
+/// socket listens on is a probe of the ACK class; to a port a service listens on
+/// (`SERVICE_PORTS`, left out of `PS_ACK_PORTS`) or an unwatched one it is passed with
+/// no lookup.
+#[test]
+fn the_ack_class() {
+    require_kernel!();
+    let mut fx = Fixture::new();
+    for (src, dst) in pairs() {
+        for (f, kind) in [
+            (ACK, ScanType::TcpAck),
+            (SYN | ACK, ScanType::TcpAck),
+            (PSH | ACK, ScanType::TcpAck),
+            (URG | PSH | ACK, ScanType::TcpAck),
+            (FIN | ACK, ScanType::TcpMaimon),
+            (XMAS | ACK, ScanType::TcpMaimon),
+        ] {
+            let frame = Frame::tcp(src, dst, 80, f).build();
+            assert_probe(&mut fx, &frame, src, 80, kind);
+            for port in [22, 443, 8080] {
+                let frame = Frame::tcp(src, dst, port, f).build();
+                assert_uncounted(&mut fx, &frame, src, Counter::PassNotProbe);
+            }
+        }
+    }
+    // Reported like any probe, typed.
+    let kinds: Vec<u8> = fx.drain_events().iter().map(|e| e.scan_type).collect();
+    assert!(kinds.contains(&(ScanType::TcpAck as u8)));
+    assert!(kinds.contains(&(ScanType::TcpMaimon as u8)));
+    // ACK_SCAN_PORTS="0": the daemon writes no port, and nothing is looked up.
+    fx.dp.write_ack_ports(&PortSet::new()).unwrap();
+    let (src, dst) = pairs()[0];
+    let hits = fx.hits(src);
+    assert_uncounted(
+        &mut fx,
+        &Frame::tcp(src, dst, 80, ACK).build(),
+        src,
+        Counter::PassNotProbe,
+    );
+    assert_eq!(fx.hits(src), hits);
 }
 
 #[test]

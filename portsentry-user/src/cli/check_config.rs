@@ -114,6 +114,24 @@ fn render(eff: &Effective) -> String {
             e.describe_window()
         ),
     };
+    let _ = writeln!(
+        s,
+        "evasive shapes: {} (BLOCK_EVASIVE_PACKETS): tiny first fragments, IPv6 header chains \
+         of more than 8",
+        if c.block_evasive_packets {
+            "dropped"
+        } else {
+            "counted and passed"
+        }
+    );
+    let _ = match c.ack_scan_ports {
+        0 => writeln!(s, "ACK class:     not watched (ACK_SCAN_PORTS=0)"),
+        n => writeln!(
+            s,
+            "ACK class:     segments of no connection (nmap -sA, -sW, -sM) acted on at {n} \
+             distinct ports (ACK_SCAN_PORTS)"
+        ),
+    };
     let _ = writeln!(s, "ignore list:");
     match &c.ignore_file {
         Some(p) => {

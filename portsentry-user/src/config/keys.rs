@@ -170,6 +170,12 @@ pub static KEYS: &[Key] = &[
     key!(Extension, "VERIFY_SOURCES", "0",
         "1 = ban only TCP sources that complete the XDP SYN-ACK challenge",
         |c, k, v| c.verify_sources = flag(k, v)?),
+    key!(Extension, "BLOCK_EVASIVE_PACKETS", "1",
+        "1 = drop packets shaped to hide a probe (a TCP or UDP header split across fragments, an IPv6 extension-header chain of more than 8); 0 = count them and let them pass",
+        |c, k, v| c.block_evasive_packets = flag(k, v)?),
+    key!(Extension, "ACK_SCAN_PORTS", "3",
+        "a host whose segments with ACK reach this many distinct watched ports that no socket listens on (nmap -sA, -sW, -sM) is acted on like a scanner (1-64); 0 = ACK scans not watched",
+        |c, k, v| c.ack_scan_ports = number(k, v, 0, 64)?),
     key!(Extension, "STATE_DIR", "/var/lib/portsentry",
         "where the daemon keeps its state files",
         |c, k, v| c.state_dir = absolute_path(k, v)?),
@@ -304,7 +310,7 @@ mod tests {
                 k.name
             );
         }
-        assert_eq!(seen.len(), 48);
+        assert_eq!(seen.len(), 50);
         // PortSentry 1.2's keys come first (the order of the known keys in an error).
         let first_extension = KEYS
             .iter()

@@ -13,6 +13,7 @@
 pub mod effective;
 pub mod ignore;
 pub mod keys;
+pub mod listening;
 pub(crate) mod localaddrs;
 pub mod manpage;
 pub(crate) mod policy;
@@ -170,6 +171,12 @@ config_struct! {
         /// `VERIFY_SOURCES`: ban only TCP sources that answer the XDP SYN-ACK challenge
         /// (a completed handshake); forged probes ban no one.
         pub verify_sources: bool,
+        /// `BLOCK_EVASIVE_PACKETS`: drop tiny first fragments and over-long IPv6
+        /// extension-header chains (shapes with no legitimate use that hide a probe).
+        pub block_evasive_packets: bool,
+        /// `ACK_SCAN_PORTS`: distinct watched ports a host's segments of no connection
+        /// (the ACK class) must reach before it is acted on; 0 means not watched.
+        pub ack_scan_ports: u32,
         /// `STATE_DIR`.
         pub state_dir: PathBuf,
         /// `PIN_DIR`: where the BPF maps and links are pinned.

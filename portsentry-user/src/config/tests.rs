@@ -130,6 +130,8 @@ KILL_TIMEOUT="5"
 SCAN_WINDOW="10m"
 WATCH_EPHEMERAL_UDP="1"
 VERIFY_SOURCES="1"
+BLOCK_EVASIVE_PACKETS="0"
+ACK_SCAN_PORTS="7"
 STATE_DIR="/run/ps"
 PIN_DIR="/sys/fs/bpf/ps2"
 EVENTS_PER_SEC="10000000"
@@ -198,6 +200,8 @@ SYSLOG="0"
     assert_eq!(c.scan_window, Duration::from_secs(600));
     assert!(c.watch_ephemeral_udp);
     assert!(c.verify_sources);
+    assert!(!c.block_evasive_packets);
+    assert_eq!(c.ack_scan_ports, 7);
     assert_eq!(c.state_dir, Path::new("/run/ps"));
     assert_eq!(c.pin_dir, Path::new("/sys/fs/bpf/ps2"));
     assert_eq!(c.events_per_sec, 10_000_000);
@@ -212,7 +216,7 @@ SYSLOG="0"
     assert_eq!(c.metrics_address, Some("[::1]:9100".parse().unwrap()));
     assert!(!c.syslog);
     assert_eq!(c.line_of("TCP_PORTS"), 2);
-    assert_eq!(c.line_of("SYSLOG"), 49);
+    assert_eq!(c.line_of("SYSLOG"), 51);
     // Stealth TCP watches exactly TCP_PORTS; UDP is off.
     assert_eq!(c.tcp_watched_ports(), tcp);
     assert!(c.udp_watched_ports().is_empty());

@@ -24,7 +24,8 @@ use crate::{
 pub enum Verdict {
     /// The source is in the ignore list or is this host.
     Ignored,
-    /// Fewer hits than SCAN_TRIGGER.
+    /// Fewer hits than SCAN_TRIGGER (or, for the ACK class, fewer distinct ports than
+    /// ACK_SCAN_PORTS).
     BelowTrigger,
     /// The trigger was reached, but over more than SCAN_WINDOW: the source's count
     /// starts again.
@@ -36,11 +37,16 @@ pub enum Verdict {
 }
 
 /// The detection rules. `scan_trigger` has PortSentry's meaning (0 and 1 both act on
-/// the first hit); a zero `window` means no window.
+/// the first hit); a zero `window` means no window. A probe of the ACK class (a segment
+/// of no connection) is acted on only once its source has probed `ack_scan_ports`
+/// distinct ports: a client's late segments after a listener went away all go to the
+/// one port it was talking to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rules {
     pub scan_trigger: u32,
     pub window: Duration,
+    /// ACK_SCAN_PORTS; 0 never acts on the ACK class.
+    pub ack_scan_ports: u32,
 }
 
 impl Rules {
@@ -49,6 +55,7 @@ impl Rules {
         Rules {
             scan_trigger: c.scan_trigger,
             window: c.scan_window,
+            ack_scan_ports: c.ack_scan_ports,
         }
     }
 
@@ -60,7 +67,10 @@ impl Rules {
         if ignored {
             return Verdict::Ignored;
         }
-        if ev.hits < self.trigger() {
+        if ev.hits < self.trigger()
+            || (ev.scan_type.is_ack_class()
+                && (self.ack_scan_ports == 0 || ev.distinct_ports < self.ack_scan_ports))
+        {
             return Verdict::BelowTrigger;
         }
         if handled {
@@ -113,7 +123,7 @@ pub(super) fn on_event(shared: &Arc<Shared>, raw: &ScanEvent) {
             }
             let name = respond::cached_name(shared, ev.ip);
             shared.log.notice(&alert::attack_alert(
-                ev.proto(),
+                ev.scan_type,
                 ev.tcp_flags,
                 &name,
                 ev.ip,
@@ -293,12 +303,14 @@ mod tests {
             let r = Rules {
                 scan_trigger: t,
                 window: Duration::ZERO,
+                ack_scan_ports: 3,
             };
             assert_eq!(r.judge(&ev(1, 0), false, false), Verdict::Act);
         }
         let r = Rules {
             scan_trigger: 3,
             window: Duration::ZERO,
+            ack_scan_ports: 3,
         };
         assert_eq!(r.judge(&ev(2, 0), false, false), Verdict::BelowTrigger);
         assert_eq!(r.judge(&ev(3, 999_999), false, false), Verdict::Act);
@@ -309,6 +321,7 @@ mod tests {
         let r = Rules {
             scan_trigger: 0,
             window: Duration::ZERO,
+            ack_scan_ports: 3,
         };
         assert_eq!(r.judge(&ev(5, 0), true, false), Verdict::Ignored);
         assert_eq!(r.judge(&ev(5, 0), true, true), Verdict::Ignored);
@@ -316,10 +329,39 @@ mod tests {
     }
 
     #[test]
+    fn the_ack_class_needs_distinct_ports() {
+        let r = Rules {
+            scan_trigger: 0,
+            window: Duration::ZERO,
+            ack_scan_ports: 3,
+        };
+        let mut e = ev(50, 0);
+        e.scan_type = ScanType::TcpAck;
+        e.distinct_ports = 1;
+        // A client's late segments: many hits, one port.
+        assert_eq!(r.judge(&e, false, false), Verdict::BelowTrigger);
+        e.distinct_ports = 3;
+        assert_eq!(r.judge(&e, false, false), Verdict::Act);
+        e.scan_type = ScanType::TcpMaimon;
+        assert_eq!(r.judge(&e, false, false), Verdict::Act);
+        let off = Rules {
+            ack_scan_ports: 0,
+            ..r
+        };
+        e.distinct_ports = 100;
+        assert_eq!(off.judge(&e, false, false), Verdict::BelowTrigger);
+        // Other types are not held to it.
+        e.scan_type = ScanType::TcpSyn;
+        e.distinct_ports = 1;
+        assert_eq!(off.judge(&e, false, false), Verdict::Act);
+    }
+
+    #[test]
     fn window() {
         let r = Rules {
             scan_trigger: 3,
             window: Duration::from_secs(10),
+            ack_scan_ports: 3,
         };
         assert_eq!(r.judge(&ev(3, 9_000), false, false), Verdict::Act);
         assert_eq!(

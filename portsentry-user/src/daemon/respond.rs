@@ -184,7 +184,7 @@ async fn respond(
     }
     let log = &shared.log;
     log.notice(&alert::attack_alert(
-        ev.proto(),
+        ev.scan_type,
         ev.tcp_flags,
         &name,
         ev.ip,

@@ -3,13 +3,13 @@
 
 use anyhow::Result;
 use portsentry_common::maps::{
-    KernelBan, SETTING_KBAN_TCP, SETTING_KBAN_UDP, SETTING_V6_PREFIX_SHIFT, SETTING_VERIFY,
-    Settings,
+    KernelBan, SETTING_DROP_EVASIVE, SETTING_KBAN_TCP, SETTING_KBAN_UDP, SETTING_V6_PREFIX_SHIFT,
+    SETTING_VERIFY, Settings,
 };
 
 use super::{Dataplane, MapSizes};
 use crate::{
-    config::{BlockMode, effective::Effective},
+    config::{BlockMode, effective::Effective, listening, ports::PortSet},
     kinds::Protocol,
 };
 
@@ -56,6 +56,7 @@ pub fn kernel_settings(eff: &Effective, secret: u64) -> Settings {
             (eff.config.verify_sources, SETTING_VERIFY),
             (kernel_bans(eff, Protocol::Tcp), SETTING_KBAN_TCP),
             (kernel_bans(eff, Protocol::Udp), SETTING_KBAN_UDP),
+            (eff.config.block_evasive_packets, SETTING_DROP_EVASIVE),
         ]
         .into_iter()
         .filter(|(on, _)| *on)
@@ -74,9 +75,30 @@ pub fn map_sizes(eff: &Effective) -> MapSizes {
     }
 }
 
+/// The ports a segment with ACK is looked up on: the watched TCP ports no socket
+/// listens on (`listening`), or none when ACK_SCAN_PORTS is 0 or TCP is not watched.
+pub fn ack_ports(eff: &Effective, listening: &PortSet) -> PortSet {
+    let mut ports = PortSet::new();
+    if eff.config.ack_scan_ports == 0 || eff.mode_token(Protocol::Tcp).is_none() {
+        return ports;
+    }
+    for p in eff.policy.tcp.iter().filter(|p| !listening.contains(*p)) {
+        ports.insert(p);
+    }
+    ports
+}
+
+/// Brings `PS_ACK_PORTS` up to date with this host's listening sockets (at start, on
+/// reload, and every second: a listener that went away is looked up from then on).
+pub fn refresh_ack_ports(dp: &mut Dataplane, eff: &Effective) -> Result<()> {
+    let listening = listening::tcp_ports()?;
+    dp.write_ack_ports(&ack_ports(eff, &listening))
+}
+
 /// Writes ports, settings and the ignore list into the kernel.
 pub fn apply(dp: &mut Dataplane, eff: &Effective) -> Result<()> {
     dp.write_ports(&eff.policy.tcp, &eff.policy.udp)?;
+    refresh_ack_ports(dp, eff)?;
     // Keep the cookie secret across reloads (and adoptions): answers in flight stay valid.
     let secret = match dp.settings().cookie_secret {
         0 => random_secret(),

@@ -37,6 +37,8 @@ pub(super) struct Maps {
     /// `None` for an object built before the filter existed (the bench loads one).
     pub ignore_filter: Option<Array<MapData, u64>>,
     pub ports: Array<MapData, u64>,
+    /// `None` for an object (or pins) from before the ACK class.
+    pub ack_ports: Option<Array<MapData, u64>>,
     pub sources: HashMap<MapData, Addr, SourceStats>,
     pub counters: PerCpuArray<MapData, u64>,
     pub settings: Array<MapData, Settings>,
@@ -59,6 +61,10 @@ impl Maps {
             .map(Array::try_from)
             .transpose()?;
         let kban = named.remove(maps::KBAN).map(Array::try_from).transpose()?;
+        let ack_ports = named
+            .remove(maps::ACK_PORTS)
+            .map(Array::try_from)
+            .transpose()?;
         let mut take = |name: &'static str| {
             named
                 .remove(name)
@@ -72,6 +78,7 @@ impl Maps {
             ignore: LpmTrie::try_from(take(maps::IGNORE)?)?,
             ignore_filter,
             ports: Array::try_from(take(maps::PORTS)?)?,
+            ack_ports,
             sources: HashMap::try_from(take(maps::SOURCES)?)?,
             counters: PerCpuArray::try_from(take(maps::COUNTERS)?)?,
             settings: Array::try_from(take(maps::SETTINGS)?)?,
@@ -240,6 +247,27 @@ impl Dataplane {
                 self.maps.ports.set(base + i as u32, *w, 0)?;
             }
         }
+        Ok(())
+    }
+
+    /// Replaces the ports a segment with ACK is looked up on (`PS_ACK_PORTS`), writing
+    /// only the words that change.
+    pub fn write_ack_ports(&mut self, ports: &PortSet) -> Result<()> {
+        let Some(map) = self.maps.ack_ports.as_mut() else {
+            return Ok(());
+        };
+        let current = match self.ack_words.take() {
+            Some(w) => w,
+            None => (0..maps::ACK_PORT_WORDS)
+                .map(|i| map.get(&i, 0))
+                .collect::<Result<Vec<u64>, MapError>>()?,
+        };
+        for (i, (now, want)) in current.iter().zip(ports.words()).enumerate() {
+            if now != want {
+                map.set(i as u32, *want, 0)?;
+            }
+        }
+        self.ack_words = Some(ports.words().to_vec());
         Ok(())
     }
 

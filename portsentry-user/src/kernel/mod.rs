@@ -59,11 +59,20 @@ pub struct Dataplane {
     filter_users: std::collections::HashMap<u32, u32>,
     /// What `PS_IGN_FILTER` holds, once read or written.
     ignore_words: Option<Vec<u64>>,
+    /// What `PS_ACK_PORTS` holds, once read or written.
+    ack_words: Option<Vec<u64>>,
 }
 
-/// True when `pin_dir` holds portsentry's pinned maps.
+/// Maps a pin directory of an earlier release lacks: the next `run` creates them.
+const ADDED_MAPS: [&str; 1] = [names::ACK_PORTS];
+
+/// True when `pin_dir` holds portsentry's pinned maps (those of an earlier release
+/// too).
 pub fn is_pinned(pin_dir: &Path) -> bool {
-    names::ALL.iter().all(|n| pin_dir.join(n).exists())
+    names::ALL
+        .iter()
+        .filter(|n| !ADDED_MAPS.contains(n))
+        .all(|n| pin_dir.join(n).exists())
 }
 
 impl Dataplane {
@@ -120,6 +129,9 @@ impl Dataplane {
         let mut taken = std::collections::HashMap::new();
         for name in names::ALL {
             let path = pin_dir.join(name);
+            if ADDED_MAPS.contains(&name) && !path.exists() {
+                continue;
+            }
             let data = MapData::from_pin(&path)
                 .with_context(|| format!("opening the pinned map {}", path.display()))?;
             taken.insert(name, Map::from_map_data(data)?);
@@ -140,6 +152,7 @@ impl Dataplane {
             attachments: Vec::new(),
             filter_users: Default::default(),
             ignore_words: None,
+            ack_words: None,
         };
         dp.settings = dp.read_settings()?;
         dp.rebuild_ban_filter()?;

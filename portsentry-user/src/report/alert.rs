@@ -4,6 +4,8 @@
 
 use std::net::IpAddr;
 
+use portsentry_common::ScanType;
+
 use crate::kinds::Protocol;
 
 /// TCP header flag bits (the 13th byte of the TCP header).
@@ -52,16 +54,40 @@ pub fn tcp_scan_text(flags: u8) -> String {
     text.to_owned()
 }
 
+/// The scan text of a probe: PortSentry 1.2's ([`tcp_scan_text`], `UDP scan`) for the
+/// types it knows, and in its style for the types it does not see:
+///
+/// - a segment with ACK of no connection: `TCP ACK scan` (nmap's ACK and Window scans),
+///   with FIN and ACK: `TCP FIN/ACK (Maimon) scan`;
+/// - a first fragment too short to carry the TCP flags: `TCP tiny fragment scan`.
+pub fn scan_text(scan_type: ScanType, tcp_flags: u8) -> String {
+    match scan_type {
+        ScanType::Udp => "UDP scan".to_owned(),
+        ScanType::TcpAck => "TCP ACK scan".to_owned(),
+        ScanType::TcpMaimon => "TCP FIN/ACK (Maimon) scan".to_owned(),
+        ScanType::TcpFragment => "TCP tiny fragment scan".to_owned(),
+        ScanType::TcpNull
+        | ScanType::TcpXmas
+        | ScanType::TcpFin
+        | ScanType::TcpSyn
+        | ScanType::TcpUnknown => tcp_scan_text(tcp_flags),
+    }
+}
+
 /// The alert for a probe:
 /// `attackalert: <scan text> from host: NAME/IP to TCP port: PORT` for TCP, with the scan
-/// text of [`tcp_scan_text`], and
+/// text of [`scan_text`], and
 /// `attackalert: UDP scan from host: NAME/IP to UDP port: PORT` for UDP.
 /// NAME is the resolved name, or the IP again.
-pub fn attack_alert(proto: Protocol, tcp_flags: u8, name: &str, ip: IpAddr, port: u16) -> String {
-    let scan = match proto {
-        Protocol::Tcp => tcp_scan_text(tcp_flags),
-        Protocol::Udp => "UDP scan".to_owned(),
-    };
+pub fn attack_alert(
+    scan_type: ScanType,
+    tcp_flags: u8,
+    name: &str,
+    ip: IpAddr,
+    port: u16,
+) -> String {
+    let scan = scan_text(scan_type, tcp_flags);
+    let proto = Protocol::of(scan_type);
     format!("attackalert: {scan} from host: {name}/{ip} to {proto} port: {port}")
 }
 
@@ -193,30 +219,43 @@ mod tests {
     #[test]
     fn alert_lines() {
         assert_eq!(
-            attack_alert(TCP, 0x02, "192.0.2.7", V4, 1),
+            attack_alert(ScanType::TcpSyn, 0x02, "192.0.2.7", V4, 1),
             "attackalert: TCP SYN/Normal scan from host: 192.0.2.7/192.0.2.7 to TCP port: 1"
         );
         assert_eq!(
-            attack_alert(TCP, 0x00, "scanner.example.org", V4, 143),
+            attack_alert(ScanType::TcpNull, 0x00, "scanner.example.org", V4, 143),
             "attackalert: TCP NULL scan from host: scanner.example.org/192.0.2.7 to TCP port: 143"
         );
         assert_eq!(
-            attack_alert(TCP, 0x29, "2001:db8::7", V6, 79),
+            attack_alert(ScanType::TcpXmas, 0x29, "2001:db8::7", V6, 79),
             "attackalert: TCP XMAS scan from host: 2001:db8::7/2001:db8::7 to TCP port: 79"
         );
         assert_eq!(
-            attack_alert(TCP, 0x03, "192.0.2.7", V4, 65535),
+            attack_alert(ScanType::TcpUnknown, 0x03, "192.0.2.7", V4, 65535),
             "attackalert: Unknown Type: TCP Packet Flags: SYN: 1 FIN: 1 ACK: 0 PSH: 0 URG: 0 \
              RST: 0 from host: 192.0.2.7/192.0.2.7 to TCP port: 65535"
         );
         // UDP ignores the flags.
         assert_eq!(
-            attack_alert(UDP, 0x02, "192.0.2.7", V4, 31337),
+            attack_alert(ScanType::Udp, 0x02, "192.0.2.7", V4, 31337),
             "attackalert: UDP scan from host: 192.0.2.7/192.0.2.7 to UDP port: 31337"
         );
         assert_eq!(
-            attack_alert(UDP, 0, "h.example", V6, 0),
+            attack_alert(ScanType::Udp, 0, "h.example", V6, 0),
             "attackalert: UDP scan from host: h.example/2001:db8::7 to UDP port: 0"
+        );
+        // The types PortSentry 1.2 does not see, in its style.
+        assert_eq!(
+            attack_alert(ScanType::TcpAck, 0x10, "192.0.2.7", V4, 80),
+            "attackalert: TCP ACK scan from host: 192.0.2.7/192.0.2.7 to TCP port: 80"
+        );
+        assert_eq!(
+            attack_alert(ScanType::TcpMaimon, 0x11, "192.0.2.7", V4, 80),
+            "attackalert: TCP FIN/ACK (Maimon) scan from host: 192.0.2.7/192.0.2.7 to TCP port: 80"
+        );
+        assert_eq!(
+            attack_alert(ScanType::TcpFragment, 0, "192.0.2.7", V4, 22),
+            "attackalert: TCP tiny fragment scan from host: 192.0.2.7/192.0.2.7 to TCP port: 22"
         );
         assert_eq!(
             already_blocked("192.0.2.7", V4),
