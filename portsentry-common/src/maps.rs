@@ -40,6 +40,13 @@ pub const PORTS: &str = "PS_PORTS";
 /// up, and counted as a probe when it belongs to no socket. Empty when ACK_SCAN_PORTS is
 /// 0.
 pub const ACK_PORTS: &str = "PS_ACK_PORTS";
+/// IP protocols nothing on this host serves: `Array<u64>` of [`PROTOCOL_WORDS`] words, one
+/// bit per protocol number. A unicast datagram of such a protocol (the kernel answers it
+/// with an ICMP error) is a probe of type `IpProto`. The daemon writes every protocol but
+/// TCP, UDP, ICMP, ICMPv6, IGMP, UDP-Lite, the IPv6 extension headers, those a loaded
+/// module handles and those a raw socket is open for; empty when PROTO_SCAN_PROTOCOLS is
+/// 0.
+pub const PROTOCOLS: &str = "PS_PROTOCOLS";
 /// Per-source probe tracking. `LruHashMap<Addr, SourceStats>`.
 pub const SOURCES: &str = "PS_SOURCES";
 /// Probe events. Ring buffer of [`ScanEvent`] records.
@@ -59,7 +66,7 @@ pub const KBAN_PROGRAM: u32 = 0;
 pub const KBAN_DAEMON: u32 = 1;
 
 /// Every map name, for pinning and clean-up.
-pub const ALL: [&str; 14] = [
+pub const ALL: [&str; 15] = [
     BANS,
     BAN_FILTER,
     BAN_CACHE,
@@ -68,6 +75,7 @@ pub const ALL: [&str; 14] = [
     IGNORE_FILTER,
     PORTS,
     ACK_PORTS,
+    PROTOCOLS,
     SOURCES,
     EVENTS,
     COUNTERS,
@@ -151,6 +159,8 @@ pub const PORT_WORDS: u32 = 2048;
 pub const UDP_PORT_WORD_BASE: u32 = 1024;
 /// Words in `PS_ACK_PORTS` (TCP only).
 pub const ACK_PORT_WORDS: u32 = 1024;
+/// Words in `PS_PROTOCOLS`.
+pub const PROTOCOL_WORDS: u32 = 4;
 
 /// Value of `PS_BANS` and `PS_BAN_NETS`. Only `expires_ns` is read by the kernel; the rest
 /// describes the ban for `status` and survives daemon restarts with the pinned map.

@@ -461,11 +461,15 @@ fn tiny_ports<P: Packet + ?Sized>(p: &P, ip: &Ip) -> Result<Ports, Counter> {
 }
 
 /// The probe type of a TCP or UDP packet: PortSentry's types, the ACK class, a tiny
-/// fragment's; `Err(PassNotProbe)` for TCP with RST (never answered).
+/// fragment's; of any other protocol's (the XDP program builds an `L4` only for those
+/// nothing serves), `IpProto`. `Err(PassNotProbe)` for TCP with RST (never answered).
 #[inline(always)]
 pub fn scan_type(l4: &L4) -> Result<ScanType, Counter> {
     if l4.proto == PROTO_UDP {
         return Ok(ScanType::Udp);
+    }
+    if l4.proto != PROTO_TCP {
+        return Ok(ScanType::IpProto);
     }
     if l4.tiny == TINY_FLAGLESS {
         return Ok(ScanType::TcpFragment);

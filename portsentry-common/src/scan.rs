@@ -39,6 +39,10 @@ pub enum ScanType {
     /// The first fragment of a TCP segment too short to carry its flags (fewer than 14
     /// bytes of TCP header: RFC 1858's tiny fragment, nmap `-f`).
     TcpFragment = 9,
+    /// A datagram of an IP protocol nothing on this host serves (nmap `-sO`, SCTP with
+    /// no SCTP stack): the kernel answers it with an ICMP error. Its "port" is the
+    /// protocol number.
+    IpProto = 10,
 }
 
 impl ScanType {
@@ -77,7 +81,7 @@ impl ScanType {
     }
 
     /// Every type, in `as u8` order.
-    pub const ALL: [ScanType; 9] = [
+    pub const ALL: [ScanType; 10] = [
         ScanType::TcpNull,
         ScanType::TcpXmas,
         ScanType::TcpFin,
@@ -87,6 +91,7 @@ impl ScanType {
         ScanType::TcpAck,
         ScanType::TcpMaimon,
         ScanType::TcpFragment,
+        ScanType::IpProto,
     ];
 
     /// The inverse of `as u8`; `None` for a value no version of the program writes.
@@ -101,6 +106,7 @@ impl ScanType {
             7 => ScanType::TcpAck,
             8 => ScanType::TcpMaimon,
             9 => ScanType::TcpFragment,
+            10 => ScanType::IpProto,
             _ => return None,
         })
     }
@@ -110,6 +116,15 @@ impl ScanType {
     /// client's late segments after a listener went away go to one port).
     pub const fn is_ack_class(self) -> bool {
         matches!(self, ScanType::TcpAck | ScanType::TcpMaimon)
+    }
+
+    /// Whether the program may ban at this probe itself: not for the ACK class and IP
+    /// protocols, which the daemon acts on only over several ports or protocols.
+    pub const fn kernel_bannable(self) -> bool {
+        !matches!(
+            self,
+            ScanType::TcpAck | ScanType::TcpMaimon | ScanType::IpProto
+        )
     }
 
     /// Short stable name, used in JSON and metrics.
@@ -124,6 +139,7 @@ impl ScanType {
             ScanType::TcpAck => "tcp-ack",
             ScanType::TcpMaimon => "tcp-maimon",
             ScanType::TcpFragment => "tcp-fragment",
+            ScanType::IpProto => "ip-proto",
         }
     }
 
@@ -136,7 +152,7 @@ impl ScanType {
     pub const fn example_flags(self) -> u8 {
         use tcp_flags::*;
         match self {
-            ScanType::TcpNull | ScanType::Udp | ScanType::TcpFragment => 0,
+            ScanType::TcpNull | ScanType::Udp | ScanType::TcpFragment | ScanType::IpProto => 0,
             ScanType::TcpXmas => FIN | URG | PSH,
             ScanType::TcpFin => FIN,
             ScanType::TcpSyn => SYN,
@@ -146,6 +162,8 @@ impl ScanType {
         }
     }
 
+    /// A TCP probe; also an IP-protocol one, which the daemon treats under the TCP
+    /// settings (TCP_MODE, BLOCK_TCP).
     pub const fn is_tcp(self) -> bool {
         !matches!(self, ScanType::Udp)
     }

@@ -6,13 +6,13 @@ use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, programs::XdpContext
 use portsentry_common::{
     Counter, PROTO_TCP, ScanType,
     maps::{Settings, cookie, cookie_slot},
-    packet::{AddrWords, EthHdr, Ip, Ipv4Hdr, Ipv6Hdr, L4, TcpHdr},
+    packet::{AddrWords, EthHdr, Ip, Ipv4Hdr, Ipv6Hdr, L4, TcpHdr, parse_ip},
     scan::tcp_flags,
 };
 
 use crate::{
     Source, count,
-    frame::{ptr_at, ptr_at_mut},
+    frame::{XdpPacket, ptr_at, ptr_at_mut},
     probe::{is_watched, record_probe},
 };
 
@@ -67,7 +67,14 @@ pub fn answers_challenge(
     clippy::manual_swap,
     reason = "headers may be misaligned: swap through the raw pointer, not references"
 )]
-pub fn send_challenge(ctx: &XdpContext, ip: &Ip, l4: &L4, settings: &Settings) -> bool {
+pub fn send_challenge(ctx: &XdpContext, l4: &L4, settings: &Settings) -> bool {
+    // The frame is parsed again for its offsets: the caller's are dead by now, which
+    // keeps the verifier from walking the whole program once per header shape.
+    let ip = match parse_ip(&XdpPacket(ctx)) {
+        Ok(ip) => ip,
+        Err(_) => return false,
+    };
+    let ip = &ip;
     // SAFETY: helper without arguments.
     let slot = cookie_slot(unsafe { bpf_ktime_get_coarse_ns() });
     let cookie = packet_cookie(ip, l4, settings.cookie_secret, slot);

@@ -13,7 +13,9 @@
 //! 4. the watched-port bitmap (one inlined array access, `probe.rs`); a segment with
 //!    ACK looks at the ACK-class bitmap instead (watched ports no socket listens on);
 //! 5. the ignore trie (only when it holds anything): an ignored source is passed; a
-//!    source in a network that holds an ignored address is counted by its address;
+//!    source in a network that holds an ignored address is counted by its address
+//!    (a datagram of an IP protocol nothing here serves, `PS_PROTOCOLS`, comes here
+//!    from step 3 and is then counted with no socket lookup);
 //! 6. a socket lookup (`socket.rs`): a port a local socket owns is never a scan target;
 //! 7. the probe is counted per source and, within bounds, reported to userspace
 //!    (`probe.rs`); with VERIFY_SOURCES a SYN is answered with a challenge.
@@ -48,10 +50,11 @@ use portsentry_common::{
     maps::{
         ACK_PORT_WORDS, BAN_CACHE_SLOTS, BAN_FILTER_WORDS, BAN_NETS_MAX, BANS_MAX, BanEntry,
         BanSlot, EVENTS_BYTES, EventBudget, IGNORE_FILTER_WORDS, IGNORE_MAX, IGNORE_SINGLE,
-        KernelBan, PORT_WORDS, SETTING_DROP_EVASIVE, SETTING_IGNORE, SETTING_IGNORE_WIDE,
-        SETTING_VERIFY, SOURCES_MAX, Settings, SourceStats, ignore_filter_bit, v6_source_prefix,
+        KernelBan, PORT_WORDS, PROTOCOL_WORDS, SETTING_DROP_EVASIVE, SETTING_IGNORE,
+        SETTING_IGNORE_WIDE, SETTING_VERIFY, SOURCES_MAX, Settings, SourceStats, ignore_filter_bit,
+        v6_source_prefix,
     },
-    packet::{AddrWords, Ip, L4, parse_ip, parse_l4, prefix_words, scan_type},
+    packet::{AddrWords, EthHdr, Ip, L4, Packet, parse_ip, parse_l4, prefix_words, scan_type},
 };
 
 use crate::{
@@ -79,6 +82,8 @@ static PS_IGN_FILTER: Array<u64> = Array::with_max_entries(IGNORE_FILTER_WORDS, 
 static PS_PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 #[map]
 static PS_ACK_PORTS: Array<u64> = Array::with_max_entries(ACK_PORT_WORDS, 0);
+#[map]
+static PS_PROTOCOLS: Array<u64> = Array::with_max_entries(PROTOCOL_WORDS, 0);
 #[map]
 static PS_SOURCES: LruHashMap<Addr, SourceStats> = LruHashMap::with_max_entries(SOURCES_MAX, 0);
 #[map]
@@ -137,17 +142,25 @@ fn inspect(ctx: &XdpContext) -> Counter {
         Some(p) => prefix_words(&ip.src, p),
         None => ip.src,
     };
+    // The transport header is read before the ban check: from here on the parser's
+    // offsets are dead, so the verifier walks the rest once for all the shapes that
+    // parse alike (VLAN tags, IPv6 extension chains) instead of once per shape.
+    let l4 = parse_l4(&pkt, &ip);
     if is_banned(&key, &ip.src, settings) {
         if !is_spared(&ip.src, settings) {
             return Counter::DropBanned;
         }
         count(Counter::BanSpared);
     }
-    let l4 = match parse_l4(&pkt, &ip) {
+    let l4 = match l4 {
         Ok(l4) => l4,
         Err(Counter::PassHeaderChain) if settings.flags & SETTING_DROP_EVASIVE != 0 => {
             return Counter::DropHeaderChain;
         }
+        Err(Counter::PassOtherProto) => match other_protocol(&pkt, &ip) {
+            Some(l4) => l4,
+            None => return Counter::PassOtherProto,
+        },
         Err(reason) => return reason,
     };
     let verdict = inspect_l4(ctx, &ip, &l4, key, prefix, settings);
@@ -162,7 +175,8 @@ fn inspect(ctx: &XdpContext) -> Counter {
     verdict
 }
 
-/// Steps 3 (the probe type) to 7 for a TCP or UDP packet of a source not banned.
+/// Steps 3 (the probe type) to 7 for a TCP or UDP packet, or a probe of an IP
+/// protocol, of a source not banned.
 #[inline(always)]
 fn inspect_l4(
     ctx: &XdpContext,
@@ -189,22 +203,14 @@ fn inspect_l4(
         if !is_ack_watched(l4) {
             return Counter::PassNotProbe;
         }
-    } else if !is_watched(l4) {
+    } else if kind != ScanType::IpProto && !is_watched(l4) {
         return Counter::PassUnwatched;
     }
-    let mut src = Source::of(key, prefix);
-    match ignore_value(&ip.src, settings) {
-        Some(IGNORE_SINGLE) => {
-            src = Source {
-                key: ip.src,
-                prefix: false,
-                exact_ban: prefix.is_none(),
-            }
-        }
-        Some(_) => return Counter::PassIgnored,
-        None => {}
-    }
-    if has_local_socket(ctx, ip, l4) {
+    let Some(src) = counted_as(ip, key, prefix, settings) else {
+        return Counter::PassIgnored;
+    };
+    // An IP protocol's datagram came here only if nothing serves it.
+    if kind != ScanType::IpProto && has_local_socket(ctx, ip, l4) {
         return Counter::PassListening;
     }
     if record_probe(ctx, &src, l4, kind, false, settings) {
@@ -214,11 +220,41 @@ fn inspect_l4(
     if settings.flags & SETTING_VERIFY != 0
         && kind == ScanType::TcpSyn
         && l4.tiny == 0
-        && send_challenge(ctx, ip, l4, settings)
+        && send_challenge(ctx, l4, settings)
     {
         return Counter::TxChallenge;
     }
     Counter::PassProbe
+}
+
+/// A datagram of neither TCP nor UDP, as a probe: of a protocol nothing here serves
+/// (`PS_PROTOCOLS`), sent to this host alone (the kernel answers such a datagram with an
+/// ICMP error, and none to a multicast or broadcast one). Its "port" is the protocol
+/// number. `None`: it passes as another protocol.
+#[inline(always)]
+fn other_protocol(pkt: &XdpPacket, ip: &Ip) -> Option<L4> {
+    let watched = match PS_PROTOCOLS.get(ip.proto as u32 >> 6) {
+        Some(word) => word & (1u64 << (ip.proto & 63)) != 0,
+        None => false,
+    };
+    if !watched {
+        return None;
+    }
+    // A group (multicast or broadcast) destination has the low bit of the first
+    // destination MAC octet set.
+    match pkt.header::<EthHdr>(0) {
+        Some(eth) if eth.dst[0] & 1 == 0 => {}
+        _ => return None,
+    }
+    Some(L4 {
+        proto: ip.proto,
+        src_port: 0,
+        dst_port: ip.proto as u16,
+        tcp_flags: 0,
+        seq: 0,
+        ack_seq: 0,
+        tiny: 0,
+    })
 }
 
 /// What a source is counted and banned as: `key` (its network address under
@@ -239,6 +275,21 @@ impl Source {
             prefix: prefix.is_some(),
             exact_ban: true,
         }
+    }
+}
+
+/// What the source of a probe is counted as, by the ignore trie: `None` when it is
+/// ignored; its address alone in a network that holds an ignored address.
+#[inline(always)]
+fn counted_as(ip: &Ip, key: AddrWords, prefix: Option<u32>, settings: &Settings) -> Option<Source> {
+    match ignore_value(&ip.src, settings) {
+        Some(IGNORE_SINGLE) => Some(Source {
+            key: ip.src,
+            prefix: false,
+            exact_ban: prefix.is_none(),
+        }),
+        Some(_) => None,
+        None => Some(Source::of(key, prefix)),
     }
 }
 

@@ -169,7 +169,8 @@ pub fn record_probe(
 
 /// The kernel-side ban: when the configuration lets the block come first (the
 /// protocol's `SETTING_KBAN_*`), a source that reached the trigger is banned here, at
-/// this probe, within `PS_KBAN`'s MAX_BANS_PER_SEC budget. Never for the ACK class.
+/// this probe, within `PS_KBAN`'s MAX_BANS_PER_SEC budget. Never for the ACK class and
+/// IP protocols.
 /// Under VERIFY_SOURCES only a verified source; hits spread over more than SCAN_WINDOW are left to the daemon. The
 /// ban goes in as `PS_BANS` entry of origin `Kernel` (filter bit first, cache after, as
 /// userspace orders them); the daemon then responds to it as to its own.
@@ -188,11 +189,11 @@ fn kernel_ban(
     } else {
         SETTING_KBAN_UDP
     };
-    // A segment of no connection is left to the daemon: it acts on the ACK class only
-    // over ACK_SCAN_PORTS distinct ports.
+    // A segment of no connection and an IP protocol are left to the daemon: it acts on
+    // them only over several ports or protocols.
     if settings.flags & flag == 0
         || (settings.flags & SETTING_VERIFY != 0 && !verified)
-        || kind.is_ack_class()
+        || !kind.kernel_bannable()
     {
         return false;
     }

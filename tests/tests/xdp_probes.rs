@@ -5,7 +5,7 @@
 use portsentry_common::{Counter, ScanType};
 use portsentry_tests::{
     fixture::Fixture,
-    frames::{Frame, flags::*},
+    frames::{Frame, Transport, flags::*},
     probe_asserts::{V4_DST, V4_SRC, assert_probe, assert_uncounted, ip, pairs},
     require_kernel,
     testrun::XDP_PASS,
@@ -168,4 +168,32 @@ fn watched_and_unwatched_ports() {
         8080,
         ScanType::TcpSyn,
     );
+}
+
+/// A unicast datagram of an IP protocol in `PS_PROTOCOLS` (nothing here serves it) is a
+/// probe of type `IpProto`, its protocol number as the port; of another protocol, or
+/// sent to a group address, it passes.
+#[test]
+fn ip_protocols_nothing_serves() {
+    require_kernel!();
+    let mut fx = Fixture::new();
+    let mut words = [0u64; 4];
+    for p in [47u8, 99, 132] {
+        words[usize::from(p / 64)] |= 1 << (p % 64);
+    }
+    fx.dp.write_protocols(&words).unwrap();
+    for (src, dst) in pairs() {
+        for p in [47u8, 99, 132] {
+            let f = Frame::new(src, dst, Transport::Other(p)).build();
+            assert_probe(&mut fx, &f, src, u16::from(p), ScanType::IpProto);
+        }
+        for p in [1u8, 50, 58, 100] {
+            let f = Frame::new(src, dst, Transport::Other(p)).build();
+            assert_uncounted(&mut fx, &f, src, Counter::PassOtherProto);
+        }
+        // To a multicast or broadcast MAC: the kernel answers no such datagram.
+        let mut f = Frame::new(src, dst, Transport::Other(99)).build();
+        f[0] = 0x01;
+        assert_uncounted(&mut fx, &f, src, Counter::PassOtherProto);
+    }
 }

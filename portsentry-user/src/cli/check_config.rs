@@ -132,6 +132,14 @@ fn render(eff: &Effective) -> String {
              distinct ports (ACK_SCAN_PORTS)"
         ),
     };
+    let _ = match c.proto_scan_protocols {
+        0 => writeln!(s, "IP protocols:  not watched (PROTO_SCAN_PROTOCOLS=0)"),
+        n => writeln!(
+            s,
+            "IP protocols:  datagrams of protocols nothing here serves (nmap -sO) acted on at \
+             {n} distinct protocols (PROTO_SCAN_PROTOCOLS), under the TCP settings"
+        ),
+    };
     let _ = writeln!(s, "ignore list:");
     match &c.ignore_file {
         Some(p) => {

@@ -176,6 +176,9 @@ pub static KEYS: &[Key] = &[
     key!(Extension, "ACK_SCAN_PORTS", "3",
         "a host whose segments with ACK reach this many distinct watched ports that no socket listens on (nmap -sA, -sW, -sM) is acted on like a scanner (1-64); 0 = ACK scans not watched",
         |c, k, v| c.ack_scan_ports = number(k, v, 0, 64)?),
+    key!(Extension, "PROTO_SCAN_PROTOCOLS", "3",
+        "a host that sends this many distinct IP protocols nothing here serves (nmap -sO, SCTP without an SCTP stack) is acted on like a TCP scanner (1-64); 0 = such datagrams are not watched",
+        |c, k, v| c.proto_scan_protocols = number(k, v, 0, 64)?),
     key!(Extension, "STATE_DIR", "/var/lib/portsentry",
         "where the daemon keeps its state files",
         |c, k, v| c.state_dir = absolute_path(k, v)?),
@@ -310,7 +313,7 @@ mod tests {
                 k.name
             );
         }
-        assert_eq!(seen.len(), 50);
+        assert_eq!(seen.len(), 51);
         // PortSentry 1.2's keys come first (the order of the known keys in an error).
         let first_extension = KEYS
             .iter()

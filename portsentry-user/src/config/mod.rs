@@ -13,11 +13,11 @@
 pub mod effective;
 pub mod ignore;
 pub mod keys;
-pub mod listening;
 pub(crate) mod localaddrs;
 pub mod manpage;
 pub(crate) mod policy;
 pub mod ports;
+pub mod services;
 mod text;
 mod values;
 
@@ -177,6 +177,9 @@ config_struct! {
         /// `ACK_SCAN_PORTS`: distinct watched ports a host's segments of no connection
         /// (the ACK class) must reach before it is acted on; 0 means not watched.
         pub ack_scan_ports: u32,
+        /// `PROTO_SCAN_PROTOCOLS`: distinct unserved IP protocols a host must send
+        /// before it is acted on; 0 means not watched.
+        pub proto_scan_protocols: u32,
         /// `STATE_DIR`.
         pub state_dir: PathBuf,
         /// `PIN_DIR`: where the BPF maps and links are pinned.

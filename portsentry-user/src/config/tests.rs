@@ -132,6 +132,7 @@ WATCH_EPHEMERAL_UDP="1"
 VERIFY_SOURCES="1"
 BLOCK_EVASIVE_PACKETS="0"
 ACK_SCAN_PORTS="7"
+PROTO_SCAN_PROTOCOLS="0"
 STATE_DIR="/run/ps"
 PIN_DIR="/sys/fs/bpf/ps2"
 EVENTS_PER_SEC="10000000"
@@ -202,6 +203,7 @@ SYSLOG="0"
     assert!(c.verify_sources);
     assert!(!c.block_evasive_packets);
     assert_eq!(c.ack_scan_ports, 7);
+    assert_eq!(c.proto_scan_protocols, 0);
     assert_eq!(c.state_dir, Path::new("/run/ps"));
     assert_eq!(c.pin_dir, Path::new("/sys/fs/bpf/ps2"));
     assert_eq!(c.events_per_sec, 10_000_000);
@@ -216,7 +218,7 @@ SYSLOG="0"
     assert_eq!(c.metrics_address, Some("[::1]:9100".parse().unwrap()));
     assert!(!c.syslog);
     assert_eq!(c.line_of("TCP_PORTS"), 2);
-    assert_eq!(c.line_of("SYSLOG"), 51);
+    assert_eq!(c.line_of("SYSLOG"), 52);
     // Stealth TCP watches exactly TCP_PORTS; UDP is off.
     assert_eq!(c.tcp_watched_ports(), tcp);
     assert!(c.udp_watched_ports().is_empty());

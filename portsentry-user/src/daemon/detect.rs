@@ -47,6 +47,8 @@ pub struct Rules {
     pub window: Duration,
     /// ACK_SCAN_PORTS; 0 never acts on the ACK class.
     pub ack_scan_ports: u32,
+    /// PROTO_SCAN_PROTOCOLS: the same for IP-protocol probes (distinct protocols).
+    pub proto_scan_protocols: u32,
 }
 
 impl Rules {
@@ -56,6 +58,7 @@ impl Rules {
             scan_trigger: c.scan_trigger,
             window: c.scan_window,
             ack_scan_ports: c.ack_scan_ports,
+            proto_scan_protocols: c.proto_scan_protocols,
         }
     }
 
@@ -67,10 +70,12 @@ impl Rules {
         if ignored {
             return Verdict::Ignored;
         }
-        if ev.hits < self.trigger()
-            || (ev.scan_type.is_ack_class()
-                && (self.ack_scan_ports == 0 || ev.distinct_ports < self.ack_scan_ports))
-        {
+        let spread = match ev.scan_type {
+            t if t.is_ack_class() => self.ack_scan_ports,
+            ScanType::IpProto => self.proto_scan_protocols,
+            _ => 1,
+        };
+        if ev.hits < self.trigger() || spread == 0 || ev.distinct_ports < spread {
             return Verdict::BelowTrigger;
         }
         if handled {
@@ -304,6 +309,7 @@ mod tests {
                 scan_trigger: t,
                 window: Duration::ZERO,
                 ack_scan_ports: 3,
+                proto_scan_protocols: 3,
             };
             assert_eq!(r.judge(&ev(1, 0), false, false), Verdict::Act);
         }
@@ -311,6 +317,7 @@ mod tests {
             scan_trigger: 3,
             window: Duration::ZERO,
             ack_scan_ports: 3,
+            proto_scan_protocols: 3,
         };
         assert_eq!(r.judge(&ev(2, 0), false, false), Verdict::BelowTrigger);
         assert_eq!(r.judge(&ev(3, 999_999), false, false), Verdict::Act);
@@ -322,6 +329,7 @@ mod tests {
             scan_trigger: 0,
             window: Duration::ZERO,
             ack_scan_ports: 3,
+            proto_scan_protocols: 3,
         };
         assert_eq!(r.judge(&ev(5, 0), true, false), Verdict::Ignored);
         assert_eq!(r.judge(&ev(5, 0), true, true), Verdict::Ignored);
@@ -334,6 +342,7 @@ mod tests {
             scan_trigger: 0,
             window: Duration::ZERO,
             ack_scan_ports: 3,
+            proto_scan_protocols: 3,
         };
         let mut e = ev(50, 0);
         e.scan_type = ScanType::TcpAck;
@@ -350,6 +359,12 @@ mod tests {
         };
         e.distinct_ports = 100;
         assert_eq!(off.judge(&e, false, false), Verdict::BelowTrigger);
+        // IP protocols by PROTO_SCAN_PROTOCOLS.
+        e.scan_type = ScanType::IpProto;
+        e.distinct_ports = 2;
+        assert_eq!(r.judge(&e, false, false), Verdict::BelowTrigger);
+        e.distinct_ports = 3;
+        assert_eq!(r.judge(&e, false, false), Verdict::Act);
         // Other types are not held to it.
         e.scan_type = ScanType::TcpSyn;
         e.distinct_ports = 1;
@@ -362,6 +377,7 @@ mod tests {
             scan_trigger: 3,
             window: Duration::from_secs(10),
             ack_scan_ports: 3,
+            proto_scan_protocols: 3,
         };
         assert_eq!(r.judge(&ev(3, 9_000), false, false), Verdict::Act);
         assert_eq!(

@@ -143,7 +143,7 @@ pub(super) fn enforce_guard(shared: &Arc<Shared>, when: &str) {
 }
 
 /// Expires bans, writes the state and blocked files when bans changed, keeps the
-/// ACK-class ports and the always-ignored addresses current, counts tracked sources.
+/// ports and protocols this host serves and the always-ignored addresses current, counts tracked sources.
 pub(super) fn housekeeping(shared: &Arc<Shared>) {
     respond::drain_waiting(shared);
     let now = SystemTime::now();
@@ -168,11 +168,11 @@ pub(super) fn housekeeping(shared: &Arc<Shared>) {
     watch_links(shared);
     let eff = shared.eff();
     if let Some(dp) = shared.book().dp.as_mut()
-        && let Err(e) = configure::refresh_ack_ports(dp, &eff)
+        && let Err(e) = configure::refresh_services(dp, &eff)
     {
-        shared
-            .log
-            .warn(&format!("portsentry: updating the ACK-class ports: {e:#}"));
+        shared.log.warn(&format!(
+            "portsentry: updating the ports and protocols this host serves: {e:#}"
+        ));
     }
     match localaddrs::always_ignored() {
         Ok(now) if now != eff.always_ignored => {

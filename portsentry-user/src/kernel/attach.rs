@@ -153,4 +153,20 @@ impl Dataplane {
             .try_into()?;
         Ok(program.fd()?.as_fd())
     }
+
+    /// How many instructions the verifier processed to accept the program (its limit
+    /// is 1,000,000): the headroom every change to the program spends.
+    pub fn verified_instructions(&self) -> Result<u32> {
+        let program: &Xdp = self
+            .ebpf
+            .as_ref()
+            .ok_or_else(|| anyhow!("no program loaded (maps opened read-only)"))?
+            .program(PROGRAM_NAME)
+            .ok_or_else(|| anyhow!("no program `{PROGRAM_NAME}`"))?
+            .try_into()?;
+        program
+            .info()?
+            .verified_instruction_count()
+            .ok_or_else(|| anyhow!("the kernel does not report verified instructions"))
+    }
 }

@@ -9,7 +9,7 @@ use portsentry_common::maps::{
 
 use super::{Dataplane, MapSizes};
 use crate::{
-    config::{BlockMode, effective::Effective, listening, ports::PortSet},
+    config::{BlockMode, effective::Effective, ports::PortSet, services},
     kinds::Protocol,
 };
 
@@ -88,17 +88,34 @@ pub fn ack_ports(eff: &Effective, listening: &PortSet) -> PortSet {
     ports
 }
 
-/// Brings `PS_ACK_PORTS` up to date with this host's listening sockets (at start, on
-/// reload, and every second: a listener that went away is looked up from then on).
-pub fn refresh_ack_ports(dp: &mut Dataplane, eff: &Effective) -> Result<()> {
-    let listening = listening::tcp_ports()?;
-    dp.write_ack_ports(&ack_ports(eff, &listening))
+/// The IP protocols a datagram of is a probe (`PS_PROTOCOLS`): those nothing here
+/// serves, or none when PROTO_SCAN_PROTOCOLS is 0 or TCP is not watched (IP-protocol
+/// scans are acted on under the TCP settings).
+pub fn watched_protocols(eff: &Effective, served: &[bool; 256]) -> [u64; 4] {
+    let mut words = [0u64; 4];
+    if eff.config.proto_scan_protocols == 0 || eff.mode_token(Protocol::Tcp).is_none() {
+        return words;
+    }
+    for (p, _) in served.iter().enumerate().filter(|(_, s)| !**s) {
+        words[p / 64] |= 1 << (p % 64);
+    }
+    words
+}
+
+/// Brings `PS_ACK_PORTS` and `PS_PROTOCOLS` up to date with what this host serves (at
+/// start, on reload, and every second: a listener that went away is looked up from
+/// then on, a raw socket opened for a protocol takes it out).
+pub fn refresh_services(dp: &mut Dataplane, eff: &Effective) -> Result<()> {
+    let listening = services::tcp_listening()?;
+    dp.write_ack_ports(&ack_ports(eff, &listening))?;
+    let served = services::served_protocols()?;
+    dp.write_protocols(&watched_protocols(eff, &served))
 }
 
 /// Writes ports, settings and the ignore list into the kernel.
 pub fn apply(dp: &mut Dataplane, eff: &Effective) -> Result<()> {
     dp.write_ports(&eff.policy.tcp, &eff.policy.udp)?;
-    refresh_ack_ports(dp, eff)?;
+    refresh_services(dp, eff)?;
     // Keep the cookie secret across reloads (and adoptions): answers in flight stay valid.
     let secret = match dp.settings().cookie_secret {
         0 => random_secret(),

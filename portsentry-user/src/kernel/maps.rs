@@ -39,6 +39,8 @@ pub(super) struct Maps {
     pub ports: Array<MapData, u64>,
     /// `None` for an object (or pins) from before the ACK class.
     pub ack_ports: Option<Array<MapData, u64>>,
+    /// `None` for an object (or pins) from before IP-protocol probes.
+    pub protocols: Option<Array<MapData, u64>>,
     pub sources: HashMap<MapData, Addr, SourceStats>,
     pub counters: PerCpuArray<MapData, u64>,
     pub settings: Array<MapData, Settings>,
@@ -65,6 +67,10 @@ impl Maps {
             .remove(maps::ACK_PORTS)
             .map(Array::try_from)
             .transpose()?;
+        let protocols = named
+            .remove(maps::PROTOCOLS)
+            .map(Array::try_from)
+            .transpose()?;
         let mut take = |name: &'static str| {
             named
                 .remove(name)
@@ -79,6 +85,7 @@ impl Maps {
             ignore_filter,
             ports: Array::try_from(take(maps::PORTS)?)?,
             ack_ports,
+            protocols,
             sources: HashMap::try_from(take(maps::SOURCES)?)?,
             counters: PerCpuArray::try_from(take(maps::COUNTERS)?)?,
             settings: Array::try_from(take(maps::SETTINGS)?)?,
@@ -268,6 +275,19 @@ impl Dataplane {
             }
         }
         self.ack_words = Some(ports.words().to_vec());
+        Ok(())
+    }
+
+    /// Replaces the IP protocols whose datagrams are probes (`PS_PROTOCOLS`).
+    pub fn write_protocols(&mut self, words: &[u64; 4]) -> Result<()> {
+        let Some(map) = self.maps.protocols.as_mut() else {
+            return Ok(());
+        };
+        for (i, w) in words.iter().enumerate() {
+            if map.get(&(i as u32), 0)? != *w {
+                map.set(i as u32, *w, 0)?;
+            }
+        }
         Ok(())
     }
 

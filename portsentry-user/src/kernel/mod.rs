@@ -64,7 +64,7 @@ pub struct Dataplane {
 }
 
 /// Maps a pin directory of an earlier release lacks: the next `run` creates them.
-const ADDED_MAPS: [&str; 1] = [names::ACK_PORTS];
+const ADDED_MAPS: [&str; 2] = [names::ACK_PORTS, names::PROTOCOLS];
 
 /// True when `pin_dir` holds portsentry's pinned maps (those of an earlier release
 /// too).

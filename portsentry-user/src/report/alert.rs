@@ -59,13 +59,15 @@ pub fn tcp_scan_text(flags: u8) -> String {
 ///
 /// - a segment with ACK of no connection: `TCP ACK scan` (nmap's ACK and Window scans),
 ///   with FIN and ACK: `TCP FIN/ACK (Maimon) scan`;
-/// - a first fragment too short to carry the TCP flags: `TCP tiny fragment scan`.
+/// - a first fragment too short to carry the TCP flags: `TCP tiny fragment scan`;
+/// - a datagram of an IP protocol nothing here serves: `IP protocol scan`.
 pub fn scan_text(scan_type: ScanType, tcp_flags: u8) -> String {
     match scan_type {
         ScanType::Udp => "UDP scan".to_owned(),
         ScanType::TcpAck => "TCP ACK scan".to_owned(),
         ScanType::TcpMaimon => "TCP FIN/ACK (Maimon) scan".to_owned(),
         ScanType::TcpFragment => "TCP tiny fragment scan".to_owned(),
+        ScanType::IpProto => "IP protocol scan".to_owned(),
         ScanType::TcpNull
         | ScanType::TcpXmas
         | ScanType::TcpFin
@@ -77,7 +79,8 @@ pub fn scan_text(scan_type: ScanType, tcp_flags: u8) -> String {
 /// The alert for a probe:
 /// `attackalert: <scan text> from host: NAME/IP to TCP port: PORT` for TCP, with the scan
 /// text of [`scan_text`], and
-/// `attackalert: UDP scan from host: NAME/IP to UDP port: PORT` for UDP.
+/// `attackalert: UDP scan from host: NAME/IP to UDP port: PORT` for UDP, and
+/// `attackalert: IP protocol scan from host: NAME/IP to protocol: N` for an IP protocol.
 /// NAME is the resolved name, or the IP again.
 pub fn attack_alert(
     scan_type: ScanType,
@@ -87,6 +90,9 @@ pub fn attack_alert(
     port: u16,
 ) -> String {
     let scan = scan_text(scan_type, tcp_flags);
+    if scan_type == ScanType::IpProto {
+        return format!("attackalert: {scan} from host: {name}/{ip} to protocol: {port}");
+    }
     let proto = Protocol::of(scan_type);
     format!("attackalert: {scan} from host: {name}/{ip} to {proto} port: {port}")
 }
@@ -256,6 +262,10 @@ mod tests {
         assert_eq!(
             attack_alert(ScanType::TcpFragment, 0, "192.0.2.7", V4, 22),
             "attackalert: TCP tiny fragment scan from host: 192.0.2.7/192.0.2.7 to TCP port: 22"
+        );
+        assert_eq!(
+            attack_alert(ScanType::IpProto, 0, "192.0.2.7", V4, 132),
+            "attackalert: IP protocol scan from host: 192.0.2.7/192.0.2.7 to protocol: 132"
         );
         assert_eq!(
             already_blocked("192.0.2.7", V4),
