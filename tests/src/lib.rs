@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod bpf_link;
+pub mod crafted;
 pub mod daemon;
 pub mod fixture;
 pub mod frames;
@@ -11,6 +12,7 @@ pub mod probe_asserts;
 pub mod program_scan;
 pub mod scenario;
 pub mod testrun;
+pub mod wire;
 
 /// True when kernel tests can run (we are root). Outside CI a non-root run skips them;
 /// with `CI=true` a missing privilege is a failure, never a skip.

@@ -3,7 +3,8 @@
 //! - the TCP ports a socket listens on ([`tcp_listening`]): a segment with ACK to such a
 //!   port is never looked up as a possible ACK scan (`PS_ACK_PORTS`), so established
 //!   traffic to a service costs one bitmap read. Read from `/proc/net/tcp` and
-//!   `/proc/net/tcp6`; the kernel lists every listening socket before any other (its
+//!   `/proc/net/tcp6` (of the calling thread's namespace: `/proc/thread-self`); the
+//!   kernel lists every listening socket before any other (its
 //!   iterator walks the listening hash, then the established one), so the read stops at
 //!   the first line in another state: its cost grows with the listeners, not with the
 //!   connections of a busy server;
@@ -69,7 +70,7 @@ pub fn served_protocols() -> Result<[bool; 256]> {
             }
         }
     }
-    for file in ["/proc/net/raw", "/proc/net/raw6"] {
+    for file in ["/proc/thread-self/net/raw", "/proc/thread-self/net/raw6"] {
         match File::open(file) {
             Ok(f) => {
                 for line in BufReader::new(f).lines().skip(1) {
@@ -99,7 +100,7 @@ fn raw_protocol(line: &str) -> Option<u8> {
 /// Every TCP port with a listening socket, IPv4 or IPv6, on any address.
 pub fn tcp_listening() -> Result<PortSet> {
     let mut ports = PortSet::new();
-    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+    for file in ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"] {
         let path = Path::new(file);
         match File::open(path) {
             Ok(f) => read_listeners(BufReader::new(f), &mut ports)
