@@ -1,0 +1,108 @@
+//! End to end: the scans PortSentry 1.2 (and the previous release) let through, run with
+//! real nmap from the attacker namespace against the daemon with its default
+//! detection settings: fragmented SYN scans (`-f`, `--mtu 16`; nmap fragments IPv4
+//! only: IPv6 fragments are sent by `stack_differential.rs`), ACK, Window and Maimon
+//! scans over IPv4 and IPv6, and an IP-protocol scan. Each is detected, typed in the
+//! attackalert line, and its source banned. A client whose stray segments with ACK go
+//! to one port that no longer listens is counted and never banned.
+
+use std::{
+    net::{IpAddr, SocketAddr, TcpListener},
+    time::Duration,
+};
+
+use portsentry_tests::{
+    daemon::{Daemon, Workdir, wait_until},
+    netns::{TestNet, tcp_connect},
+    require_kernel,
+    scenario::{history_has, status, wait_banned},
+};
+
+/// Runs an nmap scan from `src` in the attacker namespace against `dst`.
+fn nmap(net: &TestNet, scan: &str, src: IpAddr, dst: IpAddr, ports: &str) {
+    let six = if dst.is_ipv6() { "-6" } else { "" };
+    let out = net.attacker.try_exec(&format!(
+        "nmap {six} -n -Pn {scan} -e {iface} -S {src} -p {ports} --max-retries 0 \
+         --host-timeout 30s -T4 {dst}",
+        iface = net.attacker_if
+    ));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("(1 host up)"),
+        "nmap {scan} from {src} did not scan: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn evasive_scans_are_detected_typed_and_banned() {
+    require_kernel!();
+    let net = TestNet::new(8);
+    let files = Workdir::new();
+    let conf = files.config(&net.server_if, "");
+    let d = Daemon::start(&net.server, &["run", "-c", conf.to_str().unwrap()]);
+    let (s4, s6) = (net.server_v4, net.server_v6);
+    let (a4, a6) = (&net.attacker_v4, &net.attacker_v6);
+    // (nmap options, source, target, the attackalert's scan text, its "to ..." part)
+    let scans = [
+        ("-sS -f", a4[0], s4, "TCP tiny fragment scan", "TCP port: "),
+        ("-sS --mtu 16", a4[1], s4, "TCP SYN/Normal scan", "TCP port: "),
+        ("-sA", a4[2], s4, "TCP ACK scan", "TCP port: "),
+        ("-sW", a4[3], s4, "TCP ACK scan", "TCP port: "),
+        ("-sM", a4[4], s4, "TCP FIN/ACK (Maimon) scan", "TCP port: "),
+        ("-sA", a6[0], s6, "TCP ACK scan", "TCP port: "),
+        ("-sO", a4[5], s4, "IP protocol scan", "protocol: "),
+    ];
+    for (scan, src, dst, text, to) in scans {
+        // -sO takes protocol numbers: ones nothing here serves.
+        let ports = if scan == "-sO" { "150-160" } else { "20-30" };
+        nmap(&net, scan, src, dst, ports);
+        wait_banned(&files, &d, src);
+        let alert = d.wait_for(
+            &format!("attackalert: {text} from host: {src}/{src} to {to}"),
+            Duration::from_secs(5),
+        );
+        assert!(alert.contains(text), "{alert}");
+        d.wait_for(
+            &format!("attackalert: Host {src} has been blocked via XDP drop"),
+            Duration::from_secs(5),
+        );
+    }
+    let st = status(&files);
+    // The tiny fragment that reached the trigger was banned by the program itself, and
+    // dropped as banned with everything after it.
+    for c in ["kernel_banned", "pass_probe", "drop_banned"] {
+        assert!(
+            st["counters"][c].as_u64().unwrap() > 0,
+            "{c}: {}",
+            st["counters"]
+        );
+    }
+
+    // A client of a service that went away: its late segments with ACK, all to that
+    // one port, are counted as the ACK class and never ban it.
+    let client = a4[6];
+    let listener = net.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
+    let conn = net.attacker.enter(|| {
+        tcp_connect(client, SocketAddr::new(s4, 80), Duration::from_secs(2))
+            .expect("the service accepts")
+    });
+    drop(listener);
+    // The daemon refreshes the ports that listen every second.
+    std::thread::sleep(Duration::from_millis(2500));
+    let before = status(&files)["counters"]["pass_probe"].as_u64().unwrap();
+    net.attacker.exec(&format!(
+        "hping3 -q -n -A -a {client} -p 80 -s 40000 -c 20 -i u20000 {s4} 2>&1 || true"
+    ));
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            status(&files)["counters"]["pass_probe"].as_u64().unwrap() >= before + 20
+        }),
+        "the stray segments were not counted: {}",
+        status(&files)["counters"]
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!history_has(&files, client), "a service's client was banned");
+    assert!(!d.has_line(&format!("from host: {client}/")));
+    drop(conn);
+}
