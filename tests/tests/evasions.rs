@@ -46,7 +46,13 @@ fn evasive_scans_are_detected_typed_and_banned() {
     // (nmap options, source, target, the attackalert's scan text, its "to ..." part)
     let scans = [
         ("-sS -f", a4[0], s4, "TCP tiny fragment scan", "TCP port: "),
-        ("-sS --mtu 16", a4[1], s4, "TCP SYN/Normal scan", "TCP port: "),
+        (
+            "-sS --mtu 16",
+            a4[1],
+            s4,
+            "TCP SYN/Normal scan",
+            "TCP port: ",
+        ),
         ("-sA", a4[2], s4, "TCP ACK scan", "TCP port: "),
         ("-sW", a4[3], s4, "TCP ACK scan", "TCP port: "),
         ("-sM", a4[4], s4, "TCP FIN/ACK (Maimon) scan", "TCP port: "),
@@ -82,7 +88,9 @@ fn evasive_scans_are_detected_typed_and_banned() {
     // A client of a service that went away: its late segments with ACK, all to that
     // one port, are counted as the ACK class and never ban it.
     let client = a4[6];
-    let listener = net.server.enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
+    let listener = net
+        .server
+        .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
     let conn = net.attacker.enter(|| {
         tcp_connect(client, SocketAddr::new(s4, 80), Duration::from_secs(2))
             .expect("the service accepts")
@@ -102,7 +110,58 @@ fn evasive_scans_are_detected_typed_and_banned() {
         status(&files)["counters"]
     );
     std::thread::sleep(Duration::from_secs(2));
-    assert!(!history_has(&files, client), "a service's client was banned");
+    assert!(
+        !history_has(&files, client),
+        "a service's client was banned"
+    );
     assert!(!d.has_line(&format!("from host: {client}/")));
     drop(conn);
+}
+
+/// `check-config` says what the evasion settings do, and refuses bad values at their
+/// line.
+#[test]
+fn check_config_shows_the_evasion_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("portsentry.conf");
+    let check = |text: &str| {
+        std::fs::write(&conf, text).unwrap();
+        let out = std::process::Command::new(portsentry_tests::daemon::binary())
+            .args(["check-config", "-c"])
+            .arg(&conf)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = check("SYSLOG=\"0\"\n");
+    assert_eq!(code, Some(0), "{err}");
+    for line in [
+        "evasive shapes: dropped (BLOCK_EVASIVE_PACKETS)",
+        "ACK class:     segments of no connection (nmap -sA, -sW, -sM) acted on at 3 distinct \
+         ports",
+        "IP protocols:  datagrams of protocols nothing here serves (nmap -sO) acted on at 3 \
+         distinct protocols",
+    ] {
+        assert!(out.contains(line), "{line}: {out}");
+    }
+    let (code, out, err) =
+        check("BLOCK_EVASIVE_PACKETS=\"0\"\nACK_SCAN_PORTS=\"0\"\nPROTO_SCAN_PROTOCOLS=\"0\"\n");
+    assert_eq!(code, Some(0), "{err}");
+    for line in [
+        "evasive shapes: counted and passed (BLOCK_EVASIVE_PACKETS)",
+        "ACK class:     not watched (ACK_SCAN_PORTS=0)",
+        "IP protocols:  not watched (PROTO_SCAN_PROTOCOLS=0)",
+    ] {
+        assert!(out.contains(line), "{line}: {out}");
+    }
+    let (code, _, err) = check("SYSLOG=\"0\"\nACK_SCAN_PORTS=\"65\"\n");
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains(&format!("{}:2:", conf.display())) && err.contains("ACK_SCAN_PORTS"),
+        "{err}"
+    );
 }

@@ -12,7 +12,7 @@ use std::{
 use ipnet::IpNet;
 use portsentry_common::maps::{BanEntry, SETTING_V6_PREFIX_SHIFT, Settings};
 use portsentry_tests::{
-    frames::{Frame, flags::*},
+    frames::{Ext, Frame, Transport, flags::*},
     netns::Netns,
     testrun,
 };
@@ -92,6 +92,38 @@ pub(crate) fn compare(args: &Args, baseline: &Path) {
         (
             "banned and ignored source's ACK",
             Frame::tcp(spared, server, 443, ACK).build(),
+        ),
+        // The paths this round added (the baseline passes them unseen).
+        (
+            "ACK of no connection (ACK-class probe)",
+            Frame::tcp(scanner, server, 80, ACK).build(),
+        ),
+        (
+            "tiny first fragment (nmap -f), dropped",
+            Frame::tcp(scanner, server, 80, SYN)
+                .ipv4_fragment(0, true)
+                .l4_keep(8)
+                .build(),
+        ),
+        (
+            "IP protocol nothing serves (nmap -sO)",
+            Frame::new(scanner, server, Transport::Other(153)).build(),
+        ),
+        (
+            "IPv6 SYN probe behind 3 extension headers",
+            Frame::tcp(scanner6, server6, 22, SYN)
+                .ext(Ext::HopByHop(1))
+                .ext(Ext::DestOpts(1))
+                .ext(Ext::DestOpts(1))
+                .build(),
+        ),
+        (
+            "IPv6 chain of 10 headers, dropped",
+            (0..10)
+                .fold(Frame::tcp(scanner6, server6, 22, SYN), |f, _| {
+                    f.ext(Ext::DestOpts(1))
+                })
+                .build(),
         ),
     ];
     let (fd_new, fd_base) = (new.program_fd().unwrap(), base.program_fd().unwrap());

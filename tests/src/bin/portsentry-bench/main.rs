@@ -114,11 +114,22 @@ pub(crate) fn bench_dataplane(
     .expect("loading portsentry");
     let (tcp, udp) = portsentry_tests::fixture::default_ports();
     dp.write_ports(&tcp, &udp).unwrap();
+    // As the daemon writes them on a server whose services listen on 22 and 443: the
+    // ACK class on the other watched ports, the protocols nothing serves. (A baseline
+    // object without these maps ignores both, and the flag.)
+    dp.write_ack_ports(&portsentry_tests::fixture::ack_ports())
+        .unwrap();
+    let served = portsentry_user::config::services::served_protocols().unwrap();
+    let mut protocols = [0u64; 4];
+    for p in (0..256).filter(|p| !served[*p]) {
+        protocols[p / 64] |= 1 << (p % 64);
+    }
+    dp.write_protocols(&protocols).unwrap();
     dp.write_settings(portsentry_common::maps::Settings {
         event_trigger: 1,
         events_per_sec: 1,
         event_burst: 1,
-        flags: 0,
+        flags: portsentry_common::maps::SETTING_DROP_EVASIVE,
         cookie_secret: 0,
     })
     .unwrap();
