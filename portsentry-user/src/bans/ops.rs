@@ -50,7 +50,7 @@ pub fn ban(
         session.check(&net, false)?;
     }
     let ban = book.new_ban(config, net, Cause::Operator, duration, SystemTime::now());
-    book.put(ban.clone(), force)?;
+    book.put(ban, force)?;
     book.persist()?;
     Ok(ban)
 }
@@ -105,12 +105,16 @@ mod tests {
             ..Config::default()
         };
         (
-            Book::new(
-                None,
-                super::super::BanStore::new(),
-                &config,
-                super::super::guard::Guard::limits(&config),
-            ),
+            {
+                let (journal, store, _) = super::super::journal::Journal::open(dir).unwrap();
+                Book::new(
+                    None,
+                    store,
+                    Some(journal),
+                    &config,
+                    super::super::guard::Guard::limits(&config),
+                )
+            },
             config,
         )
     }
@@ -141,7 +145,7 @@ mod tests {
             banned_message(&permanent.unwrap()),
             "banned 198.51.100.0/24 permanently"
         );
-        assert_eq!(super::super::state::load(dir.path()).unwrap().len(), 2);
+        assert_eq!(super::super::journal::load(dir.path()).unwrap().len(), 2);
 
         let (lifted, r) = unban(&mut book, Unban::One(net));
         assert_eq!(
@@ -156,6 +160,6 @@ mod tests {
             (lifted.len(), r.unwrap()),
             (1, "unbanned 1 networks".into())
         );
-        assert_eq!(super::super::state::load(dir.path()).unwrap().len(), 0);
+        assert_eq!(super::super::journal::load(dir.path()).unwrap().len(), 0);
     }
 }
