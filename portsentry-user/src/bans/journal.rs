@@ -71,11 +71,8 @@ const PUT_PAYLOAD: usize = NET + 32;
 /// The bytes one ban takes in the journal.
 pub const PUT_SIZE: usize = FRAME + PUT_PAYLOAD;
 
-/// The journal's file name in STATE_DIR.
-pub const FILE: &str = "bans.journal";
-
 pub fn path(state_dir: &Path) -> PathBuf {
-    state_dir.join(FILE)
+    crate::paths::journal_file(state_dir)
 }
 
 // ---- the codec -------------------------------------------------------------------------

@@ -212,9 +212,10 @@ pub struct Reconciled {
 /// Merges the bans on record with the kernel's: a ban in either is kept (the kernel
 /// entry only fills in what the record lacks), one that has run out is reported expired
 /// (and stays in the store until the caller lifts it, so that its end is recorded).
+/// One pass over both, in the order of networks (the kernel's are sorted here).
 pub fn reconcile(
     saved: BanStore,
-    kernel: &[(IpNet, BanEntry)],
+    mut kernel: Vec<(IpNet, BanEntry)>,
     now: SystemTime,
     tcp_mode: ModeToken,
     udp_mode: ModeToken,
@@ -223,29 +224,33 @@ pub fn reconcile(
         store: saved,
         ..Reconciled::default()
     };
-    let mut in_kernel: Vec<IpNet> = kernel.iter().map(|(n, _)| *n).collect();
-    in_kernel.sort_unstable();
-    for ban in out.store.iter() {
-        if ban.is_expired(now) {
-            out.expired.push(ban);
-        } else if in_kernel.binary_search(&ban.net).is_err() {
-            out.to_insert.push(ban.net);
+    kernel.sort_unstable_by_key(|(n, _)| *n);
+    let now_ms = super::unix_ms(now);
+    let mut kernel_only = Vec::new();
+    let mut k = kernel.iter().peekable();
+    for (net, rec) in out.store.records() {
+        while let Some(e) = k.next_if(|(n, _)| n < net) {
+            kernel_only.push(*e);
+        }
+        let in_kernel = k.next_if(|(n, _)| n == net).is_some();
+        if rec.expires_ms != 0 && rec.expires_ms <= now_ms {
+            out.expired.extend(rec.ban(*net));
+        } else if !in_kernel {
+            out.to_insert.push(*net);
         }
     }
-    drop(in_kernel);
-    for (net, entry) in kernel {
-        if out.store.contains(net) {
-            continue;
-        }
+    kernel_only.extend(k.copied());
+    drop(kernel);
+    for (net, entry) in kernel_only {
         if entry.origin == BanOrigin::Kernel as u8 {
-            out.pending.push((*net, *entry));
+            out.pending.push((net, entry));
             continue;
         }
-        let ban = ban_from_kernel(*net, entry, tcp_mode, udp_mode);
+        let ban = ban_from_kernel(net, &entry, tcp_mode, udp_mode);
         if ban.is_expired(now) {
             out.expired.push(ban);
         } else {
-            out.adopted.push(*net);
+            out.adopted.push(net);
             out.store.insert(ban);
         }
     }
@@ -421,7 +426,7 @@ mod tests {
             ("192.0.2.4/32".parse().unwrap(), live), // made just before a crash
             ("192.0.2.5/32".parse().unwrap(), pending), // made by the program, no response yet
         ];
-        let r = reconcile(saved, &kernel, now, ModeToken::Atcp, ModeToken::Audp);
+        let r = reconcile(saved, kernel, now, ModeToken::Atcp, ModeToken::Audp);
         assert_eq!(r.to_insert, vec!["192.0.2.2/32".parse::<IpNet>().unwrap()]);
         assert_eq!(r.adopted, vec!["192.0.2.4/32".parse::<IpNet>().unwrap()]);
         assert_eq!(r.pending, vec![("192.0.2.5/32".parse().unwrap(), pending)]);

@@ -193,8 +193,7 @@ pub async fn run(
     // advanced mode's token.
     let tcp_mode = eff.mode_token(Protocol::Tcp).unwrap_or(ModeToken::Atcp);
     let udp_mode = eff.mode_token(Protocol::Udp).unwrap_or(ModeToken::Audp);
-    let mut r = state::reconcile(saved, &kernel_bans, SystemTime::now(), tcp_mode, udp_mode);
-    drop(kernel_bans);
+    let mut r = state::reconcile(saved, kernel_bans, SystemTime::now(), tcp_mode, udp_mode);
     let pending = std::mem::take(&mut r.pending);
     for net in &r.to_insert {
         let ban = r.store.get(net).expect("reconciled ban");

@@ -70,6 +70,7 @@ pub(crate) fn daemon_memory(n: u32) {
         journal_line: String,
     }
     let mut rows: Vec<Row> = Vec::new();
+    let mut ops = String::new();
     for bans in [0, n] {
         let net = TestNet::new(0);
         let wd = Workdir::new();
@@ -84,6 +85,29 @@ pub(crate) fn daemon_memory(n: u32) {
             let started = t.elapsed();
             std::thread::sleep(Duration::from_secs(2));
             let (now_rss, peak) = rss(d.child.id());
+            if bans > 0 && case == "restart" {
+                // What an operator does at this size, through the running daemon.
+                let t = Instant::now();
+                let (ok, out, err) = wd.cli(&["status", "--json"]);
+                let status = t.elapsed();
+                assert!(ok, "status: {err}");
+                let listed = out.matches("\"net\"").count();
+                let victim = filler(bans / 2).to_string();
+                let t = Instant::now();
+                let (ok, _, err) = wd.cli(&["unban", &victim]);
+                let unban = t.elapsed();
+                assert!(ok, "unban {victim}: {err}");
+                let t = Instant::now();
+                let (ok, _, err) = wd.cli(&["ban", &victim]);
+                let ban = t.elapsed();
+                assert!(ok, "ban {victim}: {err}");
+                ops = format!(
+                    "With {bans} bans, through the running daemon: `portsentry status --json` \
+                     {status:.2?} ({listed} bans listed), `portsentry unban ADDR` {unban:.2?}, \
+                     `portsentry ban ADDR` {ban:.2?} (each a process of its own, answered once \
+                     the change is on disk)."
+                );
+            }
             let journal_line = d
                 .lines()
                 .into_iter()
@@ -189,19 +213,41 @@ pub(crate) fn journal(n: u32, secs: u64) {
     let bytes = std::fs::metadata(journal::path(dir.path())).unwrap().len();
     // Read it once to have it in the page cache, as after the daemon wrote it.
     let _ = std::fs::read(journal::path(dir.path())).unwrap();
+    let me = std::process::id();
+    let (rss_before, _) = rss(me);
     let t = Instant::now();
     let (j, store, _) = Journal::open(dir.path()).unwrap();
     let took = t.elapsed();
+    let (rss_after, _) = rss(me);
     assert_eq!(store.len(), n as usize);
     let t = Instant::now();
     j.compact_now(&store).unwrap();
     let compact = t.elapsed();
+    // Expiry: the once-a-second check with none due, then with one due (a full scan).
+    let mut timed = store;
+    let later = SystemTime::now() + Duration::from_secs(3600);
+    let t = Instant::now();
+    assert!(timed.expired(SystemTime::now()).is_empty());
+    let idle = t.elapsed();
+    timed.insert(Ban {
+        expires: Some(later),
+        ..scan_ban(IpNet::from(filler(n)), SystemTime::now())
+    });
+    let t = Instant::now();
+    assert!(timed.expired(SystemTime::now()).is_empty());
+    let idle_timed = t.elapsed();
+    let t = Instant::now();
+    assert_eq!(timed.expired(later).len(), 1);
+    let due = t.elapsed();
     j.close().unwrap();
     println!(
         "\nRecovery of a journal of {n} bans ({:.1} MiB, {} bytes a ban): {took:.2?} \
          (read, checksums, the store built). A compaction of it (written, fsynced, renamed): \
-         {compact:.2?}.\n",
+         {compact:.2?}. The store it built: {:.0} bytes of resident memory a ban. The \
+         once-a-second expiry check over it: {idle:.1?} with no timed ban, {idle_timed:.1?} \
+         with none due, {due:.1?} when one is due (the scan).\n",
         bytes as f64 / 1048576.0,
-        journal::PUT_SIZE
+        journal::PUT_SIZE,
+        (rss_after as f64 - rss_before as f64) / f64::from(n)
     );
 }
