@@ -156,7 +156,7 @@ pub(crate) fn daemon_memory(n: u32) {
             );
         }
     }
-    println!();
+    println!("\n{ops}\n");
 }
 
 /// The ban journal alone, in this process, on the file system of a temporary folder:
