@@ -39,6 +39,10 @@ pub struct Book {
     blocked_new: Vec<IpNet>,
     /// A ban ended (or the book is new): the blocked files are rewritten whole.
     blocked_rewrite: bool,
+    /// No rewrite before this: a rewrite is O(bans), so one that took `d` is followed by
+    /// the next no sooner than `10 d` later (at most a tenth of the time, however many
+    /// bans end).
+    blocked_not_before: Option<std::time::Instant>,
     /// What no ban may cut off.
     guard: Guard,
 }
@@ -69,6 +73,7 @@ impl Book {
             blocked_modes: BTreeSet::new(),
             blocked_new: Vec::new(),
             blocked_rewrite: true,
+            blocked_not_before: None,
             guard,
         }
     }
@@ -275,8 +280,9 @@ impl Book {
     }
 
     /// Writes the blocked files if bans changed since they were last written: the lines
-    /// of new bans appended, or every file rewritten when a ban ended. The daemon calls
-    /// it once a second (the journal holds every ban meanwhile). Starts a compaction of
+    /// of new bans appended, or every file rewritten when a ban ended (no more often than
+    /// ten times the last rewrite took: with a million bans, every 15 s or so). The daemon
+    /// calls it once a second (the journal holds every ban meanwhile). Starts a compaction of
     /// the journal when it has grown well past what the bans need; `compacted` gets its
     /// outcome.
     pub fn flush(&mut self, compacted: impl FnOnce(Result<u64>) + Send + 'static) -> Result<()> {
@@ -292,7 +298,13 @@ impl Book {
     /// bans.
     fn write_blocked_files(&mut self) -> Result<()> {
         if self.blocked_rewrite {
-            return self.rewrite_blocked_files();
+            let now = std::time::Instant::now();
+            if self.blocked_not_before.is_some_and(|t| now < t) {
+                return Ok(());
+            }
+            let r = self.rewrite_blocked_files();
+            self.blocked_not_before = Some(now + now.elapsed() * 10);
+            return r;
         }
         if self.blocked_new.is_empty() {
             return Ok(());

@@ -178,28 +178,39 @@ pub async fn run(
     }
 
     // Bans: the journal's, reconciled with what the pinned maps kept.
+    let restoring = std::time::Instant::now();
     let (journal, saved, opened) = Journal::open(&c.state_dir)?;
     for line in opened.report() {
         log.warn(&line);
     }
     log.notice(&format!(
-        "portsentry: ban journal read: {} bans from {} bytes in {:.0?}",
+        "portsentry: ban journal read: {} bans from {} bytes in {:.2?}",
         saved.len(),
         opened.bytes,
         opened.took
     ));
+    let t = std::time::Instant::now();
     let kernel_bans = dp.bans()?;
+    let read_kernel = t.elapsed();
+    let in_kernel = kernel_bans.len();
     // A kernel-only ban of a protocol whose mode is now off is recorded under the
     // advanced mode's token.
     let tcp_mode = eff.mode_token(Protocol::Tcp).unwrap_or(ModeToken::Atcp);
     let udp_mode = eff.mode_token(Protocol::Udp).unwrap_or(ModeToken::Audp);
     let mut r = state::reconcile(saved, kernel_bans, SystemTime::now(), tcp_mode, udp_mode);
     let pending = std::mem::take(&mut r.pending);
+    let t = std::time::Instant::now();
     for net in &r.to_insert {
         let ban = r.store.get(net).expect("reconciled ban");
         dp.insert_ban(net, &ban.kernel_entry())?;
     }
-    r.to_insert = Vec::new();
+    let written = std::mem::take(&mut r.to_insert).len();
+    log.notice(&format!(
+        "portsentry: kernel maps: {in_kernel} bans read in {read_kernel:.2?}, {written} \
+         written in {:.2?}",
+        t.elapsed()
+    ));
+    let kernel_io = read_kernel + t.elapsed();
     for net in &r.adopted {
         log.notice(&format!(
             "portsentry: adopted the ban of {net} from the kernel (made before a restart)"
@@ -255,6 +266,19 @@ pub async fn run(
             .notice(&format!("portsentry: metrics on http://{bound}/metrics"));
     }
     let control = crate::control::listen(&c.state_dir)?;
+    shared.log.notice(&format!(
+        "portsentry: bans restored in {:.2?}, {:.2?} of it writing and reading the kernel's \
+         maps",
+        restoring.elapsed(),
+        kernel_io
+    ));
+    // Start-up's buffers (the journal's records, the kernel's bans) are freed: give
+    // their pages back rather than keep them as free heap.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free memory of the allocator to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     shared.log.notice(&format!(
         "portsentry: active: TCP {} ports, UDP {} ports, {} ignored networks, {restored} bans \
          in force",

@@ -111,8 +111,16 @@ pub(crate) fn daemon_memory(n: u32) {
             let journal_line = d
                 .lines()
                 .into_iter()
-                .find(|l| l.contains("ban journal read"))
-                .unwrap_or_default();
+                .filter(|l| {
+                    ["ban journal read", "kernel maps:", "bans restored in"]
+                        .iter()
+                        .any(|k| l.contains(k))
+                })
+                .filter_map(|l| {
+                    Some(l[l.find("portsentry: ")? + "portsentry: ".len()..].to_owned())
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
             d.stop();
             let case = match case {
                 "boot" => format!("{bans}, no pinned maps (a reboot)"),
@@ -148,13 +156,7 @@ pub(crate) fn daemon_memory(n: u32) {
         rows[2].started.saturating_sub(rows[0].started),
     );
     for r in &rows[1..] {
-        if let Some(at) = r.journal_line.find("portsentry: ban journal read") {
-            println!(
-                "- {}: {}",
-                r.case,
-                &r.journal_line[at + "portsentry: ".len()..]
-            );
-        }
+        println!("- {}: {}", r.case, r.journal_line);
     }
     println!("\n{ops}\n");
 }
