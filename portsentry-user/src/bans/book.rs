@@ -344,18 +344,31 @@ impl Book {
     }
 
     fn rewrite_blocked_files(&mut self) -> Result<()> {
-        let mut by_mode: std::collections::BTreeMap<&'static str, Vec<u8>> = Default::default();
-        for b in self.store.iter() {
-            let out = by_mode.entry(kinds::mode_word(b.mode)).or_default();
-            self.blocked_line(&b, out);
-        }
-        self.blocked_modes.extend(by_mode.keys().copied());
+        let present: BTreeSet<&'static str> = self
+            .store
+            .iter()
+            .map(|b| kinds::mode_word(b.mode))
+            .collect();
+        self.blocked_modes.extend(present);
         self.blocked_new.clear();
         let mut result = Ok(());
-        for mode in &self.blocked_modes {
+        // One pass over the store per mode, each file written as it is made.
+        for mode in self.blocked_modes.clone() {
             let path = history::blocked_path(&self.blocked_file, mode);
-            let content = by_mode.get(mode).map_or(&[][..], Vec::as_slice);
-            if let Err(e) = history::write_blocked_bytes(&path, content) {
+            let written = history::write_blocked_with(&path, |w| {
+                let mut line = Vec::new();
+                for b in self
+                    .store
+                    .iter()
+                    .filter(|b| kinds::mode_word(b.mode) == mode)
+                {
+                    line.clear();
+                    self.blocked_line(&b, &mut line);
+                    w.write_all(&line)?;
+                }
+                Ok(())
+            });
+            if let Err(e) = written {
                 result = Err(e).context("writing a blocked file");
             }
         }

@@ -109,6 +109,16 @@ pub fn write_blocked(path: &Path, lines: &[String]) -> io::Result<()> {
 
 /// [`write_blocked`] of lines already joined (each ended by `\n`).
 pub fn write_blocked_bytes(path: &Path, content: &[u8]) -> io::Result<()> {
+    write_blocked_with(path, |w| w.write_all(content))
+}
+
+/// [`write_blocked`] of what `fill` writes (buffered), each line ended by `\n`: a
+/// blocked file of a million lines is written as it is made.
+pub fn write_blocked_with(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn io::Write) -> io::Result<()>,
+) -> io::Result<()> {
+    use io::Write as _;
     let write = || -> io::Result<()> {
         create_parent(path)?;
         let keep = match std::fs::symlink_metadata(path) {
@@ -118,7 +128,11 @@ pub fn write_blocked_bytes(path: &Path, content: &[u8]) -> io::Result<()> {
             }),
             _ => None,
         };
-        fsutil::write_atomic(path, content, keep)
+        fsutil::write_atomic_with(path, keep, |f| {
+            let mut w = io::BufWriter::with_capacity(1 << 16, f);
+            fill(&mut w)?;
+            w.flush()
+        })
     };
     write().map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }
