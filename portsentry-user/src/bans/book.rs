@@ -39,9 +39,9 @@ pub struct Book {
     blocked_new: Vec<IpNet>,
     /// A ban ended (or the book is new): the blocked files are rewritten whole.
     blocked_rewrite: bool,
-    /// No rewrite before this: a rewrite is O(bans), so one that took `d` is followed by
-    /// the next no sooner than `10 d` later (at most a tenth of the time, however many
-    /// bans end).
+    /// No rewrite before this: a rewrite is O(bans), so one that took `d` (over 100 ms)
+    /// is followed by the next no sooner than `10 d` later (at most a tenth of the time,
+    /// however many bans end).
     blocked_not_before: Option<std::time::Instant>,
     /// What no ban may cut off.
     guard: Guard,
@@ -303,7 +303,9 @@ impl Book {
                 return Ok(());
             }
             let r = self.rewrite_blocked_files();
-            self.blocked_not_before = Some(now + now.elapsed() * 10);
+            let took = now.elapsed();
+            self.blocked_not_before =
+                (took > std::time::Duration::from_millis(100)).then(|| now + took * 10);
             return r;
         }
         if self.blocked_new.is_empty() {
@@ -374,5 +376,80 @@ impl Book {
         }
         self.blocked_rewrite = result.is_err();
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::bans::{BanStore, ScanCause, journal};
+    use portsentry_common::ScanType;
+
+    fn lines(path: &std::path::Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// New bans are appended to their blocked file and journaled; a lift rewrites the
+    /// file and is journaled too.
+    #[test]
+    fn blocked_files_are_appended_to_then_rewritten_and_the_journal_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            state_dir: dir.path().join("state"),
+            blocked_file: dir.path().join("blocked"),
+            ..Config::default()
+        };
+        let (j, store, _) = journal::Journal::open(&config.state_dir).unwrap();
+        let mut book = Book::new(None, store, Some(j), &config, Guard::limits(&config));
+        let cause = Cause::Scan(ScanCause {
+            port: 23,
+            scan_type: ScanType::TcpSyn,
+            mode: kinds::ModeToken::Atcp,
+        });
+        let now = SystemTime::now();
+        let atcp = history::blocked_path(&config.blocked_file, "atcp");
+        for ip in ["192.0.2.1", "192.0.2.2"] {
+            let b = book.new_ban(
+                &config,
+                IpNet::from(ip.parse::<IpAddr>().unwrap()),
+                cause,
+                None,
+                now,
+            );
+            book.put(b, false).unwrap();
+        }
+        book.set_name(&"192.0.2.2/32".parse().unwrap(), "two.example");
+        book.flush(|_| {}).unwrap();
+        assert_eq!(lines(&atcp).len(), 2, "{:?}", lines(&atcp));
+        assert!(lines(&atcp)[1].contains("Host: two.example/192.0.2.2 Port: 23 TCP"));
+        let b = book.new_ban(
+            &config,
+            "192.0.2.3/32".parse().unwrap(),
+            cause,
+            Some(Duration::from_secs(60)),
+            now,
+        );
+        book.put(b, false).unwrap();
+        book.flush(|_| {}).unwrap();
+        assert_eq!(lines(&atcp).len(), 3, "appended");
+        book.lift(&"192.0.2.1/32".parse().unwrap()).unwrap();
+        book.flush(|_| {}).unwrap();
+        let after = lines(&atcp);
+        assert_eq!(after.len(), 2, "rewritten: {after:?}");
+        assert!(!after.iter().any(|l| l.contains("/192.0.2.1 ")));
+        book.persist().unwrap();
+        let on_disk = journal::load(&config.state_dir).unwrap();
+        let nets: Vec<String> = on_disk.iter().map(|b| b.net.to_string()).collect();
+        assert_eq!(nets, ["192.0.2.2/32", "192.0.2.3/32"]);
+        let two = on_disk.get(&"192.0.2.2/32".parse().unwrap()).unwrap();
+        assert_eq!(on_disk.name_of(&two), "two.example");
+        assert_eq!(on_disk.times_banned(&"192.0.2.1/32".parse().unwrap()), 1);
+        let _ = BanStore::new();
     }
 }

@@ -417,7 +417,9 @@ impl BanStore {
         for (net, r) in &self.bans {
             if r.expires_by(now_ms) {
                 out.push(*net);
-            } else if r.expires_ms != 0 {
+            }
+            if r.expires_ms != 0 {
+                // A due ban counts until it is lifted: a lift that failed is retried.
                 earliest = earliest.min(r.expires_ms);
             }
         }
@@ -534,6 +536,71 @@ mod tests {
         assert!(s.remove(&net).is_some());
         assert_eq!(s.times_banned(&net), 1, "the count outlives the ban");
         assert!(s.covering("192.0.2.7".parse().unwrap()).is_none());
+    }
+
+    /// The expiry check scans only when a ban is due, and never misses one: an earlier
+    /// expiry inserted after a scan lowers the bound.
+    #[test]
+    fn expiry_is_checked_against_the_earliest_due() {
+        let mut s = BanStore::new();
+        let now = SystemTime::now();
+        s.insert(ban("192.0.2.1/32", 1, None));
+        assert!(
+            s.expired(now + 1000 * H).is_empty(),
+            "a permanent ban never expires"
+        );
+        s.insert(ban("192.0.2.2/32", 1, Some(now + 2 * H)));
+        s.insert(ban("192.0.2.3/32", 1, Some(now + 3 * H)));
+        assert!(s.expired(now + H).is_empty());
+        let two: IpNet = "192.0.2.2/32".parse().unwrap();
+        assert_eq!(s.expired(now + 2 * H), vec![two]);
+        // Still due until lifted; the bound is not moved past it.
+        assert_eq!(s.expired(now + 2 * H), vec![two]);
+        s.remove(&two);
+        assert!(s.expired(now + 2 * H).is_empty());
+        s.insert(ban("192.0.2.4/32", 1, Some(now + H / 2)));
+        assert_eq!(
+            s.expired(now + H),
+            vec!["192.0.2.4/32".parse::<IpNet>().unwrap()]
+        );
+        assert_eq!(s.expired(now + 4 * H).len(), 2);
+    }
+
+    /// An address's ban is looked up at the prefix lengths in use, which follow inserts
+    /// and removals; a name is kept only when it is not the address.
+    #[test]
+    fn covering_follows_the_lengths_in_use_and_names_are_kept_aside() {
+        let mut s = BanStore::new();
+        let ip: IpAddr = "198.51.100.9".parse().unwrap();
+        s.insert(ban("198.51.100.0/24", 1, None));
+        s.insert(ban("198.51.0.0/16", 1, None));
+        assert_eq!(s.covering(ip).unwrap().net.to_string(), "198.51.100.0/24");
+        s.remove(&"198.51.100.0/24".parse().unwrap());
+        assert_eq!(s.covering(ip).unwrap().net.to_string(), "198.51.0.0/16");
+        s.remove(&"198.51.0.0/16".parse().unwrap());
+        assert!(s.covering(ip).is_none());
+        assert!(s.lengths_v4.iter().all(|n| *n == 0));
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        s.insert(ban("2001:db8::/64", 1, None));
+        assert!(s.covering(v6).is_some());
+        assert!(s.covering(ip).is_none(), "the families do not mix");
+
+        let host: IpNet = "192.0.2.7/32".parse().unwrap();
+        s.insert(ban("192.0.2.7/32", 1, None));
+        s.set_name(&host, "192.0.2.7");
+        assert_eq!(s.names().count(), 0, "the address is not kept as a name");
+        s.set_name(&host, "scanner.example");
+        let b = s.get(&host).unwrap();
+        assert_eq!(s.name_of(&b), "scanner.example");
+        s.remove(&host);
+        assert_eq!(s.names().count(), 0, "the name goes with the ban");
+        assert_eq!(s.times_banned(&host), 1);
+        s.insert(ban("192.0.2.7/32", 2, None));
+        assert_eq!(s.times_banned(&host), 2);
+        assert!(
+            s.previous().all(|(n, _)| *n != host),
+            "a banned network's count is in its record"
+        );
     }
 
     #[test]
