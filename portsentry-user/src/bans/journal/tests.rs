@@ -2,7 +2,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use portsentry_common::{ScanType, maps::BanOrigin};
 
-use super::*;
+use super::{
+    codec::{FRAME, NET},
+    *,
+};
 use crate::kinds::{ModeToken, Protocol};
 
 fn ban(net: &str, count: u32) -> Ban {
