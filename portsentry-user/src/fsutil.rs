@@ -119,6 +119,16 @@ pub(crate) struct KeepAttrs {
 /// `O_NOFOLLOW`), fsync, rename over `path` (a symlink at `path` is replaced, never
 /// followed), then fsync of the directory. Errors are not prefixed with the path.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8], keep: Option<KeepAttrs>) -> io::Result<()> {
+    write_atomic_with(path, keep, |f| f.write_all(bytes))
+}
+
+/// [`write_atomic`] of what `fill` writes to the temp file (a large file written as it
+/// is made, never whole in memory).
+pub(crate) fn write_atomic_with(
+    path: &Path,
+    keep: Option<KeepAttrs>,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let name = path
         .file_name()
@@ -159,7 +169,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], keep: Option<KeepAttrs>) -
             }
             file.set_permissions(std::fs::Permissions::from_mode(keep.mode))?;
         }
-        file.write_all(bytes)?;
+        fill(file)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)
     };

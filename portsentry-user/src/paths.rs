@@ -11,7 +11,9 @@ pub const DEFAULT_CONFIG: &str = "/etc/portsentry/portsentry.conf";
 pub const PID_FILE: &str = "portsentry.pid";
 /// The control socket in STATE_DIR (`portsentry ban`, `unban`).
 pub const CONTROL_SOCKET: &str = "control.sock";
-/// The ban state file in STATE_DIR.
+/// The ban journal in STATE_DIR ([`crate::bans::journal`]).
+pub const JOURNAL_FILE: &str = "bans.journal";
+/// The ban state file of earlier releases in STATE_DIR, migrated to the journal.
 pub const STATE_FILE: &str = "bans.json";
 /// Link pins in PIN_DIR are named this followed by the interface name.
 pub const LINK_PREFIX: &str = "link-";
@@ -22,6 +24,10 @@ pub fn pid_file(state_dir: &Path) -> PathBuf {
 
 pub fn control_socket(state_dir: &Path) -> PathBuf {
     state_dir.join(CONTROL_SOCKET)
+}
+
+pub fn journal_file(state_dir: &Path) -> PathBuf {
+    state_dir.join(JOURNAL_FILE)
 }
 
 pub fn state_file(state_dir: &Path) -> PathBuf {

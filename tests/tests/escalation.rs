@@ -81,9 +81,12 @@ fn three_banned_hosts_of_a_24_ban_the_24_until_it_expires() {
         "{}",
         wd.read("order")
     );
-    // The state file keeps it as an escalation.
-    let state = wd.read("state/bans.json");
-    assert!(state.contains("\"escalated\": 3"), "{state}");
+    // The ban journal keeps it as an escalation.
+    let on_record = portsentry_user::bans::journal::load(&wd.path("state")).unwrap();
+    let network = on_record
+        .get(&"198.51.100.0/24".parse().unwrap())
+        .expect("the network's ban in the journal");
+    assert_eq!(network.escalated, Some(3), "{network:?}");
 
     // Expiry undoes it like any ban: the network is reachable again.
     d.wait_for(

@@ -1,9 +1,9 @@
 //! The ban book: one place that changes bans, keeping the kernel maps, the in-memory
-//! store, the state file and the blocked files in step. The daemon, its control socket
+//! store, the ban journal and the blocked files in step. The daemon, its control socket
 //! and the CLI (when no daemon runs) all go through it.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::BTreeSet,
     net::IpAddr,
     path::PathBuf,
     time::{Duration, SystemTime},
@@ -16,7 +16,7 @@ use portsentry_common::maps::BanOrigin;
 use super::{
     Ban, BanStore, Cause, ban_duration,
     guard::{Guard, Refusal, Why},
-    state,
+    journal::Journal,
 };
 use crate::{
     config::Config,
@@ -30,12 +30,19 @@ pub struct Book {
     /// state file alone is then changed, and the next start applies it.
     pub dp: Option<Dataplane>,
     pub store: BanStore,
-    state_dir: PathBuf,
+    /// Where every change is recorded (`None`: in memory only, for tests).
+    journal: Option<Journal>,
     blocked_file: PathBuf,
     /// Modes whose blocked file was written, so it is emptied when its last ban goes.
     blocked_modes: BTreeSet<&'static str>,
-    /// Bans changed since the files were last written.
-    dirty: bool,
+    /// Bans made since the blocked files were last written: their lines are appended.
+    blocked_new: Vec<IpNet>,
+    /// A ban ended (or the book is new): the blocked files are rewritten whole.
+    blocked_rewrite: bool,
+    /// No rewrite before this: a rewrite is O(bans), so one that took `d` (over 100 ms)
+    /// is followed by the next no sooner than `10 d` later (at most a tenth of the time,
+    /// however many bans end).
+    blocked_not_before: Option<std::time::Instant>,
     /// What no ban may cut off.
     guard: Guard,
 }
@@ -50,15 +57,60 @@ pub struct Swept {
 }
 
 impl Book {
-    pub fn new(dp: Option<Dataplane>, store: BanStore, config: &Config, guard: Guard) -> Book {
+    /// A book over `store` (read from `journal`, which records every change from now).
+    pub fn new(
+        dp: Option<Dataplane>,
+        store: BanStore,
+        journal: Option<Journal>,
+        config: &Config,
+        guard: Guard,
+    ) -> Book {
         Book {
             dp,
             store,
-            state_dir: config.state_dir.clone(),
+            journal,
             blocked_file: config.blocked_file.clone(),
             blocked_modes: BTreeSet::new(),
-            dirty: false,
+            blocked_new: Vec::new(),
+            blocked_rewrite: true,
+            blocked_not_before: None,
             guard,
+        }
+    }
+
+    /// The journal, if the book has one.
+    pub fn journal(&self) -> Option<&Journal> {
+        self.journal.as_ref()
+    }
+
+    /// Records the ban of `net` in force in the journal (one the book did not make:
+    /// adopted from the kernel at start-up).
+    pub fn record(&mut self, net: &IpNet) {
+        if let Some(ban) = self.store.get(net) {
+            if let Some(j) = &self.journal {
+                j.put(&ban);
+            }
+            self.blocked_new.push(*net);
+        }
+    }
+
+    fn recorded(&mut self, ban: &Ban) {
+        if let Some(j) = &self.journal {
+            j.put(ban);
+        }
+        self.blocked_new.push(ban.net);
+    }
+
+    /// Records the name a banned host was logged under.
+    pub fn set_name(&mut self, net: &IpNet, name: &str) {
+        self.store.set_name(net, name);
+        if let Some(ban) = self.store.get(net)
+            && let Some(j) = &self.journal
+        {
+            let name = self.store.name_of(&ban);
+            if name != ban.default_name() {
+                j.name(net, &name);
+            }
         }
     }
 
@@ -92,7 +144,7 @@ impl Book {
 
     /// Puts `ban` in force: the guard first ([`Guard::check`]; `force` lifts its width
     /// limit and the operator's session), then the kernel (the moment it counts), then
-    /// the store. The state file is written by [`Book::persist`].
+    /// the store and the journal ([`Book::persist`] waits until it is on disk).
     pub fn put(&mut self, ban: Ban, force: bool) -> Result<()> {
         self.guard.check(&ban.net, force)?;
         if let Some(dp) = &mut self.dp {
@@ -102,7 +154,7 @@ impl Book {
             }
         }
         self.store.insert(ban);
-        self.dirty = true;
+        self.recorded(&ban);
         Ok(())
     }
 
@@ -121,7 +173,7 @@ impl Book {
             dp.forget_source(ban.net.addr())?;
         }
         self.store.insert(ban);
-        self.dirty = true;
+        self.recorded(&ban);
         Ok(())
     }
 
@@ -131,7 +183,12 @@ impl Book {
             dp.remove_ban(net)?;
         }
         let removed = self.store.remove(net);
-        self.dirty |= removed.is_some();
+        if removed.is_some() {
+            if let Some(j) = &self.journal {
+                j.lift(net);
+            }
+            self.blocked_rewrite = true;
+        }
         Ok(removed)
     }
 
@@ -198,10 +255,6 @@ impl Book {
             proto: scan_type.map(Protocol::of),
             scan_type,
             mode,
-            name: match escalated {
-                Some(_) => net.to_string(),
-                None => net.addr().to_string(),
-            },
             count: nth,
             escalated,
         }
@@ -211,48 +264,192 @@ impl Book {
         self.store.covering(ip).is_some()
     }
 
-    /// Writes the state file and the blocked files now. Errors are returned after
-    /// trying every file (and the book stays dirty).
-    pub fn persist(&mut self) -> Result<()> {
-        let state = state::save(&self.state_dir, &self.store);
-        let blocked = self.write_blocked_files();
-        let r = state.and(blocked);
-        self.dirty = r.is_err();
-        r
-    }
-
-    /// Writes the files if bans changed since they were last written. The daemon calls
-    /// it once a second, so that a storm of bans costs one rewrite a second rather
-    /// than one per ban; the kernel (pinned) holds every ban meanwhile, so a crash
-    /// loses none, and only a crash followed by a reboot within that second could.
-    pub fn flush(&mut self) -> Result<()> {
-        if self.dirty { self.persist() } else { Ok(()) }
-    }
-
-    /// Rewrites `BLOCKED_FILE.<mode>` for every mode that has (or had) bans.
-    fn write_blocked_files(&mut self) -> Result<()> {
-        let mut by_mode: HashMap<&'static str, Vec<String>> = HashMap::new();
-        for b in self.store.iter() {
-            by_mode
-                .entry(kinds::mode_word(b.mode))
-                .or_default()
-                .push(history::history_line(
-                    b.since,
-                    &b.name,
-                    b.net.addr(),
-                    b.port,
-                    b.proto,
-                ));
+    /// Waits until every change so far is in the journal on disk (an error when
+    /// writing it failed). The blocked files follow in [`Book::flush`].
+    pub fn persist(&self) -> Result<()> {
+        match &self.journal {
+            Some(j) => j.wait(j.last()),
+            None => Ok(()),
         }
-        self.blocked_modes.extend(by_mode.keys().copied());
+    }
+
+    /// The last change recorded, to wait for outside the book's lock
+    /// ([`Journal::wait_async`]).
+    pub fn ticket(&self) -> Option<(Journal, u64)> {
+        self.journal.as_ref().map(|j| (j.clone(), j.last()))
+    }
+
+    /// Writes the blocked files if bans changed since they were last written: the lines
+    /// of new bans appended, or every file rewritten when a ban ended (no more often than
+    /// ten times the last rewrite took: with a million bans, every 15 s or so). The daemon
+    /// calls it once a second (the journal holds every ban meanwhile). Starts a compaction of
+    /// the journal when it has grown well past what the bans need; `compacted` gets its
+    /// outcome.
+    pub fn flush(&mut self, compacted: impl FnOnce(Result<u64>) + Send + 'static) -> Result<()> {
+        if let Some(j) = &self.journal
+            && j.wants_compaction(&self.store)
+        {
+            j.compact(&self.store, compacted);
+        }
+        self.write_blocked_files()
+    }
+
+    /// Rewrites or appends to `BLOCKED_FILE.<mode>`, for every mode that has (or had)
+    /// bans.
+    fn write_blocked_files(&mut self) -> Result<()> {
+        if self.blocked_rewrite {
+            let now = std::time::Instant::now();
+            if self.blocked_not_before.is_some_and(|t| now < t) {
+                return Ok(());
+            }
+            let r = self.rewrite_blocked_files();
+            let took = now.elapsed();
+            self.blocked_not_before =
+                (took > std::time::Duration::from_millis(100)).then(|| now + took * 10);
+            return r;
+        }
+        if self.blocked_new.is_empty() {
+            return Ok(());
+        }
+        let mut by_mode: std::collections::BTreeMap<&'static str, Vec<u8>> = Default::default();
+        for net in std::mem::take(&mut self.blocked_new) {
+            if let Some(b) = self.store.get(&net) {
+                let out = by_mode.entry(kinds::mode_word(b.mode)).or_default();
+                self.blocked_line(&b, out);
+            }
+        }
         let mut result = Ok(());
-        for mode in &self.blocked_modes {
+        for (mode, content) in &by_mode {
+            self.blocked_modes.insert(mode);
             let path = history::blocked_path(&self.blocked_file, mode);
-            let lines = by_mode.get(mode).cloned().unwrap_or_default();
-            if let Err(e) = history::write_blocked(&path, &lines) {
+            if let Err(e) = history::append_blocked(&path, content) {
                 result = Err(e).context("writing a blocked file");
+                self.blocked_rewrite = true;
             }
         }
         result
+    }
+
+    fn blocked_line(&self, b: &Ban, out: &mut Vec<u8>) {
+        let line = history::history_line(
+            b.since,
+            &self.store.name_of(b),
+            b.net.addr(),
+            b.port,
+            b.proto,
+        );
+        // A name with a newline never gets here (sanitized when resolved).
+        if !line.contains('\n') {
+            out.extend_from_slice(line.as_bytes());
+            out.push(b'\n');
+        }
+    }
+
+    fn rewrite_blocked_files(&mut self) -> Result<()> {
+        let present: BTreeSet<&'static str> = self
+            .store
+            .iter()
+            .map(|b| kinds::mode_word(b.mode))
+            .collect();
+        self.blocked_modes.extend(present);
+        self.blocked_new.clear();
+        let mut result = Ok(());
+        // One pass over the store per mode, each file written as it is made.
+        for mode in self.blocked_modes.clone() {
+            let path = history::blocked_path(&self.blocked_file, mode);
+            let written = history::write_blocked_with(&path, |w| {
+                let mut line = Vec::new();
+                for b in self
+                    .store
+                    .iter()
+                    .filter(|b| kinds::mode_word(b.mode) == mode)
+                {
+                    line.clear();
+                    self.blocked_line(&b, &mut line);
+                    w.write_all(&line)?;
+                }
+                Ok(())
+            });
+            if let Err(e) = written {
+                result = Err(e).context("writing a blocked file");
+            }
+        }
+        self.blocked_rewrite = result.is_err();
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::bans::{BanStore, ScanCause, journal};
+    use portsentry_common::ScanType;
+
+    fn lines(path: &std::path::Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// New bans are appended to their blocked file and journaled; a lift rewrites the
+    /// file and is journaled too.
+    #[test]
+    fn blocked_files_are_appended_to_then_rewritten_and_the_journal_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            state_dir: dir.path().join("state"),
+            blocked_file: dir.path().join("blocked"),
+            ..Config::default()
+        };
+        let (j, store, _) = journal::Journal::open(&config.state_dir).unwrap();
+        let mut book = Book::new(None, store, Some(j), &config, Guard::limits(&config));
+        let cause = Cause::Scan(ScanCause {
+            port: 23,
+            scan_type: ScanType::TcpSyn,
+            mode: kinds::ModeToken::Atcp,
+        });
+        let now = SystemTime::now();
+        let atcp = history::blocked_path(&config.blocked_file, "atcp");
+        for ip in ["192.0.2.1", "192.0.2.2"] {
+            let b = book.new_ban(
+                &config,
+                IpNet::from(ip.parse::<IpAddr>().unwrap()),
+                cause,
+                None,
+                now,
+            );
+            book.put(b, false).unwrap();
+        }
+        book.set_name(&"192.0.2.2/32".parse().unwrap(), "two.example");
+        book.flush(|_| {}).unwrap();
+        assert_eq!(lines(&atcp).len(), 2, "{:?}", lines(&atcp));
+        assert!(lines(&atcp)[1].contains("Host: two.example/192.0.2.2 Port: 23 TCP"));
+        let b = book.new_ban(
+            &config,
+            "192.0.2.3/32".parse().unwrap(),
+            cause,
+            Some(Duration::from_secs(60)),
+            now,
+        );
+        book.put(b, false).unwrap();
+        book.flush(|_| {}).unwrap();
+        assert_eq!(lines(&atcp).len(), 3, "appended");
+        book.lift(&"192.0.2.1/32".parse().unwrap()).unwrap();
+        book.flush(|_| {}).unwrap();
+        let after = lines(&atcp);
+        assert_eq!(after.len(), 2, "rewritten: {after:?}");
+        assert!(!after.iter().any(|l| l.contains("/192.0.2.1 ")));
+        book.persist().unwrap();
+        let on_disk = journal::load(&config.state_dir).unwrap();
+        let nets: Vec<String> = on_disk.iter().map(|b| b.net.to_string()).collect();
+        assert_eq!(nets, ["192.0.2.2/32", "192.0.2.3/32"]);
+        let two = on_disk.get(&"192.0.2.2/32".parse().unwrap()).unwrap();
+        assert_eq!(on_disk.name_of(&two), "two.example");
+        assert_eq!(on_disk.times_banned(&"192.0.2.1/32".parse().unwrap()), 1);
+        let _ = BanStore::new();
     }
 }

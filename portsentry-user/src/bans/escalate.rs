@@ -95,7 +95,7 @@ pub fn counted<'a>(
     settings: &Settings,
     network: &IpNet,
     now: SystemTime,
-) -> impl Iterator<Item = &'a Ban> + 'a {
+) -> impl Iterator<Item = Ban> + 'a {
     let from = (!settings.window.is_zero()).then(|| now - settings.window);
     let network = *network;
     store
@@ -150,7 +150,7 @@ pub fn after_ban(
     let Some(network) = settings.network(&banned.net) else {
         return Ok(Outcome::Nothing);
     };
-    if !replaceable(banned, &network) || book.store.covering_net(&network).is_some() {
+    if !replaceable(&banned, &network) || book.store.covering_net(&network).is_some() {
         return Ok(Outcome::Nothing);
     }
     let hosts = counted(&book.store, &settings, &network, now).count();
@@ -165,7 +165,7 @@ pub fn after_ban(
         None,
         now,
     );
-    if let Err(e) = book.put(ban.clone(), false) {
+    if let Err(e) = book.put(ban, false) {
         return match e.downcast::<Refusal>() {
             Ok(refusal) => Ok(Outcome::Refused {
                 network,
@@ -281,7 +281,7 @@ mod tests {
         for p in protected {
             guard.protect(ip(p), Why::IgnoreList);
         }
-        Book::new(None, BanStore::new(), config, guard)
+        Book::new(None, BanStore::new(), None, config, guard)
     }
 
     /// A scan ban of `host` made at `at`.
@@ -355,7 +355,7 @@ mod tests {
         );
         assert_eq!(ban.expires, Some(now + Duration::from_secs(3600)));
         assert_eq!((ban.port, ban.mode), (23, Some(ModeToken::Atcp)));
-        assert_eq!(ban.name, "198.51.100.0/24");
+        assert_eq!(ban.default_name(), "198.51.100.0/24");
         assert!(!ban.has_undo(), "no kill command ran for the network");
         let mut lifted: Vec<String> = replaced.iter().map(|b| b.net.to_string()).collect();
         lifted.sort();

@@ -1,19 +1,28 @@
 //! Bans: every ban in force with what caused it ([`Ban`], [`BanStore`]), how long a ban
 //! lasts ([`ban_duration`]), the one place that changes them ([`book::Book`]), the
-//! operator's actions on them ([`ops`]), the ban of a crowded network ([`escalate`]) and
-//! their file ([`state`]). The kernel maps are
-//! the enforcement; this is the record the daemon keeps beside them.
+//! operator's actions on them ([`ops`]), the ban of a crowded network ([`escalate`]),
+//! their journal on disk ([`journal`]) and the reconciliation with the kernel at
+//! start-up ([`state`]). The kernel maps are the enforcement; this is the record the
+//! daemon keeps beside them.
+//!
+//! The store is sized for millions of bans: one fixed-size record a ban (about 55 bytes
+//! with the tree around it), no string per ban (a resolved host name is kept aside, only
+//! for the bans that have one), lookups by network, by address (one a prefix length in
+//! use) and by range, and expiry that scans only when a ban is due.
 
 pub mod book;
 pub mod escalate;
 pub mod guard;
+pub mod journal;
 pub mod ops;
 pub mod state;
 
 use std::{
+    borrow::Cow,
+    cell::Cell,
     collections::{BTreeMap, HashMap},
     net::IpAddr,
-    time::{Duration, SystemTime},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use ipnet::IpNet;
@@ -29,8 +38,8 @@ use crate::{
 
 pub use book::Book;
 
-/// One ban.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One ban, as the store hands it out (a copy of its record).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ban {
     pub net: IpNet,
     pub origin: BanOrigin,
@@ -44,8 +53,6 @@ pub struct Ban {
     pub scan_type: Option<ScanType>,
     /// PortSentry's mode token of the scan (`None` for a manual ban).
     pub mode: Option<ModeToken>,
-    /// The name the host was logged under (resolved name, or the address).
-    pub name: String,
     /// How many times this network has been banned, this ban included.
     pub count: u32,
     /// `Some(n)`: an escalation, the ban of a network put in force when `n` of its hosts
@@ -87,6 +94,15 @@ impl Ban {
             kinds::origin_name(self.origin)
         }
     }
+
+    /// The name the host is logged under when no reverse lookup named it: the address
+    /// (the network, for an escalation).
+    pub fn default_name(&self) -> String {
+        match self.escalated {
+            Some(_) => self.net.to_string(),
+            None => self.net.addr().to_string(),
+        }
+    }
 }
 
 /// The probe that caused a scan ban.
@@ -125,16 +141,166 @@ pub fn ban_duration(base: Duration, factor: u32, max: Duration, nth: u32) -> Opt
     Some(if max.is_zero() { d } else { d.min(max) })
 }
 
-/// The bans in force, and how often each network has been banned before.
-#[derive(Default, Debug)]
+/// Wall-clock milliseconds since the Unix epoch (0 before it).
+pub(crate) fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+pub(crate) fn from_unix_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// One ban in the store: fixed size (32 bytes), times in wall-clock milliseconds (a
+/// ban's times are kept to the millisecond).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rec {
+    pub since_ms: u64,
+    /// 0: permanent.
+    pub expires_ms: u64,
+    pub count: u32,
+    /// 0: not an escalation; else the hosts that made it, plus one.
+    pub escalated: u32,
+    pub port: u16,
+    /// [`BanOrigin`] as u8.
+    pub origin: u8,
+    /// [`ScanType`] as u8, 0 for none.
+    pub scan_type: u8,
+    /// IP protocol number, 0 for none.
+    pub proto: u8,
+    /// 1 + the index of the [`ModeToken`] in [`ModeToken::ALL`], 0 for none.
+    pub mode: u8,
+}
+const _: () = assert!(size_of::<Rec>() == 32);
+
+impl Rec {
+    pub fn of(b: &Ban) -> Rec {
+        Rec {
+            since_ms: unix_ms(b.since),
+            expires_ms: b.expires.map_or(0, |e| unix_ms(e).max(1)),
+            count: b.count,
+            escalated: b.escalated.map_or(0, |n| n.saturating_add(1)),
+            port: b.port,
+            origin: b.origin as u8,
+            scan_type: b.scan_type.map_or(0, |t| t as u8),
+            proto: b.proto.map_or(0, Protocol::number),
+            mode: b.mode.map_or(0, |m| {
+                1 + ModeToken::ALL
+                    .iter()
+                    .position(|t| *t == m)
+                    .expect("a token") as u8
+            }),
+        }
+    }
+
+    /// The ban of `net` this record holds; `None` when a field holds no valid value
+    /// (a record from a damaged or foreign file).
+    pub fn ban(&self, net: IpNet) -> Option<Ban> {
+        let origin = match self.origin {
+            o if o == BanOrigin::Scan as u8 => BanOrigin::Scan,
+            o if o == BanOrigin::Manual as u8 => BanOrigin::Manual,
+            _ => return None,
+        };
+        let scan_type = match self.scan_type {
+            0 => None,
+            t => Some(ScanType::from_u8(t)?),
+        };
+        let proto = match self.proto {
+            0 => None,
+            p => Some(Protocol::from_number(p)?),
+        };
+        let mode = match self.mode {
+            0 => None,
+            m => Some(*ModeToken::ALL.get(usize::from(m) - 1)?),
+        };
+        Some(Ban {
+            net,
+            origin,
+            since: from_unix_ms(self.since_ms),
+            expires: (self.expires_ms != 0).then(|| from_unix_ms(self.expires_ms)),
+            port: self.port,
+            proto,
+            scan_type,
+            mode,
+            count: self.count,
+            escalated: self.escalated.checked_sub(1),
+        })
+    }
+
+    fn expires_by(&self, now_ms: u64) -> bool {
+        self.expires_ms != 0 && self.expires_ms <= now_ms
+    }
+}
+
+/// The bans in force, how often each network has been banned before, and the names
+/// hosts were logged under.
+#[derive(Debug)]
 pub struct BanStore {
-    bans: BTreeMap<IpNet, Ban>,
+    /// Ordered by network (address, then prefix length), so that the bans inside a
+    /// network are one range.
+    bans: BTreeMap<IpNet, Rec>,
+    /// Ban counts of networks not banned now (a banned network's count is in its
+    /// record): repeat offenders' durations.
     previous: HashMap<IpNet, u32>,
+    /// The names of banned hosts that a reverse lookup named (the others are logged
+    /// under their address): kept aside, so that a ban costs no string.
+    names: HashMap<IpNet, Box<str>>,
+    /// Bans per prefix length, IPv4 then IPv6: an address's ban is looked up once per
+    /// length in use.
+    lengths_v4: [u32; 33],
+    lengths_v6: [u32; 129],
+    /// No ban expires before this (wall-clock ms; `u64::MAX`: none expires): the
+    /// once-a-second expiry check scans the store only when a ban is due.
+    earliest_expiry: Cell<u64>,
+}
+
+impl Default for BanStore {
+    fn default() -> Self {
+        BanStore {
+            bans: BTreeMap::new(),
+            previous: HashMap::new(),
+            names: HashMap::new(),
+            lengths_v4: [0; 33],
+            lengths_v6: [0; 129],
+            earliest_expiry: Cell::new(u64::MAX),
+        }
+    }
 }
 
 impl BanStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A store from bans sorted by network, each network once (the journal's
+    /// recovery): built in one pass, the tree's nodes full.
+    pub fn from_sorted(
+        bans: Vec<(IpNet, Rec)>,
+        previous: HashMap<IpNet, u32>,
+        names: HashMap<IpNet, Box<str>>,
+    ) -> Self {
+        let mut s = BanStore {
+            previous,
+            names,
+            ..BanStore::default()
+        };
+        let mut earliest = u64::MAX;
+        for (net, r) in &bans {
+            *s.length_slot(net) += 1;
+            if r.expires_ms != 0 {
+                earliest = earliest.min(r.expires_ms);
+            }
+        }
+        s.earliest_expiry.set(earliest);
+        s.bans = bans.into_iter().collect();
+        s.names.retain(|n, _| s.bans.contains_key(n));
+        s
+    }
+
+    fn length_slot(&mut self, net: &IpNet) -> &mut u32 {
+        match net {
+            IpNet::V4(n) => &mut self.lengths_v4[usize::from(n.prefix_len())],
+            IpNet::V6(n) => &mut self.lengths_v6[usize::from(n.prefix_len())],
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -145,12 +311,16 @@ impl BanStore {
         self.bans.is_empty()
     }
 
-    pub fn get(&self, net: &IpNet) -> Option<&Ban> {
-        self.bans.get(net)
+    pub fn get(&self, net: &IpNet) -> Option<Ban> {
+        self.bans.get(net).and_then(|r| r.ban(*net))
+    }
+
+    pub fn contains(&self, net: &IpNet) -> bool {
+        self.bans.contains_key(net)
     }
 
     /// The bans of networks that lie inside `net` (`net`'s own included).
-    pub fn within<'a>(&'a self, net: &IpNet) -> impl Iterator<Item = &'a Ban> + use<'a> {
+    pub fn within<'a>(&'a self, net: &IpNet) -> impl Iterator<Item = Ban> + use<'a> {
         let net = net.trunc();
         // Ordered by address, then prefix length: every network inside `net` has its
         // address between `net`'s first and last.
@@ -158,68 +328,128 @@ impl BanStore {
         let last = IpNet::new(net.broadcast(), net.max_prefix_len()).expect("a host prefix");
         self.bans
             .range(first..=last)
-            .map(|(_, b)| b)
-            .filter(move |b| net.contains(&b.net))
+            .filter(move |(n, _)| net.contains(*n))
+            .filter_map(|(n, r)| r.ban(*n))
     }
 
-    /// The ban of `net` or of a network that contains it, if any (one lookup a prefix
-    /// length).
-    pub fn covering_net(&self, net: &IpNet) -> Option<&Ban> {
+    /// The ban of `net` or of a network that contains it, if any (one lookup per prefix
+    /// length in use, longest first).
+    pub fn covering_net(&self, net: &IpNet) -> Option<Ban> {
+        let lengths: &[u32] = match net {
+            IpNet::V4(_) => &self.lengths_v4,
+            IpNet::V6(_) => &self.lengths_v6,
+        };
         (0..=net.prefix_len())
             .rev()
+            .filter(|p| lengths[usize::from(*p)] > 0)
             .filter_map(|p| IpNet::new(net.addr(), p).ok())
-            .find_map(|n| self.bans.get(&n.trunc()))
+            .find_map(|n| self.get(&n.trunc()))
     }
 
     /// The ban that covers `ip` (its own, or a prefix's), if any.
-    pub fn covering(&self, ip: IpAddr) -> Option<&Ban> {
-        self.bans
-            .get(&IpNet::from(ip))
-            .or_else(|| self.bans.values().find(|b| b.net.contains(&ip)))
+    pub fn covering(&self, ip: IpAddr) -> Option<Ban> {
+        self.covering_net(&IpNet::from(ip))
     }
 
     /// How many bans `net` has had (before the next one).
     pub fn times_banned(&self, net: &IpNet) -> u32 {
-        self.previous.get(net).copied().unwrap_or(0)
+        let now = self.bans.get(net).map_or(0, |r| r.count);
+        now.max(self.previous.get(net).copied().unwrap_or(0))
     }
 
     /// Records a ban (replacing one of the same network) and counts it for `net`.
     pub fn insert(&mut self, ban: Ban) {
-        self.previous.insert(ban.net, ban.count);
-        self.bans.insert(ban.net, ban);
-    }
-
-    /// Records the name a banned network was logged under.
-    pub fn set_name(&mut self, net: &IpNet, name: &str) {
-        if let Some(b) = self.bans.get_mut(net) {
-            b.name = name.to_owned();
+        let rec = Rec::of(&ban);
+        self.previous.remove(&ban.net);
+        if rec.expires_ms != 0 && rec.expires_ms < self.earliest_expiry.get() {
+            self.earliest_expiry.set(rec.expires_ms);
+        }
+        if self.bans.insert(ban.net, rec).is_none() {
+            *self.length_slot(&ban.net) += 1;
         }
     }
 
+    /// Records the name a banned network was logged under (nothing when it is the
+    /// address it would be logged under anyway, or the network is not banned).
+    pub fn set_name(&mut self, net: &IpNet, name: &str) {
+        let Some(ban) = self.get(net) else {
+            return;
+        };
+        if name == ban.default_name() {
+            self.names.remove(net);
+        } else {
+            self.names.insert(*net, name.into());
+        }
+    }
+
+    /// The name a banned network was logged under: its resolved name, or its address.
+    pub fn name_of(&self, ban: &Ban) -> Cow<'_, str> {
+        match self.names.get(&ban.net) {
+            Some(n) => Cow::Borrowed(n),
+            None => Cow::Owned(ban.default_name()),
+        }
+    }
+
+    /// The resolved names recorded (for the journal).
+    pub fn names(&self) -> impl Iterator<Item = (&IpNet, &str)> {
+        self.names.iter().map(|(n, s)| (n, &**s))
+    }
+
     pub fn remove(&mut self, net: &IpNet) -> Option<Ban> {
-        self.bans.remove(net)
+        let rec = self.bans.remove(net)?;
+        *self.length_slot(net) -= 1;
+        self.names.remove(net);
+        let c = self.previous.entry(*net).or_insert(0);
+        *c = (*c).max(rec.count);
+        rec.ban(*net)
     }
 
-    /// Networks whose ban has run out by `now`.
+    /// Networks whose ban has run out by `now`. Scans the store only when a ban is due
+    /// (the earliest expiry is kept), so the once-a-second call costs nothing between
+    /// expiries.
     pub fn expired(&self, now: SystemTime) -> Vec<IpNet> {
-        self.bans
-            .values()
-            .filter(|b| b.is_expired(now))
-            .map(|b| b.net)
-            .collect()
+        let now_ms = unix_ms(now);
+        if self.earliest_expiry.get() > now_ms {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let mut earliest = u64::MAX;
+        for (net, r) in &self.bans {
+            if r.expires_by(now_ms) {
+                out.push(*net);
+            }
+            if r.expires_ms != 0 {
+                // A due ban counts until it is lifted: a lift that failed is retried.
+                earliest = earliest.min(r.expires_ms);
+            }
+        }
+        self.earliest_expiry.set(earliest);
+        out
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Ban> {
-        self.bans.values()
+    pub fn iter(&self) -> impl Iterator<Item = Ban> + '_ {
+        self.bans.iter().filter_map(|(n, r)| r.ban(*n))
     }
 
-    /// How many bans each network has had (for the state file).
+    /// The records, ordered by network (for the journal).
+    pub fn records(&self) -> impl Iterator<Item = (&IpNet, &Rec)> {
+        self.bans.iter()
+    }
+
+    /// How many bans networks not banned now have had (for the journal).
     pub fn previous(&self) -> impl Iterator<Item = (&IpNet, &u32)> {
         self.previous.iter()
     }
 
-    /// Restores a ban count (from the state file).
+    pub fn previous_len(&self) -> usize {
+        self.previous.len()
+    }
+
+    /// Restores a ban count (from the journal).
     pub fn set_previous(&mut self, net: IpNet, count: u32) {
+        if self.bans.get(&net).is_some_and(|r| r.count >= count) {
+            return;
+        }
         let c = self.previous.entry(net).or_insert(0);
         *c = (*c).max(count);
     }
@@ -254,7 +484,6 @@ mod tests {
             proto: Some(Protocol::Tcp),
             scan_type: Some(ScanType::TcpSyn),
             mode: Some(ModeToken::Atcp),
-            name: net.into(),
             count,
             escalated: None,
         }
@@ -307,6 +536,71 @@ mod tests {
         assert!(s.remove(&net).is_some());
         assert_eq!(s.times_banned(&net), 1, "the count outlives the ban");
         assert!(s.covering("192.0.2.7".parse().unwrap()).is_none());
+    }
+
+    /// The expiry check scans only when a ban is due, and never misses one: an earlier
+    /// expiry inserted after a scan lowers the bound.
+    #[test]
+    fn expiry_is_checked_against_the_earliest_due() {
+        let mut s = BanStore::new();
+        let now = SystemTime::now();
+        s.insert(ban("192.0.2.1/32", 1, None));
+        assert!(
+            s.expired(now + 1000 * H).is_empty(),
+            "a permanent ban never expires"
+        );
+        s.insert(ban("192.0.2.2/32", 1, Some(now + 2 * H)));
+        s.insert(ban("192.0.2.3/32", 1, Some(now + 3 * H)));
+        assert!(s.expired(now + H).is_empty());
+        let two: IpNet = "192.0.2.2/32".parse().unwrap();
+        assert_eq!(s.expired(now + 2 * H), vec![two]);
+        // Still due until lifted; the bound is not moved past it.
+        assert_eq!(s.expired(now + 2 * H), vec![two]);
+        s.remove(&two);
+        assert!(s.expired(now + 2 * H).is_empty());
+        s.insert(ban("192.0.2.4/32", 1, Some(now + H / 2)));
+        assert_eq!(
+            s.expired(now + H),
+            vec!["192.0.2.4/32".parse::<IpNet>().unwrap()]
+        );
+        assert_eq!(s.expired(now + 4 * H).len(), 2);
+    }
+
+    /// An address's ban is looked up at the prefix lengths in use, which follow inserts
+    /// and removals; a name is kept only when it is not the address.
+    #[test]
+    fn covering_follows_the_lengths_in_use_and_names_are_kept_aside() {
+        let mut s = BanStore::new();
+        let ip: IpAddr = "198.51.100.9".parse().unwrap();
+        s.insert(ban("198.51.100.0/24", 1, None));
+        s.insert(ban("198.51.0.0/16", 1, None));
+        assert_eq!(s.covering(ip).unwrap().net.to_string(), "198.51.100.0/24");
+        s.remove(&"198.51.100.0/24".parse().unwrap());
+        assert_eq!(s.covering(ip).unwrap().net.to_string(), "198.51.0.0/16");
+        s.remove(&"198.51.0.0/16".parse().unwrap());
+        assert!(s.covering(ip).is_none());
+        assert!(s.lengths_v4.iter().all(|n| *n == 0));
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        s.insert(ban("2001:db8::/64", 1, None));
+        assert!(s.covering(v6).is_some());
+        assert!(s.covering(ip).is_none(), "the families do not mix");
+
+        let host: IpNet = "192.0.2.7/32".parse().unwrap();
+        s.insert(ban("192.0.2.7/32", 1, None));
+        s.set_name(&host, "192.0.2.7");
+        assert_eq!(s.names().count(), 0, "the address is not kept as a name");
+        s.set_name(&host, "scanner.example");
+        let b = s.get(&host).unwrap();
+        assert_eq!(s.name_of(&b), "scanner.example");
+        s.remove(&host);
+        assert_eq!(s.names().count(), 0, "the name goes with the ban");
+        assert_eq!(s.times_banned(&host), 1);
+        s.insert(ban("192.0.2.7/32", 2, None));
+        assert_eq!(s.times_banned(&host), 2);
+        assert!(
+            s.previous().all(|(n, _)| *n != host),
+            "a banned network's count is in its record"
+        );
     }
 
     #[test]

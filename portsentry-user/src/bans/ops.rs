@@ -7,12 +7,13 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context as _, Result, anyhow};
 use ipnet::IpNet;
 
 use super::{
     Ban, Book, Cause,
     guard::{Guard, Why},
+    journal::Journal,
 };
 use crate::config::Config;
 
@@ -35,7 +36,8 @@ pub struct Asker {
 }
 
 /// Bans `net` for `duration` (`None`: BAN_TIME; zero: permanent), in the kernel when it
-/// is loaded and in the files, if the ban guard lets it; the ban made.
+/// is loaded and in the journal, if the ban guard lets it; the ban made. The caller
+/// answers once it is on disk ([`on_disk`]), outside the book's lock.
 pub fn ban(
     book: &mut Book,
     config: &Config,
@@ -50,26 +52,36 @@ pub fn ban(
         session.check(&net, false)?;
     }
     let ban = book.new_ban(config, net, Cause::Operator, duration, SystemTime::now());
-    book.put(ban.clone(), force)?;
-    book.persist()?;
+    book.put(ban, force)?;
     Ok(ban)
 }
 
-/// Lifts bans and writes the files. Returns the bans lifted (their undo steps are the
-/// caller's to run, whatever else happened) and what to tell the operator: an error when
-/// a lift or a file failed, or when the network named was not banned.
+/// Waits until the change a [`Book::ticket`] names is on disk (call it without the
+/// book locked).
+pub fn on_disk(ticket: Option<(Journal, u64)>) -> Result<()> {
+    match ticket {
+        Some((journal, seq)) => journal
+            .wait(seq)
+            .context("the change is in force but not on disk"),
+        None => Ok(()),
+    }
+}
+
+/// Lifts bans (recorded in the journal; the caller answers once that is on disk,
+/// [`on_disk`]). Returns the bans lifted (their undo steps are the caller's to run,
+/// whatever else happened) and what to tell the operator: an error when a lift failed,
+/// or when the network named was not banned.
 pub fn unban(book: &mut Book, which: Unban) -> (Vec<Ban>, Result<String>) {
     let nets: Vec<IpNet> = match which {
         Unban::One(net) => vec![net],
         Unban::All => book.store.iter().map(|b| b.net).collect(),
     };
     let (lifted, failed) = book.lift_many(&nets);
-    let written = book.persist();
     let lifting = match failed.into_iter().next() {
         Some((net, e)) => Err(e.context(format!("lifting the ban of {net}"))),
         None => Ok(()),
     };
-    let result = lifting.and(written).and_then(|()| match which {
+    let result = lifting.and_then(|()| match which {
         Unban::One(net) if lifted.is_empty() => Err(anyhow!("{net} is not banned")),
         Unban::One(net) => Ok(format!("unbanned {net}")),
         Unban::All => Ok(format!("unbanned {} networks", lifted.len())),
@@ -105,12 +117,16 @@ mod tests {
             ..Config::default()
         };
         (
-            Book::new(
-                None,
-                super::super::BanStore::new(),
-                &config,
-                super::super::guard::Guard::limits(&config),
-            ),
+            {
+                let (journal, store, _) = super::super::journal::Journal::open(dir).unwrap();
+                Book::new(
+                    None,
+                    store,
+                    Some(journal),
+                    &config,
+                    super::super::guard::Guard::limits(&config),
+                )
+            },
             config,
         )
     }
@@ -141,7 +157,8 @@ mod tests {
             banned_message(&permanent.unwrap()),
             "banned 198.51.100.0/24 permanently"
         );
-        assert_eq!(super::super::state::load(dir.path()).unwrap().len(), 2);
+        on_disk(book.ticket()).unwrap();
+        assert_eq!(super::super::journal::load(dir.path()).unwrap().len(), 2);
 
         let (lifted, r) = unban(&mut book, Unban::One(net));
         assert_eq!(
@@ -156,6 +173,7 @@ mod tests {
             (lifted.len(), r.unwrap()),
             (1, "unbanned 1 networks".into())
         );
-        assert_eq!(super::super::state::load(dir.path()).unwrap().len(), 0);
+        on_disk(book.ticket()).unwrap();
+        assert_eq!(super::super::journal::load(dir.path()).unwrap().len(), 0);
     }
 }

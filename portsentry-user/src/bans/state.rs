@@ -1,12 +1,11 @@
-//! The ban store on disk (`STATE_DIR/bans.json`), so that bans survive a reboot with
-//! their expiry, and the reconciliation with the kernel's pinned maps at start-up.
-//!
-//! Written atomically (temp file, fsync, rename) after every change; times are wall
-//! clock (Unix milliseconds), so an expiry is respected across reboots.
+//! The reconciliation of the bans on record (the [journal](super::journal)) with the
+//! kernel's pinned maps at start-up, and the state file of earlier releases
+//! (`STATE_DIR/bans.json`, one JSON document rewritten whole), read once to migrate it
+//! to the journal.
 
 use std::{
     path::{Path, PathBuf},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::SystemTime,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -19,14 +18,15 @@ use serde::{Deserialize, Serialize};
 
 use super::{Ban, BanStore};
 use crate::{
-    clock, fsutil,
+    clock,
     kinds::{self, ModeToken, Protocol},
     paths,
 };
 
 const VERSION: u32 = 1;
 
-pub fn path(state_dir: &Path) -> PathBuf {
+/// The state file of earlier releases.
+pub fn json_path(state_dir: &Path) -> PathBuf {
     paths::state_file(state_dir)
 }
 
@@ -56,17 +56,16 @@ struct BanRecord {
     escalated: Option<u32>,
 }
 
-fn ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
-}
+use super::{from_unix_ms as from_ms, unix_ms as ms};
 
-fn from_ms(ms: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms)
-}
-
-/// Serializes the store.
+/// Serializes the store in the old format (tests, and the bench's migration case).
 pub fn to_json(store: &BanStore) -> String {
-    let mut previous: Vec<(IpNet, u32)> = store.previous().map(|(n, c)| (*n, *c)).collect();
+    // As the old format had it: every network's count, banned now or not.
+    let mut previous: Vec<(IpNet, u32)> = store
+        .previous()
+        .map(|(n, c)| (*n, *c))
+        .chain(store.iter().map(|b| (b.net, store.times_banned(&b.net))))
+        .collect();
     previous.sort();
     let file = StateFile {
         version: VERSION,
@@ -81,7 +80,7 @@ pub fn to_json(store: &BanStore) -> String {
                 proto: b.proto.map_or(0, Protocol::number),
                 scan_type: b.scan_type.map(|t| t.name().to_owned()),
                 mode: kinds::mode_word(b.mode).to_owned(),
-                name: b.name.clone(),
+                name: store.name_of(&b).into_owned(),
                 count: b.count,
                 escalated: b.escalated,
             })
@@ -101,6 +100,7 @@ pub fn from_json(text: &str) -> Result<BanStore> {
     for (net, count) in file.previous {
         store.set_previous(net, count);
     }
+    let mut names = Vec::new();
     for r in file.bans {
         let origin = kinds::origin_from_name(&r.origin)
             .with_context(|| format!("ban of {}: unknown origin {:?}", r.net, r.origin))?;
@@ -134,27 +134,21 @@ pub fn from_json(text: &str) -> Result<BanStore> {
             proto,
             scan_type,
             mode,
-            name: r.name,
             count: r.count,
             escalated: r.escalated,
         });
+        names.push((r.net, r.name));
+    }
+    for (net, name) in names {
+        store.set_name(&net, &name);
     }
     Ok(store)
 }
 
-/// Writes the store to `STATE_DIR/bans.json` atomically.
-pub fn save(state_dir: &Path, store: &BanStore) -> Result<()> {
-    let path = path(state_dir);
-    std::fs::create_dir_all(state_dir)
-        .with_context(|| format!("creating {}", state_dir.display()))?;
-    fsutil::write_atomic(&path, to_json(store).as_bytes(), None)
-        .with_context(|| format!("writing {}", path.display()))
-}
-
-/// Reads `STATE_DIR/bans.json`; an empty store when there is none. A file that cannot
-/// be read or parsed is an error: bans are never dropped silently.
-pub fn load(state_dir: &Path) -> Result<BanStore> {
-    let path = path(state_dir);
+/// Reads an old `STATE_DIR/bans.json`; an empty store when there is none. A file that
+/// cannot be read or parsed is an error: bans are never dropped silently.
+pub fn load_json(state_dir: &Path) -> Result<BanStore> {
+    let path = json_path(state_dir);
     match std::fs::read_to_string(&path) {
         Ok(text) => from_json(&text).with_context(|| {
             format!(
@@ -192,7 +186,6 @@ pub fn ban_from_kernel(net: IpNet, e: &BanEntry, tcp_mode: ModeToken, udp_mode: 
         proto,
         scan_type,
         mode,
-        name: net.addr().to_string(),
         count: e.count.max(1),
         // The kernel does not know escalations: one rebuilt from its entry alone is a
         // scan ban of the network.
@@ -216,43 +209,48 @@ pub struct Reconciled {
     pub pending: Vec<(IpNet, BanEntry)>,
 }
 
-/// Merges the file's bans with the kernel's: a ban in either is kept (the kernel entry
-/// only fills in what the file lacks), one that has run out is reported expired.
+/// Merges the bans on record with the kernel's: a ban in either is kept (the kernel
+/// entry only fills in what the record lacks), one that has run out is reported expired
+/// (and stays in the store until the caller lifts it, so that its end is recorded).
+/// One pass over both, in the order of networks (the kernel's are sorted here).
 pub fn reconcile(
     saved: BanStore,
-    kernel: &[(IpNet, BanEntry)],
+    mut kernel: Vec<(IpNet, BanEntry)>,
     now: SystemTime,
     tcp_mode: ModeToken,
     udp_mode: ModeToken,
 ) -> Reconciled {
-    let mut out = Reconciled::default();
-    for (net, count) in saved.previous() {
-        out.store.set_previous(*net, *count);
-    }
-    let in_kernel: std::collections::HashSet<IpNet> = kernel.iter().map(|(n, _)| *n).collect();
-    for ban in saved.iter() {
-        if ban.is_expired(now) {
-            out.expired.push(ban.clone());
-        } else {
-            if !in_kernel.contains(&ban.net) {
-                out.to_insert.push(ban.net);
-            }
-            out.store.insert(ban.clone());
+    let mut out = Reconciled {
+        store: saved,
+        ..Reconciled::default()
+    };
+    kernel.sort_unstable_by_key(|(n, _)| *n);
+    let now_ms = super::unix_ms(now);
+    let mut kernel_only = Vec::new();
+    let mut k = kernel.iter().peekable();
+    for (net, rec) in out.store.records() {
+        while let Some(e) = k.next_if(|(n, _)| n < net) {
+            kernel_only.push(*e);
+        }
+        let in_kernel = k.next_if(|(n, _)| n == net).is_some();
+        if rec.expires_ms != 0 && rec.expires_ms <= now_ms {
+            out.expired.extend(rec.ban(*net));
+        } else if !in_kernel {
+            out.to_insert.push(*net);
         }
     }
-    for (net, entry) in kernel {
-        if saved.get(net).is_some() {
-            continue;
-        }
+    kernel_only.extend(k.copied());
+    drop(kernel);
+    for (net, entry) in kernel_only {
         if entry.origin == BanOrigin::Kernel as u8 {
-            out.pending.push((*net, *entry));
+            out.pending.push((net, entry));
             continue;
         }
-        let ban = ban_from_kernel(*net, entry, tcp_mode, udp_mode);
+        let ban = ban_from_kernel(net, &entry, tcp_mode, udp_mode);
         if ban.is_expired(now) {
             out.expired.push(ban);
         } else {
-            out.adopted.push(*net);
+            out.adopted.push(net);
             out.store.insert(ban);
         }
     }
@@ -261,6 +259,8 @@ pub fn reconcile(
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
     use super::*;
 
     fn ban(net: &str, expires: Option<SystemTime>, origin: BanOrigin) -> Ban {
@@ -273,7 +273,6 @@ mod tests {
             proto: Some(Protocol::Tcp),
             scan_type: Some(ScanType::TcpSyn),
             mode: Some(ModeToken::Atcp),
-            name: "scanner.example".into(),
             count: 2,
             escalated: None,
         }
@@ -387,15 +386,15 @@ mod tests {
     }
 
     #[test]
-    fn save_and_load() {
+    fn load_json_reads_an_old_file() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(load(dir.path()).unwrap().len(), 0, "no file: no bans");
+        assert_eq!(load_json(dir.path()).unwrap().len(), 0, "no file: no bans");
         let mut s = BanStore::new();
         s.insert(ban("192.0.2.7/32", None, BanOrigin::Scan));
-        save(dir.path(), &s).unwrap();
-        assert_eq!(load(dir.path()).unwrap().len(), 1);
-        std::fs::write(path(dir.path()), "garbage").unwrap();
-        let e = load(dir.path()).unwrap_err();
+        std::fs::write(json_path(dir.path()), to_json(&s)).unwrap();
+        assert_eq!(load_json(dir.path()).unwrap().len(), 1);
+        std::fs::write(json_path(dir.path()), "garbage").unwrap();
+        let e = load_json(dir.path()).unwrap_err();
         assert!(format!("{e:#}").contains("bans.json"), "{e:#}");
     }
 
@@ -427,12 +426,14 @@ mod tests {
             ("192.0.2.4/32".parse().unwrap(), live), // made just before a crash
             ("192.0.2.5/32".parse().unwrap(), pending), // made by the program, no response yet
         ];
-        let r = reconcile(saved, &kernel, now, ModeToken::Atcp, ModeToken::Audp);
+        let r = reconcile(saved, kernel, now, ModeToken::Atcp, ModeToken::Audp);
         assert_eq!(r.to_insert, vec!["192.0.2.2/32".parse::<IpNet>().unwrap()]);
         assert_eq!(r.adopted, vec!["192.0.2.4/32".parse::<IpNet>().unwrap()]);
         assert_eq!(r.pending, vec![("192.0.2.5/32".parse().unwrap(), pending)]);
         assert_eq!(r.expired.len(), 1);
-        assert_eq!(r.store.len(), 3);
+        // The expired ban stays in the store until the daemon lifts it (and records
+        // that).
+        assert_eq!(r.store.len(), 4);
         let adopted = r.store.get(&"192.0.2.4/32".parse().unwrap()).unwrap();
         assert_eq!(
             (adopted.port, adopted.proto, adopted.mode),

@@ -1,5 +1,5 @@
 //! `portsentry ban` and `unban`: through the daemon's control socket when it runs;
-//! otherwise on the pinned maps (if loaded) and the state file directly, holding the
+//! otherwise on the pinned maps (if loaded) and the ban journal directly, holding the
 //! state lock so that no daemon starts meanwhile. Both ways run the same ban operations
 //! ([`crate::bans::ops`]).
 
@@ -13,8 +13,8 @@ use crate::{
     bans::{
         Ban, Book,
         guard::{self, Guard},
+        journal::Journal,
         ops::{self, Unban},
-        state,
     },
     config::{Config, effective},
     control::{self, Request, Response},
@@ -55,6 +55,7 @@ pub fn ban(args: &BanArgs) -> Result<String> {
     }
     let (mut book, _lock) = direct_book(&c)?;
     let ban = ops::ban(&mut book, &c, net, args.time, asker)?;
+    close(&mut book)?;
     Ok(format!(
         "{}{}",
         ops::banned_message(&ban),
@@ -82,8 +83,16 @@ pub fn unban(args: &UnbanArgs) -> Result<String> {
     }
     let (mut book, _lock) = direct_book(&c)?;
     let (lifted, result) = ops::unban(&mut book, which);
+    let closed = close(&mut book);
     run_undo(&c, &lifted)?;
-    result
+    result.and_then(|m| closed.map(|()| m))
+}
+
+/// Writes the blocked files and stops the journal's writer (everything on disk).
+fn close(book: &mut Book) -> Result<()> {
+    let blocked = book.flush(|_| {});
+    let journal = book.journal().map_or(Ok(()), Journal::close);
+    journal.and(blocked)
 }
 
 /// The ban book without a daemon: the state lock, the pinned maps when loaded.
@@ -100,11 +109,14 @@ fn direct_book(c: &Config) -> Result<(Book, fs::File)> {
     } else {
         None
     };
-    let store = state::load(&c.state_dir)?;
+    let (journal, store, opened) = Journal::open(&c.state_dir)?;
+    for line in opened.report() {
+        eprintln!("{line}");
+    }
     // The guard of the configuration as the daemon would run it: the ignore list,
     // loopback and this host's addresses.
     let guard = Guard::new(&effective::from_config(c.clone())?);
-    Ok((Book::new(dp, store, c, guard), lock))
+    Ok((Book::new(dp, store, Some(journal), c, guard), lock))
 }
 
 /// Runs the UNKILL_* steps of lifted scan bans (no daemon to do it).

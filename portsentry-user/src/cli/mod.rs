@@ -90,7 +90,7 @@ pub enum Command {
     /// commands).
     Unban(UnbanArgs),
     /// Detach the program from every interface and remove its pinned maps (the
-    /// daemon must be stopped; the bans stay on record in STATE_DIR/bans.json).
+    /// daemon must be stopped; the bans stay on record in STATE_DIR/bans.journal).
     Unload(FileArgs),
     /// Write the man pages and shell completions into a folder (for packaging).
     #[command(hide = true)]

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::{StatusArgs, config};
 use crate::{
+    bans::journal,
     bans::{Ban, state},
     kernel::{self, Dataplane},
     kinds::{self, ModeToken, Protocol},
@@ -96,7 +97,7 @@ pub fn status(args: &StatusArgs) -> Result<String> {
         })
         .unwrap_or_default();
     interfaces.sort();
-    let saved = state::load(&c.state_dir)?;
+    let saved = journal::load(&c.state_dir)?;
     let kernel_bans = match &dp {
         Some(dp) => dp.bans()?,
         None => Vec::new(),
@@ -104,15 +105,15 @@ pub fn status(args: &StatusArgs) -> Result<String> {
     let tcp_mode = c.tcp_mode.token(Protocol::Tcp);
     let udp_mode = c.udp_mode.token(Protocol::Udp);
     let mut bans: Vec<BanStatus> = Vec::new();
-    let kernel_nets: std::collections::HashSet<IpNet> =
-        kernel_bans.iter().map(|(n, _)| *n).collect();
-    let mut describe = |b: &Ban, in_kernel: bool| {
+    let mut kernel_nets: Vec<IpNet> = kernel_bans.iter().map(|(n, _)| *n).collect();
+    kernel_nets.sort_unstable();
+    let mut describe = |b: &Ban, name: String, in_kernel: bool| {
         bans.push(BanStatus {
             net: b.net,
             origin: b.origin_word(),
             escalated: b.escalated,
             reason: kinds::mode_word(b.mode),
-            name: b.name.clone(),
+            name,
             port: b.port,
             scan_type: b.scan_type.map(ScanType::name),
             since: rfc3339(b.since),
@@ -122,15 +123,17 @@ pub fn status(args: &StatusArgs) -> Result<String> {
         })
     };
     for b in saved.iter() {
-        describe(b, !loaded || kernel_nets.contains(&b.net));
+        let in_kernel = !loaded || kernel_nets.binary_search(&b.net).is_ok();
+        describe(&b, saved.name_of(&b).into_owned(), in_kernel);
     }
     for (net, e) in &kernel_bans {
-        if saved.get(net).is_none() {
+        if !saved.contains(net) {
             // A kernel-only ban of a protocol whose mode is off: recorded under the
             // advanced mode's token, as the daemon does.
             let tcp = tcp_mode.unwrap_or(ModeToken::Atcp);
             let udp = udp_mode.unwrap_or(ModeToken::Audp);
-            describe(&state::ban_from_kernel(*net, e, tcp, udp), true);
+            let b = state::ban_from_kernel(*net, e, tcp, udp);
+            describe(&b, b.default_name(), true);
         }
     }
     bans.sort_by_key(|b| b.net);

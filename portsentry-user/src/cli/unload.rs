@@ -1,12 +1,12 @@
 //! `portsentry unload`: detach the program from every interface and remove the pins
-//! (the daemon must be stopped; the bans stay on record in the state file).
+//! (the daemon must be stopped; the bans stay on record in the ban journal).
 
 use std::{fs, path::PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 
 use super::{FileArgs, config};
-use crate::{bans::state, paths, pidfile};
+use crate::{paths, pidfile};
 
 /// `portsentry unload`.
 pub fn unload(file: &FileArgs) -> Result<String> {
@@ -49,6 +49,6 @@ pub fn unload(file: &FileArgs) -> Result<String> {
         if links == 1 { "" } else { "s" },
         removed.len() - links,
         c.pin_dir.display(),
-        state::path(&c.state_dir).display()
+        crate::bans::journal::path(&c.state_dir).display()
     ))
 }

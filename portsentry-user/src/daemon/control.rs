@@ -27,6 +27,9 @@ pub(super) fn handle(shared: &Arc<Shared>, req: Request) -> Response {
             let duration = seconds.map(Duration::from_secs);
             let asker = ops::Asker { force, session };
             let made = ops::ban(&mut shared.book(), &eff.config, net, duration, asker);
+            // Answered once on disk; the book is not held meanwhile.
+            let ticket = shared.book().ticket();
+            let made = made.and_then(|ban| ops::on_disk(ticket).map(|()| ban));
             return match made {
                 Ok(ban) => {
                     shared.metrics.ban_added(BanOrigin::Manual);
@@ -43,6 +46,8 @@ pub(super) fn handle(shared: &Arc<Shared>, req: Request) -> Response {
         Request::UnbanAll => Unban::All,
     };
     let (lifted, result) = ops::unban(&mut shared.book(), which);
+    let ticket = shared.book().ticket();
+    let result = result.and_then(|m| ops::on_disk(ticket).map(|()| m));
     match which {
         Unban::One(net) if !lifted.is_empty() => shared
             .log

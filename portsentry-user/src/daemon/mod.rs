@@ -5,8 +5,8 @@
 //!
 //! The program, its maps and its links are pinned under PIN_DIR: a daemon that dies
 //! (even by `kill -9`) leaves protection in force, and the next one adopts all of it,
-//! replacing the program in the links atomically. Bans are also kept in
-//! `STATE_DIR/bans.json`, so a reboot restores them.
+//! replacing the program in the links atomically. Bans are also recorded in the ban
+//! journal (`STATE_DIR/bans.journal`), so a reboot restores them.
 
 mod admission;
 mod control;
@@ -34,7 +34,7 @@ use tokio::{
 };
 
 use crate::{
-    bans::{Book, escalate::Tracker, guard::Guard, state},
+    bans::{Book, escalate::Tracker, guard::Guard, journal::Journal, state},
     config::effective::{ConfigArgs, Effective},
     kernel::{
         Dataplane,
@@ -68,11 +68,40 @@ impl Current {
     }
 }
 
+/// Hosts acted on (banned, reported or their command run) and not since released: the
+/// ones acted on since start, and every host whose own ban is in the book (restored bans
+/// included, without a second copy of a million addresses).
+struct Handled {
+    hosts: HashSet<IpAddr>,
+    book: Arc<Mutex<Book>>,
+}
+
+impl Handled {
+    /// Locks the book (so never call it with the book locked).
+    fn contains(&self, ip: &IpAddr) -> bool {
+        self.hosts.contains(ip)
+            || self
+                .book
+                .lock()
+                .expect("book lock")
+                .store
+                .contains(&ipnet::IpNet::from(*ip))
+    }
+
+    fn insert(&mut self, ip: IpAddr) -> bool {
+        self.hosts.insert(ip)
+    }
+
+    fn retain(&mut self, keep: impl FnMut(&IpAddr) -> bool) {
+        self.hosts.retain(keep);
+    }
+}
+
 /// State shared by the event loop, the response jobs and the control socket.
 struct Shared {
-    book: Mutex<Book>,
+    book: Arc<Mutex<Book>>,
     /// Hosts acted on (banned, reported or their command run) and not since released.
-    handled: Mutex<HashSet<IpAddr>>,
+    handled: Mutex<Handled>,
     current: Mutex<Current>,
     log: Logger,
     metrics: Arc<Metrics>,
@@ -148,43 +177,65 @@ pub async fn run(
         log.warn(&format!("portsentry: warning: {w}"));
     }
 
-    // Bans: the state file's, reconciled with what the pinned maps kept.
-    let saved = state::load(&c.state_dir)?;
+    // Bans: the journal's, reconciled with what the pinned maps kept.
+    let restoring = std::time::Instant::now();
+    let (journal, saved, opened) = Journal::open(&c.state_dir)?;
+    for line in opened.report() {
+        log.warn(&line);
+    }
+    log.notice(&format!(
+        "portsentry: ban journal read: {} bans from {} bytes in {:.2?}",
+        saved.len(),
+        opened.bytes,
+        opened.took
+    ));
+    let t = std::time::Instant::now();
     let kernel_bans = dp.bans()?;
+    let read_kernel = t.elapsed();
+    let in_kernel = kernel_bans.len();
     // A kernel-only ban of a protocol whose mode is now off is recorded under the
     // advanced mode's token.
     let tcp_mode = eff.mode_token(Protocol::Tcp).unwrap_or(ModeToken::Atcp);
     let udp_mode = eff.mode_token(Protocol::Udp).unwrap_or(ModeToken::Audp);
-    let mut r = state::reconcile(saved, &kernel_bans, SystemTime::now(), tcp_mode, udp_mode);
+    let mut r = state::reconcile(saved, kernel_bans, SystemTime::now(), tcp_mode, udp_mode);
     let pending = std::mem::take(&mut r.pending);
+    let t = std::time::Instant::now();
     for net in &r.to_insert {
         let ban = r.store.get(net).expect("reconciled ban");
         dp.insert_ban(net, &ban.kernel_entry())?;
     }
+    let written = std::mem::take(&mut r.to_insert).len();
+    log.notice(&format!(
+        "portsentry: kernel maps: {in_kernel} bans read in {read_kernel:.2?}, {written} \
+         written in {:.2?}",
+        t.elapsed()
+    ));
+    let kernel_io = read_kernel + t.elapsed();
     for net in &r.adopted {
         log.notice(&format!(
             "portsentry: adopted the ban of {net} from the kernel (made before a restart)"
         ));
     }
-    let handled: HashSet<IpAddr> = r
-        .store
-        .iter()
-        .filter(|b| b.net.prefix_len() == b.net.max_prefix_len())
-        .map(|b| b.net.addr())
-        .collect();
     let ring = dp.take_events()?;
-    let restored = r.store.len();
-    let mut book = Book::new(Some(dp), r.store, c, Guard::new(&eff));
+    let mut book = Book::new(Some(dp), r.store, Some(journal), c, Guard::new(&eff));
+    for net in &r.adopted {
+        book.record(net);
+    }
     let expired_at_start = r.expired;
     for b in &expired_at_start {
         book.lift(&b.net)?;
     }
     book.persist()?;
+    let restored = book.store.len();
 
     let metrics = Arc::new(Metrics::new());
+    let book = Arc::new(Mutex::new(book));
     let shared = Arc::new(Shared {
-        book: Mutex::new(book),
-        handled: Mutex::new(handled),
+        book: book.clone(),
+        handled: Mutex::new(Handled {
+            hosts: HashSet::new(),
+            book,
+        }),
         current: Mutex::new(Current::new(eff.clone())),
         log,
         metrics: metrics.clone(),
@@ -215,6 +266,19 @@ pub async fn run(
             .notice(&format!("portsentry: metrics on http://{bound}/metrics"));
     }
     let control = crate::control::listen(&c.state_dir)?;
+    shared.log.notice(&format!(
+        "portsentry: bans restored in {:.2?}, {:.2?} of it writing and reading the kernel's \
+         maps",
+        restoring.elapsed(),
+        kernel_io
+    ));
+    // Start-up's buffers (the journal's records, the kernel's bans) are freed: give
+    // their pages back rather than keep them as free heap.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free memory of the allocator to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     shared.log.notice(&format!(
         "portsentry: active: TCP {} ports, UDP {} ports, {} ignored networks, {restored} bans \
          in force",
@@ -268,7 +332,9 @@ pub async fn run(
     )
     .await;
     let _ = fs::remove_file(paths::control_socket(&shared.eff().config.state_dir));
-    shared.book().flush()?;
+    let mut book = shared.book();
+    book.flush(|_| {})?;
+    book.persist()?;
     Ok(())
 }
 

@@ -180,7 +180,7 @@ async fn respond(
     }
     let name = resolve(shared, eff, ev.ip).await;
     if early == Some(Ban::Done) && name != ev.ip.to_string() {
-        shared.book().store.set_name(&ev.source, &name);
+        shared.book().set_name(&ev.source, &name);
     }
     let log = &shared.log;
     log.notice(&alert::attack_alert(
@@ -214,7 +214,17 @@ async fn respond(
             log.notice(&format!(
                 "attackalert: Host {blocked} has been blocked via XDP drop"
             ));
-            // The state and blocked files follow within a second (housekeeping).
+            // The kill commands that follow run once the ban is in the journal on disk
+            // (one fsync, shared with the bans made meanwhile); the blocked files follow
+            // within a second (housekeeping).
+            let ticket = shared.book().ticket();
+            if let Some((journal, seq)) = ticket
+                && let Err(e) = journal.wait_async(seq).await
+            {
+                log.warn(&format!(
+                    "portsentry: the ban of {blocked} may not survive a reboot: {e:#}"
+                ));
+            }
         } else {
             run_step(&shared.log, &shared.metrics, c, ev.ip, step, false).await;
         }

@@ -1,5 +1,5 @@
-//! Keeping the daemon current: bans that expire (and their undo steps), the state and
-//! blocked files, this host's addresses, the program's attachments, the tracked-source
+//! Keeping the daemon current: bans that expire (and their undo steps), the blocked
+//! files and the journal's compaction, this host's addresses, the program's attachments, the tracked-source
 //! count, a reloaded configuration (SIGHUP), and the metrics snapshot.
 
 use std::{
@@ -142,8 +142,9 @@ pub(super) fn enforce_guard(shared: &Arc<Shared>, when: &str) {
     }
 }
 
-/// Expires bans, writes the state and blocked files when bans changed, keeps the
-/// ports and protocols this host serves and the always-ignored addresses current, counts tracked sources.
+/// Expires bans, writes the blocked files when bans changed (and compacts the journal
+/// when it has grown), keeps the ports and protocols this host serves and the
+/// always-ignored addresses current, counts tracked sources.
 pub(super) fn housekeeping(shared: &Arc<Shared>) {
     respond::drain_waiting(shared);
     let now = SystemTime::now();
@@ -162,7 +163,16 @@ pub(super) fn housekeeping(shared: &Arc<Shared>) {
             spawn_undo(shared, b, BanEnd::Expired);
         }
     }
-    if let Err(e) = shared.book().flush() {
+    let s = shared.clone();
+    let compacted = move |r: anyhow::Result<u64>| match r {
+        Ok(bytes) => s.log.notice(&format!(
+            "portsentry: ban journal compacted to {bytes} bytes"
+        )),
+        Err(e) => s
+            .log
+            .warn(&format!("portsentry: compacting the ban journal: {e:#}")),
+    };
+    if let Err(e) = shared.book().flush(compacted) {
         shared.log.warn(&format!("portsentry: {e:#}"));
     }
     watch_links(shared);

@@ -90,26 +90,37 @@ pub fn blocked_path(base: &Path, mode: &str) -> PathBuf {
 /// regular file already there keeps its mode; a new one is 0644 less the umask. A line
 /// containing a newline is refused. Errors name the path.
 pub fn write_blocked(path: &Path, lines: &[String]) -> io::Result<()> {
+    let mut content = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+    for line in lines {
+        if line.contains('\n') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{}: refusing to write a line that contains a newline",
+                    path.display()
+                ),
+            ));
+        }
+        content.extend_from_slice(line.as_bytes());
+        content.push(b'\n');
+    }
+    write_blocked_bytes(path, &content)
+}
+
+/// [`write_blocked`] of lines already joined (each ended by `\n`).
+pub fn write_blocked_bytes(path: &Path, content: &[u8]) -> io::Result<()> {
+    write_blocked_with(path, |w| w.write_all(content))
+}
+
+/// [`write_blocked`] of what `fill` writes (buffered), each line ended by `\n`: a
+/// blocked file of a million lines is written as it is made.
+pub fn write_blocked_with(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn io::Write) -> io::Result<()>,
+) -> io::Result<()> {
+    use io::Write as _;
     let write = || -> io::Result<()> {
-        let mut content = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
-        for line in lines {
-            if line.contains('\n') {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "refusing to write a line that contains a newline",
-                ));
-            }
-            content.extend_from_slice(line.as_bytes());
-            content.push(b'\n');
-        }
-        if let Some(dir) = path.parent()
-            && !dir.as_os_str().is_empty()
-        {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(dir)?;
-        }
+        create_parent(path)?;
         let keep = match std::fs::symlink_metadata(path) {
             Ok(meta) if meta.is_file() => Some(KeepAttrs {
                 mode: meta.mode() & 0o7777,
@@ -117,9 +128,44 @@ pub fn write_blocked(path: &Path, lines: &[String]) -> io::Result<()> {
             }),
             _ => None,
         };
-        fsutil::write_atomic(path, &content, keep)
+        fsutil::write_atomic_with(path, keep, |f| {
+            let mut w = io::BufWriter::with_capacity(1 << 16, f);
+            fill(&mut w)?;
+            w.flush()
+        })
     };
     write().map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+}
+
+fn create_parent(path: &Path) -> io::Result<()> {
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)?;
+    }
+    Ok(())
+}
+
+/// Appends lines (each ended by `\n`) to a blocked file, creating it (0644 less the
+/// umask) when missing; a symlink is not followed (an error). Not fsynced: the ban
+/// journal is the record that must survive a crash; the blocked files are rewritten
+/// from it at the next start.
+pub fn append_blocked(path: &Path, content: &[u8]) -> io::Result<()> {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
+    let append = || -> io::Result<()> {
+        create_parent(path)?;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)?;
+        f.write_all(content)
+    };
+    append().map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }
 
 #[cfg(test)]

@@ -42,6 +42,8 @@ pub(crate) struct Args {
     pub(crate) compare_only: bool,
     /// Only "what a scanner gets" (probes answered before the ban).
     pub(crate) answered_only: bool,
+    /// Only the daemon's memory and start-up, and the ban journal.
+    pub(crate) memory_only: bool,
 }
 
 fn parse_args() -> Args {
@@ -54,6 +56,7 @@ fn parse_args() -> Args {
         baseline: None,
         compare_only: false,
         answered_only: false,
+        memory_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -67,6 +70,10 @@ fn parse_args() -> Args {
         }
         if arg == "--answered-only" {
             a.answered_only = true;
+            continue;
+        }
+        if arg == "--memory-only" {
+            a.memory_only = true;
             continue;
         }
         let mut val = |name: &str| {
@@ -83,7 +90,7 @@ fn parse_args() -> Args {
             other => panic!(
                 "unknown argument {other}; use --repeat N --rounds N --reaction-runs N \
                  (at most 250) --scale N --flood-secs N --baseline OBJECT --compare-only \
-                 --answered-only"
+                 --answered-only --memory-only"
             ),
         }
     }
@@ -164,6 +171,11 @@ fn main() {
         answered::answered();
         return;
     }
+    if args.memory_only {
+        memory::daemon_memory(args.scale);
+        memory::journal(args.scale, 3);
+        return;
+    }
     if let Some(baseline) = &args.baseline {
         compare::compare(&args, baseline);
         if args.compare_only {
@@ -181,4 +193,5 @@ fn main() {
         answered::answered();
     }
     memory::daemon_memory(args.scale);
+    memory::journal(args.scale, 3);
 }

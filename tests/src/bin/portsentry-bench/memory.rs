@@ -1,77 +1,266 @@
-//! 3. Memory: the daemon's resident memory per ban (the kernel's is in `per_packet`).
+//! 3. Memory: the daemon's resident memory per ban (the kernel's is in `per_packet`),
+//!    its start-up with a million bans on record, and the ban journal's throughput and
+//!    recovery time.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use ipnet::IpNet;
+use portsentry_common::{ScanType, maps::BanOrigin};
 use portsentry_tests::{
     daemon::{Daemon, Workdir},
     netns::TestNet,
 };
+use portsentry_user::{
+    bans::{
+        Ban, BanStore,
+        journal::{self, Journal},
+    },
+    kinds::{ModeToken, Protocol},
+};
 
 use crate::filler;
 
-/// The daemon's resident memory with no bans and with `n` bans restored from its state
-/// file (bytes per ban = the difference / n).
-pub(crate) fn daemon_memory(n: u32) {
-    use portsentry_common::{ScanType, maps::BanOrigin};
-    use portsentry_user::bans::{Ban, BanStore};
-    let rss = |pid: u32| -> (u64, u64) {
-        let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let field = |k: &str| {
-            st.lines()
-                .find_map(|l| l.strip_prefix(k))
-                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-                .unwrap_or(0)
-                * 1024
-        };
-        (field("VmRSS:"), field("VmHWM:"))
+fn scan_ban(net: IpNet, now: SystemTime) -> Ban {
+    Ban {
+        net,
+        origin: BanOrigin::Scan,
+        since: now,
+        expires: None,
+        port: 22,
+        proto: Some(Protocol::Tcp),
+        scan_type: Some(ScanType::TcpSyn),
+        mode: Some(ModeToken::Atcp),
+        count: 1,
+        escalated: None,
+    }
+}
+
+/// Writes a journal of `n` bans (as a compaction would: one record each).
+fn write_journal(state_dir: &std::path::Path, n: u32) {
+    let now = SystemTime::now();
+    let mut store = BanStore::new();
+    for i in 0..n {
+        store.insert(scan_ban(IpNet::from(filler(i)), now));
+    }
+    std::fs::create_dir_all(state_dir).unwrap();
+    std::fs::write(journal::path(state_dir), journal::encode_store(&store)).unwrap();
+}
+
+fn rss(pid: u32) -> (u64, u64) {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |k: &str| {
+        st.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
     };
-    let mut rows = Vec::new();
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The daemon's resident memory and start-up with no bans and with `n` bans on record
+/// in its journal (bytes per ban = the difference / n): after a reboot (no pinned maps:
+/// every ban is written to the kernel) and after a restart (the pinned maps kept).
+pub(crate) fn daemon_memory(n: u32) {
+    struct Row {
+        case: String,
+        rss: u64,
+        peak: u64,
+        started: Duration,
+        journal_line: String,
+    }
+    let mut rows: Vec<Row> = Vec::new();
+    let mut ops = String::new();
     for bans in [0, n] {
         let net = TestNet::new(0);
         let wd = Workdir::new();
         let conf = wd.config(&net.server_if, &format!("MAX_BANS=\"{}\"\n", n + 16));
-        let mut store = BanStore::new();
-        let now = std::time::SystemTime::now();
-        for i in 0..bans {
-            let a = filler(i);
-            store.insert(Ban {
-                net: IpNet::from(a),
-                origin: BanOrigin::Scan,
-                since: now,
-                expires: None,
-                port: 22,
-                proto: Some(portsentry_user::kinds::Protocol::Tcp),
-                scan_type: Some(ScanType::TcpSyn),
-                mode: Some(portsentry_user::kinds::ModeToken::Atcp),
-                name: a.to_string(),
-                count: 1,
-                escalated: None,
+        write_journal(&wd.path("state"), bans);
+        for case in ["boot", "restart"] {
+            if bans == 0 && case == "restart" {
+                continue;
+            }
+            let t = Instant::now();
+            let d = Daemon::start(&net.server, &["run", "-c", conf.to_str().unwrap()]);
+            let started = t.elapsed();
+            // Settled: the first second's housekeeping writes the blocked files (a
+            // million lines with a million bans); RSS once it stops moving.
+            std::thread::sleep(Duration::from_secs(2));
+            let mut last = rss(d.child.id()).0;
+            for _ in 0..40 {
+                std::thread::sleep(Duration::from_millis(500));
+                let now = rss(d.child.id()).0;
+                if now.abs_diff(last) * 200 < last {
+                    break;
+                }
+                last = now;
+            }
+            let (now_rss, peak) = rss(d.child.id());
+            if bans > 0 && case == "restart" {
+                // What an operator does at this size, through the running daemon.
+                let t = Instant::now();
+                let (ok, out, err) = wd.cli(&["status", "--json"]);
+                let status = t.elapsed();
+                assert!(ok, "status: {err}");
+                let listed = out.matches("\"net\"").count();
+                let victim = filler(bans / 2).to_string();
+                let t = Instant::now();
+                let (ok, _, err) = wd.cli(&["unban", &victim]);
+                let unban = t.elapsed();
+                assert!(ok, "unban {victim}: {err}");
+                let t = Instant::now();
+                let (ok, _, err) = wd.cli(&["ban", &victim]);
+                let ban = t.elapsed();
+                assert!(ok, "ban {victim}: {err}");
+                ops = format!(
+                    "With {bans} bans, through the running daemon: `portsentry status --json` \
+                     {status:.2?} ({listed} bans listed), `portsentry unban ADDR` {unban:.2?}, \
+                     `portsentry ban ADDR` {ban:.2?} (each a process of its own, answered once \
+                     the change is on disk)."
+                );
+            }
+            let journal_line = d
+                .lines()
+                .into_iter()
+                .filter(|l| {
+                    ["ban journal read", "kernel maps:", "bans restored in"]
+                        .iter()
+                        .any(|k| l.contains(k))
+                })
+                .filter_map(|l| {
+                    Some(l[l.find("portsentry: ")? + "portsentry: ".len()..].to_owned())
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            d.stop();
+            let case = match case {
+                "boot" => format!("{bans}, no pinned maps (a reboot)"),
+                _ => format!("{bans}, pinned maps kept (a restart)"),
+            };
+            rows.push(Row {
+                case,
+                rss: now_rss,
+                peak,
+                started,
+                journal_line,
             });
         }
-        portsentry_user::bans::state::save(&wd.path("state"), &store).unwrap();
-        drop(store);
-        let t = Instant::now();
-        let d = Daemon::start(&net.server, &["run", "-c", conf.to_str().unwrap()]);
-        let started = t.elapsed();
-        std::thread::sleep(Duration::from_secs(2));
-        let (now_rss, peak) = rss(d.child.id());
-        d.stop();
-        rows.push((bans, now_rss, peak, started));
     }
-    println!("## Daemon memory (VmRSS after start-up; peak = VmHWM)\n");
-    println!("| bans restored | RSS | peak | start-up |\n|---:|---:|---:|---:|");
-    for (b, r, p, t) in &rows {
+    println!("## Daemon memory (VmRSS once settled after start-up; peak = VmHWM)\n");
+    println!("| bans on record | RSS | peak | start-up |\n|---|---:|---:|---:|");
+    for r in &rows {
         println!(
-            "| {b} | {:.1} MiB | {:.1} MiB | {:.1?} |",
-            *r as f64 / 1048576.0,
-            *p as f64 / 1048576.0,
-            t
+            "| {} | {:.1} MiB | {:.1} MiB | {:.2?} |",
+            r.case,
+            r.rss as f64 / 1048576.0,
+            r.peak as f64 / 1048576.0,
+            r.started
         );
     }
-    let per = (rows[1].1 as f64 - rows[0].1 as f64) / f64::from(n);
+    let per = (rows[1].rss as f64 - rows[0].rss as f64) / f64::from(n);
+    let peak_per = (rows[1].peak as f64 - rows[0].peak as f64) / f64::from(n);
     println!(
-        "\nDaemon memory per ban: {per:.0} bytes (plus {} bytes in the kernel map, above).\n",
-        112
+        "\nDaemon memory per ban: {per:.0} bytes (peak {peak_per:.0}), plus 112 bytes in the \
+         kernel map (above). Start-up with {n} bans minus start-up with none: {:.2?} after a \
+         reboot, {:.2?} after a restart.",
+        rows[1].started.saturating_sub(rows[0].started),
+        rows[2].started.saturating_sub(rows[0].started),
+    );
+    for r in &rows[1..] {
+        println!("- {}: {}", r.case, r.journal_line);
+    }
+    println!("\n{ops}\n");
+}
+
+/// The ban journal alone, in this process, on the file system of a temporary folder:
+/// durable bans per second (each ban's writer waiting for its fsync, 1 and 16 writers at
+/// once: the daemon runs up to 16 responses), and the time to recover `n` bans.
+pub(crate) fn journal(n: u32, secs: u64) {
+    println!("## Ban journal (STATE_DIR/bans.journal)\n");
+    println!(
+        "| writers, each waiting for its ban's fsync | durable bans/s | fsyncs/s | bans per fsync |\n|---:|---:|---:|---:|"
+    );
+    for writers in [1u32, 16] {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _, _) = Journal::open(dir.path()).unwrap();
+        let now = SystemTime::now();
+        let stop = Instant::now() + Duration::from_secs(secs);
+        let t = Instant::now();
+        let fsyncs_before = j.fsyncs();
+        let total: u32 = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..writers)
+                .map(|w| {
+                    let j = j.clone();
+                    s.spawn(move || {
+                        let mut k = 0u32;
+                        while Instant::now() < stop {
+                            let ban = scan_ban(IpNet::from(filler(w * 10_000_000 + k)), now);
+                            let seq = j.put(&ban);
+                            j.wait(seq).unwrap();
+                            k += 1;
+                        }
+                        k
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        let took = t.elapsed().as_secs_f64();
+        let fsyncs = j.fsyncs() - fsyncs_before;
+        j.close().unwrap();
+        let back = journal::read(&journal::path(dir.path())).unwrap().unwrap();
+        assert_eq!(
+            back.store.len(),
+            total as usize,
+            "every durable ban reads back"
+        );
+        println!(
+            "| {writers} | {:.0} | {:.0} | {:.1} |",
+            f64::from(total) / took,
+            fsyncs as f64 / took,
+            f64::from(total) / fsyncs.max(1) as f64
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_journal(dir.path(), n);
+    let bytes = std::fs::metadata(journal::path(dir.path())).unwrap().len();
+    // Read it once to have it in the page cache, as after the daemon wrote it.
+    let _ = std::fs::read(journal::path(dir.path())).unwrap();
+    let me = std::process::id();
+    let (rss_before, _) = rss(me);
+    let t = Instant::now();
+    let (j, store, _) = Journal::open(dir.path()).unwrap();
+    let took = t.elapsed();
+    let (rss_after, _) = rss(me);
+    assert_eq!(store.len(), n as usize);
+    let t = Instant::now();
+    j.compact_now(&store).unwrap();
+    let compact = t.elapsed();
+    // Expiry: the once-a-second check with none due, then with one due (a full scan).
+    let mut timed = store;
+    let later = SystemTime::now() + Duration::from_secs(3600);
+    let t = Instant::now();
+    assert!(timed.expired(SystemTime::now()).is_empty());
+    let idle = t.elapsed();
+    timed.insert(Ban {
+        expires: Some(later),
+        ..scan_ban(IpNet::from(filler(n)), SystemTime::now())
+    });
+    let t = Instant::now();
+    assert!(timed.expired(SystemTime::now()).is_empty());
+    let idle_timed = t.elapsed();
+    let t = Instant::now();
+    assert_eq!(timed.expired(later).len(), 1);
+    let due = t.elapsed();
+    j.close().unwrap();
+    println!(
+        "\nRecovery of a journal of {n} bans ({:.1} MiB, {} bytes a ban): {took:.2?} \
+         (read, checksums, the store built). A compaction of it (written, fsynced, renamed): \
+         {compact:.2?}. The store it built: {:.0} bytes of resident memory a ban. The \
+         once-a-second expiry check over it: {idle:.1?} with no timed ban, {idle_timed:.1?} \
+         with none due, {due:.1?} when one is due (the scan).\n",
+        bytes as f64 / 1048576.0,
+        journal::PUT_SIZE,
+        (rss_after as f64 - rss_before as f64) / f64::from(n)
     );
 }

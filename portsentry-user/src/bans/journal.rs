@@ -1,0 +1,517 @@
+//! The ban journal (`STATE_DIR/bans.journal`): every change to the bans, appended as
+//! it is made, so that bans survive a reboot with their expiry.
+//!
+//! **Format.** An 8-byte header (`PSBANJ` and the version, `\x00\x01`), then records:
+//!
+//! ```text
+//! crc32 (u32 LE) | length (u16 LE) | kind (u8) | payload (length bytes)
+//! ```
+//!
+//! The CRC-32 (IEEE, the `crc32fast` crate) covers the length, the kind and the payload.
+//! Kinds: [`PUT`] (a ban in force: the network and its fixed-size record, 48 bytes),
+//! [`LIFT`] (a ban ended: the network, 18 bytes), [`COUNT`] (how many bans a network not
+//! banned now has had: network and count), [`NAME`] (the name a banned host was logged
+//! under: network and UTF-8 name). A network is its family (4 or 6), its prefix length
+//! and 16 address bytes (IPv4 in the first four). Integers are little-endian; times are
+//! wall-clock milliseconds since the Unix epoch, so an expiry holds across reboots.
+//!
+//! **Durability.** Appends go to a buffer; one thread writes the buffer and fsyncs
+//! (`fdatasync`) as soon as it holds anything, and the changes made while one fsync runs
+//! go together in the next (group commit): a change is on disk one fsync after it was
+//! made, a few milliseconds, however many come at once. [`Journal::wait`] returns once a
+//! change is on disk: the reply to `portsentry ban` and `unban` and the kill commands of
+//! a scan ban wait for it, so a ban acknowledged (answered, or acted on) survives a crash
+//! followed by a reboot.
+//!
+//! **Recovery.** On start the records are replayed in order; the first record that is
+//! cut short (a crash during a write) or whose checksum does not match ends the replay:
+//! what came before it is kept, the problem is logged with the file and the offset, the
+//! damaged file is kept aside (`bans.journal.damaged`) and a clean journal is written
+//! from what was recovered.
+//!
+//! **Compaction.** When the file holds more than twice what the bans in force need (plus
+//! 1 MiB), a snapshot of the store is written to a new file by a thread of its own, the
+//! changes made meanwhile are appended to it, and it replaces the journal (rename, then
+//! fsync of the directory). Appends and fsyncs go on during the snapshot's write.
+//!
+//! **Migration.** A `bans.json` from an earlier release is read on the first start that
+//! finds no journal, written to a new journal, and renamed to `bans.json.migrated`.
+
+mod codec;
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, BufReader, Write},
+    os::unix::fs::OpenOptionsExt as _,
+    path::{Path, PathBuf},
+    sync::{Arc, Condvar, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use ipnet::IpNet;
+
+use super::{Ban, BanStore, state};
+use codec::Rebuild;
+pub use codec::{
+    COUNT, Damage, HEADER, LIFT, NAME, PUT, PUT_SIZE, Record, encode_count, encode_lift,
+    encode_name, encode_put, encode_store, replay,
+};
+
+pub fn path(state_dir: &Path) -> PathBuf {
+    crate::paths::journal_file(state_dir)
+}
+
+/// What reading a journal found.
+#[derive(Debug)]
+pub struct Recovered {
+    pub store: BanStore,
+    /// Bytes of intact records (header included).
+    pub intact: u64,
+    pub damage: Option<Damage>,
+}
+
+/// Reads the journal at `path` (no change to it); `None` when there is none.
+pub fn read(path: &Path) -> Result<Option<Recovered>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    let mut rebuild = Rebuild::default();
+    let (intact, damage) = replay(&mut BufReader::with_capacity(1 << 20, file), |r| {
+        rebuild.add(r)
+    })
+    .with_context(|| format!("reading {}", path.display()))?;
+    Ok(Some(Recovered {
+        store: rebuild.finish(),
+        intact,
+        damage,
+    }))
+}
+
+/// The bans on record in STATE_DIR, read only (`status`, and the CLI's look before it
+/// changes anything): the journal's, or an old `bans.json`'s when no journal exists
+/// yet. A damaged journal's intact part.
+pub fn load(state_dir: &Path) -> Result<BanStore> {
+    match read(&path(state_dir))? {
+        Some(r) => Ok(r.store),
+        None => state::load_json(state_dir),
+    }
+}
+
+// ---- the file, the writer thread and compaction -------------------------------------------
+
+/// Appends made and not yet handed to the writer thread.
+struct Pending {
+    buf: Vec<u8>,
+    /// The number of the last change appended.
+    seq: u64,
+    /// Bumped when a compacted file replaces the journal: a batch taken before belongs
+    /// to the old file (and is in the new one already).
+    generation: u64,
+    /// While a compaction writes its snapshot: the changes made since, for the new file.
+    since_snapshot: Option<Vec<u8>>,
+    stop: bool,
+}
+
+/// What is on disk.
+struct Synced {
+    /// Changes up to this number are on disk.
+    seq: u64,
+    /// The last write or fsync error, with the first change it lost; cleared by the
+    /// next success.
+    error: Option<(u64, String)>,
+}
+
+struct Disk {
+    file: File,
+    /// Bytes of the file that hold whole records.
+    len: u64,
+}
+
+struct Inner {
+    path: PathBuf,
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    synced: Mutex<Synced>,
+    done: Condvar,
+    disk: Mutex<Disk>,
+    compacting: Mutex<bool>,
+    /// Successful fsyncs of appended changes (the bench reports bans per fsync).
+    fsyncs: std::sync::atomic::AtomicU64,
+    /// The async side of `synced.seq`.
+    synced_watch: tokio::sync::watch::Sender<u64>,
+}
+
+/// The ban journal: appends, the writer thread, compaction. Cloning shares it.
+#[derive(Clone)]
+pub struct Journal(Arc<Inner>);
+
+/// What opening the journal did, for the log.
+#[derive(Debug, Default)]
+pub struct Opened {
+    /// Damage found at the end of the journal (its intact part was kept).
+    pub damage: Option<(PathBuf, Damage)>,
+    /// `bans.json` migrated, and where it went.
+    pub migrated: Option<PathBuf>,
+    /// Bytes of the journal as found, and how long reading it took.
+    pub bytes: u64,
+    pub took: Duration,
+}
+
+impl Opened {
+    /// The lines to log.
+    pub fn report(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some((file, d)) = &self.damage {
+            out.push(format!(
+                "portsentry: the ban journal {} is damaged ({d}): the bans recorded before \
+                 byte {} were recovered, the rest is lost; the damaged file was kept as \
+                 {}.damaged",
+                file.display(),
+                d.offset(),
+                file.display()
+            ));
+        }
+        if let Some(to) = &self.migrated {
+            out.push(format!(
+                "portsentry: the bans of {} were moved to the ban journal; the old file was \
+                 kept as {}",
+                to.with_extension("").display(),
+                to.display()
+            ));
+        }
+        out
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Writes `bytes` to `path` as a new file and fsyncs it.
+fn write_new(path: &Path, bytes: &[u8]) -> io::Result<File> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(f)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Journal {
+    /// Opens the journal in `state_dir` for appending, recovering its bans: a damaged
+    /// tail is set aside (logged by the caller from [`Opened::report`]), an old
+    /// `bans.json` migrated. Starts the writer thread.
+    pub fn open(state_dir: &Path) -> Result<(Journal, BanStore, Opened)> {
+        fs::create_dir_all(state_dir)
+            .with_context(|| format!("creating {}", state_dir.display()))?;
+        let path = path(state_dir);
+        let t = Instant::now();
+        let mut opened = Opened::default();
+        let (store, rewrite) = match read(&path)? {
+            Some(r) => {
+                opened.bytes = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                let rewrite = r.damage.is_some() || r.intact == 0;
+                if let Some(d) = r.damage {
+                    let aside = PathBuf::from(format!("{}.damaged", path.display()));
+                    fs::copy(&path, &aside)
+                        .with_context(|| format!("keeping {} aside", path.display()))?;
+                    opened.damage = Some((path.clone(), d));
+                }
+                (r.store, rewrite)
+            }
+            None => {
+                let old = state::json_path(state_dir);
+                let store = state::load_json(state_dir)?;
+                if old.exists() {
+                    opened.migrated = Some(PathBuf::from(format!("{}.migrated", old.display())));
+                }
+                (store, true)
+            }
+        };
+        opened.took = t.elapsed();
+        if rewrite {
+            let tmp = path.with_extension("journal.tmp");
+            write_new(&tmp, &encode_store(&store))
+                .with_context(|| format!("writing {}", tmp.display()))?;
+            fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+            sync_dir(state_dir).with_context(|| format!("syncing {}", state_dir.display()))?;
+        }
+        // The journal is on disk before the old file goes aside.
+        if let Some(to) = &opened.migrated {
+            fs::rename(state::json_path(state_dir), to)
+                .with_context(|| format!("renaming the old state file to {}", to.display()))?;
+        }
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let len = file.metadata()?.len();
+        let (tx, _) = tokio::sync::watch::channel(0);
+        let inner = Arc::new(Inner {
+            path,
+            pending: Mutex::new(Pending {
+                buf: Vec::new(),
+                seq: 0,
+                generation: 0,
+                since_snapshot: None,
+                stop: false,
+            }),
+            wake: Condvar::new(),
+            synced: Mutex::new(Synced {
+                seq: 0,
+                error: None,
+            }),
+            done: Condvar::new(),
+            disk: Mutex::new(Disk { file, len }),
+            compacting: Mutex::new(false),
+            fsyncs: 0.into(),
+            synced_watch: tx,
+        });
+        let writer = inner.clone();
+        std::thread::Builder::new()
+            .name("ban-journal".into())
+            .spawn(move || writer.write_loop())
+            .context("starting the journal's writer thread")?;
+        Ok((Journal(inner), store, opened))
+    }
+
+    /// Appends one change (the encoder writes it); its number, for [`Journal::wait`].
+    fn append(&self, encode: impl Fn(&mut Vec<u8>)) -> u64 {
+        let mut p = lock(&self.0.pending);
+        encode(&mut p.buf);
+        if let Some(s) = p.since_snapshot.as_mut() {
+            encode(s);
+        }
+        p.seq += 1;
+        let seq = p.seq;
+        drop(p);
+        self.0.wake.notify_one();
+        seq
+    }
+
+    pub fn put(&self, ban: &Ban) -> u64 {
+        self.append(|o| encode_put(o, ban))
+    }
+
+    pub fn lift(&self, net: &IpNet) -> u64 {
+        self.append(|o| encode_lift(o, net))
+    }
+
+    pub fn name(&self, net: &IpNet, name: &str) -> u64 {
+        self.append(|o| encode_name(o, net, name))
+    }
+
+    /// The number of the last change appended.
+    pub fn last(&self) -> u64 {
+        lock(&self.0.pending).seq
+    }
+
+    /// Waits until change `seq` (and every one before it) is on disk; an error when
+    /// writing it failed.
+    pub fn wait(&self, seq: u64) -> Result<()> {
+        let mut s = lock(&self.0.synced);
+        loop {
+            if s.seq >= seq {
+                return Ok(());
+            }
+            if let Some((from, e)) = &s.error
+                && *from <= seq
+            {
+                bail!("writing {}: {e}", self.0.path.display());
+            }
+            s = self.0.done.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// [`Journal::wait`] for async code.
+    pub async fn wait_async(&self, seq: u64) -> Result<()> {
+        let mut rx = self.0.synced_watch.subscribe();
+        loop {
+            {
+                let s = lock(&self.0.synced);
+                if s.seq >= seq {
+                    return Ok(());
+                }
+                if let Some((from, e)) = &s.error
+                    && *from <= seq
+                {
+                    bail!("writing {}: {e}", self.0.path.display());
+                }
+            }
+            if rx.changed().await.is_err() {
+                bail!("the journal's writer stopped");
+            }
+        }
+    }
+
+    /// How many fsyncs of appended changes were made.
+    pub fn fsyncs(&self) -> u64 {
+        self.0.fsyncs.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The journal's size on disk.
+    pub fn bytes(&self) -> u64 {
+        lock(&self.0.disk).len
+    }
+
+    /// Whether the file holds more than twice what `store` needs, plus 1 MiB, and no
+    /// compaction runs.
+    pub fn wants_compaction(&self, store: &BanStore) -> bool {
+        let need = (store.len() + store.previous_len()) * PUT_SIZE;
+        self.bytes() > 2 * need as u64 + (1 << 20) && !*lock(&self.0.compacting)
+    }
+
+    /// Compacts the journal to `store` in the background. The caller holds the book
+    /// (no change is appended while the snapshot is encoded). `done` is called with the
+    /// outcome from the compaction's thread.
+    pub fn compact(&self, store: &BanStore, done: impl FnOnce(Result<u64>) + Send + 'static) {
+        {
+            let mut c = lock(&self.0.compacting);
+            if *c {
+                return;
+            }
+            *c = true;
+        }
+        let snapshot = encode_store(store);
+        lock(&self.0.pending).since_snapshot = Some(Vec::new());
+        let inner = self.0.clone();
+        let spawned = std::thread::Builder::new()
+            .name("ban-compaction".into())
+            .spawn(move || {
+                let r = inner.compact_with(&snapshot);
+                lock(&inner.pending).since_snapshot = None;
+                *lock(&inner.compacting) = false;
+                done(r);
+            });
+        if spawned.is_err() {
+            lock(&self.0.pending).since_snapshot = None;
+            *lock(&self.0.compacting) = false;
+        }
+    }
+
+    /// Compacts now, in this thread (tests, the bench).
+    pub fn compact_now(&self, store: &BanStore) -> Result<u64> {
+        *lock(&self.0.compacting) = true;
+        let snapshot = encode_store(store);
+        lock(&self.0.pending).since_snapshot = Some(Vec::new());
+        let r = self.0.compact_with(&snapshot);
+        lock(&self.0.pending).since_snapshot = None;
+        *lock(&self.0.compacting) = false;
+        r
+    }
+
+    /// Stops the writer thread once everything appended is on disk.
+    pub fn close(&self) -> Result<()> {
+        let last = self.last();
+        let r = self.wait(last);
+        lock(&self.0.pending).stop = true;
+        self.0.wake.notify_one();
+        r
+    }
+}
+
+impl Inner {
+    fn write_loop(self: Arc<Self>) {
+        loop {
+            let (batch, seq, generation) = {
+                let mut p = lock(&self.pending);
+                while p.buf.is_empty() && !p.stop {
+                    p = self.wake.wait(p).unwrap_or_else(|e| e.into_inner());
+                }
+                if p.buf.is_empty() {
+                    return;
+                }
+                (std::mem::take(&mut p.buf), p.seq, p.generation)
+            };
+            let mut disk = lock(&self.disk);
+            if lock(&self.pending).generation != generation {
+                // A compacted file replaced the journal meanwhile, with these changes.
+                continue;
+            }
+            let good = disk.len;
+            let r = disk
+                .file
+                .write_all(&batch)
+                .and_then(|()| disk.file.sync_data());
+            match r {
+                Ok(()) => {
+                    disk.len += batch.len() as u64;
+                    self.fsyncs
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    drop(disk);
+                    self.mark_synced(seq, None);
+                }
+                Err(e) => {
+                    // Never append after a record that may be cut short: back to the
+                    // last whole record, the batch kept for the next try.
+                    let _ = disk.file.set_len(good);
+                    drop(disk);
+                    {
+                        let mut p = lock(&self.pending);
+                        let mut again = batch;
+                        again.extend_from_slice(&p.buf);
+                        p.buf = again;
+                    }
+                    let first = lock(&self.synced).seq + 1;
+                    self.mark_synced(0, Some((first, e.to_string())));
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+    }
+
+    fn mark_synced(&self, seq: u64, error: Option<(u64, String)>) {
+        let mut s = lock(&self.synced);
+        s.seq = s.seq.max(seq);
+        s.error = error;
+        let now = s.seq;
+        drop(s);
+        self.done.notify_all();
+        self.synced_watch.send_replace(now);
+    }
+
+    /// Writes `snapshot` to a new file, then the changes made since, and puts it in the
+    /// journal's place; the new file's size.
+    fn compact_with(&self, snapshot: &[u8]) -> Result<u64> {
+        let tmp = self.path.with_extension("journal.tmp");
+        let mut f =
+            write_new(&tmp, snapshot).with_context(|| format!("writing {}", tmp.display()))?;
+        let mut disk = lock(&self.disk);
+        let mut p = lock(&self.pending);
+        let tail = p.since_snapshot.take().unwrap_or_default();
+        f.write_all(&tail)
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, &self.path).with_context(|| format!("writing {}", self.path.display()))?;
+        if let Some(dir) = self.path.parent() {
+            sync_dir(dir).with_context(|| format!("syncing {}", dir.display()))?;
+        }
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .with_context(|| format!("opening {}", self.path.display()))?;
+        let len = (snapshot.len() + tail.len()) as u64;
+        *disk = Disk { file, len };
+        // Every change appended so far is in the new file.
+        p.buf.clear();
+        p.generation += 1;
+        let seq = p.seq;
+        drop(p);
+        drop(disk);
+        self.mark_synced(seq, None);
+        Ok(len)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,353 @@
+//! The journal's format: records encoded, replayed, checked, and the store rebuilt
+//! from them (the layout is in the [module's documentation](super)).
+
+use std::{
+    collections::HashMap,
+    io::{self, Read},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use ipnet::IpNet;
+
+use crate::bans::{Ban, BanStore, Rec};
+
+/// The file's first bytes: a name and the format version.
+pub const HEADER: [u8; 8] = *b"PSBANJ\x00\x01";
+/// A ban in force.
+pub const PUT: u8 = 1;
+/// A ban ended.
+pub const LIFT: u8 = 2;
+/// The ban count of a network not banned now.
+pub const COUNT: u8 = 3;
+/// The name a banned host was logged under.
+pub const NAME: u8 = 4;
+
+/// Bytes before a record's payload: CRC, length, kind.
+pub(super) const FRAME: usize = 4 + 2 + 1;
+pub(super) const NET: usize = 18;
+const PUT_PAYLOAD: usize = NET + 32;
+/// The bytes one ban takes in the journal.
+pub const PUT_SIZE: usize = FRAME + PUT_PAYLOAD;
+
+fn put_net(out: &mut Vec<u8>, net: &IpNet) {
+    let mut addr = [0u8; 16];
+    let family = match net.addr() {
+        IpAddr::V4(a) => {
+            addr[..4].copy_from_slice(&a.octets());
+            4
+        }
+        IpAddr::V6(a) => {
+            addr = a.octets();
+            6
+        }
+    };
+    out.push(family);
+    out.push(net.prefix_len());
+    out.extend_from_slice(&addr);
+}
+
+fn get_net(b: &[u8]) -> Option<IpNet> {
+    let addr: [u8; 16] = b.get(2..NET)?.try_into().ok()?;
+    let net = match b[0] {
+        4 => IpNet::new(
+            IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3])),
+            b[1],
+        ),
+        6 => IpNet::new(IpAddr::V6(Ipv6Addr::from(addr)), b[1]),
+        _ => return None,
+    };
+    net.ok()
+}
+
+fn frame(out: &mut Vec<u8>, kind: u8, payload: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.extend_from_slice(&[0; FRAME]);
+    payload(out);
+    let len = u16::try_from(out.len() - start - FRAME).expect("a record's payload fits u16");
+    out[start + 4..start + 6].copy_from_slice(&len.to_le_bytes());
+    out[start + 6] = kind;
+    let crc = crc32fast::hash(&out[start + 4..]);
+    out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn encode_rec(out: &mut Vec<u8>, net: &IpNet, r: &Rec) {
+    frame(out, PUT, |o| {
+        put_net(o, net);
+        o.extend_from_slice(&r.since_ms.to_le_bytes());
+        o.extend_from_slice(&r.expires_ms.to_le_bytes());
+        o.extend_from_slice(&r.count.to_le_bytes());
+        o.extend_from_slice(&r.escalated.to_le_bytes());
+        o.extend_from_slice(&r.port.to_le_bytes());
+        o.extend_from_slice(&[r.origin, r.scan_type, r.proto, r.mode]);
+        o.extend_from_slice(&[0; 2]);
+    });
+}
+
+/// Appends the record of `ban` in force.
+pub fn encode_put(out: &mut Vec<u8>, ban: &Ban) {
+    encode_rec(out, &ban.net, &Rec::of(ban));
+}
+
+/// Appends the record of the ban of `net` ended.
+pub fn encode_lift(out: &mut Vec<u8>, net: &IpNet) {
+    frame(out, LIFT, |o| put_net(o, net));
+}
+
+/// Appends the record of `net`'s ban count.
+pub fn encode_count(out: &mut Vec<u8>, net: &IpNet, count: u32) {
+    frame(out, COUNT, |o| {
+        put_net(o, net);
+        o.extend_from_slice(&count.to_le_bytes());
+    });
+}
+
+/// Appends the record of the name `net` was logged under (cut to 255 bytes, at a
+/// character boundary).
+pub fn encode_name(out: &mut Vec<u8>, net: &IpNet, name: &str) {
+    let mut end = name.len().min(255);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    frame(out, NAME, |o| {
+        put_net(o, net);
+        o.extend_from_slice(&name.as_bytes()[..end]);
+    });
+}
+
+/// The whole store as records, after the header (a compacted journal).
+pub fn encode_store(store: &BanStore) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER.len() + store.len() * PUT_SIZE);
+    out.extend_from_slice(&HEADER);
+    for (net, r) in store.records() {
+        encode_rec(&mut out, net, r);
+    }
+    for (net, count) in store.previous() {
+        encode_count(&mut out, net, *count);
+    }
+    for (net, name) in store.names() {
+        encode_name(&mut out, net, name);
+    }
+    out
+}
+
+/// One record read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    Put(IpNet, Rec),
+    Lift(IpNet),
+    Count(IpNet, u32),
+    Name(IpNet, Box<str>),
+}
+
+/// Why a replay stopped before the end of the file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Damage {
+    /// The file ends inside a record (a crash during a write).
+    Truncated { offset: u64 },
+    /// A record's checksum does not match, or it does not decode.
+    Corrupt { offset: u64, why: &'static str },
+}
+
+impl Damage {
+    pub fn offset(&self) -> u64 {
+        match self {
+            Damage::Truncated { offset } | Damage::Corrupt { offset, .. } => *offset,
+        }
+    }
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Damage::Truncated { offset } => write!(f, "cut short at byte {offset}"),
+            Damage::Corrupt { offset, why } => write!(f, "{why} at byte {offset}"),
+        }
+    }
+}
+
+fn decode_payload(kind: u8, p: &[u8]) -> Result<Record, &'static str> {
+    let net = get_net(p).ok_or("an invalid network")?;
+    let rest = &p[NET..];
+    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4"));
+    let u64_at = |b: &[u8], i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8"));
+    match kind {
+        PUT if rest.len() == 32 => {
+            let r = Rec {
+                since_ms: u64_at(rest, 0),
+                expires_ms: u64_at(rest, 8),
+                count: u32_at(rest, 16),
+                escalated: u32_at(rest, 20),
+                port: u16::from_le_bytes([rest[24], rest[25]]),
+                origin: rest[26],
+                scan_type: rest[27],
+                proto: rest[28],
+                mode: rest[29],
+            };
+            if r.ban(net).is_none() {
+                return Err("a ban record with an invalid field");
+            }
+            Ok(Record::Put(net, r))
+        }
+        LIFT if rest.is_empty() => Ok(Record::Lift(net)),
+        COUNT if rest.len() == 4 => Ok(Record::Count(net, u32_at(rest, 0))),
+        NAME => std::str::from_utf8(rest)
+            .map(|s| Record::Name(net, s.into()))
+            .map_err(|_| "a name that is not UTF-8"),
+        PUT | LIFT | COUNT => Err("a record of the wrong length"),
+        _ => Err("an unknown record kind"),
+    }
+}
+
+/// Reads records from `r` (after the header) into `each`, until the end or the first
+/// damaged record; the bytes of intact records read (header included) and the damage,
+/// if any.
+pub fn replay(
+    r: &mut impl Read,
+    mut each: impl FnMut(Record),
+) -> io::Result<(u64, Option<Damage>)> {
+    let mut header = [0u8; HEADER.len()];
+    let got = read_full(r, &mut header)?;
+    if got == 0 {
+        // An empty file: created, nothing written yet.
+        return Ok((0, None));
+    }
+    if got < HEADER.len() {
+        return Ok((0, Some(Damage::Truncated { offset: 0 })));
+    }
+    if header != HEADER {
+        return Ok((
+            0,
+            Some(Damage::Corrupt {
+                offset: 0,
+                why: "not a portsentry ban journal (header)",
+            }),
+        ));
+    }
+    let mut offset = HEADER.len() as u64;
+    let mut buf = vec![0u8; FRAME + usize::from(u16::MAX)];
+    loop {
+        let got = read_full(r, &mut buf[..FRAME])?;
+        if got == 0 {
+            return Ok((offset, None));
+        }
+        if got < FRAME {
+            return Ok((offset, Some(Damage::Truncated { offset })));
+        }
+        let crc = u32::from_le_bytes(buf[0..4].try_into().expect("4"));
+        let len = usize::from(u16::from_le_bytes([buf[4], buf[5]]));
+        let kind = buf[6];
+        let got = read_full(r, &mut buf[FRAME..FRAME + len])?;
+        if got < len {
+            return Ok((offset, Some(Damage::Truncated { offset })));
+        }
+        if crc32fast::hash(&buf[4..FRAME + len]) != crc {
+            return Ok((
+                offset,
+                Some(Damage::Corrupt {
+                    offset,
+                    why: "a checksum mismatch",
+                }),
+            ));
+        }
+        match decode_payload(kind, &buf[FRAME..FRAME + len]) {
+            Ok(rec) => each(rec),
+            Err(why) => return Ok((offset, Some(Damage::Corrupt { offset, why }))),
+        }
+        offset += (FRAME + len) as u64;
+    }
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Builds the store from records in journal order: the last word on each network wins
+/// (sorted by network, then by position, so the tree is built in one pass).
+#[derive(Default)]
+pub(super) struct Rebuild {
+    ops: Vec<(IpNet, u32, Op)>,
+    names: Vec<(IpNet, u32, Box<str>)>,
+    seq: u32,
+}
+
+#[derive(Clone, Copy)]
+enum Op {
+    Put(Rec),
+    Lift,
+    Count(u32),
+}
+
+impl Rebuild {
+    pub(super) fn add(&mut self, r: Record) {
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        match r {
+            Record::Put(n, rec) => self.ops.push((n, seq, Op::Put(rec))),
+            Record::Lift(n) => self.ops.push((n, seq, Op::Lift)),
+            Record::Count(n, c) => self.ops.push((n, seq, Op::Count(c))),
+            Record::Name(n, s) => self.names.push((n, seq, s)),
+        }
+    }
+
+    pub(super) fn finish(mut self) -> BanStore {
+        self.ops.sort_unstable_by_key(|(n, s, _)| (*n, *s));
+        let mut bans: Vec<(IpNet, Rec)> = Vec::with_capacity(self.ops.len());
+        let mut previous = HashMap::new();
+        let mut puts_at: HashMap<IpNet, u32> = HashMap::new();
+        let mut i = 0;
+        while i < self.ops.len() {
+            let net = self.ops[i].0;
+            let (mut cur, mut prev, mut put_seq) = (None::<Rec>, 0u32, 0u32);
+            while i < self.ops.len() && self.ops[i].0 == net {
+                match self.ops[i].2 {
+                    Op::Put(r) => {
+                        cur = Some(r);
+                        prev = 0;
+                        put_seq = self.ops[i].1;
+                    }
+                    Op::Lift => {
+                        if let Some(r) = cur.take() {
+                            prev = prev.max(r.count);
+                        }
+                    }
+                    Op::Count(c) => prev = prev.max(c),
+                }
+                i += 1;
+            }
+            match cur {
+                Some(r) => {
+                    if prev > r.count {
+                        previous.insert(net, prev);
+                    }
+                    if !self.names.is_empty() {
+                        puts_at.insert(net, put_seq);
+                    }
+                    bans.push((net, r));
+                }
+                None if prev > 0 => {
+                    previous.insert(net, prev);
+                }
+                None => {}
+            }
+        }
+        drop(self.ops);
+        // A name belongs to the ban it followed (a later ban of the network has none
+        // until its own name record).
+        let mut names = HashMap::new();
+        for (net, seq, name) in self.names {
+            if puts_at.get(&net).is_some_and(|p| *p < seq) {
+                names.insert(net, name);
+            }
+        }
+        BanStore::from_sorted(bans, previous, names)
+    }
+}

@@ -1,0 +1,417 @@
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use portsentry_common::{ScanType, maps::BanOrigin};
+
+use super::{
+    codec::{FRAME, NET},
+    *,
+};
+use crate::kinds::{ModeToken, Protocol};
+
+fn ban(net: &str, count: u32) -> Ban {
+    Ban {
+        net: net.parse().unwrap(),
+        origin: BanOrigin::Scan,
+        since: UNIX_EPOCH + Duration::from_millis(1_795_625_334_123),
+        expires: Some(UNIX_EPOCH + Duration::from_millis(1_900_000_000_456)),
+        port: 22,
+        proto: Some(Protocol::Tcp),
+        scan_type: Some(ScanType::TcpSyn),
+        mode: Some(ModeToken::Stcp),
+        count,
+        escalated: None,
+    }
+}
+
+fn manual(net: &str) -> Ban {
+    Ban {
+        origin: BanOrigin::Manual,
+        expires: None,
+        port: 0,
+        proto: None,
+        scan_type: None,
+        mode: None,
+        ..ban(net, 1)
+    }
+}
+
+/// A journal's bytes: three bans, one lifted, a name, an escalation.
+fn sample() -> Vec<u8> {
+    let mut out = HEADER.to_vec();
+    encode_put(&mut out, &ban("192.0.2.7/32", 1));
+    encode_put(&mut out, &manual("2001:db8::/64"));
+    encode_name(
+        &mut out,
+        &"192.0.2.7/32".parse().unwrap(),
+        "scanner.example",
+    );
+    encode_put(&mut out, &ban("198.51.100.9/32", 3));
+    encode_lift(&mut out, &"198.51.100.9/32".parse().unwrap());
+    encode_put(
+        &mut out,
+        &Ban {
+            escalated: Some(5),
+            ..ban("203.0.113.0/24", 1)
+        },
+    );
+    out
+}
+
+fn replay_all(bytes: &[u8]) -> (Vec<Record>, u64, Option<Damage>) {
+    let mut recs = Vec::new();
+    let (intact, damage) = replay(&mut &bytes[..], |r| recs.push(r)).unwrap();
+    (recs, intact, damage)
+}
+
+fn rebuild(bytes: &[u8]) -> BanStore {
+    let mut r = Rebuild::default();
+    replay(&mut &bytes[..], |rec| r.add(rec)).unwrap();
+    r.finish()
+}
+
+fn nets(s: &BanStore) -> Vec<String> {
+    s.iter().map(|b| b.net.to_string()).collect()
+}
+
+#[test]
+fn records_round_trip() {
+    let bytes = sample();
+    let (recs, intact, damage) = replay_all(&bytes);
+    assert_eq!(damage, None);
+    assert_eq!(intact, bytes.len() as u64);
+    assert_eq!(recs.len(), 6);
+    assert_eq!(
+        bytes.len(),
+        HEADER.len() + 4 * PUT_SIZE + (FRAME + NET) + (FRAME + NET + 15)
+    );
+    let Record::Put(net, rec) = &recs[0] else {
+        panic!("{:?}", recs[0]);
+    };
+    assert_eq!(rec.ban(*net).unwrap(), ban("192.0.2.7/32", 1));
+    let s = rebuild(&bytes);
+    assert_eq!(
+        nets(&s),
+        ["192.0.2.7/32", "203.0.113.0/24", "2001:db8::/64"]
+    );
+    assert_eq!(
+        s.get(&"2001:db8::/64".parse().unwrap()).unwrap(),
+        manual("2001:db8::/64")
+    );
+    let esc = s.get(&"203.0.113.0/24".parse().unwrap()).unwrap();
+    assert_eq!(esc.escalated, Some(5));
+    let host = s.get(&"192.0.2.7/32".parse().unwrap()).unwrap();
+    assert_eq!(s.name_of(&host), "scanner.example");
+    assert_eq!(s.name_of(&esc), "203.0.113.0/24");
+    // The lifted ban's count is kept for the next ban's duration.
+    assert_eq!(s.times_banned(&"198.51.100.9/32".parse().unwrap()), 3);
+    // A compacted journal of the store holds the same.
+    let again = rebuild(&encode_store(&s));
+    assert_eq!(
+        again.iter().collect::<Vec<_>>(),
+        s.iter().collect::<Vec<_>>()
+    );
+    assert_eq!(again.times_banned(&"198.51.100.9/32".parse().unwrap()), 3);
+    assert_eq!(again.name_of(&host), "scanner.example");
+}
+
+#[test]
+fn the_last_word_on_a_network_wins() {
+    let mut out = HEADER.to_vec();
+    let n: IpNet = "192.0.2.7/32".parse().unwrap();
+    encode_put(&mut out, &ban("192.0.2.7/32", 1));
+    encode_name(&mut out, &n, "old.example");
+    encode_lift(&mut out, &n);
+    encode_put(&mut out, &ban("192.0.2.7/32", 2));
+    let s = rebuild(&out);
+    let b = s.get(&n).unwrap();
+    assert_eq!(b.count, 2);
+    assert_eq!(
+        s.name_of(&b),
+        "192.0.2.7",
+        "the old ban's name went with it"
+    );
+    encode_lift(&mut out, &n);
+    let s = rebuild(&out);
+    assert!(s.is_empty());
+    assert_eq!(s.times_banned(&n), 2);
+}
+
+/// Cut at every byte: the replay keeps exactly the records wholly before the cut and
+/// says where the damage starts.
+#[test]
+fn a_truncated_journal_keeps_its_intact_prefix() {
+    let bytes = sample();
+    let (all, _, _) = replay_all(&bytes);
+    let mut ends = vec![HEADER.len()];
+    {
+        let mut at = HEADER.len();
+        while at < bytes.len() {
+            let len = usize::from(u16::from_le_bytes([bytes[at + 4], bytes[at + 5]]));
+            at += FRAME + len;
+            ends.push(at);
+        }
+    }
+    for cut in 0..bytes.len() {
+        let (recs, intact, damage) = replay_all(&bytes[..cut]);
+        let whole = ends.iter().filter(|e| **e <= cut).count();
+        let kept = whole.saturating_sub(1);
+        assert_eq!(recs, all[..kept], "cut at {cut}");
+        if cut == 0 {
+            assert_eq!(damage, None, "an empty file is a new journal");
+        } else if ends.contains(&cut) {
+            assert_eq!(damage, None, "cut at {cut}, a record boundary");
+            assert_eq!(intact, cut as u64);
+        } else {
+            let at = ends
+                .iter()
+                .rev()
+                .find(|e| **e <= cut)
+                .map_or(0, |e| *e as u64);
+            let at = if cut < HEADER.len() { 0 } else { at };
+            assert_eq!(
+                damage,
+                Some(Damage::Truncated { offset: at }),
+                "cut at {cut}"
+            );
+            assert_eq!(intact, at);
+        }
+    }
+}
+
+/// Flip every bit after the header, one at a time: the damaged record and everything
+/// after it are dropped, everything before it kept, and the offset is the record's.
+#[test]
+fn a_bit_flip_is_caught_by_the_checksum() {
+    let bytes = sample();
+    let (all, _, _) = replay_all(&bytes);
+    let mut starts = Vec::new();
+    let mut at = HEADER.len();
+    while at < bytes.len() {
+        starts.push(at);
+        let len = usize::from(u16::from_le_bytes([bytes[at + 4], bytes[at + 5]]));
+        at += FRAME + len;
+    }
+    for byte in HEADER.len()..bytes.len() {
+        for bit in 0..8 {
+            let mut bad = bytes.clone();
+            bad[byte] ^= 1 << bit;
+            let (recs, intact, damage) = replay_all(&bad);
+            let i = starts.iter().rposition(|s| *s <= byte).unwrap();
+            assert_eq!(recs, all[..i], "byte {byte} bit {bit}");
+            assert_eq!(intact, starts[i] as u64, "byte {byte} bit {bit}");
+            let d = damage.unwrap_or_else(|| panic!("byte {byte} bit {bit}: not detected"));
+            assert_eq!(d.offset(), starts[i] as u64);
+        }
+    }
+    let mut bad = bytes.clone();
+    bad[0] = b'X';
+    let (recs, _, damage) = replay_all(&bad);
+    assert!(recs.is_empty());
+    assert!(matches!(damage, Some(Damage::Corrupt { offset: 0, .. })));
+}
+
+#[test]
+fn a_record_with_a_valid_checksum_but_bad_fields_is_corrupt() {
+    let mut out = HEADER.to_vec();
+    encode_put(&mut out, &ban("192.0.2.7/32", 1));
+    let good = out.len();
+    // Origin 9 does not exist: re-frame the payload with a matching CRC.
+    let mut rec = Vec::new();
+    encode_put(&mut rec, &ban("192.0.2.8/32", 1));
+    let payload_origin = FRAME + NET + 26;
+    rec[payload_origin] = 9;
+    let crc = crc32fast::hash(&rec[4..]);
+    rec[..4].copy_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&rec);
+    let (recs, intact, damage) = replay_all(&out);
+    assert_eq!(recs.len(), 1);
+    assert_eq!(intact, good as u64);
+    assert_eq!(
+        damage,
+        Some(Damage::Corrupt {
+            offset: good as u64,
+            why: "a ban record with an invalid field"
+        })
+    );
+}
+
+#[test]
+fn open_recovers_sets_a_damaged_tail_aside_and_appends_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = path(dir.path());
+    let mut bytes = sample();
+    let intact = bytes.len();
+    encode_put(&mut bytes, &ban("192.0.2.99/32", 1));
+    bytes.truncate(bytes.len() - 3);
+    fs::write(&p, &bytes).unwrap();
+    let (j, store, opened) = Journal::open(dir.path()).unwrap();
+    assert_eq!(store.len(), 3);
+    let (file, damage) = opened.damage.clone().unwrap();
+    assert_eq!(file, p);
+    assert_eq!(
+        damage,
+        Damage::Truncated {
+            offset: intact as u64
+        }
+    );
+    let report = opened.report().join("\n");
+    assert!(
+        report.contains(&p.display().to_string()) && report.contains(&format!("byte {intact}")),
+        "{report}"
+    );
+    assert_eq!(
+        fs::read(dir.path().join("bans.journal.damaged")).unwrap(),
+        bytes
+    );
+    // Appends after recovery land after intact records, and read back.
+    let seq = j.put(&ban("192.0.2.100/32", 1));
+    j.wait(seq).unwrap();
+    j.close().unwrap();
+    let r = read(&p).unwrap().unwrap();
+    assert_eq!(r.damage, None);
+    assert_eq!(r.store.len(), 4);
+    assert!(r.store.contains(&"192.0.2.100/32".parse().unwrap()));
+    // Opening a sound journal changes nothing.
+    let before = fs::read(&p).unwrap();
+    let (j, store, opened) = Journal::open(dir.path()).unwrap();
+    j.close().unwrap();
+    assert!(opened.report().is_empty());
+    assert_eq!(store.len(), 4);
+    assert_eq!(fs::read(&p).unwrap(), before);
+}
+
+#[test]
+fn an_old_state_file_is_migrated_once_and_kept_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut old = BanStore::new();
+    old.insert(ban("192.0.2.7/32", 2));
+    old.set_name(&"192.0.2.7/32".parse().unwrap(), "scanner.example");
+    old.insert(manual("198.51.100.0/24"));
+    old.set_previous("203.0.113.5/32".parse().unwrap(), 4);
+    let json = state::to_json(&old);
+    fs::write(state::json_path(dir.path()), &json).unwrap();
+    assert_eq!(
+        load(dir.path()).unwrap().len(),
+        2,
+        "read only: the old file"
+    );
+    let (j, store, opened) = Journal::open(dir.path()).unwrap();
+    j.close().unwrap();
+    assert_eq!(
+        store.iter().collect::<Vec<_>>(),
+        old.iter().collect::<Vec<_>>()
+    );
+    let migrated = dir.path().join("bans.json.migrated");
+    assert_eq!(opened.migrated.as_deref(), Some(migrated.as_path()));
+    assert!(
+        opened.report()[0].contains("bans.json.migrated"),
+        "{:?}",
+        opened.report()
+    );
+    assert!(!state::json_path(dir.path()).exists());
+    assert_eq!(fs::read_to_string(&migrated).unwrap(), json);
+    let back = load(dir.path()).unwrap();
+    assert_eq!(back.times_banned(&"203.0.113.5/32".parse().unwrap()), 4);
+    let b = back.get(&"192.0.2.7/32".parse().unwrap()).unwrap();
+    assert_eq!(back.name_of(&b), "scanner.example");
+    // The next start finds the journal, and migrates nothing.
+    let (j, store, opened) = Journal::open(dir.path()).unwrap();
+    j.close().unwrap();
+    assert!(opened.migrated.is_none());
+    assert_eq!(store.len(), 2);
+}
+
+#[test]
+fn a_broken_old_state_file_is_an_error_and_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(state::json_path(dir.path()), "garbage").unwrap();
+    let e = Journal::open(dir.path()).err().unwrap();
+    assert!(format!("{e:#}").contains("bans.json"), "{e:#}");
+    assert!(state::json_path(dir.path()).exists());
+    assert!(!path(dir.path()).exists());
+}
+
+/// Changes made while a compaction writes its snapshot end up in the new file, in
+/// order; the file shrinks to what the bans need.
+#[test]
+fn compaction_keeps_changes_made_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, mut store, _) = Journal::open(dir.path()).unwrap();
+    for round in 0..20u32 {
+        for i in 0..200u32 {
+            let b = ban(&format!("10.{round}.{}.{}/32", i / 250, i % 250), round + 1);
+            store.insert(b);
+            j.put(&b);
+        }
+        for i in 0..150u32 {
+            let n: IpNet = format!("10.{round}.{}.{}/32", i / 250, i % 250)
+                .parse()
+                .unwrap();
+            store.remove(&n);
+            j.lift(&n);
+        }
+    }
+    j.wait(j.last()).unwrap();
+    let big = j.bytes();
+    assert_eq!(store.len(), 20 * 50);
+    let (tx, rx) = std::sync::mpsc::channel();
+    j.compact(&store, move |r| {
+        tx.send(r.map_err(|e| e.to_string())).unwrap()
+    });
+    // Changes while it runs.
+    let late = ban("192.0.2.1/32", 1);
+    store.insert(late);
+    j.put(&late);
+    let gone: IpNet = "10.0.0.199/32".parse().unwrap();
+    store.remove(&gone);
+    j.lift(&gone);
+    rx.recv().unwrap().unwrap();
+    j.wait(j.last()).unwrap();
+    // The two changes made meanwhile are in the new file whether they came before the
+    // switch (its tail) or after (appended to it).
+    let small = j.bytes();
+    // The snapshot (1000 bans, the counts of the 3000 lifted) and the two changes
+    // made meanwhile, nothing else.
+    assert_eq!(
+        small,
+        (HEADER.len() + 1000 * PUT_SIZE + 3000 * (FRAME + NET + 4) + PUT_SIZE + FRAME + NET) as u64
+    );
+    assert!(small < big / 2, "{small} of {big}");
+    let seq = j.put(&ban("192.0.2.2/32", 1));
+    store.insert(ban("192.0.2.2/32", 1));
+    j.wait(seq).unwrap();
+    j.close().unwrap();
+    let r = read(&path(dir.path())).unwrap().unwrap();
+    assert_eq!(r.damage, None);
+    assert_eq!(
+        r.store.iter().collect::<Vec<_>>(),
+        store.iter().collect::<Vec<_>>()
+    );
+    assert_eq!(r.store.times_banned(&gone), 1);
+}
+
+/// Many threads appending and waiting at once: every change waited for is on disk, and
+/// they share fsyncs (group commit).
+#[test]
+fn waiters_share_fsyncs_and_see_their_change_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _, _) = Journal::open(dir.path()).unwrap();
+    let t = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for th in 0..8u32 {
+            let j = j.clone();
+            s.spawn(move || {
+                for i in 0..100u32 {
+                    let seq = j.put(&ban(&format!("10.{th}.{}.{}/32", i / 250, i % 250), 1));
+                    j.wait(seq).unwrap();
+                }
+            });
+        }
+    });
+    let took = t.elapsed();
+    j.close().unwrap();
+    let r = read(&path(dir.path())).unwrap().unwrap();
+    assert_eq!(r.store.len(), 800);
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    let _ = SystemTime::now();
+}

@@ -1,0 +1,215 @@
+//! The ban journal (`STATE_DIR/bans.journal`) end to end: a daemon killed with SIGKILL
+//! in the middle of a burst of bans, then its pinned maps removed (what a reboot does),
+//! comes back with every ban it acknowledged; a scan ban is in the journal before its
+//! kill commands run; a truncated or bit-flipped journal gives back its intact part and
+//! says which file and where.
+
+use std::{
+    net::{IpAddr, TcpListener},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use portsentry_tests::{
+    daemon::{Workdir, wait_until},
+    netns::TestNet,
+    require_kernel,
+    scenario::{ban_nets, probe, start, status},
+};
+use portsentry_user::bans::journal;
+
+/// Removes what a reboot removes: the program, its links and its pinned maps.
+fn reboot(wd: &Workdir) {
+    let (ok, out, err) = wd.cli(&["unload"]);
+    assert!(ok, "unload: {out}{err}");
+    assert!(!wd.pin_dir.exists(), "pins left behind");
+}
+
+fn in_kernel(st: &serde_json::Value, net: &str) -> bool {
+    st["bans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|b| b["net"] == net && b["in_kernel"] == true)
+}
+
+#[test]
+fn kill_9_mid_burst_then_a_reboot_keeps_every_acknowledged_ban() {
+    require_kernel!();
+    let net = TestNet::new(1);
+    let wd = Workdir::new();
+    wd.config(&net.server_if, "");
+    let d = start(&net, &wd);
+
+    // Four operators ban as fast as the daemon answers; a ban counts as acknowledged
+    // when `portsentry ban` says so.
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let wd = Arc::new(wd);
+    let workers: Vec<_> = (0..4u32)
+        .map(|t| {
+            let (acked, stop, wd) = (acked.clone(), stop.clone(), wd.clone());
+            std::thread::spawn(move || {
+                let mut i = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let ip = format!("10.{t}.{}.{}", i / 250, i % 250 + 1);
+                    let (ok, out, _) = wd.cli(&["ban", &ip]);
+                    if ok && out.starts_with(&format!("banned {ip}/32")) {
+                        acked.lock().unwrap().push(format!("{ip}/32"));
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    assert!(
+        wait_until(Duration::from_secs(60), || acked.lock().unwrap().len()
+            >= 60),
+        "only {} bans acknowledged",
+        acked.lock().unwrap().len()
+    );
+    // Mid-burst: the operators are still banning.
+    let before_kill = acked.lock().unwrap().len();
+    d.kill9();
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= before_kill);
+
+    reboot(&wd);
+    let on_disk = journal::load(&wd.path("state")).unwrap();
+    let d = start(&net, &wd);
+    let read = d.wait_for("ban journal read:", Duration::from_secs(5));
+    let st = status(&wd);
+    let banned = ban_nets(&st);
+    let missing: Vec<&String> = acked.iter().filter(|n| !banned.contains(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged bans lost: {missing:?}\n{read}",
+        missing.len(),
+        acked.len()
+    );
+    for n in &acked {
+        assert!(in_kernel(&st, n), "{n} is not back in the kernel");
+    }
+    assert!(on_disk.len() >= acked.len(), "{read}");
+    assert!(d.stop().success());
+}
+
+#[test]
+fn a_scan_ban_is_in_the_journal_before_its_kill_commands_run() {
+    require_kernel!();
+    let net = TestNet::new(1);
+    let wd = Workdir::new();
+    let pid_file = wd.path("state").join("portsentry.pid");
+    // The first kill command after the XDP ban kills the daemon outright: the moment
+    // the ban counts as acknowledged (its commands run).
+    wd.config(
+        &net.server_if,
+        &format!(
+            "KILL_ROUTE=\"echo route $TARGET$ >> {} && kill -9 $(cat {})\"\n",
+            wd.path("order").display(),
+            pid_file.display()
+        ),
+    );
+    let _svc = net
+        .server
+        .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
+    let scanner: IpAddr = net.attacker_v4[0];
+    let mut d = start(&net, &wd);
+    probe(&net, scanner);
+    assert!(
+        wait_until(Duration::from_secs(15), || d
+            .child
+            .try_wait()
+            .unwrap()
+            .is_some()),
+        "the kill command did not kill the daemon; log:\n{}",
+        d.lines().join("\n")
+    );
+    assert!(d.has_line(&format!(
+        "attackalert: Host {scanner} has been blocked via XDP drop"
+    )));
+    assert!(
+        wd.read("order").contains(&format!("route {scanner}")),
+        "{}",
+        wd.read("order")
+    );
+    reboot(&wd);
+    wd.config(&net.server_if, "");
+    let d = start(&net, &wd);
+    let st = status(&wd);
+    assert!(
+        in_kernel(&st, &format!("{scanner}/32")),
+        "the scan ban did not survive: {st:#}\nlog:\n{}",
+        d.lines().join("\n")
+    );
+    let ban = st["bans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["net"] == format!("{scanner}/32"))
+        .unwrap();
+    assert_eq!(ban["origin"], "scan", "{ban}");
+    assert_eq!(ban["port"], 23, "{ban}");
+    assert!(d.stop().success());
+}
+
+#[test]
+fn a_damaged_journal_gives_back_its_intact_part_and_says_where() {
+    require_kernel!();
+    let net = TestNet::new(1);
+    let wd = Workdir::new();
+    wd.config(&net.server_if, "");
+    let d = start(&net, &wd);
+    for ip in ["192.0.2.10", "192.0.2.20", "192.0.2.30"] {
+        let (ok, out, err) = wd.cli(&["ban", ip]);
+        assert!(ok, "ban {ip}: {out}{err}");
+    }
+    assert!(d.stop().success());
+    reboot(&wd);
+    let file = journal::path(&wd.path("state"));
+    let damaged = wd.path("state").join("bans.journal.damaged");
+
+    // Cut short inside the last record (a crash during a write).
+    let bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - journal::PUT_SIZE;
+    std::fs::write(&file, &bytes[..bytes.len() - 5]).unwrap();
+    let d = start(&net, &wd);
+    let line = d.wait_for("is damaged", Duration::from_secs(5));
+    assert!(
+        line.contains(&file.display().to_string())
+            && line.contains("cut short")
+            && line.contains(&format!("byte {last}")),
+        "{line}"
+    );
+    let mut nets = ban_nets(&status(&wd));
+    nets.sort();
+    assert_eq!(nets, ["192.0.2.10/32", "192.0.2.20/32"]);
+    assert_eq!(std::fs::read(&damaged).unwrap(), &bytes[..bytes.len() - 5]);
+    assert!(d.stop().success());
+    reboot(&wd);
+
+    // One bit flipped in the second of the two records the daemon rewrote (in the
+    // order of networks): only the first ban is left, and the log says where.
+    let mut bytes = std::fs::read(&file).unwrap();
+    let second = journal::HEADER.len() + journal::PUT_SIZE;
+    assert_eq!(bytes.len(), second + journal::PUT_SIZE, "a clean journal");
+    bytes[second + 20] ^= 0x10;
+    std::fs::write(&file, &bytes).unwrap();
+    let d = start(&net, &wd);
+    let line = d.wait_for("is damaged", Duration::from_secs(5));
+    assert!(
+        line.contains("checksum") && line.contains(&format!("byte {second}")),
+        "{line}"
+    );
+    assert_eq!(ban_nets(&status(&wd)), ["192.0.2.10/32"]);
+    // The intact ban is in force again, in the kernel.
+    assert!(in_kernel(&status(&wd), "192.0.2.10/32"));
+    assert!(d.stop().success());
+}
