@@ -37,6 +37,7 @@ const BASE: &[(&str, &str)] = &[
     ("dpkg", "dpkg: Essential"),
     ("dpkg-deb", "dpkg: Essential"),
     ("md5sum", "coreutils: Essential"),
+    ("cat", "coreutils: Essential"),
     ("chroot", "coreutils: Essential"),
     ("tar", "tar: Essential"),
     ("gzip", "gzip: Essential"),
@@ -44,7 +45,7 @@ const BASE: &[(&str, &str)] = &[
 ];
 
 /// Built into the shell (dash), whatever is installed.
-const SHELL_BUILTINS: &[&str] = &["echo", "exit", "exec", "command"];
+const SHELL_BUILTINS: &[&str] = &["echo", "exit", "exec", "command", "kill"];
 
 /// The toolchain `cargo xtask` itself runs in, and what xtask builds.
 const TOOLCHAIN: &[&str] = &["cargo", "rustc", "rustup", "bpf-linker", "portsentry"];
