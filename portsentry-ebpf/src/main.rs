@@ -46,7 +46,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use portsentry_common::{
-    Addr, Counter, ScanType,
+    Addr, Counter, PROTO_TCP, ScanType,
     maps::{
         ACK_PORT_WORDS, BAN_CACHE_SLOTS, BAN_FILTER_WORDS, BAN_NETS_MAX, BANS_MAX, BanEntry,
         BanSlot, EVENTS_BYTES, EventBudget, IGNORE_FILTER_WORDS, IGNORE_MAX, IGNORE_SINGLE,
@@ -54,7 +54,11 @@ use portsentry_common::{
         SETTING_IGNORE_WIDE, SETTING_VERIFY, SOURCES_MAX, Settings, SourceStats, ignore_filter_bit,
         v6_source_prefix,
     },
-    packet::{AddrWords, EthHdr, Ip, L4, Packet, parse_ip, parse_l4, prefix_words, scan_type},
+    packet::{
+        AddrWords, EthHdr, Ip, L4, Packet, TINY_FLAGLESS, parse_ip, parse_l4, prefix_words,
+        scan_type,
+    },
+    scan::tcp_flags::{ACK, RST},
 };
 
 use crate::{
@@ -142,17 +146,16 @@ fn inspect(ctx: &XdpContext) -> Counter {
         Some(p) => prefix_words(&ip.src, p),
         None => ip.src,
     };
-    // The transport header is read before the ban check: from here on the parser's
-    // offsets are dead, so the verifier walks the rest once for all the shapes that
-    // parse alike (VLAN tags, IPv6 extension chains) instead of once per shape.
-    let l4 = parse_l4(&pkt, &ip);
     if is_banned(&key, &ip.src, settings) {
         if !is_spared(&ip.src, settings) {
             return Counter::DropBanned;
         }
         count(Counter::BanSpared);
     }
-    let l4 = match l4 {
+    // From here on the parser's offsets are dead (the challenge parses the frame again),
+    // so the verifier walks the rest once for all the shapes that parse alike (VLAN tags,
+    // IPv6 extension chains) instead of once per shape.
+    let l4 = match parse_l4(&pkt, &ip) {
         Ok(l4) => l4,
         Err(Counter::PassHeaderChain) if settings.flags & SETTING_DROP_EVASIVE != 0 => {
             return Counter::DropHeaderChain;
@@ -186,11 +189,13 @@ fn inspect_l4(
     prefix: Option<u32>,
     settings: &Settings,
 ) -> Counter {
-    let kind = match scan_type(l4) {
-        Ok(kind) => kind,
-        Err(reason) => return reason,
-    };
-    if kind.is_ack_class() {
+    // The common case on a busy server, a segment of a connection (ACK or RST), is
+    // decided first and with one bitmap read.
+    if l4.proto == PROTO_TCP && l4.tcp_flags & (ACK | RST) != 0 && l4.tiny != TINY_FLAGLESS {
+        if l4.tcp_flags & RST != 0 {
+            // A reset is never answered.
+            return Counter::PassNotProbe;
+        }
         // With verification on, an ACK may answer a challenge (checked by cookie
         // before anything else: ordinary traffic fails it at once).
         if settings.flags & SETTING_VERIFY != 0
@@ -198,12 +203,17 @@ fn inspect_l4(
         {
             return Counter::PassProbe;
         }
-        // A segment of a connection: only to a watched port no socket listens on is it
-        // looked up (`PS_ACK_PORTS`; empty with ACK_SCAN_PORTS="0").
+        // Only to a watched port no socket listens on is it looked up (`PS_ACK_PORTS`;
+        // empty with ACK_SCAN_PORTS="0").
         if !is_ack_watched(l4) {
             return Counter::PassNotProbe;
         }
-    } else if kind != ScanType::IpProto && !is_watched(l4) {
+    }
+    let kind = match scan_type(l4) {
+        Ok(kind) => kind,
+        Err(reason) => return reason,
+    };
+    if !kind.is_ack_class() && kind != ScanType::IpProto && !is_watched(l4) {
         return Counter::PassUnwatched;
     }
     let Some(src) = counted_as(ip, key, prefix, settings) else {
