@@ -76,3 +76,37 @@ pub fn wait_banned(wd: &Workdir, d: &Daemon, ip: IpAddr) {
         wd.read("portsentry.history")
     );
 }
+
+/// Runs nmap from `src` in the attacker namespace against `dst` (`scan`: its scan
+/// options, `ports`: its `-p`), one try per probe; fails when nmap scanned nothing.
+pub fn nmap(net: &TestNet, scan: &str, src: IpAddr, dst: IpAddr, ports: &str) {
+    let six = if dst.is_ipv6() { "-6" } else { "" };
+    let out = net.attacker.try_exec(&format!(
+        "nmap {six} -n -Pn {scan} -e {iface} -S {src} -p {ports} --max-retries 0 \
+         --host-timeout 30s -T4 {dst}",
+        iface = net.attacker_if
+    ));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // nmap exits 0 even when it scanned nothing ("failed to determine route").
+    assert!(
+        out.status.success() && stdout.contains("(1 host up)"),
+        "nmap {scan} from {src} did not scan: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `portsentry check-config -c FILE` over a file holding `text`: exit code, stdout,
+/// stderr.
+pub fn check_config(file: &std::path::Path, text: &str) -> (Option<i32>, String, String) {
+    std::fs::write(file, text).unwrap();
+    let out = std::process::Command::new(crate::daemon::binary())
+        .args(["check-config", "-c"])
+        .arg(file)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -13,25 +13,8 @@ use portsentry_tests::{
     daemon::{Daemon, Workdir, binary, wait_until},
     netns::{TestNet, tcp_connect},
     require_kernel,
-    scenario::{history_has, wait_banned},
+    scenario::{history_has, nmap, wait_banned},
 };
-
-/// Runs nmap from `src` in the attacker namespace against `dst`.
-fn nmap(net: &TestNet, scan: &str, src: IpAddr, dst: IpAddr, ports: &str) {
-    let six = if dst.is_ipv6() { "-6" } else { "" };
-    let out = net.attacker.try_exec(&format!(
-        "nmap {six} -n -Pn {scan} -e {iface} -S {src} -p {ports} --max-retries 0 \
-         --host-timeout 20s -T4 {dst}",
-        iface = net.attacker_if
-    ));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    // nmap exits 0 even when it scanned nothing ("failed to determine route").
-    assert!(
-        out.status.success() && stdout.contains("(1 host up)"),
-        "nmap {scan} from {src} did not scan: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Sends `count` SYNs to `port` with a forged source address (hping3 -a).
 fn forged_syns(net: &TestNet, src: IpAddr, dst: IpAddr, port: u16, count: u32) {

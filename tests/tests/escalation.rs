@@ -7,10 +7,10 @@
 use std::{fs, net::TcpListener, time::Duration};
 
 use portsentry_tests::{
-    daemon::{Daemon, Workdir, binary, wait_until},
+    daemon::{Daemon, Workdir, wait_until},
     netns::TestNet,
     require_kernel,
-    scenario::{ban_nets, bans, probe, reaches, start, status, wait_banned},
+    scenario::{ban_nets, bans, check_config, probe, reaches, start, status, wait_banned},
 };
 
 /// The attackers' own network: not the server's 192.0.2.0/24.
@@ -194,19 +194,7 @@ fn an_ignored_host_inside_a_crowded_network_is_never_dropped() {
 fn check_config_shows_escalation_and_rejects_a_prefix_wider_than_the_guard() {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("portsentry.conf");
-    let check = |text: &str| {
-        fs::write(&conf, text).unwrap();
-        let out = std::process::Command::new(binary())
-            .args(["check-config", "-c"])
-            .arg(&conf)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let check = |text: &str| check_config(&conf, text);
     let (code, out, err) = check("SYSLOG=\"0\"\n");
     assert_eq!(code, Some(0), "{err}");
     assert!(

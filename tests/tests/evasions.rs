@@ -7,7 +7,7 @@
 //! to one port that no longer listens is counted and never banned.
 
 use std::{
-    net::{IpAddr, SocketAddr, TcpListener},
+    net::{SocketAddr, TcpListener},
     time::Duration,
 };
 
@@ -15,24 +15,8 @@ use portsentry_tests::{
     daemon::{Daemon, Workdir, wait_until},
     netns::{TestNet, tcp_connect},
     require_kernel,
-    scenario::{history_has, status, wait_banned},
+    scenario::{check_config, history_has, nmap, status, wait_banned},
 };
-
-/// Runs an nmap scan from `src` in the attacker namespace against `dst`.
-fn nmap(net: &TestNet, scan: &str, src: IpAddr, dst: IpAddr, ports: &str) {
-    let six = if dst.is_ipv6() { "-6" } else { "" };
-    let out = net.attacker.try_exec(&format!(
-        "nmap {six} -n -Pn {scan} -e {iface} -S {src} -p {ports} --max-retries 0 \
-         --host-timeout 30s -T4 {dst}",
-        iface = net.attacker_if
-    ));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("(1 host up)"),
-        "nmap {scan} from {src} did not scan: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 #[test]
 fn evasive_scans_are_detected_typed_and_banned() {
@@ -124,19 +108,7 @@ fn evasive_scans_are_detected_typed_and_banned() {
 fn check_config_shows_the_evasion_settings() {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("portsentry.conf");
-    let check = |text: &str| {
-        std::fs::write(&conf, text).unwrap();
-        let out = std::process::Command::new(portsentry_tests::daemon::binary())
-            .args(["check-config", "-c"])
-            .arg(&conf)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let check = |text: &str| check_config(&conf, text);
     let (code, out, err) = check("SYSLOG=\"0\"\n");
     assert_eq!(code, Some(0), "{err}");
     for line in [

@@ -142,29 +142,26 @@ impl Dataplane {
         })
     }
 
-    /// The program's file descriptor (for BPF_PROG_TEST_RUN).
-    pub fn program_fd(&self) -> Result<std::os::fd::BorrowedFd<'_>> {
-        let program: &Xdp = self
+    /// The loaded program, to read.
+    fn program_ref(&self) -> Result<&Xdp> {
+        Ok(self
             .ebpf
             .as_ref()
             .ok_or_else(|| anyhow!("no program loaded (maps opened read-only)"))?
             .program(PROGRAM_NAME)
-            .ok_or_else(|| anyhow!("no program `{PROGRAM_NAME}`"))?
-            .try_into()?;
-        Ok(program.fd()?.as_fd())
+            .ok_or_else(|| anyhow!("the XDP object has no program `{PROGRAM_NAME}`"))?
+            .try_into()?)
+    }
+
+    /// The program's file descriptor (for BPF_PROG_TEST_RUN).
+    pub fn program_fd(&self) -> Result<std::os::fd::BorrowedFd<'_>> {
+        Ok(self.program_ref()?.fd()?.as_fd())
     }
 
     /// How many instructions the verifier processed to accept the program (its limit
     /// is 1,000,000): the headroom every change to the program spends.
     pub fn verified_instructions(&self) -> Result<u32> {
-        let program: &Xdp = self
-            .ebpf
-            .as_ref()
-            .ok_or_else(|| anyhow!("no program loaded (maps opened read-only)"))?
-            .program(PROGRAM_NAME)
-            .ok_or_else(|| anyhow!("no program `{PROGRAM_NAME}`"))?
-            .try_into()?;
-        program
+        self.program_ref()?
             .info()?
             .verified_instruction_count()
             .ok_or_else(|| anyhow!("the kernel does not report verified instructions"))
