@@ -177,9 +177,11 @@ pub(super) fn housekeeping(shared: &Arc<Shared>) {
     }
     watch_links(shared);
     let eff = shared.eff();
-    if let Some(dp) = shared.book().dp.as_mut()
-        && let Err(e) = configure::refresh_services(dp, &eff)
-    {
+    let services = configure::Services::read();
+    if let Err(e) = services.and_then(|served| match shared.book().dp.as_mut() {
+        Some(dp) => configure::write_services(dp, &eff, &served),
+        None => Ok(()),
+    }) {
         shared.log.warn(&format!(
             "portsentry: updating the ports and protocols this host serves: {e:#}"
         ));

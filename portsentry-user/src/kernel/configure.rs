@@ -106,10 +106,29 @@ pub fn watched_protocols(eff: &Effective, served: &[bool; 256]) -> [u64; 4] {
 /// start, on reload, and every second: a listener that went away is looked up from
 /// then on, a raw socket opened for a protocol takes it out).
 pub fn refresh_services(dp: &mut Dataplane, eff: &Effective) -> Result<()> {
-    let listening = services::tcp_listening()?;
-    dp.write_ack_ports(&ack_ports(eff, &listening))?;
-    let served = services::served_protocols()?;
-    dp.write_protocols(&watched_protocols(eff, &served))
+    write_services(dp, eff, &Services::read()?)
+}
+
+/// What this host serves, read (from /proc and /sys) apart from writing it, so that a
+/// caller holding the dataplane's lock does no file I/O under it.
+pub struct Services {
+    listening: PortSet,
+    protocols: [bool; 256],
+}
+
+impl Services {
+    pub fn read() -> Result<Services> {
+        Ok(Services {
+            listening: services::tcp_listening()?,
+            protocols: services::served_protocols()?,
+        })
+    }
+}
+
+/// Writes `PS_ACK_PORTS` and `PS_PROTOCOLS` for what `served` says.
+pub fn write_services(dp: &mut Dataplane, eff: &Effective, served: &Services) -> Result<()> {
+    dp.write_ack_ports(&ack_ports(eff, &served.listening))?;
+    dp.write_protocols(&watched_protocols(eff, &served.protocols))
 }
 
 /// Writes ports, settings and the ignore list into the kernel.
