@@ -214,13 +214,33 @@ pub struct Ip {
     pub proto: u8,
     /// Offset of the upper-layer header.
     pub l4_off: usize,
+    /// What makes the datagram unusual, 0 when nothing does (so that the common case
+    /// costs one compare): the fragment offset ([`SHAPE_FRAG_OFFSET`], 8-byte units) and
+    /// more-fragments flag ([`SHAPE_FRAG_MORE`]) in IPv4's layout for both families (an
+    /// IPv6 Fragment header's fields are moved there), and [`SHAPE_LONG_CHAIN`].
+    pub shape: u16,
+}
+
+/// `Ip::shape`: the fragment offset.
+pub const SHAPE_FRAG_OFFSET: u16 = 0x1fff;
+/// `Ip::shape`: more fragments follow.
+pub const SHAPE_FRAG_MORE: u16 = 0x2000;
+/// `Ip::shape`: an IPv6 extension-header chain longer than the walk; `proto` is still
+/// an extension header.
+pub const SHAPE_LONG_CHAIN: u16 = 0x8000;
+
+impl Ip {
     /// A fragment other than the first: it carries no transport header.
-    pub later_fragment: bool,
+    #[inline(always)]
+    pub fn later_fragment(&self) -> bool {
+        self.shape & SHAPE_FRAG_OFFSET != 0
+    }
+
     /// The first fragment of a fragmented datagram (offset 0, more to come).
-    pub first_fragment: bool,
-    /// Where the datagram ends by its own length field (the frame may be longer: link
-    /// padding). Only first fragments look at it.
-    pub end: usize,
+    #[inline(always)]
+    pub fn first_fragment(&self) -> bool {
+        self.shape & (SHAPE_FRAG_MORE | SHAPE_FRAG_OFFSET) == SHAPE_FRAG_MORE
+    }
 }
 
 /// The transport layer of a TCP or UDP packet. Ports in host byte order.
@@ -231,12 +251,29 @@ pub struct L4 {
     pub dst_port: u16,
     /// Byte 13 of the TCP header; 0 for UDP.
     pub tcp_flags: u8,
-    /// TCP sequence and acknowledgment numbers, host order; 0 for UDP.
-    pub seq: u32,
+    /// The TCP acknowledgment number, host order (what a challenge's answer returns);
+    /// 0 for UDP and tiny fragments.
     pub ack_seq: u32,
     /// A first fragment too short for the whole transport header ([`TINY`]: flags
     /// read; [`TINY_FLAGLESS`]: ports only); 0 otherwise.
     pub tiny: u8,
+}
+
+impl L4 {
+    /// A datagram of IP protocol `proto` as a probe of that protocol: its "port" is the
+    /// protocol number. What [`parse_l4_into`] starts from: it overwrites the ports
+    /// (and flags) of TCP and UDP.
+    #[inline(always)]
+    pub fn of_protocol(proto: u8) -> L4 {
+        L4 {
+            proto,
+            src_port: 0,
+            dst_port: proto as u16,
+            tcp_flags: 0,
+            ack_seq: 0,
+            tiny: 0,
+        }
+    }
 }
 
 /// `L4::tiny`: a first fragment with less than the whole TCP header (but its flags).
@@ -290,10 +327,9 @@ fn parse_ipv4<P: Packet + ?Sized>(p: &P, off: usize) -> Result<Ip, Counter> {
         l3_off: off,
         proto: h.proto,
         l4_off: off + hlen,
-        later_fragment: u16::from_be(h.frag) & 0x1fff != 0,
-        // More fragments (0x2000) at offset 0.
-        first_fragment: u16::from_be(h.frag) & 0x3fff == 0x2000,
-        end: off + u16::from_be(h.tot_len) as usize,
+        // Without DF (0x4000) and the reserved bit: offset and MF, as `Ip::shape` holds
+        // them.
+        shape: u16::from_be(h.frag) & (SHAPE_FRAG_MORE | SHAPE_FRAG_OFFSET),
     })
 }
 
@@ -310,9 +346,7 @@ fn parse_ipv6<P: Packet + ?Sized>(p: &P, off: usize) -> Result<Ip, Counter> {
         l3_off: off,
         proto: h.next,
         l4_off: off + 40,
-        later_fragment: false,
-        first_fragment: false,
-        end: off + 40 + u16::from_be(h.payload_len) as usize,
+        shape: 0,
     };
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         let ext_len = match ip.proto {
@@ -336,13 +370,12 @@ fn parse_ipv6<P: Packet + ?Sized>(p: &P, off: usize) -> Result<Ip, Counter> {
                     .ok_or(Counter::PassMalformed)?;
                 ip.proto = f.next;
                 ip.l4_off += 8;
+                // Offset in the top 13 bits, M (more fragments) in the lowest.
                 let frag = u16::from_be(f.frag);
-                if frag >> 3 != 0 {
-                    ip.later_fragment = true;
+                ip.shape = frag >> 3 | (frag & 1) << 13;
+                if ip.later_fragment() {
                     return Ok(ip);
                 }
-                // M (more fragments) at offset 0.
-                ip.first_fragment = frag & 1 != 0;
                 continue;
             }
             _ => return Ok(ip),
@@ -351,6 +384,9 @@ fn parse_ipv6<P: Packet + ?Sized>(p: &P, off: usize) -> Result<Ip, Counter> {
     }
     // A chain longer than the walk: `proto` is still an extension header, and
     // `parse_l4` says so (after the ban check, which such a chain must not escape).
+    if is_ext_header(ip.proto) {
+        ip.shape |= SHAPE_LONG_CHAIN;
+    }
     Ok(ip)
 }
 
@@ -366,95 +402,116 @@ fn is_ext_header(proto: u8) -> bool {
 /// Reads the TCP or UDP header. `Err` is the verdict reason to pass with.
 #[inline(always)]
 pub fn parse_l4<P: Packet + ?Sized>(p: &P, ip: &Ip) -> Result<L4, Counter> {
-    if ip.later_fragment {
+    let mut l4 = L4::of_protocol(ip.proto);
+    parse_l4_into(p, ip, &mut l4)?;
+    Ok(l4)
+}
+
+/// [`parse_l4`] into `l4`, field by field (a returned `L4` would be packed into one
+/// integer and unpacked again, dozens of instructions on every packet). On `Err`, `l4`
+/// is left as it was.
+#[inline(always)]
+pub fn parse_l4_into<P: Packet + ?Sized>(p: &P, ip: &Ip, l4: &mut L4) -> Result<(), Counter> {
+    if ip.shape != 0 {
+        return unusual_l4(p, ip, l4);
+    }
+    transport(p, ip, l4)
+}
+
+/// The TCP or UDP header of a datagram that holds all of it.
+#[inline(always)]
+fn transport<P: Packet + ?Sized>(p: &P, ip: &Ip, l4: &mut L4) -> Result<(), Counter> {
+    if ip.proto == PROTO_TCP {
+        let h = p
+            .header::<TcpHdr>(ip.l4_off)
+            .ok_or(Counter::PassMalformed)?;
+        l4.src_port = u16::from_be(h.sport);
+        l4.dst_port = u16::from_be(h.dport);
+        l4.tcp_flags = h.flags;
+        l4.ack_seq = u32::from_be(h.ack_seq);
+        return Ok(());
+    }
+    if ip.proto == PROTO_UDP {
+        let h = p
+            .header::<UdpHdr>(ip.l4_off)
+            .ok_or(Counter::PassMalformed)?;
+        l4.src_port = u16::from_be(h.sport);
+        l4.dst_port = u16::from_be(h.dport);
+        return Ok(());
+    }
+    Err(Counter::PassOtherProto)
+}
+
+/// A datagram of an unusual shape: an over-long IPv6 header chain; a fragment (a later
+/// one carries no transport header; a first one may carry less than the whole header,
+/// RFC 1858's tiny fragment, judged by the datagram's own length: the frame may hold
+/// link padding after it).
+#[inline(always)]
+fn unusual_l4<P: Packet + ?Sized>(p: &P, ip: &Ip, l4: &mut L4) -> Result<(), Counter> {
+    if ip.shape & SHAPE_LONG_CHAIN != 0 {
+        return Err(Counter::PassHeaderChain);
+    }
+    if ip.later_fragment() {
         return Err(Counter::PassFragment);
     }
-    match ip.proto {
-        PROTO_TCP => {
-            if ip.first_fragment && ip.end < ip.l4_off + core::mem::size_of::<TcpHdr>() {
-                return tiny_tcp(p, ip);
-            }
-            let h = p
-                .header::<TcpHdr>(ip.l4_off)
-                .ok_or(Counter::PassMalformed)?;
-            Ok(L4 {
-                proto: PROTO_TCP,
-                src_port: u16::from_be(h.sport),
-                dst_port: u16::from_be(h.dport),
-                tcp_flags: h.flags,
-                seq: u32::from_be(h.seq),
-                ack_seq: u32::from_be(h.ack_seq),
-                tiny: 0,
-            })
-        }
-        PROTO_UDP => {
-            if ip.first_fragment && ip.end < ip.l4_off + core::mem::size_of::<UdpHdr>() {
-                let ports = tiny_ports(p, ip)?;
-                return Ok(L4 {
-                    proto: PROTO_UDP,
-                    src_port: u16::from_be(ports.sport),
-                    dst_port: u16::from_be(ports.dport),
-                    tcp_flags: 0,
-                    seq: 0,
-                    ack_seq: 0,
-                    tiny: TINY,
-                });
-            }
-            let h = p
-                .header::<UdpHdr>(ip.l4_off)
-                .ok_or(Counter::PassMalformed)?;
-            Ok(L4 {
-                proto: PROTO_UDP,
-                src_port: u16::from_be(h.sport),
-                dst_port: u16::from_be(h.dport),
-                tcp_flags: 0,
-                seq: 0,
-                ack_seq: 0,
-                tiny: 0,
-            })
-        }
-        p if is_ext_header(p) => Err(Counter::PassHeaderChain),
-        _ => Err(Counter::PassOtherProto),
+    let end = datagram_end(p, ip)?;
+    if ip.proto == PROTO_TCP && end < ip.l4_off + core::mem::size_of::<TcpHdr>() {
+        return tiny_tcp(p, ip, end, l4);
     }
+    if ip.proto == PROTO_UDP && end < ip.l4_off + core::mem::size_of::<UdpHdr>() {
+        let ports = tiny_ports(p, ip, end)?;
+        l4.src_port = u16::from_be(ports.sport);
+        l4.dst_port = u16::from_be(ports.dport);
+        l4.tiny = TINY;
+        return Ok(());
+    }
+    transport(p, ip, l4)
+}
+
+/// Where the datagram ends by its own length field.
+#[inline(always)]
+pub fn datagram_end<P: Packet + ?Sized>(p: &P, ip: &Ip) -> Result<usize, Counter> {
+    let len = if ip.v6 {
+        let h = p
+            .header::<Ipv6Hdr>(ip.l3_off)
+            .ok_or(Counter::PassMalformed)?;
+        40 + u16::from_be(h.payload_len) as usize
+    } else {
+        let h = p
+            .header::<Ipv4Hdr>(ip.l3_off)
+            .ok_or(Counter::PassMalformed)?;
+        u16::from_be(h.tot_len) as usize
+    };
+    Ok(ip.l3_off + len)
 }
 
 /// A first TCP fragment shorter than the TCP header (nmap `-f`, `--mtu 8/16`): the
 /// kernel reassembles it and answers the segment, so it is classified from what it
-/// carries, by its own length (the frame may hold link padding after it).
+/// carries.
 #[inline(always)]
-fn tiny_tcp<P: Packet + ?Sized>(p: &P, ip: &Ip) -> Result<L4, Counter> {
-    if ip.end >= ip.l4_off + TCP_FLAGS_END {
+fn tiny_tcp<P: Packet + ?Sized>(p: &P, ip: &Ip, end: usize, l4: &mut L4) -> Result<(), Counter> {
+    if end >= ip.l4_off + TCP_FLAGS_END {
         let h = p
             .header::<TcpHead>(ip.l4_off)
             .ok_or(Counter::PassMalformed)?;
-        let word = |w: [u16; 2]| (u16::from_be(w[0]) as u32) << 16 | u16::from_be(w[1]) as u32;
-        return Ok(L4 {
-            proto: PROTO_TCP,
-            src_port: u16::from_be(h.sport),
-            dst_port: u16::from_be(h.dport),
-            tcp_flags: h.flags,
-            seq: word(h.seq),
-            ack_seq: word(h.ack_seq),
-            tiny: TINY,
-        });
+        l4.src_port = u16::from_be(h.sport);
+        l4.dst_port = u16::from_be(h.dport);
+        l4.tcp_flags = h.flags;
+        l4.tiny = TINY;
+        return Ok(());
     }
-    let ports = tiny_ports(p, ip)?;
-    Ok(L4 {
-        proto: PROTO_TCP,
-        src_port: u16::from_be(ports.sport),
-        dst_port: u16::from_be(ports.dport),
-        tcp_flags: 0,
-        seq: 0,
-        ack_seq: 0,
-        tiny: TINY_FLAGLESS,
-    })
+    let ports = tiny_ports(p, ip, end)?;
+    l4.src_port = u16::from_be(ports.sport);
+    l4.dst_port = u16::from_be(ports.dport);
+    l4.tiny = TINY_FLAGLESS;
+    Ok(())
 }
 
 /// The ports of a tiny first fragment. Fewer than 4 bytes: malformed (a first fragment
 /// holds a multiple of 8 bytes; the kernel discards one that holds less than 8).
 #[inline(always)]
-fn tiny_ports<P: Packet + ?Sized>(p: &P, ip: &Ip) -> Result<Ports, Counter> {
-    if ip.end < ip.l4_off + core::mem::size_of::<Ports>() {
+fn tiny_ports<P: Packet + ?Sized>(p: &P, ip: &Ip, end: usize) -> Result<Ports, Counter> {
+    if end < ip.l4_off + core::mem::size_of::<Ports>() {
         return Err(Counter::PassMalformed);
     }
     p.header::<Ports>(ip.l4_off).ok_or(Counter::PassMalformed)

@@ -137,7 +137,7 @@ pub fn send_challenge(ctx: &XdpContext, l4: &L4, settings: &Settings) -> bool {
         (*tcp).sport = t.dport;
         (*tcp).dport = t.sport;
         (*tcp).seq = cookie.to_be();
-        (*tcp).ack_seq = (l4.seq.wrapping_add(1)).to_be();
+        (*tcp).ack_seq = (u32::from_be(t.seq).wrapping_add(1)).to_be();
         (*tcp).flags = tcp_flags::SYN | tcp_flags::ACK;
         (*tcp).check = 0;
     }

@@ -54,10 +54,7 @@ use portsentry_common::{
         SETTING_IGNORE_WIDE, SETTING_VERIFY, SOURCES_MAX, Settings, SourceStats, ignore_filter_bit,
         v6_source_prefix,
     },
-    packet::{
-        AddrWords, EthHdr, Ip, L4, Packet, TINY_FLAGLESS, parse_ip, parse_l4, prefix_words,
-        scan_type,
-    },
+    packet::{AddrWords, EthHdr, Ip, L4, Packet, parse_ip, parse_l4_into, prefix_words, scan_type},
     scan::tcp_flags::{ACK, RST},
 };
 
@@ -155,17 +152,16 @@ fn inspect(ctx: &XdpContext) -> Counter {
     // From here on the parser's offsets are dead (the challenge parses the frame again),
     // so the verifier walks the rest once for all the shapes that parse alike (VLAN tags,
     // IPv6 extension chains) instead of once per shape.
-    let l4 = match parse_l4(&pkt, &ip) {
-        Ok(l4) => l4,
+    let mut l4 = L4::of_protocol(ip.proto);
+    match parse_l4_into(&pkt, &ip, &mut l4) {
+        Ok(()) => {}
         Err(Counter::PassHeaderChain) if settings.flags & SETTING_DROP_EVASIVE != 0 => {
             return Counter::DropHeaderChain;
         }
-        Err(Counter::PassOtherProto) => match other_protocol(&pkt, &ip) {
-            Some(l4) => l4,
-            None => return Counter::PassOtherProto,
-        },
+        // `l4` holds the protocol as a probe of it.
+        Err(Counter::PassOtherProto) if is_protocol_probe(&pkt, &ip) => {}
         Err(reason) => return reason,
-    };
+    }
     let verdict = inspect_l4(ctx, &ip, &l4, key, prefix, settings);
     // A TCP or UDP header split across fragments has no legitimate use: counted above
     // like any probe, then dropped whatever the verdict (one compare for the rest).
@@ -191,7 +187,7 @@ fn inspect_l4(
 ) -> Counter {
     // The common case on a busy server, a segment of a connection (ACK or RST), is
     // decided first and with one bitmap read.
-    if l4.proto == PROTO_TCP && l4.tcp_flags & (ACK | RST) != 0 && l4.tiny != TINY_FLAGLESS {
+    if l4.proto == PROTO_TCP && l4.tcp_flags & (ACK | RST) != 0 {
         if l4.tcp_flags & RST != 0 {
             // A reset is never answered.
             return Counter::PassNotProbe;
@@ -237,34 +233,21 @@ fn inspect_l4(
     Counter::PassProbe
 }
 
-/// A datagram of neither TCP nor UDP, as a probe: of a protocol nothing here serves
-/// (`PS_PROTOCOLS`), sent to this host alone (the kernel answers such a datagram with an
-/// ICMP error, and none to a multicast or broadcast one). Its "port" is the protocol
-/// number. `None`: it passes as another protocol.
+/// A datagram of neither TCP nor UDP is a probe when of a protocol nothing here serves
+/// (`PS_PROTOCOLS`) and sent to this host alone (the kernel answers such a datagram with
+/// an ICMP error, and none to a multicast or broadcast one).
 #[inline(always)]
-fn other_protocol(pkt: &XdpPacket, ip: &Ip) -> Option<L4> {
+fn is_protocol_probe(pkt: &XdpPacket, ip: &Ip) -> bool {
     let watched = match PS_PROTOCOLS.get(ip.proto as u32 >> 6) {
         Some(word) => word & (1u64 << (ip.proto & 63)) != 0,
         None => false,
     };
     if !watched {
-        return None;
+        return false;
     }
     // A group (multicast or broadcast) destination has the low bit of the first
     // destination MAC octet set.
-    match pkt.header::<EthHdr>(0) {
-        Some(eth) if eth.dst[0] & 1 == 0 => {}
-        _ => return None,
-    }
-    Some(L4 {
-        proto: ip.proto,
-        src_port: 0,
-        dst_port: ip.proto as u16,
-        tcp_flags: 0,
-        seq: 0,
-        ack_seq: 0,
-        tiny: 0,
-    })
+    matches!(pkt.header::<EthHdr>(0), Some(eth) if eth.dst[0] & 1 == 0)
 }
 
 /// What a source is counted and banned as: `key` (its network address under

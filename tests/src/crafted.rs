@@ -43,7 +43,8 @@ pub fn checksummed(mut frame: Vec<u8>) -> Vec<u8> {
         17 => 6,
         _ => return frame,
     };
-    let (l4, end) = (ip.l4_off, ip.end.min(frame.len()));
+    let end = packet::datagram_end(frame.as_slice(), &ip).unwrap_or(usize::MAX);
+    let (l4, end) = (ip.l4_off, end.min(frame.len()));
     if end < l4 + at + 2 {
         return frame;
     }
@@ -109,7 +110,8 @@ pub fn even_pieces(total: usize, size: usize) -> Vec<Piece> {
 pub fn fragments(frame: &[u8], pieces: &[Piece], id: u32) -> Vec<Vec<u8>> {
     let ip = packet::parse_ip(frame).expect("an IP frame");
     let (l3, l4) = (ip.l3_off, ip.l4_off);
-    let payload = &frame[l4..ip.end.min(frame.len())];
+    let end = packet::datagram_end(frame, &ip).expect("an IP header");
+    let payload = &frame[l4..end.min(frame.len())];
     pieces
         .iter()
         .map(|p| {
