@@ -164,6 +164,10 @@ pub fn v4_mapped_words(raw: u32) -> AddrWords {
 /// `w` with every bit after the first `prefix` cleared (the network of that length).
 #[inline(always)]
 pub fn prefix_words(w: &AddrWords, prefix: u32) -> AddrWords {
+    // SOURCE_PREFIX_V6's default, on every IPv6 packet: no mask arithmetic.
+    if prefix == 64 {
+        return [w[0], 0];
+    }
     [
         w[0] & prefix_mask(prefix),
         w[1] & prefix_mask(prefix.saturating_sub(64)),
