@@ -146,19 +146,14 @@ impl Dataplane {
             };
             carry_over(r, new)?;
             let path = pin_dir.join(r.name);
-            let tmp: PathBuf = pin_dir.join(format!("{}.resized", r.name));
+            // (bpffs refuses a name with a dot.)
+            let tmp: PathBuf = pin_dir.join(format!("{}_resized", r.name));
             let _ = std::fs::remove_file(&tmp);
             new.pin(&tmp)
                 .with_context(|| format!("pinning the new {} at {}", r.name, tmp.display()))?;
             std::fs::rename(&tmp, &path).with_context(|| {
                 format!("replacing the pin {} by the resized map", path.display())
             })?;
-            log::info!(
-                "portsentry: {} resized from {} to {} entries, its entries carried over",
-                r.name,
-                r.old_size,
-                r.new_size
-            );
         }
         Ok(())
     }

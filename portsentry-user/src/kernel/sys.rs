@@ -197,16 +197,32 @@ fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> std::io::Result<()> {
 
 fn batches_allowed() -> bool {
     static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ALLOWED.get_or_init(|| std::env::var_os(NO_BATCH_ENV).is_none())
+    *ALLOWED.get_or_init(|| {
+        let allowed = std::env::var_os(NO_BATCH_ENV).is_none();
+        if !allowed {
+            log::info!(
+                "{NO_BATCH_ENV} is set: BPF maps are read and written one element at a time"
+            );
+        }
+        allowed
+    })
 }
 
 /// True for the errors that say "no batched operations here" (rather than a failure of
-/// this one).
+/// this one); logs the first.
 fn batch_unsupported(e: &std::io::Error) -> bool {
-    matches!(
+    let unsupported = matches!(
         e.raw_os_error(),
         Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)
-    )
+    );
+    static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if unsupported && !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        log::info!(
+            "a BPF map has no batched operations here ({e}): it is read and written one \
+             element at a time"
+        );
+    }
+    unsupported
 }
 
 fn zeroed<T: aya::Pod>(n: usize) -> Vec<T> {
