@@ -8,27 +8,19 @@
 use std::{
     collections::HashSet,
     net::{IpAddr, Ipv4Addr, TcpListener},
-    time::SystemTime,
 };
 
 use aya::maps::{HashMap, MapData};
 use ipnet::IpNet;
-use portsentry_common::{
-    Addr, ScanType,
-    maps::{BanEntry, BanOrigin},
-};
+use portsentry_common::{Addr, maps::BanEntry};
 use portsentry_tests::{
     bpf_link::pinned_link,
     daemon::{Daemon, Workdir, binary},
     netns::TestNet,
     require_kernel,
-    scenario::{reaches, start},
+    scenario::{self, reaches, start},
 };
-use portsentry_user::{
-    bans::{Ban, BanStore, journal},
-    kernel::addr,
-    kinds::{ModeToken, Protocol},
-};
+use portsentry_user::kernel::addr;
 
 /// Bans on record in the bulk tests (a hash map's batch spans several chunks).
 const MANY: u32 = 40_000;
@@ -39,25 +31,7 @@ fn filler(i: u32) -> IpAddr {
 
 /// Writes a journal holding a scan ban of each of `ips`.
 fn write_journal(wd: &Workdir, ips: impl Iterator<Item = IpAddr>) {
-    let now = SystemTime::now();
-    let mut store = BanStore::new();
-    for ip in ips {
-        store.insert(Ban {
-            net: IpNet::from(ip),
-            origin: BanOrigin::Scan,
-            since: now,
-            expires: None,
-            port: 22,
-            proto: Some(Protocol::Tcp),
-            scan_type: Some(ScanType::TcpSyn),
-            mode: Some(ModeToken::Atcp),
-            count: 1,
-            escalated: None,
-        });
-    }
-    let state = wd.path("state");
-    std::fs::create_dir_all(&state).unwrap();
-    std::fs::write(journal::path(&state), journal::encode_store(&store)).unwrap();
+    scenario::write_journal(&wd.path("state"), ips.map(IpNet::from));
 }
 
 /// The pinned `PS_BANS`, read one key at a time with aya (not through the daemon's

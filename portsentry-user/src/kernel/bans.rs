@@ -63,13 +63,8 @@ impl Dataplane {
                 words[(bit >> 6) as usize] |= 1 << (bit & 63);
             }
             self.write_filter_words(&now, &words)?;
-            sys::write_map(fd(&self.maps.bans), &keys, &values).map_err(|e| {
-                let net = exact
-                    .get(e.written)
-                    .map_or(String::new(), |(n, _)| n.to_string());
-                anyhow::Error::new(e)
-                    .context(format!("writing the ban of {net} (is PS_BANS full?)"))
-            })?;
+            sys::write_map(fd(&self.maps.bans), &keys, &values)
+                .map_err(|e| stopped_at(e, &exact, maps::BANS))?;
             self.cache_put_all(keys.iter().zip(values.iter().map(|v| v.expires_ns)))?;
         }
         if !nets.is_empty() {
@@ -81,13 +76,8 @@ impl Dataplane {
                 })
                 .collect();
             let values: Vec<BanEntry> = nets.iter().map(|(_, e)| *e).collect();
-            sys::write_map(fd(&self.maps.ban_nets), &keys, &values).map_err(|e| {
-                let net = nets
-                    .get(e.written)
-                    .map_or(String::new(), |(n, _)| n.to_string());
-                anyhow::Error::new(e)
-                    .context(format!("writing the ban of {net} (is PS_BAN_NETS full?)"))
-            })?;
+            sys::write_map(fd(&self.maps.ban_nets), &keys, &values)
+                .map_err(|e| stopped_at(e, &nets, maps::BAN_NETS))?;
             self.set_flag(SETTING_PREFIX_BANS, true)?;
         }
         Ok(())
@@ -362,6 +352,19 @@ impl Dataplane {
         }
         Ok(())
     }
+}
+
+/// A bulk write of `bans` into `map` that stopped, as an error naming the ban it
+/// stopped at.
+fn stopped_at<B: std::borrow::Borrow<(IpNet, BanEntry)>>(
+    e: sys::WriteError,
+    bans: &[B],
+    map: &str,
+) -> anyhow::Error {
+    let net = bans
+        .get(e.written)
+        .map_or(String::new(), |b| b.borrow().0.to_string());
+    anyhow::Error::new(e).context(format!("writing the ban of {net} (is {map} full?)"))
 }
 
 /// How many exact bans use each `PS_BAN_FILTER` bit in use.
