@@ -38,8 +38,13 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `portsentry ARGS` in `ns` and waits until it reports itself active.
     pub fn start(ns: &Netns, args: &[&str]) -> Daemon {
+        Daemon::start_env(ns, args, &[])
+    }
+
+    /// Like [`Daemon::start`], with `env` set for the daemon.
+    pub fn start_env(ns: &Netns, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut cmd = ns.command(binary().to_str().expect("utf-8 path"));
-        cmd.args(args);
+        cmd.args(args).envs(env.iter().copied());
         Daemon::spawn(cmd)
     }
 

@@ -1,10 +1,18 @@
 //! Steps the end-to-end tests share: start the daemon of a [`Workdir`] in a
 //! [`TestNet`]'s server, probe from and reach the server as an attacker address, and read
-//! `portsentry status --json`.
+//! `portsentry status --json`; write a ban journal for a daemon to restore.
 
 use std::{
     net::{IpAddr, SocketAddr},
-    time::Duration,
+    path::Path,
+    time::{Duration, SystemTime},
+};
+
+use ipnet::IpNet;
+use portsentry_common::{ScanType, maps::BanOrigin};
+use portsentry_user::{
+    bans::{Ban, BanStore, journal},
+    kinds::{ModeToken, Protocol},
 };
 
 use crate::{
@@ -109,4 +117,32 @@ pub fn check_config(file: &std::path::Path, text: &str) -> (Option<i32>, String,
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A permanent scan ban of `net` (a TCP SYN probe to port 22), made at `now`.
+pub fn scan_ban(net: IpNet, now: SystemTime) -> Ban {
+    Ban {
+        net,
+        origin: BanOrigin::Scan,
+        since: now,
+        expires: None,
+        port: 22,
+        proto: Some(Protocol::Tcp),
+        scan_type: Some(ScanType::TcpSyn),
+        mode: Some(ModeToken::Atcp),
+        count: 1,
+        escalated: None,
+    }
+}
+
+/// Writes the ban journal of `state_dir` with a scan ban of each of `nets`, as a
+/// compaction would (one record each).
+pub fn write_journal(state_dir: &Path, nets: impl IntoIterator<Item = IpNet>) {
+    let now = SystemTime::now();
+    let mut store = BanStore::new();
+    for net in nets {
+        store.insert(scan_ban(net, now));
+    }
+    std::fs::create_dir_all(state_dir).unwrap();
+    std::fs::write(journal::path(state_dir), journal::encode_store(&store)).unwrap();
 }

@@ -64,9 +64,9 @@ struct BanStatus {
     name: String,
     port: u16,
     scan_type: Option<&'static str>,
-    since: String,
+    since: Rfc3339,
     /// RFC 3339, or null for a permanent ban.
-    expires: Option<String>,
+    expires: Option<Rfc3339>,
     /// Whether the kernel holds it (false: on record only; the next start applies it).
     in_kernel: bool,
     count: u32,
@@ -76,13 +76,30 @@ fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
+/// A time shown as RFC 3339 (seconds), formatted only when written out: a million bans
+/// make no million strings.
+#[derive(Clone, Copy)]
+struct Rfc3339(SystemTime);
+
+impl std::fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        humantime::format_rfc3339_seconds(self.0).fmt(f)
+    }
+}
+
+impl Serialize for Rfc3339 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// `portsentry status`.
 pub fn status(args: &StatusArgs) -> Result<String> {
     let c = config(&args.file)?;
     let pid = pidfile::running_pid(&c.state_dir);
     let loaded = kernel::is_pinned(&c.pin_dir);
     let dp = if loaded {
-        Some(Dataplane::open_pinned(&c.pin_dir)?)
+        Some(Dataplane::inspect_pinned(&c.pin_dir)?)
     } else {
         None
     };
@@ -116,8 +133,8 @@ pub fn status(args: &StatusArgs) -> Result<String> {
             name,
             port: b.port,
             scan_type: b.scan_type.map(ScanType::name),
-            since: rfc3339(b.since),
-            expires: b.expires.map(rfc3339),
+            since: Rfc3339(b.since),
+            expires: b.expires.map(Rfc3339),
             in_kernel,
             count: b.count,
         })

@@ -327,7 +327,7 @@ impl Config {
     }
 
     /// An error about `key`, located at the line that set it (or the whole file).
-    fn error_at(&self, key: &str, message: impl Into<String>) -> ConfigError {
+    pub(crate) fn error_at(&self, key: &str, message: impl Into<String>) -> ConfigError {
         let path = self
             .source
             .clone()

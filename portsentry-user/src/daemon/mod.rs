@@ -37,7 +37,7 @@ use crate::{
     bans::{Book, escalate::Tracker, guard::Guard, journal::Journal, state},
     config::effective::{ConfigArgs, Effective},
     kernel::{
-        Dataplane,
+        Dataplane, MapTooSmall,
         configure::{self, map_sizes},
     },
     kinds::{BanEnd, ModeToken, Protocol},
@@ -161,18 +161,17 @@ pub async fn run(
         stderr,
     );
     let c = &eff.config;
-    let mut dp = Dataplane::load(&map_sizes(&eff), Some(c.pin_dir.clone()))?;
-    configure::apply(&mut dp, &eff)?;
-    upkeep::drop_stale_links(&c.pin_dir, &eff.interfaces, &log);
-    for iface in &eff.interfaces {
-        let a = dp.attach(iface, eff.xdp_mode)?;
-        match a.mode {
-            Some(mode) => log.notice(&format!("portsentry: watching {iface} ({mode:?} XDP)")),
-            None => log.notice(&format!(
-                "portsentry: watching {iface} (adopted the pinned link; program replaced)"
-            )),
-        }
+    // The kernel verifies the program while the maps are filled: the bans on record are
+    // in the maps before the program is attached (or replaced in its pinned links).
+    let mut dp = Dataplane::load_verifying(&map_sizes(&eff), Some(c.pin_dir.clone()))
+        .map_err(|e| too_small(e, c))?;
+    for (map, from, to) in dp.resized_maps() {
+        log.notice(&format!(
+            "portsentry: {map} resized from {from} to {to} entries (the configuration's \
+             size), every entry carried over"
+        ));
     }
+    configure::apply(&mut dp, &eff)?;
     for w in &eff.warnings {
         log.warn(&format!("portsentry: warning: {w}"));
     }
@@ -190,7 +189,7 @@ pub async fn run(
         opened.took
     ));
     let t = std::time::Instant::now();
-    let kernel_bans = dp.bans()?;
+    let kernel_bans = dp.take_bans_at_load()?;
     let read_kernel = t.elapsed();
     let in_kernel = kernel_bans.len();
     // A kernel-only ban of a protocol whose mode is now off is recorded under the
@@ -200,11 +199,16 @@ pub async fn run(
     let mut r = state::reconcile(saved, kernel_bans, SystemTime::now(), tcp_mode, udp_mode);
     let pending = std::mem::take(&mut r.pending);
     let t = std::time::Instant::now();
-    for net in &r.to_insert {
-        let ban = r.store.get(net).expect("reconciled ban");
-        dp.insert_ban(net, &ban.kernel_entry())?;
-    }
-    let written = std::mem::take(&mut r.to_insert).len();
+    let to_insert: Vec<_> = std::mem::take(&mut r.to_insert)
+        .into_iter()
+        .map(|net| {
+            let ban = r.store.get(&net).expect("reconciled ban");
+            (net, ban.kernel_entry())
+        })
+        .collect();
+    dp.insert_bans(&to_insert)?;
+    let written = to_insert.len();
+    drop(to_insert);
     log.notice(&format!(
         "portsentry: kernel maps: {in_kernel} bans read in {read_kernel:.2?}, {written} \
          written in {:.2?}",
@@ -214,6 +218,23 @@ pub async fn run(
     for net in &r.adopted {
         log.notice(&format!(
             "portsentry: adopted the ban of {net} from the kernel (made before a restart)"
+        ));
+    }
+    upkeep::drop_stale_links(&c.pin_dir, &eff.interfaces, &log);
+    for iface in &eff.interfaces {
+        let a = dp.attach(iface, eff.xdp_mode)?;
+        match a.mode {
+            Some(mode) => log.notice(&format!("portsentry: watching {iface} ({mode:?} XDP)")),
+            None => log.notice(&format!(
+                "portsentry: watching {iface} (adopted the pinned link; program replaced)"
+            )),
+        }
+    }
+    // Bans the replaced program made in maps that were resized, since they were copied.
+    let late = dp.carry_over_late_bans()?;
+    if late > 0 {
+        log.notice(&format!(
+            "portsentry: {late} bans made meanwhile carried over into the resized maps"
         ));
     }
     let ring = dp.take_events()?;
@@ -336,6 +357,23 @@ pub async fn run(
     book.flush(|_| {})?;
     book.persist()?;
     Ok(())
+}
+
+/// A map that cannot shrink to the configured size, as an error at the key that sets it.
+fn too_small(e: anyhow::Error, c: &crate::config::Config) -> anyhow::Error {
+    match e.downcast_ref::<MapTooSmall>() {
+        Some(t) if t.map == portsentry_common::maps::BANS => c
+            .error_at(
+                "MAX_BANS",
+                format!(
+                    "MAX_BANS is {} but {} bans are in force (PS_BANS); raise MAX_BANS to at \
+                     least {}, or unban some first (`portsentry unban`)",
+                    t.size, t.entries, t.entries
+                ),
+            )
+            .into(),
+        _ => e,
+    }
 }
 
 fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<ScanEvent>) {

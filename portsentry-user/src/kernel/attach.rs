@@ -4,7 +4,7 @@
 
 use std::{os::fd::AsFd as _, path::Path};
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
 use aya::programs::{
     Xdp, XdpMode,
     links::{FdLink, PinnedLink},
@@ -12,7 +12,7 @@ use aya::programs::{
 };
 use portsentry_common::PROGRAM_NAME;
 
-use super::{Dataplane, sys::pinned_link_ifindex};
+use super::{Dataplane, Program, sys::pinned_link_ifindex};
 use crate::{config::AttachMode, paths};
 
 /// One attachment of the program made or adopted by this process.
@@ -27,11 +27,22 @@ pub struct Attachment {
 }
 
 impl Dataplane {
+    /// The loaded program, once the kernel verified it.
     fn program(&mut self) -> Result<&mut Xdp> {
-        Ok(self
-            .ebpf
-            .as_mut()
-            .ok_or_else(|| anyhow!("no program loaded (maps opened read-only)"))?
+        if let Program::Verifying(_) = &self.ebpf {
+            let Program::Verifying(thread) = std::mem::replace(&mut self.ebpf, Program::None)
+            else {
+                unreachable!("matched above")
+            };
+            let ebpf = thread
+                .join()
+                .map_err(|_| anyhow!("the verifier's thread panicked"))??;
+            self.ebpf = Program::Loaded(ebpf);
+        }
+        let Program::Loaded(ebpf) = &mut self.ebpf else {
+            bail!("no program loaded (maps opened read-only)");
+        };
+        Ok(ebpf
             .program_mut(PROGRAM_NAME)
             .ok_or_else(|| anyhow!("the XDP object has no program `{PROGRAM_NAME}`"))?
             .try_into()?)
@@ -144,10 +155,10 @@ impl Dataplane {
 
     /// The loaded program, to read.
     fn program_ref(&self) -> Result<&Xdp> {
-        Ok(self
-            .ebpf
-            .as_ref()
-            .ok_or_else(|| anyhow!("no program loaded (maps opened read-only)"))?
+        let Program::Loaded(ebpf) = &self.ebpf else {
+            bail!("no program loaded (maps opened read-only, or not attached yet)");
+        };
+        Ok(ebpf
             .program(PROGRAM_NAME)
             .ok_or_else(|| anyhow!("the XDP object has no program `{PROGRAM_NAME}`"))?
             .try_into()?)

@@ -15,36 +15,128 @@ use portsentry_common::{
 
 use super::{
     Dataplane, addr,
-    maps::{absent_is_false, absent_is_none},
+    maps::{absent_is_false, absent_is_none, fd},
+    sys,
 };
 
 impl Dataplane {
     /// Makes `PS_BAN_FILTER` exactly the filter of the bans in `PS_BANS` (at load, which
-    /// also adopts the bans of pinned maps).
-    pub(super) fn rebuild_ban_filter(&mut self) -> Result<()> {
+    /// also adopts the bans of pinned maps), and gives `PS_BAN_CACHE` every ban whose
+    /// slot is free or already its own (which also refreshes an expiry a crash left
+    /// stale). Whole maps read and written in batches ([`sys::read_map`]).
+    ///
+    /// Returns the exact bans it read.
+    pub(super) fn rebuild_ban_filter(&mut self) -> Result<Vec<(Addr, BanEntry)>> {
+        let bans: Vec<(Addr, BanEntry)> =
+            sys::read_map(fd(&self.maps.bans)).context("reading PS_BANS")?;
         let mut words = vec![0u64; maps::BAN_FILTER_WORDS as usize];
-        let mut users = std::collections::HashMap::new();
-        let mut bans = Vec::new();
-        for item in self.maps.bans.iter() {
-            let (k, v) = item?;
-            let bit = filter_bit(&k);
+        let mut users = FilterUsers::with_capacity_and_hasher(bans.len(), Default::default());
+        for (k, _) in &bans {
+            let bit = filter_bit(k);
             words[(bit >> 6) as usize] |= 1 << (bit & 63);
             *users.entry(bit).or_insert(0) += 1;
-            bans.push((k, v.expires_ns));
         }
-        // The cache gets every ban whose slot is free or already its own (which also
-        // refreshes an expiry a crash left stale).
-        for (k, expires_ns) in bans {
-            self.cache_put(&k, expires_ns)?;
+        self.cache_put_all(bans.iter().map(|(k, v)| (k, v.expires_ns)))?;
+        let now = self.read_filter_words()?;
+        self.write_filter_words(&now, &words)?;
+        self.filter_users = users;
+        Ok(bans)
+    }
+
+    /// Bans many networks at once, as [`Self::insert_ban`] does one (start-up's restore
+    /// of the bans on record): the filter bits first, then the hash and the trie, then
+    /// the cache, each map written in batches.
+    ///
+    /// Every exact ban is counted as a new user of its filter bit, also one that was in
+    /// `PS_BANS` already (counting a bit twice only keeps it set longer).
+    pub fn insert_bans(&mut self, bans: &[(IpNet, BanEntry)]) -> Result<()> {
+        self.bans_at_load = None;
+        let (exact, nets): (Vec<_>, Vec<_>) = bans.iter().partition(|(net, _)| self.exact(net));
+        if !exact.is_empty() {
+            let keys: Vec<Addr> = exact.iter().map(|(net, _)| addr::net_key(net).1).collect();
+            let values: Vec<BanEntry> = exact.iter().map(|(_, e)| *e).collect();
+            let now = self.read_filter_words()?;
+            let mut words = now.clone();
+            for k in &keys {
+                let bit = filter_bit(k);
+                *self.filter_users.entry(bit).or_insert(0) += 1;
+                words[(bit >> 6) as usize] |= 1 << (bit & 63);
+            }
+            self.write_filter_words(&now, &words)?;
+            sys::write_map(fd(&self.maps.bans), &keys, &values)
+                .map_err(|e| stopped_at(e, &exact, maps::BANS))?;
+            self.cache_put_all(keys.iter().zip(values.iter().map(|v| v.expires_ns)))?;
         }
-        let a = &mut self.maps.ban_filter;
-        for (i, w) in words.iter().enumerate() {
-            if a.get(&(i as u32), 0)? != *w {
-                a.set(i as u32, *w, 0)?;
+        if !nets.is_empty() {
+            let keys: Vec<Key<Addr>> = nets
+                .iter()
+                .map(|(net, _)| {
+                    let (len, key) = addr::net_key(net);
+                    Key::new(len, key)
+                })
+                .collect();
+            let values: Vec<BanEntry> = nets.iter().map(|(_, e)| *e).collect();
+            sys::write_map(fd(&self.maps.ban_nets), &keys, &values)
+                .map_err(|e| stopped_at(e, &nets, maps::BAN_NETS))?;
+            self.set_flag(SETTING_PREFIX_BANS, true)?;
+        }
+        Ok(())
+    }
+
+    /// Every word of `PS_BAN_FILTER`.
+    fn read_filter_words(&self) -> Result<Vec<u64>> {
+        let mut words = vec![0u64; maps::BAN_FILTER_WORDS as usize];
+        for (i, w) in
+            sys::read_map::<u32, u64>(fd(&self.maps.ban_filter)).context("reading PS_BAN_FILTER")?
+        {
+            if let Some(slot) = words.get_mut(i as usize) {
+                *slot = w;
             }
         }
-        self.filter_users = users;
-        Ok(())
+        Ok(words)
+    }
+
+    /// Writes the `PS_BAN_FILTER` words that differ from what the map holds (`now`).
+    fn write_filter_words(&mut self, now: &[u64], want: &[u64]) -> Result<()> {
+        let (idx, vals): (Vec<u32>, Vec<u64>) = now
+            .iter()
+            .zip(want)
+            .enumerate()
+            .filter(|(_, (a, b))| a != b)
+            .map(|(i, (_, b))| (i as u32, *b))
+            .unzip();
+        sys::write_map(fd(&self.maps.ban_filter), &idx, &vals).context("writing PS_BAN_FILTER")
+    }
+
+    /// Puts each ban into its `PS_BAN_CACHE` slot unless another ban holds it (the first
+    /// of several that share a free slot gets it), reading and writing the cache whole.
+    fn cache_put_all<'a>(&mut self, bans: impl Iterator<Item = (&'a Addr, u64)>) -> Result<()> {
+        let mut slots: Vec<BanSlot> = vec![BanSlot::default(); maps::BAN_CACHE_SLOTS as usize];
+        for (i, slot) in sys::read_map::<u32, BanSlot>(fd(&self.maps.ban_cache))
+            .context("reading PS_BAN_CACHE")?
+        {
+            if let Some(s) = slots.get_mut(i as usize) {
+                *s = slot;
+            }
+        }
+        let mut changed = std::collections::BTreeMap::new();
+        for (key, expires_ns) in bans {
+            let w: AddrWords = bytemuck::cast(*key);
+            let idx = maps::ban_cache_slot(&w);
+            let Some(cur) = slots.get_mut(idx as usize) else {
+                continue;
+            };
+            if cur.used == 0 || cur.addr == w {
+                *cur = BanSlot {
+                    addr: w,
+                    expires_ns,
+                    used: 1,
+                };
+                changed.insert(idx, *cur);
+            }
+        }
+        let (idx, vals): (Vec<u32>, Vec<BanSlot>) = changed.into_iter().unzip();
+        sys::write_map(fd(&self.maps.ban_cache), &idx, &vals).context("writing PS_BAN_CACHE")
     }
 
     /// Puts a ban into its `PS_BAN_CACHE` slot unless another ban holds it.
@@ -116,6 +208,7 @@ impl Dataplane {
     }
 
     fn insert_ban_as(&mut self, net: &IpNet, entry: &BanEntry, exact: bool) -> Result<()> {
+        self.bans_at_load = None;
         let (len, key) = addr::net_key(net);
         if exact {
             // The filter bit goes first: a ban is never in the map without its bit.
@@ -165,6 +258,7 @@ impl Dataplane {
     }
 
     fn remove_ban_as(&mut self, net: &IpNet, exact: bool) -> Result<bool> {
+        self.bans_at_load = None;
         let (len, key) = addr::net_key(net);
         if exact {
             // Before the hash: the cache never holds a ban the hash lacks.
@@ -193,18 +287,40 @@ impl Dataplane {
         })
     }
 
-    /// Every ban in the kernel, hosts and prefixes.
+    /// Every ban in the kernel, hosts and prefixes (each map read in batches).
     pub fn bans(&self) -> Result<Vec<(IpNet, BanEntry)>> {
-        let mut out = Vec::new();
+        let hosts: Vec<(Addr, BanEntry)> =
+            sys::read_map(fd(&self.maps.bans)).context("reading PS_BANS")?;
+        self.with_nets(hosts)
+    }
+
+    /// Like [`Self::bans`], once, for start-up: the exact bans are those the load read to
+    /// rebuild the filter (a million of them take a second to read again) unless this
+    /// process changed a ban since. A ban the program made after that read (at a
+    /// source's trigger, in the moments of the attach) is missing from it; its event in
+    /// the pinned ring buffer brings it to the daemon.
+    pub fn take_bans_at_load(&mut self) -> Result<Vec<(IpNet, BanEntry)>> {
+        match self.bans_at_load.take() {
+            Some(hosts) => self.with_nets(hosts),
+            None => self.bans(),
+        }
+    }
+
+    /// The exact bans `hosts` as networks, and every ban of the trie.
+    fn with_nets(&self, hosts: Vec<(Addr, BanEntry)>) -> Result<Vec<(IpNet, BanEntry)>> {
         let prefix = self.v6_source_prefix();
-        for item in self.maps.bans.iter() {
-            let (k, v) = item?;
-            out.push((addr::source_key_net(&k, prefix), v));
-        }
-        for item in self.maps.ban_nets.iter() {
-            let (k, v) = item?;
-            out.push((addr::net_from_key(k.prefix_len(), &k.data()), v));
-        }
+        let nets: Vec<(Key<Addr>, BanEntry)> =
+            sys::read_map(fd(&self.maps.ban_nets)).context("reading PS_BAN_NETS")?;
+        let mut out = Vec::with_capacity(hosts.len() + nets.len());
+        out.extend(
+            hosts
+                .into_iter()
+                .map(|(k, v)| (addr::source_key_net(&k, prefix), v)),
+        );
+        out.extend(
+            nets.into_iter()
+                .map(|(k, v)| (addr::net_from_key(k.prefix_len(), &k.data()), v)),
+        );
         Ok(out)
     }
 }
@@ -235,6 +351,45 @@ impl Dataplane {
             self.remove_ban_as(net, *was)?;
         }
         Ok(())
+    }
+}
+
+/// A bulk write of `bans` into `map` that stopped, as an error naming the ban it
+/// stopped at.
+fn stopped_at<B: std::borrow::Borrow<(IpNet, BanEntry)>>(
+    e: sys::WriteError,
+    bans: &[B],
+    map: &str,
+) -> anyhow::Error {
+    let net = bans
+        .get(e.written)
+        .map_or(String::new(), |b| b.borrow().0.to_string());
+    anyhow::Error::new(e).context(format!("writing the ban of {net} (is {map} full?)"))
+}
+
+/// How many exact bans use each `PS_BAN_FILTER` bit in use.
+pub(super) type FilterUsers =
+    std::collections::HashMap<u32, u32, std::hash::BuildHasherDefault<BitHasher>>;
+
+/// The hash of a filter bit (already a hash of the address): one multiplication that
+/// spreads it over the 64 bits the table's control bytes are taken from (a million bits
+/// counted at start-up take a fifth of the time SipHash takes).
+#[derive(Default)]
+pub(super) struct BitHasher(u64);
+
+impl std::hash::Hasher for BitHasher {
+    fn finish(&self) -> u64 {
+        self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n);
     }
 }
 

@@ -11,7 +11,8 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::maps::{
-    Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key,
+    Array, HashMap, IterableMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf,
+    lpm_trie::Key,
 };
 use ipnet::{IpNet, Ipv6Net};
 use portsentry_common::{
@@ -50,6 +51,9 @@ pub(super) struct Maps {
     pub events: Option<RingBuf<MapData>>,
     /// Kernel memory charged to each map (`memlock` in its fdinfo), in bytes.
     pub memory: Vec<(&'static str, u64)>,
+    /// The maps no handle above is for (`PS_EV_BUDGET`): held open, as the program
+    /// may still be in the verifier, which needs every map fd it names.
+    _rest: Vec<Map>,
 }
 
 impl Maps {
@@ -76,8 +80,9 @@ impl Maps {
                 .remove(name)
                 .ok_or_else(|| anyhow!("the XDP object has no map `{name}`"))
         };
+        let bans = HashMap::try_from(take(maps::BANS)?)?;
         Ok(Maps {
-            bans: HashMap::try_from(take(maps::BANS)?)?,
+            bans,
             ban_nets: LpmTrie::try_from(take(maps::BAN_NETS)?)?,
             ban_filter: Array::try_from(take(maps::BAN_FILTER)?)?,
             ban_cache: Array::try_from(take(maps::BAN_CACHE)?)?,
@@ -92,6 +97,7 @@ impl Maps {
             kban,
             events: Some(RingBuf::try_from(take(maps::EVENTS)?)?),
             memory,
+            _rest: named.into_values().collect(),
         })
     }
 }
@@ -386,12 +392,12 @@ impl Dataplane {
 
     /// Every tracked source.
     pub fn sources(&self) -> Result<Vec<(IpAddr, SourceStats)>> {
-        let mut out = Vec::new();
-        for item in self.maps.sources.iter() {
-            let (k, v) = item?;
-            out.push((addr::from_key(&k), v));
-        }
-        Ok(out)
+        let all: Vec<(Addr, SourceStats)> =
+            super::sys::read_map(fd(&self.maps.sources)).context("reading PS_SOURCES")?;
+        Ok(all
+            .into_iter()
+            .map(|(k, v)| (addr::from_key(&k), v))
+            .collect())
     }
 
     /// Forgets a source's probe history (after it was banned or unbanned).
@@ -407,6 +413,11 @@ impl Dataplane {
             .take()
             .ok_or_else(|| anyhow!("the event ring buffer was already taken"))
     }
+}
+
+/// The file descriptor of a typed map, for the raw calls of [`super::sys`].
+pub(super) fn fd<K: aya::Pod, V, M: IterableMap<K, V>>(map: &M) -> std::os::fd::BorrowedFd<'_> {
+    map.map().fd().as_fd()
 }
 
 pub(super) fn absent_is_none<V>(r: Result<V, MapError>) -> Result<Option<V>> {

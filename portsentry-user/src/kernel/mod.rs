@@ -8,6 +8,7 @@ mod bans;
 pub mod configure;
 mod maps;
 pub mod object;
+mod resize;
 mod sys;
 
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ use portsentry_common::{
 
 pub use attach::Attachment;
 pub use maps::Counters;
+pub use resize::MapTooSmall;
 pub use sys::{ensure_pin_dir, pinned_link_ifindex};
 
 /// Sizes of the maps whose size is a deployment choice.
@@ -50,17 +52,32 @@ impl Default for MapSizes {
 /// The loaded XDP program and its maps.
 pub struct Dataplane {
     /// The program (absent when only the pinned maps were opened).
-    ebpf: Option<Ebpf>,
+    ebpf: Program,
     maps: maps::Maps,
     pin_dir: Option<PathBuf>,
     settings: Settings,
     attachments: Vec<Attachment>,
     /// How many exact bans use each `PS_BAN_FILTER` bit (a bit is cleared at zero).
-    filter_users: std::collections::HashMap<u32, u32>,
+    filter_users: bans::FilterUsers,
+    /// The exact bans read at load, until [`Dataplane::take_bans_at_load`] takes them
+    /// (dropped at the first change of a ban).
+    bans_at_load: Option<Vec<(portsentry_common::Addr, portsentry_common::maps::BanEntry)>>,
+    /// Pinned maps replaced by maps of the configured sizes at this load, held until
+    /// [`Dataplane::carry_over_late_bans`].
+    resized: Vec<resize::Resized>,
     /// What `PS_IGN_FILTER` holds, once read or written.
     ignore_words: Option<Vec<u64>>,
     /// What `PS_ACK_PORTS` holds, once read or written.
     ack_words: Option<Vec<u64>>,
+}
+
+/// The loaded object's program.
+enum Program {
+    /// Only the pinned maps were opened.
+    None,
+    /// The kernel is verifying it ([`Dataplane::load_verifying`]).
+    Verifying(std::thread::JoinHandle<Result<Ebpf>>),
+    Loaded(Ebpf),
 }
 
 /// Maps a pin directory of an earlier release lacks: the next `run` creates them.
@@ -83,8 +100,24 @@ impl Dataplane {
         Self::load_object(object::bytes()?, sizes, pin_dir)
     }
 
+    /// Like [`Dataplane::load`], but the kernel verifies the program on a thread of its
+    /// own (a second or more for this program) while the caller fills the maps: the
+    /// first [`Dataplane::attach`] waits for it and reports a rejection.
+    pub fn load_verifying(sizes: &MapSizes, pin_dir: Option<PathBuf>) -> Result<Self> {
+        Self::load_with(object::bytes()?, sizes, pin_dir, true)
+    }
+
     /// Like [`Dataplane::load`], with another build's object (the bench compares two).
     pub fn load_object(bytes: &[u8], sizes: &MapSizes, pin_dir: Option<PathBuf>) -> Result<Self> {
+        Self::load_with(bytes, sizes, pin_dir, false)
+    }
+
+    fn load_with(
+        bytes: &[u8],
+        sizes: &MapSizes,
+        pin_dir: Option<PathBuf>,
+        background: bool,
+    ) -> Result<Self> {
         if let Some(dir) = &pin_dir {
             ensure_pin_dir(dir)?;
         }
@@ -94,32 +127,70 @@ impl Dataplane {
             .map_max_entries(names::BAN_NETS, sizes.ban_nets)
             .map_max_entries(names::IGNORE, sizes.ignore)
             .map_max_entries(names::SOURCES, sizes.sources);
+        // Pinned maps of another size than configured are replaced (`resize`).
+        let resized = match &pin_dir {
+            Some(dir) => resize::pinned_to_resize(dir, sizes)?,
+            None => Vec::new(),
+        };
         if let Some(dir) = &pin_dir {
             for name in names::ALL {
-                loader.map_pin_path(name, dir.join(name));
+                if !resized.iter().any(|r| r.name == name) {
+                    loader.map_pin_path(name, dir.join(name));
+                }
             }
         }
+        // Creates (or opens) the maps and writes their fds into the program's
+        // instructions; the program itself is loaded below.
         let mut ebpf = loader
             .load(bytes)
             .context("loading the XDP object into the kernel (are you root?)")?;
-        let program: &mut Xdp = ebpf
-            .program_mut(PROGRAM_NAME)
-            .ok_or_else(|| anyhow!("the XDP object has no program `{PROGRAM_NAME}`"))?
-            .try_into()?;
-        program
-            .load()
-            .context("the kernel verifier rejected the XDP program")?;
         // Every map the object has; `maps::Maps::new` says which it cannot do without.
-        let taken = names::ALL
+        // The fds stay open in them while the kernel verifies the program.
+        let taken: std::collections::HashMap<&'static str, Map> = names::ALL
             .into_iter()
             .filter_map(|name| Some((name, ebpf.take_map(name)?)))
             .collect();
-        Self::with_maps(Some(ebpf), taken, pin_dir)
+        if let Some(dir) = &pin_dir {
+            Self::take_over_resized(dir, &resized, &taken)?;
+        }
+        let verify = move || -> Result<Ebpf> {
+            let program: &mut Xdp = ebpf
+                .program_mut(PROGRAM_NAME)
+                .ok_or_else(|| anyhow!("the XDP object has no program `{PROGRAM_NAME}`"))?
+                .try_into()?;
+            program
+                .load()
+                .context("the kernel verifier rejected the XDP program")?;
+            Ok(ebpf)
+        };
+        let program = if background {
+            Program::Verifying(
+                std::thread::Builder::new()
+                    .name("verifier".into())
+                    .spawn(verify)
+                    .context("starting the verifier's thread")?,
+            )
+        } else {
+            Program::Loaded(verify()?)
+        };
+        let mut dp = Self::with_maps(program, taken, pin_dir, true)?;
+        dp.resized = resized;
+        Ok(dp)
     }
 
     /// Opens the maps pinned in `pin_dir` without loading a program: for `status`,
     /// `ban` and `unban` while no daemon runs. Fails when nothing is pinned there.
     pub fn open_pinned(pin_dir: &Path) -> Result<Self> {
+        Self::open_pins(pin_dir, true)
+    }
+
+    /// Like [`Dataplane::open_pinned`], to read only (`status`): the ban filter is not
+    /// rebuilt (a pass over every ban), and nothing is written.
+    pub fn inspect_pinned(pin_dir: &Path) -> Result<Self> {
+        Self::open_pins(pin_dir, false)
+    }
+
+    fn open_pins(pin_dir: &Path, rebuild: bool) -> Result<Self> {
         if !is_pinned(pin_dir) {
             bail!(
                 "portsentry is not loaded: no pinned maps in {} (start it with `portsentry run`)",
@@ -136,13 +207,14 @@ impl Dataplane {
                 .with_context(|| format!("opening the pinned map {}", path.display()))?;
             taken.insert(name, Map::from_map_data(data)?);
         }
-        Self::with_maps(None, taken, Some(pin_dir.to_path_buf()))
+        Self::with_maps(Program::None, taken, Some(pin_dir.to_path_buf()), rebuild)
     }
 
     fn with_maps(
-        ebpf: Option<Ebpf>,
+        ebpf: Program,
         taken: std::collections::HashMap<&'static str, Map>,
         pin_dir: Option<PathBuf>,
+        rebuild: bool,
     ) -> Result<Self> {
         let mut dp = Dataplane {
             ebpf,
@@ -151,11 +223,21 @@ impl Dataplane {
             settings: Settings::default(),
             attachments: Vec::new(),
             filter_users: Default::default(),
+            bans_at_load: None,
+            resized: Vec::new(),
             ignore_words: None,
             ack_words: None,
         };
         dp.settings = dp.read_settings()?;
-        dp.rebuild_ban_filter()?;
+        if !rebuild {
+            return Ok(dp);
+        }
+        let read = dp.rebuild_ban_filter()?;
+        // Kept for the daemon's start (a process that only opened the pins has no use
+        // for them).
+        if !matches!(dp.ebpf, Program::None) {
+            dp.bans_at_load = Some(read);
+        }
         Ok(dp)
     }
 }

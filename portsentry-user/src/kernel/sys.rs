@@ -1,7 +1,10 @@
-//! The few raw system calls aya does not offer: the state of a pinned XDP link, and the
-//! BPF file system the pins live on.
+//! The few raw system calls aya does not offer: batched map reads and writes, the state
+//! of a pinned XDP link, and the BPF file system the pins live on.
 
-use std::{os::unix::ffi::OsStrExt as _, path::Path};
+use std::{
+    os::{fd::BorrowedFd, unix::ffi::OsStrExt as _},
+    path::Path,
+};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -132,4 +135,252 @@ fn is_bpffs(path: &Path) -> bool {
     // SAFETY: statfs with a valid path and out pointer.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+}
+
+// ---- Batched map operations ----
+//
+// aya 0.14 offers map reads and writes one element at a time (one bpf(2) call each, two
+// for an iteration step). With a million bans that is seconds at every start, so the
+// whole-map reads and the bulk writes go through BPF_MAP_LOOKUP_BATCH and
+// BPF_MAP_UPDATE_BATCH (Linux 5.6), called here with the map fd aya gives us. A kernel or
+// map type without them (EINVAL, EOPNOTSUPP, or the kernel's internal ENOTSUPP) gets the
+// same result one element at a time, through the same raw calls.
+
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+/// The kernel's own "not supported" (not a libc errno), which bpf(2) can return.
+const ENOTSUPP: i32 = 524;
+/// Elements asked for per BPF_MAP_LOOKUP_BATCH call (a hash map needs room for one
+/// whole bucket; it answers ENOSPC otherwise and the chunk is doubled).
+const LOOKUP_CHUNK: usize = 16_384;
+/// Elements written per BPF_MAP_UPDATE_BATCH call (bounds the time of one call).
+const UPDATE_CHUNK: usize = 65_536;
+/// Set (to anything) to make every batched map operation take the per-element path
+/// (kernels whose batched operations misbehave; the tests of that path).
+pub const NO_BATCH_ENV: &str = "PORTSENTRY_NO_MAP_BATCH";
+
+/// `union bpf_attr` for the BPF_MAP_*_BATCH commands.
+#[repr(C, align(8))]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// `union bpf_attr` for the per-element commands.
+#[repr(C, align(8))]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value_or_next_key: u64,
+    flags: u64,
+}
+
+fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> std::io::Result<()> {
+    // SAFETY: `attr` is a bpf_attr prefix of its command whose pointers the caller made
+    // valid for the sizes the map has; the kernel writes back only into `attr` and them.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut A, size_of::<A>()) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn batches_allowed() -> bool {
+    static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ALLOWED.get_or_init(|| {
+        let allowed = std::env::var_os(NO_BATCH_ENV).is_none();
+        if !allowed {
+            log::info!(
+                "{NO_BATCH_ENV} is set: BPF maps are read and written one element at a time"
+            );
+        }
+        allowed
+    })
+}
+
+/// True for the errors that say "no batched operations here" (rather than a failure of
+/// this one); logs the first.
+fn batch_unsupported(e: &std::io::Error) -> bool {
+    let unsupported = matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)
+    );
+    static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if unsupported && !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        log::info!(
+            "a BPF map has no batched operations here ({e}): it is read and written one \
+             element at a time"
+        );
+    }
+    unsupported
+}
+
+fn zeroed<T: aya::Pod>(n: usize) -> Vec<T> {
+    // SAFETY: a Pod is plain data, valid as all zeroes.
+    (0..n).map(|_| unsafe { std::mem::zeroed() }).collect()
+}
+
+/// Every entry of a map (hash, array or trie; not per-CPU) whose keys are `K` and values
+/// `V` (their sizes must be the map's): in batches where the kernel has them.
+pub fn read_map<K: aya::Pod, V: aya::Pod>(map: BorrowedFd<'_>) -> std::io::Result<Vec<(K, V)>> {
+    use std::os::fd::AsRawFd as _;
+    if batches_allowed() {
+        match lookup_batched(map.as_raw_fd() as u32) {
+            Err(e) if batch_unsupported(&e) => {}
+            other => return other,
+        }
+    }
+    read_each(map.as_raw_fd() as u32)
+}
+
+fn lookup_batched<K: aya::Pod, V: aya::Pod>(fd: u32) -> std::io::Result<Vec<(K, V)>> {
+    let mut out = Vec::new();
+    let mut chunk = LOOKUP_CHUNK;
+    // The position token is a key for arrays and tries, a bucket (u32) for hash maps.
+    let token_words = size_of::<K>().max(4).div_ceil(8);
+    let mut token = vec![0u64; token_words];
+    let mut next = vec![0u64; token_words];
+    let mut first = true;
+    loop {
+        let mut keys: Vec<K> = zeroed(chunk);
+        let mut values: Vec<V> = zeroed(chunk);
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { token.as_ptr() as u64 },
+            out_batch: next.as_mut_ptr() as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: chunk as u32,
+            map_fd: fd,
+            elem_flags: 0,
+            flags: 0,
+        };
+        let rc = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let n = (attr.count as usize).min(chunk);
+        match rc {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && n == 0 => {
+                chunk *= 2;
+                continue;
+            }
+            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
+            _ => {}
+        }
+        out.extend(keys.into_iter().zip(values).take(n));
+        if rc.is_err() {
+            // ENOENT: the end of the map (with the last entries in this answer).
+            return Ok(out);
+        }
+        std::mem::swap(&mut token, &mut next);
+        first = false;
+    }
+}
+
+fn read_each<K: aya::Pod, V: aya::Pod>(fd: u32) -> std::io::Result<Vec<(K, V)>> {
+    let mut out = Vec::new();
+    let mut key: Option<K> = None;
+    loop {
+        let mut next: K = zeroed(1).remove(0);
+        let mut attr = ElemAttr {
+            map_fd: fd,
+            _pad: 0,
+            key: key.as_ref().map_or(0, |k| k as *const K as u64),
+            value_or_next_key: &mut next as *mut K as u64,
+            flags: 0,
+        };
+        match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+            r => r?,
+        }
+        let mut value: V = zeroed(1).remove(0);
+        let mut attr = ElemAttr {
+            map_fd: fd,
+            _pad: 0,
+            key: &next as *const K as u64,
+            value_or_next_key: &mut value as *mut V as u64,
+            flags: 0,
+        };
+        match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+            // Deleted between the two calls.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            r => {
+                r?;
+                out.push((next, value));
+            }
+        }
+        key = Some(next);
+    }
+}
+
+/// A write of many entries that stopped: how many were written before `error`.
+#[derive(Debug)]
+pub struct WriteError {
+    pub written: usize,
+    pub error: std::io::Error,
+}
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (after {} entries)", self.error, self.written)
+    }
+}
+
+impl std::error::Error for WriteError {}
+
+/// Writes `keys[i]` = `values[i]` into a map (BPF_ANY: added or replaced), in batches
+/// where the kernel has them, in order.
+pub fn write_map<K: aya::Pod, V: aya::Pod>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> Result<(), WriteError> {
+    use std::os::fd::AsRawFd as _;
+    assert_eq!(keys.len(), values.len(), "one value per key");
+    let fd = map.as_raw_fd() as u32;
+    let mut written = 0;
+    if batches_allowed() {
+        while written < keys.len() {
+            let end = (written + UPDATE_CHUNK).min(keys.len());
+            let mut attr = BatchAttr {
+                in_batch: 0,
+                out_batch: 0,
+                keys: keys[written..end].as_ptr() as u64,
+                values: values[written..end].as_ptr() as u64,
+                count: (end - written) as u32,
+                map_fd: fd,
+                elem_flags: 0,
+                flags: 0,
+            };
+            match bpf(BPF_MAP_UPDATE_BATCH, &mut attr) {
+                Ok(()) => written = end,
+                Err(error) if batch_unsupported(&error) && attr.count == 0 => break,
+                Err(error) => {
+                    return Err(WriteError {
+                        written: written + attr.count as usize,
+                        error,
+                    });
+                }
+            }
+        }
+    }
+    for (k, v) in keys.iter().zip(values).skip(written) {
+        let mut attr = ElemAttr {
+            map_fd: fd,
+            _pad: 0,
+            key: k as *const K as u64,
+            value_or_next_key: v as *const V as u64,
+            flags: 0,
+        };
+        bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map_err(|error| WriteError { written, error })?;
+        written += 1;
+    }
+    Ok(())
 }

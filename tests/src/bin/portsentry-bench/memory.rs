@@ -5,45 +5,21 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use ipnet::IpNet;
-use portsentry_common::{ScanType, maps::BanOrigin};
 use portsentry_tests::{
     daemon::{Daemon, Workdir},
     netns::TestNet,
+    scenario::{self, scan_ban},
 };
-use portsentry_user::{
-    bans::{
-        Ban, BanStore,
-        journal::{self, Journal},
-    },
-    kinds::{ModeToken, Protocol},
+use portsentry_user::bans::{
+    Ban,
+    journal::{self, Journal},
 };
 
 use crate::filler;
 
-fn scan_ban(net: IpNet, now: SystemTime) -> Ban {
-    Ban {
-        net,
-        origin: BanOrigin::Scan,
-        since: now,
-        expires: None,
-        port: 22,
-        proto: Some(Protocol::Tcp),
-        scan_type: Some(ScanType::TcpSyn),
-        mode: Some(ModeToken::Atcp),
-        count: 1,
-        escalated: None,
-    }
-}
-
 /// Writes a journal of `n` bans (as a compaction would: one record each).
 fn write_journal(state_dir: &std::path::Path, n: u32) {
-    let now = SystemTime::now();
-    let mut store = BanStore::new();
-    for i in 0..n {
-        store.insert(scan_ban(IpNet::from(filler(i)), now));
-    }
-    std::fs::create_dir_all(state_dir).unwrap();
-    std::fs::write(journal::path(state_dir), journal::encode_store(&store)).unwrap();
+    scenario::write_journal(state_dir, (0..n).map(|i| IpNet::from(filler(i))));
 }
 
 fn rss(pid: u32) -> (u64, u64) {

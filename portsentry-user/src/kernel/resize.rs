@@ -1,0 +1,209 @@
+//! Map sizes changed in the configuration, applied at the next start without `unload`:
+//! a pinned map whose size is not the configured one is replaced by a new map of that
+//! size with the same entries (copied in batches), pinned in its place before the new
+//! program replaces the old one in its links ([`super::attach`]); the bans the old
+//! program made in between are carried over after the attach
+//! ([`Dataplane::carry_over_late_bans`]).
+
+use std::{
+    collections::HashSet,
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{Map, MapData, lpm_trie::Key};
+use portsentry_common::{
+    Addr,
+    maps::{self as names, BanEntry, SourceStats},
+};
+
+use super::{Dataplane, MapSizes, addr, maps::fd, sys};
+
+/// A map to shrink below the entries it holds: refused, so that no ban is dropped.
+#[derive(Debug)]
+pub struct MapTooSmall {
+    /// The map's name (`PS_BANS`, ...).
+    pub map: &'static str,
+    /// Entries it holds now.
+    pub entries: usize,
+    /// The size asked for.
+    pub size: u32,
+}
+
+impl std::fmt::Display for MapTooSmall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} holds {} entries, more than the new size {}; raise the size to at least {} \
+             (or unban some first)",
+            self.map, self.entries, self.size, self.entries
+        )
+    }
+}
+
+impl std::error::Error for MapTooSmall {}
+
+/// A pinned map being replaced by a map of another size.
+pub(super) struct Resized {
+    pub name: &'static str,
+    pub old: MapData,
+    pub old_size: u32,
+    pub new_size: u32,
+}
+
+/// The sizable maps and their configured sizes.
+fn sized(sizes: &MapSizes) -> [(&'static str, u32); 4] {
+    [
+        (names::BANS, sizes.bans),
+        (names::BAN_NETS, sizes.ban_nets),
+        (names::IGNORE, sizes.ignore),
+        (names::SOURCES, sizes.sources),
+    ]
+}
+
+/// The pinned maps under `pin_dir` whose size differs from `sizes`, opened (the loader
+/// is then not given their pins: it creates new maps of the configured sizes).
+pub(super) fn pinned_to_resize(pin_dir: &Path, sizes: &MapSizes) -> Result<Vec<Resized>> {
+    let mut out = Vec::new();
+    for (name, new_size) in sized(sizes) {
+        let path = pin_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let old = MapData::from_pin(&path)
+            .with_context(|| format!("opening the pinned map {}", path.display()))?;
+        let old_size = old.info()?.max_entries();
+        if old_size != new_size {
+            out.push(Resized {
+                name,
+                old,
+                old_size,
+                new_size,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Copies every entry of `old` into `new` (the new map of the same name): a map that
+/// keeps bans refuses to shrink below what it holds ([`MapTooSmall`]); the tracked
+/// sources (an LRU map) keep what fits.
+fn carry_over(r: &Resized, new: &Map) -> Result<()> {
+    let from = r.old.fd().as_fd();
+    let to = map_fd(new).with_context(|| format!("{} is not of the type it should be", r.name))?;
+    fn copy<K: aya::Pod, V: aya::Pod>(
+        r: &Resized,
+        from: std::os::fd::BorrowedFd<'_>,
+        to: std::os::fd::BorrowedFd<'_>,
+        keeps_all: bool,
+    ) -> Result<()> {
+        let all: Vec<(K, V)> =
+            sys::read_map(from).with_context(|| format!("reading the pinned {}", r.name))?;
+        if keeps_all && all.len() > r.new_size as usize {
+            return Err(MapTooSmall {
+                map: r.name,
+                entries: all.len(),
+                size: r.new_size,
+            }
+            .into());
+        }
+        let take = all.len().min(r.new_size as usize);
+        let (keys, values): (Vec<K>, Vec<V>) = all.into_iter().take(take).unzip();
+        sys::write_map(to, &keys, &values)
+            .with_context(|| format!("copying {} into its new map", r.name))
+    }
+    match r.name {
+        names::BANS => copy::<Addr, BanEntry>(r, from, to, true),
+        names::BAN_NETS => copy::<Key<Addr>, BanEntry>(r, from, to, true),
+        // The ignore list is written whole from the configuration at every start.
+        names::IGNORE => Ok(()),
+        names::SOURCES => copy::<Addr, SourceStats>(r, from, to, false),
+        _ => Ok(()),
+    }
+}
+
+fn map_fd(map: &Map) -> Option<std::os::fd::BorrowedFd<'_>> {
+    match map {
+        Map::HashMap(m) | Map::LruHashMap(m) | Map::LpmTrie(m) => Some(m.fd().as_fd()),
+        _ => None,
+    }
+}
+
+impl Dataplane {
+    /// Fills the new maps of `resized` from the pinned ones and pins them in their place
+    /// (a new pin under a temporary name, renamed over the old: the pin path always
+    /// names one of the two). Runs before the program is attached: the old program
+    /// keeps running on the old maps until the attach replaces it.
+    pub(super) fn take_over_resized(
+        pin_dir: &Path,
+        resized: &[Resized],
+        taken: &std::collections::HashMap<&'static str, Map>,
+    ) -> Result<()> {
+        for r in resized {
+            let Some(new) = taken.get(r.name) else {
+                continue;
+            };
+            carry_over(r, new)?;
+            let path = pin_dir.join(r.name);
+            // (bpffs refuses a name with a dot.)
+            let tmp: PathBuf = pin_dir.join(format!("{}_resized", r.name));
+            let _ = std::fs::remove_file(&tmp);
+            new.pin(&tmp)
+                .with_context(|| format!("pinning the new {} at {}", r.name, tmp.display()))?;
+            std::fs::rename(&tmp, &path).with_context(|| {
+                format!("replacing the pin {} by the resized map", path.display())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// After the attach: the bans the old program made in the old maps since they were
+    /// copied (at a source's trigger, until the attach replaced it) are copied too, and
+    /// the old maps are let go. Returns how many bans that was.
+    pub fn carry_over_late_bans(&mut self) -> Result<usize> {
+        let resized = std::mem::take(&mut self.resized);
+        let mut late = Vec::new();
+        for r in &resized {
+            let from = r.old.fd().as_fd();
+            match r.name {
+                names::BANS => {
+                    let old: Vec<(Addr, BanEntry)> = sys::read_map(from)?;
+                    let new: Vec<(Addr, BanEntry)> = sys::read_map(fd(&self.maps.bans))?;
+                    let new: HashSet<Addr> = new.into_iter().map(|(k, _)| k).collect();
+                    let prefix = self.v6_source_prefix();
+                    late.extend(
+                        old.into_iter()
+                            .filter(|(k, _)| !new.contains(k))
+                            .map(|(k, e)| (addr::source_key_net(&k, prefix), e)),
+                    );
+                }
+                names::BAN_NETS => {
+                    let old: Vec<(Key<Addr>, BanEntry)> = sys::read_map(from)?;
+                    let new: Vec<(Key<Addr>, BanEntry)> = sys::read_map(fd(&self.maps.ban_nets))?;
+                    let new: HashSet<(u32, Addr)> = new
+                        .iter()
+                        .map(|(k, _)| (k.prefix_len(), k.data()))
+                        .collect();
+                    late.extend(
+                        old.into_iter()
+                            .filter(|(k, _)| !new.contains(&(k.prefix_len(), k.data())))
+                            .map(|(k, e)| (addr::net_from_key(k.prefix_len(), &k.data()), e)),
+                    );
+                }
+                _ => {}
+            }
+        }
+        self.insert_bans(&late)?;
+        Ok(late.len())
+    }
+
+    /// The maps replaced by new ones of the configured sizes at this load: (name, old
+    /// size, new size).
+    pub fn resized_maps(&self) -> Vec<(&'static str, u32, u32)> {
+        self.resized
+            .iter()
+            .map(|r| (r.name, r.old_size, r.new_size))
+            .collect()
+    }
+}

@@ -1,0 +1,193 @@
+//! Bans restored in bulk and maps resized, end to end: a journal of thousands of bans
+//! restored after a reboot (batched map writes, and the per-element path the kernel
+//! falls back to) puts every one in the kernel's map and the program drops the banned
+//! scanner; a MAX_BANS / MAX_TRACKED_SOURCES changed in the configuration resizes the
+//! pinned maps at the next start with every ban carried over, in the same pinned link;
+//! a MAX_BANS below the bans in force is refused at its line.
+
+use std::{
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr, TcpListener},
+};
+
+use aya::maps::{HashMap, MapData};
+use ipnet::IpNet;
+use portsentry_common::{Addr, maps::BanEntry};
+use portsentry_tests::{
+    bpf_link::pinned_link,
+    daemon::{Daemon, Workdir, binary},
+    netns::TestNet,
+    require_kernel,
+    scenario::{self, reaches, start},
+};
+use portsentry_user::kernel::addr;
+
+/// Bans on record in the bulk tests (a hash map's batch spans several chunks).
+const MANY: u32 = 40_000;
+
+fn filler(i: u32) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(0x6440_0000u32 + i))
+}
+
+/// Writes a journal holding a scan ban of each of `ips`.
+fn write_journal(wd: &Workdir, ips: impl Iterator<Item = IpAddr>) {
+    scenario::write_journal(&wd.path("state"), ips.map(IpNet::from));
+}
+
+/// The pinned `PS_BANS`, read one key at a time with aya (not through the daemon's
+/// batched reads): its keys and its size.
+fn pinned_bans(wd: &Workdir) -> (HashSet<Addr>, u32) {
+    let data = MapData::from_pin(wd.pin_dir.join("PS_BANS")).expect("PS_BANS pinned");
+    let size = data.info().unwrap().max_entries();
+    let map: HashMap<MapData, Addr, BanEntry> =
+        HashMap::try_from(aya::maps::Map::HashMap(data)).unwrap();
+    (map.keys().map(Result::unwrap).collect(), size)
+}
+
+fn pinned_size(wd: &Workdir, name: &str) -> u32 {
+    MapData::from_pin(wd.pin_dir.join(name))
+        .unwrap_or_else(|e| panic!("{name} pinned: {e}"))
+        .info()
+        .unwrap()
+        .max_entries()
+}
+
+fn assert_all_in_kernel(wd: &Workdir, ips: &[IpAddr]) {
+    let (keys, _) = pinned_bans(wd);
+    let missing: Vec<&IpAddr> = ips
+        .iter()
+        .filter(|ip| !keys.contains(&addr::to_key(**ip)))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} bans not in PS_BANS, e.g. {:?}",
+        missing.len(),
+        ips.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
+
+/// A reboot's restore of `MANY` bans (plus the scanner's) with `env` for the daemon:
+/// every ban is in the kernel's map and the scanner is dropped.
+fn restore_after_reboot(env: &[(&str, &str)]) {
+    let net = TestNet::new(1);
+    let wd = Workdir::new();
+    let conf = wd.config(&net.server_if, &format!("MAX_BANS=\"{}\"\n", MANY + 64));
+    let _svc = net
+        .server
+        .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
+    let scanner = net.attacker_v4[0];
+    let bystander = net.attacker_v4[1];
+    let mut ips: Vec<IpAddr> = (0..MANY).map(filler).collect();
+    ips.push(scanner);
+    write_journal(&wd, ips.iter().copied());
+    assert!(!wd.pin_dir.exists(), "no pins: a reboot");
+    let d = Daemon::start_env(&net.server, &["run", "-c", conf.to_str().unwrap()], env);
+    assert!(d.has_line(&format!("{} bans in force", ips.len())));
+    let one_at_a_time = d.has_line("one element at a time");
+    assert_eq!(
+        one_at_a_time,
+        !env.is_empty(),
+        "the path taken is the one asked for:\n{}",
+        d.lines().join("\n")
+    );
+    assert_all_in_kernel(&wd, &ips);
+    assert!(!reaches(&net, scanner), "the banned scanner got through");
+    assert!(reaches(&net, bystander), "an unbanned host was dropped");
+    assert!(d.stop().success());
+    let (ok, out, err) = wd.cli(&["unload"]);
+    assert!(ok, "unload: {out}{err}");
+}
+
+#[test]
+fn thousands_of_bans_restored_in_batches_are_all_in_the_kernel() {
+    require_kernel!();
+    restore_after_reboot(&[]);
+}
+
+#[test]
+fn thousands_of_bans_restored_one_at_a_time_are_all_in_the_kernel() {
+    require_kernel!();
+    restore_after_reboot(&[("PORTSENTRY_NO_MAP_BATCH", "1")]);
+}
+
+#[test]
+fn a_bigger_max_bans_at_restart_keeps_every_ban_in_the_same_link() {
+    require_kernel!();
+    let net = TestNet::new(1);
+    let wd = Workdir::new();
+    let _svc = net
+        .server
+        .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
+    let scanner = net.attacker_v4[0];
+    let bystander = net.attacker_v4[1];
+    let mut ips: Vec<IpAddr> = (0..40).map(filler).collect();
+    ips.push(scanner);
+    write_journal(&wd, ips.iter().copied());
+    wd.config(
+        &net.server_if,
+        "MAX_BANS=\"64\"\nMAX_TRACKED_SOURCES=\"1024\"\n",
+    );
+    let d = start(&net, &wd);
+    assert_eq!(pinned_size(&wd, "PS_BANS"), 64);
+    assert_eq!(pinned_size(&wd, "PS_SOURCES"), 1024);
+    assert!(!reaches(&net, scanner));
+    let link_pin = wd.pin_dir.join(format!("link-{}", net.server_if));
+    let before = pinned_link(&link_pin);
+    assert!(d.stop().success());
+
+    // Bigger maps at the next start: no unload.
+    wd.config(
+        &net.server_if,
+        "MAX_BANS=\"4096\"\nMAX_TRACKED_SOURCES=\"2048\"\n",
+    );
+    let d = start(&net, &wd);
+    assert!(
+        d.has_line("PS_BANS resized from 64 to 4096 entries"),
+        "{}",
+        d.lines().join("\n")
+    );
+    assert_eq!(pinned_size(&wd, "PS_BANS"), 4096);
+    assert_eq!(pinned_size(&wd, "PS_SOURCES"), 2048);
+    assert_all_in_kernel(&wd, &ips);
+    assert!(!reaches(&net, scanner), "the scanner's ban was dropped");
+    assert!(reaches(&net, bystander));
+    let after = pinned_link(&link_pin);
+    assert_eq!(
+        after.id, before.id,
+        "the program was replaced in the same link"
+    );
+    assert_ne!(
+        after.program_id, before.program_id,
+        "the new program is in it"
+    );
+    assert!(d.stop().success());
+
+    // Below the bans in force: refused at the line that sets it, nothing changed.
+    let conf = wd.config(&net.server_if, "MAX_BANS=\"16\"\n");
+    let line = std::fs::read_to_string(&conf)
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with("MAX_BANS="))
+        .unwrap()
+        + 1;
+    let out = net
+        .server
+        .command(binary().to_str().unwrap())
+        .args(["run", "-c", conf.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a start that would drop bans: {err}");
+    assert!(
+        err.contains(&format!("{}:{line}:", conf.display()))
+            && err.contains("MAX_BANS")
+            && err.contains(&ips.len().to_string()),
+        "{err}"
+    );
+    assert_eq!(pinned_size(&wd, "PS_BANS"), 4096);
+    assert_all_in_kernel(&wd, &ips);
+    assert!(!reaches(&net, scanner), "the ban stays in force");
+    let (ok, out, err) = wd.cli(&["unload"]);
+    assert!(ok, "unload: {out}{err}");
+}
