@@ -1,0 +1,225 @@
+//! A CrowdSec Local API of the test's own: Debian's crowdsec 1.4.6 as `cargo xtask`
+//! unpacked it (`target/unpacked/crowdsec`, never installed), run as `crowdsec -no-cs` (the
+//! API alone) with a configuration and a database in a temporary directory, listening on an
+//! address of a namespace the test made; `cscli` against it (machines, bouncers,
+//! decisions). Stopped by its pid on drop. Nothing system-wide is read or written.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::{IpAddr, SocketAddr, TcpListener},
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use crate::{daemon::wait_until, netns::Netns};
+
+/// Where `cargo xtask test` unpacked Debian's crowdsec package.
+pub fn unpacked() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/unpacked/crowdsec");
+    assert!(
+        dir.join("usr/bin/crowdsec").is_file() && dir.join("usr/bin/cscli").is_file(),
+        "{} holds no crowdsec: run the tests with `cargo xtask test` (it unpacks Debian's \
+         crowdsec package there)",
+        dir.display()
+    );
+    dir
+}
+
+/// A running Local API.
+pub struct Lapi {
+    dir: tempfile::TempDir,
+    ns: String,
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Lapi {
+    /// Starts a Local API in `ns`, listening on `ip` (an address of `ns`) at a free port;
+    /// returns once it says it listens.
+    pub fn start(ns: &Netns, ip: IpAddr) -> Lapi {
+        let pkg = unpacked();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        for sub in ["etc", "data", "hub", "etc/notifications"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        for f in ["profiles.yaml", "simulation.yaml", "acquis.yaml"] {
+            std::fs::copy(pkg.join("etc/crowdsec").join(f), d.join("etc").join(f)).unwrap();
+        }
+        std::fs::write(d.join("hub/.index.json"), "{}").unwrap();
+        let port = ns.enter(|| {
+            TcpListener::bind(SocketAddr::new(ip, 0))
+                .expect("binding a free port")
+                .local_addr()
+                .unwrap()
+                .port()
+        });
+        let addr = SocketAddr::new(ip, port);
+        let dd = d.display();
+        let config = format!(
+            "common: {{daemonize: false, log_media: stdout, log_level: info, working_dir: .}}\n\
+             config_paths:\n  config_dir: {dd}/etc/\n  data_dir: {dd}/data/\n  \
+             simulation_path: {dd}/etc/simulation.yaml\n  hub_dir: {dd}/hub/\n  \
+             index_path: {dd}/hub/.index.json\n  notification_dir: {dd}/etc/notifications/\n  \
+             plugin_dir: {plugins}/\n\
+             crowdsec_service: {{acquisition_path: {dd}/etc/acquis.yaml}}\n\
+             db_config: {{type: sqlite, db_path: {dd}/data/crowdsec.db}}\n\
+             api:\n  client: {{credentials_path: {dd}/etc/local_api_credentials.yaml}}\n  \
+             server:\n    listen_uri: \"{addr}\"\n    profiles_path: {dd}/etc/profiles.yaml\n    \
+             trusted_ips: [\"127.0.0.1\", \"::1\"]\n\
+             prometheus: {{enabled: false}}\n",
+            plugins = pkg.join("usr/lib/crowdsec/plugins").display(),
+        );
+        std::fs::write(d.join("config.yaml"), config).unwrap();
+        let mut lapi = Lapi {
+            dir,
+            ns: ns.name.clone(),
+            addr,
+            child: None,
+            lines: Arc::new(Mutex::new(Vec::new())),
+        };
+        lapi.run();
+        // cscli's own machine, for `cscli decisions`.
+        lapi.cscli(&[
+            "machines",
+            "add",
+            "cscli-test",
+            "--password",
+            "cscli-test-password",
+            "--force",
+            "-f",
+            &lapi.path("etc/local_api_credentials.yaml"),
+        ]);
+        lapi
+    }
+
+    fn path(&self, rel: &str) -> String {
+        self.dir.path().join(rel).display().to_string()
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Starts the server process and waits until it listens.
+    fn run(&mut self) {
+        let bin = unpacked().join("usr/bin/crowdsec");
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.ns))
+            .arg(bin)
+            .args(["-c", &self.path("config.yaml"), "-no-cs"])
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting crowdsec");
+        self.lines.lock().unwrap().clear();
+        for pipe in [
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let lines = self.lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        self.child = Some(child);
+        let listening = wait_until(Duration::from_secs(30), || {
+            self.lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("Local API listening"))
+        });
+        assert!(
+            listening,
+            "crowdsec did not start listening on {}:\n{}",
+            self.addr,
+            self.lines.lock().unwrap().join("\n")
+        );
+    }
+
+    /// Kills the server (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same address, configuration and database.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.run();
+    }
+
+    /// `cscli -c CONFIG ARGS` in the server's namespace; its output. Panics when it fails.
+    pub fn cscli(&self, args: &[&str]) -> String {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.ns))
+            .arg(unpacked().join("usr/bin/cscli"))
+            .args(["-c", &self.path("config.yaml")])
+            .args(args)
+            .output()
+            .expect("running cscli");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "cscli {args:?} failed: {text}");
+        text
+    }
+
+    /// Registers a bouncer named `name`; its key.
+    pub fn add_bouncer(&self, name: &str) -> String {
+        let key = format!("{name}-key-{:016x}", fastrand::u64(..));
+        self.cscli(&["bouncers", "add", name, "-k", &key]);
+        key
+    }
+
+    /// Registers a machine named `name` and writes its credentials file (mode 0600) to
+    /// `file`, as `cscli machines add -f` does.
+    pub fn add_machine(&self, name: &str, file: &Path) {
+        let password = format!("{name}-pw-{:016x}", fastrand::u64(..));
+        self.cscli(&[
+            "machines",
+            "add",
+            name,
+            "--password",
+            &password,
+            "--force",
+            "-f",
+            file.to_str().unwrap(),
+        ]);
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Lapi {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,311 @@
+//! A fleet sharing bans through a real CrowdSec Local API (Debian's crowdsec 1.4.6, unpacked
+//! by `cargo xtask test`, started by the test in a temporary directory).
+//!
+//! One Ethernet segment of the test's own ([`Lan`]): the Local API runs in the hub
+//! namespace (192.0.2.250), three servers (A, B, C) each run the daemon in a namespace of
+//! their own, with their own configuration, pins, bouncer key and machine, and an attacker
+//! namespace holds the scanning addresses. All traffic stays in these namespaces.
+//!
+//! - nmap scans A from 192.0.2.2: A bans it and reports it; B and C enforce the decision
+//!   (the attacker cannot reach their service, another address still can).
+//! - `cscli decisions add --ip` / `--range`, IPv4 and IPv6: enforced on B (status and
+//!   traffic); a range covering B's own address is refused there and counted;
+//!   `cscli decisions delete` lifts.
+//! - The Local API killed: enforcement continues, status says it is down; restarted: the
+//!   stream resumes (a decision added after the restart is enforced).
+
+use std::{
+    net::{IpAddr, SocketAddr, TcpListener},
+    time::Duration,
+};
+
+use portsentry_tests::{
+    crowdsec::Lapi,
+    daemon::{Daemon, Workdir, wait_until},
+    netns::{Lan, Netns, tcp_connect},
+    require_kernel,
+    scenario::status,
+};
+
+/// A server of the fleet: its namespace, interface, address, workdir and daemon.
+/// Fields drop in order: the daemon first, the namespace last.
+struct Server {
+    daemon: Option<Daemon>,
+    _service: Vec<TcpListener>,
+    wd: Workdir,
+    v4: IpAddr,
+    v6: IpAddr,
+    _ns: Netns,
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+impl Server {
+    /// Joins the LAN as host `n` (192.0.2.n, 2001:db8::n) with a service on port 80,
+    /// registers its bouncer and machine at the Local API and starts its daemon.
+    fn start(lan: &Lan, lapi: &Lapi, name: &str, n: u8) -> Server {
+        let ns = Netns::new(name);
+        let (v4, v6) = (ip(&format!("192.0.2.{n}")), ip(&format!("2001:db8::{n:x}")));
+        let iface = lan.join(&ns, &[&format!("{v4}/24"), &format!("{v6}/64")]);
+        let service = ns.enter(|| {
+            vec![
+                TcpListener::bind(SocketAddr::new(v4, 80)).unwrap(),
+                TcpListener::bind(SocketAddr::new(v6, 80)).unwrap(),
+            ]
+        });
+        let wd = Workdir::new();
+        let key = lapi.add_bouncer(&format!("portsentry-{name}"));
+        let key_file = wd.path("bouncer.key");
+        std::fs::write(&key_file, format!("{key}\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let credentials = wd.path("crowdsec.yaml");
+        lapi.add_machine(&format!("portsentry-{name}"), &credentials);
+        wd.config(
+            &iface,
+            &format!(
+                "CROWDSEC_LAPI_URL=\"{}\"\n\
+                 CROWDSEC_BOUNCER_KEY_FILE=\"{}\"\n\
+                 CROWDSEC_CREDENTIALS_FILE=\"{}\"\n\
+                 CROWDSEC_INTERVAL=\"500ms\"\n\
+                 BAN_TIME=\"1h\"\n",
+                lapi.url(),
+                key_file.display(),
+                credentials.display()
+            ),
+        );
+        let daemon = Daemon::start(&ns, &["run", "-c", wd.conf().to_str().unwrap()]);
+        daemon.wait_for(
+            "crowdsec: enforcing the decisions of",
+            Duration::from_secs(15),
+        );
+        Server {
+            _ns: ns,
+            v4,
+            v6,
+            wd,
+            daemon: Some(daemon),
+            _service: service,
+        }
+    }
+
+    fn log(&self) -> String {
+        self.daemon
+            .as_ref()
+            .map(|d| d.lines().join("\n"))
+            .unwrap_or_default()
+    }
+
+    /// The origin of the ban of exactly `net` in `status --json`, if banned.
+    fn ban_origin(&self, net: &str) -> Option<String> {
+        status(&self.wd)["bans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["net"] == net)
+            .map(|b| b["origin"].as_str().unwrap().to_owned())
+    }
+
+    /// Waits (15 s at most) until the ban of `net` is (or is not) in force with origin
+    /// crowdsec; panics with the log.
+    fn wait_crowdsec_ban(&self, net: &str, present: bool) {
+        let ok = wait_until(Duration::from_secs(15), || {
+            (self.ban_origin(net).as_deref() == Some("crowdsec")) == present
+        });
+        assert!(
+            ok,
+            "the crowdsec ban of {net} is {}; status:\n{}\nlog:\n{}",
+            if present { "missing" } else { "still there" },
+            status(&self.wd),
+            self.log()
+        );
+    }
+
+    /// Whether `src` (an attacker address) can open a connection to this server's port 80.
+    fn reachable_from(&self, attacker: &Netns, src: IpAddr) -> bool {
+        let dst = match src {
+            IpAddr::V4(_) => SocketAddr::new(self.v4, 80),
+            IpAddr::V6(_) => SocketAddr::new(self.v6, 80),
+        };
+        attacker.enter(|| tcp_connect(src, dst, Duration::from_millis(800)).is_ok())
+    }
+
+    /// The CrowdSec part of `status --json`.
+    fn link(&self) -> serde_json::Value {
+        status(&self.wd)["crowdsec"].clone()
+    }
+}
+
+#[test]
+fn a_fleet_shares_bans_through_crowdsec() {
+    require_kernel!();
+    let lan = Lan::new();
+    lan.address_hub(&["192.0.2.250/24"]);
+    let lapi = Lapi::start(&lan.hub, ip("192.0.2.250"));
+    let attacker = Netns::new("atk");
+    let sources = [
+        "192.0.2.2",
+        "192.0.2.3",
+        "192.0.2.4",
+        "192.0.2.130",
+        "2001:db8::2",
+        "2001:db8::3",
+        "2001:db8::130",
+    ];
+    let addrs: Vec<String> = sources
+        .iter()
+        .map(|a| format!("{a}/{}", if a.contains(':') { 64 } else { 24 }))
+        .collect();
+    let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let attacker_if = lan.join(&attacker, &addrs);
+    let a = Server::start(&lan, &lapi, "a", 11);
+    let b = Server::start(&lan, &lapi, "b", 12);
+    let c = Server::start(&lan, &lapi, "c", 13);
+    for s in [&b, &c] {
+        assert!(
+            s.reachable_from(&attacker, ip("192.0.2.2")),
+            "before the scan"
+        );
+    }
+
+    // A scan of A bans the scanner on B and C.
+    let out = attacker.try_exec(&format!(
+        "nmap -n -Pn -sS -e {attacker_if} -S 192.0.2.2 -p 1-200 --max-retries 0 \
+         --host-timeout 30s -T4 {}",
+        a.v4
+    ));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("(1 host up)"),
+        "nmap did not scan: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let banned_on_a = wait_until(Duration::from_secs(15), || {
+        a.ban_origin("192.0.2.2/32").as_deref() == Some("scan")
+    });
+    assert!(banned_on_a, "A did not ban the scanner:\n{}", a.log());
+    for s in [&b, &c] {
+        s.wait_crowdsec_ban("192.0.2.2/32", true);
+        assert!(!s.reachable_from(&attacker, ip("192.0.2.2")), "banned");
+        assert!(
+            s.reachable_from(&attacker, ip("192.0.2.4")),
+            "another address"
+        );
+    }
+    // A's own decision came back to A: not a second ban.
+    let link_a = a.link();
+    assert!(
+        link_a["reports"]["alerts_sent"].as_u64() >= Some(1),
+        "{link_a}"
+    );
+    assert_eq!(a.ban_origin("192.0.2.2/32").as_deref(), Some("scan"));
+    let dup = wait_until(Duration::from_secs(10), || {
+        a.link()["decisions"]["duplicate"].as_u64() >= Some(1)
+    });
+    assert!(dup, "A's own decision was not recognised: {}", a.link());
+
+    // Decisions made with cscli: addresses and ranges, IPv4 and IPv6.
+    for (flag, value, net, src) in [
+        ("--ip", "192.0.2.3", "192.0.2.3/32", "192.0.2.3"),
+        ("--range", "192.0.2.128/26", "192.0.2.128/26", "192.0.2.130"),
+        ("--ip", "2001:db8::3", "2001:db8::3/128", "2001:db8::3"),
+        (
+            "--range",
+            "2001:db8::100/120",
+            "2001:db8::100/120",
+            "2001:db8::130",
+        ),
+    ] {
+        lapi.cscli(&["decisions", "add", flag, value, "--duration", "1h"]);
+        b.wait_crowdsec_ban(net, true);
+        assert!(!b.reachable_from(&attacker, ip(src)), "{src} after {value}");
+    }
+    assert!(
+        b.reachable_from(&attacker, ip("2001:db8::2")),
+        "not in the v6 range"
+    );
+    let link_b = b.link();
+    let enforced = &link_b["enforced"];
+    assert_eq!(
+        (
+            enforced["ip_v4"].as_u64(),
+            enforced["ip_v6"].as_u64(),
+            enforced["range_v4"].as_u64(),
+            enforced["range_v6"].as_u64()
+        ),
+        (Some(2), Some(1), Some(1), Some(1)),
+        "{link_b}"
+    );
+    assert_eq!(link_b["enforce"]["state"], "connected", "{link_b}");
+
+    // A range over B's own address is refused by B's ban guard, and counted.
+    lapi.cscli(&[
+        "decisions",
+        "add",
+        "--range",
+        "192.0.2.0/25",
+        "--duration",
+        "1h",
+    ]);
+    let refused = wait_until(Duration::from_secs(15), || {
+        b.link()["decisions"]["protected"].as_u64() >= Some(1)
+    });
+    assert!(refused, "{}\n{}", b.link(), b.log());
+    assert_eq!(b.ban_origin("192.0.2.0/25"), None);
+    assert!(
+        b.reachable_from(&attacker, ip("192.0.2.4")),
+        "B's guard won"
+    );
+    lapi.cscli(&["decisions", "delete", "--range", "192.0.2.0/25"]);
+
+    // Deleted: lifted.
+    lapi.cscli(&["decisions", "delete", "--ip", "192.0.2.3"]);
+    b.wait_crowdsec_ban("192.0.2.3/32", false);
+    assert!(b.reachable_from(&attacker, ip("192.0.2.3")), "lifted");
+
+    // The Local API goes away: what was received stays enforced.
+    let mut lapi = lapi;
+    lapi.kill();
+    let down = wait_until(Duration::from_secs(15), || {
+        b.link()["enforce"]["state"] == "down"
+    });
+    assert!(down, "{}", b.link());
+    assert!(
+        !b.reachable_from(&attacker, ip("192.0.2.130")),
+        "range still enforced"
+    );
+    assert!(
+        !c.reachable_from(&attacker, ip("192.0.2.2")),
+        "scan ban still enforced"
+    );
+    // Back: the stream resumes.
+    lapi.restart();
+    let up = wait_until(Duration::from_secs(40), || {
+        b.link()["enforce"]["state"] == "connected"
+    });
+    assert!(up, "{}\n{}", b.link(), b.log());
+    lapi.cscli(&["decisions", "add", "--ip", "192.0.2.4", "--duration", "1h"]);
+    for s in [&b, &c] {
+        s.wait_crowdsec_ban("192.0.2.4/32", true);
+        assert!(
+            !s.reachable_from(&attacker, ip("192.0.2.4")),
+            "after the restart"
+        );
+    }
+    // What was in force before stays (the full answer after reconnecting names it).
+    assert_eq!(b.ban_origin("192.0.2.128/26").as_deref(), Some("crowdsec"));
+
+    // Text status shows the link.
+    let (ok, text, err) = b.wd.cli(&["status"]);
+    assert!(ok, "{err}");
+    assert!(text.contains("crowdsec:   http://192.0.2.250:"), "{text}");
+    assert!(text.contains("crowdsec decision"), "{text}");
+    for s in [&a, &b, &c] {
+        let log = s.log();
+        assert!(!log.contains("-key-"), "a bouncer key in the log:\n{log}");
+        assert!(!log.contains("-pw-"), "a password in the log:\n{log}");
+    }
+    eprintln!("crowdsec log:\n{}", lapi.log());
+}
