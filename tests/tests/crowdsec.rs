@@ -163,11 +163,17 @@ fn a_fleet_shares_bans_through_crowdsec() {
     let a = Server::start(&lan, &lapi, "a", 11);
     let b = Server::start(&lan, &lapi, "b", 12);
     let c = Server::start(&lan, &lapi, "c", 13);
+    // Every neighbour entry resolved now, so that no first packet waits on neighbour
+    // discovery (a connection attempt below gives up after 800 ms).
     for s in [&b, &c] {
-        assert!(
-            s.reachable_from(&attacker, ip("192.0.2.2")),
-            "before the scan"
-        );
+        for src in sources {
+            let dst = if src.contains(':') { s.v6 } else { s.v4 };
+            attacker.exec(&format!(
+                "for i in 1 2 3 4 5; do ping -c1 -W2 -I {src} {dst} >/dev/null && exit 0; \
+                 sleep 0.2; done; exit 1"
+            ));
+            assert!(s.reachable_from(&attacker, ip(src)), "{src} before any ban");
+        }
     }
 
     // A scan of A bans the scanner on B and C.
@@ -220,7 +226,11 @@ fn a_fleet_shares_bans_through_crowdsec() {
     ] {
         lapi.cscli(&["decisions", "add", flag, value, "--duration", "1h"]);
         b.wait_crowdsec_ban(net, true);
-        assert!(!b.reachable_from(&attacker, ip(src)), "{src} after {value}");
+        assert!(
+            !b.reachable_from(&attacker, ip(src)),
+            "{src} after {value}; status:\n{}",
+            b.wd.cli(&["status"]).1
+        );
     }
     assert!(
         b.reachable_from(&attacker, ip("2001:db8::2")),
@@ -289,10 +299,14 @@ fn a_fleet_shares_bans_through_crowdsec() {
     lapi.cscli(&["decisions", "add", "--ip", "192.0.2.4", "--duration", "1h"]);
     for s in [&b, &c] {
         s.wait_crowdsec_ban("192.0.2.4/32", true);
-        assert!(
-            !s.reachable_from(&attacker, ip("192.0.2.4")),
-            "after the restart"
-        );
+        if s.reachable_from(&attacker, ip("192.0.2.4")) {
+            let again = s.reachable_from(&attacker, ip("192.0.2.4"));
+            panic!(
+                "192.0.2.4 reached {} after the restart (again: {again}); status:\n{}",
+                s.v4,
+                s.wd.cli(&["status"]).1
+            );
+        }
     }
     // What was in force before stays (the full answer after reconnecting names it).
     assert_eq!(b.ban_origin("192.0.2.128/26").as_deref(), Some("crowdsec"));

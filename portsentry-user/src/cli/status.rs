@@ -86,7 +86,7 @@ pub fn status(args: &StatusArgs) -> Result<String> {
     let pid = pidfile::running_pid(&c.state_dir);
     let loaded = kernel::is_pinned(&c.pin_dir);
     let dp = if loaded {
-        Some(Dataplane::open_pinned(&c.pin_dir)?)
+        Some(Dataplane::open_pinned_to_read(&c.pin_dir)?)
     } else {
         None
     };

@@ -114,12 +114,25 @@ impl Dataplane {
             .into_iter()
             .filter_map(|name| Some((name, ebpf.take_map(name)?)))
             .collect();
-        Self::with_maps(Some(ebpf), taken, pin_dir)
+        Self::with_maps(Some(ebpf), taken, pin_dir, true)
     }
 
-    /// Opens the maps pinned in `pin_dir` without loading a program: for `status`,
-    /// `ban` and `unban` while no daemon runs. Fails when nothing is pinned there.
+    /// Opens the maps pinned in `pin_dir` without loading a program, to change them: for
+    /// `ban` and `unban` while no daemon runs (the caller holds the state lock). Rebuilds
+    /// the ban filter. Fails when nothing is pinned there.
     pub fn open_pinned(pin_dir: &Path) -> Result<Self> {
+        Self::open_pins(pin_dir, true)
+    }
+
+    /// Opens the maps pinned in `pin_dir` to read them only (`status`, while a daemon may
+    /// be changing them): nothing is written. Rebuilding the ban filter here would race
+    /// with the daemon: a filter computed from bans read before the daemon's latest ban
+    /// would clear that ban's bit, and the program would stop dropping its packets.
+    pub fn open_pinned_to_read(pin_dir: &Path) -> Result<Self> {
+        Self::open_pins(pin_dir, false)
+    }
+
+    fn open_pins(pin_dir: &Path, writer: bool) -> Result<Self> {
         if !is_pinned(pin_dir) {
             bail!(
                 "portsentry is not loaded: no pinned maps in {} (start it with `portsentry run`)",
@@ -136,13 +149,15 @@ impl Dataplane {
                 .with_context(|| format!("opening the pinned map {}", path.display()))?;
             taken.insert(name, Map::from_map_data(data)?);
         }
-        Self::with_maps(None, taken, Some(pin_dir.to_path_buf()))
+        Self::with_maps(None, taken, Some(pin_dir.to_path_buf()), writer)
     }
 
+    /// The dataplane over `taken`; a `writer` rebuilds the ban filter from the bans.
     fn with_maps(
         ebpf: Option<Ebpf>,
         taken: std::collections::HashMap<&'static str, Map>,
         pin_dir: Option<PathBuf>,
+        writer: bool,
     ) -> Result<Self> {
         let mut dp = Dataplane {
             ebpf,
@@ -155,7 +170,9 @@ impl Dataplane {
             ack_words: None,
         };
         dp.settings = dp.read_settings()?;
-        dp.rebuild_ban_filter()?;
+        if writer {
+            dp.rebuild_ban_filter()?;
+        }
         Ok(dp)
     }
 }
