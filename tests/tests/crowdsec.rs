@@ -311,6 +311,50 @@ fn a_fleet_shares_bans_through_crowdsec() {
     // What was in force before stays (the full answer after reconnecting names it).
     assert_eq!(b.ban_origin("192.0.2.128/26").as_deref(), Some("crowdsec"));
 
+    // B's daemon restarted: the pinned maps enforce meanwhile, the journal keeps its
+    // CrowdSec bans, and the first answer after the start lifts what was deleted while it
+    // was down.
+    let mut b = b;
+    b.daemon.take().unwrap().stop();
+    assert!(
+        !b.reachable_from(&attacker, ip("192.0.2.2")),
+        "while B is stopped"
+    );
+    lapi.cscli(&["decisions", "delete", "--range", "192.0.2.128/26"]);
+    b.daemon = Some(Daemon::start(
+        &b._ns,
+        &["run", "-c", b.wd.conf().to_str().unwrap()],
+    ));
+    b.wait_crowdsec_ban("192.0.2.128/26", false);
+    assert!(
+        b.reachable_from(&attacker, ip("192.0.2.130")),
+        "deleted while stopped"
+    );
+    assert_eq!(b.ban_origin("192.0.2.2/32").as_deref(), Some("crowdsec"));
+    assert!(
+        !b.reachable_from(&attacker, ip("192.0.2.2")),
+        "after B's restart"
+    );
+
+    // The operator unbans the scanner on A: A deletes its decision, B and C lift it.
+    let (ok, _, err) = a.wd.cli(&["unban", "192.0.2.2"]);
+    assert!(ok, "{err}");
+    for s in [&b, &c] {
+        s.wait_crowdsec_ban("192.0.2.2/32", false);
+        assert!(
+            s.reachable_from(&attacker, ip("192.0.2.2")),
+            "unbanned on A"
+        );
+    }
+    let counted = wait_until(Duration::from_secs(5), || {
+        a.link()["reports"]["decisions_deleted"].as_u64() >= Some(1)
+    });
+    assert!(counted, "{}", a.link());
+    // No KILL_* command ran for a CrowdSec ban (only A ran them, for its scan ban).
+    assert_eq!(b.wd.read("order"), "", "B ran kill commands");
+    assert_eq!(c.wd.read("order"), "", "C ran kill commands");
+    assert!(a.wd.read("order").contains("route 192.0.2.2 "));
+
     // Text status shows the link.
     let (ok, text, err) = b.wd.cli(&["status"]);
     assert!(ok, "{err}");
