@@ -5,16 +5,18 @@
 //! decisions). Stopped by its pid on drop. Nothing system-wide is read or written.
 
 use std::{
-    io::{BufRead as _, BufReader},
     net::{IpAddr, SocketAddr, TcpListener},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use crate::{daemon::wait_until, netns::Netns};
+use crate::{
+    daemon::{collect_lines, wait_until},
+    netns::Netns,
+};
 
 /// Where `cargo xtask test` unpacked Debian's crowdsec package.
 pub fn unpacked() -> PathBuf {
@@ -34,7 +36,7 @@ pub struct Lapi {
     ns: String,
     pub addr: SocketAddr,
     child: Option<Child>,
-    lines: Arc<Mutex<Vec<String>>>,
+    lines: Arc<Mutex<Vec<(Instant, String)>>>,
 }
 
 impl Lapi {
@@ -120,39 +122,20 @@ impl Lapi {
             .spawn()
             .expect("starting crowdsec");
         self.lines.lock().unwrap().clear();
-        for pipe in [
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let lines = self.lines.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    lines.lock().unwrap().push(line);
-                }
-            });
-        }
+        collect_lines(&mut child, &self.lines, None);
         self.child = Some(child);
         let listening = wait_until(Duration::from_secs(30), || {
             self.lines
                 .lock()
                 .unwrap()
                 .iter()
-                .any(|l| l.contains("Local API listening"))
+                .any(|(_, l)| l.contains("Local API listening"))
         });
         assert!(
             listening,
             "crowdsec did not start listening on {}:\n{}",
             self.addr,
-            self.lines.lock().unwrap().join("\n")
+            self.log()
         );
     }
 
@@ -214,7 +197,9 @@ impl Lapi {
 
     /// The server's log so far.
     pub fn log(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
+        let lines = self.lines.lock().unwrap();
+        let text: Vec<&str> = lines.iter().map(|(_, l)| l.as_str()).collect();
+        text.join("\n")
     }
 }
 

@@ -107,15 +107,9 @@ pub(super) fn start(shared: &Arc<Shared>) -> anyhow::Result<()> {
 
 /// Queues the report of a ban we made from a scan (or an escalation).
 pub(super) fn report_ban(shared: &Shared, ban: &Ban) {
-    let Some(outbox) = shared.crowdsec.as_ref().and_then(|f| f.outbox.as_ref()) else {
-        return;
-    };
-    if ban.origin != BanOrigin::Scan {
-        return;
-    }
-    outbox.push(Item::Ban {
+    queue(shared, ban, |scenario| Item::Ban {
         net: ban.net,
-        scenario: report::scenario(ban.scan_type, ban.escalated.is_some()),
+        scenario,
         since: ban.since,
         expires: ban.expires,
     });
@@ -123,16 +117,23 @@ pub(super) fn report_ban(shared: &Shared, ban: &Ban) {
 
 /// Queues the deletion of our decision for a scan ban the operator lifted.
 pub(super) fn report_unban(shared: &Shared, ban: &Ban) {
+    queue(shared, ban, |scenario| Item::Unban {
+        net: ban.net,
+        scenario,
+    });
+}
+
+/// Queues `item(scenario)` when reporting is on and `ban` is one we made from a scan.
+fn queue(shared: &Shared, ban: &Ban, item: impl FnOnce(String) -> Item) {
     let Some(outbox) = shared.crowdsec.as_ref().and_then(|f| f.outbox.as_ref()) else {
         return;
     };
-    if ban.origin != BanOrigin::Scan {
-        return;
+    if ban.origin == BanOrigin::Scan {
+        outbox.push(item(report::scenario(
+            ban.scan_type,
+            ban.escalated.is_some(),
+        )));
     }
-    outbox.push(Item::Unban {
-        net: ban.net,
-        scenario: report::scenario(ban.scan_type, ban.escalated.is_some()),
-    });
 }
 
 /// Writes the link's state for `status` (housekeeping, once a second).
