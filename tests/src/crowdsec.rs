@@ -14,8 +14,9 @@ use std::{
 };
 
 use crate::{
-    daemon::{collect_lines, wait_until},
-    netns::Netns,
+    daemon::{Daemon, Workdir, collect_lines, wait_until},
+    netns::{Lan, Netns, tcp_connect},
+    scenario::status,
 };
 
 /// Where `cargo xtask test` unpacked Debian's crowdsec package.
@@ -101,6 +102,11 @@ impl Lapi {
 
     fn path(&self, rel: &str) -> String {
         self.dir.path().join(rel).display().to_string()
+    }
+
+    /// A file in the server's temporary directory (for `cscli decisions import -i`).
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
     }
 
     /// `http://ADDR`.
@@ -206,5 +212,116 @@ impl Lapi {
 impl Drop for Lapi {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A server of the fleet: its namespace, interface, address, workdir and daemon.
+/// Fields drop in order: the daemon first, the namespace last.
+pub struct Server {
+    pub daemon: Option<Daemon>,
+    _service: Vec<TcpListener>,
+    pub wd: Workdir,
+    pub v4: IpAddr,
+    pub v6: IpAddr,
+    pub ns: Netns,
+}
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+impl Server {
+    /// Joins the LAN as host `n` (192.0.2.n, 2001:db8::n) with a service on port 80,
+    /// registers its bouncer and machine at the Local API and starts its daemon with
+    /// `extra` configuration lines.
+    pub fn start(lan: &Lan, lapi: &Lapi, name: &str, n: u8, extra: &str) -> Server {
+        let ns = Netns::new(name);
+        let (v4, v6) = (ip(&format!("192.0.2.{n}")), ip(&format!("2001:db8::{n:x}")));
+        let iface = lan.join(&ns, &[&format!("{v4}/24"), &format!("{v6}/64")]);
+        let service = ns.enter(|| {
+            vec![
+                TcpListener::bind(SocketAddr::new(v4, 80)).unwrap(),
+                TcpListener::bind(SocketAddr::new(v6, 80)).unwrap(),
+            ]
+        });
+        let wd = Workdir::new();
+        let key = lapi.add_bouncer(&format!("portsentry-{name}"));
+        let key_file = wd.path("bouncer.key");
+        std::fs::write(&key_file, format!("{key}\n")).unwrap();
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let credentials = wd.path("crowdsec.yaml");
+        lapi.add_machine(&format!("portsentry-{name}"), &credentials);
+        wd.config(
+            &iface,
+            &format!(
+                "CROWDSEC_LAPI_URL=\"{}\"\n\
+                 CROWDSEC_BOUNCER_KEY_FILE=\"{}\"\n\
+                 CROWDSEC_CREDENTIALS_FILE=\"{}\"\n\
+                 BAN_TIME=\"1h\"\n\
+                 {extra}",
+                lapi.url(),
+                key_file.display(),
+                credentials.display()
+            ),
+        );
+        let daemon = Daemon::start(&ns, &["run", "-c", wd.conf().to_str().unwrap()]);
+        daemon.wait_for(
+            "crowdsec: enforcing the decisions of",
+            Duration::from_secs(15),
+        );
+        Server {
+            ns,
+            v4,
+            v6,
+            wd,
+            daemon: Some(daemon),
+            _service: service,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.daemon
+            .as_ref()
+            .map(|d| d.lines().join("\n"))
+            .unwrap_or_default()
+    }
+
+    /// The origin of the ban of exactly `net` in `status --json`, if banned.
+    pub fn ban_origin(&self, net: &str) -> Option<String> {
+        status(&self.wd)["bans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["net"] == net)
+            .map(|b| b["origin"].as_str().unwrap().to_owned())
+    }
+
+    /// Waits (15 s at most) until the ban of `net` is (or is not) in force with origin
+    /// crowdsec; panics with the log.
+    pub fn wait_crowdsec_ban(&self, net: &str, present: bool) {
+        let ok = wait_until(Duration::from_secs(15), || {
+            (self.ban_origin(net).as_deref() == Some("crowdsec")) == present
+        });
+        assert!(
+            ok,
+            "the crowdsec ban of {net} is {}; status:\n{}\nlog:\n{}",
+            if present { "missing" } else { "still there" },
+            status(&self.wd),
+            self.log()
+        );
+    }
+
+    /// Whether `src` (an attacker address) can open a connection to this server's port 80.
+    pub fn reachable_from(&self, attacker: &Netns, src: IpAddr) -> bool {
+        let dst = match src {
+            IpAddr::V4(_) => SocketAddr::new(self.v4, 80),
+            IpAddr::V6(_) => SocketAddr::new(self.v6, 80),
+        };
+        attacker.enter(|| tcp_connect(src, dst, Duration::from_millis(800)).is_ok())
+    }
+
+    /// The CrowdSec part of `status --json`.
+    pub fn link(&self) -> serde_json::Value {
+        status(&self.wd)["crowdsec"].clone()
     }
 }

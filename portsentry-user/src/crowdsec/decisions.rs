@@ -5,7 +5,8 @@
 //! An answer is `{"new": [...] | null, "deleted": [...] | null}`; a decision is
 //! `{"id", "origin", "scenario", "scope", "type", "value", "duration", ...}` (fields we do not
 //! use are ignored). We enforce scope `Ip` or `Range` (any case) of type `ban`, IPv4 and
-//! IPv6; `duration` is a Go duration (`59m58.8s`).
+//! IPv6 (an `Ip` whose value is a network counts as a range); `duration` is a Go duration
+//! (`59m58.8s`).
 
 use std::{net::IpAddr, time::Duration};
 
@@ -144,10 +145,15 @@ fn decision(v: &Value, deleted: bool, filter: &Filter) -> Result<Decision, Outco
     let scope = text("scope");
     let value = text("value").trim();
     let net = if scope.eq_ignore_ascii_case("ip") {
-        value
-            .parse::<IpAddr>()
-            .map(IpNet::from)
-            .map_err(|_| Outcome::Invalid)?
+        // An `Ip` decision may name a network: `cscli decisions import` (1.4.6) stores
+        // the ranges of a list under scope Ip. It is enforced as that network.
+        match value.parse::<IpAddr>() {
+            Ok(a) => IpNet::from(a),
+            Err(_) => value
+                .parse::<IpNet>()
+                .map_err(|_| Outcome::Invalid)?
+                .trunc(),
+        }
     } else if scope.eq_ignore_ascii_case("range") {
         value
             .parse::<IpNet>()
@@ -247,6 +253,7 @@ mod tests {
             {"id":1,"origin":"cscli","scenario":"manual","scope":"Ip","type":"ban","value":"192.0.2.9","duration":"59m58.8s","extra":{"x":1}},
             {"id":2,"origin":"cscli","scenario":"m","scope":"Range","type":"ban","value":"198.51.100.7/24","duration":"1h"},
             {"id":3,"origin":"cscli","scenario":"m","scope":"ip","type":"ban","value":"2001:db8::7","duration":"1h"},
+            {"id":12,"origin":"cscli","scenario":"m","scope":"Ip","type":"ban","value":"2001:db8:2::1/64","duration":"1h"},
             {"id":4,"origin":"cscli","scenario":"m","scope":"Ip","type":"captcha","value":"192.0.2.1","duration":"1h"},
             {"id":5,"origin":"cscli","scenario":"m","scope":"Country","type":"ban","value":"FR","duration":"1h"},
             {"id":6,"origin":"cscli","scenario":"m","scope":"Ip","type":"ban","value":"300.1.1.1","duration":"1h"},
@@ -263,7 +270,15 @@ mod tests {
         };
         let a = read(body, &filter).unwrap();
         let nets: Vec<String> = a.new.iter().map(|d| d.net.to_string()).collect();
-        assert_eq!(nets, ["192.0.2.9/32", "198.51.100.0/24", "2001:db8::7/128"]);
+        assert_eq!(
+            nets,
+            [
+                "192.0.2.9/32",
+                "198.51.100.0/24",
+                "2001:db8::7/128",
+                "2001:db8:2::/64"
+            ]
+        );
         assert_eq!(a.new[0].left, Duration::from_millis(3_598_800));
         assert_eq!(a.deleted.len(), 1);
         assert_eq!(a.deleted[0].net.to_string(), "192.0.2.5/32");

@@ -46,7 +46,8 @@ fn write_journal(state_dir: &std::path::Path, n: u32) {
     std::fs::write(journal::path(state_dir), journal::encode_store(&store)).unwrap();
 }
 
-fn rss(pid: u32) -> (u64, u64) {
+/// Resident memory of `pid` now and at its peak, in bytes.
+pub(crate) fn rss(pid: u32) -> (u64, u64) {
     let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |k: &str| {
         st.lines()
