@@ -161,6 +161,12 @@ impl Lapi {
 
     /// `cscli -c CONFIG ARGS` in the server's namespace; its output. Panics when it fails.
     pub fn cscli(&self, args: &[&str]) -> String {
+        self.try_cscli(args)
+            .unwrap_or_else(|text| panic!("cscli {args:?} failed: {text}"))
+    }
+
+    /// [`Lapi::cscli`], its output as the error when it fails.
+    pub fn try_cscli(&self, args: &[&str]) -> Result<String, String> {
         let out = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.ns))
             .arg(unpacked().join("usr/bin/cscli"))
@@ -173,8 +179,11 @@ impl Lapi {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(out.status.success(), "cscli {args:?} failed: {text}");
-        text
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(text)
+        }
     }
 
     /// Registers a bouncer named `name`; its key.
