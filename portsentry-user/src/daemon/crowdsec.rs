@@ -295,6 +295,15 @@ fn apply(
             added.len()
         ));
     }
+    if full {
+        // A full answer's parse (100,000 decisions: over 100 MiB of JSON values) is
+        // freed: give the pages back rather than keep them as free heap.
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only returns free memory of the allocator to the system.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
     for b in lifted {
         if added.len() <= LOG_EACH {
             log.notice(&format!(
