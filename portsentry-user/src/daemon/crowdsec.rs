@@ -30,6 +30,8 @@ use crate::{
 
 /// At most this many bans of one answer are logged one by one (then a summary line).
 const LOG_EACH: usize = 10;
+/// An answer of at least this many decisions is followed by a `malloc_trim`.
+const TRIM_AFTER: usize = 1000;
 
 /// The link's shared parts, in [`Shared`].
 pub(super) struct Fleet {
@@ -178,6 +180,7 @@ fn apply(
     full: bool,
 ) {
     let now = SystemTime::now();
+    let answer_len = answer.new.len() + answer.deleted.len() + answer.skipped.len();
     let mut counts: BTreeMap<Outcome, u64> = BTreeMap::new();
     let mut lifted: Vec<Ban> = Vec::new();
     let mut added: Vec<Ban> = Vec::new();
@@ -295,9 +298,9 @@ fn apply(
             added.len()
         ));
     }
-    if full {
-        // A full answer's parse (100,000 decisions: over 100 MiB of JSON values) is
-        // freed: give the pages back rather than keep them as free heap.
+    if full || answer_len >= TRIM_AFTER {
+        // A large answer's parse (a JSON value per field of every decision) is freed:
+        // give the pages back rather than keep them as free heap.
         #[cfg(target_env = "gnu")]
         // SAFETY: malloc_trim only returns free memory of the allocator to the system.
         unsafe {
