@@ -124,18 +124,20 @@ fn a_fleet_shares_bans_through_crowdsec() {
         b.reachable_from(&attacker, ip("2001:db8::2")),
         "not in the v6 range"
     );
+    // The link's state file is written once a second.
+    let counts = |l: &serde_json::Value| {
+        let e = &l["enforced"];
+        [
+            e["ip_v4"].as_u64(),
+            e["ip_v6"].as_u64(),
+            e["range_v4"].as_u64(),
+            e["range_v6"].as_u64(),
+        ]
+    };
+    let expected = [Some(2), Some(1), Some(1), Some(1)];
+    let counted = wait_until(Duration::from_secs(5), || counts(&b.link()) == expected);
     let link_b = b.link();
-    let enforced = &link_b["enforced"];
-    assert_eq!(
-        (
-            enforced["ip_v4"].as_u64(),
-            enforced["ip_v6"].as_u64(),
-            enforced["range_v4"].as_u64(),
-            enforced["range_v6"].as_u64()
-        ),
-        (Some(2), Some(1), Some(1), Some(1)),
-        "{link_b}"
-    );
+    assert!(counted, "{link_b}");
     assert_eq!(link_b["enforce"]["state"], "connected", "{link_b}");
 
     // A range over B's own address is refused by B's ban guard, and counted.

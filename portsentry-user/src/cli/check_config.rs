@@ -37,7 +37,8 @@ fn crowdsec(eff: &Effective, s: &mut String) {
     let _ = match &cs.bouncer_key {
         Some(_) => writeln!(
             s,
-            "  enforce:     its Ip and Range ban decisions (IPv4, IPv6), polled every {}; key              from {}; origins: {}; scenarios excluded: {}",
+            "  enforce:     its Ip and Range ban decisions (IPv4, IPv6), polled every {}; key \
+             from {}; origins: {}; scenarios excluded: {}",
             humantime::format_duration(cs.interval),
             secret_from(
                 &c.crowdsec_bouncer_key_file,
