@@ -89,11 +89,10 @@ fn a_fleet_shares_bans_through_crowdsec() {
         );
     }
     // A's own decision came back to A: not a second ban.
-    let link_a = a.link();
-    assert!(
-        link_a["reports"]["alerts_sent"].as_u64() >= Some(1),
-        "{link_a}"
-    );
+    let sent = wait_until(Duration::from_secs(5), || {
+        a.link()["reports"]["alerts_sent"].as_u64() >= Some(1)
+    });
+    assert!(sent, "{}", a.link());
     assert_eq!(a.ban_origin("192.0.2.2/32").as_deref(), Some("scan"));
     let dup = wait_until(Duration::from_secs(10), || {
         a.link()["decisions"]["duplicate"].as_u64() >= Some(1)
