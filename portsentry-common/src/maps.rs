@@ -195,6 +195,9 @@ pub enum BanOrigin {
     /// Made by the XDP program itself, at the probe that reached the trigger; the daemon
     /// has not responded to it yet (its response rewrites the entry as [`BanOrigin::Scan`]).
     Kernel = 3,
+    /// A decision of a CrowdSec Local API the daemon streams (a fleet's or a list's
+    /// ban); the kernel holds it like any other ban.
+    CrowdSec = 4,
 }
 
 /// Value of `PS_SOURCES`: what one source has done. Host byte order; timestamps are

@@ -123,12 +123,17 @@ pub fn origin_name(o: BanOrigin) -> &'static str {
         // A ban the kernel made and the daemon has not responded to (never in the
         // daemon's records: it responds, and the ban becomes a scan ban).
         BanOrigin::Kernel => "kernel",
+        BanOrigin::CrowdSec => "crowdsec",
     }
 }
 
+/// The origins a ban the daemon keeps may have (never [`BanOrigin::Kernel`]).
+pub const RECORDED_ORIGINS: [BanOrigin; 3] =
+    [BanOrigin::Scan, BanOrigin::Manual, BanOrigin::CrowdSec];
+
 /// The origin named `name` ([`origin_name`]'s inverse).
 pub fn origin_from_name(name: &str) -> Option<BanOrigin> {
-    [BanOrigin::Scan, BanOrigin::Manual]
+    RECORDED_ORIGINS
         .into_iter()
         .find(|o| origin_name(*o) == name)
 }
@@ -145,14 +150,17 @@ pub enum BanEnd {
     Protected,
     /// The ban of its network replaced it (an escalation).
     Escalated,
+    /// Its CrowdSec decision was deleted at the Local API (or is no longer listed there).
+    Withdrawn,
 }
 
 impl BanEnd {
-    pub const ALL: [BanEnd; 4] = [
+    pub const ALL: [BanEnd; 5] = [
         BanEnd::Expired,
         BanEnd::Unbanned,
         BanEnd::Protected,
         BanEnd::Escalated,
+        BanEnd::Withdrawn,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -161,6 +169,7 @@ impl BanEnd {
             BanEnd::Unbanned => "unbanned",
             BanEnd::Protected => "protected",
             BanEnd::Escalated => "escalated",
+            BanEnd::Withdrawn => "withdrawn",
         }
     }
 }
@@ -240,7 +249,7 @@ mod tests {
         assert_eq!(ModeToken::parse(MANUAL), None);
         assert_eq!(mode_word(None), "manual");
         assert_eq!(mode_word(Some(ModeToken::Sudp)), "sudp");
-        for o in [BanOrigin::Scan, BanOrigin::Manual] {
+        for o in RECORDED_ORIGINS {
             assert_eq!(origin_from_name(origin_name(o)), Some(o));
         }
         for p in [Protocol::Tcp, Protocol::Udp] {

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod crowdsec;
 pub mod daemon;
 pub mod fsutil;
 pub mod kernel;

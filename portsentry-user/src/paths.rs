@@ -15,6 +15,9 @@ pub const CONTROL_SOCKET: &str = "control.sock";
 pub const JOURNAL_FILE: &str = "bans.journal";
 /// The ban state file of earlier releases in STATE_DIR, migrated to the journal.
 pub const STATE_FILE: &str = "bans.json";
+/// The state of the daemon's link to a CrowdSec Local API in STATE_DIR (`status` reads
+/// it; [`crate::crowdsec::link`]).
+pub const CROWDSEC_FILE: &str = "crowdsec.json";
 /// Link pins in PIN_DIR are named this followed by the interface name.
 pub const LINK_PREFIX: &str = "link-";
 
@@ -32,6 +35,10 @@ pub fn journal_file(state_dir: &Path) -> PathBuf {
 
 pub fn state_file(state_dir: &Path) -> PathBuf {
     state_dir.join(STATE_FILE)
+}
+
+pub fn crowdsec_file(state_dir: &Path) -> PathBuf {
+    state_dir.join(CROWDSEC_FILE)
 }
 
 /// The pin of the link that attaches the program to `interface`.

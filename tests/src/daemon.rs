@@ -69,28 +69,7 @@ impl Daemon {
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("starting portsentry");
         let lines = Arc::new(Mutex::new(Vec::new()));
-        for pipe in [
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let lines = lines.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    let at = Instant::now();
-                    eprintln!("[portsentry] {line}");
-                    lines.lock().unwrap().push((at, line));
-                }
-            });
-        }
+        collect_lines(&mut child, &lines, Some("portsentry"));
         let d = Daemon { child, lines };
         d.wait_for("portsentry: active", Duration::from_secs(20));
         d
@@ -168,6 +147,40 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The lines a child writes to stderr and stdout (piped), each with when it was read,
+/// appended to `lines` by a thread per pipe; echoed to the test's stderr as `[tag] line`
+/// when `echo` names a tag.
+pub fn collect_lines(
+    child: &mut Child,
+    lines: &Arc<Mutex<Vec<(Instant, String)>>>,
+    echo: Option<&'static str>,
+) {
+    for pipe in [
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let lines = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let at = Instant::now();
+                if let Some(tag) = echo {
+                    eprintln!("[{tag}] {line}");
+                }
+                lines.lock().unwrap().push((at, line));
+            }
+        });
     }
 }
 

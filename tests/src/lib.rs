@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod bpf_link;
 pub mod crafted;
+pub mod crowdsec;
 pub mod daemon;
 pub mod fixture;
 pub mod frames;

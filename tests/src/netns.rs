@@ -206,6 +206,73 @@ impl TestNet {
     }
 }
 
+/// Namespaces on one Ethernet segment: a hub namespace holding a bridge, and a veth pair
+/// from each member to it (the member's end in the member, the other end in the hub). Every
+/// interface and address lives in namespaces the test made.
+pub struct Lan {
+    pub hub: Netns,
+    bridge: String,
+    tag: String,
+    members: AtomicU32,
+}
+
+impl Lan {
+    pub fn new() -> Lan {
+        let hub = Netns::new("hub");
+        let tag = format!(
+            "{}l{}",
+            std::process::id() % 100_000,
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let bridge = format!("ps{tag}br");
+        hub.exec(&format!(
+            "ip link add {bridge} type bridge && ip link set {bridge} up"
+        ));
+        Lan {
+            hub,
+            bridge,
+            tag,
+            members: AtomicU32::new(0),
+        }
+    }
+
+    /// Gives the hub itself `addrs` (`ADDR/PREFIX`, IPv4 or IPv6) on the bridge.
+    pub fn address_hub(&self, addrs: &[&str]) {
+        for a in addrs {
+            self.hub
+                .exec(&format!("ip addr add {a} dev {} nodad", self.bridge));
+        }
+    }
+
+    /// Joins `ns` to the segment with `addrs` (`ADDR/PREFIX`); the interface in `ns`.
+    pub fn join(&self, ns: &Netns, addrs: &[&str]) -> String {
+        let k = self.members.fetch_add(1, Ordering::Relaxed);
+        let (inner, outer) = (format!("ps{}m{k}", self.tag), format!("ps{}h{k}", self.tag));
+        sh(&format!(
+            "ip link add {inner} netns {} type veth peer name {outer} netns {}",
+            ns.name, self.hub.name
+        ));
+        self.hub.exec(&format!(
+            "ip link set {outer} master {} && ip link set {outer} up",
+            self.bridge
+        ));
+        for a in addrs {
+            ns.exec(&format!("ip addr add {a} dev {inner} nodad"));
+        }
+        ns.exec(&format!("ip link set {inner} up"));
+        ns.exec(&format!(
+            "for i in $(seq 50); do ip link show {inner} | grep -q LOWER_UP && exit 0; sleep 0.1; done; exit 1"
+        ));
+        inner
+    }
+}
+
+impl Default for Lan {
+    fn default() -> Self {
+        Lan::new()
+    }
+}
+
 /// A TCP connection from `src` (an address of the current namespace) to `dst`.
 pub fn tcp_connect(
     src: IpAddr,

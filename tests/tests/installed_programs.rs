@@ -258,6 +258,14 @@ fn every_program_run_is_installed() {
 #[test]
 fn the_lists_hold_together() {
     let all = [TEST_PACKAGES, BENCH_PACKAGES, DEB_PACKAGES].concat();
+    // A package is either installed or unpacked (its maintainer scripts never run), not both.
+    for (package, binaries) in UNPACKED_PACKAGES {
+        assert!(
+            !all.iter().any(|(p, _)| p == package),
+            "{package} is both installed and unpacked"
+        );
+        assert!(!binaries.is_empty(), "{package}: no binary listed");
+    }
     for (program, package) in PROVIDED_BY {
         assert!(
             all.iter().any(|(p, _)| p == package),

@@ -72,6 +72,7 @@ fn main() -> Result<()> {
             toolchain::ensure(&root)?;
             if packages {
                 toolchain::ensure_packages(toolchain::TEST_PACKAGES)?;
+                toolchain::ensure_unpacked(&root)?;
             }
             toolchain::ensure_bpffs()?;
         }
@@ -94,6 +95,7 @@ fn main() -> Result<()> {
             let object = build(&root)?;
             toolchain::ensure_packages(toolchain::TEST_PACKAGES)?;
             toolchain::ensure_packages(toolchain::BENCH_PACKAGES)?;
+            toolchain::ensure_unpacked(&root)?;
             toolchain::ensure_bpffs()?;
             let args = baseline::resolve(&root, &args)?;
             let mut a = vec![
@@ -188,6 +190,7 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     let is_root = toolchain::is_root();
     if is_root {
         toolchain::ensure_packages(toolchain::TEST_PACKAGES)?;
+        toolchain::ensure_unpacked(root)?;
         toolchain::ensure_bpffs()?;
     } else {
         if std::env::var("CI").as_deref() == Ok("true") {

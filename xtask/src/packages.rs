@@ -43,3 +43,13 @@ pub const BENCH_PACKAGES: &[(&str, &str)] = &[
     // tarball may not).
     ("git", "git"),
 ];
+
+/// Debian packages unpacked (`apt-get download` + `dpkg-deb -x`) under `target/unpacked/<package>/`
+/// rather than installed, with the binaries the tests and the bench run from there: installing
+/// them would run their maintainer scripts (crowdsec's registers a machine in the system-wide
+/// database and tries to start a service). Tests start these themselves, in a temporary
+/// directory on a loopback port.
+pub const UNPACKED_PACKAGES: &[(&str, &[&str])] = &[
+    // tests/tests/crowdsec.rs: a CrowdSec Local API (`crowdsec -no-cs`) and `cscli`.
+    ("crowdsec", &["usr/bin/crowdsec", "usr/bin/cscli"]),
+];

@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result, bail};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 // The package lists live in `packages.rs`, which the tests read too.
-pub use crate::packages::{BENCH_PACKAGES, DEB_PACKAGES, TEST_PACKAGES};
+pub use crate::packages::{BENCH_PACKAGES, DEB_PACKAGES, TEST_PACKAGES, UNPACKED_PACKAGES};
 
 pub fn is_root() -> bool {
     Command::new("id")
@@ -171,6 +171,61 @@ pub fn ensure_packages(packages: &[(&str, &str)]) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing))
+}
+
+/// Unpacks the packages of [`UNPACKED_PACKAGES`] under `target/unpacked/<package>/` (their
+/// files only: no maintainer script runs, nothing is installed). Idempotent: a package whose
+/// binaries are all there is left alone.
+pub fn ensure_unpacked(root: &Path) -> Result<()> {
+    for (package, binaries) in UNPACKED_PACKAGES {
+        let dir = root.join("target/unpacked").join(package);
+        if binaries.iter().all(|b| dir.join(b).is_file()) {
+            continue;
+        }
+        let download = root.join("target/unpacked/download");
+        std::fs::create_dir_all(&download)
+            .with_context(|| format!("creating {}", download.display()))?;
+        eprintln!("xtask: unpacking Debian's {package} into {}", dir.display());
+        let deb = match find_deb(&download, package)? {
+            Some(deb) => deb,
+            None => {
+                // `apt-get download` writes into the current directory; the index may be
+                // missing on a fresh machine.
+                let fetch = || {
+                    run(Command::new("apt-get")
+                        .current_dir(&download)
+                        .args(["download", "-q", package]))
+                };
+                if fetch().is_err() {
+                    run(Command::new("apt-get").arg("update").arg("-q"))?;
+                    fetch()?;
+                }
+                find_deb(&download, package)?
+                    .with_context(|| format!("apt-get download {package} wrote no .deb"))?
+            }
+        };
+        let _ = std::fs::remove_dir_all(&dir);
+        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
+        for b in *binaries {
+            if !dir.join(b).is_file() {
+                bail!("{} holds no {b}", deb.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The downloaded `.deb` of `package` in `dir`, if there is one.
+fn find_deb(dir: &Path, package: &str) -> Result<Option<PathBuf>> {
+    let prefix = format!("{package}_");
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = e?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if name.starts_with(&prefix) && name.ends_with(".deb") {
+            return Ok(Some(path));
+        }
+    }
+    Ok(None)
 }
 
 /// Mounts bpffs at /sys/fs/bpf when it is not mounted (as root).

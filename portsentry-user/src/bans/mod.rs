@@ -198,6 +198,7 @@ impl Rec {
         let origin = match self.origin {
             o if o == BanOrigin::Scan as u8 => BanOrigin::Scan,
             o if o == BanOrigin::Manual as u8 => BanOrigin::Manual,
+            o if o == BanOrigin::CrowdSec as u8 => BanOrigin::CrowdSec,
             _ => return None,
         };
         let scan_type = match self.scan_type {

@@ -166,13 +166,13 @@ pub fn load_json(state_dir: &Path) -> Result<BanStore> {
 /// `tcp_mode` and `udp_mode` are the configured modes' tokens.
 pub fn ban_from_kernel(net: IpNet, e: &BanEntry, tcp_mode: ModeToken, udp_mode: ModeToken) -> Ban {
     let scan_type = ScanType::from_u8(e.scan_type);
-    let origin = if e.origin == BanOrigin::Manual as u8 {
-        BanOrigin::Manual
-    } else {
-        BanOrigin::Scan
+    let origin = match e.origin {
+        o if o == BanOrigin::Manual as u8 => BanOrigin::Manual,
+        o if o == BanOrigin::CrowdSec as u8 => BanOrigin::CrowdSec,
+        _ => BanOrigin::Scan,
     };
     let mode = match (origin, scan_type) {
-        (BanOrigin::Manual, _) | (_, None) => None,
+        (BanOrigin::Manual | BanOrigin::CrowdSec, _) | (_, None) => None,
         (_, Some(ScanType::Udp)) => Some(udp_mode),
         (_, Some(_)) => Some(tcp_mode),
     };

@@ -21,6 +21,63 @@ pub fn run(args: &ConfigArgs) -> Result<String> {
     Ok(render(&effective::load(args)?))
 }
 
+/// The CrowdSec lines: the Local API, each side and where its secret comes from (never the
+/// secret itself).
+fn crowdsec(eff: &Effective, s: &mut String) {
+    let c = &eff.config;
+    let Some(cs) = &eff.crowdsec else {
+        let _ = writeln!(s, "crowdsec:      off (CROWDSEC_LAPI_URL=\"\")");
+        return;
+    };
+    let _ = writeln!(s, "crowdsec:      Local API {}", cs.url);
+    let secret_from = |file: &Option<std::path::PathBuf>, key: &str| match file {
+        Some(p) => format!("{key} {}", p.display()),
+        None => format!("{key} (set, not shown)"),
+    };
+    let _ = match &cs.bouncer_key {
+        Some(_) => writeln!(
+            s,
+            "  enforce:     its Ip and Range ban decisions (IPv4, IPv6), polled every {}; key \
+             from {}; origins: {}; scenarios excluded: {}",
+            humantime::format_duration(cs.interval),
+            secret_from(
+                &c.crowdsec_bouncer_key_file,
+                if c.crowdsec_bouncer_key_file.is_some() {
+                    "CROWDSEC_BOUNCER_KEY_FILE"
+                } else {
+                    "CROWDSEC_BOUNCER_KEY"
+                }
+            ),
+            if cs.origins.is_empty() {
+                "all".to_owned()
+            } else {
+                cs.origins.join(",")
+            },
+            if cs.scenarios_exclude.is_empty() {
+                "none".to_owned()
+            } else {
+                cs.scenarios_exclude.join(",")
+            }
+        ),
+        None => writeln!(s, "  enforce:     off (CROWDSEC_ENFORCE=0)"),
+    };
+    let _ = match &cs.machine {
+        Some((login, _)) => writeln!(
+            s,
+            "  report:      each scan ban as an alert, machine {login}, password from {}",
+            secret_from(
+                &c.crowdsec_credentials_file,
+                if c.crowdsec_credentials_file.is_some() {
+                    "CROWDSEC_CREDENTIALS_FILE"
+                } else {
+                    "CROWDSEC_MACHINE_PASSWORD"
+                }
+            )
+        ),
+        None => writeln!(s, "  report:      off (CROWDSEC_REPORT=0)"),
+    };
+}
+
 /// The `check-config` report of the effective settings.
 fn render(eff: &Effective) -> String {
     let c = &eff.config;
@@ -140,6 +197,7 @@ fn render(eff: &Effective) -> String {
              {n} distinct protocols (PROTO_SCAN_PROTOCOLS), under the TCP settings"
         ),
     };
+    crowdsec(eff, &mut s);
     let _ = writeln!(s, "ignore list:");
     match &c.ignore_file {
         Some(p) => {

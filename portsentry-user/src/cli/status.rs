@@ -13,6 +13,7 @@ use super::{StatusArgs, config};
 use crate::{
     bans::journal,
     bans::{Ban, state},
+    crowdsec::link::{self, LinkStatus},
     kernel::{self, Dataplane},
     kinds::{self, ModeToken, Protocol},
     paths, pidfile,
@@ -31,6 +32,8 @@ struct Status {
     dropped: u64,
     sources_tracked: usize,
     sources: Vec<SourceStatus>,
+    /// The CrowdSec Local API link as the daemon last wrote it; `None` when off.
+    crowdsec: Option<LinkStatus>,
     bans: Vec<BanStatus>,
 }
 
@@ -54,7 +57,8 @@ struct SourceStatus {
 #[derive(Serialize)]
 struct BanStatus {
     net: IpNet,
-    /// `scan`, `manual` or `escalation` (the ban of a network whose hosts were banned).
+    /// `scan`, `manual`, `escalation` (the ban of a network whose hosts were banned) or
+    /// `crowdsec` (a decision of the CrowdSec Local API).
     origin: &'static str,
     /// For an escalation: how many banned hosts of the network made it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -194,6 +198,10 @@ pub fn status(args: &StatusArgs) -> Result<String> {
                 last_seen: rfc3339(crate::clock::to_system(s.last_ns)),
             })
             .collect(),
+        crowdsec: c
+            .crowdsec_lapi_url
+            .as_ref()
+            .and_then(|_| link::read(&c.state_dir)),
         bans,
     };
     if args.json {
@@ -247,6 +255,9 @@ fn render(st: &Status) -> String {
             src.last_seen
         );
     }
+    if let Some(cs) = &st.crowdsec {
+        render_crowdsec(cs, &mut s);
+    }
     let _ = writeln!(s, "bans:       {}", st.bans.len());
     for b in &st.bans {
         let what = match (b.origin, b.scan_type) {
@@ -258,6 +269,7 @@ fn render(st: &Status) -> String {
                 b.scan_type.unwrap_or("?"),
                 b.port
             ),
+            ("crowdsec", _) => "crowdsec decision".to_owned(),
             _ => "manual".to_owned(),
         };
         let _ = writeln!(
@@ -277,4 +289,52 @@ fn render(st: &Status) -> String {
         );
     }
     s
+}
+
+/// The CrowdSec lines of `status`.
+fn render_crowdsec(cs: &LinkStatus, s: &mut String) {
+    let _ = writeln!(s, "crowdsec:   {}", cs.url);
+    for (name, side) in [("enforce", &cs.enforce), ("report", &cs.report)] {
+        let Some(side) = side else {
+            let _ = writeln!(s, "  {name:<8} off");
+            continue;
+        };
+        let state = serde_json::to_value(side.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "  {name:<8} {state} since {}, last {} {}{}",
+            side.since.as_deref().unwrap_or("?"),
+            if name == "enforce" { "sync" } else { "success" },
+            side.last_ok.as_deref().unwrap_or("never"),
+            side.last_error
+                .as_ref()
+                .map_or(String::new(), |e| format!(", last error: {e}"))
+        );
+    }
+    let e = &cs.enforced;
+    let _ = writeln!(
+        s,
+        "  enforced {} addresses ({} IPv4, {} IPv6), {} ranges ({} IPv4, {} IPv6)",
+        e.ip_v4 + e.ip_v6,
+        e.ip_v4,
+        e.ip_v6,
+        e.range_v4 + e.range_v6,
+        e.range_v4,
+        e.range_v6
+    );
+    let join = |m: &std::collections::BTreeMap<String, u64>| {
+        if m.is_empty() {
+            "none".to_owned()
+        } else {
+            m.iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    let _ = writeln!(s, "  decisions {}", join(&cs.decisions));
+    let _ = writeln!(s, "  reports  {}; {} queued", join(&cs.reports), cs.queued);
 }

@@ -64,6 +64,8 @@ pub struct Effective {
     pub xdp_mode: AttachMode,
     /// What an operator should know (also the port policy's warnings).
     pub warnings: Vec<String>,
+    /// The CrowdSec Local API to share bans with (its secrets read); `None`: off.
+    pub crowdsec: Option<super::crowdsec::Settings>,
 }
 
 /// Loads the config named by `args` (or the default one, or the built-in defaults),
@@ -112,6 +114,8 @@ pub fn from_config(config: Config) -> Result<Effective> {
         policy::read_ephemeral_range(Path::new(policy::LOCAL_PORT_RANGE)),
     );
     warnings.extend(policy.warnings.iter().cloned());
+    warnings.extend(super::crowdsec::warnings(&config));
+    let crowdsec = super::crowdsec::settings(&config)?;
     let always_ignored = localaddrs::always_ignored()?;
     Ok(Effective {
         interfaces: config.interfaces.clone(),
@@ -121,6 +125,7 @@ pub fn from_config(config: Config) -> Result<Effective> {
         ignore_file,
         always_ignored,
         warnings,
+        crowdsec,
     })
 }
 

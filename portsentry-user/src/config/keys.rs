@@ -4,6 +4,7 @@
 //! suggestions all come from this table. `docs/configuration.md` describes every key at
 //! length.
 
+use super::crowdsec::{lapi_url, machine_id, secret, words};
 use super::{
     Config,
     text::shorten,
@@ -224,6 +225,39 @@ pub static KEYS: &[Key] = &[
     key!(Extension, "SYSLOG", "1",
         "1 = log attack alerts to syslog",
         |c, k, v| c.syslog = flag(k, v)?),
+    key!(Extension, "CROWDSEC_LAPI_URL", "",
+        "the CrowdSec Local API to share bans with, e.g. http://10.0.0.5:8080; \"\" = off",
+        |c, k, v| c.crowdsec_lapi_url = lapi_url(k, v)?),
+    key!(Extension, "CROWDSEC_ENFORCE", "1",
+        "1 = stream the Local API's decisions and ban their addresses and ranges (a bouncer)",
+        |c, k, v| c.crowdsec_enforce = flag(k, v)?),
+    key!(Extension, "CROWDSEC_REPORT", "1",
+        "1 = send each scan ban to the Local API as an alert with its decision (a machine)",
+        |c, k, v| c.crowdsec_report = flag(k, v)?),
+    key!(Extension, "CROWDSEC_BOUNCER_KEY", "",
+        "the key `cscli bouncers add NAME` printed (keep the file private; CROWDSEC_BOUNCER_KEY_FILE is better)",
+        |c, k, v| c.crowdsec_bouncer_key = secret(k, v)?),
+    key!(Extension, "CROWDSEC_BOUNCER_KEY_FILE", "",
+        "a file holding the bouncer key; refused when group or others may read it",
+        |c, k, v| c.crowdsec_bouncer_key_file = optional_absolute_path(k, v)?),
+    key!(Extension, "CROWDSEC_MACHINE_ID", "",
+        "the machine name `cscli machines add NAME` registered",
+        |c, k, v| c.crowdsec_machine_id = machine_id(k, v)?),
+    key!(Extension, "CROWDSEC_MACHINE_PASSWORD", "",
+        "that machine's password (keep the file private; CROWDSEC_CREDENTIALS_FILE is better)",
+        |c, k, v| c.crowdsec_machine_password = secret(k, v)?),
+    key!(Extension, "CROWDSEC_CREDENTIALS_FILE", "",
+        "the file `cscli machines add NAME -f FILE` wrote (login and password); refused when group or others may read it",
+        |c, k, v| c.crowdsec_credentials_file = optional_absolute_path(k, v)?),
+    key!(Extension, "CROWDSEC_ORIGINS", "",
+        "enforce only decisions of these origins (comma-separated, e.g. cscli,crowdsec,portsentry,CAPI,lists); \"\" = all",
+        |c, k, v| c.crowdsec_origins = words(k, v)?),
+    key!(Extension, "CROWDSEC_SCENARIOS_EXCLUDE", "",
+        "decisions whose scenario contains one of these comma-separated words are not enforced",
+        |c, k, v| c.crowdsec_scenarios_exclude = words(k, v)?),
+    key!(Extension, "CROWDSEC_INTERVAL", "1s",
+        "how often the Local API's decision stream is asked for what changed; not 0",
+        |c, k, v| c.crowdsec_interval = nonzero_duration(k, v)?),
 ];
 
 /// Sets every key that has a default to it.
@@ -313,7 +347,7 @@ mod tests {
                 k.name
             );
         }
-        assert_eq!(seen.len(), 51);
+        assert_eq!(seen.len(), 62);
         // PortSentry 1.2's keys come first (the order of the known keys in an error).
         let first_extension = KEYS
             .iter()

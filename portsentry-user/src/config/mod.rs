@@ -10,6 +10,7 @@
 //! and how they differ from PortSentry are documented in `docs/configuration.md`. The defaults
 //! are the ones used when there is no config file at all, and for every key a file leaves out.
 
+pub mod crowdsec;
 pub mod effective;
 pub mod ignore;
 pub mod keys;
@@ -214,6 +215,29 @@ config_struct! {
         pub metrics_address: Option<SocketAddr>,
         /// `SYSLOG`: log attack alerts to syslog.
         pub syslog: bool,
+        /// `CROWDSEC_LAPI_URL`: the CrowdSec Local API; `None` for off.
+        pub crowdsec_lapi_url: Option<String>,
+        /// `CROWDSEC_ENFORCE`: stream the LAPI's decisions and enforce them (a bouncer).
+        pub crowdsec_enforce: bool,
+        /// `CROWDSEC_REPORT`: send our scan bans to the LAPI as alerts (a machine).
+        pub crowdsec_report: bool,
+        /// `CROWDSEC_BOUNCER_KEY`: the bouncer's key, written in the file itself.
+        pub crowdsec_bouncer_key: Option<crowdsec::Secret>,
+        /// `CROWDSEC_BOUNCER_KEY_FILE`: a private file holding the bouncer's key.
+        pub crowdsec_bouncer_key_file: Option<PathBuf>,
+        /// `CROWDSEC_MACHINE_ID`: the machine's login.
+        pub crowdsec_machine_id: Option<String>,
+        /// `CROWDSEC_MACHINE_PASSWORD`: the machine's password.
+        pub crowdsec_machine_password: Option<crowdsec::Secret>,
+        /// `CROWDSEC_CREDENTIALS_FILE`: the file `cscli machines add -f` writes.
+        pub crowdsec_credentials_file: Option<PathBuf>,
+        /// `CROWDSEC_ORIGINS`: enforce only decisions of these origins; empty for all.
+        pub crowdsec_origins: Vec<String>,
+        /// `CROWDSEC_SCENARIOS_EXCLUDE`: decisions whose scenario contains one of these
+        /// words are not enforced.
+        pub crowdsec_scenarios_exclude: Vec<String>,
+        /// `CROWDSEC_INTERVAL`: how often the decision stream is polled.
+        pub crowdsec_interval: Duration,
     }
 }
 
@@ -438,7 +462,7 @@ impl Config {
                 }
             }
         }
-        Ok(())
+        crowdsec::validate(self)
     }
 
     /// The IPv6 network a source address is counted and banned by

@@ -148,6 +148,17 @@ ESCALATE_PREFIX_V4="16"
 ESCALATE_PREFIX_V6="40"
 METRICS_ADDRESS="[::1]:9100"
 SYSLOG="0"
+CROWDSEC_LAPI_URL="https://lapi.example:8443/"
+CROWDSEC_ENFORCE="1"
+CROWDSEC_REPORT="1"
+CROWDSEC_BOUNCER_KEY="k3y"
+CROWDSEC_BOUNCER_KEY_FILE="/etc/portsentry/bouncer.key"
+CROWDSEC_MACHINE_ID="host-a"
+CROWDSEC_MACHINE_PASSWORD="pw"
+CROWDSEC_CREDENTIALS_FILE="/etc/portsentry/crowdsec.yaml"
+CROWDSEC_ORIGINS="cscli,portsentry"
+CROWDSEC_SCENARIOS_EXCLUDE="http"
+CROWDSEC_INTERVAL="500ms"
 "#;
     let c = ok(text);
     assert_eq!(c.lines.len(), KEYS.len(), "the test sets every key");
@@ -219,6 +230,36 @@ SYSLOG="0"
     assert!(!c.syslog);
     assert_eq!(c.line_of("TCP_PORTS"), 2);
     assert_eq!(c.line_of("SYSLOG"), 52);
+    assert_eq!(
+        c.crowdsec_lapi_url.as_deref(),
+        Some("https://lapi.example:8443")
+    );
+    assert!(c.crowdsec_enforce && c.crowdsec_report);
+    assert_eq!(
+        c.crowdsec_bouncer_key,
+        Some(super::crowdsec::Secret::new("k3y"))
+    );
+    assert_eq!(
+        c.crowdsec_bouncer_key_file.as_deref(),
+        Some(Path::new("/etc/portsentry/bouncer.key"))
+    );
+    assert_eq!(c.crowdsec_machine_id.as_deref(), Some("host-a"));
+    assert_eq!(
+        c.crowdsec_machine_password,
+        Some(super::crowdsec::Secret::new("pw"))
+    );
+    assert_eq!(
+        c.crowdsec_credentials_file.as_deref(),
+        Some(Path::new("/etc/portsentry/crowdsec.yaml"))
+    );
+    assert_eq!(c.crowdsec_origins, ["cscli", "portsentry"]);
+    assert_eq!(c.crowdsec_scenarios_exclude, ["http"]);
+    assert_eq!(c.crowdsec_interval, Duration::from_millis(500));
+    assert_eq!(
+        super::crowdsec::warnings(&c).len(),
+        2,
+        "both secrets given twice"
+    );
     // Stealth TCP watches exactly TCP_PORTS; UDP is off.
     assert_eq!(c.tcp_watched_ports(), tcp);
     assert!(c.udp_watched_ports().is_empty());

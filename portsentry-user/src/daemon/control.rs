@@ -59,6 +59,7 @@ pub(super) fn handle(shared: &Arc<Shared>, req: Request) -> Response {
         )),
     }
     for b in lifted {
+        super::crowdsec::report_unban(shared, &b);
         spawn_undo(shared, b, BanEnd::Unbanned);
     }
     match result {

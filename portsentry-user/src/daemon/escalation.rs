@@ -84,6 +84,7 @@ pub(super) fn after_ban(shared: &Arc<Shared>, eff: &Effective, ip: IpAddr, scan:
             failed,
         }) => {
             shared.metrics.ban_added(BanOrigin::Scan);
+            super::crowdsec::report_ban(shared, &ban);
             log.notice(&format!(
                 "attackalert: Network {} has been blocked via XDP drop: {} hosts banned{}",
                 ban.net,

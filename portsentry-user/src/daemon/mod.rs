@@ -10,6 +10,7 @@
 
 mod admission;
 mod control;
+mod crowdsec;
 pub mod detect;
 mod escalation;
 mod event;
@@ -116,6 +117,8 @@ struct Shared {
     /// The responses running and the escalations refused ([`escalation`]).
     escalation: Mutex<Tracker>,
     jobs: Arc<Semaphore>,
+    /// The CrowdSec Local API link (CROWDSEC_LAPI_URL), fixed until a restart.
+    crowdsec: Option<crowdsec::Fleet>,
 }
 
 impl Shared {
@@ -266,6 +269,7 @@ pub async fn run(
         unattached: Mutex::new(HashSet::new()),
         escalation: Mutex::new(Tracker::default()),
         jobs: Arc::new(Semaphore::new(MAX_PARALLEL_JOBS)),
+        crowdsec: eff.crowdsec.as_ref().map(crowdsec::Fleet::new),
     });
     for b in expired_at_start {
         shared.log.notice(&format!(
@@ -287,6 +291,9 @@ pub async fn run(
             .notice(&format!("portsentry: metrics on http://{bound}/metrics"));
     }
     let control = crate::control::listen(&c.state_dir)?;
+    // After the guard and the restored bans: the first full answer reconciles with them.
+    crowdsec::start(&shared)?;
+    crowdsec::write_status(&shared);
     shared.log.notice(&format!(
         "portsentry: bans restored in {:.2?}, {:.2?} of it writing and reading the kernel's \
          maps",

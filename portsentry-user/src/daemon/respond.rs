@@ -287,6 +287,7 @@ fn scan_ban(
     match put {
         Ok(()) => {
             shared.metrics.ban_added(BanOrigin::Scan);
+            super::crowdsec::report_ban(shared, &ban);
             return Ban::Done;
         }
         Err(e) if refused && ev.kernel_banned => shared.log.warn(&format!(

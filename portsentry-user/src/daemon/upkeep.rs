@@ -60,6 +60,11 @@ pub(super) fn reload(shared: &Arc<Shared>, args: &ConfigArgs) {
             return;
         }
     };
+    if new.crowdsec != old.crowdsec {
+        shared
+            .log
+            .warn("portsentry: the CROWDSEC_* settings changed; they take effect on restart only");
+    }
     if new.interfaces != old.interfaces
         || new.xdp_mode != old.xdp_mode
         || new.config.pin_dir != old.config.pin_dir
@@ -176,6 +181,7 @@ pub(super) fn housekeeping(shared: &Arc<Shared>) {
         shared.log.warn(&format!("portsentry: {e:#}"));
     }
     watch_links(shared);
+    super::crowdsec::write_status(shared);
     let eff = shared.eff();
     let services = configure::Services::read();
     if let Err(e) = services.and_then(|served| match shared.book().dp.as_mut() {
@@ -271,5 +277,6 @@ pub(super) fn snapshot(shared: &Shared) -> Snapshot {
         sources_tracked: shared.sources_tracked.lock().expect("sources lock").0,
         sources_capacity: u64::from(eff.config.max_tracked_sources),
         ignored_networks: eff.ignored_nets().len() as u64,
+        crowdsec: shared.crowdsec.as_ref().map(|f| f.link.get()),
     }
 }

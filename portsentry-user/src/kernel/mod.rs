@@ -178,14 +178,18 @@ impl Dataplane {
         Ok(dp)
     }
 
-    /// Opens the maps pinned in `pin_dir` without loading a program: for `status`,
-    /// `ban` and `unban` while no daemon runs. Fails when nothing is pinned there.
+    /// Opens the maps pinned in `pin_dir` without loading a program, to change them: for
+    /// `ban` and `unban` while no daemon runs (the caller holds the state lock). Rebuilds
+    /// the ban filter. Fails when nothing is pinned there.
     pub fn open_pinned(pin_dir: &Path) -> Result<Self> {
         Self::open_pins(pin_dir, true)
     }
 
-    /// Like [`Dataplane::open_pinned`], to read only (`status`): the ban filter is not
-    /// rebuilt (a pass over every ban), and nothing is written.
+    /// Like [`Dataplane::open_pinned`], to read only (`status`, while a daemon may be
+    /// changing the maps): the ban filter is not rebuilt, and nothing is written.
+    /// Rebuilding it here would race with the daemon: a filter computed from bans read
+    /// before the daemon's latest ban would clear that ban's bit, and the program would
+    /// stop dropping its packets.
     pub fn inspect_pinned(pin_dir: &Path) -> Result<Self> {
         Self::open_pins(pin_dir, false)
     }
@@ -210,6 +214,7 @@ impl Dataplane {
         Self::with_maps(Program::None, taken, Some(pin_dir.to_path_buf()), rebuild)
     }
 
+    /// The dataplane over `taken`; with `rebuild`, the ban filter is rebuilt from the bans.
     fn with_maps(
         ebpf: Program,
         taken: std::collections::HashMap<&'static str, Map>,

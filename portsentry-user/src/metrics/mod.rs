@@ -45,6 +45,7 @@ use prometheus_client::{
 use portsentry_common::maps::BanOrigin;
 
 use crate::{
+    crowdsec::decisions::Outcome,
     kernel::Counters,
     kinds::{self, ActionKind, ActionResult, BanEnd},
 };
@@ -69,6 +70,8 @@ pub struct Snapshot {
     pub sources_tracked: u64,
     pub sources_capacity: u64,
     pub ignored_networks: u64,
+    /// The CrowdSec link, when CROWDSEC_LAPI_URL is set.
+    pub crowdsec: Option<crate::crowdsec::link::LinkStatus>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -102,7 +105,17 @@ pub struct Metrics {
     bans_added: Family<OriginLabels, PromCounter>,
     bans_removed: Family<ReasonLabels, PromCounter>,
     actions: Family<ActionLabels, PromCounter>,
+    crowdsec_decisions: Family<ResultLabels, PromCounter>,
+    crowdsec_reports: Family<ResultLabels, PromCounter>,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+/// The `result` values of `portsentry_crowdsec_reports_total`.
+const REPORT_RESULTS: [&str; 5] = ["sent", "deleted", "failed", "overflow", "expired"];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -122,9 +135,18 @@ impl Metrics {
             bans_added: Family::default(),
             bans_removed: Family::default(),
             actions: Family::default(),
+            crowdsec_decisions: Family::default(),
+            crowdsec_reports: Family::default(),
         };
+        for o in Outcome::ALL {
+            m.crowdsec_decisions
+                .get_or_create_owned(&result_labels(o.as_str()));
+        }
+        for r in REPORT_RESULTS {
+            m.crowdsec_reports.get_or_create_owned(&result_labels(r));
+        }
         // The label values the daemon uses exist at zero from the start.
-        for origin in [BanOrigin::Scan, BanOrigin::Manual] {
+        for origin in kinds::RECORDED_ORIGINS {
             m.bans_added.get_or_create_owned(&origin_labels(origin));
         }
         for reason in BanEnd::ALL {
@@ -167,13 +189,23 @@ impl Metrics {
         );
         m.registry.register(
             "bans_added",
-            "Bans put in force, by origin (scan: a source reached SCAN_TRIGGER, or an escalation banned its network; manual: the ban command)",
+            "Bans put in force, by origin (scan: a source reached SCAN_TRIGGER, or an escalation banned its network; manual: the ban command; crowdsec: a decision of the CrowdSec Local API)",
             m.bans_added.clone(),
         );
         m.registry.register(
             "bans_removed",
-            "Bans that ended, by reason (expired: its time ran out; unbanned: the unban command; protected: the ban guard lifted it; escalated: the ban of its network replaced it)",
+            "Bans that ended, by reason (expired: its time ran out; unbanned: the unban command; protected: the ban guard lifted it; escalated: the ban of its network replaced it; withdrawn: its CrowdSec decision was deleted)",
             m.bans_removed.clone(),
+        );
+        m.registry.register(
+            "crowdsec_decisions",
+            "Decisions of the CrowdSec Local API received, by result (applied, deleted, duplicate: a ban of ours or the operator's was in force, other_type, other_scope, filtered: CROWDSEC_ORIGINS or CROWDSEC_SCENARIOS_EXCLUDE, invalid: malformed, protected: refused by the ban guard, failed: the kernel map refused it)",
+            m.crowdsec_decisions.clone(),
+        );
+        m.registry.register(
+            "crowdsec_reports",
+            "Reports to the CrowdSec Local API, by result (sent: alerts, deleted: our decisions deleted on unban, failed: calls that failed and are retried, overflow: reports dropped because the queue was full, expired: bans that ended before they could be sent)",
+            m.crowdsec_reports.clone(),
         );
         m.registry.register(
             "actions",
@@ -200,6 +232,20 @@ impl Metrics {
         self.actions
             .get_or_create(&action_labels(kind, result))
             .inc();
+    }
+
+    /// `n` decisions of the Local API ended as `outcome`.
+    pub fn crowdsec_decision(&self, outcome: Outcome, n: u64) {
+        self.crowdsec_decisions
+            .get_or_create(&result_labels(outcome.as_str()))
+            .inc_by(n);
+    }
+
+    /// `n` reports to the Local API ended as `result` (one of [`REPORT_RESULTS`]).
+    pub fn crowdsec_report(&self, result: &str, n: u64) {
+        self.crowdsec_reports
+            .get_or_create(&result_labels(result))
+            .inc_by(n);
     }
 
     /// A probe event was read from the ring buffer.
@@ -245,6 +291,12 @@ impl Metrics {
 fn origin_labels(origin: BanOrigin) -> OriginLabels {
     OriginLabels {
         origin: kinds::origin_name(origin).to_owned(),
+    }
+}
+
+fn result_labels(result: &str) -> ResultLabels {
+    ResultLabels {
+        result: result.to_owned(),
     }
 }
 
@@ -334,8 +386,54 @@ impl Collector for SnapshotCollector {
             "ignored_networks",
             "Addresses and networks in the ignore list.",
             s.ignored_networks,
-        )
+        )?;
+        if let Some(cs) = &s.crowdsec {
+            crowdsec_gauges(&mut encoder, cs)?;
+        }
+        Ok(())
     }
+}
+
+/// The CrowdSec link's levels: each side's connection, the bans enforced by kind, the
+/// reports queued.
+fn crowdsec_gauges(
+    encoder: &mut DescriptorEncoder,
+    cs: &crate::crowdsec::link::LinkStatus,
+) -> fmt::Result {
+    use crate::crowdsec::link::Connection;
+    let mut family = encoder.encode_descriptor(
+        "crowdsec_connected",
+        "1 when the last call of this side (enforce: the decision stream; report: alerts) to the CrowdSec Local API succeeded.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (side, s) in [("enforce", &cs.enforce), ("report", &cs.report)] {
+        if let Some(s) = s {
+            let up = u64::from(s.state == Connection::Connected);
+            ConstGauge::new(up).encode(family.encode_family(&[("side", side)])?)?;
+        }
+    }
+    let e = &cs.enforced;
+    let mut family = encoder.encode_descriptor(
+        "crowdsec_bans",
+        "Bans in force from CrowdSec decisions, by scope and family.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (scope, fam, n) in [
+        ("ip", "ipv4", e.ip_v4),
+        ("ip", "ipv6", e.ip_v6),
+        ("range", "ipv4", e.range_v4),
+        ("range", "ipv6", e.range_v6),
+    ] {
+        ConstGauge::new(n).encode(family.encode_family(&[("scope", scope), ("family", fam)])?)?;
+    }
+    gauge(
+        encoder,
+        "crowdsec_reports_queued",
+        "Reports waiting to be sent to the CrowdSec Local API.",
+        cs.queued,
+    )
 }
 
 fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {

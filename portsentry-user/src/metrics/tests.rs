@@ -24,6 +24,7 @@ fn snapshot() -> Snapshot {
         sources_tracked: 11,
         sources_capacity: 131072,
         ignored_networks: 3,
+        crowdsec: None,
     }
 }
 
@@ -136,6 +137,8 @@ fn render_is_well_formed() {
         "sources_tracked",
         "sources_capacity",
         "ignored_networks",
+        "crowdsec_decisions",
+        "crowdsec_reports",
     ]
     .iter()
     .map(|n| format!("portsentry_{n}"))
@@ -159,6 +162,7 @@ fn userspace_counters() {
         "portsentry_events_read_total 2",
         r#"portsentry_bans_added_total{origin="scan"} 2"#,
         r#"portsentry_bans_added_total{origin="manual"} 1"#,
+        r#"portsentry_bans_added_total{origin="crowdsec"} 0"#,
         r#"portsentry_bans_removed_total{reason="expired"} 1"#,
         r#"portsentry_bans_removed_total{reason="unbanned"} 0"#,
         r#"portsentry_actions_total{kind="hosts_deny",result="ok"} 1"#,
@@ -357,4 +361,44 @@ fn alert_rules_use_exported_metrics() {
         series += 1;
     }
     assert!(series >= 10, "only {series} series found");
+}
+
+#[test]
+fn crowdsec_link() {
+    use crate::crowdsec::{
+        decisions::Outcome,
+        link::{Connection, Enforced, LinkStatus, Side},
+    };
+    let m = Metrics::new();
+    m.crowdsec_decision(Outcome::Applied, 3);
+    m.crowdsec_report("overflow", 2);
+    let text = m.render(&Snapshot {
+        crowdsec: Some(LinkStatus {
+            enforce: Some(Side {
+                state: Connection::Connected,
+                ..Side::default()
+            }),
+            report: Some(Side::default()),
+            enforced: Enforced {
+                ip_v4: 5,
+                range_v6: 1,
+                ..Enforced::default()
+            },
+            queued: 7,
+            ..LinkStatus::default()
+        }),
+        ..snapshot()
+    });
+    for line in [
+        r#"portsentry_crowdsec_decisions_total{result="applied"} 3"#,
+        r#"portsentry_crowdsec_decisions_total{result="protected"} 0"#,
+        r#"portsentry_crowdsec_reports_total{result="overflow"} 2"#,
+        r#"portsentry_crowdsec_connected{side="enforce"} 1"#,
+        r#"portsentry_crowdsec_connected{side="report"} 0"#,
+        r#"portsentry_crowdsec_bans{scope="ip",family="ipv4"} 5"#,
+        r#"portsentry_crowdsec_bans{scope="range",family="ipv6"} 1"#,
+        "portsentry_crowdsec_reports_queued 7",
+    ] {
+        assert_line(&text, line);
+    }
 }

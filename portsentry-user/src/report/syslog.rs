@@ -9,7 +9,7 @@ use std::{
 
 /// Where record lines go: syslog (ident `portsentry`, `LOG_PID`, facility `LOG_DAEMON`)
 /// and/or stderr, each line as it is.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Logger {
     syslog: bool,
     stderr: bool,

@@ -10,6 +10,8 @@
 //! 3. Memory: kernel memory per tracked source and per ban.
 //! 5. What a scanner gets: probes answered before the ban, nmap and masscan, against
 //!    portsentry (kernel and daemon decisions) and PortSentry 1.2 (`answered`).
+//! 6. A fleet on CrowdSec: propagation from A's first probe to B's kernel, and a list of
+//!    decisions loaded (`crowdsec`; `--crowdsec-only`).
 //! 4. With `--baseline OBJECT`: this build's paths next to another build's, same frames,
 //!    same run (`compare`).
 //!
@@ -19,6 +21,7 @@
 
 mod answered;
 mod compare;
+mod crowdsec;
 mod memory;
 mod per_packet;
 mod reaction;
@@ -44,6 +47,10 @@ pub(crate) struct Args {
     pub(crate) answered_only: bool,
     /// Only the daemon's memory and start-up, and the ban journal.
     pub(crate) memory_only: bool,
+    /// Only the CrowdSec fleet (propagation and a list of decisions).
+    pub(crate) crowdsec_only: bool,
+    /// Decisions in the CrowdSec list (0: skip the fleet).
+    pub(crate) crowdsec_decisions: u32,
 }
 
 fn parse_args() -> Args {
@@ -57,6 +64,8 @@ fn parse_args() -> Args {
         compare_only: false,
         answered_only: false,
         memory_only: false,
+        crowdsec_only: false,
+        crowdsec_decisions: 100_000,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -76,6 +85,10 @@ fn parse_args() -> Args {
             a.memory_only = true;
             continue;
         }
+        if arg == "--crowdsec-only" {
+            a.crowdsec_only = true;
+            continue;
+        }
         let mut val = |name: &str| {
             it.next()
                 .and_then(|v| v.parse::<u64>().ok())
@@ -87,10 +100,11 @@ fn parse_args() -> Args {
             "--reaction-runs" => a.reaction_runs = (val("--reaction-runs") as usize).min(250),
             "--scale" => a.scale = (val("--scale") as u32).max(10_001),
             "--flood-secs" => a.flood_secs = val("--flood-secs"),
+            "--crowdsec-decisions" => a.crowdsec_decisions = val("--crowdsec-decisions") as u32,
             other => panic!(
                 "unknown argument {other}; use --repeat N --rounds N --reaction-runs N \
                  (at most 250) --scale N --flood-secs N --baseline OBJECT --compare-only \
-                 --answered-only --memory-only"
+                 --answered-only --memory-only --crowdsec-only --crowdsec-decisions N"
             ),
         }
     }
@@ -171,6 +185,10 @@ fn main() {
         answered::answered();
         return;
     }
+    if args.crowdsec_only {
+        crowdsec::crowdsec(args.reaction_runs.min(20), args.crowdsec_decisions);
+        return;
+    }
     if args.memory_only {
         memory::daemon_memory(args.scale);
         memory::journal(args.scale, 3);
@@ -194,4 +212,7 @@ fn main() {
     }
     memory::daemon_memory(args.scale);
     memory::journal(args.scale, 3);
+    if args.crowdsec_decisions > 0 {
+        crowdsec::crowdsec(args.reaction_runs.clamp(1, 20), args.crowdsec_decisions);
+    }
 }

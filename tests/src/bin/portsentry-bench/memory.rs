@@ -22,7 +22,8 @@ fn write_journal(state_dir: &std::path::Path, n: u32) {
     scenario::write_journal(state_dir, (0..n).map(|i| IpNet::from(filler(i))));
 }
 
-fn rss(pid: u32) -> (u64, u64) {
+/// Resident memory of `pid` now and at its peak, in bytes.
+pub(crate) fn rss(pid: u32) -> (u64, u64) {
     let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |k: &str| {
         st.lines()

@@ -1,0 +1,184 @@
+//! The calls we make to a CrowdSec Local API, over reqwest: the bouncer's decision stream
+//! (`X-Api-Key`), and the machine's login, alerts and decision deletion (a JWT). Errors
+//! never carry a secret (reqwest's name the URL, which holds none).
+
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde_json::Value;
+
+use crate::config::crowdsec::Secret;
+
+/// How long one call may take, all told.
+const TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// The most of an error answer's body kept for the log.
+const ERROR_BODY: usize = 200;
+
+/// Why a call failed.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 401 or 403: a wrong key or password, or a token that expired.
+    Denied(u16),
+    /// Another status, with the start of the body.
+    Status(u16, String),
+    /// No answer (refused, timed out, reset).
+    Transport(String),
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApiError::Denied(code) => write!(f, "denied ({code}): check the key or credentials"),
+            ApiError::Status(code, body) => write!(f, "answered {code}: {body}"),
+            ApiError::Transport(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// A Local API.
+#[derive(Clone, Debug)]
+pub struct Lapi {
+    http: reqwest::Client,
+    /// Without a trailing slash.
+    url: String,
+}
+
+fn transport(e: reqwest::Error) -> ApiError {
+    // The causes too ("connection refused" is in one), without the URL's query (ours
+    // hold no secret anyway).
+    let mut causes = String::new();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        causes.push_str(": ");
+        causes.push_str(&s.to_string());
+        source = s.source();
+    }
+    ApiError::Transport(format!("{}{causes}", e.without_url()))
+}
+
+impl Lapi {
+    pub fn new(url: &str) -> anyhow::Result<Lapi> {
+        let http = reqwest::Client::builder()
+            .timeout(TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("portsentry/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Lapi {
+            http,
+            url: url.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<Vec<u8>, ApiError> {
+        let resp = req.send().await.map_err(transport)?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.map_err(transport)?;
+        match status {
+            200..=299 => Ok(body.to_vec()),
+            401 | 403 => Err(ApiError::Denied(status)),
+            _ => {
+                let text = String::from_utf8_lossy(&body);
+                let text: String = text.trim().chars().take(ERROR_BODY).collect();
+                Err(ApiError::Status(status, text))
+            }
+        }
+    }
+
+    /// `GET /v1/decisions/stream`: everything in force (`startup`), or what changed since
+    /// this bouncer's previous call. Only scopes Ip and Range are asked for; `origins` and
+    /// `scenarios_not_containing` narrow it further (empty: not sent).
+    pub async fn stream(
+        &self,
+        key: &Secret,
+        startup: bool,
+        origins: &[String],
+        scenarios_exclude: &[String],
+    ) -> Result<Vec<u8>, ApiError> {
+        let mut query = vec![
+            ("startup", startup.to_string()),
+            ("scopes", "ip,range".to_owned()),
+        ];
+        if !origins.is_empty() {
+            query.push(("origins", origins.join(",")));
+        }
+        if !scenarios_exclude.is_empty() {
+            query.push(("scenarios_not_containing", scenarios_exclude.join(",")));
+        }
+        self.send(
+            self.http
+                .get(format!("{}/v1/decisions/stream", self.url))
+                .header("X-Api-Key", key.expose())
+                .query(&query),
+        )
+        .await
+    }
+
+    /// `POST /v1/watchers/login`: a token for the machine.
+    pub async fn login(&self, machine: &str, password: &Secret) -> Result<Secret, ApiError> {
+        let body = serde_json::json!({
+            "machine_id": machine,
+            "password": password.expose(),
+            "scenarios": [],
+        });
+        let answer = self
+            .send(
+                self.http
+                    .post(format!("{}/v1/watchers/login", self.url))
+                    .json(&body),
+            )
+            .await?;
+        let v: Value = serde_json::from_slice(&answer)
+            .map_err(|e| ApiError::Status(200, format!("login answer not JSON: {e}")))?;
+        v.get("token")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+            .map(Secret::new)
+            .ok_or_else(|| ApiError::Status(200, "login answer holds no token".to_owned()))
+    }
+
+    /// `POST /v1/alerts` with a list of alerts.
+    pub async fn push_alerts(&self, token: &Secret, alerts: &Value) -> Result<(), ApiError> {
+        self.send(
+            self.http
+                .post(format!("{}/v1/alerts", self.url))
+                .bearer_auth(token.expose())
+                .json(alerts),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `DELETE /v1/decisions?ip=` (or `range=`) `&scenario=`: the decisions of `net` made by
+    /// `scenario` (every machine's). The number deleted.
+    pub async fn delete_decisions(
+        &self,
+        token: &Secret,
+        net: &IpNet,
+        scenario: &str,
+    ) -> Result<u64, ApiError> {
+        let (which, value) = if net.prefix_len() == net.max_prefix_len() {
+            ("ip", net.addr().to_string())
+        } else {
+            ("range", net.to_string())
+        };
+        let answer = self
+            .send(
+                self.http
+                    .delete(format!("{}/v1/decisions", self.url))
+                    .bearer_auth(token.expose())
+                    .query(&[(which, value.as_str()), ("scenario", scenario)]),
+            )
+            .await?;
+        let v: Value = serde_json::from_slice(&answer).unwrap_or_default();
+        Ok(v.get("nbDeleted")
+            .and_then(|n| n.as_str().and_then(|s| s.parse().ok()).or(n.as_u64()))
+            .unwrap_or(0))
+    }
+}

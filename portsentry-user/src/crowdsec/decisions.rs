@@ -1,0 +1,309 @@
+//! The decision stream's answers (`GET /v1/decisions/stream`), read element by element: a
+//! decision that cannot be enforced here is classified and counted, never an error, and one
+//! bad element never costs the others.
+//!
+//! An answer is `{"new": [...] | null, "deleted": [...] | null}`; a decision is
+//! `{"id", "origin", "scenario", "scope", "type", "value", "duration", ...}` (fields we do not
+//! use are ignored). We enforce scope `Ip` or `Range` (any case) of type `ban`, IPv4 and
+//! IPv6 (an `Ip` whose value is a network counts as a range); `duration` is a Go duration
+//! (`59m58.8s`).
+
+use std::{net::IpAddr, time::Duration};
+
+use ipnet::IpNet;
+use serde_json::Value;
+
+/// The longest decision taken: longer ones are absurd (a garbled duration) and skipped.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// What became of one decision of an answer (the metrics' `result` label, the status).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Outcome {
+    /// A ban put in force (or extended).
+    Applied,
+    /// A deleted or expired decision: its ban lifted (when no other decision holds it).
+    Deleted,
+    /// A ban of this network was in force already (ours, an operator's): left as it was.
+    Duplicate,
+    /// Not of type `ban` (captcha, throttle, ...).
+    OtherType,
+    /// Not of scope Ip or Range (Country, AS, Username, ...).
+    OtherScope,
+    /// Left out by CROWDSEC_ORIGINS or CROWDSEC_SCENARIOS_EXCLUDE.
+    Filtered,
+    /// Malformed: not an object, no id, an invalid address, a bad or absurd duration.
+    Invalid,
+    /// Refused by the ban guard (the ignore list, this host's addresses, loopback, a range
+    /// wider than BAN_MIN_PREFIX_*).
+    Protected,
+    /// The kernel map is full or writing it failed.
+    Failed,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 9] = [
+        Outcome::Applied,
+        Outcome::Deleted,
+        Outcome::Duplicate,
+        Outcome::OtherType,
+        Outcome::OtherScope,
+        Outcome::Filtered,
+        Outcome::Invalid,
+        Outcome::Protected,
+        Outcome::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Deleted => "deleted",
+            Outcome::Duplicate => "duplicate",
+            Outcome::OtherType => "other_type",
+            Outcome::OtherScope => "other_scope",
+            Outcome::Filtered => "filtered",
+            Outcome::Invalid => "invalid",
+            Outcome::Protected => "protected",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// A decision we can enforce.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub id: i64,
+    pub net: IpNet,
+    /// Time left (`duration`); zero in a `deleted` list is fine.
+    pub left: Duration,
+    pub origin: String,
+    pub scenario: String,
+}
+
+/// One answer of the stream, read.
+#[derive(Debug, Default)]
+pub struct Answer {
+    pub new: Vec<Decision>,
+    pub deleted: Vec<Decision>,
+    /// The decisions skipped, with why.
+    pub skipped: Vec<Outcome>,
+}
+
+/// The filters of CROWDSEC_ORIGINS and CROWDSEC_SCENARIOS_EXCLUDE.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub origins: Vec<String>,
+    pub scenarios_exclude: Vec<String>,
+}
+
+impl Filter {
+    fn keeps(&self, origin: &str, scenario: &str) -> bool {
+        (self.origins.is_empty() || self.origins.iter().any(|o| o.eq_ignore_ascii_case(origin)))
+            && !self
+                .scenarios_exclude
+                .iter()
+                .any(|w| scenario.contains(w.as_str()))
+    }
+}
+
+/// Reads an answer; `Err` only when the body as a whole is not such an answer (not JSON,
+/// not an object, `new` or `deleted` neither a list nor null).
+pub fn read(body: &[u8], filter: &Filter) -> Result<Answer, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| "not a JSON object".to_owned())?;
+    let mut out = Answer::default();
+    for (field, deleted) in [("new", false), ("deleted", true)] {
+        let list = match obj.get(field) {
+            None | Some(Value::Null) => continue,
+            Some(Value::Array(list)) => list,
+            Some(_) => return Err(format!("\"{field}\" is not a list")),
+        };
+        for item in list {
+            match decision(item, deleted, filter) {
+                Ok(d) if deleted => out.deleted.push(d),
+                Ok(d) => out.new.push(d),
+                Err(why) => out.skipped.push(why),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One decision, or why it is skipped. In a `deleted` list the filters do not apply (a
+/// decision we never enforced is ignored by the caller) and the duration may be anything.
+fn decision(v: &Value, deleted: bool, filter: &Filter) -> Result<Decision, Outcome> {
+    let obj = v.as_object().ok_or(Outcome::Invalid)?;
+    let text = |k: &str| obj.get(k).and_then(Value::as_str).unwrap_or_default();
+    let id = obj
+        .get("id")
+        .and_then(Value::as_i64)
+        .ok_or(Outcome::Invalid)?;
+    if !text("type").eq_ignore_ascii_case("ban") {
+        return Err(Outcome::OtherType);
+    }
+    let scope = text("scope");
+    let value = text("value").trim();
+    let net = if scope.eq_ignore_ascii_case("ip") {
+        // An `Ip` decision may name a network: `cscli decisions import` (1.4.6) stores
+        // the ranges of a list under scope Ip. It is enforced as that network.
+        match value.parse::<IpAddr>() {
+            Ok(a) => IpNet::from(a),
+            Err(_) => value
+                .parse::<IpNet>()
+                .map_err(|_| Outcome::Invalid)?
+                .trunc(),
+        }
+    } else if scope.eq_ignore_ascii_case("range") {
+        value
+            .parse::<IpNet>()
+            .map_err(|_| Outcome::Invalid)?
+            .trunc()
+    } else {
+        return Err(Outcome::OtherScope);
+    };
+    let (origin, scenario) = (text("origin").to_owned(), text("scenario").to_owned());
+    let left = if deleted {
+        go_duration(text("duration")).unwrap_or_default()
+    } else {
+        if !filter.keeps(&origin, &scenario) {
+            return Err(Outcome::Filtered);
+        }
+        match go_duration(text("duration")) {
+            Some(d) if !d.is_zero() && d <= MAX_DURATION => d,
+            _ => return Err(Outcome::Invalid),
+        }
+    };
+    Ok(Decision {
+        id,
+        net,
+        left,
+        origin,
+        scenario,
+    })
+}
+
+/// A Go duration (`1h2m3.5s`, `150ms`, `4h`): `None` when malformed or negative.
+pub fn go_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s.starts_with('-') {
+        return None;
+    }
+    let mut rest = s.strip_prefix('+').unwrap_or(s);
+    if rest == "0" {
+        return Some(Duration::ZERO);
+    }
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..n].parse().ok()?;
+        rest = &rest[n..];
+        let u = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit = match &rest[..u] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        rest = &rest[u..];
+        total += number * unit;
+    }
+    Duration::try_from_secs_f64(total).ok()
+}
+
+/// `d` as a Go duration CrowdSec accepts, to the second (`3600s`; at least `1s`).
+pub fn to_go_duration(d: Duration) -> String {
+    format!("{}s", d.as_secs().max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        let d = |s| go_duration(s);
+        assert_eq!(d("59m58.8s"), Some(Duration::from_millis(3_598_800)));
+        assert_eq!(d("4h"), Some(Duration::from_secs(14_400)));
+        assert_eq!(d("1h0m0s"), Some(Duration::from_secs(3600)));
+        assert_eq!(d("150ms"), Some(Duration::from_millis(150)));
+        assert_eq!(d("0"), Some(Duration::ZERO));
+        assert_eq!(d("-3s"), None);
+        assert_eq!(d(""), None);
+        assert_eq!(d("5d"), None);
+        assert_eq!(d("h"), None);
+        assert_eq!(d("1e400h"), None, "overflow");
+        assert_eq!(to_go_duration(Duration::from_millis(3_598_800)), "3598s");
+        assert_eq!(to_go_duration(Duration::ZERO), "1s");
+    }
+
+    #[test]
+    fn reads_what_it_can_and_counts_the_rest() {
+        let body = br#"{"new":[
+            {"id":1,"origin":"cscli","scenario":"manual","scope":"Ip","type":"ban","value":"192.0.2.9","duration":"59m58.8s","extra":{"x":1}},
+            {"id":2,"origin":"cscli","scenario":"m","scope":"Range","type":"ban","value":"198.51.100.7/24","duration":"1h"},
+            {"id":3,"origin":"cscli","scenario":"m","scope":"ip","type":"ban","value":"2001:db8::7","duration":"1h"},
+            {"id":12,"origin":"cscli","scenario":"m","scope":"Ip","type":"ban","value":"2001:db8:2::1/64","duration":"1h"},
+            {"id":4,"origin":"cscli","scenario":"m","scope":"Ip","type":"captcha","value":"192.0.2.1","duration":"1h"},
+            {"id":5,"origin":"cscli","scenario":"m","scope":"Country","type":"ban","value":"FR","duration":"1h"},
+            {"id":6,"origin":"cscli","scenario":"m","scope":"Ip","type":"ban","value":"300.1.1.1","duration":"1h"},
+            {"id":7,"origin":"cscli","scenario":"m","scope":"Ip","type":"ban","value":"192.0.2.8","duration":"-1s"},
+            {"id":8,"origin":"cscli","scenario":"m","scope":"Ip","type":"ban","value":"192.0.2.8","duration":"999999999h"},
+            {"origin":"cscli","scope":"Ip","type":"ban","value":"192.0.2.8","duration":"1h"},
+            "garbage", null, 42,
+            {"id":9,"origin":"CAPI","scenario":"crowdsecurity/ssh-bf","scope":"Ip","type":"ban","value":"192.0.2.10","duration":"1h"},
+            {"id":10,"origin":"cscli","scenario":"crowdsecurity/http-probing","scope":"Ip","type":"ban","value":"192.0.2.11","duration":"1h"}
+          ],"deleted":[{"id":11,"origin":"cscli","scenario":"m","scope":"Ip","type":"ban","value":"192.0.2.5","duration":"-2s"}]}"#;
+        let filter = Filter {
+            origins: vec!["cscli".into()],
+            scenarios_exclude: vec!["http".into()],
+        };
+        let a = read(body, &filter).unwrap();
+        let nets: Vec<String> = a.new.iter().map(|d| d.net.to_string()).collect();
+        assert_eq!(
+            nets,
+            [
+                "192.0.2.9/32",
+                "198.51.100.0/24",
+                "2001:db8::7/128",
+                "2001:db8:2::/64"
+            ]
+        );
+        assert_eq!(a.new[0].left, Duration::from_millis(3_598_800));
+        assert_eq!(a.deleted.len(), 1);
+        assert_eq!(a.deleted[0].net.to_string(), "192.0.2.5/32");
+        let mut skipped = a.skipped.clone();
+        skipped.sort();
+        assert_eq!(
+            skipped,
+            [
+                Outcome::OtherType,
+                Outcome::OtherScope,
+                Outcome::Filtered,
+                Outcome::Filtered,
+                Outcome::Invalid,
+                Outcome::Invalid,
+                Outcome::Invalid,
+                Outcome::Invalid,
+                Outcome::Invalid,
+                Outcome::Invalid,
+                Outcome::Invalid,
+            ]
+        );
+        let empty = read(br#"{"new":null,"deleted":null}"#, &Filter::default()).unwrap();
+        assert!(empty.new.is_empty() && empty.deleted.is_empty());
+        assert!(read(b"<html>", &Filter::default()).is_err());
+        assert!(read(br#"{"new":{}}"#, &Filter::default()).is_err());
+        assert!(read(b"[]", &Filter::default()).is_err());
+    }
+}

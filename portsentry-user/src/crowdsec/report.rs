@@ -1,0 +1,370 @@
+//! The detector side: each ban we make from a scan goes to the Local API as an alert
+//! carrying its decision, and an operator's unban here deletes our decision there.
+//!
+//! Reports wait in a bounded queue ([`Outbox`], [`QUEUE_LIMIT`]); the task sends as soon as
+//! one arrives, all that waited at once (up to [`BATCH`] alerts a call), so a burst of bans
+//! becomes a few calls. When the Local API is away the queue keeps them (retried with
+//! backoff, nothing lost below the limit); a report beyond it is dropped and counted
+//! (`overflow`). The machine logs in first and again when the token is refused (it lasts
+//! about an hour).
+//!
+//! A decision lasts the ban's remaining time (computed when sent); a permanent ban gets
+//! [`PERMANENT`] (one year). Scenario names: `portsentry/<scan type>-scan` (e.g.
+//! `portsentry/tcp-syn-scan`), `portsentry/escalation` for the ban of a network
+//! (ESCALATE_AFTER), and `portsentry/scan` when the scan type is unknown.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use ipnet::IpNet;
+use portsentry_common::ScanType;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+use super::{
+    api::{ApiError, Lapi},
+    backoff::Backoff,
+    decisions::to_go_duration,
+    link::{Connection, Link, Which},
+};
+use crate::{config::crowdsec::Secret, metrics::Metrics, report::Logger};
+
+/// The most reports waiting; more are dropped and counted.
+pub const QUEUE_LIMIT: usize = 10_000;
+/// The most alerts sent in one call.
+pub const BATCH: usize = 100;
+/// The duration a permanent ban's decision gets.
+pub const PERMANENT: Duration = Duration::from_secs(365 * 86_400);
+/// The origin CrowdSec records for decisions we send.
+pub const ORIGIN: &str = "portsentry";
+
+/// The scenario name of a ban made for a scan of `scan_type` (`None`: unknown), or of an
+/// escalation.
+pub fn scenario(scan_type: Option<ScanType>, escalation: bool) -> String {
+    match (escalation, scan_type) {
+        (true, _) => "portsentry/escalation".to_owned(),
+        (false, Some(t)) => format!("portsentry/{}-scan", t.name()),
+        (false, None) => "portsentry/scan".to_owned(),
+    }
+}
+
+/// One report to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Item {
+    /// A ban we made: an alert with its decision.
+    Ban {
+        net: IpNet,
+        scenario: String,
+        since: SystemTime,
+        /// `None`: permanent.
+        expires: Option<SystemTime>,
+    },
+    /// A ban the operator lifted: delete our decisions of `net` made by `scenario`.
+    Unban { net: IpNet, scenario: String },
+}
+
+/// The queue of reports, shared by the daemon (which pushes) and the task (which sends).
+#[derive(Debug, Default)]
+pub struct Outbox {
+    queue: Mutex<VecDeque<Item>>,
+    notify: Notify,
+    overflow: AtomicU64,
+}
+
+impl Outbox {
+    /// Queues `item`; false (and counted) when the queue is full.
+    pub fn push(&self, item: Item) -> bool {
+        let mut q = self.queue.lock().expect("outbox lock");
+        if q.len() >= QUEUE_LIMIT {
+            self.overflow.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        q.push_back(item);
+        drop(q);
+        self.notify.notify_one();
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.lock().expect("outbox lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Reports dropped because the queue was full, since the last call.
+    fn take_overflow(&self) -> u64 {
+        self.overflow.swap(0, Ordering::Relaxed)
+    }
+
+    /// The reports to send next: the unban at the front, or the bans at the front (up
+    /// to [`BATCH`]). They stay queued until [`Outbox::done`].
+    fn next(&self) -> Vec<Item> {
+        let q = self.queue.lock().expect("outbox lock");
+        match q.front() {
+            None => Vec::new(),
+            Some(Item::Unban { .. }) => vec![q[0].clone()],
+            Some(Item::Ban { .. }) => q
+                .iter()
+                .take(BATCH)
+                .take_while(|i| matches!(i, Item::Ban { .. }))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// The first `n` reports were sent.
+    fn done(&self, n: usize) {
+        let mut q = self.queue.lock().expect("outbox lock");
+        let n = n.min(q.len());
+        q.drain(..n);
+    }
+}
+
+/// The alert (with its decision) of a ban, its decision lasting the ban's time left at
+/// `now`; `None` when the ban has ended.
+pub fn alert(item: &Item, now: SystemTime, host: &str) -> Option<Value> {
+    let Item::Ban {
+        net,
+        scenario,
+        since,
+        expires,
+    } = item
+    else {
+        return None;
+    };
+    let left = match expires {
+        None => PERMANENT,
+        Some(e) => e.duration_since(now).ok().filter(|d| !d.is_zero())?,
+    };
+    let (scope, value) = if net.prefix_len() == net.max_prefix_len() {
+        ("Ip", net.addr().to_string())
+    } else {
+        ("Range", net.to_string())
+    };
+    let mut source = json!({ "scope": scope, "value": value });
+    if scope == "Ip" {
+        source["ip"] = json!(value);
+    } else {
+        source["range"] = json!(value);
+    }
+    let at = |t: SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    Some(json!({
+        "scenario": scenario,
+        "scenario_hash": "",
+        "scenario_version": "",
+        "message": format!("{host}: {value} banned by portsentry ({scenario})"),
+        "events_count": 1,
+        "start_at": at(*since),
+        "stop_at": at(now),
+        "capacity": 0,
+        "leakspeed": "0",
+        "simulated": false,
+        "events": [{
+            "timestamp": at(*since),
+            "meta": [{"key": "service", "value": "portsentry"}, {"key": "source_ip", "value": value}],
+        }],
+        "source": source,
+        "decisions": [{
+            "origin": ORIGIN,
+            "type": "ban",
+            "scope": scope,
+            "value": value,
+            "duration": to_go_duration(left),
+            "scenario": scenario,
+        }],
+    }))
+}
+
+/// What the task needs.
+pub struct Reporter {
+    pub lapi: Lapi,
+    pub machine: String,
+    pub password: Secret,
+    pub outbox: Arc<Outbox>,
+    pub link: Arc<Link>,
+    pub metrics: Arc<Metrics>,
+    pub log: Logger,
+}
+
+impl Reporter {
+    /// Sends reports for as long as the daemon runs.
+    pub async fn run(self) {
+        let host = hostname();
+        let mut token: Option<Secret> = None;
+        let mut backoff = Backoff::default();
+        loop {
+            self.account();
+            let batch = self.outbox.next();
+            if batch.is_empty() {
+                self.outbox.notify.notified().await;
+                continue;
+            }
+            let fresh = token.is_none();
+            let t = match &token {
+                Some(t) => t.clone(),
+                None => match self.lapi.login(&self.machine, &self.password).await {
+                    Ok(t) => {
+                        token = Some(t.clone());
+                        t
+                    }
+                    Err(e) => {
+                        self.failed(&e, "logging in");
+                        backoff.wait().await;
+                        continue;
+                    }
+                },
+            };
+            match self.send(&t, &batch, &host).await {
+                Ok(()) => {
+                    self.outbox.done(batch.len());
+                    if self.link.ok(Which::Report) != Connection::Connected {
+                        self.log.notice(&format!(
+                            "portsentry: crowdsec: reporting to {} as machine {}",
+                            self.lapi.url(),
+                            self.machine
+                        ));
+                    }
+                    backoff.reset();
+                }
+                Err(ApiError::Denied(_)) if !fresh => token = None,
+                Err(e) => {
+                    if matches!(e, ApiError::Denied(_)) {
+                        token = None;
+                    }
+                    self.failed(&e, "sending");
+                    backoff.wait().await;
+                }
+            }
+        }
+    }
+
+    /// The queue's length and its overflow, into the status and the metrics.
+    fn account(&self) {
+        let lost = self.outbox.take_overflow();
+        if lost > 0 {
+            self.link.count_report("overflow", lost);
+            self.metrics.crowdsec_report("overflow", lost);
+        }
+        self.link.set_queued(self.outbox.len() as u64);
+    }
+
+    fn failed(&self, e: &ApiError, what: &str) {
+        let state = match e {
+            ApiError::Denied(_) => Connection::Denied,
+            _ => Connection::Down,
+        };
+        self.metrics.crowdsec_report("failed", 1);
+        let before = self
+            .link
+            .failed(Which::Report, state, format!("{what}: {e}"));
+        if before != state {
+            self.log.warn(&format!(
+                "portsentry: crowdsec: {what} to {} failed, {} reports queued, retrying: {e}",
+                self.lapi.url(),
+                self.outbox.len()
+            ));
+        }
+    }
+
+    async fn send(&self, token: &Secret, batch: &[Item], host: &str) -> Result<(), ApiError> {
+        if let [Item::Unban { net, scenario }] = batch {
+            let n = self.lapi.delete_decisions(token, net, scenario).await?;
+            self.link.count_report("decisions_deleted", n);
+            self.metrics.crowdsec_report("deleted", n);
+            return Ok(());
+        }
+        let now = SystemTime::now();
+        let alerts: Vec<Value> = batch.iter().filter_map(|i| alert(i, now, host)).collect();
+        let ended = (batch.len() - alerts.len()) as u64;
+        self.link.count_report("expired", ended);
+        self.metrics.crowdsec_report("expired", ended);
+        if alerts.is_empty() {
+            return Ok(());
+        }
+        let n = alerts.len() as u64;
+        self.lapi.push_alerts(token, &Value::Array(alerts)).await?;
+        self.link.count_report("alerts_sent", n);
+        self.metrics.crowdsec_report("sent", n);
+        Ok(())
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "portsentry".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ban(net: &str, expires: Option<SystemTime>) -> Item {
+        Item::Ban {
+            net: net.parse().unwrap(),
+            scenario: scenario(Some(ScanType::TcpSyn), false),
+            since: SystemTime::UNIX_EPOCH,
+            expires,
+        }
+    }
+
+    #[test]
+    fn alerts_carry_the_time_left() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let a = alert(
+            &ban("192.0.2.9/32", Some(now + Duration::from_secs(90))),
+            now,
+            "h",
+        )
+        .unwrap();
+        assert_eq!(a["scenario"], "portsentry/tcp-syn-scan");
+        assert_eq!(a["source"]["ip"], "192.0.2.9");
+        let d = &a["decisions"][0];
+        assert_eq!(
+            (
+                d["scope"].as_str(),
+                d["value"].as_str(),
+                d["duration"].as_str()
+            ),
+            (Some("Ip"), Some("192.0.2.9"), Some("90s"))
+        );
+        assert_eq!(d["origin"], ORIGIN);
+        let r = alert(&ban("2001:db8::/64", None), now, "h").unwrap();
+        assert_eq!(r["decisions"][0]["scope"], "Range");
+        assert_eq!(r["decisions"][0]["value"], "2001:db8::/64");
+        assert_eq!(r["decisions"][0]["duration"], "31536000s");
+        assert_eq!(
+            alert(&ban("192.0.2.9/32", Some(now)), now, "h"),
+            None,
+            "ended"
+        );
+        assert_eq!(scenario(None, true), "portsentry/escalation");
+    }
+
+    #[test]
+    fn the_queue_is_bounded_and_batches_bans() {
+        let o = Outbox::default();
+        for i in 0..QUEUE_LIMIT {
+            assert!(o.push(ban(&format!("10.{}.{}.1/32", i / 256, i % 256), None)));
+        }
+        assert!(!o.push(ban("192.0.2.1/32", None)));
+        assert_eq!(o.take_overflow(), 1);
+        assert_eq!(o.next().len(), BATCH);
+        o.done(QUEUE_LIMIT - 1);
+        o.push(Item::Unban {
+            net: "192.0.2.1/32".parse().unwrap(),
+            scenario: "s".into(),
+        });
+        assert_eq!(o.next().len(), 1, "the ban before the unban");
+        o.done(1);
+        assert!(matches!(o.next()[..], [Item::Unban { .. }]));
+    }
+}

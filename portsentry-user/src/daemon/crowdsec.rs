@@ -1,0 +1,336 @@
+//! The daemon's side of the CrowdSec link ([`crate::crowdsec`]): the Local API's decisions
+//! go into the ban book as bans of origin `crowdsec` (through the ban guard: the ignore
+//! list, loopback and this host's addresses win, and so does BAN_MIN_PREFIX_*), and our own
+//! scan bans go out as alerts. KILL_* commands never run for a CrowdSec ban (it has no undo
+//! steps either: [`crate::bans::Ban::has_undo`]).
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::{Arc, Mutex},
+    time::SystemTime,
+};
+
+use ipnet::IpNet;
+use portsentry_common::maps::BanOrigin;
+
+use super::{Shared, upkeep::spawn_undo};
+use crate::{
+    bans::{Ban, guard::Refusal},
+    config::crowdsec::Settings,
+    crowdsec::{
+        api::Lapi,
+        decisions::{Answer, Filter, Outcome},
+        enforce::Bouncer,
+        held::Held,
+        link::{Enforced, Link},
+        report::{self, Item, Outbox, Reporter},
+    },
+    kinds::BanEnd,
+};
+
+/// At most this many bans of one answer are logged one by one (then a summary line).
+const LOG_EACH: usize = 10;
+/// An answer of at least this many decisions is followed by a `malloc_trim`.
+const TRIM_AFTER: usize = 1000;
+
+/// The link's shared parts, in [`Shared`].
+pub(super) struct Fleet {
+    pub link: Arc<Link>,
+    /// `None`: CROWDSEC_REPORT is 0.
+    outbox: Option<Arc<Outbox>>,
+    settings: Settings,
+}
+
+impl Fleet {
+    pub fn new(settings: &Settings) -> Fleet {
+        Fleet {
+            link: Arc::new(Link::new(
+                &settings.url,
+                settings.bouncer_key.is_some(),
+                settings.machine.is_some(),
+            )),
+            outbox: settings
+                .machine
+                .as_ref()
+                .map(|_| Arc::new(Outbox::default())),
+            settings: settings.clone(),
+        }
+    }
+}
+
+/// Starts the bouncer and the reporter tasks (as configured).
+pub(super) fn start(shared: &Arc<Shared>) -> anyhow::Result<()> {
+    let Some(fleet) = &shared.crowdsec else {
+        return Ok(());
+    };
+    let s = &fleet.settings;
+    let lapi = Lapi::new(&s.url)?;
+    if let Some(key) = &s.bouncer_key {
+        let bouncer = Bouncer {
+            lapi: lapi.clone(),
+            key: key.clone(),
+            filter: Filter {
+                origins: s.origins.clone(),
+                scenarios_exclude: s.scenarios_exclude.clone(),
+            },
+            interval: s.interval,
+            link: fleet.link.clone(),
+            metrics: shared.metrics.clone(),
+            log: shared.log.clone(),
+        };
+        let sh = shared.clone();
+        let state = Mutex::new((Held::default(), HashSet::new()));
+        tokio::spawn(bouncer.run(move |answer, full| {
+            let mut st = state.lock().expect("held lock");
+            let (held, logged) = &mut *st;
+            apply(&sh, held, logged, answer, full);
+        }));
+    }
+    if let (Some((machine, password)), Some(outbox)) = (&s.machine, &fleet.outbox) {
+        let reporter = Reporter {
+            lapi,
+            machine: machine.clone(),
+            password: password.clone(),
+            outbox: outbox.clone(),
+            link: fleet.link.clone(),
+            metrics: shared.metrics.clone(),
+            log: shared.log.clone(),
+        };
+        tokio::spawn(reporter.run());
+    }
+    shared.log.notice(&format!(
+        "portsentry: crowdsec: Local API {}: enforcing its decisions {}, reporting our bans {}",
+        s.url,
+        if s.bouncer_key.is_some() { "on" } else { "off" },
+        if s.machine.is_some() { "on" } else { "off" },
+    ));
+    Ok(())
+}
+
+/// Queues the report of a ban we made from a scan (or an escalation).
+pub(super) fn report_ban(shared: &Shared, ban: &Ban) {
+    queue(shared, ban, |scenario| Item::Ban {
+        net: ban.net,
+        scenario,
+        since: ban.since,
+        expires: ban.expires,
+    });
+}
+
+/// Queues the deletion of our decision for a scan ban the operator lifted.
+pub(super) fn report_unban(shared: &Shared, ban: &Ban) {
+    queue(shared, ban, |scenario| Item::Unban {
+        net: ban.net,
+        scenario,
+    });
+}
+
+/// Queues `item(scenario)` when reporting is on and `ban` is one we made from a scan.
+fn queue(shared: &Shared, ban: &Ban, item: impl FnOnce(String) -> Item) {
+    let Some(outbox) = shared.crowdsec.as_ref().and_then(|f| f.outbox.as_ref()) else {
+        return;
+    };
+    if ban.origin == BanOrigin::Scan {
+        outbox.push(item(report::scenario(
+            ban.scan_type,
+            ban.escalated.is_some(),
+        )));
+    }
+}
+
+/// Writes the link's state for `status` (housekeeping, once a second).
+pub(super) fn write_status(shared: &Shared) {
+    let dir = shared.eff().config.state_dir.clone();
+    match &shared.crowdsec {
+        Some(f) => {
+            if let Err(e) = f.link.write(&dir) {
+                shared
+                    .log
+                    .warn(&format!("portsentry: crowdsec: writing its state: {e}"));
+            }
+        }
+        None => crate::crowdsec::link::remove(&dir),
+    }
+}
+
+/// A ban of the Local API's decision `net`, lasting `left` from `now`.
+fn decision_ban(net: IpNet, now: SystemTime, expires: SystemTime) -> Ban {
+    Ban {
+        net,
+        origin: BanOrigin::CrowdSec,
+        since: now,
+        expires: Some(expires),
+        port: 0,
+        proto: None,
+        scan_type: None,
+        mode: None,
+        count: 1,
+        escalated: None,
+    }
+}
+
+/// Enforces one answer of the stream (`full`: it lists everything in force, so the
+/// CrowdSec bans it does not name are lifted). `logged` holds the networks whose refusal
+/// was logged already (logged once each).
+fn apply(
+    shared: &Arc<Shared>,
+    held: &mut Held,
+    logged: &mut HashSet<IpNet>,
+    answer: Answer,
+    full: bool,
+) {
+    let now = SystemTime::now();
+    let answer_len = answer.new.len() + answer.deleted.len() + answer.skipped.len();
+    let mut counts: BTreeMap<Outcome, u64> = BTreeMap::new();
+    let mut lifted: Vec<Ban> = Vec::new();
+    let mut added: Vec<Ban> = Vec::new();
+    let mut warnings: Vec<String> = Vec::new();
+    let changed;
+    {
+        let mut book = shared.book();
+        let ours = |b: &Option<Ban>| b.is_some_and(|b| b.origin == BanOrigin::CrowdSec);
+        if full {
+            held.clear();
+        }
+        for d in &answer.deleted {
+            let Some(net) = held.remove(d.id) else {
+                continue;
+            };
+            if ours(&book.store.get(&net)) {
+                match book.lift(&net) {
+                    Ok(Some(b)) => {
+                        lifted.push(b);
+                        *counts.entry(Outcome::Deleted).or_default() += 1;
+                    }
+                    Ok(None) => {}
+                    Err(e) => warnings.push(format!("removing the ban of {net}: {e:#}")),
+                }
+            }
+        }
+        for d in &answer.new {
+            let expires = now + d.left;
+            let current = book.store.get(&d.net);
+            if current.is_some() && !ours(&current) {
+                // Ours (a scan, the operator's): it stays as it is; our own decisions
+                // coming back end here.
+                *counts.entry(Outcome::Duplicate).or_default() += 1;
+                continue;
+            }
+            if let Some(b) = current
+                && b.expires.is_some_and(|e| e >= expires)
+            {
+                held.add(d.id, d.net);
+                continue;
+            }
+            let ban = decision_ban(d.net, current.map_or(now, |b| b.since), expires);
+            match book.put(ban, false) {
+                Ok(()) => {
+                    held.add(d.id, d.net);
+                    *counts.entry(Outcome::Applied).or_default() += 1;
+                    if current.is_none() {
+                        shared.metrics.ban_added(BanOrigin::CrowdSec);
+                        added.push(ban);
+                    }
+                }
+                Err(e) => {
+                    let protected = e.downcast_ref::<Refusal>().is_some();
+                    let outcome = if protected {
+                        Outcome::Protected
+                    } else {
+                        Outcome::Failed
+                    };
+                    *counts.entry(outcome).or_default() += 1;
+                    if logged.insert(d.net) {
+                        warnings.push(format!(
+                            "not enforcing the decision on {} ({}, {}): {e:#}",
+                            d.net, d.origin, d.scenario
+                        ));
+                    }
+                }
+            }
+        }
+        if full {
+            let stale: Vec<IpNet> = book
+                .store
+                .iter()
+                .filter(|b| b.origin == BanOrigin::CrowdSec && !held.holds(&b.net))
+                .map(|b| b.net)
+                .collect();
+            for net in stale {
+                match book.lift(&net) {
+                    Ok(Some(b)) => {
+                        lifted.push(b);
+                        *counts.entry(Outcome::Deleted).or_default() += 1;
+                    }
+                    Ok(None) => {}
+                    Err(e) => warnings.push(format!("removing the ban of {net}: {e:#}")),
+                }
+            }
+        }
+        changed = full || !added.is_empty() || !lifted.is_empty() || !counts.is_empty();
+        if changed && let Some(f) = &shared.crowdsec {
+            f.link.set_enforced(enforced(&book.store));
+        }
+    }
+    if let Some(f) = &shared.crowdsec {
+        for (o, n) in &counts {
+            f.link.count(*o, *n);
+            shared.metrics.crowdsec_decision(*o, *n);
+        }
+    }
+    let log = &shared.log;
+    for w in warnings {
+        log.warn(&format!("portsentry: crowdsec: {w}"));
+    }
+    if added.len() <= LOG_EACH {
+        for b in &added {
+            log.notice(&format!(
+                "portsentry: crowdsec: {} banned by a decision of the Local API, until {}",
+                b.net,
+                b.expires
+                    .map(|e| humantime::format_rfc3339_seconds(e).to_string())
+                    .unwrap_or_default()
+            ));
+        }
+    } else {
+        log.notice(&format!(
+            "portsentry: crowdsec: {} bans put in force by decisions of the Local API",
+            added.len()
+        ));
+    }
+    if full || answer_len >= TRIM_AFTER {
+        // A large answer's parse (a JSON value per field of every decision) is freed:
+        // give the pages back rather than keep them as free heap.
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only returns free memory of the allocator to the system.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+    for b in lifted {
+        if added.len() <= LOG_EACH {
+            log.notice(&format!(
+                "portsentry: crowdsec: the ban of {} lifted, its decision deleted at the Local \
+                 API",
+                b.net
+            ));
+        }
+        spawn_undo(shared, b, BanEnd::Withdrawn);
+    }
+}
+
+/// The CrowdSec bans in force, by kind.
+fn enforced(store: &crate::bans::BanStore) -> Enforced {
+    let mut e = Enforced::default();
+    for b in store.iter().filter(|b| b.origin == BanOrigin::CrowdSec) {
+        let host = b.net.prefix_len() == b.net.max_prefix_len();
+        let n = match (b.net, host) {
+            (IpNet::V4(_), true) => &mut e.ip_v4,
+            (IpNet::V6(_), true) => &mut e.ip_v6,
+            (IpNet::V4(_), false) => &mut e.range_v4,
+            (IpNet::V6(_), false) => &mut e.range_v6,
+        };
+        *n += 1;
+    }
+    e
+}

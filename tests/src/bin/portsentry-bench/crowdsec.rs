@@ -1,0 +1,165 @@
+//! 6. A fleet on CrowdSec (Debian's crowdsec 1.4.6 Local API in a namespace of the bench's
+//!    own, servers A and B each running the daemon with the default CROWDSEC_INTERVAL of
+//!    1 s):
+//!    - propagation: from a scanner's first probe on A to its ban being in B's kernel map
+//!      (`runs` scanners, each a fresh address; p50, p99, max);
+//!    - a list of `decisions` decisions (IPv4 and IPv6 addresses and ranges) imported with
+//!      `cscli decisions import`: how long the import takes, and how long from its start
+//!      until every one is in B's kernel maps; B's resident memory before and after.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use ipnet::IpNet;
+use portsentry_tests::{
+    bench::percentile,
+    crowdsec::{Lapi, Server, ip},
+    daemon::wait_until,
+    netns::{Lan, Netns, tcp_connect},
+};
+use portsentry_user::{crowdsec::enforce::FULL_SYNC, kernel::Dataplane};
+
+use crate::memory::rss;
+
+pub(crate) fn crowdsec(runs: usize, decisions: u32) {
+    let runs = runs.clamp(1, 100);
+    let lan = Lan::new();
+    lan.address_hub(&["192.0.2.250/24"]);
+    let lapi = Lapi::start(&lan.hub, ip("192.0.2.250"));
+    let attacker = Netns::new("atk");
+    let sources: Vec<IpAddr> = (0..runs)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(192, 0, 2, 100 + i as u8)))
+        .collect();
+    let addrs: Vec<String> = sources.iter().map(|s| format!("{s}/24")).collect();
+    let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    lan.join(&attacker, &addrs);
+    let a = Server::start(&lan, &lapi, "a", 11, "");
+    let b = Server::start(&lan, &lapi, "b", 12, "");
+    for src in &sources {
+        attacker.exec(&format!(
+            "for i in 1 2 3 4 5; do ping -c1 -W2 -I {src} {} >/dev/null && exit 0; sleep 0.2; \
+             done; exit 1",
+            a.v4
+        ));
+    }
+    let on_b = Dataplane::open_pinned_to_read(&b.wd.pin_dir).expect("B's pinned maps");
+    let closed = SocketAddr::new(a.v4, 23);
+    let mut samples = Vec::new();
+    for src in &sources {
+        let net = IpNet::from(*src);
+        // A random phase against B's polling (each run would otherwise start just after
+        // B's last call, the previous ban having just been seen).
+        std::thread::sleep(Duration::from_millis(fastrand::u64(0..1000)));
+        // The probe from a thread: its connect waits for an answer the ban never sends.
+        let (seen, took) = std::thread::scope(|s| {
+            let t0 = Instant::now();
+            s.spawn(|| {
+                let _ = attacker.enter(|| tcp_connect(*src, closed, Duration::from_millis(300)));
+            });
+            let seen = wait_until(Duration::from_secs(20), || {
+                matches!(on_b.ban(&net), Ok(Some(_)))
+            });
+            (seen, t0.elapsed())
+        });
+        assert!(seen, "{src} never reached B:\n{}", b.log());
+        samples.push(took);
+    }
+    samples.sort();
+    println!(
+        "CrowdSec propagation, first probe on A to the ban in B's kernel map ({} scans, \
+         CROWDSEC_INTERVAL 1s): p50 {} ms, p99 {} ms, max {} ms",
+        samples.len(),
+        percentile(&samples, 0.5).as_millis(),
+        percentile(&samples, 0.99).as_millis(),
+        samples[samples.len() - 1].as_millis()
+    );
+    drop(a);
+
+    // The list: 40% IPv4 addresses, 20% IPv4 /24s, 20% IPv6 addresses, 20% IPv6 /64s.
+    let n = decisions;
+    let (v4_ip, v4_net, v6_ip) = (n * 2 / 5, n / 5, n / 5);
+    let v6_net = n - v4_ip - v4_net - v6_ip;
+    let mut csv = String::from("duration,scope,value\n");
+    for i in 0..v4_ip {
+        csv += &format!("24h,ip,{}\n", Ipv4Addr::from(0x0a00_0000u32 + i));
+    }
+    for i in 0..v4_net {
+        csv += &format!(
+            "24h,range,{}/24\n",
+            Ipv4Addr::from(0x0b00_0000u32 + (i << 8))
+        );
+    }
+    for i in 0..v6_ip {
+        let a = (0x2001_0db8_0001u128 << 80) | u128::from(i);
+        csv += &format!("24h,ip,{}\n", Ipv6Addr::from(a));
+    }
+    for i in 0..v6_net {
+        let a = (0x2001_0db8_0002u128 << 80) | (u128::from(i) << 64);
+        csv += &format!("24h,range,{}/64\n", Ipv6Addr::from(a));
+    }
+    // Imported 10,000 at a time: one import of 100,000 failed here with "database is
+    // locked" (crowdsec's SQLite, written while the bouncers read).
+    let lines: Vec<&str> = csv.lines().skip(1).collect();
+    let files: Vec<std::path::PathBuf> = lines
+        .chunks(10_000)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let file = lapi.file(&format!("list-{i}.csv"));
+            std::fs::write(
+                &file,
+                format!("duration,scope,value\n{}\n", chunk.join("\n")),
+            )
+            .unwrap();
+            file
+        })
+        .collect();
+    let pid = b.daemon.as_ref().unwrap().child.id();
+    let before = rss(pid).0;
+    let in_kernel = || on_b.bans().map_or(0, |v| v.len());
+    let base = in_kernel();
+    let t0 = Instant::now();
+    for file in &files {
+        let args = ["decisions", "import", "-i", file.to_str().unwrap()];
+        // A locked database is retried (what was imported before the error stays).
+        let tried = (0..3).find_map(|_| lapi.try_cscli(&args).ok());
+        assert!(tried.is_some(), "cscli {args:?} failed three times");
+    }
+    let imported = t0.elapsed();
+    let by_deltas = wait_until(Duration::from_secs(30), || in_kernel() >= base + n as usize);
+    let first = (t0.elapsed(), in_kernel() - base);
+    let all = by_deltas
+        || wait_until(FULL_SYNC + Duration::from_secs(60), || {
+            in_kernel() >= base + n as usize
+        });
+    let enforced = t0.elapsed();
+    assert!(
+        all,
+        "only {} of {n} decisions reached B's kernel maps; status:\n{}",
+        in_kernel() - base,
+        b.wd.cli(&["status"])
+            .1
+            .lines()
+            .take(14)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let after = rss(pid).0;
+    let how = if by_deltas {
+        "all by the stream's deltas".to_owned()
+    } else {
+        format!(
+            "{} in force {:.1?} after the start, the rest by the periodic full answer",
+            first.1, first.0
+        )
+    };
+    println!(
+        "CrowdSec list of {n} decisions ({v4_ip} IPv4 addresses, {v4_net} IPv4 /24s, {v6_ip} \
+         IPv6 addresses, {v6_net} IPv6 /64s): `cscli decisions import` (10,000 a call) {imported:.1?}; from \
+         the import's start to all in B's kernel maps {enforced:.1?} ({how}); B's resident \
+         memory {} MiB before, {} MiB after",
+        before >> 20,
+        after >> 20
+    );
+}

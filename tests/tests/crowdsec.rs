@@ -1,0 +1,258 @@
+//! A fleet sharing bans through a real CrowdSec Local API (Debian's crowdsec 1.4.6, unpacked
+//! by `cargo xtask test`, started by the test in a temporary directory).
+//!
+//! One Ethernet segment of the test's own ([`Lan`]): the Local API runs in the hub
+//! namespace (192.0.2.250), three servers (A, B, C) each run the daemon in a namespace of
+//! their own, with their own configuration, pins, bouncer key and machine, and an attacker
+//! namespace holds the scanning addresses. All traffic stays in these namespaces.
+//!
+//! - nmap scans A from 192.0.2.2: A bans it and reports it; B and C enforce the decision
+//!   (the attacker cannot reach their service, another address still can).
+//! - `cscli decisions add --ip` / `--range`, IPv4 and IPv6: enforced on B (status and
+//!   traffic); a range covering B's own address is refused there and counted;
+//!   `cscli decisions delete` lifts.
+//! - The Local API killed: enforcement continues, status says it is down; restarted: the
+//!   stream resumes (a decision added after the restart is enforced).
+
+use std::time::Duration;
+
+use portsentry_tests::{
+    crowdsec::{Lapi, Server, ip},
+    daemon::{Daemon, wait_until},
+    netns::{Lan, Netns},
+    require_kernel,
+};
+
+/// Polled every 500 ms rather than every second: the test waits less.
+const FAST: &str = "CROWDSEC_INTERVAL=\"500ms\"\n";
+
+#[test]
+fn a_fleet_shares_bans_through_crowdsec() {
+    require_kernel!();
+    let lan = Lan::new();
+    lan.address_hub(&["192.0.2.250/24"]);
+    let lapi = Lapi::start(&lan.hub, ip("192.0.2.250"));
+    let attacker = Netns::new("atk");
+    let sources = [
+        "192.0.2.2",
+        "192.0.2.3",
+        "192.0.2.4",
+        "192.0.2.130",
+        "2001:db8::2",
+        "2001:db8::3",
+        "2001:db8::130",
+    ];
+    let addrs: Vec<String> = sources
+        .iter()
+        .map(|a| format!("{a}/{}", if a.contains(':') { 64 } else { 24 }))
+        .collect();
+    let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let attacker_if = lan.join(&attacker, &addrs);
+    let a = Server::start(&lan, &lapi, "a", 11, FAST);
+    let b = Server::start(&lan, &lapi, "b", 12, FAST);
+    let c = Server::start(&lan, &lapi, "c", 13, FAST);
+    // Every neighbour entry resolved now, so that no first packet waits on neighbour
+    // discovery (a connection attempt below gives up after 800 ms).
+    for s in [&b, &c] {
+        for src in sources {
+            let dst = if src.contains(':') { s.v6 } else { s.v4 };
+            attacker.exec(&format!(
+                "for i in 1 2 3 4 5; do ping -c1 -W2 -I {src} {dst} >/dev/null && exit 0; \
+                 sleep 0.2; done; exit 1"
+            ));
+            assert!(s.reachable_from(&attacker, ip(src)), "{src} before any ban");
+        }
+    }
+
+    // A scan of A bans the scanner on B and C.
+    let out = attacker.try_exec(&format!(
+        "nmap -n -Pn -sS -e {attacker_if} -S 192.0.2.2 -p 1-200 --max-retries 0 \
+         --host-timeout 30s -T4 {}",
+        a.v4
+    ));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("(1 host up)"),
+        "nmap did not scan: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let banned_on_a = wait_until(Duration::from_secs(15), || {
+        a.ban_origin("192.0.2.2/32").as_deref() == Some("scan")
+    });
+    assert!(banned_on_a, "A did not ban the scanner:\n{}", a.log());
+    for s in [&b, &c] {
+        s.wait_crowdsec_ban("192.0.2.2/32", true);
+        assert!(!s.reachable_from(&attacker, ip("192.0.2.2")), "banned");
+        assert!(
+            s.reachable_from(&attacker, ip("192.0.2.4")),
+            "another address"
+        );
+    }
+    // A's own decision came back to A: not a second ban.
+    let sent = wait_until(Duration::from_secs(5), || {
+        a.link()["reports"]["alerts_sent"].as_u64() >= Some(1)
+    });
+    assert!(sent, "{}", a.link());
+    assert_eq!(a.ban_origin("192.0.2.2/32").as_deref(), Some("scan"));
+    let dup = wait_until(Duration::from_secs(10), || {
+        a.link()["decisions"]["duplicate"].as_u64() >= Some(1)
+    });
+    assert!(dup, "A's own decision was not recognised: {}", a.link());
+
+    // Decisions made with cscli: addresses and ranges, IPv4 and IPv6.
+    for (flag, value, net, src) in [
+        ("--ip", "192.0.2.3", "192.0.2.3/32", "192.0.2.3"),
+        ("--range", "192.0.2.128/26", "192.0.2.128/26", "192.0.2.130"),
+        ("--ip", "2001:db8::3", "2001:db8::3/128", "2001:db8::3"),
+        (
+            "--range",
+            "2001:db8::100/120",
+            "2001:db8::100/120",
+            "2001:db8::130",
+        ),
+    ] {
+        lapi.cscli(&["decisions", "add", flag, value, "--duration", "1h"]);
+        b.wait_crowdsec_ban(net, true);
+        assert!(
+            !b.reachable_from(&attacker, ip(src)),
+            "{src} after {value}; status:\n{}",
+            b.wd.cli(&["status"]).1
+        );
+    }
+    assert!(
+        b.reachable_from(&attacker, ip("2001:db8::2")),
+        "not in the v6 range"
+    );
+    // The link's state file is written once a second.
+    let counts = |l: &serde_json::Value| {
+        let e = &l["enforced"];
+        [
+            e["ip_v4"].as_u64(),
+            e["ip_v6"].as_u64(),
+            e["range_v4"].as_u64(),
+            e["range_v6"].as_u64(),
+        ]
+    };
+    let expected = [Some(2), Some(1), Some(1), Some(1)];
+    let counted = wait_until(Duration::from_secs(5), || counts(&b.link()) == expected);
+    let link_b = b.link();
+    assert!(counted, "{link_b}");
+    assert_eq!(link_b["enforce"]["state"], "connected", "{link_b}");
+
+    // A range over B's own address is refused by B's ban guard, and counted.
+    lapi.cscli(&[
+        "decisions",
+        "add",
+        "--range",
+        "192.0.2.0/25",
+        "--duration",
+        "1h",
+    ]);
+    let refused = wait_until(Duration::from_secs(15), || {
+        b.link()["decisions"]["protected"].as_u64() >= Some(1)
+    });
+    assert!(refused, "{}\n{}", b.link(), b.log());
+    assert_eq!(b.ban_origin("192.0.2.0/25"), None);
+    assert!(
+        b.reachable_from(&attacker, ip("192.0.2.4")),
+        "B's guard won"
+    );
+    lapi.cscli(&["decisions", "delete", "--range", "192.0.2.0/25"]);
+
+    // Deleted: lifted.
+    lapi.cscli(&["decisions", "delete", "--ip", "192.0.2.3"]);
+    b.wait_crowdsec_ban("192.0.2.3/32", false);
+    assert!(b.reachable_from(&attacker, ip("192.0.2.3")), "lifted");
+
+    // The Local API goes away: what was received stays enforced.
+    let mut lapi = lapi;
+    lapi.kill();
+    let down = wait_until(Duration::from_secs(15), || {
+        b.link()["enforce"]["state"] == "down"
+    });
+    assert!(down, "{}", b.link());
+    assert!(
+        !b.reachable_from(&attacker, ip("192.0.2.130")),
+        "range still enforced"
+    );
+    assert!(
+        !c.reachable_from(&attacker, ip("192.0.2.2")),
+        "scan ban still enforced"
+    );
+    // Back: the stream resumes.
+    lapi.restart();
+    let up = wait_until(Duration::from_secs(40), || {
+        b.link()["enforce"]["state"] == "connected"
+    });
+    assert!(up, "{}\n{}", b.link(), b.log());
+    lapi.cscli(&["decisions", "add", "--ip", "192.0.2.4", "--duration", "1h"]);
+    for s in [&b, &c] {
+        s.wait_crowdsec_ban("192.0.2.4/32", true);
+        if s.reachable_from(&attacker, ip("192.0.2.4")) {
+            let again = s.reachable_from(&attacker, ip("192.0.2.4"));
+            panic!(
+                "192.0.2.4 reached {} after the restart (again: {again}); status:\n{}",
+                s.v4,
+                s.wd.cli(&["status"]).1
+            );
+        }
+    }
+    // What was in force before stays (the full answer after reconnecting names it).
+    assert_eq!(b.ban_origin("192.0.2.128/26").as_deref(), Some("crowdsec"));
+
+    // B's daemon restarted: the pinned maps enforce meanwhile, the journal keeps its
+    // CrowdSec bans, and the first answer after the start lifts what was deleted while it
+    // was down.
+    let mut b = b;
+    b.daemon.take().unwrap().stop();
+    assert!(
+        !b.reachable_from(&attacker, ip("192.0.2.2")),
+        "while B is stopped"
+    );
+    lapi.cscli(&["decisions", "delete", "--range", "192.0.2.128/26"]);
+    b.daemon = Some(Daemon::start(
+        &b.ns,
+        &["run", "-c", b.wd.conf().to_str().unwrap()],
+    ));
+    b.wait_crowdsec_ban("192.0.2.128/26", false);
+    assert!(
+        b.reachable_from(&attacker, ip("192.0.2.130")),
+        "deleted while stopped"
+    );
+    assert_eq!(b.ban_origin("192.0.2.2/32").as_deref(), Some("crowdsec"));
+    assert!(
+        !b.reachable_from(&attacker, ip("192.0.2.2")),
+        "after B's restart"
+    );
+
+    // The operator unbans the scanner on A: A deletes its decision, B and C lift it.
+    let (ok, _, err) = a.wd.cli(&["unban", "192.0.2.2"]);
+    assert!(ok, "{err}");
+    for s in [&b, &c] {
+        s.wait_crowdsec_ban("192.0.2.2/32", false);
+        assert!(
+            s.reachable_from(&attacker, ip("192.0.2.2")),
+            "unbanned on A"
+        );
+    }
+    let counted = wait_until(Duration::from_secs(5), || {
+        a.link()["reports"]["decisions_deleted"].as_u64() >= Some(1)
+    });
+    assert!(counted, "{}", a.link());
+    // No KILL_* command ran for a CrowdSec ban (only A ran them, for its scan ban).
+    assert_eq!(b.wd.read("order"), "", "B ran kill commands");
+    assert_eq!(c.wd.read("order"), "", "C ran kill commands");
+    assert!(a.wd.read("order").contains("route 192.0.2.2 "));
+
+    // Text status shows the link.
+    let (ok, text, err) = b.wd.cli(&["status"]);
+    assert!(ok, "{err}");
+    assert!(text.contains("crowdsec:   http://192.0.2.250:"), "{text}");
+    assert!(text.contains("crowdsec decision"), "{text}");
+    for s in [&a, &b, &c] {
+        let log = s.log();
+        assert!(!log.contains("-key-"), "a bouncer key in the log:\n{log}");
+        assert!(!log.contains("-pw-"), "a password in the log:\n{log}");
+    }
+    eprintln!("crowdsec log:\n{}", lapi.log());
+}
