@@ -44,7 +44,7 @@ pub(crate) fn crowdsec(runs: usize, decisions: u32) {
             a.v4
         ));
     }
-    let on_b = Dataplane::open_pinned_to_read(&b.wd.pin_dir).expect("B's pinned maps");
+    let on_b = Dataplane::inspect_pinned(&b.wd.pin_dir).expect("B's pinned maps");
     let closed = SocketAddr::new(a.v4, 23);
     let mut samples = Vec::new();
     for src in &sources {
