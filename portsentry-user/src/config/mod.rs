@@ -360,8 +360,23 @@ impl Config {
     }
 
     /// Checks what no single key can check alone. [`parse`] runs it; run it again after
-    /// changing fields (command-line overrides, e.g. of the modes).
+    /// changing fields (command-line overrides, e.g. of the modes). Of several problems,
+    /// the one on the earliest line is reported, so that the lines before it are a valid
+    /// file on their own.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        match (self.validate_core(), crowdsec::validate(self)) {
+            (Err(a), Err(b)) => Err(if (b.line == 0, b.line) < (a.line == 0, a.line) {
+                b
+            } else {
+                a
+            }),
+            (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+            (Ok(()), Ok(())) => Ok(()),
+        }
+    }
+
+    /// [`Config::validate`] for all keys but CROWDSEC_* (`crowdsec::validate`).
+    fn validate_core(&self) -> Result<(), ConfigError> {
         for (mode_key, mode, ports_key, ports, proto) in [
             (
                 "TCP_MODE",
@@ -462,7 +477,7 @@ impl Config {
                 }
             }
         }
-        crowdsec::validate(self)
+        Ok(())
     }
 
     /// The IPv6 network a source address is counted and banned by

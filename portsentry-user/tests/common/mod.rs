@@ -74,6 +74,10 @@ pub fn is_validate_error(message: &str) -> bool {
         || message.contains("is shorter than BAN_TIME")
         || message.contains("wider than BAN_MIN_PREFIX_V6")
         || message.contains("so every escalation would be refused")
+        || message.contains("but CROWDSEC_LAPI_URL is not")
+        || message.contains("so CROWDSEC_LAPI_URL is used by nothing")
+        || message.contains("CROWDSEC_ENFORCE is 1 but no bouncer key is set")
+        || message.contains("CROWDSEC_REPORT is 1 but")
 }
 
 /// The text lines of a `parse` input, as it numbers them.
