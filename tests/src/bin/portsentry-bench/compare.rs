@@ -20,20 +20,19 @@ use portsentry_user::kernel::{Dataplane, MapSizes};
 
 use crate::{Args, bench_dataplane, filler, ip, ip_net};
 
-/// A program with the bench's maps (see [`bench_dataplane`]) and the given bans. This
-/// build counts and bans IPv6 sources by /64 (SOURCE_PREFIX_V6's default); a baseline
-/// build may not know the setting, so it gets none (each address on its own).
+/// A program with the bench's maps (see [`bench_dataplane`]) and the given bans, IPv6
+/// sources counted and banned by /64 (SOURCE_PREFIX_V6's default; a build that does not
+/// know the setting ignores its bits). The same bans for both builds: under /64 keys an
+/// IPv6 address's own ban would be a prefix ban, and make every packet look at the trie.
 fn setup(bytes: Option<&[u8]>, bans: &[IpNet]) -> Dataplane {
     let ignore = ["203.0.113.0/24", "127.0.0.0/8", "::1/128"].map(ip_net);
     let mut dp = bench_dataplane(bytes, &MapSizes::default(), &ignore);
-    if bytes.is_none() {
-        let s = dp.settings();
-        dp.write_settings(Settings {
-            flags: s.flags | 64 << SETTING_V6_PREFIX_SHIFT,
-            ..s
-        })
-        .unwrap();
-    }
+    let s = dp.settings();
+    dp.write_settings(Settings {
+        flags: s.flags | 64 << SETTING_V6_PREFIX_SHIFT,
+        ..s
+    })
+    .unwrap();
     for net in bans {
         dp.insert_ban(net, &BanEntry::default()).unwrap();
     }
@@ -54,11 +53,25 @@ pub(crate) fn compare(args: &Args, baseline: &Path) {
     let (client6, server6): (IpAddr, IpAddr) = (ip("2001:db8::7"), ip("2001:db8::1"));
     let banned = filler(0);
     let spared = ip("203.0.113.8");
-    let bans = [IpNet::from(banned), IpNet::from(spared)];
-    // An IPv6 scanner's ban: its address before, its /64 now.
+    // An IPv6 scanner's ban: its /64 (an exact ban under the /64 keys; a build without
+    // them holds it in the trie).
     let (scanner6, banned6) = (ip("2001:db8:0:9::7"), ip("2001:db8:0:8::7"));
-    let new = setup(None, &[&bans[..], &[ip_net("2001:db8:0:8::/64")]].concat());
-    let base = setup(Some(&old), &[&bans[..], &[IpNet::from(banned6)]].concat());
+    let bans = [
+        IpNet::from(banned),
+        IpNet::from(spared),
+        ip_net("2001:db8:0:8::/64"),
+    ];
+    // Each build loaded several times: where the JIT places a program's code (its
+    // alignment to the CPU's fetch blocks) moves a path's cost by several ns from one
+    // load to the next, for the same object; a round uses the next load of each.
+    let loads = args.loads.max(1);
+    // Loaded in turns (baseline, this build, ...): what a load's place in memory costs
+    // falls on both alike.
+    let (mut base, mut new) = (Vec::new(), Vec::new());
+    for _ in 0..loads {
+        base.push(setup(Some(&old), &bans));
+        new.push(setup(None, &bans));
+    }
     let frames = [
         ("benign ACK", Frame::tcp(client, server, 443, ACK).build()),
         (
@@ -126,44 +139,66 @@ pub(crate) fn compare(args: &Args, baseline: &Path) {
                 .build(),
         ),
     ];
-    let (fd_new, fd_base) = (new.program_fd().unwrap(), base.program_fd().unwrap());
-    let mut cases: Vec<(BorrowedFd<'_>, Vec<u8>)> = vec![(pass.as_fd(), frames[0].1.clone())];
-    for (_, f) in &frames {
-        cases.push((fd_base, f.clone()));
-        cases.push((fd_new, f.clone()));
-    }
-    let mut samples = vec![Vec::new(); cases.len()];
+    let fds_new: Vec<BorrowedFd<'_>> = new.iter().map(|d| d.program_fd().unwrap()).collect();
+    let fds_base: Vec<BorrowedFd<'_>> = base.iter().map(|d| d.program_fd().unwrap()).collect();
+    // Per frame and round, the two builds run back to back, in the order baseline, this
+    // build in even rounds and the reverse in odd ones: a drift within a round, or a cost
+    // of running second, falls on both alike. The difference printed is the median of
+    // the rounds' paired differences, not the difference of two medians.
+    let mut floor = Vec::new();
+    let mut base_ns = vec![Vec::new(); frames.len()];
+    let mut new_ns = vec![Vec::new(); frames.len()];
+    let mut diff = vec![Vec::new(); frames.len()];
+    let run = |fd: BorrowedFd<'_>, frame: &[u8]| {
+        testrun::run(fd, frame, args.repeat)
+            .expect("BPF_PROG_TEST_RUN")
+            .duration_ns
+    };
     ns.enter(|| {
-        for _ in 0..args.rounds {
-            for (i, (fd, frame)) in cases.iter().enumerate() {
-                let r = testrun::run(*fd, frame, args.repeat).expect("BPF_PROG_TEST_RUN");
-                samples[i].push(r.duration_ns);
+        for round in 0..args.rounds {
+            floor.push(run(pass.as_fd(), &frames[0].1));
+            let (fd_base, fd_new) = (fds_base[round % loads], fds_new[round % loads]);
+            for (i, (_, frame)) in frames.iter().enumerate() {
+                let (b, n) = if round % 2 == 0 {
+                    let b = run(fd_base, frame);
+                    (b, run(fd_new, frame))
+                } else {
+                    let n = run(fd_new, frame);
+                    (run(fd_base, frame), n)
+                };
+                base_ns[i].push(i64::from(b));
+                new_ns[i].push(i64::from(n));
+                diff[i].push(i64::from(n) - i64::from(b));
             }
         }
     });
-    let m: Vec<u32> = samples
-        .into_iter()
-        .map(|mut v| {
-            v.sort_unstable();
-            v[v.len() / 2]
-        })
-        .collect();
+    let median = |v: &mut Vec<i64>| {
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    let floor = median(&mut floor.into_iter().map(i64::from).collect()) as f64;
     println!(
         "## Before and after (BPF_PROG_TEST_RUN, ns per packet, median of {} rounds x {} \
-         runs, both programs in the same run; baseline: {})\n",
+         runs over {loads} loads of each program, both in the same run; baseline: {})\n",
         args.rounds,
         args.repeat,
         baseline.display()
     );
-    println!("XDP_PASS only (floor): {} ns\n", m[0]);
-    println!("| path | baseline | this build | difference |\n|---|---:|---:|---:|");
+    println!("XDP_PASS only (floor): {floor} ns\n");
+    println!(
+        "| path | baseline | this build | difference (median of paired rounds) |\n\
+         |---|---:|---:|---:|"
+    );
     for (i, (name, _)) in frames.iter().enumerate() {
-        let (b, n) = (m[1 + 2 * i], m[2 + 2 * i]);
+        let (b, n, d) = (
+            median(&mut base_ns[i]),
+            median(&mut new_ns[i]),
+            median(&mut diff[i]),
+        );
         println!(
-            "| {name} | {b} ({:.2}x) | {n} ({:.2}x) | {:+} |",
-            f64::from(b) / f64::from(m[0]),
-            f64::from(n) / f64::from(m[0]),
-            i64::from(n) - i64::from(b)
+            "| {name} | {b} ({:.2}x) | {n} ({:.2}x) | {d:+} |",
+            b as f64 / floor,
+            n as f64 / floor,
         );
     }
     println!();

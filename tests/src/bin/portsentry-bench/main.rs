@@ -31,6 +31,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 pub(crate) struct Args {
     pub(crate) repeat: u32,
+    /// Loads of each program in the comparison (`--loads`).
+    pub(crate) loads: usize,
     pub(crate) rounds: usize,
     /// Scans whose reaction time is measured (0: skip).
     pub(crate) reaction_runs: usize,
@@ -56,6 +58,7 @@ pub(crate) struct Args {
 fn parse_args() -> Args {
     let mut a = Args {
         repeat: 1_000_000,
+        loads: 8,
         rounds: 9,
         reaction_runs: 100,
         scale: 1 << 20,
@@ -96,13 +99,14 @@ fn parse_args() -> Args {
         };
         match arg.as_str() {
             "--repeat" => a.repeat = val("--repeat") as u32,
+            "--loads" => a.loads = val("--loads") as usize,
             "--rounds" => a.rounds = val("--rounds") as usize,
             "--reaction-runs" => a.reaction_runs = (val("--reaction-runs") as usize).min(250),
             "--scale" => a.scale = (val("--scale") as u32).max(10_001),
             "--flood-secs" => a.flood_secs = val("--flood-secs"),
             "--crowdsec-decisions" => a.crowdsec_decisions = val("--crowdsec-decisions") as u32,
             other => panic!(
-                "unknown argument {other}; use --repeat N --rounds N --reaction-runs N \
+                "unknown argument {other}; use --repeat N --rounds N --loads N --reaction-runs N \
                  (at most 250) --scale N --flood-secs N --baseline OBJECT --compare-only \
                  --answered-only --memory-only --crowdsec-only --crowdsec-decisions N"
             ),
