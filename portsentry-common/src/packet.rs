@@ -221,17 +221,18 @@ pub struct Ip {
     /// What makes the datagram unusual, 0 when nothing does (so that the common case
     /// costs one compare): the fragment offset ([`SHAPE_FRAG_OFFSET`], 8-byte units) and
     /// more-fragments flag ([`SHAPE_FRAG_MORE`]) in IPv4's layout for both families (an
-    /// IPv6 Fragment header's fields are moved there), and [`SHAPE_LONG_CHAIN`].
-    pub shape: u16,
+    /// IPv6 Fragment header's fields are moved there), and [`SHAPE_LONG_CHAIN`]. A `u32`,
+    /// not `u16`: the common case's compare then needs no mask.
+    pub shape: u32,
 }
 
 /// `Ip::shape`: the fragment offset.
-pub const SHAPE_FRAG_OFFSET: u16 = 0x1fff;
+pub const SHAPE_FRAG_OFFSET: u32 = 0x1fff;
 /// `Ip::shape`: more fragments follow.
-pub const SHAPE_FRAG_MORE: u16 = 0x2000;
+pub const SHAPE_FRAG_MORE: u32 = 0x2000;
 /// `Ip::shape`: an IPv6 extension-header chain longer than the walk; `proto` is still
 /// an extension header.
-pub const SHAPE_LONG_CHAIN: u16 = 0x8000;
+pub const SHAPE_LONG_CHAIN: u32 = 0x8000;
 
 impl Ip {
     /// A fragment other than the first: it carries no transport header.
@@ -255,9 +256,6 @@ pub struct L4 {
     pub dst_port: u16,
     /// Byte 13 of the TCP header; 0 for UDP.
     pub tcp_flags: u8,
-    /// The TCP acknowledgment number, host order (what a challenge's answer returns);
-    /// 0 for UDP and tiny fragments.
-    pub ack_seq: u32,
     /// A first fragment too short for the whole transport header ([`TINY`]: flags
     /// read; [`TINY_FLAGLESS`]: ports only); 0 otherwise.
     pub tiny: u8,
@@ -274,7 +272,6 @@ impl L4 {
             src_port: 0,
             dst_port: proto as u16,
             tcp_flags: 0,
-            ack_seq: 0,
             tiny: 0,
         }
     }
@@ -333,7 +330,7 @@ fn parse_ipv4<P: Packet + ?Sized>(p: &P, off: usize) -> Result<Ip, Counter> {
         l4_off: off + hlen,
         // Without DF (0x4000) and the reserved bit: offset and MF, as `Ip::shape` holds
         // them.
-        shape: u16::from_be(h.frag) & (SHAPE_FRAG_MORE | SHAPE_FRAG_OFFSET),
+        shape: u16::from_be(h.frag) as u32 & (SHAPE_FRAG_MORE | SHAPE_FRAG_OFFSET),
     })
 }
 
@@ -375,7 +372,7 @@ fn parse_ipv6<P: Packet + ?Sized>(p: &P, off: usize) -> Result<Ip, Counter> {
                 ip.proto = f.next;
                 ip.l4_off += 8;
                 // Offset in the top 13 bits, M (more fragments) in the lowest.
-                let frag = u16::from_be(f.frag);
+                let frag = u16::from_be(f.frag) as u32;
                 ip.shape = frag >> 3 | (frag & 1) << 13;
                 if ip.later_fragment() {
                     return Ok(ip);
@@ -432,7 +429,6 @@ fn transport<P: Packet + ?Sized>(p: &P, ip: &Ip, l4: &mut L4) -> Result<(), Coun
         l4.src_port = u16::from_be(h.sport);
         l4.dst_port = u16::from_be(h.dport);
         l4.tcp_flags = h.flags;
-        l4.ack_seq = u32::from_be(h.ack_seq);
         return Ok(());
     }
     if ip.proto == PROTO_UDP {

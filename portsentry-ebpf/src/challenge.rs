@@ -41,7 +41,14 @@ pub fn answers_challenge(
     }
     // SAFETY: helper without arguments.
     let slot = cookie_slot(unsafe { bpf_ktime_get_coarse_ns() });
-    let want = l4.ack_seq.wrapping_sub(1);
+    // The acknowledgment number, read here and not by the parser for every packet; the
+    // frame is parsed again for its offsets (see `send_challenge`). After the helper
+    // call: before it, the compiler may reuse the packet pointers' earlier loads as
+    // plain numbers, which the verifier refuses.
+    let Some(ack_seq) = acknowledgment(ctx) else {
+        return false;
+    };
+    let want = ack_seq.wrapping_sub(1);
     if want != packet_cookie(ip, l4, settings.cookie_secret, slot)
         && want != packet_cookie(ip, l4, settings.cookie_secret, slot.wrapping_sub(1))
     {
@@ -58,6 +65,15 @@ pub fn answers_challenge(
     // ACK itself passes (it completes nothing: the challenge was ours).
     let _ = record_probe(ctx, src, &syn, ScanType::TcpSyn, true, settings);
     true
+}
+
+/// The TCP acknowledgment number of the frame's segment, host order.
+#[inline(always)]
+fn acknowledgment(ctx: &XdpContext) -> Option<u32> {
+    let ip = parse_ip(&XdpPacket(ctx)).ok()?;
+    let tcp = ptr_at::<TcpHdr>(ctx, ip.l4_off)?;
+    // SAFETY: bounds-checked.
+    Some(u32::from_be(unsafe { (*tcp).ack_seq }))
 }
 
 /// Turns a SYN without payload into our SYN-ACK challenge in place (sent with XDP_TX).

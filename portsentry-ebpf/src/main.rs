@@ -162,7 +162,7 @@ fn inspect(ctx: &XdpContext) -> Counter {
         Err(Counter::PassOtherProto) if is_protocol_probe(&pkt, &ip) => {}
         Err(reason) => return reason,
     }
-    let verdict = inspect_l4(ctx, &ip, &l4, key, prefix, settings);
+    let verdict = inspect_l4(ctx, &ip, &l4, &key, prefix, settings);
     // A TCP or UDP header split across fragments has no legitimate use: counted above
     // like any probe, then dropped whatever the verdict (one compare for the rest).
     if l4.tiny != 0
@@ -181,7 +181,7 @@ fn inspect_l4(
     ctx: &XdpContext,
     ip: &Ip,
     l4: &L4,
-    key: AddrWords,
+    key: &AddrWords,
     prefix: Option<u32>,
     settings: &Settings,
 ) -> Counter {
@@ -195,7 +195,7 @@ fn inspect_l4(
         // With verification on, an ACK may answer a challenge (checked by cookie
         // before anything else: ordinary traffic fails it at once).
         if settings.flags & SETTING_VERIFY != 0
-            && answers_challenge(ctx, ip, l4, &Source::of(key, prefix), settings)
+            && answers_challenge(ctx, ip, l4, &Source::of(*key, prefix), settings)
         {
             return Counter::PassProbe;
         }
@@ -212,7 +212,7 @@ fn inspect_l4(
     if !kind.is_ack_class() && kind != ScanType::IpProto && !is_watched(l4) {
         return Counter::PassUnwatched;
     }
-    let Some(src) = counted_as(ip, key, prefix, settings) else {
+    let Some(src) = counted_as(ip, *key, prefix, settings) else {
         return Counter::PassIgnored;
     };
     // An IP protocol's datagram came here only if nothing serves it.
