@@ -11,6 +11,7 @@ pub mod frames;
 pub mod netns;
 pub mod probe_asserts;
 pub mod program_scan;
+pub mod rotate;
 pub mod scenario;
 pub mod testrun;
 pub mod wire;

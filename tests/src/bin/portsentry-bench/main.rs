@@ -12,6 +12,9 @@
 //!    portsentry (kernel and daemon decisions) and PortSentry 1.2 (`answered`).
 //! 6. A fleet on CrowdSec: propagation from A's first probe to B's kernel, and a list of
 //!    decisions loaded (`crowdsec`; `--crowdsec-only`).
+//! 7. Many sources at once: the banned, benign and probe paths with each run from
+//!    another of `--scale` sources, `--scale` exact and 100,000 range bans loaded
+//!    (`distinct`; `--distinct-only`).
 //! 4. With `--baseline OBJECT`: this build's paths next to another build's, same frames,
 //!    same run (`compare`).
 //!
@@ -22,6 +25,7 @@
 mod answered;
 mod compare;
 mod crowdsec;
+mod distinct;
 mod memory;
 mod per_packet;
 mod reaction;
@@ -49,6 +53,8 @@ pub(crate) struct Args {
     pub(crate) answered_only: bool,
     /// Only the daemon's memory and start-up, and the ban journal.
     pub(crate) memory_only: bool,
+    /// Only "Many sources at once".
+    pub(crate) distinct_only: bool,
     /// Only the CrowdSec fleet (propagation and a list of decisions).
     pub(crate) crowdsec_only: bool,
     /// Decisions in the CrowdSec list (0: skip the fleet).
@@ -67,6 +73,7 @@ fn parse_args() -> Args {
         compare_only: false,
         answered_only: false,
         memory_only: false,
+        distinct_only: false,
         crowdsec_only: false,
         crowdsec_decisions: 100_000,
     };
@@ -82,6 +89,10 @@ fn parse_args() -> Args {
         }
         if arg == "--answered-only" {
             a.answered_only = true;
+            continue;
+        }
+        if arg == "--distinct-only" {
+            a.distinct_only = true;
             continue;
         }
         if arg == "--memory-only" {
@@ -108,7 +119,8 @@ fn parse_args() -> Args {
             other => panic!(
                 "unknown argument {other}; use --repeat N --rounds N --loads N --reaction-runs N \
                  (at most 250) --scale N --flood-secs N --baseline OBJECT --compare-only \
-                 --answered-only --memory-only --crowdsec-only --crowdsec-decisions N"
+                 --answered-only --memory-only --distinct-only --crowdsec-only \
+                 --crowdsec-decisions N"
             ),
         }
     }
@@ -193,6 +205,10 @@ fn main() {
         crowdsec::crowdsec(args.reaction_runs.min(20), args.crowdsec_decisions);
         return;
     }
+    if args.distinct_only {
+        distinct::distinct(&args);
+        return;
+    }
     if args.memory_only {
         memory::daemon_memory(args.scale);
         memory::journal(args.scale, 3);
@@ -205,6 +221,7 @@ fn main() {
         }
     }
     per_packet::per_packet(&args);
+    distinct::distinct(&args);
     if args.reaction_runs > 0 {
         reaction::reaction(args.reaction_runs);
     }

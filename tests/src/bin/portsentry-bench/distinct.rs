@@ -1,0 +1,153 @@
+//! 7. The paths an attack takes, from many sources at once: every run of a frame comes
+//!    from the next of `--scale` distinct IPv4 sources (`portsentry_tests::rotate`: a
+//!    front program rewrites the source and tail-calls the program), with `--scale`
+//!    exact bans and 100,000 range bans loaded. Rows: the banned path cycling through
+//!    every banned source; a benign ACK from as many sources that are not banned; a
+//!    SYN probe to a closed watched port from as many new sources (a random-source SYN
+//!    flood); and the banned and benign paths from one source (the hot case the other
+//!    tables measure). The floor is the same front program tail-calling XDP_PASS.
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    os::fd::{AsFd, BorrowedFd},
+    time::Instant,
+};
+
+use ipnet::{IpNet, Ipv4Net};
+use portsentry_common::maps::BanEntry;
+use portsentry_tests::{
+    frames::{Frame, flags::*},
+    netns::Netns,
+    rotate::{Rotator, pass_program},
+    testrun,
+};
+use portsentry_user::kernel::MapSizes;
+
+use crate::{Args, bench_dataplane, ip, ip_net};
+
+/// Range bans loaded (CrowdSec lists carry ranges).
+const RANGES: u32 = 100_000;
+
+pub(crate) fn distinct(args: &Args) {
+    let n = args.scale;
+    let ns = Netns::new("dist");
+    let sizes = MapSizes {
+        bans: n.max(1 << 16),
+        ban_nets: (RANGES * 2).next_power_of_two(),
+        sources: n.max(1 << 16),
+        ..MapSizes::default()
+    };
+    let mut dp = bench_dataplane(None, &sizes, &[ip_net("203.0.113.0/24")]);
+    let _events = dp.take_events().unwrap();
+    // Banned: 1.0.0.0 + i; not banned: 20.0.0.0 + i (benign) and 40.0.0.0 + i (probes);
+    // the ranges: /24s from 100.0.0.0 (none holds a source above).
+    let (banned, benign, probing) = (
+        Ipv4Addr::new(1, 0, 0, 0),
+        Ipv4Addr::new(20, 0, 0, 0),
+        Ipv4Addr::new(40, 0, 0, 0),
+    );
+    let t = Instant::now();
+    let exact: Vec<(IpNet, BanEntry)> = (0..n)
+        .map(|i| {
+            let a = Ipv4Addr::from(u32::from(banned) + i);
+            (IpNet::from(IpAddr::V4(a)), BanEntry::default())
+        })
+        .collect();
+    dp.insert_bans(&exact).expect("inserting the exact bans");
+    drop(exact);
+    let ranges: Vec<(IpNet, BanEntry)> = (0..RANGES)
+        .map(|i| {
+            let a = Ipv4Addr::from(0x6400_0000u32 + (i << 8));
+            (IpNet::V4(Ipv4Net::new(a, 24).unwrap()), BanEntry::default())
+        })
+        .collect();
+    dp.insert_bans(&ranges).expect("inserting the range bans");
+    drop(ranges);
+    eprintln!(
+        "bench: {n} exact bans and {RANGES} range bans loaded in {:.1?}",
+        t.elapsed()
+    );
+    let server = ip("192.0.2.1");
+    let fd = dp.program_fd().unwrap();
+    let pass = pass_program().expect("loading the XDP_PASS program");
+    let rot = |target: BorrowedFd<'_>, base: Ipv4Addr, count: u32| {
+        Rotator::new(target, base, count).expect("loading the front program")
+    };
+    let ack = Frame::tcp(IpAddr::V4(benign), server, 443, ACK).build();
+    let syn443 = Frame::tcp(IpAddr::V4(banned), server, 443, SYN).build();
+    let syn22 = Frame::tcp(IpAddr::V4(probing), server, 22, SYN).build();
+    let fronts = [
+        (
+            "front program -> XDP_PASS (floor)",
+            rot(pass.as_fd(), benign, n),
+            ack.clone(),
+        ),
+        (
+            "banned, each run another of the banned sources, dropped",
+            rot(fd, banned, n),
+            syn443.clone(),
+        ),
+        (
+            "benign ACK, each run another source",
+            rot(fd, benign, n),
+            ack.clone(),
+        ),
+        (
+            "SYN probe to a closed watched port, each run another source",
+            rot(fd, probing, n),
+            syn22,
+        ),
+        ("banned, one source, dropped", rot(fd, banned, 1), syn443),
+        ("benign ACK, one source", rot(fd, benign, 1), ack),
+    ];
+    // Each row does what it says: banned sources dropped, the others passed.
+    let want = [
+        testrun::XDP_PASS,
+        testrun::XDP_DROP,
+        testrun::XDP_PASS,
+        testrun::XDP_PASS,
+        testrun::XDP_DROP,
+        testrun::XDP_PASS,
+    ];
+    ns.enter(|| {
+        for ((name, front, frame), want) in fronts.iter().zip(want) {
+            for _ in 0..3 {
+                let r = testrun::run(front.fd(), frame, 1).expect("BPF_PROG_TEST_RUN");
+                assert_eq!(r.retval, want, "{name}: XDP action {}", r.retval);
+            }
+        }
+    });
+    let mut samples = vec![Vec::new(); fronts.len()];
+    ns.enter(|| {
+        for _ in 0..args.rounds {
+            for (i, (_, front, frame)) in fronts.iter().enumerate() {
+                let r = testrun::run(front.fd(), frame, args.repeat).expect("BPF_PROG_TEST_RUN");
+                samples[i].push(r.duration_ns);
+            }
+        }
+    });
+    let m: Vec<u32> = samples
+        .into_iter()
+        .map(|mut v| {
+            v.sort_unstable();
+            v[v.len() / 2]
+        })
+        .collect();
+    println!(
+        "## Many sources at once ({n} exact bans + {RANGES} range bans; BPF_PROG_TEST_RUN \
+         through a front program that gives each run the next of {n} sources; ns per \
+         packet, median of {} rounds x {} runs)\n",
+        args.rounds, args.repeat
+    );
+    println!("| path | ns | x floor | above the floor |\n|---|---:|---:|---:|");
+    let floor = m[0];
+    for (i, (name, _, _)) in fronts.iter().enumerate() {
+        println!(
+            "| {name} | {} | {:.2}x | {:+} |",
+            m[i],
+            f64::from(m[i]) / f64::from(floor),
+            i64::from(m[i]) - i64::from(floor)
+        );
+    }
+    println!();
+}

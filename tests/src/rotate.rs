@@ -1,0 +1,207 @@
+//! Per-packet cost over many distinct sources: BPF_PROG_TEST_RUN runs one frame again
+//! and again, so a program measured through it alone always sees the same source (one
+//! hash bucket, one cache slot, all warm). Here a small program runs first: it gives
+//! each run the next IPv4 source of a range (`base + n % count`, written into the frame)
+//! and tail-calls the program measured. The same front program tail-calling the
+//! XDP_PASS program is the floor the cost is read against.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_MAP_TYPE_PROG_ARRAY: u32 = 3;
+const BPF_PROG_TYPE_XDP: u32 = 6;
+/// What aya loads an XDP program with (BPF_XDP): a tail call needs caller and callee
+/// of the same expected attach type.
+const BPF_XDP: u32 = 37;
+/// Offset of the IPv4 source address in an untagged Ethernet frame.
+const V4_SRC: i16 = 14 + 12;
+
+#[repr(C, align(8))]
+#[derive(Default)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+}
+
+#[repr(C, align(8))]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+#[repr(C, align(8))]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+fn bpf<A>(cmd: libc::c_long, attr: &A) -> std::io::Result<i64> {
+    // SAFETY: `attr` is a bpf_attr prefix of its command; its pointers are valid for
+    // the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const A, size_of::<A>()) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(rc)
+}
+
+fn map(map_type: u32, value_size: u32) -> std::io::Result<OwnedFd> {
+    let attr = MapCreateAttr {
+        map_type,
+        key_size: 4,
+        value_size,
+        max_entries: 1,
+        ..Default::default()
+    };
+    // SAFETY: a fresh fd the kernel just gave us.
+    Ok(unsafe { OwnedFd::from_raw_fd(bpf(BPF_MAP_CREATE, &attr)? as i32) })
+}
+
+/// One BPF instruction.
+fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
+    let [o0, o1] = off.to_le_bytes();
+    let [i0, i1, i2, i3] = imm.to_le_bytes();
+    u64::from_le_bytes([code, src << 4 | dst, o0, o1, i0, i1, i2, i3])
+}
+
+/// `dst = map fd` (a two-slot load the kernel turns into the map's address).
+fn ld_map(dst: u8, fd: BorrowedFd<'_>) -> [u64; 2] {
+    [insn(0x18, dst, 1, 0, fd.as_raw_fd()), 0]
+}
+
+fn load(insns: &[u64], name: &[u8]) -> std::io::Result<OwnedFd> {
+    let license = b"GPL\0";
+    let mut prog_name = [0u8; 16];
+    prog_name[..name.len()].copy_from_slice(name);
+    let mut log = vec![0u8; 64 * 1024];
+    let attr = ProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_XDP,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 1,
+        log_size: log.len() as u32,
+        log_buf: log.as_mut_ptr() as u64,
+        prog_name,
+        expected_attach_type: BPF_XDP,
+        ..Default::default()
+    };
+    match bpf(BPF_PROG_LOAD, &attr) {
+        // SAFETY: a fresh fd the kernel just gave us.
+        Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) }),
+        Err(e) => {
+            let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+            Err(std::io::Error::new(
+                e.kind(),
+                format!("{e}: {}", String::from_utf8_lossy(&log[..end])),
+            ))
+        }
+    }
+}
+
+/// `r0 = XDP_PASS; exit`, loaded as aya loads an XDP program (so that it can be
+/// tail-called from the front program).
+pub fn pass_program() -> std::io::Result<OwnedFd> {
+    load(
+        &[insn(0xb7, 0, 0, 0, 2), insn(0x95, 0, 0, 0, 0)],
+        b"xdp_pass",
+    )
+}
+
+/// The front program and the maps it holds.
+pub struct Rotator {
+    prog: OwnedFd,
+    _counter: OwnedFd,
+    _target: OwnedFd,
+}
+
+impl Rotator {
+    /// A front program that gives run n the IPv4 source `base + n % count` and then
+    /// runs `target` (an XDP program loaded as aya loads one).
+    pub fn new(
+        target: BorrowedFd<'_>,
+        base: std::net::Ipv4Addr,
+        count: u32,
+    ) -> std::io::Result<Rotator> {
+        let base = u32::from(base);
+        assert!(
+            base < 1 << 31,
+            "base {base:#x}: an immediate is a signed 32-bit value"
+        );
+        assert!(count > 0 && count < 1 << 31);
+        let counter = map(BPF_MAP_TYPE_ARRAY, 8)?;
+        let slots = map(BPF_MAP_TYPE_PROG_ARRAY, 4)?;
+        let (key, value) = (0u32, target.as_raw_fd() as u32);
+        bpf(
+            BPF_MAP_UPDATE_ELEM,
+            &ElemAttr {
+                map_fd: slots.as_raw_fd() as u32,
+                _pad: 0,
+                key: &key as *const u32 as u64,
+                value: &value as *const u32 as u64,
+                flags: 0,
+            },
+        )?;
+        let mut p = vec![
+            insn(0xbf, 6, 1, 0, 0),   // r6 = ctx
+            insn(0x62, 10, 0, -4, 0), // *(u32 *)(r10 - 4) = 0
+            insn(0xbf, 2, 10, 0, 0),  // r2 = r10
+            insn(0x07, 2, 0, 0, -4),  // r2 += -4
+        ];
+        p.extend(ld_map(1, counter.as_fd())); // r1 = counter
+        p.extend([
+            insn(0x85, 0, 0, 0, 1),                     // call bpf_map_lookup_elem
+            insn(0x15, 0, 0, 17, 0),                    // if r0 == 0 goto out
+            insn(0x79, 7, 0, 0, 0),                     // r7 = *(u64 *)(r0 + 0)
+            insn(0x07, 7, 0, 0, 1),                     // r7 += 1
+            insn(0x7b, 0, 7, 0, 0),                     // *(u64 *)(r0 + 0) = r7
+            insn(0x97, 7, 0, 0, count as i32),          // r7 %= count
+            insn(0x07, 7, 0, 0, base as i32),           // r7 += base
+            insn(0xdc, 7, 0, 0, 32),                    // r7 = be32 r7
+            insn(0x61, 2, 6, 0, 0),                     // r2 = ctx->data
+            insn(0x61, 3, 6, 4, 0),                     // r3 = ctx->data_end
+            insn(0xbf, 4, 2, 0, 0),                     // r4 = r2
+            insn(0x07, 4, 0, 0, i32::from(V4_SRC) + 4), // r4 += end of the source
+            insn(0x2d, 4, 3, 6, 0),                     // if r4 > r3 goto out
+            insn(0x63, 2, 7, V4_SRC, 0),                // *(u32 *)(r2 + source) = r7
+            insn(0xbf, 1, 6, 0, 0),                     // r1 = ctx
+        ]);
+        p.extend(ld_map(2, slots.as_fd())); // r2 = slots
+        p.extend([
+            insn(0xb7, 3, 0, 0, 0),  // r3 = 0
+            insn(0x85, 0, 0, 0, 12), // call bpf_tail_call
+            insn(0xb7, 0, 0, 0, 2),  // out: r0 = XDP_PASS
+            insn(0x95, 0, 0, 0, 0),  // exit
+        ]);
+        let prog = load(&p, b"ps_rotate")?;
+        Ok(Rotator {
+            prog,
+            _counter: counter,
+            _target: slots,
+        })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.prog.as_fd()
+    }
+}
