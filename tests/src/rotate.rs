@@ -9,10 +9,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_PROG_ARRAY: u32 = 3;
-const BPF_PROG_TYPE_XDP: u32 = 6;
 /// What aya loads an XDP program with (BPF_XDP): a tail call needs caller and callee
 /// of the same expected attach type.
 const BPF_XDP: u32 = 37;
@@ -36,23 +34,6 @@ struct ElemAttr {
     key: u64,
     value: u64,
     flags: u64,
-}
-
-#[repr(C, align(8))]
-#[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    prog_ifindex: u32,
-    expected_attach_type: u32,
 }
 
 fn bpf<A>(cmd: libc::c_long, attr: &A) -> std::io::Result<i64> {
@@ -90,33 +71,7 @@ fn ld_map(dst: u8, fd: BorrowedFd<'_>) -> [u64; 2] {
 }
 
 fn load(insns: &[u64], name: &[u8]) -> std::io::Result<OwnedFd> {
-    let license = b"GPL\0";
-    let mut prog_name = [0u8; 16];
-    prog_name[..name.len()].copy_from_slice(name);
-    let mut log = vec![0u8; 64 * 1024];
-    let attr = ProgLoadAttr {
-        prog_type: BPF_PROG_TYPE_XDP,
-        insn_cnt: insns.len() as u32,
-        insns: insns.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        log_level: 1,
-        log_size: log.len() as u32,
-        log_buf: log.as_mut_ptr() as u64,
-        prog_name,
-        expected_attach_type: BPF_XDP,
-        ..Default::default()
-    };
-    match bpf(BPF_PROG_LOAD, &attr) {
-        // SAFETY: a fresh fd the kernel just gave us.
-        Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) }),
-        Err(e) => {
-            let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
-            Err(std::io::Error::new(
-                e.kind(),
-                format!("{e}: {}", String::from_utf8_lossy(&log[..end])),
-            ))
-        }
-    }
+    crate::testrun::load_xdp(insns, name, BPF_XDP)
 }
 
 /// `r0 = XDP_PASS; exit`, loaded as aya loads an XDP program (so that it can be

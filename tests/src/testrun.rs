@@ -107,21 +107,36 @@ struct ProgLoadAttr {
 /// Loads the smallest XDP program there is, `r0 = XDP_PASS; exit`: the floor every
 /// per-packet cost is compared with.
 pub fn load_pass_program() -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
     // mov64 r0, 2 ; exit
     let insns: [u64; 2] = [
         u64::from_le_bytes([0xb7, 0x00, 0, 0, 2, 0, 0, 0]),
         u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
     ];
+    load_xdp(&insns, b"xdp_pass", 0)
+}
+
+/// Loads hand-assembled XDP instructions (`name` at most 15 bytes); a rejection carries
+/// the verifier's log.
+pub fn load_xdp(
+    insns: &[u64],
+    name: &[u8],
+    expected_attach_type: u32,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
     let license = b"GPL\0";
-    let mut name = [0u8; 16];
-    name[..8].copy_from_slice(b"xdp_pass");
+    let mut prog_name = [0u8; 16];
+    prog_name[..name.len()].copy_from_slice(name);
+    let mut log = vec![0u8; 64 * 1024];
     let attr = ProgLoadAttr {
         prog_type: BPF_PROG_TYPE_XDP,
-        insn_cnt: 2,
+        insn_cnt: insns.len() as u32,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
-        prog_name: name,
+        log_level: 1,
+        log_size: log.len() as u32,
+        log_buf: log.as_mut_ptr() as u64,
+        prog_name,
+        expected_attach_type,
         ..Default::default()
     };
     // SAFETY: attr is a valid bpf_attr prefix; the buffers outlive the call.
@@ -134,7 +149,12 @@ pub fn load_pass_program() -> std::io::Result<std::os::fd::OwnedFd> {
         )
     };
     if fd < 0 {
-        return Err(std::io::Error::last_os_error());
+        let e = std::io::Error::last_os_error();
+        let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+        return Err(std::io::Error::new(
+            e.kind(),
+            format!("{e}: {}", String::from_utf8_lossy(&log[..end])),
+        ));
     }
     // SAFETY: a fresh fd the kernel just gave us.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
