@@ -26,11 +26,18 @@ pub const BAN_NETS: &str = "PS_BAN_NETS";
 pub const IGNORE: &str = "PS_IGNORE";
 /// A one-hash filter in front of `PS_IGNORE` for the drop path: `Array<u64>` of
 /// [`IGNORE_FILTER_WORDS`] words, one bit per IPv4 /24 or IPv6 /48 that an ignored
-/// network touches ([`ignore_filter_bit`]). A banned source whose bit is clear is in no
+/// network touches ([`net_filter_bit`]). A banned source whose bit is clear is in no
 /// ignored network and is dropped without a trie lookup. Networks too wide to list
 /// (shorter than /8 for IPv4, /32 for IPv6, or covering the IPv4-mapped range) set
 /// [`SETTING_IGNORE_WIDE`] instead, and every banned packet then looks at the trie.
 pub const IGNORE_FILTER: &str = "PS_IGN_FILTER";
+/// The same kind of filter in front of `PS_BAN_NETS`: `Array<u64>` of
+/// [`IGNORE_FILTER_WORDS`] words, one bit per IPv4 /24 or IPv6 /48 that a range ban
+/// touches ([`net_filter_bit`]). A source whose bit is clear is in no banned range, and
+/// the trie is not looked at; so a packet does not pay a lookup in a trie of 100,000
+/// ranges. A range too wide to list sets [`SETTING_PREFIX_BANS_WIDE`] instead, and every
+/// packet then looks at the trie (as every packet did before the filter).
+pub const NET_FILTER: &str = "PS_NET_FILTER";
 /// Watched-port bitmap. `Array<u64>` with [`PORT_WORDS`] entries: TCP in words
 /// `0..1024`, UDP in `1024..2048`; port `p` is bit `p % 64` of word `p / 64` of its half.
 pub const PORTS: &str = "PS_PORTS";
@@ -66,13 +73,14 @@ pub const KBAN_PROGRAM: u32 = 0;
 pub const KBAN_DAEMON: u32 = 1;
 
 /// Every map name, for pinning and clean-up.
-pub const ALL: [&str; 15] = [
+pub const ALL: [&str; 16] = [
     BANS,
     BAN_FILTER,
     BAN_CACHE,
     BAN_NETS,
     IGNORE,
     IGNORE_FILTER,
+    NET_FILTER,
     PORTS,
     ACK_PORTS,
     PROTOCOLS,
@@ -123,7 +131,7 @@ pub const fn ban_filter_bit(addr: &crate::packet::AddrWords) -> u32 {
     (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - BAN_FILTER_BITS)) as u32
 }
 
-/// log2 of the bits in `PS_IGN_FILTER` (2^20 bits, 128 KiB).
+/// log2 of the bits in `PS_IGN_FILTER` and `PS_NET_FILTER` (2^20 bits, 128 KiB each).
 pub const IGNORE_FILTER_BITS: u32 = 20;
 pub const IGNORE_FILTER_WORDS: u32 = 1 << (IGNORE_FILTER_BITS - 6);
 
@@ -131,10 +139,11 @@ pub const IGNORE_FILTER_WORDS: u32 = 1 << (IGNORE_FILTER_BITS - 6);
 /// holds it (bytes 8 to 11 of the address, in memory order).
 const V4_MAPPED_WORD_LOW: u64 = 0xffff_0000;
 
-/// The `PS_IGN_FILTER` bit of an address: a hash of its /24 (IPv4, held mapped) or /48
-/// (IPv6). Both sides compute it from the address as the packet holds it.
+/// The `PS_IGN_FILTER` and `PS_NET_FILTER` bit of an address: a hash of its /24 (IPv4,
+/// held mapped) or /48 (IPv6). Both sides compute it from the address as the packet
+/// holds it.
 #[inline(always)]
-pub const fn ignore_filter_bit(addr: &crate::packet::AddrWords) -> u32 {
+pub const fn net_filter_bit(addr: &crate::packet::AddrWords) -> u32 {
     let v4 = addr[0] == 0 && addr[1] & 0xffff_ffff == V4_MAPPED_WORD_LOW;
     let mut x = if v4 {
         // Bytes 12-14 (the /24) sit in bits 32-55 of the second word.
@@ -326,6 +335,9 @@ pub const SETTING_KBAN_UDP: u32 = 1 << 5;
 /// hide a probe are dropped (a tiny first fragment, an IPv6 extension-header chain longer
 /// than the program walks); without it they are passed (a tiny fragment counted first).
 pub const SETTING_DROP_EVASIVE: u32 = 1 << 6;
+/// `Settings::flags`: `PS_BAN_NETS` holds a range too wide for `PS_NET_FILTER` (shorter
+/// than /8 for IPv4, /32 for IPv6): every packet looks at the trie.
+pub const SETTING_PREFIX_BANS_WIDE: u32 = 1 << 7;
 
 /// `Settings::flags` bits 24 to 31: the prefix length an IPv6 source is counted and
 /// banned by (SOURCE_PREFIX_V6): its key in `PS_SOURCES` and `PS_BANS` is that network's

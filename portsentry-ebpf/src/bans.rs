@@ -1,15 +1,19 @@
 //! The ban check: does an active ban cover the source? Exact bans go through a bit
 //! filter (`PS_BAN_FILTER`), then the direct-mapped cache (`PS_BAN_CACHE`), then the hash
-//! (`PS_BANS`); prefix bans through the trie (`PS_BAN_NETS`) when it holds anything.
+//! (`PS_BANS`); prefix bans through the trie (`PS_BAN_NETS`) when it holds anything, behind
+//! the range filter (`PS_NET_FILTER`).
 
 use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key};
 use portsentry_common::{
     Counter,
-    maps::{BAN_CACHE_SLOTS, SETTING_PREFIX_BANS, Settings, ban_filter_bit},
+    maps::{
+        BAN_CACHE_SLOTS, SETTING_PREFIX_BANS, SETTING_PREFIX_BANS_WIDE, Settings, ban_filter_bit,
+        net_filter_bit,
+    },
     packet::AddrWords,
 };
 
-use crate::{PS_BAN_CACHE, PS_BAN_FILTER, PS_BAN_NETS, PS_BANS, count, key};
+use crate::{PS_BAN_CACHE, PS_BAN_FILTER, PS_BAN_NETS, PS_BANS, PS_NET_FILTER, count, key};
 
 /// True when an active ban covers the source: an exact ban of `src` (the source's key:
 /// under SOURCE_PREFIX_V6 an IPv6 source's network address), or a prefix ban covering
@@ -46,11 +50,26 @@ pub fn is_banned(src: &AddrWords, addr: &AddrWords, settings: &Settings) -> bool
         }
     }
     if settings.flags & SETTING_PREFIX_BANS != 0
+        && may_be_in_range(addr, settings)
         && let Some(ban) = PS_BAN_NETS.get(Key::new(128, *key(addr)))
     {
         return ban_active(ban.expires_ns);
     }
     false
+}
+
+/// False when no range ban covers `addr`'s /24 (IPv4) or /48 (IPv6): its
+/// `PS_NET_FILTER` bit is clear, and no range too wide for the filter is banned.
+#[inline(always)]
+fn may_be_in_range(addr: &AddrWords, settings: &Settings) -> bool {
+    if settings.flags & SETTING_PREFIX_BANS_WIDE != 0 {
+        return true;
+    }
+    let bit = net_filter_bit(addr);
+    match PS_NET_FILTER.get(bit >> 6) {
+        Some(word) => word & (1u64 << (bit & 63)) != 0,
+        None => true,
+    }
 }
 
 /// A ban that never expires (0) or expires later than now; an expired one is counted.

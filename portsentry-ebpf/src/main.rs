@@ -5,7 +5,7 @@
 //!    parsed is passed and counted); every header access goes through `frame.rs`;
 //! 2. ban check (`bans.rs`): the exact hash by the source's key (an IPv6 source's
 //!    network address under SOURCE_PREFIX_V6, else the address), then the prefix trie
-//!    when it holds anything; an active ban drops the packet (any protocol), an expired
+//!    when it holds anything and the range filter lets the address through; an active ban drops the packet (any protocol), an expired
 //!    one is ignored;
 //! 3. TCP/UDP header; non-first fragments, other protocols and TCP with RST are passed
 //!    with no further lookup (with VERIFY_SOURCES, an ACK may first answer a challenge:
@@ -51,7 +51,7 @@ use portsentry_common::{
         ACK_PORT_WORDS, BAN_CACHE_SLOTS, BAN_FILTER_WORDS, BAN_NETS_MAX, BANS_MAX, BanEntry,
         BanSlot, EVENTS_BYTES, EventBudget, IGNORE_FILTER_WORDS, IGNORE_MAX, IGNORE_SINGLE,
         KernelBan, PORT_WORDS, PROTOCOL_WORDS, SETTING_DROP_EVASIVE, SETTING_IGNORE,
-        SETTING_IGNORE_WIDE, SETTING_VERIFY, SOURCES_MAX, Settings, SourceStats, ignore_filter_bit,
+        SETTING_IGNORE_WIDE, SETTING_VERIFY, SOURCES_MAX, Settings, SourceStats, net_filter_bit,
         v6_source_prefix,
     },
     packet::{AddrWords, EthHdr, Ip, L4, Packet, parse_ip, parse_l4_into, prefix_words, scan_type},
@@ -79,6 +79,8 @@ static PS_BAN_NETS: LpmTrie<Addr, BanEntry> = LpmTrie::with_max_entries(BAN_NETS
 static PS_IGNORE: LpmTrie<Addr, u32> = LpmTrie::with_max_entries(IGNORE_MAX, 0);
 #[map]
 static PS_IGN_FILTER: Array<u64> = Array::with_max_entries(IGNORE_FILTER_WORDS, 0);
+#[map]
+static PS_NET_FILTER: Array<u64> = Array::with_max_entries(IGNORE_FILTER_WORDS, 0);
 #[map]
 static PS_PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 #[map]
@@ -304,7 +306,7 @@ fn is_spared(src: &AddrWords, settings: &Settings) -> bool {
         return false;
     }
     if settings.flags & SETTING_IGNORE_WIDE == 0 {
-        let bit = ignore_filter_bit(src);
+        let bit = net_filter_bit(src);
         let maybe = match PS_IGN_FILTER.get(bit >> 6) {
             Some(word) => word & (1u64 << (bit & 63)) != 0,
             None => true,

@@ -1,6 +1,6 @@
 //! Bans in the XDP program through BPF_PROG_TEST_RUN: exact and prefix bans drop every
 //! protocol, expiry is checked by the kernel, and the `PS_BAN_CACHE` in front of the hash
-//! never serves a stale answer.
+//! never serves a stale answer; the range filter in front of the trie follows the ranges.
 
 use std::net::IpAddr;
 
@@ -252,5 +252,81 @@ fn ban_cache_collisions() {
         &Frame::tcp(a, dst, 443, ACK).build(),
         XDP_DROP,
         Counter::DropBanned,
+    );
+}
+
+/// The range filter in front of the trie (`PS_NET_FILTER`) follows the ranges: a bit two
+/// ranges share stays set until both are gone, a range wider than the filter lists turns
+/// the filter off while it lasts, and pins of a release without the filter get it filled
+/// at load, before the program reads it.
+#[test]
+fn range_filter_follows_the_ranges() {
+    use portsentry_common::maps::SETTING_PREFIX_BANS_WIDE;
+    require_kernel!();
+    let mut fx = Fixture::new();
+    let (dst4, dst6) = (ip(V4_DST), ip(V6_DST));
+    let udp = |src: &str| {
+        let dst = if src.contains(':') { dst6 } else { dst4 };
+        Frame::udp(ip(src), dst, 2000).build()
+    };
+    // 198.51.100.0/24 lies inside 198.51.0.0/16: its filter bit has two users. The
+    // IPv6 /32 sets 65,536 bits (the batched path).
+    for n in [
+        "198.51.100.0/24",
+        "198.51.0.0/16",
+        "2001:db8:bad::/48",
+        "2001:db9::/32",
+    ] {
+        fx.dp.insert_ban(&net(n), &BanEntry::default()).unwrap();
+    }
+    for src in [
+        "198.51.100.9",
+        "198.51.7.1",
+        "2001:db8:bad:1::1",
+        "2001:db9:ffff::1",
+    ] {
+        fx.expect(&udp(src), XDP_DROP, Counter::DropBanned);
+    }
+    assert!(fx.dp.remove_ban(&net("198.51.0.0/16")).unwrap());
+    assert!(fx.dp.remove_ban(&net("2001:db9::/32")).unwrap());
+    fx.expect(&udp("198.51.100.9"), XDP_DROP, Counter::DropBanned);
+    fx.expect(&udp("2001:db8:bad:1::1"), XDP_DROP, Counter::DropBanned);
+    fx.expect(&udp("198.51.7.1"), XDP_PASS, Counter::PassUnwatched);
+    fx.expect(&udp("2001:db9:ffff::1"), XDP_PASS, Counter::PassUnwatched);
+    // Wider than /8: no filter bits, the flag instead, for as long as it lasts.
+    fx.dp
+        .insert_ban(&net("10.0.0.0/7"), &BanEntry::default())
+        .unwrap();
+    assert_ne!(fx.dp.settings().flags & SETTING_PREFIX_BANS_WIDE, 0);
+    fx.expect(&udp("11.1.2.3"), XDP_DROP, Counter::DropBanned);
+    assert!(fx.dp.remove_ban(&net("10.0.0.0/7")).unwrap());
+    assert_eq!(fx.dp.settings().flags & SETTING_PREFIX_BANS_WIDE, 0);
+    fx.expect(&udp("11.1.2.3"), XDP_PASS, Counter::PassUnwatched);
+    fx.expect(&udp("198.51.100.9"), XDP_DROP, Counter::DropBanned);
+
+    // Pins from a release without the filter: the trie holds a range, the filter pin is
+    // missing. The next load creates the filter and fills it from the trie.
+    let pins = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/ps-test-{}-netfilter",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&pins);
+    let sizes = portsentry_user::kernel::MapSizes::default();
+    {
+        let mut dp = portsentry_user::kernel::Dataplane::load(&sizes, Some(pins.clone())).unwrap();
+        dp.insert_ban(&net("203.0.113.0/24"), &BanEntry::default())
+            .unwrap();
+    }
+    std::fs::remove_file(pins.join(portsentry_common::maps::NET_FILTER)).unwrap();
+    let dp = portsentry_user::kernel::Dataplane::load(&sizes, Some(pins.clone())).unwrap();
+    let ns = portsentry_tests::netns::Netns::new("nf");
+    let frame = Frame::udp(ip("203.0.113.5"), dst4, 2000).build();
+    let r = ns.enter(|| portsentry_tests::testrun::run(dp.program_fd().unwrap(), &frame, 1));
+    drop(dp);
+    let _ = std::fs::remove_dir_all(&pins);
+    assert_eq!(
+        r.unwrap().retval,
+        XDP_DROP,
+        "the range ban survived the upgrade"
     );
 }

@@ -4,6 +4,8 @@
 //! The order of writes keeps the program's invariants at every instant: a ban is never
 //! in the hash without its filter bit, and the cache never holds a ban the hash lacks.
 
+use std::os::fd::BorrowedFd;
+
 use anyhow::{Context as _, Result};
 use aya::maps::lpm_trie::Key;
 use ipnet::IpNet;
@@ -76,6 +78,10 @@ impl Dataplane {
                 })
                 .collect();
             let values: Vec<BanEntry> = nets.iter().map(|(_, e)| *e).collect();
+            // The filter first: the program never skips the trie for a banned range.
+            // (A range already in the trie is counted again: that only keeps its bits
+            // set longer.)
+            self.net_filter_add(nets.iter().map(|(net, _)| net))?;
             sys::write_map(fd(&self.maps.ban_nets), &keys, &values)
                 .map_err(|e| stopped_at(e, &nets, maps::BAN_NETS))?;
             self.set_flag(SETTING_PREFIX_BANS, true)?;
@@ -85,27 +91,16 @@ impl Dataplane {
 
     /// Every word of `PS_BAN_FILTER`.
     fn read_filter_words(&self) -> Result<Vec<u64>> {
-        let mut words = vec![0u64; maps::BAN_FILTER_WORDS as usize];
-        for (i, w) in
-            sys::read_map::<u32, u64>(fd(&self.maps.ban_filter)).context("reading PS_BAN_FILTER")?
-        {
-            if let Some(slot) = words.get_mut(i as usize) {
-                *slot = w;
-            }
-        }
-        Ok(words)
+        read_words(
+            fd(&self.maps.ban_filter),
+            maps::BAN_FILTER_WORDS,
+            maps::BAN_FILTER,
+        )
     }
 
     /// Writes the `PS_BAN_FILTER` words that differ from what the map holds (`now`).
     fn write_filter_words(&mut self, now: &[u64], want: &[u64]) -> Result<()> {
-        let (idx, vals): (Vec<u32>, Vec<u64>) = now
-            .iter()
-            .zip(want)
-            .enumerate()
-            .filter(|(_, (a, b))| a != b)
-            .map(|(i, (_, b))| (i as u32, *b))
-            .unzip();
-        sys::write_map(fd(&self.maps.ban_filter), &idx, &vals).context("writing PS_BAN_FILTER")
+        write_changed_words(fd(&self.maps.ban_filter), now, want, maps::BAN_FILTER)
     }
 
     /// Puts each ban into its `PS_BAN_CACHE` slot unless another ban holds it (the first
@@ -231,10 +226,19 @@ impl Dataplane {
             // After the hash: the cache never holds a ban the hash lacks.
             self.cache_put(&key, entry.expires_ns)?;
         } else {
-            self.maps
-                .ban_nets
-                .insert(&Key::new(len, key), entry, 0)
-                .with_context(|| format!("writing the ban of {net} (is PS_BAN_NETS full?)"))?;
+            // The range filter first: the program never skips the trie for a banned range.
+            let k = Key::new(len, key);
+            let is_new = absent_is_none(self.maps.ban_nets.get(&k, 0))?.is_none();
+            if is_new {
+                self.net_filter_add(std::iter::once(net))?;
+            }
+            if let Err(e) = self.maps.ban_nets.insert(&k, entry, 0) {
+                if is_new {
+                    self.net_filter_remove(net)?;
+                }
+                return Err(e)
+                    .with_context(|| format!("writing the ban of {net} (is PS_BAN_NETS full?)"));
+            }
             self.set_flag(SETTING_PREFIX_BANS, true)?;
         }
         Ok(())
@@ -273,6 +277,10 @@ impl Dataplane {
             let removed = absent_is_false(t.remove(&Key::new(len, key)))?;
             let any_left = t.keys().next().is_some();
             self.set_flag(SETTING_PREFIX_BANS, any_left)?;
+            // After the trie: the program never skips the trie for a banned range.
+            if removed {
+                self.net_filter_remove(net)?;
+            }
             Ok(removed)
         }
     }
@@ -352,6 +360,35 @@ impl Dataplane {
         }
         Ok(())
     }
+}
+
+/// Every word of a bitmap map of `len` words (`name` for errors), read in batches.
+pub(super) fn read_words(map: BorrowedFd<'_>, len: u32, name: &str) -> Result<Vec<u64>> {
+    let mut words = vec![0u64; len as usize];
+    for (i, w) in sys::read_map::<u32, u64>(map).with_context(|| format!("reading {name}"))? {
+        if let Some(slot) = words.get_mut(i as usize) {
+            *slot = w;
+        }
+    }
+    Ok(words)
+}
+
+/// Writes the words of a bitmap map that differ between `now` (what it holds) and `want`,
+/// in batches.
+pub(super) fn write_changed_words(
+    map: BorrowedFd<'_>,
+    now: &[u64],
+    want: &[u64],
+    name: &str,
+) -> Result<()> {
+    let (idx, vals): (Vec<u32>, Vec<u64>) = now
+        .iter()
+        .zip(want)
+        .enumerate()
+        .filter(|(_, (a, b))| a != b)
+        .map(|(i, (_, b))| (i as u32, *b))
+        .unzip();
+    sys::write_map(map, &idx, &vals).with_context(|| format!("writing {name}"))
 }
 
 /// A bulk write of `bans` into `map` that stopped, as an error naming the ban it

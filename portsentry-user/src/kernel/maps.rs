@@ -20,7 +20,7 @@ use portsentry_common::{
     maps::{
         self, BanEntry, BanSlot, IGNORE_FILTER_WORDS, IGNORE_IGNORED, IGNORE_SINGLE, KBAN_DAEMON,
         KBAN_PROGRAM, KernelBan, SETTING_IGNORE, SETTING_IGNORE_WIDE, Settings, SourceStats,
-        ignore_filter_bit,
+        net_filter_bit,
     },
     packet::AddrWords,
 };
@@ -37,6 +37,8 @@ pub(super) struct Maps {
     pub ignore: LpmTrie<MapData, Addr, u32>,
     /// `None` for an object built before the filter existed (the bench loads one).
     pub ignore_filter: Option<Array<MapData, u64>>,
+    /// `None` for an object (or pins) from before the range filter.
+    pub net_filter: Option<Array<MapData, u64>>,
     pub ports: Array<MapData, u64>,
     /// `None` for an object (or pins) from before the ACK class.
     pub ack_ports: Option<Array<MapData, u64>>,
@@ -67,6 +69,10 @@ impl Maps {
             .map(Array::try_from)
             .transpose()?;
         let kban = named.remove(maps::KBAN).map(Array::try_from).transpose()?;
+        let net_filter = named
+            .remove(maps::NET_FILTER)
+            .map(Array::try_from)
+            .transpose()?;
         let ack_ports = named
             .remove(maps::ACK_PORTS)
             .map(Array::try_from)
@@ -88,6 +94,7 @@ impl Maps {
             ban_cache: Array::try_from(take(maps::BAN_CACHE)?)?,
             ignore: LpmTrie::try_from(take(maps::IGNORE)?)?,
             ignore_filter,
+            net_filter,
             ports: Array::try_from(take(maps::PORTS)?)?,
             ack_ports,
             protocols,
@@ -174,10 +181,13 @@ impl Dataplane {
         self.store_settings(s)
     }
 
-    /// `s` with the presence flags (`SETTING_PREFIX_BANS`, `SETTING_IGNORE`,
-    /// `SETTING_IGNORE_WIDE`) as they are now.
+    /// `s` with the presence flags (`SETTING_PREFIX_BANS`, `SETTING_PREFIX_BANS_WIDE`,
+    /// `SETTING_IGNORE`, `SETTING_IGNORE_WIDE`) as they are now.
     pub(super) fn keep_presence(&self, s: Settings) -> Settings {
-        let presence = maps::SETTING_PREFIX_BANS | SETTING_IGNORE | SETTING_IGNORE_WIDE;
+        let presence = maps::SETTING_PREFIX_BANS
+            | maps::SETTING_PREFIX_BANS_WIDE
+            | SETTING_IGNORE
+            | SETTING_IGNORE_WIDE;
         Settings {
             flags: (s.flags & !presence) | (self.settings.flags & presence),
             ..s
@@ -440,36 +450,49 @@ pub(super) fn absent_is_false(r: Result<(), MapError>) -> Result<bool> {
 }
 
 /// The `PS_IGN_FILTER` words of an ignore list (one bit per IPv4 /24 and IPv6 /48 its
-/// networks touch), and whether a network is too wide to list that way: shorter than
-/// /8 (IPv4) or /32 (IPv6), or covering the IPv4-mapped range (`::/0`).
+/// networks touch), and whether a network is too wide to list that way
+/// ([`net_filter_bits`]).
 pub(super) fn ignore_filter(nets: &[IpNet]) -> (Vec<u64>, bool) {
     let mut words = vec![0u64; IGNORE_FILTER_WORDS as usize];
     let mut wide = false;
-    let mut set = |ip: IpAddr| {
-        let w: AddrWords = bytemuck::cast(addr::to_key(ip));
-        let bit = ignore_filter_bit(&w);
-        words[(bit >> 6) as usize] |= 1 << (bit & 63);
-    };
-    let mapped = Ipv6Net::new(Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96).expect("valid");
     for net in nets {
-        match net.trunc() {
-            IpNet::V4(n) if n.prefix_len() >= 24 => set(IpAddr::V4(n.network())),
-            IpNet::V4(n) if n.prefix_len() >= 8 => {
-                for sub in n.subnets(24).expect("24 is at least the prefix") {
-                    set(IpAddr::V4(sub.network()));
+        match net_filter_bits(net) {
+            Some(bits) => {
+                for bit in bits {
+                    words[(bit >> 6) as usize] |= 1 << (bit & 63);
                 }
             }
-            IpNet::V6(n) if n.contains(&mapped) || mapped.contains(&n) => wide = true,
-            IpNet::V6(n) if n.prefix_len() >= 48 => set(IpAddr::V6(n.network())),
-            IpNet::V6(n) if n.prefix_len() >= 32 => {
-                for sub in n.subnets(48).expect("48 is at least the prefix") {
-                    set(IpAddr::V6(sub.network()));
-                }
-            }
-            _ => wide = true,
+            None => wide = true,
         }
     }
     (words, wide)
+}
+
+/// The filter bits ([`net_filter_bit`]) of every IPv4 /24 or IPv6 /48 that `net`
+/// touches; `None` for a network too wide to list that way: shorter than /8 (IPv4) or
+/// /32 (IPv6), or covering or inside the IPv4-mapped range (`::ffff:0:0/96`).
+pub(super) fn net_filter_bits(net: &IpNet) -> Option<Vec<u32>> {
+    let bit = |ip: IpAddr| {
+        let w: AddrWords = bytemuck::cast(addr::to_key(ip));
+        net_filter_bit(&w)
+    };
+    let mapped = Ipv6Net::new(Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96).expect("valid");
+    Some(match net.trunc() {
+        IpNet::V4(n) if n.prefix_len() >= 24 => vec![bit(IpAddr::V4(n.network()))],
+        IpNet::V4(n) if n.prefix_len() >= 8 => n
+            .subnets(24)
+            .expect("24 is at least the prefix")
+            .map(|sub| bit(IpAddr::V4(sub.network())))
+            .collect(),
+        IpNet::V6(n) if n.contains(&mapped) || mapped.contains(&n) => return None,
+        IpNet::V6(n) if n.prefix_len() >= 48 => vec![bit(IpAddr::V6(n.network()))],
+        IpNet::V6(n) if n.prefix_len() >= 32 => n
+            .subnets(48)
+            .expect("48 is at least the prefix")
+            .map(|sub| bit(IpAddr::V6(sub.network())))
+            .collect(),
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -478,7 +501,7 @@ mod tests {
 
     fn in_filter(words: &[u64], ip: &str) -> bool {
         let w: AddrWords = bytemuck::cast(addr::to_key(ip.parse().unwrap()));
-        let bit = ignore_filter_bit(&w);
+        let bit = net_filter_bit(&w);
         words[(bit >> 6) as usize] & (1 << (bit & 63)) != 0
     }
 

@@ -7,6 +7,7 @@ mod attach;
 mod bans;
 pub mod configure;
 mod maps;
+mod net_filter;
 pub mod object;
 mod resize;
 mod sys;
@@ -59,6 +60,8 @@ pub struct Dataplane {
     attachments: Vec<Attachment>,
     /// How many exact bans use each `PS_BAN_FILTER` bit (a bit is cleared at zero).
     filter_users: bans::FilterUsers,
+    /// How many range bans use each `PS_NET_FILTER` bit, and how many are too wide for it.
+    net_filter: net_filter::NetFilterUsers,
     /// The exact bans read at load, until [`Dataplane::take_bans_at_load`] takes them
     /// (dropped at the first change of a ban).
     bans_at_load: Option<Vec<(portsentry_common::Addr, portsentry_common::maps::BanEntry)>>,
@@ -81,7 +84,7 @@ enum Program {
 }
 
 /// Maps a pin directory of an earlier release lacks: the next `run` creates them.
-const ADDED_MAPS: [&str; 2] = [names::ACK_PORTS, names::PROTOCOLS];
+const ADDED_MAPS: [&str; 3] = [names::ACK_PORTS, names::PROTOCOLS, names::NET_FILTER];
 
 /// True when `pin_dir` holds portsentry's pinned maps (those of an earlier release
 /// too).
@@ -228,6 +231,7 @@ impl Dataplane {
             settings: Settings::default(),
             attachments: Vec::new(),
             filter_users: Default::default(),
+            net_filter: Default::default(),
             bans_at_load: None,
             resized: Vec::new(),
             ignore_words: None,
@@ -238,6 +242,7 @@ impl Dataplane {
             return Ok(dp);
         }
         let read = dp.rebuild_ban_filter()?;
+        dp.rebuild_net_filter()?;
         // Kept for the daemon's start (a process that only opened the pins has no use
         // for them).
         if !matches!(dp.ebpf, Program::None) {
