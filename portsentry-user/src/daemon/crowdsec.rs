@@ -1,8 +1,9 @@
 //! The daemon's side of the CrowdSec link ([`crate::crowdsec`]): the Local API's decisions
 //! go into the ban book as bans of origin `crowdsec` (through the ban guard: the ignore
 //! list, loopback and this host's addresses win, and so does BAN_MIN_PREFIX_*), and our own
-//! scan bans go out as alerts. KILL_* commands never run for a CrowdSec ban (it has no undo
-//! steps either: [`crate::bans::Ban::has_undo`]).
+//! scan bans go out as alerts. KILL_* commands run for a CrowdSec ban of one address only
+//! when CROWDSEC_KILL_COMMANDS is 1 (and then its UNKILL_* steps when it ends:
+//! [`crate::bans::Ban::has_undo`]); a range runs none.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -15,8 +16,9 @@ use portsentry_common::maps::BanOrigin;
 
 use super::{Shared, upkeep::spawn_undo};
 use crate::{
+    actions::{self, Target, execute::run_step},
     bans::{Ban, guard::Refusal},
-    config::crowdsec::Settings,
+    config::{BlockMode, crowdsec::Settings},
     crowdsec::{
         api::Lapi,
         decisions::{Answer, Filter, Outcome},
@@ -55,6 +57,12 @@ impl Fleet {
                 .map(|_| Arc::new(Outbox::default())),
             settings: settings.clone(),
         }
+    }
+
+    /// CROWDSEC_KILL_COMMANDS, as the daemon started with it (the CROWDSEC_* settings take
+    /// effect on restart only).
+    pub fn kill_commands(&self) -> bool {
+        self.settings.kill_commands
     }
 }
 
@@ -307,6 +315,7 @@ fn apply(
             libc::malloc_trim(0);
         }
     }
+    spawn_kills(shared, &added);
     for b in lifted {
         if added.len() <= LOG_EACH {
             log.notice(&format!(
@@ -316,6 +325,48 @@ fn apply(
             ));
         }
         spawn_undo(shared, b, BanEnd::Withdrawn);
+    }
+}
+
+/// Runs the kill commands of the bans decisions put in force, when CROWDSEC_KILL_COMMANDS
+/// is 1: for each address (not a range) the steps `BLOCK_TCP=1` would run but the XDP ban
+/// (in force already), in PortSentry's order, with `$PORT$` 0 and `$MODE$` `crowdsec`,
+/// once the ban is in the journal on disk; off the stream's task, within the response jobs'
+/// limit.
+fn spawn_kills(shared: &Arc<Shared>, added: &[Ban]) {
+    let Some(fleet) = &shared.crowdsec else {
+        return;
+    };
+    let kills = fleet.kill_commands();
+    for ban in added.iter().filter(|b| b.has_undo(kills)).copied() {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let Ok(_permit) = shared.jobs.clone().acquire_owned().await else {
+                return;
+            };
+            let ticket = shared.book().ticket();
+            if let Some((journal, seq)) = ticket
+                && let Err(e) = journal.wait_async(seq).await
+            {
+                shared.log.warn(&format!(
+                    "portsentry: the ban of {} may not survive a reboot: {e:#}",
+                    ban.net
+                ));
+            }
+            let eff = shared.eff();
+            let target = Target::of_ban(&ban);
+            for step in actions::plan(&eff.config, BlockMode::Block, &target) {
+                run_step(
+                    &shared.log,
+                    &shared.metrics,
+                    &eff.config,
+                    target.ip,
+                    &step,
+                    false,
+                )
+                .await;
+            }
+        });
     }
 }
 
