@@ -61,6 +61,23 @@ pub struct Ban {
 }
 
 impl Ban {
+    /// The ban a CrowdSec Local API decision on `net` makes, in force since `since` until
+    /// `expires`.
+    pub fn of_decision(net: IpNet, since: SystemTime, expires: SystemTime) -> Ban {
+        Ban {
+            net,
+            origin: BanOrigin::CrowdSec,
+            since,
+            expires: Some(expires),
+            port: 0,
+            proto: None,
+            scan_type: None,
+            mode: None,
+            count: 1,
+            escalated: None,
+        }
+    }
+
     /// The kernel's copy of this ban.
     pub fn kernel_entry(&self) -> BanEntry {
         BanEntry {

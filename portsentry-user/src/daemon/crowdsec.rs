@@ -6,7 +6,7 @@
 //! [`crate::bans::Ban::has_undo`]); a range runs none.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, Mutex},
     time::SystemTime,
 };
@@ -21,7 +21,7 @@ use crate::{
     config::{BlockMode, crowdsec::Settings},
     crowdsec::{
         api::Lapi,
-        decisions::{Answer, Filter, Outcome},
+        decisions::{Answer, Decision, Filter, Outcome},
         enforce::Bouncer,
         held::Held,
         link::{Enforced, Link},
@@ -161,22 +161,6 @@ pub(super) fn write_status(shared: &Shared) {
     }
 }
 
-/// A ban of the Local API's decision `net`, lasting `left` from `now`.
-fn decision_ban(net: IpNet, now: SystemTime, expires: SystemTime) -> Ban {
-    Ban {
-        net,
-        origin: BanOrigin::CrowdSec,
-        since: now,
-        expires: Some(expires),
-        port: 0,
-        proto: None,
-        scan_type: None,
-        mode: None,
-        count: 1,
-        escalated: None,
-    }
-}
-
 /// Enforces one answer of the stream (`full`: it lists everything in force, so the
 /// CrowdSec bans it does not name are lifted). `logged` holds the networks whose refusal
 /// was logged already (logged once each).
@@ -215,8 +199,18 @@ fn apply(
                 }
             }
         }
+        // One ban a network (the longest of its decisions in this answer), all put at
+        // once: the maps are written in batches.
+        let mut pending: Vec<(Ban, bool, Vec<&Decision>)> = Vec::new();
+        let mut at: HashMap<IpNet, usize> = HashMap::new();
         for d in &answer.new {
             let expires = now + d.left;
+            if let Some(&i) = at.get(&d.net) {
+                let (ban, _, ds) = &mut pending[i];
+                ban.expires = ban.expires.max(Some(expires));
+                ds.push(d);
+                continue;
+            }
             let current = book.store.get(&d.net);
             if current.is_some() && !ours(&current) {
                 // Ours (a scan, the operator's): it stays as it is; our own decisions
@@ -230,12 +224,21 @@ fn apply(
                 held.add(d.id, d.net);
                 continue;
             }
-            let ban = decision_ban(d.net, current.map_or(now, |b| b.since), expires);
-            match book.put(ban, false) {
+            at.insert(d.net, pending.len());
+            let ban = Ban::of_decision(d.net, current.map_or(now, |b| b.since), expires);
+            pending.push((ban, current.is_none(), vec![d]));
+        }
+        let bans: Vec<Ban> = pending.iter().map(|(b, _, _)| *b).collect();
+        let results = book.put_many(&bans);
+        drop(bans);
+        for ((ban, new, ds), result) in pending.into_iter().zip(results) {
+            match result {
                 Ok(()) => {
-                    held.add(d.id, d.net);
-                    *counts.entry(Outcome::Applied).or_default() += 1;
-                    if current.is_none() {
+                    for d in &ds {
+                        held.add(d.id, d.net);
+                    }
+                    *counts.entry(Outcome::Applied).or_default() += ds.len() as u64;
+                    if new {
                         shared.metrics.ban_added(BanOrigin::CrowdSec);
                         added.push(ban);
                     }
@@ -247,11 +250,11 @@ fn apply(
                     } else {
                         Outcome::Failed
                     };
-                    *counts.entry(outcome).or_default() += 1;
-                    if logged.insert(d.net) {
+                    *counts.entry(outcome).or_default() += ds.len() as u64;
+                    if logged.insert(ban.net) {
                         warnings.push(format!(
                             "not enforcing the decision on {} ({}, {}): {e:#}",
-                            d.net, d.origin, d.scenario
+                            ban.net, ds[0].origin, ds[0].scenario
                         ));
                     }
                 }
