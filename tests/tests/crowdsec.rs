@@ -25,9 +25,6 @@ use portsentry_tests::{
     require_kernel,
 };
 
-/// Polled every 500 ms rather than every second: the test waits less.
-const FAST: &str = "CROWDSEC_INTERVAL=\"500ms\"\n";
-
 #[test]
 fn a_fleet_shares_bans_through_crowdsec() {
     require_kernel!();
@@ -50,8 +47,8 @@ fn a_fleet_shares_bans_through_crowdsec() {
         .collect();
     let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
     let attacker_if = lan.join(&attacker, &addrs);
-    let a = Server::start(&lan, &lapi, "a", 11, FAST);
-    let b = Server::start(&lan, &lapi, "b", 12, FAST);
+    let a = Server::start(&lan, &lapi, "a", 11, "");
+    let b = Server::start(&lan, &lapi, "b", 12, "");
     // C runs its kill commands for the addresses decisions ban (CROWDSEC_KILL_COMMANDS),
     // B does not (the default).
     let marks = tempfile::tempdir().unwrap();
@@ -62,7 +59,7 @@ fn a_fleet_shares_bans_through_crowdsec() {
         "c",
         13,
         &format!(
-            "{FAST}CROWDSEC_KILL_COMMANDS=\"1\"\n\
+            "CROWDSEC_KILL_COMMANDS=\"1\"\n\
              UNKILL_RUN_CMD=\"echo unrun $TARGET$ $PORT$ $MODE$ >> {}\"\n",
             unkilled.display()
         ),

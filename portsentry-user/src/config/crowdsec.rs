@@ -416,7 +416,7 @@ mod tests {
                     CROWDSEC_BOUNCER_KEY=\"k\"\n");
         let s = settings(&c).unwrap().unwrap();
         assert_eq!(s.bouncer_key, Some(Secret::new("k")));
-        assert_eq!((s.machine, s.interval), (None, Duration::from_secs(1)));
+        assert_eq!((s.machine, s.interval), (None, Duration::from_millis(500)));
         assert!(!s.kill_commands, "CROWDSEC_KILL_COMMANDS defaults to 0");
         let c = ok("CROWDSEC_LAPI_URL=\"http://x:1\"\nCROWDSEC_REPORT=\"0\"\n\
                     CROWDSEC_BOUNCER_KEY=\"k\"\nCROWDSEC_KILL_COMMANDS=\"1\"\n");

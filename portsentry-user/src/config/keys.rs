@@ -258,7 +258,7 @@ pub static KEYS: &[Key] = &[
     key!(Extension, "CROWDSEC_KILL_COMMANDS", "0",
         "1 = also run KILL_* (and UNKILL_* when it ends) for the ban of each address a Local API decision bans",
         |c, k, v| c.crowdsec_kill_commands = flag(k, v)?),
-    key!(Extension, "CROWDSEC_INTERVAL", "1s",
+    key!(Extension, "CROWDSEC_INTERVAL", "500ms",
         "how often the Local API's decision stream is asked for what changed; not 0",
         |c, k, v| c.crowdsec_interval = nonzero_duration(k, v)?),
 ];
