@@ -178,9 +178,23 @@ fn list_files(lapi: &Lapi, n: u32) -> (Vec<std::path::PathBuf>, [u32; 4]) {
 fn import(lapi: &Lapi, files: &[std::path::PathBuf]) {
     for file in files {
         let args = ["decisions", "import", "-i", file.to_str().unwrap()];
-        // A locked database is retried (what was imported before the error stays).
-        let tried = (0..3).find_map(|_| lapi.try_cscli(&args).ok());
-        assert!(tried.is_some(), "cscli {args:?} failed three times");
+        // A locked database ("database is locked": crowdsec's SQLite, read by the
+        // bouncers twice a second each meanwhile; six tries a second apart were not
+        // enough twice) is retried two seconds later, 30 times at most (what was imported
+        // before the error stays).
+        let mut last = String::new();
+        let mut failures = 0;
+        let tried = (0..30).find_map(|i| {
+            if i > 0 {
+                failures += 1;
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            lapi.try_cscli(&args).map_err(|e| last = e).ok()
+        });
+        assert!(tried.is_some(), "cscli {args:?} failed 30 times: {last}");
+        if failures > 0 {
+            eprintln!("bench: cscli {args:?} failed {failures} times first (database is locked)");
+        }
     }
 }
 
