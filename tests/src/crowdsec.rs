@@ -21,11 +21,19 @@ use crate::{
 
 /// Where `cargo xtask test` unpacked Debian's crowdsec package.
 pub fn unpacked() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/unpacked/crowdsec");
+    unpacked_package("crowdsec", &["usr/bin/crowdsec", "usr/bin/cscli"])
+}
+
+/// Where `cargo xtask test` (or `bench`) unpacked Debian's `package`, checked to hold
+/// `binaries`.
+pub fn unpacked_package(package: &str, binaries: &[&str]) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/unpacked")
+        .join(package);
     assert!(
-        dir.join("usr/bin/crowdsec").is_file() && dir.join("usr/bin/cscli").is_file(),
-        "{} holds no crowdsec: run the tests with `cargo xtask test` (it unpacks Debian's \
-         crowdsec package there)",
+        binaries.iter().all(|b| dir.join(b).is_file()),
+        "{} holds no {package}: run with `cargo xtask test` or `cargo xtask bench` (they \
+         unpack Debian's {package} package there)",
         dir.display()
     );
     dir
@@ -244,6 +252,13 @@ impl Server {
     /// registers its bouncer and machine at the Local API and starts its daemon with
     /// `extra` configuration lines.
     pub fn start(lan: &Lan, lapi: &Lapi, name: &str, n: u8, extra: &str) -> Server {
+        let mut s = Server::prepare(lan, lapi, name, n, extra);
+        s.start_daemon();
+        s
+    }
+
+    /// [`Server::start`] without starting the daemon ([`Server::start_daemon`] does).
+    pub fn prepare(lan: &Lan, lapi: &Lapi, name: &str, n: u8, extra: &str) -> Server {
         let ns = Netns::new(name);
         let (v4, v6) = (ip(&format!("192.0.2.{n}")), ip(&format!("2001:db8::{n:x}")));
         let iface = lan.join(&ns, &[&format!("{v4}/24"), &format!("{v6}/64")]);
@@ -273,19 +288,24 @@ impl Server {
                 credentials.display()
             ),
         );
-        let daemon = Daemon::start(&ns, &["run", "-c", wd.conf().to_str().unwrap()]);
-        daemon.wait_for(
-            "crowdsec: enforcing the decisions of",
-            Duration::from_secs(15),
-        );
         Server {
             ns,
             v4,
             v6,
             wd,
-            daemon: Some(daemon),
+            daemon: None,
             _service: service,
         }
+    }
+
+    /// Starts the daemon; returns once its first answer from the Local API is enforced.
+    pub fn start_daemon(&mut self) {
+        let daemon = Daemon::start(&self.ns, &["run", "-c", self.wd.conf().to_str().unwrap()]);
+        daemon.wait_for(
+            "crowdsec: enforcing the decisions of",
+            Duration::from_secs(60),
+        );
+        self.daemon = Some(daemon);
     }
 
     pub fn log(&self) -> String {

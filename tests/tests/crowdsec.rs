@@ -11,6 +11,8 @@
 //! - `cscli decisions add --ip` / `--range`, IPv4 and IPv6: enforced on B (status and
 //!   traffic); a range covering B's own address is refused there and counted;
 //!   `cscli decisions delete` lifts.
+//! - CROWDSEC_KILL_COMMANDS on C only: C runs KILL_* for each address a decision bans (not
+//!   for ranges) and UNKILL_* when it is lifted; B (the default) runs none.
 //! - The Local API killed: enforcement continues, status says it is down; restarted: the
 //!   stream resumes (a decision added after the restart is enforced).
 
@@ -22,9 +24,6 @@ use portsentry_tests::{
     netns::{Lan, Netns},
     require_kernel,
 };
-
-/// Polled every 500 ms rather than every second: the test waits less.
-const FAST: &str = "CROWDSEC_INTERVAL=\"500ms\"\n";
 
 #[test]
 fn a_fleet_shares_bans_through_crowdsec() {
@@ -48,9 +47,23 @@ fn a_fleet_shares_bans_through_crowdsec() {
         .collect();
     let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
     let attacker_if = lan.join(&attacker, &addrs);
-    let a = Server::start(&lan, &lapi, "a", 11, FAST);
-    let b = Server::start(&lan, &lapi, "b", 12, FAST);
-    let c = Server::start(&lan, &lapi, "c", 13, FAST);
+    let a = Server::start(&lan, &lapi, "a", 11, "");
+    let b = Server::start(&lan, &lapi, "b", 12, "");
+    // C runs its kill commands for the addresses decisions ban (CROWDSEC_KILL_COMMANDS),
+    // B does not (the default).
+    let marks = tempfile::tempdir().unwrap();
+    let unkilled = marks.path().join("unkill-c");
+    let c = Server::start(
+        &lan,
+        &lapi,
+        "c",
+        13,
+        &format!(
+            "CROWDSEC_KILL_COMMANDS=\"1\"\n\
+             UNKILL_RUN_CMD=\"echo unrun $TARGET$ $PORT$ $MODE$ >> {}\"\n",
+            unkilled.display()
+        ),
+    );
     // Every neighbour entry resolved now, so that no first packet waits on neighbour
     // discovery (a connection attempt below gives up after 800 ms).
     for s in [&b, &c] {
@@ -239,10 +252,39 @@ fn a_fleet_shares_bans_through_crowdsec() {
         a.link()["reports"]["decisions_deleted"].as_u64() >= Some(1)
     });
     assert!(counted, "{}", a.link());
-    // No KILL_* command ran for a CrowdSec ban (only A ran them, for its scan ban).
+    // Without CROWDSEC_KILL_COMMANDS no KILL_* command ran for a CrowdSec ban (A ran
+    // them for its scan ban).
     assert_eq!(b.wd.read("order"), "", "B ran kill commands");
-    assert_eq!(c.wd.read("order"), "", "C ran kill commands");
     assert!(a.wd.read("order").contains("route 192.0.2.2 "));
+    // With it, C ran them for every address a decision banned (the scan's, cscli's, IPv4
+    // and IPv6), none for a range, and the undo of those lifted.
+    let order_c = c.wd.read("order");
+    for addr in ["192.0.2.2", "192.0.2.3", "2001:db8::3", "192.0.2.4"] {
+        for kind in ["route", "run"] {
+            let line = format!("{kind} {addr} 0 crowdsec\n");
+            assert!(
+                order_c.contains(&line),
+                "C did not run {line:?}:\n{order_c}"
+            );
+        }
+    }
+    assert!(
+        !order_c.contains("192.0.2.128") && !order_c.contains("2001:db8::100"),
+        "a range ran kill commands:\n{order_c}"
+    );
+    assert!(
+        c.wd.read("hosts.deny").contains("ALL: 192.0.2.4 : DENY"),
+        "C's KILL_HOSTS_DENY"
+    );
+    let undone = wait_until(Duration::from_secs(5), || {
+        let u = std::fs::read_to_string(&unkilled).unwrap_or_default();
+        u.contains("unrun 192.0.2.3 0 crowdsec\n") && u.contains("unrun 192.0.2.2 0 crowdsec\n")
+    });
+    assert!(
+        undone,
+        "C's UNKILL_RUN_CMD: {:?}",
+        std::fs::read_to_string(&unkilled)
+    );
 
     // Text status shows the link.
     let (ok, text, err) = b.wd.cli(&["status"]);

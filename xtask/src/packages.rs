@@ -52,4 +52,11 @@ pub const BENCH_PACKAGES: &[(&str, &str)] = &[
 pub const UNPACKED_PACKAGES: &[(&str, &[&str])] = &[
     // tests/tests/crowdsec.rs: a CrowdSec Local API (`crowdsec -no-cs`) and `cscli`.
     ("crowdsec", &["usr/bin/crowdsec", "usr/bin/cscli"]),
+    // The bench: CrowdSec's own firewall bouncer (nftables mode) on the same list, side by
+    // side with ours; run in a namespace of the bench's (its postinst would register it
+    // with a system-wide crowdsec and start a service).
+    (
+        "crowdsec-firewall-bouncer",
+        &["usr/bin/crowdsec-firewall-bouncer"],
+    ),
 ];

@@ -79,18 +79,14 @@ pub async fn run_step(
 }
 
 /// Runs the undo steps of a lifted ban (UNKILL_ROUTE, the hosts.deny line,
-/// UNKILL_RUN_CMD); nothing for a ban that ran no kill command ([`Ban::has_undo`]).
-pub async fn undo(log: &Logger, metrics: &Metrics, c: &Config, ban: &Ban) {
-    let Some(mode) = ban.mode.filter(|_| ban.has_undo()) else {
+/// UNKILL_RUN_CMD); nothing for a ban that ran no kill command ([`Ban::has_undo`];
+/// `crowdsec_kills`: CROWDSEC_KILL_COMMANDS as the daemon runs with it).
+pub async fn undo(log: &Logger, metrics: &Metrics, c: &Config, ban: &Ban, crowdsec_kills: bool) {
+    if !ban.has_undo(crowdsec_kills) {
         return;
-    };
+    }
     let ip = ban.net.addr();
-    let target = Target {
-        ip,
-        port: ban.port,
-        mode,
-    };
-    for step in undo_plan(c, &target) {
+    for step in undo_plan(c, &Target::of_ban(ban)) {
         run_step(log, metrics, c, ip, &step, true).await;
     }
 }

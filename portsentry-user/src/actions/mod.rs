@@ -18,6 +18,7 @@ use std::net::IpAddr;
 
 pub use crate::kinds::{ActionKind, ActionResult};
 use crate::{
+    bans::Ban,
     config::{BlockMode, Config},
     kinds::ModeToken,
 };
@@ -45,8 +46,29 @@ pub struct Target {
     pub ip: IpAddr,
     /// `$PORT$`, in decimal.
     pub port: u16,
-    /// `$MODE$`: `atcp`, `audp`, `stcp` or `sudp`.
-    pub mode: ModeToken,
+    /// `$MODE$`: `atcp`, `audp`, `stcp` or `sudp` ([`ModeToken::as_str`]); `crowdsec` for
+    /// the ban a Local API decision made.
+    pub mode: &'static str,
+}
+
+impl Target {
+    /// The target of a scan of `ip` on `port` seen in `mode`.
+    pub fn scan(ip: IpAddr, port: u16, mode: ModeToken) -> Target {
+        Target {
+            ip,
+            port,
+            mode: mode.as_str(),
+        }
+    }
+
+    /// The target of the kill commands of `ban` (its address, port and mode word).
+    pub fn of_ban(ban: &Ban) -> Target {
+        Target {
+            ip: ban.net.addr(),
+            port: ban.port,
+            mode: ban.mode_token_word(),
+        }
+    }
 }
 
 /// Replaces every `$TARGET$`, `$PORT$` and `$MODE$` in `template` (all occurrences, nothing
@@ -60,7 +82,7 @@ pub fn substitute(template: &str, t: &Target) -> String {
     template
         .replace("$TARGET$", &t.ip.to_string())
         .replace("$PORT$", &t.port.to_string())
-        .replace("$MODE$", t.mode.as_str())
+        .replace("$MODE$", t.mode)
 }
 
 /// The ordered steps for one host, in PortSentry 1.2's order (README.md, "What happens

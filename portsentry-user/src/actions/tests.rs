@@ -16,7 +16,7 @@ fn target() -> Target {
     Target {
         ip: V4,
         port: 1,
-        mode: ModeToken::Atcp,
+        mode: ModeToken::Atcp.as_str(),
     }
 }
 
@@ -62,7 +62,7 @@ fn substitute_tokens() {
     let t6 = Target {
         ip: "2001:db8:0:0:0:0:0:7".parse().unwrap(),
         port: 65535,
-        mode: ModeToken::Sudp,
+        mode: ModeToken::Sudp.as_str(),
     };
     assert_eq!(
         substitute(
@@ -74,7 +74,7 @@ fn substitute_tokens() {
     let t0 = Target {
         ip: "::".parse().unwrap(),
         port: 0,
-        mode: Mode::Stealth.token(Protocol::Tcp).unwrap(),
+        mode: Mode::Stealth.token(Protocol::Tcp).unwrap().as_str(),
     };
     assert_eq!(substitute("$TARGET$ $PORT$ $MODE$", &t0), ":: 0 stcp");
 }
@@ -208,14 +208,14 @@ fn plan_from_a_parsed_config() {
     let udp = Target {
         ip: "2001:db8::7".parse().unwrap(),
         port: 53,
-        mode: cfg.udp_mode.token(Protocol::Udp).unwrap(),
+        mode: cfg.udp_mode.token(Protocol::Udp).unwrap().as_str(),
     };
     assert_eq!(
         plan(&cfg, cfg.block_udp, &udp),
         [Step::RunCmd("/bin/echo audp 2001:db8::7:53".into())]
     );
     let tcp = Target {
-        mode: cfg.tcp_mode.token(Protocol::Tcp).unwrap(),
+        mode: cfg.tcp_mode.token(Protocol::Tcp).unwrap().as_str(),
         ..target()
     };
     assert_eq!(

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use ipnet::IpNet;
-use portsentry_common::maps::BanOrigin;
+use portsentry_common::maps::{BanEntry, BanOrigin};
 
 use super::{
     Ban, BanStore, Cause, ban_duration,
@@ -156,6 +156,46 @@ impl Book {
         self.store.insert(ban);
         self.recorded(&ban);
         Ok(())
+    }
+
+    /// [`Book::put`] of many bans (of distinct networks) at once, each map written in
+    /// batches (a Local API's list of 100,000 decisions: one write per ban was 1.9 s of
+    /// the 2.3 s its first answer took to enforce). The result of each ban, in order: the
+    /// guard's refusals, and when a batch fails (a map full), every ban put one by one to
+    /// say which.
+    pub fn put_many(&mut self, bans: &[Ban]) -> Vec<Result<()>> {
+        let mut results: Vec<Result<()>> = bans
+            .iter()
+            .map(|b| self.guard.check(&b.net, false).map_err(Into::into))
+            .collect();
+        let accepted: Vec<usize> = (0..bans.len()).filter(|i| results[*i].is_ok()).collect();
+        if let Some(dp) = &mut self.dp {
+            let entries: Vec<(IpNet, BanEntry)> = accepted
+                .iter()
+                .map(|i| (bans[*i].net, bans[*i].kernel_entry()))
+                .collect();
+            if dp.insert_bans(&entries).is_err() {
+                for i in accepted {
+                    results[i] = self.put(bans[i], false);
+                }
+                return results;
+            }
+            for i in &accepted {
+                let net = bans[*i].net;
+                if net.prefix_len() == net.max_prefix_len()
+                    && let Err(e) = dp.forget_source(net.addr())
+                {
+                    results[*i] = Err(e);
+                }
+            }
+        }
+        for i in accepted {
+            if results[i].is_ok() {
+                self.store.insert(bans[i]);
+                self.recorded(&bans[i]);
+            }
+        }
+        results
     }
 
     /// Takes over a ban the program made itself at the trigger (it is in the kernel
@@ -393,6 +433,37 @@ mod tests {
             .lines()
             .map(str::to_owned)
             .collect()
+    }
+
+    /// `put_many`: the guard's refusals come back in place, the others are recorded.
+    #[test]
+    fn put_many_refuses_in_place_and_records_the_rest() {
+        let config = Config {
+            ban_min_prefix_v4: 16,
+            ..Config::default()
+        };
+        let mut book = Book::new(
+            None,
+            BanStore::default(),
+            None,
+            &config,
+            Guard::limits(&config),
+        );
+        let now = SystemTime::now();
+        let ban =
+            |net: &str| Ban::of_decision(net.parse().unwrap(), now, now + Duration::from_secs(60));
+        let bans = [ban("192.0.2.9/32"), ban("10.0.0.0/8"), ban("2001:db8::/64")];
+        let results = book.put_many(&bans);
+        assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+        assert!(
+            results[1]
+                .as_ref()
+                .is_err_and(|e| e.downcast_ref::<Refusal>().is_some()),
+            "wider than BAN_MIN_PREFIX_V4"
+        );
+        assert_eq!(book.store.len(), 2);
+        assert!(book.store.get(&bans[2].net).is_some());
+        assert_eq!(book.store.get(&bans[1].net), None);
     }
 
     /// New bans are appended to their blocked file and journaled; a lift rewrites the

@@ -356,14 +356,17 @@ mod tests {
         assert_eq!(ban.expires, Some(now + Duration::from_secs(3600)));
         assert_eq!((ban.port, ban.mode), (23, Some(ModeToken::Atcp)));
         assert_eq!(ban.default_name(), "198.51.100.0/24");
-        assert!(!ban.has_undo(), "no kill command ran for the network");
+        assert!(!ban.has_undo(true), "no kill command ran for the network");
         let mut lifted: Vec<String> = replaced.iter().map(|b| b.net.to_string()).collect();
         lifted.sort();
         assert_eq!(
             lifted,
             ["198.51.100.10/32", "198.51.100.11/32", "198.51.100.12/32"]
         );
-        assert!(replaced.iter().all(Ban::has_undo), "their undo steps run");
+        assert!(
+            replaced.iter().all(|b| b.has_undo(false)),
+            "their undo steps run"
+        );
         assert!(kept.is_empty() && failed.is_empty());
         assert_eq!(
             nets(&b),

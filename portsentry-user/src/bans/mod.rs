@@ -61,6 +61,23 @@ pub struct Ban {
 }
 
 impl Ban {
+    /// The ban a CrowdSec Local API decision on `net` makes, in force since `since` until
+    /// `expires`.
+    pub fn of_decision(net: IpNet, since: SystemTime, expires: SystemTime) -> Ban {
+        Ban {
+            net,
+            origin: BanOrigin::CrowdSec,
+            since,
+            expires: Some(expires),
+            port: 0,
+            proto: None,
+            scan_type: None,
+            mode: None,
+            count: 1,
+            escalated: None,
+        }
+    }
+
     /// The kernel's copy of this ban.
     pub fn kernel_entry(&self) -> BanEntry {
         BanEntry {
@@ -77,12 +94,26 @@ impl Ban {
         self.expires.is_some_and(|e| e <= now)
     }
 
-    /// Whether ending this ban runs undo steps (UNKILL_*): only a scan ban of one host
-    /// ran kill commands (an escalation runs none).
-    pub fn has_undo(&self) -> bool {
-        self.origin == BanOrigin::Scan
-            && self.escalated.is_none()
-            && self.net.prefix_len() == self.net.max_prefix_len()
+    /// Whether this ban runs the kill commands (KILL_*), and their undo steps (UNKILL_*)
+    /// when it ends: a scan ban of one host (an escalation runs none), and, when
+    /// CROWDSEC_KILL_COMMANDS is 1 (`crowdsec_kills`), the ban of one address a Local API
+    /// decision made (a range runs none, as an escalation).
+    pub fn has_undo(&self, crowdsec_kills: bool) -> bool {
+        let host = self.net.prefix_len() == self.net.max_prefix_len();
+        host && match self.origin {
+            BanOrigin::Scan => self.escalated.is_none(),
+            BanOrigin::CrowdSec => crowdsec_kills,
+            BanOrigin::Manual | BanOrigin::Kernel => false,
+        }
+    }
+
+    /// What `$MODE$` becomes in its kill commands: the scan's token, or `crowdsec` for a
+    /// ban a decision made (`$PORT$` is then 0).
+    pub fn mode_token_word(&self) -> &'static str {
+        match self.mode {
+            Some(m) => m.as_str(),
+            None => kinds::origin_name(self.origin),
+        }
     }
 
     /// What made it, as `status` and the state file say: `scan`, `manual` or

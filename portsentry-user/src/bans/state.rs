@@ -305,7 +305,7 @@ mod tests {
             (escalation.escalated, escalation.origin_word()),
             (Some(5), "escalation")
         );
-        assert!(!escalation.has_undo());
+        assert!(!escalation.has_undo(true));
         assert_eq!(to_json(&back), text);
     }
 

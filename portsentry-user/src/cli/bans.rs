@@ -121,7 +121,7 @@ fn direct_book(c: &Config) -> Result<(Book, fs::File)> {
 
 /// Runs the UNKILL_* steps of lifted scan bans (no daemon to do it).
 fn run_undo(c: &Config, lifted: &[Ban]) -> Result<()> {
-    if !lifted.iter().any(Ban::has_undo) {
+    if !lifted.iter().any(|b| b.has_undo(c.crowdsec_kill_commands)) {
         return Ok(());
     }
     let log = Logger::new(c.syslog, true);
@@ -131,7 +131,7 @@ fn run_undo(c: &Config, lifted: &[Ban]) -> Result<()> {
         .build()?;
     rt.block_on(async {
         for b in lifted {
-            execute::undo(&log, &metrics, c, b).await;
+            execute::undo(&log, &metrics, c, b, c.crowdsec_kill_commands).await;
         }
     });
     Ok(())

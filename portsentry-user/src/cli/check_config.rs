@@ -38,7 +38,7 @@ fn crowdsec(eff: &Effective, s: &mut String) {
         Some(_) => writeln!(
             s,
             "  enforce:     its Ip and Range ban decisions (IPv4, IPv6), polled every {}; key \
-             from {}; origins: {}; scenarios excluded: {}",
+             from {}; origins: {}; scenarios excluded: {}; kill commands: {}",
             humantime::format_duration(cs.interval),
             secret_from(
                 &c.crowdsec_bouncer_key_file,
@@ -57,6 +57,11 @@ fn crowdsec(eff: &Effective, s: &mut String) {
                 "none".to_owned()
             } else {
                 cs.scenarios_exclude.join(",")
+            },
+            if cs.kill_commands {
+                "run for each address banned (CROWDSEC_KILL_COMMANDS=1)"
+            } else {
+                "not run (CROWDSEC_KILL_COMMANDS=0)"
             }
         ),
         None => writeln!(s, "  enforce:     off (CROWDSEC_ENFORCE=0)"),
@@ -230,11 +235,7 @@ fn render(eff: &Effective) -> String {
             let _ = writeln!(s, "  none: {proto} is not watched");
             continue;
         };
-        let target = Target {
-            ip: "192.0.2.1".parse().expect("valid"),
-            port: 1,
-            mode,
-        };
+        let target = Target::scan("192.0.2.1".parse().expect("valid"), 1, mode);
         let steps = actions::plan(c, block, &target);
         let _ = writeln!(
             s,

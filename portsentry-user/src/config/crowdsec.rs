@@ -123,7 +123,7 @@ pub(super) fn words(key: &str, value: &str) -> Result<Vec<String>, String> {
 
 /// The CROWDSEC_* keys other than the URL that `c` sets to something (without the URL
 /// they would do nothing).
-fn dependent(c: &Config) -> [(&'static str, bool); 7] {
+fn dependent(c: &Config) -> [(&'static str, bool); 8] {
     [
         ("CROWDSEC_BOUNCER_KEY", c.crowdsec_bouncer_key.is_some()),
         (
@@ -144,6 +144,7 @@ fn dependent(c: &Config) -> [(&'static str, bool); 7] {
             "CROWDSEC_SCENARIOS_EXCLUDE",
             !c.crowdsec_scenarios_exclude.is_empty(),
         ),
+        ("CROWDSEC_KILL_COMMANDS", c.crowdsec_kill_commands),
     ]
 }
 
@@ -166,6 +167,14 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
             c.set_last(&["CROWDSEC_ENFORCE", "CROWDSEC_REPORT"]),
             "CROWDSEC_ENFORCE and CROWDSEC_REPORT are both 0, so CROWDSEC_LAPI_URL is used by \
              nothing; turn one on, or set CROWDSEC_LAPI_URL to \"\"",
+        ));
+    }
+    if c.crowdsec_kill_commands && !c.crowdsec_enforce {
+        return Err(c.error_at(
+            c.set_last(&["CROWDSEC_KILL_COMMANDS", "CROWDSEC_ENFORCE"]),
+            "CROWDSEC_KILL_COMMANDS is 1 but CROWDSEC_ENFORCE is 0, so no decision is \
+             enforced and no command would run; set CROWDSEC_ENFORCE to 1, or \
+             CROWDSEC_KILL_COMMANDS to 0",
         ));
     }
     if c.crowdsec_enforce
@@ -241,6 +250,9 @@ pub struct Settings {
     pub origins: Vec<String>,
     pub scenarios_exclude: Vec<String>,
     pub interval: Duration,
+    /// CROWDSEC_KILL_COMMANDS: the kill commands run for the bans of addresses that
+    /// decisions make (and their undo when they end).
+    pub kill_commands: bool,
 }
 
 /// The settings of a validated `config`, reading the key and credentials files: `None`
@@ -296,6 +308,7 @@ pub fn settings(c: &Config) -> Result<Option<Settings>, ConfigError> {
         origins: c.crowdsec_origins.clone(),
         scenarios_exclude: c.crowdsec_scenarios_exclude.clone(),
         interval: c.crowdsec_interval,
+        kill_commands: c.crowdsec_kill_commands,
     }))
 }
 
@@ -382,11 +395,32 @@ mod tests {
             "both 0",
         );
         bad("CROWDSEC_LAPI_URL=\"x\"\n", 1, "http://");
+        bad(
+            "SYSLOG=\"0\"\nCROWDSEC_KILL_COMMANDS=\"1\"\n",
+            2,
+            "CROWDSEC_LAPI_URL is not",
+        );
+        bad(
+            "CROWDSEC_LAPI_URL=\"http://x\"\nCROWDSEC_KILL_COMMANDS=\"1\"\n\
+             CROWDSEC_ENFORCE=\"0\"\nCROWDSEC_MACHINE_ID=\"a\"\n\
+             CROWDSEC_MACHINE_PASSWORD=\"p\"\n",
+            3,
+            "CROWDSEC_KILL_COMMANDS is 1 but CROWDSEC_ENFORCE is 0",
+        );
+        bad(
+            "CROWDSEC_KILL_COMMANDS=\"yes\"\n",
+            1,
+            "CROWDSEC_KILL_COMMANDS",
+        );
         let c = ok("CROWDSEC_LAPI_URL=\"http://x:1\"\nCROWDSEC_REPORT=\"0\"\n\
                     CROWDSEC_BOUNCER_KEY=\"k\"\n");
         let s = settings(&c).unwrap().unwrap();
         assert_eq!(s.bouncer_key, Some(Secret::new("k")));
-        assert_eq!((s.machine, s.interval), (None, Duration::from_secs(1)));
+        assert_eq!((s.machine, s.interval), (None, Duration::from_millis(500)));
+        assert!(!s.kill_commands, "CROWDSEC_KILL_COMMANDS defaults to 0");
+        let c = ok("CROWDSEC_LAPI_URL=\"http://x:1\"\nCROWDSEC_REPORT=\"0\"\n\
+                    CROWDSEC_BOUNCER_KEY=\"k\"\nCROWDSEC_KILL_COMMANDS=\"1\"\n");
+        assert!(settings(&c).unwrap().unwrap().kill_commands);
         assert_eq!(settings(&Config::default()).unwrap(), None);
     }
 

@@ -255,7 +255,10 @@ pub static KEYS: &[Key] = &[
     key!(Extension, "CROWDSEC_SCENARIOS_EXCLUDE", "",
         "decisions whose scenario contains one of these comma-separated words are not enforced",
         |c, k, v| c.crowdsec_scenarios_exclude = words(k, v)?),
-    key!(Extension, "CROWDSEC_INTERVAL", "1s",
+    key!(Extension, "CROWDSEC_KILL_COMMANDS", "0",
+        "1 = also run KILL_* (and UNKILL_* when it ends) for the ban of each address a Local API decision bans",
+        |c, k, v| c.crowdsec_kill_commands = flag(k, v)?),
+    key!(Extension, "CROWDSEC_INTERVAL", "500ms",
         "how often the Local API's decision stream is asked for what changed; not 0",
         |c, k, v| c.crowdsec_interval = nonzero_duration(k, v)?),
 ];
@@ -347,7 +350,7 @@ mod tests {
                 k.name
             );
         }
-        assert_eq!(seen.len(), 62);
+        assert_eq!(seen.len(), 63);
         // PortSentry 1.2's keys come first (the order of the known keys in an error).
         let first_extension = KEYS
             .iter()

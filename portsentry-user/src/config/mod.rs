@@ -236,6 +236,9 @@ config_struct! {
         /// `CROWDSEC_SCENARIOS_EXCLUDE`: decisions whose scenario contains one of these
         /// words are not enforced.
         pub crowdsec_scenarios_exclude: Vec<String>,
+        /// `CROWDSEC_KILL_COMMANDS`: run the kill commands (and their undo) for the bans of
+        /// addresses that Local API decisions make, as for our own scan bans.
+        pub crowdsec_kill_commands: bool,
         /// `CROWDSEC_INTERVAL`: how often the decision stream is polled.
         pub crowdsec_interval: Duration,
     }

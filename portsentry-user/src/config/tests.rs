@@ -158,7 +158,8 @@ CROWDSEC_MACHINE_PASSWORD="pw"
 CROWDSEC_CREDENTIALS_FILE="/etc/portsentry/crowdsec.yaml"
 CROWDSEC_ORIGINS="cscli,portsentry"
 CROWDSEC_SCENARIOS_EXCLUDE="http"
-CROWDSEC_INTERVAL="500ms"
+CROWDSEC_INTERVAL="2s"
+CROWDSEC_KILL_COMMANDS="1"
 "#;
     let c = ok(text);
     assert_eq!(c.lines.len(), KEYS.len(), "the test sets every key");
@@ -254,7 +255,8 @@ CROWDSEC_INTERVAL="500ms"
     );
     assert_eq!(c.crowdsec_origins, ["cscli", "portsentry"]);
     assert_eq!(c.crowdsec_scenarios_exclude, ["http"]);
-    assert_eq!(c.crowdsec_interval, Duration::from_millis(500));
+    assert_eq!(c.crowdsec_interval, Duration::from_secs(2));
+    assert!(c.crowdsec_kill_commands);
     assert_eq!(
         super::crowdsec::warnings(&c).len(),
         2,

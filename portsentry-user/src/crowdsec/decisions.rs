@@ -8,7 +8,7 @@
 //! IPv6 (an `Ip` whose value is a network counts as a range); `duration` is a Go duration
 //! (`59m58.8s`).
 
-use std::{net::IpAddr, time::Duration};
+use std::{borrow::Cow, net::IpAddr, time::Duration};
 
 use ipnet::IpNet;
 use serde_json::Value;
@@ -107,7 +107,30 @@ impl Filter {
 
 /// Reads an answer; `Err` only when the body as a whole is not such an answer (not JSON,
 /// not an object, `new` or `deleted` neither a list nor null).
+///
+/// A well-formed answer is read straight into the fields we use, borrowed from the body
+/// (a list of 100,000 decisions, 14 MB: several times faster than a JSON value per field);
+/// one that does not fit that shape (an element of another type, a field of another
+/// kind) is read again element by element, so that one bad element costs only itself.
 pub fn read(body: &[u8], filter: &Filter) -> Result<Answer, String> {
+    let object = body.trim_ascii_start().first() == Some(&b'{');
+    if let Some(typed) = object
+        .then(|| serde_json::from_slice::<Typed<'_>>(body).ok())
+        .flatten()
+    {
+        let mut out = Answer::default();
+        for (list, deleted) in [(typed.new, false), (typed.deleted, true)] {
+            for f in list.iter().flatten() {
+                out.add(decision(f, deleted, filter), deleted);
+            }
+        }
+        return Ok(out);
+    }
+    read_values(body, filter)
+}
+
+/// [`read`] element by element, through a JSON value.
+fn read_values(body: &[u8], filter: &Filter) -> Result<Answer, String> {
     let v: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
     let obj = v
         .as_object()
@@ -120,30 +143,117 @@ pub fn read(body: &[u8], filter: &Filter) -> Result<Answer, String> {
             Some(_) => return Err(format!("\"{field}\" is not a list")),
         };
         for item in list {
-            match decision(item, deleted, filter) {
-                Ok(d) if deleted => out.deleted.push(d),
-                Ok(d) => out.new.push(d),
-                Err(why) => out.skipped.push(why),
-            }
+            let d = Fields::of_value(item)
+                .ok_or(Outcome::Invalid)
+                .and_then(|f| decision(&f, deleted, filter));
+            out.add(d, deleted);
         }
     }
     Ok(out)
 }
 
+impl Answer {
+    fn add(&mut self, d: Result<Decision, Outcome>, deleted: bool) {
+        match d {
+            Ok(d) if deleted => self.deleted.push(d),
+            Ok(d) => self.new.push(d),
+            Err(why) => self.skipped.push(why),
+        }
+    }
+}
+
+/// An answer of the expected shape.
+#[derive(serde::Deserialize)]
+struct Typed<'a> {
+    #[serde(borrow, default)]
+    new: Option<Vec<Fields<'a>>>,
+    #[serde(borrow, default)]
+    deleted: Option<Vec<Fields<'a>>>,
+}
+
+/// The fields of a decision we use (others are ignored); a missing one is empty. Read
+/// from a JSON object only (a derived reader would take an array too).
+#[derive(Default)]
+struct Fields<'a> {
+    id: Option<i64>,
+    kind: Option<Cow<'a, str>>,
+    scope: Option<Cow<'a, str>>,
+    value: Option<Cow<'a, str>>,
+    origin: Option<Cow<'a, str>>,
+    scenario: Option<Cow<'a, str>>,
+    duration: Option<Cow<'a, str>>,
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Fields<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = Fields<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a decision object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut m: M,
+            ) -> Result<Fields<'a>, M::Error> {
+                let mut f = Fields::default();
+                while let Some(key) = m.next_key::<Cow<'de, str>>()? {
+                    let slot = match key.as_ref() {
+                        "id" => {
+                            f.id = m.next_value()?;
+                            continue;
+                        }
+                        "type" => &mut f.kind,
+                        "scope" => &mut f.scope,
+                        "value" => &mut f.value,
+                        "origin" => &mut f.origin,
+                        "scenario" => &mut f.scenario,
+                        "duration" => &mut f.duration,
+                        _ => {
+                            m.next_value::<serde::de::IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    *slot = m.next_value::<Option<Cow<'de, str>>>()?;
+                }
+                Ok(f)
+            }
+        }
+        d.deserialize_map(Visit(std::marker::PhantomData))
+    }
+}
+
+impl<'a> Fields<'a> {
+    /// The fields of one element of a list (`None`: not an object); a field of another
+    /// kind than the expected one is empty.
+    fn of_value(v: &'a Value) -> Option<Fields<'a>> {
+        let obj = v.as_object()?;
+        let text = |k: &str| obj.get(k).and_then(Value::as_str).map(Cow::Borrowed);
+        Some(Fields {
+            id: obj.get("id").and_then(Value::as_i64),
+            kind: text("type"),
+            scope: text("scope"),
+            value: text("value"),
+            origin: text("origin"),
+            scenario: text("scenario"),
+            duration: text("duration"),
+        })
+    }
+}
+
+fn text<'s>(f: &'s Option<Cow<'_, str>>) -> &'s str {
+    f.as_deref().unwrap_or_default()
+}
+
 /// One decision, or why it is skipped. In a `deleted` list the filters do not apply (a
 /// decision we never enforced is ignored by the caller) and the duration may be anything.
-fn decision(v: &Value, deleted: bool, filter: &Filter) -> Result<Decision, Outcome> {
-    let obj = v.as_object().ok_or(Outcome::Invalid)?;
-    let text = |k: &str| obj.get(k).and_then(Value::as_str).unwrap_or_default();
-    let id = obj
-        .get("id")
-        .and_then(Value::as_i64)
-        .ok_or(Outcome::Invalid)?;
-    if !text("type").eq_ignore_ascii_case("ban") {
+fn decision(f: &Fields<'_>, deleted: bool, filter: &Filter) -> Result<Decision, Outcome> {
+    let id = f.id.ok_or(Outcome::Invalid)?;
+    if !text(&f.kind).eq_ignore_ascii_case("ban") {
         return Err(Outcome::OtherType);
     }
-    let scope = text("scope");
-    let value = text("value").trim();
+    let scope = text(&f.scope);
+    let value = text(&f.value).trim();
     let net = if scope.eq_ignore_ascii_case("ip") {
         // An `Ip` decision may name a network: `cscli decisions import` (1.4.6) stores
         // the ranges of a list under scope Ip. It is enforced as that network.
@@ -162,14 +272,14 @@ fn decision(v: &Value, deleted: bool, filter: &Filter) -> Result<Decision, Outco
     } else {
         return Err(Outcome::OtherScope);
     };
-    let (origin, scenario) = (text("origin").to_owned(), text("scenario").to_owned());
+    let (origin, scenario) = (text(&f.origin).to_owned(), text(&f.scenario).to_owned());
     let left = if deleted {
-        go_duration(text("duration")).unwrap_or_default()
+        go_duration(text(&f.duration)).unwrap_or_default()
     } else {
         if !filter.keeps(&origin, &scenario) {
             return Err(Outcome::Filtered);
         }
-        match go_duration(text("duration")) {
+        match go_duration(text(&f.duration)) {
             Some(d) if !d.is_zero() && d <= MAX_DURATION => d,
             _ => return Err(Outcome::Invalid),
         }
@@ -305,5 +415,43 @@ mod tests {
         assert!(read(b"<html>", &Filter::default()).is_err());
         assert!(read(br#"{"new":{}}"#, &Filter::default()).is_err());
         assert!(read(b"[]", &Filter::default()).is_err());
+    }
+
+    #[test]
+    fn the_fast_path_reads_as_the_values_do() {
+        let body = br#"{"new":[
+            {"id":1,"origin":"cscli","scenario":"manual","scope":"Ip","type":"ban","value":"192.0.2.9","duration":"59m58.8s","extra":{"x":1}},
+            {"id":2,"origin":"cscli","scenario":"m","scope":"Range","type":"ban","value":"198.51.100.7/24","duration":"1h"},
+            {"id":4,"origin":"cscli","scenario":"m","scope":"Ip","type":"captcha","value":"192.0.2.1","duration":"1h"},
+            {"id":6,"origin":"cscli","scenario":"m","scope":"Ip","type":"ban","value":"300.1.1.1","duration":"1h"},
+            {"origin":"cscli","scope":"Ip","type":"ban","value":"192.0.2.8","duration":"1h"},
+            {"id":9,"origin":"CAPI","scenario":"crowdsecurity/ssh-bf","scope":"Ip","type":"ban","value":"192.0.2.10","duration":"1h"}
+          ],"deleted":[{"id":11,"origin":"cscli","scenario":"m","scope":"Ip","type":"ban","value":"192.0.2.5","duration":"-2s"}]}"#;
+        assert!(
+            serde_json::from_slice::<Typed<'_>>(body).is_ok(),
+            "the fast path"
+        );
+        let filter = Filter {
+            origins: vec!["cscli".into()],
+            scenarios_exclude: Vec::new(),
+        };
+        let (fast, slow) = (
+            read(body, &filter).unwrap(),
+            read_values(body, &filter).unwrap(),
+        );
+        assert_eq!(fast.new, slow.new);
+        assert_eq!(fast.deleted, slow.deleted);
+        assert_eq!(fast.skipped, slow.skipped);
+        assert_eq!(fast.new.len(), 2);
+        // A field of another kind: the element alone is skipped.
+        let odd =
+            br#"{"new":[{"id":1,"scope":"Ip","type":"ban","value":"192.0.2.9","duration":"1h"},
+            {"id":2,"scope":7,"type":"ban","value":"192.0.2.7","duration":"1h"}],"deleted":null}"#;
+        assert!(serde_json::from_slice::<Typed<'_>>(odd).is_err());
+        let a = read(odd, &Filter::default()).unwrap();
+        assert_eq!(
+            (a.new.len(), a.skipped.as_slice()),
+            (1, &[Outcome::OtherScope][..])
+        );
     }
 }

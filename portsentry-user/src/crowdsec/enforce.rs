@@ -42,6 +42,7 @@ impl Bouncer {
             if last_full.elapsed() >= FULL_SYNC {
                 full = true;
             }
+            let t0 = std::time::Instant::now();
             let got = self
                 .lapi
                 .stream(
@@ -51,6 +52,8 @@ impl Bouncer {
                     &self.filter.scenarios_exclude,
                 )
                 .await;
+            let fetched = t0.elapsed();
+            let bytes = got.as_ref().map_or(0, Vec::len);
             let result = got.and_then(|body| {
                 decisions::read(&body, &self.filter).map_err(|e| {
                     self.link.count(Outcome::Invalid, 1);
@@ -64,14 +67,22 @@ impl Bouncer {
                         self.link.count(*why, 1);
                         self.metrics.crowdsec_decision(*why, 1);
                     }
+                    let read = t0.elapsed();
+                    let n = answer.new.len() + answer.deleted.len() + answer.skipped.len();
                     apply(answer, full);
                     if full {
                         last_full = tokio::time::Instant::now();
                     }
                     if self.link.ok(Which::Enforce) != Connection::Connected {
+                        // How long the first answer took, by stage (a large list's cost).
                         self.log.notice(&format!(
-                            "portsentry: crowdsec: enforcing the decisions of {}",
-                            self.lapi.url()
+                            "portsentry: crowdsec: enforcing the decisions of {} (first \
+                             answer: {n} decisions, {bytes} bytes, received in {} ms, read in \
+                             {} ms, applied in {} ms)",
+                            self.lapi.url(),
+                            fetched.as_millis(),
+                            (read - fetched).as_millis(),
+                            (t0.elapsed() - read).as_millis()
                         ));
                     }
                     full = false;

@@ -200,41 +200,42 @@ impl Reporter {
         let host = hostname();
         let mut token: Option<Secret> = None;
         let mut backoff = Backoff::default();
+        // Logged in at once, not at the first ban: the login (a bcrypt check at the Local
+        // API, 100-250 ms here) is then not part of the first report's delay, and a Local
+        // API that cannot be reached shows in `status` before any ban needs it.
+        let mut fresh = false;
         loop {
             self.account();
-            let batch = self.outbox.next();
-            if batch.is_empty() {
-                self.outbox.notify.notified().await;
-                continue;
-            }
-            let fresh = token.is_none();
-            let t = match &token {
-                Some(t) => t.clone(),
-                None => match self.lapi.login(&self.machine, &self.password).await {
+            if token.is_none() {
+                match self.lapi.login(&self.machine, &self.password).await {
                     Ok(t) => {
-                        token = Some(t.clone());
-                        t
+                        token = Some(t);
+                        fresh = true;
+                        self.connected();
+                        backoff.reset();
                     }
                     Err(e) => {
                         self.failed(&e, "logging in");
                         backoff.wait().await;
                         continue;
                     }
-                },
-            };
-            match self.send(&t, &batch, &host).await {
+                }
+            }
+            let batch = self.outbox.next();
+            if batch.is_empty() {
+                self.outbox.notify.notified().await;
+                continue;
+            }
+            let Some(t) = token.clone() else { continue };
+            let sent = self.send(&t, &batch, &host).await;
+            let was_fresh = std::mem::replace(&mut fresh, false);
+            match sent {
                 Ok(()) => {
                     self.outbox.done(batch.len());
-                    if self.link.ok(Which::Report) != Connection::Connected {
-                        self.log.notice(&format!(
-                            "portsentry: crowdsec: reporting to {} as machine {}",
-                            self.lapi.url(),
-                            self.machine
-                        ));
-                    }
+                    self.connected();
                     backoff.reset();
                 }
-                Err(ApiError::Denied(_)) if !fresh => token = None,
+                Err(ApiError::Denied(_)) if !was_fresh => token = None,
                 Err(e) => {
                     if matches!(e, ApiError::Denied(_)) {
                         token = None;
@@ -243,6 +244,17 @@ impl Reporter {
                     backoff.wait().await;
                 }
             }
+        }
+    }
+
+    /// The Local API answered: the link is up (logged when it was not).
+    fn connected(&self) {
+        if self.link.ok(Which::Report) != Connection::Connected {
+            self.log.notice(&format!(
+                "portsentry: crowdsec: reporting to {} as machine {}",
+                self.lapi.url(),
+                self.machine
+            ));
         }
     }
 

@@ -1,11 +1,12 @@
 //! The daemon's side of the CrowdSec link ([`crate::crowdsec`]): the Local API's decisions
 //! go into the ban book as bans of origin `crowdsec` (through the ban guard: the ignore
 //! list, loopback and this host's addresses win, and so does BAN_MIN_PREFIX_*), and our own
-//! scan bans go out as alerts. KILL_* commands never run for a CrowdSec ban (it has no undo
-//! steps either: [`crate::bans::Ban::has_undo`]).
+//! scan bans go out as alerts. KILL_* commands run for a CrowdSec ban of one address only
+//! when CROWDSEC_KILL_COMMANDS is 1 (and then its UNKILL_* steps when it ends:
+//! [`crate::bans::Ban::has_undo`]); a range runs none.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, Mutex},
     time::SystemTime,
 };
@@ -15,11 +16,12 @@ use portsentry_common::maps::BanOrigin;
 
 use super::{Shared, upkeep::spawn_undo};
 use crate::{
+    actions::{self, Target, execute::run_step},
     bans::{Ban, guard::Refusal},
-    config::crowdsec::Settings,
+    config::{BlockMode, crowdsec::Settings},
     crowdsec::{
         api::Lapi,
-        decisions::{Answer, Filter, Outcome},
+        decisions::{Answer, Decision, Filter, Outcome},
         enforce::Bouncer,
         held::Held,
         link::{Enforced, Link},
@@ -55,6 +57,12 @@ impl Fleet {
                 .map(|_| Arc::new(Outbox::default())),
             settings: settings.clone(),
         }
+    }
+
+    /// CROWDSEC_KILL_COMMANDS, as the daemon started with it (the CROWDSEC_* settings take
+    /// effect on restart only).
+    pub fn kill_commands(&self) -> bool {
+        self.settings.kill_commands
     }
 }
 
@@ -153,22 +161,6 @@ pub(super) fn write_status(shared: &Shared) {
     }
 }
 
-/// A ban of the Local API's decision `net`, lasting `left` from `now`.
-fn decision_ban(net: IpNet, now: SystemTime, expires: SystemTime) -> Ban {
-    Ban {
-        net,
-        origin: BanOrigin::CrowdSec,
-        since: now,
-        expires: Some(expires),
-        port: 0,
-        proto: None,
-        scan_type: None,
-        mode: None,
-        count: 1,
-        escalated: None,
-    }
-}
-
 /// Enforces one answer of the stream (`full`: it lists everything in force, so the
 /// CrowdSec bans it does not name are lifted). `logged` holds the networks whose refusal
 /// was logged already (logged once each).
@@ -207,8 +199,18 @@ fn apply(
                 }
             }
         }
+        // One ban a network (the longest of its decisions in this answer), all put at
+        // once: the maps are written in batches.
+        let mut pending: Vec<(Ban, bool, Vec<&Decision>)> = Vec::new();
+        let mut at: HashMap<IpNet, usize> = HashMap::new();
         for d in &answer.new {
             let expires = now + d.left;
+            if let Some(&i) = at.get(&d.net) {
+                let (ban, _, ds) = &mut pending[i];
+                ban.expires = ban.expires.max(Some(expires));
+                ds.push(d);
+                continue;
+            }
             let current = book.store.get(&d.net);
             if current.is_some() && !ours(&current) {
                 // Ours (a scan, the operator's): it stays as it is; our own decisions
@@ -222,12 +224,21 @@ fn apply(
                 held.add(d.id, d.net);
                 continue;
             }
-            let ban = decision_ban(d.net, current.map_or(now, |b| b.since), expires);
-            match book.put(ban, false) {
+            at.insert(d.net, pending.len());
+            let ban = Ban::of_decision(d.net, current.map_or(now, |b| b.since), expires);
+            pending.push((ban, current.is_none(), vec![d]));
+        }
+        let bans: Vec<Ban> = pending.iter().map(|(b, _, _)| *b).collect();
+        let results = book.put_many(&bans);
+        drop(bans);
+        for ((ban, new, ds), result) in pending.into_iter().zip(results) {
+            match result {
                 Ok(()) => {
-                    held.add(d.id, d.net);
-                    *counts.entry(Outcome::Applied).or_default() += 1;
-                    if current.is_none() {
+                    for d in &ds {
+                        held.add(d.id, d.net);
+                    }
+                    *counts.entry(Outcome::Applied).or_default() += ds.len() as u64;
+                    if new {
                         shared.metrics.ban_added(BanOrigin::CrowdSec);
                         added.push(ban);
                     }
@@ -239,11 +250,11 @@ fn apply(
                     } else {
                         Outcome::Failed
                     };
-                    *counts.entry(outcome).or_default() += 1;
-                    if logged.insert(d.net) {
+                    *counts.entry(outcome).or_default() += ds.len() as u64;
+                    if logged.insert(ban.net) {
                         warnings.push(format!(
                             "not enforcing the decision on {} ({}, {}): {e:#}",
-                            d.net, d.origin, d.scenario
+                            ban.net, ds[0].origin, ds[0].scenario
                         ));
                     }
                 }
@@ -307,6 +318,7 @@ fn apply(
             libc::malloc_trim(0);
         }
     }
+    spawn_kills(shared, &added);
     for b in lifted {
         if added.len() <= LOG_EACH {
             log.notice(&format!(
@@ -316,6 +328,48 @@ fn apply(
             ));
         }
         spawn_undo(shared, b, BanEnd::Withdrawn);
+    }
+}
+
+/// Runs the kill commands of the bans decisions put in force, when CROWDSEC_KILL_COMMANDS
+/// is 1: for each address (not a range) the steps `BLOCK_TCP=1` would run but the XDP ban
+/// (in force already), in PortSentry's order, with `$PORT$` 0 and `$MODE$` `crowdsec`,
+/// once the ban is in the journal on disk; off the stream's task, within the response jobs'
+/// limit.
+fn spawn_kills(shared: &Arc<Shared>, added: &[Ban]) {
+    let Some(fleet) = &shared.crowdsec else {
+        return;
+    };
+    let kills = fleet.kill_commands();
+    for ban in added.iter().filter(|b| b.has_undo(kills)).copied() {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let Ok(_permit) = shared.jobs.clone().acquire_owned().await else {
+                return;
+            };
+            let ticket = shared.book().ticket();
+            if let Some((journal, seq)) = ticket
+                && let Err(e) = journal.wait_async(seq).await
+            {
+                shared.log.warn(&format!(
+                    "portsentry: the ban of {} may not survive a reboot: {e:#}",
+                    ban.net
+                ));
+            }
+            let eff = shared.eff();
+            let target = Target::of_ban(&ban);
+            for step in actions::plan(&eff.config, BlockMode::Block, &target) {
+                run_step(
+                    &shared.log,
+                    &shared.metrics,
+                    &eff.config,
+                    target.ip,
+                    &step,
+                    false,
+                )
+                .await;
+            }
+        });
     }
 }
 

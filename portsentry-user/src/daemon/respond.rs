@@ -165,11 +165,7 @@ async fn respond(
     now: SystemTime,
 ) {
     let c = &eff.config;
-    let target = Target {
-        ip: ev.ip,
-        port: ev.port,
-        mode,
-    };
+    let target = Target::scan(ev.ip, ev.port, mode);
     let steps = actions::plan(c, block, &target);
     let running = escalation::Running::new(shared, ev.ip);
     let mut banned = false;

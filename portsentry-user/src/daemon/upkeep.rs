@@ -113,7 +113,15 @@ pub(super) fn spawn_undo(shared: &Arc<Shared>, ban: Ban, reason: BanEnd) {
     let shared = shared.clone();
     tokio::spawn(async move {
         let eff = shared.eff();
-        execute::undo(&shared.log, &shared.metrics, &eff.config, &ban).await;
+        let crowdsec_kills = shared.crowdsec.as_ref().is_some_and(|f| f.kill_commands());
+        execute::undo(
+            &shared.log,
+            &shared.metrics,
+            &eff.config,
+            &ban,
+            crowdsec_kills,
+        )
+        .await;
     });
 }
 

@@ -78,6 +78,7 @@ pub fn is_validate_error(message: &str) -> bool {
         || message.contains("so CROWDSEC_LAPI_URL is used by nothing")
         || message.contains("CROWDSEC_ENFORCE is 1 but no bouncer key is set")
         || message.contains("CROWDSEC_REPORT is 1 but")
+        || message.contains("CROWDSEC_KILL_COMMANDS is 1 but CROWDSEC_ENFORCE is 0")
 }
 
 /// The text lines of a `parse` input, as it numbers them.

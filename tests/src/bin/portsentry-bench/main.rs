@@ -5,13 +5,16 @@
 //!    XDP_PASS (the floor), portsentry's paths with 1, 10k and 1M bans (and 1M tracked
 //!    sources), and xdp-filter on the same frames. Each BPF_PROG_TEST_RUN call runs a
 //!    frame `--repeat` times (the kernel reports the mean); cases are interleaved round
-//!    by round and the median of `--rounds` rounds is printed.
+//!    by round and the median of `--rounds` rounds is printed. Then the same paths with a
+//!    CrowdSec-shaped list of 100,000 bans loaded (`--crowdsec-list-only` runs only that).
 //! 2. Reaction time: first probe to ban in force, portsentry and PortSentry 1.2.
 //! 3. Memory: kernel memory per tracked source and per ban.
 //! 5. What a scanner gets: probes answered before the ban, nmap and masscan, against
 //!    portsentry (kernel and daemon decisions) and PortSentry 1.2 (`answered`).
-//! 6. A fleet on CrowdSec: propagation from A's first probe to B's kernel, and a list of
-//!    decisions loaded (`crowdsec`; `--crowdsec-only`).
+//! 6. A fleet on CrowdSec: propagation from A's first probe to B's kernel, a list of
+//!    decisions loaded while B runs, the same list at a fresh server C
+//!    (`--crowdsec-fresh-only` runs only that), and through crowdsec-firewall-bouncer
+//!    (`crowdsec`, `firewall_bouncer`; `--crowdsec-only`).
 //! 7. Many sources at once: the banned, benign and probe paths with each run from
 //!    another of `--scale` sources, `--scale` exact and 100,000 range bans loaded
 //!    (`distinct`; `--distinct-only`).
@@ -26,6 +29,7 @@ mod answered;
 mod compare;
 mod crowdsec;
 mod distinct;
+mod firewall_bouncer;
 mod memory;
 mod per_packet;
 mod reaction;
@@ -57,6 +61,10 @@ pub(crate) struct Args {
     pub(crate) distinct_only: bool,
     /// Only the CrowdSec fleet (propagation and a list of decisions).
     pub(crate) crowdsec_only: bool,
+    /// Only the per-packet cost with a CrowdSec list loaded (`--crowdsec-list-only`).
+    pub(crate) crowdsec_list_only: bool,
+    /// Only the CrowdSec list at a fresh server (`--crowdsec-fresh-only`).
+    pub(crate) crowdsec_fresh_only: bool,
     /// Decisions in the CrowdSec list (0: skip the fleet).
     pub(crate) crowdsec_decisions: u32,
 }
@@ -75,6 +83,8 @@ fn parse_args() -> Args {
         memory_only: false,
         distinct_only: false,
         crowdsec_only: false,
+        crowdsec_list_only: false,
+        crowdsec_fresh_only: false,
         crowdsec_decisions: 100_000,
     };
     let mut it = std::env::args().skip(1);
@@ -103,6 +113,14 @@ fn parse_args() -> Args {
             a.crowdsec_only = true;
             continue;
         }
+        if arg == "--crowdsec-fresh-only" {
+            a.crowdsec_fresh_only = true;
+            continue;
+        }
+        if arg == "--crowdsec-list-only" {
+            a.crowdsec_list_only = true;
+            continue;
+        }
         let mut val = |name: &str| {
             it.next()
                 .and_then(|v| v.parse::<u64>().ok())
@@ -120,6 +138,7 @@ fn parse_args() -> Args {
                 "unknown argument {other}; use --repeat N --rounds N --loads N --reaction-runs N \
                  (at most 250) --scale N --flood-secs N --baseline OBJECT --compare-only \
                  --answered-only --memory-only --distinct-only --crowdsec-only \
+                 --crowdsec-list-only --crowdsec-fresh-only \
                  --crowdsec-decisions N"
             ),
         }
@@ -201,6 +220,14 @@ fn main() {
         answered::answered();
         return;
     }
+    if args.crowdsec_fresh_only {
+        crowdsec::fresh_only(args.crowdsec_decisions);
+        return;
+    }
+    if args.crowdsec_list_only {
+        per_packet::crowdsec_list(&args);
+        return;
+    }
     if args.crowdsec_only {
         crowdsec::crowdsec(args.reaction_runs.min(20), args.crowdsec_decisions);
         return;
@@ -222,6 +249,7 @@ fn main() {
     }
     per_packet::per_packet(&args);
     distinct::distinct(&args);
+    per_packet::crowdsec_list(&args);
     if args.reaction_runs > 0 {
         reaction::reaction(args.reaction_runs);
     }

@@ -1,8 +1,9 @@
-//! 1. Per-packet cost through BPF_PROG_TEST_RUN, growth with the number of bans, and the
-//!    kernel memory of each map.
+//! 1. Per-packet cost through BPF_PROG_TEST_RUN, growth with the number of bans, the
+//!    kernel memory of each map, and the cost with a CrowdSec-shaped list loaded
+//!    ([`crowdsec_list`]).
 
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsFd, BorrowedFd},
     time::Instant,
 };
@@ -222,6 +223,133 @@ pub(crate) fn per_packet(args: &Args) {
             _ => String::new(),
         };
         println!("| {name} | {bytes} | {per} |");
+    }
+    println!();
+}
+
+/// Per-packet cost with a CrowdSec-shaped list in the maps: 60,000 exact bans (30,000 IPv4,
+/// 30,000 IPv6 addresses) and 40,000 ranges (20,000 IPv4 /24s, 20,000 IPv6 /64s), written
+/// with `insert_bans` as the daemon restores its bans, next to the same packets with empty
+/// ban maps and the XDP_PASS floor, in one run.
+pub(crate) fn crowdsec_list(args: &Args) {
+    let ns = Netns::new("bench");
+    let pass = testrun::load_pass_program().expect("loading the XDP_PASS program");
+    let sizes = MapSizes {
+        bans: 1 << 17,
+        ..MapSizes::default()
+    };
+    let (server4, server6) = (ip("192.0.2.1"), ip("2001:db8::1"));
+    let v4 = |i: u32| IpAddr::V4(Ipv4Addr::from(0x0a00_0000u32 + i));
+    let v4_net = |i: u32| IpAddr::V4(Ipv4Addr::from(0x0b00_0000u32 + (i << 8)));
+    let v6 = |i: u32| IpAddr::V6(Ipv6Addr::from((0x2001_0db8_0001u128 << 80) | u128::from(i)));
+    let v6_net = |i: u32| {
+        IpAddr::V6(Ipv6Addr::from(
+            (0x2001_0db8_0002u128 << 80) | (u128::from(i) << 64),
+        ))
+    };
+    let mut list: Vec<(IpNet, BanEntry)> = Vec::with_capacity(100_000);
+    for i in 0..30_000 {
+        list.push((IpNet::from(v4(i)), BanEntry::default()));
+        list.push((IpNet::from(v6(i)), BanEntry::default()));
+    }
+    for i in 0..20_000 {
+        list.push((IpNet::new(v4_net(i), 24).unwrap(), BanEntry::default()));
+        list.push((IpNet::new(v6_net(i), 64).unwrap(), BanEntry::default()));
+    }
+    // A host inside a listed range (not its first address), and sources listed nowhere.
+    let in_range4 = IpAddr::V4(Ipv4Addr::from(0x0b00_0000u32 + (12_345 << 8) + 77));
+    let in_range6 = IpAddr::V6(Ipv6Addr::from(
+        (0x2001_0db8_0002u128 << 80) | (12_345u128 << 64) | 0x77,
+    ));
+    let rows = [
+        (
+            "benign established TCP (ACK), IPv4",
+            Frame::tcp(ip("192.0.2.7"), server4, 443, ACK).build(),
+        ),
+        (
+            "benign established TCP (ACK), IPv6",
+            Frame::tcp(ip("2001:db8:ffff::7"), server6, 443, ACK).build(),
+        ),
+        (
+            "listed IPv4 address (exact ban)",
+            Frame::tcp(v4(17_017), server4, 443, SYN).build(),
+        ),
+        (
+            "listed IPv6 address (exact ban)",
+            Frame::tcp(v6(17_017), server6, 443, SYN).build(),
+        ),
+        (
+            "host in a listed IPv4 /24 (range)",
+            Frame::tcp(in_range4, server4, 443, SYN).build(),
+        ),
+        (
+            "host in a listed IPv6 /64 (range)",
+            Frame::tcp(in_range6, server6, 443, SYN).build(),
+        ),
+    ];
+    let measure = |dp: &portsentry_user::kernel::Dataplane| {
+        let fd = dp.program_fd().unwrap();
+        let mut cases: Vec<(&str, BorrowedFd<'_>, Vec<u8>)> =
+            vec![("XDP_PASS only (floor)", pass.as_fd(), rows[0].1.clone())];
+        cases.extend(rows.iter().map(|(n, f)| (*n, fd, f.clone())));
+        ns.enter(|| medians(&cases, args))
+    };
+    let mut empty = bench_dataplane(None, &sizes, &[]);
+    let _events = empty.take_events().unwrap();
+    let before = measure(&empty);
+    drop(empty);
+    let mut dp = bench_dataplane(None, &sizes, &[]);
+    let _events = dp.take_events().unwrap();
+    let t = Instant::now();
+    dp.insert_bans(&list).expect("loading the list");
+    let loaded = t.elapsed();
+    let in_maps = dp.bans().expect("reading the bans").len();
+    assert_eq!(in_maps, list.len(), "the whole list is in the maps");
+    // Each listed source is dropped, each benign packet passed, before anything is timed.
+    let verdicts: Vec<u32> = {
+        let fd = dp.program_fd().unwrap();
+        ns.enter(|| {
+            rows.iter()
+                .map(|(_, f)| testrun::run(fd, f, 1).expect("BPF_PROG_TEST_RUN").retval)
+                .collect()
+        })
+    };
+    for ((name, _), v) in rows.iter().zip(&verdicts) {
+        let want = if name.starts_with("benign") {
+            testrun::XDP_PASS
+        } else {
+            testrun::XDP_DROP
+        };
+        assert_eq!(*v, want, "{name}: verdict {v} with the list loaded");
+    }
+    let with = measure(&dp);
+    // The same packets once more with empty maps, after: the two columns bracket the list.
+    drop(dp);
+    let mut again = bench_dataplane(None, &sizes, &[]);
+    let _events = again.take_events().unwrap();
+    let after = measure(&again);
+    println!(
+        "## Per-packet cost with a CrowdSec list loaded (BPF_PROG_TEST_RUN, ns per packet, \
+         median of {} rounds x {} runs)\n\n100,000 decisions: 30,000 IPv4 and 30,000 IPv6 \
+         addresses, 20,000 IPv4 /24s and 20,000 IPv6 /64s, written with `insert_bans` in \
+         {loaded:.2?}. On empty maps a listed source is not banned, so its row is its benign \
+         cost. With the list, each listed row was checked to be dropped (XDP_DROP) and each \
+         benign one passed.\n",
+        args.rounds, args.repeat
+    );
+    println!("| packet | empty maps | 100k list loaded | empty maps again | list / floor |");
+    println!("|---|---:|---:|---:|---:|");
+    let names: Vec<&str> = std::iter::once("XDP_PASS only (floor)")
+        .chain(rows.iter().map(|(n, _)| *n))
+        .collect();
+    for (i, name) in names.iter().enumerate() {
+        println!(
+            "| {name} | {} | {} | {} | {:.2}x |",
+            before[i],
+            with[i],
+            after[i],
+            f64::from(with[i]) / f64::from(with[0])
+        );
     }
     println!();
 }
