@@ -358,11 +358,15 @@ fn run_corpus(net: &TestNet, dp: &Dataplane, wire: &Wire, cases: &[Case]) -> Vec
             }
             let delta: Counters = dp.counters().unwrap().since(&before);
             let seen = SEEN.iter().any(|c| delta.get(*c) > 0);
-            let reasons = Counter::ALL
+            let mut reasons: Vec<&str> = Counter::ALL
                 .iter()
                 .filter(|c| c.is_verdict() && delta.get(**c) > 0)
                 .map(|c| c.name())
                 .collect();
+            if reasons.is_empty() {
+                // The one verdict not counted (`Counter::is_counted`).
+                reasons.push(Counter::PassNotProbe.name());
+            }
             Outcome {
                 name: case.name.clone(),
                 answered,

@@ -121,6 +121,53 @@ fn ignored_sources_are_never_counted() {
     );
 }
 
+/// A counted network (`IGNORE_SINGLE`: a SOURCE_PREFIX_V6 network holding an ignored
+/// address) wider than the ignore filter's /48s: a probe from one of its addresses far
+/// from the ignored one is counted by that address, never by the network, whose ban
+/// would cut the ignored host off (the trie's `IGNORE_SINGLE` entry covers it, though
+/// the ignore filter has no bit for its /48).
+#[test]
+fn a_counted_network_wider_than_the_filter_is_counted_per_address() {
+    require_kernel!();
+    use portsentry_common::maps::{SETTING_V6_PREFIX_SHIFT, Settings};
+    let mut fx = Fixture::new();
+    let s = fx.dp.settings();
+    fx.dp
+        .write_settings(Settings {
+            flags: s.flags & ((1 << SETTING_V6_PREFIX_SHIFT) - 1) | 32 << SETTING_V6_PREFIX_SHIFT,
+            ..s
+        })
+        .unwrap();
+    fx.dp
+        .replace_ignore(&[net("2001:db8:1:2::9/128")], &[net("2001:db8::/32")])
+        .unwrap();
+    let far = ip("2001:db8:ffff:7::5");
+    fx.expect(
+        &Frame::tcp(far, ip(V6_DST), 22, SYN).build(),
+        XDP_PASS,
+        Counter::PassProbe,
+    );
+    assert_eq!(fx.hits(far), 1, "counted by its own address");
+    assert_eq!(
+        fx.hits(ip("2001:db8::")),
+        0,
+        "not by the /32 that holds 2001:db8:1:2::9"
+    );
+    // Outside the counted network, the /32 key.
+    let other = ip("2001:db9:5::5");
+    fx.expect(
+        &Frame::tcp(other, ip(V6_DST), 22, SYN).build(),
+        XDP_PASS,
+        Counter::PassProbe,
+    );
+    assert_eq!(fx.hits(ip("2001:db9::")), 1, "counted by its /32");
+    fx.expect(
+        &Frame::tcp(ip("2001:db8:1:2::9"), ip(V6_DST), 22, SYN).build(),
+        XDP_PASS,
+        Counter::PassIgnored,
+    );
+}
+
 /// A port with a local socket is never a scan target. BPF_PROG_TEST_RUN looks sockets
 /// up in the calling thread's network namespace, so the test runs in one of its own.
 #[test]

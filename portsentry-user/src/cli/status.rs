@@ -180,6 +180,7 @@ pub fn status(args: &StatusArgs) -> Result<String> {
         udp_mode: udp_mode.map_or("off", ModeToken::as_str),
         counters: Counter::ALL
             .iter()
+            .filter(|k| k.is_counted())
             .map(|k| (k.name(), counters.get(*k)))
             .collect(),
         packets: counters.packets(),

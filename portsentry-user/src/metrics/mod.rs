@@ -324,11 +324,14 @@ impl Collector for SnapshotCollector {
 
         let mut family = encoder.encode_descriptor(
             "packets",
-            "Packets the XDP program saw, by verdict reason (drop_*: dropped, pass_*: passed).",
+            "Packets the XDP program saw, by verdict reason (drop_*: dropped, pass_*: passed); segments of connections are not counted.",
             None,
             MetricType::Counter,
         )?;
-        for k in Counter::ALL.iter().filter(|k| k.is_verdict()) {
+        for k in Counter::ALL
+            .iter()
+            .filter(|k| k.is_verdict() && k.is_counted())
+        {
             let labels = [("reason", k.name())];
             ConstCounter::new(c.get(*k)).encode(family.encode_family(&labels)?)?;
         }
@@ -341,7 +344,7 @@ impl Collector for SnapshotCollector {
         counter(
             &mut encoder,
             "packets_seen",
-            "Packets the XDP program saw (the sum of all verdict reasons).",
+            "Packets the XDP program saw, segments of connections aside (the sum of the verdict reasons).",
             c.packets(),
         )?;
 
