@@ -177,6 +177,25 @@ impl TestNet {
 }
 
 impl TestNet {
+    /// Gives the server more addresses, `192.0.2.h` for each `h` of `hosts`, on its veth
+    /// end (a server with many addresses, for horizontal scans), and resolves them from
+    /// the attacker; returns them.
+    pub fn add_server_v4(&self, hosts: &[u8]) -> Vec<IpAddr> {
+        let added: Vec<IpAddr> = hosts
+            .iter()
+            .map(|h| format!("192.0.2.{h}").parse().unwrap())
+            .collect();
+        for a in &added {
+            self.server
+                .exec(&format!("ip addr add {a}/24 dev {}", self.server_if));
+            self.attacker.exec(&format!(
+                "for i in 1 2 3 4 5; do ping -c1 -W2 {a} >/dev/null && exit 0; sleep 0.2; done; \
+                 exit 1"
+            ));
+        }
+        added
+    }
+
     /// Gives the attacker addresses `NET.h` for each `h` of `hosts` in another IPv4 /24
     /// (`net` is its first three octets, e.g. `198.51.100`), routed over the veth in both
     /// namespaces, and resolves their neighbour entries; returns them. The server's
