@@ -179,13 +179,18 @@ impl TestNet {
 impl TestNet {
     /// Gives the server more addresses, `192.0.2.h` for each `h` of `hosts`, on its veth
     /// end (a server with many addresses, for horizontal scans), and resolves them from
-    /// the attacker; returns them.
+    /// the attacker; returns them. Pick hosts above the attacker's (2 to
+    /// 2 + `extra_sources`).
     pub fn add_server_v4(&self, hosts: &[u8]) -> Vec<IpAddr> {
         let added: Vec<IpAddr> = hosts
             .iter()
             .map(|h| format!("192.0.2.{h}").parse().unwrap())
             .collect();
         for a in &added {
+            assert!(
+                !self.attacker_v4.contains(a),
+                "{a} is an attacker address already"
+            );
             self.server
                 .exec(&format!("ip addr add {a}/24 dev {}", self.server_if));
             self.attacker.exec(&format!(

@@ -44,7 +44,7 @@ fn assert_caught(files: &Workdir, d: &Daemon, src: IpAddr, text: &str, to: &str)
 fn evasive_scans_are_detected_typed_and_banned() {
     require_kernel!();
     let net = TestNet::new(10);
-    let more_server = net.add_server_v4(&[11, 12, 13, 14]);
+    let more_server = net.add_server_v4(&[101, 102, 103, 104]);
     let files = Workdir::new();
     let conf = files.config(&net.server_if, "");
     let d = Daemon::start(&net.server, &["run", "-c", conf.to_str().unwrap()]);
@@ -172,7 +172,11 @@ fn evasive_scans_are_detected_typed_and_banned() {
 fn slow_and_horizontal_scans_reach_the_trigger() {
     require_kernel!();
     let net = TestNet::new(1);
-    let hosts = [vec![net.server_v4], net.add_server_v4(&[11, 12, 13, 14])].concat();
+    let hosts = [
+        vec![net.server_v4],
+        net.add_server_v4(&[101, 102, 103, 104]),
+    ]
+    .concat();
     let files = Workdir::new();
     let conf = files.config(&net.server_if, "SCAN_TRIGGER=\"3\"\n");
     let d = Daemon::start(&net.server, &["run", "-c", conf.to_str().unwrap()]);

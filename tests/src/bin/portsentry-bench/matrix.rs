@@ -20,7 +20,7 @@ use portsentry_tests::{
 
 /// The server's addresses (192.0.2.h) the horizontal scan walks besides its own
 /// 192.0.2.1.
-const MORE_SERVER_HOSTS: [u8; 4] = [11, 12, 13, 14];
+const MORE_SERVER_HOSTS: [u8; 4] = [101, 102, 103, 104];
 
 /// Forged sources of the decoy scan (nobody owns them).
 const DECOYS: [&str; 2] = ["192.0.2.200", "192.0.2.201"];
@@ -28,43 +28,100 @@ const DECOYS: [&str; 2] = ["192.0.2.200", "192.0.2.201"];
 /// nmap's common part: SRC, DST and IFACE are filled in. One try per probe.
 const NMAP: &str = "nmap -n -Pn -e IFACE -S SRC --max-retries 0 --host-timeout 50s -T4";
 
-/// (row, the scanner's arguments after `NMAP` or the whole masscan line, IPv6).
-const SCANS: [(&str, &str, bool); 20] = [
-    ("nmap -sS", "-sS -p 1-100 DST", false),
-    ("nmap -sS -f", "-sS -f -p 1-100 DST", false),
-    ("nmap -sS --mtu 8", "-sS --mtu 8 -p 1-100 DST", false),
-    ("nmap -sS --mtu 16", "-sS --mtu 16 -p 1-100 DST", false),
-    ("nmap -sS --mtu 24", "-sS --mtu 24 -p 1-100 DST", false),
-    ("nmap -6 -sS", "-6 -sS -p 1-100 DST", true),
-    ("nmap -6 -sS -f", "-6 -sS -f -p 1-100 DST", true),
-    ("nmap -sF", "-sF -p 1-100 DST", false),
-    ("nmap -sN", "-sN -p 1-100 DST", false),
-    ("nmap -sX", "-sX -p 1-100 DST", false),
-    ("nmap -sA", "-sA -p 1-100 DST", false),
-    ("nmap -sW", "-sW -p 1-100 DST", false),
-    ("nmap -sM", "-sM -p 1-100 DST", false),
-    ("nmap -sO (all 256 protocols)", "-sO DST", false),
-    ("nmap -sY", "-sY -p 1-100 DST", false),
-    ("nmap -sU", "-sU -p 1-100 DST", false),
+/// Where the attacker scans from.
+#[derive(Clone, Copy, PartialEq)]
+enum Attacker {
+    /// 192.0.2.2, on the server's /24.
+    V4,
+    /// 2001:db8::2, on the server's own /64: counted and banned one address at a time,
+    /// and such a ban is the daemon's to make (see docs/configuration.md, "IPv6 sources
+    /// by network").
+    V6OnLink,
+    /// 2001:db8:1::2, another /64 routed over the veth: counted and banned by its /64.
+    V6Routed,
+}
+
+impl Attacker {
+    fn addr(self) -> &'static str {
+        match self {
+            Attacker::V4 => "192.0.2.2",
+            Attacker::V6OnLink => "2001:db8::2",
+            Attacker::V6Routed => "2001:db8:1::2",
+        }
+    }
+
+    /// The names its alerts and history lines can carry: its address, and for a source
+    /// counted by /64, the network's address.
+    fn names(self) -> Vec<String> {
+        match self {
+            Attacker::V6Routed => vec![self.addr().to_owned(), "2001:db8:1::".to_owned()],
+            _ => vec![self.addr().to_owned()],
+        }
+    }
+
+    fn v6(self) -> bool {
+        self != Attacker::V4
+    }
+}
+
+/// (row, the scanner's arguments after `NMAP` or the whole masscan line, source).
+const SCANS: [(&str, &str, Attacker); 21] = [
+    ("nmap -sS", "-sS -p 1-100 DST", Attacker::V4),
+    ("nmap -sS -f", "-sS -f -p 1-100 DST", Attacker::V4),
+    ("nmap -sS --mtu 8", "-sS --mtu 8 -p 1-100 DST", Attacker::V4),
+    (
+        "nmap -sS --mtu 16",
+        "-sS --mtu 16 -p 1-100 DST",
+        Attacker::V4,
+    ),
+    (
+        "nmap -sS --mtu 24",
+        "-sS --mtu 24 -p 1-100 DST",
+        Attacker::V4,
+    ),
+    (
+        "nmap -6 -sS (from the server's /64)",
+        "-6 -sS -p 1-100 DST",
+        Attacker::V6OnLink,
+    ),
+    (
+        "nmap -6 -sS (from another /64)",
+        "-6 -sS -p 1-100 DST",
+        Attacker::V6Routed,
+    ),
+    (
+        "nmap -6 -sS -f",
+        "-6 -sS -f -p 1-100 DST",
+        Attacker::V6OnLink,
+    ),
+    ("nmap -sF", "-sF -p 1-100 DST", Attacker::V4),
+    ("nmap -sN", "-sN -p 1-100 DST", Attacker::V4),
+    ("nmap -sX", "-sX -p 1-100 DST", Attacker::V4),
+    ("nmap -sA", "-sA -p 1-100 DST", Attacker::V4),
+    ("nmap -sW", "-sW -p 1-100 DST", Attacker::V4),
+    ("nmap -sM", "-sM -p 1-100 DST", Attacker::V4),
+    ("nmap -sO (all 256 protocols)", "-sO DST", Attacker::V4),
+    ("nmap -sY", "-sY -p 1-100 DST", Attacker::V4),
+    ("nmap -sU", "-sU -p 1-100 DST", Attacker::V4),
     (
         "nmap -sS --scan-delay 1s (5 ports)",
         "-sS --scan-delay 1s -p 20-24 DST",
-        false,
+        Attacker::V4,
     ),
     (
         "nmap -sS -D (2 decoys)",
         "-sS -D DECOYS -p 1-100 DST",
-        false,
+        Attacker::V4,
     ),
     (
         "nmap -sS -p 23 over 5 server addresses",
         "-sS -p 23 TARGETS",
-        false,
+        Attacker::V4,
     ),
     (
         "masscan -p1-1000 --rate 10000",
         "masscan DST -p1-1000 --rate 10000 -e IFACE --source-ip SRC --router-mac MAC --wait 2",
-        false,
+        Attacker::V4,
     ),
 ];
 
@@ -78,7 +135,8 @@ struct Outcome {
     banned: Vec<String>,
     /// Packets the server sent the attacker during the scan.
     answers: u64,
-    /// For portsentry when it logged no alert: its non-zero counters.
+    /// For portsentry when it logged no alert or the attacker got answers: its non-zero
+    /// counters.
     counters: Option<String>,
 }
 
@@ -86,15 +144,15 @@ struct Outcome {
 /// refused to run.
 type Run = Result<Outcome, String>;
 
-fn cells(run: &Run, src: &str) -> String {
+fn cells(run: &Run, names: &[String]) -> String {
     match run {
-        Ok(o) => o.cells(src),
+        Ok(o) => o.cells(names),
         Err(why) => format!("not run: nmap says \"{why}\" | - | -"),
     }
 }
 
 impl Outcome {
-    fn cells(&self, src: &str) -> String {
+    fn cells(&self, names: &[String]) -> String {
         let alert = if self.types.is_empty() {
             "**no alert**".to_owned()
         } else {
@@ -105,7 +163,7 @@ impl Outcome {
             .banned
             .iter()
             .map(String::as_str)
-            .filter(|b| *b != src)
+            .filter(|b| !names.iter().any(|n| n == b))
             .collect();
         if !others.is_empty() {
             blocked += &format!(" (also banned: {})", others.join(", "));
@@ -126,6 +184,7 @@ fn alert_types(lines: &[String], sources: &[String]) -> Vec<String> {
             continue;
         };
         let ip = host.split(' ').next().unwrap_or("").rsplit('/').next();
+        let kind = kind.trim();
         if ip.is_some_and(|ip| sources.iter().any(|s| s == ip)) && !types.iter().any(|t| t == kind)
         {
             types.push(kind.to_owned());
@@ -179,10 +238,27 @@ fn answers(attacker: &Netns) -> u64 {
         .sum()
 }
 
-/// The network of one row: the server gets its extra addresses for the horizontal scan.
-fn network() -> TestNet {
-    let net = TestNet::new(0);
+/// The network of one row: the server gets its extra addresses for the horizontal scan;
+/// from another /64, the attacker's first IPv6 address is one of 2001:db8:1::/64.
+fn network(from: Attacker) -> TestNet {
+    let mut net = TestNet::new(0);
     net.add_server_v4(&MORE_SERVER_HOSTS);
+    if from == Attacker::V6Routed {
+        let far = from.addr();
+        net.server.exec(&format!(
+            "ip -6 route add 2001:db8:1::/64 dev {}",
+            net.server_if
+        ));
+        net.attacker.exec(&format!(
+            "ip addr add {far}/64 dev {} nodad",
+            net.attacker_if
+        ));
+        net.server.exec(&format!(
+            "for i in 1 2 3 4 5; do ping -c1 -W2 {far} >/dev/null && exit 0; sleep 0.2; done; \
+             exit 1"
+        ));
+        net.attacker_v6[0] = far.parse().unwrap();
+    }
     net
 }
 
@@ -240,20 +316,17 @@ fn blocked(net: &TestNet, v6: bool) -> bool {
         .success()
 }
 
-/// Every source the row's scan sends from: the attacker and the decoys.
-fn sources(net: &TestNet, v6: bool) -> Vec<String> {
-    let src = if v6 {
-        net.attacker_v6[0]
-    } else {
-        net.attacker_v4[0]
-    };
-    std::iter::once(src.to_string())
+/// Every source the row's scan sends from: the attacker (by its names) and the decoys.
+fn sources(from: Attacker) -> Vec<String> {
+    from.names()
+        .into_iter()
         .chain(DECOYS.iter().map(|d| d.to_string()))
         .collect()
 }
 
-fn ours(args: &str, v6: bool) -> Run {
-    let net = network();
+fn ours(args: &str, from: Attacker) -> Run {
+    let v6 = from.v6();
+    let net = network(from);
     let wd = Workdir::new();
     let conf = wd.config(&net.server_if, "");
     let d = Daemon::start(&net.server, &["run", "-c", conf.to_str().unwrap()]);
@@ -261,8 +334,9 @@ fn ours(args: &str, v6: bool) -> Run {
     // The daemon acts off the packet path: give it a moment to log and write history.
     std::thread::sleep(Duration::from_millis(1500));
     let blocked = blocked(&net, v6);
-    let types = alert_types(&d.lines(), &sources(&net, v6));
-    let counters = types.is_empty().then(|| {
+    let types = alert_types(&d.lines(), &sources(from));
+    // Why, where it missed or answered: the program's counters.
+    let counters = (types.is_empty() || answers > 0).then(|| {
         let st = status(&wd);
         st["counters"]
             .as_object()
@@ -284,8 +358,9 @@ fn ours(args: &str, v6: bool) -> Run {
     })
 }
 
-fn theirs(bin: &std::path::Path, args: &str, v6: bool) -> Run {
-    let net = network();
+fn theirs(bin: &std::path::Path, args: &str, from: Attacker) -> Run {
+    let v6 = from.v6();
+    let net = network(from);
     let tcp = Portsentry12::start_mode(bin, &net.server, 23, "-atcp");
     let udp = Portsentry12::start_mode(bin, &net.server, 23, "-audp");
     let answers = scan(&net, args, v6)?;
@@ -299,7 +374,7 @@ fn theirs(bin: &std::path::Path, args: &str, v6: bool) -> Run {
         })
         .collect::<String>();
     Ok(Outcome {
-        types: alert_types(&lines, &sources(&net, v6)),
+        types: alert_types(&lines, &sources(from)),
         blocked,
         banned: history_addresses(&history),
         answers,
@@ -319,7 +394,7 @@ pub(crate) fn matrix() {
          portsentry: the test configuration (advanced mode, SCAN_TRIGGER=0, BLOCK_TCP and \
          BLOCK_UDP 1). PortSentry 1.2: `-atcp` and `-audp` (two processes, advanced mode, \
          ports below 1024), SCAN_TRIGGER=0, KILL_ROUTE iptables. Attacker 192.0.2.2 \
-         (2001:db8::2); blocked: a ping from it afterwards goes unanswered; answers: \
+         (IPv6: 2001:db8::2 on the server's /64, or 2001:db8:1::2); blocked: a ping from it afterwards goes unanswered; answers: \
          packets the server sent the attacker during the scan (iptables on the attacker's \
          side).\n"
     );
@@ -328,14 +403,14 @@ pub(crate) fn matrix() {
          blocked | answers |\n|---|---|---|---:|---|---|---:|"
     );
     let mut notes = Vec::new();
-    for (row, args, v6) in SCANS {
-        let src = if v6 { "2001:db8::2" } else { "192.0.2.2" };
-        let a = ours(args, v6);
+    for (row, args, from) in SCANS {
+        let names = from.names();
+        let a = ours(args, from);
         let b = old
             .as_deref()
-            .map(|bin| cells(&theirs(bin, args, v6), src))
+            .map(|bin| cells(&theirs(bin, args, from), &names))
             .unwrap_or_else(|| "- | - | -".to_owned());
-        println!("| {row} | {} | {b} |", cells(&a, src));
+        println!("| {row} | {} | {b} |", cells(&a, &names));
         if let Ok(Outcome {
             counters: Some(c), ..
         }) = a
