@@ -244,20 +244,7 @@ fn network(from: Attacker) -> TestNet {
     let mut net = TestNet::new(0);
     net.add_server_v4(&MORE_SERVER_HOSTS);
     if from == Attacker::V6Routed {
-        let far = from.addr();
-        net.server.exec(&format!(
-            "ip -6 route add 2001:db8:1::/64 dev {}",
-            net.server_if
-        ));
-        net.attacker.exec(&format!(
-            "ip addr add {far}/64 dev {} nodad",
-            net.attacker_if
-        ));
-        net.server.exec(&format!(
-            "for i in 1 2 3 4 5; do ping -c1 -W2 {far} >/dev/null && exit 0; sleep 0.2; done; \
-             exit 1"
-        ));
-        net.attacker_v6[0] = far.parse().unwrap();
+        net.attacker_v6[0] = net.add_attacker_v6_network("2001:db8:1", [2])[0];
     }
     net
 }
