@@ -3,9 +3,16 @@
 //! comparison. Each runs in namespaces made here and is removed afterwards.
 
 use std::{
-    os::fd::{FromRawFd, OwnedFd},
+    os::{
+        fd::{FromRawFd, OwnedFd},
+        unix::net::UnixDatagram,
+    },
     path::{Path, PathBuf},
     process::Command,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -121,11 +128,16 @@ pub fn portsentry12(cache: &Path) -> Option<PathBuf> {
 
 /// Runs PortSentry 1.2 in stealth TCP mode in `server`, with a config of its own (1.2
 /// reads only /etc/portsentry/portsentry.conf: a private mount namespace binds a temp
-/// folder there). Returns the folder (its history file shows each block).
+/// folder there). Returns the folder (its history file shows each block). 1.2 logs its
+/// attackalert lines only to syslog (`/dev/log`): the same mount namespace puts a
+/// folder of the bench's over /dev holding `null` and a socket whose messages a thread
+/// collects ([`Portsentry12::syslog`]).
 pub struct Portsentry12 {
     pub dir: tempfile::TempDir,
     bin: PathBuf,
     created_etc: bool,
+    syslog: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
 }
 
 impl Portsentry12 {
@@ -155,8 +167,28 @@ impl Portsentry12 {
         if created_etc {
             std::fs::create_dir_all("/etc/portsentry").unwrap();
         }
+        let dev = dir.path().join("dev");
+        std::fs::create_dir(&dev).unwrap();
+        std::fs::write(dev.join("null"), "").unwrap();
+        let socket = UnixDatagram::bind(dev.join("log")).expect("binding the syslog socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let syslog = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (lines, stopped) = (syslog.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            while !stopped.load(Ordering::Relaxed) {
+                if let Ok(n) = socket.recv(&mut buf) {
+                    let line = String::from_utf8_lossy(&buf[..n]).trim_end().to_owned();
+                    lines.lock().unwrap().push(line);
+                }
+            }
+        });
         sh(&format!(
-            "unshare --mount --propagation private sh -c 'mount --bind {d} /etc/portsentry && \
+            "unshare --mount --propagation private sh -c 'mount --bind /dev/null {d}/dev/null && \
+             mount --rbind {d}/dev /dev && mount --bind {d} /etc/portsentry && \
              nsenter --net=/run/netns/{ns} {bin} {flag}'",
             ns = server.name,
             bin = bin.display()
@@ -167,7 +199,15 @@ impl Portsentry12 {
             dir,
             bin: bin.to_path_buf(),
             created_etc,
+            syslog,
+            stop,
         }
+    }
+
+    /// The syslog lines 1.2 has written so far (`<29>Dec  3 04:02:09 portsentry[6016]:
+    /// attackalert: ...`).
+    pub fn syslog(&self) -> Vec<String> {
+        self.syslog.lock().unwrap().clone()
     }
 
     /// Waits for `ip`'s history line; when it was seen.
@@ -190,6 +230,7 @@ impl Portsentry12 {
 
 impl Drop for Portsentry12 {
     fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
         let _ = Command::new("pkill")
             .arg("-f")
             .arg(self.bin.display().to_string())

@@ -70,6 +70,17 @@ impl Netns {
             .expect("running nsenter")
     }
 
+    /// Pings `a` until it answers (5 tries), so that its neighbour entry is resolved
+    /// before a test's first packet: no first packet waits on neighbour discovery long
+    /// enough to be retransmitted (a retransmitted SYN counts twice). A few tries: on a
+    /// loaded machine the first IPv6 neighbour solicitation can go unanswered in time.
+    pub fn resolve(&self, a: IpAddr) {
+        self.exec(&format!(
+            "for i in 1 2 3 4 5; do ping -c1 -W2 {a} >/dev/null && exit 0; sleep 0.2; done; \
+             exit 1"
+        ));
+    }
+
     /// A `Command` that runs `program` inside the namespace.
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new("nsenter");
@@ -153,15 +164,9 @@ impl TestNet {
         server.exec(&format!(
             "for i in $(seq 50); do ip link show {server_if} | grep -q LOWER_UP && exit 0; sleep 0.1; done; exit 1"
         ));
-        // Resolve every neighbour now, so that no first packet waits on neighbour
-        // discovery long enough to be retransmitted (a retransmitted SYN counts twice).
-        // A few tries: on a loaded machine the first IPv6 neighbour solicitation can go
-        // unanswered within the timeout.
+        // Resolve every neighbour now (see `Netns::resolve`).
         for a in attacker_v4.iter().chain(&attacker_v6) {
-            server.exec(&format!(
-                "for i in 1 2 3 4 5; do ping -c1 -W2 {a} >/dev/null && exit 0; sleep 0.2; done; \
-                 exit 1"
-            ));
+            server.resolve(*a);
         }
         TestNet {
             server,
@@ -177,6 +182,27 @@ impl TestNet {
 }
 
 impl TestNet {
+    /// Gives the server more addresses, `192.0.2.h` for each `h` of `hosts`, on its veth
+    /// end (a server with many addresses, for horizontal scans), and resolves them from
+    /// the attacker; returns them. Pick hosts above the attacker's (2 to
+    /// 2 + `extra_sources`).
+    pub fn add_server_v4(&self, hosts: &[u8]) -> Vec<IpAddr> {
+        let added: Vec<IpAddr> = hosts
+            .iter()
+            .map(|h| format!("192.0.2.{h}").parse().unwrap())
+            .collect();
+        for a in &added {
+            assert!(
+                !self.attacker_v4.contains(a),
+                "{a} is an attacker address already"
+            );
+            self.server
+                .exec(&format!("ip addr add {a}/24 dev {}", self.server_if));
+            self.attacker.resolve(*a);
+        }
+        added
+    }
+
     /// Gives the attacker addresses `NET.h` for each `h` of `hosts` in another IPv4 /24
     /// (`net` is its first three octets, e.g. `198.51.100`), routed over the veth in both
     /// namespaces, and resolves their neighbour entries; returns them. The server's
@@ -196,13 +222,39 @@ impl TestNet {
             added.push(format!("{net}.{h}").parse().unwrap());
         }
         for a in &added {
-            self.server.exec(&format!(
-                "for i in 1 2 3 4 5; do ping -c1 -W2 {a} >/dev/null && exit 0; sleep 0.2; done; \
-                 exit 1"
-            ));
+            self.server.resolve(*a);
         }
         self.attacker_v4.extend(added.iter().copied());
         added
+    }
+}
+
+impl TestNet {
+    /// Gives the attacker the addresses `PREFIX::h` (hex) for each `h` of `hosts` in the
+    /// /64 `prefix` (e.g. "2001:db8:0:1"), routed from the server over the veth, and
+    /// resolves them from the server; returns them. The existing addresses are unchanged.
+    pub fn add_attacker_v6_network(
+        &self,
+        prefix: &str,
+        hosts: impl IntoIterator<Item = u16>,
+    ) -> Vec<IpAddr> {
+        self.server.exec(&format!(
+            "ip -6 route replace {prefix}::/64 dev {}",
+            self.server_if
+        ));
+        let mut out = Vec::new();
+        for h in hosts {
+            let a: IpAddr = format!("{prefix}::{h:x}").parse().unwrap();
+            self.attacker.exec(&format!(
+                "ip addr add {a}/64 dev {} nodad",
+                self.attacker_if
+            ));
+            out.push(a);
+        }
+        for a in &out {
+            self.server.resolve(*a);
+        }
+        out
     }
 }
 

@@ -88,16 +88,27 @@ pub fn wait_banned(wd: &Workdir, d: &Daemon, ip: IpAddr) {
 /// Runs nmap from `src` in the attacker namespace against `dst` (`scan`: its scan
 /// options, `ports`: its `-p`), one try per probe; fails when nmap scanned nothing.
 pub fn nmap(net: &TestNet, scan: &str, src: IpAddr, dst: IpAddr, ports: &str) {
-    let six = if dst.is_ipv6() { "-6" } else { "" };
+    nmap_hosts(net, scan, src, &[dst], ports);
+}
+
+/// Like [`nmap`], over several of the server's addresses (a horizontal scan).
+pub fn nmap_hosts(net: &TestNet, scan: &str, src: IpAddr, dsts: &[IpAddr], ports: &str) {
+    let six = if src.is_ipv6() { "-6" } else { "" };
+    let targets: Vec<String> = dsts.iter().map(IpAddr::to_string).collect();
     let out = net.attacker.try_exec(&format!(
         "nmap {six} -n -Pn {scan} -e {iface} -S {src} -p {ports} --max-retries 0 \
-         --host-timeout 30s -T4 {dst}",
-        iface = net.attacker_if
+         --host-timeout 30s -T4 {targets}",
+        iface = net.attacker_if,
+        targets = targets.join(" ")
     ));
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let up = match dsts.len() {
+        1 => "(1 host up)".to_owned(),
+        n => format!("({n} hosts up)"),
+    };
     // nmap exits 0 even when it scanned nothing ("failed to determine route").
     assert!(
-        out.status.success() && stdout.contains("(1 host up)"),
+        out.status.success() && stdout.contains(&up),
         "nmap {scan} from {src} did not scan: {stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );

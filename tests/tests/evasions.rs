@@ -1,27 +1,50 @@
 //! End to end: the scans PortSentry 1.2 (and the previous release) let through, run with
 //! real nmap from the attacker namespace against the daemon with its default
-//! detection settings: fragmented SYN scans (`-f`, `--mtu 16`; nmap fragments IPv4
-//! only: IPv6 fragments are sent by `stack_differential.rs`), ACK, Window and Maimon
-//! scans over IPv4 and IPv6, and an IP-protocol scan. Each is detected, typed in the
-//! attackalert line, and its source banned. A client whose stray segments with ACK go
-//! to one port that no longer listens is counted and never banned.
+//! detection settings: fragmented SYN scans (`-f`, `--mtu 8`, `16` and `24`), ACK,
+//! Window and Maimon scans over IPv4 and IPv6, an IP-protocol scan, masscan at 10,000
+//! packets a second, and a horizontal scan (one port on five of the server's
+//! addresses). nmap 7.93 refuses `-f` with `-6` ("fragmentation [is] not supported with
+//! IPv6"), so the IPv6 fragmented SYN scan is sent as nmap `-f` would send it (8-byte
+//! fragments) from crafted frames. Each is detected, typed in the attackalert line, and
+//! its source banned. With SCAN_TRIGGER=3, a horizontal scan is banned at its third
+//! address and a slow scan (`--scan-delay 1s`) at its third port. A client whose stray
+//! segments with ACK go to one port that no longer listens is counted and never banned.
 
 use std::{
-    net::{SocketAddr, TcpListener},
+    net::{IpAddr, SocketAddr, TcpListener},
     time::Duration,
 };
 
 use portsentry_tests::{
+    crafted::{checksummed, even_pieces, fragments},
     daemon::{Daemon, Workdir, wait_until},
+    frames::{Frame, flags::SYN},
     netns::{TestNet, tcp_connect},
     require_kernel,
-    scenario::{check_config, history_has, nmap, status, wait_banned},
+    scenario::{check_config, history_has, nmap, nmap_hosts, status, wait_banned},
+    wire::{Wire, mac_of},
 };
+
+/// Waits for `src`'s ban and checks its attackalert line (`text`: the scan type, `to`:
+/// what follows "to ") and its XDP block line.
+fn assert_caught(files: &Workdir, d: &Daemon, src: IpAddr, text: &str, to: &str) {
+    wait_banned(files, d, src);
+    let alert = d.wait_for(
+        &format!("attackalert: {text} from host: {src}/{src} to {to}"),
+        Duration::from_secs(5),
+    );
+    assert!(alert.contains(text), "{alert}");
+    d.wait_for(
+        &format!("attackalert: Host {src} has been blocked via XDP drop"),
+        Duration::from_secs(5),
+    );
+}
 
 #[test]
 fn evasive_scans_are_detected_typed_and_banned() {
     require_kernel!();
-    let net = TestNet::new(8);
+    let net = TestNet::new(10);
+    let more_server = net.add_server_v4(&[101, 102, 103, 104]);
     let files = Workdir::new();
     let conf = files.config(&net.server_if, "");
     let d = Daemon::start(&net.server, &["run", "-c", conf.to_str().unwrap()]);
@@ -37,6 +60,21 @@ fn evasive_scans_are_detected_typed_and_banned() {
             "TCP SYN/Normal scan",
             "TCP port: ",
         ),
+        (
+            "-sS --mtu 8",
+            a4[7],
+            s4,
+            "TCP tiny fragment scan",
+            "TCP port: ",
+        ),
+        // 24 bytes carry nmap's whole SYN header (20 and an MSS option): typed by its flags.
+        (
+            "-sS --mtu 24",
+            a4[8],
+            s4,
+            "TCP SYN/Normal scan",
+            "TCP port: ",
+        ),
         ("-sA", a4[2], s4, "TCP ACK scan", "TCP port: "),
         ("-sW", a4[3], s4, "TCP ACK scan", "TCP port: "),
         ("-sM", a4[4], s4, "TCP FIN/ACK (Maimon) scan", "TCP port: "),
@@ -47,17 +85,42 @@ fn evasive_scans_are_detected_typed_and_banned() {
         // -sO takes protocol numbers: ones nothing here serves.
         let ports = if scan == "-sO" { "150-160" } else { "20-30" };
         nmap(&net, scan, src, dst, ports);
-        wait_banned(&files, &d, src);
-        let alert = d.wait_for(
-            &format!("attackalert: {text} from host: {src}/{src} to {to}"),
-            Duration::from_secs(5),
-        );
-        assert!(alert.contains(text), "{alert}");
-        d.wait_for(
-            &format!("attackalert: Host {src} has been blocked via XDP drop"),
-            Duration::from_secs(5),
-        );
+        assert_caught(&files, &d, src, text, to);
     }
+
+    // IPv6, as nmap -f splits a SYN (8-byte fragments), to ports 20-30: each first
+    // fragment carries the ports only.
+    let wire = Wire::open(
+        &net.attacker,
+        &net.attacker_if,
+        (&net.server, &net.server_if),
+    );
+    for (i, port) in (20..=30u16).enumerate() {
+        let whole = checksummed(Frame::tcp(a6[1], s6, port, SYN).build());
+        for f in fragments(&whole, &even_pieces(20, 8), 7000 + i as u32) {
+            wire.send(&f);
+        }
+    }
+    assert_caught(&files, &d, a6[1], "TCP tiny fragment scan", "TCP port: ");
+
+    // masscan at 10,000 packets a second over 1,000 ports (it writes frames itself: the
+    // server's MAC is its router).
+    let src = a4[9];
+    let mac = mac_of(&net.server, &net.server_if)
+        .map(|b| format!("{b:02x}"))
+        .join(":");
+    net.attacker.exec(&format!(
+        "masscan {s4} -p1-1000 --rate 10000 -e {iface} --source-ip {src} --router-mac {mac} \
+         --wait 1 2>&1",
+        iface = net.attacker_if
+    ));
+    assert_caught(&files, &d, src, "TCP SYN/Normal scan", "TCP port: ");
+
+    // Horizontal: port 23 on five of the server's addresses.
+    let src = a4[10];
+    let hosts = [vec![s4], more_server.clone()].concat();
+    nmap_hosts(&net, "-sS", src, &hosts, "23");
+    assert_caught(&files, &d, src, "TCP SYN/Normal scan", "TCP port: 23");
     let st = status(&files);
     // The tiny fragment that reached the trigger was banned by the program itself, and
     // dropped as banned with everything after it.
@@ -100,6 +163,62 @@ fn evasive_scans_are_detected_typed_and_banned() {
     );
     assert!(!d.has_line(&format!("from host: {client}/")));
     drop(conn);
+}
+
+/// With SCAN_TRIGGER=3: a horizontal scan (port 23 on one address of the server after
+/// another) is banned at the third address, and a slow scan (`--scan-delay 1s` over 4
+/// ports) at its third port.
+#[test]
+fn slow_and_horizontal_scans_reach_the_trigger() {
+    require_kernel!();
+    let net = TestNet::new(1);
+    let hosts = [
+        vec![net.server_v4],
+        net.add_server_v4(&[101, 102, 103, 104]),
+    ]
+    .concat();
+    let files = Workdir::new();
+    let conf = files.config(&net.server_if, "SCAN_TRIGGER=\"3\"\n");
+    let d = Daemon::start(&net.server, &["run", "-c", conf.to_str().unwrap()]);
+    let src = net.attacker_v4[0];
+    // One SYN each (no retransmission within 300 ms), address after address.
+    let probe = |dst: IpAddr| {
+        let _ = net
+            .attacker
+            .enter(|| tcp_connect(src, SocketAddr::new(dst, 23), Duration::from_millis(300)));
+    };
+    for dst in &hosts[..2] {
+        probe(*dst);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !history_has(&files, src),
+        "banned before the third address: {}",
+        files.read("portsentry.history")
+    );
+    probe(hosts[2]);
+    assert_caught(&files, &d, src, "TCP SYN/Normal scan", "TCP port: 23");
+    let st = status(&files);
+    assert_eq!(
+        st["counters"]["kernel_banned"].as_u64(),
+        Some(1),
+        "the third address's probe should have been banned by the program: {}",
+        st["counters"]
+    );
+    // The fourth and fifth addresses: dropped as banned.
+    for dst in &hosts[3..] {
+        probe(*dst);
+    }
+
+    // Slow: one port a second, in order (-r): 20, 21, then 22 reaches the trigger.
+    let src = net.attacker_v4[1];
+    nmap(&net, "-sS -r --scan-delay 1s", src, net.server_v4, "20-23");
+    assert_caught(&files, &d, src, "TCP SYN/Normal scan", "TCP port: ");
+    let alert = d.wait_for(&format!("from host: {src}/{src}"), Duration::from_secs(1));
+    assert!(
+        alert.ends_with("TCP port: 22"),
+        "not the third port: {alert}"
+    );
 }
 
 /// `check-config` says what the evasion settings do, and refuses bad values at their

@@ -62,6 +62,7 @@ const PROVIDED_BY: &[(&str, &str)] = &[
     ("pgrep", "procps"),
     ("pkill", "procps"),
     ("iptables-legacy", "iptables"),
+    ("ip6tables", "iptables"),
     ("iptables-legacy-restore", "iptables"),
 ];
 

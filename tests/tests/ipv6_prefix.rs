@@ -15,30 +15,6 @@ use portsentry_tests::{
     scenario::{ban_nets, history_has, start, status},
 };
 
-/// Gives the attacker `hosts` addresses of the /64 `prefix` (e.g. "2001:db8:0:1"),
-/// routed from the server, and resolves them from the server (so that no first answer
-/// waits on neighbour discovery).
-fn addresses(net: &TestNet, prefix: &str, hosts: impl IntoIterator<Item = u16>) -> Vec<IpAddr> {
-    net.server.exec(&format!(
-        "ip -6 route replace {prefix}::/64 dev {}",
-        net.server_if
-    ));
-    let mut out = Vec::new();
-    for h in hosts {
-        let a: IpAddr = format!("{prefix}::{h:x}").parse().unwrap();
-        net.attacker
-            .exec(&format!("ip addr add {a}/64 dev {} nodad", net.attacker_if));
-        out.push(a);
-    }
-    for a in &out {
-        net.server.exec(&format!(
-            "for i in 1 2 3 4 5; do ping -c1 -W2 {a} >/dev/null && exit 0; sleep 0.2; done; \
-             exit 1"
-        ));
-    }
-    out
-}
-
 /// A SYN from `src` to the closed watched port `port` of the server's IPv6 address.
 fn probe6(net: &TestNet, src: IpAddr, port: u16) {
     let dst = SocketAddr::new(net.server_v6, port);
@@ -72,9 +48,9 @@ fn wait_history(wd: &Workdir, d: &Daemon, ip: IpAddr) {
 fn a_scanner_rotating_its_addresses_is_one_ban_of_its_64() {
     require_kernel!();
     let net = TestNet::new(0);
-    let scanner = addresses(&net, "2001:db8:0:1", 0x10..0x38);
-    let idle = addresses(&net, "2001:db8:0:1", [0xfffe]);
-    let other = addresses(&net, "2001:db8:0:2", [0x10]);
+    let scanner = net.add_attacker_v6_network("2001:db8:0:1", 0x10..0x38);
+    let idle = net.add_attacker_v6_network("2001:db8:0:1", [0xfffe]);
+    let other = net.add_attacker_v6_network("2001:db8:0:2", [0x10]);
     let _svc = net.server.enter(|| TcpListener::bind("[::]:80").unwrap());
     let wd = Workdir::new();
     wd.config(&net.server_if, "");
@@ -120,7 +96,7 @@ fn a_scanner_rotating_its_addresses_is_one_ban_of_its_64() {
 fn probes_from_addresses_of_one_64_add_up_to_the_trigger() {
     require_kernel!();
     let net = TestNet::new(0);
-    let scanner = addresses(&net, "2001:db8:0:1", 0x10..0x13);
+    let scanner = net.add_attacker_v6_network("2001:db8:0:1", 0x10..0x13);
     let _svc = net.server.enter(|| TcpListener::bind("[::]:80").unwrap());
     let wd = Workdir::new();
     wd.config(&net.server_if, "SCAN_TRIGGER=\"3\"\n");
@@ -143,7 +119,7 @@ fn probes_from_addresses_of_one_64_add_up_to_the_trigger() {
 fn a_64_with_an_ignored_address_is_counted_per_address() {
     require_kernel!();
     let net = TestNet::new(0);
-    let hosts = addresses(&net, "2001:db8:0:1", [0x5, 0x6, 0x99]);
+    let hosts = net.add_attacker_v6_network("2001:db8:0:1", [0x5, 0x6, 0x99]);
     let (scanner, neighbour, ignored) = (hosts[0], hosts[1], hosts[2]);
     let _svc = net.server.enter(|| TcpListener::bind("[::]:80").unwrap());
     let wd = Workdir::new();
@@ -167,7 +143,7 @@ fn a_64_with_an_ignored_address_is_counted_per_address() {
 fn source_prefix_128_bans_each_address() {
     require_kernel!();
     let net = TestNet::new(0);
-    let hosts = addresses(&net, "2001:db8:0:1", [0x5, 0x6]);
+    let hosts = net.add_attacker_v6_network("2001:db8:0:1", [0x5, 0x6]);
     let _svc = net.server.enter(|| TcpListener::bind("[::]:80").unwrap());
     let wd = Workdir::new();
     wd.config(&net.server_if, "SOURCE_PREFIX_V6=\"128\"\n");
@@ -185,8 +161,8 @@ fn source_prefix_128_bans_each_address() {
 fn changing_the_prefix_keeps_every_ban() {
     require_kernel!();
     let net = TestNet::new(0);
-    let scanner = addresses(&net, "2001:db8:0:1", [0x10, 0xfffe]);
-    let others = addresses(&net, "2001:db8:0:2", [0x10, 0x11]);
+    let scanner = net.add_attacker_v6_network("2001:db8:0:1", [0x10, 0xfffe]);
+    let others = net.add_attacker_v6_network("2001:db8:0:2", [0x10, 0x11]);
     let _svc = net.server.enter(|| TcpListener::bind("[::]:80").unwrap());
     let wd = Workdir::new();
     wd.config(&net.server_if, "");

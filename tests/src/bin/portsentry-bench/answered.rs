@@ -95,17 +95,23 @@ fn answers(server: &Netns) -> u64 {
         .sum()
 }
 
-/// Runs one scanner from the attacker's first address: (answers, service found open).
-fn scan(net: &TestNet, cmd: &str) -> (u64, bool) {
+/// The MAC address of the server's veth end (masscan's `--router-mac`: it sends frames
+/// itself).
+pub(crate) fn server_mac(net: &TestNet) -> String {
     let link = net
         .server
         .exec(&format!("ip -o link show {}", net.server_if));
-    let mac = String::from_utf8_lossy(&link.stdout)
+    String::from_utf8_lossy(&link.stdout)
         .split_whitespace()
         .skip_while(|w| *w != "link/ether")
         .nth(1)
         .unwrap_or_default()
-        .to_owned();
+        .to_owned()
+}
+
+/// Runs one scanner from the attacker's first address: (answers, service found open).
+fn scan(net: &TestNet, cmd: &str) -> (u64, bool) {
+    let mac = server_mac(net);
     let src = net.attacker_v4[0].to_string();
     count_answers(&net.server, &src);
     let line = cmd

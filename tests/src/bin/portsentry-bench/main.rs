@@ -18,6 +18,9 @@
 //! 7. Many sources at once: the banned, benign and probe paths with each run from
 //!    another of `--scale` sources, `--scale` exact and 100,000 range bans loaded
 //!    (`distinct`; `--distinct-only`).
+//! 8. Scanners against PortSentry 1.2: nmap's scan types, fragments, IPv6, slow timing,
+//!    decoys, a horizontal scan and masscan, each against portsentry and PortSentry 1.2
+//!    (`matrix`; `--matrix-only`).
 //! 4. With `--baseline OBJECT`: this build's paths next to another build's, same frames,
 //!    same run (`compare`).
 //!
@@ -30,6 +33,7 @@ mod compare;
 mod crowdsec;
 mod distinct;
 mod firewall_bouncer;
+mod matrix;
 mod memory;
 mod per_packet;
 mod reaction;
@@ -57,6 +61,8 @@ pub(crate) struct Args {
     pub(crate) answered_only: bool,
     /// Only the daemon's memory and start-up, and the ban journal.
     pub(crate) memory_only: bool,
+    /// Only "Scanners against PortSentry 1.2" (`--matrix-only`).
+    pub(crate) matrix_only: bool,
     /// Only "Many sources at once".
     pub(crate) distinct_only: bool,
     /// Only the CrowdSec fleet (propagation and a list of decisions).
@@ -80,6 +86,7 @@ fn parse_args() -> Args {
         baseline: None,
         compare_only: false,
         answered_only: false,
+        matrix_only: false,
         memory_only: false,
         distinct_only: false,
         crowdsec_only: false,
@@ -99,6 +106,10 @@ fn parse_args() -> Args {
         }
         if arg == "--answered-only" {
             a.answered_only = true;
+            continue;
+        }
+        if arg == "--matrix-only" {
+            a.matrix_only = true;
             continue;
         }
         if arg == "--distinct-only" {
@@ -137,7 +148,7 @@ fn parse_args() -> Args {
             other => panic!(
                 "unknown argument {other}; use --repeat N --rounds N --loads N --reaction-runs N \
                  (at most 250) --scale N --flood-secs N --baseline OBJECT --compare-only \
-                 --answered-only --memory-only --distinct-only --crowdsec-only \
+                 --answered-only --matrix-only --memory-only --distinct-only --crowdsec-only \
                  --crowdsec-list-only --crowdsec-fresh-only \
                  --crowdsec-decisions N"
             ),
@@ -220,6 +231,10 @@ fn main() {
         answered::answered();
         return;
     }
+    if args.matrix_only {
+        matrix::matrix();
+        return;
+    }
     if args.crowdsec_fresh_only {
         crowdsec::fresh_only(args.crowdsec_decisions);
         return;
@@ -258,6 +273,7 @@ fn main() {
     }
     if args.reaction_runs > 0 {
         answered::answered();
+        matrix::matrix();
     }
     memory::daemon_memory(args.scale);
     memory::journal(args.scale, 3);
