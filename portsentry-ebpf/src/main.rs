@@ -16,7 +16,9 @@
 //!    source in a network that holds an ignored address is counted by its address
 //!    (a datagram of an IP protocol nothing here serves, `PS_PROTOCOLS`, comes here
 //!    from step 3 and is then counted with no socket lookup);
-//! 6. a socket lookup (`socket.rs`): a port a local socket owns is never a scan target;
+//! 6. a socket lookup (`socket.rs`): a port a local socket owns is never a scan target
+//!    (under SCAN_DETECTION="trw" a SYN to it, watched or not, is a success of a source
+//!    that has a record: `probe::record_success`);
 //! 7. the probe is counted per source and, within bounds, reported to userspace
 //!    (`probe.rs`); with VERIFY_SOURCES a SYN is answered with a challenge.
 //!
@@ -51,8 +53,8 @@ use portsentry_common::{
         ACK_PORT_WORDS, BAN_CACHE_SLOTS, BAN_FILTER_WORDS, BAN_NETS_MAX, BANS_MAX, BanEntry,
         BanSlot, EVENTS_BYTES, EventBudget, IGNORE_FILTER_WORDS, IGNORE_MAX, IGNORE_SINGLE,
         KernelBan, PORT_WORDS, PROTOCOL_WORDS, SETTING_DROP_EVASIVE, SETTING_IGNORE,
-        SETTING_IGNORE_WIDE, SETTING_VERIFY, SOURCES_MAX, Settings, SourceStats, net_filter_bit,
-        v6_source_prefix,
+        SETTING_IGNORE_WIDE, SETTING_TRW, SETTING_VERIFY, SOURCES_MAX, Settings, SourceStats,
+        net_filter_bit, v6_source_prefix,
     },
     packet::{AddrWords, EthHdr, Ip, L4, Packet, parse_ip, parse_l4_into, prefix_words, scan_type},
     scan::tcp_flags::{ACK, RST},
@@ -62,7 +64,7 @@ use crate::{
     bans::is_banned,
     challenge::{answers_challenge, send_challenge},
     frame::XdpPacket,
-    probe::{is_ack_watched, is_watched, record_probe},
+    probe::{is_ack_watched, is_watched, record_probe, record_success},
     socket::has_local_socket,
 };
 
@@ -211,7 +213,13 @@ fn inspect_l4(
         Ok(kind) => kind,
         Err(reason) => return reason,
     };
+    // SCAN_DETECTION="trw": a new connection (a SYN) to a listener is a success of its
+    // source's walk; in the default mode this is the one flag test it costs.
+    let trw_syn = settings.flags & SETTING_TRW != 0 && kind == ScanType::TcpSyn;
     if !kind.is_ack_class() && kind != ScanType::IpProto && !is_watched(l4) {
+        if trw_syn {
+            record_success(key, l4, settings, || has_local_socket(ctx, ip, l4));
+        }
         return Counter::PassUnwatched;
     }
     let Some(src) = counted_as(ip, *key, prefix, settings) else {
@@ -219,6 +227,9 @@ fn inspect_l4(
     };
     // An IP protocol's datagram came here only if nothing serves it.
     if kind != ScanType::IpProto && has_local_socket(ctx, ip, l4) {
+        if trw_syn {
+            record_success(&src.key, l4, settings, || true);
+        }
         return Counter::PassListening;
     }
     if record_probe(ctx, &src, l4, kind, false, settings) {

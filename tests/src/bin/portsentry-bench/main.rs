@@ -187,6 +187,7 @@ pub(crate) fn bench_dataplane(
         event_burst: 1,
         flags: portsentry_common::maps::SETTING_DROP_EVASIVE,
         cookie_secret: 0,
+        trw: Default::default(),
     })
     .unwrap();
     dp.replace_ignore(ignore, &[]).unwrap();
