@@ -54,6 +54,8 @@ fn settings_pinned_by_the_earlier_release_are_carried_over() {
     require_kernel!();
     let w = Workdir::new();
     ensure_pin_dir(&w.pin_dir).unwrap();
+    // Every map pinned, then PS_SETTINGS as the earlier release pinned it.
+    drop(Dataplane::load(&MapSizes::default(), Some(w.pin_dir.clone())).unwrap());
     let old = Settings {
         event_trigger: 5,
         events_per_sec: 1000,
@@ -63,7 +65,12 @@ fn settings_pinned_by_the_earlier_release_are_carried_over() {
         trw: Default::default(),
     };
     let pin = w.pin_dir.join(SETTINGS);
+    std::fs::remove_file(&pin).unwrap();
     pin_old_settings(&pin, &old);
+    // `status` reads them while the earlier daemon still runs on them.
+    let seen = Dataplane::inspect_pinned(&w.pin_dir).expect("status over the earlier pins");
+    assert_eq!(seen.settings(), old);
+    drop(seen);
     let dp = Dataplane::load(&MapSizes::default(), Some(w.pin_dir.clone()))
         .expect("this release loads over the earlier pins");
     assert_eq!(dp.settings(), old, "every field carried over, the walk off");

@@ -151,7 +151,7 @@ fn carry_over(r: &Resized, new: &Map) -> Result<()> {
 
 /// A value of this release from an earlier release's bytes: the fields they hold, the
 /// added ones zero (off).
-fn grown<V: bytemuck::Pod>(old: &[u8]) -> V {
+pub(super) fn grown<V: bytemuck::Pod>(old: &[u8]) -> V {
     let mut v = V::zeroed();
     let bytes = bytemuck::bytes_of_mut(&mut v);
     let n = old.len().min(bytes.len());

@@ -336,6 +336,19 @@ pub fn lookup_bytes(map: BorrowedFd<'_>, key: &[u8], value_len: usize) -> std::i
     Ok(value)
 }
 
+/// Writes `value` (the map's value size) at `key`, the counterpart of [`lookup_bytes`].
+pub fn update_bytes(map: BorrowedFd<'_>, key: &[u8], value: &[u8]) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let mut attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: key.as_ptr() as u64,
+        value_or_next_key: value.as_ptr() as u64,
+        flags: 0,
+    };
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr)
+}
+
 /// A write of many entries that stopped: how many were written before `error`.
 #[derive(Debug)]
 pub struct WriteError {
