@@ -12,7 +12,7 @@ use portsentry_tests::{
     daemon::{Daemon, Workdir, wait_until},
     netns::{TestNet, tcp_connect},
     require_kernel,
-    scenario::{ban_nets, history_has, start, status},
+    scenario::{ban_nets, counter, history_has, start, status},
 };
 
 /// Gives the attacker `hosts` addresses of the /64 `prefix` (e.g. "2001:db8:0:1"),
@@ -53,10 +53,6 @@ fn reaches6(net: &TestNet, src: IpAddr) -> bool {
     net.attacker
         .enter(|| tcp_connect(src, dst, Duration::from_millis(800)))
         .is_ok()
-}
-
-fn counter(st: &serde_json::Value, name: &str) -> u64 {
-    st["counters"][name].as_u64().unwrap_or(0)
 }
 
 /// Waits for the history line of `ip` (a source's network address).

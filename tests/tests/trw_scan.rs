@@ -13,12 +13,8 @@ use portsentry_tests::{
     daemon::Workdir,
     netns::{TestNet, tcp_connect},
     require_kernel,
-    scenario::{history_has, nmap, start, status, wait_banned},
+    scenario::{counter, history_has, nmap, start, status, wait_banned},
 };
-
-fn counter(st: &serde_json::Value, name: &str) -> u64 {
-    st["counters"][name].as_u64().unwrap_or(0)
-}
 
 #[test]
 fn a_client_is_spared_and_nmap_is_banned_at_its_fourth_closed_port() {
