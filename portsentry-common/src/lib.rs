@@ -11,6 +11,7 @@ pub mod counters;
 pub mod maps;
 pub mod packet;
 pub mod scan;
+pub mod trw;
 
 pub use counters::Counter;
 pub use scan::ScanType;

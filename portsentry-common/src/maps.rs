@@ -220,10 +220,17 @@ pub struct SourceStats {
     /// Probes counted.
     pub hits: u32,
     /// Distinct destination ports, estimated with `port_filter` (exact while small,
-    /// an undercount once ports collide in the 256-bit filter; saturates at 256).
+    /// an undercount once ports collide in the 256-bit filter; saturates at 256): the
+    /// failed first contacts of the Threshold Random Walk.
     pub distinct_ports: u32,
-    /// Events delivered to userspace for this source.
-    pub events: u32,
+    /// Events delivered to userspace for this source (at most `EVENT_BURST + 32`).
+    pub events: u16,
+    /// SCAN_DETECTION="trw": first contacts of this source that reached a listener (a
+    /// TCP SYN to a port with a socket), each port once with `port_filter`, held so
+    /// that the walk never goes under its benign bound ([`crate::trw::Walk`]). Once
+    /// the high half of a `u32 events`: a map pinned by an earlier release reads the
+    /// same (its events stayed far below 65536) with no successes.
+    pub successes: u16,
     pub last_port: u16,
     /// `ScanType as u8` of the last probe.
     pub last_scan_type: u8,
@@ -256,7 +263,8 @@ pub struct ScanEvent {
     pub ifindex: u32,
     /// `EVENT_*` bits.
     pub flags: u32,
-    pub _pad: u32,
+    /// `SourceStats::successes` (0 unless SCAN_DETECTION="trw").
+    pub successes: u32,
 }
 const _: () = assert!(size_of::<ScanEvent>() == 56);
 
@@ -312,8 +320,12 @@ pub struct Settings {
     pub flags: u32,
     /// Secret for the challenge cookies (random per daemon start).
     pub cookie_secret: u64,
+    /// The Threshold Random Walk's steps and bounds (read under [`SETTING_TRW`]). Added
+    /// after the release whose value was 24 bytes: a pinned map of that shape is
+    /// replaced at the next load, its 24 bytes carried over.
+    pub trw: crate::trw::Walk,
 }
-const _: () = assert!(size_of::<Settings>() == 24);
+const _: () = assert!(size_of::<Settings>() == 40);
 
 /// `Settings::flags`: `PS_BAN_NETS` holds at least one entry, so look it up.
 pub const SETTING_PREFIX_BANS: u32 = 1 << 0;
@@ -338,6 +350,11 @@ pub const SETTING_DROP_EVASIVE: u32 = 1 << 6;
 /// `Settings::flags`: `PS_BAN_NETS` holds a range too wide for `PS_NET_FILTER` (shorter
 /// than /8 for IPv4, /32 for IPv6): every packet looks at the trie.
 pub const SETTING_PREFIX_BANS_WIDE: u32 = 1 << 7;
+
+/// `Settings::flags`: SCAN_DETECTION="trw": a SYN, FIN, NULL, XMAS or UDP probe reaches
+/// the trigger when the source's Threshold Random Walk does (`Settings::trw`), and a SYN
+/// to a listener from a source with a record counts as its success.
+pub const SETTING_TRW: u32 = 1 << 8;
 
 /// `Settings::flags` bits 24 to 31: the prefix length an IPv6 source is counted and
 /// banned by (SOURCE_PREFIX_V6): its key in `PS_SOURCES` and `PS_BANS` is that network's

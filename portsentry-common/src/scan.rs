@@ -127,6 +127,13 @@ impl ScanType {
         )
     }
 
+    /// Whether a probe of this type is a failed first contact of the Threshold Random
+    /// Walk (SCAN_DETECTION="trw"): the types the program may ban at (the ACK class and
+    /// IP protocols keep ACK_SCAN_PORTS and PROTO_SCAN_PROTOCOLS in every mode).
+    pub const fn walks(self) -> bool {
+        self.kernel_bannable()
+    }
+
     /// Short stable name, used in JSON and metrics.
     pub const fn name(self) -> &'static str {
         match self {

@@ -16,7 +16,9 @@
 //!    source in a network that holds an ignored address is counted by its address
 //!    (a datagram of an IP protocol nothing here serves, `PS_PROTOCOLS`, comes here
 //!    from step 3 and is then counted with no socket lookup);
-//! 6. a socket lookup (`socket.rs`): a port a local socket owns is never a scan target;
+//! 6. a socket lookup (`socket.rs`): a port a local socket owns is never a scan target
+//!    (under SCAN_DETECTION="trw" a SYN to it, watched or not, is a success of a source
+//!    that has a record: `probe::record_success`);
 //! 7. the probe is counted per source and, within bounds, reported to userspace
 //!    (`probe.rs`); with VERIFY_SOURCES a SYN is answered with a challenge.
 //!
@@ -51,8 +53,8 @@ use portsentry_common::{
         ACK_PORT_WORDS, BAN_CACHE_SLOTS, BAN_FILTER_WORDS, BAN_NETS_MAX, BANS_MAX, BanEntry,
         BanSlot, EVENTS_BYTES, EventBudget, IGNORE_FILTER_WORDS, IGNORE_MAX, IGNORE_SINGLE,
         KernelBan, PORT_WORDS, PROTOCOL_WORDS, SETTING_DROP_EVASIVE, SETTING_IGNORE,
-        SETTING_IGNORE_WIDE, SETTING_VERIFY, SOURCES_MAX, Settings, SourceStats, net_filter_bit,
-        v6_source_prefix,
+        SETTING_IGNORE_WIDE, SETTING_TRW, SETTING_VERIFY, SOURCES_MAX, Settings, SourceStats,
+        net_filter_bit, v6_source_prefix,
     },
     packet::{AddrWords, EthHdr, Ip, L4, Packet, parse_ip, parse_l4_into, prefix_words, scan_type},
     scan::tcp_flags::{ACK, RST},
@@ -62,7 +64,7 @@ use crate::{
     bans::is_banned,
     challenge::{answers_challenge, send_challenge},
     frame::XdpPacket,
-    probe::{is_ack_watched, is_watched, record_probe},
+    probe::{is_ack_watched, is_first_contact, is_watched, record_probe, record_success},
     socket::has_local_socket,
 };
 
@@ -216,15 +218,37 @@ fn inspect_l4(
         Ok(kind) => kind,
         Err(reason) => return reason,
     };
-    if !kind.is_ack_class() && kind != ScanType::IpProto && !is_watched(l4) {
+    // SCAN_DETECTION="trw": a new connection (a SYN) to a listener is a success of its
+    // source's walk; in the default mode this is the one flag test it costs. A SYN to
+    // an unwatched port goes on to the socket lookup only as its source's first
+    // contact with the port. (One call site for the socket lookup: a second one made
+    // the compiler keep the addresses on the stack on every path, 23 instructions.)
+    let trw_syn = settings.flags & SETTING_TRW != 0 && kind == ScanType::TcpSyn;
+    let watched = kind.is_ack_class() || kind == ScanType::IpProto || is_watched(l4);
+    if !watched && !(trw_syn && is_first_contact(key, l4)) {
         return Counter::PassUnwatched;
     }
-    let Some(src) = counted_as(ip, *key, prefix, settings) else {
-        return Counter::PassIgnored;
+    let src = if watched {
+        let Some(src) = counted_as(ip, *key, prefix, settings) else {
+            return Counter::PassIgnored;
+        };
+        src
+    } else {
+        Source::of(*key, prefix)
     };
     // An IP protocol's datagram came here only if nothing serves it.
     if kind != ScanType::IpProto && has_local_socket(ctx, ip, l4) {
-        return Counter::PassListening;
+        if trw_syn {
+            record_success(&src.key, l4, settings);
+        }
+        return if watched {
+            Counter::PassListening
+        } else {
+            Counter::PassUnwatched
+        };
+    }
+    if !watched {
+        return Counter::PassUnwatched;
     }
     if record_probe(ctx, &src, l4, kind, false, settings) {
         // Banned at this probe: it is dropped like every later packet of the source.

@@ -9,8 +9,8 @@ use portsentry_common::{
     maps::{
         BAN_CACHE_SLOTS, BanEntry, BanOrigin, EVENT_BUDGET_HITS, EVENT_BURST, EVENT_KERNEL_BANNED,
         EVENT_PREFIX, EVENT_VERIFIED, KBAN_DAEMON, KBAN_PROGRAM, SETTING_KBAN_TCP,
-        SETTING_KBAN_UDP, SETTING_VERIFY, SOURCE_PREFIX, SOURCE_VERIFIED, ScanEvent, Settings,
-        SourceStats, UDP_PORT_WORD_BASE, ban_filter_bit,
+        SETTING_KBAN_UDP, SETTING_TRW, SETTING_VERIFY, SOURCE_PREFIX, SOURCE_VERIFIED, ScanEvent,
+        Settings, SourceStats, UDP_PORT_WORD_BASE, ban_filter_bit,
     },
     packet::{AddrWords, L4},
 };
@@ -45,14 +45,17 @@ pub fn is_ack_watched(l4: &L4) -> bool {
     }
 }
 
-/// Which of the 256 bits of `SourceStats::port_filter` a port sets.
+/// Which of the 256 bits of `SourceStats::port_filter` a port sets: its word and mask.
 #[inline(always)]
-fn port_bit(port: u16) -> u32 {
-    ((port as u32).wrapping_mul(0x9e37_79b1) >> 24) & 0xff
+fn port_mask(port: u16) -> (usize, u64) {
+    let bit = ((port as u32).wrapping_mul(0x9e37_79b1) >> 24) & 0xff;
+    ((bit >> 6) as usize & 3, 1u64 << (bit & 63))
 }
 
 /// Counts a probe against its source and, within bounds, reports it to userspace. A
 /// `verified` probe (an answered challenge) marks the source and is always reported.
+/// The source reaches the trigger at SCAN_TRIGGER hits or, under SCAN_DETECTION="trw"
+/// (a type that [`ScanType::walks`]), when its walk reaches the scanner bound.
 /// True when the program banned the source at this probe ([`kernel_ban`]): the caller
 /// drops it.
 #[inline(always)]
@@ -67,9 +70,8 @@ pub fn record_probe(
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let trigger = settings.event_trigger.max(1);
-    let bit = port_bit(l4.dst_port);
-    let word = (bit >> 6) as usize & 3;
-    let mask = 1u64 << (bit & 63);
+    let walk = settings.flags & SETTING_TRW != 0 && kind.walks();
+    let (word, mask) = port_mask(l4.dst_port);
     let mut event = ScanEvent {
         addr: *key(&src.key),
         ts_ns: now,
@@ -82,7 +84,7 @@ pub fn record_probe(
         ifindex: ctx.ingress_ifindex() as u32,
         flags: if verified { EVENT_VERIFIED } else { 0 }
             | if src.prefix { EVENT_PREFIX } else { 0 },
-        _pad: 0,
+        successes: 0,
     };
     match PS_SOURCES.get_ptr_mut(key(&src.key)) {
         Some(stats) => {
@@ -105,7 +107,15 @@ pub fn record_probe(
             event.hits = stats.hits;
             event.first_ns = stats.first_ns;
             event.distinct_ports = stats.distinct_ports;
-            let banned = stats.hits >= trigger
+            event.successes = stats.successes as u32;
+            let reached = if walk {
+                settings
+                    .trw
+                    .is_scanner(stats.distinct_ports, stats.successes as u32)
+            } else {
+                stats.hits >= trigger
+            };
+            let banned = reached
                 && src.exact_ban
                 && kernel_ban(
                     &src.key,
@@ -120,10 +130,10 @@ pub fn record_probe(
                 event.flags |= EVENT_KERNEL_BANNED;
             }
             // A verified answer and a ban are always reported.
-            if (banned || verified || wants_event(stats.hits, stats.events, trigger))
+            if (banned || verified || wants_event(reached, stats.hits, stats.events))
                 && send_event(&event, now, settings)
             {
-                stats.events += 1;
+                stats.events = stats.events.saturating_add(1);
             }
             banned
         }
@@ -134,6 +144,7 @@ pub fn record_probe(
                 hits: 1,
                 distinct_ports: 1,
                 events: 0,
+                successes: 0,
                 last_port: l4.dst_port,
                 last_scan_type: kind as u8,
                 flags: if verified { SOURCE_VERIFIED } else { 0 }
@@ -143,13 +154,18 @@ pub fn record_probe(
             if let Some(w) = stats.port_filter.get_mut(word) {
                 *w = mask;
             }
-            let banned = trigger <= 1
+            let reached = if walk {
+                settings.trw.is_scanner(1, 0)
+            } else {
+                trigger <= 1
+            };
+            let banned = reached
                 && src.exact_ban
                 && kernel_ban(&src.key, l4, kind, verified, now, now, settings);
             if banned {
                 event.flags |= EVENT_KERNEL_BANNED;
             }
-            if (banned || verified || wants_event(1, 0, trigger))
+            if (banned || verified || wants_event(reached, 1, 0))
                 && send_event(&event, now, settings)
             {
                 stats.events = 1;
@@ -271,11 +287,55 @@ fn kernel_ban(
     true
 }
 
-/// Reports every probe from the trigger on for `EVENT_BURST` events, then only at hit
-/// counts that are powers of two: at most `EVENT_BURST + 32` events per source.
+/// Reports every probe from the trigger (`reached`) on for `EVENT_BURST` events, then
+/// only at hit counts that are powers of two: at most `EVENT_BURST + 32` events per
+/// source.
 #[inline(always)]
-fn wants_event(hits: u32, events: u32, trigger: u32) -> bool {
-    hits >= trigger && (events < EVENT_BURST || hits & hits.wrapping_sub(1) == 0)
+fn wants_event(reached: bool, hits: u32, events: u16) -> bool {
+    reached && ((events as u32) < EVENT_BURST || hits & hits.wrapping_sub(1) == 0)
+}
+
+/// SCAN_DETECTION="trw": true when the source has a record and has not yet contacted
+/// this port (a SYN to it may be a success). A source with no record pays this one
+/// lookup: the walk starts at its first failure.
+#[inline(always)]
+pub fn is_first_contact(src: &AddrWords, l4: &L4) -> bool {
+    let Some(stats) = PS_SOURCES.get_ptr(key(src)) else {
+        return false;
+    };
+    let (word, mask) = port_mask(l4.dst_port);
+    // SAFETY: a value pointer from a successful lookup, read once (racing CPUs:
+    // approximate).
+    let filter = unsafe { (*stats).port_filter };
+    matches!(filter.get(word), Some(w) if *w & mask == 0)
+}
+
+/// SCAN_DETECTION="trw": a TCP SYN of a source with a record reached a listener: if it
+/// is the source's first contact with the port, a success of its walk, unless that
+/// would take the walk under the benign bound
+/// ([`portsentry_common::trw::Walk::takes_success`]). The port is marked even when the
+/// success is not counted (at the bound), so that it counts once.
+#[inline(always)]
+pub fn record_success(src: &AddrWords, l4: &L4, settings: &Settings) {
+    let Some(stats) = PS_SOURCES.get_ptr_mut(key(src)) else {
+        return;
+    };
+    // SAFETY: a value pointer from a successful lookup (racing CPUs: approximate).
+    let stats = unsafe { &mut *stats };
+    let (word, mask) = port_mask(l4.dst_port);
+    let Some(w) = stats.port_filter.get_mut(word) else {
+        return;
+    };
+    if *w & mask != 0 {
+        return;
+    }
+    *w |= mask;
+    if settings
+        .trw
+        .takes_success(stats.distinct_ports, stats.successes as u32)
+    {
+        stats.successes = stats.successes.saturating_add(1);
+    }
 }
 
 /// Sends the event unless the CPU's budget is spent (early hits of unverified sources

@@ -228,6 +228,12 @@ const VALID: &[(&str, &[&str])] = &[
     ("HOSTS_DENY_FILE", &["/etc/hosts.deny"]),
     ("KILL_TIMEOUT", &["30s", "1", "5m"]),
     ("SCAN_WINDOW", &["0", "60", "1h"]),
+    ("SCAN_DETECTION", &["trigger", "trw"]),
+    // Every θ1 below every θ0, every α below every β: any mix is valid.
+    ("TRW_THETA0", &["0.8", "0.9", "0.99"]),
+    ("TRW_THETA1", &["0.2", "0.5", "0.01"]),
+    ("TRW_ALPHA", &["0.01", "0.001", "0.2"]),
+    ("TRW_BETA", &["0.99", "0.9", "0.5"]),
     ("WATCH_EPHEMERAL_UDP", &["0", "1"]),
     ("VERIFY_SOURCES", &["0", "1"]),
     ("STATE_DIR", &["/var/lib/portsentry"]),

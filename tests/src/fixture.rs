@@ -84,6 +84,7 @@ impl Fixture {
             event_burst: 0,
             flags: 0,
             cookie_secret: 0,
+            trw: Default::default(),
         })
     }
 

@@ -48,6 +48,11 @@ pub fn status(wd: &Workdir) -> serde_json::Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("status --json: {e}: {out}"))
 }
 
+/// A counter of a `status --json`, by name (0 when absent).
+pub fn counter(st: &serde_json::Value, name: &str) -> u64 {
+    st["counters"][name].as_u64().unwrap_or(0)
+}
+
 /// The bans in `portsentry status --json`.
 pub fn bans(wd: &Workdir) -> Vec<serde_json::Value> {
     status(wd)["bans"].as_array().unwrap().clone()

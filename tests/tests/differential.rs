@@ -34,6 +34,7 @@ fn kernel_and_host_classify_random_frames_alike() {
         event_burst: 1,
         flags: 0,
         cookie_secret: 0,
+        trw: Default::default(),
     });
     let all = PortSet::from_range(0..=u16::MAX);
     fx.dp.write_ports(&all, &all).unwrap();

@@ -12,7 +12,7 @@ use portsentry_tests::{
     daemon::{Daemon, Workdir, wait_until},
     netns::{TestNet, tcp_connect},
     require_kernel,
-    scenario::{ban_nets, history_has, start, status},
+    scenario::{ban_nets, counter, history_has, start, status},
 };
 
 /// A SYN from `src` to the closed watched port `port` of the server's IPv6 address.
@@ -29,10 +29,6 @@ fn reaches6(net: &TestNet, src: IpAddr) -> bool {
     net.attacker
         .enter(|| tcp_connect(src, dst, Duration::from_millis(800)))
         .is_ok()
-}
-
-fn counter(st: &serde_json::Value, name: &str) -> u64 {
-    st["counters"][name].as_u64().unwrap_or(0)
 }
 
 /// Waits for the history line of `ip` (a source's network address).

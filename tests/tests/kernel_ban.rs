@@ -16,7 +16,7 @@ use portsentry_tests::{
     daemon::{Daemon, Workdir},
     netns::TestNet,
     require_kernel,
-    scenario::{reaches, start, status, wait_banned},
+    scenario::{counter, reaches, start, status, wait_banned},
 };
 
 /// nmap's default scan (`-sS --top-ports 1000 -T4`) from `src`; its report, with the
@@ -176,11 +176,6 @@ fn server_mac(net: &TestNet) -> String {
         .nth(1)
         .expect("the server's MAC address")
         .to_owned()
-}
-
-/// The counters of a `status --json`, by name.
-fn counter(st: &serde_json::Value, name: &str) -> u64 {
-    st["counters"][name].as_u64().unwrap_or(0)
 }
 
 /// What passed of one masscan scan before its ban: probes to unwatched ports, and to

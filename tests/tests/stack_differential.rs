@@ -428,6 +428,7 @@ fn whatever_the_host_answers_the_program_counts_or_drops() {
             event_burst: 1,
             flags,
             cookie_secret: 0,
+            trw: Default::default(),
         })
         .unwrap();
         let outcomes = run_corpus(&net, &dp, &wire, &cases);

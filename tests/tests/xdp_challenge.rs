@@ -25,6 +25,7 @@ fn verification_challenges_syns_and_verifies_answers() {
         event_burst: 0,
         flags: SETTING_VERIFY,
         cookie_secret: secret,
+        trw: Default::default(),
     });
     for (src, dst) in pairs() {
         // A SYN probe is answered with a SYN-ACK challenge (XDP_TX) and counted.

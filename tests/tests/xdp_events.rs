@@ -43,7 +43,7 @@ fn events_are_bounded_per_source() {
     assert_eq!(events.iter().map(|e| e.hits).collect::<Vec<_>>(), want);
     let s = fx.dp.source(src).unwrap().unwrap();
     assert_eq!(s.hits, 1000);
-    assert_eq!(s.events, want.len() as u32);
+    assert_eq!(u32::from(s.events), want.len() as u32);
     // The port filter estimates distinct ports: 800 distinct ports saturate it near 256.
     assert!(
         s.distinct_ports > 200 && s.distinct_ports <= 256,
@@ -61,6 +61,7 @@ fn event_budget_throttles_floods_and_counts_them() {
         event_burst: 5,
         flags: 0,
         cookie_secret: 0,
+        trw: Default::default(),
     });
     let dst = ip(V4_DST);
     let mut sent = 0;

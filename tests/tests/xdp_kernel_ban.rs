@@ -26,6 +26,7 @@ fn fixture(trigger: u32, flags: u32, kb: KernelBan) -> Fixture {
         event_burst: 0,
         flags,
         cookie_secret: 0,
+        trw: Default::default(),
     });
     fx.dp.write_kernel_ban(kb).unwrap();
     fx

@@ -123,20 +123,34 @@ fn render(eff: &Effective) -> String {
     for w in &eff.warnings {
         let _ = writeln!(s, "warning:       {w}");
     }
-    let _ = writeln!(
-        s,
-        "trigger:       SCAN_TRIGGER={} (acts on hit {}){}",
-        c.scan_trigger,
-        c.scan_trigger.max(1),
-        if c.scan_window.is_zero() {
-            String::new()
-        } else {
-            format!(
-                " within SCAN_WINDOW={}",
-                humantime::format_duration(c.scan_window)
-            )
-        }
-    );
+    let window = if c.scan_window.is_zero() {
+        String::new()
+    } else {
+        format!(
+            " within SCAN_WINDOW={}",
+            humantime::format_duration(c.scan_window)
+        )
+    };
+    let _ = match c.detection_walk() {
+        None => writeln!(
+            s,
+            "trigger:       SCAN_TRIGGER={} (acts on hit {}){window}",
+            c.scan_trigger,
+            c.scan_trigger.max(1),
+        ),
+        Some(w) => writeln!(
+            s,
+            "trigger:       Threshold Random Walk (SCAN_DETECTION=trw, TRW_THETA0={}, \
+             TRW_THETA1={}, TRW_ALPHA={}, TRW_BETA={}): acts at {} failed first contacts in \
+             a row{window}; new connections to listeners count against it, down to the \
+             benign bound (SCAN_TRIGGER not used; the ACK class and IP protocols keep theirs)",
+            c.trw_theta0,
+            c.trw_theta1,
+            c.trw_alpha,
+            c.trw_beta,
+            w.failures_to_decide(),
+        ),
+    };
     let ban_time = if c.ban_time.is_zero() {
         "permanent".to_owned()
     } else {
@@ -312,6 +326,27 @@ mod tests {
                  one ban of the network (XDP only, if the ban guard allows it)\n"
             ),
             "{on}"
+        );
+    }
+
+    #[test]
+    fn the_detection_mode_is_shown() {
+        let trigger = report(Config::default());
+        assert!(
+            trigger.contains("trigger:       SCAN_TRIGGER=0 (acts on hit 1)\n"),
+            "{trigger}"
+        );
+        let trw = report(Config {
+            scan_detection: crate::config::detection::Detection::Trw,
+            ..Config::default()
+        });
+        assert!(
+            trw.contains(
+                "trigger:       Threshold Random Walk (SCAN_DETECTION=trw, TRW_THETA0=0.8, \
+                 TRW_THETA1=0.2, TRW_ALPHA=0.01, TRW_BETA=0.99): acts at 4 failed first \
+                 contacts in a row;"
+            ),
+            "{trw}"
         );
     }
 }

@@ -5,6 +5,7 @@
 //! length.
 
 use super::crowdsec::{lapi_url, machine_id, secret, words};
+use super::detection::{detection, probability};
 use super::{
     Config,
     text::shorten,
@@ -165,6 +166,21 @@ pub static KEYS: &[Key] = &[
     key!(Extension, "SCAN_WINDOW", "0",
         "the SCAN_TRIGGER hits must fall within this time; 0 = forever, as PortSentry",
         |c, k, v| c.scan_window = duration(k, v, "0 = no window")?),
+    key!(Extension, "SCAN_DETECTION", "trigger",
+        "how a host becomes a scanner: trigger (SCAN_TRIGGER hits, as PortSentry) or trw (the Threshold Random Walk: failed first contacts against connections to listeners)",
+        |c, k, v| c.scan_detection = detection(k, v)?),
+    key!(Extension, "TRW_THETA0", "0.8",
+        "trw: the chance that a client's first contact with a port succeeds (above TRW_THETA1, below 1)",
+        |c, k, v| c.trw_theta0 = probability(k, v)?),
+    key!(Extension, "TRW_THETA1", "0.2",
+        "trw: the chance that a scanner's first contact with a port succeeds (above 0)",
+        |c, k, v| c.trw_theta1 = probability(k, v)?),
+    key!(Extension, "TRW_ALPHA", "0.01",
+        "trw: the false-positive rate aimed at (above 0, below TRW_BETA)",
+        |c, k, v| c.trw_alpha = probability(k, v)?),
+    key!(Extension, "TRW_BETA", "0.99",
+        "trw: the detection rate aimed at (below 1)",
+        |c, k, v| c.trw_beta = probability(k, v)?),
     key!(Extension, "WATCH_EPHEMERAL_UDP", "0",
         "1 = also watch UDP ports in the kernel's ip_local_port_range",
         |c, k, v| c.watch_ephemeral_udp = flag(k, v)?),
@@ -350,7 +366,7 @@ mod tests {
                 k.name
             );
         }
-        assert_eq!(seen.len(), 63);
+        assert_eq!(seen.len(), 68);
         // PortSentry 1.2's keys come first (the order of the known keys in an error).
         let first_extension = KEYS
             .iter()

@@ -11,6 +11,7 @@
 //! are the ones used when there is no config file at all, and for every key a file leaves out.
 
 pub mod crowdsec;
+pub mod detection;
 pub mod effective;
 pub mod ignore;
 pub mod keys;
@@ -167,6 +168,16 @@ config_struct! {
         /// `SCAN_WINDOW`: `SCAN_TRIGGER` hits must fall within this; zero means forever
         /// (PortSentry).
         pub scan_window: Duration,
+        /// `SCAN_DETECTION`: SCAN_TRIGGER hits, or the Threshold Random Walk.
+        pub scan_detection: detection::Detection,
+        /// `TRW_THETA0`: the chance that a client's first contact succeeds.
+        pub trw_theta0: detection::Probability,
+        /// `TRW_THETA1`: the chance that a scanner's first contact succeeds (below θ0).
+        pub trw_theta1: detection::Probability,
+        /// `TRW_ALPHA`: the false-positive rate aimed at.
+        pub trw_alpha: detection::Probability,
+        /// `TRW_BETA`: the detection rate aimed at (above α).
+        pub trw_beta: detection::Probability,
         /// `WATCH_EPHEMERAL_UDP`: also watch UDP ports in `ip_local_port_range`.
         pub watch_ephemeral_udp: bool,
         /// `VERIFY_SOURCES`: ban only TCP sources that answer the XDP SYN-ACK challenge
@@ -452,6 +463,7 @@ impl Config {
                 ),
             ));
         }
+        self.validate_walk()?;
         if self.escalate_after > 0 {
             for (key, prefix, min_key, min) in [
                 (

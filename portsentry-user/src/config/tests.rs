@@ -128,6 +128,11 @@ UNKILL_RUN_CMD="logger unbanned $TARGET$"
 HOSTS_DENY_FILE="/etc/hosts.deny.local"
 KILL_TIMEOUT="5"
 SCAN_WINDOW="10m"
+SCAN_DETECTION="trw"
+TRW_THETA0="0.9"
+TRW_THETA1="0.25"
+TRW_ALPHA="0.005"
+TRW_BETA="0.95"
 WATCH_EPHEMERAL_UDP="1"
 VERIFY_SOURCES="1"
 BLOCK_EVASIVE_PACKETS="0"
@@ -211,6 +216,11 @@ CROWDSEC_KILL_COMMANDS="1"
     assert_eq!(c.hosts_deny_file, Path::new("/etc/hosts.deny.local"));
     assert_eq!(c.kill_timeout, Duration::from_secs(5));
     assert_eq!(c.scan_window, Duration::from_secs(600));
+    assert_eq!(c.scan_detection, super::detection::Detection::Trw);
+    assert_eq!(
+        [c.trw_theta0, c.trw_theta1, c.trw_alpha, c.trw_beta].map(|p| p.to_string()),
+        ["0.9", "0.25", "0.005", "0.95"]
+    );
     assert!(c.watch_ephemeral_udp);
     assert!(c.verify_sources);
     assert!(!c.block_evasive_packets);
@@ -230,7 +240,7 @@ CROWDSEC_KILL_COMMANDS="1"
     assert_eq!(c.metrics_address, Some("[::1]:9100".parse().unwrap()));
     assert!(!c.syslog);
     assert_eq!(c.line_of("TCP_PORTS"), 2);
-    assert_eq!(c.line_of("SYSLOG"), 52);
+    assert_eq!(c.line_of("SYSLOG"), 57);
     assert_eq!(
         c.crowdsec_lapi_url.as_deref(),
         Some("https://lapi.example:8443")

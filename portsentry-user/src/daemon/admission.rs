@@ -154,6 +154,7 @@ mod tests {
             tcp_flags: 2,
             hits,
             distinct_ports: 1,
+            successes: 0,
             ts_ns: 0,
             first_ns: 0,
             ifindex: 0,

@@ -8,6 +8,7 @@ use std::{sync::Arc, time::Duration};
 use portsentry_common::{
     ScanType,
     maps::{BanEntry, SOURCE_PREFIX, SOURCE_VERIFIED, ScanEvent},
+    trw::Walk,
 };
 
 use super::{Shared, event::ProbeEvent, respond};
@@ -24,8 +25,8 @@ use crate::{
 pub enum Verdict {
     /// The source is in the ignore list or is this host.
     Ignored,
-    /// Fewer hits than SCAN_TRIGGER (or, for the ACK class, fewer distinct ports than
-    /// ACK_SCAN_PORTS).
+    /// Fewer hits than SCAN_TRIGGER, or a walk under its scanner bound (or, for the ACK
+    /// class, fewer distinct ports than ACK_SCAN_PORTS).
     BelowTrigger,
     /// The trigger was reached, but over more than SCAN_WINDOW: the source's count
     /// starts again.
@@ -40,10 +41,14 @@ pub enum Verdict {
 /// the first hit); a zero `window` means no window. A probe of the ACK class (a segment
 /// of no connection) is acted on only once its source has probed `ack_scan_ports`
 /// distinct ports: a client's late segments after a listener went away all go to the
-/// one port it was talking to.
+/// one port it was talking to. Under SCAN_DETECTION="trw" (`walk`) the other types reach
+/// the trigger when the source's walk does: the program's test, on the event's failed
+/// (`distinct_ports`) and successful first contacts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rules {
     pub scan_trigger: u32,
+    /// The Threshold Random Walk (SCAN_DETECTION="trw"); `None` for SCAN_TRIGGER.
+    pub walk: Option<Walk>,
     pub window: Duration,
     /// ACK_SCAN_PORTS; 0 never acts on the ACK class.
     pub ack_scan_ports: u32,
@@ -56,6 +61,7 @@ impl Rules {
     pub fn new(c: &Config) -> Rules {
         Rules {
             scan_trigger: c.scan_trigger,
+            walk: c.detection_walk(),
             window: c.scan_window,
             ack_scan_ports: c.ack_scan_ports,
             proto_scan_protocols: c.proto_scan_protocols,
@@ -75,7 +81,11 @@ impl Rules {
             ScanType::IpProto => self.proto_scan_protocols,
             _ => 1,
         };
-        if ev.hits < self.trigger() || spread == 0 || ev.distinct_ports < spread {
+        let reached = match self.walk {
+            Some(w) if ev.scan_type.walks() => w.is_scanner(ev.distinct_ports, ev.successes),
+            _ => ev.hits >= self.trigger(),
+        };
+        if !reached || spread == 0 || ev.distinct_ports < spread {
             return Verdict::BelowTrigger;
         }
         if handled {
@@ -207,6 +217,7 @@ pub(super) fn respond_to_pending(shared: &Arc<Shared>, pending: &[(IpNet, BanEnt
             tcp_flags: scan_type.example_flags(),
             hits: rules.trigger(),
             distinct_ports: 1,
+            successes: 0,
             ts_ns: e.since_ns,
             first_ns: e.since_ns,
             ifindex: 0,
@@ -252,6 +263,7 @@ pub(super) fn recover_detected(shared: &Arc<Shared>) {
             tcp_flags: scan_type.example_flags(),
             hits: st.hits,
             distinct_ports: st.distinct_ports,
+            successes: u32::from(st.successes),
             ts_ns: st.last_ns,
             first_ns: st.first_ns,
             ifindex: 0,
@@ -294,6 +306,7 @@ mod tests {
             tcp_flags: 2,
             hits,
             distinct_ports: hits,
+            successes: 0,
             ts_ns: 10_000_000_000 + span_ms * 1_000_000,
             first_ns: 10_000_000_000,
             ifindex: 2,
@@ -307,6 +320,7 @@ mod tests {
         for t in [0, 1] {
             let r = Rules {
                 scan_trigger: t,
+                walk: None,
                 window: Duration::ZERO,
                 ack_scan_ports: 3,
                 proto_scan_protocols: 3,
@@ -315,6 +329,7 @@ mod tests {
         }
         let r = Rules {
             scan_trigger: 3,
+            walk: None,
             window: Duration::ZERO,
             ack_scan_ports: 3,
             proto_scan_protocols: 3,
@@ -327,6 +342,7 @@ mod tests {
     fn ignored_and_handled() {
         let r = Rules {
             scan_trigger: 0,
+            walk: None,
             window: Duration::ZERO,
             ack_scan_ports: 3,
             proto_scan_protocols: 3,
@@ -340,6 +356,7 @@ mod tests {
     fn the_ack_class_needs_distinct_ports() {
         let r = Rules {
             scan_trigger: 0,
+            walk: None,
             window: Duration::ZERO,
             ack_scan_ports: 3,
             proto_scan_protocols: 3,
@@ -375,6 +392,7 @@ mod tests {
     fn window() {
         let r = Rules {
             scan_trigger: 3,
+            walk: None,
             window: Duration::from_secs(10),
             ack_scan_ports: 3,
             proto_scan_protocols: 3,
@@ -384,5 +402,40 @@ mod tests {
             r.judge(&ev(3, 10_001), false, false),
             Verdict::OutsideWindow
         );
+    }
+
+    #[test]
+    fn the_walk_replaces_the_trigger() {
+        let r = Rules {
+            scan_trigger: 0,
+            walk: Some(crate::config::Config::default().walk()),
+            window: Duration::from_secs(10),
+            ack_scan_ports: 3,
+            proto_scan_protocols: 3,
+        };
+        // Three failed first contacts are not enough, whatever the hits; four are.
+        let mut e = ev(50, 0);
+        e.distinct_ports = 3;
+        assert_eq!(r.judge(&e, false, false), Verdict::BelowTrigger);
+        e.distinct_ports = 4;
+        assert_eq!(r.judge(&e, false, false), Verdict::Act);
+        // Each success cancels a failure.
+        e.successes = 1;
+        assert_eq!(r.judge(&e, false, false), Verdict::BelowTrigger);
+        e.distinct_ports = 5;
+        assert_eq!(r.judge(&e, false, false), Verdict::Act);
+        // SCAN_WINDOW still applies.
+        e.ts_ns = e.first_ns + 10_000_000_001;
+        assert_eq!(r.judge(&e, false, false), Verdict::OutsideWindow);
+        // The ACK class keeps ACK_SCAN_PORTS (no walk): three ports act.
+        let mut a = ev(3, 0);
+        a.scan_type = ScanType::TcpAck;
+        assert_eq!(r.judge(&a, false, false), Verdict::Act);
+        // UDP walks like TCP.
+        let mut u = ev(1, 0);
+        u.scan_type = ScanType::Udp;
+        assert_eq!(r.judge(&u, false, false), Verdict::BelowTrigger);
+        u.distinct_ports = 4;
+        assert_eq!(r.judge(&u, false, false), Verdict::Act);
     }
 }

@@ -24,6 +24,8 @@ pub struct ProbeEvent {
     pub tcp_flags: u8,
     pub hits: u32,
     pub distinct_ports: u32,
+    /// The source's successful first contacts (SCAN_DETECTION="trw"; else 0).
+    pub successes: u32,
     pub ts_ns: u64,
     pub first_ns: u64,
     pub ifindex: u32,
@@ -54,6 +56,7 @@ impl ProbeEvent {
             tcp_flags: e.tcp_flags,
             hits: e.hits,
             distinct_ports: e.distinct_ports,
+            successes: e.successes,
             ts_ns: e.ts_ns,
             first_ns: e.first_ns,
             ifindex: e.ifindex,

@@ -3,8 +3,8 @@
 
 use anyhow::Result;
 use portsentry_common::maps::{
-    KernelBan, SETTING_DROP_EVASIVE, SETTING_KBAN_TCP, SETTING_KBAN_UDP, SETTING_V6_PREFIX_SHIFT,
-    SETTING_VERIFY, Settings,
+    KernelBan, SETTING_DROP_EVASIVE, SETTING_KBAN_TCP, SETTING_KBAN_UDP, SETTING_TRW,
+    SETTING_V6_PREFIX_SHIFT, SETTING_VERIFY, Settings,
 };
 
 use super::{Dataplane, MapSizes};
@@ -48,6 +48,7 @@ fn wall_offset_ns() -> u64 {
 /// cookies.
 pub fn kernel_settings(eff: &Effective, secret: u64) -> Settings {
     let rate = eff.config.events_per_sec.clamp(1, 10_000_000);
+    let walk = eff.config.detection_walk();
     Settings {
         event_trigger: eff.config.scan_trigger.max(1),
         events_per_sec: rate,
@@ -57,12 +58,14 @@ pub fn kernel_settings(eff: &Effective, secret: u64) -> Settings {
             (kernel_bans(eff, Protocol::Tcp), SETTING_KBAN_TCP),
             (kernel_bans(eff, Protocol::Udp), SETTING_KBAN_UDP),
             (eff.config.block_evasive_packets, SETTING_DROP_EVASIVE),
+            (walk.is_some(), SETTING_TRW),
         ]
         .into_iter()
         .filter(|(on, _)| *on)
         .fold(0, |flags, (_, flag)| flags | flag)
             | (eff.config.source_prefix_v6.min(128) << SETTING_V6_PREFIX_SHIFT),
         cookie_secret: secret,
+        trw: walk.unwrap_or_default(),
     }
 }
 

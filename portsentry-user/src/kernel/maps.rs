@@ -46,7 +46,7 @@ pub(super) struct Maps {
     pub protocols: Option<Array<MapData, u64>>,
     pub sources: HashMap<MapData, Addr, SourceStats>,
     pub counters: PerCpuArray<MapData, u64>,
-    pub settings: Array<MapData, Settings>,
+    pub settings: SettingsMap,
     /// `None` for an object built before the kernel-side ban (the bench loads one).
     pub kban: Option<Array<MapData, KernelBan>>,
     /// The event ring buffer, until the daemon takes it.
@@ -100,12 +100,45 @@ impl Maps {
             protocols,
             sources: HashMap::try_from(take(maps::SOURCES)?)?,
             counters: PerCpuArray::try_from(take(maps::COUNTERS)?)?,
-            settings: Array::try_from(take(maps::SETTINGS)?)?,
+            settings: SettingsMap::new(take(maps::SETTINGS)?)?,
             kban,
             events: Some(RingBuf::try_from(take(maps::EVENTS)?)?),
             memory,
             _rest: named.into_values().collect(),
         })
+    }
+}
+
+/// `PS_SETTINGS`, whatever the size of its value: an object or pins of an earlier
+/// release hold fewer fields (fields are only ever added at the end), so a value is read
+/// into this release's [`Settings`] with the missing fields zero (off), and written
+/// cut to the map's size. The bench's baseline objects and `status` over pins that a
+/// daemon of the earlier release still runs on both need this.
+pub(super) struct SettingsMap {
+    map: MapData,
+    value_size: usize,
+}
+
+impl SettingsMap {
+    fn new(map: Map) -> Result<SettingsMap> {
+        let Map::Array(map) = map else {
+            return Err(anyhow!("PS_SETTINGS is not an array"));
+        };
+        let value_size = map.info()?.value_size() as usize;
+        Ok(SettingsMap { map, value_size })
+    }
+
+    pub fn get(&self) -> Result<Settings> {
+        let bytes =
+            super::sys::lookup_bytes(self.map.fd().as_fd(), &0u32.to_ne_bytes(), self.value_size)?;
+        Ok(super::resize::grown(&bytes))
+    }
+
+    pub fn set(&mut self, s: &Settings) -> Result<()> {
+        let mut bytes = bytemuck::bytes_of(s).to_vec();
+        bytes.resize(self.value_size, 0);
+        super::sys::update_bytes(self.map.fd().as_fd(), &0u32.to_ne_bytes(), &bytes)?;
+        Ok(())
     }
 }
 
@@ -167,7 +200,7 @@ impl Counters {
 
 impl Dataplane {
     pub(super) fn read_settings(&self) -> Result<Settings> {
-        Ok(self.maps.settings.get(&0, 0)?)
+        self.maps.settings.get()
     }
 
     /// Writes the runtime settings. The presence flags (`SETTING_PREFIX_BANS`,
@@ -240,10 +273,7 @@ impl Dataplane {
     }
 
     pub(super) fn store_settings(&mut self, s: Settings) -> Result<()> {
-        self.maps
-            .settings
-            .set(0, s, 0)
-            .context("writing PS_SETTINGS")?;
+        self.maps.settings.set(&s).context("writing PS_SETTINGS")?;
         self.settings = s;
         Ok(())
     }

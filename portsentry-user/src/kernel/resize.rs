@@ -3,7 +3,9 @@
 //! size with the same entries (copied in batches), pinned in its place before the new
 //! program replaces the old one in its links ([`super::attach`]); the bans the old
 //! program made in between are carried over after the attach
-//! ([`Dataplane::carry_over_late_bans`]).
+//! ([`Dataplane::carry_over_late_bans`]). A pinned map whose value an earlier release
+//! made smaller (fields are only ever added at the end) is replaced the same way, its
+//! value's bytes carried over into the start of the new one.
 
 use std::{
     collections::HashSet,
@@ -15,7 +17,7 @@ use anyhow::{Context as _, Result};
 use aya::maps::{Map, MapData, lpm_trie::Key};
 use portsentry_common::{
     Addr,
-    maps::{self as names, BanEntry, SourceStats},
+    maps::{self as names, BanEntry, Settings, SourceStats},
 };
 
 use super::{Dataplane, MapSizes, addr, maps::fd, sys};
@@ -48,8 +50,11 @@ impl std::error::Error for MapTooSmall {}
 pub(super) struct Resized {
     pub name: &'static str,
     pub old: MapData,
+    /// Entries, or with `value` the value's bytes.
     pub old_size: u32,
     pub new_size: u32,
+    /// The value grew (a release added fields), not the number of entries.
+    pub value: bool,
 }
 
 /// The sizable maps and their configured sizes.
@@ -62,24 +67,39 @@ fn sized(sizes: &MapSizes) -> [(&'static str, u32); 4] {
     ]
 }
 
-/// The pinned maps under `pin_dir` whose size differs from `sizes`, opened (the loader
-/// is then not given their pins: it creates new maps of the configured sizes).
+/// The maps whose value grew since a release, and its size now: `PS_SETTINGS` was 24
+/// bytes before the Threshold Random Walk's steps.
+fn grown_values() -> [(&'static str, u32); 1] {
+    [(names::SETTINGS, size_of::<Settings>() as u32)]
+}
+
+/// The pinned maps under `pin_dir` whose size differs from `sizes`, or whose value from
+/// this release's, opened (the loader is then not given their pins: it creates new maps
+/// of the configured sizes and this release's values).
 pub(super) fn pinned_to_resize(pin_dir: &Path, sizes: &MapSizes) -> Result<Vec<Resized>> {
     let mut out = Vec::new();
-    for (name, new_size) in sized(sizes) {
+    let entries = sized(sizes).map(|(name, size)| (name, size, false));
+    let values = grown_values().map(|(name, size)| (name, size, true));
+    for (name, new_size, value) in entries.into_iter().chain(values) {
         let path = pin_dir.join(name);
         if !path.exists() {
             continue;
         }
         let old = MapData::from_pin(&path)
             .with_context(|| format!("opening the pinned map {}", path.display()))?;
-        let old_size = old.info()?.max_entries();
+        let info = old.info()?;
+        let old_size = if value {
+            info.value_size()
+        } else {
+            info.max_entries()
+        };
         if old_size != new_size {
             out.push(Resized {
                 name,
                 old,
                 old_size,
                 new_size,
+                value,
             });
         }
     }
@@ -119,13 +139,31 @@ fn carry_over(r: &Resized, new: &Map) -> Result<()> {
         // The ignore list is written whole from the configuration at every start.
         names::IGNORE => Ok(()),
         names::SOURCES => copy::<Addr, SourceStats>(r, from, to, false),
+        names::SETTINGS => {
+            let old = sys::lookup_bytes(from, &0u32.to_ne_bytes(), r.old_size as usize)
+                .context("reading the pinned PS_SETTINGS")?;
+            let new = grown::<Settings>(&old);
+            sys::write_map(to, &[0u32], &[new]).context("copying PS_SETTINGS into its new map")
+        }
         _ => Ok(()),
     }
 }
 
+/// A value of this release from an earlier release's bytes: the fields they hold, the
+/// added ones zero (off).
+pub(super) fn grown<V: bytemuck::Pod>(old: &[u8]) -> V {
+    let mut v = V::zeroed();
+    let bytes = bytemuck::bytes_of_mut(&mut v);
+    let n = old.len().min(bytes.len());
+    bytes[..n].copy_from_slice(&old[..n]);
+    v
+}
+
 fn map_fd(map: &Map) -> Option<std::os::fd::BorrowedFd<'_>> {
     match map {
-        Map::HashMap(m) | Map::LruHashMap(m) | Map::LpmTrie(m) => Some(m.fd().as_fd()),
+        Map::HashMap(m) | Map::LruHashMap(m) | Map::LpmTrie(m) | Map::Array(m) => {
+            Some(m.fd().as_fd())
+        }
         _ => None,
     }
 }
@@ -203,7 +241,39 @@ impl Dataplane {
     pub fn resized_maps(&self) -> Vec<(&'static str, u32, u32)> {
         self.resized
             .iter()
+            .filter(|r| !r.value)
             .map(|r| (r.name, r.old_size, r.new_size))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_of_the_earlier_release_grow_with_the_walk_off() {
+        let before = Settings {
+            event_trigger: 3,
+            events_per_sec: 20_000,
+            event_burst: 20_000,
+            flags: names::SETTING_VERIFY | 64 << names::SETTING_V6_PREFIX_SHIFT,
+            cookie_secret: 0x1234_5678_9abc_def0,
+            trw: portsentry_common::trw::Walk {
+                fail: 1,
+                success: 2,
+                upper: 3,
+                lower: 4,
+            },
+        };
+        // The 24 bytes a map of the earlier release holds.
+        let old = &bytemuck::bytes_of(&before)[..24];
+        assert_eq!(
+            grown::<Settings>(old),
+            Settings {
+                trw: Default::default(),
+                ..before
+            }
+        );
     }
 }

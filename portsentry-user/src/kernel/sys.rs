@@ -320,6 +320,37 @@ fn read_each<K: aya::Pod, V: aya::Pod>(fd: u32) -> std::io::Result<Vec<(K, V)>> 
     }
 }
 
+/// The value of `key` in a map whose values are `value_len` bytes (a map of an earlier
+/// release's shape, which no type of this one fits).
+pub fn lookup_bytes(map: BorrowedFd<'_>, key: &[u8], value_len: usize) -> std::io::Result<Vec<u8>> {
+    let mut value = vec![0u8; value_len];
+    elem_bytes(BPF_MAP_LOOKUP_ELEM, map, key, value.as_mut_ptr() as u64)?;
+    Ok(value)
+}
+
+/// Writes `value` (the map's value size) at `key`, the counterpart of [`lookup_bytes`].
+pub fn update_bytes(map: BorrowedFd<'_>, key: &[u8], value: &[u8]) -> std::io::Result<()> {
+    elem_bytes(BPF_MAP_UPDATE_ELEM, map, key, value.as_ptr() as u64)
+}
+
+/// One per-element command on `key`, with the value at `value` (of the map's size).
+fn elem_bytes(
+    cmd: libc::c_long,
+    map: BorrowedFd<'_>,
+    key: &[u8],
+    value: u64,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let mut attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: key.as_ptr() as u64,
+        value_or_next_key: value,
+        flags: 0,
+    };
+    bpf(cmd, &mut attr)
+}
+
 /// A write of many entries that stopped: how many were written before `error`.
 #[derive(Debug)]
 pub struct WriteError {

@@ -21,6 +21,8 @@
 //! 8. Scanners against PortSentry 1.2: nmap's scan types, fragments, IPv6, slow timing,
 //!    decoys, a horizontal scan and masscan, each against portsentry and PortSentry 1.2
 //!    (`matrix`; `--matrix-only`).
+//! 9. A new connection (a SYN to a listener) under SCAN_DETECTION=trigger and trw, same
+//!    run (`new_connections`; `--new-connections-only`).
 //! 4. With `--baseline OBJECT`: this build's paths next to another build's, same frames,
 //!    same run (`compare`).
 //!
@@ -35,6 +37,7 @@ mod distinct;
 mod firewall_bouncer;
 mod matrix;
 mod memory;
+mod new_connections;
 mod per_packet;
 mod reaction;
 mod throughput;
@@ -71,6 +74,8 @@ pub(crate) struct Args {
     pub(crate) crowdsec_list_only: bool,
     /// Only the CrowdSec list at a fresh server (`--crowdsec-fresh-only`).
     pub(crate) crowdsec_fresh_only: bool,
+    /// Only the new connections under trigger and trw (`--new-connections-only`).
+    pub(crate) new_connections_only: bool,
     /// Decisions in the CrowdSec list (0: skip the fleet).
     pub(crate) crowdsec_decisions: u32,
 }
@@ -92,6 +97,7 @@ fn parse_args() -> Args {
         crowdsec_only: false,
         crowdsec_list_only: false,
         crowdsec_fresh_only: false,
+        new_connections_only: false,
         crowdsec_decisions: 100_000,
     };
     let mut it = std::env::args().skip(1);
@@ -128,6 +134,10 @@ fn parse_args() -> Args {
             a.crowdsec_fresh_only = true;
             continue;
         }
+        if arg == "--new-connections-only" {
+            a.new_connections_only = true;
+            continue;
+        }
         if arg == "--crowdsec-list-only" {
             a.crowdsec_list_only = true;
             continue;
@@ -149,7 +159,7 @@ fn parse_args() -> Args {
                 "unknown argument {other}; use --repeat N --rounds N --loads N --reaction-runs N \
                  (at most 250) --scale N --flood-secs N --baseline OBJECT --compare-only \
                  --answered-only --matrix-only --memory-only --distinct-only --crowdsec-only \
-                 --crowdsec-list-only --crowdsec-fresh-only \
+                 --crowdsec-list-only --crowdsec-fresh-only --new-connections-only \
                  --crowdsec-decisions N"
             ),
         }
@@ -198,6 +208,7 @@ pub(crate) fn bench_dataplane(
         event_burst: 1,
         flags: portsentry_common::maps::SETTING_DROP_EVASIVE,
         cookie_secret: 0,
+        trw: Default::default(),
     })
     .unwrap();
     dp.replace_ignore(ignore, &[]).unwrap();
@@ -243,6 +254,10 @@ fn main() {
         per_packet::crowdsec_list(&args);
         return;
     }
+    if args.new_connections_only {
+        new_connections::new_connections(&args);
+        return;
+    }
     if args.crowdsec_only {
         crowdsec::crowdsec(args.reaction_runs.min(20), args.crowdsec_decisions);
         return;
@@ -265,6 +280,7 @@ fn main() {
     per_packet::per_packet(&args);
     distinct::distinct(&args);
     per_packet::crowdsec_list(&args);
+    new_connections::new_connections(&args);
     if args.reaction_runs > 0 {
         reaction::reaction(args.reaction_runs);
     }

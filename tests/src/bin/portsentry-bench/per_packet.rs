@@ -20,7 +20,7 @@ use portsentry_user::kernel::MapSizes;
 
 use crate::{Args, bench_dataplane, filler, ip, ip_net};
 
-fn medians(cases: &[(&str, BorrowedFd<'_>, Vec<u8>)], args: &Args) -> Vec<u32> {
+pub(crate) fn medians(cases: &[(&str, BorrowedFd<'_>, Vec<u8>)], args: &Args) -> Vec<u32> {
     let mut samples = vec![Vec::new(); cases.len()];
     for _ in 0..args.rounds {
         for (i, (_, fd, frame)) in cases.iter().enumerate() {

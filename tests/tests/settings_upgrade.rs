@@ -1,0 +1,88 @@
+//! Upgrading over pins of the release whose `PS_SETTINGS` value was 24 bytes (before the
+//! Threshold Random Walk's steps): the load replaces the pinned map by one of this
+//! release's shape, its bytes carried over (cookie secret, flags, the IPv6 source
+//! prefix), the walk off.
+
+use std::{ffi::CString, os::unix::ffi::OsStrExt as _};
+
+use aya::maps::MapData;
+use portsentry_common::maps::{
+    SETTING_V6_PREFIX_SHIFT, SETTING_VERIFY, SETTINGS, Settings, v6_source_prefix,
+};
+use portsentry_tests::{daemon::Workdir, require_kernel};
+use portsentry_user::kernel::{Dataplane, MapSizes, ensure_pin_dir};
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+/// The value size of `PS_SETTINGS` before this release.
+const OLD_VALUE_SIZE: u32 = 24;
+
+fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> i64 {
+    // SAFETY: a zeroed bpf_attr of 128 bytes whose pointers point at live buffers.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 128usize) };
+    assert!(rc >= 0, "bpf({cmd}): {}", std::io::Error::last_os_error());
+    rc
+}
+
+/// Pins an array `PS_SETTINGS` of the earlier shape holding `old`'s first 24 bytes.
+fn pin_old_settings(path: &std::path::Path, old: &Settings) {
+    let mut attr = [0u64; 16];
+    // map_type, key_size; value_size, max_entries.
+    attr[0] = u64::from(BPF_MAP_TYPE_ARRAY) | 4 << 32;
+    attr[1] = u64::from(OLD_VALUE_SIZE) | 1 << 32;
+    let fd = bpf(BPF_MAP_CREATE, &mut attr) as u32;
+    let key = 0u32;
+    let bytes = &bytemuck::bytes_of(old)[..OLD_VALUE_SIZE as usize];
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(fd);
+    attr[1] = &key as *const u32 as u64;
+    attr[2] = bytes.as_ptr() as u64;
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr);
+    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let mut attr = [0u64; 16];
+    attr[0] = c.as_ptr() as u64;
+    attr[1] = u64::from(fd);
+    bpf(BPF_OBJ_PIN, &mut attr);
+    // SAFETY: the fd this test created; the pin keeps the map.
+    unsafe { libc::close(fd as i32) };
+}
+
+#[test]
+fn settings_pinned_by_the_earlier_release_are_carried_over() {
+    require_kernel!();
+    let w = Workdir::new();
+    ensure_pin_dir(&w.pin_dir).unwrap();
+    // Every map pinned, then PS_SETTINGS as the earlier release pinned it.
+    drop(Dataplane::load(&MapSizes::default(), Some(w.pin_dir.clone())).unwrap());
+    let old = Settings {
+        event_trigger: 5,
+        events_per_sec: 1000,
+        event_burst: 1000,
+        flags: SETTING_VERIFY | 56 << SETTING_V6_PREFIX_SHIFT,
+        cookie_secret: 0x0123_4567_89ab_cdef,
+        trw: Default::default(),
+    };
+    let pin = w.pin_dir.join(SETTINGS);
+    std::fs::remove_file(&pin).unwrap();
+    pin_old_settings(&pin, &old);
+    // `status` reads them while the earlier daemon still runs on them.
+    let seen = Dataplane::inspect_pinned(&w.pin_dir).expect("status over the earlier pins");
+    assert_eq!(seen.settings(), old);
+    drop(seen);
+    let dp = Dataplane::load(&MapSizes::default(), Some(w.pin_dir.clone()))
+        .expect("this release loads over the earlier pins");
+    assert_eq!(dp.settings(), old, "every field carried over, the walk off");
+    assert_eq!(v6_source_prefix(dp.settings().flags), Some(56));
+    let info = MapData::from_pin(&pin).unwrap().info().unwrap();
+    assert_eq!(
+        info.value_size() as usize,
+        size_of::<Settings>(),
+        "the pin is this release's map"
+    );
+    drop(dp);
+    // A second load adopts it as it is.
+    let dp = Dataplane::load(&MapSizes::default(), Some(w.pin_dir.clone())).unwrap();
+    assert_eq!(dp.settings(), old);
+}
