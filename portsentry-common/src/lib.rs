@@ -36,3 +36,5 @@ pub const V4_MAPPED_PREFIX_BITS: u32 = 96;
 /// IP protocol numbers used in events and bans.
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+/// SCTP's IP protocol number (nmap `-sY` sends its INIT chunks).
+pub const PROTO_SCTP: u8 = 132;

@@ -43,7 +43,7 @@ fn assert_caught(files: &Workdir, d: &Daemon, src: IpAddr, text: &str, to: &str)
 #[test]
 fn evasive_scans_are_detected_typed_and_banned() {
     require_kernel!();
-    let net = TestNet::new(10);
+    let net = TestNet::new(11);
     let more_server = net.add_server_v4(&[101, 102, 103, 104]);
     let files = Workdir::new();
     let conf = files.config(&net.server_if, "");
@@ -80,6 +80,8 @@ fn evasive_scans_are_detected_typed_and_banned() {
         ("-sM", a4[4], s4, "TCP FIN/ACK (Maimon) scan", "TCP port: "),
         ("-sA", a6[0], s6, "TCP ACK scan", "TCP port: "),
         ("-sO", a4[5], s4, "IP protocol scan", "protocol: "),
+        // SCTP INIT: this host serves no SCTP, so one protocol is enough.
+        ("-sY", a4[11], s4, "SCTP scan", "protocol: 132"),
     ];
     for (scan, src, dst, text, to) in scans {
         // -sO takes protocol numbers: ones nothing here serves.

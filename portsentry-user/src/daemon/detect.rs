@@ -6,7 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use portsentry_common::{
-    ScanType,
+    PROTO_SCTP, ScanType,
     maps::{BanEntry, SOURCE_PREFIX, SOURCE_VERIFIED, ScanEvent},
     trw::Walk,
 };
@@ -78,6 +78,13 @@ impl Rules {
         }
         let spread = match ev.scan_type {
             t if t.is_ack_class() => self.ack_scan_ports,
+            // SCTP where nothing serves it (the program counts protocol 132 only then):
+            // nmap -sY's INITs all carry the one protocol, and no SCTP datagram to this
+            // host can belong to an association, so one is a probe, as a SYN to a closed
+            // port is (PROTO_SCAN_PROTOCOLS="0" still turns it off).
+            ScanType::IpProto if ev.port == u16::from(PROTO_SCTP) => {
+                self.proto_scan_protocols.min(1)
+            }
             ScanType::IpProto => self.proto_scan_protocols,
             _ => 1,
         };
@@ -382,6 +389,17 @@ mod tests {
         assert_eq!(r.judge(&e, false, false), Verdict::BelowTrigger);
         e.distinct_ports = 3;
         assert_eq!(r.judge(&e, false, false), Verdict::Act);
+        // SCTP (nmap -sY) at one protocol, unless IP-protocol probes are off.
+        e.port = PROTO_SCTP.into();
+        e.distinct_ports = 1;
+        assert_eq!(r.judge(&e, false, false), Verdict::Act);
+        let no_proto = Rules {
+            proto_scan_protocols: 0,
+            ..r
+        };
+        assert_eq!(no_proto.judge(&e, false, false), Verdict::BelowTrigger);
+        e.port = 150;
+        assert_eq!(r.judge(&e, false, false), Verdict::BelowTrigger);
         // Other types are not held to it.
         e.scan_type = ScanType::TcpSyn;
         e.distinct_ports = 1;

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use portsentry_common::ScanType;
+use portsentry_common::{PROTO_SCTP, ScanType};
 
 use crate::kinds::Protocol;
 
@@ -80,7 +80,8 @@ pub fn scan_text(scan_type: ScanType, tcp_flags: u8) -> String {
 /// `attackalert: <scan text> from host: NAME/IP to TCP port: PORT` for TCP, with the scan
 /// text of [`scan_text`], and
 /// `attackalert: UDP scan from host: NAME/IP to UDP port: PORT` for UDP, and
-/// `attackalert: IP protocol scan from host: NAME/IP to protocol: N` for an IP protocol.
+/// `attackalert: IP protocol scan from host: NAME/IP to protocol: N` for an IP protocol
+/// (`SCTP scan` for protocol 132: nmap `-sY` where nothing serves SCTP).
 /// NAME is the resolved name, or the IP again.
 pub fn attack_alert(
     scan_type: ScanType,
@@ -91,6 +92,11 @@ pub fn attack_alert(
 ) -> String {
     let scan = scan_text(scan_type, tcp_flags);
     if scan_type == ScanType::IpProto {
+        let scan = if port == u16::from(PROTO_SCTP) {
+            "SCTP scan"
+        } else {
+            &scan
+        };
         return format!("attackalert: {scan} from host: {name}/{ip} to protocol: {port}");
     }
     let proto = Protocol::of(scan_type);
@@ -265,7 +271,11 @@ mod tests {
         );
         assert_eq!(
             attack_alert(ScanType::IpProto, 0, "192.0.2.7", V4, 132),
-            "attackalert: IP protocol scan from host: 192.0.2.7/192.0.2.7 to protocol: 132"
+            "attackalert: SCTP scan from host: 192.0.2.7/192.0.2.7 to protocol: 132"
+        );
+        assert_eq!(
+            attack_alert(ScanType::IpProto, 0, "192.0.2.7", V4, 153),
+            "attackalert: IP protocol scan from host: 192.0.2.7/192.0.2.7 to protocol: 153"
         );
         assert_eq!(
             already_blocked("192.0.2.7", V4),
