@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod bpf_link;
+pub mod client_load;
 pub mod crafted;
 pub mod crowdsec;
 pub mod daemon;

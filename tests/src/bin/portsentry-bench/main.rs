@@ -23,6 +23,9 @@
 //!    (`matrix`; `--matrix-only`).
 //! 9. A new connection (a SYN to a listener) under SCAN_DETECTION=trigger and trw, same
 //!    run (`new_connections`; `--new-connections-only`).
+//! 10. Clients and scanners at once: the clients each trigger bans wrongly and what the
+//!     scanners get, trigger against trw (`false_positives`; `--false-positives-only`,
+//!     `--fp-secs N`).
 //! 4. With `--baseline OBJECT`: this build's paths next to another build's, same frames,
 //!    same run (`compare`).
 //!
@@ -34,6 +37,7 @@ mod answered;
 mod compare;
 mod crowdsec;
 mod distinct;
+mod false_positives;
 mod firewall_bouncer;
 mod matrix;
 mod memory;
@@ -78,6 +82,10 @@ pub(crate) struct Args {
     pub(crate) new_connections_only: bool,
     /// Decisions in the CrowdSec list (0: skip the fleet).
     pub(crate) crowdsec_decisions: u32,
+    /// Only clients and scanners at once (`--false-positives-only`).
+    pub(crate) false_positives_only: bool,
+    /// Seconds the clients run in each mode (`--fp-secs`).
+    pub(crate) fp_secs: u64,
 }
 
 fn parse_args() -> Args {
@@ -99,6 +107,8 @@ fn parse_args() -> Args {
         crowdsec_fresh_only: false,
         new_connections_only: false,
         crowdsec_decisions: 100_000,
+        false_positives_only: false,
+        fp_secs: 30,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -138,6 +148,10 @@ fn parse_args() -> Args {
             a.new_connections_only = true;
             continue;
         }
+        if arg == "--false-positives-only" {
+            a.false_positives_only = true;
+            continue;
+        }
         if arg == "--crowdsec-list-only" {
             a.crowdsec_list_only = true;
             continue;
@@ -155,12 +169,13 @@ fn parse_args() -> Args {
             "--scale" => a.scale = (val("--scale") as u32).max(10_001),
             "--flood-secs" => a.flood_secs = val("--flood-secs"),
             "--crowdsec-decisions" => a.crowdsec_decisions = val("--crowdsec-decisions") as u32,
+            "--fp-secs" => a.fp_secs = val("--fp-secs").max(5),
             other => panic!(
                 "unknown argument {other}; use --repeat N --rounds N --loads N --reaction-runs N \
                  (at most 250) --scale N --flood-secs N --baseline OBJECT --compare-only \
                  --answered-only --matrix-only --memory-only --distinct-only --crowdsec-only \
                  --crowdsec-list-only --crowdsec-fresh-only --new-connections-only \
-                 --crowdsec-decisions N"
+                 --crowdsec-decisions N --false-positives-only --fp-secs N"
             ),
         }
     }
@@ -254,6 +269,10 @@ fn main() {
         per_packet::crowdsec_list(&args);
         return;
     }
+    if args.false_positives_only {
+        false_positives::false_positives(args.fp_secs);
+        return;
+    }
     if args.new_connections_only {
         new_connections::new_connections(&args);
         return;
@@ -290,6 +309,7 @@ fn main() {
     if args.reaction_runs > 0 {
         answered::answered();
         matrix::matrix();
+        false_positives::false_positives(args.fp_secs);
     }
     memory::daemon_memory(args.scale);
     memory::journal(args.scale, 3);
