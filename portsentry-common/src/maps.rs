@@ -356,6 +356,27 @@ pub const SETTING_PREFIX_BANS_WIDE: u32 = 1 << 7;
 /// to a listener from a source with a record counts as its success.
 pub const SETTING_TRW: u32 = 1 << 8;
 
+/// `Settings::flags` bits 16 to 23: ACK_SCAN_PORTS (at most 255) for the program's own
+/// ban of the ACK class ([`Settings::ban_spread`]). 0 (ACK_SCAN_PORTS="0", or the
+/// settings of a release without it): the program never bans the ACK class.
+pub const SETTING_ACK_PORTS_SHIFT: u32 = 16;
+
+impl Settings {
+    /// The distinct ports a source must have probed before the program bans it at a
+    /// probe of `kind`: ACK_SCAN_PORTS for the ACK class (`u32::MAX`, never, when 0), 1
+    /// for the other types (their first probe may do).
+    #[inline(always)]
+    pub fn ban_spread(&self, kind: crate::ScanType) -> u32 {
+        if !kind.is_ack_class() {
+            return 1;
+        }
+        match (self.flags >> SETTING_ACK_PORTS_SHIFT) & 0xff {
+            0 => u32::MAX,
+            n => n,
+        }
+    }
+}
+
 /// `Settings::flags` bits 24 to 31: the prefix length an IPv6 source is counted and
 /// banned by (SOURCE_PREFIX_V6): its key in `PS_SOURCES` and `PS_BANS` is that network's
 /// address. 0 (the settings of a release without it) and 128: each address on its own.

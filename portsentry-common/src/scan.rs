@@ -111,27 +111,27 @@ impl ScanType {
         })
     }
 
-    /// A segment of a connection this host does not have: never answered by a kernel
-    /// ban, and acted on only once it has probed ACK_SCAN_PORTS distinct ports (a
-    /// client's late segments after a listener went away go to one port).
+    /// A segment of a connection this host does not have: acted on only once its source
+    /// has probed ACK_SCAN_PORTS distinct ports (a client's late segments after a
+    /// listener went away go to one port), by the program too ([`Settings::ban_spread`]).
+    ///
+    /// [`Settings::ban_spread`]: crate::maps::Settings::ban_spread
     pub const fn is_ack_class(self) -> bool {
         matches!(self, ScanType::TcpAck | ScanType::TcpMaimon)
     }
 
-    /// Whether the program may ban at this probe itself: not for the ACK class and IP
-    /// protocols, which the daemon acts on only over several ports or protocols.
+    /// Whether the program may ban at this probe itself: not for IP protocols, which the
+    /// daemon acts on only over several protocols (the ACK class is banned once it has
+    /// spread over ACK_SCAN_PORTS ports).
     pub const fn kernel_bannable(self) -> bool {
-        !matches!(
-            self,
-            ScanType::TcpAck | ScanType::TcpMaimon | ScanType::IpProto
-        )
+        !matches!(self, ScanType::IpProto)
     }
 
     /// Whether a probe of this type is a failed first contact of the Threshold Random
-    /// Walk (SCAN_DETECTION="trw"): the types the program may ban at (the ACK class and
-    /// IP protocols keep ACK_SCAN_PORTS and PROTO_SCAN_PROTOCOLS in every mode).
+    /// Walk (SCAN_DETECTION="trw"): not the ACK class and IP protocols, which keep
+    /// ACK_SCAN_PORTS and PROTO_SCAN_PROTOCOLS in every mode.
     pub const fn walks(self) -> bool {
-        self.kernel_bannable()
+        !self.is_ack_class() && self.kernel_bannable()
     }
 
     /// Short stable name, used in JSON and metrics.
@@ -215,6 +215,28 @@ mod tests {
         ] {
             assert_eq!(ScanType::from_tcp_flags(f), None, "flags {f:#x}");
         }
+    }
+
+    #[test]
+    fn the_program_bans_the_ack_class_at_ack_scan_ports() {
+        use crate::maps::{SETTING_ACK_PORTS_SHIFT, SETTING_V6_PREFIX_SHIFT, Settings};
+        let with = |ports: u32| Settings {
+            event_trigger: 1,
+            events_per_sec: 0,
+            event_burst: 0,
+            flags: (ports << SETTING_ACK_PORTS_SHIFT) | (64 << SETTING_V6_PREFIX_SHIFT),
+            cookie_secret: 0,
+            trw: Default::default(),
+        };
+        assert_eq!(with(3).ban_spread(ScanType::TcpAck), 3);
+        assert_eq!(with(3).ban_spread(ScanType::TcpMaimon), 3);
+        assert_eq!(with(0).ban_spread(ScanType::TcpAck), u32::MAX, "0: never");
+        for t in [ScanType::TcpSyn, ScanType::Udp, ScanType::TcpFragment] {
+            assert_eq!(with(3).ban_spread(t), 1, "{t:?}");
+        }
+        assert!(ScanType::TcpAck.kernel_bannable() && !ScanType::TcpAck.walks());
+        assert!(!ScanType::IpProto.kernel_bannable() && !ScanType::IpProto.walks());
+        assert!(ScanType::TcpSyn.walks());
     }
 
     #[test]

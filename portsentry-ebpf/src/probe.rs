@@ -121,6 +121,7 @@ pub fn record_probe(
                     &src.key,
                     l4,
                     kind,
+                    stats.distinct_ports,
                     stats.flags & SOURCE_VERIFIED != 0,
                     stats.first_ns,
                     now,
@@ -161,7 +162,7 @@ pub fn record_probe(
             };
             let banned = reached
                 && src.exact_ban
-                && kernel_ban(&src.key, l4, kind, verified, now, now, settings);
+                && kernel_ban(&src.key, l4, kind, 1, verified, now, now, settings);
             if banned {
                 event.flags |= EVENT_KERNEL_BANNED;
             }
@@ -185,16 +186,18 @@ pub fn record_probe(
 
 /// The kernel-side ban: when the configuration lets the block come first (the
 /// protocol's `SETTING_KBAN_*`), a source that reached the trigger is banned here, at
-/// this probe, within `PS_KBAN`'s MAX_BANS_PER_SEC budget. Never for the ACK class and
-/// IP protocols.
+/// this probe, within `PS_KBAN`'s MAX_BANS_PER_SEC budget. Never for IP protocols; the
+/// ACK class once its `distinct_ports` reach ACK_SCAN_PORTS ([`Settings::ban_spread`]).
 /// Under VERIFY_SOURCES only a verified source; hits spread over more than SCAN_WINDOW are left to the daemon. The
 /// ban goes in as `PS_BANS` entry of origin `Kernel` (filter bit first, cache after, as
 /// userspace orders them); the daemon then responds to it as to its own.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)] // inlined: the probe's values, as the caller holds them
 fn kernel_ban(
     src: &AddrWords,
     l4: &L4,
     kind: ScanType,
+    distinct_ports: u32,
     verified: bool,
     first_ns: u64,
     now: u64,
@@ -205,11 +208,12 @@ fn kernel_ban(
     } else {
         SETTING_KBAN_UDP
     };
-    // A segment of no connection and an IP protocol are left to the daemon: it acts on
-    // them only over several ports or protocols.
+    // An IP protocol is left to the daemon (it acts only over several protocols); a
+    // segment of no connection waits for ACK_SCAN_PORTS distinct ports.
     if settings.flags & flag == 0
         || (settings.flags & SETTING_VERIFY != 0 && !verified)
         || !kind.kernel_bannable()
+        || distinct_ports < settings.ban_spread(kind)
     {
         return false;
     }
@@ -267,6 +271,9 @@ fn kernel_ban(
         unsafe { atomic::or(word, 1u64 << (bit & 63)) };
     }
     // Never over an existing ban (an operator's, or one being lifted), never when full.
+    // By reference, as `record_probe` inserts its record (there, by value cost 36
+    // instructions more).
+    #[allow(clippy::needless_borrows_for_generic_args)]
     if PS_BANS
         .insert(key(src), &entry, BPF_NOEXIST as u64)
         .is_err()

@@ -1,14 +1,15 @@
 //! The kernel-side ban through BPF_PROG_TEST_RUN: the probe that reaches the trigger is
 //! dropped and its source banned in the same run, within the kernel's MAX_BANS_PER_SEC,
 //! only for the protocols whose configuration lets the block come first, only for
-//! verified sources under VERIFY_SOURCES, and not for hits spread past SCAN_WINDOW.
+//! verified sources under VERIFY_SOURCES, and not for hits spread past SCAN_WINDOW. The
+//! ACK class is banned once it has spread over ACK_SCAN_PORTS distinct ports.
 
 use ipnet::IpNet;
 use portsentry_common::{
     Counter,
     maps::{
-        BanOrigin, EVENT_KERNEL_BANNED, KernelBan, SETTING_KBAN_TCP, SETTING_KBAN_UDP,
-        SETTING_VERIFY, Settings,
+        BanOrigin, EVENT_KERNEL_BANNED, KernelBan, SETTING_ACK_PORTS_SHIFT, SETTING_KBAN_TCP,
+        SETTING_KBAN_UDP, SETTING_VERIFY, Settings,
     },
 };
 use portsentry_tests::{
@@ -166,5 +167,57 @@ fn under_verify_sources_only_verified_sources_are_banned() {
     // An unverified SYN is challenged, never banned (it may be forged).
     let o = fx.run(&Frame::tcp(src, dst, 22, SYN).build());
     assert_eq!(o.delta.get(Counter::KernelBanned), 0);
+    assert!(fx.dp.ban(&IpNet::from(src)).unwrap().is_none());
+}
+
+/// Segments of no connection (nmap -sA, -sW, -sM) are banned by the program at the one
+/// that reaches ACK_SCAN_PORTS distinct ports (here 3), not before; a client's late
+/// segments, all to the one port it talked to, never are; with ACK_SCAN_PORTS="0" (no
+/// bits in the flags) the program leaves the ACK class to the daemon.
+#[test]
+fn the_ack_class_is_banned_at_ack_scan_ports_distinct_ports() {
+    require_kernel!();
+    let flags = SETTING_KBAN_TCP | (3 << SETTING_ACK_PORTS_SHIFT);
+    let mut fx = fixture(1, flags, KernelBan::default());
+    for (i, (scanner, dst)) in pairs().into_iter().enumerate() {
+        for port in [1, 2] {
+            fx.expect(
+                &Frame::tcp(scanner, dst, port, ACK).build(),
+                XDP_PASS,
+                Counter::PassProbe,
+            );
+        }
+        assert!(fx.dp.ban(&IpNet::from(scanner)).unwrap().is_none());
+        let flags = if i == 0 { ACK } else { FIN | ACK };
+        let o = fx.expect(
+            &Frame::tcp(scanner, dst, 3, flags).build(),
+            XDP_DROP,
+            Counter::DropBanned,
+        );
+        assert_eq!(o.delta.get(Counter::KernelBanned), 1);
+        let ban = fx.dp.ban(&IpNet::from(scanner)).unwrap().expect("banned");
+        assert_eq!((ban.origin, ban.port), (BanOrigin::Kernel as u8, 3));
+        let ev = fx.drain_events();
+        assert_ne!(ev.last().unwrap().flags & EVENT_KERNEL_BANNED, 0);
+    }
+    let (client, dst) = (ip("198.51.100.20"), ip(V4_DST));
+    for _ in 0..10 {
+        fx.expect(
+            &Frame::tcp(client, dst, 5, PSH | ACK).build(),
+            XDP_PASS,
+            Counter::PassProbe,
+        );
+    }
+    assert!(fx.dp.ban(&IpNet::from(client)).unwrap().is_none());
+
+    let mut fx = fixture(1, SETTING_KBAN_TCP, KernelBan::default());
+    let src = ip("198.51.100.21");
+    for port in 1..10 {
+        fx.expect(
+            &Frame::tcp(src, dst, port, ACK).build(),
+            XDP_PASS,
+            Counter::PassProbe,
+        );
+    }
     assert!(fx.dp.ban(&IpNet::from(src)).unwrap().is_none());
 }

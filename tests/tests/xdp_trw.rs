@@ -178,8 +178,9 @@ fn the_ack_class_keeps_its_rule() {
     require_kernel!();
     let mut fx = fixture(true, 1);
     let (src, dst) = pairs()[0];
-    // Segments of no connection to four ports: counted, never banned in the kernel
-    // (ACK_SCAN_PORTS is the daemon's), and they count as the walk's failures.
+    // Segments of no connection to four ports: counted, not banned by the walk (the
+    // fixture's flags carry no ACK_SCAN_PORTS, so the program leaves them to the
+    // daemon), and they count as the walk's failures.
     for port in [1, 2, 3, 4] {
         fx.expect(
             &Frame::tcp(src, dst, port, ACK).build(),

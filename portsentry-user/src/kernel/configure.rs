@@ -3,8 +3,8 @@
 
 use anyhow::Result;
 use portsentry_common::maps::{
-    KernelBan, SETTING_DROP_EVASIVE, SETTING_KBAN_TCP, SETTING_KBAN_UDP, SETTING_TRW,
-    SETTING_V6_PREFIX_SHIFT, SETTING_VERIFY, Settings,
+    KernelBan, SETTING_ACK_PORTS_SHIFT, SETTING_DROP_EVASIVE, SETTING_KBAN_TCP, SETTING_KBAN_UDP,
+    SETTING_TRW, SETTING_V6_PREFIX_SHIFT, SETTING_VERIFY, Settings,
 };
 
 use super::{Dataplane, MapSizes};
@@ -63,7 +63,8 @@ pub fn kernel_settings(eff: &Effective, secret: u64) -> Settings {
         .into_iter()
         .filter(|(on, _)| *on)
         .fold(0, |flags, (_, flag)| flags | flag)
-            | (eff.config.source_prefix_v6.min(128) << SETTING_V6_PREFIX_SHIFT),
+            | (eff.config.source_prefix_v6.min(128) << SETTING_V6_PREFIX_SHIFT)
+            | (eff.config.ack_scan_ports.min(255) << SETTING_ACK_PORTS_SHIFT),
         cookie_secret: secret,
         trw: walk.unwrap_or_default(),
     }
