@@ -422,6 +422,31 @@ mod tests {
         );
     }
 
+    /// A slow scan (one probe an hour) reaches SCAN_TRIGGER="3" within SCAN_WINDOW="6h",
+    /// not past it; with no window (PortSentry's) hits count for ever.
+    #[test]
+    fn a_slow_scan_over_hours() {
+        const HOUR_MS: u64 = 3_600_000;
+        let mut r = Rules {
+            scan_trigger: 3,
+            walk: None,
+            window: Duration::from_secs(6 * 3600),
+            ack_scan_ports: 3,
+            proto_scan_protocols: 3,
+        };
+        assert_eq!(r.judge(&ev(3, 2 * HOUR_MS), false, false), Verdict::Act);
+        assert_eq!(r.judge(&ev(3, 6 * HOUR_MS), false, false), Verdict::Act);
+        assert_eq!(
+            r.judge(&ev(3, 7 * HOUR_MS), false, false),
+            Verdict::OutsideWindow
+        );
+        r.window = Duration::ZERO;
+        assert_eq!(
+            r.judge(&ev(3, 30 * 24 * HOUR_MS), false, false),
+            Verdict::Act
+        );
+    }
+
     #[test]
     fn the_walk_replaces_the_trigger() {
         let r = Rules {
