@@ -34,7 +34,7 @@ use ipnet::IpNet;
 use crate::{
     daemon::Workdir,
     netns::{Netns, TestNet, tcp_connect},
-    scenario::{ban_nets, status},
+    scenario::{ban_nets, counter, start, status},
 };
 
 /// The keep-alive service (restarted during the run).
@@ -106,6 +106,8 @@ pub struct Outcome {
     pub scanners: Vec<Scanner>,
     /// How long the clients ran.
     pub secs: f64,
+    /// Bans the program made (`kernel_banned`), when [`measure`] ran it.
+    pub kernel_bans: u64,
 }
 
 impl Outcome {
@@ -476,5 +478,21 @@ pub fn run(net: &TestNet, wd: &Workdir, pop: &Population, plan: &Plan) -> Outcom
             })
             .collect(),
         secs: plan.secs,
+        kernel_bans: 0,
     }
+}
+
+/// A fresh pair of namespaces with `v4` and `v6` clients, the daemon started on the test
+/// configuration plus `extra` (its keys replacing the defaults), [`run`] with `plan`, and
+/// the daemon stopped; the outcome carries the program's ban count.
+pub fn measure(extra: &str, v4: u8, v6: u8, plan: &Plan) -> Outcome {
+    let mut net = TestNet::new(0);
+    let pop = Population::new(&mut net, v4, v6);
+    let wd = Workdir::new();
+    wd.config(&net.server_if, extra);
+    let d = start(&net, &wd);
+    let mut o = run(&net, &wd, &pop, plan);
+    o.kernel_bans = counter(&status(&wd), "kernel_banned");
+    assert!(d.stop().success(), "the daemon stopped with an error");
+    o
 }

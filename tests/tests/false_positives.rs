@@ -13,33 +13,24 @@
 //! A scanner that finds no open port is banned at its 4th (3 answered).
 
 use portsentry_tests::{
-    client_load::{Outcome, Plan, Population, run},
-    daemon::Workdir,
-    netns::TestNet,
+    client_load::{Outcome, Plan, measure},
     require_kernel,
-    scenario::start,
 };
 
 fn clients_and_scanners(extra: &str) -> Outcome {
-    let mut net = TestNet::new(0);
-    let pop = Population::new(&mut net, 24, 8);
-    let wd = Workdir::new();
-    wd.config(&net.server_if, extra);
-    let d = start(&net, &wd);
     let plan = Plan {
         secs: 8.0,
         short_threads: 4,
         scan_at: 0.2,
         crash_at: 0.4,
     };
-    let o = run(&net, &wd, &pop, &plan);
+    let o = measure(extra, 24, 8, &plan);
     eprintln!("{o:?}");
     assert_eq!(o.closed_tries, 32, "every client tried its closed port");
     assert!(
         o.short_connections > 0 && o.requests > 0,
         "the clients were served: {o:?}"
     );
-    assert!(d.stop().success());
     o
 }
 

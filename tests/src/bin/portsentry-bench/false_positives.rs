@@ -7,12 +7,7 @@
 //!     3) and SCAN_DETECTION="trw": the clients wrongly banned, and what each scanner got
 //!     before its ban.
 
-use portsentry_tests::{
-    client_load::{Plan, Population, run},
-    daemon::Workdir,
-    netns::TestNet,
-    scenario::{counter, start, status},
-};
+use portsentry_tests::client_load::{Plan, measure};
 
 pub(crate) fn false_positives(secs: u64) {
     let modes = [
@@ -31,20 +26,13 @@ pub(crate) fn false_positives(secs: u64) {
     );
     println!("|---|---:|---:|---:|---:|---|---|---:|");
     for (name, extra) in modes {
-        let mut net = TestNet::new(0);
-        let pop = Population::new(&mut net, 48, 16);
-        let wd = Workdir::new();
-        wd.config(&net.server_if, extra);
-        let d = start(&net, &wd);
         let plan = Plan {
             secs: secs as f64,
             short_threads: 8,
             scan_at: 0.2,
             crash_at: 0.4,
         };
-        let o = run(&net, &wd, &pop, &plan);
-        let kernel = counter(&status(&wd), "kernel_banned");
-        drop(d);
+        let o = measure(extra, 48, 16, &plan);
         let scanner = |i: usize| {
             let s = &o.scanners[i];
             format!(
@@ -56,7 +44,7 @@ pub(crate) fn false_positives(secs: u64) {
             )
         };
         println!(
-            "| {name} | {} of {} | {:.0} | {:.0} | {} | {} | {} | {kernel} |",
+            "| {name} | {} of {} | {:.0} | {:.0} | {} | {} | {} | {} |",
             o.banned_clients.len(),
             o.clients,
             o.short_rate(),
@@ -64,6 +52,7 @@ pub(crate) fn false_positives(secs: u64) {
             o.client_failures,
             scanner(0),
             scanner(1),
+            o.kernel_bans,
         );
     }
     println!();
