@@ -14,6 +14,9 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("iputils-ping", "ping"),
     // What a scanner gets: masscan next to nmap.
     ("masscan", "masscan"),
+    // tests/tests/false_positives.rs: a host gone silent (a DROP rule in the server's
+    // namespace) and what each scanner was answered (counting rules), IPv4 and IPv6.
+    ("iptables", "iptables"),
     // tests/tests/deb_package.rs: a throwaway Debian root for the package, and the checks
     // of what it installs. (promtool comes from Debian's prometheus package unpacked, not
     // installed: installing it would start a Prometheus server on the test machine.)
