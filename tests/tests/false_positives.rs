@@ -10,7 +10,10 @@
 //! walk is clamped at the benign bound (0.0101 with the defaults), from which 7 failures
 //! reach the scanner bound (0.0101 x 4^7 = 165 >= 99), so a scanner is banned by the
 //! program at its 8th closed port at the latest: at most 7 answered, whatever it found.
-//! A scanner that finds no open port is banned at its 4th (3 answered).
+//! A scanner that finds no open port is banned at its 4th (3 answered). Failures are the
+//! distinct bits of the record's 256-bit port filter: a port that shares a bit with an
+//! earlier one (about one 4-port scan in 40) is answered without counting, one more; the
+//! bounds below allow two such.
 
 use portsentry_tests::{
     client_load::{Outcome, Plan, measure},
@@ -42,7 +45,7 @@ fn trw_bans_both_scanners_in_the_kernel_and_no_client() {
     for s in &o.scanners {
         assert!(s.banned, "{} was not banned: {o:?}", s.addr);
         assert!(
-            s.probes_answered <= 7 && (s.syn_acks > 0 || s.probes_answered <= 3),
+            s.probes_answered <= 9 && (s.syn_acks > 0 || s.probes_answered <= 5),
             "{} had {} probes answered: {o:?}",
             s.addr,
             s.probes_answered
