@@ -328,7 +328,7 @@ fn short_client(net: &TestNet, clients: &[IpAddr], first: usize, until: Instant,
 
 /// Counts what the server sends each scanner: RSTs from the watched ports (below 1024
 /// but 113 and 139, advanced mode's defaults), all RSTs, and SYN-ACKs.
-fn count_answers(server: &Netns, scanners: &[IpAddr]) {
+pub fn count_answers(server: &Netns, scanners: &[IpAddr]) {
     for s in scanners {
         let tool = if s.is_ipv4() { "iptables" } else { "ip6tables" };
         let rule = format!("{tool} -A OUTPUT -d {s} -p tcp");
@@ -341,8 +341,9 @@ fn count_answers(server: &Netns, scanners: &[IpAddr]) {
     }
 }
 
-/// What the server sent `scanner`, by the comment of each rule of [`count_answers`].
-fn answers(server: &Netns, scanner: IpAddr) -> [u64; 3] {
+/// What the server sent `scanner`, by the comment of each rule of [`count_answers`]:
+/// RSTs from watched ports, all RSTs, SYN-ACKs.
+pub fn answers(server: &Netns, scanner: IpAddr) -> [u64; 3] {
     let tool = if scanner.is_ipv4() {
         "iptables"
     } else {

@@ -9,8 +9,9 @@ use std::{net::TcpListener, path::PathBuf, time::Duration};
 
 use portsentry_tests::{
     bench::{Portsentry12, portsentry12},
+    client_load::{answers, count_answers},
     daemon::{Daemon, Workdir},
-    netns::{Netns, TestNet},
+    netns::TestNet,
 };
 
 /// A scanner, its command line (SRC, DST, IFACE and MAC filled in) and how many scans
@@ -78,23 +79,6 @@ fn cell<T>(cmd: &str, runs: usize, start: impl Fn(&TestNet) -> T) -> Cell {
     c
 }
 
-/// Counts what the server sends `src`: SYN-ACKs and RSTs (iptables counting rules).
-fn count_answers(server: &Netns, src: &str) {
-    server.exec(&format!(
-        "iptables -A OUTPUT -d {src} -p tcp --tcp-flags SYN,ACK SYN,ACK && \
-         iptables -A OUTPUT -d {src} -p tcp --tcp-flags RST RST"
-    ));
-}
-
-fn answers(server: &Netns) -> u64 {
-    let out = server.exec("iptables -L OUTPUT -v -x -n");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .skip(2)
-        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
-}
-
 /// The MAC address of the server's veth end (masscan's `--router-mac`: it sends frames
 /// itself).
 pub(crate) fn server_mac(net: &TestNet) -> String {
@@ -112,8 +96,9 @@ pub(crate) fn server_mac(net: &TestNet) -> String {
 /// Runs one scanner from the attacker's first address: (answers, service found open).
 fn scan(net: &TestNet, cmd: &str) -> (u64, bool) {
     let mac = server_mac(net);
-    let src = net.attacker_v4[0].to_string();
-    count_answers(&net.server, &src);
+    let scanner = net.attacker_v4[0];
+    let src = scanner.to_string();
+    count_answers(&net.server, &[scanner]);
     let line = cmd
         .replace("IFACE", &net.attacker_if)
         .replace("SRC", &src)
@@ -123,7 +108,9 @@ fn scan(net: &TestNet, cmd: &str) -> (u64, bool) {
     let text = String::from_utf8_lossy(&out.stdout);
     let found = text.contains("8080/tcp open") || text.contains("open port 8080/tcp");
     std::thread::sleep(Duration::from_millis(500));
-    (answers(&net.server), found)
+    // Every RST and SYN-ACK the server sent it.
+    let [_, closed, open] = answers(&net.server, scanner);
+    (closed + open, found)
 }
 
 pub(crate) fn answered() {
