@@ -20,6 +20,10 @@ pub const STATE_FILE: &str = "bans.json";
 pub const CROWDSEC_FILE: &str = "crowdsec.json";
 /// Link pins in PIN_DIR are named this followed by the interface name.
 pub const LINK_PREFIX: &str = "link-";
+/// The program's pin in PIN_DIR is named this followed by the hash of the object it was
+/// loaded from ([`crate::kernel::object::build_id`]): the next start of the same build
+/// uses it instead of loading (and verifying) the program again.
+pub const PROGRAM_PREFIX: &str = "prog-";
 
 pub fn pid_file(state_dir: &Path) -> PathBuf {
     state_dir.join(PID_FILE)
@@ -44,6 +48,16 @@ pub fn crowdsec_file(state_dir: &Path) -> PathBuf {
 /// The pin of the link that attaches the program to `interface`.
 pub fn link_pin(pin_dir: &Path, interface: &str) -> PathBuf {
     pin_dir.join(format!("{LINK_PREFIX}{interface}"))
+}
+
+/// The pin of the program loaded from the object whose build id is `build_id`.
+pub fn program_pin(pin_dir: &Path, build_id: u64) -> PathBuf {
+    pin_dir.join(format!("{PROGRAM_PREFIX}{build_id:016x}"))
+}
+
+/// True when a pin's file name is a program pin (of any build).
+pub fn is_program_pin(file_name: &str) -> bool {
+    file_name.starts_with(PROGRAM_PREFIX)
 }
 
 /// The interface a pin's file name is the link of, if it is a link pin.

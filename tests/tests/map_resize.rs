@@ -3,7 +3,9 @@
 //! falls back to) puts every one in the kernel's map and the program drops the banned
 //! scanner; a MAX_BANS / MAX_TRACKED_SOURCES changed in the configuration resizes the
 //! pinned maps at the next start with every ban carried over, in the same pinned link;
-//! a MAX_BANS below the bans in force is refused at its line.
+//! a MAX_BANS below the bans in force is refused at its line. A restart of the same
+//! build keeps the program it pinned (no second verification) unless a map it uses was
+//! replaced or another build pinned it.
 
 use std::{
     collections::HashSet,
@@ -190,4 +192,84 @@ fn a_bigger_max_bans_at_restart_keeps_every_ban_in_the_same_link() {
     assert!(!reaches(&net, scanner), "the ban stays in force");
     let (ok, out, err) = wd.cli(&["unload"]);
     assert!(ok, "unload: {out}{err}");
+}
+
+/// The program pins in the pin directory (`prog-BUILD`).
+fn program_pins(wd: &Workdir) -> Vec<String> {
+    let mut pins: Vec<String> = std::fs::read_dir(&wd.pin_dir)
+        .map(|it| {
+            it.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("prog-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    pins.sort();
+    pins
+}
+
+const KEPT: &str = "is kept (not verified again)";
+
+#[test]
+fn a_restart_of_the_same_build_keeps_its_verified_program() {
+    require_kernel!();
+    let net = TestNet::new(1);
+    let wd = Workdir::new();
+    let _svc = net
+        .server
+        .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
+    let scanner = net.attacker_v4[0];
+    let bystander = net.attacker_v4[1];
+    write_journal(&wd, [scanner].into_iter());
+    wd.config(&net.server_if, "");
+    let link_pin = wd.pin_dir.join(format!("link-{}", net.server_if));
+
+    // A first start loads, verifies and pins the program.
+    let d = start(&net, &wd);
+    assert!(!d.has_line(KEPT), "{}", d.lines().join("\n"));
+    let pins = program_pins(&wd);
+    assert_eq!(pins.len(), 1, "one program pin: {pins:?}");
+    let first = pinned_link(&link_pin);
+    assert!(d.stop().success());
+
+    // The same build again: the pinned program, in the same link.
+    let d = start(&net, &wd);
+    assert!(d.has_line(KEPT), "{}", d.lines().join("\n"));
+    let kept = pinned_link(&link_pin);
+    assert_eq!(kept.id, first.id, "the same link");
+    assert_eq!(kept.program_id, first.program_id, "the same program");
+    assert!(!reaches(&net, scanner), "the ban holds");
+    assert!(reaches(&net, bystander), "an unbanned host was dropped");
+    assert!(d.stop().success());
+
+    // A map the program uses replaced behind its back (here: its pin removed, so the
+    // next start creates it): the pinned program would use the old one, so the program
+    // is loaded again and its pin replaced.
+    std::fs::remove_file(wd.pin_dir.join("PS_COUNTERS")).unwrap();
+    let d = start(&net, &wd);
+    assert!(!d.has_line(KEPT), "{}", d.lines().join("\n"));
+    let reloaded = pinned_link(&link_pin);
+    assert_eq!(reloaded.id, first.id, "the same link");
+    assert_ne!(reloaded.program_id, first.program_id, "a new program");
+    assert_eq!(program_pins(&wd), pins, "one pin, of this build");
+    assert!(!reaches(&net, scanner), "the ban holds");
+    assert!(d.stop().success());
+
+    // Another build's pin (an upgrade): loaded again, the old pin replaced.
+    std::fs::rename(
+        wd.pin_dir.join(&pins[0]),
+        wd.pin_dir.join("prog-0000000000000001"),
+    )
+    .unwrap();
+    let d = start(&net, &wd);
+    assert!(!d.has_line(KEPT), "{}", d.lines().join("\n"));
+    assert_ne!(pinned_link(&link_pin).program_id, reloaded.program_id);
+    assert_eq!(program_pins(&wd), pins, "the other build's pin removed");
+    assert!(!reaches(&net, scanner), "the ban holds");
+    assert!(d.stop().success());
+
+    let (ok, out, err) = wd.cli(&["unload"]);
+    assert!(ok, "unload: {out}{err}");
+    assert!(out.contains("removed 16 pinned maps"), "{out}");
+    assert!(!wd.pin_dir.exists(), "unload leaves nothing pinned");
 }

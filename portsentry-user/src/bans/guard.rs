@@ -10,7 +10,7 @@
 
 use std::{fmt, net::IpAddr};
 
-use ipnet::{IpNet, Ipv6Net};
+use ipnet::IpNet;
 
 use crate::config::{Config, effective::Effective};
 
@@ -99,18 +99,28 @@ fn show(net: &IpNet) -> String {
     }
 }
 
-/// `net` in the IPv6 space the kernel uses (IPv4 mapped into `::ffff:0:0/96`).
-fn mapped(net: &IpNet) -> Ipv6Net {
-    match net.trunc() {
-        IpNet::V4(v4) => Ipv6Net::new(v4.network().to_ipv6_mapped(), v4.prefix_len() + 96)
-            .expect("an IPv4 prefix plus 96 is at most 128"),
-        IpNet::V6(v6) => v6,
-    }
+/// `net` in the IPv6 space the kernel uses (IPv4 mapped into `::ffff:0:0/96`): its
+/// first address, host bits cleared, and its prefix length. Plain integers: a restart
+/// checks every ban on record against every protected network.
+fn span(net: &IpNet) -> (u128, u8) {
+    let (addr, len) = match net {
+        IpNet::V4(v4) => (
+            (0xffff_u128 << 32) | u128::from(u32::from(v4.addr())),
+            v4.prefix_len() + 96,
+        ),
+        IpNet::V6(v6) => (u128::from(v6.addr()), v6.prefix_len()),
+    };
+    (addr & prefix_mask(len), len)
+}
+
+fn prefix_mask(len: u8) -> u128 {
+    u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0)
 }
 
 /// Whether `outer` contains all of `inner` (IPv4 and IPv6 compared as the kernel does).
 fn covers(outer: &IpNet, inner: &IpNet) -> bool {
-    mapped(outer).contains(&mapped(inner))
+    let ((o, olen), (i, ilen)) = (span(outer), span(inner));
+    olen <= ilen && i & prefix_mask(olen) == o
 }
 
 /// Whether two networks share an address.
@@ -232,6 +242,19 @@ mod tests {
             (net("2001:db8::1/128"), Why::ThisHost),
         ];
         g
+    }
+
+    #[test]
+    fn covers_compares_ipv4_inside_the_ipv6_space() {
+        assert!(covers(&net("::ffff:0:0/96"), &net("10.1.2.3/32")));
+        assert!(covers(&net("::/0"), &net("10.0.0.1/32")));
+        assert!(covers(&net("10.1.2.3/8"), &net("10.200.0.0/16")));
+        assert!(covers(&net("2001:db8::/32"), &net("2001:db8:ffff::1/128")));
+        assert!(!covers(&net("0.0.0.0/0"), &net("::1/128")));
+        assert!(!covers(&net("10.0.0.0/16"), &net("10.0.0.0/8")));
+        assert!(!covers(&net("10.0.0.0/8"), &net("11.0.0.1/32")));
+        assert!(overlaps(&net("10.0.0.0/16"), &net("10.0.0.0/8")));
+        assert!(!overlaps(&net("2001:db8::/33"), &net("2001:db8:8000::/33")));
     }
 
     #[test]

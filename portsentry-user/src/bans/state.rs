@@ -224,7 +224,7 @@ pub fn reconcile(
         store: saved,
         ..Reconciled::default()
     };
-    kernel.sort_unstable_by_key(|(n, _)| *n);
+    kernel.sort_unstable_by_key(|(n, _)| net_order(n));
     let now_ms = super::unix_ms(now);
     let mut kernel_only = Vec::new();
     let mut k = kernel.iter().peekable();
@@ -257,11 +257,46 @@ pub fn reconcile(
     out
 }
 
+/// `IpNet`'s order (IPv4 first, then by address, then by prefix length) as plain
+/// integers: sorting a million kernel bans by it takes a fraction of the derived
+/// comparison's time.
+pub fn net_order(net: &IpNet) -> (bool, u128, u8) {
+    match net {
+        IpNet::V4(n) => (false, u128::from(u32::from(n.addr())), n.prefix_len()),
+        IpNet::V6(n) => (true, u128::from(n.addr()), n.prefix_len()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
+
+    #[test]
+    fn net_order_is_the_order_of_networks() {
+        let mut nets: Vec<IpNet> = [
+            "10.0.0.0/8",
+            "10.0.0.0/32",
+            "9.255.255.255/32",
+            "255.255.255.255/32",
+            "0.0.0.0/0",
+            "::/0",
+            "::1/128",
+            "::ffff:10.0.0.1/128",
+            "2001:db8::/32",
+            "2001:db8::/64",
+            "ffff::1/128",
+            "10.0.0.1/32",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        let mut by_key = nets.clone();
+        nets.sort();
+        by_key.sort_by_key(net_order);
+        assert_eq!(nets, by_key);
+    }
 
     fn ban(net: &str, expires: Option<SystemTime>, origin: BanOrigin) -> Ban {
         Ban {

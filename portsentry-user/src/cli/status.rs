@@ -101,6 +101,12 @@ impl Serialize for Rfc3339 {
 pub fn status(args: &StatusArgs) -> Result<String> {
     let c = config(&args.file)?;
     let pid = pidfile::running_pid(&c.state_dir);
+    // The journal is read while the pinned maps are (each takes a few hundred ms at a
+    // million bans).
+    let reading = {
+        let dir = c.state_dir.clone();
+        std::thread::spawn(move || journal::load(&dir))
+    };
     let loaded = kernel::is_pinned(&c.pin_dir);
     let dp = if loaded {
         Some(Dataplane::inspect_pinned(&c.pin_dir)?)
@@ -118,16 +124,18 @@ pub fn status(args: &StatusArgs) -> Result<String> {
         })
         .unwrap_or_default();
     interfaces.sort();
-    let saved = journal::load(&c.state_dir)?;
     let kernel_bans = match &dp {
         Some(dp) => dp.bans()?,
         None => Vec::new(),
     };
+    let saved = reading
+        .join()
+        .map_err(|_| anyhow::anyhow!("the journal reader's thread panicked"))??;
     let tcp_mode = c.tcp_mode.token(Protocol::Tcp);
     let udp_mode = c.udp_mode.token(Protocol::Udp);
     let mut bans: Vec<BanStatus> = Vec::new();
     let mut kernel_nets: Vec<IpNet> = kernel_bans.iter().map(|(n, _)| *n).collect();
-    kernel_nets.sort_unstable();
+    kernel_nets.sort_unstable_by_key(state::net_order);
     let mut describe = |b: &Ban, name: String, in_kernel: bool| {
         bans.push(BanStatus {
             net: b.net,
@@ -144,7 +152,10 @@ pub fn status(args: &StatusArgs) -> Result<String> {
         })
     };
     for b in saved.iter() {
-        let in_kernel = !loaded || kernel_nets.binary_search(&b.net).is_ok();
+        let in_kernel = !loaded
+            || kernel_nets
+                .binary_search_by_key(&state::net_order(&b.net), state::net_order)
+                .is_ok();
         describe(&b, saved.name_of(&b).into_owned(), in_kernel);
     }
     for (net, e) in &kernel_bans {
@@ -157,7 +168,7 @@ pub fn status(args: &StatusArgs) -> Result<String> {
             describe(&b, b.default_name(), true);
         }
     }
-    bans.sort_by_key(|b| b.net);
+    bans.sort_by_key(|b| state::net_order(&b.net));
     let counters = match &dp {
         Some(dp) => dp.counters()?,
         None => Default::default(),

@@ -43,11 +43,12 @@ pub fn unload(file: &FileArgs) -> Result<String> {
         .iter()
         .filter(|n| paths::link_interface(n).is_some())
         .count();
+    let programs = removed.iter().filter(|n| paths::is_program_pin(n)).count();
     Ok(format!(
         "unloaded: detached from {links} interface{}, removed {} pinned maps from {} (bans \
          stay on record in {})",
         if links == 1 { "" } else { "s" },
-        removed.len() - links,
+        removed.len() - links - programs,
         c.pin_dir.display(),
         crate::bans::journal::path(&c.state_dir).display()
     ))

@@ -166,6 +166,16 @@ pub async fn run(
     let c = &eff.config;
     // The kernel verifies the program while the maps are filled: the bans on record are
     // in the maps before the program is attached (or replaced in its pinned links).
+    // The journal is read on a thread of its own while the maps are opened (or the
+    // program verified): the two are a start-up's longest steps with many bans.
+    let restoring = std::time::Instant::now();
+    let reading = {
+        let dir = c.state_dir.clone();
+        std::thread::Builder::new()
+            .name("journal".into())
+            .spawn(move || Journal::open(&dir))
+            .context("starting the journal reader's thread")?
+    };
     let mut dp = Dataplane::load_verifying(&map_sizes(&eff), Some(c.pin_dir.clone()))
         .map_err(|e| too_small(e, c))?;
     for (map, from, to) in dp.resized_maps() {
@@ -179,9 +189,16 @@ pub async fn run(
         log.warn(&format!("portsentry: warning: {w}"));
     }
 
+    if dp.program_reused() {
+        log.notice(
+            "portsentry: the program pinned by an earlier start of this build is kept (not \
+             verified again)",
+        );
+    }
     // Bans: the journal's, reconciled with what the pinned maps kept.
-    let restoring = std::time::Instant::now();
-    let (journal, saved, opened) = Journal::open(&c.state_dir)?;
+    let (journal, saved, opened) = reading
+        .join()
+        .map_err(|_| anyhow::anyhow!("the journal reader's thread panicked"))??;
     for line in opened.report() {
         log.warn(&line);
     }

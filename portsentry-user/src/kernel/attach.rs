@@ -39,8 +39,10 @@ impl Dataplane {
                 .map_err(|_| anyhow!("the verifier's thread panicked"))??;
             self.ebpf = Program::Loaded(ebpf);
         }
-        let Program::Loaded(ebpf) = &mut self.ebpf else {
-            bail!("no program loaded (maps opened read-only)");
+        let ebpf = match &mut self.ebpf {
+            Program::Pinned(xdp) => return Ok(xdp),
+            Program::Loaded(ebpf) => ebpf,
+            _ => bail!("no program loaded (maps opened read-only)"),
         };
         Ok(ebpf
             .program_mut(PROGRAM_NAME)
@@ -155,8 +157,10 @@ impl Dataplane {
 
     /// The loaded program, to read.
     fn program_ref(&self) -> Result<&Xdp> {
-        let Program::Loaded(ebpf) = &self.ebpf else {
-            bail!("no program loaded (maps opened read-only, or not attached yet)");
+        let ebpf = match &self.ebpf {
+            Program::Pinned(xdp) => return Ok(xdp),
+            Program::Loaded(ebpf) => ebpf,
+            _ => bail!("no program loaded (maps opened read-only, or not attached yet)"),
         };
         Ok(ebpf
             .program(PROGRAM_NAME)

@@ -114,23 +114,29 @@ impl Dataplane {
                 *s = slot;
             }
         }
-        let mut changed = std::collections::BTreeMap::new();
+        // Only the slots that change are written: at a restart the cache already holds
+        // what it should, and rewriting its 262,144 slots cost a third of a second.
+        let mut changed = vec![false; slots.len()];
         for (key, expires_ns) in bans {
             let w: AddrWords = bytemuck::cast(*key);
-            let idx = maps::ban_cache_slot(&w);
-            let Some(cur) = slots.get_mut(idx as usize) else {
+            let idx = maps::ban_cache_slot(&w) as usize;
+            let Some(cur) = slots.get_mut(idx) else {
                 continue;
             };
-            if cur.used == 0 || cur.addr == w {
-                *cur = BanSlot {
-                    addr: w,
-                    expires_ns,
-                    used: 1,
-                };
-                changed.insert(idx, *cur);
+            let slot = BanSlot {
+                addr: w,
+                expires_ns,
+                used: 1,
+            };
+            if (cur.used == 0 || cur.addr == w) && *cur != slot {
+                *cur = slot;
+                changed[idx] = true;
             }
         }
-        let (idx, vals): (Vec<u32>, Vec<BanSlot>) = changed.into_iter().unzip();
+        let (idx, vals): (Vec<u32>, Vec<BanSlot>) = (0..slots.len())
+            .filter(|&i| changed[i])
+            .map(|i| (i as u32, slots[i]))
+            .unzip();
         sys::write_map(fd(&self.maps.ban_cache), &idx, &vals).context("writing PS_BAN_CACHE")
     }
 

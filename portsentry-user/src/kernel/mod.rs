@@ -20,10 +20,13 @@ use aya::{
     maps::{Map, MapData},
     programs::Xdp,
 };
+use aya_obj::programs::XdpAttachType;
 use portsentry_common::{
     PROGRAM_NAME,
     maps::{self as names, Settings},
 };
+
+use crate::paths;
 
 pub use attach::Attachment;
 pub use maps::Counters;
@@ -81,6 +84,53 @@ enum Program {
     /// The kernel is verifying it ([`Dataplane::load_verifying`]).
     Verifying(std::thread::JoinHandle<Result<Ebpf>>),
     Loaded(Ebpf),
+    /// The same build's program, opened from its pin: loaded and verified by an earlier
+    /// start, on the maps pinned now.
+    Pinned(Box<Xdp>),
+}
+
+/// The program pinned in `pin_dir` by an earlier start of the build `build`, if it
+/// is there and every map it uses is a map pinned there now (a map created or replaced
+/// since would not be the program's: it is loaded again).
+fn pinned_program(pin_dir: &Path, build: u64) -> Result<Option<Xdp>> {
+    let path = paths::program_pin(pin_dir, build);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let program = Xdp::from_pin(&path, XdpAttachType::Interface)
+        .with_context(|| format!("opening the pinned program {}", path.display()))?;
+    let Some(used) = program
+        .info()
+        .and_then(|i| i.map_ids())
+        .with_context(|| format!("reading the maps of the pinned program {}", path.display()))?
+    else {
+        return Ok(None);
+    };
+    let mut pinned = Vec::with_capacity(names::ALL.len());
+    for name in names::ALL {
+        let map = pin_dir.join(name);
+        if let Ok(data) = MapData::from_pin(&map) {
+            pinned.push(data.info()?.id());
+        }
+    }
+    Ok(used.iter().all(|id| pinned.contains(id)).then_some(program))
+}
+
+/// Pins the program just loaded as the build `build`'s, replacing the program pins of
+/// other builds (the links that run them keep them until they are replaced). A pin
+/// that fails only costs the next start a verification: it is logged.
+fn pin_program(program: &mut Xdp, pin_dir: &Path, build: u64) {
+    if let Ok(entries) = std::fs::read_dir(pin_dir) {
+        for e in entries.flatten() {
+            if paths::is_program_pin(&e.file_name().to_string_lossy()) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let path = paths::program_pin(pin_dir, build);
+    if let Err(e) = program.pin(&path) {
+        log::warn!("pinning the program at {}: {e}", path.display());
+    }
 }
 
 /// Maps a pin directory of an earlier release lacks: the next `run` creates them.
@@ -156,6 +206,12 @@ impl Dataplane {
         if let Some(dir) = &pin_dir {
             Self::take_over_resized(dir, &resized, &taken)?;
         }
+        let build = object::build_id(bytes);
+        let reused = match &pin_dir {
+            Some(dir) if resized.is_empty() => pinned_program(dir, build)?,
+            _ => None,
+        };
+        let pin = pin_dir.as_ref().map(|dir| (dir.clone(), build));
         let verify = move || -> Result<Ebpf> {
             let program: &mut Xdp = ebpf
                 .program_mut(PROGRAM_NAME)
@@ -164,9 +220,14 @@ impl Dataplane {
             program
                 .load()
                 .context("the kernel verifier rejected the XDP program")?;
+            if let Some((dir, build)) = pin {
+                pin_program(program, &dir, build);
+            }
             Ok(ebpf)
         };
-        let program = if background {
+        let program = if let Some(xdp) = reused {
+            Program::Pinned(Box::new(xdp))
+        } else if background {
             Program::Verifying(
                 std::thread::Builder::new()
                     .name("verifier".into())
@@ -179,6 +240,12 @@ impl Dataplane {
         let mut dp = Self::with_maps(program, taken, pin_dir, true)?;
         dp.resized = resized;
         Ok(dp)
+    }
+
+    /// True when the program is the one an earlier start of this build pinned (no
+    /// verification at this start).
+    pub fn program_reused(&self) -> bool {
+        matches!(self.ebpf, Program::Pinned(_))
     }
 
     /// Opens the maps pinned in `pin_dir` without loading a program, to change them: for
