@@ -80,9 +80,14 @@ impl Ban {
 
     /// The kernel's copy of this ban.
     pub fn kernel_entry(&self) -> BanEntry {
+        self.kernel_entry_at(&clock::Anchor::now())
+    }
+
+    /// [`Ban::kernel_entry`] with the clocks read once for many bans.
+    pub fn kernel_entry_at(&self, clocks: &clock::Anchor) -> BanEntry {
         BanEntry {
-            expires_ns: self.expires.map_or(0, clock::from_system),
-            since_ns: clock::from_system(self.since),
+            expires_ns: self.expires.map_or(0, |t| clocks.to_kernel(t)),
+            since_ns: clocks.to_kernel(self.since),
             port: self.port,
             scan_type: self.scan_type.map_or(0, |t| t as u8),
             origin: self.origin as u8,

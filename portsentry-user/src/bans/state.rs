@@ -198,8 +198,9 @@ pub fn ban_from_kernel(net: IpNet, e: &BanEntry, tcp_mode: ModeToken, udp_mode: 
 pub struct Reconciled {
     /// Bans in force after start-up.
     pub store: BanStore,
-    /// Bans from the file that were not in the kernel (a reboot): insert them.
-    pub to_insert: Vec<IpNet>,
+    /// Bans from the file that were not in the kernel (a reboot), with their kernel
+    /// entries: insert them.
+    pub to_insert: Vec<(IpNet, BanEntry)>,
     /// Bans that ran out while no daemon ran: remove them and run their undo steps.
     pub expired: Vec<Ban>,
     /// Kernel bans the file did not know (made just before a crash).
@@ -225,6 +226,7 @@ pub fn reconcile(
         ..Reconciled::default()
     };
     kernel.sort_unstable_by_key(|(n, _)| net_order(n));
+    let clocks = crate::clock::Anchor::now();
     let now_ms = super::unix_ms(now);
     let mut kernel_only = Vec::new();
     let mut k = kernel.iter().peekable();
@@ -235,8 +237,8 @@ pub fn reconcile(
         let in_kernel = k.next_if(|(n, _)| n == net).is_some();
         if rec.expires_ms != 0 && rec.expires_ms <= now_ms {
             out.expired.extend(rec.ban(*net));
-        } else if !in_kernel {
-            out.to_insert.push(*net);
+        } else if !in_kernel && let Some(ban) = rec.ban(*net) {
+            out.to_insert.push((*net, ban.kernel_entry_at(&clocks)));
         }
     }
     kernel_only.extend(k.copied());
@@ -462,7 +464,8 @@ mod tests {
             ("192.0.2.5/32".parse().unwrap(), pending), // made by the program, no response yet
         ];
         let r = reconcile(saved, kernel, now, ModeToken::Atcp, ModeToken::Audp);
-        assert_eq!(r.to_insert, vec!["192.0.2.2/32".parse::<IpNet>().unwrap()]);
+        let nets: Vec<IpNet> = r.to_insert.iter().map(|(n, _)| *n).collect();
+        assert_eq!(nets, vec!["192.0.2.2/32".parse::<IpNet>().unwrap()]);
         assert_eq!(r.adopted, vec!["192.0.2.4/32".parse::<IpNet>().unwrap()]);
         assert_eq!(r.pending, vec![("192.0.2.5/32".parse().unwrap(), pending)]);
         assert_eq!(r.expired.len(), 1);

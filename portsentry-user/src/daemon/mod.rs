@@ -219,13 +219,7 @@ pub async fn run(
     let mut r = state::reconcile(saved, kernel_bans, SystemTime::now(), tcp_mode, udp_mode);
     let pending = std::mem::take(&mut r.pending);
     let t = std::time::Instant::now();
-    let to_insert: Vec<_> = std::mem::take(&mut r.to_insert)
-        .into_iter()
-        .map(|net| {
-            let ban = r.store.get(&net).expect("reconciled ban");
-            (net, ban.kernel_entry())
-        })
-        .collect();
+    let to_insert = std::mem::take(&mut r.to_insert);
     dp.insert_bans(&to_insert)?;
     let written = to_insert.len();
     drop(to_insert);
