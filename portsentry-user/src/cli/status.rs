@@ -6,13 +6,13 @@ use std::{fmt::Write as _, fs, net::IpAddr, path::PathBuf, time::SystemTime};
 
 use anyhow::Result;
 use ipnet::IpNet;
-use portsentry_common::{Counter, ScanType};
+use portsentry_common::{Counter, ScanType, maps::BanEntry};
 use serde::Serialize;
 
 use super::{StatusArgs, config};
 use crate::{
     bans::journal,
-    bans::{Ban, state},
+    bans::{Ban, BanStore, state},
     crowdsec::link::{self, LinkStatus},
     kernel::{self, Dataplane},
     kinds::{self, ModeToken, Protocol},
@@ -97,6 +97,38 @@ impl Serialize for Rfc3339 {
     }
 }
 
+/// Every ban of the journal and of the kernel, in the order of networks, to `each`
+/// with its name and whether the kernel holds it (`loaded` false: no pins to ask, the
+/// journal's bans count as held). A kernel-only ban is described with `tokens` (TCP,
+/// UDP). One pass over both: a lookup per ban in the journal's map was a fifth of the
+/// time at a million bans.
+fn merge(
+    saved: &BanStore,
+    mut kernel: Vec<(IpNet, BanEntry)>,
+    loaded: bool,
+    tokens: (ModeToken, ModeToken),
+    mut each: impl FnMut(&Ban, String, bool),
+) {
+    kernel.sort_unstable_by_key(|(n, _)| state::net_order(n));
+    let kernel_only =
+        |net: &IpNet, e: &BanEntry| state::ban_from_kernel(*net, e, tokens.0, tokens.1);
+    let mut k = kernel.iter().peekable();
+    for (net, rec) in saved.records() {
+        while let Some((n, e)) = k.next_if(|(n, _)| state::net_order(n) < state::net_order(net)) {
+            let b = kernel_only(n, e);
+            each(&b, b.default_name(), true);
+        }
+        let in_kernel = k.next_if(|(n, _)| n == net).is_some();
+        if let Some(b) = rec.ban(*net) {
+            each(&b, saved.name_of(&b).into_owned(), !loaded || in_kernel);
+        }
+    }
+    for (n, e) in k {
+        let b = kernel_only(n, e);
+        each(&b, b.default_name(), true);
+    }
+}
+
 /// `portsentry status`.
 pub fn status(args: &StatusArgs) -> Result<String> {
     let c = config(&args.file)?;
@@ -134,9 +166,7 @@ pub fn status(args: &StatusArgs) -> Result<String> {
     let tcp_mode = c.tcp_mode.token(Protocol::Tcp);
     let udp_mode = c.udp_mode.token(Protocol::Udp);
     let mut bans: Vec<BanStatus> = Vec::new();
-    let mut kernel_nets: Vec<IpNet> = kernel_bans.iter().map(|(n, _)| *n).collect();
-    kernel_nets.sort_unstable_by_key(state::net_order);
-    let mut describe = |b: &Ban, name: String, in_kernel: bool| {
+    let describe = |b: &Ban, name: String, in_kernel: bool| {
         bans.push(BanStatus {
             net: b.net,
             origin: b.origin_word(),
@@ -151,24 +181,13 @@ pub fn status(args: &StatusArgs) -> Result<String> {
             count: b.count,
         })
     };
-    for b in saved.iter() {
-        let in_kernel = !loaded
-            || kernel_nets
-                .binary_search_by_key(&state::net_order(&b.net), state::net_order)
-                .is_ok();
-        describe(&b, saved.name_of(&b).into_owned(), in_kernel);
-    }
-    for (net, e) in &kernel_bans {
-        if !saved.contains(net) {
-            // A kernel-only ban of a protocol whose mode is off: recorded under the
-            // advanced mode's token, as the daemon does.
-            let tcp = tcp_mode.unwrap_or(ModeToken::Atcp);
-            let udp = udp_mode.unwrap_or(ModeToken::Audp);
-            let b = state::ban_from_kernel(*net, e, tcp, udp);
-            describe(&b, b.default_name(), true);
-        }
-    }
-    bans.sort_by_key(|b| state::net_order(&b.net));
+    // A kernel-only ban of a protocol whose mode is off: recorded under the advanced
+    // mode's token, as the daemon does.
+    let tokens = (
+        tcp_mode.unwrap_or(ModeToken::Atcp),
+        udp_mode.unwrap_or(ModeToken::Audp),
+    );
+    merge(&saved, kernel_bans, loaded, tokens, describe);
     let counters = match &dp {
         Some(dp) => dp.counters()?,
         None => Default::default(),
@@ -349,4 +368,63 @@ fn render_crowdsec(cs: &LinkStatus, s: &mut String) {
     };
     let _ = writeln!(s, "  decisions {}", join(&cs.decisions));
     let _ = writeln!(s, "  reports  {}; {} queued", join(&cs.reports), cs.queued);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use portsentry_common::maps::BanOrigin;
+
+    use super::*;
+
+    #[test]
+    fn merge_lists_both_in_order_with_where_each_is_held() {
+        let now = SystemTime::now();
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        let mut saved = BanStore::new();
+        for n in ["10.0.0.9/32", "10.0.0.0/24", "2001:db8::1/128"] {
+            saved.insert(Ban::of_decision(net(n), now, now + Duration::from_secs(60)));
+        }
+        let entry = BanEntry {
+            expires_ns: 0,
+            since_ns: crate::clock::monotonic_ns(),
+            port: 23,
+            scan_type: ScanType::TcpSyn as u8,
+            origin: BanOrigin::Scan as u8,
+            count: 1,
+        };
+        // The kernel's, in its hash order: two of the journal's and two of its own.
+        let kernel = vec![
+            (net("2001:db8::1/128"), entry),
+            (net("192.0.2.1/32"), entry),
+            (net("10.0.0.9/32"), entry),
+            (net("9.9.9.9/32"), entry),
+        ];
+        let tokens = (ModeToken::Atcp, ModeToken::Audp);
+        let mut seen = Vec::new();
+        merge(&saved, kernel.clone(), true, tokens, |b, _, held| {
+            seen.push((b.net.to_string(), b.origin, held))
+        });
+        let want = [
+            ("9.9.9.9/32", BanOrigin::Scan, true),
+            ("10.0.0.0/24", BanOrigin::CrowdSec, false),
+            ("10.0.0.9/32", BanOrigin::CrowdSec, true),
+            ("192.0.2.1/32", BanOrigin::Scan, true),
+            ("2001:db8::1/128", BanOrigin::CrowdSec, true),
+        ];
+        let want: Vec<_> = want
+            .iter()
+            .map(|(n, o, h)| (n.to_string(), *o, *h))
+            .collect();
+        assert_eq!(seen, want);
+
+        // No pins to ask: the journal's bans count as held, nothing else is listed.
+        let mut seen = Vec::new();
+        merge(&saved, Vec::new(), false, tokens, |b, _, held| {
+            seen.push((b.net.to_string(), held))
+        });
+        assert_eq!(seen.len(), 3);
+        assert!(seen.iter().all(|(_, held)| *held), "{seen:?}");
+    }
 }
