@@ -330,3 +330,32 @@ fn range_filter_follows_the_ranges() {
         "the range ban survived the upgrade"
     );
 }
+
+/// `PS_BANS` is read by two threads, each half of its buckets, the lower half's last
+/// batch running past the middle: every ban is read back exactly once.
+#[test]
+fn a_big_ban_map_reads_back_every_ban_once() {
+    require_kernel!();
+    const N: u32 = 150_000;
+    let sizes = portsentry_user::kernel::MapSizes {
+        bans: 200_000,
+        ..Default::default()
+    };
+    let mut dp = portsentry_user::kernel::Dataplane::load(&sizes, None).unwrap();
+    let entry = BanEntry {
+        since_ns: monotonic_ns(),
+        ..Default::default()
+    };
+    let put: Vec<(IpNet, BanEntry)> = (0..N)
+        .map(|i| {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i * 7));
+            (IpNet::from(ip), entry)
+        })
+        .collect();
+    dp.insert_bans(&put).unwrap();
+    let read = dp.bans().unwrap();
+    let nets: std::collections::HashSet<IpNet> = read.iter().map(|(n, _)| *n).collect();
+    assert_eq!(nets.len(), N as usize, "distinct bans read back");
+    assert_eq!(read.len(), N as usize, "bans read twice");
+    assert!(put.iter().all(|(n, _)| nets.contains(n)), "a ban missing");
+}

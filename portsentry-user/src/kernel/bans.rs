@@ -29,8 +29,7 @@ impl Dataplane {
     ///
     /// Returns the exact bans it read.
     pub(super) fn rebuild_ban_filter(&mut self) -> Result<Vec<(Addr, BanEntry)>> {
-        let bans: Vec<(Addr, BanEntry)> =
-            sys::read_map(fd(&self.maps.bans)).context("reading PS_BANS")?;
+        let bans: Vec<(Addr, BanEntry)> = self.read_bans()?;
         let mut words = vec![0u64; maps::BAN_FILTER_WORDS as usize];
         let mut users = FilterUsers::with_capacity_and_hasher(bans.len(), Default::default());
         for (k, _) in &bans {
@@ -303,9 +302,16 @@ impl Dataplane {
 
     /// Every ban in the kernel, hosts and prefixes (each map read in batches).
     pub fn bans(&self) -> Result<Vec<(IpNet, BanEntry)>> {
-        let hosts: Vec<(Addr, BanEntry)> =
-            sys::read_map(fd(&self.maps.bans)).context("reading PS_BANS")?;
+        let hosts = self.read_bans()?;
         self.with_nets(hosts)
+    }
+
+    /// Every entry of `PS_BANS` (by two threads: [`sys::read_hash_map`]).
+    fn read_bans(&self) -> Result<Vec<(Addr, BanEntry)>> {
+        let size = aya::maps::IterableMap::map(&self.maps.bans)
+            .info()?
+            .max_entries();
+        sys::read_hash_map(fd(&self.maps.bans), size).context("reading PS_BANS")
     }
 
     /// Like [`Self::bans`], once, for start-up: the exact bans are those the load read to
