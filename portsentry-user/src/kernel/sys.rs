@@ -252,36 +252,55 @@ fn lookup_batched<K: aya::Pod, V: aya::Pod>(fd: u32) -> std::io::Result<Vec<(K, 
     let mut next = vec![0u64; token_words];
     let mut first = true;
     loop {
-        let mut keys: Vec<K> = zeroed(chunk);
-        let mut values: Vec<V> = zeroed(chunk);
-        let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { token.as_ptr() as u64 },
-            out_batch: next.as_mut_ptr() as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: chunk as u32,
-            map_fd: fd,
-            elem_flags: 0,
-            flags: 0,
+        let from = if first { 0 } else { token.as_ptr() as u64 };
+        let Some(end) = lookup_once(fd, from, next.as_mut_ptr() as u64, &mut chunk, &mut out)?
+        else {
+            continue;
         };
-        let rc = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
-        let n = (attr.count as usize).min(chunk);
-        match rc {
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && n == 0 => {
-                chunk *= 2;
-                continue;
-            }
-            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
-            _ => {}
-        }
-        out.extend(keys.into_iter().zip(values).take(n));
-        if rc.is_err() {
-            // ENOENT: the end of the map (with the last entries in this answer).
+        if end {
             return Ok(out);
         }
         std::mem::swap(&mut token, &mut next);
         first = false;
     }
+}
+
+/// One BPF_MAP_LOOKUP_BATCH of up to `chunk` entries from the position at `in_batch` (0:
+/// the map's start), appended to `out`, the next position written at `out_batch`:
+/// whether the map ended, or `None` when a hash bucket holds more than `chunk` (the
+/// kernel answers ENOSPC; `chunk` is doubled: ask again).
+fn lookup_once<K: aya::Pod, V: aya::Pod>(
+    fd: u32,
+    in_batch: u64,
+    out_batch: u64,
+    chunk: &mut usize,
+    out: &mut Vec<(K, V)>,
+) -> std::io::Result<Option<bool>> {
+    let mut keys: Vec<K> = zeroed(*chunk);
+    let mut values: Vec<V> = zeroed(*chunk);
+    let mut attr = BatchAttr {
+        in_batch,
+        out_batch,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count: *chunk as u32,
+        map_fd: fd,
+        elem_flags: 0,
+        flags: 0,
+    };
+    let rc = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+    let n = (attr.count as usize).min(*chunk);
+    match rc {
+        Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && n == 0 => {
+            *chunk *= 2;
+            return Ok(None);
+        }
+        Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
+        _ => {}
+    }
+    out.extend(keys.into_iter().zip(values).take(n));
+    // ENOENT: the end of the map (with the last entries in this answer).
+    Ok(Some(rc.is_err()))
 }
 
 /// Every entry of a hash map of `max_entries` (not per-CPU), as [`read_map`] reads it,
@@ -342,32 +361,13 @@ fn lookup_hash_range<K: aya::Pod, V: aya::Pod>(
     let mut token: u32 = from;
     let mut next: u32 = 0;
     loop {
-        let mut keys: Vec<K> = zeroed(chunk);
-        let mut values: Vec<V> = zeroed(chunk);
-        let mut attr = BatchAttr {
-            in_batch: &token as *const u32 as u64,
-            out_batch: &mut next as *mut u32 as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: chunk as u32,
-            map_fd: fd,
-            elem_flags: 0,
-            flags: 0,
-        };
-        let rc = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
-        let n = (attr.count as usize).min(chunk);
-        match rc {
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && n == 0 => {
-                chunk *= 2;
-                continue;
-            }
-            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
-            _ => {}
-        }
         let last_batch = out.len();
-        out.extend(keys.into_iter().zip(values).take(n));
-        // ENOENT: the end of the map (with the last entries in this answer).
-        if rc.is_err() || until.is_some_and(|u| next >= u) {
+        let in_batch = &token as *const u32 as u64;
+        let out_batch = &mut next as *mut u32 as u64;
+        let Some(end) = lookup_once(fd, in_batch, out_batch, &mut chunk, &mut out)? else {
+            continue;
+        };
+        if end || until.is_some_and(|u| next >= u) {
             return Ok((out, last_batch));
         }
         token = next;
