@@ -164,8 +164,6 @@ pub async fn run(
         stderr,
     );
     let c = &eff.config;
-    // The kernel verifies the program while the maps are filled: the bans on record are
-    // in the maps before the program is attached (or replaced in its pinned links).
     // The journal is read on a thread of its own while the maps are opened (or the
     // program verified): the two are a start-up's longest steps with many bans.
     let restoring = std::time::Instant::now();
@@ -176,6 +174,8 @@ pub async fn run(
             .spawn(move || Journal::open(&dir))
             .context("starting the journal reader's thread")?
     };
+    // The kernel verifies the program while the maps are filled: the bans on record are
+    // in the maps before the program is attached (or replaced in its pinned links).
     let mut dp = Dataplane::load_verifying(&map_sizes(&eff), Some(c.pin_dir.clone()))
         .map_err(|e| too_small(e, c))?;
     for (map, from, to) in dp.resized_maps() {
