@@ -268,6 +268,21 @@ fn a_restart_of_the_same_build_keeps_its_verified_program() {
     assert!(!reaches(&net, scanner), "the ban holds");
     assert!(d.stop().success());
 
+    // Something else pinned under this build's name (here a map): loaded again, and the
+    // pin replaced by the program.
+    std::fs::remove_file(wd.pin_dir.join(&pins[0])).unwrap();
+    MapData::from_pin(wd.pin_dir.join("PS_COUNTERS"))
+        .unwrap()
+        .pin(wd.pin_dir.join(&pins[0]))
+        .unwrap();
+    let d = start(&net, &wd);
+    assert!(!d.has_line(KEPT), "{}", d.lines().join("\n"));
+    assert!(!reaches(&net, scanner), "the ban holds");
+    assert!(d.stop().success());
+    let d = start(&net, &wd);
+    assert!(d.has_line(KEPT), "the pin is a program again");
+    assert!(d.stop().success());
+
     let (ok, out, err) = wd.cli(&["unload"]);
     assert!(ok, "unload: {out}{err}");
     assert!(out.contains("removed 16 pinned maps"), "{out}");

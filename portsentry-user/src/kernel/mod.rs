@@ -208,7 +208,11 @@ impl Dataplane {
         }
         let build = object::build_id(bytes);
         let reused = match &pin_dir {
-            Some(dir) if resized.is_empty() => pinned_program(dir, build)?,
+            // A pin that cannot be used only costs this start a verification.
+            Some(dir) if resized.is_empty() => pinned_program(dir, build).unwrap_or_else(|e| {
+                log::warn!("{e:#}: loading the program again");
+                None
+            }),
             _ => None,
         };
         let pin = pin_dir.as_ref().map(|dir| (dir.clone(), build));
