@@ -67,11 +67,14 @@ pub enum Counter {
     DropHeaderChain = 21,
     /// XDP_PASS: such a chain with BLOCK_EVASIVE_PACKETS="0" (fail open, unseen).
     PassHeaderChain = 22,
+    /// XDP_PASS: a probe passed unexamined because the probe stage was missing from
+    /// `PS_PROGS` (the program's second half; never once the daemon has loaded it).
+    PassUnprobed = 23,
 }
 
 impl Counter {
     /// Number of slots in `PS_COUNTERS`.
-    pub const COUNT: u32 = 23;
+    pub const COUNT: u32 = 24;
 
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::DropBanned,
@@ -97,6 +100,7 @@ impl Counter {
         Counter::DropTinyFragment,
         Counter::DropHeaderChain,
         Counter::PassHeaderChain,
+        Counter::PassUnprobed,
     ];
 
     /// Stable snake_case name, used in status output and metrics.
@@ -125,6 +129,7 @@ impl Counter {
             Counter::DropTinyFragment => "drop_tiny_fragment",
             Counter::DropHeaderChain => "drop_header_chain",
             Counter::PassHeaderChain => "pass_header_chain",
+            Counter::PassUnprobed => "pass_unprobed",
         }
     }
 

@@ -18,6 +18,15 @@ pub use scan::ScanType;
 
 /// Name of the XDP program (the function name in the object).
 pub const PROGRAM_NAME: &str = "portsentry";
+/// The probe stage, the program's second half (see [`maps::PROGS`]).
+pub const PROBE_PROGRAM: &str = "ps_probe";
+/// The hooks that keep `PS_TCP_LISTENS` and `PS_TCP_SOCKETS` honest (see
+/// [`maps::TCP_LISTENS`]), attached to the root cgroup (every socket of the host): at
+/// each bind of an IPv4 or IPv6 socket, before the kernel takes the port, and at each
+/// TCP listen, once the listener is in place.
+pub const TCP_BIND4_PROGRAM: &str = "ps_tcp_bind4";
+pub const TCP_BIND6_PROGRAM: &str = "ps_tcp_bind6";
+pub const TCP_LISTEN_PROGRAM: &str = "ps_tcp_listen";
 
 /// A source or destination address: 16 bytes, network byte order, IPv4 mapped into IPv6.
 pub type Addr = [u8; 16];

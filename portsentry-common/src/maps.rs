@@ -71,9 +71,40 @@ pub const EVENT_BUDGET: &str = "PS_EV_BUDGET";
 pub const KBAN: &str = "PS_KBAN";
 pub const KBAN_PROGRAM: u32 = 0;
 pub const KBAN_DAEMON: u32 = 1;
+/// Which TCP ports may have a socket of this host, so that a probe of a port with none
+/// skips the socket lookup (the most costly step of a probe): `Array<u64>` of
+/// [`TCP_SOCKET_WORDS`] words, ports laid out as in `PS_PORTS`. Words `0..1024` are the
+/// daemon's: the ports with a listening socket at its last look, and the ports of every
+/// TCP socket when the hooks were attached. Words [`TCP_BOUND_WORD_BASE`]`..` are the
+/// hooks' (`ps_tcp_bind4`, `ps_tcp_bind6`, `ps_tcp_listen`): every port a bind of a
+/// stream socket asked for, and every listener's, since the map was made, never
+/// cleared. The program trusts the bitmap only while `PS_TCP_LISTENS` says that no bind
+/// or listen happened since the daemon's last look.
+pub const TCP_SOCKETS: &str = "PS_TCP_SOCKETS";
+/// Binds and listens seen by the hooks, against the daemon's last look at the
+/// listeners: `Array<u64>` of two entries. [`TCP_LISTENS_SEEN`] is counted up by the
+/// hooks at each bind of a stream socket (before the kernel takes the port) and each
+/// TCP listen (once the listener is in place); [`TCP_LISTENS_MARK`] is written by the
+/// daemon after each look at the listeners: the count it read before the look, plus
+/// one (0: no look yet). The program skips the socket lookup only when the mark is the
+/// count plus one.
+/// The program's stages: `ProgramArray` with one entry, [`PROBE_STAGE`], the probe
+/// stage (`ps_probe`), which the first program tail-calls with a probe. Userspace puts
+/// it there before it attaches the first.
+pub const PROGS: &str = "PS_PROGS";
+pub const PROBE_STAGE: u32 = 0;
+/// What the first program hands the probe stage: `PerCpuArray` with one entry (its
+/// layout is the program's own business).
+pub const PROBE: &str = "PS_PROBE";
+pub const TCP_LISTENS: &str = "PS_TCP_LISTENS";
+pub const TCP_LISTENS_SEEN: u32 = 0;
+pub const TCP_LISTENS_MARK: u32 = 1;
+/// Words in `PS_TCP_SOCKETS`: the daemon's 1024, then the hooks' 1024.
+pub const TCP_SOCKET_WORDS: u32 = 2048;
+pub const TCP_BOUND_WORD_BASE: u32 = 1024;
 
 /// Every map name, for pinning and clean-up.
-pub const ALL: [&str; 16] = [
+pub const ALL: [&str; 20] = [
     BANS,
     BAN_FILTER,
     BAN_CACHE,
@@ -90,6 +121,10 @@ pub const ALL: [&str; 16] = [
     SETTINGS,
     EVENT_BUDGET,
     KBAN,
+    TCP_SOCKETS,
+    TCP_LISTENS,
+    PROGS,
+    PROBE,
 ];
 
 /// Default sizes (the daemon may override them at load time).

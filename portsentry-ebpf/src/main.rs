@@ -12,13 +12,19 @@
 //!    `challenge.rs`); an over-long IPv6 header chain is dropped (BLOCK_EVASIVE_PACKETS);
 //! 4. the watched-port bitmap (one inlined array access, `probe.rs`); a segment with
 //!    ACK looks at the ACK-class bitmap instead (watched ports no socket listens on);
+//!
+//! A probe (a packet steps 1 to 4 did not decide) goes on to the probe stage, a program
+//! of its own (`stage.rs`, tail-called), for steps 5 to 7:
+//!
 //! 5. the ignore trie (only when it holds anything): an ignored source is passed; a
 //!    source in a network that holds an ignored address is counted by its address
 //!    (a datagram of an IP protocol nothing here serves, `PS_PROTOCOLS`, comes here
 //!    from step 3 and is then counted with no socket lookup);
 //! 6. a socket lookup (`socket.rs`): a port a local socket owns is never a scan target
 //!    (under SCAN_DETECTION="trw" a SYN to it, watched or not, is a success of a source
-//!    that has a record: `probe::record_success`);
+//!    that has a record: `probe::record_success`). A TCP segment without ACK is looked
+//!    up only when its port may have a socket (`PS_TCP_SOCKETS`, kept exact by the
+//!    hooks in `tcp_binds.rs` and the daemon's look at the listeners);
 //! 7. the probe is counted per source and, within bounds, reported to userspace
 //!    (`probe.rs`); with VERIFY_SOURCES a SYN is answered with a challenge.
 //!
@@ -27,7 +33,7 @@
 //!
 //! Every reason a packet is passed unclassified, and why the kernel would not answer
 //! it, is listed in docs/detection.md ("What is passed unseen"). `PS_SETTINGS` is read
-//! once per packet and passed down. Every packet increments exactly one verdict-reason
+//! once per program and passed down. Every packet increments exactly one verdict-reason
 //! counter.
 #![no_std]
 #![feature(core_intrinsics)]
@@ -40,11 +46,15 @@ mod challenge;
 mod frame;
 mod probe;
 mod socket;
+mod stage;
+mod tcp_binds;
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, xdp_action},
     macros::{map, xdp},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf, lpm_trie::Key,
+    },
     programs::XdpContext,
 };
 use portsentry_common::{
@@ -54,7 +64,7 @@ use portsentry_common::{
         BanSlot, EVENTS_BYTES, EventBudget, IGNORE_FILTER_WORDS, IGNORE_MAX, IGNORE_SINGLE,
         KernelBan, PORT_WORDS, PROTOCOL_WORDS, SETTING_DROP_EVASIVE, SETTING_IGNORE,
         SETTING_IGNORE_WIDE, SETTING_TRW, SETTING_VERIFY, SOURCES_MAX, Settings, SourceStats,
-        net_filter_bit, v6_source_prefix,
+        TCP_SOCKET_WORDS, net_filter_bit, v6_source_prefix,
     },
     packet::{AddrWords, EthHdr, Ip, L4, Packet, parse_ip, parse_l4_into, prefix_words, scan_type},
     scan::tcp_flags::{ACK, RST},
@@ -62,10 +72,9 @@ use portsentry_common::{
 
 use crate::{
     bans::is_banned,
-    challenge::{answers_challenge, send_challenge},
+    challenge::answers_challenge,
     frame::XdpPacket,
-    probe::{is_ack_watched, is_first_contact, is_watched, record_probe, record_success},
-    socket::has_local_socket,
+    probe::{is_ack_watched, is_first_contact, is_watched},
 };
 
 // Userspace finds the maps by these names (`portsentry_common::maps`).
@@ -100,11 +109,32 @@ static PS_SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 #[map]
 static PS_KBAN: Array<KernelBan> = Array::with_max_entries(2, 0);
 #[map]
+static PS_TCP_SOCKETS: Array<u64> = Array::with_max_entries(TCP_SOCKET_WORDS, 0);
+#[map]
+static PS_TCP_LISTENS: Array<u64> = Array::with_max_entries(2, 0);
+#[map]
+static PS_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+#[map]
+static PS_PROBE: PerCpuArray<stage::Handed> = PerCpuArray::with_max_entries(1, 0);
+#[map]
 static PS_EV_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
 
 #[xdp]
 pub fn portsentry(ctx: XdpContext) -> u32 {
-    let reason = inspect(&ctx);
+    verdict(inspect(&ctx))
+}
+
+/// The probe stage (steps 5 to 7), a program of its own that the first tail-calls
+/// (`PS_PROGS`), with what it found in `PS_PROBE`: the verifier walks it once, not once
+/// for every shape of header the first program parses.
+#[xdp]
+pub fn ps_probe(ctx: XdpContext) -> u32 {
+    verdict(stage::probe(&ctx))
+}
+
+/// Counts the verdict reason and returns its action.
+#[inline(always)]
+fn verdict(reason: Counter) -> u32 {
     // A segment of a connection is not counted (`Counter::is_counted`): the increment
     // was a fifth of its cost.
     if reason == Counter::PassNotProbe {
@@ -128,16 +158,8 @@ fn inspect(ctx: &XdpContext) -> Counter {
         Ok(ip) => ip,
         Err(reason) => return reason,
     };
-    // A one-entry array always has entry 0; the fallback (everything off, the defaults)
-    // only satisfies the verifier, and costs nothing on the path taken.
-    let defaults;
-    let settings = match PS_SETTINGS.get(0) {
-        Some(s) => s,
-        None => {
-            defaults = Settings::default();
-            &defaults
-        }
-    };
+    let defaults = Settings::default();
+    let settings = settings_or(&defaults);
     // A ban never drops a packet from an ignored network (the ignore list, loopback,
     // this host): the trie is consulted on the drop path only, so other packets pay
     // nothing for it.
@@ -172,8 +194,13 @@ fn inspect(ctx: &XdpContext) -> Counter {
         Err(reason) => return reason,
     }
     let verdict = inspect_l4(ctx, &ip, &l4, &key, prefix, settings);
-    // A TCP or UDP header split across fragments has no legitimate use: counted above
-    // like any probe, then dropped whatever the verdict (one compare for the rest).
+    tiny_fragment_rule(&l4, verdict, settings)
+}
+
+/// A TCP or UDP header split across fragments has no legitimate use: counted like any
+/// probe, then dropped whatever the verdict (one compare for the rest).
+#[inline(always)]
+fn tiny_fragment_rule(l4: &L4, verdict: Counter, settings: &Settings) -> Counter {
     if l4.tiny != 0
         && settings.flags & SETTING_DROP_EVASIVE != 0
         && !matches!(verdict, Counter::DropBanned | Counter::TxChallenge)
@@ -183,8 +210,18 @@ fn inspect(ctx: &XdpContext) -> Counter {
     verdict
 }
 
-/// Steps 3 (the probe type) to 7 for a TCP or UDP packet, or a probe of an IP
-/// protocol, of a source not banned.
+/// `PS_SETTINGS`' one entry. A one-entry array always has entry 0; the fallback
+/// (everything off, the defaults) only satisfies the verifier.
+#[inline(always)]
+fn settings_or(defaults: &Settings) -> &Settings {
+    match PS_SETTINGS.get(0) {
+        Some(s) => s,
+        None => defaults,
+    }
+}
+
+/// Steps 3 (the probe type) and 4 for a TCP or UDP packet, or a probe of an IP
+/// protocol, of a source not banned; a probe goes on to the probe stage (`stage.rs`).
 #[inline(always)]
 fn inspect_l4(
     ctx: &XdpContext,
@@ -228,40 +265,7 @@ fn inspect_l4(
     if !watched && !(trw_syn && is_first_contact(key, l4)) {
         return Counter::PassUnwatched;
     }
-    let src = if watched {
-        let Some(src) = counted_as(ip, *key, prefix, settings) else {
-            return Counter::PassIgnored;
-        };
-        src
-    } else {
-        Source::of(*key, prefix)
-    };
-    // An IP protocol's datagram came here only if nothing serves it.
-    if kind != ScanType::IpProto && has_local_socket(ctx, ip, l4) {
-        if trw_syn {
-            record_success(&src.key, l4, settings);
-        }
-        return if watched {
-            Counter::PassListening
-        } else {
-            Counter::PassUnwatched
-        };
-    }
-    if !watched {
-        return Counter::PassUnwatched;
-    }
-    if record_probe(ctx, &src, l4, kind, false, settings) {
-        // Banned at this probe: it is dropped like every later packet of the source.
-        return Counter::DropBanned;
-    }
-    if settings.flags & SETTING_VERIFY != 0
-        && kind == ScanType::TcpSyn
-        && l4.tiny == 0
-        && send_challenge(ctx, l4, settings)
-    {
-        return Counter::TxChallenge;
-    }
-    Counter::PassProbe
+    stage::hand_over(ctx, ip, l4, key, prefix, kind, watched, trw_syn)
 }
 
 /// A datagram of neither TCP nor UDP is a probe when of a protocol nothing here serves

@@ -8,8 +8,12 @@ use aya_ebpf::{
 };
 use portsentry_common::{
     PROTO_TCP,
+    maps::{TCP_BOUND_WORD_BASE, TCP_LISTENS_MARK, TCP_LISTENS_SEEN},
     packet::{AddrWords, Ip, L4},
+    scan::tcp_flags::ACK,
 };
+
+use crate::{PS_TCP_LISTENS, PS_TCP_SOCKETS};
 
 /// `BPF_F_CURRENT_NETNS`: look sockets up in the netns of the receiving device.
 const CURRENT_NETNS: u64 = -1i64 as u64;
@@ -57,4 +61,39 @@ pub fn has_local_socket(ctx: &XdpContext, ip: &Ip, l4: &L4) -> bool {
     // SAFETY: releasing the reference the lookup took.
     unsafe { bpf_sk_release(sk.cast()) };
     true
+}
+
+/// False when no TCP socket of this host can own the port of a segment without ACK, so
+/// that the lookup (most of a probe's cost) is skipped: the daemon's bitmap of ports
+/// with a listener, and the hook's of ports a bind asked for, both clear, and no bind or
+/// listen since the daemon last looked (`PS_TCP_LISTENS`). A segment without ACK
+/// (a SYN, or a FIN, NULL or XMAS probe) belongs to no connection but by a listener,
+/// or by a socket bound to its port (a simultaneous open); a segment with ACK, a UDP
+/// datagram, or any doubt is looked up.
+#[inline(always)]
+pub fn may_have_socket(l4: &L4) -> bool {
+    if l4.proto != PROTO_TCP || l4.tcp_flags & ACK != 0 {
+        return true;
+    }
+    let (Some(seen), Some(mark)) = (
+        PS_TCP_LISTENS.get_ptr(TCP_LISTENS_SEEN),
+        PS_TCP_LISTENS.get_ptr(TCP_LISTENS_MARK),
+    ) else {
+        return true;
+    };
+    // SAFETY: value pointers of the array; the hooks count `seen` up on other CPUs.
+    let current =
+        unsafe { core::ptr::read_volatile(seen) == core::ptr::read_volatile(mark).wrapping_sub(1) };
+    if !current {
+        return true;
+    }
+    let word = l4.dst_port as u32 >> 6;
+    let bit = 1u64 << (l4.dst_port & 63);
+    match (
+        PS_TCP_SOCKETS.get(word),
+        PS_TCP_SOCKETS.get(TCP_BOUND_WORD_BASE + word),
+    ) {
+        (Some(listening), Some(bound)) => (listening | bound) & bit != 0,
+        _ => true,
+    }
 }

@@ -24,6 +24,9 @@ pub const LINK_PREFIX: &str = "link-";
 /// loaded from ([`crate::kernel::object::build_id`]): the next start of the same build
 /// uses it instead of loading (and verifying) the program again.
 pub const PROGRAM_PREFIX: &str = "prog-";
+/// The pins of the links of the program's kernel hooks (`kernel::tcp_sockets`) are
+/// named this followed by the hook program's name.
+pub const HOOK_PREFIX: &str = "hook-";
 
 pub fn pid_file(state_dir: &Path) -> PathBuf {
     state_dir.join(PID_FILE)
@@ -53,6 +56,16 @@ pub fn link_pin(pin_dir: &Path, interface: &str) -> PathBuf {
 /// The pin of the program loaded from the object whose build id is `build_id`.
 pub fn program_pin(pin_dir: &Path, build_id: u64) -> PathBuf {
     pin_dir.join(format!("{PROGRAM_PREFIX}{build_id:016x}"))
+}
+
+/// The pin of the link of the hook program `name`.
+pub fn hook_pin(pin_dir: &Path, name: &str) -> PathBuf {
+    pin_dir.join(format!("{HOOK_PREFIX}{name}"))
+}
+
+/// True when a pin's file name is a hook's link.
+pub fn is_hook_pin(file_name: &str) -> bool {
+    file_name.starts_with(HOOK_PREFIX)
 }
 
 /// True when a pin's file name is a program pin (of any build).

@@ -237,3 +237,159 @@ fn listening_ports_are_not_targets() {
         drop((tcp6, udp6));
     }
 }
+
+/// A TCP listener whose port the kernel chose (listen without bind: no port for the bind
+/// hook to mark), in the calling thread's namespace; its port.
+fn listen_anywhere() -> (std::os::fd::OwnedFd, u16) {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: plain socket calls on a descriptor this function owns.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
+        assert_eq!(
+            libc::listen(fd, 4),
+            0,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        assert_eq!(
+            libc::getsockname(fd, (&raw mut sa).cast(), &mut len),
+            0,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+        (owned, u16::from_be(sa.sin_port))
+    }
+}
+
+/// The daemon's look at the listeners, as its services refresh makes it (the hooks'
+/// count first, then the listeners of the namespace), with `except` left out as if the
+/// look had missed it; true when the program trusts the result afterwards (a bind
+/// elsewhere on the host in between leaves it untrusted).
+fn look_at_listeners(fx: &mut Fixture, except: Option<u16>) -> bool {
+    let seen = fx
+        .dp
+        .tcp_listens_seen()
+        .expect("the TCP hooks are attached");
+    let mut listening = fx
+        .ns
+        .enter(portsentry_user::config::services::tcp_listening)
+        .unwrap();
+    if let Some(p) = except {
+        listening.remove(p);
+    }
+    fx.dp.write_tcp_sockets(&listening, seen).unwrap();
+    fx.dp.tcp_sockets_current().unwrap()
+}
+
+/// Runs `check` right after a look at the listeners that the program trusts, again if a
+/// bind elsewhere on the host made it stale before `check` ran.
+fn with_current_look(fx: &mut Fixture, except: Option<u16>, check: impl Fn(&mut Fixture)) {
+    for _ in 0..20 {
+        if look_at_listeners(fx, except) {
+            check(fx);
+            if fx.dp.tcp_sockets_current().unwrap() {
+                return;
+            }
+        }
+    }
+    panic!("the TCP socket bitmap never stayed current (binds on the host all along?)");
+}
+
+/// A TCP segment without ACK skips the socket lookup only for a port no socket can have:
+/// `PS_TCP_SOCKETS` (the daemon's look at the listeners, and the ports binds asked for)
+/// decides, and a bind or listen after the look makes the program look sockets up again
+/// until the next look. Without the hooks, a listener started between two looks would
+/// have its clients counted as scanners.
+#[test]
+fn the_tcp_socket_bitmap_is_trusted_only_until_the_next_bind() {
+    require_kernel!();
+    // A listener from before the hooks (on a port the kernel chose, so that nothing else
+    // marks it), in the namespace the program's lookups run in.
+    let ns = portsentry_tests::netns::Netns::new("bmp");
+    let host = portsentry_user::config::services::tcp_ports_in_use().unwrap();
+    let (anywhere, port) = std::iter::repeat_with(|| ns.enter(listen_anywhere))
+        .find(|(_, p)| !host.contains(*p))
+        .expect("a port none of the host's sockets has");
+    let mut fx = Fixture::new();
+    fx.ns = ns;
+    let (src, dst) = (ip(V4_SRC), ip(V4_DST));
+    let (mut tcp, udp) = portsentry_tests::fixture::default_ports();
+    // Before any look the bitmap is not trusted.
+    assert!(!fx.dp.tcp_sockets_current().unwrap());
+    tcp.insert(port);
+    fx.dp.write_ports(&tcp, &udp).unwrap();
+    assert!(
+        !fx.dp.tcp_port_bound(port).unwrap(),
+        "{port} was bound before the hooks"
+    );
+
+    // The bitmap decides: a look that missed the listener makes its port a target (the
+    // lookup is skipped), a look that saw it does not.
+    with_current_look(&mut fx, Some(port), |fx| {
+        assert_probe(
+            fx,
+            &Frame::tcp(src, dst, port, SYN).build(),
+            src,
+            port,
+            ScanType::TcpSyn,
+        )
+    });
+    with_current_look(&mut fx, None, |fx| {
+        assert_uncounted(
+            fx,
+            &Frame::tcp(src, dst, port, SYN).build(),
+            src,
+            Counter::PassListening,
+        )
+    });
+    // Probes of closed ports are counted with the bitmap trusted, every type.
+    with_current_look(&mut fx, None, |fx| {
+        for (f, kind) in [
+            (SYN, ScanType::TcpSyn),
+            (FIN, ScanType::TcpFin),
+            (0, ScanType::TcpNull),
+            (XMAS, ScanType::TcpXmas),
+        ] {
+            assert_probe(fx, &Frame::tcp(src, dst, 27, f).build(), src, 27, kind);
+        }
+    });
+
+    // A listener started after a look (the look missed it: it was not there) is looked
+    // up at once: its listen was counted.
+    assert!(look_at_listeners(&mut fx, None));
+    let (late, late_port) = fx.ns.enter(listen_anywhere);
+    assert!(
+        !fx.dp.tcp_sockets_current().unwrap(),
+        "the listen was counted"
+    );
+    assert!(
+        fx.dp.tcp_port_bound(late_port).unwrap(),
+        "the listen marked its port"
+    );
+    tcp.insert(late_port);
+    fx.dp.write_ports(&tcp, &udp).unwrap();
+    assert_uncounted(
+        &mut fx,
+        &Frame::tcp(src, dst, late_port, SYN).build(),
+        src,
+        Counter::PassListening,
+    );
+
+    // A port a bind asked for stays looked up, even by a look that missed its socket (a
+    // socket bound, then connected rather than listening).
+    let bound = fx.ns.enter(|| TcpListener::bind("0.0.0.0:28").unwrap());
+    assert!(fx.dp.tcp_port_bound(28).unwrap(), "the bind marked 28");
+    with_current_look(&mut fx, Some(28), |fx| {
+        assert_uncounted(
+            fx,
+            &Frame::tcp(src, dst, 28, SYN).build(),
+            src,
+            Counter::PassListening,
+        )
+    });
+    drop((anywhere, late, bound));
+}

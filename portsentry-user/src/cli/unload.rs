@@ -43,7 +43,10 @@ pub fn unload(file: &FileArgs) -> Result<String> {
         .iter()
         .filter(|n| paths::link_interface(n).is_some())
         .count();
-    let programs = removed.iter().filter(|n| paths::is_program_pin(n)).count();
+    let programs = removed
+        .iter()
+        .filter(|n| paths::is_program_pin(n) || paths::is_hook_pin(n))
+        .count();
     Ok(format!(
         "unloaded: detached from {links} interface{}, removed {} pinned maps from {} (bans \
          stay on record in {})",

@@ -2,9 +2,11 @@
 //!
 //! - the TCP ports a socket listens on ([`tcp_listening`]): a segment with ACK to such a
 //!   port is never looked up as a possible ACK scan (`PS_ACK_PORTS`), so established
-//!   traffic to a service costs one bitmap read. Read from `/proc/net/tcp` and
-//!   `/proc/net/tcp6` (of the calling thread's namespace: `/proc/thread-self`); the
-//!   kernel lists every listening socket before any other (its
+//!   traffic to a service costs one bitmap read; a segment without ACK to a port with no
+//!   socket is not looked up at all (`PS_TCP_SOCKETS`, with the ports of every TCP
+//!   socket, [`tcp_ports_in_use`], read once when its hooks are attached). Read from
+//!   `/proc/net/tcp` and `/proc/net/tcp6` (of the calling thread's namespace:
+//!   `/proc/thread-self`); the kernel lists every listening socket before any other (its
 //!   iterator walks the listening hash, then the established one), so the read stops at
 //!   the first line in another state: its cost grows with the listeners, not with the
 //!   connections of a busy server;
@@ -113,9 +115,35 @@ pub fn tcp_listening() -> Result<PortSet> {
     Ok(ports)
 }
 
+/// The local port of every TCP socket in `/proc/net/tcp` and `/proc/net/tcp6`: listening,
+/// connected, or waiting to close. Its cost grows with the connections: read once, when
+/// the program's TCP hooks are attached (`kernel::tcp_sockets`).
+pub fn tcp_ports_in_use() -> Result<PortSet> {
+    let mut ports = PortSet::new();
+    for file in ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"] {
+        match File::open(file) {
+            Ok(f) => read_local_ports(BufReader::new(f), false, &mut ports)
+                .with_context(|| format!("reading {file}"))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("opening {file}")),
+        }
+    }
+    Ok(ports)
+}
+
 /// Adds the local port of each listening socket in a `/proc/net/tcp` text, up to the
 /// first socket in another state.
 fn read_listeners(text: impl BufRead, ports: &mut PortSet) -> std::io::Result<()> {
+    read_local_ports(text, true, ports)
+}
+
+/// Adds the local port of each socket in a `/proc/net/tcp` text; with `listeners_only`,
+/// up to the first socket in another state.
+fn read_local_ports(
+    text: impl BufRead,
+    listeners_only: bool,
+    ports: &mut PortSet,
+) -> std::io::Result<()> {
     for line in text.lines().skip(1) {
         let line = line?;
         // "  sl  local_address rem_address   st ...": local is ADDR:PORT in hex.
@@ -125,7 +153,7 @@ fn read_listeners(text: impl BufRead, ports: &mut PortSet) -> std::io::Result<()
         else {
             continue;
         };
-        if state != TCP_LISTEN {
+        if listeners_only && state != TCP_LISTEN {
             break;
         }
         if let Some(port) = local
@@ -159,6 +187,10 @@ mod tests {
 ";
         read_listeners(v6.as_bytes(), &mut ports).unwrap();
         assert_eq!(ports.iter().collect::<Vec<_>>(), [22, 443, 8080]);
+        // Every socket: the connected one's local port too, and the listener after it.
+        let mut all = PortSet::new();
+        read_local_ports(text.as_bytes(), false, &mut all).unwrap();
+        assert_eq!(all.iter().collect::<Vec<_>>(), [22, 80, 8080]);
     }
 
     #[test]

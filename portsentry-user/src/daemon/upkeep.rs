@@ -191,7 +191,14 @@ pub(super) fn housekeeping(shared: &Arc<Shared>) {
     watch_links(shared);
     super::crowdsec::write_status(shared);
     let eff = shared.eff();
-    let services = configure::Services::read();
+    // The hooks' count before the listeners are read: a listen between the two leaves
+    // the bitmap untrusted until the next look.
+    let seen = shared
+        .book()
+        .dp
+        .as_ref()
+        .and_then(|dp| dp.tcp_listens_seen());
+    let services = configure::Services::read(seen);
     if let Err(e) = services.and_then(|served| match shared.book().dp.as_mut() {
         Some(dp) => configure::write_services(dp, &eff, &served),
         None => Ok(()),

@@ -10,7 +10,7 @@ use aya::programs::{
     links::{FdLink, PinnedLink},
     xdp::XdpLink,
 };
-use portsentry_common::PROGRAM_NAME;
+use portsentry_common::{PROBE_PROGRAM, PROGRAM_NAME};
 
 use super::{Dataplane, Program, sys::pinned_link_ifindex};
 use crate::{config::AttachMode, paths};
@@ -173,12 +173,25 @@ impl Dataplane {
         Ok(self.program_ref()?.fd()?.as_fd())
     }
 
-    /// How many instructions the verifier processed to accept the program (its limit
-    /// is 1,000,000): the headroom every change to the program spends.
-    pub fn verified_instructions(&self) -> Result<u32> {
-        self.program_ref()?
-            .info()?
-            .verified_instruction_count()
-            .ok_or_else(|| anyhow!("the kernel does not report verified instructions"))
+    /// How many instructions the verifier processed to accept each of the program's
+    /// halves, the first and the probe stage (its limit is 1,000,000 for each): the
+    /// headroom every change to the program spends.
+    pub fn verified_instructions(&self) -> Result<Vec<(&'static str, u32)>> {
+        let Program::Loaded(ebpf) = &self.ebpf else {
+            bail!("no program loaded by this process");
+        };
+        [PROGRAM_NAME, PROBE_PROGRAM]
+            .into_iter()
+            .map(|name| {
+                let p = ebpf
+                    .program(name)
+                    .ok_or_else(|| anyhow!("the XDP object has no program `{name}`"))?;
+                let n = p
+                    .info()?
+                    .verified_instruction_count()
+                    .ok_or_else(|| anyhow!("the kernel does not report verified instructions"))?;
+                Ok((name, n))
+            })
+            .collect()
     }
 }

@@ -106,11 +106,12 @@ pub fn watched_protocols(eff: &Effective, served: &[bool; 256]) -> [u64; 4] {
     words
 }
 
-/// Brings `PS_ACK_PORTS` and `PS_PROTOCOLS` up to date with what this host serves (at
-/// start, on reload, and every second: a listener that went away is looked up from
-/// then on, a raw socket opened for a protocol takes it out).
+/// Brings `PS_ACK_PORTS`, `PS_PROTOCOLS` and `PS_TCP_SOCKETS` up to date with what this
+/// host serves (at start, on reload, and every second: a listener that went away is
+/// looked up from then on, a raw socket opened for a protocol takes it out, and a
+/// listener that came is in the bitmap that a probe's lookup is skipped by).
 pub fn refresh_services(dp: &mut Dataplane, eff: &Effective) -> Result<()> {
-    write_services(dp, eff, &Services::read()?)
+    write_services(dp, eff, &Services::read(dp.tcp_listens_seen())?)
 }
 
 /// What this host serves, read (from /proc and /sys) apart from writing it, so that a
@@ -118,20 +119,28 @@ pub fn refresh_services(dp: &mut Dataplane, eff: &Effective) -> Result<()> {
 pub struct Services {
     listening: PortSet,
     protocols: [bool; 256],
+    /// The TCP hooks' count of binds and listens, read before the listeners
+    /// ([`Dataplane::tcp_listens_seen`]).
+    tcp_seen: Option<u64>,
 }
 
 impl Services {
-    pub fn read() -> Result<Services> {
+    /// Reads what this host serves; `tcp_seen` is the hooks' count read just before.
+    pub fn read(tcp_seen: Option<u64>) -> Result<Services> {
         Ok(Services {
             listening: services::tcp_listening()?,
             protocols: services::served_protocols()?,
+            tcp_seen,
         })
     }
 }
 
-/// Writes `PS_ACK_PORTS` and `PS_PROTOCOLS` for what `served` says.
+/// Writes `PS_ACK_PORTS`, `PS_PROTOCOLS` and `PS_TCP_SOCKETS` for what `served` says.
 pub fn write_services(dp: &mut Dataplane, eff: &Effective, served: &Services) -> Result<()> {
     dp.write_ack_ports(&ack_ports(eff, &served.listening))?;
+    if let Some(seen) = served.tcp_seen {
+        dp.write_tcp_sockets(&served.listening, seen)?;
+    }
     dp.write_protocols(&watched_protocols(eff, &served.protocols))
 }
 

@@ -49,6 +49,9 @@ pub(super) struct Maps {
     pub settings: SettingsMap,
     /// `None` for an object built before the kernel-side ban (the bench loads one).
     pub kban: Option<Array<MapData, KernelBan>>,
+    /// `None` for an object (or pins) from before the TCP socket bitmap.
+    pub tcp_sockets: Option<Array<MapData, u64>>,
+    pub tcp_listens: Option<Array<MapData, u64>>,
     /// The event ring buffer, until the daemon takes it.
     pub events: Option<RingBuf<MapData>>,
     /// Kernel memory charged to each map (`memlock` in its fdinfo), in bytes.
@@ -81,6 +84,14 @@ impl Maps {
             .remove(maps::PROTOCOLS)
             .map(Array::try_from)
             .transpose()?;
+        let tcp_sockets = named
+            .remove(maps::TCP_SOCKETS)
+            .map(Array::try_from)
+            .transpose()?;
+        let tcp_listens = named
+            .remove(maps::TCP_LISTENS)
+            .map(Array::try_from)
+            .transpose()?;
         let mut take = |name: &'static str| {
             named
                 .remove(name)
@@ -102,6 +113,8 @@ impl Maps {
             counters: PerCpuArray::try_from(take(maps::COUNTERS)?)?,
             settings: SettingsMap::new(take(maps::SETTINGS)?)?,
             kban,
+            tcp_sockets,
+            tcp_listens,
             events: Some(RingBuf::try_from(take(maps::EVENTS)?)?),
             memory,
             _rest: named.into_values().collect(),

@@ -11,18 +11,19 @@ mod net_filter;
 pub mod object;
 mod resize;
 mod sys;
+mod tcp_sockets;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Map, MapData},
+    maps::{Map, MapData, ProgramArray},
     programs::Xdp,
 };
 use aya_obj::programs::XdpAttachType;
 use portsentry_common::{
-    PROGRAM_NAME,
+    PROBE_PROGRAM, PROGRAM_NAME,
     maps::{self as names, Settings},
 };
 
@@ -75,6 +76,10 @@ pub struct Dataplane {
     ignore_words: Option<Vec<u64>>,
     /// What `PS_ACK_PORTS` holds, once read or written.
     ack_words: Option<Vec<u64>>,
+    /// The hooks that make `PS_TCP_SOCKETS` trustworthy, when attached at this load.
+    tcp_hooks: Option<tcp_sockets::Hooks>,
+    /// What the daemon's half of `PS_TCP_SOCKETS` holds, once read or written.
+    tcp_words: Option<Vec<u64>>,
 }
 
 /// The loaded object's program.
@@ -133,8 +138,55 @@ fn pin_program(program: &mut Xdp, pin_dir: &Path, build: u64) {
     }
 }
 
+/// The object's program `name`, typed.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    Ok(ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("the XDP object has no program `{name}`"))?
+        .try_into()?)
+}
+
+/// Loads the probe stage (`ps_probe`) and puts it in `PS_PROGS`, where the first
+/// program tail-calls it (an object from before the stage has neither).
+fn load_probe_stage(ebpf: &mut Ebpf) -> Result<()> {
+    if ebpf.program(PROBE_PROGRAM).is_none() && ebpf.map(names::PROGS).is_none() {
+        // An earlier build's object, in one piece (the bench compares one).
+        return Ok(());
+    }
+    let stage: &mut Xdp = program(ebpf, PROBE_PROGRAM)?;
+    stage
+        .load()
+        .context("the kernel verifier rejected the probe stage")?;
+    let fd = stage.fd()?.try_clone()?;
+    let map = ebpf
+        .map_mut(names::PROGS)
+        .ok_or_else(|| anyhow!("the XDP object has no map `{}`", names::PROGS))?;
+    ProgramArray::try_from(map)?
+        .set(names::PROBE_STAGE, &fd, 0)
+        .context("putting the probe stage in PS_PROGS")?;
+    Ok(())
+}
+
+/// True when the object's `PS_PROGS` (pinned by an earlier start) holds the probe stage.
+fn has_probe_stage(ebpf: &Ebpf) -> bool {
+    ebpf.map(names::PROGS)
+        .and_then(|m| ProgramArray::try_from(m).ok())
+        .is_some_and(|a| a.indices().any(|i| i.ok() == Some(names::PROBE_STAGE)))
+}
+
 /// Maps a pin directory of an earlier release lacks: the next `run` creates them.
-const ADDED_MAPS: [&str; 3] = [names::ACK_PORTS, names::PROTOCOLS, names::NET_FILTER];
+const ADDED_MAPS: [&str; 7] = [
+    names::ACK_PORTS,
+    names::PROTOCOLS,
+    names::NET_FILTER,
+    names::TCP_SOCKETS,
+    names::TCP_LISTENS,
+    names::PROGS,
+    names::PROBE,
+];
 
 /// True when `pin_dir` holds portsentry's pinned maps (those of an earlier release
 /// too).
@@ -199,33 +251,38 @@ impl Dataplane {
             .context("loading the XDP object into the kernel (are you root?)")?;
         // Every map the object has; `maps::Maps::new` says which it cannot do without.
         // The fds stay open in them while the kernel verifies the program.
+        // `PS_PROGS` stays with the object: it is filled once the probe stage is loaded.
         let taken: std::collections::HashMap<&'static str, Map> = names::ALL
             .into_iter()
+            .filter(|name| *name != names::PROGS)
             .filter_map(|name| Some((name, ebpf.take_map(name)?)))
             .collect();
         if let Some(dir) = &pin_dir {
             Self::take_over_resized(dir, &resized, &taken)?;
         }
+        let hooks = tcp_sockets::attach_hooks(&mut ebpf, pin_dir.as_deref())
+            .inspect_err(|e| log::warn!("{e:#}: every TCP probe is looked up"))
+            .ok();
         let build = object::build_id(bytes);
         let reused = match &pin_dir {
-            // A pin that cannot be used only costs this start a verification.
-            Some(dir) if resized.is_empty() => pinned_program(dir, build).unwrap_or_else(|e| {
-                log::warn!("{e:#}: loading the program again");
-                None
-            }),
+            // A pin that cannot be used only costs this start a verification; so does a
+            // `PS_PROGS` without the probe stage.
+            Some(dir) if resized.is_empty() && has_probe_stage(&ebpf) => pinned_program(dir, build)
+                .unwrap_or_else(|e| {
+                    log::warn!("{e:#}: loading the program again");
+                    None
+                }),
             _ => None,
         };
         let pin = pin_dir.as_ref().map(|dir| (dir.clone(), build));
         let verify = move || -> Result<Ebpf> {
-            let program: &mut Xdp = ebpf
-                .program_mut(PROGRAM_NAME)
-                .ok_or_else(|| anyhow!("the XDP object has no program `{PROGRAM_NAME}`"))?
-                .try_into()?;
-            program
+            program::<Xdp>(&mut ebpf, PROGRAM_NAME)?
                 .load()
                 .context("the kernel verifier rejected the XDP program")?;
+            load_probe_stage(&mut ebpf)?;
+            // Pinned once complete: a start that reuses the pin finds the stage in place.
             if let Some((dir, build)) = pin {
-                pin_program(program, &dir, build);
+                pin_program(program(&mut ebpf, PROGRAM_NAME)?, &dir, build);
             }
             Ok(ebpf)
         };
@@ -243,6 +300,11 @@ impl Dataplane {
         };
         let mut dp = Self::with_maps(program, taken, pin_dir, true)?;
         dp.resized = resized;
+        if hooks.is_none() {
+            // Pins kept from an earlier start may hold a mark that no hook keeps honest.
+            dp.untrust_tcp_sockets()?;
+        }
+        dp.tcp_hooks = hooks;
         Ok(dp)
     }
 
@@ -307,6 +369,8 @@ impl Dataplane {
             resized: Vec::new(),
             ignore_words: None,
             ack_words: None,
+            tcp_hooks: None,
+            tcp_words: None,
         };
         dp.settings = dp.read_settings()?;
         if !rebuild {

@@ -84,11 +84,11 @@ pub(crate) fn compare(args: &Args, baseline: &Path) {
         ),
         (
             "counted SYN probe",
-            Frame::tcp(scanner, server, 22, SYN).build(),
+            Frame::tcp(scanner, server, 23, SYN).build(),
         ),
         (
             "counted SYN probe, IPv6",
-            Frame::tcp(scanner6, server6, 22, SYN).build(),
+            Frame::tcp(scanner6, server6, 23, SYN).build(),
         ),
         (
             "banned IPv6 source, dropped",
@@ -124,7 +124,7 @@ pub(crate) fn compare(args: &Args, baseline: &Path) {
         ),
         (
             "IPv6 SYN probe behind 3 extension headers",
-            Frame::tcp(scanner6, server6, 22, SYN)
+            Frame::tcp(scanner6, server6, 23, SYN)
                 .ext(Ext::HopByHop(1))
                 .ext(Ext::DestOpts(1))
                 .ext(Ext::DestOpts(1))
@@ -133,7 +133,7 @@ pub(crate) fn compare(args: &Args, baseline: &Path) {
         (
             "IPv6 chain of 10 headers, dropped",
             (0..10)
-                .fold(Frame::tcp(scanner6, server6, 22, SYN), |f, _| {
+                .fold(Frame::tcp(scanner6, server6, 23, SYN), |f, _| {
                     f.ext(Ext::DestOpts(1))
                 })
                 .build(),

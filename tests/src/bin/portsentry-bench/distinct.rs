@@ -75,7 +75,7 @@ pub(crate) fn distinct(args: &Args) {
     };
     let ack = Frame::tcp(IpAddr::V4(benign), server, 443, ACK).build();
     let syn443 = Frame::tcp(IpAddr::V4(banned), server, 443, SYN).build();
-    let syn22 = Frame::tcp(IpAddr::V4(probing), server, 22, SYN).build();
+    let syn23 = Frame::tcp(IpAddr::V4(probing), server, 23, SYN).build();
     let fronts = [
         (
             "front program -> XDP_PASS (floor)",
@@ -95,7 +95,7 @@ pub(crate) fn distinct(args: &Args) {
         (
             "SYN probe to a closed watched port, each run another source",
             rot(fd, probing, n),
-            syn22,
+            syn23,
         ),
         ("banned, one source, dropped", rot(fd, banned, 1), syn443),
         ("benign ACK, one source", rot(fd, benign, 1), ack),

@@ -72,6 +72,7 @@ pub(crate) struct Args {
     pub(crate) matrix_only: bool,
     /// Only "Many sources at once".
     pub(crate) distinct_only: bool,
+    pub(crate) per_packet_only: bool,
     /// Only the CrowdSec fleet (propagation and a list of decisions).
     pub(crate) crowdsec_only: bool,
     /// Only the per-packet cost with a CrowdSec list loaded (`--crowdsec-list-only`).
@@ -102,6 +103,7 @@ fn parse_args() -> Args {
         matrix_only: false,
         memory_only: false,
         distinct_only: false,
+        per_packet_only: false,
         crowdsec_only: false,
         crowdsec_list_only: false,
         crowdsec_fresh_only: false,
@@ -130,6 +132,10 @@ fn parse_args() -> Args {
         }
         if arg == "--distinct-only" {
             a.distinct_only = true;
+            continue;
+        }
+        if arg == "--per-packet-only" {
+            a.per_packet_only = true;
             continue;
         }
         if arg == "--memory-only" {
@@ -173,7 +179,7 @@ fn parse_args() -> Args {
             other => panic!(
                 "unknown argument {other}; use --repeat N --rounds N --loads N --reaction-runs N \
                  (at most 250) --scale N --flood-secs N --baseline OBJECT --compare-only \
-                 --answered-only --matrix-only --memory-only --distinct-only --crowdsec-only \
+                 --answered-only --matrix-only --memory-only --distinct-only --per-packet-only --crowdsec-only \
                  --crowdsec-list-only --crowdsec-fresh-only --new-connections-only \
                  --crowdsec-decisions N --false-positives-only --fp-secs N"
             ),
@@ -211,6 +217,7 @@ pub(crate) fn bench_dataplane(
     // object without these maps ignores both, and the flag.)
     dp.write_ack_ports(&portsentry_tests::fixture::ack_ports())
         .unwrap();
+    look_at_listeners(&mut dp);
     let served = portsentry_user::config::services::served_protocols().unwrap();
     let mut protocols = [0u64; 4];
     for p in (0..256).filter(|p| !served[*p]) {
@@ -228,6 +235,20 @@ pub(crate) fn bench_dataplane(
     .unwrap();
     dp.replace_ignore(ignore, &[]).unwrap();
     dp
+}
+
+/// The daemon's look at the listeners on the bench's server (its TCP socket bitmap),
+/// made current, as the daemon makes it every second: a probe of a closed port skips
+/// the socket lookup. Made again before each measurement: a bind anywhere on the host
+/// since the last look leaves the bitmap untrusted (every probe looked up).
+pub(crate) fn look_at_listeners(dp: &mut portsentry_user::kernel::Dataplane) {
+    if let Some(seen) = dp.tcp_listens_seen() {
+        let mut listening = portsentry_user::config::ports::PortSet::new();
+        for p in portsentry_tests::fixture::SERVICE_PORTS {
+            listening.insert(p);
+        }
+        dp.write_tcp_sockets(&listening, seen).unwrap();
+    }
 }
 
 /// The n-th address of 100.64.0.0/10 (bans and sources that send nothing).
@@ -279,6 +300,10 @@ fn main() {
     }
     if args.crowdsec_only {
         crowdsec::crowdsec(args.reaction_runs.min(20), args.crowdsec_decisions);
+        return;
+    }
+    if args.per_packet_only {
+        per_packet::per_packet(&args);
         return;
     }
     if args.distinct_only {

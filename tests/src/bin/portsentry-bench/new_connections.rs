@@ -66,7 +66,7 @@ pub(crate) fn new_connections(args: &Args) {
         ),
         (
             "counted SYN probe",
-            Frame::tcp(scanner, server, 22, SYN).build(),
+            Frame::tcp(scanner, server, 23, SYN).build(),
         ),
     ];
     // `known` probed a closed port once (one failure: far from the bound).

@@ -65,7 +65,7 @@ pub(crate) fn per_packet(args: &Args) {
         ),
         (
             "counted SYN probe",
-            Frame::tcp(scanner, server, 22, SYN).build(),
+            Frame::tcp(scanner, server, 23, SYN).build(),
         ),
         (
             "banned source, dropped",
@@ -89,6 +89,7 @@ pub(crate) fn per_packet(args: &Args) {
                     .expect("inserting a ban");
                 bans += 1;
             }
+            crate::look_at_listeners(&mut dp);
             let fd = dp.program_fd().unwrap();
             let cases = vec![
                 ("floor", pass.as_fd(), frames[0].1.clone()),
@@ -134,18 +135,25 @@ pub(crate) fn per_packet(args: &Args) {
             ns.enter(|| {
                 for n in 0..args.scale {
                     let src = IpAddr::V4(Ipv4Addr::from(0x0a00_0000u32 + n));
-                    let f = Frame::tcp(src, server, 22, SYN).build();
+                    let f = Frame::tcp(src, server, 23, SYN).build();
                     testrun::run(fd, &f, 1).expect("probe");
                 }
             });
         }
         eprintln!("bench: {label}: set up in {:.1?}", t.elapsed());
         let label = label.as_str();
+        crate::look_at_listeners(&mut dp);
         let fd = dp.program_fd().unwrap();
         let mut cases: Vec<(&str, BorrowedFd<'_>, Vec<u8>)> =
             vec![("XDP_PASS only (floor)", pass.as_fd(), frames[0].1.clone())];
         cases.extend(frames.iter().map(|(n, f)| (*n, fd, f.clone())));
         let m = ns.enter(|| medians(&cases, args));
+        if !dp.tcp_sockets_current().unwrap_or(false) {
+            eprintln!(
+                "bench: {label}: a bind on the host during the column: its probes were \
+                 looked up"
+            );
+        }
         columns.push((label.to_owned(), m));
     }
     if let Some(x) = &xdpf {

@@ -1,0 +1,136 @@
+//! The probe stage, the program's second half (`ps_probe`): the first program hands a
+//! probe over through `PS_PROBE` (per CPU: the tail call runs on the same CPU, for the
+//! same packet) and tail-calls it through `PS_PROGS`. Split so that the verifier walks
+//! these steps once, not once for each shape of header the first program parses: every
+//! instruction here cost the first program about a thousand verified instructions.
+//!
+//! Steps 5 to 7 of `main.rs`: the ignore trie, the socket lookup, the count and the
+//! challenge.
+
+use aya_ebpf::programs::XdpContext;
+use portsentry_common::{
+    Counter, ScanType,
+    maps::{PROBE_STAGE, SETTING_VERIFY, Settings},
+    packet::{AddrWords, Ip, L4},
+};
+
+use crate::{
+    PS_PROBE, PS_PROGS, Source,
+    challenge::send_challenge,
+    counted_as,
+    probe::{record_probe, record_success},
+    settings_or,
+    socket::{has_local_socket, may_have_socket},
+    tiny_fragment_rule,
+};
+
+/// What the first program found, handed to the probe stage.
+#[derive(Clone, Copy)]
+pub struct Handed {
+    ip: Ip,
+    l4: L4,
+    key: AddrWords,
+    /// SOURCE_PREFIX_V6's length when `key` is a network, [`NO_PREFIX`] when not.
+    prefix: u32,
+    kind: u8,
+    watched: bool,
+    trw_syn: bool,
+}
+
+const NO_PREFIX: u32 = u32::MAX;
+
+/// Hands a probe over to the probe stage and tail-calls it; returns only when the
+/// stage is missing (`Counter::PassUnprobed`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)] // inlined: the first program's values, as it holds them
+pub fn hand_over(
+    ctx: &XdpContext,
+    ip: &Ip,
+    l4: &L4,
+    key: &AddrWords,
+    prefix: Option<u32>,
+    kind: ScanType,
+    watched: bool,
+    trw_syn: bool,
+) -> Counter {
+    let Some(slot) = PS_PROBE.get_ptr_mut(0) else {
+        return Counter::PassUnprobed;
+    };
+    // SAFETY: this CPU's slot; the stage that reads it runs next, on this CPU.
+    unsafe {
+        *slot = Handed {
+            ip: *ip,
+            l4: *l4,
+            key: *key,
+            prefix: prefix.unwrap_or(NO_PREFIX),
+            kind: kind as u8,
+            watched,
+            trw_syn,
+        };
+        PS_PROGS.tail_call(ctx, PROBE_STAGE);
+    }
+    Counter::PassUnprobed
+}
+
+/// The probe stage's verdict for the probe handed over.
+#[inline(always)]
+pub fn probe(ctx: &XdpContext) -> Counter {
+    // Read in place: this CPU's slot, written by the first program for this packet.
+    let Some(h) = PS_PROBE.get(0) else {
+        return Counter::PassUnprobed;
+    };
+    let Some(kind) = ScanType::from_u8(h.kind) else {
+        return Counter::PassUnprobed;
+    };
+    let prefix = (h.prefix != NO_PREFIX).then_some(h.prefix);
+    let defaults = Settings::default();
+    let settings = settings_or(&defaults);
+    let verdict = probe_l4(ctx, h, kind, prefix, settings);
+    tiny_fragment_rule(&h.l4, verdict, settings)
+}
+
+/// Steps 5 to 7.
+#[inline(always)]
+fn probe_l4(
+    ctx: &XdpContext,
+    h: &Handed,
+    kind: ScanType,
+    prefix: Option<u32>,
+    settings: &Settings,
+) -> Counter {
+    let (ip, l4, key, watched, trw_syn) = (&h.ip, &h.l4, &h.key, h.watched, h.trw_syn);
+    let src = if watched {
+        let Some(src) = counted_as(ip, *key, prefix, settings) else {
+            return Counter::PassIgnored;
+        };
+        src
+    } else {
+        Source::of(*key, prefix)
+    };
+    // An IP protocol's datagram came here only if nothing serves it.
+    if kind != ScanType::IpProto && may_have_socket(l4) && has_local_socket(ctx, ip, l4) {
+        if trw_syn {
+            record_success(&src.key, l4, settings);
+        }
+        return if watched {
+            Counter::PassListening
+        } else {
+            Counter::PassUnwatched
+        };
+    }
+    if !watched {
+        return Counter::PassUnwatched;
+    }
+    if record_probe(ctx, &src, l4, kind, false, settings) {
+        // Banned at this probe: it is dropped like every later packet of the source.
+        return Counter::DropBanned;
+    }
+    if settings.flags & SETTING_VERIFY != 0
+        && kind == ScanType::TcpSyn
+        && l4.tiny == 0
+        && send_challenge(ctx, l4, settings)
+    {
+        return Counter::TxChallenge;
+    }
+    Counter::PassProbe
+}
