@@ -24,10 +24,11 @@ pub const BAN_CACHE: &str = "PS_BAN_CACHE";
 pub const BAN_NETS: &str = "PS_BAN_NETS";
 /// Ignored networks. `LpmTrie<Addr, u32>` (value unused, 1).
 pub const IGNORE: &str = "PS_IGNORE";
-/// A one-hash filter in front of `PS_IGNORE` for the drop path: `Array<u64>` of
-/// [`IGNORE_FILTER_WORDS`] words, one bit per IPv4 /24 or IPv6 /48 that an ignored
-/// network touches ([`net_filter_bit`]). A banned source whose bit is clear is in no
-/// ignored network and is dropped without a trie lookup. Networks too wide to list
+/// A one-hash filter in front of `PS_IGNORE`: `Array<u64>` of [`IGNORE_FILTER_WORDS`]
+/// words, one bit per IPv4 /24 or IPv6 /48 that a network of the trie (ignored, or
+/// counted by address) touches ([`net_filter_bit`]). A banned source whose bit is clear
+/// is in no ignored network and is dropped without a trie lookup; a probe's source is
+/// counted without one. Networks too wide to list
 /// (shorter than /8 for IPv4, /32 for IPv6, or covering the IPv4-mapped range) set
 /// [`SETTING_IGNORE_WIDE`] instead, and every banned packet then looks at the trie.
 pub const IGNORE_FILTER: &str = "PS_IGN_FILTER";

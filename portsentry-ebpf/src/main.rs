@@ -325,32 +325,36 @@ fn counted_as(ip: &Ip, key: AddrWords, prefix: Option<u32>, settings: &Settings)
 /// `IGNORE_IGNORED`; a network counted by address: `IGNORE_SINGLE`), if any.
 #[inline(always)]
 fn ignore_value(src: &AddrWords, settings: &Settings) -> Option<u32> {
-    if settings.flags & SETTING_IGNORE == 0 {
+    if !may_be_ignored(src, settings) {
         return None;
     }
     PS_IGNORE.get(Key::new(128, *key(src))).copied()
 }
 
-/// [`is_ignored`] for a banned source: the filter first, so that a ban of a source in
-/// no ignored network costs one array read more, not a trie lookup.
+/// A ban of a source in an ignored network is not enforced (the ignore list, loopback,
+/// this host).
 #[inline(always)]
 fn is_spared(src: &AddrWords, settings: &Settings) -> bool {
+    ignore_value(src, settings).is_some_and(|v| v != IGNORE_SINGLE)
+}
+
+/// False when the ignore trie holds nothing for `src`: its `PS_IGN_FILTER` bit is clear
+/// (the filter has a bit for every /24 or /48 an ignored or counted network touches)
+/// and no network too wide for the filter is listed. So a source in no such network,
+/// a probe's or a ban's, costs one array read, not a trie lookup.
+#[inline(always)]
+fn may_be_ignored(src: &AddrWords, settings: &Settings) -> bool {
     if settings.flags & SETTING_IGNORE == 0 {
         return false;
     }
-    if settings.flags & SETTING_IGNORE_WIDE == 0 {
-        let bit = net_filter_bit(src);
-        let maybe = match PS_IGN_FILTER.get(bit >> 6) {
-            Some(word) => word & (1u64 << (bit & 63)) != 0,
-            None => true,
-        };
-        if !maybe {
-            return false;
-        }
+    if settings.flags & SETTING_IGNORE_WIDE != 0 {
+        return true;
     }
-    PS_IGNORE
-        .get(Key::new(128, *key(src)))
-        .is_some_and(|v| *v != IGNORE_SINGLE)
+    let bit = net_filter_bit(src);
+    match PS_IGN_FILTER.get(bit >> 6) {
+        Some(word) => word & (1u64 << (bit & 63)) != 0,
+        None => true,
+    }
 }
 
 /// Adds one to a per-CPU counter.

@@ -124,8 +124,9 @@ fn ignored_sources_are_never_counted() {
 /// A counted network (`IGNORE_SINGLE`: a SOURCE_PREFIX_V6 network holding an ignored
 /// address) wider than the ignore filter's /48s: a probe from one of its addresses far
 /// from the ignored one is counted by that address, never by the network, whose ban
-/// would cut the ignored host off (the trie's `IGNORE_SINGLE` entry covers it, though
-/// the ignore filter has no bit for its /48).
+/// would cut the ignored host off. The trie's `IGNORE_SINGLE` entry covers it; the
+/// probe reaches the trie because the filter has a bit for each /48 of the counted
+/// network too (with the ignored address's /48 alone, it would be counted by the /32).
 #[test]
 fn a_counted_network_wider_than_the_filter_is_counted_per_address() {
     require_kernel!();

@@ -362,7 +362,10 @@ impl Dataplane {
             .map(|n| (addr::net_key(n), IGNORE_SINGLE))
             .collect();
         want.extend(nets.iter().map(|n| (addr::net_key(n), IGNORE_IGNORED)));
-        let (words, wide) = ignore_filter(nets);
+        // The filter covers the counted networks too: a probe's source whose bit is
+        // clear is neither ignored nor counted by address, and skips the trie.
+        let listed: Vec<IpNet> = nets.iter().chain(singles).copied().collect();
+        let (words, wide) = ignore_filter(&listed);
         let current = match (self.ignore_words.take(), &self.maps.ignore_filter) {
             (Some(w), _) => w,
             (None, Some(filter)) => (0..IGNORE_FILTER_WORDS)
