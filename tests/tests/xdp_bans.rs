@@ -359,3 +359,32 @@ fn a_big_ban_map_reads_back_every_ban_once() {
     assert_eq!(read.len(), N as usize, "bans read twice");
     assert!(put.iter().all(|(n, _)| nets.contains(n)), "a ban missing");
 }
+
+/// More bans than `PS_BANS` holds, written by several threads at once: the write fails
+/// and says which map is full, and the map holds only bans that were put.
+#[test]
+fn a_ban_map_too_small_for_a_big_write_says_so() {
+    require_kernel!();
+    const N: u32 = 150_000;
+    let sizes = portsentry_user::kernel::MapSizes {
+        bans: 100_000,
+        ..Default::default()
+    };
+    let mut dp = portsentry_user::kernel::Dataplane::load(&sizes, None).unwrap();
+    let put: Vec<(IpNet, BanEntry)> = (0..N)
+        .map(|i| {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0b00_0000 + i * 3));
+            (IpNet::from(ip), BanEntry::default())
+        })
+        .collect();
+    let err = format!("{:#}", dp.insert_bans(&put).unwrap_err());
+    assert!(err.contains("is PS_BANS full?"), "{err}");
+    let read = dp.bans().unwrap();
+    assert!(
+        !read.is_empty() && read.len() <= 100_000,
+        "{} bans",
+        read.len()
+    );
+    let put: std::collections::HashSet<IpNet> = put.iter().map(|(n, _)| *n).collect();
+    assert!(read.iter().all(|(n, _)| put.contains(n)), "a ban never put");
+}

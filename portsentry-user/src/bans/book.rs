@@ -126,11 +126,13 @@ impl Book {
     /// ban stays.
     pub fn sweep(&mut self) -> Swept {
         let mut out = Swept::default();
-        let nets: Vec<IpNet> = self.store.iter().map(|b| b.net).collect();
-        for net in nets {
-            let Err(refusal) = self.guard.check(&net, true) else {
-                continue;
-            };
+        // Only the refused are collected: every ban on record is checked at each start.
+        let refused: Vec<(IpNet, Refusal)> = self
+            .store
+            .iter()
+            .filter_map(|b| Some((b.net, self.guard.check(&b.net, true).err()?)))
+            .collect();
+        for (net, refusal) in refused {
             if self.guard.inside_protected(&net) {
                 if let Ok(Some(ban)) = self.lift(&net) {
                     out.lifted.push((ban, refusal));

@@ -119,21 +119,49 @@ fn prefix_mask(len: u8) -> u128 {
 
 /// Whether `outer` contains all of `inner` (IPv4 and IPv6 compared as the kernel does).
 fn covers(outer: &IpNet, inner: &IpNet) -> bool {
-    let ((o, olen), (i, ilen)) = (span(outer), span(inner));
+    span_covers(span(outer), span(inner))
+}
+
+fn span_covers((o, olen): (u128, u8), (i, ilen): (u128, u8)) -> bool {
     olen <= ilen && i & prefix_mask(olen) == o
 }
 
 /// Whether two networks share an address.
-pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
-    covers(a, b) || covers(b, a)
+#[cfg(test)]
+fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    spans_overlap(span(a), span(b))
+}
+
+/// Two prefixes share an address when they agree on the bits of the shorter.
+fn spans_overlap((a, alen): (u128, u8), (b, blen): (u128, u8)) -> bool {
+    (a ^ b) & prefix_mask(alen.min(blen)) == 0
 }
 
 /// The protected networks and the width limits.
 #[derive(Clone, Debug, Default)]
 pub struct Guard {
-    protected: Vec<(IpNet, Why)>,
+    protected: Vec<Protected>,
     min_v4: u8,
     min_v6: u8,
+}
+
+/// A protected network, with its [`span`] worked out once: a start checks every ban
+/// on record against every protected network.
+#[derive(Clone, Copy, Debug)]
+struct Protected {
+    net: IpNet,
+    span: (u128, u8),
+    why: Why,
+}
+
+impl Protected {
+    fn new(net: IpNet, why: Why) -> Protected {
+        Protected {
+            net,
+            span: span(&net),
+            why,
+        }
+    }
 }
 
 impl Guard {
@@ -141,15 +169,18 @@ impl Guard {
     /// addresses, and its width limits.
     pub fn new(eff: &Effective) -> Guard {
         let mut g = Guard::limits(&eff.config);
-        g.protected
-            .extend(eff.ignore_file.iter().map(|n| (*n, Why::IgnoreList)));
+        g.protected.extend(
+            eff.ignore_file
+                .iter()
+                .map(|n| Protected::new(*n, Why::IgnoreList)),
+        );
         g.protected.extend(eff.always_ignored.iter().map(|n| {
             let why = if n.addr().is_loopback() {
                 Why::Loopback
             } else {
                 Why::ThisHost
             };
-            (*n, why)
+            Protected::new(*n, why)
         }));
         g
     }
@@ -165,23 +196,24 @@ impl Guard {
 
     /// Also protects `ip` for the reason `why` (the operator's session).
     pub fn protect(&mut self, ip: IpAddr, why: Why) {
-        self.protected.push((IpNet::from(ip), why));
+        self.protected.push(Protected::new(IpNet::from(ip), why));
     }
 
     /// Whether `net` may be banned; `force` lifts the width limit and the operator's
     /// session, never the other protected networks.
     pub fn check(&self, net: &IpNet, force: bool) -> Result<(), Refusal> {
         let net = net.trunc();
-        let binding = |why: &Why| !(force && *why == Why::OperatorSession);
-        if let Some((p, why)) = self
+        let ban = span(&net);
+        let binding = |why: Why| !(force && why == Why::OperatorSession);
+        if let Some(p) = self
             .protected
             .iter()
-            .find(|(p, why)| binding(why) && overlaps(&net, p))
+            .find(|p| binding(p.why) && spans_overlap(ban, p.span))
         {
             return Err(Refusal::Protected {
                 ban: net,
-                net: *p,
-                why: *why,
+                net: p.net,
+                why: p.why,
             });
         }
         let (min_prefix, key) = match net {
@@ -200,16 +232,18 @@ impl Guard {
 
     /// Whether a protected network holds all of `net`.
     pub fn inside_protected(&self, net: &IpNet) -> bool {
-        self.protected.iter().any(|(p, _)| covers(p, net))
+        let inner = span(net);
+        self.protected.iter().any(|p| span_covers(p.span, inner))
     }
 
     /// The protected networks inside `net` (for a ban that covers some of them: the
     /// kernel spares those addresses).
     pub fn spared(&self, net: &IpNet) -> Vec<(IpNet, Why)> {
+        let outer = span(net);
         self.protected
             .iter()
-            .filter(|(p, _)| covers(net, p) && !covers(p, net))
-            .copied()
+            .filter(|p| span_covers(outer, p.span) && !span_covers(p.span, outer))
+            .map(|p| (p.net, p.why))
             .collect()
     }
 }
@@ -233,14 +267,16 @@ mod tests {
 
     fn guard() -> Guard {
         let mut g = Guard::limits(&Config::default());
-        g.protected = vec![
-            (net("192.0.2.5/32"), Why::IgnoreList),
-            (net("198.51.100.0/24"), Why::IgnoreList),
-            (net("127.0.0.0/8"), Why::Loopback),
-            (net("::1/128"), Why::Loopback),
-            (net("203.0.113.1/32"), Why::ThisHost),
-            (net("2001:db8::1/128"), Why::ThisHost),
-        ];
+        g.protected = [
+            ("192.0.2.5/32", Why::IgnoreList),
+            ("198.51.100.0/24", Why::IgnoreList),
+            ("127.0.0.0/8", Why::Loopback),
+            ("::1/128", Why::Loopback),
+            ("203.0.113.1/32", Why::ThisHost),
+            ("2001:db8::1/128", Why::ThisHost),
+        ]
+        .map(|(n, why)| Protected::new(net(n), why))
+        .to_vec();
         g
     }
 

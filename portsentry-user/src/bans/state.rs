@@ -216,7 +216,7 @@ pub struct Reconciled {
 /// One pass over both, in the order of networks (the kernel's are sorted here).
 pub fn reconcile(
     saved: BanStore,
-    mut kernel: Vec<(IpNet, BanEntry)>,
+    kernel: Vec<(IpNet, BanEntry)>,
     now: SystemTime,
     tcp_mode: ModeToken,
     udp_mode: ModeToken,
@@ -225,13 +225,16 @@ pub fn reconcile(
         store: saved,
         ..Reconciled::default()
     };
-    kernel.sort_unstable_by_key(|(n, _)| net_order(n));
+    let order = net_ordered(&kernel);
     let clocks = crate::clock::Anchor::now();
     let now_ms = super::unix_ms(now);
     let mut kernel_only = Vec::new();
-    let mut k = kernel.iter().peekable();
+    let mut k = order.iter().map(|i| &kernel[*i as usize]).peekable();
     for (net, rec) in out.store.records() {
-        while let Some(e) = k.next_if(|(n, _)| n < net) {
+        // Compared as `net_order`'s integers: `IpNet`'s derived order was a tenth of a
+        // restart.
+        let at = net_order(net);
+        while let Some(e) = k.next_if(|(n, _)| net_order(n) < at) {
             kernel_only.push(*e);
         }
         let in_kernel = k.next_if(|(n, _)| n == net).is_some();
@@ -242,7 +245,7 @@ pub fn reconcile(
         }
     }
     kernel_only.extend(k.copied());
-    drop(kernel);
+    drop((order, kernel));
     for (net, entry) in kernel_only {
         if entry.origin == BanOrigin::Kernel as u8 {
             out.pending.push((net, entry));
@@ -267,6 +270,30 @@ pub fn net_order(net: &IpNet) -> (bool, u128, u8) {
         IpNet::V4(n) => (false, u128::from(u32::from(n.addr())), n.prefix_len()),
         IpNet::V6(n) => (true, u128::from(n.addr()), n.prefix_len()),
     }
+}
+
+/// The indices of `items` in the order of their networks ([`net_order`]). The keys are
+/// worked out once and sorted apart from the items, the IPv4 ones as one integer each:
+/// a million kernel bans sorted in place by [`net_order`] took a quarter of a second
+/// of a restart.
+pub fn net_ordered<T>(items: &[(IpNet, T)]) -> Vec<u32> {
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
+    for (i, (net, _)) in items.iter().enumerate() {
+        let i = u32::try_from(i).expect("fewer than 2^32 bans");
+        match net {
+            IpNet::V4(n) => v4.push((
+                u64::from(u32::from(n.addr())) << 8 | u64::from(n.prefix_len()),
+                i,
+            )),
+            IpNet::V6(n) => v6.push((u128::from(n.addr()), n.prefix_len(), i)),
+        }
+    }
+    v4.sort_unstable();
+    v6.sort_unstable();
+    v4.into_iter()
+        .map(|(_, i)| i)
+        .chain(v6.into_iter().map(|(_, _, i)| i))
+        .collect()
 }
 
 #[cfg(test)]
@@ -295,9 +322,15 @@ mod tests {
         .map(|s| s.parse().unwrap())
         .collect();
         let mut by_key = nets.clone();
+        let items: Vec<(IpNet, ())> = nets.iter().map(|n| (*n, ())).collect();
+        let ordered: Vec<IpNet> = net_ordered(&items)
+            .into_iter()
+            .map(|i| nets[i as usize])
+            .collect();
         nets.sort();
         by_key.sort_by_key(net_order);
         assert_eq!(nets, by_key);
+        assert_eq!(nets, ordered);
     }
 
     fn ban(net: &str, expires: Option<SystemTime>, origin: BanOrigin) -> Ban {

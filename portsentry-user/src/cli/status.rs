@@ -104,17 +104,18 @@ impl Serialize for Rfc3339 {
 /// time at a million bans.
 fn merge(
     saved: &BanStore,
-    mut kernel: Vec<(IpNet, BanEntry)>,
+    kernel: Vec<(IpNet, BanEntry)>,
     loaded: bool,
     tokens: (ModeToken, ModeToken),
     mut each: impl FnMut(&Ban, String, bool),
 ) {
-    kernel.sort_unstable_by_key(|(n, _)| state::net_order(n));
+    let order = state::net_ordered(&kernel);
     let kernel_only =
         |net: &IpNet, e: &BanEntry| state::ban_from_kernel(*net, e, tokens.0, tokens.1);
-    let mut k = kernel.iter().peekable();
+    let mut k = order.iter().map(|i| &kernel[*i as usize]).peekable();
     for (net, rec) in saved.records() {
-        while let Some((n, e)) = k.next_if(|(n, _)| state::net_order(n) < state::net_order(net)) {
+        let at = state::net_order(net);
+        while let Some((n, e)) = k.next_if(|(n, _)| state::net_order(n) < at) {
             let b = kernel_only(n, e);
             each(&b, b.default_name(), true);
         }

@@ -58,13 +58,14 @@ impl Dataplane {
             let values: Vec<BanEntry> = exact.iter().map(|(_, e)| *e).collect();
             let now = self.read_filter_words()?;
             let mut words = now.clone();
+            self.filter_users.reserve(keys.len());
             for k in &keys {
                 let bit = filter_bit(k);
                 *self.filter_users.entry(bit).or_insert(0) += 1;
                 words[(bit >> 6) as usize] |= 1 << (bit & 63);
             }
             self.write_filter_words(&now, &words)?;
-            sys::write_map(fd(&self.maps.bans), &keys, &values)
+            sys::write_map_parallel(fd(&self.maps.bans), &keys, &values)
                 .map_err(|e| stopped_at(e, &exact, maps::BANS))?;
             self.cache_put_all(keys.iter().zip(values.iter().map(|v| v.expires_ns)))?;
         }
@@ -136,7 +137,8 @@ impl Dataplane {
             .filter(|&i| changed[i])
             .map(|i| (i as u32, slots[i]))
             .unzip();
-        sys::write_map(fd(&self.maps.ban_cache), &idx, &vals).context("writing PS_BAN_CACHE")
+        sys::write_map_parallel(fd(&self.maps.ban_cache), &idx, &vals)
+            .context("writing PS_BAN_CACHE")
     }
 
     /// Puts a ban into its `PS_BAN_CACHE` slot unless another ban holds it.

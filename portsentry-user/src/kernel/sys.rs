@@ -456,6 +456,46 @@ impl std::fmt::Display for WriteError {
 
 impl std::error::Error for WriteError {}
 
+/// [`write_map`] of many entries, split over a thread per CPU (up to 4): a hash map's
+/// buckets are locked one by one, so the writers rarely wait for each other (a million
+/// bans written after a reboot took a second from one thread). An error is the first
+/// part's that failed, its `written` counted from the start of `keys`.
+pub fn write_map_parallel<K: aya::Pod + Sync, V: aya::Pod + Sync>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> Result<(), WriteError> {
+    assert_eq!(keys.len(), values.len(), "one value per key");
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    if threads < 2 || keys.len() < PARALLEL_WRITE_MIN {
+        return write_map(map, keys, values);
+    }
+    let part = keys.len().div_ceil(threads);
+    let results: Vec<Result<(), WriteError>> = std::thread::scope(|s| {
+        let writers: Vec<_> = keys
+            .chunks(part)
+            .zip(values.chunks(part))
+            .enumerate()
+            .map(|(n, (k, v))| {
+                s.spawn(move || {
+                    write_map(map, k, v).map_err(|e| WriteError {
+                        written: n * part + e.written,
+                        error: e.error,
+                    })
+                })
+            })
+            .collect();
+        writers
+            .into_iter()
+            .map(|w| w.join().expect("a map writer's thread panicked"))
+            .collect()
+    });
+    results.into_iter().collect()
+}
+
+/// Fewer entries than this are written from one thread.
+const PARALLEL_WRITE_MIN: usize = 1 << 16;
+
 /// Writes `keys[i]` = `values[i]` into a map (BPF_ANY: added or replaced), in batches
 /// where the kernel has them, in order.
 pub fn write_map<K: aya::Pod, V: aya::Pod>(
