@@ -17,6 +17,7 @@ use portsentry_common::{
 
 use super::{
     Dataplane, addr,
+    filter_users::FilterUsers,
     maps::{absent_is_false, absent_is_none, fd},
     sys,
 };
@@ -31,11 +32,11 @@ impl Dataplane {
     pub(super) fn rebuild_ban_filter(&mut self) -> Result<Vec<(Addr, BanEntry)>> {
         let bans: Vec<(Addr, BanEntry)> = self.read_bans()?;
         let mut words = vec![0u64; maps::BAN_FILTER_WORDS as usize];
-        let mut users = FilterUsers::with_capacity_and_hasher(bans.len(), Default::default());
+        let mut users = FilterUsers::new(maps::BAN_FILTER_WORDS);
         for (k, _) in &bans {
             let bit = filter_bit(k);
             words[(bit >> 6) as usize] |= 1 << (bit & 63);
-            *users.entry(bit).or_insert(0) += 1;
+            users.add(bit);
         }
         self.cache_put_all(bans.iter().map(|(k, v)| (k, v.expires_ns)))?;
         let now = self.read_filter_words()?;
@@ -58,10 +59,9 @@ impl Dataplane {
             let values: Vec<BanEntry> = exact.iter().map(|(_, e)| *e).collect();
             let now = self.read_filter_words()?;
             let mut words = now.clone();
-            self.filter_users.reserve(keys.len());
             for k in &keys {
                 let bit = filter_bit(k);
-                *self.filter_users.entry(bit).or_insert(0) += 1;
+                self.filter_users.add(bit);
                 words[(bit >> 6) as usize] |= 1 << (bit & 63);
             }
             self.write_filter_words(&now, &words)?;
@@ -181,12 +181,8 @@ impl Dataplane {
     }
 
     fn release_filter_bit(&mut self, bit: u32) -> Result<()> {
-        if let Some(users) = self.filter_users.get_mut(&bit) {
-            *users -= 1;
-            if *users == 0 {
-                self.filter_users.remove(&bit);
-                self.set_filter_bit(bit, false)?;
-            }
+        if self.filter_users.release(bit) == Some(0) {
+            self.set_filter_bit(bit, false)?;
         }
         Ok(())
     }
@@ -216,12 +212,8 @@ impl Dataplane {
             // The filter bit goes first: a ban is never in the map without its bit.
             let bit = filter_bit(&key);
             let is_new = absent_is_none(self.maps.bans.get(&key, 0))?.is_none();
-            if is_new {
-                let users = self.filter_users.entry(bit).or_insert(0);
-                *users += 1;
-                if *users == 1 {
-                    self.set_filter_bit(bit, true)?;
-                }
+            if is_new && self.filter_users.add(bit) == 1 {
+                self.set_filter_bit(bit, true)?;
             }
             if let Err(e) = self.maps.bans.insert(key, entry, 0) {
                 if is_new {
@@ -258,7 +250,7 @@ impl Dataplane {
     pub fn adopt_kernel_ban(&mut self, net: &IpNet, entry: &BanEntry) -> Result<()> {
         let (_, key) = addr::net_key(net);
         let bit = filter_bit(&key);
-        *self.filter_users.entry(bit).or_insert(0) += 1;
+        self.filter_users.add(bit);
         self.set_filter_bit(bit, true)?;
         self.insert_ban(net, entry)
     }
@@ -416,32 +408,6 @@ fn stopped_at<B: std::borrow::Borrow<(IpNet, BanEntry)>>(
         .get(e.written)
         .map_or(String::new(), |b| b.borrow().0.to_string());
     anyhow::Error::new(e).context(format!("writing the ban of {net} (is {map} full?)"))
-}
-
-/// How many exact bans use each `PS_BAN_FILTER` bit in use.
-pub(super) type FilterUsers =
-    std::collections::HashMap<u32, u32, std::hash::BuildHasherDefault<BitHasher>>;
-
-/// The hash of a filter bit (already a hash of the address): one multiplication that
-/// spreads it over the 64 bits the table's control bytes are taken from (a million bits
-/// counted at start-up take a fifth of the time SipHash takes).
-#[derive(Default)]
-pub(super) struct BitHasher(u64);
-
-impl std::hash::Hasher for BitHasher {
-    fn finish(&self) -> u64 {
-        self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8) | u64::from(*b);
-        }
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.0 = u64::from(n);
-    }
 }
 
 fn filter_bit(key: &Addr) -> u32 {

@@ -6,6 +6,7 @@ pub mod addr;
 mod attach;
 mod bans;
 pub mod configure;
+mod filter_users;
 mod maps;
 mod net_filter;
 pub mod object;
@@ -63,7 +64,7 @@ pub struct Dataplane {
     settings: Settings,
     attachments: Vec<Attachment>,
     /// How many exact bans use each `PS_BAN_FILTER` bit (a bit is cleared at zero).
-    filter_users: bans::FilterUsers,
+    filter_users: filter_users::FilterUsers,
     /// How many range bans use each `PS_NET_FILTER` bit, and how many are too wide for it.
     net_filter: net_filter::NetFilterUsers,
     /// The exact bans read at load, until [`Dataplane::take_bans_at_load`] takes them
@@ -363,7 +364,7 @@ impl Dataplane {
             pin_dir,
             settings: Settings::default(),
             attachments: Vec::new(),
-            filter_users: Default::default(),
+            filter_users: filter_users::FilterUsers::new(names::BAN_FILTER_WORDS),
             net_filter: Default::default(),
             bans_at_load: None,
             resized: Vec::new(),

@@ -19,7 +19,8 @@ use portsentry_common::{
 
 use super::{
     Dataplane, addr,
-    bans::{FilterUsers, read_words, write_changed_words},
+    bans::{read_words, write_changed_words},
+    filter_users::FilterUsers,
     maps::{fd, net_filter_bits},
     sys,
 };
@@ -52,7 +53,7 @@ impl Dataplane {
             match net_filter_bits(&addr::net_from_key(k.prefix_len(), &k.data())) {
                 Some(bits) => {
                     for bit in bits {
-                        *users.bits.entry(bit).or_insert(0) += 1;
+                        users.bits.add(bit);
                         words[(bit >> 6) as usize] |= 1 << (bit & 63);
                     }
                 }
@@ -84,9 +85,7 @@ impl Dataplane {
             match net_filter_bits(net) {
                 Some(bits) => {
                     for bit in bits {
-                        let users = self.net_filter.bits.entry(bit).or_insert(0);
-                        *users += 1;
-                        if *users == 1 {
+                        if self.net_filter.bits.add(bit) == 1 {
                             *set.entry(bit >> 6).or_insert(0) |= 1 << (bit & 63);
                         }
                     }
@@ -118,12 +117,8 @@ impl Dataplane {
         };
         let mut clear: BTreeMap<u32, u64> = BTreeMap::new();
         for bit in bits {
-            if let Some(users) = self.net_filter.bits.get_mut(&bit) {
-                *users -= 1;
-                if *users == 0 {
-                    self.net_filter.bits.remove(&bit);
-                    *clear.entry(bit >> 6).or_insert(0) |= 1 << (bit & 63);
-                }
+            if self.net_filter.bits.release(bit) == Some(0) {
+                *clear.entry(bit >> 6).or_insert(0) |= 1 << (bit & 63);
             }
         }
         self.change_net_words(&clear, false)
