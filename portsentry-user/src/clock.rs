@@ -44,14 +44,35 @@ pub fn from_system(t: SystemTime) -> u64 {
 pub struct Anchor {
     mono: u64,
     wall: SystemTime,
+    /// `wall` in nanoseconds since the epoch (0 before it).
+    wall_ns: u128,
 }
 
 impl Anchor {
     pub fn now() -> Anchor {
+        let wall = SystemTime::now();
         Anchor {
             mono: monotonic_ns(),
-            wall: SystemTime::now(),
+            wall,
+            wall_ns: wall
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos(),
         }
+    }
+
+    /// [`Anchor::to_kernel`] of a time in milliseconds since the epoch, in integers (the
+    /// bans on record keep their times so: a million of them written after a reboot).
+    pub fn ms_to_kernel(&self, ms: u64) -> u64 {
+        let t = u128::from(ms) * 1_000_000;
+        let ns = if t >= self.wall_ns {
+            self.mono
+                .saturating_add(u64::try_from(t - self.wall_ns).unwrap_or(u64::MAX))
+        } else {
+            self.mono
+                .saturating_sub(u64::try_from(self.wall_ns - t).unwrap_or(u64::MAX))
+        };
+        ns.max(1)
     }
 
     /// As [`from_system`], against this reading of the clocks.

@@ -230,6 +230,22 @@ impl Rec {
 
     /// The ban of `net` this record holds; `None` when a field holds no valid value
     /// (a record from a damaged or foreign file).
+    /// [`Ban::kernel_entry_at`] of [`Rec::ban`], from the record's integers.
+    pub fn kernel_entry_at(&self, net: IpNet, clocks: &clock::Anchor) -> Option<BanEntry> {
+        self.ban(net)?;
+        Some(BanEntry {
+            expires_ns: match self.expires_ms {
+                0 => 0,
+                ms => clocks.ms_to_kernel(ms),
+            },
+            since_ns: clocks.ms_to_kernel(self.since_ms),
+            port: self.port,
+            scan_type: self.scan_type,
+            origin: self.origin,
+            count: self.count,
+        })
+    }
+
     pub fn ban(&self, net: IpNet) -> Option<Ban> {
         let origin = match self.origin {
             o if o == BanOrigin::Scan as u8 => BanOrigin::Scan,
@@ -524,6 +540,34 @@ mod tests {
             count,
             escalated: None,
         }
+    }
+
+    #[test]
+    fn a_record_makes_the_kernel_entry_its_ban_makes() {
+        let clocks = clock::Anchor::now();
+        let now = SystemTime::now();
+        // Times a record keeps (to the millisecond): in the past, ahead, permanent.
+        let ms = |t: SystemTime| from_unix_ms(unix_ms(t));
+        for expires in [
+            None,
+            Some(ms(now + Duration::from_secs(90))),
+            Some(ms(now - Duration::from_secs(5))),
+        ] {
+            let mut b = ban("192.0.2.7/32", 3, expires);
+            b.since = ms(now - Duration::from_millis(1500));
+            let rec = Rec::of(&b);
+            assert_eq!(
+                rec.kernel_entry_at(b.net, &clocks),
+                Some(b.kernel_entry_at(&clocks)),
+                "{expires:?}"
+            );
+        }
+        let mut rec = Rec::of(&ban("192.0.2.7/32", 1, None));
+        rec.origin = 200;
+        assert_eq!(
+            rec.kernel_entry_at("192.0.2.7/32".parse().unwrap(), &clocks),
+            None
+        );
     }
 
     #[test]

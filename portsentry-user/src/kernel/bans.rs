@@ -106,6 +106,11 @@ impl Dataplane {
     /// Puts each ban into its `PS_BAN_CACHE` slot unless another ban holds it (the first
     /// of several that share a free slot gets it), reading and writing the cache whole.
     fn cache_put_all<'a>(&mut self, bans: impl Iterator<Item = (&'a Addr, u64)>) -> Result<()> {
+        // No ban, nothing to read (a reboot's maps are empty: 8 MiB read for nothing).
+        let mut bans = bans.peekable();
+        if bans.peek().is_none() {
+            return Ok(());
+        }
         let mut slots: Vec<BanSlot> = vec![BanSlot::default(); maps::BAN_CACHE_SLOTS as usize];
         for (i, slot) in sys::read_map::<u32, BanSlot>(fd(&self.maps.ban_cache))
             .context("reading PS_BAN_CACHE")?
