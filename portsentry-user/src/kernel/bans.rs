@@ -399,7 +399,7 @@ pub(super) fn write_changed_words(
         .filter(|(_, (a, b))| a != b)
         .map(|(i, (_, b))| (i as u32, *b))
         .unzip();
-    sys::write_map(map, &idx, &vals).with_context(|| format!("writing {name}"))
+    sys::write_map_parallel(map, &idx, &vals).with_context(|| format!("writing {name}"))
 }
 
 /// A bulk write of `bans` into `map` that stopped, as an error naming the ban it
