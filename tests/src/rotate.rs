@@ -4,13 +4,21 @@
 //! each run the next IPv4 source of a range (`base + n % count`, written into the frame)
 //! and tail-calls the program measured. The same front program tail-calling the
 //! XDP_PASS program is the floor the cost is read against.
+//!
+//! Two reference programs ([`Reference`]) measure, through the same front program, the
+//! least any structure of a million entries costs a packet from another source each
+//! time: one read of a large array (one cache line the CPU does not hold), and a bare
+//! lookup in a kernel hash map of the sources.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_TYPE_HASH: u32 = 1;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_PROG_ARRAY: u32 = 3;
+/// Each element allocated when it is inserted, as `PS_BANS` is.
+const BPF_F_NO_PREALLOC: u32 = 1;
 /// What aya loads an XDP program with (BPF_XDP): a tail call needs caller and callee
 /// of the same expected attach type.
 const BPF_XDP: u32 = 37;
@@ -47,15 +55,55 @@ fn bpf<A>(cmd: libc::c_long, attr: &A) -> std::io::Result<i64> {
 }
 
 fn map(map_type: u32, value_size: u32) -> std::io::Result<OwnedFd> {
+    map_of(map_type, value_size, 1, 0)
+}
+
+/// A map of 4-byte keys.
+fn map_of(
+    map_type: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+) -> std::io::Result<OwnedFd> {
     let attr = MapCreateAttr {
         map_type,
         key_size: 4,
         value_size,
-        max_entries: 1,
-        ..Default::default()
+        max_entries,
+        map_flags,
     };
     // SAFETY: a fresh fd the kernel just gave us.
     Ok(unsafe { OwnedFd::from_raw_fd(bpf(BPF_MAP_CREATE, &attr)? as i32) })
+}
+
+/// Writes `value` under the 4-byte `key`.
+fn update(map: BorrowedFd<'_>, key: u32, value: &[u8]) -> std::io::Result<()> {
+    bpf(
+        BPF_MAP_UPDATE_ELEM,
+        &ElemAttr {
+            map_fd: map.as_raw_fd() as u32,
+            _pad: 0,
+            key: &key as *const u32 as u64,
+            value: value.as_ptr() as u64,
+            flags: 0,
+        },
+    )?;
+    Ok(())
+}
+
+/// The first instructions of the reference programs: `r7` = the IPv4 source as the
+/// frame holds it (network order); a frame too short jumps to `out`, which comes
+/// `then` instructions after these.
+fn source_into_r7(then: i16) -> [u64; 7] {
+    [
+        insn(0xbf, 6, 1, 0, 0),                     // r6 = ctx
+        insn(0x61, 2, 6, 0, 0),                     // r2 = ctx->data
+        insn(0x61, 3, 6, 4, 0),                     // r3 = ctx->data_end
+        insn(0xbf, 4, 2, 0, 0),                     // r4 = r2
+        insn(0x07, 4, 0, 0, i32::from(V4_SRC) + 4), // r4 += end of the source
+        insn(0x2d, 4, 3, then + 1, 0),              // if r4 > r3 goto out
+        insn(0x61, 7, 2, V4_SRC, 0),                // r7 = *(u32 *)(r2 + source)
+    ]
 }
 
 /// One BPF instruction.
@@ -81,6 +129,77 @@ pub fn pass_program() -> std::io::Result<OwnedFd> {
         &[insn(0xb7, 0, 0, 0, 2), insn(0x95, 0, 0, 0, 0)],
         b"xdp_pass",
     )
+}
+
+/// A reference program and its map.
+pub struct Reference {
+    prog: OwnedFd,
+    _map: OwnedFd,
+}
+
+impl Reference {
+    /// Reads one u64 of an array of `words` (a power of two) at a multiplicative hash
+    /// of the IPv4 source, and passes: the one cache line any structure of that size
+    /// costs a packet whose source the CPU has not seen lately.
+    pub fn cold_read(words: u32) -> std::io::Result<Reference> {
+        assert!(words.is_power_of_two() && words > 1);
+        let array = map_of(BPF_MAP_TYPE_ARRAY, 8, words, 0)?;
+        let shift = 32 - words.trailing_zeros() as i32;
+        let mut p = source_into_r7(10).to_vec();
+        p.extend([
+            insn(0x24, 7, 0, 0, 0x9e37_79b1_u32 as i32), // w7 *= golden ratio
+            insn(0x74, 7, 0, 0, shift),                  // w7 >>= 32 - log2(words)
+            insn(0x63, 10, 7, -4, 0),                    // *(u32 *)(r10 - 4) = r7
+            insn(0xbf, 2, 10, 0, 0),                     // r2 = r10
+            insn(0x07, 2, 0, 0, -4),                     // r2 += -4
+        ]);
+        p.extend(ld_map(1, array.as_fd())); // r1 = array
+        p.extend([
+            insn(0x85, 0, 0, 0, 1), // call bpf_map_lookup_elem
+            insn(0x15, 0, 0, 1, 0), // if r0 == 0 goto out
+            insn(0x79, 1, 0, 0, 0), // r1 = *(u64 *)(r0 + 0)
+            insn(0xb7, 0, 0, 0, 2), // out: r0 = XDP_PASS
+            insn(0x95, 0, 0, 0, 0), // exit
+        ]);
+        Ok(Reference {
+            prog: load(&p, b"ps_ref_cold")?,
+            _map: array,
+        })
+    }
+
+    /// Looks the IPv4 source up in a hash map (`BPF_F_NO_PREALLOC`, as `PS_BANS`)
+    /// holding the `count` sources from `base`, and drops what it finds: a ban check
+    /// with nothing else.
+    pub fn hash_lookup(base: std::net::Ipv4Addr, count: u32) -> std::io::Result<Reference> {
+        let hash = map_of(BPF_MAP_TYPE_HASH, 8, count, BPF_F_NO_PREALLOC)?;
+        for i in 0..count {
+            let key = u32::from_ne_bytes((u32::from(base) + i).to_be_bytes());
+            update(hash.as_fd(), key, &[0; 8])?;
+        }
+        let mut p = source_into_r7(9).to_vec();
+        p.extend([
+            insn(0x63, 10, 7, -4, 0), // *(u32 *)(r10 - 4) = r7
+            insn(0xbf, 2, 10, 0, 0),  // r2 = r10
+            insn(0x07, 2, 0, 0, -4),  // r2 += -4
+        ]);
+        p.extend(ld_map(1, hash.as_fd())); // r1 = hash
+        p.extend([
+            insn(0x85, 0, 0, 0, 1), // call bpf_map_lookup_elem
+            insn(0x15, 0, 0, 2, 0), // if r0 == 0 goto out
+            insn(0xb7, 0, 0, 0, 1), // r0 = XDP_DROP
+            insn(0x95, 0, 0, 0, 0), // exit
+            insn(0xb7, 0, 0, 0, 2), // out: r0 = XDP_PASS
+            insn(0x95, 0, 0, 0, 0), // exit
+        ]);
+        Ok(Reference {
+            prog: load(&p, b"ps_ref_hash")?,
+            _map: hash,
+        })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.prog.as_fd()
+    }
 }
 
 /// The front program and the maps it holds.

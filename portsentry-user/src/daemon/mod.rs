@@ -244,6 +244,12 @@ pub async fn run(
             )),
         }
     }
+    if let Some(took) = dp.verified_in() {
+        log.notice(&format!(
+            "portsentry: the kernel verified the program in {took:.2?} (while the bans were \
+             restored)"
+        ));
+    }
     // Bans the replaced program made in maps that were resized, since they were copied.
     let late = dp.carry_over_late_bans()?;
     if late > 0 {

@@ -34,10 +34,11 @@ impl Dataplane {
             else {
                 unreachable!("matched above")
             };
-            let ebpf = thread
+            let (ebpf, took) = thread
                 .join()
                 .map_err(|_| anyhow!("the verifier's thread panicked"))??;
             self.ebpf = Program::Loaded(ebpf);
+            self.verified_in = Some(took);
         }
         let ebpf = match &mut self.ebpf {
             Program::Pinned(xdp) => return Ok(xdp),

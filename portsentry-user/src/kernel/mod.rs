@@ -81,6 +81,9 @@ pub struct Dataplane {
     tcp_hooks: Option<tcp_sockets::Hooks>,
     /// What the daemon's half of `PS_TCP_SOCKETS` holds, once read or written.
     tcp_words: Option<Vec<u64>>,
+    /// How long the kernel took to verify the programs, once this load verified them on
+    /// the verifier's thread and the first attach waited for it.
+    verified_in: Option<std::time::Duration>,
 }
 
 /// The loaded object's program.
@@ -88,7 +91,7 @@ enum Program {
     /// Only the pinned maps were opened.
     None,
     /// The kernel is verifying it ([`Dataplane::load_verifying`]).
-    Verifying(std::thread::JoinHandle<Result<Ebpf>>),
+    Verifying(std::thread::JoinHandle<Result<(Ebpf, std::time::Duration)>>),
     Loaded(Ebpf),
     /// The same build's program, opened from its pin: loaded and verified by an earlier
     /// start, on the maps pinned now.
@@ -221,6 +224,18 @@ const ADDED_MAPS: [&str; 7] = [
     names::PROBE,
 ];
 
+/// What a load knows of what the maps hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Contents {
+    /// Pinned maps opened to read only (`status`): nothing is rebuilt or written.
+    ReadOnly,
+    /// Maps an earlier start pinned (or copied from maps replaced by a resize): the ban
+    /// filters and the cache are rebuilt from the bans read back.
+    Kept,
+    /// Every map created by this load: empty, nothing to read back.
+    Created,
+}
+
 /// True when `pin_dir` holds portsentry's pinned maps (those of an earlier release
 /// too).
 pub fn is_pinned(pin_dir: &Path) -> bool {
@@ -270,6 +285,13 @@ impl Dataplane {
             Some(dir) => resize::pinned_to_resize(dir, sizes)?,
             None => Vec::new(),
         };
+        // Nothing pinned (a reboot empties bpffs; the bench pins nothing): every map is
+        // created by this load, so none is read back. Reading an empty `PS_BANS` still
+        // walks all its buckets (a quarter of a second at the default size here).
+        let contents = match &pin_dir {
+            Some(dir) if names::ALL.iter().any(|n| dir.join(n).exists()) => Contents::Kept,
+            _ => Contents::Created,
+        };
         if let Some(dir) = &pin_dir {
             for name in names::ALL {
                 if !resized.iter().any(|r| r.name == name) {
@@ -308,13 +330,15 @@ impl Dataplane {
             _ => None,
         };
         let pin = pin_dir.as_ref().map(|dir| (dir.clone(), build));
-        let verify = move || -> Result<Ebpf> {
+        let verify = move || -> Result<(Ebpf, std::time::Duration)> {
+            let t = std::time::Instant::now();
             load_programs(&mut ebpf)?;
+            let took = t.elapsed();
             // Pinned once complete: a start that reuses the pin finds the stage in place.
             if let Some((dir, build)) = pin {
                 pin_program(program(&mut ebpf, PROGRAM_NAME)?, &dir, build);
             }
-            Ok(ebpf)
+            Ok((ebpf, took))
         };
         let program = if let Some(xdp) = reused {
             Program::Pinned(Box::new(xdp))
@@ -326,9 +350,9 @@ impl Dataplane {
                     .context("starting the verifier's thread")?,
             )
         } else {
-            Program::Loaded(verify()?)
+            Program::Loaded(verify()?.0)
         };
-        let mut dp = Self::with_maps(program, taken, pin_dir, true)?;
+        let mut dp = Self::with_maps(program, taken, pin_dir, contents)?;
         dp.resized = resized;
         if hooks.is_none() {
             // Pins kept from an earlier start may hold a mark that no hook keeps honest.
@@ -336,6 +360,12 @@ impl Dataplane {
         }
         dp.tcp_hooks = hooks;
         Ok(dp)
+    }
+
+    /// How long the kernel took to verify the programs ([`Dataplane::load_verifying`]),
+    /// once the first attach has waited for them.
+    pub fn verified_in(&self) -> Option<std::time::Duration> {
+        self.verified_in
     }
 
     /// True when the program is the one an earlier start of this build pinned (no
@@ -348,7 +378,7 @@ impl Dataplane {
     /// `ban` and `unban` while no daemon runs (the caller holds the state lock). Rebuilds
     /// the ban filter. Fails when nothing is pinned there.
     pub fn open_pinned(pin_dir: &Path) -> Result<Self> {
-        Self::open_pins(pin_dir, true)
+        Self::open_pins(pin_dir, Contents::Kept)
     }
 
     /// Like [`Dataplane::open_pinned`], to read only (`status`, while a daemon may be
@@ -357,10 +387,10 @@ impl Dataplane {
     /// before the daemon's latest ban would clear that ban's bit, and the program would
     /// stop dropping its packets.
     pub fn inspect_pinned(pin_dir: &Path) -> Result<Self> {
-        Self::open_pins(pin_dir, false)
+        Self::open_pins(pin_dir, Contents::ReadOnly)
     }
 
-    fn open_pins(pin_dir: &Path, rebuild: bool) -> Result<Self> {
+    fn open_pins(pin_dir: &Path, contents: Contents) -> Result<Self> {
         if !is_pinned(pin_dir) {
             bail!(
                 "portsentry is not loaded: no pinned maps in {} (start it with `portsentry run`)",
@@ -377,15 +407,16 @@ impl Dataplane {
                 .with_context(|| format!("opening the pinned map {}", path.display()))?;
             taken.insert(name, Map::from_map_data(data)?);
         }
-        Self::with_maps(Program::None, taken, Some(pin_dir.to_path_buf()), rebuild)
+        Self::with_maps(Program::None, taken, Some(pin_dir.to_path_buf()), contents)
     }
 
-    /// The dataplane over `taken`; with `rebuild`, the ban filter is rebuilt from the bans.
+    /// The dataplane over `taken`; the ban filters are rebuilt from the bans the maps
+    /// hold when they were [`Contents::Kept`].
     fn with_maps(
         ebpf: Program,
         taken: std::collections::HashMap<&'static str, Map>,
         pin_dir: Option<PathBuf>,
-        rebuild: bool,
+        contents: Contents,
     ) -> Result<Self> {
         let mut dp = Dataplane {
             ebpf,
@@ -401,13 +432,19 @@ impl Dataplane {
             ack_words: None,
             tcp_hooks: None,
             tcp_words: None,
+            verified_in: None,
         };
         dp.settings = dp.read_settings()?;
-        if !rebuild {
-            return Ok(dp);
-        }
-        let read = dp.rebuild_ban_filter()?;
-        dp.rebuild_net_filter()?;
+        let read = match contents {
+            Contents::ReadOnly => return Ok(dp),
+            // Every filter word, cache slot and ban of a map just created is zero.
+            Contents::Created => Vec::new(),
+            Contents::Kept => {
+                let read = dp.rebuild_ban_filter()?;
+                dp.rebuild_net_filter()?;
+                read
+            }
+        };
         // Kept for the daemon's start (a process that only opened the pins has no use
         // for them).
         if !matches!(dp.ebpf, Program::None) {

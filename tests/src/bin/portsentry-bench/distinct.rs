@@ -6,6 +6,9 @@
 //!    SYN probe to a closed watched port from as many new sources (a random-source SYN
 //!    flood); and the banned and benign paths from one source (the hot case the other
 //!    tables measure). The floor is the same front program tail-calling XDP_PASS.
+//!    Two reference rows give the least a structure of that size costs a packet from
+//!    another source each run (`rotate::Reference`): one read of a large array, and a
+//!    bare lookup in a kernel hash map of the banned sources.
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -18,7 +21,7 @@ use portsentry_common::maps::BanEntry;
 use portsentry_tests::{
     frames::{Frame, flags::*},
     netns::Netns,
-    rotate::{Rotator, pass_program},
+    rotate::{Reference, Rotator, pass_program},
     testrun,
 };
 use portsentry_user::kernel::MapSizes;
@@ -76,12 +79,29 @@ pub(crate) fn distinct(args: &Args) {
     let ack = Frame::tcp(IpAddr::V4(benign), server, 443, ACK).build();
     let syn443 = Frame::tcp(IpAddr::V4(banned), server, 443, SYN).build();
     let syn23 = Frame::tcp(IpAddr::V4(probing), server, 23, SYN).build();
+    // Eight words a source: 64 MiB at a million, more than this CPU's caches hold.
+    let words = (u64::from(n) * 8).next_power_of_two().min(1 << 26) as u32;
+    let cold = Reference::cold_read(words).expect("loading the array reference");
+    let t = Instant::now();
+    let hash = Reference::hash_lookup(banned, n).expect("loading the hash reference");
+    eprintln!(
+        "bench: the hash reference's {n} sources inserted in {:.1?}",
+        t.elapsed()
+    );
+    let cold_row = format!(
+        "reference: one read of a {} MiB array, each run another source",
+        (u64::from(words) * 8) >> 20
+    );
+    let hash_row =
+        format!("reference: a bare hash lookup among the {n} banned sources, each run another");
     let fronts = [
         (
             "front program -> XDP_PASS (floor)",
             rot(pass.as_fd(), benign, n),
             ack.clone(),
         ),
+        (cold_row.as_str(), rot(cold.fd(), benign, n), ack.clone()),
+        (hash_row.as_str(), rot(hash.fd(), banned, n), syn443.clone()),
         (
             "banned, each run another of the banned sources, dropped",
             rot(fd, banned, n),
@@ -103,6 +123,8 @@ pub(crate) fn distinct(args: &Args) {
     // Each row does what it says: banned sources dropped, the others passed.
     let want = [
         testrun::XDP_PASS,
+        testrun::XDP_PASS,
+        testrun::XDP_DROP,
         testrun::XDP_DROP,
         testrun::XDP_PASS,
         testrun::XDP_PASS,

@@ -102,6 +102,7 @@ pub(crate) fn daemon_memory(n: u32) {
                         "kernel maps:",
                         "bans restored in",
                         "not verified again",
+                        "the kernel verified the program in",
                     ]
                     .iter()
                     .any(|k| l.contains(k))
