@@ -56,6 +56,8 @@ impl Dataplane {
     /// pinned there is adopted: this program replaces the old one in it atomically, so
     /// there is no moment without a program on the interface.
     pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<Attachment> {
+        // From here on the program writes the filter and the cache too.
+        self.blank = Default::default();
         let pin = self.pin_dir.as_ref().map(|d| paths::link_pin(d, interface));
         if let Some(pin) = &pin
             && pin.exists()

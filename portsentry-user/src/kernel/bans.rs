@@ -91,6 +91,9 @@ impl Dataplane {
 
     /// Every word of `PS_BAN_FILTER`.
     fn read_filter_words(&self) -> Result<Vec<u64>> {
+        if self.blank.filter {
+            return Ok(vec![0; maps::BAN_FILTER_WORDS as usize]);
+        }
         read_words(
             fd(&self.maps.ban_filter),
             maps::BAN_FILTER_WORDS,
@@ -100,6 +103,7 @@ impl Dataplane {
 
     /// Writes the `PS_BAN_FILTER` words that differ from what the map holds (`now`).
     fn write_filter_words(&mut self, now: &[u64], want: &[u64]) -> Result<()> {
+        self.blank.filter = false;
         write_changed_words(fd(&self.maps.ban_filter), now, want, maps::BAN_FILTER)
     }
 
@@ -112,11 +116,13 @@ impl Dataplane {
             return Ok(());
         }
         let mut slots: Vec<BanSlot> = vec![BanSlot::default(); maps::BAN_CACHE_SLOTS as usize];
-        for (i, slot) in sys::read_map::<u32, BanSlot>(fd(&self.maps.ban_cache))
-            .context("reading PS_BAN_CACHE")?
-        {
-            if let Some(s) = slots.get_mut(i as usize) {
-                *s = slot;
+        if !std::mem::take(&mut self.blank.cache) {
+            for (i, slot) in sys::read_map::<u32, BanSlot>(fd(&self.maps.ban_cache))
+                .context("reading PS_BAN_CACHE")?
+            {
+                if let Some(s) = slots.get_mut(i as usize) {
+                    *s = slot;
+                }
             }
         }
         // Only the slots that change are written: at a restart the cache already holds
@@ -150,6 +156,7 @@ impl Dataplane {
     fn cache_put(&mut self, key: &Addr, expires_ns: u64) -> Result<()> {
         let w: AddrWords = bytemuck::cast(*key);
         let idx = maps::ban_cache_slot(&w);
+        self.blank.cache = false;
         let a = &mut self.maps.ban_cache;
         let cur = a.get(&idx, 0)?;
         if cur.used == 0 || cur.addr == w {
@@ -177,6 +184,7 @@ impl Dataplane {
     }
 
     fn set_filter_bit(&mut self, bit: u32, on: bool) -> Result<()> {
+        self.blank.filter = false;
         let a = &mut self.maps.ban_filter;
         let word = a.get(&(bit >> 6), 0)?;
         let mask = 1u64 << (bit & 63);

@@ -84,6 +84,18 @@ pub struct Dataplane {
     /// How long the kernel took to verify the programs, once this load verified them on
     /// the verifier's thread and the first attach waited for it.
     verified_in: Option<std::time::Duration>,
+    /// `PS_BAN_FILTER` and `PS_BAN_CACHE` as created by this load and not written since.
+    blank: Blank,
+}
+
+/// Arrays this load created that nothing has written yet: every word zero, so they are
+/// not read back (2 and 8 MiB) before they are first written. Until the first attach,
+/// only this process writes them: the program runs only once attached, and a pinned
+/// program is reused only over pinned maps.
+#[derive(Clone, Copy, Debug, Default)]
+struct Blank {
+    filter: bool,
+    cache: bool,
 }
 
 /// The loaded object's program.
@@ -433,12 +445,19 @@ impl Dataplane {
             tcp_hooks: None,
             tcp_words: None,
             verified_in: None,
+            blank: Blank::default(),
         };
         dp.settings = dp.read_settings()?;
         let read = match contents {
             Contents::ReadOnly => return Ok(dp),
             // Every filter word, cache slot and ban of a map just created is zero.
-            Contents::Created => Vec::new(),
+            Contents::Created => {
+                dp.blank = Blank {
+                    filter: true,
+                    cache: true,
+                };
+                Vec::new()
+            }
             Contents::Kept => {
                 let read = dp.rebuild_ban_filter()?;
                 dp.rebuild_net_filter()?;
