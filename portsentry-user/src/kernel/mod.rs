@@ -89,9 +89,10 @@ pub struct Dataplane {
 }
 
 /// Arrays this load created that nothing has written yet: every word zero, so they are
-/// not read back (2 and 8 MiB) before they are first written. Until the first attach,
-/// only this process writes them: the program runs only once attached, and a pinned
-/// program is reused only over pinned maps.
+/// not read back (2 and 8 MiB) before they are first written. Only while the program is
+/// being verified ([`Dataplane::load_verifying`]) and until the first attach: then only
+/// this process writes them (the program cannot run before it is loaded and attached,
+/// and a pinned program is reused only over pinned maps).
 #[derive(Clone, Copy, Debug, Default)]
 struct Blank {
     filter: bool,
@@ -450,11 +451,14 @@ impl Dataplane {
         dp.settings = dp.read_settings()?;
         let read = match contents {
             Contents::ReadOnly => return Ok(dp),
-            // Every filter word, cache slot and ban of a map just created is zero.
+            // Every filter word, cache slot and ban of a map just created is zero, and
+            // stays so until this process writes it while the program is being
+            // verified (a loaded program could run already: BPF_PROG_TEST_RUN).
             Contents::Created => {
+                let verifying = matches!(dp.ebpf, Program::Verifying(_));
                 dp.blank = Blank {
-                    filter: true,
-                    cache: true,
+                    filter: verifying,
+                    cache: verifying,
                 };
                 Vec::new()
             }
