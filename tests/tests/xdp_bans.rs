@@ -43,6 +43,20 @@ fn exact_bans_drop_every_protocol() {
                     })
                     .build(),
             },
+            // Whatever the transport header says: cut short, or behind a chain longer
+            // than the parser walks.
+            Frame::tcp(src, dst, 22, SYN).l4_keep(6).build(),
+            match src {
+                IpAddr::V4(_) => Frame::tcp(src, dst, 22, SYN)
+                    .ipv4_fragment(0, true)
+                    .l4_keep(10)
+                    .build(),
+                IpAddr::V6(_) => (0..10)
+                    .fold(Frame::tcp(src, dst, 22, SYN), |f, _| {
+                        f.ext(Ext::DestOpts(1))
+                    })
+                    .build(),
+            },
         ];
         for f in &frames {
             let o = fx.expect(f, XDP_DROP, Counter::DropBanned);
