@@ -131,6 +131,19 @@ pub fn pass_program() -> std::io::Result<OwnedFd> {
     )
 }
 
+/// `r0` = the value of `map` under the 4-byte key in `r7` (NULL when absent).
+fn lookup_r7(map: BorrowedFd<'_>) -> [u64; 6] {
+    let [ld0, ld1] = ld_map(1, map); // r1 = map
+    [
+        insn(0x63, 10, 7, -4, 0), // *(u32 *)(r10 - 4) = r7
+        insn(0xbf, 2, 10, 0, 0),  // r2 = r10
+        insn(0x07, 2, 0, 0, -4),  // r2 += -4
+        ld0,
+        ld1,
+        insn(0x85, 0, 0, 0, 1), // call bpf_map_lookup_elem
+    ]
+}
+
 /// A reference program and its map.
 pub struct Reference {
     prog: OwnedFd,
@@ -149,13 +162,9 @@ impl Reference {
         p.extend([
             insn(0x24, 7, 0, 0, 0x9e37_79b1_u32 as i32), // w7 *= golden ratio
             insn(0x74, 7, 0, 0, shift),                  // w7 >>= 32 - log2(words)
-            insn(0x63, 10, 7, -4, 0),                    // *(u32 *)(r10 - 4) = r7
-            insn(0xbf, 2, 10, 0, 0),                     // r2 = r10
-            insn(0x07, 2, 0, 0, -4),                     // r2 += -4
         ]);
-        p.extend(ld_map(1, array.as_fd())); // r1 = array
+        p.extend(lookup_r7(array.as_fd()));
         p.extend([
-            insn(0x85, 0, 0, 0, 1), // call bpf_map_lookup_elem
             insn(0x15, 0, 0, 1, 0), // if r0 == 0 goto out
             insn(0x79, 1, 0, 0, 0), // r1 = *(u64 *)(r0 + 0)
             insn(0xb7, 0, 0, 0, 2), // out: r0 = XDP_PASS
@@ -177,14 +186,8 @@ impl Reference {
             update(hash.as_fd(), key, &[0; 8])?;
         }
         let mut p = source_into_r7(9).to_vec();
+        p.extend(lookup_r7(hash.as_fd()));
         p.extend([
-            insn(0x63, 10, 7, -4, 0), // *(u32 *)(r10 - 4) = r7
-            insn(0xbf, 2, 10, 0, 0),  // r2 = r10
-            insn(0x07, 2, 0, 0, -4),  // r2 += -4
-        ]);
-        p.extend(ld_map(1, hash.as_fd())); // r1 = hash
-        p.extend([
-            insn(0x85, 0, 0, 0, 1), // call bpf_map_lookup_elem
             insn(0x15, 0, 0, 2, 0), // if r0 == 0 goto out
             insn(0xb7, 0, 0, 0, 1), // r0 = XDP_DROP
             insn(0x95, 0, 0, 0, 0), // exit
@@ -225,17 +228,7 @@ impl Rotator {
         assert!(count > 0 && count < 1 << 31);
         let counter = map(BPF_MAP_TYPE_ARRAY, 8)?;
         let slots = map(BPF_MAP_TYPE_PROG_ARRAY, 4)?;
-        let (key, value) = (0u32, target.as_raw_fd() as u32);
-        bpf(
-            BPF_MAP_UPDATE_ELEM,
-            &ElemAttr {
-                map_fd: slots.as_raw_fd() as u32,
-                _pad: 0,
-                key: &key as *const u32 as u64,
-                value: &value as *const u32 as u64,
-                flags: 0,
-            },
-        )?;
+        update(slots.as_fd(), 0, &(target.as_raw_fd() as u32).to_ne_bytes())?;
         let mut p = vec![
             insn(0xbf, 6, 1, 0, 0),   // r6 = ctx
             insn(0x62, 10, 0, -4, 0), // *(u32 *)(r10 - 4) = 0
