@@ -451,9 +451,10 @@ impl Dataplane {
         dp.settings = dp.read_settings()?;
         let read = match contents {
             Contents::ReadOnly => return Ok(dp),
-            // Every filter word, cache slot and ban of a map just created is zero, and
-            // stays so until this process writes it while the program is being
-            // verified (a loaded program could run already: BPF_PROG_TEST_RUN).
+            // Every filter word, cache slot and ban of a map just created is zero. The
+            // arrays are known to stay so until this process writes them only while the
+            // program is being verified: a program loaded at once can already run
+            // (BPF_PROG_TEST_RUN) and write them.
             Contents::Created => {
                 let verifying = matches!(dp.ebpf, Program::Verifying(_));
                 dp.blank = Blank {
