@@ -97,6 +97,9 @@ pub const PROBE_STAGE: u32 = 0;
 /// What the first program hands the probe stage: `PerCpuArray` with one entry (its
 /// layout is the program's own business).
 pub const PROBE: &str = "PS_PROBE";
+/// The coarse clock as each CPU last read it, so that it is read once per tick:
+/// `PerCpuArray` with one entry (its layout is the program's own business).
+pub const CLOCK: &str = "PS_CLOCK";
 pub const TCP_LISTENS: &str = "PS_TCP_LISTENS";
 pub const TCP_LISTENS_SEEN: u32 = 0;
 pub const TCP_LISTENS_MARK: u32 = 1;
@@ -105,7 +108,7 @@ pub const TCP_SOCKET_WORDS: u32 = 2048;
 pub const TCP_BOUND_WORD_BASE: u32 = 1024;
 
 /// Every map name, for pinning and clean-up.
-pub const ALL: [&str; 20] = [
+pub const ALL: [&str; 21] = [
     BANS,
     BAN_FILTER,
     BAN_CACHE,
@@ -126,6 +129,7 @@ pub const ALL: [&str; 20] = [
     TCP_LISTENS,
     PROGS,
     PROBE,
+    CLOCK,
 ];
 
 /// Default sizes (the daemon may override them at load time).

@@ -3,7 +3,7 @@
 //! (`PS_BANS`); prefix bans through the trie (`PS_BAN_NETS`) when it holds anything, behind
 //! the range filter (`PS_NET_FILTER`).
 
-use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key};
+use aya_ebpf::maps::lpm_trie::Key;
 use portsentry_common::{
     Counter,
     maps::{
@@ -13,41 +13,19 @@ use portsentry_common::{
     packet::AddrWords,
 };
 
-use crate::{PS_BAN_CACHE, PS_BAN_FILTER, PS_BAN_NETS, PS_BANS, PS_NET_FILTER, count, key};
+use crate::{PS_BAN_CACHE, PS_BAN_FILTER, PS_BAN_NETS, PS_BANS, PS_NET_FILTER, clock, count, key};
 
 /// True when an active ban covers the source: an exact ban of `src` (the source's key:
 /// under SOURCE_PREFIX_V6 an IPv6 source's network address), or a prefix ban covering
 /// `addr` (the source's own address). Expired bans are counted and ignored.
 #[inline(always)]
 pub fn is_banned(src: &AddrWords, addr: &AddrWords, settings: &Settings) -> bool {
-    let bit = ban_filter_bit(src);
-    let maybe = match PS_BAN_FILTER.get(bit >> 6) {
-        Some(word) => word & (1u64 << (bit & 63)) != 0,
-        None => true,
-    };
-    if maybe {
-        // The cache first: a hit needs no hash lookup.
-        let cached = match PS_BAN_CACHE.get(bit & (BAN_CACHE_SLOTS - 1)) {
-            Some(slot) if slot.used != 0 && slot.addr[0] == src[0] && slot.addr[1] == src[1] => {
-                Some(slot.expires_ns)
-            }
-            _ => None,
-        };
-        match cached {
-            Some(expires_ns) => {
-                if ban_active(expires_ns) {
-                    return true;
-                }
-            }
-            None => {
-                if let Some(ban) = PS_BANS.get_ptr(key(src)) {
-                    // SAFETY: a value pointer from a successful lookup.
-                    if ban_active(unsafe { (*ban).expires_ns }) {
-                        return true;
-                    }
-                }
-            }
-        }
+    // One call site of the clock for the cache and the hash: each site costs the
+    // verifier a walk of the clock's two ways for every header shape.
+    if let Some(expires_ns) = exact_ban(src)
+        && ban_active(expires_ns)
+    {
+        return true;
     }
     if settings.flags & SETTING_PREFIX_BANS != 0
         && may_be_in_range(addr, settings)
@@ -56,6 +34,29 @@ pub fn is_banned(src: &AddrWords, addr: &AddrWords, settings: &Settings) -> bool
         return ban_active(ban.expires_ns);
     }
     false
+}
+
+/// The expiry of an exact ban of `src`, if it has one: the bit filter first, then the
+/// cache (a hit needs no hash lookup), then the hash.
+#[inline(always)]
+fn exact_ban(src: &AddrWords) -> Option<u64> {
+    let bit = ban_filter_bit(src);
+    let maybe = match PS_BAN_FILTER.get(bit >> 6) {
+        Some(word) => word & (1u64 << (bit & 63)) != 0,
+        None => true,
+    };
+    if !maybe {
+        return None;
+    }
+    match PS_BAN_CACHE.get(bit & (BAN_CACHE_SLOTS - 1)) {
+        Some(slot) if slot.used != 0 && slot.addr[0] == src[0] && slot.addr[1] == src[1] => {
+            Some(slot.expires_ns)
+        }
+        // SAFETY: a value pointer from a successful lookup.
+        _ => PS_BANS
+            .get_ptr(key(src))
+            .map(|ban| unsafe { (*ban).expires_ns }),
+    }
 }
 
 /// False when no range ban covers `addr`'s /24 (IPv4) or /48 (IPv6): its
@@ -75,8 +76,7 @@ fn may_be_in_range(addr: &AddrWords, settings: &Settings) -> bool {
 /// A ban that never expires (0) or expires later than now; an expired one is counted.
 #[inline(always)]
 fn ban_active(expires_ns: u64) -> bool {
-    // SAFETY: helper without arguments.
-    if expires_ns == 0 || unsafe { bpf_ktime_get_coarse_ns() } < expires_ns {
+    if expires_ns == 0 || clock::now() < expires_ns {
         return true;
     }
     count(Counter::BanExpired);

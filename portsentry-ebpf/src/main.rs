@@ -43,6 +43,7 @@
 mod atomic;
 mod bans;
 mod challenge;
+mod clock;
 mod frame;
 mod probe;
 mod socket;
@@ -118,6 +119,8 @@ static PS_PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 static PS_PROBE: PerCpuArray<stage::Handed> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static PS_EV_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static PS_CLOCK: PerCpuArray<clock::Tick> = PerCpuArray::with_max_entries(1, 0);
 
 #[xdp]
 pub fn portsentry(ctx: XdpContext) -> u32 {

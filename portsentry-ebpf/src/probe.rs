@@ -1,9 +1,7 @@
 //! Probes: which ports are watched, per-source tracking in `PS_SOURCES`, and events to
 //! userspace through `PS_EVENTS`, rate-limited per CPU.
 
-use aya_ebpf::{
-    bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_coarse_ns, programs::XdpContext,
-};
+use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
 use portsentry_common::{
     Counter, PROTO_TCP, ScanType,
     maps::{
@@ -17,7 +15,7 @@ use portsentry_common::{
 
 use crate::{
     PS_ACK_PORTS, PS_BAN_CACHE, PS_BAN_FILTER, PS_BANS, PS_EV_BUDGET, PS_EVENTS, PS_KBAN, PS_PORTS,
-    PS_SOURCES, Source, atomic, count, key,
+    PS_SOURCES, Source, atomic, clock, count, key,
 };
 
 const NS_PER_SEC: u64 = 1_000_000_000;
@@ -67,25 +65,28 @@ pub fn record_probe(
     verified: bool,
     settings: &Settings,
 ) -> bool {
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = clock::now();
     let trigger = settings.event_trigger.max(1);
     let walk = settings.flags & SETTING_TRW != 0 && kind.walks();
     let (word, mask) = port_mask(l4.dst_port);
-    let mut event = ScanEvent {
-        addr: *key(&src.key),
-        ts_ns: now,
-        first_ns: now,
-        hits: 1,
-        distinct_ports: 1,
-        port: l4.dst_port,
-        scan_type: kind as u8,
-        tcp_flags: l4.tcp_flags,
-        ifindex: ctx.ingress_ifindex() as u32,
-        flags: if verified { EVENT_VERIFIED } else { 0 }
-            | if src.prefix { EVENT_PREFIX } else { 0 },
-        successes: 0,
-    };
+    // The event is built only when one is sent: most probes send none, and building it
+    // on every probe cost a few ns.
+    let seen =
+        |first_ns: u64, hits: u32, distinct_ports: u32, successes: u32, banned: bool| ScanEvent {
+            addr: *key(&src.key),
+            ts_ns: now,
+            first_ns,
+            hits,
+            distinct_ports,
+            port: l4.dst_port,
+            scan_type: kind as u8,
+            tcp_flags: l4.tcp_flags,
+            ifindex: ctx.ingress_ifindex() as u32,
+            flags: if verified { EVENT_VERIFIED } else { 0 }
+                | if src.prefix { EVENT_PREFIX } else { 0 }
+                | if banned { EVENT_KERNEL_BANNED } else { 0 },
+            successes,
+        };
     match PS_SOURCES.get_ptr_mut(key(&src.key)) {
         Some(stats) => {
             // SAFETY: a value pointer from a successful lookup; concurrent updates from
@@ -104,10 +105,6 @@ pub fn record_probe(
             if verified {
                 stats.flags |= SOURCE_VERIFIED;
             }
-            event.hits = stats.hits;
-            event.first_ns = stats.first_ns;
-            event.distinct_ports = stats.distinct_ports;
-            event.successes = stats.successes as u32;
             let reached = if walk {
                 settings
                     .trw
@@ -127,12 +124,19 @@ pub fn record_probe(
                     now,
                     settings,
                 );
-            if banned {
-                event.flags |= EVENT_KERNEL_BANNED;
-            }
             // A verified answer and a ban are always reported.
             if (banned || verified || wants_event(reached, stats.hits, stats.events))
-                && send_event(&event, now, settings)
+                && send_event(
+                    &seen(
+                        stats.first_ns,
+                        stats.hits,
+                        stats.distinct_ports,
+                        stats.successes as u32,
+                        banned,
+                    ),
+                    now,
+                    settings,
+                )
             {
                 stats.events = stats.events.saturating_add(1);
             }
@@ -163,11 +167,8 @@ pub fn record_probe(
             let banned = reached
                 && src.exact_ban
                 && kernel_ban(&src.key, l4, kind, 1, verified, now, now, settings);
-            if banned {
-                event.flags |= EVENT_KERNEL_BANNED;
-            }
             if (banned || verified || wants_event(reached, 1, 0))
-                && send_event(&event, now, settings)
+                && send_event(&seen(now, 1, 1, 0, banned), now, settings)
             {
                 stats.events = 1;
             }

@@ -10,7 +10,7 @@ use portsentry_tests::{
     require_kernel,
     testrun::XDP_PASS,
 };
-use portsentry_user::config::ports::PortSet;
+use portsentry_user::{clock::monotonic_ns, config::ports::PortSet};
 
 #[test]
 fn syn_probe_is_counted_and_reported() {
@@ -31,6 +31,35 @@ fn syn_probe_is_counted_and_reported() {
     assert_eq!(ev[0].scan_type, ScanType::TcpSyn as u8);
     assert_eq!(ev[0].tcp_flags, SYN);
     assert_eq!(portsentry_user::kernel::addr::from_key(&ev[0].addr), src);
+}
+
+/// A probe's time is CLOCK_MONOTONIC, read again once the tick has moved (the program
+/// keeps the coarse clock per CPU for the tick, `PS_CLOCK`): a later probe's time is
+/// later by what passed, and never ahead of the clock.
+#[test]
+fn probe_times_follow_the_clock() {
+    require_kernel!();
+    let mut fx = Fixture::new();
+    let src = ip(V4_SRC);
+    let frame = Frame::tcp(src, ip(V4_DST), 22, SYN).build();
+    // The coarse clock lags by up to a tick or two (10 ms each at 100 Hz).
+    let slack = 50_000_000;
+    let before = monotonic_ns();
+    fx.expect(&frame, XDP_PASS, Counter::PassProbe);
+    let first = fx.dp.source(src).unwrap().expect("source tracked");
+    assert!(first.first_ns + slack >= before && first.first_ns <= monotonic_ns());
+    for gap_ms in [200, 300] {
+        std::thread::sleep(std::time::Duration::from_millis(gap_ms));
+        let prev = fx.dp.source(src).unwrap().unwrap().last_ns;
+        fx.expect(&frame, XDP_PASS, Counter::PassProbe);
+        let s = fx.dp.source(src).unwrap().unwrap();
+        let moved = s.last_ns - prev;
+        assert!(
+            moved + slack >= gap_ms * 1_000_000 && s.last_ns <= monotonic_ns(),
+            "{gap_ms} ms later the probe's time moved {moved} ns"
+        );
+        assert_eq!(s.first_ns, first.first_ns);
+    }
 }
 
 #[test]

@@ -227,7 +227,7 @@ fn has_probe_stage(ebpf: &Ebpf) -> bool {
 }
 
 /// Maps a pin directory of an earlier release lacks: the next `run` creates them.
-const ADDED_MAPS: [&str; 7] = [
+const ADDED_MAPS: [&str; 8] = [
     names::ACK_PORTS,
     names::PROTOCOLS,
     names::NET_FILTER,
@@ -235,6 +235,7 @@ const ADDED_MAPS: [&str; 7] = [
     names::TCP_LISTENS,
     names::PROGS,
     names::PROBE,
+    names::CLOCK,
 ];
 
 /// What a load knows of what the maps hold.

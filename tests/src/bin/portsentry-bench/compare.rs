@@ -16,7 +16,10 @@ use portsentry_tests::{
     netns::Netns,
     testrun,
 };
-use portsentry_user::kernel::{Dataplane, MapSizes};
+use portsentry_user::{
+    clock::monotonic_ns,
+    kernel::{Dataplane, MapSizes},
+};
 
 use crate::{Args, bench_dataplane, filler, ip, ip_net};
 
@@ -24,7 +27,8 @@ use crate::{Args, bench_dataplane, filler, ip, ip_net};
 /// sources counted and banned by /64 (SOURCE_PREFIX_V6's default; a build that does not
 /// know the setting ignores its bits). The same bans for both builds: under /64 keys an
 /// IPv6 address's own ban would be a prefix ban, and make every packet look at the trie.
-fn setup(bytes: Option<&[u8]>, bans: &[IpNet]) -> Dataplane {
+/// `bans` never expire; `timed` expire in an hour (BAN_TIME: the drop reads the clock).
+fn setup(bytes: Option<&[u8]>, bans: &[IpNet], timed: &[IpNet]) -> Dataplane {
     let ignore = ["203.0.113.0/24", "127.0.0.0/8", "::1/128"].map(ip_net);
     let mut dp = bench_dataplane(bytes, &MapSizes::default(), &ignore);
     let s = dp.settings();
@@ -35,6 +39,13 @@ fn setup(bytes: Option<&[u8]>, bans: &[IpNet]) -> Dataplane {
     .unwrap();
     for net in bans {
         dp.insert_ban(net, &BanEntry::default()).unwrap();
+    }
+    let hour = BanEntry {
+        expires_ns: monotonic_ns() + 3_600_000_000_000,
+        ..BanEntry::default()
+    };
+    for net in timed {
+        dp.insert_ban(net, &hour).unwrap();
     }
     dp
 }
@@ -51,7 +62,7 @@ pub(crate) fn compare(args: &Args, baseline: &Path) {
         ip("203.0.113.7"),
     );
     let (client6, server6): (IpAddr, IpAddr) = (ip("2001:db8::7"), ip("2001:db8::1"));
-    let banned = filler(0);
+    let (banned, banned_timed) = (filler(0), filler(1));
     let spared = ip("203.0.113.8");
     // An IPv6 scanner's ban: its /64 (an exact ban under the /64 keys; a build without
     // them holds it in the trie).
@@ -69,8 +80,8 @@ pub(crate) fn compare(args: &Args, baseline: &Path) {
     // falls on both alike.
     let (mut base, mut new) = (Vec::new(), Vec::new());
     for _ in 0..loads {
-        base.push(setup(Some(&old), &bans));
-        new.push(setup(None, &bans));
+        base.push(setup(Some(&old), &bans, &[banned_timed.into()]));
+        new.push(setup(None, &bans, &[banned_timed.into()]));
     }
     let frames = [
         ("benign ACK", Frame::tcp(client, server, 443, ACK).build()),
@@ -97,6 +108,10 @@ pub(crate) fn compare(args: &Args, baseline: &Path) {
         (
             "banned source, dropped",
             Frame::tcp(banned, server, 443, SYN).build(),
+        ),
+        (
+            "banned source, ban of an hour, dropped",
+            Frame::tcp(banned_timed, server, 443, SYN).build(),
         ),
         (
             "ignored source's probe",
