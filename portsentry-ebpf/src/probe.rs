@@ -249,6 +249,12 @@ fn kernel_ban(
                 (*kb).second = second;
                 (*kb).used = 0;
             }
+            // A spent budget is seen by a read: under a flood every CPU's probes come
+            // here, and an add by each would pass the line from CPU to CPU.
+            if core::ptr::read_volatile(&raw const (*kb).used) + daemon >= per_sec {
+                count(Counter::KernelBanDeferred);
+                return false;
+            }
             atomic::add(&raw mut (*kb).used, 1);
             // Read after the add: concurrent bans may each see the other's, which can
             // refuse one too many but never lets one too many through.

@@ -128,6 +128,9 @@ fn max_bans_per_sec_holds_in_the_kernel_and_length_and_window_apply() {
     // Five sources inside one second (a test run is microseconds): two banned.
     let state = fx.dp.kernel_ban().unwrap().unwrap();
     assert_eq!((banned, deferred), (2, 3), "{state:?}");
+    // The budget counts the bans made, not the refused (a spent budget is only read):
+    // the daemon takes it as the program's bans of the second.
+    assert_eq!(fx.dp.kernel_bans_in(state.second).unwrap(), 2, "{state:?}");
     let ban = fx
         .dp
         .ban(&IpNet::from(ip("198.51.100.10")))
