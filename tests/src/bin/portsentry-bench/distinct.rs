@@ -8,7 +8,9 @@
 //!    tables measure). The floor is the same front program tail-calling XDP_PASS.
 //!    Two reference rows give the least a structure of that size costs a packet from
 //!    another source each run (`rotate::Reference`): one read of a large array, and a
-//!    bare lookup in a kernel hash map of the banned sources.
+//!    bare lookup in a kernel hash map of the banned sources. xdp-filter (all features),
+//!    behind the same front program, passes the same SYN probes: the flood's cost to a
+//!    filter that detects nothing.
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -19,6 +21,7 @@ use std::{
 use ipnet::{IpNet, Ipv4Net};
 use portsentry_common::maps::BanEntry;
 use portsentry_tests::{
+    bench::XdpFilter,
     frames::{Frame, flags::*},
     netns::Netns,
     rotate::{Reference, Rotator, pass_program},
@@ -94,55 +97,74 @@ pub(crate) fn distinct(args: &Args) {
     );
     let hash_row =
         format!("reference: a bare hash lookup among the {n} banned sources, each run another");
-    let fronts = [
+    // Each row does what it says: banned sources dropped, the others passed.
+    let (pass_, drop_) = (testrun::XDP_PASS, testrun::XDP_DROP);
+    let mut fronts: Vec<(String, Rotator, Vec<u8>, u32)> = vec![
         (
-            "front program -> XDP_PASS (floor)",
+            "front program -> XDP_PASS (floor)".into(),
             rot(pass.as_fd(), benign, n),
             ack.clone(),
+            pass_,
         ),
-        (cold_row.as_str(), rot(cold.fd(), benign, n), ack.clone()),
-        (hash_row.as_str(), rot(hash.fd(), banned, n), syn443.clone()),
+        (cold_row, rot(cold.fd(), benign, n), ack.clone(), pass_),
+        (hash_row, rot(hash.fd(), banned, n), syn443.clone(), drop_),
         (
-            "banned, each run another of the banned sources, dropped",
+            "banned, each run another of the banned sources, dropped".into(),
             rot(fd, banned, n),
             syn443.clone(),
+            drop_,
         ),
         (
-            "benign ACK, each run another source",
+            "benign ACK, each run another source".into(),
             rot(fd, benign, n),
             ack.clone(),
+            pass_,
         ),
         (
-            "SYN probe to a closed watched port, each run another source",
+            "SYN probe to a closed watched port, each run another source".into(),
             rot(fd, probing, n),
-            syn23,
+            syn23.clone(),
+            pass_,
         ),
-        ("banned, one source, dropped", rot(fd, banned, 1), syn443),
-        ("benign ACK, one source", rot(fd, benign, 1), ack),
+        (
+            "banned, one source, dropped".into(),
+            rot(fd, banned, 1),
+            syn443,
+            drop_,
+        ),
+        (
+            "benign ACK, one source".into(),
+            rot(fd, benign, 1),
+            ack,
+            pass_,
+        ),
     ];
-    // Each row does what it says: banned sources dropped, the others passed.
-    let want = [
-        testrun::XDP_PASS,
-        testrun::XDP_PASS,
-        testrun::XDP_DROP,
-        testrun::XDP_DROP,
-        testrun::XDP_PASS,
-        testrun::XDP_PASS,
-        testrun::XDP_DROP,
-        testrun::XDP_PASS,
-    ];
+    // xdp-filter (all features, one source banned) on the same probes: what a filter
+    // that detects nothing pays for a random-source SYN flood.
+    let xdpf = XdpFilter::load(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)));
+    if let Some(x) = &xdpf {
+        for (row, count) in [
+            ("xdp-filter: the same SYN probe, each run another source", n),
+            ("xdp-filter: the same SYN probe, one source", 1),
+        ] {
+            match Rotator::new(x.fd.as_fd(), probing, count) {
+                Ok(r) => fronts.push((row.into(), r, syn23.clone(), pass_)),
+                Err(e) => eprintln!("bench: xdp-filter behind the front program: {e}"),
+            }
+        }
+    }
     ns.enter(|| {
-        for ((name, front, frame), want) in fronts.iter().zip(want) {
+        for (name, front, frame, want) in &fronts {
             for _ in 0..3 {
                 let r = testrun::run(front.fd(), frame, 1).expect("BPF_PROG_TEST_RUN");
-                assert_eq!(r.retval, want, "{name}: XDP action {}", r.retval);
+                assert_eq!(r.retval, *want, "{name}: XDP action {}", r.retval);
             }
         }
     });
     let mut samples = vec![Vec::new(); fronts.len()];
     ns.enter(|| {
         for _ in 0..args.rounds {
-            for (i, (_, front, frame)) in fronts.iter().enumerate() {
+            for (i, (_, front, frame, _)) in fronts.iter().enumerate() {
                 let r = testrun::run(front.fd(), frame, args.repeat).expect("BPF_PROG_TEST_RUN");
                 samples[i].push(r.duration_ns);
             }
@@ -163,7 +185,7 @@ pub(crate) fn distinct(args: &Args) {
     );
     println!("| path | ns | x floor | above the floor |\n|---|---:|---:|---:|");
     let floor = m[0];
-    for (i, (name, _, _)) in fronts.iter().enumerate() {
+    for (i, (name, _, _, _)) in fronts.iter().enumerate() {
         println!(
             "| {name} | {} | {:.2}x | {:+} |",
             m[i],
