@@ -231,24 +231,34 @@ fn kernel_ban(
             (*kb).wall_offset_ns,
         )
     };
-    if window_ns != 0 && now.wrapping_sub(first_ns) > window_ns {
+    // Saturating: `first_ns` may be another CPU's time, up to a tick ahead of this
+    // CPU's (`clock::now`).
+    if window_ns != 0 && now.saturating_sub(first_ns) > window_ns {
         return false;
     }
     if per_sec != 0 {
-        let second = now.wrapping_add(offset) / NS_PER_SEC;
+        let mut second = now.wrapping_add(offset) / NS_PER_SEC;
+        // SAFETY: aligned u64 fields of the map value, shared by every CPU. A new second
+        // resets the count with plain (single-instruction) stores: two CPUs that both
+        // see the new second both reset it, which costs at most a ban or two of slack.
+        // Forward only: a CPU whose clock lags another's by a tick (`clock::now`) counts
+        // into the newer second; resetting it back would give a fresh budget at every
+        // turn between the two CPUs. (The daemon's writes start it afresh, at 0.)
+        unsafe {
+            if second > (*kb).second {
+                (*kb).second = second;
+                (*kb).used = 0;
+            } else {
+                second = (*kb).second;
+            }
+        }
         // The daemon's bans of this second share the budget.
         let daemon = match PS_KBAN.get(KBAN_DAEMON) {
             Some(d) if d.second == second => d.used,
             _ => 0,
         };
-        // SAFETY: aligned u64 fields of the map value, shared by every CPU. A new second
-        // resets the count with plain (single-instruction) stores: two CPUs that both
-        // see the new second both reset it, which costs at most a ban or two of slack.
+        // SAFETY: as above.
         unsafe {
-            if (*kb).second != second {
-                (*kb).second = second;
-                (*kb).used = 0;
-            }
             // A spent budget is seen by a read: under a flood every CPU's probes come
             // here, and an add by each would pass the line from CPU to CPU.
             if core::ptr::read_volatile(&raw const (*kb).used) + daemon >= per_sec {

@@ -6,10 +6,10 @@
 
 use ipnet::IpNet;
 use portsentry_common::{
-    Counter,
+    Counter, ScanType,
     maps::{
         BanOrigin, EVENT_KERNEL_BANNED, KernelBan, SETTING_ACK_PORTS_SHIFT, SETTING_KBAN_TCP,
-        SETTING_KBAN_UDP, SETTING_VERIFY, Settings,
+        SETTING_KBAN_UDP, SETTING_VERIFY, Settings, SourceStats,
     },
 };
 use portsentry_tests::{
@@ -160,6 +160,67 @@ fn max_bans_per_sec_holds_in_the_kernel_and_length_and_window_apply() {
         Counter::PassProbe,
     );
     assert!(fx.dp.ban(&IpNet::from(src)).unwrap().is_none());
+}
+
+/// Each CPU keeps the clock of its last tick (`clock::now`), so one CPU's time may be a
+/// tick ahead of another's. The CPU that lags must neither renew the ban budget that
+/// the one ahead started for its newer second, nor take a first probe the other timed
+/// after its own "now" for one that is older than SCAN_WINDOW.
+#[test]
+fn a_cpu_whose_clock_lags_keeps_the_budget_and_the_window() {
+    require_kernel!();
+    let now_ns = portsentry_user::clock::monotonic_ns();
+    // The budget: a second this CPU's clock has not reached (`wall_offset_ns` 0: the
+    // seconds are CLOCK_MONOTONIC's), already spent by the CPU that is there.
+    let ahead = now_ns / 1_000_000_000 + 5;
+    let kb = KernelBan {
+        per_sec: 2,
+        second: ahead,
+        used: 2,
+        ..KernelBan::default()
+    };
+    let mut fx = fixture(1, SETTING_KBAN_TCP, kb);
+    for i in 0..3u8 {
+        let src = ip(&format!("198.51.100.{}", 30 + i));
+        let o = fx.expect(
+            &Frame::tcp(src, ip(V4_DST), 22, SYN).build(),
+            XDP_PASS,
+            Counter::PassProbe,
+        );
+        assert_eq!(o.delta.get(Counter::KernelBanDeferred), 1, "{o:?}");
+    }
+    let state = fx.dp.kernel_ban().unwrap().unwrap();
+    assert_eq!((state.second, state.used), (ahead, 2), "{state:?}");
+
+    // The window: the source's first probe timed 50 ms after this CPU's "now".
+    let kb = KernelBan {
+        window_ns: 10_000_000_000,
+        ..KernelBan::default()
+    };
+    let mut fx = fixture(2, SETTING_KBAN_TCP, kb);
+    let src = ip("192.0.2.44");
+    // (Read now: loading the fixture took longer than that.)
+    let first_ns = portsentry_user::clock::monotonic_ns() + 50_000_000;
+    fx.dp
+        .put_source(
+            src,
+            &SourceStats {
+                first_ns,
+                last_ns: first_ns,
+                hits: 1,
+                distinct_ports: 1,
+                last_port: 21,
+                last_scan_type: ScanType::TcpSyn as u8,
+                ..SourceStats::default()
+            },
+        )
+        .unwrap();
+    let o = fx.expect(
+        &Frame::tcp(src, ip(V4_DST), 22, SYN).build(),
+        XDP_DROP,
+        Counter::DropBanned,
+    );
+    assert_eq!(o.delta.get(Counter::KernelBanned), 1, "{o:?}");
 }
 
 #[test]

@@ -436,6 +436,16 @@ impl Dataplane {
         absent_is_none(self.maps.sources.get(&addr::to_key(ip), 0))
     }
 
+    /// Sets what the kernel has recorded of one source: for the tests, a state the
+    /// program reaches only when CPUs race (a first probe timed by a CPU whose clock is
+    /// ahead of this one's, say).
+    pub fn put_source(&mut self, ip: IpAddr, stats: &SourceStats) -> Result<()> {
+        self.maps
+            .sources
+            .insert(addr::to_key(ip), stats, 0)
+            .context("writing PS_SOURCES")
+    }
+
     /// How many sources are tracked (walks the keys: one syscall per entry).
     pub fn count_sources(&self) -> Result<u64> {
         Ok(self.maps.sources.keys().count() as u64)
