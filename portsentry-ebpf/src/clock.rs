@@ -9,7 +9,9 @@
 //! CPU last read it, and otherwise taken from the cache. The time may then lag the
 //! coarse clock by up to one tick more (a CPU that sees the new `jiffies` before the
 //! timekeeper's update keeps the old time until the next tick): a few ms, against bans
-//! and windows counted in seconds.
+//! and windows counted in seconds. So one CPU's time may be a tick behind another's:
+//! what compares a time taken on another CPU (a source's first probe, the ban budget's
+//! second) must not assume they come in order (`probe::kernel_ban`).
 
 use aya_ebpf::helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
 
