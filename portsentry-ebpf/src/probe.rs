@@ -243,9 +243,11 @@ fn kernel_ban(
         // see the new second both reset it, which costs at most a ban or two of slack.
         // Forward only: a CPU whose clock lags another's by a tick (`clock::now`) counts
         // into the newer second; resetting it back would give a fresh budget at every
-        // turn between the two CPUs. (The daemon's writes start it afresh, at 0.)
+        // turn between the two CPUs. (The daemon's writes start it afresh, at 0.) A
+        // second more than one ahead is not a lagging CPU's (a reload racing a probe
+        // after the wall clock was stepped back): it is reset, not kept until reached.
         unsafe {
-            if second > (*kb).second {
+            if second > (*kb).second || (*kb).second > second + 1 {
                 (*kb).second = second;
                 (*kb).used = 0;
             } else {

@@ -169,17 +169,19 @@ fn max_bans_per_sec_holds_in_the_kernel_and_length_and_window_apply() {
 #[test]
 fn a_cpu_whose_clock_lags_keeps_the_budget_and_the_window() {
     require_kernel!();
-    let now_ns = portsentry_user::clock::monotonic_ns();
-    // The budget: a second this CPU's clock has not reached (`wall_offset_ns` 0: the
-    // seconds are CLOCK_MONOTONIC's), already spent by the CPU that is there.
-    let ahead = now_ns / 1_000_000_000 + 5;
-    let kb = KernelBan {
-        per_sec: 2,
-        second: ahead,
-        used: 2,
-        ..KernelBan::default()
-    };
-    let mut fx = fixture(1, SETTING_KBAN_TCP, kb);
+    let mut fx = fixture(1, SETTING_KBAN_TCP, KernelBan::default());
+    // The budget: the next second (`wall_offset_ns` 0: the seconds are
+    // CLOCK_MONOTONIC's), already spent by a CPU that is there. (Read after the
+    // fixture's load, which takes longer than a second on a busy machine.)
+    let ahead = portsentry_user::clock::monotonic_ns() / 1_000_000_000 + 1;
+    fx.dp
+        .write_kernel_ban(KernelBan {
+            per_sec: 2,
+            second: ahead,
+            used: 2,
+            ..KernelBan::default()
+        })
+        .unwrap();
     for i in 0..3u8 {
         let src = ip(&format!("198.51.100.{}", 30 + i));
         let o = fx.expect(
@@ -192,15 +194,15 @@ fn a_cpu_whose_clock_lags_keeps_the_budget_and_the_window() {
     let state = fx.dp.kernel_ban().unwrap().unwrap();
     assert_eq!((state.second, state.used), (ahead, 2), "{state:?}");
 
-    // The window: the source's first probe timed 50 ms after this CPU's "now".
+    // The window: the source's first probe timed after this CPU's "now" (by a minute
+    // here, so that no delay before the probe makes it past).
     let kb = KernelBan {
         window_ns: 10_000_000_000,
         ..KernelBan::default()
     };
     let mut fx = fixture(2, SETTING_KBAN_TCP, kb);
     let src = ip("192.0.2.44");
-    // (Read now: loading the fixture took longer than that.)
-    let first_ns = portsentry_user::clock::monotonic_ns() + 50_000_000;
+    let first_ns = portsentry_user::clock::monotonic_ns() + 60_000_000_000;
     fx.dp
         .put_source(
             src,
