@@ -110,6 +110,12 @@ fn max_bans_per_sec_holds_in_the_kernel_and_length_and_window_apply() {
         ..KernelBan::default()
     };
     let mut fx = fixture(1, SETTING_KBAN_TCP, kb);
+    // The budget started at the next second (`wall_offset_ns` 0: CLOCK_MONOTONIC's),
+    // which the runs below count into whether or not a second starts among them.
+    let next = portsentry_user::clock::monotonic_ns() / 1_000_000_000 + 1;
+    fx.dp
+        .write_kernel_ban(KernelBan { second: next, ..kb })
+        .unwrap();
     let dst = ip(V4_DST);
     let mut banned = 0;
     let mut deferred = 0;
@@ -125,9 +131,10 @@ fn max_bans_per_sec_holds_in_the_kernel_and_length_and_window_apply() {
             assert_eq!(ev.last().unwrap().flags & EVENT_KERNEL_BANNED, 0);
         }
     }
-    // Five sources inside one second (a test run is microseconds): two banned.
+    // Five sources inside one second's budget: two banned.
     let state = fx.dp.kernel_ban().unwrap().unwrap();
     assert_eq!((banned, deferred), (2, 3), "{state:?}");
+    assert_eq!(state.second, next, "{state:?}");
     // The budget counts the bans made, not the refused (a spent budget is only read):
     // the daemon takes it as the program's bans of the second.
     assert_eq!(fx.dp.kernel_bans_in(state.second).unwrap(), 2, "{state:?}");
