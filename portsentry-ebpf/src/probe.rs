@@ -71,10 +71,11 @@ pub fn record_probe(
     let (word, mask) = port_mask(l4.dst_port);
     // The event is built only when one is sent: most probes send none, and building it
     // on every probe cost a few ns.
-    let seen =
-        |first_ns: u64, hits: u32, distinct_ports: u32, successes: u32, banned: bool| ScanEvent {
+    let seen = |first_ns: u64, hits: u32, distinct_ports: u32, successes: u32, ban: Option<u64>| {
+        ScanEvent {
             addr: *key(&src.key),
-            ts_ns: now,
+            // A ban's event carries the ban's time (`kernel_ban`).
+            ts_ns: ban.unwrap_or(now),
             first_ns,
             hits,
             distinct_ports,
@@ -84,9 +85,14 @@ pub fn record_probe(
             ifindex: ctx.ingress_ifindex() as u32,
             flags: if verified { EVENT_VERIFIED } else { 0 }
                 | if src.prefix { EVENT_PREFIX } else { 0 }
-                | if banned { EVENT_KERNEL_BANNED } else { 0 },
+                | if ban.is_some() {
+                    EVENT_KERNEL_BANNED
+                } else {
+                    0
+                },
             successes,
-        };
+        }
+    };
     match PS_SOURCES.get_ptr_mut(key(&src.key)) {
         Some(stats) => {
             // SAFETY: a value pointer from a successful lookup; concurrent updates from
@@ -112,9 +118,8 @@ pub fn record_probe(
             } else {
                 stats.hits >= trigger
             };
-            let banned = reached
-                && src.exact_ban
-                && kernel_ban(
+            let ban = if reached && src.exact_ban {
+                kernel_ban(
                     &src.key,
                     l4,
                     kind,
@@ -123,7 +128,11 @@ pub fn record_probe(
                     stats.first_ns,
                     now,
                     settings,
-                );
+                )
+            } else {
+                None
+            };
+            let banned = ban.is_some();
             // A verified answer and a ban are always reported.
             if (banned || verified || wants_event(reached, stats.hits, stats.events))
                 && send_event(
@@ -132,7 +141,7 @@ pub fn record_probe(
                         stats.hits,
                         stats.distinct_ports,
                         stats.successes as u32,
-                        banned,
+                        ban,
                     ),
                     now,
                     settings,
@@ -164,11 +173,14 @@ pub fn record_probe(
             } else {
                 trigger <= 1
             };
-            let banned = reached
-                && src.exact_ban
-                && kernel_ban(&src.key, l4, kind, 1, verified, now, now, settings);
+            let ban = if reached && src.exact_ban {
+                kernel_ban(&src.key, l4, kind, 1, verified, now, now, settings)
+            } else {
+                None
+            };
+            let banned = ban.is_some();
             if (banned || verified || wants_event(reached, 1, 0))
-                && send_event(&seen(now, 1, 1, 0, banned), now, settings)
+                && send_event(&seen(now, 1, 1, 0, ban), now, settings)
             {
                 stats.events = 1;
             }
@@ -189,9 +201,11 @@ pub fn record_probe(
 /// protocol's `SETTING_KBAN_*`), a source that reached the trigger is banned here, at
 /// this probe, within `PS_KBAN`'s MAX_BANS_PER_SEC budget. Never for IP protocols; the
 /// ACK class once its `distinct_ports` reach ACK_SCAN_PORTS ([`Settings::ban_spread`]).
-/// Under VERIFY_SOURCES only a verified source; hits spread over more than SCAN_WINDOW are left to the daemon. The
-/// ban goes in as `PS_BANS` entry of origin `Kernel` (filter bit first, cache after, as
-/// userspace orders them); the daemon then responds to it as to its own.
+/// Under VERIFY_SOURCES only a verified source; hits spread over more than SCAN_WINDOW
+/// are left to the daemon. The ban goes in as `PS_BANS` entry of origin `Kernel` (filter
+/// bit first, cache after, as userspace orders them); the daemon then responds to it as
+/// to its own. Returns the ban's time: `now`, or the start of the budget's second when
+/// the ban was counted in a second this CPU's clock has not reached yet.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)] // inlined: the probe's values, as the caller holds them
 fn kernel_ban(
@@ -203,7 +217,7 @@ fn kernel_ban(
     first_ns: u64,
     now: u64,
     settings: &Settings,
-) -> bool {
+) -> Option<u64> {
     let flag = if l4.proto == PROTO_TCP {
         SETTING_KBAN_TCP
     } else {
@@ -216,11 +230,9 @@ fn kernel_ban(
         || !kind.kernel_bannable()
         || distinct_ports < settings.ban_spread(kind)
     {
-        return false;
+        return None;
     }
-    let Some(kb) = PS_KBAN.get_ptr_mut(KBAN_PROGRAM) else {
-        return false;
-    };
+    let kb = PS_KBAN.get_ptr_mut(KBAN_PROGRAM)?;
     // SAFETY: a value pointer of the array; the budget fields are only touched as below,
     // the rest only read.
     let (ban_ns, window_ns, per_sec, offset) = unsafe {
@@ -234,10 +246,23 @@ fn kernel_ban(
     // Saturating: `first_ns` may be another CPU's time, up to a tick ahead of this
     // CPU's (`clock::now`).
     if window_ns != 0 && now.saturating_sub(first_ns) > window_ns {
-        return false;
+        return None;
     }
+    let mut at = now;
     if per_sec != 0 {
         let mut second = now.wrapping_add(offset) / NS_PER_SEC;
+        // The daemon reads the wall clock itself, which this CPU's clock follows a tick
+        // or two behind (`clock::now`): a second the daemon has begun is this probe's
+        // too. Counted in its own, older second, at each turn the program's last bans
+        // of the old second and the daemon's first of the new one would each miss the
+        // other's: a second's budget twice over, by the bans' dates.
+        let (daemon_second, daemon_used) = match PS_KBAN.get(KBAN_DAEMON) {
+            Some(d) => (d.second, d.used),
+            None => (0, 0),
+        };
+        if daemon_second == second + 1 {
+            second = daemon_second;
+        }
         // SAFETY: aligned u64 fields of the map value, shared by every CPU. A new second
         // resets the count with plain (single-instruction) stores: two CPUs that both
         // see the new second both reset it, which costs at most a ban or two of slack.
@@ -255,9 +280,10 @@ fn kernel_ban(
             }
         }
         // The daemon's bans of this second share the budget.
-        let daemon = match PS_KBAN.get(KBAN_DAEMON) {
-            Some(d) if d.second == second => d.used,
-            _ => 0,
+        let daemon = if daemon_second == second {
+            daemon_used
+        } else {
+            0
         };
         // SAFETY: as above.
         unsafe {
@@ -265,20 +291,26 @@ fn kernel_ban(
             // here, and an add by each would pass the line from CPU to CPU.
             if core::ptr::read_volatile(&raw const (*kb).used) + daemon >= per_sec {
                 count(Counter::KernelBanDeferred);
-                return false;
+                return None;
             }
             atomic::add(&raw mut (*kb).used, 1);
             // Read after the add: concurrent bans may each see the other's, which can
             // refuse one too many but never lets one too many through.
             if core::ptr::read_volatile(&raw const (*kb).used) + daemon > per_sec {
                 count(Counter::KernelBanDeferred);
-                return false;
+                return None;
             }
+        }
+        // Counted in a second this CPU's clock has not reached: dated at its start, so
+        // that no second shows more bans than its budget.
+        let start = second.wrapping_mul(NS_PER_SEC).wrapping_sub(offset);
+        if start > now && start - now <= NS_PER_SEC {
+            at = start;
         }
     }
     let entry = BanEntry {
-        expires_ns: if ban_ns == 0 { 0 } else { now + ban_ns },
-        since_ns: now,
+        expires_ns: if ban_ns == 0 { 0 } else { at + ban_ns },
+        since_ns: at,
         port: l4.dst_port,
         scan_type: kind as u8,
         origin: BanOrigin::Kernel as u8,
@@ -297,7 +329,7 @@ fn kernel_ban(
         .insert(key(src), &entry, BPF_NOEXIST as u64)
         .is_err()
     {
-        return false;
+        return None;
     }
     if let Some(slot) = PS_BAN_CACHE.get_ptr_mut(bit & (BAN_CACHE_SLOTS - 1)) {
         // SAFETY: a value pointer of the array; a racing writer leaves a slot that is
@@ -310,7 +342,7 @@ fn kernel_ban(
         }
     }
     count(Counter::KernelBanned);
-    true
+    Some(at)
 }
 
 /// Reports every probe from the trigger (`reached`) on for `EVENT_BURST` events, then

@@ -232,6 +232,58 @@ fn a_cpu_whose_clock_lags_keeps_the_budget_and_the_window() {
     assert_eq!(o.delta.get(Counter::KernelBanned), 1, "{o:?}");
 }
 
+/// The daemon reads the wall clock itself, which the program's coarse clock follows a
+/// tick or two behind: at a second's turn the daemon's share of the budget is for the
+/// next second. The program counts into that second (and dates its bans there): counted
+/// in its own second, the program's last bans of the old second and the daemon's first
+/// of the new one would each miss the other's, and a second would show its budget twice.
+#[test]
+fn the_daemons_new_second_is_the_programs_too() {
+    require_kernel!();
+    let kb = KernelBan {
+        per_sec: 2,
+        ..KernelBan::default()
+    };
+    let mut fx = fixture(1, SETTING_KBAN_TCP, kb);
+    // `wall_offset_ns` 0: the seconds are CLOCK_MONOTONIC's. The program's own second
+    // has one ban left; the daemon has spent the next second's budget.
+    let now = portsentry_user::clock::monotonic_ns() / 1_000_000_000;
+    let ahead = now + 1;
+    fx.dp
+        .write_kernel_ban(KernelBan {
+            second: now,
+            used: 1,
+            ..kb
+        })
+        .unwrap();
+    fx.dp.share_ban_budget(ahead, 2).unwrap();
+    let o = fx.expect(
+        &Frame::tcp(ip("198.51.100.60"), ip(V4_DST), 22, SYN).build(),
+        XDP_PASS,
+        Counter::PassProbe,
+    );
+    assert_eq!(o.delta.get(Counter::KernelBanDeferred), 1, "{o:?}");
+
+    // With one of the daemon's left, the program bans, counts the ban in the daemon's
+    // second and dates it at that second's start (or later, if the second came).
+    fx.dp.share_ban_budget(ahead, 1).unwrap();
+    let src = ip("198.51.100.61");
+    let o = fx.expect(
+        &Frame::tcp(src, ip(V4_DST), 22, SYN).build(),
+        XDP_DROP,
+        Counter::DropBanned,
+    );
+    assert_eq!(o.delta.get(Counter::KernelBanned), 1, "{o:?}");
+    let state = fx.dp.kernel_ban().unwrap().unwrap();
+    assert_eq!((state.second, state.used), (ahead, 1), "{state:?}");
+    let ban = fx.dp.ban(&IpNet::from(src)).unwrap().unwrap();
+    assert!(ban.since_ns >= ahead * 1_000_000_000, "{ban:?}");
+    let ev = fx.drain_events();
+    let ev = ev.last().unwrap();
+    assert_ne!(ev.flags & EVENT_KERNEL_BANNED, 0);
+    assert_eq!(ev.ts_ns, ban.since_ns, "the event carries the ban's time");
+}
+
 #[test]
 fn under_verify_sources_only_verified_sources_are_banned() {
     require_kernel!();
