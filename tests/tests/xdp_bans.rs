@@ -375,7 +375,8 @@ fn a_big_ban_map_reads_back_every_ban_once() {
 }
 
 /// More bans than `PS_BANS` holds, written by several threads at once: the write fails
-/// and says which map is full, and the map holds only bans that were put.
+/// and says which map is full, and the map holds only bans that were put: at most its
+/// size, and a few more when writers meet at its last free entry (`MAP_WRITERS_MAX`).
 #[test]
 fn a_ban_map_too_small_for_a_big_write_says_so() {
     require_kernel!();
@@ -394,8 +395,9 @@ fn a_ban_map_too_small_for_a_big_write_says_so() {
     let err = format!("{:#}", dp.insert_bans(&put).unwrap_err());
     assert!(err.contains("is PS_BANS full?"), "{err}");
     let read = dp.bans().unwrap();
+    let slack = portsentry_user::kernel::MAP_WRITERS_MAX - 1;
     assert!(
-        !read.is_empty() && read.len() <= 100_000,
+        !read.is_empty() && read.len() <= 100_000 + slack,
         "{} bans",
         read.len()
     );

@@ -33,7 +33,7 @@ use crate::paths;
 pub use attach::Attachment;
 pub use maps::Counters;
 pub use resize::MapTooSmall;
-pub use sys::{ensure_pin_dir, pinned_link_ifindex};
+pub use sys::{MAP_WRITERS_MAX, ensure_pin_dir, pinned_link_ifindex};
 
 /// Sizes of the maps whose size is a deployment choice.
 #[derive(Clone, Debug)]

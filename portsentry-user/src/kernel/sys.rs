@@ -466,7 +466,7 @@ pub fn write_map_parallel<K: aya::Pod + Sync, V: aya::Pod + Sync>(
     values: &[V],
 ) -> Result<(), WriteError> {
     assert_eq!(keys.len(), values.len(), "one value per key");
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(MAP_WRITERS_MAX));
     if threads < 2 || keys.len() < PARALLEL_WRITE_MIN {
         return write_map(map, keys, values);
     }
@@ -492,6 +492,12 @@ pub fn write_map_parallel<K: aya::Pod + Sync, V: aya::Pod + Sync>(
     });
     results.into_iter().collect()
 }
+
+/// The most threads [`write_map_parallel`] writes one map from. A map without
+/// preallocation may end up holding up to one fewer entries than this over its size:
+/// the kernel checks for room and then counts the new entry, not as one step, so
+/// writers at its last free entry may all pass the check.
+pub const MAP_WRITERS_MAX: usize = 4;
 
 /// Fewer entries than this are written from one thread.
 const PARALLEL_WRITE_MIN: usize = 1 << 16;
