@@ -41,21 +41,37 @@ pub(super) fn act(
             .unwrap_or_default()
             .as_secs();
         let limit = eff.config.max_bans_per_sec;
-        // One budget with the program's own bans (and the program learns of ours).
-        let kernel = match shared.book().dp.as_ref() {
+        // One budget with the program's own bans. The ban is shown to the program before
+        // the program's are read, as the program adds its own before it reads ours: of
+        // two bans racing for the second's last place, one may be refused too many,
+        // never one let through too many. (Read first, both could take it.)
+        // (A budget the program's bans have spent already is seen by a read alone.)
+        let mut admission = shared.admission.lock().expect("admission lock");
+        let before = admission.used_in(secs);
+        let kernel_bans = || match shared.book().dp.as_ref() {
             Some(dp) => dp.kernel_bans_in(secs).unwrap_or(0),
             None => 0,
         };
-        let mut admission = shared.admission.lock().expect("admission lock");
-        let admit = admission.admit(limit, secs, kernel, ev, mode);
-        let used = admission.used_in(secs);
-        drop(admission);
-        if admit == Admit::Now
-            && let Some(dp) = shared.book().dp.as_mut()
-            && let Err(e) = dp.share_ban_budget(secs, used)
-        {
-            shared.log.warn(&format!("portsentry: {e:#}"));
+        let share = |used: u32| {
+            if let Some(dp) = shared.book().dp.as_mut()
+                && let Err(e) = dp.share_ban_budget(secs, used)
+            {
+                shared.log.warn(&format!("portsentry: {e:#}"));
+            }
+        };
+        let mut kernel = kernel_bans();
+        let reserve = limit != 0 && before.saturating_add(kernel) < limit;
+        if reserve {
+            share(before + 1);
+            kernel = kernel_bans();
         }
+        let admit = admission.admit(limit, secs, kernel, ev, mode);
+        match (reserve, admit == Admit::Now) {
+            (true, false) => share(before),
+            (false, true) => share(admission.used_in(secs)),
+            _ => {}
+        }
+        drop(admission);
         if let Admit::Wait { first } = admit {
             shared.metrics.ban_refused();
             if first {
