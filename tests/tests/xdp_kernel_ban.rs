@@ -33,6 +33,20 @@ fn fixture(trigger: u32, flags: u32, kb: KernelBan) -> Fixture {
     fx
 }
 
+/// The current second of CLOCK_MONOTONIC, read away from its turn: the program's
+/// coarse clock is a tick or two behind (so still in the second before during a
+/// second's first milliseconds), and the probes that follow must come in the second
+/// read here. Sleeps into the next second when needed.
+fn mid_second() -> u64 {
+    let ns = portsentry_user::clock::monotonic_ns();
+    let into = ns % 1_000_000_000;
+    if !(50_000_000..=900_000_000).contains(&into) {
+        let to = (1_000_000_000 - into + 100_000_000) % 1_000_000_000;
+        std::thread::sleep(std::time::Duration::from_nanos(to));
+    }
+    portsentry_user::clock::monotonic_ns() / 1_000_000_000
+}
+
 #[test]
 fn the_probe_that_reaches_the_trigger_is_dropped_and_its_source_banned() {
     require_kernel!();
@@ -112,7 +126,7 @@ fn max_bans_per_sec_holds_in_the_kernel_and_length_and_window_apply() {
     let mut fx = fixture(1, SETTING_KBAN_TCP, kb);
     // The budget started at the next second (`wall_offset_ns` 0: CLOCK_MONOTONIC's),
     // which the runs below count into whether or not a second starts among them.
-    let next = portsentry_user::clock::monotonic_ns() / 1_000_000_000 + 1;
+    let next = mid_second() + 1;
     fx.dp
         .write_kernel_ban(KernelBan { second: next, ..kb })
         .unwrap();
@@ -180,7 +194,7 @@ fn a_cpu_whose_clock_lags_keeps_the_budget_and_the_window() {
     // The budget: the next second (`wall_offset_ns` 0: the seconds are
     // CLOCK_MONOTONIC's), already spent by a CPU that is there. (Read after the
     // fixture's load, which takes longer than a second on a busy machine.)
-    let ahead = portsentry_user::clock::monotonic_ns() / 1_000_000_000 + 1;
+    let ahead = mid_second() + 1;
     fx.dp
         .write_kernel_ban(KernelBan {
             per_sec: 2,
@@ -247,7 +261,7 @@ fn the_daemons_new_second_is_the_programs_too() {
     let mut fx = fixture(1, SETTING_KBAN_TCP, kb);
     // `wall_offset_ns` 0: the seconds are CLOCK_MONOTONIC's. The program's own second
     // has one ban left; the daemon has spent the next second's budget.
-    let now = portsentry_user::clock::monotonic_ns() / 1_000_000_000;
+    let now = mid_second();
     let ahead = now + 1;
     fx.dp
         .write_kernel_ban(KernelBan {
