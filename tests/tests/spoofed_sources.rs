@@ -1,6 +1,7 @@
 //! Forged sources, end to end: a flood of SYNs from random forged sources is rate-limited
 //! while a real scanner is still banned, the same flood filling the ban map evicts no ban,
-//! and with VERIFY_SOURCES a forged source is never banned.
+//! and with VERIFY_SOURCES a forged source is never banned. The rate's seconds in the
+//! kernel follow a step of the wall clock.
 
 use std::{
     fs,
@@ -8,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use portsentry_common::maps::KernelBan;
 use portsentry_tests::{
     daemon::{Workdir, wait_until},
     netns::{TestNet, tcp_connect},
@@ -126,6 +128,55 @@ fn spoofed_flood_is_rate_limited_and_a_real_scanner_is_still_banned() {
     assert!(rss_kb < 200 * 1024, "daemon RSS {rss_kb} kB");
     eprintln!("flood: daemon RSS {rss_kb} kB, control answer in {answer:?}");
     d.wait_for("MAX_BANS_PER_SEC (20) reached", Duration::from_secs(1));
+    assert!(d.stop().success());
+}
+
+/// The program turns its clock into wall-clock seconds by an offset taken when its
+/// settings were written; after a step of the wall clock (NTP setting it at boot) the
+/// program and the daemon would count MAX_BANS_PER_SEC in different seconds, each
+/// spending the whole budget. The daemon moves the program's offset with the step. (A
+/// test cannot step the machine's clock: it writes an offset an hour off, the state a
+/// step of an hour leaves.)
+#[test]
+fn the_budgets_seconds_follow_a_step_of_the_wall_clock() {
+    require_kernel!();
+    let net = TestNet::new(0);
+    let wd = Workdir::new();
+    wd.config(
+        &net.server_if,
+        "MAX_BANS_PER_SEC=\"20\"\nKILL_ROUTE=\"\"\nKILL_RUN_CMD=\"\"\n",
+    );
+    let d = start(&net, &wd);
+    let mut dp = portsentry_user::kernel::Dataplane::open_pinned(&wd.pin_dir).unwrap();
+    let kb = dp.kernel_ban().unwrap().expect("PS_KBAN");
+    let hour = 3_600_000_000_000u64;
+    dp.write_kernel_ban(KernelBan {
+        wall_offset_ns: kb.wall_offset_ns.wrapping_sub(hour),
+        ..kb
+    })
+    .unwrap();
+    d.wait_for(
+        "the wall clock was stepped by 3600.0",
+        Duration::from_secs(5),
+    );
+    let now = dp.kernel_ban().unwrap().unwrap();
+    let offset = portsentry_user::kernel::configure::wall_offset_ns();
+    assert!(
+        offset.abs_diff(now.wall_offset_ns) < 10_000_000,
+        "the program's offset {} against {offset}",
+        now.wall_offset_ns
+    );
+    assert_eq!(
+        KernelBan {
+            wall_offset_ns: 0,
+            ..now
+        },
+        KernelBan {
+            wall_offset_ns: 0,
+            ..kb
+        },
+        "the settings and the budget are kept"
+    );
     assert!(d.stop().success());
 }
 

@@ -298,6 +298,53 @@ fn the_daemons_new_second_is_the_programs_too() {
     assert_eq!(ev.ts_ns, ban.since_ns, "the event carries the ban's time");
 }
 
+/// A step of the wall clock after the settings were written (NTP setting it at boot, an
+/// operator's `date`) moves the daemon's seconds; `follow_wall_clock` moves the
+/// program's with them and keeps the rest of `PS_KBAN` as it was.
+#[test]
+fn the_budget_follows_a_step_of_the_wall_clock() {
+    require_kernel!();
+    let kb = KernelBan {
+        per_sec: 2,
+        ban_ns: 7_000_000_000,
+        window_ns: 9_000_000_000,
+        ..KernelBan::default()
+    };
+    let mut fx = fixture(1, SETTING_KBAN_TCP, kb);
+    // NTP's slewing is not a step: nothing is written.
+    assert_eq!(fx.dp.follow_wall_clock(1_000_000).unwrap(), None);
+    assert_eq!(fx.dp.kernel_ban().unwrap().unwrap(), kb);
+    // A step of an hour forward: the offset follows, the rest is kept.
+    let hour = 3_600_000_000_000u64;
+    assert_eq!(fx.dp.follow_wall_clock(hour).unwrap(), Some(hour as i64));
+    assert_eq!(
+        fx.dp.kernel_ban().unwrap().unwrap(),
+        KernelBan {
+            wall_offset_ns: hour,
+            ..kb
+        }
+    );
+    // The daemon has spent the budget of its second (an hour on): the program's
+    // second is the same, so its probe is deferred. (With the offset of before, the
+    // program would count in a second an hour back and ban.)
+    // (Not in a second's last 100 ms: the probe must come in the second read here.)
+    let ns = portsentry_user::clock::monotonic_ns() % 1_000_000_000;
+    if ns > 900_000_000 {
+        std::thread::sleep(std::time::Duration::from_nanos(1_000_000_000 - ns));
+    }
+    let second = (portsentry_user::clock::monotonic_ns() + hour) / 1_000_000_000;
+    fx.dp.share_ban_budget(second, 2).unwrap();
+    let o = fx.expect(
+        &Frame::tcp(ip("198.51.100.70"), ip(V4_DST), 22, SYN).build(),
+        XDP_PASS,
+        Counter::PassProbe,
+    );
+    assert_eq!(o.delta.get(Counter::KernelBanDeferred), 1, "{o:?}");
+    // And back: a step backwards is seen too.
+    assert_eq!(fx.dp.follow_wall_clock(0).unwrap(), Some(-(hour as i64)));
+    assert_eq!(fx.dp.kernel_ban().unwrap().unwrap().wall_offset_ns, 0);
+}
+
 #[test]
 fn under_verify_sources_only_verified_sources_are_banned() {
     require_kernel!();

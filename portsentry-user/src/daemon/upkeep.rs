@@ -189,6 +189,7 @@ pub(super) fn housekeeping(shared: &Arc<Shared>) {
         shared.log.warn(&format!("portsentry: {e:#}"));
     }
     watch_links(shared);
+    follow_wall_clock(shared);
     super::crowdsec::write_status(shared);
     let eff = shared.eff();
     // The hooks' count before the listeners are read: a listen between the two leaves
@@ -243,6 +244,23 @@ pub(super) fn housekeeping(shared: &Arc<Shared>) {
             .unwrap_or(0);
         tracked = shared.sources_tracked.lock().expect("sources lock");
         *tracked = (count, Some(std::time::Instant::now()));
+    }
+}
+
+/// Moves the program's budget seconds with a step of the wall clock since they were set.
+fn follow_wall_clock(shared: &Shared) {
+    let step = match shared.book().dp.as_mut() {
+        Some(dp) => dp.follow_wall_clock(configure::wall_offset_ns()),
+        None => return,
+    };
+    match step {
+        Ok(Some(ns)) => shared.log.notice(&format!(
+            "portsentry: the wall clock was stepped by {:.3} s; MAX_BANS_PER_SEC's seconds \
+             in the kernel follow it",
+            ns as f64 / 1e9
+        )),
+        Ok(None) => {}
+        Err(e) => shared.log.warn(&format!("portsentry: {e:#}")),
     }
 }
 

@@ -36,7 +36,7 @@ pub fn kernel_ban(eff: &Effective) -> KernelBan {
 }
 
 /// Wall clock minus CLOCK_MONOTONIC, in ns (wrapping: the program adds it back).
-fn wall_offset_ns() -> u64 {
+pub fn wall_offset_ns() -> u64 {
     let wall = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()

@@ -28,6 +28,11 @@ use portsentry_common::{
 use super::{Dataplane, addr};
 use crate::config::ports::PortSet;
 
+/// How far the wall clock may move against CLOCK_MONOTONIC before the program's offset
+/// follows it ([`Dataplane::follow_wall_clock`]): NTP's slewing, at most 0.5 ms a
+/// second, moves it this far in no less than 20 s.
+const WALL_STEP_NS: u64 = 10_000_000;
+
 /// Every map of the program, typed.
 pub(super) struct Maps {
     pub bans: HashMap<MapData, Addr, BanEntry>,
@@ -275,6 +280,31 @@ impl Dataplane {
             a.set(KBAN_DAEMON, kb, 0).context("writing PS_KBAN")?;
         }
         Ok(())
+    }
+
+    /// Keeps the program's wall-clock offset (`wall_offset_ns`, taken when the settings
+    /// were written) within [`WALL_STEP_NS`] of `offset`, the one of now: after a step of
+    /// the wall clock (NTP setting it at boot, an operator's `date`) the budget's seconds
+    /// are the daemon's again; otherwise the two would count different seconds and each
+    /// spend a whole MAX_BANS_PER_SEC in every one. Only the offset changes: the
+    /// settings and the second's count are written back as read (a ban the program makes
+    /// between the read and the write goes uncounted: a ban of slack, once per step).
+    /// Returns the step, when there was one.
+    pub fn follow_wall_clock(&mut self, offset: u64) -> Result<Option<i64>> {
+        let Some(a) = &mut self.maps.kban else {
+            return Ok(None);
+        };
+        let kb = a.get(&KBAN_PROGRAM, 0).context("reading PS_KBAN")?;
+        let step = offset.wrapping_sub(kb.wall_offset_ns) as i64;
+        if step.unsigned_abs() <= WALL_STEP_NS {
+            return Ok(None);
+        }
+        let kb = KernelBan {
+            wall_offset_ns: offset,
+            ..kb
+        };
+        a.set(KBAN_PROGRAM, kb, 0).context("writing PS_KBAN")?;
+        Ok(Some(step))
     }
 
     /// Writes the kernel-side ban's settings (and starts its budget afresh).
