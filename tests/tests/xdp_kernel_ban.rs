@@ -327,12 +327,7 @@ fn the_budget_follows_a_step_of_the_wall_clock() {
     // The daemon has spent the budget of its second (an hour on): the program's
     // second is the same, so its probe is deferred. (With the offset of before, the
     // program would count in a second an hour back and ban.)
-    // (Not in a second's last 100 ms: the probe must come in the second read here.)
-    let ns = portsentry_user::clock::monotonic_ns() % 1_000_000_000;
-    if ns > 900_000_000 {
-        std::thread::sleep(std::time::Duration::from_nanos(1_000_000_000 - ns));
-    }
-    let second = (portsentry_user::clock::monotonic_ns() + hour) / 1_000_000_000;
+    let second = mid_second() + hour / 1_000_000_000;
     fx.dp.share_ban_budget(second, 2).unwrap();
     let o = fx.expect(
         &Frame::tcp(ip("198.51.100.70"), ip(V4_DST), 22, SYN).build(),

@@ -155,8 +155,9 @@ pub(super) fn enforce_guard(shared: &Arc<Shared>, when: &str) {
     }
 }
 
-/// Expires bans, writes the blocked files when bans changed (and compacts the journal
-/// when it has grown), keeps the ports and protocols this host serves and the
+/// Bans the scanners that waited for the budget, expires bans, writes the blocked files
+/// when bans changed (and compacts the journal when it has grown), keeps the program's
+/// budget seconds on the wall clock, the ports and protocols this host serves and the
 /// always-ignored addresses current, counts tracked sources.
 pub(super) fn housekeeping(shared: &Arc<Shared>) {
     respond::drain_waiting(shared);

@@ -35,7 +35,11 @@ pub fn kernel_ban(eff: &Effective) -> KernelBan {
     }
 }
 
-/// Wall clock minus CLOCK_MONOTONIC, in ns (wrapping: the program adds it back).
+/// Wall clock minus CLOCK_MONOTONIC, in ns (wrapping: the program adds it back). The
+/// wall clock is read first: the offset comes out at most the true one, never above
+/// what `clock::to_system` (which reads them the other way round) adds back. So a ban
+/// the program dates at a second's start (`probe::kernel_ban`) shows in that second,
+/// not a few ns into the one before.
 pub fn wall_offset_ns() -> u64 {
     let wall = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -29,8 +29,10 @@ use super::{Dataplane, addr};
 use crate::config::ports::PortSet;
 
 /// How far the wall clock may move against CLOCK_MONOTONIC before the program's offset
-/// follows it ([`Dataplane::follow_wall_clock`]): NTP's slewing, at most 0.5 ms a
-/// second, moves it this far in no less than 20 s.
+/// follows it ([`Dataplane::follow_wall_clock`]). NTP's slewing moves both clocks
+/// alike; only a step (or a leap second) moves one against the other. Well above the
+/// noise of measuring the offset (`configure::wall_offset_ns`: a thread preempted
+/// between its two reads), well below a second.
 const WALL_STEP_NS: u64 = 10_000_000;
 
 /// Every map of the program, typed.
@@ -287,9 +289,9 @@ impl Dataplane {
     /// the wall clock (NTP setting it at boot, an operator's `date`) the budget's seconds
     /// are the daemon's again; otherwise the two would count different seconds and each
     /// spend a whole MAX_BANS_PER_SEC in every one. Only the offset changes: the
-    /// settings and the second's count are written back as read (a ban the program makes
-    /// between the read and the write goes uncounted: a ban of slack, once per step).
-    /// Returns the step, when there was one.
+    /// settings and the second's count are written back as read. (What the program
+    /// counts between the read and the write, microseconds apart, is lost: at most one
+    /// second's budget of slack, once per step.) Returns the step, when there was one.
     pub fn follow_wall_clock(&mut self, offset: u64) -> Result<Option<i64>> {
         let Some(a) = &mut self.maps.kban else {
             return Ok(None);
