@@ -41,11 +41,11 @@ pub(super) fn act(
             .unwrap_or_default()
             .as_secs();
         let limit = eff.config.max_bans_per_sec;
-        // One budget with the program's own bans. The ban is shown to the program before
-        // the program's are read, as the program adds its own before it reads ours: of
-        // two bans racing for the second's last place, one may be refused too many,
-        // never one let through too many. (Read first, both could take it.)
-        // (A budget the program's bans have spent already is seen by a read alone.)
+        // One budget with the program's own bans. When there is room, the ban is shown
+        // to the program before the program's are read again, as the program adds its
+        // own before it reads ours: of two bans racing for the second's last place, one
+        // may be refused too many, never one let through too many (read first, both
+        // could take it). A budget already spent is seen by the first read alone.
         let mut admission = shared.admission.lock().expect("admission lock");
         let before = admission.used_in(secs);
         let kernel_bans = || match shared.book().dp.as_ref() {
