@@ -5,8 +5,11 @@
 //!    parsed is passed and counted); every header access goes through `frame.rs`;
 //! 2. ban check (`bans.rs`): the exact hash by the source's key (an IPv6 source's
 //!    network address under SOURCE_PREFIX_V6, else the address), then the prefix trie
-//!    when it holds anything and the range filter lets the address through; an active ban drops the packet (any protocol), an expired
-//!    one is ignored;
+//!    when it holds anything and the range filter lets the address through; an active
+//!    ban drops the packet (any protocol, whatever its transport header), an expired one
+//!    is ignored. An IPv6 source is checked once its transport header is read (step 3),
+//!    before anything acts on that header: the verifier then walks the check once for
+//!    all of IPv6's extension chains (see `inspect`);
 //! 3. TCP/UDP header; non-first fragments, other protocols and TCP with RST are passed
 //!    with no further lookup (with VERIFY_SOURCES, an ACK may first answer a challenge:
 //!    `challenge.rs`); an over-long IPv6 header chain is dropped (BLOCK_EVASIVE_PACKETS);
@@ -163,9 +166,6 @@ fn inspect(ctx: &XdpContext) -> Counter {
     };
     let defaults = Settings::default();
     let settings = settings_or(&defaults);
-    // A ban never drops a packet from an ignored network (the ignore list, loopback,
-    // this host): the trie is consulted on the drop path only, so other packets pay
-    // nothing for it.
     // IPv6 sources are counted and banned by network (SOURCE_PREFIX_V6): `key` is the
     // source's network address, or the source itself.
     let prefix = if ip.v6 {
@@ -177,27 +177,55 @@ fn inspect(ctx: &XdpContext) -> Counter {
         Some(p) => prefix_words(&ip.src, p),
         None => ip.src,
     };
-    if is_banned(&key, &ip.src, settings) {
-        if !is_spared(&ip.src, settings) {
-            return Counter::DropBanned;
-        }
-        count(Counter::BanSpared);
+    // The ban check drops a banned source's packet whatever its transport header says.
+    // An IPv4 source is checked before that header is read (the banned path is then the
+    // shortest); an IPv6 source after it. Once the transport header is read the parser's
+    // offsets are dead (the challenge parses the frame again), so the verifier walks
+    // what follows once for all the shapes that parse alike (VLAN tags, IPv6 extension
+    // chains) instead of once per shape: checked there, the ban check of IPv6's many
+    // chains is walked a few times, not once per chain (half the first program's
+    // verification, for about 2 ns more on an IPv6 ban; BENCHMARKS.md).
+    let early = !ip.v6;
+    if early && let Some(drop) = ban_verdict(&key, &ip.src, settings) {
+        return drop;
     }
-    // From here on the parser's offsets are dead (the challenge parses the frame again),
-    // so the verifier walks the rest once for all the shapes that parse alike (VLAN tags,
-    // IPv6 extension chains) instead of once per shape.
     let mut l4 = L4::of_protocol(ip.proto);
-    match parse_l4_into(&pkt, &ip, &mut l4) {
-        Ok(()) => {}
-        Err(Counter::PassHeaderChain) if settings.flags & SETTING_DROP_EVASIVE != 0 => {
-            return Counter::DropHeaderChain;
+    // Whether the ban check is done.
+    let checked = match parse_l4_into(&pkt, &ip, &mut l4) {
+        Ok(()) => early,
+        Err(reason) => {
+            if !early && let Some(drop) = ban_verdict(&key, &ip.src, settings) {
+                return drop;
+            }
+            match reason {
+                Counter::PassHeaderChain if settings.flags & SETTING_DROP_EVASIVE != 0 => {
+                    return Counter::DropHeaderChain;
+                }
+                // `l4` holds the protocol as a probe of it.
+                Counter::PassOtherProto if is_protocol_probe(&pkt, &ip) => true,
+                reason => return reason,
+            }
         }
-        // `l4` holds the protocol as a probe of it.
-        Err(Counter::PassOtherProto) if is_protocol_probe(&pkt, &ip) => {}
-        Err(reason) => return reason,
+    };
+    if !checked && let Some(drop) = ban_verdict(&key, &ip.src, settings) {
+        return drop;
     }
     let verdict = inspect_l4(ctx, &ip, &l4, &key, prefix, settings);
     tiny_fragment_rule(&l4, verdict, settings)
+}
+
+/// `DropBanned` when an active ban covers the source and its network is not ignored
+/// (a ban never drops a packet from the ignore list, loopback or this host; the trie is
+/// consulted on the drop path only, so other packets pay nothing for it).
+#[inline(always)]
+fn ban_verdict(key: &AddrWords, src: &AddrWords, settings: &Settings) -> Option<Counter> {
+    if is_banned(key, src, settings) {
+        if !is_spared(src, settings) {
+            return Some(Counter::DropBanned);
+        }
+        count(Counter::BanSpared);
+    }
+    None
 }
 
 /// A TCP or UDP header split across fragments has no legitimate use: counted like any

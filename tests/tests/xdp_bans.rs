@@ -46,11 +46,23 @@ fn exact_bans_drop_every_protocol() {
             // Whatever the transport header says: cut short, or behind a chain longer
             // than the parser walks.
             Frame::tcp(src, dst, 22, SYN).l4_keep(6).build(),
+            // A tiny first fragment (an IPv6 source's ban is checked after the transport
+            // header is read, and before the tiny-fragment rule acts on it).
             match src {
                 IpAddr::V4(_) => Frame::tcp(src, dst, 22, SYN)
                     .ipv4_fragment(0, true)
                     .l4_keep(10)
                     .build(),
+                IpAddr::V6(_) => Frame::tcp(src, dst, 22, SYN)
+                    .ext(Ext::Fragment {
+                        offset: 0,
+                        more: true,
+                    })
+                    .l4_keep(10)
+                    .build(),
+            },
+            match src {
+                IpAddr::V4(_) => Frame::tcp(src, dst, 22, SYN).ipv4_options(&[1; 40]).build(),
                 IpAddr::V6(_) => (0..10)
                     .fold(Frame::tcp(src, dst, 22, SYN), |f, _| {
                         f.ext(Ext::DestOpts(1))
