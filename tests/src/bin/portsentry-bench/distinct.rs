@@ -3,9 +3,12 @@
 //!    front program rewrites the source and tail-calls the program), with `--scale`
 //!    exact bans and 100,000 range bans loaded. Rows: the banned path cycling through
 //!    every banned source; a benign ACK from as many sources that are not banned; a
-//!    SYN probe to a closed watched port from as many new sources (a random-source SYN
-//!    flood); and the banned and benign paths from one source (the hot case the other
-//!    tables measure). The floor is the same front program tail-calling XDP_PASS.
+//!    SYN probe to a closed watched port from a source new to `PS_SOURCES` each run (a
+//!    random-source SYN flood: four times `--scale` sources cycled), with `PS_SOURCES`
+//!    sized for `--scale` sources and at the default
+//!    MAX_TRACKED_SOURCES (a second program with the same bans); and the banned and
+//!    benign paths from one source (the hot case the other tables measure). The floor
+//!    is the same front program tail-calling XDP_PASS.
 //!    Two reference rows give the least a structure of that size costs a packet from
 //!    another source each run (`rotate::Reference`): one read of a large array, and a
 //!    bare lookup in a kernel hash map of the banned sources. xdp-filter (all features),
@@ -52,27 +55,7 @@ pub(crate) fn distinct(args: &Args) {
         Ipv4Addr::new(20, 0, 0, 0),
         Ipv4Addr::new(40, 0, 0, 0),
     );
-    let t = Instant::now();
-    let exact: Vec<(IpNet, BanEntry)> = (0..n)
-        .map(|i| {
-            let a = Ipv4Addr::from(u32::from(banned) + i);
-            (IpNet::from(IpAddr::V4(a)), BanEntry::default())
-        })
-        .collect();
-    dp.insert_bans(&exact).expect("inserting the exact bans");
-    drop(exact);
-    let ranges: Vec<(IpNet, BanEntry)> = (0..RANGES)
-        .map(|i| {
-            let a = Ipv4Addr::from(0x6400_0000u32 + (i << 8));
-            (IpNet::V4(Ipv4Net::new(a, 24).unwrap()), BanEntry::default())
-        })
-        .collect();
-    dp.insert_bans(&ranges).expect("inserting the range bans");
-    drop(ranges);
-    eprintln!(
-        "bench: {n} exact bans and {RANGES} range bans loaded in {:.1?}",
-        t.elapsed()
-    );
+    load_bans(&mut dp, n, banned);
     let server = ip("192.0.2.1");
     let fd = dp.program_fd().unwrap();
     let pass = pass_program().expect("loading the XDP_PASS program");
@@ -82,6 +65,11 @@ pub(crate) fn distinct(args: &Args) {
     let ack = Frame::tcp(IpAddr::V4(benign), server, 443, ACK).build();
     let syn443 = Frame::tcp(IpAddr::V4(banned), server, 443, SYN).build();
     let syn23 = Frame::tcp(IpAddr::V4(probing), server, 23, SYN).build();
+    // A flood's sources: four times as many as `PS_SOURCES` holds, cycled, so that each
+    // run's source was pushed out of the table long before it comes back. (With `n`,
+    // every round after the first found the record its source made a round before: the
+    // figure of earlier runs of this bench, about half a flood's.)
+    let fresh = n.saturating_mul(4).min(1 << 30);
     // Eight words a source: 64 MiB at a million, more than this CPU's caches hold.
     let words = (u64::from(n) * 8).next_power_of_two().min(1 << 26) as u32;
     let cold = Reference::cold_read(words).expect("loading the array reference");
@@ -121,8 +109,10 @@ pub(crate) fn distinct(args: &Args) {
             pass_,
         ),
         (
-            "SYN probe to a closed watched port, each run another source".into(),
-            rot(fd, probing, n),
+            "SYN probe to a closed watched port, each run a source new to the table (a \
+             random-source SYN flood)"
+                .into(),
+            rot(fd, probing, fresh),
             syn23.clone(),
             pass_,
         ),
@@ -139,12 +129,39 @@ pub(crate) fn distinct(args: &Args) {
             pass_,
         ),
     ];
+    // The flood at the default MAX_TRACKED_SOURCES: the rows above size `PS_SOURCES` for
+    // `n` sources; this program's table has the size a configuration without the key
+    // gives it (the same bans loaded).
+    let tracked = portsentry_user::config::Config::default().max_tracked_sources;
+    let mut small = bench_dataplane(
+        None,
+        &MapSizes {
+            sources: tracked,
+            ..sizes.clone()
+        },
+        &[ip_net("203.0.113.0/24")],
+    );
+    let _small_events = small.take_events().unwrap();
+    load_bans(&mut small, n, banned);
+    let small_fd = small.program_fd().unwrap();
+    fronts.push((
+        format!(
+            "SYN probe to a closed watched port, each run a source new to the table, \
+             {tracked} sources tracked (the default MAX_TRACKED_SOURCES)"
+        ),
+        rot(small_fd, probing, fresh),
+        syn23.clone(),
+        pass_,
+    ));
     // xdp-filter (all features, one source banned) on the same probes: what a filter
     // that detects nothing pays for a random-source SYN flood.
     let xdpf = XdpFilter::load(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)));
     if let Some(x) = &xdpf {
         for (row, count) in [
-            ("xdp-filter: the same SYN probe, each run another source", n),
+            (
+                "xdp-filter: the same SYN probe, each run another source",
+                fresh,
+            ),
             ("xdp-filter: the same SYN probe, one source", 1),
         ] {
             match Rotator::new(x.fd.as_fd(), probing, count) {
@@ -194,4 +211,29 @@ pub(crate) fn distinct(args: &Args) {
         );
     }
     println!();
+}
+
+/// `n` exact bans from `banned` up and [`RANGES`] range bans (/24s from 100.0.0.0, none
+/// holding a source of the rows).
+fn load_bans(dp: &mut portsentry_user::kernel::Dataplane, n: u32, banned: Ipv4Addr) {
+    let t = Instant::now();
+    let exact: Vec<(IpNet, BanEntry)> = (0..n)
+        .map(|i| {
+            let a = Ipv4Addr::from(u32::from(banned) + i);
+            (IpNet::from(IpAddr::V4(a)), BanEntry::default())
+        })
+        .collect();
+    dp.insert_bans(&exact).expect("inserting the exact bans");
+    drop(exact);
+    let ranges: Vec<(IpNet, BanEntry)> = (0..RANGES)
+        .map(|i| {
+            let a = Ipv4Addr::from(0x6400_0000u32 + (i << 8));
+            (IpNet::V4(Ipv4Net::new(a, 24).unwrap()), BanEntry::default())
+        })
+        .collect();
+    dp.insert_bans(&ranges).expect("inserting the range bans");
+    eprintln!(
+        "bench: {n} exact bans and {RANGES} range bans loaded in {:.1?}",
+        t.elapsed()
+    );
 }
