@@ -5,7 +5,11 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use portsentry_common::{Counter, maps::BanEntry, packet};
+use portsentry_common::{
+    Counter,
+    maps::{BanEntry, SETTING_DROP_EVASIVE, Settings},
+    packet,
+};
 use portsentry_tests::{
     fixture::Fixture,
     frames::{Ext, Frame, Transport, flags::*},
@@ -88,6 +92,83 @@ fn exact_bans_drop_every_protocol() {
         // Unbanning lets it through again.
         assert!(fx.dp.remove_ban(&IpNet::from(src)).unwrap());
         fx.expect(&frames[0], XDP_PASS, Counter::PassProbe);
+    }
+}
+
+/// With BLOCK_EVASIVE_PACKETS a banned source's evasive shapes are still dropped as
+/// banned, not as evasive (an IPv6 source's ban is checked after its transport header is
+/// read, before anything acts on it); a spared ban (an ignored source) is counted once
+/// whatever the shape.
+#[test]
+fn a_banned_sources_evasive_shapes_are_dropped_as_banned() {
+    require_kernel!();
+    let mut fx = Fixture::with_settings(Settings {
+        event_trigger: 1,
+        flags: SETTING_DROP_EVASIVE,
+        ..Settings::default()
+    });
+    for (src, dst) in pairs() {
+        fx.dp
+            .insert_ban(&IpNet::from(src), &BanEntry::default())
+            .unwrap();
+        let mut frames = vec![match src {
+            IpAddr::V4(_) => Frame::tcp(src, dst, 22, SYN)
+                .ipv4_fragment(0, true)
+                .l4_keep(8)
+                .build(),
+            IpAddr::V6(_) => Frame::tcp(src, dst, 22, SYN)
+                .ext(Ext::Fragment {
+                    offset: 0,
+                    more: true,
+                })
+                .l4_keep(8)
+                .build(),
+        }];
+        if src.is_ipv6() {
+            frames.push(
+                (0..10)
+                    .fold(Frame::tcp(src, dst, 22, SYN), |f, _| {
+                        f.ext(Ext::DestOpts(1))
+                    })
+                    .build(),
+            );
+        }
+        for f in &frames {
+            fx.expect(f, XDP_DROP, Counter::DropBanned);
+        }
+        // Not banned, the same shapes are dropped as evasive.
+        assert!(fx.dp.remove_ban(&IpNet::from(src)).unwrap());
+        fx.expect(&frames[0], XDP_DROP, Counter::DropTinyFragment);
+        if let Some(chain) = frames.get(1) {
+            fx.expect(chain, XDP_DROP, Counter::DropHeaderChain);
+        }
+    }
+    // Spared: an ignored source's ban is counted once, on the parsed path and on a
+    // shape the parser passes (a later fragment).
+    let spared: Vec<IpNet> = pairs().iter().map(|(s, _)| IpNet::from(*s)).collect();
+    fx.dp.replace_ignore(&spared, &[]).unwrap();
+    for (src, dst) in pairs() {
+        fx.dp
+            .insert_ban(&IpNet::from(src), &BanEntry::default())
+            .unwrap();
+        let later = match src {
+            IpAddr::V4(_) => Frame::tcp(src, dst, 22, SYN)
+                .ipv4_fragment(8, false)
+                .build(),
+            IpAddr::V6(_) => Frame::tcp(src, dst, 22, SYN)
+                .ext(Ext::Fragment {
+                    offset: 8,
+                    more: false,
+                })
+                .build(),
+        };
+        for (f, reason) in [
+            (Frame::tcp(src, dst, 22, SYN).build(), Counter::PassIgnored),
+            (later, Counter::PassFragment),
+        ] {
+            let o = fx.expect(&f, XDP_PASS, reason);
+            assert_eq!(o.delta.get(Counter::BanSpared), 1, "{src}: {reason:?}");
+        }
     }
 }
 
