@@ -36,42 +36,16 @@ fn exact_bans_drop_every_protocol() {
             Frame::new(src, dst, Transport::Other(1)).build(),
             Frame::tcp(src, dst, 22, SYN).vlans(&[0x8100]).build(),
             // Banned sources' later fragments are dropped too.
-            match src {
-                IpAddr::V4(_) => Frame::tcp(src, dst, 22, SYN)
-                    .ipv4_fragment(8, false)
-                    .build(),
-                IpAddr::V6(_) => Frame::tcp(src, dst, 22, SYN)
-                    .ext(Ext::Fragment {
-                        offset: 8,
-                        more: false,
-                    })
-                    .build(),
-            },
+            fragment(src, dst, 8, false).build(),
             // Whatever the transport header says: cut short, or behind a chain longer
             // than the parser walks.
             Frame::tcp(src, dst, 22, SYN).l4_keep(6).build(),
             // A tiny first fragment (an IPv6 source's ban is checked after the transport
             // header is read, and before the tiny-fragment rule acts on it).
-            match src {
-                IpAddr::V4(_) => Frame::tcp(src, dst, 22, SYN)
-                    .ipv4_fragment(0, true)
-                    .l4_keep(10)
-                    .build(),
-                IpAddr::V6(_) => Frame::tcp(src, dst, 22, SYN)
-                    .ext(Ext::Fragment {
-                        offset: 0,
-                        more: true,
-                    })
-                    .l4_keep(10)
-                    .build(),
-            },
+            fragment(src, dst, 0, true).l4_keep(10).build(),
             match src {
                 IpAddr::V4(_) => Frame::tcp(src, dst, 22, SYN).ipv4_options(&[1; 40]).build(),
-                IpAddr::V6(_) => (0..10)
-                    .fold(Frame::tcp(src, dst, 22, SYN), |f, _| {
-                        f.ext(Ext::DestOpts(1))
-                    })
-                    .build(),
+                IpAddr::V6(_) => long_chain(src, dst),
             },
         ];
         for f in &frames {
@@ -111,27 +85,9 @@ fn a_banned_sources_evasive_shapes_are_dropped_as_banned() {
         fx.dp
             .insert_ban(&IpNet::from(src), &BanEntry::default())
             .unwrap();
-        let mut frames = vec![match src {
-            IpAddr::V4(_) => Frame::tcp(src, dst, 22, SYN)
-                .ipv4_fragment(0, true)
-                .l4_keep(8)
-                .build(),
-            IpAddr::V6(_) => Frame::tcp(src, dst, 22, SYN)
-                .ext(Ext::Fragment {
-                    offset: 0,
-                    more: true,
-                })
-                .l4_keep(8)
-                .build(),
-        }];
+        let mut frames = vec![fragment(src, dst, 0, true).l4_keep(8).build()];
         if src.is_ipv6() {
-            frames.push(
-                (0..10)
-                    .fold(Frame::tcp(src, dst, 22, SYN), |f, _| {
-                        f.ext(Ext::DestOpts(1))
-                    })
-                    .build(),
-            );
+            frames.push(long_chain(src, dst));
         }
         for f in &frames {
             fx.expect(f, XDP_DROP, Counter::DropBanned);
@@ -151,25 +107,32 @@ fn a_banned_sources_evasive_shapes_are_dropped_as_banned() {
         fx.dp
             .insert_ban(&IpNet::from(src), &BanEntry::default())
             .unwrap();
-        let later = match src {
-            IpAddr::V4(_) => Frame::tcp(src, dst, 22, SYN)
-                .ipv4_fragment(8, false)
-                .build(),
-            IpAddr::V6(_) => Frame::tcp(src, dst, 22, SYN)
-                .ext(Ext::Fragment {
-                    offset: 8,
-                    more: false,
-                })
-                .build(),
-        };
         for (f, reason) in [
             (Frame::tcp(src, dst, 22, SYN).build(), Counter::PassIgnored),
-            (later, Counter::PassFragment),
+            (fragment(src, dst, 8, false).build(), Counter::PassFragment),
         ] {
             let o = fx.expect(&f, XDP_PASS, reason);
             assert_eq!(o.delta.get(Counter::BanSpared), 1, "{src}: {reason:?}");
         }
     }
+}
+
+/// A SYN to port 22 as a fragment at `offset`, of either family.
+fn fragment(src: IpAddr, dst: IpAddr, offset: u16, more: bool) -> Frame {
+    let f = Frame::tcp(src, dst, 22, SYN);
+    match src {
+        IpAddr::V4(_) => f.ipv4_fragment(offset, more),
+        IpAddr::V6(_) => f.ext(Ext::Fragment { offset, more }),
+    }
+}
+
+/// An IPv6 SYN behind a chain of ten headers, longer than the parser walks.
+fn long_chain(src: IpAddr, dst: IpAddr) -> Vec<u8> {
+    (0..10)
+        .fold(Frame::tcp(src, dst, 22, SYN), |f, _| {
+            f.ext(Ext::DestOpts(1))
+        })
+        .build()
 }
 
 #[test]
