@@ -11,6 +11,7 @@ pub mod counters;
 pub mod maps;
 pub mod packet;
 pub mod scan;
+pub mod sources;
 pub mod trw;
 
 pub use counters::Counter;

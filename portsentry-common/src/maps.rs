@@ -55,7 +55,8 @@ pub const ACK_PORTS: &str = "PS_ACK_PORTS";
 /// module handles and those a raw socket is open for; empty when PROTO_SCAN_PROTOCOLS is
 /// 0.
 pub const PROTOCOLS: &str = "PS_PROTOCOLS";
-/// Per-source probe tracking. `LruHashMap<Addr, SourceStats>`.
+/// Per-source probe tracking: `Array<SourceSet>`, a set-associative table
+/// ([`crate::sources`]).
 pub const SOURCES: &str = "PS_SOURCES";
 /// Probe events. Ring buffer of [`ScanEvent`] records.
 pub const EVENTS: &str = "PS_EVENTS";
@@ -249,7 +250,7 @@ pub enum BanOrigin {
     CrowdSec = 4,
 }
 
-/// Value of `PS_SOURCES`: what one source has done. Host byte order; timestamps are
+/// What one source has done (a way of a `PS_SOURCES` set). Host byte order; timestamps are
 /// CLOCK_MONOTONIC nanoseconds. Updated without locks, so counts are approximate under
 /// concurrent packets from the same source on several CPUs.
 #[repr(C)]
@@ -501,6 +502,7 @@ mod user {
     // SAFETY: all are repr(C) with no padding and no invalid bit patterns (bytemuck::Pod).
     unsafe impl aya::Pod for BanEntry {}
     unsafe impl aya::Pod for SourceStats {}
+    unsafe impl aya::Pod for crate::sources::SourceSet {}
     unsafe impl aya::Pod for ScanEvent {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for EventBudget {}

@@ -50,15 +50,14 @@ mod clock;
 mod frame;
 mod probe;
 mod socket;
+mod sources;
 mod stage;
 mod tcp_binds;
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, xdp_action},
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, xdp_action},
     macros::{map, xdp},
-    maps::{
-        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf, lpm_trie::Key,
-    },
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, ProgramArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
 };
 use portsentry_common::{
@@ -67,11 +66,12 @@ use portsentry_common::{
         ACK_PORT_WORDS, BAN_CACHE_SLOTS, BAN_FILTER_WORDS, BAN_NETS_MAX, BANS_MAX, BanEntry,
         BanSlot, EVENTS_BYTES, EventBudget, IGNORE_FILTER_WORDS, IGNORE_MAX, IGNORE_SINGLE,
         KernelBan, PORT_WORDS, PROTOCOL_WORDS, SETTING_DROP_EVASIVE, SETTING_IGNORE,
-        SETTING_IGNORE_WIDE, SETTING_TRW, SETTING_VERIFY, SOURCES_MAX, Settings, SourceStats,
-        TCP_SOCKET_WORDS, net_filter_bit, v6_source_prefix,
+        SETTING_IGNORE_WIDE, SETTING_TRW, SETTING_VERIFY, SOURCES_MAX, Settings, TCP_SOCKET_WORDS,
+        net_filter_bit, v6_source_prefix,
     },
     packet::{AddrWords, EthHdr, Ip, L4, Packet, parse_ip, parse_l4_into, prefix_words, scan_type},
     scan::tcp_flags::{ACK, RST},
+    sources::{SourceSet, source_entries},
 };
 
 use crate::{
@@ -103,7 +103,8 @@ static PS_ACK_PORTS: Array<u64> = Array::with_max_entries(ACK_PORT_WORDS, 0);
 #[map]
 static PS_PROTOCOLS: Array<u64> = Array::with_max_entries(PROTOCOL_WORDS, 0);
 #[map]
-static PS_SOURCES: LruHashMap<Addr, SourceStats> = LruHashMap::with_max_entries(SOURCES_MAX, 0);
+static PS_SOURCES: Array<SourceSet> =
+    Array::with_max_entries(source_entries(SOURCES_MAX), BPF_F_MMAPABLE);
 #[map]
 static PS_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 #[map]

@@ -1,4 +1,4 @@
-//! Probes: which ports are watched, per-source tracking in `PS_SOURCES`, and events to
+//! Probes: which ports are watched, per-source tracking (`sources.rs`), and events to
 //! userspace through `PS_EVENTS`, rate-limited per CPU.
 
 use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
@@ -11,11 +11,12 @@ use portsentry_common::{
         Settings, SourceStats, UDP_PORT_WORD_BASE, ban_filter_bit,
     },
     packet::{AddrWords, L4},
+    sources::seen_stamp,
 };
 
 use crate::{
     PS_ACK_PORTS, PS_BAN_CACHE, PS_BAN_FILTER, PS_BANS, PS_EV_BUDGET, PS_EVENTS, PS_KBAN, PS_PORTS,
-    PS_SOURCES, Source, atomic, clock, count, key,
+    Source, atomic, clock, count, key, sources,
 };
 
 const NS_PER_SEC: u64 = 1_000_000_000;
@@ -93,11 +94,13 @@ pub fn record_probe(
             successes,
         }
     };
-    match PS_SOURCES.get_ptr_mut(key(&src.key)) {
+    let stamp = seen_stamp(now);
+    let set = sources::set_of(&src.key);
+    match set.and_then(|set| sources::record_in(set, &src.key, stamp)) {
         Some(stats) => {
-            // SAFETY: a value pointer from a successful lookup; concurrent updates from
+            // SAFETY: a way of a set from a successful lookup; concurrent updates from
             // other CPUs may race, which only makes the counts approximate.
-            let stats = unsafe { &mut *stats };
+            let stats = unsafe { &mut *stats.as_ptr() };
             stats.hits = stats.hits.saturating_add(1);
             stats.last_ns = now;
             stats.last_port = l4.dst_port;
@@ -184,13 +187,9 @@ pub fn record_probe(
             {
                 stats.events = 1;
             }
-            // By value, `stats` would be copied once more (36 more instructions).
-            #[allow(clippy::needless_borrows_for_generic_args)]
-            if PS_SOURCES
-                .insert(key(&src.key), &stats, BPF_NOEXIST as u64)
-                .is_err()
-            {
-                count(Counter::TrackFailed);
+            match set {
+                Some(set) => sources::put_new(set, &src.key, stamp, &stats),
+                None => count(Counter::TrackFailed),
             }
             banned
         }
@@ -358,13 +357,13 @@ fn wants_event(reached: bool, hits: u32, events: u16) -> bool {
 /// lookup: the walk starts at its first failure.
 #[inline(always)]
 pub fn is_first_contact(src: &AddrWords, l4: &L4) -> bool {
-    let Some(stats) = PS_SOURCES.get_ptr(key(src)) else {
+    let Some(stats) = sources::record(src) else {
         return false;
     };
     let (word, mask) = port_mask(l4.dst_port);
     // SAFETY: a value pointer from a successful lookup, read once (racing CPUs:
     // approximate).
-    let filter = unsafe { (*stats).port_filter };
+    let filter = unsafe { (*stats.as_ptr()).port_filter };
     matches!(filter.get(word), Some(w) if *w & mask == 0)
 }
 
@@ -375,11 +374,11 @@ pub fn is_first_contact(src: &AddrWords, l4: &L4) -> bool {
 /// success is not counted (at the bound), so that it counts once.
 #[inline(always)]
 pub fn record_success(src: &AddrWords, l4: &L4, settings: &Settings) {
-    let Some(stats) = PS_SOURCES.get_ptr_mut(key(src)) else {
+    let Some(stats) = sources::record(src) else {
         return;
     };
     // SAFETY: a value pointer from a successful lookup (racing CPUs: approximate).
-    let stats = unsafe { &mut *stats };
+    let stats = unsafe { &mut *stats.as_ptr() };
     let (word, mask) = port_mask(l4.dst_port);
     let Some(w) = stats.port_filter.get_mut(word) else {
         return;

@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod fixture;
 pub mod frames;
 pub mod netns;
+pub mod old_pins;
 pub mod probe_asserts;
 pub mod program_scan;
 pub mod rotate;

@@ -14,7 +14,7 @@ use std::{
 
 use aya::maps::{HashMap, MapData};
 use ipnet::IpNet;
-use portsentry_common::{Addr, maps::BanEntry};
+use portsentry_common::{Addr, maps::BanEntry, sources::source_entries};
 use portsentry_tests::{
     bpf_link::pinned_link,
     daemon::{Daemon, Workdir, binary},
@@ -132,7 +132,7 @@ fn a_bigger_max_bans_at_restart_keeps_every_ban_in_the_same_link() {
     );
     let d = start(&net, &wd);
     assert_eq!(pinned_size(&wd, "PS_BANS"), 64);
-    assert_eq!(pinned_size(&wd, "PS_SOURCES"), 1024);
+    assert_eq!(pinned_size(&wd, "PS_SOURCES"), source_entries(1024));
     assert!(!reaches(&net, scanner));
     let link_pin = wd.pin_dir.join(format!("link-{}", net.server_if));
     let before = pinned_link(&link_pin);
@@ -150,7 +150,7 @@ fn a_bigger_max_bans_at_restart_keeps_every_ban_in_the_same_link() {
         d.lines().join("\n")
     );
     assert_eq!(pinned_size(&wd, "PS_BANS"), 4096);
-    assert_eq!(pinned_size(&wd, "PS_SOURCES"), 2048);
+    assert_eq!(pinned_size(&wd, "PS_SOURCES"), source_entries(2048));
     assert_all_in_kernel(&wd, &ips);
     assert!(!reaches(&net, scanner), "the scanner's ban was dropped");
     assert!(reaches(&net, bystander));

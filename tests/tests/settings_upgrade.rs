@@ -3,50 +3,29 @@
 //! release's shape, its bytes carried over (cookie secret, flags, the IPv6 source
 //! prefix), the walk off.
 
-use std::{ffi::CString, os::unix::ffi::OsStrExt as _};
-
 use aya::maps::MapData;
 use portsentry_common::maps::{
     SETTING_V6_PREFIX_SHIFT, SETTING_VERIFY, SETTINGS, Settings, v6_source_prefix,
 };
-use portsentry_tests::{daemon::Workdir, require_kernel};
+use portsentry_tests::{
+    daemon::Workdir,
+    old_pins::{BPF_MAP_TYPE_ARRAY, pin_map},
+    require_kernel,
+};
 use portsentry_user::kernel::{Dataplane, MapSizes, ensure_pin_dir};
 
-const BPF_MAP_CREATE: libc::c_long = 0;
-const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-const BPF_OBJ_PIN: libc::c_long = 6;
-const BPF_MAP_TYPE_ARRAY: u32 = 2;
 /// The value size of `PS_SETTINGS` before this release.
 const OLD_VALUE_SIZE: u32 = 24;
 
-fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> i64 {
-    // SAFETY: a zeroed bpf_attr of 128 bytes whose pointers point at live buffers.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 128usize) };
-    assert!(rc >= 0, "bpf({cmd}): {}", std::io::Error::last_os_error());
-    rc
-}
-
 /// Pins an array `PS_SETTINGS` of the earlier shape holding `old`'s first 24 bytes.
 fn pin_old_settings(path: &std::path::Path, old: &Settings) {
-    let mut attr = [0u64; 16];
-    // map_type, key_size; value_size, max_entries.
-    attr[0] = u64::from(BPF_MAP_TYPE_ARRAY) | 4 << 32;
-    attr[1] = u64::from(OLD_VALUE_SIZE) | 1 << 32;
-    let fd = bpf(BPF_MAP_CREATE, &mut attr) as u32;
-    let key = 0u32;
     let bytes = &bytemuck::bytes_of(old)[..OLD_VALUE_SIZE as usize];
-    let mut attr = [0u64; 16];
-    attr[0] = u64::from(fd);
-    attr[1] = &key as *const u32 as u64;
-    attr[2] = bytes.as_ptr() as u64;
-    bpf(BPF_MAP_UPDATE_ELEM, &mut attr);
-    let c = CString::new(path.as_os_str().as_bytes()).unwrap();
-    let mut attr = [0u64; 16];
-    attr[0] = c.as_ptr() as u64;
-    attr[1] = u64::from(fd);
-    bpf(BPF_OBJ_PIN, &mut attr);
-    // SAFETY: the fd this test created; the pin keeps the map.
-    unsafe { libc::close(fd as i32) };
+    pin_map(
+        path,
+        BPF_MAP_TYPE_ARRAY,
+        (4, OLD_VALUE_SIZE, 1),
+        &[(&0u32.to_ne_bytes(), bytes)],
+    );
 }
 
 #[test]

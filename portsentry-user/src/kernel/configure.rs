@@ -164,7 +164,7 @@ pub fn apply(dp: &mut Dataplane, eff: &Effective) -> Result<()> {
 }
 
 /// A random 64-bit secret from the kernel.
-fn random_secret() -> u64 {
+pub(super) fn random_secret() -> u64 {
     let mut b = [0u8; 8];
     // SAFETY: getrandom into a valid 8-byte buffer.
     let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), 8, 0) };

@@ -25,7 +25,7 @@ use portsentry_common::{
     packet::AddrWords,
 };
 
-use super::{Dataplane, addr};
+use super::{Dataplane, addr, sources::SourceTable};
 use crate::config::ports::PortSet;
 
 /// How far the wall clock may move against CLOCK_MONOTONIC before the program's offset
@@ -51,7 +51,7 @@ pub(super) struct Maps {
     pub ack_ports: Option<Array<MapData, u64>>,
     /// `None` for an object (or pins) from before IP-protocol probes.
     pub protocols: Option<Array<MapData, u64>>,
-    pub sources: HashMap<MapData, Addr, SourceStats>,
+    pub sources: SourceTable,
     pub counters: PerCpuArray<MapData, u64>,
     pub settings: SettingsMap,
     /// `None` for an object built before the kernel-side ban (the bench loads one).
@@ -70,7 +70,8 @@ pub(super) struct Maps {
 
 impl Maps {
     /// Types the maps of `maps::ALL`, taken from a loaded object or opened from pins.
-    pub fn new(mut named: StdHashMap<&'static str, Map>) -> Result<Maps> {
+    /// `read_only`: nothing is written (`status`).
+    pub fn new(mut named: StdHashMap<&'static str, Map>, read_only: bool) -> Result<Maps> {
         let mut memory: Vec<(&'static str, u64)> =
             named.iter().map(|(n, m)| (*n, memlock(m))).collect();
         memory.sort();
@@ -116,7 +117,7 @@ impl Maps {
             ports: Array::try_from(take(maps::PORTS)?)?,
             ack_ports,
             protocols,
-            sources: HashMap::try_from(take(maps::SOURCES)?)?,
+            sources: SourceTable::new(take(maps::SOURCES)?, read_only)?,
             counters: PerCpuArray::try_from(take(maps::COUNTERS)?)?,
             settings: SettingsMap::new(take(maps::SETTINGS)?)?,
             kban,
@@ -465,22 +466,25 @@ impl Dataplane {
 
     /// What the kernel has recorded of one source.
     pub fn source(&self, ip: IpAddr) -> Result<Option<SourceStats>> {
-        absent_is_none(self.maps.sources.get(&addr::to_key(ip), 0))
+        self.maps.sources.get(&addr::to_key(ip))
     }
 
     /// Sets what the kernel has recorded of one source: for the tests, a state the
     /// program reaches only when CPUs race (a first probe timed by a CPU whose clock is
     /// ahead of this one's, say).
     pub fn put_source(&mut self, ip: IpAddr, stats: &SourceStats) -> Result<()> {
-        self.maps
-            .sources
-            .insert(addr::to_key(ip), stats, 0)
-            .context("writing PS_SOURCES")
+        self.maps.sources.put(&addr::to_key(ip), stats)
     }
 
-    /// How many sources are tracked (walks the keys: one syscall per entry).
+    /// Which set of `PS_SOURCES` holds `ip`'s record (its entry), for the tests that
+    /// fill one set: `None` for an earlier release's map.
+    pub fn source_set(&self, ip: IpAddr) -> Option<usize> {
+        self.maps.sources.set_of(&addr::to_key(ip))
+    }
+
+    /// How many sources are tracked.
     pub fn count_sources(&self) -> Result<u64> {
-        Ok(self.maps.sources.keys().count() as u64)
+        self.maps.sources.count()
     }
 
     /// Kernel memory charged to each map (`memlock` in its fdinfo), in bytes.
@@ -490,9 +494,10 @@ impl Dataplane {
 
     /// Every tracked source.
     pub fn sources(&self) -> Result<Vec<(IpAddr, SourceStats)>> {
-        let all: Vec<(Addr, SourceStats)> =
-            super::sys::read_map(fd(&self.maps.sources)).context("reading PS_SOURCES")?;
-        Ok(all
+        Ok(self
+            .maps
+            .sources
+            .all()?
             .into_iter()
             .map(|(k, v)| (addr::from_key(&k), v))
             .collect())
@@ -500,7 +505,7 @@ impl Dataplane {
 
     /// Forgets a source's probe history (after it was banned or unbanned).
     pub fn forget_source(&mut self, ip: IpAddr) -> Result<()> {
-        absent_is_false(self.maps.sources.remove(&addr::to_key(ip)))?;
+        self.maps.sources.forget(&addr::to_key(ip))?;
         Ok(())
     }
 

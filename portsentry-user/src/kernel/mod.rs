@@ -11,6 +11,7 @@ mod maps;
 mod net_filter;
 pub mod object;
 mod resize;
+mod sources;
 mod sys;
 mod tcp_sockets;
 
@@ -26,6 +27,7 @@ use aya_obj::programs::XdpAttachType;
 use portsentry_common::{
     PROBE_PROGRAM, PROGRAM_NAME,
     maps::{self as names, Settings},
+    sources::source_entries,
 };
 
 use crate::paths;
@@ -41,6 +43,7 @@ pub struct MapSizes {
     pub bans: u32,
     pub ban_nets: u32,
     pub ignore: u32,
+    /// MAX_TRACKED_SOURCES (`PS_SOURCES` holds sets of three: rounded up to a whole set).
     pub sources: u32,
 }
 
@@ -293,7 +296,7 @@ impl Dataplane {
             .map_max_entries(names::BANS, sizes.bans)
             .map_max_entries(names::BAN_NETS, sizes.ban_nets)
             .map_max_entries(names::IGNORE, sizes.ignore)
-            .map_max_entries(names::SOURCES, sizes.sources);
+            .map_max_entries(names::SOURCES, source_entries(sizes.sources));
         // Pinned maps of another size than configured are replaced (`resize`).
         let resized = match &pin_dir {
             Some(dir) => resize::pinned_to_resize(dir, sizes)?,
@@ -434,7 +437,7 @@ impl Dataplane {
     ) -> Result<Self> {
         let mut dp = Dataplane {
             ebpf,
-            maps: maps::Maps::new(taken)?,
+            maps: maps::Maps::new(taken, contents == Contents::ReadOnly)?,
             pin_dir,
             settings: Settings::default(),
             attachments: Vec::new(),

@@ -14,13 +14,19 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Map, MapData, lpm_trie::Key};
+use aya::maps::{Map, MapData, MapType, lpm_trie::Key};
 use portsentry_common::{
     Addr,
-    maps::{self as names, BanEntry, Settings, SourceStats},
+    maps::{self as names, BanEntry, Settings},
+    sources::{SOURCE_WAYS, source_entries},
 };
 
-use super::{Dataplane, MapSizes, addr, maps::fd, sys};
+use super::{
+    Dataplane, MapSizes, addr,
+    maps::fd,
+    sources::{self, SourceTable},
+    sys,
+};
 
 /// A map to shrink below the entries it holds: refused, so that no ban is dropped.
 #[derive(Debug)]
@@ -53,18 +59,27 @@ pub(super) struct Resized {
     /// Entries, or with `value` the value's bytes.
     pub old_size: u32,
     pub new_size: u32,
+    /// What the old map held, as the configuration counts it (sources for
+    /// `PS_SOURCES`, whose sets hold three; else entries).
+    pub old_capacity: u32,
     /// The value grew (a release added fields), not the number of entries.
     pub value: bool,
 }
 
-/// The sizable maps and their configured sizes.
+/// The sizable maps and their configured sizes, in entries.
 fn sized(sizes: &MapSizes) -> [(&'static str, u32); 4] {
     [
         (names::BANS, sizes.bans),
         (names::BAN_NETS, sizes.ban_nets),
         (names::IGNORE, sizes.ignore),
-        (names::SOURCES, sizes.sources),
+        (names::SOURCES, source_entries(sizes.sources)),
     ]
+}
+
+/// The maps whose type changed since a release, and their type now: `PS_SOURCES` was
+/// an LRU hash.
+fn retyped() -> [(&'static str, MapType); 1] {
+    [(names::SOURCES, MapType::Array)]
 }
 
 /// The maps whose value grew since a release, and its size now: `PS_SETTINGS` was 24
@@ -93,12 +108,22 @@ pub(super) fn pinned_to_resize(pin_dir: &Path, sizes: &MapSizes) -> Result<Vec<R
         } else {
             info.max_entries()
         };
-        if old_size != new_size {
+        let type_changed = retyped()
+            .iter()
+            .any(|(n, t)| *n == name && info.map_type().ok() != Some(*t));
+        let old_capacity = match info.map_type() {
+            Ok(MapType::Array) if name == names::SOURCES => {
+                old_size.saturating_sub(1) * SOURCE_WAYS as u32
+            }
+            _ => old_size,
+        };
+        if old_size != new_size || type_changed {
             out.push(Resized {
                 name,
                 old,
                 old_size,
                 new_size,
+                old_capacity,
                 value,
             });
         }
@@ -108,7 +133,7 @@ pub(super) fn pinned_to_resize(pin_dir: &Path, sizes: &MapSizes) -> Result<Vec<R
 
 /// Copies every entry of `old` into `new` (the new map of the same name): a map that
 /// keeps bans refuses to shrink below what it holds ([`MapTooSmall`]); the tracked
-/// sources (an LRU map) keep what fits.
+/// sources keep what fits (the newest of each set), under a new hash key.
 fn carry_over(r: &Resized, new: &Map) -> Result<()> {
     let from = r.old.fd().as_fd();
     let to = map_fd(new).with_context(|| format!("{} is not of the type it should be", r.name))?;
@@ -138,7 +163,16 @@ fn carry_over(r: &Resized, new: &Map) -> Result<()> {
         names::BAN_NETS => copy::<Key<Addr>, BanEntry>(r, from, to, true),
         // The ignore list is written whole from the configuration at every start.
         names::IGNORE => Ok(()),
-        names::SOURCES => copy::<Addr, SourceStats>(r, from, to, false),
+        names::SOURCES => {
+            // An earlier release's LRU hash, or a table of sets of another size.
+            let fd = r.old.fd().as_fd().try_clone_to_owned()?;
+            let old = SourceTable::new(Map::from_map_data(MapData::from_fd(fd)?)?, true)
+                .with_context(|| format!("opening the pinned {}", r.name))?;
+            let records = old.all()?;
+            let table = sources::fill(r.new_size, super::configure::random_secret(), &records);
+            let keys: Vec<u32> = (0..table.len() as u32).collect();
+            sys::write_map(to, &keys, &table).context("copying PS_SOURCES into its new map")
+        }
         names::SETTINGS => {
             let old = sys::lookup_bytes(from, &0u32.to_ne_bytes(), r.old_size as usize)
                 .context("reading the pinned PS_SETTINGS")?;
@@ -237,12 +271,19 @@ impl Dataplane {
     }
 
     /// The maps replaced by new ones of the configured sizes at this load: (name, old
-    /// size, new size).
+    /// size, new size), as the configuration counts them (entries; sources tracked for
+    /// `PS_SOURCES`).
     pub fn resized_maps(&self) -> Vec<(&'static str, u32, u32)> {
         self.resized
             .iter()
             .filter(|r| !r.value)
-            .map(|r| (r.name, r.old_size, r.new_size))
+            .map(|r| {
+                let new = match r.name {
+                    names::SOURCES => r.new_size.saturating_sub(1) * SOURCE_WAYS as u32,
+                    _ => r.new_size,
+                };
+                (r.name, r.old_capacity, new)
+            })
             .collect()
     }
 }

@@ -1,0 +1,331 @@
+//! `PS_SOURCES` from the daemon's side: the set-associative table the program keeps
+//! (`portsentry_common::sources`), mapped into the daemon's memory, so that reading a
+//! million records is a walk over memory, not a syscall each. An object or pins of an
+//! earlier release hold an LRU hash instead (the bench's baselines, `status` over a
+//! daemon of that release): read and written through the map's calls.
+
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    ptr::NonNull,
+    sync::atomic::Ordering,
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::maps::{HashMap, Map, MapData, MapError};
+use portsentry_common::{
+    Addr,
+    maps::SourceStats,
+    packet::AddrWords,
+    sources::{SOURCE_WAYS, SourceHeader, SourceSet, seen_stamp, source_entry},
+};
+
+use super::sys;
+
+/// The first word of a forgotten way's address: `ff00::/8` (multicast), which no
+/// packet's source holds, so that the way matches nobody while it is being freed.
+const FORGOTTEN: u64 = 0xff;
+
+/// The per-source table of the loaded object or of the pins.
+pub(super) enum SourceTable {
+    Sets(SetTable),
+    /// An earlier release's `LruHashMap<Addr, SourceStats>`.
+    Lru(HashMap<MapData, Addr, SourceStats>),
+}
+
+impl SourceTable {
+    /// Types `PS_SOURCES`. A table whose header is unwritten (a map this load created)
+    /// gets one with a random key, unless `read_only`.
+    pub fn new(map: Map, read_only: bool) -> Result<SourceTable> {
+        match map {
+            Map::LruHashMap(_) => Ok(SourceTable::Lru(HashMap::try_from(map)?)),
+            Map::Array(data) => Ok(SourceTable::Sets(SetTable::new(data, read_only)?)),
+            other => bail!("PS_SOURCES is of an unknown type ({other:?}): run `portsentry unload`"),
+        }
+    }
+
+    /// The record of `key`.
+    pub fn get(&self, key: &Addr) -> Result<Option<SourceStats>> {
+        match self {
+            SourceTable::Sets(t) => Ok(t.get(key)),
+            SourceTable::Lru(m) => match m.get(key, 0) {
+                Ok(v) => Ok(Some(v)),
+                Err(MapError::KeyNotFound) => Ok(None),
+                Err(e) => Err(e.into()),
+            },
+        }
+    }
+
+    /// Writes the record of `key` (for the tests: states only racing CPUs reach).
+    pub fn put(&mut self, key: &Addr, stats: &SourceStats) -> Result<()> {
+        match self {
+            SourceTable::Sets(t) => t.put(key, stats),
+            SourceTable::Lru(m) => m.insert(key, stats, 0).map_err(Into::into),
+        }
+        .context("writing PS_SOURCES")
+    }
+
+    /// How many sources have a record.
+    pub fn count(&self) -> Result<u64> {
+        match self {
+            SourceTable::Sets(t) => Ok(t.records().count() as u64),
+            // One syscall per entry.
+            SourceTable::Lru(m) => Ok(m.keys().count() as u64),
+        }
+    }
+
+    /// Every record.
+    pub fn all(&self) -> Result<Vec<(Addr, SourceStats)>> {
+        match self {
+            SourceTable::Sets(t) => Ok(t.records().collect()),
+            SourceTable::Lru(m) => sys::read_map(super::maps::fd(m)).context("reading PS_SOURCES"),
+        }
+    }
+
+    /// The entry of `key`'s set (`None` for an LRU hash, or a table without header).
+    pub fn set_of(&self, key: &Addr) -> Option<usize> {
+        match self {
+            SourceTable::Sets(t) => t.entry(&bytemuck::cast(*key)),
+            SourceTable::Lru(_) => None,
+        }
+    }
+
+    /// Frees the record of `key`; false when it had none.
+    pub fn forget(&mut self, key: &Addr) -> Result<bool> {
+        match self {
+            SourceTable::Sets(t) => Ok(t.forget(key)),
+            SourceTable::Lru(m) => super::maps::absent_is_false(m.remove(key)),
+        }
+    }
+}
+
+/// The table mapped into memory (shared with the program: every access is volatile or
+/// atomic, as the program writes it on every CPU at once).
+pub(super) struct SetTable {
+    base: NonNull<SourceSet>,
+    /// Entries, the header's included.
+    entries: usize,
+    header: SourceHeader,
+    /// Keeps the map open while it is mapped.
+    _map: MapData,
+}
+
+// SAFETY: the mapping is shared memory, accessed only through volatile and atomic
+// operations; the pointer is not tied to a thread.
+unsafe impl Send for SetTable {}
+unsafe impl Sync for SetTable {}
+
+impl SetTable {
+    fn new(map: MapData, read_only: bool) -> Result<SetTable> {
+        let info = map.info()?;
+        if info.value_size() as usize != size_of::<SourceSet>() {
+            bail!(
+                "PS_SOURCES holds values of {} bytes, not {}: run `portsentry unload`",
+                info.value_size(),
+                size_of::<SourceSet>()
+            );
+        }
+        let entries = info.max_entries() as usize;
+        let len = mapped_len(entries);
+        let prot = if read_only {
+            libc::PROT_READ
+        } else {
+            libc::PROT_READ | libc::PROT_WRITE
+        };
+        // SAFETY: maps the array's values (BPF_F_MMAPABLE), `len` bytes from offset 0.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error())
+                .context("mapping PS_SOURCES into memory (was it made without BPF_F_MMAPABLE?)");
+        }
+        let base = NonNull::new(ptr.cast::<SourceSet>()).context("mmap returned null")?;
+        let mut table = SetTable {
+            base,
+            entries,
+            header: SourceHeader { key: 0, sets: 0 },
+            _map: map,
+        };
+        table.header = table.set(0).header();
+        if table.header.sets == 0 && !read_only {
+            table.header = SourceHeader {
+                key: super::configure::random_secret(),
+                sets: (entries - 1) as u32,
+            };
+            table.write_set(0, &SourceSet::with_header(table.header));
+        }
+        Ok(table)
+    }
+
+    /// A copy of entry `i` (`i < entries`).
+    fn set(&self, i: usize) -> SourceSet {
+        assert!(i < self.entries);
+        // SAFETY: within the mapping; a volatile read of memory the program writes.
+        unsafe { std::ptr::read_volatile(self.base.as_ptr().add(i)) }
+    }
+
+    fn write_set(&self, i: usize, set: &SourceSet) {
+        assert!(i < self.entries);
+        // SAFETY: within a writable mapping.
+        unsafe { std::ptr::write_volatile(self.base.as_ptr().add(i), *set) }
+    }
+
+    /// The entry of `key`'s set; `None` while the header is unwritten.
+    fn entry(&self, key: &AddrWords) -> Option<usize> {
+        let h = self.header;
+        (h.sets != 0 && (h.sets as usize) < self.entries)
+            .then(|| source_entry(key, h.key, h.sets) as usize)
+    }
+
+    fn get(&self, key: &Addr) -> Option<SourceStats> {
+        let words: AddrWords = bytemuck::cast(*key);
+        let set = self.set(self.entry(&words)?);
+        set.find(&words).map(|w| set.stats[w])
+    }
+
+    fn put(&self, key: &Addr, stats: &SourceStats) -> Result<()> {
+        let words: AddrWords = bytemuck::cast(*key);
+        let i = self.entry(&words).context("PS_SOURCES has no header yet")?;
+        let mut set = self.set(i);
+        let stamp = seen_stamp(stats.last_ns);
+        let way = set.find(&words).unwrap_or_else(|| set.victim(stamp));
+        set.addrs[way] = words;
+        set.seen[way] = stamp;
+        set.stats[way] = *stats;
+        self.write_set(i, &set);
+        Ok(())
+    }
+
+    fn records(&self) -> impl Iterator<Item = (Addr, SourceStats)> + '_ {
+        (1..=self.header.sets as usize)
+            .filter(|i| *i < self.entries)
+            .flat_map(move |i| {
+                let set = self.set(i);
+                (0..SOURCE_WAYS)
+                    .filter(move |w| set.seen[*w] != 0 && set.addrs[*w][0] != FORGOTTEN)
+                    .map(move |w| (bytemuck::cast(set.addrs[w]), set.stats[w]))
+            })
+    }
+
+    /// Frees `key`'s way: its address first made one no source holds, then the way
+    /// marked free, each a single atomic store (the program writes the other ways of
+    /// the set meanwhile: the set is never written whole).
+    fn forget(&self, key: &Addr) -> bool {
+        let words: AddrWords = bytemuck::cast(*key);
+        let Some(i) = self.entry(&words) else {
+            return false;
+        };
+        let Some(way) = self.set(i).find(&words) else {
+            return false;
+        };
+        // SAFETY: fields of an entry within a writable mapping, aligned for the atomics
+        // (the set is 64-byte aligned; `addrs` starts it, `seen` follows at 48).
+        unsafe {
+            let set = self.base.as_ptr().add(i);
+            let first = std::ptr::addr_of_mut!((*set).addrs[way][0]);
+            std::sync::atomic::AtomicU64::from_ptr(first).store(FORGOTTEN, Ordering::SeqCst);
+            let seen = std::ptr::addr_of_mut!((*set).seen[way]);
+            std::sync::atomic::AtomicU32::from_ptr(seen).store(0, Ordering::SeqCst);
+        }
+        true
+    }
+}
+
+impl Drop for SetTable {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, of this length.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), mapped_len(self.entries)) };
+    }
+}
+
+/// The bytes mapped for `entries` entries (whole pages).
+fn mapped_len(entries: usize) -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+    (entries * size_of::<SourceSet>()).next_multiple_of(page)
+}
+
+/// A new table's entries, header included, holding `records` (the newest of a set's
+/// sources kept when more fall into it than it holds), keyed by `key`.
+pub(super) fn fill(entries: u32, key: u64, records: &[(Addr, SourceStats)]) -> Vec<SourceSet> {
+    let header = SourceHeader {
+        key,
+        sets: entries.saturating_sub(1),
+    };
+    let mut table = vec![SourceSet::with_header(header); 1];
+    table.resize(entries as usize, bytemuck::Zeroable::zeroed());
+    if header.sets == 0 {
+        return table;
+    }
+    let mut sorted: Vec<&(Addr, SourceStats)> = records.iter().collect();
+    // Oldest first: a set that overflows keeps its newest sources.
+    sorted.sort_by_key(|(_, s)| s.last_ns);
+    for (addr, stats) in sorted {
+        let words: AddrWords = bytemuck::cast(*addr);
+        let set = &mut table[source_entry(&words, key, header.sets) as usize];
+        let stamp = seen_stamp(stats.last_ns);
+        let way = set.find(&words).unwrap_or_else(|| set.victim(stamp));
+        set.addrs[way] = words;
+        set.seen[way] = stamp;
+        set.stats[way] = *stats;
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(i: u32) -> Addr {
+        portsentry_common::v4_mapped((0x0a00_0000 + i).to_be_bytes())
+    }
+
+    #[test]
+    fn a_filled_table_finds_every_record_that_fits() {
+        let records: Vec<(Addr, SourceStats)> = (0..300)
+            .map(|i| {
+                let stats = SourceStats {
+                    hits: i + 1,
+                    last_ns: u64::from(i) << 20,
+                    ..SourceStats::default()
+                };
+                (v4(i), stats)
+            })
+            .collect();
+        let table = fill(1 + 1000, 42, &records);
+        assert_eq!(table[0].header().sets, 1000);
+        for (addr, stats) in &records {
+            let words: AddrWords = bytemuck::cast(*addr);
+            let set = &table[source_entry(&words, 42, 1000) as usize];
+            let way = set.find(&words).expect("kept");
+            assert_eq!(set.stats[way], *stats);
+        }
+    }
+
+    #[test]
+    fn an_overflowing_set_keeps_its_newest_sources() {
+        // One set: every record falls into it.
+        let records: Vec<(Addr, SourceStats)> = (0..10)
+            .map(|i| {
+                let stats = SourceStats {
+                    last_ns: u64::from(10 - i) << 20,
+                    ..SourceStats::default()
+                };
+                (v4(i), stats)
+            })
+            .collect();
+        let table = fill(2, 7, &records);
+        let mut kept: Vec<u64> = (0..SOURCE_WAYS)
+            .map(|w| table[1].stats[w].last_ns >> 20)
+            .collect();
+        kept.sort();
+        assert_eq!(kept, [8, 9, 10]);
+    }
+}
