@@ -65,9 +65,10 @@ pub fn put_new(set: NonNull<SourceSet>, src: &AddrWords, stamp: u32, stats: &Sou
     };
     // In this order, so that no other CPU finds the new address with the old record:
     // volatile stores stay in program order (and so in the JIT's code; x86 keeps
-    // stores in order between CPUs). Word by word: a volatile store of the whole
-    // record is made of byte stores, and costs a random-source flood about 100 ns a
-    // probe.
+    // stores in order between CPUs; a CPU that reorders stores, arm64, may show them
+    // out of order, within the window `portsentry_common::sources` describes). Word
+    // by word: a volatile store of the whole record is made of byte stores, and costs
+    // a random-source flood about 100 ns a probe.
     // SAFETY: pointers into the set, from the references above; `SourceStats` and
     // `AddrWords` are made of aligned 64-bit words.
     unsafe {

@@ -122,7 +122,7 @@ fn the_verifier_has_headroom() {
     let counts = dp.verified_instructions().expect("verified instructions");
     assert_eq!(counts.len(), 2, "{counts:?}");
     // The first program's walk is most of a start's verification, and so of a start after
-    // a reboot: 218,512 instructions on the kernel of BENCHMARKS.md with an IPv6 source's
+    // a reboot: 227,942 instructions on the kernel of BENCHMARKS.md with an IPv6 source's
     // ban checked after its transport header is read, 470,996 with it checked before
     // (once per extension chain).
     let first = counts.iter().find(|(name, _)| *name == "portsentry");
