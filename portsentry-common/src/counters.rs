@@ -46,7 +46,8 @@ pub enum Counter {
     EventLost = 13,
     /// Probe events not sent because the per-CPU event budget was spent.
     EventThrottled = 14,
-    /// Probes that could not be recorded in `PS_SOURCES` (map update failed).
+    /// Probes that could not be recorded in `PS_SOURCES` (its header not written yet:
+    /// the daemon writes it when it loads the program).
     TrackFailed = 15,
     /// Sources that answered the challenge: an ACK carrying the cookie (passed).
     Verified = 16,

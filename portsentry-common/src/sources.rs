@@ -20,9 +20,11 @@
 //!
 //! No lock: a CPU that found a source's way may update it while another CPU gives that
 //! way to a new source of the same set, as a CPU could write a node of the LRU hash
-//! that another CPU had just reused for another source. Both need a new source of the
-//! same set (of the same map, for the LRU hash) within the few nanoseconds between a
-//! read of the record and its write.
+//! that another CPU had just reused for another source (its nodes are preallocated and
+//! reused at once). Both need a new source of the same set (of the same map, for the
+//! LRU hash) within the few nanoseconds between a read of the record and its write.
+//! A way is marked free while it is given to a new source, which narrows the moment in
+//! which another CPU could find the new address with the old record.
 
 use crate::{maps::SourceStats, packet::AddrWords};
 

@@ -321,8 +321,8 @@ fn kernel_ban(
         unsafe { atomic::or(word, 1u64 << (bit & 63)) };
     }
     // Never over an existing ban (an operator's, or one being lifted), never when full.
-    // By reference, as `record_probe` inserts its record (there, by value cost 36
-    // instructions more).
+    // By reference (by value, the entry is copied once more: 36 instructions more, when
+    // `record_probe` inserted its record so).
     #[allow(clippy::needless_borrows_for_generic_args)]
     if PS_BANS
         .insert(key(src), &entry, BPF_NOEXIST as u64)
@@ -354,7 +354,7 @@ fn wants_event(reached: bool, hits: u32, events: u16) -> bool {
 
 /// SCAN_DETECTION="trw": true when the source has a record and has not yet contacted
 /// this port (a SYN to it may be a success). A source with no record pays this one
-/// lookup: the walk starts at its first failure.
+/// look at its set: the walk starts at its first failure.
 #[inline(always)]
 pub fn is_first_contact(src: &AddrWords, l4: &L4) -> bool {
     let Some(stats) = sources::record(src) else {
@@ -374,7 +374,10 @@ pub fn is_first_contact(src: &AddrWords, l4: &L4) -> bool {
 /// success is not counted (at the bound), so that it counts once.
 #[inline(always)]
 pub fn record_success(src: &AddrWords, l4: &L4, settings: &Settings) {
-    let Some(stats) = sources::record(src) else {
+    // Marked seen: a success keeps the record as a probe does.
+    let stamp = seen_stamp(clock::now());
+    let Some(stats) = sources::set_of(src).and_then(|set| sources::record_in(set, src, stamp))
+    else {
         return;
     };
     // SAFETY: a value pointer from a successful lookup (racing CPUs: approximate).

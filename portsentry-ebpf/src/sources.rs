@@ -49,13 +49,18 @@ pub fn record(src: &AddrWords) -> Option<NonNull<SourceStats>> {
 }
 
 /// Gives `src` the way of `set` that a new source takes (a free one, else the one seen
-/// longest ago) with `stats`. The way is marked free while it is written, so that no
-/// other CPU finds the new address with the old record.
+/// longest ago) with `stats`, or the way another CPU gave it since `record_in` missed
+/// (one record per source; that CPU's probe is then not counted, as when two CPUs
+/// inserted one key). The way is marked free while it is written, which narrows the
+/// window in which another CPU could find the new address with the old record.
 #[inline(always)]
 pub fn put_new(set: NonNull<SourceSet>, src: &AddrWords, stamp: u32, stats: &SourceStats) {
     // SAFETY: a value pointer from a successful lookup.
     let set = unsafe { &mut *set.as_ptr() };
-    let way = set.victim(stamp);
+    let way = match set.find(src) {
+        Some(way) => way,
+        None => set.victim(stamp),
+    };
     let (Some(seen), Some(addr), Some(record)) = (
         set.seen.get_mut(way),
         set.addrs.get_mut(way),
@@ -63,8 +68,9 @@ pub fn put_new(set: NonNull<SourceSet>, src: &AddrWords, stamp: u32, stats: &Sou
     ) else {
         return;
     };
-    // In this order, so that no other CPU finds the new address with the old record:
-    // volatile stores stay in program order (and so in the JIT's code; x86 keeps
+    // In this order, so that another CPU hardly finds the new address with the old
+    // record (it would have to read the way's mark before it is cleared and its
+    // address after it is written): volatile stores stay in program order (and so in the JIT's code; x86 keeps
     // stores in order between CPUs; a CPU that reorders stores, arm64, may show them
     // out of order, within the window `portsentry_common::sources` describes). Word
     // by word: a volatile store of the whole record is made of byte stores, and costs

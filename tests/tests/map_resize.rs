@@ -149,6 +149,11 @@ fn a_bigger_max_bans_at_restart_keeps_every_ban_in_the_same_link() {
         "{}",
         d.lines().join("\n")
     );
+    assert!(
+        d.has_line("PS_SOURCES resized from 1026 to 2049 sources tracked"),
+        "{}",
+        d.lines().join("\n")
+    );
     assert_eq!(pinned_size(&wd, "PS_BANS"), 4096);
     assert_eq!(pinned_size(&wd, "PS_SOURCES"), source_entries(2048));
     assert_all_in_kernel(&wd, &ips);

@@ -178,18 +178,8 @@ pub async fn run(
     // in the maps before the program is attached (or replaced in its pinned links).
     let mut dp = Dataplane::load_verifying(&map_sizes(&eff), Some(c.pin_dir.clone()))
         .map_err(|e| too_small(e, c))?;
-    for (map, from, to) in dp.resized_maps() {
-        log.notice(&if map == portsentry_common::maps::SOURCES {
-            format!(
-                "portsentry: {map} resized from {from} to {to} sources tracked (the \
-                 configuration's size), the records that fit carried over"
-            )
-        } else {
-            format!(
-                "portsentry: {map} resized from {from} to {to} entries (the configuration's \
-                 size), every entry carried over"
-            )
-        });
+    for line in dp.resized_maps() {
+        log.notice(&format!("portsentry: {line}"));
     }
     configure::apply(&mut dp, &eff)?;
     for w in &eff.warnings {

@@ -241,6 +241,23 @@ const ADDED_MAPS: [&str; 8] = [
     names::CLOCK,
 ];
 
+/// `PS_SOURCES`'s entries for MAX_TRACKED_SOURCES `sources` in the object `bytes`: the
+/// table's header and sets, or, in an earlier build's object (the bench's baselines),
+/// an LRU hash of `sources` entries.
+fn sources_entries(bytes: &[u8], sources: u32) -> u32 {
+    let own = object::bytes().is_ok_and(|own| std::ptr::eq(own.as_ptr(), bytes.as_ptr()));
+    let lru = aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_LRU_HASH as u32;
+    if !own
+        && aya_obj::Object::parse(bytes)
+            .ok()
+            .and_then(|o| o.maps.get(names::SOURCES).map(|m| m.map_type()))
+            == Some(lru)
+    {
+        return sources;
+    }
+    source_entries(sources)
+}
+
 /// What a load knows of what the maps hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Contents {
@@ -296,7 +313,7 @@ impl Dataplane {
             .map_max_entries(names::BANS, sizes.bans)
             .map_max_entries(names::BAN_NETS, sizes.ban_nets)
             .map_max_entries(names::IGNORE, sizes.ignore)
-            .map_max_entries(names::SOURCES, source_entries(sizes.sources));
+            .map_max_entries(names::SOURCES, sources_entries(bytes, sizes.sources));
         // Pinned maps of another size than configured are replaced (`resize`).
         let resized = match &pin_dir {
             Some(dir) => resize::pinned_to_resize(dir, sizes)?,

@@ -62,6 +62,9 @@ pub(super) struct Resized {
     /// What the old map held, as the configuration counts it (sources for
     /// `PS_SOURCES`, whose sets hold three; else entries).
     pub old_capacity: u32,
+    /// `PS_SOURCES`: the records carried over, of those the old map held (a set keeps
+    /// three; where more fall into one, the newest).
+    pub carried: std::cell::Cell<Option<(usize, usize)>>,
     /// The value grew (a release added fields), not the number of entries.
     pub value: bool,
 }
@@ -124,6 +127,7 @@ pub(super) fn pinned_to_resize(pin_dir: &Path, sizes: &MapSizes) -> Result<Vec<R
                 old_size,
                 new_size,
                 old_capacity,
+                carried: Default::default(),
                 value,
             });
         }
@@ -170,6 +174,11 @@ fn carry_over(r: &Resized, new: &Map) -> Result<()> {
                 .with_context(|| format!("opening the pinned {}", r.name))?;
             let records = old.all()?;
             let table = sources::fill(r.new_size, super::configure::random_secret(), &records);
+            let kept = table[1..]
+                .iter()
+                .map(|set| set.seen.iter().filter(|s| **s != 0).count())
+                .sum();
+            r.carried.set(Some((kept, records.len())));
             let keys: Vec<u32> = (0..table.len() as u32).collect();
             sys::write_map(to, &keys, &table).context("copying PS_SOURCES into its new map")
         }
@@ -270,19 +279,29 @@ impl Dataplane {
         Ok(late.len())
     }
 
-    /// The maps replaced by new ones of the configured sizes at this load: (name, old
-    /// size, new size), as the configuration counts them (entries; sources tracked for
-    /// `PS_SOURCES`).
-    pub fn resized_maps(&self) -> Vec<(&'static str, u32, u32)> {
+    /// The maps replaced by new ones of the configured sizes at this load, each with
+    /// its line for the log.
+    pub fn resized_maps(&self) -> Vec<String> {
         self.resized
             .iter()
             .filter(|r| !r.value)
-            .map(|r| {
-                let new = match r.name {
-                    names::SOURCES => r.new_size.saturating_sub(1) * SOURCE_WAYS as u32,
-                    _ => r.new_size,
-                };
-                (r.name, r.old_capacity, new)
+            .map(|r| match (r.name, r.carried.get()) {
+                (names::SOURCES, carried) => {
+                    let (kept, of) = carried.unwrap_or_default();
+                    format!(
+                        "{} resized from {} to {} sources tracked (the configuration's \
+                             size, rounded up to sets of three), {kept} of its {of} records \
+                             carried over (a set keeps its three most recent)",
+                        r.name,
+                        r.old_capacity,
+                        r.new_size.saturating_sub(1) * SOURCE_WAYS as u32
+                    )
+                }
+                _ => format!(
+                    "{} resized from {} to {} entries (the configuration's size), every \
+                         entry carried over",
+                    r.name, r.old_capacity, r.new_size
+                ),
             })
             .collect()
     }

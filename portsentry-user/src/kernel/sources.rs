@@ -7,7 +7,7 @@
 use std::{
     os::fd::{AsFd as _, AsRawFd as _},
     ptr::NonNull,
-    sync::atomic::Ordering,
+    sync::atomic::{AtomicU32, AtomicU64, Ordering},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -21,9 +21,10 @@ use portsentry_common::{
 
 use super::sys;
 
-/// The first word of a forgotten way's address: `ff00::/8` (multicast), which no
-/// packet's source holds, so that the way matches nobody while it is being freed.
-const FORGOTTEN: u64 = 0xff;
+/// A forgotten way's address, `ff00::` (a multicast address of the reserved scope 0,
+/// which no host's packet comes from), so that the way matches no source if a probe
+/// in flight marks it seen again.
+const FORGOTTEN: AddrWords = [0xff, 0];
 
 /// The per-source table of the loaded object or of the pins.
 pub(super) enum SourceTable {
@@ -105,6 +106,8 @@ pub(super) struct SetTable {
     /// Entries, the header's included.
     entries: usize,
     header: SourceHeader,
+    /// Mapped to read only (`status`): `put` and `forget` refuse.
+    read_only: bool,
     /// Keeps the map open while it is mapped.
     _map: MapData,
 }
@@ -151,9 +154,18 @@ impl SetTable {
             base,
             entries,
             header: SourceHeader { key: 0, sets: 0 },
+            read_only,
             _map: map,
         };
         table.header = table.set(0).header();
+        if table.header.sets != 0 && table.header.sets as usize != entries - 1 {
+            bail!(
+                "PS_SOURCES's header says {} sets, but the map holds {}: run `portsentry \
+                 unload`",
+                table.header.sets,
+                entries - 1
+            );
+        }
         if table.header.sets == 0 && !read_only {
             table.header = SourceHeader {
                 key: super::configure::random_secret(),
@@ -172,7 +184,7 @@ impl SetTable {
     }
 
     fn write_set(&self, i: usize, set: &SourceSet) {
-        assert!(i < self.entries);
+        assert!(i < self.entries && !self.read_only);
         // SAFETY: within a writable mapping.
         unsafe { std::ptr::write_volatile(self.base.as_ptr().add(i), *set) }
     }
@@ -191,6 +203,9 @@ impl SetTable {
     }
 
     fn put(&self, key: &Addr, stats: &SourceStats) -> Result<()> {
+        if self.read_only {
+            bail!("PS_SOURCES is open to read only");
+        }
         let words: AddrWords = bytemuck::cast(*key);
         let i = self.entry(&words).context("PS_SOURCES has no header yet")?;
         let mut set = self.set(i);
@@ -209,32 +224,68 @@ impl SetTable {
             .flat_map(move |i| {
                 let set = self.set(i);
                 (0..SOURCE_WAYS)
-                    .filter(move |w| set.seen[*w] != 0 && set.addrs[*w][0] != FORGOTTEN)
+                    .filter(move |w| set.seen[*w] != 0 && set.addrs[*w] != FORGOTTEN)
                     .map(move |w| (bytemuck::cast(set.addrs[w]), set.stats[w]))
             })
     }
 
-    /// Frees `key`'s way: its address first made one no source holds, then the way
-    /// marked free, each a single atomic store (the program writes the other ways of
-    /// the set meanwhile: the set is never written whole).
+    /// Frees every way of `key` (a race of two CPUs may have given it two). Each is
+    /// marked free only if it still holds `key` (compare-and-swap on its mark, the
+    /// address checked before and after), so that a way the program gave to another
+    /// source meanwhile is kept; then its address is made one no source holds, in case
+    /// a probe in flight marks it seen again. The set is never written whole: the
+    /// program writes its other ways meanwhile.
     fn forget(&self, key: &Addr) -> bool {
+        if self.read_only {
+            return false;
+        }
         let words: AddrWords = bytemuck::cast(*key);
         let Some(i) = self.entry(&words) else {
             return false;
         };
-        let Some(way) = self.set(i).find(&words) else {
-            return false;
-        };
-        // SAFETY: fields of an entry within a writable mapping, aligned for the atomics
-        // (the set is 64-byte aligned; `addrs` starts it, `seen` follows at 48).
-        unsafe {
-            let set = self.base.as_ptr().add(i);
-            let first = std::ptr::addr_of_mut!((*set).addrs[way][0]);
-            std::sync::atomic::AtomicU64::from_ptr(first).store(FORGOTTEN, Ordering::SeqCst);
-            let seen = std::ptr::addr_of_mut!((*set).seen[way]);
-            std::sync::atomic::AtomicU32::from_ptr(seen).store(0, Ordering::SeqCst);
+        let mut forgot = false;
+        for way in 0..SOURCE_WAYS {
+            // SAFETY: fields of an entry within a writable mapping, aligned for the
+            // atomics (the set is 64-byte aligned; `addrs` starts it, `seen` at 48).
+            unsafe {
+                let set = self.base.as_ptr().add(i);
+                let seen = AtomicU32::from_ptr(std::ptr::addr_of_mut!((*set).seen[way]));
+                let addr =
+                    |w: usize| AtomicU64::from_ptr(std::ptr::addr_of_mut!((*set).addrs[way][w]));
+                let holds = || {
+                    addr(0).load(Ordering::SeqCst) == words[0]
+                        && addr(1).load(Ordering::SeqCst) == words[1]
+                };
+                // A probe of the source may mark it seen again between the load and
+                // the swap: a few tries.
+                let mut freed = None;
+                for _ in 0..4 {
+                    let mark = seen.load(Ordering::SeqCst);
+                    if mark == 0 || !holds() {
+                        break;
+                    }
+                    if seen
+                        .compare_exchange(mark, 0, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_ok()
+                    {
+                        freed = Some(mark);
+                        break;
+                    }
+                }
+                let Some(mark) = freed else {
+                    continue;
+                };
+                if !holds() {
+                    // Given to another source with the same mark: given back.
+                    let _ = seen.compare_exchange(0, mark, Ordering::SeqCst, Ordering::SeqCst);
+                    continue;
+                }
+                addr(0).store(FORGOTTEN[0], Ordering::SeqCst);
+                addr(1).store(FORGOTTEN[1], Ordering::SeqCst);
+                forgot = true;
+            }
         }
-        true
+        forgot
     }
 }
 
