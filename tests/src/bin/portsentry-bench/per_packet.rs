@@ -119,7 +119,7 @@ pub(crate) fn per_packet(args: &Args) {
         ("max", args.scale, true),
     ] {
         let label = if label == "max" {
-            format!("{} bans + {} sources", args.scale, args.scale)
+            format!("{} bans + {} sources probed", args.scale, args.scale)
         } else {
             label.to_owned()
         };
@@ -130,7 +130,8 @@ pub(crate) fn per_packet(args: &Args) {
             bans += 1;
         }
         if fill_sources {
-            // Fill PS_SOURCES with real probes from distinct sources.
+            // Fill PS_SOURCES with real probes from distinct sources (a table of as many
+            // keeps about four fifths of them: a set keeps three).
             let fd = dp.program_fd().unwrap();
             ns.enter(|| {
                 for n in 0..args.scale {
@@ -206,7 +207,7 @@ pub(crate) fn per_packet(args: &Args) {
     let first = &columns[0].1;
     let big = &columns[2].1;
     println!(
-        "\nGrowth from 1 ban to {} bans (+{} tracked sources): banned path {:.2}x, benign path \
+        "\nGrowth from 1 ban to {} bans (+{} sources probed): banned path {:.2}x, benign path \
          {:.2}x.\n",
         args.scale,
         args.scale,
