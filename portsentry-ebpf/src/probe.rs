@@ -321,8 +321,8 @@ fn kernel_ban(
         unsafe { atomic::or(word, 1u64 << (bit & 63)) };
     }
     // Never over an existing ban (an operator's, or one being lifted), never when full.
-    // By reference (by value, the entry is copied once more: 36 instructions more, when
-    // `record_probe` inserted its record so).
+    // By reference: by value, the entry would be copied once more (36 more
+    // instructions, measured when `record_probe` inserted its record the same way).
     #[allow(clippy::needless_borrows_for_generic_args)]
     if PS_BANS
         .insert(key(src), &entry, BPF_NOEXIST as u64)
