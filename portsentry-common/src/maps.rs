@@ -186,21 +186,27 @@ const V4_MAPPED_WORD_LOW: u64 = 0xffff_0000;
 #[inline(always)]
 pub const fn net_filter_bit(addr: &crate::packet::AddrWords) -> u32 {
     let v4 = addr[0] == 0 && addr[1] & 0xffff_ffff == V4_MAPPED_WORD_LOW;
-    let mut x = if v4 {
+    let x = if v4 {
         // Bytes 12-14 (the /24) sit in bits 32-55 of the second word.
         ((addr[1] >> 32) & 0x00ff_ffff) | 1 << 62
     } else {
         // Bytes 0-5 (the /48) sit in bits 0-47 of the first word.
         addr[0] & 0x0000_ffff_ffff_ffff
     };
-    // MurmurHash3's 64-bit finalizer: neighbouring networks land far apart (a bare
-    // multiplication keeps the structure of consecutive /24s).
+    // Neighbouring networks land far apart (a bare multiplication keeps the structure
+    // of consecutive /24s).
+    (fmix64(x) >> (64 - IGNORE_FILTER_BITS)) as u32
+}
+
+/// MurmurHash3's 64-bit finalizer: every input bit moves about half the output bits.
+#[inline(always)]
+pub const fn fmix64(mut x: u64) -> u64 {
     x ^= x >> 33;
     x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
     x ^= x >> 33;
     x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     x ^= x >> 33;
-    (x >> (64 - IGNORE_FILTER_BITS)) as u32
+    x
 }
 
 /// Words in the watched-port bitmap: 1024 per protocol.

@@ -26,7 +26,10 @@
 //! A way is marked free while it is given to a new source, which narrows the moment in
 //! which another CPU could find the new address with the old record.
 
-use crate::{maps::SourceStats, packet::AddrWords};
+use crate::{
+    maps::{SourceStats, fmix64},
+    packet::AddrWords,
+};
 
 /// Sources per set: their addresses (16 bytes each) and ages fit one cache line.
 pub const SOURCE_WAYS: usize = 3;
@@ -83,6 +86,16 @@ impl SourceSet {
         }
     }
 
+    /// Puts `stats` as `addr`'s record: in its way if it has one, else in the way a new
+    /// source takes. For the daemon's writes to a copy of a set (the program orders its
+    /// stores itself, as other CPUs read the set meanwhile).
+    pub fn place(&mut self, addr: &AddrWords, stamp: u32, stats: &SourceStats) {
+        let way = self.find(addr).unwrap_or_else(|| self.victim(stamp));
+        self.addrs[way] = *addr;
+        self.seen[way] = stamp;
+        self.stats[way] = *stats;
+    }
+
     /// The way a new source takes at `stamp`: a free one, else the one seen longest ago.
     #[inline(always)]
     pub fn victim(&self, stamp: u32) -> usize {
@@ -109,17 +122,6 @@ impl SourceSet {
 #[inline(always)]
 pub const fn seen_stamp(now_ns: u64) -> u32 {
     (now_ns >> 20) as u32 | 1
-}
-
-/// MurmurHash3's 64-bit finalizer.
-#[inline(always)]
-const fn fmix64(mut x: u64) -> u64 {
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    x ^= x >> 33;
-    x
 }
 
 /// The entry (`1..=sets`) of `addr`'s set in a table of `sets` sets keyed by `key`.

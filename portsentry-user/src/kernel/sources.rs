@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use aya::maps::{HashMap, Map, MapData, MapError};
+use aya::maps::{HashMap, Map, MapData};
 use portsentry_common::{
     Addr,
     maps::SourceStats,
@@ -48,11 +48,7 @@ impl SourceTable {
     pub fn get(&self, key: &Addr) -> Result<Option<SourceStats>> {
         match self {
             SourceTable::Sets(t) => Ok(t.get(key)),
-            SourceTable::Lru(m) => match m.get(key, 0) {
-                Ok(v) => Ok(Some(v)),
-                Err(MapError::KeyNotFound) => Ok(None),
-                Err(e) => Err(e.into()),
-            },
+            SourceTable::Lru(m) => super::maps::absent_is_none(m.get(key, 0)),
         }
     }
 
@@ -209,11 +205,7 @@ impl SetTable {
         let words: AddrWords = bytemuck::cast(*key);
         let i = self.entry(&words).context("PS_SOURCES has no header yet")?;
         let mut set = self.set(i);
-        let stamp = seen_stamp(stats.last_ns);
-        let way = set.find(&words).unwrap_or_else(|| set.victim(stamp));
-        set.addrs[way] = words;
-        set.seen[way] = stamp;
-        set.stats[way] = *stats;
+        set.place(&words, seen_stamp(stats.last_ns), stats);
         self.write_set(i, &set);
         Ok(())
     }
@@ -320,12 +312,11 @@ pub(super) fn fill(entries: u32, key: u64, records: &[(Addr, SourceStats)]) -> V
     sorted.sort_by_key(|(_, s)| s.last_ns);
     for (addr, stats) in sorted {
         let words: AddrWords = bytemuck::cast(*addr);
-        let set = &mut table[source_entry(&words, key, header.sets) as usize];
-        let stamp = seen_stamp(stats.last_ns);
-        let way = set.find(&words).unwrap_or_else(|| set.victim(stamp));
-        set.addrs[way] = words;
-        set.seen[way] = stamp;
-        set.stats[way] = *stats;
+        table[source_entry(&words, key, header.sets) as usize].place(
+            &words,
+            seen_stamp(stats.last_ns),
+            stats,
+        );
     }
     table
 }
