@@ -14,10 +14,11 @@ pub const BANS: &str = "PS_BANS";
 /// the common case (not banned) costs one inlined array read instead of a hash lookup.
 /// Userspace sets the bit before it inserts a ban and clears it when no ban left uses it.
 pub const BAN_FILTER: &str = "PS_BAN_FILTER";
-/// A direct-mapped cache of exact bans: `Array<BanSlot>` of [`BAN_CACHE_SLOTS`],
-/// indexed by the low bits of [`ban_filter_bit`]. A banned source found in its slot is
-/// dropped with two inlined array reads and no hash lookup; a ban that collides with
-/// another in its slot is only in `PS_BANS` (and found there).
+/// A set-associative cache of exact bans: `Array<BanSet>` ([`BanSet`]) of
+/// [`ban_cache_sets`] sets for MAX_BANS, made with `BPF_F_MMAPABLE` (so that each set
+/// is one cache line), indexed by the low bits of [`ban_filter_bit`]. A banned source
+/// found in its set is dropped with two inlined array reads and no hash lookup; a ban
+/// whose set is full is only in `PS_BANS` (and found there).
 pub const BAN_CACHE: &str = "PS_BAN_CACHE";
 /// Prefix bans. `LpmTrie<Addr, BanEntry>` (key: prefix length in bits over the 128-bit
 /// form, IPv4 prefixes + 96).
@@ -144,26 +145,158 @@ pub const EVENTS_BYTES: u32 = 1 << 20;
 pub const BAN_FILTER_BITS: u32 = 24;
 pub const BAN_FILTER_WORDS: u32 = 1 << (BAN_FILTER_BITS - 6);
 
-/// Slots in `PS_BAN_CACHE` (8 MiB).
-pub const BAN_CACHE_SLOTS: u32 = 1 << 18;
+/// Bans per `PS_BAN_CACHE` set: three addresses and how long each ban lasts fit one
+/// cache line.
+pub const BAN_CACHE_WAYS: usize = 3;
+/// Fewest and most sets in `PS_BAN_CACHE` (8 and 256 MiB).
+pub const BAN_CACHE_MIN_SETS: u32 = 1 << 17;
+pub const BAN_CACHE_MAX_SETS: u32 = 1 << 22;
 
-/// The `PS_BAN_CACHE` slot of an address.
-#[inline(always)]
-pub const fn ban_cache_slot(addr: &crate::packet::AddrWords) -> u32 {
-    ban_filter_bit(addr) & (BAN_CACHE_SLOTS - 1)
+/// The sets of `PS_BAN_CACHE` for MAX_BANS `bans`: a power of two, room for one and a
+/// half times as many bans (with a million, about nine in ten are in the cache; the
+/// rest are found in the hash), within [`BAN_CACHE_MIN_SETS`] and [`BAN_CACHE_MAX_SETS`].
+pub const fn ban_cache_sets(bans: u32) -> u32 {
+    let sets = (bans as u64).next_power_of_two() / 2;
+    if sets < BAN_CACHE_MIN_SETS as u64 {
+        BAN_CACHE_MIN_SETS
+    } else if sets > BAN_CACHE_MAX_SETS as u64 {
+        BAN_CACHE_MAX_SETS
+    } else {
+        sets as u32
+    }
 }
 
-/// A value of `PS_BAN_CACHE`. Host byte order except `addr` (memory order words).
+/// The `PS_BAN_CACHE` set of an address in a cache of `sets` sets (a power of two).
+#[inline(always)]
+pub const fn ban_cache_set(addr: &crate::packet::AddrWords, sets: u32) -> u32 {
+    ban_filter_bit(addr) & (sets - 1)
+}
+
+/// `Settings::flags` bits 9 to 13: log2 of `PS_BAN_CACHE`'s sets, which the daemon
+/// writes from the map it loaded ([`ban_cache_mask`]). 0 (not written yet): every
+/// source is looked for in set 0, and found in the hash.
+pub const SETTING_BAN_CACHE_SHIFT: u32 = 9;
+
+/// The mask that gives an address's set from its [`ban_filter_bit`], by `flags`.
+#[inline(always)]
+pub const fn ban_cache_mask(flags: u32) -> u32 {
+    ((1u64 << ((flags >> SETTING_BAN_CACHE_SHIFT) & 31)) - 1) as u32
+}
+
+/// `flags` with `sets` (a power of two) as `PS_BAN_CACHE`'s sets.
+pub const fn with_ban_cache_sets(flags: u32, sets: u32) -> u32 {
+    (flags & !(31 << SETTING_BAN_CACHE_SHIFT)) | (sets.trailing_zeros() << SETTING_BAN_CACHE_SHIFT)
+}
+
+/// [`BanSet::until`] of a ban that never expires.
+pub const BAN_CACHE_FOREVER: u32 = u32::MAX;
+/// The unit of [`BanSet::until`]: 2^30 ns, about a second.
+pub const BAN_CACHE_UNIT_SHIFT: u32 = 30;
+
+/// A value of `PS_BAN_CACHE`: up to [`BAN_CACHE_WAYS`] bans of sources of one set.
+/// Host byte order except `addrs` (memory order words).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct BanSlot {
-    pub addr: crate::packet::AddrWords,
-    /// As `BanEntry::expires_ns` (0 = permanent).
-    pub expires_ns: u64,
-    /// 1 when the slot holds a ban (an all-zero address is a real source: `::`).
-    pub used: u64,
+pub struct BanSet {
+    pub addrs: [crate::packet::AddrWords; BAN_CACHE_WAYS],
+    /// Until when each way's ban is surely active ([`cache_until`]); 0: the way is free
+    /// (an all-zero address is a real source: `::`).
+    pub until: [u32; BAN_CACHE_WAYS],
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<BanSlot>() == 32);
+const _: () = assert!(size_of::<BanSet>() == 64);
+
+/// A ban's [`BanSet::until`] for its `expires_ns` (0: never): whole units of 2^30 ns,
+/// rounded down, so that the cache never says a ban lasts longer than it does (in its
+/// last second the hash is asked). 0 when the ban ends within the first unit after
+/// boot: not cached.
+#[inline(always)]
+pub const fn cache_until(expires_ns: u64) -> u32 {
+    if expires_ns == 0 {
+        return BAN_CACHE_FOREVER;
+    }
+    let units = expires_ns >> BAN_CACHE_UNIT_SHIFT;
+    if units >= BAN_CACHE_FOREVER as u64 {
+        BAN_CACHE_FOREVER - 1
+    } else {
+        units as u32
+    }
+}
+
+impl BanSet {
+    /// The way holding a ban of `addr`, if any.
+    #[inline(always)]
+    pub fn find(&self, addr: &crate::packet::AddrWords) -> Option<usize> {
+        // Written out: a loop costs the verifier more than three compares.
+        if self.until[0] != 0 && self.addrs[0][0] == addr[0] && self.addrs[0][1] == addr[1] {
+            Some(0)
+        } else if self.until[1] != 0 && self.addrs[1][0] == addr[0] && self.addrs[1][1] == addr[1] {
+            Some(1)
+        } else if self.until[2] != 0 && self.addrs[2][0] == addr[0] && self.addrs[2][1] == addr[1] {
+            Some(2)
+        } else {
+            None
+        }
+    }
+
+    /// True when the set holds a ban of `addr` surely active at `now_ns`.
+    #[inline(always)]
+    pub fn holds_active(&self, addr: &crate::packet::AddrWords, now_ns: u64) -> bool {
+        match self.find(addr) {
+            Some(way) => match self.until.get(way) {
+                Some(&BAN_CACHE_FOREVER) => true,
+                Some(&until) => now_ns < (until as u64) << BAN_CACHE_UNIT_SHIFT,
+                None => false,
+            },
+            None => false,
+        }
+    }
+
+    /// A free way, if any.
+    #[inline(always)]
+    pub fn free_way(&self) -> Option<usize> {
+        if self.until[0] == 0 {
+            Some(0)
+        } else if self.until[1] == 0 {
+            Some(1)
+        } else if self.until[2] == 0 {
+            Some(2)
+        } else {
+            None
+        }
+    }
+
+    /// Puts a ban of `addr` ending at `expires_ns` in its way, or a free one; a ban the
+    /// cache cannot hold ([`cache_until`] 0) takes `addr`'s way back. False when nothing
+    /// changed (also when the set is full).
+    pub fn place(&mut self, addr: &crate::packet::AddrWords, expires_ns: u64) -> bool {
+        let until = cache_until(expires_ns);
+        let Some(way) = self.find(addr).or_else(|| self.free_way()) else {
+            return false;
+        };
+        if until == 0 {
+            return self.remove(addr);
+        }
+        if self.until[way] == until && self.addrs[way] == *addr {
+            return false;
+        }
+        self.addrs[way] = *addr;
+        self.until[way] = until;
+        true
+    }
+
+    /// Frees the way of `addr`; false when it had none.
+    pub fn remove(&mut self, addr: &crate::packet::AddrWords) -> bool {
+        match self.find(addr) {
+            Some(way) => {
+                self.until[way] = 0;
+                self.addrs[way] = [0; 2];
+                true
+            }
+            None => false,
+        }
+    }
+}
 
 /// The `PS_BAN_FILTER` bit of an address: a multiplicative hash of its two words.
 #[inline(always)]
@@ -512,6 +645,6 @@ mod user {
     unsafe impl aya::Pod for ScanEvent {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for EventBudget {}
-    unsafe impl aya::Pod for BanSlot {}
+    unsafe impl aya::Pod for BanSet {}
     unsafe impl aya::Pod for KernelBan {}
 }

@@ -1,5 +1,5 @@
 //! The ban check: does an active ban cover the source? Exact bans go through a bit
-//! filter (`PS_BAN_FILTER`), then the direct-mapped cache (`PS_BAN_CACHE`), then the hash
+//! filter (`PS_BAN_FILTER`), then the set-associative cache (`PS_BAN_CACHE`), then the hash
 //! (`PS_BANS`); prefix bans through the trie (`PS_BAN_NETS`) when it holds anything, behind
 //! the range filter (`PS_NET_FILTER`).
 
@@ -7,7 +7,7 @@ use aya_ebpf::maps::lpm_trie::Key;
 use portsentry_common::{
     Counter,
     maps::{
-        BAN_CACHE_SLOTS, SETTING_PREFIX_BANS, SETTING_PREFIX_BANS_WIDE, Settings, ban_filter_bit,
+        SETTING_PREFIX_BANS, SETTING_PREFIX_BANS_WIDE, Settings, ban_cache_mask, ban_filter_bit,
         net_filter_bit,
     },
     packet::AddrWords,
@@ -20,42 +20,42 @@ use crate::{PS_BAN_CACHE, PS_BAN_FILTER, PS_BAN_NETS, PS_BANS, PS_NET_FILTER, cl
 /// `addr` (the source's own address). Expired bans are counted and ignored.
 #[inline(always)]
 pub fn is_banned(src: &AddrWords, addr: &AddrWords, settings: &Settings) -> bool {
-    // One call site of the clock for the cache and the hash: each site costs the
-    // verifier a walk of the clock's two ways for every header shape.
-    if let Some(expires_ns) = exact_ban(src)
-        && ban_active(expires_ns)
-    {
+    if exact_ban(src, settings) {
         return true;
     }
     if settings.flags & SETTING_PREFIX_BANS != 0
         && may_be_in_range(addr, settings)
         && let Some(ban) = PS_BAN_NETS.get(Key::new(128, *key(addr)))
     {
-        return ban_active(ban.expires_ns);
+        return ban_active(ban.expires_ns, clock::now());
     }
     false
 }
 
-/// The expiry of an exact ban of `src`, if it has one: the bit filter first, then the
-/// cache (a hit needs no hash lookup), then the hash.
+/// True when an active exact ban of `src` exists: the bit filter first, then the cache
+/// (a hit needs no hash lookup), then the hash.
 #[inline(always)]
-fn exact_ban(src: &AddrWords) -> Option<u64> {
+fn exact_ban(src: &AddrWords, settings: &Settings) -> bool {
     let bit = ban_filter_bit(src);
     let maybe = match PS_BAN_FILTER.get(bit >> 6) {
         Some(word) => word & (1u64 << (bit & 63)) != 0,
         None => true,
     };
     if !maybe {
-        return None;
+        return false;
     }
-    match PS_BAN_CACHE.get(bit & (BAN_CACHE_SLOTS - 1)) {
-        Some(slot) if slot.used != 0 && slot.addr[0] == src[0] && slot.addr[1] == src[1] => {
-            Some(slot.expires_ns)
-        }
-        // SAFETY: a value pointer from a successful lookup.
-        _ => PS_BANS
-            .get_ptr(key(src))
-            .map(|ban| unsafe { (*ban).expires_ns }),
+    // One call site of the clock for the cache and the hash: each site costs the
+    // verifier a walk of the clock's two ways for every header shape.
+    let now = clock::now();
+    if let Some(set) = PS_BAN_CACHE.get(bit & ban_cache_mask(settings.flags))
+        && set.holds_active(src, now)
+    {
+        return true;
+    }
+    // SAFETY: a value pointer from a successful lookup.
+    match PS_BANS.get_ptr(key(src)) {
+        Some(ban) => ban_active(unsafe { (*ban).expires_ns }, now),
+        None => false,
     }
 }
 
@@ -73,10 +73,10 @@ fn may_be_in_range(addr: &AddrWords, settings: &Settings) -> bool {
     }
 }
 
-/// A ban that never expires (0) or expires later than now; an expired one is counted.
+/// A ban that never expires (0) or expires later than `now`; an expired one is counted.
 #[inline(always)]
-fn ban_active(expires_ns: u64) -> bool {
-    if expires_ns == 0 || clock::now() < expires_ns {
+fn ban_active(expires_ns: u64, now: u64) -> bool {
+    if expires_ns == 0 || now < expires_ns {
         return true;
     }
     count(Counter::BanExpired);

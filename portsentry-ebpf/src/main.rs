@@ -63,8 +63,8 @@ use aya_ebpf::{
 use portsentry_common::{
     Addr, Counter, PROTO_TCP, ScanType,
     maps::{
-        ACK_PORT_WORDS, BAN_CACHE_SLOTS, BAN_FILTER_WORDS, BAN_NETS_MAX, BANS_MAX, BanEntry,
-        BanSlot, EVENTS_BYTES, EventBudget, IGNORE_FILTER_WORDS, IGNORE_MAX, IGNORE_SINGLE,
+        ACK_PORT_WORDS, BAN_CACHE_MIN_SETS, BAN_FILTER_WORDS, BAN_NETS_MAX, BANS_MAX, BanEntry,
+        BanSet, EVENTS_BYTES, EventBudget, IGNORE_FILTER_WORDS, IGNORE_MAX, IGNORE_SINGLE,
         KernelBan, PORT_WORDS, PROTOCOL_WORDS, SETTING_DROP_EVASIVE, SETTING_IGNORE,
         SETTING_IGNORE_WIDE, SETTING_TRW, SETTING_VERIFY, SOURCES_MAX, Settings, TCP_SOCKET_WORDS,
         net_filter_bit, v6_source_prefix,
@@ -87,7 +87,7 @@ static PS_BANS: HashMap<Addr, BanEntry> = HashMap::with_max_entries(BANS_MAX, BP
 #[map]
 static PS_BAN_FILTER: Array<u64> = Array::with_max_entries(BAN_FILTER_WORDS, 0);
 #[map]
-static PS_BAN_CACHE: Array<BanSlot> = Array::with_max_entries(BAN_CACHE_SLOTS, 0);
+static PS_BAN_CACHE: Array<BanSet> = Array::with_max_entries(BAN_CACHE_MIN_SETS, BPF_F_MMAPABLE);
 #[map]
 static PS_BAN_NETS: LpmTrie<Addr, BanEntry> = LpmTrie::with_max_entries(BAN_NETS_MAX, 0);
 #[map]

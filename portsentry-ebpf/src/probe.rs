@@ -5,10 +5,10 @@ use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
 use portsentry_common::{
     Counter, PROTO_TCP, ScanType,
     maps::{
-        BAN_CACHE_SLOTS, BanEntry, BanOrigin, EVENT_BUDGET_HITS, EVENT_BURST, EVENT_KERNEL_BANNED,
-        EVENT_PREFIX, EVENT_VERIFIED, KBAN_DAEMON, KBAN_PROGRAM, SETTING_KBAN_TCP,
-        SETTING_KBAN_UDP, SETTING_TRW, SETTING_VERIFY, SOURCE_PREFIX, SOURCE_VERIFIED, ScanEvent,
-        Settings, SourceStats, UDP_PORT_WORD_BASE, ban_filter_bit,
+        BanEntry, BanOrigin, EVENT_BUDGET_HITS, EVENT_BURST, EVENT_KERNEL_BANNED, EVENT_PREFIX,
+        EVENT_VERIFIED, KBAN_DAEMON, KBAN_PROGRAM, SETTING_KBAN_TCP, SETTING_KBAN_UDP, SETTING_TRW,
+        SETTING_VERIFY, SOURCE_PREFIX, SOURCE_VERIFIED, ScanEvent, Settings, SourceStats,
+        UDP_PORT_WORD_BASE, ban_cache_mask, ban_filter_bit, cache_until,
     },
     packet::{AddrWords, L4},
     sources::seen_stamp,
@@ -330,14 +330,28 @@ fn kernel_ban(
     {
         return None;
     }
-    if let Some(slot) = PS_BAN_CACHE.get_ptr_mut(bit & (BAN_CACHE_SLOTS - 1)) {
-        // SAFETY: a value pointer of the array; a racing writer leaves a slot that is
-        // either free, this ban, or another ban (each valid: the hash is the truth).
-        let slot = unsafe { &mut *slot };
-        if slot.used == 0 {
-            slot.addr = *src;
-            slot.expires_ns = entry.expires_ns;
-            slot.used = 1;
+    let until = cache_until(entry.expires_ns);
+    if until != 0
+        && let Some(set) = PS_BAN_CACHE.get_ptr_mut(bit & ban_cache_mask(settings.flags))
+    {
+        // SAFETY: a value pointer of the array. The address first, the way's mark last,
+        // then the address read back: of two CPUs putting bans into one free way at
+        // once, one whose address was overwritten frees the way again (the hash holds
+        // both bans), so that the cache never holds an address the hash lacks.
+        unsafe {
+            if let Some(way) = (*set).free_way()
+                && let (Some(addr), Some(mark)) =
+                    ((*set).addrs.get_mut(way), (*set).until.get_mut(way))
+            {
+                core::ptr::write_volatile(&mut addr[0], src[0]);
+                core::ptr::write_volatile(&mut addr[1], src[1]);
+                core::ptr::write_volatile(mark, until);
+                if core::ptr::read_volatile(&addr[0]) != src[0]
+                    || core::ptr::read_volatile(&addr[1]) != src[1]
+                {
+                    core::ptr::write_volatile(mark, 0);
+                }
+            }
         }
     }
     count(Counter::KernelBanned);

@@ -12,9 +12,14 @@ use std::{
     net::{IpAddr, Ipv4Addr, TcpListener},
 };
 
-use aya::maps::{HashMap, MapData};
+use aya::maps::{Array, HashMap, Map, MapData};
 use ipnet::IpNet;
-use portsentry_common::{Addr, maps::BanEntry, sources::source_entries};
+use portsentry_common::{
+    Addr,
+    maps::{BanEntry, BanSet, Settings, ban_cache_mask, ban_filter_bit},
+    packet::AddrWords,
+    sources::source_entries,
+};
 use portsentry_tests::{
     bpf_link::pinned_link,
     daemon::{Daemon, Workdir, binary},
@@ -52,6 +57,20 @@ fn pinned_size(wd: &Workdir, name: &str) -> u32 {
         .info()
         .unwrap()
         .max_entries()
+}
+
+/// True when the pinned `PS_BAN_CACHE` holds `ip`'s ban in the set the pinned settings
+/// send the program to.
+fn cached_in_pins(wd: &Workdir, ip: IpAddr) -> bool {
+    let open = |name: &str| Map::Array(MapData::from_pin(wd.pin_dir.join(name)).unwrap());
+    let cache: Array<MapData, BanSet> = Array::try_from(open("PS_BAN_CACHE")).unwrap();
+    let settings: Array<MapData, Settings> = Array::try_from(open("PS_SETTINGS")).unwrap();
+    let flags = settings.get(&0, 0).unwrap().flags;
+    let w: AddrWords = bytemuck::cast(addr::to_key(ip));
+    let set = cache
+        .get(&(ban_filter_bit(&w) & ban_cache_mask(flags)), 0)
+        .unwrap();
+    set.find(&w).is_some()
 }
 
 fn assert_all_in_kernel(wd: &Workdir, ips: &[IpAddr]) {
@@ -133,6 +152,8 @@ fn a_bigger_max_bans_at_restart_keeps_every_ban_in_the_same_link() {
     let d = start(&net, &wd);
     assert_eq!(pinned_size(&wd, "PS_BANS"), 64);
     assert_eq!(pinned_size(&wd, "PS_SOURCES"), source_entries(1024));
+    assert_eq!(pinned_size(&wd, "PS_BAN_CACHE"), 1 << 17);
+    assert!(cached_in_pins(&wd, scanner));
     assert!(!reaches(&net, scanner));
     let link_pin = wd.pin_dir.join(format!("link-{}", net.server_if));
     let before = pinned_link(&link_pin);
@@ -141,11 +162,11 @@ fn a_bigger_max_bans_at_restart_keeps_every_ban_in_the_same_link() {
     // Bigger maps at the next start: no unload.
     wd.config(
         &net.server_if,
-        "MAX_BANS=\"4096\"\nMAX_TRACKED_SOURCES=\"2048\"\n",
+        "MAX_BANS=\"1048576\"\nMAX_TRACKED_SOURCES=\"2048\"\n",
     );
     let d = start(&net, &wd);
     assert!(
-        d.has_line("PS_BANS resized from 64 to 4096 entries"),
+        d.has_line("PS_BANS resized from 64 to 1048576 entries"),
         "{}",
         d.lines().join("\n")
     );
@@ -154,7 +175,15 @@ fn a_bigger_max_bans_at_restart_keeps_every_ban_in_the_same_link() {
         "{}",
         d.lines().join("\n")
     );
-    assert_eq!(pinned_size(&wd, "PS_BANS"), 4096);
+    // The ban cache grows with MAX_BANS, filled from the bans.
+    assert!(
+        d.has_line("PS_BAN_CACHE resized from 131072 to 524288 sets"),
+        "{}",
+        d.lines().join("\n")
+    );
+    assert_eq!(pinned_size(&wd, "PS_BANS"), 1 << 20);
+    assert_eq!(pinned_size(&wd, "PS_BAN_CACHE"), 1 << 19);
+    assert!(cached_in_pins(&wd, scanner));
     assert_eq!(pinned_size(&wd, "PS_SOURCES"), source_entries(2048));
     assert_all_in_kernel(&wd, &ips);
     assert!(!reaches(&net, scanner), "the scanner's ban was dropped");
@@ -192,7 +221,12 @@ fn a_bigger_max_bans_at_restart_keeps_every_ban_in_the_same_link() {
             && err.contains(&ips.len().to_string()),
         "{err}"
     );
-    assert_eq!(pinned_size(&wd, "PS_BANS"), 4096);
+    assert_eq!(pinned_size(&wd, "PS_BANS"), 1 << 20);
+    assert_eq!(
+        pinned_size(&wd, "PS_BAN_CACHE"),
+        1 << 19,
+        "nothing half-applied"
+    );
     assert_all_in_kernel(&wd, &ips);
     assert!(!reaches(&net, scanner), "the ban stays in force");
     let (ok, out, err) = wd.cli(&["unload"]);

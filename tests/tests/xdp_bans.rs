@@ -252,47 +252,92 @@ fn prefix_bans() {
     assert_eq!(fx.dp.bans().unwrap().len(), 0);
 }
 
-/// Two bans in one `PS_BAN_CACHE` slot: the first is served by the cache, the second by
-/// the hash; lifting either leaves the other in force.
+/// Four bans in one `PS_BAN_CACHE` set: three are served by the cache (with their hash
+/// entries gone, they still drop: the program found them in the set, one the smallest
+/// cache lacks, by the size the daemon wrote), the fourth by the hash; lifting any
+/// leaves the others in force.
 #[test]
-fn ban_cache_collisions() {
+fn ban_cache_sets() {
     require_kernel!();
-    use portsentry_common::maps::ban_cache_slot;
+    use portsentry_common::maps::{BAN_CACHE_MIN_SETS, ban_cache_set, ban_cache_sets};
     let words = |ip: IpAddr| -> packet::AddrWords {
         bytemuck::cast(portsentry_user::kernel::addr::to_key(ip))
     };
-    let a = ip("198.51.100.1");
-    let slot = ban_cache_slot(&words(a));
-    let b = (2..=u32::MAX)
-        .map(|n| IpAddr::from((0xc633_6400u32 + n).to_be_bytes()))
-        .find(|c| ban_cache_slot(&words(*c)) == slot)
-        .expect("a colliding address");
+    let sets = ban_cache_sets(portsentry_user::kernel::MapSizes::default().bans);
+    assert!(
+        sets > BAN_CACHE_MIN_SETS,
+        "the default MAX_BANS grows the cache"
+    );
+    let v4 = |n: u32| IpAddr::from((0xc633_6400u32 + n).to_be_bytes());
+    let a = (1..)
+        .map(v4)
+        .find(|c| ban_cache_set(&words(*c), sets) >= BAN_CACHE_MIN_SETS)
+        .unwrap();
+    let set = ban_cache_set(&words(a), sets);
+    let same: Vec<IpAddr> = std::iter::once(a)
+        .chain(
+            (2..=u32::MAX)
+                .map(v4)
+                .filter(|c| *c != a && ban_cache_set(&words(*c), sets) == set)
+                .take(3),
+        )
+        .collect();
     let dst = ip(V4_DST);
     let mut fx = Fixture::new();
-    for src in [a, b] {
+    assert_eq!(fx.dp.ban_cache_sets(), Some(sets));
+    for src in &same {
         fx.dp
-            .insert_ban(&IpNet::from(src), &BanEntry::default())
+            .insert_ban(&IpNet::from(*src), &BanEntry::default())
             .unwrap();
     }
-    for src in [a, b] {
+    let cached: Vec<bool> = same.iter().map(|s| fx.dp.ban_cached(*s).unwrap()).collect();
+    assert_eq!(cached, [true, true, true, false], "a set holds three");
+    for src in &same {
+        fx.expect(
+            &Frame::tcp(*src, dst, 443, ACK).build(),
+            XDP_DROP,
+            Counter::DropBanned,
+        );
+    }
+    // Lift a cached one: the others are still found, the fourth in the hash.
+    let b = same[3];
+    assert!(fx.dp.remove_ban(&IpNet::from(same[1])).unwrap());
+    assert!(!fx.dp.ban_cached(same[1]).unwrap());
+    fx.expect(
+        &Frame::tcp(same[1], dst, 443, ACK).build(),
+        XDP_PASS,
+        Counter::PassNotProbe,
+    );
+    for src in [a, same[2], b] {
         fx.expect(
             &Frame::tcp(src, dst, 443, ACK).build(),
             XDP_DROP,
             Counter::DropBanned,
         );
     }
-    // Lift the cached one: the other is still found (in the hash).
-    assert!(fx.dp.remove_ban(&IpNet::from(a)).unwrap());
-    fx.expect(
-        &Frame::tcp(a, dst, 443, ACK).build(),
-        XDP_PASS,
-        Counter::PassNotProbe,
-    );
-    fx.expect(
-        &Frame::tcp(b, dst, 443, ACK).build(),
-        XDP_DROP,
-        Counter::DropBanned,
-    );
+    // A later ban takes the freed way.
+    fx.dp
+        .insert_ban(&IpNet::from(b), &BanEntry::default())
+        .unwrap();
+    assert!(fx.dp.ban_cached(b).unwrap());
+    // Out of the hash alone: what the cache holds still drops.
+    let mut probe = Fixture::new();
+    for src in &same {
+        probe
+            .dp
+            .insert_ban(&IpNet::from(*src), &BanEntry::default())
+            .unwrap();
+        probe.dp.remove_hashed_ban_only(*src).unwrap();
+    }
+    for (src, cached) in same.iter().zip(cached) {
+        let (retval, reason) = if cached {
+            (XDP_DROP, Counter::DropBanned)
+        } else {
+            (XDP_PASS, Counter::PassNotProbe)
+        };
+        probe.expect(&Frame::tcp(*src, dst, 443, ACK).build(), retval, reason);
+    }
+    drop(probe);
     // A cached ban that expired does not hide a prefix ban over the same source.
     let expired = BanEntry {
         expires_ns: monotonic_ns() - 1_000_000_000,

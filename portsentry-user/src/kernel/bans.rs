@@ -1,5 +1,6 @@
 //! The ban maps: exact bans in `PS_BANS` behind the one-hash filter `PS_BAN_FILTER` and
-//! the direct-mapped cache `PS_BAN_CACHE`, wider prefixes in the trie `PS_BAN_NETS`.
+//! the set-associative cache `PS_BAN_CACHE` (`ban_cache.rs`), wider prefixes in the trie
+//! `PS_BAN_NETS`.
 //!
 //! The order of writes keeps the program's invariants at every instant: a ban is never
 //! in the hash without its filter bit, and the cache never holds a ban the hash lacks.
@@ -11,7 +12,7 @@ use aya::maps::lpm_trie::Key;
 use ipnet::IpNet;
 use portsentry_common::{
     Addr,
-    maps::{self, BanEntry, BanSlot, SETTING_PREFIX_BANS, Settings},
+    maps::{self, BanEntry, SETTING_PREFIX_BANS, Settings},
     packet::AddrWords,
 };
 
@@ -25,7 +26,7 @@ use super::{
 impl Dataplane {
     /// Makes `PS_BAN_FILTER` exactly the filter of the bans in `PS_BANS` (at load, which
     /// also adopts the bans of pinned maps), and gives `PS_BAN_CACHE` every ban whose
-    /// slot is free or already its own (which also refreshes an expiry a crash left
+    /// set has room or already holds it (which also refreshes an expiry a crash left
     /// stale). Whole maps read and written in batches ([`sys::read_map`]).
     ///
     /// Returns the exact bans it read.
@@ -107,80 +108,19 @@ impl Dataplane {
         write_changed_words(fd(&self.maps.ban_filter), now, want, maps::BAN_FILTER)
     }
 
-    /// Puts each ban into its `PS_BAN_CACHE` slot unless another ban holds it (the first
-    /// of several that share a free slot gets it), reading and writing the cache whole.
+    /// Puts each ban into its `PS_BAN_CACHE` set unless the set is full.
     fn cache_put_all<'a>(&mut self, bans: impl Iterator<Item = (&'a Addr, u64)>) -> Result<()> {
-        // No ban, nothing to read (a reboot's maps are empty: 8 MiB read for nothing).
-        let mut bans = bans.peekable();
-        if bans.peek().is_none() {
-            return Ok(());
-        }
-        let mut slots: Vec<BanSlot> = vec![BanSlot::default(); maps::BAN_CACHE_SLOTS as usize];
-        if !std::mem::take(&mut self.blank.cache) {
-            for (i, slot) in sys::read_map::<u32, BanSlot>(fd(&self.maps.ban_cache))
-                .context("reading PS_BAN_CACHE")?
-            {
-                if let Some(s) = slots.get_mut(i as usize) {
-                    *s = slot;
-                }
-            }
-        }
-        // Only the slots that change are written: at a restart the cache already holds
-        // what it should, and rewriting its 262,144 slots cost a third of a second.
-        let mut changed = vec![false; slots.len()];
-        for (key, expires_ns) in bans {
-            let w: AddrWords = bytemuck::cast(*key);
-            let idx = maps::ban_cache_slot(&w) as usize;
-            let Some(cur) = slots.get_mut(idx) else {
-                continue;
-            };
-            let slot = BanSlot {
-                addr: w,
-                expires_ns,
-                used: 1,
-            };
-            if (cur.used == 0 || cur.addr == w) && *cur != slot {
-                *cur = slot;
-                changed[idx] = true;
-            }
-        }
-        let (idx, vals): (Vec<u32>, Vec<BanSlot>) = (0..slots.len())
-            .filter(|&i| changed[i])
-            .map(|i| (i as u32, slots[i]))
-            .unzip();
-        sys::write_map_parallel(fd(&self.maps.ban_cache), &idx, &vals)
-            .context("writing PS_BAN_CACHE")
+        self.maps.ban_cache.put_all(bans)
     }
 
-    /// Puts a ban into its `PS_BAN_CACHE` slot unless another ban holds it.
+    /// Puts a ban into its `PS_BAN_CACHE` set unless the set is full.
     fn cache_put(&mut self, key: &Addr, expires_ns: u64) -> Result<()> {
-        let w: AddrWords = bytemuck::cast(*key);
-        let idx = maps::ban_cache_slot(&w);
-        self.blank.cache = false;
-        let a = &mut self.maps.ban_cache;
-        let cur = a.get(&idx, 0)?;
-        if cur.used == 0 || cur.addr == w {
-            let slot = BanSlot {
-                addr: w,
-                expires_ns,
-                used: 1,
-            };
-            a.set(idx, slot, 0).context("writing PS_BAN_CACHE")?;
-        }
-        Ok(())
+        self.maps.ban_cache.put(key, expires_ns)
     }
 
-    /// Empties the `PS_BAN_CACHE` slot of a ban if the ban holds it.
+    /// Takes a ban out of its `PS_BAN_CACHE` set, if there.
     fn cache_drop(&mut self, key: &Addr) -> Result<()> {
-        let w: AddrWords = bytemuck::cast(*key);
-        let idx = maps::ban_cache_slot(&w);
-        let a = &mut self.maps.ban_cache;
-        let cur = a.get(&idx, 0)?;
-        if cur.used != 0 && cur.addr == w {
-            a.set(idx, BanSlot::default(), 0)
-                .context("writing PS_BAN_CACHE")?;
-        }
-        Ok(())
+        self.maps.ban_cache.remove(key)
     }
 
     fn set_filter_bit(&mut self, bit: u32, on: bool) -> Result<()> {

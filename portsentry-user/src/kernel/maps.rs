@@ -18,14 +18,14 @@ use ipnet::{IpNet, Ipv6Net};
 use portsentry_common::{
     Addr, Counter,
     maps::{
-        self, BanEntry, BanSlot, IGNORE_FILTER_WORDS, IGNORE_IGNORED, IGNORE_SINGLE, KBAN_DAEMON,
+        self, BanEntry, IGNORE_FILTER_WORDS, IGNORE_IGNORED, IGNORE_SINGLE, KBAN_DAEMON,
         KBAN_PROGRAM, KernelBan, SETTING_IGNORE, SETTING_IGNORE_WIDE, Settings, SourceStats,
         net_filter_bit,
     },
     packet::AddrWords,
 };
 
-use super::{Dataplane, addr, sources::SourceTable};
+use super::{Dataplane, addr, ban_cache::BanCache, sources::SourceTable};
 use crate::config::ports::PortSet;
 
 /// How far the wall clock may move against CLOCK_MONOTONIC before the program's offset
@@ -40,7 +40,7 @@ pub(super) struct Maps {
     pub bans: HashMap<MapData, Addr, BanEntry>,
     pub ban_nets: LpmTrie<MapData, Addr, BanEntry>,
     pub ban_filter: Array<MapData, u64>,
-    pub ban_cache: Array<MapData, BanSlot>,
+    pub ban_cache: BanCache,
     pub ignore: LpmTrie<MapData, Addr, u32>,
     /// `None` for an object built before the filter existed (the bench loads one).
     pub ignore_filter: Option<Array<MapData, u64>>,
@@ -110,7 +110,7 @@ impl Maps {
             bans,
             ban_nets: LpmTrie::try_from(take(maps::BAN_NETS)?)?,
             ban_filter: Array::try_from(take(maps::BAN_FILTER)?)?,
-            ban_cache: Array::try_from(take(maps::BAN_CACHE)?)?,
+            ban_cache: BanCache::new(take(maps::BAN_CACHE)?)?,
             ignore: LpmTrie::try_from(take(maps::IGNORE)?)?,
             ignore_filter,
             net_filter,
@@ -225,7 +225,8 @@ impl Dataplane {
     }
 
     /// Writes the runtime settings. The presence flags (`SETTING_PREFIX_BANS`,
-    /// `SETTING_IGNORE`) are kept by this type itself and are not taken from `s`.
+    /// `SETTING_IGNORE`) and `PS_BAN_CACHE`'s sets are kept by this type itself and are
+    /// not taken from `s`.
     pub fn write_settings(&mut self, s: Settings) -> Result<()> {
         let s = self.keep_presence(s);
         let prefix = maps::v6_source_prefix(s.flags);
@@ -236,12 +237,13 @@ impl Dataplane {
     }
 
     /// `s` with the presence flags (`SETTING_PREFIX_BANS`, `SETTING_PREFIX_BANS_WIDE`,
-    /// `SETTING_IGNORE`, `SETTING_IGNORE_WIDE`) as they are now.
+    /// `SETTING_IGNORE`, `SETTING_IGNORE_WIDE`) and `PS_BAN_CACHE`'s sets as they are now.
     pub(super) fn keep_presence(&self, s: Settings) -> Settings {
         let presence = maps::SETTING_PREFIX_BANS
             | maps::SETTING_PREFIX_BANS_WIDE
             | SETTING_IGNORE
-            | SETTING_IGNORE_WIDE;
+            | SETTING_IGNORE_WIDE
+            | 31 << maps::SETTING_BAN_CACHE_SHIFT;
         Settings {
             flags: (s.flags & !presence) | (self.settings.flags & presence),
             ..s
@@ -480,6 +482,26 @@ impl Dataplane {
     /// fill one set: `None` for an earlier release's map.
     pub fn source_set(&self, ip: IpAddr) -> Option<usize> {
         self.maps.sources.set_of(&addr::to_key(ip))
+    }
+
+    /// `PS_BAN_CACHE`'s sets (`None` for an earlier release's cache).
+    pub fn ban_cache_sets(&self) -> Option<u32> {
+        self.maps.ban_cache.sets()
+    }
+
+    /// True when `ip`'s ban is in `PS_BAN_CACHE` (for the tests).
+    pub fn ban_cached(&self, ip: IpAddr) -> Result<bool> {
+        self.maps.ban_cache.holds(&addr::to_key(ip))
+    }
+
+    /// Takes `ip`'s ban out of `PS_BANS` alone, its filter bit and cache way left as
+    /// they are: for the tests, to see which answers the program takes from the cache
+    /// (a state the daemon never makes).
+    pub fn remove_hashed_ban_only(&mut self, ip: IpAddr) -> Result<()> {
+        self.maps
+            .bans
+            .remove(&addr::to_key(ip))
+            .context("removing from PS_BANS")
     }
 
     /// How many sources are tracked.

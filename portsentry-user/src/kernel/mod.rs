@@ -4,9 +4,11 @@
 
 pub mod addr;
 mod attach;
+mod ban_cache;
 mod bans;
 pub mod configure;
 mod filter_users;
+mod mapped;
 mod maps;
 mod net_filter;
 pub mod object;
@@ -24,6 +26,7 @@ use aya::{
     programs::Xdp,
 };
 use aya_obj::programs::XdpAttachType;
+use portsentry_common::maps::{ban_cache_sets, with_ban_cache_sets};
 use portsentry_common::{
     PROBE_PROGRAM, PROGRAM_NAME,
     maps::{self as names, Settings},
@@ -87,19 +90,18 @@ pub struct Dataplane {
     /// How long the kernel took to verify the programs, once this load verified them on
     /// the verifier's thread and the first attach waited for it.
     verified_in: Option<std::time::Duration>,
-    /// `PS_BAN_FILTER` and `PS_BAN_CACHE` as created by this load and not written since.
+    /// `PS_BAN_FILTER` as created by this load and not written since.
     blank: Blank,
 }
 
 /// Arrays this load created that nothing has written yet: every word zero, so they are
-/// not read back (2 and 8 MiB) before they are first written. Only while the program is
+/// not read back (2 MiB) before they are first written. Only while the program is
 /// being verified ([`Dataplane::load_verifying`]) and until the first attach: then only
 /// this process writes them (the program cannot run before it is loaded and attached,
 /// and a pinned program is reused only over pinned maps).
 #[derive(Clone, Copy, Debug, Default)]
 struct Blank {
     filter: bool,
-    cache: bool,
 }
 
 /// The loaded object's program.
@@ -312,6 +314,7 @@ impl Dataplane {
         loader
             .map_max_entries(names::BANS, sizes.bans)
             .map_max_entries(names::BAN_NETS, sizes.ban_nets)
+            .map_max_entries(names::BAN_CACHE, ban_cache_sets(sizes.bans))
             .map_max_entries(names::IGNORE, sizes.ignore)
             .map_max_entries(names::SOURCES, sources_entries(bytes, sizes.sources));
         // Pinned maps of another size than configured are replaced (`resize`).
@@ -470,6 +473,18 @@ impl Dataplane {
             blank: Blank::default(),
         };
         dp.settings = dp.read_settings()?;
+        // The program finds a ban's cache set by the number of sets in its settings.
+        if contents != Contents::ReadOnly
+            && let Some(sets) = dp.maps.ban_cache.sets()
+        {
+            let flags = with_ban_cache_sets(dp.settings.flags, sets);
+            if flags != dp.settings.flags {
+                dp.store_settings(Settings {
+                    flags,
+                    ..dp.settings
+                })?;
+            }
+        }
         let read = match contents {
             Contents::ReadOnly => return Ok(dp),
             // Every filter word, cache slot and ban of a map just created is zero. The
@@ -478,10 +493,7 @@ impl Dataplane {
             // (BPF_PROG_TEST_RUN) and write them.
             Contents::Created => {
                 let verifying = matches!(dp.ebpf, Program::Verifying(_));
-                dp.blank = Blank {
-                    filter: verifying,
-                    cache: verifying,
-                };
+                dp.blank = Blank { filter: verifying };
                 Vec::new()
             }
             Contents::Kept => {

@@ -17,7 +17,7 @@ use anyhow::{Context as _, Result};
 use aya::maps::{Map, MapData, MapType, lpm_trie::Key};
 use portsentry_common::{
     Addr,
-    maps::{self as names, BanEntry, Settings},
+    maps::{self as names, BanEntry, BanSet, Settings, ban_cache_sets},
     sources::{SOURCE_WAYS, source_entries},
 };
 
@@ -69,14 +69,22 @@ pub(super) struct Resized {
     pub value: bool,
 }
 
-/// The sizable maps and their configured sizes, in entries.
-fn sized(sizes: &MapSizes) -> [(&'static str, u32); 4] {
+/// The sizable maps and their configured sizes, in entries (`PS_BAN_CACHE` is sized by
+/// MAX_BANS).
+fn sized(sizes: &MapSizes) -> [(&'static str, u32); 5] {
     [
         (names::BANS, sizes.bans),
+        (names::BAN_CACHE, ban_cache_sets(sizes.bans)),
         (names::BAN_NETS, sizes.ban_nets),
         (names::IGNORE, sizes.ignore),
         (names::SOURCES, source_entries(sizes.sources)),
     ]
+}
+
+/// The maps whose value changed since a release, and their value now: `PS_BAN_CACHE`
+/// held 32-byte slots. (Nothing is carried over: the cache is filled from the bans.)
+fn revalued() -> [(&'static str, u32); 1] {
+    [(names::BAN_CACHE, size_of::<BanSet>() as u32)]
 }
 
 /// The maps whose type changed since a release, and their type now: `PS_SOURCES` was
@@ -113,7 +121,10 @@ pub(super) fn pinned_to_resize(pin_dir: &Path, sizes: &MapSizes) -> Result<Vec<R
         };
         let type_changed = retyped()
             .iter()
-            .any(|(n, t)| *n == name && info.map_type().ok() != Some(*t));
+            .any(|(n, t)| *n == name && info.map_type().ok() != Some(*t))
+            || revalued()
+                .iter()
+                .any(|(n, size)| *n == name && !value && info.value_size() != *size);
         let old_capacity = match info.map_type() {
             Ok(MapType::Array) if name == names::SOURCES => {
                 old_size.saturating_sub(1) * SOURCE_WAYS as u32
@@ -165,8 +176,9 @@ fn carry_over(r: &Resized, new: &Map) -> Result<()> {
     match r.name {
         names::BANS => copy::<Addr, BanEntry>(r, from, to, true),
         names::BAN_NETS => copy::<Key<Addr>, BanEntry>(r, from, to, true),
-        // The ignore list is written whole from the configuration at every start.
-        names::IGNORE => Ok(()),
+        // The ignore list is written whole from the configuration at every start; the
+        // ban cache is filled from the bans at every load.
+        names::IGNORE | names::BAN_CACHE => Ok(()),
         names::SOURCES => {
             // An earlier release's LRU hash, or a table of sets of another size.
             let fd = r.old.fd().as_fd().try_clone_to_owned()?;
@@ -297,6 +309,10 @@ impl Dataplane {
                         r.new_size.saturating_sub(1) * SOURCE_WAYS as u32
                     )
                 }
+                (names::BAN_CACHE, _) => format!(
+                    "{} resized from {} to {} sets (for MAX_BANS), filled from the bans",
+                    r.name, r.old_capacity, r.new_size
+                ),
                 _ => format!(
                     "{} resized from {} to {} entries (the configuration's size), every \
                          entry carried over",

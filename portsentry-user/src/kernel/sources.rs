@@ -4,11 +4,7 @@
 //! earlier release hold an LRU hash instead (the bench's baselines, `status` over a
 //! daemon of that release): read and written through the map's calls.
 
-use std::{
-    os::fd::{AsFd as _, AsRawFd as _},
-    ptr::NonNull,
-    sync::atomic::{AtomicU32, AtomicU64, Ordering},
-};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{HashMap, Map, MapData};
@@ -19,7 +15,7 @@ use portsentry_common::{
     sources::{SOURCE_WAYS, SourceHeader, SourceSet, seen_stamp, source_entry},
 };
 
-use super::sys;
+use super::{mapped::Mapped, sys};
 
 /// A forgotten way's address, `ff00::` (a multicast address of the reserved scope 0,
 /// which no host's packet comes from), so that the way matches no source if a probe
@@ -98,62 +94,21 @@ impl SourceTable {
 /// The table mapped into memory (shared with the program: every access is volatile or
 /// atomic, as the program writes it on every CPU at once).
 pub(super) struct SetTable {
-    base: NonNull<SourceSet>,
-    /// Entries, the header's included.
-    entries: usize,
+    sets: Mapped<SourceSet>,
     header: SourceHeader,
-    /// Mapped to read only (`status`): `put` and `forget` refuse.
-    read_only: bool,
-    /// Keeps the map open while it is mapped.
+    /// Keeps the map's fd open: the program being verified names the map by it.
     _map: MapData,
 }
 
-// SAFETY: the mapping is shared memory, accessed only through volatile and atomic
-// operations; the pointer is not tied to a thread.
-unsafe impl Send for SetTable {}
-unsafe impl Sync for SetTable {}
-
 impl SetTable {
     fn new(map: MapData, read_only: bool) -> Result<SetTable> {
-        let info = map.info()?;
-        if info.value_size() as usize != size_of::<SourceSet>() {
-            bail!(
-                "PS_SOURCES holds values of {} bytes, not {}: run `portsentry unload`",
-                info.value_size(),
-                size_of::<SourceSet>()
-            );
-        }
-        let entries = info.max_entries() as usize;
-        let len = mapped_len(entries);
-        let prot = if read_only {
-            libc::PROT_READ
-        } else {
-            libc::PROT_READ | libc::PROT_WRITE
-        };
-        // SAFETY: maps the array's values (BPF_F_MMAPABLE), `len` bytes from offset 0.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                prot,
-                libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error())
-                .context("mapping PS_SOURCES into memory (was it made without BPF_F_MMAPABLE?)");
-        }
-        let base = NonNull::new(ptr.cast::<SourceSet>()).context("mmap returned null")?;
+        let sets = Mapped::<SourceSet>::new(&map, "PS_SOURCES", read_only)?;
+        let entries = sets.len();
         let mut table = SetTable {
-            base,
-            entries,
-            header: SourceHeader { key: 0, sets: 0 },
-            read_only,
+            header: sets.get(0).header(),
+            sets,
             _map: map,
         };
-        table.header = table.set(0).header();
         if table.header.sets != 0 && table.header.sets as usize != entries - 1 {
             bail!(
                 "PS_SOURCES's header says {} sets, but the map holds {}: run `portsentry \
@@ -167,54 +122,41 @@ impl SetTable {
                 key: super::configure::random_secret(),
                 sets: (entries - 1) as u32,
             };
-            table.write_set(0, &SourceSet::with_header(table.header));
+            table.sets.put(0, &SourceSet::with_header(table.header));
         }
         Ok(table)
-    }
-
-    /// A copy of entry `i` (`i < entries`).
-    fn set(&self, i: usize) -> SourceSet {
-        assert!(i < self.entries);
-        // SAFETY: within the mapping; a volatile read of memory the program writes.
-        unsafe { std::ptr::read_volatile(self.base.as_ptr().add(i)) }
-    }
-
-    fn write_set(&self, i: usize, set: &SourceSet) {
-        assert!(i < self.entries && !self.read_only);
-        // SAFETY: within a writable mapping.
-        unsafe { std::ptr::write_volatile(self.base.as_ptr().add(i), *set) }
     }
 
     /// The entry of `key`'s set; `None` while the header is unwritten.
     fn entry(&self, key: &AddrWords) -> Option<usize> {
         let h = self.header;
-        (h.sets != 0 && (h.sets as usize) < self.entries)
+        (h.sets != 0 && (h.sets as usize) < self.sets.len())
             .then(|| source_entry(key, h.key, h.sets) as usize)
     }
 
     fn get(&self, key: &Addr) -> Option<SourceStats> {
         let words: AddrWords = bytemuck::cast(*key);
-        let set = self.set(self.entry(&words)?);
+        let set = self.sets.get(self.entry(&words)?);
         set.find(&words).map(|w| set.stats[w])
     }
 
     fn put(&self, key: &Addr, stats: &SourceStats) -> Result<()> {
-        if self.read_only {
+        if self.sets.read_only() {
             bail!("PS_SOURCES is open to read only");
         }
         let words: AddrWords = bytemuck::cast(*key);
         let i = self.entry(&words).context("PS_SOURCES has no header yet")?;
-        let mut set = self.set(i);
+        let mut set = self.sets.get(i);
         set.place(&words, seen_stamp(stats.last_ns), stats);
-        self.write_set(i, &set);
+        self.sets.put(i, &set);
         Ok(())
     }
 
     fn records(&self) -> impl Iterator<Item = (Addr, SourceStats)> + '_ {
         (1..=self.header.sets as usize)
-            .filter(|i| *i < self.entries)
+            .filter(|i| *i < self.sets.len())
             .flat_map(move |i| {
-                let set = self.set(i);
+                let set = self.sets.get(i);
                 (0..SOURCE_WAYS)
                     .filter(move |w| set.seen[*w] != 0 && set.addrs[*w] != FORGOTTEN)
                     .map(move |w| (bytemuck::cast(set.addrs[w]), set.stats[w]))
@@ -228,7 +170,7 @@ impl SetTable {
     /// a probe in flight marks it seen again. The set is never written whole: the
     /// program writes its other ways meanwhile.
     fn forget(&self, key: &Addr) -> bool {
-        if self.read_only {
+        if self.sets.read_only() {
             return false;
         }
         let words: AddrWords = bytemuck::cast(*key);
@@ -240,7 +182,7 @@ impl SetTable {
             // SAFETY: fields of an entry within a writable mapping, aligned for the
             // atomics (the set is 64-byte aligned; `addrs` starts it, `seen` at 48).
             unsafe {
-                let set = self.base.as_ptr().add(i);
+                let set = self.sets.ptr(i);
                 let seen = AtomicU32::from_ptr(std::ptr::addr_of_mut!((*set).seen[way]));
                 let addr =
                     |w: usize| AtomicU64::from_ptr(std::ptr::addr_of_mut!((*set).addrs[way][w]));
@@ -279,20 +221,6 @@ impl SetTable {
         }
         forgot
     }
-}
-
-impl Drop for SetTable {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, of this length.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), mapped_len(self.entries)) };
-    }
-}
-
-/// The bytes mapped for `entries` entries (whole pages).
-fn mapped_len(entries: usize) -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
-    (entries * size_of::<SourceSet>()).next_multiple_of(page)
 }
 
 /// A new table's entries, header included, holding `records` (the newest of a set's
