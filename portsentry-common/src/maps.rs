@@ -239,16 +239,22 @@ impl BanSet {
         }
     }
 
+    /// [`BanSet::until`] of `addr`'s ban: 0 when the set holds none.
+    #[inline(always)]
+    pub fn until_of(&self, addr: &crate::packet::AddrWords) -> u32 {
+        match self.find(addr) {
+            Some(way) => self.until.get(way).copied().unwrap_or(0),
+            None => 0,
+        }
+    }
+
     /// True when the set holds a ban of `addr` surely active at `now_ns`.
     #[inline(always)]
     pub fn holds_active(&self, addr: &crate::packet::AddrWords, now_ns: u64) -> bool {
-        match self.find(addr) {
-            Some(way) => match self.until.get(way) {
-                Some(&BAN_CACHE_FOREVER) => true,
-                Some(&until) => now_ns < (until as u64) << BAN_CACHE_UNIT_SHIFT,
-                None => false,
-            },
-            None => false,
+        match self.until_of(addr) {
+            0 => false,
+            BAN_CACHE_FOREVER => true,
+            until => now_ns < (until as u64) << BAN_CACHE_UNIT_SHIFT,
         }
     }
 

@@ -7,8 +7,8 @@ use aya_ebpf::maps::lpm_trie::Key;
 use portsentry_common::{
     Counter,
     maps::{
-        SETTING_PREFIX_BANS, SETTING_PREFIX_BANS_WIDE, Settings, ban_cache_mask, ban_filter_bit,
-        net_filter_bit,
+        BAN_CACHE_FOREVER, BAN_CACHE_UNIT_SHIFT, SETTING_PREFIX_BANS, SETTING_PREFIX_BANS_WIDE,
+        Settings, ban_cache_mask, ban_filter_bit, net_filter_bit,
     },
     packet::AddrWords,
 };
@@ -44,12 +44,19 @@ fn exact_ban(src: &AddrWords, settings: &Settings) -> bool {
     if !maybe {
         return false;
     }
+    // A ban that never ends needs no clock (most bans: BLOCK_* bans last until
+    // unbanned).
+    let until = match PS_BAN_CACHE.get(bit & ban_cache_mask(settings.flags)) {
+        Some(set) => set.until_of(src),
+        None => 0,
+    };
+    if until == BAN_CACHE_FOREVER {
+        return true;
+    }
     // One call site of the clock for the cache and the hash: each site costs the
     // verifier a walk of the clock's two ways for every header shape.
     let now = clock::now();
-    if let Some(set) = PS_BAN_CACHE.get(bit & ban_cache_mask(settings.flags))
-        && set.holds_active(src, now)
-    {
+    if now < (until as u64) << BAN_CACHE_UNIT_SHIFT {
         return true;
     }
     // SAFETY: a value pointer from a successful lookup.
