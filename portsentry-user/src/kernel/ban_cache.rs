@@ -115,6 +115,23 @@ impl BanCache {
         })
     }
 
+    /// How many bans the cache holds.
+    pub fn held(&self) -> Result<u64> {
+        Ok(match self {
+            BanCache::Sets { map, .. } => {
+                let m = Mapped::<BanSet>::new(map, maps::BAN_CACHE, true)?;
+                (0..m.len())
+                    .map(|i| m.get(i).until.iter().filter(|u| **u != 0).count() as u64)
+                    .sum()
+            }
+            BanCache::Slots(a) => sys::read_map::<u32, Slot>(super::maps::fd(a))
+                .context("reading PS_BAN_CACHE")?
+                .iter()
+                .filter(|(_, s)| s.used != 0)
+                .count() as u64,
+        })
+    }
+
     /// Takes a ban out of its set, if there.
     pub fn remove(&mut self, key: &Addr) -> Result<()> {
         let w: AddrWords = bytemuck::cast(*key);

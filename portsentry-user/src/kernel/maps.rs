@@ -494,6 +494,11 @@ impl Dataplane {
         self.maps.ban_cache.holds(&addr::to_key(ip))
     }
 
+    /// How many bans `PS_BAN_CACHE` holds.
+    pub fn ban_cache_held(&self) -> Result<u64> {
+        self.maps.ban_cache.held()
+    }
+
     /// Takes `ip`'s ban out of `PS_BANS` alone, its filter bit and cache way left as
     /// they are: for the tests, to see which answers the program takes from the cache
     /// (a state the daemon never makes).

@@ -200,6 +200,15 @@ pub(crate) fn distinct(args: &Args) {
          packet, median of {} rounds x {} runs)\n",
         args.rounds, args.repeat
     );
+    match dp.ban_cache_held() {
+        Ok(held) => println!(
+            "Bans in `PS_BAN_CACHE`: {held} of the {n} exact bans ({:.1}%), in {} sets of \
+             three.\n",
+            held as f64 * 100.0 / f64::from(n.max(1)),
+            dp.ban_cache_sets().unwrap_or(0)
+        ),
+        Err(e) => eprintln!("bench: counting the cached bans: {e:#}"),
+    }
     println!("| path | ns | x floor | above the floor |\n|---|---:|---:|---:|");
     let floor = m[0];
     for (i, (name, _, _, _)) in fronts.iter().enumerate() {
