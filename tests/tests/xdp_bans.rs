@@ -370,6 +370,40 @@ fn ban_cache_sets() {
     );
 }
 
+/// Bans restored in bulk (through a mapping of the cache) land in their sets as the
+/// program reads them: every one cached, and dropped from the cache alone once its hash
+/// entry is gone; a few more, one at a time (through the map's calls), too.
+#[test]
+fn bulk_bans_fill_the_cache() {
+    require_kernel!();
+    let v4 = |n: u32| IpAddr::from((0x0a40_0000u32 + n).to_be_bytes());
+    let bulk: Vec<(IpNet, BanEntry)> = (0..1000)
+        .map(|n| (IpNet::from(v4(n)), BanEntry::default()))
+        .collect();
+    let mut fx = Fixture::new();
+    fx.dp.insert_bans(&bulk).unwrap();
+    for n in 1000..1010 {
+        fx.dp
+            .insert_ban(&IpNet::from(v4(n)), &BanEntry::default())
+            .unwrap();
+    }
+    assert_eq!(fx.dp.ban_cache_held().unwrap(), 1010);
+    let dst = ip(V4_DST);
+    for n in [0, 499, 999, 1005] {
+        assert!(fx.dp.ban_cached(v4(n)).unwrap(), "{}", v4(n));
+        fx.dp.remove_hashed_ban_only(v4(n)).unwrap();
+        fx.expect(
+            &Frame::tcp(v4(n), dst, 443, ACK).build(),
+            XDP_DROP,
+            Counter::DropBanned,
+        );
+    }
+    // Lifted properly, a ban leaves the cache.
+    assert!(fx.dp.remove_ban(&IpNet::from(v4(7))).unwrap());
+    assert!(!fx.dp.ban_cached(v4(7)).unwrap());
+    assert_eq!(fx.dp.ban_cache_held().unwrap(), 1009);
+}
+
 /// The range filter in front of the trie (`PS_NET_FILTER`) follows the ranges: a bit two
 /// ranges share stays set until both are gone, a range wider than the filter lists turns
 /// the filter off while it lasts, and pins of a release without the filter get it filled

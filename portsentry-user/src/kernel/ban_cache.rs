@@ -1,14 +1,16 @@
 //! `PS_BAN_CACHE` from the daemon's side: the sets of three bans the program looks at
 //! before the hash (`portsentry_common::maps::BanSet`), written through a mapping of
-//! the array, so that putting a million bans in is a walk over memory, not a syscall
-//! each. The mapping is made for each change and let go after it: kept, its pages
-//! would count in the daemon's memory.
+//! the array when many go in at once (start-up), so that putting a million bans in is a
+//! walk over memory, not a syscall each; a ban or two through the map's calls. The
+//! mapping is let go after each use: kept, its pages would count in the daemon's memory.
 //!
 //! The cache only ever holds bans the hash holds, and may lack any: the daemon puts a
 //! ban in after the hash, and takes it out before.
 //!
 //! An object of an earlier release has a direct-mapped cache of 32-byte slots instead
 //! (the bench's baselines load one): written the way that release wrote it.
+
+use std::os::fd::AsFd as _;
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{Array, Map, MapData};
@@ -72,27 +74,40 @@ impl BanCache {
     }
 
     /// Puts each ban in its set unless the set is full (bans already there get their
-    /// expiry refreshed, which also mends one a crash left stale).
+    /// expiry refreshed, which also mends one a crash left stale). Many bans go in
+    /// through a mapping of the array; a few through the map's calls (mapping the
+    /// array, whose pages the kernel maps all at once, costs about a millisecond).
     pub fn put_all<'a>(&mut self, bans: impl Iterator<Item = (&'a Addr, u64)>) -> Result<()> {
         let mut bans = bans.peekable();
         if bans.peek().is_none() {
             return Ok(());
         }
-        match self {
-            BanCache::Sets { map, sets } => {
-                let m = Mapped::<BanSet>::new(map, maps::BAN_CACHE, false)?;
-                for (key, expires_ns) in bans {
-                    let w: AddrWords = bytemuck::cast(*key);
-                    let i = ban_cache_set(&w, *sets) as usize;
-                    let mut set = m.get(i);
-                    if set.place(&w, expires_ns) {
-                        m.put(i, &set);
-                    }
+        let (map, sets) = match self {
+            BanCache::Sets { map, sets } => (&*map, *sets),
+            BanCache::Slots(a) => return put_all_slots(a, bans),
+        };
+        let first: Vec<(&Addr, u64)> = bans.by_ref().take(FEW).collect();
+        if bans.peek().is_none() {
+            for (key, expires_ns) in first {
+                let w: AddrWords = bytemuck::cast(*key);
+                let i = ban_cache_set(&w, sets);
+                let mut set = read_set(map, i)?;
+                if set.place(&w, expires_ns) {
+                    write_set(map, i, &set)?;
                 }
-                Ok(())
             }
-            BanCache::Slots(a) => put_all_slots(a, bans),
+            return Ok(());
         }
+        let m = Mapped::<BanSet>::new(map, maps::BAN_CACHE, false)?;
+        for (key, expires_ns) in first.into_iter().chain(bans) {
+            let w: AddrWords = bytemuck::cast(*key);
+            let i = ban_cache_set(&w, sets) as usize;
+            let mut set = m.get(i);
+            if set.place(&w, expires_ns) {
+                m.put(i, &set);
+            }
+        }
+        Ok(())
     }
 
     /// Puts a ban in its set unless the set is full.
@@ -104,10 +119,9 @@ impl BanCache {
     pub fn holds(&self, key: &Addr) -> Result<bool> {
         let w: AddrWords = bytemuck::cast(*key);
         Ok(match self {
-            BanCache::Sets { map, sets } => Mapped::<BanSet>::new(map, maps::BAN_CACHE, true)?
-                .get(ban_cache_set(&w, *sets) as usize)
-                .find(&w)
-                .is_some(),
+            BanCache::Sets { map, sets } => {
+                read_set(map, ban_cache_set(&w, *sets))?.find(&w).is_some()
+            }
             BanCache::Slots(a) => {
                 let cur = a.get(&(ban_filter_bit(&w) & (SLOTS - 1)), 0)?;
                 cur.used != 0 && cur.addr == w
@@ -137,11 +151,10 @@ impl BanCache {
         let w: AddrWords = bytemuck::cast(*key);
         match self {
             BanCache::Sets { map, sets } => {
-                let m = Mapped::<BanSet>::new(map, maps::BAN_CACHE, false)?;
-                let i = ban_cache_set(&w, *sets) as usize;
-                let mut set = m.get(i);
+                let i = ban_cache_set(&w, *sets);
+                let mut set = read_set(map, i)?;
                 if set.remove(&w) {
-                    m.put(i, &set);
+                    write_set(map, i, &set)?;
                 }
                 Ok(())
             }
@@ -156,6 +169,21 @@ impl BanCache {
             }
         }
     }
+}
+
+/// Bans put in through the map's calls, one set each; more through a mapping.
+const FEW: usize = 64;
+
+/// Set `i` of this release's cache.
+fn read_set(map: &MapData, i: u32) -> Result<BanSet> {
+    let bytes = sys::lookup_bytes(map.fd().as_fd(), &i.to_ne_bytes(), size_of::<BanSet>())
+        .context("reading PS_BAN_CACHE")?;
+    Ok(bytemuck::pod_read_unaligned(&bytes))
+}
+
+fn write_set(map: &MapData, i: u32, set: &BanSet) -> Result<()> {
+    sys::update_bytes(map.fd().as_fd(), &i.to_ne_bytes(), bytemuck::bytes_of(set))
+        .context("writing PS_BAN_CACHE")
 }
 
 /// An earlier release's cache: each ban into its slot unless another ban holds it, the
