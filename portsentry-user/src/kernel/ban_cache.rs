@@ -112,7 +112,22 @@ impl BanCache {
 
     /// Puts a ban in its set unless the set is full.
     pub fn put(&mut self, key: &Addr, expires_ns: u64) -> Result<()> {
-        self.put_all(std::iter::once((key, expires_ns)))
+        let BanCache::Slots(a) = self else {
+            return self.put_all(std::iter::once((key, expires_ns)));
+        };
+        // An earlier release's slot, unless another ban holds it.
+        let w: AddrWords = bytemuck::cast(*key);
+        let idx = ban_filter_bit(&w) & (SLOTS - 1);
+        let cur = a.get(&idx, 0)?;
+        if cur.used == 0 || cur.addr == w {
+            let slot = Slot {
+                addr: w,
+                expires_ns,
+                used: 1,
+            };
+            a.set(idx, slot, 0).context("writing PS_BAN_CACHE")?;
+        }
+        Ok(())
     }
 
     /// True when the ban of `key` is in its set (an earlier release's cache: its slot).
