@@ -337,7 +337,9 @@ fn kernel_ban(
         // SAFETY: a value pointer of the array. The address first, the way's mark last,
         // then the address read back: of two CPUs putting bans into one free way at
         // once, one whose address was overwritten frees the way again (the hash holds
-        // both bans), so that the cache never holds an address the hash lacks.
+        // both bans). While the other CPU's words land, the way may hold a mix of two
+        // IPv6 addresses for a few nanoseconds (two IPv4 addresses differ in one word
+        // only); after it, only an address the hash holds.
         unsafe {
             if let Some(way) = (*set).free_way()
                 && let (Some(addr), Some(mark)) =
