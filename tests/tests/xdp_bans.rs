@@ -381,7 +381,7 @@ fn bulk_bans_fill_the_cache() {
         .map(|n| (IpNet::from(v4(n)), BanEntry::default()))
         .collect();
     let mut fx = Fixture::new();
-    fx.dp.insert_bans(&bulk).unwrap();
+    fx.dp.insert_bans(bulk).unwrap();
     for n in 1000..1010 {
         fx.dp
             .insert_ban(&IpNet::from(v4(n)), &BanEntry::default())
@@ -501,7 +501,7 @@ fn a_big_ban_map_reads_back_every_ban_once() {
             (IpNet::from(ip), entry)
         })
         .collect();
-    dp.insert_bans(&put).unwrap();
+    dp.insert_bans(put.clone()).unwrap();
     let read = dp.bans().unwrap();
     let nets: std::collections::HashSet<IpNet> = read.iter().map(|(n, _)| *n).collect();
     assert_eq!(nets.len(), N as usize, "distinct bans read back");
@@ -527,8 +527,10 @@ fn a_ban_map_too_small_for_a_big_write_says_so() {
             (IpNet::from(ip), BanEntry::default())
         })
         .collect();
-    let err = format!("{:#}", dp.insert_bans(&put).unwrap_err());
+    let err = format!("{:#}", dp.insert_bans(put.clone()).unwrap_err());
     assert!(err.contains("is PS_BANS full?"), "{err}");
+    // It names the ban it stopped at, one of those put (all in 11.0.0.0/8).
+    assert!(err.contains("writing the ban of 11."), "{err}");
     let read = dp.bans().unwrap();
     let slack = portsentry_user::kernel::MAP_WRITERS_MAX - 1;
     assert!(

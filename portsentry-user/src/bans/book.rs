@@ -176,7 +176,7 @@ impl Book {
                 .iter()
                 .map(|i| (bans[*i].net, bans[*i].kernel_entry()))
                 .collect();
-            if dp.insert_bans(&entries).is_err() {
+            if dp.insert_bans(entries).is_err() {
                 for i in accepted {
                     results[i] = self.put(bans[i], false);
                 }

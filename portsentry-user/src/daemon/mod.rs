@@ -217,9 +217,8 @@ pub async fn run(
     let pending = std::mem::take(&mut r.pending);
     let t = std::time::Instant::now();
     let to_insert = std::mem::take(&mut r.to_insert);
-    dp.insert_bans(&to_insert)?;
     let written = to_insert.len();
-    drop(to_insert);
+    dp.insert_bans(to_insert)?;
     log.notice(&format!(
         "portsentry: kernel maps: {in_kernel} bans read in {read_kernel:.2?}, {written} \
          written in {:.2?}",

@@ -50,14 +50,22 @@ impl Dataplane {
     /// of the bans on record): the filter bits first, then the hash and the trie, then
     /// the cache, each map written in batches.
     ///
-    /// Every exact ban is counted as a new user of its filter bit, also one that was in
-    /// `PS_BANS` already (counting a bit twice only keeps it set longer).
-    pub fn insert_bans(&mut self, bans: &[(IpNet, BanEntry)]) -> Result<()> {
+    /// Takes the bans by value: with a million of them, the list, the keys and values
+    /// written and the cache's mapping would otherwise all be held at once (start-up's
+    /// peak memory). Every exact ban is counted as a new user of its filter bit, also one
+    /// that was in `PS_BANS` already (counting a bit twice only keeps it set longer).
+    pub fn insert_bans(&mut self, bans: Vec<(IpNet, BanEntry)>) -> Result<()> {
         self.bans_at_load = None;
-        let (exact, nets): (Vec<_>, Vec<_>) = bans.iter().partition(|(net, _)| self.exact(net));
-        if !exact.is_empty() {
-            let keys: Vec<Addr> = exact.iter().map(|(net, _)| addr::net_key(net).1).collect();
-            let values: Vec<BanEntry> = exact.iter().map(|(_, e)| *e).collect();
+        let (mut keys, mut values, mut nets) = (Vec::new(), Vec::new(), Vec::new());
+        for (net, entry) in bans {
+            if self.exact(&net) {
+                keys.push(addr::net_key(&net).1);
+                values.push(entry);
+            } else {
+                nets.push((net, entry));
+            }
+        }
+        if !keys.is_empty() {
             let now = self.read_filter_words()?;
             let mut words = now.clone();
             for k in &keys {
@@ -66,9 +74,16 @@ impl Dataplane {
                 words[(bit >> 6) as usize] |= 1 << (bit & 63);
             }
             self.write_filter_words(&now, &words)?;
-            sys::write_map_parallel(fd(&self.maps.bans), &keys, &values)
-                .map_err(|e| stopped_at(e, &exact, maps::BANS))?;
-            self.cache_put_all(keys.iter().zip(values.iter().map(|v| v.expires_ns)))?;
+            drop((now, words));
+            sys::write_map_parallel(fd(&self.maps.bans), &keys, &values).map_err(|e| {
+                let net = keys
+                    .get(e.written)
+                    .map(|k| addr::source_key_net(k, self.v6_source_prefix()));
+                stopped_at(e, net, maps::BANS)
+            })?;
+            let expires: Vec<u64> = values.iter().map(|v| v.expires_ns).collect();
+            drop(values);
+            self.cache_put_all(keys.iter().zip(expires))?;
         }
         if !nets.is_empty() {
             let keys: Vec<Key<Addr>> = nets
@@ -83,8 +98,10 @@ impl Dataplane {
             // (A range already in the trie is counted again: that only keeps its bits
             // set longer.)
             self.net_filter_add(nets.iter().map(|(net, _)| net))?;
-            sys::write_map(fd(&self.maps.ban_nets), &keys, &values)
-                .map_err(|e| stopped_at(e, &nets, maps::BAN_NETS))?;
+            sys::write_map(fd(&self.maps.ban_nets), &keys, &values).map_err(|e| {
+                let net = nets.get(e.written).map(|b| b.0);
+                stopped_at(e, net, maps::BAN_NETS)
+            })?;
             self.set_flag(SETTING_PREFIX_BANS, true)?;
         }
         Ok(())
@@ -352,14 +369,8 @@ pub(super) fn write_changed_words(
 
 /// A bulk write of `bans` into `map` that stopped, as an error naming the ban it
 /// stopped at.
-fn stopped_at<B: std::borrow::Borrow<(IpNet, BanEntry)>>(
-    e: sys::WriteError,
-    bans: &[B],
-    map: &str,
-) -> anyhow::Error {
-    let net = bans
-        .get(e.written)
-        .map_or(String::new(), |b| b.borrow().0.to_string());
+fn stopped_at(e: sys::WriteError, net: Option<IpNet>, map: &str) -> anyhow::Error {
+    let net = net.map_or(String::new(), |n| n.to_string());
     anyhow::Error::new(e).context(format!("writing the ban of {net} (is {map} full?)"))
 }
 

@@ -287,8 +287,9 @@ impl Dataplane {
                 _ => {}
             }
         }
-        self.insert_bans(&late)?;
-        Ok(late.len())
+        let carried = late.len();
+        self.insert_bans(late)?;
+        Ok(carried)
     }
 
     /// The maps replaced by new ones of the configured sizes at this load, each with

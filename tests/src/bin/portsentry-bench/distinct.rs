@@ -232,15 +232,14 @@ fn load_bans(dp: &mut portsentry_user::kernel::Dataplane, n: u32, banned: Ipv4Ad
             (IpNet::from(IpAddr::V4(a)), BanEntry::default())
         })
         .collect();
-    dp.insert_bans(&exact).expect("inserting the exact bans");
-    drop(exact);
+    dp.insert_bans(exact).expect("inserting the exact bans");
     let ranges: Vec<(IpNet, BanEntry)> = (0..RANGES)
         .map(|i| {
             let a = Ipv4Addr::from(0x6400_0000u32 + (i << 8));
             (IpNet::V4(Ipv4Net::new(a, 24).unwrap()), BanEntry::default())
         })
         .collect();
-    dp.insert_bans(&ranges).expect("inserting the range bans");
+    dp.insert_bans(ranges).expect("inserting the range bans");
     eprintln!(
         "bench: {n} exact bans and {RANGES} range bans loaded in {:.1?}",
         t.elapsed()

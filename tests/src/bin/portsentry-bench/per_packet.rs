@@ -310,10 +310,11 @@ pub(crate) fn crowdsec_list(args: &Args) {
     let mut dp = bench_dataplane(None, &sizes, &[]);
     let _events = dp.take_events().unwrap();
     let t = Instant::now();
-    dp.insert_bans(&list).expect("loading the list");
+    let listed = list.len();
+    dp.insert_bans(list).expect("loading the list");
     let loaded = t.elapsed();
     let in_maps = dp.bans().expect("reading the bans").len();
-    assert_eq!(in_maps, list.len(), "the whole list is in the maps");
+    assert_eq!(in_maps, listed, "the whole list is in the maps");
     // Each listed source is dropped, each benign packet passed, before anything is timed.
     let verdicts: Vec<u32> = {
         let fd = dp.program_fd().unwrap();
