@@ -367,8 +367,8 @@ pub(super) fn write_changed_words(
     sys::write_map_parallel(map, &idx, &vals).with_context(|| format!("writing {name}"))
 }
 
-/// A bulk write of `bans` into `map` that stopped, as an error naming the ban it
-/// stopped at.
+/// A bulk write into `map` that stopped, as an error naming the ban it stopped at
+/// (`net`, when known).
 fn stopped_at(e: sys::WriteError, net: Option<IpNet>, map: &str) -> anyhow::Error {
     let net = net.map_or(String::new(), |n| n.to_string());
     anyhow::Error::new(e).context(format!("writing the ban of {net} (is {map} full?)"))
