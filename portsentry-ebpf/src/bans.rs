@@ -1,14 +1,14 @@
-//! The ban check: does an active ban cover the source? Exact bans go through a bit
-//! filter (`PS_BAN_FILTER`), then the set-associative cache (`PS_BAN_CACHE`), then the hash
-//! (`PS_BANS`); prefix bans through the trie (`PS_BAN_NETS`) when it holds anything, behind
-//! the range filter (`PS_NET_FILTER`).
+//! The ban check: does an active ban cover the source? Exact bans go through a blocked
+//! Bloom filter (`PS_BAN_FILTER`: three bits of one word), then the set-associative
+//! cache (`PS_BAN_CACHE`), then the hash (`PS_BANS`); prefix bans through the trie
+//! (`PS_BAN_NETS`) when it holds anything, behind the range filter (`PS_NET_FILTER`).
 
 use aya_ebpf::maps::lpm_trie::Key;
 use portsentry_common::{
     Counter,
     maps::{
         BAN_CACHE_FOREVER, BAN_CACHE_UNIT_SHIFT, SETTING_PREFIX_BANS, SETTING_PREFIX_BANS_WIDE,
-        Settings, ban_cache_mask, ban_filter_bit, net_filter_bit,
+        Settings, ban_cache_mask, ban_filter_place, net_filter_bit,
     },
     packet::AddrWords,
 };
@@ -32,13 +32,13 @@ pub fn is_banned(src: &AddrWords, addr: &AddrWords, settings: &Settings) -> bool
     false
 }
 
-/// True when an active exact ban of `src` exists: the bit filter first, then the cache
+/// True when an active exact ban of `src` exists: the filter first, then the cache
 /// (a hit needs no hash lookup), then the hash.
 #[inline(always)]
 fn exact_ban(src: &AddrWords, settings: &Settings) -> bool {
-    let bit = ban_filter_bit(src);
-    let maybe = match PS_BAN_FILTER.get(bit >> 6) {
-        Some(word) => word & (1u64 << (bit & 63)) != 0,
+    let place = ban_filter_place(src);
+    let maybe = match PS_BAN_FILTER.get(place.word()) {
+        Some(word) => word & place.mask == place.mask,
         None => true,
     };
     if !maybe {
@@ -46,7 +46,7 @@ fn exact_ban(src: &AddrWords, settings: &Settings) -> bool {
     }
     // A ban that never ends needs no clock (most bans: BLOCK_* bans last until
     // unbanned).
-    let until = match PS_BAN_CACHE.get(bit & ban_cache_mask(settings.flags)) {
+    let until = match PS_BAN_CACHE.get(place.bit & ban_cache_mask(settings.flags)) {
         Some(set) => set.until_of(src),
         None => 0,
     };

@@ -8,7 +8,7 @@ use portsentry_common::{
         BanEntry, BanOrigin, EVENT_BUDGET_HITS, EVENT_BURST, EVENT_KERNEL_BANNED, EVENT_PREFIX,
         EVENT_VERIFIED, KBAN_DAEMON, KBAN_PROGRAM, SETTING_KBAN_TCP, SETTING_KBAN_UDP, SETTING_TRW,
         SETTING_VERIFY, SOURCE_PREFIX, SOURCE_VERIFIED, ScanEvent, Settings, SourceStats,
-        UDP_PORT_WORD_BASE, ban_cache_mask, ban_filter_bit, cache_until,
+        UDP_PORT_WORD_BASE, ban_cache_mask, ban_filter_place, cache_until,
     },
     packet::{AddrWords, L4},
     sources::seen_stamp,
@@ -202,7 +202,7 @@ pub fn record_probe(
 /// ACK class once its `distinct_ports` reach ACK_SCAN_PORTS ([`Settings::ban_spread`]).
 /// Under VERIFY_SOURCES only a verified source; hits spread over more than SCAN_WINDOW
 /// are left to the daemon. The ban goes in as `PS_BANS` entry of origin `Kernel` (filter
-/// bit first, cache after, as userspace orders them); the daemon then responds to it as
+/// bits first, cache after, as userspace orders them); the daemon then responds to it as
 /// to its own. Returns the ban's time: `now`, or the start of the budget's second when
 /// the ban was counted in a second this CPU's clock has not reached yet.
 #[inline(always)]
@@ -315,10 +315,10 @@ fn kernel_ban(
         origin: BanOrigin::Kernel as u8,
         count: 0,
     };
-    let bit = ban_filter_bit(src);
-    if let Some(word) = PS_BAN_FILTER.get_ptr_mut(bit >> 6) {
+    let place = ban_filter_place(src);
+    if let Some(word) = PS_BAN_FILTER.get_ptr_mut(place.word()) {
         // SAFETY: an aligned u64 of the array, shared by every CPU.
-        unsafe { atomic::or(word, 1u64 << (bit & 63)) };
+        unsafe { atomic::or(word, place.mask) };
     }
     // Never over an existing ban (an operator's, or one being lifted), never when full.
     // By reference: by value, the entry would be copied once more (36 more
@@ -332,7 +332,7 @@ fn kernel_ban(
     }
     let until = cache_until(entry.expires_ns);
     if until != 0
-        && let Some(set) = PS_BAN_CACHE.get_ptr_mut(bit & ban_cache_mask(settings.flags))
+        && let Some(set) = PS_BAN_CACHE.get_ptr_mut(place.bit & ban_cache_mask(settings.flags))
     {
         // SAFETY: a value pointer of the array. The address first, the way's mark last,
         // then the address read back: of two CPUs putting bans into one free way at

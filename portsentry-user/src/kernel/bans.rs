@@ -1,9 +1,9 @@
-//! The ban maps: exact bans in `PS_BANS` behind the one-hash filter `PS_BAN_FILTER` and
-//! the set-associative cache `PS_BAN_CACHE` (`ban_cache.rs`), wider prefixes in the trie
-//! `PS_BAN_NETS`.
+//! The ban maps: exact bans in `PS_BANS` behind the blocked Bloom filter `PS_BAN_FILTER`
+//! and the set-associative cache `PS_BAN_CACHE` (`ban_cache.rs`), wider prefixes in the
+//! trie `PS_BAN_NETS`.
 //!
 //! The order of writes keeps the program's invariants at every instant: a ban is never
-//! in the hash without its filter bit, and the cache never holds a ban the hash lacks.
+//! in the hash without its filter bits, and the cache never holds a ban the hash lacks.
 
 use std::os::fd::BorrowedFd;
 
@@ -12,7 +12,7 @@ use aya::maps::lpm_trie::Key;
 use ipnet::IpNet;
 use portsentry_common::{
     Addr,
-    maps::{self, BanEntry, SETTING_PREFIX_BANS, Settings},
+    maps::{self, BanEntry, BanFilterPlace, SETTING_PREFIX_BANS, Settings},
     packet::AddrWords,
 };
 
@@ -35,9 +35,11 @@ impl Dataplane {
         let mut words = vec![0u64; maps::BAN_FILTER_WORDS as usize];
         let mut users = FilterUsers::new(maps::BAN_FILTER_WORDS);
         for (k, _) in &bans {
-            let bit = filter_bit(k);
-            words[(bit >> 6) as usize] |= 1 << (bit & 63);
-            users.add(bit);
+            let place = filter_place(k);
+            words[place.word() as usize] |= place.mask;
+            for b in place.bits() {
+                users.add(b);
+            }
         }
         self.cache_put_all(bans.iter().map(|(k, v)| (k, v.expires_ns)))?;
         let now = self.read_filter_words()?;
@@ -52,7 +54,7 @@ impl Dataplane {
     ///
     /// Takes the bans by value: with a million of them, the list, the keys and values
     /// written and the cache's mapping would otherwise all be held at once (start-up's
-    /// peak memory). Every exact ban is counted as a new user of its filter bit, also one
+    /// peak memory). Every exact ban is counted as a new user of its filter bits, also one
     /// that was in `PS_BANS` already (counting a bit twice only keeps it set longer).
     pub fn insert_bans(&mut self, bans: Vec<(IpNet, BanEntry)>) -> Result<()> {
         self.bans_at_load = None;
@@ -69,9 +71,9 @@ impl Dataplane {
             let now = self.read_filter_words()?;
             let mut words = now.clone();
             for k in &keys {
-                let bit = filter_bit(k);
-                self.filter_users.add(bit);
-                words[(bit >> 6) as usize] |= 1 << (bit & 63);
+                let place = filter_place(k);
+                self.add_filter_users(place);
+                words[place.word() as usize] |= place.mask;
             }
             self.write_filter_words(&now, &words)?;
             drop((now, words));
@@ -119,6 +121,15 @@ impl Dataplane {
         )
     }
 
+    /// How many bits of `PS_BAN_FILTER` are set (for the tests).
+    pub fn ban_filter_bits(&self) -> Result<u64> {
+        Ok(self
+            .read_filter_words()?
+            .iter()
+            .map(|w| u64::from(w.count_ones()))
+            .sum())
+    }
+
     /// Writes the `PS_BAN_FILTER` words that differ from what the map holds (`now`).
     fn write_filter_words(&mut self, now: &[u64], want: &[u64]) -> Result<()> {
         self.blank.filter = false;
@@ -140,19 +151,35 @@ impl Dataplane {
         self.maps.ban_cache.remove(key)
     }
 
-    fn set_filter_bit(&mut self, bit: u32, on: bool) -> Result<()> {
+    /// Sets (`on`) or clears the bits of `mask` in word `word` of `PS_BAN_FILTER`.
+    fn set_filter_bits(&mut self, word: u32, mask: u64, on: bool) -> Result<()> {
         self.blank.filter = false;
         let a = &mut self.maps.ban_filter;
-        let word = a.get(&(bit >> 6), 0)?;
-        let mask = 1u64 << (bit & 63);
-        a.set(bit >> 6, if on { word | mask } else { word & !mask }, 0)
+        let now = a.get(&word, 0)?;
+        a.set(word, if on { now | mask } else { now & !mask }, 0)
             .context("writing PS_BAN_FILTER")?;
         Ok(())
     }
 
-    fn release_filter_bit(&mut self, bit: u32) -> Result<()> {
-        if self.filter_users.release(bit) == Some(0) {
-            self.set_filter_bit(bit, false)?;
+    /// Counts one more ban using each bit of `place`; true when a bit had no user before
+    /// (so the map's word may lack it).
+    fn add_filter_users(&mut self, place: BanFilterPlace) -> bool {
+        // Every bit counted (no short cut at the first new one).
+        let mut new = false;
+        for b in place.bits() {
+            new |= self.filter_users.add(b) == 1;
+        }
+        new
+    }
+
+    /// One ban fewer uses each bit of `place`: the bits no ban uses any more are cleared.
+    fn release_filter(&mut self, place: BanFilterPlace) -> Result<()> {
+        let freed = place
+            .bits()
+            .filter(|b| self.filter_users.release(*b) == Some(0))
+            .fold(0u64, |m, b| m | 1 << (b & 63));
+        if freed != 0 {
+            self.set_filter_bits(place.word(), freed, false)?;
         }
         Ok(())
     }
@@ -179,15 +206,15 @@ impl Dataplane {
         self.bans_at_load = None;
         let (len, key) = addr::net_key(net);
         if exact {
-            // The filter bit goes first: a ban is never in the map without its bit.
-            let bit = filter_bit(&key);
+            // The filter bits go first: a ban is never in the map without them.
+            let place = filter_place(&key);
             let is_new = absent_is_none(self.maps.bans.get(&key, 0))?.is_none();
-            if is_new && self.filter_users.add(bit) == 1 {
-                self.set_filter_bit(bit, true)?;
+            if is_new && self.add_filter_users(place) {
+                self.set_filter_bits(place.word(), place.mask, true)?;
             }
             if let Err(e) = self.maps.bans.insert(key, entry, 0) {
                 if is_new {
-                    self.release_filter_bit(bit)?;
+                    self.release_filter(place)?;
                 }
                 return Err(e)
                     .with_context(|| format!("writing the ban of {net} (is PS_BANS full?)"));
@@ -214,14 +241,14 @@ impl Dataplane {
     }
 
     /// Takes over a ban the program made itself (origin `Kernel`): it counts the ban's
-    /// filter bit as one of its own (the program set the bit without telling anyone)
-    /// and rewrites the entry as `entry` (the daemon's length and origin). Counting a bit
-    /// twice only keeps it set longer; never counting it could clear it under the ban.
+    /// filter bits as its own (the program set them without telling anyone) and rewrites
+    /// the entry as `entry` (the daemon's length and origin). Counting a bit twice only
+    /// keeps it set longer; never counting it could clear it under the ban.
     pub fn adopt_kernel_ban(&mut self, net: &IpNet, entry: &BanEntry) -> Result<()> {
         let (_, key) = addr::net_key(net);
-        let bit = filter_bit(&key);
-        self.filter_users.add(bit);
-        self.set_filter_bit(bit, true)?;
+        let place = filter_place(&key);
+        self.add_filter_users(place);
+        self.set_filter_bits(place.word(), place.mask, true)?;
         self.insert_ban(net, entry)
     }
 
@@ -238,7 +265,7 @@ impl Dataplane {
             self.cache_drop(&key)?;
             let removed = absent_is_false(self.maps.bans.remove(&key))?;
             if removed {
-                self.release_filter_bit(filter_bit(&key))?;
+                self.release_filter(filter_place(&key))?;
             }
             Ok(removed)
         } else {
@@ -374,6 +401,6 @@ fn stopped_at(e: sys::WriteError, net: Option<IpNet>, map: &str) -> anyhow::Erro
     anyhow::Error::new(e).context(format!("writing the ban of {net} (is {map} full?)"))
 }
 
-fn filter_bit(key: &Addr) -> u32 {
-    maps::ban_filter_bit(&bytemuck::cast::<Addr, AddrWords>(*key))
+fn filter_place(key: &Addr) -> BanFilterPlace {
+    maps::ban_filter_place(&bytemuck::cast::<Addr, AddrWords>(*key))
 }

@@ -499,7 +499,7 @@ impl Dataplane {
         self.maps.ban_cache.held()
     }
 
-    /// Takes `ip`'s ban out of `PS_BANS` alone, its filter bit and cache way left as
+    /// Takes `ip`'s ban out of `PS_BANS` alone, its filter bits and cache way left as
     /// they are: for the tests, to see which answers the program takes from the cache
     /// (a state the daemon never makes).
     pub fn remove_hashed_ban_only(&mut self, ip: IpAddr) -> Result<()> {
