@@ -330,10 +330,12 @@ impl BanFilterPlace {
 
     /// The bits as positions in the whole filter (each once), for counting their users.
     pub fn bits(&self) -> impl Iterator<Item = u32> {
-        let (base, mask) = (self.word() << 6, self.mask);
-        (0..64u32)
-            .filter(move |b| mask & (1 << b) != 0)
-            .map(move |b| base | b)
+        let (base, mut mask) = (self.word() << 6, self.mask);
+        core::iter::from_fn(move || {
+            let b = mask.trailing_zeros();
+            mask &= mask.wrapping_sub(1);
+            (b < 64).then_some(base | b)
+        })
     }
 }
 
