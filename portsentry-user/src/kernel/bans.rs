@@ -37,9 +37,7 @@ impl Dataplane {
         for (k, _) in &bans {
             let place = filter_place(k);
             words[place.word() as usize] |= place.mask;
-            for b in place.bits() {
-                users.add(b);
-            }
+            users.add_all(place.bits());
         }
         self.cache_put_all(bans.iter().map(|(k, v)| (k, v.expires_ns)))?;
         let now = self.read_filter_words()?;
@@ -72,7 +70,7 @@ impl Dataplane {
             let mut words = now.clone();
             for k in &keys {
                 let place = filter_place(k);
-                self.add_filter_users(place);
+                self.filter_users.add_all(place.bits());
                 words[place.word() as usize] |= place.mask;
             }
             self.write_filter_words(&now, &words)?;
@@ -161,17 +159,6 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Counts one more ban using each bit of `place`; true when a bit had no user before
-    /// (so the map's word may lack it).
-    fn add_filter_users(&mut self, place: BanFilterPlace) -> bool {
-        // Every bit counted (no short cut at the first new one).
-        let mut new = false;
-        for b in place.bits() {
-            new |= self.filter_users.add(b) == 1;
-        }
-        new
-    }
-
     /// One ban fewer uses each bit of `place`: the bits no ban uses any more are cleared.
     fn release_filter(&mut self, place: BanFilterPlace) -> Result<()> {
         let freed = place
@@ -209,7 +196,8 @@ impl Dataplane {
             // The filter bits go first: a ban is never in the map without them.
             let place = filter_place(&key);
             let is_new = absent_is_none(self.maps.bans.get(&key, 0))?.is_none();
-            if is_new && self.add_filter_users(place) {
+            // A bit with no user before may be missing from the map's word.
+            if is_new && self.filter_users.add_all(place.bits()) {
                 self.set_filter_bits(place.word(), place.mask, true)?;
             }
             if let Err(e) = self.maps.bans.insert(key, entry, 0) {
@@ -247,7 +235,7 @@ impl Dataplane {
     pub fn adopt_kernel_ban(&mut self, net: &IpNet, entry: &BanEntry) -> Result<()> {
         let (_, key) = addr::net_key(net);
         let place = filter_place(&key);
-        self.add_filter_users(place);
+        self.filter_users.add_all(place.bits());
         self.set_filter_bits(place.word(), place.mask, true)?;
         self.insert_ban(net, entry)
     }

@@ -52,6 +52,16 @@ impl FilterUsers {
         *more + 2
     }
 
+    /// One more user of each of `bits`; true when one of them had none before. Every bit
+    /// is counted (no short cut at the first new one).
+    pub(super) fn add_all(&mut self, bits: impl Iterator<Item = u32>) -> bool {
+        let mut new = false;
+        for b in bits {
+            new |= self.add(b) == 1;
+        }
+        new
+    }
+
     /// One user fewer of `bit`: its number of users now, `None` when it had none.
     pub(super) fn release(&mut self, bit: u32) -> Option<u32> {
         let (w, mask) = ((bit >> 6) as usize, 1u64 << (bit & 63));
@@ -121,6 +131,14 @@ mod tests {
         assert_eq!(u.add(200), 1, "the set grows");
         assert_eq!(u.release(200), Some(0));
         assert_eq!(u.release(5), Some(0));
+        assert!(u.add_all([3, 4].into_iter()), "3 and 4 were free");
+        assert!(u.add_all([4, 9].into_iter()), "9 was free");
+        assert!(!u.add_all([3, 9].into_iter()), "both in use");
+        assert_eq!(u.release(4), Some(1), "4 counted twice");
+        assert_eq!(u.release(3), Some(1), "3 counted twice");
+        for b in [3, 4, 9, 9] {
+            u.release(b);
+        }
         assert!(u.more.is_empty());
         assert!(u.used.iter().all(|w| *w == [0; 2]));
     }
