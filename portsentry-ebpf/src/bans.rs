@@ -1,11 +1,13 @@
 //! The ban check: does an active ban cover the source? Exact bans go through a blocked
-//! Bloom filter (`PS_BAN_FILTER`: three bits of one word), then the set-associative
+//! Bloom filter (`PS_BAN_FILTER`: three bits of one word), then for an IPv4 source its
+//! tag (`PS_BAN_TAGS`: two bytes a ban, 4 MiB at a million), then the set-associative
 //! cache (`PS_BAN_CACHE`), then the hash (`PS_BANS`); prefix bans through the trie
 //! (`PS_BAN_NETS`) when it holds anything, behind the range filter (`PS_NET_FILTER`).
 
 use aya_ebpf::maps::lpm_trie::Key;
 use portsentry_common::{
     Counter,
+    ban_tags::{ban_tag_place, ban_tag_shift_of, v4_of},
     maps::{
         BAN_CACHE_FOREVER, BAN_CACHE_UNIT_SHIFT, SETTING_PREFIX_BANS, SETTING_PREFIX_BANS_WIDE,
         Settings, ban_cache_mask, ban_filter_place, net_filter_bit,
@@ -13,7 +15,10 @@ use portsentry_common::{
     packet::AddrWords,
 };
 
-use crate::{PS_BAN_CACHE, PS_BAN_FILTER, PS_BAN_NETS, PS_BANS, PS_NET_FILTER, clock, count, key};
+use crate::{
+    PS_BAN_CACHE, PS_BAN_FILTER, PS_BAN_NETS, PS_BAN_TAGS, PS_BANS, PS_NET_FILTER, clock, count,
+    key,
+};
 
 /// True when an active ban covers the source: an exact ban of `src` (the source's key:
 /// under SOURCE_PREFIX_V6 an IPv6 source's network address), or a prefix ban covering
@@ -32,8 +37,8 @@ pub fn is_banned(src: &AddrWords, addr: &AddrWords, settings: &Settings) -> bool
     false
 }
 
-/// True when an active exact ban of `src` exists: the filter first, then the cache
-/// (a hit needs no hash lookup), then the hash.
+/// True when an active exact ban of `src` exists: the filter first, then an IPv4
+/// source's tag, then the cache (a hit in either needs no hash lookup), then the hash.
 #[inline(always)]
 fn exact_ban(src: &AddrWords, settings: &Settings) -> bool {
     let place = ban_filter_place(src);
@@ -46,9 +51,12 @@ fn exact_ban(src: &AddrWords, settings: &Settings) -> bool {
     }
     // A ban that never ends needs no clock (most bans: BLOCK_* bans last until
     // unbanned).
-    let until = match PS_BAN_CACHE.get(place.bit & ban_cache_mask(settings.flags)) {
-        Some(set) => set.until_of(src),
-        None => 0,
+    let until = match tag_until(src, settings) {
+        0 => match PS_BAN_CACHE.get(place.bit & ban_cache_mask(settings.flags)) {
+            Some(set) => set.until_of(src),
+            None => 0,
+        },
+        until => until,
     };
     if until == BAN_CACHE_FOREVER {
         return true;
@@ -63,6 +71,21 @@ fn exact_ban(src: &AddrWords, settings: &Settings) -> bool {
     match PS_BANS.get_ptr(key(src)) {
         Some(ban) => ban_active(unsafe { (*ban).expires_ns }, now),
         None => false,
+    }
+}
+
+/// Until when `src`'s bucket of `PS_BAN_TAGS` is surely banned, if `src` is an IPv4
+/// address whose tag the bucket holds; else 0.
+#[inline(always)]
+fn tag_until(src: &AddrWords, settings: &Settings) -> u32 {
+    let Some(v4) = v4_of(src) else {
+        return 0;
+    };
+    let shift = ban_tag_shift_of(settings.flags);
+    let place = ban_tag_place(v4, shift);
+    match PS_BAN_TAGS.get(place.bucket) {
+        Some(bucket) => bucket.until_of(place.tag, shift),
+        None => 0,
     }
 }
 

@@ -4,7 +4,8 @@
 //! 1. parse Ethernet, up to two VLAN tags and the IP header (fail open: what cannot be
 //!    parsed is passed and counted); every header access goes through `frame.rs`;
 //! 2. ban check (`bans.rs`): the exact hash by the source's key (an IPv6 source's
-//!    network address under SOURCE_PREFIX_V6, else the address), then the prefix trie
+//!    network address under SOURCE_PREFIX_V6, else the address: its filter word, then
+//!    an IPv4 source's tag, the cache and the hash), then the prefix trie
 //!    when it holds anything and the range filter lets the address through; an active
 //!    ban drops the packet (any protocol, whatever its transport header), an expired one
 //!    is ignored. An IPv6 source is checked once its transport header is read (step 3),
@@ -62,6 +63,7 @@ use aya_ebpf::{
 };
 use portsentry_common::{
     Addr, Counter, PROTO_TCP, ScanType,
+    ban_tags::{BAN_TAG_MIN_SHIFT, BanTags},
     maps::{
         ACK_PORT_WORDS, BAN_CACHE_MIN_SETS, BAN_FILTER_WORDS, BAN_NETS_MAX, BANS_MAX, BanEntry,
         BanSet, EVENTS_BYTES, EventBudget, IGNORE_FILTER_WORDS, IGNORE_MAX, IGNORE_SINGLE,
@@ -88,6 +90,9 @@ static PS_BANS: HashMap<Addr, BanEntry> = HashMap::with_max_entries(BANS_MAX, BP
 static PS_BAN_FILTER: Array<u64> = Array::with_max_entries(BAN_FILTER_WORDS, 0);
 #[map]
 static PS_BAN_CACHE: Array<BanSet> = Array::with_max_entries(BAN_CACHE_MIN_SETS, BPF_F_MMAPABLE);
+#[map]
+static PS_BAN_TAGS: Array<BanTags> =
+    Array::with_max_entries(1 << BAN_TAG_MIN_SHIFT, BPF_F_MMAPABLE);
 #[map]
 static PS_BAN_NETS: LpmTrie<Addr, BanEntry> = LpmTrie::with_max_entries(BAN_NETS_MAX, 0);
 #[map]

@@ -16,6 +16,7 @@ use aya::maps::{Array, HashMap, Map, MapData};
 use ipnet::IpNet;
 use portsentry_common::{
     Addr,
+    ban_tags::{BanTags, ban_tag_place, ban_tag_shift_of},
     maps::{BanEntry, BanSet, Settings, ban_cache_mask, ban_filter_bit},
     packet::AddrWords,
     sources::source_entries,
@@ -71,6 +72,20 @@ fn cached_in_pins(wd: &Workdir, ip: IpAddr) -> bool {
         .get(&(ban_filter_bit(&w) & ban_cache_mask(flags)), 0)
         .unwrap();
     set.find(&w).is_some()
+}
+
+/// True when the pinned `PS_BAN_TAGS` holds the IPv4 `ip`'s tag in the bucket the pinned
+/// settings send the program to.
+fn tagged_in_pins(wd: &Workdir, ip: Ipv4Addr) -> bool {
+    let open = |name: &str| Map::Array(MapData::from_pin(wd.pin_dir.join(name)).unwrap());
+    let tags: Array<MapData, BanTags> = Array::try_from(open("PS_BAN_TAGS")).unwrap();
+    let settings: Array<MapData, Settings> = Array::try_from(open("PS_SETTINGS")).unwrap();
+    let shift = ban_tag_shift_of(settings.get(&0, 0).unwrap().flags);
+    let place = ban_tag_place(u32::from_ne_bytes(ip.octets()), shift);
+    tags.get(&place.bucket, 0)
+        .unwrap()
+        .until_of(place.tag, shift)
+        != 0
 }
 
 fn assert_all_in_kernel(wd: &Workdir, ips: &[IpAddr]) {
@@ -141,6 +156,9 @@ fn a_bigger_max_bans_at_restart_keeps_every_ban_in_the_same_link() {
         .server
         .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
     let scanner = net.attacker_v4[0];
+    let IpAddr::V4(scanner_v4) = scanner else {
+        unreachable!("an IPv4 attacker")
+    };
     let bystander = net.attacker_v4[1];
     let mut ips: Vec<IpAddr> = (0..40).map(filler).collect();
     ips.push(scanner);
@@ -154,6 +172,8 @@ fn a_bigger_max_bans_at_restart_keeps_every_ban_in_the_same_link() {
     assert_eq!(pinned_size(&wd, "PS_SOURCES"), source_entries(1024));
     assert_eq!(pinned_size(&wd, "PS_BAN_CACHE"), 1 << 17);
     assert!(cached_in_pins(&wd, scanner));
+    assert_eq!(pinned_size(&wd, "PS_BAN_TAGS"), 1 << 16);
+    assert!(tagged_in_pins(&wd, scanner_v4));
     assert!(!reaches(&net, scanner));
     let link_pin = wd.pin_dir.join(format!("link-{}", net.server_if));
     let before = pinned_link(&link_pin);
@@ -184,6 +204,8 @@ fn a_bigger_max_bans_at_restart_keeps_every_ban_in_the_same_link() {
     assert_eq!(pinned_size(&wd, "PS_BANS"), 1 << 20);
     assert_eq!(pinned_size(&wd, "PS_BAN_CACHE"), 1 << 19);
     assert!(cached_in_pins(&wd, scanner));
+    // The tags, refilled at the load, in the buckets the new settings give.
+    assert!(tagged_in_pins(&wd, scanner_v4));
     assert_eq!(pinned_size(&wd, "PS_SOURCES"), source_entries(2048));
     assert_all_in_kernel(&wd, &ips);
     assert!(!reaches(&net, scanner), "the scanner's ban was dropped");

@@ -1,6 +1,7 @@
 //! Bans in the XDP program through BPF_PROG_TEST_RUN: exact and prefix bans drop every
-//! protocol, expiry is checked by the kernel, and the `PS_BAN_CACHE` in front of the hash
-//! never serves a stale answer; the range filter in front of the trie follows the ranges.
+//! protocol, expiry is checked by the kernel, and neither the IPv4 bans' tags
+//! (`PS_BAN_TAGS`) nor the `PS_BAN_CACHE` in front of the hash serve a stale answer; the
+//! range filter in front of the trie follows the ranges.
 
 use std::net::IpAddr;
 
@@ -290,6 +291,8 @@ fn ban_cache_sets() {
             .insert_ban(&IpNet::from(*src), &BanEntry::default())
             .unwrap();
     }
+    // The IPv4 bans' tags, in front of the cache, would find all four.
+    fx.dp.clear_ban_tags().unwrap();
     let cached: Vec<bool> = same.iter().map(|s| fx.dp.ban_cached(*s).unwrap()).collect();
     assert_eq!(cached, [true, true, true, false], "a set holds three");
     for src in &same {
@@ -329,6 +332,7 @@ fn ban_cache_sets() {
             .unwrap();
         probe.dp.remove_hashed_ban_only(*src).unwrap();
     }
+    probe.dp.clear_ban_tags().unwrap();
     for (src, cached) in same.iter().zip(cached) {
         let (retval, reason) = if cached {
             (XDP_DROP, Counter::DropBanned)
@@ -388,6 +392,8 @@ fn bulk_bans_fill_the_cache() {
             .unwrap();
     }
     assert_eq!(fx.dp.ban_cache_held().unwrap(), 1010);
+    assert_eq!(fx.dp.ban_tags_held().unwrap(), Some(1010));
+    fx.dp.clear_ban_tags().unwrap();
     let dst = ip(V4_DST);
     for n in [0, 499, 999, 1005] {
         assert!(fx.dp.ban_cached(v4(n)).unwrap(), "{}", v4(n));
@@ -402,6 +408,107 @@ fn bulk_bans_fill_the_cache() {
     assert!(fx.dp.remove_ban(&IpNet::from(v4(7))).unwrap());
     assert!(!fx.dp.ban_cached(v4(7)).unwrap());
     assert_eq!(fx.dp.ban_cache_held().unwrap(), 1009);
+}
+
+/// The IPv4 bans' tags (`PS_BAN_TAGS`): a ban the cache has no room for is dropped by its
+/// tag alone; lifting a ban takes its tag out; a bucket's bans are dropped by their tags
+/// only until the soonest of their ends, and the hash decides after it; when that ban
+/// goes, the bucket's end moves to the next; IPv6 bans are not tagged.
+#[test]
+fn ban_tags() {
+    require_kernel!();
+    use portsentry_common::{
+        ban_tags::{ban_tag_buckets, ban_tag_place},
+        maps::ban_cache_set,
+    };
+    let sizes = portsentry_user::kernel::MapSizes::default();
+    let v4 = |n: u32| IpAddr::from((0xcb00_7100u32 + n).to_be_bytes());
+    let words = |ip: IpAddr| -> packet::AddrWords {
+        bytemuck::cast(portsentry_user::kernel::addr::to_key(ip))
+    };
+    let dst = ip(V4_DST);
+    let mut fx = Fixture::new();
+    // Four bans of one cache set: the fourth is tagged, not cached.
+    let sets = fx.dp.ban_cache_sets().unwrap();
+    let set = ban_cache_set(&words(v4(0)), sets);
+    let same: Vec<IpAddr> = (0..)
+        .map(v4)
+        .filter(|c| ban_cache_set(&words(*c), sets) == set)
+        .take(4)
+        .collect();
+    for src in &same {
+        fx.dp
+            .insert_ban(&IpNet::from(*src), &BanEntry::default())
+            .unwrap();
+        assert!(fx.dp.ban_tagged(*src).unwrap(), "{src}");
+    }
+    assert!(!fx.dp.ban_cached(same[3]).unwrap());
+    fx.dp.remove_hashed_ban_only(same[3]).unwrap();
+    fx.expect(
+        &Frame::tcp(same[3], dst, 443, ACK).build(),
+        XDP_DROP,
+        Counter::DropBanned,
+    );
+    // Lifted, a ban's tag goes with it.
+    assert!(fx.dp.remove_ban(&IpNet::from(same[0])).unwrap());
+    assert!(!fx.dp.ban_tagged(same[0]).unwrap());
+    fx.expect(
+        &Frame::tcp(same[0], dst, 443, ACK).build(),
+        XDP_PASS,
+        Counter::PassNotProbe,
+    );
+    // Two bans of one bucket: one that never ends, one that ended a second ago.
+    let shift = ban_tag_buckets(sizes.bans).trailing_zeros();
+    let bucket = |ip: IpAddr| match ip {
+        IpAddr::V4(a) => ban_tag_place(u32::from_ne_bytes(a.octets()), shift).bucket,
+        IpAddr::V6(_) => unreachable!(),
+    };
+    let lasting = v4(100_000);
+    let ended = (100_001..)
+        .map(v4)
+        .find(|c| bucket(*c) == bucket(lasting))
+        .unwrap();
+    let past = BanEntry {
+        expires_ns: monotonic_ns() - 1_000_000_000,
+        ..Default::default()
+    };
+    fx.dp
+        .insert_ban(&IpNet::from(lasting), &BanEntry::default())
+        .unwrap();
+    fx.dp.insert_ban(&IpNet::from(ended), &past).unwrap();
+    assert!(fx.dp.ban_tagged(lasting).unwrap() && fx.dp.ban_tagged(ended).unwrap());
+    let o = fx.expect(
+        &Frame::tcp(ended, dst, 443, ACK).build(),
+        XDP_PASS,
+        Counter::PassNotProbe,
+    );
+    assert_eq!(o.delta.get(Counter::BanExpired), 1, "the hash decided");
+    // Past the bucket's end, the lasting ban is the hash's to find: gone from it, its
+    // packets pass, though its tag is there.
+    fx.dp.remove_hashed_ban_only(lasting).unwrap();
+    assert!(fx.dp.ban_tagged(lasting).unwrap());
+    fx.expect(
+        &Frame::tcp(lasting, dst, 443, ACK).build(),
+        XDP_PASS,
+        Counter::PassNotProbe,
+    );
+    // The ended ban lifted, the bucket's end is the lasting ban's (never): its tag
+    // alone drops again.
+    assert!(fx.dp.remove_ban(&IpNet::from(ended)).unwrap());
+    assert!(!fx.dp.ban_tagged(ended).unwrap());
+    fx.expect(
+        &Frame::tcp(lasting, dst, 443, ACK).build(),
+        XDP_DROP,
+        Counter::DropBanned,
+    );
+    // An IPv6 ban has no tag.
+    let held = fx.dp.ban_tags_held().unwrap();
+    let v6: IpAddr = "2001:db8::7".parse().unwrap();
+    fx.dp
+        .insert_ban(&IpNet::from(v6), &BanEntry::default())
+        .unwrap();
+    assert!(!fx.dp.ban_tagged(v6).unwrap());
+    assert_eq!(fx.dp.ban_tags_held().unwrap(), held);
 }
 
 /// Two bans whose `PS_BAN_FILTER` words share a bit (a ban sets three bits of one word):

@@ -1,9 +1,10 @@
-//! The ban maps: exact bans in `PS_BANS` behind the blocked Bloom filter `PS_BAN_FILTER`
-//! and the set-associative cache `PS_BAN_CACHE` (`ban_cache.rs`), wider prefixes in the
-//! trie `PS_BAN_NETS`.
+//! The ban maps: exact bans in `PS_BANS` behind the blocked Bloom filter `PS_BAN_FILTER`,
+//! the IPv4 bans' tags `PS_BAN_TAGS` (`ban_tags.rs`) and the set-associative cache
+//! `PS_BAN_CACHE` (`ban_cache.rs`), wider prefixes in the trie `PS_BAN_NETS`.
 //!
 //! The order of writes keeps the program's invariants at every instant: a ban is never
-//! in the hash without its filter bits, and the cache never holds a ban the hash lacks.
+//! in the hash without its filter bits, and neither the tags nor the cache hold a ban
+//! the hash lacks.
 
 use std::os::fd::BorrowedFd;
 
@@ -25,9 +26,9 @@ use super::{
 
 impl Dataplane {
     /// Makes `PS_BAN_FILTER` exactly the filter of the bans in `PS_BANS` (at load, which
-    /// also adopts the bans of pinned maps), and gives `PS_BAN_CACHE` every ban whose
-    /// set has room or already holds it (which also refreshes an expiry a crash left
-    /// stale). Whole maps read and written in batches ([`sys::read_map`]).
+    /// also adopts the bans of pinned maps), `PS_BAN_TAGS` exactly their tags, and gives
+    /// `PS_BAN_CACHE` every ban whose set has room or already holds it (which also
+    /// refreshes an expiry a crash left stale). Whole maps read and written in batches ([`sys::read_map`]).
     ///
     /// Returns the exact bans it read.
     pub(super) fn rebuild_ban_filter(&mut self) -> Result<Vec<(Addr, BanEntry)>> {
@@ -39,7 +40,11 @@ impl Dataplane {
             words[place.word() as usize] |= place.mask;
             users.add_all(place.bits());
         }
-        self.cache_put_all(bans.iter().map(|(k, v)| (k, v.expires_ns)))?;
+        let expiring = bans.iter().map(|(k, v)| (k, v.expires_ns));
+        if let Some(tags) = &mut self.maps.ban_tags {
+            tags.rebuild(expiring.clone())?;
+        }
+        self.maps.ban_cache.put_all(expiring)?;
         let now = self.read_filter_words()?;
         self.write_filter_words(&now, &words)?;
         self.filter_users = users;
@@ -134,18 +139,31 @@ impl Dataplane {
         write_changed_words(fd(&self.maps.ban_filter), now, want, maps::BAN_FILTER)
     }
 
-    /// Puts each ban into its `PS_BAN_CACHE` set unless the set is full.
-    fn cache_put_all<'a>(&mut self, bans: impl Iterator<Item = (&'a Addr, u64)>) -> Result<()> {
+    /// Puts each ban where the program looks before the hash: an IPv4 ban's tag in
+    /// `PS_BAN_TAGS`, and the ban in its `PS_BAN_CACHE` set, each unless full.
+    fn cache_put_all<'a>(
+        &mut self,
+        bans: impl Iterator<Item = (&'a Addr, u64)> + Clone,
+    ) -> Result<()> {
+        if let Some(tags) = &mut self.maps.ban_tags {
+            tags.put_all(bans.clone())?;
+        }
         self.maps.ban_cache.put_all(bans)
     }
 
-    /// Puts a ban into its `PS_BAN_CACHE` set unless the set is full.
+    /// [`Self::cache_put_all`] of one ban.
     fn cache_put(&mut self, key: &Addr, expires_ns: u64) -> Result<()> {
+        if let Some(tags) = &mut self.maps.ban_tags {
+            tags.put(key, expires_ns)?;
+        }
         self.maps.ban_cache.put(key, expires_ns)
     }
 
-    /// Takes a ban out of its `PS_BAN_CACHE` set, if there.
+    /// Takes a ban out of `PS_BAN_TAGS` and its `PS_BAN_CACHE` set, if there.
     fn cache_drop(&mut self, key: &Addr) -> Result<()> {
+        if let Some(tags) = &mut self.maps.ban_tags {
+            tags.remove(key)?;
+        }
         self.maps.ban_cache.remove(key)
     }
 
@@ -207,7 +225,7 @@ impl Dataplane {
                 return Err(e)
                     .with_context(|| format!("writing the ban of {net} (is PS_BANS full?)"));
             }
-            // After the hash: the cache never holds a ban the hash lacks.
+            // After the hash: the tags and the cache never hold a ban the hash lacks.
             self.cache_put(&key, entry.expires_ns)?;
         } else {
             // The range filter first: the program never skips the trie for a banned range.
@@ -249,7 +267,7 @@ impl Dataplane {
         self.bans_at_load = None;
         let (len, key) = addr::net_key(net);
         if exact {
-            // Before the hash: the cache never holds a ban the hash lacks.
+            // Before the hash: the tags and the cache never hold a ban the hash lacks.
             self.cache_drop(&key)?;
             let removed = absent_is_false(self.maps.bans.remove(&key))?;
             if removed {

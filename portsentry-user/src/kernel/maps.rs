@@ -25,7 +25,7 @@ use portsentry_common::{
     packet::AddrWords,
 };
 
-use super::{Dataplane, addr, ban_cache::BanCache, sources::SourceTable};
+use super::{Dataplane, addr, ban_cache::BanCache, ban_tags::BanTagTable, sources::SourceTable};
 use crate::config::ports::PortSet;
 
 /// How far the wall clock may move against CLOCK_MONOTONIC before the program's offset
@@ -41,6 +41,8 @@ pub(super) struct Maps {
     pub ban_nets: LpmTrie<MapData, Addr, BanEntry>,
     pub ban_filter: Array<MapData, u64>,
     pub ban_cache: BanCache,
+    /// `None` for an object (or pins) from before the tags.
+    pub ban_tags: Option<BanTagTable>,
     pub ignore: LpmTrie<MapData, Addr, u32>,
     /// `None` for an object built before the filter existed (the bench loads one).
     pub ignore_filter: Option<Array<MapData, u64>>,
@@ -80,6 +82,10 @@ impl Maps {
             .map(Array::try_from)
             .transpose()?;
         let kban = named.remove(maps::KBAN).map(Array::try_from).transpose()?;
+        let ban_tags = named
+            .remove(maps::BAN_TAGS)
+            .map(BanTagTable::new)
+            .transpose()?;
         let net_filter = named
             .remove(maps::NET_FILTER)
             .map(Array::try_from)
@@ -111,6 +117,7 @@ impl Maps {
             ban_nets: LpmTrie::try_from(take(maps::BAN_NETS)?)?,
             ban_filter: Array::try_from(take(maps::BAN_FILTER)?)?,
             ban_cache: BanCache::new(take(maps::BAN_CACHE)?)?,
+            ban_tags,
             ignore: LpmTrie::try_from(take(maps::IGNORE)?)?,
             ignore_filter,
             net_filter,
@@ -492,6 +499,27 @@ impl Dataplane {
     /// True when `ip`'s ban is in `PS_BAN_CACHE` (for the tests).
     pub fn ban_cached(&self, ip: IpAddr) -> Result<bool> {
         self.maps.ban_cache.holds(&addr::to_key(ip))
+    }
+
+    /// True when `ip`'s ban is in `PS_BAN_TAGS` (for the tests).
+    pub fn ban_tagged(&self, ip: IpAddr) -> Result<bool> {
+        match &self.maps.ban_tags {
+            Some(t) => t.holds(&addr::to_key(ip)),
+            None => Ok(false),
+        }
+    }
+
+    /// How many bans `PS_BAN_TAGS` holds (`None`: an object without it).
+    pub fn ban_tags_held(&self) -> Result<Option<u64>> {
+        self.maps.ban_tags.as_ref().map(|t| t.held()).transpose()
+    }
+
+    /// Empties `PS_BAN_TAGS` (for the tests: the cache behind it is then seen alone).
+    pub fn clear_ban_tags(&mut self) -> Result<()> {
+        match &mut self.maps.ban_tags {
+            Some(t) => t.rebuild(std::iter::empty()),
+            None => Ok(()),
+        }
     }
 
     /// How many bans `PS_BAN_CACHE` holds.

@@ -5,6 +5,7 @@
 pub mod addr;
 mod attach;
 mod ban_cache;
+mod ban_tags;
 mod bans;
 pub mod configure;
 mod filter_users;
@@ -26,11 +27,14 @@ use aya::{
     programs::Xdp,
 };
 use aya_obj::programs::XdpAttachType;
-use portsentry_common::maps::{ban_cache_sets, with_ban_cache_sets};
 use portsentry_common::{
     PROBE_PROGRAM, PROGRAM_NAME,
     maps::{self as names, Settings},
     sources::source_entries,
+};
+use portsentry_common::{
+    ban_tags::{ban_tag_buckets, ban_tag_shift_of},
+    maps::{ban_cache_sets, with_ban_cache_sets},
 };
 
 use crate::paths;
@@ -232,7 +236,8 @@ fn has_probe_stage(ebpf: &Ebpf) -> bool {
 }
 
 /// Maps a pin directory of an earlier release lacks: the next `run` creates them.
-const ADDED_MAPS: [&str; 8] = [
+const ADDED_MAPS: [&str; 9] = [
+    names::BAN_TAGS,
     names::ACK_PORTS,
     names::PROTOCOLS,
     names::NET_FILTER,
@@ -315,6 +320,7 @@ impl Dataplane {
             .map_max_entries(names::BANS, sizes.bans)
             .map_max_entries(names::BAN_NETS, sizes.ban_nets)
             .map_max_entries(names::BAN_CACHE, ban_cache_sets(sizes.bans))
+            .map_max_entries(names::BAN_TAGS, ban_tag_buckets(sizes.bans))
             .map_max_entries(names::IGNORE, sizes.ignore)
             .map_max_entries(names::SOURCES, sources_entries(bytes, sizes.sources));
         // Pinned maps of another size than configured are replaced (`resize`).
@@ -478,6 +484,20 @@ impl Dataplane {
             && let Some(sets) = dp.maps.ban_cache.sets()
         {
             let flags = with_ban_cache_sets(dp.settings.flags, sets);
+            // ... and a tag's bucket by the same number.
+            if let Some(tags) = &dp.maps.ban_tags
+                && ban_tag_shift_of(flags) != tags.shift()
+            {
+                bail!(
+                    "{} has 2^{} buckets where {} sets of {} call for 2^{}: run \
+                     `portsentry unload`",
+                    names::BAN_TAGS,
+                    tags.shift(),
+                    sets,
+                    names::BAN_CACHE,
+                    ban_tag_shift_of(flags)
+                );
+            }
             if flags != dp.settings.flags {
                 dp.store_settings(Settings {
                     flags,

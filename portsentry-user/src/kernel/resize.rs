@@ -17,6 +17,7 @@ use anyhow::{Context as _, Result};
 use aya::maps::{Map, MapData, MapType, lpm_trie::Key};
 use portsentry_common::{
     Addr,
+    ban_tags::ban_tag_buckets,
     maps::{self as names, BanEntry, BanSet, Settings, ban_cache_sets},
     sources::{SOURCE_WAYS, source_entries},
 };
@@ -69,12 +70,13 @@ pub(super) struct Resized {
     pub value: bool,
 }
 
-/// The sizable maps and their configured sizes, in entries (`PS_BAN_CACHE` is sized by
-/// MAX_BANS).
-fn sized(sizes: &MapSizes) -> [(&'static str, u32); 5] {
+/// The sizable maps and their configured sizes, in entries (`PS_BAN_CACHE` and
+/// `PS_BAN_TAGS` are sized by MAX_BANS).
+fn sized(sizes: &MapSizes) -> [(&'static str, u32); 6] {
     [
         (names::BANS, sizes.bans),
         (names::BAN_CACHE, ban_cache_sets(sizes.bans)),
+        (names::BAN_TAGS, ban_tag_buckets(sizes.bans)),
         (names::BAN_NETS, sizes.ban_nets),
         (names::IGNORE, sizes.ignore),
         (names::SOURCES, source_entries(sizes.sources)),
@@ -177,8 +179,8 @@ fn carry_over(r: &Resized, new: &Map) -> Result<()> {
         names::BANS => copy::<Addr, BanEntry>(r, from, to, true),
         names::BAN_NETS => copy::<Key<Addr>, BanEntry>(r, from, to, true),
         // The ignore list is written whole from the configuration at every start; the
-        // ban cache is filled from the bans at every load.
-        names::IGNORE | names::BAN_CACHE => Ok(()),
+        // ban cache and the tags are filled from the bans at every load.
+        names::IGNORE | names::BAN_CACHE | names::BAN_TAGS => Ok(()),
         names::SOURCES => {
             // An earlier release's LRU hash, or a table of sets of another size.
             let fd = r.old.fd().as_fd().try_clone_to_owned()?;
@@ -312,6 +314,10 @@ impl Dataplane {
                 }
                 (names::BAN_CACHE, _) => format!(
                     "{} resized from {} to {} sets (for MAX_BANS), filled from the bans",
+                    r.name, r.old_capacity, r.new_size
+                ),
+                (names::BAN_TAGS, _) => format!(
+                    "{} resized from {} to {} buckets (for MAX_BANS), filled from the bans",
                     r.name, r.old_capacity, r.new_size
                 ),
                 _ => format!(

@@ -209,6 +209,14 @@ pub(crate) fn distinct(args: &Args) {
         ),
         Err(e) => eprintln!("bench: counting the cached bans: {e:#}"),
     }
+    match dp.ban_tags_held() {
+        Ok(Some(held)) => println!(
+            "Tags in `PS_BAN_TAGS`: {held} of the {n} exact bans ({:.2}%).\n",
+            held as f64 * 100.0 / f64::from(n.max(1)),
+        ),
+        Ok(None) => {}
+        Err(e) => eprintln!("bench: counting the tagged bans: {e:#}"),
+    }
     println!("| path | ns | x floor | above the floor |\n|---|---:|---:|---:|");
     let floor = m[0];
     for (i, (name, _, _, _)) in fronts.iter().enumerate() {

@@ -1,0 +1,245 @@
+//! `PS_BAN_TAGS` from the daemon's side: an IPv4 ban's two-byte tag in its bucket
+//! (`portsentry_common::ban_tags`), which the program looks at after the ban filter and
+//! before the cache. Only the daemon writes the table; like the cache, it only ever
+//! holds bans the hash holds (a tag goes in after the hash, and out before), and may lack
+//! any (a full bucket, an IPv6 ban, a ban the program made until the daemon takes it
+//! over).
+//!
+//! A bucket carries one `until` for its bans: the soonest end among them. So that it
+//! rises again when that ban goes, the daemon keeps the end of each ban that has one,
+//! by bucket; bans that never end (most: BLOCK_* bans last until unbanned) cost nothing
+//! here. The table is written whole at each load, through a mapping of the array; a ban
+//! or two through the map's calls.
+//!
+//! A program reading a bucket while the daemon rewrites it may see the old and the new
+//! tags mixed: the tag of a ban being lifted may still be found, for that packet.
+
+use std::{collections::HashMap, os::fd::AsFd as _};
+
+use anyhow::{Context as _, Result, bail};
+use aya::maps::{Map, MapData};
+use portsentry_common::{
+    Addr,
+    ban_tags::{BAN_TAG_MIN_SHIFT, BanTagPlace, BanTags, ban_tag_place, v4_of},
+    maps::{self, BAN_CACHE_FOREVER, cache_until},
+    packet::AddrWords,
+};
+
+use super::{mapped::Mapped, sys};
+
+pub(super) struct BanTagTable {
+    map: MapData,
+    /// log2 of the buckets.
+    shift: u32,
+    /// The tags of the bans that end, and their `until`, by bucket.
+    timed: HashMap<u32, Vec<(u16, u32)>>,
+}
+
+/// Bans put in through the map's calls, one bucket each; more through a mapping.
+const FEW: usize = 64;
+
+impl BanTagTable {
+    pub fn new(map: Map) -> Result<BanTagTable> {
+        let Map::Array(data) = map else {
+            bail!(
+                "{} is not an array: run `portsentry unload`",
+                maps::BAN_TAGS
+            );
+        };
+        let info = data.info()?;
+        let buckets = info.max_entries();
+        if info.value_size() as usize != size_of::<BanTags>()
+            || !buckets.is_power_of_two()
+            || buckets < 1 << BAN_TAG_MIN_SHIFT
+        {
+            bail!(
+                "{} has {buckets} buckets of {} bytes, not a power of two of at least 2^{} \
+                 of {}: run `portsentry unload`",
+                maps::BAN_TAGS,
+                info.value_size(),
+                BAN_TAG_MIN_SHIFT,
+                size_of::<BanTags>()
+            );
+        }
+        Ok(BanTagTable {
+            map: data,
+            shift: buckets.trailing_zeros(),
+            timed: HashMap::new(),
+        })
+    }
+
+    /// log2 of the buckets (the program computes it from the cache's sets).
+    pub fn shift(&self) -> u32 {
+        self.shift
+    }
+
+    /// The table made anew from `bans` (at load): every bucket that differs written.
+    pub fn rebuild<'a>(&mut self, bans: impl Iterator<Item = (&'a Addr, u64)>) -> Result<()> {
+        self.timed.clear();
+        let mut want = vec![BanTags::default(); 1 << self.shift];
+        for (key, expires_ns) in bans {
+            if let Some((place, until)) = self.place_of(key, expires_ns) {
+                let bucket = &mut want[place.bucket as usize];
+                let until = self.note(place, until);
+                if !bucket.insert(place.tag, until, self.shift) {
+                    self.forget(place);
+                }
+            }
+        }
+        let m = Mapped::<BanTags>::new(&self.map, maps::BAN_TAGS, false)?;
+        for (i, bucket) in want.iter().enumerate() {
+            if m.get(i) != *bucket {
+                m.put(i, bucket);
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts each IPv4 ban's tag in its bucket unless the bucket is full.
+    pub fn put_all<'a>(&mut self, bans: impl Iterator<Item = (&'a Addr, u64)>) -> Result<()> {
+        let mut bans = bans.peekable();
+        let first: Vec<(&Addr, u64)> = bans.by_ref().take(FEW).collect();
+        if bans.peek().is_none() {
+            for (key, expires_ns) in first {
+                self.put(key, expires_ns)?;
+            }
+            return Ok(());
+        }
+        let m = Mapped::<BanTags>::new(&self.map, maps::BAN_TAGS, false)?;
+        for (key, expires_ns) in first.into_iter().chain(bans) {
+            let Some((place, until)) = self.place_of(key, expires_ns) else {
+                self.remove_mapped(&m, key);
+                continue;
+            };
+            let i = place.bucket as usize;
+            let mut bucket = m.get(i);
+            let until = self.note(place, until);
+            if bucket.insert(place.tag, until, self.shift) {
+                m.put(i, &bucket);
+            } else {
+                self.forget(place);
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts an IPv4 ban's tag in its bucket unless the bucket is full.
+    pub fn put(&mut self, key: &Addr, expires_ns: u64) -> Result<()> {
+        let Some((place, until)) = self.place_of(key, expires_ns) else {
+            return self.remove(key);
+        };
+        let mut bucket = self.read(place.bucket)?;
+        let until = self.note(place, until);
+        if bucket.insert(place.tag, until, self.shift) {
+            self.write(place.bucket, &bucket)
+        } else {
+            self.forget(place);
+            Ok(())
+        }
+    }
+
+    /// Takes an IPv4 ban's tag out of its bucket, if there.
+    pub fn remove(&mut self, key: &Addr) -> Result<()> {
+        let Some(place) = place(key, self.shift) else {
+            return Ok(());
+        };
+        let mut bucket = self.read(place.bucket)?;
+        let until = self.forget(place);
+        if bucket.remove(place.tag, until) {
+            self.write(place.bucket, &bucket)?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::remove`] through a mapping.
+    fn remove_mapped(&mut self, m: &Mapped<BanTags>, key: &Addr) {
+        let Some(place) = place(key, self.shift) else {
+            return;
+        };
+        let mut bucket = m.get(place.bucket as usize);
+        let until = self.forget(place);
+        if bucket.remove(place.tag, until) {
+            m.put(place.bucket as usize, &bucket);
+        }
+    }
+
+    /// True when the tag of `key`'s ban is in its bucket.
+    pub fn holds(&self, key: &Addr) -> Result<bool> {
+        Ok(match place(key, self.shift) {
+            Some(p) => self.read(p.bucket)?.until_of(p.tag, self.shift) != 0,
+            None => false,
+        })
+    }
+
+    /// How many bans the table holds.
+    pub fn held(&self) -> Result<u64> {
+        let m = Mapped::<BanTags>::new(&self.map, maps::BAN_TAGS, true)?;
+        Ok((0..m.len()).map(|i| m.get(i).len() as u64).sum())
+    }
+
+    /// An IPv4 ban's place and its `until`; `None` for an IPv6 ban, and for a ban that
+    /// ends within the first unit after boot (which the table cannot say it outlasts).
+    fn place_of(&self, key: &Addr, expires_ns: u64) -> Option<(BanTagPlace, u32)> {
+        let place = place(key, self.shift)?;
+        match cache_until(expires_ns) {
+            0 => None,
+            until => Some((place, until)),
+        }
+    }
+
+    /// Records the ban's `until` (or that it has none) and returns its bucket's: the
+    /// soonest of the bucket's ends.
+    fn note(&mut self, place: BanTagPlace, until: u32) -> u32 {
+        if until == BAN_CACHE_FOREVER {
+            return self.forget(place);
+        }
+        let ends = self.timed.entry(place.bucket).or_default();
+        match ends.iter_mut().find(|(t, _)| *t == place.tag) {
+            Some(e) => e.1 = until,
+            None => ends.push((place.tag, until)),
+        }
+        soonest(ends)
+    }
+
+    /// Forgets the ban's end, if it had one, and returns its bucket's `until` without it.
+    fn forget(&mut self, place: BanTagPlace) -> u32 {
+        let Some(ends) = self.timed.get_mut(&place.bucket) else {
+            return BAN_CACHE_FOREVER;
+        };
+        ends.retain(|(t, _)| *t != place.tag);
+        if ends.is_empty() {
+            self.timed.remove(&place.bucket);
+            return BAN_CACHE_FOREVER;
+        }
+        soonest(ends)
+    }
+
+    fn read(&self, bucket: u32) -> Result<BanTags> {
+        let bytes = sys::lookup_bytes(
+            self.map.fd().as_fd(),
+            &bucket.to_ne_bytes(),
+            size_of::<BanTags>(),
+        )
+        .context("reading PS_BAN_TAGS")?;
+        Ok(bytemuck::pod_read_unaligned(&bytes))
+    }
+
+    fn write(&self, bucket: u32, value: &BanTags) -> Result<()> {
+        sys::update_bytes(
+            self.map.fd().as_fd(),
+            &bucket.to_ne_bytes(),
+            bytemuck::bytes_of(value),
+        )
+        .context("writing PS_BAN_TAGS")
+    }
+}
+
+/// The place of `key` if it is an IPv4 address.
+fn place(key: &Addr, shift: u32) -> Option<BanTagPlace> {
+    let w: AddrWords = bytemuck::cast(*key);
+    v4_of(&w).map(|v4| ban_tag_place(v4, shift))
+}
+
+fn soonest(ends: &[(u16, u32)]) -> u32 {
+    ends.iter().map(|e| e.1).min().unwrap_or(BAN_CACHE_FOREVER)
+}
