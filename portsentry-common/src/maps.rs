@@ -19,7 +19,9 @@ pub const BAN_FILTER: &str = "PS_BAN_FILTER";
 /// [`ban_cache_sets`] sets for MAX_BANS, made with `BPF_F_MMAPABLE` (so that each set
 /// is one cache line), indexed by the low bits of [`ban_filter_bit`]. A banned source
 /// found in its set is dropped with two inlined array reads and no hash lookup; a ban
-/// whose set is full is only in `PS_BANS` (and found there).
+/// whose set is full is only in `PS_BANS` (and found there). It holds the exact bans
+/// `PS_BAN_TAGS` does not (IPv6, a full bucket's, the program's own until the daemon
+/// takes them over).
 pub const BAN_CACHE: &str = "PS_BAN_CACHE";
 /// The IPv4 exact bans in two bytes each: `Array<BanTags>`
 /// ([`crate::ban_tags::BanTags`]) of [`crate::ban_tags::ban_tag_buckets`] buckets for
@@ -160,8 +162,9 @@ pub const BAN_CACHE_MIN_SETS: u32 = 1 << 17;
 pub const BAN_CACHE_MAX_SETS: u32 = 1 << 22;
 
 /// The sets of `PS_BAN_CACHE` for MAX_BANS `bans`: a power of two, room for one and a
-/// half times as many bans (with a million, about nine in ten are in the cache; the
-/// rest are found in the hash), within [`BAN_CACHE_MIN_SETS`] and [`BAN_CACHE_MAX_SETS`].
+/// half times as many bans (with a million IPv6 bans, about nine in ten are in the
+/// cache; the rest are found in the hash), within [`BAN_CACHE_MIN_SETS`] and
+/// [`BAN_CACHE_MAX_SETS`].
 pub const fn ban_cache_sets(bans: u32) -> u32 {
     let sets = (bans as u64).next_power_of_two() / 2;
     if sets < BAN_CACHE_MIN_SETS as u64 {

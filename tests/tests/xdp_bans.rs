@@ -285,14 +285,14 @@ fn ban_cache_sets() {
         .collect();
     let dst = ip(V4_DST);
     let mut fx = Fixture::new();
+    // The IPv4 bans' tags, in front of the cache, would take all four.
+    fx.dp.stop_ban_tags().unwrap();
     assert_eq!(fx.dp.ban_cache_sets(), Some(sets));
     for src in &same {
         fx.dp
             .insert_ban(&IpNet::from(*src), &BanEntry::default())
             .unwrap();
     }
-    // The IPv4 bans' tags, in front of the cache, would find all four.
-    fx.dp.clear_ban_tags().unwrap();
     let cached: Vec<bool> = same.iter().map(|s| fx.dp.ban_cached(*s).unwrap()).collect();
     assert_eq!(cached, [true, true, true, false], "a set holds three");
     for src in &same {
@@ -325,6 +325,7 @@ fn ban_cache_sets() {
     assert!(fx.dp.ban_cached(b).unwrap());
     // Out of the hash alone: what the cache holds still drops.
     let mut probe = Fixture::new();
+    probe.dp.stop_ban_tags().unwrap();
     for src in &same {
         probe
             .dp
@@ -332,7 +333,6 @@ fn ban_cache_sets() {
             .unwrap();
         probe.dp.remove_hashed_ban_only(*src).unwrap();
     }
-    probe.dp.clear_ban_tags().unwrap();
     for (src, cached) in same.iter().zip(cached) {
         let (retval, reason) = if cached {
             (XDP_DROP, Counter::DropBanned)
@@ -374,75 +374,81 @@ fn ban_cache_sets() {
     );
 }
 
-/// Bans restored in bulk (through a mapping of the cache) land in their sets as the
-/// program reads them: every one cached, and dropped from the cache alone once its hash
-/// entry is gone; a few more, one at a time (through the map's calls), too.
+/// Bans restored in bulk (through a mapping of the array) land where the program reads
+/// them: with the tags, every IPv4 ban is tagged and none cached; without them (as for
+/// IPv6 bans), every ban is cached. Either way each is dropped from there alone once its
+/// hash entry is gone; a few more, one at a time (through the map's calls), too.
 #[test]
-fn bulk_bans_fill_the_cache() {
+fn bulk_bans_fill_the_tags_or_the_cache() {
     require_kernel!();
     let v4 = |n: u32| IpAddr::from((0x0a40_0000u32 + n).to_be_bytes());
-    let bulk: Vec<(IpNet, BanEntry)> = (0..1000)
-        .map(|n| (IpNet::from(v4(n)), BanEntry::default()))
-        .collect();
-    let mut fx = Fixture::new();
-    fx.dp.insert_bans(bulk).unwrap();
-    for n in 1000..1010 {
-        fx.dp
-            .insert_ban(&IpNet::from(v4(n)), &BanEntry::default())
-            .unwrap();
+    for tags in [true, false] {
+        let bulk: Vec<(IpNet, BanEntry)> = (0..1000)
+            .map(|n| (IpNet::from(v4(n)), BanEntry::default()))
+            .collect();
+        let mut fx = Fixture::new();
+        if !tags {
+            fx.dp.stop_ban_tags().unwrap();
+        }
+        fx.dp.insert_bans(bulk).unwrap();
+        for n in 1000..1010 {
+            fx.dp
+                .insert_ban(&IpNet::from(v4(n)), &BanEntry::default())
+                .unwrap();
+        }
+        let held = |fx: &Fixture| {
+            if tags {
+                assert_eq!(fx.dp.ban_cache_held().unwrap(), 0, "tagged, not cached");
+                fx.dp.ban_tags_held().unwrap().unwrap()
+            } else {
+                fx.dp.ban_cache_held().unwrap()
+            }
+        };
+        let holds = |fx: &Fixture, ip: IpAddr| {
+            if tags {
+                fx.dp.ban_tagged(ip).unwrap()
+            } else {
+                fx.dp.ban_cached(ip).unwrap()
+            }
+        };
+        assert_eq!(held(&fx), 1010, "tags: {tags}");
+        let dst = ip(V4_DST);
+        for n in [0, 499, 999, 1005] {
+            assert!(holds(&fx, v4(n)), "{} (tags: {tags})", v4(n));
+            fx.dp.remove_hashed_ban_only(v4(n)).unwrap();
+            fx.expect(
+                &Frame::tcp(v4(n), dst, 443, ACK).build(),
+                XDP_DROP,
+                Counter::DropBanned,
+            );
+        }
+        // Lifted properly, a ban leaves the tags (the cache).
+        assert!(fx.dp.remove_ban(&IpNet::from(v4(7))).unwrap());
+        assert!(!holds(&fx, v4(7)));
+        assert_eq!(held(&fx), 1009);
     }
-    assert_eq!(fx.dp.ban_cache_held().unwrap(), 1010);
-    assert_eq!(fx.dp.ban_tags_held().unwrap(), Some(1010));
-    fx.dp.clear_ban_tags().unwrap();
-    let dst = ip(V4_DST);
-    for n in [0, 499, 999, 1005] {
-        assert!(fx.dp.ban_cached(v4(n)).unwrap(), "{}", v4(n));
-        fx.dp.remove_hashed_ban_only(v4(n)).unwrap();
-        fx.expect(
-            &Frame::tcp(v4(n), dst, 443, ACK).build(),
-            XDP_DROP,
-            Counter::DropBanned,
-        );
-    }
-    // Lifted properly, a ban leaves the cache.
-    assert!(fx.dp.remove_ban(&IpNet::from(v4(7))).unwrap());
-    assert!(!fx.dp.ban_cached(v4(7)).unwrap());
-    assert_eq!(fx.dp.ban_cache_held().unwrap(), 1009);
 }
 
-/// The IPv4 bans' tags (`PS_BAN_TAGS`): a ban the cache has no room for is dropped by its
-/// tag alone; lifting a ban takes its tag out; a bucket's bans are dropped by their tags
+/// The IPv4 bans' tags (`PS_BAN_TAGS`): a tagged ban is not cached, and is dropped by its
+/// tag alone; lifting a ban takes its tag out; a full bucket's next ban is cached; a bucket's bans are dropped by their tags
 /// only until the soonest of their ends, and the hash decides after it; when that ban
 /// goes, the bucket's end moves to the next; IPv6 bans are not tagged.
 #[test]
 fn ban_tags() {
     require_kernel!();
-    use portsentry_common::{
-        ban_tags::{ban_tag_buckets, ban_tag_place},
-        maps::ban_cache_set,
-    };
+    use portsentry_common::ban_tags::{BAN_TAG_SLOTS, ban_tag_buckets, ban_tag_place};
     let sizes = portsentry_user::kernel::MapSizes::default();
     let v4 = |n: u32| IpAddr::from((0xcb00_7100u32 + n).to_be_bytes());
-    let words = |ip: IpAddr| -> packet::AddrWords {
-        bytemuck::cast(portsentry_user::kernel::addr::to_key(ip))
-    };
     let dst = ip(V4_DST);
     let mut fx = Fixture::new();
-    // Four bans of one cache set: the fourth is tagged, not cached.
-    let sets = fx.dp.ban_cache_sets().unwrap();
-    let set = ban_cache_set(&words(v4(0)), sets);
-    let same: Vec<IpAddr> = (0..)
-        .map(v4)
-        .filter(|c| ban_cache_set(&words(*c), sets) == set)
-        .take(4)
-        .collect();
+    let same: Vec<IpAddr> = (0..4).map(v4).collect();
     for src in &same {
         fx.dp
             .insert_ban(&IpNet::from(*src), &BanEntry::default())
             .unwrap();
         assert!(fx.dp.ban_tagged(*src).unwrap(), "{src}");
+        assert!(!fx.dp.ban_cached(*src).unwrap(), "tagged, not cached");
     }
-    assert!(!fx.dp.ban_cached(same[3]).unwrap());
     fx.dp.remove_hashed_ban_only(same[3]).unwrap();
     fx.expect(
         &Frame::tcp(same[3], dst, 443, ACK).build(),
@@ -498,6 +504,27 @@ fn ban_tags() {
     assert!(!fx.dp.ban_tagged(ended).unwrap());
     fx.expect(
         &Frame::tcp(lasting, dst, 443, ACK).build(),
+        XDP_DROP,
+        Counter::DropBanned,
+    );
+    // A bucket holds 29: the 30th ban of one goes to the cache.
+    let full: Vec<IpAddr> = (200_000..)
+        .map(v4)
+        .filter(|c| bucket(*c) == bucket(v4(200_000)))
+        .take(BAN_TAG_SLOTS + 1)
+        .collect();
+    for src in &full {
+        fx.dp
+            .insert_ban(&IpNet::from(*src), &BanEntry::default())
+            .unwrap();
+    }
+    let tagged = full.iter().filter(|s| fx.dp.ban_tagged(**s).unwrap());
+    assert_eq!(tagged.count(), BAN_TAG_SLOTS);
+    let last = full[BAN_TAG_SLOTS];
+    assert!(!fx.dp.ban_tagged(last).unwrap());
+    assert!(fx.dp.ban_cached(last).unwrap());
+    fx.expect(
+        &Frame::tcp(last, dst, 443, ACK).build(),
         XDP_DROP,
         Counter::DropBanned,
     );

@@ -3,7 +3,8 @@
 //! before the cache. Only the daemon writes the table; like the cache, it only ever
 //! holds bans the hash holds (a tag goes in after the hash, and out before), and may lack
 //! any (a full bucket, an IPv6 ban, a ban the program made until the daemon takes it
-//! over).
+//! over). A ban whose tag is in is not put in the cache: the program never looks
+//! there for it.
 //!
 //! A bucket carries one `until` for its bans: the soonest end among them. So that it
 //! rises again when that ban goes, the daemon keeps the end of each ban that has one,
@@ -74,68 +75,86 @@ impl BanTagTable {
     }
 
     /// The table made anew from `bans` (at load): every bucket that differs written.
-    pub fn rebuild<'a>(&mut self, bans: impl Iterator<Item = (&'a Addr, u64)>) -> Result<()> {
+    /// Says of each ban whether its tag is in.
+    pub fn rebuild<'a>(
+        &mut self,
+        bans: impl Iterator<Item = (&'a Addr, u64)>,
+    ) -> Result<Vec<bool>> {
         self.timed.clear();
         let mut want = vec![BanTags::default(); 1 << self.shift];
-        for (key, expires_ns) in bans {
-            if let Some((place, until)) = self.place_of(key, expires_ns) {
-                let bucket = &mut want[place.bucket as usize];
-                let until = self.note(place, until);
-                if !bucket.insert(place.tag, until, self.shift) {
-                    self.forget(place);
-                }
-            }
-        }
+        let tagged = bans
+            .map(|(key, expires_ns)| {
+                let Some((place, until)) = self.place_of(key, expires_ns) else {
+                    return false;
+                };
+                self.insert(&mut want[place.bucket as usize], place, until)
+            })
+            .collect();
         let m = Mapped::<BanTags>::new(&self.map, maps::BAN_TAGS, false)?;
         for (i, bucket) in want.iter().enumerate() {
             if m.get(i) != *bucket {
                 m.put(i, bucket);
             }
         }
-        Ok(())
+        Ok(tagged)
     }
 
-    /// Puts each IPv4 ban's tag in its bucket unless the bucket is full.
-    pub fn put_all<'a>(&mut self, bans: impl Iterator<Item = (&'a Addr, u64)>) -> Result<()> {
+    /// Puts each IPv4 ban's tag in its bucket unless the bucket is full. Says of each
+    /// ban whether its tag is in.
+    pub fn put_all<'a>(
+        &mut self,
+        bans: impl Iterator<Item = (&'a Addr, u64)>,
+    ) -> Result<Vec<bool>> {
         let mut bans = bans.peekable();
         let first: Vec<(&Addr, u64)> = bans.by_ref().take(FEW).collect();
         if bans.peek().is_none() {
-            for (key, expires_ns) in first {
-                self.put(key, expires_ns)?;
-            }
-            return Ok(());
+            return first.into_iter().map(|(k, e)| self.put(k, e)).collect();
         }
         let m = Mapped::<BanTags>::new(&self.map, maps::BAN_TAGS, false)?;
-        for (key, expires_ns) in first.into_iter().chain(bans) {
-            let Some((place, until)) = self.place_of(key, expires_ns) else {
-                self.remove_mapped(&m, key);
-                continue;
-            };
-            let i = place.bucket as usize;
-            let mut bucket = m.get(i);
-            let until = self.note(place, until);
-            if bucket.insert(place.tag, until, self.shift) {
-                m.put(i, &bucket);
-            } else {
-                self.forget(place);
-            }
-        }
-        Ok(())
+        let tagged = first
+            .into_iter()
+            .chain(bans)
+            .map(|(key, expires_ns)| {
+                let Some((place, until)) = self.place_of(key, expires_ns) else {
+                    self.remove_mapped(&m, key);
+                    return false;
+                };
+                let i = place.bucket as usize;
+                let mut bucket = m.get(i);
+                let tagged = self.insert(&mut bucket, place, until);
+                if tagged {
+                    m.put(i, &bucket);
+                }
+                tagged
+            })
+            .collect();
+        Ok(tagged)
     }
 
-    /// Puts an IPv4 ban's tag in its bucket unless the bucket is full.
-    pub fn put(&mut self, key: &Addr, expires_ns: u64) -> Result<()> {
+    /// Puts an IPv4 ban's tag in its bucket unless the bucket is full; true when the tag
+    /// is in.
+    pub fn put(&mut self, key: &Addr, expires_ns: u64) -> Result<bool> {
         let Some((place, until)) = self.place_of(key, expires_ns) else {
-            return self.remove(key);
+            self.remove(key)?;
+            return Ok(false);
         };
         let mut bucket = self.read(place.bucket)?;
-        let until = self.note(place, until);
-        if bucket.insert(place.tag, until, self.shift) {
-            self.write(place.bucket, &bucket)
-        } else {
-            self.forget(place);
-            Ok(())
+        let tagged = self.insert(&mut bucket, place, until);
+        if tagged {
+            self.write(place.bucket, &bucket)?;
         }
+        Ok(tagged)
+    }
+
+    /// Puts the tag in `bucket` with its end recorded; false (and nothing recorded) when
+    /// the bucket is full.
+    fn insert(&mut self, bucket: &mut BanTags, place: BanTagPlace, until: u32) -> bool {
+        let until = self.note(place, until);
+        let tagged = bucket.insert(place.tag, until, self.shift);
+        if !tagged {
+            self.forget(place);
+        }
+        tagged
     }
 
     /// Takes an IPv4 ban's tag out of its bucket, if there.
@@ -203,6 +222,9 @@ impl BanTagTable {
 
     /// Forgets the ban's end, if it had one, and returns its bucket's `until` without it.
     fn forget(&mut self, place: BanTagPlace) -> u32 {
+        if self.timed.is_empty() {
+            return BAN_CACHE_FOREVER;
+        }
         let Some(ends) = self.timed.get_mut(&place.bucket) else {
             return BAN_CACHE_FOREVER;
         };

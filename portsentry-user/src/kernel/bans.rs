@@ -41,10 +41,11 @@ impl Dataplane {
             users.add_all(place.bits());
         }
         let expiring = bans.iter().map(|(k, v)| (k, v.expires_ns));
-        if let Some(tags) = &mut self.maps.ban_tags {
-            tags.rebuild(expiring.clone())?;
-        }
-        self.maps.ban_cache.put_all(expiring)?;
+        let tagged = match &mut self.maps.ban_tags {
+            Some(tags) => tags.rebuild(expiring.clone())?,
+            None => Vec::new(),
+        };
+        self.maps.ban_cache.put_all(untagged(expiring, tagged))?;
         let now = self.read_filter_words()?;
         self.write_filter_words(&now, &words)?;
         self.filter_users = users;
@@ -140,23 +141,30 @@ impl Dataplane {
     }
 
     /// Puts each ban where the program looks before the hash: an IPv4 ban's tag in
-    /// `PS_BAN_TAGS`, and the ban in its `PS_BAN_CACHE` set, each unless full.
+    /// `PS_BAN_TAGS`, else the ban in its `PS_BAN_CACHE` set, each unless full.
     fn cache_put_all<'a>(
         &mut self,
         bans: impl Iterator<Item = (&'a Addr, u64)> + Clone,
     ) -> Result<()> {
-        if let Some(tags) = &mut self.maps.ban_tags {
-            tags.put_all(bans.clone())?;
-        }
-        self.maps.ban_cache.put_all(bans)
+        let tagged = match &mut self.maps.ban_tags {
+            Some(tags) => tags.put_all(bans.clone())?,
+            None => Vec::new(),
+        };
+        self.maps.ban_cache.put_all(untagged(bans, tagged))
     }
 
-    /// [`Self::cache_put_all`] of one ban.
+    /// [`Self::cache_put_all`] of one ban; a tagged ban leaves the cache (the program
+    /// may have put it there: its own bans go in the cache).
     fn cache_put(&mut self, key: &Addr, expires_ns: u64) -> Result<()> {
-        if let Some(tags) = &mut self.maps.ban_tags {
-            tags.put(key, expires_ns)?;
+        let tagged = match &mut self.maps.ban_tags {
+            Some(tags) => tags.put(key, expires_ns)?,
+            None => false,
+        };
+        if tagged {
+            self.maps.ban_cache.remove(key)
+        } else {
+            self.maps.ban_cache.put(key, expires_ns)
         }
-        self.maps.ban_cache.put(key, expires_ns)
     }
 
     /// Takes a ban out of `PS_BAN_TAGS` and its `PS_BAN_CACHE` set, if there.
@@ -409,4 +417,15 @@ fn stopped_at(e: sys::WriteError, net: Option<IpNet>, map: &str) -> anyhow::Erro
 
 fn filter_place(key: &Addr) -> BanFilterPlace {
     maps::ban_filter_place(&bytemuck::cast::<Addr, AddrWords>(*key))
+}
+
+/// The bans of `bans` whose tag is not in (`tagged`: one flag a ban, in order; none
+/// when the object has no tags).
+fn untagged<'a>(
+    bans: impl Iterator<Item = (&'a Addr, u64)>,
+    tagged: Vec<bool>,
+) -> impl Iterator<Item = (&'a Addr, u64)> {
+    bans.zip(tagged.into_iter().chain(std::iter::repeat(false)))
+        .filter(|(_, t)| !t)
+        .map(|(b, _)| b)
 }

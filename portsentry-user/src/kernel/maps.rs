@@ -514,12 +514,13 @@ impl Dataplane {
         self.maps.ban_tags.as_ref().map(|t| t.held()).transpose()
     }
 
-    /// Empties `PS_BAN_TAGS` (for the tests: the cache behind it is then seen alone).
-    pub fn clear_ban_tags(&mut self) -> Result<()> {
-        match &mut self.maps.ban_tags {
-            Some(t) => t.rebuild(std::iter::empty()),
-            None => Ok(()),
+    /// Empties `PS_BAN_TAGS` and writes it no more (for the tests: the bans made after
+    /// go to the cache, which is then seen alone, as for IPv6 bans).
+    pub fn stop_ban_tags(&mut self) -> Result<()> {
+        if let Some(mut t) = self.maps.ban_tags.take() {
+            t.rebuild(std::iter::empty())?;
         }
+        Ok(())
     }
 
     /// How many bans `PS_BAN_CACHE` holds.

@@ -203,7 +203,7 @@ pub(crate) fn distinct(args: &Args) {
     match dp.ban_cache_held() {
         Ok(held) => println!(
             "Bans in `PS_BAN_CACHE`: {held} of the {n} exact bans ({:.1}%), in {} sets of \
-             three.\n",
+             three (an IPv4 ban whose tag is in `PS_BAN_TAGS` is not cached).\n",
             held as f64 * 100.0 / f64::from(n.max(1)),
             dp.ban_cache_sets().unwrap_or(0)
         ),
