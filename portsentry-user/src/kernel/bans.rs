@@ -26,9 +26,10 @@ use super::{
 
 impl Dataplane {
     /// Makes `PS_BAN_FILTER` exactly the filter of the bans in `PS_BANS` (at load, which
-    /// also adopts the bans of pinned maps), `PS_BAN_TAGS` exactly their tags, and gives
-    /// `PS_BAN_CACHE` every ban whose set has room or already holds it (which also
-    /// refreshes an expiry a crash left stale). Whole maps read and written in batches ([`sys::read_map`]).
+    /// also adopts the bans of pinned maps) and `PS_BAN_TAGS` exactly their tags, and
+    /// gives `PS_BAN_CACHE` every ban without a tag whose set has room or already holds
+    /// it (which also refreshes an expiry a crash left stale). Whole maps read and
+    /// written in batches ([`sys::read_map`]).
     ///
     /// Returns the exact bans it read.
     pub(super) fn rebuild_ban_filter(&mut self) -> Result<Vec<(Addr, BanEntry)>> {
