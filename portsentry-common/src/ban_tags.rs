@@ -151,7 +151,7 @@ impl BanTags {
     }
 
     /// Slot `i`'s tag.
-    pub fn slot(&self, i: usize) -> u16 {
+    fn slot(&self, i: usize) -> u16 {
         if i == 0 {
             self.head
         } else {
@@ -184,11 +184,6 @@ impl BanTags {
 
     pub fn is_empty(&self) -> bool {
         self.until == 0
-    }
-
-    /// The tags it holds.
-    pub fn tags(&self) -> impl Iterator<Item = u16> + '_ {
-        (0..self.len()).map(|i| self.slot(i))
     }
 
     /// The slots from `from` on repeat the first tag.

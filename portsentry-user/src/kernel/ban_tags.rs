@@ -163,8 +163,7 @@ impl BanTagTable {
             return Ok(());
         };
         let mut bucket = self.read(place.bucket)?;
-        let until = self.forget(place);
-        if bucket.remove(place.tag, until) {
+        if self.take_out(&mut bucket, place) {
             self.write(place.bucket, &bucket)?;
         }
         Ok(())
@@ -176,10 +175,16 @@ impl BanTagTable {
             return;
         };
         let mut bucket = m.get(place.bucket as usize);
-        let until = self.forget(place);
-        if bucket.remove(place.tag, until) {
+        if self.take_out(&mut bucket, place) {
             m.put(place.bucket as usize, &bucket);
         }
+    }
+
+    /// Takes the tag out of `bucket` and forgets its end; false when the bucket did not
+    /// hold it.
+    fn take_out(&mut self, bucket: &mut BanTags, place: BanTagPlace) -> bool {
+        let until = self.forget(place);
+        bucket.remove(place.tag, until)
     }
 
     /// True when the tag of `key`'s ban is in its bucket.
