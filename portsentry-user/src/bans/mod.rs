@@ -435,6 +435,11 @@ impl BanStore {
         }
     }
 
+    /// The resolved name recorded for `net`, if any (else its name is its address).
+    pub fn resolved_name(&self, net: &IpNet) -> Option<&str> {
+        self.names.get(net).map(|n| &**n)
+    }
+
     /// The name a banned network was logged under: its resolved name, or its address.
     pub fn name_of(&self, ban: &Ban) -> Cow<'_, str> {
         match self.names.get(&ban.net) {

@@ -31,7 +31,7 @@ pub fn execute(command: Command) -> ExitCode {
     let result = match command {
         Command::CheckConfig(args) => check_config::run(&args),
         Command::Run(args) => run::run(args).map(|()| String::new()),
-        Command::Status(args) => status::status(&args),
+        Command::Status(args) => return written(|out| status::status(&args, out)),
         Command::Ban(args) => bans::ban(&args).map(line),
         Command::Unban(args) => bans::unban(&args).map(line),
         Command::Unload(args) => unload::unload(&args).map(line),
@@ -51,6 +51,33 @@ pub fn execute(command: Command) -> ExitCode {
 
 fn line(s: String) -> String {
     s + "\n"
+}
+
+/// Runs a subcommand that writes its output as it goes (buffered, onto stdout): exit
+/// status 0, or `portsentry: <error>` on stderr and 1. A reader that stops reading
+/// (`portsentry status | head`) ends it quietly.
+fn written(run: impl FnOnce(&mut dyn std::io::Write) -> Result<()>) -> ExitCode {
+    use std::io::Write as _;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let result = run(&mut out).and_then(|()| out.flush().map_err(Into::into));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+                    || c.downcast_ref::<serde_json::Error>()
+                        .and_then(|e| e.io_error_kind())
+                        == Some(std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("portsentry: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// The configuration for an operator command (the file named, else the default one,

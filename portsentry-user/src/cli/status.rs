@@ -1,8 +1,16 @@
 //! `portsentry status`: the daemon, the program, the interfaces, the kernel counters,
 //! the tracked sources and every ban; read from the pins and the state file, so it works
-//! whether the daemon runs or not.
+//! whether the daemon runs or not. Written out as each ban is described, not gathered
+//! first: a million bans would hold half a GiB.
 
-use std::{fmt::Write as _, fs, net::IpAddr, path::PathBuf, time::SystemTime};
+use std::{
+    fmt::Write as _,
+    fs,
+    io::{self, Write},
+    net::IpAddr,
+    path::PathBuf,
+    time::SystemTime,
+};
 
 use anyhow::Result;
 use ipnet::IpNet;
@@ -20,7 +28,7 @@ use crate::{
 };
 
 #[derive(Serialize)]
-struct Status {
+struct Status<'a> {
     daemon: DaemonStatus,
     pin_dir: PathBuf,
     loaded: bool,
@@ -34,7 +42,85 @@ struct Status {
     sources: Vec<SourceStatus>,
     /// The CrowdSec Local API link as the daemon last wrote it; `None` when off.
     crowdsec: Option<LinkStatus>,
-    bans: Vec<BanStatus>,
+    bans: Bans<'a>,
+}
+
+/// Every ban of the journal and of the kernel, described one at a time as it is written
+/// out ([`merge`]).
+struct Bans<'a> {
+    saved: &'a BanStore,
+    kernel: &'a [(IpNet, BanEntry)],
+    loaded: bool,
+    /// A kernel-only ban's mode tokens (TCP, UDP).
+    tokens: (ModeToken, ModeToken),
+    /// How many there are (one pass ahead of the listing, for its header and length).
+    count: usize,
+}
+
+impl<'a> Bans<'a> {
+    fn new(
+        saved: &'a BanStore,
+        kernel: &'a [(IpNet, BanEntry)],
+        loaded: bool,
+        tokens: (ModeToken, ModeToken),
+    ) -> Bans<'a> {
+        let mut count = 0;
+        merge(saved, kernel, loaded, tokens, |_, _, _| count += 1);
+        Bans {
+            saved,
+            kernel,
+            loaded,
+            tokens,
+            count,
+        }
+    }
+
+    /// Each ban, described, in the order of networks.
+    fn each(&self, mut f: impl FnMut(BanStatus<'a>)) {
+        merge(
+            self.saved,
+            self.kernel,
+            self.loaded,
+            self.tokens,
+            |b, name, in_kernel| {
+                f(BanStatus {
+                    net: b.net,
+                    origin: b.origin_word(),
+                    escalated: b.escalated,
+                    reason: kinds::mode_word(b.mode),
+                    name,
+                    port: b.port,
+                    scan_type: b.scan_type.map(ScanType::name),
+                    since: Rfc3339(b.since),
+                    expires: b.expires.map(Rfc3339),
+                    in_kernel,
+                    count: b.count,
+                })
+            },
+        );
+    }
+
+    /// Each ban to `f` until it fails; its first error.
+    fn try_each<E>(&self, mut f: impl FnMut(BanStatus<'a>) -> Result<(), E>) -> Result<(), E> {
+        let mut failed = None;
+        self.each(|b| {
+            if failed.is_none()
+                && let Err(e) = f(b)
+            {
+                failed = Some(e);
+            }
+        });
+        failed.map_or(Ok(()), Err)
+    }
+}
+
+impl Serialize for Bans<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq as _;
+        let mut seq = s.serialize_seq(Some(self.count))?;
+        self.try_each(|b| seq.serialize_element(&b))?;
+        seq.end()
+    }
 }
 
 #[derive(Serialize)]
@@ -55,7 +141,7 @@ struct SourceStatus {
 }
 
 #[derive(Serialize)]
-struct BanStatus {
+struct BanStatus<'a> {
     net: IpNet,
     /// `scan`, `manual`, `escalation` (the ban of a network whose hosts were banned) or
     /// `crowdsec` (a decision of the CrowdSec Local API).
@@ -65,7 +151,7 @@ struct BanStatus {
     escalated: Option<u32>,
     /// The mode that banned it (`atcp`, ...) or `manual`.
     reason: &'static str,
-    name: String,
+    name: BanName<'a>,
     port: u16,
     scan_type: Option<&'static str>,
     since: Rfc3339,
@@ -74,6 +160,42 @@ struct BanStatus {
     /// Whether the kernel holds it (false: on record only; the next start applies it).
     in_kernel: bool,
     count: u32,
+}
+
+/// A ban's name as logged: its resolved name, else its address (its network for an
+/// escalation), written out with no string of its own.
+#[derive(Clone, Copy)]
+enum BanName<'a> {
+    Resolved(&'a str),
+    Addr(IpAddr),
+    Net(IpNet),
+}
+
+impl<'a> BanName<'a> {
+    /// `ban`'s name, with `resolved` the name on record (`Ban::default_name` else).
+    fn of(ban: &Ban, resolved: Option<&'a str>) -> BanName<'a> {
+        match (resolved, ban.escalated) {
+            (Some(n), _) => BanName::Resolved(n),
+            (None, Some(_)) => BanName::Net(ban.net),
+            (None, None) => BanName::Addr(ban.net.addr()),
+        }
+    }
+}
+
+impl std::fmt::Display for BanName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BanName::Resolved(n) => f.write_str(n),
+            BanName::Addr(a) => a.fmt(f),
+            BanName::Net(n) => n.fmt(f),
+        }
+    }
+}
+
+impl Serialize for BanName<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -102,14 +224,14 @@ impl Serialize for Rfc3339 {
 /// journal's bans count as held). A kernel-only ban is described with `tokens` (TCP,
 /// UDP). One pass over both: a lookup per ban in the journal's map was a fifth of the
 /// time at a million bans.
-fn merge(
-    saved: &BanStore,
-    kernel: Vec<(IpNet, BanEntry)>,
+fn merge<'a>(
+    saved: &'a BanStore,
+    kernel: &[(IpNet, BanEntry)],
     loaded: bool,
     tokens: (ModeToken, ModeToken),
-    mut each: impl FnMut(&Ban, String, bool),
+    mut each: impl FnMut(&Ban, BanName<'a>, bool),
 ) {
-    let order = state::net_ordered(&kernel);
+    let order = state::net_ordered(kernel);
     let kernel_only =
         |net: &IpNet, e: &BanEntry| state::ban_from_kernel(*net, e, tokens.0, tokens.1);
     let mut k = order.iter().map(|i| &kernel[*i as usize]).peekable();
@@ -117,21 +239,22 @@ fn merge(
         let at = state::net_order(net);
         while let Some((n, e)) = k.next_if(|(n, _)| state::net_order(n) < at) {
             let b = kernel_only(n, e);
-            each(&b, b.default_name(), true);
+            each(&b, BanName::of(&b, None), true);
         }
         let in_kernel = k.next_if(|(n, _)| n == net).is_some();
         if let Some(b) = rec.ban(*net) {
-            each(&b, saved.name_of(&b).into_owned(), !loaded || in_kernel);
+            let name = BanName::of(&b, saved.resolved_name(net));
+            each(&b, name, !loaded || in_kernel);
         }
     }
     for (n, e) in k {
         let b = kernel_only(n, e);
-        each(&b, b.default_name(), true);
+        each(&b, BanName::of(&b, None), true);
     }
 }
 
-/// `portsentry status`.
-pub fn status(args: &StatusArgs) -> Result<String> {
+/// `portsentry status`, written to `out`.
+pub fn status(args: &StatusArgs, out: &mut dyn Write) -> Result<()> {
     let c = config(&args.file)?;
     let pid = pidfile::running_pid(&c.state_dir);
     // The journal is read while the pinned maps are (each takes a few hundred ms at a
@@ -166,29 +289,13 @@ pub fn status(args: &StatusArgs) -> Result<String> {
         .map_err(|_| anyhow::anyhow!("the journal reader's thread panicked"))??;
     let tcp_mode = c.tcp_mode.token(Protocol::Tcp);
     let udp_mode = c.udp_mode.token(Protocol::Udp);
-    let mut bans: Vec<BanStatus> = Vec::new();
-    let describe = |b: &Ban, name: String, in_kernel: bool| {
-        bans.push(BanStatus {
-            net: b.net,
-            origin: b.origin_word(),
-            escalated: b.escalated,
-            reason: kinds::mode_word(b.mode),
-            name,
-            port: b.port,
-            scan_type: b.scan_type.map(ScanType::name),
-            since: Rfc3339(b.since),
-            expires: b.expires.map(Rfc3339),
-            in_kernel,
-            count: b.count,
-        })
-    };
     // A kernel-only ban of a protocol whose mode is off: recorded under the advanced
     // mode's token, as the daemon does.
     let tokens = (
         tcp_mode.unwrap_or(ModeToken::Atcp),
         udp_mode.unwrap_or(ModeToken::Audp),
     );
-    merge(&saved, kernel_bans, loaded, tokens, describe);
+    let bans = Bans::new(&saved, &kernel_bans, loaded, tokens);
     let counters = match &dp {
         Some(dp) => dp.counters()?,
         None => Default::default(),
@@ -237,18 +344,20 @@ pub fn status(args: &StatusArgs) -> Result<String> {
         bans,
     };
     if args.json {
-        return Ok(serde_json::to_string_pretty(&st)? + "\n");
+        serde_json::to_writer_pretty(&mut *out, &st)?;
+        writeln!(out)?;
+    } else {
+        render(&st, out)?;
     }
-    Ok(render(&st))
+    Ok(())
 }
 
-fn render(st: &Status) -> String {
-    let mut s = String::new();
-    let _ = match st.daemon.pid {
-        Some(pid) => writeln!(s, "daemon:     running (pid {pid})"),
-        None => writeln!(s, "daemon:     not running"),
-    };
-    let _ = writeln!(
+fn render(st: &Status, s: &mut dyn Write) -> io::Result<()> {
+    match st.daemon.pid {
+        Some(pid) => writeln!(s, "daemon:     running (pid {pid})")?,
+        None => writeln!(s, "daemon:     not running")?,
+    }
+    writeln!(
         s,
         "program:    {} ({})",
         if st.loaded {
@@ -257,8 +366,8 @@ fn render(st: &Status) -> String {
             "not loaded"
         },
         st.pin_dir.display()
-    );
-    let _ = writeln!(
+    )?;
+    writeln!(
         s,
         "interfaces: {}",
         if st.interfaces.is_empty() {
@@ -266,17 +375,17 @@ fn render(st: &Status) -> String {
         } else {
             st.interfaces.join(", ")
         }
-    );
-    let _ = writeln!(s, "modes:      TCP {}, UDP {}", st.tcp_mode, st.udp_mode);
-    let _ = writeln!(s, "packets:    {} seen, {} dropped", st.packets, st.dropped);
+    )?;
+    writeln!(s, "modes:      TCP {}, UDP {}", st.tcp_mode, st.udp_mode)?;
+    writeln!(s, "packets:    {} seen, {} dropped", st.packets, st.dropped)?;
     for (name, v) in &st.counters {
         if *v > 0 {
-            let _ = writeln!(s, "  {name:<18} {v}");
+            writeln!(s, "  {name:<18} {v}")?;
         }
     }
-    let _ = writeln!(s, "sources:    {} tracked", st.sources_tracked);
+    writeln!(s, "sources:    {} tracked", st.sources_tracked)?;
     for src in &st.sources {
-        let _ = writeln!(
+        writeln!(
             s,
             "  {:<40} {} hits, {} ports, last {} {}, last seen {}",
             src.address,
@@ -285,13 +394,15 @@ fn render(st: &Status) -> String {
             src.last_scan_type.unwrap_or("?"),
             src.last_port,
             src.last_seen
-        );
+        )?;
     }
     if let Some(cs) = &st.crowdsec {
-        render_crowdsec(cs, &mut s);
+        let mut lines = String::new();
+        render_crowdsec(cs, &mut lines);
+        s.write_all(lines.as_bytes())?;
     }
-    let _ = writeln!(s, "bans:       {}", st.bans.len());
-    for b in &st.bans {
+    writeln!(s, "bans:       {}", st.bans.count)?;
+    st.bans.try_each(|b| {
         let what = match (b.origin, b.scan_type) {
             ("scan", Some(t)) => format!("{} {t} to port {}", b.reason, b.port),
             (kinds::ESCALATION, _) => format!(
@@ -304,7 +415,7 @@ fn render(st: &Status) -> String {
             ("crowdsec", _) => "crowdsec decision".to_owned(),
             _ => "manual".to_owned(),
         };
-        let _ = writeln!(
+        writeln!(
             s,
             "  {:<40} {what}, since {}, {}{}{}",
             b.net,
@@ -318,9 +429,8 @@ fn render(st: &Status) -> String {
                 String::new()
             },
             if b.in_kernel { "" } else { " (on record only)" }
-        );
-    }
-    s
+        )
+    })
 }
 
 /// The CrowdSec lines of `status`.
@@ -380,6 +490,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_ban_is_named_as_it_was_logged() {
+        let now = SystemTime::now();
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        let mut saved = BanStore::new();
+        let host = Ban::of_decision(net("192.0.2.7/32"), now, now);
+        let named = Ban::of_decision(net("192.0.2.8/32"), now, now);
+        let mut escalation = Ban::of_decision(net("198.51.100.0/24"), now, now);
+        escalation.escalated = Some(5);
+        for b in [&host, &named, &escalation] {
+            saved.insert(*b);
+        }
+        saved.set_name(&named.net, "scanner.example");
+        let mut names = Vec::new();
+        merge(
+            &saved,
+            &[],
+            false,
+            (ModeToken::Atcp, ModeToken::Audp),
+            |b, n, _| names.push((n.to_string(), saved.name_of(b).into_owned())),
+        );
+        let shown: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(shown, ["192.0.2.7", "scanner.example", "198.51.100.0/24"]);
+        // The same as the log's and the journal's.
+        assert!(
+            names.iter().all(|(shown, logged)| shown == logged),
+            "{names:?}"
+        );
+        let json = serde_json::to_string(&BanName::Resolved("a\"b")).unwrap();
+        assert_eq!(json, r#""a\"b""#);
+    }
+
+    #[test]
     fn merge_lists_both_in_order_with_where_each_is_held() {
         let now = SystemTime::now();
         let net = |s: &str| s.parse::<IpNet>().unwrap();
@@ -404,7 +546,7 @@ mod tests {
         ];
         let tokens = (ModeToken::Atcp, ModeToken::Audp);
         let mut seen = Vec::new();
-        merge(&saved, kernel.clone(), true, tokens, |b, _, held| {
+        merge(&saved, &kernel, true, tokens, |b, _, held| {
             seen.push((b.net.to_string(), b.origin, held))
         });
         let want = [
@@ -422,7 +564,7 @@ mod tests {
 
         // No pins to ask: the journal's bans count as held, nothing else is listed.
         let mut seen = Vec::new();
-        merge(&saved, Vec::new(), false, tokens, |b, _, held| {
+        merge(&saved, &[], false, tokens, |b, _, held| {
             seen.push((b.net.to_string(), held))
         });
         assert_eq!(seen.len(), 3);

@@ -35,6 +35,36 @@ pub(crate) fn rss(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// Runs `portsentry ARGS` for `wd` with its output in `out`: whether it succeeded, how
+/// long it took and its peak resident memory in bytes (`wait4`'s `ru_maxrss`: this
+/// process's, not the bench's other children's).
+#[allow(clippy::zombie_processes)] // reaped by wait4, which `Child::wait` cannot give the usage of
+fn cli_peak(wd: &Workdir, args: &[&str], out: &std::path::Path) -> (bool, Duration, u64) {
+    let t = Instant::now();
+    let child = std::process::Command::new(portsentry_tests::daemon::binary())
+        .args(args)
+        .arg("-c")
+        .arg(wd.conf())
+        .stdout(std::fs::File::create(out).expect("creating the output file"))
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("running portsentry");
+    let mut status = 0;
+    // SAFETY: a zeroed rusage for wait4 to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child, reaping it (the `Child` is not waited on again).
+    let rc = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    let took = t.elapsed();
+    assert_eq!(
+        rc,
+        child.id() as i32,
+        "wait4: {}",
+        std::io::Error::last_os_error()
+    );
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    (ok, took, usage.ru_maxrss as u64 * 1024)
+}
+
 /// CPU time `pid` has used so far, all its threads together: in the process itself
 /// (user) and in the kernel on its behalf (system: the verification of the program and
 /// every map read and write). A steadier figure than the start-up's wall time on a
@@ -93,11 +123,19 @@ pub(crate) fn daemon_memory(n: u32) {
             let (now_rss, peak) = rss(d.child.id());
             if bans > 0 && case == "restart" {
                 // What an operator does at this size, through the running daemon.
-                let t = Instant::now();
-                let (ok, out, err) = wd.cli(&["status", "--json"]);
-                let status = t.elapsed();
-                assert!(ok, "status: {err}");
-                let listed = out.matches("\"net\"").count();
+                let json = wd.path("status.json");
+                let (ok, status, json_peak) = cli_peak(&wd, &["status", "--json"], &json);
+                assert!(ok, "status --json failed");
+                let listed = std::io::BufRead::lines(std::io::BufReader::new(
+                    std::fs::File::open(&json).unwrap(),
+                ))
+                .filter(|l| l.as_ref().is_ok_and(|l| l.contains("\"net\"")))
+                .count();
+                let _ = std::fs::remove_file(&json);
+                let text = wd.path("status.txt");
+                let (ok, text_took, text_peak) = cli_peak(&wd, &["status"], &text);
+                assert!(ok, "status failed");
+                let _ = std::fs::remove_file(&text);
                 let victim = filler(bans / 2).to_string();
                 let t = Instant::now();
                 let (ok, _, err) = wd.cli(&["unban", &victim]);
@@ -109,9 +147,12 @@ pub(crate) fn daemon_memory(n: u32) {
                 assert!(ok, "ban {victim}: {err}");
                 ops = format!(
                     "With {bans} bans, through the running daemon: `portsentry status --json` \
-                     {status:.2?} ({listed} bans listed), `portsentry unban ADDR` {unban:.2?}, \
-                     `portsentry ban ADDR` {ban:.2?} (each a process of its own, answered once \
-                     the change is on disk)."
+                     {status:.2?} ({listed} bans listed; the command's peak {:.1} MiB), \
+                     `portsentry status` {text_took:.2?} (peak {:.1} MiB), `portsentry unban \
+                     ADDR` {unban:.2?}, `portsentry ban ADDR` {ban:.2?} (each a process of \
+                     its own, answered once the change is on disk).",
+                    json_peak as f64 / 1048576.0,
+                    text_peak as f64 / 1048576.0,
                 );
             }
             let journal_line = d
