@@ -134,9 +134,30 @@ impl Ban {
     /// The name the host is logged under when no reverse lookup named it: the address
     /// (the network, for an escalation).
     pub fn default_name(&self) -> String {
+        self.default_name_shown().to_string()
+    }
+
+    /// [`Ban::default_name`] without a string of its own, to be written out.
+    pub fn default_name_shown(&self) -> DefaultName {
         match self.escalated {
-            Some(_) => self.net.to_string(),
-            None => self.net.addr().to_string(),
+            Some(_) => DefaultName::Net(self.net),
+            None => DefaultName::Addr(self.net.addr()),
+        }
+    }
+}
+
+/// A ban's default name ([`Ban::default_name_shown`]), shown as it is written out.
+#[derive(Clone, Copy, Debug)]
+pub enum DefaultName {
+    Addr(std::net::IpAddr),
+    Net(IpNet),
+}
+
+impl std::fmt::Display for DefaultName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DefaultName::Addr(a) => a.fmt(f),
+            DefaultName::Net(n) => n.fmt(f),
         }
     }
 }

@@ -20,7 +20,7 @@ use serde::Serialize;
 use super::{StatusArgs, config};
 use crate::{
     bans::journal,
-    bans::{Ban, BanStore, state},
+    bans::{Ban, BanStore, DefaultName, state},
     crowdsec::link::{self, LinkStatus},
     kernel::{self, Dataplane},
     kinds::{self, ModeToken, Protocol},
@@ -167,22 +167,20 @@ struct BanStatus<'a> {
     count: u32,
 }
 
-/// A ban's name as logged: its resolved name, else its address (its network for an
-/// escalation), written out with no string of its own.
+/// A ban's name as logged: its resolved name, else its default name
+/// ([`Ban::default_name_shown`]), written out with no string of its own.
 #[derive(Clone, Copy)]
 enum BanName<'a> {
     Resolved(&'a str),
-    Addr(IpAddr),
-    Net(IpNet),
+    Default(DefaultName),
 }
 
 impl<'a> BanName<'a> {
-    /// `ban`'s name, with `resolved` the name on record (`Ban::default_name` else).
+    /// `ban`'s name, with `resolved` the name on record.
     fn of(ban: &Ban, resolved: Option<&'a str>) -> BanName<'a> {
-        match (resolved, ban.escalated) {
-            (Some(n), _) => BanName::Resolved(n),
-            (None, Some(_)) => BanName::Net(ban.net),
-            (None, None) => BanName::Addr(ban.net.addr()),
+        match resolved {
+            Some(n) => BanName::Resolved(n),
+            None => BanName::Default(ban.default_name_shown()),
         }
     }
 }
@@ -191,8 +189,7 @@ impl std::fmt::Display for BanName<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BanName::Resolved(n) => f.write_str(n),
-            BanName::Addr(a) => a.fmt(f),
-            BanName::Net(n) => n.fmt(f),
+            BanName::Default(d) => d.fmt(f),
         }
     }
 }
