@@ -7,6 +7,7 @@
 //! families, so one map serves both.
 #![no_std]
 
+pub mod ban_nets;
 pub mod ban_tags;
 pub mod counters;
 pub mod maps;

@@ -31,6 +31,12 @@ pub const BAN_TAGS: &str = "PS_BAN_TAGS";
 /// Prefix bans. `LpmTrie<Addr, BanEntry>` (key: prefix length in bits over the 128-bit
 /// form, IPv4 prefixes + 96).
 pub const BAN_NETS: &str = "PS_BAN_NETS";
+/// The range bans of the lengths `PS_BAN_NET_LENS` lists, also in a hash:
+/// `HashMap<NetKey, BanEntry>` ([`crate::ban_nets`]), sized as `PS_BAN_NETS`.
+pub const BAN_NET_HASH: &str = "PS_BAN_NET_HASH";
+/// Which lengths `PS_BAN_NET_HASH` holds: `Array<NetLens>` of one entry
+/// ([`crate::ban_nets::NetLens`]).
+pub const BAN_NET_LENS: &str = "PS_BAN_NET_LENS";
 /// Ignored networks. `LpmTrie<Addr, u32>` (value unused, 1).
 pub const IGNORE: &str = "PS_IGNORE";
 /// A one-hash filter in front of `PS_IGNORE`: `Array<u64>` of [`IGNORE_FILTER_WORDS`]
@@ -118,12 +124,14 @@ pub const TCP_SOCKET_WORDS: u32 = 2048;
 pub const TCP_BOUND_WORD_BASE: u32 = 1024;
 
 /// Every map name, for pinning and clean-up.
-pub const ALL: [&str; 22] = [
+pub const ALL: [&str; 24] = [
     BANS,
     BAN_FILTER,
     BAN_CACHE,
     BAN_TAGS,
     BAN_NETS,
+    BAN_NET_HASH,
+    BAN_NET_LENS,
     IGNORE,
     IGNORE_FILTER,
     NET_FILTER,
@@ -713,6 +721,8 @@ mod user {
     unsafe impl aya::Pod for EventBudget {}
     unsafe impl aya::Pod for BanSet {}
     unsafe impl aya::Pod for crate::ban_tags::BanTags {}
+    unsafe impl aya::Pod for crate::ban_nets::NetKey {}
+    unsafe impl aya::Pod for crate::ban_nets::NetLens {}
     unsafe impl aya::Pod for KernelBan {}
 }
 

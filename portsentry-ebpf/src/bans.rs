@@ -1,12 +1,15 @@
 //! The ban check: does an active ban cover the source? Exact bans go through a blocked
 //! Bloom filter (`PS_BAN_FILTER`: three bits of one word), then for an IPv4 source its
 //! tag (`PS_BAN_TAGS`: two bytes a ban, 4 MiB at a million), then the set-associative
-//! cache (`PS_BAN_CACHE`), then the hash (`PS_BANS`); prefix bans through the trie
-//! (`PS_BAN_NETS`) when it holds anything, behind the range filter (`PS_NET_FILTER`).
+//! cache (`PS_BAN_CACHE`), then the hash (`PS_BANS`); prefix bans, when there are any and
+//! the range filter (`PS_NET_FILTER`) lets the address through, by the hash of the
+//! lengths listed for the address's family (`PS_BAN_NET_HASH`, `PS_BAN_NET_LENS`), then
+//! the trie (`PS_BAN_NETS`) unless the family's ranges are all in that hash.
 
 use aya_ebpf::maps::lpm_trie::Key;
 use portsentry_common::{
     Counter,
+    ban_nets::family_of,
     ban_tags::{ban_tag_place, ban_tag_shift_of, v4_of},
     maps::{
         BAN_CACHE_FOREVER, BAN_CACHE_UNIT_SHIFT, SETTING_PREFIX_BANS, SETTING_PREFIX_BANS_WIDE,
@@ -16,8 +19,8 @@ use portsentry_common::{
 };
 
 use crate::{
-    PS_BAN_CACHE, PS_BAN_FILTER, PS_BAN_NETS, PS_BAN_TAGS, PS_BANS, PS_NET_FILTER, clock, count,
-    key,
+    PS_BAN_CACHE, PS_BAN_FILTER, PS_BAN_NET_HASH, PS_BAN_NET_LENS, PS_BAN_NETS, PS_BAN_TAGS,
+    PS_BANS, PS_NET_FILTER, clock, count, key,
 };
 
 /// True when an active ban covers the source: an exact ban of `src` (the source's key:
@@ -28,13 +31,44 @@ pub fn is_banned(src: &AddrWords, addr: &AddrWords, settings: &Settings) -> bool
     if exact_ban(src, settings) {
         return true;
     }
-    if settings.flags & SETTING_PREFIX_BANS != 0
-        && may_be_in_range(addr, settings)
+    settings.flags & SETTING_PREFIX_BANS != 0 && may_be_in_range(addr, settings) && range_ban(addr)
+}
+
+/// True when an active range ban covers `addr`. The lengths listed for its family are
+/// looked up in the hash, longest first: the first range found decides, as the trie's
+/// longest match would. Nothing found there, the trie decides, unless the family's
+/// ranges are all in the hash.
+#[inline(always)]
+fn range_ban(addr: &AddrWords) -> bool {
+    let family = family_of(addr);
+    let mut found = false;
+    let mut expires_ns = 0u64;
+    let mut trie = true;
+    if let Some(lens) = PS_BAN_NET_LENS.get(0)
+        && let (Some(listed), Some(used)) = (lens.lens.get(family), lens.used.get(family))
+    {
+        for (i, len) in listed.iter().enumerate() {
+            if i as u32 >= *used {
+                break;
+            }
+            if let Some(ban) = PS_BAN_NET_HASH.get_ptr(len.key_of(addr)) {
+                // SAFETY: a value pointer from a successful lookup.
+                expires_ns = unsafe { (*ban).expires_ns };
+                found = true;
+                break;
+            }
+        }
+        trie = lens.hashed_only & (1 << family) == 0;
+    }
+    if !found
+        && trie
         && let Some(ban) = PS_BAN_NETS.get(Key::new(128, *key(addr)))
     {
-        return ban_active(ban.expires_ns, clock::now());
+        expires_ns = ban.expires_ns;
+        found = true;
     }
-    false
+    // A range without end needs no clock.
+    found && (expires_ns == 0 || ban_active(expires_ns, clock::now()))
 }
 
 /// True when an active exact ban of `src` exists: the filter first, then an IPv4

@@ -63,6 +63,7 @@ use aya_ebpf::{
 };
 use portsentry_common::{
     Addr, Counter, PROTO_TCP, ScanType,
+    ban_nets::{NetKey, NetLens},
     ban_tags::{BAN_TAG_MIN_SHIFT, BanTags},
     maps::{
         ACK_PORT_WORDS, BAN_CACHE_MIN_SETS, BAN_FILTER_WORDS, BAN_NETS_MAX, BANS_MAX, BanEntry,
@@ -95,6 +96,11 @@ static PS_BAN_TAGS: Array<BanTags> =
     Array::with_max_entries(1 << BAN_TAG_MIN_SHIFT, BPF_F_MMAPABLE);
 #[map]
 static PS_BAN_NETS: LpmTrie<Addr, BanEntry> = LpmTrie::with_max_entries(BAN_NETS_MAX, 0);
+#[map]
+static PS_BAN_NET_HASH: HashMap<NetKey, BanEntry> =
+    HashMap::with_max_entries(BAN_NETS_MAX, BPF_F_NO_PREALLOC);
+#[map]
+static PS_BAN_NET_LENS: Array<NetLens> = Array::with_max_entries(1, 0);
 #[map]
 static PS_IGNORE: LpmTrie<Addr, u32> = LpmTrie::with_max_entries(IGNORE_MAX, 0);
 #[map]
@@ -131,7 +137,10 @@ static PS_EV_BUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1,
 #[map]
 static PS_CLOCK: PerCpuArray<clock::Tick> = PerCpuArray::with_max_entries(1, 0);
 
+// `inline(always)` reaches the function the macro wraps: a program with a BPF-to-BPF
+// call may not tail-call without BTF, and the compiler stops inlining a body this large.
 #[xdp]
+#[inline(always)]
 pub fn portsentry(ctx: XdpContext) -> u32 {
     verdict(inspect(&ctx))
 }

@@ -124,10 +124,11 @@ fn the_verifier_has_headroom() {
     // The first program's walk is most of a start's verification, and so of a start after
     // a reboot: 227,942 instructions on the kernel of BENCHMARKS.md with an IPv6 source's
     // ban checked after its transport header is read, 470,996 with it checked before
-    // (once per extension chain).
+    // (once per extension chain). The range bans' hash of lengths (`range_ban`) made it
+    // 475,880 from 321,270 with the trie alone.
     let first = counts.iter().find(|(name, _)| *name == "portsentry");
     assert!(
-        first.is_some_and(|(_, n)| *n < 350_000),
+        first.is_some_and(|(_, n)| *n < 520_000),
         "the verifier walks the first program's ban check once per header shape again: {counts:?}"
     );
     for (name, n) in counts {

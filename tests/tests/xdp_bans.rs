@@ -1,7 +1,8 @@
 //! Bans in the XDP program through BPF_PROG_TEST_RUN: exact and prefix bans drop every
 //! protocol, expiry is checked by the kernel, and neither the IPv4 bans' tags
 //! (`PS_BAN_TAGS`) nor the `PS_BAN_CACHE` in front of the hash serve a stale answer; the
-//! range filter in front of the trie follows the ranges.
+//! range filter in front of the trie follows the ranges, and so does the hash of
+//! lengths beside it.
 
 use std::net::IpAddr;
 
@@ -668,6 +669,186 @@ fn range_filter_follows_the_ranges() {
         XDP_DROP,
         "the range ban survived the upgrade"
     );
+}
+
+/// Range bans by length (`PS_BAN_NET_HASH`): the first four lengths of a family are
+/// listed and found in the hash, a fifth in the trie, which the program then looks at
+/// for that family only; an expired range passes; the lengths leave with their last
+/// range; a load with pins kept (and pins of a release without the hash) lists the
+/// ranges in the trie again.
+#[test]
+fn range_bans_by_length() {
+    use portsentry_common::ban_nets::{FAMILY_V4, FAMILY_V6};
+    require_kernel!();
+    let mut fx = Fixture::new();
+    let (dst4, dst6) = (ip(V4_DST), ip(V6_DST));
+    let udp = |src: &str| {
+        let dst = if src.contains(':') { dst6 } else { dst4 };
+        Frame::udp(ip(src), dst, 2000).build()
+    };
+    let ranges = [
+        ("198.51.100.0/24", "198.51.100.7"),
+        ("172.16.0.0/16", "172.16.200.1"),
+        ("192.0.2.16/28", "192.0.2.20"),
+        ("100.64.0.0/20", "100.64.15.255"),
+        ("2001:db8:bad::/48", "2001:db8:bad:7::1"),
+        ("2001:db8:1:2::/64", "2001:db8:1:2::99"),
+    ];
+    for (n, _) in ranges {
+        fx.dp.insert_ban(&net(n), &BanEntry::default()).unwrap();
+    }
+    let lens = fx
+        .dp
+        .net_lengths()
+        .unwrap()
+        .expect("the object has the hash");
+    assert_eq!(lens.used, [4, 2]);
+    let listed: Vec<u32> = lens.lens[FAMILY_V4].iter().map(|l| l.len).collect();
+    assert_eq!(listed, vec![124, 120, 116, 112], "longest first");
+    assert_eq!(lens.hashed_only, 1 << FAMILY_V4 | 1 << FAMILY_V6);
+    // Found in the hash alone (neither family looks at the trie).
+    for (n, host) in ranges {
+        fx.expect(&udp(host), XDP_DROP, Counter::DropBanned);
+        let outside = if n.contains(':') {
+            "2001:db8:2::1"
+        } else {
+            "198.18.0.1"
+        };
+        fx.expect(&udp(outside), XDP_PASS, Counter::PassUnwatched);
+    }
+    // A fifth IPv4 length: in the trie, and IPv4 looks there again; IPv6 does not.
+    fx.dp
+        .insert_ban(&net("10.0.0.0/9"), &BanEntry::default())
+        .unwrap();
+    let lens = fx.dp.net_lengths().unwrap().unwrap();
+    assert_eq!(lens.used, [4, 2]);
+    assert_eq!(lens.hashed_only, 1 << FAMILY_V6);
+    fx.expect(&udp("10.100.0.1"), XDP_DROP, Counter::DropBanned);
+    fx.expect(&udp("198.51.100.7"), XDP_DROP, Counter::DropBanned);
+    // An expired range of a listed length is passed, and counted.
+    let expired = BanEntry {
+        expires_ns: monotonic_ns() - 1_000_000_000,
+        ..Default::default()
+    };
+    fx.dp.insert_ban(&net("203.0.113.0/24"), &expired).unwrap();
+    let o = fx.expect(&udp("203.0.113.5"), XDP_PASS, Counter::PassUnwatched);
+    assert_eq!(o.delta.get(Counter::BanExpired), 1);
+    // Written again with a future end: in force.
+    let later = BanEntry {
+        expires_ns: monotonic_ns() + 3_600_000_000_000,
+        ..Default::default()
+    };
+    fx.dp.insert_ban(&net("203.0.113.0/24"), &later).unwrap();
+    fx.expect(&udp("203.0.113.5"), XDP_DROP, Counter::DropBanned);
+    assert!(fx.dp.remove_ban(&net("203.0.113.0/24")).unwrap());
+    fx.expect(&udp("203.0.113.5"), XDP_PASS, Counter::PassUnwatched);
+    // The /28 lifted: its length leaves the list, the /9 stays in the trie.
+    assert!(fx.dp.remove_ban(&net("192.0.2.16/28")).unwrap());
+    fx.expect(&udp("192.0.2.20"), XDP_PASS, Counter::PassUnwatched);
+    let lens = fx.dp.net_lengths().unwrap().unwrap();
+    assert_eq!(lens.used, [3, 2]);
+    fx.expect(&udp("10.100.0.1"), XDP_DROP, Counter::DropBanned);
+    assert!(fx.dp.remove_ban(&net("10.0.0.0/9")).unwrap());
+    assert_eq!(
+        fx.dp.net_lengths().unwrap().unwrap().hashed_only,
+        1 << FAMILY_V4 | 1 << FAMILY_V6
+    );
+    fx.expect(&udp("10.100.0.1"), XDP_PASS, Counter::PassUnwatched);
+    for (n, host) in ranges {
+        if n != "192.0.2.16/28" {
+            assert!(fx.dp.remove_ban(&net(n)).unwrap(), "{n}");
+        }
+        fx.expect(&udp(host), XDP_PASS, Counter::PassUnwatched);
+    }
+    assert_eq!(fx.dp.net_lengths().unwrap().unwrap().used, [0, 0]);
+
+    // Pins kept, and pins of a release without the hash: the load lists the ranges of
+    // the trie again, the most used lengths first.
+    let pins = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/ps-test-{}-nethash",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&pins);
+    let sizes = portsentry_user::kernel::MapSizes::default();
+    {
+        let mut dp = portsentry_user::kernel::Dataplane::load(&sizes, Some(pins.clone())).unwrap();
+        // Five IPv4 lengths, the /8 the least used.
+        for n in [
+            "10.0.0.0/8",
+            "198.51.100.0/24",
+            "198.51.101.0/24",
+            "172.16.0.0/16",
+            "172.17.0.0/16",
+            "192.0.2.16/28",
+            "192.0.2.32/28",
+            "100.64.0.0/20",
+            "100.65.0.0/20",
+        ] {
+            dp.insert_ban(&net(n), &BanEntry::default()).unwrap();
+        }
+    }
+    let check = |dp: &portsentry_user::kernel::Dataplane, what: &str| {
+        let lens = dp.net_lengths().unwrap().unwrap();
+        let listed: Vec<u32> = lens.lens[FAMILY_V4].iter().map(|l| l.len).collect();
+        let ns = portsentry_tests::netns::Netns::new("nh");
+        let verdicts: Vec<u32> = ["10.1.1.1", "198.51.101.9", "192.0.2.33", "198.18.0.1"]
+            .iter()
+            .map(|src| {
+                ns.enter(|| portsentry_tests::testrun::run(dp.program_fd().unwrap(), &udp(src), 1))
+                    .unwrap()
+                    .retval
+            })
+            .collect();
+        (
+            listed,
+            lens.hashed_only & 1 << FAMILY_V4,
+            verdicts,
+            what.to_string(),
+        )
+    };
+    let dp = portsentry_user::kernel::Dataplane::load(&sizes, Some(pins.clone())).unwrap();
+    let kept = check(&dp, "pins kept");
+    drop(dp);
+    for name in [
+        portsentry_common::maps::BAN_NET_HASH,
+        portsentry_common::maps::BAN_NET_LENS,
+    ] {
+        std::fs::remove_file(pins.join(name)).unwrap();
+    }
+    let dp = portsentry_user::kernel::Dataplane::load(&sizes, Some(pins.clone())).unwrap();
+    let upgraded = check(&dp, "pins without the hash");
+    drop(dp);
+    // A trie of another size: the hash is replaced with it, and its lengths entry too.
+    let bigger = portsentry_user::kernel::MapSizes {
+        ban_nets: sizes.ban_nets * 2,
+        ..sizes.clone()
+    };
+    let dp = portsentry_user::kernel::Dataplane::load(&bigger, Some(pins.clone())).unwrap();
+    let resized = check(&dp, "resized");
+    let log = dp.resized_maps();
+    drop(dp);
+    let _ = std::fs::remove_dir_all(&pins);
+    for name in [
+        portsentry_common::maps::BAN_NETS,
+        portsentry_common::maps::BAN_NET_HASH,
+        portsentry_common::maps::BAN_NET_LENS,
+    ] {
+        assert!(
+            log.iter().any(|l| l.starts_with(&format!("{name} "))),
+            "{name}: {log:?}"
+        );
+    }
+    for got in [kept, upgraded, resized] {
+        assert_eq!(
+            got,
+            (
+                vec![124, 120, 116, 112],
+                0,
+                vec![XDP_DROP, XDP_DROP, XDP_DROP, XDP_PASS],
+                got.3.clone()
+            )
+        );
+    }
 }
 
 /// `PS_BANS` is read by two threads, each half of its buckets, the lower half's last

@@ -103,12 +103,18 @@ impl Dataplane {
             let values: Vec<BanEntry> = nets.iter().map(|(_, e)| *e).collect();
             // The filter first: the program never skips the trie for a banned range.
             // (A range already in the trie is counted again: that only keeps its bits
-            // set longer.)
+            // set longer.) Then the hash of lengths, which may send the program to the
+            // trie.
             self.net_filter_add(nets.iter().map(|(net, _)| net))?;
-            sys::write_map(fd(&self.maps.ban_nets), &keys, &values).map_err(|e| {
+            let new = self.net_hash_add(&nets)?;
+            if let Err(e) = sys::write_map(fd(&self.maps.ban_nets), &keys, &values) {
+                // The ranges not written leave the hash: none is in force unlisted.
+                for ((net, _), _) in nets.iter().zip(&new).skip(e.written).filter(|(_, n)| **n) {
+                    self.net_hash_remove(net)?;
+                }
                 let net = nets.get(e.written).map(|b| b.0);
-                stopped_at(e, net, maps::BAN_NETS)
-            })?;
+                return Err(stopped_at(e, net, maps::BAN_NETS));
+            }
             self.set_flag(SETTING_PREFIX_BANS, true)?;
         }
         Ok(())
@@ -243,8 +249,10 @@ impl Dataplane {
             if is_new {
                 self.net_filter_add(std::iter::once(net))?;
             }
+            self.net_hash_add(&[(*net, *entry)])?;
             if let Err(e) = self.maps.ban_nets.insert(&k, entry, 0) {
                 if is_new {
+                    self.net_hash_remove(net)?;
                     self.net_filter_remove(net)?;
                 }
                 return Err(e)
@@ -290,6 +298,7 @@ impl Dataplane {
             self.set_flag(SETTING_PREFIX_BANS, any_left)?;
             // After the trie: the program never skips the trie for a banned range.
             if removed {
+                self.net_hash_remove(net)?;
                 self.net_filter_remove(net)?;
             }
             Ok(removed)

@@ -17,6 +17,7 @@ use aya::maps::{
 use ipnet::{IpNet, Ipv6Net};
 use portsentry_common::{
     Addr, Counter,
+    ban_nets::{NetKey, NetLens},
     maps::{
         self, BanEntry, IGNORE_FILTER_WORDS, IGNORE_IGNORED, IGNORE_SINGLE, KBAN_DAEMON,
         KBAN_PROGRAM, KernelBan, SETTING_IGNORE, SETTING_IGNORE_WIDE, Settings, SourceStats,
@@ -39,6 +40,9 @@ const WALL_STEP_NS: u64 = 10_000_000;
 pub(super) struct Maps {
     pub bans: HashMap<MapData, Addr, BanEntry>,
     pub ban_nets: LpmTrie<MapData, Addr, BanEntry>,
+    /// `None` for an object (or pins) from before the hash of lengths (`net_hash.rs`).
+    pub ban_net_hash: Option<HashMap<MapData, NetKey, BanEntry>>,
+    pub ban_net_lens: Option<Array<MapData, NetLens>>,
     pub ban_filter: Array<MapData, u64>,
     pub ban_cache: BanCache,
     /// `None` for an object (or pins) from before the tags.
@@ -86,6 +90,14 @@ impl Maps {
             .remove(maps::BAN_TAGS)
             .map(BanTagTable::new)
             .transpose()?;
+        let ban_net_hash = named
+            .remove(maps::BAN_NET_HASH)
+            .map(HashMap::try_from)
+            .transpose()?;
+        let ban_net_lens = named
+            .remove(maps::BAN_NET_LENS)
+            .map(Array::try_from)
+            .transpose()?;
         let net_filter = named
             .remove(maps::NET_FILTER)
             .map(Array::try_from)
@@ -115,6 +127,8 @@ impl Maps {
         Ok(Maps {
             bans,
             ban_nets: LpmTrie::try_from(take(maps::BAN_NETS)?)?,
+            ban_net_hash,
+            ban_net_lens,
             ban_filter: Array::try_from(take(maps::BAN_FILTER)?)?,
             ban_cache: BanCache::new(take(maps::BAN_CACHE)?)?,
             ban_tags,

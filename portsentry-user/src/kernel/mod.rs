@@ -12,6 +12,7 @@ mod filter_users;
 mod mapped;
 mod maps;
 mod net_filter;
+mod net_hash;
 pub mod object;
 mod resize;
 mod sources;
@@ -77,6 +78,8 @@ pub struct Dataplane {
     filter_users: filter_users::FilterUsers,
     /// How many range bans use each `PS_NET_FILTER` bit, and how many are too wide for it.
     net_filter: net_filter::NetFilterUsers,
+    /// The ranges and lengths of the hash of lengths.
+    net_hash: net_hash::NetHash,
     /// The exact bans read at load, until [`Dataplane::take_bans_at_load`] takes them
     /// (dropped at the first change of a ban).
     bans_at_load: Option<Vec<(portsentry_common::Addr, portsentry_common::maps::BanEntry)>>,
@@ -236,8 +239,10 @@ fn has_probe_stage(ebpf: &Ebpf) -> bool {
 }
 
 /// Maps a pin directory of an earlier release lacks: the next `run` creates them.
-const ADDED_MAPS: [&str; 9] = [
+const ADDED_MAPS: [&str; 11] = [
     names::BAN_TAGS,
+    names::BAN_NET_HASH,
+    names::BAN_NET_LENS,
     names::ACK_PORTS,
     names::PROTOCOLS,
     names::NET_FILTER,
@@ -319,6 +324,7 @@ impl Dataplane {
         loader
             .map_max_entries(names::BANS, sizes.bans)
             .map_max_entries(names::BAN_NETS, sizes.ban_nets)
+            .map_max_entries(names::BAN_NET_HASH, sizes.ban_nets)
             .map_max_entries(names::BAN_CACHE, ban_cache_sets(sizes.bans))
             .map_max_entries(names::BAN_TAGS, ban_tag_buckets(sizes.bans))
             .map_max_entries(names::IGNORE, sizes.ignore)
@@ -469,6 +475,7 @@ impl Dataplane {
             attachments: Vec::new(),
             filter_users: filter_users::FilterUsers::new(names::BAN_FILTER_WORDS),
             net_filter: Default::default(),
+            net_hash: Default::default(),
             bans_at_load: None,
             resized: Vec::new(),
             ignore_words: None,
@@ -519,6 +526,7 @@ impl Dataplane {
             Contents::Kept => {
                 let read = dp.rebuild_ban_filter()?;
                 dp.rebuild_net_filter()?;
+                dp.rebuild_net_hash()?;
                 read
             }
         };

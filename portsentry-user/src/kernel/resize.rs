@@ -72,12 +72,13 @@ pub(super) struct Resized {
 
 /// The sizable maps and their configured sizes, in entries (`PS_BAN_CACHE` and
 /// `PS_BAN_TAGS` are sized by MAX_BANS).
-fn sized(sizes: &MapSizes) -> [(&'static str, u32); 6] {
+fn sized(sizes: &MapSizes) -> [(&'static str, u32); 7] {
     [
         (names::BANS, sizes.bans),
         (names::BAN_CACHE, ban_cache_sets(sizes.bans)),
         (names::BAN_TAGS, ban_tag_buckets(sizes.bans)),
         (names::BAN_NETS, sizes.ban_nets),
+        (names::BAN_NET_HASH, sizes.ban_nets),
         (names::IGNORE, sizes.ignore),
         (names::SOURCES, source_entries(sizes.sources)),
     ]
@@ -145,6 +146,25 @@ pub(super) fn pinned_to_resize(pin_dir: &Path, sizes: &MapSizes) -> Result<Vec<R
             });
         }
     }
+    // The lengths entry goes with its hash: the program still attached keeps both old
+    // maps until the attach, and the new program finds the new hash with a new entry
+    // (all zeros: every address to the trie) until the load fills them.
+    if out.iter().any(|r| r.name == names::BAN_NET_HASH) {
+        let path = pin_dir.join(names::BAN_NET_LENS);
+        if path.exists() {
+            let old = MapData::from_pin(&path)
+                .with_context(|| format!("opening the pinned map {}", path.display()))?;
+            out.push(Resized {
+                name: names::BAN_NET_LENS,
+                old,
+                old_size: 1,
+                new_size: 1,
+                old_capacity: 1,
+                carried: Default::default(),
+                value: false,
+            });
+        }
+    }
     Ok(out)
 }
 
@@ -178,9 +198,14 @@ fn carry_over(r: &Resized, new: &Map) -> Result<()> {
     match r.name {
         names::BANS => copy::<Addr, BanEntry>(r, from, to, true),
         names::BAN_NETS => copy::<Key<Addr>, BanEntry>(r, from, to, true),
-        // The ignore list is written whole from the configuration at every start; the
-        // ban cache and the tags are filled from the bans at every load.
-        names::IGNORE | names::BAN_CACHE | names::BAN_TAGS => Ok(()),
+        // The ignore list is written whole from the configuration at every start;
+        // the ban cache and the tags are filled from the bans at every load, the hash of
+        // lengths from the trie.
+        names::IGNORE
+        | names::BAN_CACHE
+        | names::BAN_TAGS
+        | names::BAN_NET_HASH
+        | names::BAN_NET_LENS => Ok(()),
         names::SOURCES => {
             // An earlier release's LRU hash, or a table of sets of another size.
             let fd = r.old.fd().as_fd().try_clone_to_owned()?;
@@ -315,6 +340,19 @@ impl Dataplane {
                 (names::BAN_CACHE, _) => format!(
                     "{} resized from {} to {} sets (for MAX_BANS), filled from the bans",
                     r.name, r.old_capacity, r.new_size
+                ),
+                (names::BAN_NET_HASH, _) => format!(
+                    "{} resized from {} to {} entries (as {}), filled from it",
+                    r.name,
+                    r.old_capacity,
+                    r.new_size,
+                    names::BAN_NETS
+                ),
+                (names::BAN_NET_LENS, _) => format!(
+                    "{} replaced with {}, filled from {}",
+                    r.name,
+                    names::BAN_NET_HASH,
+                    names::BAN_NETS
                 ),
                 (names::BAN_TAGS, _) => format!(
                     "{} resized from {} to {} buckets (for MAX_BANS), filled from the bans",

@@ -2,7 +2,8 @@
 //!    from the next of `--scale` distinct IPv4 sources (`portsentry_tests::rotate`: a
 //!    front program rewrites the source and tail-calls the program), with `--scale`
 //!    exact bans and 100,000 range bans loaded. Rows: the banned path cycling through
-//!    every banned source; a benign ACK from as many sources that are not banned; a
+//!    every banned source; the banned path of the ranges, cycling through every address
+//!    of the 100,000 /24s, and from one of them; a benign ACK from as many sources that are not banned; a
 //!    SYN probe to a closed watched port from a source new to `PS_SOURCES` each run (a
 //!    random-source SYN flood: four times `--scale` sources cycled), with `PS_SOURCES`
 //!    sized for `--scale` sources and at the default
@@ -34,8 +35,9 @@ use portsentry_user::kernel::MapSizes;
 
 use crate::{Args, bench_dataplane, ip, ip_net};
 
-/// Range bans loaded (CrowdSec lists carry ranges).
+/// Range bans loaded (CrowdSec lists carry ranges): /24s from 100.0.0.0 on.
 const RANGES: u32 = 100_000;
+const RANGE_BASE: u32 = 0x6400_0000;
 
 pub(crate) fn distinct(args: &Args) {
     let n = args.scale;
@@ -56,6 +58,7 @@ pub(crate) fn distinct(args: &Args) {
         Ipv4Addr::new(40, 0, 0, 0),
     );
     load_bans(&mut dp, n, banned);
+    let ranged = Ipv4Addr::from(RANGE_BASE);
     let server = ip("192.0.2.1");
     let fd = dp.program_fd().unwrap();
     let pass = pass_program().expect("loading the XDP_PASS program");
@@ -103,6 +106,21 @@ pub(crate) fn distinct(args: &Args) {
             drop_,
         ),
         (
+            format!(
+                "banned by a range (one of the {RANGES} /24s), each run another of their \
+                 sources, dropped"
+            ),
+            rot(fd, ranged, RANGES * 256),
+            syn443.clone(),
+            drop_,
+        ),
+        (
+            "banned by a range, one source, dropped".into(),
+            rot(fd, ranged, 1),
+            syn443.clone(),
+            drop_,
+        ),
+        (
             "benign ACK, each run another source".into(),
             rot(fd, benign, n),
             ack.clone(),
@@ -119,13 +137,13 @@ pub(crate) fn distinct(args: &Args) {
         (
             "banned, one source, dropped".into(),
             rot(fd, banned, 1),
-            syn443,
+            syn443.clone(),
             drop_,
         ),
         (
             "benign ACK, one source".into(),
             rot(fd, benign, 1),
-            ack,
+            ack.clone(),
             pass_,
         ),
     ];
@@ -153,6 +171,54 @@ pub(crate) fn distinct(args: &Args) {
         syn23.clone(),
         pass_,
     ));
+    // With `--baseline OBJECT`: another build's program with the same bans, on the
+    // banned and benign paths (this build's rows next to them, same frames, same run).
+    let base_bytes = args.baseline.as_ref().map(|p| {
+        std::fs::read(p).unwrap_or_else(|e| panic!("reading the baseline {}: {e}", p.display()))
+    });
+    let mut base = base_bytes.as_deref().map(|bytes| {
+        let mut dp = bench_dataplane(Some(bytes), &sizes, &[ip_net("203.0.113.0/24")]);
+        load_bans(&mut dp, n, banned);
+        dp
+    });
+    let _base_events = base.as_mut().map(|dp| dp.take_events().unwrap());
+    if let Some(base_fd) = base.as_ref().map(|dp| dp.program_fd().unwrap()) {
+        for (row, from, count, frame, want) in [
+            (
+                "baseline: banned, each run another of the banned sources, dropped".to_string(),
+                banned,
+                n,
+                &syn443,
+                drop_,
+            ),
+            (
+                format!(
+                    "baseline: banned by a range (one of the {RANGES} /24s), each run another \
+                     of their sources, dropped"
+                ),
+                ranged,
+                RANGES * 256,
+                &syn443,
+                drop_,
+            ),
+            (
+                "baseline: banned by a range, one source, dropped".into(),
+                ranged,
+                1,
+                &syn443,
+                drop_,
+            ),
+            (
+                "baseline: benign ACK, each run another source".into(),
+                benign,
+                n,
+                &ack,
+                pass_,
+            ),
+        ] {
+            fronts.push((row, rot(base_fd, from, count), frame.clone(), want));
+        }
+    }
     // xdp-filter (all features, one source banned) on the same probes: what a filter
     // that detects nothing pays for a random-source SYN flood.
     let xdpf = XdpFilter::load(IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)));
@@ -231,7 +297,7 @@ pub(crate) fn distinct(args: &Args) {
 }
 
 /// `n` exact bans from `banned` up and [`RANGES`] range bans (/24s from 100.0.0.0, none
-/// holding a source of the rows).
+/// holding a source of the rows but the ranges' own).
 fn load_bans(dp: &mut portsentry_user::kernel::Dataplane, n: u32, banned: Ipv4Addr) {
     let t = Instant::now();
     let exact: Vec<(IpNet, BanEntry)> = (0..n)
@@ -243,7 +309,7 @@ fn load_bans(dp: &mut portsentry_user::kernel::Dataplane, n: u32, banned: Ipv4Ad
     dp.insert_bans(exact).expect("inserting the exact bans");
     let ranges: Vec<(IpNet, BanEntry)> = (0..RANGES)
         .map(|i| {
-            let a = Ipv4Addr::from(0x6400_0000u32 + (i << 8));
+            let a = Ipv4Addr::from(RANGE_BASE + (i << 8));
             (IpNet::V4(Ipv4Net::new(a, 24).unwrap()), BanEntry::default())
         })
         .collect();

@@ -15,9 +15,10 @@
 //!    decisions loaded while B runs, the same list at a fresh server C
 //!    (`--crowdsec-fresh-only` runs only that), and through crowdsec-firewall-bouncer
 //!    (`crowdsec`, `firewall_bouncer`; `--crowdsec-only`).
-//! 7. Many sources at once: the banned, benign and probe paths with each run from
-//!    another of `--scale` sources, `--scale` exact and 100,000 range bans loaded
-//!    (`distinct`; `--distinct-only`).
+//! 7. Many sources at once: the banned (by an exact ban and by a range), benign and
+//!    probe paths with each run from another of `--scale` sources, `--scale` exact and
+//!    100,000 range bans loaded (`distinct`; `--distinct-only`; with `--baseline OBJECT`
+//!    the banned and benign rows of that build too).
 //! 8. Scanners against PortSentry 1.2: nmap's scan types, fragments, IPv6, slow timing,
 //!    decoys, a horizontal scan and masscan, each against portsentry and PortSentry 1.2
 //!    (`matrix`; `--matrix-only`).
