@@ -41,8 +41,9 @@ pub fn is_banned(src: &AddrWords, addr: &AddrWords, settings: &Settings) -> bool
 #[inline(always)]
 fn range_ban(addr: &AddrWords) -> bool {
     let family = family_of(addr);
-    let mut found = false;
-    let mut expires_ns = 0u64;
+    // Read once, before the lookups: one call site of the clock for the verifier to
+    // walk, not one for each place a range is found.
+    let now = clock::now();
     let mut trie = true;
     if let Some(lens) = PS_BAN_NET_LENS.get(0)
         && let (Some(listed), Some(used)) = (lens.lens.get(family), lens.used.get(family))
@@ -53,22 +54,14 @@ fn range_ban(addr: &AddrWords) -> bool {
             }
             if let Some(ban) = PS_BAN_NET_HASH.get_ptr(len.key_of(addr)) {
                 // SAFETY: a value pointer from a successful lookup.
-                expires_ns = unsafe { (*ban).expires_ns };
-                found = true;
-                break;
+                return ban_active(unsafe { (*ban).expires_ns }, now);
             }
         }
         trie = lens.hashed_only & (1 << family) == 0;
     }
-    if !found
-        && trie
-        && let Some(ban) = PS_BAN_NETS.get(Key::new(128, *key(addr)))
-    {
-        expires_ns = ban.expires_ns;
-        found = true;
-    }
-    // A range without end needs no clock.
-    found && (expires_ns == 0 || ban_active(expires_ns, clock::now()))
+    trie && PS_BAN_NETS
+        .get(Key::new(128, *key(addr)))
+        .is_some_and(|ban| ban_active(ban.expires_ns, now))
 }
 
 /// True when an active exact ban of `src` exists: the filter first, then an IPv4

@@ -125,10 +125,11 @@ fn the_verifier_has_headroom() {
     // a reboot: 227,942 instructions on the kernel of BENCHMARKS.md with an IPv6 source's
     // ban checked after its transport header is read, 470,996 with it checked before
     // (once per extension chain). The range bans' hash of lengths (`range_ban`) made it
-    // 475,880 from 321,270 with the trie alone.
+    // 377,972 (321,270 with the trie alone; 475,880 with the range found carried to
+    // one clock read after the lookups, 395,079 with a clock read at each place found).
     let first = counts.iter().find(|(name, _)| *name == "portsentry");
     assert!(
-        first.is_some_and(|(_, n)| *n < 520_000),
+        first.is_some_and(|(_, n)| *n < 450_000),
         "the verifier walks the first program's ban check once per header shape again: {counts:?}"
     );
     for (name, n) in counts {
