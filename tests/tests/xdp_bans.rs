@@ -748,6 +748,14 @@ fn range_bans_by_length() {
     let lens = fx.dp.net_lengths().unwrap().unwrap();
     assert_eq!(lens.used, [3, 2]);
     fx.expect(&udp("10.100.0.1"), XDP_DROP, Counter::DropBanned);
+    // A second /9 does not take the free slot: the first /9 is in the trie alone.
+    fx.dp
+        .insert_ban(&net("10.128.0.0/9"), &BanEntry::default())
+        .unwrap();
+    assert_eq!(fx.dp.net_lengths().unwrap().unwrap().used, [3, 2]);
+    fx.expect(&udp("10.100.0.1"), XDP_DROP, Counter::DropBanned);
+    fx.expect(&udp("10.200.0.1"), XDP_DROP, Counter::DropBanned);
+    assert!(fx.dp.remove_ban(&net("10.128.0.0/9")).unwrap());
     assert!(fx.dp.remove_ban(&net("10.0.0.0/9")).unwrap());
     assert_eq!(
         fx.dp.net_lengths().unwrap().unwrap().hashed_only,

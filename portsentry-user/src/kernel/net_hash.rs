@@ -92,6 +92,18 @@ impl NetHash {
         self.listed[family_of(&k.net)].contains(&k.len)
     }
 
+    /// Counts `k` in, listing its length if it is the first range of it and a slot is
+    /// free: (whether `k` was not known, whether it goes in the hash). A length with
+    /// ranges in the trie alone is not listed here (they would be missed): only a load
+    /// lists it, with all of them.
+    fn admit(&mut self, k: NetKey) -> (bool, bool) {
+        let family = family_of(&k.net);
+        let first = !self.counts[family].contains_key(&k.len);
+        let new = self.add(k);
+        let hashed = self.is_listed(&k) || (first && self.list(family, k.len));
+        (new, hashed)
+    }
+
     /// Lists `len` for `family` if a slot is free; true when listed (now or before).
     fn list(&mut self, family: usize, len: u32) -> bool {
         let listed = &mut self.listed[family];
@@ -188,7 +200,7 @@ impl Dataplane {
     }
 
     /// Before `nets` enter the trie (or are written again): each of a listed length,
-    /// or of a length listed now in a free slot, is written to the hash, then the
+    /// or the first of a length listed now in a free slot, is written to the hash, then the
     /// lengths entry (a range of an unlisted length clears its family's
     /// `hashed_only`). Returns which of `nets` were not known before.
     pub(super) fn net_hash_add(&mut self, nets: &[(IpNet, BanEntry)]) -> Result<Vec<bool>> {
@@ -201,8 +213,9 @@ impl Dataplane {
         let mut new = Vec::with_capacity(nets.len());
         for (net, entry) in nets {
             let k = key_of(net);
-            new.push(self.net_hash.add(k));
-            if self.net_hash.list(family_of(&k.net), k.len) {
+            let (is_new, hashed) = self.net_hash.admit(k);
+            new.push(is_new);
+            if hashed {
                 keys.push(k);
                 values.push(*entry);
             }
@@ -308,6 +321,23 @@ mod tests {
         assert!(h.remove(&k("10.4.0.0/8")));
         assert_eq!(h.entry().hashed_only, 0b11);
         assert!(!h.remove(&k("10.4.0.0/8")));
+    }
+
+    #[test]
+    fn a_freed_slot_is_not_given_to_a_length_the_trie_holds() {
+        let mut h = NetHash::default();
+        for net in ["10.0.0.0/24", "10.1.0.0/16", "10.2.0.0/20", "10.3.0.0/28"] {
+            assert_eq!(h.admit(k(net)), (true, true), "{net}");
+        }
+        assert_eq!(h.admit(k("10.128.0.0/9")), (true, false));
+        assert!(h.remove(&k("10.3.0.0/28")));
+        h.listed[FAMILY_V4].retain(|l| *l != 124);
+        // A second /9: its length has a range in the trie alone, so it stays there too.
+        assert_eq!(h.admit(k("11.0.0.0/9")), (true, false));
+        assert_eq!(h.entry().hashed_only & 1, 0);
+        // A length never seen takes the free slot.
+        assert_eq!(h.admit(k("12.0.0.0/30")), (true, true));
+        assert_eq!(h.admit(k("12.0.0.0/30")), (false, true));
     }
 
     #[test]
