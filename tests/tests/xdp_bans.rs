@@ -595,6 +595,20 @@ fn a_filter_bit_two_bans_share_stays_until_both_are_lifted() {
     fx.expect(&syn(b), XDP_PASS, Counter::PassProbe);
 }
 
+/// A pin directory of this test process's own under bpffs, emptied.
+fn fresh_pins(tag: &str) -> std::path::PathBuf {
+    let pins =
+        std::path::PathBuf::from(format!("/sys/fs/bpf/ps-test-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&pins);
+    pins
+}
+
+/// A UDP datagram from `src` to this host's address of its family.
+fn udp(src: &str) -> Vec<u8> {
+    let dst = if src.contains(':') { V6_DST } else { V4_DST };
+    Frame::udp(ip(src), ip(dst), 2000).build()
+}
+
 /// The range filter in front of the trie (`PS_NET_FILTER`) follows the ranges: a bit two
 /// ranges share stays set until both are gone, a range wider than the filter lists turns
 /// the filter off while it lasts, and pins of a release without the filter get it filled
@@ -604,11 +618,6 @@ fn range_filter_follows_the_ranges() {
     use portsentry_common::maps::SETTING_PREFIX_BANS_WIDE;
     require_kernel!();
     let mut fx = Fixture::new();
-    let (dst4, dst6) = (ip(V4_DST), ip(V6_DST));
-    let udp = |src: &str| {
-        let dst = if src.contains(':') { dst6 } else { dst4 };
-        Frame::udp(ip(src), dst, 2000).build()
-    };
     // 198.51.100.0/24 lies inside 198.51.0.0/16: its filter bit has two users. The
     // IPv6 /32 sets 65,536 bits (the batched path).
     for n in [
@@ -646,11 +655,7 @@ fn range_filter_follows_the_ranges() {
 
     // Pins from a release without the filter: the trie holds a range, the filter pin is
     // missing. The next load creates the filter and fills it from the trie.
-    let pins = std::path::PathBuf::from(format!(
-        "/sys/fs/bpf/ps-test-{}-netfilter",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&pins);
+    let pins = fresh_pins("netfilter");
     let sizes = portsentry_user::kernel::MapSizes::default();
     {
         let mut dp = portsentry_user::kernel::Dataplane::load(&sizes, Some(pins.clone())).unwrap();
@@ -660,7 +665,7 @@ fn range_filter_follows_the_ranges() {
     std::fs::remove_file(pins.join(portsentry_common::maps::NET_FILTER)).unwrap();
     let dp = portsentry_user::kernel::Dataplane::load(&sizes, Some(pins.clone())).unwrap();
     let ns = portsentry_tests::netns::Netns::new("nf");
-    let frame = Frame::udp(ip("203.0.113.5"), dst4, 2000).build();
+    let frame = udp("203.0.113.5");
     let r = ns.enter(|| portsentry_tests::testrun::run(dp.program_fd().unwrap(), &frame, 1));
     drop(dp);
     let _ = std::fs::remove_dir_all(&pins);
@@ -681,11 +686,6 @@ fn range_bans_by_length() {
     use portsentry_common::ban_nets::{FAMILY_V4, FAMILY_V6};
     require_kernel!();
     let mut fx = Fixture::new();
-    let (dst4, dst6) = (ip(V4_DST), ip(V6_DST));
-    let udp = |src: &str| {
-        let dst = if src.contains(':') { dst6 } else { dst4 };
-        Frame::udp(ip(src), dst, 2000).build()
-    };
     let ranges = [
         ("198.51.100.0/24", "198.51.100.7"),
         ("172.16.0.0/16", "172.16.200.1"),
@@ -772,11 +772,7 @@ fn range_bans_by_length() {
 
     // Pins kept, and pins of a release without the hash: the load lists the ranges of
     // the trie again, the most used lengths first.
-    let pins = std::path::PathBuf::from(format!(
-        "/sys/fs/bpf/ps-test-{}-nethash",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&pins);
+    let pins = fresh_pins("nethash");
     let sizes = portsentry_user::kernel::MapSizes::default();
     {
         let mut dp = portsentry_user::kernel::Dataplane::load(&sizes, Some(pins.clone())).unwrap();
