@@ -269,7 +269,7 @@ impl Dataplane {
     }
 
     /// The lengths listed per family (IPv4, IPv6; 128-bit form) and which families the
-    /// hash holds whole (for the tests and the bench).
+    /// hash holds whole (for the tests).
     pub fn net_lengths(&self) -> Result<Option<NetLens>> {
         match &self.maps.ban_net_lens {
             Some(lens) => Ok(Some(lens.get(&0, 0).context("reading PS_BAN_NET_LENS")?)),
