@@ -81,43 +81,19 @@ impl Maps {
         let mut memory: Vec<(&'static str, u64)> =
             named.iter().map(|(n, m)| (*n, memlock(m))).collect();
         memory.sort();
-        let ignore_filter = named
-            .remove(maps::IGNORE_FILTER)
-            .map(Array::try_from)
-            .transpose()?;
-        let kban = named.remove(maps::KBAN).map(Array::try_from).transpose()?;
+        let ignore_filter = optional(&mut named, maps::IGNORE_FILTER)?;
+        let kban = optional(&mut named, maps::KBAN)?;
         let ban_tags = named
             .remove(maps::BAN_TAGS)
             .map(BanTagTable::new)
             .transpose()?;
-        let ban_net_hash = named
-            .remove(maps::BAN_NET_HASH)
-            .map(HashMap::try_from)
-            .transpose()?;
-        let ban_net_lens = named
-            .remove(maps::BAN_NET_LENS)
-            .map(Array::try_from)
-            .transpose()?;
-        let net_filter = named
-            .remove(maps::NET_FILTER)
-            .map(Array::try_from)
-            .transpose()?;
-        let ack_ports = named
-            .remove(maps::ACK_PORTS)
-            .map(Array::try_from)
-            .transpose()?;
-        let protocols = named
-            .remove(maps::PROTOCOLS)
-            .map(Array::try_from)
-            .transpose()?;
-        let tcp_sockets = named
-            .remove(maps::TCP_SOCKETS)
-            .map(Array::try_from)
-            .transpose()?;
-        let tcp_listens = named
-            .remove(maps::TCP_LISTENS)
-            .map(Array::try_from)
-            .transpose()?;
+        let ban_net_hash = optional(&mut named, maps::BAN_NET_HASH)?;
+        let ban_net_lens = optional(&mut named, maps::BAN_NET_LENS)?;
+        let net_filter = optional(&mut named, maps::NET_FILTER)?;
+        let ack_ports = optional(&mut named, maps::ACK_PORTS)?;
+        let protocols = optional(&mut named, maps::PROTOCOLS)?;
+        let tcp_sockets = optional(&mut named, maps::TCP_SOCKETS)?;
+        let tcp_listens = optional(&mut named, maps::TCP_LISTENS)?;
         let mut take = |name: &'static str| {
             named
                 .remove(name)
@@ -149,6 +125,14 @@ impl Maps {
             _rest: named.into_values().collect(),
         })
     }
+}
+
+/// The map `name` of `named`, typed; `None` when the object (or the pins) has none.
+fn optional<T: TryFrom<Map, Error = MapError>>(
+    named: &mut StdHashMap<&'static str, Map>,
+    name: &str,
+) -> Result<Option<T>> {
+    Ok(named.remove(name).map(T::try_from).transpose()?)
 }
 
 /// `PS_SETTINGS`, whatever the size of its value: an object or pins of an earlier

@@ -525,8 +525,11 @@ impl Dataplane {
             }
             Contents::Kept => {
                 let read = dp.rebuild_ban_filter()?;
-                dp.rebuild_net_filter()?;
-                dp.rebuild_net_hash()?;
+                // The ranges, read once for both of their tables.
+                let nets =
+                    sys::read_map(maps::fd(&dp.maps.ban_nets)).context("reading PS_BAN_NETS")?;
+                dp.rebuild_net_filter(&nets)?;
+                dp.rebuild_net_hash(&nets)?;
                 read
             }
         };

@@ -22,7 +22,6 @@ use super::{
     bans::{read_words, write_changed_words},
     filter_users::FilterUsers,
     maps::{fd, net_filter_bits},
-    sys,
 };
 
 /// Words changed one by one (two calls each) up to this many; more, and the filter is
@@ -38,18 +37,16 @@ pub(super) struct NetFilterUsers {
 }
 
 impl Dataplane {
-    /// Makes `PS_NET_FILTER` and `SETTING_PREFIX_BANS_WIDE` exactly those of the ranges
-    /// in `PS_BAN_NETS` (at load: pins of a release without the filter get it filled
-    /// before the program that reads it is attached).
-    pub(super) fn rebuild_net_filter(&mut self) -> Result<()> {
+    /// Makes `PS_NET_FILTER` and `SETTING_PREFIX_BANS_WIDE` exactly those of `nets`, the
+    /// ranges in `PS_BAN_NETS` (at load: pins of a release without the filter get it
+    /// filled before the program that reads it is attached).
+    pub(super) fn rebuild_net_filter(&mut self, nets: &[(Key<Addr>, BanEntry)]) -> Result<()> {
         if self.maps.net_filter.is_none() {
             return Ok(());
         }
-        let nets: Vec<(Key<Addr>, BanEntry)> =
-            sys::read_map(fd(&self.maps.ban_nets)).context("reading PS_BAN_NETS")?;
         let mut users = NetFilterUsers::default();
         let mut words = vec![0u64; IGNORE_FILTER_WORDS as usize];
-        for (k, _) in &nets {
+        for (k, _) in nets {
             match net_filter_bits(&addr::net_from_key(k.prefix_len(), &k.data())) {
                 Some(bits) => {
                     for bit in bits {

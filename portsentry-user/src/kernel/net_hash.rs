@@ -155,9 +155,9 @@ impl NetHash {
 }
 
 impl Dataplane {
-    /// Makes the hash of lengths that of the ranges in `PS_BAN_NETS` (at load, with
-    /// pins kept: the pins of a release without it, a daemon's restart, a resize).
-    pub(super) fn rebuild_net_hash(&mut self) -> Result<()> {
+    /// Makes the hash of lengths that of `nets`, the ranges in `PS_BAN_NETS` (at load,
+    /// with pins kept: the pins of a release without it, a daemon's restart, a resize).
+    pub(super) fn rebuild_net_hash(&mut self, nets: &[(Key<Addr>, BanEntry)]) -> Result<()> {
         if self.maps.ban_net_hash.is_none() || self.maps.ban_net_lens.is_none() {
             return Ok(());
         }
@@ -167,8 +167,6 @@ impl Dataplane {
             return Ok(());
         };
         let hash_fd = fd(hash);
-        let nets: Vec<(Key<Addr>, BanEntry)> =
-            sys::read_map(fd(&self.maps.ban_nets)).context("reading PS_BAN_NETS")?;
         let mut state = NetHash::default();
         let ranges: Vec<(NetKey, BanEntry)> = nets
             .iter()
