@@ -855,6 +855,59 @@ fn range_bans_by_length() {
     }
 }
 
+/// A batch of ranges the hash of lengths cannot take whole is refused whole: the ranges
+/// written to the hash before the error leave it again (the program would otherwise drop
+/// their hosts with no ban on record, none that `unban` could lift), their lengths are
+/// unlisted, and the ranges in force stay in force.
+#[test]
+fn a_range_batch_the_hash_refuses_leaves_nothing_behind() {
+    use portsentry_common::ban_nets::FAMILY_V4;
+    require_kernel!();
+    let sizes = portsentry_user::kernel::MapSizes {
+        ban_nets: 4,
+        ..Default::default()
+    };
+    let mut dp = portsentry_user::kernel::Dataplane::load(&sizes, None).unwrap();
+    for n in ["198.51.100.0/24", "198.51.101.0/24", "198.51.102.0/24"] {
+        dp.insert_ban(&net(n), &BanEntry::default()).unwrap();
+    }
+    // Two new ranges, room for one: a /24 (listed) and a /20 (listed by it).
+    let err = dp
+        .insert_bans(vec![
+            (net("203.0.113.0/24"), BanEntry::default()),
+            (net("100.64.0.0/20"), BanEntry::default()),
+            (net("100.65.0.0/20"), BanEntry::default()),
+        ])
+        .expect_err("a fourth range fits, a fifth does not");
+    assert!(
+        format!("{err:#}").contains(portsentry_common::maps::BAN_NET_HASH),
+        "{err:#}"
+    );
+    let ns = portsentry_tests::netns::Netns::new("nhfull");
+    let verdict = |dp: &portsentry_user::kernel::Dataplane, src: &str| {
+        ns.enter(|| portsentry_tests::testrun::run(dp.program_fd().unwrap(), &udp(src), 1))
+            .unwrap()
+            .retval
+    };
+    for (n, host) in [
+        ("203.0.113.0/24", "203.0.113.9"),
+        ("100.64.0.0/20", "100.64.1.1"),
+        ("100.65.0.0/20", "100.65.1.1"),
+    ] {
+        assert_eq!(dp.ban(&net(n)).unwrap(), None, "{n}");
+        assert_eq!(verdict(&dp, host), XDP_PASS, "{host}: no ban on record");
+    }
+    assert_eq!(verdict(&dp, "198.51.101.7"), XDP_DROP);
+    let lens = dp.net_lengths().unwrap().unwrap();
+    assert_eq!(lens.used[FAMILY_V4], 1, "the /20 unlisted: {lens:?}");
+    // The room left takes one range, which is then in force.
+    dp.insert_ban(&net("100.64.0.0/20"), &BanEntry::default())
+        .unwrap();
+    assert_eq!(verdict(&dp, "100.64.1.1"), XDP_DROP);
+    assert_eq!(verdict(&dp, "203.0.113.9"), XDP_PASS);
+    assert_eq!(dp.net_lengths().unwrap().unwrap().used[FAMILY_V4], 2);
+}
+
 /// `PS_BANS` is read by two threads, each half of its buckets, the lower half's last
 /// batch running past the middle: every ban is read back exactly once.
 #[test]

@@ -118,6 +118,14 @@ impl NetHash {
         true
     }
 
+    /// Unlists the lengths no range has left.
+    fn unlist_unused(&mut self) {
+        for family in [FAMILY_V4, FAMILY_V6] {
+            let counts = &self.counts[family];
+            self.listed[family].retain(|len| counts.contains_key(len));
+        }
+    }
+
     /// The lengths entry the program reads.
     fn entry(&self) -> NetLens {
         let mut lens = NetLens::default();
@@ -209,6 +217,8 @@ impl Dataplane {
         let mut keys = Vec::new();
         let mut values = Vec::new();
         let mut new = Vec::with_capacity(nets.len());
+        // Which of `keys` were not known: those leave the hash again if the write fails.
+        let mut keys_new = Vec::new();
         for (net, entry) in nets {
             let k = key_of(net);
             let (is_new, hashed) = self.net_hash.admit(k);
@@ -216,14 +226,26 @@ impl Dataplane {
             if hashed {
                 keys.push(k);
                 values.push(*entry);
+                keys_new.push(is_new);
             }
         }
         if let Err(e) = sys::write_map(fd(hash), &keys, &values) {
+            // None of `nets` enters the trie: the new ranges written before the error
+            // leave the hash (else the program would drop their hosts with no ban on
+            // record), and the lengths they listed are unlisted.
+            let written = keys.iter().zip(&keys_new).take(e.written);
+            if let Some(hash) = &mut self.maps.ban_net_hash {
+                for (k, _) in written.filter(|(_, n)| **n) {
+                    super::maps::absent_is_false(hash.remove(k))
+                        .context("removing from PS_BAN_NET_HASH after a failed write")?;
+                }
+            }
             for (i, (net, _)) in nets.iter().enumerate() {
                 if new[i] {
                     self.net_hash.remove(&key_of(net));
                 }
             }
+            self.net_hash.unlist_unused();
             let net = keys
                 .get(e.written)
                 .map(|k| addr::net_from_key(k.len, &bytemuck::cast(k.net)));
@@ -255,10 +277,7 @@ impl Dataplane {
             super::maps::absent_is_false(hash.remove(&k))
                 .with_context(|| format!("removing the ban of {net} from PS_BAN_NET_HASH"))?;
         }
-        let family = family_of(&k.net);
-        if !self.net_hash.counts[family].contains_key(&k.len) {
-            self.net_hash.listed[family].retain(|l| *l != k.len);
-        }
+        self.net_hash.unlist_unused();
         let after = self.net_hash.entry();
         if after != before {
             self.write_net_lens(&after)?;
