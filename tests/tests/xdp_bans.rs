@@ -908,6 +908,58 @@ fn a_range_batch_the_hash_refuses_leaves_nothing_behind() {
     assert_eq!(dp.net_lengths().unwrap().unwrap().used[FAMILY_V4], 2);
 }
 
+/// A batch the trie refuses part way leaves the hash of lengths as the trie has it: a
+/// new range refused leaves the hash, and a range the trie holds keeps its value there
+/// (the hash decides first: a new end the trie refused would otherwise be in force).
+#[test]
+fn a_range_batch_the_trie_refuses_keeps_the_hash_as_the_trie() {
+    require_kernel!();
+    let sizes = portsentry_user::kernel::MapSizes {
+        ban_nets: 5,
+        ..Default::default()
+    };
+    let mut dp = portsentry_user::kernel::Dataplane::load(&sizes, None).unwrap();
+    let hour = BanEntry {
+        expires_ns: monotonic_ns() + 3_600_000_000_000,
+        ..Default::default()
+    };
+    dp.insert_ban(&net("198.51.100.0/24"), &hour).unwrap();
+    // Four listed lengths, then a fifth in the trie alone: the trie is full, the hash
+    // has room for one.
+    for n in [
+        "172.16.0.0/16",
+        "100.64.0.0/20",
+        "192.0.2.16/28",
+        "10.0.0.0/9",
+    ] {
+        dp.insert_ban(&net(n), &BanEntry::default()).unwrap();
+    }
+    let expired = BanEntry {
+        expires_ns: monotonic_ns() - 1_000_000_000,
+        ..Default::default()
+    };
+    dp.insert_bans(vec![
+        (net("203.0.113.0/24"), BanEntry::default()),
+        (net("198.51.100.0/24"), expired),
+    ])
+    .expect_err("the trie is full");
+    assert_eq!(dp.ban(&net("198.51.100.0/24")).unwrap(), Some(hour));
+    assert_eq!(dp.ban(&net("203.0.113.0/24")).unwrap(), None);
+    let ns = portsentry_tests::netns::Netns::new("nhtrie");
+    let verdict = |src: &str| {
+        ns.enter(|| portsentry_tests::testrun::run(dp.program_fd().unwrap(), &udp(src), 1))
+            .unwrap()
+            .retval
+    };
+    assert_eq!(
+        verdict("198.51.100.7"),
+        XDP_DROP,
+        "the hour's ban stays in force"
+    );
+    assert_eq!(verdict("203.0.113.9"), XDP_PASS, "the refused range is not");
+    assert_eq!(verdict("10.1.2.3"), XDP_DROP);
+}
+
 /// `PS_BANS` is read by two threads, each half of its buckets, the lower half's last
 /// batch running past the middle: every ban is read back exactly once.
 #[test]

@@ -108,9 +108,16 @@ impl Dataplane {
             self.net_filter_add(nets.iter().map(|(net, _)| net))?;
             let new = self.net_hash_add(&nets)?;
             if let Err(e) = sys::write_map(fd(&self.maps.ban_nets), &keys, &values) {
-                // The ranges not written leave the hash: none is in force unlisted.
-                for ((net, _), _) in nets.iter().zip(&new).skip(e.written).filter(|(_, n)| **n) {
-                    self.net_hash_remove(net)?;
+                // The ranges not written: a new one leaves the hash (none is in force
+                // unlisted), one the trie holds gets its value there back (the hash
+                // decides first: a new end the trie refused would be in force).
+                let unwritten = nets.iter().zip(&keys).zip(&new).skip(e.written);
+                for (((net, _), k), is_new) in unwritten {
+                    if *is_new {
+                        self.net_hash_remove(net)?;
+                    } else if let Some(held) = absent_is_none(self.maps.ban_nets.get(k, 0))? {
+                        self.net_hash_add(&[(*net, held)])?;
+                    }
                 }
                 let net = nets.get(e.written).map(|b| b.0);
                 return Err(stopped_at(e, net, maps::BAN_NETS));
@@ -254,6 +261,9 @@ impl Dataplane {
                 if is_new {
                     self.net_hash_remove(net)?;
                     self.net_filter_remove(net)?;
+                } else if let Some(held) = absent_is_none(self.maps.ban_nets.get(&k, 0))? {
+                    // The hash as the trie has it (it decides first).
+                    self.net_hash_add(&[(*net, held)])?;
                 }
                 return Err(e)
                     .with_context(|| format!("writing the ban of {net} (is PS_BAN_NETS full?)"));
