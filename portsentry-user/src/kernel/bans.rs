@@ -235,13 +235,15 @@ impl Dataplane {
         if exact {
             // The filter bits go first: a ban is never in the map without them.
             let place = filter_place(&key);
-            let is_new = absent_is_none(self.maps.bans.get(&key, 0))?.is_none();
+            // A new ban's bits are counted, and so are those of a ban the program made
+            // and the daemon has not taken over (`uncounted`).
+            let counts = absent_is_none(self.maps.bans.get(&key, 0))?.is_none_or(uncounted);
             // A bit with no user before may be missing from the map's word.
-            if is_new && self.filter_users.add_all(place.bits()) {
+            if counts && self.filter_users.add_all(place.bits()) {
                 self.set_filter_bits(place.word(), place.mask, true)?;
             }
             if let Err(e) = self.maps.bans.insert(key, entry, 0) {
-                if is_new {
+                if counts {
                     self.release_filter(place)?;
                 }
                 return Err(e)
@@ -274,14 +276,9 @@ impl Dataplane {
     }
 
     /// Takes over a ban the program made itself (origin `Kernel`): it counts the ban's
-    /// filter bits as its own (the program set them without telling anyone) and rewrites
-    /// the entry as `entry` (the daemon's length and origin). Counting a bit twice only
-    /// keeps it set longer; never counting it could clear it under the ban.
+    /// filter bits as its own (the program set them without telling anyone: `uncounted`)
+    /// and rewrites the entry as `entry` (the daemon's length and origin).
     pub fn adopt_kernel_ban(&mut self, net: &IpNet, entry: &BanEntry) -> Result<()> {
-        let (_, key) = addr::net_key(net);
-        let place = filter_place(&key);
-        self.filter_users.add_all(place.bits());
-        self.set_filter_bits(place.word(), place.mask, true)?;
         self.insert_ban(net, entry)
     }
 
@@ -296,8 +293,11 @@ impl Dataplane {
         if exact {
             // Before the hash: the tags and the cache never hold a ban the hash lacks.
             self.cache_drop(&key)?;
+            let held = absent_is_none(self.maps.bans.get(&key, 0))?;
             let removed = absent_is_false(self.maps.bans.remove(&key))?;
-            if removed {
+            // A ban whose bits nobody counted releases none: that would take a user
+            // from another ban of the same bit, and could clear the bit under it.
+            if removed && !held.is_some_and(uncounted) {
                 self.release_filter(filter_place(&key))?;
             }
             Ok(removed)
@@ -437,6 +437,13 @@ fn stopped_at(e: sys::WriteError, net: Option<IpNet>, map: &str) -> anyhow::Erro
 
 fn filter_place(key: &Addr) -> BanFilterPlace {
     maps::ban_filter_place(&bytemuck::cast::<Addr, AddrWords>(*key))
+}
+
+/// A ban the program made and the daemon has not taken over (origin `Kernel`): the
+/// program set its filter bits without counting them in `filter_users`. (One the load
+/// found in the map was counted then: counted again, its bits only stay set longer.)
+fn uncounted(ban: BanEntry) -> bool {
+    ban.origin == maps::BanOrigin::Kernel as u8
 }
 
 /// The bans of `bans` whose tag is not in (`tagged`: one flag a ban, in order; none
