@@ -140,3 +140,71 @@ fn the_verifier_has_headroom() {
         );
     }
 }
+
+/// A program loaded again (here for a bigger MAX_TRACKED_SOURCES) has a `PS_PROGS` of
+/// its own: until the attach replaces the old program in its link, the old program
+/// calls its own probe stage, which counts in the old table; at the attach the new
+/// array is pinned in place of the old, and the next start of the build reuses the
+/// program over it.
+#[test]
+fn a_program_loaded_again_leaves_the_old_one_its_stage_until_attached() {
+    use portsentry_tests::{
+        frames::{Frame, flags::SYN},
+        netns::Netns,
+        testrun,
+    };
+    require_kernel!();
+    let net = TestNet::new(0);
+    let pins =
+        std::path::PathBuf::from(format!("/sys/fs/bpf/ps-test-{}-progs", std::process::id()));
+    let _ = std::fs::remove_dir_all(&pins);
+    let sizes = MapSizes::default();
+    let settings = portsentry_common::maps::Settings {
+        event_trigger: 1,
+        ..Default::default()
+    };
+    let (tcp, udp) = default_ports();
+    let mut old = Dataplane::load(&sizes, Some(pins.clone())).expect("load");
+    old.write_ports(&tcp, &udp).unwrap();
+    old.write_settings(settings).unwrap();
+    net.server
+        .enter(|| old.attach(&net.server_if, AttachMode::Skb))
+        .expect("attach");
+    let bigger = MapSizes {
+        sources: sizes.sources * 2,
+        ..sizes.clone()
+    };
+    let mut new = Dataplane::load(&bigger, Some(pins.clone())).expect("load again");
+    assert!(!new.program_reused(), "a resize loads the program again");
+    let ns = Netns::new("progs");
+    let src: std::net::IpAddr = "198.51.100.9".parse().unwrap();
+    let dst: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+    let syn = Frame::tcp(src, dst, 40, SYN).build();
+    let run = |dp: &Dataplane| {
+        ns.enter(|| testrun::run(dp.program_fd().unwrap(), &syn, 1))
+            .unwrap()
+            .retval
+    };
+    assert_eq!(run(&old), testrun::XDP_PASS);
+    assert_eq!(
+        old.source(src).unwrap().map(|s| s.hits),
+        Some(1),
+        "the old program's probe is counted by its own stage, in its own table"
+    );
+    assert!(new.source(src).unwrap().is_none());
+    new.write_ports(&tcp, &udp).unwrap();
+    new.write_settings(settings).unwrap();
+    net.server
+        .enter(|| new.attach(&net.server_if, AttachMode::Skb))
+        .expect("attach again");
+    assert_eq!(run(&new), testrun::XDP_PASS);
+    assert_eq!(new.source(src).unwrap().map(|s| s.hits), Some(1));
+    drop((old, new));
+    let again = Dataplane::load(&bigger, Some(pins.clone())).expect("a restart");
+    assert!(
+        again.program_reused(),
+        "the pinned PS_PROGS is the attached program's"
+    );
+    drop(again);
+    let _ = std::fs::remove_dir_all(&pins);
+}

@@ -64,6 +64,7 @@ impl Dataplane {
         {
             match self.adopt_link(pin) {
                 Ok(()) => {
+                    self.pin_own_progs()?;
                     let a = Attachment {
                         interface: interface.to_owned(),
                         mode: None,
@@ -100,6 +101,7 @@ impl Dataplane {
                             .with_context(|| format!("pinning the link at {}", pin.display()))?;
                         pinned = true;
                     }
+                    self.pin_own_progs()?;
                     let a = Attachment {
                         interface: interface.to_owned(),
                         mode: Some(*m),

@@ -14,6 +14,7 @@ mod maps;
 mod net_filter;
 mod net_hash;
 pub mod object;
+mod progs;
 mod resize;
 mod sources;
 mod sys;
@@ -86,6 +87,8 @@ pub struct Dataplane {
     /// Pinned maps replaced by maps of the configured sizes at this load, held until
     /// [`Dataplane::carry_over_late_bans`].
     resized: Vec<resize::Resized>,
+    /// The pinned `PS_PROGS` of the program this load replaces (`progs`).
+    replaced_progs: Option<progs::ReplacedProgs>,
     /// What `PS_IGN_FILTER` holds, once read or written.
     ignore_words: Option<Vec<u64>>,
     /// What `PS_ACK_PORTS` holds, once read or written.
@@ -231,13 +234,6 @@ fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
     Ok(())
 }
 
-/// True when the object's `PS_PROGS` (pinned by an earlier start) holds the probe stage.
-fn has_probe_stage(ebpf: &Ebpf) -> bool {
-    ebpf.map(names::PROGS)
-        .and_then(|m| ProgramArray::try_from(m).ok())
-        .is_some_and(|a| a.indices().any(|i| i.ok() == Some(names::PROBE_STAGE)))
-}
-
 /// Maps a pin directory of an earlier release lacks: the next `run` creates them.
 const ADDED_MAPS: [&str; 11] = [
     names::BAN_TAGS,
@@ -341,9 +337,27 @@ impl Dataplane {
             Some(dir) if names::ALL.iter().any(|n| dir.join(n).exists()) => Contents::Kept,
             _ => Contents::Created,
         };
+        let build = object::build_id(bytes);
+        let reused = match &pin_dir {
+            // A pin that cannot be used only costs this start a verification; so does a
+            // `PS_PROGS` without the probe stage.
+            Some(dir) if resized.is_empty() && progs::pinned_stage(dir) => {
+                pinned_program(dir, build).unwrap_or_else(|e| {
+                    log::warn!("{e:#}: loading the program again");
+                    None
+                })
+            }
+            _ => None,
+        };
+        // A program loaded again has a `PS_PROGS` of its own (`progs`).
+        let replaced_progs = match &pin_dir {
+            Some(dir) if reused.is_none() => progs::pinned(dir)?,
+            _ => None,
+        };
         if let Some(dir) = &pin_dir {
             for name in names::ALL {
-                if !resized.iter().any(|r| r.name == name) {
+                let own = name == names::PROGS && replaced_progs.is_some();
+                if !own && !resized.iter().any(|r| r.name == name) {
                     loader.map_pin_path(name, dir.join(name));
                 }
             }
@@ -367,17 +381,6 @@ impl Dataplane {
         let hooks = tcp_sockets::attach_hooks(&mut ebpf, pin_dir.as_deref())
             .inspect_err(|e| log::warn!("{e:#}: every TCP probe is looked up"))
             .ok();
-        let build = object::build_id(bytes);
-        let reused = match &pin_dir {
-            // A pin that cannot be used only costs this start a verification; so does a
-            // `PS_PROGS` without the probe stage.
-            Some(dir) if resized.is_empty() && has_probe_stage(&ebpf) => pinned_program(dir, build)
-                .unwrap_or_else(|e| {
-                    log::warn!("{e:#}: loading the program again");
-                    None
-                }),
-            _ => None,
-        };
         let pin = pin_dir.as_ref().map(|dir| (dir.clone(), build));
         let verify = move || -> Result<(Ebpf, std::time::Duration)> {
             let t = std::time::Instant::now();
@@ -403,6 +406,10 @@ impl Dataplane {
         };
         let mut dp = Self::with_maps(program, taken, pin_dir, contents)?;
         dp.resized = resized;
+        dp.replaced_progs = replaced_progs.map(|held| progs::ReplacedProgs {
+            _held: held,
+            pinned_own: false,
+        });
         if hooks.is_none() {
             // Pins kept from an earlier start may hold a mark that no hook keeps honest.
             dp.untrust_tcp_sockets()?;
@@ -478,6 +485,7 @@ impl Dataplane {
             net_hash: Default::default(),
             bans_at_load: None,
             resized: Vec::new(),
+            replaced_progs: None,
             ignore_words: None,
             ack_words: None,
             tcp_hooks: None,
