@@ -960,6 +960,113 @@ fn a_range_batch_the_trie_refuses_keeps_the_hash_as_the_trie() {
     assert_eq!(verdict("10.1.2.3"), XDP_DROP);
 }
 
+/// A SOURCE_PREFIX_V6 change whose bans the other map cannot all take is refused whole:
+/// the bans copied before the error leave that map again, so that none stays in force
+/// out of reach of an unban (which looks in the map of the prefix in force).
+#[test]
+fn a_prefix_change_the_trie_cannot_take_is_taken_back() {
+    use portsentry_common::maps::{SETTING_V6_PREFIX_SHIFT, Settings};
+    require_kernel!();
+    let sizes = portsentry_user::kernel::MapSizes {
+        ban_nets: 2,
+        ..Default::default()
+    };
+    let mut dp = portsentry_user::kernel::Dataplane::load(&sizes, None).unwrap();
+    let by_64 = Settings {
+        event_trigger: 1,
+        flags: 64 << SETTING_V6_PREFIX_SHIFT,
+        ..Default::default()
+    };
+    dp.write_settings(by_64).unwrap();
+    let nets = ["2001:db8:1::/64", "2001:db8:2::/64", "2001:db8:3::/64"];
+    for n in nets {
+        dp.insert_ban(&net(n), &BanEntry::default()).unwrap();
+    }
+    let err = dp
+        .write_settings(Settings { flags: 0, ..by_64 })
+        .expect_err("the trie holds two");
+    assert!(format!("{err:#}").contains("SOURCE_PREFIX_V6"), "{err:#}");
+    assert_eq!(
+        dp.v6_source_prefix(),
+        Some(64),
+        "the prefix in force is unchanged"
+    );
+    let ns = portsentry_tests::netns::Netns::new("v6back");
+    let verdict = |dp: &portsentry_user::kernel::Dataplane, src: &str| {
+        ns.enter(|| portsentry_tests::testrun::run(dp.program_fd().unwrap(), &udp(src), 1))
+            .unwrap()
+            .retval
+    };
+    for host in ["2001:db8:1::99", "2001:db8:2::99", "2001:db8:3::99"] {
+        assert_eq!(verdict(&dp, host), XDP_DROP, "{host}");
+    }
+    // Each lifted by an unban: nothing is left in force.
+    for (n, host) in nets
+        .iter()
+        .zip(["2001:db8:1::99", "2001:db8:2::99", "2001:db8:3::99"])
+    {
+        assert!(dp.remove_ban(&net(n)).unwrap(), "{n}");
+        assert_eq!(verdict(&dp, host), XDP_PASS, "{host}");
+    }
+}
+
+/// The bans carried over after a resize are those the old program made after the
+/// copy: not those the daemon moved since (a SOURCE_PREFIX_V6 changed at the same
+/// start: an address's ban must not come back as its network's) or lifted since.
+#[test]
+fn a_resize_carries_over_the_late_bans_alone() {
+    use portsentry_common::maps::{SETTING_V6_PREFIX_SHIFT, Settings};
+    require_kernel!();
+    let pins = fresh_pins("late");
+    let sizes = portsentry_user::kernel::MapSizes::default();
+    let mut old = portsentry_user::kernel::Dataplane::load(&sizes, Some(pins.clone())).unwrap();
+    let single = Settings {
+        event_trigger: 1,
+        ..Default::default()
+    };
+    old.write_settings(single).unwrap();
+    for n in ["2001:db8::5/128", "198.51.100.1/32", "198.51.100.2/32"] {
+        old.insert_ban(&net(n), &BanEntry::default()).unwrap();
+    }
+    let bigger = portsentry_user::kernel::MapSizes {
+        bans: sizes.bans * 2,
+        ..sizes.clone()
+    };
+    let mut new = portsentry_user::kernel::Dataplane::load(&bigger, Some(pins.clone())).unwrap();
+    // After the copy: the old program's map gets a ban (as the program would make one),
+    // and the daemon lifts one and moves the IPv6 address's ban to the trie.
+    let late = BanEntry {
+        since_ns: monotonic_ns(),
+        ..Default::default()
+    };
+    old.insert_ban(&net("198.51.100.77/32"), &late).unwrap();
+    assert!(new.remove_ban(&net("198.51.100.2/32")).unwrap());
+    new.write_settings(Settings {
+        flags: 64 << SETTING_V6_PREFIX_SHIFT,
+        ..single
+    })
+    .unwrap();
+    assert_eq!(new.carry_over_late_bans().unwrap(), 1);
+    drop(old);
+    let ns = portsentry_tests::netns::Netns::new("late");
+    let verdict = |src: &str| {
+        ns.enter(|| portsentry_tests::testrun::run(new.program_fd().unwrap(), &udp(src), 1))
+            .unwrap()
+            .retval
+    };
+    assert_eq!(verdict("198.51.100.77"), XDP_DROP, "the late ban");
+    assert_eq!(verdict("198.51.100.1"), XDP_DROP);
+    assert_eq!(verdict("198.51.100.2"), XDP_PASS, "lifted after the copy");
+    assert_eq!(verdict("2001:db8::5"), XDP_DROP);
+    assert_eq!(
+        verdict("2001:db8::6"),
+        XDP_PASS,
+        "the address's ban, not its /64's"
+    );
+    drop(new);
+    let _ = std::fs::remove_dir_all(&pins);
+}
+
 /// `PS_BANS` is read by two threads, each half of its buckets, the lower half's last
 /// batch running past the middle: every ban is read back exactly once.
 #[test]

@@ -387,8 +387,21 @@ impl Dataplane {
                 (was != will).then_some((net, entry, was))
             })
             .collect();
-        for (net, entry, was) in &moved {
-            self.insert_ban_as(net, entry, !was)?;
+        for (i, (net, entry, was)) in moved.iter().enumerate() {
+            if let Err(e) = self.insert_ban_as(net, entry, !was) {
+                // Nothing half-applied: the copies made so far leave the other map
+                // again (a copy left there would stay in force, out of reach of an
+                // unban, which looks in the map of the prefix in force).
+                for (net, _, was) in &moved[..i] {
+                    self.remove_ban_as(net, !was)?;
+                }
+                return Err(e.context(format!(
+                    "moving the IPv6 bans to SOURCE_PREFIX_V6's other map (the prefix in \
+                     force is unchanged; the {i} of {} bans copied before the error were \
+                     taken back)",
+                    moved.len()
+                )));
+            }
         }
         // The moves may have set SETTING_PREFIX_BANS.
         self.store_settings(self.keep_presence(settings))?;

@@ -8,7 +8,6 @@
 //! value's bytes carried over into the start of the new one.
 
 use std::{
-    collections::HashSet,
     os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
@@ -24,7 +23,6 @@ use portsentry_common::{
 
 use super::{
     Dataplane, MapSizes, addr,
-    maps::fd,
     sources::{self, SourceTable},
     sys,
 };
@@ -66,6 +64,9 @@ pub(super) struct Resized {
     /// `PS_SOURCES`: the records carried over, of those the old map held (a set keeps
     /// three; where more fall into one, the newest).
     pub carried: std::cell::Cell<Option<(usize, usize)>>,
+    /// `PS_BANS`, `PS_BAN_NETS`: the bans copied, each as its key and the time it was
+    /// made, sorted ([`Copied`]).
+    pub copied: std::cell::RefCell<Vec<Copied>>,
     /// The value grew (a release added fields), not the number of entries.
     pub value: bool,
 }
@@ -142,6 +143,7 @@ pub(super) fn pinned_to_resize(pin_dir: &Path, sizes: &MapSizes) -> Result<Vec<R
                 new_size,
                 old_capacity,
                 carried: Default::default(),
+                copied: Default::default(),
                 value,
             });
         }
@@ -161,12 +163,18 @@ pub(super) fn pinned_to_resize(pin_dir: &Path, sizes: &MapSizes) -> Result<Vec<R
                 new_size: 1,
                 old_capacity: 1,
                 carried: Default::default(),
+                copied: Default::default(),
                 value: false,
             });
         }
     }
     Ok(out)
 }
+
+/// A ban as copied into a resized map: its prefix length (0 in `PS_BANS`), its key, and
+/// when it was made. A ban the old program made after the copy is one the copy lacks,
+/// or one it holds made at another time (a lapsed ban made again).
+pub(super) type Copied = (u32, Addr, u64);
 
 /// Copies every entry of `old` into `new` (the new map of the same name): a map that
 /// keeps bans refuses to shrink below what it holds ([`MapTooSmall`]); the tracked
@@ -179,7 +187,7 @@ fn carry_over(r: &Resized, new: &Map) -> Result<()> {
         from: std::os::fd::BorrowedFd<'_>,
         to: std::os::fd::BorrowedFd<'_>,
         keeps_all: bool,
-    ) -> Result<()> {
+    ) -> Result<(Vec<K>, Vec<V>)> {
         let all: Vec<(K, V)> =
             sys::read_map(from).with_context(|| format!("reading the pinned {}", r.name))?;
         if keeps_all && all.len() > r.new_size as usize {
@@ -193,11 +201,21 @@ fn carry_over(r: &Resized, new: &Map) -> Result<()> {
         let take = all.len().min(r.new_size as usize);
         let (keys, values): (Vec<K>, Vec<V>) = all.into_iter().take(take).unzip();
         sys::write_map(to, &keys, &values)
-            .with_context(|| format!("copying {} into its new map", r.name))
+            .with_context(|| format!("copying {} into its new map", r.name))?;
+        Ok((keys, values))
     }
     match r.name {
-        names::BANS => copy::<Addr, BanEntry>(r, from, to, true),
-        names::BAN_NETS => copy::<Key<Addr>, BanEntry>(r, from, to, true),
+        names::BANS => {
+            let (keys, values) = copy::<Addr, BanEntry>(r, from, to, true)?;
+            record_copied(r, keys.into_iter().map(|k| (0, k)), &values);
+            Ok(())
+        }
+        names::BAN_NETS => {
+            let (keys, values) = copy::<Key<Addr>, BanEntry>(r, from, to, true)?;
+            let keys = keys.into_iter().map(|k| (k.prefix_len(), k.data()));
+            record_copied(r, keys, &values);
+            Ok(())
+        }
         // The ignore list is written whole from the configuration at every start;
         // the ban cache and the tags are filled from the bans at every load, the hash of
         // lengths from the trie.
@@ -229,6 +247,24 @@ fn carry_over(r: &Resized, new: &Map) -> Result<()> {
         }
         _ => Ok(()),
     }
+}
+
+fn record_copied(r: &Resized, keys: impl Iterator<Item = (u32, Addr)>, values: &[BanEntry]) {
+    let mut copied: Vec<Copied> = keys
+        .zip(values)
+        .map(|((len, k), v)| (len, k, v.since_ns))
+        .collect();
+    copied.sort_unstable();
+    *r.copied.borrow_mut() = copied;
+}
+
+/// Whether the old program made `ban` (of length `len`, 0 for `PS_BANS`, and key `key`)
+/// after `r` was copied.
+fn is_late(r: &Resized, len: u32, key: Addr, ban: &BanEntry) -> bool {
+    r.copied
+        .borrow()
+        .binary_search(&(len, key, ban.since_ns))
+        .is_err()
 }
 
 /// A value of this release from an earlier release's bytes: the fields they hold, the
@@ -281,6 +317,10 @@ impl Dataplane {
     /// After the attach: the bans the old program made in the old maps since they were
     /// copied (at a source's trigger, until the attach replaced it) are copied too, and
     /// the old maps are let go. Returns how many bans that was.
+    ///
+    /// Late is what the copy lacks, not what the new maps lack: since the copy the
+    /// daemon may have lifted bans from the new maps, or moved them between the two
+    /// (a SOURCE_PREFIX_V6 changed at this start), and those stay as it left them.
     pub fn carry_over_late_bans(&mut self) -> Result<usize> {
         let resized = std::mem::take(&mut self.resized);
         let mut late = Vec::new();
@@ -289,25 +329,18 @@ impl Dataplane {
             match r.name {
                 names::BANS => {
                     let old: Vec<(Addr, BanEntry)> = sys::read_map(from)?;
-                    let new: Vec<(Addr, BanEntry)> = sys::read_map(fd(&self.maps.bans))?;
-                    let new: HashSet<Addr> = new.into_iter().map(|(k, _)| k).collect();
                     let prefix = self.v6_source_prefix();
                     late.extend(
                         old.into_iter()
-                            .filter(|(k, _)| !new.contains(k))
+                            .filter(|(k, e)| is_late(r, 0, *k, e))
                             .map(|(k, e)| (addr::source_key_net(&k, prefix), e)),
                     );
                 }
                 names::BAN_NETS => {
                     let old: Vec<(Key<Addr>, BanEntry)> = sys::read_map(from)?;
-                    let new: Vec<(Key<Addr>, BanEntry)> = sys::read_map(fd(&self.maps.ban_nets))?;
-                    let new: HashSet<(u32, Addr)> = new
-                        .iter()
-                        .map(|(k, _)| (k.prefix_len(), k.data()))
-                        .collect();
                     late.extend(
                         old.into_iter()
-                            .filter(|(k, _)| !new.contains(&(k.prefix_len(), k.data())))
+                            .filter(|(k, e)| is_late(r, k.prefix_len(), k.data(), e))
                             .map(|(k, e)| (addr::net_from_key(k.prefix_len(), &k.data()), e)),
                     );
                 }
