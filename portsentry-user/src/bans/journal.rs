@@ -128,6 +128,9 @@ struct Disk {
     file: File,
     /// Bytes of the file that hold whole records.
     len: u64,
+    /// A failed write may have left part of a record after `len`, and cutting it back
+    /// failed too: nothing is appended until it is cut back.
+    torn: bool,
 }
 
 struct Inner {
@@ -142,6 +145,9 @@ struct Inner {
     fsyncs: std::sync::atomic::AtomicU64,
     /// The async side of `synced.seq`.
     synced_watch: tokio::sync::watch::Sender<u64>,
+    /// Failures a unit test injects into the writes below (none outside tests).
+    #[cfg(test)]
+    faults: tests::Faults,
 }
 
 /// The ban journal: appends, the writer thread, compaction. Cloning shares it.
@@ -272,10 +278,16 @@ impl Journal {
                 error: None,
             }),
             done: Condvar::new(),
-            disk: Mutex::new(Disk { file, len }),
+            disk: Mutex::new(Disk {
+                file,
+                len,
+                torn: false,
+            }),
             compacting: Mutex::new(false),
             fsyncs: 0.into(),
             synced_watch: tx,
+            #[cfg(test)]
+            faults: Default::default(),
         });
         let writer = inner.clone();
         std::thread::Builder::new()
@@ -438,11 +450,7 @@ impl Inner {
                 // A compacted file replaced the journal meanwhile, with these changes.
                 continue;
             }
-            let good = disk.len;
-            let r = disk
-                .file
-                .write_all(&batch)
-                .and_then(|()| disk.file.sync_data());
+            let r = self.write_batch(&mut disk, &batch);
             match r {
                 Ok(()) => {
                     disk.len += batch.len() as u64;
@@ -452,10 +460,10 @@ impl Inner {
                     self.mark_synced(seq, None);
                 }
                 Err(e) => {
-                    // Never append after a record that may be cut short: back to the
-                    // last whole record, the batch kept for the next try.
-                    let _ = disk.file.set_len(good);
+                    // The batch is kept for the next try.
                     drop(disk);
+                    #[cfg(test)]
+                    self.faults.failed_write();
                     {
                         let mut p = lock(&self.pending);
                         let mut again = batch;
@@ -468,6 +476,53 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// Appends `batch` after the last whole record and fsyncs it. The file is opened
+    /// for appending, and a start drops every record after a torn one: after a failed
+    /// write the file is cut back to its last whole record before anything else is
+    /// appended, and while that fails the writes fail too.
+    fn write_batch(&self, disk: &mut Disk, batch: &[u8]) -> io::Result<()> {
+        if disk.torn {
+            self.truncate(&disk.file, disk.len)?;
+            disk.torn = false;
+        }
+        let r = self.write(&mut disk.file, batch);
+        if r.is_err() {
+            disk.torn = self.truncate(&disk.file, disk.len).is_err();
+        }
+        r
+    }
+
+    /// Appends `bytes` to the journal and fsyncs them.
+    fn write(&self, file: &mut File, bytes: &[u8]) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some(part) = self.faults.write() {
+            file.write_all(&bytes[..part.min(bytes.len())])?;
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        file.write_all(bytes)?;
+        file.sync_data()
+    }
+
+    /// Cuts the journal back to `len` bytes.
+    fn truncate(&self, file: &File, len: u64) -> io::Result<()> {
+        #[cfg(test)]
+        self.faults.truncate()?;
+        file.set_len(len)
+    }
+
+    /// Fsyncs the journal's directory (a rename in it).
+    fn sync_dir(&self) -> Result<()> {
+        let Some(dir) = self.path.parent() else {
+            return Ok(());
+        };
+        let sync = || {
+            #[cfg(test)]
+            self.faults.sync_dir()?;
+            sync_dir(dir)
+        };
+        sync().with_context(|| format!("syncing {}", dir.display()))
     }
 
     fn mark_synced(&self, seq: u64, error: Option<(u64, String)>) {
@@ -493,15 +548,17 @@ impl Inner {
             .and_then(|()| f.sync_all())
             .with_context(|| format!("writing {}", tmp.display()))?;
         fs::rename(&tmp, &self.path).with_context(|| format!("writing {}", self.path.display()))?;
-        if let Some(dir) = self.path.parent() {
-            sync_dir(dir).with_context(|| format!("syncing {}", dir.display()))?;
-        }
+        self.sync_dir()?;
         let file = OpenOptions::new()
             .append(true)
             .open(&self.path)
             .with_context(|| format!("opening {}", self.path.display()))?;
         let len = (snapshot.len() + tail.len()) as u64;
-        *disk = Disk { file, len };
+        *disk = Disk {
+            file,
+            len,
+            torn: false,
+        };
         // Every change appended so far is in the new file.
         p.buf.clear();
         p.generation += 1;

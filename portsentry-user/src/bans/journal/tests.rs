@@ -8,6 +8,71 @@ use super::{
 };
 use crate::kinds::{ModeToken, Protocol};
 
+/// I/O failures a test injects into a journal's writer and compaction
+/// (`Inner::faults`): the seam through which a full disk or a failing directory fsync
+/// is made to happen on demand.
+#[derive(Default)]
+pub(super) struct Faults(Mutex<Plan>);
+
+#[derive(Default)]
+pub(super) struct Plan {
+    /// This many of the coming writes fail (ENOSPC), each once `partial` bytes of its
+    /// batch reached the file.
+    writes: u32,
+    partial: usize,
+    /// This many of the coming truncations fail (EIO).
+    truncates: u32,
+    /// This many of the coming directory fsyncs fail (EIO).
+    dir_syncs: u32,
+    /// Runs once, after a write failed and before its batch is put back for the next
+    /// try.
+    after_failed_write: Option<Box<dyn FnOnce() + Send>>,
+}
+
+fn eio() -> io::Error {
+    io::Error::from_raw_os_error(libc::EIO)
+}
+
+impl Faults {
+    fn plan(&self, f: impl FnOnce(&mut Plan)) {
+        f(&mut lock(&self.0));
+    }
+
+    /// `Some(bytes written first)` when this write is to fail.
+    pub(super) fn write(&self) -> Option<usize> {
+        let mut p = lock(&self.0);
+        (p.writes > 0).then(|| {
+            p.writes -= 1;
+            p.partial
+        })
+    }
+
+    pub(super) fn truncate(&self) -> io::Result<()> {
+        let mut p = lock(&self.0);
+        if p.truncates > 0 {
+            p.truncates -= 1;
+            return Err(eio());
+        }
+        Ok(())
+    }
+
+    pub(super) fn sync_dir(&self) -> io::Result<()> {
+        let mut p = lock(&self.0);
+        if p.dir_syncs > 0 {
+            p.dir_syncs -= 1;
+            return Err(eio());
+        }
+        Ok(())
+    }
+
+    pub(super) fn failed_write(&self) {
+        let hook = lock(&self.0).after_failed_write.take();
+        if let Some(hook) = hook {
+            hook();
+        }
+    }
+}
+
 fn ban(net: &str, count: u32) -> Ban {
     Ban {
         net: net.parse().unwrap(),
@@ -414,4 +479,37 @@ fn waiters_share_fsyncs_and_see_their_change_on_disk() {
     assert_eq!(r.store.len(), 800);
     assert!(took < Duration::from_secs(30), "{took:?}");
     let _ = SystemTime::now();
+}
+
+/// Waits until change `seq` is on disk through failed tries: while writes fail a wait
+/// fails at once, and the writer tries again every 200 ms.
+fn settle(j: &Journal, seq: u64) {
+    let t = Instant::now();
+    while let Err(e) = j.wait(seq) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "never written: {e:#}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A write that fails part-way leaves part of a record at the end of the file, and the
+/// file is opened for appending: while cutting it back fails, nothing may be appended
+/// after it (the next start would drop everything from the torn record on).
+#[test]
+fn a_torn_write_is_cut_back_before_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _, _) = Journal::open(dir.path()).unwrap();
+    j.0.faults.plan(|p| {
+        p.writes = 1;
+        p.partial = 10;
+        p.truncates = 2;
+    });
+    let seq = j.put(&ban("192.0.2.7/32", 1));
+    settle(&j, seq);
+    j.close().unwrap();
+    let r = read(&path(dir.path())).unwrap().unwrap();
+    assert_eq!(r.damage, None, "appended after a torn record");
+    assert!(r.store.contains(&"192.0.2.7/32".parse().unwrap()));
 }
