@@ -450,20 +450,23 @@ impl Inner {
                 // A compacted file replaced the journal meanwhile, with these changes.
                 continue;
             }
-            let r = self.write_batch(&mut disk, &batch);
-            match r {
+            // The outcome is marked with the journal still locked, as a compaction
+            // marks its own: an error is never left behind by one that came first.
+            match self.write_batch(&mut disk, &batch) {
                 Ok(()) => {
                     disk.len += batch.len() as u64;
                     self.fsyncs
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    drop(disk);
                     self.mark_synced(seq, None);
                 }
                 Err(e) => {
-                    // The batch is kept for the next try.
-                    drop(disk);
                     #[cfg(test)]
                     self.faults.failed_write();
+                    // The batch goes back for the next try while the journal is still
+                    // locked: a compaction waiting for the lock then finds it pending
+                    // and covers it. Put back after a compaction's switch, it would be
+                    // written again after the changes that superseded it (a lifted ban
+                    // back in force at the next start).
                     {
                         let mut p = lock(&self.pending);
                         let mut again = batch;
@@ -472,6 +475,7 @@ impl Inner {
                     }
                     let first = lock(&self.synced).seq + 1;
                     self.mark_synced(0, Some((first, e.to_string())));
+                    drop(disk);
                     std::thread::sleep(Duration::from_millis(200));
                 }
             }
@@ -564,8 +568,8 @@ impl Inner {
         p.generation += 1;
         let seq = p.seq;
         drop(p);
-        drop(disk);
         self.mark_synced(seq, None);
+        drop(disk);
         Ok(len)
     }
 }

@@ -1,4 +1,7 @@
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    sync::mpsc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use portsentry_common::{ScanType, maps::BanOrigin};
 
@@ -512,4 +515,46 @@ fn a_torn_write_is_cut_back_before_the_next_one() {
     let r = read(&path(dir.path())).unwrap().unwrap();
     assert_eq!(r.damage, None, "appended after a torn record");
     assert!(r.store.contains(&"192.0.2.7/32".parse().unwrap()));
+}
+
+/// A write fails, and a compaction runs before the writer puts the batch back: the
+/// compacted file holds the batch's change and the later ones (here a ban and its
+/// lift), so the batch written again after it would bring the lifted ban back.
+#[test]
+fn a_failed_batch_is_not_written_again_after_a_compaction_covered_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, mut store, _) = Journal::open(dir.path()).unwrap();
+    let x = ban("192.0.2.7/32", 1);
+    let (go, went) = mpsc::channel();
+    let (done, finished) = mpsc::channel::<()>();
+    j.0.faults.plan(|p| {
+        p.writes = 1;
+        p.after_failed_write = Some(Box::new(move || {
+            go.send(()).unwrap();
+            // The compaction runs now if the writer lets it.
+            let _ = finished.recv_timeout(Duration::from_millis(500));
+        }));
+    });
+    store.insert(x);
+    j.put(&x);
+    went.recv().unwrap();
+    store.remove(&x.net);
+    let lifted = j.lift(&x.net);
+    j.compact_now(&store).unwrap();
+    let _ = done.send(());
+    j.wait(lifted).unwrap();
+    // A change made after all this waits for its own write, not for an old error.
+    let later = j.put(&ban("192.0.2.8/32", 1));
+    let waited = j.wait(later);
+    settle(&j, later);
+    j.close().unwrap();
+    let r = read(&path(dir.path())).unwrap().unwrap();
+    assert_eq!(r.damage, None);
+    assert!(
+        !r.store.contains(&x.net),
+        "the lifted ban came back: {:?}",
+        nets(&r.store)
+    );
+    assert_eq!(r.store.len(), 1);
+    waited.unwrap();
 }
