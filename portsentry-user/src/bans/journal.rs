@@ -32,7 +32,9 @@
 //! **Compaction.** When the file holds more than twice what the bans in force need (plus
 //! 1 MiB), a snapshot of the store is written to a new file by a thread of its own, the
 //! changes made meanwhile are appended to it, and it replaces the journal (rename, then
-//! fsync of the directory). Appends and fsyncs go on during the snapshot's write.
+//! fsync of the directory). Appends and fsyncs go on during the snapshot's write. Once
+//! renamed, the new file is the journal even when the directory's fsync fails: the
+//! next write syncs the directory before it counts as on disk.
 //!
 //! **Migration.** A `bans.json` from an earlier release is read on the first start that
 //! finds no journal, written to a new journal, and renamed to `bans.json.migrated`.
@@ -131,6 +133,10 @@ struct Disk {
     /// A failed write may have left part of a record after `len`, and cutting it back
     /// failed too: nothing is appended until it is cut back.
     torn: bool,
+    /// A compacted file was renamed over the journal and the directory's fsync
+    /// failed: the rename (and the changes only in the new file) may not survive a
+    /// power loss until the next write syncs the directory first.
+    dir_unsynced: bool,
 }
 
 struct Inner {
@@ -196,14 +202,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Writes `bytes` to `path` as a new file and fsyncs it.
+/// Writes `bytes` to `path` as a new file and fsyncs it; the handle appends (a
+/// compacted file's becomes the journal's).
 fn write_new(path: &Path, bytes: &[u8]) -> io::Result<File> {
     let mut f = OpenOptions::new()
-        .write(true)
+        .append(true)
         .create(true)
-        .truncate(true)
         .mode(0o600)
         .open(path)?;
+    // Emptied here: a file left by a crash may be there, and an appending open cannot
+    // truncate.
+    f.set_len(0)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     Ok(f)
@@ -282,6 +291,7 @@ impl Journal {
                 file,
                 len,
                 torn: false,
+                dir_unsynced: false,
             }),
             compacting: Mutex::new(false),
             fsyncs: 0.into(),
@@ -474,7 +484,7 @@ impl Inner {
                         p.buf = again;
                     }
                     let first = lock(&self.synced).seq + 1;
-                    self.mark_synced(0, Some((first, e.to_string())));
+                    self.mark_synced(0, Some((first, format!("{e:#}"))));
                     drop(disk);
                     std::thread::sleep(Duration::from_millis(200));
                 }
@@ -486,16 +496,21 @@ impl Inner {
     /// for appending, and a start drops every record after a torn one: after a failed
     /// write the file is cut back to its last whole record before anything else is
     /// appended, and while that fails the writes fail too.
-    fn write_batch(&self, disk: &mut Disk, batch: &[u8]) -> io::Result<()> {
+    fn write_batch(&self, disk: &mut Disk, batch: &[u8]) -> Result<()> {
         if disk.torn {
-            self.truncate(&disk.file, disk.len)?;
+            self.truncate(&disk.file, disk.len)
+                .context("cutting a failed write back")?;
             disk.torn = false;
+        }
+        if disk.dir_unsynced {
+            self.sync_dir()?;
+            disk.dir_unsynced = false;
         }
         let r = self.write(&mut disk.file, batch);
         if r.is_err() {
             disk.torn = self.truncate(&disk.file, disk.len).is_err();
         }
-        r
+        Ok(r?)
     }
 
     /// Appends `bytes` to the journal and fsyncs them.
@@ -552,25 +567,36 @@ impl Inner {
             .and_then(|()| f.sync_all())
             .with_context(|| format!("writing {}", tmp.display()))?;
         fs::rename(&tmp, &self.path).with_context(|| format!("writing {}", self.path.display()))?;
-        self.sync_dir()?;
-        let file = OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .with_context(|| format!("opening {}", self.path.display()))?;
+        // From here the new file is the journal whatever fails next (the old one has
+        // no name any more): the writer appends to it through the handle that wrote
+        // it, and every change appended so far is in it.
         let len = (snapshot.len() + tail.len()) as u64;
         *disk = Disk {
-            file,
+            file: f,
             len,
             torn: false,
+            dir_unsynced: false,
         };
-        // Every change appended so far is in the new file.
         p.buf.clear();
         p.generation += 1;
         let seq = p.seq;
         drop(p);
-        self.mark_synced(seq, None);
+        let r = match self.sync_dir() {
+            Ok(()) => {
+                self.mark_synced(seq, None);
+                Ok(len)
+            }
+            Err(e) => {
+                // The changes only in the new file are not on disk until the rename
+                // is: the next write syncs the directory first.
+                disk.dir_unsynced = true;
+                let first = lock(&self.synced).seq + 1;
+                self.mark_synced(0, Some((first, format!("{e:#}"))));
+                Err(e)
+            }
+        };
         drop(disk);
-        Ok(len)
+        r
     }
 }
 

@@ -558,3 +558,36 @@ fn a_failed_batch_is_not_written_again_after_a_compaction_covered_it() {
     assert_eq!(r.store.len(), 1);
     waited.unwrap();
 }
+
+/// The directory's fsync fails after the compacted file was renamed over the journal:
+/// the journal is the new file from then on, and later changes must go to it, not to
+/// the old file that no name leads to any more.
+#[test]
+fn a_compaction_that_fails_after_its_rename_leaves_the_writer_on_the_new_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, mut store, _) = Journal::open(dir.path()).unwrap();
+    for i in 0..10u32 {
+        let b = ban(&format!("10.0.0.{i}/32"), 1);
+        store.insert(b);
+        j.put(&b);
+    }
+    j.wait(j.last()).unwrap();
+    j.0.faults.plan(|p| p.dir_syncs = 1);
+    let e = j.compact_now(&store).unwrap_err();
+    assert!(
+        format!("{e:#}").contains(&dir.path().display().to_string()),
+        "{e:#}"
+    );
+    let late = ban("192.0.2.99/32", 1);
+    store.insert(late);
+    let seq = j.put(&late);
+    settle(&j, seq);
+    j.close().unwrap();
+    let r = read(&path(dir.path())).unwrap().unwrap();
+    assert_eq!(r.damage, None);
+    assert_eq!(
+        nets(&r.store),
+        nets(&store),
+        "the change made after the compaction is lost"
+    );
+}
