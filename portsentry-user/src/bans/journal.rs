@@ -544,14 +544,36 @@ impl Inner {
         sync().with_context(|| format!("syncing {}", dir.display()))
     }
 
+    /// Marks changes up to `seq` on disk, and the error of a failed write (`None`
+    /// after a success). The start and the end of a run of failures are logged here:
+    /// some changes have no one waiting to report a failure (an expiry's lift, most
+    /// CrowdSec bans), and the writer retries every 200 ms, so once a run.
     fn mark_synced(&self, seq: u64, error: Option<(u64, String)>) {
         let mut s = lock(&self.synced);
         s.seq = s.seq.max(seq);
+        let line = match (&s.error, &error) {
+            (None, Some((_, e))) => Some((
+                log::Level::Warn,
+                format!(
+                    "writing the ban journal {}: {e}; the changes are kept in memory and \
+                     written when it works again (tried every 200 ms)",
+                    self.path.display()
+                ),
+            )),
+            (Some(_), None) => Some((
+                log::Level::Info,
+                format!("the ban journal {} is written again", self.path.display()),
+            )),
+            _ => None,
+        };
         s.error = error;
         let now = s.seq;
         drop(s);
         self.done.notify_all();
         self.synced_watch.send_replace(now);
+        if let Some((level, line)) = line {
+            log::log!(level, "{line}");
+        }
     }
 
     /// Writes `snapshot` to a new file, then the changes made since, and puts it in the

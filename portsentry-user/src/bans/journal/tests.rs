@@ -591,3 +591,55 @@ fn a_compaction_that_fails_after_its_rename_leaves_the_writer_on_the_new_file() 
         "the change made after the compaction is lost"
     );
 }
+
+/// The lines logged through `log` in this process (the writer thread's).
+static LOGGED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        lock(&LOGGED).push(record.args().to_string());
+    }
+
+    fn flush(&self) {}
+}
+
+/// Starts capturing log lines; the lines so far that name `file`.
+fn logged(file: &Path) -> Vec<String> {
+    static CAPTURE: Capture = Capture;
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        log::set_logger(&CAPTURE).expect("no other logger in unit tests");
+        log::set_max_level(log::LevelFilter::Info);
+    });
+    let file = file.display().to_string();
+    lock(&LOGGED)
+        .iter()
+        .filter(|l| l.contains(&file))
+        .cloned()
+        .collect()
+}
+
+/// Writes that fail are reported even when nobody waits for them (an expiry's lift, a
+/// CrowdSec ban): one line when they start failing, naming the file and the error, and
+/// one when they work again.
+#[test]
+fn failed_writes_are_logged_once_and_so_is_their_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = path(dir.path());
+    assert!(logged(&file).is_empty());
+    let (j, _, _) = Journal::open(dir.path()).unwrap();
+    j.0.faults.plan(|p| p.writes = 3);
+    let seq = j.lift(&"192.0.2.7/32".parse().unwrap());
+    settle(&j, seq);
+    j.close().unwrap();
+    let lines = logged(&file);
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(lines[0].contains("No space left on device"), "{lines:#?}");
+    assert!(lines[1].contains("written again"), "{lines:#?}");
+}
