@@ -26,8 +26,11 @@
 //! **Recovery.** On start the records are replayed in order; the first record that is
 //! cut short (a crash during a write) or whose checksum does not match ends the replay:
 //! what came before it is kept, the problem is logged with the file and the offset, the
-//! damaged file is kept aside (`bans.journal.damaged`) and a clean journal is written
-//! from what was recovered.
+//! damaged file is copied aside (`bans.journal.damaged`, or `.damaged.1` and on when an
+//! earlier copy is there) and a clean journal is written from what was recovered. A
+//! header this release does not read (another format version, after a downgrade, or
+//! not a ban journal at all) is not damage: the start stops with an error that names
+//! the file, which is left as it is.
 //!
 //! **Compaction.** When the file holds more than twice what the bans in force need (plus
 //! 1 MiB), a snapshot of the store is written to a new file by a thread of its own, the
@@ -56,8 +59,8 @@ use ipnet::IpNet;
 use super::{Ban, BanStore, state};
 use codec::Rebuild;
 pub use codec::{
-    COUNT, Damage, HEADER, LIFT, NAME, PUT, PUT_SIZE, Record, encode_count, encode_lift,
-    encode_name, encode_put, encode_store, replay,
+    COUNT, Damage, HEADER, LIFT, NAME, PUT, PUT_SIZE, Record, Unreadable, encode_count,
+    encode_lift, encode_name, encode_put, encode_store, replay,
 };
 
 pub fn path(state_dir: &Path) -> PathBuf {
@@ -73,7 +76,8 @@ pub struct Recovered {
     pub damage: Option<Damage>,
 }
 
-/// Reads the journal at `path` (no change to it); `None` when there is none.
+/// Reads the journal at `path` (no change to it); `None` when there is none. A file
+/// whose header this release does not read is an error that says what to do.
 pub fn read(path: &Path) -> Result<Option<Recovered>> {
     let file = match File::open(path) {
         Ok(f) => f,
@@ -84,7 +88,12 @@ pub fn read(path: &Path) -> Result<Option<Recovered>> {
     let (intact, damage) = replay(&mut BufReader::with_capacity(1 << 20, file), |r| {
         rebuild.add(r)
     })
-    .with_context(|| format!("reading {}", path.display()))?;
+    .map_err(
+        |e| match e.get_ref().and_then(|e| e.downcast_ref::<Unreadable>()) {
+            Some(u) => anyhow::anyhow!("{} {u}", path.display()),
+            None => anyhow::Error::new(e).context(format!("reading {}", path.display())),
+        },
+    )?;
     Ok(Some(Recovered {
         store: rebuild.finish(),
         intact,
@@ -165,6 +174,8 @@ pub struct Journal(Arc<Inner>);
 pub struct Opened {
     /// Damage found at the end of the journal (its intact part was kept).
     pub damage: Option<(PathBuf, Damage)>,
+    /// Where the damaged journal was copied (a name no earlier copy has).
+    pub damaged_copy: Option<PathBuf>,
     /// `bans.json` migrated, and where it went.
     pub migrated: Option<PathBuf>,
     /// Bytes of the journal as found, and how long reading it took.
@@ -176,14 +187,13 @@ impl Opened {
     /// The lines to log.
     pub fn report(&self) -> Vec<String> {
         let mut out = Vec::new();
-        if let Some((file, d)) = &self.damage {
+        if let (Some((file, d)), Some(copy)) = (&self.damage, &self.damaged_copy) {
             out.push(format!(
                 "portsentry: the ban journal {} is damaged ({d}): the bans recorded before \
-                 byte {} were recovered, the rest is lost; the damaged file was kept as \
-                 {}.damaged",
+                 byte {} were recovered, the rest is lost; the damaged file was kept as {}",
                 file.display(),
                 d.offset(),
-                file.display()
+                copy.display()
             ));
         }
         if let Some(to) = &self.migrated {
@@ -218,6 +228,36 @@ fn write_new(path: &Path, bytes: &[u8]) -> io::Result<File> {
     Ok(f)
 }
 
+/// Copies the damaged journal at `path` to `PATH.damaged`, or `PATH.damaged.1`, `.2`
+/// and on when that is taken: a damaged file found later never overwrites an earlier
+/// one (the only copy of what its damage cost). The copy is fsynced; the directory is
+/// synced with the clean journal's rename that follows.
+fn keep_aside(path: &Path) -> io::Result<PathBuf> {
+    let mut from = File::open(path)?;
+    for n in 0..1000 {
+        let aside = match n {
+            0 => PathBuf::from(format!("{}.damaged", path.display())),
+            n => PathBuf::from(format!("{}.damaged.{n}", path.display())),
+        };
+        let mut to = match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&aside)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        };
+        io::copy(&mut from, &mut to)?;
+        to.sync_all()?;
+        return Ok(aside);
+    }
+    Err(io::Error::other(
+        "a thousand damaged copies are there already; remove the old ones",
+    ))
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -237,9 +277,9 @@ impl Journal {
                 opened.bytes = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
                 let rewrite = r.damage.is_some() || r.intact == 0;
                 if let Some(d) = r.damage {
-                    let aside = PathBuf::from(format!("{}.damaged", path.display()));
-                    fs::copy(&path, &aside)
+                    let aside = keep_aside(&path)
                         .with_context(|| format!("keeping {} aside", path.display()))?;
+                    opened.damaged_copy = Some(aside);
                     opened.damage = Some((path.clone(), d));
                 }
                 (r.store, rewrite)

@@ -271,11 +271,12 @@ fn a_bit_flip_is_caught_by_the_checksum() {
             assert_eq!(d.offset(), starts[i] as u64);
         }
     }
+    // A damaged header is not a damaged tail: the file is not read at all (a start
+    // stops rather than drop its bans).
     let mut bad = bytes.clone();
     bad[0] = b'X';
-    let (recs, _, damage) = replay_all(&bad);
-    assert!(recs.is_empty());
-    assert!(matches!(damage, Some(Damage::Corrupt { offset: 0, .. })));
+    let e = replay(&mut &bad[..], |_| {}).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
 }
 
 #[test]
@@ -327,10 +328,9 @@ fn open_recovers_sets_a_damaged_tail_aside_and_appends_after_it() {
         report.contains(&p.display().to_string()) && report.contains(&format!("byte {intact}")),
         "{report}"
     );
-    assert_eq!(
-        fs::read(dir.path().join("bans.journal.damaged")).unwrap(),
-        bytes
-    );
+    let copy = dir.path().join("bans.journal.damaged");
+    assert_eq!(opened.damaged_copy.as_deref(), Some(copy.as_path()));
+    assert_eq!(fs::read(&copy).unwrap(), bytes);
     // Appends after recovery land after intact records, and read back.
     let seq = j.put(&ban("192.0.2.100/32", 1));
     j.wait(seq).unwrap();
@@ -642,4 +642,61 @@ fn failed_writes_are_logged_once_and_so_is_their_end() {
     assert_eq!(lines.len(), 2, "{lines:#?}");
     assert!(lines[0].contains("No space left on device"), "{lines:#?}");
     assert!(lines[1].contains("written again"), "{lines:#?}");
+}
+
+/// A header of another format version (a newer release's, after a downgrade) is not
+/// damage: the start stops with an error that names the file and says what to do, and
+/// the file is left as it is. So is a file that is not a ban journal at all.
+#[test]
+fn a_header_this_release_does_not_read_stops_the_start_and_changes_nothing() {
+    let mut newer = sample();
+    newer[HEADER.len() - 1] = 2;
+    for (bytes, says) in [
+        (newer, "format version 2"),
+        (
+            b"[bans]\nnot ours\n".to_vec(),
+            "not a portsentry ban journal",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let p = path(dir.path());
+        fs::write(&p, &bytes).unwrap();
+        let e = format!("{:#}", Journal::open(dir.path()).err().unwrap());
+        assert!(e.contains(&p.display().to_string()), "{e}");
+        assert!(e.contains(says) && e.contains("move it away"), "{e}");
+        assert_eq!(fs::read(&p).unwrap(), bytes);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "a copy made");
+        assert!(load(dir.path()).is_err());
+    }
+}
+
+/// Each damaged journal found is kept: a later one never overwrites an earlier copy.
+#[test]
+fn damaged_copies_do_not_overwrite_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = path(dir.path());
+    let mut copies = Vec::new();
+    for round in 0..3u8 {
+        let mut bytes = sample();
+        bytes.extend_from_slice(&[round; 5]);
+        fs::write(&p, &bytes).unwrap();
+        let (j, store, opened) = Journal::open(dir.path()).unwrap();
+        j.close().unwrap();
+        assert_eq!(store.len(), 3);
+        let copy = opened.damaged_copy.clone().unwrap();
+        assert!(
+            opened.report()[0].contains(&copy.display().to_string()),
+            "{:?}",
+            opened.report()
+        );
+        copies.push((copy, bytes));
+    }
+    assert_eq!(copies[0].0, dir.path().join("bans.journal.damaged"));
+    for (copy, bytes) in &copies {
+        assert!(
+            fs::read(copy).unwrap() == *bytes,
+            "{} holds another journal",
+            copy.display()
+        );
+    }
 }
