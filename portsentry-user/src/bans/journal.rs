@@ -28,9 +28,9 @@
 //! what came before it is kept, the problem is logged with the file and the offset, the
 //! damaged file is copied aside (`bans.journal.damaged`, or `.damaged.1` and on when an
 //! earlier copy is there) and a clean journal is written from what was recovered. A
-//! header this release does not read (another format version, after a downgrade, or
-//! not a ban journal at all) is not damage: the start stops with an error that names
-//! the file, which is left as it is.
+//! journal of another format version (after a downgrade) is not damage: the start
+//! stops with an error that names the file, which is left as it is. (A header that is
+//! not ours at all, a crash's zeros, is damage at byte 0.)
 //!
 //! **Compaction.** When the file holds more than twice what the bans in force need (plus
 //! 1 MiB), a snapshot of the store is written to a new file by a thread of its own, the

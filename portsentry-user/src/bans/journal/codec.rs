@@ -130,14 +130,14 @@ pub fn encode_store(store: &BanStore) -> Vec<u8> {
     out
 }
 
-/// A file whose header this release does not read: not a portsentry ban journal, or
-/// one of another format version (a newer release's, read after a downgrade). Not
-/// damage: its records may all be sound, so it is not read at all, rather than read as
-/// a journal with no bans. [`replay`] returns it inside an `InvalidData` error.
+/// A ban journal of a format version this release does not read (a newer release's,
+/// read after a downgrade). Not damage: its records may all be sound, so it is not read
+/// at all, rather than read as a journal with no bans. [`replay`] returns it inside an
+/// `InvalidData` error. (A header that is not ours at all, zeroed by a crash, say, is
+/// damage at byte 0.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Unreadable {
-    NotAJournal,
-    Version(u16),
+pub struct Unreadable {
+    pub version: u16,
 }
 
 /// The bytes of the header before the version.
@@ -145,21 +145,15 @@ const MAGIC: usize = 6;
 
 impl std::fmt::Display for Unreadable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Unreadable::NotAJournal => write!(
-                f,
-                "is not a portsentry ban journal (it does not start with PSBANJ); it is left \
-                 as it is: move it away to start with a new, empty journal"
-            ),
-            Unreadable::Version(v) => write!(
-                f,
-                "is a ban journal of format version {v}, which this release does not read \
-                 (it reads version {}; a newer release wrote it?); its bans are not read and \
-                 the file is left as it is: run a release that reads it, or move it away to \
-                 start without its bans",
-                u16::from_be_bytes([HEADER[MAGIC], HEADER[MAGIC + 1]])
-            ),
-        }
+        write!(
+            f,
+            "is a ban journal of format version {}, which this release does not read (it \
+             reads version {}; a newer release wrote it?); its bans are not read and the \
+             file is left as it is: run a release that reads it, or move it away to start \
+             without its bans",
+            self.version,
+            u16::from_be_bytes([HEADER[MAGIC], HEADER[MAGIC + 1]])
+        )
     }
 }
 
@@ -247,18 +241,24 @@ pub fn replay(
         // An empty file: created, nothing written yet.
         return Ok((0, None));
     }
-    let unreadable = |u| io::Error::new(io::ErrorKind::InvalidData, u);
-    let magic = got.min(MAGIC);
-    if header[..magic] != HEADER[..magic] {
-        return Err(unreadable(Unreadable::NotAJournal));
-    }
     if got < HEADER.len() {
-        // Our name, cut short.
         return Ok((0, Some(Damage::Truncated { offset: 0 })));
+    }
+    if header[..MAGIC] != HEADER[..MAGIC] {
+        return Ok((
+            0,
+            Some(Damage::Corrupt {
+                offset: 0,
+                why: "not a portsentry ban journal (header)",
+            }),
+        ));
     }
     if header != HEADER {
         let version = u16::from_be_bytes([header[MAGIC], header[MAGIC + 1]]);
-        return Err(unreadable(Unreadable::Version(version)));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            Unreadable { version },
+        ));
     }
     let mut offset = HEADER.len() as u64;
     let mut buf = vec![0u8; FRAME + usize::from(u16::MAX)];
