@@ -33,6 +33,9 @@ impl Dataplane {
     ///
     /// Returns the exact bans it read.
     pub(super) fn rebuild_ban_filter(&mut self) -> Result<Vec<(Addr, BanEntry)>> {
+        // Read first: a bit the attached program sets from here on is of a ban it made
+        // while the bans were read (`kept_bits`).
+        let before = self.read_filter_words()?;
         let bans: Vec<(Addr, BanEntry)> = self.read_bans()?;
         let mut words = vec![0u64; maps::BAN_FILTER_WORDS as usize];
         let mut users = FilterUsers::new(maps::BAN_FILTER_WORDS);
@@ -48,6 +51,11 @@ impl Dataplane {
         };
         self.maps.ban_cache.put_all(untagged(expiring, tagged))?;
         let now = self.read_filter_words()?;
+        // While a resized PS_BANS waits for the old program's late bans (its bits set in
+        // this shared filter, its entry in the old map until the carry-over), no bit is
+        // cleared.
+        let resizing = self.resized.iter().any(|r| r.name == maps::BANS);
+        kept_bits(&mut words, &before, &now, resizing);
         self.write_filter_words(&now, &words)?;
         self.filter_users = users;
         Ok(bans)
@@ -452,6 +460,16 @@ fn filter_place(key: &Addr) -> BanFilterPlace {
     maps::ban_filter_place(&bytemuck::cast::<Addr, AddrWords>(*key))
 }
 
+/// Adds to `words` (the filter of the bans read) the bits the attached program set
+/// while they were read, those in `now` and not in `before`: the bits of its own bans,
+/// made meanwhile, which their entries in `PS_BANS` may have missed the read (they get
+/// their users when the daemon takes the bans over). With `all`, every bit of `now`.
+fn kept_bits(words: &mut [u64], before: &[u64], now: &[u64], all: bool) {
+    for ((w, b), n) in words.iter_mut().zip(before).zip(now) {
+        *w |= if all { *n } else { *n & !*b };
+    }
+}
+
 /// A ban the program made and the daemon has not taken over (origin `Kernel`): the
 /// program set its filter bits without counting them in `filter_users`. (One the load
 /// found in the map was counted then: counted again, its bits only stay set longer.)
@@ -468,4 +486,26 @@ fn untagged<'a>(
     bans.zip(tagged.into_iter().chain(std::iter::repeat(false)))
         .filter(|(_, t)| !t)
         .map(|(b, _)| b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kept_bits;
+
+    #[test]
+    fn the_rebuild_keeps_the_bits_the_program_set_meanwhile() {
+        // Word 0: a bit of a ban read (1), a stale bit (2), a bit set meanwhile (4).
+        let before = [0b011, 0];
+        let now = [0b111, 0b1000];
+        let mut words = [0b001, 0];
+        kept_bits(&mut words, &before, &now, false);
+        assert_eq!(
+            words,
+            [0b101, 0b1000],
+            "the stale bit goes, the new ones stay"
+        );
+        let mut words = [0b001, 0];
+        kept_bits(&mut words, &before, &now, true);
+        assert_eq!(words, now, "during a resize nothing is cleared");
+    }
 }

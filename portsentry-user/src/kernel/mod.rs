@@ -404,8 +404,7 @@ impl Dataplane {
         } else {
             Program::Loaded(verify()?.0)
         };
-        let mut dp = Self::with_maps(program, taken, pin_dir, contents)?;
-        dp.resized = resized;
+        let mut dp = Self::with_maps(program, taken, pin_dir, contents, resized)?;
         dp.replaced_progs = replaced_progs.map(|held| progs::ReplacedProgs {
             _held: held,
             pinned_own: false,
@@ -463,16 +462,23 @@ impl Dataplane {
                 .with_context(|| format!("opening the pinned map {}", path.display()))?;
             taken.insert(name, Map::from_map_data(data)?);
         }
-        Self::with_maps(Program::None, taken, Some(pin_dir.to_path_buf()), contents)
+        Self::with_maps(
+            Program::None,
+            taken,
+            Some(pin_dir.to_path_buf()),
+            contents,
+            Vec::new(),
+        )
     }
 
     /// The dataplane over `taken`; the ban filters are rebuilt from the bans the maps
-    /// hold when they were [`Contents::Kept`].
+    /// hold when they were [`Contents::Kept`]. `resized`: the pinned maps replaced.
     fn with_maps(
         ebpf: Program,
         taken: std::collections::HashMap<&'static str, Map>,
         pin_dir: Option<PathBuf>,
         contents: Contents,
+        resized: Vec<resize::Resized>,
     ) -> Result<Self> {
         let mut dp = Dataplane {
             ebpf,
@@ -484,7 +490,7 @@ impl Dataplane {
             net_filter: Default::default(),
             net_hash: Default::default(),
             bans_at_load: None,
-            resized: Vec::new(),
+            resized,
             replaced_progs: None,
             ignore_words: None,
             ack_words: None,
