@@ -347,9 +347,14 @@ impl Rebuild {
             while i < self.ops.len() && self.ops[i].0 == net {
                 match self.ops[i].2 {
                     Op::Put(r) => {
+                        // A put over a ban in force (an extended decision, a ban made
+                        // again) keeps its name, as the daemon does: the name belongs to
+                        // the puts since the last lift.
+                        if cur.is_none() {
+                            put_seq = self.ops[i].1;
+                        }
                         cur = Some(r);
                         prev = 0;
-                        put_seq = self.ops[i].1;
                     }
                     Op::Lift => {
                         if let Some(r) = cur.take() {
@@ -377,8 +382,8 @@ impl Rebuild {
             }
         }
         drop(self.ops);
-        // A name belongs to the ban it followed (a later ban of the network has none
-        // until its own name record).
+        // A name belongs to the ban it followed, and to the puts over it (a ban of the
+        // network after a lift has none until its own name record).
         let mut names = HashMap::new();
         for (net, seq, name) in self.names {
             if puts_at.get(&net).is_some_and(|p| *p < seq) {

@@ -204,6 +204,19 @@ fn the_last_word_on_a_network_wins() {
     assert_eq!(s.times_banned(&n), 2);
 }
 
+/// A ban put again over itself (an extended decision, an operator's ban of a host
+/// banned already) keeps the name recorded after the first put, as the daemon does.
+#[test]
+fn a_put_over_a_ban_keeps_its_name() {
+    let mut out = HEADER.to_vec();
+    let n: IpNet = "192.0.2.7/32".parse().unwrap();
+    encode_put(&mut out, &ban("192.0.2.7/32", 1));
+    encode_name(&mut out, &n, "scanner.example");
+    encode_put(&mut out, &ban("192.0.2.7/32", 1));
+    let s = rebuild(&out);
+    assert_eq!(s.name_of(&s.get(&n).unwrap()), "scanner.example");
+}
+
 /// Cut at every byte: the replay keeps exactly the records wholly before the cut and
 /// says where the damage starts.
 #[test]
