@@ -13,7 +13,8 @@
 //! - **Replacing**: the scan bans inside the network are lifted (their undo steps are the
 //!   caller's to run), except those whose response still runs its kill steps: undoing a
 //!   step before it is done would leave it in place for good, so those bans stay, covered,
-//!   until they expire.
+//!   until they expire. A host ban that ends after the network's (a repeat offender's)
+//!   stays too: the host stays banned until its own end.
 //! - **Undone**: the network ban lasts `BAN_TIME` (grown for a repeat, as any ban) and
 //!   expires like any other; it runs no kill command and so no undo step.
 
@@ -86,6 +87,15 @@ fn replaceable(ban: &Ban, network: &IpNet) -> bool {
         && ban.escalated.is_none()
         && ban.net.prefix_len() > network.prefix_len()
         && network.contains(&ban.net)
+}
+
+/// Whether `ban` ends after `other` (a permanent ban after any timed one).
+fn outlasts(ban: &Ban, other: &Ban) -> bool {
+    match (ban.expires, other.expires) {
+        (None, Some(_)) => true,
+        (Some(a), Some(b)) => a > b,
+        (_, None) => false,
+    }
 }
 
 /// The bans that count toward escalating `network` at `now`: its hosts' scan bans that
@@ -175,10 +185,12 @@ pub fn after_ban(
             Err(e) => Err(e).with_context(|| format!("banning the network {network}")),
         };
     }
+    // A host ban that outlasts the network's (a repeat offender's longer ban) is not
+    // replaced: lifting it would free the host when the network ban ends.
     let inside: Vec<IpNet> = book
         .store
         .within(&network)
-        .filter(|b| replaceable(b, &network))
+        .filter(|b| replaceable(b, &network) && !outlasts(b, &ban))
         .map(|b| b.net)
         .collect();
     let (mut replaced, mut kept, mut failed) = (Vec::new(), Vec::new(), Vec::new());
@@ -320,6 +332,46 @@ mod tests {
             ..s
         };
         assert_eq!(all.describe_window(), "");
+    }
+
+    /// A host ban that ends after the network's (a repeat offender's longer ban, a
+    /// permanent one) is not replaced: the network ban's end would free the host early.
+    #[test]
+    fn a_host_ban_that_outlasts_the_network_ban_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(dir.path(), 3);
+        let mut b = book(&c, &[]);
+        let now = SystemTime::now();
+        let long = b.new_ban(
+            &c,
+            net("198.51.100.10/32"),
+            Cause::Scan(SCAN),
+            Some(Duration::from_secs(16 * 3600)),
+            now - MIN,
+        );
+        b.put(long, false).unwrap();
+        let forever = b.new_ban(
+            &c,
+            net("198.51.100.11/32"),
+            Cause::Scan(SCAN),
+            Some(Duration::ZERO),
+            now - MIN,
+        );
+        b.put(forever, false).unwrap();
+        scan_ban(&mut b, &c, "198.51.100.12/32", now);
+        let Outcome::Escalated { ban, replaced, .. } = escalate(&mut b, &c, "198.51.100.12", now)
+        else {
+            panic!("no escalation at the third host");
+        };
+        assert_eq!(ban.expires, Some(now + Duration::from_secs(3600)));
+        let lifted: Vec<String> = replaced.iter().map(|b| b.net.to_string()).collect();
+        assert_eq!(lifted, ["198.51.100.12/32"]);
+        let mut left = nets(&b);
+        left.sort();
+        assert_eq!(
+            left,
+            ["198.51.100.0/24", "198.51.100.10/32", "198.51.100.11/32"]
+        );
     }
 
     #[test]
