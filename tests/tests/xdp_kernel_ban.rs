@@ -456,3 +456,69 @@ fn a_kernel_ban_shares_its_filter_bits_safely() {
     fx.expect(&ack(k), XDP_DROP, Counter::DropBanned);
     fx.expect(&ack(a), XDP_PASS, Counter::PassNotProbe);
 }
+
+/// A ban the program made and an operator lifted before the daemon's response took it
+/// over (the response waits for a job slot) is not put back by that response; one not
+/// lifted is taken over.
+#[test]
+fn a_kernel_ban_lifted_before_its_take_over_is_not_put_back() {
+    use portsentry_user::{
+        bans::{
+            BanStore, Cause, ScanCause,
+            book::{Book, LiftedMeanwhile},
+            guard::Guard,
+        },
+        config::Config,
+        kernel::{Dataplane, MapSizes},
+        kinds::ModeToken,
+    };
+    require_kernel!();
+    let mut dp = Dataplane::load(&MapSizes::default(), None).unwrap();
+    let (tcp, udp) = portsentry_tests::fixture::default_ports();
+    dp.write_ports(&tcp, &udp).unwrap();
+    dp.write_settings(Settings {
+        event_trigger: 1,
+        flags: SETTING_KBAN_TCP,
+        ..Default::default()
+    })
+    .unwrap();
+    dp.write_kernel_ban(KernelBan::default()).unwrap();
+    let ns = portsentry_tests::netns::Netns::new("lifted");
+    let src = ip("198.51.100.21");
+    let net = IpNet::from(src);
+    let probe = |dp: &Dataplane| {
+        let syn = Frame::tcp(src, ip(V4_DST), 40, SYN).build();
+        ns.enter(|| portsentry_tests::testrun::run(dp.program_fd().unwrap(), &syn, 1))
+            .unwrap()
+            .retval
+    };
+    assert_eq!(probe(&dp), XDP_DROP, "banned by the program");
+    let config = Config::default();
+    let mut book = Book::new(
+        Some(dp),
+        BanStore::default(),
+        None,
+        &config,
+        Guard::limits(&config),
+    );
+    let cause = Cause::Scan(ScanCause {
+        port: 40,
+        scan_type: ScanType::TcpSyn,
+        mode: ModeToken::Atcp,
+    });
+    let ban = book.new_ban(&config, net, cause, None, std::time::SystemTime::now());
+    // The operator's unban comes first.
+    book.lift(&net).unwrap();
+    let e = book.adopt(ban).expect_err("lifted meanwhile");
+    assert!(e.downcast_ref::<LiftedMeanwhile>().is_some(), "{e:#}");
+    assert!(book.store.get(&net).is_none());
+    let dp = book.dp.as_mut().unwrap();
+    assert_eq!(dp.ban(&net).unwrap(), None, "not put back");
+    // Banned again by the program, and not lifted: taken over.
+    dp.forget_source(src).unwrap();
+    assert_eq!(probe(book.dp.as_ref().unwrap()), XDP_DROP);
+    book.adopt(ban).unwrap();
+    assert!(book.store.get(&net).is_some());
+    let held = book.dp.as_ref().unwrap().ban(&net).unwrap().unwrap();
+    assert_eq!(held.origin, BanOrigin::Scan as u8);
+}

@@ -25,6 +25,26 @@ use crate::{
     report::history,
 };
 
+/// [`Book::adopt`] of a ban the kernel no longer holds: lifted (an operator's unban)
+/// after the program made it and before the daemon took it over. Nothing is put back.
+#[derive(Debug)]
+pub struct LiftedMeanwhile {
+    pub net: IpNet,
+}
+
+impl std::fmt::Display for LiftedMeanwhile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the ban the kernel made of {} was lifted before it was taken over; it is not \
+             put back",
+            self.net
+        )
+    }
+}
+
+impl std::error::Error for LiftedMeanwhile {}
+
 pub struct Book {
     /// The kernel maps; `None` when nothing is loaded (CLI with no pinned maps): the
     /// state file alone is then changed, and the next start applies it.
@@ -211,6 +231,11 @@ impl Book {
             return Err(refusal.into());
         }
         if let Some(dp) = &mut self.dp {
+            // Gone from the kernel: lifted before this take-over (an operator's unban
+            // while the response waited), which it must not undo.
+            if dp.ban(&ban.net)?.is_none() {
+                return Err(LiftedMeanwhile { net: ban.net }.into());
+            }
             dp.adopt_kernel_ban(&ban.net, &ban.kernel_entry())?;
             dp.forget_source(ban.net.addr())?;
         }

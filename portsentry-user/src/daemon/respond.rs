@@ -14,7 +14,7 @@ use portsentry_common::maps::BanOrigin;
 use super::{Shared, admission::Admit, escalation, event::ProbeEvent};
 use crate::{
     actions::{self, Step, Target, execute::run_step},
-    bans::{Cause, ScanCause, guard::Refusal},
+    bans::{Cause, ScanCause, book::LiftedMeanwhile, guard::Refusal},
     config::BlockMode,
     config::effective::Effective,
     kinds::ModeToken,
@@ -292,15 +292,18 @@ fn scan_ban(
     } else {
         book.put(ban, false)
     };
-    let refused = put
-        .as_ref()
-        .err()
-        .is_some_and(|e| e.downcast_ref::<Refusal>().is_some());
+    // Refused by the guard, or lifted while the response waited: the response stops.
+    let refused = put.as_ref().err().is_some_and(|e| {
+        e.downcast_ref::<Refusal>().is_some() || e.downcast_ref::<LiftedMeanwhile>().is_some()
+    });
     match put {
         Ok(()) => {
             shared.metrics.ban_added(BanOrigin::Scan);
             super::crowdsec::report_ban(shared, &ban);
             return Ban::Done;
+        }
+        Err(e) if e.downcast_ref::<LiftedMeanwhile>().is_some() => {
+            shared.log.notice(&format!("portsentry: {e}"));
         }
         Err(e) if refused && ev.kernel_banned => shared.log.warn(&format!(
             "portsentry: lifted the ban the kernel made of {}: {e:#}",
