@@ -162,9 +162,13 @@ pub(super) fn enforce_guard(shared: &Arc<Shared>, when: &str) {
 pub(super) fn housekeeping(shared: &Arc<Shared>) {
     respond::drain_waiting(shared);
     let now = SystemTime::now();
-    let expired = shared.book().store.expired(now);
+    // One hold of the book for both: a ban of the same network made in between (the
+    // control socket's) would be lifted as expired.
+    let mut book = shared.book();
+    let expired = book.store.expired(now);
+    let (lifted, failed) = book.lift_many(&expired);
+    drop(book);
     if !expired.is_empty() {
-        let (lifted, failed) = shared.book().lift_many(&expired);
         for (net, e) in failed {
             shared
                 .log
