@@ -390,3 +390,73 @@ fn metrics_endpoint_counts_what_was_sent() {
     assert_eq!(metric(&body, "portsentry_events_lost_total "), 0);
     assert!(d.stop().success());
 }
+
+/// An operator's ban over a scan ban (made permanent, say) replaces a ban that ran kill
+/// commands with one that runs none: the scan ban's undo steps run then (its route and
+/// hosts.deny line would otherwise outlive every later unban), and the source stays
+/// dropped by the operator's ban.
+#[test]
+fn an_operators_ban_over_a_scan_ban_undoes_its_kill_commands() {
+    require_kernel!();
+    let net = TestNet::new(1);
+    let wd = Workdir::new();
+    let order = wd.path("order").display().to_string();
+    wd.config(
+        &net.server_if,
+        &format!("BAN_TIME=\"1h\"\nUNKILL_RUN_CMD=\"echo unrun $TARGET$ >> {order}\"\n"),
+    );
+    let _svc = net
+        .server
+        .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
+    let scanner = net.attacker_v4[0];
+    let d = start(&net, &wd);
+    probe(&net, scanner);
+    wait_banned(&wd, &d, scanner);
+    let line = format!("ALL: {scanner} : DENY");
+    assert!(wait_until(Duration::from_secs(5), || wd
+        .read("hosts.deny")
+        .contains(&line)));
+    let (ok, out, err) = wd.cli(&["ban", &scanner.to_string(), "--time", "0"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        wait_until(Duration::from_secs(5), || wd
+            .read("order")
+            .contains(&format!("unrun {scanner}\n"))),
+        "the scan ban's undo steps: {}",
+        d.lines().join("\n")
+    );
+    assert!(!wd.read("hosts.deny").contains(&line));
+    assert!(!reaches(&net, scanner), "still banned, by the operator");
+    let origin = |wd: &Workdir| status(wd)["bans"][0]["origin"].as_str().map(str::to_owned);
+    assert_eq!(origin(&wd).as_deref(), Some("manual"));
+    assert!(d.stop().success());
+}
+
+/// A stop right after an unban waits for the unban's undo steps: the lift is in the
+/// journal already, so an undo cut short would never run again (a route or hosts.deny
+/// line left for good).
+#[test]
+fn a_stop_waits_for_the_undo_steps_of_an_unban() {
+    require_kernel!();
+    let net = TestNet::new(1);
+    let wd = Workdir::new();
+    let order = wd.path("order").display().to_string();
+    wd.config(
+        &net.server_if,
+        &format!("BAN_TIME=\"1h\"\nUNKILL_RUN_CMD=\"sleep 1; echo unrun $TARGET$ >> {order}\"\n"),
+    );
+    let _svc = net
+        .server
+        .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
+    let scanner = net.attacker_v4[0];
+    let d = start(&net, &wd);
+    probe(&net, scanner);
+    wait_banned(&wd, &d, scanner);
+    let (ok, out, err) = wd.cli(&["unban", &scanner.to_string()]);
+    assert!(ok, "{out}{err}");
+    assert!(d.stop().success());
+    assert!(
+        wd.read("order").contains(&format!("unrun {scanner}\n")),
+        "the undo step ran to its end before the daemon stopped"
+    );
+}

@@ -35,6 +35,16 @@ pub struct Asker {
     pub session: Option<IpAddr>,
 }
 
+/// An operator's ban, and the ban it replaced.
+#[derive(Clone, Copy, Debug)]
+pub struct Banned {
+    pub ban: Ban,
+    /// The ban of `net` in force before, if any. A scan ban (or a CrowdSec one under
+    /// CROWDSEC_KILL_COMMANDS) ran kill commands that the operator's ban does not own:
+    /// their undo steps are the caller's to run, as for a lifted ban.
+    pub replaced: Option<Ban>,
+}
+
 /// Bans `net` for `duration` (`None`: BAN_TIME; zero: permanent), in the kernel when it
 /// is loaded and in the journal, if the ban guard lets it; the ban made. The caller
 /// answers once it is on disk ([`on_disk`]), outside the book's lock.
@@ -44,7 +54,7 @@ pub fn ban(
     net: IpNet,
     duration: Option<Duration>,
     asker: Asker,
-) -> Result<Ban> {
+) -> Result<Banned> {
     let force = asker.force;
     if let Some(ip) = asker.session.filter(|_| !force) {
         let mut session = Guard::default();
@@ -52,8 +62,9 @@ pub fn ban(
         session.check(&net, false)?;
     }
     let ban = book.new_ban(config, net, Cause::Operator, duration, SystemTime::now());
+    let replaced = book.store.get(&net);
     book.put(ban, force)?;
-    Ok(ban)
+    Ok(Banned { ban, replaced })
 }
 
 /// Waits until the change a [`Book::ticket`] names is on disk (call it without the
@@ -144,6 +155,8 @@ mod tests {
             Asker::default(),
         )
         .unwrap();
+        assert!(b.replaced.is_none());
+        let b = b.ban;
         assert_eq!(kinds::origin_name(b.origin), "manual");
         assert!(banned_message(&b).starts_with("banned 192.0.2.7/32 for 1h"));
         let permanent = ban(
@@ -154,7 +167,7 @@ mod tests {
             Asker::default(),
         );
         assert_eq!(
-            banned_message(&permanent.unwrap()),
+            banned_message(&permanent.unwrap().ban),
             "banned 198.51.100.0/24 permanently"
         );
         on_disk(book.ticket()).unwrap();
@@ -175,5 +188,29 @@ mod tests {
         );
         on_disk(book.ticket()).unwrap();
         assert_eq!(super::super::journal::load(dir.path()).unwrap().len(), 0);
+    }
+
+    /// An operator's ban over a scan ban returns the scan ban, whose kill commands the
+    /// operator's ban does not own: the caller runs their undo steps.
+    #[test]
+    fn a_ban_over_a_scan_ban_hands_back_the_scan_ban() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut book, config) = book(dir.path());
+        let net: IpNet = "192.0.2.7/32".parse().unwrap();
+        let cause = Cause::Scan(super::super::ScanCause {
+            port: 23,
+            scan_type: portsentry_common::ScanType::TcpSyn,
+            mode: kinds::ModeToken::Atcp,
+        });
+        let scan = book.new_ban(&config, net, cause, None, SystemTime::now());
+        book.put(scan, false).unwrap();
+        assert!(scan.has_undo(false));
+        let b = ban(&mut book, &config, net, None, Asker::default()).unwrap();
+        let replaced = b.replaced.expect("the scan ban");
+        assert_eq!((replaced.net, replaced.origin), (net, scan.origin));
+        assert!(replaced.has_undo(false));
+        assert!(!b.ban.has_undo(false));
+        let again = ban(&mut book, &config, net, None, Asker::default()).unwrap();
+        assert!(again.replaced.is_some_and(|r| !r.has_undo(false)));
     }
 }

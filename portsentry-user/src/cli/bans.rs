@@ -54,8 +54,9 @@ pub fn ban(args: &BanArgs) -> Result<String> {
         return answer(r);
     }
     let (mut book, _lock) = direct_book(&c)?;
-    let ban = ops::ban(&mut book, &c, net, args.time, asker)?;
+    let ops::Banned { ban, replaced } = ops::ban(&mut book, &c, net, args.time, asker)?;
     close(&mut book)?;
+    run_undo(&c, replaced.as_slice())?;
     Ok(format!(
         "{}{}",
         ops::banned_message(&ban),

@@ -7,7 +7,10 @@ use std::{sync::Arc, time::Duration};
 
 use portsentry_common::maps::BanOrigin;
 
-use super::{Shared, upkeep::spawn_undo};
+use super::{
+    Shared,
+    upkeep::{spawn_undo, spawn_undo_steps},
+};
 use crate::{
     bans::ops::{self, Unban},
     control::{Request, Response},
@@ -31,7 +34,10 @@ pub(super) fn handle(shared: &Arc<Shared>, req: Request) -> Response {
             let ticket = shared.book().ticket();
             let made = made.and_then(|ban| ops::on_disk(ticket).map(|()| ban));
             return match made {
-                Ok(ban) => {
+                Ok(ops::Banned { ban, replaced }) => {
+                    if let Some(old) = replaced {
+                        spawn_undo_steps(shared, old);
+                    }
                     shared.metrics.ban_added(BanOrigin::Manual);
                     shared.log.notice(&format!(
                         "portsentry: {net} banned by the operator{}",

@@ -366,7 +366,8 @@ pub async fn run(
     shared
         .log
         .notice("portsentry: stopping; the program stays attached and the bans in force");
-    // Let running response jobs finish (each is bounded by KILL_TIMEOUT per command).
+    // Let running response jobs and undo steps finish, and those asked for before now
+    // (each command is bounded by KILL_TIMEOUT).
     let _ = tokio::time::timeout(
         shared.eff().config.kill_timeout * 3,
         jobs.acquire_many(MAX_PARALLEL_JOBS as u32),

@@ -110,10 +110,28 @@ pub(super) fn spawn_undo(shared: &Arc<Shared>, ban: Ban, reason: BanEnd) {
         .lock()
         .expect("handled lock")
         .retain(|ip| !ban.net.contains(ip));
+    spawn_undo_steps(shared, ban);
+}
+
+/// Runs the undo steps of `ban` in the background, and nothing else: a ban another
+/// replaced (its network stays banned, by a ban that ran no kill commands).
+///
+/// Each takes a slot of the response jobs' pool: a mass expiry or `unban --all` runs
+/// MAX_PARALLEL_JOBS shells at a time, not one per ban at once, and a stop waits for the
+/// undo steps asked for before it (the pool gives out slots in the order asked), as
+/// for the responses: the lift is in the journal already, and an undo cut short would
+/// never run again.
+pub(super) fn spawn_undo_steps(shared: &Arc<Shared>, ban: Ban) {
+    let crowdsec_kills = shared.crowdsec.as_ref().is_some_and(|f| f.kill_commands());
+    if !ban.has_undo(crowdsec_kills) {
+        return;
+    }
     let shared = shared.clone();
     tokio::spawn(async move {
+        let Ok(_permit) = shared.jobs.clone().acquire_owned().await else {
+            return;
+        };
         let eff = shared.eff();
-        let crowdsec_kills = shared.crowdsec.as_ref().is_some_and(|f| f.kill_commands());
         execute::undo(
             &shared.log,
             &shared.metrics,
