@@ -298,3 +298,52 @@ fn a_fleet_shares_bans_through_crowdsec() {
     }
     eprintln!("crowdsec log:\n{}", lapi.log());
 }
+
+/// A decision left out by CROWDSEC_SCENARIOS_EXCLUDE (or CROWDSEC_ORIGINS) does not hide
+/// another decision on the same address that is enforced: the Local API keeps only the
+/// longest decision of an address unless asked not to (`dedup=false`), and filters after.
+/// Deleting the enforced one lifts the ban; the excluded one never bans.
+#[test]
+fn a_longer_excluded_decision_hides_no_enforced_one() {
+    require_kernel!();
+    let lan = Lan::new();
+    lan.address_hub(&["192.0.2.250/24"]);
+    let lapi = Lapi::start(&lan.hub, ip("192.0.2.250"));
+    let b = Server::start(
+        &lan,
+        &lapi,
+        "b",
+        12,
+        "CROWDSEC_SCENARIOS_EXCLUDE=\"not-for-us\"\nCROWDSEC_INTERVAL=\"1s\"\n",
+    );
+    lapi.cscli(&[
+        "decisions",
+        "add",
+        "--ip",
+        "198.51.100.7",
+        "--duration",
+        "168h",
+        "--reason",
+        "not-for-us",
+    ]);
+    lapi.cscli(&[
+        "decisions",
+        "add",
+        "--ip",
+        "198.51.100.7",
+        "--duration",
+        "1h",
+        "--reason",
+        "enforced",
+    ]);
+    b.wait_crowdsec_ban("198.51.100.7/32", true);
+    lapi.cscli(&[
+        "decisions",
+        "delete",
+        "--ip",
+        "198.51.100.7",
+        "--scenario",
+        "enforced",
+    ]);
+    b.wait_crowdsec_ban("198.51.100.7/32", false);
+}

@@ -93,7 +93,8 @@ impl Lapi {
 
     /// `GET /v1/decisions/stream`: everything in force (`startup`), or what changed since
     /// this bouncer's previous call. Only scopes Ip and Range are asked for; `origins` and
-    /// `scenarios_not_containing` narrow it further (empty: not sent).
+    /// `scenarios_not_containing` narrow it further (empty: not sent). Several decisions
+    /// of one address each come (`dedup=false`).
     pub async fn stream(
         &self,
         key: &Secret,
@@ -104,6 +105,10 @@ impl Lapi {
         let mut query = vec![
             ("startup", startup.to_string()),
             ("scopes", "ip,range".to_owned()),
+            // Every decision, not only the longest of each address: the Local API picks
+            // that one before it applies `origins` and `scenarios_not_containing`, so a
+            // longer decision left out by them would hide one this server enforces.
+            ("dedup", "false".to_owned()),
         ];
         if !origins.is_empty() {
             query.push(("origins", origins.join(",")));
