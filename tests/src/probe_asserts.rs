@@ -46,3 +46,28 @@ pub fn assert_uncounted(fx: &mut Fixture, frame: &[u8], src: IpAddr, reason: Cou
     fx.expect(frame, XDP_PASS, reason);
     assert_eq!(fx.hits(src), hits, "{src} must not be counted");
 }
+
+/// The first two addresses of 198.18.0.0/15 whose `PS_BAN_FILTER` places meet in a bit
+/// (a ban sets up to three bits of one word), with that place of each.
+pub fn sharing_a_filter_bit() -> (
+    (IpAddr, portsentry_common::maps::BanFilterPlace),
+    (IpAddr, portsentry_common::maps::BanFilterPlace),
+) {
+    let v4 = |n: u32| IpAddr::from((0xc612_0000u32 + n).to_be_bytes());
+    let place = |n: u32| {
+        portsentry_common::maps::ban_filter_place(&bytemuck::cast(
+            portsentry_user::kernel::addr::to_key(v4(n)),
+        ))
+    };
+    let mut seen = std::collections::HashMap::new();
+    let (a, b) = (0..1u32 << 17)
+        .find_map(|n| {
+            let p = place(n);
+            match seen.insert(p.word(), n) {
+                Some(m) if place(m).mask & p.mask != 0 => Some((m, n)),
+                _ => None,
+            }
+        })
+        .expect("two addresses whose filter bits meet");
+    ((v4(a), place(a)), (v4(b), place(b)))
+}

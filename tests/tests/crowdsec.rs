@@ -25,12 +25,18 @@ use portsentry_tests::{
     require_kernel,
 };
 
-#[test]
-fn a_fleet_shares_bans_through_crowdsec() {
-    require_kernel!();
+/// The LAN of the test, with the Local API on its hub (192.0.2.250).
+fn lan_with_lapi() -> (Lan, Lapi) {
     let lan = Lan::new();
     lan.address_hub(&["192.0.2.250/24"]);
     let lapi = Lapi::start(&lan.hub, ip("192.0.2.250"));
+    (lan, lapi)
+}
+
+#[test]
+fn a_fleet_shares_bans_through_crowdsec() {
+    require_kernel!();
+    let (lan, lapi) = lan_with_lapi();
     let attacker = Netns::new("atk");
     let sources = [
         "192.0.2.2",
@@ -306,9 +312,7 @@ fn a_fleet_shares_bans_through_crowdsec() {
 #[test]
 fn a_longer_excluded_decision_hides_no_enforced_one() {
     require_kernel!();
-    let lan = Lan::new();
-    lan.address_hub(&["192.0.2.250/24"]);
-    let lapi = Lapi::start(&lan.hub, ip("192.0.2.250"));
+    let (lan, lapi) = lan_with_lapi();
     let b = Server::start(
         &lan,
         &lapi,

@@ -10,7 +10,7 @@ use std::{
 };
 
 use portsentry_tests::{
-    daemon::{Workdir, wait_until},
+    daemon::{Daemon, Workdir, wait_until},
     netns::{TestNet, tcp_connect},
     require_kernel,
     scenario::{ban_nets, probe, reaches, start, status, wait_banned},
@@ -391,6 +391,30 @@ fn metrics_endpoint_counts_what_was_sent() {
     assert!(d.stop().success());
 }
 
+/// A server whose UNKILL_RUN_CMD (after `before`, a shell prefix) writes `unrun TARGET`
+/// to the file `order`, with a service on port 80 and bans of an hour.
+fn unkill_recorded(before: &str) -> (TestNet, Workdir, TcpListener) {
+    let net = TestNet::new(1);
+    let wd = Workdir::new();
+    let order = wd.path("order").display().to_string();
+    wd.config(
+        &net.server_if,
+        &format!("BAN_TIME=\"1h\"\nUNKILL_RUN_CMD=\"{before}echo unrun $TARGET$ >> {order}\"\n"),
+    );
+    let svc = net
+        .server
+        .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
+    (net, wd, svc)
+}
+
+/// Starts the daemon and has `scanner` banned by a scan.
+fn scan_banned(net: &TestNet, wd: &Workdir, scanner: std::net::IpAddr) -> Daemon {
+    let d = start(net, wd);
+    probe(net, scanner);
+    wait_banned(wd, &d, scanner);
+    d
+}
+
 /// An operator's ban over a scan ban (made permanent, say) replaces a ban that ran kill
 /// commands with one that runs none: the scan ban's undo steps run then (its route and
 /// hosts.deny line would otherwise outlive every later unban), and the source stays
@@ -398,20 +422,9 @@ fn metrics_endpoint_counts_what_was_sent() {
 #[test]
 fn an_operators_ban_over_a_scan_ban_undoes_its_kill_commands() {
     require_kernel!();
-    let net = TestNet::new(1);
-    let wd = Workdir::new();
-    let order = wd.path("order").display().to_string();
-    wd.config(
-        &net.server_if,
-        &format!("BAN_TIME=\"1h\"\nUNKILL_RUN_CMD=\"echo unrun $TARGET$ >> {order}\"\n"),
-    );
-    let _svc = net
-        .server
-        .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
+    let (net, wd, _svc) = unkill_recorded("");
     let scanner = net.attacker_v4[0];
-    let d = start(&net, &wd);
-    probe(&net, scanner);
-    wait_banned(&wd, &d, scanner);
+    let d = scan_banned(&net, &wd, scanner);
     let line = format!("ALL: {scanner} : DENY");
     assert!(wait_until(Duration::from_secs(5), || wd
         .read("hosts.deny")
@@ -438,20 +451,9 @@ fn an_operators_ban_over_a_scan_ban_undoes_its_kill_commands() {
 #[test]
 fn a_stop_waits_for_the_undo_steps_of_an_unban() {
     require_kernel!();
-    let net = TestNet::new(1);
-    let wd = Workdir::new();
-    let order = wd.path("order").display().to_string();
-    wd.config(
-        &net.server_if,
-        &format!("BAN_TIME=\"1h\"\nUNKILL_RUN_CMD=\"sleep 1; echo unrun $TARGET$ >> {order}\"\n"),
-    );
-    let _svc = net
-        .server
-        .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
+    let (net, wd, _svc) = unkill_recorded("sleep 1; ");
     let scanner = net.attacker_v4[0];
-    let d = start(&net, &wd);
-    probe(&net, scanner);
-    wait_banned(&wd, &d, scanner);
+    let d = scan_banned(&net, &wd, scanner);
     let (ok, out, err) = wd.cli(&["unban", &scanner.to_string()]);
     assert!(ok, "{out}{err}");
     assert!(d.stop().success());

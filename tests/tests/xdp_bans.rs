@@ -545,52 +545,30 @@ fn ban_tags() {
 #[test]
 fn a_filter_bit_two_bans_share_stays_until_both_are_lifted() {
     require_kernel!();
-    use portsentry_common::maps::{BanFilterPlace, ban_filter_place};
-    let v4 = |n: u32| IpAddr::from((0xc612_0000u32 + n).to_be_bytes());
-    let place = |n: u32| -> BanFilterPlace {
-        ban_filter_place(&bytemuck::cast(portsentry_user::kernel::addr::to_key(v4(
-            n,
-        ))))
-    };
-    // The first two addresses of 198.18.0.0/15 whose words meet in a bit.
-    let mut seen = std::collections::HashMap::new();
-    let (a, b) = (0..1u32 << 17)
-        .find_map(|n| {
-            let p = place(n);
-            match seen.insert(p.word(), n) {
-                Some(m) if place(m).mask & p.mask != 0 => Some((m, n)),
-                _ => None,
-            }
-        })
-        .expect("two addresses whose filter bits meet");
+    let ((a, pa), (b, pb)) = portsentry_tests::probe_asserts::sharing_a_filter_bit();
     let bits = |m: u64| u64::from(m.count_ones());
-    let syn = |n: u32| Frame::tcp(v4(n), ip(V4_DST), 22, SYN).build();
+    let syn = |src: IpAddr| Frame::tcp(src, ip(V4_DST), 22, SYN).build();
     let entry = BanEntry {
         since_ns: monotonic_ns(),
         ..Default::default()
     };
     let mut fx = Fixture::new();
     assert_eq!(fx.dp.ban_filter_bits().unwrap(), 0);
-    fx.dp.insert_ban(&IpNet::from(v4(a)), &entry).unwrap();
-    fx.dp
-        .insert_bans(vec![(IpNet::from(v4(b)), entry)])
-        .unwrap();
-    assert_eq!(
-        fx.dp.ban_filter_bits().unwrap(),
-        bits(place(a).mask | place(b).mask)
-    );
+    fx.dp.insert_ban(&IpNet::from(a), &entry).unwrap();
+    fx.dp.insert_bans(vec![(IpNet::from(b), entry)]).unwrap();
+    assert_eq!(fx.dp.ban_filter_bits().unwrap(), bits(pa.mask | pb.mask));
     fx.expect(&syn(a), XDP_DROP, Counter::DropBanned);
     fx.expect(&syn(b), XDP_DROP, Counter::DropBanned);
-    assert!(fx.dp.remove_ban(&IpNet::from(v4(a))).unwrap());
-    assert_eq!(fx.dp.ban_filter_bits().unwrap(), bits(place(b).mask));
+    assert!(fx.dp.remove_ban(&IpNet::from(a)).unwrap());
+    assert_eq!(fx.dp.ban_filter_bits().unwrap(), bits(pb.mask));
     fx.expect(&syn(a), XDP_PASS, Counter::PassProbe);
     fx.expect(&syn(b), XDP_DROP, Counter::DropBanned);
     // The other way round: the bulk ban lifted first.
-    fx.dp.insert_ban(&IpNet::from(v4(a)), &entry).unwrap();
-    assert!(fx.dp.remove_ban(&IpNet::from(v4(b))).unwrap());
-    assert_eq!(fx.dp.ban_filter_bits().unwrap(), bits(place(a).mask));
+    fx.dp.insert_ban(&IpNet::from(a), &entry).unwrap();
+    assert!(fx.dp.remove_ban(&IpNet::from(b)).unwrap());
+    assert_eq!(fx.dp.ban_filter_bits().unwrap(), bits(pa.mask));
     fx.expect(&syn(a), XDP_DROP, Counter::DropBanned);
-    assert!(fx.dp.remove_ban(&IpNet::from(v4(a))).unwrap());
+    assert!(fx.dp.remove_ban(&IpNet::from(a)).unwrap());
     assert_eq!(fx.dp.ban_filter_bits().unwrap(), 0);
     fx.expect(&syn(b), XDP_PASS, Counter::PassProbe);
 }

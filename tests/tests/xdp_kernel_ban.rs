@@ -409,50 +409,34 @@ fn the_ack_class_is_banned_at_ack_scan_ports_distinct_ports() {
 /// becomes that bit's user, so lifting the other ban leaves it in force.
 #[test]
 fn a_kernel_ban_shares_its_filter_bits_safely() {
-    use portsentry_common::maps::{BanEntry, BanFilterPlace, ban_filter_place};
+    use portsentry_common::maps::BanEntry;
     require_kernel!();
-    let v4 = |n: u32| std::net::IpAddr::from((0xc612_0000u32 + n).to_be_bytes());
-    let place = |n: u32| -> BanFilterPlace {
-        ban_filter_place(&bytemuck::cast(portsentry_user::kernel::addr::to_key(v4(
-            n,
-        ))))
-    };
-    // The first two addresses of 198.18.0.0/15 whose words meet in a bit.
-    let mut seen = std::collections::HashMap::new();
-    let (a, k) = (0..1u32 << 17)
-        .find_map(|n| {
-            let p = place(n);
-            match seen.insert(p.word(), n) {
-                Some(m) if place(m).mask & p.mask != 0 => Some((m, n)),
-                _ => None,
-            }
-        })
-        .expect("two addresses whose filter bits meet");
+    let ((a, _), (k, _)) = portsentry_tests::probe_asserts::sharing_a_filter_bit();
     let dst = ip(V4_DST);
-    let syn = |n: u32| Frame::tcp(v4(n), dst, 40, SYN).build();
+    let syn = |src: std::net::IpAddr| Frame::tcp(src, dst, 40, SYN).build();
     // Not a probe: dropped by the ban check alone.
-    let ack = |n: u32| Frame::tcp(v4(n), dst, 443, ACK).build();
+    let ack = |src: std::net::IpAddr| Frame::tcp(src, dst, 443, ACK).build();
     let daemons = BanEntry {
         since_ns: portsentry_user::clock::monotonic_ns(),
         origin: BanOrigin::Scan as u8,
         ..Default::default()
     };
     let mut fx = fixture(1, SETTING_KBAN_TCP, KernelBan::default());
-    fx.dp.insert_ban(&IpNet::from(v4(a)), &daemons).unwrap();
+    fx.dp.insert_ban(&IpNet::from(a), &daemons).unwrap();
     // The program bans `k` at its first probe; the daemon lifts it before taking it
     // over (a reload that ignores it, or the guard refusing it).
     fx.expect(&syn(k), XDP_DROP, Counter::DropBanned);
-    let held = fx.dp.ban(&IpNet::from(v4(k))).unwrap().expect("banned");
+    let held = fx.dp.ban(&IpNet::from(k)).unwrap().expect("banned");
     assert_eq!(held.origin, BanOrigin::Kernel as u8);
-    assert!(fx.dp.remove_ban(&IpNet::from(v4(k))).unwrap());
+    assert!(fx.dp.remove_ban(&IpNet::from(k)).unwrap());
     fx.expect(&ack(a), XDP_DROP, Counter::DropBanned);
 
     // The program bans `k` again, and the daemon bans it too (its response to the scan,
     // not a take-over); then `a` is lifted: `k`'s bits stay.
-    fx.dp.forget_source(v4(k)).unwrap();
+    fx.dp.forget_source(k).unwrap();
     fx.expect(&syn(k), XDP_DROP, Counter::DropBanned);
-    fx.dp.insert_ban(&IpNet::from(v4(k)), &daemons).unwrap();
-    assert!(fx.dp.remove_ban(&IpNet::from(v4(a))).unwrap());
+    fx.dp.insert_ban(&IpNet::from(k), &daemons).unwrap();
+    assert!(fx.dp.remove_ban(&IpNet::from(a)).unwrap());
     fx.expect(&ack(k), XDP_DROP, Counter::DropBanned);
     fx.expect(&ack(a), XDP_PASS, Counter::PassNotProbe);
 }
