@@ -318,28 +318,23 @@ fn a_longer_excluded_decision_hides_no_enforced_one() {
         &lapi,
         "b",
         12,
-        "CROWDSEC_SCENARIOS_EXCLUDE=\"not-for-us\"\nCROWDSEC_INTERVAL=\"1s\"\n",
+        "CROWDSEC_SCENARIOS_EXCLUDE=\"not-for-us\"\n",
     );
-    lapi.cscli(&[
-        "decisions",
-        "add",
-        "--ip",
-        "198.51.100.7",
-        "--duration",
-        "168h",
-        "--reason",
-        "not-for-us",
-    ]);
-    lapi.cscli(&[
-        "decisions",
-        "add",
-        "--ip",
-        "198.51.100.7",
-        "--duration",
-        "1h",
-        "--reason",
-        "enforced",
-    ]);
+    // Two decisions on one address: a longer one the scenario filter leaves out.
+    let decide = |duration: &str, reason: &str| {
+        lapi.cscli(&[
+            "decisions",
+            "add",
+            "--ip",
+            "198.51.100.7",
+            "--duration",
+            duration,
+            "--reason",
+            reason,
+        ])
+    };
+    decide("168h", "not-for-us");
+    decide("1h", "enforced");
     b.wait_crowdsec_ban("198.51.100.7/32", true);
     lapi.cscli(&[
         "decisions",

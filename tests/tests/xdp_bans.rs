@@ -587,6 +587,18 @@ fn udp(src: &str) -> Vec<u8> {
     Frame::udp(ip(src), ip(dst), 2000).build()
 }
 
+/// The verdict of `dp`'s program (no fixture: a program of its own sizes or pins) on
+/// [`udp`] from `src`, run in `ns`.
+fn udp_verdict(
+    ns: &portsentry_tests::netns::Netns,
+    dp: &portsentry_user::kernel::Dataplane,
+    src: &str,
+) -> u32 {
+    ns.enter(|| portsentry_tests::testrun::run(dp.program_fd().unwrap(), &udp(src), 1))
+        .unwrap()
+        .retval
+}
+
 /// The range filter in front of the trie (`PS_NET_FILTER`) follows the ranges: a bit two
 /// ranges share stays set until both are gone, a range wider than the filter lists turns
 /// the filter off while it lasts, and pins of a release without the filter get it filled
@@ -775,11 +787,7 @@ fn range_bans_by_length() {
         let ns = portsentry_tests::netns::Netns::new("nh");
         let verdicts: Vec<u32> = ["10.1.1.1", "198.51.101.9", "192.0.2.33", "198.18.0.1"]
             .iter()
-            .map(|src| {
-                ns.enter(|| portsentry_tests::testrun::run(dp.program_fd().unwrap(), &udp(src), 1))
-                    .unwrap()
-                    .retval
-            })
+            .map(|src| udp_verdict(&ns, dp, src))
             .collect();
         (
             listed,
@@ -862,11 +870,7 @@ fn a_range_batch_the_hash_refuses_leaves_nothing_behind() {
         "{err:#}"
     );
     let ns = portsentry_tests::netns::Netns::new("nhfull");
-    let verdict = |dp: &portsentry_user::kernel::Dataplane, src: &str| {
-        ns.enter(|| portsentry_tests::testrun::run(dp.program_fd().unwrap(), &udp(src), 1))
-            .unwrap()
-            .retval
-    };
+    let verdict = |dp: &portsentry_user::kernel::Dataplane, src: &str| udp_verdict(&ns, dp, src);
     for (n, host) in [
         ("203.0.113.0/24", "203.0.113.9"),
         ("100.64.0.0/20", "100.64.1.1"),
@@ -924,11 +928,7 @@ fn a_range_batch_the_trie_refuses_keeps_the_hash_as_the_trie() {
     assert_eq!(dp.ban(&net("198.51.100.0/24")).unwrap(), Some(hour));
     assert_eq!(dp.ban(&net("203.0.113.0/24")).unwrap(), None);
     let ns = portsentry_tests::netns::Netns::new("nhtrie");
-    let verdict = |src: &str| {
-        ns.enter(|| portsentry_tests::testrun::run(dp.program_fd().unwrap(), &udp(src), 1))
-            .unwrap()
-            .retval
-    };
+    let verdict = |src: &str| udp_verdict(&ns, &dp, src);
     assert_eq!(
         verdict("198.51.100.7"),
         XDP_DROP,
@@ -970,11 +970,7 @@ fn a_prefix_change_the_trie_cannot_take_is_taken_back() {
         "the prefix in force is unchanged"
     );
     let ns = portsentry_tests::netns::Netns::new("v6back");
-    let verdict = |dp: &portsentry_user::kernel::Dataplane, src: &str| {
-        ns.enter(|| portsentry_tests::testrun::run(dp.program_fd().unwrap(), &udp(src), 1))
-            .unwrap()
-            .retval
-    };
+    let verdict = |dp: &portsentry_user::kernel::Dataplane, src: &str| udp_verdict(&ns, dp, src);
     for host in ["2001:db8:1::99", "2001:db8:2::99", "2001:db8:3::99"] {
         assert_eq!(verdict(&dp, host), XDP_DROP, "{host}");
     }
@@ -1027,11 +1023,7 @@ fn a_resize_carries_over_the_late_bans_alone() {
     assert_eq!(new.carry_over_late_bans().unwrap(), 1);
     drop(old);
     let ns = portsentry_tests::netns::Netns::new("late");
-    let verdict = |src: &str| {
-        ns.enter(|| portsentry_tests::testrun::run(new.program_fd().unwrap(), &udp(src), 1))
-            .unwrap()
-            .retval
-    };
+    let verdict = |src: &str| udp_verdict(&ns, &new, src);
     assert_eq!(verdict("198.51.100.77"), XDP_DROP, "the late ban");
     assert_eq!(verdict("198.51.100.1"), XDP_DROP);
     assert_eq!(verdict("198.51.100.2"), XDP_PASS, "lifted after the copy");
