@@ -461,3 +461,49 @@ fn a_stop_waits_for_the_undo_steps_of_an_unban() {
         "the undo step ran to its end before the daemon stopped"
     );
 }
+
+/// The undo steps of an unbanned host end before the kill commands of its next ban
+/// start: run after them, they would take the new ban's hosts.deny line away (and its
+/// route, with the usual UNKILL_ROUTE).
+#[test]
+fn a_host_banned_again_runs_its_kill_commands_after_the_undo_of_its_last_ban() {
+    require_kernel!();
+    // The route's undo takes a second, and the hosts.deny line goes after it.
+    let (net, wd, _svc) = unkill_recorded("");
+    let order = wd.path("order").display().to_string();
+    wd.config(
+        &net.server_if,
+        &format!(
+            "BAN_TIME=\"1h\"\nUNKILL_ROUTE=\"sleep 1; echo unroute $TARGET$ >> {order}\"\n\
+             UNKILL_RUN_CMD=\"echo unrun $TARGET$ >> {order}\"\n"
+        ),
+    );
+    let scanner = net.attacker_v4[0];
+    let d = scan_banned(&net, &wd, scanner);
+    let line = format!("ALL: {scanner} : DENY");
+    let kills = || {
+        wd.read("order")
+            .lines()
+            .filter(|l| l.starts_with("run ") || l.starts_with("unrun "))
+            .map(|l| l.split(' ').next().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert!(wait_until(Duration::from_secs(5), || kills() == ["run"]));
+    let (ok, out, err) = wd.cli(&["unban", &scanner.to_string()]);
+    assert!(ok, "{out}{err}");
+    // Banned again at once, while the last ban's undo steps run.
+    probe(&net, scanner);
+    assert!(
+        wait_until(Duration::from_secs(10), || kills().len() == 3),
+        "{:?}\n{}",
+        kills(),
+        d.lines().join("\n")
+    );
+    assert_eq!(kills(), ["run", "unrun", "run"], "{}", wd.read("order"));
+    assert!(
+        wd.read("hosts.deny").contains(&line),
+        "the new ban's hosts.deny line stays"
+    );
+    assert!(!reaches(&net, scanner));
+    assert!(d.stop().success());
+}

@@ -342,9 +342,10 @@ fn spawn_kills(shared: &Arc<Shared>, added: &[Ban]) {
     };
     let kills = fleet.kill_commands();
     for ban in added.iter().filter(|b| b.has_undo(kills)).copied() {
+        let place = shared.jobs.line_up(ban.net.addr());
         let shared = shared.clone();
         tokio::spawn(async move {
-            let Ok(_permit) = shared.jobs.clone().acquire_owned().await else {
+            let Some(mut seated) = place.seat().await else {
                 return;
             };
             let ticket = shared.book().ticket();
@@ -356,6 +357,7 @@ fn spawn_kills(shared: &Arc<Shared>, added: &[Ban]) {
                     ban.net
                 ));
             }
+            seated.after_the_job_before().await;
             let eff = shared.eff();
             let target = Target::of_ban(&ban);
             for step in actions::plan(&eff.config, BlockMode::Block, &target) {

@@ -14,6 +14,7 @@ mod crowdsec;
 pub mod detect;
 mod escalation;
 mod event;
+mod jobs;
 mod respond;
 mod upkeep;
 
@@ -31,7 +32,6 @@ use portsentry_common::maps::ScanEvent;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
-    sync::Semaphore,
 };
 
 use crate::{
@@ -49,8 +49,6 @@ use crate::{
 use admission::Admission;
 use detect::Rules;
 
-/// Response jobs (one per host acted on) that may run at once.
-const MAX_PARALLEL_JOBS: usize = 16;
 /// How often expired bans are removed and this host's addresses re-read.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
@@ -116,7 +114,8 @@ struct Shared {
     unattached: Mutex<HashSet<String>>,
     /// The responses running and the escalations refused ([`escalation`]).
     escalation: Mutex<Tracker>,
-    jobs: Arc<Semaphore>,
+    /// The response jobs' pool and each address's line ([`jobs`]).
+    jobs: Arc<jobs::Jobs>,
     /// The CrowdSec Local API link (CROWDSEC_LAPI_URL), fixed until a restart.
     crowdsec: Option<crowdsec::Fleet>,
 }
@@ -281,7 +280,7 @@ pub async fn run(
         admission: Mutex::new(Admission::default()),
         unattached: Mutex::new(HashSet::new()),
         escalation: Mutex::new(Tracker::default()),
-        jobs: Arc::new(Semaphore::new(MAX_PARALLEL_JOBS)),
+        jobs: jobs::Jobs::new(),
         crowdsec: eff.crowdsec.as_ref().map(crowdsec::Fleet::new),
     });
     for b in expired_at_start {
@@ -368,11 +367,7 @@ pub async fn run(
         .notice("portsentry: stopping; the program stays attached and the bans in force");
     // Let running response jobs and undo steps finish, and those asked for before now
     // (each command is bounded by KILL_TIMEOUT).
-    let _ = tokio::time::timeout(
-        shared.eff().config.kill_timeout * 3,
-        jobs.acquire_many(MAX_PARALLEL_JOBS as u32),
-    )
-    .await;
+    jobs.drain(shared.eff().config.kill_timeout * 3).await;
     let _ = fs::remove_file(paths::control_socket(&shared.eff().config.state_dir));
     let mut book = shared.book();
     book.flush(|_| {})?;

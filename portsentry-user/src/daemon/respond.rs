@@ -11,7 +11,7 @@ use std::{
 
 use portsentry_common::maps::BanOrigin;
 
-use super::{Shared, admission::Admit, escalation, event::ProbeEvent};
+use super::{Shared, admission::Admit, escalation, event::ProbeEvent, jobs::Seated};
 use crate::{
     actions::{self, Step, Target, execute::run_step},
     bans::{Cause, ScanCause, book::LiftedMeanwhile, guard::Refusal},
@@ -84,13 +84,14 @@ pub(super) fn act(
         }
     }
     shared.handled.lock().expect("handled lock").insert(ev.ip);
+    let place = shared.jobs.line_up(ev.ip);
     let shared = shared.clone();
     let eff = eff.clone();
     tokio::spawn(async move {
-        let Ok(_permit) = shared.jobs.clone().acquire_owned().await else {
+        let Some(seated) = place.seat().await else {
             return;
         };
-        respond(&shared, &eff, ev, mode, block, now).await;
+        respond(&shared, &eff, ev, mode, block, now, seated).await;
     });
 }
 
@@ -105,13 +106,14 @@ pub(super) fn act_banned(
 ) {
     shared.handled.lock().expect("handled lock").insert(ev.ip);
     let since = crate::clock::to_system(ev.ts_ns);
+    let place = shared.jobs.line_up(ev.ip);
     let shared = shared.clone();
     let eff = eff.clone();
     tokio::spawn(async move {
-        let Ok(_permit) = shared.jobs.clone().acquire_owned().await else {
+        let Some(seated) = place.seat().await else {
             return;
         };
-        respond(&shared, &eff, ev, mode, BlockMode::Block, since).await;
+        respond(&shared, &eff, ev, mode, BlockMode::Block, since, seated).await;
     });
 }
 
@@ -179,6 +181,7 @@ async fn respond(
     mode: ModeToken,
     block: BlockMode,
     now: SystemTime,
+    mut seated: Seated,
 ) {
     let c = &eff.config;
     let target = Target::scan(ev.ip, ev.port, mode);
@@ -205,6 +208,8 @@ async fn respond(
     if block == BlockMode::ReportOnly {
         log.notice(&alert::ignoring_response(ev.proto()));
     }
+    // The host's undo steps of a ban lifted before this one end first.
+    seated.after_the_job_before().await;
     for step in &steps {
         if *step == Step::XdpBan {
             match early

@@ -102,35 +102,41 @@ pub(super) fn reload(shared: &Arc<Shared>, args: &ConfigArgs) {
 }
 
 /// Runs the undo steps of a lifted ban (UNKILL_ROUTE, the hosts.deny line,
-/// UNKILL_RUN_CMD) in the background.
+/// UNKILL_RUN_CMD) in the background, and releases its hosts: a scan from one of them is
+/// acted on again.
 pub(super) fn spawn_undo(shared: &Arc<Shared>, ban: Ban, reason: BanEnd) {
     shared.metrics.ban_removed(reason);
+    let net = ban.net;
+    // In the host's line before the host is released: the kill commands of its next ban
+    // run after these undo steps.
+    spawn_undo_steps(shared, ban);
     shared
         .handled
         .lock()
         .expect("handled lock")
-        .retain(|ip| !ban.net.contains(ip));
-    spawn_undo_steps(shared, ban);
+        .retain(|ip| !net.contains(ip));
 }
 
 /// Runs the undo steps of `ban` in the background, and nothing else: a ban another
 /// replaced (its network stays banned, by a ban that ran no kill commands).
 ///
-/// Each takes a slot of the response jobs' pool: a mass expiry or `unban --all` runs
-/// MAX_PARALLEL_JOBS shells at a time, not one per ban at once, and a stop waits for the
-/// undo steps asked for before it (the pool gives out slots in the order asked), as
-/// for the responses: the lift is in the journal already, and an undo cut short would
-/// never run again.
+/// Each is a response job ([`super::jobs`]): a mass expiry or `unban --all` runs
+/// MAX_PARALLEL_JOBS shells at a time, not one per ban at once; the host's kill
+/// commands asked for before run first, those of its next ban after; and a stop waits
+/// for the undo steps asked for before it, as for the responses: the lift is in the
+/// journal already, and an undo cut short would never run again.
 pub(super) fn spawn_undo_steps(shared: &Arc<Shared>, ban: Ban) {
     let crowdsec_kills = shared.crowdsec.as_ref().is_some_and(|f| f.kill_commands());
     if !ban.has_undo(crowdsec_kills) {
         return;
     }
+    let place = shared.jobs.line_up(ban.net.addr());
     let shared = shared.clone();
     tokio::spawn(async move {
-        let Ok(_permit) = shared.jobs.clone().acquire_owned().await else {
+        let Some(mut seated) = place.seat().await else {
             return;
         };
+        seated.after_the_job_before().await;
         let eff = shared.eff();
         execute::undo(
             &shared.log,
