@@ -346,3 +346,43 @@ fn a_longer_excluded_decision_hides_no_enforced_one() {
     ]);
     b.wait_crowdsec_ban("198.51.100.7/32", false);
 }
+
+/// A decision on an address banned here already (by the operator, a scan) waits behind
+/// that ban: when ours expires first, the decision's ban takes its place at once, not
+/// at the next full answer (five minutes later); deleting the decision then lifts it.
+#[test]
+fn a_decision_behind_our_own_ban_takes_over_when_ours_expires() {
+    require_kernel!();
+    let (lan, lapi) = lan_with_lapi();
+    let b = Server::start(&lan, &lapi, "b", 12, "");
+    let net = "198.51.100.8/32";
+    let (ok, out, err) = b.wd.cli(&["ban", "198.51.100.8", "--time", "8s"]);
+    assert!(ok, "{out}{err}");
+    lapi.cscli(&[
+        "decisions",
+        "add",
+        "--ip",
+        "198.51.100.8",
+        "--duration",
+        "1h",
+    ]);
+    // Counted once the stream gave it (a duplicate of our ban).
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            b.link()["decisions"]["duplicate"].as_u64() >= Some(1)
+        }),
+        "{}",
+        b.link()
+    );
+    assert_eq!(b.ban_origin(net).as_deref(), Some("manual"));
+    b.wait_crowdsec_ban(net, true);
+    assert!(
+        b.log()
+            .contains("198.51.100.8/32 stays banned by a decision"),
+        "{}",
+        b.log()
+    );
+    lapi.cscli(&["decisions", "delete", "--ip", "198.51.100.8"]);
+    b.wait_crowdsec_ban(net, false);
+    assert_eq!(b.ban_origin(net), None);
+}

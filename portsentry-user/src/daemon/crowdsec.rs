@@ -41,6 +41,21 @@ pub(super) struct Fleet {
     /// `None`: CROWDSEC_REPORT is 0.
     outbox: Option<Arc<Outbox>>,
     settings: Settings,
+    /// What the stream's answers said, for the next answer and for our bans' expiry.
+    decisions: Mutex<Decisions>,
+}
+
+/// The decisions the stream gave that are in force at the Local API.
+#[derive(Default)]
+struct Decisions {
+    /// The decisions that hold each network.
+    held: Held,
+    /// The networks whose refusal was logged (once each).
+    logged: HashSet<IpNet>,
+    /// The end of the longest decision on each network banned here by other means (a
+    /// scan, the operator): when that ban expires first, the decision's ban takes its
+    /// place at once ([`after_expiry`]), not at the next full answer.
+    behind: HashMap<IpNet, SystemTime>,
 }
 
 impl Fleet {
@@ -56,6 +71,7 @@ impl Fleet {
                 .as_ref()
                 .map(|_| Arc::new(Outbox::default())),
             settings: settings.clone(),
+            decisions: Mutex::new(Decisions::default()),
         }
     }
 
@@ -87,12 +103,7 @@ pub(super) fn start(shared: &Arc<Shared>) -> anyhow::Result<()> {
             log: shared.log.clone(),
         };
         let sh = shared.clone();
-        let state = Mutex::new((Held::default(), HashSet::new()));
-        tokio::spawn(bouncer.run(move |answer, full| {
-            let mut st = state.lock().expect("held lock");
-            let (held, logged) = &mut *st;
-            apply(&sh, held, logged, answer, full);
-        }));
+        tokio::spawn(bouncer.run(move |answer, full| apply(&sh, answer, full)));
     }
     if let (Some((machine, password)), Some(outbox)) = (&s.machine, &fleet.outbox) {
         let reporter = Reporter {
@@ -162,15 +173,17 @@ pub(super) fn write_status(shared: &Shared) {
 }
 
 /// Enforces one answer of the stream (`full`: it lists everything in force, so the
-/// CrowdSec bans it does not name are lifted). `logged` holds the networks whose refusal
-/// was logged already (logged once each).
-fn apply(
-    shared: &Arc<Shared>,
-    held: &mut Held,
-    logged: &mut HashSet<IpNet>,
-    answer: Answer,
-    full: bool,
-) {
+/// CrowdSec bans it does not name are lifted).
+fn apply(shared: &Arc<Shared>, answer: Answer, full: bool) {
+    let Some(fleet) = &shared.crowdsec else {
+        return;
+    };
+    let mut decisions = fleet.decisions.lock().expect("decisions lock");
+    let Decisions {
+        held,
+        logged,
+        behind,
+    } = &mut *decisions;
     let now = SystemTime::now();
     let answer_len = answer.new.len() + answer.deleted.len() + answer.skipped.len();
     let mut counts: BTreeMap<Outcome, u64> = BTreeMap::new();
@@ -183,11 +196,13 @@ fn apply(
         let ours = |b: &Option<Ban>| b.is_some_and(|b| b.origin == BanOrigin::CrowdSec);
         if full {
             held.clear();
+            behind.clear();
         }
         for d in &answer.deleted {
             let Some(net) = held.remove(d.id) else {
                 continue;
             };
+            behind.remove(&net);
             if ours(&book.store.get(&net)) {
                 match book.lift(&net) {
                     Ok(Some(b)) => {
@@ -213,9 +228,12 @@ fn apply(
             }
             let current = book.store.get(&d.net);
             if current.is_some() && !ours(&current) {
-                // Ours (a scan, the operator's): it stays as it is; our own decisions
-                // coming back end here.
+                // Ours (a scan, the operator's): it stays as it is, and the decision waits
+                // behind it in case it ends first; our own decisions coming back end here.
                 *counts.entry(Outcome::Duplicate).or_default() += 1;
+                held.add(d.id, d.net);
+                let end = behind.entry(d.net).or_insert(expires);
+                *end = (*end).max(expires);
                 continue;
             }
             if let Some(b) = current
@@ -279,15 +297,14 @@ fn apply(
             }
         }
         changed = full || !added.is_empty() || !lifted.is_empty() || !counts.is_empty();
-        if changed && let Some(f) = &shared.crowdsec {
-            f.link.set_enforced(enforced(&book.store));
+        if changed {
+            fleet.link.set_enforced(enforced(&book.store));
         }
     }
-    if let Some(f) = &shared.crowdsec {
-        for (o, n) in &counts {
-            f.link.count(*o, *n);
-            shared.metrics.crowdsec_decision(*o, *n);
-        }
+    drop(decisions);
+    for (o, n) in &counts {
+        fleet.link.count(*o, *n);
+        shared.metrics.crowdsec_decision(*o, *n);
     }
     let log = &shared.log;
     for w in warnings {
@@ -329,6 +346,72 @@ fn apply(
         }
         spawn_undo(shared, b, BanEnd::Withdrawn);
     }
+}
+
+/// Puts in force the decisions that waited behind bans of ours (a scan's, the
+/// operator's) that expired (`ended`, the networks lifted): the address stays banned,
+/// as a CrowdSec ban until the decision ends, rather than unbanned until the next full
+/// answer. An operator's `unban` does not come here: a decision on it is enforced again
+/// at the next full answer, as for any CrowdSec ban an operator lifts.
+pub(super) fn after_expiry(shared: &Arc<Shared>, ended: &[IpNet]) {
+    let Some(fleet) = &shared.crowdsec else {
+        return;
+    };
+    let mut decisions = fleet.decisions.lock().expect("decisions lock");
+    if decisions.behind.is_empty() || ended.is_empty() {
+        return;
+    }
+    let now = SystemTime::now();
+    let mut book = shared.book();
+    let due: Vec<(IpNet, SystemTime)> = decisions
+        .behind
+        .iter()
+        .filter(|(net, _)| ended.iter().any(|e| e.contains(*net)) && book.store.get(net).is_none())
+        .map(|(net, end)| (*net, *end))
+        .collect();
+    let mut bans = Vec::new();
+    for (net, end) in due {
+        decisions.behind.remove(&net);
+        if end > now {
+            bans.push(Ban::of_decision(net, now, end));
+        } else {
+            decisions.held.forget(&net);
+        }
+    }
+    let results = book.put_many(&bans);
+    let mut added = Vec::new();
+    let mut warnings = Vec::new();
+    for (ban, result) in bans.into_iter().zip(results) {
+        match result {
+            Ok(()) => {
+                shared.metrics.ban_added(BanOrigin::CrowdSec);
+                added.push(ban);
+            }
+            Err(e) => warnings.push(format!(
+                "portsentry: crowdsec: not enforcing the decision on {} after our ban of it \
+                 expired: {e:#}",
+                ban.net
+            )),
+        }
+    }
+    if !added.is_empty() {
+        fleet.link.set_enforced(enforced(&book.store));
+    }
+    drop(book);
+    drop(decisions);
+    for w in warnings {
+        shared.log.warn(&w);
+    }
+    for b in &added {
+        shared.log.notice(&format!(
+            "portsentry: crowdsec: {} stays banned by a decision of the Local API, until {}",
+            b.net,
+            b.expires
+                .map(|e| humantime::format_rfc3339_seconds(e).to_string())
+                .unwrap_or_default()
+        ));
+    }
+    spawn_kills(shared, &added);
 }
 
 /// Runs the kill commands of the bans decisions put in force, when CROWDSEC_KILL_COMMANDS
