@@ -18,6 +18,9 @@ pub const STATE_FILE: &str = "bans.json";
 /// The state of the daemon's link to a CrowdSec Local API in STATE_DIR (`status` reads
 /// it; [`crate::crowdsec::link`]).
 pub const CROWDSEC_FILE: &str = "crowdsec.json";
+/// The reports to the CrowdSec Local API not yet sent, in STATE_DIR, kept across a
+/// restart ([`crate::crowdsec::report::Outbox`]).
+pub const CROWDSEC_REPORTS_FILE: &str = "crowdsec-reports.json";
 /// Link pins in PIN_DIR are named this followed by the interface name.
 pub const LINK_PREFIX: &str = "link-";
 /// The program's pin in PIN_DIR is named this followed by the hash of the object it was
@@ -46,6 +49,10 @@ pub fn state_file(state_dir: &Path) -> PathBuf {
 
 pub fn crowdsec_file(state_dir: &Path) -> PathBuf {
     state_dir.join(CROWDSEC_FILE)
+}
+
+pub fn crowdsec_reports_file(state_dir: &Path) -> PathBuf {
+    state_dir.join(CROWDSEC_REPORTS_FILE)
 }
 
 /// The pin of the link that attaches the program to `interface`.

@@ -386,3 +386,60 @@ fn a_decision_behind_our_own_ban_takes_over_when_ours_expires() {
     b.wait_crowdsec_ban(net, false);
     assert_eq!(b.ban_origin(net), None);
 }
+
+/// An operator's unban of a scan ban, made while the Local API is away, outlives a
+/// restart of the daemon: the deletion of our decision is sent once the Local API is
+/// back, so the ban does not come back from that decision (here or on the fleet).
+#[test]
+fn an_unban_made_while_the_local_api_is_away_is_sent_after_a_restart() {
+    require_kernel!();
+    let (lan, mut lapi) = lan_with_lapi();
+    let attacker = Netns::new("atk");
+    let attacker_if = lan.join(&attacker, &["192.0.2.2/24"]);
+    let mut a = Server::start(&lan, &lapi, "a", 11, "");
+    let has_decision = |lapi: &Lapi| {
+        lapi.cscli(&["decisions", "list", "--all", "-o", "json"])
+            .contains("192.0.2.2")
+    };
+    let out = attacker.try_exec(&format!(
+        "nmap -n -Pn -sS -e {attacker_if} -S 192.0.2.2 -p 20-30 --max-retries 0 \
+         --host-timeout 30s {}",
+        a.v4
+    ));
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        wait_until(Duration::from_secs(15), || has_decision(&lapi)),
+        "A did not report its ban: {}\n{}",
+        a.link(),
+        a.log()
+    );
+    assert_eq!(a.ban_origin("192.0.2.2/32").as_deref(), Some("scan"));
+
+    lapi.kill();
+    let (ok, out, err) = a.wd.cli(&["unban", "192.0.2.2"]);
+    assert!(ok, "{out}{err}");
+    assert!(a.daemon.take().unwrap().stop().success());
+    let kept = a.wd.path("state").join("crowdsec-reports.json");
+    assert!(
+        std::fs::read_to_string(&kept)
+            .unwrap_or_default()
+            .contains("\"unban\""),
+        "the deletion waits in {}",
+        kept.display()
+    );
+
+    lapi.restart();
+    a.start_daemon();
+    assert!(
+        wait_until(Duration::from_secs(30), || !has_decision(&lapi)),
+        "our decision is still at the Local API: {}\n{}",
+        a.link(),
+        a.log()
+    );
+    a.wait_crowdsec_ban("192.0.2.2/32", false);
+    assert_eq!(a.ban_origin("192.0.2.2/32"), None);
+    assert!(
+        wait_until(Duration::from_secs(5), || !kept.exists()),
+        "nothing left to send"
+    );
+}

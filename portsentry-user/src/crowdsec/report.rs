@@ -15,6 +15,8 @@
 
 use std::{
     collections::VecDeque,
+    fs, io,
+    path::Path,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -22,8 +24,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use anyhow::Context as _;
 use ipnet::IpNet;
 use portsentry_common::ScanType;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
@@ -33,7 +37,7 @@ use super::{
     decisions::to_go_duration,
     link::{Connection, Link, Which},
 };
-use crate::{config::crowdsec::Secret, metrics::Metrics, report::Logger};
+use crate::{config::crowdsec::Secret, fsutil, metrics::Metrics, report::Logger};
 
 /// The most reports waiting; more are dropped and counted.
 pub const QUEUE_LIMIT: usize = 10_000;
@@ -70,29 +74,158 @@ pub enum Item {
 }
 
 /// The queue of reports, shared by the daemon (which pushes) and the task (which sends).
+///
+/// The daemon keeps it in a file across a restart ([`Outbox::save`], [`Outbox::restore`]):
+/// an unban's deletion lost there would leave our decision at the Local API, and the
+/// ban would come back from it.
 #[derive(Debug, Default)]
 pub struct Outbox {
-    queue: Mutex<VecDeque<Item>>,
+    queue: Mutex<Queue>,
     notify: Notify,
     overflow: AtomicU64,
+    /// The change last written by [`Outbox::save`] (one save at a time).
+    saved: Mutex<u64>,
+}
+
+/// The reports waiting, and a count of the changes made to them.
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Item>,
+    changes: u64,
+}
+
+/// A report as the file keeps it.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+enum Saved {
+    Ban {
+        net: IpNet,
+        scenario: String,
+        /// Seconds since the epoch.
+        since: u64,
+        expires: Option<u64>,
+    },
+    Unban {
+        net: IpNet,
+        scenario: String,
+    },
+}
+
+impl From<&Item> for Saved {
+    fn from(item: &Item) -> Saved {
+        let secs = |t: &SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs()
+        };
+        match item {
+            Item::Ban {
+                net,
+                scenario,
+                since,
+                expires,
+            } => Saved::Ban {
+                net: *net,
+                scenario: scenario.clone(),
+                since: secs(since),
+                expires: expires.as_ref().map(secs),
+            },
+            Item::Unban { net, scenario } => Saved::Unban {
+                net: *net,
+                scenario: scenario.clone(),
+            },
+        }
+    }
+}
+
+impl From<Saved> for Item {
+    fn from(saved: Saved) -> Item {
+        let at = |secs: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        match saved {
+            Saved::Ban {
+                net,
+                scenario,
+                since,
+                expires,
+            } => Item::Ban {
+                net,
+                scenario,
+                since: at(since),
+                expires: expires.map(at),
+            },
+            Saved::Unban { net, scenario } => Item::Unban { net, scenario },
+        }
+    }
 }
 
 impl Outbox {
     /// Queues `item`; false (and counted) when the queue is full.
     pub fn push(&self, item: Item) -> bool {
         let mut q = self.queue.lock().expect("outbox lock");
-        if q.len() >= QUEUE_LIMIT {
+        if q.items.len() >= QUEUE_LIMIT {
             self.overflow.fetch_add(1, Ordering::Relaxed);
             return false;
         }
-        q.push_back(item);
+        q.items.push_back(item);
+        q.changes += 1;
         drop(q);
         self.notify.notify_one();
         true
     }
 
+    /// Writes the reports waiting to `path` (atomically, fsync'd) when they changed since
+    /// the last write; no reports waiting: removes the file.
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let mut saved = self.saved.lock().expect("outbox save lock");
+        let (changes, items): (u64, Vec<Saved>) = {
+            let q = self.queue.lock().expect("outbox lock");
+            if q.changes == *saved {
+                return Ok(());
+            }
+            (q.changes, q.items.iter().map(Saved::from).collect())
+        };
+        if items.is_empty() {
+            match fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+            }
+        } else {
+            let mut text = serde_json::to_vec_pretty(&items)?;
+            text.push(b'\n');
+            fsutil::write_atomic(path, &text, None)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        *saved = changes;
+        Ok(())
+    }
+
+    /// Queues the reports a daemon before this one left in `path`, ahead of any queued
+    /// since (they are older); how many (0: no file). A file that cannot be read is an
+    /// error naming it and where it is broken; it stays as it is.
+    pub fn restore(&self, path: &Path) -> anyhow::Result<usize> {
+        let text = match fs::read(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let saved: Vec<Saved> = serde_json::from_slice(&text)
+            .map_err(|e| anyhow::anyhow!("{}: not a list of reports: {e}", path.display()))?;
+        let n = saved.len();
+        let mut q = self.queue.lock().expect("outbox lock");
+        for item in saved.into_iter().rev() {
+            q.items.push_front(Item::from(item));
+        }
+        q.items.truncate(QUEUE_LIMIT);
+        // Written as it is, so not again until it changes.
+        *self.saved.lock().expect("outbox save lock") = q.changes;
+        drop(q);
+        self.notify.notify_one();
+        Ok(n)
+    }
+
     pub fn len(&self) -> usize {
-        self.queue.lock().expect("outbox lock").len()
+        self.queue.lock().expect("outbox lock").items.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -107,7 +240,7 @@ impl Outbox {
     /// The reports to send next: the unban at the front, or the bans at the front (up
     /// to [`BATCH`]). They stay queued until [`Outbox::done`].
     fn next(&self) -> Vec<Item> {
-        let q = self.queue.lock().expect("outbox lock");
+        let q = &self.queue.lock().expect("outbox lock").items;
         match q.front() {
             None => Vec::new(),
             Some(Item::Unban { .. }) => vec![q[0].clone()],
@@ -123,8 +256,9 @@ impl Outbox {
     /// The first `n` reports were sent.
     fn done(&self, n: usize) {
         let mut q = self.queue.lock().expect("outbox lock");
-        let n = n.min(q.len());
-        q.drain(..n);
+        let n = n.min(q.items.len());
+        q.items.drain(..n);
+        q.changes += 1;
     }
 }
 
@@ -378,5 +512,70 @@ mod tests {
         assert_eq!(o.next().len(), 1, "the ban before the unban");
         o.done(1);
         assert!(matches!(o.next()[..], [Item::Unban { .. }]));
+    }
+
+    fn unban(net: &str) -> Item {
+        Item::Unban {
+            net: net.parse().unwrap(),
+            scenario: scenario(Some(ScanType::TcpSyn), false),
+        }
+    }
+
+    /// The reports not yet sent outlive a restart, in their order and before those
+    /// queued since; the file follows the queue and goes when it is empty.
+    #[test]
+    fn the_queue_is_kept_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("reports.json");
+        let first = Outbox::default();
+        let expires = SystemTime::UNIX_EPOCH + Duration::from_secs(4_000_000_000);
+        first.push(ban("192.0.2.9/32", Some(expires)));
+        first.push(unban("192.0.2.10/32"));
+        first.push(ban("2001:db8::/64", None));
+        first.save(&file).unwrap();
+        first.done(1);
+        first.save(&file).unwrap();
+
+        let second = Outbox::default();
+        second.push(ban("192.0.2.11/32", None));
+        assert_eq!(second.restore(&file).unwrap(), 2);
+        let q: Vec<Item> = second.queue.lock().unwrap().items.iter().cloned().collect();
+        assert_eq!(
+            q,
+            [
+                unban("192.0.2.10/32"),
+                ban("2001:db8::/64", None),
+                ban("192.0.2.11/32", None)
+            ]
+        );
+        // Restored as written: no write until the queue changes.
+        std::fs::remove_file(&file).unwrap();
+        second.save(&file).unwrap();
+        assert!(!file.exists());
+        second.done(3);
+        std::fs::write(&file, "stale").unwrap();
+        second.save(&file).unwrap();
+        assert!(!file.exists(), "an empty queue leaves no file");
+        assert_eq!(Outbox::default().restore(&file).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_damaged_file_names_where_and_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("reports.json");
+        std::fs::write(
+            &file,
+            "[\n  {\"kind\": \"ban\", \"net\": \"nonsense\"}\n]\n",
+        )
+        .unwrap();
+        let outbox = Outbox::default();
+        let e = format!("{:#}", outbox.restore(&file).unwrap_err());
+        assert!(e.starts_with(&format!("{}: ", file.display())), "{e}");
+        assert!(
+            e.contains("invalid IP address") && e.contains("line 3"),
+            "{e}"
+        );
+        assert!(outbox.is_empty());
+        assert!(file.exists());
     }
 }

@@ -64,9 +64,14 @@ pub(super) fn handle(shared: &Arc<Shared>, req: Request) -> Response {
             lifted.len()
         )),
     }
+    let unbanned = !lifted.is_empty();
     for b in lifted {
         super::crowdsec::report_unban(shared, &b);
         spawn_undo(shared, b, BanEnd::Unbanned);
+    }
+    if unbanned {
+        // Before the answer: the deletions outlive a restart right after it.
+        super::crowdsec::save_reports(shared);
     }
     match result {
         Ok(message) => Response::ok(message),

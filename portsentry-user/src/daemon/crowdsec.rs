@@ -28,6 +28,7 @@ use crate::{
         report::{self, Item, Outbox, Reporter},
     },
     kinds::BanEnd,
+    paths,
 };
 
 /// At most this many bans of one answer are logged one by one (then a summary line).
@@ -106,6 +107,19 @@ pub(super) fn start(shared: &Arc<Shared>) -> anyhow::Result<()> {
         tokio::spawn(bouncer.run(move |answer, full| apply(&sh, answer, full)));
     }
     if let (Some((machine, password)), Some(outbox)) = (&s.machine, &fleet.outbox) {
+        // Before the task starts: the reports a stopped daemon left go first.
+        let file = paths::crowdsec_reports_file(&shared.eff().config.state_dir);
+        match outbox.restore(&file) {
+            Ok(0) => {}
+            Ok(n) => shared.log.notice(&format!(
+                "portsentry: crowdsec: {n} reports from before the restart queued ({})",
+                file.display()
+            )),
+            Err(e) => shared.log.warn(&format!(
+                "portsentry: crowdsec: the reports left from before the restart are not \
+                 sent: {e:#}; the file is rewritten with the next report"
+            )),
+        }
         let reporter = Reporter {
             lapi,
             machine: machine.clone(),
@@ -136,12 +150,28 @@ pub(super) fn report_ban(shared: &Shared, ban: &Ban) {
     });
 }
 
-/// Queues the deletion of our decision for a scan ban the operator lifted.
+/// Queues the deletion of our decision for a scan ban the operator lifted (the caller
+/// then writes the queue to its file, [`save_reports`]: lost at a restart, the deletion
+/// would never be made and the ban would come back from our decision).
 pub(super) fn report_unban(shared: &Shared, ban: &Ban) {
     queue(shared, ban, |scenario| Item::Unban {
         net: ban.net,
         scenario,
     });
+}
+
+/// Writes the reports not yet sent to STATE_DIR's file when they changed
+/// (housekeeping, once a second; an unban; the stop).
+pub(super) fn save_reports(shared: &Shared) {
+    let Some(outbox) = shared.crowdsec.as_ref().and_then(|f| f.outbox.as_ref()) else {
+        return;
+    };
+    let file = paths::crowdsec_reports_file(&shared.eff().config.state_dir);
+    if let Err(e) = outbox.save(&file) {
+        shared.log.warn(&format!(
+            "portsentry: crowdsec: the reports not yet sent may not survive a restart: {e:#}"
+        ));
+    }
 }
 
 /// Queues `item(scenario)` when reporting is on and `ban` is one we made from a scan.

@@ -368,6 +368,7 @@ pub async fn run(
     // Let running response jobs and undo steps finish, and those asked for before now
     // (each command is bounded by KILL_TIMEOUT).
     jobs.drain(shared.eff().config.kill_timeout * 3).await;
+    crowdsec::save_reports(&shared);
     let _ = fs::remove_file(paths::control_socket(&shared.eff().config.state_dir));
     let mut book = shared.book();
     book.flush(|_| {})?;

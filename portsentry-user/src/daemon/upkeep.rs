@@ -222,6 +222,7 @@ pub(super) fn housekeeping(shared: &Arc<Shared>) {
     watch_links(shared);
     follow_wall_clock(shared);
     super::crowdsec::write_status(shared);
+    super::crowdsec::save_reports(shared);
     let eff = shared.eff();
     // The hooks' count before the listeners are read: a listen between the two leaves
     // the bitmap untrusted until the next look.
