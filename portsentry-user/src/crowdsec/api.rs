@@ -11,6 +11,11 @@ use crate::config::crowdsec::Secret;
 
 /// How long one call may take, all told.
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a full answer of the decision stream may take, all told. crowdsec 1.4.6
+/// composes one of 100,000 decisions (14 MB) in about 3 s on a loopback link; a larger
+/// list or a slower link takes longer than [`TIMEOUT`], and a full answer cut short
+/// would never be enforced (a failure asks for a full answer again).
+const FULL_ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The most of an error answer's body kept for the log.
 const ERROR_BODY: usize = 200;
@@ -44,6 +49,8 @@ pub struct Lapi {
     http: reqwest::Client,
     /// Without a trailing slash.
     url: String,
+    /// [`FULL_ANSWER_TIMEOUT`] (shorter in tests).
+    full_answer_timeout: Duration,
 }
 
 fn transport(e: reqwest::Error) -> ApiError {
@@ -61,14 +68,21 @@ fn transport(e: reqwest::Error) -> ApiError {
 
 impl Lapi {
     pub fn new(url: &str) -> anyhow::Result<Lapi> {
+        Lapi::with_timeouts(url, TIMEOUT, FULL_ANSWER_TIMEOUT)
+    }
+
+    /// [`Lapi::new`] with `call` the time any call may take, `full_answer` a full answer
+    /// of the stream.
+    fn with_timeouts(url: &str, call: Duration, full_answer: Duration) -> anyhow::Result<Lapi> {
         let http = reqwest::Client::builder()
-            .timeout(TIMEOUT)
+            .timeout(call)
             .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("portsentry/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Lapi {
             http,
             url: url.trim_end_matches('/').to_owned(),
+            full_answer_timeout: full_answer,
         })
     }
 
@@ -116,13 +130,15 @@ impl Lapi {
         if !scenarios_exclude.is_empty() {
             query.push(("scenarios_not_containing", scenarios_exclude.join(",")));
         }
-        self.send(
-            self.http
-                .get(format!("{}/v1/decisions/stream", self.url))
-                .header("X-Api-Key", key.expose())
-                .query(&query),
-        )
-        .await
+        let mut req = self
+            .http
+            .get(format!("{}/v1/decisions/stream", self.url))
+            .header("X-Api-Key", key.expose())
+            .query(&query);
+        if startup {
+            req = req.timeout(self.full_answer_timeout);
+        }
+        self.send(req).await
     }
 
     /// `POST /v1/watchers/login`: a token for the machine.
@@ -185,5 +201,60 @@ impl Lapi {
         Ok(v.get("nbDeleted")
             .and_then(|n| n.as_str().and_then(|s| s.parse().ok()).or(n.as_u64()))
             .unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::{
+        io::{AsyncReadExt as _, AsyncWriteExt as _},
+        net::TcpListener,
+    };
+
+    use super::*;
+
+    /// A Local API that answers every call with an empty answer after `delay`.
+    async fn slow_lapi(delay: Duration) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = conn.read(&mut buf).await;
+                    tokio::time::sleep(delay).await;
+                    let body = r#"{"new":null,"deleted":null}"#;
+                    let _ = conn
+                        .write_all(
+                            format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                                body.len()
+                            )
+                            .as_bytes(),
+                        )
+                        .await;
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    /// A full answer may take longer than any other call: one that always took longer
+    /// would never be enforced.
+    #[tokio::test]
+    async fn a_full_answer_has_longer_than_a_delta() {
+        let url = slow_lapi(Duration::from_millis(400)).await;
+        let lapi =
+            Lapi::with_timeouts(&url, Duration::from_millis(100), Duration::from_secs(5)).unwrap();
+        let key = Secret::new("k");
+        let delta = lapi.stream(&key, false, &[], &[]).await;
+        assert!(matches!(delta, Err(ApiError::Transport(_))), "{delta:?}");
+        let full = lapi.stream(&key, true, &[], &[]).await.unwrap();
+        assert_eq!(full, br#"{"new":null,"deleted":null}"#);
     }
 }
