@@ -443,3 +443,46 @@ fn an_unban_made_while_the_local_api_is_away_is_sent_after_a_restart() {
         "nothing left to send"
     );
 }
+
+/// The enforcement of decisions turned off (CROWDSEC_LAPI_URL taken out): the next start
+/// lifts the bans decisions made, which nothing would end before they expire; our own
+/// bans stay. Turned on again, the first answer puts them back.
+#[test]
+fn turning_enforcement_off_lifts_the_bans_of_decisions() {
+    require_kernel!();
+    let (lan, lapi) = lan_with_lapi();
+    let mut b = Server::start(&lan, &lapi, "b", 12, "");
+    lapi.cscli(&[
+        "decisions",
+        "add",
+        "--ip",
+        "198.51.100.9",
+        "--duration",
+        "1h",
+    ]);
+    b.wait_crowdsec_ban("198.51.100.9/32", true);
+    let (ok, out, err) = b.wd.cli(&["ban", "198.51.100.10"]);
+    assert!(ok, "{out}{err}");
+    assert!(b.daemon.take().unwrap().stop().success());
+
+    let conf = b.wd.conf();
+    let with_link = std::fs::read_to_string(&conf).unwrap();
+    let without: String = with_link
+        .lines()
+        .filter(|l| !l.starts_with("CROWDSEC_"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&conf, without).unwrap();
+    let d = Daemon::start(&b.ns, &["run", "-c", conf.to_str().unwrap()]);
+    d.wait_for(
+        "lifted the bans its decisions made (1)",
+        Duration::from_secs(20),
+    );
+    assert_eq!(b.ban_origin("198.51.100.9/32"), None);
+    assert_eq!(b.ban_origin("198.51.100.10/32").as_deref(), Some("manual"));
+    assert!(d.stop().success());
+
+    std::fs::write(&conf, with_link).unwrap();
+    b.start_daemon();
+    b.wait_crowdsec_ban("198.51.100.9/32", true);
+}

@@ -140,6 +140,46 @@ pub(super) fn start(shared: &Arc<Shared>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// At a start with the enforcement of decisions off (no CROWDSEC_LAPI_URL, or no bouncer
+/// key): lifts the bans decisions made before, which no deletion at the Local API or
+/// full answer would end any more (they would stay until they expire, for weeks for a
+/// list). Turned on again, the first answer puts those still decided back.
+pub(super) fn lift_when_off(shared: &Arc<Shared>) {
+    if shared
+        .crowdsec
+        .as_ref()
+        .is_some_and(|f| f.settings.bouncer_key.is_some())
+    {
+        return;
+    }
+    let (lifted, failed) = {
+        let mut book = shared.book();
+        let nets: Vec<IpNet> = book
+            .store
+            .iter()
+            .filter(|b| b.origin == BanOrigin::CrowdSec)
+            .map(|b| b.net)
+            .collect();
+        book.lift_many(&nets)
+    };
+    for (net, e) in failed {
+        shared.log.warn(&format!(
+            "portsentry: crowdsec: removing the ban of {net}: {e:#}"
+        ));
+    }
+    if lifted.is_empty() {
+        return;
+    }
+    shared.log.notice(&format!(
+        "portsentry: crowdsec: enforcing its decisions is off (no CROWDSEC_LAPI_URL, or no \
+         bouncer key): lifted the bans its decisions made ({})",
+        lifted.len()
+    ));
+    for b in lifted {
+        spawn_undo(shared, b, BanEnd::Withdrawn);
+    }
+}
+
 /// Queues the report of a ban we made from a scan (or an escalation).
 pub(super) fn report_ban(shared: &Shared, ban: &Ban) {
     queue(shared, ban, |scenario| Item::Ban {

@@ -292,6 +292,7 @@ pub async fn run(
     }
     // Bans kept from before (the state file, the pinned maps) that the guard refuses now.
     upkeep::enforce_guard(&shared, "at start");
+    crowdsec::lift_when_off(&shared);
     // The kernel's own bans first: recovering the sources it counted skips them.
     detect::respond_to_pending(&shared, &pending);
     detect::recover_detected(&shared);
