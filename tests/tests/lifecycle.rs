@@ -507,3 +507,64 @@ fn a_host_banned_again_runs_its_kill_commands_after_the_undo_of_its_last_ban() {
     assert!(!reaches(&net, scanner));
     assert!(d.stop().success());
 }
+
+/// An unban that lands while the program's own ban waits for the daemon to record it
+/// (its response queued behind sixteen slow ones) lifts it and says so; the host is
+/// released, so that its next scan is banned and recorded again.
+#[test]
+fn an_unban_of_a_ban_not_yet_recorded_lifts_it_and_the_host_is_banned_again() {
+    require_kernel!();
+    let net = TestNet::new(16);
+    let wd = Workdir::new();
+    let order = wd.path("order").display().to_string();
+    wd.config(
+        &net.server_if,
+        &format!(
+            "BAN_TIME=\"1h\"\nMAX_BANS_PER_SEC=\"0\"\n\
+             KILL_ROUTE=\"echo route $TARGET$ >> {order}; sleep 4\"\n"
+        ),
+    );
+    let _svc = net
+        .server
+        .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
+    let d = start(&net, &wd);
+    let (busy, last) = net.attacker_v4.split_at(16);
+    let last = last[0];
+    std::thread::scope(|s| {
+        for ip in busy {
+            let net = &net;
+            s.spawn(move || probe(net, *ip));
+        }
+    });
+    // Every response slot runs a slow KILL_ROUTE.
+    assert!(
+        wait_until(Duration::from_secs(10), || wd
+            .read("order")
+            .lines()
+            .filter(|l| l.starts_with("route "))
+            .count()
+            == 16),
+        "{}",
+        d.lines().join("\n")
+    );
+    let blocked = format!("Host {last} has been blocked via XDP drop");
+    probe(&net, last);
+    assert!(!reaches(&net, last), "the program banned it at once");
+    assert!(
+        !d.lines().iter().any(|l| l.contains(&blocked)),
+        "not recorded yet: its response waits"
+    );
+    let (ok, out, err) = wd.cli(&["unban", &last.to_string()]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("not yet recorded"), "{out}");
+    assert!(reaches(&net, last), "lifted");
+    d.wait_for(
+        &format!("the ban the kernel made of {last}/32 was lifted before it was taken over"),
+        Duration::from_secs(15),
+    );
+    // Scans again: banned by the program and recorded by the daemon.
+    probe(&net, last);
+    d.wait_for(&blocked, Duration::from_secs(10));
+    assert!(!reaches(&net, last));
+    assert!(d.stop().success());
+}

@@ -259,6 +259,14 @@ impl Book {
         Ok(removed)
     }
 
+    /// Whether the kernel's maps hold a ban of exactly `net` (false without them, or when
+    /// they cannot be read).
+    pub fn kernel_holds(&self, net: &IpNet) -> bool {
+        self.dp
+            .as_ref()
+            .is_some_and(|dp| dp.ban(net).is_ok_and(|b| b.is_some()))
+    }
+
     /// Lifts the bans of `nets`, trying every one: the bans that were in force, and the
     /// networks whose lift failed with why.
     pub fn lift_many(&mut self, nets: &[IpNet]) -> (Vec<Ban>, Vec<(IpNet, anyhow::Error)>) {

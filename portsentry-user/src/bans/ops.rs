@@ -87,12 +87,20 @@ pub fn unban(book: &mut Book, which: Unban) -> (Vec<Ban>, Result<String>) {
         Unban::One(net) => vec![net],
         Unban::All => book.store.iter().map(|b| b.net).collect(),
     };
+    // A ban the program made that the daemon has not recorded yet: lifted too.
+    let kernel_only = match which {
+        Unban::One(net) => book.store.get(&net).is_none() && book.kernel_holds(&net),
+        Unban::All => false,
+    };
     let (lifted, failed) = book.lift_many(&nets);
     let lifting = match failed.into_iter().next() {
         Some((net, e)) => Err(e.context(format!("lifting the ban of {net}"))),
         None => Ok(()),
     };
     let result = lifting.and_then(|()| match which {
+        Unban::One(net) if lifted.is_empty() && kernel_only => Ok(format!(
+            "unbanned {net} (a ban the program had just made, not yet recorded)"
+        )),
         Unban::One(net) if lifted.is_empty() => Err(anyhow!("{net} is not banned")),
         Unban::One(net) => Ok(format!("unbanned {net}")),
         Unban::All => Ok(format!("unbanned {} networks", lifted.len())),

@@ -55,7 +55,8 @@ pub(super) fn handle(shared: &Arc<Shared>, req: Request) -> Response {
     let ticket = shared.book().ticket();
     let result = result.and_then(|m| ops::on_disk(ticket).map(|()| m));
     match which {
-        Unban::One(net) if !lifted.is_empty() => shared
+        // Ok with nothing lifted: the program's ban, not yet recorded.
+        Unban::One(net) if !lifted.is_empty() || result.is_ok() => shared
             .log
             .notice(&format!("portsentry: {net} unbanned by the operator")),
         Unban::One(_) => {}

@@ -309,6 +309,14 @@ fn scan_ban(
         }
         Err(e) if e.downcast_ref::<LiftedMeanwhile>().is_some() => {
             shared.log.notice(&format!("portsentry: {e}"));
+            // Unbanned by the operator before it was recorded: the host is released, as
+            // an unban releases it, so that its next scan is acted on (and a ban the
+            // program makes again taken over).
+            shared
+                .handled
+                .lock()
+                .expect("handled lock")
+                .retain(|ip| *ip != ev.ip);
         }
         Err(e) if refused && ev.kernel_banned => shared.log.warn(&format!(
             "portsentry: lifted the ban the kernel made of {}: {e:#}",
