@@ -320,6 +320,58 @@ fn sighup_reloads_the_ignore_list_and_keeps_the_old_config_on_error() {
     assert!(d.stop().success());
 }
 
+/// A reload that moves BLOCKED_FILE writes every ban in force to the new files.
+#[test]
+fn a_reload_moves_the_blocked_files() {
+    require_kernel!();
+    let net = TestNet::new(1);
+    let files = Workdir::new();
+    let conf = files.config(&net.server_if, "");
+    let d = Daemon::start(&net.server, &["run", "-c", conf.to_str().unwrap()]);
+    let first = net.attacker_v4[0];
+    nmap(&net, "-sS", first, net.server_v4, "20-22");
+    wait_banned(&files, &d, first);
+    let listed = |file: &str, ip: IpAddr| {
+        fs::read_to_string(files.path(file))
+            .unwrap_or_default()
+            .contains(&format!("/{ip} Port: "))
+    };
+    assert!(wait_until(Duration::from_secs(5), || listed(
+        "portsentry.blocked.atcp",
+        first
+    )));
+
+    let moved = files.path("moved.blocked");
+    files.config(
+        &net.server_if,
+        &format!("BLOCKED_FILE=\"{}\"\n", moved.display()),
+    );
+    d.signal(libc::SIGHUP);
+    d.wait_for(
+        "configuration and ignore list reloaded",
+        Duration::from_secs(5),
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || listed(
+            "moved.blocked.atcp",
+            first
+        )),
+        "the ban in force, in the new file"
+    );
+    let second = net.attacker_v4[1];
+    nmap(&net, "-sS", second, net.server_v4, "20-22");
+    wait_banned(&files, &d, second);
+    assert!(
+        wait_until(Duration::from_secs(5), || listed(
+            "moved.blocked.atcp",
+            second
+        )),
+        "a new ban, in the new file"
+    );
+    assert!(!listed("portsentry.blocked.atcp", second));
+    assert!(d.stop().success());
+}
+
 /// Forged probes "from" an address of this host are never acted on, including an
 /// address added while the daemon runs.
 #[test]

@@ -369,6 +369,17 @@ impl Book {
         self.write_blocked_files()
     }
 
+    /// BLOCKED_FILE changed (a reload): the next flush writes every ban to the new
+    /// files (the old ones are left as they are).
+    pub fn set_blocked_file(&mut self, path: &std::path::Path) {
+        if self.blocked_file != path {
+            self.blocked_file = path.to_path_buf();
+            self.blocked_modes.clear();
+            self.blocked_rewrite = true;
+            self.blocked_not_before = None;
+        }
+    }
+
     /// Rewrites or appends to `BLOCKED_FILE.<mode>`, for every mode that has (or had)
     /// bans.
     fn write_blocked_files(&mut self) -> Result<()> {

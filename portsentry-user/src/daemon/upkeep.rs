@@ -76,16 +76,29 @@ pub(super) fn reload(shared: &Arc<Shared>, args: &ConfigArgs) {
         );
         return;
     }
+    let mut restore_failed = None;
     let applied = {
         let mut book = shared.book();
         let Some(dp) = book.dp.as_mut() else {
             return;
         };
-        configure::apply(dp, &new).inspect_err(|_| {
+        let applied = configure::apply(dp, &new).inspect_err(|_| {
             // Put the old settings back.
-            let _ = configure::apply(dp, &old);
-        })
+            restore_failed = configure::apply(dp, &old).err();
+        });
+        if applied.is_ok() {
+            // Every ban into the new BLOCKED_FILE.* at the next housekeeping.
+            book.set_blocked_file(&new.config.blocked_file);
+        }
+        applied
     };
+    if let Some(e) = restore_failed {
+        shared.log.warn(&format!(
+            "portsentry: putting the old settings back into the kernel's maps failed too, \
+             some of the reloaded ones may be in force there: {e:#}; fix the configuration \
+             and reload, or restart portsentry"
+        ));
+    }
     match applied {
         Ok(()) => {
             shared.set_eff(new);
