@@ -74,6 +74,9 @@ pub struct Swept {
     pub lifted: Vec<(Ban, Refusal)>,
     /// Bans that cover protected networks: they stay, and the kernel spares those.
     pub spared: Vec<(IpNet, Vec<(IpNet, Why)>)>,
+    /// Bans to lift that could not be (the kernel's maps refused): they stay on record,
+    /// and the next sweep tries again.
+    pub failed: Vec<(IpNet, anyhow::Error)>,
 }
 
 impl Book {
@@ -154,8 +157,10 @@ impl Book {
             .collect();
         for (net, refusal) in refused {
             if self.guard.inside_protected(&net) {
-                if let Ok(Some(ban)) = self.lift(&net) {
-                    out.lifted.push((ban, refusal));
+                match self.lift(&net) {
+                    Ok(Some(ban)) => out.lifted.push((ban, refusal)),
+                    Ok(None) => {}
+                    Err(e) => out.failed.push((net, e)),
                 }
             } else {
                 out.spared.push((net, self.guard.spared(&net)));

@@ -172,6 +172,12 @@ pub(super) fn enforce_guard(shared: &Arc<Shared>, when: &str) {
         book.set_guard(Guard::new(&shared.eff()));
         book.sweep()
     };
+    for (net, e) in swept.failed {
+        shared.log.warn(&format!(
+            "portsentry: lifting the ban of {net} {when} (it lies inside a protected \
+             network; the kernel spares that network's packets meanwhile): {e:#}"
+        ));
+    }
     for (ban, refusal) in swept.lifted {
         shared.log.warn(&format!(
             "portsentry: lifted the ban of {} {when}: {}",
