@@ -88,7 +88,7 @@ use crate::{
 #[map]
 static PS_BANS: HashMap<Addr, BanEntry> = HashMap::with_max_entries(BANS_MAX, BPF_F_NO_PREALLOC);
 #[map]
-static PS_BAN_FILTER: Array<u64> = Array::with_max_entries(BAN_FILTER_WORDS, 0);
+static PS_BAN_FILTER: Array<u64> = Array::with_max_entries(BAN_FILTER_WORDS, BPF_F_MMAPABLE);
 #[map]
 static PS_BAN_CACHE: Array<BanSet> = Array::with_max_entries(BAN_CACHE_MIN_SETS, BPF_F_MMAPABLE);
 #[map]

@@ -1,7 +1,9 @@
-//! Upgrading over pins of the release whose `PS_SETTINGS` value was 24 bytes (before the
-//! Threshold Random Walk's steps): the load replaces the pinned map by one of this
-//! release's shape, its bytes carried over (cookie secret, flags, the IPv6 source
-//! prefix), the walk off.
+//! Upgrading over pins of earlier releases:
+//! - `PS_SETTINGS` of 24 bytes (before the Threshold Random Walk's steps): the load
+//!   replaces the pinned map by one of this release's shape, its bytes carried over
+//!   (cookie secret, flags, the IPv6 source prefix), the walk off;
+//! - `PS_BAN_FILTER` made without `BPF_F_MMAPABLE` (before the daemon set its bits
+//!   atomically): replaced by one made with it, its words carried over, every ban kept.
 
 use aya::maps::MapData;
 use portsentry_common::maps::{
@@ -70,4 +72,89 @@ fn settings_pinned_by_the_earlier_release_are_carried_over() {
     // A second load adopts it as it is.
     let dp = Dataplane::load(&MapSizes::default(), Some(w.pin_dir.clone())).unwrap();
     assert_eq!(dp.settings(), want);
+}
+
+/// A filter pinned by the earlier release (an array without `BPF_F_MMAPABLE`): `status`
+/// reads it as it is; the load replaces it by this release's, the bans stay dropped and
+/// new ones go in.
+#[test]
+fn a_ban_filter_pinned_by_the_earlier_release_is_replaced_keeping_every_ban() {
+    use std::{net::IpAddr, os::fd::AsFd as _};
+
+    use aya::maps::{Array, Map};
+    use ipnet::IpNet;
+    use portsentry_common::maps::{BAN_FILTER, BAN_FILTER_WORDS, BanEntry, BanOrigin};
+    use portsentry_tests::{
+        fixture::default_ports,
+        frames::{Frame, flags::ACK},
+        netns::Netns,
+        probe_asserts::{V4_DST, ip},
+        testrun::{self, XDP_DROP, XDP_PASS},
+    };
+    const BPF_F_MMAPABLE: u32 = 1 << 10;
+    require_kernel!();
+    let w = Workdir::new();
+    ensure_pin_dir(&w.pin_dir).unwrap();
+    let entry = BanEntry {
+        since_ns: portsentry_user::clock::monotonic_ns(),
+        origin: BanOrigin::Scan as u8,
+        ..Default::default()
+    };
+    let (kept, added): (IpAddr, IpAddr) = (ip("198.51.100.7"), ip("198.51.100.8"));
+    let mut dp = Dataplane::load(&MapSizes::default(), Some(w.pin_dir.clone())).unwrap();
+    dp.insert_ban(&IpNet::from(kept), &entry).unwrap();
+    drop(dp);
+    // The same words, in a map as the earlier release made it.
+    let pin = w.pin_dir.join(BAN_FILTER);
+    let words: Vec<(u32, u64)> = {
+        let a: Array<_, u64> =
+            Array::try_from(Map::Array(MapData::from_pin(&pin).unwrap())).unwrap();
+        (0..BAN_FILTER_WORDS)
+            .map(|i| (i, a.get(&i, 0).unwrap()))
+            .filter(|(_, v)| *v != 0)
+            .collect()
+    };
+    assert!(!words.is_empty());
+    std::fs::remove_file(&pin).unwrap();
+    let entries: Vec<([u8; 4], [u8; 8])> = words
+        .iter()
+        .map(|(i, v)| (i.to_ne_bytes(), v.to_ne_bytes()))
+        .collect();
+    let refs: Vec<(&[u8], &[u8])> = entries.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+    pin_map(&pin, BPF_MAP_TYPE_ARRAY, (4, 8, BAN_FILTER_WORDS), &refs);
+    let bits = |dp: &Dataplane| dp.ban_filter_bits().unwrap();
+    let set: u64 = words.iter().map(|(_, v)| u64::from(v.count_ones())).sum();
+    assert_eq!(
+        bits(&Dataplane::inspect_pinned(&w.pin_dir).unwrap()),
+        set,
+        "status reads it"
+    );
+
+    let mut dp = Dataplane::load(&MapSizes::default(), Some(w.pin_dir.clone()))
+        .expect("this release loads over the earlier filter");
+    let info = MapData::from_pin(&pin).unwrap().info().unwrap();
+    assert_ne!(
+        info.map_flags() & BPF_F_MMAPABLE,
+        0,
+        "the pin is this release's map"
+    );
+    assert!(
+        dp.resized_maps().iter().any(|l| l.starts_with(BAN_FILTER)),
+        "{:?}",
+        dp.resized_maps()
+    );
+    dp.insert_ban(&IpNet::from(added), &entry).unwrap();
+    let (tcp, udp) = default_ports();
+    dp.write_ports(&tcp, &udp).unwrap();
+    let ns = Netns::new("upgrade");
+    let fd = dp.program_fd().unwrap();
+    let verdict = |src: IpAddr| {
+        let ack = Frame::tcp(src, ip(V4_DST), 443, ACK).build();
+        ns.enter(|| testrun::run(fd.as_fd(), &ack, 1))
+            .unwrap()
+            .retval
+    };
+    assert_eq!(verdict(kept), XDP_DROP, "the ban from before");
+    assert_eq!(verdict(added), XDP_DROP, "a ban made after");
+    assert_eq!(verdict(ip("198.51.100.9")), XDP_PASS);
 }

@@ -506,3 +506,68 @@ fn a_kernel_ban_lifted_before_its_take_over_is_not_put_back() {
     let held = book.dp.as_ref().unwrap().ban(&net).unwrap().unwrap();
     assert_eq!(held.origin, BanOrigin::Scan as u8);
 }
+
+/// The daemon writing many bans' filter bits (a CrowdSec list arriving) while the program
+/// bans sources of its own at the trigger (a scan): no bit the program set is written
+/// over, so every source it banned stays dropped. (Read, changed and written back whole,
+/// a word lost the bits the program set in it in between.)
+#[test]
+fn the_daemons_filter_writes_keep_the_bits_of_the_programs_bans() {
+    use std::{
+        net::{IpAddr, Ipv4Addr},
+        os::fd::AsFd as _,
+    };
+
+    use portsentry_common::maps::BanEntry;
+    use portsentry_tests::testrun;
+    require_kernel!();
+    let mut fx = fixture(1, SETTING_KBAN_TCP, KernelBan::default());
+    let dst = ip(V4_DST);
+    let v4 = |n: u32| IpAddr::V4(Ipv4Addr::from(n));
+    // 10.0.0.0 up: the program's; 172.16.0.0 up: the daemon's.
+    let scanners: Vec<IpAddr> = (0..100_000).map(|i| v4(0x0a00_0000 + i)).collect();
+    let daemons = BanEntry {
+        since_ns: portsentry_user::clock::monotonic_ns(),
+        origin: BanOrigin::Scan as u8,
+        ..Default::default()
+    };
+    let program = fx.dp.program_fd().unwrap().try_clone_to_owned().unwrap();
+    let (ns, dp) = (&fx.ns, &mut fx.dp);
+    let mut written = 0u32;
+    std::thread::scope(|s| {
+        let scans = s.spawn(|| {
+            ns.enter(|| {
+                for src in &scanners {
+                    let syn = Frame::tcp(*src, dst, 40, SYN).build();
+                    let r = testrun::run(program.as_fd(), &syn, 1).unwrap();
+                    assert_eq!(r.retval, XDP_DROP, "{src} banned at its first probe");
+                }
+            })
+        });
+        // Batches of 10,000 for as long as the program bans (at most 600,000).
+        while !scans.is_finished() && written < 600_000 {
+            let batch = (written..written + 10_000)
+                .map(|i| (IpNet::from(v4(0xac10_0000 + i)), daemons))
+                .collect();
+            dp.insert_bans(batch).unwrap();
+            written += 10_000;
+        }
+        scans.join().unwrap();
+    });
+    assert!(
+        written >= 20_000,
+        "the daemon wrote while the program banned"
+    );
+    let lost: Vec<IpAddr> = scanners
+        .iter()
+        .copied()
+        .filter(|src| fx.run(&Frame::tcp(*src, dst, 443, ACK).build()).retval != XDP_DROP)
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of the {} sources the program banned pass (their filter bits lost), e.g. {:?}",
+        lost.len(),
+        scanners.len(),
+        &lost[..lost.len().min(5)]
+    );
+}

@@ -34,7 +34,7 @@ impl Dataplane {
     /// Returns the exact bans it read.
     pub(super) fn rebuild_ban_filter(&mut self) -> Result<Vec<(Addr, BanEntry)>> {
         // Read first: a bit the attached program sets from here on is of a ban it made
-        // while the bans were read (`kept_bits`).
+        // while the bans were read (`BanFilter::rebuild`).
         let before = self.read_filter_words()?;
         let bans: Vec<(Addr, BanEntry)> = self.read_bans()?;
         let mut words = vec![0u64; maps::BAN_FILTER_WORDS as usize];
@@ -50,13 +50,12 @@ impl Dataplane {
             None => Vec::new(),
         };
         self.maps.ban_cache.put_all(untagged(expiring, tagged))?;
-        let now = self.read_filter_words()?;
         // While a resized PS_BANS waits for the old program's late bans (its bits set in
         // this shared filter, its entry in the old map until the carry-over), no bit is
         // cleared.
         let resizing = self.resized.iter().any(|r| r.name == maps::BANS);
-        kept_bits(&mut words, &before, &now, resizing);
-        self.write_filter_words(&now, &words)?;
+        self.blank.filter = false;
+        self.maps.ban_filter.rebuild(&words, &before, resizing)?;
         self.filter_users = users;
         Ok(bans)
     }
@@ -81,15 +80,15 @@ impl Dataplane {
             }
         }
         if !keys.is_empty() {
-            let now = self.read_filter_words()?;
-            let mut words = now.clone();
-            for k in &keys {
-                let place = filter_place(k);
+            let places: Vec<BanFilterPlace> = keys.iter().map(filter_place).collect();
+            for place in &places {
                 self.filter_users.add_all(place.bits());
-                words[place.word() as usize] |= place.mask;
             }
-            self.write_filter_words(&now, &words)?;
-            drop((now, words));
+            self.blank.filter = false;
+            self.maps
+                .ban_filter
+                .set_many(places.iter().map(|p| (p.word(), p.mask)))?;
+            drop(places);
             sys::write_map_parallel(fd(&self.maps.bans), &keys, &values).map_err(|e| {
                 let net = keys
                     .get(e.written)
@@ -140,11 +139,7 @@ impl Dataplane {
         if self.blank.filter {
             return Ok(vec![0; maps::BAN_FILTER_WORDS as usize]);
         }
-        read_words(
-            fd(&self.maps.ban_filter),
-            maps::BAN_FILTER_WORDS,
-            maps::BAN_FILTER,
-        )
+        self.maps.ban_filter.read_all()
     }
 
     /// How many bits of `PS_BAN_FILTER` are set (for the tests).
@@ -154,12 +149,6 @@ impl Dataplane {
             .iter()
             .map(|w| u64::from(w.count_ones()))
             .sum())
-    }
-
-    /// Writes the `PS_BAN_FILTER` words that differ from what the map holds (`now`).
-    fn write_filter_words(&mut self, now: &[u64], want: &[u64]) -> Result<()> {
-        self.blank.filter = false;
-        write_changed_words(fd(&self.maps.ban_filter), now, want, maps::BAN_FILTER)
     }
 
     /// Puts each ban where the program looks before the hash: an IPv4 ban's tag in
@@ -200,11 +189,13 @@ impl Dataplane {
     /// Sets (`on`) or clears the bits of `mask` in word `word` of `PS_BAN_FILTER`.
     fn set_filter_bits(&mut self, word: u32, mask: u64, on: bool) -> Result<()> {
         self.blank.filter = false;
-        let a = &mut self.maps.ban_filter;
-        let now = a.get(&word, 0)?;
-        a.set(word, if on { now | mask } else { now & !mask }, 0)
-            .context("writing PS_BAN_FILTER")?;
-        Ok(())
+        let f = &mut self.maps.ban_filter;
+        if on {
+            f.set(word, mask)
+        } else {
+            f.clear(word, mask)
+        }
+        .context("writing PS_BAN_FILTER")
     }
 
     /// One ban fewer uses each bit of `place`: the bits no ban uses any more are cleared.
@@ -460,16 +451,6 @@ fn filter_place(key: &Addr) -> BanFilterPlace {
     maps::ban_filter_place(&bytemuck::cast::<Addr, AddrWords>(*key))
 }
 
-/// Adds to `words` (the filter of the bans read) the bits the attached program set
-/// while they were read, those in `now` and not in `before`: the bits of its own bans,
-/// made meanwhile, which their entries in `PS_BANS` may have missed the read (they get
-/// their users when the daemon takes the bans over). With `all`, every bit of `now`.
-fn kept_bits(words: &mut [u64], before: &[u64], now: &[u64], all: bool) {
-    for ((w, b), n) in words.iter_mut().zip(before).zip(now) {
-        *w |= if all { *n } else { *n & !*b };
-    }
-}
-
 /// A ban the program made and the daemon has not taken over (origin `Kernel`): the
 /// program set its filter bits without counting them in `filter_users`. (One the load
 /// found in the map was counted then: counted again, its bits only stay set longer.)
@@ -486,26 +467,4 @@ fn untagged<'a>(
     bans.zip(tagged.into_iter().chain(std::iter::repeat(false)))
         .filter(|(_, t)| !t)
         .map(|(b, _)| b)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::kept_bits;
-
-    #[test]
-    fn the_rebuild_keeps_the_bits_the_program_set_meanwhile() {
-        // Word 0: a bit of a ban read (1), a stale bit (2), a bit set meanwhile (4).
-        let before = [0b011, 0];
-        let now = [0b111, 0b1000];
-        let mut words = [0b001, 0];
-        kept_bits(&mut words, &before, &now, false);
-        assert_eq!(
-            words,
-            [0b101, 0b1000],
-            "the stale bit goes, the new ones stay"
-        );
-        let mut words = [0b001, 0];
-        kept_bits(&mut words, &before, &now, true);
-        assert_eq!(words, now, "during a resize nothing is cleared");
-    }
 }

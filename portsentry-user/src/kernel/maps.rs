@@ -26,7 +26,10 @@ use portsentry_common::{
     packet::AddrWords,
 };
 
-use super::{Dataplane, addr, ban_cache::BanCache, ban_tags::BanTagTable, sources::SourceTable};
+use super::{
+    Dataplane, addr, ban_cache::BanCache, ban_filter::BanFilter, ban_tags::BanTagTable,
+    sources::SourceTable,
+};
 use crate::config::ports::PortSet;
 
 /// How far the wall clock may move against CLOCK_MONOTONIC before the program's offset
@@ -43,7 +46,7 @@ pub(super) struct Maps {
     /// `None` for an object (or pins) from before the hash of lengths (`net_hash.rs`).
     pub ban_net_hash: Option<HashMap<MapData, NetKey, BanEntry>>,
     pub ban_net_lens: Option<Array<MapData, NetLens>>,
-    pub ban_filter: Array<MapData, u64>,
+    pub ban_filter: BanFilter,
     pub ban_cache: BanCache,
     /// `None` for an object (or pins) from before the tags.
     pub ban_tags: Option<BanTagTable>,
@@ -105,7 +108,7 @@ impl Maps {
             ban_nets: LpmTrie::try_from(take(maps::BAN_NETS)?)?,
             ban_net_hash,
             ban_net_lens,
-            ban_filter: Array::try_from(take(maps::BAN_FILTER)?)?,
+            ban_filter: BanFilter::new(take(maps::BAN_FILTER)?, read_only)?,
             ban_cache: BanCache::new(take(maps::BAN_CACHE)?)?,
             ban_tags,
             ignore: LpmTrie::try_from(take(maps::IGNORE)?)?,

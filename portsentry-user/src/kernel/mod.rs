@@ -5,6 +5,7 @@
 pub mod addr;
 mod attach;
 mod ban_cache;
+mod ban_filter;
 mod ban_tags;
 mod bans;
 pub mod configure;

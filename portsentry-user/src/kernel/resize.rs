@@ -23,6 +23,7 @@ use portsentry_common::{
 
 use super::{
     Dataplane, MapSizes, addr,
+    ban_filter::BPF_F_MMAPABLE,
     sources::{self, SourceTable},
     sys,
 };
@@ -103,8 +104,16 @@ fn grown_values() -> [(&'static str, u32); 1] {
     [(names::SETTINGS, size_of::<Settings>() as u32)]
 }
 
-/// The pinned maps under `pin_dir` whose size differs from `sizes`, or whose value from
-/// this release's, opened (the loader is then not given their pins: it creates new maps
+/// The maps made with a flag an earlier release did not give them, and the flag:
+/// `PS_BAN_FILTER` is mapped into the daemon, which sets and clears its bits atomically
+/// (`ban_filter.rs`).
+fn reflagged() -> [(&'static str, u32); 1] {
+    [(names::BAN_FILTER, BPF_F_MMAPABLE)]
+}
+
+/// The pinned maps under `pin_dir` whose size differs from `sizes`, whose value from
+/// this release's, or made without a flag this release gives them ([`reflagged`]),
+/// opened (the loader is then not given their pins: it creates new maps
 /// of the configured sizes and this release's values).
 pub(super) fn pinned_to_resize(pin_dir: &Path, sizes: &MapSizes) -> Result<Vec<Resized>> {
     let mut out = Vec::new();
@@ -145,6 +154,28 @@ pub(super) fn pinned_to_resize(pin_dir: &Path, sizes: &MapSizes) -> Result<Vec<R
                 carried: Default::default(),
                 copied: Default::default(),
                 value,
+            });
+        }
+    }
+    for (name, flag) in reflagged() {
+        let path = pin_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let old = MapData::from_pin(&path)
+            .with_context(|| format!("opening the pinned map {}", path.display()))?;
+        let info = old.info()?;
+        if info.map_flags() & flag == 0 {
+            let size = info.max_entries();
+            out.push(Resized {
+                name,
+                old,
+                old_size: size,
+                new_size: size,
+                old_capacity: size,
+                carried: Default::default(),
+                copied: Default::default(),
+                value: false,
             });
         }
     }
@@ -239,6 +270,8 @@ fn carry_over(r: &Resized, new: &Map) -> Result<()> {
             let keys: Vec<u32> = (0..table.len() as u32).collect();
             sys::write_map(to, &keys, &table).context("copying PS_SOURCES into its new map")
         }
+        // Its words as they are (the load then makes it the filter of the bans).
+        names::BAN_FILTER => copy::<u32, u64>(r, from, to, false).map(drop),
         names::SETTINGS => {
             let old = sys::lookup_bytes(from, &0u32.to_ne_bytes(), r.old_size as usize)
                 .context("reading the pinned PS_SETTINGS")?;
@@ -386,6 +419,11 @@ impl Dataplane {
                     r.name,
                     names::BAN_NET_HASH,
                     names::BAN_NETS
+                ),
+                (names::BAN_FILTER, _) => format!(
+                    "{} replaced with a map the daemon sets bits of atomically, its words \
+                     carried over",
+                    r.name
                 ),
                 (names::BAN_TAGS, _) => format!(
                     "{} resized from {} to {} buckets (for MAX_BANS), filled from the bans",
