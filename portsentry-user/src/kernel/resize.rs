@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Map, MapData, MapType, lpm_trie::Key};
+use aya::maps::{Map, MapData, MapInfo, MapType, lpm_trie::Key};
 use portsentry_common::{
     Addr,
     ban_tags::ban_tag_buckets,
@@ -120,13 +120,9 @@ pub(super) fn pinned_to_resize(pin_dir: &Path, sizes: &MapSizes) -> Result<Vec<R
     let entries = sized(sizes).map(|(name, size)| (name, size, false));
     let values = grown_values().map(|(name, size)| (name, size, true));
     for (name, new_size, value) in entries.into_iter().chain(values) {
-        let path = pin_dir.join(name);
-        if !path.exists() {
+        let Some((old, info)) = open_pinned(pin_dir, name)? else {
             continue;
-        }
-        let old = MapData::from_pin(&path)
-            .with_context(|| format!("opening the pinned map {}", path.display()))?;
-        let info = old.info()?;
+        };
         let old_size = if value {
             info.value_size()
         } else {
@@ -158,13 +154,9 @@ pub(super) fn pinned_to_resize(pin_dir: &Path, sizes: &MapSizes) -> Result<Vec<R
         }
     }
     for (name, flag) in reflagged() {
-        let path = pin_dir.join(name);
-        if !path.exists() {
+        let Some((old, info)) = open_pinned(pin_dir, name)? else {
             continue;
-        }
-        let old = MapData::from_pin(&path)
-            .with_context(|| format!("opening the pinned map {}", path.display()))?;
-        let info = old.info()?;
+        };
         if info.map_flags() & flag == 0 {
             let size = info.max_entries();
             out.push(Resized {
@@ -200,6 +192,18 @@ pub(super) fn pinned_to_resize(pin_dir: &Path, sizes: &MapSizes) -> Result<Vec<R
         }
     }
     Ok(out)
+}
+
+/// The map pinned as `name` under `pin_dir`, and what it is; `None` when none is.
+fn open_pinned(pin_dir: &Path, name: &str) -> Result<Option<(MapData, MapInfo)>> {
+    let path = pin_dir.join(name);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let old = MapData::from_pin(&path)
+        .with_context(|| format!("opening the pinned map {}", path.display()))?;
+    let info = old.info()?;
+    Ok(Some((old, info)))
 }
 
 /// A ban as copied into a resized map: its prefix length (0 in `PS_BANS`), its key, and
