@@ -297,6 +297,8 @@ fn scan_ban(
     } else {
         book.put(ban, false)
     };
+    // Before the handled set is locked below (it locks the book in its turn).
+    drop(book);
     // Refused by the guard, or lifted while the response waited: the response stops.
     let refused = put.as_ref().err().is_some_and(|e| {
         e.downcast_ref::<Refusal>().is_some() || e.downcast_ref::<LiftedMeanwhile>().is_some()
