@@ -22,6 +22,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 /// Response jobs that may run at once.
 pub(super) const MAX_PARALLEL_JOBS: usize = 16;
+/// How often a stop looks whether the jobs have ended.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
 
 /// Where a job is: waiting for a slot, or holding one. A job that ended (or was dropped)
 /// is seen by the job after it as its closed channel.
@@ -69,18 +71,19 @@ impl Jobs {
         }
     }
 
-    /// Waits, at most `limit`, for the jobs running and those waiting for a slot to end;
-    /// no job starts after it returned (the daemon stops).
+    /// Waits, at most `limit`, for every job lined up to end (those running, those
+    /// waiting for a slot, and those waiting for the job before them to get one); no job
+    /// starts after it returned (the daemon stops).
     pub(super) async fn drain(&self, limit: Duration) {
-        let held = tokio::time::timeout(
-            limit,
-            self.pool
-                .clone()
-                .acquire_many_owned(MAX_PARALLEL_JOBS as u32),
-        )
-        .await;
+        let deadline = tokio::time::Instant::now() + limit;
+        // A line's last job ends after every other job of its line: no line left, no
+        // job left.
+        while !self.lines.lock().expect("jobs lock").last.is_empty()
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
         self.pool.close();
-        drop(held);
     }
 
     /// Jobs not yet ended, with a place in a line (for tests).
@@ -245,6 +248,36 @@ mod tests {
         .expect("no job waits for ever");
         drop(all);
         assert_eq!(*log.lock().unwrap(), ["first", "later start", "later end"]);
+    }
+
+    /// A stop while the pool is full waits for a job lined up behind one still waiting
+    /// for a slot (an undo behind a kill): it asks for its slot only after the stop began.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_stop_waits_for_a_job_behind_one_waiting_for_a_slot() {
+        let jobs = Jobs::new();
+        let all = jobs
+            .pool
+            .clone()
+            .acquire_many_owned(MAX_PARALLEL_JOBS as u32)
+            .await
+            .unwrap();
+        let log = Arc::new(StdMutex::new(Vec::new()));
+        let kill = job(&jobs, &log, ip(1), "kill");
+        let undo = job(&jobs, &log, ip(1), "undo");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let stop = {
+            let jobs = jobs.clone();
+            tokio::spawn(async move { jobs.drain(Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(all);
+        stop.await.unwrap();
+        kill.await.unwrap();
+        undo.await.unwrap();
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["kill start", "kill end", "undo start", "undo end"]
+        );
     }
 
     #[tokio::test]
