@@ -216,7 +216,10 @@ impl Outbox {
         for item in saved.into_iter().rev() {
             q.items.push_front(Item::from(item));
         }
+        // The newest beyond the limit are dropped, and counted, as a push over it.
+        let over = q.items.len().saturating_sub(QUEUE_LIMIT);
         q.items.truncate(QUEUE_LIMIT);
+        self.overflow.fetch_add(over as u64, Ordering::Relaxed);
         // Written as it is, so not again until it changes.
         *self.saved.lock().expect("outbox save lock") = q.changes;
         drop(q);

@@ -405,7 +405,9 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool) {
             libc::malloc_trim(0);
         }
     }
-    spawn_kills(shared, &added);
+    // The undo steps first: an address whose decision was deleted and decided again in
+    // this answer (lifted, then put back) has its old ban's UNKILL_* run before the new
+    // ban's KILL_* (each address's jobs run in the order they are lined up).
     for b in lifted {
         if added.len() <= LOG_EACH {
             log.notice(&format!(
@@ -416,6 +418,7 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool) {
         }
         spawn_undo(shared, b, BanEnd::Withdrawn);
     }
+    spawn_kills(shared, &added);
 }
 
 /// Puts in force the decisions that waited behind bans of ours (a scan's, the
@@ -423,7 +426,7 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool) {
 /// as a CrowdSec ban until the decision ends, rather than unbanned until the next full
 /// answer. An operator's `unban` does not come here: a decision on it is enforced again
 /// at the next full answer, as for any CrowdSec ban an operator lifts.
-pub(super) fn after_expiry(shared: &Arc<Shared>, ended: &[IpNet]) {
+pub(super) fn after_expiry(shared: &Arc<Shared>, ended: &[Ban]) {
     let Some(fleet) = &shared.crowdsec else {
         return;
     };
@@ -433,12 +436,26 @@ pub(super) fn after_expiry(shared: &Arc<Shared>, ended: &[IpNet]) {
     }
     let now = SystemTime::now();
     let mut book = shared.book();
-    let due: Vec<(IpNet, SystemTime)> = decisions
-        .behind
-        .iter()
-        .filter(|(net, _)| ended.iter().any(|e| e.contains(*net)) && book.store.get(net).is_none())
-        .map(|(net, end)| (*net, *end))
-        .collect();
+    // Each network that ended, and for a network of ours (an escalation) the hosts it
+    // covered: a million bans expiring at once cost a lookup each.
+    let mut due: Vec<(IpNet, SystemTime)> = Vec::new();
+    for e in ended {
+        if let Some(end) = decisions.behind.get(&e.net) {
+            due.push((e.net, *end));
+        }
+        if e.origin != BanOrigin::CrowdSec && e.net.prefix_len() < e.net.max_prefix_len() {
+            due.extend(
+                decisions
+                    .behind
+                    .iter()
+                    .filter(|(net, _)| **net != e.net && e.net.contains(*net))
+                    .map(|(net, end)| (*net, *end)),
+            );
+        }
+    }
+    due.sort_unstable();
+    due.dedup();
+    due.retain(|(net, _)| book.store.get(net).is_none());
     let mut bans = Vec::new();
     for (net, end) in due {
         decisions.behind.remove(&net);

@@ -217,14 +217,13 @@ pub(super) fn housekeeping(shared: &Arc<Shared>) {
                 .log
                 .warn(&format!("portsentry: removing the ban of {net}: {e:#}"));
         }
-        let ended: Vec<_> = lifted.iter().map(|b| b.net).collect();
-        for b in lifted {
+        for b in &lifted {
             shared
                 .log
                 .notice(&format!("portsentry: ban of {} expired", b.net));
-            spawn_undo(shared, b, BanEnd::Expired);
+            spawn_undo(shared, *b, BanEnd::Expired);
         }
-        super::crowdsec::after_expiry(shared, &ended);
+        super::crowdsec::after_expiry(shared, &lifted);
     }
     let s = shared.clone();
     let compacted = move |r: anyhow::Result<u64>| match r {
