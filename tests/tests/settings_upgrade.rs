@@ -130,6 +130,8 @@ fn a_ban_filter_pinned_by_the_earlier_release_is_replaced_keeping_every_ban() {
         "status reads it"
     );
 
+    // The earlier map, as the old program still attached holds it until the attach.
+    let old_filter = MapData::from_pin(&pin).unwrap();
     let mut dp = Dataplane::load(&MapSizes::default(), Some(w.pin_dir.clone()))
         .expect("this release loads over the earlier filter");
     let info = MapData::from_pin(&pin).unwrap().info().unwrap();
@@ -147,7 +149,7 @@ fn a_ban_filter_pinned_by_the_earlier_release_is_replaced_keeping_every_ban() {
     let (tcp, udp) = default_ports();
     dp.write_ports(&tcp, &udp).unwrap();
     let ns = Netns::new("upgrade");
-    let fd = dp.program_fd().unwrap();
+    let fd = dp.program_fd().unwrap().try_clone_to_owned().unwrap();
     let verdict = |src: IpAddr| {
         let ack = Frame::tcp(src, ip(V4_DST), 443, ACK).build();
         ns.enter(|| testrun::run(fd.as_fd(), &ack, 1))
@@ -157,4 +159,27 @@ fn a_ban_filter_pinned_by_the_earlier_release_is_replaced_keeping_every_ban() {
     assert_eq!(verdict(kept), XDP_DROP, "the ban from before");
     assert_eq!(verdict(added), XDP_DROP, "a ban made after");
     assert_eq!(verdict(ip("198.51.100.9")), XDP_PASS);
+
+    // A ban the old program made after the load read the bans, before the attach: its
+    // entry in the shared PS_BANS, its bits in the old filter only. The carry-over after
+    // the attach moves its bits.
+    let late = ip("198.51.100.10");
+    let key = portsentry_user::kernel::addr::to_key(late);
+    let mut bans: aya::maps::HashMap<_, portsentry_common::Addr, BanEntry> =
+        aya::maps::HashMap::try_from(Map::HashMap(
+            MapData::from_pin(w.pin_dir.join(portsentry_common::maps::BANS)).unwrap(),
+        ))
+        .unwrap();
+    bans.insert(key, entry, 0).unwrap();
+    let place = portsentry_common::maps::ban_filter_place(&bytemuck::cast(key));
+    let mut old: Array<_, u64> = Array::try_from(Map::Array(old_filter)).unwrap();
+    let word = old.get(&place.word(), 0).unwrap();
+    old.set(place.word(), word | place.mask, 0).unwrap();
+    assert_eq!(
+        verdict(late),
+        XDP_PASS,
+        "its bits are in the old filter only"
+    );
+    dp.carry_over_late_bans().unwrap();
+    assert_eq!(verdict(late), XDP_DROP, "its bits carried over");
 }

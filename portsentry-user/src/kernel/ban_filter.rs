@@ -70,7 +70,14 @@ impl BanFilter {
 
     /// Sets the bits of `mask` in word `i`.
     pub fn set(&mut self, i: u32, mask: u64) -> Result<()> {
-        self.set_many(std::iter::once((i, mask)))
+        match self {
+            BanFilter::Mapped { .. } => self.set_many(std::iter::once((i, mask))),
+            BanFilter::Calls(a) => {
+                let now = a.get(&i, 0)?;
+                a.set(i, now | mask, 0)?;
+                Ok(())
+            }
+        }
     }
 
     /// Sets the bits of each `(word, mask)`.

@@ -24,6 +24,7 @@ use portsentry_common::{
 use super::{
     Dataplane, MapSizes, addr,
     ban_filter::BPF_F_MMAPABLE,
+    bans,
     sources::{self, SourceTable},
     sys,
 };
@@ -380,6 +381,16 @@ impl Dataplane {
                             .filter(|(k, e)| is_late(r, k.prefix_len(), k.data(), e))
                             .map(|(k, e)| (addr::net_from_key(k.prefix_len(), &k.data()), e)),
                     );
+                }
+                // An earlier release's filter (its bans in the shared PS_BANS): the bits
+                // the old program set since the load read the bans, for its bans made
+                // meanwhile. A bit of a ban lifted since only costs a hash lookup until
+                // the next start's rebuild.
+                names::BAN_FILTER => {
+                    let old = bans::read_words(from, names::BAN_FILTER_WORDS, names::BAN_FILTER)?;
+                    self.maps
+                        .ban_filter
+                        .set_many((0u32..).zip(old).filter(|(_, w)| *w != 0))?;
                 }
                 _ => {}
             }
