@@ -486,3 +486,49 @@ fn turning_enforcement_off_lifts_the_bans_of_decisions() {
     b.start_daemon();
     b.wait_crowdsec_ban("198.51.100.9/32", true);
 }
+
+/// A full answer that names decisions already in force rewrites none of their bans: the
+/// journal does not grow (each decision's end, computed again, differs by the answers'
+/// delays; rewritten, every CrowdSec ban went back to the maps and the journal at every
+/// full answer, every 5 minutes).
+#[test]
+fn a_full_answer_rewrites_no_ban_already_in_force() {
+    require_kernel!();
+    let (lan, mut lapi) = lan_with_lapi();
+    let b = Server::start(&lan, &lapi, "b", 12, "");
+    let addrs: Vec<String> = (20..30).map(|i| format!("198.51.100.{i}")).collect();
+    for a in &addrs {
+        lapi.cscli(&["decisions", "add", "--ip", a, "--duration", "2h"]);
+    }
+    for a in &addrs {
+        b.wait_crowdsec_ban(&format!("{a}/32"), true);
+    }
+    let journal = b.wd.path("state").join("bans.journal");
+    let size = || std::fs::metadata(&journal).unwrap().len();
+    // Written to disk within the housekeeping's second.
+    std::thread::sleep(Duration::from_secs(2));
+    let before = size();
+    // The Local API away and back: the next answer is a full one.
+    lapi.kill();
+    assert!(
+        wait_until(Duration::from_secs(15), || b.link()["enforce"]["state"]
+            == "down"),
+        "{}",
+        b.link()
+    );
+    lapi.restart();
+    assert!(
+        wait_until(Duration::from_secs(40), || b.link()["enforce"]["state"]
+            == "connected"),
+        "{}",
+        b.link()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(size(), before, "the full answer rewrote bans in force");
+    for a in &addrs {
+        assert_eq!(
+            b.ban_origin(&format!("{a}/32")).as_deref(),
+            Some("crowdsec")
+        );
+    }
+}

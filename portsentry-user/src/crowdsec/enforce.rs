@@ -8,7 +8,10 @@
 //! bouncer's previous call, and decisions written while that call ran (a large import) can
 //! be in no delta at all (seen here: 100 of 10,000 imported decisions).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 /// How often the whole list is asked for again, to catch what the deltas missed.
 pub const FULL_SYNC: Duration = Duration::from_secs(300);
@@ -32,9 +35,10 @@ pub struct Bouncer {
 }
 
 impl Bouncer {
-    /// Polls for as long as the daemon runs; `apply(answer, full)` enforces an answer
-    /// (`full`: everything in force, so what it does not name is lifted).
-    pub async fn run(self, mut apply: impl FnMut(Answer, bool) + Send) {
+    /// Polls for as long as the daemon runs; `apply(answer, full, asked)` enforces an
+    /// answer (`full`: everything in force, so what it does not name is lifted) asked for
+    /// at `asked` (its decisions' time left is counted from a moment after it).
+    pub async fn run(self, mut apply: impl FnMut(Answer, bool, SystemTime) + Send) {
         let mut full = true;
         let mut backoff = Backoff::default();
         let mut last_full = tokio::time::Instant::now();
@@ -43,6 +47,7 @@ impl Bouncer {
                 full = true;
             }
             let t0 = std::time::Instant::now();
+            let asked = SystemTime::now();
             let got = self
                 .lapi
                 .stream(
@@ -69,7 +74,7 @@ impl Bouncer {
                     }
                     let read = t0.elapsed();
                     let n = answer.new.len() + answer.deleted.len() + answer.skipped.len();
-                    apply(answer, full);
+                    apply(answer, full, asked);
                     if full {
                         last_full = tokio::time::Instant::now();
                     }

@@ -8,7 +8,7 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, Mutex},
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use ipnet::IpNet;
@@ -30,6 +30,20 @@ use crate::{
     kinds::BanEnd,
     paths,
 };
+
+/// How much later than a ban's end a decision's may be and the ban still stand as it
+/// is. A decision's end is computed as the time we asked plus the time left it carries,
+/// counted when the Local API answered: the same decision in two answers gives ends
+/// apart by the difference of the two answers' delays (seconds for a full answer of a
+/// large list). Rewritten each time, every CrowdSec ban went back into the maps and the
+/// journal at every full answer (every 5 minutes), and its end crept later.
+const END_SLACK: Duration = Duration::from_secs(5);
+
+/// Whether a ban ending at `current` (`None`: never) stands for a decision ending at
+/// `end` ([`END_SLACK`]).
+fn covers(current: Option<SystemTime>, end: SystemTime) -> bool {
+    current.is_none_or(|c| c + END_SLACK >= end)
+}
 
 /// At most this many bans of one answer are logged one by one (then a summary line).
 const LOG_EACH: usize = 10;
@@ -104,7 +118,7 @@ pub(super) fn start(shared: &Arc<Shared>) -> anyhow::Result<()> {
             log: shared.log.clone(),
         };
         let sh = shared.clone();
-        tokio::spawn(bouncer.run(move |answer, full| apply(&sh, answer, full)));
+        tokio::spawn(bouncer.run(move |answer, full, asked| apply(&sh, answer, full, asked)));
     }
     if let (Some((machine, password)), Some(outbox)) = (&s.machine, &fleet.outbox) {
         // Before the task starts: the reports a stopped daemon left go first.
@@ -243,8 +257,8 @@ pub(super) fn write_status(shared: &Shared) {
 }
 
 /// Enforces one answer of the stream (`full`: it lists everything in force, so the
-/// CrowdSec bans it does not name are lifted).
-fn apply(shared: &Arc<Shared>, answer: Answer, full: bool) {
+/// CrowdSec bans it does not name are lifted), asked for at `asked`.
+fn apply(shared: &Arc<Shared>, answer: Answer, full: bool, asked: SystemTime) {
     let Some(fleet) = &shared.crowdsec else {
         return;
     };
@@ -289,7 +303,7 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool) {
         let mut pending: Vec<(Ban, bool, Vec<&Decision>)> = Vec::new();
         let mut at: HashMap<IpNet, usize> = HashMap::new();
         for d in &answer.new {
-            let expires = now + d.left;
+            let expires = asked + d.left;
             if let Some(&i) = at.get(&d.net) {
                 let (ban, _, ds) = &mut pending[i];
                 ban.expires = ban.expires.max(Some(expires));
@@ -307,7 +321,7 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool) {
                 continue;
             }
             if let Some(b) = current
-                && b.expires.is_some_and(|e| e >= expires)
+                && covers(b.expires, expires)
             {
                 held.add(d.id, d.net);
                 continue;
@@ -559,4 +573,22 @@ fn enforced(store: &crate::bans::BanStore) -> Enforced {
         *n += 1;
     }
     e
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::covers;
+
+    #[test]
+    fn a_decision_seen_again_leaves_its_ban_as_it_is() {
+        let end = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        // The same decision, its end computed a little later or earlier.
+        assert!(covers(Some(end), end + Duration::from_millis(2800)));
+        assert!(covers(Some(end), end - Duration::from_secs(1)));
+        assert!(covers(None, end), "a permanent ban");
+        // A decision extended (a new one, hours longer).
+        assert!(!covers(Some(end), end + Duration::from_secs(3600)));
+    }
 }
