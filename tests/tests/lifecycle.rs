@@ -5,7 +5,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     time::Duration,
 };
 
@@ -408,7 +408,7 @@ fn unkill_recorded(before: &str) -> (TestNet, Workdir, TcpListener) {
 }
 
 /// Starts the daemon and has `scanner` banned by a scan.
-fn scan_banned(net: &TestNet, wd: &Workdir, scanner: std::net::IpAddr) -> Daemon {
+fn scan_banned(net: &TestNet, wd: &Workdir, scanner: IpAddr) -> Daemon {
     let d = start(net, wd);
     probe(net, scanner);
     wait_banned(wd, &d, scanner);
@@ -508,12 +508,10 @@ fn a_host_banned_again_runs_its_kill_commands_after_the_undo_of_its_last_ban() {
     assert!(d.stop().success());
 }
 
-/// An unban that lands while the program's own ban waits for the daemon to record it
-/// (its response queued behind sixteen slow ones) lifts it and says so; the host is
-/// released, so that its next scan is banned and recorded again.
-#[test]
-fn an_unban_of_a_ban_not_yet_recorded_lifts_it_and_the_host_is_banned_again() {
-    require_kernel!();
+/// A server whose sixteen response slots all run a slow KILL_ROUTE (sixteen scanners),
+/// and a seventeenth scanner the program banned, whose response waits for a slot (its
+/// ban not recorded yet). Returns that scanner and its "blocked via XDP drop" line.
+fn a_ban_waiting_to_be_recorded() -> (TestNet, Workdir, TcpListener, Daemon, IpAddr, String) {
     let net = TestNet::new(16);
     let wd = Workdir::new();
     let order = wd.path("order").display().to_string();
@@ -524,7 +522,7 @@ fn an_unban_of_a_ban_not_yet_recorded_lifts_it_and_the_host_is_banned_again() {
              KILL_ROUTE=\"echo route $TARGET$ >> {order}; sleep 4\"\n"
         ),
     );
-    let _svc = net
+    let svc = net
         .server
         .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
     let d = start(&net, &wd);
@@ -554,6 +552,16 @@ fn an_unban_of_a_ban_not_yet_recorded_lifts_it_and_the_host_is_banned_again() {
         !d.lines().iter().any(|l| l.contains(&blocked)),
         "not recorded yet: its response waits"
     );
+    (net, wd, svc, d, last, blocked)
+}
+
+/// An unban that lands while the program's own ban waits for the daemon to record it
+/// (its response queued behind sixteen slow ones) lifts it and says so; the host is
+/// released, so that its next scan is banned and recorded again.
+#[test]
+fn an_unban_of_a_ban_not_yet_recorded_lifts_it_and_the_host_is_banned_again() {
+    require_kernel!();
+    let (net, wd, _svc, d, last, blocked) = a_ban_waiting_to_be_recorded();
     let (ok, out, err) = wd.cli(&["unban", &last.to_string()]);
     assert!(ok, "{out}{err}");
     assert!(out.contains("not yet recorded"), "{out}");
@@ -566,5 +574,27 @@ fn an_unban_of_a_ban_not_yet_recorded_lifts_it_and_the_host_is_banned_again() {
     probe(&net, last);
     d.wait_for(&blocked, Duration::from_secs(10));
     assert!(!reaches(&net, last));
+    assert!(d.stop().success());
+}
+
+/// `unban --all` lifts the bans the program made and the daemon has not recorded yet
+/// too: nothing stays banned, and none comes back when its response runs.
+#[test]
+fn unban_all_lifts_the_bans_not_yet_recorded_too() {
+    require_kernel!();
+    let (net, wd, _svc, d, last, _) = a_ban_waiting_to_be_recorded();
+    let (ok, out, err) = wd.cli(&["unban", "--all"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("unbanned 16 networks and 1 bans the program had just made"),
+        "{out}"
+    );
+    assert!(reaches(&net, last), "lifted");
+    d.wait_for(
+        &format!("the ban the kernel made of {last}/32 was lifted before it was taken over"),
+        Duration::from_secs(15),
+    );
+    assert_eq!(ban_nets(&status(&wd)), Vec::<String>::new());
+    assert!(reaches(&net, net.attacker_v4[0]));
     assert!(d.stop().success());
 }

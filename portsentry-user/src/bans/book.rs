@@ -264,6 +264,20 @@ impl Book {
         Ok(removed)
     }
 
+    /// The bans in the kernel's maps that are not on record: those the program made at a
+    /// trigger and the daemon has not taken over yet (none without the maps).
+    pub fn kernel_only(&self) -> Result<Vec<IpNet>> {
+        let Some(dp) = &self.dp else {
+            return Ok(Vec::new());
+        };
+        Ok(dp
+            .bans()?
+            .into_iter()
+            .map(|(net, _)| net)
+            .filter(|net| self.store.get(net).is_none())
+            .collect())
+    }
+
     /// Whether the kernel's maps hold a ban of exactly `net` (false without them, or when
     /// they cannot be read).
     pub fn kernel_holds(&self, net: &IpNet) -> bool {

@@ -83,27 +83,47 @@ pub fn on_disk(ticket: Option<(Journal, u64)>) -> Result<()> {
 /// whatever else happened) and what to tell the operator: an error when a lift failed,
 /// or when the network named was not banned.
 pub fn unban(book: &mut Book, which: Unban) -> (Vec<Ban>, Result<String>) {
+    // A ban the program made that the daemon has not recorded yet is lifted too: the one
+    // named, or every one.
+    let (unrecorded, reading) = match which {
+        Unban::One(net) => {
+            let held = book.store.get(&net).is_none() && book.kernel_holds(&net);
+            (if held { vec![net] } else { Vec::new() }, Ok(()))
+        }
+        Unban::All => match book.kernel_only() {
+            Ok(nets) => (nets, Ok(())),
+            Err(e) => (
+                Vec::new(),
+                Err(e.context("reading the bans the program made")),
+            ),
+        },
+    };
     let nets: Vec<IpNet> = match which {
         Unban::One(net) => vec![net],
-        Unban::All => book.store.iter().map(|b| b.net).collect(),
-    };
-    // A ban the program made that the daemon has not recorded yet: lifted too.
-    let kernel_only = match which {
-        Unban::One(net) => book.store.get(&net).is_none() && book.kernel_holds(&net),
-        Unban::All => false,
+        Unban::All => book
+            .store
+            .iter()
+            .map(|b| b.net)
+            .chain(unrecorded.iter().copied())
+            .collect(),
     };
     let (lifted, failed) = book.lift_many(&nets);
     let lifting = match failed.into_iter().next() {
         Some((net, e)) => Err(e.context(format!("lifting the ban of {net}"))),
-        None => Ok(()),
+        None => reading,
     };
     let result = lifting.and_then(|()| match which {
-        Unban::One(net) if lifted.is_empty() && kernel_only => Ok(format!(
+        Unban::One(net) if lifted.is_empty() && !unrecorded.is_empty() => Ok(format!(
             "unbanned {net} (a ban the program had just made, not yet recorded)"
         )),
         Unban::One(net) if lifted.is_empty() => Err(anyhow!("{net} is not banned")),
         Unban::One(net) => Ok(format!("unbanned {net}")),
-        Unban::All => Ok(format!("unbanned {} networks", lifted.len())),
+        Unban::All if unrecorded.is_empty() => Ok(format!("unbanned {} networks", lifted.len())),
+        Unban::All => Ok(format!(
+            "unbanned {} networks and {} bans the program had just made, not yet recorded",
+            lifted.len(),
+            unrecorded.len()
+        )),
     });
     (lifted, result)
 }
