@@ -44,6 +44,34 @@ fn open_regular(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
 /// one write, then fsync'd. A line containing a newline is refused (it would add more than
 /// one line). Errors name the path.
 pub fn append_line(path: &Path, line: &str) -> io::Result<()> {
+    append_lines(path, &[line])
+}
+
+/// [`append_line`] of several lines, in one write and one fsync: all are refused when
+/// one holds a newline ([`check_line`]).
+pub fn append_lines(path: &Path, lines: &[&str]) -> io::Result<()> {
+    for line in lines {
+        check_line(path, line)?;
+    }
+    let append = || -> io::Result<()> {
+        // std opens with O_CLOEXEC.
+        let mut file = open_regular(
+            path,
+            OpenOptions::new().append(true).create(true).mode(0o644),
+        )?;
+        let mut bytes = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+        for line in lines {
+            bytes.extend_from_slice(line.as_bytes());
+            bytes.push(b'\n');
+        }
+        file.write_all(&bytes)?;
+        file.sync_all()
+    };
+    append().map_err(|e| path_error(path, e))
+}
+
+/// A line to append must be one line: an error naming `path` when it holds a newline.
+pub fn check_line(path: &Path, line: &str) -> io::Result<()> {
     if line.contains('\n') {
         return Err(path_error(
             path,
@@ -53,19 +81,7 @@ pub fn append_line(path: &Path, line: &str) -> io::Result<()> {
             ),
         ));
     }
-    let append = || -> io::Result<()> {
-        // std opens with O_CLOEXEC.
-        let mut file = open_regular(
-            path,
-            OpenOptions::new().append(true).create(true).mode(0o644),
-        )?;
-        let mut bytes = Vec::with_capacity(line.len() + 1);
-        bytes.extend_from_slice(line.as_bytes());
-        bytes.push(b'\n');
-        file.write_all(&bytes)?;
-        file.sync_all()
-    };
-    append().map_err(|e| path_error(path, e))
+    Ok(())
 }
 
 /// Removes every line exactly equal to `line` (without its `\n`) from `path`: reads it,
@@ -75,7 +91,8 @@ pub fn append_line(path: &Path, line: &str) -> io::Result<()> {
 /// and an unchanged file is not rewritten.
 ///
 /// Not safe against a concurrent writer of the same file (a line appended between the read
-/// and the rename is lost): the daemon serialises its own hosts.deny edits.
+/// and the rename is lost): the daemon makes its edits one at a time
+/// ([`crate::line_files`]).
 pub fn remove_line(path: &Path, line: &str) -> io::Result<bool> {
     let remove = || -> io::Result<bool> {
         let mut file = match open_regular(path, OpenOptions::new().read(true)) {

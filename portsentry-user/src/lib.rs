@@ -17,6 +17,7 @@ pub mod daemon;
 pub mod fsutil;
 pub mod kernel;
 pub mod kinds;
+pub mod line_files;
 pub mod metrics;
 pub mod paths;
 pub mod pidfile;

@@ -8,7 +8,7 @@ use super::{ActionKind, ActionResult, Step, Target, shell::run_shell, undo_plan}
 use crate::{
     bans::Ban,
     config::Config,
-    fsutil,
+    line_files,
     metrics::Metrics,
     report::{Logger, alert},
 };
@@ -24,7 +24,7 @@ pub async fn run_step(
 ) {
     match step {
         Step::XdpBan => {}
-        Step::HostsDeny(line) => match fsutil::append_line(&c.hosts_deny_file, line) {
+        Step::HostsDeny(line) => match line_files::append(&c.hosts_deny_file, line).await {
             Ok(()) => {
                 metrics.action(ActionKind::HostsDeny, ActionResult::Ok);
                 log.notice(&alert::blocked_via_wrappers(ip, line));
@@ -34,7 +34,7 @@ pub async fn run_step(
                 log.warn(&format!("attackalert: ERROR: {e}"));
             }
         },
-        Step::HostsDenyRemove(line) => match fsutil::remove_line(&c.hosts_deny_file, line) {
+        Step::HostsDenyRemove(line) => match line_files::remove(&c.hosts_deny_file, line).await {
             Ok(_) => {
                 metrics.action(ActionKind::HostsDenyRemove, ActionResult::Ok);
                 log.notice(&format!(

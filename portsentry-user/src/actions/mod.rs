@@ -3,7 +3,7 @@
 //! [`plan`] turns the configuration into the ordered [`Step`]s for one host, in PortSentry
 //! 1.2's order (`DisposeTCP`/`DisposeUDP`), with our XDP ban standing in for the blocking;
 //! [`undo_plan`] gives the steps that undo them when a ban ends. [`execute::run_step`]
-//! runs a step: `KILL_HOSTS_DENY` through [`crate::fsutil::append_line`], the commands
+//! runs a step: `KILL_HOSTS_DENY` through [`crate::line_files`], the commands
 //! through [`shell::run_shell`], which, unlike 1.2's `system()`, never blocks the packet
 //! loop and kills a command that hangs. The XDP ban itself is the ban book's.
 //!

@@ -247,7 +247,7 @@ async fn respond(
         }
     }
     let line = history::history_line(SystemTime::now(), &name, ev.ip, ev.port, Some(ev.proto()));
-    if let Err(e) = history::append_history(&c.history_file, &line) {
+    if let Err(e) = history::append_history(&c.history_file, &line).await {
         log.warn(&format!(
             "portsentry: could not write the history file: {e}"
         ));

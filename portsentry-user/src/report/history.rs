@@ -73,10 +73,10 @@ pub fn history_line(
     )
 }
 
-/// Appends a history line: [`fsutil::append_line`] (append, no symlink followed, fsync;
-/// errors name the path).
-pub fn append_history(path: &Path, line: &str) -> io::Result<()> {
-    fsutil::append_line(path, line)
+/// Appends a history line and waits until it is on disk: [`crate::line_files::append`]
+/// (no symlink followed; errors name the path).
+pub async fn append_history(path: &Path, line: &str) -> io::Result<()> {
+    crate::line_files::append(path, line).await
 }
 
 /// `BLOCKED_FILE.<mode>`, as PortSentry 1.2 names it.
@@ -292,16 +292,16 @@ mod tests {
         }
     }
 
-    #[test]
-    fn history_is_appended() {
+    #[tokio::test]
+    async fn history_is_appended() {
         let dir = crate::fsutil::temp_dir("records-history");
         let history = dir.join("portsentry.history");
-        append_history(&history, "one").unwrap();
-        append_history(&history, "two").unwrap();
+        append_history(&history, "one").await.unwrap();
+        append_history(&history, "two").await.unwrap();
         assert_eq!(std::fs::read_to_string(&history).unwrap(), "one\ntwo\n");
         let link = dir.join("link");
         symlink(&history, &link).unwrap();
-        let e = append_history(&link, "three").unwrap_err();
+        let e = append_history(&link, "three").await.unwrap_err();
         assert_eq!(e.kind(), io::Error::from_raw_os_error(libc::ELOOP).kind());
         assert_eq!(std::fs::read_to_string(&history).unwrap(), "one\ntwo\n");
         std::fs::remove_dir_all(&dir).unwrap();
