@@ -394,21 +394,12 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool, asked: SystemTime) {
     for w in warnings {
         log.warn(&format!("portsentry: crowdsec: {w}"));
     }
-    if added.len() <= LOG_EACH {
-        for b in &added {
-            log.notice(&format!(
-                "portsentry: crowdsec: {} banned by a decision of the Local API, until {}",
-                b.net,
-                b.expires
-                    .map(|e| humantime::format_rfc3339_seconds(e).to_string())
-                    .unwrap_or_default()
-            ));
-        }
-    } else {
-        log.notice(&format!(
-            "portsentry: crowdsec: {} bans put in force by decisions of the Local API",
-            added.len()
-        ));
+    for line in ban_lines(
+        &added,
+        "banned by a decision of the Local API",
+        "bans put in force by decisions of the Local API",
+    ) {
+        log.notice(&line);
     }
     if full || answer_len >= TRIM_AFTER {
         // A large answer's parse (a JSON value per field of every decision) is freed:
@@ -500,19 +491,43 @@ pub(super) fn after_expiry(shared: &Arc<Shared>, ended: &[Ban]) {
     }
     drop(book);
     drop(decisions);
-    for w in warnings {
-        shared.log.warn(&w);
+    for w in warnings.iter().take(LOG_EACH) {
+        shared.log.warn(w);
     }
-    for b in &added {
-        shared.log.notice(&format!(
-            "portsentry: crowdsec: {} stays banned by a decision of the Local API, until {}",
-            b.net,
-            b.expires
-                .map(|e| humantime::format_rfc3339_seconds(e).to_string())
-                .unwrap_or_default()
+    if warnings.len() > LOG_EACH {
+        shared.log.warn(&format!(
+            "portsentry: crowdsec: {} more decisions not enforced after our bans of them expired",
+            warnings.len() - LOG_EACH
         ));
     }
+    for line in ban_lines(
+        &added,
+        "stays banned by a decision of the Local API",
+        "bans kept in force by decisions of the Local API after ours expired",
+    ) {
+        shared.log.notice(&line);
+    }
     spawn_kills(shared, &added);
+}
+
+/// The log lines of the bans decisions put in force: one per ban (`each`, with its end)
+/// up to [`LOG_EACH`] of them, else one line counting them (`many`).
+fn ban_lines(added: &[Ban], each: &str, many: &str) -> Vec<String> {
+    if added.len() > LOG_EACH {
+        return vec![format!("portsentry: crowdsec: {} {many}", added.len())];
+    }
+    added
+        .iter()
+        .map(|b| {
+            format!(
+                "portsentry: crowdsec: {} {each}, until {}",
+                b.net,
+                b.expires
+                    .map(|e| humantime::format_rfc3339_seconds(e).to_string())
+                    .unwrap_or_default()
+            )
+        })
+        .collect()
 }
 
 /// Runs the kill commands of the bans decisions put in force, when CROWDSEC_KILL_COMMANDS
@@ -579,7 +594,7 @@ fn enforced(store: &crate::bans::BanStore) -> Enforced {
 mod tests {
     use std::time::{Duration, SystemTime};
 
-    use super::covers;
+    use super::{Ban, LOG_EACH, ban_lines, covers};
 
     #[test]
     fn a_decision_seen_again_leaves_its_ban_as_it_is() {
@@ -590,5 +605,33 @@ mod tests {
         assert!(covers(None, end), "a permanent ban");
         // A decision extended (a new one, hours longer).
         assert!(!covers(Some(end), end + Duration::from_secs(3600)));
+    }
+
+    /// A few bans are logged one by one, with their end; many at once (a million
+    /// decisions behind our bans, expiring together) in one line.
+    #[test]
+    fn many_bans_put_in_force_at_once_are_counted_in_one_line() {
+        let end = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let bans: Vec<Ban> = (0..=LOG_EACH as u8)
+            .map(|i| {
+                Ban::of_decision(
+                    format!("198.51.100.{i}/32").parse().unwrap(),
+                    SystemTime::UNIX_EPOCH,
+                    end,
+                )
+            })
+            .collect();
+        assert_eq!(
+            ban_lines(&bans[..1], "stays banned", "kept"),
+            ["portsentry: crowdsec: 198.51.100.0/32 stays banned, until 2027-01-15T08:00:00Z"]
+        );
+        assert_eq!(
+            ban_lines(&bans[..LOG_EACH], "stays banned", "kept").len(),
+            LOG_EACH
+        );
+        assert_eq!(
+            ban_lines(&bans, "stays banned", "kept"),
+            [format!("portsentry: crowdsec: {} kept", LOG_EACH + 1)]
+        );
     }
 }
