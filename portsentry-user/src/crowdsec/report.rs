@@ -92,6 +92,9 @@ pub struct Outbox {
 struct Queue {
     items: VecDeque<Item>,
     changes: u64,
+    /// The reports at the front the task is sending ([`Outbox::next`] until
+    /// [`Outbox::done`]): an unban cannot take those back.
+    sending: usize,
 }
 
 /// A report as the file keeps it.
@@ -160,8 +163,22 @@ impl From<Saved> for Item {
 
 impl Outbox {
     /// Queues `item`; false (and counted) when the queue is full.
+    ///
+    /// An unban first takes back the report of its ban when that is still waiting (not
+    /// being sent): the fleet never gets a ban the operator lifted here, and the unban
+    /// has its place even in a full queue, which would otherwise drop it and send the
+    /// ban. The unban is still queued: a decision of an earlier ban may be there.
     pub fn push(&self, item: Item) -> bool {
         let mut q = self.queue.lock().expect("outbox lock");
+        if let Item::Unban { net, scenario } = &item {
+            let waiting = q.items.iter().skip(q.sending).position(
+                |i| matches!(i, Item::Ban { net: n, scenario: s, .. } if n == net && s == scenario),
+            );
+            if let Some(i) = waiting {
+                let at = q.sending + i;
+                q.items.remove(at);
+            }
+        }
         if q.items.len() >= QUEUE_LIMIT {
             self.overflow.fetch_add(1, Ordering::Relaxed);
             return false;
@@ -243,17 +260,20 @@ impl Outbox {
     /// The reports to send next: the unban at the front, or the bans at the front (up
     /// to [`BATCH`]). They stay queued until [`Outbox::done`].
     fn next(&self) -> Vec<Item> {
-        let q = &self.queue.lock().expect("outbox lock").items;
-        match q.front() {
+        let mut q = self.queue.lock().expect("outbox lock");
+        let next: Vec<Item> = match q.items.front() {
             None => Vec::new(),
-            Some(Item::Unban { .. }) => vec![q[0].clone()],
+            Some(Item::Unban { .. }) => vec![q.items[0].clone()],
             Some(Item::Ban { .. }) => q
+                .items
                 .iter()
                 .take(BATCH)
                 .take_while(|i| matches!(i, Item::Ban { .. }))
                 .cloned()
                 .collect(),
-        }
+        };
+        q.sending = next.len();
+        next
     }
 
     /// The first `n` reports were sent.
@@ -261,6 +281,7 @@ impl Outbox {
         let mut q = self.queue.lock().expect("outbox lock");
         let n = n.min(q.items.len());
         q.items.drain(..n);
+        q.sending = 0;
         q.changes += 1;
     }
 }
@@ -522,6 +543,43 @@ mod tests {
             net: net.parse().unwrap(),
             scenario: scenario(Some(ScanType::TcpSyn), false),
         }
+    }
+
+    /// The Local API away, the queue full of bans: the operator's unban of one takes
+    /// back its report (never sent, so never enforced by the fleet) and is queued; a
+    /// ban being sent is not taken back, and its unban follows it.
+    #[test]
+    fn an_unban_takes_back_its_ban_still_waiting() {
+        let o = Outbox::default();
+        let net = |i: usize| format!("10.{}.{}.1/32", i / 256, i % 256);
+        for i in 0..QUEUE_LIMIT {
+            assert!(o.push(ban(&net(i), None)));
+        }
+        let sending = o.next();
+        assert_eq!(sending.len(), BATCH);
+        assert!(
+            o.push(unban(&net(QUEUE_LIMIT - 1))),
+            "queued in a full queue"
+        );
+        assert_eq!(o.take_overflow(), 0);
+        assert!(!o.push(unban(&net(0))), "its ban is being sent: no room");
+        assert_eq!(o.take_overflow(), 1);
+        let q: Vec<Item> = o.queue.lock().unwrap().items.iter().cloned().collect();
+        assert_eq!(q.len(), QUEUE_LIMIT);
+        assert!(!q.contains(&ban(&net(QUEUE_LIMIT - 1), None)), "taken back");
+        assert_eq!(q[..BATCH], sending[..], "the batch being sent is untouched");
+        assert_eq!(q.last(), Some(&unban(&net(QUEUE_LIMIT - 1))));
+        o.done(BATCH);
+        // Sent: the next unban of a waiting ban takes it back again.
+        assert!(o.push(unban(&net(BATCH))));
+        // Another scenario's unban of an address does not take its ban back.
+        assert!(o.push(Item::Unban {
+            net: net(BATCH + 1).parse().unwrap(),
+            scenario: scenario(None, true),
+        }));
+        let q = &o.queue.lock().unwrap().items;
+        assert!(!q.contains(&ban(&net(BATCH), None)));
+        assert!(q.contains(&ban(&net(BATCH + 1), None)));
     }
 
     /// The reports not yet sent outlive a restart, in their order and before those
