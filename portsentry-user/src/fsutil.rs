@@ -3,9 +3,10 @@
 //! attacker could have planted.
 
 use std::{
+    collections::HashMap,
     fs::{File, OpenOptions},
     io::{self, Read as _, Write as _},
-    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _},
+    os::unix::fs::{FileExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     sync::atomic::{AtomicU64, Ordering},
 };
@@ -48,7 +49,9 @@ pub fn append_line(path: &Path, line: &str) -> io::Result<()> {
 }
 
 /// [`append_line`] of several lines, in one write and one fsync: all are refused when
-/// one holds a newline ([`check_line`]).
+/// one holds a newline ([`check_line`]). A file whose last line has no newline (an
+/// editor's) gets one first, so the first line is not glued to it; a write that fails
+/// part way is cut off again, so no part of a line stays to be glued to the next.
 pub fn append_lines(path: &Path, lines: &[&str]) -> io::Result<()> {
     for line in lines {
         check_line(path, line)?;
@@ -57,14 +60,29 @@ pub fn append_lines(path: &Path, lines: &[&str]) -> io::Result<()> {
         // std opens with O_CLOEXEC.
         let mut file = open_regular(
             path,
-            OpenOptions::new().append(true).create(true).mode(0o644),
+            OpenOptions::new()
+                .read(true)
+                .append(true)
+                .create(true)
+                .mode(0o644),
         )?;
-        let mut bytes = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+        let len = file.metadata()?.len();
+        let mut last = [b'\n'];
+        if len > 0 {
+            file.read_exact_at(&mut last, len - 1)?;
+        }
+        let mut bytes = Vec::with_capacity(1 + lines.iter().map(|l| l.len() + 1).sum::<usize>());
+        if last[0] != b'\n' {
+            bytes.push(b'\n');
+        }
         for line in lines {
             bytes.extend_from_slice(line.as_bytes());
             bytes.push(b'\n');
         }
-        file.write_all(&bytes)?;
+        if let Err(e) = file.write_all(&bytes) {
+            let _ = file.set_len(len);
+            return Err(e);
+        }
         file.sync_all()
     };
     append().map_err(|e| path_error(path, e))
@@ -94,26 +112,35 @@ pub fn check_line(path: &Path, line: &str) -> io::Result<()> {
 /// and the rename is lost): the daemon makes its edits one at a time
 /// ([`crate::line_files`]).
 pub fn remove_line(path: &Path, line: &str) -> io::Result<bool> {
-    let remove = || -> io::Result<bool> {
+    Ok(remove_lines(path, &[line])?[0])
+}
+
+/// [`remove_line`] of several lines, in one rewrite: for each, whether it was there.
+pub fn remove_lines(path: &Path, lines: &[&str]) -> io::Result<Vec<bool>> {
+    let remove = || -> io::Result<Vec<bool>> {
+        let mut removed = vec![false; lines.len()];
         let mut file = match open_regular(path, OpenOptions::new().read(true)) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(removed),
             Err(e) => return Err(e),
         };
         let meta = file.metadata()?;
         let mut content = Vec::new();
         file.read_to_end(&mut content)?;
         drop(file);
+        // Each line asked for, and where (the same line may be asked for twice).
+        let mut asked: HashMap<&[u8], Vec<usize>> = HashMap::with_capacity(lines.len());
+        for (i, l) in lines.iter().enumerate() {
+            asked.entry(l.as_bytes()).or_default().push(i);
+        }
         let mut kept = Vec::with_capacity(content.len());
-        let mut removed = false;
         for piece in content.split_inclusive(|b| *b == b'\n') {
-            if piece.strip_suffix(b"\n").unwrap_or(piece) == line.as_bytes() {
-                removed = true;
-            } else {
-                kept.extend_from_slice(piece);
+            match asked.get(piece.strip_suffix(b"\n").unwrap_or(piece)) {
+                Some(at) => at.iter().for_each(|i| removed[*i] = true),
+                None => kept.extend_from_slice(piece),
             }
         }
-        if removed {
+        if removed.contains(&true) {
             let keep = KeepAttrs {
                 mode: meta.mode() & 0o7777,
                 owner: Some((meta.uid(), meta.gid())),
@@ -251,6 +278,19 @@ mod tests {
         symlink(dir.join("nowhere"), &dangling).unwrap();
         assert!(is_eloop(&append_line(&dangling, "x").unwrap_err()));
         assert!(!dir.join("nowhere").exists());
+
+        // A last line without its newline (an editor's) is not glued to the next.
+        let edited = dir.join("edited");
+        std::fs::write(&edited, "sshd: ALL").unwrap();
+        append_lines(
+            &edited,
+            &["ALL: 192.0.2.9 : DENY", "ALL: 192.0.2.10 : DENY"],
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&edited).unwrap(),
+            "sshd: ALL\nALL: 192.0.2.9 : DENY\nALL: 192.0.2.10 : DENY\n"
+        );
 
         // Not a regular file; a newline inside the line; a missing directory.
         let e = append_line(&dir, "x").unwrap_err();

@@ -1,18 +1,20 @@
 //! The daemon's edits of the files it keeps line by line: hosts.deny (`KILL_HOSTS_DENY`
 //! and its undo) and the history file.
 //!
-//! One thread makes every edit, one at a time, so that an undo's rewrite of hosts.deny
-//! (read, write the rest, rename) never loses a line another host's kill appended
-//! meanwhile. The appends asked for while the thread was busy go together in one write
-//! and one fsync (group commit): a flood of scanners costs one fsync per batch, not two
-//! per scanner, and no fsync blocks the daemon's event loop. Each caller still waits
-//! until its line is on disk (or the edit failed), so the steps of a response keep
-//! PortSentry's order.
+//! One thread makes every edit, so that an undo's rewrite of hosts.deny (read, write the
+//! rest, rename) never loses a line another host's kill appended meanwhile. The edits
+//! asked for while the thread was busy go together: a file's appends in one write and
+//! one fsync, its removals in one rewrite (group commit), so a flood of scanners costs
+//! one fsync per file and batch, not two per scanner, and no fsync blocks the daemon's
+//! event loop. Each caller still waits until its edit is on disk (or failed), so the
+//! steps of a response keep PortSentry's order, and a file's edits are made in the
+//! order asked. (Another program's edit of hosts.deny made during a removal's rewrite
+//! can still be lost, as with any tool that rewrites the file.)
 
 use std::{
     io,
     path::{Path, PathBuf},
-    sync::OnceLock,
+    sync::Mutex,
 };
 
 use tokio::sync::{mpsc, oneshot};
@@ -22,71 +24,88 @@ use crate::fsutil;
 /// The most edits taken together (a bound on one write's size).
 const MAX_BATCH: usize = 4096;
 
-/// Appends `line` to `path` ([`fsutil::append_line`]: no symlink followed, errors name
+/// Appends `line` to `path` ([`fsutil::append_lines`]: no symlink followed, errors name
 /// the path) and waits until it is on disk.
 pub async fn append(path: &Path, line: &str) -> io::Result<()> {
     fsutil::check_line(path, line)?;
     let (done, answer) = oneshot::channel();
-    send(Edit::Append {
+    send(Edit {
         path: path.to_path_buf(),
         line: line.to_string(),
-        done,
+        done: Done::Append(done),
     })?;
-    answer.await.unwrap_or_else(|_| Err(stopped()))
+    answer.await.unwrap_or_else(|_| Err(stopped(path)))
 }
 
-/// Removes every line equal to `line` from `path` ([`fsutil::remove_line`]); whether one
-/// was there.
+/// Removes every line equal to `line` from `path` ([`fsutil::remove_lines`]); whether
+/// one was there.
 pub async fn remove(path: &Path, line: &str) -> io::Result<bool> {
     let (done, answer) = oneshot::channel();
-    send(Edit::Remove {
+    send(Edit {
         path: path.to_path_buf(),
         line: line.to_string(),
-        done,
+        done: Done::Remove(done),
     })?;
-    answer.await.unwrap_or_else(|_| Err(stopped()))
+    answer.await.unwrap_or_else(|_| Err(stopped(path)))
 }
 
-/// One edit and where its outcome goes.
-enum Edit {
-    Append {
-        path: PathBuf,
-        line: String,
-        done: oneshot::Sender<io::Result<()>>,
-    },
-    Remove {
-        path: PathBuf,
-        line: String,
-        done: oneshot::Sender<io::Result<bool>>,
-    },
+/// One edit of a file, and where its outcome goes.
+struct Edit {
+    path: PathBuf,
+    line: String,
+    done: Done,
 }
 
-fn stopped() -> io::Error {
-    io::Error::other("the writer of hosts.deny and the history file stopped")
+/// An append, or a removal, by where its outcome goes.
+enum Done {
+    Append(oneshot::Sender<io::Result<()>>),
+    Remove(oneshot::Sender<io::Result<bool>>),
 }
 
-/// Hands `edit` to the writer thread, started at the first edit.
+fn stopped(path: &Path) -> io::Error {
+    io::Error::other(format!(
+        "{}: the daemon's writer of the file stopped before the edit was made",
+        path.display()
+    ))
+}
+
+/// The writer thread's end of the edits, once started.
+static WRITER: Mutex<Option<mpsc::UnboundedSender<Edit>>> = Mutex::new(None);
+
+/// Hands `edit` to the writer thread, started at the first edit, and again when it is
+/// gone (a failed start is tried again at the next edit).
 fn send(edit: Edit) -> io::Result<()> {
-    static WRITER: OnceLock<Option<mpsc::UnboundedSender<Edit>>> = OnceLock::new();
-    let writer = WRITER.get_or_init(|| {
-        let (tx, rx) = mpsc::unbounded_channel();
-        std::thread::Builder::new()
-            .name("line-files".into())
-            .spawn(move || write_loop(rx))
-            .ok()
-            .map(|_| tx)
-    });
-    writer
-        .as_ref()
-        .ok_or_else(|| io::Error::other("could not start the writer of hosts.deny"))?
-        .send(edit)
-        .map_err(|_| stopped())
+    let mut writer = WRITER.lock().unwrap_or_else(|e| e.into_inner());
+    let edit = match writer.as_ref() {
+        Some(tx) => match tx.send(edit) {
+            Ok(()) => return Ok(()),
+            // The thread is gone (it panicked): a new one takes the edit.
+            Err(mpsc::error::SendError(edit)) => edit,
+        },
+        None => edit,
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("line-files".into())
+        .spawn(move || write_loop(rx))
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "{}: could not start the daemon's writer of the file: {e}",
+                    edit.path.display()
+                ),
+            )
+        })?;
+    let sent = tx.send(edit).map_err(|e| stopped(&e.0.path));
+    *writer = Some(tx);
+    sent
 }
 
-/// Makes the edits as they come, those waiting taken together; how many fsyncs of
-/// appends it made, once every sender is gone.
+/// Makes the edits as they come, those waiting taken together; how many times it wrote
+/// to a file (appends, or a rewrite for removals), once every sender is gone.
 fn write_loop(mut rx: mpsc::UnboundedReceiver<Edit>) -> u64 {
-    let mut fsyncs = 0;
+    let mut writes = 0;
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -95,51 +114,65 @@ fn write_loop(mut rx: mpsc::UnboundedReceiver<Edit>) -> u64 {
                 Err(_) => break,
             }
         }
-        fsyncs += apply(batch);
+        writes += apply(batch);
     }
-    fsyncs
+    writes
 }
 
-/// The appends to one file waiting for their write.
-type Waiting = Vec<(String, oneshot::Sender<io::Result<()>>)>;
+/// A file's edits of one kind, waiting to be made together.
+struct Group {
+    path: PathBuf,
+    appends: bool,
+    edits: Vec<(String, Done)>,
+}
 
-/// Makes `batch`'s edits in order per file: the appends to a file in one write, before
-/// a removal from it asked for after them. Returns the fsyncs made for appends.
+/// Makes `batch`'s edits, each file's in the order asked: its appends one after the
+/// other in one write, its removals one after the other in one rewrite. Returns how
+/// many writes it made.
 fn apply(batch: Vec<Edit>) -> u64 {
-    let mut fsyncs = 0;
-    let mut waiting: Vec<(PathBuf, Waiting)> = Vec::new();
-    for edit in batch {
-        match edit {
-            Edit::Append { path, line, done } => {
-                match waiting.iter_mut().find(|(p, _)| *p == path) {
-                    Some((_, lines)) => lines.push((line, done)),
-                    None => waiting.push((path, vec![(line, done)])),
+    let mut writes = 0;
+    let mut groups: Vec<Group> = Vec::new();
+    for Edit { path, line, done } in batch {
+        let appends = matches!(done, Done::Append(_));
+        match groups.iter().position(|g| g.path == path) {
+            Some(i) if groups[i].appends == appends => groups[i].edits.push((line, done)),
+            found => {
+                // The file's other kind of edit, asked for before, is made first.
+                if let Some(i) = found {
+                    writes += make(groups.swap_remove(i));
                 }
-            }
-            Edit::Remove { path, line, done } => {
-                if let Some(i) = waiting.iter().position(|(p, _)| *p == path) {
-                    let (path, lines) = waiting.swap_remove(i);
-                    fsyncs += write(&path, lines);
-                }
-                let _ = done.send(fsutil::remove_line(&path, &line));
+                groups.push(Group {
+                    path,
+                    appends,
+                    edits: vec![(line, done)],
+                });
             }
         }
     }
-    for (path, lines) in waiting {
-        fsyncs += write(&path, lines);
+    for g in groups {
+        writes += make(g);
     }
-    fsyncs
+    writes
 }
 
-/// Appends `lines` to `path` in one write and tells each caller the outcome.
-fn write(path: &Path, lines: Waiting) -> u64 {
-    let text: Vec<&str> = lines.iter().map(|(l, _)| l.as_str()).collect();
-    let outcome = fsutil::append_lines(path, &text);
-    for (_, done) in lines {
-        let _ = done.send(match &outcome {
-            Ok(()) => Ok(()),
-            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-        });
+/// Makes a group's edits in one write and tells each caller the outcome.
+fn make(g: Group) -> u64 {
+    let text: Vec<&str> = g.edits.iter().map(|(l, _)| l.as_str()).collect();
+    let copy = |e: &io::Error| io::Error::new(e.kind(), e.to_string());
+    if g.appends {
+        let outcome = fsutil::append_lines(&g.path, &text);
+        for (_, done) in g.edits {
+            if let Done::Append(done) = done {
+                let _ = done.send(outcome.as_ref().map(|_| ()).map_err(copy));
+            }
+        }
+    } else {
+        let outcome = fsutil::remove_lines(&g.path, &text);
+        for (i, (_, done)) in g.edits.into_iter().enumerate() {
+            if let Done::Remove(done) = done {
+                let _ = done.send(outcome.as_ref().map(|r| r[i]).map_err(copy));
+            }
+        }
     }
     1
 }
@@ -163,15 +196,16 @@ mod tests {
         let (mut appended, mut removed) = (Vec::new(), Vec::new());
         for (path, line, append) in edits {
             let (path, line) = (path.to_path_buf(), line.clone());
-            if *append {
+            let done = if *append {
                 let (done, answer) = oneshot::channel();
-                tx.send(Edit::Append { path, line, done }).ok().unwrap();
                 appended.push(answer);
+                Done::Append(done)
             } else {
                 let (done, answer) = oneshot::channel();
-                tx.send(Edit::Remove { path, line, done }).ok().unwrap();
                 removed.push(answer);
-            }
+                Done::Remove(done)
+            };
+            tx.send(Edit { path, line, done }).ok().unwrap();
         }
         (rx, appended, removed)
     }
@@ -203,7 +237,8 @@ mod tests {
     }
 
     /// A removal sees the appends asked for before it and none after it; another file's
-    /// appends are not held for it.
+    /// appends are not held for it (five writes: the file's two groups of appends and
+    /// two of removals, and the other file's appends).
     #[test]
     fn a_removal_keeps_its_place_among_the_appends() {
         let dir = fsutil::temp_dir("line-files-order");
@@ -218,7 +253,7 @@ mod tests {
             (deny.as_path(), "c".to_string(), false),
         ];
         let (rx, mut appended, mut removed) = queued(&edits);
-        assert_eq!(write_loop(rx), 3);
+        assert_eq!(write_loop(rx), 5);
         for answer in &mut appended {
             answer.try_recv().unwrap().unwrap();
         }
@@ -259,6 +294,54 @@ mod tests {
             .unwrap();
         let e = runtime.block_on(append(&real, "a\nb")).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Removals asked for together are made in one rewrite of the file.
+    #[test]
+    fn removals_waiting_together_share_one_rewrite() {
+        let dir = fsutil::temp_dir("line-files-removals");
+        let deny = dir.join("hosts.deny");
+        let lines: Vec<String> = (0..100)
+            .map(|i| format!("ALL: 192.0.2.{i} : DENY"))
+            .collect();
+        fsutil::append_lines(&deny, &lines.iter().map(|s| s.as_str()).collect::<Vec<_>>()).unwrap();
+        let mut edits: Vec<_> = lines[..50]
+            .iter()
+            .map(|l| (deny.as_path(), l.clone(), false))
+            .collect();
+        edits.push((
+            deny.as_path(),
+            "ALL: 198.51.100.1 : DENY".to_string(),
+            false,
+        ));
+        edits.push((deny.as_path(), lines[0].clone(), false));
+        let (rx, _, mut removed) = queued(&edits);
+        assert_eq!(write_loop(rx), 1, "one rewrite");
+        let removed: Vec<bool> = removed
+            .iter_mut()
+            .map(|a| a.try_recv().unwrap().unwrap())
+            .collect();
+        assert!(removed[..50].iter().all(|r| *r));
+        assert_eq!(removed[50..], [false, true], "absent; asked twice");
+        let text = std::fs::read_to_string(&deny).unwrap();
+        assert_eq!(text.lines().collect::<Vec<_>>(), lines[50..]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A writer thread gone (a panic) is replaced at the next edit, which is made.
+    #[tokio::test]
+    async fn a_writer_gone_is_started_again() {
+        let dir = fsutil::temp_dir("line-files-restart");
+        let history = dir.join("history");
+        append(&history, "one").await.unwrap();
+        {
+            let (tx, rx) = mpsc::unbounded_channel();
+            drop(rx);
+            *WRITER.lock().unwrap() = Some(tx);
+        }
+        append(&history, "two").await.unwrap();
+        assert_eq!(std::fs::read_to_string(&history).unwrap(), "one\ntwo\n");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -35,7 +35,7 @@ pub enum Step {
     /// /bin/sh -c.
     RunCmd(String),
     /// Remove every line equal to this (already substituted) line from the hosts.deny file
-    /// ([`remove_line`]): the undo of [`Step::HostsDeny`].
+    /// ([`crate::fsutil::remove_line`]): the undo of [`Step::HostsDeny`].
     HostsDenyRemove(String),
 }
 
