@@ -16,9 +16,41 @@ use portsentry_user::{
 };
 
 use crate::{
-    daemon::{Daemon, Workdir},
+    daemon::{Daemon, Workdir, wait_until},
     netns::{TestNet, tcp_connect},
 };
+
+/// The daemon's response slots (`MAX_PARALLEL_JOBS`).
+pub const RESPONSE_SLOTS: usize = 16;
+
+/// The config lines of a KILL_ROUTE that writes `route ADDR` to the workdir's file
+/// `order`, then holds its response slot for four seconds (for
+/// [`hold_every_response_slot`]).
+pub fn slow_route(wd: &Workdir) -> String {
+    let order = wd.path("order").display().to_string();
+    format!("KILL_ROUTE=\"echo route $TARGET$ >> {order}; sleep 4\"\n")
+}
+
+/// Probes from the first [`RESPONSE_SLOTS`] attacker addresses at once, and waits until
+/// each one's response runs its [`slow_route`]: every slot is then held for a few
+/// seconds, and the next scanner's response waits for one.
+pub fn hold_every_response_slot(net: &TestNet, wd: &Workdir, d: &Daemon) {
+    std::thread::scope(|s| {
+        for ip in &net.attacker_v4[..RESPONSE_SLOTS] {
+            s.spawn(move || probe(net, *ip));
+        }
+    });
+    assert!(
+        wait_until(Duration::from_secs(10), || wd
+            .read("order")
+            .lines()
+            .filter(|l| l.starts_with("route "))
+            .count()
+            == RESPONSE_SLOTS),
+        "{}",
+        d.lines().join("\n")
+    );
+}
 
 /// Starts the workdir's daemon in the server namespace.
 pub fn start(net: &TestNet, wd: &Workdir) -> Daemon {

@@ -10,7 +10,10 @@ use portsentry_tests::{
     daemon::{Workdir, wait_until},
     netns::TestNet,
     require_kernel,
-    scenario::{ban_nets, reaches, start, status},
+    scenario::{
+        RESPONSE_SLOTS, ban_nets, hold_every_response_slot, probe, reaches, slow_route, start,
+        status,
+    },
 };
 
 /// `portsentry ban ARGS` through the running daemon: the error it printed.
@@ -234,5 +237,98 @@ fn bans_kept_from_before_that_cover_protected_addresses_are_not_enforced() {
         &format!("Host {neighbour} removed from"),
         Duration::from_secs(5),
     );
+    assert!(d.stop().success());
+}
+
+/// KILL_RUN_CMD_FIRST="1": the run command comes before the XDP ban, where the guard
+/// decides. A scanner added to the ignore list while its response waited (sixteen slow
+/// ones hold every slot) is refused before the run command, which never runs against it.
+#[test]
+fn a_run_command_first_never_runs_against_a_host_the_guard_protects() {
+    require_kernel!();
+    let net = TestNet::new(RESPONSE_SLOTS as u8);
+    let wd = Workdir::new();
+    let order = wd.path("order").display().to_string();
+    wd.config(
+        &net.server_if,
+        &format!(
+            "MAX_BANS_PER_SEC=\"0\"\nKILL_RUN_CMD_FIRST=\"1\"\n\
+             KILL_RUN_CMD=\"echo run $TARGET$ >> {order}\"\n{}",
+            slow_route(&wd)
+        ),
+    );
+    let _svc = net
+        .server
+        .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
+    let d = start(&net, &wd);
+    hold_every_response_slot(&net, &wd, &d);
+    let last = net.attacker_v4[RESPONSE_SLOTS];
+    probe(&net, last);
+    // Its response waits for a slot (nothing logged yet); the daemon has the event.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!wd.read("order").contains(&format!("run {last}\n")));
+    std::fs::write(wd.path("portsentry.ignore"), format!("{last}\n")).unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_for("reloaded", Duration::from_secs(5));
+    d.wait_for(
+        &format!("portsentry: not banning {last}"),
+        Duration::from_secs(15),
+    );
+    // The slots' last commands end meanwhile; the refused one ran nothing.
+    std::thread::sleep(Duration::from_millis(500));
+    let ran = wd.read("order");
+    assert!(!ran.contains(&format!("run {last}\n")), "{ran}");
+    assert!(!ran.contains(&format!("route {last}\n")), "{ran}");
+    assert!(reaches(&net, last));
+    assert!(d.stop().success());
+}
+
+/// KILL_RUN_CMD_FIRST="1", and the scanner added to the ignore list while its run
+/// command runs: the guard refuses the XDP ban that follows, and what ran is undone
+/// (UNKILL_RUN_CMD); no other kill command runs.
+#[test]
+fn a_run_command_first_is_undone_when_the_guard_refuses_the_ban_after_it() {
+    require_kernel!();
+    let net = TestNet::new(1);
+    let wd = Workdir::new();
+    let order = wd.path("order").display().to_string();
+    wd.config(
+        &net.server_if,
+        &format!(
+            "KILL_RUN_CMD_FIRST=\"1\"\n\
+             KILL_RUN_CMD=\"echo run $TARGET$ >> {order}; sleep 3\"\n\
+             UNKILL_RUN_CMD=\"echo unrun $TARGET$ >> {order}\"\n\
+             KILL_ROUTE=\"echo route $TARGET$ >> {order}\"\n"
+        ),
+    );
+    let _svc = net
+        .server
+        .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
+    let d = start(&net, &wd);
+    let a = net.attacker_v4[0];
+    probe(&net, a);
+    assert!(
+        wait_until(Duration::from_secs(5), || wd
+            .read("order")
+            .contains(&format!("run {a}\n"))),
+        "{}",
+        d.lines().join("\n")
+    );
+    std::fs::write(wd.path("portsentry.ignore"), format!("{a}\n")).unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_for("reloaded", Duration::from_secs(5));
+    d.wait_for(
+        &format!("portsentry: not banning {a}"),
+        Duration::from_secs(10),
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || wd
+            .read("order")
+            .contains(&format!("unrun {a}\n"))),
+        "{}",
+        wd.read("order")
+    );
+    assert!(!wd.read("order").contains(&format!("route {a}\n")));
+    assert!(reaches(&net, a));
     assert!(d.stop().success());
 }

@@ -13,7 +13,10 @@ use portsentry_tests::{
     daemon::{Daemon, Workdir, wait_until},
     netns::{TestNet, tcp_connect},
     require_kernel,
-    scenario::{ban_nets, probe, reaches, start, status, wait_banned},
+    scenario::{
+        RESPONSE_SLOTS, ban_nets, hold_every_response_slot, probe, reaches, slow_route, start,
+        status, wait_banned,
+    },
 };
 
 fn count(haystack: &str, needle: &str) -> usize {
@@ -512,39 +515,21 @@ fn a_host_banned_again_runs_its_kill_commands_after_the_undo_of_its_last_ban() {
 /// and a seventeenth scanner the program banned, whose response waits for a slot (its
 /// ban not recorded yet). Returns that scanner and its "blocked via XDP drop" line.
 fn a_ban_waiting_to_be_recorded() -> (TestNet, Workdir, TcpListener, Daemon, IpAddr, String) {
-    let net = TestNet::new(16);
+    let net = TestNet::new(RESPONSE_SLOTS as u8);
     let wd = Workdir::new();
-    let order = wd.path("order").display().to_string();
     wd.config(
         &net.server_if,
         &format!(
-            "BAN_TIME=\"1h\"\nMAX_BANS_PER_SEC=\"0\"\n\
-             KILL_ROUTE=\"echo route $TARGET$ >> {order}; sleep 4\"\n"
+            "BAN_TIME=\"1h\"\nMAX_BANS_PER_SEC=\"0\"\n{}",
+            slow_route(&wd)
         ),
     );
     let svc = net
         .server
         .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
     let d = start(&net, &wd);
-    let (busy, last) = net.attacker_v4.split_at(16);
-    let last = last[0];
-    std::thread::scope(|s| {
-        for ip in busy {
-            let net = &net;
-            s.spawn(move || probe(net, *ip));
-        }
-    });
-    // Every response slot runs a slow KILL_ROUTE.
-    assert!(
-        wait_until(Duration::from_secs(10), || wd
-            .read("order")
-            .lines()
-            .filter(|l| l.starts_with("route "))
-            .count()
-            == 16),
-        "{}",
-        d.lines().join("\n")
-    );
+    hold_every_response_slot(&net, &wd, &d);
+    let last = net.attacker_v4[RESPONSE_SLOTS];
     let blocked = format!("Host {last} has been blocked via XDP drop");
     probe(&net, last);
     assert!(!reaches(&net, last), "the program banned it at once");

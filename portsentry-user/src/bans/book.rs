@@ -278,6 +278,13 @@ impl Book {
             .collect())
     }
 
+    /// Whether [`Book::put`] (`adopted`: [`Book::adopt`]) of a ban of `net` would be
+    /// refused, by the guard or as lifted meanwhile; nothing is changed.
+    pub fn would_refuse(&self, net: &IpNet, adopted: bool) -> bool {
+        self.guard.check(net, false).is_err()
+            || (adopted && self.dp.is_some() && !self.kernel_holds(net))
+    }
+
     /// Whether the kernel's maps hold a ban of exactly `net` (false without them, or when
     /// they cannot be read).
     pub fn kernel_holds(&self, net: &IpNet) -> bool {

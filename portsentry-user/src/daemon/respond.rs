@@ -188,9 +188,14 @@ async fn respond(
     let steps = actions::plan(c, block, &target);
     let running = escalation::Running::new(shared, ev.ip);
     let mut banned = false;
-    // The XDP ban does not wait for the name lookup when it comes first.
+    // The XDP ban does not wait for the name lookup when it comes first. When a step
+    // comes before it (KILL_RUN_CMD_FIRST), a ban the guard refuses or the operator
+    // lifted meanwhile is found out before that step runs against the host.
     let mut early = None;
-    if steps.first() == Some(&Step::XdpBan) {
+    if steps.first() == Some(&Step::XdpBan)
+        || (steps.contains(&Step::XdpBan)
+            && shared.book().would_refuse(&ev.source, ev.kernel_banned))
+    {
         early = Some(scan_ban(shared, eff, &ev, mode, now));
     }
     let name = resolve(shared, eff, ev.ip).await;
@@ -208,9 +213,13 @@ async fn respond(
     if block == BlockMode::ReportOnly {
         log.notice(&alert::ignoring_response(ev.proto()));
     }
+    // Refused or lifted already: no step runs against the host.
+    if early == Some(Ban::Refused) {
+        return;
+    }
     // The host's undo steps of a ban lifted before this one end first.
     seated.after_the_job_before().await;
-    for step in &steps {
+    for (i, step) in steps.iter().enumerate() {
         if *step == Step::XdpBan {
             match early
                 .take()
@@ -218,8 +227,19 @@ async fn respond(
             {
                 Ban::Done => banned = true,
                 Ban::Failed => continue,
-                // The guard protects the host: no kill command runs against it.
-                Ban::Refused => return,
+                // The guard protects the host, or the operator lifted the ban while
+                // KILL_RUN_CMD ran before it: what ran is undone (UNKILL_RUN_CMD), and
+                // no other kill command runs.
+                Ban::Refused => {
+                    if i > 0 {
+                        for undo in actions::undo_plan(c, &target) {
+                            if matches!(undo, Step::RunCmd(_)) {
+                                run_step(&shared.log, &shared.metrics, c, ev.ip, &undo, true).await;
+                            }
+                        }
+                    }
+                    return;
+                }
             }
             // A source counted by its network (SOURCE_PREFIX_V6) is banned with it: the
             // line names the network (the other lines its address, as PortSentry's).
