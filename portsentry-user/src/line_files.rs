@@ -72,10 +72,15 @@ fn stopped(path: &Path) -> io::Error {
 /// The writer thread's end of the edits, once started.
 static WRITER: Mutex<Option<mpsc::UnboundedSender<Edit>>> = Mutex::new(None);
 
-/// Hands `edit` to the writer thread, started at the first edit, and again when it is
-/// gone (a failed start is tried again at the next edit).
+/// Hands `edit` to the daemon's writer thread ([`send_to`]).
 fn send(edit: Edit) -> io::Result<()> {
-    let mut writer = WRITER.lock().unwrap_or_else(|e| e.into_inner());
+    send_to(&WRITER, edit)
+}
+
+/// Hands `edit` to the writer thread of `slot`, started at the first edit, and again
+/// when it is gone (a failed start is tried again at the next edit).
+fn send_to(slot: &Mutex<Option<mpsc::UnboundedSender<Edit>>>, edit: Edit) -> io::Result<()> {
+    let mut writer = slot.lock().unwrap_or_else(|e| e.into_inner());
     let edit = match writer.as_ref() {
         Some(tx) => match tx.send(edit) {
             Ok(()) => return Ok(()),
@@ -329,18 +334,33 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// A writer thread gone (a panic) is replaced at the next edit, which is made.
+    /// A writer thread gone (a panic) is replaced at the next edit, which is made (a
+    /// writer of the test's own, not the daemon's the other tests use).
     #[tokio::test]
     async fn a_writer_gone_is_started_again() {
         let dir = fsutil::temp_dir("line-files-restart");
         let history = dir.join("history");
-        append(&history, "one").await.unwrap();
+        let slot = Mutex::new(None);
+        let edit = |line: &str| {
+            let (done, answer) = oneshot::channel();
+            let edit = Edit {
+                path: history.clone(),
+                line: line.to_string(),
+                done: Done::Append(done),
+            };
+            (edit, answer)
+        };
+        let (one, answer) = edit("one");
+        send_to(&slot, one).unwrap();
+        answer.await.unwrap().unwrap();
         {
             let (tx, rx) = mpsc::unbounded_channel();
             drop(rx);
-            *WRITER.lock().unwrap() = Some(tx);
+            *slot.lock().unwrap() = Some(tx);
         }
-        append(&history, "two").await.unwrap();
+        let (two, answer) = edit("two");
+        send_to(&slot, two).unwrap();
+        answer.await.unwrap().unwrap();
         assert_eq!(std::fs::read_to_string(&history).unwrap(), "one\ntwo\n");
         std::fs::remove_dir_all(&dir).unwrap();
     }

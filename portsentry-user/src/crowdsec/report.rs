@@ -167,19 +167,23 @@ impl Outbox {
     /// An unban first takes back the report of its ban when that is still waiting (not
     /// being sent): the fleet never gets a ban the operator lifted here, and the unban
     /// has its place even in a full queue, which would otherwise drop it and send the
-    /// ban. The unban is still queued: a decision of an earlier ban may be there.
+    /// ban. The unban is still queued: a decision of an earlier ban may be there. The
+    /// unban of a ban being sent goes in over the limit (by at most a batch): the ban
+    /// reaches the fleet, and its unban must follow it.
     pub fn push(&self, item: Item) -> bool {
         let mut q = self.queue.lock().expect("outbox lock");
+        let mut room = q.items.len() < QUEUE_LIMIT;
         if let Item::Unban { net, scenario } = &item {
-            let waiting = q.items.iter().skip(q.sending).position(
-                |i| matches!(i, Item::Ban { net: n, scenario: s, .. } if n == net && s == scenario),
-            );
-            if let Some(i) = waiting {
+            let its_ban = |i: &Item| matches!(i, Item::Ban { net: n, scenario: s, .. } if n == net && s == scenario);
+            if let Some(i) = q.items.iter().skip(q.sending).position(its_ban) {
                 let at = q.sending + i;
                 q.items.remove(at);
+                room = true;
+            } else if q.items.iter().take(q.sending).any(its_ban) {
+                room = true;
             }
         }
-        if q.items.len() >= QUEUE_LIMIT {
+        if !room {
             self.overflow.fetch_add(1, Ordering::Relaxed);
             return false;
         }
@@ -233,10 +237,20 @@ impl Outbox {
         for item in saved.into_iter().rev() {
             q.items.push_front(Item::from(item));
         }
-        // The newest beyond the limit are dropped, and counted, as a push over it.
-        let over = q.items.len().saturating_sub(QUEUE_LIMIT);
-        q.items.truncate(QUEUE_LIMIT);
-        self.overflow.fetch_add(over as u64, Ordering::Relaxed);
+        // The newest bans beyond the limit are dropped, and counted, as a push over it
+        // would; an unban is kept, as a push keeps it.
+        let mut over = q.items.len().saturating_sub(QUEUE_LIMIT);
+        let mut dropped = 0;
+        let mut at = q.items.len();
+        while over > 0 && at > 0 {
+            at -= 1;
+            if matches!(q.items[at], Item::Ban { .. }) {
+                q.items.remove(at);
+                over -= 1;
+                dropped += 1;
+            }
+        }
+        self.overflow.fetch_add(dropped, Ordering::Relaxed);
         // Written as it is, so not again until it changes.
         *self.saved.lock().expect("outbox save lock") = q.changes;
         drop(q);
@@ -274,6 +288,12 @@ impl Outbox {
         };
         q.sending = next.len();
         next
+    }
+
+    /// The reports [`Outbox::next`] gave were not sent (they are tried again): none is
+    /// being sent meanwhile, and an unban may take its ban back.
+    fn not_sent(&self) {
+        self.queue.lock().expect("outbox lock").sending = 0;
     }
 
     /// The first `n` reports were sent.
@@ -387,6 +407,9 @@ impl Reporter {
             let Some(t) = token.clone() else { continue };
             let sent = self.send(&t, &batch, &host).await;
             let was_fresh = std::mem::replace(&mut fresh, false);
+            if sent.is_err() {
+                self.outbox.not_sent();
+            }
             match sent {
                 Ok(()) => {
                     self.outbox.done(batch.len());
@@ -547,7 +570,8 @@ mod tests {
 
     /// The Local API away, the queue full of bans: the operator's unban of one takes
     /// back its report (never sent, so never enforced by the fleet) and is queued; a
-    /// ban being sent is not taken back, and its unban follows it.
+    /// ban being sent is not taken back, and its unban follows it over the limit; once
+    /// a send failed, its bans wait again and may be taken back.
     #[test]
     fn an_unban_takes_back_its_ban_still_waiting() {
         let o = Outbox::default();
@@ -561,25 +585,51 @@ mod tests {
             o.push(unban(&net(QUEUE_LIMIT - 1))),
             "queued in a full queue"
         );
-        assert_eq!(o.take_overflow(), 0);
-        assert!(!o.push(unban(&net(0))), "its ban is being sent: no room");
+        assert!(
+            o.push(unban(&net(0))),
+            "its ban is being sent: over the limit"
+        );
+        assert!(
+            !o.push(unban("192.0.2.1/32")),
+            "no ban of it queued: no room"
+        );
         assert_eq!(o.take_overflow(), 1);
         let q: Vec<Item> = o.queue.lock().unwrap().items.iter().cloned().collect();
-        assert_eq!(q.len(), QUEUE_LIMIT);
+        assert_eq!(q.len(), QUEUE_LIMIT + 1);
         assert!(!q.contains(&ban(&net(QUEUE_LIMIT - 1), None)), "taken back");
         assert_eq!(q[..BATCH], sending[..], "the batch being sent is untouched");
-        assert_eq!(q.last(), Some(&unban(&net(QUEUE_LIMIT - 1))));
-        o.done(BATCH);
+        assert_eq!(
+            q[QUEUE_LIMIT - 1..],
+            [unban(&net(QUEUE_LIMIT - 1)), unban(&net(0))]
+        );
+        // Restored over the limit (a queue saved with unbans over it): the newest bans
+        // beyond it are dropped, never an unban.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("reports.json");
+        o.save(&file).unwrap();
+        let again = Outbox::default();
+        assert_eq!(again.restore(&file).unwrap(), o.len());
+        let restored = &again.queue.lock().unwrap().items;
+        assert!(restored.len() <= QUEUE_LIMIT);
+        let unbans =
+            |q: &VecDeque<Item>| q.iter().filter(|i| matches!(i, Item::Unban { .. })).count();
+        assert_eq!(unbans(restored), unbans(&o.queue.lock().unwrap().items));
+        // The send failed: its bans wait again, and an unban takes one back.
+        o.not_sent();
+        assert!(o.push(unban(&net(1))));
+        assert!(!o.queue.lock().unwrap().items.contains(&ban(&net(1), None)));
+        let sending = o.next();
+        o.done(sending.len());
         // Sent: the next unban of a waiting ban takes it back again.
-        assert!(o.push(unban(&net(BATCH))));
+        assert!(o.push(unban(&net(BATCH + 5))));
         // Another scenario's unban of an address does not take its ban back.
         assert!(o.push(Item::Unban {
-            net: net(BATCH + 1).parse().unwrap(),
+            net: net(BATCH + 6).parse().unwrap(),
             scenario: scenario(None, true),
         }));
         let q = &o.queue.lock().unwrap().items;
-        assert!(!q.contains(&ban(&net(BATCH), None)));
-        assert!(q.contains(&ban(&net(BATCH + 1), None)));
+        assert!(!q.contains(&ban(&net(BATCH + 5), None)));
+        assert!(q.contains(&ban(&net(BATCH + 6), None)));
     }
 
     /// The reports not yet sent outlive a restart, in their order and before those

@@ -213,12 +213,14 @@ async fn respond(
     if block == BlockMode::ReportOnly {
         log.notice(&alert::ignoring_response(ev.proto()));
     }
+    // The host's undo steps of a ban lifted before this one end first (a refused
+    // response too: ended before them, it would let the host's next job start while
+    // they still run).
+    seated.after_the_job_before().await;
     // Refused or lifted already: no step runs against the host.
     if early == Some(Ban::Refused) {
         return;
     }
-    // The host's undo steps of a ban lifted before this one end first.
-    seated.after_the_job_before().await;
     for (i, step) in steps.iter().enumerate() {
         if *step == Step::XdpBan {
             match early
