@@ -11,8 +11,8 @@ use portsentry_tests::{
     netns::TestNet,
     require_kernel,
     scenario::{
-        RESPONSE_SLOTS, ban_nets, hold_every_response_slot, probe, reaches, slow_route, start,
-        status,
+        RESPONSE_SLOTS, ban_nets, banned, hold_every_response_slot, probe, reaches, slow_route,
+        start, status,
     },
 };
 
@@ -330,5 +330,67 @@ fn a_run_command_first_is_undone_when_the_guard_refuses_the_ban_after_it() {
     );
     assert!(!wd.read("order").contains(&format!("route {a}\n")));
     assert!(reaches(&net, a));
+    assert!(d.stop().success());
+}
+
+/// A scanner whose response waited while it was added to the ignore list is refused,
+/// and released: taken off the list again, its next scan is acted on. (It was kept as
+/// "acted on" for good: the ban the program made at its next scan stayed in force with
+/// nothing logged and no kill command run.)
+#[test]
+fn a_scanner_refused_while_ignored_is_banned_once_off_the_list() {
+    require_kernel!();
+    let net = TestNet::new(RESPONSE_SLOTS as u8);
+    let wd = Workdir::new();
+    wd.config(
+        &net.server_if,
+        &format!("MAX_BANS_PER_SEC=\"0\"\n{}", slow_route(&wd)),
+    );
+    let _svc = net
+        .server
+        .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
+    let d = start(&net, &wd);
+    hold_every_response_slot(&net, &wd, &d);
+    let last = net.attacker_v4[RESPONSE_SLOTS];
+    probe(&net, last);
+    // Its response waits for a slot; the daemon has the event.
+    std::thread::sleep(Duration::from_secs(1));
+    let ignore = wd.path("portsentry.ignore");
+    std::fs::write(&ignore, format!("{last}\n")).unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_for("reloaded", Duration::from_secs(5));
+    d.wait_for(
+        &format!("ban the kernel made of {last}"),
+        Duration::from_secs(15),
+    );
+    assert!(reaches(&net, last), "refused, so not banned");
+    assert!(!wd.read("order").contains(&format!("route {last}\n")));
+
+    std::fs::write(&ignore, "").unwrap();
+    d.signal(libc::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(5), || d
+            .lines()
+            .iter()
+            .filter(|l| l.contains("reloaded"))
+            .count()
+            == 2),
+        "{}",
+        d.lines().join("\n")
+    );
+    probe(&net, last);
+    d.wait_for(
+        &format!("Host {last} has been blocked via XDP drop"),
+        Duration::from_secs(10),
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || wd
+            .read("order")
+            .contains(&format!("route {last}\n"))),
+        "{}",
+        wd.read("order")
+    );
+    assert!(!reaches(&net, last));
+    assert!(banned(&wd, last), "the ban is on record");
     assert!(d.stop().success());
 }

@@ -325,6 +325,18 @@ fn scan_ban(
     let refused = put.as_ref().err().is_some_and(|e| {
         e.downcast_ref::<Refusal>().is_some() || e.downcast_ref::<LiftedMeanwhile>().is_some()
     });
+    // Unbanned by the operator before it was recorded, or protected now (added to the
+    // ignore list while the response waited): the host is released, as an unban
+    // releases it, so that its next scan is acted on once nothing protects it (and a
+    // ban the program makes then taken over, not left in the kernel unrecorded). While
+    // it is protected the program does not count it.
+    if refused {
+        shared
+            .handled
+            .lock()
+            .expect("handled lock")
+            .retain(|ip| *ip != ev.ip);
+    }
     match put {
         Ok(()) => {
             shared.metrics.ban_added(BanOrigin::Scan);
@@ -333,14 +345,6 @@ fn scan_ban(
         }
         Err(e) if e.downcast_ref::<LiftedMeanwhile>().is_some() => {
             shared.log.notice(&format!("portsentry: {e}"));
-            // Unbanned by the operator before it was recorded: the host is released, as
-            // an unban releases it, so that its next scan is acted on (and a ban the
-            // program makes again taken over).
-            shared
-                .handled
-                .lock()
-                .expect("handled lock")
-                .retain(|ip| *ip != ev.ip);
         }
         Err(e) if refused && ev.kernel_banned => shared.log.warn(&format!(
             "portsentry: lifted the ban the kernel made of {}: {e:#}",
