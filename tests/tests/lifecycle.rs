@@ -511,6 +511,94 @@ fn a_host_banned_again_runs_its_kill_commands_after_the_undo_of_its_last_ban() {
     assert!(d.stop().success());
 }
 
+/// A response that stops before its first step (its ban lifted while it waited for a
+/// slot) still ends after the host's undo steps that were running: ended before them,
+/// it let the host's next response run its kill commands while the undo still ran
+/// (and have them undone by it).
+#[test]
+fn a_response_stopped_before_its_steps_keeps_the_hosts_next_after_the_undo() {
+    require_kernel!();
+    let net = TestNet::new(RESPONSE_SLOTS as u8);
+    let wd = Workdir::new();
+    let order = wd.path("order").display().to_string();
+    wd.config(
+        &net.server_if,
+        &format!(
+            "BAN_TIME=\"1h\"\nMAX_BANS_PER_SEC=\"0\"\n{}\
+             UNKILL_ROUTE=\"echo unroute-start $TARGET$ >> {order}; sleep 12; \
+             echo unroute-end $TARGET$ >> {order}\"\n",
+            slow_route(&wd)
+        ),
+    );
+    let _svc = net
+        .server
+        .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
+    let d = start(&net, &wd);
+    let host = net.attacker_v4[RESPONSE_SLOTS];
+    let routes = || {
+        wd.read("order")
+            .lines()
+            .filter(|l| l.starts_with("route "))
+            .count()
+    };
+    // Banned; its response (a four-second KILL_ROUTE) ends.
+    probe(&net, host);
+    assert!(wait_until(Duration::from_secs(10), || routes() == 1));
+    std::thread::sleep(Duration::from_millis(4500));
+    // Unbanned: the undo runs for twelve seconds, in a slot of its own.
+    let (ok, out, err) = wd.cli(&["unban", &host.to_string()]);
+    assert!(ok, "{out}{err}");
+    assert!(wait_until(Duration::from_secs(5), || wd
+        .read("order")
+        .contains(&format!("unroute-start {host}\n"))));
+    // Every other slot held for four seconds.
+    let net_ref = &net;
+    std::thread::scope(|s| {
+        for ip in &net.attacker_v4[..RESPONSE_SLOTS - 1] {
+            s.spawn(move || probe(net_ref, *ip));
+        }
+    });
+    assert!(
+        wait_until(Duration::from_secs(10), || routes() == RESPONSE_SLOTS),
+        "{}",
+        d.lines().join("\n")
+    );
+    // Banned by the program again; its response waits for a slot, and its ban is lifted
+    // meanwhile: the response stops when it gets one.
+    probe(&net, host);
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, out, err) = wd.cli(&["unban", &host.to_string()]);
+    assert!(ok && out.contains("not yet recorded"), "{out}{err}");
+    d.wait_for(
+        &format!("the ban the kernel made of {host}/32 was lifted before it was taken over"),
+        Duration::from_secs(15),
+    );
+    // Banned a third time while the undo still runs: its kill commands wait for it.
+    assert!(!wd.read("order").contains(&format!("unroute-end {host}\n")));
+    probe(&net, host);
+    let mine = || {
+        wd.read("order")
+            .lines()
+            .filter(|l| l.ends_with(&format!(" {host}")))
+            .map(|l| l.split(' ').next().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || mine().len() == 4),
+        "{:?}\n{}",
+        mine(),
+        d.lines().join("\n")
+    );
+    assert_eq!(
+        mine(),
+        ["route", "unroute-start", "unroute-end", "route"],
+        "{}",
+        wd.read("order")
+    );
+    assert!(!reaches(&net, host));
+    assert!(d.stop().success());
+}
+
 /// A server whose sixteen response slots all run a slow KILL_ROUTE (sixteen scanners),
 /// and a seventeenth scanner the program banned, whose response waits for a slot (its
 /// ban not recorded yet). Returns that scanner and its "blocked via XDP drop" line.
