@@ -51,7 +51,8 @@ pub fn append_line(path: &Path, line: &str) -> io::Result<()> {
 /// [`append_line`] of several lines, in one write and one fsync: all are refused when
 /// one holds a newline ([`check_line`]). A file whose last line has no newline (an
 /// editor's) gets one first, so the first line is not glued to it; a write that fails
-/// part way is cut off again, so no part of a line stays to be glued to the next.
+/// part way is cut off again ([`cut_back`]), so no part of a line stays to be glued to
+/// the next.
 pub fn append_lines(path: &Path, lines: &[&str]) -> io::Result<()> {
     for line in lines {
         check_line(path, line)?;
@@ -79,13 +80,45 @@ pub fn append_lines(path: &Path, lines: &[&str]) -> io::Result<()> {
             bytes.extend_from_slice(line.as_bytes());
             bytes.push(b'\n');
         }
-        if let Err(e) = file.write_all(&bytes) {
-            let _ = file.set_len(len);
-            return Err(e);
+        let mut done = 0;
+        while done < bytes.len() {
+            match file.write(&bytes[done..]) {
+                Ok(0) => {
+                    cut_back(&file, &bytes[..done]);
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    cut_back(&file, &bytes[..done]);
+                    return Err(e);
+                }
+            }
         }
         file.sync_all()
     };
     append().map_err(|e| path_error(path, e))
+}
+
+/// After a write that failed part way: removes `written`, the part written, from the end
+/// of the file, when it is still the end. Not when another program appended after it
+/// (cutting at the length before the write would take that program's lines too, as it
+/// would a line appended between the length read and the write).
+fn cut_back(file: &File, written: &[u8]) {
+    if written.is_empty() {
+        return;
+    }
+    let Ok(end) = file.metadata().map(|m| m.len()) else {
+        return;
+    };
+    let n = written.len() as u64;
+    if end < n {
+        return;
+    }
+    let mut tail = vec![0; written.len()];
+    if file.read_exact_at(&mut tail, end - n).is_ok() && tail == written {
+        let _ = file.set_len(end - n);
+    }
 }
 
 /// A line to append must be one line: an error naming `path` when it holds a newline.
@@ -245,6 +278,35 @@ mod tests {
 
     fn is_eloop(e: &io::Error) -> bool {
         e.kind() == io::Error::from_raw_os_error(libc::ELOOP).kind()
+    }
+
+    #[test]
+    fn a_part_written_is_cut_back_only_while_it_ends_the_file() {
+        let dir = crate::fsutil::temp_dir("fsutil-cut-back");
+        let deny = dir.join("hosts.deny");
+        let open = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&deny)
+                .unwrap()
+        };
+        std::fs::write(&deny, "ALL: 192.0.2.1 : DENY\nALL: 192.0").unwrap();
+        cut_back(&open(), b"ALL: 192.0");
+        assert_eq!(
+            std::fs::read_to_string(&deny).unwrap(),
+            "ALL: 192.0.2.1 : DENY\n"
+        );
+        // Another program appended after the part: nothing is cut (cut at the length
+        // before the write, its line would go too).
+        let kept = "ALL: 192.0.2.1 : DENY\nALL: 192.0sshd: 198.51.100.9\n";
+        std::fs::write(&deny, kept).unwrap();
+        cut_back(&open(), b"ALL: 192.0");
+        assert_eq!(std::fs::read_to_string(&deny).unwrap(), kept);
+        // Nothing written, nothing cut.
+        cut_back(&open(), b"");
+        assert_eq!(std::fs::read_to_string(&deny).unwrap(), kept);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
