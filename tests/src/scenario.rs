@@ -52,6 +52,45 @@ pub fn hold_every_response_slot(net: &TestNet, wd: &Workdir, d: &Daemon) {
     );
 }
 
+/// A server whose sixteen response slots all run a slow KILL_ROUTE
+/// ([`a_response_waiting`]), and the seventeenth scanner, whose response waits for a
+/// slot.
+pub struct WaitingResponse {
+    pub net: TestNet,
+    pub wd: Workdir,
+    pub d: Daemon,
+    /// The seventeenth scanner.
+    pub last: IpAddr,
+    /// The service on port 80.
+    pub svc: std::net::TcpListener,
+}
+
+/// A server (MAX_BANS_PER_SEC="0", [`slow_route`], the lines `extra` makes of its
+/// workdir, a service on port 80) with every response slot held
+/// ([`hold_every_response_slot`]), and a seventeenth scanner that probed once a
+/// second ago: the daemon has its event, and its response waits for a slot.
+pub fn a_response_waiting(extra: impl FnOnce(&Workdir) -> String) -> WaitingResponse {
+    let net = TestNet::new(RESPONSE_SLOTS as u8);
+    let wd = Workdir::new();
+    let lines = format!("MAX_BANS_PER_SEC=\"0\"\n{}{}", slow_route(&wd), extra(&wd));
+    wd.config(&net.server_if, &lines);
+    let svc = net
+        .server
+        .enter(|| std::net::TcpListener::bind("0.0.0.0:80").unwrap());
+    let d = start(&net, &wd);
+    hold_every_response_slot(&net, &wd, &d);
+    let last = net.attacker_v4[RESPONSE_SLOTS];
+    probe(&net, last);
+    std::thread::sleep(Duration::from_secs(1));
+    WaitingResponse {
+        net,
+        wd,
+        d,
+        last,
+        svc,
+    }
+}
+
 /// Starts the workdir's daemon in the server namespace.
 pub fn start(net: &TestNet, wd: &Workdir) -> Daemon {
     Daemon::start(&net.server, &["run", "-c", wd.conf().to_str().unwrap()])

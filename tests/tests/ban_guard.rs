@@ -7,12 +7,11 @@
 use std::{net::TcpListener, time::Duration};
 
 use portsentry_tests::{
-    daemon::{Workdir, wait_until},
+    daemon::{Daemon, Workdir, wait_until},
     netns::TestNet,
     require_kernel,
     scenario::{
-        RESPONSE_SLOTS, ban_nets, banned, hold_every_response_slot, probe, reaches, slow_route,
-        start, status,
+        WaitingResponse, a_response_waiting, ban_nets, banned, probe, reaches, start, status,
     },
 };
 
@@ -36,6 +35,32 @@ fn accepted(wd: &Workdir, args: &[&str], env: &[(&str, &str)]) {
 fn unban(wd: &Workdir, target: &str) {
     let (ok, _, err) = wd.cli(&["unban", target]);
     assert!(ok, "unban {target}: {err}");
+}
+
+/// Writes the ignore file and has the daemon reload it (SIGHUP); returns once it did.
+fn reload_ignore_list(wd: &Workdir, d: &Daemon, list: &str) {
+    let reloads = || d.lines().iter().filter(|l| l.contains("reloaded")).count();
+    let before = reloads();
+    std::fs::write(wd.path("portsentry.ignore"), list).unwrap();
+    d.signal(libc::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(5), || reloads() > before),
+        "{}",
+        d.lines().join("\n")
+    );
+}
+
+/// Waits until the workdir's file `order` has the line `line`.
+fn wait_ordered(wd: &Workdir, d: &Daemon, line: &str, secs: u64) {
+    assert!(
+        wait_until(Duration::from_secs(secs), || wd
+            .read("order")
+            .lines()
+            .any(|l| l == line)),
+        "no {line:?} in order:\n{}\nlog:\n{}",
+        wd.read("order"),
+        d.lines().join("\n")
+    );
 }
 
 #[test]
@@ -246,30 +271,19 @@ fn bans_kept_from_before_that_cover_protected_addresses_are_not_enforced() {
 #[test]
 fn a_run_command_first_never_runs_against_a_host_the_guard_protects() {
     require_kernel!();
-    let net = TestNet::new(RESPONSE_SLOTS as u8);
-    let wd = Workdir::new();
-    let order = wd.path("order").display().to_string();
-    wd.config(
-        &net.server_if,
-        &format!(
-            "MAX_BANS_PER_SEC=\"0\"\nKILL_RUN_CMD_FIRST=\"1\"\n\
-             KILL_RUN_CMD=\"echo run $TARGET$ >> {order}\"\n{}",
-            slow_route(&wd)
-        ),
-    );
-    let _svc = net
-        .server
-        .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
-    let d = start(&net, &wd);
-    hold_every_response_slot(&net, &wd, &d);
-    let last = net.attacker_v4[RESPONSE_SLOTS];
-    probe(&net, last);
-    // Its response waits for a slot (nothing logged yet); the daemon has the event.
-    std::thread::sleep(Duration::from_secs(1));
+    let WaitingResponse {
+        net,
+        wd,
+        d,
+        last,
+        svc: _svc,
+    } = a_response_waiting(|wd| {
+        let order = wd.path("order").display().to_string();
+        format!("KILL_RUN_CMD_FIRST=\"1\"\nKILL_RUN_CMD=\"echo run $TARGET$ >> {order}\"\n")
+    });
+    // Nothing run yet: its response waits for a slot.
     assert!(!wd.read("order").contains(&format!("run {last}\n")));
-    std::fs::write(wd.path("portsentry.ignore"), format!("{last}\n")).unwrap();
-    d.signal(libc::SIGHUP);
-    d.wait_for("reloaded", Duration::from_secs(5));
+    reload_ignore_list(&wd, &d, &format!("{last}\n"));
     d.wait_for(
         &format!("portsentry: not banning {last}"),
         Duration::from_secs(15),
@@ -307,27 +321,13 @@ fn a_run_command_first_is_undone_when_the_guard_refuses_the_ban_after_it() {
     let d = start(&net, &wd);
     let a = net.attacker_v4[0];
     probe(&net, a);
-    assert!(
-        wait_until(Duration::from_secs(5), || wd
-            .read("order")
-            .contains(&format!("run {a}\n"))),
-        "{}",
-        d.lines().join("\n")
-    );
-    std::fs::write(wd.path("portsentry.ignore"), format!("{a}\n")).unwrap();
-    d.signal(libc::SIGHUP);
-    d.wait_for("reloaded", Duration::from_secs(5));
+    wait_ordered(&wd, &d, &format!("run {a}"), 5);
+    reload_ignore_list(&wd, &d, &format!("{a}\n"));
     d.wait_for(
         &format!("portsentry: not banning {a}"),
         Duration::from_secs(10),
     );
-    assert!(
-        wait_until(Duration::from_secs(5), || wd
-            .read("order")
-            .contains(&format!("unrun {a}\n"))),
-        "{}",
-        wd.read("order")
-    );
+    wait_ordered(&wd, &d, &format!("unrun {a}"), 5);
     assert!(!wd.read("order").contains(&format!("route {a}\n")));
     assert!(reaches(&net, a));
     assert!(d.stop().success());
@@ -340,25 +340,14 @@ fn a_run_command_first_is_undone_when_the_guard_refuses_the_ban_after_it() {
 #[test]
 fn a_scanner_refused_while_ignored_is_banned_once_off_the_list() {
     require_kernel!();
-    let net = TestNet::new(RESPONSE_SLOTS as u8);
-    let wd = Workdir::new();
-    wd.config(
-        &net.server_if,
-        &format!("MAX_BANS_PER_SEC=\"0\"\n{}", slow_route(&wd)),
-    );
-    let _svc = net
-        .server
-        .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
-    let d = start(&net, &wd);
-    hold_every_response_slot(&net, &wd, &d);
-    let last = net.attacker_v4[RESPONSE_SLOTS];
-    probe(&net, last);
-    // Its response waits for a slot; the daemon has the event.
-    std::thread::sleep(Duration::from_secs(1));
-    let ignore = wd.path("portsentry.ignore");
-    std::fs::write(&ignore, format!("{last}\n")).unwrap();
-    d.signal(libc::SIGHUP);
-    d.wait_for("reloaded", Duration::from_secs(5));
+    let WaitingResponse {
+        net,
+        wd,
+        d,
+        last,
+        svc: _svc,
+    } = a_response_waiting(|_| String::new());
+    reload_ignore_list(&wd, &d, &format!("{last}\n"));
     d.wait_for(
         &format!("ban the kernel made of {last}"),
         Duration::from_secs(15),
@@ -366,30 +355,13 @@ fn a_scanner_refused_while_ignored_is_banned_once_off_the_list() {
     assert!(reaches(&net, last), "refused, so not banned");
     assert!(!wd.read("order").contains(&format!("route {last}\n")));
 
-    std::fs::write(&ignore, "").unwrap();
-    d.signal(libc::SIGHUP);
-    assert!(
-        wait_until(Duration::from_secs(5), || d
-            .lines()
-            .iter()
-            .filter(|l| l.contains("reloaded"))
-            .count()
-            == 2),
-        "{}",
-        d.lines().join("\n")
-    );
+    reload_ignore_list(&wd, &d, "");
     probe(&net, last);
     d.wait_for(
         &format!("Host {last} has been blocked via XDP drop"),
         Duration::from_secs(10),
     );
-    assert!(
-        wait_until(Duration::from_secs(10), || wd
-            .read("order")
-            .contains(&format!("route {last}\n"))),
-        "{}",
-        wd.read("order")
-    );
+    wait_ordered(&wd, &d, &format!("route {last}"), 10);
     assert!(!reaches(&net, last));
     assert!(banned(&wd, last), "the ban is on record");
     assert!(d.stop().success());

@@ -14,8 +14,8 @@ use portsentry_tests::{
     netns::{TestNet, tcp_connect},
     require_kernel,
     scenario::{
-        RESPONSE_SLOTS, ban_nets, hold_every_response_slot, probe, reaches, slow_route, start,
-        status, wait_banned,
+        RESPONSE_SLOTS, WaitingResponse, a_response_waiting, ban_nets, probe, reaches, slow_route,
+        start, status, wait_banned,
     },
 };
 
@@ -599,27 +599,18 @@ fn a_response_stopped_before_its_steps_keeps_the_hosts_next_after_the_undo() {
     assert!(d.stop().success());
 }
 
-/// A server whose sixteen response slots all run a slow KILL_ROUTE (sixteen scanners),
-/// and a seventeenth scanner the program banned, whose response waits for a slot (its
-/// ban not recorded yet). Returns that scanner and its "blocked via XDP drop" line.
+/// [`a_response_waiting`] with bans of an hour: the seventeenth scanner's ban, made by
+/// the program, is not recorded yet. Returns that scanner and its "blocked via XDP
+/// drop" line.
 fn a_ban_waiting_to_be_recorded() -> (TestNet, Workdir, TcpListener, Daemon, IpAddr, String) {
-    let net = TestNet::new(RESPONSE_SLOTS as u8);
-    let wd = Workdir::new();
-    wd.config(
-        &net.server_if,
-        &format!(
-            "BAN_TIME=\"1h\"\nMAX_BANS_PER_SEC=\"0\"\n{}",
-            slow_route(&wd)
-        ),
-    );
-    let svc = net
-        .server
-        .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
-    let d = start(&net, &wd);
-    hold_every_response_slot(&net, &wd, &d);
-    let last = net.attacker_v4[RESPONSE_SLOTS];
+    let WaitingResponse {
+        net,
+        wd,
+        d,
+        last,
+        svc,
+    } = a_response_waiting(|_| "BAN_TIME=\"1h\"\n".to_string());
     let blocked = format!("Host {last} has been blocked via XDP drop");
-    probe(&net, last);
     assert!(!reaches(&net, last), "the program banned it at once");
     assert!(
         !d.lines().iter().any(|l| l.contains(&blocked)),
