@@ -146,6 +146,9 @@ struct Disk {
     /// failed: the rename (and the changes only in the new file) may not survive a
     /// power loss until the next write syncs the directory first.
     dir_unsynced: bool,
+    /// The last compaction's snapshot, in bytes (0 before one): what the bans need,
+    /// their names included.
+    compacted: u64,
 }
 
 struct Inner {
@@ -299,8 +302,11 @@ impl Journal {
             write_new(&tmp, &encode_store(&store))
                 .with_context(|| format!("writing {}", tmp.display()))?;
             fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-            sync_dir(state_dir).with_context(|| format!("syncing {}", state_dir.display()))?;
         }
+        // Every start: a rename the last process made (a compaction's, cut short between
+        // its rename and the directory's fsync, or a start's above) is on disk before a
+        // change appended to the file it named is acknowledged.
+        sync_dir(state_dir).with_context(|| format!("syncing {}", state_dir.display()))?;
         // The journal is on disk before the old file goes aside.
         if let Some(to) = &opened.migrated {
             fs::rename(state::json_path(state_dir), to)
@@ -332,6 +338,7 @@ impl Journal {
                 len,
                 torn: false,
                 dir_unsynced: false,
+                compacted: 0,
             }),
             compacting: Mutex::new(false),
             fsyncs: 0.into(),
@@ -427,10 +434,16 @@ impl Journal {
     }
 
     /// Whether the file holds more than twice what `store` needs, plus 1 MiB, and no
-    /// compaction runs.
+    /// compaction runs. What it needs is a record per ban and per count kept, or the
+    /// last compaction's snapshot when larger (the hosts' names are in it): else a
+    /// store with long names would be compacted again at every housekeeping.
     pub fn wants_compaction(&self, store: &BanStore) -> bool {
-        let need = (store.len() + store.previous_len()) * PUT_SIZE;
-        self.bytes() > 2 * need as u64 + (1 << 20) && !*lock(&self.0.compacting)
+        let records = ((store.len() + store.previous_len()) * PUT_SIZE) as u64;
+        let (len, compacted) = {
+            let disk = lock(&self.0.disk);
+            (disk.len, disk.compacted)
+        };
+        len > 2 * records.max(compacted) + (1 << 20) && !*lock(&self.0.compacting)
     }
 
     /// Compacts the journal to `store` in the background. The caller holds the book
@@ -638,6 +651,7 @@ impl Inner {
             len,
             torn: false,
             dir_unsynced: false,
+            compacted: snapshot.len() as u64,
         };
         p.buf.clear();
         p.generation += 1;

@@ -724,3 +724,36 @@ fn damaged_copies_do_not_overwrite_each_other() {
         );
     }
 }
+
+/// A store whose hosts' names take more room than their bans is not compacted again at
+/// once: the trigger counts the last snapshot, names included (it counted a record per
+/// ban, and housekeeping compacted such a journal every second).
+#[test]
+fn a_journal_of_long_names_is_not_compacted_again_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, mut store, _) = Journal::open(dir.path()).unwrap();
+    let name = "h".repeat(200);
+    for i in 0..20_000u32 {
+        let b = ban(
+            &format!("10.{}.{}.{}/32", i >> 16, (i >> 8) & 255, i & 255),
+            1,
+        );
+        store.insert(b);
+        j.put(&b);
+        store.set_name(&b.net, &name);
+        j.name(&b.net, &name);
+    }
+    j.wait(j.last()).unwrap();
+    assert!(j.wants_compaction(&store), "{} bytes", j.bytes());
+    let (tx, rx) = mpsc::channel();
+    j.compact(&store, move |r| {
+        tx.send(r.map_err(|e| e.to_string())).unwrap()
+    });
+    rx.recv().unwrap().unwrap();
+    assert!(
+        !j.wants_compaction(&store),
+        "compacted to {} bytes, and wanted again",
+        j.bytes()
+    );
+    j.close().unwrap();
+}
