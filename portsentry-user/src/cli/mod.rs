@@ -176,15 +176,17 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     config::parse_duration(s).map_err(|e| format!("{e} (write e.g. 3600, 90s, 30m, 12h, 7d)"))
 }
 
-/// An address or network: `192.0.2.7`, `192.0.2.0/24`, `2001:db8::/48`.
+/// An address or network: `192.0.2.7`, `192.0.2.0/24`, `2001:db8::/48`; an
+/// IPv4-mapped one (`::ffff:192.0.2.7`) as the IPv4 address it stands for.
 pub fn parse_target(s: &str) -> Result<ipnet::IpNet, String> {
     let s = s.trim();
-    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
-        return Ok(ipnet::IpNet::from(ip));
-    }
-    s.parse::<ipnet::IpNet>()
-        .map(|n| n.trunc())
-        .map_err(|_| format!("`{s}` is not an address or ADDR/PREFIX"))
+    let net = match s.parse::<std::net::IpAddr>() {
+        Ok(ip) => ipnet::IpNet::from(ip),
+        Err(_) => s
+            .parse::<ipnet::IpNet>()
+            .map_err(|_| format!("`{s}` is not an address or ADDR/PREFIX"))?,
+    };
+    Ok(crate::kernel::addr::canonical_net(net))
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -246,6 +248,18 @@ mod tests {
             .into_iter()
             .map(|s| s.into_string().unwrap())
             .collect()
+    }
+
+    #[test]
+    fn targets_are_read_as_the_kernel_keys_them() {
+        let t = |s| parse_target(s).map(|n| n.to_string());
+        assert_eq!(t(" 192.0.2.7 "), Ok("192.0.2.7/32".into()));
+        assert_eq!(t("192.0.2.7/24"), Ok("192.0.2.0/24".into()));
+        assert_eq!(t("2001:db8::7/48"), Ok("2001:db8::/48".into()));
+        // IPv4-mapped: one network with its IPv4 form, not a second record.
+        assert_eq!(t("::ffff:192.0.2.7"), Ok("192.0.2.7/32".into()));
+        assert_eq!(t("::ffff:192.0.2.0/120"), Ok("192.0.2.0/24".into()));
+        assert!(t("192.0.2").is_err());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::{
     path::Path,
 };
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 
 use super::{
     ConfigError,
@@ -137,15 +137,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 /// Host bits cleared; an IPv4-mapped IPv6 network of prefix 96 or more becomes IPv4.
 fn normalize(net: IpNet) -> IpNet {
-    let net = net.trunc();
-    if let IpNet::V6(v6) = net
-        && v6.prefix_len() >= 96
-        && let Some(v4) = v6.network().to_ipv4_mapped()
-    {
-        let v4 = Ipv4Net::new(v4, v6.prefix_len() - 96).expect("prefix length at most 32");
-        return IpNet::V4(v4.trunc());
-    }
-    net
+    crate::kernel::addr::canonical_net(net)
 }
 
 fn parse_entry(entry: &str) -> Result<IpNet, String> {

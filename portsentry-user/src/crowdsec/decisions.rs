@@ -13,6 +13,8 @@ use std::{borrow::Cow, net::IpAddr, time::Duration};
 use ipnet::IpNet;
 use serde_json::Value;
 
+use crate::kernel::addr::canonical_net;
+
 /// The longest decision taken: longer ones are absurd (a garbled duration) and skipped.
 pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
 
@@ -259,19 +261,15 @@ fn decision(f: &Fields<'_>, deleted: bool, filter: &Filter) -> Result<Decision, 
         // the ranges of a list under scope Ip. It is enforced as that network.
         match value.parse::<IpAddr>() {
             Ok(a) => IpNet::from(a),
-            Err(_) => value
-                .parse::<IpNet>()
-                .map_err(|_| Outcome::Invalid)?
-                .trunc(),
+            Err(_) => value.parse::<IpNet>().map_err(|_| Outcome::Invalid)?,
         }
     } else if scope.eq_ignore_ascii_case("range") {
-        value
-            .parse::<IpNet>()
-            .map_err(|_| Outcome::Invalid)?
-            .trunc()
+        value.parse::<IpNet>().map_err(|_| Outcome::Invalid)?
     } else {
         return Err(Outcome::OtherScope);
     };
+    // `::ffff:192.0.2.9` (a dual-stack service's log) is 192.0.2.9: one kernel entry.
+    let net = canonical_net(net);
     let (origin, scenario) = (text(&f.origin).to_owned(), text(&f.scenario).to_owned());
     let left = if deleted {
         go_duration(text(&f.duration)).unwrap_or_default()
@@ -355,6 +353,21 @@ mod tests {
         assert_eq!(d("1e400h"), None, "overflow");
         assert_eq!(to_go_duration(Duration::from_millis(3_598_800)), "3598s");
         assert_eq!(to_go_duration(Duration::ZERO), "1s");
+    }
+
+    /// An IPv4-mapped decision is the IPv4 network it stands for: the kernel keys both
+    /// alike, so two networks in the store would share (and one lift remove) one entry.
+    #[test]
+    fn an_ipv4_mapped_decision_is_its_ipv4_network() {
+        let body = br#"{"new":[
+            {"id":1,"origin":"cscli","scenario":"m","scope":"Ip","type":"ban","value":"::ffff:192.0.2.9","duration":"1h"},
+            {"id":2,"origin":"cscli","scenario":"m","scope":"Range","type":"ban","value":"::ffff:198.51.100.7/120","duration":"1h"},
+            {"id":3,"origin":"cscli","scenario":"m","scope":"Range","type":"ban","value":"::ffff:0:0/95","duration":"1h"}
+          ],"deleted":[{"id":4,"origin":"cscli","scenario":"m","scope":"Ip","type":"ban","value":"::ffff:192.0.2.5","duration":"-2s"}]}"#;
+        let a = read(body, &Filter::default()).unwrap();
+        let nets: Vec<String> = a.new.iter().map(|d| d.net.to_string()).collect();
+        assert_eq!(nets, ["192.0.2.9/32", "198.51.100.0/24", "::fffe:0:0/95"]);
+        assert_eq!(a.deleted[0].net.to_string(), "192.0.2.5/32");
     }
 
     #[test]

@@ -23,6 +23,23 @@ pub fn from_key(key: &Addr) -> IpAddr {
     }
 }
 
+/// The network `net` is in the kernel's key space, as the daemon names it: host bits
+/// cleared, and an IPv4-mapped IPv6 network of /96 or longer (`::ffff:192.0.2.0/120`)
+/// as the IPv4 network it stands for (`192.0.2.0/24`), whose key it shares. A ban, an
+/// ignore entry or a CrowdSec decision written either way is then one network, never
+/// two records over one kernel entry.
+pub fn canonical_net(net: IpNet) -> IpNet {
+    let net = net.trunc();
+    if let IpNet::V6(v6) = net
+        && v6.prefix_len() >= 96
+        && let Some(v4) = v6.network().to_ipv4_mapped()
+    {
+        let v4 = Ipv4Net::new(v4, v6.prefix_len() - 96).expect("prefix length at most 32");
+        return IpNet::V4(v4.trunc());
+    }
+    net
+}
+
 /// Prefix length and key of a network in the 128-bit key space (host bits cleared).
 pub fn net_key(net: &IpNet) -> (u32, Addr) {
     let net = net.trunc();
