@@ -366,3 +366,39 @@ fn a_scanner_refused_while_ignored_is_banned_once_off_the_list() {
     assert!(banned(&wd, last), "the ban is on record");
     assert!(d.stop().success());
 }
+
+/// BLOCK_TCP="2" (KILL_RUN_CMD only, no ban): a scanner added to the ignore list while
+/// its response waited has no command run against it. The guard is asked before the
+/// command, as before a ban (it was asked only for a ban, and the command ran).
+#[test]
+fn a_command_only_response_never_runs_against_a_host_protected_meanwhile() {
+    require_kernel!();
+    let WaitingResponse {
+        net,
+        wd,
+        d,
+        last,
+        svc: _svc,
+    } = a_response_waiting(|wd| {
+        let order = wd.path("order").display().to_string();
+        // The command holds its slot as the slow KILL_ROUTE would, and writes the line
+        // the slots' helper waits for.
+        format!("BLOCK_TCP=\"2\"\nKILL_RUN_CMD=\"echo route $TARGET$ >> {order}; sleep 4\"\n")
+    });
+    reload_ignore_list(&wd, &d, &format!("{last}\n"));
+    // Its turn comes: refused, or (as before) its command run.
+    let refused = format!("portsentry: not running KILL_RUN_CMD against {last}");
+    let ran = format!("route {last}");
+    assert!(
+        wait_until(Duration::from_secs(15), || d.has_line(&refused)
+            || wd.read("order").lines().any(|l| l == ran)),
+        "{}",
+        d.lines().join("\n")
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let order = wd.read("order");
+    assert!(!order.lines().any(|l| l == ran), "{order}");
+    assert!(d.has_line(&refused));
+    assert!(reaches(&net, last));
+    assert!(d.stop().success());
+}

@@ -5,7 +5,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     time::Duration,
 };
 
@@ -14,8 +14,8 @@ use portsentry_tests::{
     netns::{TestNet, tcp_connect},
     require_kernel,
     scenario::{
-        RESPONSE_SLOTS, WaitingResponse, a_response_waiting, ban_nets, probe, reaches, slow_route,
-        start, status, wait_banned,
+        RESPONSE_SLOTS, WaitingResponse, a_response_waiting, ban_nets, banned, probe, reaches,
+        slow_route, start, status, wait_banned,
     },
 };
 
@@ -596,6 +596,139 @@ fn a_response_stopped_before_its_steps_keeps_the_hosts_next_after_the_undo() {
         wd.read("order")
     );
     assert!(!reaches(&net, host));
+    assert!(d.stop().success());
+}
+
+/// An operator's ban made while the host's scan response waited for a slot stays as
+/// the operator made it: the response stops, as for a host already blocked. (It was
+/// replaced by a scan ban of BAN_TIME, whose expiry then freed the host.)
+#[test]
+fn an_operators_ban_made_while_a_response_waits_stays_as_made() {
+    require_kernel!();
+    let WaitingResponse {
+        net,
+        wd,
+        d,
+        last,
+        svc: _svc,
+    } = a_response_waiting(|_| "BAN_TIME=\"1h\"\n".to_string());
+    let (ok, out, err) = wd.cli(&["ban", &last.to_string(), "--time", "0"]);
+    assert!(ok, "{out}{err}");
+    // The response gets its slot: it stops, or (as before) takes the ban over.
+    let stopped = format!("attackalert: Host: {last}/{last} is already blocked Ignoring");
+    let took_over = format!("attackalert: Host {last} has been blocked via XDP drop");
+    assert!(
+        wait_until(Duration::from_secs(15), || d
+            .lines()
+            .iter()
+            .any(|l| l.contains(&stopped) || l.contains(&took_over))),
+        "{}",
+        d.lines().join("\n")
+    );
+    let st = status(&wd);
+    let ban = st["bans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["net"] == format!("{last}/32"))
+        .unwrap_or_else(|| panic!("no ban of {last}: {st}"));
+    assert_eq!(ban["origin"], "manual", "{ban}");
+    assert!(ban["expires"].is_null(), "permanent, as made: {ban}");
+    assert!(d.has_line(&stopped));
+    assert!(!wd.read("order").contains(&format!("route {last}\n")));
+    assert!(!reaches(&net, last));
+    assert!(d.stop().success());
+}
+
+/// A host reported for a UDP scan (BLOCK_UDP="0") that then scans TCP is banned for
+/// it: the ban recorded, its kill commands run. (Marked as acted on by the report, its
+/// ban, made by the program at the TCP probe, was left in force unrecorded: nothing
+/// logged, no command run, no expiry.)
+#[test]
+fn a_host_reported_for_a_udp_scan_is_banned_for_its_tcp_scan() {
+    require_kernel!();
+    let net = TestNet::new(1);
+    let wd = Workdir::new();
+    wd.config(&net.server_if, "BLOCK_UDP=\"0\"\n");
+    let _svc = net
+        .server
+        .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
+    let d = start(&net, &wd);
+    let host = net.attacker_v4[0];
+    net.attacker.enter(|| {
+        let s = UdpSocket::bind(SocketAddr::new(host, 0)).unwrap();
+        for port in 20..=30 {
+            let _ = s.send_to(b"probe", SocketAddr::new(net.server_v4, port));
+        }
+    });
+    d.wait_for(
+        &format!("attackalert: UDP scan from host: {host}/{host}"),
+        Duration::from_secs(5),
+    );
+    assert!(reaches(&net, host), "reported only");
+    probe(&net, host);
+    d.wait_for(
+        &format!("attackalert: Host {host} has been blocked via XDP drop"),
+        Duration::from_secs(10),
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || wd
+            .read("order")
+            .contains(&format!("route {host} "))),
+        "{}",
+        wd.read("order")
+    );
+    assert!(banned(&wd, host));
+    assert!(!reaches(&net, host));
+    assert!(d.stop().success());
+}
+
+/// Scanners over MAX_BANS_PER_SEC wait for the next seconds; a reload meanwhile that
+/// turns TCP blocking off (BLOCK_TCP="0") has them reported only, as it has any later
+/// scanner. (They were banned all the same, one a second, under the old
+/// configuration.)
+#[test]
+fn scanners_waiting_for_the_budget_follow_a_reload() {
+    require_kernel!();
+    let net = TestNet::new(5);
+    let wd = Workdir::new();
+    wd.config(&net.server_if, "MAX_BANS_PER_SEC=\"1\"\n");
+    let _svc = net
+        .server
+        .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
+    let d = start(&net, &wd);
+    let scanners = &net.attacker_v4[..6];
+    let net_ref = &net;
+    std::thread::scope(|s| {
+        for ip in scanners {
+            s.spawn(move || probe(net_ref, *ip));
+        }
+    });
+    d.wait_for("MAX_BANS_PER_SEC (1) reached", Duration::from_secs(5));
+    wd.config(&net.server_if, "MAX_BANS_PER_SEC=\"1\"\nBLOCK_TCP=\"0\"\n");
+    d.signal(libc::SIGHUP);
+    d.wait_for("reloaded", Duration::from_secs(5));
+    // Every scanner is responded to within a few seconds of the reload.
+    let alerted = |ip: &IpAddr| d.has_line(&format!("scan from host: {ip}/{ip} "));
+    assert!(
+        wait_until(Duration::from_secs(10), || scanners.iter().all(alerted)),
+        "{}",
+        d.lines().join("\n")
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let blocked: Vec<&IpAddr> = scanners.iter().filter(|ip| banned(&wd, **ip)).collect();
+    // One in the second of the scans, one in each second before the reload took
+    // effect; the others reported only.
+    assert!(
+        (1..=3).contains(&blocked.len()),
+        "banned: {blocked:?}\n{}",
+        d.lines().join("\n")
+    );
+    let reported = scanners.iter().filter(|ip| !blocked.contains(ip));
+    for ip in reported {
+        assert!(reaches(&net, *ip), "{ip} reported only");
+    }
+    assert!(d.has_line("attackalert: Ignoring TCP response per configuration file setting."));
     assert!(d.stop().success());
 }
 

@@ -281,8 +281,12 @@ impl Book {
     /// Whether [`Book::put`] (`adopted`: [`Book::adopt`]) of a ban of `net` would be
     /// refused, by the guard or as lifted meanwhile; nothing is changed.
     pub fn would_refuse(&self, net: &IpNet, adopted: bool) -> bool {
-        self.guard.check(net, false).is_err()
-            || (adopted && self.dp.is_some() && !self.kernel_holds(net))
+        self.refusal(net).is_some() || (adopted && self.dp.is_some() && !self.kernel_holds(net))
+    }
+
+    /// Why the guard would refuse a ban of `net`, if it would (nothing is changed).
+    pub fn refusal(&self, net: &IpNet) -> Option<Refusal> {
+        self.guard.check(net, false).err()
     }
 
     /// Whether the kernel's maps hold a ban of exactly `net` (false without them, or when
@@ -363,6 +367,14 @@ impl Book {
 
     pub fn covers(&self, ip: IpAddr) -> bool {
         self.store.covering(ip).is_some()
+    }
+
+    /// Whether a ban of exactly `net` is recorded and in force (not expired, whether
+    /// or not housekeeping has lifted it yet).
+    pub fn holds(&self, net: &IpNet) -> bool {
+        self.store
+            .get(net)
+            .is_some_and(|b| !b.is_expired(SystemTime::now()))
     }
 
     /// Waits until every change so far is in the journal on disk (an error when

@@ -162,15 +162,14 @@ pub(super) fn on_event(shared: &Arc<Shared>, raw: &ScanEvent) {
 /// ban as to its own, or lifts it, says so, and treats the probe as the configuration
 /// now says.
 fn kernel_banned(shared: &Arc<Shared>, eff: &Arc<Effective>, rules: &Rules, ev: ProbeEvent) {
-    if shared
-        .handled
-        .lock()
-        .expect("handled lock")
-        .contains(&ev.ip)
-    {
+    if shared.book().covers(ev.ip) {
         // Responded to already (an event that waited in the ring over a restart).
         return;
     }
+    // A host acted on without a ban (reported only, its command run, its ban failed)
+    // goes on: the ban the kernel made now is taken over or lifted, never left in
+    // force unrecorded. A response of the host still running bans it first, and this
+    // one then stops as already blocked (`respond::scan_ban`).
     let mode = eff.mode_token(ev.proto());
     let ignored = eff.is_ignored(ev.ip);
     if let Some(mode) = mode.filter(|_| !ignored && configure::kernel_bans(eff, ev.proto())) {

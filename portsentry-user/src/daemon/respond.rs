@@ -131,11 +131,16 @@ pub(super) fn drain_waiting(shared: &Arc<Shared>) {
         .lock()
         .expect("admission lock")
         .take_waiting(n);
-    for (ev, mode) in best {
+    for (ev, _) in best {
         if shared.is_handled(ev.ip) || eff.is_ignored(ev.ip) {
             continue;
         }
-        act(shared, &eff, ev, mode, BlockMode::Block);
+        // As the configuration in force says (a reload may have come while it waited):
+        // reported only, its command run, or not watched any more.
+        let Some(mode) = eff.mode_token(ev.proto()) else {
+            continue;
+        };
+        act(shared, &eff, ev, mode, eff.block_mode(ev.proto()));
     }
 }
 
@@ -193,8 +198,10 @@ async fn respond(
     // lifted meanwhile is found out before that step runs against the host.
     let mut early = None;
     if steps.first() == Some(&Step::XdpBan)
-        || (steps.contains(&Step::XdpBan)
-            && shared.book().would_refuse(&ev.source, ev.kernel_banned))
+        || (steps.contains(&Step::XdpBan) && {
+            let book = shared.book();
+            book.would_refuse(&ev.source, ev.kernel_banned) || book.holds(&ev.source)
+        })
     {
         early = Some(scan_ban(shared, eff, &ev, mode, now));
     }
@@ -217,9 +224,28 @@ async fn respond(
     // response too: ended before them, it would let the host's next job start while
     // they still run).
     seated.after_the_job_before().await;
-    // Refused or lifted already: no step runs against the host.
-    if early == Some(Ban::Refused) {
-        return;
+    // A response without a ban (BLOCK_*="2") has nothing for the guard to refuse: it is
+    // asked here, before KILL_RUN_CMD runs against a host protected since the scan.
+    if !steps.is_empty() && !steps.contains(&Step::XdpBan) {
+        let refusal = shared.book().refusal(&ev.source);
+        if let Some(r) = refusal {
+            log.warn(&format!(
+                "portsentry: not running KILL_RUN_CMD against {}: {}",
+                ev.ip,
+                r.reason()
+            ));
+            release(shared, ev.ip);
+            return;
+        }
+    }
+    // Refused, lifted or banned already: no step runs against the host.
+    match early {
+        Some(Ban::Refused) => return,
+        Some(Ban::Already) => {
+            log.notice(&alert::already_blocked(&name, ev.ip));
+            return;
+        }
+        _ => {}
     }
     for (i, step) in steps.iter().enumerate() {
         if *step == Step::XdpBan {
@@ -229,10 +255,10 @@ async fn respond(
             {
                 Ban::Done => banned = true,
                 Ban::Failed => continue,
-                // The guard protects the host, or the operator lifted the ban while
-                // KILL_RUN_CMD ran before it: what ran is undone (UNKILL_RUN_CMD), and
-                // no other kill command runs.
-                Ban::Refused => {
+                // The guard protects the host, the operator lifted the ban, or another
+                // ban of the host came, while KILL_RUN_CMD ran before it: what ran is
+                // undone (UNKILL_RUN_CMD), and no other kill command runs.
+                Ban::Refused | Ban::Already => {
                     if i > 0 {
                         for undo in actions::undo_plan(c, &target) {
                             if matches!(undo, Step::RunCmd(_)) {
@@ -286,6 +312,15 @@ async fn respond(
     }
 }
 
+/// Forgets that `ip` was acted on: its next scan is acted on again.
+fn release(shared: &Shared, ip: IpAddr) {
+    shared
+        .handled
+        .lock()
+        .expect("handled lock")
+        .retain(|h| *h != ip);
+}
+
 /// What became of a scanner's XDP ban.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Ban {
@@ -295,6 +330,10 @@ enum Ban {
     Failed,
     /// Refused by the ban guard (the host is protected): the response stops.
     Refused,
+    /// Another ban of the same network came first (the operator's, a CrowdSec
+    /// decision's, or another response's, made while this one waited): it stays as it
+    /// is, and the response stops, as PortSentry stops for a host already blocked.
+    Already,
 }
 
 /// Puts the XDP ban of a scanner in force, dated `now` (logged when it is not).
@@ -306,6 +345,9 @@ fn scan_ban(
     now: SystemTime,
 ) -> Ban {
     let mut book = shared.book();
+    if book.holds(&ev.source) {
+        return Ban::Already;
+    }
     let cause = Cause::Scan(ScanCause {
         port: ev.port,
         scan_type: ev.scan_type,
@@ -331,11 +373,7 @@ fn scan_ban(
     // ban the program makes then taken over, not left in the kernel unrecorded). While
     // it is protected the program does not count it.
     if refused {
-        shared
-            .handled
-            .lock()
-            .expect("handled lock")
-            .retain(|ip| *ip != ev.ip);
+        release(shared, ev.ip);
     }
     match put {
         Ok(()) => {
