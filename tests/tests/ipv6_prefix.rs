@@ -199,3 +199,33 @@ fn changing_the_prefix_keeps_every_ban() {
     }
     assert!(d.stop().success());
 }
+
+/// A ban of part of a /64 (the operator's /120, holding the network's first address)
+/// does not make the program's ban of the whole /64 look responded to already: the
+/// /64's scanner is banned, recorded and logged. (Skipped, the /64's ban stayed in the
+/// kernel unrecorded: nothing logged, no kill command, no expiry.)
+#[test]
+fn a_ban_inside_a_64_does_not_hide_the_ban_of_the_64() {
+    require_kernel!();
+    let net = TestNet::new(0);
+    let scanner = net.add_attacker_v6_network("2001:db8:0:7", [0xab01]);
+    let _svc = net.server.enter(|| TcpListener::bind("[::]:80").unwrap());
+    let wd = Workdir::new();
+    wd.config(&net.server_if, "");
+    let d = start(&net, &wd);
+    let (ok, out, err) = wd.cli(&["ban", "2001:db8:0:7::/120"]);
+    assert!(ok, "{out}{err}");
+    assert!(reaches6(&net, scanner[0]), "outside the /120");
+    probe6(&net, scanner[0], 23);
+    let network: IpAddr = "2001:db8:0:7::".parse().unwrap();
+    wait_history(&wd, &d, network);
+    d.wait_for(
+        "attackalert: Host 2001:db8:0:7::/64 has been blocked via XDP drop",
+        Duration::from_secs(5),
+    );
+    let mut nets = ban_nets(&status(&wd));
+    nets.sort();
+    assert_eq!(nets, ["2001:db8:0:7::/120", "2001:db8:0:7::/64"]);
+    assert!(!reaches6(&net, scanner[0]));
+    assert!(d.stop().success());
+}

@@ -162,8 +162,10 @@ pub(super) fn on_event(shared: &Arc<Shared>, raw: &ScanEvent) {
 /// ban as to its own, or lifts it, says so, and treats the probe as the configuration
 /// now says.
 fn kernel_banned(shared: &Arc<Shared>, eff: &Arc<Effective>, rules: &Rules, ev: ProbeEvent) {
-    if shared.book().covers(ev.ip) {
-        // Responded to already (an event that waited in the ring over a restart).
+    if shared.book().store.covering_net(&ev.source).is_some() {
+        // Responded to already (an event that waited in the ring over a restart). The
+        // whole source: a ban of part of a SOURCE_PREFIX_V6 network (the operator's
+        // /120 holding the network's first address, `ev.ip`) does not cover its ban.
         return;
     }
     // A host acted on without a ban (reported only, its command run, its ban failed)
