@@ -146,9 +146,6 @@ struct Disk {
     /// failed: the rename (and the changes only in the new file) may not survive a
     /// power loss until the next write syncs the directory first.
     dir_unsynced: bool,
-    /// The last compaction's snapshot, in bytes (0 before one): what the bans need,
-    /// their names included.
-    compacted: u64,
 }
 
 struct Inner {
@@ -338,7 +335,6 @@ impl Journal {
                 len,
                 torn: false,
                 dir_unsynced: false,
-                compacted: 0,
             }),
             compacting: Mutex::new(false),
             fsyncs: 0.into(),
@@ -434,16 +430,15 @@ impl Journal {
     }
 
     /// Whether the file holds more than twice what `store` needs, plus 1 MiB, and no
-    /// compaction runs. What it needs is a record per ban and per count kept, or the
-    /// last compaction's snapshot when larger (the hosts' names are in it): else a
-    /// store with long names would be compacted again at every housekeeping.
+    /// compaction runs. What it needs is a record per ban and per count kept, and one
+    /// per host's name with the name (else a store with long names would be compacted
+    /// again at every housekeeping).
     pub fn wants_compaction(&self, store: &BanStore) -> bool {
-        let records = ((store.len() + store.previous_len()) * PUT_SIZE) as u64;
-        let (len, compacted) = {
-            let disk = lock(&self.0.disk);
-            (disk.len, disk.compacted)
-        };
-        len > 2 * records.max(compacted) + (1 << 20) && !*lock(&self.0.compacting)
+        let (names, name_bytes) = store.names_size();
+        let need = (store.len() + store.previous_len()) * PUT_SIZE
+            + names * (codec::FRAME + codec::NET)
+            + name_bytes;
+        self.bytes() > 2 * need as u64 + (1 << 20) && !*lock(&self.0.compacting)
     }
 
     /// Compacts the journal to `store` in the background. The caller holds the book
@@ -651,7 +646,6 @@ impl Inner {
             len,
             torn: false,
             dir_unsynced: false,
-            compacted: snapshot.len() as u64,
         };
         p.buf.clear();
         p.generation += 1;

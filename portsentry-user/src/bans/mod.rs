@@ -318,6 +318,8 @@ pub struct BanStore {
     /// The names of banned hosts that a reverse lookup named (the others are logged
     /// under their address): kept aside, so that a ban costs no string.
     names: HashMap<IpNet, Box<str>>,
+    /// The bytes of those names (the journal's compaction counts them).
+    names_bytes: usize,
     /// Bans per prefix length, IPv4 then IPv6: an address's ban is looked up once per
     /// length in use.
     lengths_v4: [u32; 33],
@@ -333,6 +335,7 @@ impl Default for BanStore {
             bans: BTreeMap::new(),
             previous: HashMap::new(),
             names: HashMap::new(),
+            names_bytes: 0,
             lengths_v4: [0; 33],
             lengths_v6: [0; 129],
             earliest_expiry: Cell::new(u64::MAX),
@@ -367,6 +370,7 @@ impl BanStore {
         s.earliest_expiry.set(earliest);
         s.bans = bans.into_iter().collect();
         s.names.retain(|n, _| s.bans.contains_key(n));
+        s.names_bytes = s.names.values().map(|n| n.len()).sum();
         s
     }
 
@@ -449,11 +453,18 @@ impl BanStore {
         let Some(ban) = self.get(net) else {
             return;
         };
-        if name == ban.default_name() {
-            self.names.remove(net);
+        let old = if name == ban.default_name() {
+            self.names.remove(net)
         } else {
-            self.names.insert(*net, name.into());
-        }
+            self.names_bytes += name.len();
+            self.names.insert(*net, name.into())
+        };
+        self.names_bytes -= old.map_or(0, |n| n.len());
+    }
+
+    /// How many names are recorded, and their bytes.
+    pub fn names_size(&self) -> (usize, usize) {
+        (self.names.len(), self.names_bytes)
     }
 
     /// The resolved name recorded for `net`, if any (else its name is its address).
@@ -477,7 +488,9 @@ impl BanStore {
     pub fn remove(&mut self, net: &IpNet) -> Option<Ban> {
         let rec = self.bans.remove(net)?;
         *self.length_slot(net) -= 1;
-        self.names.remove(net);
+        if let Some(name) = self.names.remove(net) {
+            self.names_bytes -= name.len();
+        }
         let c = self.previous.entry(*net).or_insert(0);
         *c = (*c).max(rec.count);
         rec.ban(*net)
