@@ -24,11 +24,11 @@ use crate::{
 pub const RESPONSE_SLOTS: usize = 16;
 
 /// The config lines of a KILL_ROUTE that writes `route ADDR` to the workdir's file
-/// `order`, then holds its response slot for four seconds (for
+/// `order`, then holds its response slot for eight seconds (for
 /// [`hold_every_response_slot`]).
 pub fn slow_route(wd: &Workdir) -> String {
     let order = wd.path("order").display().to_string();
-    format!("KILL_ROUTE=\"echo route $TARGET$ >> {order}; sleep 4\"\n")
+    format!("KILL_ROUTE=\"echo route $TARGET$ >> {order}; sleep 8\"\n")
 }
 
 /// Probes from the first [`RESPONSE_SLOTS`] attacker addresses at once, and waits until

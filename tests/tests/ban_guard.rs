@@ -383,7 +383,7 @@ fn a_command_only_response_never_runs_against_a_host_protected_meanwhile() {
         let order = wd.path("order").display().to_string();
         // The command holds its slot as the slow KILL_ROUTE would, and writes the line
         // the slots' helper waits for.
-        format!("BLOCK_TCP=\"2\"\nKILL_RUN_CMD=\"echo route $TARGET$ >> {order}; sleep 4\"\n")
+        format!("BLOCK_TCP=\"2\"\nKILL_RUN_CMD=\"echo route $TARGET$ >> {order}; sleep 8\"\n")
     });
     reload_ignore_list(&wd, &d, &format!("{last}\n"));
     // Its turn comes: refused, or (as before) its command run.

@@ -525,7 +525,7 @@ fn a_response_stopped_before_its_steps_keeps_the_hosts_next_after_the_undo() {
         &net.server_if,
         &format!(
             "BAN_TIME=\"1h\"\nMAX_BANS_PER_SEC=\"0\"\n{}\
-             UNKILL_ROUTE=\"echo unroute-start $TARGET$ >> {order}; sleep 12; \
+             UNKILL_ROUTE=\"echo unroute-start $TARGET$ >> {order}; sleep 20; \
              echo unroute-end $TARGET$ >> {order}\"\n",
             slow_route(&wd)
         ),
@@ -541,17 +541,17 @@ fn a_response_stopped_before_its_steps_keeps_the_hosts_next_after_the_undo() {
             .filter(|l| l.starts_with("route "))
             .count()
     };
-    // Banned; its response (a four-second KILL_ROUTE) ends.
+    // Banned; its response (an eight-second KILL_ROUTE) ends.
     probe(&net, host);
     assert!(wait_until(Duration::from_secs(10), || routes() == 1));
-    std::thread::sleep(Duration::from_millis(4500));
-    // Unbanned: the undo runs for twelve seconds, in a slot of its own.
+    std::thread::sleep(Duration::from_millis(8500));
+    // Unbanned: the undo runs for twenty seconds, in a slot of its own.
     let (ok, out, err) = wd.cli(&["unban", &host.to_string()]);
     assert!(ok, "{out}{err}");
     assert!(wait_until(Duration::from_secs(5), || wd
         .read("order")
         .contains(&format!("unroute-start {host}\n"))));
-    // Every other slot held for four seconds.
+    // Every other slot held for eight seconds.
     let net_ref = &net;
     std::thread::scope(|s| {
         for ip in &net.attacker_v4[..RESPONSE_SLOTS - 1] {
@@ -584,7 +584,7 @@ fn a_response_stopped_before_its_steps_keeps_the_hosts_next_after_the_undo() {
             .collect::<Vec<_>>()
     };
     assert!(
-        wait_until(Duration::from_secs(20), || mine().len() == 4),
+        wait_until(Duration::from_secs(30), || mine().len() == 4),
         "{:?}\n{}",
         mine(),
         d.lines().join("\n")
@@ -718,9 +718,9 @@ fn scanners_waiting_for_the_budget_follow_a_reload() {
     std::thread::sleep(Duration::from_secs(2));
     let blocked: Vec<&IpAddr> = scanners.iter().filter(|ip| banned(&wd, **ip)).collect();
     // One in the second of the scans, one in each second before the reload took
-    // effect; the others reported only.
+    // effect (on a slow machine, a few); the others reported only.
     assert!(
-        (1..=3).contains(&blocked.len()),
+        (1..=4).contains(&blocked.len()),
         "banned: {blocked:?}\n{}",
         d.lines().join("\n")
     );
