@@ -16,6 +16,8 @@ use std::{
 
 use ipnet::IpNet;
 
+use crate::kernel::addr::canonical_net;
+
 use super::{
     ConfigError,
     text::{check_line, check_size, read_text, text_lines},
@@ -76,7 +78,7 @@ impl IgnoreList {
 
     /// Adds a network (normalised like the file's entries); false if it was already there.
     pub fn insert(&mut self, net: IpNet) -> bool {
-        let net = normalize(net);
+        let net = canonical_net(net);
         if self.seen.insert(net) {
             self.nets.push(net);
             true
@@ -135,11 +137,6 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Host bits cleared; an IPv4-mapped IPv6 network of prefix 96 or more becomes IPv4.
-fn normalize(net: IpNet) -> IpNet {
-    crate::kernel::addr::canonical_net(net)
-}
-
 fn parse_entry(entry: &str) -> Result<IpNet, String> {
     if entry.chars().any(char::is_whitespace) {
         return Err(format!(
@@ -188,7 +185,7 @@ fn parse_entry(entry: &str) -> Result<IpNet, String> {
         }
     };
     let net = IpNet::new(addr, prefix).expect("prefix length checked against the family");
-    Ok(normalize(net))
+    Ok(canonical_net(net))
 }
 
 /// The prefix length of a contiguous IPv4 netmask.
