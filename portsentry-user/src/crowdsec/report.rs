@@ -141,10 +141,17 @@ impl From<&Item> for Saved {
     }
 }
 
-impl From<Saved> for Item {
-    fn from(saved: Saved) -> Item {
-        let at = |secs: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
-        match saved {
+impl TryFrom<Saved> for Item {
+    type Error = anyhow::Error;
+
+    /// A time this system cannot hold (a damaged file) is an error naming it.
+    fn try_from(saved: Saved) -> anyhow::Result<Item> {
+        let at = |secs: u64| {
+            SystemTime::UNIX_EPOCH
+                .checked_add(Duration::from_secs(secs))
+                .ok_or_else(|| anyhow::anyhow!("{secs} seconds since the epoch is out of range"))
+        };
+        Ok(match saved {
             Saved::Ban {
                 net,
                 scenario,
@@ -153,11 +160,11 @@ impl From<Saved> for Item {
             } => Item::Ban {
                 net,
                 scenario,
-                since: at(since),
-                expires: expires.map(at),
+                since: at(since)?,
+                expires: expires.map(at).transpose()?,
             },
             Saved::Unban { net, scenario } => Item::Unban { net, scenario },
-        }
+        })
     }
 }
 
@@ -233,9 +240,16 @@ impl Outbox {
         let saved: Vec<Saved> = serde_json::from_slice(&text)
             .map_err(|e| anyhow::anyhow!("{}: not a list of reports: {e}", path.display()))?;
         let n = saved.len();
+        let items = saved
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                Item::try_from(s).with_context(|| format!("{}: report {}", path.display(), i + 1))
+            })
+            .collect::<anyhow::Result<Vec<Item>>>()?;
         let mut q = self.queue.lock().expect("outbox lock");
-        for item in saved.into_iter().rev() {
-            q.items.push_front(Item::from(item));
+        for item in items.into_iter().rev() {
+            q.items.push_front(item);
         }
         // The newest bans beyond the limit are dropped, and counted, as a push over it
         // would; an unban is kept, as a push keeps it.
@@ -688,5 +702,22 @@ mod tests {
         );
         assert!(outbox.is_empty());
         assert!(file.exists());
+        // A time no system clock holds: an error naming the report, not a panic.
+        std::fs::write(
+            &file,
+            format!(
+                "[{{\"kind\": \"unban\", \"net\": \"192.0.2.1/32\", \"scenario\": \"s\"}},\n\
+                 {{\"kind\": \"ban\", \"net\": \"192.0.2.9/32\", \"scenario\": \"s\", \
+                 \"since\": 1, \"expires\": {}}}]\n",
+                u64::MAX
+            ),
+        )
+        .unwrap();
+        let e = format!("{:#}", outbox.restore(&file).unwrap_err());
+        assert!(
+            e.starts_with(&format!("{}: report 2: ", file.display())) && e.contains("out of range"),
+            "{e}"
+        );
+        assert!(outbox.is_empty(), "nothing half-restored");
     }
 }
