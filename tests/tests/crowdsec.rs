@@ -444,6 +444,74 @@ fn an_unban_made_while_the_local_api_is_away_is_sent_after_a_restart() {
     );
 }
 
+/// An escalation's network ban replaces its hosts' bans at the Local API too: their
+/// decisions are deleted (the network's covers them on the fleet), so an operator's
+/// unban of the network leaves no decision there to ban one of its hosts again.
+#[test]
+fn an_escalation_replaces_its_hosts_decisions_with_its_networks() {
+    require_kernel!();
+    let (lan, lapi) = lan_with_lapi();
+    let attacker = Netns::new("atk");
+    let hosts = ["198.51.100.10", "198.51.100.11", "198.51.100.12"];
+    let attacker_if = lan.join(
+        &attacker,
+        &[
+            "192.0.2.2/24",
+            "198.51.100.10/24",
+            "198.51.100.11/24",
+            "198.51.100.12/24",
+        ],
+    );
+    let a = Server::start(&lan, &lapi, "a", 11, "ESCALATE_AFTER=\"3\"\n");
+    let decisions = || lapi.cscli(&["decisions", "list", "--all", "-o", "json"]);
+    for h in hosts {
+        let out = attacker.try_exec(&format!(
+            "nmap -n -Pn -sS -e {attacker_if} -S {h} -p 20-30 --max-retries 0 \
+             --host-timeout 30s {}",
+            a.v4
+        ));
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            wait_until(Duration::from_secs(15), || {
+                a.ban_origin(&format!("{h}/32")).is_some()
+                    || a.ban_origin("198.51.100.0/24").is_some()
+            }),
+            "A did not ban {h}:\n{}",
+            a.log()
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            a.ban_origin("198.51.100.0/24").as_deref() == Some("escalation")
+        }),
+        "no escalation:\n{}",
+        a.log()
+    );
+    let only_the_network = wait_until(Duration::from_secs(30), || {
+        let d = decisions();
+        d.contains("198.51.100.0/24") && !hosts.iter().any(|h| d.contains(&format!("\"{h}\"")))
+    });
+    assert!(
+        only_the_network,
+        "the Local API should hold the network's decision alone: {}\n{}\n{}",
+        decisions(),
+        a.link(),
+        a.log()
+    );
+    let (ok, out, err) = a.wd.cli(&["unban", "198.51.100.0/24"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        wait_until(Duration::from_secs(30), || !decisions()
+            .contains("198.51.100.")),
+        "decisions left at the Local API: {}\n{}",
+        decisions(),
+        a.log()
+    );
+    for h in hosts {
+        assert_eq!(a.ban_origin(&format!("{h}/32")), None, "{h}");
+    }
+}
+
 /// The enforcement of decisions turned off (CROWDSEC_LAPI_URL taken out): the next start
 /// lifts the bans decisions made, which nothing would end before they expire; our own
 /// bans stay. Turned on again, the first answer puts them back.

@@ -204,7 +204,8 @@ pub(super) fn report_ban(shared: &Shared, ban: &Ban) {
     });
 }
 
-/// Queues the deletion of our decision for a scan ban the operator lifted (the caller
+/// Queues the deletion of our decision for a scan ban the operator lifted, or an
+/// escalation replaced (the caller
 /// then writes the queue to its file, [`save_reports`]: lost at a restart, the deletion
 /// would never be made and the ban would come back from our decision).
 pub(super) fn report_unban(shared: &Shared, ban: &Ban) {

@@ -47,14 +47,27 @@ pub(super) fn after_ban(shared: &Arc<Shared>, eff: &Effective, ip: IpAddr, scan:
         return;
     };
     let running = shared.escalation.lock().expect("escalation lock").running();
-    let outcome = escalate::after_ban(
-        &mut shared.book(),
-        &eff.config,
-        ip,
-        scan,
-        SystemTime::now(),
-        |net| running.iter().any(|ip| net.contains(ip)),
-    );
+    let mut book = shared.book();
+    let outcome = escalate::after_ban(&mut book, &eff.config, ip, scan, SystemTime::now(), |net| {
+        running.iter().any(|ip| net.contains(ip))
+    });
+    // Reported with the book still held (an operator's unban of the network, which
+    // queues the deletion of its decision, comes after it). The hosts' decisions are
+    // deleted: the network's covers them on the fleet, and one left would ban its host
+    // again here once the network's ban is lifted.
+    let reported = if let Ok(Outcome::Escalated { ban, replaced, .. }) = &outcome {
+        super::crowdsec::report_ban(shared, ban);
+        for b in replaced {
+            super::crowdsec::report_unban(shared, b);
+        }
+        !replaced.is_empty()
+    } else {
+        false
+    };
+    drop(book);
+    if reported {
+        super::crowdsec::save_reports(shared);
+    }
     let log = &shared.log;
     match outcome {
         Ok(Outcome::Nothing) => {}
@@ -84,7 +97,6 @@ pub(super) fn after_ban(shared: &Arc<Shared>, eff: &Effective, ip: IpAddr, scan:
             failed,
         }) => {
             shared.metrics.ban_added(BanOrigin::Scan);
-            super::crowdsec::report_ban(shared, &ban);
             log.notice(&format!(
                 "attackalert: Network {} has been blocked via XDP drop: {} hosts banned{}",
                 ban.net,

@@ -361,6 +361,11 @@ fn scan_ban(
     } else {
         book.put(ban, false)
     };
+    // Its report queued with the book still held: an operator's unban of the ban,
+    // which queues the deletion of its decision, comes after it.
+    if put.is_ok() {
+        super::crowdsec::report_ban(shared, &ban);
+    }
     // Before the handled set is locked below (it locks the book in its turn).
     drop(book);
     // Refused by the guard, or lifted while the response waited: the response stops.
@@ -378,7 +383,6 @@ fn scan_ban(
     match put {
         Ok(()) => {
             shared.metrics.ban_added(BanOrigin::Scan);
-            super::crowdsec::report_ban(shared, &ban);
             return Ban::Done;
         }
         Err(e) if e.downcast_ref::<LiftedMeanwhile>().is_some() => {
