@@ -477,7 +477,8 @@ pub struct SourceStats {
     /// an undercount once ports collide in the 256-bit filter; saturates at 256): the
     /// failed first contacts of the Threshold Random Walk.
     pub distinct_ports: u32,
-    /// Events delivered to userspace for this source (at most `EVENT_BURST + 32`).
+    /// Events delivered to userspace for this source (at most `EVENT_BURST + 34`: the
+    /// burst, the powers of two, and the first of each protocol).
     pub events: u16,
     /// SCAN_DETECTION="trw": first contacts of this source that reached a listener (a
     /// TCP SYN to a port with a socket), each port once with `port_filter`, held so
@@ -559,6 +560,23 @@ pub const EVENT_PREFIX: u32 = 4;
 pub const SOURCE_VERIFIED: u8 = 1;
 /// `SourceStats::flags`: the source's key is its network (`SOURCE_PREFIX_V6`).
 pub const SOURCE_PREFIX: u8 = 2;
+/// `SourceStats::flags`: an event of a TCP probe (any type but UDP) was sent for the
+/// source. The first probe of each protocol past the trigger is reported whatever
+/// `EVENT_BURST` left: the daemon acts on each protocol's scan, as PortSentry does (a
+/// host only reported for its UDP scan is banned for its TCP one).
+pub const SOURCE_EVENT_TCP: u8 = 4;
+/// `SourceStats::flags`: an event of a UDP probe was sent for the source.
+pub const SOURCE_EVENT_UDP: u8 = 8;
+
+/// The `SOURCE_EVENT_*` bit of a probe of `scan_type`.
+#[inline(always)]
+pub const fn source_event_bit(scan_type: crate::ScanType) -> u8 {
+    if scan_type.is_tcp() {
+        SOURCE_EVENT_TCP
+    } else {
+        SOURCE_EVENT_UDP
+    }
+}
 
 /// The one entry of `PS_SETTINGS`. Host byte order.
 #[repr(C)]
@@ -689,7 +707,8 @@ pub const fn cookie_slot(now_ns: u64) -> u64 {
 
 /// Probes after the trigger for which every one is reported; after that only the
 /// probes whose hit count is a power of two are. This bounds the events per source to
-/// `EVENT_BURST + 32`.
+/// `EVENT_BURST + 32`, and two more: the first probe of each protocol past the trigger
+/// (`SOURCE_EVENT_TCP`, `SOURCE_EVENT_UDP`).
 pub const EVENT_BURST: u32 = 8;
 
 /// Events of a source with fewer hits than this spend the per-CPU event budget; a

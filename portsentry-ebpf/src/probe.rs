@@ -8,7 +8,7 @@ use portsentry_common::{
         BanEntry, BanOrigin, EVENT_BUDGET_HITS, EVENT_BURST, EVENT_KERNEL_BANNED, EVENT_PREFIX,
         EVENT_VERIFIED, KBAN_DAEMON, KBAN_PROGRAM, SETTING_KBAN_TCP, SETTING_KBAN_UDP, SETTING_TRW,
         SETTING_VERIFY, SOURCE_PREFIX, SOURCE_VERIFIED, ScanEvent, Settings, SourceStats,
-        UDP_PORT_WORD_BASE, ban_cache_mask, ban_filter_place, cache_until,
+        UDP_PORT_WORD_BASE, ban_cache_mask, ban_filter_place, cache_until, source_event_bit,
     },
     packet::{AddrWords, L4},
     sources::seen_stamp,
@@ -70,6 +70,7 @@ pub fn record_probe(
     let trigger = settings.event_trigger.max(1);
     let walk = settings.flags & SETTING_TRW != 0 && kind.walks();
     let (word, mask) = port_mask(l4.dst_port);
+    let proto_bit = source_event_bit(kind);
     // The event is built only when one is sent: most probes send none, and building it
     // on every probe cost a few ns.
     let seen = |first_ns: u64, hits: u32, distinct_ports: u32, successes: u32, ban: Option<u64>| {
@@ -136,8 +137,13 @@ pub fn record_probe(
                 None
             };
             let banned = ban.is_some();
-            // A verified answer and a ban are always reported.
-            if (banned || verified || wants_event(reached, stats.hits, stats.events))
+            // A verified answer and a ban are always reported, and so is the first
+            // probe of a protocol past the trigger.
+            let first_of_proto = reached && stats.flags & proto_bit == 0;
+            if (banned
+                || verified
+                || first_of_proto
+                || wants_event(reached, stats.hits, stats.events))
                 && send_event(
                     &seen(
                         stats.first_ns,
@@ -151,6 +157,7 @@ pub fn record_probe(
                 )
             {
                 stats.events = stats.events.saturating_add(1);
+                stats.flags |= proto_bit;
             }
             banned
         }
@@ -186,6 +193,7 @@ pub fn record_probe(
                 && send_event(&seen(now, 1, 1, 0, ban), now, settings)
             {
                 stats.events = 1;
+                stats.flags |= proto_bit;
             }
             match set {
                 Some(set) => sources::put_new(set, &src.key, stamp, &stats),
@@ -362,7 +370,7 @@ fn kernel_ban(
 
 /// Reports every probe from the trigger (`reached`) on for `EVENT_BURST` events, then
 /// only at hit counts that are powers of two: at most `EVENT_BURST + 32` events per
-/// source.
+/// source (and the first of each protocol's probes past the trigger, `SOURCE_EVENT_*`).
 #[inline(always)]
 fn wants_event(reached: bool, hits: u32, events: u16) -> bool {
     reached && ((events as u32) < EVENT_BURST || hits & hits.wrapping_sub(1) == 0)

@@ -646,10 +646,23 @@ fn an_operators_ban_made_while_a_response_waits_stays_as_made() {
 /// logged, no command run, no expiry.)
 #[test]
 fn a_host_reported_for_a_udp_scan_is_banned_for_its_tcp_scan() {
+    reported_for_udp_then_banned_for_tcp("");
+}
+
+/// The same when the daemon bans, not the program at the trigger (KILL_RUN_CMD_FIRST
+/// runs the kill command before the ban): the report marked the host as acted on for
+/// every protocol, and its TCP scan was dropped as already handled, never banned.
+/// PortSentry keeps a blocked file a protocol.
+#[test]
+fn a_host_reported_for_a_udp_scan_is_banned_by_the_daemon_for_its_tcp_scan() {
+    reported_for_udp_then_banned_for_tcp("KILL_RUN_CMD_FIRST=\"1\"\n");
+}
+
+fn reported_for_udp_then_banned_for_tcp(extra: &str) {
     require_kernel!();
     let net = TestNet::new(1);
     let wd = Workdir::new();
-    wd.config(&net.server_if, "BLOCK_UDP=\"0\"\n");
+    wd.config(&net.server_if, &format!("BLOCK_UDP=\"0\"\n{extra}"));
     let _svc = net
         .server
         .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());

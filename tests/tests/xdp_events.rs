@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use portsentry_common::{
-    Counter,
+    Counter, ScanType,
     maps::{EVENT_BURST, Settings},
 };
 use portsentry_tests::{
@@ -49,6 +49,43 @@ fn events_are_bounded_per_source() {
         s.distinct_ports > 200 && s.distinct_ports <= 256,
         "{}",
         s.distinct_ports
+    );
+}
+
+/// A source past the trigger whose UDP probes spent the burst is reported again at its
+/// first TCP probe (one event, whatever the hit count), and at no other: the daemon acts
+/// on each protocol's scan, as PortSentry keeps a blocked file a protocol.
+#[test]
+fn the_first_probe_of_another_protocol_is_reported() {
+    require_kernel!();
+    let mut fx = Fixture::with_settings(Settings {
+        event_trigger: 3,
+        ..Default::default()
+    });
+    let (src, dst) = (ip(V4_SRC), ip(V4_DST));
+    let mut sent = Vec::new();
+    let mut probe = |i: u32, frame: Frame| {
+        let o = fx.expect(&frame.build(), XDP_PASS, Counter::PassProbe);
+        if o.delta.get(Counter::EventSent) == 1 {
+            sent.push(i);
+        }
+    };
+    for i in 1..=100u32 {
+        probe(i, Frame::udp(src, dst, 200 + i as u16));
+    }
+    for i in 101..=110u32 {
+        probe(i, Frame::tcp(src, dst, 200 + i as u16, SYN));
+    }
+    for i in 111..=120u32 {
+        probe(i, Frame::udp(src, dst, 200 + i as u16));
+    }
+    let mut want: Vec<u32> = (3..3 + EVENT_BURST).collect();
+    want.extend([16, 32, 64, 101]);
+    assert_eq!(sent, want);
+    let events = fx.drain_events();
+    assert_eq!(
+        events.last().map(|e| e.scan_type),
+        Some(ScanType::TcpSyn as u8)
     );
 }
 

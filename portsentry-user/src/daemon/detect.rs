@@ -127,7 +127,7 @@ pub(super) fn on_event(shared: &Arc<Shared>, raw: &ScanEvent) {
         shared.metrics.unverified();
         return;
     }
-    let handled = shared.is_handled(ev.ip);
+    let handled = shared.is_handled(ev.ip, ev.proto());
     match rules.judge(&ev, eff.is_ignored(ev.ip), handled) {
         Verdict::Ignored | Verdict::BelowTrigger => {}
         Verdict::OutsideWindow => {
@@ -204,7 +204,7 @@ fn kernel_banned(shared: &Arc<Shared>, eff: &Arc<Effective>, rules: &Rules, ev: 
         kernel_banned: false,
         ..ev
     };
-    if rules.judge(&ev, ignored, shared.is_handled(ev.ip)) == Verdict::Act {
+    if rules.judge(&ev, ignored, shared.is_handled(ev.ip, ev.proto())) == Verdict::Act {
         respond::act(shared, eff, ev, mode, eff.block_mode(ev.proto()));
     }
 }
@@ -283,7 +283,7 @@ pub(super) fn recover_detected(shared: &Arc<Shared>) {
         };
         let block = eff.block_mode(ev.proto());
         if block != BlockMode::Block
-            || shared.is_handled(ip)
+            || shared.is_handled(ip, ev.proto())
             || (eff.config.verify_sources && !ev.verified)
         {
             continue;

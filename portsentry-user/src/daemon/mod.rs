@@ -68,31 +68,34 @@ impl Current {
 }
 
 /// Hosts acted on (banned, reported or their command run) and not since released: the
-/// ones acted on since start, and every host whose own ban is in the book (restored bans
+/// ones acted on since start, each for the protocol it scanned (as PortSentry keeps a
+/// blocked file a protocol: a host reported for a UDP scan is still acted on for a TCP
+/// one), and every host whose own ban is in the book, for every protocol (restored bans
 /// included, without a second copy of a million addresses).
 struct Handled {
-    hosts: HashSet<IpAddr>,
+    hosts: HashSet<(IpAddr, Protocol)>,
     book: Arc<Mutex<Book>>,
 }
 
 impl Handled {
     /// Locks the book (so never call it with the book locked).
-    fn contains(&self, ip: &IpAddr) -> bool {
-        self.hosts.contains(ip)
+    fn contains(&self, ip: IpAddr, proto: Protocol) -> bool {
+        self.hosts.contains(&(ip, proto))
             || self
                 .book
                 .lock()
                 .expect("book lock")
                 .store
-                .contains(&ipnet::IpNet::from(*ip))
+                .contains(&ipnet::IpNet::from(ip))
     }
 
-    fn insert(&mut self, ip: IpAddr) -> bool {
-        self.hosts.insert(ip)
+    fn insert(&mut self, ip: IpAddr, proto: Protocol) -> bool {
+        self.hosts.insert((ip, proto))
     }
 
-    fn retain(&mut self, keep: impl FnMut(&IpAddr) -> bool) {
-        self.hosts.retain(keep);
+    /// Keeps the hosts `keep` says, for every protocol.
+    fn retain(&mut self, mut keep: impl FnMut(&IpAddr) -> bool) {
+        self.hosts.retain(|(ip, _)| keep(ip));
     }
 }
 
@@ -137,9 +140,13 @@ impl Shared {
         self.book.lock().expect("book lock")
     }
 
-    /// Whether `ip` was acted on already (or is covered by a ban).
-    fn is_handled(&self, ip: IpAddr) -> bool {
-        self.handled.lock().expect("handled lock").contains(&ip) || self.book().covers(ip)
+    /// Whether `ip` was acted on already for a scan of `proto` (or is covered by a ban).
+    fn is_handled(&self, ip: IpAddr, proto: Protocol) -> bool {
+        self.handled
+            .lock()
+            .expect("handled lock")
+            .contains(ip, proto)
+            || self.book().covers(ip)
     }
 }
 

@@ -83,7 +83,11 @@ pub(super) fn act(
             return;
         }
     }
-    shared.handled.lock().expect("handled lock").insert(ev.ip);
+    shared
+        .handled
+        .lock()
+        .expect("handled lock")
+        .insert(ev.ip, ev.proto());
     let place = shared.jobs.line_up(ev.ip);
     let shared = shared.clone();
     let eff = eff.clone();
@@ -104,7 +108,11 @@ pub(super) fn act_banned(
     ev: ProbeEvent,
     mode: ModeToken,
 ) {
-    shared.handled.lock().expect("handled lock").insert(ev.ip);
+    shared
+        .handled
+        .lock()
+        .expect("handled lock")
+        .insert(ev.ip, ev.proto());
     let since = crate::clock::to_system(ev.ts_ns);
     let place = shared.jobs.line_up(ev.ip);
     let shared = shared.clone();
@@ -132,7 +140,7 @@ pub(super) fn drain_waiting(shared: &Arc<Shared>) {
         .expect("admission lock")
         .take_waiting(n);
     for (ev, _) in best {
-        if shared.is_handled(ev.ip) || eff.is_ignored(ev.ip) {
+        if shared.is_handled(ev.ip, ev.proto()) || eff.is_ignored(ev.ip) {
             continue;
         }
         // As the configuration in force says (a reload may have come while it waited):
