@@ -16,8 +16,9 @@ pub(super) enum Admit {
     /// Ban now.
     Now,
     /// This second's bans are all taken: the scanner waits. `first` is true for the
-    /// first refusal of the second (the one to log).
-    Wait { first: bool },
+    /// first refusal of the second (the one to log); `new` when the scanner was not
+    /// waiting already (its later events refuse it again: counted once).
+    Wait { first: bool, new: bool },
 }
 
 /// The ban budget and the scanners waiting for it.
@@ -42,9 +43,10 @@ impl Admission {
         if self.budget.take(limit, now_secs, kernel) {
             return Admit::Now;
         }
-        self.waiting.offer(ev, mode);
+        let new = self.waiting.offer(ev, mode);
         Admit::Wait {
             first: self.budget.refused == 1,
+            new,
         }
     }
 
@@ -72,17 +74,19 @@ struct Waiting {
 }
 
 impl Waiting {
-    fn offer(&mut self, ev: ProbeEvent, mode: ModeToken) {
+    /// Puts the scanner on the list (or its newer event in place of its older); false
+    /// when it was waiting already.
+    fn offer(&mut self, ev: ProbeEvent, mode: ModeToken) -> bool {
         if let Some(e) = self.by_ip.get_mut(&ev.ip) {
             if ev.hits > e.0.hits {
                 *e = (ev, mode);
             }
-            return;
+            return false;
         }
         if self.by_ip.len() >= MAX_WAITING {
             // Every entry has at least one hit: a one-hit source cannot win a place.
             if ev.hits <= 1 {
-                return;
+                return true;
             }
             let (ip, hits) = self
                 .by_ip
@@ -91,11 +95,12 @@ impl Waiting {
                 .min_by_key(|(_, h)| *h)
                 .expect("full");
             if ev.hits <= hits {
-                return;
+                return true;
             }
             self.by_ip.remove(&ip);
         }
         self.by_ip.insert(ev.ip, (ev, mode));
+        true
     }
 
     /// Removes and returns the `n` most persistent.
@@ -183,7 +188,7 @@ mod tests {
             "a persistent one wins"
         );
         assert_eq!(w.by_ip.len(), MAX_WAITING);
-        w.offer(ev(8, 9), ModeToken::Atcp);
+        assert!(!w.offer(ev(8, 9), ModeToken::Atcp), "waiting already");
         let best = w.take_best(2);
         assert_eq!(best[0].0.hits, 9);
         assert_eq!(best[1].0.hits, 1);
@@ -209,11 +214,25 @@ mod tests {
         assert_eq!(a.admit(1, 5, 0, ev(1, 3), ModeToken::Atcp), Admit::Now);
         assert_eq!(
             a.admit(1, 5, 0, ev(2, 4), ModeToken::Atcp),
-            Admit::Wait { first: true }
+            Admit::Wait {
+                first: true,
+                new: true
+            }
         );
         assert_eq!(
             a.admit(1, 5, 0, ev(3, 1), ModeToken::Audp),
-            Admit::Wait { first: false }
+            Admit::Wait {
+                first: false,
+                new: true
+            }
+        );
+        // A waiting scanner's next event: refused again, not a new scanner refused.
+        assert_eq!(
+            a.admit(1, 5, 0, ev(2, 2), ModeToken::Atcp),
+            Admit::Wait {
+                first: false,
+                new: false
+            }
         );
         let waiting = a.take_waiting(1);
         assert_eq!((waiting[0].0.hits, waiting[0].1), (4, ModeToken::Atcp));
@@ -223,7 +242,10 @@ mod tests {
         // The program's bans in the same second share the budget.
         assert_eq!(
             a.admit(2, 7, 2, ev(3, 2), ModeToken::Atcp),
-            Admit::Wait { first: true }
+            Admit::Wait {
+                first: true,
+                new: true
+            }
         );
         assert_eq!(a.admit(3, 8, 2, ev(3, 2), ModeToken::Atcp), Admit::Now);
         assert_eq!(a.admit(0, 9, 99, ev(3, 2), ModeToken::Atcp), Admit::Now);

@@ -72,8 +72,11 @@ pub(super) fn act(
             _ => {}
         }
         drop(admission);
-        if let Admit::Wait { first } = admit {
-            shared.metrics.ban_refused();
+        if let Admit::Wait { first, new } = admit {
+            // A scanner, not each of its events while it waits.
+            if new {
+                shared.metrics.ban_refused();
+            }
             if first {
                 shared.log.warn(&format!(
                     "portsentry: MAX_BANS_PER_SEC ({limit}) reached; the scanners beyond it \
