@@ -33,6 +33,7 @@ use portsentry_common::{
 
 use crate::{
     clock,
+    config::LONGEST,
     kinds::{self, ModeToken, Protocol},
 };
 
@@ -183,19 +184,25 @@ pub enum Cause {
 }
 
 /// How long the `nth` ban (1-based) of a source lasts: `base` times `factor` to the
-/// power `nth - 1`, capped at `max` (0: no cap). A zero `base` means permanent (`None`).
+/// power `nth - 1`, capped at `max` (0: no cap) and at [`LONGEST`] (a date past it would
+/// overflow). A zero `base` means permanent (`None`).
 pub fn ban_duration(base: Duration, factor: u32, max: Duration, nth: u32) -> Option<Duration> {
     if base.is_zero() {
         return None;
     }
+    let max = if max.is_zero() {
+        LONGEST
+    } else {
+        max.min(LONGEST)
+    };
     let mut d = base;
     for _ in 1..nth {
         d = d.saturating_mul(factor.max(1));
-        if !max.is_zero() && d >= max {
+        if d >= max {
             break;
         }
     }
-    Some(if max.is_zero() { d } else { d.min(max) })
+    Some(d.min(max))
 }
 
 /// Wall-clock milliseconds since the Unix epoch (0 before it).
@@ -560,9 +567,12 @@ mod tests {
         assert_eq!(ban_duration(H, 2, Duration::ZERO, 1), Some(H));
         assert_eq!(ban_duration(H, 2, Duration::ZERO, 3), Some(4 * H));
         assert_eq!(ban_duration(H, 4, 10 * H, 3), Some(10 * H));
+        // Grown past any date the clock holds (it panicked the daemon): the longest.
+        assert_eq!(ban_duration(H, 100, Duration::ZERO, 1000), Some(LONGEST));
+        assert_eq!(ban_duration(H, 100, Duration::MAX, 1000), Some(LONGEST));
         assert_eq!(
-            ban_duration(H, 100, Duration::ZERO, 1000),
-            Some(Duration::MAX)
+            ban_duration(Duration::MAX, 1, Duration::ZERO, 1),
+            Some(LONGEST)
         );
     }
 

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
 use ipnet::IpNet;
 
 use super::{
@@ -15,7 +15,7 @@ use super::{
     guard::{Guard, Why},
     journal::Journal,
 };
-use crate::config::Config;
+use crate::config::{Config, LONGEST};
 
 /// Which bans to lift.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +56,10 @@ pub fn ban(
     asker: Asker,
 ) -> Result<Banned> {
     let force = asker.force;
+    if duration.is_some_and(|d| d > LONGEST) {
+        // The command line never asks for one; a date that far ahead would overflow.
+        bail!("a ban of more than 100 years (36500d) was asked for; 0 = permanent");
+    }
     if let Some(ip) = asker.session.filter(|_| !force) {
         let mut session = Guard::default();
         session.protect(ip, Why::OperatorSession);

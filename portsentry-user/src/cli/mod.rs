@@ -173,7 +173,10 @@ pub struct UnbanArgs {
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    config::parse_duration(s).map_err(|e| format!("{e} (write e.g. 3600, 90s, 30m, 12h, 7d)"))
+    config::parse_duration(s).map_err(|e| match e {
+        config::DurationError::TooLong => format!("{e}; 0 = permanent"),
+        config::DurationError::Syntax(_) => format!("{e} (write e.g. 3600, 90s, 30m, 12h, 7d)"),
+    })
 }
 
 /// An address or network: `192.0.2.7`, `192.0.2.0/24`, `2001:db8::/48`; an

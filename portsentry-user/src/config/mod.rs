@@ -35,8 +35,8 @@ pub use keys::KEYS;
 use ports::PortSet;
 pub use text::{MAX_FILE_BYTES, MAX_LINE_BYTES};
 use text::{check_line, check_size, read_text, shorten, text_lines};
-pub(crate) use values::parse_duration;
 pub use values::{AttachMode, BlockMode, Mode};
+pub(crate) use values::{DurationError, LONGEST, parse_duration};
 
 /// The path shown in errors about a [`Config`] that did not come from a file.
 const NO_FILE: &str = "(built-in defaults)";

@@ -292,27 +292,57 @@ pub(super) fn command(
     Ok(Some(value.to_string()))
 }
 
+/// The longest duration accepted, in the config file and on the command line: a time
+/// that far ahead is still one the system clock and every date format here can hold.
+/// Longer bans are what `0` (permanent) is for.
+pub const LONGEST: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// Why a duration was not read.
+#[derive(Debug)]
+pub enum DurationError {
+    Syntax(humantime::DurationError),
+    /// Longer than [`LONGEST`].
+    TooLong,
+}
+
+impl std::fmt::Display for DurationError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DurationError::Syntax(e) => e.fmt(f),
+            DurationError::TooLong => f.write_str("longer than 100 years (36500d)"),
+        }
+    }
+}
+
 /// The one duration syntax, of the config file and the command line: a bare number of
-/// seconds, or humantime syntax (`90s`, `30m`, `12h`, `7d`, `1h 30m`). Whitespace around it
-/// is ignored.
-pub(crate) fn parse_duration(value: &str) -> Result<Duration, humantime::DurationError> {
+/// seconds, or humantime syntax (`90s`, `30m`, `12h`, `7d`, `1h 30m`), at most
+/// [`LONGEST`]. Whitespace around it is ignored.
+pub(crate) fn parse_duration(value: &str) -> Result<Duration, DurationError> {
     let v = value.trim();
-    if !v.is_empty()
+    let d = if !v.is_empty()
         && v.bytes().all(|b| b.is_ascii_digit())
         && let Ok(secs) = v.parse::<u64>()
     {
-        return Ok(Duration::from_secs(secs));
+        Duration::from_secs(secs)
+    } else {
+        humantime::parse_duration(v).map_err(DurationError::Syntax)?
+    };
+    if d > LONGEST {
+        return Err(DurationError::TooLong);
     }
-    humantime::parse_duration(v)
+    Ok(d)
 }
 
 /// A [`parse_duration`] value for `key`; `zero` says what 0 means there.
 pub(super) fn duration(key: &str, value: &str, zero: &str) -> Result<Duration, String> {
-    parse_duration(value).map_err(|_| {
-        format!(
+    parse_duration(value).map_err(|e| match e {
+        DurationError::TooLong => {
+            format!("{key} must be at most 100 years (36500d); {zero}; not \"{value}\"")
+        }
+        DurationError::Syntax(_) => format!(
             "{key} must be a duration: seconds (\"3600\") or a number with a unit (\"90s\", \
              \"30m\", \"12h\", \"7d\", \"1h 30m\"); {zero}; not \"{value}\""
-        )
+        ),
     })
 }
 
@@ -407,6 +437,14 @@ mod tests {
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
         for bad in ["", "+5", "-5", "soon", "99999999999999999999"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        // Far enough to overflow a date (it panicked the daemon, its ban book locked).
+        assert_eq!(parse_duration("36500d").unwrap(), LONGEST);
+        for long in ["36501d", "18446744073709551615", "200y"] {
+            assert!(
+                matches!(parse_duration(long), Err(DurationError::TooLong)),
+                "{long:?}"
+            );
         }
     }
 }
