@@ -47,6 +47,8 @@ pub const BATCH: usize = 100;
 pub const PERMANENT: Duration = Duration::from_secs(365 * 86_400);
 /// The origin CrowdSec records for decisions we send.
 pub const ORIGIN: &str = "portsentry";
+/// 9999-12-31T23:59:59Z, the last second an RFC 3339 date can say.
+const LATEST_SECS: u64 = 253_402_300_799;
 
 /// The scenario name of a ban made for a scan of `scan_type` (`None`: unknown), or of an
 /// escalation.
@@ -144,12 +146,14 @@ impl From<&Item> for Saved {
 impl TryFrom<Saved> for Item {
     type Error = anyhow::Error;
 
-    /// A time this system cannot hold (a damaged file) is an error naming it.
+    /// A time past what an alert can carry (a damaged file) is an error.
     fn try_from(saved: Saved) -> anyhow::Result<Item> {
         let at = |secs: u64| {
-            SystemTime::UNIX_EPOCH
-                .checked_add(Duration::from_secs(secs))
-                .ok_or_else(|| anyhow::anyhow!("{secs} seconds since the epoch is out of range"))
+            // RFC 3339 (the alert's dates) ends with the year 9999.
+            if secs > LATEST_SECS {
+                anyhow::bail!("{secs} seconds since the epoch is past the year 9999");
+            }
+            Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
         };
         Ok(match saved {
             Saved::Ban {
@@ -229,24 +233,30 @@ impl Outbox {
     }
 
     /// Queues the reports a daemon before this one left in `path`, ahead of any queued
-    /// since (they are older); how many (0: no file). A file that cannot be read is an
-    /// error naming it and where it is broken; it stays as it is.
-    pub fn restore(&self, path: &Path) -> anyhow::Result<usize> {
+    /// since (they are older); how many (0: no file), and the reports left out, each an
+    /// error naming the file and the report (a time no alert can carry). A file that
+    /// cannot be read is an error naming it and where it is broken; it stays as it is.
+    pub fn restore(&self, path: &Path) -> anyhow::Result<(usize, Vec<anyhow::Error>)> {
         let text = match fs::read(path) {
             Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, Vec::new())),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
         let saved: Vec<Saved> = serde_json::from_slice(&text)
             .map_err(|e| anyhow::anyhow!("{}: not a list of reports: {e}", path.display()))?;
-        let n = saved.len();
-        let items = saved
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| {
-                Item::try_from(s).with_context(|| format!("{}: report {}", path.display(), i + 1))
-            })
-            .collect::<anyhow::Result<Vec<Item>>>()?;
+        let mut items = Vec::with_capacity(saved.len());
+        let mut left_out = Vec::new();
+        for (i, s) in saved.into_iter().enumerate() {
+            match Item::try_from(s) {
+                Ok(item) => items.push(item),
+                Err(e) => left_out.push(e.context(format!(
+                    "{}: report {} left out",
+                    path.display(),
+                    i + 1
+                ))),
+            }
+        }
+        let n = items.len();
         let mut q = self.queue.lock().expect("outbox lock");
         for item in items.into_iter().rev() {
             q.items.push_front(item);
@@ -269,7 +279,7 @@ impl Outbox {
         *self.saved.lock().expect("outbox save lock") = q.changes;
         drop(q);
         self.notify.notify_one();
-        Ok(n)
+        Ok((n, left_out))
     }
 
     pub fn len(&self) -> usize {
@@ -622,7 +632,7 @@ mod tests {
         let file = dir.path().join("reports.json");
         o.save(&file).unwrap();
         let again = Outbox::default();
-        assert_eq!(again.restore(&file).unwrap(), o.len());
+        assert_eq!(again.restore(&file).unwrap().0, o.len());
         let restored = &again.queue.lock().unwrap().items;
         assert!(restored.len() <= QUEUE_LIMIT);
         let unbans =
@@ -663,7 +673,7 @@ mod tests {
 
         let second = Outbox::default();
         second.push(ban("192.0.2.11/32", None));
-        assert_eq!(second.restore(&file).unwrap(), 2);
+        assert_eq!(second.restore(&file).unwrap().0, 2);
         let q: Vec<Item> = second.queue.lock().unwrap().items.iter().cloned().collect();
         assert_eq!(
             q,
@@ -681,7 +691,7 @@ mod tests {
         std::fs::write(&file, "stale").unwrap();
         second.save(&file).unwrap();
         assert!(!file.exists(), "an empty queue leaves no file");
-        assert_eq!(Outbox::default().restore(&file).unwrap(), 0);
+        assert_eq!(Outbox::default().restore(&file).unwrap().0, 0);
     }
 
     #[test]
@@ -702,22 +712,41 @@ mod tests {
         );
         assert!(outbox.is_empty());
         assert!(file.exists());
-        // A time no system clock holds: an error naming the report, not a panic.
+        // A time no alert can carry (no system clock holds the first; the second is past
+        // the year 9999, which the alert's dates end with): those reports are left out and
+        // named, not a panic at the start or in the reporter; the others are queued.
+        let ban = |since: u64| {
+            format!(
+                "{{\"kind\": \"ban\", \"net\": \"192.0.2.9/32\", \"scenario\": \"s\", \
+                 \"since\": {since}, \"expires\": null}}"
+            )
+        };
         std::fs::write(
             &file,
             format!(
                 "[{{\"kind\": \"unban\", \"net\": \"192.0.2.1/32\", \"scenario\": \"s\"}},\n\
-                 {{\"kind\": \"ban\", \"net\": \"192.0.2.9/32\", \"scenario\": \"s\", \
-                 \"since\": 1, \"expires\": {}}}]\n",
-                u64::MAX
+                 {},\n{},\n{}]\n",
+                ban(u64::MAX),
+                ban(LATEST_SECS + 1),
+                ban(LATEST_SECS)
             ),
         )
         .unwrap();
-        let e = format!("{:#}", outbox.restore(&file).unwrap_err());
-        assert!(
-            e.starts_with(&format!("{}: report 2: ", file.display())) && e.contains("out of range"),
-            "{e}"
-        );
-        assert!(outbox.is_empty(), "nothing half-restored");
+        let (n, left_out) = outbox.restore(&file).unwrap();
+        assert_eq!(n, 2);
+        let left_out: Vec<String> = left_out.iter().map(|e| format!("{e:#}")).collect();
+        assert_eq!(left_out.len(), 2, "{left_out:?}");
+        for (e, at) in left_out.iter().zip([2, 3]) {
+            assert!(
+                e.starts_with(&format!("{}: report {at} left out: ", file.display()))
+                    && e.contains("past the year 9999"),
+                "{e}"
+            );
+        }
+        assert_eq!(outbox.len(), 2);
+        // The last one's alert can be written.
+        let q: Vec<Item> = outbox.queue.lock().unwrap().items.iter().cloned().collect();
+        let future = SystemTime::UNIX_EPOCH + Duration::from_secs(LATEST_SECS - 10);
+        assert!(alert(&q[1], future, "h").is_some());
     }
 }

@@ -124,11 +124,19 @@ pub(super) fn start(shared: &Arc<Shared>) -> anyhow::Result<()> {
         // Before the task starts: the reports a stopped daemon left go first.
         let file = paths::crowdsec_reports_file(&shared.eff().config.state_dir);
         match outbox.restore(&file) {
-            Ok(0) => {}
-            Ok(n) => shared.log.notice(&format!(
-                "portsentry: crowdsec: {n} reports from before the restart queued ({})",
-                file.display()
-            )),
+            Ok((n, left_out)) => {
+                for e in left_out {
+                    shared
+                        .log
+                        .warn(&format!("portsentry: crowdsec: {e:#}; it is not sent"));
+                }
+                if n > 0 {
+                    shared.log.notice(&format!(
+                        "portsentry: crowdsec: {n} reports from before the restart queued ({})",
+                        file.display()
+                    ));
+                }
+            }
             Err(e) => shared.log.warn(&format!(
                 "portsentry: crowdsec: the reports left from before the restart are not \
                  sent: {e:#}; the file is rewritten with the next report"
@@ -204,10 +212,11 @@ pub(super) fn report_ban(shared: &Shared, ban: &Ban) {
     });
 }
 
-/// Queues the deletion of our decision for a scan ban the operator lifted, or an
-/// escalation replaced (the caller
+/// Queues the deletion of our decision for a scan ban the operator lifted (the caller
 /// then writes the queue to its file, [`save_reports`]: lost at a restart, the deletion
-/// would never be made and the ban would come back from our decision).
+/// would never be made and the ban would come back from our decision), or an escalation
+/// replaced (written at the next housekeeping: the network's decision covers the host
+/// meanwhile).
 pub(super) fn report_unban(shared: &Shared, ban: &Ban) {
     queue(shared, ban, |scenario| Item::Unban {
         net: ban.net,

@@ -54,20 +54,16 @@ pub(super) fn after_ban(shared: &Arc<Shared>, eff: &Effective, ip: IpAddr, scan:
     // Reported with the book still held (an operator's unban of the network, which
     // queues the deletion of its decision, comes after it). The hosts' decisions are
     // deleted: the network's covers them on the fleet, and one left would ban its host
-    // again here once the network's ban is lifted.
-    let reported = if let Ok(Outcome::Escalated { ban, replaced, .. }) = &outcome {
+    // again here once the network's ban is lifted. The queue reaches its file at the
+    // next housekeeping, not here: an escalation may come from a response started
+    // before the reports of the last run are read back from that file.
+    if let Ok(Outcome::Escalated { ban, replaced, .. }) = &outcome {
         super::crowdsec::report_ban(shared, ban);
         for b in replaced {
             super::crowdsec::report_unban(shared, b);
         }
-        !replaced.is_empty()
-    } else {
-        false
-    };
-    drop(book);
-    if reported {
-        super::crowdsec::save_reports(shared);
     }
+    drop(book);
     let log = &shared.log;
     match outcome {
         Ok(Outcome::Nothing) => {}
