@@ -16,8 +16,8 @@ pub(super) enum Admit {
     /// Ban now.
     Now,
     /// This second's bans are all taken: the scanner waits. `first` is true for the
-    /// first refusal of the second (the one to log); `new` when the scanner was not
-    /// waiting already (its later events refuse it again: counted once).
+    /// first refusal of the second (the one to log); `new` when the scanner is put on the
+    /// waiting list now (its later events refuse it again: counted once).
     Wait { first: bool, new: bool },
 }
 
@@ -74,8 +74,9 @@ struct Waiting {
 }
 
 impl Waiting {
-    /// Puts the scanner on the list (or its newer event in place of its older); false
-    /// when it was waiting already.
+    /// Puts the scanner on the list (or its newer event in place of its older); true
+    /// when it was not waiting and is now (not when it was already, nor when the list is
+    /// full of more persistent ones).
     fn offer(&mut self, ev: ProbeEvent, mode: ModeToken) -> bool {
         if let Some(e) = self.by_ip.get_mut(&ev.ip) {
             if ev.hits > e.0.hits {
@@ -86,7 +87,7 @@ impl Waiting {
         if self.by_ip.len() >= MAX_WAITING {
             // Every entry has at least one hit: a one-hit source cannot win a place.
             if ev.hits <= 1 {
-                return true;
+                return false;
             }
             let (ip, hits) = self
                 .by_ip
@@ -95,7 +96,7 @@ impl Waiting {
                 .min_by_key(|(_, h)| *h)
                 .expect("full");
             if ev.hits <= hits {
-                return true;
+                return false;
             }
             self.by_ip.remove(&ip);
         }
@@ -177,12 +178,12 @@ mod tests {
             e.source = e.ip.into();
             w.offer(e, ModeToken::Atcp);
         }
-        w.offer(ev(7, 1), ModeToken::Atcp);
+        assert!(!w.offer(ev(7, 1), ModeToken::Atcp), "no place: not waiting");
         assert!(
             !w.by_ip.contains_key(&IpAddr::from([192, 0, 2, 7])),
             "full of equals"
         );
-        w.offer(ev(8, 5), ModeToken::Atcp);
+        assert!(w.offer(ev(8, 5), ModeToken::Atcp));
         assert!(
             w.by_ip.contains_key(&IpAddr::from([192, 0, 2, 8])),
             "a persistent one wins"
