@@ -658,6 +658,55 @@ fn a_host_reported_for_a_udp_scan_is_banned_by_the_daemon_for_its_tcp_scan() {
     reported_for_udp_then_banned_for_tcp("KILL_RUN_CMD_FIRST=\"1\"\n");
 }
 
+/// A host scanning UDP and TCP at once while its response runs KILL_RUN_CMD first: one
+/// response, its command run once (the ban it makes covers both protocols). A response
+/// to its TCP scan, racing the first before its ban was in the book, ran the command a
+/// second time.
+#[test]
+fn a_host_scanning_both_protocols_at_once_is_responded_to_once() {
+    require_kernel!();
+    let net = TestNet::new(1);
+    let wd = Workdir::new();
+    let order = wd.path("order").display().to_string();
+    wd.config(
+        &net.server_if,
+        &format!(
+            "KILL_RUN_CMD_FIRST=\"1\"\n\
+             KILL_RUN_CMD=\"sleep 2; echo run $TARGET$ $MODE$ >> {order}\"\n"
+        ),
+    );
+    let _svc = net
+        .server
+        .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
+    let d = start(&net, &wd);
+    let host = net.attacker_v4[0];
+    net.attacker.enter(|| {
+        let s = UdpSocket::bind(SocketAddr::new(host, 0)).unwrap();
+        let _ = s.send_to(b"probe", SocketAddr::new(net.server_v4, 20));
+    });
+    d.wait_for(
+        &format!("attackalert: UDP scan from host: {host}/{host}"),
+        Duration::from_secs(5),
+    );
+    probe(&net, host);
+    d.wait_for(
+        &format!("attackalert: Host {host} has been blocked via XDP drop"),
+        Duration::from_secs(10),
+    );
+    // Time for a second response to run its command (2 s), had one started.
+    std::thread::sleep(Duration::from_secs(4));
+    let runs = wd.read("order").matches(&format!("run {host} ")).count();
+    assert_eq!(
+        runs,
+        1,
+        "order:\n{}\nlog:\n{}",
+        wd.read("order"),
+        d.lines().join("\n")
+    );
+    assert!(banned(&wd, host));
+    assert!(d.stop().success());
+}
+
 fn reported_for_udp_then_banned_for_tcp(extra: &str) {
     require_kernel!();
     let net = TestNet::new(1);

@@ -17,7 +17,7 @@ use crate::{
     bans::{Cause, ScanCause, book::LiftedMeanwhile, guard::Refusal},
     config::BlockMode,
     config::effective::Effective,
-    kinds::ModeToken,
+    kinds::{ModeToken, Protocol},
     report::{alert, history},
 };
 
@@ -86,11 +86,7 @@ pub(super) fn act(
             return;
         }
     }
-    shared
-        .handled
-        .lock()
-        .expect("handled lock")
-        .insert(ev.ip, ev.proto());
+    mark_handled(shared, &ev, block == BlockMode::Block);
     let place = shared.jobs.line_up(ev.ip);
     let shared = shared.clone();
     let eff = eff.clone();
@@ -111,11 +107,7 @@ pub(super) fn act_banned(
     ev: ProbeEvent,
     mode: ModeToken,
 ) {
-    shared
-        .handled
-        .lock()
-        .expect("handled lock")
-        .insert(ev.ip, ev.proto());
+    mark_handled(shared, &ev, true);
     let since = crate::clock::to_system(ev.ts_ns);
     let place = shared.jobs.line_up(ev.ip);
     let shared = shared.clone();
@@ -320,6 +312,22 @@ async fn respond(
             mode,
         };
         escalation::after_ban(shared, eff, ev.ip, scan);
+    }
+}
+
+/// Marks `ev`'s host as acted on for its protocol, or for both when the response bans
+/// it (`bans`): the ban drops every packet of the host, and a response to its scan of
+/// the other protocol, racing this one before its ban is in the book, would take a
+/// second place in MAX_BANS_PER_SEC and run the kill commands again.
+fn mark_handled(shared: &Shared, ev: &ProbeEvent, bans: bool) {
+    let protos: &[Protocol] = if bans {
+        &[Protocol::Tcp, Protocol::Udp]
+    } else {
+        &[ev.proto()]
+    };
+    let mut handled = shared.handled.lock().expect("handled lock");
+    for proto in protos {
+        handled.insert(ev.ip, *proto);
     }
 }
 
