@@ -157,7 +157,11 @@ pub fn record_probe(
                 )
             {
                 stats.events = stats.events.saturating_add(1);
-                stats.flags |= proto_bit;
+                // Written once a protocol: a write of the flags could undo another CPU's
+                // SOURCE_VERIFIED, set at the same moment.
+                if first_of_proto {
+                    stats.flags |= proto_bit;
+                }
             }
             banned
         }
@@ -193,7 +197,9 @@ pub fn record_probe(
                 && send_event(&seen(now, 1, 1, 0, ban), now, settings)
             {
                 stats.events = 1;
-                stats.flags |= proto_bit;
+                if reached {
+                    stats.flags |= proto_bit;
+                }
             }
             match set {
                 Some(set) => sources::put_new(set, &src.key, stamp, &stats),
