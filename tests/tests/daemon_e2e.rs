@@ -308,6 +308,28 @@ fn sighup_reloads_the_ignore_list_and_keeps_the_old_config_on_error() {
         "the old ignore list must stay in force"
     );
 
+    // An ignore file gone (an editor's rename, a typo) is rejected too: it would leave
+    // only loopback and this host's addresses protected. (It was reloaded as an empty
+    // list, with nothing logged but "reloaded".)
+    fs::remove_file(files.path("portsentry.ignore")).unwrap();
+    d.signal(libc::SIGHUP);
+    let line = d.wait_for("does not exist", Duration::from_secs(5));
+    assert!(
+        line.contains("reload rejected") && line.contains("portsentry.ignore"),
+        "{line}"
+    );
+    nmap(&net, "-sS", trusted, net.server_v4, "26-28");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !history_has(&files, trusted),
+        "the old ignore list must stay in force"
+    );
+    fs::write(
+        files.path("portsentry.ignore"),
+        format!("127.0.0.1/32\n{trusted}/32\n"),
+    )
+    .unwrap();
+
     // A broken configuration is rejected too; scanning still works with the old one.
     let good = fs::read_to_string(&conf).unwrap();
     fs::write(&conf, format!("{good}NO_SUCH_KEY=\"1\"\n")).unwrap();

@@ -60,12 +60,22 @@ pub(super) fn reload(shared: &Arc<Shared>, args: &ConfigArgs) {
             return;
         }
     };
-    if new.crowdsec != old.crowdsec {
-        shared
-            .log
-            .warn("portsentry: the CROWDSEC_* settings changed; they take effect on restart only");
+    // An ignore file gone (a typo, an editor's rename) would leave only loopback and this
+    // host's addresses protected, where a start with it missing only warns (as 1.2 does).
+    if let Some(path) = new.config.ignore_file.as_ref().filter(|p| !p.exists()) {
+        shared.log.warn(&format!(
+            "portsentry: reload rejected, the old configuration and ignore list stay in \
+             force: IGNORE_FILE {} does not exist (set IGNORE_FILE=\"\" to ignore no file)",
+            path.display()
+        ));
+        return;
     }
-    if new.interfaces != old.interfaces
+    let sorted = |v: &[String]| {
+        let mut v = v.to_vec();
+        v.sort_unstable();
+        v
+    };
+    if sorted(&new.interfaces) != sorted(&old.interfaces)
         || new.xdp_mode != old.xdp_mode
         || new.config.pin_dir != old.config.pin_dir
         || new.config.state_dir != old.config.state_dir
@@ -89,6 +99,10 @@ pub(super) fn reload(shared: &Arc<Shared>, args: &ConfigArgs) {
         if applied.is_ok() {
             // Every ban into the new BLOCKED_FILE.* at the next housekeeping.
             book.set_blocked_file(&new.config.blocked_file);
+            // The guard follows the kernel's ignore list under the same lock: no response
+            // bans a host the new list protects with the old guard meanwhile
+            // ([`enforce_guard`] below lifts the bans made before).
+            book.set_guard(Guard::new(&new));
         }
         applied
     };
@@ -101,6 +115,22 @@ pub(super) fn reload(shared: &Arc<Shared>, args: &ConfigArgs) {
     }
     match applied {
         Ok(()) => {
+            for w in &new.warnings {
+                shared.log.warn(&format!("portsentry: warning: {w}"));
+            }
+            if new.crowdsec != old.crowdsec {
+                shared.log.warn(
+                    "portsentry: the CROWDSEC_* settings changed; they take effect on restart \
+                     only",
+                );
+            }
+            let (c, o) = (&new.config, &old.config);
+            if c.max_bans != o.max_bans || c.max_tracked_sources != o.max_tracked_sources {
+                shared.log.notice(
+                    "portsentry: MAX_BANS and MAX_TRACKED_SOURCES take effect at the next \
+                     start (the maps are resized then, every ban kept)",
+                );
+            }
             shared.set_eff(new);
             shared
                 .log
