@@ -402,3 +402,41 @@ fn a_command_only_response_never_runs_against_a_host_protected_meanwhile() {
     assert!(reaches(&net, last));
     assert!(d.stop().success());
 }
+
+/// A host added to the ignore list while its response runs, its ban made and KILL_ROUTE
+/// still running: the reload lifts the ban, and the kill command left (KILL_RUN_CMD)
+/// never runs against the host. (It ran, after the ban was lifted.)
+#[test]
+fn the_kill_commands_left_never_run_against_a_host_protected_meanwhile() {
+    require_kernel!();
+    let net = TestNet::new(1);
+    let wd = Workdir::new();
+    let order = wd.path("order").display().to_string();
+    wd.config(
+        &net.server_if,
+        &format!("KILL_ROUTE=\"echo route $TARGET$ >> {order}; sleep 3\"\n"),
+    );
+    let _svc = net.server.enter(|| TcpListener::bind("[::]:80").unwrap());
+    let d = start(&net, &wd);
+    let host = net.attacker_v4[0];
+    probe(&net, host);
+    wait_ordered(&wd, &d, &format!("route {host}"), 10);
+    reload_ignore_list(&wd, &d, &format!("{host}\n"));
+    let stopped = format!("portsentry: not running the kill commands left against {host}");
+    assert!(
+        wait_until(Duration::from_secs(10), || d.has_line(&stopped)),
+        "{}",
+        d.lines().join("\n")
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let order = wd.read("order");
+    assert!(
+        !order
+            .lines()
+            .any(|l| l.starts_with(&format!("run {host} "))),
+        "{order}"
+    );
+    assert!(!banned(&wd, host));
+    assert!(reaches(&net, host));
+    assert!(d.stop().success());
+}

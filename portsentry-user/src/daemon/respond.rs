@@ -294,6 +294,18 @@ async fn respond(
                 ));
             }
         } else {
+            // Protected since its ban was made (the ignore list reloaded while the name
+            // was looked up or a command ran): the guard lifted the ban, and no other kill
+            // command runs against the host. Its undo steps follow, in its line.
+            if banned && let Some(r) = shared.book().refusal(&ev.source) {
+                log.warn(&format!(
+                    "portsentry: not running the kill commands left against {}: {}",
+                    ev.ip,
+                    r.reason()
+                ));
+                banned = false;
+                break;
+            }
             run_step(&shared.log, &shared.metrics, c, ev.ip, step, false).await;
         }
     }
