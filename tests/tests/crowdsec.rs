@@ -512,6 +512,45 @@ fn an_escalation_replaces_its_hosts_decisions_with_its_networks() {
     }
 }
 
+/// A scan ban the ban guard lifts (its host added to the ignore list, SIGHUP) deletes its
+/// decision at the Local API, as an operator's unban does: the host is trusted here, and
+/// the fleet stops enforcing our report of it. (The decision stayed until it expired.)
+#[test]
+fn a_host_added_to_the_ignore_list_loses_our_decision() {
+    require_kernel!();
+    let (lan, lapi) = lan_with_lapi();
+    let attacker = Netns::new("atk");
+    let attacker_if = lan.join(&attacker, &["192.0.2.2/24"]);
+    let a = Server::start(&lan, &lapi, "a", 11, "");
+    let has_decision = || {
+        lapi.cscli(&["decisions", "list", "--all", "-o", "json"])
+            .contains("192.0.2.2")
+    };
+    let out = attacker.try_exec(&format!(
+        "nmap -n -Pn -sS -e {attacker_if} -S 192.0.2.2 -p 20-30 --max-retries 0 \
+         --host-timeout 30s {}",
+        a.v4
+    ));
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        wait_until(Duration::from_secs(15), has_decision),
+        "A did not report its ban: {}\n{}",
+        a.link(),
+        a.log()
+    );
+    std::fs::write(a.wd.path("portsentry.ignore"), "192.0.2.2\n").unwrap();
+    let d = a.daemon.as_ref().unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_for("lifted the ban of 192.0.2.2/32", Duration::from_secs(5));
+    assert!(
+        wait_until(Duration::from_secs(30), || !has_decision()),
+        "our decision is still at the Local API: {}\n{}",
+        a.link(),
+        a.log()
+    );
+    assert_eq!(a.ban_origin("192.0.2.2/32"), None);
+}
+
 /// The enforcement of decisions turned off (CROWDSEC_LAPI_URL taken out): the next start
 /// lifts the bans decisions made, which nothing would end before they expire; our own
 /// bans stay. Turned on again, the first answer puts them back.

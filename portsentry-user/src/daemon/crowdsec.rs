@@ -216,7 +216,8 @@ pub(super) fn report_ban(shared: &Shared, ban: &Ban) {
 /// then writes the queue to its file, [`save_reports`]: lost at a restart, the deletion
 /// would never be made and the ban would come back from our decision), or an escalation
 /// replaced (written at the next housekeeping: the network's decision covers the host
-/// meanwhile).
+/// meanwhile), or the ban guard lifted (the host protected now; at the next
+/// housekeeping too).
 pub(super) fn report_unban(shared: &Shared, ban: &Ban) {
     queue(shared, ban, |scenario| Item::Unban {
         net: ban.net,

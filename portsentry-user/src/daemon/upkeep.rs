@@ -214,6 +214,10 @@ pub(super) fn enforce_guard(shared: &Arc<Shared>, when: &str) {
             ban.net,
             refusal.reason()
         ));
+        // Our decision goes too, as at an operator's unban: the host is trusted here now.
+        // (Written to the reports file at the next housekeeping: at start, before the
+        // last run's file is read back.)
+        super::crowdsec::report_unban(shared, &ban);
         spawn_undo(shared, ban, BanEnd::Protected);
     }
     for (net, spared) in swept.spared {
