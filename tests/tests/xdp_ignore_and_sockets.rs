@@ -12,6 +12,48 @@ use portsentry_tests::{
     testrun::{XDP_DROP, XDP_PASS},
 };
 
+/// An ignore list replaced by another as large, with no network in common: there is no
+/// room in the kernel's map for both at once (16,384 entries), so the old entries that
+/// share no address with the new list go first. (The replacement failed, and a reload
+/// with it was rejected, or a start with the previous run's list still pinned.)
+#[test]
+fn an_ignore_list_replaced_by_another_as_large_fits() {
+    require_kernel!();
+    let mut fx = Fixture::new();
+    let hosts = |b: u8| -> Vec<ipnet::IpNet> {
+        (0..10_000u32)
+            .map(|i| net(&format!("10.{b}.{}.{}/32", i >> 8, i & 0xff)))
+            .collect()
+    };
+    let (old, new) = (hosts(0), hosts(1));
+    fx.dp.replace_ignore(&old, &[]).unwrap();
+    fx.dp.replace_ignore(&new, &[]).unwrap();
+    let dst = ip(V4_DST);
+    assert_uncounted(
+        &mut fx,
+        &Frame::tcp(ip("10.1.39.15"), dst, 22, SYN).build(),
+        ip("10.1.39.15"),
+        Counter::PassIgnored,
+    );
+    fx.expect(
+        &Frame::tcp(ip("10.0.39.15"), dst, 22, SYN).build(),
+        XDP_PASS,
+        Counter::PassProbe,
+    );
+    // More than the map holds: an error that says so, not a half-written list.
+    let too_many: Vec<ipnet::IpNet> = (0..16_385u32)
+        .map(|i| net(&format!("10.2.{}.{}/32", i >> 8, i & 0xff)))
+        .collect();
+    let e = format!("{:#}", fx.dp.replace_ignore(&too_many, &[]).unwrap_err());
+    assert!(e.contains("the kernel holds at most 16384"), "{e}");
+    assert_uncounted(
+        &mut fx,
+        &Frame::tcp(ip("10.1.39.15"), dst, 22, SYN).build(),
+        ip("10.1.39.15"),
+        Counter::PassIgnored,
+    );
+}
+
 #[test]
 fn ignored_sources_are_never_counted() {
     require_kernel!();

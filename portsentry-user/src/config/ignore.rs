@@ -16,7 +16,13 @@ use std::{
 
 use ipnet::IpNet;
 
+use portsentry_common::maps::IGNORE_MAX;
+
 use crate::kernel::addr::canonical_net;
+
+/// The most networks an ignore file may list: the kernel's list (`IGNORE_MAX` entries)
+/// also holds loopback, this host's addresses and SOURCE_PREFIX_V6's networks.
+pub const MAX_FILE_ENTRIES: usize = IGNORE_MAX as usize - 1024;
 
 use super::{
     ConfigError,
@@ -47,7 +53,17 @@ impl IgnoreList {
                 continue;
             }
             let net = parse_entry(entry).map_err(|m| ConfigError::new(path, n, m))?;
-            list.insert(net);
+            if list.insert(net) && list.len() > MAX_FILE_ENTRIES {
+                return Err(ConfigError::new(
+                    path,
+                    n,
+                    format!(
+                        "more than {MAX_FILE_ENTRIES} networks: the kernel's ignore list holds \
+                         {IGNORE_MAX}, with room kept for loopback, this host's addresses and \
+                         SOURCE_PREFIX_V6's networks; list wider networks instead"
+                    ),
+                ));
+            }
         }
         Ok(list)
     }
@@ -280,6 +296,31 @@ mod tests {
         assert!(!l.contains(ip("::ffff:11.0.0.1")));
         assert!(ok("").is_empty());
         assert!(ok("# nothing\n\n").is_empty());
+    }
+
+    #[test]
+    fn at_most_what_the_kernel_holds() {
+        let list = |n: usize| -> String {
+            (0..n)
+                .map(|i| format!("10.{}.{}.1\n", i >> 8, i & 0xff))
+                .collect()
+        };
+        assert_eq!(ok(&list(MAX_FILE_ENTRIES)).len(), MAX_FILE_ENTRIES);
+        // A duplicate is not one more.
+        assert_eq!(
+            ok(&(list(MAX_FILE_ENTRIES) + "10.0.0.1\n")).len(),
+            MAX_FILE_ENTRIES
+        );
+        let e = IgnoreList::parse(&list(MAX_FILE_ENTRIES + 1), Path::new("/x/ignore"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!(
+                "/x/ignore:{}: more than 15360 networks",
+                MAX_FILE_ENTRIES + 1
+            )),
+            "{e}"
+        );
     }
 
     #[test]

@@ -52,6 +52,17 @@ pub fn net_key(net: &IpNet) -> (u32, Addr) {
     }
 }
 
+/// Whether two networks of the 128-bit key space share an address (one holds the
+/// other).
+pub fn keys_overlap(a: (u32, &Addr), b: (u32, &Addr)) -> bool {
+    let bits = a.0.min(b.0).min(128);
+    if bits == 0 {
+        return true;
+    }
+    let mask = u128::MAX << (128 - bits);
+    u128::from_be_bytes(*a.1) & mask == u128::from_be_bytes(*b.1) & mask
+}
+
 /// The network a trie key stands for.
 pub fn net_from_key(prefix_len: u32, key: &Addr) -> IpNet {
     match from_key(key) {
@@ -101,6 +112,26 @@ mod tests {
     use portsentry_common::packet::{AddrWords, prefix_words};
 
     use super::*;
+
+    #[test]
+    fn overlapping_keys() {
+        let k = |s: &str| net_key(&s.parse().unwrap());
+        let overlap = |a: &str, b: &str| {
+            let ((la, ka), (lb, kb)) = (k(a), k(b));
+            keys_overlap((la, &ka), (lb, &kb))
+        };
+        assert!(overlap("10.0.0.0/8", "10.1.2.3/32"));
+        assert!(overlap("10.1.2.3/32", "10.0.0.0/8"));
+        assert!(overlap("10.1.2.3/32", "10.1.2.3/32"));
+        assert!(!overlap("10.1.2.3/32", "10.1.2.4/32"));
+        assert!(!overlap("10.0.0.0/8", "11.0.0.0/8"));
+        assert!(
+            overlap("::/0", "192.0.2.1/32"),
+            "::/0 holds the IPv4-mapped keys"
+        );
+        assert!(!overlap("2001:db8::/32", "192.0.2.1/32"));
+        assert!(overlap("0.0.0.0/0", "192.0.2.1/32"));
+    }
 
     /// The program's prefix masking (`prefix_words`) agrees with ipnet's, for every
     /// length and a few addresses.

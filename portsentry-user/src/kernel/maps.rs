@@ -9,7 +9,7 @@ use std::{
     os::fd::{AsFd as _, AsRawFd as _},
 };
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::{
     Array, HashMap, IterableMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf,
     lpm_trie::Key,
@@ -19,9 +19,9 @@ use portsentry_common::{
     Addr, Counter,
     ban_nets::{NetKey, NetLens},
     maps::{
-        self, BanEntry, IGNORE_FILTER_WORDS, IGNORE_IGNORED, IGNORE_SINGLE, KBAN_DAEMON,
-        KBAN_PROGRAM, KernelBan, SETTING_IGNORE, SETTING_IGNORE_WIDE, Settings, SourceStats,
-        net_filter_bit,
+        self, BanEntry, IGNORE_FILTER_WORDS, IGNORE_IGNORED, IGNORE_MAX, IGNORE_SINGLE,
+        KBAN_DAEMON, KBAN_PROGRAM, KernelBan, SETTING_IGNORE, SETTING_IGNORE_WIDE, Settings,
+        SourceStats, net_filter_bit,
     },
     packet::AddrWords,
 };
@@ -422,15 +422,48 @@ impl Dataplane {
             self.set_flag(SETTING_IGNORE_WIDE, true)?;
         }
         let t = &mut self.maps.ignore;
-        for ((len, key), value) in &want {
-            t.insert(&Key::new(*len, *key), value, 0)
-                .context("writing PS_IGNORE (more ignore entries than its size?)")?;
+        let capacity = IGNORE_MAX as usize;
+        if want.len() > capacity {
+            bail!(
+                "the ignore list has {} networks with loopback, this host's addresses and \
+                 SOURCE_PREFIX_V6's networks; the kernel holds at most {capacity}",
+                want.len()
+            );
         }
-        let stale: Vec<Key<Addr>> = t
+        let present: Vec<Key<Addr>> = t
             .keys()
-            .filter_map(|k| k.ok())
+            .collect::<Result<_, MapError>>()
+            .context("reading PS_IGNORE's entries")?;
+        let mut stale: Vec<Key<Addr>> = present
+            .into_iter()
             .filter(|k| !want.contains_key(&(k.prefix_len(), k.data())))
             .collect();
+        // No room for both lists at once: the stale entries that share no address with
+        // the new list go first. (One that holds or lies in a network of the new list
+        // goes only once that network is written: its addresses stay protected.)
+        if stale.len() + want.len() > capacity {
+            let apart = |k: &Key<Addr>| {
+                !want
+                    .keys()
+                    .any(|(len, key)| addr::keys_overlap((k.prefix_len(), &k.data()), (*len, key)))
+            };
+            let (early, late): (Vec<Key<Addr>>, Vec<Key<Addr>>) =
+                stale.into_iter().partition(apart);
+            for k in early {
+                absent_is_false(t.remove(&k))?;
+            }
+            stale = late;
+        }
+        for ((len, key), value) in &want {
+            t.insert(&Key::new(*len, *key), value, 0).with_context(|| {
+                format!(
+                    "writing PS_IGNORE ({} entries left of the old list while the new one's \
+                     {} go in: more than its {capacity})",
+                    stale.len(),
+                    want.len()
+                )
+            })?;
+        }
         for k in stale {
             absent_is_false(t.remove(&k))?;
         }
