@@ -58,7 +58,7 @@ pub fn ban(
     let force = asker.force;
     if duration.is_some_and(|d| d > LONGEST) {
         // The command line never asks for one; a date that far ahead would overflow.
-        bail!("a ban of more than 100 years (36500d) was asked for; 0 = permanent");
+        bail!("a ban of more than 100 years (100y) was asked for; 0 = permanent");
     }
     if let Some(ip) = asker.session.filter(|_| !force) {
         let mut session = Guard::default();

@@ -10,6 +10,7 @@ use std::{
 use anyhow::{Result, bail};
 use clap::Args;
 use ipnet::IpNet;
+use portsentry_common::maps::IGNORE_MAX;
 
 use super::{
     AttachMode, BlockMode, Config, Mode,
@@ -64,6 +65,9 @@ pub struct Effective {
     pub xdp_mode: AttachMode,
     /// What an operator should know (also the port policy's warnings).
     pub warnings: Vec<String>,
+    /// IGNORE_FILE is set and was not there when the list was read (a warning at a start,
+    /// a reload refused).
+    pub ignore_file_missing: bool,
     /// The CrowdSec Local API to share bans with (its secrets read); `None`: off.
     pub crowdsec: Option<super::crowdsec::Settings>,
 }
@@ -97,8 +101,9 @@ pub fn from_config(config: Config) -> Result<Effective> {
     let mut warnings = Vec::new();
     // A missing ignore file is not fatal (PortSentry 1.2 carries on too; Debian makes
     // the file at install time); a malformed one is.
+    let ignore_file_missing = config.ignore_file.as_ref().is_some_and(|p| !p.exists());
     let ignore_file = match &config.ignore_file {
-        Some(path) if !path.exists() => {
+        Some(path) if ignore_file_missing => {
             warnings.push(format!(
                 "IGNORE_FILE {} does not exist: only loopback and this host's addresses are \
                  ignored",
@@ -117,7 +122,7 @@ pub fn from_config(config: Config) -> Result<Effective> {
     warnings.extend(super::crowdsec::warnings(&config));
     let crowdsec = super::crowdsec::settings(&config)?;
     let always_ignored = localaddrs::always_ignored()?;
-    Ok(Effective {
+    let eff = Effective {
         interfaces: config.interfaces.clone(),
         xdp_mode: config.xdp_mode,
         config,
@@ -125,8 +130,11 @@ pub fn from_config(config: Config) -> Result<Effective> {
         ignore_file,
         always_ignored,
         warnings,
+        ignore_file_missing,
         crowdsec,
-    })
+    };
+    eff.check_kernel_ignore_size()?;
+    Ok(eff)
 }
 
 impl Effective {
@@ -155,6 +163,29 @@ impl Effective {
     /// one address at a time, so that no prefix ban covers what must stay reachable.
     pub fn single_source_nets(&self) -> Vec<IpNet> {
         single_source_nets(&self.ignored_nets(), self.config.source_prefix_v6)
+    }
+
+    /// The kernel's ignore list holds the file's networks, loopback, this host's
+    /// addresses and the `SOURCE_PREFIX_V6` networks counted by address: at most
+    /// `IGNORE_MAX` entries.
+    fn check_kernel_ignore_size(&self) -> Result<()> {
+        let entries = self.ignored_nets().len() + self.single_source_nets().len();
+        if entries > IGNORE_MAX as usize {
+            let file = self
+                .config
+                .ignore_file
+                .as_ref()
+                .map_or_else(|| "the ignore list".to_owned(), |p| p.display().to_string());
+            bail!(
+                "{file}: its {} networks take {entries} entries of the kernel's ignore list \
+                 with loopback, this host's addresses and the SOURCE_PREFIX_V6 networks \
+                 counted by address (one for each IPv6 entry narrower than \
+                 SOURCE_PREFIX_V6); the kernel holds at most {IGNORE_MAX}: list fewer, wider \
+                 networks",
+                self.ignore_file.len()
+            );
+        }
+        Ok(())
     }
 
     pub fn is_ignored(&self, ip: IpAddr) -> bool {
@@ -214,6 +245,35 @@ mod single_source_tests {
 
     fn nets(s: &[&str]) -> Vec<IpNet> {
         s.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    /// An ignore file within its own limit whose IPv6 hosts each bring a network counted
+    /// by address: more than the kernel's list holds, an error at load (check-config, a
+    /// start, a reload), not a failure writing the map.
+    #[test]
+    fn the_kernel_entries_the_list_takes_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("portsentry.ignore");
+        let hosts: String = (0..9_000u32)
+            .map(|i| format!("2001:db8:{:x}::1\n", i))
+            .collect();
+        std::fs::write(&file, hosts).unwrap();
+        let config = |source_prefix_v6| Config {
+            ignore_file: Some(file.clone()),
+            source_prefix_v6,
+            ..Config::default()
+        };
+        let e = format!("{:#}", from_config(config(64)).unwrap_err());
+        assert!(
+            e.starts_with(&format!("{}: its 9000 networks take ", file.display()))
+                && e.contains("the kernel holds at most 16384"),
+            "{e}"
+        );
+        // Counted by the /128 (no network counted by address): they fit.
+        let eff = from_config(config(128)).unwrap();
+        assert!(!eff.ignore_file_missing);
+        std::fs::remove_file(&file).unwrap();
+        assert!(from_config(config(128)).unwrap().ignore_file_missing);
     }
 
     #[test]

@@ -295,7 +295,7 @@ pub(super) fn command(
 /// The longest duration accepted, in the config file and on the command line: a time
 /// that far ahead is still one the system clock and every date format here can hold.
 /// Longer bans are what `0` (permanent) is for.
-pub const LONGEST: Duration = Duration::from_secs(100 * 365 * 86_400);
+pub const LONGEST: Duration = Duration::from_secs(3_155_760_000);
 
 /// Why a duration was not read.
 #[derive(Debug)]
@@ -309,7 +309,7 @@ impl std::fmt::Display for DurationError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             DurationError::Syntax(e) => e.fmt(f),
-            DurationError::TooLong => f.write_str("longer than 100 years (36500d)"),
+            DurationError::TooLong => f.write_str("longer than 100 years (100y)"),
         }
     }
 }
@@ -337,7 +337,7 @@ pub(crate) fn parse_duration(value: &str) -> Result<Duration, DurationError> {
 pub(super) fn duration(key: &str, value: &str, zero: &str) -> Result<Duration, String> {
     parse_duration(value).map_err(|e| match e {
         DurationError::TooLong => {
-            format!("{key} must be at most 100 years (36500d); {zero}; not \"{value}\"")
+            format!("{key} must be at most 100 years (100y); {zero}; not \"{value}\"")
         }
         DurationError::Syntax(_) => format!(
             "{key} must be a duration: seconds (\"3600\") or a number with a unit (\"90s\", \
@@ -439,8 +439,10 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
         // Far enough to overflow a date (it panicked the daemon, its ban book locked).
-        assert_eq!(parse_duration("36500d").unwrap(), LONGEST);
-        for long in ["36501d", "18446744073709551615", "200y"] {
+        // 100 years as humantime counts them (365.25 days each).
+        assert_eq!(parse_duration("100y").unwrap(), LONGEST);
+        assert_eq!(parse_duration("36525d").unwrap(), LONGEST);
+        for long in ["36526d", "18446744073709551615", "101y"] {
             assert!(
                 matches!(parse_duration(long), Err(DurationError::TooLong)),
                 "{long:?}"

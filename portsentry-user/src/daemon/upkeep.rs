@@ -62,7 +62,12 @@ pub(super) fn reload(shared: &Arc<Shared>, args: &ConfigArgs) {
     };
     // An ignore file gone (a typo, an editor's rename) would leave only loopback and this
     // host's addresses protected, where a start with it missing only warns (as 1.2 does).
-    if let Some(path) = new.config.ignore_file.as_ref().filter(|p| !p.exists()) {
+    if let Some(path) = new
+        .config
+        .ignore_file
+        .as_ref()
+        .filter(|_| new.ignore_file_missing)
+    {
         shared.log.warn(&format!(
             "portsentry: reload rejected, the old configuration and ignore list stay in \
              force: IGNORE_FILE {} does not exist (set IGNORE_FILE=\"\" to ignore no file)",
