@@ -229,3 +229,45 @@ fn a_ban_inside_a_64_does_not_hide_the_ban_of_the_64() {
     assert!(!reaches6(&net, scanner[0]));
     assert!(d.stop().success());
 }
+
+/// Another address of a banned /64 added to the ignore list while the /64's response
+/// runs: the ban stays (the kernel spares that address), and so do the kill commands
+/// left against the scanner, which is not protected. (They were stopped as if the
+/// scanner were.)
+#[test]
+fn a_64_keeps_its_kill_commands_when_another_of_its_addresses_is_ignored() {
+    require_kernel!();
+    let net = TestNet::new(0);
+    let scanner = net.add_attacker_v6_network("2001:db8:0:1", [0x10]);
+    let _svc = net.server.enter(|| TcpListener::bind("[::]:80").unwrap());
+    let wd = Workdir::new();
+    let order = wd.path("order").display().to_string();
+    wd.config(
+        &net.server_if,
+        &format!("KILL_ROUTE=\"echo route $TARGET$ >> {order}; sleep 3\"\n"),
+    );
+    let d = start(&net, &wd);
+    probe6(&net, scanner[0], 23);
+    let ordered = |line: &str| wd.read("order").lines().any(|l| l.starts_with(line));
+    assert!(
+        wait_until(Duration::from_secs(10), || ordered("route 2001:db8:0:1::")),
+        "order:\n{}\nlog:\n{}",
+        wd.read("order"),
+        d.lines().join("\n")
+    );
+    std::fs::write(wd.path("portsentry.ignore"), "2001:db8:0:1::99\n").unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_for(
+        "the ban of 2001:db8:0:1::/64 does not drop 2001:db8:0:1::99/128",
+        Duration::from_secs(5),
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || ordered("run 2001:db8:0:1:: ")),
+        "order:\n{}\nlog:\n{}",
+        wd.read("order"),
+        d.lines().join("\n")
+    );
+    assert!(!d.has_line("not running the kill commands left"));
+    assert_eq!(ban_nets(&status(&wd)), vec!["2001:db8:0:1::/64".to_owned()]);
+    assert!(d.stop().success());
+}

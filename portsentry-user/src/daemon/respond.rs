@@ -17,6 +17,7 @@ use crate::{
     bans::{Cause, ScanCause, book::LiftedMeanwhile, guard::Refusal},
     config::BlockMode,
     config::effective::Effective,
+    kernel::addr,
     kinds::{ModeToken, Protocol},
     report::{alert, history},
 };
@@ -294,10 +295,12 @@ async fn respond(
                 ));
             }
         } else {
-            // Protected since its ban was made (the ignore list reloaded while the name
-            // was looked up or a command ran): the guard lifted the ban, and no other kill
-            // command runs against the host. Its undo steps follow, in its line.
-            if banned && let Some(r) = shared.book().refusal(&ev.source) {
+            // The host protected since the response began (the ignore list reloaded while
+            // the name was looked up or a command ran): no kill command left runs against
+            // it. A ban of the host alone was lifted by the guard, and its undo steps
+            // follow in the host's line; a wider ban (a SOURCE_PREFIX_V6 network) stays,
+            // and the kernel spares the host.
+            if let Some(r) = shared.book().refusal(&addr::host_net(ev.ip)) {
                 log.warn(&format!(
                     "portsentry: not running the kill commands left against {}: {}",
                     ev.ip,
