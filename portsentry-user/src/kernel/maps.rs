@@ -393,9 +393,12 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Makes the kernel's ignore list exactly `nets`, in an order that never leaves a
-    /// network of both the old and the new list unprotected: the filter bits and the
-    /// trie entries of the new list first, then the stale entries and bits go.
+    /// Makes the kernel's ignore list exactly `nets`, in an order that never leaves an
+    /// address the new list protects unprotected: the filter bits and the trie entries
+    /// of the new list first, then the stale entries and bits go. When the map cannot
+    /// hold both lists at once, the stale entries that share no address with the new
+    /// list go first, and one inside an ignored network of the new list as soon as that
+    /// network is written.
     ///
     /// `singles` are the `SOURCE_PREFIX_V6` networks whose sources are counted one
     /// address at a time (value `IGNORE_SINGLE`: not ignored, and no prefix ban).
@@ -430,32 +433,49 @@ impl Dataplane {
                 want.len()
             );
         }
-        let present: Vec<Key<Addr>> = t
-            .keys()
+        let present: StdHashMap<(u32, Addr), u32> = t
+            .iter()
+            .map(|r| r.map(|(k, v)| ((k.prefix_len(), k.data()), v)))
             .collect::<Result<_, MapError>>()
             .context("reading PS_IGNORE's entries")?;
-        let mut stale: Vec<Key<Addr>> = present
-            .into_iter()
-            .filter(|k| !want.contains_key(&(k.prefix_len(), k.data())))
+        let mut stale: Vec<(u32, Addr)> = present
+            .keys()
+            .filter(|k| !want.contains_key(k))
+            .copied()
             .collect();
+        // What changes (an entry already there with its value is not written again),
+        // widest first.
+        let mut writes: Vec<((u32, Addr), u32)> = want
+            .iter()
+            .filter(|(k, v)| present.get(k) != Some(v))
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        writes.sort_unstable_by_key(|((len, _), _)| *len);
+        let new_entries = writes
+            .iter()
+            .filter(|(k, _)| !present.contains_key(k))
+            .count();
         // No room for both lists at once: the stale entries that share no address with
-        // the new list go first. (One that holds or lies in a network of the new list
-        // goes only once that network is written: its addresses stay protected.)
-        if stale.len() + want.len() > capacity {
-            let apart = |k: &Key<Addr>| {
-                !want
-                    .keys()
-                    .any(|(len, key)| addr::keys_overlap((k.prefix_len(), &k.data()), (*len, key)))
-            };
-            let (early, late): (Vec<Key<Addr>>, Vec<Key<Addr>>) =
-                stale.into_iter().partition(apart);
-            for k in early {
-                absent_is_false(t.remove(&k))?;
+        // the new list go first, and one that lies inside an ignored network of the new
+        // list goes as soon as that network is written (its addresses stay protected).
+        // Any other goes last.
+        let tight = present.len() + new_entries > capacity;
+        let overlap =
+            |a: &(u32, Addr), b: &(u32, Addr)| addr::keys_overlap((a.0, &a.1), (b.0, &b.1));
+        let remove = |t: &mut LpmTrie<MapData, Addr, u32>, k: &(u32, Addr)| {
+            absent_is_false(t.remove(&Key::new(k.0, k.1)))
+        };
+        if tight {
+            let (early, late): (Vec<_>, Vec<_>) = stale
+                .into_iter()
+                .partition(|s| !want.keys().any(|w| overlap(s, w)));
+            for k in &early {
+                remove(t, k)?;
             }
             stale = late;
         }
-        for ((len, key), value) in &want {
-            t.insert(&Key::new(*len, *key), value, 0).with_context(|| {
+        for (k, value) in &writes {
+            t.insert(&Key::new(k.0, k.1), value, 0).with_context(|| {
                 format!(
                     "writing PS_IGNORE ({} entries left of the old list while the new one's \
                      {} go in: more than its {capacity})",
@@ -463,9 +483,17 @@ impl Dataplane {
                     want.len()
                 )
             })?;
+            if tight && *value == IGNORE_IGNORED {
+                let (inside, rest): (Vec<_>, Vec<_>) =
+                    stale.into_iter().partition(|s| s.0 >= k.0 && overlap(s, k));
+                for s in &inside {
+                    remove(t, s)?;
+                }
+                stale = rest;
+            }
         }
-        for k in stale {
-            absent_is_false(t.remove(&k))?;
+        for k in &stale {
+            remove(t, k)?;
         }
         self.set_flag(SETTING_IGNORE, !want.is_empty())?;
         self.set_flag(SETTING_IGNORE_WIDE, wide)?;
