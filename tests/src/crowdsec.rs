@@ -168,9 +168,27 @@ impl Lapi {
     }
 
     /// `cscli -c CONFIG ARGS` in the server's namespace; its output. Panics when it fails.
+    ///
+    /// A `decisions` command that the Local API refused with "database is locked" (its
+    /// SQLite file written at that moment by a bouncer's pull or a machine's login) is
+    /// tried again, up to five times: adding or deleting a decision twice is harmless
+    /// here, and the failed call may have written its decision all the same.
     pub fn cscli(&self, args: &[&str]) -> String {
-        self.try_cscli(args)
-            .unwrap_or_else(|text| panic!("cscli {args:?} failed: {text}"))
+        let mut tries = 0;
+        loop {
+            match self.try_cscli(args) {
+                Ok(text) => return text,
+                Err(text)
+                    if args.first() == Some(&"decisions")
+                        && text.contains("database is locked")
+                        && tries < 5 =>
+                {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                }
+                Err(text) => panic!("cscli {args:?} failed: {text}"),
+            }
+        }
     }
 
     /// [`Lapi::cscli`], its output as the error when it fails.
