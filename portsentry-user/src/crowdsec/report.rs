@@ -279,7 +279,10 @@ impl Outbox {
         // Written as it is, so not again until it changes; unless reports were queued
         // before it was read back (an unban of the guard's sweep at the start, a
         // response to a ban the program made meanwhile): those are not in the file yet.
-        if !queued_since && dropped == 0 {
+        if dropped > 0 {
+            // Not as it was written: the reports dropped go from the file too.
+            q.changes += 1;
+        } else if !queued_since {
             *self.saved.lock().expect("outbox save lock") = q.changes;
         }
         drop(q);
@@ -638,11 +641,18 @@ mod tests {
         o.save(&file).unwrap();
         let again = Outbox::default();
         assert_eq!(again.restore(&file).unwrap().0, o.len());
-        let restored = &again.queue.lock().unwrap().items;
-        assert!(restored.len() <= QUEUE_LIMIT);
         let unbans =
             |q: &VecDeque<Item>| q.iter().filter(|i| matches!(i, Item::Unban { .. })).count();
-        assert_eq!(unbans(restored), unbans(&o.queue.lock().unwrap().items));
+        let kept = {
+            let restored = &again.queue.lock().unwrap().items;
+            assert!(restored.len() <= QUEUE_LIMIT);
+            assert_eq!(unbans(restored), unbans(&o.queue.lock().unwrap().items));
+            restored.len()
+        };
+        // The file follows what was kept (it held the reports dropped until the next
+        // change, and a restart dropped and counted them again).
+        again.save(&file).unwrap();
+        assert_eq!(Outbox::default().restore(&file).unwrap().0, kept);
         // The send failed: its bans wait again, and an unban takes one back.
         o.not_sent();
         assert!(o.push(unban(&net(1))));
