@@ -93,7 +93,11 @@ pub fn load(args: &ConfigArgs) -> Result<Effective> {
         config.interfaces = args.interfaces.clone();
     }
     config.validate()?;
-    from_config(config)
+    let eff = from_config(config)?;
+    // At a start, a reload and check-config; not for the guard of the CLI's ban and
+    // unban, which must work while the pinned maps enforce bans whatever the list.
+    eff.check_kernel_ignore_size()?;
+    Ok(eff)
 }
 
 /// The effective settings of an already validated config.
@@ -122,7 +126,7 @@ pub fn from_config(config: Config) -> Result<Effective> {
     warnings.extend(super::crowdsec::warnings(&config));
     let crowdsec = super::crowdsec::settings(&config)?;
     let always_ignored = localaddrs::always_ignored()?;
-    let eff = Effective {
+    Ok(Effective {
         interfaces: config.interfaces.clone(),
         xdp_mode: config.xdp_mode,
         config,
@@ -132,9 +136,7 @@ pub fn from_config(config: Config) -> Result<Effective> {
         warnings,
         ignore_file_missing,
         crowdsec,
-    };
-    eff.check_kernel_ignore_size()?;
-    Ok(eff)
+    })
 }
 
 impl Effective {
@@ -168,7 +170,7 @@ impl Effective {
     /// The kernel's ignore list holds the file's networks, loopback, this host's
     /// addresses and the `SOURCE_PREFIX_V6` networks counted by address: at most
     /// `IGNORE_MAX` entries.
-    fn check_kernel_ignore_size(&self) -> Result<()> {
+    pub fn check_kernel_ignore_size(&self) -> Result<()> {
         let entries = self.ignored_nets().len() + self.single_source_nets().len();
         if entries > IGNORE_MAX as usize {
             let file = self
@@ -263,7 +265,13 @@ mod single_source_tests {
             source_prefix_v6,
             ..Config::default()
         };
-        let e = format!("{:#}", from_config(config(64)).unwrap_err());
+        let e = format!(
+            "{:#}",
+            from_config(config(64))
+                .unwrap()
+                .check_kernel_ignore_size()
+                .unwrap_err()
+        );
         assert!(
             e.starts_with(&format!("{}: its 9000 networks take ", file.display()))
                 && e.contains("the kernel holds at most 16384"),
@@ -271,6 +279,7 @@ mod single_source_tests {
         );
         // Counted by the /128 (no network counted by address): they fit.
         let eff = from_config(config(128)).unwrap();
+        eff.check_kernel_ignore_size().unwrap();
         assert!(!eff.ignore_file_missing);
         std::fs::remove_file(&file).unwrap();
         assert!(from_config(config(128)).unwrap().ignore_file_missing);
