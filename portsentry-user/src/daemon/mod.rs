@@ -115,6 +115,9 @@ struct Shared {
     admission: Mutex<Admission>,
     /// Interfaces the program could not be attached to again (logged once).
     unattached: Mutex<HashSet<String>>,
+    /// This host's addresses the kernel's ignore list could not take (logged once for
+    /// each set of addresses; tried again every second).
+    addresses_refused: Mutex<Option<Vec<ipnet::IpNet>>>,
     /// The responses running and the escalations refused ([`escalation`]).
     escalation: Mutex<Tracker>,
     /// The response jobs' pool and each address's line ([`jobs`]).
@@ -286,6 +289,7 @@ pub async fn run(
         sources_tracked: Mutex::new((0, None)),
         admission: Mutex::new(Admission::default()),
         unattached: Mutex::new(HashSet::new()),
+        addresses_refused: Mutex::new(None),
         escalation: Mutex::new(Tracker::default()),
         jobs: jobs::Jobs::new(),
         crowdsec: eff.crowdsec.as_ref().map(crowdsec::Fleet::new),

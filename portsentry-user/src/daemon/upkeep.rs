@@ -305,14 +305,23 @@ pub(super) fn housekeeping(shared: &Arc<Shared>) {
                 Some(dp) => dp.replace_ignore(&new.ignored_nets(), &new.single_source_nets()),
                 None => Ok(()),
             };
+            let mut refused = shared.addresses_refused.lock().expect("addresses lock");
             match r {
                 Ok(()) => {
+                    *refused = None;
+                    drop(refused);
                     shared.set_eff(new);
                     enforce_guard(shared, "now that this host's addresses changed");
                 }
-                Err(e) => shared
-                    .log
-                    .warn(&format!("portsentry: updating the ignore list: {e:#}")),
+                Err(e) => {
+                    if refused.as_ref() != Some(&new.always_ignored) {
+                        shared.log.warn(&format!(
+                            "portsentry: this host's addresses changed, and the kernel's \
+                             ignore list cannot take them (tried again every second): {e:#}"
+                        ));
+                        *refused = Some(new.always_ignored.clone());
+                    }
+                }
             }
         }
         Ok(_) => {}
