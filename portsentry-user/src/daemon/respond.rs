@@ -231,7 +231,7 @@ async fn respond(
     // A response without a ban (BLOCK_*="2") has nothing for the guard to refuse: it is
     // asked here, before KILL_RUN_CMD runs against a host protected since the scan.
     if !steps.is_empty() && !steps.contains(&Step::XdpBan) {
-        let refusal = shared.book().refusal(&ev.source);
+        let refusal = shared.book().refusal(&addr::host_net(ev.ip));
         if let Some(r) = refusal {
             log.warn(&format!(
                 "portsentry: not running KILL_RUN_CMD against {}: {}",
