@@ -443,14 +443,20 @@ impl Dataplane {
             .filter(|k| !want.contains_key(k))
             .copied()
             .collect();
-        // What changes (an entry already there with its value is not written again),
-        // widest first.
+        // What changes (an entry already there with its value is not written again): the
+        // ignored networks first, widest first, then the networks counted by address (one
+        // written before an ignored network inside it would count that network's
+        // addresses meanwhile).
         let mut writes: Vec<((u32, Addr), u32)> = want
             .iter()
             .filter(|(k, v)| present.get(k) != Some(v))
             .map(|(k, v)| (*k, *v))
             .collect();
-        writes.sort_unstable_by_key(|((len, _), _)| *len);
+        writes.sort_unstable_by_key(|((len, _), v)| (*v != IGNORE_IGNORED, *len));
+        // The stale entries go widest first: a narrower one still there keeps its
+        // addresses as they were, not under a wider stale entry (one counting them by
+        // address) for a moment.
+        stale.sort_unstable_by_key(|(len, _)| *len);
         let new_entries = writes
             .iter()
             .filter(|(k, _)| !present.contains_key(k))
