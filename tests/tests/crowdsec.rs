@@ -33,6 +33,32 @@ fn lan_with_lapi() -> (Lan, Lapi) {
     (lan, lapi)
 }
 
+/// Waits until the Local API holds a decision on `addr` (made by any machine), or none
+/// (`present` false); `a` is the server whose report or deletion it waits for.
+fn wait_decision(lapi: &Lapi, a: &Server, addr: &str, present: bool) {
+    let has = || {
+        lapi.cscli(&["decisions", "list", "--all", "-o", "json"])
+            .contains(addr)
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || has() == present),
+        "a decision on {addr} at the Local API: {}, wanted {present}\n{}\n{}",
+        !present,
+        a.link(),
+        a.log()
+    );
+}
+
+/// nmap's SYN scan of ports 20-30 of `server` from `src`, an address of the attacker's
+/// interface `iface`.
+fn syn_scan(attacker: &Netns, iface: &str, src: &str, server: std::net::IpAddr) {
+    let out = attacker.try_exec(&format!(
+        "nmap -n -Pn -sS -e {iface} -S {src} -p 20-30 --max-retries 0 --host-timeout 30s \
+         {server}"
+    ));
+    assert!(out.status.success(), "{out:?}");
+}
+
 #[test]
 fn a_fleet_shares_bans_through_crowdsec() {
     require_kernel!();
@@ -397,22 +423,8 @@ fn an_unban_made_while_the_local_api_is_away_is_sent_after_a_restart() {
     let attacker = Netns::new("atk");
     let attacker_if = lan.join(&attacker, &["192.0.2.2/24"]);
     let mut a = Server::start(&lan, &lapi, "a", 11, "");
-    let has_decision = |lapi: &Lapi| {
-        lapi.cscli(&["decisions", "list", "--all", "-o", "json"])
-            .contains("192.0.2.2")
-    };
-    let out = attacker.try_exec(&format!(
-        "nmap -n -Pn -sS -e {attacker_if} -S 192.0.2.2 -p 20-30 --max-retries 0 \
-         --host-timeout 30s {}",
-        a.v4
-    ));
-    assert!(out.status.success(), "{out:?}");
-    assert!(
-        wait_until(Duration::from_secs(15), || has_decision(&lapi)),
-        "A did not report its ban: {}\n{}",
-        a.link(),
-        a.log()
-    );
+    syn_scan(&attacker, &attacker_if, "192.0.2.2", a.v4);
+    wait_decision(&lapi, &a, "192.0.2.2", true);
     assert_eq!(a.ban_origin("192.0.2.2/32").as_deref(), Some("scan"));
 
     lapi.kill();
@@ -430,12 +442,7 @@ fn an_unban_made_while_the_local_api_is_away_is_sent_after_a_restart() {
 
     lapi.restart();
     a.start_daemon();
-    assert!(
-        wait_until(Duration::from_secs(30), || !has_decision(&lapi)),
-        "our decision is still at the Local API: {}\n{}",
-        a.link(),
-        a.log()
-    );
+    wait_decision(&lapi, &a, "192.0.2.2", false);
     a.wait_crowdsec_ban("192.0.2.2/32", false);
     assert_eq!(a.ban_origin("192.0.2.2/32"), None);
     assert!(
@@ -465,12 +472,7 @@ fn an_escalation_replaces_its_hosts_decisions_with_its_networks() {
     let a = Server::start(&lan, &lapi, "a", 11, "ESCALATE_AFTER=\"3\"\n");
     let decisions = || lapi.cscli(&["decisions", "list", "--all", "-o", "json"]);
     for h in hosts {
-        let out = attacker.try_exec(&format!(
-            "nmap -n -Pn -sS -e {attacker_if} -S {h} -p 20-30 --max-retries 0 \
-             --host-timeout 30s {}",
-            a.v4
-        ));
-        assert!(out.status.success(), "{out:?}");
+        syn_scan(&attacker, &attacker_if, h, a.v4);
         assert!(
             wait_until(Duration::from_secs(15), || {
                 a.ban_origin(&format!("{h}/32")).is_some()
@@ -522,32 +524,13 @@ fn a_host_added_to_the_ignore_list_loses_our_decision() {
     let attacker = Netns::new("atk");
     let attacker_if = lan.join(&attacker, &["192.0.2.2/24"]);
     let a = Server::start(&lan, &lapi, "a", 11, "");
-    let has_decision = || {
-        lapi.cscli(&["decisions", "list", "--all", "-o", "json"])
-            .contains("192.0.2.2")
-    };
-    let out = attacker.try_exec(&format!(
-        "nmap -n -Pn -sS -e {attacker_if} -S 192.0.2.2 -p 20-30 --max-retries 0 \
-         --host-timeout 30s {}",
-        a.v4
-    ));
-    assert!(out.status.success(), "{out:?}");
-    assert!(
-        wait_until(Duration::from_secs(15), has_decision),
-        "A did not report its ban: {}\n{}",
-        a.link(),
-        a.log()
-    );
+    syn_scan(&attacker, &attacker_if, "192.0.2.2", a.v4);
+    wait_decision(&lapi, &a, "192.0.2.2", true);
     std::fs::write(a.wd.path("portsentry.ignore"), "192.0.2.2\n").unwrap();
     let d = a.daemon.as_ref().unwrap();
     d.signal(libc::SIGHUP);
     d.wait_for("lifted the ban of 192.0.2.2/32", Duration::from_secs(5));
-    assert!(
-        wait_until(Duration::from_secs(30), || !has_decision()),
-        "our decision is still at the Local API: {}\n{}",
-        a.link(),
-        a.log()
-    );
+    wait_decision(&lapi, &a, "192.0.2.2", false);
     assert_eq!(a.ban_origin("192.0.2.2/32"), None);
 }
 
