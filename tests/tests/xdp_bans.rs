@@ -1037,6 +1037,102 @@ fn a_resize_carries_over_the_late_bans_alone() {
     let _ = std::fs::remove_dir_all(&pins);
 }
 
+/// A start that pinned resized ban maps and stopped before its attach (killed, or
+/// failing after the pins) leaves the old program running, through its pinned link, on
+/// maps no pin names: the next start finds them there and carries over the bans that
+/// program made since. And a map refused for its size leaves every pin as it was,
+/// also those of the maps before it.
+#[test]
+fn an_interrupted_resize_loses_no_ban_the_old_program_made() {
+    use aya::maps::MapData;
+    use portsentry_tests::netns::TestNet;
+    use portsentry_user::{
+        config::AttachMode,
+        kernel::{Dataplane, MapSizes},
+    };
+    require_kernel!();
+    let pinned_id = |pins: &std::path::Path, name: &str| {
+        MapData::from_pin(pins.join(name))
+            .unwrap()
+            .info()
+            .unwrap()
+            .id()
+    };
+    let tnet = TestNet::new(0);
+    let pins = fresh_pins("orphan");
+    let sizes = MapSizes::default();
+    let mut old = Dataplane::load(&sizes, Some(pins.clone())).unwrap();
+    for n in ["198.51.100.1/32", "203.0.113.0/24", "2001:db8:1::/48"] {
+        old.insert_ban(&net(n), &BanEntry::default()).unwrap();
+    }
+    tnet.server
+        .enter(|| old.attach(&tnet.server_if, AttachMode::Skb))
+        .unwrap();
+    // PS_BANS would be replaced first, then PS_BAN_NETS is too small for its ranges.
+    let refused = MapSizes {
+        bans: sizes.bans * 2,
+        ban_nets: 1,
+        ..sizes.clone()
+    };
+    let before = pinned_id(&pins, "PS_BANS");
+    let err = Dataplane::load(&refused, Some(pins.clone()))
+        .err()
+        .expect("too small");
+    assert!(
+        format!("{err:#}").contains("PS_BAN_NETS holds 2"),
+        "{err:#}"
+    );
+    assert_eq!(pinned_id(&pins, "PS_BANS"), before, "no pin replaced");
+    // The interrupted start: both ban maps replaced and pinned, and no attach.
+    let bigger = MapSizes {
+        bans: sizes.bans * 2,
+        ban_nets: sizes.ban_nets * 2,
+        ..sizes.clone()
+    };
+    drop(Dataplane::load(&bigger, Some(pins.clone())).unwrap());
+    assert_ne!(pinned_id(&pins, "PS_BANS"), before);
+    // Meanwhile the old program bans (as at a trigger), in its own maps.
+    let late = BanEntry {
+        since_ns: monotonic_ns(),
+        ..Default::default()
+    };
+    for n in ["198.51.100.77/32", "192.0.2.128/25"] {
+        old.insert_ban(&net(n), &late).unwrap();
+    }
+    drop(old);
+    // The next start, with the same sizes: nothing to resize, two maps to carry from.
+    let mut again = Dataplane::load(&bigger, Some(pins.clone())).unwrap();
+    let lines = again.resized_maps();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines.iter().all(|l| l.contains("no longer pinned")),
+        "{lines:?}"
+    );
+    assert_eq!(
+        again.carry_over_late_bans().unwrap(),
+        2,
+        "before the attach"
+    );
+    tnet.server
+        .enter(|| again.attach(&tnet.server_if, AttachMode::Skb))
+        .unwrap();
+    assert_eq!(again.carry_over_late_bans().unwrap(), 0, "carried once");
+    again.release_replaced_maps();
+    let ns = portsentry_tests::netns::Netns::new("orphan");
+    let verdict = |src: &str| udp_verdict(&ns, &again, src);
+    for banned in [
+        "198.51.100.77",
+        "192.0.2.200",
+        "198.51.100.1",
+        "203.0.113.9",
+    ] {
+        assert_eq!(verdict(banned), XDP_DROP, "{banned}");
+    }
+    assert_eq!(verdict("192.0.2.1"), XDP_PASS);
+    drop(again);
+    let _ = std::fs::remove_dir_all(&pins);
+}
+
 /// `PS_BANS` is read by two threads, each half of its buckets, the lower half's last
 /// batch running past the middle: every ban is read back exactly once.
 #[test]

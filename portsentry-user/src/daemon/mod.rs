@@ -239,6 +239,10 @@ pub async fn run(
             "portsentry: adopted the ban of {net} from the kernel (made before a restart)"
         ));
     }
+    // Bans the program still attached made in maps replaced at this load, since they
+    // were copied: a ban that cannot be written fails the start here, while that
+    // program still runs on them.
+    let mut late = dp.carry_over_late_bans()?;
     upkeep::drop_stale_links(&c.pin_dir, &eff.interfaces, &log);
     for iface in &eff.interfaces {
         let a = dp.attach(iface, eff.xdp_mode)?;
@@ -255,8 +259,9 @@ pub async fn run(
              restored)"
         ));
     }
-    // Bans the replaced program made in maps that were resized, since they were copied.
-    let late = dp.carry_over_late_bans()?;
+    // And those it made until the attach replaced it.
+    late += dp.carry_over_late_bans()?;
+    dp.release_replaced_maps();
     if late > 0 {
         log.notice(&format!(
             "portsentry: {late} bans made meanwhile carried over into the resized maps"

@@ -85,8 +85,9 @@ pub struct Dataplane {
     /// The exact bans read at load, until [`Dataplane::take_bans_at_load`] takes them
     /// (dropped at the first change of a ban).
     bans_at_load: Option<Vec<(portsentry_common::Addr, portsentry_common::maps::BanEntry)>>,
-    /// Pinned maps replaced by maps of the configured sizes at this load, held until
-    /// [`Dataplane::carry_over_late_bans`].
+    /// Pinned maps replaced by maps of the configured sizes at this load, and ban maps
+    /// of the program still attached that no pin names ([`resize::orphaned`]), held
+    /// until [`Dataplane::release_replaced_maps`].
     resized: Vec<resize::Resized>,
     /// The pinned `PS_PROGS` of the program this load replaces (`progs`).
     replaced_progs: Option<progs::ReplacedProgs>,
@@ -376,8 +377,12 @@ impl Dataplane {
             .filter(|name| *name != names::PROGS)
             .filter_map(|name| Some((name, ebpf.take_map(name)?)))
             .collect();
+        let mut resized = resized;
         if let Some(dir) = &pin_dir {
+            // Found before the new pins: a map this load replaces is not an orphan.
+            let orphans = resize::orphaned(dir, &resized);
             Self::take_over_resized(dir, &resized, &taken)?;
+            resized.extend(orphans);
         }
         let hooks = tcp_sockets::attach_hooks(&mut ebpf, pin_dir.as_deref())
             .inspect_err(|e| log::warn!("{e:#}: every TCP probe is looked up"))

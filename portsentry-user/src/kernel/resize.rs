@@ -6,6 +6,11 @@
 //! ([`Dataplane::carry_over_late_bans`]). A pinned map whose value an earlier release
 //! made smaller (fields are only ever added at the end) is replaced the same way, its
 //! value's bytes carried over into the start of the new one.
+//!
+//! A start that stops between the new pins and the attach (killed, or failing) leaves
+//! the old program running on ban maps no longer pinned: the next start finds them
+//! through the pinned links ([`orphaned`]) and carries their late bans over the same
+//! way.
 
 use std::{
     os::fd::AsFd as _,
@@ -71,6 +76,9 @@ pub(super) struct Resized {
     pub copied: std::cell::RefCell<Vec<Copied>>,
     /// The value grew (a release added fields), not the number of entries.
     pub value: bool,
+    /// A ban map of the program still attached that is not the pinned one
+    /// ([`orphaned`]): only its late bans are carried over, into the pinned map.
+    pub orphan: bool,
 }
 
 /// The sizable maps and their configured sizes, in entries (`PS_BAN_CACHE` and
@@ -151,6 +159,7 @@ pub(super) fn pinned_to_resize(pin_dir: &Path, sizes: &MapSizes) -> Result<Vec<R
                 carried: Default::default(),
                 copied: Default::default(),
                 value,
+                orphan: false,
             });
         }
     }
@@ -169,6 +178,7 @@ pub(super) fn pinned_to_resize(pin_dir: &Path, sizes: &MapSizes) -> Result<Vec<R
                 carried: Default::default(),
                 copied: Default::default(),
                 value: false,
+                orphan: false,
             });
         }
     }
@@ -189,6 +199,7 @@ pub(super) fn pinned_to_resize(pin_dir: &Path, sizes: &MapSizes) -> Result<Vec<R
                 carried: Default::default(),
                 copied: Default::default(),
                 value: false,
+                orphan: false,
             });
         }
     }
@@ -205,6 +216,118 @@ fn open_pinned(pin_dir: &Path, name: &str) -> Result<Option<(MapData, MapInfo)>>
         .with_context(|| format!("opening the pinned map {}", path.display()))?;
     let info = old.info()?;
     Ok(Some((old, info)))
+}
+
+/// The ban maps (`PS_BANS`, `PS_BAN_NETS`) of the programs attached through the links
+/// pinned in `pin_dir` that are neither the maps pinned there nor among `resized`.
+///
+/// A start that pinned resized maps in place of the old ones and then stopped before
+/// its attach (killed, or a failure after the pins) leaves the old program running on
+/// the old maps, which no pin names any more: the bans it makes there at a trigger
+/// would be dropped with it at this start's attach. Each such map is returned with
+/// what the pinned map of its name holds now as its copy, so that what the old program
+/// made since is carried over like a resize's late bans. A map that cannot be read is
+/// logged and left.
+pub(super) fn orphaned(pin_dir: &Path, resized: &[Resized]) -> Vec<Resized> {
+    let mut out: Vec<Resized> = Vec::new();
+    let Ok(entries) = std::fs::read_dir(pin_dir) else {
+        return out;
+    };
+    let mut programs = Vec::new();
+    for e in entries.flatten() {
+        if crate::paths::link_interface(&e.file_name().to_string_lossy()).is_some()
+            && let Ok(link) = sys::pinned_link(&e.path())
+            && !programs.contains(&link.prog_id)
+        {
+            programs.push(link.prog_id);
+        }
+    }
+    if programs.is_empty() {
+        return out;
+    }
+    let map_ids: Vec<u32> = aya::programs::loaded_programs()
+        .flatten()
+        .filter(|p| programs.contains(&p.id()))
+        .filter_map(|p| p.map_ids().ok().flatten())
+        .flatten()
+        .collect();
+    let replaced: Vec<u32> = resized.iter().filter_map(Resized::old_id).collect();
+    for id in map_ids {
+        let Ok(info) = MapInfo::from_id(id) else {
+            continue;
+        };
+        let Some(name) = [names::BANS, names::BAN_NETS]
+            .into_iter()
+            .find(|n| info.name_as_str() == Some(*n))
+        else {
+            continue;
+        };
+        let pinned = pin_dir.join(name);
+        let pinned = match MapData::from_pin(&pinned) {
+            Ok(m) => m,
+            Err(_) => continue,
+        };
+        let pinned_id = pinned.info().map(|i| i.id()).ok();
+        let seen = out.iter().any(|r| r.old_id() == Some(id));
+        if pinned_id == Some(id) || replaced.contains(&id) || seen {
+            continue;
+        }
+        match orphan(name, id, &pinned) {
+            Ok(r) => out.push(r),
+            Err(e) => log::warn!(
+                "{e:#}: the bans the program still attached made in its {name} (id {id}) \
+                 since an interrupted start replaced that map are not carried over"
+            ),
+        }
+    }
+    out
+}
+
+/// The ban map `name` of id `id`, a program's but no longer pinned, with what the map
+/// pinned as `name` holds as its copy.
+fn orphan(name: &'static str, id: u32, pinned: &MapData) -> Result<Resized> {
+    let old = MapData::from_id(id).with_context(|| format!("opening the map of id {id}"))?;
+    let info = old.info()?;
+    let key = match name {
+        names::BANS => size_of::<Addr>(),
+        _ => size_of::<Key<Addr>>(),
+    };
+    if (info.key_size() as usize, info.value_size() as usize) != (key, size_of::<BanEntry>()) {
+        anyhow::bail!(
+            "its entries are not of this release ({} and {} bytes)",
+            info.key_size(),
+            info.value_size()
+        );
+    }
+    let r = Resized {
+        name,
+        old,
+        old_size: info.max_entries(),
+        new_size: info.max_entries(),
+        old_capacity: info.max_entries(),
+        carried: Default::default(),
+        copied: Default::default(),
+        value: false,
+        orphan: true,
+    };
+    let from = pinned.fd().as_fd();
+    let read = || format!("reading the pinned {name}");
+    if name == names::BANS {
+        let held: Vec<(Addr, BanEntry)> = sys::read_map(from).with_context(read)?;
+        let (keys, values): (Vec<Addr>, Vec<BanEntry>) = held.into_iter().unzip();
+        record_copied(&r, keys.into_iter().map(|k| (0, k)), &values);
+    } else {
+        let held: Vec<(Key<Addr>, BanEntry)> = sys::read_map(from).with_context(read)?;
+        let (keys, values): (Vec<Key<Addr>>, Vec<BanEntry>) = held.into_iter().unzip();
+        record_copied(&r, keys.iter().map(|k| (k.prefix_len(), k.data())), &values);
+    }
+    Ok(r)
+}
+
+impl Resized {
+    fn old_id(&self) -> Option<u32> {
+        self.old.info().ok().map(|i| i.id())
+    }
 }
 
 /// A ban as copied into a resized map: its prefix length (0 in `PS_BANS`), its key, and
@@ -325,25 +448,30 @@ fn map_fd(map: &Map) -> Option<std::os::fd::BorrowedFd<'_>> {
 }
 
 impl Dataplane {
-    /// Fills the new maps of `resized` from the pinned ones and pins them in their place
-    /// (a new pin under a temporary name, renamed over the old: the pin path always
-    /// names one of the two). Runs before the program is attached: the old program
-    /// keeps running on the old maps until the attach replaces it.
+    /// Fills the new maps of `resized` from the pinned ones, then pins them in their
+    /// place (a new pin under a temporary name, renamed over the old: the pin path
+    /// always names one of the two). Every map is filled before the first is pinned, so
+    /// that a map refused (too small for what it holds) leaves every pin as it was. Runs
+    /// before the program is attached: the old program keeps running on the old maps
+    /// until the attach replaces it.
     pub(super) fn take_over_resized(
         pin_dir: &Path,
         resized: &[Resized],
         taken: &std::collections::HashMap<&'static str, Map>,
     ) -> Result<()> {
-        for r in resized {
-            let Some(new) = taken.get(r.name) else {
-                continue;
-            };
-            carry_over(r, new)?;
+        let new: Vec<(&Resized, &Map)> = resized
+            .iter()
+            .filter_map(|r| Some((r, taken.get(r.name)?)))
+            .collect();
+        for (r, map) in &new {
+            carry_over(r, map)?;
+        }
+        for (r, map) in new {
             let path = pin_dir.join(r.name);
             // (bpffs refuses a name with a dot.)
             let tmp: PathBuf = pin_dir.join(format!("{}_resized", r.name));
             let _ = std::fs::remove_file(&tmp);
-            new.pin(&tmp)
+            map.pin(&tmp)
                 .with_context(|| format!("pinning the new {} at {}", r.name, tmp.display()))?;
             std::fs::rename(&tmp, &path).with_context(|| {
                 format!("replacing the pin {} by the resized map", path.display())
@@ -352,35 +480,38 @@ impl Dataplane {
         Ok(())
     }
 
-    /// After the attach: the bans the old program made in the old maps since they were
-    /// copied (at a source's trigger, until the attach replaced it) are copied too, and
-    /// the old maps are let go. Returns how many bans that was.
+    /// The bans the old program made in the old maps since they were copied (at a
+    /// source's trigger, until the attach replaces it) are copied too. Called before the
+    /// attach, so that a ban that cannot be written fails this start while the old
+    /// program still runs on its maps (the next start finds them, [`orphaned`]), and
+    /// again after it for the bans made in between. Returns how many bans that was.
     ///
     /// Late is what the copy lacks, not what the new maps lack: since the copy the
     /// daemon may have lifted bans from the new maps, or moved them between the two
     /// (a SOURCE_PREFIX_V6 changed at this start), and those stay as it left them.
     pub fn carry_over_late_bans(&mut self) -> Result<usize> {
-        let resized = std::mem::take(&mut self.resized);
         let mut late = Vec::new();
-        for r in &resized {
+        let mut taken: Vec<(usize, Copied)> = Vec::new();
+        for (i, r) in self.resized.iter().enumerate() {
             let from = r.old.fd().as_fd();
             match r.name {
                 names::BANS => {
                     let old: Vec<(Addr, BanEntry)> = sys::read_map(from)?;
                     let prefix = self.v6_source_prefix();
-                    late.extend(
-                        old.into_iter()
-                            .filter(|(k, e)| is_late(r, 0, *k, e))
-                            .map(|(k, e)| (addr::source_key_net(&k, prefix), e)),
-                    );
+                    for (k, e) in old.into_iter().filter(|(k, e)| is_late(r, 0, *k, e)) {
+                        taken.push((i, (0, k, e.since_ns)));
+                        late.push((addr::source_key_net(&k, prefix), e));
+                    }
                 }
                 names::BAN_NETS => {
                     let old: Vec<(Key<Addr>, BanEntry)> = sys::read_map(from)?;
-                    late.extend(
-                        old.into_iter()
-                            .filter(|(k, e)| is_late(r, k.prefix_len(), k.data(), e))
-                            .map(|(k, e)| (addr::net_from_key(k.prefix_len(), &k.data()), e)),
-                    );
+                    for (k, e) in old {
+                        let (len, key) = (k.prefix_len(), k.data());
+                        if is_late(r, len, key, &e) {
+                            taken.push((i, (len, key, e.since_ns)));
+                            late.push((addr::net_from_key(len, &key), e));
+                        }
+                    }
                 }
                 // An earlier release's filter (its bans in the shared PS_BANS): the bits
                 // the old program set since the load read the bans, for its bans made
@@ -396,8 +527,25 @@ impl Dataplane {
             }
         }
         let carried = late.len();
-        self.insert_bans(late)?;
+        if carried > 0 {
+            self.insert_bans(late)?;
+        }
+        // Carried once: a later pass does not count their filter bits again.
+        for (i, c) in taken {
+            self.resized[i].copied.borrow_mut().push(c);
+        }
+        if carried > 0 {
+            for r in &self.resized {
+                r.copied.borrow_mut().sort_unstable();
+            }
+        }
         Ok(carried)
+    }
+
+    /// Lets go of the maps replaced at this load, once the attach replaced the program
+    /// that used them and [`Self::carry_over_late_bans`] took their last bans.
+    pub fn release_replaced_maps(&mut self) {
+        self.resized.clear();
     }
 
     /// The maps replaced by new ones of the configured sizes at this load, each with
@@ -407,6 +555,11 @@ impl Dataplane {
             .iter()
             .filter(|r| !r.value)
             .map(|r| match (r.name, r.carried.get()) {
+                (name, _) if r.orphan => format!(
+                    "the program still attached used a {name} no longer pinned (a start \
+                     stopped after it replaced that map): the bans made in it since are \
+                     carried over"
+                ),
                 (names::SOURCES, carried) => {
                     let (kept, of) = carried.unwrap_or_default();
                     format!(
