@@ -191,7 +191,11 @@ fn a_damaged_journal_gives_back_its_intact_part_and_says_where() {
     let mut nets = ban_nets(&status(&wd));
     nets.sort();
     assert_eq!(nets, ["192.0.2.10/32", "192.0.2.20/32"]);
-    assert_eq!(std::fs::read(&damaged).unwrap(), &bytes[..bytes.len() - 5]);
+    assert_eq!(
+        std::fs::read(&damaged).unwrap(),
+        &bytes[last..bytes.len() - 5],
+        "the damaged part"
+    );
     assert!(d.stop().success());
     reboot(&wd);
 

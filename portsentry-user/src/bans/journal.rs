@@ -174,7 +174,8 @@ pub struct Journal(Arc<Inner>);
 pub struct Opened {
     /// Damage found at the end of the journal (its intact part was kept).
     pub damage: Option<(PathBuf, Damage)>,
-    /// Where the damaged journal was copied (a name no earlier copy has).
+    /// Where the damaged part of the journal was copied (a name no earlier copy has);
+    /// `None` when too many copies are there already.
     pub damaged_copy: Option<PathBuf>,
     /// `bans.json` migrated, and where it went.
     pub migrated: Option<PathBuf>,
@@ -187,13 +188,20 @@ impl Opened {
     /// The lines to log.
     pub fn report(&self) -> Vec<String> {
         let mut out = Vec::new();
-        if let (Some((file, d)), Some(copy)) = (&self.damage, &self.damaged_copy) {
+        if let Some((file, d)) = &self.damage {
+            let kept = match &self.damaged_copy {
+                Some(copy) => format!("the damaged part was kept as {}", copy.display()),
+                None => format!(
+                    "the damaged part was not kept: {DAMAGED_COPIES} copies of earlier damage \
+                     are there already (remove the old {}.damaged.* files)",
+                    file.display()
+                ),
+            };
             out.push(format!(
                 "portsentry: the ban journal {} is damaged ({d}): the bans recorded before \
-                 byte {} were recovered, the rest is lost; the damaged file was kept as {}",
+                 byte {} were recovered, the rest is lost; {kept}",
                 file.display(),
                 d.offset(),
-                copy.display()
             ));
         }
         if let Some(to) = &self.migrated {
@@ -228,13 +236,24 @@ fn write_new(path: &Path, bytes: &[u8]) -> io::Result<File> {
     Ok(f)
 }
 
-/// Copies the damaged journal at `path` to `PATH.damaged`, or `PATH.damaged.1`, `.2`
-/// and on when that is taken: a damaged file found later never overwrites an earlier
-/// one (the only copy of what its damage cost). The copy is fsynced; the directory is
-/// synced with the clean journal's rename that follows.
-fn keep_aside(path: &Path) -> io::Result<PathBuf> {
+/// The copies of damaged parts [`keep_aside`] makes at most; past them the damage is
+/// only logged.
+const DAMAGED_COPIES: u32 = 1000;
+
+/// Copies the damaged part of the journal at `path` (from byte `offset` to its end:
+/// what the damage cost, the part not recovered) to `PATH.damaged`, or
+/// `PATH.damaged.1`, `.2` and on when that is taken: a copy found later never overwrites
+/// an earlier one. `None` when [`DAMAGED_COPIES`] are there already: the start goes on
+/// without one. The copy is fsynced; the directory is synced with the clean journal's
+/// rename that follows.
+///
+/// Only the damaged part: a crash during a write leaves a torn last record, and a
+/// server that crashes often would otherwise keep a whole journal (tens of MiB at a
+/// million bans) for each.
+fn keep_aside(path: &Path, offset: u64) -> io::Result<Option<PathBuf>> {
+    use std::io::{Seek as _, SeekFrom};
     let mut from = File::open(path)?;
-    for n in 0..1000 {
+    for n in 0..DAMAGED_COPIES {
         let aside = match n {
             0 => PathBuf::from(format!("{}.damaged", path.display())),
             n => PathBuf::from(format!("{}.damaged.{n}", path.display())),
@@ -249,13 +268,12 @@ fn keep_aside(path: &Path) -> io::Result<PathBuf> {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
         };
+        from.seek(SeekFrom::Start(offset))?;
         io::copy(&mut from, &mut to)?;
         to.sync_all()?;
-        return Ok(aside);
+        return Ok(Some(aside));
     }
-    Err(io::Error::other(
-        "a thousand damaged copies are there already; remove the old ones",
-    ))
+    Ok(None)
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -277,9 +295,9 @@ impl Journal {
                 opened.bytes = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
                 let rewrite = r.damage.is_some() || r.intact == 0;
                 if let Some(d) = r.damage {
-                    let aside = keep_aside(&path)
-                        .with_context(|| format!("keeping {} aside", path.display()))?;
-                    opened.damaged_copy = Some(aside);
+                    opened.damaged_copy = keep_aside(&path, d.offset()).with_context(|| {
+                        format!("keeping the damaged part of {} aside", path.display())
+                    })?;
                     opened.damage = Some((path.clone(), d));
                 }
                 (r.store, rewrite)

@@ -349,7 +349,11 @@ fn open_recovers_sets_a_damaged_tail_aside_and_appends_after_it() {
     );
     let copy = dir.path().join("bans.journal.damaged");
     assert_eq!(opened.damaged_copy.as_deref(), Some(copy.as_path()));
-    assert_eq!(fs::read(&copy).unwrap(), bytes);
+    assert_eq!(
+        fs::read(&copy).unwrap(),
+        &bytes[intact..],
+        "the damaged part"
+    );
     // Appends after recovery land after intact records, and read back.
     let seq = j.put(&ban("192.0.2.100/32", 1));
     j.wait(seq).unwrap();
@@ -694,6 +698,38 @@ fn a_header_this_release_does_not_read_stops_the_start_and_changes_nothing() {
     assert_eq!(fs::read(copy).unwrap(), zeros);
 }
 
+/// Past a thousand copies of damaged parts, a damaged journal is still recovered and
+/// the start goes on; the log says that its damaged part was not kept.
+#[test]
+fn a_thousand_damaged_copies_do_not_stop_a_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = path(dir.path());
+    for n in 0..DAMAGED_COPIES {
+        let name = match n {
+            0 => "bans.journal.damaged".to_owned(),
+            n => format!("bans.journal.damaged.{n}"),
+        };
+        fs::write(dir.path().join(name), b"x").unwrap();
+    }
+    let mut bytes = sample();
+    bytes.extend_from_slice(&[7; 5]);
+    fs::write(&p, &bytes).unwrap();
+    let (j, store, opened) = Journal::open(dir.path()).unwrap();
+    j.close().unwrap();
+    assert_eq!(store.len(), 3);
+    assert_eq!(opened.damaged_copy, None);
+    let report = opened.report().join("\n");
+    assert!(
+        report.contains("is damaged") && report.contains("was not kept: 1000 copies"),
+        "{report}"
+    );
+    assert_eq!(
+        fs::read_dir(dir.path()).unwrap().count(),
+        DAMAGED_COPIES as usize + 1,
+        "no copy made"
+    );
+}
+
 /// Each damaged journal found is kept: a later one never overwrites an earlier copy.
 #[test]
 fn damaged_copies_do_not_overwrite_each_other() {
@@ -713,7 +749,7 @@ fn damaged_copies_do_not_overwrite_each_other() {
             "{:?}",
             opened.report()
         );
-        copies.push((copy, bytes));
+        copies.push((copy, bytes[sample().len()..].to_vec()));
     }
     assert_eq!(copies[0].0, dir.path().join("bans.journal.damaged"));
     for (copy, bytes) in &copies {
