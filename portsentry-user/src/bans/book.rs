@@ -125,15 +125,20 @@ impl Book {
     }
 
     /// Records the name a banned host was logged under.
+    /// A change is journaled, a name put back to the default too (a later
+    /// response that found no name): the journal's last name record is the one a
+    /// restart gives the ban.
     pub fn set_name(&mut self, net: &IpNet, name: &str) {
+        let Some(ban) = self.store.get(net) else {
+            return;
+        };
+        let before = self.store.name_of(&ban).into_owned();
         self.store.set_name(net, name);
-        if let Some(ban) = self.store.get(net)
+        let after = self.store.name_of(&ban);
+        if after != before
             && let Some(j) = &self.journal
         {
-            let name = self.store.name_of(&ban);
-            if name != ban.default_name() {
-                j.name(net, &name);
-            }
+            j.name(net, &after);
         }
     }
 
@@ -605,6 +610,13 @@ mod tests {
         let two = on_disk.get(&"192.0.2.2/32".parse().unwrap()).unwrap();
         assert_eq!(on_disk.name_of(&two), "two.example");
         assert_eq!(on_disk.times_banned(&"192.0.2.1/32".parse().unwrap()), 1);
+        // A name put back to the address (a later response found none) is journaled too.
+        book.set_name(&"192.0.2.2/32".parse().unwrap(), "192.0.2.2");
+        book.persist().unwrap();
+        let on_disk = journal::load(&config.state_dir).unwrap();
+        let two = on_disk.get(&"192.0.2.2/32".parse().unwrap()).unwrap();
+        assert_eq!(on_disk.name_of(&two), "192.0.2.2");
+        assert_eq!(on_disk.names_size(), (0, 0), "no name kept for the default");
         let _ = BanStore::new();
     }
 }

@@ -376,7 +376,16 @@ impl BanStore {
         }
         s.earliest_expiry.set(earliest);
         s.bans = bans.into_iter().collect();
-        s.names.retain(|n, _| s.bans.contains_key(n));
+        // A name put back to the default is recorded as that default: not kept.
+        let defaults: Vec<IpNet> = s
+            .names
+            .iter()
+            .filter(|(n, name)| s.get(n).is_none_or(|b| ***name == *b.default_name()))
+            .map(|(n, _)| *n)
+            .collect();
+        for n in defaults {
+            s.names.remove(&n);
+        }
         s.names_bytes = s.names.values().map(|n| n.len()).sum();
         s
     }
