@@ -447,6 +447,68 @@ fn an_operators_ban_over_a_scan_ban_undoes_its_kill_commands() {
     assert!(d.stop().success());
 }
 
+/// A ban's hosts.deny line is the one its KILL_HOSTS_DENY made: changed by a reload,
+/// then taken out of the configuration at a restart, the template in force is not the
+/// ban's, and each unban still removes that ban's own line (and nothing else).
+#[test]
+fn an_unban_removes_the_line_of_the_template_its_ban_was_made_with() {
+    require_kernel!();
+    let (net, wd, _svc) = unkill_recorded("");
+    let (first, second) = (net.attacker_v4[0], net.attacker_v4[1]);
+    let d = scan_banned(&net, &wd, first);
+    let first_line = format!("ALL: {first} : DENY");
+    assert!(wait_until(Duration::from_secs(5), || wd
+        .read("hosts.deny")
+        .contains(&first_line)));
+    let order = wd.path("order").display().to_string();
+    let unkill = format!("BAN_TIME=\"1h\"\nUNKILL_RUN_CMD=\"echo unrun $TARGET$ >> {order}\"\n");
+    wd.config(
+        &net.server_if,
+        &format!("{unkill}KILL_HOSTS_DENY=\"sshd: $TARGET$ # $MODE$\"\n"),
+    );
+    d.signal(libc::SIGHUP);
+    d.wait_for("reloaded", Duration::from_secs(5));
+    probe(&net, second);
+    wait_banned(&wd, &d, second);
+    let second_line = format!("sshd: {second} # atcp");
+    assert!(
+        wait_until(Duration::from_secs(5), || wd
+            .read("hosts.deny")
+            .contains(&second_line)),
+        "{}",
+        wd.read("hosts.deny")
+    );
+    assert!(d.stop().success());
+    // No hosts.deny lines at all from this start on; an operator's own line stays.
+    wd.config(&net.server_if, &format!("{unkill}KILL_HOSTS_DENY=\"\"\n"));
+    let own = format!("ALL: {second} : DENY");
+    std::fs::write(
+        wd.path("hosts.deny"),
+        format!("{}{own}\n", wd.read("hosts.deny")),
+    )
+    .unwrap();
+    let d = start(&net, &wd);
+    for ip in [first, second] {
+        let (ok, out, err) = wd.cli(&["unban", &ip.to_string()]);
+        assert!(ok, "{out}{err}");
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || wd
+            .read("order")
+            .contains(&format!("unrun {second}\n"))),
+        "{}",
+        d.lines().join("\n")
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || wd.read("hosts.deny")
+            == format!("{own}\n")),
+        "hosts.deny: {:?}\n{}",
+        wd.read("hosts.deny"),
+        d.lines().join("\n")
+    );
+    assert!(d.stop().success());
+}
+
 /// A stop right after an unban waits for the unban's undo steps: the lift is in the
 /// journal already, so an undo cut short would never run again (a route or hosts.deny
 /// line left for good).

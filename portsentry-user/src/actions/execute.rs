@@ -47,6 +47,22 @@ pub async fn run_step(
                 log.warn(&format!("portsentry: ERROR: {e}"));
             }
         },
+        Step::EarlierHostsDenyRemove { file, line } => match line_files::remove(file, line).await {
+            Ok(removed) => {
+                metrics.action(ActionKind::HostsDenyRemove, ActionResult::Ok);
+                if removed {
+                    log.notice(&format!(
+                        "portsentry: Host {ip} removed from {} (its line of an earlier \
+                         KILL_HOSTS_DENY)",
+                        file.display()
+                    ));
+                }
+            }
+            Err(e) => {
+                metrics.action(ActionKind::HostsDenyRemove, ActionResult::Failed);
+                log.warn(&format!("portsentry: ERROR: {e}"));
+            }
+        },
         Step::Route(cmd) | Step::RunCmd(cmd) => {
             let kind = match (step, undo) {
                 (Step::Route(_), false) => ActionKind::Route,
@@ -86,7 +102,19 @@ pub async fn undo(log: &Logger, metrics: &Metrics, c: &Config, ban: &Ban, crowds
         return;
     }
     let ip = ban.net.addr();
-    for step in undo_plan(c, &Target::of_ban(ban)) {
+    let earlier = if c.unkill_hosts_deny {
+        super::deny_templates::load(&c.state_dir).unwrap_or_else(|e| {
+            log.warn(&format!(
+                "portsentry: ERROR: {e}; only the line of the KILL_HOSTS_DENY in force is \
+                 removed"
+            ));
+            Vec::new()
+        })
+    } else {
+        Vec::new()
+    };
+    let earlier = super::deny_templates::made_with(&earlier, ban.since);
+    for step in undo_plan(c, earlier, &Target::of_ban(ban)) {
         run_step(log, metrics, c, ip, &step, true).await;
     }
 }

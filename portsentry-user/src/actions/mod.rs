@@ -11,10 +11,11 @@
 //! `$PORT$`, then `$MODE$`; we format every value ourselves, so nothing an attacker sends
 //! reaches a shell.
 
+pub mod deny_templates;
 pub mod execute;
 pub mod shell;
 
-use std::net::IpAddr;
+use std::{net::IpAddr, path::PathBuf};
 
 pub use crate::kinds::{ActionKind, ActionResult};
 use crate::{
@@ -37,6 +38,9 @@ pub enum Step {
     /// Remove every line equal to this (already substituted) line from the hosts.deny file
     /// ([`crate::fsutil::remove_line`]): the undo of [`Step::HostsDeny`].
     HostsDenyRemove(String),
+    /// The same for the line an earlier `KILL_HOSTS_DENY` template (or file) made
+    /// ([`deny_templates`]): logged only when it was there.
+    EarlierHostsDenyRemove { file: PathBuf, line: String },
 }
 
 /// The values substituted into command templates. We format all of them ourselves.
@@ -128,22 +132,33 @@ pub fn plan(cfg: &Config, block: BlockMode, t: &Target) -> Vec<Step> {
 
 /// The steps that undo a ban when it ends (expiry or unban), from the extension keys:
 /// `Route(UNKILL_ROUTE)` if set, then `HostsDenyRemove(KILL_HOSTS_DENY)` if
-/// `UNKILL_HOSTS_DENY` is on and `KILL_HOSTS_DENY` is set, then `RunCmd(UNKILL_RUN_CMD)` if
-/// set.
+/// `UNKILL_HOSTS_DENY` is on and `KILL_HOSTS_DENY` is set, and with it an
+/// `EarlierHostsDenyRemove` for each line an `earlier` template makes for the host that
+/// the one in force does not (newest first), then `RunCmd(UNKILL_RUN_CMD)` if set.
 ///
 /// The blocking is undone in the reverse of [`plan`]'s order (route, then hosts.deny), and
 /// the run command comes last, when the host is no longer blocked, whatever
 /// `KILL_RUN_CMD_FIRST` says. Lifting the XDP ban is the daemon's and not a step here; the
 /// caller only runs this for a host that [`plan`] blocked (`BLOCK=1`).
-pub fn undo_plan(cfg: &Config, t: &Target) -> Vec<Step> {
+pub fn undo_plan(cfg: &Config, earlier: &[deny_templates::Template], t: &Target) -> Vec<Step> {
     let mut steps = Vec::with_capacity(3);
     if let Some(cmd) = &cfg.unkill_route {
         steps.push(Step::Route(substitute(cmd, t)));
     }
-    if cfg.unkill_hosts_deny
-        && let Some(line) = &cfg.kill_hosts_deny
-    {
-        steps.push(Step::HostsDenyRemove(substitute(line, t)));
+    if cfg.unkill_hosts_deny {
+        let now = cfg.kill_hosts_deny.as_ref().map(|line| substitute(line, t));
+        let mut seen = Vec::new();
+        if let Some(line) = &now {
+            seen.push((cfg.hosts_deny_file.clone(), line.clone()));
+            steps.push(Step::HostsDenyRemove(line.clone()));
+        }
+        for e in earlier.iter().rev() {
+            let (file, line) = (e.file.clone(), substitute(&e.template, t));
+            if !seen.contains(&(file.clone(), line.clone())) {
+                seen.push((file.clone(), line.clone()));
+                steps.push(Step::EarlierHostsDenyRemove { file, line });
+            }
+        }
     }
     if let Some(cmd) = &cfg.unkill_run_cmd {
         steps.push(Step::RunCmd(substitute(cmd, t)));

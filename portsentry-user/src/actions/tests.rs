@@ -146,7 +146,9 @@ fn plan_every_combination() {
                             assert_eq!(c, "/usr/local/bin/alert 192.0.2.7 1 atcp");
                             "runcmd"
                         }
-                        Step::HostsDenyRemove(_) => panic!("undo step in a plan"),
+                        Step::HostsDenyRemove(_) | Step::EarlierHostsDenyRemove { .. } => {
+                            panic!("undo step in a plan")
+                        }
                     })
                     .collect();
                 assert_eq!(
@@ -232,7 +234,7 @@ fn plan_from_a_parsed_config() {
 #[test]
 fn undo_steps() {
     let t = target();
-    assert_eq!(undo_plan(&Config::default(), &t), []);
+    assert_eq!(undo_plan(&Config::default(), &[], &t), []);
     let cfg = Config {
         kill_hosts_deny: Some("ALL: $TARGET$ : DENY".into()),
         unkill_route: Some("/sbin/route del -host $TARGET$ reject".into()),
@@ -241,7 +243,7 @@ fn undo_steps() {
     };
     assert!(cfg.unkill_hosts_deny, "UNKILL_HOSTS_DENY defaults to on");
     assert_eq!(
-        undo_plan(&cfg, &t),
+        undo_plan(&cfg, &[], &t),
         [
             Step::Route("/sbin/route del -host 192.0.2.7 reject".into()),
             Step::HostsDenyRemove("ALL: 192.0.2.7 : DENY".into()),
@@ -253,7 +255,7 @@ fn undo_steps() {
         ..cfg.clone()
     };
     assert_eq!(
-        undo_plan(&off, &t),
+        undo_plan(&off, &[], &t),
         [
             Step::Route("/sbin/route del -host 192.0.2.7 reject".into()),
             Step::RunCmd("/bin/echo unbanned 192.0.2.7 1 atcp".into()),
@@ -263,12 +265,53 @@ fn undo_steps() {
     let no_deny = Config {
         kill_hosts_deny: None,
         unkill_route: None,
-        ..cfg
+        ..cfg.clone()
     };
     assert_eq!(
-        undo_plan(&no_deny, &t),
+        undo_plan(&no_deny, &[], &t),
         [Step::RunCmd("/bin/echo unbanned 192.0.2.7 1 atcp".into())]
     );
+    // The lines of earlier templates, newest first, each once, not the one in force's.
+    let earlier = |file: &str, template: &str| deny_templates::Template {
+        file: file.into(),
+        template: template.into(),
+        since_ms: 0,
+    };
+    let earlier = [
+        earlier("/etc/hosts.deny", "sshd: $TARGET$"),
+        earlier("/etc/hosts.deny", "ALL: $TARGET$ : DENY"),
+        earlier("/etc/old.deny", "ALL: $TARGET$ : DENY"),
+        earlier("/etc/hosts.deny", "ALL: $TARGET$ : DENY # $MODE$"),
+    ];
+    let deny = Config {
+        unkill_route: None,
+        unkill_run_cmd: None,
+        ..cfg.clone()
+    };
+    let removal = |file: &str, line: &str| Step::EarlierHostsDenyRemove {
+        file: file.into(),
+        line: line.into(),
+    };
+    assert_eq!(
+        undo_plan(&deny, &earlier, &t),
+        [
+            Step::HostsDenyRemove("ALL: 192.0.2.7 : DENY".into()),
+            removal("/etc/hosts.deny", "ALL: 192.0.2.7 : DENY # atcp"),
+            removal("/etc/old.deny", "ALL: 192.0.2.7 : DENY"),
+            removal("/etc/hosts.deny", "sshd: 192.0.2.7"),
+        ]
+    );
+    // With KILL_HOSTS_DENY gone from the configuration, the earlier lines still go.
+    let gone = Config {
+        kill_hosts_deny: None,
+        ..deny.clone()
+    };
+    assert_eq!(undo_plan(&gone, &earlier, &t).len(), 4);
+    let off = Config {
+        unkill_hosts_deny: false,
+        ..deny
+    };
+    assert_eq!(undo_plan(&off, &earlier, &t), []);
 }
 
 /// A tiny executor, as the daemon's: every step leaves a line in `log`.
@@ -277,7 +320,7 @@ async fn execute(steps: &[Step], log: &Path) {
         match step {
             Step::XdpBan => append_line(log, "xdp").unwrap(),
             Step::HostsDeny(line) => append_line(log, line).unwrap(),
-            Step::HostsDenyRemove(line) => {
+            Step::HostsDenyRemove(line) | Step::EarlierHostsDenyRemove { line, .. } => {
                 remove_line(log, line).unwrap();
             }
             Step::Route(cmd) | Step::RunCmd(cmd) => {
@@ -336,7 +379,7 @@ async fn planned_steps_run_in_order() {
         ..Config::default()
     };
     std::fs::write(&log, "before\nhostsdeny 192.0.2.7\nafter\n").unwrap();
-    execute(&undo_plan(&cfg, &t), &log).await;
+    execute(&undo_plan(&cfg, &[], &t), &log).await;
     assert_eq!(
         lines(&log),
         ["before", "after", "unroute 192.0.2.7", "unrun 192.0.2.7"]

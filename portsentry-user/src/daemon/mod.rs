@@ -194,6 +194,7 @@ pub async fn run(
     for w in &eff.warnings {
         log.warn(&format!("portsentry: warning: {w}"));
     }
+    upkeep::note_deny_template(&log, c);
 
     if dp.program_reused() {
         log.notice(

@@ -264,7 +264,7 @@ async fn respond(
                 // undone (UNKILL_RUN_CMD), and no other kill command runs.
                 Ban::Refused | Ban::Already => {
                     if i > 0 {
-                        for undo in actions::undo_plan(c, &target) {
+                        for undo in actions::undo_plan(c, &[], &target) {
                             if matches!(undo, Step::RunCmd(_)) {
                                 run_step(&shared.log, &shared.metrics, c, ev.ip, &undo, true).await;
                             }

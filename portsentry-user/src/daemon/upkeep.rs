@@ -11,9 +11,10 @@ use std::{
 
 use super::{Shared, respond};
 use crate::{
-    actions::execute,
+    actions::{deny_templates, execute},
     bans::{Ban, guard::Guard},
     config::{
+        Config,
         effective::{self, ConfigArgs},
         localaddrs,
     },
@@ -136,6 +137,7 @@ pub(super) fn reload(shared: &Arc<Shared>, args: &ConfigArgs) {
                      start (the maps are resized then, every ban kept)",
                 );
             }
+            note_deny_template(&shared.log, &new.config);
             shared.set_eff(new);
             shared
                 .log
@@ -146,6 +148,19 @@ pub(super) fn reload(shared: &Arc<Shared>, args: &ConfigArgs) {
             "portsentry: applying the reloaded configuration failed, the old one stays in \
              force: {e:#}"
         )),
+    }
+}
+
+/// Notes the `KILL_HOSTS_DENY` in force ([`deny_templates::note`]), so that the undo
+/// of a ban made with it finds its line after it changes; a failure is logged.
+pub(super) fn note_deny_template(log: &Logger, c: &Config) {
+    if let Err(e) = deny_templates::note(c) {
+        log.warn(&format!(
+            "portsentry: ERROR: noting KILL_HOSTS_DENY in {}: {e}; if it changes, the lines \
+             of the bans made with it stay in {} when they end",
+            deny_templates::path(&c.state_dir).display(),
+            c.hosts_deny_file.display()
+        ));
     }
 }
 

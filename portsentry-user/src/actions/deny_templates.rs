@@ -1,0 +1,176 @@
+//! The `KILL_HOSTS_DENY` templates (and their `HOSTS_DENY_FILE`s) used before the one
+//! in force, kept in `STATE_DIR/hosts-deny-templates.json`: a ban's line in hosts.deny
+//! is the one its template made when the ban began, and an undo after a reload or a
+//! restart changed the template (or removed it, or moved the file) must still find it.
+//! [`crate::actions::undo_plan`] removes the line each of them makes for the host too.
+//!
+//! The daemon notes the template in force at every start and reload ([`note`]), with
+//! the time it first noted it; the [`KEPT`] most recent are kept. A ban's undo takes
+//! the template in force when the ban was made and those noted after it
+//! ([`made_with`]), never one replaced before: another template's line for the same
+//! host may be the operator's own.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{config::Config, fsutil};
+
+/// Templates kept, the one in force included.
+pub const KEPT: usize = 16;
+
+const FILE: &str = "hosts-deny-templates.json";
+
+/// A `KILL_HOSTS_DENY` template and the file its lines went to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Template {
+    pub file: PathBuf,
+    pub template: String,
+    /// When it was first noted, in milliseconds since the epoch (0: unknown).
+    #[serde(default)]
+    pub since_ms: u64,
+}
+
+/// The templates `list` holds that a ban made at `made` may have written its line
+/// with: the one in force then and every later one (its kill commands run after the
+/// ban is made, maybe after a reload). All of them when `made` is before the first one
+/// noted (a ban of a release before the list).
+pub fn made_with(list: &[Template], made: SystemTime) -> &[Template] {
+    let made = millis(made);
+    let from = list.iter().rposition(|t| t.since_ms <= made).unwrap_or(0);
+    &list[from..]
+}
+
+/// Where they are kept.
+pub fn path(state_dir: &Path) -> PathBuf {
+    state_dir.join(FILE)
+}
+
+/// The templates noted, oldest first; none when the file is missing. A file that does
+/// not parse is an error that names it.
+pub fn load(state_dir: &Path) -> io::Result<Vec<Template>> {
+    let path = path(state_dir);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+    };
+    serde_json::from_slice(&bytes).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{}: {e} (remove it to forget the KILL_HOSTS_DENY templates used before)",
+                path.display()
+            ),
+        )
+    })
+}
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis().try_into().unwrap_or(u64::MAX))
+}
+
+/// Notes `c`'s `KILL_HOSTS_DENY` (with its `HOSTS_DENY_FILE`) as the template in
+/// force: moved to the end of the list (written only when that changes it), the oldest
+/// dropped past [`KEPT`]. Nothing without a template.
+pub fn note(c: &Config) -> io::Result<()> {
+    let Some(template) = &c.kill_hosts_deny else {
+        return Ok(());
+    };
+    let same = |t: &Template| t.file == c.hosts_deny_file && t.template == *template;
+    // A list that does not parse is replaced: the one in force is what matters most.
+    let mut list = load(&c.state_dir).unwrap_or_default();
+    if list.last().is_some_and(same) {
+        return Ok(());
+    }
+    list.retain(|t| !same(t));
+    list.push(Template {
+        file: c.hosts_deny_file.clone(),
+        template: template.clone(),
+        since_ms: millis(SystemTime::now()),
+    });
+    let drop = list.len().saturating_sub(KEPT);
+    list.drain(..drop);
+    std::fs::create_dir_all(&c.state_dir)?;
+    let bytes = serde_json::to_vec_pretty(&list).map_err(io::Error::other)?;
+    fsutil::write_atomic(&path(&c.state_dir), &bytes, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path, template: Option<&str>, file: &str) -> Config {
+        Config {
+            state_dir: dir.to_path_buf(),
+            kill_hosts_deny: template.map(str::to_owned),
+            hosts_deny_file: PathBuf::from(file),
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn the_template_in_force_goes_last_and_the_oldest_go() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load(dir.path()).unwrap(), []);
+        note(&config(dir.path(), None, "/etc/hosts.deny")).unwrap();
+        assert!(!path(dir.path()).exists(), "nothing to note");
+        let a = config(dir.path(), Some("ALL: $TARGET$"), "/etc/hosts.deny");
+        let b = config(dir.path(), Some("sshd: $TARGET$"), "/etc/hosts.deny");
+        for c in [&a, &b, &a] {
+            note(c).unwrap();
+        }
+        let templates: Vec<String> = load(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|t| t.template)
+            .collect();
+        assert_eq!(templates, ["sshd: $TARGET$", "ALL: $TARGET$"]);
+        for i in 0..KEPT + 3 {
+            note(&config(
+                dir.path(),
+                Some(&format!("ALL: $TARGET$ #{i}")),
+                "/x",
+            ))
+            .unwrap();
+        }
+        let list = load(dir.path()).unwrap();
+        assert_eq!(list.len(), KEPT);
+        assert_eq!(
+            list[KEPT - 1].template,
+            format!("ALL: $TARGET$ #{}", KEPT + 2)
+        );
+        std::fs::write(path(dir.path()), "{").unwrap();
+        let e = load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("hosts-deny-templates.json"), "{e}");
+        note(&a).unwrap();
+        assert_eq!(load(dir.path()).unwrap().len(), 1, "replaced");
+    }
+
+    #[test]
+    fn a_ban_was_made_with_the_template_in_force_then_or_a_later_one() {
+        let t = |template: &str, since: u64| Template {
+            file: "/etc/hosts.deny".into(),
+            template: template.into(),
+            since_ms: since,
+        };
+        let list = [t("a", 100), t("b", 200), t("c", 300)];
+        let at = |s: u64| {
+            made_with(&list, UNIX_EPOCH + std::time::Duration::from_millis(s))
+                .iter()
+                .map(|t| t.template.as_str())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(at(50), ["a", "b", "c"], "before the list");
+        assert_eq!(at(100), ["a", "b", "c"]);
+        assert_eq!(at(250), ["b", "c"]);
+        assert_eq!(at(300), ["c"]);
+        assert_eq!(at(900), ["c"]);
+        assert!(made_with(&[], SystemTime::now()).is_empty());
+    }
+}
