@@ -202,6 +202,16 @@ fn a_bigger_max_bans_at_restart_keeps_every_ban_in_the_same_link() {
         after.program_id, before.program_id,
         "the new program is in it"
     );
+    let replaced: Vec<String> = std::fs::read_dir(&wd.pin_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("_replaced_"))
+        .collect();
+    assert!(
+        replaced.is_empty(),
+        "the old maps' pins released: {replaced:?}"
+    );
     assert!(d.stop().success());
 
     // Below the bans in force: refused at the line that sets it, nothing changed.

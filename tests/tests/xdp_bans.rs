@@ -1038,13 +1038,15 @@ fn a_resize_carries_over_the_late_bans_alone() {
 }
 
 /// A start that pinned resized ban maps and stopped before its attach (killed, or
-/// failing after the pins) leaves the old program running, through its pinned link, on
-/// maps no pin names: the next start finds them there and carries over the bans that
-/// program made since. And a map refused for its size leaves every pin as it was,
-/// also those of the maps before it.
+/// failing after the pins) leaves the old program running on the old maps: the next
+/// start finds the old `PS_BANS` by the pin it keeps until then, and carries over the
+/// bans the program made in it since the copy, and no other (an unban made while no
+/// daemon ran stays). And a map refused for its size leaves every pin as it was, also
+/// those of the maps before it.
 #[test]
 fn an_interrupted_resize_loses_no_ban_the_old_program_made() {
     use aya::maps::MapData;
+    use portsentry_common::maps::BanOrigin;
     use portsentry_tests::netns::TestNet;
     use portsentry_user::{
         config::AttachMode,
@@ -1058,6 +1060,18 @@ fn an_interrupted_resize_loses_no_ban_the_old_program_made() {
             .unwrap()
             .id()
     };
+    let replaced_pins = |pins: &std::path::Path| {
+        std::fs::read_dir(pins)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains("_replaced_"))
+            .count()
+    };
+    let program_ban = |since_ns: u64| BanEntry {
+        since_ns,
+        origin: BanOrigin::Kernel as u8,
+        ..Default::default()
+    };
     let tnet = TestNet::new(0);
     let pins = fresh_pins("orphan");
     let sizes = MapSizes::default();
@@ -1065,6 +1079,9 @@ fn an_interrupted_resize_loses_no_ban_the_old_program_made() {
     for n in ["198.51.100.1/32", "203.0.113.0/24", "2001:db8:1::/48"] {
         old.insert_ban(&net(n), &BanEntry::default()).unwrap();
     }
+    // The program's own ban, made before the copy.
+    let before = program_ban(monotonic_ns() - 5_000_000_000);
+    old.insert_ban(&net("198.51.100.2/32"), &before).unwrap();
     tnet.server
         .enter(|| old.attach(&tnet.server_if, AttachMode::Skb))
         .unwrap();
@@ -1074,7 +1091,7 @@ fn an_interrupted_resize_loses_no_ban_the_old_program_made() {
         ban_nets: 1,
         ..sizes.clone()
     };
-    let before = pinned_id(&pins, "PS_BANS");
+    let bans_id = pinned_id(&pins, "PS_BANS");
     let err = Dataplane::load(&refused, Some(pins.clone()))
         .err()
         .expect("too small");
@@ -1082,53 +1099,56 @@ fn an_interrupted_resize_loses_no_ban_the_old_program_made() {
         format!("{err:#}").contains("PS_BAN_NETS holds 2"),
         "{err:#}"
     );
-    assert_eq!(pinned_id(&pins, "PS_BANS"), before, "no pin replaced");
-    // The interrupted start: both ban maps replaced and pinned, and no attach.
+    assert_eq!(pinned_id(&pins, "PS_BANS"), bans_id, "no pin replaced");
+    assert_eq!(replaced_pins(&pins), 0);
+    // The interrupted start: the ban maps replaced and pinned, and no attach.
     let bigger = MapSizes {
         bans: sizes.bans * 2,
         ban_nets: sizes.ban_nets * 2,
         ..sizes.clone()
     };
     drop(Dataplane::load(&bigger, Some(pins.clone())).unwrap());
-    assert_ne!(pinned_id(&pins, "PS_BANS"), before);
-    // Meanwhile the old program bans (as at a trigger), in its own maps.
-    let late = BanEntry {
-        since_ns: monotonic_ns(),
-        ..Default::default()
-    };
-    for n in ["198.51.100.77/32", "192.0.2.128/25"] {
-        old.insert_ban(&net(n), &late).unwrap();
+    assert_ne!(pinned_id(&pins, "PS_BANS"), bans_id);
+    assert_eq!(replaced_pins(&pins), 1, "the old PS_BANS keeps a pin");
+    // Meanwhile the old program bans (as at a trigger), in its own map...
+    old.insert_ban(&net("198.51.100.77/32"), &program_ban(monotonic_ns()))
+        .unwrap();
+    // ... and an operator lifts two bans while no daemon runs, from the pinned maps.
+    let mut cli = Dataplane::open_pinned(&pins).unwrap();
+    for n in ["198.51.100.1/32", "198.51.100.2/32"] {
+        assert!(cli.remove_ban(&net(n)).unwrap(), "{n}");
     }
+    drop(cli);
+    let ns = portsentry_tests::netns::Netns::new("orphan");
+    assert_eq!(
+        udp_verdict(&ns, &old, "198.51.100.77"),
+        XDP_DROP,
+        "the filter's rebuild by the CLI kept the old program's bits"
+    );
     drop(old);
-    // The next start, with the same sizes: nothing to resize, two maps to carry from.
+    // The next start, with the same sizes: nothing to resize, one map to carry from.
     let mut again = Dataplane::load(&bigger, Some(pins.clone())).unwrap();
     let lines = again.resized_maps();
-    assert_eq!(lines.len(), 2, "{lines:?}");
-    assert!(
-        lines.iter().all(|l| l.contains("no longer pinned")),
-        "{lines:?}"
-    );
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("stopped before its attach"), "{lines:?}");
     assert_eq!(
         again.carry_over_late_bans().unwrap(),
-        2,
+        1,
         "before the attach"
     );
     tnet.server
         .enter(|| again.attach(&tnet.server_if, AttachMode::Skb))
         .unwrap();
     assert_eq!(again.carry_over_late_bans().unwrap(), 0, "carried once");
-    again.release_replaced_maps();
-    let ns = portsentry_tests::netns::Netns::new("orphan");
+    again.release_replaced_maps().unwrap();
+    assert_eq!(replaced_pins(&pins), 0, "released");
     let verdict = |src: &str| udp_verdict(&ns, &again, src);
-    for banned in [
-        "198.51.100.77",
-        "192.0.2.200",
-        "198.51.100.1",
-        "203.0.113.9",
-    ] {
+    for banned in ["198.51.100.77", "203.0.113.9", "2001:db8:1::9"] {
         assert_eq!(verdict(banned), XDP_DROP, "{banned}");
     }
-    assert_eq!(verdict("192.0.2.1"), XDP_PASS);
+    for passed in ["198.51.100.1", "198.51.100.2", "192.0.2.1"] {
+        assert_eq!(verdict(passed), XDP_PASS, "{passed}: lifted stays lifted");
+    }
     drop(again);
     let _ = std::fs::remove_dir_all(&pins);
 }

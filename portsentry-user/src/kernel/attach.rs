@@ -56,6 +56,9 @@ impl Dataplane {
     /// pinned there is adopted: this program replaces the old one in it atomically, so
     /// there is no moment without a program on the interface.
     pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<Attachment> {
+        // The program verified first: a rejection must not be taken for a dead link
+        // below, whose pin would go, and the old program with it.
+        self.program()?;
         // From here on the program writes the filter and the cache too.
         self.blank = Default::default();
         let pin = self.pin_dir.as_ref().map(|d| paths::link_pin(d, interface));

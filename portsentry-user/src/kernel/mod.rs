@@ -85,9 +85,9 @@ pub struct Dataplane {
     /// The exact bans read at load, until [`Dataplane::take_bans_at_load`] takes them
     /// (dropped at the first change of a ban).
     bans_at_load: Option<Vec<(portsentry_common::Addr, portsentry_common::maps::BanEntry)>>,
-    /// Pinned maps replaced by maps of the configured sizes at this load, and ban maps
-    /// of the program still attached that no pin names ([`resize::orphaned`]), held
-    /// until [`Dataplane::release_replaced_maps`].
+    /// Pinned maps replaced by maps of the configured sizes at this load, and those an
+    /// earlier start replaced and did not release ([`resize::orphaned`]), held until
+    /// [`Dataplane::release_replaced_maps`].
     resized: Vec<resize::Resized>,
     /// The pinned `PS_PROGS` of the program this load replaces (`progs`).
     replaced_progs: Option<progs::ReplacedProgs>,
@@ -379,8 +379,8 @@ impl Dataplane {
             .collect();
         let mut resized = resized;
         if let Some(dir) = &pin_dir {
-            // Found before the new pins: a map this load replaces is not an orphan.
-            let orphans = resize::orphaned(dir, &resized);
+            // Found before this load pins the maps it replaces.
+            let orphans = resize::orphaned(dir);
             Self::take_over_resized(dir, &resized, &taken)?;
             resized.extend(orphans);
         }
@@ -468,12 +468,19 @@ impl Dataplane {
                 .with_context(|| format!("opening the pinned map {}", path.display()))?;
             taken.insert(name, Map::from_map_data(data)?);
         }
+        // A start that stopped after it replaced `PS_BANS` leaves the old program
+        // running on the old map (and its bits in the filter), until the next start
+        // carries its bans over: the filter's rebuild clears none meanwhile.
+        let orphans = match contents {
+            Contents::ReadOnly => Vec::new(),
+            _ => resize::orphaned(pin_dir),
+        };
         Self::with_maps(
             Program::None,
             taken,
             Some(pin_dir.to_path_buf()),
             contents,
-            Vec::new(),
+            orphans,
         )
     }
 

@@ -7,10 +7,12 @@
 //! made smaller (fields are only ever added at the end) is replaced the same way, its
 //! value's bytes carried over into the start of the new one.
 //!
-//! A start that stops between the new pins and the attach (killed, or failing) leaves
-//! the old program running on ban maps no longer pinned: the next start finds them
-//! through the pinned links ([`orphaned`]) and carries their late bans over the same
-//! way.
+//! The old `PS_BANS` (and `PS_BAN_FILTER`) keep a pin of their own, named after the
+//! time of the copy, until the start that replaced them has carried over their late
+//! bans after its attach ([`Dataplane::release_replaced_maps`]). A start that stops
+//! before (killed, or failing) leaves the old program running on them: the next start
+//! finds them by that pin ([`orphaned`]) and carries over the bans the program made in
+//! them since the copy.
 
 use std::{
     os::fd::AsFd as _,
@@ -22,7 +24,7 @@ use aya::maps::{Map, MapData, MapInfo, MapType, lpm_trie::Key};
 use portsentry_common::{
     Addr,
     ban_tags::ban_tag_buckets,
-    maps::{self as names, BanEntry, BanSet, Settings, ban_cache_sets},
+    maps::{self as names, BanEntry, BanOrigin, BanSet, Settings, ban_cache_sets},
     sources::{SOURCE_WAYS, source_entries},
 };
 
@@ -76,10 +78,25 @@ pub(super) struct Resized {
     pub copied: std::cell::RefCell<Vec<Copied>>,
     /// The value grew (a release added fields), not the number of entries.
     pub value: bool,
-    /// A ban map of the program still attached that is not the pinned one
-    /// ([`orphaned`]): only its late bans are carried over, into the pinned map.
-    pub orphan: bool,
+    /// A map an earlier start replaced and did not release ([`orphaned`]): the time of
+    /// its copy (CLOCK_MONOTONIC ns). Only the program's bans made since are carried over
+    /// from it, into the pinned map.
+    pub orphan: Option<u64>,
+    /// The pin that holds the old map until [`Dataplane::release_replaced_maps`].
+    pub replaced_pin: std::cell::RefCell<Option<PathBuf>>,
 }
+
+/// What a replaced map's own pin adds to its name, before the time of the copy.
+const REPLACED: &str = "_replaced_";
+
+/// The maps the old program writes bans to, which keep a pin of their own once
+/// replaced ([`REPLACED`]): its bans, and an earlier release's filter.
+const KEPT_UNTIL_CARRIED: [&str; 2] = [names::BANS, names::BAN_FILTER];
+
+/// A program's ban made before the copy may carry a time up to a few ticks earlier
+/// than it was made (the program's coarse clock): bans of this much before the copy
+/// are taken as late too, when the pinned map lacks them.
+const CLOCK_SLACK_NS: u64 = 1_000_000_000;
 
 /// The sizable maps and their configured sizes, in entries (`PS_BAN_CACHE` and
 /// `PS_BAN_TAGS` are sized by MAX_BANS).
@@ -159,7 +176,8 @@ pub(super) fn pinned_to_resize(pin_dir: &Path, sizes: &MapSizes) -> Result<Vec<R
                 carried: Default::default(),
                 copied: Default::default(),
                 value,
-                orphan: false,
+                orphan: None,
+                replaced_pin: Default::default(),
             });
         }
     }
@@ -178,7 +196,8 @@ pub(super) fn pinned_to_resize(pin_dir: &Path, sizes: &MapSizes) -> Result<Vec<R
                 carried: Default::default(),
                 copied: Default::default(),
                 value: false,
-                orphan: false,
+                orphan: None,
+                replaced_pin: Default::default(),
             });
         }
     }
@@ -199,7 +218,8 @@ pub(super) fn pinned_to_resize(pin_dir: &Path, sizes: &MapSizes) -> Result<Vec<R
                 carried: Default::default(),
                 copied: Default::default(),
                 value: false,
-                orphan: false,
+                orphan: None,
+                replaced_pin: Default::default(),
             });
         }
     }
@@ -218,87 +238,42 @@ fn open_pinned(pin_dir: &Path, name: &str) -> Result<Option<(MapData, MapInfo)>>
     Ok(Some((old, info)))
 }
 
-/// The ban maps (`PS_BANS`, `PS_BAN_NETS`) of the programs attached through the links
-/// pinned in `pin_dir` that are neither the maps pinned there nor among `resized`.
-///
-/// A start that pinned resized maps in place of the old ones and then stopped before
-/// its attach (killed, or a failure after the pins) leaves the old program running on
-/// the old maps, which no pin names any more: the bans it makes there at a trigger
-/// would be dropped with it at this start's attach. Each such map is returned with
-/// what the pinned map of its name holds now as its copy, so that what the old program
-/// made since is carried over like a resize's late bans. A map that cannot be read is
-/// logged and left.
-pub(super) fn orphaned(pin_dir: &Path, resized: &[Resized]) -> Vec<Resized> {
-    let mut out: Vec<Resized> = Vec::new();
+/// The maps an earlier start replaced and did not release: pinned under their name,
+/// [`REPLACED`] and the time of their copy. Each `PS_BANS` among them comes with what
+/// the pinned `PS_BANS` holds now as its copy. One that cannot be opened or read is
+/// logged and left (its pin too, for the next start).
+pub(super) fn orphaned(pin_dir: &Path) -> Vec<Resized> {
+    let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(pin_dir) else {
         return out;
     };
-    let mut programs = Vec::new();
     for e in entries.flatten() {
-        if crate::paths::link_interface(&e.file_name().to_string_lossy()).is_some()
-            && let Ok(link) = sys::pinned_link(&e.path())
-            && !programs.contains(&link.prog_id)
-        {
-            programs.push(link.prog_id);
-        }
-    }
-    if programs.is_empty() {
-        return out;
-    }
-    let map_ids: Vec<u32> = aya::programs::loaded_programs()
-        .flatten()
-        .filter(|p| programs.contains(&p.id()))
-        .filter_map(|p| p.map_ids().ok().flatten())
-        .flatten()
-        .collect();
-    let replaced: Vec<u32> = resized.iter().filter_map(Resized::old_id).collect();
-    for id in map_ids {
-        let Ok(info) = MapInfo::from_id(id) else {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let Some((name, at)) = file.split_once(REPLACED) else {
             continue;
         };
-        let Some(name) = [names::BANS, names::BAN_NETS]
-            .into_iter()
-            .find(|n| info.name_as_str() == Some(*n))
-        else {
+        let (Some(name), Ok(at)) = (
+            KEPT_UNTIL_CARRIED.into_iter().find(|n| *n == name),
+            at.parse::<u64>(),
+        ) else {
             continue;
         };
-        let pinned = pin_dir.join(name);
-        let pinned = match MapData::from_pin(&pinned) {
-            Ok(m) => m,
-            Err(_) => continue,
-        };
-        let pinned_id = pinned.info().map(|i| i.id()).ok();
-        let seen = out.iter().any(|r| r.old_id() == Some(id));
-        if pinned_id == Some(id) || replaced.contains(&id) || seen {
-            continue;
-        }
-        match orphan(name, id, &pinned) {
+        match orphan(pin_dir, name, at, e.path()) {
             Ok(r) => out.push(r),
-            Err(e) => log::warn!(
-                "{e:#}: the bans the program still attached made in its {name} (id {id}) \
-                 since an interrupted start replaced that map are not carried over"
+            Err(err) => log::warn!(
+                "{err:#}: the bans the replaced program made in {} since an interrupted \
+                 start are not carried over",
+                e.path().display()
             ),
         }
     }
     out
 }
 
-/// The ban map `name` of id `id`, a program's but no longer pinned, with what the map
-/// pinned as `name` holds as its copy.
-fn orphan(name: &'static str, id: u32, pinned: &MapData) -> Result<Resized> {
-    let old = MapData::from_id(id).with_context(|| format!("opening the map of id {id}"))?;
+/// The replaced map `name` pinned at `pin` by a start that copied it at `at`.
+fn orphan(pin_dir: &Path, name: &'static str, at: u64, pin: PathBuf) -> Result<Resized> {
+    let old = MapData::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
     let info = old.info()?;
-    let key = match name {
-        names::BANS => size_of::<Addr>(),
-        _ => size_of::<Key<Addr>>(),
-    };
-    if (info.key_size() as usize, info.value_size() as usize) != (key, size_of::<BanEntry>()) {
-        anyhow::bail!(
-            "its entries are not of this release ({} and {} bytes)",
-            info.key_size(),
-            info.value_size()
-        );
-    }
     let r = Resized {
         name,
         old,
@@ -308,26 +283,28 @@ fn orphan(name: &'static str, id: u32, pinned: &MapData) -> Result<Resized> {
         carried: Default::default(),
         copied: Default::default(),
         value: false,
-        orphan: true,
+        orphan: Some(at),
+        replaced_pin: std::cell::RefCell::new(Some(pin)),
     };
-    let from = pinned.fd().as_fd();
-    let read = || format!("reading the pinned {name}");
     if name == names::BANS {
-        let held: Vec<(Addr, BanEntry)> = sys::read_map(from).with_context(read)?;
+        if (info.key_size() as usize, info.value_size() as usize)
+            != (size_of::<Addr>(), size_of::<BanEntry>())
+        {
+            anyhow::bail!(
+                "its entries are not of this release ({} and {} bytes)",
+                info.key_size(),
+                info.value_size()
+            );
+        }
+        let path = pin_dir.join(name);
+        let pinned = MapData::from_pin(&path)
+            .with_context(|| format!("opening the pinned map {}", path.display()))?;
+        let held: Vec<(Addr, BanEntry)> = sys::read_map(pinned.fd().as_fd())
+            .with_context(|| format!("reading the pinned {name}"))?;
         let (keys, values): (Vec<Addr>, Vec<BanEntry>) = held.into_iter().unzip();
         record_copied(&r, keys.into_iter().map(|k| (0, k)), &values);
-    } else {
-        let held: Vec<(Key<Addr>, BanEntry)> = sys::read_map(from).with_context(read)?;
-        let (keys, values): (Vec<Key<Addr>>, Vec<BanEntry>) = held.into_iter().unzip();
-        record_copied(&r, keys.iter().map(|k| (k.prefix_len(), k.data())), &values);
     }
     Ok(r)
-}
-
-impl Resized {
-    fn old_id(&self) -> Option<u32> {
-        self.old.info().ok().map(|i| i.id())
-    }
 }
 
 /// A ban as copied into a resized map: its prefix length (0 in `PS_BANS`), its key, and
@@ -463,8 +440,23 @@ impl Dataplane {
             .iter()
             .filter_map(|r| Some((r, taken.get(r.name)?)))
             .collect();
+        // Before the copy's read: a ban the old program makes after it is late.
+        let copied_at = crate::clock::monotonic_ns();
         for (r, map) in &new {
             carry_over(r, map)?;
+        }
+        // The old maps the program writes bans to keep a pin until their late bans are
+        // carried over after the attach ([`orphaned`] finds them if this start stops
+        // before).
+        for (r, _) in new
+            .iter()
+            .filter(|(r, _)| KEPT_UNTIL_CARRIED.contains(&r.name))
+        {
+            let pin = pin_dir.join(format!("{}{REPLACED}{copied_at}", r.name));
+            r.old
+                .pin(&pin)
+                .with_context(|| format!("pinning the replaced {} at {}", r.name, pin.display()))?;
+            *r.replaced_pin.borrow_mut() = Some(pin);
         }
         for (r, map) in new {
             let path = pin_dir.join(r.name);
@@ -498,7 +490,18 @@ impl Dataplane {
                 names::BANS => {
                     let old: Vec<(Addr, BanEntry)> = sys::read_map(from)?;
                     let prefix = self.v6_source_prefix();
-                    for (k, e) in old.into_iter().filter(|(k, e)| is_late(r, 0, *k, e)) {
+                    // From a map an earlier start replaced: the program's own bans
+                    // made since its copy (others were lifted or moved since, maybe).
+                    let since_copy = |e: &BanEntry| {
+                        r.orphan.is_none_or(|at| {
+                            e.origin == BanOrigin::Kernel as u8
+                                && e.since_ns >= at.saturating_sub(CLOCK_SLACK_NS)
+                        })
+                    };
+                    let found = old
+                        .into_iter()
+                        .filter(|(k, e)| since_copy(e) && is_late(r, 0, *k, e));
+                    for (k, e) in found {
                         taken.push((i, (0, k, e.since_ns)));
                         late.push((addr::source_key_net(&k, prefix), e));
                     }
@@ -542,10 +545,17 @@ impl Dataplane {
         Ok(carried)
     }
 
-    /// Lets go of the maps replaced at this load, once the attach replaced the program
-    /// that used them and [`Self::carry_over_late_bans`] took their last bans.
-    pub fn release_replaced_maps(&mut self) {
-        self.resized.clear();
+    /// Lets go of the maps replaced at this load (and by earlier starts), their pins
+    /// too, once the attach replaced the program that used them and
+    /// [`Self::carry_over_late_bans`] took their last bans.
+    pub fn release_replaced_maps(&mut self) -> Result<()> {
+        for r in std::mem::take(&mut self.resized) {
+            if let Some(pin) = r.replaced_pin.take() {
+                std::fs::remove_file(&pin)
+                    .with_context(|| format!("removing the pin {}", pin.display()))?;
+            }
+        }
+        Ok(())
     }
 
     /// The maps replaced by new ones of the configured sizes at this load, each with
@@ -555,10 +565,9 @@ impl Dataplane {
             .iter()
             .filter(|r| !r.value)
             .map(|r| match (r.name, r.carried.get()) {
-                (name, _) if r.orphan => format!(
-                    "the program still attached used a {name} no longer pinned (a start \
-                     stopped after it replaced that map): the bans made in it since are \
-                     carried over"
+                (name, _) if r.orphan.is_some() => format!(
+                    "{name} replaced by a start that stopped before its attach: the bans \
+                     the program made in the old map since are carried over"
                 ),
                 (names::SOURCES, carried) => {
                     let (kept, of) = carried.unwrap_or_default();

@@ -14,20 +14,6 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// detached it (`bpftool link detach`, the interface went away), an error when the pin
 /// cannot be opened.
 pub fn pinned_link_ifindex(pin: &Path) -> std::io::Result<u32> {
-    pinned_link(pin).map(|l| l.ifindex)
-}
-
-/// What a pinned XDP link holds.
-#[derive(Clone, Copy, Debug)]
-pub struct PinnedLinkInfo {
-    /// The program it runs.
-    pub prog_id: u32,
-    /// The interface it is attached to; 0 once detached.
-    pub ifindex: u32,
-}
-
-/// The program and interface of the XDP link pinned at `pin`.
-pub fn pinned_link(pin: &Path) -> std::io::Result<PinnedLinkInfo> {
     use std::os::fd::{AsRawFd as _, FromRawFd as _};
     const BPF_OBJ_GET: libc::c_long = 7;
     const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
@@ -103,10 +89,7 @@ pub fn pinned_link(pin: &Path) -> std::io::Result<PinnedLinkInfo> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(PinnedLinkInfo {
-        prog_id: info.prog_id,
-        ifindex: info.xdp_ifindex,
-    })
+    Ok(info.xdp_ifindex)
 }
 
 /// Mounts bpffs at /sys/fs/bpf when `pin_dir` lies under it and it is not mounted,
