@@ -152,6 +152,19 @@ fn max_bans_per_sec_holds_in_the_kernel_and_length_and_window_apply() {
     // The budget counts the bans made, not the refused (a spent budget is only read):
     // the daemon takes it as the program's bans of the second.
     assert_eq!(fx.dp.kernel_bans_in(state.second).unwrap(), 2, "{state:?}");
+    // A reload writes the settings again: the second's budget stays spent.
+    fx.dp.set_kernel_ban_settings(kb).unwrap();
+    let o = fx.run(&Frame::tcp(ip("198.51.100.20"), dst, 22, SYN).build());
+    assert_eq!(
+        (
+            o.delta.get(Counter::KernelBanned),
+            o.delta.get(Counter::KernelBanDeferred)
+        ),
+        (0, 1),
+        "{:?}",
+        fx.dp.kernel_ban().unwrap()
+    );
+    fx.drain_events();
     let ban = fx
         .dp
         .ban(&IpNet::from(ip("198.51.100.10")))

@@ -157,7 +157,7 @@ pub fn apply(dp: &mut Dataplane, eff: &Effective) -> Result<()> {
         0 => random_secret(),
         s => s,
     };
-    dp.write_kernel_ban(kernel_ban(eff))?;
+    dp.set_kernel_ban_settings(kernel_ban(eff))?;
     dp.write_settings(kernel_settings(eff, secret))?;
     dp.replace_ignore(&eff.ignored_nets(), &eff.single_source_nets())?;
     Ok(())

@@ -320,7 +320,25 @@ impl Dataplane {
         Ok(Some(step))
     }
 
-    /// Writes the kernel-side ban's settings (and starts its budget afresh).
+    /// Writes the kernel-side ban's settings, keeping the bans the program counted
+    /// this second: a reload (or a restart) does not give the second a budget afresh.
+    /// (What the program counts between the read and the write, microseconds apart, is
+    /// lost, as in [`Self::follow_wall_clock`].)
+    pub fn set_kernel_ban_settings(&mut self, kb: KernelBan) -> Result<()> {
+        let Some(a) = &mut self.maps.kban else {
+            return Ok(());
+        };
+        let held = a.get(&KBAN_PROGRAM, 0).context("reading PS_KBAN")?;
+        let kb = KernelBan {
+            second: held.second,
+            used: held.used,
+            ..kb
+        };
+        a.set(KBAN_PROGRAM, kb, 0).context("writing PS_KBAN")?;
+        Ok(())
+    }
+
+    /// Writes the kernel-side ban's entry as given (its budget's second and count too).
     pub fn write_kernel_ban(&mut self, kb: KernelBan) -> Result<()> {
         if let Some(a) = &mut self.maps.kban {
             a.set(KBAN_PROGRAM, kb, 0).context("writing PS_KBAN")?;
