@@ -193,7 +193,7 @@ impl Opened {
                 Some(copy) => format!("the damaged part was kept as {}", copy.display()),
                 None => format!(
                     "the damaged part was not kept: {DAMAGED_COPIES} copies of earlier damage \
-                     are there already (remove the old {}.damaged.* files)",
+                     are there already (remove the old {}.damaged* files)",
                     file.display()
                 ),
             };

@@ -262,7 +262,7 @@ pub async fn run(
     }
     // And those it made until the attach replaced it.
     late += dp.carry_over_late_bans()?;
-    dp.release_replaced_maps()?;
+    dp.release_replaced_maps();
     if late > 0 {
         log.notice(&format!(
             "portsentry: {late} bans made meanwhile carried over into the resized maps"

@@ -458,6 +458,20 @@ impl Dataplane {
                 pin_dir.display()
             );
         }
+        // A start that stopped after it replaced `PS_BANS` leaves the old program
+        // running on the old map until the next start carries its bans over: a change
+        // made here would not reach that program (a ban not enforced, an unban still
+        // dropping), and could take bits of the filter it needs.
+        if contents == Contents::Kept
+            && let Some((name, _, pin)) = resize::replaced_pins(pin_dir).first()
+        {
+            bail!(
+                "a start of portsentry stopped after it replaced {name} ({} is the old map, \
+                 which the program still attached uses): start the daemon (`portsentry \
+                 run`), which carries that map's bans over, and ban or unban then",
+                pin.display()
+            );
+        }
         let mut taken = std::collections::HashMap::new();
         for name in names::ALL {
             let path = pin_dir.join(name);
@@ -468,19 +482,12 @@ impl Dataplane {
                 .with_context(|| format!("opening the pinned map {}", path.display()))?;
             taken.insert(name, Map::from_map_data(data)?);
         }
-        // A start that stopped after it replaced `PS_BANS` leaves the old program
-        // running on the old map (and its bits in the filter), until the next start
-        // carries its bans over: the filter's rebuild clears none meanwhile.
-        let orphans = match contents {
-            Contents::ReadOnly => Vec::new(),
-            _ => resize::orphaned(pin_dir),
-        };
         Self::with_maps(
             Program::None,
             taken,
             Some(pin_dir.to_path_buf()),
             contents,
-            orphans,
+            Vec::new(),
         )
     }
 

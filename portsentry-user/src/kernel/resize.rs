@@ -244,30 +244,34 @@ fn open_pinned(pin_dir: &Path, name: &str) -> Result<Option<(MapData, MapInfo)>>
 /// logged and left (its pin too, for the next start).
 pub(super) fn orphaned(pin_dir: &Path) -> Vec<Resized> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(pin_dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let file = e.file_name().to_string_lossy().into_owned();
-        let Some((name, at)) = file.split_once(REPLACED) else {
-            continue;
-        };
-        let (Some(name), Ok(at)) = (
-            KEPT_UNTIL_CARRIED.into_iter().find(|n| *n == name),
-            at.parse::<u64>(),
-        ) else {
-            continue;
-        };
-        match orphan(pin_dir, name, at, e.path()) {
+    for (name, at, pin) in replaced_pins(pin_dir) {
+        match orphan(pin_dir, name, at, pin.clone()) {
             Ok(r) => out.push(r),
             Err(err) => log::warn!(
                 "{err:#}: the bans the replaced program made in {} since an interrupted \
                  start are not carried over",
-                e.path().display()
+                pin.display()
             ),
         }
     }
     out
+}
+
+/// The pins of replaced maps in `pin_dir` ([`REPLACED`]): each map's name, the time of
+/// its copy, and the pin.
+pub(super) fn replaced_pins(pin_dir: &Path) -> Vec<(&'static str, u64, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(pin_dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let file = e.file_name().to_string_lossy().into_owned();
+            let (name, at) = file.split_once(REPLACED)?;
+            let name = KEPT_UNTIL_CARRIED.into_iter().find(|n| *n == name)?;
+            Some((name, at.parse::<u64>().ok()?, e.path()))
+        })
+        .collect()
 }
 
 /// The replaced map `name` pinned at `pin` by a start that copied it at `at`.
@@ -548,14 +552,16 @@ impl Dataplane {
     /// Lets go of the maps replaced at this load (and by earlier starts), their pins
     /// too, once the attach replaced the program that used them and
     /// [`Self::carry_over_late_bans`] took their last bans.
-    pub fn release_replaced_maps(&mut self) -> Result<()> {
+    /// A pin that cannot be removed is logged: the next start carries over from it
+    /// again, only what the pinned map lacks.
+    pub fn release_replaced_maps(&mut self) {
         for r in std::mem::take(&mut self.resized) {
-            if let Some(pin) = r.replaced_pin.take() {
-                std::fs::remove_file(&pin)
-                    .with_context(|| format!("removing the pin {}", pin.display()))?;
+            if let Some(pin) = r.replaced_pin.take()
+                && let Err(e) = std::fs::remove_file(&pin)
+            {
+                log::warn!("removing the pin {}: {e}", pin.display());
             }
         }
-        Ok(())
     }
 
     /// The maps replaced by new ones of the configured sizes at this load, each with
