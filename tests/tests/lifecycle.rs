@@ -397,7 +397,7 @@ fn metrics_endpoint_counts_what_was_sent() {
 /// A server whose UNKILL_RUN_CMD (after `before`, a shell prefix) writes `unrun TARGET`
 /// to the file `order`, with a service on port 80 and bans of an hour.
 fn unkill_recorded(before: &str) -> (TestNet, Workdir, TcpListener) {
-    let net = TestNet::new(1);
+    let net = TestNet::new(2);
     let wd = Workdir::new();
     let order = wd.path("order").display().to_string();
     wd.config(
@@ -488,20 +488,31 @@ fn an_unban_removes_the_line_of_the_template_its_ban_was_made_with() {
     )
     .unwrap();
     let d = start(&net, &wd);
-    for ip in [first, second] {
+    // A ban made now writes no line: an operator's line of the last template's form
+    // for its host is not its line.
+    let third = net.attacker_v4[2];
+    probe(&net, third);
+    wait_banned(&wd, &d, third);
+    let own_third = format!("sshd: {third} # atcp");
+    std::fs::write(
+        wd.path("hosts.deny"),
+        format!("{}{own_third}\n", wd.read("hosts.deny")),
+    )
+    .unwrap();
+    for ip in [first, second, third] {
         let (ok, out, err) = wd.cli(&["unban", &ip.to_string()]);
         assert!(ok, "{out}{err}");
     }
     assert!(
         wait_until(Duration::from_secs(5), || wd
             .read("order")
-            .contains(&format!("unrun {second}\n"))),
+            .contains(&format!("unrun {third}\n"))),
         "{}",
         d.lines().join("\n")
     );
     assert!(
         wait_until(Duration::from_secs(5), || wd.read("hosts.deny")
-            == format!("{own}\n")),
+            == format!("{own}\n{own_third}\n")),
         "hosts.deny: {:?}\n{}",
         wd.read("hosts.deny"),
         d.lines().join("\n")

@@ -4,11 +4,11 @@
 //! restart changed the template (or removed it, or moved the file) must still find it.
 //! [`crate::actions::undo_plan`] removes the line each of them makes for the host too.
 //!
-//! The daemon notes the template in force at every start and reload ([`note`]), with
-//! the time it first noted it; the [`KEPT`] most recent are kept. A ban's undo takes
-//! the template in force when the ban was made and those noted after it
-//! ([`made_with`]), never one replaced before: another template's line for the same
-//! host may be the operator's own.
+//! The daemon notes the template in force (or that none is) once a start is done and
+//! at every reload ([`note`]), with the time: an entry each time it changes, the
+//! [`KEPT`] most recent kept. A ban's undo takes the template in force when the ban was
+//! made and those noted after it ([`made_with`]), never one replaced before: another
+//! template's line for the same host may be the operator's own.
 
 use std::{
     io,
@@ -29,7 +29,8 @@ const FILE: &str = "hosts-deny-templates.json";
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Template {
     pub file: PathBuf,
-    pub template: String,
+    /// `None`: no `KILL_HOSTS_DENY` (no line written meanwhile).
+    pub template: Option<String>,
     /// When it was first noted, in milliseconds since the epoch (0: unknown).
     #[serde(default)]
     pub since_ms: u64,
@@ -75,20 +76,19 @@ fn millis(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_millis().try_into().unwrap_or(u64::MAX))
 }
 
-/// Notes `c`'s `KILL_HOSTS_DENY` (with its `HOSTS_DENY_FILE`) as the template in
-/// force: moved to the end of the list (written only when that changes it), the oldest
-/// dropped past [`KEPT`]. Nothing without a template.
+/// Notes `c`'s `KILL_HOSTS_DENY` (with its `HOSTS_DENY_FILE`), or that it has none, as
+/// in force from now: appended when the last entry differs (the file is written only
+/// then), the oldest dropped past [`KEPT`].
 pub fn note(c: &Config) -> io::Result<()> {
-    let Some(template) = &c.kill_hosts_deny else {
-        return Ok(());
-    };
-    let same = |t: &Template| t.file == c.hosts_deny_file && t.template == *template;
+    let template = &c.kill_hosts_deny;
     // A list that does not parse is replaced: the one in force is what matters most.
     let mut list = load(&c.state_dir).unwrap_or_default();
-    if list.last().is_some_and(same) {
+    let same = |t: &Template| {
+        t.template == *template && (template.is_none() || t.file == c.hosts_deny_file)
+    };
+    if list.last().is_some_and(same) || (list.is_empty() && template.is_none()) {
         return Ok(());
     }
-    list.retain(|t| !same(t));
     list.push(Template {
         file: c.hosts_deny_file.clone(),
         template: template.clone(),
@@ -115,22 +115,32 @@ mod tests {
     }
 
     #[test]
-    fn the_template_in_force_goes_last_and_the_oldest_go() {
+    fn each_change_is_noted_and_the_oldest_go() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(load(dir.path()).unwrap(), []);
         note(&config(dir.path(), None, "/etc/hosts.deny")).unwrap();
         assert!(!path(dir.path()).exists(), "nothing to note");
         let a = config(dir.path(), Some("ALL: $TARGET$"), "/etc/hosts.deny");
         let b = config(dir.path(), Some("sshd: $TARGET$"), "/etc/hosts.deny");
-        for c in [&a, &b, &a] {
+        let none = config(dir.path(), None, "/etc/hosts.deny");
+        for c in [&a, &a, &b, &a, &none, &none] {
             note(c).unwrap();
         }
-        let templates: Vec<String> = load(dir.path())
+        let templates: Vec<Option<String>> = load(dir.path())
             .unwrap()
             .into_iter()
             .map(|t| t.template)
             .collect();
-        assert_eq!(templates, ["sshd: $TARGET$", "ALL: $TARGET$"]);
+        let some = |t: &str| Some(t.to_owned());
+        assert_eq!(
+            templates,
+            [
+                some("ALL: $TARGET$"),
+                some("sshd: $TARGET$"),
+                some("ALL: $TARGET$"),
+                None
+            ]
+        );
         for i in 0..KEPT + 3 {
             note(&config(
                 dir.path(),
@@ -143,7 +153,7 @@ mod tests {
         assert_eq!(list.len(), KEPT);
         assert_eq!(
             list[KEPT - 1].template,
-            format!("ALL: $TARGET$ #{}", KEPT + 2)
+            some(&format!("ALL: $TARGET$ #{}", KEPT + 2))
         );
         std::fs::write(path(dir.path()), "{").unwrap();
         let e = load(dir.path()).unwrap_err().to_string();
@@ -156,14 +166,14 @@ mod tests {
     fn a_ban_was_made_with_the_template_in_force_then_or_a_later_one() {
         let t = |template: &str, since: u64| Template {
             file: "/etc/hosts.deny".into(),
-            template: template.into(),
+            template: Some(template.into()),
             since_ms: since,
         };
         let list = [t("a", 100), t("b", 200), t("c", 300)];
         let at = |s: u64| {
             made_with(&list, UNIX_EPOCH + std::time::Duration::from_millis(s))
                 .iter()
-                .map(|t| t.template.as_str())
+                .map(|t| t.template.as_deref().unwrap_or_default())
                 .collect::<Vec<_>>()
         };
         assert_eq!(at(50), ["a", "b", "c"], "before the list");
@@ -172,5 +182,26 @@ mod tests {
         assert_eq!(at(300), ["c"]);
         assert_eq!(at(900), ["c"]);
         assert!(made_with(&[], SystemTime::now()).is_empty());
+        // A ban made after KILL_HOSTS_DENY was taken out wrote no line: nothing to take.
+        let none = Template {
+            template: None,
+            ..t("", 400)
+        };
+        let list = [t("a", 100), none.clone()];
+        let made = UNIX_EPOCH + std::time::Duration::from_millis(500);
+        assert_eq!(made_with(&list, made), [none]);
+        let cfg = Config {
+            kill_hosts_deny: None,
+            ..Config::default()
+        };
+        let target = crate::actions::Target {
+            ip: "192.0.2.7".parse().unwrap(),
+            port: 1,
+            mode: "atcp",
+        };
+        assert_eq!(
+            crate::actions::undo_plan(&cfg, made_with(&list, made), &target),
+            []
+        );
     }
 }

@@ -153,7 +153,10 @@ pub fn undo_plan(cfg: &Config, earlier: &[deny_templates::Template], t: &Target)
             steps.push(Step::HostsDenyRemove(line.clone()));
         }
         for e in earlier.iter().rev() {
-            let (file, line) = (e.file.clone(), substitute(&e.template, t));
+            let Some(template) = &e.template else {
+                continue;
+            };
+            let (file, line) = (e.file.clone(), substitute(template, t));
             if !seen.contains(&(file.clone(), line.clone())) {
                 seen.push((file.clone(), line.clone()));
                 steps.push(Step::EarlierHostsDenyRemove { file, line });

@@ -274,7 +274,7 @@ fn undo_steps() {
     // The lines of earlier templates, newest first, each once, not the one in force's.
     let earlier = |file: &str, template: &str| deny_templates::Template {
         file: file.into(),
-        template: template.into(),
+        template: Some(template.into()),
         since_ms: 0,
     };
     let earlier = [

@@ -194,7 +194,6 @@ pub async fn run(
     for w in &eff.warnings {
         log.warn(&format!("portsentry: warning: {w}"));
     }
-    upkeep::note_deny_template(&log, c);
 
     if dp.program_reused() {
         log.notice(
@@ -263,6 +262,8 @@ pub async fn run(
     // And those it made until the attach replaced it.
     late += dp.carry_over_late_bans()?;
     dp.release_replaced_maps();
+    // The start is done: the KILL_HOSTS_DENY in force from now.
+    upkeep::note_deny_template(&log, c);
     if late > 0 {
         log.notice(&format!(
             "portsentry: {late} bans made meanwhile carried over into the resized maps"
