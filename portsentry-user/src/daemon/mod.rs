@@ -262,8 +262,6 @@ pub async fn run(
     // And those it made until the attach replaced it.
     late += dp.carry_over_late_bans()?;
     dp.release_replaced_maps();
-    // The start is done: the KILL_HOSTS_DENY in force from now.
-    upkeep::note_deny_template(&log, c);
     if late > 0 {
         log.notice(&format!(
             "portsentry: {late} bans made meanwhile carried over into the resized maps"
@@ -324,6 +322,8 @@ pub async fn run(
     let control = crate::control::listen(&c.state_dir)?;
     // After the guard and the restored bans: the first full answer reconciles with them.
     crowdsec::start(&shared)?;
+    // The start is done: the KILL_HOSTS_DENY in force from now.
+    upkeep::note_deny_template(&shared.log, c);
     crowdsec::write_status(&shared);
     shared.log.notice(&format!(
         "portsentry: bans restored in {:.2?}, {:.2?} of it writing and reading the kernel's \
@@ -403,8 +403,16 @@ fn too_small(e: anyhow::Error, c: &crate::config::Config) -> anyhow::Error {
                 "MAX_BANS",
                 format!(
                     "MAX_BANS is {} but {} bans are in force (PS_BANS); raise MAX_BANS to at \
-                     least {}, or unban some first (`portsentry unban`)",
-                    t.size, t.entries, t.entries
+                     least {}{}",
+                    t.size,
+                    t.entries,
+                    t.entries,
+                    // `unban` waits for a start that carries a replaced map over.
+                    if crate::kernel::replaced_maps_wait(&c.pin_dir) {
+                        ", start portsentry with it, then unban some and lower it"
+                    } else {
+                        ", or unban some first (`portsentry unban`)"
+                    }
                 ),
             )
             .into(),

@@ -89,6 +89,9 @@ pub struct Dataplane {
     /// earlier start replaced and did not release ([`resize::orphaned`]), held until
     /// [`Dataplane::release_replaced_maps`].
     resized: Vec<resize::Resized>,
+    /// Pins of replaced maps that could not be read ([`resize::orphaned`]), removed at
+    /// the release all the same.
+    unusable_replaced: Vec<PathBuf>,
     /// The pinned `PS_PROGS` of the program this load replaces (`progs`).
     replaced_progs: Option<progs::ReplacedProgs>,
     /// What `PS_IGN_FILTER` holds, once read or written.
@@ -289,6 +292,12 @@ pub fn is_pinned(pin_dir: &Path) -> bool {
         .all(|n| pin_dir.join(n).exists())
 }
 
+/// Whether a start stopped after it replaced the ban maps pinned in `pin_dir`, before
+/// it carried their late bans over ([`resize::orphaned`]).
+pub fn replaced_maps_wait(pin_dir: &Path) -> bool {
+    !resize::replaced_pins(pin_dir).is_empty()
+}
+
 impl Dataplane {
     /// Loads the embedded object and verifies the program. With `pin_dir`, every map is
     /// pinned there by name, and maps already pinned there are reused (adopted, with
@@ -378,11 +387,13 @@ impl Dataplane {
             .filter_map(|name| Some((name, ebpf.take_map(name)?)))
             .collect();
         let mut resized = resized;
+        let mut unusable_replaced = Vec::new();
         if let Some(dir) = &pin_dir {
             // Found before this load pins the maps it replaces.
-            let orphans = resize::orphaned(dir);
+            let (orphans, unusable) = resize::orphaned(dir);
             Self::take_over_resized(dir, &resized, &taken)?;
             resized.extend(orphans);
+            unusable_replaced = unusable;
         }
         let hooks = tcp_sockets::attach_hooks(&mut ebpf, pin_dir.as_deref())
             .inspect_err(|e| log::warn!("{e:#}: every TCP probe is looked up"))
@@ -411,6 +422,7 @@ impl Dataplane {
             Program::Loaded(verify()?.0)
         };
         let mut dp = Self::with_maps(program, taken, pin_dir, contents, resized)?;
+        dp.unusable_replaced = unusable_replaced;
         dp.replaced_progs = replaced_progs.map(|held| progs::ReplacedProgs {
             _held: held,
             pinned_own: false,
@@ -467,8 +479,9 @@ impl Dataplane {
         {
             bail!(
                 "a start of portsentry stopped after it replaced {name} ({} is the old map, \
-                 which the program still attached uses): start the daemon (`portsentry \
-                 run`), which carries that map's bans over, and ban or unban then",
+                 which the program in the links may still use): start the daemon \
+                 (`portsentry run`), which carries that map's bans over, and ban or unban \
+                 then",
                 pin.display()
             );
         }
@@ -511,6 +524,7 @@ impl Dataplane {
             net_hash: Default::default(),
             bans_at_load: None,
             resized,
+            unusable_replaced: Vec::new(),
             replaced_progs: None,
             ignore_words: None,
             ack_words: None,

@@ -241,20 +241,24 @@ fn open_pinned(pin_dir: &Path, name: &str) -> Result<Option<(MapData, MapInfo)>>
 /// The maps an earlier start replaced and did not release: pinned under their name,
 /// [`REPLACED`] and the time of their copy. Each `PS_BANS` among them comes with what
 /// the pinned `PS_BANS` holds now as its copy. One that cannot be opened or read is
-/// logged and left (its pin too, for the next start).
-pub(super) fn orphaned(pin_dir: &Path) -> Vec<Resized> {
-    let mut out = Vec::new();
+/// logged and returned apart: its pin goes at the release all the same (nothing can
+/// carry its bans over).
+pub(super) fn orphaned(pin_dir: &Path) -> (Vec<Resized>, Vec<PathBuf>) {
+    let (mut out, mut unusable) = (Vec::new(), Vec::new());
     for (name, at, pin) in replaced_pins(pin_dir) {
         match orphan(pin_dir, name, at, pin.clone()) {
             Ok(r) => out.push(r),
-            Err(err) => log::warn!(
-                "{err:#}: the bans the replaced program made in {} since an interrupted \
-                 start are not carried over",
-                pin.display()
-            ),
+            Err(err) => {
+                log::warn!(
+                    "{err:#}: the bans the replaced program made in {} since an interrupted \
+                     start are not carried over",
+                    pin.display()
+                );
+                unusable.push(pin);
+            }
         }
     }
-    out
+    (out, unusable)
 }
 
 /// The pins of replaced maps in `pin_dir` ([`REPLACED`]): each map's name, the time of
@@ -553,12 +557,15 @@ impl Dataplane {
     /// too, once the attach replaced the program that used them and
     /// [`Self::carry_over_late_bans`] took their last bans.
     /// A pin that cannot be removed is logged: the next start carries over from it
-    /// again, only what the pinned map lacks.
+    /// again the program's bans made since its copy that the pinned map lacks, which
+    /// may put back one lifted meanwhile.
     pub fn release_replaced_maps(&mut self) {
-        for r in std::mem::take(&mut self.resized) {
-            if let Some(pin) = r.replaced_pin.take()
-                && let Err(e) = std::fs::remove_file(&pin)
-            {
+        let pins = std::mem::take(&mut self.resized)
+            .into_iter()
+            .filter_map(|r| r.replaced_pin.take())
+            .chain(std::mem::take(&mut self.unusable_replaced));
+        for pin in pins {
+            if let Err(e) = std::fs::remove_file(&pin) {
                 log::warn!("removing the pin {}: {e}", pin.display());
             }
         }
