@@ -34,35 +34,12 @@ pub async fn run_step(
                 log.warn(&format!("attackalert: ERROR: {e}"));
             }
         },
-        Step::HostsDenyRemove(line) => match line_files::remove(&c.hosts_deny_file, line).await {
-            Ok(_) => {
-                metrics.action(ActionKind::HostsDenyRemove, ActionResult::Ok);
-                log.notice(&format!(
-                    "portsentry: Host {ip} removed from {}",
-                    c.hosts_deny_file.display()
-                ));
-            }
-            Err(e) => {
-                metrics.action(ActionKind::HostsDenyRemove, ActionResult::Failed);
-                log.warn(&format!("portsentry: ERROR: {e}"));
-            }
-        },
-        Step::EarlierHostsDenyRemove { file, line } => match line_files::remove(file, line).await {
-            Ok(removed) => {
-                metrics.action(ActionKind::HostsDenyRemove, ActionResult::Ok);
-                if removed {
-                    log.notice(&format!(
-                        "portsentry: Host {ip} removed from {} (its line of an earlier \
-                         KILL_HOSTS_DENY)",
-                        file.display()
-                    ));
-                }
-            }
-            Err(e) => {
-                metrics.action(ActionKind::HostsDenyRemove, ActionResult::Failed);
-                log.warn(&format!("portsentry: ERROR: {e}"));
-            }
-        },
+        Step::HostsDenyRemove(line) => {
+            remove_deny_line(log, metrics, ip, &c.hosts_deny_file, line, false).await
+        }
+        Step::EarlierHostsDenyRemove { file, line } => {
+            remove_deny_line(log, metrics, ip, file, line, true).await
+        }
         Step::Route(cmd) | Step::RunCmd(cmd) => {
             let kind = match (step, undo) {
                 (Step::Route(_), false) => ActionKind::Route,
@@ -90,6 +67,39 @@ pub async fn run_step(
                     }
                 ));
             }
+        }
+    }
+}
+
+/// Removes `ip`'s hosts.deny `line` from `file` and logs it; the line of an `earlier`
+/// KILL_HOSTS_DENY only when it was there.
+async fn remove_deny_line(
+    log: &Logger,
+    metrics: &Metrics,
+    ip: IpAddr,
+    file: &std::path::Path,
+    line: &str,
+    earlier: bool,
+) {
+    match line_files::remove(file, line).await {
+        Ok(removed) => {
+            metrics.action(ActionKind::HostsDenyRemove, ActionResult::Ok);
+            match (earlier, removed) {
+                (false, _) => log.notice(&format!(
+                    "portsentry: Host {ip} removed from {}",
+                    file.display()
+                )),
+                (true, true) => log.notice(&format!(
+                    "portsentry: Host {ip} removed from {} (its line of an earlier \
+                     KILL_HOSTS_DENY)",
+                    file.display()
+                )),
+                (true, false) => {}
+            }
+        }
+        Err(e) => {
+            metrics.action(ActionKind::HostsDenyRemove, ActionResult::Failed);
+            log.warn(&format!("portsentry: ERROR: {e}"));
         }
     }
 }

@@ -86,6 +86,35 @@ pub(super) struct Resized {
     pub replaced_pin: std::cell::RefCell<Option<PathBuf>>,
 }
 
+impl Resized {
+    fn new(
+        name: &'static str,
+        old: MapData,
+        old_size: u32,
+        new_size: u32,
+        old_capacity: u32,
+        value: bool,
+    ) -> Resized {
+        Resized {
+            name,
+            old,
+            old_size,
+            new_size,
+            old_capacity,
+            carried: Default::default(),
+            copied: Default::default(),
+            value,
+            orphan: None,
+            replaced_pin: Default::default(),
+        }
+    }
+
+    /// A map replaced by one of its size (another flag, its pair replaced, an orphan).
+    fn same_size(name: &'static str, old: MapData, size: u32) -> Resized {
+        Resized::new(name, old, size, size, size, false)
+    }
+}
+
 /// What a replaced map's own pin adds to its name, before the time of the copy.
 const REPLACED: &str = "_replaced_";
 
@@ -167,18 +196,14 @@ pub(super) fn pinned_to_resize(pin_dir: &Path, sizes: &MapSizes) -> Result<Vec<R
             _ => old_size,
         };
         if old_size != new_size || type_changed {
-            out.push(Resized {
+            out.push(Resized::new(
                 name,
                 old,
                 old_size,
                 new_size,
                 old_capacity,
-                carried: Default::default(),
-                copied: Default::default(),
                 value,
-                orphan: None,
-                replaced_pin: Default::default(),
-            });
+            ));
         }
     }
     for (name, flag) in reflagged() {
@@ -187,18 +212,7 @@ pub(super) fn pinned_to_resize(pin_dir: &Path, sizes: &MapSizes) -> Result<Vec<R
         };
         if info.map_flags() & flag == 0 {
             let size = info.max_entries();
-            out.push(Resized {
-                name,
-                old,
-                old_size: size,
-                new_size: size,
-                old_capacity: size,
-                carried: Default::default(),
-                copied: Default::default(),
-                value: false,
-                orphan: None,
-                replaced_pin: Default::default(),
-            });
+            out.push(Resized::same_size(name, old, size));
         }
     }
     // The lengths entry goes with its hash: the program still attached keeps both old
@@ -209,18 +223,7 @@ pub(super) fn pinned_to_resize(pin_dir: &Path, sizes: &MapSizes) -> Result<Vec<R
         if path.exists() {
             let old = MapData::from_pin(&path)
                 .with_context(|| format!("opening the pinned map {}", path.display()))?;
-            out.push(Resized {
-                name: names::BAN_NET_LENS,
-                old,
-                old_size: 1,
-                new_size: 1,
-                old_capacity: 1,
-                carried: Default::default(),
-                copied: Default::default(),
-                value: false,
-                orphan: None,
-                replaced_pin: Default::default(),
-            });
+            out.push(Resized::same_size(names::BAN_NET_LENS, old, 1));
         }
     }
     Ok(out)
@@ -283,16 +286,9 @@ fn orphan(pin_dir: &Path, name: &'static str, at: u64, pin: PathBuf) -> Result<R
     let old = MapData::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
     let info = old.info()?;
     let r = Resized {
-        name,
-        old,
-        old_size: info.max_entries(),
-        new_size: info.max_entries(),
-        old_capacity: info.max_entries(),
-        carried: Default::default(),
-        copied: Default::default(),
-        value: false,
         orphan: Some(at),
         replaced_pin: std::cell::RefCell::new(Some(pin)),
+        ..Resized::same_size(name, old, info.max_entries())
     };
     if name == names::BANS {
         if (info.key_size() as usize, info.value_size() as usize)
@@ -540,12 +536,10 @@ impl Dataplane {
         let carried = late.len();
         if carried > 0 {
             self.insert_bans(late)?;
-        }
-        // Carried once: a later pass does not count their filter bits again.
-        for (i, c) in taken {
-            self.resized[i].copied.borrow_mut().push(c);
-        }
-        if carried > 0 {
+            // Carried once: a later pass does not count their filter bits again.
+            for (i, c) in taken {
+                self.resized[i].copied.borrow_mut().push(c);
+            }
             for r in &self.resized {
                 r.copied.borrow_mut().sort_unstable();
             }
