@@ -271,3 +271,53 @@ fn a_64_keeps_its_kill_commands_when_another_of_its_addresses_is_ignored() {
     assert_eq!(ban_nets(&status(&wd)), vec!["2001:db8:0:1::/64".to_owned()]);
     assert!(d.stop().success());
 }
+
+/// The kill commands a /64's ban ran (with the network's address as `$TARGET$`) are
+/// undone when the ban ends: UNKILL_ROUTE, the hosts.deny line, UNKILL_RUN_CMD. (They
+/// never ran for a network: their routes and lines stayed for good.)
+#[test]
+fn a_64_ban_undoes_its_kill_commands_when_it_ends() {
+    require_kernel!();
+    let net = TestNet::new(0);
+    let scanner = net.add_attacker_v6_network("2001:db8:0:1", [0x10]);
+    let wd = Workdir::new();
+    let order = wd.path("order").display().to_string();
+    wd.config(
+        &net.server_if,
+        &format!(
+            "UNKILL_ROUTE=\"echo unroute $TARGET$ >> {order}\"\n\
+             UNKILL_RUN_CMD=\"echo unrun $TARGET$ >> {order}\"\n"
+        ),
+    );
+    let d = start(&net, &wd);
+    probe6(&net, scanner[0], 23);
+    let ordered = |line: &str| wd.read("order").lines().any(|l| l.starts_with(line));
+    assert!(
+        wait_until(Duration::from_secs(10), || ordered("run 2001:db8:0:1:: ")),
+        "order:\n{}\nlog:\n{}",
+        wd.read("order"),
+        d.lines().join("\n")
+    );
+    assert!(ordered("route 2001:db8:0:1:: "), "{}", wd.read("order"));
+    assert!(
+        wd.read("hosts.deny").contains("ALL: 2001:db8:0:1:: : DENY"),
+        "{}",
+        wd.read("hosts.deny")
+    );
+    let (ok, out, err) = wd.cli(&["unban", "2001:db8:0:1::/64"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        wait_until(Duration::from_secs(10), || ordered("unrun 2001:db8:0:1::")),
+        "order:\n{}\nlog:\n{}",
+        wd.read("order"),
+        d.lines().join("\n")
+    );
+    assert!(ordered("unroute 2001:db8:0:1::"), "{}", wd.read("order"));
+    assert!(
+        !wd.read("hosts.deny").contains("2001:db8:0:1::"),
+        "{}",
+        wd.read("hosts.deny")
+    );
+    assert!(ban_nets(&status(&wd)).is_empty());
+    assert!(d.stop().success());
+}

@@ -101,14 +101,15 @@ impl Ban {
     }
 
     /// Whether this ban runs the kill commands (KILL_*), and their undo steps (UNKILL_*)
-    /// when it ends: a scan ban of one host (an escalation runs none), and, when
-    /// CROWDSEC_KILL_COMMANDS is 1 (`crowdsec_kills`), the ban of one address a Local API
-    /// decision made (a range runs none, as an escalation).
+    /// when it ends: a scan ban (of one host, or of the network of an IPv6 source counted
+    /// by SOURCE_PREFIX_V6, whose commands name the network's address; an escalation runs
+    /// none), and, when CROWDSEC_KILL_COMMANDS is 1 (`crowdsec_kills`), the ban of one
+    /// address a Local API decision made (a range runs none, as an escalation).
     pub fn has_undo(&self, crowdsec_kills: bool) -> bool {
         let host = self.net.prefix_len() == self.net.max_prefix_len();
-        host && match self.origin {
+        match self.origin {
             BanOrigin::Scan => self.escalated.is_none(),
-            BanOrigin::CrowdSec => crowdsec_kills,
+            BanOrigin::CrowdSec => host && crowdsec_kills,
             BanOrigin::Manual | BanOrigin::Kernel => false,
         }
     }
