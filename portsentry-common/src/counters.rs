@@ -23,7 +23,8 @@ pub enum Counter {
     PassFragment = 3,
     /// XDP_PASS: IP, but neither TCP nor UDP.
     PassOtherProto = 4,
-    /// XDP_PASS: TCP with ACK or RST set, part of a conversation. Not counted (its slot
+    /// XDP_PASS: TCP with ACK or RST set, part of a conversation, or a segment or datagram
+    /// sent to a group (never answered, so no probe). Not counted (its slot
     /// stays 0): the increment cost every such segment 2-3 ns, a fifth of the benign
     /// path; a packet that moved no verdict counter had this verdict.
     PassNotProbe = 5,

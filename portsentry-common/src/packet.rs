@@ -161,6 +161,21 @@ pub fn v4_mapped_words(raw: u32) -> AddrWords {
     ]
 }
 
+/// Whether `dst` (a packet's destination, as [`Ip::dst`] holds it) is a group address:
+/// IPv4 multicast (224.0.0.0/4) or limited broadcast (255.255.255.255), IPv6 multicast
+/// (ff00::/8). The kernel answers no datagram sent to one with an ICMP error, and no TCP
+/// segment with a reset. (A subnet's broadcast address is known only from the routes; its
+/// frames go to the broadcast MAC, which the caller looks at as well.)
+#[inline(always)]
+pub fn is_group_addr(dst: &AddrWords, v6: bool) -> bool {
+    if v6 {
+        dst[0].to_ne_bytes()[0] == 0xff
+    } else {
+        let o = dst[1].to_ne_bytes();
+        o[4] & 0xf0 == 0xe0 || o[4] & o[5] & o[6] & o[7] == 0xff
+    }
+}
+
 /// `w` with every bit after the first `prefix` cleared (the network of that length).
 #[inline(always)]
 pub fn prefix_words(w: &AddrWords, prefix: u32) -> AddrWords {
@@ -562,3 +577,33 @@ const _: () = assert!(core::mem::size_of::<FragHdr>() == 8);
 const _: () = assert!(core::mem::size_of::<TcpHdr>() == 20);
 const _: () = assert!(core::mem::size_of::<UdpHdr>() == 8);
 const _: () = assert!(core::mem::size_of::<TcpHead>() == TCP_FLAGS_END);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_addresses() {
+        let v4 = |o: [u8; 4]| v4_mapped_words(u32::from_ne_bytes(o));
+        for o in [[224, 0, 0, 1], [239, 255, 255, 250], [255, 255, 255, 255]] {
+            assert!(is_group_addr(&v4(o), false), "{o:?}");
+        }
+        for o in [
+            [192, 0, 2, 255],
+            [223, 255, 255, 255],
+            [240, 0, 0, 1],
+            [10, 0, 0, 1],
+        ] {
+            assert!(!is_group_addr(&v4(o), false), "{o:?}");
+        }
+        let v6 = |a: &str| -> AddrWords {
+            bytemuck::cast(a.parse::<core::net::Ipv6Addr>().unwrap().octets())
+        };
+        for a in ["ff02::1", "ff05::1:3", "ff0e::101"] {
+            assert!(is_group_addr(&v6(a), true), "{a}");
+        }
+        for a in ["2001:db8::1", "fe80::1", "fc00::ff"] {
+            assert!(!is_group_addr(&v6(a), true), "{a}");
+        }
+    }
+}

@@ -20,7 +20,9 @@
 //! A probe (a packet steps 1 to 4 did not decide) goes on to the probe stage, a program
 //! of its own (`stage.rs`, tail-called), for steps 5 to 7:
 //!
-//! 5. the ignore trie (only when it holds anything): an ignored source is passed; a
+//! 5. a probe sent to a group (a multicast or broadcast frame or address) is passed: the
+//!    kernel answers none (`stage.rs`); then the ignore trie (only when it holds
+//!    anything): an ignored source is passed; a
 //!    source in a network that holds an ignored address is counted by its address
 //!    (a datagram of an IP protocol nothing here serves, `PS_PROTOCOLS`, comes here
 //!    from step 3 and is then counted with no socket lookup);

@@ -11,13 +11,14 @@ use aya_ebpf::programs::XdpContext;
 use portsentry_common::{
     Counter, ScanType,
     maps::{PROBE_STAGE, SETTING_VERIFY, Settings},
-    packet::{AddrWords, Ip, L4},
+    packet::{AddrWords, EthHdr, Ip, L4, Packet, is_group_addr},
 };
 
 use crate::{
     PS_PROBE, PS_PROGS, Source,
     challenge::send_challenge,
     counted_as,
+    frame::XdpPacket,
     probe::{record_probe, record_success},
     settings_or,
     socket::{has_local_socket, may_have_socket},
@@ -99,6 +100,11 @@ fn probe_l4(
     settings: &Settings,
 ) -> Counter {
     let (ip, l4, key, watched, trw_syn) = (&h.ip, &h.l4, &h.key, h.watched, h.trw_syn);
+    // Sent to a group (a multicast or broadcast frame or address): never answered, so
+    // no probe. A router's DHCP offer to 255.255.255.255:68 would otherwise ban it.
+    if to_group(ctx, ip) {
+        return Counter::PassNotProbe;
+    }
     let src = if watched {
         let Some(src) = counted_as(ip, *key, prefix, settings) else {
             return Counter::PassIgnored;
@@ -133,4 +139,18 @@ fn probe_l4(
         return Counter::TxChallenge;
     }
     Counter::PassProbe
+}
+
+/// Whether the packet was sent to a group: a frame to a multicast or broadcast MAC (the
+/// low bit of its first octet set), or a group IP address
+/// ([`portsentry_common::packet::is_group_addr`]). The kernel answers none of them: TCP
+/// drops a segment not addressed to this host alone without a reset, and no ICMP error
+/// goes to a datagram sent to a group.
+#[inline(always)]
+fn to_group(ctx: &XdpContext, ip: &Ip) -> bool {
+    let group_frame = match XdpPacket(ctx).header::<EthHdr>(0) {
+        Some(eth) => eth.dst[0] & 1 != 0,
+        None => false,
+    };
+    group_frame || is_group_addr(&ip.dst, ip.v6)
 }

@@ -199,6 +199,62 @@ fn watched_and_unwatched_ports() {
     );
 }
 
+/// A segment or datagram sent to a group is no probe: to a multicast or broadcast MAC,
+/// to an IPv4 multicast or the limited broadcast address, to an IPv6 multicast address.
+/// The kernel answers none of them (no reset, no ICMP error). A router's DHCP offer to
+/// 255.255.255.255:68, a watched port where no DHCP client runs, banned the router.
+#[test]
+fn nothing_sent_to_a_group_is_a_probe() {
+    require_kernel!();
+    let mut fx = Fixture::new();
+    let groups = |v6: bool| -> Vec<std::net::IpAddr> {
+        let list: &[&str] = if v6 {
+            &["ff02::1", "ff02::1:2", "ff05::1:3"]
+        } else {
+            &["255.255.255.255", "224.0.0.1", "239.255.255.250"]
+        };
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    };
+    for (src, dst) in pairs() {
+        for port in [68u16, 123, 547] {
+            // Watched, unicast: a probe.
+            assert_probe(
+                &mut fx,
+                &Frame::udp(src, dst, port).build(),
+                src,
+                port,
+                ScanType::Udp,
+            );
+            // The same datagram to a multicast and to the broadcast MAC.
+            for first in [0x01u8, 0xff] {
+                let mut f = Frame::udp(src, dst, port).build();
+                f[0..6].fill(first);
+                assert_uncounted(&mut fx, &f, src, Counter::PassNotProbe);
+            }
+            for group in groups(src.is_ipv6()) {
+                let f = Frame::udp(src, group, port).build();
+                assert_uncounted(&mut fx, &f, src, Counter::PassNotProbe);
+            }
+        }
+        for (flags, kind) in [(SYN, ScanType::TcpSyn), (FIN, ScanType::TcpFin)] {
+            assert_probe(
+                &mut fx,
+                &Frame::tcp(src, dst, 23, flags).build(),
+                src,
+                23,
+                kind,
+            );
+            let mut f = Frame::tcp(src, dst, 23, flags).build();
+            f[0..6].fill(0xff);
+            assert_uncounted(&mut fx, &f, src, Counter::PassNotProbe);
+            for group in groups(src.is_ipv6()) {
+                let f = Frame::tcp(src, group, 23, flags).build();
+                assert_uncounted(&mut fx, &f, src, Counter::PassNotProbe);
+            }
+        }
+    }
+}
+
 /// A unicast datagram of an IP protocol in `PS_PROTOCOLS` (nothing here serves it) is a
 /// probe of type `IpProto`, its protocol number as the port; of another protocol, or
 /// sent to a group address, it passes.
