@@ -206,6 +206,8 @@ pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88a8;
 /// VLAN tags looked through (802.1ad outer plus 802.1Q inner).
 pub const MAX_VLAN_TAGS: usize = 2;
+/// The VLAN ID bits of a tag's TCI (host order).
+const VLAN_VID_MASK: u16 = 0x0fff;
 /// IPv6 extension headers walked. A longer chain has no legitimate use (RFC 8200 allows
 /// each header once, Destination Options twice: at most 7 before the transport header,
 /// ESP ending the walk) but Linux walks any length and answers what it finds at the end:
@@ -316,7 +318,24 @@ pub fn parse_ip<P: Packet + ?Sized>(p: &P) -> Result<Ip, Counter> {
     match ethertype {
         ETH_P_IP => parse_ipv4(p, off),
         ETH_P_IPV6 => parse_ipv6(p, off),
+        ETH_P_8021Q | ETH_P_8021AD => Err(tag_past_the_walk(p, off)),
         _ => Err(Counter::PassNotIp),
+    }
+}
+
+/// The verdict reason of a frame with a VLAN tag past the [`MAX_VLAN_TAGS`] the parser
+/// looks through, at `off`. A priority tag (VLAN ID 0) is stripped by the kernel, any
+/// number of them in a row (`__netif_receive_skb_core`), and what it carries is delivered
+/// as if untagged: a probe hidden behind them would be answered, so such a frame is
+/// `PassHeaderChain` (dropped with BLOCK_EVASIVE_PACKETS, before the ban check it would
+/// otherwise escape). Behind another ID the kernel delivers nothing but through a VLAN
+/// device nested three deep.
+#[inline(always)]
+fn tag_past_the_walk<P: Packet + ?Sized>(p: &P, off: usize) -> Counter {
+    match p.header::<VlanTag>(off) {
+        Some(tag) if u16::from_be(tag.tci) & VLAN_VID_MASK == 0 => Counter::PassHeaderChain,
+        Some(_) => Counter::PassNotIp,
+        None => Counter::PassMalformed,
     }
 }
 

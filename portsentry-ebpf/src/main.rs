@@ -2,7 +2,9 @@
 //!
 //! Per packet, in this order (each step only when the previous did not decide):
 //! 1. parse Ethernet, up to two VLAN tags and the IP header (fail open: what cannot be
-//!    parsed is passed and counted); every header access goes through `frame.rs`;
+//!    parsed is passed and counted, but a third tag that is a priority tag, which the
+//!    kernel strips, is dropped with BLOCK_EVASIVE_PACKETS); every header access goes
+//!    through `frame.rs`;
 //! 2. ban check (`bans.rs`): the exact hash by the source's key (an IPv6 source's
 //!    network address under SOURCE_PREFIX_V6, else the address: its filter word, then
 //!    an IPv4 source's tag, the cache and the hash), then the prefix trie
@@ -177,11 +179,17 @@ fn verdict(reason: Counter) -> u32 {
 #[inline(always)]
 fn inspect(ctx: &XdpContext) -> Counter {
     let pkt = XdpPacket(ctx);
+    let defaults = Settings::default();
     let ip = match parse_ip(&pkt) {
         Ok(ip) => ip,
+        // Priority tags past the two looked through (`packet::tag_past_the_walk`).
+        Err(Counter::PassHeaderChain)
+            if settings_or(&defaults).flags & SETTING_DROP_EVASIVE != 0 =>
+        {
+            return Counter::DropHeaderChain;
+        }
         Err(reason) => return reason,
     };
-    let defaults = Settings::default();
     let settings = settings_or(&defaults);
     // IPv6 sources are counted and banned by network (SOURCE_PREFIX_V6): `key` is the
     // source's network address, or the source itself.

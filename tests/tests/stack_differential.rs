@@ -56,6 +56,17 @@ fn tcp(src: IpAddr, dst: IpAddr, flags: u8, sport: u16) -> Frame {
     Frame::tcp(src, dst, PORT, flags).sport(sport)
 }
 
+/// `frame` with `n` 802.1Q tags of VLAN ID `vid` after its MAC addresses.
+fn vlan_tagged(frame: Vec<u8>, n: usize, vid: u16) -> Vec<u8> {
+    let mut f = frame[..12].to_vec();
+    for _ in 0..n {
+        f.extend_from_slice(&0x8100u16.to_be_bytes());
+        f.extend_from_slice(&vid.to_be_bytes());
+    }
+    f.extend_from_slice(&frame[12..]);
+    f
+}
+
 /// The frame with the TCP data offset byte set (after the builder's 5).
 fn with_doff(mut f: Vec<u8>, l4: usize, doff: u8) -> Vec<u8> {
     f[l4 + 12] = doff << 4;
@@ -107,6 +118,19 @@ fn corpus(src4: IpAddr, dst4: IpAddr, src6: IpAddr, dst6: IpAddr) -> Vec<Case> {
             add(
                 format!("{fam} udp with {len} bytes"),
                 vec![checksummed(f.build())],
+            );
+        }
+        // Behind VLAN tags of ID 0 (priority tags: the kernel strips any number in a
+        // row), and behind three of another ID (no VLAN device here).
+        for (n, vid) in [(1usize, 0u16), (3, 0), (5, 0), (3, 7)] {
+            let s = next();
+            add(
+                format!("{fam} tcp syn behind {n} tags of VLAN ID {vid}"),
+                vec![vlan_tagged(
+                    checksummed(tcp(src, dst, SYN, s).build()),
+                    n,
+                    vid,
+                )],
             );
         }
         // TCP options at the maximum (data offset 15: 40 bytes of options), and data

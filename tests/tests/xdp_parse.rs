@@ -32,10 +32,60 @@ fn vlan_tags() {
             let f = Frame::udp(src, dst, 2000).vlans(tags).build();
             assert_uncounted(&mut fx, &f, src, Counter::PassUnwatched);
         }
-        // A third tag is more than the program looks through: not IP to it.
+        // A third tag is more than the program looks through: not IP to it (the kernel
+        // delivers it only through a VLAN device nested three deep).
         let f = Frame::tcp(src, dst, 22, SYN)
             .vlans(&[0x88a8, 0x8100, 0x8100])
             .build();
+        assert_uncounted(&mut fx, &f, src, Counter::PassNotIp);
+    }
+}
+
+/// Priority tags (VLAN ID 0) the kernel strips, any number in a row, and delivers what
+/// they carry: behind a third one a probe would be answered unseen, and a banned
+/// source's packets pass. Dropped with BLOCK_EVASIVE_PACKETS (banned or not), passed as
+/// the opened header chain without.
+#[test]
+fn priority_tags_past_the_walk() {
+    require_kernel!();
+    // The frame behind `n` tags of VLAN ID 0.
+    let tagged = |f: Frame, n: usize| {
+        let mut b = f.vlans(&vec![0x8100; n]).build();
+        for t in 0..n {
+            b[14 + 4 * t] = 0;
+            b[15 + 4 * t] = 0;
+        }
+        b
+    };
+    for (src, dst) in pairs() {
+        let mut fx = evasive_fixture();
+        for n in [1, 2] {
+            assert_probe(
+                &mut fx,
+                &tagged(Frame::tcp(src, dst, 22, SYN), n),
+                src,
+                22,
+                ScanType::TcpSyn,
+            );
+        }
+        for n in [3, 4, 10] {
+            for f in [Frame::tcp(src, dst, 22, SYN), Frame::udp(src, dst, 2000)] {
+                fx.expect(&tagged(f, n), XDP_DROP, Counter::DropHeaderChain);
+            }
+        }
+        let entry = BanEntry {
+            since_ns: portsentry_user::clock::monotonic_ns(),
+            ..Default::default()
+        };
+        fx.dp.insert_ban(&IpNet::from(src), &entry).unwrap();
+        let ack = Frame::tcp(src, dst, 80, ACK);
+        fx.expect(&tagged(ack, 3), XDP_DROP, Counter::DropHeaderChain);
+        let mut fx = Fixture::new();
+        let f = tagged(Frame::tcp(src, dst, 22, SYN), 3);
+        fx.expect(&f, XDP_PASS, Counter::PassHeaderChain);
+        // A third tag of another ID: as above.
+        let mut f = tagged(Frame::tcp(src, dst, 22, SYN), 3);
+        f[23] = 7;
         assert_uncounted(&mut fx, &f, src, Counter::PassNotIp);
     }
 }
