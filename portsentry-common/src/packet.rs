@@ -16,6 +16,8 @@ pub trait Packet {
     /// The header `T` at `off`, or `None` when the frame is shorter than
     /// `off + size_of::<T>()`. Fields are in the frame's byte order.
     fn header<T: Pod>(&self, off: usize) -> Option<T>;
+    /// The frame's length in bytes.
+    fn frame_len(&self) -> usize;
 }
 
 impl Packet for [u8] {
@@ -23,6 +25,10 @@ impl Packet for [u8] {
     fn header<T: Pod>(&self, off: usize) -> Option<T> {
         let end = off.checked_add(core::mem::size_of::<T>())?;
         Some(bytemuck::pod_read_unaligned(self.get(off..end)?))
+    }
+
+    fn frame_len(&self) -> usize {
+        self.len()
     }
 }
 
@@ -388,21 +394,21 @@ fn parse_ipv6<P: Packet + ?Sized>(p: &P, off: usize) -> Result<Ip, Counter> {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
                 let e = p
                     .header::<ExtHdr>(ip.l4_off)
-                    .ok_or(Counter::PassMalformed)?;
+                    .ok_or_else(|| cut_chain(p, &ip))?;
                 ip.proto = e.next;
                 (e.len as usize + 1) * 8
             }
             IPPROTO_AH => {
                 let e = p
                     .header::<ExtHdr>(ip.l4_off)
-                    .ok_or(Counter::PassMalformed)?;
+                    .ok_or_else(|| cut_chain(p, &ip))?;
                 ip.proto = e.next;
                 (e.len as usize + 2) * 4
             }
             IPPROTO_FRAGMENT => {
                 let f = p
                     .header::<FragHdr>(ip.l4_off)
-                    .ok_or(Counter::PassMalformed)?;
+                    .ok_or_else(|| cut_chain(p, &ip))?;
                 ip.proto = f.next;
                 ip.l4_off += 8;
                 // Offset in the top 13 bits, M (more fragments) in the lowest.
@@ -423,6 +429,23 @@ fn parse_ipv6<P: Packet + ?Sized>(p: &P, off: usize) -> Result<Ip, Counter> {
         ip.shape |= SHAPE_LONG_CHAIN;
     }
     Ok(ip)
+}
+
+/// The verdict reason of an IPv6 header chain that the frame cuts short. When the frame
+/// holds the whole datagram (its payload length says so) and it is a first fragment
+/// (`ip` has come through a Fragment header with more fragments to come; a later one
+/// returned already), the chain ends with the fragment between two headers: the kernel
+/// queues such a fragment (it checks a first fragment's transport header only when the
+/// chain reaches it, `ipv6frag_thdr_truncated`) and answers the reassembled datagram,
+/// so the probe is hidden in the next fragment: `PassHeaderChain`, dropped with
+/// BLOCK_EVASIVE_PACKETS. Otherwise the kernel drops the packet (`PassMalformed`).
+#[inline(always)]
+fn cut_chain<P: Packet + ?Sized>(p: &P, ip: &Ip) -> Counter {
+    if ip.shape & SHAPE_FRAG_MORE != 0 && datagram_end(p, ip).is_ok_and(|e| e <= p.frame_len()) {
+        Counter::PassHeaderChain
+    } else {
+        Counter::PassMalformed
+    }
 }
 
 /// An IPv6 extension header the parser walks.

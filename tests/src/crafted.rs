@@ -105,11 +105,18 @@ pub fn even_pieces(total: usize, size: usize) -> Vec<Piece> {
 }
 
 /// The fragments of a checksummed, unfragmented frame (Ethernet, one IPv4 header with
-/// any options or one IPv6 header with no extension header, then the transport part),
-/// one frame per piece, with fragment id `id`.
+/// any options or one IPv6 header, then the transport part), one frame per piece, with
+/// fragment id `id`. IPv6 extension headers after the fixed header go into the
+/// fragmentable part, as the transport part does (the Fragment header follows the fixed
+/// header).
 pub fn fragments(frame: &[u8], pieces: &[Piece], id: u32) -> Vec<Vec<u8>> {
     let ip = packet::parse_ip(frame).expect("an IP frame");
-    let (l3, l4) = (ip.l3_off, ip.l4_off);
+    let l3 = ip.l3_off;
+    let (l4, next) = if ip.v6 {
+        (l3 + 40, frame[l3 + 6])
+    } else {
+        (ip.l4_off, ip.proto)
+    };
     let end = packet::datagram_end(frame, &ip).expect("an IP header");
     let payload = &frame[l4..end.min(frame.len())];
     pieces
@@ -123,7 +130,7 @@ pub fn fragments(frame: &[u8], pieces: &[Piece], id: u32) -> Vec<Vec<u8>> {
                 h[6] = 44;
                 f.extend_from_slice(&h);
                 let off = ((p.offset / 8) as u16) << 3 | u16::from(p.more);
-                f.push(ip.proto);
+                f.push(next);
                 f.push(0);
                 f.extend_from_slice(&off.to_be_bytes());
                 f.extend_from_slice(&id.to_be_bytes());

@@ -9,6 +9,7 @@ use portsentry_common::{
     packet,
 };
 use portsentry_tests::{
+    crafted::{self, Piece, checksummed},
     fixture::Fixture,
     frames::{Ext, Frame, Transport, flags::*},
     probe_asserts::{V4_DST, V4_SRC, V6_DST, V6_SRC, assert_probe, assert_uncounted, ip, pairs},
@@ -315,6 +316,62 @@ fn header_chains() {
     };
     fx.dp.insert_ban(&IpNet::from(src), &entry).unwrap();
     fx.expect(&long(10, 22), XDP_DROP, Counter::DropBanned);
+}
+
+/// An IPv6 first fragment that ends between two extension headers: the kernel queues
+/// it and answers the reassembled datagram, so the probe lies in the next fragment: the
+/// chain is one the program cannot walk (dropped with BLOCK_EVASIVE_PACKETS). One that
+/// ends inside a header's length the kernel drops (and says so with an ICMPv6 parameter
+/// problem): malformed.
+#[test]
+fn first_fragments_that_cut_the_chain() {
+    require_kernel!();
+    let (src, dst) = (ip(V6_SRC), ip(V6_DST));
+    let first = |second: u8, len: usize| {
+        let whole = checksummed(
+            Frame::tcp(src, dst, 22, SYN)
+                .ext(Ext::DestOpts(1))
+                .ext(Ext::DestOpts(second))
+                .build(),
+        );
+        let piece = Piece {
+            offset: 0,
+            len,
+            more: true,
+        };
+        crafted::fragments(&whole, &[piece], 7).remove(0)
+    };
+    let mut fx = evasive_fixture();
+    fx.expect(&first(1, 8), XDP_DROP, Counter::DropHeaderChain);
+    assert_uncounted(&mut fx, &first(2, 16), src, Counter::PassMalformed);
+    // The whole chain in the first fragment and the TCP header after it: a tiny
+    // fragment, counted and dropped as one.
+    fx.expect(&first(1, 24), XDP_DROP, Counter::DropTinyFragment);
+    let mut fx = Fixture::new();
+    fx.expect(&first(1, 8), XDP_PASS, Counter::PassHeaderChain);
+    let entry = BanEntry {
+        since_ns: portsentry_user::clock::monotonic_ns(),
+        ..Default::default()
+    };
+    fx.dp.insert_ban(&IpNet::from(src), &entry).unwrap();
+    // Banned: the next fragment is dropped (a later fragment is checked), so nothing
+    // is reassembled.
+    let whole = checksummed(
+        Frame::tcp(src, dst, 22, SYN)
+            .ext(Ext::DestOpts(1))
+            .ext(Ext::DestOpts(1))
+            .build(),
+    );
+    let second = Piece {
+        offset: 8,
+        len: 28,
+        more: false,
+    };
+    fx.expect(
+        &crafted::fragments(&whole, &[second], 7)[0],
+        XDP_DROP,
+        Counter::DropBanned,
+    );
 }
 
 #[test]
