@@ -319,6 +319,25 @@ fn replaces_debians_portsentry_and_keeps_the_admins_files() {
     let check = root.run(&format!("/usr/sbin/portsentry check-config -c {CONF}"));
     assert!(check.contains("SCAN_TRIGGER=2"), "{check}");
     assert!(check.contains("198.51.100.0/24"), "{check}");
+    // The modes 1.2 ran (its postinst's TCP_MODE="tcp", UDP_MODE="udp" in
+    // /etc/default/portsentry, which its init script read) are the ones the unit runs:
+    // the unit's own arguments, given to check-config.
+    assert!(
+        root.read("/etc/default/portsentry")
+            .contains("TCP_MODE=\"tcp\"")
+    );
+    let unit = root.read("/lib/systemd/system/portsentry.service");
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("the unit's ExecStart");
+    let check = root.run(&exec.replacen(" run ", " check-config ", 1));
+    assert!(
+        check.contains("modes from:    /etc/default/portsentry"),
+        "{check}"
+    );
+    assert!(check.contains("TCP mode:      stealth"), "{check}");
+    assert!(check.contains("UDP mode:      stealth"), "{check}");
 
     // The admin names an interface; an upgrade (the same package again) enables the unit,
     // keeps the state directory, and prints no note.

@@ -98,6 +98,13 @@ fn render(eff: &Effective) -> String {
         eff.interfaces.join(", ")
     };
     let _ = writeln!(s, "interfaces:    {ifaces} (XDP mode {:?})", eff.xdp_mode);
+    if let Some(path) = &eff.modes_file {
+        let _ = writeln!(
+            s,
+            "modes from:    {} (PortSentry 1.2's start-up file)",
+            path.display()
+        );
+    }
     for (proto, mode, ports) in [
         ("TCP", c.tcp_mode, &eff.policy.tcp),
         ("UDP", c.udp_mode, &eff.policy.udp),

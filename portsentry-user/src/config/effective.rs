@@ -42,6 +42,12 @@ pub struct ConfigArgs {
     /// UDP mode (`audp`/`advanced`, `sudp`/`udp`/`stealth`, `off`); overrides UDP_MODE.
     #[arg(long, value_name = "MODE", value_parser = parse_udp_mode)]
     pub udp_mode: Option<Mode>,
+    /// PortSentry 1.2's start-up file on Debian (`/etc/default/portsentry`): when it
+    /// exists, its TCP_MODE and UDP_MODE set the modes (an empty or unset one: off), over
+    /// those of the configuration file; --tcp-mode and --udp-mode still win. The packaged
+    /// unit passes it.
+    #[arg(long, value_name = "FILE")]
+    pub modes_file: Option<PathBuf>,
 }
 
 fn parse_tcp_mode(s: &str) -> Result<Mode, String> {
@@ -70,6 +76,8 @@ pub struct Effective {
     pub ignore_file_missing: bool,
     /// The CrowdSec Local API to share bans with (its secrets read); `None`: off.
     pub crowdsec: Option<super::crowdsec::Settings>,
+    /// The start-up file the modes came from (`--modes-file`), when it exists.
+    pub modes_file: Option<PathBuf>,
 }
 
 /// Loads the config named by `args` (or the default one, or the built-in defaults),
@@ -80,6 +88,14 @@ pub fn load(args: &ConfigArgs) -> Result<Effective> {
         None if Path::new(DEFAULT_CONFIG).exists() => super::load(Path::new(DEFAULT_CONFIG))?,
         None => Config::default(),
     };
+    let mut modes_file = None;
+    if let Some(path) = &args.modes_file
+        && let Some(m) = super::debian_defaults::read(path)?
+    {
+        config.tcp_mode = m.tcp;
+        config.udp_mode = m.udp;
+        modes_file = Some(path.clone());
+    }
     if let Some(m) = args.tcp_mode {
         config.tcp_mode = m;
     }
@@ -93,7 +109,25 @@ pub fn load(args: &ConfigArgs) -> Result<Effective> {
         config.interfaces = args.interfaces.clone();
     }
     config.validate()?;
-    let eff = from_config(config)?;
+    let mut eff = from_config(config)?;
+    if let Some(path) = &modes_file {
+        let conf = &eff.config;
+        for key in ["TCP_MODE", "UDP_MODE"] {
+            let line = conf.line_of(key);
+            if line != 0 {
+                eff.warnings.push(format!(
+                    "{key} of {} (line {line}) does not apply: the modes come from {} \
+                     (PortSentry 1.2's start-up file); remove that file to use {key}",
+                    conf.source.as_deref().map_or_else(
+                        || "the configuration".to_owned(),
+                        |p| p.display().to_string()
+                    ),
+                    path.display()
+                ));
+            }
+        }
+    }
+    eff.modes_file = modes_file;
     // At a start, a reload and check-config; not for the guard of the CLI's ban and
     // unban, which must work while the pinned maps enforce bans whatever the list.
     eff.check_kernel_ignore_size()?;
@@ -136,6 +170,7 @@ pub fn from_config(config: Config) -> Result<Effective> {
         warnings,
         ignore_file_missing,
         crowdsec,
+        modes_file: None,
     })
 }
 

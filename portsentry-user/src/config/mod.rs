@@ -11,6 +11,7 @@
 //! are the ones used when there is no config file at all, and for every key a file leaves out.
 
 pub mod crowdsec;
+pub mod debian_defaults;
 pub mod detection;
 pub mod effective;
 pub mod ignore;
@@ -352,7 +353,7 @@ fn split_line(line: &str) -> Result<Option<(&str, &str)>, String> {
 
 impl Config {
     /// The line `key` was set on, or 0 when the file did not set it.
-    fn line_of(&self, key: &str) -> usize {
+    pub(crate) fn line_of(&self, key: &str) -> usize {
         self.lines.get(key).copied().unwrap_or(0)
     }
 

@@ -194,6 +194,14 @@ pub async fn run(
     for w in &eff.warnings {
         log.warn(&format!("portsentry: warning: {w}"));
     }
+    if let Some(path) = &eff.modes_file {
+        log.notice(&format!(
+            "portsentry: modes from {} (PortSentry 1.2's start-up file): TCP {}, UDP {}",
+            path.display(),
+            c.tcp_mode,
+            c.udp_mode
+        ));
+    }
 
     if dp.program_reused() {
         log.notice(
