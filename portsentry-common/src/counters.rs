@@ -65,8 +65,8 @@ pub enum Counter {
     /// whole transport header (RFC 1858's tiny fragment), with BLOCK_EVASIVE_PACKETS.
     DropTinyFragment = 20,
     /// XDP_DROP: an IPv6 extension-header chain longer than the program walks
-    /// (`MAX_IPV6_EXT_HEADERS`) or that an IPv6 first fragment ends between two headers,
-    /// or a priority tag (VLAN ID 0) past the two VLAN tags it looks through, with
+    /// (`MAX_IPV6_EXT_HEADERS`) or that an IPv6 first fragment does not hold whole, or
+    /// three VLAN tags with a priority tag (VLAN ID 0) among them, with
     /// BLOCK_EVASIVE_PACKETS.
     DropHeaderChain = 21,
     /// XDP_PASS: such a chain or tag with BLOCK_EVASIVE_PACKETS="0" (fail open, unseen).

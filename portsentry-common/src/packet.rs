@@ -16,8 +16,6 @@ pub trait Packet {
     /// The header `T` at `off`, or `None` when the frame is shorter than
     /// `off + size_of::<T>()`. Fields are in the frame's byte order.
     fn header<T: Pod>(&self, off: usize) -> Option<T>;
-    /// The frame's length in bytes.
-    fn frame_len(&self) -> usize;
 }
 
 impl Packet for [u8] {
@@ -25,10 +23,6 @@ impl Packet for [u8] {
     fn header<T: Pod>(&self, off: usize) -> Option<T> {
         let end = off.checked_add(core::mem::size_of::<T>())?;
         Some(bytemuck::pod_read_unaligned(self.get(off..end)?))
-    }
-
-    fn frame_len(&self) -> usize {
-        self.len()
     }
 }
 
@@ -330,18 +324,23 @@ pub fn parse_ip<P: Packet + ?Sized>(p: &P) -> Result<Ip, Counter> {
 }
 
 /// The verdict reason of a frame with a VLAN tag past the [`MAX_VLAN_TAGS`] the parser
-/// looks through, at `off`. A priority tag (VLAN ID 0) is stripped by the kernel, any
-/// number of them in a row (`__netif_receive_skb_core`), and what it carries is delivered
-/// as if untagged: a probe hidden behind them would be answered, so such a frame is
-/// `PassHeaderChain` (dropped with BLOCK_EVASIVE_PACKETS, before the ban check it would
-/// otherwise escape). Behind another ID the kernel delivers nothing but through a VLAN
-/// device nested three deep.
+/// looks through, at `off`. The kernel strips a priority tag (VLAN ID 0) that no VLAN
+/// device claims, any number of them in a row (`__netif_receive_skb_core`), and delivers
+/// what follows as if untagged, or through the VLAN devices of the IDs that follow. So
+/// when one of the three tags is a priority tag, a probe behind them may be answered: a
+/// chain the program cannot walk, `PassHeaderChain` (dropped with BLOCK_EVASIVE_PACKETS:
+/// the ban check never sees the source). Three tags of other IDs reach IP only through
+/// VLAN devices nested three deep: `PassNotIp`.
 #[inline(always)]
 fn tag_past_the_walk<P: Packet + ?Sized>(p: &P, off: usize) -> Counter {
-    match p.header::<VlanTag>(off) {
-        Some(tag) if u16::from_be(tag.tci) & VLAN_VID_MASK == 0 => Counter::PassHeaderChain,
-        Some(_) => Counter::PassNotIp,
-        None => Counter::PassMalformed,
+    let vid = |at: usize| {
+        p.header::<VlanTag>(at)
+            .map(|t| u16::from_be(t.tci) & VLAN_VID_MASK)
+    };
+    match (vid(ETH_HLEN), vid(ETH_HLEN + 4), vid(off)) {
+        (Some(a), Some(b), Some(c)) if a == 0 || b == 0 || c == 0 => Counter::PassHeaderChain,
+        (Some(_), Some(_), Some(_)) => Counter::PassNotIp,
+        _ => Counter::PassMalformed,
     }
 }
 
@@ -394,21 +393,21 @@ fn parse_ipv6<P: Packet + ?Sized>(p: &P, off: usize) -> Result<Ip, Counter> {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
                 let e = p
                     .header::<ExtHdr>(ip.l4_off)
-                    .ok_or_else(|| cut_chain(p, &ip))?;
+                    .ok_or_else(|| cut_chain(&ip))?;
                 ip.proto = e.next;
                 (e.len as usize + 1) * 8
             }
             IPPROTO_AH => {
                 let e = p
                     .header::<ExtHdr>(ip.l4_off)
-                    .ok_or_else(|| cut_chain(p, &ip))?;
+                    .ok_or_else(|| cut_chain(&ip))?;
                 ip.proto = e.next;
                 (e.len as usize + 2) * 4
             }
             IPPROTO_FRAGMENT => {
                 let f = p
                     .header::<FragHdr>(ip.l4_off)
-                    .ok_or_else(|| cut_chain(p, &ip))?;
+                    .ok_or_else(|| cut_chain(&ip))?;
                 ip.proto = f.next;
                 ip.l4_off += 8;
                 // Offset in the top 13 bits, M (more fragments) in the lowest.
@@ -431,21 +430,32 @@ fn parse_ipv6<P: Packet + ?Sized>(p: &P, off: usize) -> Result<Ip, Counter> {
     Ok(ip)
 }
 
-/// The verdict reason of an IPv6 header chain that the frame cuts short. When the frame
-/// holds the whole datagram (its payload length says so) and it is a first fragment
-/// (`ip` has come through a Fragment header with more fragments to come; a later one
-/// returned already), the chain ends with the fragment between two headers: the kernel
-/// queues such a fragment (it checks a first fragment's transport header only when the
-/// chain reaches it, `ipv6frag_thdr_truncated`) and answers the reassembled datagram,
-/// so the probe is hidden in the next fragment: `PassHeaderChain`, dropped with
-/// BLOCK_EVASIVE_PACKETS. Otherwise the kernel drops the packet (`PassMalformed`).
+/// The verdict reason of an IPv6 header chain that the frame cuts short: in a first
+/// fragment (`ip` has come through a Fragment header with more fragments to come; a later
+/// one returned already), a chain the first fragment does not hold whole, which
+/// [`first_fragment_without_transport`] explains; elsewhere `PassMalformed` (the kernel
+/// drops a packet shorter than its headers).
 #[inline(always)]
-fn cut_chain<P: Packet + ?Sized>(p: &P, ip: &Ip) -> Counter {
-    if ip.shape & SHAPE_FRAG_MORE != 0 && datagram_end(p, ip).is_ok_and(|e| e <= p.frame_len()) {
+fn cut_chain(ip: &Ip) -> Counter {
+    if ip.shape & SHAPE_FRAG_MORE != 0 {
         Counter::PassHeaderChain
     } else {
         Counter::PassMalformed
     }
+}
+
+/// Whether an IPv6 first fragment holds not even the start of its transport header: its
+/// header chain reaches the end of the datagram (bytes after it, which the kernel trims,
+/// may have been walked as headers). RFC 7112 requires the whole chain in the first
+/// fragment, so no legitimate sender makes one; the kernel queues it when the datagram
+/// ends between two headers of the chain (it checks a first fragment's transport header
+/// only when the chain reaches it, `ipv6frag_thdr_truncated`) and answers the
+/// reassembled datagram, whose probe is then hidden in a later fragment. Such a
+/// fragment is a chain the program cannot walk: `PassHeaderChain`, dropped with
+/// BLOCK_EVASIVE_PACKETS.
+#[inline(always)]
+fn first_fragment_without_transport(ip: &Ip, end: usize) -> bool {
+    ip.v6 && ip.l4_off >= end
 }
 
 /// An IPv6 extension header the parser walks.
@@ -512,6 +522,9 @@ fn unusual_l4<P: Packet + ?Sized>(p: &P, ip: &Ip, l4: &mut L4) -> Result<(), Cou
         return Err(Counter::PassFragment);
     }
     let end = datagram_end(p, ip)?;
+    if first_fragment_without_transport(ip, end) {
+        return Err(Counter::PassHeaderChain);
+    }
     if ip.proto == PROTO_TCP && end < ip.l4_off + core::mem::size_of::<TcpHdr>() {
         return tiny_tcp(p, ip, end, l4);
     }

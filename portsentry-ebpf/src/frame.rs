@@ -34,9 +34,4 @@ impl Packet for XdpPacket<'_> {
         // one instruction each where `read_unaligned` would be one per byte on BPF.
         Some(unsafe { *p })
     }
-
-    #[inline(always)]
-    fn frame_len(&self) -> usize {
-        self.0.data_end() - self.0.data()
-    }
 }

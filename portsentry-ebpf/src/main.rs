@@ -2,9 +2,10 @@
 //!
 //! Per packet, in this order (each step only when the previous did not decide):
 //! 1. parse Ethernet, up to two VLAN tags and the IP header (fail open: what cannot be
-//!    parsed is passed and counted, but a third tag that is a priority tag, which the
-//!    kernel strips, is dropped with BLOCK_EVASIVE_PACKETS); every header access goes
-//!    through `frame.rs`;
+//!    parsed is passed and counted, but three VLAN tags with a priority tag among them,
+//!    which the kernel strips, or an IPv6 first fragment cut inside its header chain,
+//!    are dropped with BLOCK_EVASIVE_PACKETS); every header access goes through
+//!    `frame.rs`;
 //! 2. ban check (`bans.rs`): the exact hash by the source's key (an IPv6 source's
 //!    network address under SOURCE_PREFIX_V6, else the address: its filter word, then
 //!    an IPv4 source's tag, the cache and the hash), then the prefix trie
@@ -182,7 +183,9 @@ fn inspect(ctx: &XdpContext) -> Counter {
     let defaults = Settings::default();
     let ip = match parse_ip(&pkt) {
         Ok(ip) => ip,
-        // Priority tags past the two looked through (`packet::tag_past_the_walk`).
+        // A priority tag among three VLAN tags (`packet::tag_past_the_walk`) or an IPv6
+        // first fragment cut inside its header chain (`packet::cut_chain`): dropped
+        // before the ban check, which needs the IP header.
         Err(Counter::PassHeaderChain)
             if settings_or(&defaults).flags & SETTING_DROP_EVASIVE != 0 =>
         {

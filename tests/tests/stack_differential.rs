@@ -274,6 +274,14 @@ fn corpus(src4: IpAddr, dst4: IpAddr, src6: IpAddr, dst6: IpAddr) -> Vec<Case> {
                     format!("{fam} tcp syn, first fragment of {first_len} bytes of its chain"),
                     fragments(&whole, &pieces, u32::from(next())),
                 );
+                // The same with bytes after the datagram that read as a TCP header.
+                let mut frames = fragments(&whole, &pieces, u32::from(next()));
+                frames[0].extend_from_slice(&[6, 0, 0, 0, 0, 0, 0, 0]);
+                frames[0].extend_from_slice(&tcp(src, dst, SYN, s).build()[54..74]);
+                add(
+                    format!("{fam} tcp syn, first fragment of {first_len} bytes, padded"),
+                    frames,
+                );
             }
         }
         // Protocols nothing here serves.
