@@ -9,7 +9,7 @@ use portsentry_common::maps::BanOrigin;
 
 use super::{
     Shared,
-    upkeep::{spawn_undo, spawn_undo_steps},
+    upkeep::{spawn_undo_in, spawn_undo_steps, undo_place},
 };
 use crate::{
     bans::ops::{self, Unban},
@@ -51,7 +51,16 @@ pub(super) fn handle(shared: &Arc<Shared>, req: Request) -> Response {
         Request::Unban { net } => Unban::One(net),
         Request::UnbanAll => Unban::All,
     };
-    let (lifted, result) = ops::unban(&mut shared.book(), which);
+    let (lifted, result, places) = {
+        let mut book = shared.book();
+        let (lifted, result) = ops::unban(&mut book, which);
+        // Each undo takes its place in its host's line before the book is let go: the
+        // program may ban the host again as soon as the lift is in the kernel, and the
+        // response to that ban (lined up once it has the book) must run its kill
+        // commands after these undo steps, not before them.
+        let places: Vec<_> = lifted.iter().map(|b| undo_place(shared, b)).collect();
+        (lifted, result, places)
+    };
     let ticket = shared.book().ticket();
     let result = result.and_then(|m| ops::on_disk(ticket).map(|()| m));
     match which {
@@ -66,9 +75,9 @@ pub(super) fn handle(shared: &Arc<Shared>, req: Request) -> Response {
         )),
     }
     let unbanned = !lifted.is_empty();
-    for b in lifted {
+    for (b, place) in lifted.into_iter().zip(places) {
         super::crowdsec::report_unban(shared, &b);
-        spawn_undo(shared, b, BanEnd::Unbanned);
+        spawn_undo_in(shared, b, BanEnd::Unbanned, place);
     }
     if unbanned {
         // Before the answer: the deletions outlive a restart right after it.

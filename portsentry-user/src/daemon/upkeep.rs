@@ -168,16 +168,45 @@ pub(super) fn note_deny_template(log: &Logger, c: &Config) {
 /// UNKILL_RUN_CMD) in the background, and releases its hosts: a scan from one of them is
 /// acted on again.
 pub(super) fn spawn_undo(shared: &Arc<Shared>, ban: Ban, reason: BanEnd) {
+    let place = undo_place(shared, &ban);
+    spawn_undo_in(shared, ban, reason, place);
+}
+
+/// [`spawn_undo`] in a place of the host's line taken before ([`undo_place`]).
+pub(super) fn spawn_undo_in(
+    shared: &Arc<Shared>,
+    ban: Ban,
+    reason: BanEnd,
+    place: Option<UndoPlace>,
+) {
     shared.metrics.ban_removed(reason);
     let net = ban.net;
     // In the host's line before the host is released: the kill commands of its next ban
     // run after these undo steps.
-    spawn_undo_steps(shared, ban);
+    run_undo_steps(shared, ban, place);
     shared
         .handled
         .lock()
         .expect("handled lock")
         .retain(|ip| !net.contains(ip));
+}
+
+/// The place of a lifted ban's undo steps in its host's line, `None` when it has none
+/// ([`Ban::has_undo`]). Taken where the ban is lifted (the book held: only the jobs'
+/// lock is taken here), so that a response to a ban the program makes of the host as
+/// soon as the lift reaches the kernel comes after it in the line.
+pub(super) fn undo_place(shared: &Arc<Shared>, ban: &Ban) -> Option<UndoPlace> {
+    let crowdsec_kills = shared.crowdsec.as_ref().is_some_and(|f| f.kill_commands());
+    ban.has_undo(crowdsec_kills).then(|| UndoPlace {
+        place: shared.jobs.line_up(ban.net.addr()),
+        crowdsec_kills,
+    })
+}
+
+/// A place in a host's line for a ban's undo steps ([`undo_place`]).
+pub(super) struct UndoPlace {
+    place: super::jobs::Place,
+    crowdsec_kills: bool,
 }
 
 /// Runs the undo steps of `ban` in the background, and nothing else: a ban another
@@ -189,11 +218,19 @@ pub(super) fn spawn_undo(shared: &Arc<Shared>, ban: Ban, reason: BanEnd) {
 /// for the undo steps asked for before it, as for the responses: the lift is in the
 /// journal already, and an undo cut short would never run again.
 pub(super) fn spawn_undo_steps(shared: &Arc<Shared>, ban: Ban) {
-    let crowdsec_kills = shared.crowdsec.as_ref().is_some_and(|f| f.kill_commands());
-    if !ban.has_undo(crowdsec_kills) {
+    let place = undo_place(shared, &ban);
+    run_undo_steps(shared, ban, place);
+}
+
+/// Runs the undo steps of `ban` in `place` (none: nothing to undo).
+fn run_undo_steps(shared: &Arc<Shared>, ban: Ban, place: Option<UndoPlace>) {
+    let Some(UndoPlace {
+        place,
+        crowdsec_kills,
+    }) = place
+    else {
         return;
-    }
-    let place = shared.jobs.line_up(ban.net.addr());
+    };
     let shared = shared.clone();
     tokio::spawn(async move {
         let Some(mut seated) = place.seat().await else {
@@ -264,6 +301,8 @@ pub(super) fn housekeeping(shared: &Arc<Shared>) {
     let mut book = shared.book();
     let expired = book.store.expired(now);
     let (lifted, failed) = book.lift_many(&expired);
+    // Lined up before the book is let go (see `undo_place`).
+    let places: Vec<_> = lifted.iter().map(|b| undo_place(shared, b)).collect();
     drop(book);
     if !expired.is_empty() {
         for (net, e) in failed {
@@ -271,11 +310,11 @@ pub(super) fn housekeeping(shared: &Arc<Shared>) {
                 .log
                 .warn(&format!("portsentry: removing the ban of {net}: {e:#}"));
         }
-        for b in &lifted {
+        for (b, place) in lifted.iter().zip(places) {
             shared
                 .log
                 .notice(&format!("portsentry: ban of {} expired", b.net));
-            spawn_undo(shared, *b, BanEnd::Expired);
+            spawn_undo_in(shared, *b, BanEnd::Expired, place);
         }
         super::crowdsec::after_expiry(shared, &lifted);
     }
