@@ -338,6 +338,10 @@ fn replaces_debians_portsentry_and_keeps_the_admins_files() {
     );
     assert!(check.contains("TCP mode:      stealth"), "{check}");
     assert!(check.contains("UDP mode:      stealth"), "{check}");
+    // Beside the system's configuration file the file applies unasked (check-config,
+    // status, ban and unban agree with the daemon).
+    let check = root.run(&format!("/usr/sbin/portsentry check-config -c {CONF}"));
+    assert!(check.contains("TCP mode:      stealth"), "{check}");
 
     // The admin names an interface; an upgrade (the same package again) enables the unit,
     // keeps the state directory, and prints no note.

@@ -83,13 +83,17 @@ fn written(run: impl FnOnce(&mut dyn std::io::Write) -> Result<()>) -> ExitCode 
 /// The configuration for an operator command (the file named, else the default one,
 /// else the built-in defaults).
 fn config(file: &FileArgs) -> Result<Config> {
-    Ok(match &file.config {
+    let mut c = match &file.config {
         Some(p) => config::load(p)?,
         None if Path::new(paths::DEFAULT_CONFIG).exists() => {
             config::load(Path::new(paths::DEFAULT_CONFIG))?
         }
         None => Config::default(),
-    })
+    };
+    // The modes the daemon runs with beside the system's file (PortSentry 1.2's
+    // /etc/default/portsentry), for the tokens `status` and the bans show.
+    config::debian_defaults::apply(&mut c, None)?;
+    Ok(c)
 }
 
 /// portsentry: a line-rate port-scan detector and blocker (XDP), compatible with

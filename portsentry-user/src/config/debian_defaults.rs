@@ -10,9 +10,42 @@
 //! sets one of them any other way is an error naming the line; other lines are left
 //! alone, as the init script's `.` would have run them for nothing of ours.
 
-use std::{io, path::Path};
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
 
-use super::{ConfigError, Mode, text::read_text};
+use super::{Config, ConfigError, Mode, text::read_text};
+use crate::paths::DEFAULT_CONFIG;
+
+/// Where PortSentry 1.2 kept the modes on Debian, beside [`DEFAULT_CONFIG`].
+pub const DEBIAN_DEFAULTS: &str = "/etc/default/portsentry";
+
+/// The start-up file whose modes apply to `config`: `explicit` (`--modes-file`), else
+/// [`DEBIAN_DEFAULTS`] for the system's configuration file ([`DEFAULT_CONFIG`]), beside
+/// which it sits on a host moved from 1.2 (so that `run`, `check-config` and `status`
+/// agree on the modes in force); none for another file.
+pub fn file_for(config: &Config, explicit: Option<&Path>) -> Option<PathBuf> {
+    match explicit {
+        Some(p) => Some(p.to_path_buf()),
+        None => (config.source.as_deref() == Some(Path::new(DEFAULT_CONFIG)))
+            .then(|| PathBuf::from(DEBIAN_DEFAULTS)),
+    }
+}
+
+/// Sets `config`'s modes from the start-up file for it ([`file_for`]) when that file
+/// exists; the file, then.
+pub fn apply(config: &mut Config, explicit: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
+    let Some(path) = file_for(config, explicit) else {
+        return Ok(None);
+    };
+    let Some(m) = read(&path)? else {
+        return Ok(None);
+    };
+    config.tcp_mode = m.tcp;
+    config.udp_mode = m.udp;
+    Ok(Some(path))
+}
 
 /// The modes a start-up file sets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,15 +71,31 @@ pub fn parse(text: &str, path: &Path) -> Result<Modes, ConfigError> {
     let mut udp = Mode::Off;
     for (i, raw) in text.lines().enumerate() {
         let err = |message: String| ConfigError::new(path, i + 1, message);
-        let line = raw.trim();
-        let line = line.strip_prefix("export ").unwrap_or(line).trim_start();
-        let Some((key, rest)) = line.split_once('=') else {
+        let mut line = raw.trim();
+        for word in ["export", "readonly"] {
+            if let Some(rest) = line.strip_prefix(word)
+                && rest.starts_with(char::is_whitespace)
+            {
+                line = rest.trim_start();
+            }
+        }
+        let Some((key, is_tcp)) =
+            [("TCP_MODE", true), ("UDP_MODE", false)]
+                .into_iter()
+                .find(|(k, _)| {
+                    line.strip_prefix(k)
+                        .is_some_and(|r| !r.starts_with(|c: char| c.is_alphanumeric() || c == '_'))
+                })
+        else {
             continue;
         };
-        let is_tcp = match key {
-            "TCP_MODE" => true,
-            "UDP_MODE" => false,
-            _ => continue,
+        // `TCP_MODE = "tcp"` runs a command named TCP_MODE in the shell: no assignment.
+        let Some(rest) = line[key.len()..].strip_prefix('=') else {
+            return Err(err(format!(
+                "{key} is not assigned here (the shell reads this line as a command): write \
+                 {key}=\"{}\", without spaces around =",
+                if is_tcp { "tcp" } else { "udp" }
+            )));
         };
         let value = shell_word(rest).ok_or_else(|| {
             err(format!(
@@ -133,7 +182,9 @@ mod tests {
 
     #[test]
     fn forms_of_the_assignment() {
-        let m = modes("export TCP_MODE=atcp # advanced\n  UDP_MODE='sudp'\nOTHER=$(x)\n");
+        let m = modes(
+            "export TCP_MODE=atcp # advanced\n  UDP_MODE='sudp'\nOTHER=$(x)\nTCP_MODES=x y\n",
+        );
         assert_eq!(
             m.unwrap(),
             Modes {
@@ -160,12 +211,34 @@ mod tests {
             ("TCP_MODE=\"tcp\n", 1, "one word"),
             ("TCP_MODE=bogus\n", 1, "TCP_MODE must be"),
             ("TCP_MODE=\"\"\nUDP_MODE=\n", 0, "both empty"),
+            ("UDP_MODE=udp\nTCP_MODE = \"tcp\"\n", 2, "not assigned"),
+            ("export\tTCP_MODE tcp\n", 1, "not assigned"),
             ("# nothing\n", 0, "both empty"),
         ] {
             let e = modes(text).unwrap_err();
             assert_eq!(e.line, line, "{text:?}: {e}");
             assert!(e.message.contains(says), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn the_file_beside_the_systems_configuration() {
+        let system = Config {
+            source: Some(PathBuf::from(DEFAULT_CONFIG)),
+            ..Config::default()
+        };
+        assert_eq!(
+            file_for(&system, None),
+            Some(PathBuf::from(DEBIAN_DEFAULTS))
+        );
+        let other = Config {
+            source: Some(PathBuf::from("/tmp/test/portsentry.conf")),
+            ..Config::default()
+        };
+        assert_eq!(file_for(&other, None), None);
+        assert_eq!(file_for(&Config::default(), None), None);
+        let given = Path::new("/srv/modes");
+        assert_eq!(file_for(&other, Some(given)), Some(given.to_path_buf()));
     }
 
     #[test]

@@ -42,10 +42,11 @@ pub struct ConfigArgs {
     /// UDP mode (`audp`/`advanced`, `sudp`/`udp`/`stealth`, `off`); overrides UDP_MODE.
     #[arg(long, value_name = "MODE", value_parser = parse_udp_mode)]
     pub udp_mode: Option<Mode>,
-    /// PortSentry 1.2's start-up file on Debian (`/etc/default/portsentry`): when it
-    /// exists, its TCP_MODE and UDP_MODE set the modes (an empty or unset one: off), over
-    /// those of the configuration file; --tcp-mode and --udp-mode still win. The packaged
-    /// unit passes it.
+    /// PortSentry 1.2's start-up file on Debian: when it exists, its TCP_MODE and
+    /// UDP_MODE set the modes (an empty or unset one: off), over those of the
+    /// configuration file; --tcp-mode and --udp-mode still win [default:
+    /// /etc/default/portsentry with /etc/portsentry/portsentry.conf, none with another
+    /// file].
     #[arg(long, value_name = "FILE")]
     pub modes_file: Option<PathBuf>,
 }
@@ -88,13 +89,10 @@ pub fn load(args: &ConfigArgs) -> Result<Effective> {
         None if Path::new(DEFAULT_CONFIG).exists() => super::load(Path::new(DEFAULT_CONFIG))?,
         None => Config::default(),
     };
-    let mut modes_file = None;
-    if let Some(path) = &args.modes_file
-        && let Some(m) = super::debian_defaults::read(path)?
-    {
-        config.tcp_mode = m.tcp;
-        config.udp_mode = m.udp;
-        modes_file = Some(path.clone());
+    let mut modes_file = super::debian_defaults::apply(&mut config, args.modes_file.as_deref())?;
+    if args.tcp_mode.is_some() && args.udp_mode.is_some() {
+        // Both given on the command line: nothing of the file is in force.
+        modes_file = None;
     }
     if let Some(m) = args.tcp_mode {
         config.tcp_mode = m;
@@ -112,9 +110,12 @@ pub fn load(args: &ConfigArgs) -> Result<Effective> {
     let mut eff = from_config(config)?;
     if let Some(path) = &modes_file {
         let conf = &eff.config;
-        for key in ["TCP_MODE", "UDP_MODE"] {
+        for (key, given) in [
+            ("TCP_MODE", args.tcp_mode.is_some()),
+            ("UDP_MODE", args.udp_mode.is_some()),
+        ] {
             let line = conf.line_of(key);
-            if line != 0 {
+            if line != 0 && !given {
                 eff.warnings.push(format!(
                     "{key} of {} (line {line}) does not apply: the modes come from {} \
                      (PortSentry 1.2's start-up file); remove that file to use {key}",

@@ -14,7 +14,10 @@ use std::{
 use ipnet::IpNet;
 use portsentry_common::maps::BanOrigin;
 
-use super::{Shared, upkeep::spawn_undo};
+use super::{
+    Shared,
+    upkeep::{spawn_undo, spawn_undo_in, undo_place},
+};
 use crate::{
     actions::{self, Target, execute::run_step},
     bans::{Ban, guard::Refusal},
@@ -286,6 +289,7 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool, asked: SystemTime) {
     let mut added: Vec<Ban> = Vec::new();
     let mut warnings: Vec<String> = Vec::new();
     let changed;
+    let places: Vec<_>;
     {
         let mut book = shared.book();
         let ours = |b: &Option<Ban>| b.is_some_and(|b| b.origin == BanOrigin::CrowdSec);
@@ -395,6 +399,8 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool, asked: SystemTime) {
         if changed {
             fleet.link.set_enforced(enforced(&book.store));
         }
+        // The undo steps' places, before the book is let go (`upkeep::undo_place`).
+        places = lifted.iter().map(|b| undo_place(shared, b)).collect();
     }
     drop(decisions);
     for (o, n) in &counts {
@@ -424,7 +430,7 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool, asked: SystemTime) {
     // The undo steps first: an address whose decision was deleted and decided again in
     // this answer (lifted, then put back) has its old ban's UNKILL_* run before the new
     // ban's KILL_* (each address's jobs run in the order they are lined up).
-    for b in lifted {
+    for (b, place) in lifted.into_iter().zip(places) {
         if added.len() <= LOG_EACH {
             log.notice(&format!(
                 "portsentry: crowdsec: the ban of {} lifted, its decision deleted at the Local \
@@ -432,7 +438,7 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool, asked: SystemTime) {
                 b.net
             ));
         }
-        spawn_undo(shared, b, BanEnd::Withdrawn);
+        spawn_undo_in(shared, b, BanEnd::Withdrawn, place);
     }
     spawn_kills(shared, &added);
 }
