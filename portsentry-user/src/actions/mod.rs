@@ -89,6 +89,17 @@ pub fn substitute(template: &str, t: &Target) -> String {
         .replace("$MODE$", t.mode)
 }
 
+/// [`substitute`] for a `KILL_HOSTS_DENY` line: an IPv6 `$TARGET$` in brackets
+/// (`[2001:db8::7]`), as tcp_wrappers reads an IPv6 address in a pattern (hosts_access(5):
+/// its fields are separated by colons, so a bare IPv6 address never matches). IPv4 as
+/// [`substitute`] writes it.
+pub fn substitute_hosts_deny(template: &str, t: &Target) -> String {
+    match t.ip {
+        IpAddr::V4(_) => substitute(template, t),
+        IpAddr::V6(a) => substitute(&template.replace("$TARGET$", &format!("[{a}]")), t),
+    }
+}
+
 /// The ordered steps for one host, in PortSentry 1.2's order (README.md, "What happens
 /// to a scanner"):
 ///
@@ -119,7 +130,7 @@ pub fn plan(cfg: &Config, block: BlockMode, t: &Target) -> Vec<Step> {
             steps.extend(before);
             steps.push(Step::XdpBan);
             if let Some(line) = &cfg.kill_hosts_deny {
-                steps.push(Step::HostsDeny(substitute(line, t)));
+                steps.push(Step::HostsDeny(substitute_hosts_deny(line, t)));
             }
             if let Some(cmd) = &cfg.kill_route {
                 steps.push(Step::Route(substitute(cmd, t)));
@@ -134,7 +145,9 @@ pub fn plan(cfg: &Config, block: BlockMode, t: &Target) -> Vec<Step> {
 /// `Route(UNKILL_ROUTE)` if set, then `HostsDenyRemove(KILL_HOSTS_DENY)` if
 /// `UNKILL_HOSTS_DENY` is on and `KILL_HOSTS_DENY` is set, and with it an
 /// `EarlierHostsDenyRemove` for each line an `earlier` template makes for the host that
-/// the one in force does not (newest first), then `RunCmd(UNKILL_RUN_CMD)` if set.
+/// the one in force does not (newest first), and for an IPv6 host each line as written
+/// before its address was bracketed ([`substitute_hosts_deny`]), then
+/// `RunCmd(UNKILL_RUN_CMD)` if set.
 ///
 /// The blocking is undone in the reverse of [`plan`]'s order (route, then hosts.deny), and
 /// the run command comes last, when the host is no longer blocked, whatever
@@ -146,17 +159,26 @@ pub fn undo_plan(cfg: &Config, earlier: &[deny_templates::Template], t: &Target)
         steps.push(Step::Route(substitute(cmd, t)));
     }
     if cfg.unkill_hosts_deny {
-        let now = cfg.kill_hosts_deny.as_ref().map(|line| substitute(line, t));
         let mut seen = Vec::new();
-        if let Some(line) = &now {
+        if let Some(template) = &cfg.kill_hosts_deny {
+            let line = substitute_hosts_deny(template, t);
             seen.push((cfg.hosts_deny_file.clone(), line.clone()));
-            steps.push(Step::HostsDenyRemove(line.clone()));
+            steps.push(Step::HostsDenyRemove(line));
+        }
+        // The lines of the earlier templates (newest first), each also as a release
+        // before IPv6 addresses were bracketed wrote it ([`substitute`]; the same line
+        // for IPv4), the template in force's too.
+        let mut others = Vec::new();
+        if let Some(template) = &cfg.kill_hosts_deny {
+            others.push((cfg.hosts_deny_file.clone(), substitute(template, t)));
         }
         for e in earlier.iter().rev() {
-            let Some(template) = &e.template else {
-                continue;
-            };
-            let (file, line) = (e.file.clone(), substitute(template, t));
+            if let Some(template) = &e.template {
+                others.push((e.file.clone(), substitute_hosts_deny(template, t)));
+                others.push((e.file.clone(), substitute(template, t)));
+            }
+        }
+        for (file, line) in others {
             if !seen.contains(&(file.clone(), line.clone())) {
                 seen.push((file.clone(), line.clone()));
                 steps.push(Step::EarlierHostsDenyRemove { file, line });

@@ -231,6 +231,47 @@ fn plan_from_a_parsed_config() {
     );
 }
 
+/// tcp_wrappers reads an IPv6 address in a pattern only in brackets: the hosts.deny line
+/// has them (the other commands the bare address), and its undo also removes the line a
+/// release before wrote without them.
+#[test]
+fn an_ipv6_host_in_hosts_deny() {
+    let t = Target {
+        ip: "2001:db8::7".parse().unwrap(),
+        port: 22,
+        mode: ModeToken::Stcp.as_str(),
+    };
+    let cfg = Config {
+        kill_hosts_deny: Some("ALL: $TARGET$ : DENY".into()),
+        kill_route: Some("ip6tables -I INPUT -s $TARGET$ -j DROP".into()),
+        ..Config::default()
+    };
+    assert_eq!(
+        plan(&cfg, BlockMode::Block, &t),
+        [
+            Step::XdpBan,
+            Step::HostsDeny("ALL: [2001:db8::7] : DENY".into()),
+            Step::Route("ip6tables -I INPUT -s 2001:db8::7 -j DROP".into()),
+        ]
+    );
+    assert_eq!(
+        undo_plan(&cfg, &[], &t),
+        [
+            Step::HostsDenyRemove("ALL: [2001:db8::7] : DENY".into()),
+            Step::EarlierHostsDenyRemove {
+                file: cfg.hosts_deny_file.clone(),
+                line: "ALL: 2001:db8::7 : DENY".into()
+            },
+        ]
+    );
+    // An IPv4 host's line is as before, and removed once.
+    let t4 = target();
+    assert_eq!(
+        undo_plan(&cfg, &[], &t4),
+        [Step::HostsDenyRemove("ALL: 192.0.2.7 : DENY".into())]
+    );
+}
+
 #[test]
 fn undo_steps() {
     let t = target();
