@@ -370,6 +370,12 @@ fn syntax_errors() {
         1,
         "unexpected text after the closing quote",
     );
+    // A comment holding a quote after the value: it would run into the value.
+    bad(
+        "\nKILL_ROUTE=\"/sbin/iptables -I INPUT -s $TARGET$ -j DROP\"  # was \"route add\"",
+        2,
+        "a quote followed by '#'",
+    );
     bad("RESOLVE_HOST \"1\"", 1, "found no '='");
     bad("RESOLVE_HOST", 1, "expected KEY=\"value\"");
     bad("=\"1\"", 1, "no key before '='");
