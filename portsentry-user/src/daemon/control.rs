@@ -32,9 +32,11 @@ pub(super) fn handle(shared: &Arc<Shared>, req: Request) -> Response {
             let made = ops::ban(&mut shared.book(), &eff.config, net, duration, asker);
             // Answered once on disk; the book is not held meanwhile.
             let ticket = shared.book().ticket();
-            let made = made.and_then(|ban| ops::on_disk(ticket).map(|()| ban));
             return match made {
                 Ok(ops::Banned { ban, replaced }) => {
+                    // In force, and the ban it replaced ended, whether or not the journal
+                    // could be written (its writer tries again): the replaced ban's undo
+                    // steps run, and the ban is logged, either way.
                     if let Some(old) = replaced {
                         spawn_undo_steps(shared, old);
                     }
@@ -43,7 +45,10 @@ pub(super) fn handle(shared: &Arc<Shared>, req: Request) -> Response {
                         "portsentry: {net} banned by the operator{}",
                         ops::describe_expiry(ban.expires)
                     ));
-                    Response::ok(ops::banned_message(&ban))
+                    match ops::on_disk(ticket) {
+                        Ok(()) => Response::ok(ops::banned_message(&ban)),
+                        Err(e) => Response::err(format!("{e:#}")),
+                    }
                 }
                 Err(e) => Response::err(format!("{e:#}")),
             };

@@ -3,7 +3,10 @@
 //! decision for each event the kernel sends ([`on_event`]) and for scanners a previous
 //! daemon detected but did not ban ([`recover_detected`]).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use portsentry_common::{
     PROTO_SCTP, ScanType,
@@ -162,10 +165,14 @@ pub(super) fn on_event(shared: &Arc<Shared>, raw: &ScanEvent) {
 /// ban as to its own, or lifts it, says so, and treats the probe as the configuration
 /// now says.
 fn kernel_banned(shared: &Arc<Shared>, eff: &Arc<Effective>, rules: &Rules, ev: ProbeEvent) {
-    if shared.book().store.covering_net(&ev.source).is_some() {
+    let covering = shared.book().store.covering_net(&ev.source);
+    if covering.is_some_and(|b| b.net == ev.source || !b.is_expired(SystemTime::now())) {
         // Responded to already (an event that waited in the ring over a restart). The
         // whole source: a ban of part of a SOURCE_PREFIX_V6 network (the operator's
         // /120 holding the network's first address, `ev.ip`) does not cover its ban.
+        // A wider ban that has run out (not lifted yet: housekeeping comes once a
+        // second) does not cover the ban the program made since: it is taken over, not
+        // left in force unrecorded.
         return;
     }
     // A host acted on without a ban (reported only, its command run, its ban failed)
