@@ -86,7 +86,13 @@ fn nmap_scans_are_banned_with_their_type_and_actions_in_order() {
             .collect();
         assert_eq!(h.len(), 1, "one history line for {src}: {history}");
         assert!(h[0].ends_with(&format!(" {proto} Blocked")), "{}", h[0]);
-        assert!(deny.contains(&format!("ALL: {src} : DENY\n")), "{deny}");
+        // tcp_wrappers reads an IPv6 address in brackets.
+        let host = if src.is_ipv6() {
+            format!("[{src}]")
+        } else {
+            src.to_string()
+        };
+        assert!(deny.contains(&format!("ALL: {host} : DENY\n")), "{deny}");
         let route = order
             .find(&format!("route {src} "))
             .unwrap_or_else(|| panic!("no route for {src}: {order}"));

@@ -55,11 +55,10 @@ pub fn ban(args: &BanArgs) -> Result<String> {
     }
     let (mut book, _lock) = direct_book(&c)?;
     let ops::Banned { ban, replaced } = ops::ban(&mut book, &c, net, args.time, asker)?;
-    // The ban it replaced ended, whether or not the journal is on disk: its undo steps
-    // run before the error is told.
-    let closed = close(&mut book);
+    // Not on disk (the journal's writer stopped with it): the journal still holds the
+    // replaced ban, whose undo the next start runs when it ends; not here as well.
+    close(&mut book)?;
     run_undo(&c, replaced.as_slice())?;
-    closed?;
     Ok(format!(
         "{}{}",
         ops::banned_message(&ban),

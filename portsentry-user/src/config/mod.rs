@@ -342,15 +342,16 @@ fn split_line(line: &str) -> Result<Option<(&str, &str)>, String> {
     };
     let (value, after) = (&quoted[..close], quoted[close + 1..].trim_start());
     // `KEY="value"  # was "x"`: the last quote is the comment's, and the value would
-    // silently run into the comment. Embedded quotes stay allowed elsewhere.
-    if value
-        .match_indices('"')
-        .any(|(i, _)| value[i + 1..].trim_start().starts_with('#'))
-    {
+    // silently run into the comment. A quote, blanks, then '#' reads as the value's end
+    // and a comment; embedded quotes stay allowed elsewhere (`--comment "#ps"` too).
+    if value.match_indices('"').any(|(i, _)| {
+        let rest = &value[i + 1..];
+        rest.starts_with([' ', '\t']) && rest.trim_start().starts_with('#')
+    }) {
         return Err(format!(
-            "the value of {key} holds a quote followed by '#': if a comment follows the value, \
-             it must not contain a double quote (the value runs to the last quote on the \
-             line); remove the quote from the comment"
+            "the value of {key} holds a quote, blanks and '#', which read as the value's end \
+             and a comment: a comment after the value must not contain a double quote (the \
+             value runs to the last quote on the line)"
         ));
     }
     if !after.is_empty() && !after.starts_with('#') {

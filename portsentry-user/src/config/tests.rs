@@ -349,6 +349,11 @@ fn syntax() {
         (None, None, None)
     );
     assert_eq!((c.ignore_file, c.metrics_address), (None, None));
+    // An embedded quoted argument may start with '#'.
+    let c = ok(
+        r##"KILL_ROUTE="iptables -I INPUT -s $TARGET$ -j DROP -m comment --comment "#portsentry"""##,
+    );
+    assert!(c.kill_route.unwrap().ends_with("\"#portsentry\""));
     // A value may contain '=' and '#'.
     let c = ok("PORT_BANNER=\"a=b # c\"");
     assert_eq!(c.port_banner.as_deref(), Some("a=b # c"));
@@ -374,7 +379,7 @@ fn syntax_errors() {
     bad(
         "\nKILL_ROUTE=\"/sbin/iptables -I INPUT -s $TARGET$ -j DROP\"  # was \"route add\"",
         2,
-        "a quote followed by '#'",
+        "a quote, blanks and '#'",
     );
     bad("RESOLVE_HOST \"1\"", 1, "found no '='");
     bad("RESOLVE_HOST", 1, "expected KEY=\"value\"");

@@ -170,9 +170,9 @@ fn kernel_banned(shared: &Arc<Shared>, eff: &Arc<Effective>, rules: &Rules, ev: 
         // Responded to already (an event that waited in the ring over a restart). The
         // whole source: a ban of part of a SOURCE_PREFIX_V6 network (the operator's
         // /120 holding the network's first address, `ev.ip`) does not cover its ban.
-        // A wider ban that has run out (not lifted yet: housekeeping comes once a
-        // second) does not cover the ban the program made since: it is taken over, not
-        // left in force unrecorded.
+        // The narrowest wider ban, once it has run out (not lifted yet: housekeeping
+        // comes once a second), does not cover the ban the program made since: that is
+        // taken over, not left in force unrecorded.
         return;
     }
     // A host acted on without a ban (reported only, its command run, its ban failed)
