@@ -176,6 +176,20 @@ pub fn is_group_addr(dst: &AddrWords, v6: bool) -> bool {
     }
 }
 
+/// Whether the packet was sent to a group: a frame to a multicast or broadcast MAC (the
+/// low bit of its first octet set), or a group IP address ([`is_group_addr`]). The
+/// kernel answers none of them: TCP drops a segment not addressed to this host alone
+/// without a reset, and no ICMP error goes to a datagram sent to a group. So such a
+/// packet is no probe (the XDP program's probe stage, and [`classify`]).
+#[inline(always)]
+pub fn sent_to_group<P: Packet + ?Sized>(p: &P, ip: &Ip) -> bool {
+    let group_frame = match p.header::<EthHdr>(0) {
+        Some(eth) => eth.dst[0] & 1 != 0,
+        None => false,
+    };
+    group_frame || is_group_addr(&ip.dst, ip.v6)
+}
+
 /// `w` with every bit after the first `prefix` cleared (the network of that length).
 #[inline(always)]
 pub fn prefix_words(w: &AddrWords, prefix: u32) -> AddrWords {
@@ -622,6 +636,9 @@ pub fn classify<P: Packet + ?Sized>(p: &P) -> Result<Probe, Counter> {
     let ip = parse_ip(p)?;
     let l4 = parse_l4(p, &ip)?;
     let scan_type = scan_type(&l4)?;
+    if sent_to_group(p, &ip) {
+        return Err(Counter::PassNotProbe);
+    }
     Ok(Probe { ip, l4, scan_type })
 }
 

@@ -11,7 +11,7 @@ use aya_ebpf::programs::XdpContext;
 use portsentry_common::{
     Counter, ScanType,
     maps::{PROBE_STAGE, SETTING_VERIFY, Settings},
-    packet::{AddrWords, EthHdr, Ip, L4, Packet, is_group_addr},
+    packet::{AddrWords, Ip, L4, sent_to_group},
 };
 
 use crate::{
@@ -102,7 +102,7 @@ fn probe_l4(
     let (ip, l4, key, watched, trw_syn) = (&h.ip, &h.l4, &h.key, h.watched, h.trw_syn);
     // Sent to a group (a multicast or broadcast frame or address): never answered, so
     // no probe. A router's DHCP offer to 255.255.255.255:68 would otherwise ban it.
-    if to_group(ctx, ip) {
+    if sent_to_group(&XdpPacket(ctx), ip) {
         return Counter::PassNotProbe;
     }
     let src = if watched {
@@ -139,18 +139,4 @@ fn probe_l4(
         return Counter::TxChallenge;
     }
     Counter::PassProbe
-}
-
-/// Whether the packet was sent to a group: a frame to a multicast or broadcast MAC (the
-/// low bit of its first octet set), or a group IP address
-/// ([`portsentry_common::packet::is_group_addr`]). The kernel answers none of them: TCP
-/// drops a segment not addressed to this host alone without a reset, and no ICMP error
-/// goes to a datagram sent to a group.
-#[inline(always)]
-fn to_group(ctx: &XdpContext, ip: &Ip) -> bool {
-    let group_frame = match XdpPacket(ctx).header::<EthHdr>(0) {
-        Some(eth) => eth.dst[0] & 1 != 0,
-        None => false,
-    };
-    group_frame || is_group_addr(&ip.dst, ip.v6)
 }
