@@ -2,7 +2,8 @@
 //! host or the operator's SSH session are refused with a message that names what they
 //! cover; wide bans need --force; the kernel never drops an ignored source whatever the
 //! ban maps hold; an ignore entry added with SIGHUP lifts a ban at once; bans kept from
-//! before that cover protected addresses are not enforced and are reported at start.
+//! before that cover protected addresses are not enforced and are reported at start; the
+//! gateways of this host's routes are protected like its addresses.
 
 use std::{net::TcpListener, time::Duration};
 
@@ -438,5 +439,77 @@ fn the_kill_commands_left_never_run_against_a_host_protected_meanwhile() {
     );
     assert!(!banned(&wd, host));
     assert!(reaches(&net, host));
+    assert!(d.stop().success());
+}
+
+/// The gateways of this host's routes (in any table, the default routes' and the rest)
+/// are protected like its own addresses: no ban of one is accepted, a probe "from" one
+/// is not counted, and a route added while the daemon runs lifts a ban of its gateway.
+#[test]
+fn the_gateways_of_this_hosts_routes_are_never_banned() {
+    require_kernel!();
+    let net = TestNet::new(4);
+    let (gw4, table_gw, later_gw, scanner) = (
+        net.attacker_v4[1],
+        net.attacker_v4[2],
+        net.attacker_v4[3],
+        net.attacker_v4[4],
+    );
+    let gw6 = net.attacker_v6[1];
+    net.server.exec(&format!(
+        "ip route add default via {gw4} && ip -6 route add default via {gw6} && \
+         ip route add 198.51.100.0/24 via {table_gw} table 100"
+    ));
+    let wd = Workdir::new();
+    wd.config(&net.server_if, "");
+    let _svc = net
+        .server
+        .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
+    let d = start(&net, &wd);
+    for (gw, args) in [
+        (gw4, vec![gw4.to_string()]),
+        (gw4, vec![gw4.to_string(), "--force".into()]),
+        (gw6, vec![gw6.to_string()]),
+        (table_gw, vec![table_gw.to_string()]),
+        (gw4, vec!["192.0.2.2/31".into()]),
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let err = refused(&wd, &args, &[]);
+        assert!(
+            err.contains(&format!("it covers {gw}, a gateway of this host's routes")),
+            "ban {args:?}: {err}"
+        );
+    }
+    // Probes "from" the gateway are not counted; the same probes from another source are
+    // (SCAN_TRIGGER="0": the first one bans).
+    for _ in 0..3 {
+        probe(&net, gw4);
+    }
+    probe(&net, scanner);
+    assert!(
+        wait_until(Duration::from_secs(5), || banned(&wd, scanner)),
+        "the control scanner was banned; log:\n{}",
+        d.lines().join("\n")
+    );
+    assert!(!banned(&wd, gw4));
+    assert!(reaches(&net, gw4), "the gateway");
+
+    // A host banned for its scan becomes a gateway: its ban is lifted within seconds
+    // (the daemon hears of the route and reads the routes again).
+    accepted(&wd, &[&later_gw.to_string()], &[]);
+    assert!(!reaches(&net, later_gw));
+    net.server
+        .exec(&format!("ip route add 203.0.113.0/24 via {later_gw}"));
+    d.wait_for(
+        &format!(
+            "portsentry: lifted the ban of {later_gw}/32 now that this host's addresses or the \
+             gateways of its routes changed: it covers {later_gw}, a gateway of this host's routes"
+        ),
+        Duration::from_secs(15),
+    );
+    assert!(wait_until(Duration::from_secs(2), || reaches(
+        &net, later_gw
+    )));
+    assert!(banned(&wd, scanner), "the scanner stays banned");
     assert!(d.stop().success());
 }

@@ -2,8 +2,8 @@
 //! socket, a restored state file), passes [`Guard::check`] before it is put in force.
 //!
 //! A ban is refused when it overlaps a protected network (it covers one, or lies inside
-//! one): an ignore-list entry, loopback, one of this host's addresses, or, for the
-//! operator's own `portsentry ban`, the address of their SSH session. A ban wider than
+//! one): an ignore-list entry, loopback, one of this host's addresses, a gateway of its
+//! routes, or, for the operator's own `portsentry ban`, the address of their SSH session. A ban wider than
 //! `BAN_MIN_PREFIX_V4` / `BAN_MIN_PREFIX_V6` is refused unless forced; nothing forces
 //! the protected networks. The kernel enforces the same rule on its side: a packet from
 //! an ignored network is never dropped, whatever the ban maps hold.
@@ -12,7 +12,7 @@ use std::{fmt, net::IpAddr};
 
 use ipnet::IpNet;
 
-use crate::config::{Config, effective::Effective};
+use crate::config::{Config, effective::Effective, localaddrs::Kind};
 
 /// Why a network is protected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,6 +23,8 @@ pub enum Why {
     Loopback,
     /// An address of one of this host's interfaces.
     ThisHost,
+    /// The gateway of one of this host's routes.
+    Gateway,
     /// The address the operator's SSH session comes from (`SSH_CLIENT`).
     OperatorSession,
 }
@@ -33,6 +35,7 @@ impl fmt::Display for Why {
             Why::IgnoreList => "in the ignore list",
             Why::Loopback => "loopback",
             Why::ThisHost => "an address of this host",
+            Why::Gateway => "a gateway of this host's routes",
             Why::OperatorSession => {
                 "the address of your SSH session (--force bans it all the same)"
             }
@@ -174,13 +177,13 @@ impl Guard {
                 .iter()
                 .map(|n| Protected::new(*n, Why::IgnoreList)),
         );
-        g.protected.extend(eff.always_ignored.iter().map(|n| {
-            let why = if n.addr().is_loopback() {
-                Why::Loopback
-            } else {
-                Why::ThisHost
+        g.protected.extend(eff.always_ignored.iter().map(|a| {
+            let why = match a.kind {
+                Kind::Loopback => Why::Loopback,
+                Kind::ThisHost => Why::ThisHost,
+                Kind::Gateway => Why::Gateway,
             };
-            Protected::new(*n, why)
+            Protected::new(a.net, why)
         }));
         g
     }

@@ -12,6 +12,7 @@ use crate::{
     config::{
         BlockMode, Mode,
         effective::{self, Effective},
+        localaddrs::Kind,
     },
     kinds::Protocol,
 };
@@ -241,9 +242,15 @@ fn render(eff: &Effective) -> String {
     for n in eff.ignore_file.nets() {
         let _ = writeln!(s, "    {n}");
     }
-    let _ = writeln!(s, "  always (loopback and this host's addresses):");
-    for n in &eff.always_ignored {
-        let _ = writeln!(s, "    {n}");
+    let _ = writeln!(
+        s,
+        "  always (loopback, this host's addresses and the gateways of its routes):"
+    );
+    for a in &eff.always_ignored {
+        let _ = match a.kind {
+            Kind::Gateway => writeln!(s, "    {} (gateway)", a.net),
+            Kind::Loopback | Kind::ThisHost => writeln!(s, "    {}", a.net),
+        };
     }
     for proto in [Protocol::Tcp, Protocol::Udp] {
         let block = eff.block_mode(proto);

@@ -66,8 +66,9 @@ pub struct Effective {
     pub policy: PortPolicy,
     /// The IGNORE_FILE's entries.
     pub ignore_file: IgnoreList,
-    /// Loopback and this host's addresses (refreshed while running).
-    pub always_ignored: Vec<IpNet>,
+    /// Loopback, this host's addresses and the gateways of its routes (refreshed while
+    /// running).
+    pub always_ignored: Vec<localaddrs::Always>,
     pub interfaces: Vec<String>,
     pub xdp_mode: AttachMode,
     /// What an operator should know (also the port policy's warnings).
@@ -190,7 +191,7 @@ impl Effective {
     /// The networks the kernel's ignore list gets: the file's plus the always-ignored.
     pub fn ignored_nets(&self) -> Vec<IpNet> {
         let mut v: Vec<IpNet> = self.ignore_file.nets().to_vec();
-        v.extend(self.always_ignored.iter().copied());
+        v.extend(localaddrs::nets(&self.always_ignored));
         v.sort();
         v.dedup();
         v

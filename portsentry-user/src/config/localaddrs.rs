@@ -1,10 +1,31 @@
-//! Networks that are never acted on whatever the ignore file says: loopback and every
-//! address this host has (so forged probes "from" this host cannot ban it).
+//! Networks that are never acted on whatever the ignore file says: loopback, every
+//! address this host has (so forged probes "from" this host cannot ban it) and the
+//! gateways of its routes (a ban of one cuts the host off).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context as _, Result};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use super::gateways;
+
+/// Why a network is always ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    /// 127.0.0.0/8 or ::1.
+    Loopback,
+    /// An address of one of this host's interfaces.
+    ThisHost,
+    /// The gateway of one of this host's routes.
+    Gateway,
+}
+
+/// An always-ignored network and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Always {
+    pub net: IpNet,
+    pub kind: Kind,
+}
 
 /// Loopback networks.
 fn loopback() -> Vec<IpNet> {
@@ -27,18 +48,44 @@ fn host_addresses() -> Result<Vec<IpNet>> {
     Ok(out)
 }
 
-/// Loopback plus this host's addresses.
-pub(crate) fn always_ignored() -> Result<Vec<IpNet>> {
-    let mut v = loopback();
-    v.extend(host_addresses()?);
+/// Loopback, this host's addresses and the gateways of its routes.
+pub(crate) fn always_ignored() -> Result<Vec<Always>> {
+    let gateways = gateways::gateways()?.into_iter().map(IpNet::from).collect();
+    with_gateways(gateways)
+}
+
+/// Loopback and this host's addresses read now, with the gateways of `before` (when the
+/// routes are not read again).
+pub(crate) fn always_ignored_keeping_gateways(before: &[Always]) -> Result<Vec<Always>> {
+    with_gateways(
+        before
+            .iter()
+            .filter(|a| a.kind == Kind::Gateway)
+            .map(|a| a.net)
+            .collect(),
+    )
+}
+
+fn with_gateways(gateways: Vec<IpNet>) -> Result<Vec<Always>> {
+    let tag = |kind| move |net| Always { net, kind };
+    let mut v: Vec<Always> = loopback().into_iter().map(tag(Kind::Loopback)).collect();
+    v.extend(host_addresses()?.into_iter().map(tag(Kind::ThisHost)));
+    v.extend(gateways.into_iter().map(tag(Kind::Gateway)));
+    // A network listed for two reasons keeps the first (a gateway that is one of this
+    // host's addresses is this host's).
     v.sort();
-    v.dedup();
+    v.dedup_by_key(|a| a.net);
     Ok(v)
 }
 
-/// True when `ip` is one of `nets`' addresses or inside one of them.
-pub(crate) fn covered(nets: &[IpNet], ip: IpAddr) -> bool {
-    nets.iter().any(|n| n.contains(&ip))
+/// The networks of `always`.
+pub(crate) fn nets(always: &[Always]) -> impl Iterator<Item = IpNet> + '_ {
+    always.iter().map(|a| a.net)
+}
+
+/// True when `ip` is one of `always`' addresses or inside one of its networks.
+pub(crate) fn covered(always: &[Always], ip: IpAddr) -> bool {
+    always.iter().any(|a| a.net.contains(&ip))
 }
 
 #[cfg(test)]
@@ -48,6 +95,7 @@ mod tests {
     #[test]
     fn loopback_and_own_addresses() {
         let all = always_ignored().unwrap();
+        assert!(all.windows(2).all(|w| w[0].net < w[1].net), "{all:?}");
         assert!(covered(&all, "127.0.0.1".parse().unwrap()));
         assert!(covered(&all, "127.9.9.9".parse().unwrap()));
         assert!(covered(&all, "::1".parse().unwrap()));
@@ -56,5 +104,35 @@ mod tests {
             assert!(covered(&all, a.addr()));
             assert_eq!(a.prefix_len(), a.max_prefix_len());
         }
+        for g in gateways::gateways().unwrap() {
+            assert!(covered(&all, g));
+        }
+    }
+
+    #[test]
+    fn gateways_are_kept_when_the_routes_are_not_read_again() {
+        let gw = Always {
+            net: "192.0.2.254/32".parse().unwrap(),
+            kind: Kind::Gateway,
+        };
+        let own = Always {
+            net: "198.51.100.200/32".parse().unwrap(),
+            kind: Kind::ThisHost,
+        };
+        let now = always_ignored_keeping_gateways(&[gw, own]).unwrap();
+        assert!(now.contains(&gw));
+        assert!(!now.contains(&own), "addresses are read again: {now:?}");
+        // A gateway that is also loopback counts as loopback.
+        let lo = Always {
+            net: "::1/128".parse().unwrap(),
+            kind: Kind::Gateway,
+        };
+        let now = always_ignored_keeping_gateways(&[lo]).unwrap();
+        let kinds: Vec<Kind> = now
+            .iter()
+            .filter(|a| a.net == lo.net)
+            .map(|a| a.kind)
+            .collect();
+        assert_eq!(kinds, [Kind::Loopback]);
     }
 }

@@ -14,6 +14,7 @@ pub mod crowdsec;
 pub mod debian_defaults;
 pub mod detection;
 pub mod effective;
+pub(crate) mod gateways;
 pub mod ignore;
 pub mod keys;
 pub(crate) mod localaddrs;

@@ -36,7 +36,11 @@ use tokio::{
 
 use crate::{
     bans::{Book, escalate::Tracker, guard::Guard, journal::Journal, state},
-    config::effective::{ConfigArgs, Effective},
+    config::{
+        effective::{ConfigArgs, Effective},
+        gateways::RouteWatch,
+        localaddrs,
+    },
     kernel::{
         Dataplane, MapTooSmall,
         configure::{self, map_sizes},
@@ -117,7 +121,9 @@ struct Shared {
     unattached: Mutex<HashSet<String>>,
     /// This host's addresses the kernel's ignore list could not take (logged once for
     /// each set of addresses; tried again every second).
-    addresses_refused: Mutex<Option<Vec<ipnet::IpNet>>>,
+    addresses_refused: Mutex<Option<Vec<localaddrs::Always>>>,
+    /// When to read the gateways of this host's routes again.
+    routes: Mutex<RouteWatch>,
     /// The responses running and the escalations refused ([`escalation`]).
     escalation: Mutex<Tracker>,
     /// The response jobs' pool and each address's line ([`jobs`]).
@@ -287,6 +293,10 @@ pub async fn run(
     book.persist()?;
     let restored = book.store.len();
 
+    let (routes, listening) = RouteWatch::new();
+    if let Some(e) = listening {
+        log.warn(&format!("portsentry: {e:#}"));
+    }
     let metrics = Arc::new(Metrics::new());
     let book = Arc::new(Mutex::new(book));
     let shared = Arc::new(Shared {
@@ -303,6 +313,7 @@ pub async fn run(
         admission: Mutex::new(Admission::default()),
         unattached: Mutex::new(HashSet::new()),
         addresses_refused: Mutex::new(None),
+        routes: Mutex::new(routes),
         escalation: Mutex::new(Tracker::default()),
         jobs: jobs::Jobs::new(),
         crowdsec: eff.crowdsec.as_ref().map(crowdsec::Fleet::new),

@@ -351,7 +351,12 @@ pub(super) fn housekeeping(shared: &Arc<Shared>) {
             "portsentry: updating the ports and protocols this host serves: {e:#}"
         ));
     }
-    match localaddrs::always_ignored() {
+    let now = if shared.routes.lock().expect("routes lock").due() {
+        localaddrs::always_ignored()
+    } else {
+        localaddrs::always_ignored_keeping_gateways(&eff.always_ignored)
+    };
+    match now {
         Ok(now) if now != eff.always_ignored => {
             let mut new = (*eff).clone();
             new.always_ignored = now;
@@ -365,13 +370,17 @@ pub(super) fn housekeeping(shared: &Arc<Shared>) {
                     *refused = None;
                     drop(refused);
                     shared.set_eff(new);
-                    enforce_guard(shared, "now that this host's addresses changed");
+                    enforce_guard(
+                        shared,
+                        "now that this host's addresses or the gateways of its routes changed",
+                    );
                 }
                 Err(e) => {
                     if refused.as_ref() != Some(&new.always_ignored) {
                         shared.log.warn(&format!(
-                            "portsentry: this host's addresses changed, and the kernel's \
-                             ignore list cannot take them (tried again every second): {e:#}"
+                            "portsentry: this host's addresses or the gateways of its routes \
+                             changed, and the kernel's ignore list cannot take them (tried \
+                             again every second): {e:#}"
                         ));
                         *refused = Some(new.always_ignored.clone());
                     }

@@ -1,0 +1,214 @@
+//! The gateways of this host's routes: every next hop of every route in every routing
+//! table (multipath routes and `via` included), read from the kernel over rtnetlink.
+//!
+//! A ban of a gateway cuts the host off: an IPv6 router's neighbour solicitations and
+//! router advertisements come from its address, and so do an IPv4 router's DHCP replies
+//! and ICMP errors; a probe forged "from" the gateway must not get it banned. The daemon
+//! keeps the list current: a [`RouteWatch`] hears of every route change, and the routes
+//! are read again at most once every [`RouteWatch::MIN_INTERVAL`], so that a host with a
+//! large, busy routing table does not dump it every second.
+
+use std::{
+    io::ErrorKind,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_route::{
+    RouteNetlinkMessage,
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteVia},
+};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+/// A netlink datagram of a dump holds up to about 32 KiB.
+const RECV_BUF: usize = 64 * 1024;
+
+/// Every gateway of every route on this host (in this network namespace), sorted and
+/// deduplicated.
+pub(crate) fn gateways() -> Result<Vec<IpAddr>> {
+    dump().context("listing the gateways of this host's routes (an rtnetlink route dump)")
+}
+
+fn dump() -> Result<Vec<IpAddr>> {
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.sequence_number = 1;
+    let mut request = NetlinkMessage::new(
+        header,
+        NetlinkPayload::from(RouteNetlinkMessage::GetRoute(RouteMessage::default())),
+    );
+    request.finalize();
+    let mut out = vec![0; request.buffer_len()];
+    request.serialize(&mut out);
+    socket.send(&out, 0)?;
+
+    let mut found = Vec::new();
+    let mut buf = vec![0_u8; RECV_BUF];
+    loop {
+        let size = socket.recv(&mut &mut buf[..], 0)?;
+        let mut at = 0;
+        while at < size {
+            let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[at..size])
+                .context("reading the kernel's route dump")?;
+            let len = message.header.length as usize;
+            match message.payload {
+                NetlinkPayload::Done(_) => {
+                    found.sort();
+                    found.dedup();
+                    return Ok(found);
+                }
+                NetlinkPayload::Error(e) if e.code.is_some() => bail!("{}", e.to_io()),
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route)) => {
+                    next_hops(&route.attributes, &mut found);
+                }
+                _ => {}
+            }
+            if len == 0 {
+                break;
+            }
+            at += len;
+        }
+    }
+}
+
+/// The gateways a route's attributes name: its own, and each multipath next hop's.
+fn next_hops(attributes: &[RouteAttribute], found: &mut Vec<IpAddr>) {
+    for a in attributes {
+        match a {
+            RouteAttribute::Gateway(RouteAddress::Inet(v4))
+            | RouteAttribute::Via(RouteVia::Inet(v4)) => found.push(IpAddr::V4(*v4)),
+            RouteAttribute::Gateway(RouteAddress::Inet6(v6))
+            | RouteAttribute::Via(RouteVia::Inet6(v6)) => found.push(IpAddr::V6(*v6)),
+            RouteAttribute::MultiPath(hops) => {
+                for hop in hops {
+                    next_hops(&hop.attributes, found);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Hears of route changes: a netlink socket in the IPv4 and IPv6 route groups (without
+/// one, the routes are read every [`RouteWatch::MIN_INTERVAL`]).
+pub(crate) struct RouteWatch {
+    socket: Option<Socket>,
+    /// A change was heard that the gateways in force do not reflect yet.
+    pending: bool,
+    last_read: Instant,
+}
+
+impl RouteWatch {
+    /// The routes are read again at most this often.
+    pub(crate) const MIN_INTERVAL: Duration = Duration::from_secs(5);
+
+    /// Starts listening. The gateways in force were read before it listened, so they
+    /// are read once more after [`Self::MIN_INTERVAL`]. When no socket can listen, the
+    /// error says so, and the routes are read every [`Self::MIN_INTERVAL`].
+    pub(crate) fn new() -> (RouteWatch, Option<anyhow::Error>) {
+        let listen = || -> std::io::Result<Socket> {
+            let mut socket = Socket::new(NETLINK_ROUTE)?;
+            let groups = (libc::RTMGRP_IPV4_ROUTE | libc::RTMGRP_IPV6_ROUTE) as u32;
+            socket.bind(&SocketAddr::new(0, groups))?;
+            socket.set_non_blocking(true)?;
+            Ok(socket)
+        };
+        let (socket, error) = match listen() {
+            Ok(s) => (Some(s), None),
+            Err(e) => (
+                None,
+                Some(anyhow::Error::new(e).context(
+                    "listening for route changes (rtnetlink); the gateways of this host's \
+                     routes are read every 5 s instead",
+                )),
+            ),
+        };
+        let watch = RouteWatch {
+            socket,
+            pending: true,
+            last_read: Instant::now(),
+        };
+        (watch, error)
+    }
+
+    /// Whether the gateways should be read again now: a route changed since they were
+    /// last read (or the notifications overflowed), and the last read is at least
+    /// [`Self::MIN_INTERVAL`] old. The caller reads them when this says so.
+    pub(crate) fn due(&mut self) -> bool {
+        let Some(socket) = &self.socket else {
+            self.pending = true;
+            return self.take();
+        };
+        let mut buf = vec![0_u8; RECV_BUF];
+        loop {
+            match socket.recv(&mut &mut buf[..], 0) {
+                Ok(0) => break,
+                Ok(_) => self.pending = true,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                // ENOBUFS: notifications were lost; read the routes to be sure.
+                Err(_) => {
+                    self.pending = true;
+                    break;
+                }
+            }
+        }
+        self.take()
+    }
+
+    fn take(&mut self) -> bool {
+        if self.pending && self.last_read.elapsed() >= Self::MIN_INTERVAL {
+            self.pending = false;
+            self.last_read = Instant::now();
+            return true;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use netlink_packet_route::route::RouteNextHop;
+
+    use super::*;
+
+    #[test]
+    fn every_next_hop_of_a_route() {
+        let hop = |gw: IpAddr| {
+            let mut h = RouteNextHop::default();
+            h.attributes = vec![RouteAttribute::Gateway(gw.into())];
+            h
+        };
+        let attributes = vec![
+            RouteAttribute::Gateway(RouteAddress::Inet(Ipv4Addr::new(192, 0, 2, 1))),
+            RouteAttribute::Via(RouteVia::Inet6("fe80::1".parse().unwrap())),
+            RouteAttribute::MultiPath(vec![
+                hop("198.51.100.1".parse().unwrap()),
+                hop("2001:db8::1".parse().unwrap()),
+            ]),
+            RouteAttribute::Oif(2),
+        ];
+        let mut found = Vec::new();
+        next_hops(&attributes, &mut found);
+        let want: Vec<IpAddr> = ["192.0.2.1", "fe80::1", "198.51.100.1", "2001:db8::1"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(found, want);
+    }
+
+    #[test]
+    fn a_route_dump_reads() {
+        // Whatever this machine's routes are, the dump parses to the end.
+        gateways().unwrap();
+    }
+}
