@@ -1,8 +1,8 @@
 //! The portsentry daemon and CLI as a library, so the integration tests can drive it.
 //!
-//! From the bottom up: fixed names ([`paths`]), small typed values ([`kinds`]), the
-//! configuration ([`config`]), PortSentry's records ([`report`]), hardened
-//! file writes ([`fsutil`]), the kernel maps ([`kernel`]), bans ([`bans`]), the kill
+//! From the bottom up: fixed names ([`paths`]), small typed values ([`kinds`]),
+//! rtnetlink requests ([`rtnl`]), the configuration ([`config`]), PortSentry's records
+//! ([`report`]), hardened file writes ([`fsutil`]), the kernel maps ([`kernel`]), bans ([`bans`]), the kill
 //! actions ([`actions`]), metrics, the control-socket protocol ([`control`]), the daemon
 //! ([`daemon`]) and the command line ([`cli`]). Nothing below the daemon imports it.
 
@@ -22,3 +22,4 @@ pub mod metrics;
 pub mod paths;
 pub mod pidfile;
 pub mod report;
+pub mod rtnl;

@@ -9,8 +9,9 @@ use std::{
 use ipnet::IpNet;
 use portsentry_common::{Counter, maps::BanEntry};
 use portsentry_tests::{
+    daemon::{Workdir, binary},
     fixture::default_ports,
-    netns::{TestNet, tcp_connect},
+    netns::{Netns, TestNet, tcp_connect},
     require_kernel,
 };
 use portsentry_user::{
@@ -207,4 +208,44 @@ fn a_program_loaded_again_leaves_the_old_one_its_stage_until_attached() {
     );
     drop(again);
     let _ = std::fs::remove_dir_all(&pins);
+}
+
+/// A device whose packets start at the IP header (here a tun device; WireGuard, IPIP,
+/// GRE and PPP are alike) is refused with an error that names it and says what to do:
+/// the program reads Ethernet frames, so on such a device it would see no scan and
+/// enforce no ban. Both the attach and the daemon's start say so.
+#[test]
+fn a_device_without_ethernet_headers_is_refused() {
+    require_kernel!();
+    let ns = Netns::new("l3");
+    ns.exec("ip tuntap add mode tun name pstun0 && ip link set pstun0 up");
+    let mut dp = Dataplane::load(&MapSizes::default(), None).expect("load");
+    let err = ns
+        .enter(|| dp.attach("pstun0", AttachMode::Auto))
+        .expect_err("a tun device is refused")
+        .to_string();
+    assert!(
+        err.starts_with("pstun0 is not an Ethernet device (link type NONE)")
+            && err.contains("list the Ethernet interface the traffic arrives on"),
+        "{err}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&ns.exec("ip link show pstun0").stdout).contains("xdp"),
+        "nothing attached"
+    );
+    drop(dp);
+
+    let wd = Workdir::new();
+    wd.config("pstun0", "");
+    let out = ns
+        .command(binary().to_str().unwrap())
+        .args(["run", "-c", wd.conf().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the daemon did not start: {err}");
+    assert!(
+        err.contains("pstun0 is not an Ethernet device (link type NONE)"),
+        "{err}"
+    );
 }

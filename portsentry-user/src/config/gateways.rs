@@ -14,68 +14,29 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
-use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-};
+use anyhow::{Context as _, Result};
 use netlink_packet_route::{
     RouteNetlinkMessage,
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteVia},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
-/// A netlink datagram of a dump holds up to about 32 KiB.
-const RECV_BUF: usize = 64 * 1024;
+use crate::rtnl::{self, RECV_BUF};
 
 /// Every gateway of every route on this host (in this network namespace), sorted and
 /// deduplicated.
 pub(crate) fn gateways() -> Result<Vec<IpAddr>> {
-    dump().context("listing the gateways of this host's routes (an rtnetlink route dump)")
-}
-
-fn dump() -> Result<Vec<IpAddr>> {
-    let mut socket = Socket::new(NETLINK_ROUTE)?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    header.sequence_number = 1;
-    let mut request = NetlinkMessage::new(
-        header,
-        NetlinkPayload::from(RouteNetlinkMessage::GetRoute(RouteMessage::default())),
-    );
-    request.finalize();
-    let mut out = vec![0; request.buffer_len()];
-    request.serialize(&mut out);
-    socket.send(&out, 0)?;
-
+    let routes = rtnl::request(RouteNetlinkMessage::GetRoute(RouteMessage::default()), true)
+        .context("listing the gateways of this host's routes (an rtnetlink route dump)")?;
     let mut found = Vec::new();
-    let mut buf = vec![0_u8; RECV_BUF];
-    loop {
-        let size = socket.recv(&mut &mut buf[..], 0)?;
-        let mut at = 0;
-        while at < size {
-            let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[at..size])
-                .context("reading the kernel's route dump")?;
-            let len = message.header.length as usize;
-            match message.payload {
-                NetlinkPayload::Done(_) => {
-                    found.sort();
-                    found.dedup();
-                    return Ok(found);
-                }
-                NetlinkPayload::Error(e) if e.code.is_some() => bail!("{}", e.to_io()),
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route)) => {
-                    next_hops(&route.attributes, &mut found);
-                }
-                _ => {}
-            }
-            if len == 0 {
-                break;
-            }
-            at += len;
+    for m in routes {
+        if let RouteNetlinkMessage::NewRoute(route) = m {
+            next_hops(&route.attributes, &mut found);
         }
     }
+    found.sort();
+    found.dedup();
+    Ok(found)
 }
 
 /// The gateways a route's attributes name: its own, and each multipath next hop's.

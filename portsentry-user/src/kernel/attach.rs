@@ -10,10 +10,14 @@ use aya::programs::{
     links::{FdLink, PinnedLink},
     xdp::XdpLink,
 };
+use netlink_packet_route::{
+    RouteNetlinkMessage,
+    link::{LinkLayerType, LinkMessage},
+};
 use portsentry_common::{PROBE_PROGRAM, PROGRAM_NAME};
 
 use super::{Dataplane, Program, sys::pinned_link_ifindex};
-use crate::{config::AttachMode, paths};
+use crate::{config::AttachMode, paths, rtnl};
 
 /// One attachment of the program made or adopted by this process.
 #[derive(Debug, Clone)]
@@ -24,6 +28,39 @@ pub struct Attachment {
     pub mode: Option<XdpMode>,
     /// The link is pinned: it stays attached when this process exits.
     pub pinned: bool,
+}
+
+/// Fails unless `interface`'s frames start with an Ethernet header, as the program reads
+/// them: a device of another link type (WireGuard, tun, IPIP, GRE, SIT, PPP: its packets
+/// start at the IP header) would be watched in name only, no scan seen and no ban
+/// enforced. An interface that does not exist passes here (the attach names it).
+fn require_ethernet(interface: &str) -> Result<()> {
+    let Ok(name) = std::ffi::CString::new(interface) else {
+        return Ok(());
+    };
+    // SAFETY: a NUL-terminated name; the call reads it only.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        return Ok(());
+    }
+    let mut link = LinkMessage::default();
+    link.header.index = index;
+    let kind = rtnl::request(RouteNetlinkMessage::GetLink(link), false)
+        .with_context(|| format!("reading the link type of {interface}"))?
+        .into_iter()
+        .find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(l.header.link_layer_type),
+            _ => None,
+        });
+    match kind {
+        Some(LinkLayerType::Ether | LinkLayerType::Loopback) | None => Ok(()),
+        Some(other) => bail!(
+            "{interface} is not an Ethernet device (link type {other}): its packets carry \
+             no Ethernet header (a tunnel, WireGuard, tun or PPP device), and portsentry \
+             reads Ethernet frames, so it would see no scan and enforce no ban there; list \
+             the Ethernet interface the traffic arrives on in INTERFACES (or -i) instead"
+        ),
+    }
 }
 
 impl Dataplane {
@@ -56,6 +93,7 @@ impl Dataplane {
     /// pinned there is adopted: this program replaces the old one in it atomically, so
     /// there is no moment without a program on the interface.
     pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<Attachment> {
+        require_ethernet(interface)?;
         // The program verified first: a rejection must not be taken for a dead link
         // below, whose pin would go, and the old program with it.
         self.program()?;
