@@ -5,8 +5,12 @@
 //! before that cover protected addresses are not enforced and are reported at start; the
 //! gateways of this host's routes are protected like its addresses.
 
-use std::{net::TcpListener, time::Duration};
+use std::{
+    net::{Ipv4Addr, TcpListener},
+    time::Duration,
+};
 
+use portsentry_common::maps::IGNORE_MAX;
 use portsentry_tests::{
     daemon::{Daemon, Workdir, wait_until},
     netns::TestNet,
@@ -511,5 +515,46 @@ fn the_gateways_of_this_hosts_routes_are_never_banned() {
         &net, later_gw
     )));
     assert!(banned(&wd, scanner), "the scanner stays banned");
+    assert!(d.stop().success());
+}
+
+/// This host gains addresses while the kernel's ignore list is full: the kernel cannot
+/// take them, and says so, but the guard protects them all the same (a ban of one is
+/// refused), as it protects the addresses the kernel holds.
+#[test]
+fn new_addresses_the_kernels_ignore_list_cannot_take_are_still_protected() {
+    require_kernel!();
+    let net = TestNet::new(1);
+    let wd = Workdir::new();
+    wd.config(&net.server_if, "");
+    // The most networks an ignore file may list (1,024 entries are kept for the rest),
+    // hosts two apart so that no two make one wider network.
+    let list: String = (0..IGNORE_MAX - 1024)
+        .map(|i| format!("{}\n", Ipv4Addr::from(0x0a00_0000 + 2 * i)))
+        .collect();
+    std::fs::write(wd.path("portsentry.ignore"), list).unwrap();
+    let d = start(&net, &wd);
+    // 1,100 more addresses: past the kernel's list.
+    let added: Vec<Ipv4Addr> = (0..1100).map(|i| Ipv4Addr::from(0xc612_0000 + i)).collect();
+    let batch: String = added
+        .iter()
+        .map(|a| format!("addr add {a}/32 dev {}\n", net.server_if))
+        .collect();
+    std::fs::write(wd.path("addrs.batch"), batch).unwrap();
+    net.server
+        .exec(&format!("ip -batch {}", wd.path("addrs.batch").display()));
+    d.wait_for(
+        "and the kernel's ignore list cannot take them (tried again every second)",
+        Duration::from_secs(10),
+    );
+    let last = added.last().unwrap().to_string();
+    // A tick may have seen some of the addresses before the rest: the guard has them
+    // all a second later.
+    std::thread::sleep(Duration::from_millis(1500));
+    let err = refused(&wd, &[&last], &[]);
+    assert!(
+        err.contains(&format!("it covers {last}, an address of this host")),
+        "{err}"
+    );
     assert!(d.stop().success());
 }

@@ -356,8 +356,16 @@ pub(super) fn housekeeping(shared: &Arc<Shared>) {
     } else {
         localaddrs::always_ignored_keeping_gateways(&eff.always_ignored)
     };
+    let retrying = || {
+        shared
+            .addresses_refused
+            .lock()
+            .expect("addresses lock")
+            .is_some()
+    };
     match now {
-        Ok(now) if now != eff.always_ignored => {
+        Ok(now) if now != eff.always_ignored || retrying() => {
+            let changed = now != eff.always_ignored;
             let mut new = (*eff).clone();
             new.always_ignored = now;
             let r = match shared.book().dp.as_mut() {
@@ -366,25 +374,28 @@ pub(super) fn housekeeping(shared: &Arc<Shared>) {
             };
             let mut refused = shared.addresses_refused.lock().expect("addresses lock");
             match r {
-                Ok(()) => {
-                    *refused = None;
-                    drop(refused);
-                    shared.set_eff(new);
-                    enforce_guard(
-                        shared,
-                        "now that this host's addresses or the gateways of its routes changed",
-                    );
-                }
+                Ok(()) => *refused = None,
                 Err(e) => {
                     if refused.as_ref() != Some(&new.always_ignored) {
                         shared.log.warn(&format!(
                             "portsentry: this host's addresses or the gateways of its routes \
                              changed, and the kernel's ignore list cannot take them (tried \
-                             again every second): {e:#}"
+                             again every second): {e:#}; until it can, the guard refuses bans \
+                             of them all the same, and lifts a ban the program makes of one"
                         ));
                         *refused = Some(new.always_ignored.clone());
                     }
                 }
+            }
+            drop(refused);
+            // The guard (and the daemon's own ignore check) follows the host whether or
+            // not the kernel's list could.
+            if changed {
+                shared.set_eff(new);
+                enforce_guard(
+                    shared,
+                    "now that this host's addresses or the gateways of its routes changed",
+                );
             }
         }
         Ok(_) => {}
