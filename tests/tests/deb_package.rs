@@ -138,9 +138,21 @@ fn download(name: &str) -> PathBuf {
         return deb;
     }
     fs::create_dir_all(&dir).unwrap();
-    ok(Command::new("apt-get")
-        .args(["download", name])
-        .current_dir(&dir));
+    let fetch = || {
+        Command::new("apt-get")
+            .args(["download", name])
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    // An index older than the archive (a point release since) names a file gone.
+    if !fetch() {
+        ok(Command::new("apt-get").args(["update", "-q"]));
+        ok(Command::new("apt-get")
+            .args(["download", name])
+            .current_dir(&dir));
+    }
     find(&dir).unwrap_or_else(|| panic!("apt-get download {name} left no .deb"))
 }
 

@@ -228,7 +228,8 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
 }
 
 /// Whether cargo's arguments run the integration test `name`: no target selection at all
-/// (the whole suite), or `--test name`.
+/// (the whole suite), `--test name`, `--tests`, or the tests' package alone (`-p
+/// portsentry-tests`).
 fn selects_test(for_cargo: &[String], name: &str) -> bool {
     let selecting = ["--test", "--lib", "--tests", "--doc", "-p", "--package"];
     if !for_cargo.iter().any(|a| {
@@ -241,6 +242,31 @@ fn selects_test(for_cargo: &[String], name: &str) -> bool {
         .any(|w| w[0] == "--test" && w[1] == name)
         || for_cargo.iter().any(|a| a == &format!("--test={name}"))
         || for_cargo.iter().any(|a| a == "--tests")
+        || tests_package_alone(for_cargo)
+}
+
+/// `-p portsentry-tests` (or `--package`) with no other target selection.
+fn tests_package_alone(for_cargo: &[String]) -> bool {
+    let package = for_cargo
+        .windows(2)
+        .any(|w| matches!(w[0].as_str(), "-p" | "--package") && w[1] == "portsentry-tests")
+        || for_cargo.iter().any(|a| a == "--package=portsentry-tests");
+    let targets = [
+        "--test",
+        "--lib",
+        "--doc",
+        "--bin",
+        "--bins",
+        "--example",
+        "--bench",
+    ];
+    package
+        && !for_cargo.iter().any(|a| {
+            targets.contains(&a.as_str())
+                || a.starts_with("--test=")
+                || a.starts_with("--bin=")
+                || a.starts_with("--bench=")
+        })
 }
 
 /// Splits `cargo xtask test`'s arguments between cargo and the tests: target selection
@@ -299,6 +325,16 @@ mod tests {
             &v(&["--lib", "-p", "portsentry-user"]),
             "deb_package"
         ));
+        assert!(selects_test(&v(&["-p", "portsentry-tests"]), "deb_package"));
+        assert!(selects_test(
+            &v(&["--package=portsentry-tests"]),
+            "deb_package"
+        ));
+        assert!(!selects_test(
+            &v(&["-p", "portsentry-tests", "--test", "xdp_bans"]),
+            "deb_package"
+        ));
+        assert!(!selects_test(&v(&["-p", "portsentry-user"]), "deb_package"));
     }
 
     fn split(args: &[&str]) -> (Vec<String>, Vec<String>) {

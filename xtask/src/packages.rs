@@ -24,6 +24,9 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("lintian", "lintian"),
     ("man-db", "man"),
     ("systemd", "systemd-analyze"),
+    // The unpacked crowdsec and cscli (UNPACKED_PACKAGES) link it; `dpkg-deb -x` installs
+    // no dependency.
+    ("libsqlite3-0", "libsqlite3.so.0"),
 ];
 
 /// What `cargo xtask deb` (and `cargo xtask test`, which builds the package for its test)

@@ -142,18 +142,14 @@ pub fn ensure(root: &Path) -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// Installs the Debian packages whose binaries are missing (as root, with apt-get).
+/// Installs the Debian packages that are not installed (as root, with apt-get). Asked of
+/// dpkg, not of PATH: a root shell without /usr/sbin in its PATH would install hping3 and
+/// iptables again on every run, and a library has no binary to look for.
 pub fn ensure_packages(packages: &[(&str, &str)]) -> Result<()> {
     let missing: Vec<&str> = packages
         .iter()
-        .filter(|(_, bin)| {
-            !Command::new("sh")
-                .args(["-c", &format!("command -v {bin}")])
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
         .map(|(pkg, _)| *pkg)
+        .filter(|pkg| !installed(pkg))
         .collect();
     if missing.is_empty() {
         return Ok(());
@@ -171,6 +167,15 @@ pub fn ensure_packages(packages: &[(&str, &str)]) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing))
+}
+
+/// Whether dpkg has `package` installed.
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${db:Status-Status}", package])
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout == b"installed")
 }
 
 /// Unpacks the packages of [`UNPACKED_PACKAGES`] under `target/unpacked/<package>/` (their
