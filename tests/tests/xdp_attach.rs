@@ -226,7 +226,7 @@ fn a_device_without_ethernet_headers_is_refused() {
         .to_string();
     assert!(
         err.starts_with("pstun0 is not an Ethernet device (link type NONE)")
-            && err.contains("list the Ethernet interface the traffic arrives on"),
+            && err.contains("remove it from INTERFACES"),
         "{err}"
     );
     assert!(

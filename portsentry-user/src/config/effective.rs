@@ -161,7 +161,7 @@ pub fn from_config(config: Config) -> Result<Effective> {
     warnings.extend(policy.warnings.iter().cloned());
     warnings.extend(super::crowdsec::warnings(&config));
     let crowdsec = super::crowdsec::settings(&config)?;
-    let always_ignored = localaddrs::always_ignored()?;
+    let always_ignored = localaddrs::always_ignored(&mut warnings)?;
     Ok(Effective {
         interfaces: config.interfaces.clone(),
         xdp_mode: config.xdp_mode,
@@ -217,8 +217,8 @@ impl Effective {
                 .map_or_else(|| "the ignore list".to_owned(), |p| p.display().to_string());
             bail!(
                 "{file}: its {} networks take {entries} entries of the kernel's ignore list \
-                 with loopback, this host's addresses and the SOURCE_PREFIX_V6 networks \
-                 counted by address (one for each IPv6 entry narrower than \
+                 with loopback, this host's addresses, its gateways and the SOURCE_PREFIX_V6 \
+                 networks counted by address (one for each IPv6 entry narrower than \
                  SOURCE_PREFIX_V6); the kernel holds at most {IGNORE_MAX}: list fewer, wider \
                  networks",
                 self.ignore_file.len()

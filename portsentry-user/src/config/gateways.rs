@@ -5,16 +5,18 @@
 //! router advertisements come from its address, and so do an IPv4 router's DHCP replies
 //! and ICMP errors; a probe forged "from" the gateway must not get it banned. The daemon
 //! keeps the list current: a [`RouteWatch`] hears of every route change, and the routes
-//! are read again at most once every [`RouteWatch::MIN_INTERVAL`], so that a host with a
-//! large, busy routing table does not dump it every second.
+//! are read again, off the daemon's loop, at most once every [`RouteWatch::MIN_INTERVAL`]
+//! (or ten times as long as the last read took), so that a host with a large, busy
+//! routing table does not dump it every second.
 
 use std::{
     io::ErrorKind,
     net::IpAddr,
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, anyhow};
 use netlink_packet_route::{
     RouteNetlinkMessage,
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteVia},
@@ -57,13 +59,32 @@ fn next_hops(attributes: &[RouteAttribute], found: &mut Vec<IpAddr>) {
     }
 }
 
-/// Hears of route changes: a netlink socket in the IPv4 and IPv6 route groups (without
-/// one, the routes are read every [`RouteWatch::MIN_INTERVAL`]).
+/// Hears of route changes (a netlink socket in the IPv4 and IPv6 route groups) and
+/// reads the routes again after one, off the caller's thread: a full routing table takes
+/// a while to dump. Without the socket, the routes are read every
+/// [`RouteWatch::MIN_INTERVAL`].
 pub(crate) struct RouteWatch {
     socket: Option<Socket>,
-    /// A change was heard that the gateways in force do not reflect yet.
+    /// A change was heard that no read since has seen.
     pending: bool,
+    /// When the last read began.
     last_read: Instant,
+    /// The wait between reads: [`Self::MIN_INTERVAL`], or ten times the last read's
+    /// length when that is longer (a busy full table is not dumped back to back).
+    interval: Duration,
+    reading: Option<JoinHandle<(Result<Vec<IpAddr>>, Duration)>>,
+    /// The last read failed (its error was handed out).
+    failing: bool,
+}
+
+/// What [`RouteWatch::poll`] found.
+pub(crate) enum Read {
+    /// Nothing new: the gateways in force stand.
+    Unchanged,
+    /// The gateways, read again.
+    Fresh(Vec<IpAddr>),
+    /// A read failed (it is tried again); `first` of a run of failures.
+    Failed { error: anyhow::Error, first: bool },
 }
 
 impl RouteWatch {
@@ -95,17 +116,59 @@ impl RouteWatch {
             socket,
             pending: true,
             last_read: Instant::now(),
+            interval: Self::MIN_INTERVAL,
+            reading: None,
+            failing: false,
         };
         (watch, error)
     }
 
-    /// Whether the gateways should be read again now: a route changed since they were
-    /// last read (or the notifications overflowed), and the last read is at least
-    /// [`Self::MIN_INTERVAL`] old. The caller reads them when this says so.
-    pub(crate) fn due(&mut self) -> bool {
+    /// Called about once a second: the result of a read that has ended, if any; and a
+    /// new read begun when a route changed since the last one began (or notifications
+    /// were lost) and the interval has passed.
+    pub(crate) fn poll(&mut self) -> Read {
+        self.drain();
+        let mut read = Read::Unchanged;
+        if self.reading.as_ref().is_some_and(JoinHandle::is_finished) {
+            let handle = self.reading.take().expect("checked above");
+            let (result, took) = handle.join().unwrap_or_else(|_| {
+                (
+                    Err(anyhow!("the route reader's thread panicked")),
+                    Duration::ZERO,
+                )
+            });
+            self.interval = Self::MIN_INTERVAL.max(took * 10);
+            read = match result {
+                Ok(gateways) => {
+                    self.failing = false;
+                    Read::Fresh(gateways)
+                }
+                Err(error) => {
+                    self.pending = true;
+                    let first = !std::mem::replace(&mut self.failing, true);
+                    Read::Failed { error, first }
+                }
+            };
+        }
+        if self.reading.is_none() && self.pending && self.last_read.elapsed() >= self.interval {
+            let spawned = std::thread::Builder::new().name("routes".into()).spawn(|| {
+                let began = Instant::now();
+                (gateways(), began.elapsed())
+            });
+            if let Ok(handle) = spawned {
+                self.pending = false;
+                self.last_read = Instant::now();
+                self.reading = Some(handle);
+            }
+        }
+        read
+    }
+
+    /// Takes the notifications queued: any means a route changed.
+    fn drain(&mut self) {
         let Some(socket) = &self.socket else {
             self.pending = true;
-            return self.take();
+            return;
         };
         let mut buf = vec![0_u8; RECV_BUF];
         loop {
@@ -121,16 +184,6 @@ impl RouteWatch {
                 }
             }
         }
-        self.take()
-    }
-
-    fn take(&mut self) -> bool {
-        if self.pending && self.last_read.elapsed() >= Self::MIN_INTERVAL {
-            self.pending = false;
-            self.last_read = Instant::now();
-            return true;
-        }
-        false
     }
 }
 

@@ -21,7 +21,8 @@ use portsentry_common::maps::IGNORE_MAX;
 use crate::kernel::addr::canonical_net;
 
 /// The most networks an ignore file may list: the kernel's list (`IGNORE_MAX` entries)
-/// also holds loopback, this host's addresses and SOURCE_PREFIX_V6's networks.
+/// also holds loopback, this host's addresses, its gateways and SOURCE_PREFIX_V6's
+/// networks.
 pub const MAX_FILE_ENTRIES: usize = IGNORE_MAX as usize - 1024;
 
 use super::{
@@ -59,8 +60,8 @@ impl IgnoreList {
                     n,
                     format!(
                         "more than {MAX_FILE_ENTRIES} networks: the kernel's ignore list holds \
-                         {IGNORE_MAX}, with room kept for loopback, this host's addresses and \
-                         SOURCE_PREFIX_V6's networks; list wider networks instead"
+                         {IGNORE_MAX}, with room kept for loopback, this host's addresses, its \
+                         gateways and SOURCE_PREFIX_V6's networks; list wider networks instead"
                     ),
                 ));
             }

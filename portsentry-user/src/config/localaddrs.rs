@@ -48,9 +48,15 @@ fn host_addresses() -> Result<Vec<IpNet>> {
     Ok(out)
 }
 
-/// Loopback, this host's addresses and the gateways of its routes.
-pub(crate) fn always_ignored() -> Result<Vec<Always>> {
-    let gateways = gateways::gateways()?.into_iter().map(IpNet::from).collect();
+/// Loopback, this host's addresses and the gateways of its routes. Should the routes not
+/// be read, a warning in `warnings` says so, and the rest is returned.
+pub(crate) fn always_ignored(warnings: &mut Vec<String>) -> Result<Vec<Always>> {
+    let gateways = gateways::gateways().unwrap_or_else(|e| {
+        warnings.push(format!(
+            "{e:#}: the gateways of this host's routes are not protected until they are read"
+        ));
+        Vec::new()
+    });
     with_gateways(gateways)
 }
 
@@ -61,16 +67,22 @@ pub(crate) fn always_ignored_keeping_gateways(before: &[Always]) -> Result<Vec<A
         before
             .iter()
             .filter(|a| a.kind == Kind::Gateway)
-            .map(|a| a.net)
+            .map(|a| a.net.addr())
             .collect(),
     )
 }
 
-fn with_gateways(gateways: Vec<IpNet>) -> Result<Vec<Always>> {
+/// Loopback and this host's addresses read now, with `gateways`.
+pub(crate) fn with_gateways(gateways: Vec<IpAddr>) -> Result<Vec<Always>> {
     let tag = |kind| move |net| Always { net, kind };
     let mut v: Vec<Always> = loopback().into_iter().map(tag(Kind::Loopback)).collect();
     v.extend(host_addresses()?.into_iter().map(tag(Kind::ThisHost)));
-    v.extend(gateways.into_iter().map(tag(Kind::Gateway)));
+    v.extend(
+        gateways
+            .into_iter()
+            .map(IpNet::from)
+            .map(tag(Kind::Gateway)),
+    );
     // A network listed for two reasons keeps the first (a gateway that is one of this
     // host's addresses is this host's).
     v.sort();
@@ -94,7 +106,7 @@ mod tests {
 
     #[test]
     fn loopback_and_own_addresses() {
-        let all = always_ignored().unwrap();
+        let all = always_ignored(&mut Vec::new()).unwrap();
         assert!(all.windows(2).all(|w| w[0].net < w[1].net), "{all:?}");
         assert!(covered(&all, "127.0.0.1".parse().unwrap()));
         assert!(covered(&all, "127.9.9.9".parse().unwrap()));

@@ -16,6 +16,7 @@ use crate::{
     config::{
         Config,
         effective::{self, ConfigArgs},
+        gateways::Read,
         localaddrs,
     },
     kernel::configure,
@@ -351,10 +352,19 @@ pub(super) fn housekeeping(shared: &Arc<Shared>) {
             "portsentry: updating the ports and protocols this host serves: {e:#}"
         ));
     }
-    let now = if shared.routes.lock().expect("routes lock").due() {
-        localaddrs::always_ignored()
-    } else {
-        localaddrs::always_ignored_keeping_gateways(&eff.always_ignored)
+    let read = shared.routes.lock().expect("routes lock").poll();
+    let now = match read {
+        Read::Fresh(gateways) => localaddrs::with_gateways(gateways),
+        Read::Unchanged => localaddrs::always_ignored_keeping_gateways(&eff.always_ignored),
+        Read::Failed { error, first } => {
+            if first {
+                shared.log.warn(&format!(
+                    "portsentry: {error:#}; the gateways read before stay protected, and the \
+                     routes are read again"
+                ));
+            }
+            localaddrs::always_ignored_keeping_gateways(&eff.always_ignored)
+        }
     };
     let retrying = || {
         shared

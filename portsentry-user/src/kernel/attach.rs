@@ -57,8 +57,10 @@ fn require_ethernet(interface: &str) -> Result<()> {
         Some(other) => bail!(
             "{interface} is not an Ethernet device (link type {other}): its packets carry \
              no Ethernet header (a tunnel, WireGuard, tun or PPP device), and portsentry \
-             reads Ethernet frames, so it would see no scan and enforce no ban there; list \
-             the Ethernet interface the traffic arrives on in INTERFACES (or -i) instead"
+             reads Ethernet frames, so it would see no scan and enforce no ban there; remove \
+             it from INTERFACES (or -i): traffic that reaches this host only through such a \
+             device cannot be watched (on the Ethernet interface below it, it is \
+             encapsulated or encrypted)"
         ),
     }
 }

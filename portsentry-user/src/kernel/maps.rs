@@ -446,8 +446,9 @@ impl Dataplane {
         let capacity = IGNORE_MAX as usize;
         if want.len() > capacity {
             bail!(
-                "the ignore list has {} networks with loopback, this host's addresses and \
-                 SOURCE_PREFIX_V6's networks; the kernel holds at most {capacity}",
+                "the ignore list has {} networks with loopback, this host's addresses, its \
+                 gateways and SOURCE_PREFIX_V6's networks; the kernel holds at most \
+                 {capacity}",
                 want.len()
             );
         }
