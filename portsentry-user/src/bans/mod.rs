@@ -452,10 +452,15 @@ impl BanStore {
         now.max(self.previous.get(net).copied().unwrap_or(0))
     }
 
-    /// Records a ban (replacing one of the same network) and counts it for `net`.
+    /// Records a ban (replacing one of the same network) and counts it for `net`. A
+    /// CrowdSec decision's ban is not counted: it lasts as the decision says, and such
+    /// bans come and go by the thousand a day, each network's count kept for good
+    /// otherwise; the count the network had stays for its next ban of another kind.
     pub fn insert(&mut self, ban: Ban) {
         let rec = Rec::of(&ban);
-        self.previous.remove(&ban.net);
+        if ban.origin != BanOrigin::CrowdSec {
+            self.previous.remove(&ban.net);
+        }
         if rec.expires_ms != 0 && rec.expires_ms < self.earliest_expiry.get() {
             self.earliest_expiry.set(rec.expires_ms);
         }
@@ -508,8 +513,10 @@ impl BanStore {
         if let Some(name) = self.names.remove(net) {
             self.names_bytes -= name.len();
         }
-        let c = self.previous.entry(*net).or_insert(0);
-        *c = (*c).max(rec.count);
+        if rec.origin != BanOrigin::CrowdSec as u8 {
+            let c = self.previous.entry(*net).or_insert(0);
+            *c = (*c).max(rec.count);
+        }
         rec.ban(*net)
     }
 
@@ -740,6 +747,22 @@ mod tests {
         assert!(
             s.previous().all(|(n, _)| *n != host),
             "a banned network's count is in its record"
+        );
+        s.remove(&host);
+        assert_eq!(s.times_banned(&host), 2);
+
+        // CrowdSec's bans are not counted: none is remembered once lifted, and the count
+        // a network had stays for its next ban.
+        let since = SystemTime::now();
+        let decision = |net: &str| Ban::of_decision(net.parse().unwrap(), since, since + H);
+        s.insert(decision("198.51.100.9/32"));
+        s.remove(&"198.51.100.9/32".parse().unwrap());
+        s.insert(decision("192.0.2.7/32"));
+        s.remove(&host);
+        assert_eq!(s.times_banned(&host), 2);
+        assert!(
+            s.previous()
+                .all(|(n, _)| n.to_string() != "198.51.100.9/32")
         );
     }
 
