@@ -274,7 +274,7 @@ pub async fn run(
         ));
     }
     // And those it made until the attach replaced it.
-    late += dp.carry_over_late_bans()?;
+    late += dp.carry_over_after_attach()?;
     dp.release_replaced_maps();
     if late > 0 {
         log.notice(&format!(

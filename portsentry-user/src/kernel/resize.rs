@@ -553,6 +553,17 @@ impl Dataplane {
     /// A pin that cannot be removed is logged: the next start carries over from it
     /// again the program's bans made since its copy that the pinned map lacks, which
     /// may put back one lifted meanwhile.
+    /// [`Self::carry_over_late_bans`] once the attach replaced the old program: the
+    /// kernel lets a packet the old program was handling at the swap run to its end, and
+    /// a ban it makes then lands in the old maps; one RCU grace period first, and no such
+    /// run is left.
+    pub fn carry_over_after_attach(&mut self) -> Result<usize> {
+        if !self.resized.is_empty() {
+            sys::wait_for_program_runs();
+        }
+        self.carry_over_late_bans()
+    }
+
     pub fn release_replaced_maps(&mut self) {
         let pins = std::mem::take(&mut self.resized)
             .into_iter()

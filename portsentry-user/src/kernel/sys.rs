@@ -551,3 +551,16 @@ pub fn write_map<K: aya::Pod, V: aya::Pod>(
     }
     Ok(())
 }
+
+/// Waits until every run of a BPF program that began before the call has ended: one RCU
+/// grace period (`membarrier(MEMBARRIER_CMD_GLOBAL)` runs `synchronize_rcu`, and an XDP
+/// program runs inside an RCU read-side section). Where the kernel refuses the command
+/// (`nohz_full` CPUs), a 50 ms sleep, far longer than any program run.
+pub fn wait_for_program_runs() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier takes no pointer.
+    let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if r != 0 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
