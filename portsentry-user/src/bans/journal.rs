@@ -133,7 +133,14 @@ struct Synced {
     /// The last write or fsync error, with the first change it lost; cleared by the
     /// next success.
     error: Option<(u64, String)>,
+    /// Tries that failed in a row (0 after a success).
+    failures: u32,
 }
+
+/// A wait for a change gives up once this many tries to write it failed in a row (the
+/// first and the retries 200 ms apart: about a second): a write that fails once and
+/// works at the next try is waited for, not reported as lost.
+const WAIT_TRIES: u32 = 5;
 
 struct Disk {
     file: File,
@@ -346,6 +353,7 @@ impl Journal {
             synced: Mutex::new(Synced {
                 seq: 0,
                 error: None,
+                failures: 0,
             }),
             done: Condvar::new(),
             disk: Mutex::new(Disk {
@@ -400,7 +408,7 @@ impl Journal {
     }
 
     /// Waits until change `seq` (and every one before it) is on disk; an error when
-    /// writing it failed.
+    /// writing it failed [`WAIT_TRIES`] times in a row.
     pub fn wait(&self, seq: u64) -> Result<()> {
         let mut s = lock(&self.0.synced);
         loop {
@@ -409,6 +417,7 @@ impl Journal {
             }
             if let Some((from, e)) = &s.error
                 && *from <= seq
+                && s.failures >= WAIT_TRIES
             {
                 bail!("writing {}: {e}", self.0.path.display());
             }
@@ -427,6 +436,7 @@ impl Journal {
                 }
                 if let Some((from, e)) = &s.error
                     && *from <= seq
+                    && s.failures >= WAIT_TRIES
                 {
                     bail!("writing {}: {e}", self.0.path.display());
                 }
@@ -632,14 +642,19 @@ impl Inner {
             )),
             _ => None,
         };
+        s.failures = match &error {
+            Some(_) => s.failures.saturating_add(1),
+            None => 0,
+        };
         s.error = error;
         let now = s.seq;
         drop(s);
-        self.done.notify_all();
-        self.synced_watch.send_replace(now);
+        // Logged before the waiters wake: what they do next comes after it in the log.
         if let Some((level, line)) = line {
             log::log!(level, "{line}");
         }
+        self.done.notify_all();
+        self.synced_watch.send_replace(now);
     }
 
     /// Writes `snapshot` to a new file, then the changes made since, and puts it in the

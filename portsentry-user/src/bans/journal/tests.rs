@@ -507,8 +507,28 @@ fn waiters_share_fsyncs_and_see_their_change_on_disk() {
     let _ = SystemTime::now();
 }
 
-/// Waits until change `seq` is on disk through failed tries: while writes fail a wait
-/// fails at once, and the writer tries again every 200 ms.
+/// A write that fails and works at a retry is waited for: the wait returns once the
+/// change is on disk, not an error at the first failure (a scan's kill commands would
+/// run with a warning that the ban may be lost); one that keeps failing is reported.
+#[test]
+fn a_wait_rides_out_a_write_that_fails_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _, _) = Journal::open(dir.path()).unwrap();
+    j.0.faults.plan(|p| p.writes = 2);
+    let seq = j.put(&ban("192.0.2.7/32", 1));
+    j.wait(seq).unwrap();
+    j.0.faults.plan(|p| p.writes = WAIT_TRIES + 2);
+    let later = j.put(&ban("192.0.2.8/32", 1));
+    let e = j.wait(later).unwrap_err();
+    assert!(format!("{e:#}").contains("No space left"), "{e:#}");
+    settle(&j, later);
+    j.close().unwrap();
+    let r = read(&path(dir.path())).unwrap().unwrap();
+    assert_eq!(r.store.len(), 2);
+}
+
+/// Waits until change `seq` is on disk through failed tries: while writes keep failing
+/// a wait fails, and the writer tries again every 200 ms.
 fn settle(j: &Journal, seq: u64) {
     let t = Instant::now();
     while let Err(e) = j.wait(seq) {
