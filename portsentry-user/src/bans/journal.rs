@@ -142,6 +142,9 @@ struct Synced {
 /// works at the next try is waited for, not reported as lost.
 const WAIT_TRIES: u32 = 5;
 
+/// The longest wait before a compaction that failed is tried again.
+const COMPACT_BACKOFF_MAX: Duration = Duration::from_secs(300);
+
 struct Disk {
     file: File,
     /// Bytes of the file that hold whole records.
@@ -163,8 +166,16 @@ struct Inner {
     done: Condvar,
     disk: Mutex<Disk>,
     compacting: Mutex<bool>,
+    /// Compactions that failed in a row, and when the next may start: each failure
+    /// doubles the wait, from 1 s to at most [`COMPACT_BACKOFF_MAX`] (a full disk is not
+    /// written a whole snapshot every second).
+    compact_retry: Mutex<(u32, Option<std::time::Instant>)>,
     /// Successful fsyncs of appended changes (the bench reports bans per fsync).
     fsyncs: std::sync::atomic::AtomicU64,
+    /// `disk.len`, readable without the lock the writer holds through each write and
+    /// fsync: the once-a-second check for compaction runs with the book held, and a
+    /// slow disk must not stall it.
+    size: std::sync::atomic::AtomicU64,
     /// The async side of `synced.seq`.
     synced_watch: tokio::sync::watch::Sender<u64>,
     /// Failures a unit test injects into the writes below (none outside tests).
@@ -338,7 +349,10 @@ impl Journal {
             .append(true)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
-        let len = file.metadata()?.len();
+        let len = file
+            .metadata()
+            .with_context(|| format!("reading the size of {}", path.display()))?
+            .len();
         let (tx, _) = tokio::sync::watch::channel(0);
         let inner = Arc::new(Inner {
             path,
@@ -363,7 +377,9 @@ impl Journal {
                 dir_unsynced: false,
             }),
             compacting: Mutex::new(false),
+            compact_retry: Mutex::new((0, None)),
             fsyncs: 0.into(),
+            size: len.into(),
             synced_watch: tx,
             #[cfg(test)]
             faults: Default::default(),
@@ -454,7 +470,7 @@ impl Journal {
 
     /// The journal's size on disk.
     pub fn bytes(&self) -> u64 {
-        lock(&self.0.disk).len
+        self.0.size.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the file holds more than twice what `store` needs, plus 1 MiB, and no
@@ -466,7 +482,11 @@ impl Journal {
         let need = (store.len() + store.previous_len()) * PUT_SIZE
             + names * (codec::FRAME + codec::NET)
             + name_bytes;
-        self.bytes() > 2 * need as u64 + (1 << 20) && !*lock(&self.0.compacting)
+        !*lock(&self.0.compacting)
+            && lock(&self.0.compact_retry)
+                .1
+                .is_none_or(|at| std::time::Instant::now() >= at)
+            && self.bytes() > 2 * need as u64 + (1 << 20)
     }
 
     /// Compacts the journal to `store` in the background. The caller holds the book
@@ -488,6 +508,7 @@ impl Journal {
             .spawn(move || {
                 let r = inner.compact_with(&snapshot);
                 lock(&inner.pending).since_snapshot = None;
+                inner.compacted(r.is_ok());
                 *lock(&inner.compacting) = false;
                 done(r);
             });
@@ -519,6 +540,22 @@ impl Journal {
 }
 
 impl Inner {
+    /// Notes a compaction's outcome for the next one's start ([`Inner::compact_retry`]).
+    fn compacted(&self, ok: bool) {
+        let mut retry = lock(&self.compact_retry);
+        *retry = if ok {
+            (0, None)
+        } else {
+            let wait = Duration::from_secs(1)
+                .saturating_mul(1 << retry.0.min(16))
+                .min(COMPACT_BACKOFF_MAX);
+            (
+                retry.0.saturating_add(1),
+                Some(std::time::Instant::now() + wait),
+            )
+        };
+    }
+
     fn write_loop(self: Arc<Self>) {
         loop {
             let (batch, seq, generation) = {
@@ -541,6 +578,8 @@ impl Inner {
             match self.write_batch(&mut disk, &batch) {
                 Ok(()) => {
                     disk.len += batch.len() as u64;
+                    self.size
+                        .store(disk.len, std::sync::atomic::Ordering::Relaxed);
                     self.fsyncs
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     self.mark_synced(seq, None);
@@ -680,6 +719,7 @@ impl Inner {
             torn: false,
             dir_unsynced: false,
         };
+        self.size.store(len, std::sync::atomic::Ordering::Relaxed);
         p.buf.clear();
         p.generation += 1;
         let seq = p.seq;

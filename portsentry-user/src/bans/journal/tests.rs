@@ -828,3 +828,32 @@ fn a_journal_of_long_names_is_not_compacted_again_at_once() {
         "counted at recovery"
     );
 }
+
+/// A compaction that fails (here its new file cannot be made) is not tried again at the
+/// next second's check, but after a wait that doubles with each failure: a full disk is
+/// not written a whole snapshot every second.
+#[test]
+fn a_failed_compaction_waits_before_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _, _) = Journal::open(dir.path()).unwrap();
+    let store = BanStore::new();
+    let b = ban("192.0.2.7/32", 1);
+    while j.bytes() <= (1 << 20) + 4096 {
+        for _ in 0..1000 {
+            j.put(&b);
+        }
+        j.wait(j.last()).unwrap();
+    }
+    assert!(j.wants_compaction(&store));
+    let blocker = path(dir.path()).with_extension("journal.tmp");
+    fs::create_dir(&blocker).unwrap();
+    let (tx, rx) = mpsc::channel();
+    j.compact(&store, move |r| tx.send(r.is_ok()).unwrap());
+    assert!(!rx.recv().unwrap(), "the compaction failed");
+    assert!(!j.wants_compaction(&store), "not tried again at once");
+    fs::remove_dir(&blocker).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(j.wants_compaction(&store), "tried again after a second");
+    j.compact_now(&store).unwrap();
+    j.close().unwrap();
+}
