@@ -133,13 +133,15 @@ struct Synced {
     /// The last write or fsync error, with the first change it lost; cleared by the
     /// next success.
     error: Option<(u64, String)>,
-    /// Tries that failed in a row (0 after a success).
+    /// Tries that failed in a row (0 after a success); [`WAIT_TRIES`] at once for a
+    /// failure nothing retries by itself (a compaction's).
     failures: u32,
 }
 
-/// A wait for a change gives up once this many tries to write it failed in a row (the
-/// first and the retries 200 ms apart: about a second): a write that fails once and
-/// works at the next try is waited for, not reported as lost.
+/// [`Journal::wait_async`] (a scan's kill commands wait so) gives up once this many
+/// tries to write the change failed in a row (the first and the retries 200 ms apart:
+/// about a second): a write that fails once and works at the next try is waited for,
+/// not reported as lost.
 const WAIT_TRIES: u32 = 5;
 
 /// The longest wait before a compaction that failed is tried again.
@@ -423,8 +425,8 @@ impl Journal {
         lock(&self.0.pending).seq
     }
 
-    /// Waits until change `seq` (and every one before it) is on disk; an error when
-    /// writing it failed [`WAIT_TRIES`] times in a row.
+    /// Waits until change `seq` (and every one before it) is on disk; an error as soon
+    /// as writing it failed (callers hold locks: no wait through the retries).
     pub fn wait(&self, seq: u64) -> Result<()> {
         let mut s = lock(&self.0.synced);
         loop {
@@ -433,7 +435,6 @@ impl Journal {
             }
             if let Some((from, e)) = &s.error
                 && *from <= seq
-                && s.failures >= WAIT_TRIES
             {
                 bail!("writing {}: {e}", self.0.path.display());
             }
@@ -441,7 +442,8 @@ impl Journal {
         }
     }
 
-    /// [`Journal::wait`] for async code.
+    /// [`Journal::wait`] for async code, through the retries: an error once writing the
+    /// change failed [`WAIT_TRIES`] times in a row.
     pub async fn wait_async(&self, seq: u64) -> Result<()> {
         let mut rx = self.0.synced_watch.subscribe();
         loop {
@@ -582,7 +584,7 @@ impl Inner {
                         .store(disk.len, std::sync::atomic::Ordering::Relaxed);
                     self.fsyncs
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    self.mark_synced(seq, None);
+                    self.mark_synced(seq, None, false);
                 }
                 Err(e) => {
                     #[cfg(test)]
@@ -599,7 +601,7 @@ impl Inner {
                         p.buf = again;
                     }
                     let first = lock(&self.synced).seq + 1;
-                    self.mark_synced(0, Some((first, format!("{e:#}"))));
+                    self.mark_synced(0, Some((first, format!("{e:#}"))), true);
                     drop(disk);
                     std::thread::sleep(Duration::from_millis(200));
                 }
@@ -663,7 +665,8 @@ impl Inner {
     /// after a success). The start and the end of a run of failures are logged here:
     /// some changes have no one waiting to report a failure (an expiry's lift, most
     /// CrowdSec bans), and the writer retries every 200 ms, so once a run.
-    fn mark_synced(&self, seq: u64, error: Option<(u64, String)>) {
+    /// `retried`: the failed changes are tried again by themselves (the writer's).
+    fn mark_synced(&self, seq: u64, error: Option<(u64, String)>, retried: bool) {
         let mut s = lock(&self.synced);
         s.seq = s.seq.max(seq);
         let line = match (&s.error, &error) {
@@ -682,7 +685,8 @@ impl Inner {
             _ => None,
         };
         s.failures = match &error {
-            Some(_) => s.failures.saturating_add(1),
+            Some(_) if retried => s.failures.saturating_add(1),
+            Some(_) => WAIT_TRIES,
             None => 0,
         };
         s.error = error;
@@ -726,7 +730,7 @@ impl Inner {
         drop(p);
         let r = match self.sync_dir() {
             Ok(()) => {
-                self.mark_synced(seq, None);
+                self.mark_synced(seq, None, false);
                 Ok(len)
             }
             Err(e) => {
@@ -734,7 +738,7 @@ impl Inner {
                 // is: the next write syncs the directory first.
                 disk.dir_unsynced = true;
                 let first = lock(&self.synced).seq + 1;
-                self.mark_synced(0, Some((first, format!("{e:#}"))));
+                self.mark_synced(0, Some((first, format!("{e:#}"))), false);
                 Err(e)
             }
         };

@@ -308,6 +308,12 @@ impl Rec {
         })
     }
 
+    /// A CrowdSec decision's ban: not counted among a network's bans
+    /// ([`BanStore::insert`]).
+    pub(crate) fn is_crowdsec(&self) -> bool {
+        self.origin == BanOrigin::CrowdSec as u8
+    }
+
     fn expires_by(&self, now_ms: u64) -> bool {
         self.expires_ms != 0 && self.expires_ms <= now_ms
     }
@@ -446,9 +452,14 @@ impl BanStore {
         self.covering_net(&IpNet::from(ip))
     }
 
-    /// How many bans `net` has had (before the next one).
+    /// How many bans `net` has had (before the next one); a CrowdSec decision's ban in
+    /// force is not one of them.
     pub fn times_banned(&self, net: &IpNet) -> u32 {
-        let now = self.bans.get(net).map_or(0, |r| r.count);
+        let now = self
+            .bans
+            .get(net)
+            .filter(|r| !r.is_crowdsec())
+            .map_or(0, |r| r.count);
         now.max(self.previous.get(net).copied().unwrap_or(0))
     }
 
@@ -513,7 +524,7 @@ impl BanStore {
         if let Some(name) = self.names.remove(net) {
             self.names_bytes -= name.len();
         }
-        if rec.origin != BanOrigin::CrowdSec as u8 {
+        if !rec.is_crowdsec() {
             let c = self.previous.entry(*net).or_insert(0);
             *c = (*c).max(rec.count);
         }
@@ -758,6 +769,11 @@ mod tests {
         s.insert(decision("198.51.100.9/32"));
         s.remove(&"198.51.100.9/32".parse().unwrap());
         s.insert(decision("192.0.2.7/32"));
+        assert_eq!(
+            s.times_banned(&host),
+            2,
+            "the decision's ban does not count"
+        );
         s.remove(&host);
         assert_eq!(s.times_banned(&host), 2);
         assert!(

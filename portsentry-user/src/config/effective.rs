@@ -82,9 +82,24 @@ pub struct Effective {
     pub modes_file: Option<PathBuf>,
 }
 
+/// Where [`load_with`] takes the gateways of this host's routes from.
+#[derive(Clone, Copy, Debug)]
+pub enum Gateways<'a> {
+    /// The kernel's routes, read now.
+    Read,
+    /// Those of an [`Effective::always_ignored`] in force (the daemon's reload: its
+    /// route watch keeps them current, and a failed read must not drop them).
+    Keep(&'a [localaddrs::Always]),
+}
+
 /// Loads the config named by `args` (or the default one, or the built-in defaults),
 /// applies the command line, and validates. Nothing is applied anywhere.
 pub fn load(args: &ConfigArgs) -> Result<Effective> {
+    load_with(args, Gateways::Read)
+}
+
+/// [`load`], with the gateways from `gateways`.
+pub fn load_with(args: &ConfigArgs, gateways: Gateways<'_>) -> Result<Effective> {
     let mut config = match &args.config {
         Some(path) => super::load(path)?,
         None if Path::new(DEFAULT_CONFIG).exists() => super::load(Path::new(DEFAULT_CONFIG))?,
@@ -108,7 +123,7 @@ pub fn load(args: &ConfigArgs) -> Result<Effective> {
         config.interfaces = args.interfaces.clone();
     }
     config.validate()?;
-    let mut eff = from_config(config)?;
+    let mut eff = build(config, gateways)?;
     if let Some(path) = &modes_file {
         let conf = &eff.config;
         for (key, given) in [
@@ -138,6 +153,10 @@ pub fn load(args: &ConfigArgs) -> Result<Effective> {
 
 /// The effective settings of an already validated config.
 pub fn from_config(config: Config) -> Result<Effective> {
+    build(config, Gateways::Read)
+}
+
+fn build(config: Config, gateways: Gateways<'_>) -> Result<Effective> {
     let mut warnings = Vec::new();
     // A missing ignore file is not fatal (PortSentry 1.2 carries on too; Debian makes
     // the file at install time); a malformed one is.
@@ -161,7 +180,10 @@ pub fn from_config(config: Config) -> Result<Effective> {
     warnings.extend(policy.warnings.iter().cloned());
     warnings.extend(super::crowdsec::warnings(&config));
     let crowdsec = super::crowdsec::settings(&config)?;
-    let always_ignored = localaddrs::always_ignored(&mut warnings)?;
+    let always_ignored = match gateways {
+        Gateways::Read => localaddrs::always_ignored(&mut warnings)?,
+        Gateways::Keep(before) => localaddrs::always_ignored_keeping_gateways(before)?,
+    };
     Ok(Effective {
         interfaces: config.interfaces.clone(),
         xdp_mode: config.xdp_mode,

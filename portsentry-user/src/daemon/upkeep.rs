@@ -15,7 +15,7 @@ use crate::{
     bans::{Ban, guard::Guard},
     config::{
         Config,
-        effective::{self, ConfigArgs},
+        effective::{self, ConfigArgs, Gateways},
         gateways::Read,
         localaddrs,
     },
@@ -53,7 +53,7 @@ pub(super) fn drop_stale_links(pin_dir: &Path, interfaces: &[String], log: &Logg
 /// on any error the old settings stay in force.
 pub(super) fn reload(shared: &Arc<Shared>, args: &ConfigArgs) {
     let old = shared.eff();
-    let new = match effective::load(args) {
+    let new = match effective::load_with(args, Gateways::Keep(&old.always_ignored)) {
         Ok(new) => new,
         Err(e) => {
             shared.log.warn(&format!(

@@ -547,12 +547,6 @@ impl Dataplane {
         Ok(carried)
     }
 
-    /// Lets go of the maps replaced at this load (and by earlier starts), their pins
-    /// too, once the attach replaced the program that used them and
-    /// [`Self::carry_over_late_bans`] took their last bans.
-    /// A pin that cannot be removed is logged: the next start carries over from it
-    /// again the program's bans made since its copy that the pinned map lacks, which
-    /// may put back one lifted meanwhile.
     /// [`Self::carry_over_late_bans`] once the attach replaced the old program: the
     /// kernel lets a packet the old program was handling at the swap run to its end, and
     /// a ban it makes then lands in the old maps; one RCU grace period first, and no such
@@ -564,6 +558,12 @@ impl Dataplane {
         self.carry_over_late_bans()
     }
 
+    /// Lets go of the maps replaced at this load (and by earlier starts), their pins
+    /// too, once the attach replaced the program that used them and
+    /// [`Self::carry_over_late_bans`] took their last bans.
+    /// A pin that cannot be removed is logged: the next start carries over from it
+    /// again the program's bans made since its copy that the pinned map lacks, which
+    /// may put back one lifted meanwhile.
     pub fn release_replaced_maps(&mut self) {
         let pins = std::mem::take(&mut self.resized)
             .into_iter()

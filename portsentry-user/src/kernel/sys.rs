@@ -555,12 +555,15 @@ pub fn write_map<K: aya::Pod, V: aya::Pod>(
 /// Waits until every run of a BPF program that began before the call has ended: one RCU
 /// grace period (`membarrier(MEMBARRIER_CMD_GLOBAL)` runs `synchronize_rcu`, and an XDP
 /// program runs inside an RCU read-side section). Where the kernel refuses the command
-/// (`nohz_full` CPUs), a 50 ms sleep, far longer than any program run.
+/// (`nohz_full` CPUs), and on one CPU, where it returns at once (a preemptible kernel
+/// could still be inside a run there), a 50 ms sleep, far longer than any program run.
 pub fn wait_for_program_runs() {
     const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
     // SAFETY: membarrier takes no pointer.
     let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
-    if r != 0 {
+    // SAFETY: sysconf reads a value.
+    let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    if r != 0 || cpus <= 1 {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }

@@ -353,11 +353,17 @@ impl Rebuild {
                         if cur.is_none() {
                             put_seq = self.ops[i].1;
                         }
+                        // A CrowdSec decision's ban is not counted, as in
+                        // `BanStore::insert` and `remove`.
+                        if !r.is_crowdsec() {
+                            prev = 0;
+                        }
                         cur = Some(r);
-                        prev = 0;
                     }
                     Op::Lift => {
-                        if let Some(r) = cur.take() {
+                        if let Some(r) = cur.take()
+                            && !r.is_crowdsec()
+                        {
                             prev = prev.max(r.count);
                         }
                     }

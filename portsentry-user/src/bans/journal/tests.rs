@@ -507,24 +507,47 @@ fn waiters_share_fsyncs_and_see_their_change_on_disk() {
     let _ = SystemTime::now();
 }
 
-/// A write that fails and works at a retry is waited for: the wait returns once the
-/// change is on disk, not an error at the first failure (a scan's kill commands would
-/// run with a warning that the ban may be lost); one that keeps failing is reported.
+/// A write that fails and works at a retry is waited for by `wait_async` (a scan's kill
+/// commands): it returns once the change is on disk, not an error at the first failure
+/// (the commands would run with a warning that the ban may be lost); one that keeps
+/// failing is reported; so is a compaction's failure, which nothing retries by itself.
 #[test]
 fn a_wait_rides_out_a_write_that_fails_once() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (j, _, _) = Journal::open(dir.path()).unwrap();
     j.0.faults.plan(|p| p.writes = 2);
     let seq = j.put(&ban("192.0.2.7/32", 1));
-    j.wait(seq).unwrap();
+    rt.block_on(j.wait_async(seq)).unwrap();
     j.0.faults.plan(|p| p.writes = WAIT_TRIES + 2);
     let later = j.put(&ban("192.0.2.8/32", 1));
-    let e = j.wait(later).unwrap_err();
+    let e = rt.block_on(j.wait_async(later)).unwrap_err();
     assert!(format!("{e:#}").contains("No space left"), "{e:#}");
     settle(&j, later);
+
+    // A compaction whose directory fsync fails after its rename: the writer has nothing
+    // to retry until the next change, and a wait must not hang on it.
+    let mut store = BanStore::new();
+    store.insert(ban("192.0.2.7/32", 1));
+    store.insert(ban("192.0.2.8/32", 1));
+    j.0.faults.plan(|p| p.writes = 1);
+    let third = j.put(&ban("192.0.2.9/32", 1));
+    store.insert(ban("192.0.2.9/32", 1));
+    j.0.faults.plan(|p| p.dir_syncs = 1);
+    assert!(j.compact_now(&store).is_err());
+    let waited = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(5), j.wait_async(third)).await
+    });
+    assert!(waited.is_ok(), "the wait hung");
+    // The next change syncs the directory first.
+    let fourth = j.put(&ban("192.0.2.10/32", 1));
+    settle(&j, fourth);
     j.close().unwrap();
     let r = read(&path(dir.path())).unwrap().unwrap();
-    assert_eq!(r.store.len(), 2);
+    assert_eq!(r.store.len(), 4);
 }
 
 /// Waits until change `seq` is on disk through failed tries: while writes keep failing
@@ -856,4 +879,45 @@ fn a_failed_compaction_waits_before_the_next() {
     assert!(j.wants_compaction(&store), "tried again after a second");
     j.compact_now(&store).unwrap();
     j.close().unwrap();
+}
+
+/// The replay counts bans as the store does: a CrowdSec decision's ban is not counted,
+/// and the count a network had before it stays, through a restart as through a
+/// compaction.
+#[test]
+fn a_crowdsec_ban_is_not_counted_after_a_restart_either() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _, _) = Journal::open(dir.path()).unwrap();
+    let host: IpNet = "192.0.2.7/32".parse().unwrap();
+    let only: IpNet = "198.51.100.9/32".parse().unwrap();
+    let decision = |net: IpNet| {
+        Ban::of_decision(
+            net,
+            UNIX_EPOCH + Duration::from_secs(1_795_625_334),
+            UNIX_EPOCH + Duration::from_secs(1_900_000_000),
+        )
+    };
+    let mut store = BanStore::new();
+    for b in [ban("192.0.2.7/32", 2), decision(host), decision(only)] {
+        store.insert(b);
+        j.put(&b);
+        store.remove(&b.net);
+        j.lift(&b.net);
+    }
+    // A decision in force over the host's count.
+    store.insert(decision(host));
+    j.put(&decision(host));
+    j.wait(j.last()).unwrap();
+    let check = |s: &BanStore, when: &str| {
+        assert_eq!(s.times_banned(&host), 2, "{when}");
+        assert_eq!(s.times_banned(&only), 0, "{when}");
+        assert_eq!(s.previous_len(), 1, "{when}");
+    };
+    check(&store, "in memory");
+    let r = read(&path(dir.path())).unwrap().unwrap();
+    check(&r.store, "replayed");
+    j.compact_now(&store).unwrap();
+    j.close().unwrap();
+    let r = read(&path(dir.path())).unwrap().unwrap();
+    check(&r.store, "compacted");
 }
