@@ -426,6 +426,17 @@ impl Dataplane {
             .map(|n| (addr::net_key(n), IGNORE_SINGLE))
             .collect();
         want.extend(nets.iter().map(|n| (addr::net_key(n), IGNORE_IGNORED)));
+        // Refused before anything is touched: the daemon tries again every second while
+        // this host's addresses do not fit, and each try would read the filter back.
+        let capacity = IGNORE_MAX as usize;
+        if want.len() > capacity {
+            bail!(
+                "the ignore list has {} networks with loopback, this host's addresses, its \
+                 gateways and SOURCE_PREFIX_V6's networks; the kernel holds at most \
+                 {capacity}",
+                want.len()
+            );
+        }
         // The filter covers the counted networks too: a probe's source whose bit is
         // clear is neither ignored nor counted by address, and skips the trie.
         let listed: Vec<IpNet> = nets.iter().chain(singles).copied().collect();
@@ -443,15 +454,6 @@ impl Dataplane {
             self.set_flag(SETTING_IGNORE_WIDE, true)?;
         }
         let t = &mut self.maps.ignore;
-        let capacity = IGNORE_MAX as usize;
-        if want.len() > capacity {
-            bail!(
-                "the ignore list has {} networks with loopback, this host's addresses, its \
-                 gateways and SOURCE_PREFIX_V6's networks; the kernel holds at most \
-                 {capacity}",
-                want.len()
-            );
-        }
         let present: StdHashMap<(u32, Addr), u32> = t
             .iter()
             .map(|r| r.map(|(k, v)| ((k.prefix_len(), k.data()), v)))
