@@ -150,18 +150,22 @@ impl Book {
 
     /// Applies the guard to the bans in force: a ban wholly inside a protected network
     /// is lifted, one that covers protected networks is reported (the kernel never drops
-    /// a packet from an ignored network). Width limits are not applied again: a forced
-    /// ban stays.
+    /// a packet from an ignored network). Width limits are applied again to CrowdSec
+    /// decisions' bans only (a tighter `BAN_MIN_PREFIX_*` lifts a range one put in
+    /// force, as it refuses the next): an operator's ban may have been forced, and stays.
     pub fn sweep(&mut self) -> Swept {
         let mut out = Swept::default();
         // Only the refused are collected: every ban on record is checked at each start.
         let refused: Vec<(IpNet, Refusal)> = self
             .store
             .iter()
-            .filter_map(|b| Some((b.net, self.guard.check(&b.net, true).err()?)))
+            .filter_map(|b| {
+                let force = b.origin != BanOrigin::CrowdSec;
+                Some((b.net, self.guard.check(&b.net, force).err()?))
+            })
             .collect();
         for (net, refusal) in refused {
-            if self.guard.inside_protected(&net) {
+            if matches!(refusal, Refusal::TooWide { .. }) || self.guard.inside_protected(&net) {
                 match self.lift(&net) {
                     Ok(Some(ban)) => out.lifted.push((ban, refusal)),
                     Ok(None) => {}
@@ -553,6 +557,63 @@ mod tests {
         assert_eq!(book.store.len(), 2);
         assert!(book.store.get(&bans[2].net).is_some());
         assert_eq!(book.store.get(&bans[1].net), None);
+    }
+
+    /// A tighter BAN_MIN_PREFIX_V4 (a reload) lifts the CrowdSec ranges now too wide, as
+    /// it refuses the next; an operator's range of the same width stays (it may have
+    /// been forced).
+    #[test]
+    fn a_tighter_width_limit_lifts_crowdsec_ranges_only() {
+        let config = Config::default();
+        let mut book = Book::new(
+            None,
+            BanStore::default(),
+            None,
+            &config,
+            Guard::limits(&config),
+        );
+        let now = SystemTime::now();
+        let decision = Ban::of_decision(
+            "10.0.0.0/12".parse().unwrap(),
+            now,
+            now + Duration::from_secs(60),
+        );
+        book.put(decision, false).unwrap();
+        let operator = book.new_ban(
+            &config,
+            "172.16.0.0/12".parse().unwrap(),
+            Cause::Operator,
+            None,
+            now,
+        );
+        book.put(operator, false).unwrap();
+        let narrow = Ban::of_decision(
+            "192.168.0.0/16".parse().unwrap(),
+            now,
+            now + Duration::from_secs(60),
+        );
+        book.put(narrow, false).unwrap();
+        assert!(book.sweep().lifted.is_empty(), "nothing too wide yet");
+        let tighter = Config {
+            ban_min_prefix_v4: 16,
+            ..Config::default()
+        };
+        book.set_guard(Guard::limits(&tighter));
+        let swept = book.sweep();
+        let lifted: Vec<String> = swept
+            .lifted
+            .iter()
+            .map(|(b, _)| b.net.to_string())
+            .collect();
+        assert_eq!(lifted, ["10.0.0.0/12"]);
+        assert!(matches!(
+            swept.lifted[0].1,
+            Refusal::TooWide { min_prefix: 16, .. }
+        ));
+        assert!(swept.spared.is_empty(), "{:?}", swept.spared);
+        let mut left: Vec<String> = book.store.iter().map(|b| b.net.to_string()).collect();
+        left.sort();
+        assert_eq!(left, ["172.16.0.0/12", "192.168.0.0/16"]);
     }
 
     /// New bans are appended to their blocked file and journaled; a lift rewrites the
