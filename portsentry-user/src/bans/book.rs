@@ -528,6 +528,11 @@ mod tests {
             .collect()
     }
 
+    /// A book of no kernel and no journal, with `config`'s width limits.
+    fn in_memory(config: &Config) -> Book {
+        Book::new(None, BanStore::default(), None, config, Guard::limits(config))
+    }
+
     /// `put_many`: the guard's refusals come back in place, the others are recorded.
     #[test]
     fn put_many_refuses_in_place_and_records_the_rest() {
@@ -535,13 +540,7 @@ mod tests {
             ban_min_prefix_v4: 16,
             ..Config::default()
         };
-        let mut book = Book::new(
-            None,
-            BanStore::default(),
-            None,
-            &config,
-            Guard::limits(&config),
-        );
+        let mut book = in_memory(&config);
         let now = SystemTime::now();
         let ban =
             |net: &str| Ban::of_decision(net.parse().unwrap(), now, now + Duration::from_secs(60));
@@ -565,13 +564,7 @@ mod tests {
     #[test]
     fn a_tighter_width_limit_lifts_crowdsec_ranges_only() {
         let config = Config::default();
-        let mut book = Book::new(
-            None,
-            BanStore::default(),
-            None,
-            &config,
-            Guard::limits(&config),
-        );
+        let mut book = in_memory(&config);
         let now = SystemTime::now();
         let decision = Ban::of_decision(
             "10.0.0.0/12".parse().unwrap(),
