@@ -70,13 +70,14 @@ pub struct Book {
 /// What [`Book::sweep`] found among the bans in force.
 #[derive(Debug, Default)]
 pub struct Swept {
-    /// Bans wholly inside protected networks: lifted (their undo steps are the caller's).
+    /// Bans wholly inside protected networks, and CrowdSec ranges now too wide: lifted
+    /// (their undo steps are the caller's).
     pub lifted: Vec<(Ban, Refusal)>,
     /// Bans that cover protected networks: they stay, and the kernel spares those.
     pub spared: Vec<(IpNet, Vec<(IpNet, Why)>)>,
-    /// Bans to lift that could not be (the kernel's maps refused): they stay on record,
-    /// and the next sweep tries again.
-    pub failed: Vec<(IpNet, anyhow::Error)>,
+    /// Bans to lift that could not be (the kernel's maps refused), with why they were
+    /// to be lifted: they stay on record, and the next sweep tries again.
+    pub failed: Vec<(IpNet, Refusal, anyhow::Error)>,
 }
 
 impl Book {
@@ -160,8 +161,14 @@ impl Book {
             .store
             .iter()
             .filter_map(|b| {
-                let force = b.origin != BanOrigin::CrowdSec;
-                Some((b.net, self.guard.check(&b.net, force).err()?))
+                // Too wide first: such a range is lifted whole, whatever it covers.
+                let too_wide = (b.origin == BanOrigin::CrowdSec)
+                    .then(|| self.guard.too_wide(&b.net))
+                    .flatten();
+                Some((
+                    b.net,
+                    too_wide.or_else(|| self.guard.check(&b.net, true).err())?,
+                ))
             })
             .collect();
         for (net, refusal) in refused {
@@ -169,7 +176,7 @@ impl Book {
                 match self.lift(&net) {
                     Ok(Some(ban)) => out.lifted.push((ban, refusal)),
                     Ok(None) => {}
-                    Err(e) => out.failed.push((net, e)),
+                    Err(e) => out.failed.push((net, refusal, e)),
                 }
             } else {
                 out.spared.push((net, self.guard.spared(&net)));
@@ -530,7 +537,13 @@ mod tests {
 
     /// A book of no kernel and no journal, with `config`'s width limits.
     fn in_memory(config: &Config) -> Book {
-        Book::new(None, BanStore::default(), None, config, Guard::limits(config))
+        Book::new(
+            None,
+            BanStore::default(),
+            None,
+            config,
+            Guard::limits(config),
+        )
     }
 
     /// `put_many`: the guard's refusals come back in place, the others are recorded.
@@ -566,6 +579,12 @@ mod tests {
         let config = Config::default();
         let mut book = in_memory(&config);
         let now = SystemTime::now();
+        let over_protected = Ban::of_decision(
+            "10.16.0.0/12".parse().unwrap(),
+            now,
+            now + Duration::from_secs(60),
+        );
+        book.put(over_protected, false).unwrap();
         let decision = Ban::of_decision(
             "10.0.0.0/12".parse().unwrap(),
             now,
@@ -591,18 +610,25 @@ mod tests {
             ban_min_prefix_v4: 16,
             ..Config::default()
         };
-        book.set_guard(Guard::limits(&tighter));
+        // One of the ranges also covers a protected address now (a gateway, say): too
+        // wide all the same.
+        let mut guard = Guard::limits(&tighter);
+        guard.protect("10.16.0.1".parse().unwrap(), Why::Gateway);
+        book.set_guard(guard);
         let swept = book.sweep();
-        let lifted: Vec<String> = swept
+        let mut lifted: Vec<String> = swept
             .lifted
             .iter()
             .map(|(b, _)| b.net.to_string())
             .collect();
-        assert_eq!(lifted, ["10.0.0.0/12"]);
-        assert!(matches!(
-            swept.lifted[0].1,
-            Refusal::TooWide { min_prefix: 16, .. }
-        ));
+        lifted.sort();
+        assert_eq!(lifted, ["10.0.0.0/12", "10.16.0.0/12"]);
+        assert!(
+            swept
+                .lifted
+                .iter()
+                .all(|(_, r)| matches!(r, Refusal::TooWide { min_prefix: 16, .. }))
+        );
         assert!(swept.spared.is_empty(), "{:?}", swept.spared);
         let mut left: Vec<String> = book.store.iter().map(|b| b.net.to_string()).collect();
         left.sort();

@@ -219,18 +219,23 @@ impl Guard {
                 why: p.why,
             });
         }
+        match self.too_wide(&net) {
+            Some(refusal) if !force => Err(refusal),
+            _ => Ok(()),
+        }
+    }
+
+    /// The refusal of `net` for its width alone, if it is wider than the limit.
+    pub fn too_wide(&self, net: &IpNet) -> Option<Refusal> {
         let (min_prefix, key) = match net {
             IpNet::V4(_) => (self.min_v4, "BAN_MIN_PREFIX_V4"),
             IpNet::V6(_) => (self.min_v6, "BAN_MIN_PREFIX_V6"),
         };
-        if !force && net.prefix_len() < min_prefix {
-            return Err(Refusal::TooWide {
-                ban: net,
-                min_prefix,
-                key,
-            });
-        }
-        Ok(())
+        (net.prefix_len() < min_prefix).then_some(Refusal::TooWide {
+            ban: net.trunc(),
+            min_prefix,
+            key,
+        })
     }
 
     /// Whether a protected network holds all of `net`.

@@ -136,6 +136,8 @@ struct Synced {
     /// Tries that failed in a row (0 after a success); [`WAIT_TRIES`] at once for a
     /// failure nothing retries by itself (a compaction's).
     failures: u32,
+    /// The last failure is one the writer retries (its count goes on from there).
+    retrying: bool,
 }
 
 /// [`Journal::wait_async`] (a scan's kill commands wait so) gives up once this many
@@ -370,6 +372,7 @@ impl Journal {
                 seq: 0,
                 error: None,
                 failures: 0,
+                retrying: false,
             }),
             done: Condvar::new(),
             disk: Mutex::new(Disk {
@@ -404,6 +407,15 @@ impl Journal {
         p.seq += 1;
         let seq = p.seq;
         drop(p);
+        {
+            // A failure nothing was retrying (a compaction's) is tried again with this
+            // change (the writer syncs the directory first): waits ride that out.
+            let mut s = lock(&self.0.synced);
+            if s.error.is_some() && !s.retrying {
+                s.failures = 0;
+                s.retrying = true;
+            }
+        }
         self.0.wake.notify_one();
         seq
     }
@@ -685,10 +697,12 @@ impl Inner {
             _ => None,
         };
         s.failures = match &error {
-            Some(_) if retried => s.failures.saturating_add(1),
+            Some(_) if retried && s.retrying => s.failures.saturating_add(1),
+            Some(_) if retried => 1,
             Some(_) => WAIT_TRIES,
             None => 0,
         };
+        s.retrying = error.is_some() && retried;
         s.error = error;
         let now = s.seq;
         drop(s);

@@ -574,7 +574,11 @@ impl BanStore {
 
     /// Restores a ban count (from the journal).
     pub fn set_previous(&mut self, net: IpNet, count: u32) {
-        if self.bans.get(&net).is_some_and(|r| r.count >= count) {
+        if self
+            .bans
+            .get(&net)
+            .is_some_and(|r| !r.is_crowdsec() && r.count >= count)
+        {
             return;
         }
         let c = self.previous.entry(net).or_insert(0);

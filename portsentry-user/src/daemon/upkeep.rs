@@ -12,7 +12,10 @@ use std::{
 use super::{Shared, respond};
 use crate::{
     actions::{deny_templates, execute},
-    bans::{Ban, guard::Guard},
+    bans::{
+        Ban,
+        guard::{Guard, Refusal},
+    },
     config::{
         Config,
         effective::{self, ConfigArgs, Gateways},
@@ -260,10 +263,17 @@ pub(super) fn enforce_guard(shared: &Arc<Shared>, when: &str) {
         book.set_guard(Guard::new(&shared.eff()));
         book.sweep()
     };
-    for (net, e) in swept.failed {
+    for (net, refusal, e) in swept.failed {
+        let meanwhile = match refusal {
+            Refusal::TooWide { .. } => "it is too wide, and stays in force until then",
+            Refusal::Protected { .. } => {
+                "it lies inside a protected network; the kernel spares that network's \
+                 packets meanwhile"
+            }
+        };
         shared.log.warn(&format!(
-            "portsentry: lifting the ban of {net} {when} (it lies inside a protected \
-             network; the kernel spares that network's packets meanwhile): {e:#}"
+            "portsentry: lifting the ban of {net} {when} failed (tried again at the guard's \
+             next change; {meanwhile}): {e:#}"
         ));
     }
     for (ban, refusal) in swept.lifted {

@@ -373,7 +373,9 @@ impl Rebuild {
             }
             match cur {
                 Some(r) => {
-                    if prev > r.count {
+                    // A CrowdSec decision's ban holds no count of its own.
+                    let held = if r.is_crowdsec() { 0 } else { r.count };
+                    if prev > held {
                         previous.insert(net, prev);
                     }
                     if !self.names.is_empty() {
