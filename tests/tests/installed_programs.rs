@@ -36,6 +36,7 @@ const BASE: &[(&str, &str)] = &[
     ("umount", "mount: Priority required"),
     ("dpkg", "dpkg: Essential"),
     ("dpkg-deb", "dpkg: Essential"),
+    ("dpkg-query", "dpkg: Essential"),
     ("md5sum", "coreutils: Essential"),
     ("cat", "coreutils: Essential"),
     ("chroot", "coreutils: Essential"),
