@@ -246,11 +246,15 @@ fn render(eff: &Effective) -> String {
         s,
         "  always (loopback, this host's addresses and the gateways of its routes):"
     );
-    for a in &eff.always_ignored {
-        let _ = match a.kind {
-            Kind::Gateway => writeln!(s, "    {} (gateway)", a.net),
-            Kind::Loopback | Kind::ThisHost => writeln!(s, "    {}", a.net),
-        };
+    // Each network once (one listed for two reasons is there twice, sorted together).
+    for same in eff.always_ignored.chunk_by(|a, b| a.net == b.net) {
+        let gateway = same.iter().any(|a| a.kind == Kind::Gateway);
+        let _ = writeln!(
+            s,
+            "    {}{}",
+            same[0].net,
+            if gateway { " (gateway)" } else { "" }
+        );
     }
     for proto in [Protocol::Tcp, Protocol::Udp] {
         let block = eff.block_mode(proto);

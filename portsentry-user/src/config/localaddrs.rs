@@ -83,10 +83,11 @@ pub(crate) fn with_gateways(gateways: Vec<IpAddr>) -> Result<Vec<Always>> {
             .map(IpNet::from)
             .map(tag(Kind::Gateway)),
     );
-    // A network listed for two reasons keeps the first (a gateway that is one of this
-    // host's addresses is this host's).
+    // A network listed for two reasons is listed twice (sorted, its first reason
+    // first): a gateway that is also one of this host's addresses stays a gateway when
+    // the address goes (the kernel's list and the guard take each network once).
     v.sort();
-    v.dedup_by_key(|a| a.net);
+    v.dedup();
     Ok(v)
 }
 
@@ -107,7 +108,7 @@ mod tests {
     #[test]
     fn loopback_and_own_addresses() {
         let all = always_ignored(&mut Vec::new()).unwrap();
-        assert!(all.windows(2).all(|w| w[0].net < w[1].net), "{all:?}");
+        assert!(all.windows(2).all(|w| w[0] < w[1]), "{all:?}");
         assert!(covered(&all, "127.0.0.1".parse().unwrap()));
         assert!(covered(&all, "127.9.9.9".parse().unwrap()));
         assert!(covered(&all, "::1".parse().unwrap()));
@@ -134,7 +135,8 @@ mod tests {
         let now = always_ignored_keeping_gateways(&[gw, own]).unwrap();
         assert!(now.contains(&gw));
         assert!(!now.contains(&own), "addresses are read again: {now:?}");
-        // A gateway that is also loopback counts as loopback.
+        // A gateway that is also loopback (or one of this host's addresses) is both,
+        // loopback first: kept as a gateway should the address go.
         let lo = Always {
             net: "::1/128".parse().unwrap(),
             kind: Kind::Gateway,
@@ -145,6 +147,9 @@ mod tests {
             .filter(|a| a.net == lo.net)
             .map(|a| a.kind)
             .collect();
-        assert_eq!(kinds, [Kind::Loopback]);
+        assert_eq!(kinds.first(), Some(&Kind::Loopback), "{kinds:?}");
+        assert_eq!(kinds.last(), Some(&Kind::Gateway), "{kinds:?}");
+        let again = always_ignored_keeping_gateways(&now).unwrap();
+        assert!(again.contains(&lo));
     }
 }
