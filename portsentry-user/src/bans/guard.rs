@@ -177,7 +177,13 @@ impl Guard {
                 .iter()
                 .map(|n| Protected::new(*n, Why::IgnoreList)),
         );
-        g.protected.extend(eff.always_ignored.iter().map(|a| {
+        // A network listed for two reasons (sorted together) is protected once, for the
+        // first.
+        let once = eff
+            .always_ignored
+            .chunk_by(|a, b| a.net == b.net)
+            .map(|same| &same[0]);
+        g.protected.extend(once.map(|a| {
             let why = match a.kind {
                 Kind::Loopback => Why::Loopback,
                 Kind::ThisHost => Why::ThisHost,
