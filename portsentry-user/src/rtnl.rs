@@ -26,18 +26,12 @@ pub(crate) fn request(
     message: RouteNetlinkMessage,
     dump: bool,
 ) -> Result<Vec<RouteNetlinkMessage>> {
-    for _ in 1..DUMP_TRIES {
-        match exchange(&message, dump)? {
-            Replies::Whole(r) => return Ok(r),
-            Replies::Interrupted => continue,
+    for _ in 0..DUMP_TRIES {
+        if let Replies::Whole(r) = exchange(&message, dump)? {
+            return Ok(r);
         }
     }
-    match exchange(&message, dump)? {
-        Replies::Whole(r) => Ok(r),
-        Replies::Interrupted => {
-            bail!("the kernel's dump was interrupted by changes {DUMP_TRIES} times in a row")
-        }
-    }
+    bail!("the kernel's dump was interrupted by changes {DUMP_TRIES} times in a row")
 }
 
 enum Replies {

@@ -3,9 +3,9 @@
 //!
 //! A ban is refused when it overlaps a protected network (it covers one, or lies inside
 //! one): an ignore-list entry, loopback, one of this host's addresses, a gateway of its
-//! routes, or, for the operator's own `portsentry ban`, the address of their SSH session. A ban wider than
-//! `BAN_MIN_PREFIX_V4` / `BAN_MIN_PREFIX_V6` is refused unless forced; nothing forces
-//! the protected networks. The kernel enforces the same rule on its side: a packet from
+//! routes, or, for the operator's own `portsentry ban`, the address of their SSH
+//! session. A ban wider than `BAN_MIN_PREFIX_V4` / `BAN_MIN_PREFIX_V6` is refused unless
+//! forced; nothing forces the protected networks. The kernel enforces the same rule on its side: a packet from
 //! an ignored network is never dropped, whatever the ban maps hold.
 
 use std::{fmt, net::IpAddr};
