@@ -19,7 +19,7 @@ mod respond;
 mod upkeep;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     fs,
     net::IpAddr,
     sync::{Arc, Mutex},
@@ -77,14 +77,14 @@ impl Current {
 /// one), and every host whose own ban is in the book, for every protocol (restored bans
 /// included, without a second copy of a million addresses).
 struct Handled {
-    hosts: HashSet<(IpAddr, Protocol)>,
+    hosts: Acted,
     book: Arc<Mutex<Book>>,
 }
 
 impl Handled {
     /// Locks the book (so never call it with the book locked).
     fn contains(&self, ip: IpAddr, proto: Protocol) -> bool {
-        self.hosts.contains(&(ip, proto))
+        self.hosts.0.contains(&(ip, proto))
             || self
                 .book
                 .lock()
@@ -94,12 +94,34 @@ impl Handled {
     }
 
     fn insert(&mut self, ip: IpAddr, proto: Protocol) -> bool {
-        self.hosts.insert((ip, proto))
+        self.hosts.0.insert((ip, proto))
     }
 
-    /// Keeps the hosts `keep` says, for every protocol.
-    fn retain(&mut self, mut keep: impl FnMut(&IpAddr) -> bool) {
-        self.hosts.retain(|(ip, _)| keep(ip));
+    /// Forgets the hosts of `net`, for every protocol.
+    fn release(&mut self, net: &ipnet::IpNet) {
+        self.hosts.release(net);
+    }
+}
+
+/// The hosts acted on since start, for the protocol each scanned. Ordered by address,
+/// so that a lifted ban releases the hosts of its network in a few steps: a pass over
+/// all of them at each lift (a million, after a long run on a busy server) stalled
+/// the housekeeping that lifts a hundred expired bans a second.
+#[derive(Default)]
+struct Acted(BTreeSet<(IpAddr, Protocol)>);
+
+impl Acted {
+    fn release(&mut self, net: &ipnet::IpNet) {
+        // From the network's first address with the first protocol to its last address
+        // with the last (`Protocol` orders Tcp before Udp).
+        let inside: Vec<_> = self
+            .0
+            .range((net.network(), Protocol::Tcp)..=(net.broadcast(), Protocol::Udp))
+            .copied()
+            .collect();
+        for host in inside {
+            self.0.remove(&host);
+        }
     }
 }
 
@@ -302,7 +324,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         book: book.clone(),
         handled: Mutex::new(Handled {
-            hosts: HashSet::new(),
+            hosts: Acted::default(),
             book,
         }),
         current: Mutex::new(Current::new(eff.clone())),
@@ -444,5 +466,57 @@ fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<ScanEvent>) {
         if let Ok(ev) = bytemuck::try_pod_read_unaligned::<ScanEvent>(&item) {
             out.push(ev);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_lift_releases_the_hosts_of_its_network_only() {
+        let mut acted = Acted::default();
+        for (host, proto) in [
+            ("192.0.2.0", Protocol::Udp),
+            ("192.0.2.7", Protocol::Tcp),
+            ("192.0.2.7", Protocol::Udp),
+            ("192.0.2.255", Protocol::Tcp),
+            ("192.0.3.0", Protocol::Tcp),
+            ("192.0.1.255", Protocol::Udp),
+            ("2001:db8::7", Protocol::Tcp),
+            ("::ffff:192.0.2.7", Protocol::Tcp),
+        ] {
+            acted.0.insert((ip(host), proto));
+        }
+        acted.release(&"192.0.2.7/32".parse().unwrap());
+        assert!(!acted.0.iter().any(|(h, _)| *h == ip("192.0.2.7")));
+        assert_eq!(acted.0.len(), 6);
+        acted.release(&"192.0.2.0/24".parse().unwrap());
+        let left: Vec<_> = acted.0.iter().map(|(h, _)| h.to_string()).collect();
+        assert_eq!(
+            left,
+            [
+                "192.0.1.255",
+                "192.0.3.0",
+                "::ffff:192.0.2.7",
+                "2001:db8::7"
+            ]
+        );
+        acted.release(&"2001:db8::/64".parse().unwrap());
+        assert_eq!(acted.0.len(), 3);
+    }
+
+    /// `Acted::release` takes Tcp and Udp as the least and greatest protocols: a new
+    /// protocol must be placed between them or the bounds changed.
+    #[test]
+    fn the_protocols_are_tcp_then_udp() {
+        let within = |p: Protocol| match p {
+            Protocol::Tcp | Protocol::Udp => (Protocol::Tcp..=Protocol::Udp).contains(&p),
+        };
+        assert!(within(Protocol::Tcp) && within(Protocol::Udp));
     }
 }

@@ -352,7 +352,7 @@ fn release(shared: &Shared, ip: IpAddr) {
         .handled
         .lock()
         .expect("handled lock")
-        .retain(|h| *h != ip);
+        .release(&ipnet::IpNet::from(ip));
 }
 
 /// What became of a scanner's XDP ban.

@@ -188,11 +188,7 @@ pub(super) fn spawn_undo_in(
     // In the host's line before the host is released: the kill commands of its next ban
     // run after these undo steps.
     run_undo_steps(shared, ban, place);
-    shared
-        .handled
-        .lock()
-        .expect("handled lock")
-        .retain(|ip| !net.contains(ip));
+    shared.handled.lock().expect("handled lock").release(&net);
 }
 
 /// The place of a lifted ban's undo steps in its host's line, `None` when it has none
