@@ -24,7 +24,7 @@ pub enum Counter {
     /// XDP_PASS: IP, but neither TCP nor UDP.
     PassOtherProto = 4,
     /// XDP_PASS: TCP with ACK or RST set, part of a conversation, or a segment or datagram
-    /// sent to a group (never answered, so no probe). Not counted (its slot
+    /// sent to a group or to another host (never answered here, so no probe). Not counted (its slot
     /// stays 0): the increment cost every such segment 2-3 ns, a fifth of the benign
     /// path; a packet that moved no verdict counter had this verdict.
     PassNotProbe = 5,

@@ -54,6 +54,13 @@ pub const IGNORE_FILTER: &str = "PS_IGN_FILTER";
 /// ranges. A range too wide to list sets [`SETTING_PREFIX_BANS_WIDE`] instead, and every
 /// packet then looks at the trie (as every packet did before the filter).
 pub const NET_FILTER: &str = "PS_NET_FILTER";
+/// This host's own addresses, as a one-hash filter: `Array<u64>` of
+/// [`LOCAL_FILTER_WORDS`] words, one bit per address of this host's interfaces
+/// ([`local_filter_bit`]). With [`SETTING_LOCAL_DST`] a probe whose destination's bit is
+/// clear is for another host (forwarded by this one as a router, bridged to a virtual
+/// machine, or seen by an interface in promiscuous mode): this host answers none of
+/// them, so it is not counted.
+pub const LOCAL_FILTER: &str = "PS_LOCAL_FILTER";
 /// Watched-port bitmap. `Array<u64>` with [`PORT_WORDS`] entries: TCP in words
 /// `0..1024`, UDP in `1024..2048`; port `p` is bit `p % 64` of word `p / 64` of its half.
 pub const PORTS: &str = "PS_PORTS";
@@ -124,7 +131,7 @@ pub const TCP_SOCKET_WORDS: u32 = 2048;
 pub const TCP_BOUND_WORD_BASE: u32 = 1024;
 
 /// Every map name, for pinning and clean-up.
-pub const ALL: [&str; 24] = [
+pub const ALL: [&str; 25] = [
     BANS,
     BAN_FILTER,
     BAN_CACHE,
@@ -135,6 +142,7 @@ pub const ALL: [&str; 24] = [
     IGNORE,
     IGNORE_FILTER,
     NET_FILTER,
+    LOCAL_FILTER,
     PORTS,
     ACK_PORTS,
     PROTOCOLS,
@@ -383,6 +391,17 @@ pub const fn ban_filter_bit(addr: &crate::packet::AddrWords) -> u32 {
 pub const IGNORE_FILTER_BITS: u32 = 20;
 pub const IGNORE_FILTER_WORDS: u32 = 1 << (IGNORE_FILTER_BITS - 6);
 
+/// log2 of the bits in `PS_LOCAL_FILTER` (2^16 bits, 8 KiB: with a hundred addresses,
+/// about one other host's address in 650 shares a bit with one of them, and is counted).
+pub const LOCAL_FILTER_BITS: u32 = 16;
+pub const LOCAL_FILTER_WORDS: u32 = 1 << (LOCAL_FILTER_BITS - 6);
+
+/// The `PS_LOCAL_FILTER` bit of an address, as the packet holds it (IPv4 mapped).
+#[inline(always)]
+pub const fn local_filter_bit(addr: &crate::packet::AddrWords) -> u32 {
+    (fmix64(addr[0].rotate_left(29) ^ addr[1]) >> (64 - LOCAL_FILTER_BITS)) as u32
+}
+
 /// The IPv4-mapped prefix `::ffff:0:0/96` as the low word of [`crate::packet::AddrWords`]
 /// holds it (bytes 8 to 11 of the address, in memory order).
 const V4_MAPPED_WORD_LOW: u64 = 0xffff_0000;
@@ -627,6 +646,13 @@ pub const SETTING_PREFIX_BANS_WIDE: u32 = 1 << 7;
 /// the trigger when the source's Threshold Random Walk does (`Settings::trw`), and a SYN
 /// to a listener from a source with a record counts as its success.
 pub const SETTING_TRW: u32 = 1 << 8;
+
+/// `Settings::flags`: `PS_LOCAL_FILTER` holds every address this host answers on, so
+/// a probe to an address whose bit is clear is another host's and not counted. Clear
+/// (the settings of a release without it, before the daemon has read the routes, or
+/// when a local route covers more than one address: `ip route add local
+/// 192.0.2.0/24 dev lo`): every destination is taken as this host's.
+pub const SETTING_LOCAL_DST: u32 = 1 << 14;
 
 /// `Settings::flags` bits 16 to 23: ACK_SCAN_PORTS (at most 255) for the program's own
 /// ban of the ACK class ([`Settings::ban_spread`]). 0 (ACK_SCAN_PORTS="0", or the

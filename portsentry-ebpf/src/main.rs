@@ -23,8 +23,10 @@
 //! A probe (a packet steps 1 to 4 did not decide) goes on to the probe stage, a program
 //! of its own (`stage.rs`, tail-called), for steps 5 to 7:
 //!
-//! 5. a probe sent to a group (a multicast or broadcast frame or address) is passed: the
-//!    kernel answers none (`stage.rs`); then the ignore trie (only when it holds
+//! 5. a probe sent to a group (a multicast or broadcast frame or address), or to an
+//!    address that is not this host's (`PS_LOCAL_FILTER`: forwarded, bridged, or seen
+//!    in promiscuous mode), is passed: this host answers none (`stage.rs`); then the
+//!    ignore trie (only when it holds
 //!    anything): an ignored source is passed; a
 //!    source in a network that holds an ignored address is counted by its address
 //!    (a datagram of an IP protocol nothing here serves, `PS_PROTOCOLS`, comes here
@@ -73,9 +75,9 @@ use portsentry_common::{
     maps::{
         ACK_PORT_WORDS, BAN_CACHE_MIN_SETS, BAN_FILTER_WORDS, BAN_NETS_MAX, BANS_MAX, BanEntry,
         BanSet, EVENTS_BYTES, EventBudget, IGNORE_FILTER_WORDS, IGNORE_MAX, IGNORE_SINGLE,
-        KernelBan, PORT_WORDS, PROTOCOL_WORDS, SETTING_DROP_EVASIVE, SETTING_IGNORE,
-        SETTING_IGNORE_WIDE, SETTING_TRW, SETTING_VERIFY, SOURCES_MAX, Settings, TCP_SOCKET_WORDS,
-        net_filter_bit, v6_source_prefix,
+        KernelBan, LOCAL_FILTER_WORDS, PORT_WORDS, PROTOCOL_WORDS, SETTING_DROP_EVASIVE,
+        SETTING_IGNORE, SETTING_IGNORE_WIDE, SETTING_TRW, SETTING_VERIFY, SOURCES_MAX, Settings,
+        TCP_SOCKET_WORDS, net_filter_bit, v6_source_prefix,
     },
     packet::{AddrWords, EthHdr, Ip, L4, Packet, parse_ip, parse_l4_into, prefix_words, scan_type},
     scan::tcp_flags::{ACK, RST},
@@ -112,6 +114,8 @@ static PS_IGNORE: LpmTrie<Addr, u32> = LpmTrie::with_max_entries(IGNORE_MAX, 0);
 static PS_IGN_FILTER: Array<u64> = Array::with_max_entries(IGNORE_FILTER_WORDS, 0);
 #[map]
 static PS_NET_FILTER: Array<u64> = Array::with_max_entries(IGNORE_FILTER_WORDS, 0);
+#[map]
+static PS_LOCAL_FILTER: Array<u64> = Array::with_max_entries(LOCAL_FILTER_WORDS, 0);
 #[map]
 static PS_PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 #[map]

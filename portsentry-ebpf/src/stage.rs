@@ -10,12 +10,12 @@
 use aya_ebpf::programs::XdpContext;
 use portsentry_common::{
     Counter, ScanType,
-    maps::{PROBE_STAGE, SETTING_VERIFY, Settings},
+    maps::{PROBE_STAGE, SETTING_LOCAL_DST, SETTING_VERIFY, Settings, local_filter_bit},
     packet::{AddrWords, Ip, L4, sent_to_group},
 };
 
 use crate::{
-    PS_PROBE, PS_PROGS, Source,
+    PS_LOCAL_FILTER, PS_PROBE, PS_PROGS, Source,
     challenge::send_challenge,
     counted_as,
     frame::XdpPacket,
@@ -90,6 +90,20 @@ pub fn probe(ctx: &XdpContext) -> Counter {
     tiny_fragment_rule(&h.l4, verdict, settings)
 }
 
+/// False when the destination is not one of this host's addresses: its
+/// `PS_LOCAL_FILTER` bit is clear, with the filter in force (`SETTING_LOCAL_DST`).
+#[inline(always)]
+fn sent_to_this_host(ip: &Ip, settings: &Settings) -> bool {
+    if settings.flags & SETTING_LOCAL_DST == 0 {
+        return true;
+    }
+    let bit = local_filter_bit(&ip.dst);
+    match PS_LOCAL_FILTER.get(bit >> 6) {
+        Some(word) => word & (1u64 << (bit & 63)) != 0,
+        None => true,
+    }
+}
+
 /// Steps 5 to 7.
 #[inline(always)]
 fn probe_l4(
@@ -100,9 +114,11 @@ fn probe_l4(
     settings: &Settings,
 ) -> Counter {
     let (ip, l4, key, watched, trw_syn) = (&h.ip, &h.l4, &h.key, h.watched, h.trw_syn);
-    // Sent to a group (a multicast or broadcast frame or address): never answered, so
-    // no probe. A router's DHCP offer to 255.255.255.255:68 would otherwise ban it.
-    if sent_to_group(&XdpPacket(ctx), ip) {
+    // Sent to a group (a multicast or broadcast frame or address), or to another host
+    // (this one routing it, a bridge or a promiscuous interface passing it on): never
+    // answered here, so no probe. A router's DHCP offer to 255.255.255.255:68 would
+    // otherwise ban it, and so would a client's SYN routed through this host.
+    if sent_to_group(&XdpPacket(ctx), ip) || !sent_to_this_host(ip, settings) {
         return Counter::PassNotProbe;
     }
     let src = if watched {

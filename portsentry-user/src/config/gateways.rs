@@ -8,18 +8,24 @@
 //! are read again, off the daemon's loop, at most once every [`RouteWatch::MIN_INTERVAL`]
 //! (or ten times as long as the last read took), so that a host with a large, busy
 //! routing table does not dump it every second.
+//!
+//! The same reads find the destinations of this host's local routes (the addresses it
+//! answers on, and any range an `ip route add local` made), for the program's filter of
+//! this host's addresses ([`local_routes`]).
 
 use std::{
     io::ErrorKind,
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Mutex,
     thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, anyhow};
+use ipnet::IpNet;
 use netlink_packet_route::{
-    RouteNetlinkMessage,
-    route::{RouteAddress, RouteAttribute, RouteMessage, RouteVia},
+    AddressFamily, RouteNetlinkMessage,
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteType, RouteVia},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
@@ -31,14 +37,53 @@ pub(crate) fn gateways() -> Result<Vec<IpAddr>> {
     let routes = rtnl::request(RouteNetlinkMessage::GetRoute(RouteMessage::default()), true)
         .context("listing the gateways of this host's routes (an rtnetlink route dump)")?;
     let mut found = Vec::new();
+    let mut local = Vec::new();
     for m in routes {
         if let RouteNetlinkMessage::NewRoute(route) = m {
             next_hops(&route.attributes, &mut found);
+            if let Some(net) = local_destination(&route) {
+                local.push(net);
+            }
         }
     }
     found.sort();
     found.dedup();
+    local.sort();
+    local.dedup();
+    *LOCAL_ROUTES.lock().expect("local routes lock") = Some(local);
     Ok(found)
+}
+
+/// The destinations of the local routes (and anycast ones) the last route read found:
+/// what the kernel delivers to this host. Set by every read of the gateways.
+static LOCAL_ROUTES: Mutex<Option<Vec<IpNet>>> = Mutex::new(None);
+
+/// The destinations of this host's local and anycast routes in every table, as the
+/// last read of the routes found them; `None` before the first.
+pub(crate) fn local_routes() -> Option<Vec<IpNet>> {
+    LOCAL_ROUTES.lock().expect("local routes lock").clone()
+}
+
+/// The destination of a local or anycast route (the kernel delivers what it covers to
+/// this host), `None` for any other route.
+fn local_destination(route: &RouteMessage) -> Option<IpNet> {
+    if !matches!(route.header.kind, RouteType::Local | RouteType::Anycast) {
+        return None;
+    }
+    let len = route.header.destination_prefix_length;
+    let given = route.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+        RouteAttribute::Destination(RouteAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    });
+    // No destination: the whole family (`local default`).
+    let addr = match (given, route.header.address_family) {
+        (Some(a), _) => a,
+        (None, AddressFamily::Inet) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        (None, AddressFamily::Inet6) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        _ => return None,
+    };
+    IpNet::new(addr, len).ok().map(|n| n.trunc())
 }
 
 /// The gateways a route's attributes name: its own, and each multipath next hop's.
@@ -218,6 +263,54 @@ mod tests {
             .map(|s| s.parse().unwrap())
             .collect();
         assert_eq!(found, want);
+    }
+
+    #[test]
+    fn the_destination_of_a_local_route() {
+        let route = |kind, len, dest: Option<IpAddr>, family| {
+            let mut r = RouteMessage::default();
+            r.header.kind = kind;
+            r.header.destination_prefix_length = len;
+            r.header.address_family = family;
+            if let Some(d) = dest {
+                r.attributes.push(RouteAttribute::Destination(match d {
+                    IpAddr::V4(a) => RouteAddress::Inet(a),
+                    IpAddr::V6(a) => RouteAddress::Inet6(a),
+                }));
+            }
+            local_destination(&r).map(|n| n.to_string())
+        };
+        let v4 = |s: &str| Some(IpAddr::V4(s.parse().unwrap()));
+        let v6 = |s: &str| Some(IpAddr::V6(s.parse().unwrap()));
+        assert_eq!(
+            route(RouteType::Local, 32, v4("192.0.2.1"), AddressFamily::Inet).as_deref(),
+            Some("192.0.2.1/32")
+        );
+        assert_eq!(
+            route(RouteType::Local, 24, v4("203.0.113.7"), AddressFamily::Inet).as_deref(),
+            Some("203.0.113.0/24")
+        );
+        assert_eq!(
+            route(
+                RouteType::Anycast,
+                128,
+                v6("2001:db8::"),
+                AddressFamily::Inet6
+            )
+            .as_deref(),
+            Some("2001:db8::/128")
+        );
+        assert_eq!(
+            route(RouteType::Local, 0, None, AddressFamily::Inet6).as_deref(),
+            Some("::/0")
+        );
+        for other in [
+            RouteType::Unicast,
+            RouteType::Broadcast,
+            RouteType::Multicast,
+        ] {
+            assert_eq!(route(other, 32, v4("192.0.2.1"), AddressFamily::Inet), None);
+        }
     }
 
     #[test]

@@ -91,6 +91,38 @@ pub(crate) fn with_gateways(gateways: Vec<IpAddr>) -> Result<Vec<Always>> {
     Ok(v)
 }
 
+/// The addresses this host answers on, for the program's filter of them: this host's
+/// addresses in `always` and the single addresses of its local routes. `None` before the
+/// routes are read, or when a local route covers more than one address (`ip route add
+/// local 192.0.2.0/24 dev lo`, a transparent proxy's `local default`): every
+/// destination is then taken as this host's.
+pub(crate) fn local_destinations(always: &[Always]) -> Option<Vec<IpAddr>> {
+    destinations(always, gateways::local_routes()?)
+}
+
+/// [`local_destinations`] with the local routes `routes`.
+fn destinations(always: &[Always], routes: Vec<IpNet>) -> Option<Vec<IpAddr>> {
+    // Loopback's range (127.0.0.0/8 is a local route) arrives on `lo` alone, from
+    // loopback sources, which are never counted.
+    let lo = loopback();
+    let routes: Vec<IpNet> = routes
+        .into_iter()
+        .filter(|n| !lo.iter().any(|l| l.contains(n)))
+        .collect();
+    if routes.iter().any(|n| n.prefix_len() < n.max_prefix_len()) {
+        return None;
+    }
+    let mut v: Vec<IpAddr> = always
+        .iter()
+        .filter(|a| a.kind == Kind::ThisHost)
+        .map(|a| a.net.addr())
+        .chain(routes.iter().map(IpNet::addr))
+        .collect();
+    v.sort();
+    v.dedup();
+    Some(v)
+}
+
 /// The networks of `always`.
 pub(crate) fn nets(always: &[Always]) -> impl Iterator<Item = IpNet> + '_ {
     always.iter().map(|a| a.net)
@@ -119,6 +151,31 @@ mod tests {
         }
         for g in gateways::gateways().unwrap() {
             assert!(covered(&all, g));
+        }
+    }
+
+    #[test]
+    fn this_hosts_destinations_are_its_addresses_and_single_local_routes() {
+        let own = Always {
+            net: "198.51.100.200/32".parse().unwrap(),
+            kind: Kind::ThisHost,
+        };
+        let gw = Always {
+            net: "192.0.2.254/32".parse().unwrap(),
+            kind: Kind::Gateway,
+        };
+        let nets = |v: &[&str]| v.iter().map(|n| n.parse().unwrap()).collect::<Vec<IpNet>>();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // Host routes and this host's addresses, not the gateway; loopback's are left
+        // out (a loopback source is never counted).
+        let got = destinations(
+            &[own, gw],
+            nets(&["127.0.0.0/8", "127.0.0.1/32", "2001:db8::/128", "::1/128"]),
+        );
+        assert_eq!(got, Some(vec![ip("198.51.100.200"), ip("2001:db8::")]));
+        // A range (AnyIP, a transparent proxy's `local default`): none listed.
+        for wide in ["203.0.113.0/24", "0.0.0.0/0", "2001:db8:1::/64"] {
+            assert_eq!(destinations(&[own], nets(&[wide])), None, "{wide}");
         }
     }
 

@@ -417,6 +417,18 @@ pub(super) fn housekeeping(shared: &Arc<Shared>) {
         Ok(_) => {}
         Err(e) => shared.log.warn(&format!("portsentry: {e:#}")),
     }
+    // This host's addresses as they stand now (written only when they changed).
+    let local = localaddrs::local_destinations(&shared.eff().always_ignored);
+    if let Some(Err(e)) = shared
+        .book()
+        .dp
+        .as_mut()
+        .map(|dp| dp.write_local(local.as_deref()))
+    {
+        shared.log.warn(&format!(
+            "portsentry: writing this host's addresses into the kernel: {e:#}"
+        ));
+    }
     // Counting walks every key (a syscall each): every 30 s, not every second.
     let mut tracked = shared.sources_tracked.lock().expect("sources lock");
     if tracked

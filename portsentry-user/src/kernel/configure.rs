@@ -160,6 +160,7 @@ pub fn apply(dp: &mut Dataplane, eff: &Effective) -> Result<()> {
     dp.set_kernel_ban_settings(kernel_ban(eff))?;
     dp.write_settings(kernel_settings(eff, secret))?;
     dp.replace_ignore(&eff.ignored_nets(), &eff.single_source_nets())?;
+    dp.write_local(crate::config::localaddrs::local_destinations(&eff.always_ignored).as_deref())?;
     Ok(())
 }
 

@@ -20,8 +20,8 @@ use portsentry_common::{
     ban_nets::{NetKey, NetLens},
     maps::{
         self, BanEntry, IGNORE_FILTER_WORDS, IGNORE_IGNORED, IGNORE_MAX, IGNORE_SINGLE,
-        KBAN_DAEMON, KBAN_PROGRAM, KernelBan, SETTING_IGNORE, SETTING_IGNORE_WIDE, Settings,
-        SourceStats, net_filter_bit,
+        KBAN_DAEMON, KBAN_PROGRAM, KernelBan, LOCAL_FILTER_WORDS, SETTING_IGNORE,
+        SETTING_IGNORE_WIDE, Settings, SourceStats, local_filter_bit, net_filter_bit,
     },
     packet::AddrWords,
 };
@@ -55,6 +55,8 @@ pub(super) struct Maps {
     pub ignore_filter: Option<Array<MapData, u64>>,
     /// `None` for an object (or pins) from before the range filter.
     pub net_filter: Option<Array<MapData, u64>>,
+    /// `None` for an object (or pins) from before the filter of this host's addresses.
+    pub local_filter: Option<Array<MapData, u64>>,
     pub ports: Array<MapData, u64>,
     /// `None` for an object (or pins) from before the ACK class.
     pub ack_ports: Option<Array<MapData, u64>>,
@@ -93,6 +95,7 @@ impl Maps {
         let ban_net_hash = optional(&mut named, maps::BAN_NET_HASH)?;
         let ban_net_lens = optional(&mut named, maps::BAN_NET_LENS)?;
         let net_filter = optional(&mut named, maps::NET_FILTER)?;
+        let local_filter = optional(&mut named, maps::LOCAL_FILTER)?;
         let ack_ports = optional(&mut named, maps::ACK_PORTS)?;
         let protocols = optional(&mut named, maps::PROTOCOLS)?;
         let tcp_sockets = optional(&mut named, maps::TCP_SOCKETS)?;
@@ -114,6 +117,7 @@ impl Maps {
             ignore: LpmTrie::try_from(take(maps::IGNORE)?)?,
             ignore_filter,
             net_filter,
+            local_filter,
             ports: Array::try_from(take(maps::PORTS)?)?,
             ack_ports,
             protocols,
@@ -251,6 +255,7 @@ impl Dataplane {
             | maps::SETTING_PREFIX_BANS_WIDE
             | SETTING_IGNORE
             | SETTING_IGNORE_WIDE
+            | maps::SETTING_LOCAL_DST
             | 31 << maps::SETTING_BAN_CACHE_SHIFT;
         Settings {
             flags: (s.flags & !presence) | (self.settings.flags & presence),
@@ -529,6 +534,53 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Makes `PS_LOCAL_FILTER` hold `addrs`, this host's addresses, and puts the filter
+    /// in force (`SETTING_LOCAL_DST`: a probe to another address is not counted); with
+    /// `None` (this host answers on more than it can list), every destination counts.
+    /// New addresses' bits are set before the old ones go, so that no address of this
+    /// host goes unwatched for a moment.
+    pub fn write_local(&mut self, addrs: Option<&[IpAddr]>) -> Result<()> {
+        let Some(filter) = &mut self.maps.local_filter else {
+            return Ok(());
+        };
+        let Some(addrs) = addrs else {
+            self.local_words = None;
+            return self.set_flag(maps::SETTING_LOCAL_DST, false);
+        };
+        let words = local_filter(addrs);
+        let in_force = self.settings.flags & maps::SETTING_LOCAL_DST != 0;
+        if in_force && self.local_words.as_ref() == Some(&words) {
+            return Ok(());
+        }
+        let current = match self.local_words.take() {
+            Some(w) => w,
+            None => (0..LOCAL_FILTER_WORDS)
+                .map(|i| filter.get(&i, 0))
+                .collect::<Result<Vec<u64>, MapError>>()
+                .context("reading PS_LOCAL_FILTER")?,
+        };
+        let union: Vec<u64> = current.iter().zip(&words).map(|(a, b)| a | b).collect();
+        let write = |filter: &mut Array<MapData, u64>, from: &[u64], to: &[u64]| {
+            for (i, (a, b)) in from.iter().zip(to).enumerate() {
+                if a != b {
+                    filter
+                        .set(i as u32, *b, 0)
+                        .context("writing PS_LOCAL_FILTER")?;
+                }
+            }
+            anyhow::Ok(())
+        };
+        write(filter, &current, &union)?;
+        // In force once it holds every address; the stale bits go after.
+        self.set_flag(maps::SETTING_LOCAL_DST, true)?;
+        let Some(filter) = &mut self.maps.local_filter else {
+            return Ok(());
+        };
+        write(filter, &union, &words)?;
+        self.local_words = Some(words);
+        Ok(())
+    }
+
     /// Writes the `PS_IGN_FILTER` words that differ from what the map holds.
     fn write_ignore_words(&mut self, now: &[u64], want: &[u64]) -> Result<()> {
         let Some(filter) = &mut self.maps.ignore_filter else {
@@ -685,6 +737,16 @@ pub(super) fn absent_is_false(r: Result<(), MapError>) -> Result<bool> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The `PS_LOCAL_FILTER` words of this host's addresses.
+pub(super) fn local_filter(addrs: &[IpAddr]) -> Vec<u64> {
+    let mut words = vec![0u64; LOCAL_FILTER_WORDS as usize];
+    for a in addrs {
+        let bit = local_filter_bit(&bytemuck::cast(addr::to_key(*a)));
+        words[(bit >> 6) as usize] |= 1 << (bit & 63);
+    }
+    words
 }
 
 /// The `PS_IGN_FILTER` words of an ignore list (one bit per IPv4 /24 and IPv6 /48 its

@@ -96,6 +96,8 @@ pub struct Dataplane {
     replaced_progs: Option<progs::ReplacedProgs>,
     /// What `PS_IGN_FILTER` holds, once read or written.
     ignore_words: Option<Vec<u64>>,
+    /// What `PS_LOCAL_FILTER` holds, once written.
+    local_words: Option<Vec<u64>>,
     /// What `PS_ACK_PORTS` holds, once read or written.
     ack_words: Option<Vec<u64>>,
     /// The hooks that make `PS_TCP_SOCKETS` trustworthy, when attached at this load.
@@ -527,6 +529,7 @@ impl Dataplane {
             unusable_replaced: Vec::new(),
             replaced_progs: None,
             ignore_words: None,
+            local_words: None,
             ack_words: None,
             tcp_hooks: None,
             tcp_words: None,

@@ -198,8 +198,8 @@ pub(crate) fn ip_net(s: &str) -> ipnet::IpNet {
 }
 
 /// portsentry's program (this build's, or another's object) with the bench's maps: the
-/// fixture's watched ports, events quiet (one a second: they are not what is measured)
-/// and the ignore list `ignore`.
+/// fixture's watched ports, events quiet (one a second: they are not what is measured),
+/// the ignore list `ignore` and this host's addresses.
 pub(crate) fn bench_dataplane(
     bytes: Option<&[u8]>,
     sizes: &portsentry_user::kernel::MapSizes,
@@ -235,6 +235,10 @@ pub(crate) fn bench_dataplane(
     })
     .unwrap();
     dp.replace_ignore(ignore, &[]).unwrap();
+    // This host's addresses, as the daemon writes them: the frames' server (a probe of
+    // another address is not counted).
+    dp.write_local(Some(&[ip("192.0.2.1"), ip("2001:db8::1")]))
+        .unwrap();
     dp
 }
 
