@@ -200,6 +200,63 @@ fn changing_the_prefix_keeps_every_ban() {
     assert!(d.stop().success());
 }
 
+/// Bans of one address's networks under each prefix (its /48, /64 and the address
+/// itself) share a key of the exact map: at each change of SOURCE_PREFIX_V6 one of them
+/// comes into the exact map where another leaves it. Every one stays in force. (The one
+/// coming in was removed with the one going out: the /48 was gone from the kernel.)
+#[test]
+fn bans_that_trade_places_in_the_exact_map_stay() {
+    require_kernel!();
+    let net = TestNet::new(0);
+    let inner = net.add_attacker_v6_network("2001:db8:5:0", [0x10]);
+    let outer = net.add_attacker_v6_network("2001:db8:5:1", [0x10]);
+    let others = net.add_attacker_v6_network("2001:db8:6:0", [0x10]);
+    let _svc = net.server.enter(|| TcpListener::bind("[::]:80").unwrap());
+    let wd = Workdir::new();
+    wd.config(&net.server_if, "");
+    let d = start(&net, &wd);
+    let mut want = vec![];
+    for ban in ["2001:db8:5::/48", "2001:db8:5::/64", "2001:db8:5::/128"] {
+        let (ok, out, err) = wd.cli(&["ban", ban]);
+        assert!(ok, "{out}{err}");
+        want.push(ban.to_owned());
+    }
+    want.sort();
+    let reloads = |d: &Daemon| {
+        d.lines()
+            .iter()
+            .filter(|l| l.contains("configuration and ignore list reloaded"))
+            .count()
+    };
+    for (i, prefix) in ["48", "128", "64", "48", "64"].into_iter().enumerate() {
+        wd.config(&net.server_if, &format!("SOURCE_PREFIX_V6=\"{prefix}\"\n"));
+        d.signal(libc::SIGHUP);
+        assert!(
+            wait_until(Duration::from_secs(5), || reloads(&d) == i + 1),
+            "reload {i}: {}",
+            d.lines().join("\n")
+        );
+        assert!(
+            !reaches6(&net, inner[0]),
+            "the /64 and the /48, SOURCE_PREFIX_V6={prefix}"
+        );
+        assert!(
+            !reaches6(&net, outer[0]),
+            "the /48, SOURCE_PREFIX_V6={prefix}"
+        );
+        assert!(reaches6(&net, others[0]), "nothing else");
+        let mut nets = ban_nets(&status(&wd));
+        nets.sort();
+        assert_eq!(nets, want, "SOURCE_PREFIX_V6={prefix}");
+    }
+    // Each is lifted on its own, from the map of the prefix in force.
+    let (ok, out, err) = wd.cli(&["unban", "2001:db8:5::/48"]);
+    assert!(ok, "{out}{err}");
+    assert!(reaches6(&net, outer[0]), "the /48 lifted");
+    assert!(!reaches6(&net, inner[0]), "the /64 stays");
+    assert!(d.stop().success());
+}
+
 /// A ban of part of a /64 (the operator's /120, holding the network's first address)
 /// does not make the program's ban of the whole /64 look responded to already: the
 /// /64's scanner is banned, recorded and logged. (Skipped, the /64's ban stayed in the

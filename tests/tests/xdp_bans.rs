@@ -984,6 +984,79 @@ fn a_prefix_change_the_trie_cannot_take_is_taken_back() {
     }
 }
 
+/// A range banned inside a banned range (a CrowdSec /24 inside the operator's /16):
+/// lifting it leaves the outer range in force over it. (A lookup in the trie answered
+/// for the inner range with the outer one, so the inner one was taken for known: its
+/// filter bit went uncounted, and its lift cleared the bit the outer range needs.)
+#[test]
+fn lifting_a_range_inside_another_keeps_the_outer_one() {
+    require_kernel!();
+    let mut dp = portsentry_user::kernel::Dataplane::load(&Default::default(), None).unwrap();
+    let ns = portsentry_tests::netns::Netns::new("nested");
+    let verdict = |dp: &portsentry_user::kernel::Dataplane, src: &str| udp_verdict(&ns, dp, src);
+    for (outer, inner, host) in [
+        ("10.20.0.0/16", "10.20.1.0/24", "10.20.1.9"),
+        ("2001:db8:7::/48", "2001:db8:7:1::/64", "2001:db8:7:1::9"),
+    ] {
+        dp.insert_ban(&net(outer), &BanEntry::default()).unwrap();
+        dp.insert_ban(&net(inner), &BanEntry::default()).unwrap();
+        assert!(dp.ban(&net(inner)).unwrap().is_some());
+        assert!(dp.remove_ban(&net(inner)).unwrap(), "{inner}");
+        assert!(dp.ban(&net(inner)).unwrap().is_none(), "{inner} is gone");
+        assert!(dp.ban(&net(outer)).unwrap().is_some(), "{outer} stays");
+        assert_eq!(verdict(&dp, host), XDP_DROP, "{host} in {outer}");
+    }
+}
+
+/// An address's networks banned under each prefix (its /48, /64 and the address itself)
+/// share one key of the exact map: at each change of SOURCE_PREFIX_V6 one of them comes
+/// into the exact map where another leaves it, and every one stays in force. (The one
+/// coming in was removed with the one going out; and a range moved into the trie inside
+/// another was taken for one the trie held, which left the filter bit uncounted.)
+#[test]
+fn bans_that_trade_places_in_the_exact_map_stay() {
+    use portsentry_common::maps::{SETTING_V6_PREFIX_SHIFT, Settings};
+    require_kernel!();
+    let mut dp = portsentry_user::kernel::Dataplane::load(&Default::default(), None).unwrap();
+    let by = |prefix: u32| Settings {
+        event_trigger: 1,
+        flags: prefix << SETTING_V6_PREFIX_SHIFT,
+        ..Default::default()
+    };
+    dp.write_settings(by(64)).unwrap();
+    for n in ["2001:db8:5::/48", "2001:db8:5::/64", "2001:db8:5::/128"] {
+        dp.insert_ban(&net(n), &BanEntry::default()).unwrap();
+    }
+    let ns = portsentry_tests::netns::Netns::new("v6trade");
+    let verdict = |dp: &portsentry_user::kernel::Dataplane, src: &str| udp_verdict(&ns, dp, src);
+    for prefix in [48, 128, 64, 48, 64, 128, 48] {
+        dp.write_settings(by(prefix)).unwrap();
+        for host in ["2001:db8:5::", "2001:db8:5::10", "2001:db8:5:1::10"] {
+            assert_eq!(
+                verdict(&dp, host),
+                XDP_DROP,
+                "{host}, SOURCE_PREFIX_V6={prefix}"
+            );
+        }
+        assert_eq!(verdict(&dp, "2001:db8:6::10"), XDP_PASS);
+        let mut bans: Vec<String> = dp
+            .bans()
+            .unwrap()
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .collect();
+        bans.sort();
+        assert_eq!(
+            bans,
+            ["2001:db8:5::/128", "2001:db8:5::/48", "2001:db8:5::/64"]
+        );
+    }
+    // Each lifted on its own, from the map of the prefix in force.
+    assert!(dp.remove_ban(&net("2001:db8:5::/48")).unwrap());
+    assert_eq!(verdict(&dp, "2001:db8:5:1::10"), XDP_PASS, "the /48 lifted");
+    assert_eq!(verdict(&dp, "2001:db8:5::10"), XDP_DROP, "the /64 stays");
+}
+
 /// The bans carried over after a resize are those the old program made after the
 /// copy: not those the daemon moved since (a SOURCE_PREFIX_V6 changed at the same
 /// start: an address's ban must not come back as its network's) or lifted since.

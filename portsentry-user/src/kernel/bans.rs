@@ -6,7 +6,10 @@
 //! in the hash without its filter bits, and neither the tags nor the cache hold a ban
 //! the hash lacks.
 
-use std::os::fd::BorrowedFd;
+use std::{
+    collections::{HashMap as StdHashMap, HashSet},
+    os::fd::BorrowedFd,
+};
 
 use anyhow::{Context as _, Result};
 use aya::maps::lpm_trie::Key;
@@ -122,7 +125,7 @@ impl Dataplane {
                 for (((net, _), k), is_new) in unwritten {
                     if *is_new {
                         self.net_hash_remove(net)?;
-                    } else if let Some(held) = absent_is_none(self.maps.ban_nets.get(k, 0))? {
+                    } else if let Some(held) = self.trie_ban(k)? {
                         self.net_hash_add(&[(*net, held)])?;
                     }
                 }
@@ -253,7 +256,7 @@ impl Dataplane {
         } else {
             // The range filter first: the program never skips the trie for a banned range.
             let k = Key::new(len, key);
-            let is_new = absent_is_none(self.maps.ban_nets.get(&k, 0))?.is_none();
+            let is_new = self.trie_ban(&k)?.is_none();
             if is_new {
                 self.net_filter_add(std::iter::once(net))?;
             }
@@ -262,7 +265,7 @@ impl Dataplane {
                 if is_new {
                     self.net_hash_remove(net)?;
                     self.net_filter_remove(net)?;
-                } else if let Some(held) = absent_is_none(self.maps.ban_nets.get(&k, 0))? {
+                } else if let Some(held) = self.trie_ban(&k)? {
                     // The hash as the trie has it (it decides first).
                     self.net_hash_add(&[(*net, held)])?;
                 }
@@ -317,11 +320,31 @@ impl Dataplane {
     /// The ban of exactly `net`, if any.
     pub fn ban(&self, net: &IpNet) -> Result<Option<BanEntry>> {
         let (len, key) = addr::net_key(net);
-        absent_is_none(if self.exact(net) {
-            self.maps.bans.get(&key, 0)
+        if self.exact(net) {
+            absent_is_none(self.maps.bans.get(&key, 0))
         } else {
-            self.maps.ban_nets.get(&Key::new(len, key), 0)
-        })
+            self.trie_ban(&Key::new(len, key))
+        }
+    }
+
+    /// The ban of exactly the range `k` in `PS_BAN_NETS`, if the trie holds it. A lookup
+    /// in an LPM trie answers with the longest range holding `k`'s network (a /64 for
+    /// its /128 when the /128 is not there): the trie holds `k` itself when the key the
+    /// kernel gives after `k` is not the trie's first, which it gives after a key it
+    /// does not hold. (Taken for `k`, a covering range's ban made a new range look
+    /// known: its filter bit went uncounted, and its lift cleared the bit under the
+    /// covering range, which then went unseen.)
+    fn trie_ban(&self, k: &Key<Addr>) -> Result<Option<BanEntry>> {
+        let Some(ban) = absent_is_none(self.maps.ban_nets.get(k, 0))? else {
+            return Ok(None);
+        };
+        let trie = fd(&self.maps.ban_nets);
+        let next = |key: Option<&Key<Addr>>| {
+            sys::next_key(trie, key).context("reading the keys of PS_BAN_NETS")
+        };
+        let after = next(Some(k))?;
+        let held = after.is_none() || !same_key(after.as_ref(), next(None)?.as_ref());
+        Ok(held.then_some(ban))
     }
 
     /// Every ban in the kernel, hosts and prefixes (each map read in batches).
@@ -386,13 +409,33 @@ impl Dataplane {
                 (was != will).then_some((net, entry, was))
             })
             .collect();
+        // Two of them may share a key of the exact map, the network of one prefix and
+        // that of the other at the same address (2001:db8::/64 and 2001:db8::/48 trade
+        // places): the one coming in overwrites the entry of the one going out, whose
+        // key then stays (as the other's), and which an error puts back.
+        let key = |net: &IpNet| addr::net_key(net).1;
+        let going: StdHashMap<Addr, (IpNet, BanEntry)> = moved
+            .iter()
+            .filter(|(_, _, was)| *was)
+            .map(|(net, entry, _)| (key(net), (*net, *entry)))
+            .collect();
+        let coming: HashSet<Addr> = moved
+            .iter()
+            .filter(|(_, _, was)| !was)
+            .map(|(net, _, _)| key(net))
+            .collect();
         for (i, (net, entry, was)) in moved.iter().enumerate() {
             if let Err(e) = self.insert_ban_as(net, entry, !was) {
                 // Nothing half-applied: the copies made so far leave the other map
                 // again (a copy left there would stay in force, out of reach of an
                 // unban, which looks in the map of the prefix in force).
                 for (net, _, was) in &moved[..i] {
-                    self.remove_ban_as(net, !was)?;
+                    match going.get(&key(net)) {
+                        Some((out, held)) if !was => self.insert_ban_as(out, held, true)?,
+                        _ => {
+                            self.remove_ban_as(net, !was)?;
+                        }
+                    }
                 }
                 return Err(e.context(format!(
                     "moving the IPv6 bans to SOURCE_PREFIX_V6's other map (the prefix in \
@@ -405,7 +448,9 @@ impl Dataplane {
         // The moves may have set SETTING_PREFIX_BANS.
         self.store_settings(self.keep_presence(settings))?;
         for (net, _, was) in &moved {
-            self.remove_ban_as(net, *was)?;
+            if !(*was && coming.contains(&key(net))) {
+                self.remove_ban_as(net, *was)?;
+            }
         }
         Ok(())
     }
@@ -454,6 +499,15 @@ fn filter_place(key: &Addr) -> BanFilterPlace {
 /// A ban the program made and the daemon has not taken over (origin `Kernel`): the
 /// program set its filter bits without counting them in `filter_users`. (One the load
 /// found in the map was counted then: counted again, its bits only stay set longer.)
+/// Whether two keys of the trie (either absent) are the same range.
+fn same_key(a: Option<&Key<Addr>>, b: Option<&Key<Addr>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.prefix_len() == b.prefix_len() && a.data() == b.data(),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
 fn uncounted(ban: BanEntry) -> bool {
     ban.origin == maps::BanOrigin::Kernel as u8
 }

@@ -410,6 +410,24 @@ fn read_each<K: aya::Pod, V: aya::Pod>(fd: u32) -> std::io::Result<Vec<(K, V)>> 
     }
 }
 
+/// The key after `key` in `map` (its first with `None`; `None` past the last). In an
+/// LPM trie, the key after one the trie does not hold is its first.
+pub fn next_key<K: aya::Pod>(map: BorrowedFd<'_>, key: Option<&K>) -> std::io::Result<Option<K>> {
+    let mut next: K = zeroed(1).remove(0);
+    let mut attr = ElemAttr {
+        map_fd: std::os::fd::AsRawFd::as_raw_fd(&map) as u32,
+        _pad: 0,
+        key: key.map_or(0, |k| k as *const K as u64),
+        value_or_next_key: &mut next as *mut K as u64,
+        flags: 0,
+    };
+    match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+        Ok(()) => Ok(Some(next)),
+    }
+}
+
 /// The value of `key` in a map whose values are `value_len` bytes (a map of an earlier
 /// release's shape, which no type of this one fits).
 pub fn lookup_bytes(map: BorrowedFd<'_>, key: &[u8], value_len: usize) -> std::io::Result<Vec<u8>> {
