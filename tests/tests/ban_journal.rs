@@ -2,7 +2,8 @@
 //! in the middle of a burst of bans, then its pinned maps removed (what a reboot does),
 //! comes back with every ban it acknowledged; a scan ban is in the journal before its
 //! kill commands run; a truncated or bit-flipped journal gives back its intact part and
-//! says which file and where.
+//! says which file and where; a ban made without the daemon runs the undo steps of the
+//! ban it replaces once the journal holds it.
 
 use std::{
     net::{IpAddr, TcpListener},
@@ -216,4 +217,43 @@ fn a_damaged_journal_gives_back_its_intact_part_and_says_where() {
     // The intact ban is in force again, in the kernel.
     assert!(in_kernel(&status(&wd), "192.0.2.10/32"));
     assert!(d.stop().success());
+}
+
+/// `portsentry ban` without a daemon, over a scan ban, when the blocked files cannot be
+/// written: the replacement is in the journal, so the scan ban's undo steps run (and
+/// the command still reports the blocked files). They were skipped with the error, and
+/// nothing ran them after: the scan ban's kill commands stayed in force for good.
+#[test]
+fn a_ban_without_the_daemon_undoes_the_scan_ban_it_replaces_whatever_the_blocked_files() {
+    let wd = Workdir::new();
+    let order = wd.path("order").display().to_string();
+    let conf = wd.config(
+        "lo",
+        &format!("UNKILL_RUN_CMD=\"echo unrun $TARGET$ >> {order}\"\n"),
+    );
+    // The blocked files under a regular file: never written.
+    let text = std::fs::read_to_string(&conf).unwrap();
+    std::fs::write(wd.path("a-file"), "").unwrap();
+    let blocked = wd.path("a-file").join("portsentry.blocked");
+    let text: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("BLOCKED_FILE=") {
+                format!("BLOCKED_FILE=\"{}\"\n", blocked.display())
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&conf, text).unwrap();
+    portsentry_tests::scenario::write_journal(
+        &wd.path("state"),
+        ["192.0.2.44/32".parse().unwrap()],
+    );
+    let (ok, out, err) = wd.cli(&["ban", "192.0.2.44"]);
+    assert!(!ok, "the blocked files could not be written: {out}{err}");
+    assert!(
+        wd.read("order").contains("unrun 192.0.2.44"),
+        "the scan ban's undo did not run: {out}{err}"
+    );
 }

@@ -55,10 +55,15 @@ pub fn ban(args: &BanArgs) -> Result<String> {
     }
     let (mut book, _lock) = direct_book(&c)?;
     let ops::Banned { ban, replaced } = ops::ban(&mut book, &c, net, args.time, asker)?;
-    // Not on disk (the journal's writer stopped with it): the journal still holds the
-    // replaced ban, whose undo the next start runs when it ends; not here as well.
-    close(&mut book)?;
-    run_undo(&c, replaced.as_slice())?;
+    // The replaced ban's undo steps run once the replacement is on disk, whether or not
+    // the blocked files could be written. Not on disk (the journal's writer stopped
+    // with it): the journal still holds the replaced ban, whose undo the next start
+    // runs when it ends; not here as well.
+    let (on_disk, closed) = close(&mut book);
+    if on_disk {
+        run_undo(&c, replaced.as_slice())?;
+    }
+    closed?;
     Ok(format!(
         "{}{}",
         ops::banned_message(&ban),
@@ -86,16 +91,21 @@ pub fn unban(args: &UnbanArgs) -> Result<String> {
     }
     let (mut book, _lock) = direct_book(&c)?;
     let (lifted, result) = ops::unban(&mut book, which);
-    let closed = close(&mut book);
-    run_undo(&c, &lifted)?;
+    // Once the lifts are on disk: else the next start puts the bans back in force, and
+    // runs their undo steps when they end (here as well, they would run twice).
+    let (on_disk, closed) = close(&mut book);
+    if on_disk {
+        run_undo(&c, &lifted)?;
+    }
     result.and_then(|m| closed.map(|()| m))
 }
 
-/// Writes the blocked files and stops the journal's writer (everything on disk).
-fn close(book: &mut Book) -> Result<()> {
+/// Writes the blocked files and stops the journal's writer: whether the journal is on
+/// disk, and whether everything is.
+fn close(book: &mut Book) -> (bool, Result<()>) {
     let blocked = book.flush(|_| {});
     let journal = book.journal().map_or(Ok(()), Journal::close);
-    journal.and(blocked)
+    (journal.is_ok(), journal.and(blocked))
 }
 
 /// The ban book without a daemon: the state lock, the pinned maps when loaded.
