@@ -190,6 +190,21 @@ pub fn sent_to_group<P: Packet + ?Sized>(p: &P, ip: &Ip) -> bool {
     group_frame || is_group_addr(&ip.dst, ip.v6)
 }
 
+/// Whether an IPv6 packet's source is one no answer reaches: in `::/96` (unspecified,
+/// loopback, IPv4-compatible) or `::ffff:0:0/96` (IPv4-mapped). The kernel answers no
+/// SYN from a mapped source (`tcp_v6_conn_request`), drops one from `::1` that did not
+/// come through loopback, and has no route to the others; `::` is what duplicate address
+/// detection sends from. So such a packet is forged, never a probe that learns anything:
+/// counted, one forged SYN would ban `::/64`, the network of them all, and with it the
+/// neighbours' duplicate address detection. (An IPv4 source is held mapped: only for
+/// IPv6.)
+#[inline(always)]
+pub fn from_nowhere(ip: &Ip) -> bool {
+    // Bytes 8 to 11 of the address are the low half of the second word.
+    let low = ip.src[1] & 0xffff_ffff;
+    ip.v6 && ip.src[0] == 0 && (low == 0 || low == 0xffff_0000)
+}
+
 /// `w` with every bit after the first `prefix` cleared (the network of that length).
 #[inline(always)]
 pub fn prefix_words(w: &AddrWords, prefix: u32) -> AddrWords {
@@ -636,7 +651,7 @@ pub fn classify<P: Packet + ?Sized>(p: &P) -> Result<Probe, Counter> {
     let ip = parse_ip(p)?;
     let l4 = parse_l4(p, &ip)?;
     let scan_type = scan_type(&l4)?;
-    if sent_to_group(p, &ip) {
+    if sent_to_group(p, &ip) || from_nowhere(&ip) {
         return Err(Counter::PassNotProbe);
     }
     Ok(Probe { ip, l4, scan_type })
@@ -676,6 +691,40 @@ mod tests {
         }
         for a in ["2001:db8::1", "fe80::1", "fc00::ff"] {
             assert!(!is_group_addr(&v6(a), true), "{a}");
+        }
+    }
+
+    #[test]
+    fn sources_no_answer_reaches() {
+        let ip = |a: &str| {
+            let addr: core::net::IpAddr = a.parse().unwrap();
+            let src: AddrWords = match addr {
+                core::net::IpAddr::V4(v4) => v4_mapped_words(u32::from_ne_bytes(v4.octets())),
+                core::net::IpAddr::V6(v6) => bytemuck::cast(v6.octets()),
+            };
+            Ip {
+                src,
+                dst: [0; 2],
+                v6: addr.is_ipv6(),
+                l3_off: 0,
+                proto: 0,
+                l4_off: 0,
+                shape: 0,
+            }
+        };
+        for a in ["::", "::1", "::192.0.2.1", "::ffff:192.0.2.1", "::ffff:0:0"] {
+            assert!(from_nowhere(&ip(a)), "{a}");
+        }
+        for a in [
+            "192.0.2.1",
+            "0.0.0.0",
+            "2001:db8::1",
+            "fe80::1",
+            "::1:0:0:0",
+            "::fffe:192.0.2.1",
+            "64:ff9b::192.0.2.1",
+        ] {
+            assert!(!from_nowhere(&ip(a)), "{a}");
         }
     }
 }

@@ -35,9 +35,10 @@ pub fn is_banned(src: &AddrWords, addr: &AddrWords, settings: &Settings) -> bool
 }
 
 /// True when an active range ban covers `addr`. The lengths listed for its family are
-/// looked up in the hash, longest first: the first range found decides, as the trie's
-/// longest match would. Nothing found there, the trie decides, unless the family's
-/// ranges are all in the hash.
+/// looked up in the hash, longest first: the first active range found decides; an
+/// expired one (the daemon lifts it within a second, or at its next start) hides no
+/// shorter one. Nothing found there, the trie decides (its longest match), unless the
+/// family's ranges are all in the hash.
 #[inline(always)]
 fn range_ban(addr: &AddrWords) -> bool {
     let family = family_of(addr);
@@ -45,6 +46,8 @@ fn range_ban(addr: &AddrWords) -> bool {
     // walk, not one for each place a range is found.
     let now = clock::now();
     let mut trie = true;
+    // An expired range was found (counted once for the packet).
+    let mut expired = false;
     if let Some(lens) = PS_BAN_NET_LENS.get(0)
         && let (Some(listed), Some(used)) = (lens.lens.get(family), lens.used.get(family))
     {
@@ -54,14 +57,30 @@ fn range_ban(addr: &AddrWords) -> bool {
             }
             if let Some(ban) = PS_BAN_NET_HASH.get_ptr(len.key_of(addr)) {
                 // SAFETY: a value pointer from a successful lookup.
-                return ban_active(unsafe { (*ban).expires_ns }, now);
+                if in_force(unsafe { (*ban).expires_ns }, now) {
+                    return true;
+                }
+                expired = true;
             }
         }
         trie = lens.hashed_only & (1 << family) == 0;
     }
-    trie && PS_BAN_NETS
-        .get(Key::new(128, *key(addr)))
-        .is_some_and(|ban| ban_active(ban.expires_ns, now))
+    if trie && let Some(ban) = PS_BAN_NETS.get(Key::new(128, *key(addr))) {
+        if in_force(ban.expires_ns, now) {
+            return true;
+        }
+        expired = true;
+    }
+    if expired {
+        count(Counter::BanExpired);
+    }
+    false
+}
+
+/// A ban that never expires (0) or expires later than `now`.
+#[inline(always)]
+fn in_force(expires_ns: u64, now: u64) -> bool {
+    expires_ns == 0 || now < expires_ns
 }
 
 /// True when an active exact ban of `src` exists: the filter first, then an IPv4
@@ -133,7 +152,7 @@ fn may_be_in_range(addr: &AddrWords, settings: &Settings) -> bool {
 /// A ban that never expires (0) or expires later than `now`; an expired one is counted.
 #[inline(always)]
 fn ban_active(expires_ns: u64, now: u64) -> bool {
-    if expires_ns == 0 || now < expires_ns {
+    if in_force(expires_ns, now) {
         return true;
     }
     count(Counter::BanExpired);

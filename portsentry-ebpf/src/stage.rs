@@ -11,7 +11,7 @@ use aya_ebpf::programs::XdpContext;
 use portsentry_common::{
     Counter, ScanType,
     maps::{PROBE_STAGE, SETTING_LOCAL_DST, SETTING_VERIFY, Settings, local_filter_bit},
-    packet::{AddrWords, Ip, L4, sent_to_group},
+    packet::{AddrWords, Ip, L4, from_nowhere, sent_to_group},
 };
 
 use crate::{
@@ -117,8 +117,9 @@ fn probe_l4(
     // Sent to a group (a multicast or broadcast frame or address), or to another host
     // (this one routing it, a bridge or a promiscuous interface passing it on): never
     // answered here, so no probe. A router's DHCP offer to 255.255.255.255:68 would
-    // otherwise ban it, and so would a client's SYN routed through this host.
-    if sent_to_group(&XdpPacket(ctx), ip) || !sent_to_this_host(ip, settings) {
+    // otherwise ban it, and so would a client's SYN routed through this host. Nor is
+    // a packet from an IPv6 source no answer reaches (`from_nowhere`).
+    if sent_to_group(&XdpPacket(ctx), ip) || !sent_to_this_host(ip, settings) || from_nowhere(ip) {
         return Counter::PassNotProbe;
     }
     let src = if watched {

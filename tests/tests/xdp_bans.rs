@@ -984,6 +984,31 @@ fn a_prefix_change_the_trie_cannot_take_is_taken_back() {
     }
 }
 
+/// An expired range inside an active one (a CrowdSec /24 whose decision ended, not yet
+/// lifted: the daemon lifts it within a second, or at its next start when it is
+/// stopped) hides nothing: the outer range still drops its hosts. (The first range
+/// found in the hash of lengths decided, expired or not.)
+#[test]
+fn an_expired_range_inside_an_active_one_hides_nothing() {
+    require_kernel!();
+    let mut dp = portsentry_user::kernel::Dataplane::load(&Default::default(), None).unwrap();
+    let ns = portsentry_tests::netns::Netns::new("expired");
+    let verdict = |dp: &portsentry_user::kernel::Dataplane, src: &str| udp_verdict(&ns, dp, src);
+    let ended = BanEntry {
+        expires_ns: 1,
+        ..Default::default()
+    };
+    for (outer, inner, host) in [
+        ("10.30.0.0/16", "10.30.1.0/24", "10.30.1.9"),
+        ("2001:db8:8::/48", "2001:db8:8:1::/64", "2001:db8:8:1::9"),
+    ] {
+        dp.insert_ban(&net(inner), &ended).unwrap();
+        assert_eq!(verdict(&dp, host), XDP_PASS, "{inner} has ended");
+        dp.insert_ban(&net(outer), &BanEntry::default()).unwrap();
+        assert_eq!(verdict(&dp, host), XDP_DROP, "{host} in {outer}");
+    }
+}
+
 /// A range banned inside a banned range (a CrowdSec /24 inside the operator's /16):
 /// lifting it leaves the outer range in force over it. (A lookup in the trie answered
 /// for the inner range with the outer one, so the inner one was taken for known: its

@@ -6,7 +6,7 @@ use portsentry_common::{Counter, ScanType};
 use portsentry_tests::{
     fixture::Fixture,
     frames::{Frame, Transport, flags::*},
-    probe_asserts::{V4_DST, V4_SRC, assert_probe, assert_uncounted, ip, pairs},
+    probe_asserts::{self, V4_DST, V4_SRC, assert_probe, assert_uncounted, ip, pairs},
     require_kernel,
     testrun::XDP_PASS,
 };
@@ -253,6 +253,43 @@ fn nothing_sent_to_a_group_is_a_probe() {
             }
         }
     }
+}
+
+/// A packet from an IPv6 source no answer reaches (in `::/96` or `::ffff:0:0/96`) is no
+/// probe: forged, it learns nothing, and counted by its /64 under SOURCE_PREFIX_V6 one
+/// SYN banned `::/64`, and with it the neighbours' duplicate address detection (sent
+/// from `::`).
+#[test]
+fn nothing_from_an_ipv6_source_no_answer_reaches_is_a_probe() {
+    use portsentry_common::maps::{SETTING_V6_PREFIX_SHIFT, Settings};
+    require_kernel!();
+    let mut fx = Fixture::new();
+    let s = fx.dp.settings();
+    fx.dp
+        .write_settings(Settings {
+            flags: s.flags | 64 << SETTING_V6_PREFIX_SHIFT,
+            ..s
+        })
+        .unwrap();
+    let dst = ip(probe_asserts::V6_DST);
+    for src in ["::ffff:198.51.100.1", "::198.51.100.1", "::", "::1"] {
+        let src = ip(src);
+        for f in [
+            Frame::tcp(src, dst, 23, SYN).build(),
+            Frame::udp(src, dst, 123).build(),
+        ] {
+            fx.expect(&f, XDP_PASS, Counter::PassNotProbe);
+        }
+    }
+    assert_eq!(fx.dp.source(ip("::")).unwrap(), None, "::/64 has no record");
+    // The same from a routable source: a probe.
+    assert_probe(
+        &mut fx,
+        &Frame::tcp(ip("2001:db8:9::1"), dst, 23, SYN).build(),
+        ip("2001:db8:9::"),
+        23,
+        ScanType::TcpSyn,
+    );
 }
 
 /// A unicast datagram of an IP protocol in `PS_PROTOCOLS` (nothing here serves it) is a
