@@ -31,6 +31,14 @@ fn reaches6(net: &TestNet, src: IpAddr) -> bool {
         .is_ok()
 }
 
+/// The reloads the daemon has logged.
+fn reloads(d: &Daemon) -> usize {
+    d.lines()
+        .iter()
+        .filter(|l| l.contains("configuration and ignore list reloaded"))
+        .count()
+}
+
 /// Waits for the history line of `ip` (a source's network address).
 fn wait_history(wd: &Workdir, d: &Daemon, ip: IpAddr) {
     assert!(
@@ -174,12 +182,6 @@ fn changing_the_prefix_keeps_every_ban() {
         assert!(reaches6(net, others[1]), "nothing else");
     };
     cut_off(&net);
-    let reloads = |d: &Daemon| {
-        d.lines()
-            .iter()
-            .filter(|l| l.contains("configuration and ignore list reloaded"))
-            .count()
-    };
     for (i, prefix) in ["128", "48", "64"].into_iter().enumerate() {
         wd.config(&net.server_if, &format!("SOURCE_PREFIX_V6=\"{prefix}\"\n"));
         d.signal(libc::SIGHUP);
@@ -222,12 +224,6 @@ fn bans_that_trade_places_in_the_exact_map_stay() {
         want.push(ban.to_owned());
     }
     want.sort();
-    let reloads = |d: &Daemon| {
-        d.lines()
-            .iter()
-            .filter(|l| l.contains("configuration and ignore list reloaded"))
-            .count()
-    };
     for (i, prefix) in ["48", "128", "64", "48", "64"].into_iter().enumerate() {
         wd.config(&net.server_if, &format!("SOURCE_PREFIX_V6=\"{prefix}\"\n"));
         d.signal(libc::SIGHUP);

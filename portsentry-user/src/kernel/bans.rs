@@ -333,7 +333,9 @@ impl Dataplane {
     /// kernel gives after `k` is not the trie's first, which it gives after a key it
     /// does not hold. (Taken for `k`, a covering range's ban made a new range look
     /// known: its filter bit went uncounted, and its lift cleared the bit under the
-    /// covering range, which then went unseen.)
+    /// covering range, which then went unseen.) Kernels before 6.13 (without "bpf: Fix
+    /// exact match conditions in trie_get_next_key()") may take another key of `k`'s
+    /// length for `k` there, and answer as before.
     fn trie_ban(&self, k: &Key<Addr>) -> Result<Option<BanEntry>> {
         let Some(ban) = absent_is_none(self.maps.ban_nets.get(k, 0))? else {
             return Ok(None);
@@ -496,9 +498,6 @@ fn filter_place(key: &Addr) -> BanFilterPlace {
     maps::ban_filter_place(&bytemuck::cast::<Addr, AddrWords>(*key))
 }
 
-/// A ban the program made and the daemon has not taken over (origin `Kernel`): the
-/// program set its filter bits without counting them in `filter_users`. (One the load
-/// found in the map was counted then: counted again, its bits only stay set longer.)
 /// Whether two keys of the trie (either absent) are the same range.
 fn same_key(a: Option<&Key<Addr>>, b: Option<&Key<Addr>>) -> bool {
     match (a, b) {
@@ -508,6 +507,9 @@ fn same_key(a: Option<&Key<Addr>>, b: Option<&Key<Addr>>) -> bool {
     }
 }
 
+/// A ban the program made and the daemon has not taken over (origin `Kernel`): the
+/// program set its filter bits without counting them in `filter_users`. (One the load
+/// found in the map was counted then: counted again, its bits only stay set longer.)
 fn uncounted(ban: BanEntry) -> bool {
     ban.origin == maps::BanOrigin::Kernel as u8
 }

@@ -242,13 +242,14 @@ fn load_programs(ebpf: &mut Ebpf) -> Result<()> {
 }
 
 /// Maps a pin directory of an earlier release lacks: the next `run` creates them.
-const ADDED_MAPS: [&str; 11] = [
+const ADDED_MAPS: [&str; 12] = [
     names::BAN_TAGS,
     names::BAN_NET_HASH,
     names::BAN_NET_LENS,
     names::ACK_PORTS,
     names::PROTOCOLS,
     names::NET_FILTER,
+    names::LOCAL_FILTER,
     names::TCP_SOCKETS,
     names::TCP_LISTENS,
     names::PROGS,
@@ -590,5 +591,28 @@ impl Dataplane {
             dp.bans_at_load = Some(read);
         }
         Ok(dp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pins of a release before the newest maps are the program's pins all the same
+    /// (`status`, and `ban` or `unban` without the daemon, work on them; the next `run`
+    /// adds the maps). The newest, `PS_LOCAL_FILTER`, was left out of the list: the
+    /// program of the release before looked unloaded.
+    #[test]
+    fn pins_of_the_release_before_the_local_filter_are_pinned() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in names::ALL.iter().filter(|n| **n != names::LOCAL_FILTER) {
+            std::fs::write(dir.path().join(name), "").unwrap();
+        }
+        assert!(is_pinned(dir.path()));
+        std::fs::remove_file(dir.path().join(names::BANS)).unwrap();
+        assert!(
+            !is_pinned(dir.path()),
+            "a map every release pinned is missing"
+        );
     }
 }
