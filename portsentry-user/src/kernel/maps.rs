@@ -27,7 +27,11 @@ use portsentry_common::{
 };
 
 use super::{
-    Dataplane, addr, ban_cache::BanCache, ban_filter::BanFilter, ban_tags::BanTagTable,
+    Dataplane, addr,
+    ban_cache::BanCache,
+    ban_filter::BanFilter,
+    ban_tags::BanTagTable,
+    bans::{read_words, write_changed_words},
     sources::SourceTable,
 };
 use crate::config::ports::PortSet;
@@ -540,9 +544,9 @@ impl Dataplane {
     /// New addresses' bits are set before the old ones go, so that no address of this
     /// host goes unwatched for a moment.
     pub fn write_local(&mut self, addrs: Option<&[IpAddr]>) -> Result<()> {
-        let Some(filter) = &mut self.maps.local_filter else {
+        if self.maps.local_filter.is_none() {
             return Ok(());
-        };
+        }
         let Some(addrs) = addrs else {
             self.local_words = None;
             return self.set_flag(maps::SETTING_LOCAL_DST, false);
@@ -552,31 +556,20 @@ impl Dataplane {
         if in_force && self.local_words.as_ref() == Some(&words) {
             return Ok(());
         }
-        let current = match self.local_words.take() {
-            Some(w) => w,
-            None => (0..LOCAL_FILTER_WORDS)
-                .map(|i| filter.get(&i, 0))
-                .collect::<Result<Vec<u64>, MapError>>()
-                .context("reading PS_LOCAL_FILTER")?,
+        let write = |dp: &Self, now: &[u64], want: &[u64]| match &dp.maps.local_filter {
+            Some(filter) => write_changed_words(fd(filter), now, want, maps::LOCAL_FILTER),
+            None => Ok(()),
+        };
+        let current = match (self.local_words.take(), &self.maps.local_filter) {
+            (Some(w), _) => w,
+            (None, Some(filter)) => read_words(fd(filter), LOCAL_FILTER_WORDS, maps::LOCAL_FILTER)?,
+            (None, None) => vec![0; LOCAL_FILTER_WORDS as usize],
         };
         let union: Vec<u64> = current.iter().zip(&words).map(|(a, b)| a | b).collect();
-        let write = |filter: &mut Array<MapData, u64>, from: &[u64], to: &[u64]| {
-            for (i, (a, b)) in from.iter().zip(to).enumerate() {
-                if a != b {
-                    filter
-                        .set(i as u32, *b, 0)
-                        .context("writing PS_LOCAL_FILTER")?;
-                }
-            }
-            anyhow::Ok(())
-        };
-        write(filter, &current, &union)?;
+        write(self, &current, &union)?;
         // In force once it holds every address; the stale bits go after.
         self.set_flag(maps::SETTING_LOCAL_DST, true)?;
-        let Some(filter) = &mut self.maps.local_filter else {
-            return Ok(());
-        };
-        write(filter, &union, &words)?;
+        write(self, &union, &words)?;
         self.local_words = Some(words);
         Ok(())
     }
