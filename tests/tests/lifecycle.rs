@@ -397,7 +397,7 @@ fn metrics_endpoint_counts_what_was_sent() {
 /// A server whose UNKILL_RUN_CMD (after `before`, a shell prefix) writes `unrun TARGET`
 /// to the file `order`, with a service on port 80 and bans of an hour.
 fn unkill_recorded(before: &str) -> (TestNet, Workdir, TcpListener) {
-    let net = TestNet::new(2);
+    let net = TestNet::new(3);
     let wd = Workdir::new();
     let order = wd.path("order").display().to_string();
     wd.config(
@@ -449,11 +449,14 @@ fn an_operators_ban_over_a_scan_ban_undoes_its_kill_commands() {
 
 /// A ban's hosts.deny line is the one its KILL_HOSTS_DENY made: changed by a reload,
 /// then taken out of the configuration at a restart, the template in force is not the
-/// ban's, and each unban still removes that ban's own line (and nothing else).
+/// ban's, and each unban still removes that ban's own line (and nothing else). A ban
+/// the program made while the daemon was stopped ran its kill commands at the restart,
+/// with no KILL_HOSTS_DENY: it has no line either.
 #[test]
 fn an_unban_removes_the_line_of_the_template_its_ban_was_made_with() {
     require_kernel!();
     let (net, wd, _svc) = unkill_recorded("");
+    let stopped = net.attacker_v4[3];
     let (first, second) = (net.attacker_v4[0], net.attacker_v4[1]);
     let d = scan_banned(&net, &wd, first);
     let first_line = format!("ALL: {first} : DENY");
@@ -487,7 +490,25 @@ fn an_unban_removes_the_line_of_the_template_its_ban_was_made_with() {
         format!("{}{own}\n", wd.read("hosts.deny")),
     )
     .unwrap();
+    // Banned by the program while the daemon is stopped.
+    probe(&net, stopped);
+    assert!(
+        ban_nets(&status(&wd)).contains(&format!("{stopped}/32")),
+        "{}",
+        status(&wd)
+    );
     let d = start(&net, &wd);
+    wait_banned(&wd, &d, stopped);
+    d.wait_for(
+        &format!("External command run for host: {stopped}"),
+        Duration::from_secs(5),
+    );
+    let own_stopped = format!("sshd: {stopped} # atcp");
+    std::fs::write(
+        wd.path("hosts.deny"),
+        format!("{}{own_stopped}\n", wd.read("hosts.deny")),
+    )
+    .unwrap();
     // A ban made now writes no line: an operator's line of the last template's form
     // for its host is not its line.
     let third = net.attacker_v4[2];
@@ -499,20 +520,20 @@ fn an_unban_removes_the_line_of_the_template_its_ban_was_made_with() {
         format!("{}{own_third}\n", wd.read("hosts.deny")),
     )
     .unwrap();
-    for ip in [first, second, third] {
+    for ip in [first, second, stopped, third] {
         let (ok, out, err) = wd.cli(&["unban", &ip.to_string()]);
         assert!(ok, "{out}{err}");
     }
     assert!(
-        wait_until(Duration::from_secs(5), || wd
-            .read("order")
-            .contains(&format!("unrun {third}\n"))),
+        wait_until(Duration::from_secs(5), || [stopped, third]
+            .iter()
+            .all(|ip| wd.read("order").contains(&format!("unrun {ip}\n")))),
         "{}",
         d.lines().join("\n")
     );
     assert!(
         wait_until(Duration::from_secs(5), || wd.read("hosts.deny")
-            == format!("{own}\n{own_third}\n")),
+            == format!("{own}\n{own_stopped}\n{own_third}\n")),
         "hosts.deny: {:?}\n{}",
         wd.read("hosts.deny"),
         d.lines().join("\n")

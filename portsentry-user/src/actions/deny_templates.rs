@@ -4,11 +4,18 @@
 //! restart changed the template (or removed it, or moved the file) must still find it.
 //! [`crate::actions::undo_plan`] removes the line each of them makes for the host too.
 //!
-//! The daemon notes the template in force (or that none is) once a start is done and
-//! at every reload ([`note`]), with the time: an entry each time it changes, the
+//! The daemon notes the template in force (or that none is) at every start and reload
+//! ([`note`]), with the time it is in force from: an entry each time it changes, the
 //! [`KEPT`] most recent kept. A ban's undo takes the template in force when the ban was
 //! made and those noted after it ([`made_with`]), never one replaced before: another
 //! template's line for the same host may be the operator's own.
+//!
+//! A stop notes its time ([`stopped`]). No kill command runs while the daemon is
+//! stopped: the bans the program makes meanwhile run theirs at the next start, with its
+//! template, which is therefore in force from the stop. After a stop that did not note
+//! it (kill -9), a start's template is in force from the start's beginning, before the
+//! program runs with its settings: a ban's time comes from the kernel's coarse clock,
+//! up to a tick (4 ms) early, and must not fall before the template it was made with.
 
 use std::{
     io,
@@ -34,6 +41,10 @@ pub struct Template {
     /// When it was first noted, in milliseconds since the epoch (0: unknown).
     #[serde(default)]
     pub since_ms: u64,
+    /// When the daemon with it in force stopped, in milliseconds since the epoch;
+    /// `None` while in force (or after a stop that did not note it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_ms: Option<u64>,
 }
 
 /// The templates `list` holds that a ban made at `made` may have written its line
@@ -77,28 +88,57 @@ fn millis(t: SystemTime) -> u64 {
 }
 
 /// Notes `c`'s `KILL_HOSTS_DENY` (with its `HOSTS_DENY_FILE`), or that it has none, as
-/// in force from now: appended when the last entry differs (the file is written only
-/// then), the oldest dropped past [`KEPT`].
-pub fn note(c: &Config) -> io::Result<()> {
+/// in force from the last entry's stop when one was noted, else from `from` (a start's
+/// beginning, or a reload): appended when the last entry differs (the file is written
+/// only then, or to take a stop back), the oldest dropped past [`KEPT`].
+pub fn note(c: &Config, from: SystemTime) -> io::Result<()> {
     let template = &c.kill_hosts_deny;
     // A list that does not parse is replaced: the one in force is what matters most.
     let mut list = load(&c.state_dir).unwrap_or_default();
     let same = |t: &Template| {
         t.template == *template && (template.is_none() || t.file == c.hosts_deny_file)
     };
-    if list.last().is_some_and(same) || (list.is_empty() && template.is_none()) {
-        return Ok(());
+    match list.last_mut() {
+        // The same template again after a stop: in force still.
+        Some(last) if same(last) => {
+            if last.until_ms.take().is_none() {
+                return Ok(());
+            }
+        }
+        None if template.is_none() => return Ok(()),
+        last => {
+            let since_ms = last.and_then(|t| t.until_ms).unwrap_or(millis(from));
+            list.push(Template {
+                file: c.hosts_deny_file.clone(),
+                template: template.clone(),
+                since_ms,
+                until_ms: None,
+            });
+        }
     }
-    list.push(Template {
-        file: c.hosts_deny_file.clone(),
-        template: template.clone(),
-        since_ms: millis(SystemTime::now()),
-    });
+    save(&c.state_dir, list)
+}
+
+/// Notes that the daemon stops now: the bans made from now on run their kill commands
+/// at the next start, with the template it notes ([`note`]).
+pub fn stopped(state_dir: &Path) -> io::Result<()> {
+    let mut list = load(state_dir)?;
+    match list.last_mut() {
+        Some(last) if last.until_ms.is_none() => {
+            last.until_ms = Some(millis(SystemTime::now()));
+            save(state_dir, list)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Writes `list`, the oldest dropped past [`KEPT`].
+fn save(state_dir: &Path, mut list: Vec<Template>) -> io::Result<()> {
     let drop = list.len().saturating_sub(KEPT);
     list.drain(..drop);
-    std::fs::create_dir_all(&c.state_dir)?;
+    std::fs::create_dir_all(state_dir)?;
     let bytes = serde_json::to_vec_pretty(&list).map_err(io::Error::other)?;
-    fsutil::write_atomic(&path(&c.state_dir), &bytes, None)
+    fsutil::write_atomic(&path(state_dir), &bytes, None)
 }
 
 #[cfg(test)]
@@ -118,13 +158,17 @@ mod tests {
     fn each_change_is_noted_and_the_oldest_go() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(load(dir.path()).unwrap(), []);
-        note(&config(dir.path(), None, "/etc/hosts.deny")).unwrap();
+        note(
+            &config(dir.path(), None, "/etc/hosts.deny"),
+            SystemTime::now(),
+        )
+        .unwrap();
         assert!(!path(dir.path()).exists(), "nothing to note");
         let a = config(dir.path(), Some("ALL: $TARGET$"), "/etc/hosts.deny");
         let b = config(dir.path(), Some("sshd: $TARGET$"), "/etc/hosts.deny");
         let none = config(dir.path(), None, "/etc/hosts.deny");
         for c in [&a, &a, &b, &a, &none, &none] {
-            note(c).unwrap();
+            note(c, SystemTime::now()).unwrap();
         }
         let templates: Vec<Option<String>> = load(dir.path())
             .unwrap()
@@ -142,11 +186,10 @@ mod tests {
             ]
         );
         for i in 0..KEPT + 3 {
-            note(&config(
-                dir.path(),
-                Some(&format!("ALL: $TARGET$ #{i}")),
-                "/x",
-            ))
+            note(
+                &config(dir.path(), Some(&format!("ALL: $TARGET$ #{i}")), "/x"),
+                SystemTime::now(),
+            )
             .unwrap();
         }
         let list = load(dir.path()).unwrap();
@@ -158,8 +201,49 @@ mod tests {
         std::fs::write(path(dir.path()), "{").unwrap();
         let e = load(dir.path()).unwrap_err().to_string();
         assert!(e.contains("hosts-deny-templates.json"), "{e}");
-        note(&a).unwrap();
+        note(&a, SystemTime::now()).unwrap();
         assert_eq!(load(dir.path()).unwrap().len(), 1, "replaced");
+    }
+
+    /// A ban the program made while the daemon was stopped ran its kill commands at the
+    /// next start, with that start's template: the template before the stop is not
+    /// its (the operator may have written a line of that form for the host since).
+    #[test]
+    fn a_start_template_is_in_force_from_the_stop_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |ms: u64| UNIX_EPOCH + std::time::Duration::from_millis(ms);
+        let templates = |made: u64| {
+            made_with(&load(dir.path()).unwrap(), at(made))
+                .iter()
+                .map(|t| t.template.clone())
+                .collect::<Vec<_>>()
+        };
+        let a = config(dir.path(), Some("ALL: $TARGET$"), "/etc/hosts.deny");
+        let none = config(dir.path(), None, "/etc/hosts.deny");
+        note(&a, at(1_000)).unwrap();
+        // Nothing noted before: nothing to stop.
+        stopped(tempfile::tempdir().unwrap().path()).unwrap();
+        stopped(dir.path()).unwrap();
+        let stop = load(dir.path()).unwrap()[0].until_ms.unwrap();
+        assert!(stop >= millis(SystemTime::now()) - 60_000, "{stop}");
+        stopped(dir.path()).unwrap();
+        assert_eq!(load(dir.path()).unwrap()[0].until_ms, Some(stop), "kept");
+        // The next start, much later, with none: in force from the stop.
+        note(&none, at(stop + 3_600_000)).unwrap();
+        let list = load(dir.path()).unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!((list[1].since_ms, list[1].until_ms), (stop, None));
+        assert_eq!(templates(stop + 1), [None]);
+        assert_eq!(templates(stop - 1), [Some("ALL: $TARGET$".into()), None]);
+        // The same template after a stop stays in force: the stop is taken back.
+        stopped(dir.path()).unwrap();
+        note(&none, at(stop + 7_200_000)).unwrap();
+        let list = load(dir.path()).unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!((list[1].since_ms, list[1].until_ms), (stop, None));
+        // After a stop that noted nothing (kill -9): from the start's beginning given.
+        note(&a, at(stop + 9_000_000)).unwrap();
+        assert_eq!(load(dir.path()).unwrap()[2].since_ms, stop + 9_000_000);
     }
 
     #[test]
@@ -168,6 +252,7 @@ mod tests {
             file: "/etc/hosts.deny".into(),
             template: Some(template.into()),
             since_ms: since,
+            until_ms: None,
         };
         let list = [t("a", 100), t("b", 200), t("c", 300)];
         let at = |s: u64| {

@@ -317,6 +317,7 @@ fn undo_steps() {
         file: file.into(),
         template: Some(template.into()),
         since_ms: 0,
+        until_ms: None,
     };
     let earlier = [
         earlier("/etc/hosts.deny", "sshd: $TARGET$"),

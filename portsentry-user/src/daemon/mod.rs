@@ -196,6 +196,9 @@ pub async fn run(
     lock: fs::File,
 ) -> Result<()> {
     let _lock = lock;
+    // Before the program runs with this start's settings: the KILL_HOSTS_DENY in force
+    // from here on, when the last stop did not say when.
+    let began = SystemTime::now();
     let log = Logger::install(
         eff.config.syslog && std::env::var_os("JOURNAL_STREAM").is_none(),
         stderr,
@@ -363,8 +366,8 @@ pub async fn run(
     let control = crate::control::listen(&c.state_dir)?;
     // After the guard and the restored bans: the first full answer reconciles with them.
     crowdsec::start(&shared)?;
-    // The start is done: the KILL_HOSTS_DENY in force from now.
-    upkeep::note_deny_template(&shared.log, c);
+    // The start is done: the KILL_HOSTS_DENY in force since the last stop (or `began`).
+    upkeep::note_deny_template(&shared.log, c, began);
     crowdsec::write_status(&shared);
     shared.log.notice(&format!(
         "portsentry: bans restored in {:.2?}, {:.2?} of it writing and reading the kernel's \
@@ -428,6 +431,8 @@ pub async fn run(
     // Let running response jobs and undo steps finish, and those asked for before now
     // (each command is bounded by KILL_TIMEOUT).
     jobs.drain(shared.eff().config.kill_timeout * 3).await;
+    // No kill command runs from now until the next start.
+    upkeep::note_stopped(&shared.log, &shared.eff().config);
     crowdsec::save_reports(&shared);
     let _ = fs::remove_file(paths::control_socket(&shared.eff().config.state_dir));
     let mut book = shared.book();

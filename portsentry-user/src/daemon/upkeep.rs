@@ -141,7 +141,7 @@ pub(super) fn reload(shared: &Arc<Shared>, args: &ConfigArgs) {
                      start (the maps are resized then, every ban kept)",
                 );
             }
-            note_deny_template(&shared.log, &new.config);
+            note_deny_template(&shared.log, &new.config, SystemTime::now());
             shared.set_eff(new);
             shared
                 .log
@@ -155,15 +155,27 @@ pub(super) fn reload(shared: &Arc<Shared>, args: &ConfigArgs) {
     }
 }
 
-/// Notes the `KILL_HOSTS_DENY` in force ([`deny_templates::note`]), so that the undo
-/// of a ban made with it finds its line after it changes; a failure is logged.
-pub(super) fn note_deny_template(log: &Logger, c: &Config) {
-    if let Err(e) = deny_templates::note(c) {
+/// Notes the `KILL_HOSTS_DENY` in force from `from` ([`deny_templates::note`]), so that
+/// the undo of a ban made with it finds its line after it changes; a failure is logged.
+pub(super) fn note_deny_template(log: &Logger, c: &Config, from: SystemTime) {
+    if let Err(e) = deny_templates::note(c, from) {
         log.warn(&format!(
             "portsentry: ERROR: noting KILL_HOSTS_DENY in {}: {e}; if it changes, the lines \
              of the bans made with it stay in {} when they end",
             deny_templates::path(&c.state_dir).display(),
             c.hosts_deny_file.display()
+        ));
+    }
+}
+
+/// Notes the stop ([`deny_templates::stopped`]): the bans the program makes until the
+/// next start run their kill commands with that start's template. A failure is logged.
+pub(super) fn note_stopped(log: &Logger, c: &Config) {
+    if let Err(e) = deny_templates::stopped(&c.state_dir) {
+        log.warn(&format!(
+            "portsentry: ERROR: noting the stop in {}: {e}; an unban of a ban made while \
+             stopped may remove the line an earlier KILL_HOSTS_DENY would make for its host",
+            deny_templates::path(&c.state_dir).display(),
         ));
     }
 }
