@@ -14,8 +14,11 @@
 //! stopped: the bans the program makes meanwhile run theirs at the next start, with its
 //! template, which is therefore in force from the stop. After a stop that did not note
 //! it (kill -9), a start's template is in force from the start's beginning, before the
-//! program runs with its settings: a ban's time comes from the kernel's coarse clock,
-//! up to a tick (4 ms) early, and must not fall before the template it was made with.
+//! program runs with its settings: a ban the program makes is dated by the kernel's
+//! coarse clock, up to two ticks (8 ms at 250 Hz) early, and must not fall before the
+//! template it was made with. Such a ban made within two ticks after a reload may be
+//! dated before it: its undo removes the lines of both templates for its host (the
+//! other side would leave its own line for good).
 
 use std::{
     io,
