@@ -5,6 +5,7 @@
 //! decisions). Stopped by its pid on drop. Nothing system-wide is read or written.
 
 use std::{
+    io::{Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpListener},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
@@ -210,6 +211,51 @@ impl Lapi {
         } else {
             Err(text)
         }
+    }
+
+    /// Runs `sql` on the server's SQLite database (`sqlite3`, waiting up to 10 s while
+    /// the server holds it locked). Panics when it fails.
+    pub fn sql(&self, sql: &str) {
+        let out = Command::new("sqlite3")
+            .args([
+                "-cmd",
+                ".timeout 10000",
+                &self.path("data/crowdsec.db"),
+                sql,
+            ])
+            .output()
+            .expect("running sqlite3");
+        assert!(
+            out.status.success(),
+            "sqlite3 {sql:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// One call of the decision stream with a bouncer's `key` (`startup`: a full answer),
+    /// from `ns` (the server's namespace, where it was started); the body.
+    pub fn stream(&self, ns: &Netns, key: &str, startup: bool) -> String {
+        assert_eq!(ns.name, self.ns, "the server's namespace");
+        let answer = ns.enter(|| {
+            let mut conn = std::net::TcpStream::connect(self.addr).expect("connecting");
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            write!(
+                conn,
+                "GET /v1/decisions/stream?startup={startup} HTTP/1.0\r\nHost: lapi\r\n\
+                 X-Api-Key: {key}\r\n\r\n"
+            )
+            .unwrap();
+            let mut answer = String::new();
+            conn.read_to_string(&mut answer)
+                .expect("reading the answer");
+            answer
+        });
+        assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+        answer
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default()
     }
 
     /// Registers a bouncer named `name`; its key.

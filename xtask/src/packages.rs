@@ -27,6 +27,8 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
     // The unpacked crowdsec and cscli (UNPACKED_PACKAGES) link it; `dpkg-deb -x` installs
     // no dependency.
     ("libsqlite3-0", "libsqlite3.so.0"),
+    // tests/tests/crowdsec.rs: a trigger in the test Local API's own database.
+    ("sqlite3", "sqlite3"),
 ];
 
 /// What `cargo xtask deb` (and `cargo xtask test`, which builds the package for its test)

@@ -86,8 +86,8 @@ pub struct Decision {
 pub struct Answer {
     pub new: Vec<Decision>,
     pub deleted: Vec<Decision>,
-    /// The decisions skipped, with why.
-    pub skipped: Vec<Outcome>,
+    /// The decisions skipped: each one's id (`None` when it has none) and why.
+    pub skipped: Vec<(Option<i64>, Outcome)>,
 }
 
 /// The filters of CROWDSEC_ORIGINS and CROWDSEC_SCENARIOS_EXCLUDE.
@@ -123,7 +123,7 @@ pub fn read(body: &[u8], filter: &Filter) -> Result<Answer, String> {
         let mut out = Answer::default();
         for (list, deleted) in [(typed.new, false), (typed.deleted, true)] {
             for f in list.iter().flatten() {
-                out.add(decision(f, deleted, filter), deleted);
+                out.add(f.id, decision(f, deleted, filter), deleted);
             }
         }
         return Ok(out);
@@ -145,21 +145,23 @@ fn read_values(body: &[u8], filter: &Filter) -> Result<Answer, String> {
             Some(_) => return Err(format!("\"{field}\" is not a list")),
         };
         for item in list {
-            let d = Fields::of_value(item)
+            let f = Fields::of_value(item);
+            let id = f.as_ref().and_then(|f| f.id);
+            let d = f
                 .ok_or(Outcome::Invalid)
                 .and_then(|f| decision(&f, deleted, filter));
-            out.add(d, deleted);
+            out.add(id, d, deleted);
         }
     }
     Ok(out)
 }
 
 impl Answer {
-    fn add(&mut self, d: Result<Decision, Outcome>, deleted: bool) {
+    fn add(&mut self, id: Option<i64>, d: Result<Decision, Outcome>, deleted: bool) {
         match d {
             Ok(d) if deleted => self.deleted.push(d),
             Ok(d) => self.new.push(d),
-            Err(why) => self.skipped.push(why),
+            Err(why) => self.skipped.push((id, why)),
         }
     }
 }
@@ -405,7 +407,7 @@ mod tests {
         assert_eq!(a.new[0].left, Duration::from_millis(3_598_800));
         assert_eq!(a.deleted.len(), 1);
         assert_eq!(a.deleted[0].net.to_string(), "192.0.2.5/32");
-        let mut skipped = a.skipped.clone();
+        let mut skipped: Vec<Outcome> = a.skipped.iter().map(|s| s.1).collect();
         skipped.sort();
         assert_eq!(
             skipped,
@@ -464,7 +466,7 @@ mod tests {
         let a = read(odd, &Filter::default()).unwrap();
         assert_eq!(
             (a.new.len(), a.skipped.as_slice()),
-            (1, &[Outcome::OtherScope][..])
+            (1, &[(Some(2), Outcome::OtherScope)][..])
         );
     }
 }

@@ -52,13 +52,13 @@ impl Held {
         }
     }
 
-    pub fn holds(&self, net: &IpNet) -> bool {
-        self.by_net.contains_key(net)
+    /// Whether decision `id` holds a network.
+    pub fn has_id(&self, id: i64) -> bool {
+        self.by_id.contains_key(&id)
     }
 
-    pub fn clear(&mut self) {
-        self.by_net.clear();
-        self.by_id.clear();
+    pub fn holds(&self, net: &IpNet) -> bool {
+        self.by_net.contains_key(net)
     }
 
     pub fn len(&self) -> usize {

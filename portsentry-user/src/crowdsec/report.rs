@@ -14,7 +14,7 @@
 //! (ESCALATE_AFTER), and `portsentry/scan` when the scan type is unknown.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     fs, io,
     path::Path,
     sync::{
@@ -292,6 +292,18 @@ impl Outbox {
 
     pub fn len(&self) -> usize {
         self.queue.lock().expect("outbox lock").items.len()
+    }
+
+    /// The deletions waiting (or being sent): the scenarios of our decisions to delete,
+    /// by network.
+    pub fn unbans_waiting(&self) -> HashMap<IpNet, Vec<String>> {
+        let mut out: HashMap<IpNet, Vec<String>> = HashMap::new();
+        for item in &self.queue.lock().expect("outbox lock").items {
+            if let Item::Unban { net, scenario } = item {
+                out.entry(*net).or_default().push(scenario.clone());
+            }
+        }
+        out
     }
 
     pub fn is_empty(&self) -> bool {
@@ -669,6 +681,32 @@ mod tests {
         let q = &o.queue.lock().unwrap().items;
         assert!(!q.contains(&ban(&net(BATCH + 5), None)));
         assert!(q.contains(&ban(&net(BATCH + 6), None)));
+    }
+
+    /// The deletions waiting are named by network and scenario until they are sent.
+    #[test]
+    fn the_deletions_waiting_are_known_until_sent() {
+        let o = Outbox::default();
+        assert!(o.unbans_waiting().is_empty());
+        o.push(ban("192.0.2.1/32", None));
+        o.push(unban("192.0.2.2/32"));
+        let waiting = o.unbans_waiting();
+        let net: IpNet = "192.0.2.2/32".parse().unwrap();
+        assert_eq!(waiting.len(), 1);
+        assert_eq!(
+            waiting[&net],
+            [scenario(Some(ScanType::TcpSyn), false)],
+            "{waiting:?}"
+        );
+        // Being sent: still waiting; sent: not any more.
+        let batch = o.next();
+        assert_eq!(o.unbans_waiting().len(), 1);
+        o.done(batch.len());
+        let batch = o.next();
+        assert!(matches!(batch[..], [Item::Unban { .. }]));
+        assert_eq!(o.unbans_waiting().len(), 1);
+        o.done(batch.len());
+        assert!(o.unbans_waiting().is_empty());
     }
 
     /// The reports not yet sent outlive a restart, in their order and before those

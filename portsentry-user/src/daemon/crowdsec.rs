@@ -7,7 +7,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, MutexGuard},
     time::{Duration, SystemTime},
 };
 
@@ -39,7 +39,7 @@ use crate::{
 /// counted when the Local API answered: the same decision in two answers gives ends
 /// apart by the difference of the two answers' delays (seconds for a full answer of a
 /// large list). Rewritten each time, every CrowdSec ban went back into the maps and the
-/// journal at every full answer (every 5 minutes), and its end crept later.
+/// journal at every full answer, and its end crept later.
 const END_SLACK: Duration = Duration::from_secs(5);
 
 /// Whether a ban ending at `current` (`None`: never) stands for a decision ending at
@@ -65,11 +65,13 @@ pub(super) struct Fleet {
 
 /// The decisions the stream gave that are in force at the Local API.
 #[derive(Default)]
-struct Decisions {
+pub(super) struct Decisions {
     /// The decisions that hold each network.
     held: Held,
     /// The networks whose refusal was logged (once each).
     logged: HashSet<IpNet>,
+    /// The decisions refused (by the guard) or that failed, counted once each.
+    refused: HashSet<i64>,
     /// The end of the longest decision on each network banned here by other means (a
     /// scan, the operator): when that ban expires first, the decision's ban takes its
     /// place at once ([`after_expiry`]), not at the next full answer.
@@ -280,10 +282,18 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool, asked: SystemTime) {
     let Decisions {
         held,
         logged,
+        refused,
         behind,
     } = &mut *decisions;
     let now = SystemTime::now();
     let answer_len = answer.new.len() + answer.deleted.len() + answer.skipped.len();
+    // Our decisions whose deletion is on its way (an operator's unban of our scan ban):
+    // not put in force again meanwhile.
+    let withdrawing = fleet
+        .outbox
+        .as_ref()
+        .map(|o| o.unbans_waiting())
+        .unwrap_or_default();
     let mut counts: BTreeMap<Outcome, u64> = BTreeMap::new();
     let mut lifted: Vec<Ban> = Vec::new();
     let mut added: Vec<Ban> = Vec::new();
@@ -293,11 +303,17 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool, asked: SystemTime) {
     {
         let mut book = shared.book();
         let ours = |b: &Option<Ban>| b.is_some_and(|b| b.origin == BanOrigin::CrowdSec);
-        if full {
-            held.clear();
+        // A full answer names every decision again: what it counts is what it is the
+        // first to give (a delta missed it), not each decision once more.
+        let (held_before, refused_before) = if full {
             behind.clear();
-        }
+            (std::mem::take(held), std::mem::take(refused))
+        } else {
+            Default::default()
+        };
+        let counted = |id: i64, held: &Held| !held.has_id(id) && !held_before.has_id(id);
         for d in &answer.deleted {
+            refused.remove(&d.id);
             let Some(net) = held.remove(d.id) else {
                 continue;
             };
@@ -318,6 +334,12 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool, asked: SystemTime) {
         let mut pending: Vec<(Ban, bool, Vec<&Decision>)> = Vec::new();
         let mut at: HashMap<IpNet, usize> = HashMap::new();
         for d in &answer.new {
+            if withdrawing
+                .get(&d.net)
+                .is_some_and(|s| s.contains(&d.scenario))
+            {
+                continue;
+            }
             let expires = asked + d.left;
             if let Some(&i) = at.get(&d.net) {
                 let (ban, _, ds) = &mut pending[i];
@@ -329,7 +351,9 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool, asked: SystemTime) {
             if current.is_some() && !ours(&current) {
                 // Ours (a scan, the operator's): it stays as it is, and the decision waits
                 // behind it in case it ends first; our own decisions coming back end here.
-                *counts.entry(Outcome::Duplicate).or_default() += 1;
+                if counted(d.id, held) {
+                    *counts.entry(Outcome::Duplicate).or_default() += 1;
+                }
                 held.add(d.id, d.net);
                 let end = behind.entry(d.net).or_insert(expires);
                 *end = (*end).max(expires);
@@ -338,6 +362,10 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool, asked: SystemTime) {
             if let Some(b) = current
                 && covers(b.expires, expires)
             {
+                // A decision of a network in force by another: a duplicate too.
+                if counted(d.id, held) {
+                    *counts.entry(Outcome::Duplicate).or_default() += 1;
+                }
                 held.add(d.id, d.net);
                 continue;
             }
@@ -345,16 +373,25 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool, asked: SystemTime) {
             let ban = Ban::of_decision(d.net, current.map_or(now, |b| b.since), expires);
             pending.push((ban, current.is_none(), vec![d]));
         }
+        // Counted once each: not a decision held before (a ban put back after the
+        // operator's unban, a rewrite to a later end).
+        let first: Vec<usize> = pending
+            .iter()
+            .map(|(_, _, ds)| ds.iter().filter(|d| counted(d.id, held)).count())
+            .collect();
         let bans: Vec<Ban> = pending.iter().map(|(b, _, _)| *b).collect();
         let results = book.put_many(&bans);
         drop(bans);
-        for ((ban, new, ds), result) in pending.into_iter().zip(results) {
+        for (((ban, new, ds), result), first) in pending.into_iter().zip(results).zip(first) {
             match result {
                 Ok(()) => {
                     for d in &ds {
                         held.add(d.id, d.net);
+                        refused.remove(&d.id);
                     }
-                    *counts.entry(Outcome::Applied).or_default() += ds.len() as u64;
+                    if first > 0 {
+                        *counts.entry(Outcome::Applied).or_default() += first as u64;
+                    }
                     if new {
                         shared.metrics.ban_added(BanOrigin::CrowdSec);
                         added.push(ban);
@@ -367,7 +404,13 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool, asked: SystemTime) {
                     } else {
                         Outcome::Failed
                     };
-                    *counts.entry(outcome).or_default() += ds.len() as u64;
+                    let first = ds
+                        .iter()
+                        .filter(|d| refused.insert(d.id) && !refused_before.contains(&d.id))
+                        .count();
+                    if first > 0 {
+                        *counts.entry(outcome).or_default() += first as u64;
+                    }
                     if logged.insert(ban.net) {
                         warnings.push(format!(
                             "not enforcing the decision on {} ({}, {}): {e:#}",
@@ -418,7 +461,7 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool, asked: SystemTime) {
     ) {
         log.notice(&line);
     }
-    if full || answer_len >= TRIM_AFTER {
+    if answer_len >= TRIM_AFTER {
         // A large answer's parse (a JSON value per field of every decision) is freed:
         // give the pages back rather than keep them as free heap.
         #[cfg(target_env = "gnu")]
@@ -443,16 +486,31 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool, asked: SystemTime) {
     spawn_kills(shared, &added);
 }
 
+/// The decisions' lock, when the link is on: taken before the book, as [`apply`] does.
+pub(super) fn decisions(shared: &Shared) -> Option<MutexGuard<'_, Decisions>> {
+    shared
+        .crowdsec
+        .as_ref()
+        .map(|f| f.decisions.lock().expect("decisions lock"))
+}
+
 /// Puts in force the decisions that waited behind bans of ours (a scan's, the
 /// operator's) that expired (`ended`, the networks lifted): the address stays banned,
 /// as a CrowdSec ban until the decision ends, rather than unbanned until the next full
 /// answer. An operator's `unban` does not come here: a decision on it is enforced again
 /// at the next full answer, as for any CrowdSec ban an operator lifts.
-pub(super) fn after_expiry(shared: &Arc<Shared>, ended: &[Ban]) {
-    let Some(fleet) = &shared.crowdsec else {
+///
+/// `decisions` ([`decisions`]) was taken before the book that lifted `ended`, and held
+/// since: an answer applied in between would find no ban on such a network and put the
+/// decision in force itself, as a new one.
+pub(super) fn after_expiry(
+    shared: &Arc<Shared>,
+    decisions: Option<MutexGuard<'_, Decisions>>,
+    ended: &[Ban],
+) {
+    let (Some(fleet), Some(mut decisions)) = (&shared.crowdsec, decisions) else {
         return;
     };
-    let mut decisions = fleet.decisions.lock().expect("decisions lock");
     if decisions.behind.is_empty() || ended.is_empty() {
         return;
     }

@@ -315,6 +315,9 @@ pub(super) fn enforce_guard(shared: &Arc<Shared>, when: &str) {
 pub(super) fn housekeeping(shared: &Arc<Shared>) {
     respond::drain_waiting(shared);
     let now = SystemTime::now();
+    // The CrowdSec decisions first, held until those behind the expired bans are put in
+    // force (`crowdsec::after_expiry`).
+    let decisions = super::crowdsec::decisions(shared);
     // One hold of the book for both: a ban of the same network made in between (the
     // control socket's) would be lifted as expired.
     let mut book = shared.book();
@@ -335,7 +338,9 @@ pub(super) fn housekeeping(shared: &Arc<Shared>) {
                 .notice(&format!("portsentry: ban of {} expired", b.net));
             spawn_undo_in(shared, *b, BanEnd::Expired, place);
         }
-        super::crowdsec::after_expiry(shared, &lifted);
+        super::crowdsec::after_expiry(shared, decisions, &lifted);
+    } else {
+        drop(decisions);
     }
     let s = shared.clone();
     let compacted = move |r: anyhow::Result<u64>| match r {
