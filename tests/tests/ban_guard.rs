@@ -205,7 +205,7 @@ fn a_range_ban_spares_ignored_hosts_and_sighup_makes_them_reachable_at_once() {
         Duration::from_secs(5),
     );
     assert!(
-        wait_until(Duration::from_secs(2), || reaches(&net, e)),
+        wait_until(Duration::from_secs(5), || reaches(&net, e)),
         "the ignored host of the range"
     );
     assert!(reaches(&net, a), "the ignored host whose ban was lifted");
@@ -511,7 +511,7 @@ fn the_gateways_of_this_hosts_routes_are_never_banned() {
         ),
         Duration::from_secs(15),
     );
-    assert!(wait_until(Duration::from_secs(2), || reaches(
+    assert!(wait_until(Duration::from_secs(5), || reaches(
         &net, later_gw
     )));
     assert!(banned(&wd, scanner), "the scanner stays banned");
