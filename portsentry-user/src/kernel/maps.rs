@@ -544,9 +544,9 @@ impl Dataplane {
     /// New addresses' bits are set before the old ones go, so that no address of this
     /// host goes unwatched for a moment.
     pub fn write_local(&mut self, addrs: Option<&[IpAddr]>) -> Result<()> {
-        if self.maps.local_filter.is_none() {
+        let Some(map) = &self.maps.local_filter else {
             return Ok(());
-        }
+        };
         let Some(addrs) = addrs else {
             self.local_words = None;
             return self.set_flag(maps::SETTING_LOCAL_DST, false);
@@ -556,20 +556,22 @@ impl Dataplane {
         if in_force && self.local_words.as_ref() == Some(&words) {
             return Ok(());
         }
-        let write = |dp: &Self, now: &[u64], want: &[u64]| match &dp.maps.local_filter {
-            Some(filter) => write_changed_words(fd(filter), now, want, maps::LOCAL_FILTER),
-            None => Ok(()),
+        // Its own descriptor: the flag is written between the two passes.
+        let filter = fd(map)
+            .try_clone_to_owned()
+            .context("duplicating the descriptor of PS_LOCAL_FILTER")?;
+        let write = |now: &[u64], want: &[u64]| {
+            write_changed_words(filter.as_fd(), now, want, maps::LOCAL_FILTER)
         };
-        let current = match (self.local_words.take(), &self.maps.local_filter) {
-            (Some(w), _) => w,
-            (None, Some(filter)) => read_words(fd(filter), LOCAL_FILTER_WORDS, maps::LOCAL_FILTER)?,
-            (None, None) => vec![0; LOCAL_FILTER_WORDS as usize],
+        let current = match self.local_words.take() {
+            Some(w) => w,
+            None => read_words(filter.as_fd(), LOCAL_FILTER_WORDS, maps::LOCAL_FILTER)?,
         };
         let union: Vec<u64> = current.iter().zip(&words).map(|(a, b)| a | b).collect();
-        write(self, &current, &union)?;
+        write(&current, &union)?;
         // In force once it holds every address; the stale bits go after.
         self.set_flag(maps::SETTING_LOCAL_DST, true)?;
-        write(self, &union, &words)?;
+        write(&union, &words)?;
         self.local_words = Some(words);
         Ok(())
     }
