@@ -19,7 +19,6 @@ pub mod state;
 
 use std::{
     borrow::Cow,
-    cell::Cell,
     collections::{BTreeMap, HashMap},
     net::IpAddr,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -338,9 +337,113 @@ pub struct BanStore {
     /// length in use.
     lengths_v4: [u32; 33],
     lengths_v6: [u32; 129],
-    /// No ban expires before this (wall-clock ms; `u64::MAX`: none expires): the
-    /// once-a-second expiry check scans the store only when a ban is due.
-    earliest_expiry: Cell<u64>,
+    /// When the timed bans end: [`Ends`].
+    ends: Ends,
+}
+
+/// The timed bans by the second they end in (wall-clock seconds), so that the
+/// once-a-second expiry check reads the seconds that have come, not the whole store (a
+/// million CrowdSec decisions end all day long). An entry is not taken out when its
+/// ban is lifted or replaced: it is checked against the store when its second comes,
+/// and dropped then if the ban is gone or now ends in a later second (a replaced ban
+/// has an entry of its own). A ban replaced by one that ends at the same time keeps
+/// its one entry. Once the entries of bans gone outnumber the timed bans, the index is
+/// built again from the store ([`Ends::rebuild`]).
+#[derive(Debug, Default)]
+struct Ends {
+    by_second: BTreeMap<u64, Vec<IpNet>>,
+    /// The entries in `by_second`.
+    entries: usize,
+    /// The timed bans in the store.
+    timed: usize,
+    /// Bans whose second has come, until lifted (a lift that failed is retried) or
+    /// found to end later; ordered by network after each check.
+    due: Vec<IpNet>,
+    /// The second of the last check: a wall clock set back behind it builds the index
+    /// again, so that a ban taken out of it as due is not dropped as ending later.
+    checked: u64,
+}
+
+impl Ends {
+    fn add(&mut self, net: IpNet, expires_ms: u64) {
+        self.by_second
+            .entry(expires_ms / 1000)
+            .or_default()
+            .push(net);
+        self.entries += 1;
+    }
+
+    /// Follows the store's change of `net`'s record from `old` to `new`.
+    fn follow(
+        &mut self,
+        bans: &BTreeMap<IpNet, Rec>,
+        net: IpNet,
+        old: Option<Rec>,
+        new: Option<Rec>,
+    ) {
+        let timed = |r: Option<Rec>| r.is_some_and(|r| r.expires_ms != 0);
+        self.timed = self.timed + usize::from(timed(new)) - usize::from(timed(old));
+        if let Some(new) = new
+            && new.expires_ms != 0
+            && old.is_none_or(|o| o.expires_ms != new.expires_ms)
+        {
+            self.add(net, new.expires_ms);
+        }
+        // Entries of bans gone: the index is built again once they are the most, so that
+        // it stays within twice the timed bans (each entry's cost paid back by those
+        // that made it stale).
+        if self.entries > 2 * self.timed + 4096 {
+            self.rebuild(bans);
+        }
+    }
+
+    /// The index of `bans`' timed bans (the entries of bans gone dropped); `due` kept.
+    fn rebuild(&mut self, bans: &BTreeMap<IpNet, Rec>) {
+        self.by_second.clear();
+        self.entries = 0;
+        for (net, r) in bans {
+            if r.expires_ms != 0 {
+                self.add(*net, r.expires_ms);
+            }
+        }
+    }
+
+    /// The bans of `bans` that have run out by `now_ms`, in the order of networks.
+    fn due(&mut self, bans: &BTreeMap<IpNet, Rec>, now_ms: u64) -> Vec<IpNet> {
+        let second = now_ms / 1000;
+        if second < self.checked {
+            self.rebuild(bans);
+        }
+        self.checked = second;
+        while let Some(entry) = self.by_second.first_entry()
+            && *entry.key() <= second
+        {
+            let nets = entry.remove();
+            self.entries -= nets.len();
+            self.due.extend(nets);
+        }
+        if self.due.is_empty() {
+            return Vec::new();
+        }
+        // Kept while the ban ends by this second: due now, or later within it.
+        self.due.retain(|n| {
+            bans.get(n)
+                .is_some_and(|r| r.expires_ms != 0 && r.expires_ms / 1000 <= second)
+        });
+        self.due.sort_unstable_by_key(state::net_order);
+        self.due.dedup();
+        self.due
+            .iter()
+            .filter(|n| bans.get(n).is_some_and(|r| r.expires_by(now_ms)))
+            .copied()
+            .collect()
+    }
+
+    /// Entries held: the timed bans, and those of bans lifted or replaced whose second
+    /// has not come yet.
+    fn len(&self) -> usize {
+        self.entries + self.due.len()
+    }
 }
 
 impl Default for BanStore {
@@ -352,7 +455,7 @@ impl Default for BanStore {
             names_bytes: 0,
             lengths_v4: [0; 33],
             lengths_v6: [0; 129],
-            earliest_expiry: Cell::new(u64::MAX),
+            ends: Ends::default(),
         }
     }
 }
@@ -374,14 +477,13 @@ impl BanStore {
             names,
             ..BanStore::default()
         };
-        let mut earliest = u64::MAX;
         for (net, r) in &bans {
             *s.length_slot(net) += 1;
             if r.expires_ms != 0 {
-                earliest = earliest.min(r.expires_ms);
+                s.ends.add(*net, r.expires_ms);
+                s.ends.timed += 1;
             }
         }
-        s.earliest_expiry.set(earliest);
         s.bans = bans.into_iter().collect();
         // A name put back to the default is recorded as that default: not kept.
         let defaults: Vec<IpNet> = s
@@ -472,10 +574,9 @@ impl BanStore {
         if ban.origin != BanOrigin::CrowdSec {
             self.previous.remove(&ban.net);
         }
-        if rec.expires_ms != 0 && rec.expires_ms < self.earliest_expiry.get() {
-            self.earliest_expiry.set(rec.expires_ms);
-        }
-        if self.bans.insert(ban.net, rec).is_none() {
+        let old = self.bans.insert(ban.net, rec);
+        self.ends.follow(&self.bans, ban.net, old, Some(rec));
+        if old.is_none() {
             *self.length_slot(&ban.net) += 1;
         }
     }
@@ -520,6 +621,7 @@ impl BanStore {
 
     pub fn remove(&mut self, net: &IpNet) -> Option<Ban> {
         let rec = self.bans.remove(net)?;
+        self.ends.follow(&self.bans, *net, Some(rec), None);
         *self.length_slot(net) -= 1;
         if let Some(name) = self.names.remove(net) {
             self.names_bytes -= name.len();
@@ -531,27 +633,18 @@ impl BanStore {
         rec.ban(*net)
     }
 
-    /// Networks whose ban has run out by `now`. Scans the store only when a ban is due
-    /// (the earliest expiry is kept), so the once-a-second call costs nothing between
-    /// expiries.
-    pub fn expired(&self, now: SystemTime) -> Vec<IpNet> {
-        let now_ms = unix_ms(now);
-        if self.earliest_expiry.get() > now_ms {
-            return Vec::new();
-        }
-        let mut out = Vec::new();
-        let mut earliest = u64::MAX;
-        for (net, r) in &self.bans {
-            if r.expires_by(now_ms) {
-                out.push(*net);
-            }
-            if r.expires_ms != 0 {
-                // A due ban counts until it is lifted: a lift that failed is retried.
-                earliest = earliest.min(r.expires_ms);
-            }
-        }
-        self.earliest_expiry.set(earliest);
-        out
+    /// Networks whose ban has run out by `now`, in the order of networks; one stays
+    /// due until removed. Reads only the bans that end in the seconds up to `now`
+    /// ([`Ends`]), so the once-a-second call costs nothing between expiries and little
+    /// at them.
+    pub fn expired(&mut self, now: SystemTime) -> Vec<IpNet> {
+        self.ends.due(&self.bans, unix_ms(now))
+    }
+
+    /// Entries of the expiry index (the timed bans, and lifted or replaced bans whose
+    /// end has not come yet): for the memory bench.
+    pub fn expiry_entries(&self) -> usize {
+        self.ends.len()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = Ban> + '_ {
@@ -700,8 +793,8 @@ mod tests {
         assert!(s.covering("192.0.2.7".parse().unwrap()).is_none());
     }
 
-    /// The expiry check scans only when a ban is due, and never misses one: an earlier
-    /// expiry inserted after a scan lowers the bound.
+    /// The expiry check finds each ban at its end, never before and never missed: an
+    /// earlier expiry inserted after a check is found at its time.
     #[test]
     fn expiry_is_checked_against_the_earliest_due() {
         let mut s = BanStore::new();
@@ -726,6 +819,90 @@ mod tests {
             vec!["192.0.2.4/32".parse::<IpNet>().unwrap()]
         );
         assert_eq!(s.expired(now + 4 * H).len(), 2);
+    }
+
+    /// The index of ends follows replaced and lifted bans: a ban is due at its own end
+    /// (a replacement's, not the one it replaced), once, to the millisecond within its
+    /// second, in the order of networks.
+    #[test]
+    fn expiry_follows_replaced_and_lifted_bans() {
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
+        let mut s = BanStore::new();
+        let t = 1_900_000_000_000u64;
+        // Replaced by a ban that ends later: not due at the old end.
+        s.insert(ban("192.0.2.1/32", 1, Some(at(t))));
+        s.insert(ban("192.0.2.1/32", 1, Some(at(t + 5_000))));
+        assert!(s.expired(at(t + 1)).is_empty());
+        assert_eq!(s.expired(at(t + 5_000)), vec![net("192.0.2.1/32")]);
+        s.remove(&net("192.0.2.1/32"));
+        // Replaced by one that ends earlier: due at the earlier end, once.
+        s.insert(ban("192.0.2.2/32", 1, Some(at(t + 9_000))));
+        s.insert(ban("192.0.2.2/32", 1, Some(at(t + 7_000))));
+        assert_eq!(s.expired(at(t + 7_000)), vec![net("192.0.2.2/32")]);
+        s.remove(&net("192.0.2.2/32"));
+        assert!(
+            s.expired(at(t + 9_000)).is_empty(),
+            "lifted: its old entry is dropped"
+        );
+        // The wall clock set back: a ban taken out as due in its second, before its
+        // millisecond, is found at its end all the same.
+        s.insert(ban("192.0.2.5/32", 1, Some(at(t + 10_500))));
+        assert!(s.expired(at(t + 10_100)).is_empty());
+        assert!(s.expired(at(t - 60_000)).is_empty());
+        assert_eq!(s.expired(at(t + 10_500)), vec![net("192.0.2.5/32")]);
+        s.remove(&net("192.0.2.5/32"));
+        // Lifted and banned again to the same end: reported once.
+        s.insert(ban("192.0.2.3/32", 1, Some(at(t + 11_000))));
+        s.remove(&net("192.0.2.3/32"));
+        s.insert(ban("192.0.2.3/32", 1, Some(at(t + 11_000))));
+        // Within one second: due only from its millisecond on.
+        s.insert(ban("192.0.2.4/32", 1, Some(at(t + 11_700))));
+        s.insert(ban("192.0.2.0/24", 1, Some(at(t + 11_000))));
+        assert!(s.expired(at(t + 10_999)).is_empty());
+        assert_eq!(
+            s.expired(at(t + 11_500)),
+            vec![net("192.0.2.0/24"), net("192.0.2.3/32")]
+        );
+        assert_eq!(
+            s.expired(at(t + 11_700)),
+            vec![
+                net("192.0.2.0/24"),
+                net("192.0.2.3/32"),
+                net("192.0.2.4/32")
+            ],
+            "due until lifted"
+        );
+        // A ban that ended before it was recorded (restored late) is due at once.
+        s.insert(ban("198.51.100.1/32", 1, Some(at(t))));
+        assert_eq!(s.expired(at(t + 11_700)).len(), 4);
+    }
+
+    /// Entries of lifted bans do not pile up: the index stays within twice the timed
+    /// bans (and a margin), and still finds every ban at its end.
+    #[test]
+    fn expiry_entries_of_lifted_bans_are_dropped() {
+        let mut s = BanStore::new();
+        let t = UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+        s.insert(ban("198.51.100.1/32", 1, Some(t + H)));
+        for i in 0..50_000u32 {
+            let net = IpNet::from(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)));
+            s.insert(Ban {
+                net,
+                ..ban("10.0.0.0/32", 1, Some(t + H / 2))
+            });
+            s.remove(&net);
+        }
+        assert!(
+            s.expiry_entries() <= 2 + 4096,
+            "{} entries for one timed ban",
+            s.expiry_entries()
+        );
+        assert!(s.expired(t + H / 2).is_empty());
+        assert_eq!(
+            s.expired(t + H),
+            vec!["198.51.100.1/32".parse::<IpNet>().unwrap()]
+        );
     }
 
     /// An address's ban is looked up at the prefix lengths in use, which follow inserts

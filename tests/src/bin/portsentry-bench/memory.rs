@@ -11,7 +11,7 @@ use portsentry_tests::{
     scenario::{self, scan_ban},
 };
 use portsentry_user::bans::{
-    Ban,
+    Ban, BanStore, Rec,
     journal::{self, Journal},
 };
 
@@ -285,7 +285,7 @@ pub(crate) fn journal(n: u32, secs: u64) {
     let t = Instant::now();
     j.compact_now(&store).unwrap();
     let compact = t.elapsed();
-    // Expiry: the once-a-second check with none due, then with one due (a full scan).
+    // Expiry: the once-a-second check with none due, then with one due.
     let mut timed = store;
     let later = SystemTime::now() + Duration::from_secs(3600);
     let t = Instant::now();
@@ -301,15 +301,61 @@ pub(crate) fn journal(n: u32, secs: u64) {
     let t = Instant::now();
     assert_eq!(timed.expired(later).len(), 1);
     let due = t.elapsed();
+    // Every ban made to end within the hour after `later` (as a CrowdSec list's do, all
+    // day long): the expiry index's memory, and the check at a second that holds some.
+    let (rss_untimed, _) = rss(me);
+    let spread = |i: u32| later + Duration::from_millis(u64::from(i) * 3_600_000 / u64::from(n));
+    for i in 0..n {
+        timed.insert(Ban {
+            expires: Some(spread(i)),
+            ..scan_ban(IpNet::from(filler(i)), SystemTime::now())
+        });
+    }
+    let (rss_timed, _) = rss(me);
+    let t = Instant::now();
+    assert!(timed.expired(SystemTime::now()).is_empty());
+    let idle_all = t.elapsed();
+    // The check at the end of the first 1/3600 of them: their second's bans are read.
+    let at = spread(n / 3600);
+    let t = Instant::now();
+    let ending = timed.expired(at).len();
+    let due_all = t.elapsed();
+    assert!(ending > 0);
+    // What the index adds to a start's recovery: the store built from the same records,
+    // timed and not.
+    let build = |timed: bool| {
+        let recs: Vec<(IpNet, Rec)> = (0..n)
+            .map(|i| {
+                let net = IpNet::from(filler(i));
+                let ban = Ban {
+                    expires: timed.then(|| spread(i)),
+                    ..scan_ban(net, SystemTime::now())
+                };
+                (net, Rec::of(&ban))
+            })
+            .collect();
+        let t = Instant::now();
+        let s = BanStore::from_sorted(recs, Default::default(), Default::default());
+        let took = t.elapsed();
+        drop(s);
+        took
+    };
+    let (built_untimed, built_timed) = (build(false), build(true));
     j.close().unwrap();
     println!(
         "\nRecovery of a journal of {n} bans ({:.1} MiB, {} bytes a ban): {took:.2?} \
          (read, checksums, the store built). A compaction of it (written, fsynced, renamed): \
          {compact:.2?}. The store it built: {:.0} bytes of resident memory a ban. The \
          once-a-second expiry check over it: {idle:.1?} with no timed ban, {idle_timed:.1?} \
-         with none due, {due:.1?} when one is due (the scan).\n",
+         with none due, {due:.1?} when one is due. With all {n} bans ending within an hour: \
+         the expiry index {:.0} bytes of resident memory a ban ({} entries), the check \
+         {idle_all:.1?} with none due, {due_all:.1?} at a second when {ending} are due; the \
+         store built from their records in {built_timed:.1?} ({built_untimed:.1?} for as many \
+         that never end).\n",
         bytes as f64 / 1048576.0,
         journal::PUT_SIZE,
-        (rss_after as f64 - rss_before as f64) / f64::from(n)
+        (rss_after as f64 - rss_before as f64) / f64::from(n),
+        (rss_timed as f64 - rss_untimed as f64) / f64::from(n),
+        timed.expiry_entries(),
     );
 }
