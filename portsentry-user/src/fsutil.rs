@@ -271,6 +271,16 @@ pub(crate) fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// The lines of a file a unit test reads (none when it is missing).
+#[cfg(test)]
+pub(crate) fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

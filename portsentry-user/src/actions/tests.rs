@@ -4,7 +4,7 @@
 use super::*;
 use crate::{
     config::{self, Mode},
-    fsutil::{append_line, remove_line},
+    fsutil::{append_line, lines, remove_line},
     kinds::Protocol,
 };
 use shell::run_shell;
@@ -18,14 +18,6 @@ fn target() -> Target {
         port: 1,
         mode: ModeToken::Atcp.as_str(),
     }
-}
-
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
 }
 
 #[test]

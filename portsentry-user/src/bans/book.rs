@@ -3,27 +3,21 @@
 //! and the CLI (when no daemon runs) all go through it.
 
 use std::{
-    collections::BTreeSet,
     net::IpAddr,
-    path::PathBuf,
     time::{Duration, SystemTime},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use ipnet::IpNet;
 use portsentry_common::maps::{BanEntry, BanOrigin};
 
 use super::{
     Ban, BanStore, Cause, ban_duration,
+    blocked::BlockedFiles,
     guard::{Guard, Refusal, Why},
     journal::Journal,
 };
-use crate::{
-    config::Config,
-    kernel::Dataplane,
-    kinds::{self, Protocol},
-    report::history,
-};
+use crate::{config::Config, kernel::Dataplane, kinds::Protocol};
 
 /// [`Book::adopt`] of a ban the kernel no longer holds: lifted (an operator's unban)
 /// after the program made it and before the daemon took it over. Nothing is put back.
@@ -52,17 +46,7 @@ pub struct Book {
     pub store: BanStore,
     /// Where every change is recorded (`None`: in memory only, for tests).
     journal: Option<Journal>,
-    blocked_file: PathBuf,
-    /// Modes whose blocked file was written, so it is emptied when its last ban goes.
-    blocked_modes: BTreeSet<&'static str>,
-    /// Bans made since the blocked files were last written: their lines are appended.
-    blocked_new: Vec<IpNet>,
-    /// A ban ended (or the book is new): the blocked files are rewritten whole.
-    blocked_rewrite: bool,
-    /// No rewrite before this: a rewrite is O(bans), so one that took `d` (over 100 ms)
-    /// is followed by the next no sooner than `10 d` later (at most a tenth of the time,
-    /// however many bans end).
-    blocked_not_before: Option<std::time::Instant>,
+    blocked: BlockedFiles,
     /// What no ban may cut off.
     guard: Guard,
 }
@@ -93,11 +77,7 @@ impl Book {
             dp,
             store,
             journal,
-            blocked_file: config.blocked_file.clone(),
-            blocked_modes: BTreeSet::new(),
-            blocked_new: Vec::new(),
-            blocked_rewrite: true,
-            blocked_not_before: None,
+            blocked: BlockedFiles::new(config.blocked_file.clone()),
             guard,
         }
     }
@@ -114,7 +94,7 @@ impl Book {
             if let Some(j) = &self.journal {
                 j.put(&ban);
             }
-            self.blocked_new.push(*net);
+            self.blocked.added(*net);
         }
     }
 
@@ -122,7 +102,7 @@ impl Book {
         if let Some(j) = &self.journal {
             j.put(ban);
         }
-        self.blocked_new.push(ban.net);
+        self.blocked.added(ban.net);
     }
 
     /// Records the name a banned host was logged under.
@@ -275,7 +255,7 @@ impl Book {
             if let Some(j) = &self.journal {
                 j.lift(net);
             }
-            self.blocked_rewrite = true;
+            self.blocked.ended();
         }
         Ok(removed)
     }
@@ -410,112 +390,29 @@ impl Book {
 
     /// Writes the blocked files if bans changed since they were last written: the lines
     /// of new bans appended, or every file rewritten when a ban ended (no more often than
-    /// ten times the last rewrite took: with a million bans, every 15 s or so). The daemon
-    /// calls it once a second (the journal holds every ban meanwhile). Starts a compaction of
-    /// the journal when it has grown well past what the bans need; `compacted` gets its
-    /// outcome.
+    /// ten times the last rewrite took; with many bans on a thread of its own:
+    /// [`BlockedFiles`]). The daemon calls it once a second (the journal holds every ban
+    /// meanwhile). Starts a compaction of the journal when it has grown well past what the
+    /// bans need; `compacted` gets its outcome.
     pub fn flush(&mut self, compacted: impl FnOnce(Result<u64>) + Send + 'static) -> Result<()> {
         if let Some(j) = &self.journal
             && j.wants_compaction(&self.store)
         {
             j.compact(&self.store, compacted);
         }
-        self.write_blocked_files()
+        self.blocked.write(&self.store, false)
+    }
+
+    /// Puts the blocked files on disk as the bans stand, before a stop (waits for a
+    /// rewrite running apart, and rewrites now if one is due).
+    pub fn finish_blocked(&mut self) -> Result<()> {
+        self.blocked.write(&self.store, true)
     }
 
     /// BLOCKED_FILE changed (a reload): the next flush writes every ban to the new
     /// files (the old ones are left as they are).
     pub fn set_blocked_file(&mut self, path: &std::path::Path) {
-        if self.blocked_file != path {
-            self.blocked_file = path.to_path_buf();
-            self.blocked_modes.clear();
-            self.blocked_rewrite = true;
-            self.blocked_not_before = None;
-        }
-    }
-
-    /// Rewrites or appends to `BLOCKED_FILE.<mode>`, for every mode that has (or had)
-    /// bans.
-    fn write_blocked_files(&mut self) -> Result<()> {
-        if self.blocked_rewrite {
-            let now = std::time::Instant::now();
-            if self.blocked_not_before.is_some_and(|t| now < t) {
-                return Ok(());
-            }
-            let r = self.rewrite_blocked_files();
-            let took = now.elapsed();
-            self.blocked_not_before =
-                (took > std::time::Duration::from_millis(100)).then(|| now + took * 10);
-            return r;
-        }
-        if self.blocked_new.is_empty() {
-            return Ok(());
-        }
-        let mut by_mode: std::collections::BTreeMap<&'static str, Vec<u8>> = Default::default();
-        for net in std::mem::take(&mut self.blocked_new) {
-            if let Some(b) = self.store.get(&net) {
-                let out = by_mode.entry(kinds::mode_word(b.mode)).or_default();
-                self.blocked_line(&b, out);
-            }
-        }
-        let mut result = Ok(());
-        for (mode, content) in &by_mode {
-            self.blocked_modes.insert(mode);
-            let path = history::blocked_path(&self.blocked_file, mode);
-            if let Err(e) = history::append_blocked(&path, content) {
-                result = Err(e).context("writing a blocked file");
-                self.blocked_rewrite = true;
-            }
-        }
-        result
-    }
-
-    fn blocked_line(&self, b: &Ban, out: &mut Vec<u8>) {
-        let line = history::history_line(
-            b.since,
-            &self.store.name_of(b),
-            b.net.addr(),
-            b.port,
-            b.proto,
-        );
-        // A name with a newline never gets here (sanitized when resolved).
-        if !line.contains('\n') {
-            out.extend_from_slice(line.as_bytes());
-            out.push(b'\n');
-        }
-    }
-
-    fn rewrite_blocked_files(&mut self) -> Result<()> {
-        let present: BTreeSet<&'static str> = self
-            .store
-            .iter()
-            .map(|b| kinds::mode_word(b.mode))
-            .collect();
-        self.blocked_modes.extend(present);
-        self.blocked_new.clear();
-        let mut result = Ok(());
-        // One pass over the store per mode, each file written as it is made.
-        for mode in self.blocked_modes.clone() {
-            let path = history::blocked_path(&self.blocked_file, mode);
-            let written = history::write_blocked_with(&path, |w| {
-                let mut line = Vec::new();
-                for b in self
-                    .store
-                    .iter()
-                    .filter(|b| kinds::mode_word(b.mode) == mode)
-                {
-                    line.clear();
-                    self.blocked_line(&b, &mut line);
-                    w.write_all(&line)?;
-                }
-                Ok(())
-            });
-            if let Err(e) = written {
-                result = Err(e).context("writing a blocked file");
-            }
-        }
-        self.blocked_rewrite = result.is_err();
-        result
+        self.blocked.set_file(path);
     }
 }
 
@@ -524,16 +421,13 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     use super::*;
-    use crate::bans::{BanStore, ScanCause, journal};
+    use crate::{
+        bans::{BanStore, ScanCause, journal},
+        fsutil::lines,
+        kinds,
+        report::history,
+    };
     use portsentry_common::ScanType;
-
-    fn lines(path: &std::path::Path) -> Vec<String> {
-        std::fs::read_to_string(path)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
 
     /// A book of no kernel and no journal, with `config`'s width limits.
     fn in_memory(config: &Config) -> Book {

@@ -10,6 +10,7 @@
 //! for the bans that have one), lookups by network, by address (one a prefix length in
 //! use) and by range, and expiry that scans only when a ban is due.
 
+pub mod blocked;
 pub mod book;
 pub mod escalate;
 pub mod guard;
@@ -289,10 +290,7 @@ impl Rec {
             0 => None,
             p => Some(Protocol::from_number(p)?),
         };
-        let mode = match self.mode {
-            0 => None,
-            m => Some(*ModeToken::ALL.get(usize::from(m) - 1)?),
-        };
+        let mode = self.mode()?;
         Some(Ban {
             net,
             origin,
@@ -305,6 +303,14 @@ impl Rec {
             count: self.count,
             escalated: self.escalated.checked_sub(1),
         })
+    }
+
+    /// The ban's mode (`None` inside: none); `None` for a mode no token has.
+    pub fn mode(&self) -> Option<Option<ModeToken>> {
+        match self.mode {
+            0 => Some(None),
+            m => ModeToken::ALL.get(usize::from(m) - 1).copied().map(Some),
+        }
     }
 
     /// A CrowdSec decision's ban: not counted among a network's bans

@@ -103,7 +103,7 @@ pub fn unban(args: &UnbanArgs) -> Result<String> {
 /// Writes the blocked files and stops the journal's writer: whether the journal is on
 /// disk, and whether everything is.
 fn close(book: &mut Book) -> (bool, Result<()>) {
-    let blocked = book.flush(|_| {});
+    let blocked = book.flush(|_| {}).and_then(|()| book.finish_blocked());
     let journal = book.journal().map_or(Ok(()), Journal::close);
     (journal.is_ok(), journal.and(blocked))
 }

@@ -437,6 +437,7 @@ pub async fn run(
     let _ = fs::remove_file(paths::control_socket(&shared.eff().config.state_dir));
     let mut book = shared.book();
     book.flush(|_| {})?;
+    book.finish_blocked()?;
     book.persist()?;
     Ok(())
 }

@@ -12,6 +12,7 @@ use portsentry_tests::{
 };
 use portsentry_user::bans::{
     Ban, BanStore, Rec,
+    blocked::BlockedFiles,
     journal::{self, Journal},
 };
 
@@ -301,10 +302,14 @@ pub(crate) fn journal(n: u32, secs: u64) {
     let t = Instant::now();
     assert_eq!(timed.expired(later).len(), 1);
     let due = t.elapsed();
-    // Every ban made to end within the hour after `later` (as a CrowdSec list's do, all
-    // day long): the expiry index's memory, and the check at a second that holds some.
+    // Every ban made to end within the hour from 2 s after `later` (as a CrowdSec list's
+    // do, all day long): the expiry index's memory, and the check at a second that holds
+    // some. The checks go on from `later` (the wall clock going forward, as the daemon's
+    // do: one set back builds the index again).
+    timed.remove(&IpNet::from(filler(n)));
     let (rss_untimed, _) = rss(me);
-    let spread = |i: u32| later + Duration::from_millis(u64::from(i) * 3_600_000 / u64::from(n));
+    let spread =
+        |i: u32| later + Duration::from_millis(2_000 + u64::from(i) * 3_600_000 / u64::from(n));
     for i in 0..n {
         timed.insert(Ban {
             expires: Some(spread(i)),
@@ -313,7 +318,7 @@ pub(crate) fn journal(n: u32, secs: u64) {
     }
     let (rss_timed, _) = rss(me);
     let t = Instant::now();
-    assert!(timed.expired(SystemTime::now()).is_empty());
+    assert!(timed.expired(later).is_empty());
     let idle_all = t.elapsed();
     // The check at the end of the first 1/3600 of them: their second's bans are read.
     let at = spread(n / 3600);
@@ -341,6 +346,19 @@ pub(crate) fn journal(n: u32, secs: u64) {
         took
     };
     let (built_untimed, built_timed) = (build(false), build(true));
+    // The blocked files of a million bans: written in place (the book held throughout),
+    // then rewritten apart (the book held for the copy only).
+    let blocked_dir = tempfile::tempdir().unwrap();
+    let file = blocked_dir.path().join("portsentry.blocked");
+    let t = Instant::now();
+    BlockedFiles::new(file.clone()).write(&timed, true).unwrap();
+    let in_place = t.elapsed();
+    let mut files = BlockedFiles::new(file);
+    let t = Instant::now();
+    files.write(&timed, false).unwrap();
+    let held = t.elapsed();
+    files.write(&timed, true).unwrap();
+    let apart = t.elapsed();
     j.close().unwrap();
     println!(
         "\nRecovery of a journal of {n} bans ({:.1} MiB, {} bytes a ban): {took:.2?} \
@@ -351,7 +369,8 @@ pub(crate) fn journal(n: u32, secs: u64) {
          the expiry index {:.0} bytes of resident memory a ban ({} entries), the check \
          {idle_all:.1?} with none due, {due_all:.1?} at a second when {ending} are due; the \
          store built from their records in {built_timed:.1?} ({built_untimed:.1?} for as many \
-         that never end).\n",
+         that never end). The blocked files of {n} bans: written in {in_place:.1?} in place; \
+         rewritten apart in {apart:.1?}, the book held {held:.1?} of it (the copy).\n",
         bytes as f64 / 1048576.0,
         journal::PUT_SIZE,
         (rss_after as f64 - rss_before as f64) / f64::from(n),
