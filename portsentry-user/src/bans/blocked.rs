@@ -89,6 +89,16 @@ impl BlockedFiles {
     /// took: a stop, the CLI); else a large rewrite is started apart, and one due within
     /// ten times the last one's time waits for a later call.
     pub fn write(&mut self, store: &BanStore, finish: bool) -> Result<()> {
+        let r = self.write_once(store, finish);
+        // A rewrite apart that failed is done again now when finishing (its error is
+        // the one returned).
+        if finish && self.rewrite {
+            return r.and(self.write_once(store, true));
+        }
+        r
+    }
+
+    fn write_once(&mut self, store: &BanStore, finish: bool) -> Result<()> {
         if let Some(job) = self.apart.take_if(|j| finish || j.is_finished()) {
             let (r, took) = job.join().unwrap_or_else(|_| {
                 let e = anyhow!("the thread rewriting the blocked files panicked");
@@ -253,17 +263,23 @@ mod tests {
         )
     }
 
+    /// A store just large enough for its rewrites to run apart, and its size.
+    fn large_store() -> (BanStore, u32) {
+        let mut store = BanStore::new();
+        let n = REWRITE_APART_FROM as u32;
+        for i in 0..n {
+            store.insert(ban(i));
+        }
+        (store, n)
+    }
+
     /// With many bans the rewrite runs apart; a ban made meanwhile is appended after it
     /// (not into the file its rename replaces), once; a finishing write waits for it and
     /// rewrites what ended since.
     #[test]
     fn a_large_rewrite_runs_apart_and_loses_no_line() {
         let dir = crate::fsutil::temp_dir("blocked-apart");
-        let mut store = BanStore::new();
-        let n = REWRITE_APART_FROM as u32;
-        for i in 0..n {
-            store.insert(ban(i));
-        }
+        let (mut store, n) = large_store();
         let mut files = BlockedFiles::new(dir.join("blocked"));
         // Made before the rewrite: written by it, not appended again.
         files.added(ban(0).net);
@@ -296,6 +312,7 @@ mod tests {
         let gone = ban(7);
         store.remove(&gone.net);
         files.ended();
+        files.not_before = None;
         files.write(&store, false).unwrap();
         files.write(&store, true).unwrap();
         let written = lines(&path);
@@ -304,12 +321,40 @@ mod tests {
         assert!(!written.iter().any(|l| l.contains(&gone_line)));
         // BLOCKED_FILE moved while a rewrite runs apart: the new files get every ban.
         files.ended();
+        files.not_before = None;
         files.write(&store, false).unwrap();
         assert!(files.apart.is_some());
         files.set_file(&dir.join("moved"));
         files.write(&store, true).unwrap();
         let moved = history::blocked_path(&dir.join("moved"), kinds::mode_word(None));
         assert_eq!(lines(&moved).len(), n as usize);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A rewrite apart that failed is done again by a finishing write (a stop), which
+    /// reports the failure.
+    #[test]
+    fn a_failed_rewrite_apart_is_done_again_when_finishing() {
+        let dir = crate::fsutil::temp_dir("blocked-apart-failed");
+        let (store, n) = large_store();
+        // The files' directory is a file: the rewrite apart fails.
+        std::fs::write(dir.join("sub"), "").unwrap();
+        let mut files = BlockedFiles::new(dir.join("sub/blocked"));
+        files.write(&store, false).unwrap();
+        while !files.apart.as_ref().is_some_and(|j| j.is_finished()) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::fs::remove_file(dir.join("sub")).unwrap();
+        assert!(
+            files.write(&store, true).is_err(),
+            "the failure is reported"
+        );
+        let path = history::blocked_path(&dir.join("sub/blocked"), kinds::mode_word(None));
+        assert_eq!(
+            lines(&path).len(),
+            n as usize,
+            "and the files written all the same"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

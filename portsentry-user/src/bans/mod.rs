@@ -8,7 +8,8 @@
 //! The store is sized for millions of bans: one fixed-size record a ban (about 55 bytes
 //! with the tree around it), no string per ban (a resolved host name is kept aside, only
 //! for the bans that have one), lookups by network, by address (one a prefix length in
-//! use) and by range, and expiry that scans only when a ban is due.
+//! use) and by range, and expiry that reads only the bans ending by now (an index of
+//! when each timed ban ends).
 
 pub mod blocked;
 pub mod book;
@@ -353,8 +354,9 @@ pub struct BanStore {
 /// ban is lifted or replaced: it is checked against the store when its second comes,
 /// and dropped then if the ban is gone or now ends in a later second (a replaced ban
 /// has an entry of its own). A ban replaced by one that ends at the same time keeps
-/// its one entry. Once the entries of bans gone outnumber the timed bans, the index is
-/// built again from the store ([`Ends::rebuild`]).
+/// its one entry. So each timed ban has an entry at the second it ends, or is in `due`.
+/// Once the entries of bans gone outnumber the timed bans, they are dropped
+/// ([`Ends::compact`]).
 #[derive(Debug, Default)]
 struct Ends {
     by_second: BTreeMap<u64, Vec<IpNet>>,
@@ -365,8 +367,9 @@ struct Ends {
     /// Bans whose second has come, until lifted (a lift that failed is retried) or
     /// found to end later; ordered by network after each check.
     due: Vec<IpNet>,
-    /// The second of the last check: a wall clock set back behind it builds the index
-    /// again, so that a ban taken out of it as due is not dropped as ending later.
+    /// The second of the last check: a wall clock set back behind it puts the bans in
+    /// `due` back in the index, so that one taken out within its second is not dropped
+    /// as ending later.
     checked: u64,
 }
 
@@ -395,30 +398,42 @@ impl Ends {
         {
             self.add(net, new.expires_ms);
         }
-        // Entries of bans gone: the index is built again once they are the most, so that
-        // it stays within twice the timed bans (each entry's cost paid back by those
-        // that made it stale).
+        // Entries of bans gone: dropped once they are the most, so that the index stays
+        // within twice the timed bans (the compaction, O(entries), paid back by the
+        // changes that made them stale).
         if self.entries > 2 * self.timed + 4096 {
-            self.rebuild(bans);
+            self.compact(bans);
         }
     }
 
-    /// The index of `bans`' timed bans (the entries of bans gone dropped); `due` kept.
-    fn rebuild(&mut self, bans: &BTreeMap<IpNet, Rec>) {
-        self.by_second.clear();
-        self.entries = 0;
-        for (net, r) in bans {
-            if r.expires_ms != 0 {
-                self.add(*net, r.expires_ms);
-            }
-        }
+    /// Keeps in each second the bans that still end in it, once each.
+    fn compact(&mut self, bans: &BTreeMap<IpNet, Rec>) {
+        let mut entries = 0;
+        self.by_second.retain(|second, nets| {
+            nets.retain(|n| {
+                bans.get(n)
+                    .is_some_and(|r| r.expires_ms != 0 && r.expires_ms / 1000 == *second)
+            });
+            nets.sort_unstable_by_key(state::net_order);
+            nets.dedup();
+            nets.shrink_to_fit();
+            entries += nets.len();
+            !nets.is_empty()
+        });
+        self.entries = entries;
     }
 
     /// The bans of `bans` that have run out by `now_ms`, in the order of networks.
     fn due(&mut self, bans: &BTreeMap<IpNet, Rec>, now_ms: u64) -> Vec<IpNet> {
         let second = now_ms / 1000;
         if second < self.checked {
-            self.rebuild(bans);
+            // The wall clock set back: the bans taken out as due go back to their
+            // seconds, which are to come again.
+            for net in std::mem::take(&mut self.due) {
+                if let Some(r) = bans.get(&net).filter(|r| r.expires_ms != 0) {
+                    self.add(net, r.expires_ms);
+                }
+            }
         }
         self.checked = second;
         while let Some(entry) = self.by_second.first_entry()
@@ -438,6 +453,10 @@ impl Ends {
         });
         self.due.sort_unstable_by_key(state::net_order);
         self.due.dedup();
+        // A mass expiry's list is not kept at its size once lifted.
+        if self.due.capacity() > 4 * self.due.len() + 1024 {
+            self.due.shrink_to_fit();
+        }
         self.due
             .iter()
             .filter(|n| bans.get(n).is_some_and(|r| r.expires_by(now_ms)))
@@ -445,8 +464,8 @@ impl Ends {
             .collect()
     }
 
-    /// Entries held: the timed bans, and those of bans lifted or replaced whose second
-    /// has not come yet.
+    /// Entries held: the timed bans (those due and not lifted yet among them), and those
+    /// of bans lifted or replaced whose second has not come yet.
     fn len(&self) -> usize {
         self.entries + self.due.len()
     }
@@ -647,8 +666,8 @@ impl BanStore {
         self.ends.due(&self.bans, unix_ms(now))
     }
 
-    /// Entries of the expiry index (the timed bans, and lifted or replaced bans whose
-    /// end has not come yet): for the memory bench.
+    /// Entries of the expiry index (the timed bans, due ones not lifted yet among them,
+    /// and lifted or replaced bans whose end has not come yet): for the memory bench.
     pub fn expiry_entries(&self) -> usize {
         self.ends.len()
     }

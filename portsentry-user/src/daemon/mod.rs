@@ -436,10 +436,10 @@ pub async fn run(
     crowdsec::save_reports(&shared);
     let _ = fs::remove_file(paths::control_socket(&shared.eff().config.state_dir));
     let mut book = shared.book();
-    book.flush(|_| {})?;
-    book.finish_blocked()?;
+    // The journal is put on disk even when the blocked files cannot be written.
+    let blocked = book.flush(|_| {}).and_then(|()| book.finish_blocked());
     book.persist()?;
-    Ok(())
+    blocked
 }
 
 /// A map that cannot shrink to the configured size, as an error at the key that sets it.

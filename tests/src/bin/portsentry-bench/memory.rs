@@ -12,7 +12,7 @@ use portsentry_tests::{
 };
 use portsentry_user::bans::{
     Ban, BanStore, Rec,
-    blocked::BlockedFiles,
+    blocked::{self, BlockedFiles},
     journal::{self, Journal},
 };
 
@@ -359,6 +359,11 @@ pub(crate) fn journal(n: u32, secs: u64) {
     let held = t.elapsed();
     files.write(&timed, true).unwrap();
     let apart = t.elapsed();
+    let how = if timed.len() >= blocked::REWRITE_APART_FROM {
+        "apart"
+    } else {
+        "in place again (too few bans to go apart)"
+    };
     j.close().unwrap();
     println!(
         "\nRecovery of a journal of {n} bans ({:.1} MiB, {} bytes a ban): {took:.2?} \
@@ -370,7 +375,7 @@ pub(crate) fn journal(n: u32, secs: u64) {
          {idle_all:.1?} with none due, {due_all:.1?} at a second when {ending} are due; the \
          store built from their records in {built_timed:.1?} ({built_untimed:.1?} for as many \
          that never end). The blocked files of {n} bans: written in {in_place:.1?} in place; \
-         rewritten apart in {apart:.1?}, the book held {held:.1?} of it (the copy).\n",
+         rewritten {how} in {apart:.1?}, the book held {held:.1?} of it (the copy).\n",
         bytes as f64 / 1048576.0,
         journal::PUT_SIZE,
         (rss_after as f64 - rss_before as f64) / f64::from(n),
