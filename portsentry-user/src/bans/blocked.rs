@@ -213,11 +213,12 @@ impl Snapshot {
             let path = history::blocked_path(&self.file, mode);
             let written = history::write_blocked_with(&path, |w| {
                 let mut out = Vec::new();
+                // The mode read from the record: a ban is made only for its own file.
                 for b in self
                     .records
                     .iter()
+                    .filter(|(_, r)| r.mode().is_some_and(|m| kinds::mode_word(m) == *mode))
                     .filter_map(|(n, r)| r.ban(*n))
-                    .filter(|b| kinds::mode_word(b.mode) == *mode)
                 {
                     out.clear();
                     let name = match self.names.get(&b.net) {
