@@ -22,8 +22,20 @@ fn packet_cookie(ip: &Ip, l4: &L4, secret: u64, slot: u64) -> u32 {
     cookie(&ip.src, &ip.dst, l4.src_port, l4.dst_port, secret, slot)
 }
 
-/// A pure ACK to a watched port whose acknowledgment number is our cookie + 1: the
-/// source received our SYN-ACK, so its address is its own. Recorded as a verified probe.
+/// A pure ACK to a watched port: what may answer a challenge ([`answers_challenge`]
+/// checks the rest).
+#[inline(always)]
+pub fn may_answer_challenge(l4: &L4) -> bool {
+    let f = l4.tcp_flags & tcp_flags::CLASSIFIED;
+    l4.proto == PROTO_TCP
+        && f & tcp_flags::ACK != 0
+        && f & (tcp_flags::SYN | tcp_flags::RST | tcp_flags::FIN) == 0
+        && is_watched(l4)
+}
+
+/// A segment [`may_answer_challenge`] let through whose acknowledgment number is our
+/// cookie + 1: the source received our SYN-ACK, so its address is its own. Recorded as
+/// a verified probe.
 #[inline(always)]
 pub fn answers_challenge(
     ctx: &XdpContext,
@@ -32,13 +44,6 @@ pub fn answers_challenge(
     src: &Source,
     settings: &Settings,
 ) -> bool {
-    let f = l4.tcp_flags & tcp_flags::CLASSIFIED;
-    if l4.proto != PROTO_TCP
-        || f & tcp_flags::ACK == 0
-        || f & (tcp_flags::SYN | tcp_flags::RST | tcp_flags::FIN) != 0
-    {
-        return false;
-    }
     // SAFETY: helper without arguments.
     let slot = cookie_slot(unsafe { bpf_ktime_get_coarse_ns() });
     // The acknowledgment number, read here and not by the parser for every packet; the
@@ -52,9 +57,6 @@ pub fn answers_challenge(
     if want != packet_cookie(ip, l4, settings.cookie_secret, slot)
         && want != packet_cookie(ip, l4, settings.cookie_secret, slot.wrapping_sub(1))
     {
-        return false;
-    }
-    if !is_watched(l4) {
         return false;
     }
     count(Counter::Verified);

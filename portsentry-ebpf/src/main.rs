@@ -15,13 +15,15 @@
 //!    before anything acts on that header: the verifier then walks the check once for
 //!    all of IPv6's extension chains (see `inspect`);
 //! 3. TCP/UDP header; non-first fragments, other protocols and TCP with RST are passed
-//!    with no further lookup (with VERIFY_SOURCES, an ACK may first answer a challenge:
-//!    `challenge.rs`); an over-long IPv6 header chain is dropped (BLOCK_EVASIVE_PACKETS);
+//!    with no further lookup; an over-long IPv6 header chain is dropped
+//!    (BLOCK_EVASIVE_PACKETS);
 //! 4. the watched-port bitmap (one inlined array access, `probe.rs`); a segment with
 //!    ACK looks at the ACK-class bitmap instead (watched ports no socket listens on);
 //!
 //! A probe (a packet steps 1 to 4 did not decide) goes on to the probe stage, a program
-//! of its own (`stage.rs`, tail-called), for steps 5 to 7:
+//! of its own (`stage.rs`, tail-called), for steps 5 to 7. So does, with
+//! VERIFY_SOURCES, a pure ACK to a watched port: the stage first checks whether it
+//! answers a challenge (`challenge.rs`), and if not treats it as steps 3 and 4 did.
 //!
 //! 5. a probe sent to a group (a multicast or broadcast frame or address), or to an
 //!    address that is not this host's (`PS_LOCAL_FILTER`: forwarded, bridged, or seen
@@ -86,7 +88,7 @@ use portsentry_common::{
 
 use crate::{
     bans::is_banned,
-    challenge::answers_challenge,
+    challenge::may_answer_challenge,
     frame::XdpPacket,
     probe::{is_ack_watched, is_first_contact, is_watched},
 };
@@ -294,6 +296,10 @@ fn inspect_l4(
     prefix: Option<u32>,
     settings: &Settings,
 ) -> Counter {
+    // Whether the probe stage first checks the segment as the answer to a challenge.
+    let mut challenge = false;
+    // Whether a segment with ACK is looked at further.
+    let mut looked_at = true;
     // The common case on a busy server, a segment of a connection (ACK or RST), is
     // decided first and with one bitmap read.
     if l4.proto == PROTO_TCP && l4.tcp_flags & (ACK | RST) != 0 {
@@ -301,23 +307,43 @@ fn inspect_l4(
             // A reset is never answered.
             return Counter::PassNotProbe;
         }
-        // With verification on, an ACK may answer a challenge (checked by cookie
-        // before anything else: ordinary traffic fails it at once).
-        if settings.flags & SETTING_VERIFY != 0
-            && answers_challenge(ctx, ip, l4, &Source::of(*key, prefix), settings)
-        {
-            return Counter::PassProbe;
-        }
+        // With verification on, a pure ACK to a watched port may answer a challenge:
+        // the probe stage checks its cookie before anything else. (Checked there, the
+        // check is walked by the verifier once, not once for each header shape: it
+        // was four fifths of this program's verification.)
+        challenge = settings.flags & SETTING_VERIFY != 0 && may_answer_challenge(l4);
         // Only to a watched port no socket listens on is it looked up (`PS_ACK_PORTS`;
         // empty with ACK_SCAN_PORTS="0").
-        if !is_ack_watched(l4) {
+        looked_at = is_ack_watched(l4);
+        if !looked_at && !challenge {
             return Counter::PassNotProbe;
         }
     }
-    let kind = match scan_type(l4) {
-        Ok(kind) => kind,
-        Err(reason) => return reason,
+    let probe = if looked_at {
+        probe_kind(l4, key, settings)
+    } else {
+        Err(Counter::PassNotProbe)
     };
+    match probe {
+        Err(reason) if !challenge => reason,
+        probe => stage::hand_over(ctx, ip, l4, key, prefix, probe, challenge),
+    }
+}
+
+/// A probe's type, and whether it is counted (its port watched) or only looked up
+/// under SCAN_DETECTION="trw".
+#[derive(Clone, Copy)]
+pub struct ProbeKind {
+    pub kind: ScanType,
+    pub watched: bool,
+    pub trw_syn: bool,
+}
+
+/// Steps 3 (the probe type) and 4 of a packet that is not a segment of a connection, or
+/// of an ACK to a port `PS_ACK_PORTS` watches; `Err` with the reason it is passed.
+#[inline(always)]
+fn probe_kind(l4: &L4, key: &AddrWords, settings: &Settings) -> Result<ProbeKind, Counter> {
+    let kind = scan_type(l4)?;
     // SCAN_DETECTION="trw": a new connection (a SYN) to a listener is a success of its
     // source's walk; in the default mode this is the one flag test it costs. A SYN to
     // an unwatched port goes on to the socket lookup only as its source's first
@@ -326,9 +352,13 @@ fn inspect_l4(
     let trw_syn = settings.flags & SETTING_TRW != 0 && kind == ScanType::TcpSyn;
     let watched = kind.is_ack_class() || kind == ScanType::IpProto || is_watched(l4);
     if !watched && !(trw_syn && is_first_contact(key, l4)) {
-        return Counter::PassUnwatched;
+        return Err(Counter::PassUnwatched);
     }
-    stage::hand_over(ctx, ip, l4, key, prefix, kind, watched, trw_syn)
+    Ok(ProbeKind {
+        kind,
+        watched,
+        trw_syn,
+    })
 }
 
 /// A datagram of neither TCP nor UDP is a probe when of a protocol nothing here serves

@@ -5,7 +5,8 @@
 //! instruction here cost the first program about a thousand verified instructions.
 //!
 //! Steps 5 to 7 of `main.rs`: the ignore trie, the socket lookup, the count and the
-//! challenge.
+//! challenge; and, first, the check of a segment that may answer a challenge (the
+//! first program walked with it was five times as long to verify).
 
 use aya_ebpf::programs::XdpContext;
 use portsentry_common::{
@@ -15,8 +16,8 @@ use portsentry_common::{
 };
 
 use crate::{
-    PS_LOCAL_FILTER, PS_PROBE, PS_PROGS, Source,
-    challenge::send_challenge,
+    PS_LOCAL_FILTER, PS_PROBE, PS_PROGS, ProbeKind, Source,
+    challenge::{answers_challenge, send_challenge},
     counted_as,
     frame::XdpPacket,
     probe::{record_probe, record_success},
@@ -33,29 +34,38 @@ pub struct Handed {
     key: AddrWords,
     /// SOURCE_PREFIX_V6's length when `key` is a network, [`NO_PREFIX`] when not.
     prefix: u32,
+    /// `ScanType as u8` of a probe; 0 when the packet is no probe (`passed` says why)
+    /// and came for the challenge alone.
     kind: u8,
     watched: bool,
     trw_syn: bool,
+    /// Checked first as the answer to a challenge (VERIFY_SOURCES).
+    challenge: bool,
+    /// The verdict when `kind` is 0 and no challenge is answered.
+    passed: Counter,
 }
 
 const NO_PREFIX: u32 = u32::MAX;
 
-/// Hands a probe over to the probe stage and tail-calls it; returns only when the
-/// stage is missing (`Counter::PassUnprobed`).
+/// Hands a probe, or a segment that may answer a challenge (`challenge`), over to the
+/// probe stage and tail-calls it; returns only when the stage is missing
+/// (`Counter::PassUnprobed`).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)] // inlined: the first program's values, as it holds them
 pub fn hand_over(
     ctx: &XdpContext,
     ip: &Ip,
     l4: &L4,
     key: &AddrWords,
     prefix: Option<u32>,
-    kind: ScanType,
-    watched: bool,
-    trw_syn: bool,
+    probe: Result<ProbeKind, Counter>,
+    challenge: bool,
 ) -> Counter {
     let Some(slot) = PS_PROBE.get_ptr_mut(0) else {
         return Counter::PassUnprobed;
+    };
+    let (kind, watched, trw_syn, passed) = match probe {
+        Ok(p) => (p.kind as u8, p.watched, p.trw_syn, Counter::PassProbe),
+        Err(reason) => (0, false, false, reason),
     };
     // SAFETY: this CPU's slot; the stage that reads it runs next, on this CPU.
     unsafe {
@@ -64,29 +74,39 @@ pub fn hand_over(
             l4: *l4,
             key: *key,
             prefix: prefix.unwrap_or(NO_PREFIX),
-            kind: kind as u8,
+            kind,
             watched,
             trw_syn,
+            challenge,
+            passed,
         };
         PS_PROGS.tail_call(ctx, PROBE_STAGE);
     }
     Counter::PassUnprobed
 }
 
-/// The probe stage's verdict for the probe handed over.
+/// The probe stage's verdict for the packet handed over.
 #[inline(always)]
 pub fn probe(ctx: &XdpContext) -> Counter {
     // Read in place: this CPU's slot, written by the first program for this packet.
     let Some(h) = PS_PROBE.get(0) else {
         return Counter::PassUnprobed;
     };
-    let Some(kind) = ScanType::from_u8(h.kind) else {
-        return Counter::PassUnprobed;
-    };
     let prefix = (h.prefix != NO_PREFIX).then_some(h.prefix);
     let defaults = Settings::default();
     let settings = settings_or(&defaults);
-    let verdict = probe_l4(ctx, h, kind, prefix, settings);
+    // The type comes from the map, a number the verifier does not know: it walks the
+    // steps once for all types.
+    let verdict = if h.challenge
+        && answers_challenge(ctx, &h.ip, &h.l4, &Source::of(h.key, prefix), settings)
+    {
+        Counter::PassProbe
+    } else {
+        match ScanType::from_u8(h.kind) {
+            Some(kind) => probe_l4(ctx, h, kind, prefix, settings),
+            None => h.passed,
+        }
+    };
     tiny_fragment_rule(&h.l4, verdict, settings)
 }
 

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use portsentry_common::{Counter, maps::Settings, packet};
+use portsentry_common::{Counter, ScanType, maps::Settings, packet};
 use portsentry_tests::{
     fixture::Fixture,
     frames::{Frame, flags::*, tcp_checksum_ok, with_tcp_checksum},
@@ -113,5 +113,45 @@ fn verification_challenges_syns_and_verifies_answers() {
             Counter::PassProbe,
         );
         fx.drain_events();
+
+        // To a port the ACK class watches (23: watched, no service), a pure ACK that
+        // answers no challenge is an ACK-class probe, counted as one; a FIN+ACK, which
+        // answers none, is Maimon's probe.
+        for (flags, kind) in [(ACK, ScanType::TcpAck), (FIN | ACK, ScanType::TcpMaimon)] {
+            let before = fx.hits(src);
+            let mut probe = Frame::tcp(src, dst, 23, flags).vlans(&[0x8100]).build();
+            probe[l4 + 8..l4 + 12].copy_from_slice(&(seq.wrapping_add(1)).to_be_bytes());
+            let o = fx.expect(&probe, XDP_PASS, Counter::PassProbe);
+            assert_eq!(o.delta.get(Counter::Verified), 0, "{kind:?}");
+            assert_eq!(fx.hits(src), before + 1, "{kind:?} counted");
+            let ev = fx.drain_events();
+            assert_eq!(ev.len(), 1, "{kind:?}");
+            assert_eq!(ev[0].scan_type, kind as u8);
+            assert_eq!(ev[0].flags & EVENT_VERIFIED, 0);
+        }
+        // And the right answer to a challenge sent from there verifies the source
+        // rather than counting an ACK-class probe.
+        let syn23 = with_tcp_checksum(
+            Frame::tcp(src, dst, 23, SYN).vlans(&[0x8100]).build(),
+            src,
+            dst,
+            l4,
+        );
+        let (o, out) = fx.run_out(&syn23);
+        assert_eq!(o.reason(), Counter::TxChallenge);
+        fx.drain_events();
+        let cookie23 = u32::from_be_bytes([out[l4 + 4], out[l4 + 5], out[l4 + 6], out[l4 + 7]]);
+        let mut answer = Frame::tcp(src, dst, 23, ACK).vlans(&[0x8100]).build();
+        answer[l4 + 8..l4 + 12].copy_from_slice(&(cookie23.wrapping_add(1)).to_be_bytes());
+        let o = fx.expect(&answer, XDP_PASS, Counter::PassProbe);
+        assert_eq!(o.delta.get(Counter::Verified), 1);
+        let ev = fx.drain_events();
+        assert_eq!(ev.len(), 1);
+        assert_eq!(
+            ev[0].scan_type,
+            ScanType::TcpSyn as u8,
+            "reported as the SYN"
+        );
+        assert_eq!(ev[0].flags & EVENT_VERIFIED, EVENT_VERIFIED);
     }
 }
