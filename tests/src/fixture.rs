@@ -89,7 +89,12 @@ impl Fixture {
     }
 
     pub fn with_settings(settings: Settings) -> Fixture {
-        let mut dp = Dataplane::load(&MapSizes::default(), None).expect("loading the program");
+        let dp = Dataplane::load(&MapSizes::default(), None).expect("loading the program");
+        Fixture::around(dp, settings)
+    }
+
+    /// A fixture on a dataplane loaded by the caller (verified by now).
+    pub fn around(mut dp: Dataplane, settings: Settings) -> Fixture {
         let (tcp, udp) = default_ports();
         dp.write_ports(&tcp, &udp).expect("writing ports");
         dp.write_ack_ports(&ack_ports())

@@ -1323,3 +1323,105 @@ fn a_ban_map_too_small_for_a_big_write_says_so() {
     let put: std::collections::HashSet<IpNet> = put.iter().map(|(n, _)| *n).collect();
     assert!(read.iter().all(|(n, _)| put.contains(n)), "a ban never put");
 }
+
+/// Bans written before the program runs (a start after a reboot: the maps new, the
+/// program being verified) have the filter, the tags and the cache written while other
+/// threads write the hash. They come out as a bulk ban under a running program makes
+/// them, and once verified the program drops each banned source.
+#[test]
+fn bans_written_before_the_program_runs_are_indexed_alike() {
+    require_kernel!();
+    use portsentry_user::kernel::{Dataplane, MapSizes};
+    let now = monotonic_ns();
+    let timed = BanEntry {
+        since_ns: now,
+        expires_ns: now + 3_600_000_000_000,
+        ..Default::default()
+    };
+    let v4 = |i: u32| IpAddr::from(std::net::Ipv4Addr::from(0x0c00_0000 + i * 7));
+    let v6 = |i: u32| {
+        IpAddr::from(std::net::Ipv6Addr::from(
+            0x2001_0db8_u128 << 96 | u128::from(i) << 64,
+        ))
+    };
+    let bulk: Vec<(IpNet, BanEntry)> = (0..100_000)
+        .map(|i| (IpNet::from(v4(i)), BanEntry::default()))
+        .chain((100_000..120_000).map(|i| (IpNet::from(v4(i)), timed)))
+        .chain((0..20_000).map(|i| (IpNet::from(v6(i)), timed)))
+        .collect();
+    let mut fresh = Dataplane::load_verifying(&MapSizes::default(), None).unwrap();
+    fresh.insert_bans(bulk.clone()).unwrap();
+    fresh.wait_verified().unwrap();
+    let mut running = Dataplane::load(&MapSizes::default(), None).unwrap();
+    running.insert_bans(bulk.clone()).unwrap();
+    assert_eq!(fresh.bans().unwrap().len(), bulk.len());
+    assert_eq!(
+        fresh.ban_filter_bits().unwrap(),
+        running.ban_filter_bits().unwrap(),
+        "filter bits"
+    );
+    assert_eq!(
+        fresh.ban_tags_held().unwrap(),
+        running.ban_tags_held().unwrap(),
+        "tags"
+    );
+    assert!(fresh.ban_tags_held().unwrap().unwrap() > 100_000, "tagged");
+    assert_eq!(
+        fresh.ban_cache_held().unwrap(),
+        running.ban_cache_held().unwrap(),
+        "cached"
+    );
+    let mut fx = Fixture::around(fresh, Settings::default());
+    for i in [0, 777, 99_999, 100_000, 119_999] {
+        assert!(fx.dp.ban_tagged(v4(i)).unwrap(), "{} tagged", v4(i));
+        fx.expect(&udp(&v4(i).to_string()), XDP_DROP, Counter::DropBanned);
+    }
+    for i in [0, 19_999] {
+        fx.expect(&udp(&v6(i).to_string()), XDP_DROP, Counter::DropBanned);
+    }
+    fx.expect(
+        &udp(&v4(120_000).to_string()),
+        XDP_PASS,
+        Counter::PassUnwatched,
+    );
+}
+
+/// A write before the program runs that the hash refuses (the map full) leaves the
+/// filter, the tags and the cache with exactly the bans the hash took.
+#[test]
+fn a_refused_write_before_the_program_runs_leaves_only_the_hashs_bans_indexed() {
+    require_kernel!();
+    use portsentry_user::kernel::{Dataplane, MapSizes};
+    let sizes = MapSizes {
+        bans: 100_000,
+        ..Default::default()
+    };
+    let put: Vec<(IpNet, BanEntry)> = (0..150_000u32)
+        .map(|i| {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0d00_0000 + i * 3));
+            (IpNet::from(ip), BanEntry::default())
+        })
+        .collect();
+    let mut fresh = Dataplane::load_verifying(&sizes, None).unwrap();
+    let err = format!("{:#}", fresh.insert_bans(put).unwrap_err());
+    assert!(err.contains("is PS_BANS full?"), "{err}");
+    let held = fresh.bans().unwrap();
+    let mut only = Dataplane::load(&sizes, None).unwrap();
+    only.insert_bans(held.clone()).unwrap();
+    assert_eq!(
+        fresh.ban_filter_bits().unwrap(),
+        only.ban_filter_bits().unwrap(),
+        "filter bits"
+    );
+    assert_eq!(
+        fresh.ban_tags_held().unwrap(),
+        only.ban_tags_held().unwrap(),
+        "tags"
+    );
+    assert_eq!(
+        fresh.ban_cache_held().unwrap(),
+        only.ban_cache_held().unwrap(),
+        "cached"
+    );
+    fresh.wait_verified().unwrap();
+}

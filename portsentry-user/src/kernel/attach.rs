@@ -66,6 +66,12 @@ fn require_ethernet(interface: &str) -> Result<()> {
 }
 
 impl Dataplane {
+    /// Waits until the kernel has verified the program ([`Dataplane::load_verifying`];
+    /// the first attach waits too). An error is its rejection.
+    pub fn wait_verified(&mut self) -> Result<()> {
+        self.program().map(|_| ())
+    }
+
     /// The loaded program, once the kernel verified it.
     fn program(&mut self) -> Result<&mut Xdp> {
         if let Program::Verifying(_) = &self.ebpf {

@@ -111,23 +111,38 @@ impl BanTagTable {
             return first.into_iter().map(|(k, e)| self.put(k, e)).collect();
         }
         let m = Mapped::<BanTags>::new(&self.map, maps::BAN_TAGS, false)?;
-        let tagged = first
+        // Each IPv4 ban's place and end, then visited in the order of the buckets: in
+        // the bans' order, a bucket's read missed the caches at every ban (4 MiB of
+        // buckets at a million bans, 0.17 s of a start's restore). A ban changes its
+        // bucket alone, and the bans of a bucket keep their order: the same outcome.
+        let mut n = 0;
+        let mut places: Vec<(u32, u32, u16, u32)> = first
             .into_iter()
             .chain(bans)
-            .map(|(key, expires_ns)| {
-                let Some((place, until)) = self.place_of(key, expires_ns) else {
-                    self.remove_mapped(&m, key);
-                    return false;
-                };
-                let i = place.bucket as usize;
-                let mut bucket = m.get(i);
-                let tagged = self.insert(&mut bucket, place, until);
-                if tagged {
-                    m.put(i, &bucket);
-                }
-                tagged
+            .filter_map(|(key, expires_ns)| {
+                let i = n;
+                n += 1;
+                let p = place(key, self.shift)?;
+                Some((p.bucket, i, p.tag, cache_until(expires_ns)))
             })
             .collect();
+        places.sort_unstable_by_key(|&(bucket, i, _, _)| (bucket, i));
+        let mut tagged = vec![false; n as usize];
+        for (b, i, tag, until) in places {
+            let place = BanTagPlace { bucket: b, tag };
+            let mut bucket = m.get(b as usize);
+            // One that ends within the first unit after boot is taken out (`place_of`).
+            let changed = if until == 0 {
+                self.take_out(&mut bucket, place)
+            } else {
+                let inserted = self.insert(&mut bucket, place, until);
+                tagged[i as usize] = inserted;
+                inserted
+            };
+            if changed {
+                m.put(b as usize, &bucket);
+            }
+        }
         Ok(tagged)
     }
 
@@ -167,17 +182,6 @@ impl BanTagTable {
             self.write(place.bucket, &bucket)?;
         }
         Ok(())
-    }
-
-    /// [`Self::remove`] through a mapping.
-    fn remove_mapped(&mut self, m: &Mapped<BanTags>, key: &Addr) {
-        let Some(place) = place(key, self.shift) else {
-            return;
-        };
-        let mut bucket = m.get(place.bucket as usize);
-        if self.take_out(&mut bucket, place) {
-            m.put(place.bucket as usize, &bucket);
-        }
     }
 
     /// Takes the tag out of `bucket` and forgets its end; false when the bucket did not

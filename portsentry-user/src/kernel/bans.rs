@@ -22,6 +22,9 @@ use portsentry_common::{
 
 use super::{
     Dataplane, addr,
+    ban_cache::BanCache,
+    ban_filter::BanFilter,
+    ban_tags::BanTagTable,
     filter_users::FilterUsers,
     maps::{absent_is_false, absent_is_none, fd},
     sys,
@@ -73,7 +76,11 @@ impl Dataplane {
     /// that was in `PS_BANS` already (counting a bit twice only keeps it set longer).
     pub fn insert_bans(&mut self, bans: Vec<(IpNet, BanEntry)>) -> Result<()> {
         self.bans_at_load = None;
-        let (mut keys, mut values, mut nets) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut keys, mut values, mut nets) = (
+            Vec::with_capacity(bans.len()),
+            Vec::with_capacity(bans.len()),
+            Vec::new(),
+        );
         for (net, entry) in bans {
             if self.exact(&net) {
                 keys.push(addr::net_key(&net).1);
@@ -83,24 +90,47 @@ impl Dataplane {
             }
         }
         if !keys.is_empty() {
-            let places: Vec<BanFilterPlace> = keys.iter().map(filter_place).collect();
-            for place in &places {
-                self.filter_users.add_all(place.bits());
-            }
             self.blank.filter = false;
-            self.maps
-                .ban_filter
-                .set_many(places.iter().map(|p| (p.word(), p.mask)))?;
-            drop(places);
-            sys::write_map_parallel(fd(&self.maps.bans), &keys, &values).map_err(|e| {
+            let expires: Vec<u64> = values.iter().map(|v| v.expires_ns).collect();
+            let maps = &mut self.maps;
+            let users = &mut self.filter_users;
+            let bans_fd = fd(&maps.bans);
+            let (filter, tags, cache) = (
+                &mut maps.ban_filter,
+                &mut maps.ban_tags,
+                &mut maps.ban_cache,
+            );
+            let written = if self.blank.unused {
+                // No program runs on these maps yet (a start after a reboot): the
+                // filter, the tags and the cache are written here while other threads
+                // write the hash (0.1-0.2 s of a million bans' restore), where a running
+                // program needs the filter before the hash and the hash before the rest.
+                std::thread::scope(|s| {
+                    let hash = s.spawn(|| sys::write_map_parallel(bans_fd, &keys, &values));
+                    let indexed = set_filter_bits(users, filter, &keys)
+                        .and_then(|()| put_cached(tags, cache, keys.iter().zip(expires)));
+                    let written = hash.join().expect("the map writers' thread panicked");
+                    indexed.map(|()| written)
+                })?
+            } else {
+                set_filter_bits(users, filter, &keys)?;
+                let written = sys::write_map_parallel(bans_fd, &keys, &values);
+                if written.is_ok() {
+                    put_cached(tags, cache, keys.iter().zip(expires))?;
+                }
+                written
+            };
+            if let Err(e) = written {
+                if self.blank.unused {
+                    // The tags and the cache hold bans the hash may lack: made the
+                    // hash's again.
+                    self.rebuild_ban_filter()?;
+                }
                 let net = keys
                     .get(e.written)
                     .map(|k| addr::source_key_net(k, self.v6_source_prefix()));
-                stopped_at(e, net, maps::BANS)
-            })?;
-            let expires: Vec<u64> = values.iter().map(|v| v.expires_ns).collect();
-            drop(values);
-            self.cache_put_all(keys.iter().zip(expires))?;
+                return Err(stopped_at(e, net, maps::BANS));
+            }
         }
         if !nets.is_empty() {
             let keys: Vec<Key<Addr>> = nets
@@ -154,20 +184,7 @@ impl Dataplane {
             .sum())
     }
 
-    /// Puts each ban where the program looks before the hash: an IPv4 ban's tag in
-    /// `PS_BAN_TAGS`, else the ban in its `PS_BAN_CACHE` set, each unless full.
-    fn cache_put_all<'a>(
-        &mut self,
-        bans: impl Iterator<Item = (&'a Addr, u64)> + Clone,
-    ) -> Result<()> {
-        let tagged = match &mut self.maps.ban_tags {
-            Some(tags) => tags.put_all(bans.clone())?,
-            None => Vec::new(),
-        };
-        self.maps.ban_cache.put_all(untagged(bans, tagged))
-    }
-
-    /// [`Self::cache_put_all`] of one ban; a tagged ban leaves the cache (the program
+    /// [`put_cached`] of one ban; a tagged ban leaves the cache (the program
     /// may have put it there: its own bans go in the cache).
     fn cache_put(&mut self, key: &Addr, expires_ns: u64) -> Result<()> {
         let tagged = match &mut self.maps.ban_tags {
@@ -496,6 +513,29 @@ fn stopped_at(e: sys::WriteError, net: Option<IpNet>, map: &str) -> anyhow::Erro
 
 fn filter_place(key: &Addr) -> BanFilterPlace {
     maps::ban_filter_place(&bytemuck::cast::<Addr, AddrWords>(*key))
+}
+
+/// Sets the `PS_BAN_FILTER` bits of exact bans, each counted as a new user of its bits.
+fn set_filter_bits(users: &mut FilterUsers, filter: &mut BanFilter, keys: &[Addr]) -> Result<()> {
+    let places: Vec<BanFilterPlace> = keys.iter().map(filter_place).collect();
+    for place in &places {
+        users.add_all(place.bits());
+    }
+    filter.set_many(places.iter().map(|p| (p.word(), p.mask)))
+}
+
+/// Puts each ban where the program looks before the hash: an IPv4 ban's tag in
+/// `PS_BAN_TAGS`, else the ban in its `PS_BAN_CACHE` set, each unless full.
+fn put_cached<'a>(
+    tags: &mut Option<BanTagTable>,
+    cache: &mut BanCache,
+    bans: impl Iterator<Item = (&'a Addr, u64)> + Clone,
+) -> Result<()> {
+    let tagged = match tags {
+        Some(tags) => tags.put_all(bans.clone())?,
+        None => Vec::new(),
+    };
+    cache.put_all(untagged(bans, tagged))
 }
 
 /// Whether two keys of the trie (either absent) are the same range.

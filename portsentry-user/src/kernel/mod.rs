@@ -119,6 +119,9 @@ pub struct Dataplane {
 #[derive(Clone, Copy, Debug, Default)]
 struct Blank {
     filter: bool,
+    /// No program reads or writes the maps yet (this load created them, and the
+    /// program is being verified): the ban maps may be written in any order.
+    unused: bool,
 }
 
 /// The loaded object's program.
@@ -572,7 +575,10 @@ impl Dataplane {
             // (BPF_PROG_TEST_RUN) and write them.
             Contents::Created => {
                 let verifying = matches!(dp.ebpf, Program::Verifying(_));
-                dp.blank = Blank { filter: verifying };
+                dp.blank = Blank {
+                    filter: verifying,
+                    unused: verifying,
+                };
                 Vec::new()
             }
             Contents::Kept => {
