@@ -924,3 +924,99 @@ fn a_crowdsec_ban_is_not_counted_after_a_restart_either() {
     let r = read(&path(dir.path())).unwrap().unwrap();
     check(&r.store, "compacted");
 }
+
+/// The store rebuilt from a journal whose first records are puts in the order of their
+/// networks (a compacted journal, then the changes appended since) is the store the
+/// general replay builds, whatever follows: puts again, lifts, counts, names, CrowdSec
+/// decisions.
+mod rebuild_with_a_prefix {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const NETS: [&str; 6] = [
+        "192.0.2.7/32",
+        "192.0.2.9/32",
+        "198.51.100.0/24",
+        "203.0.113.5/32",
+        "2001:db8::/64",
+        "2001:db8:1::/64",
+    ];
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        Put(usize, u32, bool),
+        Lift(usize),
+        Count(usize, u32),
+        Name(usize, u8),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        let net = 0..NETS.len();
+        prop_oneof![
+            (net.clone(), 1..5u32, any::<bool>()).prop_map(|(n, c, d)| Step::Put(n, c, d)),
+            net.clone().prop_map(Step::Lift),
+            (net.clone(), 1..7u32).prop_map(|(n, c)| Step::Count(n, c)),
+            (net, 0..3u8).prop_map(|(n, k)| Step::Name(n, k)),
+        ]
+    }
+
+    fn net(i: usize) -> IpNet {
+        NETS[i].parse().unwrap()
+    }
+
+    fn encode(out: &mut Vec<u8>, s: &Step) {
+        match *s {
+            Step::Put(i, _, true) => encode_put(
+                out,
+                &Ban::of_decision(
+                    net(i),
+                    UNIX_EPOCH + Duration::from_secs(1_795_625_334),
+                    UNIX_EPOCH + Duration::from_secs(1_900_000_000),
+                ),
+            ),
+            Step::Put(i, count, false) => encode_put(out, &ban(NETS[i], count)),
+            Step::Lift(i) => encode_lift(out, &net(i)),
+            Step::Count(i, c) => encode_count(out, &net(i), c),
+            Step::Name(i, k) => encode_name(out, &net(i), &format!("host{k}.example")),
+        }
+    }
+
+    fn rebuilt(bytes: &[u8], no_prefix: bool) -> BanStore {
+        let mut r = if no_prefix {
+            Rebuild::without_prefix()
+        } else {
+            Rebuild::default()
+        };
+        replay(&mut &bytes[..], |rec| r.add(rec)).unwrap();
+        r.finish()
+    }
+
+    proptest! {
+        #[test]
+        fn is_the_general_replays_store(
+            first in proptest::sample::subsequence((0..NETS.len()).collect::<Vec<_>>(), 0..=NETS.len()),
+            counts in proptest::collection::vec(1..5u32, NETS.len()),
+            rest in proptest::collection::vec(step(), 0..24),
+        ) {
+            let mut bytes = HEADER.to_vec();
+            for i in first {
+                encode_put(&mut bytes, &ban(NETS[i], counts[i]));
+            }
+            for s in &rest {
+                encode(&mut bytes, s);
+            }
+            let (with, without) = (rebuilt(&bytes, false), rebuilt(&bytes, true));
+            prop_assert_eq!(nets(&with), nets(&without));
+            for i in 0..NETS.len() {
+                let n = net(i);
+                prop_assert_eq!(with.get(&n), without.get(&n), "{}", n);
+                prop_assert_eq!(with.times_banned(&n), without.times_banned(&n), "{}", n);
+                if let Some(b) = with.get(&n) {
+                    prop_assert_eq!(with.name_of(&b), without.name_of(&b), "{}", n);
+                }
+            }
+            prop_assert_eq!(with.previous_len(), without.previous_len());
+        }
+    }
+}
