@@ -34,22 +34,25 @@ pub struct Handed {
     key: AddrWords,
     /// SOURCE_PREFIX_V6's length when `key` is a network, [`NO_PREFIX`] when not.
     prefix: u32,
-    /// `ScanType as u8` of a probe; 0 when the packet is no probe (`passed` says why)
-    /// and came for the challenge alone.
+    /// `ScanType as u8` of a probe; 0 for a segment that came for the challenge alone,
+    /// and is no probe (`Counter::PassNotProbe`) unless it answers one.
     kind: u8,
     watched: bool,
     trw_syn: bool,
     /// Checked first as the answer to a challenge (VERIFY_SOURCES).
     challenge: bool,
-    /// The verdict when `kind` is 0 and no challenge is answered.
-    passed: Counter,
 }
+
+// `PS_PROBE`'s value. Its pin is kept across upgrades (a program loaded again writes its
+// own layout into it, for its own stage): a new size needs the map replaced at load
+// (`resize::grown_values` in the daemon), or the new program is refused on the old pin.
+const _: () = assert!(core::mem::size_of::<Handed>() == 88);
 
 const NO_PREFIX: u32 = u32::MAX;
 
 /// Hands a probe, or a segment that may answer a challenge (`challenge`), over to the
 /// probe stage and tail-calls it; returns only when the stage is missing
-/// (`Counter::PassUnprobed`).
+/// (`Counter::PassUnprobed`), or with the reason a packet that is neither is passed.
 #[inline(always)]
 pub fn hand_over(
     ctx: &XdpContext,
@@ -63,9 +66,12 @@ pub fn hand_over(
     let Some(slot) = PS_PROBE.get_ptr_mut(0) else {
         return Counter::PassUnprobed;
     };
-    let (kind, watched, trw_syn, passed) = match probe {
-        Ok(p) => (p.kind as u8, p.watched, p.trw_syn, Counter::PassProbe),
-        Err(reason) => (0, false, false, reason),
+    let (kind, watched, trw_syn) = match probe {
+        Ok(p) => (p.kind as u8, p.watched, p.trw_syn),
+        // A segment with a challenge to check is a probe or not looked at (a pure ACK is
+        // an ACK-class probe where that class is watched).
+        Err(Counter::PassNotProbe) => (0, false, false),
+        Err(reason) => return reason,
     };
     // SAFETY: this CPU's slot; the stage that reads it runs next, on this CPU.
     unsafe {
@@ -78,7 +84,6 @@ pub fn hand_over(
             watched,
             trw_syn,
             challenge,
-            passed,
         };
         PS_PROGS.tail_call(ctx, PROBE_STAGE);
     }
@@ -104,7 +109,7 @@ pub fn probe(ctx: &XdpContext) -> Counter {
     } else {
         match ScanType::from_u8(h.kind) {
             Some(kind) => probe_l4(ctx, h, kind, prefix, settings),
-            None => h.passed,
+            None => Counter::PassNotProbe,
         }
     };
     tiny_fragment_rule(&h.l4, verdict, settings)

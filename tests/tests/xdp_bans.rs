@@ -1396,16 +1396,27 @@ fn a_refused_write_before_the_program_runs_leaves_only_the_hashs_bans_indexed() 
         bans: 100_000,
         ..Default::default()
     };
-    let put: Vec<(IpNet, BanEntry)> = (0..150_000u32)
-        .map(|i| {
-            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0d00_0000 + i * 3));
-            (IpNet::from(ip), BanEntry::default())
+    // IPv4 bans (tags) and IPv6 ones (the cache), interleaved: the hash refuses some of
+    // each.
+    let put: Vec<(IpNet, BanEntry)> = (0..75_000u32)
+        .flat_map(|i| {
+            let v4 = IpAddr::from(std::net::Ipv4Addr::from(0x0d00_0000 + i * 3));
+            let v6 = IpAddr::from(std::net::Ipv6Addr::from(
+                0x2001_0db8_u128 << 96 | u128::from(i) << 64,
+            ));
+            [v4, v6].map(|ip| (IpNet::from(ip), BanEntry::default()))
         })
         .collect();
     let mut fresh = Dataplane::load_verifying(&sizes, None).unwrap();
-    let err = format!("{:#}", fresh.insert_bans(put).unwrap_err());
+    let err = format!("{:#}", fresh.insert_bans(put.clone()).unwrap_err());
     assert!(err.contains("is PS_BANS full?"), "{err}");
     let held = fresh.bans().unwrap();
+    assert!(
+        held.iter().any(|(n, _)| n.addr().is_ipv6()),
+        "{} held",
+        held.len()
+    );
+    assert!(held.len() < put.len());
     let mut only = Dataplane::load(&sizes, None).unwrap();
     only.insert_bans(held.clone()).unwrap();
     assert_eq!(

@@ -69,7 +69,11 @@ impl Dataplane {
     /// Waits until the kernel has verified the program ([`Dataplane::load_verifying`];
     /// the first attach waits too). An error is its rejection.
     pub fn wait_verified(&mut self) -> Result<()> {
-        self.program().map(|_| ())
+        self.program()?;
+        // The program can run from here on (BPF_PROG_TEST_RUN), and write the filter
+        // and the cache.
+        self.blank = Default::default();
+        Ok(())
     }
 
     /// The loaded program, once the kernel verified it.

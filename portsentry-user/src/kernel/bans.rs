@@ -100,7 +100,7 @@ impl Dataplane {
                 &mut maps.ban_tags,
                 &mut maps.ban_cache,
             );
-            let written = if self.blank.unused {
+            let (written, indexed) = if self.blank.unused {
                 // No program runs on these maps yet (a start after a reboot): the
                 // filter, the tags and the cache are written here while other threads
                 // write the hash (0.1-0.2 s of a million bans' restore), where a running
@@ -109,21 +109,30 @@ impl Dataplane {
                     let hash = s.spawn(|| sys::write_map_parallel(bans_fd, &keys, &values));
                     let indexed = set_filter_bits(users, filter, &keys)
                         .and_then(|()| put_cached(tags, cache, keys.iter().zip(expires)));
-                    let written = hash.join().expect("the map writers' thread panicked");
-                    indexed.map(|()| written)
-                })?
+                    (
+                        hash.join().expect("the map writers' thread panicked"),
+                        indexed,
+                    )
+                })
             } else {
                 set_filter_bits(users, filter, &keys)?;
                 let written = sys::write_map_parallel(bans_fd, &keys, &values);
-                if written.is_ok() {
-                    put_cached(tags, cache, keys.iter().zip(expires))?;
-                }
-                written
+                let indexed = match written {
+                    Ok(()) => put_cached(tags, cache, keys.iter().zip(expires)),
+                    Err(_) => Ok(()),
+                };
+                (written, indexed)
             };
             if let Err(e) = written {
                 if self.blank.unused {
-                    // The tags and the cache hold bans the hash may lack: made the
-                    // hash's again.
+                    // The filter, the tags and the cache took every ban: the bans the
+                    // hash lacks taken out of the cache (its rebuild only adds), then all
+                    // three made the hash's again.
+                    let held: HashSet<Addr> =
+                        self.read_bans()?.into_iter().map(|(k, _)| k).collect();
+                    for key in keys.iter().filter(|k| !held.contains(*k)) {
+                        self.maps.ban_cache.remove(key)?;
+                    }
                     self.rebuild_ban_filter()?;
                 }
                 let net = keys
@@ -131,6 +140,7 @@ impl Dataplane {
                     .map(|k| addr::source_key_net(k, self.v6_source_prefix()));
                 return Err(stopped_at(e, net, maps::BANS));
             }
+            indexed?;
         }
         if !nets.is_empty() {
             let keys: Vec<Key<Addr>> = nets
