@@ -136,22 +136,7 @@ impl Book {
     /// force, as it refuses the next): an operator's ban may have been forced, and stays.
     pub fn sweep(&mut self) -> Swept {
         let mut out = Swept::default();
-        // Only the refused are collected: every ban on record is checked at each start.
-        let refused: Vec<(IpNet, Refusal)> = self
-            .store
-            .iter()
-            .filter_map(|b| {
-                // Too wide first: such a range is lifted whole, whatever it covers.
-                let too_wide = (b.origin == BanOrigin::CrowdSec)
-                    .then(|| self.guard.too_wide(&b.net))
-                    .flatten();
-                Some((
-                    b.net,
-                    too_wide.or_else(|| self.guard.check(&b.net, true).err())?,
-                ))
-            })
-            .collect();
-        for (net, refusal) in refused {
+        for (net, refusal) in self.guard.refused_in(&self.store) {
             if matches!(refusal, Refusal::TooWide { .. }) || self.guard.inside_protected(&net) {
                 match self.lift(&net) {
                     Ok(Some(ban)) => out.lifted.push((ban, refusal)),

@@ -261,8 +261,10 @@ impl Rec {
     /// The ban of `net` this record holds; `None` when a field holds no valid value
     /// (a record from a damaged or foreign file).
     /// [`Ban::kernel_entry_at`] of [`Rec::ban`], from the record's integers.
-    pub fn kernel_entry_at(&self, net: IpNet, clocks: &clock::Anchor) -> Option<BanEntry> {
-        self.ban(net)?;
+    pub fn kernel_entry_at(&self, clocks: &clock::Anchor) -> Option<BanEntry> {
+        if !self.is_valid() {
+            return None;
+        }
         Some(BanEntry {
             expires_ns: match self.expires_ms {
                 0 => 0,
@@ -274,6 +276,18 @@ impl Rec {
             origin: self.origin,
             count: self.count,
         })
+    }
+
+    /// Whether [`Rec::ban`] is `Some`: every field holds a valid value (checked for each
+    /// record a journal holds, without making its ban).
+    pub fn is_valid(&self) -> bool {
+        let origin = [BanOrigin::Scan, BanOrigin::Manual, BanOrigin::CrowdSec]
+            .iter()
+            .any(|o| *o as u8 == self.origin);
+        origin
+            && (self.scan_type == 0 || ScanType::from_u8(self.scan_type).is_some())
+            && (self.proto == 0 || Protocol::from_number(self.proto).is_some())
+            && self.mode().is_some()
     }
 
     pub fn ban(&self, net: IpNet) -> Option<Ban> {
@@ -560,6 +574,42 @@ impl BanStore {
             .filter_map(|(n, r)| r.ban(*n))
     }
 
+    /// The networks of the bans that overlap `net`: those inside it (its own included),
+    /// then those around it (one lookup per shorter prefix length in use). Bans of the
+    /// other family are not looked at.
+    pub fn overlapping<'a>(&'a self, net: &IpNet) -> impl Iterator<Item = IpNet> + use<'a> {
+        let net = net.trunc();
+        let first = IpNet::new(net.network(), 0).expect("0 is a valid prefix");
+        let last = IpNet::new(net.broadcast(), net.max_prefix_len()).expect("a host prefix");
+        let inside = self
+            .bans
+            .range(first..=last)
+            .map(|(n, _)| *n)
+            .filter(move |n| net.contains(n));
+        let lengths: &[u32] = match net {
+            IpNet::V4(_) => &self.lengths_v4,
+            IpNet::V6(_) => &self.lengths_v6,
+        };
+        let around = (0..net.prefix_len())
+            .filter(move |p| lengths[usize::from(*p)] > 0)
+            .filter_map(move |p| IpNet::new(net.addr(), p).ok())
+            .map(|n| n.trunc())
+            .filter(|n| self.bans.contains_key(n));
+        inside.chain(around)
+    }
+
+    /// Whether a ban of a prefix shorter than `min_v4` (IPv4) or `min_v6` (IPv6) is on
+    /// record.
+    pub fn any_shorter(&self, min_v4: u8, min_v6: u8) -> bool {
+        let used = |lengths: &[u32], min: u8| lengths.iter().take(usize::from(min)).any(|n| *n > 0);
+        used(&self.lengths_v4, min_v4) || used(&self.lengths_v6, min_v6)
+    }
+
+    /// The record of `net`'s ban, if it has one.
+    pub fn record(&self, net: &IpNet) -> Option<&Rec> {
+        self.bans.get(net)
+    }
+
     /// The ban of `net` or of a network that contains it, if any (one lookup per prefix
     /// length in use, longest first).
     pub fn covering_net(&self, net: &IpNet) -> Option<Ban> {
@@ -756,17 +806,34 @@ mod tests {
             b.since = ms(now - Duration::from_millis(1500));
             let rec = Rec::of(&b);
             assert_eq!(
-                rec.kernel_entry_at(b.net, &clocks),
+                rec.kernel_entry_at(&clocks),
                 Some(b.kernel_entry_at(&clocks)),
                 "{expires:?}"
             );
         }
         let mut rec = Rec::of(&ban("192.0.2.7/32", 1, None));
         rec.origin = 200;
-        assert_eq!(
-            rec.kernel_entry_at("192.0.2.7/32".parse().unwrap(), &clocks),
-            None
-        );
+        assert_eq!(rec.kernel_entry_at(&clocks), None);
+    }
+
+    #[test]
+    fn a_record_is_valid_when_it_makes_a_ban() {
+        let net: IpNet = "192.0.2.7/32".parse().unwrap();
+        let good = Rec::of(&ban("192.0.2.7/32", 1, None));
+        // Every value of each checked field, the others valid.
+        let fields: [fn(&mut Rec, u8); 4] = [
+            |r, v| r.origin = v,
+            |r, v| r.scan_type = v,
+            |r, v| r.proto = v,
+            |r, v| r.mode = v,
+        ];
+        for (i, set) in fields.iter().enumerate() {
+            for v in 0..=u8::MAX {
+                let mut rec = good;
+                set(&mut rec, v);
+                assert_eq!(rec.is_valid(), rec.ban(net).is_some(), "field {i} = {v}");
+            }
+        }
     }
 
     #[test]

@@ -240,7 +240,7 @@ pub fn reconcile(
         let in_kernel = k.next_if(|(n, _)| n == net).is_some();
         if rec.expires_ms != 0 && rec.expires_ms <= now_ms {
             out.expired.extend(rec.ban(*net));
-        } else if !in_kernel && let Some(entry) = rec.kernel_entry_at(*net, &clocks) {
+        } else if !in_kernel && let Some(entry) = rec.kernel_entry_at(&clocks) {
             out.to_insert.push((*net, entry));
         }
     }

@@ -183,9 +183,9 @@ pub(super) fn lift_when_off(shared: &Arc<Shared>) {
         let mut book = shared.book();
         let nets: Vec<IpNet> = book
             .store
-            .iter()
-            .filter(|b| b.origin == BanOrigin::CrowdSec)
-            .map(|b| b.net)
+            .records()
+            .filter(|(_, rec)| rec.is_crowdsec())
+            .map(|(net, _)| *net)
             .collect();
         book.lift_many(&nets)
     };
@@ -652,9 +652,9 @@ fn spawn_kills(shared: &Arc<Shared>, added: &[Ban]) {
 /// The CrowdSec bans in force, by kind.
 fn enforced(store: &crate::bans::BanStore) -> Enforced {
     let mut e = Enforced::default();
-    for b in store.iter().filter(|b| b.origin == BanOrigin::CrowdSec) {
-        let host = b.net.prefix_len() == b.net.max_prefix_len();
-        let n = match (b.net, host) {
+    for (net, _) in store.records().filter(|(_, rec)| rec.is_crowdsec()) {
+        let host = net.prefix_len() == net.max_prefix_len();
+        let n = match (net, host) {
             (IpNet::V4(_), true) => &mut e.ip_v4,
             (IpNet::V6(_), true) => &mut e.ip_v6,
             (IpNet::V4(_), false) => &mut e.range_v4,

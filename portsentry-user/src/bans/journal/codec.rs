@@ -212,7 +212,7 @@ fn decode_payload(kind: u8, p: &[u8]) -> Result<Record, &'static str> {
                 proto: rest[28],
                 mode: rest[29],
             };
-            if r.ban(net).is_none() {
+            if !r.is_valid() {
                 return Err("a ban record with an invalid field");
             }
             Ok(Record::Put(net, r))
