@@ -84,7 +84,10 @@ pub fn read(path: &Path) -> Result<Option<Recovered>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
     };
-    let mut rebuild = Rebuild::default();
+    // Room for as many puts as the file may hold: no copy as the prefix grows.
+    let size = file.metadata().map_or(0, |m| m.len());
+    let puts = usize::try_from(size).unwrap_or(0) / PUT_SIZE;
+    let mut rebuild = Rebuild::with_room_for(puts);
     let (intact, damage) = replay(&mut BufReader::with_capacity(1 << 20, file), |r| {
         rebuild.add(r)
     })

@@ -198,9 +198,6 @@ pub fn ban_from_kernel(net: IpNet, e: &BanEntry, tcp_mode: ModeToken, udp_mode: 
 pub struct Reconciled {
     /// Bans in force after start-up.
     pub store: BanStore,
-    /// Bans from the file that were not in the kernel (a reboot), with their kernel
-    /// entries: insert them.
-    pub to_insert: Vec<(IpNet, BanEntry)>,
     /// Bans that ran out while no daemon ran: remove them and run their undo steps.
     pub expired: Vec<Ban>,
     /// Kernel bans the file did not know (made just before a crash).
@@ -213,13 +210,16 @@ pub struct Reconciled {
 /// Merges the bans on record with the kernel's: a ban in either is kept (the kernel
 /// entry only fills in what the record lacks), one that has run out is reported expired
 /// (and stays in the store until the caller lifts it, so that its end is recorded).
-/// One pass over both, in the order of networks (the kernel's are sorted here).
+/// One pass over both, in the order of networks (the kernel's are sorted here). The bans
+/// on record that the kernel lacks (all of them after a reboot) go to `to_insert`, each
+/// with its kernel entry, as they are met.
 pub fn reconcile(
     saved: BanStore,
     kernel: Vec<(IpNet, BanEntry)>,
     now: SystemTime,
     tcp_mode: ModeToken,
     udp_mode: ModeToken,
+    mut to_insert: impl FnMut(IpNet, BanEntry),
 ) -> Reconciled {
     let mut out = Reconciled {
         store: saved,
@@ -241,7 +241,7 @@ pub fn reconcile(
         if rec.expires_ms != 0 && rec.expires_ms <= now_ms {
             out.expired.extend(rec.ban(*net));
         } else if !in_kernel && let Some(entry) = rec.kernel_entry_at(&clocks) {
-            out.to_insert.push((*net, entry));
+            to_insert(*net, entry);
         }
     }
     kernel_only.extend(k.copied());
@@ -496,8 +496,15 @@ mod tests {
             ("192.0.2.4/32".parse().unwrap(), live), // made just before a crash
             ("192.0.2.5/32".parse().unwrap(), pending), // made by the program, no response yet
         ];
-        let r = reconcile(saved, kernel, now, ModeToken::Atcp, ModeToken::Audp);
-        let nets: Vec<IpNet> = r.to_insert.iter().map(|(n, _)| *n).collect();
+        let mut nets: Vec<IpNet> = Vec::new();
+        let r = reconcile(
+            saved,
+            kernel,
+            now,
+            ModeToken::Atcp,
+            ModeToken::Audp,
+            |n, _| nets.push(n),
+        );
         assert_eq!(nets, vec!["192.0.2.2/32".parse::<IpNet>().unwrap()]);
         assert_eq!(r.adopted, vec!["192.0.2.4/32".parse::<IpNet>().unwrap()]);
         assert_eq!(r.pending, vec![("192.0.2.5/32".parse().unwrap(), pending)]);

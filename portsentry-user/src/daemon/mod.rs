@@ -261,12 +261,19 @@ pub async fn run(
     // advanced mode's token.
     let tcp_mode = eff.mode_token(Protocol::Tcp).unwrap_or(ModeToken::Atcp);
     let udp_mode = eff.mode_token(Protocol::Udp).unwrap_or(ModeToken::Audp);
-    let mut r = state::reconcile(saved, kernel_bans, SystemTime::now(), tcp_mode, udp_mode);
+    let mut to_insert = dp.ban_writes(saved.len());
+    let mut r = state::reconcile(
+        saved,
+        kernel_bans,
+        SystemTime::now(),
+        tcp_mode,
+        udp_mode,
+        |net, entry| to_insert.push(net, entry),
+    );
     let pending = std::mem::take(&mut r.pending);
     let t = std::time::Instant::now();
-    let to_insert = std::mem::take(&mut r.to_insert);
     let written = to_insert.len();
-    dp.insert_bans(to_insert)?;
+    dp.write_bans(to_insert)?;
     log.notice(&format!(
         "portsentry: kernel maps: {in_kernel} bans read in {read_kernel:.2?}, {written} \
          written in {:.2?}",

@@ -30,7 +30,49 @@ use super::{
     sys,
 };
 
+/// Bans to write at once ([`Dataplane::write_bans`]), each put where the maps take it:
+/// the exact map's keys and entries, apart from the ranges. Filled as the bans come: a
+/// start's restore makes no list of a million (network, entry) pairs (48 MB) to sort
+/// out before the map writers begin.
+pub struct BanWrites {
+    keys: Vec<Addr>,
+    values: Vec<BanEntry>,
+    nets: Vec<(IpNet, BanEntry)>,
+    v6_source_prefix: Option<u32>,
+}
+
+impl BanWrites {
+    pub fn push(&mut self, net: IpNet, entry: BanEntry) {
+        if addr::is_source_key(&net, self.v6_source_prefix) {
+            self.keys.push(addr::net_key(&net).1);
+            self.values.push(entry);
+        } else {
+            self.nets.push((net, entry));
+        }
+    }
+
+    /// How many bans it holds.
+    pub fn len(&self) -> usize {
+        self.keys.len() + self.nets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 impl Dataplane {
+    /// An empty [`BanWrites`] for this dataplane's maps, with room for `capacity` exact
+    /// bans.
+    pub fn ban_writes(&self, capacity: usize) -> BanWrites {
+        BanWrites {
+            keys: crate::big_vec::with_capacity(capacity),
+            values: crate::big_vec::with_capacity(capacity),
+            nets: Vec::new(),
+            v6_source_prefix: self.v6_source_prefix(),
+        }
+    }
+
     /// Makes `PS_BAN_FILTER` exactly the filter of the bans in `PS_BANS` (at load, which
     /// also adopts the bans of pinned maps) and `PS_BAN_TAGS` exactly their tags, and
     /// gives `PS_BAN_CACHE` every ban without a tag whose set has room or already holds
@@ -75,23 +117,22 @@ impl Dataplane {
     /// peak memory). Every exact ban is counted as a new user of its filter bits, also one
     /// that was in `PS_BANS` already (counting a bit twice only keeps it set longer).
     pub fn insert_bans(&mut self, bans: Vec<(IpNet, BanEntry)>) -> Result<()> {
-        self.bans_at_load = None;
-        let (mut keys, mut values, mut nets) = (
-            Vec::with_capacity(bans.len()),
-            Vec::with_capacity(bans.len()),
-            Vec::new(),
-        );
+        let mut writes = self.ban_writes(bans.len());
         for (net, entry) in bans {
-            if self.exact(&net) {
-                keys.push(addr::net_key(&net).1);
-                values.push(entry);
-            } else {
-                nets.push((net, entry));
-            }
+            writes.push(net, entry);
         }
+        self.write_bans(writes)
+    }
+
+    /// [`Self::insert_bans`] of bans already sorted out ([`Self::ban_writes`]).
+    pub fn write_bans(&mut self, writes: BanWrites) -> Result<()> {
+        self.bans_at_load = None;
+        let BanWrites {
+            keys, values, nets, ..
+        } = writes;
         if !keys.is_empty() {
             self.blank.filter = false;
-            let expires: Vec<u64> = values.iter().map(|v| v.expires_ns).collect();
+            let expires = values.iter().map(|v| v.expires_ns);
             let maps = &mut self.maps;
             let users = &mut self.filter_users;
             let bans_fd = fd(&maps.bans);

@@ -376,6 +376,15 @@ impl Fold {
 }
 
 impl Rebuild {
+    /// A rebuild with room for a prefix of `puts` bans (a journal's size over a put's:
+    /// the most it may hold), in huge pages where the kernel allows them.
+    pub(super) fn with_room_for(puts: usize) -> Self {
+        Rebuild {
+            prefix: crate::big_vec::with_capacity(puts),
+            ..Rebuild::default()
+        }
+    }
+
     /// A rebuild that keeps no prefix: every record sorted and merged.
     #[cfg(test)]
     pub(super) fn without_prefix() -> Self {
