@@ -8,7 +8,6 @@
 
 pub mod actions;
 pub mod bans;
-pub mod big_vec;
 pub mod cli;
 pub mod clock;
 pub mod config;

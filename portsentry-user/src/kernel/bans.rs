@@ -66,8 +66,8 @@ impl Dataplane {
     /// bans.
     pub fn ban_writes(&self, capacity: usize) -> BanWrites {
         BanWrites {
-            keys: crate::big_vec::with_capacity(capacity),
-            values: crate::big_vec::with_capacity(capacity),
+            keys: Vec::with_capacity(capacity),
+            values: Vec::with_capacity(capacity),
             nets: Vec::new(),
             v6_source_prefix: self.v6_source_prefix(),
         }

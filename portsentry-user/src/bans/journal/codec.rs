@@ -377,10 +377,10 @@ impl Fold {
 
 impl Rebuild {
     /// A rebuild with room for a prefix of `puts` bans (a journal's size over a put's:
-    /// the most it may hold), in huge pages where the kernel allows them.
+    /// the most it may hold).
     pub(super) fn with_room_for(puts: usize) -> Self {
         Rebuild {
-            prefix: crate::big_vec::with_capacity(puts),
+            prefix: Vec::with_capacity(puts),
             ..Rebuild::default()
         }
     }
