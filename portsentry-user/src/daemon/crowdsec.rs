@@ -423,9 +423,9 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool, asked: SystemTime) {
         if full {
             let stale: Vec<IpNet> = book
                 .store
-                .iter()
-                .filter(|b| b.origin == BanOrigin::CrowdSec && !held.holds(&b.net))
-                .map(|b| b.net)
+                .records()
+                .filter(|(net, rec)| rec.is_crowdsec() && !held.holds(net))
+                .map(|(net, _)| *net)
                 .collect();
             for net in stale {
                 match book.lift(&net) {
