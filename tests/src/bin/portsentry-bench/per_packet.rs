@@ -187,6 +187,7 @@ pub(crate) fn per_packet(args: &Args) {
         }
         println!("{line}");
     }
+    verify_sources(&mut dp, &ns, &pass, &frames, args);
     println!("## Growth: ns per packet against the number of bans\n");
     println!("| bans | XDP_PASS | benign ACK | banned, dropped | banned / XDP_PASS |");
     println!("|---:|---:|---:|---:|---:|");
@@ -232,6 +233,77 @@ pub(crate) fn per_packet(args: &Args) {
             _ => String::new(),
         };
         println!("| {name} | {bytes} | {per} |");
+    }
+    println!();
+}
+
+/// The cost of VERIFY_SOURCES on the paths it changes, on the maps of the last column:
+/// a pure ACK to a watched port nothing listens on (the probe stage checks it as an
+/// answer to a challenge first), one to a port a service listens on, and a SYN probe
+/// (answered with a challenge, XDP_TX). Each round runs the frames with the setting off,
+/// then on; medians of the rounds.
+fn verify_sources(
+    dp: &mut portsentry_user::kernel::Dataplane,
+    ns: &Netns,
+    pass: &impl AsFd,
+    frames: &[(&str, Vec<u8>)],
+    args: &Args,
+) {
+    use portsentry_common::maps::SETTING_VERIFY;
+    let (client, server) = (ip("192.0.2.7"), ip("192.0.2.1"));
+    let cases = [
+        ("XDP_PASS only (floor)", frames[0].1.clone(), true),
+        (
+            "pure ACK to a watched port nothing listens on",
+            Frame::tcp(client, server, 23, ACK).build(),
+            false,
+        ),
+        (
+            "pure ACK to a served port (benign)",
+            frames[0].1.clone(),
+            false,
+        ),
+        (frames[2].0, frames[2].1.clone(), false),
+    ];
+    let off = dp.settings();
+    let on = portsentry_common::maps::Settings {
+        flags: off.flags | SETTING_VERIFY,
+        cookie_secret: 0x5eed_1234_abcd_9876,
+        ..off
+    };
+    // Its own descriptor of the program: the settings are written between the runs.
+    let prog = dp
+        .program_fd()
+        .unwrap()
+        .try_clone_to_owned()
+        .expect("duplicating the program's descriptor");
+    let mut samples = vec![[Vec::new(), Vec::new()]; cases.len()];
+    for _ in 0..args.rounds {
+        for (which, settings) in [off, on].into_iter().enumerate() {
+            dp.write_settings(settings).expect("writing PS_SETTINGS");
+            ns.enter(|| {
+                for (i, (_, frame, floor)) in cases.iter().enumerate() {
+                    let fd = if *floor { pass.as_fd() } else { prog.as_fd() };
+                    let r = testrun::run(fd, frame, args.repeat).expect("BPF_PROG_TEST_RUN");
+                    samples[i][which].push(r.duration_ns);
+                }
+            });
+        }
+    }
+    dp.write_settings(off).expect("writing PS_SETTINGS");
+    let median = |v: &mut Vec<u32>| {
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    println!(
+        "## VERIFY_SOURCES (ns per packet, median of {} rounds x {} runs, each round off then \
+         on; the maps of the last column)\n",
+        args.rounds, args.repeat
+    );
+    println!("| case | off | on | difference |\n|---|---:|---:|---:|");
+    for ((name, _, _), [a, b]) in cases.iter().zip(samples.iter_mut()) {
+        let (a, b) = (median(a), median(b));
+        println!("| {name} | {a} | {b} | {:+} |", i64::from(b) - i64::from(a));
     }
     println!();
 }
