@@ -15,7 +15,10 @@ use super::{
     guard::{Guard, Why},
     journal::Journal,
 };
-use crate::config::{Config, LONGEST};
+use crate::{
+    config::{Config, LONGEST},
+    kernel::addr::canonical_net,
+};
 
 /// Which bans to lift.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +58,9 @@ pub fn ban(
     duration: Option<Duration>,
     asker: Asker,
 ) -> Result<Banned> {
+    // As the command line names it (a request on the control socket may not): one
+    // network, one record, found by range like every other ban.
+    let net = canonical_net(net);
     let force = asker.force;
     if duration.is_some_and(|d| d > LONGEST) {
         // The command line never asks for one; a date that far ahead would overflow.
@@ -87,6 +93,10 @@ pub fn on_disk(ticket: Option<(Journal, u64)>) -> Result<()> {
 /// whatever else happened) and what to tell the operator: an error when a lift failed,
 /// or when the network named was not banned.
 pub fn unban(book: &mut Book, which: Unban) -> (Vec<Ban>, Result<String>) {
+    let which = match which {
+        Unban::One(net) => Unban::One(canonical_net(net)),
+        Unban::All => Unban::All,
+    };
     // A ban the program made that the daemon has not recorded yet is lifted too: the one
     // named, or every one.
     let (unrecorded, reading) = match which {
@@ -220,6 +230,36 @@ mod tests {
         );
         on_disk(book.ticket()).unwrap();
         assert_eq!(super::super::journal::load(dir.path()).unwrap().len(), 0);
+    }
+
+    /// A network named with host bits set, or IPv4 as mapped IPv6 (a request written to
+    /// the control socket by hand), is banned and unbanned as the network it stands for.
+    #[test]
+    fn a_network_is_banned_and_unbanned_as_it_stands() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut book, config) = book(dir.path());
+        for (asked, stored) in [
+            ("198.51.100.9/24", "198.51.100.0/24"),
+            ("::ffff:192.0.2.7/128", "192.0.2.7/32"),
+        ] {
+            let b = ban(
+                &mut book,
+                &config,
+                asked.parse().unwrap(),
+                None,
+                Asker::default(),
+            )
+            .unwrap();
+            let stored: IpNet = stored.parse().unwrap();
+            assert_eq!(b.ban.net, stored);
+            assert!(book.store.contains(&stored), "{asked}");
+            let (lifted, r) = unban(&mut book, Unban::One(asked.parse().unwrap()));
+            assert_eq!(
+                (lifted.len(), r.unwrap()),
+                (1, format!("unbanned {stored}"))
+            );
+        }
+        assert!(book.store.is_empty());
     }
 
     /// An operator's ban over a scan ban returns the scan ban, whose kill commands the
