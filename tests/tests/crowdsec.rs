@@ -714,3 +714,71 @@ fn a_full_answer_rewrites_no_ban_already_in_force() {
         );
     }
 }
+
+/// A list longer than the ban map (MAX_BANS 16, 60 decisions): each decision that does
+/// not fit is counted once as failed, and logged in at most ten lines of their own an
+/// answer and one that counts the rest, not a line each. A refused network's decision
+/// deleted and decided again is refused again, and logged again (the networks logged are
+/// forgotten with their decisions).
+#[test]
+fn a_list_longer_than_the_ban_map_is_refused_in_a_few_log_lines() {
+    require_kernel!();
+    let (lan, lapi) = lan_with_lapi();
+    let b = Server::start(&lan, &lapi, "b", 12, "MAX_BANS=\"16\"\n");
+    let list = lapi.file("list.csv");
+    let rows: String = (1..=60)
+        .map(|i| format!("1h,ip,198.51.100.{i}\n"))
+        .collect();
+    std::fs::write(&list, format!("duration,scope,value\n{rows}")).unwrap();
+    lapi.cscli(&["decisions", "import", "-i", list.to_str().unwrap()]);
+    let counts = || b.link()["decisions"].clone();
+    let settled = wait_until(Duration::from_secs(30), || {
+        let c = counts();
+        c["applied"].as_u64().unwrap_or(0) + c["failed"].as_u64().unwrap_or(0) == 60
+    });
+    assert!(settled, "{}\n{}", b.link(), b.log());
+    let failed = counts()["failed"].as_u64().unwrap();
+    assert!(failed >= 44, "{}", b.link());
+    let log = b.log();
+    let each: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("not enforcing the decision on "))
+        .collect();
+    // "not enforcing the decisions on N more networks (N failed)"
+    let more: Vec<u64> = log
+        .lines()
+        .filter_map(|l| l.split("not enforcing the decisions on ").nth(1))
+        .map(|rest| {
+            let n = rest.split(' ').next().unwrap();
+            assert!(rest.contains(&format!("({n} failed)")), "{rest}");
+            n.parse().unwrap()
+        })
+        .collect();
+    assert!(!more.is_empty(), "no line counts the refusals:\n{log}");
+    assert!(each.len() <= 10 * (more.len() + 1), "{log}");
+    assert_eq!(
+        each.len() as u64 + more.iter().sum::<u64>(),
+        failed,
+        "each refusal logged or counted once:\n{log}"
+    );
+    // The first network logged: its decision deleted, then decided again.
+    let net = each[0]
+        .split("not enforcing the decision on ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap()
+        .to_string();
+    let addr = net.trim_end_matches("/32").to_string();
+    lapi.cscli(&["decisions", "delete", "--ip", &addr]);
+    lapi.cscli(&["decisions", "add", "--ip", &addr, "--duration", "1h"]);
+    let line = format!("not enforcing the decision on {net} ");
+    let again = wait_until(Duration::from_secs(15), || {
+        b.log().matches(&line).count() == 2
+    });
+    assert!(again, "{}\n{}", b.link(), b.log());
+    // Counted as a decision of its own (the status file is written once a second).
+    let counted = wait_until(Duration::from_secs(5), || {
+        counts()["failed"].as_u64() == Some(failed + 1)
+    });
+    assert!(counted, "{}", b.link());
+}

@@ -68,10 +68,13 @@ pub(super) struct Fleet {
 pub(super) struct Decisions {
     /// The decisions that hold each network.
     held: Held,
-    /// The networks whose refusal was logged (once each).
+    /// The networks whose refusal was logged: once each while a refused decision names
+    /// it (forgotten with the last of them, so that a later decision's refusal is
+    /// logged again).
     logged: HashSet<IpNet>,
-    /// The decisions refused (by the guard) or that failed, counted once each.
-    refused: HashSet<i64>,
+    /// The decisions refused (by the guard) or that failed, counted once each, and the
+    /// network each names.
+    refused: HashMap<i64, IpNet>,
     /// The end of the longest decision on each network banned here by other means (a
     /// scan, the operator): when that ban expires first, the decision's ban takes its
     /// place at once ([`after_expiry`]), not at the next full answer.
@@ -298,6 +301,9 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool, asked: SystemTime) {
     let mut lifted: Vec<Ban> = Vec::new();
     let mut added: Vec<Ban> = Vec::new();
     let mut warnings: Vec<String> = Vec::new();
+    // The refusals of networks not logged yet, and why (a full map refuses every
+    // decision of a long list: logged up to `LOG_EACH`, then counted).
+    let mut refusals: Vec<(Outcome, String)> = Vec::new();
     let changed;
     let places: Vec<_>;
     {
@@ -312,8 +318,12 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool, asked: SystemTime) {
             Default::default()
         };
         let counted = |id: i64, held: &Held| !held.has_id(id) && !held_before.has_id(id);
+        // The networks of refused decisions deleted.
+        let mut unrefused: Vec<IpNet> = Vec::new();
         for d in &answer.deleted {
-            refused.remove(&d.id);
+            if let Some(net) = refused.remove(&d.id) {
+                unrefused.push(net);
+            }
             let Some(net) = held.remove(d.id) else {
                 continue;
             };
@@ -327,6 +337,14 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool, asked: SystemTime) {
                     Ok(None) => {}
                     Err(e) => warnings.push(format!("removing the ban of {net}: {e:#}")),
                 }
+            }
+        }
+        // A network no refused decision names any more is logged again when refused
+        // again (before this answer's new decisions: deleted and decided again).
+        if !unrefused.is_empty() {
+            let still: HashSet<&IpNet> = refused.values().collect();
+            for net in unrefused.iter().filter(|n| !still.contains(n)) {
+                logged.remove(net);
             }
         }
         // One ban a network (the longest of its decisions in this answer), all put at
@@ -389,6 +407,7 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool, asked: SystemTime) {
                         held.add(d.id, d.net);
                         refused.remove(&d.id);
                     }
+                    logged.remove(&ban.net);
                     if first > 0 {
                         *counts.entry(Outcome::Applied).or_default() += first as u64;
                     }
@@ -406,15 +425,21 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool, asked: SystemTime) {
                     };
                     let first = ds
                         .iter()
-                        .filter(|d| refused.insert(d.id) && !refused_before.contains(&d.id))
+                        .filter(|d| {
+                            refused.insert(d.id, d.net).is_none()
+                                && !refused_before.contains_key(&d.id)
+                        })
                         .count();
                     if first > 0 {
                         *counts.entry(outcome).or_default() += first as u64;
                     }
                     if logged.insert(ban.net) {
-                        warnings.push(format!(
-                            "not enforcing the decision on {} ({}, {}): {e:#}",
-                            ban.net, ds[0].origin, ds[0].scenario
+                        refusals.push((
+                            outcome,
+                            format!(
+                                "not enforcing the decision on {} ({}, {}): {e:#}",
+                                ban.net, ds[0].origin, ds[0].scenario
+                            ),
                         ));
                     }
                 }
@@ -438,6 +463,12 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool, asked: SystemTime) {
                 }
             }
         }
+        if full {
+            // A full answer names every decision in force: the refused networks it did
+            // not name again are forgotten.
+            let still: HashSet<&IpNet> = refused.values().collect();
+            logged.retain(|net| still.contains(net));
+        }
         changed = full || !added.is_empty() || !lifted.is_empty() || !counts.is_empty();
         if changed {
             fleet.link.set_enforced(enforced(&book.store));
@@ -453,6 +484,9 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool, asked: SystemTime) {
     let log = &shared.log;
     for w in warnings {
         log.warn(&format!("portsentry: crowdsec: {w}"));
+    }
+    for line in refusal_lines(&refusals) {
+        log.warn(&line);
     }
     for line in ban_lines(
         &added,
@@ -585,6 +619,36 @@ pub(super) fn after_expiry(
     spawn_kills(shared, &added);
 }
 
+/// The log lines of the refusals of one answer (each network's once while a decision on
+/// it stays refused): one each up to [`LOG_EACH`], then one counting the rest by why (a
+/// full map refuses every decision of a long list).
+fn refusal_lines(refusals: &[(Outcome, String)]) -> Vec<String> {
+    let rest = &refusals[refusals.len().min(LOG_EACH)..];
+    let mut lines: Vec<String> = refusals[..refusals.len() - rest.len()]
+        .iter()
+        .map(|(_, w)| format!("portsentry: crowdsec: {w}"))
+        .collect();
+    if !rest.is_empty() {
+        let protected = rest
+            .iter()
+            .filter(|(o, _)| *o == Outcome::Protected)
+            .count();
+        let failed = rest.len() - protected;
+        let why: Vec<String> = [(protected, "refused by the ban guard"), (failed, "failed")]
+            .iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, why)| format!("{n} {why}"))
+            .collect();
+        lines.push(format!(
+            "portsentry: crowdsec: not enforcing the decisions on {} more networks ({}); \
+             `portsentry status` counts the decisions",
+            rest.len(),
+            why.join(", ")
+        ));
+    }
+    lines
+}
+
 /// The log lines of the bans decisions put in force: one per ban (`each`, with its end)
 /// up to [`LOG_EACH`] of them, else one line counting them (`many`).
 fn ban_lines(added: &[Ban], each: &str, many: &str) -> Vec<String> {
@@ -669,7 +733,7 @@ fn enforced(store: &crate::bans::BanStore) -> Enforced {
 mod tests {
     use std::time::{Duration, SystemTime};
 
-    use super::{Ban, LOG_EACH, ban_lines, covers};
+    use super::{Ban, LOG_EACH, Outcome, ban_lines, covers, refusal_lines};
 
     #[test]
     fn a_decision_seen_again_leaves_its_ban_as_it_is() {
@@ -708,5 +772,34 @@ mod tests {
             ban_lines(&bans, "stays banned", "kept"),
             [format!("portsentry: crowdsec: {} kept", LOG_EACH + 1)]
         );
+    }
+
+    /// A few refusals are logged one by one; beyond [`LOG_EACH`] (a full map refusing a
+    /// long list) the rest in one line, counted by why.
+    #[test]
+    fn many_refusals_at_once_are_counted_in_one_line() {
+        let refusal = |i: usize, o: Outcome| (o, format!("not enforcing {i}"));
+        let few: Vec<_> = (0..LOG_EACH).map(|i| refusal(i, Outcome::Failed)).collect();
+        let lines = refusal_lines(&few);
+        assert_eq!(lines.len(), LOG_EACH);
+        assert_eq!(lines[0], "portsentry: crowdsec: not enforcing 0");
+        let many: Vec<_> = (0..LOG_EACH + 5)
+            .map(|i| {
+                let o = if i % 2 == 0 {
+                    Outcome::Failed
+                } else {
+                    Outcome::Protected
+                };
+                refusal(i, o)
+            })
+            .collect();
+        let lines = refusal_lines(&many);
+        assert_eq!(lines.len(), LOG_EACH + 1);
+        assert_eq!(
+            lines[LOG_EACH],
+            "portsentry: crowdsec: not enforcing the decisions on 5 more networks (2 refused \
+             by the ban guard, 3 failed); `portsentry status` counts the decisions"
+        );
+        assert!(refusal_lines(&[]).is_empty());
     }
 }
