@@ -718,12 +718,13 @@ fn a_full_answer_rewrites_no_ban_already_in_force() {
 /// A list longer than the ban map (MAX_BANS 16, 60 decisions): each decision that does
 /// not fit is counted once as failed, and logged in at most ten lines of their own an
 /// answer and one that counts the rest, not a line each. A refused network's decision
-/// deleted and decided again is refused again, and logged again (the networks logged are
-/// forgotten with their decisions).
+/// deleted and decided again is refused again, and logged again, whether a delta or a
+/// full answer (the Local API away meanwhile) brings the change; a full answer that names
+/// the same refused decisions again logs and counts nothing.
 #[test]
 fn a_list_longer_than_the_ban_map_is_refused_in_a_few_log_lines() {
     require_kernel!();
-    let (lan, lapi) = lan_with_lapi();
+    let (lan, mut lapi) = lan_with_lapi();
     let b = Server::start(&lan, &lapi, "b", 12, "MAX_BANS=\"16\"\n");
     let list = lapi.file("list.csv");
     let rows: String = (1..=60)
@@ -739,46 +740,98 @@ fn a_list_longer_than_the_ban_map_is_refused_in_a_few_log_lines() {
     assert!(settled, "{}\n{}", b.link(), b.log());
     let failed = counts()["failed"].as_u64().unwrap();
     assert!(failed >= 44, "{}", b.link());
-    let log = b.log();
-    let each: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("not enforcing the decision on "))
-        .collect();
-    // "not enforcing the decisions on N more networks (N failed)"
-    let more: Vec<u64> = log
-        .lines()
-        .filter_map(|l| l.split("not enforcing the decisions on ").nth(1))
-        .map(|rest| {
-            let n = rest.split(' ').next().unwrap();
-            assert!(rest.contains(&format!("({n} failed)")), "{rest}");
-            n.parse().unwrap()
-        })
-        .collect();
-    assert!(!more.is_empty(), "no line counts the refusals:\n{log}");
-    assert!(each.len() <= 10 * (more.len() + 1), "{log}");
-    assert_eq!(
-        each.len() as u64 + more.iter().sum::<u64>(),
-        failed,
-        "each refusal logged or counted once:\n{log}"
-    );
-    // The first network logged: its decision deleted, then decided again.
-    let net = each[0]
-        .split("not enforcing the decision on ")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .unwrap()
-        .to_string();
-    let addr = net.trim_end_matches("/32").to_string();
-    lapi.cscli(&["decisions", "delete", "--ip", &addr]);
-    lapi.cscli(&["decisions", "add", "--ip", &addr, "--duration", "1h"]);
-    let line = format!("not enforcing the decision on {net} ");
-    let again = wait_until(Duration::from_secs(15), || {
-        b.log().matches(&line).count() == 2
+    // The lines of their own, and the counts of the lines that count the rest ("not
+    // enforcing the decisions on N more networks (N failed)").
+    let logged = || {
+        let log = b.log();
+        let each: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains("not enforcing the decision on "))
+            .map(str::to_string)
+            .collect();
+        let more: Vec<u64> = log
+            .lines()
+            .filter_map(|l| l.split("not enforcing the decisions on ").nth(1))
+            .map(|rest| {
+                let n = rest.split(' ').next().unwrap();
+                assert!(rest.contains(&format!("({n} failed)")), "{rest}");
+                n.parse().unwrap()
+            })
+            .collect();
+        (each, more)
+    };
+    // The log is read from the daemon's output as it comes: each refusal in it.
+    let all_in = wait_until(Duration::from_secs(5), || {
+        let (each, more) = logged();
+        each.len() as u64 + more.iter().sum::<u64>() == failed
     });
+    assert!(all_in, "each refusal logged or counted once:\n{}", b.log());
+    let (each, more) = logged();
+    assert!(
+        !more.is_empty(),
+        "no line counts the refusals:\n{}",
+        b.log()
+    );
+    assert!(each.len() <= 10 * more.len(), "{}", b.log());
+    let net_of = |line: &str| {
+        line.split("not enforcing the decision on ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .unwrap()
+            .to_string()
+    };
+    let lines_of = |net: &str| {
+        b.log()
+            .matches(&format!("not enforcing the decision on {net} "))
+            .count()
+    };
+    // By deltas: the first network logged, its decision deleted, then decided again.
+    let (first, second) = (net_of(&each[0]), net_of(&each[1]));
+    decide_again(&lapi, &first);
+    let again = wait_until(Duration::from_secs(15), || lines_of(&first) == 2);
     assert!(again, "{}\n{}", b.link(), b.log());
-    // Counted as a decision of its own (the status file is written once a second).
+    // By a full answer: the second's decision replaced by one of another id while the
+    // Local API is away (in its database); the first answer after it comes back is a
+    // full one, which names the new decision and not the old.
+    lapi.kill();
+    let down = wait_until(Duration::from_secs(15), || {
+        b.link()["enforce"]["state"] == "down"
+    });
+    assert!(down, "{}", b.link());
+    let addr = second.trim_end_matches("/32");
+    lapi.sql(&format!(
+        "UPDATE decisions SET id = id + 1000000 WHERE value = '{addr}'"
+    ));
+    lapi.restart();
+    let again = wait_until(Duration::from_secs(40), || lines_of(&second) == 2);
+    assert!(again, "{}\n{}", b.link(), b.log());
+    // Counted as decisions of their own (the status file is written once a second),
+    // and nothing more at the full answers that follow (one every 10 s for a list this
+    // short).
     let counted = wait_until(Duration::from_secs(5), || {
-        counts()["failed"].as_u64() == Some(failed + 1)
+        counts()["failed"].as_u64() == Some(failed + 2)
     });
     assert!(counted, "{}", b.link());
+    let lines = b.log().lines().count();
+    std::thread::sleep(Duration::from_secs(12));
+    assert_eq!(
+        counts()["failed"].as_u64(),
+        Some(failed + 2),
+        "{}",
+        b.link()
+    );
+    let log = b.log();
+    let later: Vec<&str> = log.lines().skip(lines).collect();
+    assert!(
+        !later.iter().any(|l| l.contains("not enforcing")),
+        "logged again by a full answer:\n{}",
+        later.join("\n")
+    );
+}
+
+/// The decision on the host `net` (a /32) deleted, and one made on it again.
+fn decide_again(lapi: &Lapi, net: &str) {
+    let addr = net.trim_end_matches("/32");
+    lapi.cscli(&["decisions", "delete", "--ip", addr]);
+    lapi.cscli(&["decisions", "add", "--ip", addr, "--duration", "1h"]);
 }

@@ -57,6 +57,11 @@ impl Held {
         self.by_id.contains_key(&id)
     }
 
+    /// The decisions that hold `net`.
+    pub fn ids_of(&self, net: &IpNet) -> &[i64] {
+        self.by_net.get(net).map_or(&[], Vec::as_slice)
+    }
+
     pub fn holds(&self, net: &IpNet) -> bool {
         self.by_net.contains_key(net)
     }

@@ -6,7 +6,7 @@
 //! [`crate::bans::Ban::has_undo`]); a range runs none.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, SystemTime},
 };
@@ -28,6 +28,7 @@ use crate::{
         enforce::Bouncer,
         held::Held,
         link::{Enforced, Link},
+        refused::Refused,
         report::{self, Item, Outbox, Reporter},
     },
     kinds::BanEnd,
@@ -68,13 +69,9 @@ pub(super) struct Fleet {
 pub(super) struct Decisions {
     /// The decisions that hold each network.
     held: Held,
-    /// The networks whose refusal was logged: once each while a refused decision names
-    /// it (forgotten with the last of them, so that a later decision's refusal is
-    /// logged again).
-    logged: HashSet<IpNet>,
-    /// The decisions refused (by the guard) or that failed, counted once each, and the
-    /// network each names.
-    refused: HashMap<i64, IpNet>,
+    /// The decisions refused (by the guard) or that failed: counted once each, each
+    /// network's refusal logged once while they stand.
+    refused: Refused,
     /// The end of the longest decision on each network banned here by other means (a
     /// scan, the operator): when that ban expires first, the decision's ban takes its
     /// place at once ([`after_expiry`]), not at the next full answer.
@@ -284,7 +281,6 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool, asked: SystemTime) {
     let mut decisions = fleet.decisions.lock().expect("decisions lock");
     let Decisions {
         held,
-        logged,
         refused,
         behind,
     } = &mut *decisions;
@@ -318,12 +314,8 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool, asked: SystemTime) {
             Default::default()
         };
         let counted = |id: i64, held: &Held| !held.has_id(id) && !held_before.has_id(id);
-        // The networks of refused decisions deleted.
-        let mut unrefused: Vec<IpNet> = Vec::new();
         for d in &answer.deleted {
-            if let Some(net) = refused.remove(&d.id) {
-                unrefused.push(net);
-            }
+            refused.remove(d.id);
             let Some(net) = held.remove(d.id) else {
                 continue;
             };
@@ -337,14 +329,6 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool, asked: SystemTime) {
                     Ok(None) => {}
                     Err(e) => warnings.push(format!("removing the ban of {net}: {e:#}")),
                 }
-            }
-        }
-        // A network no refused decision names any more is logged again when refused
-        // again (before this answer's new decisions: deleted and decided again).
-        if !unrefused.is_empty() {
-            let still: HashSet<&IpNet> = refused.values().collect();
-            for net in unrefused.iter().filter(|n| !still.contains(n)) {
-                logged.remove(net);
             }
         }
         // One ban a network (the longest of its decisions in this answer), all put at
@@ -405,9 +389,8 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool, asked: SystemTime) {
                 Ok(()) => {
                     for d in &ds {
                         held.add(d.id, d.net);
-                        refused.remove(&d.id);
+                        refused.remove(d.id);
                     }
-                    logged.remove(&ban.net);
                     if first > 0 {
                         *counts.entry(Outcome::Applied).or_default() += first as u64;
                     }
@@ -417,23 +400,17 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool, asked: SystemTime) {
                     }
                 }
                 Err(e) => {
-                    let protected = e.downcast_ref::<Refusal>().is_some();
-                    let outcome = if protected {
-                        Outcome::Protected
-                    } else {
-                        Outcome::Failed
-                    };
+                    let outcome = refusal_outcome(&e);
                     let first = ds
                         .iter()
-                        .filter(|d| {
-                            refused.insert(d.id, d.net).is_none()
-                                && !refused_before.contains_key(&d.id)
-                        })
+                        .filter(|d| refused.insert(d.id, d.net) && !refused_before.contains(d.id))
                         .count();
                     if first > 0 {
                         *counts.entry(outcome).or_default() += first as u64;
                     }
-                    if logged.insert(ban.net) {
+                    // Logged before a full answer named a decision of it again: not again.
+                    let standing = ds.iter().any(|d| refused_before.logged_with(d.id, &d.net));
+                    if refused.log_once(ban.net) && !standing {
                         refusals.push((
                             outcome,
                             format!(
@@ -462,12 +439,6 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool, asked: SystemTime) {
                     Err(e) => warnings.push(format!("removing the ban of {net}: {e:#}")),
                 }
             }
-        }
-        if full {
-            // A full answer names every decision in force: the refused networks it did
-            // not name again are forgotten.
-            let still: HashSet<&IpNet> = refused.values().collect();
-            logged.retain(|net| still.contains(net));
         }
         changed = full || !added.is_empty() || !lifted.is_empty() || !counts.is_empty();
         if changed {
@@ -581,18 +552,37 @@ pub(super) fn after_expiry(
     }
     let results = book.put_many(&bans);
     let mut added = Vec::new();
-    let mut warnings = Vec::new();
+    let mut refusals = Vec::new();
+    let mut counts: BTreeMap<Outcome, u64> = BTreeMap::new();
+    let Decisions { held, refused, .. } = &mut *decisions;
     for (ban, result) in bans.into_iter().zip(results) {
         match result {
             Ok(()) => {
                 shared.metrics.ban_added(BanOrigin::CrowdSec);
                 added.push(ban);
             }
-            Err(e) => warnings.push(format!(
-                "portsentry: crowdsec: not enforcing the decision on {} after our ban of it \
-                 expired: {e:#}",
-                ban.net
-            )),
+            Err(e) => {
+                // Its decisions stand refused, as an answer's would: counted once each,
+                // and not logged again when the next full answer names them.
+                let outcome = refusal_outcome(&e);
+                let ids = held.ids_of(&ban.net);
+                let first = ids
+                    .iter()
+                    .filter(|id| refused.insert(**id, ban.net))
+                    .count();
+                if first > 0 {
+                    *counts.entry(outcome).or_default() += first as u64;
+                }
+                if refused.log_once(ban.net) || ids.is_empty() {
+                    refusals.push((
+                        outcome,
+                        format!(
+                            "not enforcing the decision on {} after our ban of it expired: {e:#}",
+                            ban.net
+                        ),
+                    ));
+                }
+            }
         }
     }
     if !added.is_empty() {
@@ -600,14 +590,12 @@ pub(super) fn after_expiry(
     }
     drop(book);
     drop(decisions);
-    for w in warnings.iter().take(LOG_EACH) {
-        shared.log.warn(w);
+    for (o, n) in &counts {
+        fleet.link.count(*o, *n);
+        shared.metrics.crowdsec_decision(*o, *n);
     }
-    if warnings.len() > LOG_EACH {
-        shared.log.warn(&format!(
-            "portsentry: crowdsec: {} more decisions not enforced after our bans of them expired",
-            warnings.len() - LOG_EACH
-        ));
+    for line in refusal_lines(&refusals) {
+        shared.log.warn(&line);
     }
     for line in ban_lines(
         &added,
@@ -619,9 +607,19 @@ pub(super) fn after_expiry(
     spawn_kills(shared, &added);
 }
 
-/// The log lines of the refusals of one answer (each network's once while a decision on
-/// it stays refused): one each up to [`LOG_EACH`], then one counting the rest by why (a
-/// full map refuses every decision of a long list).
+/// How a decision whose ban was not put is counted: refused by the guard, or failed.
+fn refusal_outcome(e: &anyhow::Error) -> Outcome {
+    if e.downcast_ref::<Refusal>().is_some() {
+        Outcome::Protected
+    } else {
+        Outcome::Failed
+    }
+}
+
+/// The log lines of the refusals of one answer, or of the decisions behind our bans that
+/// expired together (each network's once while a decision on it stays refused): one
+/// each up to [`LOG_EACH`], then one counting the rest by why (a full map refuses every
+/// decision of a long list).
 fn refusal_lines(refusals: &[(Outcome, String)]) -> Vec<String> {
     let rest = &refusals[refusals.len().min(LOG_EACH)..];
     let mut lines: Vec<String> = refusals[..refusals.len() - rest.len()]
