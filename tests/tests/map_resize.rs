@@ -3,13 +3,15 @@
 //! falls back to) puts every one in the kernel's map and the program drops the banned
 //! scanner; a MAX_BANS / MAX_TRACKED_SOURCES changed in the configuration resizes the
 //! pinned maps at the next start with every ban carried over, in the same pinned link;
-//! a MAX_BANS below the bans in force is refused at its line. A restart of the same
+//! a MAX_BANS below the bans in force, or with no room beyond them, is refused at its
+//! line. A restart of the same
 //! build keeps the program it pinned (no second verification) unless a map it uses was
 //! replaced or another build pinned it.
 
 use std::{
     collections::HashSet,
     net::{IpAddr, Ipv4Addr, TcpListener},
+    time::Duration,
 };
 
 use aya::maps::{Array, HashMap, Map, MapData};
@@ -22,7 +24,7 @@ use portsentry_common::{
 };
 use portsentry_tests::{
     bpf_link::pinned_link,
-    daemon::{Daemon, Workdir, binary},
+    daemon::{Daemon, Workdir, binary, wait_until},
     netns::TestNet,
     require_kernel,
     scenario::{self, reaches, start},
@@ -222,14 +224,7 @@ fn a_bigger_max_bans_at_restart_keeps_every_ban_in_the_same_link() {
         .position(|l| l.starts_with("MAX_BANS="))
         .unwrap()
         + 1;
-    let out = net
-        .server
-        .command(binary().to_str().unwrap())
-        .args(["run", "-c", conf.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "a start that would drop bans: {err}");
+    let err = refused_start(&net, &conf);
     assert!(
         err.contains(&format!("{}:{line}:", conf.display()))
             && err.contains("MAX_BANS")
@@ -244,8 +239,57 @@ fn a_bigger_max_bans_at_restart_keeps_every_ban_in_the_same_link() {
     );
     assert_all_in_kernel(&wd, &ips);
     assert!(!reaches(&net, scanner), "the ban stays in force");
+
+    // Exactly the bans in force: refused too, for the map would refuse every ban after
+    // (and those the start itself adds); the size it names keeps room.
+    let conf = wd.config(&net.server_if, &format!("MAX_BANS=\"{}\"\n", ips.len()));
+    let err = refused_start(&net, &conf);
+    let needed: u32 = err
+        .split("raise MAX_BANS to at least ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no size named: {err}"));
+    assert!(needed > ips.len() as u32, "{err}");
+    assert_eq!(pinned_size(&wd, "PS_BANS"), 1 << 20, "nothing half-applied");
+    // That size: every ban carried over, and a new one fits.
+    wd.config(&net.server_if, &format!("MAX_BANS=\"{needed}\"\n"));
+    let d = start(&net, &wd);
+    assert_eq!(pinned_size(&wd, "PS_BANS"), needed);
+    assert_all_in_kernel(&wd, &ips);
+    assert!(!reaches(&net, scanner), "the ban stays in force");
+    let (ok, out, err) = wd.cli(&["ban", &bystander.to_string()]);
+    assert!(ok, "a ban after the shrink: {out}{err}");
+    assert!(!reaches(&net, bystander));
+    assert!(d.stop().success());
     let (ok, out, err) = wd.cli(&["unload"]);
     assert!(ok, "unload: {out}{err}");
+}
+
+/// `portsentry run -c CONF` in the server's namespace, expected to refuse to start: its
+/// standard error. A daemon that starts instead is stopped and fails the test.
+fn refused_start(net: &TestNet, conf: &std::path::Path) -> String {
+    let mut child = net
+        .server
+        .command(binary().to_str().unwrap())
+        .args(["run", "-c", conf.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = wait_until(Duration::from_secs(30), || {
+        child.try_wait().unwrap().is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        exited && !out.status.success(),
+        "the start was not refused:\n{err}"
+    );
+    err
 }
 
 /// The program pins in the pin directory (`prog-BUILD`).

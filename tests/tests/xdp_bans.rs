@@ -1310,7 +1310,10 @@ fn a_ban_map_too_small_for_a_big_write_says_so() {
         })
         .collect();
     let err = format!("{:#}", dp.insert_bans(put.clone()).unwrap_err());
-    assert!(err.contains("is PS_BANS full?"), "{err}");
+    assert!(
+        err.contains(": PS_BANS is full (MAX_BANS bans at once)"),
+        "{err}"
+    );
     // It names the ban it stopped at, one of those put (all in 11.0.0.0/8).
     assert!(err.contains("writing the ban of 11."), "{err}");
     let read = dp.bans().unwrap();
@@ -1409,7 +1412,10 @@ fn a_refused_write_before_the_program_runs_leaves_only_the_hashs_bans_indexed() 
         .collect();
     let mut fresh = Dataplane::load_verifying(&sizes, None).unwrap();
     let err = format!("{:#}", fresh.insert_bans(put.clone()).unwrap_err());
-    assert!(err.contains("is PS_BANS full?"), "{err}");
+    assert!(
+        err.contains(": PS_BANS is full (MAX_BANS bans at once)"),
+        "{err}"
+    );
     let held = fresh.bans().unwrap();
     assert!(
         held.iter().any(|(n, _)| n.addr().is_ipv6()),

@@ -42,7 +42,7 @@ use crate::{
         localaddrs,
     },
     kernel::{
-        Dataplane, MapTooSmall,
+        Dataplane, MapFull, MapTooSmall,
         configure::{self, map_sizes},
     },
     kinds::{BanEnd, ModeToken, Protocol},
@@ -273,7 +273,7 @@ pub async fn run(
     let pending = std::mem::take(&mut r.pending);
     let t = std::time::Instant::now();
     let written = to_insert.len();
-    dp.write_bans(to_insert)?;
+    dp.write_bans(to_insert).map_err(|e| too_small(e, c))?;
     log.notice(&format!(
         "portsentry: kernel maps: {in_kernel} bans read in {read_kernel:.2?}, {written} \
          written in {:.2?}",
@@ -288,7 +288,7 @@ pub async fn run(
     // Bans the program still attached made in maps replaced at this load, since they
     // were copied: a ban that cannot be written fails the start here, while that
     // program still runs on them.
-    let mut late = dp.carry_over_late_bans()?;
+    let mut late = dp.carry_over_late_bans().map_err(|e| too_small(e, c))?;
     upkeep::drop_stale_links(&c.pin_dir, &eff.interfaces, &log);
     for iface in &eff.interfaces {
         let a = dp.attach(iface, eff.xdp_mode)?;
@@ -306,7 +306,7 @@ pub async fn run(
         ));
     }
     // And those it made until the attach replaced it.
-    late += dp.carry_over_after_attach()?;
+    late += dp.carry_over_after_attach().map_err(|e| too_small(e, c))?;
     dp.release_replaced_maps();
     if late > 0 {
         log.notice(&format!(
@@ -449,29 +449,54 @@ pub async fn run(
     blocked
 }
 
-/// A map that cannot shrink to the configured size, as an error at the key that sets it.
+/// A map that cannot shrink to the configured size, or a `PS_BANS` too full for the bans
+/// the start restores, as an error at the key that sets it.
 fn too_small(e: anyhow::Error, c: &crate::config::Config) -> anyhow::Error {
-    match e.downcast_ref::<MapTooSmall>() {
-        Some(t) if t.map == portsentry_common::maps::BANS => c
+    // `unban` waits for a start that carries a replaced map over.
+    let or_unban = || {
+        if crate::kernel::replaced_maps_wait(&c.pin_dir) {
+            ", start portsentry with it, then unban some and lower it"
+        } else {
+            ", or unban some first (`portsentry unban`)"
+        }
+    };
+    if let Some(t) = e.downcast_ref::<MapTooSmall>()
+        && t.map == portsentry_common::maps::BANS
+    {
+        let room = if t.needed > t.entries as u64 {
+            " (room for the bans made while it starts)"
+        } else {
+            ""
+        };
+        return c
             .error_at(
                 "MAX_BANS",
                 format!(
                     "MAX_BANS is {} but {} bans are in force (PS_BANS); raise MAX_BANS to at \
-                     least {}{}",
+                     least {}{room}{}",
                     t.size,
                     t.entries,
-                    t.entries,
-                    // `unban` waits for a start that carries a replaced map over.
-                    if crate::kernel::replaced_maps_wait(&c.pin_dir) {
-                        ", start portsentry with it, then unban some and lower it"
-                    } else {
-                        ", or unban some first (`portsentry unban`)"
-                    }
+                    t.needed,
+                    or_unban()
                 ),
             )
-            .into(),
-        _ => e,
+            .into();
     }
+    if let Some(f) = e.downcast_ref::<MapFull>()
+        && f.map == portsentry_common::maps::BANS
+    {
+        return c
+            .error_at(
+                "MAX_BANS",
+                format!(
+                    "MAX_BANS is {} and PS_BANS is full: {e:#}; raise MAX_BANS{}",
+                    c.max_bans,
+                    or_unban()
+                ),
+            )
+            .into();
+    }
+    e
 }
 
 fn drain(ring: &mut RingBuf<MapData>, out: &mut Vec<ScanEvent>) {

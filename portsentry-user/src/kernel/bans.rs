@@ -556,10 +556,37 @@ pub(super) fn write_changed_words(
 }
 
 /// A bulk write into `map` that stopped, as an error naming the ban it stopped at
-/// (`net`, when known).
-fn stopped_at(e: sys::WriteError, net: Option<IpNet>, map: &str) -> anyhow::Error {
-    let net = net.map_or(String::new(), |n| n.to_string());
-    anyhow::Error::new(e).context(format!("writing the ban of {net} (is {map} full?)"))
+/// (`net`, when known): [`MapFull`] when the map had no room left.
+fn stopped_at(e: sys::WriteError, net: Option<IpNet>, map: &'static str) -> anyhow::Error {
+    // A hash map answers E2BIG when full, the trie ENOSPC.
+    let full = matches!(e.error.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC));
+    let err = anyhow::Error::new(e);
+    if full {
+        err.context(MapFull { map, net })
+    } else {
+        let net = net.map_or(String::new(), |n| n.to_string());
+        err.context(format!("writing the ban of {net} into {map}"))
+    }
+}
+
+/// A ban not written because its map is full (`PS_BANS`: MAX_BANS bans at once).
+#[derive(Debug)]
+pub struct MapFull {
+    pub map: &'static str,
+    /// The ban the write stopped at, when known.
+    pub net: Option<IpNet>,
+}
+
+impl std::fmt::Display for MapFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let net = self.net.map_or(String::new(), |n| format!(" of {n}"));
+        let limit = if self.map == maps::BANS {
+            " (MAX_BANS bans at once)"
+        } else {
+            ""
+        };
+        write!(f, "writing the ban{net}: {} is full{limit}", self.map)
+    }
 }
 
 fn filter_place(key: &Addr) -> BanFilterPlace {

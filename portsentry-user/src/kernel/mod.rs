@@ -43,6 +43,7 @@ use portsentry_common::{
 use crate::paths;
 
 pub use attach::Attachment;
+pub use bans::MapFull;
 pub use maps::Counters;
 pub use resize::MapTooSmall;
 pub use sys::{MAP_WRITERS_MAX, ensure_pin_dir, pinned_link_ifindex};

@@ -36,7 +36,8 @@ use super::{
     sys,
 };
 
-/// A map to shrink below the entries it holds: refused, so that no ban is dropped.
+/// A map of bans to shrink below the entries it holds, or so close to them that it
+/// keeps no [`ban_room`]: refused, so that no ban is dropped.
 #[derive(Debug)]
 pub struct MapTooSmall {
     /// The map's name (`PS_BANS`, ...).
@@ -45,17 +46,38 @@ pub struct MapTooSmall {
     pub entries: usize,
     /// The size asked for.
     pub size: u32,
+    /// The least size it takes ([`size_for`]).
+    pub needed: u64,
 }
 
 impl std::fmt::Display for MapTooSmall {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} holds {} entries, more than the new size {}; raise the size to at least {} \
-             (or unban some first)",
-            self.map, self.entries, self.size, self.entries
+            "{} holds {} entries, too many for the new size {}; raise the size to at least \
+             {} (or unban some first)",
+            self.map, self.entries, self.size, self.needed
         )
     }
+}
+
+/// The room a map of bans that a resize shrinks keeps beyond the bans it holds, for the
+/// bans the start itself adds: those the program still attached makes at its triggers
+/// until the new one replaces it (MAX_BANS_PER_SEC, 100 a second by default) and those
+/// the journal holds that the kernel lacks. Shrunk to exactly the bans it held, the map
+/// would refuse them, and every ban after (an eighth of a map smaller than 8192).
+pub fn ban_room(size: u32) -> u32 {
+    (size / 8).min(1024)
+}
+
+/// The least size whose map holds `entries` bans and its [`ban_room`].
+pub fn size_for(entries: usize) -> u64 {
+    let entries = entries as u64;
+    let mut size = entries;
+    while entries + u64::from(ban_room(size.min(u64::from(u32::MAX)) as u32)) > size {
+        size += 1;
+    }
+    size
 }
 
 impl std::error::Error for MapTooSmall {}
@@ -330,11 +352,20 @@ fn carry_over(r: &Resized, new: &Map) -> Result<()> {
     ) -> Result<(Vec<K>, Vec<V>)> {
         let all: Vec<(K, V)> =
             sys::read_map(from).with_context(|| format!("reading the pinned {}", r.name))?;
-        if keeps_all && all.len() > r.new_size as usize {
+        // Shrunk, it keeps room for the bans the start adds (a map kept at its size,
+        // or grown, has all the room it had).
+        let shrunk = r.new_size < r.old_size && !r.value;
+        let room = if shrunk { ban_room(r.new_size) } else { 0 };
+        if keeps_all && all.len() as u64 + u64::from(room) > u64::from(r.new_size) {
             return Err(MapTooSmall {
                 map: r.name,
                 entries: all.len(),
                 size: r.new_size,
+                needed: if shrunk {
+                    size_for(all.len())
+                } else {
+                    all.len() as u64
+                },
             }
             .into());
         }
@@ -662,5 +693,37 @@ mod tests {
                 ..before
             }
         );
+    }
+
+    /// The size a shrink asks for is the least that keeps the bans and the room: a map
+    /// of exactly the bans it holds is refused.
+    #[test]
+    fn a_shrunk_map_of_bans_keeps_room() {
+        assert_eq!(ban_room(16), 2);
+        assert_eq!(ban_room(8192), 1024);
+        assert_eq!(ban_room(1 << 20), 1024);
+        for entries in [
+            0usize,
+            1,
+            13,
+            14,
+            15,
+            41,
+            7000,
+            7168,
+            7169,
+            100_000,
+            1 << 20,
+        ] {
+            let size = size_for(entries);
+            assert!(entries as u64 + u64::from(ban_room(size as u32)) <= size);
+            assert!(
+                size == entries as u64
+                    || entries as u64 + u64::from(ban_room(size as u32 - 1)) > size - 1,
+                "{entries}: {size} is not the least"
+            );
+        }
+        assert_eq!(size_for(41), 46);
+        assert_eq!(size_for(100_000), 101_024);
     }
 }
