@@ -345,7 +345,10 @@ impl Dataplane {
             .map_max_entries(names::SOURCES, sources_entries(bytes, sizes.sources));
         // Pinned maps of another size than configured are replaced (`resize`).
         let resized = match &pin_dir {
-            Some(dir) => resize::pinned_to_resize(dir, sizes)?,
+            Some(dir) => {
+                resize::remove_temporary_pins(dir);
+                resize::pinned_to_resize(dir, sizes)?
+            }
             None => Vec::new(),
         };
         // Nothing pinned (a reboot empties bpffs; the bench pins nothing): every map is

@@ -140,6 +140,36 @@ impl Resized {
 /// What a replaced map's own pin adds to its name, before the time of the copy.
 const REPLACED: &str = "_replaced_";
 
+/// What a resized map's pin adds to its name until it is renamed over the old pin
+/// (bpffs refuses a name with a dot).
+const RESIZED: &str = "_resized";
+
+/// Removes the pins of resized maps that a start left under their temporary name
+/// ([`RESIZED`]: it stopped between the pin and its rename). No program uses such a map,
+/// and nothing else would unpin it while the size stays as it is (a full copy of the
+/// bans, in kernel memory, until `unload`).
+pub(super) fn remove_temporary_pins(pin_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(pin_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let Some(name) = file.strip_suffix(RESIZED) else {
+            continue;
+        };
+        if !names::ALL.contains(&name) {
+            continue;
+        }
+        match std::fs::remove_file(e.path()) {
+            Ok(()) => log::warn!(
+                "removed {}: a resized {name} an interrupted start left unused",
+                e.path().display()
+            ),
+            Err(err) => log::warn!("removing {}: {err}", e.path().display()),
+        }
+    }
+}
+
 /// The maps the old program writes bans to, which keep a pin of their own once
 /// replaced ([`REPLACED`]): its bans, and an earlier release's filter.
 const KEPT_UNTIL_CARRIED: [&str; 2] = [names::BANS, names::BAN_FILTER];
@@ -495,8 +525,7 @@ impl Dataplane {
         }
         for (r, map) in new {
             let path = pin_dir.join(r.name);
-            // (bpffs refuses a name with a dot.)
-            let tmp: PathBuf = pin_dir.join(format!("{}_resized", r.name));
+            let tmp: PathBuf = pin_dir.join(format!("{}{RESIZED}", r.name));
             let _ = std::fs::remove_file(&tmp);
             map.pin(&tmp)
                 .with_context(|| format!("pinning the new {} at {}", r.name, tmp.display()))?;
@@ -725,5 +754,31 @@ mod tests {
         }
         assert_eq!(size_for(41), 46);
         assert_eq!(size_for(100_000), 101_024);
+    }
+
+    /// A resized map's temporary pin an interrupted start left is removed; the pins in
+    /// use, a replaced map's own pin and files of other names stay.
+    #[test]
+    fn temporary_pins_left_by_an_interrupted_start_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let keep = [
+            names::BANS.to_string(),
+            format!("{}{REPLACED}123", names::BANS),
+            "notes_resized".to_string(),
+        ];
+        let gone = [
+            format!("{}{RESIZED}", names::BANS),
+            format!("{}{RESIZED}", names::SOURCES),
+        ];
+        for f in keep.iter().chain(&gone) {
+            std::fs::write(dir.path().join(f), "").unwrap();
+        }
+        remove_temporary_pins(dir.path());
+        for f in &keep {
+            assert!(dir.path().join(f).exists(), "{f} removed");
+        }
+        for f in &gone {
+            assert!(!dir.path().join(f).exists(), "{f} left");
+        }
     }
 }
