@@ -261,6 +261,30 @@ pub(crate) fn write_atomic_with(
     Ok(())
 }
 
+/// Creates `dir` and its missing parents, each new one made durable: its entry in its
+/// parent fsynced (a state directory created at the first start holds bans acknowledged
+/// as on disk: a crash must not take the directory with them).
+pub fn create_dir_all_synced(dir: &Path) -> io::Result<()> {
+    let mut created = Vec::new();
+    let mut d = dir;
+    while !d.exists() {
+        created.push(d.to_path_buf());
+        match d.parent() {
+            Some(p) if !p.as_os_str().is_empty() => d = p,
+            _ => break,
+        }
+    }
+    std::fs::create_dir_all(dir)?;
+    for d in created.iter().rev() {
+        let parent = match d.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// A fresh directory for a unit test, named after the process and `name` (emptied if
 /// a previous run left it).
 #[cfg(test)]
@@ -427,6 +451,23 @@ mod tests {
                 .file_type()
                 .is_symlink()
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Missing parents are made too; an existing directory is left as it is; a file in
+    /// the way is an error.
+    #[test]
+    fn a_directory_is_created_with_its_parents() {
+        let dir = temp_dir("mkdir-synced");
+        let deep = dir.join("a/b/state");
+        create_dir_all_synced(&deep).unwrap();
+        assert!(deep.is_dir());
+        std::fs::write(deep.join("f"), "x").unwrap();
+        create_dir_all_synced(&deep).unwrap();
+        assert!(deep.join("f").exists());
+        let file = dir.join("file");
+        std::fs::write(&file, "").unwrap();
+        assert!(create_dir_all_synced(&file.join("sub")).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

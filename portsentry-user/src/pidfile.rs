@@ -12,7 +12,7 @@ use crate::paths;
 /// our pid. Returns the open file (the lock lives as long as it does, across fork).
 /// `Ok(None)`: another process holds it.
 pub fn lock(dir: &Path) -> Result<Option<fs::File>> {
-    fs::create_dir_all(dir)
+    crate::fsutil::create_dir_all_synced(dir)
         .with_context(|| format!("creating the state directory {}", dir.display()))?;
     let path = paths::pid_file(dir);
     let file = fs::OpenOptions::new()

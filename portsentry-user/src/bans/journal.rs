@@ -310,7 +310,7 @@ impl Journal {
     /// tail is set aside (logged by the caller from [`Opened::report`]), an old
     /// `bans.json` migrated. Starts the writer thread.
     pub fn open(state_dir: &Path) -> Result<(Journal, BanStore, Opened)> {
-        fs::create_dir_all(state_dir)
+        crate::fsutil::create_dir_all_synced(state_dir)
             .with_context(|| format!("creating {}", state_dir.display()))?;
         let path = path(state_dir);
         let t = Instant::now();
