@@ -266,15 +266,51 @@ fn a_bigger_max_bans_at_restart_keeps_every_ban_in_the_same_link() {
     assert!(ok, "unload: {out}{err}");
 }
 
+/// More bans on record than MAX_BANS holds, restored after a reboot (no pins): the start
+/// stops at the line of MAX_BANS, saying the map is full; with a MAX_BANS that holds them
+/// every ban is restored (the journal kept them all).
+#[test]
+fn more_bans_on_record_than_max_bans_stop_the_start_at_its_line() {
+    require_kernel!();
+    let net = TestNet::new(1);
+    let wd = Workdir::new();
+    let ips: Vec<IpAddr> = (0..40).map(filler).collect();
+    write_journal(&wd, ips.iter().copied());
+    let conf = wd.config(&net.server_if, "MAX_BANS=\"16\"\n");
+    let line = std::fs::read_to_string(&conf)
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with("MAX_BANS="))
+        .unwrap()
+        + 1;
+    let err = refused_start(&net, &conf);
+    assert!(
+        err.contains(&format!(
+            "{}:{line}: MAX_BANS is 16 and PS_BANS is full",
+            conf.display()
+        )) && err.contains("raise MAX_BANS"),
+        "{err}"
+    );
+    wd.config(&net.server_if, "MAX_BANS=\"64\"\n");
+    let d = start(&net, &wd);
+    assert_all_in_kernel(&wd, &ips);
+    assert!(d.stop().success());
+    let (ok, out, err) = wd.cli(&["unload"]);
+    assert!(ok, "unload: {out}{err}");
+}
+
 /// `portsentry run -c CONF` in the server's namespace, expected to refuse to start: its
 /// standard error. A daemon that starts instead is stopped and fails the test.
 fn refused_start(net: &TestNet, conf: &std::path::Path) -> String {
+    use std::io::{Read as _, Seek as _};
+    // Into a file, not a pipe no one reads until the exit (a full pipe would stall it).
+    let mut stderr = tempfile::tempfile().unwrap();
     let mut child = net
         .server
         .command(binary().to_str().unwrap())
         .args(["run", "-c", conf.to_str().unwrap()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr.try_clone().unwrap())
         .spawn()
         .unwrap();
     let exited = wait_until(Duration::from_secs(30), || {
@@ -283,10 +319,12 @@ fn refused_start(net: &TestNet, conf: &std::path::Path) -> String {
     if !exited {
         let _ = child.kill();
     }
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    stderr.rewind().unwrap();
+    stderr.read_to_string(&mut err).unwrap();
     assert!(
-        exited && !out.status.success(),
+        exited && !status.success(),
         "the start was not refused:\n{err}"
     );
     err

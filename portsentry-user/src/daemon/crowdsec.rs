@@ -564,8 +564,10 @@ pub(super) fn after_expiry(
             Err(e) => {
                 // Its decisions stand refused, as an answer's would: counted once each,
                 // and not logged again when the next full answer names them.
+                // (No longer held: enforced later, they are counted as applied.)
                 let outcome = refusal_outcome(&e);
-                let ids = held.ids_of(&ban.net);
+                let ids = held.ids_of(&ban.net).to_vec();
+                held.forget(&ban.net);
                 let first = ids
                     .iter()
                     .filter(|id| refused.insert(**id, ban.net))

@@ -472,7 +472,7 @@ fn too_small(e: anyhow::Error, c: &crate::config::Config) -> anyhow::Error {
             .error_at(
                 "MAX_BANS",
                 format!(
-                    "MAX_BANS is {} but {} bans are in force (PS_BANS); raise MAX_BANS to at \
+                    "MAX_BANS is {} for the {} bans in force (PS_BANS); raise MAX_BANS to at \
                      least {}{room}{}",
                     t.size,
                     t.entries,

@@ -391,8 +391,9 @@ fn carry_over(r: &Resized, new: &Map) -> Result<()> {
                 map: r.name,
                 entries: all.len(),
                 size: r.new_size,
+                // The old size takes them as they are (no resize, no room asked).
                 needed: if shrunk {
-                    size_for(all.len())
+                    size_for(all.len()).min(u64::from(r.old_size))
                 } else {
                     all.len() as u64
                 },
