@@ -218,12 +218,7 @@ fn a_bigger_max_bans_at_restart_keeps_every_ban_in_the_same_link() {
 
     // Below the bans in force: refused at the line that sets it, nothing changed.
     let conf = wd.config(&net.server_if, "MAX_BANS=\"16\"\n");
-    let line = std::fs::read_to_string(&conf)
-        .unwrap()
-        .lines()
-        .position(|l| l.starts_with("MAX_BANS="))
-        .unwrap()
-        + 1;
+    let line = max_bans_line(&conf);
     let err = refused_start(&net, &conf);
     assert!(
         err.contains(&format!("{}:{line}:", conf.display()))
@@ -277,12 +272,7 @@ fn more_bans_on_record_than_max_bans_stop_the_start_at_its_line() {
     let ips: Vec<IpAddr> = (0..40).map(filler).collect();
     write_journal(&wd, ips.iter().copied());
     let conf = wd.config(&net.server_if, "MAX_BANS=\"16\"\n");
-    let line = std::fs::read_to_string(&conf)
-        .unwrap()
-        .lines()
-        .position(|l| l.starts_with("MAX_BANS="))
-        .unwrap()
-        + 1;
+    let line = max_bans_line(&conf);
     let err = refused_start(&net, &conf);
     assert!(
         err.contains(&format!(
@@ -297,6 +287,16 @@ fn more_bans_on_record_than_max_bans_stop_the_start_at_its_line() {
     assert!(d.stop().success());
     let (ok, out, err) = wd.cli(&["unload"]);
     assert!(ok, "unload: {out}{err}");
+}
+
+/// The line of `conf` that sets MAX_BANS.
+fn max_bans_line(conf: &std::path::Path) -> usize {
+    std::fs::read_to_string(conf)
+        .unwrap()
+        .lines()
+        .position(|l| l.starts_with("MAX_BANS="))
+        .unwrap()
+        + 1
 }
 
 /// `portsentry run -c CONF` in the server's namespace, expected to refuse to start: its
