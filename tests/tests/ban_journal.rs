@@ -3,7 +3,8 @@
 //! comes back with every ban it acknowledged; a scan ban is in the journal before its
 //! kill commands run; a truncated or bit-flipped journal gives back its intact part and
 //! says which file and where; a ban made without the daemon runs the undo steps of the
-//! ban it replaces once the journal holds it.
+//! ban it replaces once the journal holds it; a start on a full disk goes on, and its
+//! changes reach the journal once there is room.
 
 use std::{
     net::{IpAddr, TcpListener},
@@ -11,16 +12,17 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
+use ipnet::IpNet;
 use portsentry_tests::{
     daemon::{Workdir, wait_until},
-    netns::TestNet,
+    netns::{TestNet, sh},
     require_kernel,
-    scenario::{ban_nets, probe, start, status},
+    scenario::{ban_nets, probe, scan_ban, start, status},
 };
-use portsentry_user::bans::journal;
+use portsentry_user::bans::{BanStore, journal};
 
 /// Removes what a reboot removes: the program, its links and its pinned maps.
 fn reboot(wd: &Workdir) {
@@ -217,6 +219,66 @@ fn a_damaged_journal_gives_back_its_intact_part_and_says_where() {
     // The intact ban is in force again, in the kernel.
     assert!(in_kernel(&status(&wd), "192.0.2.10/32"));
     assert!(d.stop().success());
+}
+
+/// A start on a full disk: the lifts of the bans that expired while the daemon was
+/// stopped cannot be written to the journal. The start goes on (the bans in force are
+/// in the kernel, and the journal's writer keeps the changes and tries again), and the
+/// lifts reach the journal once there is room. The start used to fail there.
+#[test]
+fn a_start_on_a_full_disk_goes_on_and_writes_the_journal_once_there_is_room() {
+    require_kernel!();
+    let net = TestNet::new(1);
+    let wd = Workdir::new();
+    let state = wd.path("state");
+    std::fs::create_dir(&state).unwrap();
+    // The state directory on a tiny tmpfs of the test's own.
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    sh(&format!(
+        "mount -t tmpfs -o size=128k tmpfs {}",
+        state.display()
+    ));
+    let _unmount = Unmount(state.clone());
+    // 400 bans that ended an hour ago: their lifts are more than the slack of the
+    // journal's last page.
+    let now = SystemTime::now();
+    let mut store = BanStore::new();
+    for i in 0..400u32 {
+        let ip = std::net::Ipv4Addr::from(0xc612_0000 + i);
+        let mut ban = scan_ban(IpNet::from(IpAddr::V4(ip)), now - Duration::from_secs(7200));
+        ban.expires = Some(now - Duration::from_secs(3600));
+        store.insert(ban);
+    }
+    let file = journal::path(&state);
+    std::fs::write(&file, journal::encode_store(&store)).unwrap();
+    // The pid file holds a page already: rewritten, it takes that page back.
+    std::fs::write(state.join("portsentry.pid"), "0000000000\n").unwrap();
+    let filler = state.join("filler");
+    sh(&format!(
+        "dd if=/dev/zero of={} bs=4k count=64 2>/dev/null || true",
+        filler.display()
+    ));
+    wd.config(&net.server_if, "");
+    let d = start(&net, &wd);
+    let line = d.wait_for("writing the ban journal", Duration::from_secs(5));
+    assert!(line.contains("No space left"), "{line}");
+    d.wait_for("starting anyway", Duration::from_secs(5));
+    // (The writer's tries fill the last page's slack, then cut it back.)
+    let kept = journal::read(&file).unwrap().unwrap().store.len();
+    assert!(kept > 0, "{kept} bans: the lifts cannot all be on disk yet");
+    std::fs::remove_file(&filler).unwrap();
+    d.wait_for("is written again", Duration::from_secs(5));
+    assert!(d.stop().success());
+    assert_eq!(
+        journal::read(&file).unwrap().unwrap().store.len(),
+        0,
+        "the lifts are on disk"
+    );
 }
 
 /// `portsentry ban` without a daemon, over a scan ban, when the blocked files cannot be

@@ -367,6 +367,16 @@ impl Book {
         }
     }
 
+    /// [`Book::persist`] through the writer's retries (about a second of failures in a
+    /// row), for the start and the stop: a write that fails once and works at the next
+    /// try is not an error.
+    pub fn persist_patiently(&self) -> Result<()> {
+        match &self.journal {
+            Some(j) => j.wait_patiently(j.last()),
+            None => Ok(()),
+        }
+    }
+
     /// The last change recorded, to wait for outside the book's lock
     /// ([`Journal::wait_async`]).
     pub fn ticket(&self) -> Option<(Journal, u64)> {

@@ -443,6 +443,19 @@ impl Journal {
     /// Waits until change `seq` (and every one before it) is on disk; an error as soon
     /// as writing it failed (callers hold locks: no wait through the retries).
     pub fn wait(&self, seq: u64) -> Result<()> {
+        self.wait_until(seq, 1)
+    }
+
+    /// [`Journal::wait`] through the retries, for a caller that holds no lock others
+    /// need (the start and the stop): an error once writing the change failed
+    /// [`WAIT_TRIES`] times in a row (about a second).
+    pub fn wait_patiently(&self, seq: u64) -> Result<()> {
+        self.wait_until(seq, WAIT_TRIES)
+    }
+
+    /// Waits until change `seq` is on disk, or writing it failed `tries` times in a row
+    /// (a failure nothing retries counts as [`WAIT_TRIES`]).
+    fn wait_until(&self, seq: u64, tries: u32) -> Result<()> {
         let mut s = lock(&self.0.synced);
         loop {
             if s.seq >= seq {
@@ -450,6 +463,7 @@ impl Journal {
             }
             if let Some((from, e)) = &s.error
                 && *from <= seq
+                && s.failures >= tries
             {
                 bail!("writing {}: {e}", self.0.path.display());
             }

@@ -322,7 +322,15 @@ pub async fn run(
     for b in &expired_at_start {
         book.lift(&b.net)?;
     }
-    book.persist()?;
+    // A journal that cannot be written does not stop the start: the changes stay in
+    // memory and its writer keeps trying (it logs when it fails and when it works
+    // again), as it does for every change once the daemon runs.
+    if let Err(e) = book.persist_patiently() {
+        log.warn(&format!(
+            "portsentry: {e:#}; starting anyway: the bans are in force, and the changes \
+             are written to the journal once it can be written"
+        ));
+    }
     let restored = book.store.len();
 
     let (routes, listening) = RouteWatch::new();
@@ -445,7 +453,7 @@ pub async fn run(
     let mut book = shared.book();
     // The journal is put on disk even when the blocked files cannot be written.
     let blocked = book.flush(|_| {}).and_then(|()| book.finish_blocked());
-    book.persist()?;
+    book.persist_patiently()?;
     blocked
 }
 

@@ -552,6 +552,28 @@ fn a_wait_rides_out_a_write_that_fails_once() {
     assert_eq!(r.store.len(), 4);
 }
 
+/// The blocking waits: `wait` (its callers hold locks) reports the first failure;
+/// `wait_patiently` (the start and the stop) rides it out as `wait_async` does, and
+/// reports a write that keeps failing.
+#[test]
+fn a_patient_wait_rides_out_a_write_that_fails_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _, _) = Journal::open(dir.path()).unwrap();
+    j.0.faults.plan(|p| p.writes = 2);
+    let seq = j.put(&ban("192.0.2.7/32", 1));
+    let e = j.wait(seq).unwrap_err();
+    assert!(format!("{e:#}").contains("No space left"), "{e:#}");
+    j.wait_patiently(seq).unwrap();
+    j.0.faults.plan(|p| p.writes = WAIT_TRIES + 2);
+    let later = j.put(&ban("192.0.2.8/32", 1));
+    let e = j.wait_patiently(later).unwrap_err();
+    assert!(format!("{e:#}").contains("No space left"), "{e:#}");
+    settle(&j, later);
+    j.close().unwrap();
+    let r = read(&path(dir.path())).unwrap().unwrap();
+    assert_eq!(r.store.len(), 2);
+}
+
 /// Waits until change `seq` is on disk through failed tries: while writes keep failing
 /// a wait fails, and the writer tries again every 200 ms.
 fn settle(j: &Journal, seq: u64) {
