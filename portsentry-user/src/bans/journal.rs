@@ -76,16 +76,25 @@ pub struct Recovered {
     pub damage: Option<Damage>,
 }
 
-/// Reads the journal at `path` (no change to it); `None` when there is none. A file
-/// whose header this release does not read is an error that says what to do.
+/// Reads the journal at `path` (no change to it); `None` when there is none, or when
+/// the file is empty (every journal written holds its header: an empty file is one
+/// made by hand, and stands for no journal, so an old `bans.json` beside it is
+/// migrated). A file whose header this release does not read is an error that says
+/// what to do.
 pub fn read(path: &Path) -> Result<Option<Recovered>> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
     };
+    let size = file
+        .metadata()
+        .with_context(|| format!("reading the size of {}", path.display()))?
+        .len();
+    if size == 0 {
+        return Ok(None);
+    }
     // Room for as many puts as the file may hold: no copy as the prefix grows.
-    let size = file.metadata().map_or(0, |m| m.len());
     let puts = usize::try_from(size).unwrap_or(0) / PUT_SIZE;
     let mut rebuild = Rebuild::with_room_for(puts);
     let (intact, damage) = replay(&mut BufReader::with_capacity(1 << 20, file), |r| {

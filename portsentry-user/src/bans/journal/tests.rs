@@ -412,6 +412,30 @@ fn an_old_state_file_is_migrated_once_and_kept_aside() {
     assert_eq!(store.len(), 2);
 }
 
+/// An empty journal (made by hand: every journal written holds its header) stands
+/// for none: an old state file beside it is migrated, and read by `status` before.
+#[test]
+fn an_empty_journal_does_not_hide_an_old_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut old = BanStore::new();
+    old.insert(ban("192.0.2.7/32", 2));
+    fs::write(state::json_path(dir.path()), state::to_json(&old)).unwrap();
+    fs::write(path(dir.path()), "").unwrap();
+    assert_eq!(load(dir.path()).unwrap().len(), 1);
+    let (j, store, opened) = Journal::open(dir.path()).unwrap();
+    j.close().unwrap();
+    assert_eq!(store.len(), 1);
+    assert!(opened.migrated.is_some());
+    assert_eq!(read(&path(dir.path())).unwrap().unwrap().store.len(), 1);
+    // With no old file, an empty journal is a fresh one.
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(path(dir.path()), "").unwrap();
+    let (j, store, _) = Journal::open(dir.path()).unwrap();
+    j.close().unwrap();
+    assert_eq!(store.len(), 0);
+    assert_eq!(fs::read(path(dir.path())).unwrap(), HEADER);
+}
+
 #[test]
 fn a_broken_old_state_file_is_an_error_and_stays() {
     let dir = tempfile::tempdir().unwrap();
