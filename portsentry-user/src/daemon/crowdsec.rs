@@ -16,6 +16,7 @@ use portsentry_common::maps::BanOrigin;
 
 use super::{
     Shared,
+    jobs::Place,
     upkeep::{spawn_undo, spawn_undo_in, undo_place},
 };
 use crate::{
@@ -302,6 +303,7 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool, asked: SystemTime) {
     let mut refusals: Vec<(Outcome, String)> = Vec::new();
     let changed;
     let places: Vec<_>;
+    let kills: Vec<_>;
     {
         let mut book = shared.book();
         let ours = |b: &Option<Ban>| b.is_some_and(|b| b.origin == BanOrigin::CrowdSec);
@@ -444,8 +446,10 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool, asked: SystemTime) {
         if changed {
             fleet.link.set_enforced(enforced(&book.store));
         }
-        // The undo steps' places, before the book is let go (`upkeep::undo_place`).
+        // The undo steps' places, then the kill commands', before the book is let go
+        // (`upkeep::undo_place`).
         places = lifted.iter().map(|b| undo_place(shared, b)).collect();
+        kills = kill_places(shared, &added);
     }
     drop(decisions);
     for (o, n) in &counts {
@@ -488,7 +492,7 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool, asked: SystemTime) {
         }
         spawn_undo_in(shared, b, BanEnd::Withdrawn, place);
     }
-    spawn_kills(shared, &added);
+    spawn_kills(shared, kills);
 }
 
 /// The decisions' lock, when the link is on: taken before the book, as [`apply`] does.
@@ -590,6 +594,7 @@ pub(super) fn after_expiry(
     if !added.is_empty() {
         fleet.link.set_enforced(enforced(&book.store));
     }
+    let kills = kill_places(shared, &added);
     drop(book);
     drop(decisions);
     for (o, n) in &counts {
@@ -606,7 +611,7 @@ pub(super) fn after_expiry(
     ) {
         shared.log.notice(&line);
     }
-    spawn_kills(shared, &added);
+    spawn_kills(shared, kills);
 }
 
 /// How a decision whose ban was not put is counted: refused by the guard, or failed.
@@ -669,18 +674,30 @@ fn ban_lines(added: &[Ban], each: &str, many: &str) -> Vec<String> {
         .collect()
 }
 
-/// Runs the kill commands of the bans decisions put in force, when CROWDSEC_KILL_COMMANDS
-/// is 1: for each address (not a range) the steps `BLOCK_TCP=1` would run but the XDP ban
-/// (in force already), in PortSentry's order, with `$PORT$` 0 and `$MODE$` `crowdsec`,
-/// once the ban is in the journal on disk; off the stream's task, within the response jobs'
-/// limit.
-fn spawn_kills(shared: &Arc<Shared>, added: &[Ban]) {
+/// The places in their addresses' lines of the kill commands of the bans decisions put
+/// in force (CROWDSEC_KILL_COMMANDS=1), taken with the book held, as the undo steps' are
+/// (`upkeep::undo_place`): a ban lifted once the book is let go (expired, unbanned) has
+/// its undo steps lined up after its kill commands, not before them (they would then
+/// find nothing to undo, and the route and line would stay).
+fn kill_places(shared: &Arc<Shared>, added: &[Ban]) -> Vec<(Ban, Place)> {
     let Some(fleet) = &shared.crowdsec else {
-        return;
+        return Vec::new();
     };
     let kills = fleet.kill_commands();
-    for ban in added.iter().filter(|b| b.has_undo(kills)).copied() {
-        let place = shared.jobs.line_up(ban.net.addr());
+    added
+        .iter()
+        .filter(|b| b.has_undo(kills))
+        .map(|b| (*b, shared.jobs.line_up(b.net.addr())))
+        .collect()
+}
+
+/// Runs the kill commands of the bans decisions put in force, at their places
+/// ([`kill_places`]): for each address (not a range) the steps `BLOCK_TCP=1` would run
+/// but the XDP ban (in force already), in PortSentry's order, with `$PORT$` 0 and
+/// `$MODE$` `crowdsec`, once the ban is in the journal on disk; off the stream's task,
+/// within the response jobs' limit.
+fn spawn_kills(shared: &Arc<Shared>, kills: Vec<(Ban, Place)>) {
+    for (ban, place) in kills {
         let shared = shared.clone();
         tokio::spawn(async move {
             let Some(mut seated) = place.seat().await else {
