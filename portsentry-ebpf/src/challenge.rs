@@ -11,7 +11,7 @@ use portsentry_common::{
 };
 
 use crate::{
-    Source, count,
+    count, counted_as,
     frame::{XdpPacket, ptr_at, ptr_at_mut},
     probe::{is_watched, record_probe},
 };
@@ -35,13 +35,15 @@ pub fn may_answer_challenge(l4: &L4) -> bool {
 
 /// A segment [`may_answer_challenge`] let through whose acknowledgment number is our
 /// cookie + 1: the source received our SYN-ACK, so its address is its own. Recorded as
-/// a verified probe.
+/// a verified probe of the source as its SYN was counted (`key`, its network under
+/// SOURCE_PREFIX_V6 `prefix`, as the ignore trie has it: [`counted_as`]).
 #[inline(always)]
 pub fn answers_challenge(
     ctx: &XdpContext,
     ip: &Ip,
     l4: &L4,
-    src: &Source,
+    key: &AddrWords,
+    prefix: Option<u32>,
     settings: &Settings,
 ) -> bool {
     // SAFETY: helper without arguments.
@@ -60,12 +62,20 @@ pub fn answers_challenge(
         return false;
     }
     count(Counter::Verified);
+    // Looked up once the answer is known to be one (a pure ACK of a served watched port
+    // comes here with each segment): a source in a network that holds an ignored
+    // address is counted by its own address, as its SYN was, and never banned by that
+    // network, whose ban would cut the ignored host off (a LAN's link-local /64); a
+    // source ignored since its challenge is not counted.
+    let Some(src) = counted_as(ip, *key, prefix, settings) else {
+        return true;
+    };
     // Reported as what it answers: the SYN probe.
     let mut syn = *l4;
     syn.tcp_flags = tcp_flags::SYN;
     // A verified source that reaches the trigger here is banned by `record_probe`; this
     // ACK itself passes (it completes nothing: the challenge was ours).
-    let _ = record_probe(ctx, src, &syn, ScanType::TcpSyn, true, settings);
+    let _ = record_probe(ctx, &src, &syn, ScanType::TcpSyn, true, settings);
     true
 }
 

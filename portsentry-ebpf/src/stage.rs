@@ -102,9 +102,7 @@ pub fn probe(ctx: &XdpContext) -> Counter {
     let settings = settings_or(&defaults);
     // The type comes from the map, a number the verifier does not know: it walks the
     // steps once for all types.
-    let verdict = if h.challenge
-        && answers_challenge(ctx, &h.ip, &h.l4, &Source::of(h.key, prefix), settings)
-    {
+    let verdict = if h.challenge && answers_challenge(ctx, &h.ip, &h.l4, &h.key, prefix, settings) {
         Counter::PassProbe
     } else {
         match ScanType::from_u8(h.kind) {

@@ -364,6 +364,53 @@ fn under_verify_sources_only_verified_sources_are_banned() {
     assert!(fx.dp.ban(&IpNet::from(src)).unwrap().is_none());
 }
 
+/// The answer to a challenge counts as its SYN was counted. From a source whose
+/// SOURCE_PREFIX_V6 network holds an ignored address (counted by its own address), it
+/// never bans that network: the ban would drop every other host of it (a LAN's
+/// link-local /64, this host's own /64). The answer used to be recorded under the
+/// network's key, verified, and the program banned the network at once. A source of
+/// another network is banned by its network, as before.
+#[test]
+fn a_verified_answer_from_a_counted_network_never_bans_the_network() {
+    require_kernel!();
+    use portsentry_common::maps::{EVENT_PREFIX, EVENT_VERIFIED, SETTING_V6_PREFIX_SHIFT};
+    use portsentry_tests::probe_asserts::net;
+    let flags = SETTING_KBAN_TCP | SETTING_VERIFY | 64 << SETTING_V6_PREFIX_SHIFT;
+    let mut fx = fixture(1, flags, KernelBan::default());
+    fx.dp
+        .replace_ignore(&[net("2001:db8:1:2::9/128")], &[net("2001:db8:1:2::/64")])
+        .unwrap();
+    // The TCP header's offset in an untagged IPv6 frame.
+    let l4 = 14 + 40;
+    let dst = ip(V6_DST);
+    let answer_from = |fx: &mut Fixture, src| {
+        let (o, out) = fx.run_out(&Frame::tcp(src, dst, 22, SYN).build());
+        assert_eq!(o.reason(), Counter::TxChallenge, "{src}");
+        let cookie = u32::from_be_bytes([out[l4 + 4], out[l4 + 5], out[l4 + 6], out[l4 + 7]]);
+        let mut answer = Frame::tcp(src, dst, 22, ACK).build();
+        answer[l4 + 8..l4 + 12].copy_from_slice(&cookie.wrapping_add(1).to_be_bytes());
+        fx.drain_events();
+        let o = fx.run(&answer);
+        assert_eq!(o.delta.get(Counter::Verified), 1, "{src}: {o:?}");
+        (o, fx.drain_events())
+    };
+    let (o, ev) = answer_from(&mut fx, ip("2001:db8:1:2::77"));
+    assert_eq!(o.delta.get(Counter::KernelBanned), 0, "{o:?}");
+    assert!(
+        fx.dp.ban(&net("2001:db8:1:2::/64")).unwrap().is_none(),
+        "the network of an ignored address is banned"
+    );
+    let last = ev.last().expect("the verified answer is reported");
+    assert_eq!(last.flags & EVENT_VERIFIED, EVENT_VERIFIED);
+    assert_eq!(last.flags & EVENT_PREFIX, 0, "reported by its address");
+    assert_eq!(fx.hits(ip("2001:db8:1:2::77")), 2, "the SYN and its answer");
+    assert_eq!(fx.hits(ip("2001:db8:1:2::")), 0, "never by the network");
+    // Another network: banned by its network at the verified answer.
+    let (o, _) = answer_from(&mut fx, ip("2001:db8:5:6::77"));
+    assert_eq!(o.delta.get(Counter::KernelBanned), 1, "{o:?}");
+    assert!(fx.dp.ban(&net("2001:db8:5:6::/64")).unwrap().is_some());
+}
+
 /// Segments of no connection (nmap -sA, -sW, -sM) are banned by the program at the one
 /// that reaches ACK_SCAN_PORTS distinct ports (here 3), not before; a client's late
 /// segments, all to the one port it talked to, never are; with ACK_SCAN_PORTS="0" (no
