@@ -845,6 +845,63 @@ fn reported_for_udp_then_banned_for_tcp(extra: &str) {
     assert!(d.stop().success());
 }
 
+/// A scanner the daemon bans (here one over the program's MAX_BANS_PER_SEC, banned in
+/// the next second) is banned at once while kill commands that hang hold every slot of
+/// the response jobs' pool: its XDP ban is put before its job waits for a slot. It
+/// waited for a slot, and the scanner went on scanning until one was free.
+#[test]
+fn a_ban_the_daemon_makes_does_not_wait_for_a_slot() {
+    require_kernel!();
+    let net = TestNet::new(RESPONSE_SLOTS as u8 + 3);
+    let wd = Workdir::new();
+    let order = wd.path("order").display().to_string();
+    wd.config(
+        &net.server_if,
+        &format!(
+            "MAX_BANS_PER_SEC=\"{RESPONSE_SLOTS}\"\n\
+             KILL_ROUTE=\"echo route $TARGET$ >> {order}; sleep 20\"\n"
+        ),
+    );
+    let _svc = net
+        .server
+        .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
+    let d = start(&net, &wd);
+    // All in one second of the wall clock: the program bans sixteen (their responses
+    // take every slot and hang in KILL_ROUTE), the daemon the rest in the next second.
+    let into = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_millis();
+    if !(100..=600).contains(&into) {
+        std::thread::sleep(Duration::from_millis(u64::from((1100 - into) % 1000)));
+    }
+    let sources = &net.attacker_v4;
+    let net_ref = &net;
+    std::thread::scope(|s| {
+        for ip in sources {
+            s.spawn(move || probe(net_ref, *ip));
+        }
+    });
+    d.wait_for(
+        &format!("MAX_BANS_PER_SEC ({RESPONSE_SLOTS}) reached"),
+        Duration::from_secs(5),
+    );
+    assert!(
+        wait_until(Duration::from_secs(6), || {
+            let nets = ban_nets(&status(&wd));
+            sources.iter().all(|ip| nets.contains(&format!("{ip}/32")))
+        }),
+        "not all banned within seconds: {:?}\n{}",
+        ban_nets(&status(&wd)),
+        d.lines().join("\n")
+    );
+    for ip in &sources[RESPONSE_SLOTS..] {
+        assert!(!reaches(&net, *ip), "{ip}");
+    }
+    // The kill commands hang for 20 s more: not waited for.
+    d.kill9();
+}
+
 /// Scanners over MAX_BANS_PER_SEC wait for the next seconds; a reload meanwhile that
 /// turns TCP blocking off (BLOCK_TCP="0") has them reported only, as it has any later
 /// scanner. (They were banned all the same, one a second, under the old

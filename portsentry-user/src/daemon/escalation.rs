@@ -18,19 +18,22 @@ use crate::{
 
 /// A response to a host that is running (its kill steps may not be done yet), from
 /// [`Running::new`] until dropped.
-pub(super) struct Running<'a> {
-    shared: &'a Shared,
+pub(super) struct Running {
+    shared: Arc<Shared>,
     ip: IpAddr,
 }
 
-impl<'a> Running<'a> {
-    pub(super) fn new(shared: &'a Shared, ip: IpAddr) -> Running<'a> {
+impl Running {
+    pub(super) fn new(shared: &Arc<Shared>, ip: IpAddr) -> Running {
         shared.escalation.lock().expect("escalation lock").start(ip);
-        Running { shared, ip }
+        Running {
+            shared: shared.clone(),
+            ip,
+        }
     }
 }
 
-impl Drop for Running<'_> {
+impl Drop for Running {
     fn drop(&mut self) {
         self.shared
             .escalation

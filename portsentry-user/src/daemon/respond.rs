@@ -89,13 +89,14 @@ pub(super) fn act(
     }
     mark_handled(shared, &ev, block == BlockMode::Block);
     let place = shared.jobs.line_up(ev.ip);
+    let started = start(shared, eff, &ev, mode, block, now, true);
     let shared = shared.clone();
     let eff = eff.clone();
     tokio::spawn(async move {
         let Some(seated) = place.seat().await else {
             return;
         };
-        respond(&shared, &eff, ev, mode, block, now, seated).await;
+        respond(&shared, &eff, ev, mode, block, now, started, seated).await;
     });
 }
 
@@ -117,7 +118,20 @@ pub(super) fn act_banned(
         let Some(seated) = place.seat().await else {
             return;
         };
-        respond(&shared, &eff, ev, mode, BlockMode::Block, since, seated).await;
+        // In force already: recorded when the job has its slot (an unban meanwhile
+        // lifts it as a ban not yet recorded).
+        let started = start(&shared, &eff, &ev, mode, BlockMode::Block, since, false);
+        respond(
+            &shared,
+            &eff,
+            ev,
+            mode,
+            BlockMode::Block,
+            since,
+            started,
+            seated,
+        )
+        .await;
     });
 }
 
@@ -181,8 +195,39 @@ async fn resolve(shared: &Shared, eff: &Effective, ip: IpAddr) -> String {
     name
 }
 
-/// Acts on one host, in the configured order; `now` is when it was admitted. A scan
-/// ban may then escalate to the host's network ([`escalation::after_ban`]).
+/// What a response did before it waited for its slot of the pool ([`start`]).
+struct Started {
+    /// The host's response is running (escalation leaves its ban alone) until dropped.
+    running: escalation::Running,
+    /// The XDP ban, when it was put (or found refused or made already) at the start.
+    early: Option<Ban>,
+}
+
+/// The start of a response: the host is marked running and, with `ban_now`, the XDP
+/// ban put when it comes first. [`act`] starts a response before its job waits for a
+/// slot of the pool: the daemon's ban does not wait for the kill commands of other
+/// hosts (sixteen that hang, or a long queue of them, kept the scanner unbanned for
+/// as long).
+fn start(
+    shared: &Arc<Shared>,
+    eff: &Effective,
+    ev: &ProbeEvent,
+    mode: ModeToken,
+    block: BlockMode,
+    now: SystemTime,
+    ban_now: bool,
+) -> Started {
+    let target = Target::scan(ev.ip, ev.port, mode);
+    let first = actions::plan(&eff.config, block, &target).first() == Some(&Step::XdpBan);
+    let running = escalation::Running::new(shared, ev.ip);
+    let early = (ban_now && first).then(|| scan_ban(shared, eff, ev, mode, now));
+    Started { running, early }
+}
+
+/// Acts on one host, in the configured order, from what [`start`] did; `now` is when
+/// it was admitted. A scan ban may then escalate to the host's network
+/// ([`escalation::after_ban`]).
+#[allow(clippy::too_many_arguments)] // the response's event and what its start did
 async fn respond(
     shared: &Arc<Shared>,
     eff: &Effective,
@@ -190,22 +235,24 @@ async fn respond(
     mode: ModeToken,
     block: BlockMode,
     now: SystemTime,
+    started: Started,
     mut seated: Seated,
 ) {
     let c = &eff.config;
     let target = Target::scan(ev.ip, ev.port, mode);
     let steps = actions::plan(c, block, &target);
-    let running = escalation::Running::new(shared, ev.ip);
+    let Started { running, mut early } = started;
     let mut banned = false;
     // The XDP ban does not wait for the name lookup when it comes first. When a step
     // comes before it (KILL_RUN_CMD_FIRST), a ban the guard refuses or the operator
-    // lifted meanwhile is found out before that step runs against the host.
-    let mut early = None;
-    if steps.first() == Some(&Step::XdpBan)
-        || (steps.contains(&Step::XdpBan) && {
-            let book = shared.book();
-            book.would_refuse(&ev.source, ev.kernel_banned) || book.holds(&ev.source)
-        })
+    // lifted meanwhile (while the job waited for its slot) is found out before that
+    // step runs against the host.
+    if early.is_none()
+        && (steps.first() == Some(&Step::XdpBan)
+            || (steps.contains(&Step::XdpBan) && {
+                let book = shared.book();
+                book.would_refuse(&ev.source, ev.kernel_banned) || book.holds(&ev.source)
+            }))
     {
         early = Some(scan_ban(shared, eff, &ev, mode, now));
     }
