@@ -3,7 +3,9 @@
 //! system: a minbase root of this host's Debian release made by debootstrap (once; kept as
 //! a tarball under target/deb-test/) and unpacked afresh into a temporary folder, where
 //! dpkg runs through chroot. In it, Debian's portsentry 1.2 package goes in first, the
-//! admin edits its files, and ours is installed over it; then removed, then purged.
+//! admin edits its files, and ours is installed over it; the admin enables and disables
+//! the unit around upgrades; then it is removed, installed again and removed with a
+//! configuration the unload refuses, then purged.
 //!
 //! A policy-rc.d forbids starting services in the root (1.2's init script would otherwise
 //! start PortSentry 1.2 on this machine's network), and systemd does not run in it, so
@@ -355,15 +357,28 @@ fn replaces_debians_portsentry_and_keeps_the_admins_files() {
     let check = root.run(&format!("/usr/sbin/portsentry check-config -c {CONF}"));
     assert!(check.contains("TCP mode:      stealth"), "{check}");
 
-    // The admin names an interface; an upgrade (the same package again) enables the unit,
-    // keeps the state directory, and prints no note.
+    // The admin names an interface, enables the unit by hand as the note said, then
+    // disables it: an upgrade (the same package again) keeps it disabled. (The package
+    // kept no record of the unit it did not enable, and deb-systemd-helper's
+    // was-enabled is true for a unit with none: the upgrade enabled it again.)
     fs::write(root.path(CONF), admins.clone() + "INTERFACES=\"lo\"\n").unwrap();
     fs::write(root.path("/var/lib/portsentry/bans.json"), "{}\n").unwrap();
+    root.run("systemctl enable portsentry.service");
+    assert!(fs::symlink_metadata(root.path(ENABLED)).is_ok());
+    root.run("systemctl disable portsentry.service");
+    let upgrade = root.run(&format!("dpkg --force-confdef --force-confold -i {new}"));
+    assert!(
+        fs::symlink_metadata(root.path(ENABLED)).is_err(),
+        "enabled again by an upgrade:\n{upgrade}"
+    );
+    // Enabled again: an upgrade keeps it enabled, keeps the state directory, and prints
+    // no note.
+    root.run("systemctl enable portsentry.service");
     let upgrade = root.run(&format!("dpkg --force-confdef --force-confold -i {new}"));
     assert!(!upgrade.contains("not started"), "{upgrade}");
     assert!(
         fs::symlink_metadata(root.path(ENABLED)).is_ok(),
-        "not enabled once INTERFACES is set:\n{upgrade}"
+        "not enabled after an upgrade:\n{upgrade}"
     );
     assert!(
         root.path("/var/lib/portsentry/bans.json").exists(),
@@ -432,6 +447,22 @@ fn replaces_debians_portsentry_and_keeps_the_admins_files() {
     );
     assert!(!root.path("/usr/sbin/portsentry").exists());
     assert_eq!(root.read(CONF), admins.clone() + "INTERFACES=\"lo\"\n");
+    // Installed again (from the config-files state), then removed with a configuration
+    // the unload refuses (a key set twice): the default PIN_DIR's pins are removed all
+    // the same, since the binary goes with the package. (Only a directory in here: the
+    // root has no bpffs.)
+    root.run(&format!("dpkg --force-confdef --force-confold -i {new}"));
+    let broken = admins.clone() + "INTERFACES=\"lo\"\nSCAN_TRIGGER=\"3\"\n";
+    fs::write(root.path(CONF), &broken).unwrap();
+    fs::create_dir_all(root.path("/sys/fs/bpf/portsentry")).unwrap();
+    fs::write(root.path("/sys/fs/bpf/portsentry/PS_BANS"), "").unwrap();
+    let remove = root.run("dpkg -r portsentry");
+    assert!(
+        remove.contains("unload failed; removed the pins in /sys/fs/bpf/portsentry"),
+        "{remove}"
+    );
+    assert!(!root.path("/sys/fs/bpf/portsentry").exists(), "{remove}");
+    assert_eq!(root.read(CONF), broken);
     assert!(root.path(IGNORE).exists());
     assert!(root.path("/var/lib/portsentry/bans.json").exists());
     root.run("dpkg -P portsentry");
