@@ -233,3 +233,34 @@ pub fn write_journal(state_dir: &Path, nets: impl IntoIterator<Item = IpNet>) {
     std::fs::create_dir_all(state_dir).unwrap();
     std::fs::write(journal::path(state_dir), journal::encode_store(&store)).unwrap();
 }
+
+/// A tiny tmpfs of a test's own, mounted on a directory of its workdir; unmounted when
+/// dropped. For writes that must meet a full disk.
+pub struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`mount -o size=`, "64k") on `dir`, which must exist.
+    pub fn mount(dir: &Path, size: &str) -> Tmpfs {
+        crate::netns::sh(&format!(
+            "mount -t tmpfs -o size={size} tmpfs {}",
+            dir.display()
+        ));
+        Tmpfs(dir.to_path_buf())
+    }
+
+    /// Fills what is left of it with the file `filler`; its path.
+    pub fn fill(&self) -> std::path::PathBuf {
+        let filler = self.0.join("filler");
+        crate::netns::sh(&format!(
+            "dd if=/dev/zero of={} bs=4k count=4096 2>/dev/null || true",
+            filler.display()
+        ));
+        filler
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}

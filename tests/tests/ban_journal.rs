@@ -18,9 +18,9 @@ use std::{
 use ipnet::IpNet;
 use portsentry_tests::{
     daemon::{Workdir, wait_until},
-    netns::{TestNet, sh},
+    netns::TestNet,
     require_kernel,
-    scenario::{ban_nets, probe, scan_ban, start, status},
+    scenario::{Tmpfs, ban_nets, probe, scan_ban, start, status},
 };
 use portsentry_user::bans::{BanStore, journal};
 
@@ -233,17 +233,7 @@ fn a_start_on_a_full_disk_goes_on_and_writes_the_journal_once_there_is_room() {
     let state = wd.path("state");
     std::fs::create_dir(&state).unwrap();
     // The state directory on a tiny tmpfs of the test's own.
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    sh(&format!(
-        "mount -t tmpfs -o size=128k tmpfs {}",
-        state.display()
-    ));
-    let _unmount = Unmount(state.clone());
+    let tmpfs = Tmpfs::mount(&state, "128k");
     // 400 bans that ended an hour ago: their lifts are more than the slack of the
     // journal's last page.
     let now = SystemTime::now();
@@ -258,11 +248,7 @@ fn a_start_on_a_full_disk_goes_on_and_writes_the_journal_once_there_is_room() {
     std::fs::write(&file, journal::encode_store(&store)).unwrap();
     // The pid file holds a page already: rewritten, it takes that page back.
     std::fs::write(state.join("portsentry.pid"), "0000000000\n").unwrap();
-    let filler = state.join("filler");
-    sh(&format!(
-        "dd if=/dev/zero of={} bs=4k count=64 2>/dev/null || true",
-        filler.display()
-    ));
+    let filler = tmpfs.fill();
     wd.config(&net.server_if, "");
     let d = start(&net, &wd);
     let line = d.wait_for("writing the ban journal", Duration::from_secs(5));

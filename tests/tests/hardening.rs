@@ -182,21 +182,8 @@ fn a_full_disk_under_the_history_file_loses_no_ban() {
     let full = wd.path("full");
     fs::create_dir(&full).unwrap();
     // A tiny tmpfs of the test's own, filled up.
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    portsentry_tests::netns::sh(&format!(
-        "mount -t tmpfs -o size=64k tmpfs {}",
-        full.display()
-    ));
-    let _unmount = Unmount(full.clone());
-    let _ = portsentry_tests::netns::sh(&format!(
-        "dd if=/dev/zero of={}/filler bs=4k count=100 2>/dev/null || true",
-        full.display()
-    ));
+    let tmpfs = portsentry_tests::scenario::Tmpfs::mount(&full, "64k");
+    tmpfs.fill();
     wd.config(&net.server_if, "");
     let text = fs::read_to_string(wd.conf()).unwrap().replace(
         &format!(
