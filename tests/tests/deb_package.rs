@@ -357,10 +357,14 @@ fn replaces_debians_portsentry_and_keeps_the_admins_files() {
     let check = root.run(&format!("/usr/sbin/portsentry check-config -c {CONF}"));
     assert!(check.contains("TCP mode:      stealth"), "{check}");
 
-    // The admin names an interface, enables the unit by hand as the note said, then
-    // disables it: an upgrade (the same package again) keeps it disabled. (The package
-    // kept no record of the unit it did not enable, and deb-systemd-helper's
-    // was-enabled is true for a unit with none: the upgrade enabled it again.)
+    // The unit is recorded as not enabled. The admin names an interface, enables the
+    // unit by hand as the note said, then disables it: an upgrade (the same package
+    // again) keeps it disabled. The record removed first, as a release before this one
+    // left it: it kept no record of a unit it did not enable, deb-systemd-helper's
+    // was-enabled is true for a unit with none, and the upgrade enabled it again.
+    let record = "/var/lib/systemd/deb-systemd-helper-enabled/portsentry.service.dsh-also";
+    assert!(root.path(record).exists(), "no record of the unit");
+    fs::remove_file(root.path(record)).unwrap();
     fs::write(root.path(CONF), admins.clone() + "INTERFACES=\"lo\"\n").unwrap();
     fs::write(root.path("/var/lib/portsentry/bans.json"), "{}\n").unwrap();
     root.run("systemctl enable portsentry.service");
@@ -448,9 +452,8 @@ fn replaces_debians_portsentry_and_keeps_the_admins_files() {
     assert!(!root.path("/usr/sbin/portsentry").exists());
     assert_eq!(root.read(CONF), admins.clone() + "INTERFACES=\"lo\"\n");
     // Installed again (from the config-files state), then removed with a configuration
-    // the unload refuses (a key set twice): the default PIN_DIR's pins are removed all
-    // the same, since the binary goes with the package. (Only a directory in here: the
-    // root has no bpffs.)
+    // the unload refuses (a key set twice): it unloads with the defaults, since the
+    // binary goes with the package. (Only a directory in here: the root has no bpffs.)
     root.run(&format!("dpkg --force-confdef --force-confold -i {new}"));
     let broken = admins.clone() + "INTERFACES=\"lo\"\nSCAN_TRIGGER=\"3\"\n";
     fs::write(root.path(CONF), &broken).unwrap();
@@ -458,7 +461,7 @@ fn replaces_debians_portsentry_and_keeps_the_admins_files() {
     fs::write(root.path("/sys/fs/bpf/portsentry/PS_BANS"), "").unwrap();
     let remove = root.run("dpkg -r portsentry");
     assert!(
-        remove.contains("unload failed; removed the pins in /sys/fs/bpf/portsentry"),
+        remove.contains("unloaded with the default PIN_DIR") && remove.contains("unloaded:"),
         "{remove}"
     );
     assert!(!root.path("/sys/fs/bpf/portsentry").exists(), "{remove}");
