@@ -848,7 +848,8 @@ fn reported_for_udp_then_banned_for_tcp(extra: &str) {
 /// A scanner the daemon bans (here one over the program's MAX_BANS_PER_SEC, banned in
 /// the next second) is banned at once while kill commands that hang hold every slot of
 /// the response jobs' pool: its XDP ban is put before its job waits for a slot. It
-/// waited for a slot, and the scanner went on scanning until one was free.
+/// waited for a slot, and the scanner went on scanning until one was free. Unbanned
+/// while its job waits, none of its kill commands runs once the job has its slot.
 #[test]
 fn a_ban_the_daemon_makes_does_not_wait_for_a_slot() {
     require_kernel!();
@@ -859,7 +860,7 @@ fn a_ban_the_daemon_makes_does_not_wait_for_a_slot() {
         &net.server_if,
         &format!(
             "MAX_BANS_PER_SEC=\"{RESPONSE_SLOTS}\"\n\
-             KILL_ROUTE=\"echo route $TARGET$ >> {order}; sleep 20\"\n"
+             KILL_ROUTE=\"echo route $TARGET$ >> {order}; sleep 12\"\n"
         ),
     );
     let _svc = net
@@ -898,7 +899,26 @@ fn a_ban_the_daemon_makes_does_not_wait_for_a_slot() {
     for ip in &sources[RESPONSE_SLOTS..] {
         assert!(!reaches(&net, *ip), "{ip}");
     }
-    // The kill commands hang for 20 s more: not waited for.
+    // One whose kill commands wait for a slot (no route line yet) is unbanned: when its
+    // job has its slot, none of them runs against it.
+    let ran = wd.read("order");
+    let waiting = *sources
+        .iter()
+        .find(|ip| !ran.contains(&format!("route {ip}\n")))
+        .expect("a response waiting for a slot");
+    let (ok, out, err) = wd.cli(&["unban", &waiting.to_string()]);
+    assert!(ok, "{out}{err}");
+    d.wait_for(
+        &format!("the ban of {waiting}/32 ended before its kill commands ran"),
+        Duration::from_secs(20),
+    );
+    assert!(
+        !wd.read("order").contains(&format!("route {waiting}\n")),
+        "{}",
+        wd.read("order")
+    );
+    assert!(reaches(&net, waiting));
+    // The other kill commands may still run: not waited for.
     d.kill9();
 }
 

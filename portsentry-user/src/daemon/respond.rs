@@ -258,7 +258,11 @@ async fn respond(
     }
     let name = resolve(shared, eff, ev.ip).await;
     if early == Some(Ban::Done) && name != ev.ip.to_string() {
-        shared.book().set_name(&ev.source, &name);
+        // Not a ban made since in its place (the operator's, once this one was lifted).
+        let mut book = shared.book();
+        if book.holds(&ev.source) {
+            book.set_name(&ev.source, &name);
+        }
     }
     let log = &shared.log;
     log.notice(&alert::attack_alert(
@@ -275,6 +279,16 @@ async fn respond(
     // response too: ended before them, it would let the host's next job start while
     // they still run).
     seated.after_the_job_before().await;
+    // Put before the job had its slot ([`start`]) and lifted since (an operator's unban,
+    // its expiry): no kill command runs against the host. (A KILL_RUN_CMD without an
+    // UNKILL_RUN_CMD would keep its effect on a host no longer banned.)
+    if early == Some(Ban::Done) && !shared.book().holds(&ev.source) {
+        log.notice(&format!(
+            "portsentry: the ban of {} ended before its kill commands ran; they do not run",
+            ev.source
+        ));
+        return;
+    }
     // A response without a ban (BLOCK_*="2") has nothing for the guard to refuse: it is
     // asked here, before KILL_RUN_CMD runs against a host protected since the scan.
     if !steps.is_empty() && !steps.contains(&Step::XdpBan) {
