@@ -68,6 +68,23 @@ fn wait_ordered(wd: &Workdir, d: &Daemon, line: &str, secs: u64) {
     );
 }
 
+/// `portsentry ban` without the daemon, with IGNORE_FILE missing: the ban is checked
+/// against loopback and this host's addresses alone, and the command says so. (The
+/// warning was dropped: nothing told the operator that the ignore list was not there.)
+#[test]
+fn a_ban_without_the_daemon_says_when_the_ignore_file_is_missing() {
+    require_kernel!();
+    let wd = Workdir::new();
+    let missing = wd.path("missing.ignore");
+    wd.config("lo", &format!("IGNORE_FILE=\"{}\"\n", missing.display()));
+    let (ok, out, err) = wd.cli(&["ban", "198.51.100.0/24"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        err.contains(&format!("IGNORE_FILE {} does not exist", missing.display())),
+        "{err}"
+    );
+}
+
 #[test]
 fn bans_that_would_cut_off_what_must_stay_reachable_are_refused() {
     require_kernel!();

@@ -127,8 +127,13 @@ fn direct_book(c: &Config) -> Result<(Book, fs::File)> {
         eprintln!("{line}");
     }
     // The guard of the configuration as the daemon would run it: the ignore list,
-    // loopback and this host's addresses.
-    let guard = Guard::new(&effective::from_config(c.clone())?);
+    // loopback and this host's addresses. Its warnings are the operator's to see (a
+    // missing IGNORE_FILE leaves only loopback and this host protected).
+    let eff = effective::from_config(c.clone())?;
+    for w in &eff.warnings {
+        eprintln!("portsentry: warning: {w}");
+    }
+    let guard = Guard::new(&eff);
     Ok((Book::new(dp, store, Some(journal), c, guard), lock))
 }
 
