@@ -327,7 +327,7 @@ impl Journal {
         let (store, rewrite) = match read(&path)? {
             Some(r) => {
                 opened.bytes = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                let rewrite = r.damage.is_some() || r.intact == 0;
+                let rewrite = r.damage.is_some();
                 if let Some(d) = r.damage {
                     opened.damaged_copy = keep_aside(&path, d.offset()).with_context(|| {
                         format!("keeping the damaged part of {} aside", path.display())
