@@ -15,6 +15,7 @@ use portsentry_tests::{
     require_kernel,
     scenario::{history_has, nmap, wait_banned},
 };
+use portsentry_user::cli::EXIT_CONFIG;
 
 /// Sends `count` SYNs to `port` with a forged source address (hping3 -a).
 fn forged_syns(net: &TestNet, src: IpAddr, dst: IpAddr, port: u16, count: u32) {
@@ -265,9 +266,103 @@ fn check_config_prints_the_effective_settings() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(i32::from(EXIT_CONFIG)), "{err}");
     assert!(err.contains(&format!("{}:2:", bad.display())), "{err}");
     assert!(err.contains("BLOCK_TCP"), "{err}");
+}
+
+/// `portsentry run` on a configuration that cannot be used ends with exit status 78
+/// (EX_CONFIG), naming the file and line; the systemd unit does not restart on it, as a
+/// restart would read the same files. Other failures end with 1, which it restarts on,
+/// within a start limit a crash loop reaches.
+#[test]
+fn run_ends_with_ex_config_on_a_configuration_error_and_the_unit_restarts_on_no_such() {
+    let files = Workdir::new();
+    let run = |conf: &Path| {
+        let out = std::process::Command::new(binary())
+            .args(["run", "-c"])
+            .arg(conf)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let config = i32::from(EXIT_CONFIG);
+    // A bad value.
+    let conf = files.config("lo", "BLOCK_TCP=\"7\"\n");
+    let lines = fs::read_to_string(&conf).unwrap().lines().count();
+    let (code, err) = run(&conf);
+    assert_eq!(code, Some(config), "{err}");
+    assert!(
+        err.contains(&format!("{}:{lines}:", conf.display())),
+        "{err}"
+    );
+    // No interface to watch: the line that left it empty.
+    let conf = files.config("lo", "INTERFACES=\"\"\n");
+    let (code, err) = run(&conf);
+    assert_eq!(code, Some(config), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}:{lines}: no interface to watch",
+            conf.display()
+        )),
+        "{err}"
+    );
+    // A malformed ignore file.
+    fs::write(
+        files.path("portsentry.ignore"),
+        "10.0.0.0/8\nnot-an-address\n",
+    )
+    .unwrap();
+    let conf = files.config("lo", "");
+    let (code, err) = run(&conf);
+    assert_eq!(code, Some(config), "{err}");
+    assert!(
+        err.contains(&format!("{}:2:", files.path("portsentry.ignore").display())),
+        "{err}"
+    );
+    fs::write(files.path("portsentry.ignore"), "").unwrap();
+    // Not the configuration: a state directory that cannot be made (a file is in its
+    // place). Restarted on, as a passing cause (a full disk, a mount not yet there).
+    fs::write(files.path("state"), "").unwrap();
+    let (code, err) = run(&files.config("lo", ""));
+    assert_eq!(code, Some(1), "{err}");
+
+    // The unit restarts on failure, but not on 78, and gives up on a crash loop: its
+    // start limit counts more starts than a minute of 5 s restarts makes, and fewer than
+    // its interval holds.
+    let unit = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/portsentry.service"),
+    )
+    .unwrap();
+    let key = |k: &str| -> String {
+        let values: Vec<&str> = unit
+            .lines()
+            .filter_map(|l| l.strip_prefix(k)?.strip_prefix('='))
+            .collect();
+        assert_eq!(values.len(), 1, "{k} set once in the unit: {values:?}");
+        values[0].to_owned()
+    };
+    let secs = |v: String| -> u64 { v.trim_end_matches('s').parse().unwrap() };
+    assert_eq!(key("Restart"), "on-failure");
+    assert!(
+        key("RestartPreventExitStatus")
+            .split_whitespace()
+            .any(|s| s == EXIT_CONFIG.to_string()),
+        "the unit restarts on a configuration error"
+    );
+    let (interval, burst, every) = (
+        secs(key("StartLimitIntervalSec")),
+        secs(key("StartLimitBurst")),
+        secs(key("RestartSec")),
+    );
+    assert!(
+        burst * every < interval && burst * every <= 60,
+        "a crash loop never reaches the start limit ({burst} starts in {interval} s, one every \
+         {every} s)"
+    );
 }
 
 #[test]

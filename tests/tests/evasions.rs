@@ -266,7 +266,7 @@ fn check_config_shows_the_evasion_settings() {
         assert!(out.contains(line), "{line}: {out}");
     }
     let (code, _, err) = check("SYSLOG=\"0\"\nACK_SCAN_PORTS=\"65\"\n");
-    assert_eq!(code, Some(1));
+    assert_eq!(code, Some(i32::from(portsentry_user::cli::EXIT_CONFIG)));
     assert!(
         err.contains(&format!("{}:2:", conf.display())) && err.contains("ACK_SCAN_PORTS"),
         "{err}"

@@ -25,8 +25,14 @@ use crate::{
     paths,
 };
 
+/// The exit status of a command whose configuration (the file, its ignore list, the
+/// modes file, the command line) cannot be used: sysexits' EX_CONFIG. The systemd unit
+/// does not restart the daemon on it (RestartPreventExitStatus): a restart would read
+/// the same files.
+pub const EXIT_CONFIG: u8 = 78;
+
 /// Runs a subcommand: its output on stdout and exit status 0, or `portsentry: <error>`
-/// on stderr and exit status 1.
+/// on stderr and exit status [`EXIT_CONFIG`] or 1 ([`failure`]).
 pub fn execute(command: Command) -> ExitCode {
     let result = match command {
         Command::CheckConfig(args) => check_config::run(&args),
@@ -42,10 +48,18 @@ pub fn execute(command: Command) -> ExitCode {
             print!("{out}");
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("portsentry: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => failure(&e),
+    }
+}
+
+/// Prints `portsentry: <error>` on stderr; the exit status: [`EXIT_CONFIG`] when the
+/// configuration cannot be used, else 1.
+fn failure(e: &anyhow::Error) -> ExitCode {
+    eprintln!("portsentry: {e:#}");
+    if e.chain().any(|c| c.is::<config::ConfigError>()) {
+        ExitCode::from(EXIT_CONFIG)
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -54,7 +68,7 @@ fn line(s: String) -> String {
 }
 
 /// Runs a subcommand that writes its output as it goes (buffered, onto stdout): exit
-/// status 0, or `portsentry: <error>` on stderr and 1. A reader that stops reading
+/// status 0, or `portsentry: <error>` on stderr ([`failure`]). A reader that stops reading
 /// (`portsentry status | head`) ends it quietly.
 fn written(run: impl FnOnce(&mut dyn std::io::Write) -> Result<()>) -> ExitCode {
     use std::io::Write as _;
@@ -73,10 +87,7 @@ fn written(run: impl FnOnce(&mut dyn std::io::Write) -> Result<()>) -> ExitCode 
         {
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("portsentry: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => failure(&e),
     }
 }
 
@@ -107,10 +118,12 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Load the XDP program, attach it, and detect and block scans (foreground).
+    /// Load the XDP program, attach it, and detect and block scans (foreground). Exit
+    /// status 78 (EX_CONFIG) when the configuration cannot be used, 1 on other errors.
     Run(RunArgs),
     /// Check the configuration and print the effective settings: watched ports,
-    /// ignore list and the actions in order. Exit status 0, or 1 with the error.
+    /// ignore list and the actions in order. Exit status 0, or 78 (EX_CONFIG) with the
+    /// error.
     CheckConfig(ConfigArgs),
     /// Show the daemon, the interfaces, the kernel counters, tracked sources and every
     /// ban (reason, port, scan type, since, expiry). Works while the daemon is stopped.

@@ -7,13 +7,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Args;
 use ipnet::IpNet;
 use portsentry_common::maps::IGNORE_MAX;
 
 use super::{
-    AttachMode, BlockMode, Config, Mode,
+    AttachMode, BlockMode, Config, ConfigError, Mode,
     ignore::IgnoreList,
     localaddrs,
     policy::{self, PortPolicy},
@@ -202,10 +202,14 @@ impl Effective {
     /// Fails unless there is an interface to attach to.
     pub fn require_interfaces(&self) -> Result<()> {
         if self.interfaces.is_empty() {
-            bail!(
-                "no interface to watch: give one with -i IFACE (repeatable) or set \
-                 INTERFACES=\"eth0\" in the configuration file"
-            );
+            return Err(self
+                .config
+                .error_at(
+                    "INTERFACES",
+                    "no interface to watch: give one with -i IFACE (repeatable) or set \
+                     INTERFACES=\"eth0\" in the configuration file",
+                )
+                .into());
         }
         Ok(())
     }
@@ -232,19 +236,19 @@ impl Effective {
     pub fn check_kernel_ignore_size(&self) -> Result<()> {
         let entries = self.ignored_nets().len() + self.single_source_nets().len();
         if entries > IGNORE_MAX as usize {
-            let file = self
-                .config
-                .ignore_file
-                .as_ref()
-                .map_or_else(|| "the ignore list".to_owned(), |p| p.display().to_string());
-            bail!(
-                "{file}: its {} networks take {entries} entries of the kernel's ignore list \
-                 with loopback, this host's addresses, its gateways and the SOURCE_PREFIX_V6 \
+            let message = format!(
+                "its {} networks take {entries} entries of the kernel's ignore list with \
+                 loopback, this host's addresses, its gateways and the SOURCE_PREFIX_V6 \
                  networks counted by address (one for each IPv6 entry narrower than \
                  SOURCE_PREFIX_V6); the kernel holds at most {IGNORE_MAX}: list fewer, wider \
                  networks",
                 self.ignore_file.len()
             );
+            return Err(match &self.config.ignore_file {
+                Some(file) => ConfigError::new(file, 0, message),
+                None => self.config.error_at("IGNORE_FILE", message),
+            }
+            .into());
         }
         Ok(())
     }
