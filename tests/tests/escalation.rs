@@ -211,7 +211,11 @@ fn check_config_shows_escalation_and_rejects_a_prefix_wider_than_the_guard() {
         "{out}"
     );
     let (code, _, err) = check("ESCALATE_AFTER=\"5\"\nSYSLOG=\"0\"\nESCALATE_PREFIX_V4=\"6\"\n");
-    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(
+        code,
+        Some(i32::from(portsentry_user::cli::EXIT_CONFIG)),
+        "{err}"
+    );
     assert!(
         err.contains(&format!(
             "{}:3: ESCALATE_PREFIX_V4 (/6) is wider than BAN_MIN_PREFIX_V4 (/8)",
