@@ -20,7 +20,7 @@ use portsentry_tests::{
     daemon::{Workdir, wait_until},
     netns::TestNet,
     require_kernel,
-    scenario::{Tmpfs, ban_nets, probe, scan_ban, start, status},
+    scenario::{Tmpfs, ban_nets, probe, scan_ban, start, status, wait_banned},
 };
 use portsentry_user::bans::{BanStore, journal};
 
@@ -160,6 +160,85 @@ fn a_scan_ban_is_in_the_journal_before_its_kill_commands_run() {
         .unwrap();
     assert_eq!(ban["origin"], "scan", "{ban}");
     assert_eq!(ban["port"], 23, "{ban}");
+    assert!(d.stop().success());
+}
+
+/// The undo steps of a lifted ban that a crash cut short run at the next start, once:
+/// the journal notes them due with the lift, and done once they ran.
+#[test]
+fn undo_steps_a_crash_cut_short_run_at_the_next_start() {
+    require_kernel!();
+    let net = TestNet::new(1);
+    let wd = Workdir::new();
+    let order = wd.path("order");
+    let shell = wd.path("unkill.pid");
+    // The first daemon's UNKILL_ROUTE hangs, so that its steps are still running when
+    // the daemon is killed; its shell is killed with it.
+    wd.config(
+        &net.server_if,
+        &format!(
+            "UNKILL_ROUTE=\"echo $$ > {}; sleep 60; echo unroute $TARGET$ >> {}\"\n",
+            shell.display(),
+            order.display()
+        ),
+    );
+    let scanner: IpAddr = net.attacker_v4[0];
+    let d = start(&net, &wd);
+    probe(&net, scanner);
+    wait_banned(&wd, &d, scanner);
+    let (ok, out, err) = wd.cli(&["unban", &scanner.to_string()]);
+    assert!(ok, "unban: {out}{err}");
+    assert!(
+        wait_until(Duration::from_secs(10), || wd
+            .read("unkill.pid")
+            .ends_with('\n')),
+        "UNKILL_ROUTE did not start; log:\n{}",
+        d.lines().join("\n")
+    );
+    d.kill9();
+    let pid: i32 = wd.read("unkill.pid").trim().parse().unwrap();
+    // SAFETY: a signal to the process group the daemon made for the command.
+    unsafe { libc::kill(-pid, libc::SIGKILL) };
+    assert!(
+        !wd.read("order").contains("unroute"),
+        "{}",
+        wd.read("order")
+    );
+
+    // The next start runs them (with the configuration in force then).
+    wd.config(
+        &net.server_if,
+        &format!(
+            "UNKILL_ROUTE=\"echo unroute $TARGET$ >> {}\"\n",
+            order.display()
+        ),
+    );
+    let d = start(&net, &wd);
+    d.wait_for(
+        &format!(
+            "running the undo steps of the ban of {scanner}/32, which the last stop cut short"
+        ),
+        Duration::from_secs(10),
+    );
+    let once = format!("unroute {scanner}\n");
+    assert!(
+        wait_until(Duration::from_secs(10), || wd.read("order").contains(&once)),
+        "the undo steps did not run; log:\n{}",
+        d.lines().join("\n")
+    );
+    assert!(ban_nets(&status(&wd)).is_empty());
+    assert!(d.stop().success());
+    // Done, and on record as done: not run again.
+    let d = start(&net, &wd);
+    d.wait_for("ban journal read:", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!d.has_line("cut short"), "{}", d.lines().join("\n"));
+    assert_eq!(
+        wd.read("order").matches("unroute").count(),
+        1,
+        "{}",
+        wd.read("order")
+    );
     assert!(d.stop().success());
 }
 

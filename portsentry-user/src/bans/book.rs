@@ -49,6 +49,9 @@ pub struct Book {
     blocked: BlockedFiles,
     /// What no ban may cut off.
     guard: Guard,
+    /// CROWDSEC_KILL_COMMANDS in force (a Local API named): a decision's ban of a host
+    /// ran kill commands, whose undo steps are due when it ends ([`Ban::has_undo`]).
+    crowdsec_kills: bool,
 }
 
 /// What [`Book::sweep`] found among the bans in force.
@@ -79,6 +82,7 @@ impl Book {
             journal,
             blocked: BlockedFiles::new(config.blocked_file.clone()),
             guard,
+            crowdsec_kills: config.crowdsec_lapi_url.is_some() && config.crowdsec_kill_commands,
         }
     }
 
@@ -154,6 +158,21 @@ impl Book {
     /// limit and the operator's session), then the kernel (the moment it counts), then
     /// the store and the journal ([`Book::persist`] waits until it is on disk).
     pub fn put(&mut self, ban: Ban, force: bool) -> Result<()> {
+        self.put_over(ban, force, None)
+    }
+
+    /// [`Book::put`] over the ban of the same network in force, which ran kill commands
+    /// the new one does not own (an operator's ban over a scan ban): its undo steps are
+    /// noted as due, in the journal with the new ban and before it, and the caller runs
+    /// them, then says so ([`Book::undone`]). The ban replaced, if any.
+    pub fn put_replacing(&mut self, ban: Ban, force: bool) -> Result<Option<Ban>> {
+        let replaced = self.store.get(&ban.net);
+        let undo = replaced.filter(|old| old.has_undo(self.crowdsec_kills));
+        self.put_over(ban, force, undo.as_ref())?;
+        Ok(replaced)
+    }
+
+    fn put_over(&mut self, ban: Ban, force: bool, undo: Option<&Ban>) -> Result<()> {
         self.guard.check(&ban.net, force)?;
         if let Some(dp) = &mut self.dp {
             dp.insert_ban(&ban.net, &ban.kernel_entry())?;
@@ -162,7 +181,16 @@ impl Book {
             }
         }
         self.store.insert(ban);
-        self.recorded(&ban);
+        match undo {
+            Some(old) => {
+                self.store.add_undo(old);
+                if let Some(j) = &self.journal {
+                    j.replace(old, &ban);
+                }
+                self.blocked.added(ban.net);
+            }
+            None => self.recorded(&ban),
+        }
         Ok(())
     }
 
@@ -230,19 +258,69 @@ impl Book {
         Ok(())
     }
 
-    /// Lifts the ban of exactly `net`; the ban that was in force, if any.
+    /// Lifts the ban of exactly `net`; the ban that was in force, if any. A ban that ran
+    /// kill commands has its undo steps noted as due, in the journal with the lift: the
+    /// caller runs them, then says so ([`Book::undone`]).
     pub fn lift(&mut self, net: &IpNet) -> Result<Option<Ban>> {
         if let Some(dp) = &mut self.dp {
             dp.remove_ban(net)?;
         }
         let removed = self.store.remove(net);
-        if removed.is_some() {
+        if let Some(ban) = &removed {
+            let undo = ban.has_undo(self.crowdsec_kills);
+            if undo {
+                self.store.add_undo(ban);
+            }
             if let Some(j) = &self.journal {
-                j.lift(net);
+                if undo {
+                    j.lift_to_undo(ban);
+                } else {
+                    j.lift(net);
+                }
             }
             self.blocked.ended();
         }
         Ok(removed)
+    }
+
+    /// Notes the undo steps of `ban`, ended and not on record (a ban the kernel held
+    /// alone), as due (the caller runs them, then says so: [`Book::undone`]).
+    pub fn undo_due(&mut self, ban: &Ban) {
+        if ban.has_undo(self.crowdsec_kills) {
+            self.store.add_undo(ban);
+            if let Some(j) = &self.journal {
+                j.undo(ban);
+            }
+        }
+    }
+
+    /// The undo steps of `ban` have run: noted in the journal, when they were due;
+    /// whether they were.
+    pub fn undone(&mut self, ban: &Ban) -> bool {
+        let due = self.store.remove_undo(ban);
+        if due && let Some(j) = &self.journal {
+            j.undone(ban);
+        }
+        due
+    }
+
+    /// The undo steps due when the book was read (the bans lifted before a stop or a
+    /// crash whose steps had not all run), to run first at a start; and those not to
+    /// run, noted done here: of a host banned again since, by a ban that ran kill
+    /// commands. Such a ban's kill commands may have run before the crash (after these
+    /// steps, whose end had not reached the disk): these steps would undo them. Not
+    /// run, they leave the host blocked as it is, and its ban's own undo steps undo both.
+    pub fn cut_short_undos(&mut self) -> (Vec<Ban>, Vec<Ban>) {
+        let (superseded, due): (Vec<Ban>, Vec<Ban>) =
+            self.store.undos().into_iter().partition(|b| {
+                self.store
+                    .get(&b.net)
+                    .is_some_and(|now| now.has_undo(self.crowdsec_kills))
+            });
+        for b in &superseded {
+            self.undone(b);
+        }
+        (due, superseded)
     }
 
     /// The bans in the kernel's maps that are not on record: those the program made at a
@@ -524,18 +602,85 @@ mod tests {
         assert_eq!(left, ["172.16.0.0/12", "192.168.0.0/16"]);
     }
 
+    /// A book over a journal in `dir`, with no kernel; its configuration.
+    fn journaled(dir: &std::path::Path) -> (Config, Book) {
+        let config = Config {
+            state_dir: dir.join("state"),
+            blocked_file: dir.join("blocked"),
+            ..Config::default()
+        };
+        let (j, store, _) = journal::Journal::open(&config.state_dir).unwrap();
+        let book = Book::new(None, store, Some(j), &config, Guard::limits(&config));
+        (config, book)
+    }
+
+    /// A lift of a ban that ran kill commands notes its undo steps as due, in the
+    /// journal too, until [`Book::undone`]; an operator's ban's lift notes none.
+    #[test]
+    fn a_lift_notes_its_undo_steps_due_until_they_ran() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, mut book) = journaled(dir.path());
+        let scan = Cause::Scan(ScanCause {
+            port: 23,
+            scan_type: ScanType::TcpSyn,
+            mode: kinds::ModeToken::Atcp,
+        });
+        let now = SystemTime::now();
+        let (a, b): (IpNet, IpNet) = (
+            "192.0.2.1/32".parse().unwrap(),
+            "192.0.2.2/32".parse().unwrap(),
+        );
+        let scanned = book.new_ban(&config, a, scan, None, now);
+        book.put(scanned, false).unwrap();
+        let manual = book.new_ban(&config, b, Cause::Operator, None, now);
+        book.put(manual, false).unwrap();
+        book.lift(&a).unwrap();
+        book.lift(&b).unwrap();
+        let nets = |s: &BanStore| s.undos().iter().map(|b| b.net).collect::<Vec<_>>();
+        assert_eq!(nets(&book.store), [a]);
+        book.persist().unwrap();
+        assert_eq!(nets(&journal::load(&config.state_dir).unwrap()), [a]);
+        assert!(book.undone(&scanned), "they were due");
+        book.persist().unwrap();
+        assert!(book.store.undos().is_empty());
+        assert!(journal::load(&config.state_dir).unwrap().undos().is_empty());
+        assert!(!book.undone(&scanned), "noted once");
+
+        // An operator's ban over a scan ban: the scan ban's steps are due, noted before
+        // the new ban in the journal.
+        let later = |s: u64| crate::bans::from_unix_ms(crate::bans::unix_ms(now) + s * 1000);
+        let again = book.new_ban(&config, a, scan, None, later(1));
+        book.put(again, false).unwrap();
+        let by_hand = book.new_ban(&config, a, Cause::Operator, None, later(2));
+        assert_eq!(book.put_replacing(by_hand, false).unwrap(), Some(again));
+        assert_eq!(nets(&book.store), [a]);
+        book.persist().unwrap();
+        let on_disk = journal::load(&config.state_dir).unwrap();
+        assert_eq!((nets(&on_disk), on_disk.get(&a)), (vec![a], Some(by_hand)));
+        // Still due at a start, with the operator's ban in force (it ran no kill
+        // command): to run.
+        let (due, superseded) = book.cut_short_undos();
+        assert_eq!((due, superseded), (vec![again], vec![]));
+        assert!(book.undone(&again));
+        // A scan ban lifted with its steps due, then the host banned again by a scan:
+        // the new ban ran kill commands, which those steps would undo. Not run, and
+        // noted done.
+        let first = book.new_ban(&config, a, scan, None, later(3));
+        book.put(first, false).unwrap();
+        book.lift(&a).unwrap();
+        let rescan = book.new_ban(&config, a, scan, None, later(4));
+        book.put(rescan, false).unwrap();
+        let (due, superseded) = book.cut_short_undos();
+        assert_eq!((due, superseded), (vec![], vec![first]));
+        assert!(book.store.undos().is_empty());
+    }
+
     /// New bans are appended to their blocked file and journaled; a lift rewrites the
     /// file and is journaled too.
     #[test]
     fn blocked_files_are_appended_to_then_rewritten_and_the_journal_follows() {
         let dir = tempfile::tempdir().unwrap();
-        let config = Config {
-            state_dir: dir.path().join("state"),
-            blocked_file: dir.path().join("blocked"),
-            ..Config::default()
-        };
-        let (j, store, _) = journal::Journal::open(&config.state_dir).unwrap();
-        let mut book = Book::new(None, store, Some(j), &config, Guard::limits(&config));
+        let (config, mut book) = journaled(dir.path());
         let cause = Cause::Scan(ScanCause {
             port: 23,
             scan_type: ScanType::TcpSyn,

@@ -1,7 +1,9 @@
 //! The ban journal (`STATE_DIR/bans.journal`): every change to the bans, appended as
 //! it is made, so that bans survive a reboot with their expiry.
 //!
-//! **Format.** An 8-byte header (`PSBANJ` and the version, `\x00\x01`), then records:
+//! **Format.** An 8-byte header (`PSBANJ` and the version, `\x00\x02`; a journal of
+//! version 1, which had no undo records, is read and rewritten as version 2 at a start),
+//! then records:
 //!
 //! ```text
 //! crc32 (u32 LE) | length (u16 LE) | kind (u8) | payload (length bytes)
@@ -11,7 +13,11 @@
 //! Kinds: [`PUT`] (a ban in force: the network and its fixed-size record, 48 bytes),
 //! [`LIFT`] (a ban ended: the network, 18 bytes), [`COUNT`] (how many bans a network not
 //! banned now has had: network and count), [`NAME`] (the name a banned host was logged
-//! under: network and UTF-8 name). A network is its family (4 or 6), its prefix length
+//! under: network and UTF-8 name), [`UNDO`] (a lifted or replaced ban whose undo steps,
+//! UNKILL_*, are due: its record, as a put's; appended with the lift, before it) and
+//! [`UNDONE`] (those steps have run: network and the ban's since). The undo steps a stop
+//! or a crash cut short run at the next start, unless the host is banned again by a ban
+//! that ran kill commands (whose own undo steps undo both). A network is its family (4 or 6), its prefix length
 //! and 16 address bytes (IPv4 in the first four). Integers are little-endian; times are
 //! wall-clock milliseconds since the Unix epoch, so an expiry holds across reboots.
 //!
@@ -59,8 +65,9 @@ use ipnet::IpNet;
 use super::{Ban, BanStore, state};
 use codec::Rebuild;
 pub use codec::{
-    COUNT, Damage, HEADER, LIFT, NAME, PUT, PUT_SIZE, Record, Unreadable, encode_count,
-    encode_lift, encode_name, encode_put, encode_store, replay,
+    COUNT, Damage, HEADER, LIFT, NAME, PUT, PUT_SIZE, Record, UNDO, UNDONE, Unreadable,
+    encode_count, encode_lift, encode_name, encode_put, encode_store, encode_undo, encode_undone,
+    replay,
 };
 
 pub fn path(state_dir: &Path) -> PathBuf {
@@ -74,6 +81,8 @@ pub struct Recovered {
     /// Bytes of intact records (header included).
     pub intact: u64,
     pub damage: Option<Damage>,
+    /// Written in the first format (version 1).
+    pub first_format: bool,
 }
 
 /// Reads the journal at `path` (no change to it); `None` when there is none, or when
@@ -94,6 +103,9 @@ pub fn read(path: &Path) -> Result<Option<Recovered>> {
     if size == 0 {
         return Ok(None);
     }
+    let mut head = [0u8; HEADER.len()];
+    let first_format = std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0).is_ok()
+        && head == codec::HEADER_V1;
     // Room for as many puts as the file may hold: no copy as the prefix grows.
     let puts = usize::try_from(size).unwrap_or(0) / PUT_SIZE;
     let mut rebuild = Rebuild::with_room_for(puts);
@@ -110,6 +122,7 @@ pub fn read(path: &Path) -> Result<Option<Recovered>> {
         store: rebuild.finish(),
         intact,
         damage,
+        first_format,
     }))
 }
 
@@ -327,7 +340,10 @@ impl Journal {
         let (store, rewrite) = match read(&path)? {
             Some(r) => {
                 opened.bytes = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                let rewrite = r.damage.is_some();
+                // A journal of the first format is rewritten in the current one before
+                // anything is appended: a release that reads only the first then refuses
+                // it, rather than read its undo records as damage.
+                let rewrite = r.damage.is_some() || r.first_format;
                 if let Some(d) = r.damage {
                     opened.damaged_copy = keep_aside(&path, d.offset()).with_context(|| {
                         format!("keeping the damaged part of {} aside", path.display())
@@ -440,6 +456,35 @@ impl Journal {
         self.append(|o| encode_lift(o, net))
     }
 
+    /// The lift of `ban`, whose undo steps are due: both records in one append, the
+    /// undo's first (a crash that tears them apart leaves the ban in force, with
+    /// nothing to undo).
+    pub fn lift_to_undo(&self, ban: &Ban) -> u64 {
+        self.append(|o| {
+            encode_undo(o, ban);
+            encode_lift(o, &ban.net);
+        })
+    }
+
+    /// The undo steps of `ban`, ended and not on record, are due.
+    pub fn undo(&self, ban: &Ban) -> u64 {
+        self.append(|o| encode_undo(o, ban))
+    }
+
+    /// `ban` in force over `old`, whose undo steps are due: both records in one append,
+    /// the undo's first (torn apart, the old ban stays in force with nothing to undo).
+    pub fn replace(&self, old: &Ban, ban: &Ban) -> u64 {
+        self.append(|o| {
+            encode_undo(o, old);
+            encode_put(o, ban);
+        })
+    }
+
+    /// The undo steps of `ban` have run.
+    pub fn undone(&self, ban: &Ban) -> u64 {
+        self.append(|o| encode_undone(o, &ban.net, super::unix_ms(ban.since)))
+    }
+
     pub fn name(&self, net: &IpNet, name: &str) -> u64 {
         self.append(|o| encode_name(o, net, name))
     }
@@ -519,7 +564,7 @@ impl Journal {
     /// again at every housekeeping).
     pub fn wants_compaction(&self, store: &BanStore) -> bool {
         let (names, name_bytes) = store.names_size();
-        let need = (store.len() + store.previous_len()) * PUT_SIZE
+        let need = (store.len() + store.previous_len() + store.undos_len()) * PUT_SIZE
             + names * (codec::FRAME + codec::NET)
             + name_bytes;
         !*lock(&self.0.compacting)

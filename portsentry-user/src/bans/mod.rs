@@ -360,6 +360,10 @@ pub struct BanStore {
     lengths_v6: [u32; 129],
     /// When the timed bans end: [`Ends`].
     ends: Ends,
+    /// Lifted bans whose undo steps (UNKILL_*) have not all run, by network and since
+    /// (ms): journaled, so that those a stop or a crash cut short run at the next start.
+    /// A handful at a time, but for a mass expiry.
+    undos: BTreeMap<(IpNet, u64), Rec>,
 }
 
 /// The timed bans by the second they end in (wall-clock seconds), so that the
@@ -495,6 +499,7 @@ impl Default for BanStore {
             lengths_v4: [0; 33],
             lengths_v6: [0; 129],
             ends: Ends::default(),
+            undos: BTreeMap::new(),
         }
     }
 }
@@ -738,6 +743,37 @@ impl BanStore {
 
     pub fn previous_len(&self) -> usize {
         self.previous.len()
+    }
+
+    /// Notes that the undo steps of `ban`, lifted (or replaced), are due.
+    pub fn add_undo(&mut self, ban: &Ban) {
+        self.add_undo_record(ban.net, Rec::of(ban));
+    }
+
+    pub(super) fn add_undo_record(&mut self, net: IpNet, rec: Rec) {
+        self.undos.insert((net, rec.since_ms), rec);
+    }
+
+    /// Notes that the undo steps of `ban` have run; whether they were due.
+    pub fn remove_undo(&mut self, ban: &Ban) -> bool {
+        self.undos.remove(&(ban.net, unix_ms(ban.since))).is_some()
+    }
+
+    /// The lifted bans whose undo steps are due, in the order of networks.
+    pub fn undos(&self) -> Vec<Ban> {
+        self.undos
+            .iter()
+            .filter_map(|((net, _), r)| r.ban(*net))
+            .collect()
+    }
+
+    /// The records of those bans (for the journal).
+    pub fn undo_records(&self) -> impl Iterator<Item = (&IpNet, &Rec)> {
+        self.undos.iter().map(|((net, _), r)| (net, r))
+    }
+
+    pub fn undos_len(&self) -> usize {
+        self.undos.len()
     }
 
     /// Restores a ban count (from the journal).

@@ -44,7 +44,8 @@ pub struct Banned {
     pub ban: Ban,
     /// The ban of `net` in force before, if any. A scan ban (or a CrowdSec one under
     /// CROWDSEC_KILL_COMMANDS) ran kill commands that the operator's ban does not own:
-    /// their undo steps are the caller's to run, as for a lifted ban.
+    /// their undo steps are the caller's to run, as for a lifted ban (noted as due in
+    /// the book: [`Book::undone`] once they ran).
     pub replaced: Option<Ban>,
 }
 
@@ -72,8 +73,7 @@ pub fn ban(
         session.check(&net, false)?;
     }
     let ban = book.new_ban(config, net, Cause::Operator, duration, SystemTime::now());
-    let replaced = book.store.get(&net);
-    book.put(ban, force)?;
+    let replaced = book.put_replacing(ban, force)?;
     Ok(Banned { ban, replaced })
 }
 

@@ -57,13 +57,11 @@ pub fn ban(args: &BanArgs) -> Result<String> {
     let ops::Banned { ban, replaced } = ops::ban(&mut book, &c, net, args.time, asker)?;
     // The replaced ban's undo steps run once the replacement is on disk, whether or not
     // the blocked files could be written. Not on disk (the journal's writer stopped
-    // with it): the journal still holds the replaced ban, whose undo the next start
-    // runs when it ends; not here as well.
-    let (on_disk, closed) = close(&mut book);
-    if on_disk {
-        run_undo(&c, replaced.as_slice())?;
-    }
-    closed?;
+    // with it): they stay due in the journal, and the next start runs them (or, should
+    // the replacement be lost, the replaced ban's when it ends); not here as well.
+    let undone = undo_once_on_disk(&c, &mut book, replaced.as_slice());
+    close(&mut book)?;
+    undone?;
     Ok(format!(
         "{}{}",
         ops::banned_message(&ban),
@@ -93,19 +91,32 @@ pub fn unban(args: &UnbanArgs) -> Result<String> {
     let (lifted, result) = ops::unban(&mut book, which);
     // Once the lifts are on disk: else the next start puts the bans back in force, and
     // runs their undo steps when they end (here as well, they would run twice).
-    let (on_disk, closed) = close(&mut book);
-    if on_disk {
-        run_undo(&c, &lifted)?;
-    }
+    let undone = undo_once_on_disk(&c, &mut book, &lifted);
+    let closed = close(&mut book);
+    undone?;
     result.and_then(|m| closed.map(|()| m))
 }
 
-/// Writes the blocked files and stops the journal's writer: whether the journal is on
-/// disk, and whether everything is.
-fn close(book: &mut Book) -> (bool, Result<()>) {
+/// Runs the undo steps of `bans` (lifted or replaced) once their change is on disk,
+/// and notes that they ran: steps cut short (the command interrupted) run at the
+/// daemon's next start.
+fn undo_once_on_disk(c: &Config, book: &mut Book, bans: &[Ban]) -> Result<()> {
+    if book.persist().is_err() {
+        // Reported by the close that follows.
+        return Ok(());
+    }
+    run_undo(c, bans)?;
+    for b in bans {
+        book.undone(b);
+    }
+    Ok(())
+}
+
+/// Writes the blocked files and stops the journal's writer once everything is on disk.
+fn close(book: &mut Book) -> Result<()> {
     let blocked = book.flush(|_| {}).and_then(|()| book.finish_blocked());
     let journal = book.journal().map_or(Ok(()), Journal::close);
-    (journal.is_ok(), journal.and(blocked))
+    journal.and(blocked)
 }
 
 /// The ban book without a daemon: the state lock, the pinned maps when loaded.

@@ -315,12 +315,18 @@ pub async fn run(
     }
     let ring = dp.take_events()?;
     let mut book = Book::new(Some(dp), r.store, Some(journal), c, Guard::new(&eff));
+    // Before the lifts below, which note their own.
+    let (cut_short, superseded) = book.cut_short_undos();
     for net in &r.adopted {
         book.record(net);
     }
     let expired_at_start = r.expired;
     for b in &expired_at_start {
-        book.lift(&b.net)?;
+        // One the kernel held alone (made while the daemon was stopped) is not on
+        // record: its undo steps are noted as due here.
+        if book.lift(&b.net)?.is_none() {
+            book.undo_due(b);
+        }
     }
     // A journal that cannot be written does not stop the start: the changes stay in
     // memory and its writer keeps trying (it logs when it fails and when it works
@@ -358,6 +364,7 @@ pub async fn run(
         jobs: jobs::Jobs::new(),
         crowdsec: eff.crowdsec.as_ref().map(crowdsec::Fleet::new),
     });
+    upkeep::spawn_cut_short_undos(&shared, cut_short, superseded);
     for b in expired_at_start {
         shared.log.notice(&format!(
             "portsentry: ban of {} expired while portsentry was stopped",

@@ -258,7 +258,37 @@ fn run_undo_steps(shared: &Arc<Shared>, ban: Ban, place: Option<UndoPlace>) {
             crowdsec_kills,
         )
         .await;
+        // Done (a crash before this is on disk runs them again at the next start,
+        // unless a later ban of the host is in force: [`Book::cut_short_undos`]).
+        shared.book().undone(&ban);
     });
+}
+
+/// Runs the undo steps of the bans lifted before the last stop (or a crash) whose steps
+/// had not all run ([`Book::cut_short_undos`]), each first in its host's line (call it
+/// before any other job is lined up). Its steps were due when the ban ended: they run
+/// whatever CROWDSEC_KILL_COMMANDS says now.
+pub(super) fn spawn_cut_short_undos(shared: &Arc<Shared>, bans: Vec<Ban>, superseded: Vec<Ban>) {
+    for ban in superseded {
+        shared.log.notice(&format!(
+            "portsentry: not running the undo steps of an earlier ban of {}, which the last \
+             stop cut short: the host is banned again, and the undo steps of its ban in \
+             force undo both",
+            ban.net
+        ));
+    }
+    for ban in bans {
+        shared.log.notice(&format!(
+            "portsentry: running the undo steps of the ban of {}, which the last stop cut \
+             short",
+            ban.net
+        ));
+        let place = UndoPlace {
+            place: shared.jobs.line_up(ban.net.addr()),
+            crowdsec_kills: true,
+        };
+        run_undo_steps(shared, ban, Some(place));
+    }
 }
 
 /// Applies the ban guard of the configuration in force to the bans in force (at start,

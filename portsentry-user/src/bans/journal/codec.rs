@@ -2,7 +2,7 @@
 //! from them (the layout is in the [module's documentation](super)).
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     io::{self, Read},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
@@ -11,8 +11,13 @@ use ipnet::IpNet;
 
 use crate::bans::{Ban, BanStore, Rec};
 
-/// The file's first bytes: a name and the format version.
-pub const HEADER: [u8; 8] = *b"PSBANJ\x00\x01";
+/// The file's first bytes: a name and the format version. Version 2 added [`UNDO`]
+/// and [`UNDONE`]: a release that reads version 1 only refuses it, rather than read
+/// them as damage and drop the records after them.
+pub const HEADER: [u8; 8] = *b"PSBANJ\x00\x02";
+/// The first format's header (no [`UNDO`] or [`UNDONE`] records): read, and rewritten in
+/// the current format at a start ([`super::Journal::open`]).
+pub(super) const HEADER_V1: [u8; 8] = *b"PSBANJ\x00\x01";
 /// A ban in force.
 pub const PUT: u8 = 1;
 /// A ban ended.
@@ -21,6 +26,11 @@ pub const LIFT: u8 = 2;
 pub const COUNT: u8 = 3;
 /// The name a banned host was logged under.
 pub const NAME: u8 = 4;
+/// A lifted ban whose undo steps (UNKILL_*) have not all run yet: its record, as a
+/// put's. Only that: the lift is a record of its own, appended with it.
+pub const UNDO: u8 = 5;
+/// The undo steps of a ban ([`UNDO`]) have run: its network and since (ms).
+pub const UNDONE: u8 = 6;
 
 /// Bytes before a record's payload: CRC, length, kind.
 pub(super) const FRAME: usize = 4 + 2 + 1;
@@ -70,8 +80,8 @@ fn frame(out: &mut Vec<u8>, kind: u8, payload: impl FnOnce(&mut Vec<u8>)) {
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
-fn encode_rec(out: &mut Vec<u8>, net: &IpNet, r: &Rec) {
-    frame(out, PUT, |o| {
+fn encode_rec(out: &mut Vec<u8>, kind: u8, net: &IpNet, r: &Rec) {
+    frame(out, kind, |o| {
         put_net(o, net);
         o.extend_from_slice(&r.since_ms.to_le_bytes());
         o.extend_from_slice(&r.expires_ms.to_le_bytes());
@@ -85,7 +95,20 @@ fn encode_rec(out: &mut Vec<u8>, net: &IpNet, r: &Rec) {
 
 /// Appends the record of `ban` in force.
 pub fn encode_put(out: &mut Vec<u8>, ban: &Ban) {
-    encode_rec(out, &ban.net, &Rec::of(ban));
+    encode_rec(out, PUT, &ban.net, &Rec::of(ban));
+}
+
+/// Appends the record of `ban`'s undo steps not yet run.
+pub fn encode_undo(out: &mut Vec<u8>, ban: &Ban) {
+    encode_rec(out, UNDO, &ban.net, &Rec::of(ban));
+}
+
+/// Appends the record of the undo steps of the ban of `net` made at `since_ms` run.
+pub fn encode_undone(out: &mut Vec<u8>, net: &IpNet, since_ms: u64) {
+    frame(out, UNDONE, |o| {
+        put_net(o, net);
+        o.extend_from_slice(&since_ms.to_le_bytes());
+    });
 }
 
 /// Appends the record of the ban of `net` ended.
@@ -119,13 +142,16 @@ pub fn encode_store(store: &BanStore) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER.len() + store.len() * PUT_SIZE);
     out.extend_from_slice(&HEADER);
     for (net, r) in store.records() {
-        encode_rec(&mut out, net, r);
+        encode_rec(&mut out, PUT, net, r);
     }
     for (net, count) in store.previous() {
         encode_count(&mut out, net, *count);
     }
     for (net, name) in store.names() {
         encode_name(&mut out, net, name);
+    }
+    for (net, r) in store.undo_records() {
+        encode_rec(&mut out, UNDO, net, r);
     }
     out
 }
@@ -166,6 +192,9 @@ pub enum Record {
     Lift(IpNet),
     Count(IpNet, u32),
     Name(IpNet, Box<str>),
+    Undo(IpNet, Rec),
+    /// The network and since (ms) of a ban whose undo steps have run.
+    Undone(IpNet, u64),
 }
 
 /// Why a replay stopped before the end of the file.
@@ -200,7 +229,7 @@ fn decode_payload(kind: u8, p: &[u8]) -> Result<Record, &'static str> {
     let u32_at = |b: &[u8], i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4"));
     let u64_at = |b: &[u8], i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8"));
     match kind {
-        PUT if rest.len() == 32 => {
+        PUT | UNDO if rest.len() == 32 => {
             let r = Rec {
                 since_ms: u64_at(rest, 0),
                 expires_ms: u64_at(rest, 8),
@@ -215,14 +244,19 @@ fn decode_payload(kind: u8, p: &[u8]) -> Result<Record, &'static str> {
             if !r.is_valid() {
                 return Err("a ban record with an invalid field");
             }
-            Ok(Record::Put(net, r))
+            Ok(if kind == PUT {
+                Record::Put(net, r)
+            } else {
+                Record::Undo(net, r)
+            })
         }
         LIFT if rest.is_empty() => Ok(Record::Lift(net)),
         COUNT if rest.len() == 4 => Ok(Record::Count(net, u32_at(rest, 0))),
+        UNDONE if rest.len() == 8 => Ok(Record::Undone(net, u64_at(rest, 0))),
         NAME => std::str::from_utf8(rest)
             .map(|s| Record::Name(net, s.into()))
             .map_err(|_| "a name that is not UTF-8"),
-        PUT | LIFT | COUNT => Err("a record of the wrong length"),
+        PUT | LIFT | COUNT | UNDO | UNDONE => Err("a record of the wrong length"),
         _ => Err("an unknown record kind"),
     }
 }
@@ -253,7 +287,7 @@ pub fn replay(
             }),
         ));
     }
-    if header != HEADER {
+    if header != HEADER && header != HEADER_V1 {
         let version = u16::from_be_bytes([header[MAGIC], header[MAGIC + 1]]);
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -323,6 +357,9 @@ pub(super) struct Rebuild {
     prefix: Vec<(IpNet, Rec)>,
     ops: Vec<(IpNet, u32, Op)>,
     names: Vec<(IpNet, u32, Box<str>)>,
+    /// The lifted bans whose undo steps have not run, by network and since: applied in
+    /// file order as they come (they take no part in the fold, nor in `seq`).
+    undos: BTreeMap<(IpNet, u64), Rec>,
     seq: u32,
     /// Every record goes to `ops` (the tests' reference).
     #[cfg(test)]
@@ -395,6 +432,17 @@ impl Rebuild {
     }
 
     pub(super) fn add(&mut self, r: Record) {
+        let r = match r {
+            Record::Undo(n, rec) => {
+                self.undos.insert((n, rec.since_ms), rec);
+                return;
+            }
+            Record::Undone(n, since) => {
+                self.undos.remove(&(n, since));
+                return;
+            }
+            r => r,
+        };
         let seq = self.seq;
         self.seq = self.seq.wrapping_add(1);
         // Until any other record: a put's index in the prefix is then its position.
@@ -411,6 +459,7 @@ impl Rebuild {
             Record::Lift(n) => self.ops.push((n, seq, Op::Lift)),
             Record::Count(n, c) => self.ops.push((n, seq, Op::Count(c))),
             Record::Name(n, s) => self.names.push((n, seq, s)),
+            Record::Undo(..) | Record::Undone(..) => unreachable!("taken above"),
         }
     }
 
@@ -487,6 +536,15 @@ impl Rebuild {
                 names.insert(net, name);
             }
         }
-        BanStore::from_sorted(bans, previous, names)
+        let mut store = BanStore::from_sorted(bans, previous, names);
+        // An undo whose ban is in force, the same ban (its since): its lift was cut
+        // off the file's end (appended together, torn apart by a crash). The ban
+        // stands, and nothing is undone.
+        for ((net, since), rec) in std::mem::take(&mut self.undos) {
+            if store.record(&net).is_none_or(|r| r.since_ms != since) {
+                store.add_undo_record(net, rec);
+            }
+        }
+        store
     }
 }

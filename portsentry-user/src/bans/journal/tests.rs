@@ -204,6 +204,57 @@ fn the_last_word_on_a_network_wins() {
     assert_eq!(s.times_banned(&n), 2);
 }
 
+/// The undo steps of a lifted ban stay due across a restart until their UNDONE
+/// record: a compaction carries them, a later ban of the network is not lifted by
+/// them, and a lift torn off the file's end leaves the ban in force with nothing due.
+#[test]
+fn undo_steps_due_outlive_a_restart_until_they_ran() {
+    let n: IpNet = "192.0.2.7/32".parse().unwrap();
+    let old = ban("192.0.2.7/32", 1);
+    let mut out = HEADER.to_vec();
+    encode_put(&mut out, &old);
+    encode_undo(&mut out, &old);
+    let torn = out.len();
+    encode_lift(&mut out, &n);
+    let s = rebuild(&out);
+    assert_eq!(s.get(&n), None);
+    assert_eq!(s.undos(), [old]);
+    // The lift cut off (appended with the undo, after it): the ban stands.
+    let s = rebuild(&out[..torn]);
+    assert_eq!(s.get(&n), Some(old));
+    assert!(s.undos().is_empty(), "{:?}", s.undos());
+    // The host banned again before the steps ran.
+    let new = Ban {
+        since: old.since + Duration::from_secs(60),
+        ..ban("192.0.2.7/32", 2)
+    };
+    encode_put(&mut out, &new);
+    let s = rebuild(&out);
+    assert_eq!((s.get(&n), s.undos()), (Some(new), vec![old]));
+    let compacted = encode_store(&s);
+    let again = rebuild(&compacted);
+    assert_eq!((again.get(&n), again.undos()), (Some(new), vec![old]));
+    // A replaced ban's steps (no lift): due, and the ban that replaced it stays.
+    let mut replaced = compacted.clone();
+    encode_undo(&mut replaced, &new);
+    let s = rebuild(&replaced);
+    assert_eq!(
+        s.get(&n),
+        Some(new),
+        "the same since: a torn lift, nothing due"
+    );
+    // Done: nothing due, after a compaction too.
+    encode_undone(&mut out, &n, crate::bans::unix_ms(old.since));
+    let s = rebuild(&out);
+    assert_eq!((s.get(&n), s.undos()), (Some(new), vec![]));
+    assert!(rebuild(&encode_store(&s)).undos().is_empty());
+    // The records round trip.
+    let (recs, _, damage) = replay_all(&out);
+    assert_eq!(damage, None);
+    assert!(recs.contains(&Record::Undone(n, crate::bans::unix_ms(old.since))));
+    assert!(recs.contains(&Record::Undo(n, crate::bans::Rec::of(&old))));
+}
+
 /// A ban put again over itself (an extended decision, an operator's ban of a host
 /// banned already) keeps the name recorded after the first put, as the daemon does.
 #[test]
@@ -758,6 +809,32 @@ fn failed_writes_are_logged_once_and_so_is_their_end() {
     assert!(lines[1].contains("written again"), "{lines:#?}");
 }
 
+/// A journal of the first format (version 1: no undo records) is read as it is, and
+/// rewritten in the current format by the first start (before anything is appended),
+/// with the same bans.
+#[test]
+fn a_first_format_journal_is_read_and_rewritten_at_a_start() {
+    let mut v1 = sample();
+    v1[..HEADER.len()].copy_from_slice(&codec::HEADER_V1);
+    let dir = tempfile::tempdir().unwrap();
+    let p = path(dir.path());
+    fs::write(&p, &v1).unwrap();
+    let read = load(dir.path()).unwrap();
+    assert_eq!(nets(&read), nets(&rebuild(&sample())));
+    assert_eq!(fs::read(&p).unwrap(), v1, "a read changes nothing");
+    let (j, store, opened) = Journal::open(dir.path()).unwrap();
+    j.close().unwrap();
+    assert!(opened.damage.is_none());
+    assert_eq!(nets(&store), nets(&read));
+    let now = fs::read(&p).unwrap();
+    assert_eq!(
+        now[..HEADER.len()],
+        HEADER,
+        "rewritten in the current format"
+    );
+    assert_eq!(nets(&load(dir.path()).unwrap()), nets(&read));
+}
+
 /// A header of another format version (a newer release's, after a downgrade) is not
 /// damage: the start stops with an error that names the file and says what to do, and
 /// the file is left as it is. A file whose header is not ours at all (a crash's zeros)
@@ -765,14 +842,14 @@ fn failed_writes_are_logged_once_and_so_is_their_end() {
 #[test]
 fn a_header_this_release_does_not_read_stops_the_start_and_changes_nothing() {
     let mut newer = sample();
-    newer[HEADER.len() - 1] = 2;
+    newer[HEADER.len() - 1] = 3;
     let dir = tempfile::tempdir().unwrap();
     let p = path(dir.path());
     fs::write(&p, &newer).unwrap();
     let e = format!("{:#}", Journal::open(dir.path()).err().unwrap());
     assert!(e.contains(&p.display().to_string()), "{e}");
     assert!(
-        e.contains("format version 2") && e.contains("move it away"),
+        e.contains("format version 3") && e.contains("move it away"),
         "{e}"
     );
     assert_eq!(fs::read(&p).unwrap(), newer);
@@ -995,6 +1072,18 @@ mod rebuild_with_a_prefix {
         Lift(usize),
         Count(usize, u32),
         Name(usize, u8),
+        /// A lift whose undo steps are due (of a ban made `c` minutes later), and
+        /// those steps run.
+        LiftToUndo(usize, u32),
+        Undone(usize, u32),
+    }
+
+    fn dated(i: usize, c: u32) -> Ban {
+        let b = ban(NETS[i], c);
+        Ban {
+            since: b.since + Duration::from_secs(60 * u64::from(c)),
+            ..b
+        }
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -1003,7 +1092,9 @@ mod rebuild_with_a_prefix {
             (net.clone(), 1..5u32, any::<bool>()).prop_map(|(n, c, d)| Step::Put(n, c, d)),
             net.clone().prop_map(Step::Lift),
             (net.clone(), 1..7u32).prop_map(|(n, c)| Step::Count(n, c)),
-            (net, 0..3u8).prop_map(|(n, k)| Step::Name(n, k)),
+            (net.clone(), 0..3u8).prop_map(|(n, k)| Step::Name(n, k)),
+            (net.clone(), 1..3u32).prop_map(|(n, c)| Step::LiftToUndo(n, c)),
+            (net, 1..3u32).prop_map(|(n, c)| Step::Undone(n, c)),
         ]
     }
 
@@ -1025,6 +1116,13 @@ mod rebuild_with_a_prefix {
             Step::Lift(i) => encode_lift(out, &net(i)),
             Step::Count(i, c) => encode_count(out, &net(i), c),
             Step::Name(i, k) => encode_name(out, &net(i), &format!("host{k}.example")),
+            Step::LiftToUndo(i, c) => {
+                encode_undo(out, &dated(i, c));
+                encode_lift(out, &net(i));
+            }
+            Step::Undone(i, c) => {
+                encode_undone(out, &net(i), crate::bans::unix_ms(dated(i, c).since));
+            }
         }
     }
 
@@ -1063,6 +1161,10 @@ mod rebuild_with_a_prefix {
                 }
             }
             prop_assert_eq!(with.previous_len(), without.previous_len());
+            prop_assert_eq!(with.undos(), without.undos());
+            let compacted = rebuilt(&encode_store(&with), false);
+            prop_assert_eq!(nets(&compacted), nets(&with));
+            prop_assert_eq!(compacted.undos(), with.undos());
         }
     }
 }
