@@ -242,6 +242,92 @@ fn undo_steps_a_crash_cut_short_run_at_the_next_start() {
     assert!(d.stop().success());
 }
 
+/// The kill commands of a scan ban whose response a crash cut short run at the next
+/// start, once: the ban's record notes them due until they ran.
+#[test]
+fn kill_commands_a_crash_cut_short_run_at_the_next_start() {
+    require_kernel!();
+    let net = TestNet::new(2);
+    let wd = Workdir::new();
+    let order = wd.path("order");
+    let shell = wd.path("kill.pid");
+    // The first daemon's KILL_ROUTE hangs, so that the response is still running when
+    // the daemon is killed; its shell is killed with it.
+    wd.config(
+        &net.server_if,
+        &format!(
+            "KILL_ROUTE=\"echo $$ > {}; sleep 60; echo route $TARGET$ >> {}\"\n\
+             KILL_RUN_CMD=\"\"\n",
+            shell.display(),
+            order.display()
+        ),
+    );
+    let scanner: IpAddr = net.attacker_v4[0];
+    let d = start(&net, &wd);
+    probe(&net, scanner);
+    assert!(
+        wait_until(Duration::from_secs(10), || wd
+            .read("kill.pid")
+            .ends_with('\n')),
+        "KILL_ROUTE did not start; log:\n{}",
+        d.lines().join("\n")
+    );
+    d.kill9();
+    let pid: i32 = wd.read("kill.pid").trim().parse().unwrap();
+    // SAFETY: a signal to the process group the daemon made for the command.
+    unsafe { libc::kill(-pid, libc::SIGKILL) };
+    assert!(!wd.read("order").contains("route"), "{}", wd.read("order"));
+    assert!(!wd.read("portsentry.history").contains(&scanner.to_string()));
+
+    wd.config(&net.server_if, "KILL_RUN_CMD=\"\"\n");
+    let d = start(&net, &wd);
+    d.wait_for(
+        &format!(
+            "running the kill commands of the ban of {scanner}/32, whose response the last \
+             stop cut short"
+        ),
+        Duration::from_secs(10),
+    );
+    let once = format!("route {scanner} 23 atcp\n");
+    assert!(
+        wait_until(Duration::from_secs(10), || wd.read("order").contains(&once)),
+        "the kill commands did not run: {}; log:\n{}",
+        wd.read("order"),
+        d.lines().join("\n")
+    );
+    wait_banned(&wd, &d, scanner);
+    assert!(in_kernel(&status(&wd), &format!("{scanner}/32")));
+    assert!(d.stop().success());
+    // Done, and on record as done: not run again.
+    let d = start(&net, &wd);
+    d.wait_for("ban journal read:", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!d.has_line("cut short"), "{}", d.lines().join("\n"));
+    assert_eq!(
+        wd.read("order").matches("route").count(),
+        1,
+        "{}",
+        wd.read("order")
+    );
+    // A response that ran to its end is done too: not run again at the next start.
+    let second: IpAddr = net.attacker_v4[1];
+    probe(&net, second);
+    wait_banned(&wd, &d, second);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(d.stop().success());
+    let d = start(&net, &wd);
+    d.wait_for("ban journal read:", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!d.has_line("cut short"), "{}", d.lines().join("\n"));
+    assert_eq!(
+        wd.read("order").matches("route").count(),
+        2,
+        "{}",
+        wd.read("order")
+    );
+    assert!(d.stop().success());
+}
+
 #[test]
 fn a_damaged_journal_gives_back_its_intact_part_and_says_where() {
     require_kernel!();

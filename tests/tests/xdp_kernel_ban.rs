@@ -553,7 +553,7 @@ fn a_kernel_ban_lifted_before_its_take_over_is_not_put_back() {
     let ban = book.new_ban(&config, net, cause, None, std::time::SystemTime::now());
     // The operator's unban comes first.
     book.lift(&net).unwrap();
-    let e = book.adopt(ban).expect_err("lifted meanwhile");
+    let e = book.adopt(ban, false).expect_err("lifted meanwhile");
     assert!(e.downcast_ref::<LiftedMeanwhile>().is_some(), "{e:#}");
     assert!(book.store.get(&net).is_none());
     let dp = book.dp.as_mut().unwrap();
@@ -561,7 +561,7 @@ fn a_kernel_ban_lifted_before_its_take_over_is_not_put_back() {
     // Banned again by the program, and not lifted: taken over.
     dp.forget_source(src).unwrap();
     assert_eq!(probe(book.dp.as_ref().unwrap()), XDP_DROP);
-    book.adopt(ban).unwrap();
+    book.adopt(ban, false).unwrap();
     assert!(book.store.get(&net).is_some());
     let held = book.dp.as_ref().unwrap().ban(&net).unwrap().unwrap();
     assert_eq!(held.origin, BanOrigin::Scan as u8);

@@ -67,6 +67,15 @@ pub struct Swept {
     pub failed: Vec<(IpNet, Refusal, anyhow::Error)>,
 }
 
+/// The record's flags of a scan's ban.
+fn kills_flag(kills_due: bool) -> u8 {
+    if kills_due {
+        crate::bans::Rec::KILLS_DUE
+    } else {
+        0
+    }
+}
+
 impl Book {
     /// A book over `store` (read from `journal`, which records every change from now).
     pub fn new(
@@ -102,9 +111,12 @@ impl Book {
         }
     }
 
+    /// Journals the ban of `ban`'s network as the store holds it (with its flags).
     fn recorded(&mut self, ban: &Ban) {
-        if let Some(j) = &self.journal {
-            j.put(ban);
+        if let Some(j) = &self.journal
+            && let Some(rec) = self.store.record(&ban.net)
+        {
+            j.put_rec(&ban.net, rec);
         }
         self.blocked.added(ban.net);
     }
@@ -158,7 +170,14 @@ impl Book {
     /// limit and the operator's session), then the kernel (the moment it counts), then
     /// the store and the journal ([`Book::persist`] waits until it is on disk).
     pub fn put(&mut self, ban: Ban, force: bool) -> Result<()> {
-        self.put_over(ban, force, None)
+        self.put_over(ban, force, None, 0)
+    }
+
+    /// [`Book::put`] of a scan's ban; with `kills_due`, its response's kill commands are
+    /// noted as due until [`Book::kills_done`] (a start runs those a stop or a crash
+    /// cut short).
+    pub fn put_scan(&mut self, ban: Ban, kills_due: bool) -> Result<()> {
+        self.put_over(ban, false, None, kills_flag(kills_due))
     }
 
     /// [`Book::put`] over the ban of the same network in force, which ran kill commands
@@ -168,11 +187,11 @@ impl Book {
     pub fn put_replacing(&mut self, ban: Ban, force: bool) -> Result<Option<Ban>> {
         let replaced = self.store.get(&ban.net);
         let undo = replaced.filter(|old| old.has_undo(self.crowdsec_kills));
-        self.put_over(ban, force, undo.as_ref())?;
+        self.put_over(ban, force, undo.as_ref(), 0)?;
         Ok(replaced)
     }
 
-    fn put_over(&mut self, ban: Ban, force: bool, undo: Option<&Ban>) -> Result<()> {
+    fn put_over(&mut self, ban: Ban, force: bool, undo: Option<&Ban>, flags: u8) -> Result<()> {
         self.guard.check(&ban.net, force)?;
         if let Some(dp) = &mut self.dp {
             dp.insert_ban(&ban.net, &ban.kernel_entry())?;
@@ -180,7 +199,7 @@ impl Book {
                 dp.forget_source(ban.net.addr())?;
             }
         }
-        self.store.insert(ban);
+        self.store.insert_with(ban, flags);
         match undo {
             Some(old) => {
                 self.store.add_undo(old);
@@ -236,8 +255,9 @@ impl Book {
 
     /// Takes over a ban the program made itself at the trigger (it is in the kernel
     /// already): the guard first, and a ban it refuses is lifted from the kernel; then
-    /// the entry is rewritten as `ban` (its length, its origin) and recorded.
-    pub fn adopt(&mut self, ban: Ban) -> Result<()> {
+    /// the entry is rewritten as `ban` (its length, its origin) and recorded, with its
+    /// kill commands due as [`Book::put_scan`] says.
+    pub fn adopt(&mut self, ban: Ban, kills_due: bool) -> Result<()> {
         if let Err(refusal) = self.guard.check(&ban.net, false) {
             if let Some(dp) = &mut self.dp {
                 dp.remove_ban(&ban.net)?;
@@ -253,9 +273,19 @@ impl Book {
             dp.adopt_kernel_ban(&ban.net, &ban.kernel_entry())?;
             dp.forget_source(ban.net.addr())?;
         }
-        self.store.insert(ban);
+        self.store.insert_with(ban, kills_flag(kills_due));
         self.recorded(&ban);
         Ok(())
+    }
+
+    /// The kill commands of the ban of `net` made at `since` have run (or were given
+    /// up): noted in the journal, when they were due.
+    pub fn kills_done(&mut self, net: &IpNet, since: std::time::SystemTime) {
+        if self.store.kills_done(net, since)
+            && let Some(j) = &self.journal
+        {
+            j.killed(net, since);
+        }
     }
 
     /// Lifts the ban of exactly `net`; the ban that was in force, if any. A ban that ran

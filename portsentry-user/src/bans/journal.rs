@@ -14,8 +14,10 @@
 //! [`LIFT`] (a ban ended: the network, 18 bytes), [`COUNT`] (how many bans a network not
 //! banned now has had: network and count), [`NAME`] (the name a banned host was logged
 //! under: network and UTF-8 name), [`UNDO`] (a lifted or replaced ban whose undo steps,
-//! UNKILL_*, are due: its record, as a put's; appended with the lift, before it) and
-//! [`UNDONE`] (those steps have run: network and the ban's since). The undo steps a stop
+//! UNKILL_*, are due: its record, as a put's; appended with the lift, before it),
+//! [`UNDONE`] (those steps have run: network and the ban's since) and [`KILLED`] (the
+//! kill commands of a scan ban put with [`super::Rec::KILLS_DUE`] have run: network and
+//! since). The undo steps a stop
 //! or a crash cut short run at the next start, unless the host is banned again by a ban
 //! that ran kill commands (whose own undo steps undo both). A network is its family (4 or 6), its prefix length
 //! and 16 address bytes (IPv4 in the first four). Integers are little-endian; times are
@@ -65,9 +67,9 @@ use ipnet::IpNet;
 use super::{Ban, BanStore, state};
 use codec::Rebuild;
 pub use codec::{
-    COUNT, Damage, HEADER, LIFT, NAME, PUT, PUT_SIZE, Record, UNDO, UNDONE, Unreadable,
-    encode_count, encode_lift, encode_name, encode_put, encode_store, encode_undo, encode_undone,
-    replay,
+    COUNT, Damage, HEADER, KILLED, LIFT, NAME, PUT, PUT_SIZE, Record, UNDO, UNDONE, Unreadable,
+    encode_count, encode_killed, encode_lift, encode_name, encode_put, encode_put_rec,
+    encode_store, encode_undo, encode_undone, replay,
 };
 
 pub fn path(state_dir: &Path) -> PathBuf {
@@ -450,6 +452,16 @@ impl Journal {
 
     pub fn put(&self, ban: &Ban) -> u64 {
         self.append(|o| encode_put(o, ban))
+    }
+
+    /// The ban of `net` in force, as its record says (with its flags).
+    pub fn put_rec(&self, net: &IpNet, rec: &super::Rec) -> u64 {
+        self.append(|o| encode_put_rec(o, net, rec))
+    }
+
+    /// The kill commands of the ban of `net` made at `since` have run.
+    pub fn killed(&self, net: &IpNet, since: std::time::SystemTime) -> u64 {
+        self.append(|o| encode_killed(o, net, super::unix_ms(since)))
     }
 
     pub fn lift(&self, net: &IpNet) -> u64 {

@@ -235,10 +235,16 @@ pub struct Rec {
     pub proto: u8,
     /// 1 + the index of the [`ModeToken`] in [`ModeToken::ALL`], 0 for none.
     pub mode: u8,
+    /// [`Rec::KILLS_DUE`], or 0.
+    pub flags: u8,
 }
 const _: () = assert!(size_of::<Rec>() == 32);
 
 impl Rec {
+    /// The response to the scan this ban stands for has kill commands (KILL_*) that have
+    /// not all run yet: a start runs them when a stop or a crash cut the response short.
+    pub const KILLS_DUE: u8 = 1;
+
     pub fn of(b: &Ban) -> Rec {
         Rec {
             since_ms: unix_ms(b.since),
@@ -255,7 +261,12 @@ impl Rec {
                     .position(|t| *t == m)
                     .expect("a token") as u8
             }),
+            flags: 0,
         }
+    }
+
+    pub fn kills_due(&self) -> bool {
+        self.flags & Rec::KILLS_DUE != 0
     }
 
     /// The ban of `net` this record holds; `None` when a field holds no valid value
@@ -288,6 +299,7 @@ impl Rec {
             && (self.scan_type == 0 || ScanType::from_u8(self.scan_type).is_some())
             && (self.proto == 0 || Protocol::from_number(self.proto).is_some())
             && self.mode().is_some()
+            && self.flags & !Rec::KILLS_DUE == 0
     }
 
     pub fn ban(&self, net: IpNet) -> Option<Ban> {
@@ -364,6 +376,9 @@ pub struct BanStore {
     /// (ms): journaled, so that those a stop or a crash cut short run at the next start.
     /// A handful at a time, but for a mass expiry.
     undos: BTreeMap<(IpNet, u64), Rec>,
+    /// The networks whose ban had its kill commands due ([`Rec::KILLS_DUE`]) when the
+    /// store was read: found while it is built, not by a look at every ban at a start.
+    kills_due_at_load: Vec<IpNet>,
 }
 
 /// The timed bans by the second they end in (wall-clock seconds), so that the
@@ -500,6 +515,7 @@ impl Default for BanStore {
             lengths_v6: [0; 129],
             ends: Ends::default(),
             undos: BTreeMap::new(),
+            kills_due_at_load: Vec::new(),
         }
     }
 }
@@ -522,6 +538,9 @@ impl BanStore {
             ..BanStore::default()
         };
         for (net, r) in &bans {
+            if r.kills_due() {
+                s.kills_due_at_load.push(*net);
+            }
             *s.length_slot(net) += 1;
             if r.expires_ms != 0 {
                 s.ends.add(*net, r.expires_ms);
@@ -650,7 +669,15 @@ impl BanStore {
     /// bans come and go by the thousand a day, each network's count kept for good
     /// otherwise; the count the network had stays for its next ban of another kind.
     pub fn insert(&mut self, ban: Ban) {
-        let rec = Rec::of(&ban);
+        self.insert_with(ban, 0);
+    }
+
+    /// [`BanStore::insert`] with the record's `flags` ([`Rec::KILLS_DUE`]).
+    pub fn insert_with(&mut self, ban: Ban, flags: u8) {
+        let rec = Rec {
+            flags,
+            ..Rec::of(&ban)
+        };
         if ban.origin != BanOrigin::CrowdSec {
             self.previous.remove(&ban.net);
         }
@@ -743,6 +770,27 @@ impl BanStore {
 
     pub fn previous_len(&self) -> usize {
         self.previous.len()
+    }
+
+    /// Notes that the kill commands of the ban of `net` made at `since` have run;
+    /// whether they were due.
+    pub fn kills_done(&mut self, net: &IpNet, since: SystemTime) -> bool {
+        match self.bans.get_mut(net) {
+            Some(r) if r.kills_due() && r.since_ms == unix_ms(since) => {
+                r.flags &= !Rec::KILLS_DUE;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The bans whose kill commands were due when the store was read and still are
+    /// ([`Rec::KILLS_DUE`]), in the order of networks: once, at a start.
+    pub fn take_kills_due(&mut self) -> Vec<Ban> {
+        std::mem::take(&mut self.kills_due_at_load)
+            .into_iter()
+            .filter_map(|n| self.bans.get(&n).filter(|r| r.kills_due())?.ban(n))
+            .collect()
     }
 
     /// Notes that the undo steps of `ban`, lifted (or replaced), are due.

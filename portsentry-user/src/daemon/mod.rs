@@ -328,6 +328,8 @@ pub async fn run(
             book.undo_due(b);
         }
     }
+    // Bans in force whose response's kill commands a stop or a crash cut short.
+    let kills_cut_short = book.store.take_kills_due();
     // A journal that cannot be written does not stop the start: the changes stay in
     // memory and its writer keeps trying (it logs when it fails and when it works
     // again), as it does for every change once the daemon runs.
@@ -365,6 +367,7 @@ pub async fn run(
         crowdsec: eff.crowdsec.as_ref().map(crowdsec::Fleet::new),
     });
     upkeep::spawn_cut_short_undos(&shared, cut_short, superseded);
+    respond::resume(&shared, kills_cut_short);
     for b in expired_at_start {
         shared.log.notice(&format!(
             "portsentry: ban of {} expired while portsentry was stopped",

@@ -218,9 +218,10 @@ fn start(
     ban_now: bool,
 ) -> Started {
     let target = Target::scan(ev.ip, ev.port, mode);
-    let first = actions::plan(&eff.config, block, &target).first() == Some(&Step::XdpBan);
+    let steps = actions::plan(&eff.config, block, &target);
+    let first = steps.first() == Some(&Step::XdpBan);
     let running = escalation::Running::new(shared, ev.ip);
-    let early = (ban_now && first).then(|| scan_ban(shared, eff, ev, mode, now));
+    let early = (ban_now && first).then(|| scan_ban(shared, eff, ev, mode, now, &steps));
     Started { running, early }
 }
 
@@ -254,7 +255,7 @@ async fn respond(
                 book.would_refuse(&ev.source, ev.kernel_banned) || book.holds(&ev.source)
             }))
     {
-        early = Some(scan_ban(shared, eff, &ev, mode, now));
+        early = Some(scan_ban(shared, eff, &ev, mode, now, &steps));
     }
     let name = resolve(shared, eff, ev.ip).await;
     if early == Some(Ban::Done) && name != ev.ip.to_string() {
@@ -316,7 +317,7 @@ async fn respond(
         if *step == Step::XdpBan {
             match early
                 .take()
-                .unwrap_or_else(|| scan_ban(shared, eff, &ev, mode, now))
+                .unwrap_or_else(|| scan_ban(shared, eff, &ev, mode, now, &steps))
             {
                 Ban::Done => banned = true,
                 Ban::Failed => continue,
@@ -379,6 +380,9 @@ async fn respond(
             "portsentry: could not write the history file: {e}"
         ));
     }
+    // Done with the ban's kill commands (run, or given up): the next start does not run
+    // them ([`resume`]). Nothing when the ban is not this response's.
+    shared.book().kills_done(&ev.source, now);
     // This host's kill steps are done: its ban may be replaced.
     drop(running);
     if banned {
@@ -388,6 +392,63 @@ async fn respond(
             mode,
         };
         escalation::after_ban(shared, eff, ev.ip, scan);
+    }
+}
+
+/// Runs the kill commands of bans in force whose response a stop or a crash cut short
+/// (their record says they were due: [`crate::bans::Rec::KILLS_DUE`]), each in its host's
+/// line: the steps after the XDP ban as the configuration in force plans them, then the
+/// history line. At least once: steps that had run may run again (a second `route add`
+/// fails harmlessly).
+pub(super) fn resume(shared: &Arc<Shared>, bans: Vec<crate::bans::Ban>) {
+    for ban in bans {
+        shared.log.notice(&format!(
+            "portsentry: running the kill commands of the ban of {}, whose response the \
+             last stop cut short",
+            ban.net
+        ));
+        let ip = ban.net.addr();
+        let place = shared.jobs.line_up(ip);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let Some(mut seated) = place.seat().await else {
+                return;
+            };
+            seated.after_the_job_before().await;
+            let eff = shared.eff();
+            let c = &eff.config;
+            let block = ban.proto.map_or(BlockMode::Block, |p| eff.block_mode(p));
+            let target = Target::of_ban(&ban);
+            for step in actions::plan(c, block, &target) {
+                if step == Step::XdpBan {
+                    continue;
+                }
+                // Lifted meanwhile, or its host protected now: no kill command left runs.
+                let stop = {
+                    let book = shared.book();
+                    if book.holds(&ban.net) {
+                        book.refusal(&addr::host_net(ip)).map(|r| r.reason())
+                    } else {
+                        Some("its ban ended".to_owned())
+                    }
+                };
+                if let Some(why) = stop {
+                    shared.log.warn(&format!(
+                        "portsentry: not running the kill commands left against {ip}: {why}"
+                    ));
+                    break;
+                }
+                run_step(&shared.log, &shared.metrics, c, ip, &step, false).await;
+            }
+            let name = shared.book().store.name_of(&ban).into_owned();
+            let line = history::history_line(SystemTime::now(), &name, ip, ban.port, ban.proto);
+            if let Err(e) = history::append_history(&c.history_file, &line).await {
+                shared.log.warn(&format!(
+                    "portsentry: could not write the history file: {e}"
+                ));
+            }
+            shared.book().kills_done(&ban.net, ban.since);
+        });
     }
 }
 
@@ -431,13 +492,15 @@ enum Ban {
     Already,
 }
 
-/// Puts the XDP ban of a scanner in force, dated `now` (logged when it is not).
+/// Puts the XDP ban of a scanner in force, dated `now` (logged when it is not), with the
+/// kill commands among the response's `steps` due until the response ends.
 fn scan_ban(
     shared: &Shared,
     eff: &Effective,
     ev: &ProbeEvent,
     mode: ModeToken,
     now: SystemTime,
+    steps: &[Step],
 ) -> Ban {
     let mut book = shared.book();
     if book.holds(&ev.source) {
@@ -451,10 +514,11 @@ fn scan_ban(
     let ban = book.new_ban(&eff.config, ev.source, cause, None, now);
     // A ban the program made at the trigger is in force already: taken over, or lifted
     // when the guard refuses it.
+    let kills_due = steps.iter().any(|s| *s != Step::XdpBan);
     let put = if ev.kernel_banned {
-        book.adopt(ban)
+        book.adopt(ban, kills_due)
     } else {
-        book.put(ban, false)
+        book.put_scan(ban, kills_due)
     };
     // Its report queued with the book still held: an operator's unban of the ban,
     // which queues the deletion of its decision, comes after it.

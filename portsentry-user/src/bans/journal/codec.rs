@@ -31,6 +31,9 @@ pub const NAME: u8 = 4;
 pub const UNDO: u8 = 5;
 /// The undo steps of a ban ([`UNDO`]) have run: its network and since (ms).
 pub const UNDONE: u8 = 6;
+/// The kill commands of a ban put with [`Rec::KILLS_DUE`] have run: its network and
+/// since (ms).
+pub const KILLED: u8 = 7;
 
 /// Bytes before a record's payload: CRC, length, kind.
 pub(super) const FRAME: usize = 4 + 2 + 1;
@@ -88,14 +91,26 @@ fn encode_rec(out: &mut Vec<u8>, kind: u8, net: &IpNet, r: &Rec) {
         o.extend_from_slice(&r.count.to_le_bytes());
         o.extend_from_slice(&r.escalated.to_le_bytes());
         o.extend_from_slice(&r.port.to_le_bytes());
-        o.extend_from_slice(&[r.origin, r.scan_type, r.proto, r.mode]);
-        o.extend_from_slice(&[0; 2]);
+        o.extend_from_slice(&[r.origin, r.scan_type, r.proto, r.mode, r.flags, 0]);
     });
 }
 
 /// Appends the record of `ban` in force.
 pub fn encode_put(out: &mut Vec<u8>, ban: &Ban) {
     encode_rec(out, PUT, &ban.net, &Rec::of(ban));
+}
+
+/// Appends the record of `rec`, the ban of `net` in force (with its flags).
+pub fn encode_put_rec(out: &mut Vec<u8>, net: &IpNet, rec: &Rec) {
+    encode_rec(out, PUT, net, rec);
+}
+
+/// Appends the record of the kill commands of the ban of `net` made at `since_ms` run.
+pub fn encode_killed(out: &mut Vec<u8>, net: &IpNet, since_ms: u64) {
+    frame(out, KILLED, |o| {
+        put_net(o, net);
+        o.extend_from_slice(&since_ms.to_le_bytes());
+    });
 }
 
 /// Appends the record of `ban`'s undo steps not yet run.
@@ -195,6 +210,8 @@ pub enum Record {
     Undo(IpNet, Rec),
     /// The network and since (ms) of a ban whose undo steps have run.
     Undone(IpNet, u64),
+    /// The network and since (ms) of a ban whose kill commands have run.
+    Killed(IpNet, u64),
 }
 
 /// Why a replay stopped before the end of the file.
@@ -240,6 +257,7 @@ fn decode_payload(kind: u8, p: &[u8]) -> Result<Record, &'static str> {
                 scan_type: rest[27],
                 proto: rest[28],
                 mode: rest[29],
+                flags: rest[30],
             };
             if !r.is_valid() {
                 return Err("a ban record with an invalid field");
@@ -253,10 +271,11 @@ fn decode_payload(kind: u8, p: &[u8]) -> Result<Record, &'static str> {
         LIFT if rest.is_empty() => Ok(Record::Lift(net)),
         COUNT if rest.len() == 4 => Ok(Record::Count(net, u32_at(rest, 0))),
         UNDONE if rest.len() == 8 => Ok(Record::Undone(net, u64_at(rest, 0))),
+        KILLED if rest.len() == 8 => Ok(Record::Killed(net, u64_at(rest, 0))),
         NAME => std::str::from_utf8(rest)
             .map(|s| Record::Name(net, s.into()))
             .map_err(|_| "a name that is not UTF-8"),
-        PUT | LIFT | COUNT | UNDO | UNDONE => Err("a record of the wrong length"),
+        PUT | LIFT | COUNT | UNDO | UNDONE | KILLED => Err("a record of the wrong length"),
         _ => Err("an unknown record kind"),
     }
 }
@@ -371,6 +390,8 @@ enum Op {
     Put(Rec),
     Lift,
     Count(u32),
+    /// The kill commands of the ban made at this since (ms) have run.
+    Killed(u64),
 }
 
 /// One network's records folded: its ban in force, the count its next ban starts
@@ -408,6 +429,13 @@ impl Fold {
                 }
             }
             Op::Count(c) => self.prev = self.prev.max(c),
+            Op::Killed(since) => {
+                if let Some(r) = &mut self.cur
+                    && r.since_ms == since
+                {
+                    r.flags &= !Rec::KILLS_DUE;
+                }
+            }
         }
     }
 }
@@ -458,6 +486,7 @@ impl Rebuild {
             Record::Put(n, rec) => self.ops.push((n, seq, Op::Put(rec))),
             Record::Lift(n) => self.ops.push((n, seq, Op::Lift)),
             Record::Count(n, c) => self.ops.push((n, seq, Op::Count(c))),
+            Record::Killed(n, since) => self.ops.push((n, seq, Op::Killed(since))),
             Record::Name(n, s) => self.names.push((n, seq, s)),
             Record::Undo(..) | Record::Undone(..) => unreachable!("taken above"),
         }

@@ -9,7 +9,10 @@ use super::{
     codec::{FRAME, NET},
     *,
 };
-use crate::kinds::{ModeToken, Protocol};
+use crate::{
+    bans::Rec,
+    kinds::{ModeToken, Protocol},
+};
 
 /// I/O failures a test injects into a journal's writer and compaction
 /// (`Inner::faults`): the seam through which a full disk or a failing directory fsync
@@ -252,7 +255,39 @@ fn undo_steps_due_outlive_a_restart_until_they_ran() {
     let (recs, _, damage) = replay_all(&out);
     assert_eq!(damage, None);
     assert!(recs.contains(&Record::Undone(n, crate::bans::unix_ms(old.since))));
-    assert!(recs.contains(&Record::Undo(n, crate::bans::Rec::of(&old))));
+    assert!(recs.contains(&Record::Undo(n, Rec::of(&old))));
+}
+
+/// A scan ban put with its kill commands due keeps them due across a restart and a
+/// compaction until its KILLED record (of its own since: an earlier ban's does not
+/// count).
+#[test]
+fn kill_commands_due_outlive_a_restart_until_they_ran() {
+    let n: IpNet = "192.0.2.7/32".parse().unwrap();
+    let b = ban("192.0.2.7/32", 1);
+    let due = Rec {
+        flags: Rec::KILLS_DUE,
+        ..Rec::of(&b)
+    };
+    let mut out = HEADER.to_vec();
+    encode_put_rec(&mut out, &n, &due);
+    let mut s = rebuild(&out);
+    assert_eq!(s.record(&n), Some(&due));
+    assert_eq!(s.take_kills_due(), [b]);
+    assert!(s.take_kills_due().is_empty(), "taken once");
+    let mut again = rebuild(&encode_store(&rebuild(&out)));
+    assert_eq!(again.take_kills_due(), [b], "a compaction keeps it");
+    encode_killed(&mut out, &n, crate::bans::unix_ms(b.since) - 1);
+    assert_eq!(rebuild(&out).take_kills_due(), [b], "another ban's");
+    encode_killed(&mut out, &n, crate::bans::unix_ms(b.since));
+    let mut s = rebuild(&out);
+    assert!(s.take_kills_due().is_empty());
+    assert_eq!(s.get(&n), Some(b));
+    assert!(rebuild(&encode_store(&s)).take_kills_due().is_empty());
+    // A flag this release does not know is damage.
+    let mut odd = HEADER.to_vec();
+    encode_put_rec(&mut odd, &n, &Rec { flags: 2, ..due });
+    assert!(matches!(replay_all(&odd).2, Some(Damage::Corrupt { .. })));
 }
 
 /// A ban put again over itself (an extended decision, an operator's ban of a host
@@ -1076,6 +1111,9 @@ mod rebuild_with_a_prefix {
         /// those steps run.
         LiftToUndo(usize, u32),
         Undone(usize, u32),
+        /// A scan ban put with its kill commands due, and those commands run.
+        PutKillsDue(usize, u32),
+        Killed(usize, u32),
     }
 
     fn dated(i: usize, c: u32) -> Ban {
@@ -1094,7 +1132,9 @@ mod rebuild_with_a_prefix {
             (net.clone(), 1..7u32).prop_map(|(n, c)| Step::Count(n, c)),
             (net.clone(), 0..3u8).prop_map(|(n, k)| Step::Name(n, k)),
             (net.clone(), 1..3u32).prop_map(|(n, c)| Step::LiftToUndo(n, c)),
-            (net, 1..3u32).prop_map(|(n, c)| Step::Undone(n, c)),
+            (net.clone(), 1..3u32).prop_map(|(n, c)| Step::Undone(n, c)),
+            (net.clone(), 1..3u32).prop_map(|(n, c)| Step::PutKillsDue(n, c)),
+            (net, 1..3u32).prop_map(|(n, c)| Step::Killed(n, c)),
         ]
     }
 
@@ -1122,6 +1162,16 @@ mod rebuild_with_a_prefix {
             }
             Step::Undone(i, c) => {
                 encode_undone(out, &net(i), crate::bans::unix_ms(dated(i, c).since));
+            }
+            Step::PutKillsDue(i, c) => {
+                let rec = Rec {
+                    flags: Rec::KILLS_DUE,
+                    ..Rec::of(&dated(i, c))
+                };
+                encode_put_rec(out, &net(i), &rec);
+            }
+            Step::Killed(i, c) => {
+                encode_killed(out, &net(i), crate::bans::unix_ms(dated(i, c).since));
             }
         }
     }
@@ -1162,6 +1212,10 @@ mod rebuild_with_a_prefix {
             }
             prop_assert_eq!(with.previous_len(), without.previous_len());
             prop_assert_eq!(with.undos(), without.undos());
+            for i in 0..NETS.len() {
+                let n = net(i);
+                prop_assert_eq!(with.record(&n), without.record(&n), "{}", n);
+            }
             let compacted = rebuilt(&encode_store(&with), false);
             prop_assert_eq!(nets(&compacted), nets(&with));
             prop_assert_eq!(compacted.undos(), with.undos());
