@@ -104,10 +104,7 @@ impl Book {
     /// adopted from the kernel at start-up).
     pub fn record(&mut self, net: &IpNet) {
         if let Some(ban) = self.store.get(net) {
-            if let Some(j) = &self.journal {
-                j.put(&ban);
-            }
-            self.blocked.added(*net);
+            self.recorded(&ban);
         }
     }
 
@@ -276,6 +273,18 @@ impl Book {
         self.store.insert_with(ban, kills_flag(kills_due));
         self.recorded(&ban);
         Ok(())
+    }
+
+    /// Whether `ban` is in force, not replaced since and not expired, with its kill
+    /// commands due.
+    pub fn kills_due(&self, ban: &Ban) -> bool {
+        self.store
+            .record(&ban.net)
+            .and_then(|r| r.ban(ban.net).filter(|_| r.kills_due()))
+            .is_some_and(|now| {
+                crate::bans::unix_ms(now.since) == crate::bans::unix_ms(ban.since)
+                    && !now.is_expired(std::time::SystemTime::now())
+            })
     }
 
     /// The kill commands of the ban of `net` made at `since` have run (or were given

@@ -409,6 +409,8 @@ pub(super) fn resume(shared: &Arc<Shared>, bans: Vec<crate::bans::Ban>) {
         ));
         let ip = ban.net.addr();
         let place = shared.jobs.line_up(ip);
+        // Escalation leaves the host's ban alone until its commands have run.
+        let running = escalation::Running::new(shared, ip);
         let shared = shared.clone();
         tokio::spawn(async move {
             let Some(mut seated) = place.seat().await else {
@@ -419,17 +421,19 @@ pub(super) fn resume(shared: &Arc<Shared>, bans: Vec<crate::bans::Ban>) {
             let c = &eff.config;
             let block = ban.proto.map_or(BlockMode::Block, |p| eff.block_mode(p));
             let target = Target::of_ban(&ban);
-            for step in actions::plan(c, block, &target) {
-                if step == Step::XdpBan {
-                    continue;
-                }
-                // Lifted meanwhile, or its host protected now: no kill command left runs.
+            // The steps after the XDP ban: those before it (KILL_RUN_CMD under
+            // KILL_RUN_CMD_FIRST) ran before the ban was put.
+            let steps = actions::plan(c, block, &target);
+            let mut ran = 0;
+            for step in steps.iter().skip_while(|s| **s != Step::XdpBan).skip(1) {
+                // Ended or replaced meanwhile (an operator's ban, which runs no kill
+                // command), or its host protected now: no kill command left runs.
                 let stop = {
                     let book = shared.book();
-                    if book.holds(&ban.net) {
+                    if book.kills_due(&ban) {
                         book.refusal(&addr::host_net(ip)).map(|r| r.reason())
                     } else {
-                        Some("its ban ended".to_owned())
+                        Some("its ban ended or was replaced".to_owned())
                     }
                 };
                 if let Some(why) = stop {
@@ -438,16 +442,20 @@ pub(super) fn resume(shared: &Arc<Shared>, bans: Vec<crate::bans::Ban>) {
                     ));
                     break;
                 }
-                run_step(&shared.log, &shared.metrics, c, ip, &step, false).await;
+                run_step(&shared.log, &shared.metrics, c, ip, step, false).await;
+                ran += 1;
             }
-            let name = shared.book().store.name_of(&ban).into_owned();
-            let line = history::history_line(SystemTime::now(), &name, ip, ban.port, ban.proto);
-            if let Err(e) = history::append_history(&c.history_file, &line).await {
-                shared.log.warn(&format!(
-                    "portsentry: could not write the history file: {e}"
-                ));
+            if ran > 0 {
+                let name = shared.book().store.name_of(&ban).into_owned();
+                let line = history::history_line(SystemTime::now(), &name, ip, ban.port, ban.proto);
+                if let Err(e) = history::append_history(&c.history_file, &line).await {
+                    shared.log.warn(&format!(
+                        "portsentry: could not write the history file: {e}"
+                    ));
+                }
             }
             shared.book().kills_done(&ban.net, ban.since);
+            drop(running);
         });
     }
 }
@@ -514,7 +522,13 @@ fn scan_ban(
     let ban = book.new_ban(&eff.config, ev.source, cause, None, now);
     // A ban the program made at the trigger is in force already: taken over, or lifted
     // when the guard refuses it.
-    let kills_due = steps.iter().any(|s| *s != Step::XdpBan);
+    // Those after the XDP ban: a step before it (KILL_RUN_CMD_FIRST) ran before it was
+    // put.
+    let kills_due = steps
+        .iter()
+        .skip_while(|s| **s != Step::XdpBan)
+        .nth(1)
+        .is_some();
     let put = if ev.kernel_banned {
         book.adopt(ban, kills_due)
     } else {
