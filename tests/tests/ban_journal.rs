@@ -8,6 +8,7 @@
 
 use std::{
     net::{IpAddr, TcpListener},
+    path::Path,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -17,7 +18,7 @@ use std::{
 
 use ipnet::IpNet;
 use portsentry_tests::{
-    daemon::{Workdir, wait_until},
+    daemon::{Daemon, Workdir, wait_until},
     netns::TestNet,
     require_kernel,
     scenario::{Tmpfs, ban_nets, probe, scan_ban, start, status, wait_banned},
@@ -163,6 +164,40 @@ fn a_scan_ban_is_in_the_journal_before_its_kill_commands_run() {
     assert!(d.stop().success());
 }
 
+/// A command for the first daemon: it writes its pid to `pid_file`, then hangs, so that
+/// the daemon is killed while it runs ([`kill_mid_command`]); `then` would run after.
+fn hanging(pid_file: &Path, then: &str) -> String {
+    format!("echo $$ > {}; sleep 60; {then}", pid_file.display())
+}
+
+/// Kills the daemon (SIGKILL) once the [`hanging`] command that writes `pid_file` runs,
+/// and the command's process group with it.
+fn kill_mid_command(d: Daemon, wd: &Workdir, pid_file: &str) {
+    assert!(
+        wait_until(Duration::from_secs(10), || wd
+            .read(pid_file)
+            .ends_with('\n')),
+        "the command did not start; log:\n{}",
+        d.lines().join("\n")
+    );
+    d.kill9();
+    let pid: i32 = wd.read(pid_file).trim().parse().unwrap();
+    // SAFETY: a signal to the process group the daemon made for the command.
+    unsafe { libc::kill(-pid, libc::SIGKILL) };
+}
+
+/// Starts the daemon again and stops it: it runs nothing a stop cut short, and the
+/// order file holds `line` `times` times.
+fn a_start_runs_nothing_again(net: &TestNet, wd: &Workdir, line: &str, times: usize) {
+    let d = start(net, wd);
+    d.wait_for("ban journal read:", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!d.has_line("cut short"), "{}", d.lines().join("\n"));
+    let order = wd.read("order");
+    assert_eq!(order.matches(line).count(), times, "{order}");
+    assert!(d.stop().success());
+}
+
 /// The undo steps of a lifted ban that a crash cut short run at the next start, once:
 /// the journal notes them due with the lift, and done once they ran.
 #[test]
@@ -170,35 +205,17 @@ fn undo_steps_a_crash_cut_short_run_at_the_next_start() {
     require_kernel!();
     let net = TestNet::new(1);
     let wd = Workdir::new();
-    let order = wd.path("order");
-    let shell = wd.path("unkill.pid");
-    // The first daemon's UNKILL_ROUTE hangs, so that its steps are still running when
-    // the daemon is killed; its shell is killed with it.
-    wd.config(
-        &net.server_if,
-        &format!(
-            "UNKILL_ROUTE=\"echo $$ > {}; sleep 60; echo unroute $TARGET$ >> {}\"\n",
-            shell.display(),
-            order.display()
-        ),
-    );
+    let order = wd.path("order").display().to_string();
+    let unroute = format!("echo unroute $TARGET$ >> {order}");
+    let hangs = hanging(&wd.path("unkill.pid"), &unroute);
+    wd.config(&net.server_if, &format!("UNKILL_ROUTE=\"{hangs}\"\n"));
     let scanner: IpAddr = net.attacker_v4[0];
     let d = start(&net, &wd);
     probe(&net, scanner);
     wait_banned(&wd, &d, scanner);
     let (ok, out, err) = wd.cli(&["unban", &scanner.to_string()]);
     assert!(ok, "unban: {out}{err}");
-    assert!(
-        wait_until(Duration::from_secs(10), || wd
-            .read("unkill.pid")
-            .ends_with('\n')),
-        "UNKILL_ROUTE did not start; log:\n{}",
-        d.lines().join("\n")
-    );
-    d.kill9();
-    let pid: i32 = wd.read("unkill.pid").trim().parse().unwrap();
-    // SAFETY: a signal to the process group the daemon made for the command.
-    unsafe { libc::kill(-pid, libc::SIGKILL) };
+    kill_mid_command(d, &wd, "unkill.pid");
     assert!(
         !wd.read("order").contains("unroute"),
         "{}",
@@ -206,13 +223,7 @@ fn undo_steps_a_crash_cut_short_run_at_the_next_start() {
     );
 
     // The next start runs them (with the configuration in force then).
-    wd.config(
-        &net.server_if,
-        &format!(
-            "UNKILL_ROUTE=\"echo unroute $TARGET$ >> {}\"\n",
-            order.display()
-        ),
-    );
+    wd.config(&net.server_if, &format!("UNKILL_ROUTE=\"{unroute}\"\n"));
     let d = start(&net, &wd);
     d.wait_for(
         &format!(
@@ -228,58 +239,37 @@ fn undo_steps_a_crash_cut_short_run_at_the_next_start() {
     );
     assert!(ban_nets(&status(&wd)).is_empty());
     assert!(d.stop().success());
-    // Done, and on record as done: not run again.
-    let d = start(&net, &wd);
-    d.wait_for("ban journal read:", Duration::from_secs(5));
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(!d.has_line("cut short"), "{}", d.lines().join("\n"));
-    assert_eq!(
-        wd.read("order").matches("unroute").count(),
-        1,
-        "{}",
-        wd.read("order")
-    );
-    assert!(d.stop().success());
+    // Done, and on record as done.
+    a_start_runs_nothing_again(&net, &wd, "unroute", 1);
 }
 
 /// The kill commands of a scan ban whose response a crash cut short run at the next
-/// start, once: the ban's record notes them due until they ran.
+/// start, once: the ban's record notes them due until they ran. Those after the XDP
+/// ban: a KILL_RUN_CMD that KILL_RUN_CMD_FIRST ran before it is not run again.
 #[test]
 fn kill_commands_a_crash_cut_short_run_at_the_next_start() {
     require_kernel!();
     let net = TestNet::new(2);
     let wd = Workdir::new();
-    let order = wd.path("order");
-    let shell = wd.path("kill.pid");
-    // The first daemon's KILL_ROUTE hangs, so that the response is still running when
-    // the daemon is killed; its shell is killed with it.
+    let route = format!("echo route $TARGET$ >> {}", wd.path("order").display());
+    let hangs = hanging(&wd.path("kill.pid"), &route);
     wd.config(
         &net.server_if,
-        &format!(
-            "KILL_ROUTE=\"echo $$ > {}; sleep 60; echo route $TARGET$ >> {}\"\n\
-             KILL_RUN_CMD=\"\"\n",
-            shell.display(),
-            order.display()
-        ),
+        &format!("KILL_ROUTE=\"{hangs}\"\nKILL_RUN_CMD_FIRST=\"1\"\n"),
     );
     let scanner: IpAddr = net.attacker_v4[0];
     let d = start(&net, &wd);
     probe(&net, scanner);
-    assert!(
-        wait_until(Duration::from_secs(10), || wd
-            .read("kill.pid")
-            .ends_with('\n')),
-        "KILL_ROUTE did not start; log:\n{}",
-        d.lines().join("\n")
+    kill_mid_command(d, &wd, "kill.pid");
+    let ran = format!("run {scanner} 23 atcp\n");
+    assert_eq!(
+        wd.read("order"),
+        ran,
+        "KILL_RUN_CMD first, then the hanging KILL_ROUTE"
     );
-    d.kill9();
-    let pid: i32 = wd.read("kill.pid").trim().parse().unwrap();
-    // SAFETY: a signal to the process group the daemon made for the command.
-    unsafe { libc::kill(-pid, libc::SIGKILL) };
-    assert!(!wd.read("order").contains("route"), "{}", wd.read("order"));
     assert!(!wd.read("portsentry.history").contains(&scanner.to_string()));
 
-    wd.config(&net.server_if, "KILL_RUN_CMD=\"\"\n");
+    wd.config(&net.server_if, "KILL_RUN_CMD_FIRST=\"1\"\n");
     let d = start(&net, &wd);
     d.wait_for(
         &format!(
@@ -297,35 +287,23 @@ fn kill_commands_a_crash_cut_short_run_at_the_next_start() {
     );
     wait_banned(&wd, &d, scanner);
     assert!(in_kernel(&status(&wd), &format!("{scanner}/32")));
-    assert!(d.stop().success());
-    // Done, and on record as done: not run again.
-    let d = start(&net, &wd);
-    d.wait_for("ban journal read:", Duration::from_secs(5));
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(!d.has_line("cut short"), "{}", d.lines().join("\n"));
     assert_eq!(
-        wd.read("order").matches("route").count(),
+        wd.read("order").matches(&ran).count(),
         1,
         "{}",
         wd.read("order")
     );
-    // A response that ran to its end is done too: not run again at the next start.
+    assert!(d.stop().success());
+    // Done, and on record as done.
+    a_start_runs_nothing_again(&net, &wd, "route", 1);
+    // A response that ran to its end is done too.
+    let d = start(&net, &wd);
     let second: IpAddr = net.attacker_v4[1];
     probe(&net, second);
     wait_banned(&wd, &d, second);
     std::thread::sleep(Duration::from_millis(300));
     assert!(d.stop().success());
-    let d = start(&net, &wd);
-    d.wait_for("ban journal read:", Duration::from_secs(5));
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(!d.has_line("cut short"), "{}", d.lines().join("\n"));
-    assert_eq!(
-        wd.read("order").matches("route").count(),
-        2,
-        "{}",
-        wd.read("order")
-    );
-    assert!(d.stop().success());
+    a_start_runs_nothing_again(&net, &wd, "route", 2);
 }
 
 #[test]

@@ -118,6 +118,14 @@ impl Place {
             _slot: slot,
         })
     }
+
+    /// [`Place::seat`], then [`Seated::after_the_job_before`]: for a job whose first
+    /// step runs a command. Its slot is held until the `Seated` is dropped.
+    pub(super) async fn turn(self) -> Option<Seated> {
+        let mut seated = self.seat().await?;
+        seated.after_the_job_before().await;
+        Some(seated)
+    }
 }
 
 impl Drop for Place {

@@ -413,10 +413,9 @@ pub(super) fn resume(shared: &Arc<Shared>, bans: Vec<crate::bans::Ban>) {
         let running = escalation::Running::new(shared, ip);
         let shared = shared.clone();
         tokio::spawn(async move {
-            let Some(mut seated) = place.seat().await else {
+            let Some(_turn) = place.turn().await else {
                 return;
             };
-            seated.after_the_job_before().await;
             let eff = shared.eff();
             let c = &eff.config;
             let block = ban.proto.map_or(BlockMode::Block, |p| eff.block_mode(p));

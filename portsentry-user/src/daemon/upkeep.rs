@@ -245,10 +245,9 @@ fn run_undo_steps(shared: &Arc<Shared>, ban: Ban, place: Option<UndoPlace>) {
     };
     let shared = shared.clone();
     tokio::spawn(async move {
-        let Some(mut seated) = place.seat().await else {
+        let Some(_turn) = place.turn().await else {
             return;
         };
-        seated.after_the_job_before().await;
         let eff = shared.eff();
         execute::undo(
             &shared.log,
