@@ -180,15 +180,16 @@ fn the_budgets_seconds_follow_a_step_of_the_wall_clock() {
     assert!(d.stop().success());
 }
 
+/// A full ban map evicts no ban, and a ban that fails runs no kill command: with no ban
+/// in force nothing would undo it (a route or a hosts.deny line kept for good).
 #[test]
 fn a_full_ban_map_never_evicts_a_ban() {
     require_kernel!();
     let net = TestNet::new(0);
     let wd = Workdir::new();
-    wd.config(
-        &net.server_if,
-        "MAX_BANS=\"16\"\nMAX_BANS_PER_SEC=\"0\"\nKILL_ROUTE=\"\"\nKILL_RUN_CMD=\"\"\n",
-    );
+    // The default kill commands: KILL_ROUTE and KILL_RUN_CMD write a line each to
+    // `order`, KILL_HOSTS_DENY one to `hosts.deny`.
+    wd.config(&net.server_if, "MAX_BANS=\"16\"\nMAX_BANS_PER_SEC=\"0\"\n");
     let _svc = net
         .server
         .enter(|| TcpListener::bind("0.0.0.0:80").unwrap());
@@ -204,7 +205,43 @@ fn a_full_ban_map_never_evicts_a_ban() {
     assert_eq!(all.len(), 16, "the map holds 16 bans");
     assert!(banned(&wd, first), "the first ban was evicted");
     assert!(!reaches(&net, first));
+    d.wait_for(
+        "its XDP ban failed, and they would never be undone",
+        Duration::from_secs(1),
+    );
     assert!(d.stop().success());
+    let banned_ips: Vec<String> = all
+        .iter()
+        .map(|b| {
+            b["net"]
+                .as_str()
+                .unwrap()
+                .trim_end_matches("/32")
+                .to_owned()
+        })
+        .collect();
+    let order = fs::read_to_string(wd.path("order")).unwrap();
+    let deny = fs::read_to_string(wd.path("hosts.deny")).unwrap();
+    let route_targets: Vec<&str> = order
+        .lines()
+        .filter_map(|l| l.strip_prefix("route "))
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(route_targets.len(), 16, "one KILL_ROUTE a ban:\n{order}");
+    for target in order.lines().map(|l| l.split(' ').nth(1).unwrap()) {
+        assert!(
+            banned_ips.iter().any(|b| b == target),
+            "a kill command ran against {target}, which is not banned"
+        );
+    }
+    let denied: Vec<&str> = deny.lines().filter(|l| l.starts_with("ALL: ")).collect();
+    assert_eq!(denied.len(), 16, "one hosts.deny line a ban:\n{deny}");
+    for line in denied {
+        assert!(
+            banned_ips.iter().any(|b| line.contains(&format!(" {b} "))),
+            "a hosts.deny line for a host not banned: {line}"
+        );
+    }
 }
 
 /// VERIFY_SOURCES: forged SYNs "from" a real host (the gateway, say) never ban it, since

@@ -320,11 +320,19 @@ async fn respond(
                 .unwrap_or_else(|| scan_ban(shared, eff, &ev, mode, now, &steps))
             {
                 Ban::Done => banned = true,
-                Ban::Failed => continue,
                 // The guard protects the host, the operator lifted the ban, or another
-                // ban of the host came, while KILL_RUN_CMD ran before it: what ran is
-                // undone (UNKILL_RUN_CMD), and no other kill command runs.
-                Ban::Refused | Ban::Already => {
+                // ban of the host came, while KILL_RUN_CMD ran before it; or the ban
+                // failed (PS_BANS full), and with no ban in force nothing would ever
+                // undo a kill command (a route or a hosts.deny line kept for good):
+                // what ran is undone (UNKILL_RUN_CMD), and no other kill command runs.
+                stopped @ (Ban::Failed | Ban::Refused | Ban::Already) => {
+                    if stopped == Ban::Failed {
+                        log.warn(&format!(
+                            "portsentry: not running the kill commands against {}: its XDP \
+                             ban failed, and they would never be undone",
+                            ev.ip
+                        ));
+                    }
                     if i > 0 {
                         for undo in actions::undo_plan(c, &[], &target) {
                             if matches!(undo, Step::RunCmd(_)) {
@@ -489,7 +497,8 @@ fn release(shared: &Shared, ip: IpAddr) {
 enum Ban {
     /// In force.
     Done,
-    /// Not in force (the ban map is full); the other steps still run.
+    /// Not in force (the ban map is full): the response stops, as nothing would undo
+    /// its kill commands.
     Failed,
     /// Refused by the ban guard (the host is protected): the response stops.
     Refused,
