@@ -244,6 +244,66 @@ fn a_full_ban_map_never_evicts_a_ban() {
     }
 }
 
+/// A scan ban the daemon decides (KILL_RUN_CMD_FIRST) that fails on a full map: the
+/// KILL_RUN_CMD that ran first is undone, nothing else runs, and the scanner is not
+/// remembered as acted on: its next probe, once a ban has ended, bans it.
+#[test]
+fn a_scanner_whose_ban_failed_is_banned_once_there_is_room() {
+    require_kernel!();
+    let net = TestNet::new(0);
+    let wd = Workdir::new();
+    let order = wd.path("order");
+    wd.config(
+        &net.server_if,
+        &format!(
+            "MAX_BANS=\"16\"\nKILL_RUN_CMD_FIRST=\"1\"\n\
+             UNKILL_RUN_CMD=\"echo unrun $TARGET$ >> {}\"\n",
+            order.display()
+        ),
+    );
+    let d = start(&net, &wd);
+    let fill: Vec<String> = (10..26).map(|i| format!("203.0.113.{i}")).collect();
+    for ip in &fill {
+        let (ok, _, err) = wd.cli(&["ban", ip]);
+        assert!(ok, "ban {ip}: {err}");
+    }
+    let scanner = net.attacker_v4[0];
+    probe(&net, scanner);
+    d.wait_for(
+        &format!("Could not block host {scanner}"),
+        Duration::from_secs(5),
+    );
+    d.wait_for(
+        "its XDP ban failed, and they would never be undone",
+        Duration::from_secs(2),
+    );
+    assert!(wait_until(Duration::from_secs(5), || {
+        fs::read_to_string(&order).is_ok_and(|o| o.contains(&format!("unrun {scanner}")))
+    }));
+    assert_eq!(
+        fs::read_to_string(&order).unwrap(),
+        format!("run {scanner} 23 atcp\nunrun {scanner}\n"),
+        "KILL_RUN_CMD ran first, then was undone; nothing else ran"
+    );
+    assert!(!banned(&wd, scanner));
+
+    let (ok, _, err) = wd.cli(&["unban", &fill[0]]);
+    assert!(ok, "unban: {err}");
+    probe(&net, scanner);
+    assert!(
+        wait_until(Duration::from_secs(5), || banned(&wd, scanner)),
+        "the scanner whose ban failed was not banned once there was room"
+    );
+    d.wait_for(
+        &format!("Host {scanner} has been blocked via XDP drop"),
+        Duration::from_secs(2),
+    );
+    assert!(wait_until(Duration::from_secs(5), || {
+        fs::read_to_string(&order).is_ok_and(|o| o.contains(&format!("route {scanner}")))
+    }));
+    assert!(d.stop().success());
+}
+
 /// VERIFY_SOURCES: forged SYNs "from" a real host (the gateway, say) never ban it, since
 /// the challenge goes to the real host, which answers it with a RST; a scanner that
 /// completes the handshake (a connect scan) proves its address and is banned.

@@ -557,8 +557,11 @@ fn scan_ban(
     // ignore list while the response waited): the host is released, as an unban
     // releases it, so that its next scan is acted on once nothing protects it (and a
     // ban the program makes then taken over, not left in the kernel unrecorded). While
-    // it is protected the program does not count it.
-    if refused {
+    // it is protected the program does not count it. A ban that failed (PS_BANS full)
+    // releases it too: its next reported probe tries again, and is banned once a ban
+    // has expired; a flood of forged sources against a full map is not remembered
+    // address by address.
+    if put.is_err() {
         release(shared, ev.ip);
     }
     match put {
