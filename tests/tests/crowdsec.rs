@@ -413,6 +413,108 @@ fn a_decision_behind_our_own_ban_takes_over_when_ours_expires() {
     assert_eq!(b.ban_origin(net), None);
 }
 
+/// The kill commands of a decision's ban (CROWDSEC_KILL_COMMANDS) that a crash cut short
+/// run at the next start, once: the ban's record notes them due until they ran. They
+/// write no history line, and the start after runs nothing.
+#[test]
+fn a_decisions_kill_commands_a_crash_cut_short_run_at_the_next_start() {
+    require_kernel!();
+    let (lan, lapi) = lan_with_lapi();
+    let marks = tempfile::tempdir().unwrap();
+    let (pid, hung, order) = (
+        marks.path().join("kill.pid"),
+        marks.path().join("hung"),
+        marks.path().join("order"),
+    );
+    // KILL_ROUTE hangs the first time it runs (the daemon is killed then), not after.
+    let mut c = Server::start(
+        &lan,
+        &lapi,
+        "c",
+        13,
+        &format!(
+            "CROWDSEC_KILL_COMMANDS=\"1\"\n\
+             KILL_ROUTE=\"echo $$ > {pid}; [ -e {hung} ] || {{ touch {hung}; sleep 60; }}; \
+             echo route $TARGET$ $PORT$ $MODE$ >> {order}\"\n\
+             KILL_RUN_CMD=\"echo run $TARGET$ $PORT$ $MODE$ >> {order}\"\n",
+            pid = pid.display(),
+            hung = hung.display(),
+            order = order.display()
+        ),
+    );
+    lapi.cscli(&[
+        "decisions",
+        "add",
+        "--ip",
+        "198.51.100.9",
+        "--duration",
+        "1h",
+    ]);
+    c.wait_crowdsec_ban("198.51.100.9/32", true);
+    // Its pid is written before `hung` is made.
+    assert!(
+        wait_until(Duration::from_secs(10), || hung.exists()),
+        "KILL_ROUTE did not start:\n{}",
+        c.log()
+    );
+    c.daemon.take().unwrap().kill9();
+    let group: i32 = std::fs::read_to_string(&pid)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: a signal to the process group the daemon made for the command.
+    unsafe { libc::kill(-group, libc::SIGKILL) };
+    assert!(!order.exists(), "nothing ran after the hanging KILL_ROUTE");
+
+    let read = || std::fs::read_to_string(&order).unwrap_or_default();
+    let done = "route 198.51.100.9 0 crowdsec\nrun 198.51.100.9 0 crowdsec\n";
+    c.start_daemon();
+    assert!(
+        wait_until(Duration::from_secs(10), || read() == done),
+        "the kill commands did not run: {:?}\n{}",
+        read(),
+        c.log()
+    );
+    assert!(
+        c.log().contains(
+            "running the kill commands of the ban of 198.51.100.9/32, whose response the \
+             last stop cut short"
+        ),
+        "{}",
+        c.log()
+    );
+    assert!(
+        !c.wd.read("portsentry.history").contains("198.51.100.9"),
+        "a decision's commands write no history line"
+    );
+    assert!(c.daemon.take().unwrap().stop().success());
+
+    // Done, and on record as done; so are the commands of a decision's ban that ran to
+    // their end.
+    c.start_daemon();
+    lapi.cscli(&[
+        "decisions",
+        "add",
+        "--ip",
+        "198.51.100.10",
+        "--duration",
+        "1h",
+    ]);
+    let both = format!("{done}{}", done.replace(".9 ", ".10 "));
+    assert!(
+        wait_until(Duration::from_secs(15), || read() == both),
+        "{:?}\n{}",
+        read(),
+        c.log()
+    );
+    assert!(c.daemon.take().unwrap().stop().success());
+    c.start_daemon();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!c.log().contains("cut short"), "{}", c.log());
+    assert_eq!(read(), both);
+}
+
 /// An operator's unban of a scan ban, made while the Local API is away, outlives a
 /// restart of the daemon: the deletion of our decision is sent once the Local API is
 /// back, so the ban does not come back from that decision (here or on the fleet).

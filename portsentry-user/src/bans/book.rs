@@ -228,7 +228,8 @@ impl Book {
                 .collect();
             if dp.insert_bans(entries).is_err() {
                 for i in accepted {
-                    results[i] = self.put(bans[i], false);
+                    let flags = self.decision_flags(&bans[i]);
+                    results[i] = self.put_over(bans[i], false, None, flags);
                 }
                 return results;
             }
@@ -243,11 +244,25 @@ impl Book {
         }
         for i in accepted {
             if results[i].is_ok() {
-                self.store.insert(bans[i]);
+                let flags = self.decision_flags(&bans[i]);
+                self.store.insert_with(bans[i], flags);
                 self.recorded(&bans[i]);
             }
         }
         results
+    }
+
+    /// The flags of a ban [`Book::put_many`] puts: a new decision's ban of one address
+    /// has its kill commands due (CROWDSEC_KILL_COMMANDS) until [`Book::kills_done`]; a
+    /// ban put over one of the same network (a decision extended) keeps that one's note,
+    /// as its commands run no second time.
+    fn decision_flags(&self, ban: &Ban) -> u8 {
+        match self.store.record(&ban.net) {
+            Some(r) => r.flags & crate::bans::Rec::KILLS_DUE,
+            None => {
+                kills_flag(ban.origin == BanOrigin::CrowdSec && ban.has_undo(self.crowdsec_kills))
+            }
+        }
     }
 
     /// Takes over a ban the program made itself at the trigger (it is in the kernel
@@ -575,6 +590,51 @@ mod tests {
         assert_eq!(book.store.len(), 2);
         assert!(book.store.get(&bans[2].net).is_some());
         assert_eq!(book.store.get(&bans[1].net), None);
+    }
+
+    /// Under CROWDSEC_KILL_COMMANDS a new decision's ban of one address has its kill
+    /// commands due until they are done (a range runs none); a decision extended keeps
+    /// its ban's note; with the setting off nothing is due.
+    #[test]
+    fn a_decisions_kill_commands_are_due_until_done() {
+        let config = Config {
+            crowdsec_lapi_url: Some("http://127.0.0.1:8080".into()),
+            crowdsec_kill_commands: true,
+            ..Config::default()
+        };
+        let mut book = in_memory(&config);
+        let now = SystemTime::now();
+        let ban = |net: &str, secs| {
+            Ban::of_decision(net.parse().unwrap(), now, now + Duration::from_secs(secs))
+        };
+        let due = |book: &Book, net: &str| {
+            book.store
+                .record(&net.parse().unwrap())
+                .is_some_and(|r| r.kills_due())
+        };
+        let results = book.put_many(&[ban("192.0.2.9/32", 60), ban("198.51.100.0/24", 60)]);
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert!(due(&book, "192.0.2.9/32"));
+        assert!(
+            !due(&book, "198.51.100.0/24"),
+            "a range runs no kill command"
+        );
+        // Extended while its commands wait: still due.
+        book.put_many(&[ban("192.0.2.9/32", 120)]);
+        assert!(due(&book, "192.0.2.9/32"));
+        assert_eq!(book.store.take_kills_due().len(), 0, "none was due at load");
+        book.kills_done(&"192.0.2.9/32".parse().unwrap(), now);
+        assert!(!due(&book, "192.0.2.9/32"));
+        // Extended once they ran: not due again.
+        book.put_many(&[ban("192.0.2.9/32", 180)]);
+        assert!(!due(&book, "192.0.2.9/32"));
+
+        let mut off = in_memory(&Config {
+            crowdsec_kill_commands: false,
+            ..config
+        });
+        off.put_many(&[ban("192.0.2.9/32", 60)]);
+        assert!(!due(&off, "192.0.2.9/32"));
     }
 
     /// A tighter BAN_MIN_PREFIX_V4 (a reload) lifts the CrowdSec ranges now too wide, as

@@ -50,8 +50,7 @@ fn covers(current: Option<SystemTime>, end: SystemTime) -> bool {
     current.is_none_or(|c| c + END_SLACK >= end)
 }
 
-/// At most this many bans of one answer are logged one by one (then a summary line).
-const LOG_EACH: usize = 10;
+use super::LOG_EACH;
 /// An answer of at least this many decisions is followed by a `malloc_trim`.
 const TRIM_AFTER: usize = 1000;
 
@@ -695,7 +694,8 @@ fn kill_places(shared: &Arc<Shared>, added: &[Ban]) -> Vec<(Ban, Place)> {
 /// ([`kill_places`]): for each address (not a range) the steps `BLOCK_TCP=1` would run
 /// but the XDP ban (in force already), in PortSentry's order, with `$PORT$` 0 and
 /// `$MODE$` `crowdsec`, once the ban is in the journal on disk; off the stream's task,
-/// within the response jobs' limit.
+/// within the response jobs' limit. Due until they have run ([`crate::bans::Rec::KILLS_DUE`]):
+/// a start runs those a stop or a crash cut short ([`super::respond::resume`]).
 fn spawn_kills(shared: &Arc<Shared>, kills: Vec<(Ban, Place)>) {
     for (ban, place) in kills {
         let shared = shared.clone();
@@ -726,6 +726,8 @@ fn spawn_kills(shared: &Arc<Shared>, kills: Vec<(Ban, Place)>) {
                 )
                 .await;
             }
+            // Noted due in the journal with the ban: the next start does not run them.
+            shared.book().kills_done(&ban.net, ban.since);
         });
     }
 }

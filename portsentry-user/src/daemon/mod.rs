@@ -55,6 +55,9 @@ use detect::Rules;
 
 /// How often expired bans are removed and this host's addresses re-read.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// At most this many bans of one event (an answer of the Local API, a start's steps
+/// due) are logged one by one, then one line counts them.
+const LOG_EACH: usize = 10;
 
 /// The configuration in force and the detection rules built from it (once per
 /// configuration).
@@ -465,6 +468,24 @@ pub async fn run(
     let blocked = book.flush(|_| {}).and_then(|()| book.finish_blocked());
     book.persist_patiently()?;
     blocked
+}
+
+/// Logs each of `lines` as a notice, or, when there are more than [`LOG_EACH`], one line
+/// saying how many (`many`): a start after a crash during a mass expiry of CrowdSec bans
+/// may find thousands of steps due.
+fn notice_each(
+    log: &Logger,
+    lines: impl ExactSizeIterator<Item = String>,
+    many: impl FnOnce(usize) -> String,
+) {
+    let n = lines.len();
+    if n > LOG_EACH {
+        log.notice(&many(n));
+        return;
+    }
+    for line in lines {
+        log.notice(&line);
+    }
 }
 
 /// A map that cannot shrink to the configured size, or a `PS_BANS` too full for the bans

@@ -405,17 +405,37 @@ async fn respond(
 
 /// Runs the kill commands of bans in force whose response a stop or a crash cut short
 /// (their record says they were due: [`crate::bans::Rec::KILLS_DUE`]), each in its host's
-/// line: the steps after the XDP ban as the configuration in force plans them, then the
-/// history line. At least once: steps that had run may run again (a second `route add`
-/// fails harmlessly).
+/// line: of a scan ban, the steps after the XDP ban as the configuration in force plans
+/// them, then the history line; of a CrowdSec decision's ban (CROWDSEC_KILL_COMMANDS),
+/// every step but the XDP ban, as [`super::crowdsec`] runs them. At least once: steps
+/// that had run may run again (a second `route add` fails harmlessly).
 pub(super) fn resume(shared: &Arc<Shared>, bans: Vec<crate::bans::Ban>) {
+    super::notice_each(
+        &shared.log,
+        bans.iter().map(|ban| {
+            format!(
+                "portsentry: running the kill commands of the ban of {}, whose response the \
+                 last stop cut short",
+                ban.net
+            )
+        }),
+        |n| {
+            format!(
+                "portsentry: running the kill commands of {n} bans, whose responses the last \
+                 stop cut short"
+            )
+        },
+    );
+    let crowdsec_kills = shared.crowdsec.as_ref().is_some_and(|f| f.kill_commands());
     for ban in bans {
-        shared.log.notice(&format!(
-            "portsentry: running the kill commands of the ban of {}, whose response the \
-             last stop cut short",
-            ban.net
-        ));
         let ip = ban.net.addr();
+        let decision = ban.origin == BanOrigin::CrowdSec;
+        if decision && !crowdsec_kills {
+            // CROWDSEC_KILL_COMMANDS turned off (or the link): no kill command runs for
+            // a decision, nor its undo steps when the ban ends.
+            shared.book().kills_done(&ban.net, ban.since);
+            continue;
+        }
         let place = shared.jobs.line_up(ip);
         // Escalation leaves the host's ban alone until its commands have run.
         let running = escalation::Running::new(shared, ip);
@@ -428,11 +448,16 @@ pub(super) fn resume(shared: &Arc<Shared>, bans: Vec<crate::bans::Ban>) {
             let c = &eff.config;
             let block = ban.proto.map_or(BlockMode::Block, |p| eff.block_mode(p));
             let target = Target::of_ban(&ban);
-            // The steps after the XDP ban: those before it (KILL_RUN_CMD under
-            // KILL_RUN_CMD_FIRST) ran before the ban was put.
             let steps = actions::plan(c, block, &target);
+            // A scan ban's steps after the XDP ban: those before it (KILL_RUN_CMD under
+            // KILL_RUN_CMD_FIRST) ran before the ban was put. A decision's ban ran none.
+            let after_ban = match steps.iter().position(|s| *s == Step::XdpBan) {
+                Some(_) if decision => 0,
+                Some(at) => at + 1,
+                None => steps.len(),
+            };
             let mut ran = 0;
-            for step in steps.iter().skip_while(|s| **s != Step::XdpBan).skip(1) {
+            for step in steps[after_ban..].iter().filter(|s| **s != Step::XdpBan) {
                 // Ended or replaced meanwhile (an operator's ban, which runs no kill
                 // command), or its host protected now: no kill command left runs.
                 let stop = {
@@ -452,7 +477,8 @@ pub(super) fn resume(shared: &Arc<Shared>, bans: Vec<crate::bans::Ban>) {
                 run_step(&shared.log, &shared.metrics, c, ip, step, false).await;
                 ran += 1;
             }
-            if ran > 0 {
+            // A decision's commands write no history line (a scan's response does).
+            if ran > 0 && !decision {
                 let name = shared.book().store.name_of(&ban).into_owned();
                 let line = history::history_line(SystemTime::now(), &name, ip, ban.port, ban.proto);
                 if let Err(e) = history::append_history(&c.history_file, &line).await {

@@ -268,20 +268,38 @@ fn run_undo_steps(shared: &Arc<Shared>, ban: Ban, place: Option<UndoPlace>) {
 /// before any other job is lined up). Its steps were due when the ban ended: they run
 /// whatever CROWDSEC_KILL_COMMANDS says now.
 pub(super) fn spawn_cut_short_undos(shared: &Arc<Shared>, bans: Vec<Ban>, superseded: Vec<Ban>) {
-    for ban in superseded {
-        shared.log.notice(&format!(
-            "portsentry: not running the undo steps of an earlier ban of {}, which the last \
-             stop cut short: the host is banned again, and the undo steps of its ban in \
-             force undo both",
-            ban.net
-        ));
-    }
+    super::notice_each(
+        &shared.log,
+        superseded.iter().map(|ban| {
+            format!(
+                "portsentry: not running the undo steps of an earlier ban of {}, which the \
+                 last stop cut short: the host is banned again, and the undo steps of its ban \
+                 in force undo both",
+                ban.net
+            )
+        }),
+        |n| {
+            format!(
+                "portsentry: not running the undo steps of earlier bans of {n} hosts, which \
+                 the last stop cut short: each is banned again, and the undo steps of its ban \
+                 in force undo both"
+            )
+        },
+    );
+    super::notice_each(
+        &shared.log,
+        bans.iter().map(|ban| {
+            format!(
+                "portsentry: running the undo steps of the ban of {}, which the last stop cut \
+                 short",
+                ban.net
+            )
+        }),
+        |n| {
+            format!("portsentry: running the undo steps of {n} bans, which the last stop cut short")
+        },
+    );
     for ban in bans {
-        shared.log.notice(&format!(
-            "portsentry: running the undo steps of the ban of {}, which the last stop cut \
-             short",
-            ban.net
-        ));
         let place = UndoPlace {
             place: shared.jobs.line_up(ban.net.addr()),
             crowdsec_kills: true,
