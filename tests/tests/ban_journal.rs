@@ -186,6 +186,29 @@ fn kill_mid_command(d: Daemon, wd: &Workdir, pid_file: &str) {
     unsafe { libc::kill(-pid, libc::SIGKILL) };
 }
 
+/// The kill commands and undo steps `status` counts as due (the journal's notes).
+fn steps_due(wd: &Workdir) -> (u64, u64) {
+    let st = status(wd);
+    let due = &st["steps_due"];
+    (
+        due["kill_commands"].as_u64().unwrap(),
+        due["undo_steps"].as_u64().unwrap(),
+    )
+}
+
+/// After a crash: `status` counts `due` (kill commands, undo steps) for the next start.
+fn status_counts_for_the_next_start(wd: &Workdir, due: (u64, u64)) {
+    assert_eq!(steps_due(wd), due);
+    let (ok, text, err) = wd.cli(&["status"]);
+    assert!(ok, "{err}");
+    let line = format!(
+        "steps due:  kill commands of {} bans, undo steps of {} lifted bans (the next start \
+         runs them)",
+        due.0, due.1
+    );
+    assert!(text.contains(&line), "{text}");
+}
+
 /// Starts the daemon again and stops it: it runs nothing a stop cut short, and the
 /// order file holds `line` `times` times.
 fn a_start_runs_nothing_again(net: &TestNet, wd: &Workdir, line: &str, times: usize) {
@@ -193,6 +216,9 @@ fn a_start_runs_nothing_again(net: &TestNet, wd: &Workdir, line: &str, times: us
     d.wait_for("ban journal read:", Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(500));
     assert!(!d.has_line("cut short"), "{}", d.lines().join("\n"));
+    assert_eq!(steps_due(wd), (0, 0), "nothing due");
+    let (_, text, _) = wd.cli(&["status"]);
+    assert!(!text.contains("steps due:"), "{text}");
     let order = wd.read("order");
     assert_eq!(order.matches(line).count(), times, "{order}");
     assert!(d.stop().success());
@@ -221,6 +247,7 @@ fn undo_steps_a_crash_cut_short_run_at_the_next_start() {
         "{}",
         wd.read("order")
     );
+    status_counts_for_the_next_start(&wd, (0, 1));
 
     // The next start runs them (with the configuration in force then).
     wd.config(&net.server_if, &format!("UNKILL_ROUTE=\"{unroute}\"\n"));
@@ -268,6 +295,7 @@ fn kill_commands_a_crash_cut_short_run_at_the_next_start() {
         "KILL_RUN_CMD first, then the hanging KILL_ROUTE"
     );
     assert!(!wd.read("portsentry.history").contains(&scanner.to_string()));
+    status_counts_for_the_next_start(&wd, (1, 0));
 
     wd.config(&net.server_if, "KILL_RUN_CMD_FIRST=\"1\"\n");
     let d = start(&net, &wd);

@@ -824,6 +824,15 @@ impl BanStore {
         self.undos.len()
     }
 
+    /// How many bans have their kill commands due, of those that had when the store was
+    /// read (for `status`).
+    pub fn kills_due_len(&self) -> usize {
+        self.kills_due_at_load
+            .iter()
+            .filter(|n| self.bans.get(n).is_some_and(Rec::kills_due))
+            .count()
+    }
+
     /// Restores a ban count (from the journal).
     pub fn set_previous(&mut self, net: IpNet, count: u32) {
         if self

@@ -42,7 +42,19 @@ struct Status<'a> {
     sources: Vec<SourceStatus>,
     /// The CrowdSec Local API link as the daemon last wrote it; `None` when off.
     crowdsec: Option<LinkStatus>,
+    steps_due: StepsDue,
     bans: Bans<'a>,
+}
+
+/// Commands the journal notes as due: not run yet, or cut short by a stop or a crash.
+/// The daemon runs them in each host's turn; a start runs those the last stop left.
+#[derive(Serialize)]
+struct StepsDue {
+    /// Bans in force whose kill commands (KILL_*) have not all run.
+    kill_commands: usize,
+    /// Lifted or replaced bans whose undo steps (UNKILL_*, the hosts.deny line's
+    /// removal) have not run.
+    undo_steps: usize,
 }
 
 /// Every ban of the journal and of the kernel, described one at a time as it is written
@@ -298,6 +310,10 @@ pub fn status(args: &StatusArgs, out: &mut dyn Write) -> Result<()> {
         tcp_mode.unwrap_or(ModeToken::Atcp),
         udp_mode.unwrap_or(ModeToken::Audp),
     );
+    let steps_due = StepsDue {
+        kill_commands: saved.kills_due_len(),
+        undo_steps: saved.undos_len(),
+    };
     let bans = Bans::new(&saved, &kernel_bans, loaded, tokens);
     let counters = match &dp {
         Some(dp) => dp.counters()?,
@@ -344,6 +360,7 @@ pub fn status(args: &StatusArgs, out: &mut dyn Write) -> Result<()> {
             .crowdsec_lapi_url
             .as_ref()
             .and_then(|_| link::read(&c.state_dir)),
+        steps_due,
         bans,
     };
     if args.json {
@@ -403,6 +420,20 @@ fn render(st: &Status, s: &mut dyn Write) -> io::Result<()> {
         let mut lines = String::new();
         render_crowdsec(cs, &mut lines);
         s.write_all(lines.as_bytes())?;
+    }
+    let due = &st.steps_due;
+    if due.kill_commands + due.undo_steps > 0 {
+        writeln!(
+            s,
+            "steps due:  kill commands of {} bans, undo steps of {} lifted bans ({})",
+            due.kill_commands,
+            due.undo_steps,
+            if st.daemon.running {
+                "the daemon runs them in each host's turn"
+            } else {
+                "the next start runs them"
+            }
+        )?;
     }
     writeln!(s, "bans:       {}", st.bans.count)?;
     st.bans.try_each(|b| {
