@@ -9,12 +9,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use portsentry_common::maps::KernelBan;
+use portsentry_common::maps::{BanOrigin, KernelBan};
 use portsentry_tests::{
     daemon::{Workdir, wait_until},
     netns::{TestNet, tcp_connect},
     require_kernel,
-    scenario::{banned, bans, probe, reaches, start, status},
+    scenario::{banned, bans, counter, probe, reaches, start, status},
 };
 
 /// A flood of SYNs to port 22 from random forged sources, for `secs` seconds.
@@ -301,6 +301,52 @@ fn a_scanner_whose_ban_failed_is_banned_once_there_is_room() {
     assert!(wait_until(Duration::from_secs(5), || {
         fs::read_to_string(&order).is_ok_and(|o| o.contains(&format!("route {scanner}")))
     }));
+    assert!(d.stop().success());
+}
+
+/// The bans the program makes while the daemon is behind (its events lost: the ring
+/// buffer full) are taken over all the same: no ban of a source whose packets the
+/// kernel drops stays unrecorded until the next start.
+#[test]
+fn kernel_bans_whose_event_was_lost_are_taken_over() {
+    require_kernel!();
+    let net = TestNet::new(0);
+    let wd = Workdir::new();
+    wd.config(
+        &net.server_if,
+        "MAX_BANS_PER_SEC=\"0\"\nKILL_ROUTE=\"\"\nKILL_RUN_CMD=\"\"\nKILL_HOSTS_DENY=\"\"\n",
+    );
+    let d = start(&net, &wd);
+    // The program's bans the daemon has not taken over (it rewrites their origin).
+    let kernel_only = || {
+        portsentry_user::kernel::Dataplane::inspect_pinned(&wd.pin_dir)
+            .unwrap()
+            .bans()
+            .unwrap()
+            .iter()
+            .filter(|(_, e)| e.origin == BanOrigin::Kernel as u8)
+            .count()
+    };
+    // The daemon stopped (SIGSTOP) while a flood of sources is banned at the trigger:
+    // the ring buffer fills, and the rest of the bans' events are lost.
+    d.signal(libc::SIGSTOP);
+    random_flood(&net, 1).wait_with_output().unwrap();
+    let lost = counter(&status(&wd), "event_lost");
+    let unrecorded = kernel_only();
+    d.signal(libc::SIGCONT);
+    assert!(lost > 0, "no event was lost");
+    assert!(unrecorded > 0, "no ban the daemon has not taken over");
+    assert!(
+        wait_until(Duration::from_secs(60), || kernel_only() == 0),
+        "bans whose event was lost stay unrecorded ({} of {unrecorded})",
+        kernel_only()
+    );
+    let recorded = status(&wd)["bans"].as_array().unwrap().len();
+    assert!(recorded >= unrecorded, "{recorded} bans on record");
+    d.wait_for(
+        "whose event the ring buffer had no room for; responding now",
+        Duration::from_secs(1),
+    );
     assert!(d.stop().success());
 }
 

@@ -5,12 +5,12 @@
 
 use std::{
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use portsentry_common::{
-    PROTO_SCTP, ScanType,
-    maps::{BanEntry, SOURCE_PREFIX, SOURCE_VERIFIED, ScanEvent},
+    Counter, PROTO_SCTP, ScanType,
+    maps::{BanEntry, BanOrigin, SOURCE_PREFIX, SOURCE_VERIFIED, ScanEvent},
     trw::Walk,
 };
 
@@ -216,9 +216,81 @@ fn kernel_banned(shared: &Arc<Shared>, eff: &Arc<Effective>, rules: &Rules, ev: 
     }
 }
 
-/// Responds to the bans the program made at the trigger while no daemon ran (or whose
-/// event was lost): as to their event, dated when the kernel made them.
-pub(super) fn respond_to_pending(shared: &Arc<Shared>, pending: &[(IpNet, BanEntry)]) {
+/// How often at most the kernel's bans are read for those whose event was lost.
+const LOST_LOOK_EVERY: Duration = Duration::from_secs(10);
+
+/// The state of [`recover_lost_bans`].
+#[derive(Default)]
+pub(super) struct LostLook {
+    /// The program's count of lost events when the kernel's bans were last read.
+    seen: u64,
+    /// When they were last read.
+    at: Option<Instant>,
+    /// A read or its responses are under way.
+    running: bool,
+}
+
+/// Responds to the bans the program made at the trigger whose event the ring buffer had
+/// no room for (the daemon behind a flood): the source's packets are dropped from then
+/// on, so no later event brings it, and the ban would stay unrecorded (no kill command,
+/// no journal record, gone at a reboot) until the next start. When the program's count
+/// of lost events has grown, the kernel's bans are read (the pinned maps opened read-only,
+/// off the event loop, at most every [`LOST_LOOK_EVERY`]) and those the daemon has not
+/// taken over yet (origin `Kernel`) are responded to as at a start. One whose event is
+/// still in the ring is then found banned already by its event's response.
+pub(super) fn recover_lost_bans(shared: &Arc<Shared>) {
+    let lost = match shared.book().dp.as_ref() {
+        Some(dp) => dp.counter(Counter::EventLost).unwrap_or(0),
+        None => return,
+    };
+    {
+        let mut look = shared.lost.lock().expect("lost lock");
+        if lost <= look.seen
+            || look.running
+            || look.at.is_some_and(|t| t.elapsed() < LOST_LOOK_EVERY)
+        {
+            return;
+        }
+        *look = LostLook {
+            seen: lost,
+            at: Some(Instant::now()),
+            running: true,
+        };
+    }
+    let pin_dir = shared.eff().config.pin_dir.clone();
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let read = tokio::task::spawn_blocking(move || {
+            crate::kernel::Dataplane::inspect_pinned(&pin_dir)?.bans()
+        })
+        .await;
+        match read {
+            Ok(Ok(bans)) => {
+                let pending: Vec<_> = bans
+                    .into_iter()
+                    .filter(|(_, e)| e.origin == BanOrigin::Kernel as u8)
+                    .collect();
+                respond_to_pending(
+                    &shared,
+                    &pending,
+                    "whose event the ring buffer had no room for",
+                );
+            }
+            Ok(Err(e)) => shared.log.warn(&format!(
+                "portsentry: reading the kernel's bans for those whose event was lost: {e:#}"
+            )),
+            Err(e) => shared.log.warn(&format!(
+                "portsentry: reading the kernel's bans for those whose event was lost: {e}"
+            )),
+        }
+        shared.lost.lock().expect("lost lock").running = false;
+    });
+}
+
+/// Responds to the bans the program made at the trigger that no daemon responded to
+/// (made while none ran, or their event lost: `why`): as to their event, dated when the
+/// kernel made them.
+pub(super) fn respond_to_pending(shared: &Arc<Shared>, pending: &[(IpNet, BanEntry)], why: &str) {
     let super::Current { eff, rules } = shared.current();
     for (net, e) in pending {
         let Some(scan_type) = ScanType::from_u8(e.scan_type) else {
@@ -243,8 +315,7 @@ pub(super) fn respond_to_pending(shared: &Arc<Shared>, pending: &[(IpNet, BanEnt
     }
     if !pending.is_empty() {
         shared.log.notice(&format!(
-            "portsentry: {} sources banned by the kernel while no daemon responded; \
-             responding now",
+            "portsentry: {} sources banned by the kernel {why}; responding now",
             pending.len()
         ));
     }

@@ -155,6 +155,8 @@ struct Shared {
     jobs: Arc<jobs::Jobs>,
     /// The CrowdSec Local API link (CROWDSEC_LAPI_URL), fixed until a restart.
     crowdsec: Option<crowdsec::Fleet>,
+    /// The look for bans whose event was lost ([`detect::recover_lost_bans`]).
+    lost: Mutex<detect::LostLook>,
 }
 
 impl Shared {
@@ -368,6 +370,7 @@ pub async fn run(
         escalation: Mutex::new(Tracker::default()),
         jobs: jobs::Jobs::new(),
         crowdsec: eff.crowdsec.as_ref().map(crowdsec::Fleet::new),
+        lost: Mutex::new(detect::LostLook::default()),
     });
     upkeep::spawn_cut_short_undos(&shared, cut_short, superseded);
     respond::resume(&shared, kills_cut_short);
@@ -382,7 +385,7 @@ pub async fn run(
     upkeep::enforce_guard(&shared, "at start");
     crowdsec::lift_when_off(&shared);
     // The kernel's own bans first: recovering the sources it counted skips them.
-    detect::respond_to_pending(&shared, &pending);
+    detect::respond_to_pending(&shared, &pending, "while no daemon responded");
     detect::recover_detected(&shared);
     if let Some(addr) = c.metrics_address {
         let s = shared.clone();

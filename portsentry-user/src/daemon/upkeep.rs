@@ -361,6 +361,7 @@ pub(super) fn enforce_guard(shared: &Arc<Shared>, when: &str) {
 /// always-ignored addresses current, counts tracked sources.
 pub(super) fn housekeeping(shared: &Arc<Shared>) {
     respond::drain_waiting(shared);
+    super::detect::recover_lost_bans(shared);
     let now = SystemTime::now();
     // The CrowdSec decisions first, held until those behind the expired bans are put in
     // force (`crowdsec::after_expiry`).
