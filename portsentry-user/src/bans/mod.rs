@@ -825,11 +825,16 @@ impl BanStore {
     }
 
     /// How many bans have their kill commands due, of those that had when the store was
-    /// read (for `status`).
-    pub fn kills_due_len(&self) -> usize {
+    /// read (for `status`); a CrowdSec decision's only with `crowdsec_kills` (else a start
+    /// notes them done and runs nothing).
+    pub fn kills_due_len(&self, crowdsec_kills: bool) -> usize {
         self.kills_due_at_load
             .iter()
-            .filter(|n| self.bans.get(n).is_some_and(Rec::kills_due))
+            .filter(|n| {
+                self.bans
+                    .get(n)
+                    .is_some_and(|r| r.kills_due() && (crowdsec_kills || !r.is_crowdsec()))
+            })
             .count()
     }
 

@@ -311,7 +311,8 @@ pub fn status(args: &StatusArgs, out: &mut dyn Write) -> Result<()> {
         udp_mode.unwrap_or(ModeToken::Audp),
     );
     let steps_due = StepsDue {
-        kill_commands: saved.kills_due_len(),
+        kill_commands: saved
+            .kills_due_len(c.crowdsec_lapi_url.is_some() && c.crowdsec_kill_commands),
         undo_steps: saved.undos_len(),
     };
     let bans = Bans::new(&saved, &kernel_bans, loaded, tokens);

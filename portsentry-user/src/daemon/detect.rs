@@ -20,6 +20,7 @@ use ipnet::IpNet;
 use crate::{
     config::{BlockMode, Config, effective::Effective},
     kernel::configure,
+    kinds::Protocol,
     report::alert,
 };
 
@@ -220,7 +221,6 @@ fn kernel_banned(shared: &Arc<Shared>, eff: &Arc<Effective>, rules: &Rules, ev: 
 const LOST_LOOK_EVERY: Duration = Duration::from_secs(10);
 
 /// The state of [`recover_lost_bans`].
-#[derive(Default)]
 pub(super) struct LostLook {
     /// The program's count of lost events when the kernel's bans were last read.
     seen: u64,
@@ -228,6 +228,18 @@ pub(super) struct LostLook {
     at: Option<Instant>,
     /// A read or its responses are under way.
     running: bool,
+}
+
+impl LostLook {
+    /// None made yet; `lost` events counted when the bans the start responds to were
+    /// read (a ban whose event was lost before is among them).
+    pub(super) fn after(lost: u64) -> LostLook {
+        LostLook {
+            seen: lost,
+            at: None,
+            running: false,
+        }
+    }
 }
 
 /// Responds to the bans the program made at the trigger whose event the ring buffer had
@@ -243,7 +255,7 @@ pub(super) fn recover_lost_bans(shared: &Arc<Shared>) {
         Some(dp) => dp.counter(Counter::EventLost).unwrap_or(0),
         None => return,
     };
-    {
+    let before = {
         let mut look = shared.lost.lock().expect("lost lock");
         if lost <= look.seen
             || look.running
@@ -251,12 +263,19 @@ pub(super) fn recover_lost_bans(shared: &Arc<Shared>) {
         {
             return;
         }
+        let before = look.seen;
         *look = LostLook {
             seen: lost,
             at: Some(Instant::now()),
             running: true,
         };
-    }
+        before
+    };
+    shared.log.warn(&format!(
+        "portsentry: {} probe events lost (the ring buffer full: the daemon behind); \
+         looking for bans of the kernel whose event was lost",
+        lost - before
+    ));
     let pin_dir = shared.eff().config.pin_dir.clone();
     let shared = shared.clone();
     tokio::spawn(async move {
@@ -264,26 +283,39 @@ pub(super) fn recover_lost_bans(shared: &Arc<Shared>) {
             crate::kernel::Dataplane::inspect_pinned(&pin_dir)?.bans()
         })
         .await;
-        match read {
+        let failed = match read {
             Ok(Ok(bans)) => {
+                // Not those a response is under way for, or waits for its turn (the
+                // program's ban is taken over only then): the host is marked acted on
+                // when its response starts.
                 let pending: Vec<_> = bans
                     .into_iter()
-                    .filter(|(_, e)| e.origin == BanOrigin::Kernel as u8)
+                    .filter(|(net, e)| {
+                        e.origin == BanOrigin::Kernel as u8
+                            && ScanType::from_u8(e.scan_type)
+                                .is_some_and(|t| !shared.is_handled(net.addr(), Protocol::of(t)))
+                    })
                     .collect();
                 respond_to_pending(
                     &shared,
                     &pending,
                     "whose event the ring buffer had no room for",
                 );
+                None
             }
-            Ok(Err(e)) => shared.log.warn(&format!(
-                "portsentry: reading the kernel's bans for those whose event was lost: {e:#}"
-            )),
-            Err(e) => shared.log.warn(&format!(
+            Ok(Err(e)) => Some(format!("{e:#}")),
+            Err(e) => Some(e.to_string()),
+        };
+        let mut look = shared.lost.lock().expect("lost lock");
+        look.running = false;
+        if let Some(e) = failed {
+            // Tried again after LOST_LOOK_EVERY, not only once more events are lost.
+            look.seen = before;
+            drop(look);
+            shared.log.warn(&format!(
                 "portsentry: reading the kernel's bans for those whose event was lost: {e}"
-            )),
+            ));
         }
-        shared.lost.lock().expect("lost lock").running = false;
     });
 }
 

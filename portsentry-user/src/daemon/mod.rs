@@ -351,6 +351,7 @@ pub async fn run(
         log.warn(&format!("portsentry: {e:#}"));
     }
     let metrics = Arc::new(Metrics::new());
+    let lost_at_load = book.dp.as_ref().map_or(0, |dp| dp.events_lost_at_load());
     let book = Arc::new(Mutex::new(book));
     let shared = Arc::new(Shared {
         book: book.clone(),
@@ -370,7 +371,7 @@ pub async fn run(
         escalation: Mutex::new(Tracker::default()),
         jobs: jobs::Jobs::new(),
         crowdsec: eff.crowdsec.as_ref().map(crowdsec::Fleet::new),
-        lost: Mutex::new(detect::LostLook::default()),
+        lost: Mutex::new(detect::LostLook::after(lost_at_load)),
     });
     upkeep::spawn_cut_short_undos(&shared, cut_short, superseded);
     respond::resume(&shared, kills_cut_short);

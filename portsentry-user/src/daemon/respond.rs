@@ -410,6 +410,15 @@ async fn respond(
 /// every step but the XDP ban, as [`super::crowdsec`] runs them. At least once: steps
 /// that had run may run again (a second `route add` fails harmlessly).
 pub(super) fn resume(shared: &Arc<Shared>, bans: Vec<crate::bans::Ban>) {
+    // A decision's commands with CROWDSEC_KILL_COMMANDS turned off (or the link): none
+    // runs, nor its undo steps when the ban ends.
+    let crowdsec_kills = shared.crowdsec.as_ref().is_some_and(|f| f.kill_commands());
+    let (bans, off): (Vec<_>, Vec<_>) = bans
+        .into_iter()
+        .partition(|b| b.origin != BanOrigin::CrowdSec || crowdsec_kills);
+    for ban in off {
+        shared.book().kills_done(&ban.net, ban.since);
+    }
     super::notice_each(
         &shared.log,
         bans.iter().map(|ban| {
@@ -426,16 +435,9 @@ pub(super) fn resume(shared: &Arc<Shared>, bans: Vec<crate::bans::Ban>) {
             )
         },
     );
-    let crowdsec_kills = shared.crowdsec.as_ref().is_some_and(|f| f.kill_commands());
     for ban in bans {
         let ip = ban.net.addr();
         let decision = ban.origin == BanOrigin::CrowdSec;
-        if decision && !crowdsec_kills {
-            // CROWDSEC_KILL_COMMANDS turned off (or the link): no kill command runs for
-            // a decision, nor its undo steps when the ban ends.
-            shared.book().kills_done(&ban.net, ban.since);
-            continue;
-        }
         let place = shared.jobs.line_up(ip);
         // Escalation leaves the host's ban alone until its commands have run.
         let running = escalation::Running::new(shared, ip);

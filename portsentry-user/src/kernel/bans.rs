@@ -431,6 +431,13 @@ impl Dataplane {
         sys::read_hash_map(fd(&self.maps.bans), size).context("reading PS_BANS")
     }
 
+    /// The program's count of lost events when the pins were opened, before their bans
+    /// were read: the bans the program made before are among those read, and a ban
+    /// whose event is lost after counts above it.
+    pub fn events_lost_at_load(&self) -> u64 {
+        self.events_lost_at_load
+    }
+
     /// Like [`Self::bans`], once, for start-up: the exact bans are those the load read to
     /// rebuild the filter (a million of them take a second to read again) unless this
     /// process changed a ban since. A ban the program made after that read (at a

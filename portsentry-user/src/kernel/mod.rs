@@ -86,6 +86,8 @@ pub struct Dataplane {
     /// The exact bans read at load, until [`Dataplane::take_bans_at_load`] takes them
     /// (dropped at the first change of a ban).
     bans_at_load: Option<Vec<(portsentry_common::Addr, portsentry_common::maps::BanEntry)>>,
+    /// The program's count of lost events, read at load before its bans were.
+    events_lost_at_load: u64,
     /// Pinned maps replaced by maps of the configured sizes at this load, and those an
     /// earlier start replaced and did not release ([`resize::orphaned`]), held until
     /// [`Dataplane::release_replaced_maps`].
@@ -533,6 +535,7 @@ impl Dataplane {
             net_filter: Default::default(),
             net_hash: Default::default(),
             bans_at_load: None,
+            events_lost_at_load: 0,
             resized,
             unusable_replaced: Vec::new(),
             replaced_progs: None,
@@ -545,6 +548,11 @@ impl Dataplane {
             blank: Blank::default(),
         };
         dp.settings = dp.read_settings()?;
+        // Before the bans are read: a ban whose event is lost after this read is one the
+        // daemon looks for ([`Dataplane::events_lost_at_load`]).
+        dp.events_lost_at_load = dp
+            .counter(portsentry_common::Counter::EventLost)
+            .unwrap_or(0);
         // The program finds a ban's cache set by the number of sets in its settings.
         if contents != Contents::ReadOnly
             && let Some(sets) = dp.maps.ban_cache.sets()
