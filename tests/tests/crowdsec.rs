@@ -426,7 +426,8 @@ fn a_decisions_kill_commands_a_crash_cut_short_run_at_the_next_start() {
         marks.path().join("hung"),
         marks.path().join("order"),
     );
-    // KILL_ROUTE hangs the first time it runs (the daemon is killed then), not after.
+    // KILL_ROUTE hangs the first time it runs (the daemon is killed then), not after:
+    // `hung` is made (a directory: `mkdir` fails once it is there) before the sleep.
     let mut c = Server::start(
         &lan,
         &lapi,
@@ -434,7 +435,7 @@ fn a_decisions_kill_commands_a_crash_cut_short_run_at_the_next_start() {
         13,
         &format!(
             "CROWDSEC_KILL_COMMANDS=\"1\"\n\
-             KILL_ROUTE=\"echo $$ > {pid}; [ -e {hung} ] || {{ touch {hung}; sleep 60; }}; \
+             KILL_ROUTE=\"echo $$ > {pid}; mkdir {hung} 2>/dev/null && sleep 60; \
              echo route $TARGET$ $PORT$ $MODE$ >> {order}\"\n\
              KILL_RUN_CMD=\"echo run $TARGET$ $PORT$ $MODE$ >> {order}\"\n",
             pid = pid.display(),

@@ -39,6 +39,7 @@ const BASE: &[(&str, &str)] = &[
     ("dpkg-query", "dpkg: Essential"),
     ("md5sum", "coreutils: Essential"),
     ("cat", "coreutils: Essential"),
+    ("mkdir", "coreutils: Essential"),
     ("chroot", "coreutils: Essential"),
     ("tar", "tar: Essential"),
     ("gzip", "gzip: Essential"),
