@@ -482,6 +482,19 @@ impl Book {
         self.store.covering(ip).is_some()
     }
 
+    /// Whether the bans on record answer for the ban the program made of `source` at
+    /// its trigger, so that no response takes it over: a ban of exactly `source`
+    /// (responded to already: an event that waited in the ring over a restart), or the
+    /// narrowest wider one while it is in force. One that has run out (housekeeping
+    /// lifts it within a second) does not: the program counted the source again once it
+    /// ran out, and its ban would stay in force unrecorded. Nor does a narrower one (the
+    /// operator's /120 holding a SOURCE_PREFIX_V6 network's first address).
+    pub fn answers_for(&self, source: &IpNet) -> bool {
+        self.store
+            .covering_net(source)
+            .is_some_and(|b| b.net == *source || !b.is_expired(SystemTime::now()))
+    }
+
     /// Whether a ban of exactly `net` is recorded and in force (not expired, whether
     /// or not housekeeping has lifted it yet).
     pub fn holds(&self, net: &IpNet) -> bool {
@@ -565,6 +578,36 @@ mod tests {
             config,
             Guard::limits(config),
         )
+    }
+
+    /// The program's ban of a source is answered for by a ban of exactly it and by a
+    /// wider one in force; not by a wider one that has run out (not lifted yet), nor by
+    /// a narrower one.
+    #[test]
+    fn a_wider_ban_answers_for_the_programs_ban_only_while_in_force() {
+        let mut book = in_memory(&Config::default());
+        let now = SystemTime::now();
+        let ban = |net: &str, since: SystemTime, secs| {
+            Ban::of_decision(
+                net.parse().unwrap(),
+                since,
+                since + Duration::from_secs(secs),
+            )
+        };
+        let host: IpNet = "192.0.2.9/32".parse().unwrap();
+        let v6: IpNet = "2001:db8::/64".parse().unwrap();
+        assert!(!book.answers_for(&host));
+        book.put(ban("192.0.2.0/24", now, 60), false).unwrap();
+        assert!(book.answers_for(&host), "a wider ban in force");
+        let past = now - Duration::from_secs(120);
+        book.put(ban("192.0.2.0/24", past, 60), false).unwrap();
+        assert!(!book.answers_for(&host), "a wider ban that has run out");
+        book.put(ban("192.0.2.9/32", past, 60), false).unwrap();
+        assert!(book.answers_for(&host), "its own ban, even run out");
+        book.put(ban("2001:db8::/120", now, 60), false).unwrap();
+        assert!(!book.answers_for(&v6), "a narrower ban");
+        book.put(ban("2001:db8::/48", now, 60), false).unwrap();
+        assert!(book.answers_for(&v6));
     }
 
     /// `put_many`: the guard's refusals come back in place, the others are recorded.

@@ -5,7 +5,7 @@
 
 use std::{
     sync::Arc,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use portsentry_common::{
@@ -166,14 +166,7 @@ pub(super) fn on_event(shared: &Arc<Shared>, raw: &ScanEvent) {
 /// ban as to its own, or lifts it, says so, and treats the probe as the configuration
 /// now says.
 fn kernel_banned(shared: &Arc<Shared>, eff: &Arc<Effective>, rules: &Rules, ev: ProbeEvent) {
-    let covering = shared.book().store.covering_net(&ev.source);
-    if covering.is_some_and(|b| b.net == ev.source || !b.is_expired(SystemTime::now())) {
-        // Responded to already (an event that waited in the ring over a restart). The
-        // whole source: a ban of part of a SOURCE_PREFIX_V6 network (the operator's
-        // /120 holding the network's first address, `ev.ip`) does not cover its ban.
-        // The narrowest wider ban, once it has run out (not lifted yet: housekeeping
-        // comes once a second), does not cover the ban the program made since: that is
-        // taken over, not left in force unrecorded.
+    if shared.book().answers_for(&ev.source) {
         return;
     }
     // A host acted on without a ban (reported only, its command run, its ban failed)
@@ -287,13 +280,16 @@ pub(super) fn recover_lost_bans(shared: &Arc<Shared>) {
             Ok(Ok(bans)) => {
                 // Not those a response is under way for, or waits for its turn (the
                 // program's ban is taken over only then): the host is marked acted on
-                // when its response starts.
+                // when its response starts. Nor those a ban on record answers for (a
+                // wider one that has run out does not: `Book::answers_for`).
                 let pending: Vec<_> = bans
                     .into_iter()
                     .filter(|(net, e)| {
                         e.origin == BanOrigin::Kernel as u8
-                            && ScanType::from_u8(e.scan_type)
-                                .is_some_and(|t| !shared.is_handled(net.addr(), Protocol::of(t)))
+                            && ScanType::from_u8(e.scan_type).is_some_and(|t| {
+                                !shared.acted_on(net.addr(), Protocol::of(t))
+                                    && !shared.book().answers_for(net)
+                            })
                     })
                     .collect();
                 respond_to_pending(

@@ -176,6 +176,17 @@ impl Shared {
         self.book.lock().expect("book lock")
     }
 
+    /// Whether a response to `ip`'s scan of `proto` was started (it may still wait for
+    /// its turn) and the host not released since.
+    fn acted_on(&self, ip: IpAddr, proto: Protocol) -> bool {
+        self.handled
+            .lock()
+            .expect("handled lock")
+            .hosts
+            .0
+            .contains(&(ip, proto))
+    }
+
     /// Whether `ip` was acted on already for a scan of `proto` (or is covered by a ban).
     fn is_handled(&self, ip: IpAddr, proto: Protocol) -> bool {
         self.handled
