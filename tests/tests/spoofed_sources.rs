@@ -5,7 +5,7 @@
 
 use std::{
     fs,
-    net::{IpAddr, SocketAddr, TcpListener},
+    net::{IpAddr, SocketAddr, TcpListener, UdpSocket},
     time::{Duration, Instant},
 };
 
@@ -301,6 +301,62 @@ fn a_scanner_whose_ban_failed_is_banned_once_there_is_room() {
     assert!(wait_until(Duration::from_secs(5), || {
         fs::read_to_string(&order).is_ok_and(|o| o.contains(&format!("route {scanner}")))
     }));
+    assert!(d.stop().success());
+}
+
+/// A failed ban releases only what its own response marked: a host whose UDP scan ran
+/// KILL_RUN_CMD (BLOCK_UDP="2") and whose TCP scan's ban then failed (PS_BANS full) is
+/// not run against again at its next UDP probe, while its next TCP probe still tries
+/// the ban again.
+#[test]
+fn a_failed_ban_leaves_the_other_protocols_response_alone() {
+    require_kernel!();
+    let net = TestNet::new(0);
+    let wd = Workdir::new();
+    wd.config(&net.server_if, "MAX_BANS=\"16\"\nBLOCK_UDP=\"2\"\n");
+    let d = start(&net, &wd);
+    for i in 10..26 {
+        let ip = format!("203.0.113.{i}");
+        let (ok, _, err) = wd.cli(&["ban", &ip]);
+        assert!(ok, "ban {ip}: {err}");
+    }
+    let scanner = net.attacker_v4[0];
+    let udp_probe = |port| {
+        net.attacker.enter(|| {
+            let s = UdpSocket::bind(SocketAddr::new(scanner, 0)).unwrap();
+            let _ = s.send_to(b"probe", SocketAddr::new(net.server_v4, port));
+        })
+    };
+    let runs = || wd.read("order").matches(&format!("run {scanner} ")).count();
+    let failures = || {
+        d.lines()
+            .iter()
+            .filter(|l| l.contains(&format!("Could not block host {scanner}")))
+            .count()
+    };
+    udp_probe(20);
+    assert!(
+        wait_until(Duration::from_secs(5), || runs() == 1),
+        "KILL_RUN_CMD did not run for the UDP scan"
+    );
+    probe(&net, scanner);
+    assert!(wait_until(Duration::from_secs(5), || failures() == 1));
+    // The UDP probe, then a TCP probe whose ban is tried (and fails) again.
+    udp_probe(21);
+    probe(&net, scanner);
+    assert!(
+        wait_until(Duration::from_secs(5), || failures() == 2),
+        "the TCP scanner's ban was not tried again"
+    );
+    // Time for a second KILL_RUN_CMD to run, had the UDP probe been acted on again.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        runs(),
+        1,
+        "order:\n{}\nlog:\n{}",
+        wd.read("order"),
+        d.lines().join("\n")
+    );
     assert!(d.stop().success());
 }
 

@@ -19,7 +19,7 @@ mod respond;
 mod upkeep;
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     fs,
     net::IpAddr,
     sync::{Arc, Mutex},
@@ -87,7 +87,7 @@ struct Handled {
 impl Handled {
     /// Locks the book (so never call it with the book locked).
     fn contains(&self, ip: IpAddr, proto: Protocol) -> bool {
-        self.hosts.0.contains(&(ip, proto))
+        self.hosts.0.contains_key(&(ip, proto))
             || self
                 .book
                 .lock()
@@ -96,14 +96,36 @@ impl Handled {
                 .contains(&ipnet::IpNet::from(ip))
     }
 
-    fn insert(&mut self, ip: IpAddr, proto: Protocol) -> bool {
-        self.hosts.0.insert((ip, proto))
+    /// Marks `ip` acted on for `proto` (a mark already there stays as it is).
+    fn insert(&mut self, ip: IpAddr, proto: Protocol, mark: Mark) {
+        self.hosts.0.entry((ip, proto)).or_insert(mark);
     }
 
     /// Forgets the hosts of `net`, for every protocol.
     fn release(&mut self, net: &ipnet::IpNet) {
         self.hosts.release(net);
     }
+
+    /// Forgets the marks of `ip` that a response banning it made ([`Mark::Ban`]): its
+    /// ban failed or was refused. A scan of another protocol responded to before (its
+    /// command run under BLOCK_UDP="2", say) stays acted on.
+    fn release_ban_marks(&mut self, ip: IpAddr) {
+        for proto in [Protocol::Tcp, Protocol::Udp] {
+            if self.hosts.0.get(&(ip, proto)) == Some(&Mark::Ban) {
+                self.hosts.0.remove(&(ip, proto));
+            }
+        }
+    }
+}
+
+/// What marked a host acted on for a protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mark {
+    /// A response to its scan of that protocol that does not ban it (reported only, or
+    /// its command run).
+    Scan,
+    /// A response that bans it, for every protocol (its ban drops them all).
+    Ban,
 }
 
 /// The hosts acted on since start, for the protocol each scanned. Ordered by address,
@@ -111,7 +133,7 @@ impl Handled {
 /// all of them at each lift (a million, after a long run on a busy server) stalled
 /// the housekeeping that lifts a hundred expired bans a second.
 #[derive(Default)]
-struct Acted(BTreeSet<(IpAddr, Protocol)>);
+struct Acted(BTreeMap<(IpAddr, Protocol), Mark>);
 
 impl Acted {
     fn release(&mut self, net: &ipnet::IpNet) {
@@ -120,7 +142,7 @@ impl Acted {
         let inside: Vec<_> = self
             .0
             .range((net.network(), Protocol::Tcp)..=(net.broadcast(), Protocol::Udp))
-            .copied()
+            .map(|(host, _)| *host)
             .collect();
         for host in inside {
             self.0.remove(&host);
@@ -184,7 +206,7 @@ impl Shared {
             .expect("handled lock")
             .hosts
             .0
-            .contains(&(ip, proto))
+            .contains_key(&(ip, proto))
     }
 
     /// Whether `ip` was acted on already for a scan of `proto` (or is covered by a ban).
@@ -582,13 +604,13 @@ mod tests {
             ("2001:db8::7", Protocol::Tcp),
             ("::ffff:192.0.2.7", Protocol::Tcp),
         ] {
-            acted.0.insert((ip(host), proto));
+            acted.0.insert((ip(host), proto), Mark::Scan);
         }
         acted.release(&"192.0.2.7/32".parse().unwrap());
-        assert!(!acted.0.iter().any(|(h, _)| *h == ip("192.0.2.7")));
+        assert!(!acted.0.keys().any(|(h, _)| *h == ip("192.0.2.7")));
         assert_eq!(acted.0.len(), 6);
         acted.release(&"192.0.2.0/24".parse().unwrap());
-        let left: Vec<_> = acted.0.iter().map(|(h, _)| h.to_string()).collect();
+        let left: Vec<_> = acted.0.keys().map(|(h, _)| h.to_string()).collect();
         assert_eq!(
             left,
             [
@@ -600,6 +622,39 @@ mod tests {
         );
         acted.release(&"2001:db8::/64".parse().unwrap());
         assert_eq!(acted.0.len(), 3);
+    }
+
+    /// A ban that failed releases the marks its response made, not those of an earlier
+    /// response to the host's scan of the other protocol.
+    #[test]
+    fn a_failed_ban_releases_its_own_marks_only() {
+        let mut handled = Handled {
+            hosts: Acted::default(),
+            book: Arc::new(Mutex::new(Book::new(
+                None,
+                crate::bans::BanStore::default(),
+                None,
+                &crate::config::Config::default(),
+                crate::bans::guard::Guard::limits(&crate::config::Config::default()),
+            ))),
+        };
+        let host = ip("192.0.2.7");
+        // Its UDP scan's command run (BLOCK_UDP="2"), then its TCP scan's ban.
+        handled.insert(host, Protocol::Udp, Mark::Scan);
+        for proto in [Protocol::Tcp, Protocol::Udp] {
+            handled.insert(host, proto, Mark::Ban);
+        }
+        handled.release_ban_marks(host);
+        assert!(!handled.contains(host, Protocol::Tcp));
+        assert!(handled.contains(host, Protocol::Udp));
+        // A ban alone: both released.
+        let other = ip("192.0.2.8");
+        for proto in [Protocol::Tcp, Protocol::Udp] {
+            handled.insert(other, proto, Mark::Ban);
+        }
+        handled.release_ban_marks(other);
+        assert!(!handled.contains(other, Protocol::Tcp));
+        assert!(!handled.contains(other, Protocol::Udp));
     }
 
     /// `Acted::release` takes Tcp and Udp as the least and greatest protocols: a new

@@ -11,7 +11,7 @@ use std::{
 
 use portsentry_common::maps::BanOrigin;
 
-use super::{Shared, admission::Admit, escalation, event::ProbeEvent, jobs::Seated};
+use super::{Mark, Shared, admission::Admit, escalation, event::ProbeEvent, jobs::Seated};
 use crate::{
     actions::{self, Step, Target, execute::run_step},
     bans::{Cause, ScanCause, book::LiftedMeanwhile, guard::Refusal},
@@ -500,14 +500,14 @@ pub(super) fn resume(shared: &Arc<Shared>, bans: Vec<crate::bans::Ban>) {
 /// the other protocol, racing this one before its ban is in the book, would take a
 /// second place in MAX_BANS_PER_SEC and run the kill commands again.
 fn mark_handled(shared: &Shared, ev: &ProbeEvent, bans: bool) {
-    let protos: &[Protocol] = if bans {
-        &[Protocol::Tcp, Protocol::Udp]
+    let (protos, mark): (&[Protocol], _) = if bans {
+        (&[Protocol::Tcp, Protocol::Udp], Mark::Ban)
     } else {
-        &[ev.proto()]
+        (&[ev.proto()], Mark::Scan)
     };
     let mut handled = shared.handled.lock().expect("handled lock");
     for proto in protos {
-        handled.insert(ev.ip, *proto);
+        handled.insert(ev.ip, *proto, mark);
     }
 }
 
@@ -588,9 +588,15 @@ fn scan_ban(
     // it is protected the program does not count it. A ban that failed (PS_BANS full)
     // releases it too: its next reported probe tries again, and is banned once a ban
     // has expired; a flood of forged sources against a full map is not remembered
-    // address by address.
+    // address by address. Only what this response marked is released: a scan of the
+    // other protocol responded to before (BLOCK_UDP="2": its command run) is not acted
+    // on again.
     if put.is_err() {
-        release(shared, ev.ip);
+        shared
+            .handled
+            .lock()
+            .expect("handled lock")
+            .release_ban_marks(ev.ip);
     }
     match put {
         Ok(()) => {
