@@ -78,6 +78,9 @@ impl Lapi {
             .timeout(call)
             .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("portsentry/", env!("CARGO_PKG_VERSION")))
+            // A redirect is not followed: reqwest keeps custom headers across hosts (the
+            // bouncer's `X-Api-Key` would reach another host, from https to http too).
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Lapi {
             http,
@@ -93,10 +96,24 @@ impl Lapi {
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<Vec<u8>, ApiError> {
         let resp = req.send().await.map_err(transport)?;
         let status = resp.status().as_u16();
+        let moved = resp.status().is_redirection().then(|| {
+            resp.headers()
+                .get(reqwest::header::LOCATION)
+                .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned())
+                .unwrap_or_default()
+        });
         let body = resp.bytes().await.map_err(transport)?;
         match status {
             200..=299 => Ok(body.to_vec()),
             401 | 403 => Err(ApiError::Denied(status)),
+            _ if let Some(to) = moved => Err(ApiError::Status(
+                status,
+                format!(
+                    "a redirect to {:?}, not followed (the key would go with it): set \
+                     CROWDSEC_LAPI_URL to the Local API's own address",
+                    to.chars().take(ERROR_BODY).collect::<String>()
+                ),
+            )),
             _ => {
                 let text = String::from_utf8_lossy(&body);
                 let text: String = text.trim().chars().take(ERROR_BODY).collect();
@@ -242,6 +259,45 @@ mod tests {
             }
         });
         format!("http://{addr}")
+    }
+
+    /// A redirect is not followed (the key would go to the host it names) and says why.
+    #[tokio::test]
+    async fn a_redirect_is_not_followed() {
+        let elsewhere = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = format!(
+            "http://{}/v1/decisions/stream",
+            elsewhere.local_addr().unwrap()
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let location = target.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let _ = conn
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 302 Found\r\nlocation: {location}\r\n\
+                             content-length: 0\r\n\r\n"
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            }
+        });
+        let lapi = Lapi::new(&url).unwrap();
+        let answer = lapi.stream(&Secret::new("k"), true, &[], &[]).await;
+        let Err(ApiError::Status(302, why)) = &answer else {
+            panic!("{answer:?}");
+        };
+        assert!(
+            why.contains(&target) && why.contains("not followed"),
+            "{why}"
+        );
+        let reached = tokio::time::timeout(Duration::from_millis(300), elsewhere.accept()).await;
+        assert!(reached.is_err(), "the redirect was followed");
     }
 
     /// A full answer may take longer than any other call: one that always took longer
