@@ -71,11 +71,14 @@ pub const PORTS: &str = "PS_PORTS";
 /// 0.
 pub const ACK_PORTS: &str = "PS_ACK_PORTS";
 /// IP protocols nothing on this host serves: `Array<u64>` of [`PROTOCOL_WORDS`] words, one
-/// bit per protocol number. A unicast datagram of such a protocol (the kernel answers it
-/// with an ICMP error) is a probe of type `IpProto`. The daemon writes every protocol but
-/// TCP, UDP, ICMP, ICMPv6, IGMP, UDP-Lite, the IPv6 extension headers, those a loaded
-/// module handles and those a raw socket is open for; empty when PROTO_SCAN_PROTOCOLS is
-/// 0.
+/// bit per protocol number, IPv4's [`PROTOCOL_FAMILY_WORDS`] words first, then IPv6's (the
+/// kernel's handlers are of one family: an IPv4 datagram of an IPv6 extension header's
+/// number, or an IPv6 one of ICMP's, is answered). A unicast datagram of such a protocol
+/// (the kernel answers it with an ICMP error) is a probe of type `IpProto`. The daemon
+/// writes every protocol but the family's own (IPv4: ICMP, IGMP, TCP, UDP, UDP-Lite;
+/// IPv6: TCP, UDP, ICMPv6, UDP-Lite, the extension headers and No Next Header), those a
+/// loaded module handles and those a raw socket is open for; empty when
+/// PROTO_SCAN_PROTOCOLS is 0.
 pub const PROTOCOLS: &str = "PS_PROTOCOLS";
 /// Per-source probe tracking: `Array<SourceSet>`, a set-associative table
 /// ([`crate::sources`]).
@@ -441,8 +444,10 @@ pub const PORT_WORDS: u32 = 2048;
 pub const UDP_PORT_WORD_BASE: u32 = 1024;
 /// Words in `PS_ACK_PORTS` (TCP only).
 pub const ACK_PORT_WORDS: u32 = 1024;
-/// Words in `PS_PROTOCOLS`.
-pub const PROTOCOL_WORDS: u32 = 4;
+/// Words of one family in `PS_PROTOCOLS` (256 protocols).
+pub const PROTOCOL_FAMILY_WORDS: u32 = 4;
+/// Words in `PS_PROTOCOLS`: IPv4's, then IPv6's.
+pub const PROTOCOL_WORDS: u32 = 2 * PROTOCOL_FAMILY_WORDS;
 
 /// Value of `PS_BANS` and `PS_BAN_NETS`. Only `expires_ns` is read by the kernel; the rest
 /// describes the ban for `status` and survives daemon restarts with the pinned map.

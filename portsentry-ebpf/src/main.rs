@@ -366,7 +366,9 @@ fn probe_kind(l4: &L4, key: &AddrWords, settings: &Settings) -> Result<ProbeKind
 /// an ICMP error, and none to a multicast or broadcast one).
 #[inline(always)]
 fn is_protocol_probe(pkt: &XdpPacket, ip: &Ip) -> bool {
-    let watched = match PS_PROTOCOLS.get(ip.proto as u32 >> 6) {
+    // IPv4's words, then IPv6's.
+    let word = (u32::from(ip.v6) << 2) | (ip.proto as u32 >> 6);
+    let watched = match PS_PROTOCOLS.get(word) {
         Some(word) => word & (1u64 << (ip.proto & 63)) != 0,
         None => false,
     };

@@ -3,11 +3,14 @@
 //!   replaces the pinned map by one of this release's shape, its bytes carried over
 //!   (cookie secret, flags, the IPv6 source prefix), the walk off;
 //! - `PS_BAN_FILTER` made without `BPF_F_MMAPABLE` (before the daemon set its bits
-//!   atomically): replaced by one made with it, its words carried over, every ban kept.
+//!   atomically): replaced by one made with it, its words carried over, every ban kept;
+//! - `PS_PROTOCOLS` of 4 words (before IPv6's words came after IPv4's): replaced by one
+//!   of this release's size, which the daemon then writes.
 
 use aya::maps::MapData;
 use portsentry_common::maps::{
-    SETTING_V6_PREFIX_SHIFT, SETTING_VERIFY, SETTINGS, Settings, v6_source_prefix,
+    PROTOCOL_WORDS, PROTOCOLS, SETTING_V6_PREFIX_SHIFT, SETTING_VERIFY, SETTINGS, Settings,
+    v6_source_prefix,
 };
 use portsentry_tests::{
     daemon::Workdir,
@@ -72,6 +75,38 @@ fn settings_pinned_by_the_earlier_release_are_carried_over() {
     // A second load adopts it as it is.
     let dp = Dataplane::load(&MapSizes::default(), Some(w.pin_dir.clone())).unwrap();
     assert_eq!(dp.settings(), want);
+}
+
+/// `PS_PROTOCOLS` pinned by the earlier release (4 words, one set of protocols for both
+/// families): the load replaces it by this release's (IPv4's words, then IPv6's), so
+/// that IPv6's are not read past the end of the old map (a miss: never a probe).
+#[test]
+fn protocols_pinned_by_the_earlier_release_are_replaced() {
+    require_kernel!();
+    let w = Workdir::new();
+    ensure_pin_dir(&w.pin_dir).unwrap();
+    drop(Dataplane::load(&MapSizes::default(), Some(w.pin_dir.clone())).unwrap());
+    let pin = w.pin_dir.join(PROTOCOLS);
+    std::fs::remove_file(&pin).unwrap();
+    let word = u64::MAX.to_ne_bytes();
+    let keys: Vec<[u8; 4]> = (0..4u32).map(u32::to_ne_bytes).collect();
+    let entries: Vec<(&[u8], &[u8])> = keys.iter().map(|k| (&k[..], &word[..])).collect();
+    pin_map(&pin, BPF_MAP_TYPE_ARRAY, (4, 8, 4), &entries);
+    let mut dp = Dataplane::load(&MapSizes::default(), Some(w.pin_dir.clone()))
+        .expect("this release loads over the earlier pins");
+    let info = MapData::from_pin(&pin).unwrap().info().unwrap();
+    assert_eq!(
+        info.max_entries(),
+        PROTOCOL_WORDS,
+        "the pin is this release's map"
+    );
+    dp.write_protocols(&[u64::MAX; PROTOCOL_WORDS as usize])
+        .expect("every word written");
+    drop(dp);
+    // A second load adopts it as it is.
+    drop(Dataplane::load(&MapSizes::default(), Some(w.pin_dir.clone())).unwrap());
+    let info = MapData::from_pin(&pin).unwrap().info().unwrap();
+    assert_eq!(info.max_entries(), PROTOCOL_WORDS);
 }
 
 /// A filter pinned by the earlier release (an array without `BPF_F_MMAPABLE`): `status`

@@ -30,7 +30,7 @@ use portsentry_tests::{
 };
 use portsentry_user::{
     config::{AttachMode, services},
-    kernel::{Counters, Dataplane, MapSizes},
+    kernel::{Counters, Dataplane, MapSizes, configure},
 };
 
 /// ICMPv6 parameter problem, code 3: an IPv6 first fragment whose header chain the
@@ -284,8 +284,14 @@ fn corpus(src4: IpAddr, dst4: IpAddr, src6: IpAddr, dst6: IpAddr) -> Vec<Case> {
                 );
             }
         }
-        // Protocols nothing here serves.
-        for proto in [153u8, 132, 47] {
+        // Protocols nothing here serves; the other family's own (IPv6's extension
+        // headers and ICMPv6 in IPv4, ICMP and IGMP in IPv6).
+        let other_familys: &[u8] = if fam == "v4" {
+            &[0, 43, 44, 58, 59, 60]
+        } else {
+            &[1, 2]
+        };
+        for &proto in [153u8, 132, 47].iter().chain(other_familys) {
             add(
                 format!("{fam} protocol {proto}"),
                 vec![Frame::new(src, dst, Transport::Other(proto)).build()],
@@ -471,11 +477,8 @@ fn whatever_the_host_answers_the_program_counts_or_drops() {
     // ACK class; the protocols are what the daemon would write there.
     dp.write_ack_ports(&tcp_ports).unwrap();
     let served = net.server.enter(services::served_protocols).unwrap();
-    let mut words = [0u64; 4];
-    for p in (0..256).filter(|p| !served[*p]) {
-        words[p / 64] |= 1 << (p % 64);
-    }
-    dp.write_protocols(&words).unwrap();
+    dp.write_protocols(&configure::protocol_words(&served))
+        .unwrap();
     net.server
         .enter(|| dp.attach(&net.server_if, AttachMode::Native))
         .expect("attaching to the server's veth end");

@@ -10,7 +10,11 @@ use portsentry_tests::{
     require_kernel,
     testrun::XDP_PASS,
 };
-use portsentry_user::{clock::monotonic_ns, config::ports::PortSet};
+use portsentry_user::{
+    clock::monotonic_ns,
+    config::{ports::PortSet, services},
+    kernel::configure,
+};
 
 #[test]
 fn syn_probe_is_counted_and_reported() {
@@ -292,24 +296,37 @@ fn nothing_from_an_ipv6_source_no_answer_reaches_is_a_probe() {
     );
 }
 
-/// A unicast datagram of an IP protocol in `PS_PROTOCOLS` (nothing here serves it) is a
-/// probe of type `IpProto`, its protocol number as the port; of another protocol, or
-/// sent to a group address, it passes.
+/// A unicast datagram of an IP protocol in `PS_PROTOCOLS` (nothing here serves it, in
+/// its family) is a probe of type `IpProto`, its protocol number as the port; of another
+/// protocol (one only the other family's words hold too), or sent to a group address, it
+/// passes.
 #[test]
 fn ip_protocols_nothing_serves() {
     require_kernel!();
     let mut fx = Fixture::new();
-    let mut words = [0u64; 4];
-    for p in [47u8, 99, 132] {
-        words[usize::from(p / 64)] |= 1 << (p % 64);
+    // Served: everything but 47, 99 and 132, and IPv4's 103, IPv6's 104.
+    let mut served = [[true; 256]; 2];
+    for family in &mut served {
+        for p in [47usize, 99, 132] {
+            family[p] = false;
+        }
     }
-    fx.dp.write_protocols(&words).unwrap();
+    served[services::V4][103] = false;
+    served[services::V6][104] = false;
+    fx.dp
+        .write_protocols(&configure::protocol_words(&served))
+        .unwrap();
     for (src, dst) in pairs() {
-        for p in [47u8, 99, 132] {
+        let (own, others) = if src.is_ipv4() {
+            (103u8, 104u8)
+        } else {
+            (104, 103)
+        };
+        for p in [47u8, 99, 132, own] {
             let f = Frame::new(src, dst, Transport::Other(p)).build();
             assert_probe(&mut fx, &f, src, u16::from(p), ScanType::IpProto);
         }
-        for p in [1u8, 50, 58, 100] {
+        for p in [50u8, 58, 100, others] {
             let f = Frame::new(src, dst, Transport::Other(p)).build();
             assert_uncounted(&mut fx, &f, src, Counter::PassOtherProto);
         }

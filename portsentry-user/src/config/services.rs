@@ -10,10 +10,10 @@
 //!   iterator walks the listening hash, then the established one), so the read stops at
 //!   the first line in another state: its cost grows with the listeners, not with the
 //!   connections of a busy server;
-//! - the IP protocols something handles ([`served_protocols`]): the kernel's own, those
-//!   of loaded protocol modules (tunnels, IPsec, SCTP, L2TP) and those a raw socket is
-//!   open for (routing and VRRP daemons). A datagram of any other protocol is answered
-//!   with an ICMP error, and is a probe (`PS_PROTOCOLS`).
+//! - the IP protocols something handles ([`served_protocols`]), for each family: the
+//!   kernel's own, those of loaded protocol modules (tunnels, IPsec, SCTP, L2TP) and
+//!   those a raw socket is open for (routing and VRRP daemons). A datagram of any other
+//!   protocol is answered with an ICMP error, and is a probe (`PS_PROTOCOLS`).
 
 use std::{
     fs::File,
@@ -28,57 +28,77 @@ use super::ports::PortSet;
 /// `st` of a listening socket in `/proc/net/tcp`.
 const TCP_LISTEN: &str = "0A";
 
-/// Protocols the kernel always handles (or that are no datagram of their own): ICMP,
-/// IGMP, TCP, UDP, ICMPv6, UDP-Lite, and the IPv6 extension headers with No Next Header
-/// (the program walks or passes those itself).
-const ALWAYS_SERVED: [u8; 12] = [1, 2, 6, 17, 58, 136, 0, 43, 44, 51, 60, 59];
+/// The IP protocols something handles, of each family: IPv4's ([`V4`]), then IPv6's
+/// ([`V6`]), each indexed by protocol number.
+pub type Served = [[bool; 256]; 2];
+/// [`Served`]'s IPv4 half.
+pub const V4: usize = 0;
+/// [`Served`]'s IPv6 half.
+pub const V6: usize = 1;
 
-/// Protocol modules and the protocols they handle once loaded (a module built into the
-/// kernel shows in `/sys/module` too when it has parameters; one that does not is
-/// missed, and its protocol counted as a probe: see docs/detection.md).
-const MODULES: [(&str, &[u8]); 20] = [
-    ("ipip", &[4]),
-    ("tunnel4", &[4, 41]),
-    ("xfrm4_tunnel", &[4]),
-    ("sit", &[41, 4]),
-    ("tunnel6", &[41, 4]),
-    ("ip6_tunnel", &[41, 4]),
-    ("xfrm6_tunnel", &[41]),
-    ("gre", &[47]),
-    ("ip_gre", &[47]),
-    ("ip6_gre", &[47]),
-    ("esp4", &[50]),
-    ("esp6", &[50]),
-    ("ah4", &[51]),
-    ("ah6", &[51]),
-    ("ipcomp", &[108]),
-    ("ipcomp6", &[108]),
-    ("ip_vti", &[4, 50, 51, 108]),
-    ("sctp", &[132]),
-    ("l2tp_ip", &[115]),
-    ("l2tp_ip6", &[115]),
+/// Protocols the IPv4 stack always handles: ICMP, IGMP, TCP, UDP, UDP-Lite. Any other
+/// (an IPv6 extension header's number too) is answered with a protocol unreachable.
+const ALWAYS_SERVED_V4: [u8; 5] = [1, 2, 6, 17, 136];
+/// Protocols the IPv6 stack always handles (or that are no datagram of their own): TCP,
+/// UDP, ICMPv6, UDP-Lite, and the extension headers with No Next Header (the program
+/// walks or passes those itself). ICMP and IGMP are answered with a parameter problem.
+const ALWAYS_SERVED_V6: [u8; 10] = [6, 17, 58, 136, 0, 43, 44, 51, 60, 59];
+
+/// Protocol modules and the protocols they handle once loaded, of IPv4 and of IPv6 (a
+/// module built into the kernel shows in `/sys/module` too when it has parameters; one
+/// that does not is missed, and its protocol counted as a probe: see docs/detection.md).
+#[allow(clippy::type_complexity)] // a table
+const MODULES: [(&str, &[u8], &[u8]); 20] = [
+    ("ipip", &[4], &[]),
+    ("tunnel4", &[4, 41], &[]),
+    ("xfrm4_tunnel", &[4, 41], &[]),
+    ("sit", &[41, 4], &[]),
+    ("tunnel6", &[], &[41, 4]),
+    ("ip6_tunnel", &[], &[41, 4]),
+    ("xfrm6_tunnel", &[], &[41, 4]),
+    ("gre", &[47], &[]),
+    ("ip_gre", &[47], &[]),
+    ("ip6_gre", &[], &[47]),
+    ("esp4", &[50], &[]),
+    ("esp6", &[], &[50]),
+    ("ah4", &[51], &[]),
+    ("ah6", &[], &[51]),
+    ("ipcomp", &[108], &[]),
+    ("ipcomp6", &[], &[108]),
+    ("ip_vti", &[4, 50, 51, 108], &[]),
+    ("sctp", &[132], &[132]),
+    ("l2tp_ip", &[115], &[]),
+    ("l2tp_ip6", &[], &[115]),
 ];
 
-/// Every IP protocol something on this host handles (see the module documentation).
-pub fn served_protocols() -> Result<[bool; 256]> {
-    let mut served = [false; 256];
-    for p in ALWAYS_SERVED {
-        served[usize::from(p)] = true;
+/// Every IP protocol something on this host handles, of each family (see the module
+/// documentation).
+pub fn served_protocols() -> Result<Served> {
+    let mut served = [[false; 256]; 2];
+    for (family, always) in [(V4, &ALWAYS_SERVED_V4[..]), (V6, &ALWAYS_SERVED_V6[..])] {
+        for p in always {
+            served[family][usize::from(*p)] = true;
+        }
     }
-    for (module, protos) in MODULES {
+    for (module, v4, v6) in MODULES {
         if Path::new("/sys/module").join(module).exists() {
-            for p in protos {
-                served[usize::from(*p)] = true;
+            for (family, protos) in [(V4, v4), (V6, v6)] {
+                for p in protos {
+                    served[family][usize::from(*p)] = true;
+                }
             }
         }
     }
-    for file in ["/proc/thread-self/net/raw", "/proc/thread-self/net/raw6"] {
+    for (family, file) in [
+        (V4, "/proc/thread-self/net/raw"),
+        (V6, "/proc/thread-self/net/raw6"),
+    ] {
         match File::open(file) {
             Ok(f) => {
                 for line in BufReader::new(f).lines().skip(1) {
                     let line = line.with_context(|| format!("reading {file}"))?;
                     if let Some(p) = raw_protocol(&line) {
-                        served[usize::from(p)] = true;
+                        served[family][usize::from(p)] = true;
                     }
                 }
             }
@@ -211,8 +231,18 @@ mod tests {
             None
         );
         let served = served_protocols().unwrap();
-        for p in [1, 2, 6, 17, 58] {
-            assert!(served[p], "protocol {p}");
+        for p in [1, 2, 6, 17] {
+            assert!(served[V4][p], "IPv4 protocol {p}");
+        }
+        for p in [6, 17, 58, 0, 43, 44, 60] {
+            assert!(served[V6][p], "IPv6 protocol {p}");
+        }
+        // Each family's own: answered in the other.
+        for p in [0, 43, 44, 58, 59, 60] {
+            assert!(!served[V4][p], "IPv4 protocol {p}");
+        }
+        for p in [1, 2] {
+            assert!(!served[V6][p], "IPv6 protocol {p}");
         }
     }
 }

@@ -3,8 +3,9 @@
 
 use anyhow::Result;
 use portsentry_common::maps::{
-    KernelBan, SETTING_ACK_PORTS_SHIFT, SETTING_DROP_EVASIVE, SETTING_KBAN_TCP, SETTING_KBAN_UDP,
-    SETTING_TRW, SETTING_V6_PREFIX_SHIFT, SETTING_VERIFY, Settings,
+    KernelBan, PROTOCOL_FAMILY_WORDS, PROTOCOL_WORDS, SETTING_ACK_PORTS_SHIFT,
+    SETTING_DROP_EVASIVE, SETTING_KBAN_TCP, SETTING_KBAN_UDP, SETTING_TRW, SETTING_V6_PREFIX_SHIFT,
+    SETTING_VERIFY, Settings,
 };
 
 use super::{Dataplane, MapSizes};
@@ -99,13 +100,25 @@ pub fn ack_ports(eff: &Effective, listening: &PortSet) -> PortSet {
 /// The IP protocols a datagram of is a probe (`PS_PROTOCOLS`): those nothing here
 /// serves, or none when PROTO_SCAN_PROTOCOLS is 0 or TCP is not watched (IP-protocol
 /// scans are acted on under the TCP settings).
-pub fn watched_protocols(eff: &Effective, served: &[bool; 256]) -> [u64; 4] {
-    let mut words = [0u64; 4];
+pub fn watched_protocols(eff: &Effective, served: &services::Served) -> ProtocolWords {
     if eff.config.proto_scan_protocols == 0 || eff.mode_token(Protocol::Tcp).is_none() {
-        return words;
+        return [0; PROTOCOL_WORDS as usize];
     }
-    for (p, _) in served.iter().enumerate().filter(|(_, s)| !**s) {
-        words[p / 64] |= 1 << (p % 64);
+    protocol_words(served)
+}
+
+/// `PS_PROTOCOLS`'s words.
+pub type ProtocolWords = [u64; PROTOCOL_WORDS as usize];
+
+/// `PS_PROTOCOLS`'s words for the protocols nothing serves: IPv4's, then IPv6's.
+pub fn protocol_words(served: &services::Served) -> ProtocolWords {
+    let mut words = [0; PROTOCOL_WORDS as usize];
+    let family_bits = PROTOCOL_FAMILY_WORDS as usize * 64;
+    for (family, served) in served.iter().enumerate() {
+        for (p, _) in served.iter().enumerate().filter(|(_, s)| !**s) {
+            let bit = family * family_bits + p;
+            words[bit / 64] |= 1 << (bit % 64);
+        }
     }
     words
 }
@@ -122,7 +135,7 @@ pub fn refresh_services(dp: &mut Dataplane, eff: &Effective) -> Result<()> {
 /// caller holding the dataplane's lock does no file I/O under it.
 pub struct Services {
     listening: PortSet,
-    protocols: [bool; 256],
+    protocols: services::Served,
     /// The TCP hooks' count of binds and listens, read before the listeners
     /// ([`Dataplane::tcp_listens_seen`]).
     tcp_seen: Option<u64>,

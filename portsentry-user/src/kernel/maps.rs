@@ -408,7 +408,7 @@ impl Dataplane {
     }
 
     /// Replaces the IP protocols whose datagrams are probes (`PS_PROTOCOLS`).
-    pub fn write_protocols(&mut self, words: &[u64; 4]) -> Result<()> {
+    pub fn write_protocols(&mut self, words: &super::configure::ProtocolWords) -> Result<()> {
         let Some(map) = self.maps.protocols.as_mut() else {
             return Ok(());
         };

@@ -181,7 +181,7 @@ const CLOCK_SLACK_NS: u64 = 1_000_000_000;
 
 /// The sizable maps and their configured sizes, in entries (`PS_BAN_CACHE` and
 /// `PS_BAN_TAGS` are sized by MAX_BANS).
-fn sized(sizes: &MapSizes) -> [(&'static str, u32); 7] {
+fn sized(sizes: &MapSizes) -> [(&'static str, u32); 8] {
     [
         (names::BANS, sizes.bans),
         (names::BAN_CACHE, ban_cache_sets(sizes.bans)),
@@ -190,6 +190,8 @@ fn sized(sizes: &MapSizes) -> [(&'static str, u32); 7] {
         (names::BAN_NET_HASH, sizes.ban_nets),
         (names::IGNORE, sizes.ignore),
         (names::SOURCES, source_entries(sizes.sources)),
+        // Not configured: IPv6's words came after IPv4's (written at every start).
+        (names::PROTOCOLS, names::PROTOCOL_WORDS),
     ]
 }
 

@@ -220,11 +220,8 @@ pub(crate) fn bench_dataplane(
         .unwrap();
     look_at_listeners(&mut dp);
     let served = portsentry_user::config::services::served_protocols().unwrap();
-    let mut protocols = [0u64; 4];
-    for p in (0..256).filter(|p| !served[*p]) {
-        protocols[p / 64] |= 1 << (p % 64);
-    }
-    dp.write_protocols(&protocols).unwrap();
+    dp.write_protocols(&portsentry_user::kernel::configure::protocol_words(&served))
+        .unwrap();
     dp.write_settings(portsentry_common::maps::Settings {
         event_trigger: 1,
         events_per_sec: 1,
