@@ -97,7 +97,14 @@ struct Queue {
     /// The reports at the front the task is sending ([`Outbox::next`] until
     /// [`Outbox::done`]): an unban cannot take those back.
     sending: usize,
+    /// The deletions sent in the last [`SENT_UNBANS_KEPT`], each with when its answer
+    /// came: an answer of the stream asked for before then may still name the decision.
+    sent_unbans: VecDeque<(SystemTime, IpNet, String)>,
 }
+
+/// How long a deletion sent is remembered ([`Outbox::unbans_since`]): longer than a
+/// full answer of the stream may take.
+const SENT_UNBANS_KEPT: Duration = Duration::from_secs(600);
 
 /// A report as the file keeps it.
 #[derive(Serialize, Deserialize)]
@@ -294,14 +301,19 @@ impl Outbox {
         self.queue.lock().expect("outbox lock").items.len()
     }
 
-    /// The deletions waiting (or being sent): the scenarios of our decisions to delete,
-    /// by network.
-    pub fn unbans_waiting(&self) -> HashMap<IpNet, Vec<String>> {
+    /// The deletions waiting (or being sent), and those sent since `asked` (the Local
+    /// API may have read its decisions for an answer asked for then before it deleted
+    /// them): the scenarios of our decisions to delete, by network.
+    pub fn unbans_since(&self, asked: SystemTime) -> HashMap<IpNet, Vec<String>> {
         let mut out: HashMap<IpNet, Vec<String>> = HashMap::new();
-        for item in &self.queue.lock().expect("outbox lock").items {
+        let q = self.queue.lock().expect("outbox lock");
+        for item in &q.items {
             if let Item::Unban { net, scenario } = item {
                 out.entry(*net).or_default().push(scenario.clone());
             }
+        }
+        for (_, net, scenario) in q.sent_unbans.iter().filter(|(at, _, _)| *at >= asked) {
+            out.entry(*net).or_default().push(scenario.clone());
         }
         out
     }
@@ -342,9 +354,20 @@ impl Outbox {
 
     /// The first `n` reports were sent.
     fn done(&self, n: usize) {
+        let now = SystemTime::now();
         let mut q = self.queue.lock().expect("outbox lock");
         let n = n.min(q.items.len());
-        q.items.drain(..n);
+        let sent: Vec<Item> = q.items.drain(..n).collect();
+        for item in sent {
+            if let Item::Unban { net, scenario } = item {
+                q.sent_unbans.push_back((now, net, scenario));
+            }
+        }
+        while q.sent_unbans.front().is_some_and(|(at, _, _)| {
+            now.duration_since(*at).unwrap_or_default() > SENT_UNBANS_KEPT
+        }) {
+            q.sent_unbans.pop_front();
+        }
         q.sending = 0;
         q.changes += 1;
     }
@@ -683,14 +706,16 @@ mod tests {
         assert!(q.contains(&ban(&net(BATCH + 6), None)));
     }
 
-    /// The deletions waiting are named by network and scenario until they are sent.
+    /// The deletions waiting are named by network and scenario until they are sent, and
+    /// then to an answer asked for before they were.
     #[test]
     fn the_deletions_waiting_are_known_until_sent() {
         let o = Outbox::default();
-        assert!(o.unbans_waiting().is_empty());
+        let before = SystemTime::now();
+        assert!(o.unbans_since(before).is_empty());
         o.push(ban("192.0.2.1/32", None));
         o.push(unban("192.0.2.2/32"));
-        let waiting = o.unbans_waiting();
+        let waiting = o.unbans_since(before);
         let net: IpNet = "192.0.2.2/32".parse().unwrap();
         assert_eq!(waiting.len(), 1);
         assert_eq!(
@@ -698,15 +723,22 @@ mod tests {
             [scenario(Some(ScanType::TcpSyn), false)],
             "{waiting:?}"
         );
-        // Being sent: still waiting; sent: not any more.
+        // Being sent: still waiting; sent: not any more, but to an answer asked for
+        // before.
         let batch = o.next();
-        assert_eq!(o.unbans_waiting().len(), 1);
+        assert_eq!(o.unbans_since(before).len(), 1);
         o.done(batch.len());
         let batch = o.next();
         assert!(matches!(batch[..], [Item::Unban { .. }]));
-        assert_eq!(o.unbans_waiting().len(), 1);
+        assert_eq!(o.unbans_since(before).len(), 1);
         o.done(batch.len());
-        assert!(o.unbans_waiting().is_empty());
+        let after = SystemTime::now() + Duration::from_millis(1);
+        assert!(o.unbans_since(after).is_empty());
+        assert_eq!(
+            o.unbans_since(before)[&net],
+            [scenario(Some(ScanType::TcpSyn), false)],
+            "an answer asked for before the deletion was sent may still name it"
+        );
     }
 
     /// The reports not yet sent outlive a restart, in their order and before those

@@ -286,12 +286,13 @@ fn apply(shared: &Arc<Shared>, answer: Answer, full: bool, asked: SystemTime) {
     } = &mut *decisions;
     let now = SystemTime::now();
     let answer_len = answer.new.len() + answer.deleted.len() + answer.skipped.len();
-    // Our decisions whose deletion is on its way (an operator's unban of our scan ban):
-    // not put in force again meanwhile.
+    // Our decisions whose deletion is on its way (an operator's unban of our scan ban), or
+    // was sent after this answer was asked for (the Local API may have read them first):
+    // not put in force again.
     let withdrawing = fleet
         .outbox
         .as_ref()
-        .map(|o| o.unbans_waiting())
+        .map(|o| o.unbans_since(asked))
         .unwrap_or_default();
     let mut counts: BTreeMap<Outcome, u64> = BTreeMap::new();
     let mut lifted: Vec<Ban> = Vec::new();
