@@ -19,6 +19,10 @@ const FULL_ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The most of an error answer's body kept for the log.
 const ERROR_BODY: usize = 200;
+/// The most an answer may hold: a full answer of a million decisions is about 140 MB. A
+/// Local API (or what stands between it and us) that sends more would otherwise take
+/// the daemon's memory, and its scan detection with it.
+const ANSWER_MAX: usize = 512 << 20;
 
 /// Why a call failed.
 #[derive(Debug)]
@@ -66,6 +70,23 @@ fn transport(e: reqwest::Error) -> ApiError {
     ApiError::Transport(format!("{}{causes}", e.without_url()))
 }
 
+/// The body of `resp`, refused past `max` bytes (read as it comes, never held whole
+/// beyond that).
+async fn read_body(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, ApiError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+        if body.len() + chunk.len() > max {
+            return Err(ApiError::Transport(format!(
+                "the answer is larger than {} MiB; narrow the decisions asked for \
+                 (CROWDSEC_ORIGINS, CROWDSEC_SCENARIOS_EXCLUDE)",
+                max >> 20
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 impl Lapi {
     pub fn new(url: &str) -> anyhow::Result<Lapi> {
         Lapi::with_timeouts(url, TIMEOUT, FULL_ANSWER_TIMEOUT)
@@ -102,9 +123,9 @@ impl Lapi {
                 .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned())
                 .unwrap_or_default()
         });
-        let body = resp.bytes().await.map_err(transport)?;
+        let body = read_body(resp, ANSWER_MAX).await?;
         match status {
-            200..=299 => Ok(body.to_vec()),
+            200..=299 => Ok(body),
             401 | 403 => Err(ApiError::Denied(status)),
             _ if let Some(to) = moved => Err(ApiError::Status(
                 status,
@@ -259,6 +280,48 @@ mod tests {
             }
         });
         format!("http://{addr}")
+    }
+
+    /// An answer larger than the most allowed is refused as it comes, not read whole.
+    #[tokio::test]
+    async fn an_answer_too_large_is_refused() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf).await;
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3000000\r\n\r\n")
+                .await;
+            let chunk = vec![b' '; 100_000];
+            for _ in 0..30 {
+                if conn.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let lapi = Lapi::new(&url).unwrap();
+        let req = lapi.http.get(format!("{url}/v1/decisions/stream"));
+        let resp = req.send().await.unwrap();
+        let answer = read_body(resp, 1 << 20).await;
+        let Err(ApiError::Transport(why)) = &answer else {
+            panic!("{:?}", answer.map(|b| b.len()));
+        };
+        assert!(why.contains("larger than 1 MiB"), "{why}");
+        // Under the most: read whole.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf).await;
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
+                .await;
+        });
+        let resp = lapi.http.get(&url).send().await.unwrap();
+        assert_eq!(read_body(resp, 5).await.unwrap(), b"hello");
     }
 
     /// A redirect is not followed (the key would go to the host it names) and says why.
