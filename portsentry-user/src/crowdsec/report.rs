@@ -374,8 +374,10 @@ impl Outbox {
 }
 
 /// The alert (with its decision) of a ban, its decision lasting the ban's time left at
-/// `now`; `None` when the ban has ended.
-pub fn alert(item: &Item, now: SystemTime, host: &str) -> Option<Value> {
+/// `now`; `None` when the ban has ended. It names no host of ours (the Local API knows
+/// the machine that sent it): CrowdSec shares custom scenarios' alerts with its central
+/// service, where an internal host name has no business.
+pub fn alert(item: &Item, now: SystemTime) -> Option<Value> {
     let Item::Ban {
         net,
         scenario,
@@ -405,7 +407,7 @@ pub fn alert(item: &Item, now: SystemTime, host: &str) -> Option<Value> {
         "scenario": scenario,
         "scenario_hash": "",
         "scenario_version": "",
-        "message": format!("{host}: {value} banned by portsentry ({scenario})"),
+        "message": format!("{value} banned by portsentry ({scenario})"),
         "events_count": 1,
         "start_at": at(*since),
         "stop_at": at(now),
@@ -442,7 +444,6 @@ pub struct Reporter {
 impl Reporter {
     /// Sends reports for as long as the daemon runs.
     pub async fn run(self) {
-        let host = hostname();
         let mut token: Option<Secret> = None;
         let mut backoff = Backoff::default();
         // Logged in at once, not at the first ban: the login (a bcrypt check at the Local
@@ -472,7 +473,7 @@ impl Reporter {
                 continue;
             }
             let Some(t) = token.clone() else { continue };
-            let sent = self.send(&t, &batch, &host).await;
+            let sent = self.send(&t, &batch).await;
             let was_fresh = std::mem::replace(&mut fresh, false);
             if sent.is_err() {
                 self.outbox.not_sent();
@@ -534,7 +535,7 @@ impl Reporter {
         }
     }
 
-    async fn send(&self, token: &Secret, batch: &[Item], host: &str) -> Result<(), ApiError> {
+    async fn send(&self, token: &Secret, batch: &[Item]) -> Result<(), ApiError> {
         if let [Item::Unban { net, scenario }] = batch {
             let n = self.lapi.delete_decisions(token, net, scenario).await?;
             self.link.count_report("decisions_deleted", n);
@@ -542,7 +543,7 @@ impl Reporter {
             return Ok(());
         }
         let now = SystemTime::now();
-        let alerts: Vec<Value> = batch.iter().filter_map(|i| alert(i, now, host)).collect();
+        let alerts: Vec<Value> = batch.iter().filter_map(|i| alert(i, now)).collect();
         let ended = (batch.len() - alerts.len()) as u64;
         self.link.count_report("expired", ended);
         self.metrics.crowdsec_report("expired", ended);
@@ -555,12 +556,6 @@ impl Reporter {
         self.metrics.crowdsec_report("sent", n);
         Ok(())
     }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "portsentry".to_owned())
 }
 
 #[cfg(test)]
@@ -582,9 +577,12 @@ mod tests {
         let a = alert(
             &ban("192.0.2.9/32", Some(now + Duration::from_secs(90))),
             now,
-            "h",
         )
         .unwrap();
+        assert_eq!(
+            a["message"], "192.0.2.9 banned by portsentry (portsentry/tcp-syn-scan)",
+            "no host name of ours"
+        );
         assert_eq!(a["scenario"], "portsentry/tcp-syn-scan");
         assert_eq!(a["source"]["ip"], "192.0.2.9");
         let d = &a["decisions"][0];
@@ -597,15 +595,11 @@ mod tests {
             (Some("Ip"), Some("192.0.2.9"), Some("90s"))
         );
         assert_eq!(d["origin"], ORIGIN);
-        let r = alert(&ban("2001:db8::/64", None), now, "h").unwrap();
+        let r = alert(&ban("2001:db8::/64", None), now).unwrap();
         assert_eq!(r["decisions"][0]["scope"], "Range");
         assert_eq!(r["decisions"][0]["value"], "2001:db8::/64");
         assert_eq!(r["decisions"][0]["duration"], "31536000s");
-        assert_eq!(
-            alert(&ban("192.0.2.9/32", Some(now)), now, "h"),
-            None,
-            "ended"
-        );
+        assert_eq!(alert(&ban("192.0.2.9/32", Some(now)), now), None, "ended");
         assert_eq!(scenario(None, true), "portsentry/escalation");
     }
 
@@ -837,6 +831,6 @@ mod tests {
         // The last one's alert can be written.
         let q: Vec<Item> = outbox.queue.lock().unwrap().items.iter().cloned().collect();
         let future = SystemTime::UNIX_EPOCH + Duration::from_secs(LATEST_SECS - 10);
-        assert!(alert(&q[1], future, "h").is_some());
+        assert!(alert(&q[1], future).is_some());
     }
 }
