@@ -849,7 +849,9 @@ fn reported_for_udp_then_banned_for_tcp(extra: &str) {
 /// the next second) is banned at once while kill commands that hang hold every slot of
 /// the response jobs' pool: its XDP ban is put before its job waits for a slot. It
 /// waited for a slot, and the scanner went on scanning until one was free. Unbanned
-/// while its job waits, none of its kill commands runs once the job has its slot.
+/// while its job waits, none of its kill commands runs once the job has its slot, nor
+/// any of its undo steps (an UNKILL_ROUTE of a route never added could delete the
+/// operator's own rule).
 #[test]
 fn a_ban_the_daemon_makes_does_not_wait_for_a_slot() {
     require_kernel!();
@@ -860,7 +862,9 @@ fn a_ban_the_daemon_makes_does_not_wait_for_a_slot() {
         &net.server_if,
         &format!(
             "MAX_BANS_PER_SEC=\"{RESPONSE_SLOTS}\"\n\
-             KILL_ROUTE=\"echo route $TARGET$ >> {order}; sleep 12\"\n"
+             KILL_ROUTE=\"echo route $TARGET$ >> {order}; sleep 12\"\n\
+             UNKILL_ROUTE=\"echo unroute $TARGET$ >> {order}\"\n\
+             UNKILL_RUN_CMD=\"echo unrun $TARGET$ >> {order}\"\n"
         ),
     );
     let _svc = net
@@ -912,11 +916,20 @@ fn a_ban_the_daemon_makes_does_not_wait_for_a_slot() {
         &format!("the ban of {waiting}/32 ended before its kill commands ran"),
         Duration::from_secs(20),
     );
-    assert!(
-        !wd.read("order").contains(&format!("route {waiting}\n")),
-        "{}",
-        wd.read("order")
+    d.wait_for(
+        &format!(
+            "not running the undo steps of the ban of {waiting}/32: its response stopped \
+             before any kill command ran"
+        ),
+        Duration::from_secs(20),
     );
+    let order = wd.read("order");
+    for line in ["route", "unroute", "unrun"] {
+        assert!(
+            !order.contains(&format!("{line} {waiting}\n")),
+            "{line}: {order}"
+        );
+    }
     assert!(reaches(&net, waiting));
     // The other kill commands may still run: not waited for.
     d.kill9();

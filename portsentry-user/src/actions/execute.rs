@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use super::{ActionKind, ActionResult, Step, Target, shell::run_shell, undo_plan};
+use super::{ActionKind, ActionResult, Ran, Step, Target, shell::run_shell, undo_plan};
 use crate::{
     bans::Ban,
     config::Config,
@@ -106,8 +106,16 @@ async fn remove_deny_line(
 
 /// Runs the undo steps of a lifted ban (UNKILL_ROUTE, the hosts.deny line,
 /// UNKILL_RUN_CMD); nothing for a ban that ran no kill command ([`Ban::has_undo`];
-/// `crowdsec_kills`: CROWDSEC_KILL_COMMANDS as the daemon runs with it).
-pub async fn undo(log: &Logger, metrics: &Metrics, c: &Config, ban: &Ban, crowdsec_kills: bool) {
+/// `crowdsec_kills`: CROWDSEC_KILL_COMMANDS as the daemon runs with it). `ran`: the kill
+/// steps its response ran when it stopped short of the others (only theirs are undone).
+pub async fn undo(
+    log: &Logger,
+    metrics: &Metrics,
+    c: &Config,
+    ban: &Ban,
+    crowdsec_kills: bool,
+    ran: Option<Ran>,
+) {
     if !ban.has_undo(crowdsec_kills) {
         return;
     }
@@ -124,7 +132,26 @@ pub async fn undo(log: &Logger, metrics: &Metrics, c: &Config, ban: &Ban, crowds
         Vec::new()
     };
     let earlier = super::deny_templates::made_with(&earlier, ban.since);
-    for step in undo_plan(c, earlier, &Target::of_ban(ban)) {
+    let plan = undo_plan(c, earlier, &Target::of_ban(ban));
+    let planned = plan.len();
+    let steps: Vec<Step> = plan
+        .into_iter()
+        .filter(|s| ran.is_none_or(|r| r.undoes(s)))
+        .collect();
+    if steps.is_empty() && planned > 0 {
+        log.notice(&format!(
+            "portsentry: not running the undo steps of the ban of {}: its response stopped \
+             before any kill command ran",
+            ban.net
+        ));
+    } else if steps.len() < planned {
+        log.notice(&format!(
+            "portsentry: running only the undo steps of the kill commands that ran against \
+             {} (its response stopped before the others)",
+            ban.net
+        ));
+    }
+    for step in steps {
         run_step(log, metrics, c, ip, &step, true).await;
     }
 }

@@ -43,6 +43,39 @@ pub enum Step {
     EarlierHostsDenyRemove { file: PathBuf, line: String },
 }
 
+/// The kinds of kill steps a response ran before it stopped short (its ban lifted while
+/// it waited for its turn, its host protected since): its ban's undo steps undo those
+/// alone ([`Ran::undoes`]). An UNKILL_ROUTE of a route never added could delete the
+/// operator's own rule for the host, a hosts.deny line removed could be the operator's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ran {
+    route: bool,
+    hosts_deny: bool,
+    run_cmd: bool,
+}
+
+impl Ran {
+    /// `step` (of [`plan`]) ran.
+    pub fn add(&mut self, step: &Step) {
+        match step {
+            Step::Route(_) => self.route = true,
+            Step::HostsDeny(_) => self.hosts_deny = true,
+            Step::RunCmd(_) => self.run_cmd = true,
+            Step::XdpBan | Step::HostsDenyRemove(_) | Step::EarlierHostsDenyRemove { .. } => {}
+        }
+    }
+
+    /// Whether the undo step `undo` (of [`undo_plan`]) undoes a step that ran.
+    pub fn undoes(&self, undo: &Step) -> bool {
+        match undo {
+            Step::Route(_) => self.route,
+            Step::HostsDenyRemove(_) | Step::EarlierHostsDenyRemove { .. } => self.hosts_deny,
+            Step::RunCmd(_) => self.run_cmd,
+            Step::XdpBan | Step::HostsDeny(_) => false,
+        }
+    }
+}
+
 /// The values substituted into command templates. We format all of them ourselves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Target {

@@ -420,3 +420,41 @@ async fn planned_steps_run_in_order() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A response that stopped short has its ban's undo steps undo what it ran alone: each
+/// undo step by the kind of kill step it undoes.
+#[test]
+fn the_undo_steps_of_a_response_cut_short_are_those_of_the_steps_that_ran() {
+    let t = Target::scan(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)), 23, ModeToken::Atcp);
+    let cfg = Config {
+        kill_route: Some("route $TARGET$".into()),
+        kill_hosts_deny: Some("ALL: $TARGET$".into()),
+        kill_run_cmd: Some("run $TARGET$".into()),
+        unkill_route: Some("unroute $TARGET$".into()),
+        unkill_run_cmd: Some("unrun $TARGET$".into()),
+        ..Config::default()
+    };
+    let undo = undo_plan(&cfg, &[], &t);
+    let kept = |ran: Ran| -> Vec<Step> { undo.iter().filter(|s| ran.undoes(s)).cloned().collect() };
+    assert!(kept(Ran::default()).is_empty(), "none ran");
+    let mut ran = Ran::default();
+    for step in plan(&cfg, BlockMode::Block, &t) {
+        if matches!(step, Step::RunCmd(_)) {
+            break;
+        }
+        ran.add(&step);
+    }
+    let left = kept(ran);
+    assert!(
+        left.iter()
+            .any(|s| matches!(s, Step::Route(c) if c == "unroute 192.0.2.7"))
+            && left.iter().any(|s| matches!(s, Step::HostsDenyRemove(_)))
+            && !left.iter().any(|s| matches!(s, Step::RunCmd(_))),
+        "the route and the line ran, not the command: {left:?}"
+    );
+    let mut all = Ran::default();
+    for step in plan(&cfg, BlockMode::Block, &t) {
+        all.add(&step);
+    }
+    assert_eq!(kept(all), undo, "all ran");
+}

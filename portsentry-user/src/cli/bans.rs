@@ -160,7 +160,7 @@ fn run_undo(c: &Config, lifted: &[Ban]) -> Result<()> {
         .build()?;
     rt.block_on(async {
         for b in lifted {
-            execute::undo(&log, &metrics, c, b, c.crowdsec_kill_commands).await;
+            execute::undo(&log, &metrics, c, b, c.crowdsec_kill_commands, None).await;
         }
     });
     Ok(())

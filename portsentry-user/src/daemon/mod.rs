@@ -179,6 +179,11 @@ struct Shared {
     crowdsec: Option<crowdsec::Fleet>,
     /// The look for bans whose event was lost ([`detect::recover_lost_bans`]).
     lost: Mutex<detect::LostLook>,
+    /// The kill steps that ran of the responses that stopped short of some (their ban
+    /// lifted while they waited, their host protected since), by ban (network, and when
+    /// it was made, in ms): the ban's undo steps, which follow in the host's line, undo
+    /// those alone.
+    cut_short: Mutex<HashMap<(ipnet::IpNet, u64), crate::actions::Ran>>,
 }
 
 impl Shared {
@@ -405,6 +410,7 @@ pub async fn run(
         jobs: jobs::Jobs::new(),
         crowdsec: eff.crowdsec.as_ref().map(crowdsec::Fleet::new),
         lost: Mutex::new(detect::LostLook::after(lost_at_load)),
+        cut_short: Mutex::new(HashMap::new()),
     });
     upkeep::spawn_cut_short_undos(&shared, cut_short, superseded);
     respond::resume(&shared, kills_cut_short);

@@ -244,6 +244,8 @@ async fn respond(
     let steps = actions::plan(c, block, &target);
     let Started { running, mut early } = started;
     let mut banned = false;
+    // The kill steps run so far.
+    let mut ran = actions::Ran::default();
     // The XDP ban does not wait for the name lookup when it comes first. When a step
     // comes before it (KILL_RUN_CMD_FIRST), a ban the guard refuses or the operator
     // lifted meanwhile (while the job waited for its slot) is found out before that
@@ -288,6 +290,7 @@ async fn respond(
             "portsentry: the ban of {} ended before its kill commands ran; they do not run",
             ev.source
         ));
+        cut_short(shared, &ev.source, now, actions::Ran::default());
         return;
     }
     // A response without a ban (BLOCK_*="2") has nothing for the guard to refuse: it is
@@ -376,10 +379,15 @@ async fn respond(
                     ev.ip,
                     r.reason()
                 ));
+                // Its ban's undo steps undo those that ran (none before the ban was put).
+                if banned {
+                    cut_short(shared, &ev.source, now, ran);
+                }
                 banned = false;
                 break;
             }
             run_step(&shared.log, &shared.metrics, c, ev.ip, step, false).await;
+            ran.add(step);
         }
     }
     let line = history::history_line(SystemTime::now(), &name, ev.ip, ev.port, Some(ev.proto()));
@@ -493,6 +501,16 @@ pub(super) fn resume(shared: &Arc<Shared>, bans: Vec<crate::bans::Ban>) {
             drop(running);
         });
     }
+}
+
+/// Notes that the response to the ban of `net` made at `since` stopped after running
+/// the kill steps `ran` alone: the ban's undo steps undo those alone.
+fn cut_short(shared: &Shared, net: &ipnet::IpNet, since: SystemTime, ran: actions::Ran) {
+    shared
+        .cut_short
+        .lock()
+        .expect("cut-short lock")
+        .insert((*net, crate::bans::unix_ms(since)), ran);
 }
 
 /// Marks `ev`'s host as acted on for its protocol, or for both when the response bans

@@ -249,12 +249,19 @@ fn run_undo_steps(shared: &Arc<Shared>, ban: Ban, place: Option<UndoPlace>) {
             return;
         };
         let eff = shared.eff();
+        // After the response before it in the line: what it ran, when it stopped short.
+        let ran = shared
+            .cut_short
+            .lock()
+            .expect("cut-short lock")
+            .remove(&(ban.net, crate::bans::unix_ms(ban.since)));
         execute::undo(
             &shared.log,
             &shared.metrics,
             &eff.config,
             &ban,
             crowdsec_kills,
+            ran,
         )
         .await;
         // Done (a crash before this is on disk runs them again at the next start,
