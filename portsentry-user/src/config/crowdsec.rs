@@ -216,9 +216,43 @@ pub(super) fn validate(c: &Config) -> Result<(), ConfigError> {
 }
 
 /// What an operator should know about the CROWDSEC_* keys: a secret given twice (the file
-/// is used).
+/// is used), a secret given in the configuration file when group or others may read it
+/// (the key and credentials files are refused then).
 pub fn warnings(c: &Config) -> Vec<String> {
     let mut out = Vec::new();
+    let inline = [
+        (
+            "CROWDSEC_BOUNCER_KEY",
+            "CROWDSEC_BOUNCER_KEY_FILE",
+            c.crowdsec_bouncer_key.is_some() && c.crowdsec_bouncer_key_file.is_none(),
+        ),
+        (
+            "CROWDSEC_MACHINE_PASSWORD",
+            "CROWDSEC_CREDENTIALS_FILE",
+            c.crowdsec_machine_password.is_some() && c.crowdsec_credentials_file.is_none(),
+        ),
+    ];
+    let readable = c
+        .source
+        .as_ref()
+        .and_then(|path| {
+            Some((
+                path,
+                std::fs::metadata(path).ok()?.permissions().mode() & 0o777,
+            ))
+        })
+        .filter(|(_, mode)| mode & 0o077 != 0);
+    if let Some((path, mode)) = readable {
+        for (key, file_key, _) in inline.iter().filter(|(_, _, set)| *set) {
+            out.push(format!(
+                "{key} (line {}) holds a secret in {}, which group or others may read (mode \
+                 {mode:04o}): move it to a private file ({file_key}, chmod 600), or chmod 600 {}",
+                c.line_of(key),
+                path.display(),
+                path.display()
+            ));
+        }
+    }
     if c.crowdsec_bouncer_key.is_some() && c.crowdsec_bouncer_key_file.is_some() {
         out.push(
             "CROWDSEC_BOUNCER_KEY and CROWDSEC_BOUNCER_KEY_FILE are both set: the file's key \

@@ -872,3 +872,32 @@ fn source_prefix_v6() {
     assert!(parse("SOURCE_PREFIX_V6=\"0\"\n").is_err());
     assert!(parse("SOURCE_PREFIX_V6=\"129\"\n").is_err());
 }
+
+/// A secret given in the configuration file is pointed out when group or others may read
+/// the file (the key and credentials files are refused then); not once it is private.
+#[test]
+fn a_secret_in_a_readable_configuration_file_is_pointed_out() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portsentry.conf");
+    std::fs::write(
+        &path,
+        "TCP_PORTS=\"1\"\nUDP_PORTS=\"1\"\n\
+         CROWDSEC_LAPI_URL=\"http://127.0.0.1:8080\"\nCROWDSEC_REPORT=\"0\"\n\
+         CROWDSEC_BOUNCER_KEY=\"k3y\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let c = super::load(&path).unwrap();
+    let warnings = super::crowdsec::warnings(&c);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("CROWDSEC_BOUNCER_KEY (line 5)")
+            && warnings[0].contains("mode 0644")
+            && warnings[0].contains(&path.display().to_string()),
+        "{}",
+        warnings[0]
+    );
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(super::crowdsec::warnings(&c).is_empty());
+}
