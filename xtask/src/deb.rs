@@ -335,6 +335,7 @@ fn control(version: &str, arch: &str, maintainer: &str, depends: &str, size_kib:
          Maintainer: {maintainer}\n\
          Installed-Size: {size_kib}\n\
          Depends: {depends}\n\
+         Recommends: net-tools\n\
          Suggests: prometheus\n\
          Section: net\n\
          Priority: optional\n\
