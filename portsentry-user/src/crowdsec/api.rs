@@ -282,25 +282,30 @@ mod tests {
         format!("http://{addr}")
     }
 
-    /// An answer larger than the most allowed is refused as it comes, not read whole.
-    #[tokio::test]
-    async fn an_answer_too_large_is_refused() {
+    /// A server that answers one call with `head`, then `chunks` one after the other
+    /// (until the client goes); its URL.
+    async fn answering_once(head: String, chunks: Vec<Vec<u8>>) -> String {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move {
             let (mut conn, _) = listener.accept().await.unwrap();
             let mut buf = [0u8; 4096];
             let _ = conn.read(&mut buf).await;
-            let _ = conn
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3000000\r\n\r\n")
-                .await;
-            let chunk = vec![b' '; 100_000];
-            for _ in 0..30 {
+            let _ = conn.write_all(head.as_bytes()).await;
+            for chunk in chunks {
                 if conn.write_all(&chunk).await.is_err() {
                     return;
                 }
             }
         });
+        url
+    }
+
+    /// An answer larger than the most allowed is refused as it comes, not read whole.
+    #[tokio::test]
+    async fn an_answer_too_large_is_refused() {
+        let head = "HTTP/1.1 200 OK\r\ncontent-length: 3000000\r\n\r\n".to_owned();
+        let url = answering_once(head, vec![vec![b' '; 100_000]; 30]).await;
         let lapi = Lapi::new(&url).unwrap();
         let req = lapi.http.get(format!("{url}/v1/decisions/stream"));
         let resp = req.send().await.unwrap();
@@ -310,16 +315,8 @@ mod tests {
         };
         assert!(why.contains("larger than 1 MiB"), "{why}");
         // Under the most: read whole.
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move {
-            let (mut conn, _) = listener.accept().await.unwrap();
-            let mut buf = [0u8; 4096];
-            let _ = conn.read(&mut buf).await;
-            let _ = conn
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
-                .await;
-        });
+        let head = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n".to_owned();
+        let url = answering_once(head, vec![b"hello".to_vec()]).await;
         let resp = lapi.http.get(&url).send().await.unwrap();
         assert_eq!(read_body(resp, 5).await.unwrap(), b"hello");
     }
@@ -332,24 +329,8 @@ mod tests {
             "http://{}/v1/decisions/stream",
             elsewhere.local_addr().unwrap()
         );
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let location = target.clone();
-        tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
-                let mut buf = [0u8; 4096];
-                let _ = conn.read(&mut buf).await;
-                let _ = conn
-                    .write_all(
-                        format!(
-                            "HTTP/1.1 302 Found\r\nlocation: {location}\r\n\
-                             content-length: 0\r\n\r\n"
-                        )
-                        .as_bytes(),
-                    )
-                    .await;
-            }
-        });
+        let head = format!("HTTP/1.1 302 Found\r\nlocation: {target}\r\ncontent-length: 0\r\n\r\n");
+        let url = answering_once(head, Vec::new()).await;
         let lapi = Lapi::new(&url).unwrap();
         let answer = lapi.stream(&Secret::new("k"), true, &[], &[]).await;
         let Err(ApiError::Status(302, why)) = &answer else {
