@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use portsentry_common::maps::{BanOrigin, KernelBan};
+use portsentry_common::maps::{BanEntry, BanOrigin, KernelBan};
 use portsentry_tests::{
     daemon::{Workdir, wait_until},
     netns::{TestNet, tcp_connect},
@@ -301,6 +301,64 @@ fn a_scanner_whose_ban_failed_is_banned_once_there_is_room() {
     assert!(wait_until(Duration::from_secs(5), || {
         fs::read_to_string(&order).is_ok_and(|o| o.contains(&format!("route {scanner}")))
     }));
+    assert!(d.stop().success());
+}
+
+/// The kernel's deadline of a timed ban is monotonic, worked out from the wall clock when
+/// the ban was written: after a step of the wall clock it is made that of the ban's end
+/// on record again (a step back would end the ban early, while `status` says it is in
+/// force), by the running daemon and by a start. (Simulated as above: the program's
+/// offset an hour off and the ban's deadline an hour early, the state a step back of an
+/// hour leaves.)
+#[test]
+fn timed_bans_follow_a_step_of_the_wall_clock() {
+    require_kernel!();
+    let net = TestNet::new(0);
+    let wd = Workdir::new();
+    wd.config(&net.server_if, "KILL_ROUTE=\"\"\nKILL_RUN_CMD=\"\"\n");
+    let d = start(&net, &wd);
+    let (ok, _, err) = wd.cli(&["ban", "203.0.113.7", "--time", "2h"]);
+    assert!(ok, "{err}");
+    let host: ipnet::IpNet = "203.0.113.7/32".parse().unwrap();
+    let mut dp = portsentry_user::kernel::Dataplane::open_pinned(&wd.pin_dir).unwrap();
+    let on_record = dp.ban(&host).unwrap().expect("the ban in the kernel");
+    assert_ne!(on_record.expires_ns, 0, "a timed ban");
+    let hour = 3_600_000_000_000u64;
+    let stepped = BanEntry {
+        expires_ns: on_record.expires_ns - hour,
+        ..on_record
+    };
+    let deadline = |dp: &portsentry_user::kernel::Dataplane| {
+        dp.ban(&host).unwrap().expect("the ban").expires_ns
+    };
+    dp.insert_ban(&host, &stepped).unwrap();
+    let kb = dp.kernel_ban().unwrap().expect("PS_KBAN");
+    dp.write_kernel_ban(KernelBan {
+        wall_offset_ns: kb.wall_offset_ns.wrapping_sub(hour),
+        ..kb
+    })
+    .unwrap();
+    d.wait_for(
+        "and so do the kernel's deadlines of 1 timed bans",
+        Duration::from_secs(5),
+    );
+    assert!(
+        deadline(&dp).abs_diff(on_record.expires_ns) < 1_000_000_000,
+        "the deadline {} against {} on record",
+        deadline(&dp),
+        on_record.expires_ns
+    );
+    // The same step while no daemon ran: the start writes the deadline again.
+    assert!(d.stop().success());
+    dp.insert_ban(&host, &stepped).unwrap();
+    let d = start(&net, &wd);
+    d.wait_for("active:", Duration::from_secs(10));
+    assert!(
+        deadline(&dp).abs_diff(on_record.expires_ns) < 1_000_000_000,
+        "after a start: the deadline {} against {} on record",
+        deadline(&dp),
+        on_record.expires_ns
+    );
     assert!(d.stop().success());
 }
 

@@ -482,6 +482,31 @@ impl Book {
         self.store.covering(ip).is_some()
     }
 
+    /// Writes the kernel's deadline of every timed ban in force again from its end on
+    /// record, as the clocks read now: the kernel's deadlines are monotonic, worked out
+    /// from the wall clock when each ban was written, so a step of the wall clock (NTP
+    /// setting it at boot, an operator's `date`) leaves them off by the step, and a step
+    /// back would end them early while the record says they are in force. The number of
+    /// bans rewritten.
+    pub fn rebase_deadlines(&mut self) -> Result<usize> {
+        let Some(dp) = &mut self.dp else {
+            return Ok(0);
+        };
+        let clocks = crate::clock::Anchor::now();
+        let now_ms = super::unix_ms(SystemTime::now());
+        let timed: Vec<(IpNet, BanEntry)> = self
+            .store
+            .records()
+            .filter(|(_, r)| r.expires_ms > now_ms)
+            .filter_map(|(net, r)| Some((*net, r.kernel_entry_at(&clocks)?)))
+            .collect();
+        let n = timed.len();
+        if n > 0 {
+            dp.insert_bans(timed)?;
+        }
+        Ok(n)
+    }
+
     /// Whether the bans on record answer for the ban the program made of `source` at
     /// its trigger, so that no response takes it over: a ban of exactly `source`
     /// (responded to already: an event that waited in the ring over a restart), or the

@@ -237,10 +237,14 @@ pub fn reconcile(
         while let Some(e) = k.next_if(|(n, _)| net_order(n) < at) {
             kernel_only.push(*e);
         }
-        let in_kernel = k.next_if(|(n, _)| n == net).is_some();
+        let in_kernel = k.next_if(|(n, _)| n == net).map(|(_, e)| e.expires_ns);
         if rec.expires_ms != 0 && rec.expires_ms <= now_ms {
             out.expired.extend(rec.ban(*net));
-        } else if !in_kernel && let Some(entry) = rec.kernel_entry_at(&clocks) {
+        } else if let Some(entry) = rec.kernel_entry_at(&clocks)
+            && in_kernel.is_none_or(|k| deadline_moved(k, entry.expires_ns))
+        {
+            // Lacking (all of them after a reboot), or held with a deadline the wall
+            // clock has moved away from (a step, or a suspend, while no daemon ran).
             to_insert(*net, entry);
         }
     }
@@ -260,6 +264,14 @@ pub fn reconcile(
         }
     }
     out
+}
+
+/// Whether the kernel's deadline `kernel` of a ban is more than a second away from
+/// `record`, the one its end on record makes as the clocks read now: the kernel's
+/// deadlines are monotonic, worked out from the wall clock when each ban was written.
+fn deadline_moved(kernel: u64, record: u64) -> bool {
+    const SLACK_NS: u64 = 1_000_000_000;
+    kernel.abs_diff(record) > SLACK_NS
 }
 
 /// `IpNet`'s order (IPv4 first, then by address, then by prefix length) as plain
@@ -518,5 +530,41 @@ mod tests {
             (80, Some(Protocol::Tcp), Some(ModeToken::Atcp))
         );
         assert_eq!(adopted.scan_type, Some(ScanType::TcpFin));
+    }
+
+    /// A timed ban the kernel holds with a deadline the wall clock has moved away from
+    /// (stepped back an hour while no daemon ran: it would end an hour early) is written
+    /// again from its end on record; one whose deadline agrees is left as it is.
+    #[test]
+    fn a_kernel_deadline_off_by_a_step_is_written_again() {
+        let now = SystemTime::now();
+        let end = now + Duration::from_secs(7200);
+        let mut saved = BanStore::new();
+        saved.insert(ban("192.0.2.1/32", Some(end), BanOrigin::Scan));
+        saved.insert(ban("192.0.2.2/32", Some(end), BanOrigin::Scan));
+        let agreed = saved
+            .get(&"192.0.2.1/32".parse().unwrap())
+            .unwrap()
+            .kernel_entry();
+        let stepped = BanEntry {
+            expires_ns: agreed.expires_ns - 3_600_000_000_000,
+            ..agreed
+        };
+        let kernel = vec![
+            ("192.0.2.1/32".parse().unwrap(), agreed),
+            ("192.0.2.2/32".parse().unwrap(), stepped),
+        ];
+        let mut written: Vec<(IpNet, BanEntry)> = Vec::new();
+        reconcile(
+            saved,
+            kernel,
+            now,
+            ModeToken::Atcp,
+            ModeToken::Audp,
+            |n, e| written.push((n, e)),
+        );
+        assert_eq!(written.len(), 1, "{written:?}");
+        assert_eq!(written[0].0, "192.0.2.2/32".parse::<IpNet>().unwrap());
+        assert!(written[0].1.expires_ns.abs_diff(agreed.expires_ns) < 10_000_000);
     }
 }

@@ -519,18 +519,39 @@ pub(super) fn housekeeping(shared: &Arc<Shared>) {
     }
 }
 
-/// Moves the program's budget seconds with a step of the wall clock since they were set.
+/// Moves the program's budget seconds, and the kernel's deadlines of the timed bans,
+/// with a step of the wall clock since they were set.
 fn follow_wall_clock(shared: &Shared) {
     let step = match shared.book().dp.as_mut() {
         Some(dp) => dp.follow_wall_clock(configure::wall_offset_ns()),
         None => return,
     };
     match step {
-        Ok(Some(ns)) => shared.log.notice(&format!(
-            "portsentry: the wall clock was stepped by {:.3} s; MAX_BANS_PER_SEC's seconds \
-             in the kernel follow it",
-            ns as f64 / 1e9
-        )),
+        Ok(Some(ns)) => {
+            let took = std::time::Instant::now();
+            // The bans' ends on record are wall-clock times (a decision's too): the
+            // kernel's deadlines are made theirs again.
+            let rebased = shared.book().rebase_deadlines();
+            let step = format!(
+                "portsentry: the wall clock was stepped by {:.3} s; MAX_BANS_PER_SEC's \
+                 seconds in the kernel follow it",
+                ns as f64 / 1e9
+            );
+            match rebased {
+                Ok(n) => shared.log.notice(&format!(
+                    "{step}, and so do the kernel's deadlines of {n} timed bans (written in \
+                     {:.2?})",
+                    took.elapsed()
+                )),
+                Err(e) => {
+                    shared.log.notice(&step);
+                    shared.log.warn(&format!(
+                        "portsentry: writing the timed bans' deadlines after the step: {e:#}; \
+                         the kernel's are off by the step until the next start"
+                    ));
+                }
+            }
+        }
         Ok(None) => {}
         Err(e) => shared.log.warn(&format!("portsentry: {e:#}")),
     }
