@@ -1442,3 +1442,48 @@ fn a_refused_write_before_the_program_runs_leaves_only_the_hashs_bans_indexed() 
     );
     fresh.wait_verified().unwrap();
 }
+
+/// Bans written again with new entries (their deadlines moved with a step of the wall
+/// clock, a decision extended: `refresh_bans`) take the new deadline in the program and
+/// count no filter bit or wide range a second time: once lifted, their bits are clear and
+/// the wide flag is off (counted twice, the bits stayed set and every packet went on to
+/// the trie until the next load). A ban the maps lack is put as new.
+#[test]
+fn bans_written_again_are_counted_once() {
+    use portsentry_common::maps::SETTING_PREFIX_BANS_WIDE;
+    require_kernel!();
+    let mut fx = Fixture::new();
+    let (host, wide, absent) = (
+        net("198.51.100.9/32"),
+        net("10.0.0.0/7"),
+        net("203.0.113.5/32"),
+    );
+    let past = BanEntry {
+        since_ns: monotonic_ns(),
+        expires_ns: 1,
+        ..Default::default()
+    };
+    fx.dp.insert_ban(&host, &past).unwrap();
+    fx.dp.insert_ban(&wide, &past).unwrap();
+    fx.expect(&udp("198.51.100.9"), XDP_PASS, Counter::PassUnwatched);
+    fx.expect(&udp("11.1.2.3"), XDP_PASS, Counter::PassUnwatched);
+    let later = BanEntry {
+        expires_ns: monotonic_ns() + 3_600_000_000_000,
+        ..past
+    };
+    fx.dp
+        .refresh_bans(vec![(host, later), (wide, later), (absent, later)])
+        .unwrap();
+    for src in ["198.51.100.9", "11.1.2.3", "203.0.113.5"] {
+        fx.expect(&udp(src), XDP_DROP, Counter::DropBanned);
+    }
+    for n in [host, wide, absent] {
+        assert!(fx.dp.remove_ban(&n).unwrap(), "{n}");
+    }
+    assert_eq!(fx.dp.ban_filter_bits().unwrap(), 0, "filter bits left set");
+    assert_eq!(
+        fx.dp.settings().flags & SETTING_PREFIX_BANS_WIDE,
+        0,
+        "the wide flag left on"
+    );
+}

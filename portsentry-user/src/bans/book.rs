@@ -222,11 +222,25 @@ impl Book {
             .collect();
         let accepted: Vec<usize> = (0..bans.len()).filter(|i| results[*i].is_ok()).collect();
         if let Some(dp) = &mut self.dp {
-            let entries: Vec<(IpNet, BanEntry)> = accepted
+            // A network banned already (a decision extended) has its entry replaced,
+            // its filter bits not counted a second time.
+            let (held, new): (Vec<(IpNet, BanEntry)>, Vec<_>) = accepted
                 .iter()
                 .map(|i| (bans[*i].net, bans[*i].kernel_entry()))
-                .collect();
-            if dp.insert_bans(entries).is_err() {
+                .partition(|(net, _)| self.store.get(net).is_some());
+            let refreshed = if held.is_empty() {
+                Ok(())
+            } else {
+                dp.refresh_bans(held)
+            };
+            let written = refreshed.and_then(|()| {
+                if new.is_empty() {
+                    Ok(())
+                } else {
+                    dp.insert_bans(new)
+                }
+            });
+            if written.is_err() {
                 for i in accepted {
                     let flags = self.decision_flags(&bans[i]);
                     results[i] = self.put_over(bans[i], false, None, flags);
@@ -502,7 +516,7 @@ impl Book {
             .collect();
         let n = timed.len();
         if n > 0 {
-            dp.insert_bans(timed)?;
+            dp.refresh_bans(timed)?;
         }
         Ok(n)
     }

@@ -205,6 +205,12 @@ pub struct Reconciled {
     /// Bans the program made itself at the trigger that no daemon responded to yet
     /// (origin `Kernel`): in the kernel, not in `store`; the daemon responds to them.
     pub pending: Vec<(IpNet, BanEntry)>,
+    /// Bans on record the kernel holds with a deadline the wall clock has moved away
+    /// from (a step, or a suspend, while no daemon ran), with the entry their record
+    /// makes now: the daemon writes them again ([`Dataplane::refresh_bans`]).
+    ///
+    /// [`Dataplane::refresh_bans`]: crate::kernel::Dataplane::refresh_bans
+    pub moved: Vec<(IpNet, BanEntry)>,
 }
 
 /// Merges the bans on record with the kernel's: a ban in either is kept (the kernel
@@ -240,12 +246,13 @@ pub fn reconcile(
         let in_kernel = k.next_if(|(n, _)| n == net).map(|(_, e)| e.expires_ns);
         if rec.expires_ms != 0 && rec.expires_ms <= now_ms {
             out.expired.extend(rec.ban(*net));
-        } else if let Some(entry) = rec.kernel_entry_at(&clocks)
-            && in_kernel.is_none_or(|k| deadline_moved(k, entry.expires_ns))
-        {
-            // Lacking (all of them after a reboot), or held with a deadline the wall
-            // clock has moved away from (a step, or a suspend, while no daemon ran).
-            to_insert(*net, entry);
+        } else if let Some(entry) = rec.kernel_entry_at(&clocks) {
+            match in_kernel {
+                // Lacking (all of them after a reboot).
+                None => to_insert(*net, entry),
+                Some(k) if deadline_moved(k, entry.expires_ns) => out.moved.push((*net, entry)),
+                Some(_) => {}
+            }
         }
     }
     kernel_only.extend(k.copied());
@@ -554,15 +561,17 @@ mod tests {
             ("192.0.2.1/32".parse().unwrap(), agreed),
             ("192.0.2.2/32".parse().unwrap(), stepped),
         ];
-        let mut written: Vec<(IpNet, BanEntry)> = Vec::new();
-        reconcile(
+        let mut lacking = 0;
+        let r = reconcile(
             saved,
             kernel,
             now,
             ModeToken::Atcp,
             ModeToken::Audp,
-            |n, e| written.push((n, e)),
+            |_, _| lacking += 1,
         );
+        assert_eq!(lacking, 0);
+        let written = r.moved;
         assert_eq!(written.len(), 1, "{written:?}");
         assert_eq!(written[0].0, "192.0.2.2/32".parse::<IpNet>().unwrap());
         assert!(written[0].1.expires_ns.abs_diff(agreed.expires_ns) < 10_000_000);

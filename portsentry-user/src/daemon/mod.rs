@@ -317,6 +317,15 @@ pub async fn run(
     let t = std::time::Instant::now();
     let written = to_insert.len();
     dp.write_bans(to_insert).map_err(|e| too_small(e, c))?;
+    let moved = std::mem::take(&mut r.moved);
+    if !moved.is_empty() {
+        log.notice(&format!(
+            "portsentry: the kernel's deadlines of {} timed bans were off by a step of the \
+             wall clock (or a suspend) while no daemon ran; written again",
+            moved.len()
+        ));
+        dp.refresh_bans(moved)?;
+    }
     log.notice(&format!(
         "portsentry: kernel maps: {in_kernel} bans read in {read_kernel:.2?}, {written} \
          written in {:.2?}",

@@ -124,6 +124,64 @@ impl Dataplane {
         self.write_bans(writes)
     }
 
+    /// Writes the entries of bans the maps may hold already with new values (their
+    /// deadlines moved with a step of the wall clock, a decision extended), counting no
+    /// filter bit or range a second time: a ban held has its value replaced in the hash
+    /// or the trie (and the hash of ranges), and its deadline in the tags or the cache;
+    /// one the maps lack is put as [`Self::insert_bans`] puts it. (Counted again, the
+    /// bits of a ban would stay set after its lift, and a wide range would keep every
+    /// packet going to the trie, until the next load.)
+    pub fn refresh_bans(&mut self, bans: Vec<(IpNet, BanEntry)>) -> Result<()> {
+        let mut fresh = Vec::new();
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        let mut ranges = Vec::new();
+        for (net, entry) in bans {
+            let (len, key) = addr::net_key(&net);
+            let held = if self.exact(&net) {
+                absent_is_none(self.maps.bans.get(&key, 0))?.is_some_and(|b| !uncounted(b))
+            } else {
+                self.trie_ban(&Key::new(len, key))?.is_some()
+            };
+            match (held, self.exact(&net)) {
+                (false, _) => fresh.push((net, entry)),
+                (true, true) => {
+                    keys.push(key);
+                    values.push(entry);
+                }
+                (true, false) => ranges.push((net, entry)),
+            }
+        }
+        if !keys.is_empty() {
+            self.bans_at_load = None;
+            sys::write_map_parallel(fd(&self.maps.bans), &keys, &values)
+                .map_err(|e| stopped_at(e, None, maps::BANS))?;
+            let expires = values.iter().map(|v| v.expires_ns);
+            put_cached(
+                &mut self.maps.ban_tags,
+                &mut self.maps.ban_cache,
+                keys.iter().zip(expires),
+            )?;
+        }
+        if !ranges.is_empty() {
+            // The hash of ranges decides first: its value, then the trie's.
+            self.net_hash_add(&ranges)?;
+            let keys: Vec<Key<Addr>> = ranges
+                .iter()
+                .map(|(net, _)| {
+                    let (len, key) = addr::net_key(net);
+                    Key::new(len, key)
+                })
+                .collect();
+            let values: Vec<BanEntry> = ranges.iter().map(|(_, e)| *e).collect();
+            sys::write_map(fd(&self.maps.ban_nets), &keys, &values)
+                .map_err(|e| stopped_at(e, None, maps::BAN_NETS))?;
+        }
+        if !fresh.is_empty() {
+            self.insert_bans(fresh)?;
+        }
+        Ok(())
+    }
+
     /// [`Self::insert_bans`] of bans already sorted out ([`Self::ban_writes`]).
     pub fn write_bans(&mut self, writes: BanWrites) -> Result<()> {
         self.bans_at_load = None;
