@@ -278,16 +278,18 @@ pub(super) fn recover_lost_bans(shared: &Arc<Shared>) {
         .await;
         let failed = match read {
             Ok(Ok(bans)) => {
-                // Not those a response is under way for, or waits for its turn (the
-                // program's ban is taken over only then): the host is marked acted on
-                // when its response starts. Nor those a ban on record answers for (a
-                // wider one that has run out does not: `Book::answers_for`).
+                // Not those a response that bans the host is under way for, or waits
+                // for its turn (the program's ban is taken over only then): the host is
+                // marked when its response starts. (A host reported only, or whose
+                // command alone ran, has none coming: its ban is taken over here.) Nor
+                // those a ban on record answers for (a wider one that has run out does
+                // not: `Book::answers_for`).
                 let pending: Vec<_> = bans
                     .into_iter()
                     .filter(|(net, e)| {
                         e.origin == BanOrigin::Kernel as u8
                             && ScanType::from_u8(e.scan_type).is_some_and(|t| {
-                                !shared.acted_on(net.addr(), Protocol::of(t))
+                                !shared.ban_under_way(net.addr(), Protocol::of(t))
                                     && !shared.book().answers_for(net)
                             })
                     })

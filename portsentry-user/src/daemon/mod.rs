@@ -203,15 +203,18 @@ impl Shared {
         self.book.lock().expect("book lock")
     }
 
-    /// Whether a response to `ip`'s scan of `proto` was started (it may still wait for
-    /// its turn) and the host not released since.
-    fn acted_on(&self, ip: IpAddr, proto: Protocol) -> bool {
+    /// Whether a response that bans `ip` was started for its scan of `proto` (it may
+    /// still wait for its turn) and the host not released since: that response takes a
+    /// ban the program made of it over. (A host reported only, or whose command alone
+    /// ran, has none coming.)
+    fn ban_under_way(&self, ip: IpAddr, proto: Protocol) -> bool {
         self.handled
             .lock()
             .expect("handled lock")
             .hosts
             .0
-            .contains_key(&(ip, proto))
+            .get(&(ip, proto))
+            == Some(&Mark::Ban)
     }
 
     /// Whether `ip` was acted on already for a scan of `proto` (or is covered by a ban).
