@@ -165,14 +165,7 @@ impl Dataplane {
         if !ranges.is_empty() {
             // The hash of ranges decides first: its value, then the trie's.
             self.net_hash_add(&ranges)?;
-            let keys: Vec<Key<Addr>> = ranges
-                .iter()
-                .map(|(net, _)| {
-                    let (len, key) = addr::net_key(net);
-                    Key::new(len, key)
-                })
-                .collect();
-            let values: Vec<BanEntry> = ranges.iter().map(|(_, e)| *e).collect();
+            let (keys, values) = trie_entries(&ranges);
             sys::write_map(fd(&self.maps.ban_nets), &keys, &values)
                 .map_err(|e| stopped_at(e, None, maps::BAN_NETS))?;
         }
@@ -242,14 +235,7 @@ impl Dataplane {
             indexed?;
         }
         if !nets.is_empty() {
-            let keys: Vec<Key<Addr>> = nets
-                .iter()
-                .map(|(net, _)| {
-                    let (len, key) = addr::net_key(net);
-                    Key::new(len, key)
-                })
-                .collect();
-            let values: Vec<BanEntry> = nets.iter().map(|(_, e)| *e).collect();
+            let (keys, values) = trie_entries(&nets);
             // The filter first: the program never skips the trie for a banned range.
             // (A range already in the trie is counted again: that only keeps its bits
             // set longer.) Then the hash of lengths, which may send the program to the
@@ -679,6 +665,16 @@ fn put_cached<'a>(
         None => Vec::new(),
     };
     cache.put_all(untagged(bans, tagged))
+}
+
+/// The keys and values of `nets` in `PS_BAN_NETS`.
+fn trie_entries(nets: &[(IpNet, BanEntry)]) -> (Vec<Key<Addr>>, Vec<BanEntry>) {
+    nets.iter()
+        .map(|(net, e)| {
+            let (len, key) = addr::net_key(net);
+            (Key::new(len, key), *e)
+        })
+        .unzip()
 }
 
 /// Whether two keys of the trie (either absent) are the same range.
