@@ -236,7 +236,9 @@ impl Workdir {
     }
 
     /// Like [`Workdir::cli`], with `env` set for the command (SSH_CLIENT, ...); SSH's
-    /// variables are removed first, so the test's own session never counts.
+    /// variables are removed first. (The command still finds the SSH session of the
+    /// process running the tests, if any, as it does under sudo: the tests ban
+    /// documentation addresses, which that session's never is.)
     pub fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
         let out = std::process::Command::new(binary())
             .env_remove("SSH_CLIENT")

@@ -163,6 +163,22 @@ fn bans_that_would_cut_off_what_must_stay_reachable_are_refused() {
     );
     let err = refused(&wd, &["192.0.2.4/30"], &env);
     assert!(err.contains("SSH session"), "{err}");
+    // Run as `sudo` runs it: the session's variables are in the shell's environment,
+    // not the command's.
+    let under_sudo = std::process::Command::new("sh")
+        .env("SSH_CONNECTION", format!("{operator} 50022 192.0.2.1 22"))
+        .args(["-c", "\"$@\"; exit $?", "sh", "env", "-u", "SSH_CLIENT"])
+        .args(["-u", "SSH_CONNECTION"])
+        .arg(portsentry_tests::daemon::binary())
+        .args(["ban", &operator.to_string(), "-c"])
+        .arg(wd.conf())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&under_sudo.stderr);
+    assert!(
+        !under_sudo.status.success() && err.contains("the address of your SSH session"),
+        "a ban of the session from a command without its variables: {err}"
+    );
     still_reachable("banning the SSH session");
     assert!(reaches(&net, operator));
     accepted(&wd, &[&operator.to_string(), "--force"], &env);

@@ -325,11 +325,60 @@ impl Guard {
 
 /// The address of the operator's SSH session, from `SSH_CLIENT` ("ADDR PORT PORT") or
 /// `SSH_CONNECTION` ("ADDR PORT ADDR PORT"), when this runs inside one.
-pub fn ssh_client(client: Option<&str>, connection: Option<&str>) -> Option<IpAddr> {
+fn ssh_client(client: Option<&str>, connection: Option<&str>) -> Option<IpAddr> {
     [client, connection]
         .into_iter()
         .flatten()
         .find_map(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// The address of the SSH session this command runs in: from its own `SSH_CLIENT` or
+/// `SSH_CONNECTION`, or else from the nearest process it descends from that has them.
+/// `sudo` (its `env_reset`), `sudo -i` and `su -` run the command with neither, while
+/// the session's shell, and `sudo` itself, still hold them in the environment they
+/// started with (`/proc/PID/environ`, which root may read).
+pub fn session_address() -> Option<IpAddr> {
+    let own = |name| std::env::var(name).ok();
+    if let Some(addr) = ssh_client(
+        own("SSH_CLIENT").as_deref(),
+        own("SSH_CONNECTION").as_deref(),
+    ) {
+        return Some(addr);
+    }
+    let mut pid = std::process::id();
+    // A chain of a few processes (sshd's shell, sudo, its monitor, a root shell);
+    // bounded all the same.
+    for _ in 0..64 {
+        pid = parent_of(pid)?;
+        if pid <= 1 {
+            return None;
+        }
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let var = |name: &str| {
+            environ
+                .split(|&b| b == 0)
+                .find_map(|kv| kv.strip_prefix(name.as_bytes())?.strip_prefix(b"="))
+                .and_then(|v| std::str::from_utf8(v).ok())
+        };
+        if let Some(addr) = ssh_client(var("SSH_CLIENT"), var("SSH_CONNECTION")) {
+            return Some(addr);
+        }
+    }
+    None
+}
+
+/// The parent of process `pid`, from `/proc/PID/stat` (its fourth field, after the
+/// name in parentheses, which may hold spaces and parentheses itself).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -353,6 +402,14 @@ mod tests {
         .map(|(n, why)| Protected::new(net(n), why))
         .to_vec();
         g
+    }
+
+    #[test]
+    fn the_parent_of_this_process_is_read_from_proc() {
+        assert_eq!(
+            parent_of(std::process::id()),
+            Some(std::os::unix::process::parent_id())
+        );
     }
 
     #[test]

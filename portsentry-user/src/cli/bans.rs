@@ -39,10 +39,7 @@ pub fn ban(args: &BanArgs) -> Result<String> {
     let net = parse_target(&args.target).map_err(anyhow::Error::msg)?;
     let asker = ops::Asker {
         force: args.force,
-        session: guard::ssh_client(
-            std::env::var("SSH_CLIENT").ok().as_deref(),
-            std::env::var("SSH_CONNECTION").ok().as_deref(),
-        ),
+        session: guard::session_address(),
     };
     let req = Request::Ban {
         net,
