@@ -130,7 +130,16 @@ pub fn unban(book: &mut Book, which: Unban) -> (Vec<Ban>, Result<String>) {
         Unban::One(net) if lifted.is_empty() && !unrecorded.is_empty() => Ok(format!(
             "unbanned {net} (a ban the program had just made, not yet recorded)"
         )),
-        Unban::One(net) if lifted.is_empty() => Err(anyhow!("{net} is not banned")),
+        // The address an alert names for an IPv6 network's ban, or a host an
+        // escalation's range took in: say which ban to lift.
+        Unban::One(net) if lifted.is_empty() => match book.store.covering_net(&net) {
+            Some(wider) => Err(anyhow!(
+                "{net} is not banned itself; the ban of {wider} covers it (portsentry unban \
+                 {wider})",
+                wider = wider.net
+            )),
+            None => Err(anyhow!("{net} is not banned")),
+        },
         Unban::One(net) => Ok(format!("unbanned {net}")),
         Unban::All if unrecorded.is_empty() => Ok(format!("unbanned {} networks", lifted.len())),
         Unban::All => Ok(format!(
@@ -223,6 +232,13 @@ mod tests {
         let (lifted, r) = unban(&mut book, Unban::One(net));
         assert!(lifted.is_empty());
         assert_eq!(r.unwrap_err().to_string(), "192.0.2.7/32 is not banned");
+        let (lifted, r) = unban(&mut book, Unban::One("198.51.100.9/32".parse().unwrap()));
+        assert!(lifted.is_empty());
+        assert_eq!(
+            r.unwrap_err().to_string(),
+            "198.51.100.9/32 is not banned itself; the ban of 198.51.100.0/24 covers it \
+             (portsentry unban 198.51.100.0/24)"
+        );
         let (lifted, r) = unban(&mut book, Unban::All);
         assert_eq!(
             (lifted.len(), r.unwrap()),

@@ -189,11 +189,17 @@ pub struct UnbanArgs {
     pub file: FileArgs,
 }
 
+/// A ban's time: whole seconds, as the daemon takes it (`500ms` would be 0 there,
+/// permanent).
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    config::parse_duration(s).map_err(|e| match e {
+    let d = config::parse_duration(s).map_err(|e| match e {
         config::DurationError::TooLong => format!("{e}; 0 = permanent"),
         config::DurationError::Syntax(_) => format!("{e} (write e.g. 3600, 90s, 30m, 12h, 7d)"),
-    })
+    })?;
+    if d.subsec_nanos() != 0 {
+        return Err("a ban lasts whole seconds (write e.g. 3600, 90s, 30m, 12h, 7d)".into());
+    }
+    Ok(d)
 }
 
 /// An address or network: `192.0.2.7`, `192.0.2.0/24`, `2001:db8::/48`; an
@@ -280,6 +286,19 @@ mod tests {
         assert_eq!(t("::ffff:192.0.2.7"), Ok("192.0.2.7/32".into()));
         assert_eq!(t("::ffff:192.0.2.0/120"), Ok("192.0.2.0/24".into()));
         assert!(t("192.0.2").is_err());
+    }
+
+    #[test]
+    fn a_ban_time_is_whole_seconds() {
+        assert_eq!(
+            parse_duration("90s"),
+            Ok(std::time::Duration::from_secs(90))
+        );
+        assert_eq!(parse_duration("0"), Ok(std::time::Duration::ZERO));
+        for fraction in ["30ms", "1s 500ms", "100us"] {
+            let err = parse_duration(fraction).unwrap_err();
+            assert!(err.contains("whole seconds"), "{fraction}: {err}");
+        }
     }
 
     #[test]
