@@ -16,10 +16,11 @@ use crate::{
 
 /// Whether the program bans a source of `proto` itself at the probe that reaches the
 /// trigger: when the configuration lets the block come first (BLOCK_TCP/BLOCK_UDP = 1,
-/// KILL_RUN_CMD_FIRST = 0) and the protocol is watched. Otherwise the daemon decides.
+/// and no KILL_RUN_CMD that KILL_RUN_CMD_FIRST = 1 runs before it) and the protocol is
+/// watched. Otherwise the daemon decides.
 pub fn kernel_bans(eff: &Effective, proto: Protocol) -> bool {
     eff.block_mode(proto) == BlockMode::Block
-        && !eff.config.kill_run_cmd_first
+        && !(eff.config.kill_run_cmd_first && eff.config.kill_run_cmd.is_some())
         && eff.mode_token(proto).is_some()
 }
 
@@ -187,4 +188,29 @@ pub(super) fn random_secret() -> u64 {
         return crate::clock::monotonic_ns() ^ u64::from(std::process::id()) << 32;
     }
     u64::from_ne_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, effective::from_config};
+
+    #[test]
+    fn the_block_comes_first_unless_a_command_must_run_before_it() {
+        let bans = |first, cmd: Option<&str>| {
+            let eff = from_config(Config {
+                kill_run_cmd_first: first,
+                kill_run_cmd: cmd.map(str::to_string),
+                ..Config::default()
+            })
+            .unwrap();
+            kernel_bans(&eff, Protocol::Tcp)
+        };
+        assert!(bans(false, None));
+        assert!(bans(false, Some("/bin/true")));
+        assert!(!bans(true, Some("/bin/true")));
+        // KILL_RUN_CMD_FIRST without a command has nothing to run first (1.2 reads it
+        // only with KILL_RUN_CMD).
+        assert!(bans(true, None));
+    }
 }
