@@ -162,6 +162,11 @@ pub fn ensure_packages(packages: &[(&str, &str)]) -> Result<()> {
         );
     }
     eprintln!("xtask: installing {}", missing.join(" "));
+    // An install cut short (Ctrl-C, a session's end) leaves dpkg's journal behind, and
+    // apt-get refuses every install until it is replayed; with none, this does nothing.
+    run(Command::new("dpkg")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["--configure", "-a"]))?;
     run(Command::new("apt-get").arg("update").arg("-q"))?;
     run(Command::new("apt-get")
         .env("DEBIAN_FRONTEND", "noninteractive")
@@ -180,7 +185,9 @@ fn installed(package: &str) -> bool {
 
 /// Unpacks the packages of [`UNPACKED_PACKAGES`] under `target/unpacked/<package>/` (their
 /// files only: no maintainer script runs, nothing is installed). Idempotent: a package whose
-/// binaries are all there is left alone.
+/// binaries are all there is left alone. Nothing cut short is taken for done: a `.deb` is
+/// moved in once downloaded whole, a package's directory once unpacked whole, and a `.deb`
+/// that does not unpack is fetched again.
 pub fn ensure_unpacked(root: &Path) -> Result<()> {
     for (package, binaries) in UNPACKED_PACKAGES {
         let dir = root.join("target/unpacked").join(package);
@@ -193,31 +200,57 @@ pub fn ensure_unpacked(root: &Path) -> Result<()> {
         eprintln!("xtask: unpacking Debian's {package} into {}", dir.display());
         let deb = match find_deb(&download, package)? {
             Some(deb) => deb,
-            None => {
-                // `apt-get download` writes into the current directory; the index may be
-                // missing on a fresh machine.
-                let fetch = || {
-                    run(Command::new("apt-get")
-                        .current_dir(&download)
-                        .args(["download", "-q", package]))
-                };
-                if fetch().is_err() {
-                    run(Command::new("apt-get").arg("update").arg("-q"))?;
-                    fetch()?;
-                }
-                find_deb(&download, package)?
-                    .with_context(|| format!("apt-get download {package} wrote no .deb"))?
-            }
+            None => download_deb(&download, package)?,
         };
-        let _ = std::fs::remove_dir_all(&dir);
-        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
+        let unpacking = dir.with_extension("partial");
+        let unpack = |deb: &Path| {
+            let _ = std::fs::remove_dir_all(&unpacking);
+            run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&unpacking))
+        };
+        if unpack(&deb).is_err() {
+            eprintln!(
+                "xtask: {} does not unpack: fetching it again",
+                deb.display()
+            );
+            std::fs::remove_file(&deb).with_context(|| format!("removing {}", deb.display()))?;
+            unpack(&download_deb(&download, package)?)?;
+        }
         for b in *binaries {
-            if !dir.join(b).is_file() {
+            if !unpacking.join(b).is_file() {
                 bail!("{} holds no {b}", deb.display());
             }
         }
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&unpacking, &dir)
+            .with_context(|| format!("renaming {} to {}", unpacking.display(), dir.display()))?;
     }
     Ok(())
+}
+
+/// Downloads `package`'s `.deb` into `dir` (`apt-get download` writes the file in place as
+/// it arrives: it writes into a directory of its own, and the file is moved once whole).
+fn download_deb(dir: &Path, package: &str) -> Result<PathBuf> {
+    let fetching = dir.join(format!(".{package}.partial"));
+    let _ = std::fs::remove_dir_all(&fetching);
+    std::fs::create_dir_all(&fetching)
+        .with_context(|| format!("creating {}", fetching.display()))?;
+    // The index may be missing on a fresh machine.
+    let fetch = || {
+        run(Command::new("apt-get")
+            .current_dir(&fetching)
+            .args(["download", "-q", package]))
+    };
+    if fetch().is_err() {
+        run(Command::new("apt-get").arg("update").arg("-q"))?;
+        fetch()?;
+    }
+    let got = find_deb(&fetching, package)?
+        .with_context(|| format!("apt-get download {package} wrote no .deb"))?;
+    let deb = dir.join(got.file_name().expect("a file's name"));
+    std::fs::rename(&got, &deb)
+        .with_context(|| format!("renaming {} to {}", got.display(), deb.display()))?;
+    let _ = std::fs::remove_dir(&fetching);
+    Ok(deb)
 }
 
 /// The downloaded `.deb` of `package` in `dir`, if there is one.
