@@ -208,14 +208,9 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     } else {
         None
     };
-    let mut args: Vec<&str> = vec![
-        "test",
-        "--release",
-        "--no-fail-fast",
-        "--workspace",
-        "--exclude",
-        "portsentry-ebpf",
-    ];
+    // The workspace's default members (all but the eBPF crate, which builds for BPF
+    // only): `-p PACKAGE` then picks among them (beside `--workspace`, cargo drops it).
+    let mut args: Vec<&str> = vec!["test", "--release", "--no-fail-fast"];
     args.extend(for_cargo.iter().map(String::as_str));
     args.push("--");
     // Kernel tests share kernel state (interfaces, pins, counters): run serially.
