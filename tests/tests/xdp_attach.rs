@@ -210,6 +210,49 @@ fn a_program_loaded_again_leaves_the_old_one_its_stage_until_attached() {
     let _ = std::fs::remove_dir_all(&pins);
 }
 
+/// A restart with another XDP_MODE attaches in that mode: the pinned link of the old
+/// mode is not adopted as it is (its mode would stay until `portsentry unload`).
+#[test]
+fn a_start_with_another_xdp_mode_attaches_in_it() {
+    use portsentry_user::kernel::attached_mode;
+    require_kernel!();
+    let net = TestNet::new(0);
+    // An Ethernet device whose driver has no native XDP (a bridge).
+    net.server
+        .exec("ip link add psbridge0 type bridge && ip link set psbridge0 up");
+    let wd = Workdir::new();
+    let pins = wd.pin_dir.clone();
+    let start = |interface: &str, mode| {
+        let mut dp = Dataplane::load(&MapSizes::default(), Some(pins.clone())).expect("load");
+        let (tcp, udp) = default_ports();
+        dp.write_ports(&tcp, &udp).unwrap();
+        let a = net
+            .server
+            .enter(|| dp.attach(interface, mode))
+            .expect("attach");
+        let held = net.server.enter(|| attached_mode(interface));
+        (a.mode, held)
+    };
+    use aya::programs::XdpMode::{Driver, Skb};
+    let veth = net.server_if.as_str();
+    assert_eq!(start(veth, AttachMode::Skb), (Some(Skb), Some(Skb)));
+    // Adopted: the same mode, or any under `auto`.
+    assert_eq!(start(veth, AttachMode::Skb), (None, Some(Skb)));
+    assert_eq!(start(veth, AttachMode::Auto), (None, Some(Skb)));
+    assert_eq!(
+        start(veth, AttachMode::Native),
+        (Some(Driver), Some(Driver))
+    );
+    assert_eq!(start(veth, AttachMode::Native), (None, Some(Driver)));
+    assert_eq!(start(veth, AttachMode::Skb), (Some(Skb), Some(Skb)));
+    // Native refused: the old mode again, not an interface left without the program.
+    assert_eq!(start("psbridge0", AttachMode::Skb), (Some(Skb), Some(Skb)));
+    assert_eq!(
+        start("psbridge0", AttachMode::Native),
+        (Some(Skb), Some(Skb))
+    );
+}
+
 /// A device whose packets start at the IP header (here a tun device; WireGuard, IPIP,
 /// GRE and PPP are alike) is refused with an error that names it and says what to do:
 /// the program reads Ethernet frames, so on such a device it would see no scan and

@@ -12,11 +12,14 @@ use aya::programs::{
 };
 use netlink_packet_route::{
     RouteNetlinkMessage,
-    link::{LinkLayerType, LinkMessage},
+    link::{LinkAttribute, LinkLayerType, LinkMessage, LinkXdp, XdpAttached},
 };
 use portsentry_common::{PROBE_PROGRAM, PROGRAM_NAME};
 
-use super::{Dataplane, Program, sys::pinned_link_ifindex};
+use super::{
+    Dataplane, Program,
+    sys::{detach_pinned_link, pinned_link_ifindex},
+};
 use crate::{config::AttachMode, paths, rtnl};
 
 /// One attachment of the program made or adopted by this process.
@@ -35,23 +38,10 @@ pub struct Attachment {
 /// start at the IP header) would be watched in name only, no scan seen and no ban
 /// enforced. An interface that does not exist passes here (the attach names it).
 fn require_ethernet(interface: &str) -> Result<()> {
-    let Ok(name) = std::ffi::CString::new(interface) else {
+    let Some(link) = link_of(interface)? else {
         return Ok(());
     };
-    // SAFETY: a NUL-terminated name; the call reads it only.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if index == 0 {
-        return Ok(());
-    }
-    let mut link = LinkMessage::default();
-    link.header.index = index;
-    let kind = rtnl::request(RouteNetlinkMessage::GetLink(link), false)
-        .with_context(|| format!("reading the link type of {interface}"))?
-        .into_iter()
-        .find_map(|m| match m {
-            RouteNetlinkMessage::NewLink(l) => Some(l.header.link_layer_type),
-            _ => None,
-        });
+    let kind = Some(link.header.link_layer_type);
     match kind {
         Some(LinkLayerType::Ether | LinkLayerType::Loopback) | None => Ok(()),
         Some(other) => bail!(
@@ -63,6 +53,45 @@ fn require_ethernet(interface: &str) -> Result<()> {
              encapsulated or encrypted)"
         ),
     }
+}
+
+/// What the kernel says of `interface` (RTM_GETLINK); `None` when there is no such
+/// interface.
+fn link_of(interface: &str) -> Result<Option<LinkMessage>> {
+    let Ok(name) = std::ffi::CString::new(interface) else {
+        return Ok(None);
+    };
+    // SAFETY: a NUL-terminated name; the call reads it only.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        return Ok(None);
+    }
+    let mut link = LinkMessage::default();
+    link.header.index = index;
+    Ok(rtnl::request(RouteNetlinkMessage::GetLink(link), false)
+        .with_context(|| format!("reading the link {interface}"))?
+        .into_iter()
+        .find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(l),
+            _ => None,
+        }))
+}
+
+/// The mode a program is attached to `interface` in (`IFLA_XDP_ATTACHED`): `None` when
+/// none is, or it cannot be read.
+pub fn attached_mode(interface: &str) -> Option<XdpMode> {
+    link_of(interface)
+        .ok()??
+        .attributes
+        .into_iter()
+        .find_map(|a| match a {
+            LinkAttribute::Xdp(xdp) => xdp.into_iter().find_map(|x| match x {
+                LinkXdp::Attached(XdpAttached::Driver) => Some(XdpMode::Driver),
+                LinkXdp::Attached(XdpAttached::SocketBuffer) => Some(XdpMode::Skb),
+                _ => None,
+            }),
+            _ => None,
+        })
 }
 
 impl Dataplane {
@@ -103,7 +132,10 @@ impl Dataplane {
     /// Attaches to `interface` and returns what was done. With a pin directory, the
     /// link is pinned (`link-IFACE`) so that it outlives this process; a link already
     /// pinned there is adopted: this program replaces the old one in it atomically, so
-    /// there is no moment without a program on the interface.
+    /// there is no moment without a program on the interface. A pinned link of another
+    /// mode than `mode` names (XDP_MODE changed since it was made) is detached and the
+    /// program attached anew in that mode, or, should the kernel refuse it, in the old
+    /// one again.
     pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<Attachment> {
         require_ethernet(interface)?;
         // The program verified first: a rejection must not be taken for a dead link
@@ -112,6 +144,34 @@ impl Dataplane {
         // From here on the program writes the filter and the cache too.
         self.blank = Default::default();
         let pin = self.pin_dir.as_ref().map(|d| paths::link_pin(d, interface));
+        let wanted = match mode {
+            AttachMode::Native => Some(XdpMode::Driver),
+            AttachMode::Skb => Some(XdpMode::Skb),
+            AttachMode::Auto => None,
+        };
+        // The mode of the pinned link, detached here as XDP_MODE names another.
+        let mut detached = None;
+        if let Some(pin) = &pin
+            && pin.exists()
+            && let Some(wanted) = wanted
+            && let Some(held) = attached_mode(interface).filter(|held| *held != wanted)
+        {
+            match detach_pinned_link(pin) {
+                Ok(()) => {
+                    log::warn!(
+                        "{interface}: the pinned link attaches it in {held:?} mode and XDP_MODE \
+                         names {wanted:?}: attaching anew (no program on {interface} until \
+                         then)"
+                    );
+                    detached = Some(held);
+                }
+                Err(e) => log::warn!(
+                    "{interface}: the pinned link attaches it in {held:?} mode and XDP_MODE \
+                     names {wanted:?}, but it could not be detached ({e}): it stays in \
+                     {held:?} mode; `portsentry unload` then a start changes it"
+                ),
+            }
+        }
         if let Some(pin) = &pin
             && pin.exists()
         {
@@ -166,8 +226,18 @@ impl Dataplane {
                 Err(e) => last_err = Some(e),
             }
         }
-        Err(anyhow!(last_err.expect("at least one mode tried")))
-            .with_context(|| format!("attaching XDP to interface `{interface}` ({mode:?} mode)"))
+        let err = anyhow!(last_err.expect("at least one mode tried")).context(format!(
+            "attaching XDP to interface `{interface}` ({mode:?} mode)"
+        ));
+        if let Some(old) = detached {
+            log::warn!("{err:#}: attaching it in {old:?} mode again, as before");
+            let old = match old {
+                XdpMode::Driver => AttachMode::Native,
+                _ => AttachMode::Skb,
+            };
+            return self.attach(interface, old);
+        }
+        Err(err)
     }
 
     fn adopt_link(&mut self, pin: &Path) -> Result<()> {

@@ -42,7 +42,7 @@ use portsentry_common::{
 
 use crate::paths;
 
-pub use attach::Attachment;
+pub use attach::{Attachment, attached_mode};
 pub use bans::MapFull;
 pub use maps::Counters;
 pub use resize::MapTooSmall;

@@ -10,13 +10,10 @@ use anyhow::{Context as _, Result, bail};
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-/// The interface index a pinned XDP link is attached to: `Ok(0)` when something
-/// detached it (`bpftool link detach`, the interface went away), an error when the pin
-/// cannot be opened.
-pub fn pinned_link_ifindex(pin: &Path) -> std::io::Result<u32> {
-    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+/// Opens the BPF object pinned at `pin` (BPF_OBJ_GET).
+fn open_pin(pin: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
     const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
     #[repr(C, align(8))]
     struct ObjGet {
         pathname: u64,
@@ -24,22 +21,6 @@ pub fn pinned_link_ifindex(pin: &Path) -> std::io::Result<u32> {
         file_flags: u32,
         path_fd: i32,
         _pad: u32,
-    }
-    #[repr(C, align(8))]
-    struct GetInfo {
-        bpf_fd: u32,
-        info_len: u32,
-        info: u64,
-    }
-    /// `struct bpf_link_info` up to the XDP member of its union.
-    #[repr(C, align(8))]
-    struct LinkInfo {
-        type_: u32,
-        id: u32,
-        prog_id: u32,
-        _pad: u32,
-        xdp_ifindex: u32,
-        _rest: [u32; 15],
     }
     let path = std::ffi::CString::new(pin.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
@@ -63,7 +44,32 @@ pub fn pinned_link_ifindex(pin: &Path) -> std::io::Result<u32> {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: a fresh fd from the kernel.
-    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The interface index a pinned XDP link is attached to: `Ok(0)` when something
+/// detached it (`bpftool link detach`, the interface went away), an error when the pin
+/// cannot be opened.
+pub fn pinned_link_ifindex(pin: &Path) -> std::io::Result<u32> {
+    use std::os::fd::AsRawFd as _;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    #[repr(C, align(8))]
+    struct GetInfo {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    /// `struct bpf_link_info` up to the XDP member of its union.
+    #[repr(C, align(8))]
+    struct LinkInfo {
+        type_: u32,
+        id: u32,
+        prog_id: u32,
+        _pad: u32,
+        xdp_ifindex: u32,
+        _rest: [u32; 15],
+    }
+    let fd = open_pin(pin)?;
     let mut info = LinkInfo {
         type_: 0,
         id: 0,
@@ -90,6 +96,29 @@ pub fn pinned_link_ifindex(pin: &Path) -> std::io::Result<u32> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(info.xdp_ifindex)
+}
+
+/// Detaches the link pinned at `pin` from its interface at once (BPF_LINK_DETACH: the
+/// last reference's release, the pin's removal, detaches only later, from a work
+/// queue), then removes the pin.
+pub fn detach_pinned_link(pin: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    #[repr(C, align(8))]
+    struct Detach {
+        link_fd: u32,
+        // Zero, as the kernel requires of every byte past the command's members.
+        _pad: u32,
+    }
+    let fd = open_pin(pin)?;
+    bpf(
+        BPF_LINK_DETACH,
+        &mut Detach {
+            link_fd: fd.as_raw_fd() as u32,
+            _pad: 0,
+        },
+    )?;
+    std::fs::remove_file(pin)
 }
 
 /// Mounts bpffs at /sys/fs/bpf when `pin_dir` lies under it and it is not mounted,
