@@ -1050,3 +1050,33 @@ fn unban_all_lifts_the_bans_not_yet_recorded_too() {
     assert!(reaches(&net, net.attacker_v4[0]));
     assert!(d.stop().success());
 }
+
+/// A reload that turns blocking on (the daemon deciding: KILL_RUN_CMD_FIRST) acts on a
+/// host it only reported before, at its next scan, as a restart would.
+#[test]
+fn a_reload_that_turns_blocking_on_bans_a_host_only_reported() {
+    require_kernel!();
+    let net = TestNet::new(1);
+    let wd = Workdir::new();
+    let first = "KILL_RUN_CMD_FIRST=\"1\"\n";
+    wd.config(&net.server_if, &format!("{first}BLOCK_TCP=\"0\"\n"));
+    let d = start(&net, &wd);
+    let scanner = net.attacker_v4[0];
+    probe(&net, scanner);
+    d.wait_for(
+        &format!("scan from host: {scanner}/{scanner} "),
+        Duration::from_secs(10),
+    );
+    assert!(!banned(&wd, scanner), "reported only");
+    wd.config(&net.server_if, first);
+    d.signal(libc::SIGHUP);
+    d.wait_for("reloaded", Duration::from_secs(5));
+    probe(&net, scanner);
+    assert!(
+        wait_until(Duration::from_secs(10), || banned(&wd, scanner)),
+        "{}",
+        d.lines().join("\n")
+    );
+    assert!(!reaches(&net, scanner));
+    assert!(d.stop().success());
+}

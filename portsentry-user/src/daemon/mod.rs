@@ -106,6 +106,15 @@ impl Handled {
         self.hosts.release(net);
     }
 
+    /// Forgets the hosts whose scan of `proto` was only reported or had its command run
+    /// ([`Mark::Scan`]): a reload made the response to `proto` stronger
+    /// ([`stronger_response`]), and their next scan gets it, as after a restart.
+    fn release_scan_marks(&mut self, proto: Protocol) {
+        self.hosts
+            .0
+            .retain(|(_, p), mark| *p != proto || *mark != Mark::Scan);
+    }
+
     /// Forgets the marks of `ip` that a response banning it made ([`Mark::Ban`]): its
     /// ban failed or was refused. A scan of another protocol responded to before (its
     /// command run under BLOCK_UDP="2", say) stays acted on.
@@ -116,6 +125,16 @@ impl Handled {
             }
         }
     }
+}
+
+/// Whether the response of `new` does more than that of `old`: a report becomes a
+/// command or a ban, a command a ban.
+fn stronger_response(old: crate::config::BlockMode, new: crate::config::BlockMode) -> bool {
+    use crate::config::BlockMode::{Block, ReportOnly, RunCmdOnly};
+    matches!(
+        (old, new),
+        (ReportOnly, RunCmdOnly | Block) | (RunCmdOnly, Block)
+    )
 }
 
 /// What marked a host acted on for a protocol.
@@ -673,6 +692,41 @@ mod tests {
         handled.release_ban_marks(other);
         assert!(!handled.contains(other, Protocol::Tcp));
         assert!(!handled.contains(other, Protocol::Udp));
+    }
+
+    /// A reload that makes blocking stronger for a protocol releases the hosts only
+    /// reported (or whose command alone ran) for it: their next scan is acted on anew.
+    #[test]
+    fn a_stronger_response_releases_the_hosts_only_reported() {
+        use crate::config::BlockMode::{Block, ReportOnly, RunCmdOnly};
+        assert!(stronger_response(ReportOnly, Block));
+        assert!(stronger_response(ReportOnly, RunCmdOnly));
+        assert!(stronger_response(RunCmdOnly, Block));
+        for (old, new) in [
+            (Block, RunCmdOnly),
+            (Block, ReportOnly),
+            (RunCmdOnly, ReportOnly),
+        ] {
+            assert!(!stronger_response(old, new), "{old:?} -> {new:?}");
+        }
+        let mut handled = Handled {
+            hosts: Acted::default(),
+            book: Arc::new(Mutex::new(Book::new(
+                None,
+                crate::bans::BanStore::default(),
+                None,
+                &crate::config::Config::default(),
+                crate::bans::guard::Guard::limits(&crate::config::Config::default()),
+            ))),
+        };
+        let (reported, banned) = (ip("192.0.2.7"), ip("192.0.2.8"));
+        handled.insert(reported, Protocol::Tcp, Mark::Scan);
+        handled.insert(reported, Protocol::Udp, Mark::Scan);
+        handled.insert(banned, Protocol::Tcp, Mark::Ban);
+        handled.release_scan_marks(Protocol::Tcp);
+        assert!(!handled.contains(reported, Protocol::Tcp));
+        assert!(handled.contains(reported, Protocol::Udp));
+        assert!(handled.contains(banned, Protocol::Tcp));
     }
 
     /// `Acted::release` takes Tcp and Udp as the least and greatest protocols: a new

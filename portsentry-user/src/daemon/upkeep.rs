@@ -23,7 +23,7 @@ use crate::{
         localaddrs,
     },
     kernel::configure,
-    kinds::BanEnd,
+    kinds::{BanEnd, Protocol},
     metrics::Snapshot,
     paths,
     report::Logger,
@@ -135,6 +135,12 @@ pub(super) fn reload(shared: &Arc<Shared>, args: &ConfigArgs) {
                 );
             }
             let (c, o) = (&new.config, &old.config);
+            if c.syslog != o.syslog || c.metrics_address != o.metrics_address {
+                shared.log.warn(
+                    "portsentry: SYSLOG and METRICS_ADDRESS changed; they take effect on \
+                     restart only",
+                );
+            }
             if c.max_bans != o.max_bans || c.max_tracked_sources != o.max_tracked_sources {
                 shared.log.notice(
                     "portsentry: MAX_BANS and MAX_TRACKED_SOURCES take effect at the next \
@@ -142,6 +148,17 @@ pub(super) fn reload(shared: &Arc<Shared>, args: &ConfigArgs) {
                 );
             }
             note_deny_template(&shared.log, &new.config, SystemTime::now());
+            // Hosts only reported (or whose command alone ran) get the stronger
+            // response at their next scan, as after a restart.
+            for proto in [Protocol::Tcp, Protocol::Udp] {
+                if super::stronger_response(old.block_mode(proto), new.block_mode(proto)) {
+                    shared
+                        .handled
+                        .lock()
+                        .expect("handled lock")
+                        .release_scan_marks(proto);
+                }
+            }
             shared.set_eff(new);
             shared
                 .log
