@@ -1080,3 +1080,101 @@ fn a_reload_that_turns_blocking_on_bans_a_host_only_reported() {
     assert!(!reaches(&net, scanner));
     assert!(d.stop().success());
 }
+
+/// `--daemonize` moves to `/`, as PortSentry 1.2 did: a configuration named from the
+/// directory the command ran in is still the one a reload reads.
+#[test]
+fn a_daemon_started_with_a_relative_configuration_reloads_it() {
+    require_kernel!();
+    let net = TestNet::new(1);
+    let wd = Workdir::new();
+    let first = "KILL_RUN_CMD_FIRST=\"1\"\n";
+    wd.config(&net.server_if, &format!("{first}BLOCK_TCP=\"0\"\n"));
+    let started = net
+        .server
+        .command(portsentry_tests::daemon::binary().to_str().unwrap())
+        .current_dir(wd.path(""))
+        .args(["run", "--daemonize", "-c", "portsentry.conf"])
+        .status()
+        .unwrap();
+    assert!(started.success());
+    let pid_file = wd.path("state/portsentry.pid");
+    let pid = || -> Option<i32> { std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok() };
+    assert!(wait_until(Duration::from_secs(10), || pid().is_some()));
+    let pid = pid().unwrap();
+    // The daemon is stopped even when an assertion below fails.
+    struct Stop(i32);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            // SAFETY: a signal to the daemon this test started.
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+    let stop = Stop(pid);
+    // Running, its program attached.
+    assert!(wait_until(Duration::from_secs(20), || {
+        let s = wd.cli(&["status"]).1;
+        s.contains("running (pid") && s.contains(&format!("interfaces: {}", net.server_if))
+    }));
+    // Blocking turned on by a reload: only the daemon's own reading of the
+    // configuration can make the next scan a ban.
+    wd.config(&net.server_if, first);
+    // SAFETY: a signal to the daemon started above.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let scanner = net.attacker_v4[0];
+    let blocked = wait_until(Duration::from_secs(10), || {
+        probe(&net, scanner);
+        banned(&wd, scanner)
+    });
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert!(wait_until(Duration::from_secs(30), || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    }));
+    // Gone: its pid may be another process's by now.
+    std::mem::forget(stop);
+    assert!(blocked, "the reload did not read the configuration again");
+}
+
+/// A SIGHUP (a log rotation's) while the daemon starts does not kill it: it is a reload
+/// once the daemon runs.
+#[test]
+fn a_sighup_during_start_up_does_not_kill_the_daemon() {
+    require_kernel!();
+    let net = TestNet::new(0);
+    let wd = Workdir::new();
+    wd.config(&net.server_if, "");
+    let mut child = net
+        .server
+        .command(portsentry_tests::daemon::binary().to_str().unwrap())
+        .args(["run", "-c", wd.conf().to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    // From the moment its pid file exists until it runs.
+    let pid_file = wd.path("state/portsentry.pid");
+    let mut sent = 0;
+    let up = wait_until(Duration::from_secs(20), || {
+        if pid_file.exists() && child.try_wait().unwrap().is_none() {
+            // SAFETY: a signal to the daemon this test started.
+            unsafe { libc::kill(pid, libc::SIGHUP) };
+            sent += 1;
+        }
+        let s = wd.cli(&["status"]).1;
+        s.contains("running (pid") && s.contains(&format!("interfaces: {}", net.server_if))
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let alive = child.try_wait().unwrap().is_none();
+    // SAFETY: as above; the child is not reaped yet, so its pid is still its own.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(sent > 0, "no SIGHUP was sent while it started");
+    assert!(
+        up && alive,
+        "the daemon died of a SIGHUP while it started: {status}"
+    );
+    assert!(status.success(), "{status}");
+}

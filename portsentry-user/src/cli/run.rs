@@ -3,13 +3,25 @@
 
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 use super::RunArgs;
 use crate::{config::effective, daemon, paths, pidfile};
 
 /// `portsentry run` (and PortSentry 1.2's legacy invocations).
-pub fn run(args: RunArgs) -> Result<()> {
+pub fn run(mut args: RunArgs) -> Result<()> {
+    // A reload asked for while the daemon starts is served once it runs; a stop, once
+    // it has started (nothing is left half-done).
+    daemon::hold_signals();
+    // A reload reads the files again, after `--daemonize` moved to `/`: named from the
+    // directory the command ran in, as the start read them.
+    for path in [&mut args.config.config, &mut args.config.modes_file]
+        .into_iter()
+        .flatten()
+    {
+        *path =
+            std::path::absolute(&*path).with_context(|| format!("resolving {}", path.display()))?;
+    }
     let eff = effective::load(&args.config)?;
     eff.require_interfaces()?;
     let state_dir = &eff.config.state_dir;

@@ -246,6 +246,26 @@ impl Shared {
     }
 }
 
+/// Holds SIGHUP, SIGTERM and SIGINT pending until [`run`] takes them: called before
+/// the configuration is read and before any thread exists (threads inherit the mask;
+/// the commands the daemon runs start with none, as `std::process` resets it).
+pub fn hold_signals() {
+    set_signal_mask(libc::SIG_BLOCK);
+}
+
+fn set_signal_mask(how: libc::c_int) {
+    // SAFETY: a sigset_t filled by sigemptyset/sigaddset, passed to pthread_sigmask
+    // for the calling thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGHUP, libc::SIGTERM, libc::SIGINT] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT. Stopping leaves the program attached and
 /// the bans in force (`portsentry unload` removes them).
 ///
@@ -261,6 +281,13 @@ pub async fn run(
     lock: fs::File,
 ) -> Result<()> {
     let _lock = lock;
+    // Taken first: a SIGHUP (a log rotation's, say) or SIGTERM that came since
+    // [`hold_signals`] waits for the loop below instead of killing the daemon midway.
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    // This thread runs this function to its end: the signals held go to it now.
+    set_signal_mask(libc::SIG_UNBLOCK);
     // Before the program runs with this start's settings: the KILL_HOSTS_DENY in force
     // from here on, when the last stop did not say when.
     let began = SystemTime::now();
@@ -496,9 +523,6 @@ pub async fn run(
     // as the AsyncFd owns the RingBuf.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .context("watching the event ring buffer")?;
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(HOUSEKEEPING);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let jobs = shared.jobs.clone();
@@ -527,6 +551,11 @@ pub async fn run(
             _ = int.recv() => break,
         }
     }
+    // No request is taken from here on: a command finds no socket, and says that the
+    // daemon holds the state until it stops, rather than wait for an answer that would
+    // never come.
+    drop(control);
+    let _ = fs::remove_file(paths::control_socket(&shared.eff().config.state_dir));
     shared
         .log
         .notice("portsentry: stopping; the program stays attached and the bans in force");
@@ -536,7 +565,6 @@ pub async fn run(
     // No kill command runs from now until the next start.
     upkeep::note_stopped(&shared.log, &shared.eff().config);
     crowdsec::save_reports(&shared);
-    let _ = fs::remove_file(paths::control_socket(&shared.eff().config.state_dir));
     let mut book = shared.book();
     // The journal is put on disk even when the blocked files cannot be written.
     let blocked = book.flush(|_| {}).and_then(|()| book.finish_blocked());
