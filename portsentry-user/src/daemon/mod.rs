@@ -689,20 +689,26 @@ mod tests {
         assert_eq!(acted.0.len(), 3);
     }
 
-    /// A ban that failed releases the marks its response made, not those of an earlier
-    /// response to the host's scan of the other protocol.
-    #[test]
-    fn a_failed_ban_releases_its_own_marks_only() {
-        let mut handled = Handled {
+    /// No host handled yet, with an empty ban book.
+    fn handled() -> Handled {
+        let config = crate::config::Config::default();
+        Handled {
             hosts: Acted::default(),
             book: Arc::new(Mutex::new(Book::new(
                 None,
                 crate::bans::BanStore::default(),
                 None,
-                &crate::config::Config::default(),
-                crate::bans::guard::Guard::limits(&crate::config::Config::default()),
+                &config,
+                crate::bans::guard::Guard::limits(&config),
             ))),
-        };
+        }
+    }
+
+    /// A ban that failed releases the marks its response made, not those of an earlier
+    /// response to the host's scan of the other protocol.
+    #[test]
+    fn a_failed_ban_releases_its_own_marks_only() {
+        let mut handled = handled();
         let host = ip("192.0.2.7");
         // Its UDP scan's command run (BLOCK_UDP="2"), then its TCP scan's ban.
         handled.insert(host, Protocol::Udp, Mark::Scan);
@@ -737,16 +743,7 @@ mod tests {
         ] {
             assert!(!stronger_response(old, new), "{old:?} -> {new:?}");
         }
-        let mut handled = Handled {
-            hosts: Acted::default(),
-            book: Arc::new(Mutex::new(Book::new(
-                None,
-                crate::bans::BanStore::default(),
-                None,
-                &crate::config::Config::default(),
-                crate::bans::guard::Guard::limits(&crate::config::Config::default()),
-            ))),
-        };
+        let mut handled = handled();
         let (reported, banned) = (ip("192.0.2.7"), ip("192.0.2.8"));
         handled.insert(reported, Protocol::Tcp, Mark::Scan);
         handled.insert(reported, Protocol::Udp, Mark::Scan);
