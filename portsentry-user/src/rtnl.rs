@@ -7,8 +7,8 @@
 
 use anyhow::{Context as _, Result, bail};
 use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage,
-    NetlinkPayload,
+    Emitable, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP,
+    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
@@ -27,12 +27,37 @@ pub(crate) fn request(
     dump: bool,
 ) -> Result<Vec<RouteNetlinkMessage>> {
     for _ in 0..DUMP_TRIES {
-        if let Replies::Whole(r) = exchange(&message, dump)? {
+        if let Replies::Whole(r) = parsed(&message, dump)? {
             return Ok(r);
         }
     }
     bail!("the kernel's dump was interrupted by changes {DUMP_TRIES} times in a row")
 }
+
+/// Sends a request the rust-netlink crates have no message for (`kind`, with `body` after
+/// the netlink header) and returns the kernel's replies whole, headers included: every
+/// message of a dump, or the one answer. An error the kernel answers with is an
+/// [`std::io::Error`] in the chain.
+pub(crate) fn request_raw(kind: u16, body: &[u8], dump: bool) -> Result<Vec<Vec<u8>>> {
+    let mut header = NetlinkHeader::default();
+    header.message_type = kind;
+    header.length = (NETLINK_HEADER_LEN + body.len()) as u32;
+    header.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { 0 };
+    header.sequence_number = 1;
+    let mut out = vec![0; NETLINK_HEADER_LEN + body.len()];
+    header.emit(&mut out[..NETLINK_HEADER_LEN]);
+    out[NETLINK_HEADER_LEN..].copy_from_slice(body);
+    for _ in 0..DUMP_TRIES {
+        let mut replies = Vec::new();
+        if exchange(&out, dump, |frame| replies.push(frame.to_vec()))? {
+            return Ok(replies);
+        }
+    }
+    bail!("the kernel's dump was interrupted by changes {DUMP_TRIES} times in a row")
+}
+
+/// The length of a netlink message's header (struct nlmsghdr).
+const NETLINK_HEADER_LEN: usize = 16;
 
 enum Replies {
     Whole(Vec<RouteNetlinkMessage>),
@@ -40,10 +65,7 @@ enum Replies {
     Interrupted,
 }
 
-fn exchange(message: &RouteNetlinkMessage, dump: bool) -> Result<Replies> {
-    let mut socket = Socket::new(NETLINK_ROUTE).context("opening an rtnetlink socket")?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
+fn parsed(message: &RouteNetlinkMessage, dump: bool) -> Result<Replies> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { 0 };
     header.sequence_number = 1;
@@ -51,9 +73,33 @@ fn exchange(message: &RouteNetlinkMessage, dump: bool) -> Result<Replies> {
     request.finalize();
     let mut out = vec![0; request.buffer_len()];
     request.serialize(&mut out);
-    socket.send(&out, 0)?;
-
     let mut replies = Vec::new();
+    // A message the crates cannot parse is skipped (see the module's note).
+    let whole = exchange(&out, dump, |frame| {
+        if let Ok(NetlinkMessage {
+            payload: NetlinkPayload::InnerMessage(m),
+            ..
+        }) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(frame)
+        {
+            replies.push(m);
+        }
+    })?;
+    Ok(if whole {
+        Replies::Whole(replies)
+    } else {
+        Replies::Interrupted
+    })
+}
+
+/// Sends `request` (a whole netlink message) and hands `reply` each message the kernel
+/// answers with other than its end of dump or acknowledgement: every message of a dump,
+/// or the one answer. False when the kernel marked the dump interrupted.
+fn exchange(request: &[u8], dump: bool, mut reply: impl FnMut(&[u8])) -> Result<bool> {
+    let mut socket = Socket::new(NETLINK_ROUTE).context("opening an rtnetlink socket")?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    socket.send(request, 0)?;
+
     let mut interrupted = false;
     let mut buf = vec![0_u8; RECV_BUF];
     loop {
@@ -66,32 +112,25 @@ fn exchange(message: &RouteNetlinkMessage, dump: bool) -> Result<Replies> {
                 .context("reading the kernel's rtnetlink reply")?;
             let len = framed.length() as usize;
             interrupted |= framed.flags() & NLM_F_DUMP_INTR != 0;
-            // A message the crates cannot parse is skipped (see the module's note).
-            if let Ok(reply) =
-                NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[at..at + len])
-            {
-                match reply.payload {
-                    NetlinkPayload::Done(d) if d.code != 0 => {
-                        bail!("{}", std::io::Error::from_raw_os_error(-d.code))
+            match framed.message_type() {
+                NLMSG_ERROR | NLMSG_DONE => {
+                    // Both begin with the error code: 0, or a negative errno.
+                    let code = framed
+                        .payload()
+                        .first_chunk::<4>()
+                        .map_or(0, |b| i32::from_ne_bytes(*b));
+                    if code != 0 {
+                        return Err(std::io::Error::from_raw_os_error(-code).into());
                     }
-                    NetlinkPayload::Error(e) if e.code.is_some() => bail!("{}", e.to_io()),
-                    NetlinkPayload::Done(_) | NetlinkPayload::Error(_) if interrupted && dump => {
-                        return Ok(Replies::Interrupted);
-                    }
-                    NetlinkPayload::Done(_) | NetlinkPayload::Error(_) => {
-                        return Ok(Replies::Whole(replies));
-                    }
-                    NetlinkPayload::InnerMessage(m) => {
-                        replies.push(m);
-                        if !dump {
-                            return Ok(Replies::Whole(replies));
-                        }
-                    }
-                    _ => {}
+                    return Ok(!(interrupted && dump));
                 }
-            } else if !dump {
-                // The one answer, unreadable: no answer.
-                return Ok(Replies::Whole(replies));
+                NLMSG_NOOP => {}
+                _ => {
+                    reply(&buf[at..at + len]);
+                    if !dump {
+                        return Ok(true);
+                    }
+                }
             }
             // Messages are aligned to 4 bytes.
             at += (len + 3) & !3;

@@ -551,6 +551,55 @@ fn the_gateways_of_this_hosts_routes_are_never_banned() {
     assert!(d.stop().success());
 }
 
+/// A route may name its next hop by a nexthop object's id alone (routing daemons turn
+/// `nexthop_compat_mode` off): that object's gateway is protected all the same, and a
+/// gateway it is given while the daemon runs has its ban lifted.
+#[test]
+fn the_gateways_of_nexthop_objects_are_never_banned() {
+    require_kernel!();
+    let net = TestNet::new(3);
+    let (gw4, later_gw) = (net.attacker_v4[1], net.attacker_v4[2]);
+    let gw6 = net.attacker_v6[1];
+    let dev = &net.server_if;
+    net.server.exec(&format!(
+        "sysctl -qw net.ipv4.nexthop_compat_mode=0 && \
+         ip nexthop add id 7 via {gw4} dev {dev} && \
+         ip nexthop add id 8 via {gw6} dev {dev} && \
+         ip route add 198.51.100.0/24 nhid 7 && ip -6 route add 2001:db8:77::/48 nhid 8"
+    ));
+    // The route names no gateway of its own.
+    let shown = net.server.exec("ip route show 198.51.100.0/24").stdout;
+    let shown = String::from_utf8_lossy(&shown);
+    assert!(
+        shown.contains("nhid 7") && !shown.contains("via"),
+        "{shown}"
+    );
+    let wd = Workdir::new();
+    wd.config(&net.server_if, "");
+    let d = start(&net, &wd);
+    for gw in [gw4, gw6] {
+        let err = refused(&wd, &[&gw.to_string()], &[]);
+        assert!(
+            err.contains(&format!("it covers {gw}, a gateway of this host's routes")),
+            "ban {gw}: {err}"
+        );
+    }
+    accepted(&wd, &[&later_gw.to_string()], &[]);
+    // Past the read of the routes the daemon makes 5 s after it starts: from here on
+    // only a change it hears of makes it read them again.
+    std::thread::sleep(Duration::from_secs(7));
+    net.server
+        .exec(&format!("ip nexthop replace id 7 via {later_gw} dev {dev}"));
+    d.wait_for(
+        &format!(
+            "portsentry: lifted the ban of {later_gw}/32 now that this host's addresses or the \
+             gateways of its routes changed: it covers {later_gw}, a gateway of this host's routes"
+        ),
+        Duration::from_secs(15),
+    );
+    assert!(d.stop().success());
+}
+
 /// This host gains addresses while the kernel's ignore list is full: the kernel cannot
 /// take them, and says so, but the guard protects them all the same (a ban of one is
 /// refused), as it protects the addresses the kernel holds.

@@ -1,5 +1,6 @@
 //! The gateways of this host's routes: every next hop of every route in every routing
-//! table (multipath routes and `via` included), read from the kernel over rtnetlink.
+//! table (multipath routes and `via` included) and of every nexthop object routes may
+//! name by id, read from the kernel over rtnetlink.
 //!
 //! A ban of a gateway cuts the host off: an IPv6 router's neighbour solicitations and
 //! router advertisements come from its address, and so do an IPv4 router's DHCP replies
@@ -23,6 +24,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow};
 use ipnet::IpNet;
+use netlink_packet_core::{NLA_TYPE_MASK, NetlinkBuffer, NlasIterator};
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteType, RouteVia},
@@ -46,6 +48,7 @@ pub(crate) fn gateways() -> Result<Vec<IpAddr>> {
             }
         }
     }
+    nexthop_gateways(&mut found)?;
     found.sort();
     found.dedup();
     local.sort();
@@ -104,6 +107,72 @@ fn next_hops(attributes: &[RouteAttribute], found: &mut Vec<IpAddr>) {
     }
 }
 
+/// rtnetlink's nexthop objects (`ip nexthop`), which the crates have no message for.
+const RTM_NEWNEXTHOP: u16 = 104;
+const RTM_GETNEXTHOP: u16 = 106;
+const NHA_GATEWAY: u16 = 6;
+/// The multicast group of nexthop objects' changes.
+const RTNLGRP_NEXTHOP: u32 = 32;
+/// struct nhmsg: family, scope, protocol, reserved, flags (u32); all zero asks for
+/// every nexthop of both families.
+const NHMSG_LEN: usize = 8;
+
+/// The gateway of every nexthop object (`ip nexthop add id N via GW`). A route that uses
+/// one names only its id (RTA_NH_ID) once `net.ipv4.nexthop_compat_mode` is 0, as
+/// routing daemons set it: its gateway is found here, or nowhere.
+fn nexthop_gateways(found: &mut Vec<IpAddr>) -> Result<()> {
+    let replies = match rtnl::request_raw(RTM_GETNEXTHOP, &[0; NHMSG_LEN], true) {
+        Ok(r) => r,
+        // A kernel without nexthop objects has none to protect.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::raw_os_error)
+                == Some(libc::EOPNOTSUPP) =>
+        {
+            return Ok(());
+        }
+        Err(e) => {
+            return Err(e.context("listing the gateways of this host's nexthop objects"));
+        }
+    };
+    for reply in &replies {
+        nexthop_gateway(reply, found);
+    }
+    Ok(())
+}
+
+/// The gateway of one RTM_NEWNEXTHOP message (header included), if it has one.
+fn nexthop_gateway(message: &[u8], found: &mut Vec<IpAddr>) {
+    let Ok(framed) = NetlinkBuffer::new_checked(message) else {
+        return;
+    };
+    let Some((header, attributes)) = (framed.message_type() == RTM_NEWNEXTHOP)
+        .then(|| framed.payload().split_at_checked(NHMSG_LEN))
+        .flatten()
+    else {
+        return;
+    };
+    let family = i32::from(header[0]);
+    for nla in NlasIterator::new(attributes).flatten() {
+        if nla.kind() & NLA_TYPE_MASK != NHA_GATEWAY {
+            continue;
+        }
+        match (family, nla.value()) {
+            (libc::AF_INET, v) => {
+                if let Ok(a) = <[u8; 4]>::try_from(v) {
+                    found.push(IpAddr::from(a));
+                }
+            }
+            (libc::AF_INET6, v) => {
+                if let Ok(a) = <[u8; 16]>::try_from(v) {
+                    found.push(IpAddr::from(a));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Hears of route changes (a netlink socket in the IPv4 and IPv6 route groups) and
 /// reads the routes again after one, off the caller's thread: a full routing table takes
 /// a while to dump. Without the socket, the routes are read every
@@ -144,6 +213,9 @@ impl RouteWatch {
             let mut socket = Socket::new(NETLINK_ROUTE)?;
             let groups = (libc::RTMGRP_IPV4_ROUTE | libc::RTMGRP_IPV6_ROUTE) as u32;
             socket.bind(&SocketAddr::new(0, groups))?;
+            // A nexthop object's change (its gateway replaced) is no route change once
+            // the kernel's compatibility mode is off; a kernel without them has none.
+            let _ = socket.add_membership(RTNLGRP_NEXTHOP);
             socket.set_non_blocking(true)?;
             Ok(socket)
         };
@@ -311,6 +383,42 @@ mod tests {
         ] {
             assert_eq!(route(other, 32, v4("192.0.2.1"), AddressFamily::Inet), None);
         }
+    }
+
+    #[test]
+    fn the_gateway_of_a_nexthop_object() {
+        let message = |kind: u16, family: i32, gateway: &[u8]| {
+            let nla = |kind: u16, value: &[u8]| {
+                let mut a = ((4 + value.len()) as u16).to_ne_bytes().to_vec();
+                a.extend(kind.to_ne_bytes());
+                a.extend(value);
+                a.resize(a.len().next_multiple_of(4), 0);
+                a
+            };
+            let mut body = vec![family as u8, 0, 0, 0, 0, 0, 0, 0];
+            body.extend(nla(1, &7_u32.to_ne_bytes())); // NHA_ID
+            body.extend(nla(5, &2_u32.to_ne_bytes())); // NHA_OIF
+            body.extend(nla(NHA_GATEWAY, gateway));
+            let mut m = ((16 + body.len()) as u32).to_ne_bytes().to_vec();
+            m.extend(kind.to_ne_bytes());
+            m.extend([0; 10]);
+            m.extend(body);
+            let mut found = Vec::new();
+            nexthop_gateway(&m, &mut found);
+            found
+        };
+        let v6: Ipv6Addr = "fe80::1".parse().unwrap();
+        assert_eq!(
+            message(RTM_NEWNEXTHOP, libc::AF_INET, &[192, 0, 2, 1]),
+            vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))]
+        );
+        assert_eq!(
+            message(RTM_NEWNEXTHOP, libc::AF_INET6, &v6.octets()),
+            vec![IpAddr::V6(v6)]
+        );
+        // Another message, or a gateway of the wrong length, names none.
+        assert!(message(RTM_NEWNEXTHOP + 1, libc::AF_INET, &[192, 0, 2, 1]).is_empty());
+        assert!(message(RTM_NEWNEXTHOP, libc::AF_INET, &v6.octets()).is_empty());
     }
 
     #[test]
