@@ -122,6 +122,9 @@ pub fn load_with(args: &ConfigArgs, gateways: Gateways<'_>) -> Result<Effective>
     if !args.interfaces.is_empty() {
         config.interfaces = args.interfaces.clone();
     }
+    if let Some(path) = &modes_file {
+        stealth_modes_have_ports(&config, path, args)?;
+    }
     config.validate()?;
     let mut eff = build(config, gateways)?;
     if let Some(path) = &modes_file {
@@ -149,6 +152,46 @@ pub fn load_with(args: &ConfigArgs, gateways: Gateways<'_>) -> Result<Effective>
     // unban, which must work while the pinned maps enforce bans whatever the list.
     eff.check_kernel_ignore_size()?;
     Ok(eff)
+}
+
+/// A stealth mode the start-up file `path` sets needs the configuration's port list:
+/// the error names the file the mode came from (validation would name the
+/// configuration's TCP_MODE line, which is not in force).
+fn stealth_modes_have_ports(config: &Config, path: &Path, args: &ConfigArgs) -> Result<()> {
+    for (mode_key, given, mode, ports_key, ports) in [
+        (
+            "TCP_MODE",
+            args.tcp_mode.is_some(),
+            config.tcp_mode,
+            "TCP_PORTS",
+            &config.tcp_ports,
+        ),
+        (
+            "UDP_MODE",
+            args.udp_mode.is_some(),
+            config.udp_mode,
+            "UDP_PORTS",
+            &config.udp_ports,
+        ),
+    ] {
+        if !given && mode == Mode::Stealth && ports.is_none() {
+            return Err(super::ConfigError::new(
+                path,
+                0,
+                format!(
+                    "its {mode_key} is a stealth mode, which watches the ports {ports_key} \
+                     lists, but {} does not set {ports_key}; set it there (e.g. \
+                     {ports_key}=\"1,11,15\"), or choose an advanced mode here",
+                    config.source.as_deref().map_or_else(
+                        || "the configuration".to_owned(),
+                        |p| p.display().to_string()
+                    )
+                ),
+            )
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// The effective settings of an already validated config.
@@ -346,6 +389,36 @@ mod single_source_tests {
         assert!(!eff.ignore_file_missing);
         std::fs::remove_file(&file).unwrap();
         assert!(from_config(config(128)).unwrap().ignore_file_missing);
+    }
+
+    /// The start-up file sets a stealth mode the configuration has no ports for: the
+    /// error names the start-up file, where the mode is set.
+    #[test]
+    fn a_stealth_mode_from_the_start_up_file_needs_the_configurations_ports() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("portsentry.conf");
+        let modes = dir.path().join("portsentry.default");
+        std::fs::write(&conf, "TCP_MODE=\"atcp\"\nUDP_PORTS=\"1\"\n").unwrap();
+        std::fs::write(&modes, "TCP_MODE=\"tcp\"\nUDP_MODE=\"udp\"\n").unwrap();
+        let args = |tcp_mode| ConfigArgs {
+            config: Some(conf.clone()),
+            modes_file: Some(modes.clone()),
+            tcp_mode,
+            ..ConfigArgs::default()
+        };
+        let e = format!("{:#}", load(&args(None)).unwrap_err());
+        assert_eq!(
+            e,
+            format!(
+                "{}: its TCP_MODE is a stealth mode, which watches the ports TCP_PORTS lists, \
+                 but {} does not set TCP_PORTS; set it there (e.g. TCP_PORTS=\"1,11,15\"), \
+                 or choose an advanced mode here",
+                modes.display(),
+                conf.display()
+            )
+        );
+        // The command line's mode is in force instead: no error.
+        load(&args(Some(Mode::Advanced))).unwrap();
     }
 
     #[test]
