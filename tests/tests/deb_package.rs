@@ -139,11 +139,15 @@ fn download(name: &str) -> PathBuf {
     if let Some(deb) = find(&dir) {
         return deb;
     }
-    fs::create_dir_all(&dir).unwrap();
+    // Downloaded aside and renamed into place: a download cut short (the run killed)
+    // is never taken for the package.
+    let partial = cache().join("debs").join(format!(".{name}.partial"));
+    let _ = fs::remove_dir_all(&partial);
+    fs::create_dir_all(&partial).unwrap();
     let fetch = || {
         Command::new("apt-get")
             .args(["download", name])
-            .current_dir(&dir)
+            .current_dir(&partial)
             .stdin(Stdio::null())
             .output()
             .is_ok_and(|o| o.status.success())
@@ -153,9 +157,14 @@ fn download(name: &str) -> PathBuf {
         ok(Command::new("apt-get").args(["update", "-q"]));
         ok(Command::new("apt-get")
             .args(["download", name])
-            .current_dir(&dir));
+            .current_dir(&partial));
     }
-    find(&dir).unwrap_or_else(|| panic!("apt-get download {name} left no .deb"))
+    let got = find(&partial).unwrap_or_else(|| panic!("apt-get download {name} left no .deb"));
+    fs::create_dir_all(&dir).unwrap();
+    let deb = dir.join(got.file_name().unwrap());
+    fs::rename(&got, &deb).unwrap();
+    let _ = fs::remove_dir_all(&partial);
+    deb
 }
 
 /// A throwaway Debian root.
@@ -223,10 +232,18 @@ impl Root {
 fn promtool() -> PathBuf {
     let bin = cache().join("prometheus/usr/bin/promtool");
     if !bin.exists() {
+        // Unpacked aside and renamed into place, as the download is.
+        let (dir, partial) = (
+            cache().join("prometheus"),
+            cache().join("prometheus.partial"),
+        );
+        let _ = fs::remove_dir_all(&partial);
         ok(Command::new("dpkg-deb")
             .arg("-x")
             .arg(download("prometheus"))
-            .arg(cache().join("prometheus")));
+            .arg(&partial));
+        let _ = fs::remove_dir_all(&dir);
+        fs::rename(&partial, &dir).unwrap();
     }
     bin
 }
