@@ -1178,3 +1178,27 @@ fn a_sighup_during_start_up_does_not_kill_the_daemon() {
     );
     assert!(status.success(), "{status}");
 }
+
+/// A ban the program made itself while no daemon ran is on record nowhere but the maps:
+/// `unload` says it drops it, rather than losing it silently.
+#[test]
+fn unload_names_the_bans_the_program_made_alone() {
+    require_kernel!();
+    let net = TestNet::new(1);
+    let wd = Workdir::new();
+    wd.config(&net.server_if, "");
+    let d = start(&net, &wd);
+    assert!(d.stop().success());
+    let scanner = net.attacker_v4[0];
+    probe(&net, scanner);
+    assert!(!reaches(&net, scanner), "banned by the program alone");
+    let (ok, out, err) = wd.cli(&["unload"]);
+    assert!(ok, "unload: {err}");
+    assert!(
+        out.contains(
+            "portsentry: 1 ban the program made itself while no daemon ran was not on record \
+             and went with the maps"
+        ),
+        "{out}"
+    );
+}
