@@ -1202,3 +1202,46 @@ fn unload_names_the_bans_the_program_made_alone() {
         "{out}"
     );
 }
+
+/// A command holding the state lock (`portsentry ban` while no daemon runs) does not
+/// make a start fail: it waits for the lock, as no daemon answers.
+#[test]
+fn a_start_waits_for_a_command_holding_the_state_lock() {
+    use std::os::fd::AsRawFd as _;
+    require_kernel!();
+    let net = TestNet::new(0);
+    let wd = Workdir::new();
+    wd.config(&net.server_if, "");
+    std::fs::create_dir_all(wd.path("state")).unwrap();
+    // The last daemon's pid, as the file keeps it; the lock is this test's.
+    let held = std::fs::File::create(wd.path("state/portsentry.pid")).unwrap();
+    std::fs::write(wd.path("state/portsentry.pid"), "999999\n").unwrap();
+    // SAFETY: flock on the open file above.
+    assert_eq!(
+        unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        drop(held);
+    });
+    let d = start(&net, &wd);
+    release.join().unwrap();
+    // A daemon holds it now, and answers: a second start is refused, naming it.
+    let second = net
+        .server
+        .command(portsentry_tests::daemon::binary().to_str().unwrap())
+        .args(["run", "-c", wd.conf().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{err}");
+    let pid = wd.read("state/portsentry.pid");
+    assert!(
+        err.contains("is already running with state directory")
+            && !pid.contains("999999")
+            && err.contains(&format!("(pid {})", pid.trim())),
+        "{err}"
+    );
+    assert!(d.stop().success());
+}

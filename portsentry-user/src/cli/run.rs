@@ -25,7 +25,7 @@ pub fn run(mut args: RunArgs) -> Result<()> {
     let eff = effective::load(&args.config)?;
     eff.require_interfaces()?;
     let state_dir = &eff.config.state_dir;
-    let Some(lock) = pidfile::lock(state_dir)? else {
+    let Some(lock) = lock_when_free(state_dir)? else {
         let pid = std::fs::read_to_string(paths::pid_file(state_dir)).unwrap_or_default();
         if args.daemonize {
             // PortSentry 1.2's init scripts start one process per protocol; ours watches
@@ -56,3 +56,25 @@ pub fn run(mut args: RunArgs) -> Result<()> {
         .build()?
         .block_on(daemon::run(Arc::new(eff), args.config, stderr, lock))
 }
+
+/// The state directory's lock. A `portsentry ban` or `unban` run while no daemon ran
+/// holds it for as long as it changes the bans: while no daemon answers on the control
+/// socket, the lock is tried again for [`LOCK_WAIT`] before the start gives up (a
+/// daemon that is starting answers within it, then holds the lock for good).
+fn lock_when_free(state_dir: &std::path::Path) -> Result<Option<std::fs::File>> {
+    let began = std::time::Instant::now();
+    loop {
+        if let Some(lock) = pidfile::lock(state_dir)? {
+            return Ok(Some(lock));
+        }
+        let answers =
+            std::os::unix::net::UnixStream::connect(paths::control_socket(state_dir)).is_ok();
+        if answers || began.elapsed() >= LOCK_WAIT {
+            return Ok(None);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// How long a start waits for a command that holds the state lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
