@@ -391,6 +391,22 @@ fn metrics_endpoint_counts_what_was_sent() {
     );
     assert!(metric(&body, "portsentry_events_read_total ") >= 1);
     assert_eq!(metric(&body, "portsentry_events_lost_total "), 0);
+    // The maps' sizes, as made at the start: a reload's new ones wait for the next.
+    let capacity = |body: &str| {
+        (
+            metric(body, "portsentry_bans_capacity "),
+            metric(body, "portsentry_sources_capacity "),
+        )
+    };
+    let sizes = capacity(&body);
+    assert!(sizes.0 > 4096 && sizes.1 > 4096, "{body}");
+    wd.config(
+        &net.server_if,
+        &format!("METRICS_ADDRESS=\"{addr}\"\nMAX_BANS=\"4096\"\nMAX_TRACKED_SOURCES=\"4096\"\n"),
+    );
+    d.signal(libc::SIGHUP);
+    d.wait_for("take effect at the next start", Duration::from_secs(5));
+    assert_eq!(capacity(&scrape(&net, addr)), sizes);
     assert!(d.stop().success());
 }
 

@@ -198,6 +198,9 @@ struct Shared {
     crowdsec: Option<crowdsec::Fleet>,
     /// The look for bans whose event was lost ([`detect::recover_lost_bans`]).
     lost: Mutex<detect::LostLook>,
+    /// MAX_BANS and MAX_TRACKED_SOURCES as the maps were sized at this start (a reload
+    /// that changes them resizes the maps at the next start only).
+    map_sizes: (u32, u32),
     /// The kill steps that ran of the responses that stopped short of some (their ban
     /// lifted while they waited, their host protected since), by ban (network, and when
     /// it was made, in ms): the ban's undo steps, which follow in the host's line, undo
@@ -468,6 +471,7 @@ pub async fn run(
         jobs: jobs::Jobs::new(),
         crowdsec: eff.crowdsec.as_ref().map(crowdsec::Fleet::new),
         lost: Mutex::new(detect::LostLook::after(lost_at_load)),
+        map_sizes: (eff.config.max_bans, eff.config.max_tracked_sources),
         cut_short: Mutex::new(HashMap::new()),
     });
     upkeep::spawn_cut_short_undos(&shared, cut_short, superseded);

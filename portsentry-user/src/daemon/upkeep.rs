@@ -616,9 +616,9 @@ pub(super) fn snapshot(shared: &Shared) -> Snapshot {
             .and_then(|dp| dp.counters().ok())
             .unwrap_or_default(),
         bans_active: book.store.len() as u64,
-        bans_capacity: u64::from(eff.config.max_bans),
+        bans_capacity: u64::from(shared.map_sizes.0),
         sources_tracked: shared.sources_tracked.lock().expect("sources lock").0,
-        sources_capacity: u64::from(eff.config.max_tracked_sources),
+        sources_capacity: u64::from(shared.map_sizes.1),
         ignored_networks: eff.ignored_nets().len() as u64,
         crowdsec: shared.crowdsec.as_ref().map(|f| f.link.get()),
     }
