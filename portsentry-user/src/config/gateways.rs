@@ -48,14 +48,37 @@ pub(crate) fn gateways() -> Result<Vec<IpAddr>> {
             }
         }
     }
-    nexthop_gateways(&mut found)?;
-    found.sort();
-    found.dedup();
     local.sort();
     local.dedup();
     *LOCAL_ROUTES.lock().expect("local routes lock") = Some(local);
-    Ok(found)
+    let nexthops = nexthop_gateways(&mut found);
+    found.sort();
+    found.dedup();
+    match nexthops {
+        Ok(()) => Ok(found),
+        Err(error) => Err(NexthopsUnread {
+            routes: found,
+            error,
+        }
+        .into()),
+    }
 }
+
+/// A read of the gateways whose nexthop objects could not be read: the gateways the
+/// routes name themselves, which a caller with none better protects meanwhile.
+#[derive(Debug)]
+pub(crate) struct NexthopsUnread {
+    pub(crate) routes: Vec<IpAddr>,
+    error: anyhow::Error,
+}
+
+impl std::fmt::Display for NexthopsUnread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.error)
+    }
+}
+
+impl std::error::Error for NexthopsUnread {}
 
 /// The destinations of the local routes (and anycast ones) the last route read found:
 /// what the kernel delivers to this host. Set by every read of the gateways.

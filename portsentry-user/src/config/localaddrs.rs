@@ -51,11 +51,21 @@ fn host_addresses() -> Result<Vec<IpNet>> {
 /// Loopback, this host's addresses and the gateways of its routes. Should the routes not
 /// be read, a warning in `warnings` says so, and the rest is returned.
 pub(crate) fn always_ignored(warnings: &mut Vec<String>) -> Result<Vec<Always>> {
-    let gateways = gateways::gateways().unwrap_or_else(|e| {
-        warnings.push(format!(
-            "{e:#}: the gateways of this host's routes are not protected until they are read"
-        ));
-        Vec::new()
+    let gateways = gateways::gateways().unwrap_or_else(|e| match e.downcast() {
+        Ok(partial @ gateways::NexthopsUnread { .. }) => {
+            warnings.push(format!(
+                "{partial}: the gateways of this host's nexthop objects are not protected until \
+                 they are read (those the routes name are)"
+            ));
+            partial.routes
+        }
+        Err(e) => {
+            warnings.push(format!(
+                "{e:#}: the gateways of this host's routes are not protected until they are \
+                 read"
+            ));
+            Vec::new()
+        }
     });
     with_gateways(gateways)
 }
