@@ -28,9 +28,22 @@ pub const DEBIAN_DEFAULTS: &str = "/etc/default/portsentry";
 pub fn file_for(config: &Config, explicit: Option<&Path>) -> Option<PathBuf> {
     match explicit {
         Some(p) => Some(p.to_path_buf()),
-        None => (config.source.as_deref() == Some(Path::new(DEFAULT_CONFIG)))
+        None => config
+            .source
+            .as_deref()
+            .is_some_and(|s| same_file(s, Path::new(DEFAULT_CONFIG)))
             .then(|| PathBuf::from(DEBIAN_DEFAULTS)),
     }
+}
+
+/// Whether `a` and `b` name one file, however written (relative, with `..`, through a
+/// symbolic link).
+fn same_file(a: &Path, b: &Path) -> bool {
+    a == b
+        || matches!(
+            (std::fs::canonicalize(a), std::fs::canonicalize(b)),
+            (Ok(a), Ok(b)) if a == b
+        )
 }
 
 /// Sets `config`'s modes from the start-up file for it ([`file_for`]) when that file
@@ -157,6 +170,19 @@ fn shell_word(rest: &str) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn one_file_however_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("portsentry.conf");
+        std::fs::write(&conf, "").unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let link = dir.path().join("link.conf");
+        std::os::unix::fs::symlink(&conf, &link).unwrap();
+        assert!(same_file(&conf, &dir.path().join("sub/../portsentry.conf")));
+        assert!(same_file(&conf, &link));
+        assert!(!same_file(&conf, &dir.path().join("other.conf")));
+    }
+
     use super::*;
 
     fn modes(text: &str) -> Result<Modes, ConfigError> {
