@@ -1170,18 +1170,32 @@ fn a_sighup_during_start_up_does_not_kill_the_daemon() {
         .spawn()
         .unwrap();
     let pid = child.id() as i32;
-    // From the moment its pid file exists until it runs.
+    // Every millisecond, from the moment its pid file exists until it runs (the child
+    // is not reaped meanwhile, so its pid stays its own).
     let pid_file = wd.path("state/portsentry.pid");
-    let mut sent = 0;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut sent = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if pid_file.exists() {
+                    // SAFETY: a signal to the daemon this test started.
+                    unsafe { libc::kill(pid, libc::SIGHUP) };
+                    sent += 1;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            sent
+        })
+    };
     let up = wait_until(Duration::from_secs(20), || {
-        if pid_file.exists() && child.try_wait().unwrap().is_none() {
-            // SAFETY: a signal to the daemon this test started.
-            unsafe { libc::kill(pid, libc::SIGHUP) };
-            sent += 1;
-        }
         let s = wd.cli(&["status"]).1;
-        s.contains("running (pid") && s.contains(&format!("interfaces: {}", net.server_if))
+        child.try_wait().unwrap().is_some()
+            || (s.contains("running (pid") && s.contains(&format!("interfaces: {}", net.server_if)))
     });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = sender.join().unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let alive = child.try_wait().unwrap().is_none();
     // SAFETY: as above; the child is not reaped yet, so its pid is still its own.
@@ -1260,4 +1274,52 @@ fn a_start_waits_for_a_command_holding_the_state_lock() {
         "{err}"
     );
     assert!(d.stop().success());
+}
+
+/// A start waiting for the state lock stops at once on SIGTERM (it has changed
+/// nothing yet), and gives up with a clear error when the holder never answers.
+#[test]
+fn a_start_waiting_for_the_state_lock_stops_or_gives_up() {
+    use std::os::{fd::AsRawFd as _, unix::process::ExitStatusExt as _};
+    require_kernel!();
+    let net = TestNet::new(0);
+    let wd = Workdir::new();
+    wd.config(&net.server_if, "");
+    std::fs::create_dir_all(wd.path("state")).unwrap();
+    let held = std::fs::File::create(wd.path("state/portsentry.pid")).unwrap();
+    // SAFETY: flock on the open file above.
+    assert_eq!(
+        unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    let run = || {
+        net.server
+            .command(portsentry_tests::daemon::binary().to_str().unwrap())
+            .args(["run", "-c", wd.conf().to_str().unwrap()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let waiting = run();
+    std::thread::sleep(Duration::from_secs(1));
+    // SAFETY: a signal to the child above, not reaped yet.
+    unsafe { libc::kill(waiting.id() as i32, libc::SIGTERM) };
+    let out = waiting.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGTERM),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run().wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("portsentry.pid is locked by a process that does not answer on"),
+        "{err}"
+    );
+    assert!(!wd.pin_dir.exists(), "nothing loaded");
+    drop(held);
 }

@@ -249,20 +249,20 @@ impl Shared {
     }
 }
 
-/// Holds SIGHUP, SIGTERM and SIGINT pending until [`run`] takes them: called before
-/// the configuration is read and before any thread exists (threads inherit the mask;
-/// the commands the daemon runs start with none, as `std::process` resets it).
-pub fn hold_signals() {
-    set_signal_mask(libc::SIG_BLOCK);
+/// Holds `signals` pending until [`run`] takes them (it takes SIGHUP, SIGTERM and
+/// SIGINT): called before any thread exists (threads inherit the mask; the commands the
+/// daemon runs start with none, as `std::process` resets it).
+pub fn hold_signals(signals: &[libc::c_int]) {
+    set_signal_mask(libc::SIG_BLOCK, signals);
 }
 
-fn set_signal_mask(how: libc::c_int) {
+fn set_signal_mask(how: libc::c_int, signals: &[libc::c_int]) {
     // SAFETY: a sigset_t filled by sigemptyset/sigaddset, passed to pthread_sigmask
     // for the calling thread.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for sig in [libc::SIGHUP, libc::SIGTERM, libc::SIGINT] {
+        for &sig in signals {
             libc::sigaddset(&mut set, sig);
         }
         libc::pthread_sigmask(how, &set, std::ptr::null_mut());
@@ -290,7 +290,10 @@ pub async fn run(
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     // This thread runs this function to its end: the signals held go to it now.
-    set_signal_mask(libc::SIG_UNBLOCK);
+    set_signal_mask(
+        libc::SIG_UNBLOCK,
+        &[libc::SIGHUP, libc::SIGTERM, libc::SIGINT],
+    );
     // Before the program runs with this start's settings: the KILL_HOSTS_DENY in force
     // from here on, when the last stop did not say when.
     let began = SystemTime::now();
