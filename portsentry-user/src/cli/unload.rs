@@ -22,16 +22,23 @@ pub fn unload(file: &FileArgs) -> Result<String> {
     if let Some(pid) = pidfile::running_pid(&c.state_dir) {
         bail!("the daemon is running (pid {pid}); stop it first (it keeps the program attached)");
     }
-    let untaken = untaken_bans(&c.pin_dir);
+    let mut untaken = Ok(0);
     let mut removed = Vec::new();
     if let Ok(entries) = fs::read_dir(&c.pin_dir) {
         let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-        // Links first: the program leaves the interfaces before its maps go.
-        paths.sort_by_key(|p| {
+        let is_link = |p: &Path| {
             p.file_name()
-                .is_none_or(|n| paths::link_interface(&n.to_string_lossy()).is_none())
-        });
+                .is_some_and(|n| paths::link_interface(&n.to_string_lossy()).is_some())
+        };
+        // Links first: the program leaves the interfaces before its maps go.
+        paths.sort_by_key(|p| !is_link(p));
+        let mut counted = false;
         for p in paths {
+            if !counted && !is_link(&p) {
+                // Detached: the program makes no more bans to count.
+                untaken = untaken_bans(&c.pin_dir);
+                counted = true;
+            }
             fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
             removed.push(
                 p.file_name()
@@ -87,8 +94,12 @@ fn untaken_bans(pin_dir: &Path) -> Result<usize> {
         return Ok(0);
     }
     let bans = Dataplane::inspect_pinned(pin_dir)?.bans()?;
+    // A timed one that ran out is no longer in force (the program lets it pass).
+    let now = crate::clock::monotonic_ns();
     Ok(bans
         .iter()
-        .filter(|(_, e)| e.origin == BanOrigin::Kernel as u8)
+        .filter(|(_, e)| {
+            e.origin == BanOrigin::Kernel as u8 && (e.expires_ns == 0 || e.expires_ns > now)
+        })
         .count())
 }
