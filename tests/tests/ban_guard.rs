@@ -562,7 +562,7 @@ fn the_gateways_of_nexthop_objects_are_never_banned() {
     let gw6 = net.attacker_v6[1];
     let dev = &net.server_if;
     net.server.exec(&format!(
-        "sysctl -qw net.ipv4.nexthop_compat_mode=0 && \
+        "echo 0 > /proc/sys/net/ipv4/nexthop_compat_mode && \
          ip nexthop add id 7 via {gw4} dev {dev} && \
          ip nexthop add id 8 via {gw6} dev {dev} && \
          ip route add 198.51.100.0/24 nhid 7 && ip -6 route add 2001:db8:77::/48 nhid 8"

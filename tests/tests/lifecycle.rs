@@ -1233,17 +1233,14 @@ fn unload_names_the_bans_the_program_made_alone() {
     );
 }
 
-/// A command holding the state lock (`portsentry ban` while no daemon runs) does not
-/// make a start fail: it waits for the lock, as no daemon answers.
-#[test]
-fn a_start_waits_for_a_command_holding_the_state_lock() {
+/// A server whose state directory's lock the test holds (returned), with the last
+/// daemon's pid in the file, as a stopped daemon leaves it.
+fn state_locked_by_the_test() -> (TestNet, Workdir, std::fs::File) {
     use std::os::fd::AsRawFd as _;
-    require_kernel!();
     let net = TestNet::new(0);
     let wd = Workdir::new();
     wd.config(&net.server_if, "");
     std::fs::create_dir_all(wd.path("state")).unwrap();
-    // The last daemon's pid, as the file keeps it; the lock is this test's.
     let held = std::fs::File::create(wd.path("state/portsentry.pid")).unwrap();
     std::fs::write(wd.path("state/portsentry.pid"), "999999\n").unwrap();
     // SAFETY: flock on the open file above.
@@ -1251,6 +1248,15 @@ fn a_start_waits_for_a_command_holding_the_state_lock() {
         unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
         0
     );
+    (net, wd, held)
+}
+
+/// A command holding the state lock (`portsentry ban` while no daemon runs) does not
+/// make a start fail: it waits for the lock, as no daemon answers.
+#[test]
+fn a_start_waits_for_a_command_holding_the_state_lock() {
+    require_kernel!();
+    let (net, wd, held) = state_locked_by_the_test();
     let release = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(2));
         drop(held);
@@ -1280,18 +1286,9 @@ fn a_start_waits_for_a_command_holding_the_state_lock() {
 /// nothing yet), and gives up with a clear error when the holder never answers.
 #[test]
 fn a_start_waiting_for_the_state_lock_stops_or_gives_up() {
-    use std::os::{fd::AsRawFd as _, unix::process::ExitStatusExt as _};
+    use std::os::unix::process::ExitStatusExt as _;
     require_kernel!();
-    let net = TestNet::new(0);
-    let wd = Workdir::new();
-    wd.config(&net.server_if, "");
-    std::fs::create_dir_all(wd.path("state")).unwrap();
-    let held = std::fs::File::create(wd.path("state/portsentry.pid")).unwrap();
-    // SAFETY: flock on the open file above.
-    assert_eq!(
-        unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
-        0
-    );
+    let (net, wd, held) = state_locked_by_the_test();
     let run = || {
         net.server
             .command(portsentry_tests::daemon::binary().to_str().unwrap())
